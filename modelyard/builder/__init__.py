@@ -1,0 +1,1 @@
+"""Modelfiles (Ollama syntax and a YAML form) and the building of images from them."""

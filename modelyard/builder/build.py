@@ -1,0 +1,443 @@
+"""`modelyard build`: a Modelfile and its inputs become an image in the local store.
+
+The build runs in two phases so that bad input never touches the store:
+1. resolve and validate everything (FROM, adapters, GGUF headers, quantization type);
+2. write blobs, then config and manifest, then the tag, last, under the index lock.
+If phase 2 fails, the blobs it created and nothing references are removed again.
+
+FROM takes, in this order: `sha256:<hex>` (a weights blob already in the store — how the
+normalized Modelfile of an image refers to its weights), an existing file or directory (relative
+to the Modelfile's folder), or an image reference (local; or remote, fetched through the
+`fetch` callback that the caller wires to the registry client).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from modelyard.builder import modelfile as mf
+from modelyard.builder.cache import FileDigestCache, SummaryCache
+from modelyard.builder.compose import (
+    EPOCH_TIMESTAMP,
+    LayerBlob,
+    WeightsSummary,
+    compose_config,
+    compose_manifest,
+    order_layers,
+    text_layer_path,
+)
+from modelyard.errors import BuildError, GGUFError, ImageNotFoundError, InvalidReferenceError, ModelfileError
+from modelyard.progress import ProgressEvent, ProgressSink, ignore_progress
+from modelyard.reference import Reference, parse_reference
+from modelyard.store import Store
+from modelyard.store.image import (
+    LAYER_ADAPTER,
+    LAYER_LICENSE,
+    LAYER_MESSAGES,
+    LAYER_MODELFILE,
+    LAYER_PARAMS,
+    LAYER_SYSTEM,
+    LAYER_TEMPLATE,
+    LAYER_WEIGHT,
+    is_digest,
+)
+
+Fetch = Callable[[Reference], None]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    reference: Reference
+    digest: str  # the manifest digest
+    size: int  # manifest + config + layers
+    layers_created: int
+    layers_reused: int
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Source:
+    """A file that becomes a blob (weights or adapter), validated but not yet stored."""
+
+    path: Path | None  # None when the blob is already in the store
+    digest: str | None = None  # known in advance: a store blob, or a cache hit
+    general_type: str = "model"
+    file_type: str = ""
+
+
+@dataclass
+class _Plan:
+    """Everything phase 1 resolved; phase 2 only writes."""
+
+    weights: _Source
+    adapters: list[_Source]
+    template: str | None
+    system: str | None
+    params: dict[str, Any]
+    messages: list[dict[str, str]]
+    licenses: list[str]
+    requires: str | None
+    quantize: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def created_timestamp(source_date_epoch: int | None) -> str:
+    """Builds are stamped with SOURCE_DATE_EPOCH when set, else the Unix epoch, never "now":
+    the same inputs must give the same digest."""
+    if source_date_epoch is None:
+        return EPOCH_TIMESTAMP
+    return datetime.fromtimestamp(source_date_epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Builder:
+    def __init__(
+        self,
+        store: Store,
+        cache_dir: Path,
+        *,
+        created: str = EPOCH_TIMESTAMP,
+        fetch: Fetch | None = None,
+        progress: ProgressSink = ignore_progress,
+    ) -> None:
+        self.store = store
+        self.files = FileDigestCache(cache_dir)
+        self.summaries = SummaryCache(cache_dir)
+        self.created = created
+        self.fetch = fetch
+        self.progress = progress
+
+    # --- entry points -------------------------------------------------------------------------
+
+    def build_file(
+        self,
+        modelfile_path: Path,
+        target: Reference,
+        *,
+        context: Path | None = None,
+        quantize: str | None = None,
+    ) -> BuildResult:
+        try:
+            data = modelfile_path.read_bytes()
+        except FileNotFoundError:
+            raise ModelfileError("no such file", file=str(modelfile_path)) from None
+        except IsADirectoryError:
+            raise ModelfileError(
+                "is a directory; pass the Modelfile itself with -f", file=str(modelfile_path)
+            ) from None
+        text = mf.decode_modelfile(data, str(modelfile_path))
+        if modelfile_path.suffix.lower() in (".yaml", ".yml"):
+            from modelyard.builder.modelfile_yaml import parse_yaml  # pydantic: only when needed
+
+            modelfile = parse_yaml(text, str(modelfile_path))
+        else:
+            modelfile = mf.parse(text, str(modelfile_path))
+        return self.build(modelfile, target, context=context or modelfile_path.parent, quantize=quantize)
+
+    def build(
+        self, modelfile: mf.Modelfile, target: Reference, *, context: Path, quantize: str | None = None
+    ) -> BuildResult:
+        if target.digest is not None:
+            raise InvalidReferenceError(str(target), "a build target takes a tag, not a digest")
+        self.store.init()
+        self.progress(ProgressEvent("parsing modelfile"))
+        plan = self._plan(modelfile, context, quantize)
+        created_blobs: list[str] = []
+        try:
+            return self._write(plan, target, created_blobs)
+        except BaseException:
+            self._discard(created_blobs)
+            raise
+
+    # --- phase 1: resolve and validate ----------------------------------------------------------
+
+    def _plan(self, modelfile: mf.Modelfile, context: Path, quantize: str | None) -> _Plan:
+        base = self._resolve_from(modelfile.from_, context)
+        plan = base if isinstance(base, _Plan) else _Plan(base, [], None, None, {}, [], [], None)
+        plan.warnings.extend(modelfile.warnings)
+        if modelfile.template is not None:
+            plan.template = modelfile.template
+        if modelfile.system is not None:
+            plan.system = modelfile.system
+        plan.params = {**plan.params, **_params_json(modelfile.parameters)}
+        if modelfile.messages:
+            plan.messages = [{"role": m.role, "content": m.content} for m in modelfile.messages]
+        if modelfile.licenses:
+            plan.licenses = list(modelfile.licenses)
+        if modelfile.requires is not None:
+            plan.requires = modelfile.requires
+        plan.adapters += [self._resolve_adapter(a, context) for a in modelfile.adapters]
+        if quantize:
+            from modelyard.builder.quantize import check_quantization
+
+            if plan.weights.path is None:
+                raise BuildError("--quantize needs FROM a GGUF file; the weights here come from an image")
+            plan.quantize = check_quantization(quantize, plan.weights.file_type, plan.weights.path)
+        return plan
+
+    def _resolve_from(self, value: str, context: Path) -> _Source | _Plan:
+        if _is_blob_reference(value):
+            return self._stored_blob(value, "FROM", expect="model")
+        path = _expand(value, context)
+        if path.exists():
+            return self._gguf_source(_single_gguf(path), expect="model")
+        if _looks_like_path(value):
+            raise BuildError(f"FROM {value}: no such file ({path})")
+        try:
+            ref = parse_reference(value)
+        except InvalidReferenceError as exc:
+            raise BuildError(
+                f"FROM {value}: neither a file nor a valid image reference ({exc.reason})"
+            ) from None
+        return self._inherit(ref)
+
+    def _inherit(self, ref: Reference) -> _Plan:
+        try:
+            record = self.store.resolve(ref)
+        except ImageNotFoundError:
+            if not ref.is_remote or self.fetch is None:
+                hint = (
+                    "pull it first"
+                    if ref.is_remote
+                    else "build it first, or check the name with `modelyard list`"
+                )
+                raise BuildError(f"FROM {ref.short()}: no such file or image; {hint}") from None
+            self.progress(ProgressEvent(f"pulling {ref.short()}"))
+            self.fetch(ref)
+            record = self.store.resolve(ref)
+        manifest = self.store.read_manifest(record.digest)
+        parts = self.store.read_parts(manifest)
+        if parts.weights is None:
+            raise BuildError(f"FROM {ref.short()}: the image has no weights layer")
+        weights = self._stored_blob(parts.weights.digest, "FROM", expect="model")
+        adapters = [self._stored_blob(a.digest, "ADAPTER", expect="adapter") for a in parts.adapters]
+        return _Plan(
+            weights=weights,
+            adapters=adapters,
+            template=parts.template,
+            system=parts.system,
+            params=dict(parts.params),
+            messages=[dict(m) for m in parts.messages],
+            licenses=list(parts.licenses),
+            requires=None,
+        )
+
+    def _resolve_adapter(self, value: str, context: Path) -> _Source:
+        if _is_blob_reference(value):
+            return self._stored_blob(value, "ADAPTER", expect="adapter")
+        path = _expand(value, context)
+        if not path.exists():
+            raise BuildError(f"ADAPTER {value}: no such file ({path})")
+        return self._gguf_source(_single_gguf(path), expect="adapter")
+
+    def _stored_blob(self, digest: str, instruction: str, expect: str) -> _Source:
+        if not self.store.blobs.exists(digest):
+            raise BuildError(f"{instruction} {digest}: no such blob in the local store")
+        summary = self._summary(digest)
+        _check_kind(self.store.blobs.path(digest), summary.general_type, expect, instruction)
+        return _Source(path=None, digest=digest, general_type=expect, file_type=summary.file_type)
+
+    def _gguf_source(self, path: Path, expect: str) -> _Source:
+        instruction = "FROM" if expect == "model" else "ADAPTER"
+        known = self.files.lookup(path)
+        summary = self.summaries.get(known) if known and self.store.blobs.exists(known) else None
+        if summary is not None:
+            # An unchanged file we built from before: its checked header is in the cache.
+            _check_kind(path, summary.general_type, expect, instruction)
+            return _Source(
+                path=path, digest=known, general_type=summary.general_type, file_type=summary.file_type
+            )
+        from modelyard.builder.gguf_info import read_gguf_info
+
+        self.progress(ProgressEvent("parsing GGUF"))
+        info = read_gguf_info(path)
+        _check_kind(path, info.general_type, expect, instruction)
+        return _Source(path=path, digest=None, general_type=info.general_type, file_type=info.file_type)
+
+    # --- phase 2: write ------------------------------------------------------------------------
+
+    def _write(self, plan: _Plan, target: Reference, created: list[str]) -> BuildResult:
+        weights_digest = self._store_weights(plan, created)
+        layers = [self._layer(LAYER_WEIGHT, weights_digest)]
+        adapter_digests = [self._store_source(a, created) for a in plan.adapters]
+        layers += [self._layer(LAYER_ADAPTER, d, i) for i, d in enumerate(adapter_digests)]
+        normalized = mf.Modelfile(
+            from_=weights_digest,
+            parameters=plan.params,
+            template=plan.template,
+            system=plan.system,
+            adapters=tuple(adapter_digests),
+            licenses=tuple(plan.licenses),
+            messages=tuple(mf.Message(m["role"], m["content"]) for m in plan.messages),
+            requires=plan.requires,
+        )
+        texts: list[tuple[str, bytes]] = []
+        if plan.template is not None:
+            texts.append((LAYER_TEMPLATE, plan.template.encode()))
+        if plan.system is not None:
+            texts.append((LAYER_SYSTEM, plan.system.encode()))
+        if plan.params:
+            texts.append((LAYER_PARAMS, _json_bytes(plan.params)))
+        if plan.messages:
+            texts.append((LAYER_MESSAGES, _json_bytes(plan.messages)))
+        texts += [(LAYER_LICENSE, text.encode()) for text in plan.licenses]
+        texts.append((LAYER_MODELFILE, mf.format(normalized).encode()))
+        license_index = 0
+        for media_type, data in texts:
+            info = self.store.blobs.put_bytes(data)
+            self._announce(info.digest, info.created, created)
+            layers.append(
+                LayerBlob(media_type, info.digest, info.size, text_layer_path(media_type, license_index))
+            )
+            license_index += media_type == LAYER_LICENSE
+
+        ordered = order_layers(layers)
+        summary = self._summary(weights_digest)
+        config = compose_config(summary, ordered, self.created, plan.template)
+        config_info = self.store.blobs.put_bytes(config)
+        self._announce(config_info.digest, config_info.created, created)
+        manifest = compose_manifest(summary, ordered, config, self.created)
+        if plan.requires:
+            manifest = replace(
+                manifest, annotations={**manifest.annotations, "io.modelyard.requires": plan.requires}
+            )
+        self.progress(ProgressEvent("writing manifest"))
+        manifest_info = self.store.blobs.put_bytes(manifest.to_bytes())
+        digest, manifest_size = manifest_info.digest, manifest_info.size
+        if manifest_info.created:
+            created.append(digest)
+        self.store.tag(target, digest)
+        self.progress(ProgressEvent("success", digest=digest))
+        reused = sum(1 for layer in ordered if layer.digest not in created)
+        return BuildResult(
+            reference=target,
+            digest=digest,
+            size=manifest_size + len(config) + sum(layer.size for layer in ordered),
+            layers_created=len(ordered) + 1 - reused,
+            layers_reused=reused,
+            warnings=tuple(plan.warnings),
+        )
+
+    def _store_weights(self, plan: _Plan, created: list[str]) -> str:
+        if plan.quantize is None:
+            return self._store_source(plan.weights, created)
+        from modelyard.builder.quantize import quantize
+
+        assert plan.weights.path is not None  # checked in _plan
+        self.progress(ProgressEvent(f"quantizing {plan.weights.file_type} model to {plan.quantize}"))
+        ingest = self.store.blobs.ingest_dir
+        ingest.mkdir(parents=True, exist_ok=True)
+        out = ingest / f"quantize.{secrets.token_hex(6)}.partial"
+        try:
+            quantize(plan.weights.path, out, plan.quantize)
+            return self._store_source(_Source(path=out), created, remember=False)
+        finally:
+            out.unlink(missing_ok=True)
+
+    def _store_source(self, source: _Source, created: list[str], remember: bool = True) -> str:
+        if source.digest is not None and self.store.blobs.exists(source.digest):
+            self.store.blobs.touch(source.digest)
+            self._announce(source.digest, False, created)
+            return source.digest
+        assert source.path is not None
+        identity = FileDigestCache.identity(source.path)
+        total = identity["size"]
+        done = 0
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            self.progress(ProgressEvent("copying model file", total=total, completed=done))
+
+        info = self.store.blobs.put_file(source.path, progress=advance)
+        if remember:
+            self.files.record(source.path, info.digest, identity)
+        self._announce(info.digest, info.created, created)
+        return info.digest
+
+    def _layer(self, media_type: str, digest: str, index: int = 0) -> LayerBlob:
+        return LayerBlob(
+            media_type, digest, self.store.blobs.size(digest), text_layer_path(media_type, index)
+        )
+
+    def _announce(self, digest: str, is_new: bool, created: list[str]) -> None:
+        if is_new:
+            created.append(digest)
+        self.progress(ProgressEvent(f"{'creating new' if is_new else 'using existing'} layer {digest}"))
+
+    def _summary(self, digest: str) -> WeightsSummary:
+        cached = self.summaries.get(digest)
+        if cached is not None:
+            return cached
+        from modelyard.builder.gguf_info import gguf_metadata, read_gguf_info
+
+        path = self.store.blobs.path(digest)
+        info = read_gguf_info(path)
+        metadata = gguf_metadata(path)
+        summary = WeightsSummary.from_metadata(
+            metadata,
+            file_type=info.file_type,
+            parameter_count=info.parameter_count,
+            parameter_size=info.parameter_size,
+            general_type=info.general_type,
+        )
+        self.summaries.put(digest, summary)
+        return summary
+
+    def _discard(self, digests: list[str]) -> None:
+        """Remove blobs this build created that no image references: the store is as it was."""
+        if not digests:
+            return
+        with contextlib.suppress(Exception), self.store.locked():
+            live = self.store._live_blobs(self.store.read_index())
+            for digest in digests:
+                if digest not in live:
+                    self.store.blobs.remove(digest)
+
+
+def _check_kind(path: Path, general_type: str, expect: str, instruction: str) -> None:
+    if expect == "model" and general_type == "adapter":
+        raise GGUFError(path, f"is a LoRA adapter, not a base model; use it with ADAPTER, not {instruction}")
+    if expect == "adapter" and general_type != "adapter":
+        raise GGUFError(
+            path, f"is a base model (general.type {general_type!r}), not a LoRA adapter; use it with FROM"
+        )
+
+
+def _params_json(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in parameters.items()}
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _is_blob_reference(value: str) -> bool:
+    return is_digest(value)
+
+
+def _expand(value: str, context: Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else context / path
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.startswith((".", "/", "~", "\\")) or value.lower().endswith(".gguf")
+
+
+def _single_gguf(path: Path) -> Path:
+    if path.is_file():
+        return path
+    ggufs = sorted(p for p in path.glob("*.gguf") if p.is_file())
+    if len(ggufs) == 1:
+        return ggufs[0]
+    if not ggufs:
+        raise BuildError(f"{path}: the directory holds no .gguf file")
+    names = ", ".join(p.name for p in ggufs)
+    raise BuildError(f"{path}: the directory holds several .gguf files ({names}); name one in FROM")

@@ -1,0 +1,277 @@
+"""The PARAMETER table: which names a Modelfile may set, and the type of each.
+
+The names and types are Ollama's (`api.Options` and its embedded `Runner`, see reference/ollama.md §1.6),
+plus two of ours: `use_mlock`, which Ollama dropped but llama.cpp still honours, and `num_parallel`, the
+number of slots a runner serves. Names are case-sensitive, as in Ollama: `Temperature` is unknown.
+
+Two ways in:
+- `coerce_parameter` reads the text after `PARAMETER <name>` in a Modelfile, with Ollama's spelling of
+  ints, floats and bools (Go's `strconv`).
+- `validate_parameter(s)` checks values that already have a type (JSON, YAML). These are strict, as
+  Ollama's `Options.FromMap` is: a number must be a number, a bool must be a bool.
+
+Deprecated names are not errors: the caller drops them and warns, as Ollama does.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import math
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from types import MappingProxyType
+from typing import Final
+
+from modelyard.errors import ModelfileError
+
+ParameterValue = int | float | bool | str | tuple[str, ...]
+
+
+class ParameterType(enum.Enum):
+    """The type of a parameter; the value is how a message names it ("expected an integer")."""
+
+    INT = "an integer"
+    FLOAT = "a number"
+    BOOL = "true or false"
+    STRINGS = "a string or a list of strings"
+
+
+PARAMETER_TYPES: Final[Mapping[str, ParameterType]] = MappingProxyType(
+    {
+        "num_keep": ParameterType.INT,
+        "seed": ParameterType.INT,
+        "num_predict": ParameterType.INT,
+        "top_k": ParameterType.INT,
+        "top_p": ParameterType.FLOAT,
+        "min_p": ParameterType.FLOAT,
+        "typical_p": ParameterType.FLOAT,
+        "repeat_last_n": ParameterType.INT,
+        "temperature": ParameterType.FLOAT,
+        "repeat_penalty": ParameterType.FLOAT,
+        "presence_penalty": ParameterType.FLOAT,
+        "frequency_penalty": ParameterType.FLOAT,
+        "stop": ParameterType.STRINGS,
+        "num_ctx": ParameterType.INT,
+        "num_batch": ParameterType.INT,
+        "num_gpu": ParameterType.INT,
+        "main_gpu": ParameterType.INT,
+        "use_mmap": ParameterType.BOOL,
+        "use_mlock": ParameterType.BOOL,
+        "num_thread": ParameterType.INT,
+        "draft_num_predict": ParameterType.INT,
+        "num_parallel": ParameterType.INT,
+    }
+)
+
+# Ollama removed these (#10574, #10581) and drops them with a warning; so do we. `use_mlock` is on
+# Ollama's list but not on ours: llama.cpp still supports it.
+DEPRECATED_PARAMETERS: Final[frozenset[str]] = frozenset(
+    {
+        "penalize_newline",
+        "low_vram",
+        "f16_kv",
+        "logits_all",
+        "vocab_only",
+        "mirostat",
+        "mirostat_tau",
+        "mirostat_eta",
+    }
+)
+
+# Go's strconv.ParseInt(s, 10, 64) and ParseFloat(s, 32) spellings, ASCII digits only (Python's int()
+# would also take "1_000", " 7 " and Arabic-Indic digits). Hex floats and inf/nan are left out on purpose.
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+_FLOAT_TEXT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_BOOL_TEXT: Final[Mapping[str, bool]] = MappingProxyType(
+    {text: True for text in ("1", "t", "T", "TRUE", "true", "True")}
+    | {text: False for text in ("0", "f", "F", "FALSE", "false", "False")}
+)
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def is_deprecated(name: str) -> bool:
+    return name in DEPRECATED_PARAMETERS
+
+
+def deprecation_warning(name: str) -> str:
+    return f"parameter '{name}' is deprecated and was ignored"
+
+
+def parameter_type(name: str) -> ParameterType:
+    """The type of `name`, or a ModelfileError that suggests the closest valid name."""
+    try:
+        return PARAMETER_TYPES[name]
+    except KeyError:
+        raise ModelfileError(_unknown_parameter_message(name)) from None
+
+
+def _unknown_parameter_message(name: str) -> str:
+    if is_deprecated(name):
+        return f"parameter {name!r} is deprecated and no longer has any effect"
+    message = f"unknown parameter {name!r}"
+    suggestion = _closest_name(name)
+    if suggestion:
+        message += f" (did you mean {suggestion!r}?)"
+    return message
+
+
+def _closest_name(name: str) -> str | None:
+    # A case slip is the likeliest mistake, and difflib ranks it below some closer-looking names.
+    for valid in PARAMETER_TYPES:
+        if valid.lower() == name.lower():
+            return valid
+    matches = difflib.get_close_matches(name, list(PARAMETER_TYPES), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def coerce_parameter(name: str, raw: str) -> int | float | bool | str:
+    """The typed value of `PARAMETER name raw`; one `stop` line gives one string."""
+    kind = parameter_type(name)
+    if kind is ParameterType.STRINGS:
+        return raw
+    if kind is ParameterType.BOOL:
+        if raw in _BOOL_TEXT:
+            return _BOOL_TEXT[raw]
+    elif kind is ParameterType.INT:
+        if _INT_TEXT.fullmatch(raw):
+            return _checked_int(name, int(raw))
+    elif _FLOAT_TEXT.fullmatch(raw):
+        return _checked_float(name, float(raw))
+    raise ModelfileError(f"invalid value {raw!r} for parameter {name!r}: expected {_spelled(kind)}")
+
+
+def _spelled(kind: ParameterType) -> str:
+    examples = {
+        ParameterType.INT: "an integer, like 4096",
+        ParameterType.FLOAT: "a number, like 0.7",
+        ParameterType.BOOL: "true or false",
+        ParameterType.STRINGS: "a string",
+    }
+    return examples[kind]
+
+
+def _checked_int(name: str, value: int) -> int:
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise ModelfileError(f"parameter {name!r}: {value} does not fit in a 64-bit integer")
+    if name == "num_parallel" and value < 1:
+        raise ModelfileError(f"parameter 'num_parallel' must be at least 1, got {value}")
+    return value
+
+
+def _checked_float(name: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise ModelfileError(f"parameter {name!r} must be a finite number, got {value}")
+    return value
+
+
+def validate_parameter(name: str, value: object) -> ParameterValue:
+    """Check one already-typed value (from JSON or YAML) and return it in its canonical type.
+
+    An int is accepted for a float (and becomes a float); a bool is not accepted for a number, nor a
+    number for a bool; `stop` takes a string or a list of strings and always gives a tuple.
+    The message of the ModelfileError is about the value only, so a caller can prefix its own path.
+    """
+    kind = parameter_type(name)
+    if kind is ParameterType.STRINGS:
+        return _stop_strings(value)
+    if kind is ParameterType.BOOL and isinstance(value, bool):
+        return value
+    if isinstance(value, bool):
+        pass  # bool is an int subclass, but true is not a number
+    elif kind is ParameterType.INT and isinstance(value, int):
+        return _checked_int(name, value)
+    elif kind is ParameterType.FLOAT and isinstance(value, int | float):
+        return _checked_float(name, float(value))
+    raise ModelfileError(f"expected {kind.value}, got {describe_value(value)}")
+
+
+def _stop_strings(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list | tuple):
+        strings = tuple(item for item in value if isinstance(item, str))
+        if len(strings) == len(value):
+            return strings
+    raise ModelfileError(f"expected {ParameterType.STRINGS.value}, got {describe_value(value)}")
+
+
+def validate_parameters(parameters: Mapping[str, object]) -> dict[str, ParameterValue]:
+    """Check a whole mapping of typed values; deprecated names are dropped (see `deprecation_warning`).
+
+    Every problem is reported in one ModelfileError, one `name: problem` per line.
+    """
+    valid: dict[str, ParameterValue] = {}
+    problems: list[str] = []
+    for name, value in parameters.items():
+        if is_deprecated(name):
+            continue
+        try:
+            valid[name] = validate_parameter(name, value)
+        except ModelfileError as error:
+            # An unknown name's message already names it; a bad value's does not.
+            problems.append(error.message if name not in PARAMETER_TYPES else f"{name}: {error.message}")
+    if problems:
+        raise ModelfileError("invalid parameters:\n  " + "\n  ".join(problems))
+    return valid
+
+
+def describe_value(value: object) -> str:
+    """How a message shows a value a user wrote: strings quoted, YAML spellings for the rest."""
+    if isinstance(value, str):
+        return repr(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    return f"a {type(value).__name__}"
+
+
+class Parameters(Mapping[str, ParameterValue]):
+    """An immutable, hashable mapping of parameter values, kept sorted by name.
+
+    A frozen dataclass hashes its fields, so `Modelfile.parameters` cannot be a dict or a MappingProxy.
+    Lists become tuples on the way in; nothing is validated here (see `validate_parameters`).
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, object] | Iterable[tuple[str, object]] = ()) -> None:
+        pairs = items.items() if isinstance(items, Mapping) else items
+        frozen = {name: _frozen(value) for name, value in pairs}
+        self._items: tuple[tuple[str, ParameterValue], ...] = tuple(sorted(frozen.items()))
+
+    def __getitem__(self, name: str) -> ParameterValue:
+        for key, value in self._items:
+            if key == name:
+                return value
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return dict(self._items) == dict(other.items())
+
+    def __hash__(self) -> int:
+        return hash(self._items)
+
+    def __repr__(self) -> str:
+        return f"Parameters({dict(self._items)!r})"
+
+
+def _frozen(value: object) -> ParameterValue:
+    if isinstance(value, list | tuple):
+        return tuple(value)
+    return value  # type: ignore[return-value]  # unvalidated on purpose; see the class docstring

@@ -1,0 +1,530 @@
+"""`modelyard …`: the command line.
+
+This is an edge: it turns argv and the environment into Settings, calls the subsystems, renders
+their results, and maps their errors to messages and exit codes (0 ok, 1 user error, 2 other) in
+one table, `_ERROR_EXIT_CODES`. Heavy modules (numpy, llama.cpp, rich) are imported inside the
+commands that need them, so `modelyard list` and a cached rebuild start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from modelyard import __version__
+from modelyard.errors import (
+    BuildError,
+    CorruptStoreError,
+    ImageNotFoundError,
+    InvalidReferenceError,
+    ModelyardError,
+    StoreError,
+)
+from modelyard.progress import ProgressEvent, ProgressSink
+from modelyard.reference import Reference, parse_reference
+from modelyard.settings import Settings
+from modelyard.store import Store
+
+EXIT_OK = 0
+EXIT_USER_ERROR = 1
+EXIT_OTHER_ERROR = 2
+
+# Ordered: the first matching class decides. Anything not listed is a bug and keeps its traceback.
+_ERROR_EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (CorruptStoreError, EXIT_OTHER_ERROR),
+    (ModelyardError, EXIT_USER_ERROR),
+    (OSError, EXIT_OTHER_ERROR),
+)
+
+
+class CommandContext:
+    """What every command gets: settings, the store, and where to write."""
+
+    def __init__(self, settings: Settings, stdout: TextIO, stderr: TextIO) -> None:
+        self.settings = settings
+        self.stdout = stdout
+        self.stderr = stderr
+        self._store: Store | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.settings.store_dir, history_limit=self.settings.history_limit)
+        return self._store
+
+    def out(self, text: str = "") -> None:
+        print(text, file=self.stdout)
+
+    def err(self, text: str) -> None:
+        print(text, file=self.stderr)
+
+
+# --- progress rendering ----------------------------------------------------------------------
+
+
+def progress_sink(ctx: CommandContext, quiet: bool) -> tuple[ProgressSink, Callable[[], None]]:
+    """A sink that draws rich progress bars on a terminal, plain status lines otherwise."""
+    if quiet:
+        return (lambda event: None), (lambda: None)
+    if not ctx.stderr.isatty():
+        last: list[str] = []
+
+        def plain(event: ProgressEvent) -> None:
+            if event.completed is None and (not last or last[-1] != event.status):
+                last.append(event.status)
+                ctx.err(event.status)
+
+        return plain, lambda: None
+
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=Console(file=ctx.stderr),
+        transient=False,
+    )
+    tasks: dict[str, Any] = {}
+    progress.start()
+
+    def rich_sink(event: ProgressEvent) -> None:
+        if event.total is None:
+            progress.console.print(event.status, highlight=False)
+            return
+        key = event.digest or event.status
+        if key not in tasks:
+            tasks[key] = progress.add_task(event.status, total=event.total)
+        progress.update(tasks[key], completed=event.completed or 0, total=event.total)
+
+    return rich_sink, progress.stop
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+def cmd_build(args: argparse.Namespace, ctx: CommandContext) -> int:
+    from modelyard.builder.build import Builder, created_timestamp
+
+    target = parse_reference(args.tag)
+    modelfile = Path(args.file) if args.file else _default_modelfile(Path(args.context or "."))
+    context = Path(args.context) if args.context else None
+    sink, stop = progress_sink(ctx, args.quiet)
+    builder = Builder(
+        ctx.store,
+        ctx.settings.cache_dir,
+        created=created_timestamp(ctx.settings.source_date_epoch),
+        progress=sink,
+    )
+    try:
+        result = builder.build_file(modelfile, target, context=context, quantize=args.quantize)
+    finally:
+        stop()
+    for warning in result.warnings:
+        ctx.err(f"warning: {warning}")
+    if not args.quiet:
+        ctx.err(
+            f"built {target.short()} ({_human_bytes(result.size)}, {result.layers_created} new layers, "
+            f"{result.layers_reused} reused)"
+        )
+    ctx.out(result.digest)
+    return EXIT_OK
+
+
+def _default_modelfile(context: Path) -> Path:
+    for name in ("Modelfile", "Modelfile.yaml", "Modelfile.yml"):
+        if (context / name).is_file():
+            return context / name
+    raise BuildError(f"no Modelfile in {context}; pass one with -f")
+
+
+def cmd_list(args: argparse.Namespace, ctx: CommandContext) -> int:
+    rows: list[dict[str, Any]] = []
+    for record in sorted(ctx.store.images(), key=lambda r: r.tagged_at, reverse=True):
+        ref = parse_reference(record.name)
+        manifest = ctx.store.read_manifest(record.digest)
+        size = record.size + manifest.config.size + sum(layer.size for layer in manifest.layers)
+        rows.append(
+            {"name": ref.short(), "digest": record.digest, "size": size, "modified_at": record.tagged_at}
+        )
+    if args.json:
+        ctx.out(json.dumps({"models": rows}, indent=2))
+        return EXIT_OK
+    _table(
+        ctx,
+        ["NAME", "ID", "SIZE", "MODIFIED"],
+        [[r["name"], r["digest"][7:19], _human_bytes(r["size"]), _ago(r["modified_at"])] for r in rows],
+    )
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace, ctx: CommandContext) -> int:
+    ref = parse_reference(args.name)
+    record = ctx.store.resolve(ref)
+    manifest = ctx.store.read_manifest(record.digest)
+    parts = ctx.store.read_parts(manifest)
+    if args.modelfile:
+        ctx.out(_modelfile_for_show(ref, parts.modelfile))
+        return EXIT_OK
+    if args.template:
+        ctx.out(parts.template or "")
+        return EXIT_OK
+    if args.system:
+        ctx.out(parts.system or "")
+        return EXIT_OK
+    if args.license:
+        ctx.out("\n\n".join(parts.licenses))
+        return EXIT_OK
+    if args.parameters:
+        ctx.out(_format_parameters(parts.params))
+        return EXIT_OK
+    config = ctx.store.read_config(manifest).get("config", {})
+    details = {
+        "architecture": config.get("architecture"),
+        "parameters": config.get("paramSize"),
+        "quantization": config.get("quantization"),
+        "context length": manifest.annotations.get("io.modelyard.gguf.context-length"),
+        "embedding length": (config.get("transformerConfig") or {}).get("hiddenSize"),
+        "capabilities": ", ".join(sorted({*config.get("capabilities", {}).get("outputTypes", [])})),
+    }
+    if args.json:
+        ctx.out(
+            json.dumps(
+                {
+                    "name": ref.short(),
+                    "digest": record.digest,
+                    "details": details,
+                    "parameters": parts.params,
+                    "template": parts.template,
+                    "system": parts.system,
+                    "messages": parts.messages,
+                    "license": list(parts.licenses),
+                    "adapters": [a.digest for a in parts.adapters],
+                    "modelfile": parts.modelfile,
+                },
+                indent=2,
+            )
+        )
+        return EXIT_OK
+    ctx.out(f"  {ref.short()}  {record.digest}")
+    ctx.out("  Model")
+    for key, value in details.items():
+        if value:
+            ctx.out(f"    {key:<18}{value}")
+    if parts.params:
+        ctx.out("\n  Parameters")
+        ctx.out("\n".join("    " + line for line in _format_parameters(parts.params).splitlines()))
+    if parts.system:
+        ctx.out("\n  System")
+        ctx.out("    " + _first_lines(parts.system))
+    if parts.template:
+        ctx.out("\n  Template")
+        ctx.out("    " + _first_lines(parts.template))
+    if parts.adapters:
+        ctx.out("\n  Adapters")
+        for adapter in parts.adapters:
+            ctx.out(f"    {adapter.digest[:19]}  {_human_bytes(adapter.size)}")
+    if parts.licenses:
+        ctx.out("\n  License")
+        ctx.out("    " + _first_lines(parts.licenses[0]))
+    return EXIT_OK
+
+
+def _modelfile_for_show(ref: Reference, normalized: str | None) -> str:
+    if normalized is None:
+        raise StoreError(f"{ref.short()} carries no Modelfile layer (it was not built by modelyard)")
+    header = (
+        '# Modelfile generated by "modelyard show"\n'
+        "# FROM and ADAPTER name blobs of the local store by digest; to build on this image\n"
+        f"# elsewhere, replace the FROM line with:\n# FROM {ref.short()}\n\n"
+    )
+    return header + normalized.rstrip("\n")
+
+
+def _format_parameters(params: dict[str, Any]) -> str:
+    lines = []
+    for name in sorted(params):
+        values = params[name] if isinstance(params[name], list) else [params[name]]
+        lines += [f"{name:<20}{json.dumps(v) if isinstance(v, str) else _scalar(v)}" for v in values]
+    return "\n".join(lines)
+
+
+def _scalar(value: Any) -> str:
+    return "true" if value is True else "false" if value is False else str(value)
+
+
+def _first_lines(text: str, n: int = 4) -> str:
+    lines = text.strip().splitlines()
+    shown = "\n    ".join(lines[:n])
+    return shown + ("\n    …" if len(lines) > n else "")
+
+
+def cmd_rm(args: argparse.Namespace, ctx: CommandContext) -> int:
+    refs = [parse_reference(name) for name in args.names]  # all valid before any is removed
+    for ref in refs:
+        plan = ctx.store.remove(ref, dry_run=args.dry_run)
+        verb = "would delete" if args.dry_run else "deleted"
+        ctx.out(f"{verb} '{ref.short()}' ({len(plan.blobs)} blobs, {_human_bytes(plan.bytes_freed)} freed)")
+    return EXIT_OK
+
+
+def cmd_tag(args: argparse.Namespace, ctx: CommandContext) -> int:
+    source, target = parse_reference(args.source), parse_reference(args.target)
+    if target.digest is not None:
+        raise InvalidReferenceError(args.target, "a tag target cannot carry a digest")
+    record = ctx.store.resolve(source)
+    ctx.store.tag(target, record.digest)
+    ctx.out(f"tagged {target.short()} -> {record.digest}")
+    return EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace, ctx: CommandContext) -> int:
+    ref = parse_reference(args.name)
+    records = ctx.store.history(ref)
+    current = ctx.store.read_index().get(str(ref))
+    if args.json:
+        ctx.out(
+            json.dumps(
+                [{"digest": r.digest, "tagged_at": r.tagged_at, "current": r == current} for r in records],
+                indent=2,
+            )
+        )
+        return EXIT_OK
+    _table(
+        ctx,
+        ["DIGEST", "TAGGED", ""],
+        [[r.digest, r.tagged_at, "current" if r == current else ""] for r in records],
+    )
+    return EXIT_OK
+
+
+def cmd_rollback(args: argparse.Namespace, ctx: CommandContext) -> int:
+    ref = parse_reference(args.name)
+    record = ctx.store.rollback(ref, args.to)
+    ctx.out(f"{ref.short()} -> {record.digest}")
+    return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace, ctx: CommandContext) -> int:
+    plan = ctx.store.prune(grace_s=args.grace, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for digest in plan.blobs:
+        ctx.out(f"{verb} {digest}")
+    for partial in plan.partials:
+        ctx.out(f"{verb} {partial}")
+    ctx.err(
+        f"{verb} {len(plan.blobs)} blobs and {len(plan.partials)} partial files, "
+        f"{_human_bytes(plan.bytes_freed)}"
+    )
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace, ctx: CommandContext) -> int:
+    report = ctx.store.verify()
+    for expected, actual in report.corrupt:
+        ctx.out(f"corrupt blob {expected}: its bytes hash to {actual}")
+    for name, digest in report.missing:
+        ctx.out(f"missing blob {digest} (needed by {parse_reference(name).short()})")
+    for name, reason in report.unreadable:
+        ctx.out(f"unreadable image {parse_reference(name).short()}: {reason}")
+    if report.ok:
+        ctx.err(f"ok: {report.blobs_checked} blobs verified")
+        return EXIT_OK
+    ctx.err(
+        f"{len(report.corrupt) + len(report.missing) + len(report.unreadable)} problems in "
+        f"{report.blobs_checked} blobs. Remove the affected images (`modelyard rm`) "
+        "and build or pull them again."
+    )
+    return EXIT_USER_ERROR
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _table(ctx: CommandContext, header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    for row in [header, *rows]:
+        ctx.out("    ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
+def _ago(timestamp: str) -> str:
+    try:
+        then = time.mktime(time.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    except ValueError:
+        return timestamp
+    seconds = max(time.time() - then, 0)
+    for unit, length in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= length:
+            count = int(seconds // length)
+            return f"{count} {unit}{'s' if count > 1 else ''} ago"
+    return "just now"
+
+
+def _duration(text: str) -> float:
+    """Seconds from `90`, `30s`, `15m`, `1h`, `2d`."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}; use e.g. 30s, 15m, 1h, 0") from None
+
+
+# --- parser -------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelyard",
+        description="Docker for local LLMs: build Modelfiles into OCI images, keep them in a local store, "
+        "push and pull them through any OCI registry, and serve them.",
+        epilog="Environment: MODELYARD_HOME (store and caches; default ~/.local/share/modelyard), "
+        "SOURCE_DATE_EPOCH (timestamp stamped into built images).",
+    )
+    parser.add_argument("--version", action="version", version=f"modelyard {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    for name in ("build", "create"):
+        p = sub.add_parser(
+            name,
+            help="build an image from a Modelfile" + (" (alias of build)" if name == "create" else ""),
+            description="Build an image from a Modelfile (Ollama syntax, or Modelfile.yaml) into the "
+            "local store. Paths in FROM and ADAPTER are relative to the Modelfile's folder. The last line "
+            "printed is the image digest.",
+        )
+        p.add_argument(
+            "positional_tag", nargs="?", metavar="NAME", help="image name (as `ollama create NAME`)"
+        )
+        p.add_argument("-t", "--tag", dest="tag_option", metavar="NAME[:TAG]", help="image name and tag")
+        p.add_argument("-f", "--file", metavar="MODELFILE", help="the Modelfile (default: ./Modelfile)")
+        p.add_argument(
+            "--context",
+            metavar="DIR",
+            help="folder that relative paths start from (default: the Modelfile's folder)",
+        )
+        p.add_argument(
+            "-q",
+            "--quantize",
+            metavar="TYPE",
+            help="quantize F32/F16/BF16 weights to TYPE (Q4_K_M, Q8_0, … as llama.cpp names them)",
+        )
+        p.add_argument("--quiet", action="store_true", help="print only the digest")
+        p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("list", aliases=["ls"], help="list images in the local store")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser(
+        "show", help="show an image's details, parameters, template, system prompt or Modelfile"
+    )
+    p.add_argument("name", metavar="NAME")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--modelfile", action="store_true", help="print a Modelfile that builds this image again"
+    )
+    group.add_argument("--parameters", action="store_true", help="print the parameters")
+    group.add_argument("--template", action="store_true", help="print the template")
+    group.add_argument("--system", action="store_true", help="print the system prompt")
+    group.add_argument("--license", action="store_true", help="print the license")
+    group.add_argument("--json", action="store_true", help="everything, as JSON")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("rm", help="remove images (and the blobs only they used)")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    p.set_defaults(func=cmd_rm)
+
+    p = sub.add_parser("tag", aliases=["cp"], help="give an image another name")
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("target", metavar="TARGET")
+    p.set_defaults(func=cmd_tag)
+
+    p = sub.add_parser("history", help="the digests a name has pointed at, newest first")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("rollback", help="point a name back at an earlier digest")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument(
+        "--to",
+        metavar="DIGEST",
+        help="the digest (or a unique prefix of its hex) to return to; default: the previous one",
+    )
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("prune", help="remove blobs no image references, and stale partial files")
+    p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    p.add_argument(
+        "--grace",
+        type=_duration,
+        default=3600.0,
+        metavar="DURATION",
+        help="leave alone what is younger than this (default 1h: a build or pull may be using it)",
+    )
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser(
+        "verify", aliases=["fsck"], help="re-hash every blob and check every image is complete"
+    )
+    p.set_defaults(func=cmd_verify)
+    return parser
+
+
+def _resolve_build_tag(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.func is not cmd_build:
+        return
+    tag = args.tag_option or args.positional_tag
+    if not tag:
+        parser.error("build needs an image name: modelyard build -t NAME[:TAG] [-f Modelfile]")
+    args.tag = tag
+
+
+def main(
+    argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None
+) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _resolve_build_tag(args, parser)
+    ctx = CommandContext(Settings.from_env(), stdout or sys.stdout, stderr or sys.stderr)
+    try:
+        return int(args.func(args, ctx))
+    except KeyboardInterrupt:
+        ctx.err("interrupted")
+        return 130
+    except BaseException as exc:
+        for kind, code in _ERROR_EXIT_CODES:
+            if isinstance(exc, kind):
+                ctx.err(f"Error: {_message(exc)}")
+                return code
+        raise
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, ImageNotFoundError):
+        return str(exc)
+    if isinstance(exc, OSError) and not isinstance(exc, ModelyardError):
+        return f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc)
+    return str(exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

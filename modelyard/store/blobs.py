@@ -1,0 +1,188 @@
+"""Content-addressed blobs under `blobs/sha256/<hex>`, written so that no half-written or
+mismatched blob is ever visible.
+
+Every write streams into `ingest/<hex-or-new>.<random>.partial` (same filesystem), hashing as it
+goes; then the digest is checked, the file fsynced, and `os.replace`d into place. A crash leaves at
+most a partial file in `ingest/`, which `prune` removes. A blob that already exists is never
+written again (its mtime is touched so a concurrent prune's grace period sees it as in use).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from modelyard.errors import BlobNotFoundError, DigestMismatchError
+from modelyard.store.image import is_digest
+
+CHUNK_BYTES = 4 * 1024 * 1024
+PARTIAL_SUFFIX = ".partial"
+
+Progress = Callable[[int], None]  # called with the number of bytes just processed
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    digest: str
+    size: int
+    created: bool  # False when the blob was already in the store
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.dir = root / "blobs" / "sha256"
+        self.ingest_dir = root / "ingest"
+
+    def path(self, digest: str) -> Path:
+        """The file of a blob. The digest is validated, so no input can name a path outside the store."""
+        if not is_digest(digest):
+            raise ValueError(f"not a sha256 digest: {digest!r}")
+        return self.dir / digest.removeprefix("sha256:")
+
+    def exists(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def size(self, digest: str) -> int:
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError:
+            raise BlobNotFoundError(digest) from None
+
+    def read_bytes(self, digest: str, limit: int | None = None) -> bytes:
+        path = self.path(digest)
+        try:
+            with path.open("rb") as f:
+                data = f.read() if limit is None else f.read(limit + 1)
+        except FileNotFoundError:
+            raise BlobNotFoundError(digest) from None
+        if limit is not None and len(data) > limit:
+            raise ValueError(f"blob {digest} is larger than {limit} bytes")
+        return data
+
+    def touch(self, digest: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.path(digest))
+
+    def digests(self) -> Iterator[str]:
+        if not self.dir.is_dir():
+            return
+        for entry in os.scandir(self.dir):
+            name = "sha256:" + entry.name
+            if entry.is_file() and is_digest(name):
+                yield name
+
+    def put_bytes(self, data: bytes, expected: str | None = None) -> BlobInfo:
+        return self.put_chunks([data], expected=expected, source="bytes")
+
+    def put_file(self, path: Path, expected: str | None = None, progress: Progress | None = None) -> BlobInfo:
+        if expected is not None and self.exists(expected):
+            self.touch(expected)
+            return BlobInfo(expected, self.size(expected), created=False)
+        with path.open("rb") as f:
+            return self.put_chunks(_read_chunks(f), expected=expected, source=str(path), progress=progress)
+
+    def put_chunks(
+        self,
+        chunks: Iterable[bytes],
+        expected: str | None = None,
+        source: str = "",
+        progress: Progress | None = None,
+    ) -> BlobInfo:
+        """Stream chunks into the store. With `expected`, bytes that hash otherwise never enter it."""
+        if expected is not None:
+            self.path(expected)  # validates the digest before any work
+            if self.exists(expected):
+                self.touch(expected)
+                return BlobInfo(expected, self.size(expected), created=False)
+        self.ingest_dir.mkdir(parents=True, exist_ok=True)
+        stem = expected.removeprefix("sha256:") if expected else "new"
+        partial = self.ingest_dir / f"{stem}.{secrets.token_hex(6)}{PARTIAL_SUFFIX}"
+        try:
+            digest, size = _write_hashed(partial, chunks, progress)
+            if expected is not None and digest != expected:
+                raise DigestMismatchError(expected, digest, source)
+            return self._commit(partial, digest, size)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+
+    def commit_partial(self, partial: Path, expected: str) -> BlobInfo:
+        """Hash a finished partial file (e.g. a resumed download) and move it into place if it matches."""
+        digest, size = hash_file(partial)
+        if digest != expected:
+            partial.unlink(missing_ok=True)
+            raise DigestMismatchError(expected, digest, str(partial.name))
+        return self._commit(partial, digest, size)
+
+    def _commit(self, partial: Path, digest: str, size: int) -> BlobInfo:
+        target = self.path(digest)
+        if target.exists():
+            self.touch(digest)
+            return BlobInfo(digest, size, created=False)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(partial, 0o644)
+        os.replace(partial, target)
+        fsync_dir(self.dir)
+        return BlobInfo(digest, size, created=True)
+
+    def remove(self, digest: str) -> None:
+        self.path(digest).unlink(missing_ok=True)
+
+    def stale_partials(self, older_than_s: float, now: float | None = None) -> list[Path]:
+        if not self.ingest_dir.is_dir():
+            return []
+        cutoff = (time.time() if now is None else now) - older_than_s
+        return [
+            Path(e.path)
+            for e in os.scandir(self.ingest_dir)
+            if e.is_file() and e.name.endswith(PARTIAL_SUFFIX) and e.stat().st_mtime <= cutoff
+        ]
+
+
+def _read_chunks(f: BinaryIO) -> Iterator[bytes]:
+    while chunk := f.read(CHUNK_BYTES):
+        yield chunk
+
+
+def _write_hashed(partial: Path, chunks: Iterable[bytes], progress: Progress | None) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with partial.open("xb") as out:
+        for chunk in chunks:
+            h.update(chunk)
+            out.write(chunk)
+            size += len(chunk)
+            if progress is not None:
+                progress(len(chunk))
+        out.flush()
+        os.fsync(out.fileno())
+    return "sha256:" + h.hexdigest(), size
+
+
+def hash_file(path: Path, progress: Progress | None = None) -> tuple[str, int]:
+    """sha256 of a file, streamed."""
+    h = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        for chunk in _read_chunks(f):
+            h.update(chunk)
+            size += len(chunk)
+            if progress is not None:
+                progress(len(chunk))
+    return "sha256:" + h.hexdigest(), size

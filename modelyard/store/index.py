@@ -1,0 +1,151 @@
+"""The store's `index.json` as a value, and the pure transitions on it.
+
+Current tags are index entries annotated with `org.opencontainers.image.ref.name`, exactly as the
+OCI image layout wants, so `skopeo inspect oci:<store>:<name>` finds them. Earlier digests of a tag
+are entries annotated `io.modelyard.history.of` instead: they keep their manifests (and so their
+blobs) alive for `rollback`, and standard tools ignore them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from modelyard.store.image import (
+    ANNOTATION_REF_NAME,
+    INDEX_OCI,
+    MANIFEST_OCI,
+    ManifestFormatError,
+    canonical_json,
+    is_digest,
+)
+
+ANNOTATION_HISTORY_OF = "io.modelyard.history.of"
+ANNOTATION_TAGGED_AT = "io.modelyard.tagged-at"
+
+
+@dataclass(frozen=True)
+class TagRecord:
+    """One index entry: a name pointing at a manifest, and when it started to."""
+
+    name: str  # canonical reference text, e.g. "library/gemma3:latest"
+    digest: str
+    size: int
+    tagged_at: str  # RFC 3339, UTC
+    media_type: str = MANIFEST_OCI
+    artifact_type: str | None = None
+
+
+@dataclass(frozen=True)
+class Index:
+    tags: tuple[TagRecord, ...] = ()
+    # Earlier digests per name, newest first within a name.
+    history: tuple[TagRecord, ...] = ()
+
+    def get(self, name: str) -> TagRecord | None:
+        return next((t for t in self.tags if t.name == name), None)
+
+    def history_of(self, name: str) -> list[TagRecord]:
+        return [h for h in self.history if h.name == name]
+
+    def manifest_digests(self) -> set[str]:
+        """Every manifest the index keeps alive, current or historic."""
+        return {t.digest for t in self.tags} | {h.digest for h in self.history}
+
+
+def set_tag(index: Index, record: TagRecord, history_limit: int) -> Index:
+    """Point `record.name` at `record.digest`; the digest it pointed at before joins its history."""
+    current = index.get(record.name)
+    tags = [t for t in index.tags if t.name != record.name] + [record]
+    history = list(index.history)
+    if current is not None and current.digest != record.digest:
+        history = _push_history(history, current, record.digest, history_limit)
+    return Index(tags=tuple(sorted(tags, key=lambda t: t.name)), history=tuple(history))
+
+
+def _push_history(
+    history: list[TagRecord], previous: TagRecord, new_digest: str, limit: int
+) -> list[TagRecord]:
+    mine = [h for h in history if h.name == previous.name and h.digest not in (previous.digest, new_digest)]
+    others = [h for h in history if h.name != previous.name]
+    return others + ([previous, *mine][: max(limit, 0)])
+
+
+def remove_tag(index: Index, name: str) -> Index:
+    """Forget a name and its history."""
+    return Index(
+        tags=tuple(t for t in index.tags if t.name != name),
+        history=tuple(h for h in index.history if h.name != name),
+    )
+
+
+def parse_index(value: Any) -> Index:
+    if not isinstance(value, dict) or not isinstance(value.get("manifests", []), list):
+        raise ManifestFormatError("index.json: expected an object with a 'manifests' list")
+    tags: list[TagRecord] = []
+    history: list[TagRecord] = []
+    for i, entry in enumerate(value.get("manifests", [])):
+        record, is_history = _parse_entry(entry, f"index.json manifests[{i}]")
+        if record is not None:
+            (history if is_history else tags).append(record)
+    return Index(tags=tuple(tags), history=tuple(history))
+
+
+def _parse_entry(entry: Any, where: str) -> tuple[TagRecord | None, bool]:
+    if not isinstance(entry, dict):
+        raise ManifestFormatError(f"{where}: expected an object")
+    annotations = entry.get("annotations") or {}
+    digest, size = entry.get("digest"), entry.get("size")
+    if not isinstance(digest, str) or not is_digest(digest) or not isinstance(size, int) or size < 0:
+        raise ManifestFormatError(f"{where}: bad digest or size")
+    name = annotations.get(ANNOTATION_REF_NAME) or annotations.get(ANNOTATION_HISTORY_OF)
+    if not isinstance(name, str):
+        # An entry some other tool wrote without a name: keep nothing we can't address.
+        return None, False
+    record = TagRecord(
+        name=name,
+        digest=digest,
+        size=size,
+        tagged_at=str(annotations.get(ANNOTATION_TAGGED_AT, "")),
+        media_type=str(entry.get("mediaType") or MANIFEST_OCI),
+        artifact_type=entry.get("artifactType") if isinstance(entry.get("artifactType"), str) else None,
+    )
+    return record, ANNOTATION_REF_NAME not in annotations
+
+
+def render_index(index: Index) -> bytes:
+    entries = [_entry(t, ANNOTATION_REF_NAME) for t in index.tags]
+    entries += [_entry(h, ANNOTATION_HISTORY_OF) for h in index.history]
+    return canonical_json({"schemaVersion": 2, "mediaType": INDEX_OCI, "manifests": entries})
+
+
+def _entry(record: TagRecord, name_key: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "mediaType": record.media_type,
+        "digest": record.digest,
+        "size": record.size,
+        "annotations": {name_key: record.name, ANNOTATION_TAGGED_AT: record.tagged_at},
+    }
+    if record.artifact_type:
+        entry["artifactType"] = record.artifact_type
+    return entry
+
+
+def rollback_target(index: Index, name: str, to_digest: str | None = None) -> TagRecord:
+    """The history entry `rollback` returns `name` to: the newest one, or the one with `to_digest`.
+
+    Raises LookupError with a message that lists what is possible.
+    """
+    history = index.history_of(name)
+    if to_digest is None:
+        if not history:
+            raise LookupError(f"{name} has no earlier digest to roll back to")
+        return history[0]
+    matches = [
+        h for h in history if h.digest == to_digest or h.digest.removeprefix("sha256:").startswith(to_digest)
+    ]
+    if len(matches) != 1:
+        known = ", ".join(h.digest[7:19] for h in history) or "none"
+        problem = "is ambiguous" if matches else "is not in its history"
+        raise LookupError(f"digest {to_digest} {problem} for {name} (earlier digests: {known})")
+    return matches[0]

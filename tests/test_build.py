@@ -1,0 +1,355 @@
+"""`modelyard build` end to end on real (tiny) GGUFs: image format, determinism, layer sharing,
+caching, adapters, quantization, and the show --modelfile round trip."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from modelyard.builder.build import Builder, created_timestamp
+from modelyard.errors import BuildError, GGUFError, QuantizeError
+from modelyard.progress import ProgressEvent
+from modelyard.reference import parse_reference
+from modelyard.store import Store
+from modelyard.store.image import (
+    ARTIFACT_MODELPACK,
+    CONFIG_MODELPACK,
+    LAYER_ADAPTER,
+    LAYER_LICENSE,
+    LAYER_MESSAGES,
+    LAYER_MODELFILE,
+    LAYER_PARAMS,
+    LAYER_SYSTEM,
+    LAYER_TEMPLATE,
+    LAYER_WEIGHT,
+    MANIFEST_OCI,
+)
+
+# The CNCF ModelPack config schema's shape (modelpack/model-spec docs/config.md): every object
+# closed, so a field outside the spec would fail here as it fails in modctl.
+_STR = {"type": "string"}
+MODELPACK_CONFIG_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["descriptor", "config", "modelfs"],
+    "properties": {
+        "descriptor": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                k: _STR
+                for k in (
+                    "createdAt",
+                    "family",
+                    "name",
+                    "version",
+                    "title",
+                    "description",
+                    "vendor",
+                    "docURL",
+                    "sourceURL",
+                    "revision",
+                )
+            }
+            | {"licenses": {"type": "array", "items": _STR}, "authors": {"type": "array", "items": _STR}},
+        },
+        "config": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                **{k: _STR for k in ("architecture", "format", "paramSize", "precision", "quantization")},
+                "transformerConfig": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "attentionType": {"enum": ["mha", "gqa", "mla"]},
+                        "mlpType": {"enum": ["dense", "moe"]},
+                        **{
+                            k: {"type": "integer", "minimum": 1}
+                            for k in (
+                                "numLayers",
+                                "numAttentionHeads",
+                                "numKVHeads",
+                                "hiddenSize",
+                                "intermediateSize",
+                            )
+                        },
+                    },
+                },
+                "capabilities": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "inputTypes": {
+                            "type": "array",
+                            "items": {"enum": ["text", "image", "audio", "video", "embedding", "other"]},
+                        },
+                        "outputTypes": {
+                            "type": "array",
+                            "items": {"enum": ["text", "image", "audio", "video", "embedding", "other"]},
+                        },
+                        "reasoning": {"type": "boolean"},
+                        "toolUsage": {"type": "boolean"},
+                    },
+                },
+            },
+        },
+        "modelfs": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["type", "diffIds"],
+            "properties": {"type": {"enum": ["layers"]}, "diffIds": {"type": "array", "minItems": 1}},
+        },
+    },
+}
+
+CHAT_MODELFILE = """\
+FROM ./weights.gguf
+TEMPLATE \"\"\"{{ range .Messages }}<|{{ .Role }}|>{{ .Content }}
+{{ end }}<|assistant|>\"\"\"
+SYSTEM You are terse.
+PARAMETER temperature 0.3
+PARAMETER stop <|user|>
+PARAMETER stop <|end|>
+MESSAGE user hi
+MESSAGE assistant hello
+LICENSE MIT
+"""
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[ProgressEvent] = []
+
+    def __call__(self, event: ProgressEvent) -> None:
+        self.events.append(event)
+
+    def statuses(self) -> list[str]:
+        return [e.status for e in self.events]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, tiny_gguf: Path) -> Path:
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copyfile(tiny_gguf, work / "weights.gguf")
+    (work / "Modelfile").write_text(CHAT_MODELFILE)
+    return work
+
+
+def make_builder(home: Path, **kwargs: object) -> tuple[Builder, Store, Recorder]:
+    store = Store(home / "store")
+    recorder = Recorder()
+    return Builder(store, home / "cache", progress=recorder, **kwargs), store, recorder  # type: ignore[arg-type]
+
+
+def build(home: Path, modelfile: Path, name: str, **kwargs: object) -> tuple[str, Store, Recorder]:
+    builder, store, recorder = make_builder(home)
+    result = builder.build_file(modelfile, parse_reference(name), **kwargs)  # type: ignore[arg-type]
+    return result.digest, store, recorder
+
+
+def test_image_is_a_modelpack_artifact(tmp_path: Path, workdir: Path) -> None:
+    digest, store, _ = build(tmp_path / "home", workdir / "Modelfile", "chat:v1")
+    manifest = store.read_manifest(digest)
+    raw = json.loads(store.blobs.read_bytes(digest))
+    assert raw["mediaType"] == MANIFEST_OCI and raw["artifactType"] == ARTIFACT_MODELPACK
+    assert manifest.config.media_type == CONFIG_MODELPACK
+    assert [layer.media_type for layer in manifest.layers] == [
+        LAYER_WEIGHT,
+        LAYER_TEMPLATE,
+        LAYER_SYSTEM,
+        LAYER_PARAMS,
+        LAYER_MESSAGES,
+        LAYER_LICENSE,
+        LAYER_MODELFILE,
+    ]
+    for layer in manifest.layers:
+        assert (
+            layer.annotations["org.cncf.model.filepath"]
+            == layer.annotations["org.opencontainers.image.title"]
+        )
+    assert manifest.layers[0].annotations["org.cncf.model.filepath"] == "model.gguf"
+
+    config = store.read_config(manifest)
+    Draft202012Validator(MODELPACK_CONFIG_SCHEMA).validate(config)
+    assert config["modelfs"]["diffIds"] == [layer.digest for layer in manifest.layers]
+    assert config["config"]["architecture"] == "llama"
+    assert config["config"]["quantization"] == "F32"
+    assert config["config"]["transformerConfig"]["numLayers"] == 2
+    assert config["config"]["transformerConfig"]["attentionType"] == "gqa"
+    assert manifest.annotations["io.modelyard.gguf.context-length"] == "256"
+    assert manifest.annotations["io.modelyard.gguf.chat-template"] == "false"
+
+    parts = store.read_parts(manifest)
+    assert parts.system == "You are terse."
+    assert parts.params == {"stop": ["<|user|>", "<|end|>"], "temperature": 0.3}
+    assert parts.messages == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    assert parts.licenses == ("MIT",)
+    assert store.blobs.read_bytes(manifest.layers[0].digest) == (workdir / "weights.gguf").read_bytes()
+
+
+def test_same_inputs_same_digest_across_stores(tmp_path: Path, workdir: Path) -> None:
+    first, _, _ = build(tmp_path / "a", workdir / "Modelfile", "chat")
+    again, _, _ = build(tmp_path / "a", workdir / "Modelfile", "chat")
+    elsewhere, _, _ = build(tmp_path / "b", workdir / "Modelfile", "other/name:tag")
+    assert first == again == elsewhere
+
+
+def test_source_date_epoch_stamps_the_image(tmp_path: Path, workdir: Path) -> None:
+    builder, store, _ = make_builder(tmp_path / "h", created=created_timestamp(1_700_000_000))
+    digest = builder.build_file(workdir / "Modelfile", parse_reference("m")).digest
+    manifest = store.read_manifest(digest)
+    assert store.read_config(manifest)["descriptor"]["createdAt"] == "2023-11-14T22:13:20Z"
+    default, _, _ = build(tmp_path / "h2", workdir / "Modelfile", "m")
+    assert default != digest
+
+
+def test_yaml_form_builds_the_same_image(tmp_path: Path, workdir: Path) -> None:
+    (workdir / "Modelfile.yaml").write_text(
+        "from: ./weights.gguf\n"
+        'template: "{{ range .Messages }}<|{{ .Role }}|>{{ .Content }}\\n{{ end }}<|assistant|>"\n'
+        "system: You are terse.\n"
+        "parameters: {temperature: 0.3, stop: ['<|user|>', '<|end|>']}\n"
+        "messages: [{role: user, content: hi}, {role: assistant, content: hello}]\n"
+        "license: MIT\n"
+    )
+    text_form, _, _ = build(tmp_path / "h", workdir / "Modelfile", "m")
+    yaml_form, _, _ = build(tmp_path / "h", workdir / "Modelfile.yaml", "m-yaml")
+    assert yaml_form == text_form
+
+
+def test_derived_model_shares_weights(tmp_path: Path, workdir: Path) -> None:
+    home = tmp_path / "home"
+    base, store, _ = build(home, workdir / "Modelfile", "chat")
+    blobs_before = set(store.blobs.digests())
+    bytes_before = sum(store.blobs.size(d) for d in blobs_before)
+    (workdir / "Derived").write_text("FROM chat\nSYSTEM You are a pirate.\nPARAMETER top_k 10\n")
+    derived, store, recorder = build(home, workdir / "Derived", "pirate")
+    new_blobs = set(store.blobs.digests()) - blobs_before
+    added = sum(store.blobs.size(d) for d in new_blobs)
+    assert added < 8 * 1024, f"a derived image adds kilobytes, not weights ({added} bytes)"
+    assert bytes_before > 600_000
+    base_parts = store.read_parts(store.read_manifest(base))
+    parts = store.read_parts(store.read_manifest(derived))
+    assert parts.weights == base_parts.weights
+    assert parts.template == base_parts.template and parts.messages == base_parts.messages
+    assert parts.system == "You are a pirate."
+    assert parts.params == {**base_parts.params, "top_k": 10}, "parameters merge, new ones win"
+    assert not any(s.startswith("parsing GGUF") for s in recorder.statuses())
+
+
+def test_rebuild_uses_the_file_cache(tmp_path: Path, workdir: Path) -> None:
+    home = tmp_path / "home"
+    _, _, first = build(home, workdir / "Modelfile", "m")
+    assert any(e.status == "copying model file" for e in first.events)
+    _, _, second = build(home, workdir / "Modelfile", "m")
+    assert not any(e.status in ("copying model file", "parsing GGUF") for e in second.events), (
+        "an unchanged GGUF is neither re-read nor re-hashed"
+    )
+    (workdir / "weights.gguf").touch()  # a new mtime: the cache must not trust it
+    _, _, third = build(home, workdir / "Modelfile", "m")
+    assert any(e.status == "copying model file" for e in third.events)
+
+
+def test_rebuild_that_changes_system_writes_no_weight_blob(tmp_path: Path, workdir: Path) -> None:
+    home = tmp_path / "home"
+    build(home, workdir / "Modelfile", "m")
+    (workdir / "Modelfile").write_text(CHAT_MODELFILE.replace("You are terse.", "You are verbose."))
+    _, store, recorder = build(home, workdir / "Modelfile", "m")
+    created = [s for s in recorder.statuses() if s.startswith("creating new layer")]
+    weights_digest = store.read_parts(store.read_manifest(store.images()[0].digest)).weights.digest  # type: ignore[union-attr]
+    assert f"creating new layer {weights_digest}" not in created
+    assert len(created) == 3, created  # the system layer, the Modelfile layer, the config
+
+
+def test_show_modelfile_round_trip(tmp_path: Path, workdir: Path, tiny_lora: Path) -> None:
+    home = tmp_path / "home"
+    shutil.copyfile(tiny_lora, workdir / "lora.gguf")
+    (workdir / "Modelfile").write_text(CHAT_MODELFILE + "ADAPTER ./lora.gguf\nREQUIRES 0.5.0\n")
+    digest, store, _ = build(home, workdir / "Modelfile", "m")
+    normalized = store.read_parts(store.read_manifest(digest)).modelfile
+    assert normalized is not None and normalized.startswith("FROM sha256:")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "Modelfile").write_text(normalized)
+    again, _, _ = build(home, elsewhere / "Modelfile", "copy")
+    assert again == digest, "show --modelfile builds back to the same image"
+
+
+def test_adapter_layer(tmp_path: Path, workdir: Path, tiny_lora: Path) -> None:
+    shutil.copyfile(tiny_lora, workdir / "lora.gguf")
+    (workdir / "Modelfile").write_text("FROM ./weights.gguf\nADAPTER ./lora.gguf\n")
+    digest, store, _ = build(tmp_path / "h", workdir / "Modelfile", "m")
+    manifest = store.read_manifest(digest)
+    adapters = manifest.layers_of(LAYER_ADAPTER)
+    assert len(adapters) == 1
+    assert adapters[0].annotations["org.cncf.model.filepath"] == "adapters/adapter-1.gguf"
+    assert store.blobs.read_bytes(adapters[0].digest) == tiny_lora.read_bytes()
+    assert manifest.layers[0].media_type == LAYER_WEIGHT, "base weights stay the first layer"
+
+
+@pytest.mark.parametrize(
+    ("modelfile", "error", "fragment"),
+    [
+        pytest.param("FROM ./lora.gguf\n", GGUFError, "is a LoRA adapter", id="lora-as-from"),
+        pytest.param(
+            "FROM ./weights.gguf\nADAPTER ./weights.gguf\n",
+            GGUFError,
+            "not a LoRA adapter",
+            id="base-as-adapter",
+        ),
+        pytest.param("FROM ./nope.gguf\n", BuildError, "no such file", id="missing-from"),
+        pytest.param(
+            "FROM ./weights.gguf\nADAPTER ./nope.gguf\n", BuildError, "no such file", id="missing-adapter"
+        ),
+        pytest.param("FROM never-built\n", BuildError, "no such file or image", id="unknown-image"),
+        pytest.param("FROM ./notgguf.bin\n", GGUFError, "not a GGUF", id="not-gguf"),
+        pytest.param("FROM ./truncated.gguf\n", GGUFError, "truncated", id="truncated"),
+        pytest.param("FROM sha256:" + "0" * 64 + "\n", BuildError, "no such blob", id="unknown-blob"),
+    ],
+)
+def test_bad_sources_leave_the_store_unchanged(
+    tmp_path: Path, workdir: Path, tiny_lora: Path, modelfile: str, error: type[Exception], fragment: str
+) -> None:
+    from tinygguf import write_not_gguf, write_truncated_gguf
+
+    shutil.copyfile(tiny_lora, workdir / "lora.gguf")
+    write_not_gguf(workdir / "notgguf.bin")
+    write_truncated_gguf(workdir / "weights.gguf", workdir / "truncated.gguf")
+    home = tmp_path / "home"
+    build(home, workdir / "Modelfile", "existing")
+    before = sorted(p.name for p in (home / "store").rglob("*"))
+    (workdir / "Bad").write_text(modelfile)
+    with pytest.raises(error, match=fragment):
+        build(home, workdir / "Bad", "bad")
+    assert sorted(p.name for p in (home / "store").rglob("*")) == before
+
+
+def test_quantize_f32_to_q8_0(tmp_path: Path, workdir: Path) -> None:
+    (workdir / "Modelfile").write_text("FROM ./weights.gguf\n")
+    digest, store, recorder = build(tmp_path / "h", workdir / "Modelfile", "q", quantize="q8_0")
+    config = store.read_config(store.read_manifest(digest))
+    assert config["config"]["quantization"] == "Q8_0"
+    assert "quantizing F32 model to Q8_0" in recorder.statuses()
+    assert list((tmp_path / "h" / "store" / "ingest").iterdir()) == [], "no quantizer output left behind"
+    again, _, _ = build(tmp_path / "h", workdir / "Modelfile", "q", quantize="Q8_0")
+    assert again == digest, "llama.cpp's quantizer is deterministic: same input, same image"
+
+
+def test_quantize_refuses_quantized_source_and_unknown_type(tmp_path: Path, workdir: Path) -> None:
+    (workdir / "Modelfile").write_text("FROM ./weights.gguf\n")
+    home = tmp_path / "h"
+    quantized, store, _ = build(home, workdir / "Modelfile", "q", quantize="Q8_0")
+    weights = store.read_parts(store.read_manifest(quantized)).weights
+    assert weights is not None
+    shutil.copyfile(store.blobs.path(weights.digest), workdir / "q8.gguf")
+    (workdir / "Q").write_text("FROM ./q8.gguf\n")
+    with pytest.raises(QuantizeError, match=r"already quantized \(Q8_0\)"):
+        build(home, workdir / "Q", "qq", quantize="Q4_K_M")
+    with pytest.raises(QuantizeError, match="unknown quantization type 'Q9_X'"):
+        build(home, workdir / "Modelfile", "qq", quantize="Q9_X")

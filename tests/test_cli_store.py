@@ -1,0 +1,248 @@
+"""The CLI over the store and the builder: exit codes, messages, and the store left as it was."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from modelyard.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Result:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("MODELYARD_HOME", str(home))
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    return home
+
+
+def cli(*args: str) -> Result:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(args), stdout=out, stderr=err)
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def store_snapshot(home: Path) -> dict[str, bytes]:
+    root = home / "store"
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.endswith(".lock")
+    }
+
+
+@pytest.fixture
+def work(tmp_path: Path, tiny_gguf: Path, tiny_lora: Path) -> Path:
+    from tinygguf import write_not_gguf, write_truncated_gguf
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copyfile(tiny_gguf, work / "weights.gguf")
+    shutil.copyfile(tiny_lora, work / "lora.gguf")
+    write_not_gguf(work / "notgguf.gguf")
+    write_truncated_gguf(tiny_gguf, work / "truncated.gguf")
+    (work / "Modelfile").write_text("FROM ./weights.gguf\nSYSTEM base\nPARAMETER temperature 0.5\n")
+    return work
+
+
+def test_build_list_show_tag_rm(home: Path, work: Path) -> None:
+    built = cli("build", "-t", "team/chat:v1", "-f", str(work / "Modelfile"), "--quiet")
+    assert built.code == 0 and built.out.strip().startswith("sha256:") and built.err == ""
+    digest = built.out.strip()
+
+    listed = cli("list")
+    assert "team/chat:v1" in listed.out and digest[7:19] in listed.out
+    as_json = json.loads(cli("list", "--json").out)
+    assert as_json["models"][0]["digest"] == digest
+
+    shown = cli("show", "team/chat:v1")
+    assert "llama" in shown.out and "temperature" in shown.out and "base" in shown.out
+    assert cli("show", "team/chat:v1", "--system").out.strip() == "base"
+    assert json.loads(cli("show", "team/chat:v1", "--json").out)["parameters"] == {"temperature": 0.5}
+
+    assert cli("tag", "team/chat:v1", "chat").code == 0
+    assert cli("show", "chat", "--json").code == 0
+    removed = cli("rm", "team/chat:v1")
+    assert removed.code == 0 and "0 blobs" in removed.out, "the other tag still needs every blob"
+    removed = cli("rm", "chat")
+    assert removed.code == 0 and "blobs" in removed.out
+    assert cli("list", "--json").out.count("digest") == 0
+    assert cli("verify").code == 0
+
+
+def test_create_alias_and_positional_name(home: Path, work: Path) -> None:
+    made = cli("create", "m", "-f", str(work / "Modelfile"), "--quiet")
+    assert made.code == 0
+    assert cli("show", "m", "--system").out.strip() == "base"
+
+
+def test_history_and_rollback(home: Path, work: Path) -> None:
+    first = cli("build", "-t", "m", "-f", str(work / "Modelfile"), "--quiet").out.strip()
+    (work / "Modelfile").write_text("FROM ./weights.gguf\nSYSTEM changed\n")
+    second = cli("build", "-t", "m", "-f", str(work / "Modelfile"), "--quiet").out.strip()
+    history = json.loads(cli("history", "m", "--json").out)
+    assert [h["digest"] for h in history] == [second, first] and history[0]["current"]
+    rolled = cli("rollback", "m")
+    assert rolled.code == 0 and first in rolled.out
+    assert cli("show", "m", "--system").out.strip() == "base"
+    assert cli("rollback", "m", "--to", second[7:20]).code == 0
+    assert cli("show", "m", "--system").out.strip() == "changed"
+    bad = cli("rollback", "m", "--to", "ffff")
+    assert bad.code == 1 and "not in its history" in bad.err
+
+
+@pytest.mark.parametrize(
+    ("modelfile", "fragments"),
+    [
+        pytest.param("FROM ./missing.gguf\n", ["no such file"], id="missing-from-file"),
+        pytest.param("FROM ./notgguf.gguf\n", ["notgguf.gguf", "not a GGUF"], id="not-gguf"),
+        pytest.param("FROM ./truncated.gguf\n", ["truncated"], id="truncated-gguf"),
+        pytest.param(
+            "FROM ./weights.gguf\nPARAMETER temprature 1\n",
+            ["Bad:2:", "temprature", "temperature"],
+            id="unknown-parameter",
+        ),
+        pytest.param(
+            "FROM ./weights.gguf\nPARAMETER top_k high\n", ["Bad:2:", "top_k", "integer"], id="bad-value-type"
+        ),
+        pytest.param(
+            'FROM ./weights.gguf\nSYSTEM """never closed\n', ["Bad:2:", '"""'], id="unterminated-quote"
+        ),
+        pytest.param("FROM ./weights.gguf\nMESSAGE robot hi\n", ["Bad:2:", "role"], id="bad-message-role"),
+        pytest.param("FROM ./lora.gguf\n", ["LoRA adapter", "ADAPTER"], id="lora-as-from"),
+        pytest.param(
+            "FROM ./weights.gguf\nADAPTER ./weights.gguf\n", ["not a LoRA adapter"], id="base-as-adapter"
+        ),
+    ],
+)
+def test_bad_build_input_exit_1_store_unchanged(
+    home: Path, work: Path, modelfile: str, fragments: list[str]
+) -> None:
+    assert cli("build", "-t", "keep", "-f", str(work / "Modelfile"), "--quiet").code == 0
+    before = store_snapshot(home)
+    (work / "Bad").write_text(modelfile)
+    result = cli("build", "-t", "bad", "-f", str(work / "Bad"))
+    assert result.code == 1
+    assert result.err.count("Error:") == 1 and "Traceback" not in result.err
+    for fragment in fragments:
+        assert fragment in result.err
+    assert store_snapshot(home) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        pytest.param(["build", "-t", "Bad Name!", "-f", "Modelfile"], "whitespace", id="illegal-reference"),
+        pytest.param(
+            ["build", "-t", "bad$name", "-f", "Modelfile"], "repository component", id="illegal-char"
+        ),
+        pytest.param(["rm", "nothing-here"], "not found", id="rm-unknown"),
+        pytest.param(["show", "nothing-here"], "not found", id="show-unknown"),
+        pytest.param(["tag", "nothing-here", "x"], "not found", id="tag-unknown"),
+        pytest.param(["build", "-t", "m", "-f", "/nonexistent/Modelfile"], "no such file", id="no-modelfile"),
+    ],
+)
+def test_user_errors_exit_1(
+    home: Path, work: Path, args: list[str], fragment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(work)
+    cli("build", "-t", "keep", "--quiet")
+    before = store_snapshot(home)
+    result = cli(*args)
+    assert result.code == 1 and fragment in result.err, result.err
+    assert store_snapshot(home) == before
+
+
+def test_prune_and_verify_commands(home: Path, work: Path) -> None:
+    cli("build", "-t", "m", "-f", str(work / "Modelfile"), "--quiet")
+    (work / "Modelfile").write_text("FROM ./weights.gguf\nSYSTEM other\n")
+    cli("build", "-t", "other", "-f", str(work / "Modelfile"), "--quiet")
+    cli("rm", "other")
+    orphan_dir = home / "store" / "blobs" / "sha256"
+    (home / "store" / "ingest").mkdir(exist_ok=True)
+    (home / "store" / "ingest" / "x.1.partial").write_bytes(b"stale")
+    dry = cli("prune", "--grace", "0", "--dry-run")
+    assert dry.code == 0 and "would remove" in dry.out
+    assert (home / "store" / "ingest" / "x.1.partial").exists()
+    done = cli("prune", "--grace", "0")
+    assert done.code == 0 and not (home / "store" / "ingest" / "x.1.partial").exists()
+    blob = next(orphan_dir.iterdir())
+    blob.write_bytes(blob.read_bytes() + b"!")
+    bad = cli("verify")
+    assert bad.code == 1 and f"corrupt blob sha256:{blob.name}" in bad.out
+
+
+def test_help_explains_commands() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "modelyard.cli", "build", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    assert "--quantize" in proc.stdout and "Modelfile" in proc.stdout
+
+
+@pytest.mark.gemma
+def test_sigkill_mid_build_leaves_nothing_verify_flags(tmp_path: Path, gemma_gguf: Path) -> None:
+    """Kill -9 while the 250 MB weights are being copied; the store stays consistent and a rerun
+    completes."""
+    work = tmp_path / "w"
+    work.mkdir()
+    os.symlink(gemma_gguf, work / "gemma.gguf")
+    (work / "Modelfile").write_text("FROM ./gemma.gguf\n")
+    env = {**os.environ, "MODELYARD_HOME": str(tmp_path / "home")}
+    env.pop("SOURCE_DATE_EPOCH", None)
+    command = [
+        sys.executable,
+        "-m",
+        "modelyard.cli",
+        "build",
+        "-t",
+        "g",
+        "-f",
+        str(work / "Modelfile"),
+        "--quiet",
+    ]
+    proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ingest = tmp_path / "home" / "store" / "ingest"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        partials = list(ingest.glob("*.partial")) if ingest.exists() else []
+        if partials and partials[0].stat().st_size > 20_000_000:
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail("the build never started writing weights")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "modelyard.cli", *args], env=env, cwd=ROOT, capture_output=True, text=True
+        )
+
+    verify = run("verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert json.loads(run("list", "--json").stdout)["models"] == []
+    rerun = run(*command[3:])
+    assert rerun.returncode == 0, rerun.stderr
+    assert run("verify").returncode == 0
+    assert run("prune", "--grace", "0").returncode == 0
+    assert list(ingest.glob("*.partial")) == []

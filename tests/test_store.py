@@ -1,0 +1,242 @@
+"""The local store against a real filesystem: atomic blobs, locked index, prune, verify, rm."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modelyard.errors import BlobNotFoundError, DigestMismatchError, ImageNotFoundError, StoreError
+from modelyard.reference import parse_reference
+from modelyard.store import Store
+from modelyard.store.image import CONFIG_MODELPACK, LAYER_SYSTEM, LAYER_WEIGHT, Descriptor, Manifest
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(tmp_path / "store")
+    s.init()
+    return s
+
+
+def put_image(store: Store, name: str, *layers: bytes) -> str:
+    """A minimal manifest over the given layer bytes, tagged `name`; returns the manifest digest."""
+    config = store.blobs.put_bytes(b'{"config":{}}')
+    descriptors = []
+    for i, data in enumerate(layers):
+        info = store.blobs.put_bytes(data)
+        descriptors.append(Descriptor(LAYER_WEIGHT if i == 0 else LAYER_SYSTEM, info.digest, info.size))
+    manifest = Manifest(Descriptor(CONFIG_MODELPACK, config.digest, config.size), tuple(descriptors))
+    digest, _ = store.put_manifest(manifest)
+    store.tag(parse_reference(name), digest)
+    return digest
+
+
+def files_under(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.endswith(".lock")
+    }
+
+
+# --- blobs ---------------------------------------------------------------------------------------
+
+
+def test_layout_files(store: Store) -> None:
+    assert (store.root / "oci-layout").read_bytes() == b'{"imageLayoutVersion":"1.0.0"}'
+    assert (store.root / "index.json").is_file()
+    assert (store.root / "blobs" / "sha256").is_dir()
+
+
+def test_blob_is_content_addressed_and_written_once(store: Store) -> None:
+    first = store.blobs.put_bytes(b"hello")
+    assert first.digest == sha(b"hello") and first.created and first.size == 5
+    inode = store.blobs.path(first.digest).stat().st_ino
+    second = store.blobs.put_bytes(b"hello")
+    assert not second.created
+    assert store.blobs.path(first.digest).stat().st_ino == inode, "an existing blob is never rewritten"
+    assert store.blobs.read_bytes(first.digest) == b"hello"
+
+
+def test_mismatched_bytes_never_enter(store: Store) -> None:
+    wrong = sha(b"other")
+    with pytest.raises(DigestMismatchError) as info:
+        store.blobs.put_bytes(b"hello", expected=wrong)
+    assert info.value.expected == wrong and info.value.actual == sha(b"hello")
+    assert not store.blobs.exists(wrong) and not store.blobs.exists(sha(b"hello"))
+    assert list(store.blobs.ingest_dir.iterdir()) == [], "no partial file is left behind"
+
+
+def test_failed_stream_leaves_nothing(store: Store) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b"a" * 1000
+        raise ConnectionError("network went away")
+
+    with pytest.raises(ConnectionError):
+        store.blobs.put_chunks(chunks())
+    assert list(store.blobs.digests()) == []
+    assert list(store.blobs.ingest_dir.iterdir()) == []
+
+
+def test_put_file_streams_and_hashes(store: Store, tmp_path: Path) -> None:
+    data = os.urandom(9 * 1024 * 1024 + 7)  # spans several read chunks
+    src = tmp_path / "w.bin"
+    src.write_bytes(data)
+    seen: list[int] = []
+    info = store.blobs.put_file(src, progress=seen.append)
+    assert info.digest == sha(data) and sum(seen) == len(data) and len(seen) > 1
+    assert store.blobs.put_file(src, expected=info.digest).created is False
+
+
+@pytest.mark.parametrize(
+    "bad", ["../../etc/passwd", "sha256:../../x", "sha256:" + "A" * 64, "md5:abc", "sha256:" + "0" * 63]
+)
+def test_blob_paths_cannot_escape(store: Store, bad: str) -> None:
+    with pytest.raises(ValueError):
+        store.blobs.path(bad)
+
+
+# --- tags, history, rollback -------------------------------------------------------------------
+
+
+def test_tag_resolve_history_rollback(store: Store) -> None:
+    d1 = put_image(store, "m", b"w1")
+    d2 = put_image(store, "m", b"w2")
+    ref = parse_reference("m")
+    assert store.resolve(ref).digest == d2
+    assert [r.digest for r in store.history(ref)] == [d2, d1]
+    assert store.rollback(ref).digest == d1
+    assert store.resolve(ref).digest == d1
+    assert [r.digest for r in store.history(ref)] == [d1, d2]
+    assert store.rollback(ref, to_digest=d2).digest == d2
+    assert store.resolve(ref.with_digest(d1)).digest == d1, "an earlier digest stays addressable"
+
+
+def test_resolve_unknown_says_what_exists(store: Store) -> None:
+    put_image(store, "m:v1", b"w")
+    with pytest.raises(ImageNotFoundError, match="library/m:v1"):
+        store.resolve(parse_reference("m:v2"))
+    with pytest.raises(ImageNotFoundError):
+        store.resolve(parse_reference("m@sha256:" + "1" * 64))
+
+
+def test_tag_refuses_manifest_with_missing_blob(store: Store) -> None:
+    missing = Descriptor(LAYER_WEIGHT, sha(b"never stored"), 12)
+    config = store.blobs.put_bytes(b"{}")
+    digest, _ = store.put_manifest(Manifest(Descriptor(CONFIG_MODELPACK, config.digest, 2), (missing,)))
+    with pytest.raises(BlobNotFoundError):
+        store.tag(parse_reference("broken"), digest)
+    assert store.images() == []
+
+
+def test_rollback_without_history_is_a_clear_error(store: Store) -> None:
+    put_image(store, "m", b"w")
+    with pytest.raises(StoreError, match="no earlier digest"):
+        store.rollback(parse_reference("m"))
+
+
+def _tag_many(root: str, worker: int, count: int) -> None:
+    s = Store(Path(root))
+    for i in range(count):
+        data = f"{worker}-{i}".encode()
+        info = s.blobs.put_bytes(data)
+        config = s.blobs.put_bytes(b"{}")
+        digest, _ = s.put_manifest(
+            Manifest(
+                Descriptor(CONFIG_MODELPACK, config.digest, 2),
+                (Descriptor(LAYER_WEIGHT, info.digest, info.size),),
+            )
+        )
+        s.tag(parse_reference(f"w{worker}/m{i}"), digest)
+
+
+def test_concurrent_tagging_from_processes_loses_nothing(store: Store) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_tag_many, args=(str(store.root), w, 15)) for w in range(4)]
+    for p in workers:
+        p.start()
+    for p in workers:
+        p.join(120)
+        assert p.exitcode == 0
+    names = {r.name for r in store.images()}
+    assert names == {f"w{w}/m{i}:latest" for w in range(4) for i in range(15)}
+
+
+# --- rm, prune, verify -------------------------------------------------------------------------
+
+
+def test_rm_deletes_only_unshared_blobs(store: Store) -> None:
+    put_image(store, "a", b"shared-weights", b"system a")
+    put_image(store, "b", b"shared-weights", b"system b")
+    plan = store.remove(parse_reference("a"))
+    assert sha(b"system a") in plan.blobs
+    assert sha(b"shared-weights") not in plan.blobs
+    assert store.blobs.exists(sha(b"shared-weights")) and not store.blobs.exists(sha(b"system a"))
+    assert store.verify().ok
+    with pytest.raises(ImageNotFoundError):
+        store.remove(parse_reference("a"))
+
+
+def test_rm_dry_run_changes_nothing(store: Store) -> None:
+    put_image(store, "a", b"w")
+    before = files_under(store.root)
+    plan = store.remove(parse_reference("a"), dry_run=True)
+    assert plan.blobs and files_under(store.root) == before
+
+
+def test_prune_respects_references_and_grace(tmp_path: Path) -> None:
+    clock = Clock()
+    store = Store(tmp_path / "s", clock=clock)
+    put_image(store, "keep", b"live")
+    orphan = store.blobs.put_bytes(b"orphan").digest
+    os.utime(store.blobs.path(orphan), (clock.now - 7200, clock.now - 7200))
+    young = store.blobs.put_bytes(b"young").digest
+    os.utime(store.blobs.path(young), (clock.now - 60, clock.now - 60))
+    store.blobs.ingest_dir.mkdir(exist_ok=True)
+    stale = store.blobs.ingest_dir / "abc.123.partial"
+    stale.write_bytes(b"half")
+    os.utime(stale, (clock.now - 7200, clock.now - 7200))
+
+    assert store.prune(grace_s=3600, dry_run=True).blobs == (orphan,)
+    plan = store.prune(grace_s=3600)
+    assert plan.blobs == (orphan,) and plan.partials == (stale,)
+    assert not store.blobs.exists(orphan) and store.blobs.exists(young) and not stale.exists()
+    assert store.blobs.exists(sha(b"live"))
+    assert store.verify().ok
+
+
+def test_prune_keeps_history_for_rollback(store: Store) -> None:
+    put_image(store, "m", b"old")
+    put_image(store, "m", b"new")
+    store.prune(grace_s=0)
+    assert store.blobs.exists(sha(b"old"))
+    store.rollback(parse_reference("m"))
+    assert store.verify().ok
+
+
+def test_verify_reports_corrupt_and_missing(store: Store) -> None:
+    put_image(store, "m", b"weights", b"system")
+    path = store.blobs.path(sha(b"weights"))
+    path.write_bytes(b"weightz")
+    store.blobs.path(sha(b"system")).unlink()
+    report = store.verify()
+    assert report.corrupt == ((sha(b"weights"), sha(b"weightz")),)
+    assert report.missing == (("library/m:latest", sha(b"system")),)
+    assert not report.ok
