@@ -7,10 +7,20 @@
     │   ├── BlobNotFoundError (FileNotFoundError)
     │   ├── DigestMismatchError (ValueError)    bytes whose sha256 is not the one promised
     │   └── CorruptStoreError                   index.json or a manifest that cannot be read
-    └── BuildError
-        ├── ModelfileError (ValueError)         a Modelfile that does not parse or validate
-        ├── GGUFError (ValueError)              a file that is not a usable GGUF
-        └── QuantizeError
+    ├── BuildError
+    │   ├── ModelfileError (ValueError)         a Modelfile that does not parse or validate
+    │   ├── GGUFError (ValueError)              a file that is not a usable GGUF
+    │   ├── TemplateError (ValueError)          a chat template that does not parse or render
+    │   └── QuantizeError
+    ├── RegistryError                           push, pull and login against an OCI registry
+    │   ├── RegistryAuthError (PermissionError) credentials missing or refused (401/403)
+    │   ├── RemoteNotFoundError (LookupError)   no such repository, tag or blob (404)
+    │   ├── RegistryUnavailableError (ConnectionError)  refused, timed out, or 5xx after retries
+    │   └── RegistryProtocolError               a response that breaks the distribution spec
+    └── RunnerError                             a model runner process and its requests
+        ├── ModelLoadError                      the weights could not be loaded (loader's message)
+        ├── RunnerCrashedError                  the runner process died; its requests fail at once
+        └── InferenceRequestError (ValueError)  a bad request (options, prompt, schema); others go on
 
 Each class carries the facts a message needs (file, line, column, digest, reference) as attributes,
 so the CLI and HTTP edges can format them; the message itself already says what was wrong and,
@@ -109,3 +119,67 @@ class GGUFError(BuildError, ValueError):
 
 class QuantizeError(BuildError):
     pass
+
+
+class TemplateError(BuildError, ValueError):
+    """A TEMPLATE (Go) or chat template (Jinja) that cannot be parsed or rendered, including one
+    that tries to leave the sandbox."""
+
+
+class RegistryError(ModelyardError):
+    """A registry operation failed; the local store is unchanged."""
+
+
+class RegistryAuthError(RegistryError, PermissionError):
+    def __init__(self, host: str, detail: str = "") -> None:
+        self.host = host
+        message = f"{host}: authentication failed"
+        if detail:
+            message += f" ({detail})"
+        message += f". Run `modelyard login {host}` with valid credentials."
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class RemoteNotFoundError(RegistryError, LookupError):
+    def __init__(self, ref: str, what: str = "manifest") -> None:
+        self.ref = ref
+        self.what = what
+        super().__init__(f"{ref}: {what} not found in the registry")
+
+
+class RegistryUnavailableError(RegistryError, ConnectionError):
+    def __init__(self, host: str, detail: str) -> None:
+        self.host = host
+        super().__init__(f"registry {host} is unavailable: {detail}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class RegistryProtocolError(RegistryError):
+    pass
+
+
+class RunnerError(ModelyardError):
+    """A model runner failed to do what was asked."""
+
+
+class ModelLoadError(RunnerError):
+    def __init__(self, model: str, reason: str) -> None:
+        self.model = model
+        self.reason = reason
+        super().__init__(f"cannot load {model}: {reason}")
+
+
+class RunnerCrashedError(RunnerError):
+    def __init__(self, model: str, detail: str) -> None:
+        self.model = model
+        super().__init__(f"the runner for {model} stopped unexpectedly: {detail}")
+
+
+class InferenceRequestError(RunnerError, ValueError):
+    """One request is bad (unknown option, wrong type, prompt too long, invalid schema); the runner
+    keeps serving the others."""
