@@ -9,10 +9,12 @@ commands that need them, so `modelyard list` and a cached rebuild start fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -23,6 +25,7 @@ from modelyard.errors import (
     ImageNotFoundError,
     InvalidReferenceError,
     ModelyardError,
+    RegistryError,
     StoreError,
 )
 from modelyard.progress import ProgressEvent, ProgressSink
@@ -121,6 +124,7 @@ def cmd_build(args: argparse.Namespace, ctx: CommandContext) -> int:
         ctx.store,
         ctx.settings.cache_dir,
         created=created_timestamp(ctx.settings.source_date_epoch),
+        fetch=_registry_fetch(ctx, args, sink),
         progress=sink,
     )
     try:
@@ -136,6 +140,19 @@ def cmd_build(args: argparse.Namespace, ctx: CommandContext) -> int:
         )
     ctx.out(result.digest)
     return EXIT_OK
+
+
+def _registry_fetch(
+    ctx: CommandContext, args: argparse.Namespace, sink: ProgressSink
+) -> Callable[[Reference], None]:
+    """`FROM host/name:tag` that is not in the store: pull it, with the build's registry flags."""
+
+    def fetch(ref: Reference) -> None:
+        from modelyard.registry import pull
+
+        pull(ctx.store, ref, _registry_options(ctx, args), sink)
+
+    return fetch
 
 
 def _default_modelfile(context: Path) -> Path:
@@ -345,6 +362,116 @@ def cmd_verify(args: argparse.Namespace, ctx: CommandContext) -> int:
     return EXIT_USER_ERROR
 
 
+def cmd_pull(args: argparse.Namespace, ctx: CommandContext) -> int:
+    from modelyard.registry import pull
+
+    ref = parse_reference(args.name)
+    sink, stop = progress_sink(ctx, args.quiet)
+    try:
+        with _verbose(ctx, args.verbose):
+            result = pull(ctx.store, ref, _registry_options(ctx, args), sink)
+    finally:
+        stop()
+    if not args.quiet and result.source_format != "modelpack":
+        ctx.err(f"converted from the {result.source_format} format (registry digest {result.remote_digest})")
+    ctx.out(result.digest)
+    return EXIT_OK
+
+
+def cmd_push(args: argparse.Namespace, ctx: CommandContext) -> int:
+    from modelyard.registry import PushFormat, push
+    from modelyard.registry.transfer import Uploaded
+
+    source = parse_reference(args.name)
+    target = parse_reference(args.destination) if args.destination else source
+    sink, stop = progress_sink(ctx, args.quiet)
+    try:
+        with _verbose(ctx, args.verbose):
+            result = push(
+                ctx.store,
+                target,
+                _registry_options(ctx, args),
+                source=source,
+                format=PushFormat(args.format),
+                progress=sink,
+            )
+    finally:
+        stop()
+    if not args.quiet:
+        ctx.err(
+            f"pushed {_human_bytes(result.bytes_uploaded)} in {result.count(Uploaded.SENT)} blobs "
+            f"({result.count(Uploaded.PRESENT)} already there, {result.count(Uploaded.MOUNTED)} mounted)"
+        )
+    for manifest in result.manifests:
+        ctx.out(f"{manifest.reference} {manifest.digest}")
+    return EXIT_OK
+
+
+def cmd_login(args: argparse.Namespace, ctx: CommandContext) -> int:
+    from modelyard.registry import Credentials, login
+
+    username = args.username or _prompt("Username: ", secret=False)
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = _prompt("Password: ", secret=True)
+    if not username or not password:
+        raise RegistryError("a user name and a password are needed (use -u USER and --password-stdin)")
+    with _verbose(ctx, args.verbose):
+        where = login(args.host, Credentials(username, password), _registry_options(ctx, args))
+    ctx.err(f"Login succeeded; credentials stored in {where}")
+    return EXIT_OK
+
+
+def cmd_logout(args: argparse.Namespace, ctx: CommandContext) -> int:
+    from modelyard.registry import logout
+
+    if logout(args.host, _registry_options(ctx, args)):
+        ctx.err(f"Removing login credentials for {args.host}")
+    else:
+        ctx.err(f"Not logged in to {args.host}")
+    return EXIT_OK
+
+
+def _registry_options(ctx: CommandContext, args: argparse.Namespace) -> Any:
+    from modelyard.registry import RegistryOptions
+
+    return RegistryOptions.from_settings(
+        ctx.settings,
+        plain_http=getattr(args, "plain_http", False),
+        insecure=getattr(args, "insecure", False),
+    )
+
+
+def _prompt(text: str, *, secret: bool) -> str:
+    if not sys.stdin.isatty():
+        raise RegistryError("no terminal to ask on; use -u USER and --password-stdin")
+    if secret:
+        import getpass
+
+        return getpass.getpass(text)
+    return input(text).strip()
+
+
+@contextlib.contextmanager
+def _verbose(ctx: CommandContext, enabled: bool) -> Iterator[None]:
+    """With --verbose, modelyard's debug log (requests by method and path, never headers) to stderr."""
+    if not enabled:
+        yield
+        return
+    logger = logging.getLogger("modelyard")
+    handler = logging.StreamHandler(ctx.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
 # --- helpers ------------------------------------------------------------------------------------
 
 
@@ -426,6 +553,10 @@ def build_parser() -> argparse.ArgumentParser:
             help="quantize F32/F16/BF16 weights to TYPE (Q4_K_M, Q8_0, … as llama.cpp names them)",
         )
         p.add_argument("--quiet", action="store_true", help="print only the digest")
+        p.add_argument("--plain-http", action="store_true", help="pull a remote FROM image over HTTP")
+        p.add_argument(
+            "--insecure", action="store_true", help="pull a remote FROM image without TLS verification"
+        )
         p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("list", aliases=["ls"], help="list images in the local store")
@@ -486,7 +617,68 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", aliases=["fsck"], help="re-hash every blob and check every image is complete"
     )
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
+        "pull",
+        help="pull an image from a registry into the local store",
+        description="Pull HOST[:PORT]/NAME[:TAG] or …@sha256:DIGEST. Reads ModelPack, Ollama and Docker "
+        "Model Runner manifests; the last two are converted to ModelPack over the same blobs. An "
+        "interrupted pull resumes where it stopped. The last line printed is the local digest.",
+    )
+    p.add_argument("name", metavar="NAME")
+    _registry_flags(p)
+    p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser(
+        "push",
+        help="push an image from the local store to a registry",
+        description="Push the local image NAME to DESTINATION (default: NAME itself, which must then "
+        "name a registry). Blobs the registry has are not sent again.",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("destination", nargs="?", metavar="DESTINATION", help="HOST[:PORT]/NAME[:TAG]")
+    p.add_argument(
+        "--format",
+        choices=("modelpack", "ollama", "both"),
+        default="modelpack",
+        help="modelpack (default: read by Docker Model Runner, KitOps, ramalama); ollama (Docker schema2, "
+        "for `ollama pull`, under the same tag); both (ModelPack under TAG, Ollama under TAG-ollama)",
+    )
+    _registry_flags(p)
+    p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser(
+        "login",
+        help="log in to a registry (credentials kept like `docker login`)",
+        description="Check the credentials with the registry, then store them in the docker config "
+        "($DOCKER_CONFIG/config.json, default ~/.docker/config.json) or its credential helper.",
+    )
+    p.add_argument("host", metavar="HOST[:PORT]")
+    p.add_argument("-u", "--username", metavar="USER")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    _registry_flags(p, progress=False)
+    p.set_defaults(func=cmd_login)
+
+    p = sub.add_parser("logout", help="forget the credentials stored for a registry")
+    p.add_argument("host", metavar="HOST[:PORT]")
+    p.set_defaults(func=cmd_logout)
     return parser
+
+
+def _registry_flags(p: argparse.ArgumentParser, *, progress: bool = True) -> None:
+    p.add_argument(
+        "--plain-http",
+        action="store_true",
+        help="talk HTTP, not HTTPS (the default for localhost and 127.0.0.0/8 registries)",
+    )
+    p.add_argument(
+        "--insecure", action="store_true", help="HTTPS without certificate verification (also on loopback)"
+    )
+    p.add_argument(
+        "--verbose", action="store_true", help="log each registry request (never credentials) to stderr"
+    )
+    if progress:
+        p.add_argument("--quiet", action="store_true", help="no progress; print only the result")
 
 
 def _resolve_build_tag(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:

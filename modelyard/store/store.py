@@ -185,6 +185,11 @@ class Store:
         """The index entry a reference names: by tag, or by digest when one is given."""
         index = self.read_index()
         if ref.digest is not None:
+            # A pull by digest tags `name@sha256:…`; the image it stored may have another digest
+            # (an Ollama or Docker manifest converted to ModelPack), yet that reference finds it.
+            pinned = index.get(str(ref))
+            if pinned is not None:
+                return pinned
             for record in (*index.tags, *index.history):
                 if record.digest == ref.digest and _repository_name(record.name) == ref.name:
                     return record

@@ -1,0 +1,27 @@
+"""`modelyard login` / `logout`: check credentials against the registry, then keep them (or forget
+them) as `docker login` does."""
+
+from __future__ import annotations
+
+from modelyard.registry.credentials import Credentials
+from modelyard.registry.endpoint import resolve_endpoint
+from modelyard.registry.options import RegistryOptions
+from modelyard.registry.session import RegistrySession, error_for
+
+
+def login(host: str, credentials: Credentials, options: RegistryOptions) -> str:
+    """Verify `credentials` with `GET /v2/` (through the registry's Basic or token challenge) and
+    store them; returns where they were stored. Raises RegistryAuthError if refused."""
+    endpoint = resolve_endpoint(host, plain_http=options.plain_http, insecure=options.insecure)
+    with RegistrySession(
+        endpoint, lambda: credentials, retry=options.retry, transport=options.transport
+    ) as session:
+        response = session.request("GET", "/v2/")
+        if response.status_code != 200:
+            raise error_for(response, f"login to {host}")
+    return options.credentials().save(host, credentials)
+
+
+def logout(host: str, options: RegistryOptions) -> bool:
+    """Forget the credentials stored for `host`; False if there were none."""
+    return options.credentials().erase(host)

@@ -1,0 +1,54 @@
+"""How push, pull and login reach a registry: flags and settings in one value, and the session
+they open."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from modelyard.registry.credentials import DockerConfig
+from modelyard.registry.endpoint import resolve_endpoint
+from modelyard.registry.locations import LocationLedger
+from modelyard.registry.retry import DEFAULT_RETRY, RetryPolicy
+from modelyard.registry.session import RegistrySession
+from modelyard.registry.transfer import DEFAULT_CHUNK_BYTES
+from modelyard.settings import Settings
+
+
+@dataclass(frozen=True)
+class RegistryOptions:
+    docker_config: Path  # the directory of config.json ($DOCKER_CONFIG, default ~/.docker)
+    cache_dir: Path  # where the blob-location ledger lives
+    plain_http: bool = False
+    insecure: bool = False
+    parallel: int = 4  # blobs transferred at once
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    retry: RetryPolicy = DEFAULT_RETRY
+    transport: httpx.BaseTransport | None = field(default=None, compare=False)  # tests inject one
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, plain_http: bool = False, insecure: bool = False
+    ) -> RegistryOptions:
+        return cls(
+            docker_config=settings.docker_config,
+            cache_dir=settings.cache_dir,
+            plain_http=plain_http,
+            insecure=insecure,
+            parallel=settings.registry_parallel,
+        )
+
+    def credentials(self) -> DockerConfig:
+        return DockerConfig(self.docker_config)
+
+    def ledger(self) -> LocationLedger:
+        return LocationLedger(self.cache_dir / "registry-blobs.json")
+
+    def open_session(self, host: str) -> RegistrySession:
+        endpoint = resolve_endpoint(host, plain_http=self.plain_http, insecure=self.insecure)
+        config = self.credentials()
+        return RegistrySession(
+            endpoint, lambda: config.lookup(host), retry=self.retry, transport=self.transport
+        )

@@ -1,0 +1,178 @@
+"""`modelyard pull`: a model from a registry into the local store.
+
+    pulling manifest → pulling <12 hex> (each blob, in parallel) → verifying sha256 digest
+      → writing manifest → success
+
+The manifest is fetched as bytes (an index is resolved to its single or linux/amd64 entry) and
+classified (formats.py). A ModelPack manifest is stored byte for byte, so the local digest is the
+registry's. An Ollama or Docker Model Runner manifest is converted to canonical ModelPack over the
+same blobs: the local digest is that of the converted manifest, a pure function of the remote
+bytes (so `list` shows the same ID on every pull), and the remote digest is kept in its
+`io.modelyard.source.digest` annotation. A pull by digest tags the image `name@sha256:…`, which
+finds it again by that reference whatever the local digest.
+
+Every blob is verified before it enters the store; the tag moves only after all of them are in, so
+a failed pull leaves the store's images as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
+from typing import Any
+
+from modelyard.errors import DigestMismatchError, RegistryError, RegistryProtocolError
+from modelyard.progress import ProgressSink, ignore_progress
+from modelyard.reference import Reference
+from modelyard.registry.client import FetchedManifest, RepositoryClient
+from modelyard.registry.formats import (
+    SourceFormat,
+    UnsupportedManifestError,
+    classify,
+    pick_from_index,
+    to_modelpack,
+)
+from modelyard.registry.options import RegistryOptions
+from modelyard.registry.progress import LayerProgress
+from modelyard.registry.transfer import download_blob
+from modelyard.store import Store
+from modelyard.store.image import (
+    MAX_TEXT_LAYER_BYTES,
+    Descriptor,
+    Manifest,
+    ManifestFormatError,
+    parse_manifest,
+    sha256_digest,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PullResult:
+    reference: Reference  # the name the image is tagged with in the local store
+    digest: str  # the local manifest digest
+    remote_digest: str  # the registry's manifest digest (equal to `digest` for ModelPack)
+    source_format: SourceFormat
+    bytes_downloaded: int
+    blobs_downloaded: int
+
+
+def pull(
+    store: Store, ref: Reference, options: RegistryOptions, progress: ProgressSink = ignore_progress
+) -> PullResult:
+    if ref.host is None:
+        raise RegistryError(
+            f"{ref.short()} names no registry; pull HOST[:PORT]/NAME[:TAG], "
+            f"e.g. localhost:5000/{ref.repository}"
+        )
+    report = LayerProgress(progress)
+    store.init()
+    report.status("pulling manifest")
+    with options.open_session(ref.host) as session:
+        repo = RepositoryClient(session, ref.repository)
+        fetched = _fetch_image_manifest(repo, ref)
+        manifest = _parse(fetched, repo.name)
+        try:
+            source = classify(manifest)
+        except UnsupportedManifestError as exc:
+            raise RegistryError(f"{ref}: {exc}") from None
+        config = _fetch_config(repo, store, manifest.config, keep=source is SourceFormat.MODELPACK)
+        received, fetched_count = _download_layers(repo, store, manifest.layers, options.parallel, report)
+    report.status("verifying sha256 digest")  # each blob was verified as it entered the store
+    report.status("writing manifest")
+    if source is SourceFormat.MODELPACK:
+        digest, _ = store.put_manifest(fetched.data)
+    else:
+        converted = to_modelpack(manifest, config, source, fetched.digest)
+        store.blobs.put_bytes(converted.config, expected=converted.manifest.config.digest)
+        digest, _ = store.put_manifest(converted.manifest)
+    local_name = replace(ref, tag=None) if ref.digest else ref
+    store.tag(local_name, digest)
+    options.ledger().record(ref.host, ref.repository, manifest.blob_digests())
+    report.status("success")
+    return PullResult(local_name, digest, fetched.digest, source, received, fetched_count)
+
+
+def _fetch_image_manifest(repo: RepositoryClient, ref: Reference) -> FetchedManifest:
+    fetched = repo.get_manifest(ref.digest or ref.tag or "latest")
+    if not fetched.is_index:
+        return fetched
+    try:
+        chosen = pick_from_index(fetched.data)
+    except UnsupportedManifestError as exc:
+        raise RegistryError(f"{ref}: {exc}") from None
+    log.debug("%s is an index; using %s", ref, chosen)
+    child = repo.get_manifest(chosen)
+    if child.is_index:
+        raise RegistryError(f"{ref}: an index inside an index; pull a manifest by digest")
+    return child
+
+
+def _parse(fetched: FetchedManifest, where: str) -> Manifest:
+    try:
+        return parse_manifest(fetched.data)
+    except ManifestFormatError as exc:
+        raise RegistryProtocolError(f"{where}: unreadable manifest {fetched.digest}: {exc}") from None
+
+
+def _fetch_config(repo: RepositoryClient, store: Store, config: Descriptor, *, keep: bool) -> dict[str, Any]:
+    """The config blob as JSON, verified; into the store when the image keeps it (ModelPack)."""
+    if store.blobs.exists(config.digest):
+        data = store.blobs.read_bytes(config.digest, MAX_TEXT_LAYER_BYTES)
+    else:
+        if config.size > MAX_TEXT_LAYER_BYTES:
+            raise RegistryProtocolError(f"{repo.name}: config blob {config.digest} is {config.size} bytes")
+        with contextlib.closing(repo.open_blob(config.digest)) as response:
+            data = b""
+            for chunk in response.iter_bytes():
+                data += chunk
+                if len(data) > config.size:
+                    break
+        actual = sha256_digest(data)
+        if actual != config.digest:
+            raise DigestMismatchError(config.digest, actual, repo.name)
+        if keep:
+            store.blobs.put_bytes(data, expected=config.digest)
+    try:
+        value = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        value = None
+    return value if isinstance(value, dict) else {}
+
+
+def _download_layers(
+    repo: RepositoryClient,
+    store: Store,
+    layers: tuple[Descriptor, ...],
+    parallel: int,
+    report: LayerProgress,
+) -> tuple[int, int]:
+    """Every layer blob into the store, `parallel` at a time; the first failure stops the rest."""
+    unique = list({layer.digest: layer for layer in layers}.values())
+    cancelled = threading.Event()
+
+    def one(layer: Descriptor) -> int:
+        meter = report.meter("pulling", layer.digest, layer.size)
+        received = download_blob(
+            repo, store.blobs, layer.digest, layer.size, progress=meter, cancelled=cancelled
+        )
+        meter(layer.size)
+        return received
+
+    with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="pull") as pool:
+        futures = [pool.submit(one, layer) for layer in unique]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = next((f for f in done if f.exception() is not None), None)
+        if failed is not None:
+            cancelled.set()
+            for future in futures:
+                future.cancel()
+            wait(futures)
+            raise failed.exception()  # type: ignore[misc]
+    received = [f.result() for f in futures]
+    return sum(received), sum(1 for r in received if r)

@@ -1,0 +1,268 @@
+"""Moving one blob between the local store and a registry, in bounded memory.
+
+Upload: HEAD first (a blob the repository has is never sent again); then a cross-repository mount
+when we know another repository of the registry holds it; else an upload session of streamed
+chunks (`PATCH` with `Content-Range`, each read from the file in 1 MiB pieces), closed by
+`PUT ?digest=`. A small blob goes in the closing PUT alone. A chunk the registry refuses with 416
+resumes from the offset the registry reports.
+
+Download: into `ingest/<hex>.download.partial`, a name fixed per digest so that a pull killed
+halfway (even by SIGKILL) finds its bytes again and asks only for the rest (`Range: bytes=N-`).
+A network error mid-body resumes the same way after a backoff. The finished file is hashed by the
+store and enters it only if its sha256 is the digest; otherwise it is deleted, and the error names
+both digests. A partial file from an earlier run that turns out wrong is thrown away and the blob
+fetched once more from the start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import httpx
+from filelock import FileLock
+
+from modelyard.errors import DigestMismatchError, RegistryProtocolError
+from modelyard.registry.client import RepositoryClient, UploadOffsetError, UploadSession
+from modelyard.store.blobs import BlobStore
+
+log = logging.getLogger(__name__)
+
+READ_BYTES = 1024 * 1024
+DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
+PARTIAL_SUFFIX = ".download.partial"
+
+Progress = Callable[[int], None]  # called with the bytes done so far (absolute, not a delta)
+
+
+class Cancelled(Exception):
+    """Another transfer of the same operation failed; this one stopped early (its partial file stays)."""
+
+
+class Uploaded(enum.Enum):
+    PRESENT = "present"  # the repository had it
+    MOUNTED = "mounted"  # linked from another repository of the registry
+    SENT = "sent"
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    outcome: Uploaded
+    bytes_sent: int
+
+
+class FileRange:
+    """`length` bytes of a file from `offset`, read afresh each time it is iterated (a retry sends
+    it again); reports the absolute position in the file as it goes."""
+
+    def __init__(
+        self,
+        path: Path,
+        offset: int,
+        length: int,
+        progress: Progress | None = None,
+        cancelled: threading.Event | None = None,
+    ) -> None:
+        self.path = path
+        self.offset = offset
+        self.length = length
+        self.progress = progress
+        self.cancelled = cancelled
+
+    def __iter__(self) -> Iterator[bytes]:
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            left = self.length
+            while left > 0:
+                if self.cancelled is not None and self.cancelled.is_set():
+                    raise Cancelled(str(self.path))
+                chunk = f.read(min(READ_BYTES, left))
+                if not chunk:
+                    raise RegistryProtocolError(f"{self.path} is shorter than the store says")
+                left -= len(chunk)
+                yield chunk
+                if self.progress is not None:
+                    self.progress(self.offset + self.length - left)
+
+
+class BytesRange:
+    """A small blob held in memory (a config written for the push), as a replayable body."""
+
+    def __init__(self, data: bytes, progress: Progress | None = None) -> None:
+        self.data = data
+        self.length = len(data)
+        self.progress = progress
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.data
+        if self.progress is not None:
+            self.progress(self.length)
+
+
+@dataclass(frozen=True)
+class BlobSource:
+    """Where the bytes of a blob to upload are: a file of the store, or memory."""
+
+    digest: str
+    size: int
+    path: Path | None = None
+    data: bytes | None = None
+
+    def body(
+        self, offset: int, length: int, progress: Progress | None, cancelled: threading.Event | None
+    ) -> FileRange | BytesRange:
+        if self.data is not None:
+            return BytesRange(self.data[offset : offset + length], progress)
+        assert self.path is not None
+        return FileRange(self.path, offset, length, progress, cancelled)
+
+
+def upload_blob(
+    repo: RepositoryClient,
+    blob: BlobSource,
+    *,
+    mount_from: str | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    progress: Progress | None = None,
+    cancelled: threading.Event | None = None,
+) -> UploadResult:
+    if repo.has_blob(blob.digest):
+        return UploadResult(Uploaded.PRESENT, 0)
+    upload: UploadSession | None = None
+    if mount_from is not None:
+        upload = repo.mount_blob(blob.digest, mount_from)
+        if upload is None:
+            log.debug("mounted %s from %s", blob.digest, mount_from)
+            return UploadResult(Uploaded.MOUNTED, 0)
+    upload = upload or repo.start_upload()
+    chunk = max(chunk_bytes, upload.min_chunk)
+    if blob.size <= chunk:
+        repo.finish_upload(upload, blob.digest, blob.body(0, blob.size, progress, cancelled))
+        return UploadResult(Uploaded.SENT, blob.size)
+    offset = sent = 0
+    while offset < blob.size:
+        length = min(chunk, blob.size - offset)
+        try:
+            upload = repo.upload_chunk(upload, blob.body(offset, length, progress, cancelled), offset)
+        except UploadOffsetError as exc:  # a chunk that half-arrived before a retry
+            log.debug("upload of %s resumes at byte %d", blob.digest, exc.offset)
+            offset = exc.offset
+            continue
+        offset += length
+        sent += length
+    repo.finish_upload(upload, blob.digest)
+    return UploadResult(Uploaded.SENT, sent)
+
+
+def partial_path(blobs: BlobStore, digest: str) -> Path:
+    """Where the download of `digest` collects its bytes; the same for every run."""
+    return blobs.ingest_dir / (blobs.path(digest).name + PARTIAL_SUFFIX)
+
+
+def download_blob(
+    repo: RepositoryClient,
+    blobs: BlobStore,
+    digest: str,
+    size: int,
+    *,
+    progress: Progress | None = None,
+    cancelled: threading.Event | None = None,
+) -> int:
+    """Fetch a blob into the store unless it is there; returns the bytes received over the network."""
+    if blobs.exists(digest):
+        blobs.touch(digest)
+        return 0
+    blobs.ingest_dir.mkdir(parents=True, exist_ok=True)
+    partial = partial_path(blobs, digest)
+    lock = FileLock(str(partial.with_name(partial.name + ".lock")))
+    with lock:  # two pulls of one blob (the CLI and the daemon) must not append to the same file
+        if blobs.exists(digest):
+            return 0
+        download = _Download(repo, digest, size, progress, cancelled or threading.Event())
+        for resumed in _attempts(partial):
+            download.into(partial)
+            try:
+                blobs.commit_partial(partial, digest)
+            except DigestMismatchError as exc:
+                if resumed:  # the bytes from an earlier run were bad; commit_partial removed them
+                    log.debug("partial file of %s did not verify; downloading it again", digest)
+                    continue
+                raise DigestMismatchError(digest, exc.actual, repo.name) from None
+            break
+    with contextlib.suppress(FileNotFoundError):
+        Path(lock.lock_file).unlink()  # the blob is in: nobody needs the lock file any more
+    return download.received
+
+
+def _attempts(partial: Path) -> Iterator[bool]:
+    """Yields True for a try that starts from an earlier run's bytes, then False for a fresh one."""
+    if partial.exists() and partial.stat().st_size > 0:
+        yield True
+    yield False
+
+
+class _Download:
+    """Appends the rest of one blob to its partial file, resuming after network errors."""
+
+    def __init__(
+        self,
+        repo: RepositoryClient,
+        digest: str,
+        size: int,
+        progress: Progress | None,
+        cancelled: threading.Event,
+    ) -> None:
+        self.repo = repo
+        self.digest = digest
+        self.size = size
+        self.progress = progress
+        self.cancelled = cancelled
+        self.received = 0  # bytes that came over the network, across retries
+
+    def into(self, partial: Path) -> None:
+        attempt = 0
+        with partial.open("ab") as out:
+            if out.tell() > self.size:
+                out.truncate(0)
+            while out.tell() < self.size:
+                try:
+                    self._once(out)
+                except httpx.TransportError as exc:
+                    self.repo.session.wait_to_retry(attempt, exc)
+                    attempt += 1
+                else:
+                    if out.tell() < self.size:  # the body ended early without an error: ask for the rest
+                        self.repo.session.wait_to_retry(attempt, None)
+                        attempt += 1
+            out.flush()
+            os.fsync(out.fileno())
+
+    def _once(self, out: BinaryIO) -> None:
+        have = out.tell()
+        with contextlib.closing(self.repo.open_blob(self.digest, have)) as response:
+            if have and response.status_code == 200:  # the registry ignored the Range: start over
+                log.debug("%s: no range support; downloading %s again", self.repo.name, self.digest)
+                out.truncate(0)
+                out.seek(0)
+                have = 0
+            elif have:
+                log.debug("resuming %s at byte %d", self.digest, have)
+            for chunk in response.iter_bytes():
+                if self.cancelled.is_set():
+                    raise Cancelled(self.digest)
+                if have + len(chunk) > self.size:
+                    raise RegistryProtocolError(
+                        f"{self.repo.name}: blob {self.digest} is longer than its {self.size} bytes"
+                    )
+                out.write(chunk)
+                have += len(chunk)
+                self.received += len(chunk)
+                if self.progress is not None:
+                    self.progress(have)
