@@ -1,0 +1,434 @@
+"""Continuous batching: N slots share one llama.cpp context, one `llama_decode` per step.
+
+Each step builds one batch: the next token of every generating slot, then prompt tokens of the
+slots still prefilling, in chunks, until `n_batch` tokens are in. New requests take a free slot
+between steps; a finished or cancelled request frees its slot and its KV cells at once
+(`llama_memory_seq_rm`). Every slot has its own sampler chain, stop matcher and UTF-8 decoder.
+
+Runs inside the runner process, on its main thread; requests arrive on a queue fed by the socket
+reader thread, events leave through `send`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import queue
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelyard.runtime import llama
+from modelyard.runtime.options import SamplingOptions
+from modelyard.runtime.protocol import CompletionRequest
+from modelyard.runtime.stops import StopMatcher
+
+Send = Callable[[dict[str, Any]], None]
+
+# How long the engine sleeps on an empty inbox when no slot is busy (a new message wakes it).
+IDLE_WAIT_S = 0.5
+
+
+class RequestRejected(Exception):
+    """A request that cannot be served (bad schema, prompt too long); the message goes to the client."""
+
+
+@dataclass
+class Slot:
+    seq: int
+    request_id: int = -1
+    prompt: list[int] = field(default_factory=list)
+    fed: int = 0  # prompt tokens already in the KV cache
+    n_past: int = 0  # tokens in the KV cache for this sequence
+    next_token: int | None = None  # sampled, to be fed in the next step
+    logits_index: int = -1  # where this slot's logits are in the current batch
+    sampler: llama.Sampler | None = None
+    stops: StopMatcher | None = None
+    decoder: codecs.IncrementalDecoder | None = None
+    options: SamplingOptions = field(default_factory=SamplingOptions)
+    shift: bool = True
+    generated: int = 0
+    truncated: int = 0
+    shifts: int = 0
+    cancelled: bool = False
+    started_ns: int = 0
+    prompt_done_ns: int = 0
+
+    @property
+    def busy(self) -> bool:
+        return self.request_id >= 0
+
+    @property
+    def prefilling(self) -> bool:
+        return self.busy and self.fed < len(self.prompt)
+
+
+def fit_prompt(tokens: list[int], n_ctx: int, num_keep: int, truncate: bool) -> tuple[list[int], int]:
+    """Make a prompt fit a slot's context, as llama-server does: keep the first `num_keep` tokens
+    and drop from after them so that half the context stays free for the answer. Returns the
+    tokens and how many were dropped (pure)."""
+    if len(tokens) < n_ctx:
+        return tokens, 0
+    if not truncate:
+        raise RequestRejected(
+            f"the prompt is {len(tokens)} tokens but the context holds {n_ctx}; shorten it, raise num_ctx, "
+            "or allow truncation"
+        )
+    keep = max(0, min(num_keep, n_ctx // 2 - 1))
+    tail = n_ctx // 2 - keep
+    fitted = tokens[:keep] + tokens[-tail:]
+    return fitted, len(tokens) - len(fitted)
+
+
+class Engine:
+    def __init__(
+        self,
+        model: llama.Model,
+        ctx: llama.Context,
+        slots: int,
+        send: Send,
+        embedder: Callable[[], EmbeddingContext] | None = None,
+    ) -> None:
+        self.model = model
+        self.ctx = ctx
+        self.send = send
+        self.slots = [Slot(seq=i) for i in range(slots)]
+        self.n_ctx_seq = ctx.n_ctx_seq
+        self.batch = llama.Batch(ctx.n_batch, slots)
+        self.waiting: deque[tuple[int, CompletionRequest]] = deque()
+        self._embedder_factory = embedder
+        self._embedder: EmbeddingContext | None = None
+        self.running = True
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def run(self, inbox: queue.Queue[dict[str, Any] | None]) -> None:
+        while self.running:
+            self._drain(inbox, block=not self._has_work())
+            if self.running:
+                self._admit()
+                self.step()
+
+    def _has_work(self) -> bool:
+        return bool(self.waiting) or any(s.busy for s in self.slots)
+
+    def _drain(self, inbox: queue.Queue[dict[str, Any] | None], block: bool) -> None:
+        try:
+            message = inbox.get(timeout=IDLE_WAIT_S) if block else inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            if message is None:
+                self.running = False
+                return
+            self.handle(message)
+            try:
+                message = inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def handle(self, message: dict[str, Any]) -> None:
+        op = message.get("op")
+        request_id = int(message.get("id", -1))
+        try:
+            if op == "complete":
+                self.waiting.append((request_id, CompletionRequest.from_message(message)))
+            elif op == "cancel":
+                self._cancel(request_id)
+            elif op == "embed":
+                self._reply(request_id, self._embed(message))
+            elif op == "tokenize":
+                tokens = self.model.tokenize(
+                    str(message["text"]), add_special=bool(message.get("add_special"))
+                )
+                self._reply(request_id, {"tokens": tokens})
+            elif op == "detokenize":
+                self._reply(request_id, {"text": self.model.detokenize([int(t) for t in message["tokens"]])})
+            elif op == "stats":
+                self._reply(request_id, self.stats())
+            elif op == "shutdown":
+                self.running = False
+            else:
+                self._error(request_id, f"unknown operation {op!r}", "internal")
+        except RequestRejected as exc:
+            self._error(request_id, str(exc), "request")
+        except (KeyError, TypeError, ValueError) as exc:
+            self._error(request_id, f"malformed {op} request: {exc}", "request")
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "slots_busy": sum(s.busy for s in self.slots),
+            "slots": len(self.slots),
+            "waiting": len(self.waiting),
+            "kv_tokens": sum(s.n_past for s in self.slots),
+        }
+
+    # --- admitting and finishing requests ---------------------------------------------------
+
+    def _admit(self) -> None:
+        for slot in self.slots:
+            if not self.waiting:
+                return
+            if slot.busy:
+                continue
+            request_id, request = self.waiting.popleft()
+            try:
+                self._start(slot, request_id, request)
+            except RequestRejected as exc:
+                self._release(slot)
+                self._error(request_id, str(exc), "request")
+
+    def _start(self, slot: Slot, request_id: int, request: CompletionRequest) -> None:
+        options = request.options
+        tokens = self.model.tokenize(request.prompt, add_special=True, parse_special=True)
+        if not tokens:
+            raise RequestRejected("the prompt is empty after tokenization")
+        tokens, dropped = fit_prompt(tokens, self.n_ctx_seq, options.num_keep, request.truncate)
+        grammar = _grammar_for(request.format)
+        seed = options.seed if options.seed >= 0 else int.from_bytes(os.urandom(4), "little")
+        try:
+            sampler = llama.Sampler(self.model, options, seed, grammar)
+        except ValueError as exc:
+            raise RequestRejected(str(exc)) from None
+        self.ctx.seq_rm(slot.seq)
+        slot.request_id = request_id
+        slot.prompt = tokens
+        slot.fed = 0
+        slot.n_past = 0
+        slot.next_token = None
+        slot.sampler = sampler
+        slot.stops = StopMatcher(options.stop)
+        slot.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        slot.options = options
+        slot.shift = request.shift
+        slot.generated = 0
+        slot.truncated = dropped
+        slot.shifts = 0
+        slot.cancelled = False
+        slot.started_ns = time.perf_counter_ns()
+        slot.prompt_done_ns = 0
+
+    def _cancel(self, request_id: int) -> None:
+        for slot in self.slots:
+            if slot.request_id == request_id:
+                slot.cancelled = True
+        self.waiting = deque((rid, r) for rid, r in self.waiting if rid != request_id)
+
+    def _finish(self, slot: Slot, reason: str) -> None:
+        if slot.decoder is not None and slot.stops is not None and reason != "cancel":
+            tail = slot.stops.feed(slot.decoder.decode(b"", final=True)) + slot.stops.flush()
+            if tail:
+                self.send({"event": "token", "id": slot.request_id, "text": tail})
+        now = time.perf_counter_ns()
+        prompt_done = slot.prompt_done_ns or now
+        self.send(
+            {
+                "event": "done",
+                "id": slot.request_id,
+                "done_reason": reason,
+                "prompt_eval_count": len(slot.prompt),
+                "prompt_eval_duration": prompt_done - slot.started_ns,
+                "eval_count": slot.generated,
+                "eval_duration": now - prompt_done,
+                "truncated": slot.truncated,
+                "context_shifts": slot.shifts,
+            }
+        )
+        self._release(slot)
+
+    def _release(self, slot: Slot) -> None:
+        if slot.sampler is not None:
+            slot.sampler.close()
+        self.ctx.seq_rm(slot.seq)
+        slot.request_id = -1
+        slot.sampler = None
+        slot.prompt = []
+        slot.fed = slot.n_past = 0
+        slot.next_token = None
+
+    # --- one decode step -----------------------------------------------------------------
+
+    def step(self) -> None:
+        for slot in self.slots:
+            if slot.busy and slot.cancelled:
+                self._finish(slot, "cancel")
+        batch = self.batch
+        batch.clear()
+        budget = batch.capacity
+        for slot in self.slots:
+            slot.logits_index = -1
+            if slot.busy and not slot.prefilling and slot.next_token is not None:
+                if slot.n_past >= self.n_ctx_seq and not self._make_room(slot):
+                    continue
+                slot.logits_index = batch.add(slot.next_token, slot.n_past, slot.seq, True)
+                slot.n_past += 1
+                budget -= 1
+        for slot in self.slots:
+            if budget <= 0:
+                break
+            if slot.prefilling:
+                chunk = min(len(slot.prompt) - slot.fed, budget)
+                last = slot.fed + chunk == len(slot.prompt)
+                for i in range(slot.fed, slot.fed + chunk):
+                    index = batch.add(slot.prompt[i], i, slot.seq, last and i == len(slot.prompt) - 1)
+                slot.fed += chunk
+                slot.n_past = slot.fed
+                budget -= chunk
+                if last:
+                    slot.logits_index = index
+        if batch.size == 0:
+            return
+        rc = self.ctx.decode(batch)
+        if rc != 0:
+            self._fail_batch(f"llama_decode failed with code {rc}")
+            return
+        for slot in self.slots:
+            if slot.busy and slot.logits_index >= 0:
+                self._after_decode(slot)
+
+    def _after_decode(self, slot: Slot) -> None:
+        assert slot.sampler is not None and slot.stops is not None and slot.decoder is not None
+        if not slot.prompt_done_ns:
+            slot.prompt_done_ns = time.perf_counter_ns()
+        token = slot.sampler.sample(self.ctx, slot.logits_index)
+        if self.model.is_eog(token):
+            self._finish(slot, "stop")
+            return
+        slot.generated += 1
+        text = slot.stops.feed(slot.decoder.decode(self.model.piece(token)))
+        if text:
+            self.send({"event": "token", "id": slot.request_id, "text": text})
+        if slot.stops.stopped:
+            self._finish(slot, "stop")
+        elif 0 <= slot.options.num_predict <= slot.generated:
+            self._finish(slot, "length")
+        else:
+            slot.next_token = token
+
+    def _make_room(self, slot: Slot) -> bool:
+        """The slot's context is full: drop the older half after num_keep, or finish with "length"."""
+        if not slot.shift or not self.ctx.can_shift:
+            self._finish(slot, "length")
+            return False
+        keep = max(0, min(slot.options.num_keep, slot.n_past // 2))
+        discard = (slot.n_past - keep) // 2
+        self.ctx.seq_rm(slot.seq, keep, keep + discard)
+        self.ctx.seq_add(slot.seq, keep + discard, slot.n_past, -discard)
+        slot.n_past -= discard
+        slot.shifts += 1
+        return True
+
+    def _fail_batch(self, message: str) -> None:
+        for slot in self.slots:
+            if slot.busy and (slot.logits_index >= 0 or slot.prefilling):
+                self._error(slot.request_id, message, "internal")
+                self._release(slot)
+
+    # --- embeddings -------------------------------------------------------------------------
+
+    def _embed(self, message: dict[str, Any]) -> dict[str, Any]:
+        inputs = message["inputs"]
+        if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
+            raise RequestRejected("inputs must be a list of strings")
+        if self._embedder is None:
+            if self._embedder_factory is None:
+                raise RequestRejected("this runner does not compute embeddings")
+            self._embedder = self._embedder_factory()
+        return self._embedder.embed(inputs, truncate=bool(message.get("truncate", True)))
+
+    # --- replies ----------------------------------------------------------------------------
+
+    def _reply(self, request_id: int, result: dict[str, Any]) -> None:
+        self.send({"event": "result", "id": request_id, **result})
+
+    def _error(self, request_id: int, message: str, kind: str) -> None:
+        self.send({"event": "error", "id": request_id, "message": message, "kind": kind})
+
+
+def _grammar_for(format_: object) -> str | None:
+    if format_ in (None, ""):
+        return None
+    if format_ == "json":
+        return llama.json_grammar()
+    if isinstance(format_, dict):
+        try:
+            return llama.json_schema_grammar(format_)
+        except ValueError as exc:
+            raise RequestRejected(str(exc)) from None
+    raise RequestRejected(f'format must be "json" or a JSON schema object, got {format_!r}')
+
+
+class EmbeddingContext:
+    """A second context for embeddings: pooled (mean when the model declares no pooling), many
+    inputs in one batch, one sequence each, L2-normalised as Ollama's /api/embed returns them."""
+
+    MAX_SEQUENCES = 16
+
+    def __init__(self, model: llama.Model, n_ctx: int, threads: int) -> None:
+        self.model = model
+        self.n_ctx = n_ctx
+        ctx = llama.Context(
+            model, n_ctx=n_ctx, n_seq_max=self.MAX_SEQUENCES, n_batch=n_ctx, threads=threads, embeddings=True
+        )
+        if ctx.pooling in (llama.L.LLAMA_POOLING_TYPE_NONE, llama.L.LLAMA_POOLING_TYPE_UNSPECIFIED):
+            ctx.close()
+            ctx = llama.Context(
+                model,
+                n_ctx=n_ctx,
+                n_seq_max=self.MAX_SEQUENCES,
+                n_batch=n_ctx,
+                threads=threads,
+                embeddings=True,
+                pooling=llama.L.LLAMA_POOLING_TYPE_MEAN,
+            )
+        self.ctx = ctx
+        self.batch = llama.Batch(n_ctx, self.MAX_SEQUENCES)
+
+    def embed(self, inputs: list[str], truncate: bool) -> dict[str, Any]:
+        tokenized = []
+        for text in inputs:
+            tokens = self.model.tokenize(text, add_special=True, parse_special=False)
+            if len(tokens) > self.n_ctx:
+                if not truncate:
+                    raise RequestRejected(f"an input is {len(tokens)} tokens; the context holds {self.n_ctx}")
+                tokens = tokens[: self.n_ctx]
+            tokenized.append(tokens)
+        vectors: list[list[float]] = []
+        start = 0
+        while start < len(tokenized):
+            group = self._group(tokenized, start)
+            vectors += self._embed_group(group)
+            start += len(group)
+        return {"embeddings": vectors, "prompt_eval_count": sum(len(t) for t in tokenized)}
+
+    def _group(self, tokenized: list[list[int]], start: int) -> list[list[int]]:
+        group: list[list[int]] = []
+        used = 0
+        for tokens in tokenized[start:]:
+            if group and (used + len(tokens) > self.n_ctx or len(group) == self.MAX_SEQUENCES):
+                break
+            group.append(tokens)
+            used += len(tokens)
+        return group
+
+    def _embed_group(self, group: list[list[int]]) -> list[list[float]]:
+        self.ctx.clear()
+        self.batch.clear()
+        for seq, tokens in enumerate(group):
+            for pos, token in enumerate(tokens):
+                # Pooling reads every token's output: mark them all, or llama.cpp overrides the
+                # flags itself and logs a warning per input.
+                self.batch.add(token, pos, seq, True)
+        rc = self.ctx.decode(self.batch)
+        if rc != 0:
+            raise RequestRejected(f"llama_decode failed with code {rc} while embedding")
+        return [
+            _l2_normalised(self.ctx.sequence_embedding(seq, self.model.n_embd)) for seq in range(len(group))
+        ]
+
+
+def _l2_normalised(vector: list[float]) -> list[float]:
+    norm = sum(v * v for v in vector) ** 0.5
+    return [v / norm for v in vector] if norm > 0 else vector

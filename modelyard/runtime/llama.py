@@ -1,0 +1,423 @@
+"""A thin, typed layer over llama-cpp-python's low-level (ctypes) API, used inside a runner process.
+
+Only what the engine needs: load a model (mmapped in place), make contexts, tokenize and
+detokenize, fill batches, build sampler chains, apply LoRA adapters, read embeddings. llama.cpp's
+log lines are captured (not printed): they carry the loader's error messages and the measured
+buffer sizes, which `parse_buffer_sizes` turns into memory figures.
+
+ctypes callbacks are kept referenced on their owners: a collected callback is a segfault.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp as L
+
+from modelyard.runtime.options import LoadOptions, SamplingOptions
+
+MIB = 1024 * 1024
+
+_BUFFER_LINE = re.compile(
+    r"(?P<buffer>[A-Za-z0-9_]+)\s+(?P<kind>model|KV|compute|output)\s+buffer size"
+    r"\s*=\s*(?P<mib>[0-9.]+)\s*MiB"
+)
+# Buffers in host memory: the CPU backend's own, its repacked-weight buffers (CPU_REPACK, AMX) and
+# the pinned host buffers GPU backends use for staging (CUDA_Host, …).
+_HOST_BUFFER = re.compile(r"CPU.*|AMX|KLEIDIAI|.*_Host")
+
+
+@dataclass(frozen=True)
+class BufferSizes:
+    """Bytes llama.cpp allocated, by kind, summed over devices; and the part on GPUs."""
+
+    weights: int = 0
+    kv: int = 0
+    compute: int = 0
+    output: int = 0
+    weights_device: int = 0
+    kv_device: int = 0
+    compute_device: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv + self.compute + self.output
+
+    @property
+    def device_total(self) -> int:
+        return self.weights_device + self.kv_device + self.compute_device
+
+
+def parse_buffer_sizes(lines: Iterable[str]) -> BufferSizes:
+    """Memory figures from llama.cpp's log, as Ollama reads llama-server's stderr (pure)."""
+    totals = {"model": 0, "KV": 0, "compute": 0, "output": 0}
+    device = {"model": 0, "KV": 0, "compute": 0}
+    for line in lines:
+        match = _BUFFER_LINE.search(line)
+        if match is None:
+            continue
+        size = int(float(match["mib"]) * MIB)
+        kind = match["kind"]
+        totals[kind] += size
+        if kind in device and not _HOST_BUFFER.fullmatch(match["buffer"]):
+            device[kind] += size
+    return BufferSizes(
+        weights=totals["model"],
+        kv=totals["KV"],
+        compute=totals["compute"],
+        output=totals["output"],
+        weights_device=device["model"],
+        kv_device=device["KV"],
+        compute_device=device["compute"],
+    )
+
+
+class LogCapture:
+    """Receives llama.cpp's log lines (all threads); keeps the last ones for error messages."""
+
+    def __init__(self, keep: int = 400) -> None:
+        self.lines: deque[str] = deque(maxlen=keep)
+        self.buffer_lines: list[str] = []
+        self._partial = ""
+        self._lock = threading.Lock()
+        self._callback = L.llama_log_callback(self._on_log)
+
+    def install(self) -> None:
+        L.llama_log_set(self._callback, ctypes.c_void_p(0))
+
+    def _on_log(self, level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        chunk = text.decode("utf-8", "replace") if text else ""
+        with self._lock:
+            data = self._partial + chunk
+            *complete, self._partial = data.split("\n")
+            for line in complete:
+                self.lines.append(line)
+                if "buffer size" in line:
+                    self.buffer_lines.append(line)
+
+    def errors(self) -> list[str]:
+        """Lines that look like the loader explaining a failure."""
+        with self._lock:
+            lines = list(self.lines)
+        return [line.strip() for line in lines if re.search(r"error|failed|invalid|unable", line, re.I)]
+
+
+_backend_ready = False
+
+
+def init_backend(logs: LogCapture) -> None:
+    global _backend_ready  # llama_backend_init is once per process, by llama.cpp's contract
+    logs.install()
+    if not _backend_ready:
+        L.llama_backend_init()
+        _backend_ready = True
+
+
+class Model:
+    def __init__(
+        self,
+        path: Path,
+        load: LoadOptions,
+        *,
+        repack: bool = True,
+        progress: Callable[[float], None] | None = None,
+    ) -> None:
+        params = L.llama_model_default_params()
+        params.n_gpu_layers = load.num_gpu if load.num_gpu >= 0 else -1
+        params.main_gpu = load.main_gpu
+        params.load_mode = _load_mode(load)
+        # Weight repacking picks the fastest CPU layout, but on CPUs that report AMX without
+        # letting a VM use it the repacked kernels die with SIGILL; the parent retries without.
+        params.use_extra_bufts = repack
+        if progress is not None:
+
+            def on_progress(fraction: float, _user: ctypes.c_void_p) -> bool:
+                progress(fraction)
+                return True
+
+            self._progress_cb = L.llama_progress_callback(on_progress)
+            params.progress_callback = self._progress_cb
+        self.ptr = L.llama_model_load_from_file(str(path).encode(), params)
+        if not self.ptr:
+            raise OSError(f"llama.cpp could not load {path}")
+        self.vocab = L.llama_model_get_vocab(self.ptr)
+        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        self._piece_buffer = ctypes.create_string_buffer(256)
+
+    @property
+    def n_ctx_train(self) -> int:
+        return int(L.llama_model_n_ctx_train(self.ptr))
+
+    @property
+    def n_embd(self) -> int:
+        return int(L.llama_model_n_embd(self.ptr))
+
+    @property
+    def size_bytes(self) -> int:
+        return int(L.llama_model_size(self.ptr))
+
+    @property
+    def has_encoder(self) -> bool:
+        return bool(L.llama_model_has_encoder(self.ptr))
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 16
+        tokens = (L.llama_token * capacity)()
+        n = L.llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_special, parse_special)
+        if n < 0:  # the buffer was too small: llama.cpp says how large it must be
+            capacity = -n
+            tokens = (L.llama_token * capacity)()
+            n = L.llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_special, parse_special)
+        return list(tokens[:n])
+
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        n = L.llama_token_to_piece(self.vocab, token, self._piece_buffer, len(self._piece_buffer), 0, special)
+        if n < 0:
+            buffer = ctypes.create_string_buffer(-n)
+            n = L.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, special)
+            return buffer.raw[:n]
+        return self._piece_buffer.raw[:n]
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """Text of a whole token sequence, as llama.cpp renders it (SentencePiece's leading space
+        of the first token removed, special tokens as text)."""
+        array = (L.llama_token * len(tokens))(*tokens)
+        capacity = 8 * len(tokens) + 16
+        buffer = ctypes.create_string_buffer(capacity)
+        n = L.llama_detokenize(self.vocab, array, len(tokens), buffer, capacity, False, True)
+        if n < 0:
+            buffer = ctypes.create_string_buffer(-n)
+            n = L.llama_detokenize(self.vocab, array, len(tokens), buffer, -n, False, True)
+        return buffer.raw[:n].decode("utf-8", "replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(L.llama_vocab_is_eog(self.vocab, token))
+
+    def token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        raw = L.llama_vocab_get_text(self.vocab, token)
+        return raw.decode("utf-8", "replace") if raw else ""
+
+    @property
+    def bos_text(self) -> str:
+        return self.token_text(L.llama_vocab_bos(self.vocab))
+
+    @property
+    def eos_text(self) -> str:
+        return self.token_text(L.llama_vocab_eos(self.vocab))
+
+    def close(self) -> None:
+        if self.ptr:
+            L.llama_model_free(self.ptr)
+            self.ptr = None
+
+
+def _load_mode(load: LoadOptions) -> int:
+    if load.use_mmap and load.use_mlock:
+        return int(L.LLAMA_LOAD_MODE_MMAP_MLOCK)
+    if load.use_mlock:
+        return int(L.LLAMA_LOAD_MODE_MLOCK)
+    if load.use_mmap:
+        return int(L.LLAMA_LOAD_MODE_MMAP)
+    return int(L.LLAMA_LOAD_MODE_NONE)
+
+
+class Context:
+    def __init__(
+        self,
+        model: Model,
+        *,
+        n_ctx: int,
+        n_seq_max: int,
+        n_batch: int,
+        threads: int,
+        embeddings: bool = False,
+        pooling: int | None = None,
+        flash_attention: bool | None = None,
+    ) -> None:
+        """With `embeddings`, pooled embeddings are read; otherwise one row of logits per sequence."""
+        params = L.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_seq_max = n_seq_max
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        if embeddings:
+            # One KV buffer for all sequences, as llama-cpp-python's embed() uses: with a stream per
+            # sequence, pooled embeddings of several sequences in one batch come out wrong.
+            params.kv_unified = True
+        else:
+            # We read at most one row of logits per sequence per batch; reserving the default (one
+            # per batch token) would cost n_batch × n_vocab floats (512 MiB for Gemma's vocab).
+            # Pooling needs every token's output, so an embeddings context keeps the default.
+            params.n_outputs_max = n_seq_max
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.no_perf = True
+        params.embeddings = embeddings
+        if pooling is not None:
+            params.pooling_type = pooling
+        if flash_attention is not None:
+            params.flash_attn_type = (
+                L.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attention else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            )
+        self.ptr = L.llama_init_from_model(model.ptr, params)
+        if not self.ptr:
+            raise OSError("llama.cpp could not create a context (out of memory?)")
+        self.memory = L.llama_get_memory(self.ptr)
+        self.n_ctx = int(L.llama_n_ctx(self.ptr))
+        self.n_ctx_seq = int(L.llama_n_ctx_seq(self.ptr))
+        self.n_batch = int(L.llama_n_batch(self.ptr))
+        self.pooling = int(L.llama_pooling_type(self.ptr))
+
+    def clear(self) -> None:
+        L.llama_memory_clear(self.memory, True)
+
+    def decode(self, batch: Batch) -> int:
+        return int(L.llama_decode(self.ptr, batch.raw))
+
+    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
+        return bool(L.llama_memory_seq_rm(self.memory, seq, p0, p1))
+
+    def seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
+        L.llama_memory_seq_add(self.memory, seq, p0, p1, delta)
+
+    @property
+    def can_shift(self) -> bool:
+        return bool(L.llama_memory_can_shift(self.memory))
+
+    def set_adapters(self, adapters: Sequence[tuple[LoraAdapter, float]]) -> None:
+        if not adapters:
+            return
+        n = len(adapters)
+        pointer_type = L.llama_adapter_lora_p_ctypes
+        pointers = (pointer_type * n)(*[ctypes.cast(a.ptr, pointer_type) for a, _ in adapters])
+        scales = (ctypes.c_float * n)(*[s for _, s in adapters])
+        rc = L.llama_set_adapters_lora(self.ptr, pointers, n, scales)
+        if rc != 0:
+            raise OSError(f"llama.cpp refused the LoRA adapters (code {rc})")
+
+    def sequence_embedding(self, seq: int, n_embd: int) -> list[float]:
+        pointer = L.llama_get_embeddings_seq(self.ptr, seq)
+        if not pointer:
+            raise OSError(f"no pooled embedding for sequence {seq}")
+        return list(pointer[:n_embd])
+
+    def close(self) -> None:
+        if self.ptr:
+            L.llama_free(self.ptr)
+            self.ptr = None
+
+
+class Batch:
+    def __init__(self, capacity: int, n_seq_max: int) -> None:
+        self.capacity = capacity
+        self.raw = L.llama_batch_init(capacity, 0, n_seq_max)
+        self.size = 0
+
+    def clear(self) -> None:
+        self.size = 0
+        self.raw.n_tokens = 0
+
+    def add(self, token: int, pos: int, seq: int, logits: bool) -> int:
+        """Append one token; returns its index in the batch (where its logits will be)."""
+        i = self.size
+        raw = self.raw
+        raw.token[i] = token
+        raw.pos[i] = pos
+        raw.n_seq_id[i] = 1
+        raw.seq_id[i][0] = seq
+        raw.logits[i] = logits
+        self.size = i + 1
+        raw.n_tokens = self.size
+        return i
+
+    def close(self) -> None:
+        L.llama_batch_free(self.raw)
+
+
+class LoraAdapter:
+    def __init__(self, model: Model, path: Path) -> None:
+        self.ptr = L.llama_adapter_lora_init(model.ptr, str(path).encode())
+        if not self.ptr:
+            raise OSError(f"llama.cpp could not load the LoRA adapter {path}")
+
+
+class Sampler:
+    """A llama.cpp sampler chain for one request, in llama-server's order:
+    grammar → penalties → top_k → typical_p → top_p → min_p → temperature → distribution."""
+
+    def __init__(self, model: Model, options: SamplingOptions, seed: int, grammar: str | None = None) -> None:
+        self.ptr = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        add = self._add
+        if grammar:
+            gsampler = L.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
+            if not gsampler:
+                L.llama_sampler_free(self.ptr)
+                raise ValueError("the grammar could not be compiled")
+            add(gsampler)
+        penalties = options.repeat_penalty != 1.0 or options.presence_penalty or options.frequency_penalty
+        if penalties:
+            # repeat_last_n -1 means the whole context, in Ollama and in llama.cpp alike.
+            add(
+                L.llama_sampler_init_penalties(
+                    options.repeat_last_n,
+                    options.repeat_penalty,
+                    options.frequency_penalty,
+                    options.presence_penalty,
+                )
+            )
+        if options.greedy:
+            add(L.llama_sampler_init_greedy())
+            return
+        if options.top_k > 0:
+            add(L.llama_sampler_init_top_k(options.top_k))
+        if options.typical_p < 1.0:
+            add(L.llama_sampler_init_typical(options.typical_p, 1))
+        if options.top_p < 1.0:
+            add(L.llama_sampler_init_top_p(options.top_p, 1))
+        if options.min_p > 0.0:
+            add(L.llama_sampler_init_min_p(options.min_p, 1))
+        add(L.llama_sampler_init_temp(options.temperature))
+        add(L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+
+    def _add(self, sampler: object) -> None:
+        L.llama_sampler_chain_add(self.ptr, sampler)
+
+    def sample(self, ctx: Context, index: int) -> int:
+        """Sample from the logits at batch index `index`; the chain accepts the token itself."""
+        return int(L.llama_sampler_sample(self.ptr, ctx.ptr, index))
+
+    def close(self) -> None:
+        if self.ptr:
+            L.llama_sampler_free(self.ptr)
+            self.ptr = None
+
+
+def json_schema_grammar(schema: object) -> str:
+    """GBNF for a JSON schema (llama-cpp-python's converter). Raises ValueError for a bad schema."""
+    import json
+
+    from llama_cpp import llama_grammar
+
+    try:
+        return str(llama_grammar.json_schema_to_gbnf(json.dumps(schema)))
+    except Exception as exc:  # the converter raises assorted types for unsupported or broken schemas
+        raise ValueError(f"invalid JSON schema: {exc}") from None
+
+
+def json_grammar() -> str:
+    from llama_cpp import llama_grammar
+
+    return str(llama_grammar.JSON_GBNF)
+
+
+def supports_gpu_offload() -> bool:
+    return bool(L.llama_supports_gpu_offload())

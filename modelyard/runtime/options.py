@@ -1,0 +1,147 @@
+"""Request options → typed sampling and load options: pure, validated, one error per bad request.
+
+Options merge as Ollama merges them: defaults ⊕ the image's PARAMETERs ⊕ the request's `options`.
+Names and types are the Modelfile's (builder/params.py). A request may also carry options Ollama
+clients still send that Ollama itself no longer honours (mirostat, numa, …): those are accepted and
+ignored, as Ollama does. A name nobody knows, or a value of the wrong type, is an
+InferenceRequestError naming the option; the runner goes on serving everyone else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelyard.builder.params import DEPRECATED_PARAMETERS, PARAMETER_TYPES, validate_parameter
+from modelyard.errors import InferenceRequestError, ModelfileError
+
+# Options that affect how the model is loaded, not how one request samples. A request that changes
+# them needs another runner (the scheduler decides); the runner itself ignores them per request.
+LOAD_OPTION_NAMES = frozenset(
+    {"num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "use_mlock", "num_thread", "num_parallel"}
+)
+# Sent by clients written for older Ollama versions; Ollama ignores them, so do we.
+IGNORED_OPTION_NAMES = DEPRECATED_PARAMETERS | {"numa", "draft_num_predict"}
+
+DEFAULT_NUM_CTX = 4096
+DEFAULT_NUM_BATCH = 512
+DEFAULT_NUM_KEEP = 4
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How one request samples and when it stops (Ollama's defaults)."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int = -1  # -1: a fresh random seed per request
+    num_predict: int = -1  # -1: until a stop, end of generation, or the context is full
+    num_keep: int = DEFAULT_NUM_KEEP
+    stop: tuple[str, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a runner loads its model."""
+
+    num_ctx: int = DEFAULT_NUM_CTX  # tokens of context per slot
+    num_parallel: int = 1  # slots: requests decoded together in one batch
+    num_batch: int = DEFAULT_NUM_BATCH  # the largest batch handed to llama_decode (prefill chunk size)
+    num_gpu: int = -1  # layers to offload; -1 = as many as the backend takes, 0 = CPU only
+    main_gpu: int = 0
+    use_mmap: bool = True
+    use_mlock: bool = False
+    num_thread: int = 0  # 0 = one per physical core
+    flash_attention: bool | None = None  # None: llama.cpp decides (on where the backend supports it)
+
+    def threads(self) -> int:
+        return self.num_thread if self.num_thread > 0 else max(os.cpu_count() or 1, 1)
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    sampling: SamplingOptions
+    load: dict[str, Any] = field(default_factory=dict)  # load options the request asked for, if any
+
+
+def merge_options(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Later layers win; `stop` from a later layer replaces, as Ollama's options do."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        if layer:
+            merged.update(layer)
+    return merged
+
+
+def parse_request_options(options: Mapping[str, Any] | None) -> RequestOptions:
+    """Validate an `options` object (already merged with the image's parameters)."""
+    if options is None:
+        return RequestOptions(SamplingOptions())
+    if not isinstance(options, Mapping):
+        raise InferenceRequestError(f"options must be an object, got {type(options).__name__}")
+    sampling: dict[str, Any] = {}
+    load: dict[str, Any] = {}
+    for name, value in options.items():
+        if name in IGNORED_OPTION_NAMES:
+            continue
+        if name not in PARAMETER_TYPES:
+            raise InferenceRequestError(_unknown_option(name))
+        try:
+            typed = validate_parameter(name, value)
+        except ModelfileError as exc:
+            raise InferenceRequestError(f"option {name!r}: {exc.message}") from None
+        (load if name in LOAD_OPTION_NAMES else sampling)[name] = typed
+    _check_ranges(sampling)
+    return RequestOptions(SamplingOptions(**sampling), load)
+
+
+def parse_load_options(options: Mapping[str, Any] | None) -> LoadOptions:
+    """Load options from an image's parameters and a spec or request (unknown names ignored here:
+    parse_request_options reports them)."""
+    values: dict[str, Any] = {}
+    for name, value in (options or {}).items():
+        if name in LOAD_OPTION_NAMES:
+            try:
+                values[name] = validate_parameter(name, value)
+            except ModelfileError as exc:
+                raise InferenceRequestError(f"option {name!r}: {exc.message}") from None
+    for name in ("num_ctx", "num_batch", "num_parallel"):
+        if name in values and values[name] < 1:
+            raise InferenceRequestError(f"option {name!r} must be at least 1, got {values[name]}")
+    return LoadOptions(**values)
+
+
+def _check_ranges(sampling: Mapping[str, Any]) -> None:
+    checks = {
+        "top_k": lambda v: v >= 0,
+        "top_p": lambda v: 0.0 <= v <= 1.0,
+        "min_p": lambda v: 0.0 <= v <= 1.0,
+        "typical_p": lambda v: 0.0 <= v <= 1.0,
+        "repeat_last_n": lambda v: v >= -1,
+        "num_keep": lambda v: v >= -1,
+        "repeat_penalty": lambda v: v >= 0.0,
+    }
+    for name, ok in checks.items():
+        if name in sampling and not ok(sampling[name]):
+            raise InferenceRequestError(f"option {name!r} is out of range: {sampling[name]}")
+
+
+def _unknown_option(name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, [*PARAMETER_TYPES], n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown option {name!r}{hint}"

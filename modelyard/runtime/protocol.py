@@ -1,0 +1,146 @@
+"""The parent ⇄ runner protocol: one JSON object per line over a Unix socket pair.
+
+Parent → runner (`op`):
+    load        {weights, adapters: [[path, scale]], options: LoadOptions, repack}   (first message)
+    complete    {id, prompt, options: SamplingOptions, format, truncate, shift}
+    embed       {id, inputs: [str], truncate}
+    tokenize    {id, text, add_special}
+    detokenize  {id, tokens}
+    cancel      {id}
+    stats       {id}
+    shutdown    {}
+
+Runner → parent (`event`):
+    progress    {fraction}                                      while loading
+    loaded      {info: RunnerInfo}                              ready to serve
+    load_failed {message}                                       then the runner exits
+    token       {id, text}                                      streamed output
+    done        {id, done_reason, prompt_eval_count, prompt_eval_duration, eval_count, eval_duration,
+                 truncated, context_shifts}                     durations in nanoseconds
+    result      {id, …}                                         embed / tokenize / detokenize / stats
+    error       {id, message, kind: "request" | "internal"}
+
+Requests carry the prompt as text, already rendered through the template by the caller, so the
+runner knows nothing of templates; it tokenizes with the model's own vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from modelyard.runtime.options import LoadOptions, SamplingOptions
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    prompt: str
+    options: SamplingOptions = field(default_factory=SamplingOptions)
+    format: str | dict[str, Any] | None = None  # "json" or a JSON schema
+    truncate: bool = True  # a prompt longer than the context: keep num_keep + the end (else an error)
+    shift: bool = True  # a full context during generation: drop old tokens (else stop with "length")
+
+    def to_message(self, request_id: int) -> dict[str, Any]:
+        return {
+            "op": "complete",
+            "id": request_id,
+            "prompt": self.prompt,
+            "options": asdict(self.options),
+            "format": self.format,
+            "truncate": self.truncate,
+            "shift": self.shift,
+        }
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> CompletionRequest:
+        options = dict(message.get("options") or {})
+        options["stop"] = tuple(options.get("stop") or ())
+        return cls(
+            prompt=str(message["prompt"]),
+            options=SamplingOptions(**options),
+            format=message.get("format"),
+            truncate=bool(message.get("truncate", True)),
+            shift=bool(message.get("shift", True)),
+        )
+
+
+@dataclass(frozen=True)
+class RunnerInfo:
+    """What a loaded runner reports about itself."""
+
+    pid: int
+    n_ctx: int  # tokens of KV cache in all
+    n_ctx_per_slot: int
+    slots: int
+    n_ctx_train: int
+    n_embd: int
+    weights_bytes: int  # as llama.cpp allocated them (mmapped on CPU)
+    kv_bytes: int
+    compute_bytes: int
+    output_bytes: int
+    device_bytes: int  # the part of the above on GPUs
+    load_seconds: float
+    repack: bool
+    bos: str = ""
+    eos: str = ""
+    adapters: int = 0
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_bytes + self.compute_bytes + self.output_bytes
+
+
+@dataclass(frozen=True)
+class Done:
+    done_reason: str  # "stop" | "length" | "cancel"
+    prompt_eval_count: int
+    prompt_eval_duration: int
+    eval_count: int
+    eval_duration: int
+    truncated: int = 0  # prompt tokens dropped to fit the context
+    context_shifts: int = 0  # times old tokens were dropped during generation
+
+
+def load_message(
+    weights: str, adapters: list[tuple[str, float]], options: LoadOptions, repack: bool
+) -> dict[str, Any]:
+    return {
+        "op": "load",
+        "weights": weights,
+        "adapters": adapters,
+        "options": asdict(options),
+        "repack": repack,
+    }
+
+
+class Channel:
+    """JSON lines over a connected socket; writes from several threads are serialised."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._reader = sock.makefile("rb", buffering=1 << 16)
+        self._write_lock = threading.Lock()
+
+    def send(self, message: dict[str, Any]) -> None:
+        data = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        with self._write_lock:
+            self.sock.sendall(data)
+
+    def receive(self) -> dict[str, Any] | None:
+        """The next message, or None when the other side has gone."""
+        line = self._reader.readline()
+        if not line:
+            return None
+        value = json.loads(line)
+        if not isinstance(value, dict):
+            raise ValueError("protocol message is not an object")
+        return value
+
+    def close(self) -> None:
+        try:
+            self._reader.close()
+        finally:
+            self.sock.close()

@@ -1,0 +1,158 @@
+"""The runner process: `python -m modelyard.runtime.runner_main --fd N`.
+
+Receives a `load` message on the inherited socket, loads the model (mmapped in place), reports
+`loaded` with its measured memory, then serves requests until `shutdown` or until the parent goes
+away (EOF on the socket: a runner never outlives its parent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from modelyard.runtime.options import LoadOptions
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="modelyard-runner", description="A modelyard model runner (internal)."
+    )
+    parser.add_argument("--fd", type=int, required=True, help="the inherited socket to the parent")
+    args = parser.parse_args(argv)
+
+    from modelyard.runtime.protocol import Channel
+
+    channel = Channel(socket.socket(fileno=args.fd))
+    message = channel.receive()
+    if message is None or message.get("op") != "load":
+        return 2
+    try:
+        engine = _load(channel, message)
+    except _LoadFailed as exc:
+        channel.send({"event": "load_failed", "message": str(exc)})
+        return 1
+
+    inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
+
+    def read() -> None:
+        while True:
+            try:
+                received = channel.receive()
+            except (OSError, ValueError):
+                received = None
+            inbox.put(received)
+            if received is None:
+                return
+
+    threading.Thread(target=read, name="runner-reader", daemon=True).start()
+    engine.run(inbox)
+    return 0
+
+
+class _LoadFailed(Exception):
+    pass
+
+
+def _load(channel: Any, message: dict[str, Any]) -> Any:
+    from modelyard.runtime import llama
+    from modelyard.runtime.engine import EmbeddingContext, Engine
+    from modelyard.runtime.protocol import RunnerInfo
+
+    started = time.perf_counter()
+    logs = llama.LogCapture()
+    llama.init_backend(logs)
+    options = LoadOptions(**message["options"])
+    repack = bool(message.get("repack", True))
+    weights = Path(message["weights"])
+    last_sent = [-1.0]
+
+    def progress(fraction: float) -> None:
+        if fraction - last_sent[0] >= 0.05 or fraction >= 1.0:
+            last_sent[0] = fraction
+            channel.send({"event": "progress", "fraction": round(fraction, 3)})
+
+    try:
+        model = llama.Model(weights, options, repack=repack, progress=progress)
+    except OSError as exc:
+        raise _LoadFailed(_explain(str(exc), logs)) from None
+    try:
+        adapters = [
+            (llama.LoraAdapter(model, Path(path)), float(scale)) for path, scale in message["adapters"]
+        ]
+        ctx = llama.Context(
+            model,
+            n_ctx=options.num_ctx * options.num_parallel,
+            n_seq_max=options.num_parallel,
+            n_batch=options.num_batch,
+            threads=options.threads(),
+            flash_attention=options.flash_attention,
+        )
+        ctx.set_adapters(adapters)
+    except OSError as exc:
+        raise _LoadFailed(_explain(str(exc), logs)) from None
+    _warm_up(model, ctx)
+    sizes = llama.parse_buffer_sizes(logs.buffer_lines)
+    info = RunnerInfo(
+        pid=os.getpid(),
+        n_ctx=ctx.n_ctx,
+        n_ctx_per_slot=ctx.n_ctx_seq,
+        slots=options.num_parallel,
+        n_ctx_train=model.n_ctx_train,
+        n_embd=model.n_embd,
+        weights_bytes=sizes.weights or model.size_bytes,
+        kv_bytes=sizes.kv,
+        compute_bytes=sizes.compute,
+        output_bytes=sizes.output,
+        device_bytes=sizes.device_total,
+        load_seconds=time.perf_counter() - started,
+        repack=repack,
+        bos=model.bos_text,
+        eos=model.eos_text,
+        adapters=len(adapters),
+    )
+    channel.send({"event": "loaded", "info": info.__dict__})
+
+    def embedder() -> EmbeddingContext:
+        return EmbeddingContext(
+            model, n_ctx=max(min(options.num_ctx, model.n_ctx_train), 512), threads=options.threads()
+        )
+
+    return Engine(model, ctx, options.num_parallel, channel.send, embedder=embedder)
+
+
+def _warm_up(model: Any, ctx: Any) -> None:
+    """A short prefill and one decode step, so that a CPU that cannot run the chosen kernels fails
+    now, at load, where the parent can retry, and not on a user's first request."""
+    from modelyard.runtime import llama
+
+    tokens = (model.tokenize("The quick brown fox jumps over the lazy dog.", add_special=True) or [0])[:16]
+    batch = llama.Batch(len(tokens), 1)
+    try:
+        for pos, token in enumerate(tokens):
+            batch.add(token, pos, 0, pos == len(tokens) - 1)
+        rc = ctx.decode(batch)
+        if rc == 0:
+            batch.clear()
+            batch.add(tokens[-1], len(tokens), 0, True)
+            rc = ctx.decode(batch)
+    finally:
+        ctx.seq_rm(0)
+        batch.close()
+    if rc != 0:
+        raise _LoadFailed(f"the warm-up decode failed (code {rc})")
+
+
+def _explain(error: str, logs: Any) -> str:
+    details = logs.errors()[-3:]
+    return error + (": " + "; ".join(details) if details else "")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

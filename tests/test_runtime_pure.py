@@ -1,0 +1,162 @@
+"""The runner's pure decisions: options, stop matching, prompt fitting, memory figures from logs."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelyard.errors import InferenceRequestError
+from modelyard.runtime.engine import RequestRejected, fit_prompt
+from modelyard.runtime.llama import BufferSizes, parse_buffer_sizes
+from modelyard.runtime.options import (
+    LoadOptions,
+    SamplingOptions,
+    merge_options,
+    parse_load_options,
+    parse_request_options,
+)
+from modelyard.runtime.stops import StopMatcher
+
+MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        pytest.param(None, SamplingOptions(), id="none-means-defaults"),
+        pytest.param({"temperature": 0}, SamplingOptions(temperature=0.0), id="int-for-float"),
+        pytest.param({"stop": "x"}, SamplingOptions(stop=("x",)), id="stop-string"),
+        pytest.param(
+            {"stop": ["a", "b"], "seed": 7}, SamplingOptions(stop=("a", "b"), seed=7), id="stop-list-seed"
+        ),
+        pytest.param({"mirostat": 2, "numa": True}, SamplingOptions(), id="old-ollama-options-ignored"),
+        pytest.param({"num_ctx": 8192}, SamplingOptions(), id="load-option-not-sampling"),
+    ],
+)
+def test_parse_request_options(options: dict | None, expected: SamplingOptions) -> None:
+    assert parse_request_options(options).sampling == expected
+
+
+def test_load_options_are_split_out() -> None:
+    parsed = parse_request_options({"num_ctx": 8192, "num_parallel": 2, "top_k": 3})
+    assert parsed.load == {"num_ctx": 8192, "num_parallel": 2}
+    assert parsed.sampling.top_k == 3
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        pytest.param({"temprature": 1}, "did you mean 'temperature'", id="unknown-with-hint"),
+        pytest.param({"frobnicate": 1}, "unknown option 'frobnicate'", id="unknown"),
+        pytest.param({"top_k": "many"}, "option 'top_k'", id="wrong-type"),
+        pytest.param({"top_k": True}, "option 'top_k'", id="bool-is-not-int"),
+        pytest.param({"stop": [1]}, "option 'stop'", id="stop-not-strings"),
+        pytest.param({"top_p": 1.5}, "out of range", id="top-p-range"),
+        pytest.param({"top_k": -1}, "out of range", id="top-k-range"),
+        pytest.param([1, 2], "must be an object", id="not-an-object"),
+    ],
+)
+def test_bad_request_options(options: object, fragment: str) -> None:
+    with pytest.raises(InferenceRequestError, match=fragment):
+        parse_request_options(options)  # type: ignore[arg-type]
+
+
+def test_load_options_and_merge() -> None:
+    merged = merge_options({"num_ctx": 2048, "temperature": 1.0}, {"num_ctx": 4096}, None)
+    assert merged == {"num_ctx": 4096, "temperature": 1.0}
+    assert parse_load_options(merged) == LoadOptions(num_ctx=4096)
+    with pytest.raises(InferenceRequestError, match="num_parallel"):
+        parse_load_options({"num_parallel": 0})
+
+
+@pytest.mark.parametrize(
+    ("stops", "chunks", "emitted", "stopped"),
+    [
+        pytest.param(["END"], ["hello ", "world"], ["hello ", "world"], False, id="no-stop"),
+        pytest.param(["END"], ["abcEND", "more"], ["abc", ""], True, id="stop-inside-token"),
+        pytest.param(["END"], ["abcE", "N", "Dxyz"], ["abc", "", ""], True, id="stop-across-three-tokens"),
+        pytest.param(["END"], ["abcE", "Nx"], ["abc", "ENx"], False, id="false-start-released"),
+        pytest.param(["<|end|>", "\n\n"], ["a\n", "\nb"], ["a", ""], True, id="second-stop-wins-earlier"),
+        pytest.param(["ab", "abc"], ["xab"], ["x"], True, id="earliest-match"),
+        pytest.param([], ["text"], ["text"], False, id="no-stops"),
+        pytest.param(["é!"], ["caf", "é", "!"], ["caf", "", ""], True, id="unicode"),
+    ],
+)
+def test_stop_matcher(stops: list[str], chunks: list[str], emitted: list[str], stopped: bool) -> None:
+    matcher = StopMatcher(stops)
+    assert [matcher.feed(c) for c in chunks] == emitted
+    assert matcher.stopped is stopped
+
+
+def test_stop_matcher_flush_returns_held_text() -> None:
+    matcher = StopMatcher(["END"])
+    assert matcher.feed("abcEN") == "abc"
+    assert matcher.flush() == "EN"
+
+
+@pytest.mark.parametrize(
+    ("length", "n_ctx", "keep", "expected_len", "dropped"),
+    [
+        pytest.param(10, 64, 4, 10, 0, id="fits"),
+        pytest.param(63, 64, 4, 63, 0, id="just-fits"),
+        pytest.param(64, 64, 4, 32, 32, id="full-context-halved"),
+        pytest.param(1000, 64, 4, 32, 968, id="long"),
+        pytest.param(1000, 64, 100, 32, 968, id="num-keep-capped"),
+    ],
+)
+def test_fit_prompt(length: int, n_ctx: int, keep: int, expected_len: int, dropped: int) -> None:
+    tokens = list(range(length))
+    fitted, n_dropped = fit_prompt(tokens, n_ctx, keep, truncate=True)
+    assert (len(fitted), n_dropped) == (expected_len, dropped)
+    if dropped:
+        head = min(keep, n_ctx // 2 - 1)
+        assert fitted[:head] == tokens[:head], "num_keep tokens from the start are kept"
+        assert fitted[-1] == tokens[-1], "the end of the prompt is kept"
+
+
+def test_fit_prompt_refuses_when_truncation_is_off() -> None:
+    with pytest.raises(RequestRejected, match="100 tokens but the context holds 64"):
+        fit_prompt(list(range(100)), 64, 4, truncate=False)
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        pytest.param(
+            [
+                "load_tensors:   CPU_Mapped model buffer size =   235.16 MiB",
+                "llama_context:        CPU  output buffer size =     4.00 MiB",
+                "llama_kv_cache:        CPU KV buffer size =    48.00 MiB",
+                "llama_kv_cache:        CPU KV buffer size =   240.00 MiB",
+                "sched_reserve:        CPU compute buffer size =   21.77 MiB",
+            ],
+            BufferSizes(weights=int(235.16 * MIB), kv=288 * MIB, compute=int(21.77 * MIB), output=4 * MIB),
+            id="cpu-only-gemma",
+        ),
+        pytest.param(
+            ["load_tensors:          AMX model buffer size =   213.91 MiB"],
+            BufferSizes(weights=int(213.91 * MIB)),
+            id="amx-repack-is-host",
+        ),
+        pytest.param(
+            [
+                "load_tensors:        CUDA0 model buffer size =  4000.00 MiB",
+                "load_tensors:   CPU_Mapped model buffer size =   500.00 MiB",
+                "llama_kv_cache:      CUDA0 KV buffer size =   512.00 MiB",
+                "sched_reserve:      CUDA0 compute buffer size =   300.00 MiB",
+                "sched_reserve:  CUDA_Host compute buffer size =    20.00 MiB",
+            ],
+            BufferSizes(
+                weights=4500 * MIB,
+                kv=512 * MIB,
+                compute=320 * MIB,
+                weights_device=4000 * MIB,
+                kv_device=512 * MIB,
+                compute_device=300 * MIB,
+            ),
+            id="partial-cuda-offload",
+        ),
+        pytest.param(["nothing to see"], BufferSizes(), id="no-buffer-lines"),
+    ],
+)
+def test_parse_buffer_sizes(lines: list[str], expected: BufferSizes) -> None:
+    assert parse_buffer_sizes(lines) == expected
