@@ -73,7 +73,8 @@ class RepositoryClient:
         )
         with contextlib.closing(response):
             if response.status_code == 404:
-                raise RemoteNotFoundError(where, _not_found_what(response, "tag"))
+                default = "manifest" if reference.startswith("sha256:") else "repository or tag"
+                raise RemoteNotFoundError(where, _not_found_what(response, default))
             if response.status_code != 200:
                 raise error_for(response, f"GET manifest {where}")
             data = _read_limited(response, MAX_MANIFEST_BYTES, where)
@@ -226,7 +227,7 @@ def _media_type(response: httpx.Response, data: bytes) -> str:
 
 
 def _not_found_what(response: httpx.Response, default: str) -> str:
-    """Distribution says NAME_UNKNOWN for a repository it has never seen, MANIFEST_UNKNOWN for a tag."""
+    """NAME_UNKNOWN names a missing repository; Distribution 2.8 says MANIFEST_UNKNOWN for both."""
     return "repository" if describe_error_body(response.read()).startswith("NAME_UNKNOWN") else default
 
 

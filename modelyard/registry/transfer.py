@@ -186,16 +186,22 @@ def download_blob(
         if blobs.exists(digest):
             return 0
         download = _Download(repo, digest, size, progress, cancelled or threading.Event())
-        for resumed in _attempts(partial):
-            download.into(partial)
-            try:
-                blobs.commit_partial(partial, digest)
-            except DigestMismatchError as exc:
-                if resumed:  # the bytes from an earlier run were bad; commit_partial removed them
-                    log.debug("partial file of %s did not verify; downloading it again", digest)
-                    continue
-                raise DigestMismatchError(digest, exc.actual, repo.name) from None
-            break
+        try:
+            for resumed in _attempts(partial):
+                download.into(partial)
+                try:
+                    blobs.commit_partial(partial, digest)
+                except DigestMismatchError as exc:
+                    if resumed:  # the bytes from an earlier run were bad; commit_partial removed them
+                        log.debug("partial file of %s did not verify; downloading it again", digest)
+                        continue
+                    raise DigestMismatchError(digest, exc.actual, repo.name) from None
+                break
+        except BaseException:
+            # Bytes received stay for the next run to resume from; an empty file is only litter.
+            if partial.exists() and partial.stat().st_size == 0:
+                partial.unlink()
+            raise
     with contextlib.suppress(FileNotFoundError):
         Path(lock.lock_file).unlink()  # the blob is in: nobody needs the lock file any more
     return download.received

@@ -19,7 +19,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -187,7 +187,7 @@ class Store:
         if ref.digest is not None:
             # A pull by digest tags `name@sha256:…`; the image it stored may have another digest
             # (an Ollama or Docker manifest converted to ModelPack), yet that reference finds it.
-            pinned = index.get(str(ref))
+            pinned = index.get(str(replace(ref, tag=None)))
             if pinned is not None:
                 return pinned
             for record in (*index.tags, *index.history):

@@ -1,0 +1,694 @@
+"""push and pull against the real CNCF Distribution registry (anonymous and htpasswd), checked
+with skopeo; faults from Distribution itself, a counting proxy, or a tiny fake registry where
+Distribution cannot misbehave. Every failing operation must leave the local store as it was."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from registry_server import CountingProxy, FakeRegistry, Registry, free_port, start_registry
+
+from modelyard.builder.build import Builder
+from modelyard.cli import main
+from modelyard.errors import (
+    DigestMismatchError,
+    RegistryError,
+    RegistryUnavailableError,
+    RemoteNotFoundError,
+)
+from modelyard.reference import Reference, parse_reference
+from modelyard.registry import PushFormat, RegistryOptions, pull, push
+from modelyard.registry.client import RepositoryClient
+from modelyard.registry.endpoint import Endpoint
+from modelyard.registry.formats import (
+    ANNOTATION_SOURCE_DIGEST,
+    CONFIG_OLLAMA,
+    LAYER_OLLAMA_MODEL,
+    SourceFormat,
+)
+from modelyard.registry.retry import RetryPolicy
+from modelyard.registry.session import RegistrySession
+from modelyard.registry.transfer import BlobSource, Uploaded, partial_path, upload_blob
+from modelyard.store import Store
+from modelyard.store.image import (
+    ANNOTATION_FILEPATH,
+    ANNOTATION_TITLE,
+    ARTIFACT_MODELPACK,
+    CONFIG_MODELPACK,
+    INDEX_OCI,
+    LAYER_SYSTEM,
+    LAYER_WEIGHT,
+    MANIFEST_DOCKER,
+    MANIFEST_OCI,
+    Descriptor,
+    Manifest,
+    canonical_json,
+    sha256_digest,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST_RETRY = RetryPolicy(attempts=2, base_s=0.01, cap_s=0.05)
+needs_registry = pytest.mark.skipif(
+    shutil.which("docker-registry") is None, reason="docker-registry not installed"
+)
+pytestmark = needs_registry
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def new_store(root: Path) -> Store:
+    store = Store(root)
+    store.init()
+    return store
+
+
+def options(tmp_path: Path, **overrides: object) -> RegistryOptions:
+    values: dict[str, object] = {
+        "docker_config": tmp_path / "docker",
+        "cache_dir": tmp_path / "cache",
+        "chunk_bytes": 256 * 1024,  # the tiny GGUF (640 KB) then travels in three PATCH chunks
+        "retry": FAST_RETRY,
+    }
+    values.update(overrides)
+    return RegistryOptions(**values)  # type: ignore[arg-type]
+
+
+def build(store: Store, tmp_path: Path, gguf: Path, name: str, system: str = "You are terse.") -> str:
+    folder = tmp_path / f"build-{uuid.uuid4().hex[:6]}"
+    folder.mkdir()
+    (folder / "Modelfile").write_text(f"FROM {gguf}\nSYSTEM {system}\nPARAMETER temperature 0.2\n")
+    return (
+        Builder(store, tmp_path / "build-cache")
+        .build_file(folder / "Modelfile", parse_reference(name))
+        .digest
+    )
+
+
+def remote(registry: Registry | CountingProxy | FakeRegistry, repository: str, tag: str = "v1") -> Reference:
+    return parse_reference(f"{registry.host}/{repository}:{tag}")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}/m{uuid.uuid4().hex[:8]}"
+
+
+def skopeo_raw(ref: Reference) -> dict[str, object]:
+    out = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    value = json.loads(out)
+    assert isinstance(value, dict)
+    return value
+
+
+def store_snapshot(store: Store) -> tuple[bytes, list[str], list[str]]:
+    """What must not change when an operation fails: the index, the blobs, the partial files."""
+    index = store.index_path.read_bytes() if store.index_path.exists() else b""
+    blobs = sorted(store.blobs.digests())
+    partials = (
+        sorted(p.name for p in store.blobs.ingest_dir.glob("*.partial"))
+        if store.blobs.ingest_dir.exists()
+        else []
+    )
+    return index, blobs, partials
+
+
+@pytest.fixture
+def image(tmp_path: Path, tiny_gguf: Path) -> tuple[Store, str]:
+    store = new_store(tmp_path / "store")
+    return store, build(store, tmp_path, tiny_gguf, "tiny")
+
+
+# --- push and pull ---------------------------------------------------------------------------------
+
+
+def test_push_then_pull_keeps_the_digest_and_skopeo_reads_it(
+    registry: Registry, image: tuple[Store, str], tmp_path: Path
+) -> None:
+    store, digest = image
+    target = remote(registry, unique("team"))
+    events: list[str] = []
+    result = push(
+        store,
+        target,
+        options(tmp_path),
+        source=parse_reference("tiny"),
+        progress=lambda e: events.append(e.status),
+    )
+    assert [m.digest for m in result.manifests] == [digest]  # the registry holds our exact bytes
+    assert events[0] == "retrieving manifest" and events[-2:] == ["pushing manifest", "success"]
+    assert any(e.startswith("pushing ") and len(e) == len("pushing ") + 12 for e in events)
+
+    raw = skopeo_raw(target)
+    local = json.loads(store.blobs.read_bytes(digest))
+    assert raw == local
+    assert (raw["mediaType"], raw["artifactType"]) == (MANIFEST_OCI, ARTIFACT_MODELPACK)
+    assert raw["config"]["mediaType"] == CONFIG_MODELPACK  # type: ignore[index]
+    assert [layer["mediaType"] for layer in raw["layers"]][:2] == [LAYER_WEIGHT, LAYER_SYSTEM]  # type: ignore[index, union-attr]
+
+    other = new_store(tmp_path / "other")
+    pulled_events: list[str] = []
+    pulled = pull(other, target, options(tmp_path), progress=lambda e: pulled_events.append(e.status))
+    assert (pulled.digest, pulled.remote_digest, pulled.source_format) == (
+        digest,
+        digest,
+        SourceFormat.MODELPACK,
+    )
+    assert pulled_events[0] == "pulling manifest"
+    assert pulled_events[-3:] == ["verifying sha256 digest", "writing manifest", "success"]
+    assert other.read_parts(other.read_manifest(digest)) == store.read_parts(store.read_manifest(digest))
+    assert other.verify().ok
+
+    again = pull(other, target, options(tmp_path))
+    assert (again.digest, again.bytes_downloaded, again.blobs_downloaded) == (digest, 0, 0)
+
+    by_digest = pull(new_store(tmp_path / "third"), target.with_digest(digest), options(tmp_path))
+    assert str(by_digest.reference) == f"{target.name}@{digest}"
+
+
+def test_push_both_formats_and_pull_the_ollama_manifest_back(
+    registry: Registry, image: tuple[Store, str], tmp_path: Path
+) -> None:
+    store, digest = image
+    target = remote(registry, unique("ollama"), "v2")
+    result = push(store, target, options(tmp_path), source=parse_reference("tiny"), format=PushFormat.BOTH)
+    assert [str(m.reference) for m in result.manifests] == [str(target), f"{target.name}:v2-ollama"]
+
+    ollama_ref = parse_reference(f"{target.name}:v2-ollama")
+    raw = skopeo_raw(ollama_ref)
+    assert (raw["mediaType"], raw["config"]["mediaType"]) == (MANIFEST_DOCKER, CONFIG_OLLAMA)  # type: ignore[index]
+    ours = store.read_manifest(digest)
+    assert [x["digest"] for x in raw["layers"]] == [x.digest for x in ours.layers]  # type: ignore[union-attr]
+    assert raw["layers"][0]["mediaType"] == LAYER_OLLAMA_MODEL  # type: ignore[index]
+
+    first = pull(new_store(tmp_path / "a"), ollama_ref, options(tmp_path))
+    second_store = new_store(tmp_path / "b")
+    second = pull(second_store, ollama_ref, options(tmp_path))
+    assert first.source_format is SourceFormat.OLLAMA
+    assert first.digest == second.digest != first.remote_digest  # converted, and the same ID every time
+    converted = second_store.read_manifest(second.digest)
+    assert converted.artifact_type == ARTIFACT_MODELPACK
+    assert converted.annotations[ANNOTATION_SOURCE_DIGEST] == second.remote_digest
+    assert second_store.read_parts(converted).system == "You are terse."
+    assert {x.digest for x in converted.layers} == {x.digest for x in ours.layers}
+
+    # A pull by the registry's digest finds the converted image by that reference.
+    pinned = ollama_ref.with_digest(second.remote_digest)
+    pulled = pull(second_store, pinned, options(tmp_path))
+    assert pulled.bytes_downloaded == 0
+    assert second_store.resolve(pinned).digest == second.digest
+
+
+def test_repush_and_a_derived_image_send_no_weight_bytes(
+    registry: Registry, tiny_gguf: Path, tmp_path: Path
+) -> None:
+    store = new_store(tmp_path / "store")
+    build(store, tmp_path, tiny_gguf, "base")
+    build(store, tmp_path, tiny_gguf, "derived", system="You are a pirate.")
+    proxy = CountingProxy(int(registry.host.rsplit(":", 1)[1]))
+    try:
+        repo = unique("share")
+        opts = options(tmp_path)
+        first = push(store, remote(proxy, repo, "base"), opts, source=parse_reference("base"))
+        assert first.bytes_uploaded > tiny_gguf.stat().st_size
+        assert proxy.to_server > tiny_gguf.stat().st_size
+
+        proxy.reset()
+        again = push(store, remote(proxy, repo, "base"), opts, source=parse_reference("base"))
+        assert again.bytes_uploaded == 0 and set(again.blobs.values()) == {Uploaded.PRESENT}
+        assert proxy.to_server < 20_000  # HEADs and one manifest PUT
+
+        proxy.reset()
+        derived = push(store, remote(proxy, repo, "derived"), opts, source=parse_reference("derived"))
+        assert derived.count(Uploaded.PRESENT) >= 1 and derived.bytes_uploaded < 10_000
+        assert proxy.to_server < 30_000
+
+        proxy.reset()  # another repository of the same registry: the weights are mounted, not sent
+        elsewhere = push(
+            store, remote(proxy, unique("other"), "derived"), opts, source=parse_reference("derived")
+        )
+        weights = store.read_manifest(store.resolve(parse_reference("derived")).digest).layers[0].digest
+        assert elsewhere.blobs[weights] is Uploaded.MOUNTED
+        assert proxy.to_server < 30_000
+    finally:
+        proxy.stop()
+
+
+def put_blob(repo: RepositoryClient, data: bytes) -> Descriptor:
+    digest = sha256_digest(data)
+    upload_blob(repo, BlobSource(digest, len(data), data=data))
+    return Descriptor("application/octet-stream", digest, len(data))
+
+
+def registry_repo(registry: Registry, repository: str) -> RepositoryClient:
+    endpoint = Endpoint(registry.host, f"http://{registry.host}", verify_tls=False)
+    return RepositoryClient(RegistrySession(endpoint), repository, push=True)
+
+
+def test_pull_a_docker_model_runner_manifest_keeps_unknown_layers(
+    registry: Registry, tiny_gguf: Path, tmp_path: Path
+) -> None:
+    repository = unique("ai")
+    repo = registry_repo(registry, repository)
+    weights = put_blob(repo, tiny_gguf.read_bytes())
+    license_ = put_blob(repo, b"Apache-2.0")
+    extra = put_blob(repo, b"a layer of a type nobody knows")
+    config = canonical_json(
+        {
+            "config": {
+                "format": "gguf",
+                "architecture": "llama",
+                "parameters": "1.2M",
+                "quantization": "F32",
+                "context_size": 2048,
+            },
+            "descriptor": {"created": "2025-05-05T00:00:00Z"},
+            "rootfs": {"type": "rootfs", "diff_ids": [weights.digest, license_.digest, extra.digest]},
+        }
+    )
+    config_desc = put_blob(repo, config)
+    dmr = Manifest(
+        Descriptor("application/vnd.docker.ai.model.config.v0.1+json", config_desc.digest, config_desc.size),
+        (
+            Descriptor("application/vnd.docker.ai.gguf.v3", weights.digest, weights.size),
+            Descriptor("application/vnd.docker.ai.license", license_.digest, license_.size),
+            Descriptor("application/vnd.example.unknown", extra.digest, extra.size),
+        ),
+    )
+    remote_digest = repo.put_manifest("v1", dmr.to_bytes(), MANIFEST_OCI)
+    repo.session.close()
+
+    store = new_store(tmp_path / "store")
+    pulled = pull(store, remote(registry, repository), options(tmp_path))
+    assert (pulled.source_format, pulled.remote_digest) == (SourceFormat.DOCKER, remote_digest)
+    manifest = store.read_manifest(pulled.digest)
+    assert [x.media_type for x in manifest.layers] == [
+        LAYER_WEIGHT,
+        "application/vnd.ollama.image.license",
+        "application/vnd.example.unknown",
+    ]
+    assert manifest.annotations["io.modelyard.gguf.context-length"] == "2048"
+    parts = store.read_parts(manifest)
+    assert parts.weights is not None and parts.weights.digest == weights.digest
+    assert parts.licenses == ("Apache-2.0",)
+    assert store.blobs.exists(extra.digest)  # kept, though nothing reads it
+
+
+def test_an_index_resolves_to_its_one_manifest_or_fails_clearly(
+    registry: Registry, image: tuple[Store, str], tmp_path: Path
+) -> None:
+    store, digest = image
+    target = remote(registry, unique("idx"))
+    push(store, target, options(tmp_path), source=parse_reference("tiny"))
+    size = store.blobs.size(digest)
+    repo = registry_repo(registry, target.repository)
+    one = {
+        "mediaType": MANIFEST_OCI,
+        "digest": digest,
+        "size": size,
+        "platform": {"os": "linux", "architecture": "amd64"},
+    }
+    repo.put_manifest(
+        "single", canonical_json({"schemaVersion": 2, "mediaType": INDEX_OCI, "manifests": [one]}), INDEX_OCI
+    )
+    two = [{"mediaType": MANIFEST_OCI, "digest": digest, "size": size}] * 2
+    repo.put_manifest(
+        "ambiguous", canonical_json({"schemaVersion": 2, "mediaType": INDEX_OCI, "manifests": two}), INDEX_OCI
+    )
+    repo.session.close()
+
+    other = new_store(tmp_path / "other")
+    assert pull(other, target.with_tag("single"), options(tmp_path)).digest == digest
+    with pytest.raises(RegistryError, match="index of 2 manifests"):
+        pull(other, target.with_tag("ambiguous"), options(tmp_path))
+
+
+def test_a_hostile_annotation_never_becomes_a_path(
+    registry: Registry, image: tuple[Store, str], tmp_path: Path
+) -> None:
+    store, digest = image
+    ours = store.read_manifest(digest)
+    hostile = {ANNOTATION_TITLE: "../../etc/x", ANNOTATION_FILEPATH: "../../etc/x"}
+    evil = Manifest(
+        ours.config,
+        tuple(Descriptor(x.media_type, x.digest, x.size, hostile) for x in ours.layers),
+        artifact_type=ARTIFACT_MODELPACK,
+        annotations={ANNOTATION_TITLE: "/etc/passwd"},
+    )
+    repository = unique("evil")
+    push(store, remote(registry, repository, "base"), options(tmp_path), source=parse_reference("tiny"))
+    repo = registry_repo(registry, repository)
+    repo.put_manifest("evil", evil.to_bytes(), MANIFEST_OCI)
+    repo.session.close()
+
+    sandbox = tmp_path / "a" / "b"
+    other = new_store(sandbox / "store")
+    before = {p for p in tmp_path.rglob("*")}
+    pulled = pull(other, remote(registry, repository, "evil"), options(tmp_path))
+    created = {p for p in tmp_path.rglob("*")} - before
+    outside = [
+        p
+        for p in created
+        if other.root not in p.parents and p != other.root and (tmp_path / "cache") not in p.parents
+    ]
+    assert outside == []
+    assert not (tmp_path / "etc").exists() and not (sandbox.parent / "etc").exists()
+    assert other.read_parts(other.read_manifest(pulled.digest)).weights is not None
+
+
+# --- faults: a clear error, and the store as it was ----------------------------------------------
+
+
+def test_unknown_repository_and_tag_are_not_found(
+    registry: Registry, image: tuple[Store, str], tmp_path: Path
+) -> None:
+    store, _ = image
+    before = store_snapshot(store)
+    with pytest.raises(RemoteNotFoundError, match=r"nobody/.*: repository or tag not found in the registry"):
+        pull(store, remote(registry, unique("nobody")), options(tmp_path))
+    target = remote(registry, unique("known"))
+    push(store, target, options(tmp_path), source=parse_reference("tiny"))
+    before = store_snapshot(store)
+    with pytest.raises(RemoteNotFoundError, match=":nope: repository or tag not found"):
+        pull(store, target.with_tag("nope"), options(tmp_path))
+    assert store_snapshot(store) == before
+
+
+def test_registry_down_is_unavailable(image: tuple[Store, str], tmp_path: Path) -> None:
+    store, _ = image
+    before = store_snapshot(store)
+    down = parse_reference(f"127.0.0.1:{free_port()}/ns/m:v1")
+    with pytest.raises(RegistryUnavailableError, match="cannot connect"):
+        pull(store, down, options(tmp_path))
+    with pytest.raises(RegistryUnavailableError, match="cannot connect"):
+        push(store, down, options(tmp_path), source=parse_reference("tiny"))
+    assert store_snapshot(store) == before
+
+
+def test_a_corrupt_blob_in_the_registry_is_refused_and_nothing_enters(
+    registry: Registry, image: tuple[Store, str], tmp_path: Path
+) -> None:
+    store, digest = image
+    target = remote(registry, unique("corrupt"))
+    push(store, target, options(tmp_path), source=parse_reference("tiny"))
+    weights = store.read_manifest(digest).layers[0]
+    data_file = registry.blob_data(weights.digest)
+    original = data_file.read_bytes()
+    try:
+        data_file.write_bytes(b"\0" * len(original))  # same size, other bytes
+        other = new_store(tmp_path / "other")
+        before = store_snapshot(other)
+        with pytest.raises(DigestMismatchError) as caught:
+            pull(other, target, options(tmp_path))
+        assert weights.digest in str(caught.value) and sha256_digest(b"\0" * len(original)) in str(
+            caught.value
+        )
+        index, blobs, partials = store_snapshot(other)
+        assert index == before[0] and weights.digest not in blobs
+        # No bad bytes kept; other blobs' downloads, stopped early, keep what they had to resume.
+        assert partial_path(other.blobs, weights.digest).name not in partials
+        assert all((other.blobs.ingest_dir / name).stat().st_size > 0 for name in partials)
+    finally:
+        data_file.write_bytes(original)
+
+
+def test_a_fake_registry_serving_wrong_bytes_or_a_huge_manifest(tmp_path: Path) -> None:
+    weights = b"real weights" * 100
+    served = b"evil weights" * 100
+    config = canonical_json(
+        {"config": {"format": "gguf"}, "descriptor": {}, "modelfs": {"type": "layers", "diffIds": []}}
+    )
+    manifest = Manifest(
+        Descriptor(CONFIG_MODELPACK, sha256_digest(config), len(config)),
+        (Descriptor(LAYER_WEIGHT, sha256_digest(weights), len(weights)),),
+        artifact_type=ARTIFACT_MODELPACK,
+    )
+    huge = json.dumps({"schemaVersion": 2, "mediaType": MANIFEST_OCI, "padding": "x" * (5 << 20)}).encode()
+    fake = FakeRegistry(
+        {"ns/m:bad": (MANIFEST_OCI, manifest.to_bytes()), "ns/m:huge": (MANIFEST_OCI, huge)},
+        {sha256_digest(config): config, sha256_digest(weights): served},
+    )
+    try:
+        store = new_store(tmp_path / "store")
+        before = store_snapshot(store)
+        with pytest.raises(
+            DigestMismatchError, match=f"expected {sha256_digest(weights)}, got {sha256_digest(served)}"
+        ):
+            pull(store, remote(fake, "ns/m", "bad"), options(tmp_path))
+        with pytest.raises(RegistryError, match="4 MiB"):
+            pull(store, remote(fake, "ns/m", "huge"), options(tmp_path))
+        after = store_snapshot(store)
+        assert after[0] == before[0] and sha256_digest(weights) not in after[1] and after[2] == []
+    finally:
+        fake.stop()
+
+
+def test_a_pull_killed_midway_resumes_with_a_range(registry: Registry, tmp_path: Path) -> None:
+    """SIGKILL a `modelyard pull` halfway through a 24 MB blob (a proxy slows it down), run it again:
+    it asks only for the missing bytes and completes."""
+    size = 24 << 20
+    store = new_store(tmp_path / "src")
+    blob = store.blobs.put_bytes(os.urandom(size))
+    config = store.blobs.put_bytes(
+        canonical_json({"config": {"format": "gguf"}, "descriptor": {}, "modelfs": {}})
+    )
+    manifest = Manifest(
+        Descriptor(CONFIG_MODELPACK, config.digest, config.size),
+        (Descriptor(LAYER_WEIGHT, blob.digest, blob.size),),
+        artifact_type=ARTIFACT_MODELPACK,
+    )
+    digest, _ = store.put_manifest(manifest)
+    store.tag(parse_reference("big"), digest)
+    repository = unique("big")
+    push(store, remote(registry, repository), options(tmp_path), source=parse_reference("big"))
+
+    port = int(registry.host.rsplit(":", 1)[1])
+    slow = CountingProxy(port, rate=6e6)
+    home = tmp_path / "home"
+    env = {**os.environ, "MODELYARD_HOME": str(home), "DOCKER_CONFIG": str(tmp_path / "docker")}
+    partial = partial_path(Store(home / "store").blobs, blob.digest)
+    command = [sys.executable, "-m", "modelyard.cli", "pull", "--quiet"]
+    with (tmp_path / "first-run.log").open("wb") as log:
+        process = subprocess.Popen([*command, str(remote(slow, repository))], env=env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while not (partial.exists() and partial.stat().st_size > 4 << 20):
+            assert process.poll() is None, (tmp_path / "first-run.log").read_text()
+            assert time.monotonic() < deadline, "the pull never got going"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        slow.stop()
+    had = partial.stat().st_size
+    assert 0 < had < size
+
+    fast = CountingProxy(port)
+    try:
+        rerun = subprocess.run(
+            [*command, str(remote(fast, repository))], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert rerun.returncode == 0, rerun.stderr
+        assert rerun.stdout.strip() == digest
+        assert size - had <= fast.to_client < size - had + 100_000  # only the rest came over the wire
+    finally:
+        fast.stop()
+    assert not partial.exists()
+    assert Store(home / "store").verify().ok
+    assert (
+        '"GET /v2/' + repository in registry.log_path.read_text() and " 206 " in registry.log_path.read_text()
+    )
+
+
+# --- auth, TLS and the CLI ---------------------------------------------------------------------------
+
+
+class Cli:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MODELYARD_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    return tmp_path
+
+
+def cli(*args: str, stdin: str = "", monkeypatch: pytest.MonkeyPatch | None = None) -> Cli:
+    out, err = io.StringIO(), io.StringIO()
+    if monkeypatch is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code = main(list(args), stdout=out, stderr=err)
+    return Cli(code, out.getvalue(), err.getvalue())
+
+
+def test_cli_login_push_pull_with_htpasswd_never_shows_the_password(
+    auth_registry: Registry,
+    tiny_gguf: Path,
+    cli_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    user, password = auth_registry.user or "", auth_registry.password or ""
+    wrong = "not-" + password
+    secrets = [
+        password,
+        wrong,
+        base64.b64encode(f"{user}:{password}".encode()).decode(),
+        base64.b64encode(f"{user}:{wrong}".encode()).decode(),
+    ]
+    host = auth_registry.host
+    outputs: list[str] = []
+
+    store = Store(cli_env / "home" / "store")
+    store.init()
+    build(store, cli_env, tiny_gguf, "tiny")
+    target = f"{host}/private/tiny:v1"
+
+    denied = cli("push", "tiny", target, "--verbose", monkeypatch=monkeypatch)
+    assert denied.code == 1 and "requires a login" in denied.err and f"modelyard login {host}" in denied.err
+
+    bad = cli(
+        "login",
+        host,
+        "-u",
+        user,
+        "--password-stdin",
+        "--verbose",
+        stdin=wrong + "\n",
+        monkeypatch=monkeypatch,
+    )
+    assert bad.code == 1 and "refused the credentials" in bad.err
+    assert not (cli_env / "docker" / "config.json").exists()
+
+    good = cli(
+        "login",
+        host,
+        "-u",
+        user,
+        "--password-stdin",
+        "--verbose",
+        stdin=password + "\n",
+        monkeypatch=monkeypatch,
+    )
+    assert good.code == 0 and "Login succeeded" in good.err
+    assert json.loads((cli_env / "docker" / "config.json").read_text())["auths"][host]["auth"] == secrets[2]
+
+    pushed = cli("push", "tiny", target, "--verbose", monkeypatch=monkeypatch)
+    assert pushed.code == 0, pushed.err
+    assert "PUT /v2/private/tiny/manifests/v1" in pushed.err  # --verbose shows requests…
+    pulled = cli("pull", target, "--verbose", monkeypatch=monkeypatch)
+    assert pulled.code == 0, pulled.err
+    assert pulled.out.strip() == store.resolve(parse_reference("tiny")).digest
+
+    assert cli("logout", host).code == 0
+    assert cli("pull", target).code == 1
+
+    outputs += [r.out + r.err for r in (denied, bad, good, pushed, pulled)]
+    outputs.append(caplog.text)
+    outputs.append(auth_registry.log_path.read_text())
+    for text in outputs:  # …and never credentials
+        for secret in secrets:
+            assert secret not in text
+
+
+def test_cli_errors_exit_1_with_a_message(registry: Registry, cli_env: Path) -> None:
+    missing = cli("pull", f"{registry.host}/{unique('none')}:v1")
+    assert missing.code == 1 and "not found in the registry" in missing.err
+    no_host = cli("push", "tiny")
+    assert no_host.code == 1 and "names no registry" in no_host.err
+    local_only = cli("pull", "tiny")
+    assert local_only.code == 1 and "names no registry" in local_only.err
+
+
+def test_build_from_a_registry_reference_pulls_it(
+    registry: Registry, image: tuple[Store, str], tmp_path: Path, cli_env: Path
+) -> None:
+    store, digest = image
+    target = remote(registry, unique("base"))
+    push(store, target, options(tmp_path), source=parse_reference("tiny"))
+    (tmp_path / "Modelfile").write_text(f"FROM {target}\nSYSTEM Speak like a pirate.\n")
+    result = cli("build", "-t", "pirate", "-f", str(tmp_path / "Modelfile"), "--quiet")
+    assert result.code == 0, result.err
+    home_store = Store(cli_env / "home" / "store")
+    assert home_store.resolve(target).digest == digest
+    pirate = home_store.read_manifest(home_store.resolve(parse_reference("pirate")).digest)
+    assert pirate.layers[0].digest == store.read_manifest(digest).layers[0].digest
+
+
+def test_tls_is_verified_by_default_and_insecure_skips_it(
+    image: tuple[Store, str], tmp_path: Path, cli_env: Path
+) -> None:
+    x509 = pytest.importorskip("cryptography.x509")
+    cert, key = _self_signed_certificate(tmp_path, x509)
+    tls_registry = start_registry(tmp_path / "tls-registry", tls=(cert, key))
+    try:
+        store, digest = image
+        endpoint = Endpoint(tls_registry.host, f"https://{tls_registry.host}", verify_tls=True)
+        with (
+            RegistrySession(endpoint, retry=FAST_RETRY) as session,
+            pytest.raises(RegistryUnavailableError, match="certificate verification failed; use --insecure"),
+        ):
+            session.request("GET", "/v2/")
+        target = remote(tls_registry, unique("tls"))
+        push(store, target, options(tmp_path, insecure=True), source=parse_reference("tiny"))
+        pulled = cli("pull", "--insecure", "--quiet", str(target))
+        assert pulled.code == 0, pulled.err
+        assert pulled.out.strip() == digest
+        plain = cli("pull", "--quiet", str(target))  # loopback defaults to HTTP: a TLS port refuses it
+        assert plain.code == 1
+    finally:
+        tls_registry.stop()
+
+
+def _self_signed_certificate(tmp_path: Path, x509: object) -> tuple[Path, Path]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509 as cx509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = cx509.Name([cx509.NameAttribute(cx509.oid.NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        cx509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(cx509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            cx509.SubjectAlternativeName([cx509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
