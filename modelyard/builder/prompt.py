@@ -1,0 +1,617 @@
+"""From a request to the prompt text, as Ollama builds it (server/routes.go, server/prompt.go,
+template/template.go).
+
+`render_prompt(model, request)` is the one entry point for the runner and the HTTP server:
+
+- the template is the image's TEMPLATE (Go, or Jinja when the text is Jinja: `template_kind`), else
+  the GGUF's `tokenizer.chat_template` (Jinja), else Ollama's default `{{ .Prompt }}`;
+- chat: the image's MESSAGE layers go before the request's messages, and its SYSTEM goes first as a
+  system message unless the request's first message is a system message;
+- generate: the request's `system` (else the image's SYSTEM), the MESSAGE layers, then the prompt as
+  a user message, through the same path as chat (no tools); a request `template` is executed
+  directly on those messages; a `suffix` executes the template on Prompt and Suffix (fill in the
+  middle); `raw` sends the prompt as it is, no template, no system;
+- images: each becomes `[img-N]` in its message (replacing a `[img]` the text has, else in front),
+  numbered in order, as Ollama does; whether the model can see them is the caller's business;
+- `fits` (when given) truncates old messages as Ollama does: drop from the front until the prompt
+  fits, keep system messages and the last message, never orphan tool results from their call.
+
+Go templates run as Ollama's template.Execute does (`execute_ollama`): consecutive messages of one
+role merged, system messages collected into `.System`, Ollama's values (`.Messages` of structs with
+Role, Content, Thinking, Images, ToolCalls, ToolName, ToolCallID; `.Tools` printing as JSON; Think,
+ThinkLevel, IsThinkSet). A template without `.Messages` is "legacy": it runs once per turn on
+`.System`/`.Prompt`/`.Response`, and the last turn is cut after `{{ .Response }}`.
+
+Not done here: Ollama's model-specific renderers and `<think>` filtering for some model families,
+and the deprecated `context` of generate. Everything is pure: the clock comes in as `now`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, Final, Literal
+
+from modelyard.builder.gotemplate import (
+    JSONList,
+    JSONMap,
+    Slice,
+    Struct,
+    StructType,
+    Template,
+    parse,
+)
+from modelyard.builder.jinja_template import is_valid_jinja, render_chat_template
+from modelyard.errors import TemplateError
+
+DEFAULT_TEMPLATE: Final = "{{ .Prompt }}"
+
+TemplateKind = Literal["go", "jinja"]
+
+# --- typed inputs ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call the assistant made: Ollama's api.ToolCall."""
+
+    name: str
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+    id: str = ""
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One message, as Ollama's API takes it (images are the raw bytes)."""
+
+    role: str
+    content: str = ""
+    images: tuple[bytes, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
+    thinking: str = ""
+    tool_name: str = ""
+    tool_call_id: str = ""
+
+
+@dataclass(frozen=True)
+class PromptRequest:
+    """A chat request (`messages`, `tools`) or a generate request (`prompt`, `system`, `suffix`,
+    `template`, `raw`, `images`). Build one with `PromptRequest.chat(...)` or `.generate(...)`."""
+
+    kind: Literal["chat", "generate"]
+    messages: tuple[ChatMessage, ...] = ()
+    tools: tuple[Mapping[str, Any], ...] | None = None  # chat; None when the request sent none
+    prompt: str = ""
+    system: str = ""
+    suffix: str = ""
+    template: str = ""
+    raw: bool = False
+    images: tuple[bytes, ...] = ()
+    think: bool | str | None = None  # None: not set; a string is a thinking level ("high")
+    now: datetime | None = None  # for templates that print today's date
+
+    @classmethod
+    def chat(
+        cls,
+        messages: Sequence[ChatMessage],
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        think: bool | str | None = None,
+        now: datetime | None = None,
+    ) -> PromptRequest:
+        return cls("chat", tuple(messages), tuple(tools) if tools is not None else None, think=think, now=now)
+
+    @classmethod
+    def generate(
+        cls,
+        prompt: str,
+        *,
+        system: str = "",
+        suffix: str = "",
+        template: str = "",
+        raw: bool = False,
+        images: Sequence[bytes] = (),
+        think: bool | str | None = None,
+        now: datetime | None = None,
+    ) -> PromptRequest:
+        return cls(
+            "generate",
+            prompt=prompt,
+            system=system,
+            suffix=suffix,
+            template=template,
+            raw=raw,
+            images=tuple(images),
+            think=think,
+            now=now,
+        )
+
+
+@dataclass(frozen=True)
+class ModelPrompting:
+    """What an image says about prompts: its TEMPLATE, SYSTEM and MESSAGE layers, and from its GGUF
+    the chat template and special tokens (for Jinja). `tokenizer_adds_bos`: the runner's tokenizer
+    adds BOS itself, so a Jinja template's leading `bos_token` is dropped (no double BOS)."""
+
+    template: str | None = None
+    system: str | None = None
+    messages: tuple[ChatMessage, ...] = ()
+    chat_template: str | None = None
+    bos_token: str = ""
+    eos_token: str = ""
+    tokenizer_adds_bos: bool = False
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """The text to tokenize, the images its `[img-N]` tags stand for (in order), and how many of the
+    request's messages were dropped to make it fit."""
+
+    text: str
+    images: tuple[bytes, ...] = ()
+    dropped: int = 0
+
+
+Fits = Callable[[str, int], bool]  # (prompt, number of images) -> whether it fits the context
+
+
+# --- which language a template is in ----------------------------------------------------------------------
+
+_JINJA_TAG = re.compile(r"\{%-?\s*[a-zA-Z]|\{#")
+
+
+def template_kind(text: str) -> TemplateKind:
+    """ "go" for a Go text/template (Ollama's TEMPLATE), "jinja" for a Jinja chat template.
+
+    A text that only one of the two languages parses is in that language. One both parse is Jinja
+    when it has Jinja statements or comments (`{% … %}`, `{# … #}`), else Go (plain text and `{{ .X }}`
+    are Go). One neither parses is judged by those markers, so its error comes from its own parser."""
+    has_jinja_tags = bool(_JINJA_TAG.search(text))
+    try:
+        parse(text)
+        go_ok = True
+    except TemplateError:
+        go_ok = False
+    if go_ok and not has_jinja_tags:
+        return "go"
+    if is_valid_jinja(text) and (has_jinja_tags or not go_ok):
+        return "jinja"
+    if go_ok:
+        return "go"
+    return "jinja" if has_jinja_tags else "go"
+
+
+# --- Ollama's values for Go templates ---------------------------------------------------------------------
+
+MESSAGE: Final = StructType(
+    "*template.templateMessage",
+    tuple(
+        (name, name)
+        for name in ("Role", "Content", "Thinking", "Images", "ToolCalls", "ToolName", "ToolCallID")
+    ),
+)
+TOOL_CALL: Final = StructType("template.templateToolCall", (("ID", "id,omitempty"), ("Function", "function")))
+TOOL_CALL_FUNCTION: Final = StructType(
+    "template.templateToolCallFunction", (("Index", "index"), ("Name", "name"), ("Arguments", "arguments"))
+)
+TOOL: Final = StructType(
+    "api.Tool", (("Type", "type"), ("Items", "items,omitempty"), ("Function", "function")), stringer=True
+)
+TOOL_FUNCTION: Final = StructType(
+    "api.ToolFunction",
+    (("Name", "name"), ("Description", "description,omitempty"), ("Parameters", "parameters")),
+    stringer=True,
+)
+TOOL_PARAMETERS: Final = StructType(
+    "api.ToolFunctionParameters",
+    (
+        ("Type", "type"),
+        ("Defs", "$defs,omitempty"),
+        ("Items", "items,omitempty"),
+        ("Required", "required,omitempty"),
+        ("Properties", "properties"),
+    ),
+    stringer=True,
+)
+TOOL_PROPERTY: Final = StructType(
+    "api.ToolProperty",
+    (
+        ("AnyOf", "anyOf,omitempty"),
+        ("Type", "type,omitempty"),
+        ("Items", "items,omitempty"),
+        ("Description", "description,omitempty"),
+        ("Enum", "enum,omitempty"),
+        ("Properties", "properties,omitempty"),
+        ("Required", "required,omitempty"),
+    ),
+)
+
+_TYPESCRIPT: Final = {
+    "string": "string",
+    "number": "number",
+    "integer": "number",
+    "boolean": "boolean",
+    "array": "any[]",
+    "object": "Record<string, any>",
+    "null": "null",
+}
+
+
+class PropertyType(Slice):
+    """api.PropertyType: a JSON-schema type, one name or several; prints `string` or `[a b]`."""
+
+    def go_string(self) -> str:
+        if not self:
+            return ""
+        if len(self) == 1:
+            return str(self[0])
+        return "[" + " ".join(str(t) for t in self) + "]"
+
+    def go_json(self) -> Any:
+        return self[0] if len(self) == 1 else list(self)
+
+
+class ToolProperty(Struct):
+    """api.ToolProperty, which `toTypeScriptType` knows."""
+
+    def typescript_type(self) -> str:
+        any_of = self.get("AnyOf")
+        if any_of:
+            return " | ".join(p.typescript_type() for p in any_of)
+        types = self.get("Type")
+        if not types:
+            return "any"
+        return " | ".join(_TYPESCRIPT.get(t, "any") for t in types)
+
+
+def _slice(items: Any, convert: Callable[[Any], Any] = lambda v: v) -> Slice:
+    if not isinstance(items, list | tuple) or not items:
+        return Slice(nil=True)
+    return Slice(convert(v) for v in items)
+
+
+def _properties(raw: Any) -> JSONMap:
+    if not isinstance(raw, Mapping):
+        return JSONMap(nil=True)
+    return JSONMap({str(k): _tool_property(v) for k, v in raw.items()})
+
+
+def _property_type(raw: Any) -> PropertyType:
+    if isinstance(raw, str):
+        return PropertyType([raw])
+    if isinstance(raw, list | tuple) and raw:
+        return PropertyType(str(t) for t in raw)
+    return PropertyType(nil=True)
+
+
+def _tool_property(raw: Any) -> ToolProperty:
+    raw = raw if isinstance(raw, Mapping) else {}
+    values = (
+        _slice(raw.get("anyOf"), _tool_property),
+        _property_type(raw.get("type")),
+        raw.get("items"),
+        str(raw.get("description") or ""),
+        _slice(raw.get("enum")),
+        _properties(raw.get("properties")) if raw.get("properties") is not None else JSONMap(nil=True),
+        _slice(raw.get("required"), str),
+    )
+    return ToolProperty(TOOL_PROPERTY, values)
+
+
+def tool_value(raw: Mapping[str, Any]) -> Struct:
+    """A tool as the API takes it (`{"type": "function", "function": {...}}`), as Ollama's Go value:
+    fields it does not know are dropped, its JSON comes out in Go's field order."""
+    function = raw.get("function") if isinstance(raw.get("function"), Mapping) else {}
+    assert isinstance(function, Mapping)
+    params = function.get("parameters") if isinstance(function.get("parameters"), Mapping) else {}
+    assert isinstance(params, Mapping)
+    return TOOL(
+        Type=str(raw.get("type") or ""),
+        Items=raw.get("items"),
+        Function=TOOL_FUNCTION(
+            Name=str(function.get("name") or ""),
+            Description=str(function.get("description") or ""),
+            Parameters=TOOL_PARAMETERS(
+                Type=str(params.get("type") or ""),
+                Defs=params.get("$defs"),
+                Items=params.get("items"),
+                Required=_slice(params.get("required"), str),
+                Properties=_properties(params.get("properties")),
+            ),
+        ),
+    )
+
+
+def message_value(message: ChatMessage) -> Struct:
+    return MESSAGE(
+        Role=message.role,
+        Content=message.content,
+        Thinking=message.thinking,
+        Images=_slice(message.images),
+        ToolCalls=_slice(
+            message.tool_calls,
+            lambda call: TOOL_CALL(
+                ID=call.id,
+                Function=TOOL_CALL_FUNCTION(
+                    Index=call.index, Name=call.name, Arguments=JSONMap(call.arguments)
+                ),
+            ),
+        ),
+        ToolName=message.tool_name,
+        ToolCallID=message.tool_call_id,
+    )
+
+
+@dataclass(frozen=True)
+class TemplateValues:
+    """Ollama's template.Values: what one execution of a Go template gets. `tools` None is the nil
+    slice (chat without tools), () an empty one (generate)."""
+
+    messages: tuple[ChatMessage, ...] = ()
+    tools: tuple[Mapping[str, Any], ...] | None = None
+    prompt: str = ""
+    suffix: str = ""
+    think: bool | str | None = None
+    now: datetime | None = None
+
+    def think_values(self) -> dict[str, Any]:
+        """Think, ThinkLevel and IsThinkSet from api.ThinkValue: true means level "medium"; a level
+        turns thinking on when it is low, medium or high."""
+        think = self.think
+        if isinstance(think, str):
+            return {"Think": think in ("low", "medium", "high"), "ThinkLevel": think, "IsThinkSet": True}
+        return {
+            "Think": bool(think),
+            "ThinkLevel": "medium" if think else "",
+            "IsThinkSet": think is not None,
+        }
+
+
+def collate(messages: Sequence[ChatMessage]) -> tuple[str, list[ChatMessage]]:
+    """Ollama's collate: every system message's content joined by blank lines, and the messages with
+    consecutive ones of a role merged (contents joined by a blank line; tool messages stay apart)."""
+    system = [m.content for m in messages if m.role == "system"]
+    merged: list[ChatMessage] = []
+    for m in messages:
+        if merged and merged[-1].role == m.role and m.role != "tool":
+            merged[-1] = replace(merged[-1], content=merged[-1].content + "\n\n" + m.content)
+        else:
+            merged.append(m)
+    return "\n\n".join(system), merged
+
+
+def ollama_template(text: str) -> Template:
+    """A Go template as Ollama's template.Parse leaves it: `{{ .Response }}` appended when the
+    template mentions neither .Messages nor .Response."""
+    template = parse(text)
+    names = {name.lower() for name in template.identifiers()}
+    if "messages" not in names and "response" not in names:
+        return template.with_field_appended("Response")
+    return template
+
+
+def uses_messages(template: Template) -> bool:
+    return any(name.lower() == "messages" for name in template.identifiers())
+
+
+def execute_ollama(template: Template | str, values: TemplateValues) -> str:
+    """Ollama's template.Execute: messages templates get the collated messages, legacy templates run
+    once per user/assistant turn on .System, .Prompt and .Response."""
+    tmpl = ollama_template(template) if isinstance(template, str) else template
+    think = values.think_values()
+    system, messages = collate(values.messages)
+    if values.prompt and values.suffix:
+        data = {"Prompt": values.prompt, "Suffix": values.suffix, "Response": "", **think}
+        return tmpl.execute(data, now=values.now)
+    if uses_messages(tmpl):
+        tools = values.tools
+        data = {
+            "System": system,
+            "Messages": [message_value(m) for m in messages],
+            "Tools": JSONList((tool_value(t) for t in tools or ()), nil=tools is None),
+            "Response": "",
+            **think,
+        }
+        return tmpl.execute(data, now=values.now)
+    out: list[str] = []
+    turn = {"System": "", "Prompt": "", "Response": ""}
+
+    def run(t: Template) -> None:
+        out.append(t.execute({**turn, **think}, now=values.now))
+        turn.update(System="", Prompt="", Response="")
+
+    for m in messages:
+        if m.role == "system":
+            if turn["Prompt"] or turn["Response"]:
+                run(tmpl)
+            turn["System"] = m.content
+        elif m.role == "user":
+            if turn["Response"]:
+                run(tmpl)
+            turn["Prompt"] = m.content
+        elif m.role == "assistant":
+            turn["Response"] = m.content
+    run(tmpl.cut_after_field("Response"))
+    return "".join(out)
+
+
+# --- Jinja --------------------------------------------------------------------------------------------------
+
+
+def _hf_message(message: ChatMessage) -> dict[str, Any]:
+    """A message in the shape Hugging Face chat templates expect."""
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {
+                "type": "function",
+                **({"id": call.id} if call.id else {}),
+                "function": {"name": call.name, "arguments": dict(call.arguments)},
+            }
+            for call in message.tool_calls
+        ]
+    if message.thinking:
+        out["reasoning_content"] = message.thinking
+    if message.tool_name:
+        out["name"] = message.tool_name
+    if message.tool_call_id:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def render_jinja(
+    text: str,
+    messages: Sequence[ChatMessage],
+    model: ModelPrompting,
+    *,
+    tools: Sequence[Mapping[str, Any]] | None,
+    think: bool | str | None,
+    now: datetime | None,
+) -> str:
+    extra: dict[str, Any] = {}
+    if think is not None:
+        extra["enable_thinking"] = bool(think)
+        if isinstance(think, str):
+            extra["reasoning_effort"] = think
+    rendered = render_chat_template(
+        text,
+        [_hf_message(m) for m in messages],
+        tools=list(tools) if tools else None,
+        add_generation_prompt=True,
+        bos_token=model.bos_token,
+        eos_token=model.eos_token,
+        now=now,
+        extra=extra,
+    )
+    if model.tokenizer_adds_bos and model.bos_token and rendered.startswith(model.bos_token):
+        rendered = rendered[len(model.bos_token) :]
+    return rendered
+
+
+# --- the entry point -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Renderer:
+    """One template, whichever its language, rendering a list of messages."""
+
+    kind: TemplateKind
+    text: str
+    model: ModelPrompting
+
+    def render(
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[Mapping[str, Any]] | None,
+        request: PromptRequest,
+    ) -> str:
+        if self.kind == "jinja":
+            return render_jinja(
+                self.text, messages, self.model, tools=tools, think=request.think, now=request.now
+            )
+        values = TemplateValues(
+            tuple(messages), None if tools is None else tuple(tools), think=request.think, now=request.now
+        )
+        return execute_ollama(ollama_template(self.text), values)
+
+
+def _renderer(model: ModelPrompting, override: str = "") -> _Renderer:
+    if override:
+        return _Renderer(template_kind(override), override, model)
+    if model.template is not None:
+        return _Renderer(template_kind(model.template), model.template, model)
+    if model.chat_template:
+        return _Renderer("jinja", model.chat_template, model)
+    return _Renderer("go", DEFAULT_TEMPLATE, model)
+
+
+def _tool_block_start(messages: Sequence[ChatMessage], i: int) -> int:
+    """Where the run of tool results ending at i starts, including the assistant call before it."""
+    if i <= 0 or i >= len(messages) or messages[i].role != "tool":
+        return i
+    start = i
+    while start > 0 and messages[start - 1].role == "tool":
+        start -= 1
+    before = start - 1
+    if before >= 0 and messages[before].role == "assistant" and messages[before].tool_calls:
+        return before
+    return i
+
+
+def _tag_images(messages: Sequence[ChatMessage]) -> tuple[list[ChatMessage], tuple[bytes, ...]]:
+    images: list[bytes] = []
+    tagged: list[ChatMessage] = []
+    for m in messages:
+        prefix = ""
+        content = m.content
+        for image in m.images:
+            tag = f"[img-{len(images)}]"
+            images.append(image)
+            if "[img]" in content:
+                content = content.replace("[img]", tag, 1)
+            else:
+                prefix += tag
+        tagged.append(replace(m, content=prefix + content) if m.images else m)
+    return tagged, tuple(images)
+
+
+def chat_prompt(
+    renderer: _Renderer,
+    messages: Sequence[ChatMessage],
+    tools: Sequence[Mapping[str, Any]] | None,
+    request: PromptRequest,
+    fits: Fits | None,
+) -> Prompt:
+    """Ollama's chatPrompt: truncate from the front until the prompt fits (keeping system messages and
+    the last message), tag images, render."""
+    start = 0
+    system: list[ChatMessage] = []
+    if fits is not None:
+        for i in range(len(messages)):
+            begin = _tool_block_start(messages, i)
+            system = [m for m in messages[:begin] if m.role == "system"]
+            kept = [*system, *messages[begin:]]
+            text = renderer.render(kept, tools, request)
+            if fits(text, sum(len(m.images) for m in messages[begin:])) or i == len(messages) - 1:
+                start = begin
+                break
+    tagged, images = _tag_images(messages[start:])
+    text = renderer.render([*system, *tagged], tools, request)
+    return Prompt(text, images, start - len(system) if start else 0)
+
+
+def render_prompt(model: ModelPrompting, request: PromptRequest, *, fits: Fits | None = None) -> Prompt:
+    """The prompt Ollama would send the model for this request (see the module docstring).
+
+    `fits(text, images)` says whether a candidate prompt fits the context; without it nothing is
+    truncated. Template failures raise TemplateError."""
+    if request.kind == "chat":
+        if not request.messages:
+            return Prompt("")  # Ollama only loads the model
+        messages = [*model.messages, *request.messages]
+        if request.messages[0].role != "system" and model.system:
+            messages.insert(0, ChatMessage("system", model.system))
+        return chat_prompt(_renderer(model), messages, request.tools, request, fits)
+
+    if request.raw:
+        return Prompt(request.prompt, request.images)
+    renderer = _renderer(model, request.template)
+    if request.suffix:
+        if renderer.kind != "go" or "suffix" not in {n.lower() for n in parse(renderer.text).identifiers()}:
+            raise TemplateError("this model's template does not support insert (it has no .Suffix)")
+        values = TemplateValues(
+            prompt=request.prompt, suffix=request.suffix, think=request.think, now=request.now
+        )
+        return Prompt(execute_ollama(ollama_template(renderer.text), values), request.images)
+    generate: list[ChatMessage] = []
+    system = request.system or model.system
+    if system:
+        generate.append(ChatMessage("system", system))
+    generate.extend(model.messages)
+    generate.append(ChatMessage("user", request.prompt, images=request.images))
+    if request.template:
+        return Prompt(renderer.render(generate, None, request), request.images)
+    return chat_prompt(renderer, generate, (), request, fits)
