@@ -161,27 +161,31 @@ Fits = Callable[[str, int], bool]  # (prompt, number of images) -> whether it fi
 # --- which language a template is in ----------------------------------------------------------------------
 
 _JINJA_TAG = re.compile(r"\{%-?\s*[a-zA-Z]|\{#")
+_JINJA_VARIABLES = re.compile(
+    r"\{\{[^}]*\b(messages|bos_token|eos_token|add_generation_prompt|tools|raise_exception)\b"
+)
 
 
 def template_kind(text: str) -> TemplateKind:
-    """ "go" for a Go text/template (Ollama's TEMPLATE), "jinja" for a Jinja chat template.
+    """"go" for a Go text/template (Ollama's TEMPLATE), "jinja" for a Jinja chat template.
 
-    A text that only one of the two languages parses is in that language. One both parse is Jinja
-    when it has Jinja statements or comments (`{% … %}`, `{# … #}`), else Go (plain text and `{{ .X }}`
-    are Go). One neither parses is judged by those markers, so its error comes from its own parser."""
-    has_jinja_tags = bool(_JINJA_TAG.search(text))
+    A text with Jinja statements or comments (`{% … %}`, `{# … #}`) is Jinja when Jinja parses it, or
+    when Go has no actions in it to offer instead (so a broken Jinja template reports its own error).
+    Any other text is Go when Go parses it (plain text and `{{ .X }}` are Go), else Jinja when Jinja
+    parses it and it uses the chat-template variables (`{{ bos_token }}`, `{{ messages[0].content }}`),
+    else Go, whose parser then explains (`{{ nope }}` is a Go template calling an unknown function)."""
     try:
         parse(text)
         go_ok = True
     except TemplateError:
         go_ok = False
-    if go_ok and not has_jinja_tags:
+    if _JINJA_TAG.search(text):
+        if is_valid_jinja(text) or not (go_ok and "{{" in text):
+            return "jinja"
         return "go"
-    if is_valid_jinja(text) and (has_jinja_tags or not go_ok):
-        return "jinja"
     if go_ok:
         return "go"
-    return "jinja" if has_jinja_tags else "go"
+    return "jinja" if _JINJA_VARIABLES.search(text) and is_valid_jinja(text) else "go"
 
 
 # --- Ollama's values for Go templates ---------------------------------------------------------------------
