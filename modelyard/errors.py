@@ -20,7 +20,9 @@
     └── RunnerError                             a model runner process and its requests
         ├── ModelLoadError                      the weights could not be loaded (loader's message)
         ├── RunnerCrashedError                  the runner process died; its requests fail at once
-        └── InferenceRequestError (ValueError)  a bad request (options, prompt, schema); others go on
+        ├── InferenceRequestError (ValueError)  a bad request (options, prompt, schema); others go on
+        ├── ServerBusyError                     queue full, or no memory free yet: retry after a while
+        └── ModelDoesNotFitError                larger than the memory budget even with nothing else loaded
 
 Each class carries the facts a message needs (file, line, column, digest, reference) as attributes,
 so the CLI and HTTP edges can format them; the message itself already says what was wrong and,
@@ -183,3 +185,22 @@ class RunnerCrashedError(RunnerError):
 class InferenceRequestError(RunnerError, ValueError):
     """One request is bad (unknown option, wrong type, prompt too long, invalid schema); the runner
     keeps serving the others."""
+
+
+class ServerBusyError(RunnerError):
+    """Back-pressure: the request may succeed later (HTTP 503 with Retry-After)."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class ModelDoesNotFitError(RunnerError):
+    def __init__(self, model: str, need: int, budget: int, where: str = "RAM") -> None:
+        self.model = model
+        self.need = need
+        self.budget = budget
+        super().__init__(
+            f"{model} needs about {need / 2**30:.1f} GiB of {where} but the budget is {budget / 2**30:.1f} GiB; "
+            "lower num_ctx or num_parallel, use a smaller quantization, or raise the memory budget"
+        )

@@ -87,7 +87,9 @@ class TensorInfo:
 
 
 @dataclass(frozen=True)
-class _GGUFContents:
+class GGUFContents:
+    """Everything in a GGUF but the tensor data: for memory estimates, which need every tensor's size."""
+
     version: int
     metadata: dict[str, object]
     tensors: tuple[TensorInfo, ...]
@@ -117,6 +119,11 @@ def read_gguf_info(path: Path) -> GGUFInfo:
         size_bytes=contents.size_bytes,
         tensor_count=len(contents.tensors),
     )
+
+
+def read_gguf(path: Path) -> GGUFContents:
+    """Metadata and the tensor index (names, types, shapes, byte sizes), validated as above."""
+    return _read(Path(path))
 
 
 def gguf_metadata(path: Path) -> dict[str, object]:
@@ -205,7 +212,7 @@ class _Cursor:
             raise _PastEndOfFile(end)
 
 
-def _read(path: Path) -> _GGUFContents:
+def _read(path: Path) -> GGUFContents:
     with _mapped(path) as buffer:
         size_bytes = len(buffer)
         version, byte_order = _check_preamble(path, buffer)
@@ -222,7 +229,7 @@ def _read(path: Path) -> _GGUFContents:
         except _Malformed as exc:
             raise GGUFError(path, f"malformed GGUF {part}: {exc}") from None
     _check_tensor_data_in_bounds(path, tensors, size_bytes)
-    return _GGUFContents(version, metadata, tensors, size_bytes)
+    return GGUFContents(version, metadata, tensors, size_bytes)
 
 
 @contextmanager

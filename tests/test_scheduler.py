@@ -1,0 +1,316 @@
+"""The scheduler with real runners on tiny GGUFs (and Gemma for the memory estimate)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from modelyard.builder.gguf_info import read_gguf
+from modelyard.errors import ModelDoesNotFitError, ServerBusyError
+from modelyard.runtime.memory import shape_from_gguf
+from modelyard.runtime.options import SamplingOptions
+from modelyard.runtime.protocol import CompletionRequest
+from modelyard.runtime.runner import Runner
+from modelyard.runtime.scheduler import ModelRequest, Scheduler, SchedulerSettings
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from tinygguf import write_tiny_llama
+
+    folder = tmp_path_factory.mktemp("models")
+    return write_tiny_llama(folder / "a.gguf", seed=1), write_tiny_llama(folder / "b.gguf", seed=2)
+
+
+def request(path: Path, name: str, **kwargs: Any) -> ModelRequest:
+    contents = read_gguf(path)
+    options = {"num_ctx": 256, "num_parallel": 1, **kwargs.pop("options", {})}
+    return ModelRequest(
+        name=name,
+        digest="sha256:" + name.encode().hex().ljust(64, "0")[:64],
+        weights=path,
+        shape=shape_from_gguf(contents.metadata, contents.tensors),
+        options=options,
+        **kwargs,
+    )
+
+
+def counting_starter() -> tuple[Callable[..., Runner], list[str]]:
+    started: list[str] = []
+
+    def start(spec: Any, **kwargs: Any) -> Runner:
+        started.append(spec.name)
+        return Runner.start(spec, **kwargs)
+
+    return start, started
+
+
+async def one_model_size(path: Path) -> int:
+    """The larger of the estimate and the measured size: a budget 1.5 times this holds one model, not two."""
+    scheduler = Scheduler(SchedulerSettings(ram_budget=2**34))
+    try:
+        await scheduler.preload(request(path, "probe"))
+        return max(scheduler.status()[0].size, scheduler._entries["probe"].estimate.host)
+    finally:
+        await scheduler.close()
+
+
+def generate(lease_runner: Runner, n: int = 4) -> str:
+    return lease_runner.complete(CompletionRequest("the cat", SamplingOptions(temperature=0, num_predict=n)))[
+        0
+    ]
+
+
+def test_idle_model_is_evicted_busy_and_pinned_never(two_models: tuple[Path, Path]) -> None:
+    a, b = two_models
+
+    async def scenario() -> None:
+        size = await one_model_size(a)
+        settings = SchedulerSettings(ram_budget=int(size * 1.5), memory_wait=0.5, retry_after=2)
+        scheduler = Scheduler(settings)
+        try:
+            # Idle A makes room for B.
+            await scheduler.preload(request(a, "a"))
+            async with scheduler.lease(request(b, "b")) as lease:
+                assert await asyncio.to_thread(generate, lease.runner)
+            assert [s.name for s in scheduler.status()] == ["b"]
+
+            # Busy B is never evicted: A waits, then gets 503 with Retry-After.
+            held = await scheduler.acquire(request(b, "b"))
+            with pytest.raises(ServerBusyError) as busy:
+                await scheduler.acquire(request(a, "a"))
+            assert busy.value.retry_after == 2 and "busy or pinned" in str(busy.value)
+            assert scheduler.is_loaded("b")
+            held.release()
+            (await scheduler.acquire(request(a, "a"))).release()  # now B is idle: evicted
+            assert [s.name for s in scheduler.status()] == ["a"]
+
+            # Pinned A is never evicted, even idle.
+            await scheduler.preload(request(a, "a", pinned=True))
+            with pytest.raises(ServerBusyError):
+                await scheduler.acquire(request(b, "b"))
+            assert scheduler.is_loaded("a") and not scheduler.is_loaded("b")
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_model_larger_than_the_budget_is_refused_at_once(two_models: tuple[Path, Path]) -> None:
+    async def scenario() -> None:
+        scheduler = Scheduler(SchedulerSettings(ram_budget=1024))
+        started = time.monotonic()
+        with pytest.raises(ModelDoesNotFitError, match="budget"):
+            await scheduler.acquire(request(two_models[0], "a"))
+        assert time.monotonic() - started < 1
+        await scheduler.close()
+
+    run(scenario())
+
+
+def test_keep_alive_zero_unloads_forever_stays(two_models: tuple[Path, Path]) -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        scheduler = Scheduler(SchedulerSettings(ram_budget=2**34), clock=clock)
+        try:
+            async with scheduler.lease(request(two_models[0], "zero", keep_alive=0.0)) as lease:
+                await asyncio.to_thread(generate, lease.runner)
+            for _ in range(50):  # the unload runs as a task once the request ends
+                if not scheduler.is_loaded("zero"):
+                    break
+                await asyncio.sleep(0.05)
+            assert not scheduler.is_loaded("zero")
+
+            await scheduler.preload(request(two_models[1], "forever", keep_alive=math.inf))
+            await scheduler.preload(request(two_models[0], "five-min"))  # the default: 5 minutes
+            clock.now += 299
+            assert await scheduler.expire_idle() == []
+            clock.now += 2
+            assert await scheduler.expire_idle() == ["five-min"]
+            clock.now += 10**9
+            assert await scheduler.expire_idle() == []
+            status = scheduler.status()
+            assert [s.name for s in status] == ["forever"] and status[0].expires_at is None
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_keep_alive_timer_starts_when_the_last_request_ends(two_models: tuple[Path, Path]) -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        scheduler = Scheduler(SchedulerSettings(ram_budget=2**34), clock=clock)
+        try:
+            held = await scheduler.acquire(request(two_models[0], "m", keep_alive=60.0))
+            clock.now += 600  # a long request
+            assert await scheduler.expire_idle() == []
+            held.release()
+            assert scheduler.status()[0].expires_at == clock.now + 60
+            clock.now += 61
+            assert await scheduler.expire_idle() == ["m"]
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_twenty_concurrent_first_requests_cause_one_load(two_models: tuple[Path, Path]) -> None:
+    async def scenario() -> None:
+        starter, started = counting_starter()
+        scheduler = Scheduler(SchedulerSettings(ram_budget=2**34), starter=starter)
+        try:
+            leases = await asyncio.gather(
+                *(scheduler.acquire(request(two_models[0], "m")) for _ in range(20))
+            )
+            assert started == ["m"] and scheduler.loads == 1
+            assert len({id(lease.runner) for lease in leases}) == 1
+            status = scheduler.status()[0]
+            assert status.slots_busy == 1 and status.queued == 19
+            for lease in leases:
+                lease.release()
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_queue_bound_gives_503(two_models: tuple[Path, Path]) -> None:
+    async def scenario() -> None:
+        scheduler = Scheduler(SchedulerSettings(ram_budget=2**34, max_queue=2, retry_after=7))
+        try:
+            held = [
+                await scheduler.acquire(request(two_models[0], "m")) for _ in range(3)
+            ]  # 1 slot + 2 queued
+            with pytest.raises(ServerBusyError, match="limit is 2") as busy:
+                await scheduler.acquire(request(two_models[0], "m"))
+            assert busy.value.retry_after == 7
+            held[0].release()
+            (await scheduler.acquire(request(two_models[0], "m"))).release()
+            for lease in held[1:]:
+                lease.release()
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_killed_runner_is_detected_and_reloaded(two_models: tuple[Path, Path]) -> None:
+    async def scenario() -> None:
+        starter, started = counting_starter()
+        scheduler = Scheduler(SchedulerSettings(ram_budget=2**34), starter=starter)
+        try:
+            await scheduler.preload(request(two_models[0], "m"))
+            pid = scheduler.status()[0].runner_pid
+            os.kill(pid, signal.SIGKILL)
+            for _ in range(100):
+                if scheduler.status()[0].state == "failed":
+                    break
+                await asyncio.sleep(0.05)
+            status = scheduler.status()[0]
+            assert status.state == "failed" and "SIGKILL" in status.last_error
+            async with scheduler.lease(request(two_models[0], "m")) as lease:
+                assert await asyncio.to_thread(generate, lease.runner)
+            assert started == ["m", "m"] and scheduler.status()[0].runner_pid != pid
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_repeated_crashes_back_off(two_models: tuple[Path, Path]) -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        scheduler = Scheduler(SchedulerSettings(ram_budget=2**34, backoff_base=2.0), clock=clock)
+
+        async def crash() -> None:
+            os.kill(scheduler.status()[0].runner_pid, signal.SIGKILL)
+            for _ in range(100):
+                if scheduler.status()[0].state == "failed":
+                    return
+                await asyncio.sleep(0.05)
+
+        try:
+            await scheduler.preload(request(two_models[0], "m"))
+            await crash()
+            # After the first crash the next request reloads at once; then 2 s, then 4 s.
+            for expected_wait in (0.0, 2.0, 4.0):
+                if expected_wait:
+                    with pytest.raises(ServerBusyError, match="retrying after") as busy:
+                        await scheduler.acquire(request(two_models[0], "m"))
+                    assert busy.value.retry_after == expected_wait
+                    clock.now += expected_wait
+                await scheduler.preload(request(two_models[0], "m"))
+                await crash()
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_auto_parallel_fits_the_budget(two_models: tuple[Path, Path]) -> None:
+    from modelyard.runtime.memory import estimate
+
+    async def scenario() -> None:
+        req = request(two_models[0], "m", options={"num_parallel": None})
+        req = ModelRequest(**{**req.__dict__, "options": {"num_ctx": 256}})
+        assert req.shape is not None
+        two = estimate(req.shape, n_ctx=256, slots=2).host
+        four = estimate(req.shape, n_ctx=256, slots=4).host
+        scheduler = Scheduler(SchedulerSettings(ram_budget=(two + four) // 2))
+        try:
+            await scheduler.preload(req)
+            assert scheduler.status()[0].slots == 2
+        finally:
+            await scheduler.close()
+        scheduler = Scheduler(SchedulerSettings(ram_budget=2**34))
+        try:
+            await scheduler.preload(req)
+            assert scheduler.status()[0].slots == 4
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+@pytest.mark.gemma
+def test_gemma_estimate_within_15_percent_of_measured(gemma_gguf: Path) -> None:
+    async def scenario() -> None:
+        scheduler = Scheduler(SchedulerSettings(ram_budget=2**34))
+        try:
+            for slots, n_ctx in ((1, 2048), (4, 4096)):
+                req = request(gemma_gguf, f"g{slots}", options={"num_ctx": n_ctx, "num_parallel": slots})
+                await scheduler.preload(req)
+                entry = scheduler._entries[req.name]
+                measured = entry.runner.info.total_bytes  # type: ignore[union-attr]
+                assert abs(entry.estimate.total - measured) / measured < 0.15, (entry.estimate, measured)
+                status = next(s for s in scheduler.status() if s.name == req.name)
+                assert status.runner_rss and status.runner_rss > 0
+                assert status.weights_resident is not None and status.weights_resident > 10_000_000
+                assert status.processor == "100% CPU" and status.kv_bytes > 0
+        finally:
+            await scheduler.close()
+
+    run(scenario())
