@@ -22,11 +22,16 @@ Go's truth (empty is false, structs are true), printing (`<no value>`, `<nil>`, 
 error, as in Go), json (compact, keys sorted, `<>&` as \\u003c…). Where Go changed after 1.19 this
 follows Ollama's Go: `range` over an int (1.22), `else with` (1.23), and `\\b`/`\\f` in json (1.22).
 
+Go's reflection shows through in places, and is mirrored: a map value or an element of `[]any` is
+still inside an interface{}, so `.Missing.X` is a nil-pointer error (not `<no value>`) and `slice`
+refuses such a value as an index; exec errors name Go's types (`int`, `map[string]interface {}`).
+
 Not supported: complex numbers, method calls on values (beyond the String() hooks above), `%[n]`
 argument indexes and `*` widths in printf, channels. Templates may recurse through `template` only
 `MAX_TEMPLATE_DEPTH` deep (Go allows 100000).
 
-Every failure is a TemplateError whose message starts `template:LINE:COL:` and says what Go would.
+Every failure is a TemplateError; its message starts `template:LINE:COL:` (1-based, where Go counts
+columns from 0) and says what Go would.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import base64
 import math
 import unicodedata
 import urllib.parse
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -2487,9 +2492,3 @@ def _call(fn: Any, args: Sequence[Any]) -> Any:
         raise
     except Exception as err:  # the function is the caller's; its failure is the template's error
         raise _FuncError(str(err)) from err
-
-
-def iter_tokens(text: str) -> Iterator[tuple[str, str]]:
-    """The lexer's tokens as (kind, text) pairs: for tests and for telling Go templates from others."""
-    for tok in _Lexer(text).run():
-        yield tok.kind, tok.val
