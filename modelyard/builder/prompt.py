@@ -562,7 +562,7 @@ def _tag_images(messages: Sequence[ChatMessage]) -> tuple[list[ChatMessage], tup
     return tagged, tuple(images)
 
 
-def chat_prompt(
+def _chat_prompt(
     renderer: _Renderer,
     messages: Sequence[ChatMessage],
     tools: Sequence[Mapping[str, Any]] | None,
@@ -598,7 +598,7 @@ def render_prompt(model: ModelPrompting, request: PromptRequest, *, fits: Fits |
         messages = [*model.messages, *request.messages]
         if request.messages[0].role != "system" and model.system:
             messages.insert(0, ChatMessage("system", model.system))
-        return chat_prompt(_renderer(model), messages, request.tools, request, fits)
+        return _chat_prompt(_renderer(model), messages, request.tools, request, fits)
 
     if request.raw:
         return Prompt(request.prompt, request.images)
@@ -618,4 +618,4 @@ def render_prompt(model: ModelPrompting, request: PromptRequest, *, fits: Fits |
     generate.append(ChatMessage("user", request.prompt, images=request.images))
     if request.template:
         return Prompt(renderer.render(generate, None, request), request.images)
-    return chat_prompt(renderer, generate, (), request, fits)
+    return _chat_prompt(renderer, generate, (), request, fits)
