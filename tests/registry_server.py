@@ -184,6 +184,8 @@ class CountingProxy:
 
     def stop(self) -> None:
         self._stopped.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread (close alone does not)
         self._listener.close()
         with self._lock:
             for s in self._sockets:
