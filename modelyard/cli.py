@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from modelyard import __version__
 from modelyard.errors import (
@@ -32,6 +32,9 @@ from modelyard.progress import ProgressEvent, ProgressSink
 from modelyard.reference import Reference, parse_reference
 from modelyard.settings import Settings
 from modelyard.store import Store
+
+if TYPE_CHECKING:
+    from modelyard.registry import RegistryOptions
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 1
@@ -433,7 +436,7 @@ def cmd_logout(args: argparse.Namespace, ctx: CommandContext) -> int:
     return EXIT_OK
 
 
-def _registry_options(ctx: CommandContext, args: argparse.Namespace) -> Any:
+def _registry_options(ctx: CommandContext, args: argparse.Namespace) -> RegistryOptions:
     from modelyard.registry import RegistryOptions
 
     return RegistryOptions.from_settings(

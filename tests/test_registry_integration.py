@@ -692,3 +692,17 @@ def _self_signed_certificate(tmp_path: Path, x509: object) -> tuple[Path, Path]:
         )
     )
     return cert_path, key_path
+
+
+def test_oras_py_pulls_what_we_push(registry: Registry, image: tuple[Store, str], tmp_path: Path) -> None:
+    """An independent client (oras-py's own `pull`) reads our push and names the files by title."""
+    import oras.provider
+
+    store, digest = image
+    target = remote(registry, unique("oras"))
+    push(store, target, options(tmp_path), source=parse_reference("tiny"))
+    client = oras.provider.Registry(hostname=registry.host, insecure=True, auth_backend="basic")
+    files = client.pull(target=str(target), outdir=str(tmp_path / "out"))
+    by_name = {str(Path(f).relative_to(tmp_path / "out")): Path(f).read_bytes() for f in files}
+    layers = store.read_manifest(digest).layers
+    assert by_name == {x.annotations[ANNOTATION_TITLE]: store.blobs.read_bytes(x.digest) for x in layers}
