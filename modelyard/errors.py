@@ -201,6 +201,7 @@ class ModelDoesNotFitError(RunnerError):
         self.need = need
         self.budget = budget
         super().__init__(
-            f"{model} needs about {need / 2**30:.1f} GiB of {where} but the budget is {budget / 2**30:.1f} GiB; "
-            "lower num_ctx or num_parallel, use a smaller quantization, or raise the memory budget"
+            f"{model} needs about {need / 2**30:.1f} GiB of {where} but the budget is "
+            f"{budget / 2**30:.1f} GiB; lower num_ctx or num_parallel, use a smaller quantization, "
+            "or raise the memory budget"
         )

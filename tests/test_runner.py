@@ -306,3 +306,25 @@ def test_memory_figures_reported(gemma_runner: Runner) -> None:
     assert 200e6 < info.weights_bytes < 300e6
     assert info.kv_bytes > 0 and info.compute_bytes > 0
     assert info.compute_bytes < 100e6, "one logits row per slot, not per batch token"
+
+
+def test_launcher_keeps_a_started_process_ready(tiny_gguf: Path) -> None:
+    from modelyard.runtime.runner import Launcher
+
+    launcher = Launcher(spares=1)
+    try:
+        spare_pid = launcher._ready[0][0].pid
+        runner = Runner.start(
+            RunnerSpec("spare", tiny_gguf, options=LoadOptions(num_ctx=128)), launcher=launcher
+        )
+        assert runner.pid == spare_pid, "the load used the process started ahead"
+        assert runner.complete(CompletionRequest("the cat", greedy(3)))[1].eval_count == 3
+        runner.stop()
+        for _ in range(100):
+            if launcher._ready:
+                break
+            time.sleep(0.05)
+        assert launcher._ready and launcher._ready[0][0].pid != spare_pid, "a new spare replaces it"
+    finally:
+        launcher.close()
+    assert all(proc.poll() is not None for proc, _ in launcher._ready)

@@ -104,13 +104,14 @@ class Runner:
         progress: Callable[[float], None] | None = None,
         timeout: float = DEFAULT_LOAD_TIMEOUT_S,
         on_exit: Callable[[Runner], None] | None = None,
+        launcher: Launcher | None = None,
     ) -> Runner:
         """Start a runner and wait until its model is loaded. Raises ModelLoadError."""
         if _REPACK_UNUSABLE.is_set():
             spec = replace(spec, repack=False)
         runner = cls(spec, on_exit)
         try:
-            runner._launch(progress, timeout)
+            runner._launch(progress, timeout, launcher)
         except _IllegalInstruction:
             if not spec.repack:
                 raise ModelLoadError(spec.name, "the runner died of SIGILL while loading") from None
@@ -118,24 +119,13 @@ class Runner:
             # weight layouts use them. Load again with llama.cpp's plain layouts.
             _REPACK_UNUSABLE.set()
             runner = cls(replace(spec, repack=False), on_exit)
-            runner._launch(progress, timeout)
+            runner._launch(progress, timeout, launcher)
         return runner
 
-    def _launch(self, progress: Callable[[float], None] | None, timeout: float) -> None:
-        parent, child = socket.socketpair()
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "modelyard.runtime.runner_main", "--fd", str(child.fileno())],
-                pass_fds=(child.fileno(),),
-                start_new_session=True,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                # ggml's abort would attach gdb to print a backtrace: slow, and noise in our errors.
-                env={**os.environ, "GGML_NO_BACKTRACE": "1"},
-            )
-        finally:
-            child.close()
+    def _launch(
+        self, progress: Callable[[float], None] | None, timeout: float, launcher: Launcher | None
+    ) -> None:
+        self._proc, parent = launcher.take() if launcher is not None else spawn_runner_process()
         threading.Thread(target=self._read_stderr, name=f"runner-stderr-{self.pid}", daemon=True).start()
         self._channel = Channel(parent)
         spec = self.spec
@@ -372,6 +362,68 @@ class Runner:
 
 class _IllegalInstruction(Exception):
     pass
+
+
+def spawn_runner_process() -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """A runner process in its own session, waiting on a socket for its `load` message."""
+    parent, child = socket.socketpair()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "modelyard.runtime.runner_main", "--fd", str(child.fileno())],
+            pass_fds=(child.fileno(),),
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            # ggml's abort would attach gdb to print a backtrace: slow, and noise in our errors.
+            env={**os.environ, "GGML_NO_BACKTRACE": "1"},
+        )
+    finally:
+        child.close()
+    return proc, parent
+
+
+class Launcher:
+    """Keeps runner processes started ahead of need: the interpreter up and llama.cpp imported
+    (about half a second on a small machine), so that loading a model waits only for the load."""
+
+    def __init__(self, spares: int = 1) -> None:
+        self.spares = spares
+        self._ready: deque[tuple[subprocess.Popen[bytes], socket.socket]] = deque()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._refill()
+
+    def take(self) -> tuple[subprocess.Popen[bytes], socket.socket]:
+        with self._lock:
+            while self._ready:
+                proc, sock = self._ready.popleft()
+                if proc.poll() is None:
+                    break
+                sock.close()
+            else:
+                proc, sock = spawn_runner_process()
+        threading.Thread(target=self._refill, name="runner-spares", daemon=True).start()
+        return proc, sock
+
+    def _refill(self) -> None:
+        with self._lock:
+            while not self._closed and len(self._ready) < self.spares:
+                self._ready.append(spawn_runner_process())
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            spares, self._ready = list(self._ready), deque()
+        for proc, sock in spares:
+            sock.close()  # EOF: the spare exits on its own
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if proc.stderr is not None:
+                proc.stderr.close()
 
 
 def _describe_exit(code: int | None) -> str:

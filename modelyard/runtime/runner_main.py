@@ -27,14 +27,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True, help="the inherited socket to the parent")
     args = parser.parse_args(argv)
 
+    from modelyard.runtime import llama  # llama.cpp, imported before the load is asked for
     from modelyard.runtime.protocol import Channel
 
+    logs = llama.LogCapture()
+    llama.init_backend(logs)
     channel = Channel(socket.socket(fileno=args.fd))
     message = channel.receive()
     if message is None or message.get("op") != "load":
         return 2
     try:
-        engine = _load(channel, message)
+        engine = _load(channel, message, logs)
     except _LoadFailed as exc:
         channel.send({"event": "load_failed", "message": str(exc)})
         return 1
@@ -60,14 +63,12 @@ class _LoadFailed(Exception):
     pass
 
 
-def _load(channel: Any, message: dict[str, Any]) -> Any:
+def _load(channel: Any, message: dict[str, Any], logs: Any) -> Any:
     from modelyard.runtime import llama
     from modelyard.runtime.engine import EmbeddingContext, Engine
     from modelyard.runtime.protocol import RunnerInfo
 
     started = time.perf_counter()
-    logs = llama.LogCapture()
-    llama.init_backend(logs)
     options = LoadOptions(**message["options"])
     repack = bool(message.get("repack", True))
     weights = Path(message["weights"])

@@ -36,7 +36,7 @@ from modelyard.runtime.gpu import Device, OffloadPlan, plan_offload, processor_s
 from modelyard.runtime.keepalive import DEFAULT_KEEP_ALIVE_S
 from modelyard.runtime.memory import MemoryEstimate, ModelShape, estimate
 from modelyard.runtime.options import DEFAULT_NUM_CTX, LoadOptions, parse_load_options
-from modelyard.runtime.runner import Runner, RunnerSpec
+from modelyard.runtime.runner import Launcher, Runner, RunnerSpec
 
 GIB = 1024**3
 AUTO_PARALLEL_CHOICES = (4, 2, 1)
@@ -179,10 +179,12 @@ class Scheduler:
         starter: Starter = Runner.start,
         devices: list[Device] | None = None,
         available_ram: int | None = None,
+        launcher: Launcher | None = None,
     ) -> None:
         self.settings = settings or SchedulerSettings()
         self.clock = clock
         self._starter = starter
+        self._launcher = launcher
         self.devices = devices if devices is not None else []
         if self.settings.ram_budget is not None:
             self.ram_budget = self.settings.ram_budget
@@ -451,11 +453,13 @@ class Scheduler:
                 await self._make_room(entry)
                 spec = RunnerSpec(request.name, request.weights, request.adapters, loaded_options)
                 started = time.perf_counter()
+                extra = {"launcher": self._launcher} if self._launcher is not None else {}
                 runner = await asyncio.to_thread(
                     self._starter,
                     spec,
                     timeout=self.settings.load_timeout,
                     on_exit=self._exit_callback(entry),
+                    **extra,
                 )
                 entry.load_seconds = time.perf_counter() - started
             except BaseException as exc:
