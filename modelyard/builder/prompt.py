@@ -167,7 +167,7 @@ _JINJA_VARIABLES = re.compile(
 
 
 def template_kind(text: str) -> TemplateKind:
-    """"go" for a Go text/template (Ollama's TEMPLATE), "jinja" for a Jinja chat template.
+    """ "go" for a Go text/template (Ollama's TEMPLATE), "jinja" for a Jinja chat template.
 
     A text with Jinja statements or comments (`{% … %}`, `{# … #}`) is Jinja when Jinja parses it, or
     when Go has no actions in it to offer instead (so a broken Jinja template reports its own error).
