@@ -1,0 +1,66 @@
+"""From an image and a request to what a runner runs: the prompt rendered through the image's
+TEMPLATE (else the GGUF's chat template), its SYSTEM and MESSAGE layers applied as Ollama applies
+them, old messages dropped when the conversation outgrows the context.
+
+A template that fails (a Jinja template reaching for Python internals included) raises
+TemplateError for this one request; the runner is never asked, so it goes on serving the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from modelyard.builder.prompt import ChatMessage, ModelPrompting, Prompt, PromptRequest, render_prompt
+from modelyard.runtime.options import SamplingOptions
+from modelyard.runtime.protocol import CompletionRequest, RunnerInfo
+from modelyard.runtime.runner import Runner
+
+
+def image_prompting(
+    template: str | None, system: str | None, messages: Sequence[Mapping[str, Any]], chat_template: str | None
+) -> ModelPrompting:
+    """What an image says about prompts (its layers, and the GGUF's chat template)."""
+    return ModelPrompting(
+        template=template,
+        system=system,
+        messages=tuple(ChatMessage(str(m.get("role", "")), str(m.get("content", ""))) for m in messages),
+        chat_template=chat_template,
+    )
+
+
+def with_tokens(prompting: ModelPrompting, info: RunnerInfo) -> ModelPrompting:
+    """The special tokens a Jinja template needs come from the loaded model; our runner's tokenizer
+    adds BOS itself, so the template's own leading BOS is dropped."""
+    return replace(prompting, bos_token=info.bos, eos_token=info.eos, tokenizer_adds_bos=True)
+
+
+@dataclass(frozen=True)
+class RenderedRequest:
+    completion: CompletionRequest
+    dropped_messages: int  # old messages left out so that the prompt fits the context
+
+
+def prepare(
+    runner: Runner,
+    prompting: ModelPrompting,
+    request: PromptRequest,
+    sampling: SamplingOptions,
+    *,
+    format: str | dict[str, Any] | None = None,
+    truncate: bool = True,
+    shift: bool = True,
+) -> RenderedRequest:
+    """Render the prompt for `runner`'s model, fitting the conversation into one slot's context."""
+    assert runner.info is not None
+    limit = runner.info.n_ctx_per_slot
+
+    def fits(text: str, _images: int) -> bool:
+        return len(runner.tokenize(text, add_special=True)) < limit
+
+    prompt: Prompt = render_prompt(
+        with_tokens(prompting, runner.info), request, fits=fits if truncate else None
+    )
+    completion = CompletionRequest(prompt.text, sampling, format=format, truncate=truncate, shift=shift)
+    return RenderedRequest(completion, prompt.dropped)

@@ -1,0 +1,104 @@
+"""Prompts for real runners: the image's TEMPLATE, the GGUF's chat template as fallback, SYSTEM and
+MESSAGE layers, raw prompts, truncation, and a hostile template failing alone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modelyard.builder import modelfile as mf
+from modelyard.builder.prompt import ChatMessage, PromptRequest
+from modelyard.errors import TemplateError
+from modelyard.runtime.options import LoadOptions, SamplingOptions
+from modelyard.runtime.prompting import image_prompting, prepare
+from modelyard.runtime.protocol import CompletionRequest
+from modelyard.runtime.runner import Runner, RunnerSpec
+
+SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "gemma3" / "Modelfile"
+GREEDY = SamplingOptions(temperature=0.0, num_predict=16)
+CHATML_JINJA = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_with_chat_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runner]:
+    from tinygguf import write_tiny_llama
+
+    path = write_tiny_llama(tmp_path_factory.mktemp("t") / "chat.gguf", chat_template=CHATML_JINJA)
+    runner = Runner.start(RunnerSpec("chat", path, options=LoadOptions(num_ctx=256, num_parallel=2)))
+    yield runner
+    runner.stop()
+
+
+@pytest.mark.gemma
+def test_gemma_sample_template_system_and_messages(gemma_gguf: Path) -> None:
+    sample = mf.parse(SAMPLE.read_text())
+    prompting = image_prompting(
+        sample.template,
+        sample.system,
+        [{"role": m.role, "content": m.content} for m in sample.messages],
+        None,
+    )
+    runner = Runner.start(RunnerSpec("gemma", gemma_gguf, options=LoadOptions(num_ctx=1024)))
+    try:
+        request = PromptRequest.chat([ChatMessage("user", "And the capital of Italy?")])
+        rendered = prepare(runner, prompting, request, GREEDY)
+        assert rendered.completion.prompt == (
+            "<start_of_turn>user\nYou are a concise assistant. Answer in one or two sentences.<end_of_turn>\n"
+            "<start_of_turn>user\nWhat is the capital of France?<end_of_turn>\n"
+            "<start_of_turn>model\nParis.<end_of_turn>\n"
+            "<start_of_turn>user\nAnd the capital of Italy?<end_of_turn>\n"
+            "<start_of_turn>model\n"
+        )
+        text, _ = runner.complete(rendered.completion)
+        assert "Rome" in text
+    finally:
+        runner.stop()
+
+
+def test_gguf_chat_template_is_the_fallback(tiny_with_chat_template: Runner) -> None:
+    prompting = image_prompting(None, "Be brief.", [], CHATML_JINJA)
+    rendered = prepare(
+        tiny_with_chat_template, prompting, PromptRequest.chat([ChatMessage("user", "hi")]), GREEDY
+    )
+    assert rendered.completion.prompt == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert tiny_with_chat_template.complete(rendered.completion)[1].eval_count > 0
+
+
+def test_raw_prompt_bypasses_the_template(tiny_with_chat_template: Runner) -> None:
+    prompting = image_prompting("{{ .System }} {{ .Prompt }}", "system text", [], None)
+    raw = prepare(tiny_with_chat_template, prompting, PromptRequest.generate("the cat", raw=True), GREEDY)
+    assert raw.completion.prompt == "the cat"
+    templated = prepare(tiny_with_chat_template, prompting, PromptRequest.generate("the cat"), GREEDY)
+    assert templated.completion.prompt == "system text the cat"
+
+
+def test_hostile_template_fails_one_request_only(tiny_with_chat_template: Runner) -> None:
+    hostile = image_prompting(
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}{% if messages %}{% endif %}", None, [], None
+    )
+    with pytest.raises(TemplateError):
+        prepare(tiny_with_chat_template, hostile, PromptRequest.chat([ChatMessage("user", "hi")]), GREEDY)
+    _, done = tiny_with_chat_template.complete(CompletionRequest("the cat", GREEDY))
+    assert done.eval_count == 16, "the runner serves the next request as before"
+
+
+def test_old_messages_are_dropped_to_fit(tiny_with_chat_template: Runner) -> None:
+    prompting = image_prompting(None, "system", [], CHATML_JINJA)
+    history = [
+        ChatMessage("user" if i % 2 == 0 else "assistant", "the cat sat on the mat " * 4) for i in range(40)
+    ]
+    history.append(ChatMessage("user", "last question"))
+    rendered = prepare(tiny_with_chat_template, prompting, PromptRequest.chat(history), GREEDY)
+    assert rendered.dropped_messages > 0
+    assert rendered.completion.prompt.startswith("<|im_start|>system\nsystem<|im_end|>"), (
+        "the system message stays"
+    )
+    assert "last question" in rendered.completion.prompt, "the last message stays"
+    assert len(tiny_with_chat_template.tokenize(rendered.completion.prompt, add_special=True)) < 256
