@@ -314,3 +314,50 @@ def test_gemma_estimate_within_15_percent_of_measured(gemma_gguf: Path) -> None:
             await scheduler.close()
 
     run(scenario())
+
+
+def test_swap_to_a_new_digest_under_load_fails_no_request(two_models: tuple[Path, Path]) -> None:
+    """A name moves to a new digest: the new runner loads beside the old, traffic switches, the old
+    drains and unloads; a steady stream of requests sees no failure."""
+    a, b = two_models
+
+    async def scenario(budget: int | None) -> tuple[list[str], list[BaseException], str]:
+        scheduler = Scheduler(SchedulerSettings(ram_budget=budget or 2**34, memory_wait=30))
+        old = request(a, "m")
+        new = ModelRequest(**{**request(b, "m").__dict__, "digest": "sha256:" + "b" * 64})
+        await scheduler.preload(old)
+        served: list[str] = []
+        failures: list[BaseException] = []
+        stop = asyncio.Event()
+        current = [old]
+
+        async def client() -> None:
+            while not stop.is_set():
+                try:
+                    async with scheduler.lease(current[0]) as lease:
+                        await asyncio.to_thread(generate, lease.runner, 2)
+                        served.append(lease._entry.digest)
+                except BaseException as exc:  # any failure at all fails the test
+                    failures.append(exc)
+
+        clients = [asyncio.create_task(client()) for _ in range(3)]
+        await asyncio.sleep(0.5)
+        current[0] = new  # the tag moved: requests now ask for the new digest
+        await scheduler.ensure(new)
+        notes = " ".join(s.note for s in scheduler.status())  # the new runner says how it came
+        await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.gather(*clients)
+        status = scheduler.status()
+        await scheduler.close()
+        assert [(s.digest, s.state) for s in status] == [(new.digest, "ready")], "only the new runner is left"
+        return served, failures, notes
+
+    served, failures, notes = run(scenario(None))
+    assert failures == [] and "without downtime" in notes
+    assert served[0] == request(a, "m").digest and served[-1] == "sha256:" + "b" * 64
+    # Memory for one only: the old unloads first (a short gap); requests wait, none fail.
+    single = run(one_model_size(a))
+    served, failures, notes = run(scenario(int(single * 1.5)))
+    assert failures == [] and served[-1] == "sha256:" + "b" * 64
+    assert "memory holds only one (short gap)" in notes

@@ -104,6 +104,8 @@ class _Entry:
     retry_at: float = 0.0
     last_error: str = ""
     load_seconds: float = 0.0
+    draining: bool = False  # being replaced: no new leases
+    note: str = ""  # what the scheduler is doing with it (a swap), for status
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -124,6 +126,11 @@ class _Entry:
 
     def matches(self, digest: str, options: LoadOptions, adapters: tuple[tuple[Path, float], ...]) -> bool:
         return self.digest == digest and self.requested == options and self.adapters == adapters
+
+    def only_digest_differs(
+        self, digest: str, options: LoadOptions, adapters: tuple[tuple[Path, float], ...]
+    ) -> bool:
+        return self.digest != digest and self.requested == options
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,7 @@ class ModelStatus:
     kv_bytes: int
     load_seconds: float
     last_error: str
+    note: str = ""
 
 
 class Lease:
@@ -195,6 +203,8 @@ class Scheduler:
             self.ram_budget = max(available_ram - self.settings.ram_reserve, 0)
         self.gpu_budget = sum(max(d.free - self.settings.gpu_reserve, 0) for d in self.devices)
         self._entries: dict[str, _Entry] = {}
+        self._swaps: dict[str, tuple[str, asyncio.Task[None]]] = {}  # name -> (new digest, task)
+        self._retiring: list[_Entry] = []  # replaced by a swap, draining: still holding memory
         self._load_lock = asyncio.Lock()
         self._capacity = asyncio.Condition()
         self._expiry_task: asyncio.Task[None] | None = None
@@ -224,8 +234,20 @@ class Scheduler:
                         f"{entry.retry_at - self.clock():.0f} s",
                         retry_after=max(entry.retry_at - self.clock(), 1.0),
                     )
+                if (
+                    entry.state is EntryState.READY
+                    and not entry.draining
+                    and entry.only_digest_differs(request.digest, options, request.adapters)
+                ):
+                    # The name now points at another digest: load it beside this one and keep
+                    # serving this one until the new one is ready (no downtime).
+                    self._start_swap(request, options, entry)
+                    return self._lease(entry, request)
+                if entry.state is EntryState.READY and entry.draining:
+                    await self._wait_for_swap(request.name)
+                    continue
                 if entry.state in (EntryState.READY, EntryState.UNLOADING):
-                    # Another digest or other load options: Ollama reloads; wait for the old one to drain.
+                    # Other load options (num_ctx, adapters…): Ollama reloads; wait for the old one to drain.
                     await self._drain_and_unload(entry)
                     continue
             await self._load(request, options, entry)
@@ -284,7 +306,7 @@ class Scheduler:
 
     def status(self) -> list[ModelStatus]:
         out = []
-        for entry in self._entries.values():
+        for entry in [*self._entries.values(), *self._retiring]:
             runner = entry.runner
             info = runner.info if runner is not None else None
             live = (
@@ -313,6 +335,7 @@ class Scheduler:
                     kv_bytes=info.kv_bytes if info else entry.estimate.kv,
                     load_seconds=entry.load_seconds,
                     last_error=entry.last_error,
+                    note=entry.note,
                 )
             )
         return sorted(out, key=lambda s: math.inf if s.expires_at is None else s.expires_at, reverse=True)
@@ -355,6 +378,18 @@ class Scheduler:
                 retry_after=self.settings.retry_after,
             )
 
+    async def _wait_for_swap(self, name: str) -> None:
+        running = self._swaps.get(name)
+        if running is None or running[1].done():
+            await asyncio.sleep(0.05)
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.shield(running[1])
+
+    def _restart_idle_timer(self, entry: _Entry) -> None:
+        if entry.refs == 0:
+            entry.expires_at = self.clock() + entry.keep_alive if math.isfinite(entry.keep_alive) else None
+
     async def _wait_for_load(self, entry: _Entry) -> None:
         assert entry.loaded is not None
         entry.waiting += 1
@@ -384,9 +419,7 @@ class Scheduler:
         if request.shape is None:
             return 1
         fixed = sum(
-            e.host_bytes
-            for e in self._entries.values()
-            if e.holds_memory and e.name != request.name and not self._evictable(e)
+            e.host_bytes for e in self._holding() if e.name != request.name and not self._evictable(e)
         )
         room = self.ram_budget - fixed
         for slots in AUTO_PARALLEL_CHOICES:
@@ -419,7 +452,7 @@ class Scheduler:
 
     def _device_free(self, device: Device) -> int:
         # Without per-device accounting of other runners, the devices share what our loads used.
-        used = sum(e.device_bytes for e in self._entries.values() if e.holds_memory)
+        used = sum(e.device_bytes for e in self._holding())
         share = used * device.free // max(sum(d.free for d in self.devices), 1)
         return max(device.free - share, 0)
 
@@ -428,47 +461,132 @@ class Scheduler:
             current = self._entries.get(request.name)
             if current is not None and current is not previous:
                 return  # someone else started (or finished) a load meanwhile: re-check
-            estimate_, plan = self._estimate(request, options)
-            loaded_options = replace(options, num_gpu=plan.n_gpu_layers)
-            entry = _Entry(
-                name=request.name,
-                digest=request.digest,
-                requested=options,
-                options=loaded_options,
-                adapters=request.adapters,
-                weights=request.weights,
-                estimate=estimate_,
-                plan=plan,
-                keep_alive=request.keep_alive
-                if request.keep_alive is not None
-                else self.settings.default_keep_alive,
-                pinned=request.pinned,
-                last_used=self.clock(),
-                failures=previous.failures if previous is not None else 0,
-            )
-            entry.loaded = asyncio.get_running_loop().create_future()
-            entry.loaded.add_done_callback(_consume_exception)
+            entry = self._new_entry(request, options, previous)
             self._entries[request.name] = entry
             try:
                 await self._make_room(entry)
-                spec = RunnerSpec(request.name, request.weights, request.adapters, loaded_options)
-                started = time.perf_counter()
-                extra = {"launcher": self._launcher} if self._launcher is not None else {}
-                runner = await asyncio.to_thread(
-                    self._starter,
-                    spec,
-                    timeout=self.settings.load_timeout,
-                    on_exit=self._exit_callback(entry),
-                    **extra,
-                )
-                entry.load_seconds = time.perf_counter() - started
+                await self._start_runner(entry, request)
             except BaseException as exc:
                 self._load_failed(entry, exc)
                 raise
-            self.loads += 1
-            entry.runner = runner
-            entry.state = EntryState.READY
-            entry.loaded.set_result(None)
+
+    def _new_entry(self, request: ModelRequest, options: LoadOptions, previous: _Entry | None) -> _Entry:
+        estimate_, plan = self._estimate(request, options)
+        entry = _Entry(
+            name=request.name,
+            digest=request.digest,
+            requested=options,
+            options=replace(options, num_gpu=plan.n_gpu_layers),
+            adapters=request.adapters,
+            weights=request.weights,
+            estimate=estimate_,
+            plan=plan,
+            keep_alive=request.keep_alive
+            if request.keep_alive is not None
+            else self.settings.default_keep_alive,
+            pinned=request.pinned,
+            last_used=self.clock(),
+            failures=previous.failures if previous is not None else 0,
+        )
+        entry.loaded = asyncio.get_running_loop().create_future()
+        entry.loaded.add_done_callback(_consume_exception)
+        return entry
+
+    async def _start_runner(self, entry: _Entry, request: ModelRequest) -> None:
+        spec = RunnerSpec(request.name, request.weights, request.adapters, entry.options)
+        started = time.perf_counter()
+        extra = {"launcher": self._launcher} if self._launcher is not None else {}
+        runner = await asyncio.to_thread(
+            self._starter,
+            spec,
+            timeout=self.settings.load_timeout,
+            on_exit=self._exit_callback(entry),
+            **extra,
+        )
+        entry.load_seconds = time.perf_counter() - started
+        self.loads += 1
+        entry.runner = runner
+        entry.state = EntryState.READY
+        assert entry.loaded is not None
+        entry.loaded.set_result(None)
+
+    # --- swapping to a new digest ------------------------------------------------------------
+
+    def _start_swap(self, request: ModelRequest, options: LoadOptions, old: _Entry) -> asyncio.Task[None]:
+        """Load `request`'s digest beside `old` in the background (once per digest)."""
+        running = self._swaps.get(request.name)
+        if running is not None and running[0] == request.digest and not running[1].done():
+            return running[1]
+        task = asyncio.get_running_loop().create_task(self._swap(request, options, old))
+        task.add_done_callback(_consume_task_exception)
+        self._swaps[request.name] = (request.digest, task)
+        return task
+
+    async def _swap(self, request: ModelRequest, options: LoadOptions, old: _Entry) -> None:
+        """Load the new digest beside the old one, switch traffic, then drain and unload the old.
+        If memory holds only one of them, unload the old first: the shortest gap there can be."""
+        async with self._load_lock:
+            if self._entries.get(request.name) is not old or old.state is not EntryState.READY:
+                return
+            new = self._new_entry(request, options, None)
+            try:
+                shortfall = self._shortfall(new, new.estimate.host, new.estimate.device)
+                victims = choose_evictions(self._residents(exclude=new, also=old), shortfall)
+                if victims is None:
+                    old.note = (
+                        f"swapping to {request.digest[:19]}: memory holds only one; unloading this first"
+                    )
+                    new.note = (
+                        f"replaced {old.digest[:19]} after unloading it: memory holds only one (short gap)"
+                    )
+                    old.draining = True
+                    self._retiring.append(old)
+                    self._entries[request.name] = new  # requests now wait for the new one
+                    await self._drain_and_unload(old, force=True)
+                    await self._make_room(new)
+                else:
+                    for name in victims:
+                        await self._unload(self._entries[name])
+                if not new.note:
+                    old.note = f"swapping to {request.digest[:19]}"
+                    new.note = f"replaced {old.digest[:19]} without downtime"
+                await self._start_runner(new, request)
+            except BaseException as exc:
+                old.note = f"swap to {request.digest[:19]} failed: {exc}"
+                if self._entries.get(request.name) is new:
+                    self._load_failed(new, exc)
+                elif new.loaded is not None and not new.loaded.done():
+                    new.loaded.set_exception(exc if isinstance(exc, Exception) else RunnerError(str(exc)))
+                raise
+            self._entries[request.name] = new
+            if old.state is not EntryState.READY:
+                return  # the short-gap path above unloaded it already
+            old.draining = True
+            self._retiring.append(old)
+        await self._drain_and_unload(old, force=True)
+
+    async def ensure(self, request: ModelRequest) -> None:
+        """Make `request`'s digest and options the loaded one, swapping without downtime when only the
+        digest changed; returns once it serves. The reconciler's way in."""
+        options = self._resolve_options(request)
+        while True:
+            entry = self._entries.get(request.name)
+            if entry is not None and entry.state is EntryState.READY and not entry.draining:
+                if entry.matches(request.digest, options, request.adapters):
+                    swap = self._swaps.get(request.name)
+                    if swap is not None and swap[0] == request.digest and not swap[1].done():
+                        await self._wait_for_swap(request.name)  # let the old one finish draining
+                        continue
+                    if request.keep_alive is not None:
+                        entry.keep_alive = request.keep_alive
+                    entry.pinned = request.pinned
+                    self._restart_idle_timer(entry)
+                    return
+                if entry.only_digest_differs(request.digest, options, request.adapters):
+                    await self._start_swap(request, options, entry)
+                    continue
+            await self.preload(request)
+            return
 
     def _load_failed(self, entry: _Entry, exc: BaseException) -> None:
         entry.failures += 1
@@ -521,8 +639,12 @@ class Scheduler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._capacity.wait(), timeout=min(remaining, 1.0))
 
+    def _holding(self) -> list[_Entry]:
+        """Every entry that holds (or is about to hold) memory: active, loading, or draining after a swap."""
+        return [e for e in [*self._entries.values(), *self._retiring] if e.holds_memory]
+
     def _shortfall(self, entry: _Entry, need_host: int, need_device: int) -> Shortfall:
-        others = [e for e in self._entries.values() if e is not entry and e.holds_memory]
+        others = [e for e in self._holding() if e is not entry]
         used_host = sum(e.host_bytes for e in others)
         used_device = sum(e.device_bytes for e in others)
         return Shortfall(
@@ -530,7 +652,7 @@ class Scheduler:
             device=used_device + need_device - self.gpu_budget if self.devices else 0,
         )
 
-    def _residents(self, exclude: _Entry) -> list[Resident]:
+    def _residents(self, exclude: _Entry, also: _Entry | None = None) -> list[Resident]:
         now = self.clock()
         return [
             Resident(
@@ -543,8 +665,8 @@ class Scheduler:
                 last_used=e.last_used,
                 expired=e.expires_at is not None and e.expires_at <= now,
             )
-            for e in self._entries.values()
-            if e is not exclude and e.holds_memory
+            for e in self._holding()
+            if e is not exclude and e is not also and not e.draining
         ]
 
     def _evictable(self, entry: _Entry) -> bool:
@@ -562,13 +684,17 @@ class Scheduler:
 
     # --- unloading and crashes --------------------------------------------------------------
 
-    async def _drain_and_unload(self, entry: _Entry) -> None:
+    async def _drain_and_unload(self, entry: _Entry, *, force: bool = False) -> None:
+        """Wait for the entry's requests to end, then unload it. `force`: even if it is no longer
+        the active entry for its name (the old side of a swap)."""
         while entry.refs > 0:
             await entry.idle.wait()
-        await self._unload(entry)
+        await self._unload(entry, force=force)
 
-    async def _unload(self, entry: _Entry) -> None:
-        if entry.state is EntryState.UNLOADING or self._entries.get(entry.name) is not entry:
+    async def _unload(self, entry: _Entry, *, force: bool = False) -> None:
+        if entry.state is EntryState.UNLOADING:
+            return
+        if self._entries.get(entry.name) is not entry and not force:
             return
         entry.state = EntryState.UNLOADING
         runner = entry.runner
@@ -576,6 +702,7 @@ class Scheduler:
             await asyncio.to_thread(runner.stop)
         if self._entries.get(entry.name) is entry:
             del self._entries[entry.name]
+        self._retiring = [e for e in self._retiring if e is not entry]
         await self._notify_capacity()
 
     def _exit_callback(self, entry: _Entry) -> Callable[[Runner], None]:
@@ -616,6 +743,12 @@ class Scheduler:
         if not math.isfinite(entry.keep_alive):
             return None
         return self.clock() + entry.keep_alive  # busy or loading: as Ollama reports it
+
+
+def _consume_task_exception(task: asyncio.Task[None]) -> None:
+    # A failed swap is recorded in the old entry's note; the requests it served went on.
+    if not task.cancelled():
+        task.exception()
 
 
 def _consume_exception(future: asyncio.Future[None]) -> None:
