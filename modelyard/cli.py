@@ -665,6 +665,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("logout", help="forget the credentials stored for a registry")
     p.add_argument("host", metavar="HOST[:PORT]")
     p.set_defaults(func=cmd_logout)
+
+    from modelyard import cli_serving  # serve, run, ps, stop
+
+    cli_serving.register(sub)
     return parser
 
 

@@ -40,6 +40,14 @@ class Settings:
     docker_config: Path = field(default_factory=lambda: Path.home() / ".docker")
     # Blobs a pull or push moves at once.
     registry_parallel: int = 4
+    # Serving ($MODELYARD_API_KEY, $MODELYARD_ORIGINS, $MODELYARD_NUM_PARALLEL, $MODELYARD_KEEP_ALIVE,
+    # $MODELYARD_MAX_QUEUE, $MODELYARD_RAM_BUDGET). The key is never printed, not even in a repr.
+    api_key: str | None = field(default=None, repr=False)
+    cors_origins: tuple[str, ...] = ()
+    num_parallel: int | None = None  # None: auto
+    keep_alive: str | None = None  # a duration; None: 5m
+    max_queue: int = 512
+    ram_budget: int | None = None  # bytes; None: what is available at start, minus a reserve
 
     @property
     def store_dir(self) -> Path:
@@ -60,6 +68,61 @@ class Settings:
             "host": env.get("MODELYARD_HOST") or DEFAULT_HOST,
             "source_date_epoch": int(epoch) if epoch and epoch.isdigit() else None,
             "docker_config": default_docker_config(env),
+            "api_key": env.get("MODELYARD_API_KEY") or None,
+            "cors_origins": tuple(
+                o.strip() for o in env.get("MODELYARD_ORIGINS", "").split(",") if o.strip()
+            ),
+            "num_parallel": _positive_int(env, "MODELYARD_NUM_PARALLEL"),
+            "keep_alive": env.get("MODELYARD_KEEP_ALIVE") or None,
+            "max_queue": _positive_int(env, "MODELYARD_MAX_QUEUE") or 512,
+            "ram_budget": _bytes(env, "MODELYARD_RAM_BUDGET"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+}
+
+
+def parse_bytes(text: str) -> int:
+    """`12GiB`, `8GB`, `512MiB`, `1073741824` → bytes. Raises ValueError with what was wrong."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    if match is None or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"{text!r} is not a size; write e.g. 12GiB, 8GB or 512MiB")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def _positive_int(env: Mapping[str, str], name: str) -> int | None:
+    value = env.get(name, "").strip()
+    if not value or value == "auto":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"${name} must be a positive integer (or auto), got {value!r}")
+    return int(value)
+
+
+def _bytes(env: Mapping[str, str], name: str) -> int | None:
+    value = env.get(name, "").strip()
+    if not value or value == "auto":
+        return None
+    try:
+        return parse_bytes(value)
+    except ValueError as exc:
+        raise ValueError(f"${name}: {exc}") from None

@@ -176,9 +176,9 @@ class Builder:
         if quantize:
             from modelyard.builder.quantize import check_quantization
 
-            if plan.weights.path is None:
-                raise BuildError("--quantize needs FROM a GGUF file; the weights here come from an image")
-            plan.quantize = check_quantization(quantize, plan.weights.file_type, plan.weights.path)
+            plan.quantize = check_quantization(
+                quantize, plan.weights.file_type, self._weights_file(plan.weights)
+            )
         return plan
 
     def _resolve_from(self, value: str, context: Path) -> _Source | _Plan:
@@ -329,16 +329,22 @@ class Builder:
             return self._store_source(plan.weights, created)
         from modelyard.builder.quantize import quantize
 
-        assert plan.weights.path is not None  # checked in _plan
         self.progress(ProgressEvent(f"quantizing {plan.weights.file_type} model to {plan.quantize}"))
         ingest = self.store.blobs.ingest_dir
         ingest.mkdir(parents=True, exist_ok=True)
         out = ingest / f"quantize.{secrets.token_hex(6)}.partial"
         try:
-            quantize(plan.weights.path, out, plan.quantize)
+            quantize(self._weights_file(plan.weights), out, plan.quantize)
             return self._store_source(_Source(path=out), created, remember=False)
         finally:
             out.unlink(missing_ok=True)
+
+    def _weights_file(self, source: _Source) -> Path:
+        """The file the weights are read from: the source file, or the blob already in the store."""
+        if source.path is not None:
+            return source.path
+        assert source.digest is not None
+        return self.store.blobs.path(source.digest)
 
     def _store_source(self, source: _Source, created: list[str], remember: bool = True) -> str:
         if source.digest is not None and self.store.blobs.exists(source.digest):

@@ -1,0 +1,417 @@
+"""The commands that talk to a server: `serve`, `run`, `ps`, `stop`.
+
+`run`, `ps` and `stop` talk to the server at $MODELYARD_HOST (default 127.0.0.1:11434) over its
+Ollama API; `run` starts a server inside this process, on a free loopback port, when none answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, Protocol, TextIO
+
+import httpx
+
+from modelyard.settings import Settings
+
+EXIT_OK = 0
+EXIT_USER_ERROR = 1
+EXIT_OTHER_ERROR = 2
+
+
+class Context(Protocol):
+    settings: Settings
+    stdout: TextIO
+    stderr: TextIO
+
+    def out(self, text: str = "") -> None: ...
+    def err(self, text: str) -> None: ...
+
+
+class ServerUnreachableError(Exception):
+    pass
+
+
+class ApiClient:
+    """A small Ollama-API client for the CLI (the server may be ours or Ollama itself)."""
+
+    def __init__(self, base_url: str, api_key: str | None, timeout: float | None = None) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.base_url = base_url
+        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+
+    def alive(self) -> bool:
+        try:
+            return self.http.get("/", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def get(self, path: str) -> Any:
+        return self._json(self._send("GET", path))
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        return self._json(self._send("POST", path, json=body))
+
+    def stream(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        try:
+            with self.http.stream("POST", path, json=body) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ApiError(response.status_code, _error_text(response))
+                for line in response.iter_lines():
+                    if line.strip():
+                        value = json.loads(line)
+                        if "error" in value:
+                            raise ApiError(200, str(value["error"]))
+                        yield value
+        except httpx.ConnectError:
+            raise ServerUnreachableError(self.base_url) from None
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.ConnectError:
+            raise ServerUnreachableError(self.base_url) from None
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, _error_text(response))
+        return response
+
+    @staticmethod
+    def _json(response: httpx.Response) -> Any:
+        return response.json() if response.content else {}
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        return response.text or f"HTTP {response.status_code}"
+    if isinstance(error, dict):
+        return str(error.get("message", error))
+    return str(error or f"HTTP {response.status_code}")
+
+
+def base_url(settings: Settings) -> str:
+    from modelyard.server.serve import parse_host
+
+    host, port = parse_host(settings.host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+# --- serve -------------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
+    from modelyard.server.serve import parse_host, run_server
+
+    host, port = parse_host(args.host or ctx.settings.host)
+    if host not in ("127.0.0.1", "localhost", "::1") and not ctx.settings.api_key:
+        ctx.err(
+            f"warning: listening on {host}, beyond this machine, with no API key "
+            "(set MODELYARD_API_KEY to require one)"
+        )
+    run_server(ctx.settings, host, port)
+    return EXIT_OK
+
+
+# --- ps, stop ------------------------------------------------------------------------------------------
+
+
+def cmd_ps(args: argparse.Namespace, ctx: Context) -> int:
+    client = ApiClient(base_url(ctx.settings), ctx.settings.api_key, timeout=10)
+    try:
+        models = client.get("/api/ps").get("models", [])
+    except ServerUnreachableError as exc:
+        ctx.err(f"Error: no server answers at {exc}; start one with `modelyard serve`")
+        return EXIT_USER_ERROR
+    finally:
+        client.close()
+    if args.json:
+        ctx.out(json.dumps({"models": models}, indent=2))
+        return EXIT_OK
+    rows = []
+    for m in models:
+        slots = f"{m.get('slots_busy', 0)}/{m.get('slots', 0)}" if "slots" in m else ""
+        rows.append(
+            [
+                m["name"],
+                m["digest"][:12],
+                _human(m["size"]),
+                m.get("processor", ""),
+                str(m.get("context_length", "")),
+                slots,
+                str(m.get("queued", "")),
+                _until(m["expires_at"]),
+                _human(m.get("runner_rss")),
+                _human(m.get("weights_resident")),
+                m.get("state", ""),
+            ]
+        )
+    header = [
+        "NAME",
+        "ID",
+        "SIZE",
+        "PROCESSOR",
+        "CONTEXT",
+        "SLOTS",
+        "QUEUE",
+        "UNTIL",
+        "RSS",
+        "RESIDENT",
+        "STATE",
+    ]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    for row in [header, *rows]:
+        ctx.out("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
+    from modelyard.runtime.procstats import system_memory
+
+    system = system_memory()
+    if system is not None:
+        ctx.out(
+            f"\nmemory available {_human(system.available)} of {_human(system.total)}; "
+            f"swap in use {_human(system.swap_used)}"
+        )
+    return EXIT_OK
+
+
+def cmd_stop(args: argparse.Namespace, ctx: Context) -> int:
+    client = ApiClient(base_url(ctx.settings), ctx.settings.api_key, timeout=60)
+    try:
+        client.post("/api/generate", {"model": args.name, "keep_alive": 0, "stream": False})
+    except ServerUnreachableError as exc:
+        ctx.err(f"Error: no server answers at {exc}")
+        return EXIT_USER_ERROR
+    except ApiError as exc:
+        ctx.err(f"Error: {exc}")
+        return EXIT_USER_ERROR
+    finally:
+        client.close()
+    ctx.out(f"stopped {args.name}")
+    return EXIT_OK
+
+
+def _human(n: Any) -> str:
+    if not isinstance(n, int | float):
+        return ""
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}"
+        size /= 1000
+    return f"{size:.0f} TB"
+
+
+def _until(expires_at: str) -> str:
+    if expires_at.startswith("9999"):
+        return "Forever"
+    try:
+        moment = time.mktime(time.strptime(expires_at[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+    except ValueError:
+        return expires_at
+    left = moment - time.time()
+    if left <= 0:
+        return "Stopping..."
+    if left < 120:
+        return f"{int(left)} seconds from now"
+    return f"{int(left // 60)} minutes from now"
+
+
+# --- run -------------------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
+    with _server(ctx) as client:
+        prompt = " ".join(args.prompt) if args.prompt else None
+        if prompt is None and not sys.stdin.isatty():
+            prompt = sys.stdin.read()
+        options: dict[str, Any] = {}
+        body_extra: dict[str, Any] = {}
+        if args.format:
+            body_extra["format"] = args.format
+        if args.keep_alive:
+            body_extra["keep_alive"] = args.keep_alive
+        try:
+            if prompt is not None:
+                messages = [{"role": "user", "content": prompt}]
+                _chat_turn(client, ctx, args.name, messages, options, body_extra, args.verbose)
+                return EXIT_OK
+            return _interactive(client, ctx, args.name, options, body_extra, args.verbose)
+        except ApiError as exc:
+            ctx.err(f"Error: {exc}")
+            return EXIT_USER_ERROR
+
+
+def _chat_turn(
+    client: ApiClient,
+    ctx: Context,
+    model: str,
+    messages: list[dict[str, str]],
+    options: dict[str, Any],
+    extra: dict[str, Any],
+    verbose: bool,
+) -> str:
+    parts: list[str] = []
+    final: dict[str, Any] = {}
+    for line in client.stream(
+        "/api/chat", {"model": model, "messages": messages, "options": options, **extra}
+    ):
+        text = line.get("message", {}).get("content", "")
+        if text:
+            parts.append(text)
+            ctx.stdout.write(text)
+            ctx.stdout.flush()
+        if line.get("done"):
+            final = line
+    ctx.out()
+    if verbose and final:
+        seconds = final.get("eval_duration", 0) / 1e9
+        rate = final.get("eval_count", 0) / seconds if seconds else 0.0
+        ctx.err(
+            f"total {final.get('total_duration', 0) / 1e9:.2f}s, "
+            f"load {final.get('load_duration', 0) / 1e9:.2f}s, "
+            f"prompt {final.get('prompt_eval_count', 0)} tokens, {final.get('eval_count', 0)} tokens at "
+            f"{rate:.1f} tokens/s"
+        )
+    return "".join(parts)
+
+
+def _interactive(
+    client: ApiClient, ctx: Context, model: str, options: dict[str, Any], extra: dict[str, Any], verbose: bool
+) -> int:
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401 - line editing and history for input()
+    client.post("/api/generate", {"model": model, "stream": False, **extra})  # load before the first prompt
+    ctx.err("Send a message (/bye to quit, /clear to forget the conversation)")
+    history: list[dict[str, str]] = []
+    while True:
+        try:
+            line = input(">>> ")
+        except (EOFError, KeyboardInterrupt):
+            ctx.out()
+            return EXIT_OK
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/bye", "/exit", "/quit"):
+            return EXIT_OK
+        if text == "/clear":
+            history.clear()
+            ctx.err("Cleared the conversation.")
+            continue
+        history.append({"role": "user", "content": text})
+        try:
+            answer = _chat_turn(client, ctx, model, history, options, extra, verbose)
+        except KeyboardInterrupt:
+            ctx.out()
+            history.pop()
+            continue
+        history.append({"role": "assistant", "content": answer})
+
+
+@contextlib.contextmanager
+def _server(ctx: Context) -> Iterator[ApiClient]:
+    """A client for the running server, or for one started here if none answers."""
+    client = ApiClient(base_url(ctx.settings), ctx.settings.api_key)
+    if client.alive():
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    client.close()
+    with InProcessServer(ctx.settings) as url:
+        inner = ApiClient(url, ctx.settings.api_key)
+        try:
+            yield inner
+        finally:
+            inner.close()
+
+
+class InProcessServer:
+    """A server on a free loopback port in a thread of this process, stopped on exit."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def __enter__(self) -> str:
+        import uvicorn
+
+        from modelyard.runtime.runner import Launcher
+        from modelyard.server.app import create_app
+        from modelyard.server.serve import build_state
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.launcher = Launcher(spares=1)
+        app = create_app(build_state(self.settings, launcher=self.launcher))
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="in-process-server", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise ServerUnreachableError("the in-process server did not start")
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+        self.launcher.close()
+
+
+# --- the parsers -------------------------------------------------------------------------------------------
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve the Ollama and OpenAI APIs",
+        description="Serve the Ollama API (/api/…) and the OpenAI API (/v1/…), with /health, /api/status and "
+        "/metrics. Listens on $MODELYARD_HOST (default 127.0.0.1:11434). Environment: MODELYARD_API_KEY "
+        "(require Bearer auth), MODELYARD_ORIGINS (CORS), MODELYARD_NUM_PARALLEL, MODELYARD_KEEP_ALIVE, "
+        "MODELYARD_MAX_QUEUE, MODELYARD_RAM_BUDGET.",
+    )
+    p.add_argument("--host", metavar="HOST[:PORT]", help="where to listen (default: $MODELYARD_HOST)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "run",
+        help="chat with a model (one prompt, stdin, or interactively)",
+        description="Talk to a model through the server at $MODELYARD_HOST, or through one started in "
+        "this process when none answers. With a PROMPT (or text on stdin) answer once; otherwise chat, "
+        "keeping the conversation, until /bye.",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("prompt", nargs="*", metavar="PROMPT")
+    p.add_argument("--format", choices=["json"], help="ask for JSON output")
+    p.add_argument("--keep-alive", metavar="DURATION", help="how long the model stays loaded afterwards")
+    p.add_argument("--verbose", action="store_true", help="print timings after each answer")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("ps", help="models loaded by the server, with live memory figures")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ps)
+
+    p = sub.add_parser("stop", help="unload a model from the server")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(func=cmd_stop)

@@ -1,0 +1,78 @@
+"""Errors → HTTP, in one ordered table (the first matching class decides).
+
+Ollama's routes answer `{"error": "…"}` with Ollama's status codes; OpenAI's routes answer
+`{"error": {"message", "type", "param", "code"}}`. A 503 carries `Retry-After`. Anything not in
+the table is a bug: it is logged with its traceback and answered 500 without details.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from modelyard.errors import (
+    BuildError,
+    DigestMismatchError,
+    ImageNotFoundError,
+    InferenceRequestError,
+    InvalidReferenceError,
+    ModelDoesNotFitError,
+    ModelLoadError,
+    ModelyardError,
+    RegistryAuthError,
+    RegistryError,
+    RegistryUnavailableError,
+    RemoteNotFoundError,
+    RunnerCrashedError,
+    ServerBusyError,
+)
+
+STATUS_CLIENT_GONE = 499  # nginx's and Ollama's "client closed request"
+
+
+@dataclass(frozen=True)
+class HTTPError(Exception):
+    """An error raised inside a route that already knows its status and message."""
+
+    status: int
+    message: str
+    retry_after: float | None = None
+    kind: str = "invalid_request_error"
+
+
+_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
+    (ServerBusyError, 503, "server_busy"),
+    (ImageNotFoundError, 404, "not_found_error"),
+    (RemoteNotFoundError, 404, "not_found_error"),
+    (InvalidReferenceError, 400, "invalid_request_error"),
+    (InferenceRequestError, 400, "invalid_request_error"),
+    (BuildError, 400, "invalid_request_error"),  # Modelfile, GGUF, template, quantize
+    (DigestMismatchError, 400, "invalid_request_error"),
+    (RegistryAuthError, 401, "authentication_error"),
+    (RegistryUnavailableError, 502, "upstream_error"),
+    (RegistryError, 502, "upstream_error"),
+    (ModelDoesNotFitError, 507, "insufficient_memory"),
+    (ModelLoadError, 500, "server_error"),
+    (RunnerCrashedError, 500, "server_error"),
+    (ModelyardError, 500, "server_error"),
+)
+
+
+def classify(exc: BaseException) -> HTTPError | None:
+    """The HTTP form of a known error; None for a bug."""
+    if isinstance(exc, HTTPError):
+        return exc
+    for kind, status, error_type in _TABLE:
+        if isinstance(exc, kind):
+            message = str(exc)
+            if isinstance(exc, ImageNotFoundError):
+                message = f"model '{exc.name}' not found, try pulling it first"
+            retry = exc.retry_after if isinstance(exc, ServerBusyError) else None
+            return HTTPError(status, message, retry, error_type)
+    return None
+
+
+def retry_after_header(error: HTTPError) -> dict[str, str]:
+    if error.retry_after is None:
+        return {}
+    return {"Retry-After": str(max(1, math.ceil(error.retry_after)))}

@@ -1,0 +1,193 @@
+"""The one path every generation and embedding takes, whichever API it came through.
+
+    name → image in the store → lease from the scheduler (loading if needed) → prompt rendered
+    through the image's template → runner → events streamed back to the route
+
+The lease is released, and an unfinished request cancelled in the runner (its slot freed at the
+next step), however the route's generator ends: done, error, or the client gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from modelyard.builder.prompt import PromptRequest
+from modelyard.errors import ImageNotFoundError, InferenceRequestError
+from modelyard.reference import Reference, parse_reference
+from modelyard.runtime.keepalive import parse_keep_alive
+from modelyard.runtime.options import LOAD_OPTION_NAMES, merge_options, parse_request_options
+from modelyard.runtime.prompting import prepare
+from modelyard.runtime.protocol import Done
+from modelyard.runtime.runner import Failure, Token
+from modelyard.runtime.scheduler import Lease, Scheduler
+from modelyard.runtime.servable import Servable, load_servable
+from modelyard.server.metrics import Metrics
+from modelyard.store import Store
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The last event of a generation: the runner's counts plus what the server measured (ns)."""
+
+    done: Done
+    load_duration: int
+    total_duration: int
+    dropped_messages: int
+
+    @property
+    def done_reason(self) -> str:
+        return self.done.done_reason
+
+
+GenerationEvent = Token | Finished
+
+
+class Inference:
+    def __init__(
+        self, store: Store, scheduler: Scheduler, metrics: Metrics, default_keep_alive: float
+    ) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.metrics = metrics
+        self.default_keep_alive = default_keep_alive
+        self._servables: dict[str, Servable] = {}
+
+    # --- models ---------------------------------------------------------------------------
+
+    def reference(self, name: str) -> Reference:
+        if not isinstance(name, str) or not name.strip():
+            raise InferenceRequestError("model is required")
+        return parse_reference(name)
+
+    async def servable(self, name: str) -> Servable:
+        """The image a name means now (tags move: resolved on every request, GGUF facts cached)."""
+        ref = self.reference(name)
+        record_digest = await asyncio.to_thread(lambda: self.store.resolve(ref).digest)
+        cached = self._servables.get(str(ref))
+        if cached is not None and cached.digest == record_digest:
+            return cached
+        servable = await asyncio.to_thread(load_servable, self.store, ref)
+        self._servables[str(ref)] = servable
+        return servable
+
+    def keep_alive(self, value: object) -> float | None:
+        return None if value is None else parse_keep_alive(value)
+
+    async def acquire(
+        self, servable: Servable, options: Mapping[str, Any] | None, keep_alive: object
+    ) -> tuple[Lease, int]:
+        """A lease on the loaded model; the nanoseconds spent waiting for the load."""
+        load_options = {k: v for k, v in (options or {}).items() if k in LOAD_OPTION_NAMES}
+        request = servable.request(options=load_options, keep_alive=self.keep_alive(keep_alive))
+        started = time.perf_counter_ns()
+        lease = await self.scheduler.acquire(request)
+        waited = time.perf_counter_ns() - started
+        if waited > 50_000_000:  # a real load, not a lookup
+            self.metrics.load_seconds.labels(servable.name).observe(waited / 1e9)
+        return lease, waited
+
+    async def load_only(self, name: str, keep_alive: object) -> str:
+        """Ollama's empty prompt: load (or, with keep_alive 0, unload). Returns the done_reason."""
+        servable = await self.servable(name)
+        if keep_alive is not None and self.keep_alive(keep_alive) == 0:
+            await self.scheduler.unload(servable.name)
+            return "unload"
+        lease, _ = await self.acquire(servable, None, keep_alive)
+        lease.release()
+        return "load"
+
+    # --- generation -----------------------------------------------------------------------
+
+    async def generate(
+        self,
+        servable: Servable,
+        request: PromptRequest,
+        options: Mapping[str, Any] | None,
+        *,
+        format: str | dict[str, Any] | None = None,
+        keep_alive: object = None,
+        truncate: bool = True,
+        shift: bool = True,
+    ) -> AsyncGenerator[GenerationEvent, None]:
+        """Stream the tokens of one generation, then a Finished event."""
+        started = time.perf_counter_ns()
+        sampling = parse_request_options(merge_options(servable.params, options)).sampling
+        if request.images or any(m.images for m in request.messages):
+            raise InferenceRequestError(f"{servable.name} is a text model: it cannot take images")
+        lease, load_ns = await self.acquire(servable, options, keep_alive)
+        runner = lease.runner
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Token | Done | Failure] = asyncio.Queue()
+        handle = None
+        finished = False
+        try:
+            rendered = await asyncio.to_thread(
+                prepare,
+                runner,
+                servable.prompting,
+                request,
+                sampling,
+                format=format,
+                truncate=truncate,
+                shift=shift,
+            )
+
+            def deliver(event: Token | Done | Failure) -> None:  # on the runner's reader thread
+                loop.call_soon_threadsafe(events.put_nowait, event)
+
+            handle = runner.submit(rendered.completion, deliver)
+            last = 0
+            while True:
+                event = await events.get()
+                if isinstance(event, Failure):
+                    raise event.error
+                now = time.perf_counter_ns()
+                if isinstance(event, Token):
+                    if last == 0:
+                        self.metrics.time_to_first_token.labels(servable.name).observe((now - started) / 1e9)
+                    else:
+                        self.metrics.time_per_token.labels(servable.name).observe((now - last) / 1e9)
+                    last = now
+                    yield event
+                    continue
+                finished = True
+                self.metrics.prompt_tokens.labels(servable.name).inc(event.prompt_eval_count)
+                self.metrics.generated_tokens.labels(servable.name).inc(event.eval_count)
+                yield Finished(event, load_ns, now - started, rendered.dropped_messages)
+                return
+        finally:
+            if handle is not None and not finished:
+                handle.cancel()  # the client went away, or something failed: free the slot
+            lease.release(served=finished)
+
+    async def embed(
+        self,
+        servable: Servable,
+        inputs: list[str],
+        options: Mapping[str, Any] | None,
+        *,
+        keep_alive: object = None,
+        truncate: bool = True,
+    ) -> tuple[dict[str, Any], int, int]:
+        """Embeddings of `inputs`; returns (result, load ns, total ns)."""
+        started = time.perf_counter_ns()
+        parse_request_options(merge_options(servable.params, options))  # reject bad options the same way
+        lease, load_ns = await self.acquire(servable, options, keep_alive)
+        served = False
+        try:
+            result = await asyncio.to_thread(lease.runner.embed, inputs, truncate)
+            served = True
+        finally:
+            lease.release(served=served)
+        self.metrics.prompt_tokens.labels(servable.name).inc(result["prompt_eval_count"])
+        return result, load_ns, time.perf_counter_ns() - started
+
+    def forget(self, name: str) -> None:
+        """Drop a cached image after rm/tag changes (the next request re-reads the store)."""
+        with contextlib.suppress(InferenceRequestError, ImageNotFoundError, ValueError):
+            self._servables.pop(str(self.reference(name)), None)

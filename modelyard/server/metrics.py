@@ -1,0 +1,117 @@
+"""Prometheus metrics: what Ollama's users have asked for since 2024 (ollama#3144).
+
+Counters and histograms are updated as requests run; the gauges (loaded models, queue depth,
+memory per model, system headroom) are read from the scheduler at scrape time, so they are never
+stale. Each server has its own registry: no global state, and tests can run several servers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from modelyard.runtime import procstats
+from modelyard.runtime.scheduler import ModelStatus
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_TOKEN_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
+_LOAD_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class Metrics:
+    def __init__(self, status: Callable[[], list[ModelStatus]]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "modelyard_requests",
+            "Requests by model, endpoint and HTTP status.",
+            ["model", "endpoint", "status"],
+            registry=self.registry,
+        )
+        self.prompt_tokens = Counter(
+            "modelyard_prompt_tokens", "Prompt tokens evaluated.", ["model"], registry=self.registry
+        )
+        self.generated_tokens = Counter(
+            "modelyard_generated_tokens", "Tokens generated.", ["model"], registry=self.registry
+        )
+        self.time_to_first_token = Histogram(
+            "modelyard_time_to_first_token_seconds",
+            "From the request to its first token (load included).",
+            ["model"],
+            buckets=_TTFT_BUCKETS,
+            registry=self.registry,
+        )
+        self.time_per_token = Histogram(
+            "modelyard_time_per_output_token_seconds",
+            "Time between two generated tokens of a request.",
+            ["model"],
+            buckets=_TOKEN_BUCKETS,
+            registry=self.registry,
+        )
+        self.load_seconds = Histogram(
+            "modelyard_model_load_seconds",
+            "Time requests waited for their model to load.",
+            ["model"],
+            buckets=_LOAD_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_LiveCollector(status))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _LiveCollector(Collector):
+    def __init__(self, status: Callable[[], list[ModelStatus]]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[Metric]:
+        statuses = self._status()
+        loaded = GaugeMetricFamily("modelyard_models_loaded", "Models with a runner (loading or ready).")
+        loaded.add_metric([], float(sum(s.state in ("ready", "loading") for s in statuses)))
+        yield loaded
+        labels = ["model"]
+        families = {
+            "queue": GaugeMetricFamily(
+                "modelyard_queue_depth", "Requests waiting beyond busy slots.", labels=labels
+            ),
+            "busy": GaugeMetricFamily("modelyard_slots_busy", "Slots decoding a request.", labels=labels),
+            "slots": GaugeMetricFamily("modelyard_slots", "Slots of the model's runner.", labels=labels),
+            "size": GaugeMetricFamily(
+                "modelyard_model_memory_bytes", "Memory of the model (RAM and GPU).", labels=labels
+            ),
+            "vram": GaugeMetricFamily(
+                "modelyard_model_gpu_memory_bytes", "GPU memory of the model.", labels=labels
+            ),
+            "rss": GaugeMetricFamily(
+                "modelyard_runner_rss_bytes", "Resident memory of the runner process.", labels=labels
+            ),
+            "resident": GaugeMetricFamily(
+                "modelyard_weights_resident_bytes", "Bytes of the mmapped weights in RAM.", labels=labels
+            ),
+        }
+        for s in statuses:
+            families["queue"].add_metric([s.name], float(s.queued))
+            families["busy"].add_metric([s.name], float(s.slots_busy))
+            families["slots"].add_metric([s.name], float(s.slots))
+            families["size"].add_metric([s.name], float(s.size))
+            families["vram"].add_metric([s.name], float(s.size_vram))
+            if s.runner_rss is not None:
+                families["rss"].add_metric([s.name], float(s.runner_rss))
+            if s.weights_resident is not None:
+                families["resident"].add_metric([s.name], float(s.weights_resident))
+        yield from families.values()
+        system = procstats.system_memory()
+        if system is not None:
+            available = GaugeMetricFamily(
+                "modelyard_system_memory_available_bytes", "Memory the system can hand out without swapping."
+            )
+            available.add_metric([], float(system.available))
+            yield available
+            swap = GaugeMetricFamily("modelyard_system_swap_used_bytes", "Swap in use.")
+            swap.add_metric([], float(system.swap_used))
+            yield swap

@@ -1,0 +1,505 @@
+"""Ollama's HTTP API (reference/ollama.md §3), so that Ollama's clients work unchanged.
+
+Streaming is the default (NDJSON, one object per line); `"stream": false` gives one JSON object
+(for pull/push/create, the last progress message). An error before any output gets its status
+code; an error mid-stream is an `{"error": …}` line, as Ollama sends it. Durations are nanoseconds.
+Unknown request fields are ignored, as Ollama ignores them; a field of the wrong type is a 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from modelyard import __version__
+from modelyard.builder import modelfile as mf
+from modelyard.builder.params import validate_parameters
+from modelyard.builder.prompt import ChatMessage, PromptRequest, ToolCall
+from modelyard.errors import InferenceRequestError, ModelfileError
+from modelyard.progress import ProgressEvent
+from modelyard.reference import parse_reference
+from modelyard.registry import PushFormat, pull, push
+from modelyard.runtime.servable import Servable
+from modelyard.server.http_errors import HTTPError
+from modelyard.server.inference import Finished
+from modelyard.server.state import ServerState
+
+# The Ollama version we answer /api/version with: the API level we follow (reference snapshot).
+OLLAMA_API_VERSION = "0.12.0"
+
+NDJSON = "application/x-ndjson"
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _ModelRequest(_Request):
+    model: Annotated[str, Field(min_length=1)] = ""
+    name: str | None = None  # older clients send `name`
+
+    def model_name(self) -> str:
+        name = self.model or self.name or ""
+        if not name:
+            raise HTTPError(400, "model is required")
+        return name
+
+
+class GenerateBody(_ModelRequest):
+    prompt: str | None = None
+    suffix: str | None = None
+    system: str | None = None
+    template: str | None = None
+    raw: bool | None = None
+    images: list[str] | None = None
+    format: Literal["", "json"] | dict[str, Any] | None = None
+    options: dict[str, Any] | None = None
+    keep_alive: float | str | None = None
+    stream: bool | None = None
+    think: bool | str | None = None
+    truncate: bool | None = None
+    shift: bool | None = None
+
+
+class MessageBody(_Request):
+    role: str
+    content: str | None = ""
+    images: list[str] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_name: str | None = None
+    tool_call_id: str | None = None
+    thinking: str | None = None
+
+
+class ChatBody(_ModelRequest):
+    messages: list[MessageBody] | None = None
+    tools: list[dict[str, Any]] | None = None
+    format: Literal["", "json"] | dict[str, Any] | None = None
+    options: dict[str, Any] | None = None
+    keep_alive: float | str | None = None
+    stream: bool | None = None
+    think: bool | str | None = None
+    truncate: bool | None = None
+    shift: bool | None = None
+
+
+class EmbedBody(_ModelRequest):
+    input: str | list[str] = ""
+    truncate: bool | None = None
+    options: dict[str, Any] | None = None
+    keep_alive: float | str | None = None
+    dimensions: int | None = None
+
+
+class EmbeddingsBody(_ModelRequest):
+    prompt: str = ""
+    options: dict[str, Any] | None = None
+    keep_alive: float | str | None = None
+
+
+class CreateBody(_ModelRequest):
+    from_: str | None = Field(default=None, alias="from")
+    files: dict[str, str] | None = None
+    adapters: dict[str, str] | None = None
+    template: str | None = None
+    system: str | None = None
+    parameters: dict[str, Any] | None = None
+    messages: list[MessageBody] | None = None
+    license: str | list[str] | None = None
+    quantize: str | None = None
+    modelfile: str | None = None  # the older API sent the Modelfile's text
+    stream: bool | None = None
+
+
+class PullBody(_ModelRequest):
+    insecure: bool | None = None
+    stream: bool | None = None
+
+
+class ShowBody(_ModelRequest):
+    verbose: bool | None = None
+
+
+class CopyBody(_Request):
+    source: Annotated[str, Field(min_length=1)]
+    destination: Annotated[str, Field(min_length=1)]
+
+
+def timestamp(moment: datetime | None = None) -> str:
+    return (moment or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def router(state: ServerState) -> APIRouter:
+    api = APIRouter()
+    inference = state.inference
+
+    @api.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    async def root() -> PlainTextResponse:
+        return PlainTextResponse("Ollama is running")  # the text Ollama's clients look for
+
+    @api.api_route("/api/version", methods=["GET", "HEAD"])
+    async def version() -> dict[str, str]:
+        return {"version": OLLAMA_API_VERSION, "modelyard": __version__}
+
+    @api.post("/api/generate")
+    async def generate(body: GenerateBody) -> Response:
+        name = body.model_name()
+        if not body.prompt and not body.images and body.suffix is None:
+            reason = await inference.load_only(name, body.keep_alive)
+            return _single_or_stream(body.stream, [_final_line(name, reason, {"response": ""})])
+        servable = await inference.servable(name)
+        request = PromptRequest.generate(
+            body.prompt or "",
+            system=body.system or "",
+            suffix=body.suffix or "",
+            template=body.template or "",
+            raw=bool(body.raw),
+            images=_decode_images(body.images),
+        )
+        stream = inference.generate(
+            servable,
+            request,
+            body.options,
+            format=body.format or None,
+            keep_alive=body.keep_alive,
+            truncate=body.truncate is not False,
+            shift=body.shift is not False,
+        )
+        return await _generation_response(
+            state, "/api/generate", servable, stream, body.stream, lambda text: {"response": text}
+        )
+
+    @api.post("/api/chat")
+    async def chat(body: ChatBody) -> Response:
+        name = body.model_name()
+        if not body.messages:
+            reason = await inference.load_only(name, body.keep_alive)
+            return _single_or_stream(
+                body.stream, [_final_line(name, reason, {"message": {"role": "assistant", "content": ""}})]
+            )
+        servable = await inference.servable(name)
+        request = PromptRequest.chat([_message(m) for m in body.messages], tools=body.tools)
+        stream = inference.generate(
+            servable,
+            request,
+            body.options,
+            format=body.format or None,
+            keep_alive=body.keep_alive,
+            truncate=body.truncate is not False,
+            shift=body.shift is not False,
+        )
+        return await _generation_response(
+            state,
+            "/api/chat",
+            servable,
+            stream,
+            body.stream,
+            lambda text: {"message": {"role": "assistant", "content": text}},
+        )
+
+    @api.post("/api/embed")
+    async def embed(body: EmbedBody) -> dict[str, Any]:
+        servable = await inference.servable(body.model_name())
+        inputs = [body.input] if isinstance(body.input, str) else list(body.input)
+        if not inputs:
+            return {"model": servable.name, "embeddings": []}
+        result, load_ns, total_ns = await inference.embed(
+            servable, inputs, body.options, keep_alive=body.keep_alive, truncate=body.truncate is not False
+        )
+        embeddings = result["embeddings"]
+        if body.dimensions:
+            embeddings = [_truncate_dimensions(e, body.dimensions) for e in embeddings]
+        state.count("/api/embed", servable.name, 200)
+        return {
+            "model": servable.name,
+            "embeddings": embeddings,
+            "total_duration": total_ns,
+            "load_duration": load_ns,
+            "prompt_eval_count": result["prompt_eval_count"],
+        }
+
+    @api.post("/api/embeddings")
+    async def embeddings(body: EmbeddingsBody) -> dict[str, Any]:
+        servable = await inference.servable(body.model_name())
+        if not body.prompt:
+            return {"embedding": []}
+        result, _, _ = await inference.embed(
+            servable, [body.prompt], body.options, keep_alive=body.keep_alive
+        )
+        state.count("/api/embeddings", servable.name, 200)
+        return {"embedding": result["embeddings"][0]}
+
+    @api.get("/api/tags")
+    async def tags() -> dict[str, Any]:
+        return {"models": await asyncio.to_thread(state.list_models)}
+
+    @api.post("/api/show")
+    async def show(body: ShowBody) -> dict[str, Any]:
+        servable = await inference.servable(body.model_name())
+        return await asyncio.to_thread(state.show_model, servable, bool(body.verbose))
+
+    @api.post("/api/copy")
+    async def copy(body: CopyBody) -> Response:
+        source, target = parse_reference(body.source), parse_reference(body.destination)
+        record = await asyncio.to_thread(state.store.resolve, source)
+        await asyncio.to_thread(state.store.tag, target, record.digest)
+        inference.forget(body.destination)
+        return Response(status_code=200)
+
+    @api.delete("/api/delete")
+    async def delete(body: _ModelRequest) -> Response:
+        name = body.model_name()
+        ref = parse_reference(name)
+        await state.scheduler.unload(ref.short())
+        await asyncio.to_thread(state.store.remove, ref)
+        inference.forget(name)
+        return Response(status_code=200)
+
+    @api.get("/api/ps")
+    async def ps() -> dict[str, Any]:
+        return {"models": state.running_models()}
+
+    @api.api_route("/api/blobs/{digest}", methods=["HEAD"])
+    async def head_blob(digest: str) -> Response:
+        _check_digest(digest)
+        return Response(status_code=200 if state.store.blobs.exists(digest) else 404)
+
+    @api.post("/api/blobs/{digest}")
+    async def upload_blob(digest: str, request: Request) -> Response:
+        _check_digest(digest)
+        if state.store.blobs.exists(digest):
+            return Response(status_code=200)
+        await state.receive_blob(digest, request.stream())
+        return Response(status_code=201)
+
+    @api.post("/api/create")
+    async def create(body: CreateBody) -> Response:
+        target = parse_reference(body.model_name())
+        modelfile = _modelfile_from(body)
+        events = state.build(modelfile, target, body.quantize)
+        inference.forget(body.model_name())
+        return await _progress_response(events, body.stream)
+
+    @api.post("/api/pull")
+    async def pull_model(body: PullBody) -> Response:
+        ref = parse_reference(body.model_name())
+        options = state.registry_options(insecure=bool(body.insecure))
+        events = state.in_thread(lambda sink: pull(state.store, ref, options, sink))
+        inference.forget(body.model_name())
+        return await _progress_response(events, body.stream)
+
+    @api.post("/api/push")
+    async def push_model(body: PullBody) -> Response:
+        ref = parse_reference(body.model_name())
+        options = state.registry_options(insecure=bool(body.insecure))
+        events = state.in_thread(
+            lambda sink: push(state.store, ref, options, format=PushFormat.BOTH, progress=sink)
+        )
+        return await _progress_response(events, body.stream)
+
+    return api
+
+
+# --- generation responses -------------------------------------------------------------------------
+
+
+async def _generation_response(
+    state: ServerState,
+    endpoint: str,
+    servable: Servable,
+    stream: AsyncGenerator[Any, None],
+    streaming: bool | None,
+    chunk: Callable[[str], dict[str, Any]],
+) -> Response:
+    name = servable.name
+    # The first event is awaited before any byte is sent, so that a load failure, a bad option or
+    # a template error still gets its own status code.
+    first = await anext(stream)
+    if streaming is False:
+        parts: list[str] = []
+        event = first
+        while not isinstance(event, Finished):
+            parts.append(event.text)
+            event = await anext(stream)
+        state.count(endpoint, name, 200)
+        return JSONResponse(_final_line(name, event.done_reason, chunk("".join(parts)), event))
+
+    async def lines() -> AsyncIterator[bytes]:
+        event = first
+        try:
+            while True:
+                if isinstance(event, Finished):
+                    yield _line(_final_line(name, event.done_reason, chunk(""), event))
+                    state.count(endpoint, name, 200)
+                    return
+                yield _line({"model": name, "created_at": timestamp(), **chunk(event.text), "done": False})
+                event = await anext(stream)
+        except Exception as exc:  # mid-stream: an error line, as Ollama sends it
+            error = state.error_for(exc)
+            state.count(endpoint, name, error.status)
+            yield _line({"error": error.message})
+        finally:
+            await stream.aclose()
+
+    return StreamingResponse(lines(), media_type=NDJSON)
+
+
+def _final_line(
+    name: str, reason: str, content: dict[str, Any], finished: Finished | None = None
+) -> dict[str, Any]:
+    line: dict[str, Any] = {
+        "model": name,
+        "created_at": timestamp(),
+        **content,
+        "done": True,
+        "done_reason": reason,
+    }
+    if finished is not None:
+        done = finished.done
+        line.update(
+            total_duration=finished.total_duration,
+            load_duration=finished.load_duration,
+            prompt_eval_count=done.prompt_eval_count,
+            prompt_eval_duration=done.prompt_eval_duration,
+            eval_count=done.eval_count,
+            eval_duration=done.eval_duration,
+        )
+        if done.truncated:
+            line["truncated"] = done.truncated  # prompt tokens dropped to fit the context
+        if done.context_shifts:
+            line["context_shifts"] = done.context_shifts
+        if finished.dropped_messages:
+            line["dropped_messages"] = finished.dropped_messages
+    return line
+
+
+def _line(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def _single_or_stream(streaming: bool | None, lines: list[dict[str, Any]]) -> Response:
+    if streaming is False:
+        return JSONResponse(lines[-1])
+    return StreamingResponse(iter([_line(line) for line in lines]), media_type=NDJSON)
+
+
+async def _progress_response(events: AsyncIterator[ProgressEvent], streaming: bool | None) -> Response:
+    """pull/push/create: progress lines; with stream false, the last one (or the error)."""
+    first = await anext(events)  # errors before any progress (a bad name, a 404) keep their status
+    if streaming is False:
+        last = first
+        async for event in events:
+            last = event
+        return JSONResponse(last.to_json())
+
+    async def lines() -> AsyncIterator[bytes]:
+        yield _line(first.to_json())
+        try:
+            async for event in events:
+                yield _line(event.to_json())
+        except Exception as exc:
+            from modelyard.server.http_errors import classify
+
+            known = classify(exc)
+            if known is None:
+                raise
+            yield _line({"error": known.message})
+
+    return StreamingResponse(lines(), media_type=NDJSON)
+
+
+# --- request helpers --------------------------------------------------------------------------------
+
+
+def _message(body: MessageBody) -> ChatMessage:
+    calls = []
+    for i, call in enumerate(body.tool_calls or ()):
+        function = call.get("function") or {}
+        arguments = function.get("arguments") or {}
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError:
+                raise HTTPError(400, f"tool_calls[{i}].function.arguments is not JSON") from None
+        calls.append(ToolCall(str(function.get("name", "")), arguments, str(call.get("id", "")), i))
+    return ChatMessage(
+        role=body.role,
+        content=body.content or "",
+        images=_decode_images(body.images),
+        tool_calls=tuple(calls),
+        thinking=body.thinking or "",
+        tool_name=body.tool_name or "",
+        tool_call_id=body.tool_call_id or "",
+    )
+
+
+def _decode_images(images: list[str] | None) -> tuple[bytes, ...]:
+    decoded = []
+    for i, image in enumerate(images or ()):
+        try:
+            decoded.append(base64.b64decode(image, validate=True))
+        except ValueError:
+            raise HTTPError(400, f"images[{i}] is not base64") from None
+    return tuple(decoded)
+
+
+def _truncate_dimensions(vector: list[float], dimensions: int) -> list[float]:
+    if dimensions >= len(vector):
+        return vector
+    head = vector[:dimensions]
+    norm = sum(v * v for v in head) ** 0.5
+    return [v / norm for v in head] if norm else head
+
+
+def _check_digest(digest: str) -> None:
+    from modelyard.store.image import is_digest
+
+    if not is_digest(digest):
+        raise HTTPError(400, f"invalid digest {digest!r}: expected sha256:<64 hex>")
+
+
+def _modelfile_from(body: CreateBody) -> mf.Modelfile:
+    """Ollama's create request (structured, or the older Modelfile text) as a Modelfile."""
+    if body.modelfile and not (body.from_ or body.files):
+        try:
+            return mf.parse(body.modelfile, "modelfile")
+        except ModelfileError as exc:
+            raise HTTPError(400, str(exc)) from None
+    source = body.from_
+    if body.files:
+        ggufs = [digest for name, digest in body.files.items() if name.lower().endswith(".gguf")]
+        if len(ggufs) != 1:
+            raise HTTPError(
+                400, "files must name exactly one .gguf file (upload it first with POST /api/blobs)"
+            )
+        source = ggufs[0]
+    if not source:
+        raise HTTPError(400, "create needs `from` (a model) or `files` (an uploaded GGUF)")
+    try:
+        parameters = validate_parameters(body.parameters or {})
+    except ModelfileError as exc:
+        raise HTTPError(400, f"parameters: {exc.message}") from None
+    licenses = [body.license] if isinstance(body.license, str) else list(body.license or [])
+    try:
+        return mf.Modelfile(
+            from_=source,
+            parameters=parameters,
+            template=body.template,
+            system=body.system,
+            adapters=tuple((body.adapters or {}).values()),
+            licenses=tuple(licenses),
+            messages=tuple(mf.Message(m.role, m.content or "") for m in body.messages or ()),
+        )
+    except (ModelfileError, ValueError) as exc:
+        raise InferenceRequestError(str(exc)) from None
+
+
+__all__ = ["router", "timestamp"]

@@ -1,0 +1,74 @@
+"""Starting the server: settings → store, scheduler, state → the app under uvicorn."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from modelyard.errors import ModelyardError
+from modelyard.runtime.keepalive import DEFAULT_KEEP_ALIVE_S, parse_keep_alive
+from modelyard.runtime.runner import Launcher
+from modelyard.runtime.scheduler import Scheduler, SchedulerSettings
+from modelyard.server.state import ServerState
+from modelyard.settings import Settings
+from modelyard.store import Store
+
+DEFAULT_PORT = 11434
+
+
+class BadHostError(ModelyardError, ValueError):
+    pass
+
+
+def parse_host(text: str) -> tuple[str, int]:
+    """`127.0.0.1:11434`, `0.0.0.0`, `:8080`, `http://[::1]:11434` → (host, port), as OLLAMA_HOST reads."""
+    value = text.strip()
+    if "://" not in value:
+        value = "http://" + value
+    parts = urlsplit(value)
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        raise BadHostError(f"invalid host {text!r}: the port must be a number from 1 to 65535") from None
+    host = parts.hostname or "127.0.0.1"
+    return host, port
+
+
+def scheduler_settings(settings: Settings) -> SchedulerSettings:
+    keep_alive = (
+        parse_keep_alive(settings.keep_alive, allow_bare_seconds=True)
+        if settings.keep_alive
+        else DEFAULT_KEEP_ALIVE_S
+    )
+    return SchedulerSettings(
+        ram_budget=settings.ram_budget,
+        max_queue=settings.max_queue,
+        default_keep_alive=keep_alive,
+        num_parallel=settings.num_parallel,
+    )
+
+
+def build_state(settings: Settings, *, launcher: Launcher | None = None) -> ServerState:
+    from modelyard.runtime.gpu import discover_devices
+
+    store = Store(settings.store_dir, history_limit=settings.history_limit)
+    store.init()
+    scheduler = Scheduler(scheduler_settings(settings), devices=discover_devices(), launcher=launcher)
+    return ServerState(settings, store, scheduler)
+
+
+def run_server(settings: Settings, host: str, port: int) -> None:
+    """Serve until interrupted (blocking)."""
+    import uvicorn
+
+    from modelyard.server.app import create_app
+
+    launcher = Launcher(spares=1)
+    try:
+        state = build_state(settings, launcher=launcher)
+        app = create_app(state)
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level="info", access_log=False, timeout_graceful_shutdown=10
+        )
+        uvicorn.Server(config).run()
+    finally:
+        launcher.close()
