@@ -2,6 +2,9 @@
 
     ModelyardError
     ├── InvalidReferenceError (ValueError)      a name that is not a valid image reference
+    ├── SpecError (ValueError)                  a ModelSet spec that cannot be used
+    │   ├── SpecValidationError                 a document that does not validate: every (path, message)
+    │   └── SpecSourceError                     a spec file, folder or git source that cannot be read
     ├── StoreError
     │   ├── ImageNotFoundError (LookupError)    no such tag or digest in the local store
     │   ├── BlobNotFoundError (FileNotFoundError)
@@ -35,6 +38,7 @@ bug and shows its traceback.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -47,6 +51,43 @@ class InvalidReferenceError(ModelyardError, ValueError):
         self.reference = reference
         self.reason = reason
         super().__init__(f"invalid reference {reference!r}: {reason}")
+
+
+class SpecError(ModelyardError, ValueError):
+    """A ModelSet spec (modelyard/v1) that cannot be used; the last good spec stays in force."""
+
+
+@dataclass(frozen=True)
+class SpecIssue:
+    """One problem in a spec: where (`spec.models[1].image`, file and 1-based line, 0 = unknown) and what."""
+
+    path: str
+    message: str
+    file: str = ""
+    line: int = 0
+
+    def __str__(self) -> str:
+        where = (
+            f"{self.file}:{self.line}: " if self.file and self.line else f"{self.file}: " if self.file else ""
+        )
+        return f"{where}{self.path}: {self.message}" if self.path else f"{where}{self.message}"
+
+
+class SpecValidationError(SpecError):
+    """The spec is rejected whole; `issues` lists every problem found, not just the first."""
+
+    def __init__(self, issues: list[SpecIssue]) -> None:
+        self.issues = list(issues)
+        count = len(self.issues)
+        lines = "\n".join(f"  {issue}" for issue in self.issues)
+        super().__init__(f"the spec is invalid ({count} problem{'s' if count != 1 else ''}):\n{lines}")
+
+
+class SpecSourceError(SpecError):
+    def __init__(self, source: str, reason: str) -> None:
+        self.source = source
+        self.reason = reason
+        super().__init__(f"{source}: {reason}")
 
 
 class StoreError(ModelyardError):

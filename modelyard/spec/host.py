@@ -1,0 +1,162 @@
+"""The reconciler's effects on this machine: the store, the registries and the scheduler.
+
+resolve       a remote tag: a HEAD of its manifest (registry/resolve.py); a local name: the store's
+              tag; a pinned reference: its own digest
+local_digest  the stored image for a digest: equal to it for ModelPack images, or the image that
+              was converted from it (Ollama, Docker) as its `io.modelyard.source.digest` says
+pull          registry.pull, in a worker thread
+footprint     the memory estimate from the GGUF header, with the spec's options
+ensure        Scheduler.ensure with the image's request (parameters ⊕ the spec's options)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+
+from modelyard.errors import ImageNotFoundError, ModelyardError, StoreError
+from modelyard.reference import Reference, parse_reference
+from modelyard.registry import RegistryOptions, pull
+from modelyard.registry.formats import ANNOTATION_SOURCE_DIGEST
+from modelyard.registry.resolve import resolve_remote_digest
+from modelyard.registry.retry import RetryPolicy
+from modelyard.runtime.memory import estimate
+from modelyard.runtime.options import DEFAULT_NUM_CTX, parse_load_options
+from modelyard.runtime.scheduler import ModelRequest, ModelStatus, Scheduler
+from modelyard.runtime.servable import Servable, load_servable
+from modelyard.spec.plan import LoadTarget, Running
+from modelyard.store import Store
+
+log = logging.getLogger(__name__)
+
+# Checking a tag happens every interval: fail fast and say so, rather than hold the round up.
+RESOLVE_RETRY = RetryPolicy(attempts=2, base_s=0.2, cap_s=1.0)
+
+
+class SchedulerHost:
+    def __init__(
+        self,
+        store: Store,
+        scheduler: Scheduler,
+        registry: RegistryOptions,
+        *,
+        resolve_retry: RetryPolicy = RESOLVE_RETRY,
+    ) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.registry = registry
+        self._resolve_options = replace(registry, retry=resolve_retry)
+
+    async def resolve(self, image: str) -> str:
+        ref = parse_reference(image)
+        if ref.digest is not None:
+            return ref.digest
+        if not ref.is_remote:
+            return (await asyncio.to_thread(self.store.resolve, ref)).digest
+        return await asyncio.to_thread(resolve_remote_digest, ref, self._resolve_options)
+
+    def local_digest(self, image: str, digest: str) -> str | None:
+        ref = parse_reference(image)
+        try:
+            record = self.store.resolve(ref.with_digest(digest))
+            return record.digest
+        except ImageNotFoundError:
+            pass
+        if not ref.is_remote:
+            return None
+        # An Ollama or Docker image was converted on pull: find the image made from that digest.
+        index = self.store.read_index()
+        for record in (*index.tags, *index.history):
+            if not record.name.startswith((f"{ref.name}:", f"{ref.name}@")):
+                continue
+            try:
+                manifest = self.store.read_manifest(record.digest)
+            except StoreError:
+                continue
+            if manifest.annotations.get(ANNOTATION_SOURCE_DIGEST) == digest:
+                return record.digest
+        return None
+
+    async def pull(self, image: str, digest: str) -> str:
+        ref = parse_reference(image)
+        if not ref.is_remote:
+            raise ImageNotFoundError(
+                ref.short(),
+                "it names no registry: build it (`modelyard build`) or name a registry in the spec",
+            )
+        result = await asyncio.to_thread(pull, self.store, ref, self.registry)
+        return result.digest
+
+    def footprint(self, target: LoadTarget) -> int | None:
+        """Estimated bytes with the spec's options (slots: the spec's, else the image's, else 1, the
+        least the scheduler's automatic choice takes)."""
+        try:
+            servable = self._servable(target.image, target.digest)
+            options = {**servable.params, **target.options}
+            load = parse_load_options(options)
+        except ModelyardError as exc:
+            log.debug("no estimate for %s: %s", target.name, exc)
+            return None
+        shape = servable.gguf.shape
+        n_ctx = load.num_ctx if "num_ctx" in options else DEFAULT_NUM_CTX
+        if shape.n_ctx_train:
+            n_ctx = min(n_ctx, shape.n_ctx_train)
+        return estimate(shape, n_ctx=n_ctx, slots=load.num_parallel, n_batch=load.num_batch).total
+
+    def request(self, target: LoadTarget) -> ModelRequest:
+        """The scheduler request for `target`: the image's parameters ⊕ the spec's options, its
+        adapters and the spec's adapter images, keep_alive, pinned."""
+        servable = self._servable(target.image, target.digest)
+        request = servable.request(
+            name=target.name, options=target.options, keep_alive=target.keep_alive, pinned=target.pinned
+        )
+        extra = tuple(
+            (path, adapter.scale)
+            for adapter in target.adapters
+            for path, _ in self._servable(adapter.image, adapter.digest).adapters
+        )
+        return replace(request, adapters=request.adapters + extra) if extra else request
+
+    async def ensure(self, target: LoadTarget) -> Running:
+        request = await asyncio.to_thread(self.request, target)
+        await self.scheduler.ensure(request)
+        return next(
+            (r for r in self.running() if r.name == target.name and r.digest == target.digest),
+            Running(target.name, target.digest, "ready"),
+        )
+
+    async def unload(self, name: str) -> None:
+        await self.scheduler.unload(name)
+
+    def running(self) -> list[Running]:
+        """The scheduler's models; during a swap the draining old runner comes after the new one."""
+        statuses = self.scheduler.status()
+        statuses.sort(key=_draining)
+        return [_running(s) for s in statuses]
+
+    def memory_budget(self) -> int:
+        return self.scheduler.ram_budget + self.scheduler.gpu_budget
+
+    def _servable(self, image: str, digest: str) -> Servable:
+        ref: Reference = parse_reference(image).with_digest(digest)
+        return load_servable(self.store, ref)
+
+
+def _draining(status: ModelStatus) -> bool:
+    # The scheduler notes "swapping to …" on the runner a swap replaces.
+    return status.note.startswith("swapping to") or status.state == "unloading"
+
+
+def _running(status: ModelStatus) -> Running:
+    return Running(
+        name=status.name,
+        digest=status.digest,
+        state=status.state,
+        size=status.size,
+        context_length=status.context_length,
+        slots=status.slots,
+        pinned=status.pinned,
+        last_error=status.last_error,
+        note=status.note,
+    )

@@ -1,0 +1,305 @@
+"""The same spec on Kubernetes, with the OCI registry as the shared store (`modelyard export k8s`).
+
+Two shapes (both with `mode="both"`):
+
+- `deployment`: per model, a ConfigMap holding a ModelSet of that one model, a Deployment running
+  `modelyard serve --spec` on it (the model is pulled from the registry at start), and a Service.
+  Memory requests come from the estimate (weights + KV cache + compute, from the GGUF header) when
+  the image is in the local store; the limit adds 25 %. Readiness is `GET /health`, which answers
+  200 once the spec's models are Ready.
+- `kubeai`: per model, a KubeAI `Model` (kubeai.org/v1) with the Ollama engine, which pulls
+  `ollama://HOST/NAME:TAG` (push the image with `--format ollama` for it). pinned or keepAlive
+  forever → minReplicas 1; a finite keepAlive → scale to zero after it (scaleDownDelaySeconds);
+  parallel → targetRequests; the estimate → `resourceProfile: cpu:N` (N units of `profile_unit_bytes`).
+
+Pure: the estimates come in as a mapping (`estimate_models` reads them from the store).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import yaml
+
+from modelyard.errors import ModelyardError, SpecError
+from modelyard.reference import parse_reference
+from modelyard.runtime.memory import estimate
+from modelyard.runtime.options import DEFAULT_NUM_CTX, parse_load_options
+from modelyard.runtime.servable import load_servable
+from modelyard.spec.schema import ModelSetBody, ModelSpec, Spec
+from modelyard.store import Store
+
+Mode = Literal["kubeai", "deployment", "both"]
+GIB = 1024**3
+MIB = 1024**2
+SERVER_OVERHEAD = 256 * MIB  # the HTTP server and the runner's interpreter, beside the model
+LABEL_SET = "modelyard.io/modelset"
+LABEL_MODEL = "modelyard.io/model"
+ANNOTATION_ESTIMATE = "modelyard.io/memory-estimate"
+ANNOTATION_SERVED_NAME = "modelyard.io/served-name"
+ANNOTATION_IMAGE = "modelyard.io/image"
+KUBEAI_NAME_MAX = 40  # the Model CRD's rule
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    namespace: str = "default"
+    server_image: str = "ghcr.io/modelyard/modelyard:latest"  # a container image with modelyard installed
+    port: int = 11434
+    fallback_bytes: int = 4 * GIB  # memory to request when the image is not in the local store
+    kubeai_profile: str = "cpu"  # KubeAI resource profile for CPU models
+    kubeai_gpu_profile: str = "nvidia-gpu-l4"  # for models with gpuLayers all or N > 0
+    profile_unit_bytes: int = 2 * GIB  # memory one unit of the profile gives
+    docker_config_secret: str = ""  # a Secret with `.dockerconfigjson`, for private registries
+
+
+def export_kubernetes(
+    spec: Spec,
+    *,
+    mode: Mode = "both",
+    estimates: Mapping[str, int] | None = None,
+    options: ExportOptions | None = None,
+) -> list[dict[str, Any]]:
+    """Kubernetes resources for every model the spec does not suspend."""
+    options = options or ExportOptions()
+    estimates = estimates or {}
+    names = _resource_names(spec)
+    resources: list[dict[str, Any]] = []
+    for model in spec.models:
+        if model.suspend:
+            continue
+        name = names[model.name]
+        if mode in ("deployment", "both"):
+            resources.extend(_deployment(spec, model, name, estimates.get(model.name), options))
+        if mode in ("kubeai", "both"):
+            resources.append(_kubeai_model(spec, model, name, estimates.get(model.name), options))
+    return resources
+
+
+def export_yaml(resources: list[dict[str, Any]]) -> str:
+    return yaml.safe_dump_all(resources, sort_keys=False)
+
+
+def estimate_models(spec: Spec, store: Store) -> dict[str, int]:
+    """Bytes each model takes with the spec's options, for the images in the local store."""
+    out: dict[str, int] = {}
+    for model in spec.models:
+        try:
+            servable = load_servable(store, parse_reference(model.image))
+            options = {**servable.params, **model.load_options()}
+            load = parse_load_options(options)
+        except ModelyardError:
+            continue
+        shape = servable.gguf.shape
+        n_ctx = load.num_ctx if "num_ctx" in options else DEFAULT_NUM_CTX
+        if shape.n_ctx_train:
+            n_ctx = min(n_ctx, shape.n_ctx_train)
+        out[model.name] = estimate(shape, n_ctx=n_ctx, slots=load.num_parallel, n_batch=load.num_batch).total
+    return out
+
+
+# --- plain Deployments ----------------------------------------------------------------------------
+
+
+def _deployment(
+    spec: Spec, model: ModelSpec, name: str, estimated: int | None, options: ExportOptions
+) -> list[dict[str, Any]]:
+    full = f"{spec.name}-{name}"[:63].rstrip("-")
+    labels = {
+        "app.kubernetes.io/name": "modelyard",
+        "app.kubernetes.io/instance": full,
+        "app.kubernetes.io/managed-by": "modelyard",
+        LABEL_SET: spec.name,
+        LABEL_MODEL: name,
+    }
+    need = (estimated or options.fallback_bytes) + SERVER_OVERHEAD
+    one = Spec(
+        name=spec.name,
+        body=ModelSetBody(interval=spec.body.interval, prune=True, models=(model,)),
+        labels=dict(spec.labels),
+    )
+    annotations = {
+        ANNOTATION_SERVED_NAME: model.name,
+        ANNOTATION_IMAGE: model.image,
+        ANNOTATION_ESTIMATE: _estimate_note(estimated),
+    }
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(full, options, labels, annotations),
+        "data": {"modelset.yaml": one.to_yaml()},
+    }
+    env = [
+        {"name": "MODELYARD_HOST", "value": f"0.0.0.0:{options.port}"},
+        {"name": "MODELYARD_HOME", "value": "/var/lib/modelyard"},
+    ]
+    mounts = [
+        {"name": "spec", "mountPath": "/etc/modelyard", "readOnly": True},
+        {"name": "home", "mountPath": "/var/lib/modelyard"},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "spec", "configMap": {"name": full}},
+        {"name": "home", "emptyDir": {}},
+    ]
+    if options.docker_config_secret:
+        env.append({"name": "DOCKER_CONFIG", "value": "/etc/modelyard-docker"})
+        mounts.append({"name": "docker-config", "mountPath": "/etc/modelyard-docker", "readOnly": True})
+        volumes.append(
+            {
+                "name": "docker-config",
+                "secret": {
+                    "secretName": options.docker_config_secret,
+                    "items": [{"key": ".dockerconfigjson", "path": "config.json"}],
+                },
+            }
+        )
+    health = {"httpGet": {"path": "/health", "port": "http"}}
+    resources: dict[str, Any] = {
+        "requests": {"cpu": "1", "memory": _quantity(need)},
+        "limits": {"memory": _quantity(int(need * 1.25))},
+    }
+    if _uses_gpu(model):
+        resources["limits"]["nvidia.com/gpu"] = "1"
+    container = {
+        "name": "modelyard",
+        "image": options.server_image,
+        "args": ["serve", "--spec", "/etc/modelyard/modelset.yaml"],
+        "ports": [{"name": "http", "containerPort": options.port, "protocol": "TCP"}],
+        "env": env,
+        "resources": resources,
+        # Pulling a large model can take minutes: the startup probe waits up to 30 minutes.
+        "startupProbe": {**health, "periodSeconds": 10, "failureThreshold": 180},
+        "readinessProbe": {**health, "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {**health, "periodSeconds": 20, "failureThreshold": 3},
+        "volumeMounts": mounts,
+    }
+    selector = {"app.kubernetes.io/instance": full}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(full, options, labels, annotations),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": selector},
+            # Memory for one replica at a time on a node sized for one: recreate, not surge.
+            "strategy": {"type": "Recreate"},
+            "template": {
+                "metadata": {"labels": labels, "annotations": {"modelyard.io/spec-digest": one.digest}},
+                "spec": {"containers": [container], "volumes": volumes},
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(full, options, labels, {ANNOTATION_SERVED_NAME: model.name}),
+        "spec": {
+            "selector": selector,
+            "ports": [{"name": "http", "port": options.port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+    return [config_map, deployment, service]
+
+
+# --- KubeAI ---------------------------------------------------------------------------------------
+
+
+def _kubeai_model(
+    spec: Spec, model: ModelSpec, name: str, estimated: int | None, options: ExportOptions
+) -> dict[str, Any]:
+    ref = parse_reference(model.image)
+    if not ref.is_remote:
+        raise SpecError(
+            f"model {model.name!r}: {model.image} is a local image; KubeAI pulls from a registry, "
+            "so push it and name the registry in the spec"
+        )
+    if not ref.tag:
+        raise SpecError(
+            f"model {model.name!r}: KubeAI's Ollama engine pulls by tag; give {model.image} a tag"
+        )
+    need = estimated or options.fallback_bytes
+    profile = options.kubeai_gpu_profile if _uses_gpu(model) else options.kubeai_profile
+    units = 1 if _uses_gpu(model) else max(1, math.ceil(need / options.profile_unit_bytes))
+    stays = model.pinned or math.isinf(model.keep_alive)
+    body: dict[str, Any] = {
+        "features": ["TextGeneration"],
+        "engine": "OLlama",
+        "url": f"ollama://{ref.name}:{ref.tag}",
+        "resourceProfile": f"{profile}:{units}",
+        "minReplicas": 1 if stays else 0,
+        "maxReplicas": 1,
+        "scaleDownDelaySeconds": 30 if stays else max(int(model.keep_alive), 1),
+        "targetRequests": model.parallel or 1,
+    }
+    env = {}
+    if model.parallel:
+        env["OLLAMA_NUM_PARALLEL"] = str(model.parallel)
+    if model.context:
+        env["OLLAMA_CONTEXT_LENGTH"] = str(model.context)
+    if env:
+        body["env"] = env
+    labels = {"app.kubernetes.io/managed-by": "modelyard", LABEL_SET: spec.name}
+    annotations = {
+        ANNOTATION_SERVED_NAME: model.name,
+        ANNOTATION_IMAGE: model.image,
+        ANNOTATION_ESTIMATE: _estimate_note(estimated),
+    }
+    return {
+        "apiVersion": "kubeai.org/v1",
+        "kind": "Model",
+        "metadata": _metadata(name[:KUBEAI_NAME_MAX].rstrip("-"), options, labels, annotations),
+        "spec": body,
+    }
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+_INVALID = re.compile(r"[^a-z0-9-]+")
+
+
+def kubernetes_name(served: str) -> str:
+    """A served name as a DNS label: `Gemma3:270m` → `gemma3-270m`."""
+    name = _INVALID.sub("-", served.lower()).strip("-")
+    return name[:KUBEAI_NAME_MAX].rstrip("-") or "model"
+
+
+def _resource_names(spec: Spec) -> dict[str, str]:
+    names: dict[str, str] = {}
+    for model in spec.models:
+        name = kubernetes_name(model.name)
+        clash = next((served for served, taken in names.items() if taken == name), None)
+        if clash is not None:
+            raise SpecError(
+                f"models {clash!r} and {model.name!r} both become {name!r} on Kubernetes; rename one"
+            )
+        names[model.name] = name
+    return names
+
+
+def _metadata(
+    name: str, options: ExportOptions, labels: Mapping[str, str], annotations: Mapping[str, str]
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": options.namespace,
+        "labels": dict(labels),
+        "annotations": dict(annotations),
+    }
+
+
+def _uses_gpu(model: ModelSpec) -> bool:
+    return model.gpu_layers == "all" or (isinstance(model.gpu_layers, int) and model.gpu_layers > 0)
+
+
+def _quantity(size: int) -> str:
+    return f"{math.ceil(size / MIB)}Mi"
+
+
+def _estimate_note(estimated: int | None) -> str:
+    if estimated is None:
+        return "unknown: the image is not in the local store; requests use the fallback, adjust them"
+    return f"{estimated / GIB:.2f}GiB (weights, KV cache and compute, from the GGUF header)"

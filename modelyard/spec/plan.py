@@ -1,0 +1,493 @@
+"""What to do so that what is loaded matches the spec: a pure function of the spec, what was observed,
+and what the reconciler remembers (`plan`), and the plan as text (`format_plan`).
+
+    spec  ─┐
+    observed (the scheduler's models, what each image reference resolves to, estimates) ─┼─▶ plan ─▶ Plan
+    inventory (what the reconciler loaded, failures, backoff) ─┘
+
+Per model, in priority order (higher first, then spec order):
+
+    suspended (spec or model)                      nothing
+    a permanent failure for this very entry        nothing until the entry (or the budget) changes
+    in backoff after a failure                     nothing until then
+    an image not resolvable and none known         nothing (Degraded PullFailed)
+    an image not in the store                      pull
+    more than the budget, or than what is left     nothing (DoesNotFit); unload it if loaded by us
+    not loaded                                     load  (not again after its keepAlive ran out: Standby)
+    failed (crashed)                               load again (self-heal)
+    another digest, same load options              swap: the new one loads beside the old, no downtime
+    other load options (context, slots, adapters)  reload
+    only keepAlive, pinned, params, priority       update in place (no reload)
+    as the spec says                               nothing
+
+Prune: models this reconciler loaded (its inventory) that the spec no longer lists are unloaded
+when `prune: true`; with `prune: all`, every loaded model the spec does not list.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from modelyard.spec.schema import ModelSpec, Spec, model_key
+
+
+class Reason(enum.StrEnum):
+    """Why a model is not Ready (the Degraded condition's reasons)."""
+
+    PULL_FAILED = "PullFailed"
+    LOAD_FAILED = "LoadFailed"
+    DOES_NOT_FIT = "DoesNotFit"
+    CRASHED = "Crashed"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An action or a check that failed. `permanent`: retrying cannot help until the spec changes."""
+
+    reason: Reason
+    message: str
+    permanent: bool = False
+    retry_after: float = 0.0  # at least this long before the next try (a registry's or scheduler's ask)
+
+
+# --- what was observed ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Running:
+    """One model the scheduler holds (its status, reduced to what planning needs)."""
+
+    name: str
+    digest: str
+    state: str  # ready | loading | failed | unloading
+    size: int = 0
+    context_length: int = 0
+    slots: int = 0
+    pinned: bool = False
+    last_error: str = ""
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ImageState:
+    """What an image reference resolves to now: the digest its tag names (the registry's; the store's
+    for a local name), and the stored image for that digest (or, when it cannot be resolved now, for
+    the digest it resolved to last), if any."""
+
+    reference: str
+    digest: str | None  # None: it could not be resolved now (see error)
+    local_digest: str | None = None
+    error: Failure | None = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    running: Mapping[str, Running]
+    images: Mapping[str, ImageState]  # by reference text, as the spec writes it
+    footprints: Mapping[str, int]  # model name -> estimated bytes of its target, once its images are stored
+    budget: int  # what the scheduler may hold: RAM and GPU budgets together
+    now: float
+    session: str  # this reconciler process: what it loaded before a restart is loaded again
+
+
+# --- what the reconciler remembers (persisted) ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What the reconciler last had the scheduler load for a model, and what the scheduler then said."""
+
+    digest: str
+    load_key: str  # digest, adapters and load options
+    options_key: str  # load options alone: equal means a new digest can swap in beside the old
+    serve_key: str  # keepAlive, pinned, params, priority: what applies without a reload
+    context_length: int
+    slots: int
+    keep_alive: float
+    session: str
+
+
+@dataclass(frozen=True)
+class Memory:
+    """The reconciler's memory of one model."""
+
+    applied: Applied | None = None
+    failure: Failure | None = None
+    failures: int = 0
+    retry_at: float = 0.0
+    blocked_on: str = ""  # model_key() of the entry a permanent failure waits to see change
+
+
+@dataclass(frozen=True)
+class Inventory:
+    models: Mapping[str, Memory] = field(default_factory=dict)
+    known_digests: Mapping[str, str] = field(default_factory=dict)  # reference -> last resolved digest
+
+    def memory(self, name: str) -> Memory:
+        return self.models.get(name, Memory())
+
+
+# --- the plan -------------------------------------------------------------------------------------
+
+
+class ActionKind(enum.StrEnum):
+    PULL = "pull"
+    LOAD = "load"
+    RELOAD = "reload"
+    SWAP = "swap"
+    UPDATE = "update"
+    UNLOAD = "unload"
+
+
+@dataclass(frozen=True)
+class AdapterTarget:
+    image: str
+    digest: str
+    scale: float
+
+
+@dataclass(frozen=True)
+class LoadTarget:
+    """Everything needed to load one model as the spec says, with digests from the store."""
+
+    name: str
+    image: str
+    digest: str  # the local manifest digest
+    adapters: tuple[AdapterTarget, ...] = ()
+    load_options: tuple[tuple[str, int], ...] = ()  # num_ctx, num_parallel, num_gpu as the spec sets them
+    params: tuple[tuple[str, Any], ...] = ()  # request defaults over the image's parameters
+    keep_alive: float = math.inf
+    pinned: bool = False
+    priority: int = 0
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {**dict(self.params), **dict(self.load_options)}
+
+    @property
+    def load_key(self) -> str:
+        return _key([self.digest, [(a.digest, a.scale) for a in self.adapters], self.load_options])
+
+    @property
+    def options_key(self) -> str:
+        return _key(self.load_options)
+
+    @property
+    def serve_key(self) -> str:
+        keep_alive = "forever" if math.isinf(self.keep_alive) else self.keep_alive
+        return _key([keep_alive, self.pinned, self.params, self.priority])
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    model: str
+    reason: str
+    target: LoadTarget | None = None  # load, reload, swap, update
+    image: str = ""  # pull: the reference
+    digest: str = ""  # pull: the digest it should bring
+
+
+class Phase(enum.StrEnum):
+    """Where a model stands after this plan (before its actions run)."""
+
+    READY = "Ready"  # loaded as the spec says
+    STANDBY = "Standby"  # unloaded after its keepAlive ran out; loads again on the next request
+    PULLING = "Pulling"
+    LOADING = "Loading"  # load, reload, swap or update planned
+    WAITING = "Waiting"  # backoff after a failure, or the scheduler is busy with it
+    FAILED = "Failed"  # cannot go on: unresolvable, does not fit, or a permanent failure
+    DRIFTED = "Drifted"  # not as the spec says, and selfHeal is off
+    SUSPENDED = "Suspended"
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    name: str
+    phase: Phase
+    message: str
+    actions: tuple[Action, ...] = ()
+    target: LoadTarget | None = None  # what the spec asks for, when its images are all stored
+    failure: Failure | None = None  # what keeps it from Ready now (observed, or remembered)
+    footprint: int | None = None
+    key: str = ""  # blocking_key(): what a permanent failure of these actions waits to see change
+
+
+@dataclass(frozen=True)
+class Plan:
+    models: tuple[ModelPlan, ...]  # in the order they are acted on
+    prune: tuple[Action, ...] = ()  # unloads of models the spec no longer lists
+    forget: tuple[str, ...] = ()  # inventory entries no longer needed
+    budget: int = 0
+
+    @property
+    def actions(self) -> tuple[Action, ...]:
+        """Every action in the order they run: unloads first (they free memory), then per model."""
+        yielding = tuple(a for m in self.models for a in m.actions if a.kind is ActionKind.UNLOAD)
+        rest = tuple(a for m in self.models for a in m.actions if a.kind is not ActionKind.UNLOAD)
+        return self.prune + yielding + rest
+
+    @property
+    def empty(self) -> bool:
+        return not self.actions
+
+    def model(self, name: str) -> ModelPlan | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+# --- planning -------------------------------------------------------------------------------------
+
+
+def plan(spec: Spec, observed: Observed, inventory: Inventory) -> Plan:
+    body = spec.body
+    budget = body.memory.total if body.memory.total is not None else observed.budget
+    ordered = sorted(enumerate(body.models), key=lambda im: (-im[1].priority, im[0]))
+    # Suspended models keep whatever memory they hold.
+    used = sum(
+        observed.running[m.name].size
+        for m in body.models
+        if m.suspend and m.name in observed.running and not body.suspend
+    )
+    models = []
+    for _, model in ordered:
+        planned = _plan_model(spec, model, observed, inventory, budget, used)
+        if planned.footprint is not None and planned.phase not in (Phase.FAILED, Phase.STANDBY):
+            used += planned.footprint
+        models.append(planned)
+    listed = {m.name for m in body.models}
+    prune: list[Action] = []
+    if not body.suspend and body.prune:
+        for name, running in sorted(observed.running.items()):
+            if name in listed or running.state == "unloading":
+                continue
+            ours = inventory.memory(name).applied is not None
+            if ours or body.prune == "all":
+                why = "no longer in the spec" if ours else "not in the spec (prune: all)"
+                prune.append(Action(ActionKind.UNLOAD, name, why))
+    forget = tuple(sorted(n for n in inventory.models if n not in listed and n not in observed.running))
+    return Plan(tuple(models), tuple(prune), forget, budget)
+
+
+def _plan_model(
+    spec: Spec, model: ModelSpec, observed: Observed, inventory: Inventory, budget: int, used: int
+) -> ModelPlan:
+    name = model.name
+    memory = inventory.memory(name)
+    running = observed.running.get(name)
+    if spec.body.suspend or model.suspend:
+        which = "the spec is" if spec.body.suspend else "this model is"
+        return ModelPlan(name, Phase.SUSPENDED, f"{which} suspended: nothing is loaded, unloaded or healed")
+
+    # Images: each reference to a digest (the one it resolved to last when it cannot be resolved now).
+    resolved: list[str] = []
+    stored: dict[str, str] = {}
+    pulls: list[Action] = []
+    warning: Failure | None = None
+    for reference in model.reference_texts:
+        state = observed.images.get(reference, ImageState(reference, None))
+        digest = state.digest or inventory.known_digests.get(reference)
+        warning = warning or state.error
+        if digest is None or (state.digest is None and state.local_digest is None):
+            failure = state.error or Failure(Reason.PULL_FAILED, f"{reference} cannot be resolved yet")
+            return ModelPlan(name, Phase.FAILED, failure.message, failure=failure)
+        resolved.append(digest)
+        if state.local_digest is None:
+            why = "not in the store" if running is None else f"the tag now points to {digest[:19]}"
+            pulls.append(Action(ActionKind.PULL, name, why, image=reference, digest=digest))
+        else:
+            stored[reference] = state.local_digest
+    key = blocking_key(spec, model, resolved)
+    if memory.failure is not None and memory.blocked_on == key:
+        message = f"{memory.failure.message} (waiting for a change to this model in the spec)"
+        return ModelPlan(name, Phase.FAILED, message, failure=memory.failure, key=key)
+    if memory.failure is not None and observed.now < memory.retry_at:
+        wait = memory.retry_at - observed.now
+        message = f"{memory.failure.message}; retrying in {wait:.0f} s"
+        return ModelPlan(name, Phase.WAITING, message, failure=memory.failure, key=key)
+    if pulls:
+        return ModelPlan(name, Phase.PULLING, pulls[0].reason, tuple(pulls), failure=warning, key=key)
+
+    target = target_for(model, stored)
+    footprint = _footprint(target, running, memory.applied, observed)
+    refused = _admit(footprint, budget, used)
+    if refused is not None:
+        actions: tuple[Action, ...] = ()
+        if running is not None and running.state == "ready" and memory.applied is not None:
+            actions = (Action(ActionKind.UNLOAD, name, "makes room for models of higher priority"),)
+        return ModelPlan(name, Phase.FAILED, refused.message, actions, target, refused, footprint, key)
+    planned = _compare(spec, model, target, running, memory, observed, footprint, warning)
+    return replace(planned, key=key)
+
+
+def blocking_key(spec: Spec, model: ModelSpec, digests: Sequence[str]) -> str:
+    """What a permanent failure waits to see change: the model's entry, the budget, or a digest."""
+    return model_key(spec, model) + ":" + _key(list(digests))
+
+
+def _compare(
+    spec: Spec,
+    model: ModelSpec,
+    target: LoadTarget,
+    running: Running | None,
+    memory: Memory,
+    observed: Observed,
+    footprint: int | None,
+    warning: Failure | None,
+) -> ModelPlan:
+    name = model.name
+    applied = memory.applied
+    heal = spec.body.self_heal
+
+    def act(kind: ActionKind, why: str) -> ModelPlan:
+        # An update in place keeps the model serving as it is: it stays Ready.
+        phase = Phase.READY if kind is ActionKind.UPDATE else Phase.LOADING
+        action = Action(kind, name, why, target)
+        return ModelPlan(name, phase, why, (action,), target, warning, footprint)
+
+    def drifted(why: str) -> ModelPlan:
+        return ModelPlan(name, Phase.DRIFTED, f"{why}; selfHeal is off", (), target, warning, footprint)
+
+    if running is None:
+        ours_now = applied is not None and applied.session == observed.session
+        if ours_now and applied is not None and applied.load_key == target.load_key:
+            if not math.isinf(model.keep_alive):
+                message = "unloaded after its keepAlive; loads again on the next request"
+                return ModelPlan(name, Phase.STANDBY, message, (), target, warning, footprint)
+            if not heal:
+                return drifted("unloaded outside the spec")
+            return act(ActionKind.LOAD, "unloaded outside the spec; loading it again")
+        return act(ActionKind.LOAD, "not loaded")
+    if running.state == "failed":
+        if not heal:
+            return drifted(f"its runner failed ({running.last_error})")
+        crashed = Failure(Reason.CRASHED, running.last_error or "its runner failed")
+        action = Action(
+            ActionKind.LOAD, name, f"its runner failed ({running.last_error}); loading it again", target
+        )
+        return ModelPlan(name, Phase.LOADING, action.reason, (action,), target, crashed, footprint)
+    if running.state in ("loading", "unloading"):
+        return ModelPlan(
+            name, Phase.WAITING, f"the scheduler is {running.state} it", (), target, warning, footprint
+        )
+    same_options = applied is not None and applied.options_key == target.options_key
+    if running.digest != target.digest:
+        if applied is not None and running.digest != applied.digest and not heal:
+            return drifted(f"serving {running.digest[:19]}, loaded outside the spec")
+        if applied is None or same_options:
+            return act(ActionKind.SWAP, f"{running.digest[:19]} → {target.digest[:19]}")
+        return act(ActionKind.RELOAD, f"new digest {target.digest[:19]} and new load options")
+    if applied is None:
+        return act(ActionKind.UPDATE, "loaded outside the spec; adopting it")
+    if applied.load_key != target.load_key:
+        return act(ActionKind.RELOAD, "load options changed: " + _describe_options(target))
+    if (running.context_length, running.slots) != (applied.context_length, applied.slots):
+        if not heal:
+            return drifted("reloaded with other options outside the spec")
+        return act(ActionKind.RELOAD, "reloaded with other options outside the spec; restoring")
+    if applied.serve_key != target.serve_key or running.pinned != target.pinned:
+        return act(ActionKind.UPDATE, "keepAlive, pinned, params or priority changed (no reload)")
+    if applied.session != observed.session:
+        return act(ActionKind.UPDATE, "loaded before this daemon started; adopting it")
+    return ModelPlan(name, Phase.READY, f"serving {target.digest[:19]}", (), target, warning, footprint)
+
+
+def target_for(model: ModelSpec, digests: Mapping[str, str]) -> LoadTarget:
+    """The load target of `model`, given the stored digest of each of its image references."""
+    return LoadTarget(
+        name=model.name,
+        image=model.image,
+        digest=digests[model.image],
+        adapters=tuple(AdapterTarget(a.image, digests[a.image], a.scale) for a in model.adapters),
+        load_options=tuple(sorted(model.load_options().items())),
+        params=tuple(sorted(model.params.items())),
+        keep_alive=model.keep_alive,
+        pinned=model.pinned,
+        priority=model.priority,
+    )
+
+
+def _footprint(
+    target: LoadTarget, running: Running | None, applied: Applied | None, observed: Observed
+) -> int | None:
+    """Bytes the model takes: measured when it is loaded as targeted, else the estimate."""
+    if (
+        running is not None
+        and running.state == "ready"
+        and running.size
+        and applied is not None
+        and applied.load_key == target.load_key
+        and running.digest == target.digest
+    ):
+        return running.size
+    return observed.footprints.get(target.name)
+
+
+def _admit(footprint: int | None, budget: int, used: int) -> Failure | None:
+    if footprint is None:
+        return None  # unknown: let the scheduler decide
+    gib = 2**30
+    if footprint > budget:
+        return Failure(
+            Reason.DOES_NOT_FIT,
+            f"needs about {footprint / gib:.2f} GiB but the budget is {budget / gib:.2f} GiB even with "
+            "nothing else loaded; lower context or parallel, use a smaller quantization, or raise "
+            "spec.memory",
+            permanent=True,
+        )
+    if used + footprint > budget:
+        return Failure(
+            Reason.DOES_NOT_FIT,
+            f"needs about {footprint / gib:.2f} GiB; models of higher priority use {used / gib:.2f} GiB "
+            f"of the {budget / gib:.2f} GiB budget",
+        )
+    return None
+
+
+def _describe_options(target: LoadTarget) -> str:
+    names = {"num_ctx": "context", "num_parallel": "parallel", "num_gpu": "gpuLayers"}
+    shown = [f"{names.get(k, k)} {v}" for k, v in target.load_options] or ["the image's defaults"]
+    if target.adapters:
+        shown.append(f"{len(target.adapters)} adapter(s)")
+    return ", ".join(shown)
+
+
+def _key(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --- as text --------------------------------------------------------------------------------------
+
+
+def format_plan(plan: Plan) -> str:
+    """For `apply --dry-run` and `diff`: one line per action, then models that need nothing."""
+    lines = []
+    for action in plan.actions:
+        what = action.image or (action.target.image if action.target else "")
+        detail = f" {what}" if what else ""
+        if action.kind is ActionKind.PULL:
+            detail = f" {action.image}@{action.digest[:19]}"
+        lines.append(
+            f"{_SIGNS[action.kind]} {action.kind.value:<7} {action.model}{detail}  ({action.reason})"
+        )
+    for model in plan.models:
+        if not model.actions:
+            lines.append(f"  {model.phase.value.lower():<7} {model.name}  ({model.message})")
+    if not plan.actions:
+        lines.insert(0, "nothing to do: what is loaded matches the spec")
+    return "\n".join(lines)
+
+
+_SIGNS = {
+    ActionKind.PULL: "↓",
+    ActionKind.LOAD: "+",
+    ActionKind.RELOAD: "~",
+    ActionKind.SWAP: "~",
+    ActionKind.UPDATE: "~",
+    ActionKind.UNLOAD: "-",
+}

@@ -1,0 +1,646 @@
+"""The reconciler: keeps what is loaded in line with the spec, level-triggered, GitOps style.
+
+On every change (a new spec, a runner that died or unloaded) and every `interval` it observes (what
+the scheduler holds; what each image reference points to now; what is in the store), plans (a pure
+function, plan.py), and executes the plan through `Effects`, re-planning after each pass until there
+is nothing left to do (a pull is followed by the load it made possible). Nothing here touches the
+store, the registry or runners directly: `Effects` is the seam (host.py is the real one; tests use a
+recording fake).
+
+- A new spec is validated whole (`submit`); an invalid one is rejected with every problem listed and
+  the last good one stays in force. Status never writes into the user's YAML.
+- Failures retry with capped, jittered exponential backoff per model; permanent ones (a digest
+  mismatch, a model that does not fit even alone, an unusable image) wait for a change to that model
+  in the spec, or for its tag to move.
+- Swaps to a new digest go through `Scheduler.ensure`, which loads the new runner beside the old,
+  switches traffic and drains the old (or, when memory holds one, unloads first: the status says so).
+- Everything it needs after a restart (the last good spec, its generation, the inventory that prune
+  relies on, last resolved digests, failures, condition times, events) is saved under
+  $MODELYARD_HOME (state.py).
+
+Asyncio: one event loop; `run` is the daemon, `reconcile` one round, `submit` takes a new spec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from modelyard.errors import (
+    BuildError,
+    DigestMismatchError,
+    InvalidReferenceError,
+    ModelDoesNotFitError,
+    ModelyardError,
+    RegistryError,
+    RunnerCrashedError,
+    RunnerError,
+    ServerBusyError,
+    SpecSourceError,
+    SpecValidationError,
+    StoreError,
+)
+from modelyard.spec.plan import (
+    Action,
+    ActionKind,
+    Applied,
+    Failure,
+    ImageState,
+    LoadTarget,
+    Memory,
+    ModelPlan,
+    Observed,
+    Phase,
+    Plan,
+    Reason,
+    Running,
+    plan,
+    target_for,
+)
+from modelyard.spec.schema import Spec, SpecDocument, parse_spec
+from modelyard.spec.state import MAX_EVENTS, Event, Rejection, SavedState, load_state, save_state
+from modelyard.spec.status import ModelReport, report_model, timestamp
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+class Effects(Protocol):
+    """What the reconciler does to the world. host.SchedulerHost is the real one."""
+
+    async def resolve(self, image: str) -> str:
+        """The digest `image` points to now: the registry's for a remote tag, the store's for a local
+        name, the reference's own when it pins one."""
+        ...
+
+    def local_digest(self, image: str, digest: str) -> str | None:
+        """The stored image `image` resolved to `digest` gives, or None when it must be pulled."""
+        ...
+
+    async def pull(self, image: str, digest: str) -> str:
+        """Bring `image` at `digest` into the store; returns the local digest."""
+        ...
+
+    def footprint(self, target: LoadTarget) -> int | None:
+        """Estimated bytes `target` takes once loaded (None: unknown)."""
+        ...
+
+    async def ensure(self, target: LoadTarget) -> Running:
+        """Make `target` the loaded one for its name (load, reload, swap or update in place)."""
+        ...
+
+    async def unload(self, name: str) -> None: ...
+
+    def running(self) -> list[Running]: ...
+
+    def memory_budget(self) -> int:
+        """Bytes the scheduler may hold (RAM and GPU budgets together)."""
+        ...
+
+
+class SpecSource(Protocol):
+    """Where specs come from (sources.py): read it again every `poll_interval` seconds."""
+
+    description: str
+    poll_interval: float
+
+    def read(self) -> SpecSnapshot: ...
+
+
+@dataclass(frozen=True)
+class SpecSnapshot:
+    documents: tuple[SpecDocument, ...]
+    revision: str  # a content hash, or a commit
+
+
+@dataclass(frozen=True)
+class ReconcilerSettings:
+    state_path: Path  # $MODELYARD_HOME/reconciler/state.json
+    interval: float | None = None  # None: the spec's own `interval` (30 s by default)
+    backoff_base: float = 1.0
+    backoff_max: float = 300.0
+    heal_poll: float = 1.0  # how often the scheduler is glanced at for crashed or unloaded models
+    debounce: float = 0.25  # a changed source must read the same twice this far apart
+    max_passes: int = 6  # re-plans per round (pull, then load, then …)
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    accepted: bool
+    generation: int
+    changed: bool  # a new generation (the spec's content changed)
+    error: SpecValidationError | None = None
+
+
+class Reconciler:
+    def __init__(
+        self,
+        effects: Effects,
+        settings: ReconcilerSettings,
+        *,
+        clock: Clock = time.time,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.effects = effects
+        self.settings = settings
+        self.clock = clock
+        self._rand = rand
+        self._session = uuid.uuid4().hex
+        saved = load_state(settings.state_path)
+        self._generation = saved.generation
+        self._revision = saved.revision
+        self._spec: Spec | None = _restore_spec(saved)
+        self._inventory = saved.inventory
+        self._reports: dict[str, ModelReport] = dict(saved.reports)
+        self._events: list[Event] = list(saved.events)
+        self._rejected = saved.rejected
+        self._observed_generation = 0
+        self._last_plan: Plan | None = None
+        self._last_round: float | None = None
+        self._in_progress: dict[str, Action] = {}
+        self._serving: dict[str, LoadTarget] = {}
+        self._resolved: dict[str, str] = {}
+        self._source = ""
+        self._source_error: str | None = None
+        self._round_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._fingerprint: tuple[tuple[str, str, str], ...] = ()
+
+    # --- the spec ---------------------------------------------------------------------------------
+
+    @property
+    def spec(self) -> Spec | None:
+        """The spec in force (the last good one)."""
+        return self._spec
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def submit(self, documents: Sequence[SpecDocument], revision: str = "") -> SubmitResult:
+        """Validate a new spec and put it in force, or reject it whole (the last good one stays)."""
+        now = self.clock()
+        try:
+            spec = parse_spec(documents)
+        except SpecValidationError as exc:
+            self._rejected = Rejection(revision, now, tuple(exc.issues))
+            self._event(
+                "", "rejected", f"revision {revision or '?'}: {len(exc.issues)} problem(s): {exc.issues[0]}"
+            )
+            self._save()
+            return SubmitResult(False, self._generation, False, exc)
+        return self.accept(spec, revision)
+
+    def accept(self, spec: Spec, revision: str = "") -> SubmitResult:
+        """Put an already valid spec in force."""
+        self._rejected = None
+        self._revision = revision
+        changed = self._spec is None or spec.digest != self._spec.digest
+        if changed:
+            self._generation += 1
+            self._forget_failures_of_changed_models(self._spec, spec)
+            self._spec = spec
+            self._event(
+                "", "accepted", f"generation {self._generation} ({len(spec.models)} models) {revision}"
+            )
+        self._save()
+        self._wake.set()
+        return SubmitResult(True, self._generation, changed)
+
+    def _forget_failures_of_changed_models(self, old: Spec | None, new: Spec) -> None:
+        """A model whose entry changed is tried again at once (its backoff and blocks are cleared)."""
+        models = dict(self._inventory.models)
+        for model in new.models:
+            before = old.model(model.name) if old is not None else None
+            if before != model and model.name in models:
+                models[model.name] = replace(models[model.name], failure=None, failures=0, retry_at=0.0)
+        self._inventory = replace(self._inventory, models=models)
+
+    # --- one round --------------------------------------------------------------------------------
+
+    async def reconcile(self) -> Plan | None:
+        """Observe, plan, act; again until nothing is left to do. Returns the last plan (None: no spec)."""
+        async with self._round_lock:
+            spec = self._spec
+            if spec is None:
+                return None
+            generation = self._generation
+            current: Plan | None = None
+            acted = True
+            for attempt in range(self.settings.max_passes + 1):
+                observed = await self._observe(spec)
+                current = plan(spec, observed, self._inventory)
+                self._publish(spec, current, observed, generation)
+                if current.empty or not acted or attempt == self.settings.max_passes:
+                    break
+                acted = await self._execute(spec, current)
+            assert current is not None
+            self._inventory = replace(
+                self._inventory,
+                models={n: m for n, m in self._inventory.models.items() if n not in current.forget},
+            )
+            self._last_plan = current
+            self._last_round = self.clock()
+            self._observed_generation = generation
+            self._fingerprint = self._glance()
+            self._save()
+            await self._notify()
+            return current
+
+    async def preview(self, spec: Spec | None = None) -> Plan | None:
+        """The plan `spec` (default: the one in force) would make now, without acting (dry run, diff)."""
+        spec = spec or self._spec
+        if spec is None:
+            return None
+        return plan(spec, await self._observe(spec), self._inventory)
+
+    async def _observe(self, spec: Spec) -> Observed:
+        references = sorted({r for m in spec.models if not m.suspend for r in m.reference_texts})
+        results = await asyncio.gather(*(self._resolve(r) for r in references))
+        images = dict(zip(references, results, strict=True))
+        footprints: dict[str, int] = {}
+        for model in spec.models:
+            stored = {r: images[r].local_digest for r in model.reference_texts if r in images}
+            if len(stored) == len(model.reference_texts) and all(stored.values()):
+                estimate = self.effects.footprint(target_for(model, {r: d for r, d in stored.items() if d}))
+                if estimate is not None:
+                    footprints[model.name] = estimate
+        return Observed(
+            running=_by_name(self.effects.running()),
+            images=images,
+            footprints=footprints,
+            budget=self.effects.memory_budget(),
+            now=self.clock(),
+            session=self._session,
+        )
+
+    async def _resolve(self, reference: str) -> ImageState:
+        try:
+            digest = await self.effects.resolve(reference)
+        except ModelyardError as exc:
+            failure = classify(exc, ActionKind.PULL)
+            last = self._inventory.known_digests.get(reference)
+            local = self.effects.local_digest(reference, last) if last else None
+            if last and local is not None:
+                failure = replace(failure, message=f"{failure.message}; going on with {last[:19]}")
+            return ImageState(reference, None, local, failure)
+        if self._inventory.known_digests.get(reference) != digest:
+            known = {**self._inventory.known_digests, reference: digest}
+            self._inventory = replace(self._inventory, known_digests=known)
+        self._resolved[reference] = digest
+        return ImageState(reference, digest, self.effects.local_digest(reference, digest))
+
+    async def _execute(self, spec: Spec, current: Plan) -> bool:
+        """Run the plan: unloads, then pulls (together), then loads in priority order. True when any
+        action succeeded (so a new plan may have more to do)."""
+        actions = current.actions
+        progress = False
+        for action in (a for a in actions if a.kind is ActionKind.UNLOAD):
+            progress |= await self._run(spec, current, action)
+        pulls = [a for a in actions if a.kind is ActionKind.PULL]
+        if pulls:
+            results = await asyncio.gather(*(self._run(spec, current, a) for a in pulls))
+            progress |= any(results)
+        for action in actions:
+            if action.kind not in (ActionKind.UNLOAD, ActionKind.PULL):
+                progress |= await self._run(spec, current, action)
+        return progress
+
+    async def _run(self, spec: Spec, current: Plan, action: Action) -> bool:
+        name = action.model
+        planned = current.model(name)
+        self._in_progress[name] = action
+        if planned is not None:
+            self._report(spec, planned, _by_name(self.effects.running()).get(name), self._generation)
+        await self._notify()
+        try:
+            if action.kind is ActionKind.PULL:
+                local = await self.effects.pull(action.image, action.digest)
+                self._event(name, "pulled", f"{action.image} {action.digest[:19]} (stored as {local[:19]})")
+            elif action.kind is ActionKind.UNLOAD:
+                await self.effects.unload(name)
+                self._serving.pop(name, None)
+                self._remember(name, lambda m: replace(m, applied=None))
+                self._event(name, "unloaded", action.reason)
+            else:
+                target = action.target
+                assert target is not None
+                self._serving[name] = target
+                running = await self.effects.ensure(target)
+                applied = _applied(target, running, self._session)
+                self._remember(name, lambda m: replace(m, applied=applied))
+                note = f"; {running.note}" if running.note else ""
+                self._event(name, _PAST[action.kind], f"{action.reason}{note}")
+        except ModelyardError as exc:
+            failure = classify(exc, action.kind)
+            self._fail(name, failure, planned.key if planned is not None and failure.permanent else "")
+            self._event(name, "failed", f"{action.kind.value}: {failure.message}")
+            return False
+        finally:
+            self._in_progress.pop(name, None)
+        self._remember(name, lambda m: replace(m, failure=None, failures=0, retry_at=0.0, blocked_on=""))
+        return True
+
+    def _fail(self, name: str, failure: Failure, blocked_on: str) -> None:
+        memory = self._inventory.memory(name)
+        failures = memory.failures + 1
+        delay = max(self._backoff(failures), failure.retry_after)
+        self._remember(
+            name,
+            lambda m: replace(
+                m, failure=failure, failures=failures, retry_at=self.clock() + delay, blocked_on=blocked_on
+            ),
+        )
+
+    def _backoff(self, failures: int) -> float:
+        """base × 2^(n-1), capped, with ±20 % jitter so that many models don't retry in step."""
+        raw = min(self.settings.backoff_base * 2 ** (failures - 1), self.settings.backoff_max)
+        return raw * (0.8 + 0.4 * self._rand())
+
+    def _remember(self, name: str, change: Callable[[Memory], Memory]) -> None:
+        models = dict(self._inventory.models)
+        models[name] = change(models.get(name, Memory()))
+        self._inventory = replace(self._inventory, models=models)
+
+    # --- status -----------------------------------------------------------------------------------
+
+    def _publish(self, spec: Spec, current: Plan, observed: Observed, generation: int) -> None:
+        for planned in current.models:
+            self._report(spec, planned, observed.running.get(planned.name), generation)
+            if planned.target is not None and planned.phase in (Phase.READY, Phase.STANDBY):
+                self._serving[planned.name] = planned.target
+        listed = {m.name for m in spec.models}
+        for name in [n for n in self._reports if n not in listed]:
+            del self._reports[name]
+        for name in [n for n in self._serving if n not in listed]:
+            del self._serving[name]
+
+    def _report(self, spec: Spec, planned: ModelPlan, running: Running | None, generation: int) -> None:
+        model = spec.model(planned.name)
+        self._reports[planned.name] = report_model(
+            self._reports.get(planned.name),
+            planned,
+            image=model.image if model is not None else "",
+            resolved_digest=self._resolved.get(model.image, "") if model is not None else "",
+            running=running,
+            memory=self._inventory.memory(planned.name),
+            generation=generation,
+            now=self.clock(),
+            in_progress=self._in_progress.get(planned.name),
+        )
+
+    def target(self, name: str) -> LoadTarget | None:
+        """What a request for the served `name` should load: the spec's image, digest and options
+        (None: the spec does not serve that name). The HTTP server resolves names through this first."""
+        return self._serving.get(name)
+
+    def reports(self) -> list[ModelReport]:
+        spec = self._spec
+        order = [m.name for m in spec.models] if spec is not None else []
+        return [self._reports[n] for n in order if n in self._reports]
+
+    def ready(self) -> bool:
+        """Every model the spec does not suspend is Ready at the current generation."""
+        spec = self._spec
+        if spec is None or self._observed_generation != self._generation:
+            return False
+        wanted = [m.name for m in spec.models if not (m.suspend or spec.body.suspend)]
+        return all(
+            n in self._reports
+            and self._reports[n].ready
+            and self._reports[n].observed_generation == self._generation
+            for n in wanted
+        )
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait until `ready()`; False when `timeout` seconds pass first."""
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(self.ready), timeout)
+            except TimeoutError:
+                return False
+        return True
+
+    def status(self) -> dict[str, Any]:
+        """The whole status, JSON-ready (`GET /api/status`, `modelyard status`)."""
+        spec = self._spec
+        models = [r.to_json() for r in self.reports()]
+        wanted = [r for r in self.reports() if not (spec and (spec.body.suspend or _suspended(spec, r.name)))]
+        rejected = self._rejected
+        return {
+            "apiVersion": "modelyard/v1",
+            "kind": "ModelSetStatus",
+            "name": spec.name if spec is not None else None,
+            "generation": self._generation,
+            "observedGeneration": self._observed_generation,
+            "specDigest": spec.digest if spec is not None else None,
+            "suspended": bool(spec and spec.body.suspend),
+            "ready": self.ready(),
+            "readyModels": sum(1 for r in wanted if r.ready),
+            "wantedModels": len(wanted),
+            "source": {"description": self._source, "revision": self._revision, "error": self._source_error},
+            "rejected": None
+            if rejected is None
+            else {
+                "revision": rejected.revision,
+                "at": timestamp(rejected.at),
+                "issues": [
+                    {"path": i.path, "message": i.message, "file": i.file, "line": i.line, "text": str(i)}
+                    for i in rejected.issues
+                ],
+            },
+            "lastReconcile": timestamp(self._last_round),
+            "models": models,
+            "inventory": sorted(n for n, m in self._inventory.models.items() if m.applied is not None),
+            "events": [
+                {"time": timestamp(e.time), "model": e.model or None, "kind": e.kind, "message": e.message}
+                for e in self._events[-20:]
+            ],
+        }
+
+    # --- the daemon -------------------------------------------------------------------------------
+
+    async def run(self, source: SpecSource | None, stop: asyncio.Event) -> None:
+        """Reconcile until `stop` is set: on every change of `source`, whenever a spec model's runner
+        dies or unloads, and every interval. Without a source, the spec given to `submit` (or the
+        last good one saved) is kept in line."""
+        if source is not None:
+            self._source = source.description
+            await self._read(source, first=True)
+        tasks = [asyncio.create_task(self._glance_loop(stop))]
+        if source is not None:
+            tasks.append(asyncio.create_task(self._watch(source, stop)))
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                try:
+                    await self.reconcile()
+                except ModelyardError as exc:
+                    log.error("reconcile: %s", exc)
+                except Exception:  # a bug: logged with its traceback; the daemon keeps serving
+                    log.exception("reconcile failed")
+                await _wait_any(self._wake, stop, self._sleep_time())
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def _sleep_time(self) -> float:
+        spec = self._spec
+        interval = self.settings.interval or (spec.body.interval if spec is not None else 30.0)
+        retries = [m.retry_at for m in self._inventory.models.values() if m.failure and not m.blocked_on]
+        due = min((r - self.clock() for r in retries if r > self.clock()), default=interval)
+        return max(min(interval, due), 0.05)
+
+    async def _watch(self, source: SpecSource, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await _wait_any(None, stop, source.poll_interval)
+            if not stop.is_set():
+                await self._read(source)
+
+    async def _read(self, source: SpecSource, *, first: bool = False) -> None:
+        try:
+            snapshot = await asyncio.to_thread(source.read)
+            if snapshot.revision == self._revision or (
+                self._rejected is not None and snapshot.revision == self._rejected.revision
+            ):
+                self._source_error = None
+                return
+            if not first:  # a file being written reads differently twice: wait until it settles
+                await asyncio.sleep(self.settings.debounce)
+                again = await asyncio.to_thread(source.read)
+                if again.revision != snapshot.revision:
+                    return
+            self._source_error = None
+        except SpecSourceError as exc:
+            self._source_error = str(exc)
+            log.warning("%s", exc)
+            return
+        self.submit(snapshot.documents, snapshot.revision)
+
+    async def _glance_loop(self, stop: asyncio.Event) -> None:
+        """Wake the loop when a spec model's runner died, unloaded or changed outside a round."""
+        while not stop.is_set():
+            await _wait_any(None, stop, self.settings.heal_poll)
+            if not self._round_lock.locked() and self._glance() != self._fingerprint:
+                self._wake.set()
+
+    def _glance(self) -> tuple[tuple[str, str, str], ...]:
+        return tuple(sorted((r.name, r.digest, r.state) for r in self.effects.running()))
+
+    # --- bookkeeping ------------------------------------------------------------------------------
+
+    def _event(self, model: str, kind: str, message: str) -> None:
+        self._events.append(Event(self.clock(), model, kind, message))
+        del self._events[:-MAX_EVENTS]
+        log.info("%s%s: %s", f"{model}: " if model else "", kind, message)
+
+    def _save(self) -> None:
+        spec = self._spec
+        save_state(
+            self.settings.state_path,
+            SavedState(
+                generation=self._generation,
+                spec=spec.to_document() if spec is not None else None,
+                spec_digest=spec.digest if spec is not None else "",
+                revision=self._revision,
+                inventory=self._inventory,
+                reports=self._reports,
+                events=tuple(self._events),
+                rejected=self._rejected,
+            ),
+        )
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+
+def classify(exc: ModelyardError, kind: ActionKind) -> Failure:
+    """Which condition an error sets, and whether trying again can help before the spec changes."""
+    message = str(exc)
+    if isinstance(exc, ModelDoesNotFitError):
+        return Failure(Reason.DOES_NOT_FIT, message, permanent=True)
+    if isinstance(exc, DigestMismatchError):
+        return Failure(Reason.PULL_FAILED, message, permanent=True)
+    if isinstance(exc, BuildError | InvalidReferenceError):
+        return Failure(Reason.LOAD_FAILED, message, permanent=True)  # a GGUF that cannot be read
+    if isinstance(exc, ServerBusyError):
+        reason = Reason.CRASHED if "crashed" in message else Reason.LOAD_FAILED
+        return Failure(reason, message, retry_after=exc.retry_after)
+    if isinstance(exc, RunnerCrashedError):
+        return Failure(Reason.CRASHED, message)
+    if isinstance(exc, RunnerError):
+        return Failure(Reason.LOAD_FAILED, message)
+    if isinstance(exc, RegistryError | StoreError) or kind is ActionKind.PULL:
+        return Failure(Reason.PULL_FAILED, message)
+    return Failure(Reason.LOAD_FAILED, message)
+
+
+_PAST = {
+    ActionKind.LOAD: "loaded",
+    ActionKind.RELOAD: "reloaded",
+    ActionKind.SWAP: "swapped",
+    ActionKind.UPDATE: "updated",
+}
+
+
+def _applied(target: LoadTarget, running: Running, session: str) -> Applied:
+    return Applied(
+        digest=target.digest,
+        load_key=target.load_key,
+        options_key=target.options_key,
+        serve_key=target.serve_key,
+        context_length=running.context_length,
+        slots=running.slots,
+        keep_alive=target.keep_alive,
+        session=session,
+    )
+
+
+def _by_name(running: Sequence[Running]) -> Mapping[str, Running]:
+    """One entry per name: the first the scheduler lists (Effects.running puts the active one first)."""
+    out: dict[str, Running] = {}
+    for entry in running:
+        out.setdefault(entry.name, entry)
+    return out
+
+
+def _suspended(spec: Spec, name: str) -> bool:
+    model = spec.model(name)
+    return model is not None and model.suspend
+
+
+def _restore_spec(saved: SavedState) -> Spec | None:
+    if saved.spec is None:
+        return None
+    try:
+        return parse_spec([SpecDocument("(saved state)", yaml.safe_dump(dict(saved.spec)))])
+    except SpecValidationError:
+        log.warning("the saved spec no longer validates; waiting for a new one")
+        return None
+
+
+async def _wait_any(event: asyncio.Event | None, stop: asyncio.Event, timeout: float) -> None:
+    waiters = [asyncio.ensure_future(stop.wait())]
+    if event is not None:
+        waiters.append(asyncio.ensure_future(event.wait()))
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

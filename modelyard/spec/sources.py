@@ -1,0 +1,163 @@
+"""Where specs come from: a file or folder (watched), or a git repository (polled for new commits).
+
+    models.yaml | specs/                 FileSource: read every poll (0.5 s); the revision is a hash
+                                         of the contents, so an edit shows within a second
+    git+URL[@REF][#PATH]                 GitSource: `git ls-remote` every poll (30 s); on a new commit,
+    git+/path/to/checkout[@REF][#PATH]   fetch it into $MODELYARD_HOME/cache/git/… and read PATH there.
+                                         A local checkout is cloned from, never written to: only its
+                                         commits count, not edits in its working tree.
+
+Both return a SpecSnapshot (documents + revision); the reconciler validates it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelyard.errors import SpecSourceError
+from modelyard.spec.reconciler import SpecSnapshot
+from modelyard.spec.schema import SpecDocument, read_documents
+
+GIT_PREFIX = "git+"
+FILE_POLL_S = 0.5
+GIT_POLL_S = 30.0
+GIT_TIMEOUT_S = 120.0
+
+
+class FileSource:
+    """A spec file, or a folder of them (recursively)."""
+
+    def __init__(self, path: Path | str, *, poll_interval: float = FILE_POLL_S) -> None:
+        self.path = Path(path).expanduser().resolve()
+        self.poll_interval = poll_interval
+        self.description = str(self.path)
+
+    def read(self) -> SpecSnapshot:
+        documents = tuple(read_documents(self.path))
+        return SpecSnapshot(documents, content_revision(documents))
+
+
+@dataclass(frozen=True)
+class GitLocation:
+    url: str  # anything `git clone` takes: https://…, ssh://…, file://…, /a/local/checkout
+    ref: str  # branch, tag or commit; "" = the remote's HEAD
+    path: str  # file or folder inside the repository; "" = its root
+
+    def __str__(self) -> str:
+        return (
+            f"{GIT_PREFIX}{self.url}"
+            + (f"@{self.ref}" if self.ref else "")
+            + (f"#{self.path}" if self.path else "")
+        )
+
+
+def parse_git_location(text: str) -> GitLocation:
+    """`git+URL[@REF][#PATH]`; the `@REF` is taken only after the URL's last `/` (so `git@host:` stays)."""
+    if not text.startswith(GIT_PREFIX):
+        raise SpecSourceError(text, "a git source starts with git+ (git+https://host/repo.git#path)")
+    rest, _, path = text[len(GIT_PREFIX) :].partition("#")
+    head, slash, last = rest.rpartition("/")
+    ref = ""
+    if "@" in last:
+        last, _, ref = last.partition("@")
+    url = f"{head}{slash}{last}"
+    if not url:
+        raise SpecSourceError(text, "no repository URL")
+    if ".." in Path(path).parts or path.startswith("/"):
+        raise SpecSourceError(text, f"the path {path!r} must stay inside the repository")
+    return GitLocation(url, ref, path.strip("/"))
+
+
+class GitSource:
+    """A path in a git repository, fetched into a private clone under `cache_dir`."""
+
+    def __init__(self, location: GitLocation, cache_dir: Path, *, poll_interval: float = GIT_POLL_S) -> None:
+        self.location = location
+        self.poll_interval = poll_interval
+        self.description = str(location)
+        key = hashlib.sha256(f"{location.url}\n{location.ref}".encode()).hexdigest()[:16]
+        self.clone_dir = cache_dir / "git" / key
+        self._commit = ""
+        self._snapshot: SpecSnapshot | None = None
+
+    def read(self) -> SpecSnapshot:
+        commit = self._remote_commit()
+        if commit == self._commit and self._snapshot is not None:
+            return self._snapshot
+        commit = self._checkout(commit)
+        root = self.clone_dir / self.location.path if self.location.path else self.clone_dir
+        documents = tuple(
+            SpecDocument(f"{self.location.path or '.'}/{d.path}" if root.is_dir() else d.path, d.text)
+            for d in read_documents(root)
+        )
+        self._commit = commit
+        self._snapshot = SpecSnapshot(documents, f"git:{commit}")
+        return self._snapshot
+
+    def _remote_commit(self) -> str:
+        ref = self.location.ref or "HEAD"
+        out = self._git("ls-remote", "--", self.location.url, ref, cwd=None)
+        for line in out.splitlines():
+            sha, _, name = line.partition("\t")
+            if name in (ref, f"refs/heads/{ref}", f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}"):
+                return sha
+        if len(ref) == 40 and all(c in "0123456789abcdef" for c in ref):
+            return ref  # a commit: ls-remote does not list it
+        raise SpecSourceError(self.description, f"no branch or tag {ref!r} in {self.location.url}")
+
+    def _checkout(self, commit: str) -> str:
+        """Fetch the ref (a commit only when one was asked for: not every server hands out commits by
+        id) and check it out in the private clone; returns the commit checked out."""
+        if not (self.clone_dir / ".git").is_dir():
+            shutil.rmtree(self.clone_dir, ignore_errors=True)
+            self.clone_dir.parent.mkdir(parents=True, exist_ok=True)
+            self._git("init", "--quiet", str(self.clone_dir), cwd=None)
+        wanted = commit if self.location.ref == commit else self.location.ref or "HEAD"
+        self._git("fetch", "--quiet", "--depth=1", "--", self.location.url, wanted, cwd=self.clone_dir)
+        self._git("checkout", "--quiet", "--force", "--detach", "FETCH_HEAD", cwd=self.clone_dir)
+        return self._git("rev-parse", "HEAD", cwd=self.clone_dir).strip()
+
+    def _git(self, *args: str, cwd: Path | None) -> str:
+        env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1"}
+        try:
+            done = subprocess.run(
+                ["git", "-c", "protocol.file.allow=always", *args],
+                cwd=cwd,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=GIT_TIMEOUT_S,
+                check=False,
+            )
+        except FileNotFoundError:
+            raise SpecSourceError(self.description, "git is not installed") from None
+        except subprocess.TimeoutExpired:
+            raise SpecSourceError(
+                self.description, f"git {args[0]} took over {GIT_TIMEOUT_S:.0f} s"
+            ) from None
+        if done.returncode != 0:
+            detail = (done.stderr or done.stdout).strip().splitlines()
+            raise SpecSourceError(
+                self.description, f"git {args[0]} failed: {detail[-1] if detail else done.returncode}"
+            )
+        return done.stdout
+
+
+def open_source(text: str, cache_dir: Path, *, poll_interval: float | None = None) -> FileSource | GitSource:
+    """`--spec` / `-f` as given: `git+…` is a git source, anything else a file or folder."""
+    if text.startswith(GIT_PREFIX):
+        interval = GIT_POLL_S if poll_interval is None else poll_interval
+        return GitSource(parse_git_location(text), cache_dir, poll_interval=interval)
+    return FileSource(text, poll_interval=FILE_POLL_S if poll_interval is None else poll_interval)
+
+
+def content_revision(documents: tuple[SpecDocument, ...]) -> str:
+    digest = hashlib.sha256()
+    for document in documents:
+        digest.update(f"{document.path}\0{len(document.text)}\0{document.text}".encode())
+    return "sha256:" + digest.hexdigest()[:16]

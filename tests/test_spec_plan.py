@@ -1,0 +1,313 @@
+"""plan(): the pure diff of spec against what was observed and remembered, table-driven."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pytest
+from spec_fakes import digest, make_spec
+
+from modelyard.spec.plan import (
+    ActionKind,
+    Applied,
+    Failure,
+    ImageState,
+    Inventory,
+    LoadTarget,
+    Memory,
+    Observed,
+    Phase,
+    Reason,
+    Running,
+    format_plan,
+    plan,
+    target_for,
+)
+
+SESSION = "this-run"
+IMAGE = "localhost:5000/team/chat:v1"
+MODEL = f"models: [{{name: chat, image: {IMAGE}, context: 2048}}]"
+NOW = 1000.0
+
+
+def target(body: str = MODEL, name: str = "chat", at: str = "a") -> LoadTarget:
+    spec = make_spec(body)
+    model = spec.model(name)
+    assert model is not None
+    return target_for(model, {r: digest(at) for r in model.reference_texts})
+
+
+def applied(t: LoadTarget, *, session: str = SESSION, context: int = 2048, slots: int = 1) -> Applied:
+    return Applied(t.digest, t.load_key, t.options_key, t.serve_key, context, slots, t.keep_alive, session)
+
+
+def ready(name: str = "chat", at: str = "a", **kwargs: object) -> Running:
+    values: dict[str, object] = {"state": "ready", "size": 100, "context_length": 2048, "slots": 1}
+    values.update(kwargs)
+    return Running(name, digest(at), **values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    body: str = MODEL
+    tag: str | None = "a"  # what IMAGE resolves to now (None: the registry cannot be asked)
+    stored: tuple[str, ...] = ("a",)
+    running: tuple[Running, ...] = ()
+    memory: dict[str, Memory] = field(default_factory=dict)
+    known: dict[str, str] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+    budget: int = 10_000
+    expect: tuple[tuple[str, str], ...] = ()  # (kind, model) in order
+    phase: Phase | None = None
+
+
+T = target()
+CASES = [
+    Case("not-loaded-loads", expect=(("load", "chat"),), phase=Phase.LOADING),
+    Case("not-stored-pulls-first", stored=(), expect=(("pull", "chat"),), phase=Phase.PULLING),
+    Case(
+        "as-the-spec-says-does-nothing",
+        running=(ready(),),
+        memory={"chat": Memory(applied(T))},
+        phase=Phase.READY,
+    ),
+    Case(
+        "tag-moved-pulls",
+        tag="b",
+        running=(ready(),),
+        memory={"chat": Memory(applied(T))},
+        expect=(("pull", "chat"),),
+    ),
+    Case(
+        "tag-moved-and-pulled-swaps",
+        tag="b",
+        stored=("a", "b"),
+        running=(ready(),),
+        memory={"chat": Memory(applied(T))},
+        expect=(("swap", "chat"),),
+    ),
+    Case(
+        "new-digest-and-new-options-reloads",
+        body=MODEL.replace("2048", "4096"),
+        tag="b",
+        stored=("a", "b"),
+        running=(ready(),),
+        memory={"chat": Memory(applied(T))},
+        expect=(("reload", "chat"),),
+    ),
+    Case(
+        "context-changed-reloads",
+        body=MODEL.replace("2048", "4096"),
+        running=(ready(),),
+        memory={"chat": Memory(applied(T))},
+        expect=(("reload", "chat"),),
+    ),
+    Case(
+        "params-changed-updates-in-place",
+        body=MODEL.replace("context: 2048", "context: 2048, params: {temperature: 0.1}"),
+        running=(ready(),),
+        memory={"chat": Memory(applied(T))},
+        expect=(("update", "chat"),),
+    ),
+    Case(
+        "keep-alive-and-pinned-update-in-place",
+        body=MODEL.replace("context: 2048", "context: 2048, keepAlive: 1h, pinned: true"),
+        running=(ready(),),
+        memory={"chat": Memory(applied(T))},
+        expect=(("update", "chat"),),
+    ),
+    Case(
+        "crashed-is-reloaded",
+        running=(ready(state="failed", last_error="runner crashed (SIGKILL)"),),
+        memory={"chat": Memory(applied(T))},
+        expect=(("load", "chat"),),
+    ),
+    Case(
+        "crashed-without-self-heal-only-reports",
+        body=MODEL + "\nselfHeal: false",
+        running=(ready(state="failed", last_error="x"),),
+        memory={"chat": Memory(applied(T))},
+        phase=Phase.DRIFTED,
+    ),
+    Case(
+        "unloaded-outside-the-spec-is-loaded-again",
+        memory={"chat": Memory(applied(T))},
+        expect=(("load", "chat"),),
+    ),
+    Case(
+        "idle-unloaded-with-a-keep-alive-is-standby",
+        body=MODEL.replace("context: 2048", "context: 2048, keepAlive: 5m"),
+        memory={
+            "chat": Memory(applied(target(MODEL.replace("context: 2048", "context: 2048, keepAlive: 5m"))))
+        },
+        phase=Phase.STANDBY,
+    ),
+    Case(
+        "after-a-restart-a-keep-alive-model-is-preloaded",
+        body=MODEL.replace("context: 2048", "context: 2048, keepAlive: 5m"),
+        memory={"chat": Memory(applied(T, session="before"))},
+        expect=(("load", "chat"),),
+    ),
+    Case(
+        "reloaded-with-other-options-outside-is-restored",
+        running=(ready(context_length=512),),
+        memory={"chat": Memory(applied(T))},
+        expect=(("reload", "chat"),),
+    ),
+    Case(
+        "loaded-by-someone-else-is-adopted",
+        running=(ready(),),
+        expect=(("update", "chat"),),
+    ),
+    Case(
+        "loading-now-waits",
+        running=(ready(state="loading"),),
+        memory={"chat": Memory(applied(T))},
+        phase=Phase.WAITING,
+    ),
+    Case(
+        "in-backoff-waits",
+        memory={"chat": Memory(None, Failure(Reason.LOAD_FAILED, "boom"), 2, NOW + 5)},
+        phase=Phase.WAITING,
+    ),
+    Case(
+        "backoff-over-tries-again",
+        memory={"chat": Memory(None, Failure(Reason.LOAD_FAILED, "boom"), 2, NOW - 1)},
+        expect=(("load", "chat"),),
+    ),
+    Case(
+        "registry-down-goes-on-with-the-known-digest",
+        tag=None,
+        running=(ready(),),
+        memory={"chat": Memory(applied(T))},
+        known={IMAGE: digest("a")},
+        phase=Phase.READY,
+    ),
+    Case("registry-down-and-nothing-known-fails", tag=None, stored=(), phase=Phase.FAILED),
+    Case("too-big-even-alone", sizes={"chat": 20_000}, phase=Phase.FAILED),
+    Case(
+        "lower-priority-yields-memory",
+        body="""
+        models:
+          - {name: big, image: localhost:5000/team/big:v1, priority: 5}
+          - {name: chat, image: localhost:5000/team/chat:v1}
+        """,
+        running=(ready(size=5000),),  # measured: it is loaded
+        memory={
+            "chat": Memory(applied(target("models: [{name: chat, image: localhost:5000/team/chat:v1}]")))
+        },
+        sizes={"big": 7000},
+        expect=(("unload", "chat"), ("load", "big")),
+    ),
+    Case(
+        "prune-unloads-only-what-the-spec-loaded",
+        running=(ready(), ready("old"), ready("adhoc")),
+        memory={"chat": Memory(applied(T)), "old": Memory(applied(target(name="chat")))},
+        expect=(("unload", "old"),),
+    ),
+    Case(
+        "prune-all-unloads-the-rest-too",
+        body=MODEL + "\nprune: all",
+        running=(ready(), ready("old"), ready("adhoc")),
+        memory={"chat": Memory(applied(T)), "old": Memory(applied(target(name="chat")))},
+        expect=(("unload", "adhoc"), ("unload", "old")),
+    ),
+    Case(
+        "prune-false-leaves-them",
+        body=MODEL + "\nprune: false",
+        running=(ready(), ready("old")),
+        memory={"chat": Memory(applied(T)), "old": Memory(applied(target(name="chat")))},
+    ),
+    Case("suspended-does-nothing", body=MODEL + "\nsuspend: true", stored=(), phase=Phase.SUSPENDED),
+    Case(
+        "a-suspended-model-does-nothing",
+        body=MODEL.replace("context: 2048", "context: 2048, suspend: true"),
+        stored=(),
+        phase=Phase.SUSPENDED,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_plan(case: Case) -> None:
+    spec = make_spec(case.body)
+    references = {r for m in spec.models for r in m.reference_texts}
+    images = {}
+    for reference in references:
+        own = case.tag if reference == IMAGE else "a"
+        known = case.known.get(reference)
+        effective = digest(own) if own else known
+        local = effective if effective and effective[-1] in case.stored else None
+        error = None if own else Failure(Reason.PULL_FAILED, "registry localhost:5000 is unavailable")
+        images[reference] = ImageState(reference, digest(own) if own else None, local, error)
+    observed = Observed(
+        running={r.name: r for r in case.running},
+        images=images,
+        footprints=case.sizes,
+        budget=case.budget,
+        now=NOW,
+        session=SESSION,
+    )
+    planned = plan(spec, observed, Inventory(case.memory, case.known))
+    assert [(a.kind.value, a.model) for a in planned.actions] == list(case.expect)
+    if case.phase is not None:
+        chat = planned.model("chat")
+        assert chat is not None and chat.phase is case.phase, chat
+
+
+def test_a_permanent_failure_waits_for_a_change_to_the_model() -> None:
+    spec = make_spec(MODEL)
+    image = ImageState(IMAGE, digest("a"), digest("a"))
+    observed = Observed({}, {IMAGE: image}, {}, 10_000, NOW + 10_000, SESSION)
+    key = plan(spec, observed, Inventory()).models[0].key
+    failed = Memory(None, Failure(Reason.DOES_NOT_FIT, "too big", permanent=True), 1, NOW + 1, key)
+    blocked = plan(spec, observed, Inventory({"chat": failed}))
+    assert (
+        blocked.empty
+        and blocked.models[0].phase is Phase.FAILED
+        and "waiting for a change" in (blocked.models[0].message)
+    )
+    changed = make_spec(MODEL.replace("2048", "1024"))
+    assert [a.kind for a in plan(changed, observed, Inventory({"chat": failed})).actions] == [ActionKind.LOAD]
+    moved = Observed(
+        {}, {IMAGE: ImageState(IMAGE, digest("b"), digest("b"))}, {}, 10_000, NOW + 10_000, SESSION
+    )
+    assert [a.kind for a in plan(spec, moved, Inventory({"chat": failed})).actions] == [ActionKind.LOAD]
+
+
+def test_higher_priority_models_are_acted_on_first() -> None:
+    spec = make_spec(
+        """
+        models:
+          - {name: low, image: x, priority: 1}
+          - {name: high, image: y, priority: 9}
+          - {name: mid, image: z, priority: 5}
+        """
+    )
+    images = {r: ImageState(r, digest("a"), digest("a")) for r in ("x", "y", "z")}
+    observed = Observed({}, images, {}, 10_000, NOW, SESSION)
+    assert [a.model for a in plan(spec, observed, Inventory()).actions] == ["high", "mid", "low"]
+
+
+def test_format_plan_lists_actions_and_what_needs_nothing() -> None:
+    spec = make_spec(
+        f"""
+        models:
+          - {{name: chat, image: {IMAGE}, context: 2048}}
+          - {{name: idle, image: y, keepAlive: forever}}
+        """
+    )
+    images = {
+        IMAGE: ImageState(IMAGE, digest("b"), None),
+        "y": ImageState("y", digest("a"), digest("a")),
+    }
+    t = target("models: [{name: idle, image: y}]", "idle")
+    observed = Observed({"idle": ready("idle", context_length=4096)}, images, {}, 10_000, NOW, SESSION)
+    text = format_plan(plan(spec, observed, Inventory({"idle": Memory(applied(t, context=4096))})))
+    assert text.splitlines() == [
+        f"↓ pull    chat {IMAGE}@{digest('b')[:19]}  (not in the store)",
+        f"  ready   idle  (serving {digest('a')[:19]})",
+    ]
+    assert math.isinf(t.keep_alive)

@@ -1,0 +1,261 @@
+"""The reconciler over a recording fake of its effects: no registry, no runners, a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from spec_fakes import FakeClock, FakeEffects, digest, documents
+
+from modelyard.errors import (
+    DigestMismatchError,
+    ModelDoesNotFitError,
+    ModelLoadError,
+    RegistryUnavailableError,
+    ServerBusyError,
+)
+from modelyard.spec.plan import ActionKind, Reason
+from modelyard.spec.reconciler import Reconciler, ReconcilerSettings, classify
+
+IMAGE = "localhost:5000/team/chat:v1"
+CHAT = f"models: [{{name: chat, image: {IMAGE}, context: 2048}}]"
+
+
+def make(tmp_path: Path, effects: FakeEffects, clock: FakeClock) -> Reconciler:
+    return Reconciler(effects, ReconcilerSettings(tmp_path / "state.json"), clock=clock, rand=lambda: 0.5)
+
+
+def conditions(reconciler: Reconciler, name: str = "chat") -> dict[str, dict[str, Any]]:
+    model = next(m for m in reconciler.status()["models"] if m["name"] == name)
+    return {c["type"]: c for c in model["conditions"]}
+
+
+@pytest.fixture
+def world() -> tuple[FakeEffects, FakeClock]:
+    return FakeEffects(tags={IMAGE: digest("a")}), FakeClock()
+
+
+def test_apply_pulls_then_loads_and_reports_ready(
+    tmp_path: Path, world: tuple[FakeEffects, FakeClock]
+) -> None:
+    effects, clock = world
+    reconciler = make(tmp_path, effects, clock)
+    assert reconciler.submit(documents(CHAT), "r1").generation == 1
+    asyncio.run(reconciler.reconcile())
+    assert effects.actions() == [
+        ("pull", IMAGE, digest("a")),
+        ("ensure", "chat", digest("a"), {"num_ctx": 2048}),
+    ]
+    found = conditions(reconciler)
+    assert (found["Ready"]["status"], found["Ready"]["reason"]) == ("True", "Loaded")
+    assert (found["Progressing"]["status"], found["Degraded"]["status"]) == ("False", "False")
+    assert found["Ready"]["observedGeneration"] == 1
+    status = reconciler.status()
+    assert (
+        status["ready"] and status["inventory"] == ["chat"] and status["models"][0]["serving"] == digest("a")
+    )
+    target = reconciler.target("chat")
+    assert target is not None and target.digest == digest("a") and reconciler.target("other") is None
+
+    # Nothing changed: another round acts on nothing, and lastTransitionTime stays.
+    clock.now += 60
+    asyncio.run(reconciler.reconcile())
+    assert len(effects.actions()) == 2
+    assert conditions(reconciler)["Ready"]["lastTransitionTime"] == found["Ready"]["lastTransitionTime"]
+
+
+def test_a_moved_tag_is_pulled_and_swapped_in(tmp_path: Path, world: tuple[FakeEffects, FakeClock]) -> None:
+    effects, clock = world
+    reconciler = make(tmp_path, effects, clock)
+    reconciler.submit(documents(CHAT))
+    asyncio.run(reconciler.reconcile())
+    effects.tags[IMAGE] = digest("b")
+    asyncio.run(reconciler.reconcile())
+    assert effects.actions()[2:] == [
+        ("pull", IMAGE, digest("b")),
+        ("ensure", "chat", digest("b"), {"num_ctx": 2048}),
+    ]
+    kinds = [e["kind"] for e in reconciler.status()["events"]]
+    assert kinds[-2:] == ["pulled", "swapped"]
+    assert reconciler.status()["models"][0]["resolvedDigest"] == digest("b")
+
+
+def test_failures_back_off_exponentially_then_recover(
+    tmp_path: Path, world: tuple[FakeEffects, FakeClock]
+) -> None:
+    effects, clock = world
+    effects.errors[("ensure", "chat")] = [ModelLoadError("chat", "bad"), ModelLoadError("chat", "bad")]
+    reconciler = make(tmp_path, effects, clock)
+    reconciler.submit(documents(CHAT))
+    asyncio.run(reconciler.reconcile())
+    degraded = conditions(reconciler)["Degraded"]
+    assert (degraded["status"], degraded["reason"]) == ("True", "LoadFailed")
+    model = reconciler.status()["models"][0]
+    assert model["failures"] == 1 and model["phase"] == "Waiting"
+
+    asyncio.run(reconciler.reconcile())  # still in backoff (1 s): nothing is tried
+    assert [c[0] for c in effects.actions()].count("ensure") == 1
+    clock.now += 1.0
+    asyncio.run(reconciler.reconcile())  # second failure: the next wait doubles
+    assert [c[0] for c in effects.actions()].count("ensure") == 2
+    clock.now += 1.5
+    asyncio.run(reconciler.reconcile())
+    assert [c[0] for c in effects.actions()].count("ensure") == 2
+    clock.now += 1.0
+    asyncio.run(reconciler.reconcile())
+    assert conditions(reconciler)["Ready"]["status"] == "True"
+    assert conditions(reconciler)["Degraded"]["status"] == "False"
+    assert reconciler.status()["models"][0]["failures"] == 0
+
+
+def test_a_permanent_failure_waits_for_a_spec_change(
+    tmp_path: Path, world: tuple[FakeEffects, FakeClock]
+) -> None:
+    effects, clock = world
+    effects.errors[("ensure", "chat")] = [ModelDoesNotFitError("chat", 2**32, 2**30)]
+    reconciler = make(tmp_path, effects, clock)
+    reconciler.submit(documents(CHAT))
+    asyncio.run(reconciler.reconcile())
+    clock.now += 10_000
+    asyncio.run(reconciler.reconcile())
+    assert [c[0] for c in effects.actions()].count("ensure") == 1
+    degraded = conditions(reconciler)["Degraded"]
+    assert (degraded["status"], degraded["reason"]) == ("True", "DoesNotFit")
+    assert "waiting for a change" in reconciler.status()["models"][0]["message"]
+
+    reconciler.submit(documents(CHAT.replace("2048", "1024")))
+    asyncio.run(reconciler.reconcile())
+    assert effects.actions()[-1] == ("ensure", "chat", digest("a"), {"num_ctx": 1024})
+    assert conditions(reconciler)["Ready"]["observedGeneration"] == 2
+
+
+def test_registry_down_keeps_serving_and_says_degraded(
+    tmp_path: Path, world: tuple[FakeEffects, FakeClock]
+) -> None:
+    effects, clock = world
+    reconciler = make(tmp_path, effects, clock)
+    reconciler.submit(documents(CHAT))
+    asyncio.run(reconciler.reconcile())
+    effects.errors[("resolve", IMAGE)] = [RegistryUnavailableError("localhost:5000", "connection refused")]
+    asyncio.run(reconciler.reconcile())
+    found = conditions(reconciler)
+    assert (found["Ready"]["status"], found["Degraded"]["status"], found["Degraded"]["reason"]) == (
+        "True",
+        "True",
+        "PullFailed",
+    )
+    assert "going on with sha256:aaaa" in found["Degraded"]["message"]
+    assert "unload" not in [c[0] for c in effects.actions()]
+    asyncio.run(reconciler.reconcile())  # the registry is back
+    assert conditions(reconciler)["Degraded"]["status"] == "False"
+
+
+def test_an_invalid_spec_is_rejected_whole_and_the_last_good_one_stays(
+    tmp_path: Path, world: tuple[FakeEffects, FakeClock]
+) -> None:
+    effects, clock = world
+    reconciler = make(tmp_path, effects, clock)
+    reconciler.submit(documents(CHAT), "good")
+    asyncio.run(reconciler.reconcile())
+    bad = f"models: [{{name: chat, image: {IMAGE}, context: 2048}}, {{name: code, image: x, paralel: 2}}]"
+    result = reconciler.submit(documents(bad), "typo")
+    assert not result.accepted and result.generation == 1 and result.error is not None
+    asyncio.run(reconciler.reconcile())
+    status = reconciler.status()
+    assert status["generation"] == 1 and [m["name"] for m in status["models"]] == ["chat"]
+    assert status["rejected"]["revision"] == "typo"
+    assert status["rejected"]["issues"][0]["path"] == "spec.models[1].paralel"
+    assert "ensure" not in [c[0] for c in effects.actions()[2:]]
+    assert reconciler.submit(documents(CHAT), "fixed").accepted
+    assert reconciler.status()["rejected"] is None and reconciler.generation == 1
+
+
+def test_a_restart_keeps_generation_inventory_and_history(
+    tmp_path: Path, world: tuple[FakeEffects, FakeClock]
+) -> None:
+    effects, clock = world
+    first = make(tmp_path, effects, clock)
+    two = f"models: [{{name: chat, image: {IMAGE}}}, {{name: old, image: {IMAGE}}}]"
+    first.submit(documents(two))
+    asyncio.run(first.reconcile())
+    since = conditions(first)["Ready"]["lastTransitionTime"]
+
+    clock.now += 3600
+    second = make(tmp_path, effects, clock)  # the daemon restarted; the runners kept going here
+    assert second.generation == 1 and second.spec is not None and len(second.spec.models) == 2
+    second.submit(documents(f"models: [{{name: chat, image: {IMAGE}}}]"))
+    asyncio.run(second.reconcile())
+    # prune still knows "old" was loaded by the spec; "chat" is adopted, not reloaded
+    assert effects.actions()[-2:] == [("unload", "old"), ("ensure", "chat", digest("a"), {})]
+    assert conditions(second)["Ready"]["lastTransitionTime"] == since
+    assert [e["kind"] for e in second.status()["events"]][:2] == ["accepted", "pulled"]
+
+
+def test_a_restart_with_nothing_loaded_loads_the_saved_spec(
+    tmp_path: Path, world: tuple[FakeEffects, FakeClock]
+) -> None:
+    effects, clock = world
+    first = make(tmp_path, effects, clock)
+    first.submit(documents(CHAT))
+    asyncio.run(first.reconcile())
+    effects.loaded.clear()  # the machine rebooted
+    second = make(tmp_path, effects, clock)
+    asyncio.run(second.reconcile())
+    assert effects.actions()[-1] == ("ensure", "chat", digest("a"), {"num_ctx": 2048})
+    assert second.ready()
+
+
+def test_suspend_changes_nothing(tmp_path: Path, world: tuple[FakeEffects, FakeClock]) -> None:
+    effects, clock = world
+    reconciler = make(tmp_path, effects, clock)
+    reconciler.submit(documents(CHAT + "\nsuspend: true"))
+    asyncio.run(reconciler.reconcile())
+    assert effects.actions() == []
+    status = reconciler.status()
+    assert status["suspended"] and status["models"][0]["phase"] == "Suspended"
+
+
+def test_a_crash_is_healed_and_reported(tmp_path: Path, world: tuple[FakeEffects, FakeClock]) -> None:
+    effects, clock = world
+    reconciler = make(tmp_path, effects, clock)
+    reconciler.submit(documents(CHAT))
+    asyncio.run(reconciler.reconcile())
+    effects.crash("chat")
+    asyncio.run(reconciler.reconcile())
+    assert effects.actions()[-1][0:2] == ("ensure", "chat")
+    events = reconciler.status()["events"]
+    assert events[-1]["kind"] == "loaded" and "SIGKILL" in events[-1]["message"]
+    assert conditions(reconciler)["Degraded"]["status"] == "False"
+
+
+def test_wait_ready_returns_once_ready_or_at_the_timeout(
+    tmp_path: Path, world: tuple[FakeEffects, FakeClock]
+) -> None:
+    effects, clock = world
+    reconciler = make(tmp_path, effects, clock)
+
+    async def scenario() -> tuple[bool, bool]:
+        reconciler.submit(documents(CHAT))
+        early = await reconciler.wait_ready(0.05)
+        waiter = asyncio.create_task(reconciler.wait_ready(5))
+        await reconciler.reconcile()
+        return early, await waiter
+
+    assert asyncio.run(scenario()) == (False, True)
+
+
+@pytest.mark.parametrize(
+    ("error", "reason", "permanent"),
+    [
+        pytest.param(ModelDoesNotFitError("m", 2, 1), Reason.DOES_NOT_FIT, True, id="does-not-fit"),
+        pytest.param(DigestMismatchError("a", "b"), Reason.PULL_FAILED, True, id="digest-mismatch"),
+        pytest.param(RegistryUnavailableError("h", "down"), Reason.PULL_FAILED, False, id="registry-down"),
+        pytest.param(ModelLoadError("m", "x"), Reason.LOAD_FAILED, False, id="load-failed"),
+        pytest.param(ServerBusyError("m crashed; retrying", 4.0), Reason.CRASHED, False, id="crash-backoff"),
+    ],
+)
+def test_classify(error: Exception, reason: Reason, permanent: bool) -> None:
+    failure = classify(error, ActionKind.LOAD)  # type: ignore[arg-type]
+    assert (failure.reason, failure.permanent) == (reason, permanent)
