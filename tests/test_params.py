@@ -39,12 +39,14 @@ EVERY_PARAMETER = [
     ("num_thread", "8", 8, "eight"),
     ("draft_num_predict", "4", 4, ""),
     ("num_parallel", "4", 4, "0"),
+    ("keep_alive", "1h30m", "1h30m", "soon"),
 ]
 
 
 def test_the_table_has_ollamas_names_plus_ours() -> None:
-    ollama = {row[0] for row in EVERY_PARAMETER} - {"use_mlock", "num_parallel"}
-    assert set(PARAMETER_TYPES) == ollama | {"use_mlock", "num_parallel"}
+    ours = {"use_mlock", "num_parallel", "keep_alive"}
+    ollama = {row[0] for row in EVERY_PARAMETER} - ours
+    assert set(PARAMETER_TYPES) == ollama | ours
     assert not DEPRECATED_PARAMETERS & set(PARAMETER_TYPES)
 
 

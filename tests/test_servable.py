@@ -39,3 +39,29 @@ def test_servable_from_a_built_image(tmp_path: Path, tiny_gguf: Path, tiny_lora:
     assert request.shape is servable.gguf.shape and request.keep_alive == 60.0
     with pytest.raises(ImageNotFoundError):
         load_servable(store, parse_reference("team/m:v2"))
+
+
+@pytest.mark.parametrize(
+    ("parameter", "requested", "expected"),
+    [
+        pytest.param("10m", None, 600.0, id="image-default"),
+        pytest.param("10m", 30, 30.0, id="request-wins"),
+        pytest.param("-1", None, float("inf"), id="image-forever"),
+        pytest.param(None, None, None, id="neither: the model keeps what it has"),
+    ],
+)
+def test_keep_alive_from_the_request_else_the_image(
+    tmp_path: Path, tiny_gguf: Path, parameter: str | None, requested: object, expected: float | None
+) -> None:
+    from modelyard.runtime.scheduler import Scheduler, SchedulerSettings
+    from modelyard.server.inference import Inference
+    from modelyard.server.metrics import Metrics
+
+    lines = f"FROM {tiny_gguf}\n" + (f"PARAMETER keep_alive {parameter}\n" if parameter else "")
+    (tmp_path / "Modelfile").write_text(lines)
+    store = Store(tmp_path / "home" / "store")
+    Builder(store, tmp_path / "home" / "cache").build_file(tmp_path / "Modelfile", parse_reference("m"))
+    scheduler = Scheduler(SchedulerSettings(ram_budget=2**30))
+    inference = Inference(store, scheduler, Metrics(scheduler.status), 300.0)
+    servable = load_servable(store, parse_reference("m"))
+    assert inference.model_keep_alive(servable, requested) == expected

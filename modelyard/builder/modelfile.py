@@ -506,6 +506,8 @@ def _parameter_lines(parameters: Mapping[str, ParameterValue]) -> list[str]:
 def _parameter_text(value: int | float | bool | str) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, str):
+        return value  # a duration: a bare token that reads back as it is
     return repr(value)  # repr of a float reads back to the same float
 
 

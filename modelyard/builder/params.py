@@ -35,6 +35,7 @@ class ParameterType(enum.Enum):
     FLOAT = "a number"
     BOOL = "true or false"
     STRINGS = "a string or a list of strings"
+    DURATION = "a duration like 5m, 1h30m or 300 (seconds); negative or forever: stay loaded"
 
 
 PARAMETER_TYPES: Final[Mapping[str, ParameterType]] = MappingProxyType(
@@ -61,6 +62,7 @@ PARAMETER_TYPES: Final[Mapping[str, ParameterType]] = MappingProxyType(
         "num_thread": ParameterType.INT,
         "draft_num_predict": ParameterType.INT,
         "num_parallel": ParameterType.INT,
+        "keep_alive": ParameterType.DURATION,
     }
 )
 
@@ -130,7 +132,10 @@ def coerce_parameter(name: str, raw: str) -> int | float | bool | str:
     kind = parameter_type(name)
     if kind is ParameterType.STRINGS:
         return raw
-    if kind is ParameterType.BOOL:
+    if kind is ParameterType.DURATION:
+        if _DURATION_TEXT.fullmatch(raw):
+            return raw
+    elif kind is ParameterType.BOOL:
         if raw in _BOOL_TEXT:
             return _BOOL_TEXT[raw]
     elif kind is ParameterType.INT:
@@ -147,6 +152,7 @@ def _spelled(kind: ParameterType) -> str:
         ParameterType.FLOAT: "a number, like 0.7",
         ParameterType.BOOL: "true or false",
         ParameterType.STRINGS: "a string",
+        ParameterType.DURATION: "a duration, like 10m, 1h30m, 300 or forever",
     }
     return examples[kind]
 
@@ -175,6 +181,8 @@ def validate_parameter(name: str, value: object) -> ParameterValue:
     kind = parameter_type(name)
     if kind is ParameterType.STRINGS:
         return _stop_strings(value)
+    if kind is ParameterType.DURATION:
+        return _duration(value)
     if kind is ParameterType.BOOL and isinstance(value, bool):
         return value
     if isinstance(value, bool):
@@ -184,6 +192,19 @@ def validate_parameter(name: str, value: object) -> ParameterValue:
     elif kind is ParameterType.FLOAT and isinstance(value, int | float):
         return _checked_float(name, float(value))
     raise ModelfileError(f"expected {kind.value}, got {describe_value(value)}")
+
+
+# Go's time.ParseDuration grammar, a bare number of seconds, or "forever" (keep_alive's spellings).
+_DURATION_TEXT = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?(?:ns|us|µs|ms|s|m|h))+|-?[0-9]+(?:\.[0-9]+)?|forever")
+
+
+def _duration(value: object) -> str:
+    """A duration kept as text (the runtime reads it); a number means seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return str(value)
+    if isinstance(value, str) and _DURATION_TEXT.fullmatch(value):
+        return value
+    raise ModelfileError(f"expected {ParameterType.DURATION.value}, got {describe_value(value)}")
 
 
 def _stop_strings(value: object) -> tuple[str, ...]:

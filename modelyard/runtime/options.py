@@ -22,8 +22,9 @@ from modelyard.errors import InferenceRequestError, ModelfileError
 LOAD_OPTION_NAMES = frozenset(
     {"num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "use_mlock", "num_thread", "num_parallel"}
 )
-# Sent by clients written for older Ollama versions; Ollama ignores them, so do we.
-IGNORED_OPTION_NAMES = DEPRECATED_PARAMETERS | {"numa", "draft_num_predict"}
+# Sent by clients written for older Ollama versions; Ollama ignores them, so do we. `keep_alive` is
+# an image parameter the scheduler reads, not a sampling option.
+IGNORED_OPTION_NAMES = DEPRECATED_PARAMETERS | {"numa", "draft_num_predict", "keep_alive"}
 
 DEFAULT_NUM_CTX = 4096
 DEFAULT_NUM_BATCH = 512

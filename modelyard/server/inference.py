@@ -78,12 +78,22 @@ class Inference:
     def keep_alive(self, value: object) -> float | None:
         return None if value is None else parse_keep_alive(value)
 
+    def model_keep_alive(self, servable: Servable, requested: object) -> float | None:
+        """The request's keep_alive, else the image's `PARAMETER keep_alive`, else None (the
+        model keeps what it has; a new load gets the server's default)."""
+        if requested is not None:
+            return parse_keep_alive(requested)
+        image_value = servable.params.get("keep_alive")
+        return None if image_value is None else parse_keep_alive(image_value, allow_bare_seconds=True)
+
     async def acquire(
         self, servable: Servable, options: Mapping[str, Any] | None, keep_alive: object
     ) -> tuple[Lease, int]:
         """A lease on the loaded model; the nanoseconds spent waiting for the load."""
         load_options = {k: v for k, v in (options or {}).items() if k in LOAD_OPTION_NAMES}
-        request = servable.request(options=load_options, keep_alive=self.keep_alive(keep_alive))
+        request = servable.request(
+            options=load_options, keep_alive=self.model_keep_alive(servable, keep_alive)
+        )
         started = time.perf_counter_ns()
         lease = await self.scheduler.acquire(request)
         waited = time.perf_counter_ns() - started
