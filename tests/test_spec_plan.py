@@ -307,7 +307,7 @@ def test_format_plan_lists_actions_and_what_needs_nothing() -> None:
     observed = Observed({"idle": ready("idle", context_length=4096)}, images, {}, 10_000, NOW, SESSION)
     text = format_plan(plan(spec, observed, Inventory({"idle": Memory(applied(t, context=4096))})))
     assert text.splitlines() == [
-        f"↓ pull    chat {IMAGE}@{digest('b')[:19]}  (not in the store)",
+        f"↓ pull    chat {IMAGE}@{digest('b')[:19]}  (not in the store; loads once pulled)",
         f"  ready   idle  (serving {digest('a')[:19]})",
     ]
     assert math.isinf(t.keep_alive)

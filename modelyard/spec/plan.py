@@ -298,7 +298,11 @@ def _plan_model(
             return ModelPlan(name, Phase.FAILED, failure.message, failure=failure)
         resolved.append(digest)
         if state.local_digest is None:
-            why = "not in the store" if running is None else f"the tag now points to {digest[:19]}"
+            why = (
+                "not in the store; loads once pulled"
+                if running is None
+                else f"the tag now points to {digest[:19]}; swaps in once pulled"
+            )
             pulls.append(Action(ActionKind.PULL, name, why, image=reference, digest=digest))
         else:
             stored[reference] = state.local_digest

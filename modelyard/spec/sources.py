@@ -68,9 +68,10 @@ def parse_git_location(text: str) -> GitLocation:
     url = f"{head}{slash}{last}"
     if not url:
         raise SpecSourceError(text, "no repository URL")
-    if ".." in Path(path).parts or path.startswith("/"):
+    path = path.strip("/")
+    if ".." in Path(path).parts:
         raise SpecSourceError(text, f"the path {path!r} must stay inside the repository")
-    return GitLocation(url, ref, path.strip("/"))
+    return GitLocation(url, ref, path)
 
 
 class GitSource:

@@ -1,0 +1,158 @@
+"""`export k8s`: KubeAI Models and Deployments, validated against the Kubernetes JSON schemas
+(kubernetes-validate, strict: unknown fields are errors) and KubeAI's Model CRD."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from spec_fakes import make_spec
+from spec_kubeai_schema import MODEL_SCHEMA, kubeai_rule_violations
+from spec_world import build
+from tinygguf import write_tiny_llama
+
+from modelyard.errors import SpecError
+from modelyard.settings import Settings
+from modelyard.spec.daemon import export_for
+from modelyard.spec.kubernetes import (
+    ExportOptions,
+    estimate_models,
+    export_kubernetes,
+    export_yaml,
+    kubernetes_name,
+)
+from modelyard.spec.schema import parse_spec
+from modelyard.store import Store
+
+KUBERNETES_VERSION = "1.30"
+SPEC = """
+models:
+  - {name: chat, image: 'localhost:5000/team/gemma3:270m', parallel: 4, context: 4096, pinned: true}
+  - {name: 'Code:7B', image: 'registry.example.com/team/code:q4', keepAlive: 10m, gpuLayers: all}
+  - {name: paused, image: 'localhost:5000/team/x:v1', suspend: true}
+"""
+
+
+def validate(resource: dict[str, Any]) -> None:
+    if resource["apiVersion"] == "kubeai.org/v1":
+        jsonschema.validate(resource, MODEL_SCHEMA)
+        assert kubeai_rule_violations(resource) == []
+    else:
+        kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
+
+
+def test_every_exported_resource_validates() -> None:
+    resources = export_kubernetes(make_spec(SPEC), mode="both", estimates={"chat": 3 * 2**30})
+    kinds = [(r["kind"], r["metadata"]["name"]) for r in resources]
+    assert kinds == [
+        ("ConfigMap", "team-chat"),
+        ("Deployment", "team-chat"),
+        ("Service", "team-chat"),
+        ("Model", "chat"),
+        ("ConfigMap", "team-code-7b"),
+        ("Deployment", "team-code-7b"),
+        ("Service", "team-code-7b"),
+        ("Model", "code-7b"),
+    ]
+    for resource in resources:
+        validate(resource)
+
+
+def test_the_deployment_serves_the_model_from_its_configmap_with_requests_from_the_estimate() -> None:
+    config_map, deployment, service, _ = export_kubernetes(
+        make_spec(SPEC), estimates={"chat": 3 * 2**30}, options=ExportOptions(namespace="llm")
+    )[:4]
+    one = parse_spec_text(config_map["data"]["modelset.yaml"])
+    assert [m.name for m in one.models] == ["chat"] and one.models[0].context == 4096
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["serve", "--spec", "/etc/modelyard/modelset.yaml"]
+    assert container["resources"]["requests"]["memory"] == "3328Mi"  # 3 GiB + 256 MiB for the server
+    assert container["resources"]["limits"]["memory"] == "4160Mi"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert deployment["metadata"]["namespace"] == "llm" and service["spec"]["ports"][0]["port"] == 11434
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_kubeai_models_map_the_spec() -> None:
+    resources = export_kubernetes(make_spec(SPEC), mode="kubeai", estimates={"chat": 3 * 2**30})
+    chat, code = (r["spec"] for r in resources)
+    assert chat["url"] == "ollama://localhost:5000/team/gemma3:270m"
+    assert (chat["minReplicas"], chat["resourceProfile"], chat["targetRequests"]) == (1, "cpu:2", 4)
+    assert chat["env"] == {"OLLAMA_NUM_PARALLEL": "4", "OLLAMA_CONTEXT_LENGTH": "4096"}
+    assert (code["minReplicas"], code["scaleDownDelaySeconds"]) == (0, 600)  # keepAlive 10m: scale to zero
+    assert code["resourceProfile"] == "nvidia-gpu-l4:1"
+    assert resources[1]["metadata"]["annotations"]["modelyard.io/served-name"] == "Code:7B"
+    assert "unknown" in resources[1]["metadata"]["annotations"]["modelyard.io/memory-estimate"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        pytest.param("models: [{name: a, image: tiny}]", "local image", id="local-image"),
+        pytest.param(f"models: [{{name: a, image: 'h.io/a@sha256:{'a' * 64}'}}]", "by tag", id="digest-only"),
+        pytest.param(
+            "models: [{name: 'a:b', image: 'h.io/a:1'}, {name: 'a/b', image: 'h.io/b:1'}]",
+            "both become",
+            id="clash",
+        ),
+    ],
+)
+def test_what_kubeai_cannot_take_is_a_clear_error(body: str, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        export_kubernetes(make_spec(body), mode="kubeai")
+
+
+@pytest.mark.parametrize(
+    ("served", "name"),
+    [
+        pytest.param("chat", "chat", id="plain"),
+        pytest.param("Gemma3:270m", "gemma3-270m", id="tag"),
+        pytest.param("team/nlp.model", "team-nlp-model", id="path"),
+        pytest.param("x" * 60, "x" * 40, id="long"),
+    ],
+)
+def test_kubernetes_names(served: str, name: str) -> None:
+    assert kubernetes_name(served) == name
+
+
+def test_estimates_come_from_images_in_the_store(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home")
+    store = Store(settings.store_dir)
+    build(store, write_tiny_llama(tmp_path / "t.gguf"), "localhost:5000/team/tiny:v1", tmp_path)
+    spec_file = tmp_path / "m.yaml"
+    spec_file.write_text(
+        "apiVersion: modelyard/v1\nkind: ModelSet\nspec:\n  models:\n"
+        "    - {name: tiny, image: 'localhost:5000/team/tiny:v1', parallel: 2}\n"
+        "    - {name: gone, image: 'localhost:5000/team/gone:v1'}\n"
+    )
+    estimates = estimate_models(parse_spec_text(spec_file.read_text()), store)
+    assert set(estimates) == {"tiny"} and 1_000_000 < estimates["tiny"] < 10_000_000
+    text = export_for(spec_file, settings, mode="deployment")
+    resources = list(yaml.safe_load_all(text))
+    assert text == export_yaml(resources)
+    memory = resources[1]["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"]
+    assert memory == f"{math.ceil((estimates['tiny'] + 256 * 2**20) / 2**20)}Mi"
+    for resource in resources:
+        validate(resource)
+
+
+def parse_spec_text(text: str) -> Any:
+    from modelyard.spec.schema import SpecDocument
+
+    return parse_spec([SpecDocument("m.yaml", text)])
+
+
+def test_the_validation_itself_catches_a_bad_resource() -> None:
+    resources = export_kubernetes(make_spec(SPEC), mode="both")
+    deployment, model = resources[1], resources[3]
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["paht"] = "/x"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate(deployment)
+    model["spec"]["replicaz"] = 1
+    with pytest.raises(jsonschema.ValidationError):
+        validate(model)
