@@ -229,3 +229,10 @@ def test_byte_sizes(text: str, size: int) -> None:
 @given(st.integers(min_value=0, max_value=2**50))
 def test_byte_sizes_format_exactly(size: int) -> None:
     assert parse_byte_size(format_byte_size(size)) == size
+
+
+def test_the_gitops_sample_is_a_valid_spec() -> None:
+    sample = Path(__file__).resolve().parent.parent / "samples" / "gitops" / "specs"
+    spec = load_spec(sample)
+    assert spec.name == "team" and [m.name for m in spec.models] == ["chat", "pirate"]
+    assert spec.body.memory.ram == 4 * 2**30 and spec.models[1].keep_alive == 600
