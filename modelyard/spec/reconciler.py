@@ -166,7 +166,6 @@ class Reconciler:
         self._events: list[Event] = list(saved.events)
         self._rejected = saved.rejected
         self._observed_generation = 0
-        self._last_plan: Plan | None = None
         self._last_round: float | None = None
         self._in_progress: dict[str, Action] = {}
         self._serving: dict[str, LoadTarget] = {}
@@ -220,11 +219,13 @@ class Reconciler:
         return SubmitResult(True, self._generation, changed)
 
     def _forget_failures_of_changed_models(self, old: Spec | None, new: Spec) -> None:
-        """A model whose entry changed is tried again at once (its backoff and blocks are cleared)."""
+        """A model whose entry (or the memory budget) changed is tried again at once: its backoff
+        and blocks are cleared."""
         models = dict(self._inventory.models)
+        budget_changed = old is None or old.body.memory != new.body.memory
         for model in new.models:
             before = old.model(model.name) if old is not None else None
-            if before != model and model.name in models:
+            if (budget_changed or before != model) and model.name in models:
                 models[model.name] = replace(models[model.name], failure=None, failures=0, retry_at=0.0)
         self._inventory = replace(self._inventory, models=models)
 
@@ -251,7 +252,6 @@ class Reconciler:
                 self._inventory,
                 models={n: m for n, m in self._inventory.models.items() if n not in current.forget},
             )
-            self._last_plan = current
             self._last_round = self.clock()
             self._observed_generation = generation
             self._fingerprint = self._glance()
