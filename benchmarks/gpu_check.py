@@ -56,24 +56,33 @@ def decode_rate(runner: Runner, streams: int, tokens: int = 128) -> float:
 
 def load(path: Path, num_gpu: int) -> tuple[Runner, float]:
     start = time.perf_counter()
-    runner = Runner.start(RunnerSpec("check", path, options=LoadOptions(num_ctx=N_CTX, num_parallel=SLOTS,
-                                                                         num_gpu=num_gpu)))
+    runner = Runner.start(
+        RunnerSpec("check", path, options=LoadOptions(num_ctx=N_CTX, num_parallel=SLOTS, num_gpu=num_gpu))
+    )
     return runner, time.perf_counter() - start
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path)
     parser.add_argument("--small", action="store_true", help="a small model, for a dry run on a CPU")
     args = parser.parse_args()
     report: dict[str, object] = {}
     folder = Path(tempfile.mkdtemp(prefix="gpu-check-"))
-    dims = dict(n_embd=256, n_layer=4, n_head=8, n_head_kv=2, n_ff=512) if args.small else dict(
-        n_embd=2048, n_layer=16, n_head=16, n_head_kv=4, n_ff=5632)
+    dims = (
+        dict(n_embd=256, n_layer=4, n_head=8, n_head_kv=2, n_ff=512)
+        if args.small
+        else dict(n_embd=2048, n_layer=16, n_head=16, n_head_kv=4, n_ff=5632)
+    )
     started = time.perf_counter()
     path = write_tiny_llama(folder / "random.gguf", file_type="F16", n_ctx=8192, **dims)
-    report["model"] = {"file_bytes": path.stat().st_size, "write_seconds": round(time.perf_counter() - started, 1),
-                       **dims}
+    report["model"] = {
+        "file_bytes": path.stat().st_size,
+        "write_seconds": round(time.perf_counter() - started, 1),
+        **dims,
+    }
     contents = read_gguf(path)
     shape = shape_from_gguf(contents.metadata, contents.tensors)
 
@@ -110,8 +119,11 @@ def main() -> None:
         assert info is not None
         report["partial"] = {
             "simulated_free_bytes": half.free,
-            "plan": {"n_gpu_layers": partial_plan.n_gpu_layers, "reason": partial_plan.reason,
-                     "planned_device_bytes": partial_plan.total_device_bytes},
+            "plan": {
+                "n_gpu_layers": partial_plan.n_gpu_layers,
+                "reason": partial_plan.reason,
+                "planned_device_bytes": partial_plan.total_device_bytes,
+            },
             "estimate_device_bytes": partial_estimate.device,
             "measured_device_bytes": info.device_bytes,
             "fits_simulated_device": info.device_bytes <= half.free,

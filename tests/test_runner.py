@@ -92,26 +92,54 @@ def test_greedy_matches_llama_cpp_python_on_tiny(tiny_runner: Runner, tiny_gguf:
     assert text == expected["choices"][0]["text"]
 
 
+def greedy_tokens(runner: Runner, prompt: str, n: int) -> list[dict[str, object]]:
+    """The greedy continuation, token by token, with each step's two best candidates."""
+    steps: list[dict[str, object]] = []
+    for event in runner.generate(CompletionRequest(prompt, greedy(n), top_logprobs=2)):
+        if isinstance(event, Token):
+            steps.extend(event.logprobs)
+    return steps
+
+
 @pytest.mark.gemma
 def test_greedy_output_is_the_same_alone_and_batched(gemma_runner: Runner) -> None:
+    """Four prompts decoded alone, then together in one batch. The tokens must agree; where they
+    don't, it must be batch rounding flipping a near tie, and the test says where.
+
+    llama.cpp's CPU matrix kernels sum in an order that depends on how many rows a batch has, so a
+    sequence's logits move in the last bits with the company it keeps; greedy argmax only turns on
+    that when the two best logits are (nearly) tied."""
     prompts = [
         GEMMA_PROMPT,
         "<start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n",
         "<start_of_turn>user\nWrite a haiku about rain.<end_of_turn>\n<start_of_turn>model\n",
         "<start_of_turn>user\nTranslate 'good morning' to French.<end_of_turn>\n<start_of_turn>model\n",
     ]
-    alone = [gemma_runner.complete(CompletionRequest(p, greedy(32)))[0] for p in prompts]
-    results: dict[int, str] = {}
+    alone = [greedy_tokens(gemma_runner, p, 32) for p in prompts]
+    batched: dict[int, list[dict[str, object]]] = {}
 
     def run(i: int) -> None:
-        results[i] = gemma_runner.complete(CompletionRequest(prompts[i], greedy(32)))[0]
+        batched[i] = greedy_tokens(gemma_runner, prompts[i], 32)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
-    assert [results[i] for i in range(len(prompts))] == alone
+    flips = []
+    for i, solo in enumerate(alone):
+        together = batched[i]
+        same = [a["id"] == b["id"] for a, b in zip(solo, together, strict=False)]
+        if all(same) and len(solo) == len(together):
+            continue
+        k = same.index(False) if False in same else min(len(solo), len(together))
+        first, second = solo[k]["top"][:2]  # type: ignore[index]
+        gap = first["logit"] - second["logit"]
+        flips.append((i, k, gap))
+        assert gap < 0.05, f"prompt {i} diverged at token {k}, where the best logit led by {gap:.4f}"
+        assert together[k]["id"] == second["id"], "the batch took the runner-up of a near tie"
+    # Where flips happened they are reported with their position and logit gap (pytest -rP shows it).
+    print("batch-rounding flips (prompt, token, logit gap):", flips or "none")
 
 
 # --- sampling and stopping -----------------------------------------------------------------

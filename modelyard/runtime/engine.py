@@ -49,6 +49,8 @@ class Slot:
     decoder: codecs.IncrementalDecoder | None = None
     options: SamplingOptions = field(default_factory=SamplingOptions)
     shift: bool = True
+    top_logprobs: int = 0
+    logprobs: list[dict[str, Any]] = field(default_factory=list)  # not yet sent
     generated: int = 0
     truncated: int = 0
     shifts: int = 0
@@ -203,6 +205,8 @@ class Engine:
         slot.decoder = codecs.getincrementaldecoder("utf-8")("replace")
         slot.options = options
         slot.shift = request.shift
+        slot.top_logprobs = request.top_logprobs
+        slot.logprobs = []
         slot.generated = 0
         slot.truncated = dropped
         slot.shifts = 0
@@ -293,13 +297,19 @@ class Engine:
         if not slot.prompt_done_ns:
             slot.prompt_done_ns = time.perf_counter_ns()
         token = slot.sampler.sample(self.ctx, slot.logits_index)
+        if slot.top_logprobs:
+            entry = llama.top_logprobs(self.ctx, self.model, slot.logits_index, token, slot.top_logprobs)
+            slot.logprobs.append(entry)
         if self.model.is_eog(token):
             self._finish(slot, "stop")
             return
         slot.generated += 1
         text = slot.stops.feed(slot.decoder.decode(self.model.piece(token)))
-        if text:
-            self.send({"event": "token", "id": slot.request_id, "text": text})
+        if text or slot.logprobs:
+            event: dict[str, Any] = {"event": "token", "id": slot.request_id, "text": text}
+            if slot.logprobs:
+                event["logprobs"], slot.logprobs = slot.logprobs, []
+            self.send(event)
         if slot.stops.stopped:
             self._finish(slot, "stop")
         elif 0 <= slot.options.num_predict <= slot.generated:

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import llama_cpp as L
 
@@ -399,6 +400,30 @@ class Sampler:
         if self.ptr:
             L.llama_sampler_free(self.ptr)
             self.ptr = None
+
+
+def top_logprobs(ctx: Context, model: Model, index: int, chosen: int, k: int) -> dict[str, Any]:
+    """The chosen token's log-probability and the `k` most likely tokens at batch row `index`,
+    from the raw logits (before sampling's penalties and temperature), with their logits."""
+    import numpy as np
+
+    pointer = L.llama_get_logits_ith(ctx.ptr, index)
+    logits = np.ctypeslib.as_array(pointer, shape=(model.n_vocab,)).astype(np.float64)
+    peak = float(logits.max())
+    log_total = peak + float(np.log(np.exp(logits - peak).sum()))
+    best = np.argpartition(-logits, k)[:k] if k < model.n_vocab else np.arange(model.n_vocab)
+    best = best[np.argsort(-logits[best])]
+
+    def entry(token: int) -> dict[str, Any]:
+        text = model.piece(token).decode("utf-8", "replace")
+        return {
+            "id": token,
+            "token": text,
+            "logit": float(logits[token]),
+            "logprob": float(logits[token]) - log_total,
+        }
+
+    return {**entry(chosen), "top": [entry(int(t)) for t in best]}
 
 
 def json_schema_grammar(schema: object) -> str:

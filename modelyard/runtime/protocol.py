@@ -14,7 +14,7 @@ Runner → parent (`event`):
     progress    {fraction}                                      while loading
     loaded      {info: RunnerInfo}                              ready to serve
     load_failed {message}                                       then the runner exits
-    token       {id, text}                                      streamed output
+    token       {id, text, logprobs?}                           streamed output (logprobs when asked)
     done        {id, done_reason, prompt_eval_count, prompt_eval_duration, eval_count, eval_duration,
                  truncated, context_shifts}                     durations in nanoseconds
     result      {id, …}                                         embed / tokenize / detokenize / stats
@@ -42,6 +42,7 @@ class CompletionRequest:
     format: str | dict[str, Any] | None = None  # "json" or a JSON schema
     truncate: bool = True  # a prompt longer than the context: keep num_keep + the end (else an error)
     shift: bool = True  # a full context during generation: drop old tokens (else stop with "length")
+    top_logprobs: int = 0  # > 0: token events carry the chosen and the top candidates' log-probs
 
     def to_message(self, request_id: int) -> dict[str, Any]:
         return {
@@ -52,6 +53,7 @@ class CompletionRequest:
             "format": self.format,
             "truncate": self.truncate,
             "shift": self.shift,
+            "top_logprobs": self.top_logprobs,
         }
 
     @classmethod
@@ -64,6 +66,7 @@ class CompletionRequest:
             format=message.get("format"),
             truncate=bool(message.get("truncate", True)),
             shift=bool(message.get("shift", True)),
+            top_logprobs=int(message.get("top_logprobs") or 0),
         )
 
 

@@ -59,6 +59,9 @@ class RunnerSpec:
 @dataclass(frozen=True)
 class Token:
     text: str
+    # With CompletionRequest.top_logprobs: one entry per token generated since the last event:
+    # {"id", "token", "logprob", "logit", "top": [{"id", "token", "logprob", "logit"}, …]}.
+    logprobs: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -328,7 +331,7 @@ class Runner:
         if callback is None:
             return  # a cancelled request's late events
         if event == "token":
-            callback(Token(str(message["text"])))
+            callback(Token(str(message["text"]), tuple(message.get("logprobs") or ())))
         elif event == "done":
             fields = {k: message[k] for k in Done.__dataclass_fields__}
             callback(Done(**fields))
