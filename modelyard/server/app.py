@@ -18,10 +18,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard import __version__
-from modelyard.server.http_errors import HTTPError, retry_after_header
+from modelyard.server.http_errors import KNOWN_ERRORS, HTTPError, retry_after_header
 from modelyard.server.metrics import CONTENT_TYPE
 from modelyard.server.state import ServerState
 
@@ -106,7 +107,19 @@ def _error_response(request: Request, error: HTTPError) -> JSONResponse:
     return JSONResponse(body, status_code=error.status, headers=headers)
 
 
+def _kind_for(status: int) -> str:
+    return {401: "authentication_error", 404: "not_found_error"}.get(status, "invalid_request_error")
+
+
 def _error_handlers(app: FastAPI, state: ServerState) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_exception(request: Request, exc: StarletteHTTPException) -> Response:
+        # Unknown routes (404), wrong methods (405) and the like, in each API's error shape.
+        error = HTTPError(exc.status_code, str(exc.detail), kind=_kind_for(exc.status_code))
+        response = _error_response(request, error)
+        response.headers.update(exc.headers or {})
+        return response
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(
@@ -114,12 +127,18 @@ def _error_handlers(app: FastAPI, state: ServerState) -> None:
         )
         return _error_response(request, HTTPError(400, f"invalid request: {problems}"))
 
-    @app.exception_handler(Exception)
-    async def any_error(request: Request, exc: Exception) -> JSONResponse:
+    async def known_error(request: Request, exc: Exception) -> JSONResponse:
         error = state.error_for(exc)
         model = getattr(request.state, "model", "")
         state.count(request.url.path, model, error.status)
         return _error_response(request, error)
+
+    # Known errors are answered where they are raised (the connection stays open for the next
+    # request); the handler for Exception runs in Starlette's outermost middleware, which answers
+    # 500 and then re-raises, so a bug keeps its traceback in the log.
+    for known in KNOWN_ERRORS:
+        app.add_exception_handler(known, known_error)
+    app.add_exception_handler(Exception, known_error)
 
 
 class ApiKey:
@@ -152,7 +171,10 @@ class ApiKey:
 
 class BodyLimit:
     """Refuse request bodies over `limit` bytes with 413, by Content-Length or as they stream in.
-    Blob uploads are exempt: they stream to disk and are verified by digest."""
+
+    The body is read here, before any route sees it (the JSON routes read it whole anyway), so that
+    the refusal is a 413 whichever route it was meant for. Blob uploads are exempt: they stream to
+    disk and are verified by digest."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -164,27 +186,41 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(scope, receive, send)
+            await self._refuse(scope, send)
             return
-        received = 0
-
-        async def limited() -> Message:
-            nonlocal received
+        chunks: list[bytes] = []
+        size = 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise _TooLarge()
-            return message
+            if message["type"] != "http.request":
+                return  # the client went away before it finished sending
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._refuse(scope, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body: Message | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._refuse(scope, receive, send)
+        async def replay() -> Message:
+            nonlocal body
+            if body is not None:
+                message, body = body, None
+                return message
+            return await receive()  # after the body: the disconnect a streaming response waits for
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
         message = f"request body larger than {self.limit} bytes"
-        body = json.dumps({"error": message}).encode()
+        error: dict[str, Any] = (
+            {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+            if scope["path"].startswith("/v1/")
+            else {"error": message}
+        )
+        body = json.dumps(error).encode()
         await send(
             {
                 "type": "http.response.start",
@@ -192,11 +228,8 @@ class BodyLimit:
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
                 ],
             }
         )
         await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass

@@ -8,7 +8,6 @@ the table is a bug: it is logged with its traceback and answered 500 without det
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from modelyard.errors import (
     BuildError,
@@ -30,17 +29,25 @@ from modelyard.errors import (
 STATUS_CLIENT_GONE = 499  # nginx's and Ollama's "client closed request"
 
 
-@dataclass(frozen=True)
 class HTTPError(Exception):
-    """An error raised inside a route that already knows its status and message."""
+    """An error raised inside a route that already knows its status and message.
 
-    status: int
-    message: str
-    retry_after: float | None = None
-    kind: str = "invalid_request_error"
+    (A plain class, not a frozen dataclass: raising sets `__traceback__` on the instance.)"""
+
+    def __init__(
+        self, status: int, message: str, retry_after: float | None = None, kind: str = "invalid_request_error"
+    ) -> None:
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+        self.kind = kind
+
+    def __str__(self) -> str:
+        return self.message
 
 
-_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
+_TABLE: tuple[tuple[type[Exception], int, str], ...] = (
     (ServerBusyError, 503, "server_busy"),
     (ImageNotFoundError, 404, "not_found_error"),
     (RemoteNotFoundError, 404, "not_found_error"),
@@ -56,6 +63,10 @@ _TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (RunnerCrashedError, 500, "server_error"),
     (ModelyardError, 500, "server_error"),
 )
+
+
+# Every class that classify() knows: the app answers these without a traceback.
+KNOWN_ERRORS: tuple[type[Exception], ...] = (HTTPError, *(kind for kind, _, _ in _TABLE))
 
 
 def classify(exc: BaseException) -> HTTPError | None:

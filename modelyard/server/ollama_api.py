@@ -23,14 +23,15 @@ from modelyard import __version__
 from modelyard.builder import modelfile as mf
 from modelyard.builder.params import validate_parameters
 from modelyard.builder.prompt import ChatMessage, PromptRequest, ToolCall
-from modelyard.errors import InferenceRequestError, ModelfileError
+from modelyard.errors import InferenceRequestError, InvalidReferenceError, ModelfileError
 from modelyard.progress import ProgressEvent
 from modelyard.reference import parse_reference
 from modelyard.registry import PushFormat, pull, push
 from modelyard.runtime.servable import Servable
-from modelyard.server.http_errors import HTTPError
+from modelyard.server.http_errors import STATUS_CLIENT_GONE, HTTPError
 from modelyard.server.inference import Finished
 from modelyard.server.state import ServerState
+from modelyard.store.image import is_digest
 
 # The Ollama version we answer /api/version with: the API level we follow (reference snapshot).
 OLLAMA_API_VERSION = "0.12.0"
@@ -39,7 +40,9 @@ NDJSON = "application/x-ndjson"
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # Unknown fields are ignored, as Ollama ignores them; a value of the wrong JSON type is a 400
+    # (strict: "stream": "yes" is not true), as Go's json.Unmarshal refuses it.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class _ModelRequest(_Request):
@@ -276,6 +279,10 @@ def router(state: ServerState) -> APIRouter:
     async def upload_blob(digest: str, request: Request) -> Response:
         _check_digest(digest)
         if state.store.blobs.exists(digest):
+            # Ollama's clients send the whole file anyway: read it to the end (and drop it), so
+            # that the connection stays usable and the client sees its 200, not a reset.
+            async for _ in request.stream():
+                pass
             return Response(status_code=200)
         await state.receive_blob(digest, request.stream())
         return Response(status_code=201)
@@ -334,20 +341,22 @@ async def _generation_response(
 
     async def lines() -> AsyncIterator[bytes]:
         event = first
+        status = STATUS_CLIENT_GONE  # unless the stream ends: the client went away
         try:
             while True:
                 if isinstance(event, Finished):
                     yield _line(_final_line(name, event.done_reason, chunk(""), event))
-                    state.count(endpoint, name, 200)
+                    status = 200
                     return
                 yield _line({"model": name, "created_at": timestamp(), **chunk(event.text), "done": False})
                 event = await anext(stream)
         except Exception as exc:  # mid-stream: an error line, as Ollama sends it
             error = state.error_for(exc)
-            state.count(endpoint, name, error.status)
+            status = error.status
             yield _line({"error": error.message})
         finally:
-            await stream.aclose()
+            state.count(endpoint, name, status)
+            await stream.aclose()  # cancels the runner's request if it is still going
 
     return StreamingResponse(lines(), media_type=NDJSON)
 
@@ -460,19 +469,41 @@ def _truncate_dimensions(vector: list[float], dimensions: int) -> list[float]:
 
 
 def _check_digest(digest: str) -> None:
-    from modelyard.store.image import is_digest
-
     if not is_digest(digest):
         raise HTTPError(400, f"invalid digest {digest!r}: expected sha256:<64 hex>")
 
 
 def _modelfile_from(body: CreateBody) -> mf.Modelfile:
-    """Ollama's create request (structured, or the older Modelfile text) as a Modelfile."""
+    """Ollama's create request (structured, or the older Modelfile text) as a Modelfile whose
+    FROM and ADAPTERs name only images and uploaded blobs."""
     if body.modelfile and not (body.from_ or body.files):
         try:
-            return mf.parse(body.modelfile, "modelfile")
+            parsed = mf.parse(body.modelfile, "modelfile")
         except ModelfileError as exc:
             raise HTTPError(400, str(exc)) from None
+        return _served_sources_only(parsed)
+    return _served_sources_only(_structured_modelfile(body))
+
+
+def _served_sources_only(modelfile: mf.Modelfile) -> mf.Modelfile:
+    """An API client never makes the server read the server's own files: FROM and ADAPTER must be
+    an image name or the digest of a blob uploaded with POST /api/blobs (as Ollama's clients do)."""
+    for instruction, value in [("FROM", modelfile.from_)] + [("ADAPTER", a) for a in modelfile.adapters]:
+        if is_digest(value):
+            continue
+        hint = "upload the file with POST /api/blobs/<digest> and name that digest instead"
+        if value.startswith((".", "/", "~", "\\")) or value.lower().endswith((".gguf", ".safetensors")):
+            raise HTTPError(400, f"{instruction} {value}: file paths are not read over the API; {hint}")
+        if instruction == "ADAPTER":
+            raise HTTPError(400, f"ADAPTER {value}: expected a blob digest; {hint}")
+        try:
+            parse_reference(value)
+        except InvalidReferenceError as exc:
+            raise HTTPError(400, f"FROM {value}: not an image name ({exc.reason})") from None
+    return modelfile
+
+
+def _structured_modelfile(body: CreateBody) -> mf.Modelfile:
     source = body.from_
     if body.files:
         ggufs = [digest for name, digest in body.files.items() if name.lower().endswith(".gguf")]

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from modelyard.builder.prompt import ChatMessage, PromptRequest, ToolCall
 from modelyard.runtime.servable import Servable
-from modelyard.server.http_errors import HTTPError
+from modelyard.server.http_errors import STATUS_CLIENT_GONE, HTTPError
 from modelyard.server.inference import Finished
 from modelyard.server.state import ServerState
 
@@ -27,7 +27,8 @@ SSE = "text/event-stream"
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # Unknown fields ignored; wrong JSON types are a 400 (strict: no "yes" for true, no "5" for 5).
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class ChatMessageBody(_Body):
@@ -273,6 +274,7 @@ async def _sse(
     async def events() -> AsyncIterator[bytes]:
         event = first_event
         first = True
+        status = STATUS_CLIENT_GONE  # unless the stream ends: the client went away
         try:
             while True:
                 if isinstance(event, Finished):
@@ -281,19 +283,20 @@ async def _sse(
                     if include_usage:
                         yield chunk(frame([], usage=_usage(event)))
                     yield b"data: [DONE]\n\n"
-                    state.count(endpoint, servable.name, 200)
+                    status = 200
                     return
                 yield chunk(frame([choice(event.text, first) | {"index": 0, "finish_reason": None}]))
                 first = False
                 event = await anext(stream)
         except Exception as exc:
             error = state.error_for(exc)
-            state.count(endpoint, servable.name, error.status)
+            status = error.status
             yield chunk(
                 {"error": {"message": error.message, "type": error.kind, "param": None, "code": None}}
             )
         finally:
-            await stream.aclose()
+            state.count(endpoint, servable.name, status)
+            await stream.aclose()  # cancels the runner's request if it is still going
 
     return StreamingResponse(events(), media_type=SSE, headers={"Cache-Control": "no-cache"})
 

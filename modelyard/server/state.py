@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from modelyard.builder import modelfile as mf
@@ -176,7 +178,9 @@ class ServerState:
                 created=created_timestamp(self.settings.source_date_epoch),
                 progress=sink,
             )
-            builder.build(modelfile, target, context=self.settings.home, quantize=quantize)
+            # An empty folder as the build context: names in FROM never resolve to server files.
+            with tempfile.TemporaryDirectory(prefix="modelyard-create-") as context:
+                builder.build(modelfile, target, context=Path(context), quantize=quantize)
 
         async for event in self.in_thread(work):
             yield event

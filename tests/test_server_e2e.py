@@ -1,0 +1,637 @@
+"""`modelyard serve` as a real process with Gemma 3 270M, driven by the official `ollama` and `openai`
+clients unchanged, by plain HTTP for what clients never send, and by the `run`/`ps`/`stop` CLI.
+
+One server for the module (tests that unload the model leave the next request to reload it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import ollama
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from registry_server import Registry, free_port
+from server_process import GEMMA, ServeProcess, build_gemma_home, start_server
+
+pytestmark = pytest.mark.gemma
+
+MODEL = f"{GEMMA}:latest"
+GREEDY = {"temperature": 0, "num_predict": 8}
+JSON_PROMPT = 'What is 2+2? Reply as JSON with a key "answer".'
+COLOUR_SCHEMA = {
+    "type": "object",
+    "properties": {"colour": {"type": "string", "enum": ["red", "green", "blue"]}},
+    "required": ["colour"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory, gemma_gguf: Path) -> Path:
+    return build_gemma_home(tmp_path_factory.mktemp("e2e") / "home", gemma_gguf)
+
+
+@pytest.fixture(scope="module")
+def server(home: Path) -> Iterator[ServeProcess]:
+    process = start_server(home)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def client(server: ServeProcess) -> Iterator[ollama.Client]:
+    c = ollama.Client(host=server.url, timeout=120)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def oai(server: ServeProcess) -> Iterator[openai.OpenAI]:
+    c = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def http(server: ServeProcess) -> Iterator[httpx.Client]:
+    with server.client() as c:
+        yield c
+
+
+def loaded(http: httpx.Client) -> dict[str, dict[str, object]]:
+    return {m["name"]: m for m in http.get("/api/ps").json()["models"]}
+
+
+# --- the ollama client ------------------------------------------------------------------------------
+
+
+def test_ollama_list_and_show(client: ollama.Client) -> None:
+    models = {m.model: m for m in client.list().models}
+    gemma = models[MODEL]
+    assert gemma.details is not None
+    assert (gemma.details.family, gemma.details.quantization_level, gemma.details.format) == (
+        "gemma3",
+        "Q4_K_M",
+        "gguf",
+    )
+    assert gemma.size is not None and gemma.size > 250_000_000
+    assert gemma.digest is not None and len(gemma.digest) == 64
+
+    shown = client.show(GEMMA)
+    assert shown.template is not None and "<start_of_turn>" in shown.template
+    assert shown.parameters is not None and "stop" in shown.parameters and "<end_of_turn>" in shown.parameters
+    assert shown.capabilities == ["completion"]
+    assert shown.modelinfo is not None and shown.modelinfo["general.architecture"] == "gemma3"
+    assert shown.license is not None and "Gemma" in shown.license
+    assert shown.modelfile is not None and "FROM" in shown.modelfile
+
+
+def test_ollama_generate_reports_durations_in_nanoseconds(client: ollama.Client) -> None:
+    started = time.monotonic()
+    result = client.generate(GEMMA, "Name a colour.", options=GREEDY)
+    wall_ns = (time.monotonic() - started) * 1e9
+    assert result.response and result.done and result.done_reason == "length"
+    assert result.eval_count == 8 and result.prompt_eval_count and result.prompt_eval_count > 5
+    assert result.total_duration is not None and result.eval_duration is not None
+    assert 0 < result.eval_duration < result.total_duration <= wall_ns
+    assert result.load_duration is not None and result.prompt_eval_duration
+    assert result.created_at is not None and result.created_at.endswith("Z")
+
+    parts = list(client.generate(GEMMA, "Name a colour.", options=GREEDY, stream=True))
+    assert all(not p.done for p in parts[:-1]) and parts[-1].done and parts[-1].done_reason == "length"
+    assert "".join(p.response for p in parts) == result.response, "greedy: streamed = whole"
+
+
+def test_ollama_chat_streaming_and_not(client: ollama.Client) -> None:
+    messages = [{"role": "user", "content": "Write one word about the sea."}]
+    whole = client.chat(GEMMA, messages=messages, options=GREEDY)
+    assert whole.message.role == "assistant" and whole.message.content
+    assert whole.done_reason == "length" and whole.eval_count == 8
+
+    parts = list(client.chat(GEMMA, messages=messages, options=GREEDY, stream=True))
+    assert len(parts) > 2 and parts[-1].done and not parts[0].done
+    assert "".join(p.message.content or "" for p in parts) == whole.message.content
+
+
+def test_ollama_chat_with_a_system_message_and_history(client: ollama.Client) -> None:
+    messages = [
+        {"role": "system", "content": "You answer with one word."},
+        {"role": "user", "content": "Capital of Italy?"},
+        {"role": "assistant", "content": "Rome."},
+        {"role": "user", "content": "And of Spain?"},
+    ]
+    result = client.chat(GEMMA, messages=messages, options={"temperature": 0, "num_predict": 16})
+    assert result.message.content and result.prompt_eval_count and result.prompt_eval_count > 20
+
+
+def test_ollama_format_json_and_schema_parse(client: ollama.Client) -> None:
+    messages = [{"role": "user", "content": JSON_PROMPT}]
+    free = client.chat(GEMMA, messages=messages, format="json", options={"temperature": 0, "num_predict": 96})
+    assert free.done_reason == "stop"
+    assert isinstance(json.loads(free.message.content or ""), dict)
+
+    constrained = client.generate(
+        GEMMA, "Pick a colour, as JSON.", format=COLOUR_SCHEMA, options={"temperature": 0, "num_predict": 64}
+    )
+    assert json.loads(constrained.response)["colour"] in ("red", "green", "blue")
+
+
+def test_ollama_embed_and_legacy_embeddings(client: ollama.Client) -> None:
+    result = client.embed(GEMMA, input=["the sea", "the sky"])
+    assert len(result.embeddings) == 2 and len(result.embeddings[0]) == 640
+    assert result.embeddings[0] != result.embeddings[1]
+    norm = sum(v * v for v in result.embeddings[0]) ** 0.5
+    assert abs(norm - 1) < 1e-3, "embeddings are normalised, as Ollama's"
+    assert result.prompt_eval_count and result.prompt_eval_count >= 4
+
+    legacy = client.embeddings(GEMMA, prompt="the sea")
+    assert len(legacy.embedding) == 640
+
+
+def test_ollama_ps_shows_the_loaded_model(client: ollama.Client) -> None:
+    client.generate(GEMMA, "Hi", options={"num_predict": 1})
+    running = {m.model: m for m in client.ps().models}
+    gemma = running[MODEL]
+    assert gemma.size and gemma.size > 250_000_000 and gemma.size_vram == 0
+    assert gemma.context_length == 4096, "the Modelfile's num_ctx"
+    assert gemma.expires_at is not None and gemma.expires_at > datetime.now(UTC)
+    assert gemma.details is not None and gemma.details.family == "gemma3"
+
+
+def test_empty_prompt_loads_and_keep_alive_zero_unloads(client: ollama.Client, http: httpx.Client) -> None:
+    loaded_ = client.generate(GEMMA, "")
+    assert loaded_.done and loaded_.done_reason == "load" and loaded_.response == ""
+    assert MODEL in loaded(http)
+
+    unloaded = client.generate(GEMMA, "", keep_alive=0)
+    assert unloaded.done_reason == "unload"
+    assert MODEL not in loaded(http)
+    assert [m.model for m in client.ps().models] == []
+
+    chat_load = client.chat(GEMMA, messages=[], keep_alive="10m")
+    assert chat_load.done_reason == "load" and MODEL in loaded(http)
+
+
+def test_images_on_a_text_model_are_a_clear_400(client: ollama.Client) -> None:
+    with pytest.raises(ollama.ResponseError) as caught:
+        client.generate(GEMMA, "What is in this picture?", images=[b"\x89PNG not really"])
+    assert caught.value.status_code == 400 and "text model" in caught.value.error
+    with pytest.raises(ollama.ResponseError) as caught:
+        client.chat(GEMMA, messages=[{"role": "user", "content": "and this?", "images": [b"GIF89a"]}])
+    assert caught.value.status_code == 400 and "cannot take images" in caught.value.error
+
+
+def test_think_is_ignored_gracefully(client: ollama.Client) -> None:
+    for think in (True, "high"):
+        result = client.chat(GEMMA, messages=[{"role": "user", "content": "Hi"}], think=think, options=GREEDY)
+        assert result.message.content and not result.message.thinking
+
+
+def test_unknown_model_is_a_404(client: ollama.Client) -> None:
+    with pytest.raises(ollama.ResponseError) as caught:
+        client.generate("no-such-model", "Hi")
+    assert caught.value.status_code == 404 and "not found" in caught.value.error
+    with pytest.raises(ollama.ResponseError) as caught:
+        client.show("no-such-model")
+    assert caught.value.status_code == 404
+
+
+def test_create_from_fields_then_copy_and_delete(client: ollama.Client, http: httpx.Client) -> None:
+    progress = list(
+        client.create(
+            "pirate-api",
+            from_=GEMMA,
+            system="You are a pirate.",
+            parameters={"temperature": 0.2, "stop": ["<end_of_turn>", "Arr"]},
+            stream=True,
+        )
+    )
+    statuses = [p.status for p in progress]
+    assert statuses[-1] == "success" and "writing manifest" in statuses
+    shown = client.show("pirate-api")
+    assert http.post("/api/show", json={"model": "pirate-api"}).json()["system"] == "You are a pirate."
+    assert shown.modelfile is not None and "You are a pirate." in shown.modelfile
+    assert shown.parameters is not None and "0.2" in shown.parameters and '"Arr"' in shown.parameters
+    assert shown.template == client.show(GEMMA).template, "inherited from FROM"
+
+    assert client.copy("pirate-api", "pirate-copy:v2").status == "success"
+    names = {m.model for m in client.list().models}
+    assert {"pirate-api:latest", "pirate-copy:v2"} <= names
+    answer = client.generate("pirate-copy:v2", "Hello", options=GREEDY)
+    assert answer.response
+
+    assert client.delete("pirate-api").status == "success"
+    assert client.delete("pirate-copy:v2").status == "success"
+    assert not {"pirate-api:latest", "pirate-copy:v2"} & {m.model for m in client.list().models}
+    with pytest.raises(ollama.ResponseError) as caught:
+        client.delete("pirate-api")
+    assert caught.value.status_code == 404
+
+
+def test_create_from_an_uploaded_gguf(client: ollama.Client, gemma_gguf: Path, http: httpx.Client) -> None:
+    digest = client.create_blob(gemma_gguf)  # already in the store: the body is read and dropped
+    assert http.head(f"/api/blobs/{digest}").status_code == 200
+    template = client.show(GEMMA).template
+    result = client.create(
+        "uploaded",
+        files={"gemma-3-270m-q4_k_m.gguf": digest},
+        template=template,
+        parameters={"stop": ["<end_of_turn>"], "num_ctx": 1024},
+        license="Gemma Terms of Use",
+    )
+    assert result.status == "success"
+    shown = client.show("uploaded")
+    assert shown.details is not None and shown.details.family == "gemma3"
+    assert shown.license == "Gemma Terms of Use"
+    assert client.generate("uploaded", "Hi", options=GREEDY, keep_alive=0).response
+    client.delete("uploaded")
+
+
+def test_upload_a_new_blob_and_a_wrong_digest(http: httpx.Client, tmp_path: Path) -> None:
+    import hashlib
+
+    data = os.urandom(300_000)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert http.head(f"/api/blobs/{digest}").status_code == 404
+    assert http.post(f"/api/blobs/{digest}", content=data).status_code == 201
+    assert http.head(f"/api/blobs/{digest}").status_code == 200
+    wrong = "sha256:" + "0" * 64
+    answer = http.post(f"/api/blobs/{wrong}", content=data)
+    assert answer.status_code == 400 and "error" in answer.json()
+    assert http.head(f"/api/blobs/{wrong}").status_code == 404
+    assert http.head("/api/blobs/sha256:nothex").status_code == 400
+
+
+def test_create_never_reads_the_servers_files(http: httpx.Client, home: Path) -> None:
+    weights = next((home / "store" / "blobs" / "sha256").iterdir())
+    for body in (
+        {"model": "sneaky", "from": str(weights)},
+        {"model": "sneaky", "from": "./store"},
+        {"model": "sneaky", "from": "~/model.gguf"},
+        {"model": "sneaky", "modelfile": f"FROM {weights}\n"},
+        {"model": "sneaky", "from": GEMMA, "adapters": {"a.gguf": "/etc/passwd"}},
+    ):
+        answer = http.post("/api/create", json=body)
+        assert answer.status_code == 400, body
+        assert "POST /api/blobs" in answer.json()["error"]
+    # A bare name that happens to be a folder in the server's home is still only a name.
+    answer = http.post("/api/create", json={"model": "sneaky", "from": "store", "stream": False})
+    assert answer.status_code == 400 and "no such file or image" in answer.json()["error"]
+
+
+needs_registry = pytest.mark.skipif(
+    shutil.which("docker-registry") is None, reason="docker-registry not installed"
+)
+
+
+@needs_registry
+def test_push_and_pull_through_a_registry(client: ollama.Client, registry: Registry) -> None:
+    remote = f"{registry.host}/e2e/gemma3:v1"
+    client.copy(GEMMA, remote)
+    pushed = list(client.push(remote, insecure=True, stream=True))
+    statuses = [p.status for p in pushed]
+    assert statuses[-1] == "success"
+    uploads = [p for p in pushed if p.status and p.status.startswith("pushing ") and p.digest]
+    assert uploads and any(p.total and p.total > 250_000_000 for p in uploads)
+    assert "pushing manifest" in statuses
+
+    client.delete(remote)
+    assert remote not in {m.model for m in client.list().models}
+    pulled = list(client.pull(remote, insecure=True, stream=True))
+    statuses = [p.status for p in pulled]
+    assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
+    assert "writing manifest" in statuses
+    assert remote in {m.model for m in client.list().models}
+    final = client.pull(remote, insecure=True)  # stream false: the last message
+    assert final.status == "success"
+
+    with pytest.raises(ollama.ResponseError) as caught:
+        client.pull(f"{registry.host}/e2e/absent:v1", insecure=True)
+    assert caught.value.status_code == 404
+    client.delete(remote)
+
+
+# --- the openai client ------------------------------------------------------------------------------
+
+
+def test_openai_chat_streaming_and_not(oai: openai.OpenAI) -> None:
+    messages: list[dict[str, str]] = [{"role": "user", "content": "Write one word about the sea."}]
+    whole = oai.chat.completions.create(
+        model=GEMMA,
+        messages=messages,  # type: ignore[arg-type]
+        max_tokens=8,
+        temperature=0,
+        seed=1,
+    )
+    choice = whole.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason == "length"
+    assert whole.usage is not None and whole.usage.completion_tokens == 8
+    assert whole.usage.total_tokens == whole.usage.prompt_tokens + 8
+    assert whole.model == MODEL and whole.object == "chat.completion"
+
+    chunks = list(
+        oai.chat.completions.create(
+            model=GEMMA,
+            messages=messages,  # type: ignore[arg-type]
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == choice.message.content
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finals == ["length"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
+
+
+def test_openai_stop_sequence(oai: openai.OpenAI) -> None:
+    messages: list[dict[str, str]] = [{"role": "user", "content": "Count from 1 to 10."}]
+    free = oai.chat.completions.create(model=GEMMA, messages=messages, max_tokens=24, temperature=0)  # type: ignore[arg-type]
+    text = free.choices[0].message.content or ""
+    stop = text[len(text) // 2 :][:2]  # greedy: the same text again, cut where this first appears
+    assert stop.strip(), text
+    cut = oai.chat.completions.create(
+        model=GEMMA,
+        messages=messages,  # type: ignore[arg-type]
+        max_tokens=24,
+        temperature=0,
+        stop=[stop],
+    )
+    assert cut.choices[0].message.content == text[: text.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_openai_completions(oai: openai.OpenAI) -> None:
+    result = oai.completions.create(
+        model=GEMMA, prompt="The capital of France is", max_tokens=6, temperature=0
+    )
+    assert result.choices[0].text and result.object == "text_completion"
+    assert result.usage is not None and result.usage.completion_tokens <= 6
+    streamed = list(
+        oai.completions.create(
+            model=GEMMA, prompt="The capital of France is", max_tokens=6, temperature=0, stream=True
+        )
+    )
+    assert "".join(c.choices[0].text for c in streamed) == result.choices[0].text
+
+
+def test_openai_embeddings(oai: openai.OpenAI) -> None:
+    # The client asks for base64 by default and decodes it.
+    result = oai.embeddings.create(model=GEMMA, input=["the sea", "the sky"])
+    assert [d.index for d in result.data] == [0, 1] and len(result.data[0].embedding) == 640
+    floats = oai.embeddings.create(model=GEMMA, input="the sea", encoding_format="float")
+    assert (
+        max(abs(a - b) for a, b in zip(floats.data[0].embedding, result.data[0].embedding, strict=True))
+        < 1e-6
+    )
+    shorter = oai.embeddings.create(model=GEMMA, input="the sea", dimensions=64)
+    assert len(shorter.data[0].embedding) == 64
+    assert result.usage.prompt_tokens > 0
+
+
+def test_openai_models(oai: openai.OpenAI) -> None:
+    assert MODEL in [m.id for m in oai.models.list()]
+    assert oai.models.retrieve(GEMMA).id == MODEL
+    assert oai.models.retrieve(MODEL).owned_by == "modelyard"
+    with pytest.raises(openai.NotFoundError):
+        oai.models.retrieve("no-such-model")
+
+
+def test_openai_response_format_parses(oai: openai.OpenAI) -> None:
+    free = oai.chat.completions.create(
+        model=GEMMA,
+        messages=[{"role": "user", "content": JSON_PROMPT}],
+        response_format={"type": "json_object"},
+        max_tokens=96,
+        temperature=0,
+    )
+    assert isinstance(json.loads(free.choices[0].message.content or ""), dict)
+    constrained = oai.chat.completions.create(
+        model=GEMMA,
+        messages=[{"role": "user", "content": "Pick a colour, as JSON."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "colour", "schema": COLOUR_SCHEMA}},
+        max_tokens=64,
+        temperature=0,
+    )
+    assert json.loads(constrained.choices[0].message.content or "")["colour"] in ("red", "green", "blue")
+
+
+def test_openai_errors_have_openais_shape(oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as missing:
+        oai.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "Hi"}])
+    assert missing.value.status_code == 404 and "not found" in missing.value.message
+    with pytest.raises(openai.BadRequestError) as bad:
+        oai.chat.completions.create(model=GEMMA, messages=[{"role": "user", "content": "Hi"}], temperature=7)
+    assert "temperature" in bad.value.message
+    with pytest.raises(openai.BadRequestError) as images:
+        oai.chat.completions.create(
+            model=GEMMA,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}],
+                }
+            ],
+        )
+    assert "text only" in images.value.message
+
+
+# --- what clients never send ----------------------------------------------------------------------
+
+
+def test_unknown_fields_are_ignored_and_wrong_types_are_400(http: httpx.Client) -> None:
+    ok = http.post(
+        "/api/generate",
+        json={"model": GEMMA, "prompt": "Hi", "stream": False, "options": GREEDY, "future_field": {"x": 1}},
+    )
+    assert ok.status_code == 200 and ok.json()["done"] is True
+    ok = http.post(
+        "/v1/chat/completions",
+        json={
+            "model": GEMMA,
+            "messages": [{"role": "user", "content": "Hi", "x": 1}],
+            "max_tokens": 2,
+            "y": 2,
+        },
+    )
+    assert ok.status_code == 200
+
+    for path, body in (
+        ("/api/generate", {"model": GEMMA, "prompt": 5}),
+        ("/api/generate", {"model": GEMMA, "prompt": "Hi", "stream": "yes"}),
+        ("/api/generate", {"model": GEMMA, "prompt": "Hi", "options": ["temperature", 0]}),
+        ("/api/generate", {"model": GEMMA, "prompt": "Hi", "options": {"temperature": "hot"}}),
+        ("/api/generate", {"model": GEMMA, "prompt": "Hi", "keep_alive": True}),
+        ("/api/generate", {"model": GEMMA, "prompt": "Hi", "keep_alive": "3600"}),
+        ("/api/generate", {"model": GEMMA, "prompt": "Hi", "format": "yaml"}),
+        ("/api/chat", {"model": GEMMA, "messages": "Hi"}),
+        ("/api/chat", {"model": GEMMA, "messages": [{"content": "no role"}]}),
+        ("/api/embed", {"model": GEMMA, "input": 3}),
+        ("/api/show", {"model": ["gemma3"]}),
+        ("/api/copy", {"source": GEMMA}),
+        ("/api/generate", {"prompt": "no model"}),
+        ("/api/generate", {"model": "Bad Name!", "prompt": "Hi"}),
+    ):
+        answer = http.post(path, json=body)
+        assert answer.status_code == 400, (path, body, answer.text)
+        assert isinstance(answer.json()["error"], str), answer.text
+
+    for body in (
+        {"model": GEMMA, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": "8"},
+        {"model": GEMMA, "messages": [{"role": "user", "content": "Hi"}], "stream": 1},
+        {"model": GEMMA, "messages": []},
+        {"model": GEMMA, "messages": [{"role": "user", "content": "Hi"}], "n": 2},
+        {"model": GEMMA, "messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "xml"}},
+    ):
+        answer = http.post("/v1/chat/completions", json=body)
+        assert answer.status_code == 400, (body, answer.text)
+        assert answer.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_malformed_json_and_huge_bodies_are_4xx(http: httpx.Client) -> None:
+    json_type = {"content-type": "application/json"}
+    for path in ("/api/generate", "/api/chat", "/api/create", "/v1/chat/completions", "/v1/embeddings"):
+        for raw in (
+            b"{not json",
+            b'{"model": "gemma3", "prompt": "unterminated',
+            b"",
+            b"[1, 2]",
+            b"\xff\xfe",
+        ):
+            answer = http.post(path, content=raw, headers=json_type)
+            assert answer.status_code == 400, (path, raw, answer.text)
+    assert "error" in http.post("/api/chat", content=b"{not json", headers=json_type).json()
+
+    limit = 64 * 1024 * 1024
+    declared = http.post("/api/generate", content=b" " * (limit + 1), headers=json_type)
+    assert declared.status_code == 413
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: refused as the bytes arrive
+        yield b'{"model": "gemma3", "prompt": "'
+        for _ in range(65):
+            yield b"a" * (1024 * 1024)
+
+    streamed = http.post("/api/generate", content=chunked(), headers=json_type)
+    assert streamed.status_code == 413 and "larger than" in streamed.json()["error"]
+    assert http.get("/health").status_code == 200, "the server survived all of it"
+
+
+def test_health_status_version_and_root(http: httpx.Client, client: ollama.Client) -> None:
+    client.generate(GEMMA, "", keep_alive="5m")
+    assert http.get("/").text == "Ollama is running"
+    assert http.head("/").status_code == 200
+    assert http.get("/health").json()["status"] == "ok"
+    assert "version" in http.get("/api/version").json()
+    status = http.get("/api/status").json()
+    assert status["models"][MODEL]["ready"] is True and status["models"][MODEL]["state"] == "ready"
+
+
+def test_metrics(http: httpx.Client, client: ollama.Client) -> None:
+    client.generate(GEMMA, "Name a colour.", options=GREEDY)
+    list(client.chat(GEMMA, messages=[{"role": "user", "content": "Hi"}], options=GREEDY, stream=True))
+    with pytest.raises(ollama.ResponseError):
+        client.generate("no-such-model", "Hi")
+    answer = http.get("/metrics")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(answer.text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+
+    def value(name: str, **labels: str) -> float:
+        return sum(
+            v for found, v in samples.get(name, []) if all(found.get(k) == x for k, x in labels.items())
+        )
+
+    assert value("modelyard_requests_total", model=MODEL, endpoint="/api/generate", status="200") >= 1
+    assert value("modelyard_requests_total", model=MODEL, endpoint="/api/chat", status="200") >= 1
+    assert value("modelyard_requests_total", endpoint="/api/generate", status="404") >= 1
+    assert value("modelyard_prompt_tokens_total", model=MODEL) > 10
+    assert value("modelyard_generated_tokens_total", model=MODEL) >= 16
+    assert value("modelyard_time_to_first_token_seconds_count", model=MODEL) >= 2
+    assert value("modelyard_time_per_output_token_seconds_count", model=MODEL) >= 14
+    assert value("modelyard_model_load_seconds_count", model=MODEL) >= 1
+    assert value("modelyard_models_loaded") >= 1
+    assert (MODEL,) in {(labels["model"],) for labels, _ in samples["modelyard_queue_depth"]}
+    assert value("modelyard_slots", model=MODEL) >= 1
+    assert value("modelyard_model_memory_bytes", model=MODEL) > 250_000_000
+    assert value("modelyard_runner_rss_bytes", model=MODEL) > 0
+    assert value("modelyard_system_memory_available_bytes") > 0
+
+
+# --- the CLI against the server ---------------------------------------------------------------------
+
+SHORT = "gemma3-short"  # greedy and 16 tokens at most: `run` has no num_predict flag, as `ollama run`
+
+
+@pytest.fixture(scope="module")
+def short_model(server: ServeProcess) -> str:
+    c = ollama.Client(host=server.url, timeout=120)
+    try:
+        c.create(SHORT, from_=GEMMA, parameters={"num_predict": 16, "temperature": 0})
+    finally:
+        c.close()
+    return SHORT
+
+
+def cli(
+    server: ServeProcess | None, home: Path, *args: str, host: str | None = None, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MODELYARD_HOME": str(home)}
+    env.pop("MODELYARD_API_KEY", None)
+    env["MODELYARD_HOST"] = host or (server.host if server else f"127.0.0.1:{free_port()}")
+    return subprocess.run(
+        [sys.executable, "-m", "modelyard.cli", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_run_ps_and_stop_against_the_server(
+    server: ServeProcess, home: Path, http: httpx.Client, short_model: str
+) -> None:
+    done = cli(server, home, "run", short_model, "Name", "a", "colour.", "--verbose")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() and "tokens/s" in done.stderr
+
+    piped = cli(server, home, "run", short_model, stdin="Name a fruit.")
+    assert piped.returncode == 0 and piped.stdout.strip(), piped.stderr
+
+    ps = cli(server, home, "ps")
+    assert ps.returncode == 0, ps.stderr
+    header, *rows = ps.stdout.splitlines()
+    assert header.split()[:4] == ["NAME", "ID", "SIZE", "PROCESSOR"]
+    assert any(row.startswith(f"{short_model}:latest") and "100% CPU" in row for row in rows)
+
+    stopped = cli(server, home, "stop", short_model)
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    assert f"{short_model}:latest" not in loaded(http)
+
+    missing = cli(server, home, "run", "no-such-model", "Hi")
+    assert missing.returncode == 1 and "not found" in missing.stderr
+
+
+def test_cli_run_starts_a_server_in_process_when_none_answers(home: Path, short_model: str) -> None:
+    done = cli(None, home, "run", short_model, "Name a colour.")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
+    nobody = cli(None, home, "ps")
+    assert nobody.returncode == 1 and "no server answers" in nobody.stderr
