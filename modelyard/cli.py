@@ -666,9 +666,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("host", metavar="HOST[:PORT]")
     p.set_defaults(func=cmd_logout)
 
-    from modelyard import cli_serving  # serve, run, ps, stop
+    from modelyard import cli_serving, cli_spec  # serve, run, ps, stop; apply, diff, status, export
 
     cli_serving.register(sub)
+    cli_spec.register(sub)
     return parser
 
 

@@ -1,0 +1,185 @@
+"""The declarative commands: `apply`, `status`, `diff`, `export`.
+
+`apply` and `diff` send the spec to the server at $MODELYARD_HOST (its reconciler validates and
+plans it); `apply --dry-run` and `diff` also work with no server, planning against this machine's
+store. `status` reads the server's `/api/status`. `export k8s` needs no server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from modelyard.cli_serving import ApiClient, ApiError, Context, ServerUnreachableError, base_url
+from modelyard.runtime.keepalive import parse_go_duration
+
+EXIT_OK = 0
+EXIT_USER_ERROR = 1
+
+
+def _documents(path: str) -> list[dict[str, str]]:
+    from modelyard.spec.schema import read_documents
+
+    return [{"path": d.path, "text": d.text} for d in read_documents(Path(path))]
+
+
+def _print_result(ctx: Context, result: dict[str, Any], dry_run: bool) -> int:
+    if not result.get("accepted"):
+        ctx.err("the spec is rejected whole; nothing changed:")
+        for issue in result.get("issues", []):
+            ctx.err(f"  {issue['text']}")
+        return EXIT_USER_ERROR
+    plan = result.get("plan") or "nothing to do"
+    ctx.out(plan)
+    if not dry_run:
+        state = "applied" if result.get("changed") else "unchanged"
+        ctx.err(f"{state}: generation {result.get('generation')}")
+    return EXIT_OK
+
+
+def cmd_apply(args: argparse.Namespace, ctx: Context) -> int:
+    documents = _documents(args.file)
+    client = ApiClient(base_url(ctx.settings), ctx.settings.api_key, timeout=None)
+    try:
+        result = client.post("/api/apply", {"documents": documents, "dry_run": args.dry_run})
+    except ServerUnreachableError:
+        if not args.dry_run:
+            ctx.err(
+                f"Error: no server answers at {base_url(ctx.settings)}. Start one with "
+                f"`modelyard serve --spec {args.file}` (it keeps the spec applied), or `modelyard serve` and "
+                "apply again; `--dry-run` works without a server."
+            )
+            return EXIT_USER_ERROR
+        return _offline_plan(ctx, args.file)
+    except ApiError as exc:
+        ctx.err(f"Error: {exc}")
+        return EXIT_USER_ERROR
+    finally:
+        client.close()
+    code = _print_result(ctx, result, args.dry_run)
+    if code == EXIT_OK and args.wait_ready and not args.dry_run:
+        return _wait(ctx, args.timeout)
+    return code
+
+
+def cmd_diff(args: argparse.Namespace, ctx: Context) -> int:
+    args.dry_run = True
+    args.wait_ready = False
+    return cmd_apply(args, ctx)
+
+
+def _offline_plan(ctx: Context, path: str) -> int:
+    from modelyard.spec.daemon import plan_for
+    from modelyard.spec.plan import format_plan
+
+    ctx.err("no server answers: planning against this machine's store, with nothing loaded")
+    ctx.out(format_plan(plan_for(path, ctx.settings)) or "nothing to do")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
+    if args.wait_ready:
+        return _wait(ctx, args.timeout, print_json=args.json)
+    status = _status(ctx)
+    if status is None:
+        return EXIT_USER_ERROR
+    _show(ctx, status, args.json)
+    return EXIT_OK
+
+
+def _status(ctx: Context) -> dict[str, Any] | None:
+    client = ApiClient(base_url(ctx.settings), ctx.settings.api_key, timeout=10)
+    try:
+        return dict(client.get("/api/status"))
+    except ServerUnreachableError as exc:
+        ctx.err(f"Error: no server answers at {exc}; start one with `modelyard serve --spec FILE`")
+        return None
+    finally:
+        client.close()
+
+
+def _show(ctx: Context, status: dict[str, Any], as_json: bool) -> None:
+    from modelyard.spec.status import format_status
+
+    if as_json:
+        ctx.out(json.dumps(status, indent=2))
+    elif status.get("spec"):
+        ctx.out(format_status(status["spec"]))
+    else:
+        ctx.out("no spec applied; loaded models:")
+        for name, model in sorted(status.get("models", {}).items()):
+            ctx.out(f"  {name:<30} {model['state']}")
+
+
+def _wait(ctx: Context, timeout: float, print_json: bool = False) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = _status(ctx)
+        if status is None:
+            return EXIT_USER_ERROR
+        spec = status.get("spec") or {}
+        if spec.get("ready"):
+            _show(ctx, status, print_json)
+            return EXIT_OK
+        if time.monotonic() > deadline:
+            _show(ctx, status, print_json)
+            ctx.err(f"not ready after {timeout:.0f} s")
+            return EXIT_USER_ERROR
+        time.sleep(1.0)
+
+
+def cmd_export(args: argparse.Namespace, ctx: Context) -> int:
+    from modelyard.spec.daemon import export_for
+
+    ctx.out(export_for(args.file, ctx.settings, mode=args.mode))
+    return EXIT_OK
+
+
+def _seconds(text: str) -> float:
+    try:
+        return float(text) if text.replace(".", "", 1).isdigit() else parse_go_duration(text)
+    except Exception:  # a clear message instead of the parser's
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}; use e.g. 120s, 5m") from None
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "apply",
+        help="put a ModelSet spec in force on the server",
+        description="Validate a ModelSet spec (a YAML file, or a folder of them that merge) and hand it "
+        "to the server's reconciler, which pulls, loads, swaps and unloads until the machine matches it. "
+        "An invalid spec is rejected whole, with every problem listed. --dry-run prints the plan and "
+        "changes nothing (also without a server).",
+    )
+    p.add_argument("-f", "--file", required=True, metavar="FILE|DIR")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument("--wait-ready", action="store_true", help="wait until every model is Ready")
+    p.add_argument("--timeout", type=_seconds, default=120.0, metavar="DURATION", help="for --wait-ready")
+    p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser(
+        "diff",
+        help="what applying a spec would change",
+        description="The plan `apply` would carry out for this spec: pulls, loads, swaps, reloads, unloads.",
+    )
+    p.add_argument("-f", "--file", required=True, metavar="FILE|DIR")
+    p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("status", help="the spec's models and their conditions (Ready, Progressing, Degraded)")
+    p.add_argument("--wait-ready", action="store_true", help="wait until every model of the spec is Ready")
+    p.add_argument("--timeout", type=_seconds, default=120.0, metavar="DURATION")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("export", help="export a spec to other systems")
+    target = p.add_subparsers(dest="target", metavar="TARGET", required=True)
+    k8s = target.add_parser(
+        "k8s",
+        help="Kubernetes manifests: KubeAI Models, and/or Deployments running `modelyard serve --spec`",
+    )
+    k8s.add_argument("-f", "--file", required=True, metavar="FILE|DIR")
+    k8s.add_argument("--mode", choices=["kubeai", "deployment", "both"], default="both")
+    k8s.set_defaults(func=cmd_export)
