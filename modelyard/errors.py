@@ -229,10 +229,15 @@ class InferenceRequestError(RunnerError, ValueError):
 
 
 class ServerBusyError(RunnerError):
-    """Back-pressure: the request may succeed later (HTTP 503 with Retry-After)."""
+    """Back-pressure: the request may succeed later (HTTP 503 with Retry-After).
 
-    def __init__(self, message: str, retry_after: float) -> None:
+    `reason` says why, for callers that act on it (the reconciler's conditions): "queue" (the
+    model's queue is full), "memory" (no memory free while the loaded models are busy or pinned),
+    "load-failed" or "crashed" (waiting out the backoff after a failed load or a crash)."""
+
+    def __init__(self, message: str, retry_after: float, reason: str = "queue") -> None:
         self.retry_after = retry_after
+        self.reason = reason
         super().__init__(message)
 
 

@@ -361,3 +361,50 @@ def test_swap_to_a_new_digest_under_load_fails_no_request(two_models: tuple[Path
     served, failures, notes = run(scenario(int(single * 1.5)))
     assert failures == [] and served[-1] == "sha256:" + "b" * 64
     assert "memory holds only one (short gap)" in notes
+
+
+def test_a_cancelled_load_leaves_no_runner_behind(two_models: tuple[Path, Path]) -> None:
+    """A request that goes away while its model loads: the load finishes in its thread, and the
+    runner it brings is stopped rather than left running with nothing accounting for it."""
+    started: list[Runner] = []
+
+    def slow_start(spec: Any, **kwargs: Any) -> Runner:
+        time.sleep(0.5)
+        runner = Runner.start(spec, **kwargs)
+        started.append(runner)
+        return runner
+
+    async def scenario() -> None:
+        scheduler = Scheduler(SchedulerSettings(ram_budget=2**34), starter=slow_start)
+        task = asyncio.create_task(scheduler.acquire(request(two_models[0], "m")))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(200):
+            if started and not started[0].alive:
+                break
+            await asyncio.sleep(0.05)
+        assert started and not started[0].alive, "the orphaned runner was stopped"
+        assert scheduler.status() == []
+        await scheduler.close()
+
+    run(scenario())
+
+
+def test_the_same_request_never_reloads_when_auto_slots_would_now_choose_fewer(
+    two_models: tuple[Path, Path],
+) -> None:
+    async def scenario() -> None:
+        req = ModelRequest(**{**request(two_models[0], "m").__dict__, "options": {"num_ctx": 256}})
+        scheduler = Scheduler(SchedulerSettings(ram_budget=2**34))
+        try:
+            await scheduler.preload(req)
+            assert scheduler.status()[0].slots == 4
+            scheduler.ram_budget = scheduler.status()[0].size + 1  # now only fewer slots would fit
+            (await scheduler.acquire(req)).release()
+            assert scheduler.loads == 1 and scheduler.status()[0].slots == 4, "no reload"
+        finally:
+            await scheduler.close()
+
+    run(scenario())

@@ -14,7 +14,6 @@ to the Modelfile's folder), or an image reference (local; or remote, fetched thr
 from __future__ import annotations
 
 import contextlib
-import json
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -46,6 +45,7 @@ from modelyard.store.image import (
     LAYER_SYSTEM,
     LAYER_TEMPLATE,
     LAYER_WEIGHT,
+    canonical_json,
     is_digest,
 )
 
@@ -152,7 +152,10 @@ class Builder:
         try:
             return self._write(plan, target, created_blobs)
         except BaseException:
-            self._discard(created_blobs)
+            # Leave the store as it was: the blobs this build created and nothing references go.
+            # A failure here (a disk error) must not hide the build's own error.
+            with contextlib.suppress(OSError):
+                self.store.remove_unreferenced(created_blobs)
             raise
 
     # --- phase 1: resolve and validate ----------------------------------------------------------
@@ -283,9 +286,9 @@ class Builder:
         if plan.system is not None:
             texts.append((LAYER_SYSTEM, plan.system.encode()))
         if plan.params:
-            texts.append((LAYER_PARAMS, _json_bytes(plan.params)))
+            texts.append((LAYER_PARAMS, canonical_json(plan.params)))
         if plan.messages:
-            texts.append((LAYER_MESSAGES, _json_bytes(plan.messages)))
+            texts.append((LAYER_MESSAGES, canonical_json(plan.messages)))
         texts += [(LAYER_LICENSE, text.encode()) for text in plan.licenses]
         texts.append((LAYER_MODELFILE, mf.format(normalized).encode()))
         license_index = 0
@@ -335,9 +338,11 @@ class Builder:
         out = ingest / f"quantize.{secrets.token_hex(6)}.partial"
         try:
             quantize(self._weights_file(plan.weights), out, plan.quantize)
-            return self._store_source(_Source(path=out), created, remember=False)
+            info = self.store.blobs.adopt(out)  # hashed in place, renamed in: no second copy
         finally:
             out.unlink(missing_ok=True)
+        self._announce(info.digest, info.created, created)
+        return info.digest
 
     def _weights_file(self, source: _Source) -> Path:
         """The file the weights are read from: the source file, or the blob already in the store."""
@@ -346,7 +351,7 @@ class Builder:
         assert source.digest is not None
         return self.store.blobs.path(source.digest)
 
-    def _store_source(self, source: _Source, created: list[str], remember: bool = True) -> str:
+    def _store_source(self, source: _Source, created: list[str]) -> str:
         if source.digest is not None and self.store.blobs.exists(source.digest):
             self.store.blobs.touch(source.digest)
             self._announce(source.digest, False, created)
@@ -362,8 +367,7 @@ class Builder:
             self.progress(ProgressEvent("copying model file", total=total, completed=done))
 
         info = self.store.blobs.put_file(source.path, progress=advance)
-        if remember:
-            self.files.record(source.path, info.digest, identity)
+        self.files.record(source.path, info.digest, identity)
         self._announce(info.digest, info.created, created)
         return info.digest
 
@@ -396,16 +400,6 @@ class Builder:
         self.summaries.put(digest, summary)
         return summary
 
-    def _discard(self, digests: list[str]) -> None:
-        """Remove blobs this build created that no image references: the store is as it was."""
-        if not digests:
-            return
-        with contextlib.suppress(Exception), self.store.locked():
-            live = self.store._live_blobs(self.store.read_index())
-            for digest in digests:
-                if digest not in live:
-                    self.store.blobs.remove(digest)
-
 
 def _check_kind(path: Path, general_type: str, expect: str, instruction: str) -> None:
     if expect == "model" and general_type == "adapter":
@@ -418,10 +412,6 @@ def _check_kind(path: Path, general_type: str, expect: str, instruction: str) ->
 
 def _params_json(parameters: Mapping[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in parameters.items()}
-
-
-def _json_bytes(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _is_blob_reference(value: str) -> bool:

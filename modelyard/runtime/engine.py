@@ -15,6 +15,7 @@ import codecs
 import os
 import queue
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -156,8 +157,9 @@ class Engine:
                 self._error(request_id, f"unknown operation {op!r}", "internal")
         except RequestRejected as exc:
             self._error(request_id, str(exc), "request")
-        except (KeyError, TypeError, ValueError) as exc:
-            self._error(request_id, f"malformed {op} request: {exc}", "request")
+        except Exception as exc:  # a bug (the parent sends these messages): fail this request, keep serving
+            traceback.print_exc()  # stderr: the parent keeps its tail for crash reports
+            self._error(request_id, f"internal error handling {op}: {type(exc).__name__}: {exc}", "internal")
 
     def stats(self) -> dict[str, Any]:
         return {

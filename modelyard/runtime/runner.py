@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import itertools
+import logging
 import os
 import queue
 import re
@@ -30,6 +31,8 @@ from typing import Any
 from modelyard.errors import InferenceRequestError, ModelLoadError, RunnerCrashedError, RunnerError
 from modelyard.runtime.options import LoadOptions
 from modelyard.runtime.protocol import Channel, CompletionRequest, Done, RunnerInfo, load_message
+
+log = logging.getLogger(__name__)
 
 DEFAULT_LOAD_TIMEOUT_S = 300.0
 STOP_GRACE_S = 5.0
@@ -303,20 +306,43 @@ class Runner:
     # --- the reader threads -------------------------------------------------------------------
 
     def _read_events(self) -> None:
+        """Route the runner's events to their requests until it goes away. Nothing a callback or a
+        message does may end this loop early: that would leave requests waiting forever and the
+        runner's death unreported."""
         assert self._channel is not None
-        while True:
-            try:
-                message = self._channel.receive()
-            except (OSError, ValueError):
-                message = None
-            if message is None:
-                break
-            self._dispatch(message)
+        try:
+            while True:
+                try:
+                    message = self._channel.receive()
+                except (OSError, ValueError):
+                    message = None
+                if message is None:
+                    break
+                try:
+                    self._dispatch(message)
+                except Exception:  # a bug in a callback or a message: fail that request, go on
+                    log.exception(
+                        "runner %s: event %r could not be delivered", self.spec.name, message.get("event")
+                    )
+                    self._fail_request(message, RunnerError("internal error delivering the runner's output"))
+        finally:
+            self._exited()
+
+    def _fail_request(self, message: dict[str, Any], error: RunnerError) -> None:
+        request_id = message.get("id")
+        with self._lock:
+            callback = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
+        if callback is not None:
+            with contextlib.suppress(Exception):
+                callback(Failure(error))
+
+    def _exited(self) -> None:
         if self.state is RunnerState.READY:
             code = self._reap()
             self.state = RunnerState.FAILED
             self.exit_detail = _describe_exit(code) + self._stderr_tail()
-            self._channel.close()
+            if self._channel is not None:
+                self._channel.close()
             self._fail_all(RunnerCrashedError(self.spec.name, self.exit_detail))
             if self._on_exit is not None:
                 self._on_exit(self)
@@ -403,7 +429,9 @@ class Launcher:
                 proc, sock = self._ready.popleft()
                 if proc.poll() is None:
                     break
-                sock.close()
+                sock.close()  # a spare that died waiting: let go of everything it held
+                if proc.stderr is not None:
+                    proc.stderr.close()
             else:
                 proc, sock = spawn_runner_process()
         threading.Thread(target=self._refill, name="runner-spares", daemon=True).start()

@@ -23,8 +23,9 @@ import asyncio
 import contextlib
 import enum
 import math
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,7 @@ class _Entry:
     last_used: float = 0.0
     pinned: bool = False
     failures: int = 0
+    failure_kind: str = ""  # "load-failed" or "crashed", for ServerBusyError's reason
     retry_at: float = 0.0
     last_error: str = ""
     load_seconds: float = 0.0
@@ -127,9 +129,8 @@ class _Entry:
     def matches(self, digest: str, options: LoadOptions, adapters: tuple[tuple[Path, float], ...]) -> bool:
         return self.digest == digest and self.requested == options and self.adapters == adapters
 
-    def only_digest_differs(
-        self, digest: str, options: LoadOptions, adapters: tuple[tuple[Path, float], ...]
-    ) -> bool:
+    def only_digest_differs(self, digest: str, options: LoadOptions) -> bool:
+        """Another image under the same name and load options: a swap (adapters come with the image)."""
         return self.digest != digest and self.requested == options
 
 
@@ -208,6 +209,7 @@ class Scheduler:
         self._load_lock = asyncio.Lock()
         self._capacity = asyncio.Condition()
         self._expiry_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()  # referenced, or asyncio may collect them
         self.loads = 0  # runners started, for tests and metrics
 
     # --- public API ------------------------------------------------------------------------
@@ -229,15 +231,17 @@ class Scheduler:
                     await self._wait_for_load(entry)
                     continue
                 if entry.state is EntryState.FAILED and self.clock() < entry.retry_at:
+                    what = "crashed" if entry.failure_kind == "crashed" else "failed to load"
                     raise ServerBusyError(
-                        f"{request.name} failed to load or crashed ({entry.last_error}); retrying after "
+                        f"{request.name} {what} ({entry.last_error}); retrying after "
                         f"{entry.retry_at - self.clock():.0f} s",
                         retry_after=max(entry.retry_at - self.clock(), 1.0),
+                        reason=entry.failure_kind,
                     )
                 if (
                     entry.state is EntryState.READY
                     and not entry.draining
-                    and entry.only_digest_differs(request.digest, options, request.adapters)
+                    and entry.only_digest_differs(request.digest, options)
                 ):
                     # The name now points at another digest: load it beside this one and keep
                     # serving this one until the new one is ready (no downtime).
@@ -295,23 +299,33 @@ class Scheduler:
             self._expiry_task = asyncio.get_running_loop().create_task(self._expiry_loop())
 
     async def close(self) -> None:
-        if self._expiry_task is not None:
-            self._expiry_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry_task
-        for entry in list(self._entries.values()):
+        """Stop everything: background work first (so nothing starts a runner after), then every
+        runner, active or draining after a swap."""
+        pending = [t for t in (self._expiry_task, *self._background) if t is not None]
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for entry in [*self._entries.values(), *self._retiring]:
             if entry.runner is not None:
                 await asyncio.to_thread(entry.runner.stop)
         self._entries.clear()
+        self._retiring.clear()
+        self._swaps.clear()
 
-    def status(self) -> list[ModelStatus]:
+    def snapshot(self) -> list[ModelStatus]:
+        """`status()` without the live figures that read /proc (cheap enough to poll often)."""
+        return self.status(live=False)
+
+    def status(self, *, live: bool = True) -> list[ModelStatus]:
         out = []
         for entry in [*self._entries.values(), *self._retiring]:
             runner = entry.runner
             info = runner.info if runner is not None else None
-            live = (
+            memory = (
                 procstats.process_memory(runner.pid, entry.weights)
-                if runner is not None and runner.alive
+                if live and runner is not None and runner.alive
                 else None
             )
             size = entry.host_bytes + entry.device_bytes
@@ -330,8 +344,8 @@ class Scheduler:
                     expires_at=self._expires_at(entry),
                     pinned=entry.pinned,
                     runner_pid=runner.pid if runner is not None else -1,
-                    runner_rss=live.rss if live else None,
-                    weights_resident=live.weights_resident if live else None,
+                    runner_rss=memory.rss if memory else None,
+                    weights_resident=memory.weights_resident if memory else None,
                     kv_bytes=info.kv_bytes if info else entry.estimate.kv,
                     load_seconds=entry.load_seconds,
                     last_error=entry.last_error,
@@ -365,10 +379,16 @@ class Scheduler:
         entry.idle.set()
         if entry.keep_alive <= 0:
             entry.expires_at = entry.last_used
-            asyncio.get_running_loop().create_task(self._unload(entry))
+            self._spawn(self._unload(entry))
         elif math.isfinite(entry.keep_alive):
             entry.expires_at = entry.last_used + entry.keep_alive
-        asyncio.get_running_loop().create_task(self._notify_capacity())
+        self._spawn(self._notify_capacity())
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     def _check_queue(self, entry: _Entry) -> None:
         if entry.refs + entry.waiting >= self.settings.max_queue + entry.options.num_parallel:
@@ -401,18 +421,23 @@ class Scheduler:
     # --- loading ---------------------------------------------------------------------------
 
     def _resolve_options(self, request: ModelRequest) -> LoadOptions:
+        """The load options a request asks for, the same every time for the same request: what
+        later requests are compared with. Choices that depend on the moment (how many slots fit
+        now) are made only when loading (`_loaded_options`), or an identical request could find
+        the model "different" and reload it."""
         options = parse_load_options(request.options)
-        given = {k for k in request.options if k in ("num_ctx", "num_parallel")}
         shape = request.shape
-        if "num_ctx" not in given and shape is not None and shape.n_ctx_train:
-            options = replace(options, num_ctx=min(DEFAULT_NUM_CTX, shape.n_ctx_train))
-        elif shape is not None and shape.n_ctx_train:
-            options = replace(options, num_ctx=min(options.num_ctx, shape.n_ctx_train))
-        if "num_parallel" not in given:
-            options = replace(
-                options, num_parallel=self.settings.num_parallel or self._auto_parallel(request, options)
-            )
+        if shape is not None and shape.n_ctx_train:
+            wanted = options.num_ctx if "num_ctx" in request.options else DEFAULT_NUM_CTX
+            options = replace(options, num_ctx=min(wanted, shape.n_ctx_train))
         return options
+
+    def _loaded_options(self, request: ModelRequest, options: LoadOptions) -> LoadOptions:
+        if "num_parallel" in request.options:
+            return options
+        return replace(
+            options, num_parallel=self.settings.num_parallel or self._auto_parallel(request, options)
+        )
 
     def _auto_parallel(self, request: ModelRequest, options: LoadOptions) -> int:
         """4 slots when their KV cache fits the budget (beside what cannot be evicted), else fewer."""
@@ -471,12 +496,13 @@ class Scheduler:
                 raise
 
     def _new_entry(self, request: ModelRequest, options: LoadOptions, previous: _Entry | None) -> _Entry:
-        estimate_, plan = self._estimate(request, options)
+        loaded = self._loaded_options(request, options)
+        estimate_, plan = self._estimate(request, loaded)
         entry = _Entry(
             name=request.name,
             digest=request.digest,
             requested=options,
-            options=replace(options, num_gpu=plan.n_gpu_layers),
+            options=replace(loaded, num_gpu=plan.n_gpu_layers),
             adapters=request.adapters,
             weights=request.weights,
             estimate=estimate_,
@@ -496,13 +522,22 @@ class Scheduler:
         spec = RunnerSpec(request.name, request.weights, request.adapters, entry.options)
         started = time.perf_counter()
         extra = {"launcher": self._launcher} if self._launcher is not None else {}
-        runner = await asyncio.to_thread(
-            self._starter,
-            spec,
-            timeout=self.settings.load_timeout,
-            on_exit=self._exit_callback(entry),
-            **extra,
+        starting = asyncio.ensure_future(
+            asyncio.to_thread(
+                self._starter,
+                spec,
+                timeout=self.settings.load_timeout,
+                on_exit=self._exit_callback(entry),
+                **extra,
+            )
         )
+        try:
+            runner = await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # The start goes on in its thread whatever we do: stop the runner it brings, or it
+            # would run on with no entry to account for it.
+            starting.add_done_callback(_stop_started_runner)
+            raise
         entry.load_seconds = time.perf_counter() - started
         self.loads += 1
         entry.runner = runner
@@ -517,53 +552,56 @@ class Scheduler:
         running = self._swaps.get(request.name)
         if running is not None and running[0] == request.digest and not running[1].done():
             return running[1]
-        task = asyncio.get_running_loop().create_task(self._swap(request, options, old))
+        task = self._spawn(self._swap(request, options, old))
         task.add_done_callback(_consume_task_exception)
         self._swaps[request.name] = (request.digest, task)
         return task
 
     async def _swap(self, request: ModelRequest, options: LoadOptions, old: _Entry) -> None:
         """Load the new digest beside the old one, switch traffic, then drain and unload the old.
-        If memory holds only one of them, unload the old first: the shortest gap there can be."""
+        If memory holds only one of them, unload the old first: the shortest gap there can be.
+        Draining happens outside the load lock: a long answer on the old model must not hold up
+        loads of other models."""
         async with self._load_lock:
             if self._entries.get(request.name) is not old or old.state is not EntryState.READY:
                 return
             new = self._new_entry(request, options, None)
-            try:
-                shortfall = self._shortfall(new, new.estimate.host, new.estimate.device)
-                victims = choose_evictions(self._residents(exclude=new, also=old), shortfall)
-                if victims is None:
-                    old.note = (
-                        f"swapping to {request.digest[:19]}: memory holds only one; unloading this first"
-                    )
-                    new.note = (
-                        f"replaced {old.digest[:19]} after unloading it: memory holds only one (short gap)"
-                    )
-                    old.draining = True
-                    self._retiring.append(old)
-                    self._entries[request.name] = new  # requests now wait for the new one
-                    await self._drain_and_unload(old, force=True)
-                    await self._make_room(new)
-                else:
-                    for name in victims:
-                        await self._unload(self._entries[name])
-                if not new.note:
-                    old.note = f"swapping to {request.digest[:19]}"
-                    new.note = f"replaced {old.digest[:19]} without downtime"
-                await self._start_runner(new, request)
-            except BaseException as exc:
-                old.note = f"swap to {request.digest[:19]} failed: {exc}"
-                if self._entries.get(request.name) is new:
-                    self._load_failed(new, exc)
-                elif new.loaded is not None and not new.loaded.done():
-                    new.loaded.set_exception(exc if isinstance(exc, Exception) else RunnerError(str(exc)))
-                raise
-            self._entries[request.name] = new
-            if old.state is not EntryState.READY:
-                return  # the short-gap path above unloaded it already
+            shortfall = self._shortfall(new, new.estimate.host, new.estimate.device)
+            victims = choose_evictions(self._residents(exclude=new, also=old), shortfall)
+            short_gap = victims is None
+            if short_gap:
+                old.note = f"swapping to {request.digest[:19]}: memory holds only one; unloading this first"
+                new.note = f"replaced {old.digest[:19]} after unloading it: memory holds only one (short gap)"
+            else:
+                for name in victims or ():
+                    await self._unload_if_present(name)
+                old.note = f"swapping to {request.digest[:19]}"
+                new.note = f"replaced {old.digest[:19]} without downtime"
+                try:
+                    await self._start_runner(new, request)
+                except BaseException as exc:
+                    self._swap_failed(old, new, exc)
+                    raise
             old.draining = True
             self._retiring.append(old)
+            self._entries[request.name] = new  # requests go to the new one (or wait for its load)
         await self._drain_and_unload(old, force=True)
+        if not short_gap:
+            return
+        async with self._load_lock:
+            try:
+                await self._make_room(new)
+                await self._start_runner(new, request)
+            except BaseException as exc:
+                self._swap_failed(old, new, exc)
+                raise
+
+    def _swap_failed(self, old: _Entry, new: _Entry, exc: BaseException) -> None:
+        old.note = f"swap to {new.digest[:19]} failed: {exc}"
+        if self._entries.get(new.name) is new:
+            self._load_failed(new, exc)  # the old one is gone: the name is failed, with backoff
+        elif new.loaded is not None and not new.loaded.done():
+            new.loaded.set_exception(exc if isinstance(exc, Exception) else RunnerError(str(exc)))
 
     async def ensure(self, request: ModelRequest) -> None:
         """Make `request`'s digest and options the loaded one, swapping without downtime when only the
@@ -582,7 +620,7 @@ class Scheduler:
                     entry.pinned = request.pinned
                     self._restart_idle_timer(entry)
                     return
-                if entry.only_digest_differs(request.digest, options, request.adapters):
+                if entry.only_digest_differs(request.digest, options):
                     await self._start_swap(request, options, entry)
                     continue
             await self.preload(request)
@@ -591,6 +629,7 @@ class Scheduler:
     def _load_failed(self, entry: _Entry, exc: BaseException) -> None:
         entry.failures += 1
         entry.last_error = str(exc)
+        entry.failure_kind = "load-failed"
         if isinstance(exc, ModelLoadError | RunnerError) and not isinstance(exc, ServerBusyError):
             entry.state = EntryState.FAILED
             entry.retry_at = self.clock() + self._backoff(entry.failures)
@@ -621,7 +660,7 @@ class Scheduler:
             victims = choose_evictions(self._residents(exclude=entry), shortfall)
             if victims is not None:
                 for name in victims:
-                    await self._unload(self._entries[name])
+                    await self._unload_if_present(name)
                 continue
             remaining = deadline - self.clock()
             if remaining <= 0:
@@ -634,6 +673,7 @@ class Scheduler:
                         else ""
                     ),
                     retry_after=self.settings.retry_after,
+                    reason="memory",
                 )
             async with self._capacity:
                 with contextlib.suppress(TimeoutError):
@@ -691,6 +731,12 @@ class Scheduler:
             await entry.idle.wait()
         await self._unload(entry, force=force)
 
+    async def _unload_if_present(self, name: str) -> None:
+        """Unload an eviction victim, unless it went meanwhile (expired, or unloaded by another task)."""
+        entry = self._entries.get(name)
+        if entry is not None:
+            await self._unload(entry)
+
     async def _unload(self, entry: _Entry, *, force: bool = False) -> None:
         if entry.state is EntryState.UNLOADING:
             return
@@ -718,11 +764,12 @@ class Scheduler:
             return
         entry.state = EntryState.FAILED
         entry.failures += 1
+        entry.failure_kind = "crashed"
         entry.last_error = f"runner crashed ({runner.exit_detail})"
         entry.retry_at = self.clock() + self._backoff(entry.failures)
         entry.runner = None
         entry.idle.set()
-        asyncio.get_running_loop().create_task(self._notify_capacity())
+        self._spawn(self._notify_capacity())
 
     async def _notify_capacity(self) -> None:
         async with self._capacity:
@@ -743,6 +790,11 @@ class Scheduler:
         if not math.isfinite(entry.keep_alive):
             return None
         return self.clock() + entry.keep_alive  # busy or loading: as Ollama reports it
+
+
+def _stop_started_runner(starting: asyncio.Future[Runner]) -> None:
+    if not starting.cancelled() and starting.exception() is None:
+        threading.Thread(target=starting.result().stop, name="orphan-runner-stop", daemon=True).start()
 
 
 def _consume_task_exception(task: asyncio.Task[None]) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from modelyard.errors import BlobNotFoundError, DigestMismatchError
+from modelyard.store.atomic import fsync_dir
 from modelyard.store.image import is_digest
 
 CHUNK_BYTES = 4 * 1024 * 1024
@@ -33,14 +34,6 @@ class BlobInfo:
     digest: str
     size: int
     created: bool  # False when the blob was already in the store
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class BlobStore:
@@ -130,9 +123,18 @@ class BlobStore:
             raise DigestMismatchError(expected, digest, str(partial.name))
         return self._commit(partial, digest, size)
 
+    def adopt(self, partial: Path) -> BlobInfo:
+        """Move a finished file of ours (in the ingest folder) into the store under its own digest,
+        without copying it: for output we produced, such as quantized weights."""
+        digest, size = hash_file(partial)
+        with partial.open("rb+") as f:
+            os.fsync(f.fileno())
+        return self._commit(partial, digest, size)
+
     def _commit(self, partial: Path, digest: str, size: int) -> BlobInfo:
         target = self.path(digest)
         if target.exists():
+            partial.unlink(missing_ok=True)  # someone stored the same bytes meanwhile: ours can go
             self.touch(digest)
             return BlobInfo(digest, size, created=False)
         self.dir.mkdir(parents=True, exist_ok=True)

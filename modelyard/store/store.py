@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -28,9 +26,9 @@ from filelock import FileLock
 
 from modelyard.errors import BlobNotFoundError, CorruptStoreError, ImageNotFoundError, StoreError
 from modelyard.reference import Reference, parse_reference
-from modelyard.store.blobs import BlobStore, fsync_dir, hash_file
+from modelyard.store.atomic import atomic_write, fsync_dir
+from modelyard.store.blobs import BlobStore, hash_file
 from modelyard.store.image import (
-    ARTIFACT_MODELPACK,
     LAYER_ADAPTER,
     LAYER_LICENSE,
     LAYER_MESSAGES,
@@ -116,11 +114,11 @@ class Store:
         self.blobs.dir.mkdir(parents=True, exist_ok=True)
         layout = self.root / "oci-layout"
         if not layout.exists():
-            _atomic_write(layout, LAYOUT_VERSION)
+            atomic_write(layout, LAYOUT_VERSION)
         if not self.index_path.exists():
             with self._lock:
                 if not self.index_path.exists():
-                    _atomic_write(self.index_path, render_index(Index()))
+                    atomic_write(self.index_path, render_index(Index()))
 
     def read_index(self) -> Index:
         try:
@@ -138,13 +136,6 @@ class Store:
         with self._lock:
             yield
 
-    def update_index(self, change: Callable[[Index], Index]) -> Index:
-        """Apply a pure change to the index under the lock, and write the result atomically."""
-        with self.locked():
-            new = change(self.read_index())
-            _atomic_write(self.index_path, render_index(new))
-            return new
-
     # --- manifests and tags -------------------------------------------------------------------
 
     def put_manifest(self, manifest: Manifest | bytes) -> tuple[str, int]:
@@ -153,10 +144,7 @@ class Store:
         return info.digest, info.size
 
     def read_manifest(self, digest: str) -> Manifest:
-        try:
-            data = self.blobs.read_bytes(digest)
-        except BlobNotFoundError:
-            raise
+        data = self.blobs.read_bytes(digest)
         try:
             return parse_manifest(data)
         except ManifestFormatError as exc:
@@ -178,7 +166,7 @@ class Store:
                 artifact_type=manifest.artifact_type,
             )
             new = set_tag(self.read_index(), record, self.history_limit)
-            _atomic_write(self.index_path, render_index(new))
+            atomic_write(self.index_path, render_index(new))
             return record
 
     def resolve(self, ref: Reference) -> TagRecord:
@@ -275,7 +263,7 @@ class Store:
             remaining = remove_tag(index, str(ref))
             plan = self._unreferenced(index, remaining)
             if not dry_run:
-                _atomic_write(self.index_path, render_index(remaining))
+                atomic_write(self.index_path, render_index(remaining))
                 self._delete(plan)
             return plan
 
@@ -285,6 +273,14 @@ class Store:
         candidates = self._live_blobs(before) - needed_after
         present = [d for d in sorted(candidates) if self.blobs.exists(d)]
         return PrunePlan(tuple(present), (), sum(self.blobs.size(d) for d in present))
+
+    def remove_unreferenced(self, digests: list[str]) -> None:
+        """Delete the given blobs that no image needs (a failed build's leftovers)."""
+        with self.locked():
+            live = self._live_blobs(self.read_index())
+            for digest in digests:
+                if digest not in live:
+                    self.blobs.remove(digest)
 
     def _live_blobs(self, index: Index) -> set[str]:
         live: set[str] = set()
@@ -347,9 +343,6 @@ class Store:
             missing += [(record.name, d) for d in manifest.blob_digests() if not self.blobs.exists(d)]
         return VerifyReport(checked, tuple(corrupt), tuple(missing), tuple(unreadable))
 
-    def is_model_image(self, manifest: Manifest) -> bool:
-        return manifest.artifact_type == ARTIFACT_MODELPACK or bool(manifest.layers_of(LAYER_WEIGHT))
-
 
 def _repository_name(stored_name: str) -> str:
     return parse_reference(stored_name).name
@@ -360,17 +353,3 @@ def _did_you_mean(index: Index, ref: Reference) -> str:
     if same_repo:
         return "tags of that name: " + ", ".join(sorted(same_repo))
     return "see `modelyard list`"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with tmp.open("xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
