@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from modelyard.errors import RegistryError
+from modelyard.errors import RegistryError, RegistryProtocolError
 from modelyard.reference import parse_reference
 from modelyard.registry.challenge import Challenge, parse_challenges
 from modelyard.registry.endpoint import is_loopback, resolve_endpoint
@@ -443,6 +443,24 @@ def test_pick_from_index(entries: list[dict[str, object]], chosen: str) -> None:
 def test_pick_from_index_refuses(index: dict[str, object], reason: str) -> None:
     with pytest.raises(UnsupportedManifestError, match=reason):
         pick_from_index(json.dumps(index).encode())
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        pytest.param([{"digest": "sha256:abc"}], id="short"),
+        pytest.param([{"digest": "sha256:../../blobs/x"}], id="a-path"),
+        pytest.param([{"digest": "latest"}], id="a-tag"),
+        pytest.param([{"digest": 7}], id="a-number"),
+        pytest.param([{"size": 7}], id="missing"),
+        pytest.param(
+            [{"digest": d(1)}, {"platform": {"os": "linux", "architecture": "amd64"}}], id="amd64-without-one"
+        ),
+    ],
+)
+def test_pick_from_index_refuses_an_entry_that_is_not_a_digest(entries: list[dict[str, object]]) -> None:
+    with pytest.raises(RegistryProtocolError, match="not a sha256 digest"):
+        pick_from_index(json.dumps({"schemaVersion": 2, "manifests": entries}).encode())
 
 
 # --- mount sources ---------------------------------------------------------------------------------

@@ -368,3 +368,74 @@ def test_a_missing_credential_helper_is_a_clear_error(tmp_path: Path) -> None:
 )
 def test_settings_find_the_docker_config(environ: dict[str, str], expected: Path) -> None:
     assert Settings.from_env(environ).docker_config == expected
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize(
+    ("auths", "expected"),
+    [
+        pytest.param({"reg:5000": {"auth": _b64(f"alice:{PASSWORD}")}}, USER, id="auth"),
+        pytest.param({"http://reg:5000/v1/": {"auth": _b64(f"alice:{PASSWORD}")}}, USER, id="legacy-key"),
+        pytest.param({"reg:5000": {"identitytoken": "rt-1"}}, Credentials(identity_token="rt-1"), id="token"),
+        pytest.param({"reg:5000": {}}, None, id="empty-entry"),
+        pytest.param(
+            {"other:1": {"auth": "!!"}, "reg:5000": {"auth": _b64(f"alice:{PASSWORD}")}},
+            USER,
+            id="a-broken-entry-of-another-host-is-not-read",
+        ),
+    ],
+)
+def test_auths_entries_are_read(
+    tmp_path: Path, auths: dict[str, object], expected: Credentials | None
+) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"auths": auths}))
+    assert DockerConfig(tmp_path).lookup("reg:5000") == expected
+
+
+@pytest.mark.parametrize(
+    ("entry", "reason"),
+    [
+        pytest.param({"auth": "!!not base64"}, "auth is not base64 of user:password", id="not-base64"),
+        pytest.param({"auth": _b64("alice")}, "auth is not base64 of user:password", id="no-colon"),
+        pytest.param(
+            {"auth": base64.b64encode(b"\xff:x").decode()},
+            "auth is not base64 of user:password",
+            id="not-utf8",
+        ),
+        pytest.param({"auth": 12}, "auth is not a string", id="auth-a-number"),
+        pytest.param({"identitytoken": ["x"]}, "identitytoken is not a string", id="token-a-list"),
+        pytest.param(["alice"], "not a JSON object", id="entry-a-list"),
+    ],
+)
+def test_an_unreadable_auths_entry_says_what_is_wrong(tmp_path: Path, entry: object, reason: str) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"auths": {"reg:5000": entry}}))
+    with pytest.raises(
+        RegistryAuthError, match=f"the entry for reg:5000 in .*config.json cannot be read: {reason}"
+    ):
+        DockerConfig(tmp_path).lookup("reg:5000")
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        pytest.param('{"Username": "alice"}', "answered without a Username and Secret", id="no-secret"),
+        pytest.param(
+            '{"Username": "alice", "Secret": 7}', "answered without a Username and Secret", id="number"
+        ),
+        pytest.param('["alice", "x"]', "answered without a Username and Secret", id="a-list"),
+        pytest.param("alice:x", "did not answer with JSON", id="not-json"),
+    ],
+)
+def test_a_credential_helper_answer_without_its_fields_is_an_auth_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: str, reason: str
+) -> None:
+    helper = tmp_path / "docker-credential-odd"
+    helper.write_text(f"#!/bin/sh\nprintf '%s' '{answer}'\n")
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    (tmp_path / "config.json").write_text(json.dumps({"credsStore": "odd"}))
+    with pytest.raises(RegistryAuthError, match=f"docker-credential-odd {reason}"):
+        DockerConfig(tmp_path).lookup("reg:5000")

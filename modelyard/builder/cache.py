@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import secrets
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 
 from modelyard.builder.compose import WeightsSummary
+from modelyard.store.atomic import atomic_write
 from modelyard.store.image import is_digest
 
 
@@ -30,13 +29,7 @@ def _file_identity(path: Path) -> dict[str, int]:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        tmp.write_text(json.dumps(value, sort_keys=True))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, json.dumps(value, sort_keys=True).encode())
 
 
 def _read_json(path: Path) -> Any:

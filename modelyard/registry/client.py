@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from modelyard.errors import RegistryError, RegistryProtocolError, RemoteNotFoundError
-from modelyard.registry.session import Body, RegistrySession, describe_error_body, error_for
+from modelyard.errors import RegistryAuthError, RegistryError, RegistryProtocolError, RemoteNotFoundError
+from modelyard.registry.session import Body, RegistrySession, describe_error_body, error_for, read_small
 from modelyard.store.image import (
     INDEX_OCI,
     MANIFEST_DOCKER,
@@ -46,6 +46,12 @@ class FetchedManifest:
 class UploadSession:
     url: str
     min_chunk: int = 0  # OCI-Chunk-Min-Length, when the registry states one
+
+
+@dataclass(frozen=True)
+class Mount:
+    mounted: bool
+    upload: UploadSession | None = None  # the upload session a registry opened instead (202)
 
 
 class RepositoryClient:
@@ -118,17 +124,36 @@ class RepositoryClient:
             return False
         raise error_for(response, f"HEAD blob {digest} in {self.name}")
 
-    def mount_blob(self, digest: str, from_repository: str) -> UploadSession | None:
-        """Ask for the blob to be linked from another repository of this registry. None: it was;
-        otherwise the registry opened an ordinary upload session instead (spec: 202)."""
-        response = self.session.request(
-            "POST",
-            f"{self._prefix}/blobs/uploads/?mount={digest}&from={from_repository}",
-            scope=f"{self.scope} repository:{from_repository}:pull",
-        )
+    def mount_blob(self, digest: str, from_repository: str) -> Mount:
+        """Ask for the blob to be linked from another repository of this registry.
+
+        Where it is held is only a hint (the ledger may be stale, the token may lack pull on the
+        other repository), so any refusal is a miss, not an error: the caller uploads the blob.
+        A registry that does not mount may open an ordinary upload session instead (spec: 202)."""
+        try:
+            response = self.session.request(
+                "POST",
+                f"{self._prefix}/blobs/uploads/?mount={digest}&from={from_repository}",
+                scope=f"{self.scope} repository:{from_repository}:pull",
+            )
+        except RegistryAuthError as exc:
+            log.debug("no mount of %s from %s (%s); uploading it", digest, from_repository, exc)
+            return Mount(mounted=False)
         if response.status_code == 201:
-            return None
-        return self._upload_session(response)
+            response.close()
+            return Mount(mounted=True)
+        if response.status_code == 202 and response.headers.get("Location"):
+            return Mount(mounted=False, upload=self._upload_session(response))
+        detail = describe_error_body(read_small(response))
+        response.close()
+        log.debug(
+            "no mount of %s from %s (HTTP %d%s); uploading it",
+            digest,
+            from_repository,
+            response.status_code,
+            f" {detail}" if detail else "",
+        )
+        return Mount(mounted=False)
 
     def start_upload(self) -> UploadSession:
         response = self.session.request("POST", f"{self._prefix}/blobs/uploads/", scope=self.scope)
@@ -228,7 +253,7 @@ def _media_type(response: httpx.Response, data: bytes) -> str:
 
 def _not_found_what(response: httpx.Response, default: str) -> str:
     """NAME_UNKNOWN names a missing repository; Distribution 2.8 says MANIFEST_UNKNOWN for both."""
-    return "repository" if describe_error_body(response.read()).startswith("NAME_UNKNOWN") else default
+    return "repository" if describe_error_body(read_small(response)).startswith("NAME_UNKNOWN") else default
 
 
 def _range_end(value: str | None) -> int:

@@ -1,31 +1,38 @@
 """Registry credentials, kept where `docker login` keeps them: a docker `config.json`.
 
-Lookup goes through the `docker` package (`docker.auth.AuthConfig`): inline `auths.<host>.auth`,
-`identitytoken`, `credHelpers.<host>` and `credsStore` (`docker-credential-<name> get`). Writes
-follow `docker login`: to the credential helper when one is configured for the host (leaving an
-empty `auths` entry, as docker does), else base64 `user:password` in `auths`, the file rewritten
-atomically with mode 0600.
+Lookup follows docker's order: the host's credential helper (`credHelpers.<host>`, else
+`credsStore`) through the helper protocol (`docker-credential-<name> get|store|erase`), then
+`auths.<host>`: base64 `user:password` in `auth`, or an `identitytoken`. Writes follow `docker
+login`: to the credential helper when one is configured for the host (leaving an empty `auths`
+entry, as docker does), else base64 `user:password` in `auths`, the file rewritten atomically
+with mode 0600.
 
-Secrets never reach a log line, an exception message or a repr.
+An entry or a helper answer that does not have the shape the format gives is a RegistryAuthError
+that says which; every check is explicit, so a bug still shows its traceback. Secrets never reach
+a log line, an exception message or a repr.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
+import binascii
 import json
-import os
-import secrets
-import warnings
+import shutil
+import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from modelyard.errors import RegistryAuthError, RegistryError
+from modelyard.store.atomic import atomic_write
 
 CONFIG_NAME = "config.json"
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"  # the key docker uses for docker.io
 TOKEN_USERNAME = "<token>"  # what credential helpers return as the user name of an identity token
+HELPER_PREFIX = "docker-credential-"
+HELPER_TIMEOUT_S = 60.0
+NOT_FOUND = "credentials not found"  # what helpers print when they hold nothing for a server
 
 
 @dataclass(frozen=True)
@@ -50,34 +57,49 @@ class DockerConfig:
     def lookup(self, host: str) -> Credentials | None:
         """The credentials stored for `host`, or None. Runs a credential helper if one is configured."""
         raw = self._read()
-        if not raw.get("auths") and not raw.get("credsStore") and not raw.get("credHelpers"):
-            return None
-        from docker import auth as docker_auth
-        from docker.errors import DockerException
+        key = config_key(host)
+        helper = _helper_for(raw, key)
+        if helper:
+            found = _helper_get(helper, host, key)
+            if found is not None:
+                return found
+        entry = _auths_entry(raw, key)
+        return None if entry is None else self._decode_entry(host, entry)
 
+    def _decode_entry(self, host: str, entry: object) -> Credentials | None:
+        """An `auths` entry: `{"auth": base64("user:password")}`, `{"identitytoken": …}`, or `{}`
+        (the secret is in a helper that has none now)."""
+        unreadable = f"the entry for {host} in {self.path} cannot be read"
+        if not isinstance(entry, dict):
+            raise RegistryAuthError(host, f"{unreadable}: not a JSON object")
+        token = entry.get("identitytoken")
+        if token is not None:
+            if not isinstance(token, str):
+                raise RegistryAuthError(host, f"{unreadable}: identitytoken is not a string")
+            return Credentials(identity_token=token) if token else None
+        auth = entry.get("auth")
+        if auth is None or auth == "":
+            return None
+        if not isinstance(auth, str):
+            raise RegistryAuthError(host, f"{unreadable}: auth is not a string")
         try:
-            # config_dict, never a path: docker would fall back to $DOCKER_CONFIG and ~/.docker itself.
-            config = docker_auth.AuthConfig.load_config(None, config_dict=dict(raw))
-            with warnings.catch_warnings():
-                # docker.credentials warns when a helper is missing; the StoreError that follows says it.
-                warnings.simplefilter("ignore")
-                entry = config.resolve_authconfig(host)
-        except DockerException as exc:
-            raise RegistryAuthError(host, _helper_failure(raw, host, exc)) from None
-        except (ValueError, KeyError):
-            raise RegistryAuthError(host, f"the entry for {host} in {self.path} cannot be read") from None
-        return _credentials(entry)
+            decoded = base64.b64decode(auth).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise RegistryAuthError(host, f"{unreadable}: auth is not base64 of user:password") from None
+        username, colon, password = decoded.partition(":")
+        if not colon:
+            raise RegistryAuthError(host, f"{unreadable}: auth is not base64 of user:password")
+        return Credentials(username=username, password=password)
 
     def save(self, host: str, credentials: Credentials) -> str:
         """Store credentials for `host`; returns where they went (the file or the helper's name)."""
         host = config_key(host)
         raw = self._read()
         helper = _helper_for(raw, host)
-        auths = dict(raw.get("auths") or {})
+        auths = self._auths(raw)
         if helper:
-            _run_helper(
-                helper, host, lambda store: store.store(host, credentials.username, credentials.password)
-            )
+            entry = {"ServerURL": host, "Username": credentials.username, "Secret": credentials.password}
+            _run_helper(helper, host, "store", json.dumps(entry).encode())
             auths[host] = {}
             where = f"docker-credential-{helper}"
         else:
@@ -90,18 +112,11 @@ class DockerConfig:
         """Forget `host`'s credentials; False when there were none."""
         host = config_key(host)
         raw = self._read()
-        auths = dict(raw.get("auths") or {})
+        auths = self._auths(raw)
         helper = _helper_for(raw, host)
         found = auths.pop(host, None) is not None
         if helper:
-            from docker.credentials import CredentialsNotFound
-
-            try:
-                _run_helper(helper, host, lambda store: store.erase(host))
-                found = True
-            except RegistryAuthError as exc:
-                if not isinstance(exc.__cause__, CredentialsNotFound):
-                    raise
+            found = _run_helper(helper, host, "erase", host.encode()) is not None or found
         if found:
             self._write({**raw, "auths": auths})
         return found
@@ -117,19 +132,15 @@ class DockerConfig:
             raise RegistryError(f"{self.path} is not a JSON object; fix or remove it")
         return value
 
+    def _auths(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        auths = raw.get("auths") or {}
+        if not isinstance(auths, dict):
+            raise RegistryError(f"{self.path}: `auths` is not a JSON object; fix or remove it")
+        return dict(auths)
+
     def _write(self, value: dict[str, Any]) -> None:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = self.directory / f".{CONFIG_NAME}.{secrets.token_hex(6)}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(json.dumps(value, indent="\t").encode() + b"\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        atomic_write(self.path, json.dumps(value, indent="\t").encode() + b"\n", mode=0o600)
 
 
 def config_key(host: str) -> str:
@@ -137,37 +148,67 @@ def config_key(host: str) -> str:
     return DOCKER_HUB_KEY if host in ("docker.io", "index.docker.io") else host
 
 
-def _credentials(entry: dict[str, Any] | None) -> Credentials | None:
-    if not entry:
+def _auths_entry(raw: Mapping[str, Any], key: str) -> object:
+    """The `auths` entry for a config key: by that key, else by a legacy key naming the same host
+    (`https://reg:5000/v1/`, `index.docker.io`), as docker matches them."""
+    auths = raw.get("auths")
+    if not isinstance(auths, dict):
         return None
-    token = entry.get("IdentityToken") or ""
-    username = entry.get("Username") or entry.get("username") or ""
-    password = entry.get("Password") or entry.get("password") or ""
-    if not (token or username or password):
-        return None  # an empty `auths` entry: the credentials were in a helper that has none now
-    return Credentials(username=username, password=password, identity_token=token)
+    if key in auths:
+        return auths[key]
+    wanted = _hostname(key)
+    return next((entry for name, entry in auths.items() if _hostname(name) == wanted), None)
 
 
-def _helper_for(raw: dict[str, Any], host: str) -> str | None:
-    helpers = raw.get("credHelpers") or {}
+def _hostname(key: str) -> str:
+    name = key.removeprefix("http://").removeprefix("https://").split("/", 1)[0]
+    return "docker.io" if name == "index.docker.io" else name
+
+
+def _helper_for(raw: Mapping[str, Any], host: str) -> str | None:
+    helpers = raw.get("credHelpers")
     name = helpers.get(host) if isinstance(helpers, dict) else None
-    return name or raw.get("credsStore") or None
+    name = name or raw.get("credsStore")
+    return name if isinstance(name, str) and name else None
 
 
-def _run_helper(name: str, host: str, action: Any) -> None:
-    from docker.credentials import Store, StoreError
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        store = Store(name)
+def _helper_get(name: str, host: str, key: str) -> Credentials | None:
+    """What helper `name` holds for `key` (None: nothing)."""
+    out = _run_helper(name, host, "get", key.encode())
+    if out is None:
+        return None
     try:
-        action(store)
-    except StoreError as exc:
-        raise RegistryAuthError(host, f"credential helper docker-credential-{name} failed") from exc
+        answer = json.loads(out)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RegistryAuthError(host, f"{HELPER_PREFIX}{name} did not answer with JSON") from None
+    fields = ("Username", "Secret")
+    if not isinstance(answer, dict) or not all(isinstance(answer.get(k), str) for k in fields):
+        raise RegistryAuthError(host, f"{HELPER_PREFIX}{name} answered without a Username and Secret")
+    username, secret = answer["Username"], answer["Secret"]
+    if not username and not secret:
+        return None  # docker-credential-pass answers so for a server it does not know
+    if username == TOKEN_USERNAME:
+        return Credentials(identity_token=secret)
+    return Credentials(username=username, password=secret)
 
 
-def _helper_failure(raw: dict[str, Any], host: str, exc: Exception) -> str:
-    helper = _helper_for(raw, host)
-    if helper:
-        return f"credential helper docker-credential-{helper} failed (is it installed and on PATH?)"
-    return f"cannot read credentials: {type(exc).__name__}"
+def _run_helper(name: str, host: str, verb: str, given: bytes) -> bytes | None:
+    """Run `docker-credential-<name> <verb>` with `given` on stdin; its output, or None when it
+    holds no credentials for the server."""
+    program = shutil.which(HELPER_PREFIX + name)
+    failed = f"credential helper {HELPER_PREFIX}{name} failed"
+    if program is None:
+        raise RegistryAuthError(host, f"{failed} (is it installed and on PATH?)")
+    try:
+        done = subprocess.run(
+            [program, verb], input=given, capture_output=True, timeout=HELPER_TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise RegistryAuthError(host, f"{failed}: no answer within {HELPER_TIMEOUT_S:.0f} s") from None
+    except OSError as exc:
+        raise RegistryAuthError(host, f"{failed}: {exc.strerror}") from None
+    if done.returncode == 0:
+        return done.stdout
+    if NOT_FOUND in (done.stdout + done.stderr).decode("utf-8", "replace").lower():
+        return None
+    raise RegistryAuthError(host, f"{failed} (exit status {done.returncode})")

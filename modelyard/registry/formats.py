@@ -28,6 +28,7 @@ from modelyard.builder.compose import (
     order_layers,
     text_layer_path,
 )
+from modelyard.errors import RegistryProtocolError
 from modelyard.store.image import (
     ANNOTATION_CREATED,
     ANNOTATION_FILEPATH,
@@ -45,6 +46,7 @@ from modelyard.store.image import (
     Descriptor,
     Manifest,
     canonical_json,
+    is_digest,
     sha256_digest,
 )
 
@@ -106,29 +108,36 @@ def classify(manifest: Manifest) -> SourceFormat:
 
 def pick_from_index(index: bytes) -> str:
     """The manifest digest to use from an OCI index or Docker manifest list: its only entry, or its
-    one linux/amd64 entry. Raises UnsupportedManifestError listing the choices otherwise."""
+    one linux/amd64 entry. Raises UnsupportedManifestError listing the choices otherwise, and
+    RegistryProtocolError when the chosen entry's digest is not a sha256 digest (the manifest is
+    fetched by that digest and checked against it)."""
     try:
         value = json.loads(index)
-        entries = value["manifests"]
-        assert isinstance(entries, list)
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AssertionError):
-        raise UnsupportedManifestError("an index without a list of manifests") from None
-    digests: list[str] = [
-        e["digest"] for e in entries if isinstance(e, dict) and isinstance(e.get("digest"), str)
-    ]
-    if len(digests) == 1:
-        return digests[0]
-    linux_amd64 = [
-        e["digest"]
-        for e in entries
-        if isinstance(e, dict)
-        and isinstance(e.get("platform"), dict)
-        and (e["platform"].get("os"), e["platform"].get("architecture")) == ("linux", "amd64")
-    ]
-    if len(linux_amd64) == 1:
-        return str(linux_amd64[0])
-    listed = ", ".join(d[:19] for d in digests[:8]) or "none"
-    raise UnsupportedManifestError(f"an index of {len(digests)} manifests ({listed}); pull one by digest")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        value = None
+    listed = value.get("manifests") if isinstance(value, dict) else None
+    if not isinstance(listed, list):
+        raise UnsupportedManifestError("an index without a list of manifests")
+    entries: list[Mapping[str, Any]] = [e for e in listed if isinstance(e, dict)]
+    linux_amd64 = [e for e in entries if _platform(e) == ("linux", "amd64")]
+    if len(entries) == 1:
+        chosen = entries[0]
+    elif len(linux_amd64) == 1:
+        chosen = linux_amd64[0]
+    else:
+        shown = ", ".join(str(e.get("digest"))[:19] for e in entries[:8]) or "none"
+        raise UnsupportedManifestError(f"an index of {len(entries)} manifests ({shown}); pull one by digest")
+    digest = chosen.get("digest")
+    if not is_digest(digest):
+        raise RegistryProtocolError(
+            f"the index names its manifest by {str(digest)[:80]!r}, which is not a sha256 digest"
+        )
+    return str(digest)
+
+
+def _platform(entry: Mapping[str, Any]) -> tuple[object, object]:
+    platform = entry.get("platform")
+    return (platform.get("os"), platform.get("architecture")) if isinstance(platform, dict) else (None, None)
 
 
 # --- into ModelPack ------------------------------------------------------------------------------

@@ -9,13 +9,13 @@ upload session. Kept in `<cache>/registry-blobs.json`, rewritten atomically unde
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 
 from filelock import FileLock
+
+from modelyard.store.atomic import atomic_write
 
 # host -> digest -> repositories, most recent first
 Locations = Mapping[str, Mapping[str, tuple[str, ...]]]
@@ -64,6 +64,5 @@ class LocationLedger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
             updated = remember(self.load(), host, repository, digests)
-            tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.tmp")
-            tmp.write_text(json.dumps({h: {d: list(r) for d, r in b.items()} for h, b in updated.items()}))
-            os.replace(tmp, self.path)
+            data = json.dumps({h: {d: list(r) for d, r in b.items()} for h, b in updated.items()})
+            atomic_write(self.path, data.encode())

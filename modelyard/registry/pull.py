@@ -106,8 +106,10 @@ def _fetch_image_manifest(repo: RepositoryClient, ref: Reference) -> FetchedMani
         chosen = pick_from_index(fetched.data)
     except UnsupportedManifestError as exc:
         raise RegistryError(f"{ref}: {exc}") from None
+    except RegistryProtocolError as exc:
+        raise RegistryProtocolError(f"{ref}: {exc}") from None
     log.debug("%s is an index; using %s", ref, chosen)
-    child = repo.get_manifest(chosen)
+    child = repo.get_manifest(chosen)  # by digest: the bytes are checked against it
     if child.is_index:
         raise RegistryError(f"{ref}: an index inside an index; pull a manifest by digest")
     return child

@@ -8,7 +8,7 @@ choose from it (its only entry, or its one linux/amd64 entry).
 
 from __future__ import annotations
 
-from modelyard.errors import RegistryError, RemoteNotFoundError
+from modelyard.errors import RegistryError, RegistryProtocolError, RemoteNotFoundError
 from modelyard.reference import Reference
 from modelyard.registry.client import INDEX_DOCKER, MANIFEST_ACCEPT, RepositoryClient
 from modelyard.registry.formats import UnsupportedManifestError, pick_from_index
@@ -48,3 +48,5 @@ def resolve_remote_digest(ref: Reference, options: RegistryOptions) -> str:
         return pick_from_index(fetched.data)
     except UnsupportedManifestError as exc:
         raise RegistryError(f"{where}: {exc}") from None
+    except RegistryProtocolError as exc:
+        raise RegistryProtocolError(f"{where}: {exc}") from None

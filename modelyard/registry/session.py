@@ -24,7 +24,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlencode
 
@@ -55,7 +55,7 @@ class Body(Protocol):
 
 @dataclass(frozen=True)
 class _Grant:
-    header: str
+    header: str = field(repr=False)  # "Bearer <token>" or "Basic <user:password>": a secret
     anonymous: bool
 
 
@@ -139,7 +139,7 @@ class RegistrySession:
                 )
                 if delay is None:
                     if is_retryable_status(response.status_code):
-                        detail = f"HTTP {response.status_code} {describe_error_body(_read_small(response))}"
+                        detail = f"HTTP {response.status_code} {describe_error_body(read_small(response))}"
                         response.close()
                         raise RegistryUnavailableError(self.host, detail.strip())
                     return response
@@ -297,7 +297,7 @@ def _refusal(grant: _Grant) -> str:
     return "the registry refused the credentials"
 
 
-def _read_small(response: httpx.Response, limit: int = 64 * 1024) -> bytes:
+def read_small(response: httpx.Response, limit: int = 64 * 1024) -> bytes:
     """At most `limit` bytes of a response body, for an error message; never raises."""
     try:
         if response.is_stream_consumed:
@@ -330,7 +330,7 @@ def describe_error_body(body: bytes) -> str:
 
 def error_for(response: httpx.Response, what: str) -> RegistryError:
     """A RegistryError for a response that is neither success nor a case the caller handles."""
-    detail = describe_error_body(_read_small(response))
+    detail = describe_error_body(read_small(response))
     response.close()
     message = f"{what}: the registry answered HTTP {response.status_code}"
     return RegistryError(message + (f" ({detail})" if detail else ""))

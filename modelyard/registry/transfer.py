@@ -137,10 +137,11 @@ def upload_blob(
         return UploadResult(Uploaded.PRESENT, 0)
     upload: UploadSession | None = None
     if mount_from is not None:
-        upload = repo.mount_blob(blob.digest, mount_from)
-        if upload is None:
+        mount = repo.mount_blob(blob.digest, mount_from)
+        if mount.mounted:
             log.debug("mounted %s from %s", blob.digest, mount_from)
             return UploadResult(Uploaded.MOUNTED, 0)
+        upload = mount.upload
     upload = upload or repo.start_upload()
     chunk = max(chunk_bytes, upload.min_chunk)
     if blob.size <= chunk:
@@ -187,8 +188,8 @@ def download_blob(
             return 0
         download = _Download(repo, digest, size, progress, cancelled or threading.Event())
         try:
-            for resumed in _attempts(partial):
-                download.into(partial)
+            for resumed in _attempts(partial, size):
+                download.into(partial, resume=resumed)
                 try:
                     blobs.commit_partial(partial, digest)
                 except DigestMismatchError as exc:
@@ -207,10 +208,14 @@ def download_blob(
     return download.received
 
 
-def _attempts(partial: Path) -> Iterator[bool]:
-    """Yields True for a try that starts from an earlier run's bytes, then False for a fresh one."""
-    if partial.exists() and partial.stat().st_size > 0:
+def _attempts(partial: Path, size: int) -> Iterator[bool]:
+    """Yields True for a try that starts from an earlier run's bytes, then False for a fresh one.
+    A partial file longer than the blob cannot be its beginning: only a fresh try is made."""
+    have = partial.stat().st_size if partial.exists() else 0
+    if 0 < have <= size:
         yield True
+    elif have > size:
+        log.debug("partial file of %s holds %d bytes of %d; downloading it again", partial.name, have, size)
     yield False
 
 
@@ -232,11 +237,11 @@ class _Download:
         self.cancelled = cancelled
         self.received = 0  # bytes that came over the network, across retries
 
-    def into(self, partial: Path) -> None:
+    def into(self, partial: Path, *, resume: bool) -> None:
+        """Fill `partial` up to the blob's size: after the bytes it holds (`resume`), or from empty."""
         attempt = 0
-        with partial.open("ab") as out:
-            if out.tell() > self.size:
-                out.truncate(0)
+        with partial.open("r+b" if resume else "wb") as out:
+            out.seek(0, os.SEEK_END)
             while out.tell() < self.size:
                 try:
                     self._once(out)
@@ -255,8 +260,8 @@ class _Download:
         with contextlib.closing(self.repo.open_blob(self.digest, have)) as response:
             if have and response.status_code == 200:  # the registry ignored the Range: start over
                 log.debug("%s: no range support; downloading %s again", self.repo.name, self.digest)
-                out.truncate(0)
                 out.seek(0)
+                out.truncate()
                 have = 0
             elif have:
                 log.debug("resuming %s at byte %d", self.digest, have)

@@ -1,0 +1,259 @@
+"""Blob and manifest transfers at the HTTP seam (an injected httpx transport): a mount that fails is
+only a miss, a download restarts or resumes from what its partial file holds, an index entry is
+fetched by a checked digest, and error bodies are read only as far as a message needs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from modelyard.errors import RegistryProtocolError, RemoteNotFoundError
+from modelyard.reference import parse_reference
+from modelyard.registry.client import RepositoryClient
+from modelyard.registry.credentials import Credentials
+from modelyard.registry.endpoint import resolve_endpoint
+from modelyard.registry.options import RegistryOptions
+from modelyard.registry.pull import pull
+from modelyard.registry.retry import RetryPolicy
+from modelyard.registry.session import RegistrySession
+from modelyard.registry.transfer import BlobSource, Uploaded, download_blob, partial_path, upload_blob
+from modelyard.store import Store
+from modelyard.store.blobs import BlobStore
+from modelyard.store.image import INDEX_OCI, MANIFEST_OCI, canonical_json, sha256_digest
+
+FAST = RetryPolicy(attempts=2, base_s=0.0, cap_s=0.0)
+BLOB = bytes(range(256)) * 40  # 10 KiB
+DIGEST = sha256_digest(BLOB)
+
+
+@dataclass
+class FakeRegistry:
+    """A registry in a dict, for one repository `ns/m` (and a token service when `bearer`)."""
+
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    manifests: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # reference -> (type, bytes)
+    mount: int = 201  # the answer to a mount request
+    ranges: bool = True  # honours `Range`
+    bearer: bool = False  # mounts need a token the token service never grants
+    requests: list[str] = field(default_factory=list)
+    uploaded: dict[str, bytes] = field(default_factory=dict)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        request.read()
+        line = f"{request.method} {request.url.path}"
+        range_header = request.headers.get("Range")
+        shown = f"{request.method} {request.url.raw_path.decode()}"
+        self.requests.append(shown + (f" {range_header}" if range_header else ""))
+        params = request.url.params
+        if request.url.host == "auth.example":
+            return httpx.Response(200, json={"token": "t0k3n-never-shown"})
+        if line == "POST /v2/ns/m/blobs/uploads/" and "mount" in params:
+            if self.bearer:
+                challenge = 'Bearer realm="https://auth.example/token",service="reg",scope="x"'
+                return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+            if self.mount == 202:
+                return httpx.Response(202, headers={"Location": "/v2/ns/m/blobs/uploads/from-mount"})
+            return httpx.Response(self.mount, json={"errors": [{"code": "DENIED", "message": "no"}]})
+        if line == "POST /v2/ns/m/blobs/uploads/":
+            return httpx.Response(202, headers={"Location": "/v2/ns/m/blobs/uploads/fresh"})
+        if request.method == "PUT" and request.url.path.startswith("/v2/ns/m/blobs/uploads/"):
+            self.uploaded[params["digest"]] = request.content
+            return httpx.Response(201)
+        if request.url.path.startswith("/v2/ns/m/blobs/"):
+            data = self.blobs.get(request.url.path.rsplit("/", 1)[1])
+            if data is None:
+                return httpx.Response(404)
+            if request.method == "HEAD":
+                return httpx.Response(200)
+            if range_header and self.ranges:
+                start = int(range_header.removeprefix("bytes=").rstrip("-"))
+                return httpx.Response(206, content=data[start:])
+            return httpx.Response(200, content=data)
+        if request.url.path.startswith("/v2/ns/m/manifests/"):
+            found = self.manifests.get(request.url.path.rsplit("/", 1)[1])
+            if found is None:
+                return httpx.Response(404, json={"errors": [{"code": "MANIFEST_UNKNOWN"}]})
+            return httpx.Response(200, headers={"Content-Type": found[0]}, content=found[1])
+        return httpx.Response(404)
+
+
+def client(fake: FakeRegistry, credentials: Credentials | None = None) -> RepositoryClient:
+    session = RegistrySession(
+        resolve_endpoint("reg.example"),
+        lambda: credentials,
+        transport=httpx.MockTransport(fake),
+        retry=FAST,
+        sleep=lambda _: None,
+    )
+    return RepositoryClient(session, "ns/m", push=True)
+
+
+# --- mounts ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("registry", "outcome", "requests"),
+    [
+        pytest.param(FakeRegistry(mount=201), Uploaded.MOUNTED, ["POST mount"], id="201-mounted"),
+        pytest.param(
+            FakeRegistry(mount=202), Uploaded.SENT, ["POST mount", "PUT from-mount"], id="202-its-own-session"
+        ),
+        pytest.param(
+            FakeRegistry(mount=403), Uploaded.SENT, ["POST mount", "POST", "PUT fresh"], id="403-uploads"
+        ),
+        pytest.param(
+            FakeRegistry(mount=404), Uploaded.SENT, ["POST mount", "POST", "PUT fresh"], id="404-uploads"
+        ),
+        pytest.param(
+            FakeRegistry(bearer=True),
+            Uploaded.SENT,
+            ["POST mount", "GET token", "POST mount", "POST", "PUT fresh"],
+            id="401-no-scope-on-the-source-uploads",
+        ),
+    ],
+)
+def test_a_mount_that_fails_is_a_miss_and_the_blob_is_uploaded(
+    registry: FakeRegistry, outcome: Uploaded, requests: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="modelyard.registry")
+    result = upload_blob(client(registry), BlobSource(DIGEST, len(BLOB), data=BLOB), mount_from="ns/other")
+    assert result.outcome is outcome
+    assert registry.uploaded == ({} if outcome is Uploaded.MOUNTED else {DIGEST: BLOB})
+    shown = [_short(r) for r in registry.requests[1:]]  # after the HEAD
+    assert shown == requests
+    if len(requests) > 2:
+        assert f"no mount of {DIGEST} from ns/other" in caplog.text
+
+
+def _short(request: str) -> str:
+    method, path = request.split()[:2]
+    if "/token" in path:
+        return f"{method} token"
+    if "mount=" in path:
+        return f"{method} mount"
+    if path.endswith("/uploads/"):
+        return method
+    return f"{method} {path.split('?')[0].rsplit('/', 1)[1]}"
+
+
+# --- downloads ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("partial", "ranges", "requests", "received"),
+    [
+        pytest.param(None, True, ["GET"], len(BLOB), id="nothing-yet"),
+        pytest.param(BLOB[:1000], True, ["GET bytes=1000-"], len(BLOB) - 1000, id="resumes-with-a-range"),
+        pytest.param(BLOB[:1000], False, ["GET bytes=1000-"], len(BLOB), id="no-range-support-restarts"),
+        pytest.param(BLOB + b"junk", True, ["GET"], len(BLOB), id="longer-than-the-blob-restarts"),
+        pytest.param(
+            b"x" * 1000, True, ["GET bytes=1000-", "GET"], 2 * len(BLOB) - 1000, id="wrong-bytes-start-over"
+        ),
+        pytest.param(BLOB, True, [], 0, id="complete-already"),
+    ],
+)
+def test_a_download_resumes_or_restarts_from_its_partial_file(
+    tmp_path: Path,
+    partial: bytes | None,
+    ranges: bool,
+    requests: list[str],
+    received: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="modelyard.registry")
+    blobs = BlobStore(tmp_path)
+    blobs.ingest_dir.mkdir(parents=True)
+    if partial is not None:
+        partial_path(blobs, DIGEST).write_bytes(partial)
+    registry = FakeRegistry(blobs={DIGEST: BLOB}, ranges=ranges)
+    assert download_blob(client(registry), blobs, DIGEST, len(BLOB)) == received
+    assert blobs.read_bytes(DIGEST) == BLOB
+    gets = [r.removeprefix(f"GET /v2/ns/m/blobs/{DIGEST}").strip() for r in registry.requests]
+    assert [f"GET {g}".strip() for g in gets] == requests
+    assert not partial_path(blobs, DIGEST).exists()
+    # A partial file that cannot be the blob's beginning is known to be wrong before any hashing.
+    assert ("did not verify" in caplog.text) == (partial == b"x" * 1000)
+
+
+# --- manifests ------------------------------------------------------------------------------------
+
+
+REAL = canonical_json({"schemaVersion": 2, "mediaType": MANIFEST_OCI, "layers": []})
+SERVED = canonical_json({"schemaVersion": 2, "mediaType": MANIFEST_OCI, "layers": [], "x": 1})
+
+
+@pytest.mark.parametrize(
+    ("entry", "error", "fetched"),
+    [
+        pytest.param(sha256_digest(REAL), f"digest is {sha256_digest(SERVED)}", True, id="other-bytes"),
+        pytest.param("sha256:../../v2/other", "not a sha256 digest", False, id="not-a-digest"),
+        pytest.param("latest", "not a sha256 digest", False, id="a-tag"),
+        pytest.param("sha256:" + "A" * 64, "not a sha256 digest", False, id="upper-case"),
+    ],
+)
+def test_an_index_entry_is_fetched_by_a_checked_digest(
+    tmp_path: Path, entry: str, error: str, fetched: bool
+) -> None:
+    index = canonical_json({"schemaVersion": 2, "mediaType": INDEX_OCI, "manifests": [{"digest": entry}]})
+    registry = FakeRegistry(manifests={"v1": (INDEX_OCI, index), entry: (MANIFEST_OCI, SERVED)})
+    transport = httpx.MockTransport(registry)
+    options = RegistryOptions(tmp_path / "docker", tmp_path / "cache", retry=FAST, transport=transport)
+    with pytest.raises(RegistryProtocolError, match=f"reg.example/ns/m[:@].*{error}"):
+        pull(Store(tmp_path / "store"), parse_reference("reg.example/ns/m:v1"), options)
+    by_digest = [f"GET /v2/ns/m/manifests/{entry}"] if fetched else []
+    assert registry.requests == ["GET /v2/ns/m/manifests/v1", *by_digest]
+
+
+def test_a_not_found_body_is_read_only_as_far_as_a_message_needs() -> None:
+    sent: list[int] = []
+
+    def endless() -> Iterator[bytes]:
+        while len(sent) < 1000:  # 64 MiB, were it all read
+            sent.append(1)
+            yield b" " * 65536
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, content=endless())
+
+    session = RegistrySession(
+        resolve_endpoint("reg.example"), transport=httpx.MockTransport(handle), retry=FAST
+    )
+    with pytest.raises(RemoteNotFoundError):
+        RepositoryClient(session, "ns/m").get_manifest("v1")
+    assert len(sent) <= 2
+
+
+# --- secrets --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("challenge", "secret"),
+    [
+        pytest.param(
+            'Bearer realm="https://auth.example/token",service="reg"', "t0k3n-never-shown", id="bearer"
+        ),
+        pytest.param('Basic realm="reg"', "hunter2-Sup3rSecret", id="basic"),
+    ],
+)
+def test_no_repr_of_the_session_state_shows_a_secret(challenge: str, secret: str) -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.example":
+            return httpx.Response(200, json={"token": "t0k3n-never-shown"})
+        if "Authorization" in request.headers:
+            return httpx.Response(200)
+        return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+
+    session = RegistrySession(
+        resolve_endpoint("reg.example"),
+        lambda: Credentials("alice", "hunter2-Sup3rSecret"),
+        transport=httpx.MockTransport(handle),
+    )
+    assert session.request("GET", "/v2/ns/m/manifests/v1", scope="repository:ns/m:pull").status_code == 200
+    state = {name: value for name, value in vars(session).items() if name != "http"}
+    assert secret not in repr(state) and secret not in repr(session)
+    assert "alice" in repr(state)  # the user name is no secret: the repr did show the credentials
