@@ -629,6 +629,52 @@ def test_cli_run_ps_and_stop_against_the_server(
     assert missing.returncode == 1 and "not found" in missing.stderr
 
 
+def test_cli_run_interactive_chat_until_bye(server: ServeProcess, home: Path, short_model: str) -> None:
+    import pty
+    import select
+
+    env = {**os.environ, "MODELYARD_HOME": str(home), "MODELYARD_HOST": server.host}
+    env.pop("MODELYARD_API_KEY", None)
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modelyard.cli", "run", short_model],
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        env=env,
+    )
+    os.close(secondary)
+    seen = b""
+
+    def read_until(marker: bytes, timeout_s: float = 60) -> bytes:
+        nonlocal seen
+        start = len(seen)
+        deadline = time.monotonic() + timeout_s
+        while marker not in seen[start:]:
+            ready, _, _ = select.select([primary], [], [], max(deadline - time.monotonic(), 0))
+            if not ready:
+                raise AssertionError(f"no {marker!r} in {seen!r}")
+            seen += os.read(primary, 4096)
+        return seen[start:]
+
+    try:
+        assert b"/bye" in read_until(b">>> ")
+        os.write(primary, b"Name a colour.\n")
+        first = read_until(b">>> ")
+        os.write(primary, b"/clear\n")
+        assert b"Cleared" in read_until(b">>> ")
+        os.write(primary, b"And a fruit?\n")
+        second = read_until(b">>> ")
+        assert len(first.strip()) > len(b"Name a colour. >>>") and second.strip()
+        os.write(primary, b"/bye\n")
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(primary)
+
+
 def test_cli_run_starts_a_server_in_process_when_none_answers(home: Path, short_model: str) -> None:
     done = cli(None, home, "run", short_model, "Name a colour.")
     assert done.returncode == 0, done.stderr

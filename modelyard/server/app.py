@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard import __version__
 from modelyard.server.http_errors import KNOWN_ERRORS, HTTPError, retry_after_header
+from modelyard.server.inference import served_model
 from modelyard.server.metrics import CONTENT_TYPE
 from modelyard.server.state import ServerState
 
@@ -67,7 +68,9 @@ def create_app(state: ServerState) -> FastAPI:
 
 
 def _own_routes(app: FastAPI, state: ServerState) -> None:
-    @app.api_route("/health", methods=["GET", "HEAD"])
+    # HEAD beside GET, out of the schema: one route for both would give two operations one ID.
+    @app.get("/health")
+    @app.head("/health", include_in_schema=False)
     async def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__}
 
@@ -107,6 +110,12 @@ def _error_response(request: Request, error: HTTPError) -> JSONResponse:
     return JSONResponse(body, status_code=error.status, headers=headers)
 
 
+def _endpoint(request: Request) -> str:
+    """The route's path template (`/api/blobs/{digest}`), not the path: a bounded label set."""
+    route = request.scope.get("route")
+    return str(getattr(route, "path", request.url.path))
+
+
 def _kind_for(status: int) -> str:
     return {401: "authentication_error", 404: "not_found_error"}.get(status, "invalid_request_error")
 
@@ -125,12 +134,12 @@ def _error_handlers(app: FastAPI, state: ServerState) -> None:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()
         )
+        state.count(_endpoint(request), served_model.get(), 400)
         return _error_response(request, HTTPError(400, f"invalid request: {problems}"))
 
     async def known_error(request: Request, exc: Exception) -> JSONResponse:
         error = state.error_for(exc)
-        model = getattr(request.state, "model", "")
-        state.count(request.url.path, model, error.status)
+        state.count(_endpoint(request), served_model.get(), error.status)
         return _error_response(request, error)
 
     # Known errors are answered where they are raised (the connection stays open for the next

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
@@ -46,6 +47,10 @@ class Finished:
 
 GenerationEvent = Token | Finished
 
+# The image the current request resolved to (its metrics label when it fails after that point).
+# Set only for names found in the store, so that typos and fuzzers cannot grow the label set.
+served_model: contextvars.ContextVar[str] = contextvars.ContextVar("served_model", default="")
+
 
 class Inference:
     def __init__(
@@ -70,9 +75,11 @@ class Inference:
         record_digest = await asyncio.to_thread(lambda: self.store.resolve(ref).digest)
         cached = self._servables.get(str(ref))
         if cached is not None and cached.digest == record_digest:
-            return cached
-        servable = await asyncio.to_thread(load_servable, self.store, ref)
-        self._servables[str(ref)] = servable
+            servable = cached
+        else:
+            servable = await asyncio.to_thread(load_servable, self.store, ref)
+            self._servables[str(ref)] = servable
+        served_model.set(servable.name)
         return servable
 
     def keep_alive(self, value: object) -> float | None:

@@ -148,7 +148,8 @@ def router(state: ServerState) -> APIRouter:
     async def root() -> PlainTextResponse:
         return PlainTextResponse("Ollama is running")  # the text Ollama's clients look for
 
-    @api.api_route("/api/version", methods=["GET", "HEAD"])
+    @api.get("/api/version")
+    @api.head("/api/version", include_in_schema=False)
     async def version() -> dict[str, str]:
         return {"version": OLLAMA_API_VERSION, "modelyard": __version__}
 

@@ -1,0 +1,203 @@
+"""The server under pressure and behind a key, as real processes with Gemma 3 270M: the queue bound
+(503 + Retry-After), clients that go away mid-stream (their slot is freed, counted as 499), the API
+key, and CORS."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import ollama
+import openai
+import pytest
+from server_process import GEMMA, ServeProcess, build_gemma_home, start_server
+
+pytestmark = pytest.mark.gemma
+
+MODEL = f"{GEMMA}:latest"
+KEY = "test-key-0123456789"
+LONG = {"model": GEMMA, "prompt": "Write a long story about a dragon.", "options": {"num_predict": 2000}}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory, gemma_gguf: Path) -> Path:
+    return build_gemma_home(tmp_path_factory.mktemp("limits") / "home", gemma_gguf)
+
+
+@pytest.fixture(scope="module")
+def busy(home: Path) -> Iterator[ServeProcess]:
+    """One slot and room for one more request: the third concurrent request is refused."""
+    process = start_server(home, env={"MODELYARD_NUM_PARALLEL": "1", "MODELYARD_MAX_QUEUE": "1"})
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def keyed(home: Path) -> Iterator[ServeProcess]:
+    process = start_server(home, api_key=KEY, env={"MODELYARD_ORIGINS": "http://app.example"})
+    yield process
+    process.stop()
+
+
+def model_status(http: httpx.Client) -> dict[str, int]:
+    for m in http.get("/api/ps").json()["models"]:
+        if m["name"] == MODEL:
+            return {"slots": m["slots"], "busy": m["slots_busy"], "queued": m["queued"]}
+    return {"slots": 0, "busy": 0, "queued": 0}
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def metric(http: httpx.Client, line_start: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in http.get("/metrics").text.splitlines()
+        if line.startswith(line_start)
+    )
+
+
+def test_the_queue_bound_gives_503_with_retry_after(busy: ServeProcess) -> None:
+    with busy.client() as http, busy.client() as first:
+        http.post("/api/generate", json={"model": GEMMA})  # loaded
+        with first.stream("POST", "/api/generate", json=LONG) as streaming:
+            assert streaming.status_code == 200
+            lines = streaming.iter_lines()
+            next(lines)
+            queued_result: dict[str, object] = {}
+
+            def second() -> None:  # waits in the runner's queue until the first one ends
+                with busy.client() as c, c.stream("POST", "/api/generate", json=LONG) as response:
+                    queued_result["status"] = response.status_code
+                    queued_result["line"] = next(response.iter_lines())
+
+            thread = threading.Thread(target=second)
+            thread.start()
+            wait_for(lambda: model_status(http)["queued"] == 1, "the second request to queue")
+            assert model_status(http)["busy"] == 1
+
+            refused = http.post("/api/generate", json={**LONG, "stream": False})
+            assert refused.status_code == 503
+            assert int(refused.headers["retry-after"]) >= 1
+            assert "busy" in refused.json()["error"]
+
+            refused = http.post(
+                "/v1/chat/completions", json={"model": GEMMA, "messages": [{"role": "user", "content": "Hi"}]}
+            )
+            assert refused.status_code == 503 and "retry-after" in refused.headers
+            assert refused.json()["error"]["type"] == "server_busy"
+
+            with ollama.Client(host=busy.url) as c, pytest.raises(ollama.ResponseError) as caught:
+                c.generate(GEMMA, "Hi")
+            assert caught.value.status_code == 503
+        # The first client has gone: the second gets the slot, streams, and goes away too.
+        thread.join(60)
+        assert queued_result["status"] == 200 and queued_result["line"]
+        wait_for(lambda: model_status(http) == {"slots": 1, "busy": 0, "queued": 0}, "the slot to be freed")
+        assert (
+            metric(
+                http, 'modelyard_requests_total{endpoint="/api/generate",model="gemma3:latest",status="503"}'
+            )
+            >= 1
+        )
+
+
+def test_a_client_that_disconnects_mid_stream_frees_its_slot(busy: ServeProcess) -> None:
+    with busy.client() as http:
+        before = metric(
+            http, 'modelyard_requests_total{endpoint="/api/chat",model="gemma3:latest",status="499"}'
+        )
+        body = {
+            "model": GEMMA,
+            "messages": [{"role": "user", "content": "Tell me a long story."}],
+            "options": {"num_predict": 2000},
+        }
+        with busy.client() as c, c.stream("POST", "/api/chat", json=body) as streaming:
+            lines = streaming.iter_lines()
+            next(lines)
+            next(lines)
+            assert model_status(http)["busy"] == 1
+        wait_for(lambda: model_status(http)["busy"] == 0, "the slot to be freed")
+        wait_for(
+            lambda: (
+                metric(
+                    http, 'modelyard_requests_total{endpoint="/api/chat",model="gemma3:latest",status="499"}'
+                )
+                == before + 1
+            ),
+            "the 499 to be counted",
+        )
+
+        with openai.OpenAI(base_url=f"{busy.url}/v1", api_key="unused", max_retries=0) as oai:
+            stream = oai.chat.completions.create(
+                model=GEMMA,
+                messages=[{"role": "user", "content": "Tell me a long story."}],
+                max_tokens=2000,
+                stream=True,
+            )
+            chunks = iter(stream)
+            next(chunks)
+            next(chunks)
+            stream.close()
+            wait_for(lambda: model_status(http)["busy"] == 0, "the slot to be freed (OpenAI stream)")
+            # One slot only: an answer now proves that the runner really let the old request go.
+            started = time.monotonic()
+            answer = oai.chat.completions.create(
+                model=GEMMA, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+            )
+            assert answer.choices[0].finish_reason in ("length", "stop")
+            assert time.monotonic() - started < 20
+
+
+def test_the_api_key_guards_every_route_but_root_and_health(keyed: ServeProcess) -> None:
+    with httpx.Client(base_url=keyed.url, timeout=30) as anonymous:
+        assert anonymous.get("/").status_code == 200
+        assert anonymous.get("/health").status_code == 200
+        for method, path in (
+            ("GET", "/api/tags"),
+            ("GET", "/api/ps"),
+            ("GET", "/metrics"),
+            ("POST", "/api/generate"),
+            ("GET", "/api/version"),
+        ):
+            answer = anonymous.request(method, path)
+            assert answer.status_code == 401, path
+            assert answer.headers["www-authenticate"] == "Bearer"
+            assert "MODELYARD_API_KEY" in answer.json()["error"]
+        wrong = anonymous.get("/api/tags", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and KEY not in wrong.text
+        openai_shape = anonymous.get("/v1/models")
+        assert (
+            openai_shape.status_code == 401 and openai_shape.json()["error"]["type"] == "authentication_error"
+        )
+        assert anonymous.get("/api/tags", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+
+    with ollama.Client(host=keyed.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
+        assert MODEL in [m.model for m in c.list().models]
+    with openai.OpenAI(base_url=f"{keyed.url}/v1", api_key=KEY, max_retries=0) as oai:
+        assert MODEL in [m.id for m in oai.models.list()]
+    with (
+        openai.OpenAI(base_url=f"{keyed.url}/v1", api_key="wrong", max_retries=0) as oai,
+        pytest.raises(openai.AuthenticationError),
+    ):
+        oai.models.list()
+
+
+def test_cors_only_for_configured_origins(keyed: ServeProcess, busy: ServeProcess) -> None:
+    preflight = {"Origin": "http://app.example", "Access-Control-Request-Method": "POST"}
+    with httpx.Client(timeout=30) as c:
+        allowed = c.options(f"{keyed.url}/api/chat", headers=preflight)
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == "http://app.example"
+        other = c.options(f"{keyed.url}/api/chat", headers={**preflight, "Origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+        off = c.get(f"{busy.url}/api/tags", headers={"Origin": "http://app.example"})
+        assert "access-control-allow-origin" not in off.headers, "CORS is off unless configured"
