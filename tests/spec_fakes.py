@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -50,6 +51,7 @@ class FakeEffects:
     loaded: dict[str, Running] = field(default_factory=dict)
     calls: list[tuple[Any, ...]] = field(default_factory=list)
     errors: dict[tuple[str, str], list[ModelyardError]] = field(default_factory=dict)
+    during_ensure: Callable[[LoadTarget], None] | None = None  # called while a load is under way
 
     def _maybe_fail(self, kind: str, key: str) -> None:
         pending = self.errors.get((kind, key))
@@ -63,7 +65,7 @@ class FakeEffects:
             return image.rsplit("@", 1)[1]
         return self.tags[image]
 
-    def local_digest(self, image: str, digest: str) -> str | None:
+    async def local_digest(self, image: str, digest: str) -> str | None:
         return digest if digest in self.stored else None
 
     async def pull(self, image: str, digest: str) -> str:
@@ -72,11 +74,13 @@ class FakeEffects:
         self.stored.add(digest)
         return digest
 
-    def footprint(self, target: LoadTarget) -> int | None:
+    async def footprint(self, target: LoadTarget) -> int | None:
         return self.sizes.get(target.name)
 
     async def ensure(self, target: LoadTarget) -> Running:
         self.calls.append(("ensure", target.name, target.digest, dict(target.options)))
+        if self.during_ensure is not None:
+            self.during_ensure(target)
         self._maybe_fail("ensure", target.name)
         options = dict(target.load_options)
         running = Running(

@@ -16,7 +16,7 @@ from modelyard.errors import (
     RegistryUnavailableError,
     ServerBusyError,
 )
-from modelyard.spec.plan import ActionKind, Reason
+from modelyard.spec.plan import ActionKind, LoadTarget, Reason, format_plan
 from modelyard.spec.reconciler import Reconciler, ReconcilerSettings, classify
 
 IMAGE = "localhost:5000/team/chat:v1"
@@ -253,9 +253,98 @@ def test_wait_ready_returns_once_ready_or_at_the_timeout(
         pytest.param(DigestMismatchError("a", "b"), Reason.PULL_FAILED, True, id="digest-mismatch"),
         pytest.param(RegistryUnavailableError("h", "down"), Reason.PULL_FAILED, False, id="registry-down"),
         pytest.param(ModelLoadError("m", "x"), Reason.LOAD_FAILED, False, id="load-failed"),
-        pytest.param(ServerBusyError("m crashed; retrying", 4.0), Reason.CRASHED, False, id="crash-backoff"),
+        # The scheduler's reason decides, never the words of its message.
+        pytest.param(
+            ServerBusyError("m failed to load or crashed (bad)", 4.0, reason="load-failed"),
+            Reason.LOAD_FAILED,
+            False,
+            id="load-backoff",
+        ),
+        pytest.param(
+            ServerBusyError("m is down (SIGKILL)", 4.0, reason="crashed"),
+            Reason.CRASHED,
+            False,
+            id="crash-backoff",
+        ),
+        pytest.param(
+            ServerBusyError("not enough memory", 2.0, reason="memory"),
+            Reason.DOES_NOT_FIT,
+            False,
+            id="memory",
+        ),
+        pytest.param(
+            ServerBusyError("queue full; crashed?", 1.0, reason="queue"),
+            Reason.LOAD_FAILED,
+            False,
+            id="queue",
+        ),
     ],
 )
 def test_classify(error: Exception, reason: Reason, permanent: bool) -> None:
     failure = classify(error, ActionKind.LOAD)  # type: ignore[arg-type]
     assert (failure.reason, failure.permanent) == (reason, permanent)
+
+
+def test_a_busy_scheduler_s_retry_after_is_kept() -> None:
+    failure = classify(ServerBusyError("m crashed", 4.0, reason="crashed"), ActionKind.LOAD)
+    assert failure.retry_after == 4.0
+
+
+@pytest.mark.parametrize(
+    ("first_load_fails", "served"),
+    [
+        pytest.param(False, digest("a"), id="a-failed-swap-serves-the-old-digest"),
+        pytest.param(True, None, id="a-failed-first-load-serves-nothing"),
+    ],
+)
+def test_requests_follow_a_load_only_while_it_can_succeed(
+    tmp_path: Path, world: tuple[FakeEffects, FakeClock], first_load_fails: bool, served: str | None
+) -> None:
+    effects, clock = world
+    reconciler = make(tmp_path, effects, clock)
+    reconciler.submit(documents(CHAT))
+    if not first_load_fails:
+        asyncio.run(reconciler.reconcile())
+        effects.tags[IMAGE] = digest("b")
+    seen: list[str | None] = []
+
+    def during(target: LoadTarget) -> None:  # requests during the load already go to the new digest
+        now = reconciler.target("chat")
+        seen.append(now.digest if now is not None else None)
+
+    effects.during_ensure = during
+    effects.errors[("ensure", "chat")] = [ModelLoadError("chat", "bad weights")]
+    asyncio.run(reconciler.reconcile())
+    assert seen == [digest("b") if not first_load_fails else digest("a")]
+    after = reconciler.target("chat")
+    assert (after.digest if after is not None else None) == served
+
+
+def test_models_on_one_image_pull_it_once(tmp_path: Path, world: tuple[FakeEffects, FakeClock]) -> None:
+    effects, clock = world
+    two = f"models: [{{name: chat, image: {IMAGE}}}, {{name: code, image: {IMAGE}, context: 1024}}]"
+    reconciler = make(tmp_path, effects, clock)
+    reconciler.submit(documents(two))
+    planned = asyncio.run(reconciler.preview())
+    assert planned is not None
+    assert [line.split("  (")[0] for line in format_plan(planned).splitlines()] == [
+        f"↓ pull    chat, code {IMAGE}@{digest('a')[:19]}"
+    ]
+    asyncio.run(reconciler.reconcile())
+    assert [c for c in effects.actions() if c[0] == "pull"] == [("pull", IMAGE, digest("a"))]
+    assert set(effects.loaded) == {"chat", "code"}
+
+
+def test_a_shared_pull_that_fails_fails_every_model_on_it_once(
+    tmp_path: Path, world: tuple[FakeEffects, FakeClock]
+) -> None:
+    effects, clock = world
+    two = f"models: [{{name: chat, image: {IMAGE}}}, {{name: code, image: {IMAGE}}}]"
+    effects.errors[("pull", IMAGE)] = [RegistryUnavailableError("localhost:5000", "connection refused")]
+    reconciler = make(tmp_path, effects, clock)
+    reconciler.submit(documents(two))
+    asyncio.run(reconciler.reconcile())
+    assert [c[0] for c in effects.actions()] == ["pull"]
+    for name in ("chat", "code"):
+        degraded = conditions(reconciler, name)["Degraded"]
+        assert (degraded["status"], degraded["reason"]) == ("True", "PullFailed")

@@ -9,7 +9,7 @@ import pytest
 from spec_fakes import spec_text
 
 from modelyard.errors import SpecSourceError
-from modelyard.spec.sources import FileSource, GitLocation, GitSource, open_source, parse_git_location
+from modelyard.spec.sources import FileSource, GitLocation, GitSource, open_source, parse_git_location, redact
 
 
 @pytest.mark.parametrize(
@@ -67,3 +67,48 @@ def test_an_unreachable_git_source_is_a_source_error(tmp_path: Path) -> None:
     source = GitSource(parse_git_location(f"git+{tmp_path / 'nothing'}"), tmp_path / "cache")
     with pytest.raises(SpecSourceError, match="ls-remote failed"):
         source.read()
+
+
+SECRET = "s3cr3t-t0ken"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        pytest.param(f"https://alice:{SECRET}@h.io/r.git", "https://h.io/r.git", id="user-and-password"),
+        pytest.param(f"https://{SECRET}@h.io/r.git", "https://h.io/r.git", id="token-as-user"),
+        pytest.param(f"https://alice:p@{SECRET}@h.io/r.git", "https://h.io/r.git", id="at-in-password"),
+        pytest.param(
+            f"fatal: unable to access 'https://a:{SECRET}@h.io/r/'",
+            "fatal: unable to access 'https://h.io/r/'",
+            id="in-a-message",
+        ),
+        pytest.param("git@h.io:org/r.git", "git@h.io:org/r.git", id="scp-like-kept"),
+        pytest.param("https://h.io/org/r@v2", "https://h.io/org/r@v2", id="at-in-the-path-kept"),
+    ],
+)
+def test_redact_takes_credentials_out_of_urls(text: str, shown: str) -> None:
+    assert redact(text) == shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(f"git+https://alice:{SECRET}@127.0.0.1:1/org/r.git@main#specs", id="user-and-password"),
+        pytest.param(f"git+https://{SECRET}@127.0.0.1:1/org/r.git", id="token-as-user"),
+    ],
+)
+def test_git_credentials_reach_git_and_nothing_shown(tmp_path: Path, text: str) -> None:
+    source = open_source(text, tmp_path / "cache")
+    assert isinstance(source, GitSource)
+    assert SECRET in source.location.url  # what the git commands get
+    assert SECRET not in source.description and "127.0.0.1:1/org/r.git" in source.description
+    with pytest.raises(SpecSourceError) as failed:
+        source.read()  # nothing listens on port 1
+    assert SECRET not in str(failed.value)
+
+
+def test_an_invalid_git_source_is_shown_without_its_credentials() -> None:
+    with pytest.raises(SpecSourceError) as failed:
+        parse_git_location(f"git+https://alice:{SECRET}@h.io/r.git#../../etc")
+    assert SECRET not in str(failed.value)

@@ -4,9 +4,13 @@ resolve       a remote tag: a HEAD of its manifest (registry/resolve.py); a loca
               tag; a pinned reference: its own digest
 local_digest  the stored image for a digest: equal to it for ModelPack images, or the image that
               was converted from it (Ollama, Docker) as its `io.modelyard.source.digest` says
-pull          registry.pull, in a worker thread
-footprint     the memory estimate from the GGUF header, with the spec's options
+pull          registry.pull
+footprint     the memory estimate from the GGUF header, with the spec's options (footprint.py)
 ensure        Scheduler.ensure with the image's request (parameters ⊕ the spec's options)
+running       the scheduler's snapshot (no /proc reads)
+
+Whatever reads files (the store's index, manifests, GGUF headers, templates) or the network runs
+in a worker thread: the event loop also serves every request.
 """
 
 from __future__ import annotations
@@ -21,10 +25,9 @@ from modelyard.registry import RegistryOptions, pull
 from modelyard.registry.formats import ANNOTATION_SOURCE_DIGEST
 from modelyard.registry.resolve import resolve_remote_digest
 from modelyard.registry.retry import RetryPolicy
-from modelyard.runtime.memory import estimate
-from modelyard.runtime.options import DEFAULT_NUM_CTX, parse_load_options
 from modelyard.runtime.scheduler import ModelRequest, ModelStatus, Scheduler
 from modelyard.runtime.servable import Servable, load_servable
+from modelyard.spec.footprint import footprint
 from modelyard.spec.plan import LoadTarget, Running
 from modelyard.store import Store
 
@@ -56,7 +59,11 @@ class SchedulerHost:
             return (await asyncio.to_thread(self.store.resolve, ref)).digest
         return await asyncio.to_thread(resolve_remote_digest, ref, self._resolve_options)
 
-    def local_digest(self, image: str, digest: str) -> str | None:
+    async def local_digest(self, image: str, digest: str) -> str | None:
+        return await asyncio.to_thread(self._local_digest, image, digest)
+
+    def _local_digest(self, image: str, digest: str) -> str | None:
+        """Reads the index and manifests: in a worker thread."""
         ref = parse_reference(image)
         try:
             record = self.store.resolve(ref.with_digest(digest))
@@ -88,21 +95,16 @@ class SchedulerHost:
         result = await asyncio.to_thread(pull, self.store, ref, self.registry)
         return result.digest
 
-    def footprint(self, target: LoadTarget) -> int | None:
-        """Estimated bytes with the spec's options (slots: the spec's, else the image's, else 1, the
-        least the scheduler's automatic choice takes)."""
+    async def footprint(self, target: LoadTarget) -> int | None:
+        """Estimated bytes with the spec's options (footprint.py); reads the image in a worker thread."""
+        return await asyncio.to_thread(self._footprint, target)
+
+    def _footprint(self, target: LoadTarget) -> int | None:
         try:
-            servable = self._servable(target.image, target.digest)
-            options = {**servable.params, **target.options}
-            load = parse_load_options(options)
+            return footprint(self._servable(target.image, target.digest), target.options)
         except ModelyardError as exc:
             log.debug("no estimate for %s: %s", target.name, exc)
             return None
-        shape = servable.gguf.shape
-        n_ctx = load.num_ctx if "num_ctx" in options else DEFAULT_NUM_CTX
-        if shape.n_ctx_train:
-            n_ctx = min(n_ctx, shape.n_ctx_train)
-        return estimate(shape, n_ctx=n_ctx, slots=load.num_parallel, n_batch=load.num_batch).total
 
     def request(self, target: LoadTarget) -> ModelRequest:
         """The scheduler request for `target`: the image's parameters ⊕ the spec's options, its
@@ -130,8 +132,9 @@ class SchedulerHost:
         await self.scheduler.unload(name)
 
     def running(self) -> list[Running]:
-        """The scheduler's models; during a swap the draining old runner comes after the new one."""
-        statuses = self.scheduler.status()
+        """The scheduler's models; during a swap the draining old runner comes after the new one.
+        From its snapshot: no /proc reads, cheap enough for the glance every second."""
+        statuses = self.scheduler.snapshot()
         statuses.sort(key=_draining)
         return [_running(s) for s in statuses]
 

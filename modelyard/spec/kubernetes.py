@@ -27,9 +27,8 @@ import yaml
 
 from modelyard.errors import ModelyardError, SpecError
 from modelyard.reference import parse_reference
-from modelyard.runtime.memory import estimate
-from modelyard.runtime.options import DEFAULT_NUM_CTX, parse_load_options
 from modelyard.runtime.servable import load_servable
+from modelyard.spec.footprint import footprint
 from modelyard.spec.schema import ModelSetBody, ModelSpec, Spec
 from modelyard.store import Store
 
@@ -89,16 +88,11 @@ def estimate_models(spec: Spec, store: Store) -> dict[str, int]:
     out: dict[str, int] = {}
     for model in spec.models:
         try:
-            servable = load_servable(store, parse_reference(model.image))
-            options = {**servable.params, **model.load_options()}
-            load = parse_load_options(options)
+            out[model.name] = footprint(
+                load_servable(store, parse_reference(model.image)), model.load_options()
+            )
         except ModelyardError:
             continue
-        shape = servable.gguf.shape
-        n_ctx = load.num_ctx if "num_ctx" in options else DEFAULT_NUM_CTX
-        if shape.n_ctx_train:
-            n_ctx = min(n_ctx, shape.n_ctx_train)
-        out[model.name] = estimate(shape, n_ctx=n_ctx, slots=load.num_parallel, n_batch=load.num_batch).total
     return out
 
 

@@ -234,6 +234,15 @@ class Plan:
         return self.prune + yielding + rest
 
     @property
+    def pulls(self) -> tuple[tuple[Action, ...], ...]:
+        """The pull actions, one group per (image, digest): models on the same image share a pull."""
+        groups: dict[tuple[str, str], list[Action]] = {}
+        for action in self.actions:
+            if action.kind is ActionKind.PULL:
+                groups.setdefault((action.image, action.digest), []).append(action)
+        return tuple(tuple(group) for group in groups.values())
+
+    @property
     def empty(self) -> bool:
         return not self.actions
 
@@ -471,14 +480,17 @@ def _key(value: Any) -> str:
 def format_plan(plan: Plan) -> str:
     """For `apply --dry-run` and `diff`: one line per action, then models that need nothing."""
     lines = []
+    sharing = {group[0]: ", ".join(a.model for a in group) for group in plan.pulls}
     for action in plan.actions:
         what = action.image or (action.target.image if action.target else "")
         detail = f" {what}" if what else ""
+        models = action.model
         if action.kind is ActionKind.PULL:
+            if action not in sharing:
+                continue  # another model's pull of the same image and digest brings it
             detail = f" {action.image}@{action.digest[:19]}"
-        lines.append(
-            f"{_SIGNS[action.kind]} {action.kind.value:<7} {action.model}{detail}  ({action.reason})"
-        )
+            models = sharing[action]
+        lines.append(f"{_SIGNS[action.kind]} {action.kind.value:<7} {models}{detail}  ({action.reason})")
     for model in plan.models:
         if not model.actions:
             lines.append(f"  {model.phase.value.lower():<7} {model.name}  ({model.message})")

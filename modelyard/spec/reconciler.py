@@ -29,7 +29,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -77,14 +77,16 @@ Clock = Callable[[], float]
 
 
 class Effects(Protocol):
-    """What the reconciler does to the world. host.SchedulerHost is the real one."""
+    """What the reconciler does to the world. host.SchedulerHost is the real one. Whatever reads
+    files or the network is a coroutine (the real one runs it in a worker thread): the event loop
+    the reconciler runs on also serves the HTTP requests."""
 
     async def resolve(self, image: str) -> str:
         """The digest `image` points to now: the registry's for a remote tag, the store's for a local
         name, the reference's own when it pins one."""
         ...
 
-    def local_digest(self, image: str, digest: str) -> str | None:
+    async def local_digest(self, image: str, digest: str) -> str | None:
         """The stored image `image` resolved to `digest` gives, or None when it must be pulled."""
         ...
 
@@ -92,7 +94,7 @@ class Effects(Protocol):
         """Bring `image` at `digest` into the store; returns the local digest."""
         ...
 
-    def footprint(self, target: LoadTarget) -> int | None:
+    async def footprint(self, target: LoadTarget) -> int | None:
         """Estimated bytes `target` takes once loaded (None: unknown)."""
         ...
 
@@ -102,7 +104,9 @@ class Effects(Protocol):
 
     async def unload(self, name: str) -> None: ...
 
-    def running(self) -> list[Running]: ...
+    def running(self) -> list[Running]:
+        """What the scheduler holds now; cheap (no file reads): it is glanced at every second."""
+        ...
 
     def memory_budget(self) -> int:
         """Bytes the scheduler may hold (RAM and GPU budgets together)."""
@@ -270,13 +274,13 @@ class Reconciler:
         references = sorted({r for m in spec.models if not m.suspend for r in m.reference_texts})
         results = await asyncio.gather(*(self._resolve(r) for r in references))
         images = dict(zip(references, results, strict=True))
-        footprints: dict[str, int] = {}
+        targets = []
         for model in spec.models:
             stored = {r: images[r].local_digest for r in model.reference_texts if r in images}
             if len(stored) == len(model.reference_texts) and all(stored.values()):
-                estimate = self.effects.footprint(target_for(model, {r: d for r, d in stored.items() if d}))
-                if estimate is not None:
-                    footprints[model.name] = estimate
+                targets.append(target_for(model, {r: d for r, d in stored.items() if d}))
+        estimates = await asyncio.gather(*(self.effects.footprint(t) for t in targets))
+        footprints = {t.name: e for t, e in zip(targets, estimates, strict=True) if e is not None}
         return Observed(
             running=_by_name(self.effects.running()),
             images=images,
@@ -292,7 +296,7 @@ class Reconciler:
         except ModelyardError as exc:
             failure = classify(exc, ActionKind.PULL)
             last = self._inventory.known_digests.get(reference)
-            local = self.effects.local_digest(reference, last) if last else None
+            local = await self.effects.local_digest(reference, last) if last else None
             if last and local is not None:
                 failure = replace(failure, message=f"{failure.message}; going on with {last[:19]}")
             return ImageState(reference, None, local, failure)
@@ -300,7 +304,7 @@ class Reconciler:
             known = {**self._inventory.known_digests, reference: digest}
             self._inventory = replace(self._inventory, known_digests=known)
         self._resolved[reference] = digest
-        return ImageState(reference, digest, self.effects.local_digest(reference, digest))
+        return ImageState(reference, digest, await self.effects.local_digest(reference, digest))
 
     async def _execute(self, spec: Spec, current: Plan) -> bool:
         """Run the plan: unloads, then pulls (together), then loads in priority order. True when any
@@ -309,16 +313,28 @@ class Reconciler:
         progress = False
         for action in (a for a in actions if a.kind is ActionKind.UNLOAD):
             progress |= await self._run(spec, current, action)
-        pulls = [a for a in actions if a.kind is ActionKind.PULL]
-        if pulls:
-            results = await asyncio.gather(*(self._run(spec, current, a) for a in pulls))
+        if current.pulls:  # together; two models on one image wait on the same pull
+            results = await asyncio.gather(*(self._pull(spec, current, group) for group in current.pulls))
             progress |= any(results)
         for action in actions:
             if action.kind not in (ActionKind.UNLOAD, ActionKind.PULL):
                 progress |= await self._run(spec, current, action)
         return progress
 
-    async def _run(self, spec: Spec, current: Plan, action: Action) -> bool:
+    async def _pull(self, spec: Spec, current: Plan, group: Sequence[Action]) -> bool:
+        """One pull of an (image, digest) for every model in `group`, each recording its outcome."""
+        first = group[0]
+        pulled = asyncio.ensure_future(self.effects.pull(first.image, first.digest))
+        try:
+            results = await asyncio.gather(*(self._run(spec, current, a, pulled) for a in group))
+        finally:
+            pulled.cancel()  # only when the round itself was cancelled: each run awaited it
+        return any(results)
+
+    async def _run(
+        self, spec: Spec, current: Plan, action: Action, pulled: Awaitable[str] | None = None
+    ) -> bool:
+        """Run one action and record its outcome for its model (a pull: await `pulled`, shared)."""
         name = action.model
         planned = current.model(name)
         self._in_progress[name] = action
@@ -327,7 +343,8 @@ class Reconciler:
         await self._notify()
         try:
             if action.kind is ActionKind.PULL:
-                local = await self.effects.pull(action.image, action.digest)
+                assert pulled is not None
+                local = await pulled
                 self._event(name, "pulled", f"{action.image} {action.digest[:19]} (stored as {local[:19]})")
             elif action.kind is ActionKind.UNLOAD:
                 await self.effects.unload(name)
@@ -337,8 +354,15 @@ class Reconciler:
             else:
                 target = action.target
                 assert target is not None
+                # Requests follow the new target at once (a request for the old digest during a
+                # swap would swap it back), and go back to what served before if it fails.
+                serving = self._serving.get(name)
                 self._serving[name] = target
-                running = await self.effects.ensure(target)
+                try:
+                    running = await self.effects.ensure(target)
+                except BaseException:
+                    _restore(self._serving, name, serving)
+                    raise
                 applied = _applied(target, running, self._session)
                 self._remember(name, lambda m: replace(m, applied=applied))
                 note = f"; {running.note}" if running.note else ""
@@ -580,8 +604,7 @@ def classify(exc: ModelyardError, kind: ActionKind) -> Failure:
     if isinstance(exc, BuildError | InvalidReferenceError):
         return Failure(Reason.LOAD_FAILED, message, permanent=True)  # a GGUF that cannot be read
     if isinstance(exc, ServerBusyError):
-        reason = Reason.CRASHED if "crashed" in message else Reason.LOAD_FAILED
-        return Failure(reason, message, retry_after=exc.retry_after)
+        return Failure(_BUSY.get(exc.reason, Reason.LOAD_FAILED), message, retry_after=exc.retry_after)
     if isinstance(exc, RunnerCrashedError):
         return Failure(Reason.CRASHED, message)
     if isinstance(exc, RunnerError):
@@ -590,6 +613,10 @@ def classify(exc: ModelyardError, kind: ActionKind) -> Failure:
         return Failure(Reason.PULL_FAILED, message)
     return Failure(Reason.LOAD_FAILED, message)
 
+
+# Why the scheduler said busy (ServerBusyError.reason) → the condition's reason. "load-failed" and
+# "queue" (its queue is full) are LoadFailed.
+_BUSY = {"crashed": Reason.CRASHED, "memory": Reason.DOES_NOT_FIT}
 
 _PAST = {
     ActionKind.LOAD: "loaded",
@@ -610,6 +637,13 @@ def _applied(target: LoadTarget, running: Running, session: str) -> Applied:
         keep_alive=target.keep_alive,
         session=session,
     )
+
+
+def _restore(serving: dict[str, LoadTarget], name: str, before: LoadTarget | None) -> None:
+    if before is None:
+        serving.pop(name, None)
+    else:
+        serving[name] = before
 
 
 def _by_name(running: Sequence[Running]) -> Mapping[str, Running]:

@@ -8,12 +8,17 @@
                                          commits count, not edits in its working tree.
 
 Both return a SpecSnapshot (documents + revision); the reconciler validates it.
+
+A git URL may carry credentials (`https://user:token@host/repo.git`): they go to the git commands
+and nowhere else. Every URL shown (the description in /api/status, errors, logs, git's own
+messages) passes through `redact` first.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -27,6 +32,13 @@ GIT_PREFIX = "git+"
 FILE_POLL_S = 0.5
 GIT_POLL_S = 30.0
 GIT_TIMEOUT_S = 120.0
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s]*@")  # up to the authority's last @
+
+
+def redact(text: str) -> str:
+    """`text` with the user and password taken out of every URL in it (`https://u:p@h/r` →
+    `https://h/r`). scp-like `git@host:path` has no password to hide and stays as it is."""
+    return _USERINFO.sub(r"\1", text)
 
 
 class FileSource:
@@ -49,8 +61,9 @@ class GitLocation:
     path: str  # file or folder inside the repository; "" = its root
 
     def __str__(self) -> str:
+        """As shown to people: without credentials in the URL."""
         return (
-            f"{GIT_PREFIX}{self.url}"
+            f"{GIT_PREFIX}{redact(self.url)}"
             + (f"@{self.ref}" if self.ref else "")
             + (f"#{self.path}" if self.path else "")
         )
@@ -58,8 +71,9 @@ class GitLocation:
 
 def parse_git_location(text: str) -> GitLocation:
     """`git+URL[@REF][#PATH]`; the `@REF` is taken only after the URL's last `/` (so `git@host:` stays)."""
+    shown = redact(text)
     if not text.startswith(GIT_PREFIX):
-        raise SpecSourceError(text, "a git source starts with git+ (git+https://host/repo.git#path)")
+        raise SpecSourceError(shown, "a git source starts with git+ (git+https://host/repo.git#path)")
     rest, _, path = text[len(GIT_PREFIX) :].partition("#")
     head, slash, last = rest.rpartition("/")
     ref = ""
@@ -67,10 +81,10 @@ def parse_git_location(text: str) -> GitLocation:
         last, _, ref = last.partition("@")
     url = f"{head}{slash}{last}"
     if not url:
-        raise SpecSourceError(text, "no repository URL")
+        raise SpecSourceError(shown, "no repository URL")
     path = path.strip("/")
     if ".." in Path(path).parts:
-        raise SpecSourceError(text, f"the path {path!r} must stay inside the repository")
+        raise SpecSourceError(shown, f"the path {path!r} must stay inside the repository")
     return GitLocation(url, ref, path)
 
 
@@ -109,7 +123,7 @@ class GitSource:
                 return sha
         if len(ref) == 40 and all(c in "0123456789abcdef" for c in ref):
             return ref  # a commit: ls-remote does not list it
-        raise SpecSourceError(self.description, f"no branch or tag {ref!r} in {self.location.url}")
+        raise SpecSourceError(self.description, f"no branch or tag {ref!r} in {redact(self.location.url)}")
 
     def _checkout(self, commit: str) -> str:
         """Fetch the ref (a commit only when one was asked for: not every server hands out commits by
@@ -144,7 +158,7 @@ class GitSource:
         if done.returncode != 0:
             detail = (done.stderr or done.stdout).strip().splitlines()
             raise SpecSourceError(
-                self.description, f"git {args[0]} failed: {detail[-1] if detail else done.returncode}"
+                self.description, f"git {args[0]} failed: {redact(detail[-1]) if detail else done.returncode}"
             )
         return done.stdout
 

@@ -1,7 +1,11 @@
 """What the reconciler keeps across restarts, in one JSON file under $MODELYARD_HOME (never in the
 user's YAML): the last good spec and its generation, the inventory (what it loaded: prune needs it),
 the digests tags last resolved to (to go on when the registry is down), failures and backoff, the
-conditions (their lastTransitionTime) and recent events. Written atomically: temp file, fsync, rename.
+conditions (their lastTransitionTime) and recent events. Written atomically (store.atomic), mode 0600.
+
+A file that is not a state file of this version (not JSON, another version, a field missing or of
+the wrong type: each checked explicitly) is set aside and the reconciler starts over from the
+spec. Anything else that goes wrong while decoding is a bug and raises.
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +22,7 @@ from typing import Any
 from modelyard.errors import SpecIssue
 from modelyard.spec.plan import Applied, Failure, Inventory, Memory, Reason
 from modelyard.spec.status import Condition, ModelReport
+from modelyard.store.atomic import atomic_write
 
 STATE_VERSION = 1
 MAX_EVENTS = 100
@@ -54,35 +58,30 @@ class SavedState:
 
 
 def load_state(path: Path) -> SavedState:
-    """The saved state, or a fresh one when there is none. A file that cannot be read is set aside
-    (renamed `*.corrupt`) rather than trusted: the reconciler then starts over from the spec."""
+    """The saved state, or a fresh one when there is none. A file that is not a state file of this
+    version is set aside (renamed `*.corrupt`) rather than trusted: the reconciler then starts over
+    from the spec."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_bytes())
+        if not isinstance(raw, dict):
+            raise StateFormatError("not a JSON object")
         if raw.get("version") != STATE_VERSION:
-            raise ValueError(f"version {raw.get('version')!r}")
+            raise StateFormatError(f"version {raw.get('version')!r}, not {STATE_VERSION}")
         return _decode(raw)
     except FileNotFoundError:
         return SavedState()
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, StateFormatError):
         with contextlib.suppress(OSError):
             os.replace(path, path.with_suffix(path.suffix + ".corrupt"))
         return SavedState()
 
 
 def save_state(path: Path, state: SavedState) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = json.dumps(_encode(state), indent=1, sort_keys=True).encode()
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+    atomic_write(path, json.dumps(_encode(state), indent=1, sort_keys=True).encode(), mode=0o600)
+
+
+class StateFormatError(ValueError):
+    """The state file does not have the shape this version writes."""
 
 
 # --- codec ----------------------------------------------------------------------------------------
@@ -90,10 +89,6 @@ def save_state(path: Path, state: SavedState) -> None:
 
 def _seconds(value: float) -> float | str:
     return "inf" if math.isinf(value) else value
-
-
-def _float(value: Any) -> float:
-    return math.inf if value == "inf" else float(value)
 
 
 def _encode(state: SavedState) -> dict[str, Any]:
@@ -156,61 +151,130 @@ def _encode_report(report: ModelReport) -> dict[str, Any]:
     }
 
 
+_REQUIRED: Any = object()
+_NUMBER = (int, float)
+
+
+def _field(raw: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any = _REQUIRED) -> Any:
+    """`raw[key]`, checked to be a `kind` (`default` when it is absent and there is one)."""
+    if key not in raw:
+        if default is _REQUIRED:
+            raise StateFormatError(f"{key} is missing")
+        return default
+    value = raw[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, _NUMBER)):
+        raise StateFormatError(f"{key} is {type(value).__name__}")
+    return value
+
+
+def _row(value: Any, kinds: tuple[type | tuple[type, ...], ...], what: str) -> list[Any]:
+    """A list of len(kinds) values, each of its kind."""
+    if not isinstance(value, list) or len(value) != len(kinds):
+        raise StateFormatError(f"{what} is not a list of {len(kinds)}")
+    for item, kind in zip(value, kinds, strict=True):
+        if not isinstance(item, kind):
+            raise StateFormatError(f"{what} holds a {type(item).__name__}")
+    return value
+
+
+def _mapping(raw: Mapping[str, Any], key: str) -> dict[str, Any]:
+    return dict(_field(raw, key, dict, {}))
+
+
+def _float(value: Any, what: str) -> float:
+    if value == "inf":
+        return math.inf
+    if isinstance(value, bool) or not isinstance(value, _NUMBER):
+        raise StateFormatError(f"{what} is {type(value).__name__}")
+    return float(value)
+
+
 def _decode(raw: Mapping[str, Any]) -> SavedState:
-    rejected = raw.get("rejected")
+    rejected = _field(raw, "rejected", (dict, type(None)), None)
+    known = _mapping(raw, "knownDigests")
+    if not all(isinstance(v, str) for v in known.values()):
+        raise StateFormatError("knownDigests holds a digest that is not a string")
+    issue = (str, str, str, int)
     return SavedState(
-        generation=int(raw["generation"]),
-        spec=raw.get("spec"),
-        spec_digest=str(raw.get("specDigest", "")),
-        revision=str(raw.get("revision", "")),
+        generation=_field(raw, "generation", int),
+        spec=_field(raw, "spec", (dict, type(None)), None),
+        spec_digest=_field(raw, "specDigest", str, ""),
+        revision=_field(raw, "revision", str, ""),
         inventory=Inventory(
-            models={name: _decode_memory(m) for name, m in raw.get("models", {}).items()},
-            known_digests={str(k): str(v) for k, v in raw.get("knownDigests", {}).items()},
+            models={name: _decode_memory(m) for name, m in _objects(raw, "models")},
+            known_digests=known,
         ),
-        reports={name: _decode_report(name, r) for name, r in raw.get("reports", {}).items()},
-        events=tuple(Event(float(t), str(m), str(k), str(msg)) for t, m, k, msg in raw.get("events", [])),
+        reports={name: _decode_report(name, r) for name, r in _objects(raw, "reports")},
+        events=tuple(
+            Event(_float(t, "an event's time"), m, k, msg)
+            for t, m, k, msg in (
+                _row(e, (_NUMBER, str, str, str), "an event") for e in _field(raw, "events", list, [])
+            )
+        ),
         rejected=None
         if not rejected
         else Rejection(
-            str(rejected["revision"]),
-            float(rejected["at"]),
-            tuple(SpecIssue(str(p), str(m), str(f), int(line)) for p, m, f, line in rejected["issues"]),
+            _field(rejected, "revision", str),
+            _float(_field(rejected, "at", _NUMBER), "rejected.at"),
+            tuple(SpecIssue(*_row(i, issue, "an issue")) for i in _field(rejected, "issues", list)),
         ),
     )
 
 
+def _objects(raw: Mapping[str, Any], key: str) -> list[tuple[str, Mapping[str, Any]]]:
+    """The entries of the object `raw[key]`, each checked to be an object."""
+    entries = list(_mapping(raw, key).items())
+    for name, value in entries:
+        if not isinstance(value, dict):
+            raise StateFormatError(f"{key}.{name} is {type(value).__name__}")
+    return entries
+
+
 def _decode_memory(raw: Mapping[str, Any]) -> Memory:
-    applied = raw.get("applied")
-    failure = raw.get("failure")
+    applied = _field(raw, "applied", (dict, type(None)), None)
+    failure = _field(raw, "failure", (dict, type(None)), None)
     return Memory(
         applied=None
         if applied is None
         else Applied(
-            digest=str(applied["digest"]),
-            load_key=str(applied["loadKey"]),
-            options_key=str(applied["optionsKey"]),
-            serve_key=str(applied["serveKey"]),
-            context_length=int(applied["contextLength"]),
-            slots=int(applied["slots"]),
-            keep_alive=_float(applied["keepAlive"]),
-            session=str(applied["session"]),
+            digest=_field(applied, "digest", str),
+            load_key=_field(applied, "loadKey", str),
+            options_key=_field(applied, "optionsKey", str),
+            serve_key=_field(applied, "serveKey", str),
+            context_length=_field(applied, "contextLength", int),
+            slots=_field(applied, "slots", int),
+            keep_alive=_float(_field(applied, "keepAlive", (*_NUMBER, str)), "keepAlive"),
+            session=_field(applied, "session", str),
         ),
         failure=None
         if failure is None
-        else Failure(Reason(failure["reason"]), str(failure["message"]), bool(failure["permanent"])),
-        failures=int(raw.get("failures", 0)),
-        retry_at=float(raw.get("retryAt", 0.0)),
-        blocked_on=str(raw.get("blockedOn", "")),
+        else Failure(
+            _reason(_field(failure, "reason", str)),
+            _field(failure, "message", str),
+            _field(failure, "permanent", bool),
+        ),
+        failures=_field(raw, "failures", int, 0),
+        retry_at=_float(_field(raw, "retryAt", _NUMBER, 0.0), "retryAt"),
+        blocked_on=_field(raw, "blockedOn", str, ""),
     )
 
 
+def _reason(value: str) -> Reason:
+    if value not in {r.value for r in Reason}:
+        raise StateFormatError(f"unknown failure reason {value!r}")
+    return Reason(value)
+
+
 def _decode_report(name: str, raw: Mapping[str, Any]) -> ModelReport:
+    condition = (str, bool, str, str, _NUMBER, int)
     return ModelReport(
         name=name,
-        image=str(raw.get("image", "")),
+        image=_field(raw, "image", str, ""),
         conditions=tuple(
-            Condition(str(t), bool(s), str(r), str(m), float(at), int(g))
-            for t, s, r, m, at, g in raw["conditions"]
+            Condition(t, s, r, m, _float(at, "a condition's time"), g)
+            for t, s, r, m, at, g in (
+                _row(c, condition, "a condition") for c in _field(raw, "conditions", list)
+            )
         ),
-        observed_generation=int(raw.get("observedGeneration", 0)),
+        observed_generation=_field(raw, "observedGeneration", int, 0),
     )

@@ -1,0 +1,115 @@
+"""The reconciler's real effects (host.py) over a real store and scheduler: what reads files runs off
+the event loop, the glance reads no /proc, and the estimate is the one Kubernetes export uses."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from spec_fakes import make_spec
+from spec_world import build, registry_options
+from tinygguf import write_tiny_llama
+
+from modelyard.reference import Reference, parse_reference
+from modelyard.runtime.scheduler import ModelStatus, Scheduler, SchedulerSettings
+from modelyard.runtime.servable import load_servable
+from modelyard.spec.host import SchedulerHost
+from modelyard.spec.kubernetes import estimate_models
+from modelyard.spec.plan import target_for
+from modelyard.store import Store
+from modelyard.store.index import TagRecord
+
+IMAGE = "localhost:5000/team/tiny:v1"
+
+
+class ThreadNotingStore(Store):
+    """The real store; notes whether each lookup ran on the event loop's thread."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.on_loop: list[bool] = []
+
+    def resolve(self, ref: Reference) -> TagRecord:
+        self.on_loop.append(threading.current_thread() is threading.main_thread())
+        return super().resolve(ref)
+
+
+class LiveNotingScheduler(Scheduler):
+    """The real scheduler; notes every status() that reads /proc."""
+
+    def __init__(self) -> None:
+        super().__init__(SchedulerSettings(ram_budget=2**34))
+        self.live_reads = 0
+
+    def status(self, *, live: bool = True) -> list[ModelStatus]:
+        self.live_reads += live
+        return super().status(live=live)
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> tuple[SchedulerHost, ThreadNotingStore, LiveNotingScheduler]:
+    store = ThreadNotingStore(tmp_path / "store")
+    store.init()
+    build(store, write_tiny_llama(tmp_path / "tiny.gguf"), IMAGE, tmp_path)
+    scheduler = LiveNotingScheduler()
+    return SchedulerHost(store, scheduler, registry_options(tmp_path)), store, scheduler
+
+
+REF = parse_reference(IMAGE)
+TINY = f"models: [{{name: tiny, image: '{IMAGE}'}}]"
+
+EFFECTS: list[tuple[str, Callable[[SchedulerHost, str], Awaitable[object]]]] = [
+    ("local_digest", lambda host, digest: host.local_digest(IMAGE, digest)),
+    (
+        "footprint",
+        lambda host, digest: host.footprint(target_for(make_spec(TINY).models[0], {IMAGE: digest})),
+    ),
+]
+
+
+@pytest.mark.parametrize("call", [c for _, c in EFFECTS], ids=[name for name, _ in EFFECTS])
+def test_what_reads_the_store_runs_off_the_event_loop(
+    host: tuple[SchedulerHost, ThreadNotingStore, LiveNotingScheduler],
+    call: Callable[[SchedulerHost, str], Awaitable[object]],
+) -> None:
+    effects, store, _ = host
+    digest = store.resolve(REF).digest
+    store.on_loop.clear()
+    assert asyncio.run(_call(call(effects, digest))) is not None
+    assert store.on_loop and not any(store.on_loop)
+
+
+async def _call(awaitable: Awaitable[object]) -> object:
+    return await awaitable
+
+
+def test_the_glance_reads_no_proc(host: tuple[SchedulerHost, ThreadNotingStore, LiveNotingScheduler]) -> None:
+    effects, _, scheduler = host
+    assert effects.running() == []
+    assert scheduler.live_reads == 0
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param("", id="the-image-s-defaults"),
+        pytest.param(", context: 256", id="context"),
+        pytest.param(", parallel: 3", id="parallel"),
+        pytest.param(", context: 1000000", id="context-past-training"),
+    ],
+)
+def test_admission_and_kubernetes_use_the_same_estimate(
+    host: tuple[SchedulerHost, ThreadNotingStore, LiveNotingScheduler], options: str
+) -> None:
+    effects, store, _ = host
+    spec = make_spec(f"models: [{{name: tiny, image: '{IMAGE}'{options}}}]")
+    target = target_for(spec.models[0], {IMAGE: store.resolve(REF).digest})
+    estimate = asyncio.run(_call(effects.footprint(target)))
+    assert estimate == estimate_models(spec, store)["tiny"]
+    if "1000000" in options:  # capped at the training context
+        trained = load_servable(store, REF).gguf.shape.n_ctx_train
+        capped = make_spec(f"models: [{{name: tiny, image: '{IMAGE}', context: {trained}}}]")
+        assert estimate == estimate_models(capped, store)["tiny"]
