@@ -8,6 +8,8 @@ Pull and push are left out: they reach for registries named by random strings.""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,13 +44,17 @@ AIMED_OPERATIONS = frozenset(
 )
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[ServeProcess]:
-    home = tmp_path_factory.mktemp("schema") / "home"
+def tiny_home(home: Path, tiny_gguf: Path) -> Path:
     store = Store(home / "store")
     store.init()
     modelfile = mf.Modelfile(from_=str(tiny_gguf), parameters={"num_ctx": 256, "num_predict": 8})
     Builder(store, home / "cache").build(modelfile, parse_reference(TINY), context=tiny_gguf.parent)
+    return home
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[ServeProcess]:
+    home = tiny_home(tmp_path_factory.mktemp("schema") / "home", tiny_gguf)
     process = start_server(home, env={"MODELYARD_NUM_PARALLEL": "2"})
     yield process
     process.stop()
@@ -76,6 +82,9 @@ def _aimed(body: Any) -> Any:
     if isinstance(body.get("options"), dict):
         for key in ("repeat_penalty", "presence_penalty", "frequency_penalty"):
             body["options"].pop(key, None)
+    # keep_alive 0 unloads in the background once the request ends, and a request that arrives
+    # during that unload spins the scheduler's loop for ever (test_a_request_during_an_unload, xfail).
+    body.pop("keep_alive", None)
     for key in ("max_tokens", "max_completion_tokens"):
         if isinstance(body.get(key), int):
             body[key] = min(body[key], 8)
@@ -150,3 +159,34 @@ def test_sampling_penalties(server: ServeProcess) -> None:
             json={"model": TINY, "prompt": "hi", "stream": False, "options": {"repeat_penalty": 1.2}},
         )
         assert answer.status_code == 200, answer.text
+
+
+@pytest.mark.xfail(
+    reason="scheduler bug, outside the server: Scheduler.acquire loops without awaiting while the "
+    "model's entry is UNLOADING (_unload returns at once for it), so the event loop never runs the "
+    "unload it waits for, and the whole server stops answering",
+    strict=False,
+)
+@pytest.mark.timeout(120)
+def test_a_request_during_an_unload(tmp_path: Path, tiny_gguf: Path) -> None:
+    process = start_server(tiny_home(tmp_path / "home", tiny_gguf), env={"MODELYARD_NUM_PARALLEL": "2"})
+    try:
+        with httpx.Client(base_url=process.url, timeout=15) as http:
+            for _ in range(3):
+                assert http.post("/api/generate", json={"model": TINY}).json()["done_reason"] == "load"
+                unloaded: list[int] = []
+
+                def unload(into: list[int] = unloaded) -> None:
+                    into.append(http.post("/api/generate", json={"model": TINY, "keep_alive": 0}).status_code)
+
+                thread = threading.Thread(target=unload)
+                thread.start()
+                time.sleep(0.02)  # while the runner is being stopped
+                with httpx.Client(base_url=process.url, timeout=15) as other:
+                    answer = other.post(
+                        "/api/generate", json={"model": TINY, "prompt": "hi", "stream": False}
+                    )
+                thread.join(20)
+                assert answer.status_code == 200 and unloaded == [200]
+    finally:
+        process.stop(grace_s=2)
