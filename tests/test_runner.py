@@ -356,3 +356,15 @@ def test_launcher_keeps_a_started_process_ready(tiny_gguf: Path) -> None:
     finally:
         launcher.close()
     assert all(proc.poll() is not None for proc, _ in launcher._ready)
+
+
+def test_penalties_apply(tiny_runner: Runner) -> None:
+    plain, _ = tiny_runner.complete(CompletionRequest("the cat sat on", greedy(40)))
+    for options in (
+        greedy(40, repeat_penalty=1.5, repeat_last_n=-1),
+        greedy(40, presence_penalty=1.5),
+        greedy(40, frequency_penalty=1.5, repeat_last_n=16),
+    ):
+        text, done = tiny_runner.complete(CompletionRequest("the cat sat on", options))
+        assert done.eval_count == 40
+        assert text != plain, f"{options} changed nothing"

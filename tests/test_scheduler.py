@@ -408,3 +408,21 @@ def test_the_same_request_never_reloads_when_auto_slots_would_now_choose_fewer(
             await scheduler.close()
 
     run(scenario())
+
+
+def test_a_request_during_an_unload_waits_for_it_then_reloads(two_models: tuple[Path, Path]) -> None:
+    async def scenario() -> None:
+        scheduler = Scheduler(SchedulerSettings(ram_budget=2**34))
+        try:
+            await scheduler.preload(request(two_models[0], "m"))
+            first_pid = scheduler.status()[0].runner_pid
+            unloading = asyncio.create_task(scheduler.unload("m"))
+            await asyncio.sleep(0)  # the unload has begun stopping the runner
+            lease = await asyncio.wait_for(scheduler.acquire(request(two_models[0], "m")), timeout=30)
+            assert await unloading is True
+            assert lease.runner.pid != first_pid and lease.runner.alive
+            lease.release()
+        finally:
+            await scheduler.close()
+
+    run(scenario())

@@ -193,7 +193,7 @@ class Engine:
         grammar = _grammar_for(request.format)
         seed = options.seed if options.seed >= 0 else int.from_bytes(os.urandom(4), "little")
         try:
-            sampler = llama.Sampler(self.model, options, seed, grammar)
+            sampler = llama.Sampler(self.model, options, seed, grammar, n_ctx=self.n_ctx_seq)
         except ValueError as exc:
             raise RequestRejected(str(exc)) from None
         self.ctx.seq_rm(slot.seq)

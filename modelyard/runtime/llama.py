@@ -355,7 +355,9 @@ class Sampler:
     """A llama.cpp sampler chain for one request, in llama-server's order:
     grammar → penalties → top_k → typical_p → top_p → min_p → temperature → distribution."""
 
-    def __init__(self, model: Model, options: SamplingOptions, seed: int, grammar: str | None = None) -> None:
+    def __init__(
+        self, model: Model, options: SamplingOptions, seed: int, grammar: str | None = None, n_ctx: int = 4096
+    ) -> None:
         self.ptr = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         add = self._add
         if grammar:
@@ -365,11 +367,13 @@ class Sampler:
                 raise ValueError("the grammar could not be compiled")
             add(gsampler)
         penalties = options.repeat_penalty != 1.0 or options.presence_penalty or options.frequency_penalty
-        if penalties:
-            # repeat_last_n -1 means the whole context, in Ollama and in llama.cpp alike.
+        if penalties and options.repeat_last_n != 0:
+            # Ollama's repeat_last_n -1 means the whole context; llama.cpp wants the count itself.
+            last_n = n_ctx if options.repeat_last_n < 0 else min(options.repeat_last_n, n_ctx)
             add(
                 L.llama_sampler_init_penalties(
-                    options.repeat_last_n,
+                    model.n_vocab,
+                    last_n,
                     options.repeat_penalty,
                     options.frequency_penalty,
                     options.presence_penalty,

@@ -107,6 +107,7 @@ class _Entry:
     last_error: str = ""
     load_seconds: float = 0.0
     draining: bool = False  # being replaced: no new leases
+    gone: asyncio.Event = field(default_factory=asyncio.Event)  # set once unloaded
     note: str = ""  # what the scheduler is doing with it (a swap), for status
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -230,6 +231,11 @@ class Scheduler:
                 ):
                     await self._wait_for_load(entry)
                     continue
+                if entry.state is EntryState.LOADING:
+                    # Loading with other options or another digest: let that load finish, then decide.
+                    with contextlib.suppress(Exception):
+                        await self._wait_for_load(entry)
+                    continue
                 if entry.state is EntryState.FAILED and self.clock() < entry.retry_at:
                     what = "crashed" if entry.failure_kind == "crashed" else "failed to load"
                     raise ServerBusyError(
@@ -250,7 +256,10 @@ class Scheduler:
                 if entry.state is EntryState.READY and entry.draining:
                     await self._wait_for_swap(request.name)
                     continue
-                if entry.state in (EntryState.READY, EntryState.UNLOADING):
+                if entry.state is EntryState.UNLOADING:
+                    await entry.gone.wait()  # then load it again
+                    continue
+                if entry.state is EntryState.READY:
                     # Other load options (num_ctx, adapters…): Ollama reloads; wait for the old one to drain.
                     await self._drain_and_unload(entry)
                     continue
@@ -484,7 +493,7 @@ class Scheduler:
     async def _load(self, request: ModelRequest, options: LoadOptions, previous: _Entry | None) -> None:
         async with self._load_lock:
             current = self._entries.get(request.name)
-            if current is not None and current is not previous:
+            if current is not None and (current is not previous or current.state is not EntryState.FAILED):
                 return  # someone else started (or finished) a load meanwhile: re-check
             entry = self._new_entry(request, options, previous)
             self._entries[request.name] = entry
@@ -749,6 +758,7 @@ class Scheduler:
         if self._entries.get(entry.name) is entry:
             del self._entries[entry.name]
         self._retiring = [e for e in self._retiring if e is not entry]
+        entry.gone.set()
         await self._notify_capacity()
 
     def _exit_callback(self, entry: _Entry) -> Callable[[Runner], None]:
