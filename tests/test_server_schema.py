@@ -75,16 +75,6 @@ def _aimed(body: Any) -> Any:
             options["num_predict"] = 8
     elif "model" in body and ("prompt" in body or "messages" in body):
         body["options"] = {"num_predict": 8}
-    # Penalties crash the runner (runtime/llama.py calls llama_sampler_init_penalties without the
-    # n_vocab that llama-cpp-python's binding takes first): test_sampling_penalties below, xfail.
-    for key in ("presence_penalty", "frequency_penalty"):
-        body.pop(key, None)
-    if isinstance(body.get("options"), dict):
-        for key in ("repeat_penalty", "presence_penalty", "frequency_penalty"):
-            body["options"].pop(key, None)
-    # keep_alive 0 unloads in the background once the request ends, and a request that arrives
-    # during that unload spins the scheduler's loop for ever (test_a_request_during_an_unload, xfail).
-    body.pop("keep_alive", None)
     for key in ("max_tokens", "max_completion_tokens"):
         if isinstance(body.get(key), int):
             body[key] = min(body[key], 8)
@@ -142,12 +132,8 @@ def test_no_request_gets_a_server_error(
     )
 
 
-@pytest.mark.xfail(
-    reason="runner bug, outside the server: llama_sampler_init_penalties is called without n_vocab "
-    "(llama-cpp-python 0.3.36's binding takes it first), and the runner dies of a TypeError",
-    strict=False,
-)
-def test_sampling_penalties(server: ServeProcess) -> None:
+def test_sampling_penalties_reach_the_runner(server: ServeProcess) -> None:
+    """Found by the fuzzer: the runner died of a TypeError on any penalty."""
     with httpx.Client(base_url=server.url, timeout=60) as http:
         for penalty in ({"presence_penalty": 0.5}, {"frequency_penalty": 0.5}):
             answer = http.post(
@@ -161,14 +147,10 @@ def test_sampling_penalties(server: ServeProcess) -> None:
         assert answer.status_code == 200, answer.text
 
 
-@pytest.mark.xfail(
-    reason="scheduler bug, outside the server: Scheduler.acquire loops without awaiting while the "
-    "model's entry is UNLOADING (_unload returns at once for it), so the event loop never runs the "
-    "unload it waits for, and the whole server stops answering",
-    strict=False,
-)
 @pytest.mark.timeout(120)
-def test_a_request_during_an_unload(tmp_path: Path, tiny_gguf: Path) -> None:
+def test_a_request_during_an_unload_is_served(tmp_path: Path, tiny_gguf: Path) -> None:
+    """Found by the fuzzer: a request arriving while its model's runner was being stopped spun the
+    scheduler without yielding, and the whole server stopped answering."""
     process = start_server(tiny_home(tmp_path / "home", tiny_gguf), env={"MODELYARD_NUM_PARALLEL": "2"})
     try:
         with httpx.Client(base_url=process.url, timeout=15) as http:
