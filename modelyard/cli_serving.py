@@ -14,11 +14,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any, Protocol, TextIO
-
-import httpx
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from modelyard.settings import Settings
+
+if TYPE_CHECKING:
+    import httpx
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 1
@@ -42,11 +43,15 @@ class ApiClient:
     """A small Ollama-API client for the CLI (the server may be ours or Ollama itself)."""
 
     def __init__(self, base_url: str, api_key: str | None, timeout: float | None = None) -> None:
+        import httpx  # only the commands that talk to a server pay for importing it
+
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url
         self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
 
     def alive(self) -> bool:
+        import httpx
+
         try:
             return self.http.get("/", timeout=2).status_code == 200
         except httpx.HTTPError:
@@ -59,6 +64,8 @@ class ApiClient:
         return self._json(self._send("POST", path, json=body))
 
     def stream(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        import httpx
+
         try:
             with self.http.stream("POST", path, json=body) as response:
                 if response.status_code >= 400:
@@ -74,6 +81,8 @@ class ApiClient:
             raise ServerUnreachableError(self.base_url) from None
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        import httpx
+
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.ConnectError:
