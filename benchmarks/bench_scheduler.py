@@ -6,7 +6,8 @@
    Target: at most +0.5 s.
 2. Memory of one runner with 1, 2, 4 and 8 slots (4096 tokens each): runner RSS, resident
    weights (mmapped: the page cache, shared) and KV cache (llama.cpp's figure) — only the KV grows.
-3. Two runners of the same GGUF: the system's available memory drops by the weights once.
+3. Two runners of the same GGUF: each one's proportional share of the weights mapping is half,
+   since the page cache holds one copy for both.
 
     python benchmarks/bench_scheduler.py [--rounds 5]
 """
@@ -27,7 +28,7 @@ from modelyard.builder.gguf_info import read_gguf
 from modelyard.builder.prompt import ChatMessage, ModelPrompting, PromptRequest
 from modelyard.runtime.memory import shape_from_gguf
 from modelyard.runtime.options import LoadOptions, SamplingOptions
-from modelyard.runtime.procstats import process_memory, system_memory
+from modelyard.runtime.procstats import process_memory
 from modelyard.runtime.prompting import prepare
 from modelyard.runtime.protocol import CompletionRequest
 from modelyard.runtime.runner import Launcher, Runner, RunnerSpec, Token
@@ -114,20 +115,31 @@ def memory_by_slots(path: Path) -> list[tuple[int, int, int, int]]:
     return rows
 
 
-def shared_page_cache(path: Path) -> tuple[int, int]:
-    """Available memory consumed by the first runner, then by a second runner of the same GGUF."""
+def mapped_pss(pid: int, path: Path) -> int:
+    """Proportional share of the weights mapping: pages shared by two processes count half each."""
+    total, current = 0, False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and ":" not in fields[0]:
+            current = len(fields) >= 6 and fields[-1] == str(path)
+        elif current and line.startswith("Pss:"):
+            total += int(fields[1]) * 1024
+    return total
+
+
+def shared_weights(path: Path) -> tuple[int, int, int]:
+    """Weights resident in one runner, then the proportional share of each of two runners of the
+    same GGUF: the page cache holds one copy for both."""
     options = LoadOptions(num_ctx=512, num_parallel=1)
-    before = system_memory()
     first = Runner.start(RunnerSpec("a", path, options=options))
-    time.sleep(0.5)
-    middle = system_memory()
+    first.complete(CompletionRequest("hello", SamplingOptions(temperature=0.0, num_predict=4)))
+    alone = mapped_pss(first.pid, path)
     second = Runner.start(RunnerSpec("b", path, options=options))
-    time.sleep(0.5)
-    after = system_memory()
+    second.complete(CompletionRequest("hello", SamplingOptions(temperature=0.0, num_predict=4)))
+    shares = mapped_pss(first.pid, path), mapped_pss(second.pid, path)
     first.stop()
     second.stop()
-    assert before and middle and after
-    return before.available - middle.available, middle.available - after.available
+    return alone, shares[0], shares[1]
 
 
 def main() -> None:
@@ -177,10 +189,10 @@ def main() -> None:
     print("|---|---|---|---|")
     for slots, rss, resident, kv in memory_by_slots(path):
         print(f"| {slots} | {rss / MIB:.0f} | {resident / MIB:.0f} | {kv / MIB:.0f} |")
-    first, second = shared_page_cache(path)
+    alone, share_a, share_b = shared_weights(path)
     print(
-        f"\navailable memory used by a first runner: {first / MIB:.0f} MiB; by a second runner of the same "
-        f"GGUF: {second / MIB:.0f} MiB (the weights are mapped from the page cache once)"
+        f"\nweights (proportional set size): one runner {alone / MIB:.0f} MiB; two runners of the same GGUF "
+        f"{share_a / MIB:.0f} + {share_b / MIB:.0f} MiB (one copy in the page cache, shared)"
     )
 
 
