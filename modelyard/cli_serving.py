@@ -131,12 +131,18 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
     from modelyard.server.serve import parse_host, run_server
 
     host, port = parse_host(args.host or ctx.settings.host)
+    if args.spec and not args.spec.startswith("git+"):
+        from pathlib import Path
+
+        if not Path(args.spec).expanduser().exists():
+            ctx.err(f"Error: --spec {args.spec}: no such file or folder")
+            return EXIT_USER_ERROR
     if host not in ("127.0.0.1", "localhost", "::1") and not ctx.settings.api_key:
         ctx.err(
             f"warning: listening on {host}, beyond this machine, with no API key "
             "(set MODELYARD_API_KEY to require one)"
         )
-    run_server(ctx.settings, host, port)
+    run_server(ctx.settings, host, port, spec=args.spec)
     return EXIT_OK
 
 
@@ -401,6 +407,12 @@ def register(sub: Any) -> None:
         "MODELYARD_MAX_QUEUE, MODELYARD_RAM_BUDGET.",
     )
     p.add_argument("--host", metavar="HOST[:PORT]", help="where to listen (default: $MODELYARD_HOST)")
+    p.add_argument(
+        "--spec",
+        metavar="FILE|DIR|git+URL[@REF][#PATH]",
+        help="keep the models of this ModelSet spec loaded, following its edits (a file or folder is "
+        "watched; a git source is polled for new commits); /health answers 200 once they are all Ready",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,8 +76,14 @@ class ServeProcess:
 
 
 def start_server(
-    home: Path, *, env: Mapping[str, str] | None = None, api_key: str | None = None, timeout_s: float = 60
+    home: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    api_key: str | None = None,
+    timeout_s: float = 60,
+    args: Sequence[str] = (),
 ) -> ServeProcess:
+    """Start `modelyard serve` (with `args`) and wait until /health says 200."""
     port = free_port()
     log_path = home.parent / f"{home.name}-serve-{port}.log"
     environ = {
@@ -92,7 +98,7 @@ def start_server(
         environ["MODELYARD_API_KEY"] = api_key
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "modelyard.cli", "serve", "--host", f"127.0.0.1:{port}"],
+            [sys.executable, "-m", "modelyard.cli", "serve", "--host", f"127.0.0.1:{port}", *args],
             env=environ,
             stdin=subprocess.DEVNULL,
             stdout=log,

@@ -46,10 +46,11 @@ class Servable:
     prompting: ModelPrompting
     gguf: GGUFFacts
     config: Mapping[str, Any] = field(default_factory=dict)  # the ModelPack config's "config" object
+    alias: str = ""  # the name a spec serves this image under ("chat"), when it does
 
     @property
     def name(self) -> str:
-        return self.reference.short()
+        return self.alias or self.reference.short()
 
     @property
     def is_embedding_model(self) -> bool:

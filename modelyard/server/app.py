@@ -8,6 +8,7 @@ they stream into the store, verified).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
@@ -18,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -35,9 +37,20 @@ def create_app(state: ServerState) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         state.scheduler.start()
+        stop = asyncio.Event()
+        reconciling = None
+        if state.daemon is not None:
+            from modelyard.spec.sources import open_source
+
+            source = open_source(state.spec_source, state.settings.cache_dir) if state.spec_source else None
+            reconciling = asyncio.create_task(state.daemon.run(source, stop))
         try:
             yield
         finally:
+            stop.set()
+            if reconciling is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(reconciling, timeout=10)
             await state.scheduler.close()
 
     app = FastAPI(
@@ -71,8 +84,19 @@ def _own_routes(app: FastAPI, state: ServerState) -> None:
     # HEAD beside GET, out of the schema: one route for both would give two operations one ID.
     @app.get("/health")
     @app.head("/health", include_in_schema=False)
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__}
+    async def health() -> Response:
+        # Under `serve --spec` the server is ready (for a Kubernetes readiness probe) once every
+        # model of the spec is; otherwise as soon as it answers.
+        if state.spec_source and state.daemon is not None and not state.daemon.ready():
+            spec = state.daemon.status()
+            body = {
+                "status": "starting",
+                "version": __version__,
+                "readyModels": spec.get("readyModels"),
+                "wantedModels": spec.get("wantedModels"),
+            }
+            return JSONResponse(body, status_code=503)
+        return JSONResponse({"status": "ok", "version": __version__})
 
     @app.get("/api/status")
     async def status() -> dict[str, Any]:
@@ -86,13 +110,40 @@ def _own_routes(app: FastAPI, state: ServerState) -> None:
             for m in state.running_models()
         }
         out: dict[str, Any] = {"version": __version__, "models": models}
-        if state.status_extra is not None:
-            out.update(state.status_extra())
+        if state.daemon is not None:
+            out["spec"] = state.daemon.status()
         return out
+
+    @app.post("/api/apply")
+    async def apply(body: ApplyBody) -> JSONResponse:
+        if state.daemon is None:
+            raise HTTPError(501, "this server has no reconciler")
+        if state.spec_source and not body.dry_run:
+            raise HTTPError(409, f"this server follows --spec {state.spec_source}: change the spec there")
+        from modelyard.spec.schema import SpecDocument
+
+        documents = [SpecDocument(d.path, d.text) for d in body.documents]
+        result = await state.daemon.apply(documents, dry_run=body.dry_run)
+        if not result["accepted"]:
+            lines = "\n".join(f"  {issue['text']}" for issue in result["issues"])
+            raise HTTPError(422, f"the spec is rejected whole; nothing changed:\n{lines}")
+        return JSONResponse(result)
 
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+class SpecDocumentBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    path: str = "spec.yaml"
+    text: str = Field(max_length=4 * 1024 * 1024)
+
+
+class ApplyBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    documents: list[SpecDocumentBody] = Field(min_length=1, max_length=1000)
+    dry_run: bool = False
 
 
 def _is_openai(request: Request) -> bool:

@@ -15,7 +15,7 @@ import contextvars
 import time
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from modelyard.builder.prompt import PromptRequest
 from modelyard.errors import ImageNotFoundError, InferenceRequestError
@@ -25,7 +25,7 @@ from modelyard.runtime.options import LOAD_OPTION_NAMES, merge_options, parse_re
 from modelyard.runtime.prompting import prepare
 from modelyard.runtime.protocol import Done
 from modelyard.runtime.runner import Failure, Token
-from modelyard.runtime.scheduler import Lease, Scheduler
+from modelyard.runtime.scheduler import Lease, ModelRequest, Scheduler
 from modelyard.runtime.servable import Servable, load_servable
 from modelyard.server.metrics import Metrics
 from modelyard.store import Store
@@ -47,6 +47,15 @@ class Finished:
 
 GenerationEvent = Token | Finished
 
+
+class SpecTargets(Protocol):
+    """The reconciler's view of the names its spec serves (spec.daemon.SpecDaemon)."""
+
+    def request_for(self, name: str) -> ModelRequest | None: ...
+
+    def servable_for(self, name: str) -> Servable | None: ...
+
+
 # The image the current request resolved to (its metrics label when it fails after that point).
 # Set only for names found in the store, so that typos and fuzzers cannot grow the label set.
 served_model: contextvars.ContextVar[str] = contextvars.ContextVar("served_model", default="")
@@ -54,12 +63,18 @@ served_model: contextvars.ContextVar[str] = contextvars.ContextVar("served_model
 
 class Inference:
     def __init__(
-        self, store: Store, scheduler: Scheduler, metrics: Metrics, default_keep_alive: float
+        self,
+        store: Store,
+        scheduler: Scheduler,
+        metrics: Metrics,
+        default_keep_alive: float,
+        spec_targets: SpecTargets | None = None,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
         self.metrics = metrics
         self.default_keep_alive = default_keep_alive
+        self.spec_targets = spec_targets
         self._servables: dict[str, Servable] = {}
 
     # --- models ---------------------------------------------------------------------------
@@ -70,7 +85,16 @@ class Inference:
         return parse_reference(name)
 
     async def servable(self, name: str) -> Servable:
-        """The image a name means now (tags move: resolved on every request, GGUF facts cached)."""
+        """The image a name means now: a name the spec serves resolves to the spec's image at the
+        digest the reconciler is on; any other name to the store's tag (tags move: resolved on every
+        request, GGUF facts cached)."""
+        if self.spec_targets is not None:
+            spec_request = await asyncio.to_thread(self.spec_targets.request_for, name)
+            if spec_request is not None:
+                servable = await asyncio.to_thread(self.spec_targets.servable_for, name)
+                if servable is not None:
+                    served_model.set(servable.name)
+                    return servable
         ref = self.reference(name)
         record_digest = await asyncio.to_thread(lambda: self.store.resolve(ref).digest)
         cached = self._servables.get(str(ref))
@@ -96,11 +120,19 @@ class Inference:
     async def acquire(
         self, servable: Servable, options: Mapping[str, Any] | None, keep_alive: object
     ) -> tuple[Lease, int]:
-        """A lease on the loaded model; the nanoseconds spent waiting for the load."""
-        load_options = {k: v for k, v in (options or {}).items() if k in LOAD_OPTION_NAMES}
-        request = servable.request(
-            options=load_options, keep_alive=self.model_keep_alive(servable, keep_alive)
-        )
+        """A lease on the loaded model; the nanoseconds spent waiting for the load. A model the spec
+        serves loads as the spec says (its options, keepAlive, pinned): a request cannot reload it
+        with other options, or the reconciler and the requests would take turns undoing each other."""
+        spec_request = None
+        if servable.alias and self.spec_targets is not None:
+            spec_request = await asyncio.to_thread(self.spec_targets.request_for, servable.alias)
+        if spec_request is not None:
+            request = spec_request
+        else:
+            load_options = {k: v for k, v in (options or {}).items() if k in LOAD_OPTION_NAMES}
+            request = servable.request(
+                options=load_options, keep_alive=self.model_keep_alive(servable, keep_alive)
+            )
         started = time.perf_counter_ns()
         lease = await self.scheduler.acquire(request)
         waited = time.perf_counter_ns() - started

@@ -47,16 +47,23 @@ def scheduler_settings(settings: Settings) -> SchedulerSettings:
     )
 
 
-def build_state(settings: Settings, *, launcher: Launcher | None = None) -> ServerState:
+def build_state(
+    settings: Settings, *, launcher: Launcher | None = None, spec: str | None = None
+) -> ServerState:
+    """The server's state, with its reconciler: following `spec` (a file, folder or git+ source)
+    when given, else the spec last applied through /api/apply (kept under $MODELYARD_HOME)."""
     from modelyard.runtime.gpu import discover_devices
+    from modelyard.spec.daemon import SpecDaemon
 
     store = Store(settings.store_dir, history_limit=settings.history_limit)
     store.init()
     scheduler = Scheduler(scheduler_settings(settings), devices=discover_devices(), launcher=launcher)
-    return ServerState(settings, store, scheduler)
+    state = ServerState(settings, store, scheduler)
+    state.attach_reconciler(SpecDaemon(settings, scheduler, store=store), spec)
+    return state
 
 
-def run_server(settings: Settings, host: str, port: int) -> None:
+def run_server(settings: Settings, host: str, port: int, *, spec: str | None = None) -> None:
     """Serve until interrupted (blocking)."""
     import uvicorn
 
@@ -64,7 +71,7 @@ def run_server(settings: Settings, host: str, port: int) -> None:
 
     launcher = Launcher(spares=1)
     try:
-        state = build_state(settings, launcher=launcher)
+        state = build_state(settings, launcher=launcher, spec=spec)
         app = create_app(state)
         config = uvicorn.Config(
             app, host=host, port=port, log_level="info", access_log=False, timeout_graceful_shutdown=10

@@ -27,6 +27,7 @@ from modelyard.server.http_errors import HTTPError, classify
 from modelyard.server.inference import Inference
 from modelyard.server.metrics import Metrics
 from modelyard.settings import Settings
+from modelyard.spec.daemon import SpecDaemon
 from modelyard.store import Store
 
 log = logging.getLogger("modelyard.server")
@@ -45,9 +46,13 @@ class ServerState:
         )
         self.inference = Inference(store, scheduler, self.metrics, keep_alive)
         self.started = time.time()
-        self.status_extra: Callable[[], dict[str, Any]] | None = (
-            None  # the reconciler's status, when one runs
-        )
+        self.daemon: SpecDaemon | None = None  # the reconciler, keeping a ModelSet spec in force
+        self.spec_source: str | None = None  # `serve --spec X`: the spec comes from X, not /api/apply
+
+    def attach_reconciler(self, daemon: SpecDaemon, source: str | None) -> None:
+        self.daemon = daemon
+        self.spec_source = source
+        self.inference.spec_targets = daemon
 
     # --- errors and counts --------------------------------------------------------------------
 

@@ -16,12 +16,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from modelyard.errors import SpecValidationError
+from modelyard.reference import parse_reference
 from modelyard.registry import RegistryOptions
 from modelyard.runtime.scheduler import ModelRequest, Scheduler, SchedulerSettings
+from modelyard.runtime.servable import Servable, load_servable
 from modelyard.settings import Settings
 from modelyard.spec.host import SchedulerHost
 from modelyard.spec.kubernetes import ExportOptions, Mode, estimate_models, export_kubernetes, export_yaml
@@ -67,6 +70,15 @@ class SpecDaemon:
         digest (a request naming another digest would swap the model back)."""
         target = self.reconciler.target(name)
         return self.host.request(target) if target is not None else None
+
+    def servable_for(self, name: str) -> Servable | None:
+        """The image a served name is on, for its prompt template and parameters; its `name` is the
+        served name. The spec's params are request defaults over the image's parameters."""
+        target = self.reconciler.target(name)
+        if target is None:
+            return None
+        servable = load_servable(self.store, parse_reference(target.image).with_digest(target.digest))
+        return replace(servable, alias=name, params={**servable.params, **dict(target.params)})
 
     def status(self) -> dict[str, Any]:
         return self.reconciler.status()

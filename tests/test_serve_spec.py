@@ -1,0 +1,126 @@
+"""`modelyard serve --spec`, `apply`, `status` and `diff` end to end: a real server process, its
+reconciler, a tiny image in its store, and the official ollama client asking for the spec's name."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import ollama
+import pytest
+from server_process import ServeProcess, start_server
+
+from modelyard.builder import modelfile as mf
+from modelyard.builder.build import Builder
+from modelyard.cli import main
+from modelyard.reference import parse_reference
+from modelyard.store import Store
+
+SPEC = """\
+apiVersion: modelyard/v1
+kind: ModelSet
+metadata: {{name: test}}
+spec:
+  models:
+{models}
+"""
+MODEL = """\
+    - name: {name}
+      image: tiny
+      context: 256
+      parallel: 1
+      keepAlive: forever
+      params: {{temperature: 0, num_predict: 4}}
+"""
+
+
+def spec_text(*names: str) -> str:
+    return SPEC.format(models="".join(MODEL.format(name=n) for n in names))
+
+
+def tiny_home(home: Path, tiny_gguf: Path) -> Path:
+    store = Store(home / "store")
+    store.init()
+    Builder(store, home / "cache").build(
+        mf.Modelfile(from_=str(tiny_gguf), parameters={}), parse_reference("tiny"), context=tiny_gguf.parent
+    )
+    return home
+
+
+def status(server: ServeProcess) -> dict:
+    return httpx.get(f"{server.url}/api/status", timeout=10).json()
+
+
+def wait_for(condition, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def cli(server: ServeProcess, monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str, str]:
+    monkeypatch.setenv("MODELYARD_HOST", server.host)
+    monkeypatch.setenv("MODELYARD_HOME", str(server.home))
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(args), stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def spec_server(tmp_path: Path, tiny_gguf: Path) -> Iterator[tuple[ServeProcess, Path]]:
+    home = tiny_home(tmp_path / "home", tiny_gguf)
+    spec = tmp_path / "models.yaml"
+    spec.write_text(spec_text("chat"))
+    server = start_server(home, args=["--spec", str(spec)])  # returns once /health is 200: all Ready
+    yield server, spec
+    server.stop()
+
+
+def test_serve_spec_serves_the_spec_names_and_follows_edits(
+    spec_server: tuple[ServeProcess, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, spec = spec_server
+    state = status(server)["spec"]
+    assert state["ready"] and [m["name"] for m in state["models"]] == ["chat"]
+    with ollama.Client(host=server.url) as client:
+        answer = client.generate(model="chat", prompt="the cat")
+    assert answer.model == "chat" and answer.eval_count == 4, "the spec's params are the defaults"
+
+    spec.write_text(spec_text("chat", "chat2"))  # an edit: applied within 2 s
+    started = time.monotonic()
+    wait_for(lambda: [m["name"] for m in status(server)["spec"]["models"]] == ["chat", "chat2"], timeout=10)
+    assert time.monotonic() - started < 2.0
+    wait_for(lambda: status(server)["spec"]["ready"], timeout=60)
+
+    code, out, err = cli(server, monkeypatch, "status")
+    assert code == 0 and "chat2" in out and "True" in out
+    code, _, err = cli(server, monkeypatch, "apply", "-f", str(spec))
+    assert code == 1 and "follows --spec" in err, "apply cannot fight the watched source"
+
+
+def test_apply_status_and_diff_against_a_plain_server(
+    tmp_path: Path, tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = start_server(tiny_home(tmp_path / "home", tiny_gguf))
+    try:
+        spec = tmp_path / "models.yaml"
+        spec.write_text(spec_text("chat"))
+        code, out, _ = cli(server, monkeypatch, "diff", "-f", str(spec))
+        assert code == 0 and "chat" in out and "load" in out.lower()
+        code, out, err = cli(
+            server, monkeypatch, "apply", "-f", str(spec), "--wait-ready", "--timeout", "60s"
+        )
+        assert code == 0, err
+        assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
+        with ollama.Client(host=server.url) as client:
+            assert client.generate(model="chat", prompt="the cat").eval_count == 4
+
+        spec.write_text(spec_text("chat").replace("parallel: 1", "paralel: 1"))
+        code, _, err = cli(server, monkeypatch, "apply", "-f", str(spec))
+        assert code == 1 and "paralel" in err and "parallel" in err, "every problem, with a hint"
+        assert status(server)["spec"]["ready"], "the last good spec stays in force"
+    finally:
+        server.stop()
