@@ -3,7 +3,8 @@ that the schema allows (and what it does not), the server never answers 5xx.
 
 The store holds the tiny random-weight llama as `tiny`; half the generated requests name it, so
 the fuzzer reaches the runner (with small token budgets, to stay quick) instead of stopping at 404.
-Pull and push are left out: they reach for registries named by random strings."""
+Pull and push are left out: they reach for registries named by random strings; specs sent to
+/api/apply are planned (dry run), never applied, for the same reason."""
 
 from __future__ import annotations
 
@@ -93,6 +94,8 @@ def api_schema(server: ServeProcess) -> schemathesis.BaseSchema:
         operation = context.operation
         if operation is not None and operation.path in AIMED_OPERATIONS:
             return _aimed(body)
+        if operation is not None and operation.path == "/api/apply" and isinstance(body, dict):
+            body["dry_run"] = True  # validate and plan every spec; apply none (they would pull)
         return body  # never /api/delete or /api/copy onto the tiny model: it must stay
 
     return schema
