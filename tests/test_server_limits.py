@@ -201,3 +201,21 @@ def test_cors_only_for_configured_origins(keyed: ServeProcess, busy: ServeProces
         assert "access-control-allow-origin" not in other.headers
         off = c.get(f"{busy.url}/api/tags", headers={"Origin": "http://app.example"})
         assert "access-control-allow-origin" not in off.headers, "CORS is off unless configured"
+
+
+def test_a_client_that_leaves_a_non_streaming_request_frees_its_slot(busy: ServeProcess) -> None:
+    """No stream to break: the server notices the closed connection and cancels the generation."""
+    body = {
+        "model": GEMMA,
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "options": {"num_predict": 2000},
+        "stream": False,
+    }
+    with busy.client() as http:
+        with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=busy.url, timeout=3) as impatient:
+            impatient.post("/api/chat", json=body)  # gives up after 3 s and closes the connection
+        wait_for(lambda: model_status(http)["busy"] == 0, "the slot to be freed", timeout_s=10)
+        started = time.monotonic()
+        answer = http.post("/api/generate", json={"model": GEMMA, "prompt": "Hi", "stream": False,
+                                                  "options": {"num_predict": 4}})
+        assert answer.status_code == 200 and time.monotonic() - started < 20

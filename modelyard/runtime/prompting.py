@@ -57,6 +57,11 @@ def prepare(
     limit = runner.info.n_ctx_per_slot
 
     def fits(text: str, _images: int) -> bool:
+        # Every token stands for at least one byte of text, but for BOS/EOS and SentencePiece's
+        # leading space: a prompt with fewer bytes than the context (less that margin) fits, and
+        # the runner need not be asked (a round trip, on the path to the first token).
+        if len(text.encode()) + 4 < limit:
+            return True
         return len(runner.tokenize(text, add_special=True)) < limit
 
     prompt: Prompt = render_prompt(

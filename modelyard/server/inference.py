@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import contextvars
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+from starlette.requests import Request
 
 from modelyard.builder.prompt import PromptRequest
 from modelyard.errors import ImageNotFoundError, InferenceRequestError
@@ -27,6 +29,7 @@ from modelyard.runtime.protocol import Done
 from modelyard.runtime.runner import Failure, Token
 from modelyard.runtime.scheduler import Lease, ModelRequest, Scheduler
 from modelyard.runtime.servable import Servable, load_servable
+from modelyard.server.http_errors import STATUS_CLIENT_GONE, HTTPError
 from modelyard.server.metrics import Metrics
 from modelyard.store import Store
 
@@ -240,3 +243,27 @@ class Inference:
         """Drop a cached image after rm/tag changes (the next request re-reads the store)."""
         with contextlib.suppress(InferenceRequestError, ImageNotFoundError, ValueError):
             self._servables.pop(str(self.reference(name)), None)
+
+
+T = TypeVar("T")
+DISCONNECT_POLL_S = 0.25
+
+
+async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects meanwhile: a generation nobody waits
+    for any more (a non-streaming request, or a stream still before its first token) frees its slot
+    at the runner's next step instead of running to its end."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                raise HTTPError(STATUS_CLIENT_GONE, "the client closed the request")
+    except asyncio.CancelledError:
+        task.cancel()
+        raise

@@ -29,7 +29,7 @@ from modelyard.reference import parse_reference
 from modelyard.registry import PushFormat, pull, push
 from modelyard.runtime.servable import Servable
 from modelyard.server.http_errors import STATUS_CLIENT_GONE, HTTPError
-from modelyard.server.inference import Finished
+from modelyard.server.inference import Finished, unless_client_leaves
 from modelyard.server.state import ServerState
 from modelyard.store.image import is_digest
 
@@ -154,7 +154,7 @@ def router(state: ServerState) -> APIRouter:
         return {"version": OLLAMA_API_VERSION, "modelyard": __version__}
 
     @api.post("/api/generate")
-    async def generate(body: GenerateBody) -> Response:
+    async def generate(body: GenerateBody, http: Request) -> Response:
         name = body.model_name()
         if not body.prompt and not body.images and body.suffix is None:
             reason = await inference.load_only(name, body.keep_alive)
@@ -178,11 +178,11 @@ def router(state: ServerState) -> APIRouter:
             shift=body.shift is not False,
         )
         return await _generation_response(
-            state, "/api/generate", servable, stream, body.stream, lambda text: {"response": text}
+            http, state, "/api/generate", servable, stream, body.stream, lambda text: {"response": text}
         )
 
     @api.post("/api/chat")
-    async def chat(body: ChatBody) -> Response:
+    async def chat(body: ChatBody, http: Request) -> Response:
         name = body.model_name()
         if not body.messages:
             reason = await inference.load_only(name, body.keep_alive)
@@ -201,6 +201,7 @@ def router(state: ServerState) -> APIRouter:
             shift=body.shift is not False,
         )
         return await _generation_response(
+            http,
             state,
             "/api/chat",
             servable,
@@ -320,6 +321,7 @@ def router(state: ServerState) -> APIRouter:
 
 
 async def _generation_response(
+    http: Request,
     state: ServerState,
     endpoint: str,
     servable: Servable,
@@ -330,15 +332,23 @@ async def _generation_response(
     name = servable.name
     # The first event is awaited before any byte is sent, so that a load failure, a bad option or
     # a template error still gets its own status code.
-    first = await anext(stream)
+    first = await unless_client_leaves(http, anext(stream))
     if streaming is False:
-        parts: list[str] = []
-        event = first
-        while not isinstance(event, Finished):
-            parts.append(event.text)
-            event = await anext(stream)
+
+        async def collect() -> tuple[str, Finished]:
+            parts: list[str] = []
+            event = first
+            while not isinstance(event, Finished):
+                parts.append(event.text)
+                event = await anext(stream)
+            return "".join(parts), event
+
+        try:
+            text, finished = await unless_client_leaves(http, collect())
+        finally:
+            await stream.aclose()  # cancels the runner's request if it is still going
         state.count(endpoint, name, 200)
-        return JSONResponse(_final_line(name, event.done_reason, chunk("".join(parts)), event))
+        return JSONResponse(_final_line(name, finished.done_reason, chunk(text), finished))
 
     async def lines() -> AsyncIterator[bytes]:
         event = first

@@ -13,14 +13,14 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelyard.builder.prompt import ChatMessage, PromptRequest, ToolCall
 from modelyard.runtime.servable import Servable
 from modelyard.server.http_errors import STATUS_CLIENT_GONE, HTTPError
-from modelyard.server.inference import Finished
+from modelyard.server.inference import Finished, unless_client_leaves
 from modelyard.server.state import ServerState
 
 SSE = "text/event-stream"
@@ -102,7 +102,7 @@ def router(state: ServerState) -> APIRouter:
     inference = state.inference
 
     @api.post("/chat/completions")
-    async def chat_completions(body: ChatCompletionBody) -> Response:
+    async def chat_completions(body: ChatCompletionBody, http: Request) -> Response:
         servable = await inference.servable(body.model)
         request = PromptRequest.chat([_message(m) for m in body.messages], tools=body.tools)
         stream = inference.generate(servable, request, body.options(), format=_format(body.response_format))
@@ -110,6 +110,7 @@ def router(state: ServerState) -> APIRouter:
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
             return await _sse(
+                http,
                 state,
                 "/v1/chat/completions",
                 servable,
@@ -119,7 +120,7 @@ def router(state: ServerState) -> APIRouter:
                 lambda text, first: {"delta": ({"role": "assistant"} if first else {}) | {"content": text}},
                 usage,
             )
-        text, finished = await _collect(stream)
+        text, finished = await unless_client_leaves(http, _collect(stream))
         state.count("/v1/chat/completions", servable.name, 200)
         return JSONResponse(
             {
@@ -141,7 +142,7 @@ def router(state: ServerState) -> APIRouter:
         )
 
     @api.post("/completions")
-    async def completions(body: CompletionBody) -> Response:
+    async def completions(body: CompletionBody, http: Request) -> Response:
         servable = await inference.servable(body.model)
         if isinstance(body.prompt, list):
             if len(body.prompt) != 1:
@@ -156,6 +157,7 @@ def router(state: ServerState) -> APIRouter:
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
             return await _sse(
+                http,
                 state,
                 "/v1/completions",
                 servable,
@@ -165,7 +167,7 @@ def router(state: ServerState) -> APIRouter:
                 lambda text, first: {"text": text, "logprobs": None},
                 usage,
             )
-        text, finished = await _collect(stream)
+        text, finished = await unless_client_leaves(http, _collect(stream))
         state.count("/v1/completions", servable.name, 200)
         return JSONResponse(
             {
@@ -237,14 +239,18 @@ async def _list(state: ServerState) -> list[dict[str, Any]]:
 
 async def _collect(stream: AsyncGenerator[Any, None]) -> tuple[str, Finished]:
     parts: list[str] = []
-    async for event in stream:
-        if isinstance(event, Finished):
-            return "".join(parts), event
-        parts.append(event.text)
+    try:
+        async for event in stream:
+            if isinstance(event, Finished):
+                return "".join(parts), event
+            parts.append(event.text)
+    finally:
+        await stream.aclose()  # cancels the runner's request if it is still going
     raise AssertionError("a generation always ends with Finished")
 
 
 async def _sse(
+    http: Request,
     state: ServerState,
     endpoint: str,
     servable: Servable,
@@ -255,7 +261,7 @@ async def _sse(
     include_usage: bool,
 ) -> Response:
     created = int(time.time())
-    first_event = await anext(stream)  # errors before output keep their status code
+    first_event = await unless_client_leaves(http, anext(stream))  # errors before output keep their status
 
     def chunk(payload: dict[str, Any]) -> bytes:
         return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
