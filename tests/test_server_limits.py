@@ -216,6 +216,8 @@ def test_a_client_that_leaves_a_non_streaming_request_frees_its_slot(busy: Serve
             impatient.post("/api/chat", json=body)  # gives up after 3 s and closes the connection
         wait_for(lambda: model_status(http)["busy"] == 0, "the slot to be freed", timeout_s=10)
         started = time.monotonic()
-        answer = http.post("/api/generate", json={"model": GEMMA, "prompt": "Hi", "stream": False,
-                                                  "options": {"num_predict": 4}})
+        answer = http.post(
+            "/api/generate",
+            json={"model": GEMMA, "prompt": "Hi", "stream": False, "options": {"num_predict": 4}},
+        )
         assert answer.status_code == 200 and time.monotonic() - started < 20
