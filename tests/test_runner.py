@@ -101,14 +101,48 @@ def greedy_tokens(runner: Runner, prompt: str, n: int) -> list[dict[str, object]
     return steps
 
 
-@pytest.mark.gemma
-def test_greedy_output_is_the_same_alone_and_batched(gemma_runner: Runner) -> None:
-    """Four prompts decoded alone, then together in one batch. The tokens must agree; where they
-    don't, it must be batch rounding flipping a near tie, and the test says where.
+def _candidate_drift(solo: dict[str, object], together: dict[str, object]) -> float:
+    """The largest difference in logit, between the two runs, of a token both ranked in their top."""
+    mine = {c["id"]: c["logit"] for c in solo["top"]}  # type: ignore[attr-defined]
+    theirs = {c["id"]: c["logit"] for c in together["top"]}  # type: ignore[attr-defined]
+    shared = mine.keys() & theirs.keys()
+    assert shared, "the two runs share no candidate at this step"
+    return max(abs(mine[t] - theirs[t]) for t in shared)
 
-    llama.cpp's CPU matrix kernels sum in an order that depends on how many rows a batch has, so a
-    sequence's logits move in the last bits with the company it keeps; greedy argmax only turns on
-    that when the two best logits are (nearly) tied."""
+
+def llama_cpp_batch_noise(path: Path, repack: bool, prompt: str, steps: list[dict[str, object]]) -> float:
+    """How far llama.cpp itself moves logits when a sequence is decoded in one batch instead of a
+    token at a time: the prompt and the runner's one-at-a-time greedy continuation are evaluated
+    in a single batch by llama-cpp-python, and each step's candidates compared with the runner's."""
+    import numpy as np
+
+    reference = reference_llama(path, repack, n_ctx=1024, logits_all=True)
+    try:
+        prompt_ids = reference.tokenize(prompt.encode(), add_bos=True, special=True)
+        reference.eval(prompt_ids + [int(s["id"]) for s in steps[:-1]])  # type: ignore[call-overload]
+        scores = np.array(reference.scores[: reference.n_tokens])
+    finally:
+        reference.close()
+    first = len(prompt_ids) - 1
+    return max(
+        abs(float(scores[first + k][c["id"]]) - c["logit"])
+        for k, step in enumerate(steps)
+        for c in step["top"]  # type: ignore[attr-defined]
+    )
+
+
+@pytest.mark.gemma
+def test_greedy_output_is_the_same_alone_and_batched(gemma_runner: Runner, gemma_gguf: Path) -> None:
+    """Four prompts decoded alone, then together in one batch: each sequence must come out as it
+    did alone, up to the rounding that llama.cpp's kernels give any batch.
+
+    That rounding is not small everywhere: CPU kernels sum in an order that depends on how many
+    rows a batch has, and where weights are repacked (every CPU but one whose AMX faults) a batch
+    takes other kernels than a single token does. Logits then move by up to about one unit, so the
+    bound is measured, not fixed: llama.cpp's own batch-versus-single drift on the same prompts.
+    A sequence that read another's KV cache or got another's logits moves by whole units, at once.
+    Where the tokens part, rounding flipped a near tie: the batch took the solo run's runner-up."""
+    assert gemma_runner.info is not None
     prompts = [
         GEMMA_PROMPT,
         "<start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n",
@@ -126,20 +160,32 @@ def test_greedy_output_is_the_same_alone_and_batched(gemma_runner: Runner) -> No
         t.start()
     for t in threads:
         t.join(120)
-    flips = []
+    noise = max(
+        llama_cpp_batch_noise(gemma_gguf, gemma_runner.info.repack, prompt, solo)
+        for prompt, solo in zip(prompts, alone, strict=True)
+    )
+    # Twice llama.cpp's own drift, and a floor for kernels that are exact across batch sizes.
+    tolerance = max(2 * noise, 0.05)
+    flips, drift = [], 0.0
     for i, solo in enumerate(alone):
         together = batched[i]
-        same = [a["id"] == b["id"] for a, b in zip(solo, together, strict=False)]
-        if all(same) and len(solo) == len(together):
-            continue
-        k = same.index(False) if False in same else min(len(solo), len(together))
-        first, second = solo[k]["top"][:2]  # type: ignore[index]
-        gap = first["logit"] - second["logit"]
-        flips.append((i, k, gap))
-        assert gap < 0.05, f"prompt {i} diverged at token {k}, where the best logit led by {gap:.4f}"
-        assert together[k]["id"] == second["id"], "the batch took the runner-up of a near tie"
-    # Where flips happened they are reported with their position and logit gap (pytest -rP shows it).
-    print("batch-rounding flips (prompt, token, logit gap):", flips or "none")
+        assert len(solo) == len(together) == 32
+        for k, (a, b) in enumerate(zip(solo, together, strict=True)):
+            step_drift = _candidate_drift(a, b)
+            drift = max(drift, step_drift)
+            assert step_drift < tolerance, (
+                f"prompt {i}, token {k}: logits moved by {step_drift:.3f} > {tolerance:.3f}"
+            )
+            if a["id"] != b["id"]:
+                first, second = a["top"][:2]  # type: ignore[index]
+                assert b["id"] == second["id"], f"prompt {i}, token {k}: the batch took no runner-up"
+                flips.append((i, k, round(first["logit"] - second["logit"], 4)))
+                break  # past a flip the two runs continue different texts
+    # pytest -rP shows the drift beside llama.cpp's own, and where rounding flipped a near tie.
+    print(
+        f"logit drift in the batch {drift:.4f}, llama.cpp's batch-vs-single {noise:.4f}; flips:",
+        flips or "none",
+    )
 
 
 # --- sampling and stopping -----------------------------------------------------------------
@@ -168,12 +214,23 @@ def test_seed_reproducibility(tiny_runner: Runner) -> None:
 
 @pytest.mark.gemma
 def test_json_format_output_parses(gemma_runner: Runner) -> None:
-    # A prompt that the 270M model answers with a JSON value that ends (greedy): most prompts make
-    # it write an object that never closes, which no grammar can help.
-    prompt = "<start_of_turn>user\nList three colours as a JSON array.<end_of_turn>\n<start_of_turn>model\n"
-    text, done = gemma_runner.complete(CompletionRequest(prompt, greedy(300), format="json"))
+    # Asked cold, the 270M model writes JSON objects that never close, and which prompt it closes
+    # depends on the CPU's kernels; two worked examples make it answer with a short object, so the
+    # test is about the grammar, not the model's luck. Once the object closes, the grammar allows
+    # only whitespace and the end of generation.
+    turn = "<start_of_turn>{}\n{}<end_of_turn>\n".format
+    prompt = (
+        turn("user", 'Reply with a JSON object with one key, "colour".')
+        + turn("model", '{"colour": "red"}')
+        + turn("user", "Another one.")
+        + turn("model", '{"colour": "green"}')
+        + turn("user", "One more.")
+        + "<start_of_turn>model\n"
+    )
+    text, done = gemma_runner.complete(CompletionRequest(prompt, greedy(100), format="json"))
     assert done.done_reason == "stop"
-    assert isinstance(json.loads(text), (dict, list)), text
+    value = json.loads(text)
+    assert isinstance(value, dict) and set(value) == {"colour"}, text
     prompt = "<start_of_turn>user\nDescribe a cat as JSON.<end_of_turn>\n<start_of_turn>model\n"
     schema = {
         "type": "object",
