@@ -316,6 +316,75 @@ def test_gemma_estimate_within_15_percent_of_measured(gemma_gguf: Path) -> None:
     run(scenario())
 
 
+def test_the_embeddings_context_is_counted_before_the_runner_makes_it(two_models: tuple[Path, Path]) -> None:
+    """A model's first embeddings request adds a second context to its runner: the scheduler counts
+    it first, evicting an idle model to make room, and refuses when the model and its context cannot
+    fit together even alone."""
+    from modelyard.runtime.memory import embedding_estimate
+
+    a, b = two_models
+
+    async def scenario() -> None:
+        size = await one_model_size(a)
+        req_a = request(a, "a")
+        assert req_a.shape is not None
+        extra = embedding_estimate(req_a.shape, n_ctx=512).host
+        # Room for A, B and A's loaded context, but not for all three with A's embeddings context.
+        scheduler = Scheduler(SchedulerSettings(ram_budget=2 * size + extra // 2, memory_wait=0.5))
+        try:
+            await scheduler.preload(req_a)
+            await scheduler.preload(request(b, "b"))
+            before = next(s.size for s in scheduler.status() if s.name == "a")
+            async with scheduler.lease(req_a) as lease:
+                await scheduler.reserve_embeddings(lease)
+                result = await asyncio.to_thread(lease.runner.embed, ["the cat"])
+                await scheduler.reserve_embeddings(lease)  # counted once
+            assert len(result["embeddings"]) == 1
+            assert [s.name for s in scheduler.status()] == ["a"], "idle B made room"
+            assert scheduler.status()[0].size == before + extra
+        finally:
+            await scheduler.close()
+
+        scheduler = Scheduler(SchedulerSettings(ram_budget=size + extra // 2))
+        try:
+            async with scheduler.lease(req_a) as lease:
+                with pytest.raises(ModelDoesNotFitError, match="embeddings context of 512 tokens"):
+                    await scheduler.reserve_embeddings(lease)
+            assert scheduler.status()[0].size == before, "nothing counted for a refused context"
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+@pytest.mark.gemma
+def test_gemma_embeddings_context_estimate_within_15_percent_of_measured(gemma_gguf: Path) -> None:
+    """Gemma 3's 262,144-token vocabulary makes its embeddings context 2 MiB a token: the estimate
+    must match what the runner's resident memory grows by when the context is made and filled."""
+    from modelyard.runtime import procstats
+    from modelyard.runtime.memory import embedding_estimate
+
+    async def scenario() -> None:
+        scheduler = Scheduler(SchedulerSettings(ram_budget=2**34))
+        try:
+            req = request(gemma_gguf, "g", options={"num_ctx": 1024})
+            assert req.shape is not None and not req.shape.pooled
+            async with scheduler.lease(req) as lease:
+                before = procstats.process_memory(lease.runner.pid, gemma_gguf)
+                await scheduler.reserve_embeddings(lease)
+                result = await asyncio.to_thread(lease.runner.embed, ["word " * 2000])
+                after = procstats.process_memory(lease.runner.pid, gemma_gguf)
+            assert result["prompt_eval_count"] == 512, "a chat model embeds 512 tokens, the rest truncated"
+            assert before is not None and after is not None
+            grown = after.rss - before.rss
+            counted = embedding_estimate(req.shape, n_ctx=512).host
+            assert abs(counted - grown) / grown < 0.15, (counted, grown)
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
 def test_swap_to_a_new_digest_under_load_fails_no_request(two_models: tuple[Path, Path]) -> None:
     """A name moves to a new digest: the new runner loads beside the old, traffic switches, the old
     drains and unloads; a steady stream of requests sees no failure."""

@@ -11,7 +11,14 @@ from modelyard.errors import InferenceRequestError
 from modelyard.runtime.eviction import Resident, Shortfall, choose_evictions
 from modelyard.runtime.gpu import Device, plan_offload, processor_split
 from modelyard.runtime.keepalive import format_keep_alive, parse_keep_alive
-from modelyard.runtime.memory import ModelShape, estimate, kv_cells, shape_from_gguf
+from modelyard.runtime.memory import (
+    ModelShape,
+    embedding_context_tokens,
+    embedding_estimate,
+    estimate,
+    kv_cells,
+    shape_from_gguf,
+)
 from modelyard.runtime.procstats import parse_mapped_rss, parse_meminfo, parse_rss
 
 GB = 10**9
@@ -182,6 +189,34 @@ def test_offloaded_layers_move_weights_and_kv_to_the_device() -> None:
     assert half.device == 2 * 100 * MIB + 2 * per_layer_kv + half.compute
     assert full.device == 4 * 100 * MIB + 50 * MIB + cpu.kv + full.compute, "the head goes last"
     assert full.host < half.host < cpu.host
+
+
+@pytest.mark.parametrize(
+    ("num_ctx", "n_ctx_train", "pooled", "tokens"),
+    [
+        pytest.param(4096, 8192, True, 4096, id="embedding-model-as-loaded"),
+        pytest.param(4096, 2048, True, 2048, id="embedding-model-its-training-context"),
+        pytest.param(256, 8192, True, 512, id="embedding-model-never-under-512"),
+        pytest.param(4096, 0, True, 4096, id="no-training-context-known"),
+        pytest.param(32768, 131072, False, 512, id="chat-model-512"),
+    ],
+)
+def test_embedding_context_tokens(num_ctx: int, n_ctx_train: int, pooled: bool, tokens: int) -> None:
+    assert embedding_context_tokens(num_ctx, n_ctx_train, pooled) == tokens
+
+
+def test_embedding_context_counts_two_rows_of_logits_a_token() -> None:
+    shape = toy_shape()
+    cpu = embedding_estimate(shape, n_ctx=512)
+    context = estimate(shape, n_ctx=512, slots=1, n_batch=512)
+    graph_logits, output_buffer = 4 * 511 * 32000, 4 * 512 * (32000 + 1024)
+    assert cpu.weights == 0 and cpu.device == 0
+    assert cpu.kv == context.kv == 512 * 4 * 2 * 256 * 2
+    assert cpu.host == cpu.kv + context.compute + graph_logits + output_buffer
+    offloaded = embedding_estimate(shape, n_ctx=512, n_gpu_layers=5)
+    on_device = estimate(shape, n_ctx=512, slots=1, n_batch=512, n_gpu_layers=5)
+    assert offloaded.device == cpu.kv + on_device.compute + graph_logits, "KV and the graph on the device"
+    assert offloaded.host == on_device.compute // 4 + graph_logits // 4 + output_buffer, "staging, outputs"
 
 
 def test_kv_cells_for_sliding_layers() -> None:

@@ -374,7 +374,9 @@ def _grammar_for(format_: object) -> str | None:
 
 class EmbeddingContext:
     """A second context for embeddings: pooled (mean when the model declares no pooling), many
-    inputs in one batch, one sequence each, L2-normalised as Ollama's /api/embed returns them."""
+    inputs in one batch, one sequence each, L2-normalised as Ollama's /api/embed returns them.
+    Made on the first embeddings request, `n_ctx` tokens as memory.embedding_context_tokens sizes
+    it; the scheduler counts its memory (memory.embedding_estimate) before the request reaches us."""
 
     MAX_SEQUENCES = 16
 
@@ -404,7 +406,9 @@ class EmbeddingContext:
             tokens = self.model.tokenize(text, add_special=True, parse_special=False)
             if len(tokens) > self.n_ctx:
                 if not truncate:
-                    raise RequestRejected(f"an input is {len(tokens)} tokens; the context holds {self.n_ctx}")
+                    raise RequestRejected(
+                        f"an input is {len(tokens)} tokens; the embeddings context holds {self.n_ctx}"
+                    )
                 tokens = tokens[: self.n_ctx]
             tokenized.append(tokens)
         vectors: list[list[float]] = []

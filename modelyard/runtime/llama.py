@@ -159,6 +159,18 @@ class Model:
     def n_embd(self) -> int:
         return int(L.llama_model_n_embd(self.ptr))
 
+    def metadata(self, key: str) -> str | None:
+        """A GGUF metadata value as text, or None where the file has no such key."""
+        buffer = ctypes.create_string_buffer(256)
+        if L.llama_model_meta_val_str(self.ptr, key.encode(), buffer, len(buffer)) < 0:
+            return None
+        return buffer.value.decode("utf-8", "replace")
+
+    @property
+    def declares_pooling(self) -> bool:
+        """The GGUF names a pooling type: an embedding model (memory.ModelShape.pooled)."""
+        return self.metadata(f"{self.metadata('general.architecture')}.pooling_type") is not None
+
     @property
     def size_bytes(self) -> int:
         return int(L.llama_model_size(self.ptr))

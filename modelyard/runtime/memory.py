@@ -5,6 +5,8 @@
              sliding-window layers hold the full context (llama.cpp's `swa_full`, which we use) or,
              without it, the window plus one batch, as llama.cpp sizes them
     compute  the activations of one batch (embeddings, FFN, logits of one row per slot)
+    embed    the second context a runner makes on its first embeddings request (see
+             `embedding_estimate`): its output buffer alone is a row of logits per token
 
 `split` places the last `n_gpu_layers` blocks (and the output head once every block is placed) on
 the device, as llama.cpp does, and says what stays in host memory. After loading, the runner's
@@ -47,6 +49,7 @@ class ModelShape:
     sliding_window: int
     swa_layers: tuple[bool, ...]  # per layer
     n_ctx_train: int
+    pooled: bool = False  # the GGUF declares a pooling type: an embedding model
 
     @property
     def weights_bytes(self) -> int:
@@ -125,6 +128,7 @@ def shape_from_gguf(metadata: Mapping[str, Any], tensors: Sequence[Any]) -> Mode
             arch, n_layers, window, metadata.get(f"{arch}.attention.sliding_window_pattern")
         ),
         n_ctx_train=number("context_length"),
+        pooled=f"{arch}.pooling_type" in metadata,
     )
 
 
@@ -213,5 +217,45 @@ def estimate(
         compute=compute,
         host=host_weights + host_kv + host_compute,
         device=device_weights + device_kv + device_compute,
+        n_gpu_layers=n_gpu_layers,
+    )
+
+
+# Tokens of the embeddings context of a model that declares no pooling (a chat model asked for
+# embeddings, pooled by mean): llama.cpp's default batch, as Ollama's runner embeds. More would
+# cost 2 MiB a token on a 262,144-token vocabulary (see `embedding_estimate`) for a use that is rare.
+CHAT_MODEL_EMBEDDING_TOKENS = 512
+
+
+def embedding_context_tokens(num_ctx: int, n_ctx_train: int, pooled: bool) -> int:
+    """The tokens an embeddings context holds (one input at most; several inputs share it). An
+    embedding model gets its context as loaded, never under 512; a chat model gets 512."""
+    if not pooled:
+        return CHAT_MODEL_EMBEDDING_TOKENS
+    return max(min(num_ctx, n_ctx_train) if n_ctx_train else num_ctx, 512)
+
+
+def embedding_estimate(shape: ModelShape, *, n_ctx: int, n_gpu_layers: int = 0) -> MemoryEstimate:
+    """What a pooled-embeddings context of `n_ctx` tokens adds beside the weights already loaded:
+    one sequence's KV cells, the activations of a batch of `n_ctx` tokens, and its outputs.
+
+    The outputs dominate for a large vocabulary: pooling marks every token of the batch as an
+    output, and llama.cpp computes a row of logits for each in the graph and reserves another in its
+    output buffer (`output_reserve`), even where only embeddings are read: 2 × n_vocab floats a
+    token, 2 MiB a token for Gemma 3 (measured: a runner's RSS grows by 2,080 MiB for a 1,016-token
+    input). The buffers stay allocated at their largest until the runner exits."""
+    context = estimate(shape, n_ctx=n_ctx, slots=1, n_batch=n_ctx, n_gpu_layers=n_gpu_layers)
+    weights = estimate(shape, n_ctx=0, slots=0, n_batch=0, n_gpu_layers=n_gpu_layers)
+    # The graph's logits, one row a token (the context's estimate has the row of its one slot);
+    # they are activations, placed as the rest of the graph is. The output buffer is in host memory.
+    graph_logits = F32_BYTES * (n_ctx - 1) * shape.n_vocab
+    device_logits, host_logits = (graph_logits, graph_logits // 4) if n_gpu_layers else (0, graph_logits)
+    output_buffer = F32_BYTES * n_ctx * (shape.n_vocab + shape.n_embd)
+    return MemoryEstimate(
+        weights=0,
+        kv=context.kv,
+        compute=context.compute + graph_logits + output_buffer,
+        host=context.host - weights.host + host_logits + output_buffer,
+        device=context.device - weights.device + device_logits,
         n_gpu_layers=n_gpu_layers,
     )

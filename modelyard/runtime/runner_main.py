@@ -66,6 +66,7 @@ class _LoadFailed(Exception):
 def _load(channel: Any, message: dict[str, Any], logs: Any) -> Any:
     from modelyard.runtime import llama
     from modelyard.runtime.engine import EmbeddingContext, Engine
+    from modelyard.runtime.memory import embedding_context_tokens
     from modelyard.runtime.protocol import RunnerInfo
 
     started = time.perf_counter()
@@ -121,9 +122,9 @@ def _load(channel: Any, message: dict[str, Any], logs: Any) -> Any:
     channel.send({"event": "loaded", "info": info.__dict__})
 
     def embedder() -> EmbeddingContext:
-        return EmbeddingContext(
-            model, n_ctx=max(min(options.num_ctx, model.n_ctx_train), 512), threads=options.threads()
-        )
+        # As many tokens as the scheduler counted for it (memory.embedding_estimate).
+        n_ctx = embedding_context_tokens(options.num_ctx, model.n_ctx_train, model.declares_pooling)
+        return EmbeddingContext(model, n_ctx=n_ctx, threads=options.threads())
 
     return Engine(model, ctx, options.num_parallel, channel.send, embedder=embedder)
 

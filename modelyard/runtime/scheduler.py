@@ -7,6 +7,9 @@
   pinned model); if no choice frees enough, the request waits up to `memory_wait` for models to go
   idle, then gets ServerBusyError (HTTP 503 + Retry-After). A model that cannot fit even alone is
   refused at once with ModelDoesNotFitError. Never an out-of-memory crash by our own doing.
+- A runner's first embeddings request makes a second context (its output buffer alone is a row of
+  logits per token): `reserve_embeddings` counts it, making room the same way, before the runner
+  allocates it.
 - keep_alive with Ollama's semantics: the timer starts when the last request ends; 0 unloads at
   once; forever never; the latest request that names one sets it for the model.
 - A bounded queue per model (default 512 beyond the slots): past it, ServerBusyError.
@@ -35,7 +38,13 @@ from modelyard.runtime import procstats
 from modelyard.runtime.eviction import Resident, Shortfall, choose_evictions, evictable
 from modelyard.runtime.gpu import Device, OffloadPlan, plan_offload, processor_split
 from modelyard.runtime.keepalive import DEFAULT_KEEP_ALIVE_S
-from modelyard.runtime.memory import MemoryEstimate, ModelShape, estimate
+from modelyard.runtime.memory import (
+    MemoryEstimate,
+    ModelShape,
+    embedding_context_tokens,
+    embedding_estimate,
+    estimate,
+)
 from modelyard.runtime.options import DEFAULT_NUM_CTX, LoadOptions, parse_load_options
 from modelyard.runtime.runner import Launcher, Runner, RunnerSpec
 
@@ -92,6 +101,8 @@ class _Entry:
     weights: Path
     estimate: MemoryEstimate
     plan: OffloadPlan
+    shape: ModelShape | None = None
+    embedding: MemoryEstimate | None = None  # the embeddings context, once reserved
     state: EntryState = EntryState.LOADING
     runner: Runner | None = None
     loaded: asyncio.Future[None] | None = None
@@ -114,14 +125,14 @@ class _Entry:
     @property
     def host_bytes(self) -> int:
         info = self.runner.info if self.runner is not None else None
-        if info is None:
-            return self.estimate.host
-        return max(info.total_bytes - info.device_bytes, 0)
+        loaded = self.estimate.host if info is None else max(info.total_bytes - info.device_bytes, 0)
+        return loaded + (self.embedding.host if self.embedding is not None else 0)
 
     @property
     def device_bytes(self) -> int:
         info = self.runner.info if self.runner is not None else None
-        return info.device_bytes if info is not None else self.estimate.device
+        loaded = info.device_bytes if info is not None else self.estimate.device
+        return loaded + (self.embedding.device if self.embedding is not None else 0)
 
     @property
     def holds_memory(self) -> bool:
@@ -278,6 +289,25 @@ class Scheduler:
     async def preload(self, request: ModelRequest) -> None:
         """Load without a request (Ollama's empty prompt); keep_alive starts at once."""
         (await self.acquire(request)).release()
+
+    async def reserve_embeddings(self, lease: Lease) -> None:
+        """Count the embeddings context that the leased runner makes on its first embeddings
+        request, making room for it first (evicting idle models, or waiting, or refusing)."""
+        entry = lease._entry
+        if entry.embedding is not None or entry.shape is None:
+            return
+        async with self._load_lock:
+            if entry.embedding is not None:
+                return
+            n_ctx = embedding_context_tokens(
+                entry.options.num_ctx, entry.shape.n_ctx_train, entry.shape.pooled
+            )
+            need = embedding_estimate(entry.shape, n_ctx=n_ctx, n_gpu_layers=entry.options.num_gpu)
+            what = f"{entry.name} with its embeddings context of {n_ctx} tokens"
+            await self._make_room(
+                entry, entry.host_bytes + need.host, entry.device_bytes + need.device, what=what
+            )
+            entry.embedding = need
 
     async def unload(self, name: str) -> bool:
         """Unload a model once its requests end. False if it was not loaded."""
@@ -498,7 +528,7 @@ class Scheduler:
             entry = self._new_entry(request, options, previous)
             self._entries[request.name] = entry
             try:
-                await self._make_room(entry)
+                await self._make_room(entry, entry.estimate.host, entry.estimate.device)
                 await self._start_runner(entry, request)
             except BaseException as exc:
                 self._load_failed(entry, exc)
@@ -516,6 +546,7 @@ class Scheduler:
             weights=request.weights,
             estimate=estimate_,
             plan=plan,
+            shape=request.shape,
             keep_alive=request.keep_alive
             if request.keep_alive is not None
             else self.settings.default_keep_alive,
@@ -599,7 +630,7 @@ class Scheduler:
             return
         async with self._load_lock:
             try:
-                await self._make_room(new)
+                await self._make_room(new, new.estimate.host, new.estimate.device)
                 await self._start_runner(new, request)
             except BaseException as exc:
                 self._swap_failed(old, new, exc)
@@ -654,13 +685,14 @@ class Scheduler:
             return 0.0
         return min(self.settings.backoff_base * 2 ** (failures - 2), self.settings.backoff_max)
 
-    async def _make_room(self, entry: _Entry) -> None:
-        """Evict what the policy allows, or wait for memory, or refuse."""
-        need_host, need_device = entry.estimate.host, entry.estimate.device
+    async def _make_room(self, entry: _Entry, need_host: int, need_device: int, *, what: str = "") -> None:
+        """Make `entry` able to hold `need_host` and `need_device` bytes in all: evict what the
+        policy allows, or wait for memory, or refuse."""
+        what = what or entry.name
         if need_host > self.ram_budget:
-            raise ModelDoesNotFitError(entry.name, need_host, self.ram_budget)
+            raise ModelDoesNotFitError(what, need_host, self.ram_budget)
         if need_device > self.gpu_budget and self.devices:
-            raise ModelDoesNotFitError(entry.name, need_device, self.gpu_budget, "GPU memory")
+            raise ModelDoesNotFitError(what, need_device, self.gpu_budget, "GPU memory")
         deadline = self.clock() + self.settings.memory_wait
         while True:
             shortfall = self._shortfall(entry, need_host, need_device)
@@ -674,7 +706,7 @@ class Scheduler:
             remaining = deadline - self.clock()
             if remaining <= 0:
                 raise ServerBusyError(
-                    f"not enough memory for {entry.name} while the loaded models are busy or pinned; "
+                    f"not enough memory for {what} while the loaded models are busy or pinned; "
                     f"short by {shortfall.host / 2**20:.0f} MiB of RAM"
                     + (
                         f" and {shortfall.device / 2**20:.0f} MiB of GPU memory"

@@ -232,6 +232,7 @@ class Inference:
         lease, load_ns = await self.acquire(servable, options, keep_alive)
         served = False
         try:
+            await self.scheduler.reserve_embeddings(lease)
             result = await asyncio.to_thread(lease.runner.embed, inputs, truncate)
             served = True
         finally:
