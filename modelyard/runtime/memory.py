@@ -6,7 +6,7 @@
              without it, the window plus one batch, as llama.cpp sizes them
     compute  the activations of one batch (embeddings, FFN, logits of one row per slot)
     embed    the second context a runner makes on its first embeddings request (see
-             `embedding_estimate`): its output buffer alone is a row of logits per token
+             `embedding_estimate`): two rows of logits a token, on top of the rest
 
 `split` places the last `n_gpu_layers` blocks (and the output head once every block is placed) on
 the device, as llama.cpp does, and says what stays in host memory. After loading, the runner's

@@ -7,9 +7,9 @@
   pinned model); if no choice frees enough, the request waits up to `memory_wait` for models to go
   idle, then gets ServerBusyError (HTTP 503 + Retry-After). A model that cannot fit even alone is
   refused at once with ModelDoesNotFitError. Never an out-of-memory crash by our own doing.
-- A runner's first embeddings request makes a second context (its output buffer alone is a row of
-  logits per token): `reserve_embeddings` counts it, making room the same way, before the runner
-  allocates it.
+- A runner's first embeddings request makes a second context (two rows of logits a token: 1 GiB
+  for 512 tokens of Gemma 3): `reserve_embeddings` counts it, making room the same way, before the
+  runner allocates it.
 - keep_alive with Ollama's semantics: the timer starts when the last request ends; 0 unloads at
   once; forever never; the latest request that names one sets it for the model.
 - A bounded queue per model (default 512 beyond the slots): past it, ServerBusyError.
