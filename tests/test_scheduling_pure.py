@@ -41,6 +41,9 @@ MIB = 2**20
         pytest.param("-1m", math.inf, id="negative-duration-forever"),
         pytest.param("0", 0.0, id="bare-zero-string"),
         pytest.param("forever", math.inf, id="forever-word"),
+        pytest.param(292 * 365 * 86400, 292 * 365 * 86400.0, id="292-years-fits-go"),
+        pytest.param(1e19, math.inf, id="past-go-duration-forever"),
+        pytest.param("3000000h", math.inf, id="past-go-duration-string-forever"),
     ],
 )
 def test_parse_keep_alive(value: object, seconds: float) -> None:

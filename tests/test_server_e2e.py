@@ -168,6 +168,16 @@ def test_ollama_ps_shows_the_loaded_model(client: ollama.Client) -> None:
     assert gemma.details is not None and gemma.details.family == "gemma3"
 
 
+def test_a_keep_alive_past_gos_range_is_forever_and_ps_still_answers(client: ollama.Client) -> None:
+    # Found by schemathesis: 1e19 s made /api/ps fail to print the expiry year.
+    client.generate(GEMMA, "", keep_alive=1e19)
+    gemma = {m.model: m for m in client.ps().models}[MODEL]
+    assert gemma.expires_at is not None and gemma.expires_at.year == 9999, "forever, as Ollama shows it"
+    client.generate(GEMMA, "", keep_alive="5m")
+    gemma = {m.model: m for m in client.ps().models}[MODEL]
+    assert gemma.expires_at is not None and gemma.expires_at.year < 9999
+
+
 def test_empty_prompt_loads_and_keep_alive_zero_unloads(client: ollama.Client, http: httpx.Client) -> None:
     loaded_ = client.generate(GEMMA, "")
     assert loaded_.done and loaded_.done_reason == "load" and loaded_.response == ""

@@ -3,7 +3,9 @@
 - a JSON number is seconds (fractions allowed); a negative number means forever;
 - a string is a Go duration (`"10m"`, `"1h30m"`, `"250ms"`, `"-1m"`); negative means forever;
   a bare number in a string is an error, as Go's `time.ParseDuration` makes it in Ollama;
-- `"forever"` (our addition, used by specs) means forever; `0` means unload as soon as idle.
+- `"forever"` (our addition, used by specs) means forever; `0` means unload as soon as idle;
+- longer than Go's `time.Duration` holds (2^63 − 1 ns, about 292 years) is forever too: Ollama
+  cannot hold such a value, and no calendar we print expiry dates in reaches its end.
 The result is seconds, `math.inf` for forever.
 """
 
@@ -16,6 +18,7 @@ from modelyard.errors import InferenceRequestError
 
 DEFAULT_KEEP_ALIVE_S = 300.0  # Ollama's 5m
 FOREVER = math.inf
+MAX_DURATION_S = (2**63 - 1) / 1e9  # Go's time.Duration
 
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|µs|μs|ms|s|m|h)")
@@ -32,17 +35,19 @@ def parse_keep_alive(value: object, *, allow_bare_seconds: bool = False) -> floa
     if isinstance(value, int | float):
         if math.isnan(value):
             raise InferenceRequestError("keep_alive cannot be NaN")
-        return FOREVER if value < 0 else float(value)
+        return _bounded(float(value))
     if not isinstance(value, str):
         raise InferenceRequestError(f"keep_alive must be a number or a string, got {type(value).__name__}")
     text = value.strip()
     if text.lower() in ("forever", "never", "inf", "infinite"):
         return FOREVER
     if allow_bare_seconds and re.fullmatch(r"-?[0-9]+(\.[0-9]+)?", text):
-        seconds = float(text)
-        return FOREVER if seconds < 0 else seconds
-    seconds = parse_go_duration(text)
-    return FOREVER if seconds < 0 else seconds
+        return _bounded(float(text))
+    return _bounded(parse_go_duration(text))
+
+
+def _bounded(seconds: float) -> float:
+    return FOREVER if seconds < 0 or seconds > MAX_DURATION_S else seconds
 
 
 def parse_go_duration(text: str) -> float:
