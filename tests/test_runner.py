@@ -93,9 +93,9 @@ def test_greedy_matches_llama_cpp_python_on_tiny(tiny_runner: Runner, tiny_gguf:
 
 
 def greedy_tokens(runner: Runner, prompt: str, n: int) -> list[dict[str, object]]:
-    """The greedy continuation, token by token, with each step's two best candidates."""
+    """The greedy continuation, token by token, with each step's five best candidates."""
     steps: list[dict[str, object]] = []
-    for event in runner.generate(CompletionRequest(prompt, greedy(n), top_logprobs=2)):
+    for event in runner.generate(CompletionRequest(prompt, greedy(n), top_logprobs=5)):
         if isinstance(event, Token):
             steps.extend(event.logprobs)
     return steps
@@ -141,7 +141,8 @@ def test_greedy_output_is_the_same_alone_and_batched(gemma_runner: Runner, gemma
     takes other kernels than a single token does. Logits then move by up to about one unit, so the
     bound is measured, not fixed: llama.cpp's own batch-versus-single drift on the same prompts.
     A sequence that read another's KV cache or got another's logits moves by whole units, at once.
-    Where the tokens part, rounding flipped a near tie: the batch took the solo run's runner-up."""
+    Where the tokens part, rounding flipped a near tie: the batch took a token that the solo run
+    ranked within that drift of its best."""
     assert gemma_runner.info is not None
     prompts = [
         GEMMA_PROMPT,
@@ -177,9 +178,13 @@ def test_greedy_output_is_the_same_alone_and_batched(gemma_runner: Runner, gemma
                 f"prompt {i}, token {k}: logits moved by {step_drift:.3f} > {tolerance:.3f}"
             )
             if a["id"] != b["id"]:
-                first, second = a["top"][:2]  # type: ignore[index]
-                assert b["id"] == second["id"], f"prompt {i}, token {k}: the batch took no runner-up"
-                flips.append((i, k, round(first["logit"] - second["logit"], 4)))
+                ranked = {c["id"]: c["logit"] for c in a["top"]}  # type: ignore[attr-defined]
+                assert b["id"] in ranked, f"prompt {i}, token {k}: the batch took a token far from the top"
+                gap = a["logit"] - ranked[b["id"]]  # type: ignore[operator]
+                assert gap < tolerance, (
+                    f"prompt {i}, token {k}: the batch took a token {gap:.3f} below the best"
+                )
+                flips.append((i, k, round(gap, 4)))
                 break  # past a flip the two runs continue different texts
     # pytest -rP shows the drift beside llama.cpp's own, and where rounding flipped a near tie.
     print(
