@@ -234,12 +234,16 @@ def main() -> None:
         loads["runner"].append(time.perf_counter() - start)
         extra.stop()
     runner.stop()
+    model_bytes = path.stat().st_size
+    if args.random_gemma_shape:
+        path.unlink()  # 857 MB of random weights, written for this run
+        path.parent.rmdir()
 
     med = {k: statistics.median(v) for k, v in rates.items()}
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"llama-cpp-python {L.__version__}; weights repacked: {repack}; {args.rounds} rounds, "
-        f"{args.tokens} tokens per stream; model {path.name} ({path.stat().st_size:,} bytes); "
+        f"{args.tokens} tokens per stream; model {path.name} ({model_bytes:,} bytes); "
         f"layers on the GPU: {'all' if args.gpu else 'none'}\n"
     )
     print(

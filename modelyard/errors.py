@@ -242,12 +242,23 @@ class ServerBusyError(RunnerError):
 
 
 class ModelDoesNotFitError(RunnerError):
-    def __init__(self, model: str, need: int, budget: int, where: str = "RAM") -> None:
+    LOAD_HINT = "lower num_ctx or num_parallel, use a smaller quantization, or raise the memory budget"
+
+    def __init__(
+        self,
+        model: str,
+        need: int,
+        budget: int,
+        where: str = "RAM",
+        *,
+        what: str = "",
+        hint: str = LOAD_HINT,
+    ) -> None:
+        """`what`: what needs the memory, where that is more than the model ("<model> with …")."""
         self.model = model
         self.need = need
         self.budget = budget
         super().__init__(
-            f"{model} needs about {need / 2**30:.1f} GiB of {where} but the budget is "
-            f"{budget / 2**30:.1f} GiB; lower num_ctx or num_parallel, use a smaller quantization, "
-            "or raise the memory budget"
+            f"{what or model} needs about {need / 2**30:.1f} GiB of {where} but the budget is "
+            f"{budget / 2**30:.1f} GiB; {hint}"
         )

@@ -318,39 +318,39 @@ def test_gemma_estimate_within_15_percent_of_measured(gemma_gguf: Path) -> None:
 
 def test_the_embeddings_context_is_counted_before_the_runner_makes_it(two_models: tuple[Path, Path]) -> None:
     """A model's first embeddings request adds a second context to its runner: the scheduler counts
-    it first, evicting an idle model to make room, and refuses when the model and its context cannot
-    fit together even alone."""
-    from modelyard.runtime.memory import embedding_estimate
+    it first, once however many requests ask at the same moment, evicting an idle model to make
+    room, and refuses when the model and its context cannot fit together even alone."""
+    from modelyard.runtime.memory import embedding_context_tokens, embedding_estimate
 
     a, b = two_models
+    req_a = request(a, "a")
+    assert req_a.shape is not None
+    tokens = embedding_context_tokens(256, req_a.shape.n_ctx_train, req_a.shape.pooled)
+    extra = embedding_estimate(req_a.shape, n_ctx=tokens).host
 
     async def scenario() -> None:
-        size = await one_model_size(a)
-        req_a = request(a, "a")
-        assert req_a.shape is not None
-        extra = embedding_estimate(req_a.shape, n_ctx=512).host
-        # Room for A, B and A's loaded context, but not for all three with A's embeddings context.
-        scheduler = Scheduler(SchedulerSettings(ram_budget=2 * size + extra // 2, memory_wait=0.5))
+        scheduler = Scheduler(SchedulerSettings(ram_budget=2**34, memory_wait=0.5))
         try:
             await scheduler.preload(req_a)
             await scheduler.preload(request(b, "b"))
-            before = next(s.size for s in scheduler.status() if s.name == "a")
-            async with scheduler.lease(req_a) as lease:
-                await scheduler.reserve_embeddings(lease)
-                result = await asyncio.to_thread(lease.runner.embed, ["the cat"])
-                await scheduler.reserve_embeddings(lease)  # counted once
+            sizes = {s.name: s.size for s in scheduler.status()}
+            # As the scheduler counts them now: A and B fit, A, B and A's embeddings context don't.
+            scheduler.ram_budget = sizes["a"] + sizes["b"] + extra - 1
+            async with scheduler.lease(req_a) as first, scheduler.lease(req_a) as second:
+                await asyncio.gather(*(scheduler.reserve_embeddings(held) for held in (first, second)))
+                result = await asyncio.to_thread(first.runner.embed, ["the cat"])
             assert len(result["embeddings"]) == 1
             assert [s.name for s in scheduler.status()] == ["a"], "idle B made room"
-            assert scheduler.status()[0].size == before + extra
-        finally:
-            await scheduler.close()
+            assert scheduler.status()[0].size == sizes["a"] + extra, "counted once"
 
-        scheduler = Scheduler(SchedulerSettings(ram_budget=size + extra // 2))
-        try:
+            # Without room even alone: refused at once, and nothing counted.
+            await scheduler.unload("a")
+            await scheduler.preload(req_a)
+            scheduler.ram_budget = sizes["a"] + extra - 1
             async with scheduler.lease(req_a) as lease:
-                with pytest.raises(ModelDoesNotFitError, match="embeddings context of 512 tokens"):
+                with pytest.raises(ModelDoesNotFitError, match=f"embeddings context of {tokens} tokens"):
                     await scheduler.reserve_embeddings(lease)
-            assert scheduler.status()[0].size == before, "nothing counted for a refused context"
+            assert scheduler.status()[0].size == sizes["a"], "nothing counted for a refused context"
         finally:
             await scheduler.close()
 

@@ -43,7 +43,6 @@ MIB = 2**20
         pytest.param("forever", math.inf, id="forever-word"),
         pytest.param(292 * 365 * 86400, 292 * 365 * 86400.0, id="292-years-fits-go"),
         pytest.param(1e19, math.inf, id="past-go-duration-forever"),
-        pytest.param("3000000h", math.inf, id="past-go-duration-string-forever"),
     ],
 )
 def test_parse_keep_alive(value: object, seconds: float) -> None:
@@ -59,6 +58,7 @@ def test_parse_keep_alive(value: object, seconds: float) -> None:
         pytest.param(True, "number of seconds", id="bool"),
         pytest.param(None, "number of seconds", id="null"),
         pytest.param([5], "number or a string", id="list"),
+        pytest.param("3000000h", "292 years", id="string-past-go-duration"),
     ],
 )
 def test_bad_keep_alive(value: object, fragment: str) -> None:
@@ -202,6 +202,8 @@ def test_offloaded_layers_move_weights_and_kv_to_the_device() -> None:
         pytest.param(256, 8192, True, 512, id="embedding-model-never-under-512"),
         pytest.param(4096, 0, True, 4096, id="no-training-context-known"),
         pytest.param(32768, 131072, False, 512, id="chat-model-512"),
+        pytest.param(4096, 384, True, 384, id="embedding-model-never-past-its-training"),
+        pytest.param(4096, 256, False, 256, id="chat-model-never-past-its-training"),
     ],
 )
 def test_embedding_context_tokens(num_ctx: int, n_ctx_train: int, pooled: bool, tokens: int) -> None:
@@ -220,6 +222,10 @@ def test_embedding_context_counts_two_rows_of_logits_a_token() -> None:
     on_device = estimate(shape, n_ctx=512, slots=1, n_batch=512, n_gpu_layers=5)
     assert offloaded.device == cpu.kv + on_device.compute + graph_logits, "KV and the graph on the device"
     assert offloaded.host == on_device.compute // 4 + graph_logits // 4 + output_buffer, "staging, outputs"
+    partly = embedding_estimate(shape, n_ctx=512, n_gpu_layers=2)
+    on_two = estimate(shape, n_ctx=512, slots=1, n_batch=512, n_gpu_layers=2)
+    assert partly.device == cpu.kv // 2 + on_two.compute, "half the KV and the graph, but not the head's"
+    assert partly.host == cpu.kv // 2 + on_two.compute // 4 + graph_logits + output_buffer, "head on the CPU"
 
 
 def test_kv_cells_for_sliding_layers() -> None:

@@ -175,3 +175,29 @@ def _tokenize(vocab: llama_cpp.llama_vocab_p, text: str) -> ctypes.Array[ctypes.
     n_tokens = llama_cpp.llama_tokenize(vocab, raw, len(raw), tokens, len(tokens), True, False)
     assert n_tokens > 0
     return (llama_cpp.llama_token * n_tokens)(*tokens[:n_tokens])
+
+
+@pytest.mark.parametrize(("pooling", "declared"), [(None, False), (0, False), (1, True), (2, True)])
+def test_model_reads_its_metadata_and_declared_pooling(
+    tmp_path: Path, pooling: int | None, declared: bool
+) -> None:
+    """The runner sizes an embeddings context by the pooling the GGUF declares, as the scheduler
+    does from the same key before loading (memory.ModelShape.pooled): both must agree."""
+    from tinygguf import write_tiny_llama
+
+    from modelyard.builder.gguf_info import read_gguf
+    from modelyard.runtime import llama
+    from modelyard.runtime.memory import shape_from_gguf
+    from modelyard.runtime.options import LoadOptions
+
+    path = write_tiny_llama(tmp_path / "m.gguf", pooling=pooling, chat_template="x" * 1000)
+    contents = read_gguf(path)
+    assert shape_from_gguf(contents.metadata, contents.tensors).pooled is declared
+    model = llama.Model(path, LoadOptions(num_gpu=0))
+    try:
+        assert model.declares_pooling is declared
+        assert model.metadata("general.architecture") == "llama"
+        assert model.metadata("no.such.key") is None
+        assert model.metadata("tokenizer.chat_template") == "x" * 1000, "longer than the first buffer"
+    finally:
+        model.close()

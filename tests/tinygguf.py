@@ -82,7 +82,9 @@ def write_tiny_llama(
     n_ctx: int = 256,
     file_type: str = "F32",
     chat_template: str | None = None,
+    pooling: int | None = None,
 ) -> Path:
+    """`pooling`: a `<arch>.pooling_type` to declare (llama.cpp's enum: 0 none, 1 mean, …)."""
     shape = TinyLlamaShape(n_vocab, n_embd, n_layer, n_head, n_head_kv, n_ff, n_ctx)
     llama_file_type, matrix_dtype = _FILE_TYPES[file_type]
     tokens, scores, token_types = spm_vocab(n_vocab)
@@ -113,6 +115,8 @@ def write_tiny_llama(
     writer.add_add_eos_token(False)
     if chat_template is not None:
         writer.add_chat_template(chat_template)
+    if pooling is not None:
+        writer.add_pooling_type(gguf.PoolingType(pooling))
 
     def matrix(rows: int, cols: int) -> np.ndarray:
         # std 1/sqrt(fan_in) keeps activations O(1) through the blocks, so logits are not all ties.

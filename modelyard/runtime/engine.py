@@ -380,24 +380,25 @@ class EmbeddingContext:
 
     MAX_SEQUENCES = 16
 
-    def __init__(self, model: llama.Model, n_ctx: int, threads: int) -> None:
+    def __init__(
+        self, model: llama.Model, n_ctx: int, threads: int, flash_attention: bool | None = None
+    ) -> None:
         self.model = model
         self.n_ctx = n_ctx
-        ctx = llama.Context(
-            model, n_ctx=n_ctx, n_seq_max=self.MAX_SEQUENCES, n_batch=n_ctx, threads=threads, embeddings=True
+        # The model's own pooling where it declares one; a chat model's hidden states by mean.
+        # Flash attention as the main context has it (llama.cpp turns it on where it can, unless
+        # the user turned it off): with it, a batch of n_ctx tokens holds no n_head × n_ctx²
+        # matrix of attention scores, which memory.embedding_estimate does not count.
+        self.ctx = llama.Context(
+            model,
+            n_ctx=n_ctx,
+            n_seq_max=self.MAX_SEQUENCES,
+            n_batch=n_ctx,
+            threads=threads,
+            embeddings=True,
+            pooling=None if model.declares_pooling else llama.L.LLAMA_POOLING_TYPE_MEAN,
+            flash_attention=flash_attention,
         )
-        if ctx.pooling in (llama.L.LLAMA_POOLING_TYPE_NONE, llama.L.LLAMA_POOLING_TYPE_UNSPECIFIED):
-            ctx.close()
-            ctx = llama.Context(
-                model,
-                n_ctx=n_ctx,
-                n_seq_max=self.MAX_SEQUENCES,
-                n_batch=n_ctx,
-                threads=threads,
-                embeddings=True,
-                pooling=llama.L.LLAMA_POOLING_TYPE_MEAN,
-            )
-        self.ctx = ctx
         self.batch = llama.Batch(n_ctx, self.MAX_SEQUENCES)
 
     def embed(self, inputs: list[str], truncate: bool) -> dict[str, Any]:

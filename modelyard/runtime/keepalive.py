@@ -4,8 +4,9 @@
 - a string is a Go duration (`"10m"`, `"1h30m"`, `"250ms"`, `"-1m"`); negative means forever;
   a bare number in a string is an error, as Go's `time.ParseDuration` makes it in Ollama;
 - `"forever"` (our addition, used by specs) means forever; `0` means unload as soon as idle;
-- longer than Go's `time.Duration` holds (2^63 − 1 ns, about 292 years) is forever too: Ollama
-  cannot hold such a value, and no calendar we print expiry dates in reaches its end.
+- a number longer than Go's `time.Duration` holds (2^63 − 1 ns, about 292 years) is forever too
+  (Ollama's conversion wraps around there; an expiry date past year 9999 can't be printed); a
+  string that long is an error, as `time.ParseDuration` makes it.
 The result is seconds, `math.inf` for forever.
 """
 
@@ -47,6 +48,7 @@ def parse_keep_alive(value: object, *, allow_bare_seconds: bool = False) -> floa
 
 
 def _bounded(seconds: float) -> float:
+    """Negative, or past Go's range, is forever."""
     return FOREVER if seconds < 0 or seconds > MAX_DURATION_S else seconds
 
 
@@ -70,6 +72,8 @@ def parse_go_duration(text: str) -> float:
             raise InferenceRequestError(f"invalid duration {original!r}{hint}")
         total += float(match.group(1)) * _UNITS[match.group(2)]
         position = match.end()
+    if total > MAX_DURATION_S:
+        raise InferenceRequestError(f"invalid duration {original!r}: longer than about 292 years")
     return sign * total
 
 

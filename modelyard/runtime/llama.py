@@ -162,14 +162,20 @@ class Model:
     def metadata(self, key: str) -> str | None:
         """A GGUF metadata value as text, or None where the file has no such key."""
         buffer = ctypes.create_string_buffer(256)
-        if L.llama_model_meta_val_str(self.ptr, key.encode(), buffer, len(buffer)) < 0:
+        length = L.llama_model_meta_val_str(self.ptr, key.encode(), buffer, len(buffer))
+        if length < 0:
             return None
+        if length >= len(buffer):  # cut short: ask again with room for all of it
+            buffer = ctypes.create_string_buffer(length + 1)
+            L.llama_model_meta_val_str(self.ptr, key.encode(), buffer, len(buffer))
         return buffer.value.decode("utf-8", "replace")
 
     @property
     def declares_pooling(self) -> bool:
-        """The GGUF names a pooling type: an embedding model (memory.ModelShape.pooled)."""
-        return self.metadata(f"{self.metadata('general.architecture')}.pooling_type") is not None
+        """The GGUF names a pooling type other than none: an embedding model, as
+        memory.ModelShape.pooled reads the same key before loading."""
+        value = self.metadata(f"{self.metadata('general.architecture')}.pooling_type")
+        return value is not None and value.strip() not in ("", "0")
 
     @property
     def size_bytes(self) -> int:

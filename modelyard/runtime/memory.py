@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 KV_CELL_PADDING = 256  # llama.cpp rounds each sequence's cells up to this
+POOLING_NONE = 0  # llama.cpp's LLAMA_POOLING_TYPE_NONE, as GGUF files write `<arch>.pooling_type`
 F16_BYTES = 2
 F32_BYTES = 4
 
@@ -49,7 +50,7 @@ class ModelShape:
     sliding_window: int
     swa_layers: tuple[bool, ...]  # per layer
     n_ctx_train: int
-    pooled: bool = False  # the GGUF declares a pooling type: an embedding model
+    pooled: bool = False  # the GGUF declares a pooling type other than none: an embedding model
 
     @property
     def weights_bytes(self) -> int:
@@ -128,7 +129,7 @@ def shape_from_gguf(metadata: Mapping[str, Any], tensors: Sequence[Any]) -> Mode
             arch, n_layers, window, metadata.get(f"{arch}.attention.sliding_window_pattern")
         ),
         n_ctx_train=number("context_length"),
-        pooled=f"{arch}.pooling_type" in metadata,
+        pooled=metadata.get(f"{arch}.pooling_type", POOLING_NONE) != POOLING_NONE,
     )
 
 
@@ -222,17 +223,22 @@ def estimate(
 
 
 # Tokens of the embeddings context of a model that declares no pooling (a chat model asked for
-# embeddings, pooled by mean): llama.cpp's default batch, as Ollama's runner embeds. More would
-# cost 2 MiB a token on a 262,144-token vocabulary (see `embedding_estimate`) for a use that is rare.
+# embeddings, pooled by mean): llama.cpp's default batch. Ollama takes inputs up to num_ctx; we
+# deliberately don't, as each token costs 2 MiB on a 262,144-token vocabulary (see
+# `embedding_estimate`) for a use that is rare. Longer inputs are truncated (or refused).
 CHAT_MODEL_EMBEDDING_TOKENS = 512
+MIN_EMBEDDING_TOKENS = 512
 
 
 def embedding_context_tokens(num_ctx: int, n_ctx_train: int, pooled: bool) -> int:
     """The tokens an embeddings context holds (one input at most; several inputs share it). An
-    embedding model gets its context as loaded, never under 512; a chat model gets 512."""
+    embedding model gets its context as loaded, at least 512 but never past what it was trained
+    on (absolute positions end there); a chat model gets 512."""
     if not pooled:
-        return CHAT_MODEL_EMBEDDING_TOKENS
-    return max(min(num_ctx, n_ctx_train) if n_ctx_train else num_ctx, 512)
+        return min(CHAT_MODEL_EMBEDDING_TOKENS, n_ctx_train) if n_ctx_train else CHAT_MODEL_EMBEDDING_TOKENS
+    if not n_ctx_train:
+        return max(num_ctx, MIN_EMBEDDING_TOKENS)
+    return min(max(num_ctx, MIN_EMBEDDING_TOKENS), n_ctx_train)
 
 
 def embedding_estimate(shape: ModelShape, *, n_ctx: int, n_gpu_layers: int = 0) -> MemoryEstimate:
@@ -242,14 +248,18 @@ def embedding_estimate(shape: ModelShape, *, n_ctx: int, n_gpu_layers: int = 0) 
     The outputs dominate for a large vocabulary: pooling marks every token of the batch as an
     output, and llama.cpp computes a row of logits for each in the graph and reserves another in its
     output buffer (`output_reserve`), even where only embeddings are read: 2 × n_vocab floats a
-    token, 2 MiB a token for Gemma 3 (measured: a runner's RSS grows by 2,080 MiB for a 1,016-token
-    input). The buffers stay allocated at their largest until the runner exits."""
+    token, 2 MiB a token for Gemma 3. Measured on Gemma 3 270M: a runner's RSS grew by 1,059 MiB
+    embedding 512 tokens (this estimate: 1,054 MiB), and by 2,080 MiB for 1,016 tokens in a
+    1,024-token context (before chat models were held to 512). The buffers stay allocated at their
+    largest until the runner exits."""
     context = estimate(shape, n_ctx=n_ctx, slots=1, n_batch=n_ctx, n_gpu_layers=n_gpu_layers)
     weights = estimate(shape, n_ctx=0, slots=0, n_batch=0, n_gpu_layers=n_gpu_layers)
-    # The graph's logits, one row a token (the context's estimate has the row of its one slot);
-    # they are activations, placed as the rest of the graph is. The output buffer is in host memory.
+    # The graph's logits, one row a token (the context's estimate has the row of its one slot),
+    # are the output head's result: on the device when the head is, else in host memory. The
+    # output buffer is in host memory.
     graph_logits = F32_BYTES * (n_ctx - 1) * shape.n_vocab
-    device_logits, host_logits = (graph_logits, graph_logits // 4) if n_gpu_layers else (0, graph_logits)
+    head_on_device = n_gpu_layers > shape.n_layers
+    device_logits, host_logits = (graph_logits, graph_logits // 4) if head_on_device else (0, graph_logits)
     output_buffer = F32_BYTES * n_ctx * (shape.n_vocab + shape.n_embd)
     return MemoryEstimate(
         weights=0,

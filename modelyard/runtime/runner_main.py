@@ -124,7 +124,9 @@ def _load(channel: Any, message: dict[str, Any], logs: Any) -> Any:
     def embedder() -> EmbeddingContext:
         # As many tokens as the scheduler counted for it (memory.embedding_estimate).
         n_ctx = embedding_context_tokens(options.num_ctx, model.n_ctx_train, model.declares_pooling)
-        return EmbeddingContext(model, n_ctx=n_ctx, threads=options.threads())
+        return EmbeddingContext(
+            model, n_ctx=n_ctx, threads=options.threads(), flash_attention=options.flash_attention
+        )
 
     return Engine(model, ctx, options.num_parallel, channel.send, embedder=embedder)
 

@@ -292,21 +292,24 @@ class Scheduler:
 
     async def reserve_embeddings(self, lease: Lease) -> None:
         """Count the embeddings context that the leased runner makes on its first embeddings
-        request, making room for it first (evicting idle models, or waiting, or refusing)."""
+        request, making room for it first (evicting idle models, or waiting, or refusing).
+
+        Not under the load lock: this request holds a lease, and a load waiting for this model to
+        go idle would wait on us while we waited on it. The last check and the counting run with no
+        await between them, so two first requests count the context once."""
         entry = lease._entry
         if entry.embedding is not None or entry.shape is None:
             return
-        async with self._load_lock:
-            if entry.embedding is not None:
-                return
-            n_ctx = embedding_context_tokens(
-                entry.options.num_ctx, entry.shape.n_ctx_train, entry.shape.pooled
-            )
-            need = embedding_estimate(entry.shape, n_ctx=n_ctx, n_gpu_layers=entry.options.num_gpu)
-            what = f"{entry.name} with its embeddings context of {n_ctx} tokens"
-            await self._make_room(
-                entry, entry.host_bytes + need.host, entry.device_bytes + need.device, what=what
-            )
+        n_ctx = embedding_context_tokens(entry.options.num_ctx, entry.shape.n_ctx_train, entry.shape.pooled)
+        need = embedding_estimate(entry.shape, n_ctx=n_ctx, n_gpu_layers=entry.options.num_gpu)
+        await self._make_room(
+            entry,
+            entry.host_bytes + need.host,
+            entry.device_bytes + need.device,
+            what=f"{entry.name} with its embeddings context of {n_ctx} tokens",
+            hint="unload other models or raise the memory budget",
+        )
+        if entry.embedding is None and entry.runner is lease.runner and entry.state is EntryState.READY:
             entry.embedding = need
 
     async def unload(self, name: str) -> bool:
@@ -685,14 +688,24 @@ class Scheduler:
             return 0.0
         return min(self.settings.backoff_base * 2 ** (failures - 2), self.settings.backoff_max)
 
-    async def _make_room(self, entry: _Entry, need_host: int, need_device: int, *, what: str = "") -> None:
+    async def _make_room(
+        self,
+        entry: _Entry,
+        need_host: int,
+        need_device: int,
+        *,
+        what: str = "",
+        hint: str = ModelDoesNotFitError.LOAD_HINT,
+    ) -> None:
         """Make `entry` able to hold `need_host` and `need_device` bytes in all: evict what the
         policy allows, or wait for memory, or refuse."""
-        what = what or entry.name
         if need_host > self.ram_budget:
-            raise ModelDoesNotFitError(what, need_host, self.ram_budget)
+            raise ModelDoesNotFitError(entry.name, need_host, self.ram_budget, what=what, hint=hint)
         if need_device > self.gpu_budget and self.devices:
-            raise ModelDoesNotFitError(what, need_device, self.gpu_budget, "GPU memory")
+            raise ModelDoesNotFitError(
+                entry.name, need_device, self.gpu_budget, "GPU memory", what=what, hint=hint
+            )
+        what = what or entry.name
         deadline = self.clock() + self.settings.memory_wait
         while True:
             shortfall = self._shortfall(entry, need_host, need_device)
