@@ -353,3 +353,20 @@ def test_quantize_refuses_quantized_source_and_unknown_type(tmp_path: Path, work
         build(home, workdir / "Q", "qq", quantize="Q4_K_M")
     with pytest.raises(QuantizeError, match="unknown quantization type 'Q9_X'"):
         build(home, workdir / "Modelfile", "qq", quantize="Q9_X")
+
+
+@pytest.mark.parametrize(
+    ("metadata", "embedding"),
+    [
+        pytest.param({"general.architecture": "llama"}, False, id="decoder"),
+        pytest.param({"general.architecture": "llama", "llama.pooling_type": 0}, False, id="pooling-none"),
+        pytest.param({"general.architecture": "llama", "llama.pooling_type": 1}, True, id="pooling-mean"),
+        pytest.param({"general.architecture": "qwen3", "qwen3.pooling_type": 3}, True, id="pooling-last"),
+        pytest.param({"general.architecture": "bert"}, True, id="encoder-architecture"),
+    ],
+)
+def test_an_embedding_model_declares_pooling(metadata: dict[str, object], embedding: bool) -> None:
+    from modelyard.builder.compose import WeightsSummary, _is_embedding_model
+
+    summary = WeightsSummary.from_metadata(metadata, file_type="F16", parameter_count=1, parameter_size="1")
+    assert _is_embedding_model(summary) is embedding

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from modelyard.builder.gguf_info import POOLING_NONE
 from modelyard.store.image import (
     ANNOTATION_CREATED,
     ANNOTATION_FILEPATH,
@@ -70,7 +71,7 @@ class WeightsSummary:
     head_count: int | None = None
     head_count_kv: int | None = None
     expert_count: int | None = None
-    pooling: bool = False  # the GGUF declares a pooling type: an embedding model
+    pooling: bool = False  # the GGUF declares a pooling type other than none: an embedding model
     general_type: str = "model"  # "adapter" for a LoRA
 
     @classmethod
@@ -104,7 +105,7 @@ class WeightsSummary:
             head_count=number("attention.head_count"),
             head_count_kv=number("attention.head_count_kv"),
             expert_count=number("expert_count"),
-            pooling=f"{arch}.pooling_type" in metadata,
+            pooling=metadata.get(f"{arch}.pooling_type", POOLING_NONE) != POOLING_NONE,
             general_type=general_type,
         )
 

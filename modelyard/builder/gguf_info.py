@@ -43,6 +43,7 @@ GGUF_MAGIC = b"GGUF"
 MAX_LISTED_ARRAY = 64
 UNQUANTIZED_FILE_TYPES = frozenset({"F32", "F16", "BF16"})
 GGML_MAX_DIMS = 4  # llama.cpp refuses tensors with more dimensions
+POOLING_NONE = 0  # `<arch>.pooling_type` as llama.cpp's LLAMA_POOLING_TYPE_NONE: no pooling declared
 
 _SCALAR_FORMATS = {
     GGUFValueType.UINT8: "B",

@@ -20,8 +20,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from modelyard.builder.gguf_info import POOLING_NONE
+
 KV_CELL_PADDING = 256  # llama.cpp rounds each sequence's cells up to this
-POOLING_NONE = 0  # llama.cpp's LLAMA_POOLING_TYPE_NONE, as GGUF files write `<arch>.pooling_type`
 F16_BYTES = 2
 F32_BYTES = 4
 
