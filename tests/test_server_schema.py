@@ -61,18 +61,31 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterato
     process.stop()
 
 
-def _aimed(body: Any) -> Any:
-    """Name the tiny model in half the bodies that name a model, and keep its answers short."""
+def _aimed(body: Any, path: str) -> Any:
+    """Name the tiny model in half the bodies that name a model, and keep its answers short.
+
+    /api/create aims its source at the tiny model, never its target: a create that replaced
+    `tiny` could give it `num_predict -1` (generate until stopped), and every later request
+    without its own budget would run for ever (found: one such request outlasted the client's
+    60 s timeout)."""
     if not isinstance(body, dict):
         return body
-    if "model" in body and hash(json.dumps(body, sort_keys=True, default=str)) % 2 == 0:
+    coin = hash(json.dumps(body, sort_keys=True, default=str)) % 2 == 0
+    if path == "/api/create":
+        if coin:
+            body["from"] = TINY
+        if body.get("model") == TINY:
+            body["model"] = "created"
+        return body
+    if "model" in body and coin:
         body["model"] = TINY
     options = body.get("options")
     if isinstance(options, dict):
         for key in ("num_predict", "num_ctx", "num_batch", "num_keep"):
             if isinstance(options.get(key), int):
                 options[key] = max(min(options[key], 16), -1 if key == "num_predict" else 1)
-        if isinstance(options.get("num_predict"), int) and options["num_predict"] < 0:
+        budget = options.get("num_predict")
+        if budget is None or (isinstance(budget, int) and budget < 0):  # a wrong type stays: a 400
             options["num_predict"] = 8
     elif "model" in body and ("prompt" in body or "messages" in body):
         body["options"] = {"num_predict": 8}
@@ -93,7 +106,7 @@ def api_schema(server: ServeProcess) -> schemathesis.BaseSchema:
     def map_body(context: schemathesis.HookContext, body: Any) -> Any:
         operation = context.operation
         if operation is not None and operation.path in AIMED_OPERATIONS:
-            return _aimed(body)
+            return _aimed(body, operation.path)
         if operation is not None and operation.path == "/api/apply" and isinstance(body, dict):
             body["dry_run"] = True  # validate and plan every spec; apply none (they would pull)
         return body  # never /api/delete or /api/copy onto the tiny model: it must stay
