@@ -35,6 +35,9 @@ from pathlib import Path
 
 import llama_cpp as L
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from llama_defaults import model_defaults
+
 from modelyard.runtime.options import LoadOptions, SamplingOptions
 from modelyard.runtime.protocol import CompletionRequest
 from modelyard.runtime.runner import Runner, RunnerSpec, Token
@@ -76,15 +79,7 @@ def ttft_ours(runner: Runner) -> float:
 
 
 def make_llama(path: Path, repack: bool, gpu: bool) -> L.Llama:
-    original = L.llama_cpp.llama_model_default_params
-
-    def params() -> L.llama_model_params:
-        value = original()
-        value.use_extra_bufts = repack
-        return value
-
-    L.llama_cpp.llama_model_default_params = params
-    try:
+    with model_defaults(repack=repack):
         return L.Llama(
             model_path=str(path),
             n_ctx=N_CTX,
@@ -94,8 +89,6 @@ def make_llama(path: Path, repack: bool, gpu: bool) -> L.Llama:
             n_gpu_layers=-1 if gpu else 0,
             verbose=False,
         )
-    finally:
-        L.llama_cpp.llama_model_default_params = original
 
 
 def run_serial(llm: L.Llama, streams: int, tokens: int) -> float:
@@ -191,7 +184,6 @@ def main() -> None:
     if args.model is not None:
         path = args.model
     elif args.random_gemma_shape:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
         from tinygguf import write_tiny_llama
 
         folder = Path(tempfile.mkdtemp(prefix="bench-runner-"))

@@ -19,6 +19,7 @@ import asyncio
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +34,9 @@ from modelyard.runtime.prompting import prepare
 from modelyard.runtime.protocol import CompletionRequest
 from modelyard.runtime.runner import Launcher, Runner, RunnerSpec, Token
 from modelyard.runtime.scheduler import ModelRequest, Scheduler, SchedulerSettings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from llama_defaults import model_defaults
 
 TEMPLATE = "<start_of_turn>user\n{{ .Prompt }}<end_of_turn>\n<start_of_turn>model\n"
 PROMPT = "Write a haiku about the sea."
@@ -78,21 +82,11 @@ async def scheduled_first_token(path: Path, launcher: Launcher) -> float:
 
 
 def bare_first_token(path: Path, repack: bool) -> float:
-    original = L.llama_cpp.llama_model_default_params
-
-    def params() -> L.llama_model_params:
-        value = original()
-        value.use_extra_bufts = repack
-        return value
-
     start = time.perf_counter()
-    L.llama_cpp.llama_model_default_params = params
-    try:
+    with model_defaults(repack=repack):
         llm = L.Llama(
             model_path=str(path), n_ctx=4096, n_threads=os.cpu_count(), flash_attn=True, verbose=False
         )
-    finally:
-        L.llama_cpp.llama_model_default_params = original
     prompt = TEMPLATE.replace("{{ .Prompt }}", PROMPT)
     for _ in llm.create_completion(prompt, max_tokens=4, temperature=0.0, stream=True):
         elapsed = time.perf_counter() - start

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import llama_cpp
 import pytest
+from llama_defaults import model_defaults
 
 from modelyard.errors import InferenceRequestError, ModelLoadError, RunnerCrashedError
 from modelyard.runtime.options import LoadOptions, SamplingOptions
@@ -50,22 +51,11 @@ def reference_llama(path: Path, repack: bool, **kwargs: object) -> llama_cpp.Lla
     """llama-cpp-python's own high-level Llama, loaded as our runner loaded the same model.
 
     On a CPU where repacked weights die of SIGILL (the runner then loaded without repacking), the
-    reference must skip repacking too, or this test process dies: Llama() has no parameter for
-    it, so its default model parameters are wrapped for the duration of the load."""
-    original = llama_cpp.llama_cpp.llama_model_default_params
-
-    def params() -> llama_cpp.llama_model_params:
-        value = original()
-        value.use_extra_bufts = repack
-        return value
-
-    llama_cpp.llama_cpp.llama_model_default_params = params
-    try:
+    reference must skip repacking too, or this test process dies."""
+    with model_defaults(repack=repack):
         return llama_cpp.Llama(
             model_path=str(path), verbose=False, n_threads=os.cpu_count(), flash_attn=True, **kwargs
         )  # type: ignore[arg-type]
-    finally:
-        llama_cpp.llama_cpp.llama_model_default_params = original
 
 
 # --- correctness against llama-cpp-python ---------------------------------------------------
