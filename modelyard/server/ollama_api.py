@@ -56,13 +56,9 @@ class _ModelRequest(_Request):
         return name
 
 
-class GenerateBody(_ModelRequest):
-    prompt: str | None = None
-    suffix: str | None = None
-    system: str | None = None
-    template: str | None = None
-    raw: bool | None = None
-    images: list[str] | None = None
+class _GenerationBody(_ModelRequest):
+    """What /api/generate and /api/chat both take."""
+
     format: Literal["", "json"] | dict[str, Any] | None = None
     options: dict[str, Any] | None = None
     keep_alive: float | str | None = None
@@ -70,6 +66,15 @@ class GenerateBody(_ModelRequest):
     think: bool | str | None = None
     truncate: bool | None = None
     shift: bool | None = None
+
+
+class GenerateBody(_GenerationBody):
+    prompt: str | None = None
+    suffix: str | None = None
+    system: str | None = None
+    template: str | None = None
+    raw: bool | None = None
+    images: list[str] | None = None
 
 
 class MessageBody(_Request):
@@ -82,16 +87,9 @@ class MessageBody(_Request):
     thinking: str | None = None
 
 
-class ChatBody(_ModelRequest):
+class ChatBody(_GenerationBody):
     messages: list[MessageBody] | None = None
     tools: list[dict[str, Any]] | None = None
-    format: Literal["", "json"] | dict[str, Any] | None = None
-    options: dict[str, Any] | None = None
-    keep_alive: float | str | None = None
-    stream: bool | None = None
-    think: bool | str | None = None
-    truncate: bool | None = None
-    shift: bool | None = None
 
 
 class EmbedBody(_ModelRequest):

@@ -10,7 +10,7 @@ import json
 import struct
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
@@ -106,39 +106,22 @@ def router(state: ServerState) -> APIRouter:
         servable = await inference.servable(body.model)
         request = PromptRequest.chat([_message(m) for m in body.messages], tools=body.tools)
         stream = inference.generate(servable, request, body.options(), format=_format(body.response_format))
-        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        if body.stream:
-            usage = bool(body.stream_options and body.stream_options.include_usage)
-            return await _sse(
-                http,
-                state,
-                "/v1/chat/completions",
-                servable,
-                stream,
-                completion_id,
-                "chat.completion.chunk",
-                lambda text, first: {"delta": ({"role": "assistant"} if first else {}) | {"content": text}},
-                usage,
-            )
-        text, finished = await unless_client_leaves(http, _collect(stream))
-        state.count("/v1/chat/completions", servable.name, 200)
-        return JSONResponse(
-            {
-                "id": completion_id,
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": servable.name,
-                "system_fingerprint": _fingerprint(servable),
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": _finish_reason(finished),
-                        "logprobs": None,
-                    }
-                ],
-                "usage": _usage(finished),
-            }
+        return await _answer(
+            http,
+            state,
+            "/v1/chat/completions",
+            servable,
+            stream,
+            body,
+            completion_id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            object_name="chat.completion",
+            chunk_object="chat.completion.chunk",
+            chunk=lambda text, first: {"delta": ({"role": "assistant"} if first else {}) | {"content": text}},
+            choice=lambda text, finished: {
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": _finish_reason(finished),
+                "logprobs": None,
+            },
         )
 
     @api.post("/completions")
@@ -153,34 +136,22 @@ def router(state: ServerState) -> APIRouter:
         # OpenAI's completions are raw continuations of the prompt: no chat template.
         request = PromptRequest.generate(prompt, suffix=body.suffix or "", raw=not body.suffix)
         stream = inference.generate(servable, request, body.options())
-        completion_id = f"cmpl-{uuid.uuid4().hex[:24]}"
-        if body.stream:
-            usage = bool(body.stream_options and body.stream_options.include_usage)
-            return await _sse(
-                http,
-                state,
-                "/v1/completions",
-                servable,
-                stream,
-                completion_id,
-                "text_completion",
-                lambda text, first: {"text": text, "logprobs": None},
-                usage,
-            )
-        text, finished = await unless_client_leaves(http, _collect(stream))
-        state.count("/v1/completions", servable.name, 200)
-        return JSONResponse(
-            {
-                "id": completion_id,
-                "object": "text_completion",
-                "created": int(time.time()),
-                "model": servable.name,
-                "system_fingerprint": _fingerprint(servable),
-                "choices": [
-                    {"index": 0, "text": text, "logprobs": None, "finish_reason": _finish_reason(finished)}
-                ],
-                "usage": _usage(finished),
-            }
+        return await _answer(
+            http,
+            state,
+            "/v1/completions",
+            servable,
+            stream,
+            body,
+            completion_id=f"cmpl-{uuid.uuid4().hex[:24]}",
+            object_name="text_completion",
+            chunk_object="text_completion",
+            chunk=lambda text, first: {"text": text, "logprobs": None},
+            choice=lambda text, finished: {
+                "text": text,
+                "logprobs": None,
+                "finish_reason": _finish_reason(finished),
+            },
         )
 
     @api.post("/embeddings")
@@ -247,6 +218,42 @@ async def _collect(stream: AsyncGenerator[Any, None]) -> tuple[str, Finished]:
     finally:
         await stream.aclose()  # cancels the runner's request if it is still going
     raise AssertionError("a generation always ends with Finished")
+
+
+async def _answer(
+    http: Request,
+    state: ServerState,
+    endpoint: str,
+    servable: Servable,
+    stream: AsyncGenerator[Any, None],
+    body: _SamplingBody,
+    *,
+    completion_id: str,
+    object_name: str,
+    chunk_object: str,
+    chunk: Callable[[str, bool], dict[str, Any]],
+    choice: Callable[[str, Finished], dict[str, Any]],
+) -> Response:
+    """A completion, streamed as server-sent events of `chunk`s (`text`, whether it is the first)
+    or answered whole with one `choice`; both endpoints differ only in those two shapes."""
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return await _sse(
+            http, state, endpoint, servable, stream, completion_id, chunk_object, chunk, include_usage
+        )
+    text, finished = await unless_client_leaves(http, _collect(stream))
+    state.count(endpoint, servable.name, 200)
+    return JSONResponse(
+        {
+            "id": completion_id,
+            "object": object_name,
+            "created": int(time.time()),
+            "model": servable.name,
+            "system_fingerprint": _fingerprint(servable),
+            "choices": [{"index": 0, **choice(text, finished)}],
+            "usage": _usage(finished),
+        }
+    )
 
 
 async def _sse(
