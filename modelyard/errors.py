@@ -124,10 +124,12 @@ class DigestMismatchError(StoreError, ValueError):
 
 
 class CorruptStoreError(StoreError):
-    def __init__(self, path: Path | str, reason: str) -> None:
+    def __init__(
+        self, path: Path | str, reason: str, hint: str = "Run `modelyard verify` to check the store."
+    ) -> None:
         self.path = Path(path)
         self.reason = reason
-        super().__init__(f"{path}: {reason}. Run `modelyard verify` to check the store.")
+        super().__init__(f"{path}: {reason}. {hint}")
 
 
 class BuildError(ModelyardError):

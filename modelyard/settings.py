@@ -62,11 +62,10 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         env = os.environ if environ is None else environ
-        epoch = env.get("SOURCE_DATE_EPOCH")
         values: dict[str, object] = {
             "home": default_home(env),
             "host": env.get("MODELYARD_HOST") or DEFAULT_HOST,
-            "source_date_epoch": int(epoch) if epoch and epoch.isdigit() else None,
+            "source_date_epoch": _source_date_epoch(env),
             "docker_config": default_docker_config(env),
             "api_key": env.get("MODELYARD_API_KEY") or None,
             "cors_origins": tuple(
@@ -107,6 +106,23 @@ def parse_bytes(text: str) -> int:
     if match is None or match.group(2).lower() not in _UNITS:
         raise ValueError(f"{text!r} is not a size; write e.g. 12GiB, 8GB or 512MiB")
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+# 9999-12-31T23:59:59Z, the last second an RFC 3339 timestamp (the image's "created") can name.
+_LAST_EPOCH_SECOND = 253402300799
+
+
+def _source_date_epoch(env: Mapping[str, str]) -> int | None:
+    # reproducible-builds.org: a malformed value is an error, not a value to ignore.
+    value = env.get("SOURCE_DATE_EPOCH", "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) > _LAST_EPOCH_SECOND:
+        raise ValueError(
+            f"$SOURCE_DATE_EPOCH must be whole seconds since 1970-01-01 UTC, from 0 to {_LAST_EPOCH_SECOND} "
+            f"(e.g. `git log -1 --format=%ct`), got {value!r}"
+        )
+    return int(value)
 
 
 def _positive_int(env: Mapping[str, str], name: str) -> int | None:

@@ -311,6 +311,22 @@ def test_adapter_layer(tmp_path: Path, workdir: Path, tiny_lora: Path) -> None:
         pytest.param("FROM ./notgguf.bin\n", GGUFError, "not a GGUF", id="not-gguf"),
         pytest.param("FROM ./truncated.gguf\n", GGUFError, "truncated", id="truncated"),
         pytest.param("FROM sha256:" + "0" * 64 + "\n", BuildError, "no such blob", id="unknown-blob"),
+        pytest.param(
+            'FROM ./weights.gguf\nSYSTEM """' + "x" * (17 << 20) + '"""\n',
+            BuildError,
+            "the SYSTEM prompt is 17,825,792 bytes",
+            id="system-too-large",
+        ),
+        pytest.param(
+            'FROM ./weights.gguf\nSYSTEM """'
+            + "x" * (9 << 20)
+            + '"""\nTEMPLATE """'
+            + "y" * (9 << 20)
+            + '"""\n',
+            BuildError,
+            "the normalized Modelfile",
+            id="texts-too-large-together",
+        ),
     ],
 )
 def test_bad_sources_leave_the_store_unchanged(

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from modelyard.cli import main
 
@@ -185,7 +186,32 @@ def test_prune_and_verify_commands(home: Path, work: Path) -> None:
     blob = next(orphan_dir.iterdir())
     blob.write_bytes(blob.read_bytes() + b"!")
     bad = cli("verify")
-    assert bad.code == 1 and f"corrupt blob sha256:{blob.name}" in bad.out
+    assert bad.code == 2 and f"corrupt blob sha256:{blob.name}" in bad.out
+
+
+def test_verify_names_the_images_of_a_corrupt_blob_and_fix_lets_a_rebuild_restore_it(
+    home: Path, work: Path
+) -> None:
+    digest = cli("build", "-t", "m", "-f", str(work / "Modelfile"), "--quiet").out.strip()
+    manifest = json.loads((home / "store" / "blobs" / "sha256" / digest[7:]).read_bytes())
+    weights = next(layer["digest"] for layer in manifest["layers"] if "weight" in layer["mediaType"])
+    blob = home / "store" / "blobs" / "sha256" / weights[7:]
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+
+    bad = cli("verify")
+    assert bad.code == 2 and f"corrupt blob {weights}" in bad.out and "(needed by m:latest)" in bad.out
+    assert "verify --fix" in bad.err
+    # While the corrupt blob is there, the build takes the layer as present: no repair.
+    cli("build", "-t", "m", "-f", str(work / "Modelfile"), "--quiet")
+    assert cli("verify").code == 2
+    fixed = cli("verify", "--fix")
+    assert fixed.code == 2 and "Deleted the 1 corrupt blobs" in fixed.err and not blob.exists()
+    assert f"missing blob {weights} (needed by m:latest)" in cli("verify").out
+    rebuilt = cli("build", "-t", "m", "-f", str(work / "Modelfile"), "--quiet")
+    assert rebuilt.code == 0 and rebuilt.out.strip() == digest
+    assert cli("verify").code == 0
 
 
 def test_help_explains_commands() -> None:
@@ -261,3 +287,107 @@ def test_show_modelfile_output_builds_the_same_image(home: Path, work: Path, tmp
     (elsewhere / "Modelfile").write_text(printed.out)
     again = cli("build", "-t", "m2", "-f", str(elsewhere / "Modelfile"), "--quiet")
     assert again.code == 0 and again.out.strip() == digest
+
+
+def test_show_modelfile_header_advice_keeps_the_adapters_once(home: Path, work: Path, tmp_path: Path) -> None:
+    """The header tells how to build on the image by name; doing what it says must not stack
+    the image's adapters a second time (FROM an image inherits them, ADAPTER adds)."""
+    (work / "Modelfile").write_text("FROM ./weights.gguf\nADAPTER ./lora.gguf\nSYSTEM be brief\n")
+    cli("build", "-t", "m", "-f", str(work / "Modelfile"), "--quiet")
+    printed = cli("show", "m", "--modelfile").out
+    assert "delete the ADAPTER lines" in printed
+    followed = [
+        "FROM m" if line.startswith("FROM ") else line
+        for line in printed.splitlines()
+        if not line.startswith("ADAPTER ")
+    ]
+    (tmp_path / "Derived").write_text("\n".join(followed) + "\nSYSTEM be briefer\n")
+    assert cli("build", "-t", "derived", "-f", str(tmp_path / "Derived"), "--quiet").code == 0
+    shown = json.loads(cli("show", "derived", "--json").out)
+    assert shown["adapters"] == json.loads(cli("show", "m", "--json").out)["adapters"]
+    assert len(shown["adapters"]) == 1 and shown["system"] == "be briefer"
+
+
+def test_yaml_values_without_a_modelfile_spelling_build_and_show_in_yaml(
+    home: Path, work: Path, tmp_path: Path
+) -> None:
+    """A line ending in \"\"\" (a docstring example) and an empty stop list have no Modelfile spelling;
+    a build from the YAML form keeps them, and `show --modelfile` prints a YAML form that rebuilds."""
+    system = 'Use docstrings:\n"""\nSummary.\n"""\nThanks'
+    (work / "Modelfile.yaml").write_text(
+        yaml.safe_dump({"from": "./weights.gguf", "system": system, "parameters": {"stop": []}})
+    )
+    built = cli("build", "-t", "doc", "-f", str(work / "Modelfile.yaml"), "--quiet")
+    assert built.code == 0, built.err
+    shown = json.loads(cli("show", "doc", "--json").out)
+    assert shown["system"] == system and shown["parameters"] == {"stop": []}
+    printed = cli("show", "doc", "--modelfile")
+    assert printed.code == 0 and "in the YAML form" in printed.out
+    (tmp_path / "again.yaml").write_text(printed.out)
+    again = cli("build", "-t", "doc2", "-f", str(tmp_path / "again.yaml"), "--quiet")
+    assert again.code == 0 and again.out.strip() == built.out.strip()
+
+
+def test_list_shows_the_healthy_images_beside_a_damaged_one(home: Path, work: Path) -> None:
+    broken = cli("build", "-t", "broken", "-f", str(work / "Modelfile"), "--quiet").out.strip()
+    (work / "Modelfile").write_text("FROM ./weights.gguf\nSYSTEM other\n")
+    cli("build", "-t", "fine", "-f", str(work / "Modelfile"), "--quiet")
+    (home / "store" / "blobs" / "sha256" / broken[7:]).unlink()  # its manifest
+    listed = cli("list")
+    assert listed.code == 0 and "fine:latest" in listed.out and "broken" in listed.out
+    assert "damaged: broken:latest" in listed.err
+    rows = {r["name"]: r for r in json.loads(cli("list", "--json").out)["models"]}
+    assert rows["fine:latest"]["size"] > 0 and rows["broken:latest"]["size"] is None
+    assert "missing" in rows["broken:latest"]["problem"]
+
+
+def test_cli_input_errors_outside_any_command(
+    home: Path, work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for bad in ("abc", "-1", "99999999999999"):
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", bad)
+        result = cli("list")
+        assert result.code == 1 and "$SOURCE_DATE_EPOCH must be whole seconds" in result.err
+    monkeypatch.delenv("SOURCE_DATE_EPOCH")
+    two_names = subprocess.run(
+        [sys.executable, "-m", "modelyard.cli", "build", "foo", "-t", "bar", "-f", str(work / "Modelfile")],
+        capture_output=True,
+        text=True,
+    )
+    assert two_names.returncode == 2 and "build got two names, 'foo' and -t 'bar'" in two_names.stderr
+
+
+def test_a_reader_that_goes_away_stops_the_cli_quietly(home: Path, work: Path) -> None:
+    cli("build", "-t", "m", "-f", str(work / "Modelfile"), "--quiet")
+    reader, writer = os.pipe()
+    os.close(reader)  # `| head` that has already exited
+    try:
+        shown = subprocess.run(
+            [sys.executable, "-m", "modelyard.cli", "show", "m", "--modelfile"],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        os.close(writer)
+    assert shown.returncode == 141 and shown.stderr == ""
+
+
+def test_verify_reports_a_damaged_index_without_failing_itself(home: Path, work: Path) -> None:
+    cli("build", "-t", "m", "-f", str(work / "Modelfile"), "--quiet")
+    (home / "store" / "index.json").write_text("{not json")
+    listed = cli("list")
+    assert listed.code == 2 and "repair its JSON or restore it from a backup" in listed.err
+    checked = cli("verify", "--fix")
+    assert checked.code == 2 and "unreadable index:" in checked.out and "nothing was deleted" in checked.err
+
+
+def test_quantize_keeps_llama_cpp_log_off_the_terminal(work: Path, home: Path) -> None:
+    built = subprocess.run(
+        [sys.executable, "-m", "modelyard.cli", "build", "-t", "q", "-f", str(work / "Modelfile"),
+         "--quantize", "Q8_0", "--quiet"],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    assert built.stderr == "" and built.stdout.startswith("sha256:")

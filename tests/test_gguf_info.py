@@ -296,6 +296,13 @@ def _gguf_string(text: str) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
+def _nested_arrays(depth: int, length: int) -> bytes:
+    """A metadata value (type ARRAY) of `depth` arrays each holding the next: the header of each
+    claims `length` elements, and the file stops before the first of the innermost."""
+    array_of_arrays = struct.pack("<I", 9) + b"".join(struct.pack("<IQ", 9, length) for _ in range(depth))
+    return array_of_arrays + struct.pack("<IQ", 4, 1)
+
+
 ARCH_LLAMA = _gguf_string("general.architecture") + struct.pack("<I", 8) + _gguf_string("llama")
 
 
@@ -339,6 +346,16 @@ ARCH_LLAMA = _gguf_string("general.architecture") + struct.pack("<I", 8) + _gguf
             id="duplicate-key",
         ),
         pytest.param(_handmade(b"", 0), "no general.architecture in the metadata", id="no-architecture"),
+        pytest.param(
+            _handmade(_gguf_string("deep") + _nested_arrays(5000, length=1), 1),
+            "malformed GGUF metadata: key 'deep' nests arrays more than 16 deep",
+            id="nested-arrays",
+        ),
+        pytest.param(
+            _handmade(_gguf_string("deep") + _nested_arrays(5000, length=MAX_LISTED_ARRAY + 1), 1),
+            "malformed GGUF metadata: key 'deep' nests arrays more than 16 deep",
+            id="nested-arrays-skipped",
+        ),
     ],
 )
 def test_unusable_files_raise_gguf_error_saying_why(

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from modelyard.store.image import ManifestFormatError
+from modelyard.store.image import ANNOTATION_REF_NAME, ManifestFormatError
 from modelyard.store.index import (
     Index,
     TagRecord,
@@ -61,6 +61,11 @@ def test_set_tag_history(
         pytest.param([("a", 1), ("a", 2)], None, 1, None, id="previous"),
         pytest.param([("a", 1), ("a", 2), ("a", 3)], digest(1), 1, None, id="explicit-digest"),
         pytest.param([("a", 1), ("a", 2), ("a", 3)], f"{1:064x}", 1, None, id="bare-hex"),
+        pytest.param(
+            [("a", 0x1F), ("a", 2)], "sha256:" + f"{0x1F:064x}"[:12], 0x1F, None, id="short-with-prefix"
+        ),
+        pytest.param([("a", 1), ("a", 2)], "", None, "needs a digest", id="empty"),
+        pytest.param([("a", 1), ("a", 2)], "sha256:", None, "needs a digest", id="prefix-only"),
         pytest.param([("a", 1)], None, None, "no earlier digest", id="nothing-to-roll-back-to"),
         pytest.param([("a", 1), ("a", 2)], digest(7), None, "not in its history", id="unknown-digest"),
         pytest.param([("a", 0x10), ("a", 0x11), ("a", 0x12)], "0", None, "ambiguous", id="ambiguous-prefix"),
@@ -119,6 +124,28 @@ def test_parse_index_rejects_garbage(value: object) -> None:
         parse_index(value)
 
 
-def test_entries_without_a_name_are_ignored() -> None:
-    value = {"manifests": [{"mediaType": "x", "digest": digest(1), "size": 3}]}
-    assert parse_index(value) == Index()
+def test_other_tools_entries_that_no_reference_names_are_kept_as_written() -> None:
+    nameless = {"mediaType": "x", "digest": digest(1), "size": 3}
+    bad_name = {"mediaType": "x", "digest": digest(2), "size": 3, "annotations": {ANNOTATION_REF_NAME: "a b"}}
+    index = parse_index({"manifests": [nameless, bad_name]})
+    assert index.tags == () and index.foreign == (nameless, bad_name)
+    index = remove_tag(
+        set_tag(index, TagRecord("library/m:latest", digest(3), 5, "t"), 20), "library/m:latest"
+    )
+    assert json.loads(render_index(index))["manifests"] == [nameless, bad_name]
+    assert index.manifest_digests() == {digest(1), digest(2)}  # their blobs stay alive too
+
+
+@pytest.mark.parametrize(
+    ("written", "canonical"),
+    [
+        pytest.param("foo", "library/foo:latest", id="bare-name"),
+        pytest.param("MyModel", "library/mymodel:latest", id="upper-case"),
+        pytest.param("team/m:v1", "team/m:v1", id="namespaced"),
+        pytest.param("library/m:latest", "library/m:latest", id="ours"),
+    ],
+)
+def test_names_other_tools_wrote_are_read_canonical(written: str, canonical: str) -> None:
+    entry = {"mediaType": "x", "digest": digest(1), "size": 3, "annotations": {ANNOTATION_REF_NAME: written}}
+    [record] = parse_index({"manifests": [entry]}).tags
+    assert record.name == canonical

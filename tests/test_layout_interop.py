@@ -68,3 +68,15 @@ def test_skopeo_copy_rejects_a_corrupted_blob(built: tuple[Store, str], tmp_path
     copied = skopeo("copy", f"oci:{store.root}:team/tiny:v1", f"oci:{tmp_path / 'copy'}:tiny")
     assert copied.returncode != 0
     assert "digest" in copied.stderr.lower()
+
+
+def test_an_image_skopeo_writes_into_the_store_under_a_short_name_is_usable(built: tuple[Store, str]) -> None:
+    """skopeo names entries as it is told (`foo`, `Foo`); they resolve as `foo:latest` does."""
+    store, digest = built
+    for name in ("foo", "Bar"):
+        copied = skopeo("copy", f"oci:{store.root}:team/tiny:v1", f"oci:{store.root}:{name}")
+        assert copied.returncode == 0, copied.stderr
+    assert store.resolve(parse_reference("foo")).digest == digest
+    assert store.resolve(parse_reference("bar:latest")).digest == digest
+    store.remove([parse_reference("foo")])
+    assert {r.name for r in store.images()} == {"team/tiny:v1", "library/bar:latest"}

@@ -17,7 +17,8 @@ from modelyard.builder.modelfile import (
     parse_requires,
 )
 from modelyard.builder.params import DEPRECATED_PARAMETERS
-from modelyard.errors import ModelfileError
+from modelyard.builder.prompt import check_template
+from modelyard.errors import ModelfileError, TemplateError
 
 BOUNDED = settings(max_examples=300, deadline=None)
 
@@ -343,6 +344,22 @@ ERRORS = [
         "FROM x\nMESSAGE system", 2, 15, "expected a value after MESSAGE system", id="message-no-text"
     ),
     pytest.param("FROM x\nMESSAGE  ", 2, 10, "expected a message role after MESSAGE", id="message-no-role"),
+    # TEMPLATE: parsed as a request will use it (Go, or Jinja for a chat template)
+    pytest.param(
+        'FROM x\nSYSTEM hi\nTEMPLATE "{{ .Prompt "',
+        3,
+        10,
+        "TEMPLATE does not parse: template:1:1: unclosed action",
+        id="template-go-unclosed",
+    ),
+    pytest.param("FROM x\nTEMPLATE {{ if .Prompt }}x", 2, 10, "unexpected EOF", id="template-go-no-end"),
+    pytest.param(
+        'FROM x\nTEMPLATE """{% for m in messages %}{{ m.content }}"""',
+        2,
+        10,
+        "Jinja was looking for",
+        id="template-jinja-unclosed",
+    ),
     # REQUIRES
     pytest.param(
         "FROM x\nREQUIRES abc", 2, 10, "'abc' is not a valid semver version (e.g. 0.14.0)", id="requires-word"
@@ -490,6 +507,17 @@ def test_format_drops_deprecated_parameters() -> None:
 # --- properties -----------------------------------------------------------------------------------------
 
 texts = st.text(st.characters(codec="utf-8"), max_size=40)  # any text, lone surrogates aside
+
+
+def parses_as_template(text: str) -> bool:
+    """A Modelfile's TEMPLATE must parse (Go or Jinja); random text mostly does."""
+    try:
+        check_template(text)
+    except TemplateError:
+        return False
+    return True
+
+
 finite_floats = st.floats(allow_nan=False, allow_infinity=False)
 int64s = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 
@@ -526,7 +554,7 @@ modelfiles = st.builds(
     Modelfile,
     from_=texts.filter(bool),
     parameters=parameters,
-    template=st.none() | texts,
+    template=st.none() | texts.filter(parses_as_template),
     system=st.none() | texts,
     adapters=st.lists(texts.filter(bool), max_size=2).map(tuple),
     licenses=st.lists(texts, max_size=2).map(tuple),

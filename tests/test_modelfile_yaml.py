@@ -6,7 +6,8 @@ from hypothesis import strategies as st
 
 from modelyard.builder.modelfile import MESSAGE_ROLES, Message, Modelfile, parse
 from modelyard.builder.modelfile_yaml import format_yaml, load_modelfile, parse_yaml
-from modelyard.errors import ModelfileError
+from modelyard.builder.prompt import check_template
+from modelyard.errors import ModelfileError, TemplateError
 
 BOUNDED = settings(max_examples=300, deadline=None)
 
@@ -267,6 +268,13 @@ ERRORS = [
         ["requires: expected a string, got 1.0 (put it in quotes"],
         id="requires-float",
     ),
+    pytest.param(
+        'from: x\ntemplate: "{{ .Prompt "',
+        2,
+        11,
+        ["template: TEMPLATE does not parse: template:1:1"],
+        id="template-unparsable",
+    ),
     pytest.param("from: &a [*a]", 1, 7, ["from: expected a string, got a list"], id="recursive-alias"),
     pytest.param("[" * 5000 + "]" * 5000, 0, 0, ["nested too deeply"], id="deep-nesting"),
 ]
@@ -333,6 +341,17 @@ def test_load_modelfile_names_the_file_in_errors() -> None:
 
 # Any text a YAML file can hold: no lone surrogates (not encodable), which YAML cannot carry.
 texts = st.text(st.characters(codec="utf-8"), max_size=40)
+
+
+def parses_as_template(text: str) -> bool:
+    """A Modelfile's TEMPLATE must parse (Go or Jinja); random text mostly does."""
+    try:
+        check_template(text)
+    except TemplateError:
+        return False
+    return True
+
+
 finite_floats = st.floats(allow_nan=False, allow_infinity=False)
 ints = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 parameters = st.fixed_dictionaries(
@@ -351,7 +370,7 @@ modelfiles = st.builds(
     Modelfile,
     from_=texts.filter(bool),
     parameters=parameters,
-    template=st.none() | texts,
+    template=st.none() | texts.filter(parses_as_template),
     system=st.none() | texts,
     adapters=st.lists(texts.filter(bool), max_size=2).map(tuple),
     licenses=st.lists(texts, max_size=2).map(tuple),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from modelyard.errors import BlobNotFoundError, DigestMismatchError, ImageNotFou
 from modelyard.reference import parse_reference
 from modelyard.store import Store
 from modelyard.store.image import CONFIG_MODELPACK, LAYER_SYSTEM, LAYER_WEIGHT, Descriptor, Manifest
+from modelyard.store.store import CorruptBlob
 
 
 def sha(data: bytes) -> str:
@@ -185,20 +187,48 @@ def test_concurrent_tagging_from_processes_loses_nothing(store: Store) -> None:
 def test_rm_deletes_only_unshared_blobs(store: Store) -> None:
     put_image(store, "a", b"shared-weights", b"system a")
     put_image(store, "b", b"shared-weights", b"system b")
-    plan = store.remove(parse_reference("a"))
+    [plan] = store.remove([parse_reference("a")])
     assert sha(b"system a") in plan.blobs
     assert sha(b"shared-weights") not in plan.blobs
     assert store.blobs.exists(sha(b"shared-weights")) and not store.blobs.exists(sha(b"system a"))
     assert store.verify().ok
     with pytest.raises(ImageNotFoundError):
-        store.remove(parse_reference("a"))
+        store.remove([parse_reference("a")])
 
 
 def test_rm_dry_run_changes_nothing(store: Store) -> None:
     put_image(store, "a", b"w")
     before = files_under(store.root)
-    plan = store.remove(parse_reference("a"), dry_run=True)
+    [plan] = store.remove([parse_reference("a")], dry_run=True)
     assert plan.blobs and files_under(store.root) == before
+
+
+def test_rm_of_several_names_plans_each_after_the_ones_before() -> None:
+    """Two names sharing weights: removing both frees the weights with the second, dry run or not."""
+    for dry_run in (True, False):
+        with tempfile.TemporaryDirectory() as tmp:
+            store = Store(Path(tmp) / "s")
+            put_image(store, "a", b"shared-weights", b"system a")
+            put_image(store, "b", b"shared-weights", b"system b")
+            before = files_under(store.root)
+            first, second = store.remove([parse_reference("a"), parse_reference("b")], dry_run=dry_run)
+            assert sha(b"shared-weights") not in first.blobs and sha(b"shared-weights") in second.blobs
+            assert (files_under(store.root) == before) is dry_run
+            assert store.blobs.exists(sha(b"shared-weights")) is dry_run
+
+
+def test_rm_is_all_or_nothing_and_takes_a_digest_only_while_the_tag_points_at_it(store: Store) -> None:
+    put_image(store, "a", b"w", b"system a")
+    put_image(store, "b", b"w", b"system b")
+    before = files_under(store.root)
+    with pytest.raises(ImageNotFoundError):
+        store.remove([parse_reference("a"), parse_reference("missing")])
+    b = store.resolve(parse_reference("b")).digest
+    with pytest.raises(ImageNotFoundError, match="is not that image"):
+        store.remove([parse_reference(f"a@{b}")])
+    assert files_under(store.root) == before
+    store.remove([parse_reference(f"b@{b}")])
+    assert {r.name for r in store.images()} == {"library/a:latest"}
 
 
 def test_prune_respects_references_and_grace(tmp_path: Path) -> None:
@@ -237,6 +267,6 @@ def test_verify_reports_corrupt_and_missing(store: Store) -> None:
     path.write_bytes(b"weightz")
     store.blobs.path(sha(b"system")).unlink()
     report = store.verify()
-    assert report.corrupt == ((sha(b"weights"), sha(b"weightz")),)
+    assert report.corrupt == (CorruptBlob(sha(b"weights"), sha(b"weightz"), ("library/m:latest",)),)
     assert report.missing == (("library/m:latest", sha(b"system")),)
     assert not report.ok

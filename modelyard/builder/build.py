@@ -32,6 +32,7 @@ from modelyard.builder.compose import (
     order_layers,
     text_layer_path,
 )
+from modelyard.builder.normalized import normalized_text
 from modelyard.errors import BuildError, GGUFError, ImageNotFoundError, InvalidReferenceError, ModelfileError
 from modelyard.progress import ProgressEvent, ProgressSink, ignore_progress
 from modelyard.reference import Reference, parse_reference
@@ -45,6 +46,7 @@ from modelyard.store.image import (
     LAYER_SYSTEM,
     LAYER_TEMPLATE,
     LAYER_WEIGHT,
+    MAX_TEXT_LAYER_BYTES,
     canonical_json,
     is_digest,
 )
@@ -179,9 +181,7 @@ class Builder:
         if quantize:
             from modelyard.builder.quantize import check_quantization
 
-            plan.quantize = check_quantization(
-                quantize, plan.weights.file_type, self._weights_file(plan.weights)
-            )
+            plan.quantize = check_quantization(quantize, plan.weights.file_type, modelfile.from_)
         return plan
 
     def _resolve_from(self, value: str, context: Path) -> _Source | _Plan:
@@ -290,7 +290,8 @@ class Builder:
         if plan.messages:
             texts.append((LAYER_MESSAGES, canonical_json(plan.messages)))
         texts += [(LAYER_LICENSE, text.encode()) for text in plan.licenses]
-        texts.append((LAYER_MODELFILE, mf.format(normalized).encode()))
+        texts.append((LAYER_MODELFILE, normalized_text(normalized).encode()))
+        _check_text_sizes(texts)
         license_index = 0
         for media_type, data in texts:
             info = self.store.blobs.put_bytes(data)
@@ -399,6 +400,28 @@ class Builder:
         )
         self.summaries.put(digest, summary)
         return summary
+
+
+_TEXT_LAYER_NAMES = {
+    LAYER_TEMPLATE: "the TEMPLATE",
+    LAYER_SYSTEM: "the SYSTEM prompt",
+    LAYER_PARAMS: "the PARAMETERs",
+    LAYER_MESSAGES: "the MESSAGEs",
+    LAYER_LICENSE: "a LICENSE",
+    LAYER_MODELFILE: "the normalized Modelfile (every text part together)",
+}
+
+
+def _check_text_sizes(texts: list[tuple[str, bytes]]) -> None:
+    # The store reads text layers whole, up to MAX_TEXT_LAYER_BYTES: a larger one would build and
+    # then fail every show, FROM and load.
+    for media_type, data in texts:
+        if len(data) > MAX_TEXT_LAYER_BYTES:
+            raise BuildError(
+                f"{_TEXT_LAYER_NAMES[media_type]} is {len(data):,} bytes; an image's text parts hold at "
+                f"most {MAX_TEXT_LAYER_BYTES:,} bytes each (a system prompt or template that large is "
+                "not one a model can read in its context anyway)"
+            )
 
 
 def _check_kind(path: Path, general_type: str, expect: str, instruction: str) -> None:

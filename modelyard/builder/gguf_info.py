@@ -284,16 +284,18 @@ def _read_metadata(cursor: _Cursor, kv_count: int) -> dict[str, object]:
     return metadata
 
 
-def _read_value(cursor: _Cursor, value_type: GGUFValueType, key: str) -> object:
+def _read_value(cursor: _Cursor, value_type: GGUFValueType, key: str, depth: int = 0) -> object:
     if value_type == GGUFValueType.STRING:
         return cursor.string()
     if value_type == GGUFValueType.ARRAY:
         element_type = _value_type(cursor.u32(), key)
+        if element_type == GGUFValueType.ARRAY:
+            _check_depth(depth + 1, key)
         length = cursor.u64()
         if length > MAX_LISTED_ARRAY:
-            _skip_values(cursor, element_type, length, key)
+            _skip_values(cursor, element_type, length, key, depth)
             return f"[{length} items]"
-        return [_read_value(cursor, element_type, key) for _ in range(length)]
+        return [_read_value(cursor, element_type, key, depth + 1) for _ in range(length)]
     value = cursor.scalar(_SCALAR_FORMATS[value_type])
     if value_type == GGUFValueType.FLOAT32:
         # The shortest decimal that is this float32 (1e-05, not 9.999999747378752e-06), as
@@ -302,16 +304,27 @@ def _read_value(cursor: _Cursor, value_type: GGUFValueType, key: str) -> object:
     return value
 
 
-def _skip_values(cursor: _Cursor, value_type: GGUFValueType, count: int, key: str) -> None:
+def _skip_values(cursor: _Cursor, value_type: GGUFValueType, count: int, key: str, depth: int = 0) -> None:
     if value_type in _SCALAR_FORMATS:
         cursor.skip(count * struct.calcsize(_SCALAR_FORMATS[value_type]))
     elif value_type == GGUFValueType.STRING:
         for _ in range(count):
             cursor.skip_string()
     else:  # arrays of arrays: rare, but legal
+        _check_depth(depth + 1, key)
         for _ in range(count):
             element_type = _value_type(cursor.u32(), key)
-            _skip_values(cursor, element_type, cursor.u64(), key)
+            _skip_values(cursor, element_type, cursor.u64(), key, depth + 1)
+
+
+# Arrays of arrays are legal but rare (one level in practice); a crafted file nesting thousands of
+# levels deep would otherwise exhaust Python's stack.
+MAX_ARRAY_NESTING = 16
+
+
+def _check_depth(depth: int, key: str) -> None:
+    if depth > MAX_ARRAY_NESTING:
+        raise _Malformed(f"key {key!r} nests arrays more than {MAX_ARRAY_NESTING} deep")
 
 
 def _value_type(raw: int, key: str) -> GGUFValueType:

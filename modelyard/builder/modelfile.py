@@ -39,7 +39,8 @@ from modelyard.builder.params import (
     parameter_type,
     validate_parameters,
 )
-from modelyard.errors import ModelfileError
+from modelyard.builder.prompt import check_template
+from modelyard.errors import ModelfileError, TemplateError
 
 MESSAGE_ROLES: Final = ("system", "user", "assistant")
 INSTRUCTIONS: Final = ("FROM", "TEMPLATE", "SYSTEM", "PARAMETER", "ADAPTER", "LICENSE", "MESSAGE", "REQUIRES")
@@ -348,6 +349,15 @@ def _unterminated_message(source: _Source, opening: int, quote: str, label: str)
     return message
 
 
+def checked_template(text: str) -> str:
+    """The TEMPLATE text, once it parses as the template a request will run."""
+    try:
+        check_template(text)
+    except TemplateError as error:
+        raise ModelfileError(f"TEMPLATE does not parse: {error}") from None
+    return text
+
+
 # --- building the value --------------------------------------------------------------------------------
 
 
@@ -374,7 +384,7 @@ class _Draft:
             case "FROM":
                 self._set_from(instruction)
             case "TEMPLATE":
-                self.template = value.text
+                self.template = self._located(value, checked_template, value.text)
             case "SYSTEM":
                 self.system = value.text
             case "ADAPTER":

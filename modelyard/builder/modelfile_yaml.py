@@ -28,7 +28,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, V
 from pydantic_core import ErrorDetails
 
 from modelyard.builder import modelfile
-from modelyard.builder.modelfile import Message, Modelfile, parse_requires
+from modelyard.builder.modelfile import Message, Modelfile, checked_template, parse_requires
 from modelyard.builder.params import (
     ParameterValue,
     deprecation_warning,
@@ -139,6 +139,11 @@ def parse_yaml(text: str, file: str = "Modelfile.yaml") -> Modelfile:
             requires = parse_requires(spec.requires)
         except ModelfileError as error:
             problems.append(_Problem(("requires",), error.message))
+    if spec is not None and spec.template is not None:
+        try:
+            checked_template(spec.template)
+        except ModelfileError as error:
+            problems.append(_Problem(("template",), error.message))
     if problems or spec is None:
         raise _combined_error(problems, root, file)
     return Modelfile(

@@ -43,7 +43,7 @@ from modelyard.builder.gotemplate import (
     Template,
     parse,
 )
-from modelyard.builder.jinja_template import is_valid_jinja, render_chat_template
+from modelyard.builder.jinja_template import compile_chat_template, is_valid_jinja, render_chat_template
 from modelyard.errors import TemplateError
 
 DEFAULT_TEMPLATE: Final = "{{ .Prompt }}"
@@ -385,6 +385,16 @@ def collate(messages: Sequence[ChatMessage]) -> tuple[str, list[ChatMessage]]:
         else:
             merged.append(m)
     return "\n\n".join(system), merged
+
+
+def check_template(text: str) -> None:
+    """Parse a TEMPLATE as a request will use it (Go or Jinja, as `template_kind` decides), so that a
+    broken one fails the build that brings it and not every request to the model later.
+    Raises TemplateError with the parser's message."""
+    if template_kind(text) == "go":
+        ollama_template(text)
+    else:
+        compile_chat_template(text)
 
 
 def ollama_template(text: str) -> Template:

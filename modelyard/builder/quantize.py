@@ -7,7 +7,11 @@ compounds the error, and llama.cpp would do it silently.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from modelyard.errors import QuantizeError
@@ -31,8 +35,9 @@ def quantization_types() -> dict[str, int]:
     return types
 
 
-def check_quantization(target: str, source_type: str, source: Path) -> str:
-    """Validate a `--quantize` request before any work; returns the normalised type name."""
+def check_quantization(target: str, source_type: str, source: str) -> str:
+    """Validate a `--quantize` request before any work; returns the normalised type name.
+    `source`: the weights as the user named them (the Modelfile's FROM)."""
     name = target.upper()
     types = quantization_types()
     if name not in types:
@@ -40,7 +45,7 @@ def check_quantization(target: str, source_type: str, source: Path) -> str:
         raise QuantizeError(f"unknown quantization type {target!r}; llama.cpp supports: {known}")
     if source_type not in UNQUANTIZED_TYPES:
         raise QuantizeError(
-            f"{source} is already quantized ({source_type}); --quantize needs F32, F16 or BF16 weights. "
+            f"FROM {source} is already quantized ({source_type}); --quantize needs F32, F16 or BF16 weights. "
             "Build without --quantize, or start from the unquantized GGUF."
         )
     return name
@@ -53,7 +58,33 @@ def quantize(source: Path, destination: Path, target: str, threads: int | None =
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = quantization_types()[target]
     params.nthread = threads or max(os.cpu_count() or 1, 1)
-    rc = llama_cpp.llama_model_quantize(str(source).encode(), str(destination).encode(), params)
+    with _llama_log_kept() as log:
+        rc = llama_cpp.llama_model_quantize(str(source).encode(), str(destination).encode(), params)
     if rc != 0 or not destination.is_file():
         destination.unlink(missing_ok=True)
-        raise QuantizeError(f"llama.cpp failed to quantize {source} to {target} (return code {rc})")
+        lines = "".join(log).splitlines()  # llama.cpp logs in pieces, not always a line at a time
+        said = [line.strip() for line in lines if re.search(r"error|failed|invalid|unable", line, re.I)]
+        raise QuantizeError(
+            f"llama.cpp failed to quantize {source} to {target} (return code {rc})"
+            + (": " + "; ".join(said[-3:]) if said else "")
+        )
+
+
+@contextlib.contextmanager
+def _llama_log_kept() -> Iterator[list[str]]:
+    """llama.cpp's log text while the block runs, kept rather than printed: quantizing logs a line
+    per tensor, which is noise beside the build's own progress (and only an error explains)."""
+    import llama_cpp
+    from llama_cpp import _logger
+
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def keep(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        lines.append(text.decode("utf-8", "replace") if text else "")
+
+    llama_cpp.llama_log_set(keep, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))

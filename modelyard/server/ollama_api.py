@@ -262,7 +262,7 @@ def router(state: ServerState) -> APIRouter:
         name = body.model_name()
         ref = parse_reference(name)
         await state.scheduler.unload(ref.short())
-        await asyncio.to_thread(state.store.remove, ref)
+        await asyncio.to_thread(state.store.remove, [ref])
         inference.forget(name)
         return Response(status_code=200)
 

@@ -3,14 +3,17 @@
 Current tags are index entries annotated with `org.opencontainers.image.ref.name`, exactly as the
 OCI image layout wants, so `skopeo inspect oci:<store>:<name>` finds them. Earlier digests of a tag
 are entries annotated `io.modelyard.history.of` instead: they keep their manifests (and so their
-blobs) alive for `rollback`, and standard tools ignore them.
+blobs) alive for `rollback`, and standard tools ignore them. Entries other tools wrote that no
+reference can name (no ref.name, or one that is not a valid reference) are kept as they are.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from modelyard.errors import InvalidReferenceError
+from modelyard.reference import parse_reference
 from modelyard.store.image import (
     ANNOTATION_REF_NAME,
     INDEX_OCI,
@@ -41,6 +44,8 @@ class Index:
     tags: tuple[TagRecord, ...] = ()
     # Earlier digests per name, newest first within a name.
     history: tuple[TagRecord, ...] = ()
+    # Other tools' entries that no reference names, written back unchanged.
+    foreign: tuple[dict[str, Any], ...] = ()
 
     def get(self, name: str) -> TagRecord | None:
         return next((t for t in self.tags if t.name == name), None)
@@ -49,8 +54,12 @@ class Index:
         return [h for h in self.history if h.name == name]
 
     def manifest_digests(self) -> set[str]:
-        """Every manifest the index keeps alive, current or historic."""
-        return {t.digest for t in self.tags} | {h.digest for h in self.history}
+        """Every manifest the index keeps alive, current, historic or another tool's."""
+        return (
+            {t.digest for t in self.tags}
+            | {h.digest for h in self.history}
+            | {f["digest"] for f in self.foreign}
+        )
 
 
 def set_tag(index: Index, record: TagRecord, history_limit: int) -> Index:
@@ -60,7 +69,7 @@ def set_tag(index: Index, record: TagRecord, history_limit: int) -> Index:
     history = list(index.history)
     if current is not None and current.digest != record.digest:
         history = _push_history(history, current, record.digest, history_limit)
-    return Index(tags=tuple(sorted(tags, key=lambda t: t.name)), history=tuple(history))
+    return replace(index, tags=tuple(sorted(tags, key=lambda t: t.name)), history=tuple(history))
 
 
 def _push_history(
@@ -73,7 +82,8 @@ def _push_history(
 
 def remove_tag(index: Index, name: str) -> Index:
     """Forget a name and its history."""
-    return Index(
+    return replace(
+        index,
         tags=tuple(t for t in index.tags if t.name != name),
         history=tuple(h for h in index.history if h.name != name),
     )
@@ -84,11 +94,14 @@ def parse_index(value: Any) -> Index:
         raise ManifestFormatError("index.json: expected an object with a 'manifests' list")
     tags: list[TagRecord] = []
     history: list[TagRecord] = []
+    foreign: list[dict[str, Any]] = []
     for i, entry in enumerate(value.get("manifests", [])):
         record, is_history = _parse_entry(entry, f"index.json manifests[{i}]")
-        if record is not None:
+        if record is None:
+            foreign.append(entry)
+        else:
             (history if is_history else tags).append(record)
-    return Index(tags=tuple(tags), history=tuple(history))
+    return Index(tags=tuple(tags), history=tuple(history), foreign=tuple(foreign))
 
 
 def _parse_entry(entry: Any, where: str) -> tuple[TagRecord | None, bool]:
@@ -100,10 +113,15 @@ def _parse_entry(entry: Any, where: str) -> tuple[TagRecord | None, bool]:
         raise ManifestFormatError(f"{where}: bad digest or size")
     name = annotations.get(ANNOTATION_REF_NAME) or annotations.get(ANNOTATION_HISTORY_OF)
     if not isinstance(name, str):
-        # An entry some other tool wrote without a name: keep nothing we can't address.
+        return None, False  # another tool's entry without a name
+    try:
+        # Ours are written canonical (`library/foo:latest`); another tool's (`skopeo copy …
+        # oci:STORE:Foo`) may say `Foo`, which users type, and `list` shows, as `foo:latest`.
+        canonical = str(parse_reference(name))
+    except InvalidReferenceError:
         return None, False
     record = TagRecord(
-        name=name,
+        name=canonical,
         digest=digest,
         size=size,
         tagged_at=str(annotations.get(ANNOTATION_TAGGED_AT, "")),
@@ -116,6 +134,7 @@ def _parse_entry(entry: Any, where: str) -> tuple[TagRecord | None, bool]:
 def render_index(index: Index) -> bytes:
     entries = [_entry(t, ANNOTATION_REF_NAME) for t in index.tags]
     entries += [_entry(h, ANNOTATION_HISTORY_OF) for h in index.history]
+    entries += index.foreign
     return canonical_json({"schemaVersion": 2, "mediaType": INDEX_OCI, "manifests": entries})
 
 
@@ -141,11 +160,19 @@ def rollback_target(index: Index, name: str, to_digest: str | None = None) -> Ta
         if not history:
             raise LookupError(f"{name} has no earlier digest to roll back to")
         return history[0]
-    matches = [
-        h for h in history if h.digest == to_digest or h.digest.removeprefix("sha256:").startswith(to_digest)
-    ]
+    prefix = to_digest.removeprefix("sha256:")
+    if not prefix:
+        raise LookupError(
+            f"--to needs a digest or the start of one (earlier digests of {name}: {_short_digests(history)})"
+        )
+    matches = [h for h in history if h.digest.removeprefix("sha256:").startswith(prefix)]
     if len(matches) != 1:
-        known = ", ".join(h.digest[7:19] for h in history) or "none"
         problem = "is ambiguous" if matches else "is not in its history"
-        raise LookupError(f"digest {to_digest} {problem} for {name} (earlier digests: {known})")
+        raise LookupError(
+            f"digest {to_digest} {problem} for {name} (earlier digests: {_short_digests(history)})"
+        )
     return matches[0]
+
+
+def _short_digests(history: list[TagRecord]) -> str:
+    return ", ".join(h.digest[7:19] for h in history) or "none"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,15 +83,24 @@ class PrunePlan:
 
 
 @dataclass(frozen=True)
+class CorruptBlob:
+    digest: str  # what its name says
+    actual: str  # what its bytes hash to
+    needed_by: tuple[str, ...]  # the images (stored names) whose manifest, config or layer it is
+
+
+@dataclass(frozen=True)
 class VerifyReport:
     blobs_checked: int
-    corrupt: tuple[tuple[str, str], ...]  # (expected digest, actual digest)
+    corrupt: tuple[CorruptBlob, ...]
     missing: tuple[tuple[str, str], ...]  # (image name, missing digest)
     unreadable: tuple[tuple[str, str], ...]  # (image name, reason)
+    removed: bool = False  # the corrupt blobs were deleted, for a build or pull to bring again
+    index_problem: str | None = None  # index.json itself cannot be read
 
     @property
     def ok(self) -> bool:
-        return not (self.corrupt or self.missing or self.unreadable)
+        return not (self.corrupt or self.missing or self.unreadable or self.index_problem)
 
 
 def utc_timestamp(seconds: float) -> str:
@@ -128,7 +137,12 @@ class Store:
         try:
             return parse_index(json.loads(raw))
         except (json.JSONDecodeError, UnicodeDecodeError, ManifestFormatError) as exc:
-            raise CorruptStoreError(self.index_path, f"cannot read the index: {exc}") from None
+            raise CorruptStoreError(
+                self.index_path,
+                f"cannot read the index: {exc}",
+                "It names every image in the store: repair its JSON or restore it from a backup "
+                "(the blobs are untouched; do not prune meanwhile, as nothing would look referenced).",
+            ) from None
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -254,18 +268,33 @@ class Store:
 
     # --- removal, prune, verify ---------------------------------------------------------------
 
-    def remove(self, ref: Reference, *, dry_run: bool = False) -> PrunePlan:
-        """Untag an image and delete the blobs nothing else needs. Returns what was (or would be) freed."""
+    def remove(self, refs: Sequence[Reference], *, dry_run: bool = False) -> list[PrunePlan]:
+        """Untag images, in order, and delete the blobs nothing else needs: all of them or, when one
+        is not here, none. Returns what each removal frees (or would), given the ones before it.
+        `name@sha256:…` removes the tag `name` only while it points at that digest."""
         with self.locked():
             index = self.read_index()
-            if index.get(str(ref)) is None and not index.history_of(str(ref)):
-                raise ImageNotFoundError(ref.short(), _did_you_mean(index, ref))
-            remaining = remove_tag(index, str(ref))
-            plan = self._unreferenced(index, remaining)
+            plans = []
+            for ref in refs:
+                remaining = remove_tag(index, self._removable_tag(index, ref))
+                plans.append(self._unreferenced(index, remaining))
+                index = remaining
             if not dry_run:
-                atomic_write(self.index_path, render_index(remaining))
-                self._delete(plan)
-            return plan
+                atomic_write(self.index_path, render_index(index))
+                for plan in plans:
+                    self._delete(plan)
+            return plans
+
+    @staticmethod
+    def _removable_tag(index: Index, ref: Reference) -> str:
+        tag = str(ref.without_digest())
+        record = index.get(tag)
+        if record is None and not index.history_of(tag):
+            raise ImageNotFoundError(ref.short(), _did_you_mean(index, ref))
+        if ref.digest is not None and (record is None or record.digest != ref.digest):
+            now = f"it points at {record.digest}" if record else "it points at nothing now"
+            raise ImageNotFoundError(ref.short(), f"{ref.without_digest().short()} is not that image ({now})")
+        return tag
 
     def _unreferenced(self, before: Index, after: Index) -> PrunePlan:
         """Blobs that `before` needs and `after` does not (no grace: the caller just released them)."""
@@ -321,8 +350,13 @@ class Store:
         if plan.blobs:
             fsync_dir(self.blobs.dir)
 
-    def verify(self, progress: Callable[[str], None] | None = None) -> VerifyReport:
-        corrupt: list[tuple[str, str]] = []
+    def verify(
+        self, progress: Callable[[str], None] | None = None, *, remove_corrupt: bool = False
+    ) -> VerifyReport:
+        """Re-hash every blob and check every image (tags and history) is complete. With
+        `remove_corrupt`, delete the blobs whose bytes are not what their name says: their bytes
+        are lost already, and while the blob is there a build or pull would take it as present."""
+        hashed: list[tuple[str, str]] = []
         checked = 0
         for digest in sorted(self.blobs.digests()):
             if progress is not None:
@@ -330,18 +364,43 @@ class Store:
             actual, _ = hash_file(self.blobs.path(digest))
             checked += 1
             if actual != digest:
-                corrupt.append((digest, actual))
+                hashed.append((digest, actual))
         missing: list[tuple[str, str]] = []
         unreadable: list[tuple[str, str]] = []
-        index = self.read_index()
+        needed_by: dict[str, list[str]] = {}
+        index_problem = None
+        try:
+            index = self.read_index()
+        except CorruptStoreError as exc:
+            index, index_problem = Index(), str(exc)
         for record in (*index.tags, *index.history):
+            needed_by.setdefault(record.digest, []).append(record.name)
             try:
                 manifest = self.read_manifest(record.digest)
             except (BlobNotFoundError, CorruptStoreError) as exc:
                 unreadable.append((record.name, str(exc)))
                 continue
-            missing += [(record.name, d) for d in manifest.blob_digests() if not self.blobs.exists(d)]
-        return VerifyReport(checked, tuple(corrupt), tuple(missing), tuple(unreadable))
+            for digest in manifest.blob_digests():
+                needed_by.setdefault(digest, []).append(record.name)
+                if not self.blobs.exists(digest):
+                    missing.append((record.name, digest))
+        corrupt = tuple(
+            CorruptBlob(digest, actual, tuple(dict.fromkeys(needed_by.get(digest, ()))))
+            for digest, actual in hashed
+        )
+        if remove_corrupt and corrupt and index_problem is None:
+            with self.locked():
+                for blob in corrupt:
+                    self.blobs.remove(blob.digest)
+                fsync_dir(self.blobs.dir)
+        return VerifyReport(
+            checked,
+            corrupt,
+            tuple(missing),
+            tuple(unreadable),
+            removed=remove_corrupt and bool(corrupt) and index_problem is None,
+            index_problem=index_problem,
+        )
 
 
 def _repository_name(stored_name: str) -> str:
