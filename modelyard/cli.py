@@ -727,6 +727,21 @@ def _registry_flags(p: argparse.ArgumentParser, *, progress: bool = True) -> Non
         p.add_argument("--quiet", action="store_true", help="no progress; print only the result")
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse `argv`; a command that takes a free-form PROMPT after its NAME (`run`) also takes its
+    flags after the prompt's first word (`run NAME --format json "…"`, as `ollama run` does), which
+    argparse's subcommands cannot do unless the command re-parses its own arguments intermixed."""
+    args, extra = parser.parse_known_args(argv)
+    intermixed: argparse.ArgumentParser | None = getattr(args, "intermixed", None)
+    if not extra:
+        return args
+    if intermixed is None:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    command = argv.index(args.command)
+    vars(args).update(vars(intermixed.parse_intermixed_args(argv[command + 1 :])))
+    return args
+
+
 def _resolve_build_tag(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if args.func is not cmd_build:
         return
@@ -745,7 +760,7 @@ def main(
     argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None
 ) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, list(sys.argv[1:] if argv is None else argv))
     _resolve_build_tag(args, parser)
     out, err = stdout or sys.stdout, stderr or sys.stderr
     try:

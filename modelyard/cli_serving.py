@@ -207,8 +207,16 @@ def cmd_ps(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_stop(args: argparse.Namespace, ctx: Context) -> int:
+    from modelyard.reference import parse_reference
+
     client = ApiClient(base_url(ctx.settings), ctx.settings.api_key, timeout=60)
     try:
+        wanted = parse_reference(args.name).short()
+        loaded = {parse_reference(m["name"]).short() for m in client.get("/api/ps").get("models", [])}
+        if wanted not in loaded:
+            # As `ollama stop`: saying "stopped" would hide a typo or the wrong server.
+            ctx.err(f"Error: {args.name} is not loaded (loaded: {', '.join(sorted(loaded)) or 'none'})")
+            return EXIT_USER_ERROR
         client.post("/api/generate", {"model": args.name, "keep_alive": 0, "stream": False})
     except ServerUnreachableError as exc:
         ctx.err(f"Error: no server answers at {exc}")
@@ -427,7 +435,7 @@ def register(sub: Any) -> None:
     p.add_argument("--format", choices=["json"], help="ask for JSON output")
     p.add_argument("--keep-alive", metavar="DURATION", help="how long the model stays loaded afterwards")
     p.add_argument("--verbose", action="store_true", help="print timings after each answer")
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, intermixed=p)  # flags may follow the prompt's words (cli._parse)
 
     p = sub.add_parser("ps", help="models loaded by the server, with live memory figures")
     p.add_argument("--json", action="store_true")

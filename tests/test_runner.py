@@ -276,6 +276,17 @@ def test_context_shift_and_its_refusal(tiny_runner: Runner) -> None:
     assert done.eval_count == 3 * n_ctx and done.context_shifts >= 2
     _, done = tiny_runner.complete(CompletionRequest("the cat", greedy(3 * n_ctx), shift=False))
     assert done.done_reason == "length" and done.eval_count < n_ctx and done.context_shifts == 0
+    # num_predict -2: until the context is full, never shifting (it would run forever otherwise).
+    _, filled = tiny_runner.complete(CompletionRequest("the cat", greedy(-2)))
+    assert filled.done_reason == "length" and filled.context_shifts == 0
+    # Every position of the context holds a token; the last one sampled is emitted, never decoded.
+    assert filled.prompt_eval_count + filled.eval_count == n_ctx + 1
+
+
+def test_num_predict_zero_reads_the_prompt_and_predicts_nothing(tiny_runner: Runner) -> None:
+    text, done = tiny_runner.complete(CompletionRequest("the cat sat on", greedy(0)))
+    assert text == "" and done.eval_count == 0 and done.done_reason == "length"
+    assert done.prompt_eval_count > 0
 
 
 # --- concurrency, cancellation, crashes ----------------------------------------------------

@@ -30,6 +30,13 @@ MIB = 1024 * 1024
         ),
         pytest.param({"mirostat": 2, "numa": True}, SamplingOptions(), id="old-ollama-options-ignored"),
         pytest.param({"num_ctx": 8192}, SamplingOptions(), id="load-option-not-sampling"),
+        pytest.param(
+            {"tfs_z": 1.0, "embedding_only": False}, SamplingOptions(), id="ollama-python-options-ignored"
+        ),
+        pytest.param({"temperature": None, "top_k": None}, SamplingOptions(), id="null-is-not-set"),
+        pytest.param(
+            {"num_predict": 2.0, "seed": 7.0}, SamplingOptions(num_predict=2, seed=7), id="whole-float"
+        ),
     ],
 )
 def test_parse_request_options(options: dict | None, expected: SamplingOptions) -> None:
@@ -49,6 +56,7 @@ def test_load_options_are_split_out() -> None:
         pytest.param({"frobnicate": 1}, "unknown option 'frobnicate'", id="unknown"),
         pytest.param({"top_k": "many"}, "option 'top_k'", id="wrong-type"),
         pytest.param({"top_k": True}, "option 'top_k'", id="bool-is-not-int"),
+        pytest.param({"num_predict": 2.5}, "option 'num_predict'", id="fraction-is-not-int"),
         pytest.param({"stop": [1]}, "option 'stop'", id="stop-not-strings"),
         pytest.param({"top_p": 1.5}, "out of range", id="top-p-range"),
         pytest.param({"top_k": -1}, "out of range", id="top-k-range"),

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import ollama
@@ -618,7 +619,7 @@ def cli(
 def test_cli_run_ps_and_stop_against_the_server(
     server: ServeProcess, home: Path, http: httpx.Client, short_model: str
 ) -> None:
-    done = cli(server, home, "run", short_model, "Name", "a", "colour.", "--verbose")
+    done = cli(server, home, "run", short_model, "Name", "--verbose", "a", "colour.")  # flags anywhere
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() and "tokens/s" in done.stderr
 
@@ -634,6 +635,8 @@ def test_cli_run_ps_and_stop_against_the_server(
     stopped = cli(server, home, "stop", short_model)
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
     assert f"{short_model}:latest" not in loaded(http)
+    again = cli(server, home, "stop", short_model)
+    assert again.returncode == 1 and "is not loaded" in again.stderr
 
     missing = cli(server, home, "run", "no-such-model", "Hi")
     assert missing.returncode == 1 and "not found" in missing.stderr
@@ -691,3 +694,152 @@ def test_cli_run_starts_a_server_in_process_when_none_answers(home: Path, short_
     assert done.stdout.strip()
     nobody = cli(None, home, "ps")
     assert nobody.returncode == 1 and "no server answers" in nobody.stderr
+
+
+def test_json_bodies_without_a_json_content_type_are_read_as_curl_sends_them(http: httpx.Client) -> None:
+    """`curl URL -d '{…}'` (every example in Ollama's docs) says application/x-www-form-urlencoded."""
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    body = json.dumps({"model": GEMMA, "prompt": "Hi", "stream": False, "options": GREEDY}).encode()
+    for headers in (form, {}, {"content-type": "text/plain"}):
+        answer = http.post("/api/generate", content=body, headers=headers)
+        assert answer.status_code == 200 and answer.json()["done"] is True, answer.text
+    chat = {"model": GEMMA, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    answer = http.post("/v1/chat/completions", content=json.dumps(chat).encode(), headers=form)
+    assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_openai_developer_role_is_the_system_prompt_and_stream_null_is_not_streamed(
+    http: httpx.Client,
+) -> None:
+    def prompt_tokens(messages: list[dict[str, str]], **extra: object) -> int:
+        body = {"model": GEMMA, "messages": messages, "max_tokens": 1, **extra}
+        answer = http.post("/v1/chat/completions", json=body)
+        assert answer.status_code == 200, answer.text
+        return int(answer.json()["usage"]["prompt_tokens"])
+
+    user = {"role": "user", "content": "Hi"}
+    rule = "Answer in French, in one short sentence."
+    alone = prompt_tokens([user], stream=None)
+    as_developer = prompt_tokens([{"role": "developer", "content": rule}, user])
+    assert as_developer != alone  # it replaces the image's SYSTEM, as a system message does
+    assert as_developer == prompt_tokens([{"role": "system", "content": rule}, user])
+
+
+def test_logprobs_through_both_clients(client: ollama.Client, oai: openai.OpenAI) -> None:
+    """Greedy decoding: each chosen token is its own best candidate, and the tokens spell the text."""
+    chat = client.chat(
+        GEMMA, messages=[{"role": "user", "content": "Hi"}], options={**GREEDY, "num_predict": 6},
+        logprobs=True, top_logprobs=3,
+    )  # fmt: skip
+    assert chat.logprobs is not None and len(chat.logprobs) == chat.eval_count
+    assert "".join(lp.token for lp in chat.logprobs).startswith(chat.message.content)
+    for lp in chat.logprobs:
+        assert lp.logprob <= 0 and lp.top_logprobs is not None and len(lp.top_logprobs) == 3
+        assert lp.top_logprobs[0].token == lp.token
+    plain = client.generate(GEMMA, "Hi", options={**GREEDY, "num_predict": 3})
+    assert plain.logprobs is None
+
+    answer = oai.chat.completions.create(
+        model=GEMMA, messages=[{"role": "user", "content": "Hi"}], max_tokens=6, temperature=0,
+        logprobs=True, top_logprobs=2,
+    )  # fmt: skip
+    content = answer.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content is not None and len(content) == answer.usage.completion_tokens  # type: ignore[union-attr]
+    assert all(c.top_logprobs[0].token == c.token and len(c.top_logprobs) == 2 for c in content)
+
+    streamed = oai.completions.create(
+        model=GEMMA, prompt="The sky is", max_tokens=5, temperature=0, logprobs=1, stream=True
+    )
+    tokens: list[str] = []
+    offsets: list[int] = []
+    text = ""
+    for part in streamed:
+        choice = part.choices[0]
+        if choice.logprobs is not None:
+            tokens += choice.logprobs.tokens or []
+            offsets += choice.logprobs.text_offset or []
+        text += choice.text
+    assert len(tokens) == 5 and "".join(tokens) == text
+    assert offsets == [len("".join(tokens[:i])) for i in range(len(tokens))]
+
+
+TOOL_TEMPLATE = (
+    "{{ if .Tools }}You may call these tools: {{ json .Tools }}. Write a call as "
+    '<tool_call>{"name": …, "arguments": {…}}</tool_call>\n{{ end }}'
+    "{{ range .Messages }}{{ .Role }}: {{ .Content }}\n{{ end }}assistant: "
+)
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+# The 270M base model does not call tools by itself: a schema makes it write the call.
+CALL_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"enum": ["get_weather"]},
+        "arguments": {
+            "type": "object",
+            "properties": {"city": {"enum": ["Paris"]}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+    "required": ["name", "arguments"],
+    "additionalProperties": False,
+}
+
+
+def test_tool_calls_reach_both_clients_as_calls(client: ollama.Client, oai: openai.OpenAI) -> None:
+    client.create(model="toolish", from_=GEMMA, template=TOOL_TEMPLATE)
+    assert "tools" in (client.show("toolish").capabilities or [])
+    question = [{"role": "user", "content": "What is the weather in Paris?"}]
+    forced: dict[str, Any] = {
+        "messages": question,
+        "tools": [WEATHER_TOOL],
+        "format": CALL_SCHEMA,
+        "options": {"temperature": 0, "num_predict": 60},
+    }
+
+    chat = client.chat("toolish", **forced)
+    assert chat.message.content == "" and chat.message.tool_calls is not None
+    [call] = chat.message.tool_calls
+    assert (call.function.name, dict(call.function.arguments)) == ("get_weather", {"city": "Paris"})
+    streamed = [
+        c.message.tool_calls for c in client.chat("toolish", **forced, stream=True) if c.message.tool_calls
+    ]
+    assert [[c.function.name for c in calls] for calls in streamed] == [["get_weather"]]
+
+    openai_forced: dict[str, Any] = {
+        "model": "toolish",
+        "messages": question,
+        "tools": [WEATHER_TOOL],
+        "max_tokens": 60,
+        "temperature": 0,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "call", "schema": CALL_SCHEMA}},
+    }
+    choice = oai.chat.completions.create(**openai_forced).choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    [openai_call] = choice.message.tool_calls or []
+    assert openai_call.id.startswith("call_") and openai_call.function.name == "get_weather"
+    assert json.loads(openai_call.function.arguments) == {"city": "Paris"}
+    deltas = [
+        (d.function.name, json.loads(d.function.arguments or ""))
+        for part in oai.chat.completions.create(**openai_forced, stream=True)
+        if part.choices
+        for d in part.choices[0].delta.tool_calls or []
+        if d.function
+    ]
+    assert deltas == [("get_weather", {"city": "Paris"})]
+
+    # Without a call in the output, the answer is text as before; tools for a model that cannot see
+    # them are refused, as Ollama refuses them.
+    text = client.chat("toolish", messages=question, tools=[WEATHER_TOOL], options=GREEDY)
+    assert text.message.tool_calls is None and text.message.content
+    with pytest.raises(ollama.ResponseError) as refused:
+        client.chat(GEMMA, messages=question, tools=[WEATHER_TOOL])
+    assert refused.value.status_code == 400 and "does not support tools" in refused.value.error
+    client.delete("toolish")

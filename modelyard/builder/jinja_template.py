@@ -24,6 +24,7 @@ from functools import lru_cache
 from typing import Any, Final, NoReturn
 
 import jinja2
+import jinja2.meta
 from jinja2 import nodes
 from jinja2.ext import Extension, loopcontrols
 from jinja2.parser import Parser
@@ -103,6 +104,14 @@ def compile_chat_template(text: str) -> jinja2.Template:
     """Compile a chat template in the sandbox (cached by text); a syntax error is a TemplateError."""
     try:
         return _environment().from_string(text)
+    except jinja2.TemplateSyntaxError as err:
+        raise TemplateError(f"chat template:{err.lineno}: {err.message}") from None
+
+
+def template_variables(text: str) -> set[str]:
+    """The names a Jinja template reads from its context. Raises TemplateError when it does not parse."""
+    try:
+        return set(jinja2.meta.find_undeclared_variables(_environment().parse(text)))
     except jinja2.TemplateSyntaxError as err:
         raise TemplateError(f"chat template:{err.lineno}: {err.message}") from None
 

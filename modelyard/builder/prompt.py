@@ -43,7 +43,12 @@ from modelyard.builder.gotemplate import (
     Template,
     parse,
 )
-from modelyard.builder.jinja_template import compile_chat_template, is_valid_jinja, render_chat_template
+from modelyard.builder.jinja_template import (
+    compile_chat_template,
+    is_valid_jinja,
+    render_chat_template,
+    template_variables,
+)
 from modelyard.errors import TemplateError
 
 DEFAULT_TEMPLATE: Final = "{{ .Prompt }}"
@@ -540,6 +545,23 @@ def _renderer(model: ModelPrompting, override: str = "") -> _Renderer:
     if model.chat_template:
         return _Renderer("jinja", model.chat_template, model)
     return _Renderer("go", DEFAULT_TEMPLATE, model)
+
+
+def chat_template_text(model: ModelPrompting) -> str:
+    """The template a chat request renders through (the image's, the GGUF's, or Ollama's default)."""
+    return _renderer(model).text
+
+
+def takes_tools(model: ModelPrompting) -> bool:
+    """Whether the model's chat template renders `tools` (Ollama's "tools" capability): a Go
+    template that reads .Tools, a Jinja template that reads `tools`. Mentioning the word is not it."""
+    renderer = _renderer(model)
+    try:
+        if renderer.kind == "go":
+            return "tools" in {name.lower() for name in parse(renderer.text).identifiers()}
+        return "tools" in template_variables(renderer.text)
+    except TemplateError:
+        return False
 
 
 def _tool_block_start(messages: Sequence[ChatMessage], i: int) -> int:

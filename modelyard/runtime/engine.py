@@ -28,6 +28,10 @@ from modelyard.runtime.stops import StopMatcher
 
 Send = Callable[[dict[str, Any]], None]
 
+# num_predict -2: generate until the context is full (llama.cpp's and Ollama's meaning); any other
+# negative value: until a stop or end of generation, shifting the context when it fills.
+FILL_CONTEXT = -2
+
 # How long the engine sleeps on an empty inbox when no slot is busy (a new message wakes it).
 IDLE_WAIT_S = 0.5
 
@@ -298,6 +302,9 @@ class Engine:
         assert slot.sampler is not None and slot.stops is not None and slot.decoder is not None
         if not slot.prompt_done_ns:
             slot.prompt_done_ns = time.perf_counter_ns()
+        if slot.options.num_predict == 0:  # read the prompt, predict nothing (llama.cpp's n_predict 0)
+            self._finish(slot, "length")
+            return
         token = slot.sampler.sample(self.ctx, slot.logits_index)
         if slot.top_logprobs:
             entry = llama.top_logprobs(self.ctx, self.model, slot.logits_index, token, slot.top_logprobs)
@@ -320,8 +327,9 @@ class Engine:
             slot.next_token = token
 
     def _make_room(self, slot: Slot) -> bool:
-        """The slot's context is full: drop the older half after num_keep, or finish with "length"."""
-        if not slot.shift or not self.ctx.can_shift:
+        """The slot's context is full: drop the older half after num_keep, or finish with "length"
+        (also for num_predict -2, which means "until the context is full")."""
+        if not slot.shift or not self.ctx.can_shift or slot.options.num_predict == FILL_CONTEXT:
             self._finish(slot, "length")
             return False
         keep = max(0, min(slot.options.num_keep, slot.n_past // 2))

@@ -437,10 +437,11 @@ def top_logprobs(ctx: Context, model: Model, index: int, chosen: int, k: int) ->
     best = best[np.argsort(-logits[best])]
 
     def entry(token: int) -> dict[str, Any]:
-        text = model.piece(token).decode("utf-8", "replace")
+        piece = model.piece(token)
         return {
             "id": token,
-            "token": text,
+            "token": piece.decode("utf-8", "replace"),
+            "bytes": list(piece),  # a token may hold part of a UTF-8 character
             "logit": float(logits[token]),
             "logprob": float(logits[token]) - log_total,
         }

@@ -14,7 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelyard.builder.params import DEPRECATED_PARAMETERS, PARAMETER_TYPES, validate_parameter
+from modelyard.builder.params import (
+    DEPRECATED_PARAMETERS,
+    PARAMETER_TYPES,
+    ParameterType,
+    parameter_type,
+    validate_parameter,
+)
 from modelyard.errors import InferenceRequestError, ModelfileError
 
 # Options that affect how the model is loaded, not how one request samples. A request that changes
@@ -22,9 +28,16 @@ from modelyard.errors import InferenceRequestError, ModelfileError
 LOAD_OPTION_NAMES = frozenset(
     {"num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "use_mlock", "num_thread", "num_parallel"}
 )
-# Sent by clients written for older Ollama versions; Ollama ignores them, so do we. `keep_alive` is
-# an image parameter the scheduler reads, not a sampling option.
-IGNORED_OPTION_NAMES = DEPRECATED_PARAMETERS | {"numa", "draft_num_predict", "keep_alive"}
+# Sent by clients written for older Ollama versions (the official ollama-python still lists tfs_z
+# and embedding_only in its Options); Ollama ignores them, so do we. `keep_alive` is an image
+# parameter the scheduler reads, not a sampling option.
+IGNORED_OPTION_NAMES = DEPRECATED_PARAMETERS | {
+    "numa",
+    "draft_num_predict",
+    "keep_alive",
+    "tfs_z",
+    "embedding_only",
+}
 
 DEFAULT_NUM_CTX = 4096
 DEFAULT_NUM_BATCH = 512
@@ -96,10 +109,12 @@ def parse_request_options(options: Mapping[str, Any] | None) -> RequestOptions:
     sampling: dict[str, Any] = {}
     load: dict[str, Any] = {}
     for name, value in options.items():
-        if name in IGNORED_OPTION_NAMES:
-            continue
+        if name in IGNORED_OPTION_NAMES or value is None:
+            continue  # Ollama skips null values: "not set"
         if name not in PARAMETER_TYPES:
             raise InferenceRequestError(_unknown_option(name))
+        if parameter_type(name) is ParameterType.INT and isinstance(value, float) and value.is_integer():
+            value = int(value)  # JSON has one number type; a computed 2048.0 is Ollama's int 2048 too
         try:
             typed = validate_parameter(name, value)
         except ModelfileError as exc:

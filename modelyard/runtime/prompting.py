@@ -51,8 +51,10 @@ def prepare(
     format: str | dict[str, Any] | None = None,
     truncate: bool = True,
     shift: bool = True,
+    top_logprobs: int = 0,
 ) -> RenderedRequest:
-    """Render the prompt for `runner`'s model, fitting the conversation into one slot's context."""
+    """Render the prompt for `runner`'s model, fitting the conversation into one slot's context.
+    `top_logprobs` > 0: the tokens come with their log-probabilities and that many candidates."""
     assert runner.info is not None
     limit = runner.info.n_ctx_per_slot
 
@@ -67,5 +69,7 @@ def prepare(
     prompt: Prompt = render_prompt(
         with_tokens(prompting, runner.info), request, fits=fits if truncate else None
     )
-    completion = CompletionRequest(prompt.text, sampling, format=format, truncate=truncate, shift=shift)
+    completion = CompletionRequest(
+        prompt.text, sampling, format=format, truncate=truncate, shift=shift, top_logprobs=top_logprobs
+    )
     return RenderedRequest(completion, prompt.dropped)

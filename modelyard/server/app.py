@@ -67,6 +67,7 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(openai_api.router(state))
     _own_routes(app, state)
     _error_handlers(app, state)
+    app.add_middleware(JsonBodies)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     if state.settings.api_key:
         app.add_middleware(ApiKey, key=state.settings.api_key)
@@ -227,6 +228,31 @@ class ApiKey:
         )
         response = JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
         await response(scope, receive, send)
+
+
+class JsonBodies:
+    """Read every API request body as JSON, whatever its Content-Type says, as Ollama's handlers do:
+    `curl -d '{…}'` (every example in Ollama's docs) sends application/x-www-form-urlencoded, which
+    FastAPI would not parse as JSON, answering 400. Blob uploads are bytes and keep theirs."""
+
+    _JSON = (b"content-type", b"application/json")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _takes_json(scope):
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type" or b"json" in v]
+            if len(headers) < len(scope["headers"]) or not any(k == b"content-type" for k, _ in headers):
+                scope = {**scope, "headers": [*headers, self._JSON]}
+        await self.app(scope, receive, send)
+
+
+def _takes_json(scope: Scope) -> bool:
+    path: str = scope["path"]
+    return scope["method"] in ("POST", "PUT", "DELETE") and (
+        (path.startswith("/api/") and not path.startswith("/api/blobs/")) or path.startswith("/v1/")
+    )
 
 
 class BodyLimit:

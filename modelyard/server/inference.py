@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import time
 from collections.abc import AsyncGenerator, Awaitable, Mapping
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from starlette.requests import Request
 
-from modelyard.builder.prompt import PromptRequest
+from modelyard.builder.prompt import PromptRequest, ToolCall
 from modelyard.errors import ImageNotFoundError, InferenceRequestError
 from modelyard.reference import Reference, parse_reference
 from modelyard.runtime.keepalive import parse_keep_alive
@@ -31,6 +32,7 @@ from modelyard.runtime.scheduler import Lease, ModelRequest, Scheduler
 from modelyard.runtime.servable import Servable, load_servable
 from modelyard.server.http_errors import STATUS_CLIENT_GONE, HTTPError
 from modelyard.server.metrics import Metrics
+from modelyard.server.tool_calls import ToolCallParser
 from modelyard.store import Store
 
 
@@ -42,6 +44,7 @@ class Finished:
     load_duration: int
     total_duration: int
     dropped_messages: int
+    tool_calls: tuple[ToolCall, ...] = ()  # found in the output by with_tool_calls
 
     @property
     def done_reason(self) -> str:
@@ -165,8 +168,10 @@ class Inference:
         keep_alive: object = None,
         truncate: bool = True,
         shift: bool = True,
+        top_logprobs: int = 0,
     ) -> AsyncGenerator[GenerationEvent, None]:
-        """Stream the tokens of one generation, then a Finished event."""
+        """Stream the tokens of one generation, then a Finished event. `top_logprobs` > 0: each
+        Token carries its tokens' log-probabilities (see server/logprobs.py)."""
         started = time.perf_counter_ns()
         sampling = parse_request_options(merge_options(servable.params, options)).sampling
         if request.images or any(m.images for m in request.messages):
@@ -187,6 +192,7 @@ class Inference:
                 format=format,
                 truncate=truncate,
                 shift=shift,
+                top_logprobs=top_logprobs,
             )
 
             def deliver(event: Token | Done | Failure) -> None:  # on the runner's reader thread
@@ -244,6 +250,25 @@ class Inference:
         """Drop a cached image after rm/tag changes (the next request re-reads the store)."""
         with contextlib.suppress(InferenceRequestError, ImageNotFoundError, ValueError):
             self._servables.pop(str(self.reference(name)), None)
+
+
+async def with_tool_calls(
+    stream: AsyncGenerator[GenerationEvent, None], parser: ToolCallParser
+) -> AsyncGenerator[GenerationEvent, None]:
+    """`stream` with the tool calls in its output taken out of the text and onto Finished."""
+    try:
+        async for event in stream:
+            if isinstance(event, Finished):
+                text, calls = parser.finish()
+                if text:
+                    yield Token(text)
+                yield dataclasses.replace(event, tool_calls=tuple(calls))
+                return
+            text = parser.feed(event.text)
+            if text or event.logprobs:
+                yield Token(text, event.logprobs)
+    finally:
+        await stream.aclose()  # the generation's own clean-up: cancel, release the lease
 
 
 T = TypeVar("T")

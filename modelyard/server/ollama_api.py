@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -29,8 +29,10 @@ from modelyard.reference import parse_reference
 from modelyard.registry import PushFormat, pull, push
 from modelyard.runtime.servable import Servable
 from modelyard.server.http_errors import STATUS_CLIENT_GONE, HTTPError
-from modelyard.server.inference import Finished, unless_client_leaves
+from modelyard.server.inference import Finished, unless_client_leaves, with_tool_calls
+from modelyard.server.logprobs import MAX_TOP_LOGPROBS, runner_top_logprobs, token_logprobs
 from modelyard.server.state import ServerState
+from modelyard.server.tool_calls import ollama_tool_calls, parser_for
 from modelyard.store.image import is_digest
 
 # The Ollama version we answer /api/version with: the API level we follow (reference snapshot).
@@ -66,6 +68,22 @@ class _GenerationBody(_ModelRequest):
     think: bool | str | None = None
     truncate: bool | None = None
     shift: bool | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    def generation(self) -> dict[str, Any]:
+        """Inference.generate's keyword arguments from the fields both endpoints share."""
+        return {
+            "format": self.format or None,
+            "keep_alive": self.keep_alive,
+            "truncate": self.truncate is not False,
+            "shift": self.shift is not False,
+            "top_logprobs": runner_top_logprobs(bool(self.logprobs), self.top_logprobs),
+        }
+
+    def logprobs_top(self) -> int | None:
+        """How many candidates each token's log-probs list; None: no log-probs in the answer."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class GenerateBody(_GenerationBody):
@@ -166,17 +184,16 @@ def router(state: ServerState) -> APIRouter:
             raw=bool(body.raw),
             images=_decode_images(body.images),
         )
-        stream = inference.generate(
-            servable,
-            request,
-            body.options,
-            format=body.format or None,
-            keep_alive=body.keep_alive,
-            truncate=body.truncate is not False,
-            shift=body.shift is not False,
-        )
+        stream = inference.generate(servable, request, body.options, **body.generation())
         return await _generation_response(
-            http, state, "/api/generate", servable, stream, body.stream, lambda text: {"response": text}
+            http,
+            state,
+            "/api/generate",
+            servable,
+            stream,
+            body.stream,
+            lambda text, _: {"response": text},
+            body.logprobs_top(),
         )
 
     @api.post("/api/chat")
@@ -189,23 +206,18 @@ def router(state: ServerState) -> APIRouter:
             )
         servable = await inference.servable(name)
         request = PromptRequest.chat([_message(m) for m in body.messages], tools=body.tools)
-        stream = inference.generate(
-            servable,
-            request,
-            body.options,
-            format=body.format or None,
-            keep_alive=body.keep_alive,
-            truncate=body.truncate is not False,
-            shift=body.shift is not False,
-        )
+        parser = parser_for(servable.name, servable.prompting, body.tools)
+        stream = inference.generate(servable, request, body.options, **body.generation())
+        if parser is not None:
+            stream = with_tool_calls(stream, parser)
+
+        def message(text: str, finished: Finished | None = None) -> dict[str, Any]:
+            calls = finished.tool_calls if finished is not None else ()
+            extra = {"tool_calls": ollama_tool_calls(calls)} if calls else {}
+            return {"message": {"role": "assistant", "content": text, **extra}}
+
         return await _generation_response(
-            http,
-            state,
-            "/api/chat",
-            servable,
-            stream,
-            body.stream,
-            lambda text: {"message": {"role": "assistant", "content": text}},
+            http, state, "/api/chat", servable, stream, body.stream, message, body.logprobs_top()
         )
 
     @api.post("/api/embed")
@@ -325,28 +337,40 @@ async def _generation_response(
     servable: Servable,
     stream: AsyncGenerator[Any, None],
     streaming: bool | None,
-    chunk: Callable[[str], dict[str, Any]],
+    chunk: Callable[[str, Finished | None], dict[str, Any]],
+    logprobs_top: int | None = None,
 ) -> Response:
+    """The answer of /api/generate or /api/chat: NDJSON lines of `chunk(text, None)`, then the final
+    line with `chunk(text, finished)`, or that final line alone."""
     name = servable.name
+
+    def with_logprobs(content: dict[str, Any], entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        if logprobs_top is None:
+            return content
+        return content | {"logprobs": token_logprobs(entries, logprobs_top)}
+
     # The first event is awaited before any byte is sent, so that a load failure, a bad option or
     # a template error still gets its own status code.
     first = await unless_client_leaves(http, anext(stream))
     if streaming is False:
 
-        async def collect() -> tuple[str, Finished]:
+        async def collect() -> tuple[str, list[dict[str, Any]], Finished]:
             parts: list[str] = []
+            entries: list[dict[str, Any]] = []
             event = first
             while not isinstance(event, Finished):
                 parts.append(event.text)
+                entries += event.logprobs
                 event = await anext(stream)
-            return "".join(parts), event
+            return "".join(parts), entries, event
 
         try:
-            text, finished = await unless_client_leaves(http, collect())
+            text, entries, finished = await unless_client_leaves(http, collect())
         finally:
             await stream.aclose()  # cancels the runner's request if it is still going
         state.count(endpoint, name, 200)
-        return JSONResponse(_final_line(name, finished.done_reason, chunk(text), finished))
+        content = with_logprobs(chunk(text, finished), entries)
+        return JSONResponse(_final_line(name, finished.done_reason, content, finished))
 
     async def lines() -> AsyncIterator[bytes]:
         event = first
@@ -354,10 +378,11 @@ async def _generation_response(
         try:
             while True:
                 if isinstance(event, Finished):
-                    yield _line(_final_line(name, event.done_reason, chunk(""), event))
+                    yield _line(_final_line(name, event.done_reason, chunk("", event), event))
                     status = 200
                     return
-                yield _line({"model": name, "created_at": timestamp(), **chunk(event.text), "done": False})
+                content = with_logprobs(chunk(event.text, None), event.logprobs)
+                yield _line({"model": name, "created_at": timestamp(), **content, "done": False})
                 event = await anext(stream)
         except Exception as exc:  # mid-stream: an error line, as Ollama sends it
             error = state.error_for(exc)

@@ -10,7 +10,7 @@ import json
 import struct
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
@@ -20,8 +20,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from modelyard.builder.prompt import ChatMessage, PromptRequest, ToolCall
 from modelyard.runtime.servable import Servable
 from modelyard.server.http_errors import STATUS_CLIENT_GONE, HTTPError
-from modelyard.server.inference import Finished, unless_client_leaves
+from modelyard.server.inference import Finished, unless_client_leaves, with_tool_calls
+from modelyard.server.logprobs import (
+    MAX_TOP_LOGPROBS,
+    completion_logprobs,
+    runner_top_logprobs,
+    token_logprobs,
+)
 from modelyard.server.state import ServerState
+from modelyard.server.tool_calls import openai_tool_calls, parser_for
 
 SSE = "text/event-stream"
 
@@ -50,7 +57,7 @@ class StreamOptions(_Body):
 
 class _SamplingBody(_Body):
     model: str = Field(min_length=1)
-    stream: bool = False
+    stream: bool | None = False  # OpenAI's schema allows null: not streamed
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     max_tokens: int | None = Field(default=None, ge=0)
@@ -83,11 +90,20 @@ class ChatCompletionBody(_SamplingBody):
     messages: list[ChatMessageBody] = Field(min_length=1)
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    def logprobs_top(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionBody(_SamplingBody):
     prompt: str | list[str] = ""
     suffix: str | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=5)  # legacy: how many candidates, null for none
+
+    def logprobs_top(self) -> int | None:
+        return self.logprobs
 
 
 class EmbeddingBody(_Body):
@@ -105,7 +121,30 @@ def router(state: ServerState) -> APIRouter:
     async def chat_completions(body: ChatCompletionBody, http: Request) -> Response:
         servable = await inference.servable(body.model)
         request = PromptRequest.chat([_message(m) for m in body.messages], tools=body.tools)
-        stream = inference.generate(servable, request, body.options(), format=_format(body.response_format))
+        parser = parser_for(servable.name, servable.prompting, body.tools)
+        top = body.logprobs_top()
+        stream = inference.generate(
+            servable,
+            request,
+            body.options(),
+            format=_format(body.response_format),
+            top_logprobs=runner_top_logprobs(top is not None, top),
+        )
+        if parser is not None:
+            stream = with_tool_calls(stream, parser)
+
+        def calls(finished: Finished) -> list[dict[str, Any]]:
+            ids = [f"call_{uuid.uuid4().hex[:24]}" for _ in finished.tool_calls]
+            return openai_tool_calls(finished.tool_calls, ids)
+
+        def message(text: str, finished: Finished) -> dict[str, Any]:
+            if finished.tool_calls:  # OpenAI's content is null beside calls, unless there was text
+                return {"role": "assistant", "content": text or None, "tool_calls": calls(finished)}
+            return {"role": "assistant", "content": text}
+
+        def logprobs(entries: Sequence[dict[str, Any]], _offset: int) -> dict[str, Any] | None:
+            return None if top is None else {"content": token_logprobs(entries, top)}
+
         return await _answer(
             http,
             state,
@@ -118,10 +157,13 @@ def router(state: ServerState) -> APIRouter:
             chunk_object="chat.completion.chunk",
             chunk=lambda text, first: {"delta": ({"role": "assistant"} if first else {}) | {"content": text}},
             choice=lambda text, finished: {
-                "message": {"role": "assistant", "content": text},
+                "message": message(text, finished),
                 "finish_reason": _finish_reason(finished),
-                "logprobs": None,
             },
+            logprobs=logprobs,
+            calls_chunk=lambda finished: (
+                {"delta": {"tool_calls": calls(finished)}} if finished.tool_calls else None
+            ),
         )
 
     @api.post("/completions")
@@ -135,7 +177,14 @@ def router(state: ServerState) -> APIRouter:
             prompt = body.prompt
         # OpenAI's completions are raw continuations of the prompt: no chat template.
         request = PromptRequest.generate(prompt, suffix=body.suffix or "", raw=not body.suffix)
-        stream = inference.generate(servable, request, body.options())
+        top = body.logprobs_top()
+        stream = inference.generate(
+            servable, request, body.options(), top_logprobs=runner_top_logprobs(top is not None, top)
+        )
+
+        def logprobs(entries: Sequence[dict[str, Any]], offset: int) -> dict[str, Any] | None:
+            return None if top is None else completion_logprobs(entries, top, offset)
+
         return await _answer(
             http,
             state,
@@ -146,12 +195,9 @@ def router(state: ServerState) -> APIRouter:
             completion_id=f"cmpl-{uuid.uuid4().hex[:24]}",
             object_name="text_completion",
             chunk_object="text_completion",
-            chunk=lambda text, first: {"text": text, "logprobs": None},
-            choice=lambda text, finished: {
-                "text": text,
-                "logprobs": None,
-                "finish_reason": _finish_reason(finished),
-            },
+            chunk=lambda text, first: {"text": text},
+            choice=lambda text, finished: {"text": text, "finish_reason": _finish_reason(finished)},
+            logprobs=logprobs,
         )
 
     @api.post("/embeddings")
@@ -208,13 +254,15 @@ async def _list(state: ServerState) -> list[dict[str, Any]]:
     return out
 
 
-async def _collect(stream: AsyncGenerator[Any, None]) -> tuple[str, Finished]:
+async def _collect(stream: AsyncGenerator[Any, None]) -> tuple[str, list[dict[str, Any]], Finished]:
     parts: list[str] = []
+    entries: list[dict[str, Any]] = []
     try:
         async for event in stream:
             if isinstance(event, Finished):
-                return "".join(parts), event
+                return "".join(parts), entries, event
             parts.append(event.text)
+            entries += event.logprobs
     finally:
         await stream.aclose()  # cancels the runner's request if it is still going
     raise AssertionError("a generation always ends with Finished")
@@ -233,15 +281,28 @@ async def _answer(
     chunk_object: str,
     chunk: Callable[[str, bool], dict[str, Any]],
     choice: Callable[[str, Finished], dict[str, Any]],
+    logprobs: Logprobs,
+    calls_chunk: Callable[[Finished], dict[str, Any] | None] = lambda _: None,
 ) -> Response:
     """A completion, streamed as server-sent events of `chunk`s (`text`, whether it is the first)
-    or answered whole with one `choice`; both endpoints differ only in those two shapes."""
+    or answered whole with one `choice`; both endpoints differ only in those shapes and in that of
+    their `logprobs` (of some tokens, and the length of the text before them)."""
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return await _sse(
-            http, state, endpoint, servable, stream, completion_id, chunk_object, chunk, include_usage
+            http,
+            state,
+            endpoint,
+            servable,
+            stream,
+            completion_id,
+            chunk_object,
+            chunk,
+            logprobs,
+            calls_chunk,
+            include_usage,
         )
-    text, finished = await unless_client_leaves(http, _collect(stream))
+    text, entries, finished = await unless_client_leaves(http, _collect(stream))
     state.count(endpoint, servable.name, 200)
     return JSONResponse(
         {
@@ -250,7 +311,7 @@ async def _answer(
             "created": int(time.time()),
             "model": servable.name,
             "system_fingerprint": _fingerprint(servable),
-            "choices": [{"index": 0, **choice(text, finished)}],
+            "choices": [{"index": 0, **choice(text, finished), "logprobs": logprobs(entries, 0)}],
             "usage": _usage(finished),
         }
     )
@@ -264,7 +325,9 @@ async def _sse(
     stream: AsyncGenerator[Any, None],
     completion_id: str,
     object_name: str,
-    choice: Any,
+    choice: Callable[[str, bool], dict[str, Any]],
+    logprobs: Logprobs,
+    calls_chunk: Callable[[Finished], dict[str, Any] | None],
     include_usage: bool,
 ) -> Response:
     created = int(time.time())
@@ -287,18 +350,28 @@ async def _sse(
     async def events() -> AsyncIterator[bytes]:
         event = first_event
         first = True
+        offset = 0  # of the text sent so far (legacy completions' text_offset)
         status = STATUS_CLIENT_GONE  # unless the stream ends: the client went away
         try:
             while True:
                 if isinstance(event, Finished):
-                    final = choice("", first) | {"index": 0, "finish_reason": _finish_reason(event)}
+                    calls = calls_chunk(event)  # the tool calls, in a chunk of their own
+                    if calls is not None:
+                        yield chunk(frame([calls | {"index": 0, "logprobs": None, "finish_reason": None}]))
+                    final = choice("", first) | {
+                        "index": 0,
+                        "logprobs": None,
+                        "finish_reason": _finish_reason(event),
+                    }
                     yield chunk(frame([final]))
                     if include_usage:
                         yield chunk(frame([], usage=_usage(event)))
                     yield b"data: [DONE]\n\n"
                     status = 200
                     return
-                yield chunk(frame([choice(event.text, first) | {"index": 0, "finish_reason": None}]))
+                part = choice(event.text, first) | {"logprobs": logprobs(event.logprobs, offset)}
+                yield chunk(frame([part | {"index": 0, "finish_reason": None}]))
+                offset += len(event.text)
                 first = False
                 event = await anext(stream)
         except Exception as exc:
@@ -312,6 +385,11 @@ async def _sse(
             await stream.aclose()  # cancels the runner's request if it is still going
 
     return StreamingResponse(events(), media_type=SSE, headers={"Cache-Control": "no-cache"})
+
+
+# The `logprobs` of a choice: of the given tokens, after `offset` characters of text; None when
+# the request asked for none.
+Logprobs = Callable[[Sequence[dict[str, Any]], int], dict[str, Any] | None]
 
 
 def _message(body: ChatMessageBody) -> ChatMessage:
@@ -334,7 +412,8 @@ def _message(body: ChatMessageBody) -> ChatMessage:
             raise HTTPError(400, f"tool_calls[{i}].function.arguments is not JSON") from None
         calls.append(ToolCall(str(function.get("name", "")), parsed, str(call.get("id", "")), i))
     return ChatMessage(
-        role=body.role,
+        # OpenAI's newer name for the system role (o-series models); templates know only "system".
+        role="system" if body.role == "developer" else body.role,
         content=content or "",
         tool_calls=tuple(calls),
         tool_name=body.name or "",
@@ -362,6 +441,8 @@ def _embedding_inputs(value: Any) -> list[str]:
 
 
 def _finish_reason(finished: Finished) -> str:
+    if finished.tool_calls:
+        return "tool_calls"
     return "length" if finished.done_reason == "length" else "stop"
 
 

@@ -1,0 +1,52 @@
+"""Token log-probabilities in the shapes the two APIs return (pure).
+
+The runner sends, per generated token, `{id, token, bytes, logit, logprob, top: [...]}` with the top
+candidates from the raw logits (runtime/llama.top_logprobs). Ollama's `logprobs` and OpenAI's chat
+`logprobs.content` are one list of `{token, logprob, bytes, top_logprobs}`; OpenAI's legacy
+completions use parallel lists with the candidates as `{token: logprob}` maps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit for top_logprobs, and Ollama's
+
+
+def runner_top_logprobs(wanted: bool, top: int | None) -> int:
+    """How many candidates to ask the runner for: 0 for none; at least 1 when log-probs are wanted
+    at all (the runner sends the chosen token's only alongside its candidates)."""
+    return max(top or 0, 1) if wanted else 0
+
+
+def token_logprobs(entries: Sequence[dict[str, Any]], top: int) -> list[dict[str, Any]]:
+    """Ollama's `logprobs`, and OpenAI's chat `logprobs.content`."""
+    return [
+        {
+            **_one(entry),
+            "top_logprobs": [_one(candidate) for candidate in entry.get("top", ())[:top]],
+        }
+        for entry in entries
+    ]
+
+
+def completion_logprobs(entries: Sequence[dict[str, Any]], top: int, offset: int) -> dict[str, Any]:
+    """OpenAI's legacy completions `logprobs`; `offset`: the text's length before these tokens."""
+    tokens = [str(entry["token"]) for entry in entries]
+    offsets = []
+    for token in tokens:
+        offsets.append(offset)
+        offset += len(token)
+    return {
+        "tokens": tokens,
+        "token_logprobs": [float(entry["logprob"]) for entry in entries],
+        "top_logprobs": [
+            {str(c["token"]): float(c["logprob"]) for c in entry.get("top", ())[:top]} for entry in entries
+        ],
+        "text_offset": offsets,
+    }
+
+
+def _one(entry: dict[str, Any]) -> dict[str, Any]:
+    return {"token": str(entry["token"]), "logprob": float(entry["logprob"]), "bytes": list(entry["bytes"])}

@@ -1,0 +1,178 @@
+"""Tool calls in a model's output: found, parsed and taken out of the text, as Ollama does (pure).
+
+A model given `tools` answers with a call as JSON: `{"name": …, "arguments": {…}}` (or
+`"parameters"`, or OpenAI's `{"function": {…}}` wrapping), a list of such objects, or several in a
+row, often after a marker its template writes before calls (`<tool_call>` for Qwen and Hermes,
+`[TOOL_CALLS]` for Mistral, `<|python_tag|>` for Llama 3.1). While the output can still become a
+call it is held back; the moment it cannot, it is released as text, so answers without calls
+stream as before. At the end, held output that parses as calls to the given tools becomes calls;
+anything else is text after all: nothing the model said is lost.
+
+Bare JSON counts only at the start of the output; after a marker the template names, a call may
+follow some text ("Let me check. <tool_call>{…}").
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from modelyard.builder.prompt import ModelPrompting, ToolCall, chat_template_text, takes_tools
+from modelyard.errors import InferenceRequestError
+
+# Markers templates write before a call, and what may close one.
+MARKERS = ("<tool_call>", "[TOOL_CALLS]", "<|python_tag|>", "<function_call>", "<tools>")
+CLOSERS = ("</tool_call>", "</function_call>", "</tools>", "<|eom_id|>", "<|eot_id|>")
+
+
+def call_marker(template: str) -> str | None:
+    """The marker the chat template writes before tool calls, if it uses one of the known ones."""
+    return next((marker for marker in MARKERS if marker in template), None)
+
+
+def tool_names(tools: Iterable[Mapping[str, Any]]) -> frozenset[str]:
+    """The names of Ollama's / OpenAI's tool definitions ({"type": "function", "function": {…}})."""
+    names = set()
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool.get("function"), Mapping) else tool
+        if isinstance(function, Mapping) and isinstance(function.get("name"), str):
+            names.add(function["name"])
+    return frozenset(names)
+
+
+def parser_for(
+    name: str, prompting: ModelPrompting, tools: Sequence[Mapping[str, Any]] | None
+) -> ToolCallParser | None:
+    """The parser for a chat request's output: None without tools. Tools for a model whose
+    template cannot show them to it are an error, as in Ollama ("… does not support tools")."""
+    if not tools:
+        return None
+    if not takes_tools(prompting):
+        raise InferenceRequestError(f"{name} does not support tools (its chat template has no tools)")
+    return ToolCallParser(tool_names(tools), call_marker(chat_template_text(prompting)))
+
+
+@dataclass
+class ToolCallParser:
+    names: frozenset[str]
+    marker: str | None = None
+    _held: str = ""
+    _text_only: bool = False  # decided: no call can come any more
+    _released: bool = False  # some text went out already: bare JSON is no call any more
+
+    def feed(self, text: str) -> str:
+        """Take more output; returns the part that is text for certain (to send now)."""
+        if self._text_only:
+            return text
+        self._held += text
+        return self._release()
+
+    def finish(self) -> tuple[str, list[ToolCall]]:
+        """At the end of the output: the text still held back, and the calls."""
+        held, self._held = self._held, ""
+        if self._text_only or not held.strip():
+            return held, []
+        return _split_calls(held, self.names)
+
+    def _release(self) -> str:
+        held = self._held
+        stripped = held.lstrip()
+        if not stripped:
+            return ""
+        if stripped[0] in "{[" and not self._released:
+            return ""  # bare JSON at the start: maybe a call, known at the end
+        if self.marker is None:
+            self._text_only = True
+            self._held = ""
+            return held
+        at = held.find(self.marker)
+        if at >= 0:
+            # Text, then the marker: the text goes now, the call stays held.
+            self._held = held[at:]
+            self._released = self._released or at > 0
+            return held[:at]
+        keep = _partial_suffix(held, self.marker)  # "<tool_" might become the marker
+        self._held = held[len(held) - keep :] if keep else ""
+        released = held[: len(held) - keep]
+        self._released = self._released or bool(released)
+        return released
+
+
+def _partial_suffix(text: str, marker: str) -> int:
+    """How many characters at the end of `text` begin `marker`."""
+    for n in range(min(len(marker) - 1, len(text)), 0, -1):
+        if marker.startswith(text[-n:]):
+            return n
+    return 0
+
+
+def _split_calls(held: str, names: frozenset[str]) -> tuple[str, list[ToolCall]]:
+    body = held
+    for token in (*MARKERS, *CLOSERS):
+        body = body.replace(token, " ")
+    calls = _parse_calls(body.strip())
+    if calls is None or not calls or (names and any(call.name not in names for call in calls)):
+        return held, []
+    return "", calls
+
+
+def _parse_calls(body: str) -> list[ToolCall] | None:
+    """Every JSON value in `body` (in a row, separated by whitespace, commas or semicolons) as calls;
+    None when something in it is not a call."""
+    decoder = json.JSONDecoder()
+    calls: list[ToolCall] = []
+    i = 0
+    while i < len(body):
+        if body[i] in " \t\r\n,;":
+            i += 1
+            continue
+        try:
+            value, i = decoder.raw_decode(body, i)
+        except json.JSONDecodeError:
+            return None
+        for item in value if isinstance(value, list) else [value]:
+            call = _call(item, len(calls))
+            if call is None:
+                return None
+            calls.append(call)
+    return calls
+
+
+def _call(item: object, index: int) -> ToolCall | None:
+    if not isinstance(item, Mapping):
+        return None
+    function = item.get("function") if isinstance(item.get("function"), Mapping) else item
+    assert isinstance(function, Mapping)
+    name = function.get("name")
+    arguments = function.get("arguments", function.get("parameters", {}))
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            return None
+    if not isinstance(name, str) or not name or not isinstance(arguments, Mapping):
+        return None
+    return ToolCall(name, dict(arguments), index=index)
+
+
+def ollama_tool_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
+    """Ollama's message.tool_calls."""
+    return [{"function": {"index": c.index, "name": c.name, "arguments": dict(c.arguments)}} for c in calls]
+
+
+def openai_tool_calls(calls: Sequence[ToolCall], ids: Sequence[str]) -> list[dict[str, Any]]:
+    """OpenAI's message.tool_calls (arguments as a JSON string), with the given call ids."""
+    return [
+        {
+            "index": call.index,
+            "id": call_id,
+            "type": "function",
+            "function": {
+                "name": call.name,
+                "arguments": json.dumps(dict(call.arguments), ensure_ascii=False),
+            },
+        }
+        for call, call_id in zip(calls, ids, strict=True)
+    ]

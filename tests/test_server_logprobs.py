@@ -1,0 +1,53 @@
+"""The shapes of token log-probabilities in the two APIs (server/logprobs.py), from runner entries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from modelyard.server.logprobs import completion_logprobs, runner_top_logprobs, token_logprobs
+
+
+def entry(token: str, logprob: float, *top: tuple[str, float]) -> dict[str, Any]:
+    def one(text: str, lp: float) -> dict[str, Any]:
+        return {"id": 0, "token": text, "bytes": list(text.encode()), "logit": 0.0, "logprob": lp}
+
+    return {**one(token, logprob), "top": [one(t, lp) for t, lp in top]}
+
+
+ENTRIES = [entry("Hel", -0.1, ("Hel", -0.1), ("Hi", -2.5)), entry("lo", -0.5, ("lo", -0.5), ("p", -1.0))]
+
+
+@pytest.mark.parametrize(
+    ("wanted", "top", "expected"),
+    [
+        pytest.param(False, 5, 0, id="not-wanted"),
+        pytest.param(True, None, 1, id="chosen-token-only"),
+        pytest.param(True, 0, 1, id="zero-candidates"),
+        pytest.param(True, 3, 3, id="candidates"),
+    ],
+)
+def test_runner_top_logprobs(wanted: bool, top: int | None, expected: int) -> None:
+    assert runner_top_logprobs(wanted, top) == expected
+
+
+@pytest.mark.parametrize(
+    ("top", "candidates"), [(0, [[], []]), (1, [["Hel"], ["lo"]]), (2, [["Hel", "Hi"], ["lo", "p"]])]
+)
+def test_token_logprobs_shape_of_ollama_and_openai_chat(top: int, candidates: list[list[str]]) -> None:
+    shaped = token_logprobs(ENTRIES, top)
+    assert [s["token"] for s in shaped] == ["Hel", "lo"]
+    assert [s["logprob"] for s in shaped] == [-0.1, -0.5]
+    assert shaped[0]["bytes"] == [72, 101, 108]
+    assert [[c["token"] for c in s["top_logprobs"]] for s in shaped] == candidates
+    assert set(shaped[0]) == {"token", "logprob", "bytes", "top_logprobs"}
+
+
+def test_completion_logprobs_shape_with_offsets() -> None:
+    assert completion_logprobs(ENTRIES, 1, offset=10) == {
+        "tokens": ["Hel", "lo"],
+        "token_logprobs": [-0.1, -0.5],
+        "top_logprobs": [{"Hel": -0.1}, {"lo": -0.5}],
+        "text_offset": [10, 13],
+    }

@@ -1,0 +1,131 @@
+"""Tool calls found in a model's output (server/tool_calls.py): table-driven over whole outputs,
+each fed in every split into pieces of 1, 2, 3 and 7 characters, as tokens arrive."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelyard.builder.prompt import ModelPrompting, ToolCall
+from modelyard.errors import InferenceRequestError
+from modelyard.server.tool_calls import (
+    ToolCallParser,
+    call_marker,
+    ollama_tool_calls,
+    openai_tool_calls,
+    parser_for,
+    tool_names,
+)
+
+NAMES = frozenset({"get_weather", "add"})
+WEATHER = ToolCall("get_weather", {"city": "Paris"})
+
+
+def run(output: str, marker: str | None, size: int) -> tuple[str, str, list[ToolCall]]:
+    """(text sent while streaming, text sent at the end, calls)."""
+    parser = ToolCallParser(NAMES, marker)
+    streamed = "".join(parser.feed(output[i : i + size]) for i in range(0, len(output), size))
+    rest, calls = parser.finish()
+    return streamed, rest, calls
+
+
+CASES = [
+    pytest.param("Hello there.", None, "Hello there.", [], id="plain-text"),
+    pytest.param(
+        '{"name": "get_weather", "arguments": {"city": "Paris"}}', None, "", [WEATHER], id="bare-call"
+    ),
+    pytest.param(
+        ' \n{"name": "get_weather", "parameters": {"city": "Paris"}}', None, "", [WEATHER], id="parameters"
+    ),
+    pytest.param(
+        '[{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "add", "arguments": {"a": 1}}]',
+        None,
+        "",
+        [WEATHER, ToolCall("add", {"a": 1}, index=1)],
+        id="list-of-calls",
+    ),
+    pytest.param(
+        '{"function": {"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}}',
+        None,
+        "",
+        [WEATHER],
+        id="openai-shape-string-arguments",
+    ),
+    pytest.param(
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
+        "<tool_call>",
+        "",
+        [WEATHER],
+        id="marker-and-closer",
+    ),
+    pytest.param(
+        'Let me look. <tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>',
+        "<tool_call>",
+        "Let me look. ",
+        [WEATHER],
+        id="text-then-marker",
+    ),
+    pytest.param(
+        '{"name": "unknown_tool", "arguments": {}}', None, '{"name": "unknown_tool", "arguments": {}}', [],
+        id="unknown-tool-stays-text",
+    ),
+    pytest.param('{"answer": 42}', None, '{"answer": 42}', [], id="json-that-is-no-call"),
+    pytest.param('{"name": "add", "arguments": {"a": 1}', None, '{"name": "add", "arguments": {"a": 1}', [],
+                 id="unfinished-json-stays-text"),
+    pytest.param("a < b and <tool", "<tool_call>", "a < b and <tool", [], id="marker-prefix-released-at-end"),
+    pytest.param('Text {"name": "add", "arguments": {}}', None, 'Text {"name": "add", "arguments": {}}', [],
+                 id="json-after-text-without-marker-is-text"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("output", "marker", "text", "calls"), CASES)
+@pytest.mark.parametrize("size", [1, 2, 3, 7])
+def test_tool_calls_in_output(
+    output: str, marker: str | None, text: str, calls: list[ToolCall], size: int
+) -> None:
+    streamed, rest, found = run(output, marker, size)
+    assert streamed + rest == text
+    assert found == calls
+
+
+def test_plain_text_is_not_held_back() -> None:
+    parser = ToolCallParser(NAMES, None)
+    assert parser.feed("Hel") == "Hel" and parser.feed("lo {") == "lo {"
+    marked = ToolCallParser(NAMES, "<tool_call>")
+    assert marked.feed("Sure <to") == "Sure " and marked.feed("night") == "<tonight"
+
+
+@pytest.mark.parametrize(
+    ("template", "marker"),
+    [
+        ("{{ if .ToolCalls }}<tool_call>{{ range .ToolCalls }}{{ end }}{{ end }}", "<tool_call>"),
+        ("[AVAILABLE_TOOLS] {{ json .Tools }}[/AVAILABLE_TOOLS][TOOL_CALLS] [", "[TOOL_CALLS]"),
+        ("{{ .Prompt }}", None),
+    ],
+)
+def test_call_marker(template: str, marker: str | None) -> None:
+    assert call_marker(template) == marker
+
+
+def test_tool_names_of_both_apis_shapes() -> None:
+    tools = [{"type": "function", "function": {"name": "a"}}, {"name": "b"}, {"type": "function"}]
+    assert tool_names(tools) == {"a", "b"}
+
+
+def test_tools_for_a_model_whose_template_has_none_are_refused() -> None:
+    tools = [{"type": "function", "function": {"name": "a"}}]
+    with pytest.raises(InferenceRequestError, match="m does not support tools"):
+        parser_for("m", ModelPrompting(template="{{ .Prompt }} tools are nice"), tools)
+    assert parser_for("m", ModelPrompting(template="{{ .Prompt }}"), None) is None
+    parser = parser_for("m", ModelPrompting(template="{{ .Tools }}<tool_call>{{ .Prompt }}"), tools)
+    assert parser is not None and parser.marker == "<tool_call>" and parser.names == {"a"}
+
+
+def test_the_two_apis_shapes_of_calls() -> None:
+    calls = [WEATHER, ToolCall("add", {"a": 1}, index=1)]
+    assert ollama_tool_calls(calls)[1] == {"function": {"index": 1, "name": "add", "arguments": {"a": 1}}}
+    assert openai_tool_calls(calls, ["c0", "c1"])[0] == {
+        "index": 0,
+        "id": "c0",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+    }
