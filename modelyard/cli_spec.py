@@ -133,8 +133,15 @@ def _wait(ctx: Context, timeout: float, print_json: bool = False) -> int:
 
 def cmd_export(args: argparse.Namespace, ctx: Context) -> int:
     from modelyard.spec.daemon import export_for
+    from modelyard.spec.kubernetes import ExportOptions
 
-    ctx.out(export_for(args.file, ctx.settings, mode=args.mode))
+    options = ExportOptions(
+        namespace=args.namespace,
+        server_image=args.server_image,
+        docker_config_secret=args.docker_config_secret or "",
+        ollama_tag_suffix=args.ollama_tag_suffix,
+    )
+    ctx.out(export_for(args.file, ctx.settings, mode=args.mode, options=options))
     return EXIT_OK
 
 
@@ -182,4 +189,26 @@ def register(sub: Any) -> None:
     )
     k8s.add_argument("-f", "--file", required=True, metavar="FILE|DIR")
     k8s.add_argument("--mode", choices=["kubeai", "deployment", "both"], default="both")
+    k8s.add_argument(
+        "--namespace", default="default", help="the namespace of every resource (default: default)"
+    )
+    k8s.add_argument(
+        "--server-image",
+        default="ghcr.io/modelyard/modelyard:latest",
+        metavar="IMAGE",
+        help="the container image (with modelyard installed) the Deployments run",
+    )
+    k8s.add_argument(
+        "--docker-config-secret",
+        metavar="SECRET",
+        help="a Secret holding .dockerconfigjson, mounted so that the pods can pull from a private "
+        "registry (what `modelyard login` stored here)",
+    )
+    k8s.add_argument(
+        "--ollama-tag-suffix",
+        default="-ollama",
+        metavar="SUFFIX",
+        help="KubeAI pulls the Ollama manifest that `push --format both` writes under TAG-ollama "
+        "(the default); give '' for an image pushed with --format ollama",
+    )
     k8s.set_defaults(func=cmd_export)

@@ -460,10 +460,8 @@ def test_a_fake_registry_serving_wrong_bytes_or_a_huge_manifest(tmp_path: Path) 
         fake.stop()
 
 
-def test_a_pull_killed_midway_resumes_with_a_range(registry: Registry, tmp_path: Path) -> None:
-    """SIGKILL a `modelyard pull` halfway through a 24 MB blob (a proxy slows it down), run it again:
-    it asks only for the missing bytes and completes."""
-    size = 24 << 20
+def _big_image(registry: Registry, tmp_path: Path, size: int) -> tuple[str, str, str]:
+    """An image with one `size`-byte random layer, pushed: (repository, manifest digest, blob digest)."""
     store = new_store(tmp_path / "src")
     blob = store.blobs.put_bytes(os.urandom(size))
     config = store.blobs.put_bytes(
@@ -478,21 +476,36 @@ def test_a_pull_killed_midway_resumes_with_a_range(registry: Registry, tmp_path:
     store.tag(parse_reference("big"), digest)
     repository = unique("big")
     push(store, remote(registry, repository), options(tmp_path), source=parse_reference("big"))
+    return repository, digest, blob.digest
 
+
+def _start_slow_pull(
+    registry: Registry, tmp_path: Path, repository: str, blob: str
+) -> tuple[subprocess.Popen[bytes], CountingProxy, Path, list[str], dict[str, str]]:
+    """`modelyard pull` through a proxy at 6 MB/s, once it has written 4 MB of the blob."""
     port = int(registry.host.rsplit(":", 1)[1])
     slow = CountingProxy(port, rate=6e6)
     home = tmp_path / "home"
     env = {**os.environ, "MODELYARD_HOME": str(home), "DOCKER_CONFIG": str(tmp_path / "docker")}
-    partial = partial_path(Store(home / "store").blobs, blob.digest)
+    partial = partial_path(Store(home / "store").blobs, blob)
     command = [sys.executable, "-m", "modelyard.cli", "pull", "--quiet"]
     with (tmp_path / "first-run.log").open("wb") as log:
         process = subprocess.Popen([*command, str(remote(slow, repository))], env=env, stdout=log, stderr=log)
+    deadline = time.monotonic() + 60
+    while not (partial.exists() and partial.stat().st_size > 4 << 20):
+        assert process.poll() is None, (tmp_path / "first-run.log").read_text()
+        assert time.monotonic() < deadline, "the pull never got going"
+        time.sleep(0.02)
+    return process, slow, partial, command, env
+
+
+def test_a_pull_killed_midway_resumes_with_a_range(registry: Registry, tmp_path: Path) -> None:
+    """SIGKILL a `modelyard pull` halfway through a 24 MB blob (a proxy slows it down), run it again:
+    it asks only for the missing bytes and completes."""
+    size = 24 << 20
+    repository, digest, blob = _big_image(registry, tmp_path, size)
+    process, slow, partial, command, env = _start_slow_pull(registry, tmp_path, repository, blob)
     try:
-        deadline = time.monotonic() + 60
-        while not (partial.exists() and partial.stat().st_size > 4 << 20):
-            assert process.poll() is None, (tmp_path / "first-run.log").read_text()
-            assert time.monotonic() < deadline, "the pull never got going"
-            time.sleep(0.02)
         process.send_signal(signal.SIGKILL)
         process.wait()
     finally:
@@ -500,6 +513,7 @@ def test_a_pull_killed_midway_resumes_with_a_range(registry: Registry, tmp_path:
     had = partial.stat().st_size
     assert 0 < had < size
 
+    port = int(registry.host.rsplit(":", 1)[1])
     fast = CountingProxy(port)
     try:
         rerun = subprocess.run(
@@ -511,10 +525,29 @@ def test_a_pull_killed_midway_resumes_with_a_range(registry: Registry, tmp_path:
     finally:
         fast.stop()
     assert not partial.exists()
-    assert Store(home / "store").verify().ok
+    assert Store(tmp_path / "home" / "store").verify().ok
     assert (
         '"GET /v2/' + repository in registry.log_path.read_text() and " 206 " in registry.log_path.read_text()
     )
+
+
+def test_ctrl_c_stops_a_pull_at_once_and_keeps_its_partial_blob(registry: Registry, tmp_path: Path) -> None:
+    """One SIGINT mid-blob: the pull stops within a moment (not when the blob is done), exits 130,
+    and leaves the partial file for the next pull to resume."""
+    size = 24 << 20
+    repository, _, blob = _big_image(registry, tmp_path, size)
+    process, slow, partial, _, _ = _start_slow_pull(registry, tmp_path, repository, blob)
+    try:
+        process.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        code = process.wait(timeout=30)
+        stopped_after = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            process.kill()
+        slow.stop()
+    assert code == 130 and stopped_after < 2.0, (code, stopped_after)
+    assert 0 < partial.stat().st_size < size
 
 
 # --- auth, TLS and the CLI ---------------------------------------------------------------------------
@@ -582,7 +615,7 @@ def test_cli_login_push_pull_with_htpasswd_never_shows_the_password(
 
     good = cli(
         "login",
-        host,
+        f"http://{host}/private",  # as docker login takes it: the scheme and path are dropped
         "-u",
         user,
         "--password-stdin",
@@ -601,6 +634,14 @@ def test_cli_login_push_pull_with_htpasswd_never_shows_the_password(
     assert pulled.out.strip() == store.resolve(parse_reference("tiny")).digest
 
     assert cli("logout", host).code == 0
+    assert cli("pull", target).code == 1
+    # A legacy key (`http://host`, which docker once wrote) is found by lookups, so logout removes it.
+    (cli_env / "docker" / "config.json").write_text(
+        json.dumps({"auths": {f"http://{host}": {"auth": secrets[2]}}})
+    )
+    assert cli("pull", target).code == 0
+    assert "Removing login credentials" in cli("logout", f"https://{host}").err
+    assert json.loads((cli_env / "docker" / "config.json").read_text())["auths"] == {}
     assert cli("pull", target).code == 1
 
     outputs += [r.out + r.err for r in (denied, bad, good, pushed, pulled)]
@@ -638,8 +679,7 @@ def test_build_from_a_registry_reference_pulls_it(
 def test_tls_is_verified_by_default_and_insecure_skips_it(
     image: tuple[Store, str], tmp_path: Path, cli_env: Path
 ) -> None:
-    x509 = pytest.importorskip("cryptography.x509")
-    cert, key = _self_signed_certificate(tmp_path, x509)
+    cert, key = _self_signed_certificate(tmp_path)
     tls_registry = start_registry(tmp_path / "tls-registry", tls=(cert, key))
     try:
         store, digest = image
@@ -655,12 +695,12 @@ def test_tls_is_verified_by_default_and_insecure_skips_it(
         assert pulled.code == 0, pulled.err
         assert pulled.out.strip() == digest
         plain = cli("pull", "--quiet", str(target))  # loopback defaults to HTTP: a TLS port refuses it
-        assert plain.code == 1
+        assert plain.code == 1 and "it speaks HTTPS" in plain.err and "Pass --insecure" in plain.err
     finally:
         tls_registry.stop()
 
 
-def _self_signed_certificate(tmp_path: Path, x509: object) -> tuple[Path, Path]:
+def _self_signed_certificate(tmp_path: Path) -> tuple[Path, Path]:
     import datetime
     import ipaddress
 

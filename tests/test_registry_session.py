@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from modelyard.errors import RegistryAuthError, RegistryUnavailableError
-from modelyard.registry.credentials import Credentials, DockerConfig
+from modelyard.registry.credentials import Credentials, DockerConfig, registry_host
 from modelyard.registry.endpoint import resolve_endpoint
 from modelyard.registry.retry import RetryPolicy
 from modelyard.registry.session import RegistrySession
@@ -296,6 +296,20 @@ def test_login_storage_is_docker_compatible(tmp_path: Path) -> None:
     assert config.erase("reg:5000") is True
     assert config.lookup("reg:5000") is None
     assert config.erase("reg:5000") is False
+
+
+@pytest.mark.parametrize(
+    ("written", "host"),
+    [
+        ("ghcr.io", "ghcr.io"),
+        ("https://ghcr.io", "ghcr.io"),
+        ("http://127.0.0.1:5000/team", "127.0.0.1:5000"),
+        ("https://index.docker.io/v1/", "docker.io"),
+        ("index.docker.io", "docker.io"),
+    ],
+)
+def test_registry_host_of_what_docker_login_takes(written: str, host: str) -> None:
+    assert registry_host(written) == host
 
 
 def test_identitytoken_entries_are_read(tmp_path: Path) -> None:

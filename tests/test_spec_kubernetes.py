@@ -11,7 +11,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from spec_fakes import make_spec
+from spec_fakes import make_spec, spec_text
 from spec_kubeai_schema import MODEL_SCHEMA, kubeai_rule_violations
 from spec_world import build
 from tinygguf import write_tiny_llama
@@ -24,6 +24,7 @@ from modelyard.spec.kubernetes import (
     estimate_models,
     export_kubernetes,
     export_yaml,
+    kubeai_caveats,
     kubernetes_name,
 )
 from modelyard.spec.schema import parse_spec
@@ -81,13 +82,31 @@ def test_the_deployment_serves_the_model_from_its_configmap_with_requests_from_t
 def test_kubeai_models_map_the_spec() -> None:
     resources = export_kubernetes(make_spec(SPEC), mode="kubeai", estimates={"chat": 3 * 2**30})
     chat, code = (r["spec"] for r in resources)
-    assert chat["url"] == "ollama://localhost:5000/team/gemma3:270m"
+    assert chat["url"] == "ollama://localhost:5000/team/gemma3:270m-ollama"  # what push --format both writes
     assert (chat["minReplicas"], chat["resourceProfile"], chat["targetRequests"]) == (1, "cpu:2", 4)
     assert chat["env"] == {"OLLAMA_NUM_PARALLEL": "4", "OLLAMA_CONTEXT_LENGTH": "4096"}
     assert (code["minReplicas"], code["scaleDownDelaySeconds"]) == (0, 600)  # keepAlive 10m: scale to zero
     assert code["resourceProfile"] == "nvidia-gpu-l4:1"
     assert resources[1]["metadata"]["annotations"]["modelyard.io/served-name"] == "Code:7B"
     assert "unknown" in resources[1]["metadata"]["annotations"]["modelyard.io/memory-estimate"]
+    same_tag = export_kubernetes(make_spec(SPEC), mode="kubeai", options=ExportOptions(ollama_tag_suffix=""))
+    assert same_tag[0]["spec"]["url"] == "ollama://localhost:5000/team/gemma3:270m"
+
+
+def test_kubeai_export_says_what_it_cannot_carry() -> None:
+    spec = make_spec(
+        """
+        models:
+          - {name: chat, image: 'h.io/a:1', params: {temperature: 0.2}}
+          - {name: 'Code:7B', image: 'h.io/b:1'}
+          - {name: plain, image: 'h.io/c:1'}
+        """
+    )
+    caveats = kubeai_caveats(spec, "kubeai")
+    assert len(caveats) == 2
+    assert "'chat'" in caveats[0] and "params are not exported" in caveats[0]
+    assert "'Code:7B'" in caveats[1] and "serves it as 'code-7b'" in caveats[1]
+    assert kubeai_caveats(spec, "deployment") == []
 
 
 @pytest.mark.parametrize(
@@ -156,3 +175,28 @@ def test_the_validation_itself_catches_a_bad_resource() -> None:
     model["spec"]["replicaz"] = 1
     with pytest.raises(jsonschema.ValidationError):
         validate(model)
+
+
+def test_the_cli_passes_namespace_image_and_registry_secret(tmp_path: Path) -> None:
+    import io
+
+    from modelyard.cli import main
+
+    (tmp_path / "spec.yaml").write_text(spec_text(SPEC))
+    out, err = io.StringIO(), io.StringIO()
+    code = main(
+        ["export", "k8s", "-f", str(tmp_path / "spec.yaml"), "--mode", "deployment", "--namespace", "ml",
+         "--server-image", "registry.example.com/modelyard:1.2", "--docker-config-secret", "regcred"],
+        stdout=out, stderr=err,
+    )  # fmt: skip
+    assert code == 0, err.getvalue()
+    resources = list(yaml.safe_load_all(out.getvalue()))
+    assert resources and all(r["metadata"]["namespace"] == "ml" for r in resources)
+    deployments = [r for r in resources if r["kind"] == "Deployment"]
+    assert deployments
+    for deployment in deployments:
+        pod = deployment["spec"]["template"]["spec"]
+        assert {c["image"] for c in pod["containers"]} == {"registry.example.com/modelyard:1.2"}
+        assert any(v.get("secret", {}).get("secretName") == "regcred" for v in pod.get("volumes", []))
+    for resource in resources:
+        validate(resource)

@@ -311,3 +311,38 @@ def test_format_plan_lists_actions_and_what_needs_nothing() -> None:
         f"  ready   idle  (serving {digest('a')[:19]})",
     ]
     assert math.isinf(t.keep_alive)
+
+
+def test_format_plan_of_a_pinned_pull_and_of_a_failure_with_nothing_to_do() -> None:
+    pinned = f"localhost:5000/team/tiny@{digest('c')}"
+    spec = make_spec(f"models: [{{name: chat, image: '{pinned}'}}]")
+    observed = Observed({}, {pinned: ImageState(pinned, digest("c"), None)}, {}, 10_000, NOW, SESSION)
+    [line] = format_plan(plan(spec, observed, Inventory())).splitlines()
+    assert line.startswith(f"↓ pull    chat {pinned}  (") and line.count("@sha256:") == 1
+
+    missing = "localhost:5000/team/gone:v1"
+    spec = make_spec(f"models: [{{name: gone, image: '{missing}'}}]")
+    error = Failure(Reason.PULL_FAILED, "not found in the registry", permanent=True)
+    observed = Observed({}, {missing: ImageState(missing, None, None, error)}, {}, 10_000, NOW, SESSION)
+    lines = format_plan(plan(spec, observed, Inventory())).splitlines()
+    assert lines[0] == "nothing to do now; not as the spec says:"
+    assert lines[1].startswith("  failed  gone")
+
+
+@pytest.mark.parametrize(
+    ("footprint", "budget", "used", "fragments"),
+    [
+        (3 * 2**30, 2**30, 0, ["needs about 3.00 GiB but the budget is 1.00 GiB"]),
+        (3 * 2**20, 2**20, 0, ["needs about 3.0 MiB but the budget is 1.0 MiB"]),  # not "0.00 GiB"
+        (2**30, 2 * 2**30, 1536 * 2**20, ["needs about 1.00 GiB", "use 1.50 GiB of the 2.00 GiB budget"]),
+    ],
+)
+def test_does_not_fit_says_sizes_that_mean_something(
+    footprint: int, budget: int, used: int, fragments: list[str]
+) -> None:
+    from modelyard.spec.plan import _admit
+
+    failure = _admit(footprint, budget, used)
+    assert failure is not None and failure.reason is Reason.DOES_NOT_FIT
+    for fragment in fragments:
+        assert fragment in failure.message

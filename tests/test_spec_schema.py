@@ -124,6 +124,16 @@ def test_the_merged_document_round_trips_to_the_same_digest() -> None:
         pytest.param("prune: sometimes", "spec.prune", 5, "true, false or all", id="prune"),
         pytest.param("interval: 0s", "spec.interval", 5, "between 1s and 24h", id="interval"),
         pytest.param("models: [{image: x}]", "spec.models[0].name", 5, "Field required", id="missing-name"),
+        pytest.param(
+            "models: {a: 1}", "spec.models", 5, "expected a list, got a mapping", id="models-mapping"
+        ),
+        pytest.param(
+            "models: [{name: a, image: x, adapters: y}]",
+            "spec.models[0].adapters",
+            5,
+            "expected a list, got the string 'y'",
+            id="adapters-string",
+        ),
     ],
 )
 def test_an_invalid_field_is_reported_by_path_and_line(body: str, path: str, line: int, message: str) -> None:

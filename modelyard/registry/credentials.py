@@ -114,7 +114,12 @@ class DockerConfig:
         raw = self._read()
         auths = self._auths(raw)
         helper = _helper_for(raw, host)
-        found = auths.pop(host, None) is not None
+        # Every key naming this host goes, legacy forms too (`http://host`, `https://host/v1/`):
+        # lookups match those, so one left behind would keep the user logged in.
+        stale = [key for key in auths if registry_host(key) == registry_host(host)]
+        found = bool(stale)
+        for key in stale:
+            del auths[key]
         if helper:
             found = _run_helper(helper, host, "erase", host.encode()) is not None or found
         if found:
@@ -144,8 +149,16 @@ class DockerConfig:
 
 
 def config_key(host: str) -> str:
-    """The `auths` key docker uses for a registry host."""
-    return DOCKER_HUB_KEY if host in ("docker.io", "index.docker.io") else host
+    """The `auths` key docker uses for a registry host (or a URL naming one)."""
+    name = registry_host(host)
+    return DOCKER_HUB_KEY if name == "docker.io" else name
+
+
+def registry_host(text: str) -> str:
+    """The registry host in what `docker login` takes: `ghcr.io`, `https://ghcr.io`,
+    `127.0.0.1:5000/team`, `https://index.docker.io/v1/` (docker.io): scheme and path go."""
+    name = text.removeprefix("http://").removeprefix("https://").split("/", 1)[0]
+    return "docker.io" if name == "index.docker.io" else name
 
 
 def _auths_entry(raw: Mapping[str, Any], key: str) -> object:
@@ -156,13 +169,8 @@ def _auths_entry(raw: Mapping[str, Any], key: str) -> object:
         return None
     if key in auths:
         return auths[key]
-    wanted = _hostname(key)
-    return next((entry for name, entry in auths.items() if _hostname(name) == wanted), None)
-
-
-def _hostname(key: str) -> str:
-    name = key.removeprefix("http://").removeprefix("https://").split("/", 1)[0]
-    return "docker.io" if name == "index.docker.io" else name
+    wanted = registry_host(key)
+    return next((entry for name, entry in auths.items() if registry_host(name) == wanted), None)
 
 
 def _helper_for(raw: Mapping[str, Any], host: str) -> str | None:

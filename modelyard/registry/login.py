@@ -3,7 +3,7 @@ them) as `docker login` does."""
 
 from __future__ import annotations
 
-from modelyard.registry.credentials import Credentials
+from modelyard.registry.credentials import Credentials, registry_host
 from modelyard.registry.endpoint import resolve_endpoint
 from modelyard.registry.options import RegistryOptions
 from modelyard.registry.session import RegistrySession, error_for
@@ -11,7 +11,9 @@ from modelyard.registry.session import RegistrySession, error_for
 
 def login(host: str, credentials: Credentials, options: RegistryOptions) -> str:
     """Verify `credentials` with `GET /v2/` (through the registry's Basic or token challenge) and
-    store them; returns where they were stored. Raises RegistryAuthError if refused."""
+    store them; returns where they were stored. Raises RegistryAuthError if refused.
+    `host` may be written as docker login takes it: a URL, or with a path (both dropped)."""
+    host = registry_host(host)
     endpoint = resolve_endpoint(host, plain_http=options.plain_http, insecure=options.insecure)
     with RegistrySession(
         endpoint, lambda: credentials, retry=options.retry, transport=options.transport

@@ -168,7 +168,16 @@ def _download_layers(
 
     with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="pull") as pool:
         futures = [pool.submit(one, layer) for layer in unique]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        try:
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        except BaseException:
+            # Ctrl-C (KeyboardInterrupt arrives here, on the main thread): the downloads stop at
+            # their next read, keeping their partial files for the next pull to resume; without
+            # this the pool's exit would wait for every blob to finish.
+            cancelled.set()
+            for future in futures:
+                future.cancel()
+            raise
         failed = next((f for f in done if f.exception() is not None), None)
         if failed is not None:
             cancelled.set()

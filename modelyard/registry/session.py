@@ -330,10 +330,21 @@ def describe_error_body(body: bytes) -> str:
 
 def error_for(response: httpx.Response, what: str) -> RegistryError:
     """A RegistryError for a response that is neither success nor a case the caller handles."""
-    detail = describe_error_body(read_small(response))
+    body = read_small(response)
+    detail = describe_error_body(body)
     response.close()
     message = f"{what}: the registry answered HTTP {response.status_code}"
+    if response.url.scheme == "http" and HTTPS_ONLY_ANSWER in body:
+        # Go's net/http answers so on a TLS port; we spoke HTTP because the host is loopback.
+        return RegistryError(
+            f"{message}: it speaks HTTPS, and a loopback registry is reached over plain HTTP unless "
+            "told otherwise. Pass --insecure (HTTPS without certificate verification, for a "
+            "self-signed certificate)"
+        )
     return RegistryError(message + (f" ({detail})" if detail else ""))
+
+
+HTTPS_ONLY_ANSWER = b"Client sent an HTTP request to an HTTPS server"
 
 
 def _path(url: str) -> str:

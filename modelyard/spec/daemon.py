@@ -27,7 +27,14 @@ from modelyard.runtime.scheduler import ModelRequest, Scheduler, SchedulerSettin
 from modelyard.runtime.servable import Servable, load_servable
 from modelyard.settings import Settings
 from modelyard.spec.host import SchedulerHost
-from modelyard.spec.kubernetes import ExportOptions, Mode, estimate_models, export_kubernetes, export_yaml
+from modelyard.spec.kubernetes import (
+    ExportOptions,
+    Mode,
+    estimate_models,
+    export_kubernetes,
+    export_yaml,
+    kubeai_caveats,
+)
 from modelyard.spec.plan import Plan, format_plan
 from modelyard.spec.reconciler import Clock, Reconciler, ReconcilerSettings, SpecSource
 from modelyard.spec.schema import SpecDocument, load_spec, parse_spec
@@ -159,7 +166,10 @@ def plan_for(
 def export_for(
     path: Path | str, settings: Settings, *, mode: Mode = "both", options: ExportOptions | None = None
 ) -> str:
-    """`modelyard export k8s -f PATH`: the resources as multi-document YAML."""
+    """`modelyard export k8s -f PATH`: the resources as multi-document YAML, with a YAML comment
+    for each thing the export cannot carry (kubeai_caveats)."""
     spec = load_spec(path)
     estimates = estimate_models(spec, Store(settings.store_dir))
-    return export_yaml(export_kubernetes(spec, mode=mode, estimates=estimates, options=options))
+    text = export_yaml(export_kubernetes(spec, mode=mode, estimates=estimates, options=options))
+    caveats = "".join(f"# warning: {caveat}\n" for caveat in kubeai_caveats(spec, mode))
+    return caveats + text

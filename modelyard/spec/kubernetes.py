@@ -27,6 +27,7 @@ import yaml
 
 from modelyard.errors import ModelyardError, SpecError
 from modelyard.reference import parse_reference
+from modelyard.registry.push import OLLAMA_TAG_SUFFIX
 from modelyard.runtime.servable import load_servable
 from modelyard.spec.footprint import footprint
 from modelyard.spec.schema import ModelSetBody, ModelSpec, Spec
@@ -54,6 +55,9 @@ class ExportOptions:
     kubeai_gpu_profile: str = "nvidia-gpu-l4"  # for models with gpuLayers all or N > 0
     profile_unit_bytes: int = 2 * GIB  # memory one unit of the profile gives
     docker_config_secret: str = ""  # a Secret with `.dockerconfigjson`, for private registries
+    # KubeAI's Ollama engine reads Ollama manifests: `push --format both` writes one beside the
+    # ModelPack manifest under TAG + this suffix; "" for an image pushed with `--format ollama`.
+    ollama_tag_suffix: str = OLLAMA_TAG_SUFFIX
 
 
 def export_kubernetes(
@@ -77,6 +81,29 @@ def export_kubernetes(
         if mode in ("kubeai", "both"):
             resources.append(_kubeai_model(spec, model, name, estimates.get(model.name), options))
     return resources
+
+
+def kubeai_caveats(spec: Spec, mode: Mode) -> list[str]:
+    """What a KubeAI Model cannot carry of the spec, said rather than dropped in silence."""
+    if mode not in ("kubeai", "both"):
+        return []
+    names = _resource_names(spec)
+    caveats = []
+    for model in spec.models:
+        if model.suspend:
+            continue
+        lost = [what for what, present in (("params", model.params), ("adapters", model.adapters)) if present]
+        if lost:
+            caveats.append(
+                f"model {model.name!r}: KubeAI runs the image as it is; its {' and '.join(lost)} are not "
+                "exported (build them into the image, or use --mode deployment)"
+            )
+        if names[model.name] != model.name:
+            caveats.append(
+                f"model {model.name!r}: KubeAI serves it as {names[model.name]!r} (a Kubernetes name); "
+                "clients must ask for that name"
+            )
+    return caveats
 
 
 def export_yaml(resources: list[dict[str, Any]]) -> str:
@@ -222,7 +249,7 @@ def _kubeai_model(
     body: dict[str, Any] = {
         "features": ["TextGeneration"],
         "engine": "OLlama",
-        "url": f"ollama://{ref.name}:{ref.tag}",
+        "url": f"ollama://{ref.name}:{ref.tag}{options.ollama_tag_suffix}",
         "resourceProfile": f"{profile}:{units}",
         "minReplicas": 1 if stays else 0,
         "maxReplicas": 1,

@@ -444,11 +444,10 @@ def _footprint(
 def _admit(footprint: int | None, budget: int, used: int) -> Failure | None:
     if footprint is None:
         return None  # unknown: let the scheduler decide
-    gib = 2**30
     if footprint > budget:
         return Failure(
             Reason.DOES_NOT_FIT,
-            f"needs about {footprint / gib:.2f} GiB but the budget is {budget / gib:.2f} GiB even with "
+            f"needs about {_size(footprint)} but the budget is {_size(budget)} even with "
             "nothing else loaded; lower context or parallel, use a smaller quantization, or raise "
             "spec.memory",
             permanent=True,
@@ -456,10 +455,15 @@ def _admit(footprint: int | None, budget: int, used: int) -> Failure | None:
     if used + footprint > budget:
         return Failure(
             Reason.DOES_NOT_FIT,
-            f"needs about {footprint / gib:.2f} GiB; models of higher priority use {used / gib:.2f} GiB "
-            f"of the {budget / gib:.2f} GiB budget",
+            f"needs about {_size(footprint)}; models of higher priority use {_size(used)} "
+            f"of the {_size(budget)} budget",
         )
     return None
+
+
+def _size(n: int) -> str:
+    """GiB with two decimals, or MiB below a tenth of a GiB (where 0.00 GiB would say nothing)."""
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 // 10 else f"{n / 2**20:.1f} MiB"
 
 
 def _describe_options(target: LoadTarget) -> str:
@@ -488,14 +492,22 @@ def format_plan(plan: Plan) -> str:
         if action.kind is ActionKind.PULL:
             if action not in sharing:
                 continue  # another model's pull of the same image and digest brings it
-            detail = f" {action.image}@{action.digest[:19]}"
+            # A pinned image already names its digest; a tag shows the digest it resolved to.
+            image = action.image or ""
+            detail = f" {image}" if "@sha256:" in image else f" {image}@{action.digest[:19]}"
             models = sharing[action]
         lines.append(f"{_SIGNS[action.kind]} {action.kind.value:<7} {models}{detail}  ({action.reason})")
     for model in plan.models:
         if not model.actions:
             lines.append(f"  {model.phase.value.lower():<7} {model.name}  ({model.message})")
     if not plan.actions:
-        lines.insert(0, "nothing to do: what is loaded matches the spec")
+        unsettled = [m for m in plan.models if m.phase in (Phase.FAILED, Phase.WAITING, Phase.DRIFTED)]
+        lines.insert(
+            0,
+            "nothing to do: what is loaded matches the spec"
+            if not unsettled
+            else "nothing to do now; not as the spec says:",
+        )
     return "\n".join(lines)
 
 

@@ -505,8 +505,18 @@ def _issues(error: ValidationError, node: yaml.Node, file: str) -> list[SpecIssu
             message = _unknown_field_message(location)
         elif detail["type"] == "literal_error" and location[:1] in (("apiVersion",), ("kind",)):
             message = f"must be {API_VERSION if location[0] == 'apiVersion' else KIND}"
+        elif detail["type"] in ("tuple_type", "list_type"):  # our tuples are YAML lists
+            message = f"expected a list, got {_yaml_kind(detail.get('input'))}"
         issues.append(SpecIssue(format_path(location), message, file, _line(node, location)))
     return issues
+
+
+def _yaml_kind(value: object) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    return "null" if value is None else f"{value!r}"
 
 
 def _unknown_field_message(location: tuple[Any, ...]) -> str:
