@@ -391,7 +391,10 @@ class Store:
         if remove_corrupt and corrupt and index_problem is None:
             with self.locked():
                 for blob in corrupt:
-                    self.blobs.remove(blob.digest)
+                    # Hashed again under the lock: a pull or build may have replaced it meanwhile.
+                    path = self.blobs.path(blob.digest)
+                    if path.exists() and hash_file(path)[0] != blob.digest:
+                        self.blobs.remove(blob.digest)
                 fsync_dir(self.blobs.dir)
         return VerifyReport(
             checked,
