@@ -380,16 +380,15 @@ def cmd_verify(args: argparse.Namespace, ctx: CommandContext) -> int:
         {parse_reference(n).short() for b in report.corrupt for n in b.needed_by}
         | {parse_reference(n).short() for n, _ in (*report.missing, *report.unreadable)}
     )
+    again = f"build or pull again: {', '.join(affected)}" if affected else "no image needs them"
     if report.index_problem:
         advice = "Repair or restore index.json first (see above); nothing was deleted."
     elif report.removed:
-        advice = (
-            f"Deleted the {len(report.corrupt)} corrupt blobs; build or pull again: {', '.join(affected)}."
-        )
+        advice = f"Deleted the {len(report.corrupt)} corrupt blobs; {again}."
     elif report.corrupt:
         advice = (
             "Run `modelyard verify --fix` to delete the corrupt blobs (a build or pull would take them "
-            f"as present), then build or pull again: {', '.join(affected)}."
+            f"as present); {again}."
         )
     else:
         advice = f"Build or pull again: {', '.join(affected)}."

@@ -6,6 +6,7 @@ Nothing in modelyard reads `os.environ` at import time; tests build `Settings(ho
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,7 +118,7 @@ def _source_date_epoch(env: Mapping[str, str]) -> int | None:
     value = env.get("SOURCE_DATE_EPOCH", "").strip()
     if not value:
         return None
-    if not value.isdigit() or int(value) > _LAST_EPOCH_SECOND:
+    if not re.fullmatch(r"[0-9]+", value) or int(value) > _LAST_EPOCH_SECOND:  # not isdigit: "²" is a digit
         raise ValueError(
             f"$SOURCE_DATE_EPOCH must be whole seconds since 1970-01-01 UTC, from 0 to {_LAST_EPOCH_SECOND} "
             f"(e.g. `git log -1 --format=%ct`), got {value!r}"

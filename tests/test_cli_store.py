@@ -344,7 +344,7 @@ def test_list_shows_the_healthy_images_beside_a_damaged_one(home: Path, work: Pa
 def test_cli_input_errors_outside_any_command(
     home: Path, work: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for bad in ("abc", "-1", "99999999999999"):
+    for bad in ("abc", "-1", "99999999999999", "²"):
         monkeypatch.setenv("SOURCE_DATE_EPOCH", bad)
         result = cli("list")
         assert result.code == 1 and "$SOURCE_DATE_EPOCH must be whole seconds" in result.err

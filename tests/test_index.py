@@ -145,7 +145,24 @@ def test_other_tools_entries_that_no_reference_names_are_kept_as_written() -> No
         pytest.param("library/m:latest", "library/m:latest", id="ours"),
     ],
 )
-def test_names_other_tools_wrote_are_read_canonical(written: str, canonical: str) -> None:
+def test_names_other_tools_wrote_are_read_canonical_and_written_back_as_they_were(
+    written: str, canonical: str
+) -> None:
     entry = {"mediaType": "x", "digest": digest(1), "size": 3, "annotations": {ANNOTATION_REF_NAME: written}}
-    [record] = parse_index({"manifests": [entry]}).tags
+    index = parse_index({"manifests": [entry]})
+    [record] = index.tags
     assert record.name == canonical
+    index = set_tag(index, TagRecord("library/other:latest", digest(2), 5, "t"), 20)
+    names = [e["annotations"][ANNOTATION_REF_NAME] for e in json.loads(render_index(index))["manifests"]]
+    assert written in names  # the other tool still finds its entry after our write
+
+
+def test_a_second_spelling_of_a_name_is_kept_but_not_addressed() -> None:
+    """`Foo` and `foo` are one name to us: the first is the tag, the second is kept as written."""
+    entries = [
+        {"mediaType": "x", "digest": digest(n), "size": 3, "annotations": {ANNOTATION_REF_NAME: name}}
+        for n, name in ((1, "Foo"), (2, "foo"))
+    ]
+    index = parse_index({"manifests": entries})
+    assert [(t.name, t.digest) for t in index.tags] == [("library/foo:latest", digest(1))]
+    assert index.foreign == (entries[1],) and digest(2) in index.manifest_digests()

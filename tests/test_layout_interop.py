@@ -80,3 +80,5 @@ def test_an_image_skopeo_writes_into_the_store_under_a_short_name_is_usable(buil
     assert store.resolve(parse_reference("bar:latest")).digest == digest
     store.remove([parse_reference("foo")])
     assert {r.name for r in store.images()} == {"team/tiny:v1", "library/bar:latest"}
+    # After our write, skopeo still finds its entry under the name it wrote.
+    assert skopeo("inspect", "--raw", f"oci:{store.root}:Bar").returncode == 0

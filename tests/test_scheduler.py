@@ -197,6 +197,44 @@ def test_twenty_concurrent_first_requests_cause_one_load(two_models: tuple[Path,
     run(scenario())
 
 
+def test_a_new_digest_on_the_same_weights_is_served_by_the_same_runner(two_models: tuple[Path, Path]) -> None:
+    """A name moves to an image that differs only in what the server renders (a new SYSTEM): the
+    loaded runner serves it at once, through acquire and through the reconciler's ensure; new
+    weights still load a new runner."""
+
+    async def scenario() -> None:
+        starter, _ = counting_starter()
+        scheduler = Scheduler(SchedulerSettings(ram_budget=2**34), starter=starter)
+        try:
+            first = request(two_models[0], "m")
+            await scheduler.preload(first)
+            system_changed = ModelRequest(**{**first.__dict__, "digest": "sha256:" + "c" * 64})
+            lease = await scheduler.acquire(system_changed)
+            lease.release()
+            assert scheduler.loads == 1 and scheduler.status()[0].digest == system_changed.digest
+            again = ModelRequest(**{**first.__dict__, "digest": "sha256:" + "d" * 64})
+            await scheduler.ensure(again)
+            assert scheduler.loads == 1 and scheduler.status()[0].digest == again.digest
+            other_options = ModelRequest(
+                **{
+                    **again.__dict__,
+                    "digest": "sha256:" + "e" * 64,
+                    "options": {"num_ctx": 256, "num_parallel": 2},
+                }
+            )
+            await scheduler.ensure(other_options)
+            assert scheduler.loads == 2
+            new_weights = ModelRequest(
+                **{**request(two_models[1], "m").__dict__, "digest": "sha256:" + "f" * 64}
+            )
+            await scheduler.ensure(new_weights)
+            assert scheduler.loads == 3 and [s.digest for s in scheduler.status()][-1] == new_weights.digest
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
 def test_queue_bound_gives_503(two_models: tuple[Path, Path]) -> None:
     async def scenario() -> None:
         scheduler = Scheduler(SchedulerSettings(ram_budget=2**34, max_queue=2, retry_after=7))

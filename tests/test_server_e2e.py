@@ -746,6 +746,10 @@ def test_logprobs_through_both_clients(client: ollama.Client, oai: openai.OpenAI
     content = answer.choices[0].logprobs.content  # type: ignore[union-attr]
     assert content is not None and len(content) == answer.usage.completion_tokens  # type: ignore[union-attr]
     assert all(c.top_logprobs[0].token == c.token and len(c.top_logprobs) == 2 for c in content)
+    with pytest.raises(openai.BadRequestError, match="top_logprobs needs logprobs"):
+        oai.chat.completions.create(
+            model=GEMMA, messages=[{"role": "user", "content": "Hi"}], max_tokens=2, top_logprobs=2
+        )
 
     streamed = oai.completions.create(
         model=GEMMA, prompt="The sky is", max_tokens=5, temperature=0, logprobs=1, stream=True
@@ -826,14 +830,22 @@ def test_tool_calls_reach_both_clients_as_calls(client: ollama.Client, oai: open
     [openai_call] = choice.message.tool_calls or []
     assert openai_call.id.startswith("call_") and openai_call.function.name == "get_weather"
     assert json.loads(openai_call.function.arguments) == {"city": "Paris"}
+    parts = [p for p in oai.chat.completions.create(**openai_forced, stream=True) if p.choices]
     deltas = [
         (d.function.name, json.loads(d.function.arguments or ""))
-        for part in oai.chat.completions.create(**openai_forced, stream=True)
-        if part.choices
+        for part in parts
         for d in part.choices[0].delta.tool_calls or []
         if d.function
     ]
     assert deltas == [("get_weather", {"city": "Paris"})]
+    assert parts[0].choices[0].delta.role == "assistant" and parts[0].choices[0].delta.tool_calls
+    assert parts[-1].choices[0].finish_reason == "tool_calls"
+    unparsed = oai.chat.completions.create(**openai_forced, tool_choice="none").choices[0]
+    assert unparsed.finish_reason == "stop" and not unparsed.message.tool_calls
+    assert json.loads(unparsed.message.content or "") == {
+        "name": "get_weather",
+        "arguments": {"city": "Paris"},
+    }
 
     # Without a call in the output, the answer is text as before; tools for a model that cannot see
     # them are refused, as Ollama refuses them.
@@ -843,3 +855,20 @@ def test_tool_calls_reach_both_clients_as_calls(client: ollama.Client, oai: open
         client.chat(GEMMA, messages=question, tools=[WEATHER_TOOL])
     assert refused.value.status_code == 400 and "does not support tools" in refused.value.error
     client.delete("toolish")
+
+
+def test_a_web_page_from_another_origin_cannot_drive_the_server(
+    http: httpx.Client, client: ollama.Client
+) -> None:
+    """A browser sends a text/plain POST cross-site without asking first; bodies are read as JSON
+    whatever their type, so a foreign Origin must be refused (403, as Ollama) or any page the user
+    visits could copy, push or delete their models. A page from this machine is served."""
+    copy = json.dumps({"source": GEMMA, "destination": "stolen/copy:v1"}).encode()
+    plain = {"content-type": "text/plain"}
+    refused = http.post("/api/copy", content=copy, headers={**plain, "origin": "https://evil.example"})
+    assert refused.status_code == 403 and "MODELYARD_ORIGINS" in refused.json()["error"]
+    assert http.get("/api/tags", headers={"origin": "http://127.0.0.1.evil.example"}).status_code == 403
+    assert "stolen/copy:v1" not in {m.model for m in client.list().models}
+    local = http.post("/api/copy", content=copy, headers={**plain, "origin": "http://localhost:3000"})
+    assert local.status_code == 200
+    client.delete("stolen/copy:v1")

@@ -51,3 +51,14 @@ def test_completion_logprobs_shape_with_offsets() -> None:
         "top_logprobs": [{"Hel": -0.1}, {"lo": -0.5}],
         "text_offset": [10, 13],
     }
+
+
+def test_completion_offsets_count_characters_not_tokens_of_a_split_character() -> None:
+    """ "é" split over two byte tokens: one character, so the token after it starts at offset 1."""
+    e_acute = "é".encode()
+    halves = [
+        {"token": "\ufffd", "bytes": [e_acute[0]], "logprob": -0.1, "top": []},
+        {"token": "\ufffd", "bytes": [e_acute[1]], "logprob": -0.2, "top": []},
+        {"token": "t", "bytes": [ord("t")], "logprob": -0.3, "top": []},
+    ]
+    assert completion_logprobs(halves, 0, offset=0)["text_offset"] == [0, 0, 1]

@@ -74,7 +74,29 @@ CASES = [
     pytest.param("a < b and <tool", "<tool_call>", "a < b and <tool", [], id="marker-prefix-released-at-end"),
     pytest.param('Text {"name": "add", "arguments": {}}', None, 'Text {"name": "add", "arguments": {}}', [],
                  id="json-after-text-without-marker-is-text"),
+    pytest.param('<tool_call>{"name": "add", "arguments": {"q": "a <tools> b </tool_call> c"}}</tool_call>',
+                 "<tool_call>", "", [ToolCall("add", {"q": "a <tools> b </tool_call> c"})],
+                 id="markers-inside-arguments-are-kept"),
 ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("output", "marker"),
+    [
+        ("[1] First point, then more.", None),
+        ("[Source](http://x) says so.", None),
+        ("{x} is a set.", None),
+        ("[1] First point, then more.", "<tool_call>"),
+    ],
+)
+def test_text_that_opens_with_a_bracket_but_cannot_be_a_call_streams_at_once(
+    output: str, marker: str | None
+) -> None:
+    parser = ToolCallParser(NAMES, marker)
+    sent = "".join(parser.feed(output[i : i + 3]) for i in range(0, len(output), 3))
+    rest, calls = parser.finish()
+    assert calls == [] and sent + rest == output
+    assert len(sent) >= len(output) - len("<tool_call>")  # not held to the end
 
 
 @pytest.mark.parametrize(("output", "marker", "text", "calls"), CASES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing
 import os
 import tempfile
@@ -229,6 +230,8 @@ def test_rm_is_all_or_nothing_and_takes_a_digest_only_while_the_tag_points_at_it
     assert files_under(store.root) == before
     store.remove([parse_reference(f"b@{b}")])
     assert {r.name for r in store.images()} == {"library/a:latest"}
+    first, again = store.remove([parse_reference("a"), parse_reference("a:latest")])  # named twice
+    assert first.blobs and again.blobs == () and store.images() == []
 
 
 def test_prune_respects_references_and_grace(tmp_path: Path) -> None:
@@ -270,3 +273,52 @@ def test_verify_reports_corrupt_and_missing(store: Store) -> None:
     assert report.corrupt == (CorruptBlob(sha(b"weights"), sha(b"weightz"), ("library/m:latest",)),)
     assert report.missing == (("library/m:latest", sha(b"system")),)
     assert not report.ok
+
+
+def test_another_tools_image_index_keeps_its_manifests_and_blobs_and_breaks_nothing(store: Store) -> None:
+    """`skopeo copy --all` can leave an unnamed entry pointing at an OCI image index: rm and prune
+    must work beside it and keep what it refers to."""
+    put_image(store, "ours", b"our-weights")
+    layer = store.blobs.put_bytes(b"their layer").digest
+    config = store.blobs.put_bytes(b"{}").digest
+    child = store.blobs.put_bytes(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {
+                    "mediaType": "application/vnd.oci.image.config.v1+json",
+                    "digest": config,
+                    "size": 2,
+                },
+                "layers": [{"mediaType": "application/octet-stream", "digest": layer, "size": 11}],
+            }
+        ).encode()
+    ).digest
+    image_index = store.blobs.put_bytes(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": [
+                    {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": child, "size": 1}
+                ],
+            }
+        ).encode()
+    )
+    raw = json.loads(store.index_path.read_bytes())
+    raw["manifests"].append(
+        {
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": image_index.digest,
+            "size": image_index.size,
+        }
+    )
+    store.index_path.write_bytes(json.dumps(raw).encode())
+
+    put_image(store, "gone", b"gone-weights")
+    store.remove([parse_reference("gone")])
+    store.prune(grace_s=0)
+    for digest in (image_index.digest, child, config, layer):
+        assert store.blobs.exists(digest), digest
+    assert store.verify().ok and image_index.digest in store.index_path.read_text()

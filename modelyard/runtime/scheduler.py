@@ -145,6 +145,20 @@ class _Entry:
         """Another image under the same name and load options: a swap (adapters come with the image)."""
         return self.digest != digest and self.requested == options
 
+    def runs(self, request: ModelRequest, options: LoadOptions) -> bool:
+        """Whether this runner is the one `request` would load: the same weights, adapters and load
+        options. Another image can say so (a new SYSTEM, TEMPLATE or sampling PARAMETER: the
+        server renders those; the runner never sees them)."""
+        return (
+            self.weights == request.weights
+            and self.adapters == request.adapters
+            and self.requested == options
+        )
+
+    def retarget(self, request: ModelRequest) -> None:
+        """Serve `request`'s digest from this same runner: no load, no swap."""
+        self.digest = request.digest
+
 
 @dataclass(frozen=True)
 class ModelStatus:
@@ -255,6 +269,9 @@ class Scheduler:
                         retry_after=max(entry.retry_at - self.clock(), 1.0),
                         reason=entry.failure_kind,
                     )
+                if entry.state is EntryState.READY and not entry.draining and entry.runs(request, options):
+                    entry.retarget(request)  # another digest, the same runner: nothing to load
+                    return self._lease(entry, request)
                 if (
                     entry.state is EntryState.READY
                     and not entry.draining
@@ -653,6 +670,10 @@ class Scheduler:
         while True:
             entry = self._entries.get(request.name)
             if entry is not None and entry.state is EntryState.READY and not entry.draining:
+                if not entry.matches(request.digest, options, request.adapters) and entry.runs(
+                    request, options
+                ):
+                    entry.retarget(request)  # another digest, the same runner: nothing to load
                 if entry.matches(request.digest, options, request.adapters):
                     swap = self._swaps.get(request.name)
                     if swap is not None and swap[0] == request.digest and not swap[1].done():

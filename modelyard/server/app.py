@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard import __version__
+from modelyard.registry.endpoint import is_loopback
 from modelyard.server.http_errors import KNOWN_ERRORS, HTTPError, retry_after_header
 from modelyard.server.inference import served_model
 from modelyard.server.metrics import CONTENT_TYPE
@@ -71,6 +73,7 @@ def create_app(state: ServerState) -> FastAPI:
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     if state.settings.api_key:
         app.add_middleware(ApiKey, key=state.settings.api_key)
+    app.add_middleware(OriginGuard, allowed=state.settings.cors_origins)
     if state.settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -228,6 +231,39 @@ class ApiKey:
         )
         response = JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
         await response(scope, receive, send)
+
+
+class OriginGuard:
+    """Refuse, with 403, a request a web page sends from an origin that is neither configured
+    ($MODELYARD_ORIGINS) nor this machine, as Ollama does: a browser sends some cross-site requests
+    without asking first (a POST with a text/plain body), and JsonBodies reads those as JSON, so
+    without this any site the user visits could copy, push or delete their models. Clients that
+    are not browsers send no Origin and are not affected."""
+
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...]) -> None:
+        self.app = app
+        self.allowed = frozenset(allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        origin = dict(scope["headers"]).get(b"origin") if scope["type"] == "http" else None
+        if origin is None or origin_allowed(origin.decode("latin-1"), self.allowed):
+            await self.app(scope, receive, send)
+            return
+        message = f"origin {origin.decode('latin-1')!r} is not allowed; add it to MODELYARD_ORIGINS"
+        response = JSONResponse({"error": message}, status_code=403)
+        await response(scope, receive, send)
+
+
+def origin_allowed(origin: str, allowed: frozenset[str]) -> bool:
+    """A configured origin (or `*`), or a page served from this machine (http/https on localhost,
+    127.0.0.0/8 or ::1, any port)."""
+    if origin in allowed or "*" in allowed:
+        return True
+    try:
+        parts = urllib.parse.urlsplit(origin)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and is_loopback(parts.hostname or "")
 
 
 class JsonBodies:

@@ -8,6 +8,7 @@ completions use parallel lists with the candidates as `{token: logprob}` maps.
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,10 +35,13 @@ def token_logprobs(entries: Sequence[dict[str, Any]], top: int) -> list[dict[str
 def completion_logprobs(entries: Sequence[dict[str, Any]], top: int, offset: int) -> dict[str, Any]:
     """OpenAI's legacy completions `logprobs`; `offset`: the text's length before these tokens."""
     tokens = [str(entry["token"]) for entry in entries]
+    # Offsets count the characters of the text, which a token holding part of a UTF-8 character
+    # does not add to (its `token` shows U+FFFD), so they come from the bytes, decoded as they join.
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
     offsets = []
-    for token in tokens:
+    for entry in entries:
         offsets.append(offset)
-        offset += len(token)
+        offset += len(decoder.decode(bytes(entry["bytes"])))
     return {
         "tokens": tokens,
         "token_logprobs": [float(entry["logprob"]) for entry in entries],

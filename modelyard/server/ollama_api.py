@@ -271,11 +271,13 @@ def router(state: ServerState) -> APIRouter:
 
     @api.delete("/api/delete")
     async def delete(body: _ModelRequest) -> Response:
-        name = body.model_name()
-        ref = parse_reference(name)
-        await state.scheduler.unload(ref.short())
+        ref = parse_reference(body.model_name())
+        # Removed first: an unknown name, or a digest the name no longer points at, is a 404
+        # that unloads nothing. The runner then goes (its weights file stays open until it does).
         await asyncio.to_thread(state.store.remove, [ref])
-        inference.forget(name)
+        tag = ref.without_digest()
+        await state.scheduler.unload(tag.short())
+        inference.forget(str(tag))
         return Response(status_code=200)
 
     @api.get("/api/ps")

@@ -90,11 +90,19 @@ class ChatCompletionBody(_SamplingBody):
     messages: list[ChatMessageBody] = Field(min_length=1)
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
     def logprobs_top(self) -> int | None:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise HTTPError(400, "top_logprobs needs logprobs: true")  # as OpenAI answers
         return (self.top_logprobs or 0) if self.logprobs else None
+
+    def parsed_tools(self) -> list[dict[str, Any]] | None:
+        """The tools whose calls are taken out of the answer: none for tool_choice "none" (the
+        model still sees them, as OpenAI's models do, but its answer stays text)."""
+        return None if self.tool_choice == "none" else self.tools
 
 
 class CompletionBody(_SamplingBody):
@@ -121,7 +129,7 @@ def router(state: ServerState) -> APIRouter:
     async def chat_completions(body: ChatCompletionBody, http: Request) -> Response:
         servable = await inference.servable(body.model)
         request = PromptRequest.chat([_message(m) for m in body.messages], tools=body.tools)
-        parser = parser_for(servable.name, servable.prompting, body.tools)
+        parser = parser_for(servable.name, servable.prompting, body.parsed_tools())
         top = body.logprobs_top()
         stream = inference.generate(
             servable,
@@ -161,8 +169,10 @@ def router(state: ServerState) -> APIRouter:
                 "finish_reason": _finish_reason(finished),
             },
             logprobs=logprobs,
-            calls_chunk=lambda finished: (
-                {"delta": {"tool_calls": calls(finished)}} if finished.tool_calls else None
+            calls_chunk=lambda finished, first: (
+                {"delta": ({"role": "assistant"} if first else {}) | {"tool_calls": calls(finished)}}
+                if finished.tool_calls
+                else None
             ),
         )
 
@@ -282,7 +292,7 @@ async def _answer(
     chunk: Callable[[str, bool], dict[str, Any]],
     choice: Callable[[str, Finished], dict[str, Any]],
     logprobs: Logprobs,
-    calls_chunk: Callable[[Finished], dict[str, Any] | None] = lambda _: None,
+    calls_chunk: Callable[[Finished, bool], dict[str, Any] | None] = lambda _, __: None,
 ) -> Response:
     """A completion, streamed as server-sent events of `chunk`s (`text`, whether it is the first)
     or answered whole with one `choice`; both endpoints differ only in those shapes and in that of
@@ -327,7 +337,7 @@ async def _sse(
     object_name: str,
     choice: Callable[[str, bool], dict[str, Any]],
     logprobs: Logprobs,
-    calls_chunk: Callable[[Finished], dict[str, Any] | None],
+    calls_chunk: Callable[[Finished, bool], dict[str, Any] | None],
     include_usage: bool,
 ) -> Response:
     created = int(time.time())
@@ -355,9 +365,10 @@ async def _sse(
         try:
             while True:
                 if isinstance(event, Finished):
-                    calls = calls_chunk(event)  # the tool calls, in a chunk of their own
+                    calls = calls_chunk(event, first)  # the tool calls, in a chunk of their own
                     if calls is not None:
                         yield chunk(frame([calls | {"index": 0, "logprobs": None, "finish_reason": None}]))
+                        first = False
                     final = choice("", first) | {
                         "index": 0,
                         "logprobs": None,

@@ -81,7 +81,7 @@ class ToolCallParser:
         stripped = held.lstrip()
         if not stripped:
             return ""
-        if stripped[0] in "{[" and not self._released:
+        if stripped[0] in "{[" and not self._released and _may_open_a_call(stripped):
             return ""  # bare JSON at the start: maybe a call, known at the end
         if self.marker is None:
             self._text_only = True
@@ -108,25 +108,41 @@ def _partial_suffix(text: str, marker: str) -> int:
     return 0
 
 
+def _may_open_a_call(text: str) -> bool:
+    """Whether text that starts with { or [ can still become a call: `{"…`, `[{…`, `[ "…` — not
+    `[1] First point` or `{x}`."""
+    rest = text[1:].lstrip()
+    if not rest:
+        return True
+    if text[0] == "{":
+        return rest[0] == '"'
+    return rest[0] in '{"' and (rest[0] != "{" or _may_open_a_call(rest))
+
+
 def _split_calls(held: str, names: frozenset[str]) -> tuple[str, list[ToolCall]]:
-    body = held
-    for token in (*MARKERS, *CLOSERS):
-        body = body.replace(token, " ")
-    calls = _parse_calls(body.strip())
+    calls = _parse_calls(held)
     if calls is None or not calls or (names and any(call.name not in names for call in calls)):
         return held, []
     return "", calls
 
 
+_BETWEEN_CALLS = (*MARKERS, *CLOSERS)
+
+
 def _parse_calls(body: str) -> list[ToolCall] | None:
-    """Every JSON value in `body` (in a row, separated by whitespace, commas or semicolons) as calls;
-    None when something in it is not a call."""
+    """Every JSON value in `body` as calls: in a row, separated by whitespace, commas, semicolons,
+    markers and closers (never taken out of the JSON itself: an argument may contain them). None
+    when something in it is not a call."""
     decoder = json.JSONDecoder()
     calls: list[ToolCall] = []
     i = 0
     while i < len(body):
         if body[i] in " \t\r\n,;":
             i += 1
+            continue
+        token = next((t for t in _BETWEEN_CALLS if body.startswith(t, i)), None)
+        if token is not None:
+            i += len(token)
             continue
         try:
             value, i = decoder.raw_decode(body, i)

@@ -37,6 +37,7 @@ class TagRecord:
     tagged_at: str  # RFC 3339, UTC
     media_type: str = MANIFEST_OCI
     artifact_type: str | None = None
+    written: str = ""  # another tool's spelling of `name` ("Foo", "v1.0"), written back as it was
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,8 @@ def parse_index(value: Any) -> Index:
     foreign: list[dict[str, Any]] = []
     for i, entry in enumerate(value.get("manifests", [])):
         record, is_history = _parse_entry(entry, f"index.json manifests[{i}]")
-        if record is None:
-            foreign.append(entry)
+        if record is None or (not is_history and any(t.name == record.name for t in tags)):
+            foreign.append(entry)  # no name we can address, or a second spelling of one ("Foo", "foo")
         else:
             (history if is_history else tags).append(record)
     return Index(tags=tuple(tags), history=tuple(history), foreign=tuple(foreign))
@@ -116,12 +117,14 @@ def _parse_entry(entry: Any, where: str) -> tuple[TagRecord | None, bool]:
         return None, False  # another tool's entry without a name
     try:
         # Ours are written canonical (`library/foo:latest`); another tool's (`skopeo copy …
-        # oci:STORE:Foo`) may say `Foo`, which users type, and `list` shows, as `foo:latest`.
+        # oci:STORE:Foo`) may say `Foo`: read as `library/foo:latest`, which users type and `list`
+        # shows, and written back as `Foo`, which that tool looks for.
         canonical = str(parse_reference(name))
     except InvalidReferenceError:
         return None, False
     record = TagRecord(
         name=canonical,
+        written="" if canonical == name else name,
         digest=digest,
         size=size,
         tagged_at=str(annotations.get(ANNOTATION_TAGGED_AT, "")),
@@ -143,7 +146,7 @@ def _entry(record: TagRecord, name_key: str) -> dict[str, Any]:
         "mediaType": record.media_type,
         "digest": record.digest,
         "size": record.size,
-        "annotations": {name_key: record.name, ANNOTATION_TAGGED_AT: record.tagged_at},
+        "annotations": {name_key: record.written or record.name, ANNOTATION_TAGGED_AT: record.tagged_at},
     }
     if record.artifact_type:
         entry["artifactType"] = record.artifact_type

@@ -37,10 +37,12 @@ from modelyard.store.image import (
     LAYER_SYSTEM,
     LAYER_TEMPLATE,
     LAYER_WEIGHT,
+    MAX_MANIFEST_BYTES,
     MAX_TEXT_LAYER_BYTES,
     Descriptor,
     Manifest,
     ManifestFormatError,
+    is_digest,
     parse_manifest,
 )
 from modelyard.store.index import (
@@ -275,9 +277,15 @@ class Store:
         with self.locked():
             index = self.read_index()
             plans = []
+            removed: set[str] = set()
             for ref in refs:
-                remaining = remove_tag(index, self._removable_tag(index, ref))
+                if str(ref.without_digest()) in removed:  # `rm a a:latest`: one image, named twice
+                    plans.append(PrunePlan((), (), 0))
+                    continue
+                tag = self._removable_tag(index, ref)
+                remaining = remove_tag(index, tag)
                 plans.append(self._unreferenced(index, remaining))
+                removed.add(tag)
                 index = remaining
             if not dry_run:
                 atomic_write(self.index_path, render_index(index))
@@ -313,10 +321,39 @@ class Store:
 
     def _live_blobs(self, index: Index) -> set[str]:
         live: set[str] = set()
-        for digest in index.manifest_digests():
-            live.add(digest)
-            if self.blobs.exists(digest):
-                live.update(self.read_manifest(digest).blob_digests())
+        for record in (*index.tags, *index.history):
+            live.add(record.digest)
+            if self.blobs.exists(record.digest):
+                live.update(self.read_manifest(record.digest).blob_digests())
+        for entry in index.foreign:
+            live |= self._foreign_closure(entry["digest"])
+        return live
+
+    def _foreign_closure(self, digest: str) -> set[str]:
+        """What another tool's entry keeps alive: its manifest and what it refers to, through image
+        indexes too (`skopeo copy --all`). Read leniently: their formats are not ours to judge."""
+        live: set[str] = set()
+        pending = [digest]
+        while pending:
+            current = pending.pop()
+            if current in live or not is_digest(current):
+                continue
+            live.add(current)
+            try:
+                value = json.loads(self.blobs.read_bytes(current, MAX_MANIFEST_BYTES))
+            except (OSError, ValueError, StoreError):
+                continue  # absent, large or not JSON: a blob, kept, with nothing below it
+            if not isinstance(value, dict):
+                continue
+            layers, children = value.get("layers"), value.get("manifests")
+            descriptors = [
+                value.get("config"),
+                *(layers if isinstance(layers, list) else []),
+                *(children if isinstance(children, list) else []),
+            ]
+            pending += [
+                d["digest"] for d in descriptors if isinstance(d, dict) and isinstance(d.get("digest"), str)
+            ]
         return live
 
     def plan_prune(self, grace_s: float = DEFAULT_PRUNE_GRACE_S) -> PrunePlan:
