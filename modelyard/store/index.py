@@ -54,14 +54,6 @@ class Index:
     def history_of(self, name: str) -> list[TagRecord]:
         return [h for h in self.history if h.name == name]
 
-    def manifest_digests(self) -> set[str]:
-        """Every manifest the index keeps alive, current, historic or another tool's."""
-        return (
-            {t.digest for t in self.tags}
-            | {h.digest for h in self.history}
-            | {f["digest"] for f in self.foreign}
-        )
-
 
 def set_tag(index: Index, record: TagRecord, history_limit: int) -> Index:
     """Point `record.name` at `record.digest`; the digest it pointed at before joins its history."""
