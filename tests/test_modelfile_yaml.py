@@ -3,11 +3,11 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_modelfile import parses_as_template  # the same TEMPLATE rule as the Modelfile syntax
 
 from modelyard.builder.modelfile import MESSAGE_ROLES, Message, Modelfile, parse
 from modelyard.builder.modelfile_yaml import format_yaml, load_modelfile, parse_yaml
-from modelyard.builder.prompt import check_template
-from modelyard.errors import ModelfileError, TemplateError
+from modelyard.errors import ModelfileError
 
 BOUNDED = settings(max_examples=300, deadline=None)
 
@@ -341,15 +341,6 @@ def test_load_modelfile_names_the_file_in_errors() -> None:
 
 # Any text a YAML file can hold: no lone surrogates (not encodable), which YAML cannot carry.
 texts = st.text(st.characters(codec="utf-8"), max_size=40)
-
-
-def parses_as_template(text: str) -> bool:
-    """A Modelfile's TEMPLATE must parse (Go or Jinja); random text mostly does."""
-    try:
-        check_template(text)
-    except TemplateError:
-        return False
-    return True
 
 
 finite_floats = st.floats(allow_nan=False, allow_infinity=False)
