@@ -168,7 +168,7 @@ def cmd_ps(args: argparse.Namespace, ctx: Context) -> int:
             [
                 m["name"],
                 m["digest"][:12],
-                _human(m["size"]),
+                _shared_or_size(m),
                 m.get("processor", ""),
                 str(m.get("context_length", "")),
                 slots,
@@ -228,6 +228,13 @@ def cmd_stop(args: argparse.Namespace, ctx: Context) -> int:
         client.close()
     ctx.out(f"stopped {args.name}")
     return EXIT_OK
+
+
+def _shared_or_size(model: dict[str, Any]) -> str:
+    # A name served by another name's runner: its memory is counted on that row.
+    if str(model.get("note", "")).startswith("shares the runner of "):
+        return "shared"
+    return _human(model["size"])
 
 
 def _human(n: Any) -> str:

@@ -235,6 +235,53 @@ def test_a_new_digest_on_the_same_weights_is_served_by_the_same_runner(two_model
     run(scenario())
 
 
+def test_names_on_the_same_weights_share_one_runner(two_models: tuple[Path, Path]) -> None:
+    """A copy and a derived image (same weights, adapters and load options) are served by the
+    runner already loaded, as Ollama shares them: one load, memory counted once, each name listed
+    with its own digest. Unloading one name leaves the runner to the others; evicting the runner
+    unloads them all; a name that needs another runner leaves and loads its own."""
+
+    async def scenario() -> None:
+        scheduler = Scheduler(SchedulerSettings(ram_budget=2**34))
+        try:
+            chat = request(two_models[0], "chat")
+            pirate = ModelRequest(**{**request(two_models[0], "pirate").__dict__})
+            copy = ModelRequest(**{**chat.__dict__, "name": "copy"})
+            await scheduler.preload(chat)
+            leases = [await scheduler.acquire(r) for r in (pirate, copy)]
+            assert scheduler.loads == 1 and len({id(lease.runner) for lease in leases}) == 1
+            rows = {s.name: s for s in scheduler.status()}
+            assert set(rows) == {"chat", "pirate", "copy"}
+            assert rows["pirate"].digest == pirate.digest and rows["copy"].digest == chat.digest
+            assert rows["pirate"].size == 0 and rows["chat"].size > 0  # counted once
+            assert rows["pirate"].runner_pid == rows["chat"].runner_pid
+            for lease in leases:
+                lease.release()
+
+            assert await scheduler.unload("chat")  # the first name goes; pirate leads now
+            rows = {s.name: s for s in scheduler.status()}
+            assert set(rows) == {"pirate", "copy"} and rows["pirate"].size > 0
+            assert scheduler.is_loaded("pirate") and not scheduler.is_loaded("chat")
+
+            bigger = ModelRequest(**{**copy.__dict__, "options": {"num_ctx": 256, "num_parallel": 2}})
+            (await scheduler.acquire(bigger)).release()  # copy needs another runner: it leaves
+            assert scheduler.loads == 2
+            assert {s.name for s in scheduler.status()} == {"pirate", "copy"}
+            assert len({s.runner_pid for s in scheduler.status()}) == 2
+
+            (await scheduler.acquire(chat)).release()  # chat joins pirate's runner again
+            assert scheduler.loads == 2
+            assert {s.name: s.runner_pid for s in scheduler.status()}["chat"] == next(
+                s.runner_pid for s in scheduler.status() if s.name == "pirate"
+            )
+            assert await scheduler.unload("pirate") and await scheduler.unload("chat")
+            assert {s.name for s in scheduler.status()} == {"copy"}
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
 def test_queue_bound_gives_503(two_models: tuple[Path, Path]) -> None:
     async def scenario() -> None:
         scheduler = Scheduler(SchedulerSettings(ram_budget=2**34, max_queue=2, retry_after=7))

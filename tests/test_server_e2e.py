@@ -872,3 +872,29 @@ def test_a_web_page_from_another_origin_cannot_drive_the_server(
     local = http.post("/api/copy", content=copy, headers={**plain, "origin": "http://localhost:3000"})
     assert local.status_code == 200
     client.delete("stolen/copy:v1")
+
+
+def test_a_derived_model_and_a_copy_share_the_loaded_runner(
+    client: ollama.Client, http: httpx.Client
+) -> None:
+    """Same weights, same load options: one runner serves the base, a model with a new SYSTEM and
+    a copy (as Ollama shares it); each name answers with its own prompt, memory is counted once,
+    and deleting one name leaves the runner to the others."""
+    client.generate(GEMMA, "Hi", options=GREEDY)
+    client.create("sharing-pirate", from_=GEMMA, system="You are a pirate.")
+    client.copy(GEMMA, "sharing-copy")
+    base = client.generate(GEMMA, "Hi", options=GREEDY)
+    pirate = client.generate("sharing-pirate", "Hi", options=GREEDY)
+    copy = client.generate("sharing-copy", "Hi", options=GREEDY)
+    assert pirate.prompt_eval_count != base.prompt_eval_count  # its own SYSTEM reached the model
+    assert copy.response == base.response
+    rows = loaded(http)
+    names = [f"{GEMMA}:latest", "sharing-pirate:latest", "sharing-copy:latest"]
+    assert len({rows[n]["runner_pid"] for n in names}) == 1
+    assert sum(rows[n]["size"] for n in names) == rows[f"{GEMMA}:latest"]["size"] > 0
+    assert "shares the runner of" in rows["sharing-pirate:latest"]["note"]
+    pid = rows[f"{GEMMA}:latest"]["runner_pid"]
+    client.delete("sharing-pirate")
+    client.delete("sharing-copy")
+    rows = loaded(http)
+    assert set(rows) & set(names) == {f"{GEMMA}:latest"} and rows[f"{GEMMA}:latest"]["runner_pid"] == pid

@@ -121,6 +121,9 @@ class _Entry:
     gone: asyncio.Event = field(default_factory=asyncio.Event)  # set once unloaded
     note: str = ""  # what the scheduler is doing with it (a swap), for status
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    # Other names this runner serves, with their digests: images on the same weights, adapters and
+    # load options (a copy, or a new SYSTEM), as Ollama shares one runner between them.
+    aliases: dict[str, str] = field(default_factory=dict)
 
     @property
     def host_bytes(self) -> int:
@@ -138,12 +141,23 @@ class _Entry:
     def holds_memory(self) -> bool:
         return self.state in (EntryState.LOADING, EntryState.READY, EntryState.UNLOADING)
 
-    def matches(self, digest: str, options: LoadOptions, adapters: tuple[tuple[Path, float], ...]) -> bool:
-        return self.digest == digest and self.requested == options and self.adapters == adapters
+    @property
+    def names(self) -> list[str]:
+        return [self.name, *self.aliases]
 
-    def only_digest_differs(self, digest: str, options: LoadOptions) -> bool:
+    def digest_of(self, name: str) -> str:
+        return self.aliases.get(name, self.digest)
+
+    def matches(self, request: ModelRequest, options: LoadOptions) -> bool:
+        return (
+            self.digest_of(request.name) == request.digest
+            and self.requested == options
+            and self.adapters == request.adapters
+        )
+
+    def only_digest_differs(self, request: ModelRequest, options: LoadOptions) -> bool:
         """Another image under the same name and load options: a swap (adapters come with the image)."""
-        return self.digest != digest and self.requested == options
+        return self.digest_of(request.name) != request.digest and self.requested == options
 
     def runs(self, request: ModelRequest, options: LoadOptions) -> bool:
         """Whether this runner is the one `request` would load: the same weights, adapters and load
@@ -157,7 +171,10 @@ class _Entry:
 
     def retarget(self, request: ModelRequest) -> None:
         """Serve `request`'s digest from this same runner: no load, no swap."""
-        self.digest = request.digest
+        if request.name in self.aliases:
+            self.aliases[request.name] = request.digest
+        else:
+            self.digest = request.digest
 
 
 @dataclass(frozen=True)
@@ -247,13 +264,9 @@ class Scheduler:
             entry = self._entries.get(request.name)
             if entry is not None:
                 self._check_queue(entry)
-                if entry.state is EntryState.READY and entry.matches(
-                    request.digest, options, request.adapters
-                ):
+                if entry.state is EntryState.READY and entry.matches(request, options):
                     return self._lease(entry, request)
-                if entry.state is EntryState.LOADING and entry.matches(
-                    request.digest, options, request.adapters
-                ):
+                if entry.state is EntryState.LOADING and entry.matches(request, options):
                     await self._wait_for_load(entry)
                     continue
                 if entry.state is EntryState.LOADING:
@@ -272,10 +285,14 @@ class Scheduler:
                 if entry.state is EntryState.READY and not entry.draining and entry.runs(request, options):
                     entry.retarget(request)  # another digest, the same runner: nothing to load
                     return self._lease(entry, request)
+                if entry.state is EntryState.READY and entry.aliases:
+                    # A runner other names share: this name leaves it (they keep it) and loads anew.
+                    self._detach(entry, request.name)
+                    continue
                 if (
                     entry.state is EntryState.READY
                     and not entry.draining
-                    and entry.only_digest_differs(request.digest, options)
+                    and entry.only_digest_differs(request, options)
                 ):
                     # The name now points at another digest: load it beside this one and keep
                     # serving this one until the new one is ready (no downtime).
@@ -330,10 +347,14 @@ class Scheduler:
             entry.embedding = need
 
     async def unload(self, name: str) -> bool:
-        """Unload a model once its requests end. False if it was not loaded."""
+        """Unload a model once its requests end. False if it was not loaded. A runner other names
+        share goes on serving them; only this name leaves it."""
         entry = self._entries.get(name)
         if entry is None:
             return False
+        if entry.aliases:
+            self._detach(entry, name)
+            return True
         await self._drain_and_unload(entry)
         return True
 
@@ -342,7 +363,7 @@ class Scheduler:
         now = self.clock()
         expired = [
             e
-            for e in list(self._entries.values())
+            for e in self._every_entry()
             if e.state is EntryState.READY
             and e.refs == 0
             and e.expires_at is not None
@@ -366,7 +387,7 @@ class Scheduler:
         for task in pending:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for entry in [*self._entries.values(), *self._retiring]:
+        for entry in self._every_entry():
             if entry.runner is not None:
                 await asyncio.to_thread(entry.runner.stop)
         self._entries.clear()
@@ -379,7 +400,7 @@ class Scheduler:
 
     def status(self, *, live: bool = True) -> list[ModelStatus]:
         out = []
-        for entry in [*self._entries.values(), *self._retiring]:
+        for entry in self._every_entry():
             runner = entry.runner
             info = runner.info if runner is not None else None
             memory = (
@@ -411,6 +432,22 @@ class Scheduler:
                     note=entry.note,
                 )
             )
+            # The names sharing the runner: listed (clients and the reconciler look for them), its
+            # memory counted once, with the first name.
+            out += [
+                replace(
+                    out[-1],
+                    name=alias,
+                    digest=digest,
+                    size=0,
+                    size_vram=0,
+                    runner_rss=None,
+                    weights_resident=None,
+                    kv_bytes=0,
+                    note=f"shares the runner of {entry.name}",
+                )
+                for alias, digest in entry.aliases.items()
+            ]
         return sorted(out, key=lambda s: math.inf if s.expires_at is None else s.expires_at, reverse=True)
 
     def is_loaded(self, name: str) -> bool:
@@ -545,6 +582,14 @@ class Scheduler:
             current = self._entries.get(request.name)
             if current is not None and (current is not previous or current.state is not EntryState.FAILED):
                 return  # someone else started (or finished) a load meanwhile: re-check
+            if current is not None:
+                self._detach(current, request.name)  # a failed runner: this name tries anew
+            host = self._runner_for(request, options)
+            if host is not None:
+                # Another name's runner is this one's: the same weights, adapters and options.
+                host.aliases[request.name] = request.digest
+                self._entries[request.name] = host
+                return
             entry = self._new_entry(request, options, previous)
             self._entries[request.name] = entry
             try:
@@ -670,21 +715,23 @@ class Scheduler:
         while True:
             entry = self._entries.get(request.name)
             if entry is not None and entry.state is EntryState.READY and not entry.draining:
-                if not entry.matches(request.digest, options, request.adapters) and entry.runs(
-                    request, options
-                ):
+                if not entry.matches(request, options) and entry.runs(request, options):
                     entry.retarget(request)  # another digest, the same runner: nothing to load
-                if entry.matches(request.digest, options, request.adapters):
+                if entry.matches(request, options):
                     swap = self._swaps.get(request.name)
                     if swap is not None and swap[0] == request.digest and not swap[1].done():
                         await self._wait_for_swap(request.name)  # let the old one finish draining
                         continue
                     if request.keep_alive is not None:
                         entry.keep_alive = request.keep_alive
-                    entry.pinned = request.pinned
+                    # A runner several names share stays pinned while one of them asks for it.
+                    entry.pinned = request.pinned or (bool(entry.aliases) and entry.pinned)
                     self._restart_idle_timer(entry)
                     return
-                if entry.only_digest_differs(request.digest, options):
+                if entry.aliases:
+                    self._detach(entry, request.name)  # the others keep the runner; this name loads anew
+                    continue
+                if entry.only_digest_differs(request, options):
                     await self._start_swap(request, options, entry)
                     continue
             await self.preload(request)
@@ -756,7 +803,35 @@ class Scheduler:
 
     def _holding(self) -> list[_Entry]:
         """Every entry that holds (or is about to hold) memory: active, loading, or draining after a swap."""
-        return [e for e in [*self._entries.values(), *self._retiring] if e.holds_memory]
+        return [e for e in self._every_entry() if e.holds_memory]
+
+    def _every_entry(self) -> list[_Entry]:
+        """Each entry once, active and retiring (several names may map to one)."""
+        return list({id(e): e for e in [*self._entries.values(), *self._retiring]}.values())
+
+    def _runner_for(self, request: ModelRequest, options: LoadOptions) -> _Entry | None:
+        """A ready runner, not on its way out, that is the one `request` would load."""
+        return next(
+            (
+                e
+                for e in self._every_entry()
+                if e.state is EntryState.READY
+                and not e.draining
+                and e not in self._retiring
+                and e.runs(request, options)
+            ),
+            None,
+        )
+
+    def _detach(self, entry: _Entry, name: str) -> None:
+        """`name` stops using `entry`'s runner; the runner stays for its other names."""
+        if self._entries.get(name) is entry:
+            del self._entries[name]
+        if name in entry.aliases:
+            del entry.aliases[name]
+        elif name == entry.name and entry.aliases:
+            entry.name, entry.digest = next(iter(entry.aliases.items()))  # the next name leads
+            del entry.aliases[entry.name]
 
     def _shortfall(self, entry: _Entry, need_host: int, need_device: int) -> Shortfall:
         others = [e for e in self._holding() if e is not entry]
@@ -821,8 +896,9 @@ class Scheduler:
         runner = entry.runner
         if runner is not None:
             await asyncio.to_thread(runner.stop)
-        if self._entries.get(entry.name) is entry:
-            del self._entries[entry.name]
+        for name in entry.names:
+            if self._entries.get(name) is entry:
+                del self._entries[name]
         self._retiring = [e for e in self._retiring if e is not entry]
         entry.gone.set()
         await self._notify_capacity()
@@ -855,7 +931,7 @@ class Scheduler:
         while True:
             await self.expire_idle()
             deadlines = [
-                e.expires_at for e in self._entries.values() if e.expires_at is not None and e.refs == 0
+                e.expires_at for e in self._every_entry() if e.expires_at is not None and e.refs == 0
             ]
             delay = min((d - self.clock() for d in deadlines), default=1.0)
             await asyncio.sleep(min(max(delay, 0.05), 1.0))

@@ -20,7 +20,6 @@ from modelyard.builder.normalized import for_show
 from modelyard.progress import ProgressEvent, ProgressSink
 from modelyard.reference import Reference, parse_reference
 from modelyard.registry import RegistryOptions
-from modelyard.runtime.gpu import processor_split
 from modelyard.runtime.keepalive import DEFAULT_KEEP_ALIVE_S, parse_keep_alive
 from modelyard.runtime.scheduler import Scheduler
 from modelyard.runtime.servable import Servable
@@ -134,7 +133,7 @@ class ServerState:
                     "size_vram": status.size_vram,
                     "context_length": status.context_length,
                     # modelyard's own, for `modelyard ps`: what Ollama users ask for
-                    "processor": processor_split(status.size, status.size_vram),
+                    "processor": status.processor,
                     "state": status.state,
                     "slots": status.slots,
                     "slots_busy": status.slots_busy,
