@@ -19,7 +19,7 @@ from modelyard.runtime.memory import shape_from_gguf
 from modelyard.runtime.options import SamplingOptions
 from modelyard.runtime.protocol import CompletionRequest
 from modelyard.runtime.runner import Runner
-from modelyard.runtime.scheduler import ModelRequest, Scheduler, SchedulerSettings
+from modelyard.runtime.scheduler import ModelRequest, ModelStatus, Scheduler, SchedulerSettings
 
 T = TypeVar("T")
 
@@ -576,6 +576,107 @@ def test_a_request_during_an_unload_waits_for_it_then_reloads(two_models: tuple[
             assert await unloading is True
             assert lease.runner.pid != first_pid and lease.runner.alive
             lease.release()
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+# --- shared runners: the races a review found, driven with fake runners (no processes) -------------
+
+
+class FakeRunner:
+    pids = iter(range(1000, 2000))
+
+    def __init__(self, spec: Any) -> None:
+        self.spec, self.pid, self.alive, self.info, self.exit_detail = spec, next(self.pids), True, None, ""
+
+    def stop(self) -> None:
+        self.alive = False
+
+
+def fake_scheduler(tmp_path: Path, budget: int = 10**6) -> Scheduler:
+    for name in ("w1", "w2"):
+        (tmp_path / name).write_bytes(b"x" * 1000)
+    return Scheduler(SchedulerSettings(ram_budget=budget), starter=lambda spec, **_: FakeRunner(spec))
+
+
+def fake(tmp_path: Path, name: str, weights: str, digest: str, **kwargs: Any) -> ModelRequest:
+    return ModelRequest(name=name, digest=digest, weights=tmp_path / weights, **kwargs)
+
+
+def rows(scheduler: Scheduler) -> dict[str, ModelStatus]:
+    return {s.name: s for s in scheduler.status(live=False)}
+
+
+def test_nobody_joins_a_runner_that_is_being_unloaded(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        scheduler = fake_scheduler(tmp_path)
+        try:
+            a = await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))
+            unloading = asyncio.create_task(scheduler.unload("A"))  # drains: A holds a lease
+            await asyncio.sleep(0)
+            b = await scheduler.acquire(fake(tmp_path, "B", "w1", "dB"))
+            assert b.runner is not a.runner and scheduler.loads == 2
+            a.release()
+            await unloading
+            assert not a.runner.alive and b.runner.alive and set(rows(scheduler)) == {"B"}
+            b.release()
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_a_name_that_moves_leaves_a_shared_runner_and_nobody_joins_one_being_swapped(tmp_path: Path) -> None:
+    """B shares A's runner; A moves to other weights: A gets a runner of its own, B keeps the old
+    one. And once a swap has begun (it may wait for the load lock), nobody joins the runner it
+    replaces: a name that would have drains it forever under its own traffic."""
+
+    async def scenario() -> None:
+        scheduler = fake_scheduler(tmp_path)
+        try:
+            (await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))).release()
+            b = await scheduler.acquire(fake(tmp_path, "B", "w1", "dB"))
+            moved = await asyncio.wait_for(scheduler.acquire(fake(tmp_path, "A", "w2", "dA2")), 5)
+            assert moved.runner is not b.runner and b.runner.alive and scheduler.loads == 2
+            moved.release()
+            b.release()
+
+            for name in ("A", "B"):
+                await scheduler.unload(name)
+            (await scheduler.acquire(fake(tmp_path, "X", "w1", "dX"))).release()  # a runner of its own
+            await scheduler._load_lock.acquire()  # D's load, then the swap, wait for it: D goes first
+            joining = asyncio.create_task(scheduler.acquire(fake(tmp_path, "D", "w1", "dD")))
+            await asyncio.sleep(0.01)
+            old = await scheduler.acquire(fake(tmp_path, "X", "w2", "dX2"))  # X moves: a swap begins
+            scheduler._load_lock.release()
+            d = await asyncio.wait_for(joining, 5)
+            assert d.runner is not old.runner  # it would have been drained under D's traffic
+            old.release()
+            await asyncio.wait_for(scheduler.ensure(fake(tmp_path, "X", "w2", "dX2")), 5)  # swapped
+            x = await asyncio.wait_for(scheduler.acquire(fake(tmp_path, "X", "w2", "dX2")), 5)
+            assert x.runner is not old.runner and x.runner is not d.runner and d.runner.alive
+            x.release()
+            d.release()
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_one_names_keep_alive_0_does_not_unload_anothers_pinned_runner(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        scheduler = fake_scheduler(tmp_path)
+        try:
+            await scheduler.ensure(fake(tmp_path, "A", "w1", "dA", pinned=True, keep_alive=math.inf))
+            (await scheduler.acquire(fake(tmp_path, "B", "w1", "dB", keep_alive=0))).release()
+            await asyncio.sleep(0.05)
+            assert set(rows(scheduler)) == {"A", "B"} and scheduler.loads == 1
+            assert rows(scheduler)["A"].pinned and not rows(scheduler)["B"].pinned
+            await scheduler.ensure(fake(tmp_path, "A", "w1", "dA", pinned=False))  # unpinned: by A only
+            assert not any(s.pinned for s in rows(scheduler).values())
+            assert scheduler._entries["A"].pinned is False
         finally:
             await scheduler.close()
 

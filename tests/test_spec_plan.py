@@ -346,3 +346,14 @@ def test_does_not_fit_says_sizes_that_mean_something(
     assert failure is not None and failure.reason is Reason.DOES_NOT_FIT
     for fragment in fragments:
         assert fragment in failure.message
+
+
+def test_a_model_that_shares_another_ones_runner_costs_no_memory_of_its_own() -> None:
+    from modelyard.spec.plan import _footprint
+
+    t = target()
+    observed = Observed({}, {}, {"chat": 5_000}, 10_000, NOW, SESSION)
+    shared = ready(size=0, shares_runner=True)
+    assert _footprint(t, shared, applied(t), observed) == 0
+    own = ready(size=0)  # size unknown: the estimate stands
+    assert _footprint(t, own, applied(t), observed) == 5_000

@@ -124,6 +124,12 @@ class _Entry:
     # Other names this runner serves, with their digests: images on the same weights, adapters and
     # load options (a copy, or a new SYSTEM), as Ollama shares one runner between them.
     aliases: dict[str, str] = field(default_factory=dict)
+    # Each name's keep_alive and pin: the runner stays as long as the longest asks, and is pinned
+    # while any name pins it (one name's keep_alive 0 must not unload another's pinned model).
+    keep_by: dict[str, float] = field(default_factory=dict)
+    pinned_by: set[str] = field(default_factory=set)
+    # Decided to go (draining, unloading, expiring, replaced by a swap): no other name may join it.
+    leaving: bool = False
 
     @property
     def host_bytes(self) -> int:
@@ -176,6 +182,31 @@ class _Entry:
         else:
             self.digest = request.digest
 
+    def set_lifetime(self, name: str, keep_alive: float | None, pinned: bool | None) -> None:
+        """Record one name's keep_alive (None: unchanged) and pin (None: unchanged), then the
+        runner's: the longest keep_alive of its names, pinned while one of them pins it."""
+        if keep_alive is not None:
+            self.keep_by[name] = keep_alive
+        if pinned is True:
+            self.pinned_by.add(name)
+        elif pinned is False:
+            self.pinned_by.discard(name)
+        self._settle()
+
+    def forget(self, name: str) -> None:
+        self.keep_by.pop(name, None)
+        self.pinned_by.discard(name)
+        self._settle()
+
+    def _settle(self) -> None:
+        if self.keep_by:
+            self.keep_alive = max(self.keep_by.values())
+        self.pinned = bool(self.pinned_by)
+
+
+# The note of a name served by another name's runner (whose row carries the memory).
+SHARES_RUNNER_NOTE = "shares the runner of "
+
 
 @dataclass(frozen=True)
 class ModelStatus:
@@ -205,15 +236,12 @@ class ModelStatus:
 class Lease:
     """A claim on a loaded model for one request. Release it when the request ends."""
 
-    def __init__(self, scheduler: Scheduler, entry: _Entry) -> None:
+    def __init__(self, scheduler: Scheduler, entry: _Entry, name: str) -> None:
         self._scheduler = scheduler
         self._entry = entry
+        self.name = name
         self.runner: Runner = entry.runner  # type: ignore[assignment]
         self.released = False
-
-    @property
-    def name(self) -> str:
-        return self._entry.name
 
     def release(self, *, served: bool = False) -> None:
         """`served`: a request ran to completion on this runner (which resets the crash count)."""
@@ -355,6 +383,7 @@ class Scheduler:
         if entry.aliases:
             self._detach(entry, name)
             return True
+        entry.leaving = True  # before the drain: nobody joins a runner on its way out
         await self._drain_and_unload(entry)
         return True
 
@@ -370,8 +399,11 @@ class Scheduler:
             and e.expires_at <= now
         ]
         for entry in expired:
+            entry.leaving = True  # all of them, before the first await: nobody joins them now
+        names = [name for e in expired for name in e.names]
+        for entry in expired:
             await self._unload(entry)
-        return [e.name for e in expired]
+        return names
 
     def start(self) -> None:
         """Run keep_alive expiry in the background (the server calls this; tests drive expire_idle)."""
@@ -422,7 +454,7 @@ class Scheduler:
                     slots_busy=min(entry.refs, entry.options.num_parallel),
                     queued=max(entry.refs - entry.options.num_parallel, 0) + entry.waiting,
                     expires_at=self._expires_at(entry),
-                    pinned=entry.pinned,
+                    pinned=entry.name in entry.pinned_by,
                     runner_pid=runner.pid if runner is not None else -1,
                     runner_rss=memory.rss if memory else None,
                     weights_resident=memory.weights_resident if memory else None,
@@ -441,10 +473,13 @@ class Scheduler:
                     digest=digest,
                     size=0,
                     size_vram=0,
+                    slots_busy=0,
+                    queued=0,
+                    pinned=alias in entry.pinned_by,
                     runner_rss=None,
                     weights_resident=None,
                     kv_bytes=0,
-                    note=f"shares the runner of {entry.name}",
+                    note=SHARES_RUNNER_NOTE + entry.name,
                 )
                 for alias, digest in entry.aliases.items()
             ]
@@ -460,10 +495,9 @@ class Scheduler:
         entry.refs += 1
         entry.idle.clear()
         entry.expires_at = None
-        if request.keep_alive is not None:
-            entry.keep_alive = request.keep_alive
-        entry.pinned = request.pinned or entry.pinned
-        return Lease(self, entry)
+        # A request pins (never unpins: the reconciler's ensure does) and sets its name's keep_alive.
+        entry.set_lifetime(request.name, request.keep_alive, True if request.pinned else None)
+        return Lease(self, entry, request.name)
 
     def _release(self, entry: _Entry, served: bool) -> None:
         entry.refs -= 1
@@ -473,8 +507,9 @@ class Scheduler:
         if entry.refs > 0 or entry.state is not EntryState.READY:
             return
         entry.idle.set()
-        if entry.keep_alive <= 0:
+        if entry.keep_alive <= 0:  # every name sharing it asked for 0
             entry.expires_at = entry.last_used
+            entry.leaving = True
             self._spawn(self._unload(entry))
         elif math.isfinite(entry.keep_alive):
             entry.expires_at = entry.last_used + entry.keep_alive
@@ -588,6 +623,13 @@ class Scheduler:
             if host is not None:
                 # Another name's runner is this one's: the same weights, adapters and options.
                 host.aliases[request.name] = request.digest
+                host.set_lifetime(
+                    request.name,
+                    request.keep_alive
+                    if request.keep_alive is not None
+                    else self.settings.default_keep_alive,
+                    request.pinned,
+                )
                 self._entries[request.name] = host
                 return
             entry = self._new_entry(request, options, previous)
@@ -619,6 +661,7 @@ class Scheduler:
             last_used=self.clock(),
             failures=previous.failures if previous is not None else 0,
         )
+        entry.set_lifetime(request.name, entry.keep_alive, request.pinned)
         entry.loaded = asyncio.get_running_loop().create_future()
         entry.loaded.add_done_callback(_consume_exception)
         return entry
@@ -657,6 +700,7 @@ class Scheduler:
         running = self._swaps.get(request.name)
         if running is not None and running[0] == request.digest and not running[1].done():
             return running[1]
+        old.leaving = True  # now, not when the swap gets the load lock: nobody joins it meanwhile
         task = self._spawn(self._swap(request, options, old))
         task.add_done_callback(_consume_task_exception)
         self._swaps[request.name] = (request.digest, task)
@@ -669,6 +713,20 @@ class Scheduler:
         loads of other models."""
         async with self._load_lock:
             if self._entries.get(request.name) is not old or old.state is not EntryState.READY:
+                return
+            if old.aliases:
+                # Other names joined before the swap began: they keep the runner; this name
+                # leaves it and loads its own (no side-by-side swap for a shared runner).
+                self._detach(old, request.name)
+                old.leaving = False
+                new = self._new_entry(request, options, None)
+                self._entries[request.name] = new
+                try:
+                    await self._make_room(new, new.estimate.host, new.estimate.device)
+                    await self._start_runner(new, request)
+                except BaseException as exc:
+                    self._load_failed(new, exc)
+                    raise
                 return
             new = self._new_entry(request, options, None)
             shortfall = self._shortfall(new, new.estimate.host, new.estimate.device)
@@ -703,6 +761,8 @@ class Scheduler:
 
     def _swap_failed(self, old: _Entry, new: _Entry, exc: BaseException) -> None:
         old.note = f"swap to {new.digest[:19]} failed: {exc}"
+        if self._entries.get(old.name) is old:
+            old.leaving = False  # it goes on serving
         if self._entries.get(new.name) is new:
             self._load_failed(new, exc)  # the old one is gone: the name is failed, with backoff
         elif new.loaded is not None and not new.loaded.done():
@@ -722,10 +782,7 @@ class Scheduler:
                     if swap is not None and swap[0] == request.digest and not swap[1].done():
                         await self._wait_for_swap(request.name)  # let the old one finish draining
                         continue
-                    if request.keep_alive is not None:
-                        entry.keep_alive = request.keep_alive
-                    # A runner several names share stays pinned while one of them asks for it.
-                    entry.pinned = request.pinned or (bool(entry.aliases) and entry.pinned)
+                    entry.set_lifetime(request.name, request.keep_alive, request.pinned)
                     self._restart_idle_timer(entry)
                     return
                 if entry.aliases:
@@ -817,6 +874,7 @@ class Scheduler:
                 for e in self._every_entry()
                 if e.state is EntryState.READY
                 and not e.draining
+                and not e.leaving
                 and e not in self._retiring
                 and e.runs(request, options)
             ),
@@ -827,6 +885,7 @@ class Scheduler:
         """`name` stops using `entry`'s runner; the runner stays for its other names."""
         if self._entries.get(name) is entry:
             del self._entries[name]
+        entry.forget(name)
         if name in entry.aliases:
             del entry.aliases[name]
         elif name == entry.name and entry.aliases:
@@ -877,6 +936,7 @@ class Scheduler:
     async def _drain_and_unload(self, entry: _Entry, *, force: bool = False) -> None:
         """Wait for the entry's requests to end, then unload it. `force`: even if it is no longer
         the active entry for its name (the old side of a swap)."""
+        entry.leaving = True
         while entry.refs > 0:
             await entry.idle.wait()
         await self._unload(entry, force=force)

@@ -72,6 +72,7 @@ class Running:
     pinned: bool = False
     last_error: str = ""
     note: str = ""
+    shares_runner: bool = False  # served by another name's runner, whose row counts the memory
 
 
 @dataclass(frozen=True)
@@ -428,7 +429,15 @@ def target_for(model: ModelSpec, digests: Mapping[str, str]) -> LoadTarget:
 def _footprint(
     target: LoadTarget, running: Running | None, applied: Applied | None, observed: Observed
 ) -> int | None:
-    """Bytes the model takes: measured when it is loaded as targeted, else the estimate."""
+    """Bytes the model takes: measured when it is loaded as targeted (none when it shares another
+    name's runner, whose row counts them), else the estimate."""
+    if (
+        running is not None
+        and running.state == "ready"
+        and running.shares_runner
+        and running.digest == target.digest
+    ):
+        return 0
     if (
         running is not None
         and running.state == "ready"
