@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import pytest
 
 from modelyard.builder.gguf_info import read_gguf
-from modelyard.errors import ModelDoesNotFitError, ServerBusyError
+from modelyard.errors import ModelDoesNotFitError, ModelLoadError, ServerBusyError
 from modelyard.runtime.memory import shape_from_gguf
 from modelyard.runtime.options import SamplingOptions
 from modelyard.runtime.protocol import CompletionRequest
@@ -677,6 +677,72 @@ def test_one_names_keep_alive_0_does_not_unload_anothers_pinned_runner(tmp_path:
             await scheduler.ensure(fake(tmp_path, "A", "w1", "dA", pinned=False))  # unpinned: by A only
             assert not any(s.pinned for s in rows(scheduler).values())
             assert scheduler._entries["A"].pinned is False
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_a_failed_swap_does_not_reopen_a_runner_that_is_being_unloaded(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        scheduler = fake_scheduler(tmp_path)
+
+        def starter(spec: Any, **_: Any) -> FakeRunner:
+            if spec.weights.name == "w2":
+                raise ModelLoadError("the new weights do not load")
+            return FakeRunner(spec)
+
+        scheduler._starter = starter
+        try:
+            (await scheduler.acquire(fake(tmp_path, "X", "w1", "dX"))).release()
+            await scheduler._load_lock.acquire()  # another load in progress: the swap waits
+            lease = await scheduler.acquire(fake(tmp_path, "X", "w2", "dX2"))  # a swap begins
+            unloading = asyncio.create_task(scheduler.unload("X"))
+            await asyncio.sleep(0.01)
+            scheduler._load_lock.release()
+            await asyncio.sleep(0.05)  # the swap fails
+            y = await scheduler.acquire(fake(tmp_path, "Y", "w1", "dY"))
+            assert y.runner is not lease.runner  # it did not join the runner on its way out
+            lease.release()
+            await asyncio.wait_for(unloading, 5)
+            assert y.runner.alive and set(rows(scheduler)) == {"Y"}
+            y.release()
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_a_runner_left_by_its_longest_keep_alive_expires_on_what_the_others_ask(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        for name in ("w1", "w2"):
+            (tmp_path / name).write_bytes(b"x" * 1000)
+        scheduler = Scheduler(
+            SchedulerSettings(ram_budget=10**6), clock=clock, starter=lambda spec, **_: FakeRunner(spec)
+        )
+        try:
+            (await scheduler.acquire(fake(tmp_path, "A", "w1", "dA", keep_alive=math.inf))).release()
+            (await scheduler.acquire(fake(tmp_path, "B", "w1", "dB", keep_alive=60))).release()
+            assert rows(scheduler)["B"].expires_at is None  # A keeps it forever
+            await scheduler.unload("A")  # A goes: B's 60 s now count
+            clock.now += 61
+            assert await scheduler.expire_idle() == ["B"] and rows(scheduler) == {}
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_unloading_a_crashed_model_with_open_requests_does_not_hang_the_loop(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        scheduler = fake_scheduler(tmp_path)
+        try:
+            lease = await scheduler.acquire(fake(tmp_path, "X", "w1", "dX"))
+            entry = scheduler._entries["X"]
+            scheduler._runner_died(entry, entry.runner)  # as the runner's reader thread reports it
+            asyncio.get_running_loop().call_later(0.1, lease.release)  # its request fails, releases
+            await asyncio.wait_for(scheduler.unload("X"), 5)
         finally:
             await scheduler.close()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 from spec_fakes import digest, make_spec
@@ -357,3 +357,5 @@ def test_a_model_that_shares_another_ones_runner_costs_no_memory_of_its_own() ->
     assert _footprint(t, shared, applied(t), observed) == 0
     own = ready(size=0)  # size unknown: the estimate stands
     assert _footprint(t, own, applied(t), observed) == 5_000
+    reloading = replace(applied(t), load_key="other options")  # it will need a runner of its own
+    assert _footprint(t, shared, reloading, observed) == 5_000

@@ -128,8 +128,10 @@ class _Entry:
     # while any name pins it (one name's keep_alive 0 must not unload another's pinned model).
     keep_by: dict[str, float] = field(default_factory=dict)
     pinned_by: set[str] = field(default_factory=set)
-    # Decided to go (draining, unloading, expiring, replaced by a swap): no other name may join it.
-    leaving: bool = False
+    # No other name may join it: it is going (unload, expiry, keep_alive 0, a drain: never undone
+    # but by a request that arrives before it goes), or a swap is replacing it (undone if it fails).
+    doomed: bool = False
+    swapping: bool = False
 
     @property
     def host_bytes(self) -> int:
@@ -383,7 +385,7 @@ class Scheduler:
         if entry.aliases:
             self._detach(entry, name)
             return True
-        entry.leaving = True  # before the drain: nobody joins a runner on its way out
+        entry.doomed = True  # before the drain: nobody joins a runner on its way out
         await self._drain_and_unload(entry)
         return True
 
@@ -399,7 +401,7 @@ class Scheduler:
             and e.expires_at <= now
         ]
         for entry in expired:
-            entry.leaving = True  # all of them, before the first await: nobody joins them now
+            entry.doomed = True  # all of them, before the first await: nobody joins them now
         names = [name for e in expired for name in e.names]
         for entry in expired:
             await self._unload(entry)
@@ -509,7 +511,7 @@ class Scheduler:
         entry.idle.set()
         if entry.keep_alive <= 0:  # every name sharing it asked for 0
             entry.expires_at = entry.last_used
-            entry.leaving = True
+            entry.doomed = True
             self._spawn(self._unload(entry))
         elif math.isfinite(entry.keep_alive):
             entry.expires_at = entry.last_used + entry.keep_alive
@@ -700,7 +702,7 @@ class Scheduler:
         running = self._swaps.get(request.name)
         if running is not None and running[0] == request.digest and not running[1].done():
             return running[1]
-        old.leaving = True  # now, not when the swap gets the load lock: nobody joins it meanwhile
+        old.swapping = True  # now, not when the swap gets the load lock: nobody joins it meanwhile
         task = self._spawn(self._swap(request, options, old))
         task.add_done_callback(_consume_task_exception)
         self._swaps[request.name] = (request.digest, task)
@@ -711,22 +713,20 @@ class Scheduler:
         If memory holds only one of them, unload the old first: the shortest gap there can be.
         Draining happens outside the load lock: a long answer on the old model must not hold up
         loads of other models."""
+        try:
+            await self._swap_locked(request, options, old)
+        finally:
+            if self._entries.get(old.name) is old and old not in self._retiring:
+                old.swapping = False  # the swap did not happen: it goes on serving, and may be shared
+
+    async def _swap_locked(self, request: ModelRequest, options: LoadOptions, old: _Entry) -> None:
         async with self._load_lock:
             if self._entries.get(request.name) is not old or old.state is not EntryState.READY:
                 return
             if old.aliases:
-                # Other names joined before the swap began: they keep the runner; this name
-                # leaves it and loads its own (no side-by-side swap for a shared runner).
+                # Joins stop when the swap begins, so none should be here; if one is, it keeps the
+                # runner, and this name leaves it to load its own on its next request.
                 self._detach(old, request.name)
-                old.leaving = False
-                new = self._new_entry(request, options, None)
-                self._entries[request.name] = new
-                try:
-                    await self._make_room(new, new.estimate.host, new.estimate.device)
-                    await self._start_runner(new, request)
-                except BaseException as exc:
-                    self._load_failed(new, exc)
-                    raise
                 return
             new = self._new_entry(request, options, None)
             shortfall = self._shortfall(new, new.estimate.host, new.estimate.device)
@@ -748,6 +748,8 @@ class Scheduler:
             old.draining = True
             self._retiring.append(old)
             self._entries[request.name] = new  # requests go to the new one (or wait for its load)
+            if not short_gap:
+                self._restart_idle_timer(new)  # unused until a request comes, it still expires
         await self._drain_and_unload(old, force=True)
         if not short_gap:
             return
@@ -758,11 +760,10 @@ class Scheduler:
             except BaseException as exc:
                 self._swap_failed(old, new, exc)
                 raise
+            self._restart_idle_timer(new)
 
     def _swap_failed(self, old: _Entry, new: _Entry, exc: BaseException) -> None:
         old.note = f"swap to {new.digest[:19]} failed: {exc}"
-        if self._entries.get(old.name) is old:
-            old.leaving = False  # it goes on serving
         if self._entries.get(new.name) is new:
             self._load_failed(new, exc)  # the old one is gone: the name is failed, with backoff
         elif new.loaded is not None and not new.loaded.done():
@@ -874,7 +875,8 @@ class Scheduler:
                 for e in self._every_entry()
                 if e.state is EntryState.READY
                 and not e.draining
-                and not e.leaving
+                and not e.doomed
+                and not e.swapping
                 and e not in self._retiring
                 and e.runs(request, options)
             ),
@@ -891,6 +893,13 @@ class Scheduler:
         elif name == entry.name and entry.aliases:
             entry.name, entry.digest = next(iter(entry.aliases.items()))  # the next name leads
             del entry.aliases[entry.name]
+        if entry.state is EntryState.READY and entry.refs == 0:
+            # The names left may keep it for less time than the one that went.
+            if entry.keep_alive <= 0:
+                entry.doomed = True
+                self._spawn(self._unload(entry))
+            elif math.isfinite(entry.keep_alive):
+                entry.expires_at = entry.last_used + entry.keep_alive
 
     def _shortfall(self, entry: _Entry, need_host: int, need_device: int) -> Shortfall:
         others = [e for e in self._holding() if e is not entry]
@@ -936,9 +945,14 @@ class Scheduler:
     async def _drain_and_unload(self, entry: _Entry, *, force: bool = False) -> None:
         """Wait for the entry's requests to end, then unload it. `force`: even if it is no longer
         the active entry for its name (the old side of a swap)."""
-        entry.leaving = True
+        entry.doomed = True
         while entry.refs > 0:
-            await entry.idle.wait()
+            if entry.idle.is_set():
+                # Its runner crashed (idle is set at once): its requests are failing and will
+                # release their leases; wait for that without spinning the event loop.
+                await asyncio.sleep(0.01)
+            else:
+                await entry.idle.wait()
         await self._unload(entry, force=force)
 
     async def _unload_if_present(self, name: str) -> None:
@@ -951,6 +965,11 @@ class Scheduler:
         if entry.state is EntryState.UNLOADING:
             return
         if self._entries.get(entry.name) is not entry and not force:
+            return
+        if entry.refs > 0:
+            # A request came in since it was chosen (an expiry, a keep_alive 0, an eviction that
+            # awaited another unload first): it keeps the runner. Drains call this at refs 0.
+            entry.doomed = False
             return
         entry.state = EntryState.UNLOADING
         runner = entry.runner

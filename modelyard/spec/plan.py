@@ -435,6 +435,8 @@ def _footprint(
         running is not None
         and running.state == "ready"
         and running.shares_runner
+        and applied is not None
+        and applied.load_key == target.load_key
         and running.digest == target.digest
     ):
         return 0
