@@ -204,6 +204,18 @@ def test_num_predict_and_stop_strings(tiny_runner: Runner) -> None:
     cut, done = tiny_runner.complete(CompletionRequest("the cat sat on", greedy(30, stop=(stop,))))
     assert cut == full[: full.index(stop)]
     assert done.done_reason == "stop"
+    # Log-probs come for the tokens of the text sent, not for those the stop cut away: their text
+    # starts with the output, and only the last of them may reach past it (into the stop).
+    entries = [
+        e
+        for event in tiny_runner.generate(
+            CompletionRequest("the cat sat on", greedy(30, stop=(stop,)), top_logprobs=1)
+        )
+        if isinstance(event, Token)
+        for e in event.logprobs
+    ]
+    spelled = [bytes(e["bytes"]).decode("utf-8", "replace") for e in entries]
+    assert "".join(spelled).startswith(cut) and len("".join(spelled[:-1])) < len(cut)
 
 
 def test_seed_reproducibility(tiny_runner: Runner) -> None:

@@ -55,7 +55,11 @@ class Slot:
     options: SamplingOptions = field(default_factory=SamplingOptions)
     shift: bool = True
     top_logprobs: int = 0
-    logprobs: list[dict[str, Any]] = field(default_factory=list)  # not yet sent
+    # Log-prob entries not yet sent, each with where its token's text starts in the output: an
+    # entry goes out once its text does (a stop string may hold the text back, then cut it).
+    logprobs: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    produced: int = 0  # characters of output decoded so far
+    emitted: int = 0  # of those, sent (the rest held back by the stop matcher, or cut)
     generated: int = 0
     truncated: int = 0
     shifts: int = 0
@@ -213,6 +217,7 @@ class Engine:
         slot.shift = request.shift
         slot.top_logprobs = request.top_logprobs
         slot.logprobs = []
+        slot.produced = slot.emitted = 0
         slot.generated = 0
         slot.truncated = dropped
         slot.shifts = 0
@@ -229,8 +234,7 @@ class Engine:
     def _finish(self, slot: Slot, reason: str) -> None:
         if slot.decoder is not None and slot.stops is not None and reason != "cancel":
             tail = slot.stops.feed(slot.decoder.decode(b"", final=True)) + slot.stops.flush()
-            if tail:
-                self.send({"event": "token", "id": slot.request_id, "text": tail})
+            self._send_output(slot, tail, final=not slot.stops.stopped)
         now = time.perf_counter_ns()
         prompt_done = slot.prompt_done_ns or now
         self.send(
@@ -306,25 +310,36 @@ class Engine:
             self._finish(slot, "length")
             return
         token = slot.sampler.sample(self.ctx, slot.logits_index)
-        if slot.top_logprobs:
-            entry = llama.top_logprobs(self.ctx, self.model, slot.logits_index, token, slot.top_logprobs)
-            slot.logprobs.append(entry)
         if self.model.is_eog(token):
             self._finish(slot, "stop")
             return
         slot.generated += 1
-        text = slot.stops.feed(slot.decoder.decode(self.model.piece(token)))
-        if text or slot.logprobs:
-            event: dict[str, Any] = {"event": "token", "id": slot.request_id, "text": text}
-            if slot.logprobs:
-                event["logprobs"], slot.logprobs = slot.logprobs, []
-            self.send(event)
+        piece = slot.decoder.decode(self.model.piece(token))
+        if slot.top_logprobs:
+            entry = llama.top_logprobs(self.ctx, self.model, slot.logits_index, token, slot.top_logprobs)
+            slot.logprobs.append((slot.produced, entry))
+        slot.produced += len(piece)
+        text = slot.stops.feed(piece)
+        self._send_output(slot, text)
         if slot.stops.stopped:
             self._finish(slot, "stop")
         elif 0 <= slot.options.num_predict <= slot.generated:
             self._finish(slot, "length")
         else:
             slot.next_token = token
+
+    def _send_output(self, slot: Slot, text: str, *, final: bool = False) -> None:
+        """Send `text`, with the log-probs of the tokens whose text has now gone out (`final`: all
+        that are left, the generation having ended without a stop; after a stop, the tokens of the
+        text it cut are never sent)."""
+        slot.emitted += len(text)
+        ready = [entry for start, entry in slot.logprobs if final or start < slot.emitted]
+        slot.logprobs = slot.logprobs[len(ready) :]
+        if text or ready:
+            event: dict[str, Any] = {"event": "token", "id": slot.request_id, "text": text}
+            if ready:
+                event["logprobs"] = ready
+            self.send(event)
 
     def _make_room(self, slot: Slot) -> bool:
         """The slot's context is full: drop the older half after num_keep, or finish with "length"
