@@ -747,3 +747,19 @@ def test_unloading_a_crashed_model_with_open_requests_does_not_hang_the_loop(tmp
             await scheduler.close()
 
     run(scenario())
+
+
+def test_a_name_that_said_keep_alive_0_on_a_shared_runner_gets_the_default_again(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        scheduler = fake_scheduler(tmp_path)
+        try:
+            (await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))).release()
+            (await scheduler.acquire(fake(tmp_path, "B", "w1", "dB", keep_alive=0))).release()
+            (await scheduler.acquire(fake(tmp_path, "B", "w1", "dB"))).release()  # no keep_alive: the default
+            await scheduler.unload("A")
+            await asyncio.sleep(0.05)
+            assert set(rows(scheduler)) == {"B"}  # B's own default keeps it, not its earlier 0
+        finally:
+            await scheduler.close()
+
+    run(scenario())

@@ -840,6 +840,15 @@ def test_tool_calls_reach_both_clients_as_calls(client: ollama.Client, oai: open
     assert deltas == [("get_weather", {"city": "Paris"})]
     assert parts[0].choices[0].delta.role == "assistant" and parts[0].choices[0].delta.tool_calls
     assert parts[-1].choices[0].finish_reason == "tool_calls"
+    # tool_choice required, or a named function: a grammar makes the model write the call.
+    plain: dict[str, Any] = {k: v for k, v in openai_forced.items() if k != "response_format"}
+    for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        forced_call = oai.chat.completions.create(**plain, tool_choice=choice).choices[0]  # type: ignore[arg-type]
+        assert forced_call.finish_reason == "tool_calls", forced_call
+        [made] = forced_call.message.tool_calls or []
+        assert made.function.name == "get_weather" and "city" in json.loads(made.function.arguments)
+    with pytest.raises(openai.BadRequestError, match="which tools does not offer"):
+        oai.chat.completions.create(**plain, tool_choice={"type": "function", "function": {"name": "nope"}})
     unparsed = oai.chat.completions.create(**openai_forced, tool_choice="none").choices[0]
     assert unparsed.finish_reason == "stop" and not unparsed.message.tool_calls
     assert json.loads(unparsed.message.content or "") == {

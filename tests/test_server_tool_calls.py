@@ -10,6 +10,7 @@ from modelyard.errors import InferenceRequestError
 from modelyard.server.tool_calls import (
     ToolCallParser,
     call_marker,
+    forced_call_schema,
     ollama_tool_calls,
     openai_tool_calls,
     parser_for,
@@ -151,3 +152,37 @@ def test_the_two_apis_shapes_of_calls() -> None:
         "type": "function",
         "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
     }
+
+
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+ADD_TOOL = {"type": "function", "function": {"name": "add"}}
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [
+        pytest.param(None, None, id="no-choice"),
+        pytest.param("auto", None, id="auto"),
+        pytest.param("none", None, id="none"),
+        pytest.param(
+            {"type": "function", "function": {"name": "add"}},
+            {"type": "object", "properties": {"name": {"const": "add"}, "arguments": {"type": "object"}},
+             "required": ["name", "arguments"]},
+            id="named",
+        ),
+    ],
+)  # fmt: skip
+def test_forced_call_schema(choice: object, expected: object) -> None:
+    assert forced_call_schema([WEATHER_TOOL, ADD_TOOL], choice) == expected
+
+
+def test_forced_call_schema_required_is_any_tool_and_unknown_names_are_refused() -> None:
+    schema = forced_call_schema([WEATHER_TOOL, ADD_TOOL], "required")
+    assert schema is not None and [s["properties"]["name"]["const"] for s in schema["anyOf"]] == [
+        "get_weather",
+        "add",
+    ]
+    with pytest.raises(InferenceRequestError, match="which tools does not offer"):
+        forced_call_schema([WEATHER_TOOL], {"type": "function", "function": {"name": "nope"}})
+    with pytest.raises(InferenceRequestError, match="tool_choice must be"):
+        forced_call_schema([WEATHER_TOOL], "always")

@@ -498,7 +498,12 @@ class Scheduler:
         entry.idle.clear()
         entry.expires_at = None
         # A request pins (never unpins: the reconciler's ensure does) and sets its name's keep_alive.
-        entry.set_lifetime(request.name, request.keep_alive, True if request.pinned else None)
+        keep_alive = request.keep_alive
+        if keep_alive is None and entry.keep_by.get(request.name, 1.0) <= 0:
+            # The last request said 0, and its runner stayed for other names: on its own, this name
+            # would have unloaded and loaded again with the default.
+            keep_alive = self.settings.default_keep_alive
+        entry.set_lifetime(request.name, keep_alive, True if request.pinned else None)
         return Lease(self, entry, request.name)
 
     def _release(self, entry: _Entry, served: bool) -> None:

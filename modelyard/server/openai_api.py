@@ -28,7 +28,7 @@ from modelyard.server.logprobs import (
     token_logprobs,
 )
 from modelyard.server.state import ServerState
-from modelyard.server.tool_calls import openai_tool_calls, parser_for
+from modelyard.server.tool_calls import forced_call_schema, openai_tool_calls, parser_for
 
 SSE = "text/event-stream"
 
@@ -131,11 +131,18 @@ def router(state: ServerState) -> APIRouter:
         request = PromptRequest.chat([_message(m) for m in body.messages], tools=body.tools)
         parser = parser_for(servable.name, servable.prompting, body.parsed_tools())
         top = body.logprobs_top()
+        format_ = _format(body.response_format)
+        forced = forced_call_schema(body.tools or [], body.tool_choice) if parser is not None else None
+        if forced is not None:
+            # tool_choice "required" or a named function: a grammar makes the answer that call.
+            if format_ is not None:
+                raise HTTPError(400, "tool_choice that forces a call cannot be combined with response_format")
+            format_ = forced
         stream = inference.generate(
             servable,
             request,
             body.options(),
-            format=_format(body.response_format),
+            format=format_,
             top_logprobs=runner_top_logprobs(top is not None, top),
         )
         if parser is not None:

@@ -42,6 +42,41 @@ def tool_names(tools: Iterable[Mapping[str, Any]]) -> frozenset[str]:
     return frozenset(names)
 
 
+def forced_call_schema(tools: Sequence[Mapping[str, Any]], choice: object) -> dict[str, Any] | None:
+    """The JSON schema that makes the model call a tool, for OpenAI's tool_choice "required" (one
+    of the tools) or {"type": "function", "function": {"name": …}} (that one); None for "auto",
+    "none" or no choice. Raises InferenceRequestError for a function the request does not offer."""
+    if choice in (None, "auto", "none"):
+        return None
+    functions = {
+        f["name"]: f
+        for f in (t.get("function") if isinstance(t.get("function"), Mapping) else t for t in tools)
+        if isinstance(f, Mapping) and isinstance(f.get("name"), str)
+    }
+    if choice == "required":
+        wanted = list(functions)
+    elif isinstance(choice, Mapping) and isinstance(choice.get("function"), Mapping):
+        wanted = [str(choice["function"].get("name"))]
+    else:
+        raise InferenceRequestError(f"tool_choice must be auto, none, required or a function, not {choice!r}")
+    if not wanted or any(name not in functions for name in wanted):
+        raise InferenceRequestError(
+            f"tool_choice names {', '.join(wanted) or 'no tool'}, which tools does not offer"
+        )
+    calls = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": name},
+                "arguments": functions[name].get("parameters") or {"type": "object"},
+            },
+            "required": ["name", "arguments"],
+        }
+        for name in wanted
+    ]
+    return calls[0] if len(calls) == 1 else {"anyOf": calls}
+
+
 def parser_for(
     name: str, prompting: ModelPrompting, tools: Sequence[Mapping[str, Any]] | None
 ) -> ToolCallParser | None:
