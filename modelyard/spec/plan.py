@@ -431,24 +431,15 @@ def _footprint(
 ) -> int | None:
     """Bytes the model takes: measured when it is loaded as targeted (none when it shares another
     name's runner, whose row counts them), else the estimate."""
-    if (
+    loaded_as_targeted = (
         running is not None
         and running.state == "ready"
-        and running.shares_runner
         and applied is not None
         and applied.load_key == target.load_key
         and running.digest == target.digest
-    ):
-        return 0
-    if (
-        running is not None
-        and running.state == "ready"
-        and running.size
-        and applied is not None
-        and applied.load_key == target.load_key
-        and running.digest == target.digest
-    ):
-        return running.size
+    )
+    if loaded_as_targeted and running is not None and (running.shares_runner or running.size):
+        return 0 if running.shares_runner else running.size
     return observed.footprints.get(target.name)
 
 
