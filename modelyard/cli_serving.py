@@ -232,7 +232,7 @@ def cmd_stop(args: argparse.Namespace, ctx: Context) -> int:
 
 def _shared_or_size(model: dict[str, Any]) -> str:
     # A name served by another name's runner: its memory is counted on that row.
-    if str(model.get("note", "")).startswith("shares the runner of "):
+    if model.get("shares_runner_of"):
         return "shared"
     return _human(model["size"])
 

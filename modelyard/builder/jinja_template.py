@@ -108,10 +108,12 @@ def compile_chat_template(text: str) -> jinja2.Template:
         raise TemplateError(f"chat template:{err.lineno}: {err.message}") from None
 
 
-def template_variables(text: str) -> set[str]:
-    """The names a Jinja template reads from its context. Raises TemplateError when it does not parse."""
+@lru_cache(maxsize=64)
+def template_variables(text: str) -> frozenset[str]:
+    """The names a Jinja template reads from its context (asked on every request with tools: a
+    model's template is parsed once). Raises TemplateError when it does not parse."""
     try:
-        return set(jinja2.meta.find_undeclared_variables(_environment().parse(text)))
+        return frozenset(jinja2.meta.find_undeclared_variables(_environment().parse(text)))
     except jinja2.TemplateSyntaxError as err:
         raise TemplateError(f"chat template:{err.lineno}: {err.message}") from None
 

@@ -168,21 +168,22 @@ def _download_layers(
 
     with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="pull") as pool:
         futures = [pool.submit(one, layer) for layer in unique]
+
+        def stop_all() -> None:  # running downloads stop at their next read, keeping their partials
+            cancelled.set()
+            for future in futures:
+                future.cancel()
+
         try:
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         except BaseException:
-            # Ctrl-C (KeyboardInterrupt arrives here, on the main thread): the downloads stop at
-            # their next read, keeping their partial files for the next pull to resume; without
-            # this the pool's exit would wait for every blob to finish.
-            cancelled.set()
-            for future in futures:
-                future.cancel()
+            # Ctrl-C (KeyboardInterrupt arrives here, on the main thread): without this the pool's
+            # exit would wait for every blob to finish.
+            stop_all()
             raise
         failed = next((f for f in done if f.exception() is not None), None)
         if failed is not None:
-            cancelled.set()
-            for future in futures:
-                future.cancel()
+            stop_all()
             wait(futures)
             raise failed.exception()  # type: ignore[misc]
     received = [f.result() for f in futures]

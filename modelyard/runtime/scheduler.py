@@ -108,10 +108,8 @@ class _Entry:
     loaded: asyncio.Future[None] | None = None
     refs: int = 0
     waiting: int = 0
-    keep_alive: float = DEFAULT_KEEP_ALIVE_S
     expires_at: float | None = None
     last_used: float = 0.0
-    pinned: bool = False
     failures: int = 0
     failure_kind: str = ""  # "load-failed" or "crashed", for ServerBusyError's reason
     retry_at: float = 0.0
@@ -185,29 +183,27 @@ class _Entry:
             self.digest = request.digest
 
     def set_lifetime(self, name: str, keep_alive: float | None, pinned: bool | None) -> None:
-        """Record one name's keep_alive (None: unchanged) and pin (None: unchanged), then the
-        runner's: the longest keep_alive of its names, pinned while one of them pins it."""
+        """Record one name's keep_alive (None: unchanged) and pin (None: unchanged)."""
         if keep_alive is not None:
             self.keep_by[name] = keep_alive
         if pinned is True:
             self.pinned_by.add(name)
         elif pinned is False:
             self.pinned_by.discard(name)
-        self._settle()
 
     def forget(self, name: str) -> None:
         self.keep_by.pop(name, None)
         self.pinned_by.discard(name)
-        self._settle()
 
-    def _settle(self) -> None:
-        if self.keep_by:
-            self.keep_alive = max(self.keep_by.values())
-        self.pinned = bool(self.pinned_by)
+    @property
+    def keep_alive(self) -> float:
+        """The runner's: the longest its names ask for."""
+        return max(self.keep_by.values(), default=DEFAULT_KEEP_ALIVE_S)
 
-
-# The note of a name served by another name's runner (whose row carries the memory).
-SHARES_RUNNER_NOTE = "shares the runner of "
+    @property
+    def pinned(self) -> bool:
+        """The runner's: pinned while one of its names pins it."""
+        return bool(self.pinned_by)
 
 
 @dataclass(frozen=True)
@@ -233,6 +229,7 @@ class ModelStatus:
     load_seconds: float
     last_error: str
     note: str = ""
+    shares_runner_of: str = ""  # served by that name's runner, whose row carries the memory
 
 
 class Lease:
@@ -481,7 +478,8 @@ class Scheduler:
                     runner_rss=None,
                     weights_resident=None,
                     kv_bytes=0,
-                    note=SHARES_RUNNER_NOTE + entry.name,
+                    note=f"shares the runner of {entry.name}",
+                    shares_runner_of=entry.name,
                 )
                 for alias, digest in entry.aliases.items()
             ]
@@ -661,14 +659,15 @@ class Scheduler:
             estimate=estimate_,
             plan=plan,
             shape=request.shape,
-            keep_alive=request.keep_alive
-            if request.keep_alive is not None
-            else self.settings.default_keep_alive,
-            pinned=request.pinned,
             last_used=self.clock(),
             failures=previous.failures if previous is not None else 0,
         )
-        entry.set_lifetime(request.name, entry.keep_alive, request.pinned)
+        keep_alive = request.keep_alive
+        entry.set_lifetime(
+            request.name,
+            keep_alive if keep_alive is not None else self.settings.default_keep_alive,
+            request.pinned,
+        )
         entry.loaded = asyncio.get_running_loop().create_future()
         entry.loaded.add_done_callback(_consume_exception)
         return entry

@@ -144,6 +144,7 @@ class ServerState:
                     "weights_resident": status.weights_resident,
                     "kv_bytes": status.kv_bytes,
                     "note": status.note,
+                    "shares_runner_of": status.shares_runner_of,
                 }
             )
         return out

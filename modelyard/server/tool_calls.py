@@ -32,14 +32,19 @@ def call_marker(template: str) -> str | None:
     return next((marker for marker in MARKERS if marker in template), None)
 
 
-def tool_names(tools: Iterable[Mapping[str, Any]]) -> frozenset[str]:
-    """The names of Ollama's / OpenAI's tool definitions ({"type": "function", "function": {…}})."""
-    names = set()
+def tool_functions(tools: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """The functions of Ollama's / OpenAI's tool definitions ({"type": "function", "function":
+    {…}}, or the function itself), by name."""
+    functions = {}
     for tool in tools:
         function = tool.get("function") if isinstance(tool.get("function"), Mapping) else tool
         if isinstance(function, Mapping) and isinstance(function.get("name"), str):
-            names.add(function["name"])
-    return frozenset(names)
+            functions[function["name"]] = function
+    return functions
+
+
+def tool_names(tools: Iterable[Mapping[str, Any]]) -> frozenset[str]:
+    return frozenset(tool_functions(tools))
 
 
 def forced_call_schema(tools: Sequence[Mapping[str, Any]], choice: object) -> dict[str, Any] | None:
@@ -48,11 +53,7 @@ def forced_call_schema(tools: Sequence[Mapping[str, Any]], choice: object) -> di
     "none" or no choice. Raises InferenceRequestError for a function the request does not offer."""
     if choice in (None, "auto", "none"):
         return None
-    functions = {
-        f["name"]: f
-        for f in (t.get("function") if isinstance(t.get("function"), Mapping) else t for t in tools)
-        if isinstance(f, Mapping) and isinstance(f.get("name"), str)
-    }
+    functions = tool_functions(tools)
     if choice == "required":
         wanted = list(functions)
     elif isinstance(choice, Mapping) and isinstance(choice.get("function"), Mapping):

@@ -25,7 +25,7 @@ from modelyard.registry import RegistryOptions, pull
 from modelyard.registry.formats import ANNOTATION_SOURCE_DIGEST
 from modelyard.registry.resolve import resolve_remote_digest
 from modelyard.registry.retry import RetryPolicy
-from modelyard.runtime.scheduler import SHARES_RUNNER_NOTE, ModelRequest, ModelStatus, Scheduler
+from modelyard.runtime.scheduler import ModelRequest, ModelStatus, Scheduler
 from modelyard.runtime.servable import Servable, load_servable
 from modelyard.spec.footprint import footprint
 from modelyard.spec.plan import LoadTarget, Running
@@ -162,5 +162,5 @@ def _running(status: ModelStatus) -> Running:
         pinned=status.pinned,
         last_error=status.last_error,
         note=status.note,
-        shares_runner=status.note.startswith(SHARES_RUNNER_NOTE),
+        shares_runner=bool(status.shares_runner_of),
     )

@@ -55,6 +55,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from modelyard.builder.params import describe_value
 from modelyard.errors import (
     InferenceRequestError,
     InvalidReferenceError,
@@ -512,11 +513,7 @@ def _issues(error: ValidationError, node: yaml.Node, file: str) -> list[SpecIssu
 
 
 def _yaml_kind(value: object) -> str:
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, str):
-        return f"the string {value!r}"
-    return "null" if value is None else f"{value!r}"
+    return ("the string " if isinstance(value, str) else "") + describe_value(value)
 
 
 def _unknown_field_message(location: tuple[Any, ...]) -> str:
