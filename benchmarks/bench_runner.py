@@ -5,7 +5,11 @@ For 1, 2, 4 and 8 concurrent streams (greedy, the same long-answer prompt, 128 n
   serial     llama-cpp-python's `Llama.create_completion`, the streams one after another, as its
              own server serves them (one request at a time)
   bare       a bare loop of `llama_decode` in this process over the same batch sizes: every
-             stream's next token in one batch, greedy sampling in C; the physical reference
+             stream's next token in one batch, the greedy token an argmax over the logits row
+             read in place (numpy), as the runner picks it; the physical reference
+  bare-chain the same loop with llama.cpp's greedy sampler chain (`llama_sampler_sample`), which
+             copies the row into an n_vocab-entry candidate array first: the reference as this
+             script measured it before the runner took the argmax (2026-11-26)
 Also time to first token for one stream, and load time (page cache warm) of a runner against a
 bare `Llama()` construction. All three use the same threads, context per stream, flash
 attention setting and weight layout (repacked or not, as the runner found this CPU allows).
@@ -34,6 +38,7 @@ import time
 from pathlib import Path
 
 import llama_cpp as L
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from llama_defaults import model_defaults
@@ -121,7 +126,7 @@ class BareLoop:
         n = L.llama_tokenize(self.vocab, data, len(data), buffer, len(buffer), True, True)
         self.prompt = list(buffer[:n])
 
-    def run(self, streams: int, tokens: int) -> float:
+    def run(self, streams: int, tokens: int, chain: bool = False) -> float:
         cp = L.llama_context_default_params()
         # Room for every stream's prompt in the one prefill batch (a byte-level vocabulary makes
         # long prompts), never less than the runner's 512.
@@ -151,8 +156,16 @@ class BareLoop:
         assert L.llama_decode(ctx, batch) == 0
         index = [(s + 1) * len(self.prompt) - 1 for s in range(streams)]
         pos = len(self.prompt)
+        n_vocab = L.llama_vocab_n_tokens(self.vocab)
+
+        def argmax(i: int) -> int:
+            return int(np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, i), shape=(n_vocab,)).argmax())
+
         for _ in range(tokens):
-            next_tokens = [L.llama_sampler_sample(samplers[s], ctx, index[s]) for s in range(streams)]
+            if chain:
+                next_tokens = [L.llama_sampler_sample(samplers[s], ctx, index[s]) for s in range(streams)]
+            else:
+                next_tokens = [argmax(index[s]) for s in range(streams)]
             for s in range(streams):
                 add(s, next_tokens[s], pos, s, True)
                 index[s] = s
@@ -218,6 +231,7 @@ def main() -> None:
             rates.setdefault(("runner", streams), []).append(run_ours(runner, streams, args.tokens))
             rates.setdefault(("serial", streams), []).append(run_serial(llm, streams, args.tokens))
             rates.setdefault(("bare", streams), []).append(bare.run(streams, args.tokens))
+            rates.setdefault(("bare-chain", streams), []).append(bare.run(streams, args.tokens, chain=True))
         ttft["runner"].append(ttft_ours(runner))
         ttft["serial"].append(ttft_serial(llm))
         llm.close()
@@ -240,14 +254,15 @@ def main() -> None:
     )
     print(
         "| streams | runner tok/s | serial create_completion tok/s | bare llama_decode tok/s | "
-        "runner / serial | runner / bare |"
+        "bare, llama.cpp greedy chain tok/s | runner / serial | runner / bare |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for streams in STREAMS:
         ours, serial, physical = med[("runner", streams)], med[("serial", streams)], med[("bare", streams)]
+        chain = med[("bare-chain", streams)]
         print(
-            f"| {streams} | {ours:.1f} | {serial:.1f} | {physical:.1f} | {ours / serial:.2f}× | "
-            f"{ours / physical:.0%} |"
+            f"| {streams} | {ours:.1f} | {serial:.1f} | {physical:.1f} | {chain:.1f} | "
+            f"{ours / serial:.2f}× | {ours / physical:.0%} |"
         )
     print()
     print(
