@@ -17,7 +17,8 @@ from llama_defaults import model_defaults
 
 from modelyard.errors import InferenceRequestError, ModelLoadError, RunnerCrashedError
 from modelyard.runtime.options import LoadOptions, SamplingOptions
-from modelyard.runtime.protocol import CompletionRequest
+from modelyard.runtime.prompt_cache import common_prefix
+from modelyard.runtime.protocol import CompletionRequest, Done
 from modelyard.runtime.runner import Runner, RunnerSpec, RunnerState, Token
 
 GEMMA_PROMPT = "<start_of_turn>user\nName three colours.<end_of_turn>\n<start_of_turn>model\n"
@@ -450,3 +451,108 @@ def test_penalties_apply(tiny_runner: Runner) -> None:
         text, done = tiny_runner.complete(CompletionRequest("the cat sat on", options))
         assert done.eval_count == 40
         assert text != plain, f"{options} changed nothing"
+
+
+# --- the prompt cache: a slot keeps its KV cells for the next request ------------------------
+
+GEMMA_TURN = "<start_of_turn>user\n{}<end_of_turn>\n<start_of_turn>model\n"
+
+
+@pytest.fixture(scope="module")
+def gemma_fresh(gemma_gguf: Path) -> Iterator[Runner]:
+    """A second Gemma runner, as gemma_runner is loaded, whose one slot is cleared before each use
+    (by a prompt that shares nothing): what a prompt gives when it is evaluated whole."""
+    options = LoadOptions(num_ctx=1024, num_parallel=1, flash_attention=True)
+    runner = Runner.start(RunnerSpec("gemma-fresh", gemma_gguf, options=options))
+    yield runner
+    runner.stop()
+
+
+def evaluated_whole(runner: Runner, prompt: str, n: int) -> tuple[list[dict[str, object]], Done]:
+    # A prompt that shares nothing but the BOS token, whose cell is the same in any sequence.
+    runner.complete(CompletionRequest("x", greedy(1)))
+    steps, done = greedy_steps(runner, prompt, n)
+    assert done.prompt_cached <= 1
+    return steps, done
+
+
+def greedy_steps(runner: Runner, prompt: str, n: int) -> tuple[list[dict[str, object]], Done]:
+    steps: list[dict[str, object]] = []
+    done = None
+    for event in runner.generate(CompletionRequest(prompt, greedy(n), top_logprobs=5)):
+        if isinstance(event, Token):
+            steps.extend(event.logprobs)
+        elif isinstance(event, Done):
+            done = event
+    assert done is not None
+    return steps, done
+
+
+def assert_same_continuation(whole: list[dict[str, object]], cached: list[dict[str, object]]) -> None:
+    """Up to rounding: kernels sum in an order that depends on a batch's size, and a prompt whose
+    start is cached is evaluated in other batches than one evaluated whole; test_greedy_output_is_
+    the_same_alone_and_batched measures that at about one logit unit. Cells of the wrong tokens or
+    positions move logits by many units at once."""
+    tolerance = 2.5
+    for k, (a, b) in enumerate(zip(whole, cached, strict=False)):
+        assert _candidate_drift(a, b) < tolerance, f"token {k}: logits moved by {_candidate_drift(a, b):.3f}"
+        if a["id"] != b["id"]:
+            ranked = {c["id"]: c["logit"] for c in a["top"]}  # type: ignore[attr-defined]
+            assert b["id"] in ranked and a["logit"] - ranked[b["id"]] < tolerance, (
+                f"token {k}: not a near tie"
+            )  # type: ignore[operator]
+            return  # past a flip the two continue different texts
+    assert len(whole) == len(cached)
+
+
+@pytest.mark.gemma
+def test_a_chats_next_turn_evaluates_only_what_is_new(gemma_runner: Runner, gemma_fresh: Runner) -> None:
+    first = GEMMA_TURN.format("Name a large animal that lives in the sea.")
+    answer, _ = gemma_runner.complete(CompletionRequest(first, greedy(16)))
+    second = first + answer + "<end_of_turn>\n" + GEMMA_TURN.format("Where does it live?")
+    n_first = len(gemma_runner.tokenize(first, add_special=True))
+    n_second = len(gemma_runner.tokenize(second, add_special=True))
+
+    cached, done = greedy_steps(gemma_runner, second, 24)
+    assert done.prompt_eval_count == n_second
+    assert n_first <= done.prompt_cached < n_second, "the first turn's tokens were not evaluated again"
+    whole, whole_done = evaluated_whole(gemma_fresh, second, 24)
+    assert whole_done.prompt_eval_count == n_second
+    assert_same_continuation(whole, cached)
+
+    # The same prompt again: everything is cached but its last token, evaluated again for logits.
+    _, again = greedy_steps(gemma_runner, second, 1)
+    assert again.prompt_cached == n_second - 1
+
+
+@pytest.mark.gemma
+def test_a_long_prompts_cache_serves_what_shares_part_of_it(
+    gemma_runner: Runner, gemma_fresh: Runner
+) -> None:
+    """A 600-token prompt, longer than Gemma 3's 512-position sliding window. The runner's contexts
+    keep full-size window caches (llama.cpp's default), so the window drops no cells and a prompt
+    that shares the first ~450 tokens keeps them all; the rule for caches that do drop cells is
+    table-tested in test_prompt_cache. One that goes on from the slot's whole cache keeps it all."""
+    facts = [f"Fact {i}: the number {i} comes after {i - 1}." for i in range(1, 40)]
+    long_prompt = GEMMA_TURN.format(" ".join(facts))
+    n_long = len(gemma_runner.tokenize(long_prompt, add_special=True))
+    assert 560 < n_long < 700, n_long
+    diverging = GEMMA_TURN.format(" ".join(facts[:28]) + " So what comes after 5?")
+    shared = common_prefix(
+        gemma_runner.tokenize(long_prompt, add_special=True),
+        gemma_runner.tokenize(diverging, add_special=True),
+    )
+    assert shared > n_long - shared, "it takes the long prompt's slot, for what it shares"
+
+    gemma_runner.complete(CompletionRequest(long_prompt, greedy(4)))
+    cached, done = greedy_steps(gemma_runner, diverging, 12)
+    assert done.prompt_cached == shared
+    whole, _ = evaluated_whole(gemma_fresh, diverging, 12)
+    assert_same_continuation(whole, cached)
+
+    answer, _ = gemma_runner.complete(CompletionRequest(long_prompt, greedy(4)))
+    extending = long_prompt + answer + "<end_of_turn>\n" + GEMMA_TURN.format("And after 40?")
+    cached, done = greedy_steps(gemma_runner, extending, 12)
+    assert done.prompt_cached >= n_long + 3, "a prompt that goes on from the slot's whole cache keeps it"
+    whole, _ = evaluated_whole(gemma_fresh, extending, 12)
+    assert_same_continuation(whole, cached)

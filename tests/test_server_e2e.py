@@ -369,6 +369,34 @@ def test_openai_chat_streaming_and_not(oai: openai.OpenAI) -> None:
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
 
 
+def test_a_chats_next_turn_reuses_the_cache(oai: openai.OpenAI, http: httpx.Client) -> None:
+    """The second turn sends the first again; its tokens come from the slot's cache, which the
+    usage and the metrics report."""
+
+    def cached_total() -> float:
+        families = text_string_to_metric_families(http.get("/metrics").text)
+        return sum(
+            s.value
+            for f in families
+            for s in f.samples
+            if s.name == "modelyard_prompt_cached_tokens_total" and s.labels.get("model") == MODEL
+        )
+
+    messages: list[dict[str, str]] = [{"role": "user", "content": "Name a bird that cannot fly."}]
+    first = oai.chat.completions.create(model=GEMMA, messages=messages, max_tokens=12, temperature=0)  # type: ignore[arg-type]
+    before = cached_total()
+    messages += [
+        {"role": "assistant", "content": first.choices[0].message.content or ""},
+        {"role": "user", "content": "Where does it live?"},
+    ]
+    second = oai.chat.completions.create(model=GEMMA, messages=messages, max_tokens=8, temperature=0)  # type: ignore[arg-type]
+    assert first.usage is not None and second.usage is not None
+    details = second.usage.prompt_tokens_details
+    assert details is not None and details.cached_tokens is not None
+    assert first.usage.prompt_tokens <= details.cached_tokens < second.usage.prompt_tokens
+    assert cached_total() - before == details.cached_tokens
+
+
 def test_openai_stop_sequence(oai: openai.OpenAI) -> None:
     messages: list[dict[str, str]] = [{"role": "user", "content": "Count from 1 to 10."}]
     free = oai.chat.completions.create(model=GEMMA, messages=messages, max_tokens=24, temperature=0)  # type: ignore[arg-type]

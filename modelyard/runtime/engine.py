@@ -2,8 +2,10 @@
 
 Each step builds one batch: the next token of every generating slot, then prompt tokens of the
 slots still prefilling, in chunks, until `n_batch` tokens are in. New requests take a free slot
-between steps; a finished or cancelled request frees its slot and its KV cells at once
-(`llama_memory_seq_rm`). Every slot has its own sampler chain, stop matcher and UTF-8 decoder.
+between steps: the one whose cache shares the longest prefix with the prompt (prompt_cache.py),
+which keeps those KV cells and evaluates only the rest; a finished or cancelled request frees its
+slot at once and leaves its cells for the next. Every slot has its own sampler chain, stop matcher
+and UTF-8 decoder.
 
 Runs inside the runner process, on its main thread; requests arrive on a queue fed by the socket
 reader thread, events leave through `send`.
@@ -23,6 +25,7 @@ from typing import Any
 
 from modelyard.runtime import llama
 from modelyard.runtime.options import SamplingOptions
+from modelyard.runtime.prompt_cache import FreeSlot, choose_slot, common_prefix, reusable_prefix
 from modelyard.runtime.protocol import CompletionRequest
 from modelyard.runtime.stops import StopMatcher
 
@@ -47,6 +50,13 @@ class Slot:
     prompt: list[int] = field(default_factory=list)
     fed: int = 0  # prompt tokens already in the KV cache
     n_past: int = 0  # tokens in the KV cache for this sequence
+    # The tokens in this sequence's KV cells, by position; kept when the slot is freed, for the
+    # next prompt that starts the same way. Only the first `exact` were computed without a context
+    # shift in between (shifted cells are not what evaluating the prompt afresh would give).
+    cache: list[int] = field(default_factory=list)
+    exact: int = 0
+    reused: int = 0  # prompt tokens of the current request that the cache already held
+    last_used: int = 0
     next_token: int | None = None  # sampled, to be fed in the next step
     logits_index: int = -1  # where this slot's logits are in the current batch
     sampler: llama.Sampler | None = None
@@ -107,6 +117,8 @@ class Engine:
         self.send = send
         self.slots = [Slot(seq=i) for i in range(slots)]
         self.n_ctx_seq = ctx.n_ctx_seq
+        self.n_swa = model.n_swa
+        self._releases = 0  # a clock for choosing which free slot's cache to give up
         self.batch = llama.Batch(ctx.n_batch, slots)
         self.waiting: deque[tuple[int, CompletionRequest]] = deque()
         self._embedder_factory = embedder
@@ -180,19 +192,19 @@ class Engine:
     # --- admitting and finishing requests ---------------------------------------------------
 
     def _admit(self) -> None:
-        for slot in self.slots:
-            if not self.waiting:
+        while self.waiting:
+            free = [slot for slot in self.slots if not slot.busy]
+            if not free:
                 return
-            if slot.busy:
-                continue
             request_id, request = self.waiting.popleft()
             try:
-                self._start(slot, request_id, request)
+                self._start(free, request_id, request)
             except RequestRejected as exc:
-                self._release(slot)
                 self._error(request_id, str(exc), "request")
 
-    def _start(self, slot: Slot, request_id: int, request: CompletionRequest) -> None:
+    def _start(self, free: list[Slot], request_id: int, request: CompletionRequest) -> None:
+        """Take a free slot for the request; everything that can reject it comes before the slot
+        is touched."""
         options = request.options
         tokens = self.model.tokenize(request.prompt, add_special=True, parse_special=True)
         if not tokens:
@@ -204,11 +216,19 @@ class Engine:
             sampler = llama.Sampler(self.model, options, seed, grammar, n_ctx=self.n_ctx_seq)
         except ValueError as exc:
             raise RequestRejected(str(exc)) from None
-        self.ctx.seq_rm(slot.seq)
+        slot = free[choose_slot([FreeSlot(s.cache[: s.exact], s.last_used) for s in free], tokens)]
+        shared = common_prefix(slot.cache[: slot.exact], tokens)
+        reused = reusable_prefix(shared, len(tokens), self.ctx.seq_pos_min(slot.seq), self.n_swa)
+        if not self.ctx.seq_rm(slot.seq, reused, -1):  # a memory that cannot cut a sequence short
+            self.ctx.seq_rm(slot.seq)
+            reused = 0
+        slot.cache = tokens[:reused]
+        slot.exact = reused
+        slot.reused = reused
         slot.request_id = request_id
         slot.prompt = tokens
-        slot.fed = 0
-        slot.n_past = 0
+        slot.fed = reused
+        slot.n_past = reused
         slot.next_token = None
         slot.sampler = sampler
         slot.stops = StopMatcher(options.stop)
@@ -243,6 +263,7 @@ class Engine:
                 "id": slot.request_id,
                 "done_reason": reason,
                 "prompt_eval_count": len(slot.prompt),
+                "prompt_cached": slot.reused,
                 "prompt_eval_duration": prompt_done - slot.started_ns,
                 "eval_count": slot.generated,
                 "eval_duration": now - prompt_done,
@@ -252,10 +273,15 @@ class Engine:
         )
         self._release(slot)
 
-    def _release(self, slot: Slot) -> None:
+    def _release(self, slot: Slot, *, keep_cache: bool = True) -> None:
         if slot.sampler is not None:
             slot.sampler.close()
-        self.ctx.seq_rm(slot.seq)
+        if not keep_cache:
+            self.ctx.seq_rm(slot.seq)
+            slot.cache = []
+            slot.exact = 0
+        self._releases += 1
+        slot.last_used = self._releases
         slot.request_id = -1
         slot.sampler = None
         slot.prompt = []
@@ -277,6 +303,9 @@ class Engine:
                 if slot.n_past >= self.n_ctx_seq and not self._make_room(slot):
                     continue
                 slot.logits_index = batch.add(slot.next_token, slot.n_past, slot.seq, True)
+                slot.cache.append(slot.next_token)
+                if slot.exact == slot.n_past:
+                    slot.exact += 1
                 slot.n_past += 1
                 budget -= 1
         for slot in self.slots:
@@ -287,6 +316,8 @@ class Engine:
                 last = slot.fed + chunk == len(slot.prompt)
                 for i in range(slot.fed, slot.fed + chunk):
                     index = batch.add(slot.prompt[i], i, slot.seq, last and i == len(slot.prompt) - 1)
+                slot.cache += slot.prompt[slot.fed : slot.fed + chunk]
+                slot.exact += chunk
                 slot.fed += chunk
                 slot.n_past = slot.fed
                 budget -= chunk
@@ -351,6 +382,8 @@ class Engine:
         discard = (slot.n_past - keep) // 2
         self.ctx.seq_rm(slot.seq, keep, keep + discard)
         self.ctx.seq_add(slot.seq, keep + discard, slot.n_past, -discard)
+        del slot.cache[keep : keep + discard]
+        slot.exact = min(slot.exact, keep)
         slot.n_past -= discard
         slot.shifts += 1
         return True
@@ -359,7 +392,7 @@ class Engine:
         for slot in self.slots:
             if slot.busy and (slot.logits_index >= 0 or slot.prefilling):
                 self._error(slot.request_id, message, "internal")
-                self._release(slot)
+                self._release(slot, keep_cache=False)  # what the failed batch left is unknown
 
     # --- embeddings -------------------------------------------------------------------------
 

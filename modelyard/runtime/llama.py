@@ -159,6 +159,11 @@ class Model:
     def n_embd(self) -> int:
         return int(L.llama_model_n_embd(self.ptr))
 
+    @property
+    def n_swa(self) -> int:
+        """The sliding attention window of the layers that have one (Gemma 3), else 0."""
+        return int(L.llama_model_n_swa(self.ptr))
+
     def metadata(self, key: str) -> str | None:
         """A GGUF metadata value as text, or None where the file has no such key."""
         buffer = ctypes.create_string_buffer(256)
@@ -304,6 +309,10 @@ class Context:
 
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
         return bool(L.llama_memory_seq_rm(self.memory, seq, p0, p1))
+
+    def seq_pos_min(self, seq: int) -> int:
+        """The oldest position still in the cache for `seq` (-1: none)."""
+        return int(L.llama_memory_seq_pos_min(self.memory, seq))
 
     def seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
         L.llama_memory_seq_add(self.memory, seq, p0, p1, delta)

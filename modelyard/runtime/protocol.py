@@ -15,8 +15,9 @@ Runner → parent (`event`):
     loaded      {info: RunnerInfo}                              ready to serve
     load_failed {message}                                       then the runner exits
     token       {id, text, logprobs?}                           streamed output (logprobs when asked)
-    done        {id, done_reason, prompt_eval_count, prompt_eval_duration, eval_count, eval_duration,
-                 truncated, context_shifts}                     durations in nanoseconds
+    done        {id, done_reason, prompt_eval_count, prompt_cached, prompt_eval_duration,
+                 eval_count, eval_duration, truncated, context_shifts}
+                                                                durations in nanoseconds
     result      {id, …}                                         embed / tokenize / detokenize / stats
     error       {id, message, kind: "request" | "internal"}
 
@@ -105,6 +106,7 @@ class Done:
     eval_duration: int
     truncated: int = 0  # prompt tokens dropped to fit the context
     context_shifts: int = 0  # times old tokens were dropped during generation
+    prompt_cached: int = 0  # of prompt_eval_count, tokens whose KV the slot kept from its last request
 
 
 def load_message(

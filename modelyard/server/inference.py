@@ -214,7 +214,9 @@ class Inference:
                     yield event
                     continue
                 finished = True
-                self.metrics.prompt_tokens.labels(servable.name).inc(event.prompt_eval_count)
+                evaluated = event.prompt_eval_count - event.prompt_cached
+                self.metrics.prompt_tokens.labels(servable.name).inc(evaluated)
+                self.metrics.prompt_cached_tokens.labels(servable.name).inc(event.prompt_cached)
                 self.metrics.generated_tokens.labels(servable.name).inc(event.eval_count)
                 yield Finished(event, load_ns, now - started, rendered.dropped_messages)
                 return

@@ -35,6 +35,12 @@ class Metrics:
         self.prompt_tokens = Counter(
             "modelyard_prompt_tokens", "Prompt tokens evaluated.", ["model"], registry=self.registry
         )
+        self.prompt_cached_tokens = Counter(
+            "modelyard_prompt_cached_tokens",
+            "Prompt tokens not evaluated: a slot kept their KV cache from its previous request.",
+            ["model"],
+            registry=self.registry,
+        )
         self.generated_tokens = Counter(
             "modelyard_generated_tokens", "Tokens generated.", ["model"], registry=self.registry
         )

@@ -464,12 +464,13 @@ def _finish_reason(finished: Finished) -> str:
     return "length" if finished.done_reason == "length" else "stop"
 
 
-def _usage(finished: Finished) -> dict[str, int]:
+def _usage(finished: Finished) -> dict[str, Any]:
     done = finished.done
     return {
         "prompt_tokens": done.prompt_eval_count,
         "completion_tokens": done.eval_count,
         "total_tokens": done.prompt_eval_count + done.eval_count,
+        "prompt_tokens_details": {"cached_tokens": done.prompt_cached},
     }
 
 
