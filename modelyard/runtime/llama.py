@@ -378,20 +378,44 @@ class LoraAdapter:
             raise OSError(f"llama.cpp could not load the LoRA adapter {path}")
 
 
+# A top-k above this goes through the chain on the whole row: the preselection's gain shrinks as k
+# grows, and a k near the vocabulary size means top-k keeps nearly everything anyway.
+PRESELECT_TOP_K_MAX = 1024
+
+
+# llama_token_data as numpy reads it, to fill the candidates a field at a time (np.ctypeslib would
+# derive this from the struct on every call, at ~30 µs).
+_TOKEN_DATA = [("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]
+
+
 class Sampler:
     """A llama.cpp sampler chain for one request, in llama-server's order:
     grammar → penalties → top_k → typical_p → top_p → min_p → temperature → distribution."""
 
     def __init__(
-        self, model: Model, options: SamplingOptions, seed: int, grammar: str | None = None, n_ctx: int = 4096
+        self,
+        model: Model,
+        options: SamplingOptions,
+        seed: int,
+        grammar: str | None = None,
+        n_ctx: int = 4096,
+        *,
+        in_place: bool = True,
     ) -> None:
+        """`in_place` False: always through llama.cpp's chain on the whole row (the reference that
+        tests and benchmarks hold the in-place reading to)."""
         self.ptr = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
-        # Greedy with nothing before it is an argmax over the logits row. llama.cpp's chain first
-        # copies the row into a candidate array of n_vocab entries (3 MiB for Gemma's 262,144
-        # tokens) and scans that: ~0.9 ms a token on a small CPU, a third of a GPU decode step
-        # for a small model. numpy's argmax reads the row in place, and picks the same token (the
-        # first of equal maxima, as llama.cpp's greedy sampler does).
-        self._argmax_vocab = 0
+        # llama_sampler_sample first copies the logits row into n_vocab candidates (3 MiB for
+        # Gemma's 262,144 tokens) and the chain works on all of them: 0.9 ms a token for greedy on
+        # a 2-core VM, 0.7 ms for top-k 40; on an H100 running a 270M model, ~1.2 ms a token, more
+        # than half of an 8-stream step (benchmarks/RESULTS.md). Where nothing comes first that
+        # needs the whole row (a grammar, penalties), `sample` reads the row in place instead:
+        # greedy is its argmax (the first of equal maxima, as llama.cpp's greedy sampler picks),
+        # and top-k gets only the candidates that can be in the top k (topk.py), on which the
+        # same chain then picks the same token with the same random draws.
+        self._n_vocab = model.n_vocab
+        self._argmax = False
+        self._preselect = 0  # top-k: hand the chain this many best candidates, not the whole row
         add = self._add
         if grammar:
             gsampler = L.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
@@ -412,12 +436,15 @@ class Sampler:
                     options.presence_penalty,
                 )
             )
+        # A grammar or penalties need the whole row; so does a caller that asks for the chain.
+        whole_row_first = L.llama_sampler_chain_n(self.ptr) > 0 or not in_place
         if options.greedy:
-            if L.llama_sampler_chain_n(self.ptr) == 0:  # no grammar, no penalties
-                self._argmax_vocab = model.n_vocab
+            self._argmax = not whole_row_first
             add(L.llama_sampler_init_greedy())
             return
         if options.top_k > 0:
+            if not whole_row_first and options.top_k <= PRESELECT_TOP_K_MAX:
+                self._preselect = options.top_k
             add(L.llama_sampler_init_top_k(options.top_k))
         if options.typical_p < 1.0:
             add(L.llama_sampler_init_typical(options.typical_p, 1))
@@ -432,18 +459,32 @@ class Sampler:
         L.llama_sampler_chain_add(self.ptr, sampler)
 
     @property
-    def reads_argmax(self) -> bool:
-        """Whether `sample` takes the argmax of the logits row itself (greedy, nothing before it)."""
-        return bool(self._argmax_vocab)
+    def reads_row(self) -> str | None:
+        """How `sample` reads the logits row itself: "argmax", "top-k", or None (the chain does)."""
+        return "argmax" if self._argmax else "top-k" if self._preselect else None
 
     def sample(self, ctx: Context, index: int) -> int:
         """Sample from the logits at batch index `index`; the chain accepts the token itself."""
-        if self._argmax_vocab:
-            import numpy as np
+        if not (self._argmax or self._preselect):
+            return int(L.llama_sampler_sample(self.ptr, ctx.ptr, index))
+        import numpy as np
 
-            row = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx.ptr, index), shape=(self._argmax_vocab,))
+        from modelyard.runtime.topk import top_candidates
+
+        row = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx.ptr, index), shape=(self._n_vocab,))
+        if self._argmax:
             return int(row.argmax())
-        return int(L.llama_sampler_sample(self.ptr, ctx.ptr, index))
+        ids = top_candidates(row, self._preselect)
+        data = (L.llama_token_data * len(ids))()
+        view = np.frombuffer(memoryview(data), dtype=_TOKEN_DATA)
+        view["id"] = ids
+        view["logit"] = row[ids]
+        candidates = L.llama_token_data_array(data, len(ids), -1, False)
+        L.llama_sampler_apply(self.ptr, ctypes.byref(candidates))
+        # As llama_sampler_sample does; a sampler may point `data` elsewhere, so read it from there.
+        token = int(candidates.data[candidates.selected].id)
+        L.llama_sampler_accept(self.ptr, token)
+        return token
 
     def close(self) -> None:
         if self.ptr:

@@ -1,0 +1,136 @@
+"""Sampling that reads the logits row in place (greedy's argmax, top-k's preselected candidates)
+must pick exactly the token llama.cpp's chain picks on the whole row, with the same random draws,
+wherever nothing comes first that needs the whole row (a grammar, penalties)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelyard.runtime import llama
+from modelyard.runtime.options import LoadOptions, SamplingOptions
+from modelyard.runtime.topk import GROUPS, top_candidates
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_gguf: Path) -> Iterator[llama.Model]:
+    # Not repacked: some VMs advertise CPU instructions the repacked kernels need and cannot run.
+    model = llama.Model(tiny_gguf, LoadOptions(num_gpu=0), repack=False)
+    yield model
+    model.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "with_grammar", "reads_row"),
+    [
+        (SamplingOptions(temperature=0.0), False, "argmax"),
+        (SamplingOptions(temperature=-1.0), False, "argmax"),
+        (SamplingOptions(temperature=0.0), True, None),  # the grammar masks the row first
+        (SamplingOptions(temperature=0.0, repeat_penalty=1.1), False, None),
+        (SamplingOptions(temperature=0.0, presence_penalty=0.5), False, None),
+        (SamplingOptions(temperature=0.0, frequency_penalty=0.5), False, None),
+        # repeat_last_n 0 turns the penalties off: nothing before greedy again
+        (SamplingOptions(temperature=0.0, repeat_penalty=1.1, repeat_last_n=0), False, "argmax"),
+        (SamplingOptions(temperature=0.8), False, "top-k"),  # Ollama's defaults: top_k 40
+        (SamplingOptions(temperature=0.8, top_k=1024), False, "top-k"),
+        (SamplingOptions(temperature=0.8, top_k=1025), False, None),  # past the preselection's use
+        (SamplingOptions(temperature=0.8, top_k=0), False, None),  # no top-k: the whole row counts
+        (SamplingOptions(temperature=0.8), True, None),
+        (SamplingOptions(temperature=0.8, repeat_penalty=1.1), False, None),
+    ],
+)
+def test_which_requests_read_the_row_in_place(
+    tiny_model: llama.Model, options: SamplingOptions, with_grammar: bool, reads_row: str | None
+) -> None:
+    grammar = llama.json_grammar() if with_grammar else None
+    sampler = llama.Sampler(tiny_model, options, seed=1, grammar=grammar)
+    reference = llama.Sampler(tiny_model, options, seed=1, grammar=grammar, in_place=False)
+    try:
+        assert sampler.reads_row == reads_row
+        assert reference.reads_row is None
+    finally:
+        sampler.close()
+        reference.close()
+
+
+def rows_of(path: Path, text: str) -> Iterator[tuple[llama.Model, llama.Context, int]]:
+    """The model and context after each token of `text`, decoded one at a time (the logits row of
+    the last token is at batch index 0)."""
+    model = llama.Model(path, LoadOptions(num_gpu=0), repack=False)
+    ctx = llama.Context(model, n_ctx=256, n_seq_max=1, n_batch=256, threads=2)
+    batch = llama.Batch(1, 1)
+    try:
+        for pos, token in enumerate(model.tokenize(text, add_special=True)):
+            batch.clear()
+            batch.add(token, pos, 0, True)
+            assert ctx.decode(batch) == 0
+            yield model, ctx, pos
+    finally:
+        batch.close()
+        ctx.close()
+        model.close()
+
+
+SAMPLED = [
+    SamplingOptions(temperature=0.8),  # Ollama's defaults: top_k 40, top_p 0.9
+    SamplingOptions(temperature=1.5, top_k=5, top_p=1.0),
+    SamplingOptions(temperature=0.7, top_k=10, min_p=0.05),
+    SamplingOptions(temperature=1.0, top_k=300, typical_p=0.9),
+]
+
+
+@pytest.mark.parametrize("which", ["tiny", "gemma"])
+def test_in_place_sampling_picks_what_llama_cpps_chain_picks(
+    which: str, tiny_gguf: Path, gemma_gguf: Path
+) -> None:
+    """Every row of a prompt, greedy and with four top-k settings and several seeds, five draws each
+    (the random state advancing): the same tokens both ways."""
+    path = tiny_gguf if which == "tiny" else gemma_gguf
+    draws = 0
+    picked = set()
+    for model, ctx, pos in rows_of(path, "The quick brown fox jumps over the lazy dog, and then"):
+        for options in [SamplingOptions(temperature=0.0), *SAMPLED]:
+            for seed in (1, 7, 12345):
+                ours = llama.Sampler(model, options, seed)
+                chain = llama.Sampler(model, options, seed, in_place=False)
+                try:
+                    assert ours.reads_row is not None
+                    expected = [chain.sample(ctx, 0) for _ in range(5)]
+                    got = [ours.sample(ctx, 0) for _ in range(5)]
+                    assert got == expected, f"row {pos}, {options}, seed {seed}"
+                    draws += 5
+                    picked.update(expected)
+                finally:
+                    ours.close()
+                    chain.close()
+    assert draws > 500 and len(picked) > 20, "the draws were varied"
+
+
+@pytest.mark.parametrize("n", [10, GROUPS - 1, GROUPS, GROUPS + 3, 3 * GROUPS + 5, 32000, 151936, 262144])
+@pytest.mark.parametrize("k", [1, 5, 40, 300, GROUPS, GROUPS + 1])
+def test_top_candidates_hold_the_k_best(n: int, k: int) -> None:
+    rng = np.random.default_rng(n * 1000 + k)
+    row = rng.standard_normal(n).astype(np.float32) * 5
+    ids = top_candidates(row, k)
+    assert list(ids) == sorted(set(ids.tolist())), "ascending, no repeats"
+    best = set(np.argsort(-row, kind="stable")[: min(k, n)].tolist())
+    assert best <= set(ids.tolist())
+    if k < n:
+        kth = np.sort(row)[n - k]
+        assert (row[ids] >= kth).all(), "nothing below the k-th best"
+
+
+@pytest.mark.parametrize(
+    ("row", "k", "expected"),
+    [
+        (np.zeros(4, dtype=np.float32), 2, [0, 1, 2, 3]),  # ties with the k-th are all kept
+        (np.array([1, 3, 2, 3], dtype=np.float32), 1, [1, 3]),
+        (np.array([1, 3, 2, 3], dtype=np.float32), 4, [0, 1, 2, 3]),
+        (np.array([1, 3, 2, 3], dtype=np.float32), 0, [0, 1, 2, 3]),  # no top-k: everything
+    ],
+)
+def test_top_candidates_ties(row: np.ndarray, k: int, expected: list[int]) -> None:
+    assert top_candidates(row, k).tolist() == expected
