@@ -17,6 +17,9 @@ from modelyard.runtime.prompt_cache import FreeSlot, choose_slot, common_prefix,
         ([1, 2], [1, 2, 3], 2),
         ([1, 2, 3], [1, 9, 3], 1),
         ([5], [1], 0),
+        ([1] * 5000 + [2], [1] * 5000 + [3], 5000),
+        ([1] * 5000, [1] * 4999 + [0] + [1] * 9, 4999),
+        (list(range(3000)), [*range(1234), -1, *range(1235, 3000)], 1234),
     ],
 )
 def test_common_prefix(a: list[int], b: list[int], expected: int) -> None:

@@ -126,7 +126,7 @@ def test_top_candidates_hold_the_k_best(n: int, k: int) -> None:
 @pytest.mark.parametrize(
     ("row", "k", "expected"),
     [
-        (np.zeros(4, dtype=np.float32), 2, [0, 1, 2, 3]),  # ties with the k-th are all kept
+        (np.zeros(4, dtype=np.float32), 2, [0, 1, 2, 3]),  # all searched: ties with the k-th kept
         (np.array([1, 3, 2, 3], dtype=np.float32), 1, [1, 3]),
         (np.array([1, 3, 2, 3], dtype=np.float32), 4, [0, 1, 2, 3]),
         (np.array([1, 3, 2, 3], dtype=np.float32), 0, [0, 1, 2, 3]),  # no top-k: everything

@@ -19,11 +19,20 @@ class FreeSlot:
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens `a` and `b` share. A binary search on slice equality, which Python
+    compares in C: admitting a request compares the prompt with every free slot's cache, tens of
+    thousands of tokens on long contexts, on the thread that runs the decode steps."""
     n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
+    if a[:n] == b[:n]:
+        return n
+    same, differs = 0, n  # a[:same] == b[:same]; a[:differs] != b[:differs]
+    while differs - same > 1:
+        middle = (same + differs) // 2
+        if a[same:middle] == b[same:middle]:
+            same = middle
+        else:
+            differs = middle
+    return same
 
 
 def choose_slot(free: Sequence[FreeSlot], prompt: Sequence[int]) -> int:

@@ -19,8 +19,9 @@ GROUPS = 1024
 
 
 def top_candidates(row: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.int64]:
-    """Token ids, ascending, that include the `k` highest values of `row`, and every value tied
-    with the k-th (which of equal candidates top-k keeps is the sampler's business)."""
+    """Token ids, ascending: at least `k`, holding the `k` highest values of `row`. Of values
+    equal to the k-th, those in groups not searched are left out; which of equal candidates top-k
+    keeps is arbitrary in llama.cpp too."""
     n = int(row.shape[0])
     if k <= 0 or k >= n:
         return np.arange(n)
