@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import pytest
 
-from modelyard.runtime.prompt_cache import FreeSlot, choose_slot, common_prefix, reusable_prefix
+from modelyard.runtime.prompt_cache import CacheRules, FreeSlot, choose_slot, common_prefix, reusable_prefix
+
+
+def tokens(values: Sequence[int]) -> np.ndarray:
+    return np.asarray(values, dtype=np.int32)
+
+
+def slot(cached: Sequence[int], last_used: int, pos_min: int = 0) -> FreeSlot:
+    return FreeSlot(tokens(cached), last_used, pos_min)
 
 
 @pytest.mark.parametrize(
@@ -18,40 +29,62 @@ from modelyard.runtime.prompt_cache import FreeSlot, choose_slot, common_prefix,
         ([1, 2, 3], [1, 9, 3], 1),
         ([5], [1], 0),
         ([1] * 5000 + [2], [1] * 5000 + [3], 5000),
-        ([1] * 5000, [1] * 4999 + [0] + [1] * 9, 4999),
         (list(range(3000)), [*range(1234), -1, *range(1235, 3000)], 1234),
     ],
 )
 def test_common_prefix(a: list[int], b: list[int], expected: int) -> None:
-    assert common_prefix(a, b) == expected
+    assert common_prefix(tokens(a), tokens(b)) == expected == common_prefix(tokens(b), tokens(a))
+
+
+PLAIN = CacheRules()
 
 
 @pytest.mark.parametrize(
-    ("free", "prompt", "expected"),
+    ("free", "prompt", "rules", "expected"),
     [
         # a chat's next turn: its own slot, which it extends, over one that shares less
-        ([FreeSlot([1, 2], 5), FreeSlot([1, 2, 3, 4], 1), FreeSlot([], 0)], [1, 2, 3, 4, 5], 1),
-        # nothing shared anywhere: the smallest loss, then the least recently used
-        ([FreeSlot([7, 8], 3), FreeSlot([9], 1), FreeSlot([6], 2)], [1, 2], 1),
-        ([FreeSlot([7], 3), FreeSlot([9], 1), FreeSlot([6], 2)], [1, 2], 1),
-        # an empty slot rather than throwing a cache away
-        ([FreeSlot([7, 8], 3), FreeSlot([], 0)], [1, 2], 1),
+        ([slot([1, 2], 5), slot([1, 2, 3, 4], 1), slot([], 0)], [1, 2, 3, 4, 5], PLAIN, (1, 4)),
+        # nothing shared anywhere: the least recently used, however long its cache (stale caches go)
+        ([slot([7, 8], 3), slot([9] * 20, 1), slot([6], 2)], [1, 2], PLAIN, (1, 0)),
+        # an empty slot never used (0) is the least recently used
+        ([slot([7, 8], 3), slot([], 0)], [1, 2], PLAIN, (1, 0)),
         # a new conversation that shares only the system prompt [1, 2] with a long one: not there
-        ([FreeSlot([1, 2, 3, 4, 5, 6, 7, 8], 1), FreeSlot([], 2)], [1, 2, 9], 1),
-        # ... unless what it keeps outweighs what it loses
-        ([FreeSlot([1, 2, 3, 4, 5, 6, 7, 8], 1), FreeSlot([], 2)], [1, 2, 3, 4, 5, 9], 0),
-        # equal prefixes, equal losses: the older of the two
-        ([FreeSlot([1, 2, 9], 4), FreeSlot([1, 2, 8], 2)], [1, 2, 3], 1),
-        ([FreeSlot([1], 1)], [2], 0),
+        ([slot([1, 2, 3, 4, 5, 6, 7, 8], 2), slot([], 1)], [1, 2, 9], PLAIN, (1, 0)),
+        # ... unless what it keeps outweighs what it throws away
+        ([slot([1, 2, 3, 4, 5, 6, 7, 8], 2), slot([], 1)], [1, 2, 3, 4, 5, 9], PLAIN, (0, 5)),
+        # equal gains: the older of the two
+        ([slot([1, 2, 3, 9], 4), slot([1, 2, 3, 8], 2)], [1, 2, 3, 4], PLAIN, (1, 3)),
+        # the least recently used keeps what it shares, little as it is
+        ([slot([1, 7, 7, 7], 1), slot([5, 5], 2)], [1, 2], PLAIN, (0, 1)),
+        # the whole prompt cached: its last token is evaluated again
+        ([slot([1, 2, 3], 1)], [1, 2, 3], PLAIN, (0, 2)),
+        # a state that cannot be cut short: kept only where the prompt goes on from all of it
+        ([slot([1, 2, 3], 1), slot([], 2)], [1, 2, 3, 4], CacheRules(can_cut=False), (0, 3)),
+        ([slot([1, 2, 3, 4, 5], 2), slot([], 1)], [1, 2, 3, 9], CacheRules(can_cut=False), (1, 0)),
+        # a sliding window of 4 that dropped cells 0-2: a prefix of 5 needs cells from 1 on
+        (
+            [slot([1, 2, 3, 4, 5, 6, 7], 2, pos_min=3), slot([], 1)],
+            [1, 2, 3, 4, 5, 9],
+            CacheRules(n_swa=4),
+            (1, 0),
+        ),
+        (
+            [slot([1, 2, 3, 4, 5, 6, 7], 2, pos_min=3), slot([], 1)],
+            [1, 2, 3, 4, 5, 6, 7, 8],
+            CacheRules(n_swa=4),
+            (0, 7),
+        ),
     ],
 )
-def test_choose_slot(free: list[FreeSlot], prompt: list[int], expected: int) -> None:
-    assert choose_slot(free, prompt) == expected
+def test_choose_slot(
+    free: list[FreeSlot], prompt: list[int], rules: CacheRules, expected: tuple[int, int]
+) -> None:
+    assert choose_slot(free, tokens(prompt), rules) == expected
 
 
 def test_choose_slot_needs_a_free_slot() -> None:
     with pytest.raises(ValueError):
-        choose_slot([], [1])
+        choose_slot([], tokens([1]), PLAIN)
 
 
 @pytest.mark.parametrize(

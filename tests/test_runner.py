@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import llama_cpp
+import numpy as np
 import pytest
 from llama_defaults import model_defaults
 
@@ -539,8 +540,8 @@ def test_a_long_prompts_cache_serves_what_shares_part_of_it(
     assert 560 < n_long < 700, n_long
     diverging = GEMMA_TURN.format(" ".join(facts[:28]) + " So what comes after 5?")
     shared = common_prefix(
-        gemma_runner.tokenize(long_prompt, add_special=True),
-        gemma_runner.tokenize(diverging, add_special=True),
+        np.asarray(gemma_runner.tokenize(long_prompt, add_special=True), dtype=np.int32),
+        np.asarray(gemma_runner.tokenize(diverging, add_special=True), dtype=np.int32),
     )
     assert shared > n_long - shared, "it takes the long prompt's slot, for what it shares"
 

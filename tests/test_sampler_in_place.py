@@ -134,3 +134,11 @@ def test_top_candidates_hold_the_k_best(n: int, k: int) -> None:
 )
 def test_top_candidates_ties(row: np.ndarray, k: int, expected: list[int]) -> None:
     assert top_candidates(row, k).tolist() == expected
+
+
+@pytest.mark.parametrize("where", [0, 5, GROUPS * 7 + 3, 262144 - 1])
+def test_a_nan_gives_the_whole_row(where: int) -> None:
+    """NaN orders with nothing: the whole row goes to llama.cpp's chain, as it did before."""
+    row = np.random.default_rng(where).standard_normal(262144).astype(np.float32)
+    row[where] = np.nan
+    assert top_candidates(row, 40).tolist() == list(range(262144))

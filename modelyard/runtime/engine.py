@@ -18,14 +18,17 @@ import os
 import queue
 import time
 import traceback
+from array import array
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from modelyard.runtime import llama
 from modelyard.runtime.options import SamplingOptions
-from modelyard.runtime.prompt_cache import FreeSlot, choose_slot, common_prefix, reusable_prefix
+from modelyard.runtime.prompt_cache import CacheRules, FreeSlot, choose_slot
 from modelyard.runtime.protocol import CompletionRequest
 from modelyard.runtime.stops import StopMatcher
 
@@ -53,7 +56,7 @@ class Slot:
     # The tokens in this sequence's KV cells, by position; kept when the slot is freed, for the
     # next prompt that starts the same way. Only the first `exact` were computed without a context
     # shift in between (shifted cells are not what evaluating the prompt afresh would give).
-    cache: list[int] = field(default_factory=list)
+    cache: array[int] = field(default_factory=lambda: array("i"))
     exact: int = 0
     reused: int = 0  # prompt tokens of the current request that the cache already held
     last_used: int = 0
@@ -117,7 +120,7 @@ class Engine:
         self.send = send
         self.slots = [Slot(seq=i) for i in range(slots)]
         self.n_ctx_seq = ctx.n_ctx_seq
-        self.n_swa = model.n_swa
+        self.cache_rules = CacheRules(n_swa=model.n_swa, can_cut=not model.keeps_a_state)
         self._releases = 0  # a clock for choosing which free slot's cache to give up
         self.batch = llama.Batch(ctx.n_batch, slots)
         self.waiting: deque[tuple[int, CompletionRequest]] = deque()
@@ -216,13 +219,20 @@ class Engine:
             sampler = llama.Sampler(self.model, options, seed, grammar, n_ctx=self.n_ctx_seq)
         except ValueError as exc:
             raise RequestRejected(str(exc)) from None
-        slot = free[choose_slot([FreeSlot(s.cache[: s.exact], s.last_used) for s in free], tokens)]
-        shared = common_prefix(slot.cache[: slot.exact], tokens)
-        reused = reusable_prefix(shared, len(tokens), self.ctx.seq_pos_min(slot.seq), self.n_swa)
+        caches = [
+            FreeSlot(
+                np.frombuffer(s.cache, dtype=np.int32, count=s.exact).copy(),  # no view: it grows
+                s.last_used,
+                self.ctx.seq_pos_min(s.seq),
+            )
+            for s in free
+        ]
+        chosen, reused = choose_slot(caches, np.asarray(tokens, dtype=np.int32), self.cache_rules)
+        slot = free[chosen]
         if not self.ctx.seq_rm(slot.seq, reused, -1):  # a memory that cannot cut a sequence short
             self.ctx.seq_rm(slot.seq)
             reused = 0
-        slot.cache = tokens[:reused]
+        slot.cache = array("i", tokens[:reused])
         slot.exact = reused
         slot.reused = reused
         slot.request_id = request_id
@@ -278,7 +288,7 @@ class Engine:
             slot.sampler.close()
         if not keep_cache:
             self.ctx.seq_rm(slot.seq)
-            slot.cache = []
+            slot.cache = array("i")
             slot.exact = 0
         self._releases += 1
         slot.last_used = self._releases
@@ -316,7 +326,7 @@ class Engine:
                 last = slot.fed + chunk == len(slot.prompt)
                 for i in range(slot.fed, slot.fed + chunk):
                     index = batch.add(slot.prompt[i], i, slot.seq, last and i == len(slot.prompt) - 1)
-                slot.cache += slot.prompt[slot.fed : slot.fed + chunk]
+                slot.cache.extend(slot.prompt[slot.fed : slot.fed + chunk])
                 slot.exact += chunk
                 slot.fed += chunk
                 slot.n_past = slot.fed
@@ -331,7 +341,12 @@ class Engine:
             return
         for slot in self.slots:
             if slot.busy and slot.logits_index >= 0:
-                self._after_decode(slot)
+                try:
+                    self._after_decode(slot)
+                except Exception as exc:  # a bug, for this one request: fail it, keep serving
+                    traceback.print_exc()  # stderr: the parent keeps its tail for crash reports
+                    self._error(slot.request_id, f"internal error: {type(exc).__name__}: {exc}", "internal")
+                    self._release(slot, keep_cache=False)
 
     def _after_decode(self, slot: Slot) -> None:
         assert slot.sampler is not None and slot.stops is not None and slot.decoder is not None

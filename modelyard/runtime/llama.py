@@ -164,6 +164,12 @@ class Model:
         """The sliding attention window of the layers that have one (Gemma 3), else 0."""
         return int(L.llama_model_n_swa(self.ptr))
 
+    @property
+    def keeps_a_state(self) -> bool:
+        """Recurrent or hybrid (Mamba, RWKV, Granite 4…): a sequence's memory is a state, which
+        cannot be cut back to an earlier position."""
+        return bool(L.llama_model_is_recurrent(self.ptr) or L.llama_model_is_hybrid(self.ptr))
+
     def metadata(self, key: str) -> str | None:
         """A GGUF metadata value as text, or None where the file has no such key."""
         buffer = ctypes.create_string_buffer(256)
@@ -412,7 +418,8 @@ class Sampler:
         # needs the whole row (a grammar, penalties), `sample` reads the row in place instead:
         # greedy is its argmax (the first of equal maxima, as llama.cpp's greedy sampler picks),
         # and top-k gets only the candidates that can be in the top k (topk.py), on which the
-        # same chain then picks the same token with the same random draws.
+        # same chain then picks the same token with the same random draws (where logits tie
+        # exactly, the chain's sort may order them otherwise on the shorter array).
         self._n_vocab = model.n_vocab
         self._argmax = False
         self._preselect = 0  # top-k: hand the chain this many best candidates, not the whole row
@@ -473,7 +480,10 @@ class Sampler:
 
         row = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx.ptr, index), shape=(self._n_vocab,))
         if self._argmax:
-            return int(row.argmax())
+            token = int(row.argmax())
+            if np.isnan(row[token]):  # numpy's argmax stops at a NaN; llama.cpp's greedy skips it
+                return int(L.llama_sampler_sample(self.ptr, ctx.ptr, index))
+            return token
         ids = top_candidates(row, self._preselect)
         data = (L.llama_token_data * len(ids))()
         view = np.frombuffer(memoryview(data), dtype=_TOKEN_DATA)
@@ -481,6 +491,8 @@ class Sampler:
         view["logit"] = row[ids]
         candidates = L.llama_token_data_array(data, len(ids), -1, False)
         L.llama_sampler_apply(self.ptr, ctypes.byref(candidates))
+        if not 0 <= candidates.selected < candidates.size:  # where llama_sampler_sample aborts
+            raise RuntimeError(f"the sampler chain selected no token ({candidates.selected})")
         # As llama_sampler_sample does; a sampler may point `data` elsewhere, so read it from there.
         token = int(candidates.data[candidates.selected].id)
         L.llama_sampler_accept(self.ptr, token)

@@ -1,5 +1,5 @@
 """Reusing a slot's KV cache across requests: which free slot a prompt takes, and how much of what
-that slot last held it can keep (pure functions; the engine does the cutting).
+that slot last held it keeps (pure functions; the engine does the cutting).
 
 A chat sends its whole history again every turn. A slot keeps the KV cells of its last request when
 it is freed; the next prompt that starts with the same tokens evaluates only the rest, as
@@ -8,50 +8,40 @@ llama-server (`cache_prompt`, which Ollama turns on) and llama-cpp-python's `Lla
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+Tokens = npt.NDArray[np.int32]
+
+
+@dataclass(frozen=True)
+class CacheRules:
+    """What the model's memory allows: how far its sliding-window layers look back (0: none), and
+    whether a sequence can be cut short at all (recurrent and hybrid models keep a state, not cells
+    by position: all of it or nothing)."""
+
+    n_swa: int = 0
+    can_cut: bool = True
 
 
 @dataclass(frozen=True)
 class FreeSlot:
-    cached: Sequence[int]  # the tokens whose KV the slot still holds, from position 0
-    last_used: int  # when it was last released (a counter): the oldest cache is the one to lose
+    cached: Tokens  # the tokens whose KV the slot still holds, from position 0
+    last_used: int  # when it was last released (a counter)
+    pos_min: int = 0  # the oldest position it still holds (sliding windows drop older cells)
 
 
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading tokens `a` and `b` share. A binary search on slice equality, which Python
-    compares in C: admitting a request compares the prompt with every free slot's cache, tens of
-    thousands of tokens on long contexts, on the thread that runs the decode steps."""
+def common_prefix(a: Tokens, b: Tokens) -> int:
+    """How many leading tokens `a` and `b` share (numpy: admission compares the prompt with every
+    free slot's cache, up to tens of thousands of tokens each, on the thread that decodes)."""
     n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    same, differs = 0, n  # a[:same] == b[:same]; a[:differs] != b[:differs]
-    while differs - same > 1:
-        middle = (same + differs) // 2
-        if a[same:middle] == b[same:middle]:
-            same = middle
-        else:
-            differs = middle
-    return same
-
-
-def choose_slot(free: Sequence[FreeSlot], prompt: Sequence[int]) -> int:
-    """The index in `free` of the slot to give `prompt`: the most tokens kept for it, less the
-    cached tokens it would throw away, which another request (the next turn of that slot's chat)
-    may still want; among equals, the least recently used.
-
-    So a chat's next turn goes back to its own slot (it keeps everything and loses nothing), while
-    a new conversation that only shares a system prompt with a long one takes an empty slot rather
-    than cut that conversation's cache down to the system prompt."""
-    if not free:
-        raise ValueError("no free slot")
-
-    def value(i: int) -> tuple[int, int]:
-        kept = common_prefix(free[i].cached, prompt)
-        lost = len(free[i].cached) - kept
-        return kept - lost, -free[i].last_used
-
-    return max(range(len(free)), key=value)
+    if n == 0:
+        return 0
+    differs = a[:n] != b[:n]
+    first = int(differs.argmax())
+    return first if differs[first] else n
 
 
 def reusable_prefix(shared: int, prompt_length: int, pos_min: int, n_swa: int) -> int:
@@ -59,11 +49,36 @@ def reusable_prefix(shared: int, prompt_length: int, pos_min: int, n_swa: int) -
     the slot's cache.
 
     The last prompt token is always evaluated again: its logits give the first new token. A model
-    with sliding-window layers (`n_swa` > 0, Gemma 3) drops cells older than the window as it goes;
-    reusing a prefix of length p needs that layer's cells from p − n_swa on, so a cache whose oldest
-    cell (`pos_min`) is past that point cannot be cut back to p, and the prompt is evaluated whole
-    (llama-server's rule)."""
+    with sliding-window layers (`n_swa` > 0, Gemma 3) may drop cells older than the window as it
+    goes; reusing a prefix of length p needs that layer's cells from p − n_swa on, so a cache whose
+    oldest cell (`pos_min`) is past that point cannot be cut back to p, and the prompt is evaluated
+    whole (llama-server's rule)."""
     keep = max(0, min(shared, prompt_length - 1))
     if keep and n_swa > 0 and pos_min > max(0, keep - n_swa):
         return 0
     return keep
+
+
+def kept_tokens(slot: FreeSlot, prompt: Tokens, rules: CacheRules) -> int:
+    """How many of `prompt`'s tokens this slot's cache would really keep."""
+    keep = reusable_prefix(common_prefix(slot.cached, prompt), len(prompt), slot.pos_min, rules.n_swa)
+    if not rules.can_cut and keep < len(slot.cached):
+        return 0  # it would have to cut the sequence short: it is cleared instead
+    return keep
+
+
+def choose_slot(free: list[FreeSlot], prompt: Tokens, rules: CacheRules) -> tuple[int, int]:
+    """The index in `free` of the slot to give `prompt`, and how many prompt tokens it keeps.
+
+    The slot that keeps more of the prompt than it throws away of its own cache, the most so: a
+    chat's next turn goes back to its own slot, where it keeps everything and loses nothing. Where
+    no slot does, the least recently used: a new conversation that shares only a system prompt with
+    a long one does not cut that one down, and caches nobody came back to are the first to go."""
+    if not free:
+        raise ValueError("no free slot")
+    kept = [kept_tokens(slot, prompt, rules) for slot in free]
+    gains = [k - (len(slot.cached) - k) for k, slot in zip(kept, free, strict=True)]
+    best = max(range(len(free)), key=lambda i: (gains[i], -free[i].last_used))
+    if kept[best] == 0 or gains[best] <= 0:
+        best = min(range(len(free)), key=lambda i: free[i].last_used)
+    return best, kept[best]

@@ -21,7 +21,8 @@ GROUPS = 1024
 def top_candidates(row: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.int64]:
     """Token ids, ascending: at least `k`, holding the `k` highest values of `row`. Of values
     equal to the k-th, those in groups not searched are left out; which of equal candidates top-k
-    keeps is arbitrary in llama.cpp too."""
+    keeps is arbitrary in llama.cpp too. A row with a NaN where it matters gives every id: no order
+    holds, and llama.cpp's chain on the whole row decides as it always did."""
     n = int(row.shape[0])
     if k <= 0 or k >= n:
         return np.arange(n)
@@ -30,10 +31,14 @@ def top_candidates(row: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.int64
     candidates = np.arange(whole, n)
     if depth:
         maxima = row[:whole].reshape(depth, GROUPS).max(axis=0)
+        if np.isnan(maxima).any():
+            return np.arange(n)
         chosen = np.argpartition(maxima, GROUPS - k)[GROUPS - k :] if k < GROUPS else np.arange(GROUPS)
         members = (np.arange(depth)[:, None] * GROUPS + chosen).ravel()
         candidates = np.concatenate([members, candidates])
     values = row[candidates]
+    if np.isnan(values).any():
+        return np.arange(n)
     if k < candidates.shape[0]:
         kth = values[np.argpartition(values, candidates.shape[0] - k)[candidates.shape[0] - k :]].min()
         candidates = candidates[values >= kth]
