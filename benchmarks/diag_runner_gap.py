@@ -1,9 +1,12 @@
 """Where the runner's throughput goes at N streams, against the bare llama_decode loop.
 
 Four sides, interleaved rounds, medians:
-  bare        bench_runner's bare loop (one prefill batch, then one decode per step, greedy in C)
+  bare        bench_runner's bare loop (one prefill batch, then one decode per step, greedy by an
+              argmax of the logits row; the recorded H100 run predates that: greedy in llama.cpp's
+              chain)
   engine      the runner's Engine in this process, all requests queued before the first step
-              (no socket, no parent), with the time per step split into decode / sample / rest
+              (no socket, no parent), with the time per step split into decode / sample / rest;
+              after the first round its slots hold the prompt in their caches, as the runner's do
   runner      the runner process driven through its Runner handle (as bench_runner does)
   runner-tN   the same with N ggml threads (to see CPU contention from spinning thread pools)
 

@@ -2,10 +2,9 @@
 
 Each step builds one batch: the next token of every generating slot, then prompt tokens of the
 slots still prefilling, in chunks, until `n_batch` tokens are in. New requests take a free slot
-between steps: the one whose cache keeps the most of the prompt (prompt_cache.py), so that only
-the rest is evaluated; a finished or cancelled request frees its slot at once and leaves its KV
-cells for the next. Every slot has its own sampler chain, stop matcher
-and UTF-8 decoder.
+between steps, chosen by what its KV cache keeps of the prompt (prompt_cache.py), so that only
+the rest is evaluated; a finished or cancelled request frees its slot at once and leaves its
+cells for the next. Every slot has its own sampler chain, stop matcher and UTF-8 decoder.
 
 Runs inside the runner process, on its main thread; requests arrive on a queue fed by the socket
 reader thread, events leave through `send`.
