@@ -428,6 +428,21 @@ def test_openai_completions(oai: openai.OpenAI) -> None:
     assert "".join(c.choices[0].text for c in streamed) == result.choices[0].text
 
 
+def test_openai_completions_echo(oai: openai.OpenAI) -> None:
+    prompt = "The capital of France is"
+    plain = oai.completions.create(model=GEMMA, prompt=prompt, max_tokens=6, temperature=0)
+    echoed = oai.completions.create(model=GEMMA, prompt=prompt, max_tokens=6, temperature=0, echo=True)
+    assert echoed.choices[0].text == prompt + plain.choices[0].text
+    streamed = list(
+        oai.completions.create(
+            model=GEMMA, prompt=prompt, max_tokens=6, temperature=0, echo=True, stream=True
+        )
+    )
+    assert "".join(c.choices[0].text for c in streamed) == prompt + plain.choices[0].text
+    with pytest.raises(openai.BadRequestError, match="echo with logprobs"):
+        oai.completions.create(model=GEMMA, prompt=prompt, max_tokens=2, echo=True, logprobs=2)
+
+
 def test_openai_embeddings(oai: openai.OpenAI) -> None:
     # The client asks for base64 by default and decodes it.
     result = oai.embeddings.create(model=GEMMA, input=["the sea", "the sky"])

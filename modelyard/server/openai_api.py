@@ -108,6 +108,7 @@ class ChatCompletionBody(_SamplingBody):
 class CompletionBody(_SamplingBody):
     prompt: str | list[str] = ""
     suffix: str | None = None
+    echo: bool = False  # the prompt, then its completion, in the one text
     logprobs: int | None = Field(default=None, ge=0, le=5)  # legacy: how many candidates, null for none
 
     def logprobs_top(self) -> int | None:
@@ -195,6 +196,9 @@ def router(state: ServerState) -> APIRouter:
         # OpenAI's completions are raw continuations of the prompt: no chat template.
         request = PromptRequest.generate(prompt, suffix=body.suffix or "", raw=not body.suffix)
         top = body.logprobs_top()
+        if body.echo and top is not None:
+            raise HTTPError(400, "echo with logprobs: the prompt's log-probabilities are not computed")
+        echoed = prompt if body.echo else ""
         stream = inference.generate(
             servable, request, body.options(), top_logprobs=runner_top_logprobs(top is not None, top)
         )
@@ -212,8 +216,8 @@ def router(state: ServerState) -> APIRouter:
             completion_id=f"cmpl-{uuid.uuid4().hex[:24]}",
             object_name="text_completion",
             chunk_object="text_completion",
-            chunk=lambda text, first: {"text": text},
-            choice=lambda text, finished: {"text": text, "finish_reason": _finish_reason(finished)},
+            chunk=lambda text, first: {"text": echoed + text if first else text},
+            choice=lambda text, finished: {"text": echoed + text, "finish_reason": _finish_reason(finished)},
             logprobs=logprobs,
         )
 
