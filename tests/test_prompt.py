@@ -165,6 +165,12 @@ GENERATE = [
     ),
     pytest.param(
         model(system="S", messages=LAYERS),
+        PromptRequest.generate("hi", context=[1, 2, 3]),
+        "<S>[system:S][user:hi]",
+        id="context-leaves-message-layers-out",  # its text goes first, in runtime/prompting.py
+    ),
+    pytest.param(
+        model(system="S", messages=LAYERS),
         PromptRequest.generate("[INST] raw [/INST]", raw=True),
         "[INST] raw [/INST]",
         id="raw-bypasses-everything",

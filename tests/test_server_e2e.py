@@ -113,6 +113,29 @@ def test_ollama_generate_reports_durations_in_nanoseconds(client: ollama.Client)
     assert "".join(p.response for p in parts) == result.response, "greedy: streamed = whole"
 
 
+def test_ollama_generate_context_goes_on_from_an_answer(client: ollama.Client) -> None:
+    """Ollama's deprecated `context`: the tokens of the prompt and the answer come back, and sent
+    with the next prompt they put that exchange before it."""
+    first = client.generate(GEMMA, "Name a colour.", options=GREEDY)
+    assert first.context and first.prompt_eval_count
+    assert len(first.context) >= first.prompt_eval_count - 1 + 4, "the templated prompt, then the answer"
+
+    second = client.generate(GEMMA, "Why that one?", context=first.context, options=GREEDY)
+    # the context's tokens, then the templated prompt (the image's MESSAGE layers left out)
+    assert second.prompt_eval_count and second.prompt_eval_count >= len(first.context) + 8
+    assert second.context and second.context[: len(first.context) - 2] == first.context[:-2]
+
+    streamed = list(
+        client.generate(GEMMA, "Why that one?", context=first.context, options=GREEDY, stream=True)
+    )
+    assert streamed[-1].context == second.context and all(p.context is None for p in streamed[:-1])
+    assert client.generate(GEMMA, "The sky is", raw=True, options=GREEDY).context is None
+    for bad in ([-1], [10**9]):
+        with pytest.raises(ollama.ResponseError) as caught:
+            client.generate(GEMMA, "Hi", context=bad, options=GREEDY)
+        assert caught.value.status_code == 400 and "token ids" in str(caught.value)
+
+
 def test_ollama_chat_streaming_and_not(client: ollama.Client) -> None:
     messages = [{"role": "user", "content": "Write one word about the sea."}]
     whole = client.chat(GEMMA, messages=messages, options=GREEDY)

@@ -22,8 +22,10 @@ Role, Content, Thinking, Images, ToolCalls, ToolName, ToolCallID; `.Tools` print
 ThinkLevel, IsThinkSet). A template without `.Messages` is "legacy": it runs once per turn on
 `.System`/`.Prompt`/`.Response`, and the last turn is cut after `{{ .Response }}`.
 
-Not done here: Ollama's model-specific renderers and `<think>` filtering for some model families,
-and the deprecated `context` of generate. Everything is pure: the clock comes in as `now`.
+Not done here: Ollama's model-specific renderers and `<think>` filtering for some model families.
+The deprecated `context` of generate only drops the MESSAGE layers here (as Ollama does); its text,
+which needs the model's vocabulary, goes before the prompt in runtime/prompting.py. Everything is
+pure: the clock comes in as `now`.
 """
 
 from __future__ import annotations
@@ -97,6 +99,9 @@ class PromptRequest:
     images: tuple[bytes, ...] = ()
     think: bool | str | None = None  # None: not set; a string is a thinking level ("high")
     now: datetime | None = None  # for templates that print today's date
+    # generate: the tokens of an earlier prompt and answer (Ollama's deprecated `context`), whose
+    # text goes before this prompt; the image's MESSAGE layers are then left out, as Ollama does.
+    context: tuple[int, ...] = ()
 
     @classmethod
     def chat(
@@ -121,6 +126,7 @@ class PromptRequest:
         images: Sequence[bytes] = (),
         think: bool | str | None = None,
         now: datetime | None = None,
+        context: Sequence[int] = (),
     ) -> PromptRequest:
         return cls(
             "generate",
@@ -132,6 +138,7 @@ class PromptRequest:
             images=tuple(images),
             think=think,
             now=now,
+            context=tuple(context),
         )
 
 
@@ -646,7 +653,8 @@ def render_prompt(model: ModelPrompting, request: PromptRequest, *, fits: Fits |
     system = request.system or model.system
     if system:
         generate.append(ChatMessage("system", system))
-    generate.extend(model.messages)
+    if not request.context:
+        generate.extend(model.messages)
     generate.append(ChatMessage("user", request.prompt, images=request.images))
     if request.template:
         return Prompt(renderer.render(generate, None, request), request.images)

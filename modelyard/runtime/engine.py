@@ -170,7 +170,10 @@ class Engine:
                 )
                 self._reply(request_id, {"tokens": tokens})
             elif op == "detokenize":
-                self._reply(request_id, {"text": self.model.detokenize([int(t) for t in message["tokens"]])})
+                tokens = [int(t) for t in message["tokens"]]
+                if any(not 0 <= t < self.model.n_vocab for t in tokens):  # llama.cpp would abort
+                    raise RequestRejected(f"token ids must be from 0 to {self.model.n_vocab - 1}")
+                self._reply(request_id, {"text": self.model.detokenize(tokens)})
             elif op == "stats":
                 self._reply(request_id, self.stats())
             elif op == "shutdown":

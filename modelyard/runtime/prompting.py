@@ -69,7 +69,10 @@ def prepare(
     prompt: Prompt = render_prompt(
         with_tokens(prompting, runner.info), request, fits=fits if truncate else None
     )
+    text = prompt.text
+    if request.context and not request.raw:  # Ollama's deprecated context: its text, then the prompt
+        text = runner.detokenize(list(request.context)) + text
     completion = CompletionRequest(
-        prompt.text, sampling, format=format, truncate=truncate, shift=shift, top_logprobs=top_logprobs
+        text, sampling, format=format, truncate=truncate, shift=shift, top_logprobs=top_logprobs
     )
     return RenderedRequest(completion, prompt.dropped)

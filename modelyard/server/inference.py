@@ -45,6 +45,7 @@ class Finished:
     total_duration: int
     dropped_messages: int
     tool_calls: tuple[ToolCall, ...] = ()  # found in the output by with_tool_calls
+    context: tuple[int, ...] | None = None  # the prompt's and the answer's tokens, when asked for
 
     @property
     def done_reason(self) -> str:
@@ -169,9 +170,12 @@ class Inference:
         truncate: bool = True,
         shift: bool = True,
         top_logprobs: int = 0,
+        with_context: bool = False,
     ) -> AsyncGenerator[GenerationEvent, None]:
         """Stream the tokens of one generation, then a Finished event. `top_logprobs` > 0: each
-        Token carries its tokens' log-probabilities (see server/logprobs.py)."""
+        Token carries its tokens' log-probabilities (see server/logprobs.py). `with_context`: the
+        Finished event carries the tokens of the prompt and the answer (Ollama's deprecated
+        `context`, which a later generate request may send back)."""
         started = time.perf_counter_ns()
         sampling = parse_request_options(merge_options(servable.params, options)).sampling
         if request.images or any(m.images for m in request.messages):
@@ -200,6 +204,7 @@ class Inference:
 
             handle = runner.submit(rendered.completion, deliver)
             last = 0
+            answer: list[str] = []  # kept only for the context
             while True:
                 event = await events.get()
                 if isinstance(event, Failure):
@@ -211,14 +216,20 @@ class Inference:
                     else:
                         self.metrics.time_per_token.labels(servable.name).observe((now - last) / 1e9)
                     last = now
+                    if with_context:
+                        answer.append(event.text)
                     yield event
                     continue
+                context = None
+                if with_context:
+                    text = rendered.completion.prompt + "".join(answer)
+                    context = tuple(await asyncio.to_thread(runner.tokenize, text))
                 finished = True
                 evaluated = event.prompt_eval_count - event.prompt_cached
                 self.metrics.prompt_tokens.labels(servable.name).inc(evaluated)
                 self.metrics.prompt_cached_tokens.labels(servable.name).inc(event.prompt_cached)
                 self.metrics.generated_tokens.labels(servable.name).inc(event.eval_count)
-                yield Finished(event, load_ns, now - started, rendered.dropped_messages)
+                yield Finished(event, load_ns, now - started, rendered.dropped_messages, context=context)
                 return
         finally:
             if handle is not None and not finished:

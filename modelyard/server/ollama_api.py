@@ -93,6 +93,7 @@ class GenerateBody(_GenerationBody):
     template: str | None = None
     raw: bool | None = None
     images: list[str] | None = None
+    context: list[int] | None = None  # deprecated in Ollama: an earlier answer's `context`, sent back
 
 
 class MessageBody(_Request):
@@ -183,17 +184,21 @@ def router(state: ServerState) -> APIRouter:
             template=body.template or "",
             raw=bool(body.raw),
             images=_decode_images(body.images),
+            context=body.context or (),
         )
-        stream = inference.generate(servable, request, body.options, **body.generation())
+        # Ollama answers a templated generate with its `context` (the prompt's and the answer's
+        # tokens), which a client may send back to go on from there; a raw one gets none.
+        stream = inference.generate(
+            servable, request, body.options, **body.generation(), with_context=not body.raw
+        )
+
+        def response(text: str, finished: Finished | None) -> dict[str, Any]:
+            if finished is None or finished.context is None:
+                return {"response": text}
+            return {"response": text, "context": list(finished.context)}
+
         return await _generation_response(
-            http,
-            state,
-            "/api/generate",
-            servable,
-            stream,
-            body.stream,
-            lambda text, _: {"response": text},
-            body.logprobs_top(),
+            http, state, "/api/generate", servable, stream, body.stream, response, body.logprobs_top()
         )
 
     @api.post("/api/chat")
