@@ -1,6 +1,7 @@
 """Time to pick one token: llama.cpp's sampler chain on the whole logits row against the runner's
-in-place reading (greedy's argmax; top-k's preselected candidates, then the same chain), on
-Gemma 3 270M's real logits (262,144 tokens), in one run.
+in-place reading (greedy's argmax; the candidates that can win, then the same chain: top-k's
+preselection, and the penalties' window), on Gemma 3 270M's real logits (262,144 tokens), in one
+run.
 
 For each setting, rounds alternate the two ways; each round times `--draws` picks from the same
 row; medians of the per-pick time are reported. Both ways pick the same tokens
@@ -27,6 +28,8 @@ SETTINGS = {
     "greedy (temperature 0)": SamplingOptions(temperature=0.0),
     "Ollama's defaults (top_k 40, top_p 0.9, temperature 0.8)": SamplingOptions(temperature=0.8),
     "top_k 300": SamplingOptions(temperature=0.8, top_k=300),
+    "greedy, repeat_penalty 1.1 (last 64)": SamplingOptions(temperature=0.0, repeat_penalty=1.1),
+    "Ollama's defaults, repeat_penalty 1.1 (last 64)": SamplingOptions(temperature=0.8, repeat_penalty=1.1),
 }
 
 

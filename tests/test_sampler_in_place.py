@@ -1,6 +1,6 @@
-"""Sampling that reads the logits row in place (greedy's argmax, top-k's preselected candidates)
-must pick exactly the token llama.cpp's chain picks on the whole row, with the same random draws,
-wherever nothing comes first that needs the whole row (a grammar, penalties)."""
+"""Sampling that reads the logits row in place (greedy's argmax, top-k's preselected candidates,
+penalties' window) must pick exactly the token llama.cpp's chain picks on the whole row, with the
+same random draws, wherever nothing comes first that needs the whole row (a grammar)."""
 
 from __future__ import annotations
 
@@ -29,17 +29,19 @@ def tiny_model(tiny_gguf: Path) -> Iterator[llama.Model]:
         (SamplingOptions(temperature=0.0), False, "argmax"),
         (SamplingOptions(temperature=-1.0), False, "argmax"),
         (SamplingOptions(temperature=0.0), True, None),  # the grammar masks the row first
-        (SamplingOptions(temperature=0.0, repeat_penalty=1.1), False, None),
-        (SamplingOptions(temperature=0.0, presence_penalty=0.5), False, None),
-        (SamplingOptions(temperature=0.0, frequency_penalty=0.5), False, None),
+        # penalties first: the best token and the penalties' window go to the chain
+        (SamplingOptions(temperature=0.0, repeat_penalty=1.1), False, "candidates"),
+        (SamplingOptions(temperature=0.0, presence_penalty=0.5), False, "candidates"),
+        (SamplingOptions(temperature=0.0, frequency_penalty=0.5), False, "candidates"),
         # repeat_last_n 0 turns the penalties off: nothing before greedy again
         (SamplingOptions(temperature=0.0, repeat_penalty=1.1, repeat_last_n=0), False, "argmax"),
-        (SamplingOptions(temperature=0.8), False, "top-k"),  # Ollama's defaults: top_k 40
-        (SamplingOptions(temperature=0.8, top_k=1024), False, "top-k"),
+        (SamplingOptions(temperature=0.8), False, "candidates"),  # Ollama's defaults: top_k 40
+        (SamplingOptions(temperature=0.8, top_k=1024), False, "candidates"),
         (SamplingOptions(temperature=0.8, top_k=1025), False, None),  # past the preselection's use
         (SamplingOptions(temperature=0.8, top_k=0), False, None),  # no top-k: the whole row counts
         (SamplingOptions(temperature=0.8), True, None),
-        (SamplingOptions(temperature=0.8, repeat_penalty=1.1), False, None),
+        (SamplingOptions(temperature=0.8, repeat_penalty=1.1), False, "candidates"),
+        (SamplingOptions(temperature=0.8, repeat_penalty=1.1, top_k=0), False, None),
     ],
 )
 def test_which_requests_read_the_row_in_place(
@@ -80,6 +82,15 @@ SAMPLED = [
     SamplingOptions(temperature=0.7, top_k=10, min_p=0.05),
     SamplingOptions(temperature=1.0, top_k=300, typical_p=0.9),
 ]
+# Penalties, with windows short enough that the draws below fill them and push tokens out.
+PENALISED = [
+    SamplingOptions(temperature=0.0, repeat_penalty=1.3, repeat_last_n=8),
+    SamplingOptions(temperature=0.0, presence_penalty=1.5, frequency_penalty=0.7, repeat_last_n=-1),
+    SamplingOptions(
+        temperature=0.9, repeat_penalty=1.2, presence_penalty=0.4, frequency_penalty=0.3, repeat_last_n=8
+    ),
+    SamplingOptions(temperature=1.2, top_k=3, repeat_penalty=0.8, frequency_penalty=-0.5, repeat_last_n=5),
+]
 
 
 @pytest.mark.parametrize("which", ["tiny", "gemma"])
@@ -87,26 +98,57 @@ def test_in_place_sampling_picks_what_llama_cpps_chain_picks(
     which: str, tiny_gguf: Path, gemma_gguf: Path
 ) -> None:
     """Every row of a prompt, greedy and with four top-k settings and several seeds, five draws each
-    (the random state advancing): the same tokens both ways."""
+    (the random state advancing), and four penalty settings, twenty draws each (their window
+    filling, the same row penalised as its tokens repeat): the same tokens both ways."""
     path = tiny_gguf if which == "tiny" else gemma_gguf
     draws = 0
     picked = set()
     for model, ctx, pos in rows_of(path, "The quick brown fox jumps over the lazy dog, and then"):
-        for options in [SamplingOptions(temperature=0.0), *SAMPLED]:
+        for options in [SamplingOptions(temperature=0.0), *SAMPLED, *PENALISED]:
+            n = 20 if options in PENALISED else 5
             for seed in (1, 7, 12345):
                 ours = llama.Sampler(model, options, seed)
                 chain = llama.Sampler(model, options, seed, in_place=False)
                 try:
                     assert ours.reads_row is not None
-                    expected = [chain.sample(ctx, 0) for _ in range(5)]
-                    got = [ours.sample(ctx, 0) for _ in range(5)]
+                    expected = [chain.sample(ctx, 0) for _ in range(n)]
+                    got = [ours.sample(ctx, 0) for _ in range(n)]
                     assert got == expected, f"row {pos}, {options}, seed {seed}"
-                    draws += 5
+                    draws += n
                     picked.update(expected)
                 finally:
                     ours.close()
                     chain.close()
     assert draws > 500 and len(picked) > 20, "the draws were varied"
+
+
+@pytest.mark.parametrize("which", ["tiny", "gemma"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        SamplingOptions(temperature=0.0, frequency_penalty=-20.0, repeat_last_n=64),
+        SamplingOptions(temperature=0.7, top_k=4, presence_penalty=-30.0, repeat_last_n=64),
+    ],
+)
+def test_a_penalty_that_lifts_a_token_from_far_down_the_row(
+    which: str, options: SamplingOptions, tiny_gguf: Path, gemma_gguf: Path
+) -> None:
+    """Negative penalties raise the tokens of their window: one picked on an earlier row may sit
+    far down the current one and still win. The chain must be handed the window itself."""
+    path = tiny_gguf if which == "tiny" else gemma_gguf
+    ours = chain = None
+    picked = []
+    for model, ctx, _ in rows_of(path, "The quick brown fox jumps over the lazy dog, and then"):
+        if ours is None:
+            ours, chain = llama.Sampler(model, options, 3), llama.Sampler(model, options, 3, in_place=False)
+        assert chain is not None
+        expected = chain.sample(ctx, 0)
+        assert ours.sample(ctx, 0) == expected
+        picked.append(expected)
+    assert ours is not None and chain is not None
+    ours.close()
+    chain.close()
+    assert len(set(picked)) < len(picked), "the window's tokens came back"
 
 
 @pytest.mark.parametrize("n", [10, GROUPS - 1, GROUPS, GROUPS + 3, 3 * GROUPS + 5, 32000, 151936, 262144])

@@ -412,17 +412,20 @@ class Sampler:
         tests and benchmarks hold the in-place reading to)."""
         self.ptr = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         # llama_sampler_sample first copies the logits row into n_vocab candidates (3 MiB for
-        # Gemma's 262,144 tokens) and the chain works on all of them: 0.9 ms a token for greedy on
-        # a 2-core VM, 0.7 ms for top-k 40; on an H100 running a 270M model, ~1.2 ms a token, more
-        # than half of an 8-stream step (benchmarks/RESULTS.md). Where nothing comes first that
-        # needs the whole row (a grammar, penalties), `sample` reads the row in place instead:
-        # greedy is its argmax (the first of equal maxima, as llama.cpp's greedy sampler picks),
-        # and top-k gets only the candidates that can be in the top k (topk.py), on which the
-        # same chain then picks the same token with the same random draws (where logits tie
-        # exactly, the chain's sort may order them otherwise on the shorter array).
+        # Gemma's 262,144 tokens) and the chain works on all of them: 0.5-2 ms a token on a 2-core
+        # VM, and on an H100 running a 270M model ~1.2 ms for greedy, more than half of an
+        # 8-stream step (benchmarks/RESULTS.md, "Sampling one token"). Where nothing comes first that
+        # needs the whole row (a grammar), `sample` reads the row in place instead: greedy is its
+        # argmax (the first of equal maxima, as llama.cpp's greedy sampler picks), and top-k gets
+        # only the candidates that can be in the top k (topk.py), on which the same chain then
+        # picks the same token with the same random draws (where logits tie exactly, the chain's
+        # sort may order them otherwise on the shorter array). Penalties change only the tokens of
+        # their window: after them, the top k lie among the k + |window| best of the row and the
+        # window itself, which is what the chain gets, penalties included (greedy: top 1).
         self._n_vocab = model.n_vocab
         self._argmax = False
         self._preselect = 0  # top-k: hand the chain this many best candidates, not the whole row
+        self._window: deque[int] | None = None  # the penalties' last tokens, as their sampler keeps them
         add = self._add
         if grammar:
             gsampler = L.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
@@ -434,6 +437,7 @@ class Sampler:
         if penalties and options.repeat_last_n != 0:
             # Ollama's repeat_last_n -1 means the whole context; llama.cpp wants the count itself.
             last_n = n_ctx if options.repeat_last_n < 0 else min(options.repeat_last_n, n_ctx)
+            self._window = deque(maxlen=last_n)
             add(
                 L.llama_sampler_init_penalties(
                     model.n_vocab,
@@ -443,10 +447,12 @@ class Sampler:
                     options.presence_penalty,
                 )
             )
-        # A grammar or penalties need the whole row; so does a caller that asks for the chain.
-        whole_row_first = L.llama_sampler_chain_n(self.ptr) > 0 or not in_place
+        # A grammar needs the whole row; so does a caller that asks for the chain.
+        whole_row_first = bool(grammar) or not in_place
         if options.greedy:
-            self._argmax = not whole_row_first
+            if not whole_row_first:
+                self._argmax = self._window is None
+                self._preselect = 0 if self._window is None else 1
             add(L.llama_sampler_init_greedy())
             return
         if options.top_k > 0:
@@ -467,8 +473,9 @@ class Sampler:
 
     @property
     def reads_row(self) -> str | None:
-        """How `sample` reads the logits row itself: "argmax", "top-k", or None (the chain does)."""
-        return "argmax" if self._argmax else "top-k" if self._preselect else None
+        """How `sample` reads the logits row itself: "argmax", "candidates" (the chain gets only
+        those that can win), or None (the chain gets the whole row)."""
+        return "argmax" if self._argmax else "candidates" if self._preselect else None
 
     def sample(self, ctx: Context, index: int) -> int:
         """Sample from the logits at batch index `index`; the chain accepts the token itself."""
@@ -484,7 +491,11 @@ class Sampler:
             if np.isnan(row[token]):  # numpy's argmax stops at a NaN; llama.cpp's greedy skips it
                 return int(L.llama_sampler_sample(self.ptr, ctx.ptr, index))
             return token
-        ids = top_candidates(row, self._preselect)
+        if self._window:
+            window = np.fromiter(set(self._window), dtype=np.int64)
+            ids = np.union1d(top_candidates(row, self._preselect + len(window)), window)
+        else:
+            ids = top_candidates(row, self._preselect)
         data = (L.llama_token_data * len(ids))()
         view = np.frombuffer(memoryview(data), dtype=_TOKEN_DATA)
         view["id"] = ids
@@ -496,6 +507,8 @@ class Sampler:
         # As llama_sampler_sample does; a sampler may point `data` elsewhere, so read it from there.
         token = int(candidates.data[candidates.selected].id)
         L.llama_sampler_accept(self.ptr, token)
+        if self._window is not None:
+            self._window.append(token)
         return token
 
     def close(self) -> None:
