@@ -205,6 +205,19 @@ def test_a_folder_merges_and_duplicate_names_are_an_error(tmp_path: Path) -> Non
     assert "set differently at a.yaml:5" in messages[("c.yaml", "spec.memory")]
 
 
+def test_conflicts_come_in_the_same_report_as_a_bad_field() -> None:
+    documents = [
+        SpecDocument("a.yaml", spec_text("models: [{name: chat, image: x}]")),
+        SpecDocument("b.yaml", spec_text("models: [{name: chat, image: y}]")),
+        SpecDocument("c.yaml", spec_text("models: [{name: code, image: z, parallel: many}]")),
+    ]
+    with pytest.raises(SpecValidationError) as error:
+        parse_spec(documents)
+    where = {(i.file, i.path) for i in error.value.issues}
+    assert ("b.yaml", "spec.models[0].name") in where, "the duplicate name"
+    assert any(file == "c.yaml" and "parallel" in path for file, path in where), "the bad field"
+
+
 def test_several_documents_in_one_file_merge() -> None:
     text = (
         spec_text("models: [{name: a, image: x}]")

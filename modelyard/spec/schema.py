@@ -385,6 +385,12 @@ def parse_spec(documents: Sequence[SpecDocument]) -> Spec:
     if not parsed and not issues:
         issues.append(SpecIssue("", "no ModelSet document found", ", ".join(d.path for d in documents)))
     if issues:
+        # The documents that did validate still merge, so that their conflicts (a name defined
+        # twice, a setting set two ways) come in the same report, not in the next one.
+        try:
+            _merge(parsed)
+        except SpecValidationError as conflicts:
+            issues += conflicts.issues
         raise SpecValidationError(sorted(issues, key=lambda i: (i.file, i.line)))
     return _merge(parsed)
 
