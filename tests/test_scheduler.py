@@ -763,3 +763,20 @@ def test_a_name_that_said_keep_alive_0_on_a_shared_runner_gets_the_default_again
             await scheduler.close()
 
     run(scenario())
+
+
+def test_status_shows_the_context_a_slot_really_holds(two_models: tuple[Path, Path]) -> None:
+    """llama.cpp rounds a context up to a multiple of 256: /api/ps shows what a slot holds (as
+    Ollama's context_length, "the effective context"), while context_length stays the num_ctx
+    loaded, which the reconciler compares with the spec's."""
+
+    async def scenario() -> None:
+        scheduler = Scheduler(SchedulerSettings(ram_budget=2**34))
+        try:
+            await scheduler.preload(request(two_models[0], "small", options={"num_ctx": 100}))
+            status = scheduler.status()[0]
+            assert (status.context_length, status.context_effective) == (100, 256)
+        finally:
+            await scheduler.close()
+
+    run(scenario())

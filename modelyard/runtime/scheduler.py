@@ -216,7 +216,7 @@ class ModelStatus:
     size: int
     size_vram: int
     processor: str
-    context_length: int
+    context_length: int  # num_ctx as loaded (the reconciler compares it with the spec's)
     slots: int
     slots_busy: int
     queued: int
@@ -230,6 +230,9 @@ class ModelStatus:
     last_error: str
     note: str = ""
     shares_runner_of: str = ""  # served by that name's runner, whose row carries the memory
+    # Tokens a slot really holds: llama.cpp rounds a context up (to a multiple of 256), so a
+    # num_ctx of 100 holds 256. 0 until the runner has loaded.
+    context_effective: int = 0
 
 
 class Lease:
@@ -461,6 +464,7 @@ class Scheduler:
                     load_seconds=entry.load_seconds,
                     last_error=entry.last_error,
                     note=entry.note,
+                    context_effective=info.n_ctx_per_slot if info else 0,
                 )
             )
             # The names sharing the runner: listed (clients and the reconciler look for them), its

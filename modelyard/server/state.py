@@ -131,7 +131,8 @@ class ServerState:
                     "details": _details_or_empty(servable),
                     "expires_at": expires_at,
                     "size_vram": status.size_vram,
-                    "context_length": status.context_length,
+                    "context_length": status.context_effective
+                    or status.context_length,  # as Ollama: effective
                     # modelyard's own, for `modelyard ps`: what Ollama users ask for
                     "processor": status.processor,
                     "state": status.state,
