@@ -6,10 +6,13 @@ For 1, 2, 4 and 8 concurrent streams (greedy, the same long-answer prompt, 128 n
              own server serves them (one request at a time)
   bare       a bare loop of `llama_decode` in this process over the same batch sizes: every
              stream's next token in one batch, the greedy token an argmax over the logits row
-             read in place (numpy), as the runner picks it; the physical reference
+             read in place (numpy), as the runner picks it; the physical reference (timed from
+             after the prompt, which the other two find in their prompt caches)
   bare-chain the same loop with llama.cpp's greedy sampler chain (`llama_sampler_sample`), which
              copies the row into an n_vocab-entry candidate array first: the reference as this
              script measured it before the runner took the argmax (2026-11-26)
+  bare-backend (with --backend-sampling) the same loop with llama.cpp's backend sampling: greedy
+             inside the decode graph (`llama_set_sampler`), only the token read back
 Also time to first token for one stream, and load time (page cache warm) of a runner against a
 bare `Llama()` construction. All three use the same threads, context per stream, flash
 attention setting and weight layout (repacked or not, as the runner found this CPU allows).
@@ -21,7 +24,7 @@ comparison on `--random-gemma-shape`: random weights (F16) in Gemma 3 270M's dim
 vocabulary size, written with the gguf package as a llama-architecture model.
 
     python benchmarks/bench_runner.py [--rounds 3] [--tokens 128] [--model GGUF | --random-gemma-shape]
-                                      [--gpu] [--out results.json]
+                                      [--gpu] [--backend-sampling] [--out results.json]
 """
 
 from __future__ import annotations
@@ -126,7 +129,9 @@ class BareLoop:
         n = L.llama_tokenize(self.vocab, data, len(data), buffer, len(buffer), True, True)
         self.prompt = list(buffer[:n])
 
-    def run(self, streams: int, tokens: int, chain: bool = False) -> float:
+    def run(self, streams: int, tokens: int, sampling: str = "argmax") -> float:
+        """`sampling`: "argmax" (numpy, in place), "chain" (llama_sampler_sample) or "backend"
+        (llama.cpp's backend sampling: greedy inside the decode graph, `llama_set_sampler`)."""
         cp = L.llama_context_default_params()
         # Room for every stream's prompt in the one prefill batch (a byte-level vocabulary makes
         # long prompts), never less than the runner's 512.
@@ -137,16 +142,17 @@ class BareLoop:
         ctx = L.llama_init_from_model(self.model, cp)
         batch = L.llama_batch_init(size, 0, 8)
         samplers = []
-        for _ in range(streams):
-            chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
-            L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
-            samplers.append(chain)
+        for seq in range(streams):
+            sampler = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+            L.llama_sampler_chain_add(sampler, L.llama_sampler_init_greedy())
+            samplers.append(sampler)
+            if sampling == "backend":
+                assert L.llama_set_sampler(ctx, seq, sampler), "backend sampling refused"
 
         def add(i: int, token: int, pos: int, seq: int, logits: bool) -> None:
             batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
             batch.seq_id[i][0], batch.logits[i] = seq, logits
 
-        start = time.perf_counter()
         n = 0
         for s in range(streams):
             for j, token in enumerate(self.prompt):
@@ -154,6 +160,10 @@ class BareLoop:
                 n += 1
         batch.n_tokens = n
         assert L.llama_decode(ctx, batch) == 0
+        # The clock starts after the prompt: the runner and create_completion both find this
+        # repeated prompt in their caches (all but its last token), so the reference is decoding.
+        L.llama_synchronize(ctx)
+        start = time.perf_counter()
         index = [(s + 1) * len(self.prompt) - 1 for s in range(streams)]
         pos = len(self.prompt)
         n_vocab = L.llama_vocab_n_tokens(self.vocab)
@@ -162,8 +172,10 @@ class BareLoop:
             return int(np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, i), shape=(n_vocab,)).argmax())
 
         for _ in range(tokens):
-            if chain:
+            if sampling == "chain":
                 next_tokens = [L.llama_sampler_sample(samplers[s], ctx, index[s]) for s in range(streams)]
+            elif sampling == "backend":
+                next_tokens = [L.llama_get_sampled_token_ith(ctx, index[s]) for s in range(streams)]
             else:
                 next_tokens = [argmax(index[s]) for s in range(streams)]
             for s in range(streams):
@@ -173,8 +185,10 @@ class BareLoop:
             assert L.llama_decode(ctx, batch) == 0
             pos += 1
         rate = streams * tokens / (time.perf_counter() - start)
-        for chain in samplers:
-            L.llama_sampler_free(chain)
+        for seq, sampler in enumerate(samplers):
+            if sampling == "backend":
+                L.llama_set_sampler(ctx, seq, None)
+            L.llama_sampler_free(sampler)
         L.llama_batch_free(batch)
         L.llama_free(ctx)
         return rate
@@ -192,6 +206,11 @@ def main() -> None:
         "--random-gemma-shape", action="store_true", help="random weights in Gemma 3 270M's dimensions"
     )
     parser.add_argument("--gpu", action="store_true", help="offload every layer, on all three sides")
+    parser.add_argument(
+        "--backend-sampling",
+        action="store_true",
+        help="also the bare loop with llama.cpp's backend sampling (greedy in the decode graph)",
+    )
     parser.add_argument("--out", type=Path, help="also write the medians here, as JSON")
     args = parser.parse_args()
     if args.model is not None:
@@ -231,7 +250,11 @@ def main() -> None:
             rates.setdefault(("runner", streams), []).append(run_ours(runner, streams, args.tokens))
             rates.setdefault(("serial", streams), []).append(run_serial(llm, streams, args.tokens))
             rates.setdefault(("bare", streams), []).append(bare.run(streams, args.tokens))
-            rates.setdefault(("bare-chain", streams), []).append(bare.run(streams, args.tokens, chain=True))
+            rates.setdefault(("bare-chain", streams), []).append(bare.run(streams, args.tokens, "chain"))
+            if args.backend_sampling:
+                rates.setdefault(("bare-backend", streams), []).append(
+                    bare.run(streams, args.tokens, "backend")
+                )
         ttft["runner"].append(ttft_ours(runner))
         ttft["serial"].append(ttft_serial(llm))
         llm.close()
@@ -260,8 +283,11 @@ def main() -> None:
     for streams in STREAMS:
         ours, serial, physical = med[("runner", streams)], med[("serial", streams)], med[("bare", streams)]
         chain = med[("bare-chain", streams)]
+        backend = (
+            f" (backend sampling: {med[('bare-backend', streams)]:.1f})" if args.backend_sampling else ""
+        )
         print(
-            f"| {streams} | {ours:.1f} | {serial:.1f} | {physical:.1f} | {chain:.1f} | "
+            f"| {streams} | {ours:.1f} | {serial:.1f} | {physical:.1f}{backend} | {chain:.1f} | "
             f"{ours / serial:.2f}× | {ours / physical:.0%} |"
         )
     print()
