@@ -451,6 +451,24 @@ def test_openai_completions(oai: openai.OpenAI) -> None:
     assert "".join(c.choices[0].text for c in streamed) == result.choices[0].text
 
 
+def test_openai_completions_of_several_prompts(oai: openai.OpenAI) -> None:
+    prompts = ["The capital of France is", "Two plus two is", "The sea is"]
+    alone = [oai.completions.create(model=GEMMA, prompt=p, max_tokens=5, temperature=0) for p in prompts]
+    together = oai.completions.create(model=GEMMA, prompt=prompts, max_tokens=5, temperature=0, echo=True)
+    assert [c.index for c in together.choices] == [0, 1, 2]
+    for prompt, choice, single in zip(prompts, together.choices, alone, strict=True):
+        assert choice.text == prompt + single.choices[0].text
+    assert together.usage is not None
+    assert together.usage.completion_tokens == sum(a.usage.completion_tokens for a in alone if a.usage)
+    assert together.usage.prompt_tokens == sum(a.usage.prompt_tokens for a in alone if a.usage)
+    for bad, message in (
+        (dict(prompt=prompts, stream=True), "stream one prompt"),
+        (dict(prompt=[]), "empty"),
+    ):
+        with pytest.raises(openai.BadRequestError, match=message):
+            oai.completions.create(model=GEMMA, max_tokens=2, **bad)  # type: ignore[call-overload]
+
+
 def test_openai_completions_echo(oai: openai.OpenAI) -> None:
     prompt = "The capital of France is"
     plain = oai.completions.create(model=GEMMA, prompt=prompt, max_tokens=6, temperature=0)

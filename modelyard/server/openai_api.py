@@ -5,6 +5,7 @@ OpenAI's shape (`{"error": {"message", "type", "param", "code"}}`).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import struct
@@ -31,6 +32,8 @@ from modelyard.server.state import ServerState
 from modelyard.server.tool_calls import forced_call_schema, openai_tool_calls, parser_for
 
 SSE = "text/event-stream"
+# Several prompts in one legacy completion run side by side; past this many, send several requests.
+MAX_PROMPTS = 64
 
 
 class _Body(BaseModel):
@@ -187,24 +190,32 @@ def router(state: ServerState) -> APIRouter:
     @api.post("/completions")
     async def completions(body: CompletionBody, http: Request) -> Response:
         servable = await inference.servable(body.model)
-        if isinstance(body.prompt, list):
-            if len(body.prompt) != 1:
-                raise HTTPError(400, "prompt: send one prompt per request")
-            prompt = body.prompt[0]
-        else:
-            prompt = body.prompt
-        # OpenAI's completions are raw continuations of the prompt: no chat template.
-        request = PromptRequest.generate(prompt, suffix=body.suffix or "", raw=not body.suffix)
+        prompts = body.prompt if isinstance(body.prompt, list) else [body.prompt]
+        if not prompts:
+            raise HTTPError(400, "prompt: an empty list; send at least one prompt")
+        if len(prompts) > 1 and body.stream:
+            raise HTTPError(400, "prompt: stream one prompt per request, or send several without stream")
+        if len(prompts) > MAX_PROMPTS:
+            raise HTTPError(400, f"prompt: at most {MAX_PROMPTS} prompts per request, got {len(prompts)}")
         top = body.logprobs_top()
         if body.echo and top is not None:
             raise HTTPError(400, "echo with logprobs: the prompt's log-probabilities are not computed")
-        echoed = prompt if body.echo else ""
-        stream = inference.generate(
-            servable, request, body.options(), top_logprobs=runner_top_logprobs(top is not None, top)
-        )
+
+        def generate(prompt: str) -> AsyncGenerator[Any, None]:
+            # OpenAI's completions are raw continuations of the prompt: no chat template.
+            request = PromptRequest.generate(prompt, suffix=body.suffix or "", raw=not body.suffix)
+            return inference.generate(
+                servable, request, body.options(), top_logprobs=runner_top_logprobs(top is not None, top)
+            )
 
         def logprobs(entries: Sequence[dict[str, Any]], offset: int) -> dict[str, Any] | None:
             return None if top is None else completion_logprobs(entries, top, offset)
+
+        if len(prompts) > 1:
+            return await _several_completions(http, state, servable, prompts, generate, body, logprobs)
+        prompt = prompts[0]
+        echoed = prompt if body.echo else ""
+        stream = generate(prompt)
 
         return await _answer(
             http,
@@ -261,7 +272,6 @@ def router(state: ServerState) -> APIRouter:
 
 
 async def _list(state: ServerState) -> list[dict[str, Any]]:
-    import asyncio
     from datetime import datetime
 
     models = await asyncio.to_thread(state.list_models)
@@ -273,6 +283,58 @@ async def _list(state: ServerState) -> list[dict[str, Any]]:
             created = 0
         out.append({"id": m["name"], "object": "model", "created": created, "owned_by": "modelyard"})
     return out
+
+
+async def _several_completions(
+    http: Request,
+    state: ServerState,
+    servable: Servable,
+    prompts: Sequence[str],
+    generate: Callable[[str], AsyncGenerator[Any, None]],
+    body: CompletionBody,
+    logprobs: Logprobs,
+) -> Response:
+    """A legacy completion of several prompts at once, a choice each (`index` in prompt order):
+    they run side by side in the model's slots, and one failure cancels the others."""
+
+    async def all_of_them() -> list[tuple[str, list[dict[str, Any]], Finished]]:
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(_collect(generate(prompt))) for prompt in prompts]
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None  # the first failure is the answer's error
+        return [task.result() for task in tasks]
+
+    results = await unless_client_leaves(http, all_of_them())
+    state.count("/v1/completions", servable.name, 200)
+    choices = [
+        {
+            "index": i,
+            "text": (prompt if body.echo else "") + text,
+            "finish_reason": _finish_reason(finished),
+            "logprobs": logprobs(entries, 0),
+        }
+        for i, (prompt, (text, entries, finished)) in enumerate(zip(prompts, results, strict=True))
+    ]
+    usages = [_usage(finished) for _, _, finished in results]
+    return JSONResponse(
+        {
+            "id": f"cmpl-{uuid.uuid4().hex[:24]}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": servable.name,
+            "system_fingerprint": _fingerprint(servable),
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": sum(u["prompt_tokens"] for u in usages),
+                "completion_tokens": sum(u["completion_tokens"] for u in usages),
+                "total_tokens": sum(u["total_tokens"] for u in usages),
+                "prompt_tokens_details": {
+                    "cached_tokens": sum(u["prompt_tokens_details"]["cached_tokens"] for u in usages)
+                },
+            },
+        }
+    )
 
 
 async def _collect(stream: AsyncGenerator[Any, None]) -> tuple[str, list[dict[str, Any]], Finished]:
