@@ -464,6 +464,7 @@ def test_openai_completions_of_several_prompts(oai: openai.OpenAI) -> None:
     for bad, message in (
         (dict(prompt=prompts, stream=True), "stream one prompt"),
         (dict(prompt=[]), "empty"),
+        (dict(prompt=prompts, suffix="x"), "does not support insert"),  # each fails: the first says why
     ):
         with pytest.raises(openai.BadRequestError, match=message):
             oai.completions.create(model=GEMMA, max_tokens=2, **bad)  # type: ignore[call-overload]
