@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp as L
+import numpy as np  # llama_cpp imports it anyway
 
 from modelyard.runtime.options import LoadOptions, SamplingOptions
+from modelyard.runtime.topk import top_candidates
 
 MIB = 1024 * 1024
 
@@ -481,10 +483,6 @@ class Sampler:
         """Sample from the logits at batch index `index`; the chain accepts the token itself."""
         if not (self._argmax or self._preselect):
             return int(L.llama_sampler_sample(self.ptr, ctx.ptr, index))
-        import numpy as np
-
-        from modelyard.runtime.topk import top_candidates
-
         row = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx.ptr, index), shape=(self._n_vocab,))
         if self._argmax:
             token = int(row.argmax())
@@ -520,8 +518,6 @@ class Sampler:
 def top_logprobs(ctx: Context, model: Model, index: int, chosen: int, k: int) -> dict[str, Any]:
     """The chosen token's log-probability and the `k` most likely tokens at batch row `index`,
     from the raw logits (before sampling's penalties and temperature), with their logits."""
-    import numpy as np
-
     pointer = L.llama_get_logits_ith(ctx.ptr, index)
     logits = np.ctypeslib.as_array(pointer, shape=(model.n_vocab,)).astype(np.float64)
     peak = float(logits.max())

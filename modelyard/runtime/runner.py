@@ -359,7 +359,7 @@ class Runner:
         if event == "token":
             callback(Token(str(message["text"]), tuple(message.get("logprobs") or ())))
         elif event == "done":
-            fields = {k: message[k] for k in Done.__dataclass_fields__ if k in message}
+            fields = {k: message[k] for k in Done.__dataclass_fields__}
             callback(Done(**fields))
         elif event == "result":
             callback(message)
