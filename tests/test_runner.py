@@ -84,13 +84,22 @@ def test_greedy_matches_llama_cpp_python_on_tiny(tiny_runner: Runner, tiny_gguf:
     assert text == expected["choices"][0]["text"]
 
 
-def greedy_tokens(runner: Runner, prompt: str, n: int) -> list[dict[str, object]]:
-    """The greedy continuation, token by token, with each step's five best candidates."""
+def greedy_steps(runner: Runner, prompt: str, n: int) -> tuple[list[dict[str, object]], Done]:
+    """The greedy continuation, token by token, with each step's five best candidates; and the
+    request's counts."""
     steps: list[dict[str, object]] = []
+    done = None
     for event in runner.generate(CompletionRequest(prompt, greedy(n), top_logprobs=5)):
         if isinstance(event, Token):
             steps.extend(event.logprobs)
-    return steps
+        elif isinstance(event, Done):
+            done = event
+    assert done is not None
+    return steps, done
+
+
+def greedy_tokens(runner: Runner, prompt: str, n: int) -> list[dict[str, object]]:
+    return greedy_steps(runner, prompt, n)[0]
 
 
 def _candidate_drift(solo: dict[str, object], together: dict[str, object]) -> float:
@@ -474,18 +483,6 @@ def evaluated_whole(runner: Runner, prompt: str, n: int) -> tuple[list[dict[str,
     runner.complete(CompletionRequest("x", greedy(1)))
     steps, done = greedy_steps(runner, prompt, n)
     assert done.prompt_cached <= 1
-    return steps, done
-
-
-def greedy_steps(runner: Runner, prompt: str, n: int) -> tuple[list[dict[str, object]], Done]:
-    steps: list[dict[str, object]] = []
-    done = None
-    for event in runner.generate(CompletionRequest(prompt, greedy(n), top_logprobs=5)):
-        if isinstance(event, Token):
-            steps.extend(event.logprobs)
-        elif isinstance(event, Done):
-            done = event
-    assert done is not None
     return steps, done
 
 
