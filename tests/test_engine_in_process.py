@@ -1,5 +1,6 @@
 """The runner's Engine driven in this process (no socket): what a request that fails while its
-token is picked leaves behind, and the prompt cache's choice across slots."""
+token is picked leaves behind, the prompt cache's choice across slots, and prompts scored token by
+token (echo with log-probs) beside other work."""
 
 from __future__ import annotations
 
@@ -14,12 +15,17 @@ from modelyard.runtime.engine import Engine
 from modelyard.runtime.options import LoadOptions, SamplingOptions
 from modelyard.runtime.protocol import CompletionRequest
 
+SCORING_ROWS = 4
+
 
 @pytest.fixture
 def engine(tiny_gguf: Path) -> Iterator[tuple[Engine, list[dict[str, Any]]]]:
     # Not repacked: some VMs advertise CPU instructions the repacked kernels need and cannot run.
     model = llama.Model(tiny_gguf, LoadOptions(num_gpu=0), repack=False)
-    ctx = llama.Context(model, n_ctx=2 * 128, n_seq_max=2, n_batch=64, threads=2)
+    # Few rows for prompt log-probs, so that scoring a prompt takes several steps.
+    ctx = llama.Context(
+        model, n_ctx=2 * 128, n_seq_max=2, n_batch=64, threads=2, prompt_logprob_rows=SCORING_ROWS
+    )
     events: list[dict[str, Any]] = []
     yield Engine(model, ctx, 2, events.append), events
     ctx.close()
@@ -30,9 +36,24 @@ def run(engine: Engine, request_id: int, prompt: str, n: int) -> None:
     engine.waiting.append(
         (request_id, CompletionRequest(prompt, SamplingOptions(temperature=0, num_predict=n)))
     )
+    run_all(engine)
+
+
+def run_all(engine: Engine) -> None:
     while engine._has_work():
         engine._admit()
         engine.step()
+
+
+def scored(prompt: str = "", n: int = 0, *, tokens: tuple[int, ...] = (), **kwargs: Any) -> CompletionRequest:
+    """Echo the prompt with every token's log-prob, then generate `n` tokens greedily."""
+    options = SamplingOptions(temperature=0, num_predict=n)
+    return CompletionRequest(prompt, options, top_logprobs=3, echo=True, tokens=tokens, **kwargs)
+
+
+def echoed(events: list[dict[str, Any]], request_id: int) -> dict[str, Any]:
+    [event] = [e for e in events if e["event"] == "token" and e["id"] == request_id and e.get("prompt")]
+    return event
 
 
 def test_a_request_that_fails_while_sampling_fails_alone(
@@ -79,3 +100,126 @@ def test_the_next_turn_goes_back_to_its_slot(engine: tuple[Engine, list[dict[str
             : done[3]["prompt_cached"]
         ]
     )
+
+
+PROMPT = "the cat sat on the mat and the dog ran in the park while the bird sang"
+
+
+def test_a_scored_prompt_has_every_tokens_logprob_after_the_ones_before(
+    engine: tuple[Engine, list[dict[str, Any]]],
+) -> None:
+    runner, events = engine
+    tokens = runner.model.tokenize(PROMPT, add_special=True)
+    assert len(tokens) > 3 * SCORING_ROWS  # scored over several steps
+    runner.waiting.append((1, scored(PROMPT, 2)))
+    run_all(runner)
+    entries = echoed(events, 1)["logprobs"]
+    assert [e["id"] for e in entries] == tokens
+    assert entries[0]["logprob"] is None and entries[0]["top"] is None  # nothing scores the first
+    # The reference: each prefix evaluated afresh in a clean context, its last row scoring the next token.
+    model = runner.model
+    ctx = llama.Context(model, n_ctx=128, n_seq_max=1, n_batch=64, threads=2)
+    try:
+        for k in range(1, len(tokens)):
+            ctx.clear()
+            batch = llama.Batch(64, 1)
+            for i in range(k):
+                batch.add(tokens[i], i, 0, i == k - 1)
+            assert ctx.decode(batch) == 0
+            [reference] = llama.logprob_entries(ctx, model, k - 1, [tokens[k]], 3)
+            batch.close()
+            assert entries[k]["logprob"] == pytest.approx(reference["logprob"], abs=1e-4)
+            assert [c["id"] for c in entries[k]["top"]] == [c["id"] for c in reference["top"]]
+    finally:
+        ctx.close()
+    assert sum(1 for e in events if e["event"] == "token" and not e.get("prompt")) == 2  # then generates
+
+
+def test_scoring_beside_a_generation_gives_both_what_each_gives_alone(
+    engine: tuple[Engine, list[dict[str, Any]]],
+) -> None:
+    runner, events = engine
+    runner.waiting.append((1, scored(PROMPT, 3)))
+    run_all(runner)
+    alone = echoed(events, 1)["logprobs"]
+    run(runner, 2, "a dog ran", 12)
+    generated_alone = "".join(e["text"] for e in events if e["event"] == "token" and e["id"] == 2)
+    for slot in runner.slots:  # no cache to tell the two runs apart
+        runner.ctx.seq_rm(slot.seq)
+        slot.cache, slot.exact = type(slot.cache)("i"), 0
+    events.clear()
+    runner.waiting.append((3, CompletionRequest("a dog ran", SamplingOptions(temperature=0, num_predict=12))))
+    runner._admit()
+    runner.step()  # the generation is under way when the scoring joins
+    runner.waiting.append((4, scored(PROMPT, 3)))
+    run_all(runner)
+    together = echoed(events, 4)["logprobs"]
+    assert [e["id"] for e in together] == [e["id"] for e in alone]
+    assert [e["logprob"] for e in together[1:]] == pytest.approx([e["logprob"] for e in alone[1:]], abs=1e-4)
+    assert "".join(e["text"] for e in events if e["event"] == "token" and e["id"] == 3) == generated_alone
+
+
+def test_a_scored_prompt_is_evaluated_whole_and_leaves_its_cache(
+    engine: tuple[Engine, list[dict[str, Any]]],
+) -> None:
+    runner, events = engine
+    run(runner, 1, PROMPT, 1)
+    runner.waiting.append((2, scored(PROMPT)))
+    run_all(runner)
+    done = {e["id"]: e for e in events if e["event"] == "done"}
+    assert done[2]["prompt_cached"] == 0  # the cached cells have no logits to score with
+    assert len(echoed(events, 2)["logprobs"]) == done[2]["prompt_eval_count"]
+    run(runner, 3, PROMPT + " again", 1)
+    done = {e["id"]: e for e in events if e["event"] == "done"}
+    assert done[3]["prompt_cached"] == len(runner.model.tokenize(PROMPT, add_special=True))
+
+
+def test_token_ids_are_the_prompt_as_they_are(engine: tuple[Engine, list[dict[str, Any]]]) -> None:
+    runner, events = engine
+    tokens = runner.model.tokenize(PROMPT, add_special=True)
+    run(runner, 1, PROMPT, 6)
+    runner.waiting.append(
+        (2, CompletionRequest("", SamplingOptions(temperature=0, num_predict=6), tokens=tuple(tokens[1:])))
+    )
+    runner.waiting.append(
+        (3, CompletionRequest("", SamplingOptions(temperature=0, num_predict=6), tokens=tuple(tokens)))
+    )
+    run_all(runner)
+    done = {e["id"]: e for e in events if e["event"] == "done"}
+    assert done[2]["prompt_eval_count"] == len(tokens) - 1  # no BOS added
+    text = {i: "".join(e["text"] for e in events if e["event"] == "token" and e["id"] == i) for i in (1, 3)}
+    assert text[3] == text[1]
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (CompletionRequest("", tokens=(1, 10**6)), "prompt token id 1000000 is not in the vocabulary"),
+        (CompletionRequest("", tokens=(-1,)), "prompt token id -1 is not in the vocabulary"),
+        (scored(PROMPT * 20), "the prompt is"),  # not cut to fit: the scores would be of another prompt
+    ],
+)
+def test_a_bad_prompt_fails_alone(
+    engine: tuple[Engine, list[dict[str, Any]]], request_: CompletionRequest, message: str
+) -> None:
+    runner, events = engine
+    runner.waiting.append((1, request_))
+    run(runner, 2, "a dog ran", 2)
+    [error] = [e for e in events if e["event"] == "error"]
+    assert (error["id"], error["kind"]) == (1, "request") and message in error["message"]
+    assert [e["id"] for e in events if e["event"] == "done"] == [2]
+
+
+def test_a_runner_without_scoring_rows_refuses_to_score(tiny_gguf: Path) -> None:
+    model = llama.Model(tiny_gguf, LoadOptions(num_gpu=0), repack=False)
+    ctx = llama.Context(model, n_ctx=128, n_seq_max=1, n_batch=64, threads=2)
+    events: list[dict[str, Any]] = []
+    try:
+        engine = Engine(model, ctx, 1, events.append)
+        engine.waiting.append((1, scored(PROMPT)))
+        run_all(engine)
+    finally:
+        ctx.close()
+        model.close()
+    [error] = events
+    assert error["event"] == "error" and "log-probabilities" in error["message"]

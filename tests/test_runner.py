@@ -84,6 +84,38 @@ def test_greedy_matches_llama_cpp_python_on_tiny(tiny_runner: Runner, tiny_gguf:
     assert text == expected["choices"][0]["text"]
 
 
+@pytest.mark.gemma
+def test_prompt_logprobs_match_llama_cpp_pythons_scores(gemma_runner: Runner, gemma_gguf: Path) -> None:
+    """Echo with log-probs (what lm-evaluation-harness's loglikelihood asks for): each prompt
+    token's log-probability given the tokens before it, as llama.cpp's own scores give it."""
+    assert gemma_runner.info is not None
+    prompt = "The capital of France is Paris. Water boils at 100 degrees Celsius at sea level." * 2
+    echoed: list[Token] = []
+    for event in gemma_runner.generate(CompletionRequest(prompt, greedy(0), top_logprobs=2, echo=True)):
+        if isinstance(event, Token):
+            echoed.append(event)
+        else:
+            done = event
+    [first] = echoed  # max 0 tokens: the prompt only
+    assert first.prompt and first.text == prompt  # Gemma's BOS shows as nothing
+    reference = reference_llama(gemma_gguf, gemma_runner.info.repack, n_ctx=1024, logits_all=True)
+    try:
+        ids = reference.tokenize(prompt.encode(), add_bos=True, special=True)
+        reference.eval(ids)
+        scores = np.array(reference.scores[: reference.n_tokens], dtype=np.float64)
+    finally:
+        reference.close()
+    assert [e["id"] for e in first.logprobs] == ids and done.prompt_eval_count == len(ids)
+    assert len(ids) > 2 * 16  # several steps of scoring rows
+    peaks = scores.max(axis=1, keepdims=True)
+    log_softmax = scores - (peaks + np.log(np.exp(scores - peaks).sum(axis=1, keepdims=True)))
+    expected = [log_softmax[i - 1][ids[i]] for i in range(1, len(ids))]
+    assert first.logprobs[0]["logprob"] is None
+    assert [e["logprob"] for e in first.logprobs[1:]] == pytest.approx(expected, abs=2e-3)
+    for i, entry in enumerate(first.logprobs[1:], start=1):
+        assert entry["top"][0]["id"] == int(np.argmax(scores[i - 1]))
+
+
 def greedy_steps(runner: Runner, prompt: str, n: int) -> tuple[list[dict[str, object]], Done]:
     """The greedy continuation, token by token, with each step's five best candidates; and the
     request's counts."""

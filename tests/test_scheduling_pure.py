@@ -19,6 +19,7 @@ from modelyard.runtime.memory import (
     kv_cells,
     shape_from_gguf,
 )
+from modelyard.runtime.options import PROMPT_LOGPROB_ROWS
 from modelyard.runtime.procstats import parse_mapped_rss, parse_meminfo, parse_rss
 
 GB = 10**9
@@ -187,7 +188,8 @@ def test_offloaded_layers_move_weights_and_kv_to_the_device() -> None:
     cpu = estimate(shape, n_ctx=4096, slots=1)
     half = estimate(shape, n_ctx=4096, slots=1, n_gpu_layers=2)
     full = estimate(shape, n_ctx=4096, slots=1, n_gpu_layers=5)
-    assert cpu.device == 0 and cpu.host == cpu.weights + cpu.kv + cpu.compute
+    scored_outputs = 4 * PROMPT_LOGPROB_ROWS * shape.n_vocab  # host memory: llama.cpp's output buffer
+    assert cpu.device == 0 and cpu.host == cpu.weights + cpu.kv + cpu.compute + scored_outputs
     per_layer_kv = cpu.kv // 4
     assert half.device == 2 * 100 * MIB + 2 * per_layer_kv + half.compute
     assert full.device == 4 * 100 * MIB + 50 * MIB + cpu.kv + full.compute, "the head goes last"
@@ -213,17 +215,17 @@ def test_embedding_context_tokens(num_ctx: int, n_ctx_train: int, pooled: bool, 
 def test_embedding_context_counts_two_rows_of_logits_a_token() -> None:
     shape = toy_shape()
     cpu = embedding_estimate(shape, n_ctx=512)
-    context = estimate(shape, n_ctx=512, slots=1, n_batch=512)
+    context = estimate(shape, n_ctx=512, slots=1, n_batch=512, prompt_logprob_rows=0)  # it scores no prompt
     graph_logits, output_buffer = 4 * 511 * 32000, 4 * 512 * (32000 + 1024)
     assert cpu.weights == 0 and cpu.device == 0
     assert cpu.kv == context.kv == 512 * 4 * 2 * 256 * 2
     assert cpu.host == cpu.kv + context.compute + graph_logits + output_buffer
     offloaded = embedding_estimate(shape, n_ctx=512, n_gpu_layers=5)
-    on_device = estimate(shape, n_ctx=512, slots=1, n_batch=512, n_gpu_layers=5)
+    on_device = estimate(shape, n_ctx=512, slots=1, n_batch=512, n_gpu_layers=5, prompt_logprob_rows=0)
     assert offloaded.device == cpu.kv + on_device.compute + graph_logits, "KV and the graph on the device"
     assert offloaded.host == on_device.compute // 4 + graph_logits // 4 + output_buffer, "staging, outputs"
     partly = embedding_estimate(shape, n_ctx=512, n_gpu_layers=2)
-    on_two = estimate(shape, n_ctx=512, slots=1, n_batch=512, n_gpu_layers=2)
+    on_two = estimate(shape, n_ctx=512, slots=1, n_batch=512, n_gpu_layers=2, prompt_logprob_rows=0)
     assert partly.device == cpu.kv // 2 + on_two.compute, "half the KV and the graph, but not the head's"
     assert partly.host == cpu.kv // 2 + on_two.compute // 4 + graph_logits + output_buffer, "head on the CPU"
 
@@ -270,8 +272,9 @@ def layered_shape() -> ModelShape:
     """32 blocks of 200 MB, a 500 MB head: about 7 GB of weights, like a 7B Q4 model.
 
     At 8192 tokens a block's KV cache is 8192 × 8 heads × 256 × 2 bytes = 33.6 MB, so a block
-    takes 233.6 MB; a device keeps 512 MiB in reserve and 126 MB for the compute graph. 7 GB free
-    then holds 27 blocks; 3 GB free holds 10."""
+    takes 233.6 MB; a device keeps 512 MiB in reserve and 134.6 MB for the compute graph (8.2 MB
+    of it the 16 rows of logits for scoring prompts). 7 GB free then holds 27 blocks; 3 GB free
+    holds 9.97, so 9."""
     return ModelShape(
         architecture="llama",
         n_layers=32,
@@ -301,7 +304,7 @@ def layered_shape() -> ModelShape:
         pytest.param(
             [Device("CUDA0", "cuda", "a", 16 * GB, 3 * GB), Device("CUDA1", "cuda", "b", 16 * GB, 3 * GB)],
             -1,
-            20,
+            18,
             True,
             2,
             id="2x16GB-busy-split",

@@ -481,8 +481,72 @@ def test_openai_completions_echo(oai: openai.OpenAI) -> None:
         )
     )
     assert "".join(c.choices[0].text for c in streamed) == prompt + plain.choices[0].text
-    with pytest.raises(openai.BadRequestError, match="echo with logprobs"):
-        oai.completions.create(model=GEMMA, prompt=prompt, max_tokens=2, echo=True, logprobs=2)
+    only = oai.completions.create(model=GEMMA, prompt=prompt, max_tokens=0, echo=True)
+    assert only.choices[0].text == prompt and only.usage is not None and only.usage.completion_tokens == 0
+
+
+BATCH_ROUNDING = 0.25  # log-prob
+
+
+def test_openai_completions_score_a_continuation_as_lm_eval_does(
+    oai: openai.OpenAI, gemma_gguf: Path
+) -> None:
+    """lm-evaluation-harness's loglikelihood: token ids, echo, logprobs 1, max_tokens 1; the
+    continuation's log-probs are read from the echoed prompt. They must be those the model gave
+    its own greedy tokens, and greedy each (test_runner checks the scores against llama.cpp's)."""
+    import llama_cpp
+
+    vocab = llama_cpp.Llama(model_path=str(gemma_gguf), vocab_only=True, verbose=False)
+    context = "The capital of France is"
+    ids = vocab.tokenize(context.encode(), add_bos=True, special=True)
+    by_ids = oai.completions.create(model=GEMMA, prompt=ids, max_tokens=6, temperature=0, logprobs=1)
+    by_text = oai.completions.create(model=GEMMA, prompt=context, max_tokens=6, temperature=0, logprobs=1)
+    assert by_ids.choices[0].text == by_text.choices[0].text  # the same tokens: no second BOS
+    generated = by_ids.choices[0].logprobs
+    assert generated is not None and generated.tokens and generated.token_logprobs
+    continuation = vocab.tokenize(by_ids.choices[0].text.encode(), add_bos=False, special=False)
+    assert [vocab.detokenize([t]).decode() for t in continuation] == generated.tokens
+
+    whole = ids + continuation
+    scored = oai.completions.create(
+        model=GEMMA, prompt=[whole], max_tokens=1, temperature=0, logprobs=1, echo=True, seed=1234
+    )
+    choice = scored.choices[0]
+    logprobs = choice.logprobs
+    assert logprobs is not None and logprobs.token_logprobs and logprobs.top_logprobs and logprobs.tokens
+    assert len(logprobs.tokens) == len(whole) + 1  # the prompt's tokens, then the one generated
+    assert logprobs.token_logprobs[0] is None and logprobs.top_logprobs[0] is None
+    # The generation read each token's logits one at a time, the scoring in batches: llama.cpp's
+    # kernels round differently by batch size (test_runner measures that drift: about 1 in logits
+    # on this model), so equal up to it, and the model's own greedy choices the best up to it too.
+    asked = logprobs.token_logprobs[len(ids) : -1]
+    assert asked == pytest.approx(generated.token_logprobs, abs=BATCH_ROUNDING)
+    for lp, top in zip(asked, logprobs.top_logprobs[len(ids) : -1], strict=True):
+        assert top is not None and len(top) == 1 and lp is not None
+        assert max(top.values()) - lp < BATCH_ROUNDING
+    assert choice.text.startswith(context + by_ids.choices[0].text)
+    assert scored.usage is not None and scored.usage.prompt_tokens == len(whole)
+    offsets = logprobs.text_offset or []
+    assert [
+        choice.text[o : o + len(t)] for o, t in zip(offsets, logprobs.tokens, strict=True)
+    ] == logprobs.tokens
+
+    # The same through a text prompt, streamed: the prompt's chunk comes first with its scores.
+    chunks = list(
+        oai.completions.create(
+            model=GEMMA, prompt=context, max_tokens=2, temperature=0, logprobs=1, echo=True, stream=True
+        )
+    )
+    head = chunks[0].choices[0]
+    assert head.text == context and head.logprobs is not None and head.logprobs.token_logprobs
+    # Scored in a batch of 6 tokens here, of 12 above: llama.cpp's rounding differs between them.
+    assert head.logprobs.token_logprobs[1:] == pytest.approx(
+        logprobs.token_logprobs[1 : len(ids)], abs=BATCH_ROUNDING
+    )
+    with pytest.raises(openai.BadRequestError, match="not in the vocabulary"):
+        oai.completions.create(model=GEMMA, prompt=[[2, 10**7]], max_tokens=1)
+    with pytest.raises(openai.BadRequestError, match="empty list of token ids"):
+        oai.completions.create(model=GEMMA, prompt=[[]], max_tokens=1)
 
 
 def test_openai_embeddings(oai: openai.OpenAI) -> None:

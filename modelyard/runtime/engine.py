@@ -67,6 +67,12 @@ class Slot:
     options: SamplingOptions = field(default_factory=SamplingOptions)
     shift: bool = True
     top_logprobs: int = 0
+    echo: bool = False  # send the prompt back before the answer
+    # Echo with log-probs: every prompt token's entry, after the tokens before it (the first has
+    # none); the rows of the current batch that score some, as (first batch index, first position,
+    # count): position p's logits score the token at p + 1.
+    prompt_logprobs: list[dict[str, Any]] | None = None
+    scored_rows: tuple[int, int, int] | None = None
     # Log-prob entries not yet sent, each with where its token's text starts in the output: an
     # entry goes out once its text does (a stop string may hold the text back, then cut it).
     logprobs: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
@@ -211,10 +217,14 @@ class Engine:
         """Take a free slot for the request; everything that can reject it comes before the slot
         is touched."""
         options = request.options
-        tokens = self.model.tokenize(request.prompt, add_special=True, parse_special=True)
-        if not tokens:
-            raise RequestRejected("the prompt is empty after tokenization")
-        tokens, dropped = fit_prompt(tokens, self.n_ctx_seq, options.num_keep, request.truncate)
+        scores_prompt = request.echo and request.top_logprobs > 0
+        if scores_prompt and not self.ctx.prompt_logprob_rows:
+            raise RequestRejected("this runner does not compute a prompt's log-probabilities")
+        tokens = self._prompt_tokens(request)
+        # A prompt whose tokens are all scored is not cut: the scores would not be of the prompt sent.
+        tokens, dropped = fit_prompt(
+            tokens, self.n_ctx_seq, options.num_keep, request.truncate and not scores_prompt
+        )
         grammar = _grammar_for(request.format)
         seed = options.seed if options.seed >= 0 else int.from_bytes(os.urandom(4), "little")
         try:
@@ -229,7 +239,9 @@ class Engine:
             )
             for s in free
         ]
-        chosen, reused = choose_slot(caches, np.asarray(tokens, dtype=np.int32), self.cache_rules)
+        # Scoring the prompt needs the logits after every token: nothing of a cache can be used.
+        wanted = np.asarray([] if scores_prompt else tokens, dtype=np.int32)
+        chosen, reused = choose_slot(caches, wanted, self.cache_rules)
         slot = free[chosen]
         if not self.ctx.seq_rm(slot.seq, reused, -1):  # a memory that cannot cut a sequence short
             self.ctx.seq_rm(slot.seq)
@@ -248,6 +260,9 @@ class Engine:
         slot.options = options
         slot.shift = request.shift
         slot.top_logprobs = request.top_logprobs
+        slot.echo = request.echo
+        slot.prompt_logprobs = [self._unscored(tokens[0])] if scores_prompt else None
+        slot.scored_rows = None
         slot.logprobs = []
         slot.produced = slot.emitted = 0
         slot.generated = 0
@@ -256,6 +271,30 @@ class Engine:
         slot.cancelled = False
         slot.started_ns = time.perf_counter_ns()
         slot.prompt_done_ns = 0
+
+    def _prompt_tokens(self, request: CompletionRequest) -> list[int]:
+        if request.tokens:
+            outside = [t for t in request.tokens if not 0 <= t < self.model.n_vocab]
+            if outside:  # llama.cpp would abort
+                last = self.model.n_vocab - 1
+                raise RequestRejected(f"prompt token id {outside[0]} is not in the vocabulary (0 to {last})")
+            return list(request.tokens)
+        tokens = self.model.tokenize(request.prompt, add_special=True, parse_special=True)
+        if not tokens:
+            raise RequestRejected("the prompt is empty after tokenization")
+        return tokens
+
+    def _unscored(self, token: int) -> dict[str, Any]:
+        """The log-prob entry of a prompt's first token, which nothing before it scores."""
+        piece = self.model.piece(token)
+        return {
+            "id": token,
+            "token": piece.decode("utf-8", "replace"),
+            "bytes": list(piece),
+            "logit": None,
+            "logprob": None,
+            "top": None,
+        }
 
     def _cancel(self, request_id: int) -> None:
         for slot in self.slots:
@@ -309,8 +348,10 @@ class Engine:
         batch = self.batch
         batch.clear()
         budget = batch.capacity
+        scoring_rows = self.ctx.prompt_logprob_rows  # the context's outputs beyond one per slot
         for slot in self.slots:
             slot.logits_index = -1
+            slot.scored_rows = None
             if slot.busy and not slot.prefilling and slot.next_token is not None:
                 if slot.n_past >= self.n_ctx_seq and not self._make_room(slot):
                     continue
@@ -325,9 +366,17 @@ class Engine:
                 break
             if slot.prefilling:
                 chunk = min(len(slot.prompt) - slot.fed, budget)
+                scores = slot.prompt_logprobs is not None
+                if scores:
+                    chunk = min(chunk, scoring_rows)
+                    if chunk == 0:
+                        continue
+                    scoring_rows -= chunk
+                    slot.scored_rows = (batch.size, slot.fed, chunk)
                 last = slot.fed + chunk == len(slot.prompt)
                 for i in range(slot.fed, slot.fed + chunk):
-                    index = batch.add(slot.prompt[i], i, slot.seq, last and i == len(slot.prompt) - 1)
+                    output = scores or (last and i == len(slot.prompt) - 1)
+                    index = batch.add(slot.prompt[i], i, slot.seq, output)
                 slot.cache.extend(slot.prompt[slot.fed : slot.fed + chunk])
                 slot.exact += chunk
                 slot.fed += chunk
@@ -342,18 +391,31 @@ class Engine:
             self._fail_batch(f"llama_decode failed with code {rc}")
             return
         for slot in self.slots:
-            if slot.busy and slot.logits_index >= 0:
+            if slot.busy and (slot.logits_index >= 0 or slot.scored_rows is not None):
                 try:
-                    self._after_decode(slot)
+                    if slot.scored_rows is not None:
+                        self._score_prompt(slot)
+                    if slot.logits_index >= 0:
+                        self._after_decode(slot)
                 except Exception as exc:  # a bug, for this one request: fail it, keep serving
                     traceback.print_exc()  # stderr: the parent keeps its tail for crash reports
                     self._error(slot.request_id, f"internal error: {type(exc).__name__}: {exc}", "internal")
                     self._release(slot, keep_cache=False)
 
+    def _score_prompt(self, slot: Slot) -> None:
+        assert slot.scored_rows is not None and slot.prompt_logprobs is not None
+        first_index, first_position, count = slot.scored_rows
+        following = slot.prompt[first_position + 1 : first_position + count + 1]  # the last row has none
+        slot.prompt_logprobs += llama.logprob_entries(
+            self.ctx, self.model, first_index, following, slot.top_logprobs
+        )
+
     def _after_decode(self, slot: Slot) -> None:
         assert slot.sampler is not None and slot.stops is not None and slot.decoder is not None
         if not slot.prompt_done_ns:
             slot.prompt_done_ns = time.perf_counter_ns()
+            if slot.echo:
+                self._send_prompt(slot)
         if slot.options.num_predict == 0:  # read the prompt, predict nothing (llama.cpp's n_predict 0)
             self._finish(slot, "length")
             return
@@ -375,6 +437,15 @@ class Engine:
             self._finish(slot, "length")
         else:
             slot.next_token = token
+
+    def _send_prompt(self, slot: Slot) -> None:
+        # The tokens' pieces, as their log-prob entries show them (special tokens as nothing).
+        text = b"".join(self.model.piece(token) for token in slot.prompt).decode("utf-8", "replace")
+        event: dict[str, Any] = {"event": "token", "id": slot.request_id, "text": text, "prompt": True}
+        if slot.prompt_logprobs is not None:
+            event["logprobs"] = slot.prompt_logprobs
+            slot.prompt_logprobs = None
+        self.send(event)
 
     def _send_output(self, slot: Slot, text: str, *, final: bool = False) -> None:
         """Send `text`, with the log-probs of the tokens whose text has now gone out (`final`: all

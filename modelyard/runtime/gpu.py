@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from modelyard.runtime.memory import ModelShape, compute_bytes, kv_layer_bytes
+from modelyard.runtime.options import PROMPT_LOGPROB_ROWS
 
 DEFAULT_GPU_RESERVE = 512 * 1024 * 1024  # driver, other processes, fragmentation
 
@@ -60,7 +61,7 @@ def plan_offload(
     if not devices or num_gpu == 0:
         reason = "no GPU found" if not devices else "num_gpu 0: CPU only"
         return OffloadPlan(0, (), (), True, reason)
-    graph = compute_bytes(shape, n_batch, slots)
+    graph = compute_bytes(shape, n_batch, slots + PROMPT_LOGPROB_ROWS)
     room = {d.id: max(d.free - reserve - graph, 0) for d in devices}
     placed: dict[str, int] = {d.id: 0 for d in devices}
     layers_on: dict[str, int] = {d.id: 0 for d in devices}

@@ -274,8 +274,11 @@ class Context:
         embeddings: bool = False,
         pooling: int | None = None,
         flash_attention: bool | None = None,
+        prompt_logprob_rows: int = 0,
     ) -> None:
-        """With `embeddings`, pooled embeddings are read; otherwise one row of logits per sequence."""
+        """With `embeddings`, pooled embeddings are read; otherwise one row of logits per sequence
+        and, per batch, `prompt_logprob_rows` more for the prompt tokens whose log-probabilities
+        are asked for (each row costs n_vocab floats, in the compute and the output buffers)."""
         params = L.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_seq_max = n_seq_max
@@ -289,7 +292,8 @@ class Context:
             # We read at most one row of logits per sequence per batch; reserving the default (one
             # per batch token) would cost n_batch × n_vocab floats (512 MiB for Gemma's vocab).
             # Pooling needs every token's output, so an embeddings context keeps the default.
-            params.n_outputs_max = n_seq_max
+            # A batch with more outputs than this makes llama.cpp abort: the engine keeps below it.
+            params.n_outputs_max = n_seq_max + prompt_logprob_rows
         params.n_threads = threads
         params.n_threads_batch = threads
         params.no_perf = True
@@ -308,6 +312,7 @@ class Context:
         self.n_ctx_seq = int(L.llama_n_ctx_seq(self.ptr))
         self.n_batch = int(L.llama_n_batch(self.ptr))
         self.pooling = int(L.llama_pooling_type(self.ptr))
+        self.prompt_logprob_rows = 0 if embeddings else prompt_logprob_rows
 
     def clear(self) -> None:
         L.llama_memory_clear(self.memory, True)
@@ -518,24 +523,49 @@ class Sampler:
 def top_logprobs(ctx: Context, model: Model, index: int, chosen: int, k: int) -> dict[str, Any]:
     """The chosen token's log-probability and the `k` most likely tokens at batch row `index`,
     from the raw logits (before sampling's penalties and temperature), with their logits."""
-    pointer = L.llama_get_logits_ith(ctx.ptr, index)
-    logits = np.ctypeslib.as_array(pointer, shape=(model.n_vocab,)).astype(np.float64)
-    peak = float(logits.max())
-    log_total = peak + float(np.log(np.exp(logits - peak).sum()))
-    best = np.argpartition(-logits, k)[:k] if k < model.n_vocab else np.arange(model.n_vocab)
-    best = best[np.argsort(-logits[best])]
+    return logprob_entries(ctx, model, index, [chosen], k)[0]
 
-    def entry(token: int) -> dict[str, Any]:
+
+def logprob_entries(
+    ctx: Context, model: Model, first: int, chosen: Sequence[int], k: int
+) -> list[dict[str, Any]]:
+    """`top_logprobs` of the batch rows `first`, `first` + 1, … for the tokens `chosen` (a prompt's
+    tokens, each scored by the row of the token before it), computed for all rows at once."""
+    if not chosen:
+        return []
+    rows = np.stack(
+        [
+            np.ctypeslib.as_array(L.llama_get_logits_ith(ctx.ptr, first + i), shape=(model.n_vocab,))
+            for i in range(len(chosen))
+        ]
+    )
+    peaks = rows.max(axis=1, keepdims=True)
+    # exp in float32 (one temporary the size of the rows), summed in float64.
+    log_totals = peaks[:, 0].astype(np.float64) + np.log(np.exp(rows - peaks).sum(axis=1, dtype=np.float64))
+    if k >= model.n_vocab:
+        best = np.broadcast_to(np.arange(model.n_vocab), rows.shape)
+    elif k == 1:
+        best = rows.argmax(axis=1, keepdims=True)
+    else:
+        best = np.argpartition(-rows, k, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(rows, best, axis=1), axis=1, kind="stable")
+    best = np.take_along_axis(best, order, axis=1)
+
+    def entry(row: int, token: int) -> dict[str, Any]:
         piece = model.piece(token)
+        logit = float(rows[row, token])
         return {
             "id": token,
             "token": piece.decode("utf-8", "replace"),
             "bytes": list(piece),  # a token may hold part of a UTF-8 character
-            "logit": float(logits[token]),
-            "logprob": float(logits[token]) - log_total,
+            "logit": logit,
+            "logprob": logit - float(log_totals[row]),
         }
 
-    return {**entry(chosen), "top": [entry(int(t)) for t in best]}
+    return [
+        {**entry(row, int(token)), "top": [entry(row, int(t)) for t in best[row]]}
+        for row, token in enumerate(chosen)
+    ]
 
 
 def json_schema_grammar(schema: object) -> str:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelyard.builder.gguf_info import POOLING_NONE
+from modelyard.runtime.options import PROMPT_LOGPROB_ROWS
 
 KV_CELL_PADDING = 256  # llama.cpp rounds each sequence's cells up to this
 F16_BYTES = 2
@@ -176,13 +177,13 @@ def kv_layer_bytes(
     return cells * slots * shape.kv_heads[layer] * (shape.key_length + shape.value_length) * bytes_per_element
 
 
-def compute_bytes(shape: ModelShape, n_batch: int, slots: int) -> int:
-    """Activations of one batch: a few n_embd-wide and two n_ff-wide rows per token, plus one row
-    of logits per slot (the runner asks for no more)."""
+def compute_bytes(shape: ModelShape, n_batch: int, logit_rows: int) -> int:
+    """Activations of one batch: a few n_embd-wide and two n_ff-wide rows per token, plus the rows
+    of logits asked for at most (a runner's: one per slot, and its prompt log-probabilities')."""
     per_token = F32_BYTES * (
         6 * shape.n_embd + 2 * shape.n_ff + shape.n_head * (shape.key_length + shape.value_length)
     )
-    return n_batch * per_token + F32_BYTES * slots * shape.n_vocab
+    return n_batch * per_token + F32_BYTES * logit_rows * shape.n_vocab
 
 
 def estimate(
@@ -194,9 +195,12 @@ def estimate(
     n_gpu_layers: int = 0,
     swa_full: bool = True,
     kv_bytes_per_element: int = F16_BYTES,
+    prompt_logprob_rows: int = PROMPT_LOGPROB_ROWS,
 ) -> MemoryEstimate:
     """Memory for `slots` sequences of `n_ctx` tokens each, with `n_gpu_layers` on the device
-    (the last blocks first; the output head counts as one more layer, placed last)."""
+    (the last blocks first; the output head counts as one more layer, placed last), and
+    `prompt_logprob_rows` rows of logits for scoring prompts (in the graph, and in the output
+    buffer, which grows to hold them the first time a prompt is scored)."""
     n_gpu_layers = max(0, min(n_gpu_layers, shape.n_layers + 1))
     first_gpu_layer = shape.n_layers - min(n_gpu_layers, shape.n_layers)
     head_on_device = n_gpu_layers > shape.n_layers
@@ -210,14 +214,15 @@ def estimate(
     ]
     device_kv = sum(kv_per_layer[first_gpu_layer:])
     host_kv = sum(kv_per_layer[:first_gpu_layer])
-    compute = compute_bytes(shape, n_batch, slots)
+    compute = compute_bytes(shape, n_batch, slots + prompt_logprob_rows)
     # With any offload the graph runs on the device; the host keeps a staging buffer (~a quarter).
     device_compute, host_compute = (compute, compute // 4) if n_gpu_layers else (0, compute)
+    scored_outputs = F32_BYTES * prompt_logprob_rows * shape.n_vocab  # the output buffer is in host memory
     return MemoryEstimate(
         weights=host_weights + device_weights,
         kv=host_kv + device_kv,
         compute=compute,
-        host=host_weights + host_kv + host_compute,
+        host=host_weights + host_kv + host_compute + scored_outputs,
         device=device_weights + device_kv + device_compute,
         n_gpu_layers=n_gpu_layers,
     )
@@ -253,8 +258,10 @@ def embedding_estimate(shape: ModelShape, *, n_ctx: int, n_gpu_layers: int = 0) 
     embedding 512 tokens (this estimate: 1,054 MiB), and by 2,080 MiB for 1,016 tokens in a
     1,024-token context (before chat models were held to 512). The buffers stay allocated at their
     largest until the runner exits."""
-    context = estimate(shape, n_ctx=n_ctx, slots=1, n_batch=n_ctx, n_gpu_layers=n_gpu_layers)
-    weights = estimate(shape, n_ctx=0, slots=0, n_batch=0, n_gpu_layers=n_gpu_layers)
+    context = estimate(
+        shape, n_ctx=n_ctx, slots=1, n_batch=n_ctx, n_gpu_layers=n_gpu_layers, prompt_logprob_rows=0
+    )
+    weights = estimate(shape, n_ctx=0, slots=0, n_batch=0, n_gpu_layers=n_gpu_layers, prompt_logprob_rows=0)
     # The graph's logits, one row a token (the context's estimate has the row of its one slot),
     # are the output head's result: on the device when the head is, else in host memory. The
     # output buffer is in host memory.

@@ -42,6 +42,10 @@ IGNORED_OPTION_NAMES = DEPRECATED_PARAMETERS | {
 DEFAULT_NUM_CTX = 4096
 DEFAULT_NUM_BATCH = 512
 DEFAULT_NUM_KEEP = 4
+# Logits rows a batch may hold beyond one per slot, for prompt tokens whose log-probabilities are
+# asked for (OpenAI's legacy `echo` with `logprobs`): a longer prompt is read this many tokens per
+# step. Each row is n_vocab floats, 1 MiB for Gemma's vocabulary, reserved in every context.
+PROMPT_LOGPROB_ROWS = 16
 
 
 @dataclass(frozen=True)

@@ -52,10 +52,27 @@ def prepare(
     truncate: bool = True,
     shift: bool = True,
     top_logprobs: int = 0,
+    tokens: Sequence[int] = (),
+    echo: bool = False,
 ) -> RenderedRequest:
     """Render the prompt for `runner`'s model, fitting the conversation into one slot's context.
-    `top_logprobs` > 0: the tokens come with their log-probabilities and that many candidates."""
+    `top_logprobs` > 0: the tokens come with their log-probabilities and that many candidates.
+    `tokens`: the prompt as token ids, which no template touches (`request` must be raw).
+    `echo`: the runner sends the prompt back first (CompletionRequest.echo)."""
     assert runner.info is not None
+    if tokens:
+        assert request.raw, "a prompt of token ids takes no template"
+        completion = CompletionRequest(
+            "",
+            sampling,
+            format=format,
+            truncate=truncate,
+            shift=shift,
+            top_logprobs=top_logprobs,
+            tokens=tuple(tokens),
+            echo=echo,
+        )
+        return RenderedRequest(completion, 0)
     limit = runner.info.n_ctx_per_slot
 
     def fits(text: str, _images: int) -> bool:
@@ -73,6 +90,6 @@ def prepare(
     if request.context and not request.raw:  # Ollama's deprecated context: its text, then the prompt
         text = runner.detokenize(list(request.context)) + text
     completion = CompletionRequest(
-        text, sampling, format=format, truncate=truncate, shift=shift, top_logprobs=top_logprobs
+        text, sampling, format=format, truncate=truncate, shift=shift, top_logprobs=top_logprobs, echo=echo
     )
     return RenderedRequest(completion, prompt.dropped)

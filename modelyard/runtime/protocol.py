@@ -44,6 +44,13 @@ class CompletionRequest:
     truncate: bool = True  # a prompt longer than the context: keep num_keep + the end (else an error)
     shift: bool = True  # a full context during generation: drop old tokens (else stop with "length")
     top_logprobs: int = 0  # > 0: token events carry the chosen and the top candidates' log-probs
+    # The prompt as token ids, used as they are (no BOS added, no special-token parsing); `prompt`
+    # is then only for messages. Empty: tokenize `prompt`.
+    tokens: tuple[int, ...] = ()
+    # Send the prompt back first, as a token event marked "prompt" (its text as the model's
+    # vocabulary renders it); with top_logprobs, with every prompt token's log-probability after
+    # the tokens before it (the first has none), as OpenAI's legacy `echo` does.
+    echo: bool = False
 
     def to_message(self, request_id: int) -> dict[str, Any]:
         return {
@@ -55,6 +62,8 @@ class CompletionRequest:
             "truncate": self.truncate,
             "shift": self.shift,
             "top_logprobs": self.top_logprobs,
+            "tokens": list(self.tokens),
+            "echo": self.echo,
         }
 
     @classmethod
@@ -68,6 +77,8 @@ class CompletionRequest:
             truncate=bool(message.get("truncate", True)),
             shift=bool(message.get("shift", True)),
             top_logprobs=int(message.get("top_logprobs") or 0),
+            tokens=tuple(int(t) for t in message.get("tokens") or ()),
+            echo=bool(message.get("echo", False)),
         )
 
 

@@ -65,6 +65,9 @@ class Token:
     # With CompletionRequest.top_logprobs: one entry per token generated since the last event:
     # {"id", "token", "logprob", "logit", "top": [{"id", "token", "logprob", "logit"}, …]}.
     logprobs: tuple[dict[str, Any], ...] = ()
+    # The prompt sent back (CompletionRequest.echo), before any generated token; its log-prob
+    # entries, when asked for, are the prompt's tokens', the first with logprob and top None.
+    prompt: bool = False
 
 
 @dataclass(frozen=True)
@@ -357,7 +360,9 @@ class Runner:
         if callback is None:
             return  # a cancelled request's late events
         if event == "token":
-            callback(Token(str(message["text"]), tuple(message.get("logprobs") or ())))
+            callback(
+                Token(str(message["text"]), tuple(message.get("logprobs") or ()), bool(message.get("prompt")))
+            )
         elif event == "done":
             fields = {k: message[k] for k in Done.__dataclass_fields__}
             callback(Done(**fields))

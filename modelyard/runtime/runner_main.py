@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from modelyard.runtime.options import LoadOptions
+from modelyard.runtime.options import PROMPT_LOGPROB_ROWS, LoadOptions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +95,7 @@ def _load(channel: Any, message: dict[str, Any], logs: Any) -> Any:
             n_batch=options.num_batch,
             threads=options.threads(),
             flash_attention=options.flash_attention,
+            prompt_logprob_rows=PROMPT_LOGPROB_ROWS,
         )
         ctx.set_adapters(adapters)
     except OSError as exc:

@@ -14,7 +14,7 @@ import contextlib
 import contextvars
 import dataclasses
 import time
-from collections.abc import AsyncGenerator, Awaitable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -171,11 +171,15 @@ class Inference:
         shift: bool = True,
         top_logprobs: int = 0,
         with_context: bool = False,
+        tokens: Sequence[int] = (),
+        echo: bool = False,
     ) -> AsyncGenerator[GenerationEvent, None]:
         """Stream the tokens of one generation, then a Finished event. `top_logprobs` > 0: each
         Token carries its tokens' log-probabilities (see server/logprobs.py). `with_context`: the
         Finished event carries the tokens of the prompt and the answer (Ollama's deprecated
-        `context`, which a later generate request may send back)."""
+        `context`, which a later generate request may send back). `tokens`: the prompt as token
+        ids (`request` raw and empty). `echo`: a Token marked `prompt` comes first, the prompt's
+        text (and with `top_logprobs`, every prompt token's log-probability)."""
         started = time.perf_counter_ns()
         sampling = parse_request_options(merge_options(servable.params, options)).sampling
         if request.images or any(m.images for m in request.messages):
@@ -197,6 +201,8 @@ class Inference:
                 truncate=truncate,
                 shift=shift,
                 top_logprobs=top_logprobs,
+                tokens=tokens,
+                echo=echo,
             )
 
             def deliver(event: Token | Done | Failure) -> None:  # on the runner's reader thread
@@ -210,6 +216,9 @@ class Inference:
                 if isinstance(event, Failure):
                     raise event.error
                 now = time.perf_counter_ns()
+                if isinstance(event, Token) and event.prompt:
+                    yield event  # the prompt sent back: not an answer token, for the timings
+                    continue
                 if isinstance(event, Token):
                     if last == 0:
                         self.metrics.time_to_first_token.labels(servable.name).observe((now - started) / 1e9)

@@ -42,14 +42,22 @@ def completion_logprobs(entries: Sequence[dict[str, Any]], top: int, offset: int
     for entry in entries:
         offsets.append(offset)
         offset += len(decoder.decode(bytes(entry["bytes"])))
+    # An echoed prompt's first token has no log-prob, nor candidates: null, as OpenAI had them.
     return {
         "tokens": tokens,
-        "token_logprobs": [float(entry["logprob"]) for entry in entries],
+        "token_logprobs": [_float_or_none(entry["logprob"]) for entry in entries],
         "top_logprobs": [
-            {str(c["token"]): float(c["logprob"]) for c in entry.get("top", ())[:top]} for entry in entries
+            None
+            if entry.get("top") is None
+            else {str(c["token"]): float(c["logprob"]) for c in entry["top"][:top]}
+            for entry in entries
         ],
         "text_offset": offsets,
     }
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _one(entry: dict[str, Any]) -> dict[str, Any]:

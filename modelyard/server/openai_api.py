@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import struct
 import time
@@ -19,6 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelyard.builder.prompt import ChatMessage, PromptRequest, ToolCall
+from modelyard.runtime.runner import Token
 from modelyard.runtime.servable import Servable
 from modelyard.server.http_errors import STATUS_CLIENT_GONE, HTTPError
 from modelyard.server.inference import Finished, unless_client_leaves, with_tool_calls
@@ -109,13 +111,37 @@ class ChatCompletionBody(_SamplingBody):
 
 
 class CompletionBody(_SamplingBody):
-    prompt: str | list[str] = ""
+    # A text, several, or the same as token ids (as lm-evaluation-harness sends them).
+    prompt: str | list[str] | list[int] | list[list[int]] = ""
     suffix: str | None = None
-    echo: bool = False  # the prompt, then its completion, in the one text
+    # The prompt, then its completion, in the one text; with logprobs, the prompt's tokens come
+    # first in them, each scored after the tokens before it (the first with null).
+    echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=5)  # legacy: how many candidates, null for none
 
     def logprobs_top(self) -> int | None:
         return self.logprobs
+
+    def prompts(self) -> list[str | list[int]]:
+        """One prompt per choice: a text, or token ids used as they are."""
+        prompt = self.prompt
+        prompts: list[str | list[int]]
+        if isinstance(prompt, str):
+            prompts = [prompt]
+        elif prompt and all(isinstance(p, int) for p in prompt):
+            prompts = [list(prompt)]  # type: ignore[arg-type]  # one prompt of token ids
+        else:
+            prompts = list(prompt)  # type: ignore[arg-type]
+        if not prompts:
+            raise HTTPError(400, "prompt: an empty list; send at least one prompt")
+        if len(prompts) > MAX_PROMPTS:
+            raise HTTPError(400, f"prompt: at most {MAX_PROMPTS} prompts per request, got {len(prompts)}")
+        for i, one in enumerate(prompts):
+            if isinstance(one, list) and not one:
+                raise HTTPError(400, f"prompt[{i}]: an empty list of token ids")
+            if isinstance(one, list) and self.suffix:
+                raise HTTPError(400, "suffix needs the prompt as text, not token ids")
+        return prompts
 
 
 class EmbeddingBody(_Body):
@@ -190,32 +216,30 @@ def router(state: ServerState) -> APIRouter:
     @api.post("/completions")
     async def completions(body: CompletionBody, http: Request) -> Response:
         servable = await inference.servable(body.model)
-        prompts = body.prompt if isinstance(body.prompt, list) else [body.prompt]
-        if not prompts:
-            raise HTTPError(400, "prompt: an empty list; send at least one prompt")
+        prompts = body.prompts()
         if len(prompts) > 1 and body.stream:
             raise HTTPError(400, "prompt: stream one prompt per request, or send several without stream")
-        if len(prompts) > MAX_PROMPTS:
-            raise HTTPError(400, f"prompt: at most {MAX_PROMPTS} prompts per request, got {len(prompts)}")
         top = body.logprobs_top()
-        if body.echo and top is not None:
-            raise HTTPError(400, "echo with logprobs: the prompt's log-probabilities are not computed")
 
-        def generate(prompt: str) -> AsyncGenerator[Any, None]:
+        def generate(prompt: str | list[int]) -> AsyncGenerator[Any, None]:
+            options = body.options()
+            top_logprobs = runner_top_logprobs(top is not None, top)
+            if isinstance(prompt, list):
+                request = PromptRequest.generate("", raw=True)
+                return inference.generate(
+                    servable, request, options, top_logprobs=top_logprobs, tokens=prompt, echo=body.echo
+                )
             # OpenAI's completions are raw continuations of the prompt: no chat template.
             request = PromptRequest.generate(prompt, suffix=body.suffix or "", raw=not body.suffix)
-            return inference.generate(
-                servable, request, body.options(), top_logprobs=runner_top_logprobs(top is not None, top)
-            )
+            stream = inference.generate(servable, request, options, top_logprobs=top_logprobs, echo=body.echo)
+            return _echoing_as_sent(stream, prompt) if body.echo else stream
 
         def logprobs(entries: Sequence[dict[str, Any]], offset: int) -> dict[str, Any] | None:
             return None if top is None else completion_logprobs(entries, top, offset)
 
         if len(prompts) > 1:
-            return await _several_completions(http, state, servable, prompts, generate, body, logprobs)
-        prompt = prompts[0]
-        echoed = prompt if body.echo else ""
-        stream = generate(prompt)
+            return await _several_completions(http, state, servable, prompts, generate, logprobs)
+        stream = generate(prompts[0])
 
         return await _answer(
             http,
@@ -227,8 +251,8 @@ def router(state: ServerState) -> APIRouter:
             completion_id=f"cmpl-{uuid.uuid4().hex[:24]}",
             object_name="text_completion",
             chunk_object="text_completion",
-            chunk=lambda text, first: {"text": echoed + text if first else text},
-            choice=lambda text, finished: {"text": echoed + text, "finish_reason": _finish_reason(finished)},
+            chunk=lambda text, _first: {"text": text},
+            choice=lambda text, finished: {"text": text, "finish_reason": _finish_reason(finished)},
             logprobs=logprobs,
         )
 
@@ -289,9 +313,8 @@ async def _several_completions(
     http: Request,
     state: ServerState,
     servable: Servable,
-    prompts: Sequence[str],
-    generate: Callable[[str], AsyncGenerator[Any, None]],
-    body: CompletionBody,
+    prompts: Sequence[str | list[int]],
+    generate: Callable[[str | list[int]], AsyncGenerator[Any, None]],
     logprobs: Logprobs,
 ) -> Response:
     """A legacy completion of several prompts at once, a choice each (`index` in prompt order):
@@ -310,11 +333,11 @@ async def _several_completions(
     choices = [
         {
             "index": i,
-            "text": (prompt if body.echo else "") + text,
+            "text": text,
             "finish_reason": _finish_reason(finished),
             "logprobs": logprobs(entries, 0),
         }
-        for i, (prompt, (text, entries, finished)) in enumerate(zip(prompts, results, strict=True))
+        for i, (text, entries, finished) in enumerate(results)
     ]
     usages = [_usage(finished) for _, _, finished in results]
     return JSONResponse(
@@ -335,6 +358,17 @@ async def _several_completions(
             },
         }
     )
+
+
+async def _echoing_as_sent(stream: AsyncGenerator[Any, None], prompt: str) -> AsyncGenerator[Any, None]:
+    """`stream` with the echoed prompt's text as the client sent it (the runner's is its tokens'
+    rendering, which may differ: a BOS shown, spaces the tokenizer normalises)."""
+    try:
+        async for event in stream:
+            echoed = isinstance(event, Token) and event.prompt
+            yield dataclasses.replace(event, text=prompt) if echoed else event
+    finally:
+        await stream.aclose()  # the generation's own clean-up: cancel, release the lease
 
 
 async def _collect(stream: AsyncGenerator[Any, None]) -> tuple[str, list[dict[str, Any]], Finished]:
