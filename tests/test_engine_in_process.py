@@ -196,7 +196,7 @@ def test_token_ids_are_the_prompt_as_they_are(engine: tuple[Engine, list[dict[st
     [
         (CompletionRequest("", tokens=(1, 10**6)), "prompt token id 1000000 is not in the vocabulary"),
         (CompletionRequest("", tokens=(-1,)), "prompt token id -1 is not in the vocabulary"),
-        (scored(PROMPT * 20), "the prompt is"),  # not cut to fit: the scores would be of another prompt
+        (scored(PROMPT * 20), "is never truncated"),  # cut, the scores would be of another prompt
     ],
 )
 def test_a_bad_prompt_fails_alone(

@@ -221,10 +221,12 @@ class Engine:
         if scores_prompt and not self.ctx.prompt_logprob_rows:
             raise RequestRejected("this runner does not compute a prompt's log-probabilities")
         tokens = self._prompt_tokens(request)
-        # A prompt whose tokens are all scored is not cut: the scores would not be of the prompt sent.
-        tokens, dropped = fit_prompt(
-            tokens, self.n_ctx_seq, options.num_keep, request.truncate and not scores_prompt
-        )
+        if scores_prompt and len(tokens) >= self.n_ctx_seq:  # cut, it would not be the prompt sent
+            raise RequestRejected(
+                f"the prompt is {len(tokens)} tokens but the context holds {self.n_ctx_seq}, and a prompt "
+                "whose log-probabilities are asked for is never truncated; shorten it or raise num_ctx"
+            )
+        tokens, dropped = fit_prompt(tokens, self.n_ctx_seq, options.num_keep, request.truncate)
         grammar = _grammar_for(request.format)
         seed = options.seed if options.seed >= 0 else int.from_bytes(os.urandom(4), "little")
         try:
