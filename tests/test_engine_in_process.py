@@ -223,3 +223,53 @@ def test_a_runner_without_scoring_rows_refuses_to_score(tiny_gguf: Path) -> None
         model.close()
     [error] = events
     assert error["event"] == "error" and "log-probabilities" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "tokens", "shown"),
+    [
+        # A text: its BOS and SentencePiece's leading space are not in it.
+        (PROMPT, False, PROMPT),
+        # Token ids: every token as the model read it, control tokens too, as llama.cpp's
+        # detokenizer renders them (SentencePiece puts a space before each text between control
+        # tokens; a text prompt with a control token in it: test_server_e2e, on Gemma's BPE).
+        ("the cat</s>sat", True, "<s> the cat</s> sat"),
+    ],
+)
+def test_an_echoed_prompt_shows_its_tokens_as_its_text(
+    engine: tuple[Engine, list[dict[str, Any]]], prompt: str, tokens: bool, shown: str
+) -> None:
+    runner, events = engine
+    ids = tuple(runner.model.tokenize(prompt, add_special=True)) if tokens else ()
+    runner.waiting.append((1, scored("" if tokens else prompt, tokens=ids)))
+    run_all(runner)
+    event = echoed(events, 1)
+    assert event["text"] == shown
+    assert b"".join(bytes(e["bytes"]) for e in event["logprobs"]).decode() == shown
+    assert [e["token"] for e in event["logprobs"]] == [bytes(e["bytes"]).decode() for e in event["logprobs"]]
+
+
+def test_echo_gives_the_end_of_generation_its_entry(
+    engine: tuple[Engine, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lm-evaluation-harness reads the last entry as the one generated token's: when that is the
+    end of generation, it must be there (the model's pick is forced: a random model rarely ends)."""
+    runner, events = engine
+    eos = runner.model.tokenize("</s>", add_special=False)[0]
+    assert runner.model.is_eog(eos)
+    monkeypatch.setattr(llama.Sampler, "sample", lambda self, ctx, index: eos)
+    runner.waiting.append((1, scored(PROMPT, 1)))
+    runner.waiting.append((2, CompletionRequest(PROMPT, SamplingOptions(num_predict=1), top_logprobs=1)))
+    run_all(runner)
+    prompt_length = len(runner.model.tokenize(PROMPT, add_special=True))
+    entries = {
+        i: [
+            entry for e in events if e["event"] == "token" and e["id"] == i for entry in e.get("logprobs", ())
+        ]
+        for i in (1, 2)
+    }
+    assert len(entries[1]) == prompt_length + 1 and entries[1][-1]["id"] == eos
+    assert entries[1][-1]["token"] == "</s>" and entries[1][-1]["logprob"] < 0
+    assert entries[2] == [], "without echo, the end of generation has no entry (as chat's logprobs)"
+    done = {e["id"]: e for e in events if e["event"] == "done"}
+    assert done[1]["done_reason"] == "stop" and done[1]["eval_count"] == 0

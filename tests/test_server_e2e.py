@@ -524,7 +524,7 @@ def test_openai_completions_score_a_continuation_as_lm_eval_does(
     for lp, top in zip(asked, logprobs.top_logprobs[len(ids) : -1], strict=True):
         assert top is not None and len(top) == 1 and lp is not None
         assert max(top.values()) - lp < BATCH_ROUNDING
-    assert choice.text.startswith(context + by_ids.choices[0].text)
+    assert choice.text.startswith("<bos>" + context + by_ids.choices[0].text)  # ids: as the model read them
     assert scored.usage is not None and scored.usage.prompt_tokens == len(whole)
     offsets = logprobs.text_offset or []
     assert [
@@ -547,6 +547,27 @@ def test_openai_completions_score_a_continuation_as_lm_eval_does(
         oai.completions.create(model=GEMMA, prompt=[[2, 10**7]], max_tokens=1)
     with pytest.raises(openai.BadRequestError, match="empty list of token ids"):
         oai.completions.create(model=GEMMA, prompt=[[]], max_tokens=1)
+
+
+def test_openai_completions_echo_offsets_point_at_each_token(oai: openai.OpenAI) -> None:
+    """Control tokens written in a text prompt are shown as written, so that every token's
+    text_offset points at it in the text, streamed or not."""
+    prompt = "<start_of_turn>user\nHi<end_of_turn>\n"
+    whole = oai.completions.create(
+        model=GEMMA, prompt=prompt, max_tokens=4, temperature=0, logprobs=1, echo=True
+    )
+    text, logprobs = whole.choices[0].text, whole.choices[0].logprobs
+    assert text.startswith(prompt) and logprobs is not None and logprobs.tokens and logprobs.text_offset
+    assert logprobs.tokens[:3] == ["", "<start_of_turn>", "user"]  # the BOS the tokenizer added is not in it
+    for offset, token in zip(logprobs.text_offset, logprobs.tokens, strict=True):
+        if offset < len(text):  # an end of generation comes after the text
+            assert text[offset : offset + len(token)] == token, (offset, token)
+    chunks = oai.completions.create(
+        model=GEMMA, prompt=prompt, max_tokens=4, temperature=0, logprobs=1, echo=True, stream=True
+    )
+    streamed = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
+    assert [o for part in streamed for o in part.text_offset or ()] == logprobs.text_offset
+    assert [t for part in streamed for t in part.tokens or ()] == logprobs.tokens
 
 
 def test_openai_embeddings(oai: openai.OpenAI) -> None:

@@ -73,6 +73,11 @@ class Slot:
     # count): position p's logits score the token at p + 1.
     prompt_logprobs: list[dict[str, Any]] | None = None
     scored_rows: tuple[int, int, int] | None = None
+    # Leading prompt tokens that the tokenizer added (BOS) to a text prompt: echoed as nothing, as
+    # they are not in the text; the others are shown as the model read them, control tokens too,
+    # but for the space SentencePiece puts before a text (`space_prefix`), which is not in it either.
+    added: int = 0
+    space_prefix: bool = False
     # Log-prob entries not yet sent, each with where its token's text starts in the output: an
     # entry goes out once its text does (a stop string may hold the text back, then cut it).
     logprobs: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
@@ -221,6 +226,7 @@ class Engine:
         if scores_prompt and not self.ctx.prompt_logprob_rows:
             raise RequestRejected("this runner does not compute a prompt's log-probabilities")
         tokens = self._prompt_tokens(request)
+        added = self._added_at_start(request, tokens) if request.echo else 0
         if scores_prompt and len(tokens) >= self.n_ctx_seq:  # cut, it would not be the prompt sent
             raise RequestRejected(
                 f"the prompt is {len(tokens)} tokens but the context holds {self.n_ctx_seq}, and a prompt "
@@ -263,7 +269,9 @@ class Engine:
         slot.shift = request.shift
         slot.top_logprobs = request.top_logprobs
         slot.echo = request.echo
-        slot.prompt_logprobs = [self._unscored(tokens[0])] if scores_prompt else None
+        slot.added = added
+        slot.space_prefix = request.echo and self._space_prefix(tokens[added:])
+        slot.prompt_logprobs = [self._unscored(slot)] if scores_prompt else None
         slot.scored_rows = None
         slot.logprobs = []
         slot.produced = slot.emitted = 0
@@ -286,17 +294,40 @@ class Engine:
             raise RequestRejected("the prompt is empty after tokenization")
         return tokens
 
-    def _unscored(self, token: int) -> dict[str, Any]:
+    def _added_at_start(self, request: CompletionRequest, tokens: list[int]) -> int:
+        """How many of a text prompt's first tokens the tokenizer added (BOS): not in its text."""
+        if request.tokens:
+            return 0
+        written = self.model.tokenize(request.prompt, add_special=False, parse_special=True)
+        for start in range(len(tokens) - len(written) + 1):
+            if tokens[start : start + len(written)] == written:
+                return start
+        return 0
+
+    def _space_prefix(self, tokens: list[int]) -> bool:
+        """Whether the first token's piece has a space that llama.cpp's detokenizer takes off (the
+        one SentencePiece adds before a text)."""
+        if not tokens:
+            return False
+        piece = self.model.piece(tokens[0], special=True)
+        return piece.startswith(b" ") and not self.model.detokenize(tokens[:1]).startswith(" ")
+
+    def _prompt_piece(self, slot: Slot, position: int) -> bytes:
+        """A prompt token's bytes as the echo shows them."""
+        if position < slot.added:
+            return b""
+        piece = self.model.piece(slot.prompt[position], special=True)
+        return piece[1:] if position == slot.added and slot.space_prefix else piece
+
+    def _unscored(self, slot: Slot) -> dict[str, Any]:
         """The log-prob entry of a prompt's first token, which nothing before it scores."""
-        piece = self.model.piece(token)
-        return {
-            "id": token,
-            "token": piece.decode("utf-8", "replace"),
-            "bytes": list(piece),
-            "logit": None,
-            "logprob": None,
-            "top": None,
-        }
+        entry = {"id": slot.prompt[0], "logit": None, "logprob": None, "top": None}
+        return self._shown(slot, 0, entry)
+
+    def _shown(self, slot: Slot, position: int, entry: dict[str, Any]) -> dict[str, Any]:
+        piece = self._prompt_piece(slot, position)
+        entry.update(token=piece.decode("utf-8", "replace"), bytes=list(piece))
+        return entry
 
     def _cancel(self, request_id: int) -> None:
         for slot in self.slots:
@@ -408,9 +439,12 @@ class Engine:
         assert slot.scored_rows is not None and slot.prompt_logprobs is not None
         first_index, first_position, count = slot.scored_rows
         following = slot.prompt[first_position + 1 : first_position + count + 1]  # the last row has none
-        slot.prompt_logprobs += llama.logprob_entries(
-            self.ctx, self.model, first_index, following, slot.top_logprobs
+        entries = llama.logprob_entries(
+            self.ctx, self.model, first_index, following, slot.top_logprobs, special=True
         )
+        for position, entry in enumerate(entries, start=first_position + 1):
+            self._shown(slot, position, entry)
+        slot.prompt_logprobs += entries
 
     def _after_decode(self, slot: Slot) -> None:
         assert slot.sampler is not None and slot.stops is not None and slot.decoder is not None
@@ -423,6 +457,13 @@ class Engine:
             return
         token = slot.sampler.sample(self.ctx, slot.logits_index)
         if self.model.is_eog(token):
+            if slot.top_logprobs and slot.echo:
+                # Echo accounts for every token, the end of generation's too: a client reading the
+                # last entry as the generated token's (lm-evaluation-harness does) must find it.
+                entry = llama.top_logprobs(
+                    self.ctx, self.model, slot.logits_index, token, slot.top_logprobs, special=True
+                )
+                slot.logprobs.append((slot.produced, entry))
             self._finish(slot, "stop")
             return
         slot.generated += 1
@@ -441,8 +482,9 @@ class Engine:
             slot.next_token = token
 
     def _send_prompt(self, slot: Slot) -> None:
-        # The tokens' pieces, as their log-prob entries show them (special tokens as nothing).
-        text = b"".join(self.model.piece(token) for token in slot.prompt).decode("utf-8", "replace")
+        # The tokens' pieces, as their log-prob entries show them.
+        pieces = (self._prompt_piece(slot, position) for position in range(len(slot.prompt)))
+        text = b"".join(pieces).decode("utf-8", "replace")
         event: dict[str, Any] = {"event": "token", "id": slot.request_id, "text": text, "prompt": True}
         if slot.prompt_logprobs is not None:
             event["logprobs"] = slot.prompt_logprobs

@@ -520,14 +520,17 @@ class Sampler:
             self.ptr = None
 
 
-def top_logprobs(ctx: Context, model: Model, index: int, chosen: int, k: int) -> dict[str, Any]:
+def top_logprobs(
+    ctx: Context, model: Model, index: int, chosen: int, k: int, *, special: bool = False
+) -> dict[str, Any]:
     """The chosen token's log-probability and the `k` most likely tokens at batch row `index`,
-    from the raw logits (before sampling's penalties and temperature), with their logits."""
-    return logprob_entries(ctx, model, index, [chosen], k)[0]
+    from the raw logits (before sampling's penalties and temperature), with their logits.
+    `special`: control tokens shown as their text (`<eos>`), else as nothing (as in the output)."""
+    return logprob_entries(ctx, model, index, [chosen], k, special=special)[0]
 
 
 def logprob_entries(
-    ctx: Context, model: Model, first: int, chosen: Sequence[int], k: int
+    ctx: Context, model: Model, first: int, chosen: Sequence[int], k: int, *, special: bool = False
 ) -> list[dict[str, Any]]:
     """`top_logprobs` of the batch rows `first`, `first` + 1, … for the tokens `chosen` (a prompt's
     tokens, each scored by the row of the token before it), computed for all rows at once."""
@@ -552,7 +555,7 @@ def logprob_entries(
     best = np.take_along_axis(best, order, axis=1)
 
     def entry(row: int, token: int) -> dict[str, Any]:
-        piece = model.piece(token)
+        piece = model.piece(token, special=special)
         logit = float(rows[row, token])
         return {
             "id": token,

@@ -320,7 +320,7 @@ async def _several_completions(
     """A legacy completion of several prompts at once, a choice each (`index` in prompt order):
     they run side by side in the model's slots, and one failure cancels the others."""
 
-    async def all_of_them() -> list[tuple[str, list[dict[str, Any]], Finished]]:
+    async def all_of_them() -> list[tuple[str, LogprobParts, Finished]]:
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(_collect(generate(prompt))) for prompt in prompts]
@@ -335,7 +335,7 @@ async def _several_completions(
             "index": i,
             "text": text,
             "finish_reason": _finish_reason(finished),
-            "logprobs": logprobs(entries, 0),
+            "logprobs": _joined(logprobs, entries),
         }
         for i, (text, entries, finished) in enumerate(results)
     ]
@@ -371,18 +371,37 @@ async def _echoing_as_sent(stream: AsyncGenerator[Any, None], prompt: str) -> As
         await stream.aclose()  # the generation's own clean-up: cancel, release the lease
 
 
-async def _collect(stream: AsyncGenerator[Any, None]) -> tuple[str, list[dict[str, Any]], Finished]:
+# The log-prob entries of a generation's events, each with the length of the text before it.
+LogprobParts = list[tuple[int, Sequence[dict[str, Any]]]]
+
+
+async def _collect(stream: AsyncGenerator[Any, None]) -> tuple[str, LogprobParts, Finished]:
     parts: list[str] = []
-    entries: list[dict[str, Any]] = []
+    entries: LogprobParts = []
+    offset = 0
     try:
         async for event in stream:
             if isinstance(event, Finished):
                 return "".join(parts), entries, event
             parts.append(event.text)
-            entries += event.logprobs
+            if event.logprobs:
+                entries.append((offset, event.logprobs))
+            offset += len(event.text)
     finally:
         await stream.aclose()  # cancels the runner's request if it is still going
     raise AssertionError("a generation always ends with Finished")
+
+
+def _joined(logprobs: Logprobs, parts: LogprobParts) -> dict[str, Any] | None:
+    """A whole choice's `logprobs`, from its events' as a stream sends them (each event's text
+    offsets after the text before it: an echoed prompt's, then the answer's)."""
+    joined = logprobs([], 0)
+    for offset, entries in parts:
+        part = logprobs(entries, offset)
+        if joined is None or part is None:
+            return None
+        joined = {key: joined[key] + part[key] for key in joined}  # both shapes are lists by key
+    return joined
 
 
 async def _answer(
@@ -428,7 +447,7 @@ async def _answer(
             "created": int(time.time()),
             "model": servable.name,
             "system_fingerprint": _fingerprint(servable),
-            "choices": [{"index": 0, **choice(text, finished), "logprobs": logprobs(entries, 0)}],
+            "choices": [{"index": 0, **choice(text, finished), "logprobs": _joined(logprobs, entries)}],
             "usage": _usage(finished),
         }
     )
