@@ -1,17 +1,21 @@
 """Scoring prompts (log-probability of every prompt token, as lm-evaluation-harness's loglikelihood
 asks through `/v1/completions` with token ids, `echo` and `logprobs: 1`) on Gemma 3 270M: the
-runner against llama-cpp-python, in one run.
+runner against the physical reference and against llama-cpp-python, in one run.
 
   runner     our runner process: CompletionRequest(tokens=…, echo=True, top_logprobs=1), one new
-             token, the requests one after another (the scored rows of a step are shared by all
-             slots, so side by side they would take as long)
-  llama.cpp  llama-cpp-python's `Llama(logits_all=True).create_completion(ids, echo=True,
-             logprobs=1, max_tokens=1)`, its way to score a prompt (a logits row for every token
-             of the context, reserved at load), reset before each item so that nothing is cached
-Items are lm-eval-like texts of 64, 256 and 768 tokens. Rounds alternate the two; medians of the
-per-item time are reported, and the largest difference between the two sides' log-probs.
+             token; the engine reads a scored prompt 16 tokens a step (its reserved logits rows)
+  bare       in this process, the whole prompt in one `llama_decode` with a logits row for every
+             token (a context reserving 512 rows: 512 MiB on Gemma's vocabulary), then the same
+             numpy log-softmax and top-1 over all rows: the cost of the computation itself
+  llama.cpp  llama-cpp-python's `Llama(logits_all=True).create_completion(text, echo=True,
+             logprobs=1, max_tokens=1)`, its way to score a prompt, reset before each item so that
+             nothing is cached. It sorts every row's 262,144 log-probs in Python to find the top
+             one, so it is far slower; it runs `--llama-cpp-rounds` times (1 by default)
+Items are lm-eval-like texts of 64, 256 and 512 tokens. Rounds alternate the sides; medians of the
+per-item time are reported, and the largest difference between the runner's log-probs and
+llama-cpp-python's (batch sizes differ: 16 against the whole prompt; see README).
 
-    python benchmarks/bench_scoring.py [--rounds 5] [--model GGUF]
+    python benchmarks/bench_scoring.py [--rounds 5] [--llama-cpp-rounds 1] [--model GGUF]
 """
 
 from __future__ import annotations
@@ -22,20 +26,24 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import llama_cpp as L
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from llama_defaults import model_defaults
 
+from modelyard.runtime import llama
 from modelyard.runtime.options import PROMPT_LOGPROB_ROWS, LoadOptions, SamplingOptions
 from modelyard.runtime.protocol import CompletionRequest
 from modelyard.runtime.runner import Runner, RunnerSpec, Token
 
+T = TypeVar("T")
 N_CTX = 1024
 THREADS = os.cpu_count() or 1
-LENGTHS = (64, 256, 768)
+LENGTHS = (64, 256, 512)
 TEXT = (
     "The history of the river town begins with a ferry, a mill and a handful of farms. Over two "
     "centuries the mill grew into a factory, the ferry gave way to a stone bridge, and the farms "
@@ -69,11 +77,53 @@ def score_llama_cpp(llm: L.Llama, text: str, ids: list[int]) -> list[float | Non
     return list(out["choices"][0]["logprobs"]["token_logprobs"])[: len(ids) - 1]  # type: ignore[index]
 
 
+class Bare:
+    """The whole prompt in one batch, every row's logits, the log-softmax: nothing else."""
+
+    def __init__(self, path: Path, repack: bool) -> None:
+        self.model = llama.Model(path, LoadOptions(num_gpu=0), repack=repack)
+        self.ctx = llama.Context(
+            self.model,
+            n_ctx=N_CTX,
+            n_seq_max=1,
+            n_batch=max(LENGTHS),
+            threads=THREADS,
+            flash_attention=True,
+            prompt_logprob_rows=max(LENGTHS),
+        )
+        self.batch = llama.Batch(max(LENGTHS), 1)
+
+    def score(self, ids: list[int]) -> list[float]:
+        self.ctx.clear()
+        self.batch.clear()
+        for position, token in enumerate(ids):
+            self.batch.add(token, position, 0, True)
+        assert self.ctx.decode(self.batch) == 0
+        entries = llama.logprob_entries(self.ctx, self.model, 0, ids[1:], 1, special=True)
+        return [float(e["logprob"]) for e in entries]
+
+    def close(self) -> None:
+        self.batch.close()
+        self.ctx.close()
+        self.model.close()
+
+
+def timed(
+    times: dict[tuple[str, int], list[float]], side: str, n: int, work: Callable[..., T], *args: Any
+) -> T:
+    start = time.perf_counter()
+    result = work(*args)
+    times.setdefault((side, n), []).append(time.perf_counter() - start)
+    print(f"{n} tokens: {side} {times[(side, n)][-1]:.2f} s", file=sys.stderr, flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--llama-cpp-rounds", type=int, default=1)
     parser.add_argument("--model", type=Path, help="a GGUF to use instead of Gemma 3 270M")
     args = parser.parse_args()
     if args.model is None:
@@ -83,7 +133,9 @@ def main() -> None:
     options = LoadOptions(num_ctx=N_CTX, num_parallel=1, num_thread=THREADS, flash_attention=True)
     runner = Runner.start(RunnerSpec("bench", args.model, options=options))
     assert runner.info is not None
-    with model_defaults(repack=runner.info.repack):
+    repack = runner.info.repack
+    bare = Bare(args.model, repack)
+    with model_defaults(repack=repack):
         llm = L.Llama(
             model_path=str(args.model),
             n_ctx=N_CTX,
@@ -94,40 +146,44 @@ def main() -> None:
             logits_all=True,
             verbose=False,
         )
+    times: dict[tuple[str, int], list[float]] = {}
+    drift = {n: 0.0 for n in LENGTHS}
+    ours: dict[int, list[float | None]] = {}
     try:
         prompts = items(llm)
-        times: dict[tuple[str, int], list[float]] = {}
-        drift = {n: 0.0 for n in LENGTHS}
-        score_ours(runner, prompts[0][1])  # warm both
-        score_llama_cpp(llm, *prompts[0])
-        for _ in range(args.rounds):
+        score_ours(runner, prompts[0][1])  # warm up
+        bare.score(prompts[0][1])
+        for round_ in range(max(args.rounds, args.llama_cpp_rounds)):
             for text, ids in prompts:
-                start = time.perf_counter()
-                ours = score_ours(runner, ids)
-                times.setdefault(("runner", len(ids)), []).append(time.perf_counter() - start)
-                start = time.perf_counter()
-                theirs = score_llama_cpp(llm, text, ids)
-                times.setdefault(("llama.cpp", len(ids)), []).append(time.perf_counter() - start)
-                pairs = zip(ours[2:], theirs[1:], strict=True)  # ours: entry i is ids[i]'s
-                worst = max(abs(a - b) for a, b in pairs if a is not None and b is not None)
-                drift[len(ids)] = max(drift[len(ids)], worst)
+                n = len(ids)
+                if round_ < args.rounds:
+                    ours[n] = timed(times, "runner", n, score_ours, runner, ids)
+                    timed(times, "bare", n, bare.score, ids)
+                if round_ < args.llama_cpp_rounds:
+                    theirs = timed(times, "llama.cpp", n, score_llama_cpp, llm, text, ids)
+                    pairs = zip(ours[n][2:], theirs[1:], strict=True)  # ours: entry i is ids[i]'s
+                    worst = max(abs(a - b) for a, b in pairs if a is not None and b is not None)
+                    drift[n] = max(drift[n], worst)
     finally:
         runner.stop()
+        bare.close()
         llm.close()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}; "
-        f"llama-cpp-python {L.__version__}; repacked: {runner.info.repack}; {args.rounds} rounds; "
-        f"{PROMPT_LOGPROB_ROWS} scored rows a step"
+        f"llama-cpp-python {L.__version__}; repacked: {repack}; {args.rounds} rounds "
+        f"({args.llama_cpp_rounds} of llama-cpp-python); {PROMPT_LOGPROB_ROWS} scored rows a step"
     )
-    columns = ("prompt tokens", "runner ms", "llama.cpp ms", "runner tok/s", "llama.cpp tok/s", "ratio")
-    print("| " + " | ".join(columns) + " | max Δ logprob |")
+    print(
+        "| prompt tokens | runner ms | bare ms | llama.cpp ms | runner / bare | llama.cpp / runner | max Δ |"
+    )
     print("|---|---|---|---|---|---|---|")
     for n in LENGTHS:
-        ours_s = statistics.median(times[("runner", n)])
-        theirs_s = statistics.median(times[("llama.cpp", n)])
+        ours_s, bare_s, theirs_s = (
+            statistics.median(times[(side, n)]) for side in ("runner", "bare", "llama.cpp")
+        )
         print(
-            f"| {n} | {ours_s * 1e3:.0f} | {theirs_s * 1e3:.0f} | {n / ours_s:.0f} | {n / theirs_s:.0f} "
-            f"| {theirs_s / ours_s:.2f}× | {drift[n]:.4f} |"
+            f"| {n} | {ours_s * 1e3:.0f} | {bare_s * 1e3:.0f} | {theirs_s * 1e3:.0f} "
+            f"| {ours_s / bare_s:.2f}× | {theirs_s / ours_s:.1f}× | {drift[n]:.3f} |"
         )
 
 

@@ -163,15 +163,82 @@ def test_a_scored_prompt_is_evaluated_whole_and_leaves_its_cache(
     engine: tuple[Engine, list[dict[str, Any]]],
 ) -> None:
     runner, events = engine
-    run(runner, 1, PROMPT, 1)
-    runner.waiting.append((2, scored(PROMPT)))
+    prompt_length = len(runner.model.tokenize(PROMPT, add_special=True))
+    runner.waiting.append((1, scored(PROMPT)))
+    run_all(runner)
+    [scoring_slot] = [s for s in runner.slots if len(s.cache)]
+    run(runner, 2, PROMPT + " again", 1)  # goes on from the scored prompt's cells
+    done = {e["id"]: e for e in events if e["event"] == "done"}
+    assert done[2]["prompt_cached"] == prompt_length
+    assert [s for s in runner.slots if s.last_used == max(s.last_used for s in runner.slots)] == [
+        scoring_slot
+    ]
+    runner.waiting.append((3, scored(PROMPT)))
     run_all(runner)
     done = {e["id"]: e for e in events if e["event"] == "done"}
-    assert done[2]["prompt_cached"] == 0  # the cached cells have no logits to score with
-    assert len(echoed(events, 2)["logprobs"]) == done[2]["prompt_eval_count"]
-    run(runner, 3, PROMPT + " again", 1)
-    done = {e["id"]: e for e in events if e["event"] == "done"}
-    assert done[3]["prompt_cached"] == len(runner.model.tokenize(PROMPT, add_special=True))
+    assert done[3]["prompt_cached"] == 0  # cached cells have no logits to score with
+    assert len(echoed(events, 3)["logprobs"]) == done[3]["prompt_eval_count"] == prompt_length
+
+
+def test_two_scored_prompts_share_the_rows_of_a_step(engine: tuple[Engine, list[dict[str, Any]]]) -> None:
+    runner, events = engine
+    other = "a dog ran in the park and the bird sang while the cat sat on the mat"
+    for request_id, prompt in ((1, PROMPT), (2, other)):
+        runner.waiting.append((request_id, scored(prompt, 2)))
+        run_all(runner)
+    alone = {i: echoed(events, i)["logprobs"] for i in (1, 2)}
+    events.clear()
+    runner.waiting.extend([(3, scored(PROMPT, 2)), (4, scored(other, 2))])
+    runner._admit()
+    runner.step()
+    assert [s.scored_rows[2] if s.scored_rows else 0 for s in runner.slots] == [SCORING_ROWS, 0]
+    run_all(runner)
+    for together, by_itself in ((3, 1), (4, 2)):
+        entries = echoed(events, together)["logprobs"]
+        assert [e["id"] for e in entries] == [e["id"] for e in alone[by_itself]]
+        assert [e["logprob"] for e in entries[1:]] == pytest.approx(
+            [e["logprob"] for e in alone[by_itself][1:]], abs=1e-4
+        )
+
+
+def test_a_scoring_cancelled_midway_leaves_nothing_behind(
+    engine: tuple[Engine, list[dict[str, Any]]],
+) -> None:
+    runner, events = engine
+    runner.waiting.append((1, scored(PROMPT, 2)))
+    runner._admit()
+    runner.step()
+    [slot] = [s for s in runner.slots if s.busy]
+    assert slot.prefilling and slot.prompt_logprobs
+    runner.handle({"op": "cancel", "id": 1})
+    runner.step()
+    assert not slot.busy and slot.prompt_logprobs is None
+    assert [e["done_reason"] for e in events if e["event"] == "done"] == ["cancel"]
+    assert not any(e.get("prompt") for e in events), "a cancelled scoring sends no prompt"
+    runner.waiting.append((2, scored(PROMPT, 2)))
+    run_all(runner)
+    assert len(echoed(events, 2)["logprobs"]) == len(runner.model.tokenize(PROMPT, add_special=True))
+
+
+def test_answer_offsets_point_into_the_text_a_stop_string_leaves(
+    engine: tuple[Engine, list[dict[str, Any]]],
+) -> None:
+    """A stop string holds text back, so a token's text does not start where its event's does:
+    each entry says where it starts in the answer."""
+    runner, events = engine
+    run(runner, 1, PROMPT, 24)
+    free = "".join(e["text"] for e in events if e["event"] == "token" and e["id"] == 1)
+    stop = free[len(free) // 2 :][:3]
+    options = SamplingOptions(temperature=0, num_predict=24, stop=(stop,))
+    runner.waiting.append((2, CompletionRequest(PROMPT, options, top_logprobs=1)))
+    run_all(runner)
+    mine = [e for e in events if e["event"] == "token" and e["id"] == 2]
+    text = "".join(e["text"] for e in mine)
+    assert text == free[: free.index(stop)]
+    entries = [entry for e in mine for entry in e.get("logprobs", ())]
+    assert entries and [e["offset"] for e in entries] == sorted(e["offset"] for e in entries)
+    for entry in entries:
+        assert text[entry["offset"] :].startswith(entry["token"][: len(text) - entry["offset"]])
 
 
 def test_token_ids_are_the_prompt_as_they_are(engine: tuple[Engine, list[dict[str, Any]]]) -> None:
@@ -194,9 +261,16 @@ def test_token_ids_are_the_prompt_as_they_are(engine: tuple[Engine, list[dict[st
 @pytest.mark.parametrize(
     ("request_", "message"),
     [
-        (CompletionRequest("", tokens=(1, 10**6)), "prompt token id 1000000 is not in the vocabulary"),
-        (CompletionRequest("", tokens=(-1,)), "prompt token id -1 is not in the vocabulary"),
-        (scored(PROMPT * 20), "is never truncated"),  # cut, the scores would be of another prompt
+        pytest.param(
+            CompletionRequest("", tokens=(1, 10**6)),
+            "prompt token id 1000000 is not in the vocabulary",
+            id="huge",
+        ),
+        pytest.param(
+            CompletionRequest("", tokens=(-1,)), "prompt token id -1 is not in the vocabulary", id="negative"
+        ),
+        # Cut, the scores would be of another prompt.
+        pytest.param(scored(PROMPT * 20), "is never truncated", id="scored-too-long"),
     ],
 )
 def test_a_bad_prompt_fails_alone(
@@ -229,11 +303,12 @@ def test_a_runner_without_scoring_rows_refuses_to_score(tiny_gguf: Path) -> None
     ("prompt", "tokens", "shown"),
     [
         # A text: its BOS and SentencePiece's leading space are not in it.
-        (PROMPT, False, PROMPT),
+        pytest.param(PROMPT, False, PROMPT, id="text"),
+        pytest.param("", False, "", id="empty-text"),
         # Token ids: every token as the model read it, control tokens too, as llama.cpp's
         # detokenizer renders them (SentencePiece puts a space before each text between control
         # tokens; a text prompt with a control token in it: test_server_e2e, on Gemma's BPE).
-        ("the cat</s>sat", True, "<s> the cat</s> sat"),
+        pytest.param("the cat</s>sat", True, "<s> the cat</s> sat", id="token-ids"),
     ],
 )
 def test_an_echoed_prompt_shows_its_tokens_as_its_text(

@@ -547,6 +547,8 @@ def test_openai_completions_score_a_continuation_as_lm_eval_does(
         oai.completions.create(model=GEMMA, prompt=[[2, 10**7]], max_tokens=1)
     with pytest.raises(openai.BadRequestError, match="empty list of token ids"):
         oai.completions.create(model=GEMMA, prompt=[[]], max_tokens=1)
+    with pytest.raises(openai.BadRequestError, match="cannot be combined with suffix"):
+        oai.completions.create(model=GEMMA, prompt=context, suffix="x", echo=True, logprobs=1, max_tokens=1)
 
 
 def test_openai_completions_echo_offsets_point_at_each_token(oai: openai.OpenAI) -> None:

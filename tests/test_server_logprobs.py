@@ -62,3 +62,24 @@ def test_completion_offsets_count_characters_not_tokens_of_a_split_character() -
         {"token": "t", "bytes": [ord("t")], "logprob": -0.3, "top": []},
     ]
     assert completion_logprobs(halves, 0, offset=0)["text_offset"] == [0, 0, 1]
+
+
+def test_completion_offsets_of_an_echoed_prompt_then_its_answer() -> None:
+    """A prompt's tokens are its text piece by piece (the first unscored: null); an answer's tokens
+    say where they start in the answer, which `offset` (the prompt's length) is added to."""
+    prompt = [
+        {"token": "", "bytes": [], "logprob": None, "top": None},  # BOS: not in the text
+        {"token": "Hi", "bytes": list(b"Hi"), "logprob": -1.0, "top": [{"token": "Hi", "logprob": -1.0}]},
+        {"token": " you", "bytes": list(b" you"), "logprob": -2.0, "top": [{"token": " a", "logprob": -0.5}]},
+    ]
+    answer = [
+        {"token": "x", "bytes": list(b"x"), "logprob": -0.1, "offset": 0, "top": []},
+        {"token": "y", "bytes": list(b"y"), "logprob": -0.2, "offset": 2, "top": []},  # after held text
+    ]
+    assert completion_logprobs(prompt, 1, offset=0) == {
+        "tokens": ["", "Hi", " you"],
+        "token_logprobs": [None, -1.0, -2.0],
+        "top_logprobs": [None, {"Hi": -1.0}, {" a": -0.5}],
+        "text_offset": [0, 0, 2],
+    }
+    assert completion_logprobs(answer, 0, offset=6)["text_offset"] == [6, 8]

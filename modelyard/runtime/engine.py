@@ -76,7 +76,7 @@ class Slot:
     # Leading prompt tokens that the tokenizer added (BOS) to a text prompt: echoed as nothing, as
     # they are not in the text; the others are shown as the model read them, control tokens too,
     # but for the space SentencePiece puts before a text (`space_prefix`), which is not in it either.
-    added: int = 0
+    tokenizer_added: int = 0
     space_prefix: bool = False
     # Log-prob entries not yet sent, each with where its token's text starts in the output: an
     # entry goes out once its text does (a stop string may hold the text back, then cut it).
@@ -181,9 +181,7 @@ class Engine:
                 )
                 self._reply(request_id, {"tokens": tokens})
             elif op == "detokenize":
-                tokens = [int(t) for t in message["tokens"]]
-                if any(not 0 <= t < self.model.n_vocab for t in tokens):  # llama.cpp would abort
-                    raise RequestRejected(f"token ids must be from 0 to {self.model.n_vocab - 1}")
+                tokens = self._in_vocabulary([int(t) for t in message["tokens"]], "token")
                 self._reply(request_id, {"text": self.model.detokenize(tokens)})
             elif op == "stats":
                 self._reply(request_id, self.stats())
@@ -226,7 +224,7 @@ class Engine:
         if scores_prompt and not self.ctx.prompt_logprob_rows:
             raise RequestRejected("this runner does not compute a prompt's log-probabilities")
         tokens = self._prompt_tokens(request)
-        added = self._added_at_start(request, tokens) if request.echo else 0
+        tokenizer_added = self._added_at_start(request, tokens) if request.echo else 0
         if scores_prompt and len(tokens) >= self.n_ctx_seq:  # cut, it would not be the prompt sent
             raise RequestRejected(
                 f"the prompt is {len(tokens)} tokens but the context holds {self.n_ctx_seq}, and a prompt "
@@ -269,8 +267,8 @@ class Engine:
         slot.shift = request.shift
         slot.top_logprobs = request.top_logprobs
         slot.echo = request.echo
-        slot.added = added
-        slot.space_prefix = request.echo and self._space_prefix(tokens[added:])
+        slot.tokenizer_added = tokenizer_added
+        slot.space_prefix = request.echo and self._space_prefix(tokens[tokenizer_added:])
         slot.prompt_logprobs = [self._unscored(slot)] if scores_prompt else None
         slot.scored_rows = None
         slot.logprobs = []
@@ -284,14 +282,17 @@ class Engine:
 
     def _prompt_tokens(self, request: CompletionRequest) -> list[int]:
         if request.tokens:
-            outside = [t for t in request.tokens if not 0 <= t < self.model.n_vocab]
-            if outside:  # llama.cpp would abort
-                last = self.model.n_vocab - 1
-                raise RequestRejected(f"prompt token id {outside[0]} is not in the vocabulary (0 to {last})")
-            return list(request.tokens)
+            return self._in_vocabulary(list(request.tokens), "prompt token")
         tokens = self.model.tokenize(request.prompt, add_special=True, parse_special=True)
         if not tokens:
             raise RequestRejected("the prompt is empty after tokenization")
+        return tokens
+
+    def _in_vocabulary(self, tokens: list[int], what: str) -> list[int]:
+        outside = [t for t in tokens if not 0 <= t < self.model.n_vocab]
+        if outside:  # llama.cpp would abort
+            last = self.model.n_vocab - 1
+            raise RequestRejected(f"{what} id {outside[0]} is not in the vocabulary (0 to {last})")
         return tokens
 
     def _added_at_start(self, request: CompletionRequest, tokens: list[int]) -> int:
@@ -299,6 +300,8 @@ class Engine:
         if request.tokens:
             return 0
         written = self.model.tokenize(request.prompt, add_special=False, parse_special=True)
+        if not written:  # an empty text: all its tokens are the tokenizer's
+            return len(tokens)
         for start in range(len(tokens) - len(written) + 1):
             if tokens[start : start + len(written)] == written:
                 return start
@@ -314,10 +317,10 @@ class Engine:
 
     def _prompt_piece(self, slot: Slot, position: int) -> bytes:
         """A prompt token's bytes as the echo shows them."""
-        if position < slot.added:
+        if position < slot.tokenizer_added:
             return b""
         piece = self.model.piece(slot.prompt[position], special=True)
-        return piece[1:] if position == slot.added and slot.space_prefix else piece
+        return piece[1:] if position == slot.tokenizer_added and slot.space_prefix else piece
 
     def _unscored(self, slot: Slot) -> dict[str, Any]:
         """The log-prob entry of a prompt's first token, which nothing before it scores."""
@@ -368,6 +371,7 @@ class Engine:
         slot.last_used = self._releases
         slot.request_id = -1
         slot.sampler = None
+        slot.prompt_logprobs = None  # a cancelled or failed scoring's entries
         slot.prompt = []
         slot.fed = slot.n_past = 0
         slot.next_token = None
@@ -419,6 +423,8 @@ class Engine:
                     slot.logits_index = index
         if batch.size == 0:
             return
+        if batch.outputs > self.ctx.n_outputs_max:  # llama.cpp would abort the process instead
+            raise RuntimeError(f"a batch asks for {batch.outputs} outputs, over {self.ctx.n_outputs_max}")
         rc = self.ctx.decode(batch)
         if rc != 0:
             self._fail_batch(f"llama_decode failed with code {rc}")
@@ -463,14 +469,14 @@ class Engine:
                 entry = llama.top_logprobs(
                     self.ctx, self.model, slot.logits_index, token, slot.top_logprobs, special=True
                 )
-                slot.logprobs.append((slot.produced, entry))
+                slot.logprobs.append((slot.produced, entry | {"offset": slot.produced}))
             self._finish(slot, "stop")
             return
         slot.generated += 1
         piece = slot.decoder.decode(self.model.piece(token))
         if slot.top_logprobs:
             entry = llama.top_logprobs(self.ctx, self.model, slot.logits_index, token, slot.top_logprobs)
-            slot.logprobs.append((slot.produced, entry))
+            slot.logprobs.append((slot.produced, entry | {"offset": slot.produced}))
         slot.produced += len(piece)
         text = slot.stops.feed(piece)
         self._send_output(slot, text)

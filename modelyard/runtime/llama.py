@@ -294,6 +294,7 @@ class Context:
             # Pooling needs every token's output, so an embeddings context keeps the default.
             # A batch with more outputs than this makes llama.cpp abort: the engine keeps below it.
             params.n_outputs_max = n_seq_max + prompt_logprob_rows
+        self.n_outputs_max = n_seq_max + prompt_logprob_rows if not embeddings else n_batch
         params.n_threads = threads
         params.n_threads_batch = threads
         params.no_perf = True
@@ -362,9 +363,10 @@ class Batch:
         self.capacity = capacity
         self.raw = L.llama_batch_init(capacity, 0, n_seq_max)
         self.size = 0
+        self.outputs = 0  # tokens whose logits are asked for
 
     def clear(self) -> None:
-        self.size = 0
+        self.size = self.outputs = 0
         self.raw.n_tokens = 0
 
     def add(self, token: int, pos: int, seq: int, logits: bool) -> int:
@@ -376,6 +378,7 @@ class Batch:
         raw.n_seq_id[i] = 1
         raw.seq_id[i][0] = seq
         raw.logits[i] = logits
+        self.outputs += bool(logits)
         self.size = i + 1
         raw.n_tokens = self.size
         return i

@@ -63,10 +63,13 @@ class RunnerSpec:
 class Token:
     text: str
     # With CompletionRequest.top_logprobs: one entry per token generated since the last event:
-    # {"id", "token", "logprob", "logit", "top": [{"id", "token", "logprob", "logit"}, …]}.
+    # {"id", "token", "bytes", "logprob", "logit", "offset", "top": [{"id", "token", "bytes",
+    # "logprob", "logit"}, …]}, "offset" being where the token's text starts in the answer (a
+    # stop string may hold text back, so not where the event's text starts).
     logprobs: tuple[dict[str, Any], ...] = ()
     # The prompt sent back (CompletionRequest.echo), before any generated token; its log-prob
-    # entries, when asked for, are the prompt's tokens', the first with logprob and top None.
+    # entries, when asked for, are the prompt's tokens' (no "offset": their text is the prompt's,
+    # piece by piece), the first with logprob and top None.
     prompt: bool = False
 
 

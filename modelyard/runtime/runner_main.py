@@ -112,7 +112,9 @@ def _load(channel: Any, message: dict[str, Any], logs: Any) -> Any:
         weights_bytes=sizes.weights or model.size_bytes,
         kv_bytes=sizes.kv,
         compute_bytes=sizes.compute,
-        output_bytes=sizes.output,
+        # The output buffer as logged at load holds a row per slot; it grows by the scored rows the
+        # first time a prompt is scored (llama.cpp logs that only at debug level).
+        output_bytes=sizes.output + 4 * PROMPT_LOGPROB_ROWS * model.n_vocab,
         device_bytes=sizes.device_total,
         load_seconds=time.perf_counter() - started,
         repack=repack,

@@ -33,13 +33,18 @@ def token_logprobs(entries: Sequence[dict[str, Any]], top: int) -> list[dict[str
 
 
 def completion_logprobs(entries: Sequence[dict[str, Any]], top: int, offset: int) -> dict[str, Any]:
-    """OpenAI's legacy completions `logprobs`; `offset`: the text's length before these tokens."""
+    """OpenAI's legacy completions `logprobs`; `offset`: where the answer's text starts (after an
+    echoed prompt), or for a prompt's own entries, where the prompt does (0)."""
     tokens = [str(entry["token"]) for entry in entries]
-    # Offsets count the characters of the text, which a token holding part of a UTF-8 character
-    # does not add to (its `token` shows U+FFFD), so they come from the bytes, decoded as they join.
+    # An answer's token says where its text starts in the answer. A prompt's tokens are its text
+    # piece by piece: offsets count its characters, which a token holding part of a UTF-8
+    # character does not add to (its `token` shows U+FFFD), so from the bytes, decoded as they join.
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     offsets = []
     for entry in entries:
+        if "offset" in entry:
+            offsets.append(offset + int(entry["offset"]))
+            continue
         offsets.append(offset)
         offset += len(decoder.decode(bytes(entry["bytes"])))
     # An echoed prompt's first token has no log-prob, nor candidates: null, as OpenAI had them.

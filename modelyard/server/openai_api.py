@@ -141,6 +141,9 @@ class CompletionBody(_SamplingBody):
                 raise HTTPError(400, f"prompt[{i}]: an empty list of token ids")
             if isinstance(one, list) and self.suffix:
                 raise HTTPError(400, "suffix needs the prompt as text, not token ids")
+        if self.suffix and self.echo and self.logprobs is not None:
+            # The scored tokens would be the fill-in-the-middle template's, not the prompt's.
+            raise HTTPError(400, "echo with logprobs scores a prompt: it cannot be combined with suffix")
         return prompts
 
 
@@ -371,30 +374,31 @@ async def _echoing_as_sent(stream: AsyncGenerator[Any, None], prompt: str) -> As
         await stream.aclose()  # the generation's own clean-up: cancel, release the lease
 
 
-# The log-prob entries of a generation's events, each with the length of the text before it.
+# The log-prob entries of a generation's events, each with where its text is measured from: 0 for
+# an echoed prompt's, the prompt's length for the answer's.
 LogprobParts = list[tuple[int, Sequence[dict[str, Any]]]]
 
 
 async def _collect(stream: AsyncGenerator[Any, None]) -> tuple[str, LogprobParts, Finished]:
     parts: list[str] = []
     entries: LogprobParts = []
-    offset = 0
+    answer_start = 0
     try:
         async for event in stream:
             if isinstance(event, Finished):
                 return "".join(parts), entries, event
             parts.append(event.text)
             if event.logprobs:
-                entries.append((offset, event.logprobs))
-            offset += len(event.text)
+                entries.append((0 if event.prompt else answer_start, event.logprobs))
+            if event.prompt:
+                answer_start = len(event.text)
     finally:
         await stream.aclose()  # cancels the runner's request if it is still going
     raise AssertionError("a generation always ends with Finished")
 
 
 def _joined(logprobs: Logprobs, parts: LogprobParts) -> dict[str, Any] | None:
-    """A whole choice's `logprobs`, from its events' as a stream sends them (each event's text
-    offsets after the text before it: an echoed prompt's, then the answer's)."""
+    """A whole choice's `logprobs`, from its events' as a stream sends them."""
     joined = logprobs([], 0)
     for offset, entries in parts:
         part = logprobs(entries, offset)
@@ -486,7 +490,7 @@ async def _sse(
     async def events() -> AsyncIterator[bytes]:
         event = first_event
         first = True
-        offset = 0  # of the text sent so far (legacy completions' text_offset)
+        answer_start = 0  # after an echoed prompt (legacy completions' text_offset)
         status = STATUS_CLIENT_GONE  # unless the stream ends: the client went away
         try:
             while True:
@@ -506,9 +510,11 @@ async def _sse(
                     yield b"data: [DONE]\n\n"
                     status = 200
                     return
-                part = choice(event.text, first) | {"logprobs": logprobs(event.logprobs, offset)}
+                base = 0 if event.prompt else answer_start
+                part = choice(event.text, first) | {"logprobs": logprobs(event.logprobs, base)}
                 yield chunk(frame([part | {"index": 0, "finish_reason": None}]))
-                offset += len(event.text)
+                if event.prompt:
+                    answer_start = len(event.text)
                 first = False
                 event = await anext(stream)
         except Exception as exc:
@@ -524,8 +530,8 @@ async def _sse(
     return StreamingResponse(events(), media_type=SSE, headers={"Cache-Control": "no-cache"})
 
 
-# The `logprobs` of a choice: of the given tokens, after `offset` characters of text; None when
-# the request asked for none.
+# The `logprobs` of a choice: of the given tokens, their text offsets counted from `offset` (see
+# completion_logprobs); None when the request asked for none.
 Logprobs = Callable[[Sequence[dict[str, Any]], int], dict[str, Any] | None]
 
 
