@@ -48,7 +48,13 @@ def run_all(engine: Engine) -> None:
 def scored(prompt: str = "", n: int = 0, *, tokens: tuple[int, ...] = (), **kwargs: Any) -> CompletionRequest:
     """Echo the prompt with every token's log-prob, then generate `n` tokens greedily."""
     options = SamplingOptions(temperature=0, num_predict=n)
-    return CompletionRequest(prompt, options, top_logprobs=3, echo=True, tokens=tokens, **kwargs)
+    return CompletionRequest(prompt, options, tokens=tokens, **{"top_logprobs": 3, "echo": True} | kwargs)
+
+
+def forget_scores(engine: Engine) -> None:
+    """As a fresh engine: no slot holds a scored prompt's entries."""
+    for slot in engine.slots:
+        slot.scores = []
 
 
 def echoed(events: list[dict[str, Any]], request_id: int) -> dict[str, Any]:
@@ -159,7 +165,7 @@ def test_scoring_beside_a_generation_gives_both_what_each_gives_alone(
     assert "".join(e["text"] for e in events if e["event"] == "token" and e["id"] == 3) == generated_alone
 
 
-def test_a_scored_prompt_is_evaluated_whole_and_leaves_its_cache(
+def test_a_scored_prompt_leaves_its_cells_and_its_scores(
     engine: tuple[Engine, list[dict[str, Any]]],
 ) -> None:
     runner, events = engine
@@ -170,14 +176,17 @@ def test_a_scored_prompt_is_evaluated_whole_and_leaves_its_cache(
     run(runner, 2, PROMPT + " again", 1)  # goes on from the scored prompt's cells
     done = {e["id"]: e for e in events if e["event"] == "done"}
     assert done[2]["prompt_cached"] == prompt_length
-    assert [s for s in runner.slots if s.last_used == max(s.last_used for s in runner.slots)] == [
-        scoring_slot
-    ]
-    runner.waiting.append((3, scored(PROMPT)))
+    latest = max(s.last_used for s in runner.slots)
+    assert [s for s in runner.slots if s.last_used == latest] == [scoring_slot]
+    runner.waiting.append((3, scored(PROMPT)))  # the plain request kept its prefix's scores
     run_all(runner)
     done = {e["id"]: e for e in events if e["event"] == "done"}
-    assert done[3]["prompt_cached"] == 0  # cached cells have no logits to score with
-    assert len(echoed(events, 3)["logprobs"]) == done[3]["prompt_eval_count"] == prompt_length
+    assert done[3]["prompt_cached"] == prompt_length - 2  # the last two tokens evaluated again
+    again, first = echoed(events, 3)["logprobs"], echoed(events, 1)["logprobs"]
+    assert again[:-1] == first[:-1]  # from the cache: the very numbers
+    assert again[-1]["id"] == first[-1]["id"] and again[-1]["logprob"] == pytest.approx(
+        first[-1]["logprob"], abs=1e-4
+    )
 
 
 def test_two_scored_prompts_share_the_rows_of_a_step(engine: tuple[Engine, list[dict[str, Any]]]) -> None:
@@ -187,6 +196,7 @@ def test_two_scored_prompts_share_the_rows_of_a_step(engine: tuple[Engine, list[
         runner.waiting.append((request_id, scored(prompt, 2)))
         run_all(runner)
     alone = {i: echoed(events, i)["logprobs"] for i in (1, 2)}
+    forget_scores(runner)
     events.clear()
     runner.waiting.extend([(3, scored(PROMPT, 2)), (4, scored(other, 2))])
     runner._admit()
@@ -348,3 +358,72 @@ def test_echo_gives_the_end_of_generation_its_entry(
     assert entries[2] == [], "without echo, the end of generation has no entry (as chat's logprobs)"
     done = {e["id"]: e for e in events if e["event"] == "done"}
     assert done[1]["done_reason"] == "stop" and done[1]["eval_count"] == 0
+
+
+def test_a_prompt_that_starts_as_a_scored_one_did_reuses_its_scores(
+    engine: tuple[Engine, list[dict[str, Any]]],
+) -> None:
+    """lm-evaluation-harness scores one context with each of its answers: the context's scores
+    come from the cache, and only the answer (and the context's last token, whose logits score the
+    answer's first) is evaluated."""
+    runner, events = engine
+    context = runner.model.tokenize(PROMPT, add_special=True)
+    yes, no = (runner.model.tokenize(word, add_special=False) for word in ("yes indeed", "no way"))
+    runner.waiting.append((1, scored(tokens=tuple(context + yes))))
+    run_all(runner)
+    runner.waiting.append((2, scored(tokens=tuple(context + no))))
+    run_all(runner)
+    done = {e["id"]: e for e in events if e["event"] == "done"}
+    assert done[2]["prompt_cached"] == len(context) - 1
+    first, second = echoed(events, 1)["logprobs"], echoed(events, 2)["logprobs"]
+    assert second[: len(context)] == first[: len(context)]  # the very numbers, from the cache
+    # The answer as a fresh engine scores it (its batches differ: rounding aside).
+    forget_scores(runner)
+    runner.waiting.append((3, scored(tokens=tuple(context + no))))
+    run_all(runner)
+    fresh = echoed(events, 3)["logprobs"]
+    assert done[2]["prompt_eval_count"] == len(fresh) == len(second)
+    assert [e["id"] for e in second] == [e["id"] for e in fresh]
+    assert [e["logprob"] for e in second[1:]] == pytest.approx([e["logprob"] for e in fresh[1:]], abs=1e-4)
+    assert [[c["id"] for c in e["top"]] for e in second[1:]] == [
+        [c["id"] for c in e["top"]] for e in fresh[1:]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "reused"),
+    [
+        pytest.param(dict(top_logprobs=1), dict(top_logprobs=3), False, id="more-candidates-than-cached"),
+        pytest.param(dict(top_logprobs=3), dict(top_logprobs=1), True, id="fewer-candidates-than-cached"),
+        pytest.param(dict(echo=False), dict(), False, id="cells-without-scores"),
+    ],
+)
+def test_cached_scores_serve_only_what_they_hold(
+    engine: tuple[Engine, list[dict[str, Any]]], first: dict[str, Any], then: dict[str, Any], reused: bool
+) -> None:
+    runner, events = engine
+    context = tuple(runner.model.tokenize(PROMPT, add_special=True))
+    runner.waiting.append((1, scored(tokens=(*context, 100), **first)))
+    run_all(runner)
+    runner.waiting.append((2, scored(tokens=(*context, 200), **then)))
+    run_all(runner)
+    done = {e["id"]: e for e in events if e["event"] == "done"}
+    assert done[2]["prompt_cached"] == (len(context) - 1 if reused else 0)
+    entries = echoed(events, 2)["logprobs"]
+    k = then.get("top_logprobs", 3)
+    assert all(len(e["top"]) == k for e in entries[1:]) and entries[0]["top"] is None
+
+
+def test_reused_scores_are_shown_as_this_prompt_shows_them(
+    engine: tuple[Engine, list[dict[str, Any]]],
+) -> None:
+    runner, events = engine
+    context = tuple(runner.model.tokenize(PROMPT, add_special=True))
+    runner.waiting.append((1, scored(tokens=context)))  # token ids: the BOS shown
+    run_all(runner)
+    runner.waiting.append((2, scored(PROMPT + " again")))  # a text: the BOS the tokenizer added is not
+    run_all(runner)
+    assert [e["event"] for e in events if e["event"] == "done" and e["prompt_cached"]] == ["done"]
+    assert echoed(events, 1)["logprobs"][0]["token"] == "<s>"
+    assert echoed(events, 2)["logprobs"][0]["token"] == ""
+    assert echoed(events, 2)["text"] == PROMPT + " again"

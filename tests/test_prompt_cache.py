@@ -7,7 +7,14 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from modelyard.runtime.prompt_cache import CacheRules, FreeSlot, choose_slot, common_prefix, reusable_prefix
+from modelyard.runtime.prompt_cache import (
+    CacheRules,
+    FreeSlot,
+    choose_slot,
+    common_prefix,
+    reusable_prefix,
+    scored_prefix,
+)
 
 
 def tokens(values: Sequence[int]) -> np.ndarray:
@@ -104,3 +111,28 @@ def test_choose_slot_needs_a_free_slot() -> None:
 )
 def test_reusable_prefix(shared: int, prompt_length: int, pos_min: int, n_swa: int, expected: int) -> None:
     assert reusable_prefix(shared, prompt_length, pos_min, n_swa) == expected
+
+
+@pytest.mark.parametrize(
+    ("kept", "cached_scores", "pos_min", "rules", "expected"),
+    [
+        pytest.param(
+            40, 50, 0, PLAIN, (40, 39), id="scores-for-all-kept: the last kept token evaluated again"
+        ),
+        pytest.param(40, 25, 0, PLAIN, (25, 24), id="fewer-scores-than-cells"),
+        pytest.param(40, 0, 0, PLAIN, (0, 0), id="no-scores: a cache that was not scored"),
+        pytest.param(0, 50, 0, PLAIN, (0, 0), id="nothing-in-common"),
+        pytest.param(1, 50, 0, PLAIN, (0, 0), id="only-the-first-token: its score is nothing"),
+        pytest.param(2, 50, 0, PLAIN, (2, 1), id="two-tokens"),
+        pytest.param(40, 50, 0, CacheRules(n_swa=0, can_cut=False), (0, 0), id="a-state-cannot-go-back"),
+        pytest.param(600, 700, 0, CacheRules(n_swa=512, can_cut=True), (600, 599), id="window-keeps-all"),
+        pytest.param(
+            600, 700, 100, CacheRules(n_swa=512, can_cut=True), (0, 0), id="window-lost-what-599-needs"
+        ),
+        pytest.param(600, 700, 87, CacheRules(n_swa=512, can_cut=True), (600, 599), id="window-just-enough"),
+    ],
+)
+def test_scored_prefix(
+    kept: int, cached_scores: int, pos_min: int, rules: CacheRules, expected: tuple[int, int]
+) -> None:
+    assert scored_prefix(kept, cached_scores, pos_min, rules) == expected

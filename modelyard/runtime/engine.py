@@ -27,7 +27,7 @@ import numpy as np
 
 from modelyard.runtime import llama
 from modelyard.runtime.options import SamplingOptions
-from modelyard.runtime.prompt_cache import CacheRules, FreeSlot, choose_slot
+from modelyard.runtime.prompt_cache import CacheRules, FreeSlot, choose_slot, scored_prefix
 from modelyard.runtime.protocol import CompletionRequest
 from modelyard.runtime.stops import StopMatcher
 
@@ -57,6 +57,10 @@ class Slot:
     # shift in between (shifted cells are not what evaluating the prompt afresh would give).
     cache: array[int] = field(default_factory=lambda: array("i"))
     exact: int = 0
+    # The log-prob entries of the first cached tokens, as the last scored prompt left them (with
+    # `scores_k` candidates each): another prompt that starts the same way need not score them again.
+    scores: list[dict[str, Any]] = field(default_factory=list)
+    scores_k: int = 0
     reused: int = 0  # prompt tokens of the current request that the cache already held
     last_used: int = 0
     next_token: int | None = None  # sampled, to be fed in the next step
@@ -245,14 +249,17 @@ class Engine:
             )
             for s in free
         ]
-        # Scoring the prompt needs the logits after every token: nothing of a cache can be used.
-        wanted = np.asarray([] if scores_prompt else tokens, dtype=np.int32)
-        chosen, reused = choose_slot(caches, wanted, self.cache_rules)
+        chosen, reused = choose_slot(caches, np.asarray(tokens, dtype=np.int32), self.cache_rules)
         slot = free[chosen]
+        scores = 0
+        if scores_prompt:  # only cells whose tokens' scores the cache holds too
+            cached = len(slot.scores) if slot.scores_k >= request.top_logprobs else 0
+            scores, reused = scored_prefix(reused, cached, caches[chosen].pos_min, self.cache_rules)
         if not self.ctx.seq_rm(slot.seq, reused, -1):  # a memory that cannot cut a sequence short
             self.ctx.seq_rm(slot.seq)
-            reused = 0
+            reused = scores = 0
         slot.cache = array("i", tokens[:reused])
+        reused_scores, slot.scores = slot.scores[:scores], slot.scores[:reused]
         slot.exact = reused
         slot.reused = reused
         slot.request_id = request_id
@@ -269,7 +276,14 @@ class Engine:
         slot.echo = request.echo
         slot.tokenizer_added = tokenizer_added
         slot.space_prefix = request.echo and self._space_prefix(tokens[tokenizer_added:])
-        slot.prompt_logprobs = [self._unscored(slot)] if scores_prompt else None
+        slot.prompt_logprobs = None
+        if scores_prompt:
+            k = request.top_logprobs
+            kept = [
+                self._shown(slot, p, e | {"top": e["top"] and e["top"][:k]})
+                for p, e in enumerate(reused_scores)
+            ]
+            slot.prompt_logprobs = kept or [self._unscored(slot)]
         slot.scored_rows = None
         slot.logprobs = []
         slot.produced = slot.emitted = 0
@@ -367,6 +381,7 @@ class Engine:
             self.ctx.seq_rm(slot.seq)
             slot.cache = array("i")
             slot.exact = 0
+            slot.scores = []
         self._releases += 1
         slot.last_used = self._releases
         slot.request_id = -1
@@ -494,6 +509,7 @@ class Engine:
         event: dict[str, Any] = {"event": "token", "id": slot.request_id, "text": text, "prompt": True}
         if slot.prompt_logprobs is not None:
             event["logprobs"] = slot.prompt_logprobs
+            slot.scores, slot.scores_k = slot.prompt_logprobs, slot.top_logprobs  # for the next prompt
             slot.prompt_logprobs = None
         self.send(event)
 
@@ -522,6 +538,7 @@ class Engine:
         self.ctx.seq_add(slot.seq, keep + discard, slot.n_past, -discard)
         del slot.cache[keep : keep + discard]
         slot.exact = min(slot.exact, keep)
+        slot.scores = slot.scores[:keep]
         slot.n_past -= discard
         slot.shifts += 1
         return True

@@ -82,3 +82,18 @@ def choose_slot(free: list[FreeSlot], prompt: Tokens, rules: CacheRules) -> tupl
     if kept[best] == 0 or gains[best] <= 0:
         best = min(range(len(free)), key=lambda i: free[i].last_used)
     return best, kept[best]
+
+
+def scored_prefix(kept: int, cached_scores: int, pos_min: int, rules: CacheRules) -> tuple[int, int]:
+    """For a prompt whose every token is scored (echo with log-probs): how many leading tokens'
+    scores the slot's cache gives (`cached_scores` it holds, for `kept` tokens in common), and how
+    many cells it keeps. A token is scored by the logits after the token before it, so the cells
+    stop one short of the scores: that token is evaluated again, to score the next. Returns
+    (scores, cells), (0, 0) where nothing can be used."""
+    scores = min(kept, cached_scores)
+    if scores <= 1 or not rules.can_cut:  # the first token's score is nothing; a state cannot go back
+        return 0, 0
+    cells = scores - 1
+    if reusable_prefix(cells, cells + 1, pos_min, rules.n_swa) != cells:  # the window lost its cells
+        return 0, 0
+    return scores, cells
