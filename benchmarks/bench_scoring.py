@@ -58,9 +58,13 @@ ANSWERS = (" The wall was built.", " Nobody ever agreed.", " The river won.", " 
 
 def items(llm: L.Llama, round_: int) -> list[tuple[str, list[int]]]:
     """Texts of about LENGTHS tokens, and their tokens with BOS (which the runner is sent); each
-    round's start differently, so that no prompt finds another's scores in the runner's cache."""
-    ids = llm.tokenize((f"Chapter {round_ + 1}. " + TEXT * 40).encode(), add_bos=False, special=False)
-    texts = [llm.detokenize(ids[: n - 1]).decode() for n in LENGTHS]
+    starts its own way, so that none finds another's scores in the runner's cache."""
+    texts = []
+    for i, n in enumerate(LENGTHS):
+        ids = llm.tokenize(
+            (f"Chapter {round_ + 1}.{i + 1}: " + TEXT * 40).encode(), add_bos=False, special=False
+        )
+        texts.append(llm.detokenize(ids[: n - 1]).decode())
     return [(text, llm.tokenize(text.encode(), add_bos=True, special=False)) for text in texts]
 
 
@@ -176,7 +180,7 @@ def main() -> None:
                     worst = max(abs(a - b) for a, b in pairs if a is not None and b is not None)
                     drift[n] = max(drift[n], worst)
             if round_ < args.rounds:  # one context, four answers: the runner's cache keeps its scores
-                context = prompts[1][1]
+                context = items(llm, 1000 + round_)[1][1]  # not scored before
                 choices = [context + llm.tokenize(a.encode(), add_bos=False, special=False) for a in ANSWERS]
                 timed(times, "runner", 0, score_all, functools.partial(score_ours, runner), choices)
                 timed(times, "bare", 0, score_all, bare.score, choices)

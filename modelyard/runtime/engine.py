@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from modelyard.runtime import llama
+from modelyard.runtime.echo import EchoedPrompt
 from modelyard.runtime.options import SamplingOptions
 from modelyard.runtime.prompt_cache import CacheRules, FreeSlot, choose_slot, scored_prefix
 from modelyard.runtime.protocol import CompletionRequest
@@ -71,17 +72,12 @@ class Slot:
     options: SamplingOptions = field(default_factory=SamplingOptions)
     shift: bool = True
     top_logprobs: int = 0
-    echo: bool = False  # send the prompt back before the answer
+    echo: EchoedPrompt | None = None  # send the prompt back before the answer, shown so
     # Echo with log-probs: every prompt token's entry, after the tokens before it (the first has
     # none); the rows of the current batch that score some, as (first batch index, first position,
     # count): position p's logits score the token at p + 1.
     prompt_logprobs: list[dict[str, Any]] | None = None
     scored_rows: tuple[int, int, int] | None = None
-    # Leading prompt tokens that the tokenizer added (BOS) to a text prompt: echoed as nothing, as
-    # they are not in the text; the others are shown as the model read them, control tokens too,
-    # but for the space SentencePiece puts before a text (`space_prefix`), which is not in it either.
-    tokenizer_added: int = 0
-    space_prefix: bool = False
     # Log-prob entries not yet sent, each with where its token's text starts in the output: an
     # entry goes out once its text does (a stop string may hold the text back, then cut it).
     logprobs: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
@@ -228,7 +224,6 @@ class Engine:
         if scores_prompt and not self.ctx.prompt_logprob_rows:
             raise RequestRejected("this runner does not compute a prompt's log-probabilities")
         tokens = self._prompt_tokens(request)
-        tokenizer_added = self._added_at_start(request, tokens) if request.echo else 0
         if scores_prompt and len(tokens) >= self.n_ctx_seq:  # cut, it would not be the prompt sent
             raise RequestRejected(
                 f"the prompt is {len(tokens)} tokens but the context holds {self.n_ctx_seq}, and a prompt "
@@ -273,17 +268,17 @@ class Engine:
         slot.options = options
         slot.shift = request.shift
         slot.top_logprobs = request.top_logprobs
-        slot.echo = request.echo
-        slot.tokenizer_added = tokenizer_added
-        slot.space_prefix = request.echo and self._space_prefix(tokens[tokenizer_added:])
+        slot.echo = None
+        if request.echo:
+            slot.echo = EchoedPrompt.of(self.model, tokens, None if request.tokens else request.prompt)
         slot.prompt_logprobs = None
-        if scores_prompt:
+        if slot.echo is not None and scores_prompt:
             k = request.top_logprobs
             kept = [
-                self._shown(slot, p, e | {"top": e["top"] and e["top"][:k]})
+                slot.echo.shown(p, e | {"top": e["top"] and e["top"][:k]})
                 for p, e in enumerate(reused_scores)
             ]
-            slot.prompt_logprobs = kept or [self._unscored(slot)]
+            slot.prompt_logprobs = kept or [slot.echo.unscored()]
         slot.scored_rows = None
         slot.logprobs = []
         slot.produced = slot.emitted = 0
@@ -308,43 +303,6 @@ class Engine:
             last = self.model.n_vocab - 1
             raise RequestRejected(f"{what} id {outside[0]} is not in the vocabulary (0 to {last})")
         return tokens
-
-    def _added_at_start(self, request: CompletionRequest, tokens: list[int]) -> int:
-        """How many of a text prompt's first tokens the tokenizer added (BOS): not in its text."""
-        if request.tokens:
-            return 0
-        written = self.model.tokenize(request.prompt, add_special=False, parse_special=True)
-        if not written:  # an empty text: all its tokens are the tokenizer's
-            return len(tokens)
-        for start in range(len(tokens) - len(written) + 1):
-            if tokens[start : start + len(written)] == written:
-                return start
-        return 0
-
-    def _space_prefix(self, tokens: list[int]) -> bool:
-        """Whether the first token's piece has a space that llama.cpp's detokenizer takes off (the
-        one SentencePiece adds before a text)."""
-        if not tokens:
-            return False
-        piece = self.model.piece(tokens[0], special=True)
-        return piece.startswith(b" ") and not self.model.detokenize(tokens[:1]).startswith(" ")
-
-    def _prompt_piece(self, slot: Slot, position: int) -> bytes:
-        """A prompt token's bytes as the echo shows them."""
-        if position < slot.tokenizer_added:
-            return b""
-        piece = self.model.piece(slot.prompt[position], special=True)
-        return piece[1:] if position == slot.tokenizer_added and slot.space_prefix else piece
-
-    def _unscored(self, slot: Slot) -> dict[str, Any]:
-        """The log-prob entry of a prompt's first token, which nothing before it scores."""
-        entry = {"id": slot.prompt[0], "logit": None, "logprob": None, "top": None}
-        return self._shown(slot, 0, entry)
-
-    def _shown(self, slot: Slot, position: int, entry: dict[str, Any]) -> dict[str, Any]:
-        piece = self._prompt_piece(slot, position)
-        entry.update(token=piece.decode("utf-8", "replace"), bytes=list(piece))
-        return entry
 
     def _cancel(self, request_id: int) -> None:
         for slot in self.slots:
@@ -463,22 +421,23 @@ class Engine:
         entries = llama.logprob_entries(
             self.ctx, self.model, first_index, following, slot.top_logprobs, special=True
         )
+        assert slot.echo is not None
         for position, entry in enumerate(entries, start=first_position + 1):
-            self._shown(slot, position, entry)
+            slot.echo.shown(position, entry)
         slot.prompt_logprobs += entries
 
     def _after_decode(self, slot: Slot) -> None:
         assert slot.sampler is not None and slot.stops is not None and slot.decoder is not None
         if not slot.prompt_done_ns:
             slot.prompt_done_ns = time.perf_counter_ns()
-            if slot.echo:
-                self._send_prompt(slot)
+            if slot.echo is not None:
+                self._send_prompt(slot, slot.echo)
         if slot.options.num_predict == 0:  # read the prompt, predict nothing (llama.cpp's n_predict 0)
             self._finish(slot, "length")
             return
         token = slot.sampler.sample(self.ctx, slot.logits_index)
         if self.model.is_eog(token):
-            if slot.top_logprobs and slot.echo:
+            if slot.top_logprobs and slot.echo is not None:
                 # Echo accounts for every token, the end of generation's too: a client reading the
                 # last entry as the generated token's (lm-evaluation-harness does) must find it.
                 entry = llama.top_logprobs(
@@ -502,11 +461,8 @@ class Engine:
         else:
             slot.next_token = token
 
-    def _send_prompt(self, slot: Slot) -> None:
-        # The tokens' pieces, as their log-prob entries show them.
-        pieces = (self._prompt_piece(slot, position) for position in range(len(slot.prompt)))
-        text = b"".join(pieces).decode("utf-8", "replace")
-        event: dict[str, Any] = {"event": "token", "id": slot.request_id, "text": text, "prompt": True}
+    def _send_prompt(self, slot: Slot, echo: EchoedPrompt) -> None:
+        event: dict[str, Any] = {"event": "token", "id": slot.request_id, "text": echo.text(), "prompt": True}
         if slot.prompt_logprobs is not None:
             event["logprobs"] = slot.prompt_logprobs
             slot.scores, slot.scores_k = slot.prompt_logprobs, slot.top_logprobs  # for the next prompt
