@@ -59,20 +59,29 @@ def prepare(
     `top_logprobs` > 0: the tokens come with their log-probabilities and that many candidates.
     `tokens`: the prompt as token ids, which no template touches (`request` must be raw).
     `echo`: the runner sends the prompt back first (CompletionRequest.echo)."""
-    assert runner.info is not None
     if tokens:
         assert request.raw, "a prompt of token ids takes no template"
-        completion = CompletionRequest(
-            "",
-            sampling,
-            format=format,
-            truncate=truncate,
-            shift=shift,
-            top_logprobs=top_logprobs,
-            tokens=tuple(tokens),
-            echo=echo,
-        )
-        return RenderedRequest(completion, 0)
+        text, dropped = "", 0
+    else:
+        text, dropped = _rendered(runner, prompting, request, truncate)
+    completion = CompletionRequest(
+        text,
+        sampling,
+        format=format,
+        truncate=truncate,
+        shift=shift,
+        top_logprobs=top_logprobs,
+        tokens=tuple(tokens),
+        echo=echo,
+    )
+    return RenderedRequest(completion, dropped)
+
+
+def _rendered(
+    runner: Runner, prompting: ModelPrompting, request: PromptRequest, truncate: bool
+) -> tuple[str, int]:
+    """The prompt's text, and how many old messages were left out so that it fits."""
+    assert runner.info is not None
     limit = runner.info.n_ctx_per_slot
 
     def fits(text: str, _images: int) -> bool:
@@ -89,7 +98,4 @@ def prepare(
     text = prompt.text
     if request.context and not request.raw:  # Ollama's deprecated context: its text, then the prompt
         text = runner.detokenize(list(request.context)) + text
-    completion = CompletionRequest(
-        text, sampling, format=format, truncate=truncate, shift=shift, top_logprobs=top_logprobs, echo=echo
-    )
-    return RenderedRequest(completion, prompt.dropped)
+    return text, prompt.dropped
