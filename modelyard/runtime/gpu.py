@@ -55,13 +55,15 @@ def plan_offload(
     reserve: int = DEFAULT_GPU_RESERVE,
     num_gpu: int = -1,
     swa_full: bool = True,
+    prompt_logprob_rows: int = PROMPT_LOGPROB_ROWS,
 ) -> OffloadPlan:
-    """Choose `n_gpu_layers` (num_gpu < 0), or check an explicit choice (num_gpu >= 0)."""
+    """Choose `n_gpu_layers` (num_gpu < 0), or check an explicit choice (num_gpu >= 0); the
+    compute graph as memory.estimate counts it."""
     max_layers = shape.n_layers + 1  # the blocks, and the output head as one more
     if not devices or num_gpu == 0:
         reason = "no GPU found" if not devices else "num_gpu 0: CPU only"
         return OffloadPlan(0, (), (), True, reason)
-    graph = compute_bytes(shape, n_batch, slots + PROMPT_LOGPROB_ROWS)
+    graph = compute_bytes(shape, n_batch, slots + prompt_logprob_rows)
     room = {d.id: max(d.free - reserve - graph, 0) for d in devices}
     placed: dict[str, int] = {d.id: 0 for d in devices}
     layers_on: dict[str, int] = {d.id: 0 for d in devices}

@@ -179,11 +179,12 @@ def kv_layer_bytes(
 
 def compute_bytes(shape: ModelShape, n_batch: int, logit_rows: int) -> int:
     """Activations of one batch: a few n_embd-wide and two n_ff-wide rows per token, plus the rows
-    of logits asked for at most (a runner's: one per slot, and its prompt log-probabilities')."""
+    of logits asked for at most (a runner's: one per slot, and its prompt log-probabilities'), no
+    more than the batch has tokens (llama.cpp reserves min(n_ubatch, n_outputs_max))."""
     per_token = F32_BYTES * (
         6 * shape.n_embd + 2 * shape.n_ff + shape.n_head * (shape.key_length + shape.value_length)
     )
-    return n_batch * per_token + F32_BYTES * logit_rows * shape.n_vocab
+    return n_batch * per_token + F32_BYTES * min(n_batch, logit_rows) * shape.n_vocab
 
 
 def estimate(
