@@ -47,9 +47,9 @@ class CompletionRequest:
     # The prompt as token ids, used as they are (no BOS added, no special-token parsing); `prompt`
     # is then only for messages. Empty: tokenize `prompt`.
     tokens: tuple[int, ...] = ()
-    # Send the prompt back first, as a token event marked "prompt" (its text as the model's
-    # vocabulary renders it); with top_logprobs, with every prompt token's log-probability after
-    # the tokens before it (the first has none), as OpenAI's legacy `echo` does.
+    # Send the prompt back first, as a token event marked "prompt" (its text piece by piece, as
+    # runtime/echo.py shows it); with top_logprobs, with every prompt token's log-probability
+    # after the tokens before it (the first has none), as OpenAI's legacy `echo` does.
     echo: bool = False
 
     def to_message(self, request_id: int) -> dict[str, Any]:
