@@ -284,17 +284,18 @@ class Context:
         params.n_seq_max = n_seq_max
         params.n_batch = n_batch
         params.n_ubatch = n_batch
+        self.prompt_logprob_rows = 0 if embeddings else prompt_logprob_rows
+        # Pooling needs every token's output, so an embeddings context keeps the default (n_batch).
+        # Otherwise we read one row of logits per sequence per batch, and the scored prompt rows:
+        # reserving the default would cost n_batch × n_vocab floats (512 MiB for Gemma's vocab). A
+        # batch with more outputs than this makes llama.cpp abort: the engine keeps below it.
+        self.n_outputs_max = n_batch if embeddings else n_seq_max + self.prompt_logprob_rows
         if embeddings:
             # One KV buffer for all sequences, as llama-cpp-python's embed() uses: with a stream per
             # sequence, pooled embeddings of several sequences in one batch come out wrong.
             params.kv_unified = True
         else:
-            # We read at most one row of logits per sequence per batch; reserving the default (one
-            # per batch token) would cost n_batch × n_vocab floats (512 MiB for Gemma's vocab).
-            # Pooling needs every token's output, so an embeddings context keeps the default.
-            # A batch with more outputs than this makes llama.cpp abort: the engine keeps below it.
-            params.n_outputs_max = n_seq_max + prompt_logprob_rows
-        self.n_outputs_max = n_seq_max + prompt_logprob_rows if not embeddings else n_batch
+            params.n_outputs_max = self.n_outputs_max
         params.n_threads = threads
         params.n_threads_batch = threads
         params.no_perf = True
@@ -313,7 +314,6 @@ class Context:
         self.n_ctx_seq = int(L.llama_n_ctx_seq(self.ptr))
         self.n_batch = int(L.llama_n_batch(self.ptr))
         self.pooling = int(L.llama_pooling_type(self.ptr))
-        self.prompt_logprob_rows = 0 if embeddings else prompt_logprob_rows
 
     def clear(self) -> None:
         L.llama_memory_clear(self.memory, True)
