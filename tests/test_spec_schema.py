@@ -178,6 +178,10 @@ def test_every_error_of_a_document_is_listed_at_once() -> None:
         pytest.param("apiVersion: modelyard/v1\nkind: Model\n", "kind", "ModelSet", id="kind"),
         pytest.param("- a\n- b\n", "", "mapping", id="not-a-mapping"),
         pytest.param("spec: [unclosed\n", "", "not valid YAML", id="yaml-syntax"),
+        # Well-formed, but no safe constructor reads it (schemathesis found these as a 500).
+        pytest.param("=\n", "", "not valid YAML", id="yaml-value-tag"),
+        pytest.param("spec: !!bool maybe\n", "", "not valid YAML", id="yaml-bad-tagged-scalar"),
+        pytest.param("[" * 2000 + "]" * 2000, "", "not valid YAML", id="yaml-nested-too-deeply"),
         pytest.param("", "", "no ModelSet document", id="empty"),
     ],
 )

@@ -353,6 +353,17 @@ def model_key(spec: Spec, model: ModelSpec) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# PyYAML's safe constructors raise these for some well-formed but unreadable values (`=` is the
+# `!!value` tag, which has no constructor; `!!bool maybe` a KeyError; deep nesting a RecursionError).
+_CONSTRUCTOR_ERRORS = (ValueError, LookupError, AttributeError, TypeError, RecursionError)
+
+
+def _problem(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply to read"
+    return getattr(exc, "problem", None) or str(exc)
+
+
 def parse_spec(documents: Sequence[SpecDocument]) -> Spec:
     """Validate and merge every document, or raise SpecValidationError listing every problem."""
     issues: list[SpecIssue] = []
@@ -360,16 +371,20 @@ def parse_spec(documents: Sequence[SpecDocument]) -> Spec:
     for document in documents:
         try:
             nodes = list(yaml.compose_all(document.text, Loader=yaml.SafeLoader))
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, RecursionError) as exc:
             mark = getattr(exc, "problem_mark", None)
             line = mark.line + 1 if mark is not None else 0
-            problem = getattr(exc, "problem", None) or str(exc)
-            issues.append(SpecIssue("", f"not valid YAML: {problem}", document.path, line))
+            issues.append(SpecIssue("", f"not valid YAML: {_problem(exc)}", document.path, line))
             continue
         for node in nodes:
             if node is None:
                 continue
-            data = yaml.safe_load(yaml.serialize(node))
+            try:
+                data = yaml.safe_load(yaml.serialize(node))
+            except (yaml.YAMLError, *_CONSTRUCTOR_ERRORS) as exc:
+                line = node.start_mark.line + 1
+                issues.append(SpecIssue("", f"not valid YAML: {_problem(exc)}", document.path, line))
+                continue
             if data is None:
                 continue
             if not isinstance(data, dict):
