@@ -1,9 +1,15 @@
 """Decode throughput of the runner against llama-cpp-python, in one run, on Gemma 3 270M.
 
 For 1, 2, 4 and 8 concurrent streams (greedy, the same long-answer prompt, 128 new tokens each):
-  runner     our runner process (8 slots, continuous batching), driven through its Runner handle
+  runner     our runner process (8 slots, continuous batching), driven through its Runner handle,
+             with its defaults: a stream decoding alone also feeds up to 4 tokens guessed by prompt
+             lookup (Ollama's draft_num_predict) and keeps those the sampler agrees with
+  runner-no-guess  the same runner with draft_num_predict 0: one token a step per stream
   serial     llama-cpp-python's `Llama.create_completion`, the streams one after another, as its
              own server serves them (one request at a time)
+  serial-lookup    the same with llama-cpp-python's own prompt lookup decoding
+             (`draft_model=LlamaPromptLookupDecoding(num_pred_tokens=4)`), which its users can
+             turn on: the peer with the same technique
   bare       a bare loop of `llama_decode` in this process over the same batch sizes: every
              stream's next token in one batch, the greedy token an argmax over the logits row
              read in place (numpy), as the runner picks it; the physical reference (timed from
@@ -23,8 +29,12 @@ and Python's per-token work weighs more, a machine that cannot receive Gemma run
 comparison on `--random-gemma-shape`: random weights (F16) in Gemma 3 270M's dimensions and
 vocabulary size, written with the gguf package as a llama-architecture model.
 
+With --temperature T the runner and llama-cpp-python sample at T (top_k 40, top_p 0.9, a fixed
+seed per stream) instead of greedy decoding, and the bare loops are left out.
+
     python benchmarks/bench_runner.py [--rounds 3] [--tokens 128] [--model GGUF | --random-gemma-shape]
-                                      [--gpu] [--backend-sampling] [--out results.json]
+                                      [--gpu] [--backend-sampling] [--streams 1,2,4,8]
+                                      [--temperature T] [--out results.json]
 """
 
 from __future__ import annotations
@@ -59,14 +69,17 @@ ALL_LAYERS = 999  # llama.cpp caps n_gpu_layers at the model's layers (+ its out
 GEMMA_270M_SHAPE = dict(n_vocab=262144, n_embd=640, n_layer=18, n_head=4, n_head_kv=1, n_ff=2048)
 
 
-def run_ours(runner: Runner, streams: int, tokens: int) -> float:
+def run_ours(
+    runner: Runner, streams: int, tokens: int, temperature: float, draft: int, guesses: list[tuple[int, int]]
+) -> float:
+    """Aggregate tokens/s; appends each stream's (guessed, accepted) to `guesses`."""
     counts = [0] * streams
 
     def one(i: int) -> None:
-        _, done = runner.complete(
-            CompletionRequest(PROMPT, SamplingOptions(temperature=0, num_predict=tokens))
-        )
+        options = SamplingOptions(num_predict=tokens, draft_num_predict=draft, **sampling(temperature, i))  # type: ignore[arg-type]
+        _, done = runner.complete(CompletionRequest(PROMPT, options))
         counts[i] = done.eval_count
+        guesses.append((done.draft_tokens, done.draft_accepted))
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
     start = time.perf_counter()
@@ -86,7 +99,9 @@ def ttft_ours(runner: Runner) -> float:
     return first
 
 
-def make_llama(path: Path, repack: bool, gpu: bool) -> L.Llama:
+def make_llama(path: Path, repack: bool, gpu: bool, lookup: bool = False) -> L.Llama:
+    from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
     with model_defaults(repack=repack):
         return L.Llama(
             model_path=str(path),
@@ -95,16 +110,23 @@ def make_llama(path: Path, repack: bool, gpu: bool) -> L.Llama:
             n_threads_batch=THREADS,
             flash_attn=True,
             n_gpu_layers=-1 if gpu else 0,
+            draft_model=LlamaPromptLookupDecoding(num_pred_tokens=4) if lookup else None,
             verbose=False,
         )
 
 
-def run_serial(llm: L.Llama, streams: int, tokens: int) -> float:
+def sampling(temperature: float, seed: int) -> dict[str, float | int]:
+    if temperature <= 0:
+        return {"temperature": 0.0}
+    return {"temperature": temperature, "top_k": 40, "top_p": 0.9, "seed": seed}
+
+
+def run_serial(llm: L.Llama, streams: int, tokens: int, temperature: float) -> float:
     total = 0
     start = time.perf_counter()
-    for _ in range(streams):
-        result = llm.create_completion(PROMPT, max_tokens=tokens, temperature=0.0)
-        total += result["usage"]["completion_tokens"]
+    for i in range(streams):
+        result = llm.create_completion(PROMPT, max_tokens=tokens, **sampling(temperature, i))  # type: ignore[arg-type]
+        total += result["usage"]["completion_tokens"]  # type: ignore[index]
     return total / (time.perf_counter() - start)
 
 
@@ -211,8 +233,18 @@ def main() -> None:
         action="store_true",
         help="also the bare loop with llama.cpp's backend sampling (greedy in the decode graph)",
     )
+    parser.add_argument(
+        "--streams",
+        default=",".join(map(str, STREAMS)),
+        help="concurrent stream counts, comma-separated (default 1,2,4,8)",
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=0.0, help="sample at this temperature (default 0: greedy)"
+    )
     parser.add_argument("--out", type=Path, help="also write the medians here, as JSON")
     args = parser.parse_args()
+    levels = [int(n) for n in args.streams.split(",")]
+    greedy = args.temperature <= 0
     if args.model is not None:
         path = args.model
     elif args.random_gemma_shape:
@@ -240,15 +272,30 @@ def main() -> None:
     bare = BareLoop(path, repack, args.gpu)
 
     rates: dict[tuple[str, int], list[float]] = {}
+    guesses: dict[int, list[tuple[int, int]]] = {n: [] for n in levels}
     ttft: dict[str, list[float]] = {"runner": [], "serial": []}
     loads: dict[str, list[float]] = {"runner": [], "Llama()": []}
+    temperature = args.temperature
     for _ in range(args.rounds):
         start = time.perf_counter()
         llm = make_llama(path, repack, args.gpu)
         loads["Llama()"].append(time.perf_counter() - start)
-        for streams in STREAMS:
-            rates.setdefault(("runner", streams), []).append(run_ours(runner, streams, args.tokens))
-            rates.setdefault(("serial", streams), []).append(run_serial(llm, streams, args.tokens))
+        lookup = make_llama(path, repack, args.gpu, lookup=True)
+        for streams in levels:
+            rates.setdefault(("runner", streams), []).append(
+                run_ours(runner, streams, args.tokens, temperature, 4, guesses[streams])
+            )
+            rates.setdefault(("runner-no-guess", streams), []).append(
+                run_ours(runner, streams, args.tokens, temperature, 0, [])
+            )
+            rates.setdefault(("serial", streams), []).append(
+                run_serial(llm, streams, args.tokens, temperature)
+            )
+            rates.setdefault(("serial-lookup", streams), []).append(
+                run_serial(lookup, streams, args.tokens, temperature)
+            )
+            if not greedy:
+                continue
             rates.setdefault(("bare", streams), []).append(bare.run(streams, args.tokens))
             rates.setdefault(("bare-chain", streams), []).append(bare.run(streams, args.tokens, "chain"))
             if args.backend_sampling:
@@ -258,6 +305,7 @@ def main() -> None:
         ttft["runner"].append(ttft_ours(runner))
         ttft["serial"].append(ttft_serial(llm))
         llm.close()
+        lookup.close()
         start = time.perf_counter()
         extra = Runner.start(RunnerSpec("gemma", path, options=options))
         loads["runner"].append(time.perf_counter() - start)
@@ -275,20 +323,29 @@ def main() -> None:
         f"{args.tokens} tokens per stream; model {path.name} ({model_bytes:,} bytes); "
         f"layers on the GPU: {'all' if args.gpu else 'none'}\n"
     )
+    print(f"sampling: {'greedy' if greedy else f'temperature {temperature}, top_k 40, top_p 0.9'}\n")
     print(
-        "| streams | runner tok/s | serial create_completion tok/s | bare llama_decode tok/s | "
-        "bare, llama.cpp greedy chain tok/s | runner / serial | runner / bare |"
+        "| streams | runner tok/s | runner, no guesses | serial create_completion | serial, prompt lookup | "
+        "bare llama_decode | bare, greedy chain | guesses held / token | runner / serial | "
+        "runner / serial with lookup | runner / bare | runner, no guesses / bare |"
     )
-    print("|---|---|---|---|---|---|---|")
-    for streams in STREAMS:
-        ours, serial, physical = med[("runner", streams)], med[("serial", streams)], med[("bare", streams)]
-        chain = med[("bare-chain", streams)]
-        backend = (
-            f" (backend sampling: {med[('bare-backend', streams)]:.1f})" if args.backend_sampling else ""
-        )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for streams in levels:
+        ours, plain = med[("runner", streams)], med[("runner-no-guess", streams)]
+        serial, lookup_rate = med[("serial", streams)], med[("serial-lookup", streams)]
+        held = sum(a for _, a in guesses[streams]) / (args.rounds * streams * args.tokens)
+        if greedy:
+            physical, chain = med[("bare", streams)], med[("bare-chain", streams)]
+            backend = (
+                f" (backend sampling: {med[('bare-backend', streams)]:.1f})" if args.backend_sampling else ""
+            )
+            bare_cells = f"{physical:.1f}{backend} | {chain:.1f}"
+            bare_ratios = f"{ours / physical:.0%} | {plain / physical:.0%}"
+        else:
+            bare_cells, bare_ratios = "– | –", "– | –"
         print(
-            f"| {streams} | {ours:.1f} | {serial:.1f} | {physical:.1f}{backend} | {chain:.1f} | "
-            f"{ours / serial:.2f}× | {ours / physical:.0%} |"
+            f"| {streams} | {ours:.1f} | {plain:.1f} | {serial:.1f} | {lookup_rate:.1f} | {bare_cells} | "
+            f"{held:.2f} | {ours / serial:.2f}× | {ours / lookup_rate:.2f}× | {bare_ratios} |"
         )
     print()
     print(
@@ -308,7 +365,9 @@ def main() -> None:
                     "gpu": args.gpu,
                     "rounds": args.rounds,
                     "tokens": args.tokens,
+                    "temperature": temperature,
                     "tokens_per_s": {f"{who}@{n}": v for (who, n), v in rates.items()},
+                    "guesses_drafted_accepted": {str(n): g for n, g in guesses.items()},
                     "ttft_s": ttft,
                     "load_s": loads,
                 },

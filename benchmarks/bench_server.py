@@ -1,11 +1,15 @@
 """Serving throughput and time to first token, in one run, on Gemma 3 270M (issue 6).
 
 For 1, 4 and 8 concurrent streams (greedy, the same raw prompt, --tokens new tokens each):
-  serve      `modelyard serve` (a real process), OpenAI-style streaming `/v1/completions` over HTTP
+  serve      `modelyard serve` (a real process), OpenAI-style streaming `/v1/completions` over HTTP,
+             with its defaults (a stream decoding alone also checks up to 4 tokens guessed by prompt
+             lookup in each step: runtime/drafting.py)
   runner     our runner process driven directly through its `Runner` handle (no HTTP, no server)
   llama.cpp  `python -m llama_cpp.server` (llama-cpp-python's own server), the same HTTP client code,
              run with `--interrupt_requests False`: its default cancels a running stream whenever a
              new request arrives, so concurrent streams need it off (users must do the same)
+  llama.cpp+lookup  the same server with its own prompt lookup decoding turned on
+             (`--draft_model prompt-lookup-decoding --draft_model_num_pred_tokens 4`)
 All three load the same GGUF with the same context per stream (1024), threads (one per CPU), flash
 attention, batch size and weight layout (repacked or not, as our runner found this CPU allows). The
 server and the runner have 8 slots; llama-cpp-python's server serves one request at a time.
@@ -196,10 +200,10 @@ def start_modelyard(home: Path, gguf: Path, gpu: bool) -> tuple[subprocess.Popen
 
 
 def start_llama_cpp_server(
-    home: Path, gguf: Path, repack: bool, gpu: bool
+    home: Path, gguf: Path, repack: bool, gpu: bool, lookup: bool = False
 ) -> tuple[subprocess.Popen[bytes], str, Path]:
     port = free_port()
-    log = home / "llama_cpp_server.log"
+    log = home / f"llama_cpp_server{'_lookup' if lookup else ''}.log"
     # fmt: off
     args = [
         sys.executable, str(HERE / "llama_cpp_server_norepack.py"),
@@ -210,6 +214,8 @@ def start_llama_cpp_server(
         "--flash_attn", "true", "--interrupt_requests", "false", "--verbose", "false",
         "--n_gpu_layers", "-1" if gpu else "0",
     ]
+    if lookup:
+        args += ["--draft_model", "prompt-lookup-decoding", "--draft_model_num_pred_tokens", "4"]
     # fmt: on
     env = {**os.environ, "LLAMA_REPACK": "1" if repack else "0"}
     with log.open("wb") as out:
@@ -257,13 +263,16 @@ def main() -> None:
     repack = runner.info.repack
     serve, serve_url, _ = start_modelyard(home / "modelyard", gguf, args.gpu)
     llama, llama_url, _ = start_llama_cpp_server(home, gguf, repack, args.gpu)
+    lookup, lookup_url, _ = start_llama_cpp_server(home, gguf, repack, args.gpu, lookup=True)
     limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
     serve_client = httpx.Client(timeout=600, limits=limits)
     llama_client = httpx.Client(timeout=600, limits=limits)
+    lookup_client = httpx.Client(timeout=600, limits=limits)
     systems: dict[str, Callable[[], Stream]] = {
         "serve": lambda: http_stream(serve_client, serve_url, "bench", args.tokens),
         "runner": lambda: runner_stream(runner, args.tokens),
         "llama.cpp": lambda: http_stream(llama_client, llama_url, "bench", args.tokens),
+        "llama.cpp+lookup": lambda: http_stream(lookup_client, lookup_url, "bench", args.tokens),
     }
     loads = [load_average()]
     try:
@@ -273,7 +282,7 @@ def main() -> None:
         names = list(systems)
         for round_ in range(args.rounds):
             for streams in STREAMS:
-                order = names[round_ % 3 :] + names[: round_ % 3]
+                order = names[round_ % len(names) :] + names[: round_ % len(names)]
                 for name in order:
                     results.setdefault((name, streams), []).append(level(systems[name], streams))
             loads.append(load_average())
@@ -281,9 +290,11 @@ def main() -> None:
     finally:
         serve_client.close()
         llama_client.close()
+        lookup_client.close()
         runner.stop()
         stop(serve)
         stop(llama)
+        stop(lookup)
         shutil.rmtree(home, ignore_errors=True)
 
     def med(name: str, streams: int) -> Level:
@@ -301,17 +312,20 @@ def main() -> None:
         f"rounds: {' | '.join(loads)}\n"
     )
     print(
-        "| streams | serve tok/s | runner tok/s | llama.cpp server tok/s | serve / runner | "
-        "serve / llama.cpp | TTFT serve | TTFT runner | TTFT llama.cpp | TTFT serve − runner |"
+        "| streams | serve tok/s | runner tok/s | llama.cpp server tok/s | llama.cpp server + lookup tok/s | "
+        "serve / runner | serve / llama.cpp | serve / llama.cpp + lookup | TTFT serve | TTFT runner | "
+        "TTFT llama.cpp | TTFT llama.cpp + lookup | TTFT serve − runner |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for streams in STREAMS:
         a, b, c = med("serve", streams), med("runner", streams), med("llama.cpp", streams)
+        d = med("llama.cpp+lookup", streams)
         print(
             f"| {streams} | {a.tokens_per_s:.1f} | {b.tokens_per_s:.1f} | {c.tokens_per_s:.1f} | "
-            f"{a.tokens_per_s / b.tokens_per_s:.1%} | {a.tokens_per_s / c.tokens_per_s:.2f}× | "
+            f"{d.tokens_per_s:.1f} | {a.tokens_per_s / b.tokens_per_s:.1%} | "
+            f"{a.tokens_per_s / c.tokens_per_s:.2f}× | {a.tokens_per_s / d.tokens_per_s:.2f}× | "
             f"{a.ttft * 1000:.0f} ms | {b.ttft * 1000:.0f} ms | {c.ttft * 1000:.0f} ms | "
-            f"{(a.ttft - b.ttft) * 1000:+.1f} ms |"
+            f"{d.ttft * 1000:.0f} ms | {(a.ttft - b.ttft) * 1000:+.1f} ms |"
         )
     raw = {f"{name}@{streams}": [vars(x) for x in levels] for (name, streams), levels in results.items()}
     print("\nraw levels (tokens_per_s, ttft s):", json.dumps(raw))

@@ -23,6 +23,12 @@ from modelyard.runtime.protocol import CompletionRequest, Done
 from modelyard.runtime.runner import Runner, RunnerSpec, RunnerState, Token
 
 GEMMA_PROMPT = "<start_of_turn>user\nName three colours.<end_of_turn>\n<start_of_turn>model\n"
+GEMMA_PROMPTS = [
+    GEMMA_PROMPT,
+    "<start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n",
+    "<start_of_turn>user\nWrite a haiku about rain.<end_of_turn>\n<start_of_turn>model\n",
+    "<start_of_turn>user\nTranslate 'good morning' to French.<end_of_turn>\n<start_of_turn>model\n",
+]
 GREEDY = SamplingOptions(temperature=0.0)
 
 
@@ -124,12 +130,14 @@ def test_prompt_logprobs_match_llama_cpp_pythons_scores(gemma_runner: Runner, ge
         assert entry["top"][0]["id"] == int(np.argmax(scores[i - 1]))
 
 
-def greedy_steps(runner: Runner, prompt: str, n: int) -> tuple[list[dict[str, object]], Done]:
+def greedy_steps(
+    runner: Runner, prompt: str, n: int, **options: object
+) -> tuple[list[dict[str, object]], Done]:
     """The greedy continuation, token by token, with each step's five best candidates; and the
     request's counts."""
     steps: list[dict[str, object]] = []
     done = None
-    for event in runner.generate(CompletionRequest(prompt, greedy(n), top_logprobs=5)):
+    for event in runner.generate(CompletionRequest(prompt, greedy(n, **options), top_logprobs=5)):
         if isinstance(event, Token):
             steps.extend(event.logprobs)
         elif isinstance(event, Done):
@@ -138,8 +146,8 @@ def greedy_steps(runner: Runner, prompt: str, n: int) -> tuple[list[dict[str, ob
     return steps, done
 
 
-def greedy_tokens(runner: Runner, prompt: str, n: int) -> list[dict[str, object]]:
-    return greedy_steps(runner, prompt, n)[0]
+def greedy_tokens(runner: Runner, prompt: str, n: int, **options: object) -> list[dict[str, object]]:
+    return greedy_steps(runner, prompt, n, **options)[0]
 
 
 def _candidate_drift(solo: dict[str, object], together: dict[str, object]) -> float:
@@ -149,6 +157,36 @@ def _candidate_drift(solo: dict[str, object], together: dict[str, object]) -> fl
     shared = mine.keys() & theirs.keys()
     assert shared, "the two runs share no candidate at this step"
     return max(abs(mine[t] - theirs[t]) for t in shared)
+
+
+def same_up_to_rounding(
+    reference: list[list[dict[str, object]]], other: list[list[dict[str, object]]], tolerance: float, n: int
+) -> tuple[float, list[tuple[int, int, float]]]:
+    """Each of `other`'s greedy runs against the same prompt's in `reference`: every shared
+    candidate's logit within `tolerance`, and where the tokens part, the token taken ranked within
+    it of the best. Returns the largest drift and the flips (prompt, token, gap)."""
+    flips, drift = [], 0.0
+    for i, (solo, together) in enumerate(zip(reference, other, strict=True)):
+        for k, (a, b) in enumerate(zip(solo, together, strict=False)):
+            step_drift = _candidate_drift(a, b)
+            drift = max(drift, step_drift)
+            assert step_drift < tolerance, (
+                f"prompt {i}, token {k}: logits moved by {step_drift:.3f} > {tolerance:.3f}"
+            )
+            if a["id"] != b["id"]:
+                ranked = {c["id"]: c["logit"] for c in a["top"]}  # type: ignore[attr-defined]
+                assert b["id"] in ranked, (
+                    f"prompt {i}, token {k}: the other run took a token far from the top"
+                )
+                gap = a["logit"] - ranked[b["id"]]  # type: ignore[operator]
+                assert gap < tolerance, (
+                    f"prompt {i}, token {k}: the other run took a token {gap:.3f} below the best"
+                )
+                flips.append((i, k, round(gap, 4)))
+                break  # past a flip the two runs continue different texts, of any length
+        else:
+            assert len(solo) == len(together) == n, f"prompt {i}: same tokens, different lengths"
+    return drift, flips
 
 
 def llama_cpp_batch_noise(path: Path, repack: bool, prompt: str, steps: list[dict[str, object]]) -> float:
@@ -189,12 +227,7 @@ def test_greedy_output_is_the_same_alone_and_batched(gemma_runner: Runner, gemma
     Where the tokens part, rounding flipped a near tie: the batch took a token that the solo run
     ranked within that drift of its best."""
     assert gemma_runner.info is not None
-    prompts = [
-        GEMMA_PROMPT,
-        "<start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n",
-        "<start_of_turn>user\nWrite a haiku about rain.<end_of_turn>\n<start_of_turn>model\n",
-        "<start_of_turn>user\nTranslate 'good morning' to French.<end_of_turn>\n<start_of_turn>model\n",
-    ]
+    prompts = GEMMA_PROMPTS
     alone = [greedy_tokens(gemma_runner, p, 32) for p in prompts]
     batched: dict[int, list[dict[str, object]]] = {}
 
@@ -215,29 +248,40 @@ def test_greedy_output_is_the_same_alone_and_batched(gemma_runner: Runner, gemma
     # longer tell rounding from a sequence that read another's cache.
     assert noise < 2.0, f"llama.cpp's own batch-vs-single drift is {noise:.2f}"
     tolerance = max(2 * noise, 0.05)
-    flips, drift = [], 0.0
-    for i, solo in enumerate(alone):
-        together = batched[i]
-        for k, (a, b) in enumerate(zip(solo, together, strict=False)):
-            step_drift = _candidate_drift(a, b)
-            drift = max(drift, step_drift)
-            assert step_drift < tolerance, (
-                f"prompt {i}, token {k}: logits moved by {step_drift:.3f} > {tolerance:.3f}"
-            )
-            if a["id"] != b["id"]:
-                ranked = {c["id"]: c["logit"] for c in a["top"]}  # type: ignore[attr-defined]
-                assert b["id"] in ranked, f"prompt {i}, token {k}: the batch took a token far from the top"
-                gap = a["logit"] - ranked[b["id"]]  # type: ignore[operator]
-                assert gap < tolerance, (
-                    f"prompt {i}, token {k}: the batch took a token {gap:.3f} below the best"
-                )
-                flips.append((i, k, round(gap, 4)))
-                break  # past a flip the two runs continue different texts, of any length
-        else:
-            assert len(solo) == len(together) == 32, f"prompt {i}: same tokens, different lengths"
+    drift, flips = same_up_to_rounding(alone, [batched[i] for i in range(len(prompts))], tolerance, 32)
     # pytest -rP shows the drift beside llama.cpp's own, and where rounding flipped a near tie.
     print(
         f"logit drift in the batch {drift:.4f}, llama.cpp's batch-vs-single {noise:.4f}; flips:",
+        flips or "none",
+    )
+
+
+@pytest.mark.gemma
+@pytest.mark.parametrize("draft", [4, 16])
+def test_greedy_output_is_the_same_with_guessed_tokens(
+    gemma_runner: Runner, gemma_gguf: Path, draft: int
+) -> None:
+    """Prompt lookup feeds guesses beside each sampled token and keeps those greedy agrees with:
+    the text must be greedy's token by token, up to the rounding of a batch of 1 + `draft` rows,
+    bounded as above by llama.cpp's own batch-versus-single drift. Gemma's answers here repeat
+    themselves (a base model), so most guesses hold and long runs are checked in one step."""
+    assert gemma_runner.info is not None
+    n = 32
+    alone = [greedy_tokens(gemma_runner, p, n, draft_num_predict=0) for p in GEMMA_PROMPTS]
+    guessed, counts = [], []
+    for prompt in GEMMA_PROMPTS:
+        steps, done = greedy_steps(gemma_runner, prompt, n, draft_num_predict=draft)
+        guessed.append(steps)
+        counts.append((done.draft_tokens, done.draft_accepted))
+    assert sum(accepted for _, accepted in counts) > n, f"few guesses held: {counts}"
+    noise = max(
+        llama_cpp_batch_noise(gemma_gguf, gemma_runner.info.repack, prompt, solo)
+        for prompt, solo in zip(GEMMA_PROMPTS, alone, strict=True)
+    )
+    assert noise < 2.0, f"llama.cpp's own batch-vs-single drift is {noise:.2f}"
+    drift, flips = same_up_to_rounding(alone, guessed, max(2 * noise, 0.05), n)
+    print(
+        f"guesses (drafted, accepted) {counts}; logit drift {drift:.4f}, llama.cpp's {noise:.4f}; flips:",
         flips or "none",
     )
 

@@ -1,10 +1,13 @@
 """Continuous batching: N slots share one llama.cpp context, one `llama_decode` per step.
 
 Each step builds one batch: the next token of every generating slot, then prompt tokens of the
-slots still prefilling, in chunks, until `n_batch` tokens are in. New requests take a free slot
-between steps, chosen by what its KV cache keeps of the prompt (prompt_cache.py), so that only
-the rest is evaluated; a finished or cancelled request frees its slot at once and leaves its
-cells for the next. Every slot has its own sampler chain, stop matcher and UTF-8 decoder.
+slots still prefilling, in chunks, until `n_batch` tokens are in. A slot generating alone also
+feeds the tokens that prompt lookup guesses will follow (drafting.py), and keeps those its sampler
+agrees with. New requests take a free slot between steps, chosen by what its KV cache keeps of the
+prompt (prompt_cache.py), so that only the rest is evaluated; a finished or cancelled request frees
+its slot at once and leaves its cells for the next. Every slot has its own sampler chain, stop
+matcher and UTF-8 decoder. Busy slots are kept on consecutive sequence ids (slot_layout.py), which
+llama.cpp decodes in one pass.
 
 Runs inside the runner process, on its main thread; requests arrive on a queue fed by the socket
 reader thread, events leave through `send`.
@@ -13,6 +16,7 @@ reader thread, events leave through `send`.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import os
 import queue
 import time
@@ -26,10 +30,12 @@ from typing import Any
 import numpy as np
 
 from modelyard.runtime import llama
+from modelyard.runtime.drafting import NgramIndex, draft_limit, next_draft_length
 from modelyard.runtime.echo import EchoedPrompt
 from modelyard.runtime.options import SamplingOptions
 from modelyard.runtime.prompt_cache import CacheRules, FreeSlot, choose_slot, scored_prefix
 from modelyard.runtime.protocol import CompletionRequest
+from modelyard.runtime.slot_layout import compaction_moves
 from modelyard.runtime.stops import StopMatcher
 
 Send = Callable[[dict[str, Any]], None]
@@ -66,6 +72,14 @@ class Slot:
     last_used: int = 0
     next_token: int | None = None  # sampled, to be fed in the next step
     logits_index: int = -1  # where this slot's logits are in the current batch
+    # Speculative decoding: the prompt and answer so far, indexed for guesses (None: no guessing);
+    # the guesses fed after next_token in the current batch, with a logits row each after its own;
+    # how many to guess next; and the request's totals.
+    drafter: NgramIndex | None = None
+    draft: list[int] = field(default_factory=list)
+    draft_length: int = 0
+    drafted: int = 0
+    accepted: int = 0
     sampler: llama.Sampler | None = None
     stops: StopMatcher | None = None
     decoder: codecs.IncrementalDecoder | None = None
@@ -268,6 +282,12 @@ class Engine:
         slot.options = options
         slot.shift = request.shift
         slot.top_logprobs = request.top_logprobs
+        # A guess that fails is cut from the cache again, which a recurrent state cannot do.
+        guesses = options.draft_num_predict > 0 and self.cache_rules.can_cut
+        slot.drafter = NgramIndex(tokens) if guesses else None
+        slot.draft = []
+        slot.draft_length = options.draft_num_predict
+        slot.drafted = slot.accepted = 0
         slot.echo = None
         if request.echo:
             slot.echo = EchoedPrompt.of(self.model, tokens, None if request.tokens else request.prompt)
@@ -328,6 +348,8 @@ class Engine:
                 "eval_duration": now - prompt_done,
                 "truncated": slot.truncated,
                 "context_shifts": slot.shifts,
+                "draft_tokens": slot.drafted,
+                "draft_accepted": slot.accepted,
             }
         )
         self._release(slot)
@@ -344,6 +366,8 @@ class Engine:
         slot.last_used = self._releases
         slot.request_id = -1
         slot.sampler = None
+        slot.drafter = None
+        slot.draft = []
         slot.prompt_logprobs = None  # a cancelled or failed scoring's entries
         slot.prompt = []
         slot.fed = slot.n_past = 0
@@ -355,22 +379,48 @@ class Engine:
         for slot in self.slots:
             if slot.busy and slot.cancelled:
                 self._finish(slot, "cancel")
+        if self.cache_rules.can_cut:  # a recurrent state is not cells in a stream to copy
+            busy = [s.busy for s in self.slots]
+            for source, target in compaction_moves(busy, [s.last_used for s in self.slots]):
+                self._move(self.slots[source], self.slots[target])
         batch = self.batch
         batch.clear()
         budget = batch.capacity
         scoring_rows = self.ctx.prompt_logprob_rows  # the context's outputs beyond one per slot
+        generating = sum(s.busy and not s.prefilling and s.next_token is not None for s in self.slots)
+        # Guesses only for a slot alone in the step, when one sequence leaves most of the hardware
+        # idle. Beside other sequences, llama.cpp would split the unequal runs into ubatches of
+        # their own, another pass over the weights; and a sliding-window cache could then reuse
+        # cells that the positions after a failed guess still attend to.
+        alone = generating == 1 and not any(s.prefilling for s in self.slots)
         for slot in self.slots:
             slot.logits_index = -1
             slot.scored_rows = None
+            slot.draft = []
             if slot.busy and not slot.prefilling and slot.next_token is not None:
                 if slot.n_past >= self.n_ctx_seq and not self._make_room(slot):
                     continue
                 slot.logits_index = batch.add(slot.next_token, slot.n_past, slot.seq, True)
-                slot.cache.append(slot.next_token)
+                guesses: list[int] = []
+                if alone and slot.drafter is not None:
+                    limit = draft_limit(
+                        slot.draft_length,
+                        n_past=slot.n_past,
+                        n_ctx=self.n_ctx_seq,
+                        generated=slot.generated,
+                        num_predict=slot.options.num_predict,
+                        free_outputs=min(budget - 1, self.ctx.n_outputs_max - batch.outputs),
+                    )
+                    guesses = slot.drafter.draft(limit)
+                    for i, token in enumerate(guesses, start=slot.n_past + 1):
+                        batch.add(token, i, slot.seq, True)
+                    slot.draft = guesses
+                fed = [slot.next_token, *guesses]
+                slot.cache.extend(fed)
                 if slot.exact == slot.n_past:
-                    slot.exact += 1
-                slot.n_past += 1
-                budget -= 1
+                    slot.exact += len(fed)
+                slot.n_past += len(fed)
+                budget -= len(fed)
         for slot in self.slots:
             if budget <= 0:
                 break
@@ -414,6 +464,15 @@ class Engine:
                     self._error(slot.request_id, f"internal error: {type(exc).__name__}: {exc}", "internal")
                     self._release(slot, keep_cache=False)
 
+    def _move(self, source: Slot, target: Slot) -> None:
+        """Carry a busy slot's request over to a free slot, KV cells and all. The target's cached
+        prompt is given up; the source keeps its cells, now a prompt cache like any free slot's."""
+        self.ctx.seq_cp(source.seq, target.seq)
+        self.slots[target.seq] = dataclasses.replace(source, seq=target.seq)
+        self.slots[source.seq] = Slot(
+            seq=source.seq, cache=array("i", source.cache), exact=source.exact, last_used=source.last_used
+        )
+
     def _score_prompt(self, slot: Slot) -> None:
         assert slot.scored_rows is not None and slot.prompt_logprobs is not None
         first_index, first_position, count = slot.scored_rows
@@ -435,21 +494,58 @@ class Engine:
         if slot.options.num_predict == 0:  # read the prompt, predict nothing (llama.cpp's n_predict 0)
             self._finish(slot, "length")
             return
-        token = slot.sampler.sample(self.ctx, slot.logits_index)
+        sampled = self._sample(slot)
+        for token, row in sampled:
+            if not self._take(slot, token, row):
+                return
+        slot.next_token = sampled[-1][0]
+
+    def _sample(self, slot: Slot) -> list[tuple[int, int]]:
+        """The token sampled from the slot's row and, while each equals the guess fed after it,
+        the tokens sampled from the guesses' rows, each with its row. The cells of the guesses that
+        failed leave the cache."""
+        assert slot.sampler is not None
+        draft = slot.draft
+        sampled: list[tuple[int, int]] = []
+        for j in range(len(draft) + 1):
+            row = slot.logits_index + j
+            token = slot.sampler.sample(self.ctx, row)  # given the guesses before j, which held
+            sampled.append((token, row))
+            if j == len(draft) or token != draft[j] or self.model.is_eog(token):
+                break
+        if draft:
+            accepted = sum(1 for (token, _), guess in zip(sampled, draft, strict=False) if token == guess)
+            keep = slot.n_past - len(draft) + accepted
+            if keep < slot.n_past:
+                self.ctx.seq_rm(slot.seq, keep, -1)
+                del slot.cache[keep:]
+                slot.exact = min(slot.exact, keep)
+                slot.n_past = keep
+            slot.drafted += len(draft)
+            slot.accepted += accepted
+            slot.draft_length = next_draft_length(
+                slot.draft_length, len(draft), accepted, slot.options.draft_num_predict
+            )
+            slot.draft = []
+        return sampled
+
+    def _take(self, slot: Slot, token: int, row: int) -> bool:
+        """Add a sampled token to the answer; False when it ended the request."""
+        assert slot.stops is not None and slot.decoder is not None
         if self.model.is_eog(token):
             if slot.top_logprobs and slot.echo is not None:
                 # Echo accounts for every token, the end of generation's too: a client reading the
                 # last entry as the generated token's (lm-evaluation-harness does) must find it.
-                entry = llama.top_logprobs(
-                    self.ctx, self.model, slot.logits_index, token, slot.top_logprobs, special=True
-                )
+                entry = llama.top_logprobs(self.ctx, self.model, row, token, slot.top_logprobs, special=True)
                 slot.logprobs.append((slot.produced, entry | {"offset": slot.produced}))
             self._finish(slot, "stop")
-            return
+            return False
         slot.generated += 1
+        if slot.drafter is not None:
+            slot.drafter.append(token)
         piece = slot.decoder.decode(self.model.piece(token))
         if slot.top_logprobs:
-            entry = llama.top_logprobs(self.ctx, self.model, slot.logits_index, token, slot.top_logprobs)
+            entry = llama.top_logprobs(self.ctx, self.model, row, token, slot.top_logprobs)
             slot.logprobs.append((slot.produced, entry | {"offset": slot.produced}))
         slot.produced += len(piece)
         text = slot.stops.feed(piece)
@@ -459,7 +555,8 @@ class Engine:
         elif 0 <= slot.options.num_predict <= slot.generated:
             self._finish(slot, "length")
         else:
-            slot.next_token = token
+            return True
+        return False
 
     def _send_prompt(self, slot: Slot, echo: EchoedPrompt) -> None:
         event: dict[str, Any] = {"event": "token", "id": slot.request_id, "text": echo.text(), "prompt": True}

@@ -324,6 +324,11 @@ class Context:
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
         return bool(L.llama_memory_seq_rm(self.memory, seq, p0, p1))
 
+    def seq_cp(self, source: int, target: int) -> None:
+        """Copy every cell of `source` to `target` (whose own cells are dropped); between the
+        streams of a non-unified cache, the whole stream is copied at the next decode."""
+        L.llama_memory_seq_cp(self.memory, source, target, -1, -1)
+
     def seq_pos_min(self, seq: int) -> int:
         """The oldest position still in the cache for `seq` (-1: none)."""
         return int(L.llama_memory_seq_pos_min(self.memory, seq))

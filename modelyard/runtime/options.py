@@ -33,7 +33,6 @@ LOAD_OPTION_NAMES = frozenset(
 # parameter the scheduler reads, not a sampling option.
 IGNORED_OPTION_NAMES = DEPRECATED_PARAMETERS | {
     "numa",
-    "draft_num_predict",
     "keep_alive",
     "tfs_z",
     "embedding_only",
@@ -46,6 +45,11 @@ DEFAULT_NUM_KEEP = 4
 # asked for (OpenAI's legacy `echo` with `logprobs`): a longer prompt is read this many tokens per
 # step. Each row is n_vocab floats, 1 MiB for Gemma's vocabulary, reserved in every context.
 PROMPT_LOGPROB_ROWS = 16
+# Tokens guessed ahead by prompt lookup and checked in the same decode step (runtime/drafting.py):
+# Ollama's draft_num_predict, with its default. Guesses use the logits rows reserved above, so no
+# more than those.
+DEFAULT_DRAFT_NUM_PREDICT = 4
+MAX_DRAFT_NUM_PREDICT = PROMPT_LOGPROB_ROWS
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class SamplingOptions:
     num_predict: int = -1  # -1: until a stop, end of generation, or the context is full
     num_keep: int = DEFAULT_NUM_KEEP
     stop: tuple[str, ...] = ()
+    draft_num_predict: int = DEFAULT_DRAFT_NUM_PREDICT  # 0: decode one token a step
 
     @property
     def greedy(self) -> bool:
@@ -146,17 +151,19 @@ def parse_load_options(options: Mapping[str, Any] | None) -> LoadOptions:
 
 def _check_ranges(sampling: Mapping[str, Any]) -> None:
     checks = {
-        "top_k": lambda v: v >= 0,
-        "top_p": lambda v: 0.0 <= v <= 1.0,
-        "min_p": lambda v: 0.0 <= v <= 1.0,
-        "typical_p": lambda v: 0.0 <= v <= 1.0,
-        "repeat_last_n": lambda v: v >= -1,
-        "num_keep": lambda v: v >= -1,
-        "repeat_penalty": lambda v: v >= 0.0,
+        "top_k": (lambda v: v >= 0, "0 or more"),
+        "top_p": (lambda v: 0.0 <= v <= 1.0, "from 0 to 1"),
+        "min_p": (lambda v: 0.0 <= v <= 1.0, "from 0 to 1"),
+        "typical_p": (lambda v: 0.0 <= v <= 1.0, "from 0 to 1"),
+        "repeat_last_n": (lambda v: v >= -1, "-1 or more"),
+        "num_keep": (lambda v: v >= -1, "-1 or more"),
+        "repeat_penalty": (lambda v: v >= 0.0, "0 or more"),
+        "draft_num_predict": (lambda v: 0 <= v <= MAX_DRAFT_NUM_PREDICT, f"0 to {MAX_DRAFT_NUM_PREDICT}"),
     }
-    for name, ok in checks.items():
+    for name, (ok, allowed) in checks.items():
         if name in sampling and not ok(sampling[name]):
-            raise InferenceRequestError(f"option {name!r} is out of range: {sampling[name]}")
+            value = sampling[name]
+            raise InferenceRequestError(f"option {name!r} is out of range: {value} (must be {allowed})")
 
 
 def _unknown_option(name: str) -> str:

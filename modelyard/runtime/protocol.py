@@ -16,7 +16,8 @@ Runner → parent (`event`):
     load_failed {message}                                       then the runner exits
     token       {id, text, logprobs?}                           streamed output (logprobs when asked)
     done        {id, done_reason, prompt_eval_count, prompt_cached, prompt_eval_duration,
-                 eval_count, eval_duration, truncated, context_shifts}
+                 eval_count, eval_duration, truncated, context_shifts, draft_tokens,
+                 draft_accepted}
                                                                 durations in nanoseconds
     result      {id, …}                                         embed / tokenize / detokenize / stats
     error       {id, message, kind: "request" | "internal"}
@@ -118,6 +119,8 @@ class Done:
     truncated: int = 0  # prompt tokens dropped to fit the context
     context_shifts: int = 0  # times old tokens were dropped during generation
     prompt_cached: int = 0  # of prompt_eval_count, tokens whose KV the slot kept from its last request
+    draft_tokens: int = 0  # tokens guessed ahead by prompt lookup (runtime/drafting.py)
+    draft_accepted: int = 0  # of those, the ones sampling agreed with
 
 
 def load_message(

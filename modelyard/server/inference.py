@@ -238,6 +238,8 @@ class Inference:
                 self.metrics.prompt_tokens.labels(servable.name).inc(evaluated)
                 self.metrics.prompt_cached_tokens.labels(servable.name).inc(event.prompt_cached)
                 self.metrics.generated_tokens.labels(servable.name).inc(event.eval_count)
+                self.metrics.draft_tokens.labels(servable.name).inc(event.draft_tokens)
+                self.metrics.draft_accepted_tokens.labels(servable.name).inc(event.draft_accepted)
                 yield Finished(event, load_ns, now - started, rendered.dropped_messages, context=context)
                 return
         finally:

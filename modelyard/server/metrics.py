@@ -44,6 +44,18 @@ class Metrics:
         self.generated_tokens = Counter(
             "modelyard_generated_tokens", "Tokens generated.", ["model"], registry=self.registry
         )
+        self.draft_tokens = Counter(
+            "modelyard_draft_tokens",
+            "Tokens guessed ahead by prompt lookup and checked in the same decode step as the one sampled.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.draft_accepted_tokens = Counter(
+            "modelyard_draft_accepted_tokens",
+            "Guessed tokens that sampling agreed with (each saved a decode step).",
+            ["model"],
+            registry=self.registry,
+        )
         self.time_to_first_token = Histogram(
             "modelyard_time_to_first_token_seconds",
             "From the request to its first token (load included).",
