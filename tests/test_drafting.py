@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from modelyard.runtime.drafting import NgramIndex, draft_limit, next_draft_length
+from modelyard.runtime.drafting import MAX_PAUSE, DraftPace, NgramIndex, draft_limit, next_pace
 
 
 def naive_draft(tokens: Sequence[int], limit: int, sizes: Sequence[int]) -> list[int]:
@@ -71,21 +71,29 @@ def test_matches_the_definition_on_random_streams(seed: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("length", "drafted", "accepted", "maximum", "expected"),
+    ("pace", "drafted", "accepted", "maximum", "expected"),
     [
-        pytest.param(4, 0, 0, 4, 4, id="no-draft-keeps-the-length"),
-        pytest.param(8, 0, 0, 4, 4, id="no-draft-clamps-to-a-lowered-maximum"),
-        pytest.param(2, 2, 2, 8, 4, id="all-held-doubles"),
-        pytest.param(4, 4, 4, 4, 4, id="all-held-at-the-maximum"),
-        pytest.param(4, 3, 3, 16, 8, id="all-held-of-a-shorter-draft-still-doubles-the-length"),
-        pytest.param(8, 8, 0, 8, 1, id="first-guess-wrong-risks-one-next"),
-        pytest.param(8, 8, 5, 8, 6, id="just-past-the-run-that-held"),
-        pytest.param(1, 1, 0, 4, 1, id="never-below-one"),
-        pytest.param(0, 1, 1, 4, 2, id="grows-from-zero"),
+        pytest.param(DraftPace(4), 0, 0, 4, DraftPace(4), id="no-draft-keeps-the-length"),
+        pytest.param(DraftPace(8), 0, 0, 4, DraftPace(4), id="no-draft-clamps-to-a-lowered-maximum"),
+        pytest.param(
+            DraftPace(1, 3, 2), 0, 0, 4, DraftPace(1, 2, 2), id="a-step-without-counts-the-pause-down"
+        ),
+        pytest.param(DraftPace(1, 0, 2), 0, 0, 4, DraftPace(1, 0, 2), id="the-pause-stops-at-zero"),
+        pytest.param(DraftPace(2), 2, 2, 8, DraftPace(4), id="all-held-doubles"),
+        pytest.param(DraftPace(4), 4, 4, 4, DraftPace(4), id="all-held-at-the-maximum"),
+        pytest.param(
+            DraftPace(4), 3, 3, 16, DraftPace(8), id="all-held-of-a-shorter-draft-doubles-the-length"
+        ),
+        pytest.param(DraftPace(8), 8, 5, 8, DraftPace(6), id="just-past-the-run-that-held"),
+        pytest.param(DraftPace(8, 0, 3), 8, 1, 8, DraftPace(2), id="a-guess-that-holds-forgets-the-misses"),
+        pytest.param(DraftPace(8), 8, 0, 8, DraftPace(1, 2, 1), id="nothing-held-one-token-after-a-pause"),
+        pytest.param(DraftPace(1, 0, 1), 1, 0, 8, DraftPace(1, 4, 2), id="the-pause-doubles"),
+        pytest.param(DraftPace(1, 0, 9), 1, 0, 8, DraftPace(1, MAX_PAUSE, 10), id="up-to-the-longest-pause"),
+        pytest.param(DraftPace(0), 1, 1, 4, DraftPace(2), id="grows-from-zero"),
     ],
 )
-def test_next_draft_length(length: int, drafted: int, accepted: int, maximum: int, expected: int) -> None:
-    assert next_draft_length(length, drafted, accepted, maximum) == expected
+def test_next_pace(pace: DraftPace, drafted: int, accepted: int, maximum: int, expected: DraftPace) -> None:
+    assert next_pace(pace, drafted, accepted, maximum) == expected
 
 
 @pytest.mark.parametrize(

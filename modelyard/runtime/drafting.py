@@ -10,12 +10,14 @@ the request's own sampler picks from the row before it, plus the first token tha
 token is still drawn from the model's distribution given the tokens before it, so the answer is the
 one decoding token by token gives, except where llama.cpp's rounding differs between batch shapes.
 
-A wrong guess costs its share of a bigger batch and nothing else. The decisions here are pure.
+A wrong guess costs its share of a bigger batch and nothing else; guesses that keep failing make
+the request guess less often. The decisions here are pure.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 # The n-gram lengths looked up, longest first: a match on more tokens is a better guess; a single
 # token matches too often in ordinary text to guess well.
@@ -61,15 +63,35 @@ class NgramIndex:
         self._indexed = max(self._indexed, len(tokens))
 
 
-def next_draft_length(length: int, drafted: int, accepted: int, maximum: int) -> int:
-    """How many tokens to guess next time, after `accepted` of `drafted` guesses held: double after
-    a full run of right guesses (the text is repeating), else just past the run that held, so that
-    a request whose guesses keep failing risks one extra token a step."""
+# After a draft of which nothing held, guessing pauses for 2, 4, 8… steps (at most this many), so
+# that text that does not repeat itself costs little; a guess that holds ends the pause.
+MAX_PAUSE = 32
+
+
+@dataclass(frozen=True)
+class DraftPace:
+    """How a request guesses: `length` tokens next time, after `pause` more steps without, with
+    `misses` drafts in a row of which nothing held."""
+
+    length: int
+    pause: int = 0
+    misses: int = 0
+
+
+def next_pace(pace: DraftPace, drafted: int, accepted: int, maximum: int) -> DraftPace:
+    """After a step that fed `drafted` guesses, of which the first `accepted` held: double the
+    length after a full run of right guesses (the text is repeating), else go just past the run
+    that held; after a draft of which nothing held, guess one token at a time, and pause first, for
+    twice as many steps as after the previous such draft. A step without guesses only counts the
+    pause down."""
     if drafted == 0:
-        return min(length, maximum)
+        return DraftPace(min(pace.length, maximum), max(0, pace.pause - 1), pace.misses)
     if accepted == drafted:
-        return min(maximum, max(1, length) * 2)
-    return min(maximum, accepted + 1)
+        return DraftPace(min(maximum, max(1, pace.length) * 2))
+    if accepted > 0:
+        return DraftPace(min(maximum, accepted + 1))
+    misses = pace.misses + 1
+    return DraftPace(min(1, maximum), min(MAX_PAUSE, 2**misses), misses)
 
 
 def draft_limit(

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from modelyard.runtime import llama
-from modelyard.runtime.drafting import NgramIndex, draft_limit, next_draft_length
+from modelyard.runtime.drafting import DraftPace, NgramIndex, draft_limit, next_pace
 from modelyard.runtime.echo import EchoedPrompt
 from modelyard.runtime.options import SamplingOptions
 from modelyard.runtime.prompt_cache import CacheRules, FreeSlot, choose_slot, scored_prefix
@@ -74,10 +74,10 @@ class Slot:
     logits_index: int = -1  # where this slot's logits are in the current batch
     # Speculative decoding: the prompt and answer so far, indexed for guesses (None: no guessing);
     # the guesses fed after next_token in the current batch, with a logits row each after its own;
-    # how many to guess next; and the request's totals.
+    # how many to guess next, and when; and the request's totals.
     drafter: NgramIndex | None = None
     draft: list[int] = field(default_factory=list)
-    draft_length: int = 0
+    pace: DraftPace = field(default_factory=lambda: DraftPace(0))
     drafted: int = 0
     accepted: int = 0
     sampler: llama.Sampler | None = None
@@ -286,7 +286,7 @@ class Engine:
         guesses = options.draft_num_predict > 0 and self.cache_rules.can_cut
         slot.drafter = NgramIndex(tokens) if guesses else None
         slot.draft = []
-        slot.draft_length = options.draft_num_predict
+        slot.pace = DraftPace(options.draft_num_predict)
         slot.drafted = slot.accepted = 0
         slot.echo = None
         if request.echo:
@@ -402,9 +402,11 @@ class Engine:
                     continue
                 slot.logits_index = batch.add(slot.next_token, slot.n_past, slot.seq, True)
                 guesses: list[int] = []
-                if alone and slot.drafter is not None:
+                if alone and slot.drafter is not None and slot.pace.pause:
+                    slot.pace = next_pace(slot.pace, 0, 0, slot.options.draft_num_predict)
+                elif alone and slot.drafter is not None:
                     limit = draft_limit(
-                        slot.draft_length,
+                        slot.pace.length,
                         n_past=slot.n_past,
                         n_ctx=self.n_ctx_seq,
                         generated=slot.generated,
@@ -523,9 +525,7 @@ class Engine:
                 slot.n_past = keep
             slot.drafted += len(draft)
             slot.accepted += accepted
-            slot.draft_length = next_draft_length(
-                slot.draft_length, len(draft), accepted, slot.options.draft_num_predict
-            )
+            slot.pace = next_pace(slot.pace, len(draft), accepted, slot.options.draft_num_predict)
             slot.draft = []
         return sampled
 
