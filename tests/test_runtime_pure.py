@@ -44,9 +44,11 @@ def test_parse_request_options(options: dict | None, expected: SamplingOptions) 
 
 
 def test_load_options_are_split_out() -> None:
-    parsed = parse_request_options({"num_ctx": 8192, "num_parallel": 2, "top_k": 3})
+    parsed = parse_request_options({"num_ctx": 8192, "num_parallel": 2, "top_k": 3, "draft_num_predict": 0})
     assert parsed.load == {"num_ctx": 8192, "num_parallel": 2}
     assert parsed.sampling.top_k == 3
+    assert parsed.sampling.draft_num_predict == 0  # per request: guessing needs no other runner
+    assert parse_request_options({}).sampling.draft_num_predict == 4  # Ollama's default
 
 
 @pytest.mark.parametrize(
@@ -60,6 +62,9 @@ def test_load_options_are_split_out() -> None:
         pytest.param({"stop": [1]}, "option 'stop'", id="stop-not-strings"),
         pytest.param({"top_p": 1.5}, "out of range", id="top-p-range"),
         pytest.param({"top_k": -1}, "out of range", id="top-k-range"),
+        pytest.param({"top_p": 2}, r"must be from 0 to 1\)", id="range-says-what-is-allowed"),
+        pytest.param({"draft_num_predict": 17}, r"out of range: 17 \(must be 0 to 16\)", id="draft-range"),
+        pytest.param({"draft_num_predict": -1}, "out of range", id="draft-negative"),
         pytest.param([1, 2], "must be an object", id="not-an-object"),
     ],
 )

@@ -3,9 +3,10 @@
 Each slot is a llama.cpp sequence with a KV stream of its own. llama.cpp decodes a batch over
 several streams in ubatches of consecutive sequence ids only (`split_equal`, sequential): a step
 whose sequences are 0, 2, 4 and 6 runs four passes over the weights where 0 to 3 run one. On the
-2-core test VM with Gemma 3 270M, four tokens took 87 ms on sequences 0, 2, 4, 6 and 37 ms on 0 to
-3 (`benchmarks/RESULTS.md`). Requests end at different times, and the prompt cache sends a new one
-to whichever free slot holds most of its prompt, so the busy set breaks up as a server runs.
+2-core test VM with Gemma 3 270M, four tokens took 98 ms on sequences 0, 2, 4, 6 and 44 ms on 0 to
+3, and a move 5 ms (`benchmarks/RESULTS.md`). Requests end at different times, and the prompt
+cache sends a new one to whichever free slot holds most of its prompt, so the busy set breaks up
+as a server runs.
 
 The engine mends it by copying a busy sequence's KV stream into a free slot inside the run
 (`llama_memory_seq_cp` across streams copies the whole stream once); the copy costs less than one
