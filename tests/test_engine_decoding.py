@@ -336,3 +336,55 @@ def test_a_request_that_ends_early_leaves_no_hole_between_the_others(engines: En
     engine.waiting.append((5, CompletionRequest(follow_up, SamplingOptions(temperature=0, num_predict=4))))
     run_all(engine)
     assert answer(events, 5).done["prompt_cached"] > len(engine.model.tokenize(prompts[4], add_special=True))
+
+
+def test_a_new_conversation_takes_a_free_slot_beside_the_busy_ones(
+    engines: Engines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, _ = engines.new(slots=4)
+    for request_id in range(4):  # every slot holds a cache
+        engine.waiting.append(
+            (request_id, CompletionRequest(f"{request_id} {PROMPT}", SamplingOptions(num_predict=2)))
+        )
+    run_all(engine)
+    for seq, clock in enumerate([9, 7, 8, 1]):  # slot 3 is the least recently used
+        engine.slots[seq].last_used = clock
+    long = SamplingOptions(temperature=0, num_predict=20, draft_num_predict=0)
+    engine.waiting.append((10, CompletionRequest("a first conversation", long)))
+    engine._admit()
+    assert engine.slots[3].request_id == 10
+    moves: list[tuple[int, int]] = []
+    copies: list[tuple[int, int]] = []
+    real_move, real_copy = Engine._move, llama.Context.seq_cp
+    monkeypatch.setattr(
+        Engine, "_move", lambda self, a, b: (moves.append((a.seq, b.seq)), real_move(self, a, b))
+    )
+    monkeypatch.setattr(
+        llama.Context, "seq_cp", lambda self, a, b: (copies.append((a, b)), real_copy(self, a, b))
+    )
+    engine.waiting.append((11, CompletionRequest("a second conversation", long)))
+    engine._admit()
+    # Not slot 1, the least recently used of the rest: slot 2, beside the busy one; nothing moves.
+    assert engine.slots[2].request_id == 11
+    run_all(engine)
+    assert moves == [] and copies == []
+
+
+def test_a_request_with_no_cells_yet_moves_without_a_copy(
+    engines: Engines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, events = engines.new(slots=4)
+    long = SamplingOptions(temperature=0, num_predict=12, draft_num_predict=0)
+    engine._start([engine.slots[0]], 1, CompletionRequest(PROMPT, long))
+    engine._start([engine.slots[2]], 2, CompletionRequest("another prompt", long))  # apart, no cells
+    copies: list[tuple[int, int]] = []
+    real_copy = llama.Context.seq_cp
+    monkeypatch.setattr(
+        llama.Context, "seq_cp", lambda self, a, b: (copies.append((a, b)), real_copy(self, a, b))
+    )
+    engine.step()
+    assert [s.request_id for s in engine.slots[:3]] == [1, 2, -1]
+    assert copies == []  # nothing to copy: the stream is not
+    run_all(engine)
+    alone = generate(engines, "another prompt", temperature=0, num_predict=12, draft_num_predict=0)
+    assert answer(events, 2).text == alone.text

@@ -21,8 +21,8 @@ def tokens(values: Sequence[int]) -> np.ndarray:
     return np.asarray(values, dtype=np.int32)
 
 
-def slot(cached: Sequence[int], last_used: int, pos_min: int = 0) -> FreeSlot:
-    return FreeSlot(tokens(cached), last_used, pos_min)
+def slot(cached: Sequence[int], last_used: int, pos_min: int = 0, beside: bool = True) -> FreeSlot:
+    return FreeSlot(tokens(cached), last_used, pos_min, beside_busy=beside)
 
 
 @pytest.mark.parametrize(
@@ -63,6 +63,12 @@ PLAIN = CacheRules()
         ([slot([1, 2, 3, 9], 4), slot([1, 2, 3, 8], 2)], [1, 2, 3, 4], PLAIN, (1, 3)),
         # the least recently used keeps what it shares, little as it is
         ([slot([1, 7, 7, 7], 1), slot([5, 5], 2)], [1, 2], PLAIN, (0, 1)),
+        # nothing to gain anywhere: the least recently used of the slots beside the busy ones
+        ([slot([7], 1, beside=False), slot([8], 3), slot([9], 2)], [1, 2], PLAIN, (2, 0)),
+        # ... of all, when none is beside them
+        ([slot([7], 3, beside=False), slot([8], 1, beside=False)], [1, 2], PLAIN, (1, 0)),
+        # a gain wins over the layout (the engine moves the request next to the others)
+        ([slot([1, 2, 3], 3, beside=False), slot([], 1)], [1, 2, 3, 4], PLAIN, (0, 3)),
         # the whole prompt cached: its last token is evaluated again
         ([slot([1, 2, 3], 1)], [1, 2, 3], PLAIN, (0, 2)),
         # a state that cannot be cut short: kept only where the prompt goes on from all of it

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from modelyard.runtime.slot_layout import compaction_moves
+from modelyard.runtime.slot_layout import compaction_moves, keeps_consecutive
 
 
 def busy(pattern: str) -> list[bool]:
@@ -48,3 +48,18 @@ def test_every_layout_ends_in_one_run_with_fewest_moves(slots: int) -> None:
         n = sum(flags)
         fewest = min((n - sum(flags[s : s + n]) for s in range(slots - n + 1)), default=0)
         assert len(moves) == fewest
+
+
+@pytest.mark.parametrize(
+    ("pattern", "index", "expected"),
+    [
+        pytest.param("....", 2, True, id="the-first-busy-slot-anywhere"),
+        pytest.param(".xx.", 0, True, id="before-the-run"),
+        pytest.param(".xx.", 3, True, id="after-the-run"),
+        pytest.param("xx..", 3, False, id="a-gap"),
+        pytest.param("x.x.", 1, True, id="fills-the-hole"),
+        pytest.param("x..x", 1, False, id="one-of-two-holes"),
+    ],
+)
+def test_keeps_consecutive(pattern: str, index: int, expected: bool) -> None:
+    assert keeps_consecutive(busy(pattern), index) is expected

@@ -35,7 +35,7 @@ from modelyard.runtime.echo import EchoedPrompt
 from modelyard.runtime.options import SamplingOptions
 from modelyard.runtime.prompt_cache import CacheRules, FreeSlot, choose_slot, scored_prefix
 from modelyard.runtime.protocol import CompletionRequest
-from modelyard.runtime.slot_layout import compaction_moves
+from modelyard.runtime.slot_layout import compaction_moves, keeps_consecutive
 from modelyard.runtime.stops import StopMatcher
 
 Send = Callable[[dict[str, Any]], None]
@@ -250,11 +250,13 @@ class Engine:
             sampler = llama.Sampler(self.model, options, seed, grammar, n_ctx=self.n_ctx_seq)
         except ValueError as exc:
             raise RequestRejected(str(exc)) from None
+        busy = [s.busy for s in self.slots]
         caches = [
             FreeSlot(
                 np.frombuffer(s.cache, dtype=np.int32, count=s.exact).copy(),  # no view: it grows
                 s.last_used,
                 self.ctx.seq_pos_min(s.seq),
+                beside_busy=keeps_consecutive(busy, s.seq),
             )
             for s in free
         ]
@@ -468,12 +470,14 @@ class Engine:
 
     def _move(self, source: Slot, target: Slot) -> None:
         """Carry a busy slot's request over to a free slot, KV cells and all. The target's cached
-        prompt is given up; the source keeps its cells, now a prompt cache like any free slot's."""
-        self.ctx.seq_cp(source.seq, target.seq)
+        prompt is given up; the source keeps its cells, a copy of the request's, now a prompt cache
+        like any free slot's, and the first to be given up (a clock of 0)."""
+        if len(source.cache):
+            self.ctx.seq_cp(source.seq, target.seq)  # the whole stream: nothing to copy, no copy
+        else:
+            self.ctx.seq_rm(target.seq)
         self.slots[target.seq] = dataclasses.replace(source, seq=target.seq)
-        self.slots[source.seq] = Slot(
-            seq=source.seq, cache=array("i", source.cache), exact=source.exact, last_used=source.last_used
-        )
+        self.slots[source.seq] = Slot(seq=source.seq, cache=array("i", source.cache), exact=source.exact)
 
     def _score_prompt(self, slot: Slot) -> None:
         assert slot.scored_rows is not None and slot.prompt_logprobs is not None

@@ -46,8 +46,8 @@ DEFAULT_NUM_KEEP = 4
 # step. Each row is n_vocab floats, 1 MiB for Gemma's vocabulary, reserved in every context.
 PROMPT_LOGPROB_ROWS = 16
 # Tokens guessed ahead by prompt lookup and checked in the same decode step (runtime/drafting.py):
-# Ollama's draft_num_predict, with its default. Guesses use the logits rows reserved above, so no
-# more than those.
+# Ollama's draft_num_predict, with its default. Guesses use the logits rows reserved above, so a
+# larger value means as many as those (Ollama takes any count).
 DEFAULT_DRAFT_NUM_PREDICT = 4
 MAX_DRAFT_NUM_PREDICT = PROMPT_LOGPROB_ROWS
 
@@ -130,6 +130,8 @@ def parse_request_options(options: Mapping[str, Any] | None) -> RequestOptions:
             raise InferenceRequestError(f"option {name!r}: {exc.message}") from None
         (load if name in LOAD_OPTION_NAMES else sampling)[name] = typed
     _check_ranges(sampling)
+    if "draft_num_predict" in sampling:
+        sampling["draft_num_predict"] = min(sampling["draft_num_predict"], MAX_DRAFT_NUM_PREDICT)
     return RequestOptions(SamplingOptions(**sampling), load)
 
 
@@ -158,7 +160,7 @@ def _check_ranges(sampling: Mapping[str, Any]) -> None:
         "repeat_last_n": (lambda v: v >= -1, "-1 or more"),
         "num_keep": (lambda v: v >= -1, "-1 or more"),
         "repeat_penalty": (lambda v: v >= 0.0, "0 or more"),
-        "draft_num_predict": (lambda v: 0 <= v <= MAX_DRAFT_NUM_PREDICT, f"0 to {MAX_DRAFT_NUM_PREDICT}"),
+        "draft_num_predict": (lambda v: v >= 0, "0 or more"),
     }
     for name, (ok, allowed) in checks.items():
         if name in sampling and not ok(sampling[name]):

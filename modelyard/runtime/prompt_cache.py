@@ -31,6 +31,7 @@ class FreeSlot:
     cached: Tokens  # the tokens whose KV the slot still holds, from position 0
     last_used: int  # when it was last released (a counter)
     pos_min: int = 0  # the oldest position it still holds (sliding windows drop older cells)
+    beside_busy: bool = True  # taking it keeps the busy slots on consecutive ids (slot_layout.py)
 
 
 def common_prefix(a: Tokens, b: Tokens) -> int:
@@ -72,15 +73,17 @@ def choose_slot(free: list[FreeSlot], prompt: Tokens, rules: CacheRules) -> tupl
 
     The slot that keeps more of the prompt than it throws away of its own cache, the most so: a
     chat's next turn goes back to its own slot, where it keeps everything and loses nothing. Where
-    no slot does, the least recently used: a new conversation that shares only a system prompt with
-    a long one does not cut that one down, and caches nobody came back to are the first to go."""
+    no slot does, the least recently used of those beside the busy ones (else of all): a new
+    conversation that shares only a system prompt with a long one does not cut that one down,
+    caches nobody came back to are the first to go, and no other slot's cache is given up to move
+    the request next to the others (the engine keeps busy slots on consecutive ids)."""
     if not free:
         raise ValueError("no free slot")
     kept = [kept_tokens(slot, prompt, rules) for slot in free]
     gains = [k - (len(slot.cached) - k) for k, slot in zip(kept, free, strict=True)]
     best = max(range(len(free)), key=lambda i: (gains[i], -free[i].last_used))
     if kept[best] == 0 or gains[best] <= 0:
-        best = min(range(len(free)), key=lambda i: free[i].last_used)
+        best = min(range(len(free)), key=lambda i: (not free[i].beside_busy, free[i].last_used))
     return best, kept[best]
 
 

@@ -8,7 +8,8 @@ whose sequences are 0, 2, 4 and 6 runs four passes over the weights where 0 to 3
 cache sends a new one to whichever free slot holds most of its prompt, so the busy set breaks up
 as a server runs.
 
-The engine mends it by copying a busy sequence's KV stream into a free slot inside the run
+Admission prefers a free slot beside the run where the prompt cache has no better choice. The
+engine mends the rest by copying a busy sequence's KV stream into a free slot inside the run
 (`llama_memory_seq_cp` across streams copies the whole stream once); the copy costs less than one
 extra pass over the weights, which the split would cost on every step.
 """
@@ -39,3 +40,9 @@ def compaction_moves(busy: Sequence[bool], last_used: Sequence[int]) -> list[tup
     outside = [i for i, b in enumerate(busy) if b and not start <= i < end]
     holes = [i for i in range(start, end) if not busy[i]]
     return list(zip(outside, holes, strict=True))
+
+
+def keeps_consecutive(busy: Sequence[bool], index: int) -> bool:
+    """Whether the busy slots stay on consecutive ids when slot `index` becomes busy too."""
+    ids = [i for i, b in enumerate(busy) if b or i == index]
+    return ids[-1] - ids[0] + 1 == len(ids)
