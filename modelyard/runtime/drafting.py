@@ -3,7 +3,7 @@
 A request's text often repeats what came before it: a summary quotes its source, code edits
 copy the code, a small model loops. When the last few tokens appeared earlier in the prompt or the
 answer, the tokens that followed them then are a guess at what follows now (prompt lookup
-decoding, as llama.cpp's `ngram` speculation and llama-cpp-python's `LlamaPromptLookupDecoding`).
+decoding, as in llama.cpp's lookup examples and llama-cpp-python's `LlamaPromptLookupDecoding`).
 The engine feeds the guesses in the same `llama_decode` as the token just sampled, with a row of
 logits for each, and samples the rows in order: the answer keeps every guess that equals the token
 the request's own sampler picks from the row before it, plus the first token that differs. Each
