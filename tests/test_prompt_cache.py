@@ -59,6 +59,8 @@ PLAIN = CacheRules()
         ([slot([1, 2, 3, 4, 5, 6, 7, 8], 2), slot([], 1)], [1, 2, 9], PLAIN, (1, 0)),
         # ... unless what it keeps outweighs what it throws away
         ([slot([1, 2, 3, 4, 5, 6, 7, 8], 2), slot([], 1)], [1, 2, 3, 4, 5, 9], PLAIN, (0, 5)),
+        # equal gains beside the busy slots, or apart: the one beside them, older or not
+        ([slot([1, 2, 3, 9], 1, beside=False), slot([1, 2, 3, 8], 2)], [1, 2, 3, 4], PLAIN, (1, 3)),
         # equal gains: the older of the two
         ([slot([1, 2, 3, 9], 4), slot([1, 2, 3, 8], 2)], [1, 2, 3, 4], PLAIN, (1, 3)),
         # the least recently used keeps what it shares, little as it is

@@ -72,16 +72,18 @@ def choose_slot(free: list[FreeSlot], prompt: Tokens, rules: CacheRules) -> tupl
     """The index in `free` of the slot to give `prompt`, and how many prompt tokens it keeps.
 
     The slot that keeps more of the prompt than it throws away of its own cache, the most so: a
-    chat's next turn goes back to its own slot, where it keeps everything and loses nothing. Where
-    no slot does, the least recently used of those beside the busy ones (else of all): a new
-    conversation that shares only a system prompt with a long one does not cut that one down,
-    caches nobody came back to are the first to go, and no other slot's cache is given up to move
-    the request next to the others (the engine keeps busy slots on consecutive ids)."""
+    chat's next turn goes back to its own slot, where it keeps everything and loses nothing. Of
+    slots that gain the same (conversations with one system prompt), one beside the busy ones, then
+    the least recently used. Where no slot gains, the least recently used of those beside the busy
+    ones (else of all): a new conversation that shares only a system prompt with a long one does
+    not cut that one down, caches nobody came back to are the first to go, and no other slot's
+    cache is given up to move the request next to the others (the engine keeps busy slots on
+    consecutive ids)."""
     if not free:
         raise ValueError("no free slot")
     kept = [kept_tokens(slot, prompt, rules) for slot in free]
     gains = [k - (len(slot.cached) - k) for k, slot in zip(kept, free, strict=True)]
-    best = max(range(len(free)), key=lambda i: (gains[i], -free[i].last_used))
+    best = max(range(len(free)), key=lambda i: (gains[i], free[i].beside_busy, -free[i].last_used))
     if kept[best] == 0 or gains[best] <= 0:
         best = min(range(len(free)), key=lambda i: (not free[i].beside_busy, free[i].last_used))
     return best, kept[best]
