@@ -112,6 +112,11 @@ class Slot:
     def prefilling(self) -> bool:
         return self.busy and self.fed < len(self.prompt)
 
+    @property
+    def generating(self) -> bool:
+        """Has a sampled token to feed in the next step."""
+        return self.busy and not self.prefilling and self.next_token is not None
+
 
 def fit_prompt(tokens: list[int], n_ctx: int, num_keep: int, truncate: bool) -> tuple[list[int], int]:
     """Make a prompt fit a slot's context, as llama-server does: keep the first `num_keep` tokens
@@ -389,37 +394,27 @@ class Engine:
         batch.clear()
         budget = batch.capacity
         scoring_rows = self.ctx.prompt_logprob_rows  # the context's outputs beyond one per slot
-        generating = sum(s.busy and not s.prefilling and s.next_token is not None for s in self.slots)
         # Guesses only for a slot alone in the step, when one sequence leaves most of the hardware
         # idle. Beside other sequences, llama.cpp would split the unequal runs into ubatches of
         # their own, another pass over the weights; and a sliding-window cache could then reuse
         # cells that the positions after a failed guess still attend to.
-        alone = generating == 1 and not any(s.prefilling for s in self.slots)
+        alone = sum(s.generating for s in self.slots) == 1 and not any(s.prefilling for s in self.slots)
         for slot in self.slots:
             slot.logits_index = -1
             slot.scored_rows = None
             slot.draft = []
-            if slot.busy and not slot.prefilling and slot.next_token is not None:
+            if slot.generating:
+                assert slot.next_token is not None
                 if slot.n_past >= self.n_ctx_seq and not self._make_room(slot):
                     continue
                 slot.logits_index = batch.add(slot.next_token, slot.n_past, slot.seq, True)
-                guesses: list[int] = []
-                if alone and slot.drafter is not None and slot.pace.pause:
-                    slot.pace = next_pace(slot.pace, 0, 0, slot.options.draft_num_predict)
-                elif alone and slot.drafter is not None:
-                    limit = draft_limit(
-                        slot.pace.length,
-                        n_past=slot.n_past,
-                        n_ctx=self.n_ctx_seq,
-                        generated=slot.generated,
-                        num_predict=slot.options.num_predict,
-                        free_outputs=min(budget - 1, self.ctx.n_outputs_max - batch.outputs),
+                if alone:
+                    slot.draft = self._guesses(
+                        slot, free_outputs=min(budget - 1, self.ctx.n_outputs_max - batch.outputs)
                     )
-                    guesses = slot.drafter.draft(limit)
-                    for i, token in enumerate(guesses, start=slot.n_past + 1):
+                    for i, token in enumerate(slot.draft, start=slot.n_past + 1):
                         batch.add(token, i, slot.seq, True)
-                    slot.draft = guesses
-                fed = [slot.next_token, *guesses]
+                fed = [slot.next_token, *slot.draft]
                 slot.cache.extend(fed)
                 if slot.exact == slot.n_past:
                     slot.exact += len(fed)
@@ -467,6 +462,24 @@ class Engine:
                     traceback.print_exc()  # stderr: the parent keeps its tail for crash reports
                     self._error(slot.request_id, f"internal error: {type(exc).__name__}: {exc}", "internal")
                     self._release(slot, keep_cache=False)
+
+    def _guesses(self, slot: Slot, free_outputs: int) -> list[int]:
+        """The tokens to feed after the slot's sampled token at position n_past, by prompt lookup
+        (none while its guessing pauses, which this step counts down)."""
+        if slot.drafter is None:
+            return []
+        if slot.pace.pause:
+            slot.pace = next_pace(slot.pace, 0, 0, slot.options.draft_num_predict)
+            return []
+        limit = draft_limit(
+            slot.pace.length,
+            n_past=slot.n_past,
+            n_ctx=self.n_ctx_seq,
+            generated=slot.generated,
+            num_predict=slot.options.num_predict,
+            free_outputs=free_outputs,
+        )
+        return slot.drafter.draft(limit)
 
     def _move(self, source: Slot, target: Slot) -> None:
         """Carry a busy slot's request over to a free slot, KV cells and all. The target's cached
