@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -451,23 +452,93 @@ def test_openai_completions(oai: openai.OpenAI) -> None:
     assert "".join(c.choices[0].text for c in streamed) == result.choices[0].text
 
 
+def same_up_to_a_near_tie(alone: Any, other: Any) -> None:
+    """Two greedy completions' logprobs for one prompt, one run alone and one beside other requests:
+    the same tokens, unless llama.cpp's batch rounding flipped a near tie (the two tokens within
+    BATCH_ROUNDING of each other alone), after which the texts may go apart."""
+    for k, (mine, theirs) in enumerate(zip(alone.tokens, other.tokens, strict=False)):
+        if mine != theirs:
+            top = alone.top_logprobs[k]
+            assert theirs in top and top[mine] - top[theirs] < BATCH_ROUNDING, (k, mine, theirs, top)
+            return
+    assert alone.tokens == other.tokens
+
+
 def test_openai_completions_of_several_prompts(oai: openai.OpenAI) -> None:
     prompts = ["The capital of France is", "Two plus two is", "The sea is"]
-    alone = [oai.completions.create(model=GEMMA, prompt=p, max_tokens=5, temperature=0) for p in prompts]
-    together = oai.completions.create(model=GEMMA, prompt=prompts, max_tokens=5, temperature=0, echo=True)
+    greedy: dict[str, Any] = dict(model=GEMMA, max_tokens=5, temperature=0, logprobs=2)
+    alone = [oai.completions.create(prompt=p, **greedy).choices[0] for p in prompts]
+    together = oai.completions.create(prompt=prompts, **greedy)
     assert [c.index for c in together.choices] == [0, 1, 2]
-    for prompt, choice, single in zip(prompts, together.choices, alone, strict=True):
-        assert choice.text == prompt + single.choices[0].text
+    for choice, single in zip(together.choices, alone, strict=True):
+        same_up_to_a_near_tie(single.logprobs, choice.logprobs)
     assert together.usage is not None
-    assert together.usage.completion_tokens == sum(a.usage.completion_tokens for a in alone if a.usage)
-    assert together.usage.prompt_tokens == sum(a.usage.prompt_tokens for a in alone if a.usage)
+    assert together.usage.completion_tokens == sum(len(a.logprobs.tokens) for a in alone)  # type: ignore[union-attr]
+    # A stream interleaves the choices' chunks, each with its index.
+    streamed: dict[int, SimpleNamespace] = {}
+    for chunk in oai.completions.create(prompt=prompts, stream=True, **greedy):
+        for part in chunk.choices:
+            seen = streamed.setdefault(part.index, SimpleNamespace(text="", tokens=[], top_logprobs=[]))
+            seen.text += part.text
+            if part.logprobs is not None:
+                seen.tokens += part.logprobs.tokens or []
+                seen.top_logprobs += part.logprobs.top_logprobs or []
+    assert sorted(streamed) == [0, 1, 2]
+    for i, single in enumerate(alone):
+        same_up_to_a_near_tie(single.logprobs, streamed[i])
+        assert streamed[i].text == "".join(streamed[i].tokens)
+    echoed = oai.completions.create(prompt=prompts, echo=True, **{**greedy, "logprobs": None})
+    assert all(c.text.startswith(p) for c, p in zip(echoed.choices, prompts, strict=True))
     for bad, message in (
-        (dict(prompt=prompts, stream=True), "stream one prompt"),
+        (dict(prompt=prompts * 22), "at most 64 choices"),
+        (dict(prompt=prompts, n=22), "at most 64 choices"),
         (dict(prompt=[]), "empty"),
         (dict(prompt=prompts, suffix="x"), "does not support insert"),  # each fails: the first says why
     ):
         with pytest.raises(openai.BadRequestError, match=message):
             oai.completions.create(model=GEMMA, max_tokens=2, **bad)  # type: ignore[call-overload]
+
+
+def test_openai_n_choices_streamed_and_not(oai: openai.OpenAI) -> None:
+    """n choices of one prompt run side by side; with a seed, choice j samples as a request of its
+    own with seed + j would, so each is reproducible and they differ. A stream interleaves the
+    choices' chunks, each with its index; usage counts the prompt once and every completion."""
+    messages: list[dict[str, str]] = [{"role": "user", "content": "Write a line about the sea."}]
+    sampling: dict[str, Any] = dict(model=GEMMA, messages=messages, max_tokens=10, temperature=1.2, seed=40)
+    several = oai.chat.completions.create(n=3, **sampling)
+    assert [c.index for c in several.choices] == [0, 1, 2]
+    alone = [oai.chat.completions.create(**{**sampling, "seed": 40 + j}) for j in range(3)]
+    assert [c.message.content for c in several.choices] == [a.choices[0].message.content for a in alone]
+    assert len({c.message.content for c in several.choices}) > 1
+    assert several.usage is not None and all(a.usage is not None for a in alone)
+    assert several.usage.prompt_tokens == alone[0].usage.prompt_tokens  # type: ignore[union-attr]
+    assert several.usage.completion_tokens == sum(a.usage.completion_tokens for a in alone)  # type: ignore[union-attr]
+
+    texts: dict[int, str] = {}
+    roles: dict[int, str | None] = {}
+    finish: dict[int, str] = {}
+    chunks = list(
+        oai.chat.completions.create(n=3, stream=True, stream_options={"include_usage": True}, **sampling)
+    )
+    for chunk in chunks:
+        for part in chunk.choices:
+            roles.setdefault(part.index, part.delta.role)
+            texts[part.index] = texts.get(part.index, "") + (part.delta.content or "")
+            if part.finish_reason:
+                assert part.index not in finish
+                finish[part.index] = part.finish_reason
+    assert texts == {c.index: c.message.content for c in several.choices}
+    assert roles == {0: "assistant", 1: "assistant", 2: "assistant"}
+    assert finish == {c.index: c.finish_reason for c in several.choices}
+    assert (
+        chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == several.usage.completion_tokens
+    )
+
+    completions = oai.completions.create(model=GEMMA, prompt="The sea is", max_tokens=6, n=2, seed=5)
+    singles = [
+        oai.completions.create(model=GEMMA, prompt="The sea is", max_tokens=6, seed=5 + j) for j in range(2)
+    ]
+    assert [c.text for c in completions.choices] == [s.choices[0].text for s in singles]
 
 
 def test_openai_completions_echo(oai: openai.OpenAI) -> None:
@@ -677,7 +748,7 @@ def test_unknown_fields_are_ignored_and_wrong_types_are_400(http: httpx.Client) 
         {"model": GEMMA, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": "8"},
         {"model": GEMMA, "messages": [{"role": "user", "content": "Hi"}], "stream": 1},
         {"model": GEMMA, "messages": []},
-        {"model": GEMMA, "messages": [{"role": "user", "content": "Hi"}], "n": 2},
+        {"model": GEMMA, "messages": [{"role": "user", "content": "Hi"}], "n": 65},
         {"model": GEMMA, "messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "xml"}},
     ):
         answer = http.post("/v1/chat/completions", json=body)

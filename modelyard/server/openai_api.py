@@ -34,8 +34,9 @@ from modelyard.server.state import ServerState
 from modelyard.server.tool_calls import forced_call_schema, openai_tool_calls, parser_for
 
 SSE = "text/event-stream"
-# Several prompts in one legacy completion run side by side; past this many, send several requests.
-MAX_PROMPTS = 64
+# The choices of one request (prompts × n) run side by side in the model's slots, the rest queued;
+# past this many, send several requests.
+MAX_CHOICES = 64
 
 
 class _Body(BaseModel):
@@ -72,18 +73,26 @@ class _SamplingBody(_Body):
     seed: int | None = None
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    n: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1, le=MAX_CHOICES)  # choices per prompt
 
-    def options(self) -> dict[str, Any]:
-        if self.n not in (None, 1):
-            raise HTTPError(400, "n > 1 is not supported; send n requests")
+    def choices(self, prompts: int = 1) -> int:
+        """How many choices the answer has: `n` for each prompt."""
+        total = prompts * (self.n or 1)
+        if total > MAX_CHOICES:
+            raise HTTPError(400, f"at most {MAX_CHOICES} choices per request (prompts × n), got {total}")
+        return total
+
+    def options(self, choice: int = 0) -> dict[str, Any]:
+        """The runner options of the `choice`-th choice of a prompt. With a seed, choice j samples
+        with seed + j: each choice is reproducible, and the n choices differ."""
+        seed = self.seed + choice if self.seed is not None and self.seed >= 0 else self.seed
         mapped = {
             "num_predict": self.max_completion_tokens
             if self.max_completion_tokens is not None
             else self.max_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
-            "seed": self.seed,
+            "seed": seed,
             "frequency_penalty": self.frequency_penalty,
             "presence_penalty": self.presence_penalty,
             "stop": [self.stop] if isinstance(self.stop, str) else self.stop,
@@ -134,8 +143,7 @@ class CompletionBody(_SamplingBody):
             prompts = list(prompt)  # type: ignore[arg-type]
         if not prompts:
             raise HTTPError(400, "prompt: an empty list; send at least one prompt")
-        if len(prompts) > MAX_PROMPTS:
-            raise HTTPError(400, f"prompt: at most {MAX_PROMPTS} prompts per request, got {len(prompts)}")
+        self.choices(len(prompts))
         for i, one in enumerate(prompts):
             if isinstance(one, list) and not one:
                 raise HTTPError(400, f"prompt[{i}]: an empty list of token ids")
@@ -171,15 +179,16 @@ def router(state: ServerState) -> APIRouter:
             if format_ is not None:
                 raise HTTPError(400, "tool_choice that forces a call cannot be combined with response_format")
             format_ = forced
-        stream = inference.generate(
-            servable,
-            request,
-            body.options(),
-            format=format_,
-            top_logprobs=runner_top_logprobs(top is not None, top),
-        )
-        if parser is not None:
-            stream = with_tool_calls(stream, parser)
+
+        def generate(choice: int) -> AsyncGenerator[Any, None]:
+            stream = inference.generate(
+                servable,
+                request,
+                body.options(choice),
+                format=format_,
+                top_logprobs=runner_top_logprobs(top is not None, top),
+            )
+            return stream if parser is None else with_tool_calls(stream, parser)
 
         def calls(finished: Finished) -> list[dict[str, Any]]:
             ids = [f"call_{uuid.uuid4().hex[:24]}" for _ in finished.tool_calls]
@@ -198,7 +207,7 @@ def router(state: ServerState) -> APIRouter:
             state,
             "/v1/chat/completions",
             servable,
-            stream,
+            [generate(choice) for choice in range(body.choices())],
             body,
             completion_id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
             object_name="chat.completion",
@@ -220,12 +229,10 @@ def router(state: ServerState) -> APIRouter:
     async def completions(body: CompletionBody, http: Request) -> Response:
         servable = await inference.servable(body.model)
         prompts = body.prompts()
-        if len(prompts) > 1 and body.stream:
-            raise HTTPError(400, "prompt: stream one prompt per request, or send several without stream")
         top = body.logprobs_top()
 
-        def generate(prompt: str | list[int]) -> AsyncGenerator[Any, None]:
-            options = body.options()
+        def generate(prompt: str | list[int], choice: int) -> AsyncGenerator[Any, None]:
+            options = body.options(choice)
             top_logprobs = runner_top_logprobs(top is not None, top)
             if isinstance(prompt, list):
                 request = PromptRequest.generate("", raw=True)
@@ -240,16 +247,15 @@ def router(state: ServerState) -> APIRouter:
         def logprobs(entries: Sequence[dict[str, Any]], offset: int) -> dict[str, Any] | None:
             return None if top is None else completion_logprobs(entries, top, offset)
 
-        if len(prompts) > 1:
-            return await _several_completions(http, state, servable, prompts, generate, logprobs)
-        stream = generate(prompts[0])
-
+        # OpenAI's order: prompt by prompt, each prompt's n choices together.
+        per_prompt = body.n or 1
+        streams = [generate(prompt, choice) for prompt in prompts for choice in range(per_prompt)]
         return await _answer(
             http,
             state,
             "/v1/completions",
             servable,
-            stream,
+            streams,
             body,
             completion_id=f"cmpl-{uuid.uuid4().hex[:24]}",
             object_name="text_completion",
@@ -312,55 +318,54 @@ async def _list(state: ServerState) -> list[dict[str, Any]]:
     return out
 
 
-async def _several_completions(
-    http: Request,
-    state: ServerState,
-    servable: Servable,
-    prompts: Sequence[str | list[int]],
-    generate: Callable[[str | list[int]], AsyncGenerator[Any, None]],
-    logprobs: Logprobs,
-) -> Response:
-    """A legacy completion of several prompts at once, a choice each (`index` in prompt order):
-    they run side by side in the model's slots, and one failure cancels the others."""
+async def _collect_all(
+    streams: Sequence[AsyncGenerator[Any, None]],
+) -> list[tuple[str, LogprobParts, Finished]]:
+    """Every choice whole, generated side by side in the model's slots; one failure cancels the
+    others and is the answer's error."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_collect(stream)) for stream in streams]
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return [task.result() for task in tasks]
 
-    async def all_of_them() -> list[tuple[str, LogprobParts, Finished]]:
+
+async def _interleaved(streams: Sequence[AsyncGenerator[Any, None]]) -> AsyncGenerator[tuple[int, Any], None]:
+    """The events of several generations as they come, each with its stream's index. A failure
+    of one is raised here; closing this closes them all (which cancels their runner requests)."""
+    if len(streams) == 1:  # the common case, without tasks in between
         try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(_collect(generate(prompt))) for prompt in prompts]
-        except ExceptionGroup as failed:
-            raise failed.exceptions[0] from None  # the first failure is the answer's error
-        return [task.result() for task in tasks]
+            async for event in streams[0]:
+                yield 0, event
+        finally:
+            await streams[0].aclose()
+        return
+    # Bounded, so that a slow client holds the generations back rather than this buffering them.
+    queue: asyncio.Queue[tuple[int, Any, BaseException | None]] = asyncio.Queue(maxsize=4 * len(streams))
 
-    results = await unless_client_leaves(http, all_of_them())
-    state.count("/v1/completions", servable.name, 200)
-    choices = [
-        {
-            "index": i,
-            "text": text,
-            "finish_reason": _finish_reason(finished),
-            "logprobs": _joined(logprobs, entries),
-        }
-        for i, (text, entries, finished) in enumerate(results)
-    ]
-    usages = [_usage(finished) for _, _, finished in results]
-    return JSONResponse(
-        {
-            "id": f"cmpl-{uuid.uuid4().hex[:24]}",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": servable.name,
-            "system_fingerprint": _fingerprint(servable),
-            "choices": choices,
-            "usage": {
-                "prompt_tokens": sum(u["prompt_tokens"] for u in usages),
-                "completion_tokens": sum(u["completion_tokens"] for u in usages),
-                "total_tokens": sum(u["total_tokens"] for u in usages),
-                "prompt_tokens_details": {
-                    "cached_tokens": sum(u["prompt_tokens_details"]["cached_tokens"] for u in usages)
-                },
-            },
-        }
-    )
+    async def pump(index: int, stream: AsyncGenerator[Any, None]) -> None:
+        try:
+            async for event in stream:
+                await queue.put((index, event, None))
+        except Exception as exc:
+            await queue.put((index, None, exc))
+        finally:
+            await stream.aclose()
+
+    pumps = [asyncio.create_task(pump(i, stream)) for i, stream in enumerate(streams)]
+    try:
+        finished = 0
+        while finished < len(streams):
+            index, event, error = await queue.get()
+            if error is not None:
+                raise error
+            finished += isinstance(event, Finished)
+            yield index, event
+    finally:
+        for task in pumps:
+            task.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
 
 
 async def _echoing_as_sent(stream: AsyncGenerator[Any, None], prompt: str) -> AsyncGenerator[Any, None]:
@@ -413,7 +418,7 @@ async def _answer(
     state: ServerState,
     endpoint: str,
     servable: Servable,
-    stream: AsyncGenerator[Any, None],
+    streams: Sequence[AsyncGenerator[Any, None]],
     body: _SamplingBody,
     *,
     completion_id: str,
@@ -424,9 +429,10 @@ async def _answer(
     logprobs: Logprobs,
     calls_chunk: Callable[[Finished, bool], dict[str, Any] | None] = lambda _, __: None,
 ) -> Response:
-    """A completion, streamed as server-sent events of `chunk`s (`text`, whether it is the first)
-    or answered whole with one `choice`; both endpoints differ only in those shapes and in that of
-    their `logprobs` (of some tokens, and the length of the text before them)."""
+    """A completion of one choice per stream (`index` in their order), streamed as server-sent
+    events of `chunk`s (`text`, whether it is the choice's first) or answered whole with a `choice`
+    each; both endpoints differ only in those shapes and in that of their `logprobs` (of some
+    tokens, and the length of the text before them)."""
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return await _sse(
@@ -434,15 +440,16 @@ async def _answer(
             state,
             endpoint,
             servable,
-            stream,
+            streams,
             completion_id,
             chunk_object,
             chunk,
             logprobs,
             calls_chunk,
             include_usage,
+            body.n or 1,
         )
-    text, entries, finished = await unless_client_leaves(http, _collect(stream))
+    results = await unless_client_leaves(http, _collect_all(streams))
     state.count(endpoint, servable.name, 200)
     return JSONResponse(
         {
@@ -451,8 +458,11 @@ async def _answer(
             "created": int(time.time()),
             "model": servable.name,
             "system_fingerprint": _fingerprint(servable),
-            "choices": [{"index": 0, **choice(text, finished), "logprobs": _joined(logprobs, entries)}],
-            "usage": _usage(finished),
+            "choices": [
+                {"index": i, **choice(text, finished), "logprobs": _joined(logprobs, entries)}
+                for i, (text, entries, finished) in enumerate(results)
+            ],
+            "usage": _usage([finished for _, _, finished in results], body.n or 1),
         }
     )
 
@@ -462,16 +472,22 @@ async def _sse(
     state: ServerState,
     endpoint: str,
     servable: Servable,
-    stream: AsyncGenerator[Any, None],
+    streams: Sequence[AsyncGenerator[Any, None]],
     completion_id: str,
     object_name: str,
     choice: Callable[[str, bool], dict[str, Any]],
     logprobs: Logprobs,
     calls_chunk: Callable[[Finished, bool], dict[str, Any] | None],
     include_usage: bool,
+    per_prompt: int,
 ) -> Response:
     created = int(time.time())
-    first_event = await unless_client_leaves(http, anext(stream))  # errors before output keep their status
+    events_of_all = _interleaved(streams)
+    try:  # errors before output keep their status
+        first_event = await unless_client_leaves(http, anext(events_of_all))
+    except BaseException:
+        await events_of_all.aclose()
+        raise
 
     def chunk(payload: dict[str, Any]) -> bytes:
         return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
@@ -488,35 +504,44 @@ async def _sse(
         }
 
     async def events() -> AsyncIterator[bytes]:
-        event = first_event
-        first = True
-        answer_start = 0  # after an echoed prompt (legacy completions' text_offset)
-        status = STATUS_CLIENT_GONE  # unless the stream ends: the client went away
+        index, event = first_event
+        started: set[int] = set()  # the choices that sent a chunk (the first carries the role)
+        answer_start: dict[int, int] = {}  # after an echoed prompt (legacy completions' text_offset)
+        finished: dict[int, Finished] = {}
+        status = STATUS_CLIENT_GONE  # unless the streams end: the client went away
         try:
             while True:
                 if isinstance(event, Finished):
-                    calls = calls_chunk(event, first)  # the tool calls, in a chunk of their own
+                    calls = calls_chunk(event, index not in started)  # tool calls, in a chunk of their own
                     if calls is not None:
-                        yield chunk(frame([calls | {"index": 0, "logprobs": None, "finish_reason": None}]))
-                        first = False
-                    final = choice("", first) | {
-                        "index": 0,
+                        yield chunk(
+                            frame([calls | {"index": index, "logprobs": None, "finish_reason": None}])
+                        )
+                        started.add(index)
+                    final = choice("", index not in started) | {
+                        "index": index,
                         "logprobs": None,
                         "finish_reason": _finish_reason(event),
                     }
                     yield chunk(frame([final]))
-                    if include_usage:
-                        yield chunk(frame([], usage=_usage(event)))
-                    yield b"data: [DONE]\n\n"
-                    status = 200
-                    return
-                base = 0 if event.prompt else answer_start
-                part = choice(event.text, first) | {"logprobs": logprobs(event.logprobs, base)}
-                yield chunk(frame([part | {"index": 0, "finish_reason": None}]))
-                if event.prompt:
-                    answer_start = len(event.text)
-                first = False
-                event = await anext(stream)
+                    finished[index] = event
+                    if len(finished) == len(streams):
+                        if include_usage:
+                            in_order = [finished[i] for i in range(len(streams))]
+                            yield chunk(frame([], usage=_usage(in_order, per_prompt)))
+                        yield b"data: [DONE]\n\n"
+                        status = 200
+                        return
+                else:
+                    base = 0 if event.prompt else answer_start.get(index, 0)
+                    part = choice(event.text, index not in started) | {
+                        "logprobs": logprobs(event.logprobs, base)
+                    }
+                    yield chunk(frame([part | {"index": index, "finish_reason": None}]))
+                    if event.prompt:
+                        answer_start[index] = len(event.text)
+                    started.add(index)
+                index, event = await anext(events_of_all)
         except Exception as exc:
             error = state.error_for(exc)
             status = error.status
@@ -525,7 +550,7 @@ async def _sse(
             )
         finally:
             state.count(endpoint, servable.name, status)
-            await stream.aclose()  # cancels the runner's request if it is still going
+            await events_of_all.aclose()  # cancels the runner's requests that are still going
 
     return StreamingResponse(events(), media_type=SSE, headers={"Cache-Control": "no-cache"})
 
@@ -589,13 +614,17 @@ def _finish_reason(finished: Finished) -> str:
     return "length" if finished.done_reason == "length" else "stop"
 
 
-def _usage(finished: Finished) -> dict[str, Any]:
-    done = finished.done
+def _usage(choices: Sequence[Finished], per_prompt: int = 1) -> dict[str, Any]:
+    """The tokens of all the choices of an answer, in choice order, `per_prompt` choices of each
+    prompt: as OpenAI counts them, each prompt once, every choice's completion."""
+    firsts = choices[::per_prompt]
+    prompt = sum(finished.done.prompt_eval_count for finished in firsts)
+    completion = sum(finished.done.eval_count for finished in choices)
     return {
-        "prompt_tokens": done.prompt_eval_count,
-        "completion_tokens": done.eval_count,
-        "total_tokens": done.prompt_eval_count + done.eval_count,
-        "prompt_tokens_details": {"cached_tokens": done.prompt_cached},
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": sum(finished.done.prompt_cached for finished in firsts)},
     }
 
 
