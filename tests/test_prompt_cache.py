@@ -8,12 +8,16 @@ import numpy as np
 import pytest
 
 from modelyard.runtime.prompt_cache import (
+    BusySlot,
     CacheRules,
     FreeSlot,
+    Sharing,
     choose_slot,
     common_prefix,
     reusable_prefix,
     scored_prefix,
+    share_from_busy,
+    worth_sharing,
 )
 
 
@@ -144,3 +148,62 @@ def test_scored_prefix(
     kept: int, cached_scores: int, pos_min: int, rules: CacheRules, expected: tuple[int, int]
 ) -> None:
     assert scored_prefix(kept, cached_scores, pos_min, rules) == expected
+
+
+def busy(cached: Sequence[int], pending: Sequence[int] = (), pos_min: int = 0) -> BusySlot:
+    return BusySlot(tokens(cached), pos_min, tokens(pending))
+
+
+SYSTEM = list(range(100, 180))  # 80 tokens in common
+N_CTX = 1024  # worth_sharing: 32 tokens at least
+
+
+@pytest.mark.parametrize(
+    ("slots", "prompt", "rules", "kept", "expected"),
+    [
+        # nothing busy, or nothing in common: evaluate the prompt
+        ([], [*SYSTEM, 1, 2], PLAIN, 0, None),
+        ([busy([7, *SYSTEM])], [*SYSTEM, 1], PLAIN, 0, None),
+        # a generating slot holds the system prompt: copy its cells now
+        ([busy([*SYSTEM, 5, 6, 7])], [*SYSTEM, 1, 2], PLAIN, 0, Sharing(0, 80)),
+        # the same prompt (n choices): all but its last token, which gives the first logits
+        ([busy([*SYSTEM, 9])], [*SYSTEM, 9], PLAIN, 0, Sharing(0, 80)),
+        # the free slot chosen already keeps most of it: the 31 more are not worth a copy
+        ([busy([*SYSTEM, 5])], [*SYSTEM, 1], PLAIN, 49, None),
+        ([busy([*SYSTEM, 5])], [*SYSTEM, 1], PLAIN, 48, Sharing(0, 80)),
+        # the slot that shares the most
+        ([busy(SYSTEM[:40]), busy([*SYSTEM, 3])], [*SYSTEM, 1], PLAIN, 0, Sharing(1, 80)),
+        # a slot still evaluating the same prompt: wait for it, rather than evaluate it beside
+        ([busy(SYSTEM[:10], pending=[*SYSTEM[10:], 9])], [*SYSTEM, 9], PLAIN, 0, Sharing(0, 80, wait=True)),
+        # ... unless what it has yet to evaluate does not follow this prompt
+        ([busy([1, 2], pending=SYSTEM)], [*SYSTEM, 9], PLAIN, 0, None),
+        # ... or what it adds is too little to wait for; what it holds now is copied
+        ([busy(SYSTEM[:60], pending=SYSTEM[60:])], [*SYSTEM, 9], PLAIN, 0, Sharing(0, 60)),
+        # a sliding window: a wait only while the source's whole prompt fits in the window
+        (
+            [busy(SYSTEM[:10], pending=[*SYSTEM[10:], 9])],
+            [*SYSTEM, 9],
+            CacheRules(n_swa=512),
+            0,
+            Sharing(0, 80, wait=True),
+        ),
+        ([busy(SYSTEM[:10], pending=[*SYSTEM[10:], 9])], [*SYSTEM, 9], CacheRules(n_swa=64), 0, None),
+        # ... and a copy only where the window still holds the cells the rest needs
+        ([busy([*SYSTEM, 5], pos_min=30)], [*SYSTEM, 1], CacheRules(n_swa=64), 0, None),
+        ([busy([*SYSTEM, 5], pos_min=16)], [*SYSTEM, 1], CacheRules(n_swa=64), 0, Sharing(0, 80)),
+        # a recurrent state cannot be cut back to the common part
+        ([busy([*SYSTEM, 5])], [*SYSTEM, 1], CacheRules(can_cut=False), 0, None),
+    ],
+)
+def test_share_from_busy(
+    slots: list[BusySlot], prompt: list[int], rules: CacheRules, kept: int, expected: Sharing | None
+) -> None:
+    assert share_from_busy(slots, tokens(prompt), rules, kept, N_CTX) == expected
+
+
+@pytest.mark.parametrize(
+    ("gain", "n_ctx_seq", "expected"),
+    [(31, 1024, False), (32, 1024, True), (32, 16384, False), (64, 16384, True), (0, 256, False)],
+)
+def test_worth_sharing(gain: int, n_ctx_seq: int, expected: bool) -> None:
+    assert worth_sharing(gain, n_ctx_seq) is expected

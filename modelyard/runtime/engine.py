@@ -33,7 +33,15 @@ from modelyard.runtime import llama
 from modelyard.runtime.drafting import DraftPace, NgramIndex, draft_limit, next_pace
 from modelyard.runtime.echo import EchoedPrompt
 from modelyard.runtime.options import SamplingOptions
-from modelyard.runtime.prompt_cache import CacheRules, FreeSlot, choose_slot, scored_prefix
+from modelyard.runtime.prompt_cache import (
+    BusySlot,
+    CacheRules,
+    FreeSlot,
+    choose_slot,
+    expendable_slot,
+    scored_prefix,
+    share_from_busy,
+)
 from modelyard.runtime.protocol import CompletionRequest
 from modelyard.runtime.slot_layout import compaction_moves, keeps_consecutive
 from modelyard.runtime.stops import StopMatcher
@@ -153,6 +161,10 @@ class Engine:
         self._releases = 0  # a clock for choosing which free slot's cache to give up
         self.batch = llama.Batch(ctx.n_batch, slots)
         self.waiting: deque[tuple[int, CompletionRequest]] = deque()
+        # The tokens (and how many were cut) of waiting prompts already read: one that waits for
+        # a busy slot's cells is looked at again every step.
+        self._prompts: dict[int, tuple[list[int], int]] = {}
+        self._shared_tokens = 0  # prompt tokens whose cells were copied from a busy slot
         self._embedder_factory = embedder
         self._embedder: EmbeddingContext | None = None
         self.running = True
@@ -220,41 +232,45 @@ class Engine:
             "slots": len(self.slots),
             "waiting": len(self.waiting),
             "kv_tokens": sum(s.n_past for s in self.slots),
+            "prompt_shared_tokens": self._shared_tokens,
         }
 
     # --- admitting and finishing requests ---------------------------------------------------
 
     def _admit(self) -> None:
+        later: deque[tuple[int, CompletionRequest]] = deque()
         while self.waiting:
             free = [slot for slot in self.slots if not slot.busy]
             if not free:
-                return
+                break
             request_id, request = self.waiting.popleft()
             try:
-                self._start(free, request_id, request)
+                if not self._start(free, request_id, request):
+                    later.append((request_id, request))
             except RequestRejected as exc:
+                self._prompts.pop(request_id, None)
                 self._error(request_id, str(exc), "request")
+        self.waiting = later + self.waiting  # in the order they came
 
-    def _start(self, free: list[Slot], request_id: int, request: CompletionRequest) -> None:
-        """Take a free slot for the request; everything that can reject it comes before the slot
-        is touched."""
+    def _start(self, free: list[Slot], request_id: int, request: CompletionRequest) -> bool:
+        """Take a free slot for the request, or return False to leave it waiting for a busy slot
+        that is evaluating the same first tokens (prompt_cache.share_from_busy). Everything that
+        can reject it comes before the slot is touched."""
         options = request.options
         scores_prompt = request.echo and request.top_logprobs > 0
         if scores_prompt and not self.ctx.prompt_logprob_rows:
             raise RequestRejected("this runner does not compute a prompt's log-probabilities")
-        tokens = self._prompt_tokens(request)
-        if scores_prompt and len(tokens) >= self.n_ctx_seq:  # cut, it would not be the prompt sent
-            raise RequestRejected(
-                f"the prompt is {len(tokens)} tokens but the context holds {self.n_ctx_seq}, and a prompt "
-                "whose log-probabilities are asked for is never truncated; shorten it or raise num_ctx"
-            )
-        tokens, dropped = fit_prompt(tokens, self.n_ctx_seq, options.num_keep, request.truncate)
-        grammar = _grammar_for(request.format)
-        seed = options.seed if options.seed >= 0 else int.from_bytes(os.urandom(4), "little")
-        try:
-            sampler = llama.Sampler(self.model, options, seed, grammar, n_ctx=self.n_ctx_seq)
-        except ValueError as exc:
-            raise RequestRejected(str(exc)) from None
+        if request_id not in self._prompts:
+            tokens = self._prompt_tokens(request)
+            if scores_prompt and len(tokens) >= self.n_ctx_seq:  # cut, it would not be the prompt sent
+                raise RequestRejected(
+                    f"the prompt is {len(tokens)} tokens but the context holds {self.n_ctx_seq}, and a "
+                    "prompt whose log-probabilities are asked for is never truncated; shorten it or "
+                    "raise num_ctx"
+                )
+            self._prompts[request_id] = fit_prompt(tokens, self.n_ctx_seq, options.num_keep, request.truncate)
+        tokens, dropped = self._prompts[request_id]
+        prompt = np.asarray(tokens, dtype=np.int32)
         busy = [s.busy for s in self.slots]
         caches = [
             FreeSlot(
@@ -265,15 +281,51 @@ class Engine:
             )
             for s in free
         ]
-        chosen, reused = choose_slot(caches, np.asarray(tokens, dtype=np.int32), self.cache_rules)
-        slot = free[chosen]
+        chosen, reused = choose_slot(caches, prompt, self.cache_rules)
+        # A prompt whose log-probabilities are asked for reuses only cells whose scores are kept.
+        sources = [] if scores_prompt else [s for s in self.slots if s.busy]
+        sharing = share_from_busy(
+            [
+                BusySlot(
+                    np.frombuffer(s.cache, dtype=np.int32, count=s.exact).copy(),
+                    self.ctx.seq_pos_min(s.seq),
+                    np.asarray(s.prompt[s.fed :], dtype=np.int32)
+                    if s.exact == s.fed
+                    else np.zeros(0, np.int32),
+                )
+                for s in sources
+            ],
+            prompt,
+            self.cache_rules,
+            reused,
+            self.n_ctx_seq,
+        )
+        if sharing is not None and sharing.wait:
+            return False
+        grammar = _grammar_for(request.format)
+        seed = options.seed if options.seed >= 0 else int.from_bytes(os.urandom(4), "little")
+        try:
+            sampler = llama.Sampler(self.model, options, seed, grammar, n_ctx=self.n_ctx_seq)
+        except ValueError as exc:
+            raise RequestRejected(str(exc)) from None
+        del self._prompts[request_id]
         scores = 0
-        if scores_prompt:  # only cells whose tokens' scores the cache holds too
-            cached = len(slot.scores) if slot.scores_k >= request.top_logprobs else 0
-            scores, reused = scored_prefix(reused, cached, caches[chosen].pos_min, self.cache_rules)
-        if not self.ctx.seq_rm(slot.seq, reused, -1):  # a memory that cannot cut a sequence short
-            self.ctx.seq_rm(slot.seq)
-            reused = scores = 0
+        if sharing is not None:
+            # Its cells are overwritten: the free slot whose cache is the least worth keeping.
+            slot = free[expendable_slot(caches)]
+            self.ctx.seq_cp(sources[sharing.source].seq, slot.seq)  # copied at the next decode
+            reused = sharing.keep
+            self.ctx.seq_rm(slot.seq, reused, -1)
+            slot.scores = []  # its own cache's, not the copied cells'
+            self._shared_tokens += reused
+        else:
+            slot = free[chosen]
+            if scores_prompt:  # only cells whose tokens' scores the cache holds too
+                cached = len(slot.scores) if slot.scores_k >= request.top_logprobs else 0
+                scores, reused = scored_prefix(reused, cached, caches[chosen].pos_min, self.cache_rules)
+            if not self.ctx.seq_rm(slot.seq, reused, -1):  # a memory that cannot cut a sequence short
+                self.ctx.seq_rm(slot.seq)
+                reused = scores = 0
         slot.cache = array("i", tokens[:reused])
         reused_scores, slot.scores = slot.scores[:scores], slot.scores[:reused]
         slot.exact = reused
@@ -315,6 +367,7 @@ class Engine:
         slot.cancelled = False
         slot.started_ns = time.perf_counter_ns()
         slot.prompt_done_ns = 0
+        return True
 
     def _prompt_tokens(self, request: CompletionRequest) -> list[int]:
         if request.tokens:
@@ -336,6 +389,7 @@ class Engine:
             if slot.request_id == request_id:
                 slot.cancelled = True
         self.waiting = deque((rid, r) for rid, r in self.waiting if rid != request_id)
+        self._prompts.pop(request_id, None)
 
     def _finish(self, slot: Slot, reason: str) -> None:
         if slot.decoder is not None and slot.stops is not None and reason != "cancel":

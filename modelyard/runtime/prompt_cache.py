@@ -9,6 +9,7 @@ llama-server (`cache_prompt`, which Ollama turns on) and llama-cpp-python's `Lla
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
 import numpy as np
 import numpy.typing as npt
@@ -85,8 +86,14 @@ def choose_slot(free: list[FreeSlot], prompt: Tokens, rules: CacheRules) -> tupl
     gains = [k - (len(slot.cached) - k) for k, slot in zip(kept, free, strict=True)]
     best = max(range(len(free)), key=lambda i: (gains[i], free[i].beside_busy, -free[i].last_used))
     if kept[best] == 0 or gains[best] <= 0:
-        best = min(range(len(free)), key=lambda i: (not free[i].beside_busy, free[i].last_used))
+        best = expendable_slot(free)
     return best, kept[best]
+
+
+def expendable_slot(free: list[FreeSlot]) -> int:
+    """The free slot whose cache is the least worth keeping: the least recently used of those
+    beside the busy ones (else of all)."""
+    return min(range(len(free)), key=lambda i: (not free[i].beside_busy, free[i].last_used))
 
 
 def scored_prefix(kept: int, cached_scores: int, pos_min: int, rules: CacheRules) -> tuple[int, int]:
@@ -102,3 +109,68 @@ def scored_prefix(kept: int, cached_scores: int, pos_min: int, rules: CacheRules
     if reusable_prefix(cells, cells + 1, pos_min, rules.n_swa) != cells:  # the window lost its cells
         return 0, 0
     return scores, cells
+
+
+@dataclass(frozen=True)
+class BusySlot:
+    """A slot serving a request, as a source of KV cells for another prompt: the tokens whose cells
+    it holds exactly (no context shift in between), from position 0; the oldest position it still
+    holds; and the prompt tokens it has yet to evaluate, which follow `cached`."""
+
+    cached: Tokens
+    pos_min: int = 0
+    pending: Tokens = dataclass_field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+
+
+@dataclass(frozen=True)
+class Sharing:
+    """Take a prompt's first `keep` tokens' cells from busy slot `source` (a copy of its KV stream,
+    cut), or with `wait`, admit the prompt later: `source` is evaluating those tokens now."""
+
+    source: int
+    keep: int
+    wait: bool = False
+
+
+def worth_sharing(gain: int, n_ctx_seq: int) -> bool:
+    """Whether evaluating `gain` fewer prompt tokens pays for copying a KV stream. Between the
+    streams of a non-unified cache llama.cpp copies a whole stream (`n_ctx_seq` cells, used or
+    not), a memory copy: tens of bytes a cell per layer, against the matrix work of a token through
+    every layer. One token of prompt for each 256 cells copied leaves a wide margin on CPUs and
+    GPUs alike, and 32 tokens at least keep small gains from churning the caches."""
+    return gain >= max(MIN_SHARED_TOKENS, n_ctx_seq // 256)
+
+
+MIN_SHARED_TOKENS = 32
+
+
+def share_from_busy(
+    busy: list[BusySlot], prompt: Tokens, rules: CacheRules, kept: int, n_ctx_seq: int
+) -> Sharing | None:
+    """Whether a prompt should take its first tokens' cells from a busy slot rather than evaluate
+    them, `kept` being what the free slot chosen for it already keeps.
+
+    n choices of one prompt, and requests that share a long system prompt, arrive together: one
+    evaluates the common part, and the others copy its cells. Cells a busy slot holds now are
+    copied at once; where a slot is still evaluating a prompt that shares more (its `pending`
+    tokens), the prompt waits for it, since evaluating the same tokens side by side would take
+    that much longer for each. With sliding-window layers the source's oldest cells fall out of
+    the window as it goes on, so a wait counts only while the source's whole prompt fits in the
+    window; what is copied is checked against the source's `pos_min` (reusable_prefix) either way.
+    A memory that cannot cut a sequence short shares nothing."""
+    if not rules.can_cut:
+        return None
+    best: Sharing | None = None
+    for index, slot in enumerate(busy):
+        shared = common_prefix(slot.cached, prompt)
+        now = reusable_prefix(shared, len(prompt), slot.pos_min, rules.n_swa)
+        if worth_sharing(now - kept, n_ctx_seq) and (best is None or now > best.keep):
+            best = Sharing(index, now)
+        whole = np.concatenate([slot.cached, slot.pending])
+        if not len(slot.pending) or shared < len(slot.cached) or (rules.n_swa and len(whole) >= rules.n_swa):
+            continue
+        later = reusable_prefix(common_prefix(whole, prompt), len(prompt), 0, rules.n_swa)
+        better = best is None or later > best.keep
+        if later > now and better and worth_sharing(later - max(kept, now), n_ctx_seq):
+            best = Sharing(index, later, wait=True)
+    return best
