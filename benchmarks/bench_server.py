@@ -106,7 +106,8 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def http_stream(client: httpx.Client, base_url: str, model: str, tokens: int) -> Stream:
-    """One streaming /v1/completions request; counts the text chunks (one per token on both).
+    """One streaming /v1/completions request; counts its tokens (the usage where the server sends it,
+    else one per text chunk).
     The client is made once per system, outside the timing: building an httpx.Client loads the
     CA bundle (tens of milliseconds), which is no part of a server's time to first token."""
     body = {
@@ -115,22 +116,27 @@ def http_stream(client: httpx.Client, base_url: str, model: str, tokens: int) ->
         "max_tokens": tokens,
         "temperature": 0,
         "stream": True,
+        "stream_options": {"include_usage": True},
     }
     started = time.perf_counter()
     first = 0.0
     chunks = 0
+    counted: int | None = None
     with client.stream("POST", f"{base_url}/v1/completions", json=body) as response:
         response.raise_for_status()
         for line in response.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             payload = json.loads(line[6:])
+            if payload.get("usage"):
+                counted = payload["usage"]["completion_tokens"]
             choices = payload.get("choices") or []
             if choices and choices[0].get("text"):
                 if not first:
                     first = time.perf_counter() - started
                 chunks += 1
-    return Stream(first, chunks)
+    # The usage, where the server sends it: a chunk may carry several tokens.
+    return Stream(first, chunks if counted is None else counted)
 
 
 def runner_stream(runner: Runner, tokens: int) -> Stream:
@@ -238,14 +244,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--gpu", action="store_true", help="offload every layer, on all three sides")
-    parser.add_argument(
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument(
         "--random-gemma-shape",
         action="store_true",
         help="random F16 weights in Gemma 3 270M's dimensions (a machine that cannot receive Gemma)",
     )
+    model.add_argument(
+        "--model",
+        type=Path,
+        help="a GGUF to use instead (a small one gives a GPU's token rates on a CPU: what HTTP costs there)",
+    )
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="bench-server-"))
-    if args.random_gemma_shape:
+    if args.model is not None:
+        gguf = args.model
+    elif args.random_gemma_shape:
         sys.path.insert(0, str(HERE.parent / "tests"))
         from bench_runner import GEMMA_270M_SHAPE
         from tinygguf import write_tiny_llama
