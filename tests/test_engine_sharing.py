@@ -83,3 +83,29 @@ def test_a_short_common_start_is_evaluated_not_copied(engines: Engines) -> None:
     run_all(engine)
     assert answer(events, 2).done["prompt_cached"] == 0
     assert engine.stats()["prompt_shared_tokens"] == 0
+
+
+def test_a_waiting_request_keeps_a_free_slot_from_those_behind_it(engines: Engines) -> None:
+    """Requests behind one that waits for a busy slot's cells take the other free slots, not the
+    last: else the waiting one would wait for a whole answer to end, not for a prompt."""
+    prompt = SHARED + " and the question is"
+    engine, events = engines.new(slots=4)
+    length = prompt_length(engine, prompt)
+    for request_id in (1, 2):
+        engine.waiting.append(
+            (request_id, CompletionRequest(prompt, SamplingOptions(num_predict=8, temperature=0)))
+        )
+    for request_id in (3, 4, 5):
+        other = CompletionRequest(f"another story, number {request_id}", SamplingOptions(num_predict=40))
+        engine.waiting.append((request_id, other))
+    engine._admit()
+    assert sorted(s.request_id for s in engine.slots if s.busy) == [1, 3, 4]
+    assert [request_id for request_id, _ in engine.waiting] == [2, 5]
+    [first] = [s for s in engine.slots if s.request_id == 1]
+    while first.prefilling:  # request 1's prompt goes in, beside the others'
+        engine.step()
+    engine._admit()
+    assert sorted(s.request_id for s in engine.slots if s.busy) == [1, 2, 3, 4]
+    run_all(engine)
+    assert answer(events, 2).done["prompt_cached"] == length - 1
+    assert answer(events, 2).text == answer(events, 1).text

@@ -179,15 +179,29 @@ N_CTX = 1024  # worth_sharing: 32 tokens at least
         ([busy([1, 2], pending=SYSTEM)], [*SYSTEM, 9], PLAIN, 0, None),
         # ... or what it adds is too little to wait for; what it holds now is copied
         ([busy(SYSTEM[:60], pending=SYSTEM[60:])], [*SYSTEM, 9], PLAIN, 0, Sharing(0, 60)),
-        # a sliding window: a wait only while the source's whole prompt fits in the window
+        # ... or what waiting would add to the best copy on offer now, from another slot
+        (
+            [busy([*SYSTEM, 5]), busy(SYSTEM[:10], pending=[*SYSTEM[10:], *range(10)])],
+            [*SYSTEM, *range(10), 11],
+            PLAIN,
+            0,
+            Sharing(0, 80),
+        ),
+        (
+            [busy([*SYSTEM, 5]), busy(SYSTEM[:10], pending=[*SYSTEM[10:], *range(40)])],
+            [*SYSTEM, *range(40), 11],
+            PLAIN,
+            0,
+            Sharing(1, 120, wait=True),
+        ),
+        # a sliding window that keeps its cells (llama.cpp's full-size window cache): as any
         (
             [busy(SYSTEM[:10], pending=[*SYSTEM[10:], 9])],
             [*SYSTEM, 9],
-            CacheRules(n_swa=512),
+            CacheRules(n_swa=64),
             0,
             Sharing(0, 80, wait=True),
         ),
-        ([busy(SYSTEM[:10], pending=[*SYSTEM[10:], 9])], [*SYSTEM, 9], CacheRules(n_swa=64), 0, None),
         # ... and a copy only where the window still holds the cells the rest needs
         ([busy([*SYSTEM, 5], pos_min=30)], [*SYSTEM, 1], CacheRules(n_swa=64), 0, None),
         ([busy([*SYSTEM, 5], pos_min=16)], [*SYSTEM, 1], CacheRules(n_swa=64), 0, Sharing(0, 80)),

@@ -1093,6 +1093,14 @@ def test_tool_calls_reach_both_clients_as_calls(client: ollama.Client, oai: open
         assert forced_call.finish_reason == "tool_calls", forced_call
         [made] = forced_call.message.tool_calls or []
         assert made.function.name == "get_weather" and "city" in json.loads(made.function.arguments)
+    # n choices, each its own call (each choice's output is parsed on its own)
+    several = oai.chat.completions.create(
+        **{**plain, "temperature": 1.0}, tool_choice="required", n=3, seed=3
+    )
+    for forced_call in several.choices:
+        assert forced_call.finish_reason == "tool_calls", forced_call
+        [made] = forced_call.message.tool_calls or []
+        assert made.function.name == "get_weather" and "city" in json.loads(made.function.arguments)
     with pytest.raises(openai.BadRequestError, match="which tools does not offer"):
         oai.chat.completions.create(**plain, tool_choice={"type": "function", "function": {"name": "nope"}})
     unparsed = oai.chat.completions.create(**openai_forced, tool_choice="none").choices[0]

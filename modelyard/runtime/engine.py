@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from modelyard.runtime import llama
 from modelyard.runtime.drafting import DraftPace, NgramIndex, draft_limit, next_pace
@@ -126,6 +127,16 @@ class Slot:
         return self.busy and not self.prefilling and self.next_token is not None
 
 
+@dataclass(frozen=True)
+class SlotView:
+    """What the slots hold, as admission weighs it: the free slots' caches (in the order of the
+    free slots) and the busy slots as sources of cells (`busy_slots[i]` describes `sources[i]`)."""
+
+    caches: list[FreeSlot]
+    sources: list[Slot]
+    busy_slots: list[BusySlot]
+
+
 def fit_prompt(tokens: list[int], n_ctx: int, num_keep: int, truncate: bool) -> tuple[list[int], int]:
     """Make a prompt fit a slot's context, as llama-server does: keep the first `num_keep` tokens
     and drop from after them so that half the context stays free for the answer. Returns the
@@ -163,7 +174,7 @@ class Engine:
         self.waiting: deque[tuple[int, CompletionRequest]] = deque()
         # The tokens (and how many were cut) of waiting prompts already read: one that waits for
         # a busy slot's cells is looked at again every step.
-        self._prompts: dict[int, tuple[list[int], int]] = {}
+        self._prompts: dict[int, tuple[list[int], int, npt.NDArray[np.int32]]] = {}
         self._shared_tokens = 0  # prompt tokens whose cells were copied from a busy slot
         self._embedder_factory = embedder
         self._embedder: EmbeddingContext | None = None
@@ -239,20 +250,52 @@ class Engine:
 
     def _admit(self) -> None:
         later: deque[tuple[int, CompletionRequest]] = deque()
+        view: SlotView | None = None  # what the slots hold, until a request takes one
         while self.waiting:
             free = [slot for slot in self.slots if not slot.busy]
-            if not free:
+            # A request waiting for a busy slot's cells keeps a free slot for when they are in:
+            # the requests behind it do not take the last ones.
+            if len(free) <= len(later):
                 break
             request_id, request = self.waiting.popleft()
+            view = view or self._view(free)
             try:
-                if not self._start(free, request_id, request):
+                if self._start(free, view, request_id, request):
+                    view = None
+                else:
                     later.append((request_id, request))
             except RequestRejected as exc:
                 self._prompts.pop(request_id, None)
                 self._error(request_id, str(exc), "request")
         self.waiting = later + self.waiting  # in the order they came
 
-    def _start(self, free: list[Slot], request_id: int, request: CompletionRequest) -> bool:
+    def _view(self, free: list[Slot]) -> SlotView:
+        busy = [s.busy for s in self.slots]
+        caches = [
+            FreeSlot(
+                np.frombuffer(s.cache, dtype=np.int32, count=s.exact).copy(),  # no view: it grows
+                s.last_used,
+                self.ctx.seq_pos_min(s.seq),
+                beside_busy=keeps_consecutive(busy, s.seq),
+            )
+            for s in free
+        ]
+        sources = [s for s in self.slots if s.busy]
+        # A source's prompt still to come counts if its cells so far are exact (no shift), and
+        # unless it scores its prompt, which it reads a few tokens a step, slower than evaluating.
+        busy_slots = [
+            BusySlot(
+                np.frombuffer(s.cache, dtype=np.int32, count=s.exact).copy(),
+                self.ctx.seq_pos_min(s.seq),
+                np.asarray(s.prompt[s.fed :], dtype=np.int32)
+                if s.exact == s.fed and s.prompt_logprobs is None
+                else np.zeros(0, np.int32),
+            )
+            for s in sources
+        ]
+        return SlotView(caches, sources, busy_slots)
+
+    def _start(self, free: list[Slot], view: SlotView, request_id: int, request: CompletionRequest) -> bool:
         """Take a free slot for the request, or return False to leave it waiting for a busy slot
         that is evaluating the same first tokens (prompt_cache.share_from_busy). Everything that
         can reject it comes before the slot is touched."""
@@ -268,38 +311,15 @@ class Engine:
                     "prompt whose log-probabilities are asked for is never truncated; shorten it or "
                     "raise num_ctx"
                 )
-            self._prompts[request_id] = fit_prompt(tokens, self.n_ctx_seq, options.num_keep, request.truncate)
-        tokens, dropped = self._prompts[request_id]
-        prompt = np.asarray(tokens, dtype=np.int32)
-        busy = [s.busy for s in self.slots]
-        caches = [
-            FreeSlot(
-                np.frombuffer(s.cache, dtype=np.int32, count=s.exact).copy(),  # no view: it grows
-                s.last_used,
-                self.ctx.seq_pos_min(s.seq),
-                beside_busy=keeps_consecutive(busy, s.seq),
-            )
-            for s in free
-        ]
+            fitted, dropped = fit_prompt(tokens, self.n_ctx_seq, options.num_keep, request.truncate)
+            self._prompts[request_id] = (fitted, dropped, np.asarray(fitted, dtype=np.int32))
+        tokens, dropped, prompt = self._prompts[request_id]
+        caches = view.caches
         chosen, reused = choose_slot(caches, prompt, self.cache_rules)
         # A prompt whose log-probabilities are asked for reuses only cells whose scores are kept.
-        sources = [] if scores_prompt else [s for s in self.slots if s.busy]
-        sharing = share_from_busy(
-            [
-                BusySlot(
-                    np.frombuffer(s.cache, dtype=np.int32, count=s.exact).copy(),
-                    self.ctx.seq_pos_min(s.seq),
-                    np.asarray(s.prompt[s.fed :], dtype=np.int32)
-                    if s.exact == s.fed
-                    else np.zeros(0, np.int32),
-                )
-                for s in sources
-            ],
-            prompt,
-            self.cache_rules,
-            reused,
-            self.n_ctx_seq,
-        )
+        sharing = None
+        if not scores_prompt:
+            sharing = share_from_busy(view.busy_slots, prompt, self.cache_rules, reused, self.n_ctx_seq)
         if sharing is not None and sharing.wait:
             return False
         grammar = _grammar_for(request.format)
@@ -313,7 +333,7 @@ class Engine:
         if sharing is not None:
             # Its cells are overwritten: the free slot whose cache is the least worth keeping.
             slot = free[expendable_slot(caches)]
-            self.ctx.seq_cp(sources[sharing.source].seq, slot.seq)  # copied at the next decode
+            self.ctx.seq_cp(view.sources[sharing.source].seq, slot.seq)  # copied at the next decode
             reused = sharing.keep
             self.ctx.seq_rm(slot.seq, reused, -1)
             slot.scores = []  # its own cache's, not the copied cells'

@@ -151,26 +151,26 @@ def share_from_busy(
     them, `kept` being what the free slot chosen for it already keeps.
 
     n choices of one prompt, and requests that share a long system prompt, arrive together: one
-    evaluates the common part, and the others copy its cells. Cells a busy slot holds now are
-    copied at once; where a slot is still evaluating a prompt that shares more (its `pending`
-    tokens), the prompt waits for it, since evaluating the same tokens side by side would take
-    that much longer for each. With sliding-window layers the source's oldest cells fall out of
-    the window as it goes on, so a wait counts only while the source's whole prompt fits in the
-    window; what is copied is checked against the source's `pos_min` (reusable_prefix) either way.
-    A memory that cannot cut a sequence short shares nothing."""
+    evaluates the common part, and the others copy its cells. The most that a busy slot holds now
+    is copied at once, unless a slot still evaluating a prompt that shares more (its `pending`
+    tokens) would give enough more to be worth waiting for: evaluating the same tokens side by
+    side takes that much longer for each. What is copied is checked against the source's oldest
+    cell (`pos_min`, reusable_prefix), for models whose sliding window drops cells; the engine
+    checks again when it copies after a wait. A memory that cannot cut a sequence short shares
+    nothing."""
     if not rules.can_cut:
         return None
     best: Sharing | None = None
     for index, slot in enumerate(busy):
-        shared = common_prefix(slot.cached, prompt)
-        now = reusable_prefix(shared, len(prompt), slot.pos_min, rules.n_swa)
+        now = reusable_prefix(common_prefix(slot.cached, prompt), len(prompt), slot.pos_min, rules.n_swa)
         if worth_sharing(now - kept, n_ctx_seq) and (best is None or now > best.keep):
             best = Sharing(index, now)
+    have = max(kept, best.keep if best is not None else 0)
+    for index, slot in enumerate(busy):
+        if not len(slot.pending) or common_prefix(slot.cached, prompt) < len(slot.cached):
+            continue  # nothing to come, or what comes does not follow this prompt's start
         whole = np.concatenate([slot.cached, slot.pending])
-        if not len(slot.pending) or shared < len(slot.cached) or (rules.n_swa and len(whole) >= rules.n_swa):
-            continue
-        later = reusable_prefix(common_prefix(whole, prompt), len(prompt), 0, rules.n_swa)
-        better = best is None or later > best.keep
-        if later > now and better and worth_sharing(later - max(kept, now), n_ctx_seq):
+        later = reusable_prefix(common_prefix(whole, prompt), len(prompt), slot.pos_min, rules.n_swa)
+        if worth_sharing(later - have, n_ctx_seq) and (best is None or later > best.keep):
             best = Sharing(index, later, wait=True)
     return best

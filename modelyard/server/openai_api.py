@@ -37,6 +37,7 @@ SSE = "text/event-stream"
 # The choices of one request (prompts × n) run side by side in the model's slots, the rest queued;
 # past this many, send several requests.
 MAX_CHOICES = 64
+LLAMA_RANDOM_SEED = 0xFFFFFFFF
 
 
 class _Body(BaseModel):
@@ -85,7 +86,10 @@ class _SamplingBody(_Body):
     def options(self, choice: int = 0) -> dict[str, Any]:
         """The runner options of the `choice`-th choice of a prompt. With a seed, choice j samples
         with seed + j: each choice is reproducible, and the n choices differ."""
-        seed = self.seed + choice if self.seed is not None and self.seed >= 0 else self.seed
+        seed = self.seed
+        if seed is not None and seed >= 0 and choice:
+            # Seeds are 32 bits, and llama.cpp reads 0xFFFFFFFF as "a random seed": wrap below it.
+            seed = (seed + choice) % LLAMA_RANDOM_SEED
         mapped = {
             "num_predict": self.max_completion_tokens
             if self.max_completion_tokens is not None
@@ -188,7 +192,9 @@ def router(state: ServerState) -> APIRouter:
                 format=format_,
                 top_logprobs=runner_top_logprobs(top is not None, top),
             )
-            return stream if parser is None else with_tool_calls(stream, parser)
+            # A parser for each choice: the text a parser holds back is one choice's.
+            own = parser_for(servable.name, servable.prompting, body.parsed_tools())
+            return stream if own is None else with_tool_calls(stream, own)
 
         def calls(finished: Finished) -> list[dict[str, Any]]:
             ids = [f"call_{uuid.uuid4().hex[:24]}" for _ in finished.tool_calls]
