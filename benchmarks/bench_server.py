@@ -10,16 +10,18 @@ For 1, 4 and 8 concurrent streams (greedy, the same raw prompt, --tokens new tok
              new request arrives, so concurrent streams need it off (users must do the same)
   llama.cpp+lookup  the same server with its own prompt lookup decoding turned on
              (`--draft_model prompt-lookup-decoding --draft_model_num_pred_tokens 4`)
-All three load the same GGUF with the same context per stream (1024), threads (one per CPU), flash
-attention, batch size and weight layout (repacked or not, as our runner found this CPU allows). The
-server and the runner have 8 slots; llama-cpp-python's server serves one request at a time.
+All three load the same GGUF with the same context per stream (1024), threads (one per CPU, or
+--threads), flash attention, batch size and weight layout (repacked or not, as our runner found
+this CPU allows). The server and the runner have 8 slots; llama-cpp-python's server serves one
+request at a time.
 
 Per stream count, the three run in a rotating order within each round; medians over the rounds.
 Tokens/s is the aggregate: all tokens received / wall time from the first request to the last
 answer. Time to first token is the median over the streams of a level, from sending the request to
 the first text received.
 
-    python benchmarks/bench_server.py [--rounds 3] [--tokens 128] [--gpu] [--random-gemma-shape]
+    python benchmarks/bench_server.py [--rounds 3] [--tokens 128] [--gpu] [--threads N]
+                                      [--random-gemma-shape | --model GGUF]
 """
 
 from __future__ import annotations
@@ -174,11 +176,16 @@ def level(one: Callable[[], Stream], streams: int) -> Level:
 # --- the three systems ---------------------------------------------------------------------------------
 
 
-def start_modelyard(home: Path, gguf: Path, gpu: bool) -> tuple[subprocess.Popen[bytes], str, Path]:
+def start_modelyard(
+    home: Path, gguf: Path, gpu: bool, threads: int = THREADS
+) -> tuple[subprocess.Popen[bytes], str, Path]:
     store = Store(home / "store")
     store.init()
     Builder(store, home / "cache").build(
-        mf.Modelfile(from_=str(gguf), parameters={"num_ctx": N_CTX, "num_gpu": ALL_LAYERS if gpu else 0}),
+        mf.Modelfile(
+            from_=str(gguf),
+            parameters={"num_ctx": N_CTX, "num_gpu": ALL_LAYERS if gpu else 0, "num_thread": threads},
+        ),
         parse_reference("bench"),
         context=home,
     )
@@ -206,7 +213,7 @@ def start_modelyard(home: Path, gguf: Path, gpu: bool) -> tuple[subprocess.Popen
 
 
 def start_llama_cpp_server(
-    home: Path, gguf: Path, repack: bool, gpu: bool, lookup: bool = False
+    home: Path, gguf: Path, repack: bool, gpu: bool, lookup: bool = False, threads: int = THREADS
 ) -> tuple[subprocess.Popen[bytes], str, Path]:
     port = free_port()
     log = home / f"llama_cpp_server{'_lookup' if lookup else ''}.log"
@@ -216,7 +223,7 @@ def start_llama_cpp_server(
         "--model", str(gguf), "--model_alias", "bench",
         "--host", "127.0.0.1", "--port", str(port),
         "--n_ctx", str(N_CTX), "--n_batch", "512",
-        "--n_threads", str(THREADS), "--n_threads_batch", str(THREADS),
+        "--n_threads", str(threads), "--n_threads_batch", str(threads),
         "--flash_attn", "true", "--interrupt_requests", "false", "--verbose", "false",
         "--n_gpu_layers", "-1" if gpu else "0",
     ]
@@ -244,6 +251,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--gpu", action="store_true", help="offload every layer, on all three sides")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=THREADS,
+        help="llama.cpp threads on every side (default: one per CPU; with every layer on a GPU, fewer "
+        "leave cores to the HTTP server and client)",
+    )
     model = parser.add_mutually_exclusive_group()
     model.add_argument(
         "--random-gemma-shape",
@@ -270,14 +284,16 @@ def main() -> None:
 
         gguf = Path(assemble())
     options = LoadOptions(
-        num_ctx=N_CTX, num_parallel=SLOTS, num_thread=THREADS, num_gpu=ALL_LAYERS if args.gpu else 0
+        num_ctx=N_CTX, num_parallel=SLOTS, num_thread=args.threads, num_gpu=ALL_LAYERS if args.gpu else 0
     )
     runner = Runner.start(RunnerSpec("bench", gguf, options=options))
     assert runner.info is not None
     repack = runner.info.repack
-    serve, serve_url, _ = start_modelyard(home / "modelyard", gguf, args.gpu)
-    llama, llama_url, _ = start_llama_cpp_server(home, gguf, repack, args.gpu)
-    lookup, lookup_url, _ = start_llama_cpp_server(home, gguf, repack, args.gpu, lookup=True)
+    serve, serve_url, _ = start_modelyard(home / "modelyard", gguf, args.gpu, args.threads)
+    llama, llama_url, _ = start_llama_cpp_server(home, gguf, repack, args.gpu, threads=args.threads)
+    lookup, lookup_url, _ = start_llama_cpp_server(
+        home, gguf, repack, args.gpu, lookup=True, threads=args.threads
+    )
     limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
     serve_client = httpx.Client(timeout=600, limits=limits)
     llama_client = httpx.Client(timeout=600, limits=limits)

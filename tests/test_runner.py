@@ -435,7 +435,13 @@ def test_cancel_frees_the_slot(tiny_gguf: Path) -> None:
         stream.close()  # the client goes away
         _, done = runner.complete(CompletionRequest("the cat", greedy(5)))
         assert done.eval_count == 5, "the only slot was freed for the next request"
-        assert runner.stats() == {"slots_busy": 0, "slots": 1, "waiting": 0, "kv_tokens": 0, "prompt_shared_tokens": 0}
+        assert runner.stats() == {
+            "slots_busy": 0,
+            "slots": 1,
+            "waiting": 0,
+            "kv_tokens": 0,
+            "prompt_shared_tokens": 0,
+        }
     finally:
         runner.stop()
 
