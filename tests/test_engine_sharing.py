@@ -53,6 +53,7 @@ def test_n_copies_of_a_prompt_evaluate_it_once(engines: Engines, options: dict[s
     answers = [answer(events, request_id) for request_id in (1, 2, 3)]
     assert [a.text for a in answers] == [expected] * 3
     assert [a.done["prompt_cached"] for a in answers] == [0, length - 1, length - 1]
+    assert [a.done["prompt_shared"] for a in answers] == [0, length - 1, length - 1]
     assert engine.stats()["prompt_shared_tokens"] == 2 * (length - 1)
 
 

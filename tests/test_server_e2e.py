@@ -541,6 +541,29 @@ def test_openai_n_choices_streamed_and_not(oai: openai.OpenAI) -> None:
     assert [c.text for c in completions.choices] == [s.choices[0].text for s in singles]
 
 
+def test_n_choices_of_a_long_prompt_evaluate_it_once(oai: openai.OpenAI, http: httpx.Client) -> None:
+    """The first choice evaluates the prompt; the others copy its cells (runtime/prompt_cache.py:
+    share_from_busy), which the metrics count."""
+
+    def shared_total() -> float:
+        families = text_string_to_metric_families(http.get("/metrics").text)
+        return sum(
+            s.value
+            for f in families
+            for s in f.samples
+            if s.name == "modelyard_prompt_shared_tokens_total" and s.labels.get("model") == MODEL
+        )
+
+    rules = " ".join(f"Rule {i}: answer in one short line." for i in range(12))
+    system = f"Session {time.time_ns()}. {rules}"  # no slot holds this prompt yet
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "Hi"}]
+    before = shared_total()
+    answer = oai.chat.completions.create(model=GEMMA, messages=messages, n=3, max_tokens=4, temperature=0)  # type: ignore[arg-type]
+    assert answer.usage is not None and answer.usage.prompt_tokens > 40
+    assert shared_total() - before == 2 * (answer.usage.prompt_tokens - 1)
+    assert len({c.message.content for c in answer.choices}) == 1  # greedy: the same answer thrice
+
+
 def test_openai_completions_echo(oai: openai.OpenAI) -> None:
     prompt = "The capital of France is"
     plain = oai.completions.create(model=GEMMA, prompt=prompt, max_tokens=6, temperature=0)

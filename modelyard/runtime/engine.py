@@ -78,6 +78,7 @@ class Slot:
     scores: list[dict[str, Any]] = field(default_factory=list)
     scores_k: int = 0
     reused: int = 0  # prompt tokens of the current request that the cache already held
+    shared: int = 0  # of those, copied from a busy slot (prompt_cache.share_from_busy)
     last_used: int = 0
     next_token: int | None = None  # sampled, to be fed in the next step
     logits_index: int = -1  # where this slot's logits are in the current batch
@@ -350,6 +351,7 @@ class Engine:
         reused_scores, slot.scores = slot.scores[:scores], slot.scores[:reused]
         slot.exact = reused
         slot.reused = reused
+        slot.shared = reused if sharing is not None else 0
         slot.request_id = request_id
         slot.prompt = tokens
         slot.fed = reused
@@ -424,6 +426,7 @@ class Engine:
                 "done_reason": reason,
                 "prompt_eval_count": len(slot.prompt),
                 "prompt_cached": slot.reused,
+                "prompt_shared": slot.shared,
                 "prompt_eval_duration": prompt_done - slot.started_ns,
                 "eval_count": slot.generated,
                 "eval_duration": now - prompt_done,

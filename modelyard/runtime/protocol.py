@@ -15,9 +15,9 @@ Runner → parent (`event`):
     loaded      {info: RunnerInfo}                              ready to serve
     load_failed {message}                                       then the runner exits
     token       {id, text, logprobs?}                           streamed output (logprobs when asked)
-    done        {id, done_reason, prompt_eval_count, prompt_cached, prompt_eval_duration,
-                 eval_count, eval_duration, truncated, context_shifts, draft_tokens,
-                 draft_accepted}
+    done        {id, done_reason, prompt_eval_count, prompt_cached, prompt_shared,
+                 prompt_eval_duration, eval_count, eval_duration, truncated, context_shifts,
+                 draft_tokens, draft_accepted}
                                                                 durations in nanoseconds
     result      {id, …}                                         embed / tokenize / detokenize / stats
     error       {id, message, kind: "request" | "internal"}
@@ -119,6 +119,7 @@ class Done:
     truncated: int = 0  # prompt tokens dropped to fit the context
     context_shifts: int = 0  # times old tokens were dropped during generation
     prompt_cached: int = 0  # of prompt_eval_count, tokens whose KV the slot kept from its last request
+    prompt_shared: int = 0  # of prompt_cached, tokens whose KV was copied from a busy slot
     draft_tokens: int = 0  # tokens guessed ahead by prompt lookup (runtime/drafting.py)
     draft_accepted: int = 0  # of those, the ones sampling agreed with
 

@@ -237,6 +237,7 @@ class Inference:
                 evaluated = event.prompt_eval_count - event.prompt_cached
                 self.metrics.prompt_tokens.labels(servable.name).inc(evaluated)
                 self.metrics.prompt_cached_tokens.labels(servable.name).inc(event.prompt_cached)
+                self.metrics.prompt_shared_tokens.labels(servable.name).inc(event.prompt_shared)
                 self.metrics.generated_tokens.labels(servable.name).inc(event.eval_count)
                 self.metrics.draft_tokens.labels(servable.name).inc(event.draft_tokens)
                 self.metrics.draft_accepted_tokens.labels(servable.name).inc(event.draft_accepted)

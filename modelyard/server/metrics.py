@@ -37,7 +37,15 @@ class Metrics:
         )
         self.prompt_cached_tokens = Counter(
             "modelyard_prompt_cached_tokens",
-            "Prompt tokens not evaluated: a slot kept their KV cache from its previous request.",
+            "Prompt tokens not evaluated: a slot kept their KV cache from its previous request, or"
+            " copied it from a running one.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.prompt_shared_tokens = Counter(
+            "modelyard_prompt_shared_tokens",
+            "Of the cached prompt tokens, those whose KV cache was copied from a running request's"
+            " slot (n choices, or requests sharing a long system prompt at once).",
             ["model"],
             registry=self.registry,
         )

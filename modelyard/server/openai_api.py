@@ -350,10 +350,13 @@ async def _interleaved(streams: Sequence[AsyncGenerator[Any, None]]) -> AsyncGen
     # Bounded, so that a slow client holds the generations back rather than this buffering them.
     queue: asyncio.Queue[tuple[int, Any, BaseException | None]] = asyncio.Queue(maxsize=4 * len(streams))
 
+    end = object()  # a stream's last item
+
     async def pump(index: int, stream: AsyncGenerator[Any, None]) -> None:
         try:
             async for event in stream:
                 await queue.put((index, event, None))
+            await queue.put((index, end, None))
         except Exception as exc:
             await queue.put((index, None, exc))
         finally:
@@ -361,13 +364,15 @@ async def _interleaved(streams: Sequence[AsyncGenerator[Any, None]]) -> AsyncGen
 
     pumps = [asyncio.create_task(pump(i, stream)) for i, stream in enumerate(streams)]
     try:
-        finished = 0
-        while finished < len(streams):
+        ended = 0
+        while ended < len(streams):
             index, event, error = await queue.get()
             if error is not None:
                 raise error
-            finished += isinstance(event, Finished)
-            yield index, event
+            if event is end:
+                ended += 1
+            else:
+                yield index, event
     finally:
         for task in pumps:
             task.cancel()
