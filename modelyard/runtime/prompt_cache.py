@@ -1,9 +1,12 @@
-"""Reusing a slot's KV cache across requests: which free slot a prompt takes, and how much of what
-that slot last held it keeps (pure functions; the engine does the cutting).
+"""Reusing KV cells across requests: which free slot a prompt takes, how much of what that slot
+last held it keeps, and when it copies its start from a busy slot instead (pure functions; the
+engine does the cutting and copying).
 
 A chat sends its whole history again every turn. A slot keeps the KV cells of its last request when
 it is freed; the next prompt that starts with the same tokens evaluates only the rest, as
-llama-server (`cache_prompt`, which Ollama turns on) and llama-cpp-python's `Llama` do.
+llama-server (`cache_prompt`, which Ollama turns on) and llama-cpp-python's `Llama` do. Requests
+that start the same way at the same time (n choices, one system prompt for many users) find no free
+slot holding it yet: they copy it from the busy slot that does, or wait for the one evaluating it.
 """
 
 from __future__ import annotations
@@ -132,6 +135,9 @@ class Sharing:
     wait: bool = False
 
 
+MIN_SHARED_TOKENS = 32
+
+
 def worth_sharing(gain: int, n_ctx_seq: int) -> bool:
     """Whether evaluating `gain` fewer prompt tokens pays for copying a KV stream. Between the
     streams of a non-unified cache llama.cpp copies a whole stream (`n_ctx_seq` cells, used or
@@ -139,9 +145,6 @@ def worth_sharing(gain: int, n_ctx_seq: int) -> bool:
     every layer. One token of prompt for each 256 cells copied leaves a wide margin on CPUs and
     GPUs alike, and 32 tokens at least keep small gains from churning the caches."""
     return gain >= max(MIN_SHARED_TOKENS, n_ctx_seq // 256)
-
-
-MIN_SHARED_TOKENS = 32
 
 
 def share_from_busy(
