@@ -92,7 +92,7 @@ def main() -> None:
     runner = Runner.start(
         RunnerSpec("bench", gguf, options=LoadOptions(num_ctx=N_CTX, num_parallel=SLOTS, num_thread=THREADS))
     )
-    serve, serve_url, _ = start_modelyard(home / "modelyard", gguf)
+    serve, serve_url, _ = start_modelyard(home / "modelyard", gguf, gpu=False)
     # The runner serving "bench", as /api/ps names it (the server also keeps one started ahead).
     models = httpx.get(f"{serve_url}/api/ps", timeout=30).json()["models"]
     serve_runner = next(int(m["runner_pid"]) for m in models if m["name"].startswith("bench"))
