@@ -183,12 +183,18 @@ class Engine:
 
     # --- the loop -------------------------------------------------------------------------
 
-    def run(self, inbox: queue.Queue[dict[str, Any] | None]) -> None:
+    def run(
+        self, inbox: queue.Queue[dict[str, Any] | None], flush: Callable[[], None] = lambda: None
+    ) -> None:
+        """Serve until shut down. `flush` sends what `send` was given: after the messages read and
+        after each step, so that a step's events for every slot go out together."""
         while self.running:
             self._drain(inbox, block=not self._has_work())
+            flush()
             if self.running:
                 self._admit()
                 self.step()
+                flush()
 
     def _has_work(self) -> bool:
         return bool(self.waiting) or any(s.busy for s in self.slots)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -145,9 +146,26 @@ class Channel:
         self._write_lock = threading.Lock()
 
     def send(self, message: dict[str, Any]) -> None:
-        data = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        self.send_all([message])
+
+    def send_all(self, messages: list[dict[str, Any]]) -> None:
+        """Several messages in one write: the other side wakes once for them all."""
+        data = b"".join(
+            json.dumps(m, separators=(",", ":"), ensure_ascii=False).encode() + b"\n" for m in messages
+        )
         with self._write_lock:
             self.sock.sendall(data)
+
+    def batch(self) -> tuple[Callable[[dict[str, Any]], None], Callable[[], None]]:
+        """(send, flush): `send` keeps messages until `flush` writes them together (one thread)."""
+        held: list[dict[str, Any]] = []
+
+        def flush() -> None:
+            if held:
+                self.send_all(held)
+                held.clear()
+
+        return held.append, flush
 
     def receive(self) -> dict[str, Any] | None:
         """The next message, or None when the other side has gone."""

@@ -36,8 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     message = channel.receive()
     if message is None or message.get("op") != "load":
         return 2
+    # The engine's events wait in `send` until `flush`: a step's events for every slot go out in
+    # one write, and the parent's reader wakes once for them.
+    send, flush = channel.batch()
     try:
-        engine = _load(channel, message, logs)
+        engine = _load(channel, message, logs, send)
     except _LoadFailed as exc:
         channel.send({"event": "load_failed", "message": str(exc)})
         return 1
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                 return
 
     threading.Thread(target=read, name="runner-reader", daemon=True).start()
-    engine.run(inbox)
+    engine.run(inbox, flush)
     return 0
 
 
@@ -63,7 +66,7 @@ class _LoadFailed(Exception):
     pass
 
 
-def _load(channel: Any, message: dict[str, Any], logs: Any) -> Any:
+def _load(channel: Any, message: dict[str, Any], logs: Any, send: Any) -> Any:
     from modelyard.runtime import llama
     from modelyard.runtime.engine import EmbeddingContext, Engine
     from modelyard.runtime.memory import embedding_context_tokens
@@ -131,7 +134,7 @@ def _load(channel: Any, message: dict[str, Any], logs: Any) -> Any:
             model, n_ctx=n_ctx, threads=options.threads(), flash_attention=options.flash_attention
         )
 
-    return Engine(model, ctx, options.num_parallel, channel.send, embedder=embedder)
+    return Engine(model, ctx, options.num_parallel, send, embedder=embedder)
 
 
 def _warm_up(model: Any, ctx: Any) -> None:

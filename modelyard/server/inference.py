@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import threading
 import time
 from collections.abc import AsyncGenerator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass
@@ -83,6 +84,13 @@ class Inference:
         self.default_keep_alive = default_keep_alive
         self.spec_targets = spec_targets
         self._servables: dict[str, Servable] = {}
+        self._post: LoopPost | None = None
+
+    def _poster(self, loop: asyncio.AbstractEventLoop) -> LoopPost:
+        """The one LoopPost of the loop that serves (one per loop, should tests run several)."""
+        if self._post is None or self._post.loop is not loop:
+            self._post = LoopPost(loop)
+        return self._post
 
     # --- models ---------------------------------------------------------------------------
 
@@ -205,8 +213,10 @@ class Inference:
                 echo=echo,
             )
 
+            post = self._poster(loop)
+
             def deliver(event: Token | Done | Failure) -> None:  # on the runner's reader thread
-                loop.call_soon_threadsafe(events.put_nowait, event)
+                post(events, event)
 
             handle = runner.submit(rendered.completion, deliver)
             last = 0
@@ -298,6 +308,31 @@ async def with_tool_calls(
 
 T = TypeVar("T")
 DISCONNECT_POLL_S = 0.25
+
+
+class LoopPost:
+    """Items from other threads into a loop's asyncio queues, with one wake-up of the loop for all
+    that come together: a runner's reader thread hands over a step's tokens for every stream at
+    once, and each wake-up is a write to the loop's self-pipe, a return from epoll and a switch
+    of threads."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._held: list[tuple[asyncio.Queue[Any], Any]] = []
+
+    def __call__(self, queue: asyncio.Queue[Any], item: Any) -> None:
+        with self._lock:
+            self._held.append((queue, item))
+            if len(self._held) > 1:
+                return  # a wake-up is on its way and will take this one too
+        self.loop.call_soon_threadsafe(self._hand_over)
+
+    def _hand_over(self) -> None:
+        with self._lock:
+            held, self._held = self._held, []
+        for queue, item in held:
+            queue.put_nowait(item)
 
 
 async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
