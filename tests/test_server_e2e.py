@@ -393,18 +393,20 @@ def test_openai_chat_streaming_and_not(oai: openai.OpenAI) -> None:
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
 
 
+def model_counter(http: httpx.Client, sample: str) -> float:
+    """A counter's value for the test model, from /metrics."""
+    families = text_string_to_metric_families(http.get("/metrics").text)
+    return sum(
+        s.value for f in families for s in f.samples if s.name == sample and s.labels.get("model") == MODEL
+    )
+
+
 def test_a_chats_next_turn_reuses_the_cache(oai: openai.OpenAI, http: httpx.Client) -> None:
     """The second turn sends the first again; its tokens come from the slot's cache, which the
     usage and the metrics report."""
 
     def cached_total() -> float:
-        families = text_string_to_metric_families(http.get("/metrics").text)
-        return sum(
-            s.value
-            for f in families
-            for s in f.samples
-            if s.name == "modelyard_prompt_cached_tokens_total" and s.labels.get("model") == MODEL
-        )
+        return model_counter(http, "modelyard_prompt_cached_tokens_total")
 
     messages: list[dict[str, str]] = [{"role": "user", "content": "Name a bird that cannot fly."}]
     first = oai.chat.completions.create(model=GEMMA, messages=messages, max_tokens=12, temperature=0)  # type: ignore[arg-type]
@@ -546,13 +548,7 @@ def test_n_choices_of_a_long_prompt_evaluate_it_once(oai: openai.OpenAI, http: h
     share_from_busy), which the metrics count."""
 
     def shared_total() -> float:
-        families = text_string_to_metric_families(http.get("/metrics").text)
-        return sum(
-            s.value
-            for f in families
-            for s in f.samples
-            if s.name == "modelyard_prompt_shared_tokens_total" and s.labels.get("model") == MODEL
-        )
+        return model_counter(http, "modelyard_prompt_shared_tokens_total")
 
     rules = " ".join(f"Rule {i}: answer in one short line." for i in range(12))
     system = f"Session {time.time_ns()}. {rules}"  # no slot holds this prompt yet
