@@ -151,6 +151,42 @@ def test_a_penalty_that_lifts_a_token_from_far_down_the_row(
     assert len(set(picked)) < len(picked), "the window's tokens came back"
 
 
+@pytest.mark.parametrize("which", ["tiny", "gemma"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        SamplingOptions(temperature=0.0),
+        SamplingOptions(temperature=0.8),
+        SamplingOptions(temperature=1.0, top_k=3, repeat_penalty=1.3, repeat_last_n=8),
+    ],
+)
+def test_a_logit_bias_reads_in_place_as_the_chain_does(
+    which: str, options: SamplingOptions, tiny_gguf: Path, gemma_gguf: Path
+) -> None:
+    """A bias moves its own tokens only: banning the row's best (-100) and lifting one from far
+    down (+15, and on every other row the worst by +100), the in-place reading picks what
+    llama.cpp's chain picks on the whole row; the banned token never comes, the lifted one does."""
+    path = tiny_gguf if which == "tiny" else gemma_gguf
+    for model, ctx, pos in rows_of(path, "The quick brown fox jumps over the lazy dog, and then"):
+        row = np.ctypeslib.as_array(llama.L.llama_get_logits_ith(ctx.ptr, 0), shape=(model.n_vocab,))
+        order = np.argsort(-row, kind="stable")
+        best, middle, worst = int(order[0]), int(order[len(order) // 2]), int(order[-1])
+        biases = ((best, -100.0), (middle, 15.0), (worst, 100.0 * (pos % 2)))
+        for seed in (1, 99):
+            ours = llama.Sampler(model, options, seed, logit_bias=biases)
+            chain = llama.Sampler(model, options, seed, logit_bias=biases, in_place=False)
+            try:
+                assert ours.reads_row == "candidates"
+                expected = [chain.sample(ctx, 0) for _ in range(5)]
+                assert [ours.sample(ctx, 0) for _ in range(5)] == expected, f"row {pos}, {options}"
+                assert best not in expected
+                if pos % 2 and options.greedy:
+                    assert expected == [worst] * 5
+            finally:
+                ours.close()
+                chain.close()
+
+
 @pytest.mark.parametrize("n", [10, GROUPS - 1, GROUPS, GROUPS + 3, 3 * GROUPS + 5, 32000, 151936, 262144])
 @pytest.mark.parametrize("k", [1, 5, 40, 300, GROUPS, GROUPS + 1])
 def test_top_candidates_hold_the_k_best(n: int, k: int) -> None:

@@ -560,6 +560,42 @@ def test_n_choices_of_a_long_prompt_evaluate_it_once(oai: openai.OpenAI, http: h
     assert len({c.message.content for c in answer.choices}) == 1  # greedy: the same answer thrice
 
 
+def test_openai_logit_bias_bans_and_forces_tokens(oai: openai.OpenAI, gemma_gguf: Path) -> None:
+    """`logit_bias` takes the model's own token ids: -100 on the greedy answer's first token makes
+    another come first; +100 on one token makes the answer that token again and again. A key that
+    is no id, a bias out of range and an id outside the vocabulary are 400s that say so."""
+    import llama_cpp
+
+    vocab = llama_cpp.Llama(model_path=str(gemma_gguf), vocab_only=True, verbose=False)
+
+    def token_id(text: str) -> int:
+        [token] = vocab.tokenize(text.encode(), add_bos=False, special=False)
+        return int(token)
+
+    greedy: dict[str, Any] = dict(model=GEMMA, prompt="The capital of France is", max_tokens=4, temperature=0)
+    plain = oai.completions.create(**greedy, logprobs=1).choices[0].logprobs
+    assert plain is not None and plain.tokens
+    first = token_id(plain.tokens[0])
+    banned = oai.completions.create(**greedy, logprobs=1, logit_bias={str(first): -100}).choices[0].logprobs
+    assert banned is not None and banned.tokens and banned.tokens[0] != plain.tokens[0]
+    forced = token_id(" blue")
+    chosen = oai.chat.completions.create(
+        model=GEMMA,
+        messages=[{"role": "user", "content": "Name a fruit."}],
+        max_tokens=3,
+        temperature=0.8,
+        logit_bias={str(forced): 100},
+    )
+    assert chosen.choices[0].message.content == " blue" * 3
+    for bias, message in (
+        ({"a": 1}, "is not a token id"),
+        ({str(first): 101}, "out of range"),
+        ({"999999999": 1}, "not in the vocabulary"),
+    ):
+        with pytest.raises(openai.BadRequestError, match=message):
+            oai.completions.create(**greedy, logit_bias=bias)
+
+
 def test_openai_completions_echo(oai: openai.OpenAI) -> None:
     prompt = "The capital of France is"
     plain = oai.completions.create(model=GEMMA, prompt=prompt, max_tokens=6, temperature=0)

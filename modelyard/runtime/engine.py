@@ -310,6 +310,7 @@ class Engine:
         scores_prompt = request.echo and request.top_logprobs > 0
         if scores_prompt and not self.ctx.prompt_logprob_rows:
             raise RequestRejected("this runner does not compute a prompt's log-probabilities")
+        self._in_vocabulary([token for token, _ in request.logit_bias], "logit_bias token")
         if request_id not in self._prompts:
             tokens = self._prompt_tokens(request)
             if scores_prompt and len(tokens) >= self.n_ctx_seq:  # cut, it would not be the prompt sent
@@ -332,7 +333,9 @@ class Engine:
         grammar = _grammar_for(request.format)
         seed = options.seed if options.seed >= 0 else int.from_bytes(os.urandom(4), "little")
         try:
-            sampler = llama.Sampler(self.model, options, seed, grammar, n_ctx=self.n_ctx_seq)
+            sampler = llama.Sampler(
+                self.model, options, seed, grammar, n_ctx=self.n_ctx_seq, logit_bias=request.logit_bias
+            )
         except ValueError as exc:
             raise RequestRejected(str(exc)) from None
         del self._prompts[request_id]

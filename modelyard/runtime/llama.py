@@ -411,7 +411,8 @@ _TOKEN_DATA = [("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]
 
 class Sampler:
     """A llama.cpp sampler chain for one request, in llama-server's order:
-    grammar → penalties → top_k → typical_p → top_p → min_p → temperature → distribution."""
+    grammar → logit bias → penalties → top_k → typical_p → top_p → min_p → temperature →
+    distribution."""
 
     def __init__(
         self,
@@ -421,9 +422,11 @@ class Sampler:
         grammar: str | None = None,
         n_ctx: int = 4096,
         *,
+        logit_bias: Sequence[tuple[int, float]] = (),
         in_place: bool = True,
     ) -> None:
-        """`in_place` False: always through llama.cpp's chain on the whole row (the reference that
+        """`logit_bias`: (token, bias) pairs added to those tokens' logits (OpenAI's `logit_bias`).
+        `in_place` False: always through llama.cpp's chain on the whole row (the reference that
         tests and benchmarks hold the in-place reading to)."""
         self.ptr = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         # llama_sampler_sample first copies the logits row into n_vocab candidates (3 MiB for
@@ -436,7 +439,8 @@ class Sampler:
         # picks the same token with the same random draws (where logits tie exactly, the chain's
         # sort may order them otherwise on the shorter array). Penalties change only the tokens of
         # their window: after them, the top k lie among the k + |window| best of the row and the
-        # window itself, which is what the chain gets, penalties included (greedy: top 1).
+        # window itself, which is what the chain gets, penalties included (greedy: top 1). A logit
+        # bias changes only its own tokens, which go to the chain the same way.
         self._n_vocab = model.n_vocab
         self._argmax = False
         self._preselect = 0  # top-k: hand the chain this many best candidates, not the whole row
@@ -448,6 +452,10 @@ class Sampler:
                 L.llama_sampler_free(self.ptr)
                 raise ValueError("the grammar could not be compiled")
             add(gsampler)
+        self._biased = np.unique(np.fromiter((t for t, _ in logit_bias), dtype=np.int64))
+        if logit_bias:
+            pairs = (L.llama_logit_bias * len(logit_bias))(*(L.llama_logit_bias(t, b) for t, b in logit_bias))
+            add(L.llama_sampler_init_logit_bias(model.n_vocab, len(logit_bias), pairs))
         penalties = options.repeat_penalty != 1.0 or options.presence_penalty or options.frequency_penalty
         if penalties and options.repeat_last_n != 0:
             # Ollama's repeat_last_n -1 means the whole context; llama.cpp wants the count itself.
@@ -466,8 +474,9 @@ class Sampler:
         whole_row_first = bool(grammar) or not in_place
         if options.greedy:
             if not whole_row_first:
-                self._argmax = self._window is None
-                self._preselect = 0 if self._window is None else 1
+                changed = self._window is not None or bool(logit_bias)  # logits moved before greedy
+                self._argmax = not changed
+                self._preselect = 1 if changed else 0
             add(L.llama_sampler_init_greedy())
             return
         if options.top_k > 0:
@@ -502,9 +511,13 @@ class Sampler:
             if np.isnan(row[token]):  # numpy's argmax stops at a NaN; llama.cpp's greedy skips it
                 return int(L.llama_sampler_sample(self.ptr, ctx.ptr, index))
             return token
+        # The tokens whose logits the chain moves before it ranks them: the penalties' window and
+        # the biased tokens. The k best after that lie among the k + that many best of the row.
+        changed = self._biased
         if self._window:
-            window = np.fromiter(set(self._window), dtype=np.int64)
-            ids = np.union1d(top_candidates(row, self._preselect + len(window)), window)
+            changed = np.union1d(changed, np.fromiter(set(self._window), dtype=np.int64))
+        if len(changed):
+            ids = np.union1d(top_candidates(row, self._preselect + len(changed)), changed)
         else:
             ids = top_candidates(row, self._preselect)
         data = (L.llama_token_data * len(ids))()

@@ -54,6 +54,7 @@ def prepare(
     top_logprobs: int = 0,
     tokens: Sequence[int] = (),
     echo: bool = False,
+    logit_bias: Sequence[tuple[int, float]] = (),
 ) -> RenderedRequest:
     """Render the prompt for `runner`'s model, fitting the conversation into one slot's context.
     `top_logprobs` > 0: the tokens come with their log-probabilities and that many candidates.
@@ -73,6 +74,7 @@ def prepare(
         top_logprobs=top_logprobs,
         tokens=tuple(tokens),
         echo=echo,
+        logit_bias=tuple(logit_bias),
     )
     return RenderedRequest(completion, dropped)
 

@@ -53,6 +53,8 @@ class CompletionRequest:
     # runtime/echo.py shows it); with top_logprobs, with every prompt token's log-probability
     # after the tokens before it (the first has none), as OpenAI's legacy `echo` does.
     echo: bool = False
+    # (token id, bias) pairs added to those tokens' logits before sampling (OpenAI's logit_bias).
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def to_message(self, request_id: int) -> dict[str, Any]:
         return {
@@ -66,6 +68,7 @@ class CompletionRequest:
             "top_logprobs": self.top_logprobs,
             "tokens": list(self.tokens),
             "echo": self.echo,
+            "logit_bias": [list(pair) for pair in self.logit_bias],
         }
 
     @classmethod
@@ -81,6 +84,7 @@ class CompletionRequest:
             top_logprobs=int(message.get("top_logprobs") or 0),
             tokens=tuple(int(t) for t in message.get("tokens") or ()),
             echo=bool(message.get("echo", False)),
+            logit_bias=tuple((int(t), float(b)) for t, b in message.get("logit_bias") or ()),
         )
 
 

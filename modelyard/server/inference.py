@@ -181,13 +181,15 @@ class Inference:
         with_context: bool = False,
         tokens: Sequence[int] = (),
         echo: bool = False,
+        logit_bias: Sequence[tuple[int, float]] = (),
     ) -> AsyncGenerator[GenerationEvent, None]:
         """Stream the tokens of one generation, then a Finished event. `top_logprobs` > 0: each
         Token carries its tokens' log-probabilities (see server/logprobs.py). `with_context`: the
         Finished event carries the tokens of the prompt and the answer (Ollama's deprecated
         `context`, which a later generate request may send back). `tokens`: the prompt as token
         ids (`request` raw and empty). `echo`: a Token marked `prompt` comes first, the prompt's
-        text (and with `top_logprobs`, every prompt token's log-probability)."""
+        text (and with `top_logprobs`, every prompt token's log-probability). `logit_bias`: (token,
+        bias) pairs added to those tokens' logits."""
         started = time.perf_counter_ns()
         sampling = parse_request_options(merge_options(servable.params, options)).sampling
         if request.images or any(m.images for m in request.messages):
@@ -211,6 +213,7 @@ class Inference:
                 top_logprobs=top_logprobs,
                 tokens=tokens,
                 echo=echo,
+                logit_bias=logit_bias,
             )
 
             post = self._poster(loop)

@@ -75,6 +75,23 @@ class _SamplingBody(_Body):
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     n: int | None = Field(default=None, ge=1, le=MAX_CHOICES)  # choices per prompt
+    # Token id (a string: JSON keys are) → a bias from -100 to 100 added to its logit. The ids are
+    # the model's own (its tokenizer's), not OpenAI's: -100 bans a token, 100 all but forces it.
+    logit_bias: dict[str, float] | None = None
+
+    def token_biases(self) -> tuple[tuple[int, float], ...]:
+        """`logit_bias` as (token, bias) pairs; a key that is no token id, or a bias out of
+        OpenAI's range, is a 400 that names it."""
+        pairs = []
+        for key, bias in (self.logit_bias or {}).items():
+            try:
+                token = int(key)
+            except ValueError:
+                raise HTTPError(400, f"logit_bias: {key!r} is not a token id") from None
+            if not -100 <= bias <= 100:
+                raise HTTPError(400, f"logit_bias[{key!r}]: {bias} is out of range (must be -100 to 100)")
+            pairs.append((token, float(bias)))
+        return tuple(pairs)
 
     def choices(self, prompts: int = 1) -> int:
         """How many choices the answer has: `n` for each prompt."""
@@ -178,6 +195,7 @@ def router(state: ServerState) -> APIRouter:
         top = body.logprobs_top()
         format_ = _format(body.response_format)
         forced = forced_call_schema(body.tools or [], body.tool_choice) if parser is not None else None
+        biases = body.token_biases()
         if forced is not None:
             # tool_choice "required" or a named function: a grammar makes the answer that call.
             if format_ is not None:
@@ -191,6 +209,7 @@ def router(state: ServerState) -> APIRouter:
                 body.options(choice),
                 format=format_,
                 top_logprobs=runner_top_logprobs(top is not None, top),
+                logit_bias=biases,
             )
             # A parser for each choice: the text a parser holds back is one choice's.
             own = parser_for(servable.name, servable.prompting, body.parsed_tools())
@@ -236,6 +255,7 @@ def router(state: ServerState) -> APIRouter:
         servable = await inference.servable(body.model)
         prompts = body.prompts()
         top = body.logprobs_top()
+        biases = body.token_biases()
 
         def generate(prompt: str | list[int], choice: int) -> AsyncGenerator[Any, None]:
             options = body.options(choice)
@@ -243,11 +263,19 @@ def router(state: ServerState) -> APIRouter:
             if isinstance(prompt, list):
                 request = PromptRequest.generate("", raw=True)
                 return inference.generate(
-                    servable, request, options, top_logprobs=top_logprobs, tokens=prompt, echo=body.echo
+                    servable,
+                    request,
+                    options,
+                    top_logprobs=top_logprobs,
+                    tokens=prompt,
+                    echo=body.echo,
+                    logit_bias=biases,
                 )
             # OpenAI's completions are raw continuations of the prompt: no chat template.
             request = PromptRequest.generate(prompt, suffix=body.suffix or "", raw=not body.suffix)
-            stream = inference.generate(servable, request, options, top_logprobs=top_logprobs, echo=body.echo)
+            stream = inference.generate(
+                servable, request, options, top_logprobs=top_logprobs, echo=body.echo, logit_bias=biases
+            )
             return _echoing_as_sent(stream, prompt) if body.echo else stream
 
         def logprobs(entries: Sequence[dict[str, Any]], offset: int) -> dict[str, Any] | None:
