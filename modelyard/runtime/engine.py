@@ -127,6 +127,11 @@ class Slot:
         """Has a sampled token to feed in the next step."""
         return self.busy and not self.prefilling and self.next_token is not None
 
+    def exact_tokens(self) -> npt.NDArray[np.int32]:
+        """The tokens of the cells computed without a context shift, from position 0 (a copy, not
+        a view: the cache grows)."""
+        return np.frombuffer(self.cache, dtype=np.int32, count=self.exact).copy()
+
 
 @dataclass(frozen=True)
 class SlotView:
@@ -280,7 +285,7 @@ class Engine:
         busy = [s.busy for s in self.slots]
         caches = [
             FreeSlot(
-                np.frombuffer(s.cache, dtype=np.int32, count=s.exact).copy(),  # no view: it grows
+                s.exact_tokens(),
                 s.last_used,
                 self.ctx.seq_pos_min(s.seq),
                 beside_busy=keeps_consecutive(busy, s.seq),
@@ -292,7 +297,7 @@ class Engine:
         # unless it scores its prompt, which it reads a few tokens a step, slower than evaluating.
         busy_slots = [
             BusySlot(
-                np.frombuffer(s.cache, dtype=np.int32, count=s.exact).copy(),
+                s.exact_tokens(),
                 self.ctx.seq_pos_min(s.seq),
                 np.asarray(s.prompt[s.fed :], dtype=np.int32)
                 if s.exact == s.fed and s.prompt_logprobs is None
