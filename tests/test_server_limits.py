@@ -208,7 +208,8 @@ def test_a_client_that_leaves_a_non_streaming_request_frees_its_slot(busy: Serve
     body = {
         "model": GEMMA,
         "messages": [{"role": "user", "content": "Tell me a long story."}],
-        "options": {"num_predict": 2000},
+        # Greedy: sampled at the default temperature, the answer could end within the 3 s (it did).
+        "options": {"num_predict": 2000, "temperature": 0},
         "stream": False,
     }
     with busy.client() as http:
