@@ -15,6 +15,7 @@ import pytest
 from modelyard.errors import BlobNotFoundError, DigestMismatchError, ImageNotFoundError, StoreError
 from modelyard.reference import parse_reference
 from modelyard.store import Store
+from modelyard.store import store as store_module
 from modelyard.store.image import CONFIG_MODELPACK, LAYER_SYSTEM, LAYER_WEIGHT, Descriptor, Manifest
 from modelyard.store.store import CorruptBlob
 
@@ -130,6 +131,28 @@ def test_tag_resolve_history_rollback(store: Store) -> None:
     assert [r.digest for r in store.history(ref)] == [d1, d2]
     assert store.rollback(ref, to_digest=d2).digest == d2
     assert store.resolve(ref.with_digest(d1)).digest == d1, "an earlier digest stays addressable"
+
+
+def test_an_unchanged_index_is_parsed_once_and_any_change_is_seen(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put_image(store, "m", b"w1")
+    parses = []
+    real_parse = store_module.parse_index
+    monkeypatch.setattr(store_module, "parse_index", lambda value: parses.append(1) or real_parse(value))
+    first = store.read_index()
+    assert store.read_index() is first and len(parses) <= 1, "the same bytes are parsed once"
+
+    d2 = put_image(Store(store.root), "n", b"w2")  # another process's write
+    assert store.resolve(parse_reference("n")).digest == d2
+
+    # An edit in place that keeps the length (an editor, another tool), within one clock tick.
+    raw = store.index_path.read_bytes()
+    stamp = store.resolve(parse_reference("m")).tagged_at
+    edited = stamp.replace(stamp[:4], "1999", 1)
+    with store.index_path.open("r+b") as f:
+        f.write(raw.replace(stamp.encode(), edited.encode(), 1))
+    assert store.resolve(parse_reference("m")).tagged_at == edited
 
 
 def test_resolve_unknown_says_what_exists(store: Store) -> None:

@@ -117,6 +117,11 @@ class Store:
         self.blobs = BlobStore(root)
         self.index_path = root / "index.json"
         self._lock = FileLock(str(root / "index.json.lock"))
+        # The bytes of index.json last parsed, and what they parsed to: every request a server
+        # takes resolves its model's name through the index, and parsing is what costs (50 images
+        # with 20 earlier digests each: 17 ms to parse, 25 µs to read). Keyed by the bytes
+        # themselves, not the file's times, which a filesystem may keep to a clock tick.
+        self._parsed: tuple[bytes, Index] | None = None
 
     # --- layout and index -------------------------------------------------------------------
 
@@ -136,8 +141,11 @@ class Store:
             raw = self.index_path.read_bytes()
         except FileNotFoundError:
             return Index()
+        parsed = self._parsed
+        if parsed is not None and parsed[0] == raw:
+            return parsed[1]
         try:
-            return parse_index(json.loads(raw))
+            index = parse_index(json.loads(raw))
         except (json.JSONDecodeError, UnicodeDecodeError, ManifestFormatError) as exc:
             raise CorruptStoreError(
                 self.index_path,
@@ -145,6 +153,8 @@ class Store:
                 "It names every image in the store: repair its JSON or restore it from a backup "
                 "(the blobs are untouched; do not prune meanwhile, as nothing would look referenced).",
             ) from None
+        self._parsed = (raw, index)  # one assignment: threads that read meanwhile see either pair
+        return index
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:

