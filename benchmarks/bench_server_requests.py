@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -118,7 +119,7 @@ def main() -> None:
             add_images(home / name.replace(" ", "-"), args.images)
             servers[name] = (process.pid, url)
             for _ in range(3):  # warm-up: every slot holds the prompt
-                burst(lambda url=url: one_request(client, url), args.streams)
+                burst(partial(one_request, client, url), args.streams)
         names = list(trees)
         for round_ in range(args.rounds):
             for name in names if round_ % 2 == 0 else names[::-1]:
@@ -126,7 +127,7 @@ def main() -> None:
                 before = process_cpu(pid)
                 firsts: list[float] = []
                 for _ in range(args.bursts):
-                    firsts += burst(lambda url=url: one_request(client, url), args.streams)
+                    firsts += burst(partial(one_request, client, url), args.streams)
                 cpu = process_cpu(pid) - before
                 results[name].append((cpu / (args.bursts * args.streams), statistics.median(firsts)))
             print(f"round {round_ + 1} done", file=sys.stderr)
