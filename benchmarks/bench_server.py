@@ -15,12 +15,17 @@ All three load the same GGUF with the same context per stream (1024), threads (o
 this CPU allows). The server and the runner have 8 slots; llama-cpp-python's server serves one
 request at a time.
 
-Per stream count, the three run in a rotating order within each round; medians over the rounds.
 Tokens/s is the aggregate: all tokens received / wall time from the first request to the last
 answer. Time to first token is the median over the streams of a level, from sending the request to
-the first text received.
+the first text received. Each system's figures are medians over its levels.
 
-    python benchmarks/bench_server.py [--rounds 3] [--tokens 128] [--gpu] [--threads N]
+HTTP's overhead, serve against runner, is measured in pairs: per round and stream count, --pairs
+levels of serve and of runner back to back (which goes first alternates), then the llama.cpp
+servers in turn. A 2-core VM's speed drifts by ±10% within a minute, more than the 5% asked about;
+two levels run back to back see the same machine, so serve / runner and the time to first token
+serve − runner are medians over the pairs of each pair's own ratio and difference.
+
+    python benchmarks/bench_server.py [--rounds 3] [--pairs 3] [--tokens 128] [--gpu] [--threads N]
                                       [--random-gemma-shape | --model GGUF]
 """
 
@@ -249,6 +254,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--pairs", type=int, default=3, help="serve-and-runner pairs per round and stream count"
+    )
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--gpu", action="store_true", help="offload every layer, on all three sides")
     parser.add_argument(
@@ -309,11 +317,19 @@ def main() -> None:
         for one in systems.values():  # warm-up: caches, first-request paths
             one()
         results: dict[tuple[str, int], list[Level]] = {}
-        names = list(systems)
+        pairs: dict[int, list[tuple[Level, Level]]] = {}  # (serve, runner) run back to back
+        peers = ["llama.cpp", "llama.cpp+lookup"]
         for round_ in range(args.rounds):
             for streams in STREAMS:
-                order = names[round_ % len(names) :] + names[: round_ % len(names)]
-                for name in order:
+                for pair in range(args.pairs):
+                    order = (
+                        ["serve", "runner"] if (round_ * args.pairs + pair) % 2 == 0 else ["runner", "serve"]
+                    )
+                    got = {name: level(systems[name], streams) for name in order}
+                    for name, measured in got.items():
+                        results.setdefault((name, streams), []).append(measured)
+                    pairs.setdefault(streams, []).append((got["serve"], got["runner"]))
+                for name in peers if round_ % 2 == 0 else peers[::-1]:
                     results.setdefault((name, streams), []).append(level(systems[name], streams))
             loads.append(load_average())
             print(f"round {round_ + 1} done; load average {loads[-1]}", file=sys.stderr)
@@ -350,12 +366,23 @@ def main() -> None:
     for streams in STREAMS:
         a, b, c = med("serve", streams), med("runner", streams), med("llama.cpp", streams)
         d = med("llama.cpp+lookup", streams)
+        ratio = statistics.median(x.tokens_per_s / y.tokens_per_s for x, y in pairs[streams])
+        ttft_added = statistics.median(x.ttft - y.ttft for x, y in pairs[streams])
         print(
             f"| {streams} | {a.tokens_per_s:.1f} | {b.tokens_per_s:.1f} | {c.tokens_per_s:.1f} | "
-            f"{d.tokens_per_s:.1f} | {a.tokens_per_s / b.tokens_per_s:.1%} | "
+            f"{d.tokens_per_s:.1f} | {ratio:.1%} | "
             f"{a.tokens_per_s / c.tokens_per_s:.2f}× | {a.tokens_per_s / d.tokens_per_s:.2f}× | "
             f"{a.ttft * 1000:.0f} ms | {b.ttft * 1000:.0f} ms | {c.ttft * 1000:.0f} ms | "
-            f"{d.ttft * 1000:.0f} ms | {(a.ttft - b.ttft) * 1000:+.1f} ms |"
+            f"{d.ttft * 1000:.0f} ms | {ttft_added * 1000:+.1f} ms |"
+        )
+    print("\nserve / runner and TTFT serve − runner, pair by pair:")
+    for streams in STREAMS:
+        print(
+            f"  {streams} streams: "
+            + ", ".join(
+                f"{x.tokens_per_s / y.tokens_per_s:.0%} {(x.ttft - y.ttft) * 1000:+.0f} ms"
+                for x, y in pairs[streams]
+            )
         )
     raw = {f"{name}@{streams}": [vars(x) for x in levels] for (name, streams), levels in results.items()}
     print("\nraw levels (tokens_per_s, ttft s):", json.dumps(raw))
