@@ -164,13 +164,14 @@ def share_from_busy(
     if not rules.can_cut:
         return None
     best: Sharing | None = None
+    held = [common_prefix(slot.cached, prompt) for slot in busy]  # each slot's cells now in common
     for index, slot in enumerate(busy):
-        now = reusable_prefix(common_prefix(slot.cached, prompt), len(prompt), slot.pos_min, rules.n_swa)
+        now = reusable_prefix(held[index], len(prompt), slot.pos_min, rules.n_swa)
         if worth_sharing(now - kept, n_ctx_seq) and (best is None or now > best.keep):
             best = Sharing(index, now)
     have = max(kept, best.keep if best is not None else 0)
     for index, slot in enumerate(busy):
-        if not len(slot.pending) or common_prefix(slot.cached, prompt) < len(slot.cached):
+        if not len(slot.pending) or held[index] < len(slot.cached):
             continue  # nothing to come, or what comes does not follow this prompt's start
         whole = np.concatenate([slot.cached, slot.pending])
         later = reusable_prefix(common_prefix(whole, prompt), len(prompt), slot.pos_min, rules.n_swa)
