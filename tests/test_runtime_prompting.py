@@ -12,7 +12,7 @@ from modelyard.builder import modelfile as mf
 from modelyard.builder.prompt import ChatMessage, PromptRequest
 from modelyard.errors import TemplateError
 from modelyard.runtime.options import LoadOptions, SamplingOptions
-from modelyard.runtime.prompting import image_prompting, prepare
+from modelyard.runtime.prompting import RunnerNeeded, image_prompting, prepare
 from modelyard.runtime.protocol import CompletionRequest
 from modelyard.runtime.runner import Runner, RunnerSpec
 
@@ -102,3 +102,29 @@ def test_old_messages_are_dropped_to_fit(tiny_with_chat_template: Runner) -> Non
     )
     assert "last question" in rendered.completion.prompt, "the last message stays"
     assert len(tiny_with_chat_template.tokenize(rendered.completion.prompt, add_special=True)) < 256
+
+
+LONG_HISTORY = [ChatMessage("user", "the cat sat on the mat " * 20)] * 3  # more bytes than 256 tokens
+
+
+@pytest.mark.parametrize(
+    ("request_", "needs_runner"),
+    [
+        (PromptRequest.chat([ChatMessage("user", "hi")]), False),  # fewer bytes than the context
+        (PromptRequest.generate("the cat", raw=True), False),
+        (PromptRequest.chat(LONG_HISTORY), True),  # its tokens must be counted
+        (PromptRequest.generate("the cat", context=(1, 2, 3)), True),  # a context to detokenize
+    ],
+)
+def test_a_prompt_renders_without_the_runner_unless_it_must_ask(
+    tiny_with_chat_template: Runner, request_: PromptRequest, needs_runner: bool
+) -> None:
+    """The server renders on its event loop with ask_runner=False, and goes to a thread (where
+    waiting on the runner is fine) only when that raises."""
+    prompting = image_prompting(None, None, [], CHATML_JINJA)
+    asked = prepare(tiny_with_chat_template, prompting, request_, GREEDY)
+    if needs_runner:
+        with pytest.raises(RunnerNeeded):
+            prepare(tiny_with_chat_template, prompting, request_, GREEDY, ask_runner=False)
+    else:
+        assert prepare(tiny_with_chat_template, prompting, request_, GREEDY, ask_runner=False) == asked

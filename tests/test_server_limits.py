@@ -4,6 +4,8 @@ key, and CORS."""
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -155,6 +157,29 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(busy: ServeProcess)
             )
             assert answer.choices[0].finish_reason in ("length", "stop")
             assert time.monotonic() - started < 20
+
+
+def test_a_client_that_leaves_before_its_first_token_leaves_the_queue(busy: ServeProcess) -> None:
+    """Queued behind a busy slot, a stream has sent nothing yet (the first event is awaited before
+    the status line): its client's leaving still takes it out of the queue, as a 499."""
+    gone = 'modelyard_requests_total{endpoint="/v1/completions",model="gemma3:latest",status="499"}'
+    with busy.client() as http, busy.client() as first:
+        before = metric(http, gone)
+        with first.stream("POST", "/api/generate", json=LONG) as streaming:
+            lines = streaming.iter_lines()  # kept: an iterator dropped closes the response
+            next(lines)
+            body = json.dumps({"model": GEMMA, "prompt": "Hi", "max_tokens": 8, "stream": True}).encode()
+            host, port = busy.url.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(port))) as raw:
+                raw.sendall(
+                    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+                wait_for(lambda: model_status(http)["queued"] == 1, "the second request to queue")
+            wait_for(lambda: model_status(http)["queued"] == 0, "the queue to let it go")
+            assert model_status(http)["busy"] == 1, "the first stream goes on"
+            wait_for(lambda: metric(http, gone) == before + 1, "the 499 to be counted")
 
 
 def test_the_api_key_guards_every_route_but_root_and_health(keyed: ServeProcess) -> None:

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from modelyard.errors import BlobNotFoundError, DigestMismatchError, ImageNotFoundError, StoreError
+from modelyard.errors import (
+    BlobNotFoundError,
+    CorruptStoreError,
+    DigestMismatchError,
+    ImageNotFoundError,
+    StoreError,
+)
 from modelyard.reference import parse_reference
 from modelyard.store import Store
 from modelyard.store import store as store_module
@@ -154,6 +160,27 @@ def test_an_unchanged_index_is_parsed_once_and_any_change_is_seen(
     with store.index_path.open("r+b") as f:
         f.write(raw.replace(stamp.encode(), edited.encode(), 1))
     assert store.resolve(parse_reference("m")).tagged_at == edited
+
+
+def test_parsed_index_answers_only_for_the_bytes_last_parsed(store: Store) -> None:
+    """What a server reads on its event loop: the index without parsing it, or None when it must
+    be parsed (elsewhere); never an index older than the file."""
+    d1 = put_image(store, "m", b"w1")
+    fresh = Store(store.root)
+    assert fresh.parsed_index() is None, "nothing parsed yet"
+    index = fresh.read_index()
+    assert fresh.parsed_index() is index
+    assert fresh.resolve(parse_reference("m"), fresh.parsed_index()).digest == d1
+
+    put_image(store, "n", b"w2")  # another process's write
+    assert fresh.parsed_index() is None, "the file changed: parse it again"
+    assert fresh.read_index().get("library/n:latest") is not None
+    assert fresh.parsed_index() is not None
+
+    store.index_path.write_bytes(b"")  # a truncated index is not an empty one
+    assert fresh.parsed_index() is None
+    with pytest.raises(CorruptStoreError):
+        fresh.read_index()
 
 
 def test_resolve_unknown_says_what_exists(store: Store) -> None:

@@ -36,6 +36,10 @@ def with_tokens(prompting: ModelPrompting, info: RunnerInfo) -> ModelPrompting:
     return replace(prompting, bos_token=info.bos, eos_token=info.eos, tokenizer_adds_bos=True)
 
 
+class RunnerNeeded(Exception):
+    """prepare(ask_runner=False) could not finish without asking the runner (a round trip)."""
+
+
 @dataclass(frozen=True)
 class RenderedRequest:
     completion: CompletionRequest
@@ -55,16 +59,19 @@ def prepare(
     tokens: Sequence[int] = (),
     echo: bool = False,
     logit_bias: Sequence[tuple[int, float]] = (),
+    ask_runner: bool = True,
 ) -> RenderedRequest:
     """Render the prompt for `runner`'s model, fitting the conversation into one slot's context.
     `top_logprobs` > 0: the tokens come with their log-probabilities and that many candidates.
     `tokens`: the prompt as token ids, which no template touches (`request` must be raw).
-    `echo`: the runner sends the prompt back first (CompletionRequest.echo)."""
+    `echo`: the runner sends the prompt back first (CompletionRequest.echo). `ask_runner` False:
+    raise RunnerNeeded rather than wait for the runner (to count a long prompt's tokens, or to
+    detokenize a context), so that a caller on an event loop can go to a thread only then."""
     if tokens:
         assert request.raw, "a prompt of token ids takes no template"
         text, dropped = "", 0
     else:
-        text, dropped = _rendered(runner, prompting, request, truncate)
+        text, dropped = _rendered(runner, prompting, request, truncate, ask_runner)
     completion = CompletionRequest(
         text,
         sampling,
@@ -80,7 +87,7 @@ def prepare(
 
 
 def _rendered(
-    runner: Runner, prompting: ModelPrompting, request: PromptRequest, truncate: bool
+    runner: Runner, prompting: ModelPrompting, request: PromptRequest, truncate: bool, ask_runner: bool
 ) -> tuple[str, int]:
     """The prompt's text, and how many old messages were left out so that it fits."""
     assert runner.info is not None
@@ -92,6 +99,8 @@ def _rendered(
         # the runner need not be asked (a round trip, on the path to the first token).
         if len(text.encode()) + 4 < limit:
             return True
+        if not ask_runner:
+            raise RunnerNeeded
         return len(runner.tokenize(text, add_special=True)) < limit
 
     prompt: Prompt = render_prompt(
@@ -99,5 +108,7 @@ def _rendered(
     )
     text = prompt.text
     if request.context and not request.raw:  # Ollama's deprecated context: its text, then the prompt
+        if not ask_runner:
+            raise RunnerNeeded
         text = runner.detokenize(list(request.context)) + text
     return text, prompt.dropped

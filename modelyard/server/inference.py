@@ -13,25 +13,23 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import threading
 import time
-from collections.abc import AsyncGenerator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
-
-from starlette.requests import Request
+from typing import Any, Protocol
 
 from modelyard.builder.prompt import PromptRequest, ToolCall
 from modelyard.errors import ImageNotFoundError, InferenceRequestError
 from modelyard.reference import Reference, parse_reference
 from modelyard.runtime.keepalive import parse_keep_alive
 from modelyard.runtime.options import LOAD_OPTION_NAMES, merge_options, parse_request_options
-from modelyard.runtime.prompting import prepare
+from modelyard.runtime.prompting import RunnerNeeded, prepare
 from modelyard.runtime.protocol import Done
 from modelyard.runtime.runner import Failure, Token
 from modelyard.runtime.scheduler import Lease, ModelRequest, Scheduler
 from modelyard.runtime.servable import Servable, load_servable
-from modelyard.server.http_errors import STATUS_CLIENT_GONE, HTTPError
 from modelyard.server.metrics import Metrics
 from modelyard.server.tool_calls import ToolCallParser
 from modelyard.store import Store
@@ -58,6 +56,8 @@ GenerationEvent = Token | Finished
 
 class SpecTargets(Protocol):
     """The reconciler's view of the names its spec serves (spec.daemon.SpecDaemon)."""
+
+    def serves(self, name: str) -> bool: ...
 
     def request_for(self, name: str) -> ModelRequest | None: ...
 
@@ -103,15 +103,22 @@ class Inference:
         """The image a name means now: a name the spec serves resolves to the spec's image at the
         digest the reconciler is on; any other name to the store's tag (tags move: resolved on every
         request, GGUF facts cached)."""
-        if self.spec_targets is not None:
-            spec_request = await asyncio.to_thread(self.spec_targets.request_for, name)
-            if spec_request is not None:
-                servable = await asyncio.to_thread(self.spec_targets.servable_for, name)
-                if servable is not None:
-                    served_model.set(servable.name)
-                    return servable
+        # Asking whether the spec serves a name is a lookup, made here: a hop to a thread and back
+        # on every request costs more. Its image is read from the store, in a thread.
+        if self.spec_targets is not None and self.spec_targets.serves(name):
+            servable = await asyncio.to_thread(self.spec_targets.servable_for, name)
+            if servable is not None:  # None: the spec dropped the name meanwhile
+                served_model.set(servable.name)
+                return servable
         ref = self.reference(name)
-        record_digest = await asyncio.to_thread(lambda: self.store.resolve(ref).digest)
+        # On the loop when the index is as last parsed (one read of a small file, tens of µs): a
+        # hop to a worker thread and back costs more, on every request. Parsing one that changed
+        # takes milliseconds in a large store, and goes to a thread.
+        index = self.store.parsed_index()
+        if index is not None:
+            record_digest = self.store.resolve(ref, index).digest
+        else:
+            record_digest = await asyncio.to_thread(lambda: self.store.resolve(ref).digest)
         cached = self._servables.get(str(ref))
         if cached is not None and cached.digest == record_digest:
             servable = cached
@@ -201,7 +208,7 @@ class Inference:
         handle = None
         finished = False
         try:
-            rendered = await asyncio.to_thread(
+            render = functools.partial(
                 prepare,
                 runner,
                 servable.prompting,
@@ -215,6 +222,12 @@ class Inference:
                 echo=echo,
                 logit_bias=logit_bias,
             )
+            try:
+                # On the loop: rendering a template is CPU work, which a thread would not run
+                # alongside (the GIL), and the hop there and back costs more than most prompts.
+                rendered = render(ask_runner=False)
+            except RunnerNeeded:  # a long prompt to count, or a context to detokenize: a round trip
+                rendered = await asyncio.to_thread(render)
 
             post = self._poster(loop)
 
@@ -309,10 +322,6 @@ async def with_tool_calls(
         await stream.aclose()  # the generation's own clean-up: cancel, release the lease
 
 
-T = TypeVar("T")
-DISCONNECT_POLL_S = 0.25
-
-
 class LoopPost:
     """Items from other threads into a loop's asyncio queues, with one wake-up of the loop for all
     that come together: a runner's reader thread hands over a step's tokens for every stream at
@@ -336,23 +345,3 @@ class LoopPost:
             held, self._held = self._held, []
         for queue, item in held:
             queue.put_nowait(item)
-
-
-async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it if the client disconnects meanwhile: a generation nobody waits
-    for any more (a non-streaming request, or a stream still before its first token) frees its slot
-    at the runner's next step instead of running to its end."""
-    task = asyncio.ensure_future(work)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-                raise HTTPError(STATUS_CLIENT_GONE, "the client closed the request")
-    except asyncio.CancelledError:
-        task.cancel()
-        raise

@@ -28,8 +28,9 @@ from modelyard.progress import ProgressEvent
 from modelyard.reference import parse_reference
 from modelyard.registry import PushFormat, pull, push
 from modelyard.runtime.servable import Servable
+from modelyard.server.disconnect import ClientGone, WatchedStream
 from modelyard.server.http_errors import STATUS_CLIENT_GONE, HTTPError
-from modelyard.server.inference import Finished, unless_client_leaves, with_tool_calls
+from modelyard.server.inference import Finished, with_tool_calls
 from modelyard.server.logprobs import MAX_TOP_LOGPROBS, runner_top_logprobs, token_logprobs
 from modelyard.server.state import ServerState
 from modelyard.server.tool_calls import ollama_tool_calls, parser_for
@@ -358,7 +359,8 @@ async def _generation_response(
 
     # The first event is awaited before any byte is sent, so that a load failure, a bad option or
     # a template error still gets its own status code.
-    first = await unless_client_leaves(http, anext(stream))
+    client = ClientGone(http)
+    first = await client.unless(anext(stream))
     if streaming is False:
 
         async def collect() -> tuple[str, list[dict[str, Any]], Finished]:
@@ -372,8 +374,9 @@ async def _generation_response(
             return "".join(parts), entries, event
 
         try:
-            text, entries, finished = await unless_client_leaves(http, collect())
+            text, entries, finished = await client.unless(collect())
         finally:
+            client.close()
             await stream.aclose()  # cancels the runner's request if it is still going
         state.count(endpoint, name, 200)
         content = with_logprobs(chunk(text, finished), entries)
@@ -399,7 +402,7 @@ async def _generation_response(
             state.count(endpoint, name, status)
             await stream.aclose()  # cancels the runner's request if it is still going
 
-    return StreamingResponse(lines(), media_type=NDJSON)
+    return WatchedStream(lines(), client, media_type=NDJSON)
 
 
 def _final_line(

@@ -16,14 +16,15 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelyard.builder.prompt import ChatMessage, PromptRequest, ToolCall
 from modelyard.runtime.runner import Token
 from modelyard.runtime.servable import Servable
+from modelyard.server.disconnect import ClientGone, WatchedStream
 from modelyard.server.http_errors import STATUS_CLIENT_GONE, HTTPError
-from modelyard.server.inference import Finished, unless_client_leaves, with_tool_calls
+from modelyard.server.inference import Finished, with_tool_calls
 from modelyard.server.logprobs import (
     MAX_TOP_LOGPROBS,
     completion_logprobs,
@@ -488,7 +489,11 @@ async def _answer(
             include_usage,
             body.n or 1,
         )
-    results = await unless_client_leaves(http, _collect_all(streams))
+    client = ClientGone(http)
+    try:
+        results = await client.unless(_collect_all(streams))
+    finally:
+        client.close()
     state.count(endpoint, servable.name, 200)
     return JSONResponse(
         {
@@ -522,9 +527,11 @@ async def _sse(
 ) -> Response:
     created = int(time.time())
     events_of_all = _interleaved(streams)
+    client = ClientGone(http)
     try:  # errors before output keep their status
-        first_event = await unless_client_leaves(http, anext(events_of_all))
+        first_event = await client.unless(anext(events_of_all))
     except BaseException:
+        client.close()
         await events_of_all.aclose()
         raise
 
@@ -591,7 +598,7 @@ async def _sse(
             state.count(endpoint, servable.name, status)
             await events_of_all.aclose()  # cancels the runner's requests that are still going
 
-    return StreamingResponse(events(), media_type=SSE, headers={"Cache-Control": "no-cache"})
+    return WatchedStream(events(), client, media_type=SSE, headers={"Cache-Control": "no-cache"})
 
 
 # The `logprobs` of a choice: of the given tokens, their text offsets counted from `offset` (see

@@ -70,6 +70,10 @@ class SpecDaemon:
         """Keep the models in line with `source` until `stop` is set (`serve --spec`)."""
         await self.reconciler.run(source, stop)
 
+    def serves(self, name: str) -> bool:
+        """Whether `name` is one of the spec's served names (a lookup: no I/O, no lock)."""
+        return self.reconciler.target(name) is not None
+
     def request_for(self, name: str) -> ModelRequest | None:
         """The scheduler request for a served name the spec declares (its image at the digest the
         spec is on, the spec's options, params, keepAlive, pinned), or None: not the spec's name.

@@ -137,9 +137,8 @@ class Store:
                     atomic_write(self.index_path, render_index(Index()))
 
     def read_index(self) -> Index:
-        try:
-            raw = self.index_path.read_bytes()
-        except FileNotFoundError:
+        raw = self._index_bytes()
+        if raw is None:
             return Index()
         parsed = self._parsed
         if parsed is not None and parsed[0] == raw:
@@ -155,6 +154,21 @@ class Store:
             ) from None
         self._parsed = (raw, index)  # one assignment: threads that read meanwhile see either pair
         return index
+
+    def parsed_index(self) -> Index | None:
+        """The index if the file holds the bytes last parsed, else None: one read of the file and no
+        parsing (which takes milliseconds for a large store), for callers that must not wait on it."""
+        parsed = self._parsed
+        if parsed is not None and parsed[0] == self._index_bytes():
+            return parsed[1]
+        return None
+
+    def _index_bytes(self) -> bytes | None:
+        """The index file's bytes; None when there is none (a store with no image yet)."""
+        try:
+            return self.index_path.read_bytes()
+        except FileNotFoundError:
+            return None
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -195,9 +209,10 @@ class Store:
             atomic_write(self.index_path, render_index(new))
             return record
 
-    def resolve(self, ref: Reference) -> TagRecord:
-        """The index entry a reference names: by tag, or by digest when one is given."""
-        index = self.read_index()
+    def resolve(self, ref: Reference, index: Index | None = None) -> TagRecord:
+        """The index entry a reference names: by tag, or by digest when one is given; in `index`
+        when the caller has read it (parsed_index), else in the index as it is now."""
+        index = self.read_index() if index is None else index
         if ref.digest is not None:
             # A pull by digest tags `name@sha256:…`; the image it stored may have another digest
             # (an Ollama or Docker manifest converted to ModelPack), yet that reference finds it.
