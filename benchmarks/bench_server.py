@@ -25,7 +25,10 @@ servers in turn. A 2-core VM's speed drifts by ±10% within a minute, more than 
 two levels run back to back see the same machine, so serve / runner and the time to first token
 serve − runner are medians over the pairs of each pair's own ratio and difference.
 
-    python benchmarks/bench_server.py [--rounds 3] [--pairs 3] [--tokens 128] [--gpu] [--threads N]
+    python benchmarks/bench_server.py [--rounds 3] [--pairs 3] [--tokens 128] [--streams 1,4,8]
+                                      [--ttft-bursts 30] [--ttft-tokens 4] [--client httpx|stdlib]
+                                      [--without-peers]
+                                      [--gpu] [--threads N]
                                       [--random-gemma-shape | --model GGUF]
 """
 
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import platform
@@ -45,9 +49,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -112,11 +119,63 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 # --- the one client for both HTTP servers --------------------------------------------------------------
 
 
-def http_stream(client: httpx.Client, base_url: str, model: str, tokens: int) -> Stream:
+class HttpxClient:
+    """httpx, which the official `ollama` and `openai` clients are built on: a client's cost per
+    request as users' clients have it. Made once per system, outside the timing: building an
+    httpx.Client loads the CA bundle (tens of milliseconds), no part of a server's time."""
+
+    def __init__(self) -> None:
+        limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+        self._client = httpx.Client(timeout=600, limits=limits)
+
+    @contextlib.contextmanager
+    def lines(self, url: str, body: dict[str, Any]) -> Iterator[Iterator[str]]:
+        with self._client.stream("POST", url, json=body) as response:
+            response.raise_for_status()
+            yield response.iter_lines()
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class StdlibClient:
+    """The standard library's http.client, one kept-alive connection per thread: about half of
+    httpx's CPU time per request (0.70 against 1.48 ms, measured), which on a machine whose cores
+    llama.cpp keeps busy delays the requests of a burst less."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._connections: list[http.client.HTTPConnection] = []
+
+    @contextlib.contextmanager
+    def lines(self, url: str, body: dict[str, Any]) -> Iterator[Iterator[str]]:
+        parts = urllib.parse.urlsplit(url)
+        connections: dict[str, http.client.HTTPConnection] = self._local.__dict__.setdefault("by_host", {})
+        connection = connections.get(parts.netloc)
+        if connection is None:
+            connection = connections[parts.netloc] = http.client.HTTPConnection(parts.netloc, timeout=600)
+            self._connections.append(connection)
+        connection.request("POST", parts.path, json.dumps(body), {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        try:
+            if response.status != 200:
+                raise RuntimeError(f"{url}: HTTP {response.status}: {response.read()[:200]!r}")
+            yield (line.decode().rstrip("\r\n") for line in response)
+        finally:
+            response.read()  # the rest, so that the connection serves the next request
+
+    def close(self) -> None:
+        for connection in self._connections:
+            connection.close()
+
+
+HttpClient = HttpxClient | StdlibClient
+CLIENTS: dict[str, type[HttpClient]] = {"httpx": HttpxClient, "stdlib": StdlibClient}
+
+
+def http_stream(client: HttpClient, base_url: str, model: str, tokens: int) -> Stream:
     """One streaming /v1/completions request; counts its tokens (the usage where the server sends it,
-    else one per text chunk).
-    The client is made once per system, outside the timing: building an httpx.Client loads the
-    CA bundle (tens of milliseconds), which is no part of a server's time to first token."""
+    else one per text chunk)."""
     body = {
         "model": model,
         "prompt": PROMPT,
@@ -129,9 +188,8 @@ def http_stream(client: httpx.Client, base_url: str, model: str, tokens: int) ->
     first = 0.0
     chunks = 0
     counted: int | None = None
-    with client.stream("POST", f"{base_url}/v1/completions", json=body) as response:
-        response.raise_for_status()
-        for line in response.iter_lines():
+    with client.lines(f"{base_url}/v1/completions", body) as lines:
+        for line in lines:
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             payload = json.loads(line[6:])
@@ -258,6 +316,33 @@ def main() -> None:
         "--pairs", type=int, default=3, help="serve-and-runner pairs per round and stream count"
     )
     parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument(
+        "--streams",
+        default=",".join(map(str, STREAMS)),
+        help="the concurrent stream counts to measure (comma-separated; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--ttft-bursts",
+        type=int,
+        default=30,
+        help="bursts per stream count and side for the time to first token, serve and runner back to "
+        "back (0: none)",
+    )
+    parser.add_argument(
+        "--ttft-tokens", type=int, default=4, help="tokens per stream in those bursts (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--client",
+        choices=sorted(CLIENTS),
+        default="httpx",
+        help="the HTTP client of both HTTP servers (default: httpx, as the ollama and openai clients; "
+        "stdlib: http.client, which takes half the CPU time per request)",
+    )
+    parser.add_argument(
+        "--without-peers",
+        action="store_true",
+        help="serve and runner only, without llama-cpp-python's servers (HTTP's overhead alone, faster)",
+    )
     parser.add_argument("--gpu", action="store_true", help="offload every layer, on all three sides")
     parser.add_argument(
         "--threads",
@@ -278,6 +363,10 @@ def main() -> None:
         help="a GGUF to use instead (a small one gives a GPU's token rates on a CPU: what HTTP costs there)",
     )
     args = parser.parse_args()
+    try:
+        stream_counts = tuple(int(n) for n in args.streams.split(","))
+    except ValueError:
+        parser.error(f"--streams {args.streams!r}: give counts separated by commas, e.g. 1,4,8")
     home = Path(tempfile.mkdtemp(prefix="bench-server-"))
     if args.model is not None:
         gguf = args.model
@@ -297,50 +386,66 @@ def main() -> None:
     runner = Runner.start(RunnerSpec("bench", gguf, options=options))
     assert runner.info is not None
     repack = runner.info.repack
+    processes = []
+    clients: list[HttpClient] = []
+
+    def http_system(url: str) -> Callable[[int], Stream]:
+        client = CLIENTS[args.client]()
+        clients.append(client)
+        return lambda tokens: http_stream(client, url, "bench", tokens)
+
     serve, serve_url, _ = start_modelyard(home / "modelyard", gguf, args.gpu, args.threads)
-    llama, llama_url, _ = start_llama_cpp_server(home, gguf, repack, args.gpu, threads=args.threads)
-    lookup, lookup_url, _ = start_llama_cpp_server(
-        home, gguf, repack, args.gpu, lookup=True, threads=args.threads
-    )
-    limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
-    serve_client = httpx.Client(timeout=600, limits=limits)
-    llama_client = httpx.Client(timeout=600, limits=limits)
-    lookup_client = httpx.Client(timeout=600, limits=limits)
-    systems: dict[str, Callable[[], Stream]] = {
-        "serve": lambda: http_stream(serve_client, serve_url, "bench", args.tokens),
-        "runner": lambda: runner_stream(runner, args.tokens),
-        "llama.cpp": lambda: http_stream(llama_client, llama_url, "bench", args.tokens),
-        "llama.cpp+lookup": lambda: http_stream(lookup_client, lookup_url, "bench", args.tokens),
+    processes.append(serve)
+    systems: dict[str, Callable[[int], Stream]] = {  # a stream of that many tokens
+        "serve": http_system(serve_url),
+        "runner": lambda tokens: runner_stream(runner, tokens),
     }
+    peers = [] if args.without_peers else ["llama.cpp", "llama.cpp+lookup"]
+    for peer in peers:
+        process, url, _ = start_llama_cpp_server(
+            home, gguf, repack, args.gpu, lookup=peer.endswith("lookup"), threads=args.threads
+        )
+        processes.append(process)
+        systems[peer] = http_system(url)
     loads = [load_average()]
     try:
         for one in systems.values():  # warm-up: caches, first-request paths
-            one()
+            one(args.tokens)
         results: dict[tuple[str, int], list[Level]] = {}
         pairs: dict[int, list[tuple[Level, Level]]] = {}  # (serve, runner) run back to back
-        peers = ["llama.cpp", "llama.cpp+lookup"]
         for round_ in range(args.rounds):
-            for streams in STREAMS:
+            for streams in stream_counts:
                 for pair in range(args.pairs):
                     order = (
                         ["serve", "runner"] if (round_ * args.pairs + pair) % 2 == 0 else ["runner", "serve"]
                     )
-                    got = {name: level(systems[name], streams) for name in order}
+                    got = {name: level(partial(systems[name], args.tokens), streams) for name in order}
                     for name, measured in got.items():
                         results.setdefault((name, streams), []).append(measured)
                     pairs.setdefault(streams, []).append((got["serve"], got["runner"]))
                 for name in peers if round_ % 2 == 0 else peers[::-1]:
-                    results.setdefault((name, streams), []).append(level(systems[name], streams))
+                    results.setdefault((name, streams), []).append(
+                        level(partial(systems[name], args.tokens), streams)
+                    )
             loads.append(load_average())
             print(f"round {round_ + 1} done; load average {loads[-1]}", file=sys.stderr)
+        # Time to first token again, from many short bursts: one level gives one figure (the median
+        # of its streams), so the rounds above give few, and on a noisy machine their pairs spread
+        # by ±60 ms. A burst's first tokens come before any stream's later ones, so short streams
+        # meet what long ones meet until then.
+        bursts: dict[int, list[tuple[float, float]]] = {}  # (serve, runner) TTFT, back to back
+        for streams in stream_counts if args.ttft_bursts else ():
+            for burst in range(args.ttft_bursts):
+                order = ["serve", "runner"] if burst % 2 == 0 else ["runner", "serve"]
+                got = {name: level(partial(systems[name], args.ttft_tokens), streams) for name in order}
+                bursts.setdefault(streams, []).append((got["serve"].ttft, got["runner"].ttft))
+        loads.append(load_average())
     finally:
-        serve_client.close()
-        llama_client.close()
-        lookup_client.close()
+        for client in clients:
+            client.close()
         runner.stop()
-        stop(serve)
-        stop(llama)
-        stop(lookup)
+        for process in processes:
+            stop(process)
         shutil.rmtree(home, ignore_errors=True)
 
     def med(name: str, streams: int) -> Level:
@@ -354,37 +459,67 @@ def main() -> None:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
         f"Python {platform.python_version()}, llama-cpp-python {llama_cpp.__version__}; weights repacked: "
-        f"{repack}; {args.rounds} rounds, {args.tokens} tokens per stream; load average before/after "
+        f"{repack}; {args.rounds} rounds, {args.tokens} tokens per stream; HTTP client: {args.client}; "
+        "load average before/after "
         f"rounds: {' | '.join(loads)}\n"
     )
-    print(
-        "| streams | serve tok/s | runner tok/s | llama.cpp server tok/s | llama.cpp server + lookup tok/s | "
-        "serve / runner | serve / llama.cpp | serve / llama.cpp + lookup | TTFT serve | TTFT runner | "
-        "TTFT llama.cpp | TTFT llama.cpp + lookup | TTFT serve − runner |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for streams in STREAMS:
-        a, b, c = med("serve", streams), med("runner", streams), med("llama.cpp", streams)
-        d = med("llama.cpp+lookup", streams)
-        ratio = statistics.median(x.tokens_per_s / y.tokens_per_s for x, y in pairs[streams])
-        ttft_added = statistics.median(x.ttft - y.ttft for x, y in pairs[streams])
+    if args.rounds:
         print(
-            f"| {streams} | {a.tokens_per_s:.1f} | {b.tokens_per_s:.1f} | {c.tokens_per_s:.1f} | "
-            f"{d.tokens_per_s:.1f} | {ratio:.1%} | "
-            f"{a.tokens_per_s / c.tokens_per_s:.2f}× | {a.tokens_per_s / d.tokens_per_s:.2f}× | "
-            f"{a.ttft * 1000:.0f} ms | {b.ttft * 1000:.0f} ms | {c.ttft * 1000:.0f} ms | "
-            f"{d.ttft * 1000:.0f} ms | {ttft_added * 1000:+.1f} ms |"
+            "| streams | serve tok/s | runner tok/s | llama.cpp server tok/s | "
+            "llama.cpp server + lookup tok/s | serve / runner | serve / llama.cpp | "
+            "serve / llama.cpp + lookup | TTFT serve | TTFT runner | TTFT llama.cpp | "
+            "TTFT llama.cpp + lookup | TTFT serve − runner |"
         )
-    print("\nserve / runner and TTFT serve − runner, pair by pair:")
-    for streams in STREAMS:
-        print(
-            f"  {streams} streams: "
-            + ", ".join(
-                f"{x.tokens_per_s / y.tokens_per_s:.0%} {(x.ttft - y.ttft) * 1000:+.0f} ms"
-                for x, y in pairs[streams]
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for streams in stream_counts:
+            a, b = med("serve", streams), med("runner", streams)
+            ratio = statistics.median(x.tokens_per_s / y.tokens_per_s for x, y in pairs[streams])
+            ttft_added = statistics.median(x.ttft - y.ttft for x, y in pairs[streams])
+            others = [med(name, streams) for name in peers]  # "–" in their columns without them
+            rates = [f"{x.tokens_per_s:.1f}" for x in others] or ["–", "–"]
+            ratios = [f"{a.tokens_per_s / x.tokens_per_s:.2f}×" for x in others] or ["–", "–"]
+            ttfts = [f"{x.ttft * 1000:.0f} ms" for x in others] or ["–", "–"]
+            cells = [
+                str(streams),
+                f"{a.tokens_per_s:.1f}",
+                f"{b.tokens_per_s:.1f}",
+                *rates,
+                f"{ratio:.1%}",
+                *ratios,
+                f"{a.ttft * 1000:.0f} ms",
+                f"{b.ttft * 1000:.0f} ms",
+                *ttfts,
+                f"{ttft_added * 1000:+.1f} ms",
+            ]
+            print(f"| {' | '.join(cells)} |")
+        print("\nserve / runner and TTFT serve − runner, pair by pair:")
+        for streams in stream_counts:
+            print(
+                f"  {streams} streams: "
+                + ", ".join(
+                    f"{x.tokens_per_s / y.tokens_per_s:.0%} {(x.ttft - y.ttft) * 1000:+.0f} ms"
+                    for x, y in pairs[streams]
+                )
             )
+    if bursts:
+        print(
+            f"\nTime to first token from {args.ttft_bursts} bursts per stream count ({args.ttft_tokens} "
+            "tokens per stream), serve and runner back to back; medians over the bursts:\n"
         )
-    raw = {f"{name}@{streams}": [vars(x) for x in levels] for (name, streams), levels in results.items()}
+        print("| streams | TTFT serve | TTFT runner | TTFT serve − runner (paired) |")
+        print("|---|---|---|---|")
+        for streams, firsts in bursts.items():
+            serve_ttft = statistics.median(x for x, _ in firsts)
+            runner_ttft = statistics.median(y for _, y in firsts)
+            added = statistics.median(x - y for x, y in firsts)
+            print(
+                f"| {streams} | {serve_ttft * 1000:.1f} ms | {runner_ttft * 1000:.1f} ms | "
+                f"{added * 1000:+.1f} ms |"
+            )
+    raw: dict[str, Any] = {
+        f"{name}@{streams}": [vars(x) for x in levels] for (name, streams), levels in results.items()
+    }
+    raw |= {f"ttft bursts (serve, runner)@{streams}": firsts for streams, firsts in bursts.items()}
     print("\nraw levels (tokens_per_s, ttft s):", json.dumps(raw))
 
 

@@ -38,6 +38,7 @@ from bench_server import (
     N_CTX,
     SLOTS,
     THREADS,
+    HttpxClient,
     Stream,
     http_stream,
     level,
@@ -96,7 +97,7 @@ def main() -> None:
     # The runner serving "bench", as /api/ps names it (the server also keeps one started ahead).
     models = httpx.get(f"{serve_url}/api/ps", timeout=30).json()["models"]
     serve_runner = next(int(m["runner_pid"]) for m in models if m["name"].startswith("bench"))
-    client = httpx.Client(timeout=600, limits=httpx.Limits(max_connections=16, max_keepalive_connections=16))
+    client = HttpxClient()
     systems: dict[str, tuple[Callable[[], Stream], dict[str, int]]] = {
         "serve": (
             lambda: http_stream(client, serve_url, "bench", args.tokens),
