@@ -113,6 +113,7 @@ LONG_HISTORY = [ChatMessage("user", "the cat sat on the mat " * 20)] * 3  # more
         (PromptRequest.chat([ChatMessage("user", "hi")]), False),  # fewer bytes than the context
         (PromptRequest.generate("the cat", raw=True), False),
         (PromptRequest.chat(LONG_HISTORY), True),  # its tokens must be counted
+        (PromptRequest.generate("the cat " * 40, raw=True), True),  # raw, but longer than the context
         (PromptRequest.generate("the cat", context=(1, 2, 3)), True),  # a context to detokenize
     ],
 )

@@ -92,6 +92,10 @@ def _rendered(
     """The prompt's text, and how many old messages were left out so that it fits."""
     assert runner.info is not None
     limit = runner.info.n_ctx_per_slot
+    if not ask_runner and _text_length(request) + 4 >= limit:
+        # Longer than the context by its characters alone: its tokens must be counted, and
+        # rendering it is long work, which a caller without the runner (an event loop) passes on.
+        raise RunnerNeeded
 
     def fits(text: str, _images: int) -> bool:
         # Every token stands for at least one byte of text, but for BOS/EOS and SentencePiece's
@@ -112,3 +116,11 @@ def _rendered(
             raise RunnerNeeded
         text = runner.detokenize(list(request.context)) + text
     return text, prompt.dropped
+
+
+def _text_length(request: PromptRequest) -> int:
+    """The characters of a request's own text, not its template's: about what the rendered prompt
+    holds (a template may leave some out; counting long only sends a request to a thread)."""
+    messages = sum(len(m.content) + len(m.thinking) for m in request.messages)
+    tools = len(repr(request.tools)) if request.tools else 0
+    return len(request.prompt) + len(request.system) + len(request.suffix) + messages + tools
