@@ -27,7 +27,7 @@ serve − runner are medians over the pairs of each pair's own ratio and differe
 
     python benchmarks/bench_server.py [--rounds 3] [--pairs 3] [--tokens 128] [--streams 1,4,8]
                                       [--ttft-bursts 30] [--ttft-tokens 4] [--client httpx|stdlib]
-                                      [--without-peers]
+                                      [--second-runner] [--without-peers]
                                       [--gpu] [--threads N]
                                       [--random-gemma-shape | --model GGUF]
 """
@@ -236,6 +236,11 @@ def level(one: Callable[[], Stream], streams: int) -> Level:
     return Level(sum(r.tokens for r in done) / wall, statistics.median(r.ttft for r in done))
 
 
+def median_ms(bursts: list[dict[str, float]], of: Callable[[dict[str, float]], float]) -> float:
+    """The median over bursts of `of` (seconds, from each burst's TTFT by side), in milliseconds."""
+    return statistics.median(of(burst) for burst in bursts) * 1000
+
+
 # --- the three systems ---------------------------------------------------------------------------------
 
 
@@ -332,6 +337,11 @@ def main() -> None:
         "--ttft-tokens", type=int, default=4, help="tokens per stream in those bursts (default: %(default)s)"
     )
     parser.add_argument(
+        "--second-runner",
+        action="store_true",
+        help="a second runner like the first in the time-to-first-token bursts: the noise floor",
+    )
+    parser.add_argument(
         "--client",
         choices=sorted(CLIENTS),
         default="httpx",
@@ -384,6 +394,7 @@ def main() -> None:
         num_ctx=N_CTX, num_parallel=SLOTS, num_thread=args.threads, num_gpu=ALL_LAYERS if args.gpu else 0
     )
     runner = Runner.start(RunnerSpec("bench", gguf, options=options))
+    second_runner = Runner.start(RunnerSpec("bench-b", gguf, options=options)) if args.second_runner else None
     assert runner.info is not None
     repack = runner.info.repack
     processes = []
@@ -400,6 +411,8 @@ def main() -> None:
         "serve": http_system(serve_url),
         "runner": lambda tokens: runner_stream(runner, tokens),
     }
+    if second_runner is not None:
+        systems["runner B"] = lambda tokens: runner_stream(second_runner, tokens)
     peers = [] if args.without_peers else ["llama.cpp", "llama.cpp+lookup"]
     for peer in peers:
         process, url, _ = start_llama_cpp_server(
@@ -433,17 +446,22 @@ def main() -> None:
         # of its streams), so the rounds above give few, and on a noisy machine their pairs spread
         # by ±60 ms. A burst's first tokens come before any stream's later ones, so short streams
         # meet what long ones meet until then.
-        bursts: dict[int, list[tuple[float, float]]] = {}  # (serve, runner) TTFT, back to back
+        # With --second-runner, a second runner like the first takes its turn too: the difference
+        # between two identical sides is what this machine's noise alone gives.
+        sides = ["serve", "runner", "runner B"] if second_runner is not None else ["serve", "runner"]
+        bursts: dict[int, list[dict[str, float]]] = {}  # per burst, each side's TTFT, back to back
         for streams in stream_counts if args.ttft_bursts else ():
             for burst in range(args.ttft_bursts):
-                order = ["serve", "runner"] if burst % 2 == 0 else ["runner", "serve"]
-                got = {name: level(partial(systems[name], args.ttft_tokens), streams) for name in order}
-                bursts.setdefault(streams, []).append((got["serve"].ttft, got["runner"].ttft))
+                order = sides[burst % len(sides) :] + sides[: burst % len(sides)]  # each goes first in turn
+                ttft = {name: level(partial(systems[name], args.ttft_tokens), streams).ttft for name in order}
+                bursts.setdefault(streams, []).append(ttft)
         loads.append(load_average())
     finally:
         for client in clients:
             client.close()
         runner.stop()
+        if second_runner is not None:
+            second_runner.stop()
         for process in processes:
             stop(process)
         shutil.rmtree(home, ignore_errors=True)
@@ -506,20 +524,22 @@ def main() -> None:
             f"\nTime to first token from {args.ttft_bursts} bursts per stream count ({args.ttft_tokens} "
             "tokens per stream), serve and runner back to back; medians over the bursts:\n"
         )
-        print("| streams | TTFT serve | TTFT runner | TTFT serve − runner (paired) |")
-        print("|---|---|---|---|")
+        noise = " runner B − runner (paired, noise) |" if second_runner is not None else ""
+        print(f"| streams | TTFT serve | TTFT runner | TTFT serve − runner (paired) |{noise}")
+        print("|---|---|---|---|" + ("---|" if noise else ""))
         for streams, firsts in bursts.items():
-            serve_ttft = statistics.median(x for x, _ in firsts)
-            runner_ttft = statistics.median(y for _, y in firsts)
-            added = statistics.median(x - y for x, y in firsts)
-            print(
-                f"| {streams} | {serve_ttft * 1000:.1f} ms | {runner_ttft * 1000:.1f} ms | "
-                f"{added * 1000:+.1f} ms |"
-            )
+            cells = [
+                f"{median_ms(firsts, lambda b: b['serve']):.1f} ms",
+                f"{median_ms(firsts, lambda b: b['runner']):.1f} ms",
+                f"{median_ms(firsts, lambda b: b['serve'] - b['runner']):+.1f} ms",
+            ]
+            if noise:
+                cells.append(f"{median_ms(firsts, lambda b: b['runner B'] - b['runner']):+.1f} ms")
+            print(f"| {streams} | {' | '.join(cells)} |")
     raw: dict[str, Any] = {
         f"{name}@{streams}": [vars(x) for x in levels] for (name, streams), levels in results.items()
     }
-    raw |= {f"ttft bursts (serve, runner)@{streams}": firsts for streams, firsts in bursts.items()}
+    raw |= {f"ttft bursts@{streams}": firsts for streams, firsts in bursts.items()}
     print("\nraw levels (tokens_per_s, ttft s):", json.dumps(raw))
 
 
