@@ -25,6 +25,11 @@ servers in turn. A 2-core VM's speed drifts by ±10% within a minute, more than 
 two levels run back to back see the same machine, so serve / runner and the time to first token
 serve − runner are medians over the pairs of each pair's own ratio and difference.
 
+Time to first token is measured once more, from --ttft-bursts bursts of short streams per stream
+count, the sides taking turns (one level gives one such figure, so the rounds give few). With
+--second-runner a second runner like the first takes its turn too: the difference between two
+identical sides is the noise floor, and with three sides in rotation none runs twice in a row.
+
     python benchmarks/bench_server.py [--rounds 3] [--pairs 3] [--tokens 128] [--streams 1,4,8]
                                       [--ttft-bursts 30] [--ttft-tokens 4] [--client httpx|stdlib]
                                       [--second-runner] [--without-peers]
