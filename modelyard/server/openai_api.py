@@ -538,13 +538,15 @@ async def _sse(
     def chunk(payload: dict[str, Any]) -> bytes:
         return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
+    model, fingerprint = servable.name, _fingerprint(servable)  # once, not per chunk
+
     def frame(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         return {
             "id": completion_id,
             "object": object_name,
             "created": created,
-            "model": servable.name,
-            "system_fingerprint": _fingerprint(servable),
+            "model": model,
+            "system_fingerprint": fingerprint,
             "choices": choices,
             **extra,
         }
