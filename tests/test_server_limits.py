@@ -237,10 +237,21 @@ def test_a_client_that_leaves_a_non_streaming_request_frees_its_slot(busy: Serve
         "options": {"num_predict": 2000, "temperature": 0},
         "stream": False,
     }
+    openai_body = {
+        "model": GEMMA,
+        "messages": body["messages"],
+        "max_tokens": 2000,
+        "temperature": 0,
+        "n": 1,
+    }
     with busy.client() as http:
         with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=busy.url, timeout=3) as impatient:
             impatient.post("/api/chat", json=body)  # gives up after 3 s and closes the connection
         wait_for(lambda: model_status(http)["busy"] == 0, "the slot to be freed", timeout_s=10)
+        # OpenAI's non-streaming answer gathers its choices in a task group: leaving cancels it too.
+        with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=busy.url, timeout=3) as impatient:
+            impatient.post("/v1/chat/completions", json=openai_body)
+        wait_for(lambda: model_status(http)["busy"] == 0, "the slot to be freed (OpenAI)", timeout_s=10)
         started = time.monotonic()
         answer = http.post(
             "/api/generate",
