@@ -35,14 +35,19 @@ class ClientGone:
         self._watch: asyncio.Task[None] | None = None
 
     async def unless(self, work: Awaitable[T]) -> T:
-        """Await `work`; if the client leaves first, `work` is cancelled and this raises the 499."""
-        with self.cancelling() as left:
-            try:
-                return await work
-            except asyncio.CancelledError:
-                if left():
-                    raise HTTPError(STATUS_CLIENT_GONE, "the client closed the request") from None
-                raise
+        """Await `work`; if the client leaves first, `work` is cancelled and this raises the 499.
+        Whatever `work` raises ends the watch: an error answer follows, not a stream."""
+        try:
+            with self.cancelling() as left:
+                try:
+                    return await work
+                except asyncio.CancelledError:
+                    if left():
+                        raise HTTPError(STATUS_CLIENT_GONE, "the client closed the request") from None
+                    raise
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         """Stop watching (the answer is complete)."""
@@ -95,7 +100,6 @@ class WatchedStream(StreamingResponse):
         headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(chunks, media_type=media_type, headers=headers)
-        self._chunks = chunks
         self._client = client
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -108,6 +112,6 @@ class WatchedStream(StreamingResponse):
                         raise
         finally:
             self._client.close()
-            aclose = getattr(self._chunks, "aclose", None)
+            aclose = getattr(self.body_iterator, "aclose", None)
             if aclose is not None:
                 await aclose()

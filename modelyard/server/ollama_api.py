@@ -360,11 +360,7 @@ async def _generation_response(
     # The first event is awaited before any byte is sent, so that a load failure, a bad option or
     # a template error still gets its own status code.
     client = ClientGone(http)
-    try:
-        first = await client.unless(anext(stream))
-    except BaseException:
-        client.close()
-        raise
+    first = await client.unless(anext(stream))
     if streaming is False:
 
         async def collect() -> tuple[str, list[dict[str, Any]], Finished]:

@@ -531,7 +531,6 @@ async def _sse(
     try:  # errors before output keep their status
         first_event = await client.unless(anext(events_of_all))
     except BaseException:
-        client.close()
         await events_of_all.aclose()
         raise
 
