@@ -2,7 +2,8 @@
 
 Parent → runner (`op`):
     load        {weights, adapters: [[path, scale]], options: LoadOptions, repack}   (first message)
-    complete    {id, prompt, options: SamplingOptions, format, truncate, shift}
+    complete    {id, prompt, options: SamplingOptions, format, truncate, shift, more_coming?}
+                more_coming: requests for this model the sender is still reading (gathering.py)
     embed       {id, inputs: [str], truncate}
     tokenize    {id, text, add_special}
     detokenize  {id, tokens}
