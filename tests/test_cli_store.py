@@ -391,3 +391,35 @@ def test_quantize_keeps_llama_cpp_log_off_the_terminal(work: Path, home: Path) -
     )  # fmt: skip
     assert built.returncode == 0, built.stderr
     assert built.stderr == "" and built.stdout.startswith("sha256:")
+
+
+def test_ctrl_c_while_quantizing_stops_at_once_and_keeps_nothing(tmp_path: Path, home: Path) -> None:
+    """llama.cpp's quantizer drops a Ctrl-C raised in its log callback and runs on; the build must
+    stop anyway, as it does in every other phase."""
+    from tinygguf import write_tiny_llama
+
+    # Large enough that quantizing takes seconds (3 s on 2 cores), not the fraction it is given.
+    weights = write_tiny_llama(
+        tmp_path / "big.gguf", n_vocab=16000, n_embd=1024, n_ff=2816, n_layer=2, n_head=8, n_head_kv=8
+    )
+    (tmp_path / "Modelfile").write_text(f"FROM {weights}\n")
+    assert cli("build", "-t", "before", "-f", str(tmp_path / "Modelfile"), "--quiet").code == 0
+    before = store_snapshot(home)
+    build = subprocess.Popen(
+        [sys.executable, "-m", "modelyard.cli", "build", "-t", "q", "-f", str(tmp_path / "Modelfile"),
+         "--quantize", "Q4_K_M"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    assert build.stdout is not None
+    for line in build.stdout:
+        if line.startswith("quantizing"):
+            break
+    time.sleep(0.3)
+    interrupted = time.monotonic()
+    build.send_signal(signal.SIGINT)
+    build.communicate(timeout=60)
+    assert build.returncode == 130
+    assert time.monotonic() - interrupted < 1.5
+    assert store_snapshot(home) == before  # no image, no blob, no partial file

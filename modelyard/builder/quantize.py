@@ -11,6 +11,9 @@ import contextlib
 import ctypes
 import os
 import re
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,22 +55,59 @@ def check_quantization(target: str, source_type: str, source: str) -> str:
 
 
 def quantize(source: Path, destination: Path, target: str, threads: int | None = None) -> None:
-    """Quantize `source` into `destination` (which must not exist yet)."""
+    """Quantize `source` into `destination` (which must not exist yet).
+
+    In a child process: llama.cpp's quantizer cannot be stopped from within. A Ctrl-C raised while
+    it runs lands in its log callback, where ctypes drops it, and the C call goes on to the end; a
+    child is killed, and its partial output removed, at once."""
+    command = [
+        sys.executable,
+        "-m",
+        "modelyard.builder.quantize",
+        str(source),
+        str(destination),
+        target,
+        str(threads or max(os.cpu_count() or 1, 1)),
+    ]
+    child = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        _, errors = child.communicate()
+    except BaseException:  # Ctrl-C, or the build abandoned: stop the quantizer, keep nothing of it
+        child.kill()
+        child.wait()
+        destination.unlink(missing_ok=True)
+        raise
+    if child.returncode != 0 or not destination.is_file():
+        destination.unlink(missing_ok=True)
+        lines = errors.decode("utf-8", "replace").splitlines()
+        said = [line.strip() for line in lines if re.search(r"error|failed|invalid|unable", line, re.I)]
+        raise QuantizeError(
+            f"llama.cpp failed to quantize {source} to {target} ({_describe(child.returncode)})"
+            + (": " + "; ".join(said[-3:]) if said else "")
+        )
+
+
+def _describe(returncode: int) -> str:
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-returncode).name}"
+    return f"return code {returncode}"
+
+
+def _quantize_here(source: str, destination: str, target: str, threads: int) -> int:
+    """The child's work: llama.cpp's log kept, and written to stderr only if quantizing failed."""
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = quantization_types()[target]
-    params.nthread = threads or max(os.cpu_count() or 1, 1)
+    params.nthread = threads
     with _llama_log_kept() as log:
-        rc = llama_cpp.llama_model_quantize(str(source).encode(), str(destination).encode(), params)
-    if rc != 0 or not destination.is_file():
-        destination.unlink(missing_ok=True)
-        lines = "".join(log).splitlines()  # llama.cpp logs in pieces, not always a line at a time
-        said = [line.strip() for line in lines if re.search(r"error|failed|invalid|unable", line, re.I)]
-        raise QuantizeError(
-            f"llama.cpp failed to quantize {source} to {target} (return code {rc})"
-            + (": " + "; ".join(said[-3:]) if said else "")
-        )
+        rc = int(llama_cpp.llama_model_quantize(source.encode(), destination.encode(), params))
+    if rc != 0:
+        sys.stderr.write("".join(log))  # llama.cpp logs in pieces, not always a line at a time
+    return rc
 
 
 @contextlib.contextmanager
@@ -88,3 +128,7 @@ def _llama_log_kept() -> Iterator[list[str]]:
         yield lines
     finally:
         llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+if __name__ == "__main__":
+    sys.exit(_quantize_here(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))
