@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -526,7 +527,7 @@ def _human_bytes(n: int) -> str:
 
 def _ago(timestamp: str) -> str:
     try:
-        then = time.mktime(time.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+        then = datetime.fromisoformat(timestamp).timestamp()  # "…Z": UTC, whatever the local zone
     except ValueError:
         return timestamp
     seconds = max(time.time() - then, 0)

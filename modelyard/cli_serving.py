@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from modelyard.settings import Settings
@@ -252,7 +253,8 @@ def _until(expires_at: str) -> str:
     if expires_at.startswith("9999"):
         return "Forever"
     try:
-        moment = time.mktime(time.strptime(expires_at[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        # UTC ("…Z") from us, the local time with its offset from Ollama: an instant either way.
+        moment = datetime.fromisoformat(expires_at).timestamp()
     except ValueError:
         return expires_at
     left = moment - time.time()

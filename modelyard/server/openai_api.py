@@ -13,6 +13,7 @@ import struct
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
@@ -340,17 +341,26 @@ def router(state: ServerState) -> APIRouter:
 
 
 async def _list(state: ServerState) -> list[dict[str, Any]]:
-    from datetime import datetime
-
     models = await asyncio.to_thread(state.list_models)
     out = []
     for m in models:
-        try:
-            created = int(datetime.strptime(m["modified_at"], "%Y-%m-%dT%H:%M:%SZ").timestamp())
-        except ValueError:
-            created = 0
-        out.append({"id": m["name"], "object": "model", "created": created, "owned_by": "modelyard"})
+        out.append(
+            {
+                "id": m["name"],
+                "object": "model",
+                "created": created(m["modified_at"]),
+                "owned_by": "modelyard",
+            }
+        )
     return out
+
+
+def created(modified_at: str) -> int:
+    """OpenAI's `created` (Unix seconds) from a store time ("…Z": UTC, whatever the local zone)."""
+    try:
+        return int(datetime.fromisoformat(modified_at).timestamp())
+    except ValueError:
+        return 0
 
 
 async def _collect_all(
