@@ -268,11 +268,21 @@ def _until(expires_at: str) -> str:
 # --- run -------------------------------------------------------------------------------------------------
 
 
+def _keep_alive(text: str) -> str | float:
+    """--keep-alive as the API takes it: a number is seconds (negative: forever), else a duration."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     with _server(ctx) as client:
         prompt = " ".join(args.prompt) if args.prompt else None
         if prompt is None and not sys.stdin.isatty():
             prompt = sys.stdin.read()
+        if prompt is not None and not prompt.strip():
+            prompt = ""  # nothing to say: only load the model, as `ollama run` does
         options: dict[str, Any] = {}
         body_extra: dict[str, Any] = {}
         if args.format:
@@ -280,6 +290,9 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
         if args.keep_alive:
             body_extra["keep_alive"] = args.keep_alive
         try:
+            if prompt == "":
+                client.post("/api/generate", {"model": args.name, "stream": False, **body_extra})
+                return EXIT_OK
             if prompt is not None:
                 messages = [{"role": "user", "content": prompt}]
                 _chat_turn(client, ctx, args.name, messages, options, body_extra, args.verbose)
@@ -442,14 +455,30 @@ def register(sub: Any) -> None:
     p.add_argument("name", metavar="NAME")
     p.add_argument("prompt", nargs="*", metavar="PROMPT")
     p.add_argument("--format", choices=["json"], help="ask for JSON output")
-    p.add_argument("--keep-alive", metavar="DURATION", help="how long the model stays loaded afterwards")
+    p.add_argument(
+        "--keep-alive",
+        metavar="DURATION",
+        type=_keep_alive,
+        help="how long the model stays loaded afterwards: a duration (30s, 10m, 1h), seconds (300), "
+        "0 to unload at once, or a negative number to keep it loaded",
+    )
     p.add_argument("--verbose", action="store_true", help="print timings after each answer")
     p.set_defaults(func=cmd_run, intermixed=p)  # flags may follow the prompt's words (cli._parse)
 
-    p = sub.add_parser("ps", help="models loaded by the server, with live memory figures")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser(
+        "ps",
+        help="models loaded by the server, with live memory figures",
+        description="List the models loaded by the server at $MODELYARD_HOST: name, digest, memory (with "
+        "the part on GPUs), and when each unloads if left idle.",
+    )
+    p.add_argument("--json", action="store_true", help="print the server's /api/ps answer as JSON")
     p.set_defaults(func=cmd_ps)
 
-    p = sub.add_parser("stop", help="unload a model from the server")
+    p = sub.add_parser(
+        "stop",
+        help="unload a model from the server",
+        description="Unload a model from the server at $MODELYARD_HOST now (its requests in flight finish "
+        "first); it loads again on its next request.",
+    )
     p.add_argument("name", metavar="NAME")
     p.set_defaults(func=cmd_stop)

@@ -108,10 +108,12 @@ def test_ollama_generate_reports_durations_in_nanoseconds(client: ollama.Client)
     assert 0 < result.eval_duration < result.total_duration <= wall_ns
     assert result.load_duration is not None and result.prompt_eval_duration
     assert result.created_at is not None and result.created_at.endswith("Z")
+    assert result.model == GEMMA, "the name as the request gave it, as Ollama echoes it"
 
     parts = list(client.generate(GEMMA, "Name a colour.", options=GREEDY, stream=True))
     assert all(not p.done for p in parts[:-1]) and parts[-1].done and parts[-1].done_reason == "length"
     assert "".join(p.response for p in parts) == result.response, "greedy: streamed = whole"
+    assert {p.model for p in parts} == {GEMMA}
 
 
 def test_ollama_generate_context_goes_on_from_an_answer(client: ollama.Client) -> None:
@@ -206,6 +208,7 @@ def test_a_keep_alive_past_gos_range_is_forever_and_ps_still_answers(client: oll
 def test_empty_prompt_loads_and_keep_alive_zero_unloads(client: ollama.Client, http: httpx.Client) -> None:
     loaded_ = client.generate(GEMMA, "")
     assert loaded_.done and loaded_.done_reason == "load" and loaded_.response == ""
+    assert loaded_.model == GEMMA
     assert MODEL in loaded(http)
 
     unloaded = client.generate(GEMMA, "", keep_alive=0)
@@ -718,6 +721,9 @@ def test_openai_models(oai: openai.OpenAI) -> None:
     assert oai.models.retrieve(MODEL).owned_by == "modelyard"
     with pytest.raises(openai.NotFoundError):
         oai.models.retrieve("no-such-model")
+    with pytest.raises(openai.NotFoundError) as unnamable:  # no image can have this name
+        oai.models.retrieve("BAD!!")
+    assert unnamable.value.code == "model_not_found"
 
 
 def test_openai_response_format_parses(oai: openai.OpenAI) -> None:
@@ -743,6 +749,7 @@ def test_openai_errors_have_openais_shape(oai: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as missing:
         oai.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "Hi"}])
     assert missing.value.status_code == 404 and "not found" in missing.value.message
+    assert missing.value.code == "model_not_found"
     with pytest.raises(openai.BadRequestError) as bad:
         oai.chat.completions.create(model=GEMMA, messages=[{"role": "user", "content": "Hi"}], temperature=7)
     assert "temperature" in bad.value.message
@@ -843,6 +850,7 @@ def test_health_status_version_and_root(http: httpx.Client, client: ollama.Clien
     client.generate(GEMMA, "", keep_alive="5m")
     assert http.get("/").text == "Ollama is running"
     assert http.head("/").status_code == 200
+    assert http.head("/api/tags").status_code == 200
     assert http.get("/health").json()["status"] == "ok"
     assert "version" in http.get("/api/version").json()
     status = http.get("/api/status").json()
@@ -926,6 +934,12 @@ def test_cli_run_ps_and_stop_against_the_server(
 
     piped = cli(server, home, "run", short_model, stdin="Name a fruit.")
     assert piped.returncode == 0 and piped.stdout.strip(), piped.stderr
+
+    # Nothing on stdin: load the model and say nothing, as `ollama run` does. A number is seconds.
+    cli(server, home, "stop", short_model)
+    nothing = cli(server, home, "run", short_model, "--keep-alive", "300", stdin="\n")
+    assert nothing.returncode == 0 and nothing.stdout == "", nothing.stderr
+    assert f"{short_model}:latest" in loaded(http)
 
     ps = cli(server, home, "ps")
     assert ps.returncode == 0, ps.stderr

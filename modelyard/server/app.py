@@ -161,7 +161,7 @@ def _error_response(request: Request, error: HTTPError) -> JSONResponse:
     headers = retry_after_header(error)
     if _is_openai(request):
         body: dict[str, Any] = {
-            "error": {"message": error.message, "type": error.kind, "param": None, "code": None}
+            "error": {"message": error.message, "type": error.kind, "param": None, "code": error.code}
         }
     else:
         body = {"error": error.message}

@@ -27,6 +27,7 @@ from modelyard.errors import (
 )
 
 STATUS_CLIENT_GONE = 499  # nginx's and Ollama's "client closed request"
+MODEL_NOT_FOUND = "model_not_found"  # OpenAI's code for it
 
 
 class HTTPError(Exception):
@@ -35,13 +36,19 @@ class HTTPError(Exception):
     (A plain class, not a frozen dataclass: raising sets `__traceback__` on the instance.)"""
 
     def __init__(
-        self, status: int, message: str, retry_after: float | None = None, kind: str = "invalid_request_error"
+        self,
+        status: int,
+        message: str,
+        retry_after: float | None = None,
+        kind: str = "invalid_request_error",
+        code: str | None = None,  # OpenAI's error code ("model_not_found"), where it has one
     ) -> None:
         super().__init__(status, message)
         self.status = status
         self.message = message
         self.retry_after = retry_after
         self.kind = kind
+        self.code = code
 
     def __str__(self) -> str:
         return self.message
@@ -75,11 +82,11 @@ def classify(exc: BaseException) -> HTTPError | None:
         return exc
     for kind, status, error_type in _TABLE:
         if isinstance(exc, kind):
-            message = str(exc)
+            message, code = str(exc), None
             if isinstance(exc, ImageNotFoundError):
-                message = f"model '{exc.name}' not found, try pulling it first"
+                message, code = f"model '{exc.name}' not found, try pulling it first", MODEL_NOT_FOUND
             retry = exc.retry_after if isinstance(exc, ServerBusyError) else None
-            return HTTPError(status, message, retry, error_type)
+            return HTTPError(status, message, retry, error_type, code)
     return None
 
 

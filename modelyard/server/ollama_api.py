@@ -199,7 +199,7 @@ def router(state: ServerState) -> APIRouter:
             return {"response": text, "context": list(finished.context)}
 
         return await _generation_response(
-            http, state, "/api/generate", servable, stream, body.stream, response, body.logprobs_top()
+            http, state, "/api/generate", name, servable, stream, body.stream, response, body.logprobs_top()
         )
 
     @api.post("/api/chat")
@@ -223,15 +223,16 @@ def router(state: ServerState) -> APIRouter:
             return {"message": {"role": "assistant", "content": text, **extra}}
 
         return await _generation_response(
-            http, state, "/api/chat", servable, stream, body.stream, message, body.logprobs_top()
+            http, state, "/api/chat", name, servable, stream, body.stream, message, body.logprobs_top()
         )
 
     @api.post("/api/embed")
     async def embed(body: EmbedBody) -> dict[str, Any]:
-        servable = await inference.servable(body.model_name())
+        name = body.model_name()
+        servable = await inference.servable(name)
         inputs = [body.input] if isinstance(body.input, str) else list(body.input)
         if not inputs:
-            return {"model": servable.name, "embeddings": []}
+            return {"model": name, "embeddings": []}
         result, load_ns, total_ns = await inference.embed(
             servable, inputs, body.options, keep_alive=body.keep_alive, truncate=body.truncate is not False
         )
@@ -240,7 +241,7 @@ def router(state: ServerState) -> APIRouter:
             embeddings = [_truncate_dimensions(e, body.dimensions) for e in embeddings]
         state.count("/api/embed", servable.name, 200)
         return {
-            "model": servable.name,
+            "model": name,
             "embeddings": embeddings,
             "total_duration": total_ns,
             "load_duration": load_ns,
@@ -259,6 +260,7 @@ def router(state: ServerState) -> APIRouter:
         return {"embedding": result["embeddings"][0]}
 
     @api.get("/api/tags")
+    @api.head("/api/tags", include_in_schema=False)
     async def tags() -> dict[str, Any]:
         return {"models": await asyncio.to_thread(state.list_models)}
 
@@ -342,6 +344,7 @@ async def _generation_response(
     http: Request,
     state: ServerState,
     endpoint: str,
+    name: str,
     servable: Servable,
     stream: AsyncGenerator[Any, None],
     streaming: bool | None,
@@ -349,8 +352,8 @@ async def _generation_response(
     logprobs_top: int | None = None,
 ) -> Response:
     """The answer of /api/generate or /api/chat: NDJSON lines of `chunk(text, None)`, then the final
-    line with `chunk(text, finished)`, or that final line alone."""
-    name = servable.name
+    line with `chunk(text, finished)`, or that final line alone. `name`: the model as the request
+    named it, which every line echoes (as Ollama's do), whatever image it resolved to."""
 
     def with_logprobs(content: dict[str, Any], entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if logprobs_top is None:
@@ -378,7 +381,7 @@ async def _generation_response(
         finally:
             client.close()
             await stream.aclose()  # cancels the runner's request if it is still going
-        state.count(endpoint, name, 200)
+        state.count(endpoint, servable.name, 200)
         content = with_logprobs(chunk(text, finished), entries)
         return JSONResponse(_final_line(name, finished.done_reason, content, finished))
 
@@ -399,7 +402,7 @@ async def _generation_response(
             status = error.status
             yield _line({"error": error.message})
         finally:
-            state.count(endpoint, name, status)
+            state.count(endpoint, servable.name, status)
             await stream.aclose()  # cancels the runner's request if it is still going
 
     return WatchedStream(lines(), client, media_type=NDJSON)

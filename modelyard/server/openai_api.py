@@ -21,10 +21,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelyard.builder.prompt import ChatMessage, PromptRequest, ToolCall
+from modelyard.errors import InferenceRequestError, InvalidReferenceError
 from modelyard.runtime.runner import Token
 from modelyard.runtime.servable import Servable
 from modelyard.server.disconnect import ClientGone, WatchedStream
-from modelyard.server.http_errors import STATUS_CLIENT_GONE, HTTPError
+from modelyard.server.http_errors import MODEL_NOT_FOUND, STATUS_CLIENT_GONE, HTTPError
 from modelyard.server.inference import Finished, with_tool_calls
 from modelyard.server.logprobs import (
     MAX_TOP_LOGPROBS,
@@ -332,10 +333,16 @@ def router(state: ServerState) -> APIRouter:
 
     @api.get("/models/{model_id:path}")
     async def model(model_id: str) -> dict[str, Any]:
+        try:
+            short = inference.reference(model_id).short()
+        except (InvalidReferenceError, InferenceRequestError):
+            short = None  # no image can have this name: not found, as OpenAI answers any unknown id
         for entry in await _list(state):
-            if entry["id"] == model_id or entry["id"] == inference.reference(model_id).short():
+            if entry["id"] in (model_id, short):
                 return entry
-        raise HTTPError(404, f"The model '{model_id}' does not exist", kind="invalid_request_error")
+        raise HTTPError(
+            404, f"The model '{model_id}' does not exist", kind="invalid_request_error", code=MODEL_NOT_FOUND
+        )
 
     return api
 
