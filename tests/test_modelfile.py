@@ -233,7 +233,10 @@ ERRORS = [
         "FROM\nSYSTEM x", 1, 5, "expected a space or tab after FROM, then its value", id="keyword-newline"
     ),
     pytest.param("FROM x\n  SYSTEM", 2, 9, "expected a space or tab after SYSTEM", id="keyword-at-end"),
-    pytest.param("FROM: x", 1, 5, "expected a space or tab after FROM, found ':'", id="keyword-colon"),
+    pytest.param("FROM; x", 1, 5, "expected a space or tab after FROM, found ';'", id="keyword-semicolon"),
+    pytest.param(
+        "from: x", 1, 5, "looks like the YAML form of a Modelfile: give the file a .yaml", id="yaml"
+    ),
     pytest.param("FROM x\nSYSTEM   ", 2, 10, "expected a value after SYSTEM", id="no-value"),
     pytest.param('FROM ""', 1, 6, "FROM needs a model name or path", id="from-empty"),
     pytest.param('FROM x\nADAPTER """"""', 2, 9, "ADAPTER needs a path", id="adapter-empty"),

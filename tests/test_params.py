@@ -159,6 +159,9 @@ def test_our_additions_are_not_deprecated(name: str) -> None:
         pytest.param("stop", ["a", "b"], ("a", "b"), id="stop-list"),
         pytest.param("stop", ("a",), ("a",), id="stop-tuple"),
         pytest.param("stop", [], (), id="stop-empty-list"),
+        pytest.param("keep_alive", 300, "300", id="seconds"),
+        pytest.param("keep_alive", 1e-05, "0.00001", id="small-seconds-without-exponent"),
+        pytest.param("keep_alive", 1.0e20, "100000000000000000000", id="large-seconds-without-exponent"),
     ],
 )
 def test_validate_typed_value(name: str, value: object, expected: object) -> None:

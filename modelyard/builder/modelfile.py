@@ -257,6 +257,11 @@ def _read_keyword(source: _Source, index: int) -> str:
     if keyword in INSTRUCTIONS:
         if len(keyword) < len(word.text):
             found = word.text[len(keyword)]
+            if found == ":":  # `from: …`: YAML, in a file the Modelfile grammar was chosen for
+                raise source.error(
+                    "this looks like the YAML form of a Modelfile: give the file a .yaml or .yml name",
+                    after_keyword,
+                )
             raise source.error(f"expected a space or tab after {keyword}, found {found!r}", after_keyword)
         if source.at_line_end(after_keyword):
             raise source.error(f"expected a space or tab after {keyword}, then its value", after_keyword)

@@ -20,6 +20,7 @@ import enum
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
+from decimal import Decimal
 from types import MappingProxyType
 from typing import Final
 
@@ -201,7 +202,8 @@ _DURATION_TEXT = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?(?:ns|us|µs|ms|s|m|h))+|-
 def _duration(value: object) -> str:
     """A duration kept as text (the runtime reads it); a number means seconds."""
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return str(value)
+        # Positional, never "1e-05": the grammar above, the runtime and Ollama read no exponents.
+        return format(Decimal(repr(value)), "f")
     if isinstance(value, str) and _DURATION_TEXT.fullmatch(value):
         return value
     raise ModelfileError(f"expected {ParameterType.DURATION.value}, got {describe_value(value)}")
