@@ -281,6 +281,27 @@ def test_show_modelfile_round_trip(tmp_path: Path, workdir: Path, tiny_lora: Pat
     assert again == digest, "show --modelfile builds back to the same image"
 
 
+def test_an_image_built_from_an_image_keeps_its_requires(tmp_path: Path, workdir: Path) -> None:
+    (workdir / "Modelfile").write_text("FROM ./weights.gguf\nREQUIRES 0.5.0\n")
+    build(tmp_path / "h", workdir / "Modelfile", "base")
+    (workdir / "Derived").write_text("FROM base\nSYSTEM derived\n")
+    digest, store, _ = build(tmp_path / "h", workdir / "Derived", "derived")
+    manifest = store.read_manifest(digest)
+    assert manifest.annotations["io.modelyard.requires"] == "0.5.0"
+    assert "REQUIRES 0.5.0" in (store.read_parts(manifest).modelfile or "")
+    (workdir / "Newer").write_text("FROM base\nREQUIRES 0.9.0\n")
+    digest, store, _ = build(tmp_path / "h", workdir / "Newer", "newer")
+    assert store.read_manifest(digest).annotations["io.modelyard.requires"] == "0.9.0"
+
+
+def test_a_text_too_large_is_refused_before_the_weights_are_copied(tmp_path: Path, workdir: Path) -> None:
+    (workdir / "Modelfile").write_text('FROM ./weights.gguf\nSYSTEM """' + "x" * (17 << 20) + '"""\n')
+    builder, _, recorder = make_builder(tmp_path / "h")
+    with pytest.raises(BuildError, match="the SYSTEM prompt is"):
+        builder.build_file(workdir / "Modelfile", parse_reference("big"))
+    assert not any(status.startswith("creating new layer") for status in recorder.statuses())
+
+
 def test_adapter_layer(tmp_path: Path, workdir: Path, tiny_lora: Path) -> None:
     shutil.copyfile(tiny_lora, workdir / "lora.gguf")
     (workdir / "Modelfile").write_text("FROM ./weights.gguf\nADAPTER ./lora.gguf\n")
@@ -311,6 +332,7 @@ def test_adapter_layer(tmp_path: Path, workdir: Path, tiny_lora: Path) -> None:
         pytest.param("FROM ./notgguf.bin\n", GGUFError, "not a GGUF", id="not-gguf"),
         pytest.param("FROM ./truncated.gguf\n", GGUFError, "truncated", id="truncated"),
         pytest.param("FROM sha256:" + "0" * 64 + "\n", BuildError, "no such blob", id="unknown-blob"),
+        pytest.param("FROM /dev/null\n", BuildError, "neither a GGUF file nor a directory", id="not-a-file"),
         pytest.param(
             'FROM ./weights.gguf\nSYSTEM """' + "x" * (17 << 20) + '"""\n',
             BuildError,

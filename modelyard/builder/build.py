@@ -24,6 +24,7 @@ from typing import Any
 from modelyard.builder import modelfile as mf
 from modelyard.builder.cache import FileDigestCache, SummaryCache
 from modelyard.builder.compose import (
+    ANNOTATION_REQUIRES,
     EPOCH_TIMESTAMP,
     LayerBlob,
     WeightsSummary,
@@ -178,6 +179,8 @@ class Builder:
         if modelfile.requires is not None:
             plan.requires = modelfile.requires
         plan.adapters += [self._resolve_adapter(a, context) for a in modelfile.adapters]
+        # Before any weights are copied: the rest of the texts are checked as they are written.
+        _check_text_sizes(_plain_texts(plan))
         if quantize:
             from modelyard.builder.quantize import check_quantization
 
@@ -228,7 +231,7 @@ class Builder:
             params=dict(parts.params),
             messages=[dict(m) for m in parts.messages],
             licenses=list(parts.licenses),
-            requires=None,
+            requires=manifest.annotations.get(ANNOTATION_REQUIRES),  # the new Modelfile may override it
         )
 
     def _resolve_adapter(self, value: str, context: Path) -> _Source:
@@ -280,17 +283,7 @@ class Builder:
             messages=tuple(mf.Message(m["role"], m["content"]) for m in plan.messages),
             requires=plan.requires,
         )
-        texts: list[tuple[str, bytes]] = []
-        if plan.template is not None:
-            texts.append((LAYER_TEMPLATE, plan.template.encode()))
-        if plan.system is not None:
-            texts.append((LAYER_SYSTEM, plan.system.encode()))
-        if plan.params:
-            texts.append((LAYER_PARAMS, canonical_json(plan.params)))
-        if plan.messages:
-            texts.append((LAYER_MESSAGES, canonical_json(plan.messages)))
-        texts += [(LAYER_LICENSE, text.encode()) for text in plan.licenses]
-        texts.append((LAYER_MODELFILE, normalized_text(normalized).encode()))
+        texts = [*_plain_texts(plan), (LAYER_MODELFILE, normalized_text(normalized).encode())]
         _check_text_sizes(texts)
         license_index = 0
         for media_type, data in texts:
@@ -309,7 +302,7 @@ class Builder:
         manifest = compose_manifest(summary, ordered, config, self.created)
         if plan.requires:
             manifest = replace(
-                manifest, annotations={**manifest.annotations, "io.modelyard.requires": plan.requires}
+                manifest, annotations={**manifest.annotations, ANNOTATION_REQUIRES: plan.requires}
             )
         self.progress(ProgressEvent("writing manifest"))
         manifest_info = self.store.blobs.put_bytes(manifest.to_bytes())
@@ -412,6 +405,21 @@ _TEXT_LAYER_NAMES = {
 }
 
 
+def _plain_texts(plan: _Plan) -> list[tuple[str, bytes]]:
+    """The image's text layers as `plan` has them, but the Modelfile (which names the weights' digest)."""
+    texts: list[tuple[str, bytes]] = []
+    if plan.template is not None:
+        texts.append((LAYER_TEMPLATE, plan.template.encode()))
+    if plan.system is not None:
+        texts.append((LAYER_SYSTEM, plan.system.encode()))
+    if plan.params:
+        texts.append((LAYER_PARAMS, canonical_json(plan.params)))
+    if plan.messages:
+        texts.append((LAYER_MESSAGES, canonical_json(plan.messages)))
+    texts += [(LAYER_LICENSE, text.encode()) for text in plan.licenses]
+    return texts
+
+
 def _check_text_sizes(texts: list[tuple[str, bytes]]) -> None:
     # The store reads text layers whole, up to MAX_TEXT_LAYER_BYTES: a larger one would build and
     # then fail every show, FROM and load.
@@ -453,6 +461,8 @@ def _looks_like_path(value: str) -> bool:
 def _single_gguf(path: Path) -> Path:
     if path.is_file():
         return path
+    if not path.is_dir():
+        raise BuildError(f"{path}: neither a GGUF file nor a directory holding one")
     ggufs = sorted(p for p in path.glob("*.gguf") if p.is_file())
     if len(ggufs) == 1:
         return ggufs[0]

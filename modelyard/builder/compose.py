@@ -36,6 +36,7 @@ from modelyard.store.image import (
 ANNOTATION_CONTEXT_LENGTH = "io.modelyard.gguf.context-length"
 ANNOTATION_CHAT_TEMPLATE = "io.modelyard.gguf.chat-template"
 ANNOTATION_PARAMETER_COUNT = "io.modelyard.gguf.parameter-count"
+ANNOTATION_REQUIRES = "io.modelyard.requires"  # the Modelfile's REQUIRES (the Ollama version it asks for)
 
 EPOCH_TIMESTAMP = "1970-01-01T00:00:00Z"
 
