@@ -174,6 +174,9 @@ def cmd_list(args: argparse.Namespace, ctx: CommandContext) -> int:
     for record in sorted(ctx.store.images(), key=lambda r: r.tagged_at, reverse=True):
         ref = parse_reference(record.name)
         row: dict[str, Any] = {"name": ref.short(), "digest": record.digest, "modified_at": record.tagged_at}
+        if not record.is_image_manifest:  # another tool's entry (`skopeo copy --all`): not a model
+            rows.append(row | {"size": None, "problem": f"not a model image: {record.media_type}"})
+            continue
         try:
             manifest = ctx.store.read_manifest(record.digest)
         except (BlobNotFoundError, CorruptStoreError) as exc:
@@ -193,7 +196,11 @@ def cmd_list(args: argparse.Namespace, ctx: CommandContext) -> int:
                 [
                     r["name"],
                     r["digest"][7:19],
-                    "broken" if r["size"] is None else _human_bytes(r["size"]),
+                    _human_bytes(r["size"])
+                    if r["size"] is not None
+                    else "broken"
+                    if r["name"] in broken
+                    else "–",
                     _ago(r["modified_at"]),
                 ]
                 for r in rows
@@ -523,6 +530,12 @@ def _human_bytes(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     return f"{size:.1f} TB"
+
+
+def _size_cell(row: dict[str, Any], broken: list[str]) -> str:
+    if row["size"] is not None:
+        return _human_bytes(row["size"])
+    return "broken" if row["name"] in broken else "–"  # "–": another tool's entry, not a model
 
 
 def _ago(timestamp: str) -> str:

@@ -326,9 +326,13 @@ def test_verify_reports_corrupt_and_missing(store: Store) -> None:
     assert not report.ok
 
 
-def test_another_tools_image_index_keeps_its_manifests_and_blobs_and_breaks_nothing(store: Store) -> None:
-    """`skopeo copy --all` can leave an unnamed entry pointing at an OCI image index: rm and prune
-    must work beside it and keep what it refers to."""
+@pytest.mark.parametrize("named", [False, True], ids=["unnamed", "named"])
+def test_another_tools_image_index_keeps_its_manifests_and_blobs_and_breaks_nothing(
+    store: Store, named: bool
+) -> None:
+    """`skopeo copy --all` leaves an entry pointing at an OCI image index, with or without a name:
+    rm, prune and verify must work beside it and keep what it refers to; named, it is no model
+    image, and rm removes it with what only it refers to."""
     put_image(store, "ours", b"our-weights")
     layer = store.blobs.put_bytes(b"their layer").digest
     config = store.blobs.put_bytes(b"{}").digest
@@ -358,18 +362,26 @@ def test_another_tools_image_index_keeps_its_manifests_and_blobs_and_breaks_noth
         ).encode()
     )
     raw = json.loads(store.index_path.read_bytes())
-    raw["manifests"].append(
-        {
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "digest": image_index.digest,
-            "size": image_index.size,
-        }
-    )
+    entry = {
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "digest": image_index.digest,
+        "size": image_index.size,
+    }
+    if named:
+        entry["annotations"] = {"org.opencontainers.image.ref.name": "multi"}
+    raw["manifests"].append(entry)
     store.index_path.write_bytes(json.dumps(raw).encode())
 
     put_image(store, "gone", b"gone-weights")
     store.remove([parse_reference("gone")])
     store.prune(grace_s=0)
-    for digest in (image_index.digest, child, config, layer):
+    theirs = (image_index.digest, child, config, layer)
+    for digest in theirs:
         assert store.blobs.exists(digest), digest
     assert store.verify().ok and image_index.digest in store.index_path.read_text()
+    if named:
+        with pytest.raises(ImageNotFoundError, match="not a model image"):
+            store.resolve(parse_reference("multi"))
+        store.remove([parse_reference("multi")])
+        assert not any(store.blobs.exists(digest) for digest in theirs)
+        assert store.resolve(parse_reference("ours")) and store.verify().ok

@@ -17,6 +17,7 @@ from modelyard.reference import parse_reference
 from modelyard.store.image import (
     ANNOTATION_REF_NAME,
     INDEX_OCI,
+    MANIFEST_DOCKER,
     MANIFEST_OCI,
     ManifestFormatError,
     canonical_json,
@@ -38,6 +39,12 @@ class TagRecord:
     media_type: str = MANIFEST_OCI
     artifact_type: str | None = None
     written: str = ""  # another tool's spelling of `name` ("Foo", "v1.0"), written back as it was
+
+    @property
+    def is_image_manifest(self) -> bool:
+        """Whether the name points at an image manifest (ours, or a pulled one) rather than at
+        something another tool wrote there, such as a multi-platform image index."""
+        return self.media_type in (MANIFEST_OCI, MANIFEST_DOCKER)
 
 
 @dataclass(frozen=True)

@@ -226,6 +226,12 @@ class Store:
         tagged = index.get(str(ref))
         if tagged is None:
             raise ImageNotFoundError(ref.short(), _did_you_mean(index, ref))
+        if not tagged.is_image_manifest:
+            raise ImageNotFoundError(
+                ref.short(),
+                f"that name holds another tool's {tagged.media_type}, not a model image "
+                f"(`modelyard rm {ref.short()}` removes it)",
+            )
         return tagged
 
     def images(self) -> list[TagRecord]:
@@ -347,6 +353,9 @@ class Store:
     def _live_blobs(self, index: Index) -> set[str]:
         live: set[str] = set()
         for record in (*index.tags, *index.history):
+            if not record.is_image_manifest:  # a named image index (`skopeo copy --all`)
+                live |= self._foreign_closure(record.digest)
+                continue
             live.add(record.digest)
             if self.blobs.exists(record.digest):
                 live.update(self.read_manifest(record.digest).blob_digests())
@@ -437,12 +446,15 @@ class Store:
             index, index_problem = Index(), str(exc)
         for record in (*index.tags, *index.history):
             needed_by.setdefault(record.digest, []).append(record.name)
-            try:
-                manifest = self.read_manifest(record.digest)
-            except (BlobNotFoundError, CorruptStoreError) as exc:
-                unreadable.append((record.name, str(exc)))
-                continue
-            for digest in manifest.blob_digests():
+            if not record.is_image_manifest:  # another tool's image index: what it names must be here
+                needed = sorted(self._foreign_closure(record.digest))
+            else:
+                try:
+                    needed = self.read_manifest(record.digest).blob_digests()
+                except (BlobNotFoundError, CorruptStoreError) as exc:
+                    unreadable.append((record.name, str(exc)))
+                    continue
+            for digest in needed:
                 needed_by.setdefault(digest, []).append(record.name)
                 if not self.blobs.exists(digest):
                     missing.append((record.name, digest))
