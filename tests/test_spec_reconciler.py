@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from spec_fakes import FakeClock, FakeEffects, digest, documents
+from spec_fakes import FakeClock, FakeEffects, digest, documents, spec_text
 
 from modelyard.errors import (
     DigestMismatchError,
@@ -18,6 +18,7 @@ from modelyard.errors import (
 )
 from modelyard.spec.plan import ActionKind, LoadTarget, Reason, format_plan
 from modelyard.spec.reconciler import Reconciler, ReconcilerSettings, classify
+from modelyard.spec.sources import FileSource
 
 IMAGE = "localhost:5000/team/chat:v1"
 CHAT = f"models: [{{name: chat, image: {IMAGE}, context: 2048}}]"
@@ -170,6 +171,30 @@ def test_an_invalid_spec_is_rejected_whole_and_the_last_good_one_stays(
     assert "ensure" not in [c[0] for c in effects.actions()[2:]]
     assert reconciler.submit(documents(CHAT), "fixed").accepted
     assert reconciler.status()["rejected"] is None and reconciler.generation == 1
+
+
+def test_a_source_whose_bad_edit_is_undone_shows_no_rejection(tmp_path: Path) -> None:
+    """Back at the spec in force, the source has nothing rejected, now or after a restart."""
+    effects, clock = FakeEffects(tags={IMAGE: digest("a")}), FakeClock()
+    spec = tmp_path / "models.yaml"
+    spec.write_text(spec_text(CHAT))
+    source = FileSource(spec)
+
+    def reconciler_reading() -> Reconciler:
+        reconciler = Reconciler(
+            effects, ReconcilerSettings(tmp_path / "state.json", debounce=0), clock=clock, rand=lambda: 0.5
+        )
+        asyncio.run(reconciler._read(source, first=True))
+        return reconciler
+
+    reconciler = reconciler_reading()
+    spec.write_text(spec_text(CHAT.replace("2048", "lots")))
+    asyncio.run(reconciler._read(source))
+    assert reconciler.status()["rejected"] is not None and reconciler.generation == 1
+    spec.write_text(spec_text(CHAT))
+    asyncio.run(reconciler._read(source))
+    assert reconciler.status()["rejected"] is None and reconciler.generation == 1
+    assert reconciler_reading().status()["rejected"] is None
 
 
 def test_a_restart_keeps_generation_inventory_and_history(

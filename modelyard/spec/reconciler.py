@@ -539,9 +539,16 @@ class Reconciler:
     async def _read(self, source: SpecSource, *, first: bool = False) -> None:
         try:
             snapshot = await asyncio.to_thread(source.read)
-            if snapshot.revision == self._revision or (
-                self._rejected is not None and snapshot.revision == self._rejected.revision
-            ):
+            if snapshot.revision == self._revision:
+                self._source_error = None
+                if self._rejected is not None:  # an edit undone: the source is the spec in force again
+                    self._rejected = None
+                    self._event(
+                        "", "restored", f"the source is back at revision {snapshot.revision}, in force"
+                    )
+                    self._save()
+                return
+            if self._rejected is not None and snapshot.revision == self._rejected.revision:
                 self._source_error = None
                 return
             if not first:  # a file being written reads differently twice: wait until it settles
