@@ -182,6 +182,18 @@ def test_push_then_pull_keeps_the_digest_and_skopeo_reads_it(
     by_digest = pull(new_store(tmp_path / "third"), target.with_digest(digest), options(tmp_path))
     assert str(by_digest.reference) == f"{target.name}@{digest}"
 
+    # `repo:tag@digest`: the tag is made, pointing at that digest (Docker's pull takes this form).
+    tagged = parse_reference(f"{target.name}:pinned@{digest}")
+    assert [
+        m.digest for m in push(store, tagged, options(tmp_path), source=parse_reference("tiny")).manifests
+    ] == [digest]
+    assert (
+        pull(
+            new_store(tmp_path / "fourth"), parse_reference(f"{target.name}:pinned"), options(tmp_path)
+        ).digest
+        == digest
+    )
+
 
 def test_push_both_formats_and_pull_the_ollama_manifest_back(
     registry: Registry, image: tuple[Store, str], tmp_path: Path

@@ -127,7 +127,9 @@ def push(
         report.status("pushing manifest")
         pushed = []
         for outgoing in plan.manifests:
-            where = outgoing.reference.digest or outgoing.reference.tag or "latest"
+            # `repo:tag@digest` goes under the tag (its digest was checked against the image above);
+            # `repo@digest` under the digest alone.
+            where = outgoing.reference.tag or outgoing.reference.digest or "latest"
             digest = repo.put_manifest(where, outgoing.data, outgoing.manifest.media_type)
             pushed.append(PushedManifest(outgoing.reference, digest, outgoing.manifest.media_type))
     options.ledger().record(target.host, target.repository, list(blobs))
