@@ -222,6 +222,31 @@ def test_conflicts_come_in_the_same_report_as_a_bad_field() -> None:
     assert any(file == "c.yaml" and "parallel" in path for file, path in where), "the bad field"
 
 
+def test_a_name_given_twice_in_a_document_with_other_errors_is_in_the_same_report() -> None:
+    text = spec_text("models: [{name: a, image: x, contxt: 1}, {name: a, image: y}]")
+    with pytest.raises(SpecValidationError) as error:
+        parse_spec([SpecDocument("m.yaml", text)])
+    where = {i.path: i.message for i in error.value.issues}
+    assert "contxt" in " ".join(where) and "already defined at m.yaml:5" in where["spec.models[1].name"]
+
+
+def test_a_key_given_twice_is_an_error_at_its_line() -> None:
+    text = spec_text(
+        """
+        models:
+          - name: a
+            image: x
+            context: 4096
+            context: 8192
+        """
+    )
+    with pytest.raises(SpecValidationError) as error:
+        parse_spec([SpecDocument("m.yaml", text)])
+    [issue] = error.value.issues
+    assert (issue.path, issue.line) == ("spec.models[0].context", 9)
+    assert "given twice (first at line 8)" in issue.message
+
+
 def test_several_documents_in_one_file_merge() -> None:
     text = (
         spec_text("models: [{name: a, image: x}]")

@@ -368,6 +368,7 @@ def parse_spec(documents: Sequence[SpecDocument]) -> Spec:
     """Validate and merge every document, or raise SpecValidationError listing every problem."""
     issues: list[SpecIssue] = []
     parsed: list[tuple[SpecDocument, ModelSetDocument, yaml.Node]] = []
+    names: list[tuple[str, str, int, int]] = []  # every model name given: (name, file, index, line)
     for document in documents:
         try:
             nodes = list(yaml.compose_all(document.text, Loader=yaml.SafeLoader))
@@ -393,10 +394,15 @@ def parse_spec(documents: Sequence[SpecDocument]) -> Spec:
                     SpecIssue("", "a document must be a mapping (apiVersion, kind…)", document.path, line)
                 )
                 continue
+            issues += _repeated_keys(node, document.path)
+            # Read from every document, valid or not: a name given twice is reported beside the
+            # document's other problems, not once they are fixed.
+            names += _model_names(data, node, document.path)
             try:
                 parsed.append((document, ModelSetDocument.model_validate(data), node))
             except ValidationError as exc:
                 issues.extend(_issues(exc, node, document.path))
+    issues += _repeated_names(names)
     if not parsed and not issues:
         issues.append(SpecIssue("", "no ModelSet document found", ", ".join(d.path for d in documents)))
     if issues:
@@ -456,8 +462,7 @@ def _merge(parsed: Iterable[tuple[SpecDocument, ModelSetDocument, yaml.Node]]) -
     settings: dict[str, tuple[Any, str, int]] = {}  # field -> (value, file, line) of the first setter
     name: tuple[str, str, int] | None = None
     labels: dict[str, str] = {}
-    models: list[ModelSpec] = []
-    defined: dict[str, tuple[str, int]] = {}
+    models: list[ModelSpec] = []  # names are unique: parse_spec checked them (_repeated_names)
     files: list[str] = []
     for document, value, node in parsed:
         files.append(document.path)
@@ -494,25 +499,74 @@ def _merge(parsed: Iterable[tuple[SpecDocument, ModelSetDocument, yaml.Node]]) -
                 )
             elif first is None:
                 settings[key] = (setting, document.path, line)
-        for index, model in enumerate(value.spec.models):
-            line = _line(node, ("spec", "models", index, "name"))
-            if model.name in defined:
-                where = defined[model.name]
-                issues.append(
-                    SpecIssue(
-                        f"spec.models[{index}].name",
-                        f"{model.name!r} is already defined at {where[0]}:{where[1]}; names must be unique",
-                        document.path,
-                        line,
-                    )
-                )
-                continue
-            defined[model.name] = (document.path, line)
-            models.append(model)
+        models += value.spec.models
     if issues:
         raise SpecValidationError(issues)
     body = ModelSetBody(**{key: value for key, (value, _, _) in settings.items()}, models=tuple(models))
     return Spec(name=name[0] if name else "default", body=body, labels=labels, files=tuple(files))
+
+
+def _model_names(data: dict[str, Any], node: yaml.Node, file: str) -> list[tuple[str, str, int, int]]:
+    spec = data.get("spec")
+    models = spec.get("models") if isinstance(spec, dict) else None
+    if not isinstance(models, list):
+        return []
+    return [
+        (model["name"], file, index, _line(node, ("spec", "models", index, "name")))
+        for index, model in enumerate(models)
+        if isinstance(model, dict) and isinstance(model.get("name"), str)
+    ]
+
+
+def _repeated_names(names: Iterable[tuple[str, str, int, int]]) -> list[SpecIssue]:
+    """Model names given more than once, across every document (pure)."""
+    issues: list[SpecIssue] = []
+    first: dict[str, tuple[str, int]] = {}
+    for name, file, index, line in names:
+        if name in first:
+            where = first[name]
+            issues.append(
+                SpecIssue(
+                    f"spec.models[{index}].name",
+                    f"{name!r} is already defined at {where[0]}:{where[1]}; names must be unique",
+                    file,
+                    line,
+                )
+            )
+        else:
+            first[name] = (file, line)
+    return issues
+
+
+def _repeated_keys(node: yaml.Node, file: str) -> list[SpecIssue]:
+    """Keys given twice in one mapping: YAML 1.2 forbids them, and PyYAML would keep the last one
+    without a word, which is almost always a mistake (an edit that left the old line in)."""
+    issues: list[SpecIssue] = []
+    seen_nodes: set[int] = set()  # an alias repeats a node: walk it once
+    pending: list[tuple[yaml.Node, str]] = [(node, "")]
+    while pending:
+        current, path = pending.pop()
+        if id(current) in seen_nodes:
+            continue
+        seen_nodes.add(id(current))
+        if isinstance(current, yaml.MappingNode):
+            lines: dict[object, int] = {}
+            for key, value in current.value:
+                name = getattr(key, "value", None)
+                here = f"{path}.{name}" if path else str(name)
+                line = key.start_mark.line + 1
+                if isinstance(name, str) and name != "<<" and name in lines:
+                    issues.append(
+                        SpecIssue(
+                            here, f"given twice (first at line {lines[name]}); give it once", file, line
+                        )
+                    )
+                elif isinstance(name, str):
+                    lines[name] = line
+                pending.append((value, here))
+        elif isinstance(current, yaml.SequenceNode):
+            pending += [(item, f"{path}[{i}]") for i, item in enumerate(current.value)]
+    return issues
 
 
 # --- error locations ------------------------------------------------------------------------------
