@@ -19,7 +19,8 @@
     │   ├── RegistryAuthError (PermissionError) credentials missing or refused (401/403)
     │   ├── RemoteNotFoundError (LookupError)   no such repository, tag or blob (404)
     │   ├── RegistryUnavailableError (ConnectionError)  refused, timed out, or 5xx after retries
-    │   └── RegistryProtocolError               a response that breaks the distribution spec
+    │   ├── RegistryProtocolError               a response that breaks the distribution spec
+    │   └── CredentialHelperError               a docker-credential-* helper failed or is missing
     └── RunnerError                             a model runner process and its requests
         ├── ModelLoadError                      the weights could not be loaded (loader's message)
         ├── RunnerCrashedError                  the runner process died; its requests fail at once
@@ -206,6 +207,19 @@ class RegistryUnavailableError(RegistryError, ConnectionError):
 
 class RegistryProtocolError(RegistryError):
     pass
+
+
+class CredentialHelperError(RegistryError):
+    """The credential helper Docker's config names could not read, store or erase credentials: not
+    a refusal by the registry, so not "log in again"."""
+
+    def __init__(self, host: str, helper: str, action: str, detail: str) -> None:
+        self.host = host
+        self.helper = helper
+        super().__init__(f"{host}: could not {action} credentials: credential helper {helper} {detail}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class RunnerError(ModelyardError):

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modelyard.errors import RegistryAuthError, RegistryUnavailableError
+from modelyard.errors import CredentialHelperError, RegistryAuthError, RegistryUnavailableError
 from modelyard.registry.credentials import Credentials, DockerConfig, registry_host
 from modelyard.registry.endpoint import resolve_endpoint
 from modelyard.registry.retry import RetryPolicy
@@ -368,9 +368,21 @@ def test_credential_helpers(tmp_path: Path, fake_helper: Path, key: str) -> None
 
 
 def test_a_missing_credential_helper_is_a_clear_error(tmp_path: Path) -> None:
+    """Not "authentication failed, log in": the registry refused nothing, and `login` is where
+    storing fails."""
     (tmp_path / "config.json").write_text(json.dumps({"credsStore": "does-not-exist"}))
-    with pytest.raises(RegistryAuthError, match="docker-credential-does-not-exist failed"):
-        DockerConfig(tmp_path).lookup("reg:5000")
+    config = DockerConfig(tmp_path)
+    for action, call in [
+        ("read", lambda: config.lookup("reg:5000")),
+        ("store", lambda: config.save("reg:5000", Credentials(username="alice", password=PASSWORD))),
+        ("erase", lambda: config.erase("reg:5000")),
+    ]:
+        with pytest.raises(CredentialHelperError) as caught:
+            call()
+        message = str(caught.value)
+        assert f"reg:5000: could not {action} credentials" in message
+        assert "docker-credential-does-not-exist is not installed" in message
+        assert "login" not in message and PASSWORD not in message
 
 
 @pytest.mark.parametrize(

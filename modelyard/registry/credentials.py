@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelyard.errors import RegistryAuthError, RegistryError
+from modelyard.errors import CredentialHelperError, RegistryAuthError, RegistryError
 from modelyard.store.atomic import atomic_write
 
 CONFIG_NAME = "config.json"
@@ -203,20 +203,30 @@ def _helper_get(name: str, host: str, key: str) -> Credentials | None:
 def _run_helper(name: str, host: str, verb: str, given: bytes) -> bytes | None:
     """Run `docker-credential-<name> <verb>` with `given` on stdin; its output, or None when it
     holds no credentials for the server."""
-    program = shutil.which(HELPER_PREFIX + name)
-    failed = f"credential helper {HELPER_PREFIX}{name} failed"
+    helper = HELPER_PREFIX + name
+    action = {"get": "read", "store": "store", "erase": "erase"}[verb]
+    program = shutil.which(helper)
     if program is None:
-        raise RegistryAuthError(host, f"{failed} (is it installed and on PATH?)")
+        raise CredentialHelperError(
+            host,
+            helper,
+            action,
+            "is not installed (not on PATH); install it, or remove credsStore or "
+            "credHelpers from Docker's config.json",
+        )
     try:
         done = subprocess.run(
             [program, verb], input=given, capture_output=True, timeout=HELPER_TIMEOUT_S, check=False
         )
     except subprocess.TimeoutExpired:
-        raise RegistryAuthError(host, f"{failed}: no answer within {HELPER_TIMEOUT_S:.0f} s") from None
+        raise CredentialHelperError(
+            host, helper, action, f"gave no answer within {HELPER_TIMEOUT_S:.0f} s"
+        ) from None
     except OSError as exc:
-        raise RegistryAuthError(host, f"{failed}: {exc.strerror}") from None
+        raise CredentialHelperError(host, helper, action, f"could not run: {exc.strerror}") from None
     if done.returncode == 0:
         return done.stdout
     if NOT_FOUND in (done.stdout + done.stderr).decode("utf-8", "replace").lower():
         return None
-    raise RegistryAuthError(host, f"{failed} (exit status {done.returncode})")
+    # Not its output: a helper that fails may echo what it was given, the credentials.
+    raise CredentialHelperError(host, helper, action, f"failed (exit status {done.returncode})")
