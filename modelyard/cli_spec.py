@@ -175,10 +175,23 @@ def register(sub: Any) -> None:
     p.add_argument("-f", "--file", required=True, metavar="FILE|DIR")
     p.set_defaults(func=cmd_diff)
 
-    p = sub.add_parser("status", help="the spec's models and their conditions (Ready, Progressing, Degraded)")
+    p = sub.add_parser(
+        "status",
+        help="the spec's models and their conditions (Ready, Progressing, Degraded)",
+        description="Ask the server at $MODELYARD_HOST how its spec stands: the generation in force, a "
+        "rejected revision and its problems, each model's conditions, and the latest events. Without a "
+        "spec, the loaded models. Exit status 1 when no server answers (or, with --wait-ready, when the "
+        "timeout passes first).",
+    )
     p.add_argument("--wait-ready", action="store_true", help="wait until every model of the spec is Ready")
-    p.add_argument("--timeout", type=_seconds, default=120.0, metavar="DURATION")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=120.0,
+        metavar="DURATION",
+        help="how long --wait-ready waits (120s)",
+    )
+    p.add_argument("--json", action="store_true", help="print the server's /api/status answer as JSON")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("export", help="export a spec to other systems")
