@@ -1,12 +1,9 @@
 """The runner's Engine driven in this process (no socket): what a request that fails while its
 token is picked leaves behind, the prompt cache's choice across slots, and prompts scored token by
-token (echo with log-probs) beside other work, and an idle engine waiting for the rest of a burst."""
+token (echo with log-probs) beside other work."""
 
 from __future__ import annotations
 
-import queue
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,22 +19,17 @@ SCORING_ROWS = 4
 
 
 @pytest.fixture
-def model_and_context(tiny_gguf: Path) -> Iterator[tuple[llama.Model, llama.Context]]:
+def engine(tiny_gguf: Path) -> Iterator[tuple[Engine, list[dict[str, Any]]]]:
     # Not repacked: some VMs advertise CPU instructions the repacked kernels need and cannot run.
     model = llama.Model(tiny_gguf, LoadOptions(num_gpu=0), repack=False)
     # Few rows for prompt log-probs, so that scoring a prompt takes several steps.
     ctx = llama.Context(
         model, n_ctx=2 * 128, n_seq_max=2, n_batch=64, threads=2, prompt_logprob_rows=SCORING_ROWS
     )
-    yield model, ctx
+    events: list[dict[str, Any]] = []
+    yield Engine(model, ctx, 2, events.append), events
     ctx.close()
     model.close()
-
-
-@pytest.fixture
-def engine(model_and_context: tuple[llama.Model, llama.Context]) -> tuple[Engine, list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-    return Engine(*model_and_context, 2, events.append), events
 
 
 def run(engine: Engine, request_id: int, prompt: str, n: int) -> None:
@@ -435,63 +427,3 @@ def test_reused_scores_are_shown_as_this_prompt_shows_them(
     assert echoed(events, 1)["logprobs"][0]["token"] == "<s>"
     assert echoed(events, 2)["logprobs"][0]["token"] == ""
     assert echoed(events, 2)["text"] == PROMPT + " again"
-
-
-def first_token_times(
-    model_and_context: tuple[llama.Model, llama.Context],
-    gather_limit_s: float,
-    first_more_coming: int,
-    second_after_s: float | None,
-) -> tuple[dict[int, float], float, float]:
-    """Run an engine on its own thread; send request 1 (with `first_more_coming`), then request 2
-    `second_after_s` later unless None. Returns each request's first token time, and when each was sent."""
-    firsts: dict[int, float] = {}
-    done = threading.Semaphore(0)
-
-    def send(message: dict[str, Any]) -> None:
-        if message["event"] == "token":
-            firsts.setdefault(message["id"], time.monotonic())
-        elif message["event"] == "done":
-            done.release()
-        else:
-            raise AssertionError(message)
-
-    engine = Engine(*model_and_context, 2, send, gather_limit_s=gather_limit_s)
-    inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
-    thread = threading.Thread(target=engine.run, args=(inbox,))
-    thread.start()
-    request = CompletionRequest("the cat sat on", SamplingOptions(temperature=0, num_predict=2))
-    try:
-        first_sent = time.monotonic()
-        inbox.put(request.to_message(1) | {"more_coming": first_more_coming})
-        second_sent = float("inf")
-        if second_after_s is not None:
-            time.sleep(second_after_s)
-            second_sent = time.monotonic()
-            inbox.put(request.to_message(2))
-        for _ in range(1 if second_after_s is None else 2):
-            assert done.acquire(timeout=60)
-    finally:
-        inbox.put(None)
-        thread.join(60)
-    return firsts, first_sent, second_sent
-
-
-def test_an_idle_engine_told_more_are_coming_waits_for_them(
-    model_and_context: tuple[llama.Model, llama.Context],
-) -> None:
-    # A limit far beyond the test's time: only the second request's arrival can end the wait.
-    firsts, _, second_sent = first_token_times(model_and_context, 60.0, 1, second_after_s=0.5)
-    assert firsts[1] > second_sent  # the first did not step alone in the meantime
-
-
-def test_a_request_that_comes_alone_is_not_held(model_and_context: tuple[llama.Model, llama.Context]) -> None:
-    firsts, _, second_sent = first_token_times(model_and_context, 60.0, 0, second_after_s=0.5)
-    assert firsts[1] < second_sent
-
-
-def test_the_wait_for_a_request_that_never_comes_is_bounded(
-    model_and_context: tuple[llama.Model, llama.Context],
-) -> None:
-    firsts, first_sent, _ = first_token_times(model_and_context, 0.3, 1, second_after_s=None)
-    assert 0.3 <= firsts[1] - first_sent < 30

@@ -1,5 +1,4 @@
-"""The runner's pure decisions: options, stop matching, prompt fitting, memory figures from logs,
-waiting for the rest of a burst."""
+"""The runner's pure decisions: options, stop matching, prompt fitting, memory figures from logs."""
 
 from __future__ import annotations
 
@@ -7,7 +6,6 @@ import pytest
 
 from modelyard.errors import InferenceRequestError
 from modelyard.runtime.engine import RequestRejected, fit_prompt
-from modelyard.runtime.gathering import gather_wait_s
 from modelyard.runtime.llama import BufferSizes, parse_buffer_sizes
 from modelyard.runtime.options import (
     LoadOptions,
@@ -178,29 +176,3 @@ def test_fit_prompt_refuses_when_truncation_is_off() -> None:
 )
 def test_parse_buffer_sizes(lines: list[str], expected: BufferSizes) -> None:
     assert parse_buffer_sizes(lines) == expected
-
-
-@pytest.mark.parametrize(
-    ("busy", "free", "waiting", "more_coming", "waited", "expected"),
-    [
-        pytest.param(0, 8, 1, 0, 0.0, 0.0, id="alone-steps-at-once"),
-        pytest.param(0, 8, 1, 3, 0.0, 0.02, id="more-coming-waits-the-limit"),
-        pytest.param(0, 8, 3, 1, 0.015, 0.005, id="waits-what-is-left-of-the-limit"),
-        pytest.param(0, 8, 3, 1, 0.025, 0.0, id="past-the-limit-steps"),
-        pytest.param(1, 7, 1, 3, 0.0, 0.0, id="a-slot-generating-never-waits"),
-        pytest.param(0, 4, 4, 2, 0.0, 0.0, id="no-free-slot-left-for-more"),
-        pytest.param(0, 8, 0, 3, 0.0, 0.0, id="nothing-waiting"),
-    ],
-)
-def test_gather_wait(
-    busy: int, free: int, waiting: int, more_coming: int, waited: float, expected: float
-) -> None:
-    got = gather_wait_s(
-        busy_slots=busy,
-        free_slots=free,
-        waiting=waiting,
-        more_coming=more_coming,
-        waited_s=waited,
-        limit_s=0.02,
-    )
-    assert got == pytest.approx(expected)

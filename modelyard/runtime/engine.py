@@ -33,7 +33,6 @@ import numpy.typing as npt
 from modelyard.runtime import llama
 from modelyard.runtime.drafting import DraftPace, NgramIndex, draft_limit, next_pace
 from modelyard.runtime.echo import EchoedPrompt
-from modelyard.runtime.gathering import GATHER_LIMIT_S, gather_wait_s
 from modelyard.runtime.options import SamplingOptions
 from modelyard.runtime.prompt_cache import (
     BusySlot,
@@ -169,7 +168,6 @@ class Engine:
         slots: int,
         send: Send,
         embedder: Callable[[], EmbeddingContext] | None = None,
-        gather_limit_s: float = GATHER_LIMIT_S,
     ) -> None:
         self.model = model
         self.ctx = ctx
@@ -184,11 +182,6 @@ class Engine:
         # a busy slot's cells is looked at again every step.
         self._prompts: dict[int, tuple[list[int], int, npt.NDArray[np.int32]]] = {}
         self._shared_tokens = 0  # prompt tokens whose cells were copied from a busy slot
-        # What the latest request said of the burst it came in, and when that burst's first came to
-        # an idle engine (gathering.py).
-        self._more_coming = 0
-        self._burst_since = 0.0
-        self.gather_limit_s = gather_limit_s
         self._embedder_factory = embedder
         self._embedder: EmbeddingContext | None = None
         self.running = True
@@ -203,10 +196,6 @@ class Engine:
         while self.running:
             self._drain(inbox, block=not self._has_work())
             flush()
-            # More of a burst on its way to an idle engine: wait for them, to start them together.
-            while self.running and (wait := self._gather_wait_s()) > 0:
-                self._drain(inbox, block=True, timeout=wait)
-                flush()
             if self.running:
                 self._admit()
                 self.step()
@@ -215,22 +204,9 @@ class Engine:
     def _has_work(self) -> bool:
         return bool(self.waiting) or any(s.busy for s in self.slots)
 
-    def _gather_wait_s(self) -> float:
-        busy = sum(s.busy for s in self.slots)
-        return gather_wait_s(
-            busy_slots=busy,
-            free_slots=len(self.slots) - busy,
-            waiting=len(self.waiting),
-            more_coming=self._more_coming,
-            waited_s=time.monotonic() - self._burst_since,
-            limit_s=self.gather_limit_s,
-        )
-
-    def _drain(
-        self, inbox: queue.Queue[dict[str, Any] | None], block: bool, timeout: float = IDLE_WAIT_S
-    ) -> None:
+    def _drain(self, inbox: queue.Queue[dict[str, Any] | None], block: bool) -> None:
         try:
-            message = inbox.get(timeout=timeout) if block else inbox.get_nowait()
+            message = inbox.get(timeout=IDLE_WAIT_S) if block else inbox.get_nowait()
         except queue.Empty:
             return
         while True:
@@ -248,9 +224,6 @@ class Engine:
         request_id = int(message.get("id", -1))
         try:
             if op == "complete":
-                if not self._has_work():
-                    self._burst_since = time.monotonic()
-                self._more_coming = int(message.get("more_coming") or 0)
                 self.waiting.append((request_id, CompletionRequest.from_message(message)))
             elif op == "cancel":
                 self._cancel(request_id)

@@ -2,8 +2,7 @@
 
 Parent → runner (`op`):
     load        {weights, adapters: [[path, scale]], options: LoadOptions, repack}   (first message)
-    complete    {id, prompt, options: SamplingOptions, format, truncate, shift, more_coming?}
-                more_coming: requests for this model the sender is still reading (gathering.py)
+    complete    {id, prompt, options: SamplingOptions, format, truncate, shift}
     embed       {id, inputs: [str], truncate}
     tokenize    {id, text, add_special}
     detokenize  {id, tokens}

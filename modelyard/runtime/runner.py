@@ -231,15 +231,9 @@ class Runner:
 
     # --- requests -------------------------------------------------------------------------
 
-    def submit(self, request: CompletionRequest, on_event: OnEvent, *, more_coming: int = 0) -> RequestHandle:
-        """Send a completion; its events go to `on_event` on the reader thread. `more_coming`: how
-        many more requests for this model the caller is still preparing (an idle runner waits a
-        little for them, to start them in one step: gathering.py)."""
+    def submit(self, request: CompletionRequest, on_event: OnEvent) -> RequestHandle:
         request_id = self._register(on_event)
-        message = request.to_message(request_id)
-        if more_coming:
-            message["more_coming"] = more_coming
-        self._send(message, request_id)
+        self._send(request.to_message(request_id), request_id)
         return RequestHandle(self, request_id)
 
     def generate(self, request: CompletionRequest) -> Iterator[Token | Done]:

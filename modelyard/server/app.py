@@ -26,7 +26,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard import __version__
 from modelyard.registry.endpoint import is_loopback
-from modelyard.server.arrivals import CountArrivals
 from modelyard.server.http_errors import KNOWN_ERRORS, HTTPError, retry_after_header
 from modelyard.server.inference import served_model
 from modelyard.server.metrics import CONTENT_TYPE
@@ -82,8 +81,6 @@ def create_app(state: ServerState) -> FastAPI:
             allow_methods=["*"],
             allow_headers=["*"],
         )
-    # Outermost: a request counts from the moment it arrives (runtime/gathering.py).
-    app.add_middleware(CountArrivals, arrivals=state.inference.arrivals)
     return app
 
 

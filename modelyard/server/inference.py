@@ -30,7 +30,6 @@ from modelyard.runtime.protocol import Done
 from modelyard.runtime.runner import Failure, Token
 from modelyard.runtime.scheduler import Lease, ModelRequest, Scheduler
 from modelyard.runtime.servable import Servable, load_servable
-from modelyard.server.arrivals import Arrivals
 from modelyard.server.metrics import Metrics
 from modelyard.server.tool_calls import ToolCallParser
 from modelyard.store import Store
@@ -78,14 +77,12 @@ class Inference:
         metrics: Metrics,
         default_keep_alive: float,
         spec_targets: SpecTargets | None = None,
-        arrivals: Arrivals | None = None,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
         self.metrics = metrics
         self.default_keep_alive = default_keep_alive
         self.spec_targets = spec_targets
-        self.arrivals = arrivals if arrivals is not None else Arrivals()
         self._servables: dict[str, Servable] = {}
         self._post: LoopPost | None = None
 
@@ -112,7 +109,6 @@ class Inference:
             servable = await asyncio.to_thread(self.spec_targets.servable_for, name)
             if servable is not None:  # None: the spec dropped the name meanwhile
                 served_model.set(servable.name)
-                self.arrivals.resolved(servable.name)
                 return servable
         ref = self.reference(name)
         # On the loop when the index is as last parsed (one read of a small file, tens of µs): a
@@ -130,7 +126,6 @@ class Inference:
             servable = await asyncio.to_thread(load_servable, self.store, ref)
             self._servables[str(ref)] = servable
         served_model.set(servable.name)
-        self.arrivals.resolved(servable.name)
         return servable
 
     def keep_alive(self, value: object) -> float | None:
@@ -170,7 +165,6 @@ class Inference:
     async def load_only(self, name: str, keep_alive: object) -> str:
         """Ollama's empty prompt: load (or, with keep_alive 0, unload). Returns the done_reason."""
         servable = await self.servable(name)
-        self.arrivals.left()  # no prompt will follow
         if keep_alive is not None and self.keep_alive(keep_alive) == 0:
             await self.scheduler.unload(servable.name)
             return "unload"
@@ -240,10 +234,7 @@ class Inference:
             def deliver(event: Token | Done | Failure) -> None:  # on the runner's reader thread
                 post(events, event)
 
-            # With how many more requests for this model the server is still reading: an idle
-            # runner waits for those, to start them all in one step (runtime/gathering.py).
-            more_coming = self.arrivals.sent(servable.name)
-            handle = runner.submit(rendered.completion, deliver, more_coming=more_coming)
+            handle = runner.submit(rendered.completion, deliver)
             # The histograms' children for this model, looked up once: per token, the lookup (its
             # label tuple, a lock) cost more than the observation.
             per_token = self.metrics.time_per_token.labels(servable.name)
