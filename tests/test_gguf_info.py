@@ -16,6 +16,7 @@ from modelyard.builder.gguf_info import (
     gguf_metadata,
     human_parameter_count,
     is_quantized,
+    read_gguf,
     read_gguf_info,
 )
 from modelyard.errors import GGUFError
@@ -193,6 +194,8 @@ def test_metadata_arrays(tmp_path: Path, values: list[object], expected: object)
     metadata = gguf_metadata(path)
 
     assert (metadata["test.values"], metadata["test.after"]) == (expected, "still read")
+    whole = read_gguf(path, whole_arrays=True).metadata  # /api/show's verbose: every element
+    assert (whole["test.values"], whole["test.after"]) == (values, "still read")
 
 
 def test_metadata_empty_array(tmp_path: Path) -> None:

@@ -77,7 +77,7 @@ def loaded(http: httpx.Client) -> dict[str, dict[str, object]]:
 # --- the ollama client ------------------------------------------------------------------------------
 
 
-def test_ollama_list_and_show(client: ollama.Client) -> None:
+def test_ollama_list_and_show(client: ollama.Client, http: httpx.Client) -> None:
     models = {m.model: m for m in client.list().models}
     gemma = models[MODEL]
     assert gemma.details is not None
@@ -96,6 +96,16 @@ def test_ollama_list_and_show(client: ollama.Client) -> None:
     assert shown.modelinfo is not None and shown.modelinfo["general.architecture"] == "gemma3"
     assert shown.license is not None and "Gemma" in shown.license
     assert shown.modelfile is not None and "FROM" in shown.modelfile
+    # As Ollama: long arrays (the vocabulary) as [], the chat template only as `template`.
+    assert shown.modelinfo["tokenizer.ggml.tokens"] == [] and "tokenizer.chat_template" not in shown.modelinfo
+    assert "tensors" not in http.post("/api/show", json={"model": GEMMA}).json()
+
+    verbose = http.post("/api/show", json={"model": GEMMA, "verbose": True}).json()
+    tokens = verbose["model_info"]["tokenizer.ggml.tokens"]
+    assert len(tokens) == 262144 and "<start_of_turn>" in tokens
+    assert len(verbose["model_info"]["tokenizer.ggml.scores"]) == 262144
+    tensors = {t["name"]: t for t in verbose["tensors"]}
+    assert tensors["token_embd.weight"]["shape"] == [640, 262144] and tensors["token_embd.weight"]["type"]
 
 
 def test_ollama_generate_reports_durations_in_nanoseconds(client: ollama.Client) -> None:

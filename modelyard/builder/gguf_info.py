@@ -122,9 +122,11 @@ def read_gguf_info(path: Path) -> GGUFInfo:
     )
 
 
-def read_gguf(path: Path) -> GGUFContents:
-    """Metadata and the tensor index (names, types, shapes, byte sizes), validated as above."""
-    return _read(Path(path))
+def read_gguf(path: Path, *, whole_arrays: bool = False) -> GGUFContents:
+    """Metadata and the tensor index (names, types, shapes, byte sizes), validated as above.
+    Metadata arrays longer than MAX_LISTED_ARRAY are summarised as "[n items]" unless
+    `whole_arrays` (a vocabulary of 262,144 tokens takes about a second to decode)."""
+    return _read(Path(path), None if whole_arrays else MAX_LISTED_ARRAY)
 
 
 def gguf_metadata(path: Path) -> dict[str, object]:
@@ -213,7 +215,7 @@ class _Cursor:
             raise _PastEndOfFile(end)
 
 
-def _read(path: Path) -> GGUFContents:
+def _read(path: Path, max_listed: int | None = MAX_LISTED_ARRAY) -> GGUFContents:
     with _mapped(path) as buffer:
         size_bytes = len(buffer)
         version, byte_order = _check_preamble(path, buffer)
@@ -222,7 +224,7 @@ def _read(path: Path) -> GGUFContents:
         try:
             tensor_count, kv_count = cursor.u64(), cursor.u64()
             part = "metadata"
-            metadata = _read_metadata(cursor, kv_count)
+            metadata = _read_metadata(cursor, kv_count, max_listed)
             part = "tensor index"
             tensors = _read_tensor_index(cursor, tensor_count, _alignment(metadata))
         except _PastEndOfFile as exc:
@@ -274,17 +276,19 @@ def _check_preamble(path: Path, buffer: mmap.mmap) -> tuple[int, str]:
     return version, byte_order
 
 
-def _read_metadata(cursor: _Cursor, kv_count: int) -> dict[str, object]:
+def _read_metadata(cursor: _Cursor, kv_count: int, max_listed: int | None) -> dict[str, object]:
     metadata: dict[str, object] = {}
     for _ in range(kv_count):
         key = cursor.string()
         if key in metadata:
             raise _Malformed(f"duplicate key {key!r}")  # llama.cpp refuses these too
-        metadata[key] = _read_value(cursor, _value_type(cursor.u32(), key), key)
+        metadata[key] = _read_value(cursor, _value_type(cursor.u32(), key), key, max_listed)
     return metadata
 
 
-def _read_value(cursor: _Cursor, value_type: GGUFValueType, key: str, depth: int = 0) -> object:
+def _read_value(
+    cursor: _Cursor, value_type: GGUFValueType, key: str, max_listed: int | None, depth: int = 0
+) -> object:
     if value_type == GGUFValueType.STRING:
         return cursor.string()
     if value_type == GGUFValueType.ARRAY:
@@ -292,10 +296,12 @@ def _read_value(cursor: _Cursor, value_type: GGUFValueType, key: str, depth: int
         if element_type == GGUFValueType.ARRAY:
             _check_depth(depth + 1, key)
         length = cursor.u64()
-        if length > MAX_LISTED_ARRAY:
+        if max_listed is not None and length > max_listed:
             _skip_values(cursor, element_type, length, key, depth)
             return f"[{length} items]"
-        return [_read_value(cursor, element_type, key, depth + 1) for _ in range(length)]
+        if length > len(cursor.buffer):  # each element takes a byte at least: a length no file holds
+            raise _PastEndOfFile(len(cursor.buffer) + 1)
+        return [_read_value(cursor, element_type, key, max_listed, depth + 1) for _ in range(length)]
     value = cursor.scalar(_SCALAR_FORMATS[value_type])
     if value_type == GGUFValueType.FLOAT32:
         # The shortest decimal that is this float32 (1e-05, not 9.999999747378752e-06), as

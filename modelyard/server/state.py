@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -16,6 +17,7 @@ from typing import Any
 
 from modelyard.builder import modelfile as mf
 from modelyard.builder.build import Builder, created_timestamp
+from modelyard.builder.gguf_info import read_gguf
 from modelyard.builder.normalized import for_show
 from modelyard.progress import ProgressEvent, ProgressSink
 from modelyard.reference import Reference, parse_reference
@@ -107,10 +109,10 @@ class ServerState:
             "system": parts.system or "",
             "details": details(servable),
             "messages": parts.messages,
-            "model_info": _model_info(servable.gguf.metadata, verbose),
+            "model_info": _model_info(servable.gguf.metadata),
             "capabilities": capabilities(servable),
             "modified_at": self.store.resolve(servable.reference).tagged_at,
-        }
+        } | (_verbose_parts(servable) if verbose else {})
 
     def running_models(self) -> list[dict[str, Any]]:
         out = []
@@ -253,20 +255,34 @@ def _parameters_text(params: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _model_info(metadata: Mapping[str, Any], verbose: bool) -> dict[str, Any]:
+def _model_info(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The GGUF's metadata as Ollama's /api/show gives it: without the chat template (that is
+    `template`), arrays of more than 5 elements as [] (the vocabulary, unless `verbose`)."""
     info = {}
     for key, value in metadata.items():
-        if (
-            not verbose
-            and key.startswith("tokenizer.ggml.")
-            and isinstance(value, list | str)
-            and key not in ("tokenizer.ggml.model", "tokenizer.ggml.pre")
-        ):
-            continue  # Ollama leaves the vocabulary out unless asked (verbose)
-        if isinstance(value, float) and not math.isfinite(value):
+        if key == "tokenizer.chat_template":
+            continue
+        if _SUMMARISED_ARRAY.fullmatch(str(value)) or (isinstance(value, list) and len(value) > 5):
+            value = []
+        elif isinstance(value, float) and not math.isfinite(value):
             value = str(value)
         info[key] = value
     return info
+
+
+_SUMMARISED_ARRAY = re.compile(r"\[\d+ items\]")  # how gguf_info summarises a long array
+
+
+def _verbose_parts(servable: Servable) -> dict[str, Any]:
+    """`verbose`: every metadata array whole, and the tensors (name, type, shape), as Ollama."""
+    contents = read_gguf(servable.weights, whole_arrays=True)
+    info = {
+        key: str(value) if isinstance(value, float) and not math.isfinite(value) else value
+        for key, value in contents.metadata.items()
+        if key != "tokenizer.chat_template"
+    }
+    tensors = [{"name": t.name, "type": t.ggml_type.name, "shape": list(t.shape)} for t in contents.tensors]
+    return {"model_info": info, "tensors": tensors}
 
 
 __all__ = ["ServerState", "capabilities", "details"]
