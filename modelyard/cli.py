@@ -607,12 +607,23 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("list", aliases=["ls"], help="list images in the local store")
+    p = sub.add_parser(
+        "list",
+        aliases=["ls"],
+        help="list images in the local store",
+        description="List the images in the local store ($MODELYARD_HOME/store), newest first: name, "
+        "the digest's first 12 hex digits, size (weights and every layer), and when the name last moved. "
+        "An image whose files are damaged shows as broken; `modelyard verify` says what is wrong.",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser(
-        "show", help="show an image's details, parameters, template, system prompt or Modelfile"
+        "show",
+        help="show an image's details, parameters, template, system prompt or Modelfile",
+        description="Show an image of the local store: its weights (architecture, parameters, "
+        "quantization, context length), parameters, template, system prompt, messages, adapters and "
+        "license; or one of them alone.",
     )
     p.add_argument("name", metavar="NAME")
     group = p.add_mutually_exclusive_group()
@@ -626,22 +637,45 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--json", action="store_true", help="everything, as JSON")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("rm", help="remove images (and the blobs only they used)")
+    p = sub.add_parser(
+        "rm",
+        help="remove images (and the blobs only they used)",
+        description="Remove names from the local store, with their history, and delete the blobs no "
+        "other image uses. NAME@sha256:DIGEST removes NAME only while it points at that digest. All "
+        "the names are checked before anything is removed.",
+    )
     p.add_argument("names", nargs="+", metavar="NAME")
     p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
     p.set_defaults(func=cmd_rm)
 
-    p = sub.add_parser("tag", aliases=["cp"], help="give an image another name")
+    p = sub.add_parser(
+        "tag",
+        aliases=["cp"],
+        help="give an image another name",
+        description="Point TARGET at the image SOURCE names (no blob is copied). The digest TARGET "
+        "pointed at before, if any, joins its history (`modelyard history TARGET`).",
+    )
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("target", metavar="TARGET")
     p.set_defaults(func=cmd_tag)
 
-    p = sub.add_parser("history", help="the digests a name has pointed at, newest first")
+    p = sub.add_parser(
+        "history",
+        help="the digests a name has pointed at, newest first",
+        description="The digests NAME has pointed at, newest first, with when it moved to each: what "
+        "`modelyard rollback` can return to.",
+    )
     p.add_argument("name", metavar="NAME")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_history)
 
-    p = sub.add_parser("rollback", help="point a name back at an earlier digest")
+    p = sub.add_parser(
+        "rollback",
+        help="point a name back at an earlier digest",
+        description="Point NAME back at a digest from its history. Without --to, at the one it pointed "
+        "at before the current one, so that a second rollback undoes the first (as `kubectl rollout "
+        "undo` does); to go further back, name the digest with --to (see `modelyard history NAME`).",
+    )
     p.add_argument("name", metavar="NAME")
     p.add_argument(
         "--to",
@@ -650,7 +684,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_rollback)
 
-    p = sub.add_parser("prune", help="remove blobs no image references, and stale partial files")
+    p = sub.add_parser(
+        "prune",
+        help="remove blobs no image references, and stale partial files",
+        description="Delete the blobs that no name or history entry of the store needs, and partial "
+        "downloads left by interrupted pulls, once older than --grace.",
+    )
     p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
     p.add_argument(
         "--grace",
@@ -662,7 +701,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser(
-        "verify", aliases=["fsck"], help="re-hash every blob and check every image is complete"
+        "verify",
+        aliases=["fsck"],
+        help="re-hash every blob and check every image is complete",
+        description="Re-hash every blob of the local store against its name, and check that every "
+        "image (names and history) has all the blobs it needs. Exit status 0 when all is well, 2 "
+        "otherwise, with what to do.",
     )
     p.add_argument(
         "--fix",
@@ -713,7 +757,11 @@ def build_parser() -> argparse.ArgumentParser:
     _registry_flags(p, progress=False)
     p.set_defaults(func=cmd_login)
 
-    p = sub.add_parser("logout", help="forget the credentials stored for a registry")
+    p = sub.add_parser(
+        "logout",
+        help="forget the credentials stored for a registry",
+        description="Remove the credentials for HOST from the docker config or its credential helper.",
+    )
     p.add_argument("host", metavar="HOST[:PORT]")
     p.set_defaults(func=cmd_logout)
 

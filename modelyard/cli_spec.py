@@ -194,14 +194,26 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the server's /api/status answer as JSON")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("export", help="export a spec to other systems")
+    p = sub.add_parser(
+        "export",
+        help="export a spec to other systems",
+        description="Write a ModelSet spec in another system's terms, to standard output.",
+    )
     target = p.add_subparsers(dest="target", metavar="TARGET", required=True)
     k8s = target.add_parser(
         "k8s",
         help="Kubernetes manifests: KubeAI Models, and/or Deployments running `modelyard serve --spec`",
+        description="Kubernetes manifests for a ModelSet spec, as YAML on standard output: KubeAI "
+        "Model resources (KubeAI pulls and serves the images), and/or a Deployment per model running "
+        "`modelyard serve --spec` on a ConfigMap holding that model's spec.",
     )
-    k8s.add_argument("-f", "--file", required=True, metavar="FILE|DIR")
-    k8s.add_argument("--mode", choices=["kubeai", "deployment", "both"], default="both")
+    k8s.add_argument("-f", "--file", required=True, metavar="FILE|DIR", help="the spec (a file or folder)")
+    k8s.add_argument(
+        "--mode",
+        choices=["kubeai", "deployment", "both"],
+        default="both",
+        help="which manifests to write (default: both)",
+    )
     k8s.add_argument(
         "--namespace", default="default", help="the namespace of every resource (default: default)"
     )
