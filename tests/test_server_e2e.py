@@ -372,7 +372,7 @@ def test_push_and_pull_through_a_registry(client: ollama.Client, registry: Regis
 # --- the openai client ------------------------------------------------------------------------------
 
 
-def test_openai_chat_streaming_and_not(oai: openai.OpenAI) -> None:
+def test_openai_chat_streaming_and_not(oai: openai.OpenAI, http: httpx.Client) -> None:
     messages: list[dict[str, str]] = [{"role": "user", "content": "Write one word about the sea."}]
     whole = oai.chat.completions.create(
         model=GEMMA,
@@ -404,6 +404,82 @@ def test_openai_chat_streaming_and_not(oai: openai.OpenAI) -> None:
     finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finals == ["length"]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
+
+    # On the wire, OpenAI's documented form: a usage field in every chunk, null but in the last;
+    # the choice's last chunk has an empty delta beside its finish_reason.
+    body = {"model": GEMMA, "messages": messages, "max_tokens": 4, "stream": True}
+    with http.stream(
+        "POST", "/v1/chat/completions", json=body | {"stream_options": {"include_usage": True}}
+    ) as sse:
+        raw = [json.loads(line[6:]) for line in sse.iter_lines() if line.startswith("data: {")]
+    assert all("usage" in c and c["usage"] is None for c in raw[:-1]) and raw[-1]["usage"]
+    [last] = [c for c in raw if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert last["choices"][0]["delta"] == {}
+
+
+def test_openai_requests_that_cannot_be_honoured_are_400s_naming_the_field(
+    oai: openai.OpenAI, http: httpx.Client
+) -> None:
+    """Never a 200 that quietly drops part of the request."""
+    hi = {"role": "user", "content": "Hi"}
+    cases: list[tuple[dict[str, Any], str, str]] = [
+        ({"messages": [{"role": "wizard", "content": "Hi"}]}, "messages[0]", "is not a role"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "file", "file": {"file_data": "x"}}]}]},
+            "messages[0].content",
+            "'file' parts are not supported",
+        ),
+        ({"messages": [hi], "tool_choice": "required"}, "tool_choice", "needs tools"),
+        ({"messages": [hi], "temperature": 7}, "temperature", "less than or equal to 2"),
+    ]
+    for extra, param, message in cases:
+        answer = http.post("/v1/chat/completions", json={"model": GEMMA, "max_tokens": 2} | extra)
+        error = answer.json()["error"]
+        assert (answer.status_code, error["param"]) == (400, param) and message in error["message"], error
+    for value, message in [("", "cannot be an empty string"), ([], "empty list"), ([1, 2], "token ids")]:
+        with pytest.raises(openai.BadRequestError, match=message):
+            oai.embeddings.create(model=GEMMA, input=value)  # type: ignore[arg-type]
+
+
+def test_openai_seeds_any_integer_repeats_and_a_legacy_function_role_is_a_tool_result(
+    oai: openai.OpenAI,
+) -> None:
+    def sampled(seed: int) -> str:
+        answer = oai.completions.create(
+            model=GEMMA, prompt="Once upon a time", max_tokens=6, temperature=1, seed=seed
+        )
+        return answer.choices[0].text
+
+    for seed in (-5, 2**40):
+        assert sampled(seed) == sampled(seed), seed
+    as_function = oai.chat.completions.create(
+        model=GEMMA,
+        messages=[
+            {"role": "user", "content": "What is the weather?"},
+            {"role": "function", "name": "weather", "content": "sunny"},  # type: ignore[list-item]
+        ],
+        max_tokens=2,
+        temperature=0,
+    )
+    as_tool = oai.chat.completions.create(
+        model=GEMMA,
+        messages=[
+            {"role": "user", "content": "What is the weather?"},
+            {"role": "tool", "tool_call_id": "", "content": "sunny"},
+        ],
+        max_tokens=2,
+        temperature=0,
+    )
+    assert as_function.usage is not None and as_tool.usage is not None
+    assert as_function.usage.prompt_tokens == as_tool.usage.prompt_tokens
+    schema_free = oai.chat.completions.create(
+        model=GEMMA,
+        messages=[{"role": "user", "content": JSON_PROMPT}],
+        response_format={"type": "json_schema", "json_schema": {"name": "anything"}},  # no schema: any JSON
+        max_tokens=48,
+        temperature=0,
+    )
+    json.loads(schema_free.choices[0].message.content or "")
 
 
 def model_counter(http: httpx.Client, sample: str) -> float:

@@ -158,7 +158,7 @@ def _error_response(request: Request, error: HTTPError) -> JSONResponse:
     headers = retry_after_header(error)
     if _is_openai(request):
         body: dict[str, Any] = {
-            "error": {"message": error.message, "type": error.kind, "param": None, "code": error.code}
+            "error": {"message": error.message, "type": error.kind, "param": error.param, "code": error.code}
         }
     else:
         body = {"error": error.message}
@@ -186,11 +186,10 @@ def _error_handlers(app: FastAPI, state: ServerState) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()
-        )
+        fields = [".".join(str(p) for p in e["loc"] if p != "body") or "body" for e in exc.errors()]
+        problems = "; ".join(f"{field}: {e['msg']}" for field, e in zip(fields, exc.errors(), strict=True))
         state.count(_endpoint(request), served_model.get(), 400)
-        return _error_response(request, HTTPError(400, f"invalid request: {problems}"))
+        return _error_response(request, HTTPError(400, f"invalid request: {problems}", param=fields[0]))
 
     async def known_error(request: Request, exc: Exception) -> JSONResponse:
         error = state.error_for(exc)

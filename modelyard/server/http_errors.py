@@ -42,6 +42,7 @@ class HTTPError(Exception):
         retry_after: float | None = None,
         kind: str = "invalid_request_error",
         code: str | None = None,  # OpenAI's error code ("model_not_found"), where it has one
+        param: str | None = None,  # OpenAI's `param`: the request field at fault, where one is
     ) -> None:
         super().__init__(status, message)
         self.status = status
@@ -49,6 +50,7 @@ class HTTPError(Exception):
         self.retry_after = retry_after
         self.kind = kind
         self.code = code
+        self.param = param
 
     def __str__(self) -> str:
         return self.message
@@ -56,7 +58,7 @@ class HTTPError(Exception):
 
 _TABLE: tuple[tuple[type[Exception], int, str], ...] = (
     (ServerBusyError, 503, "server_busy"),
-    (ImageNotFoundError, 404, "not_found_error"),
+    (ImageNotFoundError, 404, "invalid_request_error"),  # as OpenAI types it, with code model_not_found
     (RemoteNotFoundError, 404, "not_found_error"),
     (InvalidReferenceError, 400, "invalid_request_error"),
     (InferenceRequestError, 400, "invalid_request_error"),

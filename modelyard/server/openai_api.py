@@ -107,8 +107,10 @@ class _SamplingBody(_Body):
         """The runner options of the `choice`-th choice of a prompt. With a seed, choice j samples
         with seed + j: each choice is reproducible, and the n choices differ."""
         seed = self.seed
-        if seed is not None and seed >= 0 and choice:
-            # Seeds are 32 bits, and llama.cpp reads 0xFFFFFFFF as "a random seed": wrap below it.
+        if seed is not None:
+            # Any integer is a seed in OpenAI's API, each giving the same answer again. llama.cpp's
+            # are 32 bits, with 0xFFFFFFFF (and, for us, any negative) meaning "a random seed": wrap
+            # below that, so that every seed, negative or past 32 bits, is one that repeats.
             seed = (seed + choice) % LLAMA_RANDOM_SEED
         mapped = {
             "num_predict": self.max_completion_tokens
@@ -193,7 +195,10 @@ def router(state: ServerState) -> APIRouter:
     @api.post("/chat/completions")
     async def chat_completions(body: ChatCompletionBody, http: Request) -> Response:
         servable = await inference.servable(body.model)
-        request = PromptRequest.chat([_message(m) for m in body.messages], tools=body.tools)
+        if body.tool_choice not in (None, "auto", "none") and not body.tools:
+            raise HTTPError(400, "tool_choice needs tools: send the tools it may call", param="tool_choice")
+        messages = [_message(i, m) for i, m in enumerate(body.messages)]
+        request = PromptRequest.chat(messages, tools=body.tools)
         parser = parser_for(servable.name, servable.prompting, body.parsed_tools())
         top = body.logprobs_top()
         format_ = _format(body.response_format)
@@ -240,7 +245,8 @@ def router(state: ServerState) -> APIRouter:
             completion_id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
             object_name="chat.completion",
             chunk_object="chat.completion.chunk",
-            chunk=lambda text, first: {"delta": ({"role": "assistant"} if first else {}) | {"content": text}},
+            # The last chunk of a choice (text None) carries its finish_reason and no content.
+            chunk=lambda text, first: {"delta": _delta(text, first)},
             choice=lambda text, finished: {
                 "message": message(text, finished),
                 "finish_reason": _finish_reason(finished),
@@ -297,7 +303,7 @@ def router(state: ServerState) -> APIRouter:
             completion_id=f"cmpl-{uuid.uuid4().hex[:24]}",
             object_name="text_completion",
             chunk_object="text_completion",
-            chunk=lambda text, _first: {"text": text},
+            chunk=lambda text, _first: {"text": text or ""},
             choice=lambda text, finished: {"text": text, "finish_reason": _finish_reason(finished)},
             logprobs=logprobs,
         )
@@ -481,7 +487,7 @@ async def _answer(
     completion_id: str,
     object_name: str,
     chunk_object: str,
-    chunk: Callable[[str, bool], dict[str, Any]],
+    chunk: Callable[[str | None, bool], dict[str, Any]],
     choice: Callable[[str, Finished], dict[str, Any]],
     logprobs: Logprobs,
     calls_chunk: Callable[[Finished, bool], dict[str, Any] | None] = lambda _, __: None,
@@ -536,7 +542,7 @@ async def _sse(
     streams: Sequence[AsyncGenerator[Any, None]],
     completion_id: str,
     object_name: str,
-    choice: Callable[[str, bool], dict[str, Any]],
+    choice: Callable[[str | None, bool], dict[str, Any]],
     logprobs: Logprobs,
     calls_chunk: Callable[[Finished, bool], dict[str, Any] | None],
     include_usage: bool,
@@ -556,6 +562,9 @@ async def _sse(
 
     model, fingerprint = servable.name, _fingerprint(servable)  # once, not per chunk
 
+    # With include_usage, every chunk has a usage field, null but in the last (OpenAI's documented form).
+    no_usage = {"usage": None} if include_usage else {}
+
     def frame(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         return {
             "id": completion_id,
@@ -564,6 +573,7 @@ async def _sse(
             "model": model,
             "system_fingerprint": fingerprint,
             "choices": choices,
+            **no_usage,
             **extra,
         }
 
@@ -582,7 +592,7 @@ async def _sse(
                             frame([calls | {"index": index, "logprobs": None, "finish_reason": None}])
                         )
                         started.add(index)
-                    final = choice("", index not in started) | {
+                    final = choice(None, index not in started) | {
                         "index": index,
                         "logprobs": None,
                         "finish_reason": _finish_reason(event),
@@ -610,7 +620,14 @@ async def _sse(
             error = state.error_for(exc)
             status = error.status
             yield chunk(
-                {"error": {"message": error.message, "type": error.kind, "param": None, "code": None}}
+                {
+                    "error": {
+                        "message": error.message,
+                        "type": error.kind,
+                        "param": error.param,
+                        "code": error.code,
+                    }
+                }
             )
         finally:
             state.count(endpoint, servable.name, status)
@@ -624,15 +641,32 @@ async def _sse(
 Logprobs = Callable[[Sequence[dict[str, Any]], int], dict[str, Any] | None]
 
 
-def _message(body: ChatMessageBody) -> ChatMessage:
+# OpenAI's roles, as a template knows them: "developer" is its newer name for the system role (o
+# series), "function" the older one for a tool's result.
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_ROLES |= {"tool": "tool", "function": "tool"}
+
+
+def _message(index: int, body: ChatMessageBody) -> ChatMessage:
+    where = f"messages[{index}]"
+    role = _ROLES.get(body.role)
+    if role is None:
+        known = ", ".join(_ROLES)
+        raise HTTPError(400, f"{where}.role: {body.role!r} is not a role; use one of {known}", param=where)
     content = body.content
     if isinstance(content, list):
         texts = []
-        for part in content:
-            if part.get("type") == "text":
+        for j, part in enumerate(content):
+            kind = part.get("type")
+            if kind == "text":
                 texts.append(str(part.get("text", "")))
-            elif part.get("type") in ("image_url", "input_image", "input_audio"):
+            elif kind in ("image_url", "input_image", "input_audio"):
                 raise HTTPError(400, "this model takes text only: image and audio parts are not supported")
+            else:  # a file, or a part this server does not know: never dropped without a word
+                message = (
+                    f"{where}.content[{j}]: {kind!r} parts are not supported; send the text as text parts"
+                )
+                raise HTTPError(400, message, param=f"{where}.content")
         content = "".join(texts)
     calls = []
     for i, call in enumerate(body.tool_calls or ()):
@@ -644,13 +678,17 @@ def _message(body: ChatMessageBody) -> ChatMessage:
             raise HTTPError(400, f"tool_calls[{i}].function.arguments is not JSON") from None
         calls.append(ToolCall(str(function.get("name", "")), parsed, str(call.get("id", "")), i))
     return ChatMessage(
-        # OpenAI's newer name for the system role (o-series models); templates know only "system".
-        role="system" if body.role == "developer" else body.role,
+        role=role,
         content=content or "",
         tool_calls=tuple(calls),
         tool_name=body.name or "",
         tool_call_id=body.tool_call_id or "",
     )
+
+
+def _delta(text: str | None, first: bool) -> dict[str, Any]:
+    """A chat chunk's delta: the role in a choice's first; no content in its last (text None)."""
+    return ({"role": "assistant"} if first else {}) | ({} if text is None else {"content": text})
 
 
 def _format(response_format: ResponseFormat | None) -> str | dict[str, Any] | None:
@@ -659,17 +697,22 @@ def _format(response_format: ResponseFormat | None) -> str | dict[str, Any] | No
     if response_format.type == "json_object":
         return "json"
     schema = (response_format.json_schema or {}).get("schema")
+    if schema is None:  # optional in OpenAI's API: any JSON then
+        return "json"
     if not isinstance(schema, dict):
         raise HTTPError(400, "response_format.json_schema.schema must be a JSON schema object")
     return schema
 
 
 def _embedding_inputs(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if value and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise HTTPError(400, "input must be a string or a list of strings (token arrays are not supported)")
+    inputs = [value] if isinstance(value, str) else value
+    if not inputs:
+        raise HTTPError(400, "input is an empty list: send a string or a list of strings", param="input")
+    if not all(isinstance(v, str) for v in inputs):
+        raise HTTPError(400, "input as token ids is not supported: send the text", param="input")
+    if not all(inputs):
+        raise HTTPError(400, "input cannot be an empty string", param="input")
+    return list(inputs)
 
 
 def _finish_reason(finished: Finished) -> str:
