@@ -1243,7 +1243,12 @@ def test_tool_calls_reach_both_clients_as_calls(client: ollama.Client, oai: open
     assert parts[-1].choices[0].finish_reason == "tool_calls"
     # tool_choice required, or a named function: a grammar makes the model write the call.
     plain: dict[str, Any] = {k: v for k, v in openai_forced.items() if k != "response_format"}
-    for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+    allowed = {"mode": "required", "tools": [{"type": "function", "function": {"name": "get_weather"}}]}
+    for choice in (
+        "required",
+        {"type": "function", "function": {"name": "get_weather"}},
+        {"type": "allowed_tools", "allowed_tools": allowed},
+    ):
         forced_call = oai.chat.completions.create(**plain, tool_choice=choice).choices[0]  # type: ignore[arg-type]
         assert forced_call.finish_reason == "tool_calls", forced_call
         [made] = forced_call.message.tool_calls or []

@@ -170,6 +170,17 @@ ADD_TOOL = {"type": "function", "function": {"name": "add"}}
              "required": ["name", "arguments"]},
             id="named",
         ),
+        pytest.param(
+            {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [ADD_TOOL]}},
+            {"type": "object", "properties": {"name": {"const": "add"}, "arguments": {"type": "object"}},
+             "required": ["name", "arguments"]},
+            id="allowed-tools-required",
+        ),
+        pytest.param(
+            {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [ADD_TOOL]}},
+            None,
+            id="allowed-tools-auto",
+        ),
     ],
 )  # fmt: skip
 def test_forced_call_schema(choice: object, expected: object) -> None:
@@ -186,3 +197,13 @@ def test_forced_call_schema_required_is_any_tool_and_unknown_names_are_refused()
         forced_call_schema([WEATHER_TOOL], {"type": "function", "function": {"name": "nope"}})
     with pytest.raises(InferenceRequestError, match="tool_choice must be"):
         forced_call_schema([WEATHER_TOOL], "always")
+
+
+def test_allowed_tools_are_checked() -> None:
+    with pytest.raises(InferenceRequestError, match="mode must be auto or required"):
+        forced_call_schema([ADD_TOOL], {"type": "allowed_tools", "allowed_tools": {"mode": "x", "tools": []}})
+    with pytest.raises(InferenceRequestError, match="needs a mode and a list of tools"):
+        forced_call_schema([ADD_TOOL], {"type": "allowed_tools"})
+    with pytest.raises(InferenceRequestError, match="which tools does not offer"):
+        choice = {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [WEATHER_TOOL]}}
+        forced_call_schema([ADD_TOOL], choice)

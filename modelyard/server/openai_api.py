@@ -34,7 +34,13 @@ from modelyard.server.logprobs import (
     token_logprobs,
 )
 from modelyard.server.state import ServerState
-from modelyard.server.tool_calls import forced_call_schema, openai_tool_calls, parser_for
+from modelyard.server.tool_calls import (
+    allowed_tools,
+    forced_call_schema,
+    openai_tool_calls,
+    parser_for,
+    tool_functions,
+)
 
 SSE = "text/event-stream"
 # The choices of one request (prompts × n) run side by side in the model's slots, the rest queued;
@@ -141,8 +147,20 @@ class ChatCompletionBody(_SamplingBody):
 
     def parsed_tools(self) -> list[dict[str, Any]] | None:
         """The tools whose calls are taken out of the answer: none for tool_choice "none" (the
-        model still sees them, as OpenAI's models do, but its answer stays text)."""
-        return None if self.tool_choice == "none" else self.tools
+        model still sees them, as OpenAI's models do, but its answer stays text); with
+        allowed_tools, those it allows."""
+        if self.tool_choice == "none":
+            return None
+        allowed = allowed_tools(self.tool_choice)
+        if allowed is None or self.tools is None:
+            return self.tools
+        offered = tool_functions(self.tools)
+        unknown = [name for name in allowed[1] if name not in offered]
+        if unknown or not allowed[1]:
+            missing = ", ".join(unknown) or "no tool"
+            raise HTTPError(400, f"tool_choice.allowed_tools names {missing}, which tools does not offer")
+        names = set(allowed[1])
+        return [tool for tool in self.tools if names & set(tool_functions([tool]))]
 
 
 class CompletionBody(_SamplingBody):

@@ -47,19 +47,42 @@ def tool_names(tools: Iterable[Mapping[str, Any]]) -> frozenset[str]:
     return frozenset(tool_functions(tools))
 
 
+def allowed_tools(choice: object) -> tuple[str, list[str]] | None:
+    """OpenAI's tool_choice {"type": "allowed_tools", "allowed_tools": {"mode", "tools"}}: its mode
+    ("auto" or "required") and the names of the tools it allows; None for any other choice. The
+    request's tools all stay in the prompt (as OpenAI keeps them, for its prompt cache)."""
+    if not (isinstance(choice, Mapping) and choice.get("type") == "allowed_tools"):
+        return None
+    allowed = choice.get("allowed_tools")
+    if not isinstance(allowed, Mapping) or not isinstance(allowed.get("tools"), list):
+        raise InferenceRequestError("tool_choice.allowed_tools needs a mode and a list of tools")
+    mode = allowed.get("mode", "auto")
+    if mode not in ("auto", "required"):
+        raise InferenceRequestError(f"tool_choice.allowed_tools.mode must be auto or required, not {mode!r}")
+    return str(mode), list(tool_functions(allowed["tools"]))
+
+
 def forced_call_schema(tools: Sequence[Mapping[str, Any]], choice: object) -> dict[str, Any] | None:
     """The JSON schema that makes the model call a tool, for OpenAI's tool_choice "required" (one
-    of the tools) or {"type": "function", "function": {"name": …}} (that one); None for "auto",
-    "none" or no choice. Raises InferenceRequestError for a function the request does not offer."""
+    of the tools), {"type": "function", "function": {"name": …}} (that one), or allowed_tools with
+    mode "required" (one of those); None for "auto", "none" or no choice. Raises
+    InferenceRequestError for a function the request does not offer."""
     if choice in (None, "auto", "none"):
         return None
     functions = tool_functions(tools)
-    if choice == "required":
+    allowed = allowed_tools(choice)
+    if allowed is not None:
+        mode, wanted = allowed
+        if mode == "auto":
+            return None
+    elif choice == "required":
         wanted = list(functions)
     elif isinstance(choice, Mapping) and isinstance(choice.get("function"), Mapping):
         wanted = [str(choice["function"].get("name"))]
     else:
-        raise InferenceRequestError(f"tool_choice must be auto, none, required or a function, not {choice!r}")
+        raise InferenceRequestError(
+            f"tool_choice must be auto, none, required, a function or allowed_tools, not {choice!r}"
+        )
     if not wanted or any(name not in functions for name in wanted):
         raise InferenceRequestError(
             f"tool_choice names {', '.join(wanted) or 'no tool'}, which tools does not offer"
