@@ -80,6 +80,8 @@ class ApiClient:
                         yield value
         except httpx.ConnectError:
             raise ServerUnreachableError(self.base_url) from None
+        except httpx.TimeoutException:
+            raise ApiTimeout(self.base_url, self.http.timeout.read) from None
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         import httpx
@@ -88,6 +90,8 @@ class ApiClient:
             response = self.http.request(method, path, **kwargs)
         except httpx.ConnectError:
             raise ServerUnreachableError(self.base_url) from None
+        except httpx.TimeoutException:
+            raise ApiTimeout(self.base_url, self.http.timeout.read) from None
         if response.status_code >= 400:
             raise ApiError(response.status_code, _error_text(response))
         return response
@@ -104,6 +108,13 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
         self.status = status
         super().__init__(message)
+
+
+class ApiTimeout(ApiError):
+    """The server took longer to answer than the command waits."""
+
+    def __init__(self, base_url: str, seconds: float | None) -> None:
+        super().__init__(0, f"{base_url} did not answer within {seconds or 0:.0f} s")
 
 
 def _error_text(response: httpx.Response) -> str:
@@ -219,6 +230,10 @@ def cmd_stop(args: argparse.Namespace, ctx: Context) -> int:
             ctx.err(f"Error: {args.name} is not loaded (loaded: {', '.join(sorted(loaded)) or 'none'})")
             return EXIT_USER_ERROR
         client.post("/api/generate", {"model": args.name, "keep_alive": 0, "stream": False})
+    except ApiTimeout:
+        # The server unloads it once the requests it is serving end; no new one joins it meanwhile.
+        ctx.err(f"{args.name} is stopping: it unloads when the requests it is serving end")
+        return EXIT_OK
     except ServerUnreachableError as exc:
         ctx.err(f"Error: no server answers at {exc}")
         return EXIT_USER_ERROR

@@ -517,9 +517,12 @@ def test_swap_to_a_new_digest_under_load_fails_no_request(two_models: tuple[Path
     assert "memory holds only one (short gap)" in notes
 
 
-def test_a_cancelled_load_leaves_no_runner_behind(two_models: tuple[Path, Path]) -> None:
-    """A request that goes away while its model loads: the load finishes in its thread, and the
-    runner it brings is stopped rather than left running with nothing accounting for it."""
+def test_a_request_that_leaves_during_a_load_does_not_fail_it_for_the_others(
+    two_models: tuple[Path, Path],
+) -> None:
+    """Its load goes on: a request waiting for the same load gets the model (it got an empty 500
+    when the first one's cancellation failed the load), and a load nobody waits for any more ends
+    in the scheduler's hands (listed, counted, stopped with it), never as a runner outside it."""
     started: list[Runner] = []
 
     def slow_start(spec: Any, **kwargs: Any) -> Runner:
@@ -530,17 +533,61 @@ def test_a_cancelled_load_leaves_no_runner_behind(two_models: tuple[Path, Path])
 
     async def scenario() -> None:
         scheduler = Scheduler(SchedulerSettings(ram_budget=2**34), starter=slow_start)
-        task = asyncio.create_task(scheduler.acquire(request(two_models[0], "m")))
-        await asyncio.sleep(0.2)
-        task.cancel()
+        first = asyncio.create_task(scheduler.acquire(request(two_models[0], "m")))
+        await asyncio.sleep(0.1)
+        second = asyncio.create_task(scheduler.acquire(request(two_models[0], "m")))
+        await asyncio.sleep(0.1)
+        first.cancel()
         with pytest.raises(asyncio.CancelledError):
-            await task
+            await first
+        lease = await asyncio.wait_for(second, 60)
+        assert len(started) == 1 and lease.runner is started[0]
+        lease.release()
+
+        alone = asyncio.create_task(scheduler.acquire(request(two_models[1], "n")))
+        await asyncio.sleep(0.1)
+        alone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await alone
         for _ in range(200):
-            if started and not started[0].alive:
+            if len(scheduler.status()) == 2 and all(s.state == "ready" for s in scheduler.status()):
                 break
             await asyncio.sleep(0.05)
-        assert started and not started[0].alive, "the orphaned runner was stopped"
-        assert scheduler.status() == []
+        assert sorted(s.name for s in scheduler.status()) == ["m", "n"] and len(started) == 2
+        await scheduler.close()
+        assert not any(runner.alive for runner in started)
+
+    run(scenario())
+
+
+def test_a_model_unloaded_while_it_loads_serves_its_waiting_request_then_goes(
+    two_models: tuple[Path, Path],
+) -> None:
+    """`stop` (keep_alive 0) during a load: the request waiting for the load is served, then the
+    runner goes; it was left running outside the scheduler, and the request loaded it again."""
+    started: list[Runner] = []
+
+    def slow_start(spec: Any, **kwargs: Any) -> Runner:
+        time.sleep(0.5)
+        runner = Runner.start(spec, **kwargs)
+        started.append(runner)
+        return runner
+
+    async def scenario() -> None:
+        scheduler = Scheduler(SchedulerSettings(ram_budget=2**34), starter=slow_start)
+        waiting = asyncio.create_task(scheduler.acquire(request(two_models[0], "m")))
+        await asyncio.sleep(0.2)
+        unloading = asyncio.create_task(scheduler.unload("m"))
+        lease = await asyncio.wait_for(waiting, 60)
+        assert not unloading.done(), "it waits for the request it serves"
+        later = asyncio.create_task(scheduler.acquire(request(two_models[0], "m")))
+        await asyncio.sleep(0.2)
+        assert not later.done(), "a new request does not join a runner on its way out"
+        lease.release()
+        assert await asyncio.wait_for(unloading, 60)
+        assert not started[0].alive
+        (await asyncio.wait_for(later, 60)).release()  # loaded again, afterwards
+        assert len(started) == 2 and scheduler.status()[0].state == "ready"
         await scheduler.close()
 
     run(scenario())

@@ -28,6 +28,7 @@ import enum
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -130,6 +131,10 @@ class _Entry:
     # but by a request that arrives before it goes), or a swap is replacing it (undone if it fails).
     doomed: bool = False
     swapping: bool = False
+    # Draining to unload (stop, keep_alive 0, a reload with other options): no request joins it but
+    # one that was already waiting for its load; the others wait for `settled`, then load anew.
+    closing: bool = False
+    settled: asyncio.Event = field(default_factory=asyncio.Event)  # set when a drain ends
 
     @property
     def host_bytes(self) -> int:
@@ -280,6 +285,7 @@ class Scheduler:
         self._swaps: dict[str, tuple[str, asyncio.Task[None]]] = {}  # name -> (new digest, task)
         self._retiring: list[_Entry] = []  # replaced by a swap, draining: still holding memory
         self._load_lock = asyncio.Lock()
+        self._starting: Counter[str] = Counter()  # requests per name waiting for a load they began
         self._capacity = asyncio.Condition()
         self._expiry_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()  # referenced, or asyncio may collect them
@@ -290,14 +296,21 @@ class Scheduler:
     async def acquire(self, request: ModelRequest) -> Lease:
         """Wait until the model is loaded and return a lease on it."""
         options = self._resolve_options(request)
+        in_line: _Entry | None = None  # the entry whose load this request waited for
         while True:
             entry = self._entries.get(request.name)
             if entry is not None:
                 self._check_queue(entry)
+                if entry.closing and entry is not in_line:
+                    # Going away: a new request would hold it up; it loads anew afterwards. One that
+                    # waited for its load is served by it first.
+                    await entry.settled.wait()
+                    continue
                 if entry.state is EntryState.READY and entry.matches(request, options):
                     return self._lease(entry, request)
                 if entry.state is EntryState.LOADING and entry.matches(request, options):
                     await self._wait_for_load(entry)
+                    in_line = entry
                     continue
                 if entry.state is EntryState.LOADING:
                     # Loading with other options or another digest: let that load finish, then decide.
@@ -338,7 +351,16 @@ class Scheduler:
                     # Other load options (num_ctx, adapters…): Ollama reloads; wait for the old one to drain.
                     await self._drain_and_unload(entry)
                     continue
-            await self._load(request, options, entry)
+            # The load is a task of its own: a request whose client leaves must not take down the
+            # load others wait for, nor leave a runner starting that nothing accounts for.
+            loading = self._spawn(self._load(request, options, entry))
+            loading.add_done_callback(_consume_task_exception)
+            self._starting[request.name] += 1
+            try:
+                await asyncio.shield(loading)
+            finally:
+                self._starting[request.name] -= 1
+            in_line = self._entries.get(request.name)
 
     @contextlib.asynccontextmanager
     async def lease(self, request: ModelRequest) -> AsyncIterator[Lease]:
@@ -382,6 +404,19 @@ class Scheduler:
         entry = self._entries.get(name)
         if entry is None:
             return False
+        if entry.state is EntryState.LOADING:
+            # The requests waiting for this load are served first; then it goes like any other.
+            with contextlib.suppress(Exception):
+                await self._wait_for_load(entry)
+            # They resume within a turn or two of the loop, each taking its lease as it does; the
+            # bound only keeps a new load of the same name from holding this back.
+            for _ in range(100):
+                if not (entry.waiting or self._starting[name]):
+                    break
+                await asyncio.sleep(0)
+            entry = self._entries.get(name)
+            if entry is None:
+                return True
         if entry.aliases:
             self._detach(entry, name)
             return True
@@ -815,7 +850,13 @@ class Scheduler:
             self._entries.pop(entry.name, None)
         assert entry.loaded is not None
         if not entry.loaded.done():
-            entry.loaded.set_exception(exc if isinstance(exc, Exception) else RunnerError(str(exc)))
+            # Not an Exception: the load's task was cancelled, which only stopping the server does.
+            error = (
+                exc
+                if isinstance(exc, Exception)
+                else RunnerError("the load was cancelled: the server is stopping")
+            )
+            entry.loaded.set_exception(error)
 
     def _backoff(self, failures: int) -> float:
         if failures <= 1:
@@ -954,14 +995,20 @@ class Scheduler:
         """Wait for the entry's requests to end, then unload it. `force`: even if it is no longer
         the active entry for its name (the old side of a swap)."""
         entry.doomed = True
-        while entry.refs > 0:
-            if entry.idle.is_set():
-                # Its runner crashed (idle is set at once): its requests are failing and will
-                # release their leases; wait for that without spinning the event loop.
-                await asyncio.sleep(0.01)
-            else:
-                await entry.idle.wait()
-        await self._unload(entry, force=force)
+        entry.closing = True
+        entry.settled.clear()
+        try:
+            while entry.refs > 0:
+                if entry.idle.is_set():
+                    # Its runner crashed (idle is set at once): its requests are failing and will
+                    # release their leases; wait for that without spinning the event loop.
+                    await asyncio.sleep(0.01)
+                else:
+                    await entry.idle.wait()
+            await self._unload(entry, force=force)
+        finally:
+            entry.closing = False
+            entry.settled.set()
 
     async def _unload_if_present(self, name: str) -> None:
         """Unload an eviction victim, unless it went meanwhile (expired, or unloaded by another task)."""
