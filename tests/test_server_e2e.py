@@ -973,6 +973,19 @@ def test_metrics(http: httpx.Client, client: ollama.Client) -> None:
     assert value("modelyard_model_load_seconds_count", model=MODEL) >= 1
     assert value("modelyard_models_loaded") >= 1
     assert (MODEL,) in {(labels["model"],) for labels, _ in samples["modelyard_queue_depth"]}
+
+    def loads_counted() -> float:
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(http.get("/metrics").text)
+            for sample in family.samples
+            if sample.name == "modelyard_requests_total"
+            and sample.labels == {"model": MODEL, "endpoint": "/api/generate", "status": "200"}
+        )
+
+    before = loads_counted()
+    client.generate(GEMMA, "")  # a load only, as preloads and `modelyard stop` send
+    assert loads_counted() == before + 1
     assert value("modelyard_slots", model=MODEL) >= 1
     assert value("modelyard_model_memory_bytes", model=MODEL) > 250_000_000
     assert value("modelyard_runner_rss_bytes", model=MODEL) > 0

@@ -30,7 +30,7 @@ from modelyard.registry import PushFormat, pull, push
 from modelyard.runtime.servable import Servable
 from modelyard.server.disconnect import ClientGone, WatchedStream
 from modelyard.server.http_errors import STATUS_CLIENT_GONE, HTTPError
-from modelyard.server.inference import Finished, with_tool_calls
+from modelyard.server.inference import Finished, served_model, with_tool_calls
 from modelyard.server.logprobs import MAX_TOP_LOGPROBS, runner_top_logprobs, token_logprobs
 from modelyard.server.state import ServerState
 from modelyard.server.tool_calls import ollama_tool_calls, parser_for
@@ -176,6 +176,7 @@ def router(state: ServerState) -> APIRouter:
         name = body.model_name()
         if not body.prompt and not body.images and body.suffix is None:
             reason = await inference.load_only(name, body.keep_alive)
+            state.count("/api/generate", served_model.get(), 200)  # `modelyard stop` and preloads count too
             return _single_or_stream(body.stream, [_final_line(name, reason, {"response": ""})])
         servable = await inference.servable(name)
         request = PromptRequest.generate(
@@ -207,6 +208,7 @@ def router(state: ServerState) -> APIRouter:
         name = body.model_name()
         if not body.messages:
             reason = await inference.load_only(name, body.keep_alive)
+            state.count("/api/chat", served_model.get(), 200)
             return _single_or_stream(
                 body.stream, [_final_line(name, reason, {"message": {"role": "assistant", "content": ""}})]
             )
