@@ -115,6 +115,8 @@ LONG_HISTORY = [ChatMessage("user", "the cat sat on the mat " * 20)] * 3  # more
         (PromptRequest.chat(LONG_HISTORY), True),  # its tokens must be counted
         (PromptRequest.generate("the cat " * 40, raw=True), True),  # raw, but longer than the context
         (PromptRequest.generate("the cat", context=(1, 2, 3)), True),  # a context to detokenize
+        # The request's own template: as much work as its author writes, not for the event loop.
+        (PromptRequest.generate("the cat", template="{{ range 1000 }}{{ end }}{{ .Prompt }}"), True),
     ],
 )
 def test_a_prompt_renders_without_the_runner_unless_it_must_ask(

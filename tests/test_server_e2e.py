@@ -245,6 +245,40 @@ def test_think_is_ignored_gracefully(client: ollama.Client) -> None:
         assert result.message.content and not result.message.thinking
 
 
+def test_think_and_the_date_reach_the_template(client: ollama.Client, oai: openai.OpenAI) -> None:
+    """A template that reads .Think (qwen3, deepseek-r1) renders what the request asked for, and one
+    that prints today's date (currentDate: mistral-small) renders at all."""
+    template = (
+        "{{ currentDate }} {{ range .Messages }}{{ .Content }}{{ end }}"
+        "{{ if .IsThinkSet }} think={{ .Think }} level={{ .ThinkLevel }}{{ end }}"
+    )
+    client.create("thinking-template", from_=GEMMA, template=template)
+    hi = [{"role": "user", "content": "Hi"}]
+    one = {"num_predict": 1, "temperature": 0}
+
+    def prompt_tokens(**think: Any) -> int:
+        answer = client.chat("thinking-template", messages=hi, options=one, **think)
+        assert answer.prompt_eval_count is not None
+        return answer.prompt_eval_count
+
+    unset, off, on, level = (
+        prompt_tokens(),
+        prompt_tokens(think=False),
+        prompt_tokens(think=True),
+        prompt_tokens(think="high"),
+    )
+    assert unset < off <= on <= level, (unset, off, on, level)
+    # OpenAI's reasoning_effort is the think level, as Ollama's OpenAI API takes it.
+    effort = oai.chat.completions.create(
+        model="thinking-template",
+        messages=hi,
+        max_tokens=1,
+        reasoning_effort="high",  # type: ignore[arg-type]
+    )
+    assert effort.usage is not None and effort.usage.prompt_tokens == level
+    client.delete("thinking-template")
+
+
 def test_unknown_model_is_a_404(client: ollama.Client) -> None:
     with pytest.raises(ollama.ResponseError) as caught:
         client.generate("no-such-model", "Hi")

@@ -374,11 +374,11 @@ class TemplateValues:
     now: datetime | None = None
 
     def think_values(self) -> dict[str, Any]:
-        """Think, ThinkLevel and IsThinkSet from api.ThinkValue: true means level "medium"; a level
-        turns thinking on when it is low, medium or high."""
+        """Think, ThinkLevel and IsThinkSet from api.ThinkValue: true means level "medium"; any
+        level turns thinking on."""
         think = self.think
-        if isinstance(think, str):
-            return {"Think": think in ("low", "medium", "high"), "ThinkLevel": think, "IsThinkSet": True}
+        if isinstance(think, str):  # a level asks for thinking, whichever (Ollama's ThinkValue.Bool)
+            return {"Think": bool(think), "ThinkLevel": think, "IsThinkSet": True}
         return {
             "Think": bool(think),
             "ThinkLevel": "medium" if think else "",
@@ -658,4 +658,5 @@ def render_prompt(model: ModelPrompting, request: PromptRequest, *, fits: Fits |
     generate.append(ChatMessage("user", request.prompt, images=request.images))
     if request.template:
         return Prompt(renderer.render(generate, None, request), request.images)
+    # []api.Tool{}, as Ollama's generate passes: .Tools prints [], not null.
     return _chat_prompt(renderer, generate, (), request, fits)

@@ -96,6 +96,10 @@ def _rendered(
         # Longer than the context by its characters alone: its tokens must be counted, and
         # rendering it is long work, which a caller without the runner (an event loop) passes on.
         raise RunnerNeeded
+    if not ask_runner and request.template:
+        # The request's own template (Ollama's `template` field): as much work as its author
+        # writes (a range over a million), which must not hold up the loop every request runs on.
+        raise RunnerNeeded
 
     def fits(text: str, _images: int) -> bool:
         # Every token stands for at least one byte of text, but for BOS/EOS and SentencePiece's

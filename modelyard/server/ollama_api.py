@@ -187,6 +187,8 @@ def router(state: ServerState) -> APIRouter:
             raw=bool(body.raw),
             images=_decode_images(body.images),
             context=body.context or (),
+            think=body.think,
+            now=datetime.now().astimezone(),  # templates that print today's date (currentDate)
         )
         # Ollama answers a templated generate with its `context` (the prompt's and the answer's
         # tokens), which a client may send back to go on from there; a raw one gets none.
@@ -213,7 +215,12 @@ def router(state: ServerState) -> APIRouter:
                 body.stream, [_final_line(name, reason, {"message": {"role": "assistant", "content": ""}})]
             )
         servable = await inference.servable(name)
-        request = PromptRequest.chat([_message(m) for m in body.messages], tools=body.tools)
+        request = PromptRequest.chat(
+            [_message(m) for m in body.messages],
+            tools=body.tools,
+            think=body.think,
+            now=datetime.now().astimezone(),  # templates that print today's date (strftime_now)
+        )
         parser = parser_for(servable.name, servable.prompting, body.tools)
         stream = inference.generate(servable, request, body.options, **body.generation())
         if parser is not None:

@@ -137,6 +137,7 @@ class ChatCompletionBody(_SamplingBody):
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    reasoning_effort: str | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
@@ -216,7 +217,9 @@ def router(state: ServerState) -> APIRouter:
         if body.tool_choice not in (None, "auto", "none") and not body.tools:
             raise HTTPError(400, "tool_choice needs tools: send the tools it may call", param="tool_choice")
         messages = [_message(i, m) for i, m in enumerate(body.messages)]
-        request = PromptRequest.chat(messages, tools=body.tools)
+        # OpenAI's reasoning_effort is Ollama's think level, as Ollama's own OpenAI API reads it.
+        now = datetime.now().astimezone()  # templates that print today's date (strftime_now)
+        request = PromptRequest.chat(messages, tools=body.tools, think=body.reasoning_effort, now=now)
         parser = parser_for(servable.name, servable.prompting, body.parsed_tools())
         top = body.logprobs_top()
         format_ = _format(body.response_format)
@@ -299,7 +302,9 @@ def router(state: ServerState) -> APIRouter:
                     logit_bias=biases,
                 )
             # OpenAI's completions are raw continuations of the prompt: no chat template.
-            request = PromptRequest.generate(prompt, suffix=body.suffix or "", raw=not body.suffix)
+            request = PromptRequest.generate(
+                prompt, suffix=body.suffix or "", raw=not body.suffix, now=datetime.now().astimezone()
+            )
             stream = inference.generate(
                 servable, request, options, top_logprobs=top_logprobs, echo=body.echo, logit_bias=biases
             )
@@ -673,7 +678,7 @@ def _message(index: int, body: ChatMessageBody) -> ChatMessage:
         raise HTTPError(400, f"{where}.role: {body.role!r} is not a role; use one of {known}", param=where)
     content = body.content
     if isinstance(content, list):
-        texts = []
+        texts = []  # joined as Ollama joins a message's parts: by a blank line
         for j, part in enumerate(content):
             kind = part.get("type")
             if kind == "text":
@@ -685,7 +690,7 @@ def _message(index: int, body: ChatMessageBody) -> ChatMessage:
                     f"{where}.content[{j}]: {kind!r} parts are not supported; send the text as text parts"
                 )
                 raise HTTPError(400, message, param=f"{where}.content")
-        content = "".join(texts)
+        content = "\n\n".join(texts)
     calls = []
     for i, call in enumerate(body.tool_calls or ()):
         function = call.get("function") or {}
