@@ -100,6 +100,14 @@ def test_serve_spec_serves_the_spec_names_and_follows_edits(
     code, _, err = cli(server, monkeypatch, "apply", "-f", str(spec))
     assert code == 1 and "follows --spec" in err, "apply cannot fight the watched source"
 
+    # A spec name it cannot serve (its image is not there) answers 503 with why: never the store's
+    # image of the same name, which the spec did not ask for.
+    spec.write_text(spec_text("chat") + "    - name: tiny\n      image: never-built\n")
+    wait_for(lambda: "tiny" in [m["name"] for m in status(server)["spec"]["models"]], timeout=10)
+    answer = httpx.post(f"{server.url}/api/generate", json={"model": "tiny", "prompt": "hi", "stream": False})
+    assert answer.status_code == 503 and "Retry-After" in answer.headers
+    assert answer.json()["error"].startswith("tiny is not ready"), answer.json()
+
 
 def test_apply_status_and_diff_against_a_plain_server(
     tmp_path: Path, tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from modelyard.builder.prompt import PromptRequest, ToolCall
-from modelyard.errors import ImageNotFoundError, InferenceRequestError
+from modelyard.errors import ImageNotFoundError, InferenceRequestError, ServerBusyError
 from modelyard.reference import Reference, parse_reference
 from modelyard.runtime.keepalive import parse_keep_alive
 from modelyard.runtime.options import LOAD_OPTION_NAMES, merge_options, parse_request_options
@@ -59,10 +59,15 @@ class SpecTargets(Protocol):
 
     def serves(self, name: str) -> bool: ...
 
+    def unavailable(self, name: str) -> str | None: ...
+
     def request_for(self, name: str) -> ModelRequest | None: ...
 
     def servable_for(self, name: str) -> Servable | None: ...
 
+
+# Retry-After for a model of the spec that cannot be served yet: about a reconcile pass.
+SPEC_RETRY_AFTER_S = 10.0
 
 # The image the current request resolved to (its metrics label when it fails after that point).
 # Set only for names found in the store, so that typos and fuzzers cannot grow the label set.
@@ -110,6 +115,9 @@ class Inference:
             if servable is not None:  # None: the spec dropped the name meanwhile
                 served_model.set(servable.name)
                 return servable
+        if self.spec_targets is not None and (why := self.spec_targets.unavailable(name)) is not None:
+            # The spec's name, not servable now: never another image of that name in the store.
+            raise ServerBusyError(why, retry_after=SPEC_RETRY_AFTER_S)
         ref = self.reference(name)
         # On the loop when the index is as last parsed (one read of a small file, tens of µs): a
         # hop to a worker thread and back costs more, on every request. Parsing one that changed

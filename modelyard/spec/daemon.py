@@ -74,6 +74,10 @@ class SpecDaemon:
         """Whether `name` is one of the spec's served names (a lookup: no I/O, no lock)."""
         return self.reconciler.target(name) is not None
 
+    def unavailable(self, name: str) -> str | None:
+        """Why the spec's model `name` cannot be served now; None if it can, or is not the spec's."""
+        return self.reconciler.unavailable(name)
+
     def request_for(self, name: str) -> ModelRequest | None:
         """The scheduler request for a served name the spec declares (its image at the digest the
         spec is on, the spec's options, params, keepAlive, pinned), or None: not the spec's name.

@@ -430,6 +430,17 @@ class Reconciler:
         (None: the spec does not serve that name). The HTTP server resolves names through this first."""
         return self._serving.get(name)
 
+    def unavailable(self, name: str) -> str | None:
+        """Why the spec's model `name` cannot be served now (not pulled, does not fit, failing), or
+        None: the spec serves it, or does not declare it. A request for it must not fall through
+        to another image of that name in the store."""
+        spec = self._spec
+        if spec is None or name in self._serving or name not in {m.name for m in spec.models}:
+            return None
+        report = self._reports.get(name)
+        why = report.message if report is not None and report.message else "it is not loaded yet"
+        return f"{name} is not ready: {why}"
+
     def reports(self) -> list[ModelReport]:
         spec = self._spec
         order = [m.name for m in spec.models] if spec is not None else []
