@@ -247,6 +247,16 @@ def test_a_key_given_twice_is_an_error_at_its_line() -> None:
     assert "given twice (first at line 8)" in issue.message
 
 
+def test_empty_documents_are_skipped() -> None:
+    """A trailing `---`, or a file of comments after one (a model switched off), as safe_load_all
+    reads them."""
+    documents = [
+        SpecDocument("a.yaml", "---\n" + spec_text("models: [{name: a, image: x}]") + "---\n"),
+        SpecDocument("off.yaml", "---\n# disabled for now\n"),
+    ]
+    assert [m.name for m in parse_spec(documents).models] == ["a"]
+
+
 def test_several_documents_in_one_file_merge() -> None:
     text = (
         spec_text("models: [{name: a, image: x}]")

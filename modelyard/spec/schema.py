@@ -364,6 +364,10 @@ def _problem(exc: BaseException) -> str:
     return getattr(exc, "problem", None) or str(exc)
 
 
+def _empty_document(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null" and not node.value
+
+
 def parse_spec(documents: Sequence[SpecDocument]) -> Spec:
     """Validate and merge every document, or raise SpecValidationError listing every problem."""
     issues: list[SpecIssue] = []
@@ -378,7 +382,7 @@ def parse_spec(documents: Sequence[SpecDocument]) -> Spec:
             issues.append(SpecIssue("", f"not valid YAML: {_problem(exc)}", document.path, line))
             continue
         for node in nodes:
-            if node is None:
+            if node is None or _empty_document(node):  # `---` with nothing after it, or only comments
                 continue
             try:
                 data = yaml.safe_load(yaml.serialize(node))
