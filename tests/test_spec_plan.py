@@ -145,6 +145,16 @@ CASES = [
         phase=Phase.STANDBY,
     ),
     Case(
+        "standby-stays-standby-when-its-tag-moves",
+        body=MODEL.replace("context: 2048", "context: 2048, keepAlive: 5m"),
+        tag="b",
+        stored=("a", "b"),
+        memory={
+            "chat": Memory(applied(target(MODEL.replace("context: 2048", "context: 2048, keepAlive: 5m"))))
+        },
+        phase=Phase.STANDBY,
+    ),
+    Case(
         "after-a-restart-a-keep-alive-model-is-preloaded",
         body=MODEL.replace("context: 2048", "context: 2048, keepAlive: 5m"),
         memory={"chat": Memory(applied(T, session="before"))},

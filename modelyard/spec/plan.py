@@ -369,10 +369,14 @@ def _compare(
 
     if running is None:
         ours_now = applied is not None and applied.session == observed.session
+        if ours_now and applied is not None and not math.isinf(model.keep_alive):
+            # It went after its keepAlive: a new digest or options wait for the next request too,
+            # which loads the target as it is then (loading it now would undo the keepAlive).
+            message = "unloaded after its keepAlive; loads again on the next request"
+            if applied.load_key != target.load_key:
+                message += f", as {target.digest[:19]} with the spec's options"
+            return ModelPlan(name, Phase.STANDBY, message, (), target, warning, footprint)
         if ours_now and applied is not None and applied.load_key == target.load_key:
-            if not math.isinf(model.keep_alive):
-                message = "unloaded after its keepAlive; loads again on the next request"
-                return ModelPlan(name, Phase.STANDBY, message, (), target, warning, footprint)
             if not heal:
                 return drifted("unloaded outside the spec")
             return act(ActionKind.LOAD, "unloaded outside the spec; loading it again")
