@@ -50,6 +50,7 @@ class FakeEffects:
     budget: int = 10 * 2**30
     loaded: dict[str, Running] = field(default_factory=dict)
     calls: list[tuple[Any, ...]] = field(default_factory=list)
+    side_by_side: list[bool] = field(default_factory=list)  # each ensure's, in order
     errors: dict[tuple[str, str], list[ModelyardError]] = field(default_factory=dict)
     during_ensure: Callable[[LoadTarget], None] | None = None  # called while a load is under way
 
@@ -77,8 +78,9 @@ class FakeEffects:
     async def footprint(self, target: LoadTarget) -> int | None:
         return self.sizes.get(target.name)
 
-    async def ensure(self, target: LoadTarget) -> Running:
+    async def ensure(self, target: LoadTarget, *, side_by_side: bool = True) -> Running:
         self.calls.append(("ensure", target.name, target.digest, dict(target.options)))
+        self.side_by_side.append(side_by_side)
         if self.during_ensure is not None:
             self.during_ensure(target)
         self._maybe_fail("ensure", target.name)

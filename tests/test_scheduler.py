@@ -475,7 +475,9 @@ def test_swap_to_a_new_digest_under_load_fails_no_request(two_models: tuple[Path
     drains and unloads; a steady stream of requests sees no failure."""
     a, b = two_models
 
-    async def scenario(budget: int | None) -> tuple[list[str], list[BaseException], str]:
+    async def scenario(
+        budget: int | None, side_by_side: bool = True
+    ) -> tuple[list[str], list[BaseException], str]:
         scheduler = Scheduler(SchedulerSettings(ram_budget=budget or 2**34, memory_wait=30))
         old = request(a, "m")
         new = ModelRequest(**{**request(b, "m").__dict__, "digest": "sha256:" + "b" * 64})
@@ -497,7 +499,7 @@ def test_swap_to_a_new_digest_under_load_fails_no_request(two_models: tuple[Path
         clients = [asyncio.create_task(client()) for _ in range(3)]
         await asyncio.sleep(0.5)
         current[0] = new  # the tag moved: requests now ask for the new digest
-        await scheduler.ensure(new)
+        await scheduler.ensure(new, side_by_side=side_by_side)
         notes = " ".join(s.note for s in scheduler.status())  # the new runner says how it came
         await asyncio.sleep(0.5)
         stop.set()
@@ -513,6 +515,10 @@ def test_swap_to_a_new_digest_under_load_fails_no_request(two_models: tuple[Path
     # Memory for one only: the old unloads first (a short gap); requests wait, none fail.
     single = run(one_model_size(a))
     served, failures, notes = run(scenario(int(single * 1.5)))
+    assert failures == [] and served[-1] == "sha256:" + "b" * 64
+    assert "memory holds only one (short gap)" in notes
+    # The same when the caller's own budget (a spec's memory) holds only one, the machine's both.
+    served, failures, notes = run(scenario(None, side_by_side=False))
     assert failures == [] and served[-1] == "sha256:" + "b" * 64
     assert "memory holds only one (short gap)" in notes
 

@@ -267,6 +267,26 @@ def test_plan(case: Case) -> None:
         assert chat is not None and chat.phase is case.phase, chat
 
 
+@pytest.mark.parametrize(("ram", "side_by_side"), [(150, False), (1000, True)])
+def test_a_swap_the_specs_memory_cannot_hold_side_by_side_unloads_the_old_first(
+    ram: int, side_by_side: bool
+) -> None:
+    spec = make_spec(f"memory: {{ram: {ram}}}\n" + MODEL)
+    images = {IMAGE: ImageState(IMAGE, digest("b"), digest("b"))}
+    observed = Observed(
+        running={"chat": ready(size=100)},
+        images=images,
+        footprints={"chat": 100},
+        budget=10**9,  # the machine holds both: only the spec's budget is short
+        now=NOW,
+        session=SESSION,
+    )
+    planned = plan(spec, observed, Inventory({"chat": Memory(applied(target()))}, {}))
+    [swap] = planned.actions
+    assert swap.kind is ActionKind.SWAP and swap.side_by_side is side_by_side
+    assert ("short gap" in swap.reason) is not side_by_side
+
+
 def test_a_permanent_failure_waits_for_a_change_to_the_model() -> None:
     spec = make_spec(MODEL)
     image = ImageState(IMAGE, digest("a"), digest("a"))

@@ -153,6 +153,18 @@ def test_registry_down_keeps_serving_and_says_degraded(
     assert conditions(reconciler)["Degraded"]["status"] == "False"
 
 
+def test_a_swap_beyond_the_specs_memory_unloads_the_old_one_first(tmp_path: Path) -> None:
+    effects, clock = FakeEffects(tags={IMAGE: digest("a")}, sizes={"chat": 100}), FakeClock()
+    reconciler = make(tmp_path, effects, clock)
+    reconciler.submit(documents("memory: {ram: 150}\n" + CHAT))
+    asyncio.run(reconciler.reconcile())
+    effects.tags[IMAGE] = digest("b")
+    asyncio.run(reconciler.reconcile())
+    assert [c[:3] for c in effects.actions()][-1] == ("ensure", "chat", digest("b"))
+    assert effects.side_by_side == [True, False], "the swap is told the old one goes first"
+    assert "short gap" in " ".join(e["message"] for e in reconciler.status()["events"])
+
+
 def test_an_invalid_spec_is_rejected_whole_and_the_last_good_one_stays(
     tmp_path: Path, world: tuple[FakeEffects, FakeClock]
 ) -> None:

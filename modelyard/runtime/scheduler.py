@@ -740,29 +740,35 @@ class Scheduler:
 
     # --- swapping to a new digest ------------------------------------------------------------
 
-    def _start_swap(self, request: ModelRequest, options: LoadOptions, old: _Entry) -> asyncio.Task[None]:
+    def _start_swap(
+        self, request: ModelRequest, options: LoadOptions, old: _Entry, *, side_by_side: bool = True
+    ) -> asyncio.Task[None]:
         """Load `request`'s digest beside `old` in the background (once per digest)."""
         running = self._swaps.get(request.name)
         if running is not None and running[0] == request.digest and not running[1].done():
             return running[1]
         old.swapping = True  # now, not when the swap gets the load lock: nobody joins it meanwhile
-        task = self._spawn(self._swap(request, options, old))
+        task = self._spawn(self._swap(request, options, old, side_by_side))
         task.add_done_callback(_consume_task_exception)
         self._swaps[request.name] = (request.digest, task)
         return task
 
-    async def _swap(self, request: ModelRequest, options: LoadOptions, old: _Entry) -> None:
+    async def _swap(
+        self, request: ModelRequest, options: LoadOptions, old: _Entry, side_by_side: bool = True
+    ) -> None:
         """Load the new digest beside the old one, switch traffic, then drain and unload the old.
         If memory holds only one of them, unload the old first: the shortest gap there can be.
         Draining happens outside the load lock: a long answer on the old model must not hold up
         loads of other models."""
         try:
-            await self._swap_locked(request, options, old)
+            await self._swap_locked(request, options, old, side_by_side)
         finally:
             if self._entries.get(old.name) is old and old not in self._retiring:
                 old.swapping = False  # the swap did not happen: it goes on serving, and may be shared
 
-    async def _swap_locked(self, request: ModelRequest, options: LoadOptions, old: _Entry) -> None:
+    async def _swap_locked(
+        self, request: ModelRequest, options: LoadOptions, old: _Entry, side_by_side: bool
+    ) -> None:
         async with self._load_lock:
             if self._entries.get(request.name) is not old or old.state is not EntryState.READY:
                 return
@@ -774,7 +780,7 @@ class Scheduler:
             new = self._new_entry(request, options, None)
             shortfall = self._shortfall(new, new.estimate.host, new.estimate.device)
             victims = choose_evictions(self._residents(exclude=new, also=old), shortfall)
-            short_gap = victims is None
+            short_gap = victims is None or not side_by_side
             if short_gap:
                 old.note = f"swapping to {request.digest[:19]}: memory holds only one; unloading this first"
                 new.note = f"replaced {old.digest[:19]} after unloading it: memory holds only one (short gap)"
@@ -812,9 +818,10 @@ class Scheduler:
         elif new.loaded is not None and not new.loaded.done():
             new.loaded.set_exception(exc if isinstance(exc, Exception) else RunnerError(str(exc)))
 
-    async def ensure(self, request: ModelRequest) -> None:
+    async def ensure(self, request: ModelRequest, *, side_by_side: bool = True) -> None:
         """Make `request`'s digest and options the loaded one, swapping without downtime when only the
-        digest changed; returns once it serves. The reconciler's way in."""
+        digest changed (unless not `side_by_side`: a budget of the caller's holds only one of them);
+        returns once it serves. The reconciler's way in."""
         options = self._resolve_options(request)
         while True:
             entry = self._entries.get(request.name)
@@ -833,7 +840,7 @@ class Scheduler:
                     self._detach(entry, request.name)  # the others keep the runner; this name loads anew
                     continue
                 if entry.only_digest_differs(request, options):
-                    await self._start_swap(request, options, entry)
+                    await self._start_swap(request, options, entry, side_by_side=side_by_side)
                     continue
             await self.preload(request)
             return

@@ -120,9 +120,9 @@ class SchedulerHost:
         )
         return replace(request, adapters=request.adapters + extra) if extra else request
 
-    async def ensure(self, target: LoadTarget) -> Running:
+    async def ensure(self, target: LoadTarget, *, side_by_side: bool = True) -> Running:
         request = await asyncio.to_thread(self.request, target)
-        await self.scheduler.ensure(request)
+        await self.scheduler.ensure(request, side_by_side=side_by_side)
         return next(
             (r for r in self.running() if r.name == target.name and r.digest == target.digest),
             Running(target.name, target.digest, "ready"),

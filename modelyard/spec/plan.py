@@ -193,6 +193,9 @@ class Action:
     target: LoadTarget | None = None  # load, reload, swap, update
     image: str = ""  # pull: the reference
     digest: str = ""  # pull: the digest it should bring
+    # swap: load the new digest beside the old (no downtime); False when the spec's memory holds
+    # only one of them: the old one unloads first (a short gap)
+    side_by_side: bool = True
 
 
 class Phase(enum.StrEnum):
@@ -335,7 +338,10 @@ def _plan_model(
         if running is not None and running.state == "ready" and memory.applied is not None:
             actions = (Action(ActionKind.UNLOAD, name, "makes room for models of higher priority"),)
         return ModelPlan(name, Phase.FAILED, refused.message, actions, target, refused, footprint, key)
-    planned = _compare(spec, model, target, running, memory, observed, footprint, warning)
+    # What the spec's own budget leaves this model (None: no spec budget; the scheduler keeps the
+    # machine's): a swap needs the old and the new side by side.
+    room = budget - used if spec.body.memory.total is not None else None
+    planned = _compare(spec, model, target, running, memory, observed, footprint, warning, room)
     return replace(planned, key=key)
 
 
@@ -353,6 +359,7 @@ def _compare(
     observed: Observed,
     footprint: int | None,
     warning: Failure | None,
+    room: int | None = None,
 ) -> ModelPlan:
     name = model.name
     applied = memory.applied
@@ -398,7 +405,12 @@ def _compare(
         if applied is not None and running.digest != applied.digest and not heal:
             return drifted(f"serving {running.digest[:19]}, loaded outside the spec")
         if applied is None or same_options:
-            return act(ActionKind.SWAP, f"{running.digest[:19]} → {target.digest[:19]}")
+            why = f"{running.digest[:19]} → {target.digest[:19]}"
+            if room is not None and footprint is not None and running.size + footprint > room:
+                why += "; the spec's memory holds only one: the old one unloads first (a short gap)"
+                swap = Action(ActionKind.SWAP, name, why, target, side_by_side=False)
+                return ModelPlan(name, Phase.LOADING, why, (swap,), target, warning, footprint)
+            return act(ActionKind.SWAP, why)
         return act(ActionKind.RELOAD, f"new digest {target.digest[:19]} and new load options")
     if applied is None:
         return act(ActionKind.UPDATE, "loaded outside the spec; adopting it")

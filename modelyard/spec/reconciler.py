@@ -98,8 +98,9 @@ class Effects(Protocol):
         """Estimated bytes `target` takes once loaded (None: unknown)."""
         ...
 
-    async def ensure(self, target: LoadTarget) -> Running:
-        """Make `target` the loaded one for its name (load, reload, swap or update in place)."""
+    async def ensure(self, target: LoadTarget, *, side_by_side: bool = True) -> Running:
+        """Make `target` the loaded one for its name (load, reload, swap or update in place).
+        `side_by_side` False: a swap unloads the old digest before loading the new."""
         ...
 
     async def unload(self, name: str) -> None: ...
@@ -359,7 +360,7 @@ class Reconciler:
                 serving = self._serving.get(name)
                 self._serving[name] = target
                 try:
-                    running = await self.effects.ensure(target)
+                    running = await self.effects.ensure(target, side_by_side=action.side_by_side)
                 except BaseException:
                     _restore(self._serving, name, serving)
                     raise
