@@ -16,6 +16,7 @@ Per model, in priority order (higher first, then spec order):
     not loaded                                     load  (not again after its keepAlive ran out: Standby)
     failed (crashed)                               load again (self-heal)
     another digest, same load options              swap: the new one loads beside the old, no downtime
+                                                   (if the spec's memory holds both; else the old goes first)
     other load options (context, slots, adapters)  reload
     only keepAlive, pinned, params, priority       update in place (no reload)
     as the spec says                               nothing
@@ -387,7 +388,7 @@ def _compare(
             if not heal:
                 return drifted("unloaded outside the spec")
             return act(ActionKind.LOAD, "unloaded outside the spec; loading it again")
-        return act(ActionKind.LOAD, "not loaded")
+        return act(ActionKind.LOAD, "it was not loaded")
     if running.state == "failed":
         if not heal:
             return drifted(f"its runner failed ({running.last_error})")
