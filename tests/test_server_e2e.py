@@ -193,6 +193,10 @@ def test_ollama_embed_and_legacy_embeddings(client: ollama.Client) -> None:
 
     legacy = client.embeddings(GEMMA, prompt="the sea")
     assert len(legacy.embedding) == 640
+    # As Ollama: an empty string is no input; dimensions count only when 0 < dimensions < the model's.
+    assert client.embed(GEMMA, input="").embeddings == []
+    assert len(client.embed(GEMMA, input="the sea", dimensions=-3).embeddings[0]) == 640
+    assert len(client.embed(GEMMA, input="the sea", dimensions=64).embeddings[0]) == 64
 
 
 def test_ollama_ps_shows_the_loaded_model(client: ollama.Client) -> None:
@@ -337,6 +341,20 @@ def test_create_from_an_uploaded_gguf(client: ollama.Client, gemma_gguf: Path, h
     assert shown.license == "Gemma Terms of Use"
     assert client.generate("uploaded", "Hi", options=GREEDY, keep_alive=0).response
     client.delete("uploaded")
+
+    # Checked as a Modelfile is: a template that does not parse, a file that is no digest.
+    for fields, message in [
+        ({"files": {"m.gguf": digest}, "template": "{{ .Prompt "}, "TEMPLATE does not parse"),
+        ({"files": {"m.gguf": GEMMA}}, "is not a blob digest"),
+    ]:
+        with pytest.raises(ollama.ResponseError, match=message) as caught:
+            client.create("refused", **fields)  # type: ignore[arg-type]
+        assert caught.value.status_code == 400
+    # `from` wins over `files`, as in Ollama.
+    other = client.create("from-wins", from_=GEMMA, files={"m.gguf": digest}, system="from wins")
+    assert other.status == "success"
+    assert http.post("/api/show", json={"model": "from-wins"}).json()["system"] == "from wins"
+    client.delete("from-wins")
 
 
 def test_upload_a_new_blob_and_a_wrong_digest(http: httpx.Client, tmp_path: Path) -> None:

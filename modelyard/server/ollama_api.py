@@ -23,7 +23,7 @@ from modelyard import __version__
 from modelyard.builder import modelfile as mf
 from modelyard.builder.params import validate_parameters
 from modelyard.builder.prompt import ChatMessage, PromptRequest, ToolCall
-from modelyard.errors import InferenceRequestError, InvalidReferenceError, ModelfileError
+from modelyard.errors import InvalidReferenceError, ModelfileError
 from modelyard.progress import ProgressEvent
 from modelyard.reference import parse_reference
 from modelyard.registry import PushFormat, pull, push
@@ -239,14 +239,15 @@ def router(state: ServerState) -> APIRouter:
     async def embed(body: EmbedBody) -> dict[str, Any]:
         name = body.model_name()
         servable = await inference.servable(name)
-        inputs = [body.input] if isinstance(body.input, str) else list(body.input)
+        # As Ollama: an empty string is no input (not the embedding of nothing).
+        inputs = ([body.input] if body.input else []) if isinstance(body.input, str) else list(body.input)
         if not inputs:
             return {"model": name, "embeddings": []}
         result, load_ns, total_ns = await inference.embed(
             servable, inputs, body.options, keep_alive=body.keep_alive, truncate=body.truncate is not False
         )
         embeddings = result["embeddings"]
-        if body.dimensions:
+        if body.dimensions and body.dimensions > 0:  # as Ollama: only 0 < dimensions < the model's
             embeddings = [_truncate_dimensions(e, body.dimensions) for e in embeddings]
         state.count("/api/embed", servable.name, 200)
         return {
@@ -560,8 +561,12 @@ def _served_sources_only(modelfile: mf.Modelfile) -> mf.Modelfile:
 
 
 def _structured_modelfile(body: CreateBody) -> mf.Modelfile:
+    for field, named in (("files", body.files), ("adapters", body.adapters)):
+        for file, digest in (named or {}).items():
+            if not is_digest(digest):
+                raise HTTPError(400, f"{field}[{file!r}]: {digest!r} is not a blob digest (sha256:<64 hex>)")
     source = body.from_
-    if body.files:
+    if body.files and not source:  # as Ollama: `from` wins when both are given
         ggufs = [digest for name, digest in body.files.items() if name.lower().endswith(".gguf")]
         if len(ggufs) != 1:
             raise HTTPError(
@@ -579,14 +584,15 @@ def _structured_modelfile(body: CreateBody) -> mf.Modelfile:
         return mf.Modelfile(
             from_=source,
             parameters=parameters,
-            template=body.template,
+            # Checked as a Modelfile's TEMPLATE is (Ollama's CLI sends a Modelfile in this form).
+            template=mf.checked_template(body.template) if body.template is not None else None,
             system=body.system,
             adapters=tuple((body.adapters or {}).values()),
             licenses=tuple(licenses),
             messages=tuple(mf.Message(m.role, m.content or "") for m in body.messages or ()),
         )
     except (ModelfileError, ValueError) as exc:
-        raise InferenceRequestError(str(exc)) from None
+        raise HTTPError(400, str(exc)) from None
 
 
 __all__ = ["router", "timestamp"]
