@@ -168,6 +168,9 @@ def cmd_ps(args: argparse.Namespace, ctx: Context) -> int:
     except ServerUnreachableError as exc:
         ctx.err(f"Error: no server answers at {exc}; start one with `modelyard serve`")
         return EXIT_USER_ERROR
+    except ApiError as exc:  # a wrong API key, a server that is not ours
+        ctx.err(f"Error: {exc}")
+        return EXIT_USER_ERROR
     finally:
         client.close()
     if args.json:

@@ -97,6 +97,9 @@ def _status(ctx: Context) -> dict[str, Any] | None:
     except ServerUnreachableError as exc:
         ctx.err(f"Error: no server answers at {exc}; start one with `modelyard serve --spec FILE`")
         return None
+    except ApiError as exc:  # a wrong API key, a server that is not ours
+        ctx.err(f"Error: {exc}")
+        return None
     finally:
         client.close()
 

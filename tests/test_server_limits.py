@@ -216,6 +216,24 @@ def test_the_api_key_guards_every_route_but_root_and_health(keyed: ServeProcess)
         oai.models.list()
 
 
+@pytest.mark.parametrize("command", [["ps"], ["status"], ["stop", "gemma3"]])
+def test_the_cli_without_the_key_says_so_without_a_traceback(
+    keyed: ServeProcess, command: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    from modelyard.cli import main
+
+    monkeypatch.setenv("MODELYARD_HOST", keyed.host)
+    monkeypatch.setenv("MODELYARD_HOME", str(keyed.home))
+    monkeypatch.delenv("MODELYARD_API_KEY", raising=False)
+    out, err = io.StringIO(), io.StringIO()
+    assert main(command, stdout=out, stderr=err) == 1
+    assert err.getvalue().startswith("Error: missing or wrong API key") and KEY not in err.getvalue()
+    monkeypatch.setenv("MODELYARD_API_KEY", KEY)  # the CLI sends the key it is given
+    assert main(["ps"], stdout=io.StringIO(), stderr=io.StringIO()) == 0
+
+
 def test_cors_only_for_configured_origins(keyed: ServeProcess, busy: ServeProcess) -> None:
     preflight = {"Origin": "http://app.example", "Access-Control-Request-Method": "POST"}
     with httpx.Client(timeout=30) as c:
