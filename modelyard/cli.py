@@ -273,6 +273,10 @@ def cmd_show(args: argparse.Namespace, ctx: CommandContext) -> int:
     if parts.template:
         ctx.out("\n  Template")
         ctx.out("    " + _first_lines(parts.template))
+    if parts.messages:
+        ctx.out("\n  Messages")
+        for message in parts.messages:
+            ctx.out(f"    {message['role']:<10}{_first_lines(message['content'], 1)}")
     if parts.adapters:
         ctx.out("\n  Adapters")
         for adapter in parts.adapters:

@@ -423,3 +423,12 @@ def test_ctrl_c_while_quantizing_stops_at_once_and_keeps_nothing(tmp_path: Path,
     assert build.returncode == 130
     assert time.monotonic() - interrupted < 1.5
     assert store_snapshot(home) == before  # no image, no blob, no partial file
+
+
+def test_show_lists_the_messages(home: Path, work: Path) -> None:
+    (work / "Chat").write_text('FROM ./weights.gguf\nMESSAGE user "hello there"\nMESSAGE assistant ahoy\n')
+    assert cli("build", "-t", "chat", "-f", str(work / "Chat"), "--quiet").code == 0
+    shown = cli("show", "chat")
+    assert shown.code == 0
+    messages = shown.out.split("  Messages\n")[1].splitlines()[:2]
+    assert [line.split(maxsplit=1) for line in messages] == [["user", "hello there"], ["assistant", "ahoy"]]
