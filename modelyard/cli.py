@@ -574,8 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="modelyard",
         description="Docker for local LLMs: build Modelfiles into OCI images, keep them in a local store, "
         "push and pull them through any OCI registry, and serve them.",
-        epilog="Environment: MODELYARD_HOME (store and caches; default ~/.local/share/modelyard), "
-        "SOURCE_DATE_EPOCH (timestamp stamped into built images).",
+        epilog="Environment: MODELYARD_HOME (store and caches; default $XDG_DATA_HOME/modelyard, else "
+        "~/.local/share/modelyard), SOURCE_DATE_EPOCH (timestamp stamped into built images).",
     )
     parser.add_argument("--version", action="version", version=f"modelyard {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
