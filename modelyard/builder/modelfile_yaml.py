@@ -19,7 +19,7 @@ where the YAML has one, its line and column. Only PyYAML's safe loader and dumpe
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
 
@@ -36,6 +36,7 @@ from modelyard.builder.params import (
     is_deprecated,
     validate_parameter,
 )
+from modelyard.builder.yaml_nodes import key_text, repeated_keys
 from modelyard.errors import ModelfileError
 
 _YAML_SUFFIXES: Final = (".yaml", ".yml")
@@ -275,35 +276,7 @@ def _deprecation_warnings(raw: object, root: yaml.Node, file: str) -> tuple[str,
 
 def _duplicate_keys(root: yaml.Node) -> list[_Problem]:
     """PyYAML keeps the last of two equal keys without a word; a Modelfile.yaml should not."""
-    problems = []
-    for path, mapping in _mappings(root):
-        seen: set[str] = set()
-        for key, _ in mapping.value:
-            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
-                if key.value in seen:
-                    problems.append(_Problem((*path, key.value), "duplicate key", at_key=True))
-                seen.add(key.value)
-    return problems
-
-
-def _mappings(root: yaml.Node) -> Iterator[tuple[_Path, yaml.MappingNode]]:
-    """Every mapping node with its path, each once (aliases can make the node graph cyclic)."""
-    pending: list[tuple[_Path, yaml.Node]] = [((), root)]
-    visited: set[int] = set()
-    while pending:
-        path, node = pending.pop()
-        if id(node) in visited:
-            continue
-        visited.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            yield path, node
-            pending.extend(((*path, _key_text(key)), value) for key, value in node.value)
-        elif isinstance(node, yaml.SequenceNode):
-            pending.extend(((*path, index), item) for index, item in enumerate(node.value))
-
-
-def _key_text(key: yaml.Node) -> str:
-    return key.value if isinstance(key, yaml.ScalarNode) else "?"
+    return [_Problem(path, "duplicate key", at_key=True) for path, _, _ in repeated_keys(root)]
 
 
 def _node_at(root: yaml.Node, path: _Path, *, at_key: bool = False) -> yaml.Node:
@@ -322,7 +295,7 @@ def _node_at(root: yaml.Node, path: _Path, *, at_key: bool = False) -> yaml.Node
 
 def _child(node: yaml.Node, part: _PathPart) -> tuple[yaml.Node | None, yaml.Node] | None:
     if isinstance(node, yaml.MappingNode):
-        matches = [(key, value) for key, value in node.value if _key_text(key) == str(part)]
+        matches = [(key, value) for key, value in node.value if key_text(key) == str(part)]
         return matches[-1] if matches else None  # the constructor keeps the last of equal keys
     if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
         return None, node.value[part]

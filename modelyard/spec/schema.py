@@ -56,6 +56,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from modelyard.builder.params import describe_value
+from modelyard.builder.yaml_nodes import repeated_keys
 from modelyard.errors import (
     InferenceRequestError,
     InvalidReferenceError,
@@ -545,32 +546,15 @@ def _repeated_names(names: Iterable[tuple[str, str, int, int]]) -> list[SpecIssu
 def _repeated_keys(node: yaml.Node, file: str) -> list[SpecIssue]:
     """Keys given twice in one mapping: YAML 1.2 forbids them, and PyYAML would keep the last one
     without a word, which is almost always a mistake (an edit that left the old line in)."""
-    issues: list[SpecIssue] = []
-    seen_nodes: set[int] = set()  # an alias repeats a node: walk it once
-    pending: list[tuple[yaml.Node, str]] = [(node, "")]
-    while pending:
-        current, path = pending.pop()
-        if id(current) in seen_nodes:
-            continue
-        seen_nodes.add(id(current))
-        if isinstance(current, yaml.MappingNode):
-            lines: dict[object, int] = {}
-            for key, value in current.value:
-                name = getattr(key, "value", None)
-                here = f"{path}.{name}" if path else str(name)
-                line = key.start_mark.line + 1
-                if isinstance(name, str) and name != "<<" and name in lines:
-                    issues.append(
-                        SpecIssue(
-                            here, f"given twice (first at line {lines[name]}); give it once", file, line
-                        )
-                    )
-                elif isinstance(name, str):
-                    lines[name] = line
-                pending.append((value, here))
-        elif isinstance(current, yaml.SequenceNode):
-            pending += [(item, f"{path}[{i}]") for i, item in enumerate(current.value)]
-    return issues
+    return [
+        SpecIssue(
+            format_path(path),
+            f"given twice (first at line {first.start_mark.line + 1}); give it once",
+            file,
+            repeat.start_mark.line + 1,
+        )
+        for path, first, repeat in repeated_keys(node)
+    ]
 
 
 # --- error locations ------------------------------------------------------------------------------
