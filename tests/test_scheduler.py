@@ -523,6 +523,18 @@ def test_swap_to_a_new_digest_under_load_fails_no_request(two_models: tuple[Path
     assert "memory holds only one (short gap)" in notes
 
 
+def slow_starter(started: list[Runner]) -> Callable[..., Runner]:
+    """A runner start that takes half a second longer, noting each runner it brings."""
+
+    def slow_start(spec: Any, **kwargs: Any) -> Runner:
+        time.sleep(0.5)
+        runner = Runner.start(spec, **kwargs)
+        started.append(runner)
+        return runner
+
+    return slow_start
+
+
 def test_a_request_that_leaves_during_a_load_does_not_fail_it_for_the_others(
     two_models: tuple[Path, Path],
 ) -> None:
@@ -530,12 +542,7 @@ def test_a_request_that_leaves_during_a_load_does_not_fail_it_for_the_others(
     when the first one's cancellation failed the load), and a load nobody waits for any more ends
     in the scheduler's hands (listed, counted, stopped with it), never as a runner outside it."""
     started: list[Runner] = []
-
-    def slow_start(spec: Any, **kwargs: Any) -> Runner:
-        time.sleep(0.5)
-        runner = Runner.start(spec, **kwargs)
-        started.append(runner)
-        return runner
+    slow_start = slow_starter(started)
 
     async def scenario() -> None:
         scheduler = Scheduler(SchedulerSettings(ram_budget=2**34), starter=slow_start)
@@ -572,12 +579,7 @@ def test_a_model_unloaded_while_it_loads_serves_its_waiting_request_then_goes(
     """`stop` (keep_alive 0) during a load: the request waiting for the load is served, then the
     runner goes; it was left running outside the scheduler, and the request loaded it again."""
     started: list[Runner] = []
-
-    def slow_start(spec: Any, **kwargs: Any) -> Runner:
-        time.sleep(0.5)
-        runner = Runner.start(spec, **kwargs)
-        started.append(runner)
-        return runner
+    slow_start = slow_starter(started)
 
     async def scenario() -> None:
         scheduler = Scheduler(SchedulerSettings(ram_budget=2**34), starter=slow_start)
