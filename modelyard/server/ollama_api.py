@@ -564,7 +564,8 @@ def _structured_modelfile(body: CreateBody) -> mf.Modelfile:
     for field, named in (("files", body.files), ("adapters", body.adapters)):
         for file, digest in (named or {}).items():
             if not is_digest(digest):
-                raise HTTPError(400, f"{field}[{file!r}]: {digest!r} is not a blob digest (sha256:<64 hex>)")
+                hint = "upload the file with POST /api/blobs/<digest> and name that digest"
+                raise HTTPError(400, f"{field}[{file!r}]: {digest!r} is not a blob digest; {hint}")
     source = body.from_
     if body.files and not source:  # as Ollama: `from` wins when both are given
         ggufs = [digest for name, digest in body.files.items() if name.lower().endswith(".gguf")]
