@@ -478,6 +478,11 @@ async def _progress_response(events: AsyncIterator[ProgressEvent], streaming: bo
             if known is None:
                 raise
             yield _line({"error": known.message})
+        finally:
+            # At once, not when the collector gets to it: the work stops when its client leaves.
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
 
     return StreamingResponse(lines(), media_type=NDJSON)
 

@@ -5,12 +5,14 @@ threads with their progress relayed to the event loop)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import re
 import tempfile
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,10 @@ from modelyard.spec.daemon import SpecDaemon
 from modelyard.store import Store
 
 log = logging.getLogger("modelyard.server")
+
+
+class WorkAbandoned(Exception):
+    """Raised in a worker thread at its next progress event once nobody waits for its work."""
 
 
 class ServerState:
@@ -154,12 +160,17 @@ class ServerState:
 
     # --- work in threads, progress to the loop -------------------------------------------------
 
-    async def in_thread(self, work: Callable[[ProgressSink], Any]) -> AsyncIterator[ProgressEvent]:
-        """Run `work(sink)` in a worker thread; yield its progress events; raise what it raised."""
+    async def in_thread(self, work: Callable[[ProgressSink], Any]) -> AsyncGenerator[ProgressEvent, None]:
+        """Run `work(sink)` in a worker thread; yield its progress events; raise what it raised.
+        Closed before the work ends (its client went away), the work stops at its next progress
+        event with WorkAbandoned: a pull keeps what it has received, for the next one to resume."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[ProgressEvent | None] = asyncio.Queue()
+        abandoned = threading.Event()
 
         def sink(event: ProgressEvent) -> None:
+            if abandoned.is_set():
+                raise WorkAbandoned("the client that asked for this went away")
             loop.call_soon_threadsafe(queue.put_nowait, event)
 
         def run() -> Any:
@@ -169,8 +180,13 @@ class ServerState:
                 loop.call_soon_threadsafe(queue.put_nowait, None)
 
         task = loop.run_in_executor(None, run)
-        while (event := await queue.get()) is not None:
-            yield event
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())  # nobody may await it
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+        finally:
+            if not task.done():
+                abandoned.set()
         await task  # raises what the work raised
 
     async def build(
@@ -187,8 +203,9 @@ class ServerState:
             with tempfile.TemporaryDirectory(prefix="modelyard-create-") as context:
                 builder.build(modelfile, target, context=Path(context), quantize=quantize)
 
-        async for event in self.in_thread(work):
-            yield event
+        async with contextlib.aclosing(self.in_thread(work)) as events:  # its client gone: stop it too
+            async for event in events:
+                yield event
 
     async def receive_blob(self, digest: str, body: AsyncIterator[bytes]) -> None:
         """Stream an upload into the store, verified; nothing enters on a mismatch."""

@@ -1,0 +1,61 @@
+"""Work the server runs in a thread for a request (pull, push, create): its progress reaches the
+request, and it stops once nobody waits for it (the client went away), at its next progress event."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from modelyard.progress import ProgressEvent, ProgressSink
+from modelyard.runtime.scheduler import Scheduler, SchedulerSettings
+from modelyard.server.state import ServerState, WorkAbandoned
+from modelyard.settings import Settings
+from modelyard.store import Store
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> ServerState:
+    settings = Settings(home=tmp_path)
+    return ServerState(settings, Store(tmp_path / "store"), Scheduler(SchedulerSettings(ram_budget=2**30)))
+
+
+def test_work_whose_events_nobody_reads_any_more_stops(state: ServerState) -> None:
+    ended: list[BaseException | None] = []
+    stopped = threading.Event()
+
+    def endless(sink: ProgressSink) -> None:
+        try:
+            while True:
+                sink(ProgressEvent("downloading"))
+                time.sleep(0.01)
+        except BaseException as exc:
+            ended.append(exc)
+            raise
+        finally:
+            stopped.set()
+
+    async def main() -> list[str]:
+        events = state.in_thread(endless)
+        seen = [(await anext(events)).status, (await anext(events)).status]
+        await events.aclose()
+        return seen
+
+    assert asyncio.run(main()) == ["downloading", "downloading"]
+    assert stopped.wait(5), "the work went on for nobody"
+    assert isinstance(ended[0], WorkAbandoned)
+
+
+def test_work_read_to_its_end_gives_its_events_and_its_error(state: ServerState) -> None:
+    def failing(sink: ProgressSink) -> None:
+        sink(ProgressEvent("one"))
+        raise ValueError("the registry said no")
+
+    async def main() -> list[str]:
+        return [event.status async for event in state.in_thread(failing)]
+
+    with pytest.raises(ValueError, match="said no"):
+        asyncio.run(main())
