@@ -320,29 +320,29 @@ def router(state: ServerState) -> APIRouter:
         return Response(status_code=201)
 
     @api.post("/api/create")
-    async def create(body: CreateBody) -> Response:
+    async def create(body: CreateBody, http: Request) -> Response:
         target = parse_reference(body.model_name())
         modelfile = _modelfile_from(body)
         events = state.build(modelfile, target, body.quantize)
         inference.forget(body.model_name())
-        return await _progress_response(events, body.stream)
+        return await _progress_response(http, events, body.stream)
 
     @api.post("/api/pull")
-    async def pull_model(body: PullBody) -> Response:
+    async def pull_model(body: PullBody, http: Request) -> Response:
         ref = parse_reference(body.model_name())
         options = state.registry_options(insecure=bool(body.insecure))
         events = state.in_thread(lambda sink: pull(state.store, ref, options, sink))
         inference.forget(body.model_name())
-        return await _progress_response(events, body.stream)
+        return await _progress_response(http, events, body.stream)
 
     @api.post("/api/push")
-    async def push_model(body: PullBody) -> Response:
+    async def push_model(body: PullBody, http: Request) -> Response:
         ref = parse_reference(body.model_name())
         options = state.registry_options(insecure=bool(body.insecure))
         events = state.in_thread(
             lambda sink: push(state.store, ref, options, format=PushFormat.BOTH, progress=sink)
         )
-        return await _progress_response(events, body.stream)
+        return await _progress_response(http, events, body.stream)
 
     return api
 
@@ -457,13 +457,27 @@ def _single_or_stream(streaming: bool | None, lines: list[dict[str, Any]]) -> Re
     return StreamingResponse(iter([_line(line) for line in lines]), media_type=NDJSON)
 
 
-async def _progress_response(events: AsyncIterator[ProgressEvent], streaming: bool | None) -> Response:
-    """pull/push/create: progress lines; with stream false, the last one (or the error)."""
+async def _progress_response(
+    http: Request, events: AsyncIterator[ProgressEvent], streaming: bool | None
+) -> Response:
+    """pull/push/create: progress lines; with stream false, the last one (or the error). Either
+    way, the work stops if its client leaves (a 499 for the one not streamed)."""
     first = await anext(events)  # errors before any progress (a bad name, a 404) keep their status
     if streaming is False:
-        last = first
-        async for event in events:
-            last = event
+
+        async def last_of(last: ProgressEvent) -> ProgressEvent:
+            async for event in events:
+                last = event
+            return last
+
+        client = ClientGone(http)
+        try:
+            last = await client.unless(last_of(first))
+        finally:
+            client.close()
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
         return JSONResponse(last.to_json())
 
     async def lines() -> AsyncIterator[bytes]:
