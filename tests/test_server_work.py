@@ -59,3 +59,34 @@ def test_work_read_to_its_end_gives_its_events_and_its_error(state: ServerState)
 
     with pytest.raises(ValueError, match="said no"):
         asyncio.run(main())
+
+
+def test_a_pull_not_streamed_stops_when_its_client_leaves(state: ServerState) -> None:
+    """stream: false, the client gone after a moment: a 499, and the work stops with it."""
+    from starlette.requests import Request
+
+    from modelyard.server.http_errors import HTTPError
+    from modelyard.server.ollama_api import _progress_response
+
+    stopped = threading.Event()
+
+    def endless(sink: ProgressSink) -> None:
+        try:
+            while True:
+                sink(ProgressEvent("downloading"))
+                time.sleep(0.01)
+        finally:
+            stopped.set()
+
+    async def leaves_soon() -> dict[str, str]:
+        await asyncio.sleep(0.2)
+        return {"type": "http.disconnect"}
+
+    async def main() -> None:
+        request = Request({"type": "http", "method": "POST", "path": "/api/pull", "headers": []}, leaves_soon)
+        with pytest.raises(HTTPError) as gone:
+            await _progress_response(request, state.in_thread(endless), streaming=False)
+        assert gone.value.status == 499
+
+    asyncio.run(main())
+    assert stopped.wait(5), "the pull went on for nobody"
