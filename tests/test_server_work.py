@@ -23,20 +23,27 @@ def state(tmp_path: Path) -> ServerState:
     return ServerState(settings, Store(tmp_path / "store"), Scheduler(SchedulerSettings(ram_budget=2**30)))
 
 
-def test_work_whose_events_nobody_reads_any_more_stops(state: ServerState) -> None:
-    ended: list[BaseException | None] = []
-    stopped = threading.Event()
+class Endless:
+    """Work that reports progress until something stops it; notes what did."""
 
-    def endless(sink: ProgressSink) -> None:
+    def __init__(self) -> None:
+        self.stopped = threading.Event()
+        self.ended: list[BaseException] = []
+
+    def __call__(self, sink: ProgressSink) -> None:
         try:
             while True:
                 sink(ProgressEvent("downloading"))
                 time.sleep(0.01)
         except BaseException as exc:
-            ended.append(exc)
+            self.ended.append(exc)
             raise
         finally:
-            stopped.set()
+            self.stopped.set()
+
+
+def test_work_whose_events_nobody_reads_any_more_stops(state: ServerState) -> None:
+    endless = Endless()
 
     async def main() -> list[str]:
         events = state.in_thread(endless)
@@ -45,8 +52,8 @@ def test_work_whose_events_nobody_reads_any_more_stops(state: ServerState) -> No
         return seen
 
     assert asyncio.run(main()) == ["downloading", "downloading"]
-    assert stopped.wait(5), "the work went on for nobody"
-    assert isinstance(ended[0], WorkAbandoned)
+    assert endless.stopped.wait(5), "the work went on for nobody"
+    assert isinstance(endless.ended[0], WorkAbandoned)
 
 
 def test_work_read_to_its_end_gives_its_events_and_its_error(state: ServerState) -> None:
@@ -68,15 +75,7 @@ def test_a_pull_not_streamed_stops_when_its_client_leaves(state: ServerState) ->
     from modelyard.server.http_errors import HTTPError
     from modelyard.server.ollama_api import _progress_response
 
-    stopped = threading.Event()
-
-    def endless(sink: ProgressSink) -> None:
-        try:
-            while True:
-                sink(ProgressEvent("downloading"))
-                time.sleep(0.01)
-        finally:
-            stopped.set()
+    endless = Endless()
 
     async def leaves_soon() -> dict[str, str]:
         await asyncio.sleep(0.2)
@@ -89,4 +88,4 @@ def test_a_pull_not_streamed_stops_when_its_client_leaves(state: ServerState) ->
         assert gone.value.status == 499
 
     asyncio.run(main())
-    assert stopped.wait(5), "the pull went on for nobody"
+    assert endless.stopped.wait(5), "the pull went on for nobody"

@@ -458,7 +458,7 @@ def _single_or_stream(streaming: bool | None, lines: list[dict[str, Any]]) -> Re
 
 
 async def _progress_response(
-    http: Request, events: AsyncIterator[ProgressEvent], streaming: bool | None
+    http: Request, events: AsyncGenerator[ProgressEvent, None], streaming: bool | None
 ) -> Response:
     """pull/push/create: progress lines; with stream false, the last one (or the error). Either
     way, the work stops if its client leaves (a 499 for the one not streamed)."""
@@ -475,9 +475,7 @@ async def _progress_response(
             last = await client.unless(last_of(first))
         finally:
             client.close()
-            close = getattr(events, "aclose", None)
-            if close is not None:
-                await close()
+            await events.aclose()
         return JSONResponse(last.to_json())
 
     async def lines() -> AsyncIterator[bytes]:
@@ -493,10 +491,7 @@ async def _progress_response(
                 raise
             yield _line({"error": known.message})
         finally:
-            # At once, not when the collector gets to it: the work stops when its client leaves.
-            close = getattr(events, "aclose", None)
-            if close is not None:
-                await close()
+            await events.aclose()  # at once, not when the collector gets to it: the work stops too
 
     return StreamingResponse(lines(), media_type=NDJSON)
 

@@ -191,7 +191,7 @@ class ServerState:
 
     async def build(
         self, modelfile: mf.Modelfile, target: Reference, quantize: str | None
-    ) -> AsyncIterator[ProgressEvent]:
+    ) -> AsyncGenerator[ProgressEvent, None]:
         def work(sink: ProgressSink) -> None:
             builder = Builder(
                 self.store,
@@ -272,14 +272,17 @@ def _parameters_text(params: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _model_info(metadata: Mapping[str, Any]) -> dict[str, Any]:
+def _model_info(metadata: Mapping[str, Any], *, whole: bool = False) -> dict[str, Any]:
     """The GGUF's metadata as Ollama's /api/show gives it: without the chat template (that is
-    `template`), arrays of more than 5 elements as [] (the vocabulary, unless `verbose`)."""
+    `template`), arrays of more than 5 elements as [] unless `whole` (verbose)."""
     info = {}
     for key, value in metadata.items():
         if key == "tokenizer.chat_template":
             continue
-        if _SUMMARISED_ARRAY.fullmatch(str(value)) or (isinstance(value, list) and len(value) > 5):
+        if not whole and (
+            (isinstance(value, str) and _SUMMARISED_ARRAY.fullmatch(value))
+            or (isinstance(value, list) and len(value) > 5)
+        ):
             value = []
         elif isinstance(value, float) and not math.isfinite(value):
             value = str(value)
@@ -293,13 +296,8 @@ _SUMMARISED_ARRAY = re.compile(r"\[\d+ items\]")  # how gguf_info summarises a l
 def _verbose_parts(servable: Servable) -> dict[str, Any]:
     """`verbose`: every metadata array whole, and the tensors (name, type, shape), as Ollama."""
     contents = read_gguf(servable.weights, whole_arrays=True)
-    info = {
-        key: str(value) if isinstance(value, float) and not math.isfinite(value) else value
-        for key, value in contents.metadata.items()
-        if key != "tokenizer.chat_template"
-    }
     tensors = [{"name": t.name, "type": t.ggml_type.name, "shape": list(t.shape)} for t in contents.tensors]
-    return {"model_info": info, "tensors": tensors}
+    return {"model_info": _model_info(contents.metadata, whole=True), "tensors": tensors}
 
 
 __all__ = ["ServerState", "capabilities", "details"]

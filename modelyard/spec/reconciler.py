@@ -436,7 +436,7 @@ class Reconciler:
         None: the spec serves it, or does not declare it. A request for it must not fall through
         to another image of that name in the store."""
         spec = self._spec
-        if spec is None or name in self._serving or name not in {m.name for m in spec.models}:
+        if spec is None or name in self._serving or spec.model(name) is None:
             return None
         report = self._reports.get(name)
         why = report.message if report is not None and report.message else "it is not loaded yet"
