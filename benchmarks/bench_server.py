@@ -378,6 +378,9 @@ def main() -> None:
         help="a GGUF to use instead (a small one gives a GPU's token rates on a CPU: what HTTP costs there)",
     )
     args = parser.parse_args()
+    # `timeout` sends SIGTERM: leave through the finally below, which stops the runners and servers
+    # (they would otherwise live on and load the next run's machine).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         stream_counts = tuple(int(n) for n in args.streams.split(","))
     except ValueError:
@@ -441,6 +444,13 @@ def main() -> None:
                     for name, measured in got.items():
                         results.setdefault((name, streams), []).append(measured)
                     pairs.setdefault(streams, []).append((got["serve"], got["runner"]))
+                    # As it goes, so that a run cut short by its time limit still tells something.
+                    print(
+                        f"round {round_ + 1}, {streams} streams: serve / runner "
+                        f"{got['serve'].tokens_per_s / got['runner'].tokens_per_s:.1%} "
+                        f"({got['serve'].tokens_per_s:.0f} / {got['runner'].tokens_per_s:.0f} tok/s)",
+                        file=sys.stderr,
+                    )
                 for name in peers if round_ % 2 == 0 else peers[::-1]:
                     results.setdefault((name, streams), []).append(
                         level(partial(systems[name], args.tokens), streams)

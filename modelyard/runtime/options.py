@@ -87,7 +87,7 @@ class LoadOptions:
     main_gpu: int = 0
     use_mmap: bool = True
     use_mlock: bool = False
-    num_thread: int = 0  # 0 = one per physical core
+    num_thread: int = 0  # 0 = one per CPU the system reports (os.cpu_count)
     flash_attention: bool | None = None  # None: llama.cpp decides (on where the backend supports it)
 
     def threads(self) -> int:
