@@ -191,8 +191,14 @@ def test_ollama_embed_and_legacy_embeddings(client: ollama.Client) -> None:
     assert abs(norm - 1) < 1e-3, "embeddings are normalised, as Ollama's"
     assert result.prompt_eval_count and result.prompt_eval_count >= 4
 
-    legacy = client.embeddings(GEMMA, prompt="the sea")
-    assert len(legacy.embedding) == 640
+    # The legacy endpoint returns the vector as the model made it, as Ollama's does: the same
+    # direction as /api/embed's, not normalised.
+    legacy = list(client.embeddings(GEMMA, prompt="the sea").embedding)
+    assert len(legacy) == 640
+    legacy_norm = sum(v * v for v in legacy) ** 0.5
+    assert abs(legacy_norm - 1) > 0.01
+    cosine = sum(a * b for a, b in zip(legacy, result.embeddings[0], strict=True)) / legacy_norm
+    assert cosine > 0.999
     # As Ollama: an empty string is no input; dimensions count only when 0 < dimensions < the model's.
     assert client.embed(GEMMA, input="").embeddings == []
     assert len(client.embed(GEMMA, input="the sea", dimensions=-3).embeddings[0]) == 640

@@ -746,7 +746,8 @@ def _grammar_for(format_: object) -> str | None:
 
 class EmbeddingContext:
     """A second context for embeddings: pooled (mean when the model declares no pooling), many
-    inputs in one batch, one sequence each, L2-normalised as Ollama's /api/embed returns them.
+    inputs in one batch, one sequence each. The vectors are the model's own: each API decides
+    whether to normalise them (Ollama's /api/embed does, its legacy /api/embeddings does not).
     Made on the first embeddings request, `n_ctx` tokens as memory.embedding_context_tokens sizes
     it; the scheduler counts its memory (memory.embedding_estimate) before the request reaches us."""
 
@@ -813,11 +814,4 @@ class EmbeddingContext:
         rc = self.ctx.decode(self.batch)
         if rc != 0:
             raise RequestRejected(f"llama_decode failed with code {rc} while embedding")
-        return [
-            _l2_normalised(self.ctx.sequence_embedding(seq, self.model.n_embd)) for seq in range(len(group))
-        ]
-
-
-def _l2_normalised(vector: list[float]) -> list[float]:
-    norm = sum(v * v for v in vector) ** 0.5
-    return [v / norm for v in vector] if norm > 0 else vector
+        return [self.ctx.sequence_embedding(seq, self.model.n_embd) for seq in range(len(group))]

@@ -34,6 +34,7 @@ from modelyard.server.inference import Finished, served_model, with_tool_calls
 from modelyard.server.logprobs import MAX_TOP_LOGPROBS, runner_top_logprobs, token_logprobs
 from modelyard.server.state import ServerState
 from modelyard.server.tool_calls import ollama_tool_calls, parser_for
+from modelyard.server.vectors import unit_vector
 from modelyard.store.image import is_digest
 
 # The Ollama version we answer /api/version with: the API level we follow (reference snapshot).
@@ -246,9 +247,7 @@ def router(state: ServerState) -> APIRouter:
         result, load_ns, total_ns = await inference.embed(
             servable, inputs, body.options, keep_alive=body.keep_alive, truncate=body.truncate is not False
         )
-        embeddings = result["embeddings"]
-        if body.dimensions and body.dimensions > 0:  # as Ollama: only 0 < dimensions < the model's
-            embeddings = [_truncate_dimensions(e, body.dimensions) for e in embeddings]
+        embeddings = [unit_vector(e, body.dimensions) for e in result["embeddings"]]
         state.count("/api/embed", servable.name, 200)
         return {
             "model": name,
@@ -267,7 +266,7 @@ def router(state: ServerState) -> APIRouter:
             servable, [body.prompt], body.options, keep_alive=body.keep_alive
         )
         state.count("/api/embeddings", servable.name, 200)
-        return {"embedding": result["embeddings"][0]}
+        return {"embedding": result["embeddings"][0]}  # as the model made it: Ollama's is not normalised
 
     @api.get("/api/tags")
     @api.head("/api/tags", include_in_schema=False)
@@ -529,14 +528,6 @@ def _decode_images(images: list[str] | None) -> tuple[bytes, ...]:
         except ValueError:
             raise HTTPError(400, f"images[{i}] is not base64") from None
     return tuple(decoded)
-
-
-def _truncate_dimensions(vector: list[float], dimensions: int) -> list[float]:
-    if dimensions >= len(vector):
-        return vector
-    head = vector[:dimensions]
-    norm = sum(v * v for v in head) ** 0.5
-    return [v / norm for v in head] if norm else head
 
 
 def _check_digest(digest: str) -> None:

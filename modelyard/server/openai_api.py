@@ -41,6 +41,7 @@ from modelyard.server.tool_calls import (
     parser_for,
     tool_functions,
 )
+from modelyard.server.vectors import unit_vector
 
 SSE = "text/event-stream"
 # The choices of one request (prompts × n) run side by side in the model's slots, the rest queued;
@@ -337,11 +338,8 @@ def router(state: ServerState) -> APIRouter:
         inputs = _embedding_inputs(body.input)
         result, _, _ = await inference.embed(servable, inputs, None)
         data = []
-        for i, vector in enumerate(result["embeddings"]):
-            if body.dimensions and body.dimensions < len(vector):
-                head = vector[: body.dimensions]
-                norm = sum(v * v for v in head) ** 0.5 or 1.0
-                vector = [v / norm for v in head]
+        for i, pooled in enumerate(result["embeddings"]):
+            vector = unit_vector(pooled, body.dimensions)
             encoded: list[float] | str = vector
             if body.encoding_format == "base64":
                 encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
