@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 from jsonschema import Draft202012Validator
+from tinygguf import write_tiny_llama
 
 from modelyard.builder.build import Builder, created_timestamp
+from modelyard.builder.quantize import NEEDS_IMPORTANCE_MATRIX, NOT_PRODUCED, quantize
 from modelyard.errors import BuildError, GGUFError, QuantizeError
 from modelyard.progress import ProgressEvent
 from modelyard.reference import parse_reference
@@ -389,8 +391,36 @@ def test_quantize_refuses_quantized_source_and_unknown_type(tmp_path: Path, work
     (workdir / "Q").write_text("FROM ./q8.gguf\n")
     with pytest.raises(QuantizeError, match=r"already quantized \(Q8_0\)"):
         build(home, workdir / "Q", "qq", quantize="Q4_K_M")
-    with pytest.raises(QuantizeError, match="unknown quantization type 'Q9_X'"):
+    with pytest.raises(QuantizeError, match="unknown quantization type 'Q9_X'") as unknown:
         build(home, workdir / "Modelfile", "qq", quantize="Q9_X")
+    assert "Q4_K_M" in str(unknown.value) and "IQ2_XS" not in str(unknown.value), "only what a build makes"
+
+
+@pytest.mark.parametrize(
+    ("target", "fragment"),
+    [("iq2_xs", "IQ2_XS needs an importance matrix"), ("NVFP4", "cannot quantize to it")],
+)
+def test_quantize_refuses_types_it_cannot_make_before_any_work(
+    tmp_path: Path, workdir: Path, target: str, fragment: str
+) -> None:
+    (workdir / "Modelfile").write_text("FROM ./weights.gguf\n")
+    home = tmp_path / "h"
+    build(home, workdir / "Modelfile", "existing")
+    before = sorted(p.name for p in (home / "store").rglob("*"))
+    builder, _, recorder = make_builder(home)
+    with pytest.raises(QuantizeError, match=fragment):
+        builder.build_file(workdir / "Modelfile", parse_reference("q"), quantize=target)
+    assert not any("quantizing" in status for status in recorder.statuses()), "refused before any work"
+    assert sorted(p.name for p in (home / "store").rglob("*")) == before
+
+
+@pytest.mark.parametrize("target", sorted(NEEDS_IMPORTANCE_MATRIX | NOT_PRODUCED))
+def test_types_a_build_refuses_are_still_refused_by_llama_cpp(tmp_path: Path, target: str) -> None:
+    """Keeps the two lists true when llama-cpp-python changes: if a new one makes a type, this fails."""
+    source = write_tiny_llama(tmp_path / "f32.gguf", n_vocab=1024, n_embd=256, n_ff=512, n_layer=1)
+    with pytest.raises(QuantizeError, match=r"importance matrix|imatrix|invalid output file type"):
+        quantize(source, tmp_path / "out.gguf", target)
+    assert not (tmp_path / "out.gguf").exists()
 
 
 @pytest.mark.parametrize(

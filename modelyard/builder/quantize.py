@@ -22,6 +22,13 @@ from modelyard.errors import QuantizeError
 UNQUANTIZED_TYPES = frozenset({"F32", "F16", "BF16"})
 _FTYPE_PREFIX = "LLAMA_FTYPE_MOSTLY_"
 _FTYPE_ALL_F32 = "LLAMA_FTYPE_ALL_F32"
+# Types llama.cpp's quantizer refuses without an importance matrix, which `build` does not take
+# (seen with llama-cpp-python 0.3.36; tests/test_build.py checks each is still refused).
+NEEDS_IMPORTANCE_MATRIX = frozenset(
+    {"IQ1_M", "IQ1_S", "IQ2_M", "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ3_XS", "IQ3_XXS", "Q2_K_S"}
+)
+# Named in llama.h, but its quantizer answers "invalid output file type".
+NOT_PRODUCED = frozenset({"NVFP4"})
 
 
 def quantization_types() -> dict[str, int]:
@@ -43,9 +50,25 @@ def check_quantization(target: str, source_type: str, source: str) -> str:
     `source`: the weights as the user named them (the Modelfile's FROM)."""
     name = target.upper()
     types = quantization_types()
+    buildable = ", ".join(
+        sorted(
+            t
+            for t in types
+            if not t.startswith("GUESSED") and t not in NEEDS_IMPORTANCE_MATRIX and t not in NOT_PRODUCED
+        )
+    )
     if name not in types:
-        known = ", ".join(sorted(t for t in types if not t.startswith("GUESSED")))
-        raise QuantizeError(f"unknown quantization type {target!r}; llama.cpp supports: {known}")
+        raise QuantizeError(f"unknown quantization type {target!r}; a build can make: {buildable}")
+    if name in NEEDS_IMPORTANCE_MATRIX:
+        raise QuantizeError(
+            f"{name} needs an importance matrix (llama.cpp's imatrix), which a build does not take; "
+            "quantize with llama.cpp's llama-quantize and build FROM its output, or choose one of: "
+            + buildable
+        )
+    if name in NOT_PRODUCED:
+        raise QuantizeError(
+            f"this llama.cpp names {name} but cannot quantize to it; choose one of: {buildable}"
+        )
     if source_type not in UNQUANTIZED_TYPES:
         raise QuantizeError(
             f"FROM {source} is already quantized ({source_type}); --quantize needs F32, F16 or BF16 weights. "
