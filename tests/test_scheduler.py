@@ -197,6 +197,32 @@ def test_twenty_concurrent_first_requests_cause_one_load(two_models: tuple[Path,
     run(scenario())
 
 
+def test_requests_waiting_for_memory_are_in_the_queue(two_models: tuple[Path, Path]) -> None:
+    a, b = two_models
+
+    async def scenario() -> None:
+        size = await one_model_size(a)
+        scheduler = Scheduler(SchedulerSettings(ram_budget=int(size * 1.5), memory_wait=60))
+        try:
+            held = await scheduler.acquire(request(a, "a"))  # busy: B's load waits for memory
+            waiting = [asyncio.ensure_future(scheduler.acquire(request(b, "b"))) for _ in range(3)]
+            await asyncio.sleep(0.5)
+            assert not any(task.done() for task in waiting)
+            assert scheduler.queue_depths() == {"a": 0, "b": 3}
+            assert {s.name: (s.state, s.queued) for s in scheduler.status()}["b"] == ("loading", 3)
+
+            held.release()  # idle A makes room: B loads, one request per slot, the rest queued
+            leases = await asyncio.gather(*waiting)
+            assert scheduler.queue_depths() == {"b": 2}
+            for lease in leases:
+                lease.release()
+            assert scheduler.queue_depths() == {"b": 0}
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
 def test_a_new_digest_on_the_same_weights_is_served_by_the_same_runner(two_models: tuple[Path, Path]) -> None:
     """A name moves to an image that differs only in what the server renders (a new SYSTEM): the
     loaded runner serves it at once, through acquire and through the reconciler's ensure; new

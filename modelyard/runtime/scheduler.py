@@ -286,6 +286,9 @@ class Scheduler:
         self._retiring: list[_Entry] = []  # replaced by a swap, draining: still holding memory
         self._load_lock = asyncio.Lock()
         self._starting: Counter[str] = Counter()  # requests per name waiting for a load they began
+        # Requests per name not holding a lease yet, whatever they wait for: a load, memory for
+        # it, another name's load, an unload or a swap. With the leases beyond the slots, the queue.
+        self._acquiring: Counter[str] = Counter()
         self._capacity = asyncio.Condition()
         self._expiry_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()  # referenced, or asyncio may collect them
@@ -295,6 +298,15 @@ class Scheduler:
 
     async def acquire(self, request: ModelRequest) -> Lease:
         """Wait until the model is loaded and return a lease on it."""
+        self._acquiring[request.name] += 1
+        try:
+            return await self._acquire(request)
+        finally:
+            self._acquiring[request.name] -= 1
+            if not self._acquiring[request.name]:
+                del self._acquiring[request.name]
+
+    async def _acquire(self, request: ModelRequest) -> Lease:
         options = self._resolve_options(request)
         in_line: _Entry | None = None  # the entry whose load this request waited for
         while True:
@@ -489,7 +501,7 @@ class Scheduler:
                     context_length=entry.options.num_ctx,
                     slots=entry.options.num_parallel,
                     slots_busy=min(entry.refs, entry.options.num_parallel),
-                    queued=max(entry.refs - entry.options.num_parallel, 0) + entry.waiting,
+                    queued=self._queued(entry),
                     expires_at=self._expires_at(entry),
                     pinned=entry.name in entry.pinned_by,
                     runner_pid=runner.pid if runner is not None else -1,
@@ -523,6 +535,18 @@ class Scheduler:
                 for alias, digest in entry.aliases.items()
             ]
         return sorted(out, key=lambda s: math.inf if s.expires_at is None else s.expires_at, reverse=True)
+
+    def queue_depths(self) -> dict[str, int]:
+        """Requests waiting, by name: for a slot of a loaded model, or for a model not loaded yet
+        (its load, memory for it, its turn at loading), which `status` does not list."""
+        depths = {name: self._queued(entry) for name, entry in self._entries.items() if entry.name == name}
+        for name, waiting in self._acquiring.items():
+            depths.setdefault(name, waiting)
+        return depths
+
+    def _queued(self, entry: _Entry) -> int:
+        waiting = self._acquiring[entry.name] if self._entries.get(entry.name) is entry else 0
+        return max(entry.refs - entry.options.num_parallel, 0) + waiting
 
     def is_loaded(self, name: str) -> bool:
         entry = self._entries.get(name)

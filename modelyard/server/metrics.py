@@ -7,7 +7,7 @@ stale. Each server has its own registry: no global state, and tests can run seve
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -24,7 +24,9 @@ _LOAD_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
 class Metrics:
-    def __init__(self, status: Callable[[], list[ModelStatus]]) -> None:
+    def __init__(
+        self, status: Callable[[], list[ModelStatus]], queue_depths: Callable[[], Mapping[str, int]]
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "modelyard_requests",
@@ -85,15 +87,18 @@ class Metrics:
             buckets=_LOAD_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(_LiveCollector(status))
+        self.registry.register(_LiveCollector(status, queue_depths))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
 class _LiveCollector(Collector):
-    def __init__(self, status: Callable[[], list[ModelStatus]]) -> None:
+    def __init__(
+        self, status: Callable[[], list[ModelStatus]], queue_depths: Callable[[], Mapping[str, int]]
+    ) -> None:
         self._status = status
+        self._queue_depths = queue_depths
 
     def collect(self) -> Iterator[Metric]:
         statuses = self._status()
@@ -103,7 +108,9 @@ class _LiveCollector(Collector):
         labels = ["model"]
         families = {
             "queue": GaugeMetricFamily(
-                "modelyard_queue_depth", "Requests waiting beyond busy slots.", labels=labels
+                "modelyard_queue_depth",
+                "Requests waiting: beyond busy slots, or for a model not loaded yet.",
+                labels=labels,
             ),
             "busy": GaugeMetricFamily("modelyard_slots_busy", "Slots decoding a request.", labels=labels),
             "slots": GaugeMetricFamily("modelyard_slots", "Slots of the model's runner.", labels=labels),
@@ -120,8 +127,9 @@ class _LiveCollector(Collector):
                 "modelyard_weights_resident_bytes", "Bytes of the mmapped weights in RAM.", labels=labels
             ),
         }
+        for name, depth in sorted(self._queue_depths().items()):
+            families["queue"].add_metric([name], float(depth))
         for s in statuses:
-            families["queue"].add_metric([s.name], float(s.queued))
             families["busy"].add_metric([s.name], float(s.slots_busy))
             families["slots"].add_metric([s.name], float(s.slots))
             families["size"].add_metric([s.name], float(s.size))

@@ -46,7 +46,7 @@ class ServerState:
         self.settings = settings
         self.store = store
         self.scheduler = scheduler
-        self.metrics = Metrics(scheduler.status)
+        self.metrics = Metrics(scheduler.status, scheduler.queue_depths)
         keep_alive = (
             parse_keep_alive(settings.keep_alive, allow_bare_seconds=True)
             if settings.keep_alive
