@@ -204,11 +204,17 @@ def test_the_api_key_guards_every_route_but_root_and_health(keyed: ServeProcess)
             openai_shape.status_code == 401 and openai_shape.json()["error"]["type"] == "authentication_error"
         )
         assert anonymous.get("/api/tags", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+        # Refusals carry a request id too, the client's own when it sent one.
+        assert anonymous.get("/api/tags").headers["x-request-id"].startswith("req_")
+        mine = anonymous.get("/api/ps", headers={"x-request-id": "mine-1"})
+        assert mine.headers["x-request-id"] == "mine-1"
 
     with ollama.Client(host=keyed.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
         assert MODEL in [m.model for m in c.list().models]
     with openai.OpenAI(base_url=f"{keyed.url}/v1", api_key=KEY, max_retries=0) as oai:
-        assert MODEL in [m.id for m in oai.models.list()]
+        listed = oai.models.list()
+        assert MODEL in [m.id for m in listed]
+        assert listed._request_id and listed._request_id.startswith("req_"), "the client shows it"
     with (
         openai.OpenAI(base_url=f"{keyed.url}/v1", api_key="wrong", max_retries=0) as oai,
         pytest.raises(openai.AuthenticationError),

@@ -26,9 +26,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard import __version__
 from modelyard.registry.endpoint import is_loopback
+from modelyard.server import request_id
 from modelyard.server.http_errors import KNOWN_ERRORS, HTTPError, retry_after_header
 from modelyard.server.inference import served_model
 from modelyard.server.metrics import CONTENT_TYPE
+from modelyard.server.request_id import RequestId
 from modelyard.server.state import ServerState
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # chat histories with base64 images stay well below this
@@ -80,7 +82,9 @@ def create_app(state: ServerState) -> FastAPI:
             allow_origins=list(state.settings.cors_origins),
             allow_methods=["*"],
             allow_headers=["*"],
+            expose_headers=["x-request-id"],
         )
+    app.add_middleware(RequestId)  # outermost of ours: refusals (401, 403, 413) carry an id too
     return app
 
 
@@ -155,7 +159,8 @@ def _is_openai(request: Request) -> bool:
 
 
 def _error_response(request: Request, error: HTTPError) -> JSONResponse:
-    headers = retry_after_header(error)
+    # The id again here: a 500 is answered outside every middleware of ours (Starlette's outermost).
+    headers = {**retry_after_header(error), "x-request-id": request_id.current.get()}
     if _is_openai(request):
         body: dict[str, Any] = {
             "error": {"message": error.message, "type": error.kind, "param": error.param, "code": error.code}

@@ -27,6 +27,7 @@ from modelyard.registry import RegistryOptions
 from modelyard.runtime.keepalive import DEFAULT_KEEP_ALIVE_S, parse_keep_alive
 from modelyard.runtime.scheduler import Scheduler
 from modelyard.runtime.servable import Servable
+from modelyard.server import request_id
 from modelyard.server.http_errors import HTTPError, classify
 from modelyard.server.inference import Inference
 from modelyard.server.metrics import Metrics
@@ -67,8 +68,10 @@ class ServerState:
     def error_for(self, exc: BaseException) -> HTTPError:
         known = classify(exc)
         if known is None:
-            log.exception("internal error", exc_info=exc)
-            return HTTPError(500, "internal error", kind="server_error")
+            request = request_id.current.get()
+            log.exception("internal error in request %s", request, exc_info=exc)
+            message = f"internal error (request {request}; the server's log has the details)"
+            return HTTPError(500, message, kind="server_error")
         return known
 
     def count(self, endpoint: str, model: str, status: int) -> None:
