@@ -5,6 +5,7 @@ key, and CORS."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import threading
 import time
@@ -282,3 +283,54 @@ def test_a_client_that_leaves_a_non_streaming_request_frees_its_slot(busy: Serve
             json={"model": GEMMA, "prompt": "Hi", "stream": False, "options": {"num_predict": 4}},
         )
         assert answer.status_code == 200 and time.monotonic() - started < 20
+
+
+def test_generations_cut_by_a_shutdown_end_with_an_error_that_says_so(home: Path) -> None:
+    """SIGTERM: the requests in flight get the graceful period, then each ends with an error of
+    its own (an NDJSON error line, an OpenAI error event, a 503), never a silently short answer."""
+    server = start_server(home, env={"MODELYARD_NUM_PARALLEL": "3"})
+    outcome: dict[str, tuple[str, int]] = {}  # by client: (how it ended, tokens received)
+    received: dict[str, int] = {"ollama": 0, "openai": 0}
+
+    def ollama_stream() -> None:
+        try:
+            for _ in ollama.Client(host=server.url).generate(**LONG, stream=True):
+                received["ollama"] += 1
+            outcome["ollama"] = ("finished", received["ollama"])
+        except ollama.ResponseError as exc:
+            outcome["ollama"] = (str(exc.error), received["ollama"])
+
+    def openai_stream() -> None:
+        with openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0) as oai:
+            try:
+                for _ in oai.completions.create(
+                    model=GEMMA, prompt=LONG["prompt"], max_tokens=2000, stream=True
+                ):
+                    received["openai"] += 1
+                outcome["openai"] = ("finished", received["openai"])
+            except openai.APIError as exc:
+                outcome["openai"] = (exc.message, received["openai"])
+
+    def not_streamed() -> None:
+        with server.client(timeout=60) as http:
+            answer = http.post("/api/generate", json={**LONG, "stream": False})
+        outcome["not streamed"] = (f"{answer.status_code} {answer.json().get('error')}", 0)
+
+    threads = [threading.Thread(target=f) for f in (ollama_stream, openai_stream, not_streamed)]
+    try:
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: min(received.values()) > 0, "both streams to start")
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(30)
+        ended = time.monotonic() - signalled
+        assert server.process.wait(15) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it caught
+    finally:
+        server.stop()
+    cut = "the server is shutting down: this answer was cut short"
+    assert outcome["ollama"][0] == cut and outcome["ollama"][1] > 0, outcome
+    assert outcome["openai"][0] == cut and outcome["openai"][1] > 0, outcome
+    assert outcome["not streamed"][0] == f"503 {cut}", outcome
+    assert 5 < ended < 13, f"the graceful period ran, then the cut came before uvicorn's ({ended:.1f} s)"

@@ -90,12 +90,25 @@ class Inference:
         self.spec_targets = spec_targets
         self._servables: dict[str, Servable] = {}
         self._post: LoopPost | None = None
+        self._generating: set[asyncio.Queue[Token | Done | Failure]] = set()  # each generation's events
 
     def _poster(self, loop: asyncio.AbstractEventLoop) -> LoopPost:
         """The one LoopPost of the loop that serves (one per loop, should tests run several)."""
         if self._post is None or self._post.loop is not loop:
             self._post = LoopPost(loop)
         return self._post
+
+    def stop_generations(self, retry_after: float) -> int:
+        """End every generation still running with an error that says the server is stopping
+        (an error line in a stream, a 503 otherwise): at the end of a graceful shutdown, a client
+        learns that its answer was cut short instead of seeing the connection drop. Returns how
+        many there were."""
+        error = ServerBusyError(
+            "the server is shutting down: this answer was cut short", retry_after, reason="stopping"
+        )
+        for events in self._generating:
+            events.put_nowait(Failure(error))
+        return len(self._generating)
 
     # --- models ---------------------------------------------------------------------------
 
@@ -215,6 +228,7 @@ class Inference:
         events: asyncio.Queue[Token | Done | Failure] = asyncio.Queue()
         handle = None
         finished = False
+        self._generating.add(events)
         try:
             render = functools.partial(
                 prepare,
@@ -281,6 +295,7 @@ class Inference:
                 yield Finished(event, load_ns, now - started, rendered.dropped_messages, context=context)
                 return
         finally:
+            self._generating.discard(events)
             if handle is not None and not finished:
                 handle.cancel()  # the client went away, or something failed: free the slot
             lease.release(served=finished)

@@ -68,6 +68,7 @@ def run_server(settings: Settings, host: str, port: int, *, spec: str | None = N
     import uvicorn
 
     from modelyard.server.app import create_app
+    from modelyard.server.graceful import GRACEFUL_SHUTDOWN_S, GracefulServer
 
     launcher = Launcher(spares=1)
     try:
@@ -75,8 +76,14 @@ def run_server(settings: Settings, host: str, port: int, *, spec: str | None = N
         app = create_app(state)
         # Its loop and http "auto" pick uvloop and httptools: dependencies for that (pyproject.toml).
         config = uvicorn.Config(
-            app, host=host, port=port, log_level="info", access_log=False, timeout_graceful_shutdown=10
+            app,
+            host=host,
+            port=port,
+            log_level="info",
+            access_log=False,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         )
-        uvicorn.Server(config).run()
+        retry_after = float(GRACEFUL_SHUTDOWN_S)  # a restarted server is back in about that
+        GracefulServer(config, lambda: state.inference.stop_generations(retry_after)).run()
     finally:
         launcher.close()

@@ -1,0 +1,38 @@
+"""uvicorn's server, with generations that end in words at the end of a graceful shutdown.
+
+On SIGTERM or Ctrl-C, uvicorn stops accepting, lets the requests in flight run for
+`timeout_graceful_shutdown` seconds, then cancels them: a stream then just stops, and a client
+reading NDJSON (the ollama client) may take the cut answer for a whole one. A second before that
+deadline, every generation still running is ended with an error of its own instead, which its
+stream sends as its last line (`{"error": "the server is shutting down: …"}`, or OpenAI's error
+event) before it closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+
+import uvicorn
+
+GRACEFUL_SHUTDOWN_S = 10
+_WORDS_BEFORE_THE_CUT_S = 1  # time left for the streams to send their error line and close
+
+
+class GracefulServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, stop_generations: Callable[[], object]) -> None:
+        super().__init__(config)
+        self._stop_generations = stop_generations
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        grace = self.config.timeout_graceful_shutdown
+        timer = None
+        if grace is not None and grace > _WORDS_BEFORE_THE_CUT_S:
+            loop = asyncio.get_running_loop()
+            timer = loop.call_later(grace - _WORDS_BEFORE_THE_CUT_S, self._stop_generations)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if timer is not None:
+                timer.cancel()
