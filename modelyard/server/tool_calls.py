@@ -21,6 +21,7 @@ from typing import Any
 
 from modelyard.builder.prompt import ModelPrompting, ToolCall, chat_template_text, takes_tools
 from modelyard.errors import InferenceRequestError
+from modelyard.runtime.json_schemas import hoisted_definitions
 
 # Markers templates write before a call, and what may close one.
 MARKERS = ("<tool_call>", "[TOOL_CALLS]", "<|python_tag|>", "<function_call>", "<tools>")
@@ -87,18 +88,23 @@ def forced_call_schema(tools: Sequence[Mapping[str, Any]], choice: object) -> di
         raise InferenceRequestError(
             f"tool_choice names {', '.join(wanted) or 'no tool'}, which tools does not offer"
         )
-    calls = [
-        {
-            "type": "object",
-            "properties": {
-                "name": {"const": name},
-                "arguments": functions[name].get("parameters") or {"type": "object"},
-            },
-            "required": ["name", "arguments"],
-        }
-        for name in wanted
-    ]
-    return calls[0] if len(calls) == 1 else {"anyOf": calls}
+    calls = []
+    definitions: dict[str, Any] = {}  # the functions' own, at the root where references point
+    for name in wanted:
+        arguments = functions[name].get("parameters") or {"type": "object"}
+        own: dict[str, Any] = {}
+        if isinstance(arguments, Mapping):  # else left to the grammar's converter, which says what is wrong
+            arguments, own = hoisted_definitions(arguments, f"{name}.")
+        definitions |= own
+        calls.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": name}, "arguments": arguments},
+                "required": ["name", "arguments"],
+            }
+        )
+    schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
+    return schema | {"$defs": definitions} if definitions else schema
 
 
 def parser_for(

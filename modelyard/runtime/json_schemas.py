@@ -1,0 +1,74 @@
+"""JSON schemas reshaped for llama-cpp-python's schema-to-grammar converter (pure).
+
+The converter resolves `$ref`s (`#/…`) against the root of the schema it is given, and does not
+follow one at the root itself. Two shapes that clients send every day fall foul of that:
+- pydantic's schema of a self-referencing model is a root `{"$ref": "#/$defs/Node", "$defs": …}`
+  (the ollama client's `format=Node.model_json_schema()`);
+- a tool's parameters with nested models carry their own `$defs`, which a forced tool call puts
+  below the root (instructor's and LangChain's structured output through tools).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+DEFINITION_KEYS = ("$defs", "definitions")
+
+
+def root_resolved(schema: object) -> object:
+    """`schema` with a `$ref` at its root replaced by what it points to; its definitions stay at
+    the root, for the references inside. Anything else is returned as it is."""
+    seen: set[str] = set()
+    while isinstance(schema, Mapping) and isinstance(schema.get("$ref"), str):
+        ref = schema["$ref"]
+        target = _pointed(schema, ref)
+        if target is None or ref in seen:
+            return schema  # not a local reference, or a loop: the converter says what is wrong
+        seen.add(ref)
+        definitions = {key: schema[key] for key in DEFINITION_KEYS if key in schema}
+        schema = {**target, **definitions}
+    return schema
+
+
+def hoisted_definitions(schema: Mapping[str, Any], prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A schema to be placed below the root of another: (itself without its definitions, those
+    definitions under names that start with `prefix`, for the root's `$defs`), its references to
+    them rewritten to match. Other references are left as they are."""
+    body = copy.deepcopy(dict(schema))
+    moved: dict[str, Any] = {}
+    renamed: dict[str, str] = {}
+    for key in DEFINITION_KEYS:
+        definitions = body.pop(key, None)
+        if isinstance(definitions, Mapping):
+            for name, definition in definitions.items():
+                moved[f"{prefix}{name}"] = definition
+                renamed[f"#/{key}/{name}"] = f"#/$defs/{prefix}{name}"
+    _rewrite_refs(body, renamed)
+    _rewrite_refs(moved, renamed)
+    return body, moved
+
+
+def _pointed(root: Mapping[str, Any], ref: str) -> Mapping[str, Any] | None:
+    if not ref.startswith("#/"):
+        return None
+    node: object = root
+    for part in ref[2:].split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")  # JSON pointer escapes
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node if isinstance(node, Mapping) else None
+
+
+def _rewrite_refs(node: object, renamed: Mapping[str, str]) -> None:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref in renamed:
+            node["$ref"] = renamed[ref]
+        for value in node.values():
+            _rewrite_refs(value, renamed)
+    elif isinstance(node, list):
+        for value in node:
+            _rewrite_refs(value, renamed)
