@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import ollama
 import openai
+import pydantic
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from registry_server import Registry, free_port
@@ -286,6 +287,19 @@ def test_think_and_the_date_reach_the_template(client: ollama.Client, oai: opena
         reasoning_effort="high",  # type: ignore[arg-type]
     )
     assert effort.usage is not None and effort.usage.prompt_tokens == level
+    # "none" turns thinking off, as in Ollama's OpenAI API; a value it does not know is refused.
+    none = oai.chat.completions.create(
+        model="thinking-template", messages=hi, max_tokens=1, reasoning_effort="none"
+    )
+    assert none.usage is not None and none.usage.prompt_tokens == off
+    with pytest.raises(openai.BadRequestError, match="invalid reasoning_effort 'bogus'") as bogus:
+        oai.chat.completions.create(
+            model="thinking-template",
+            messages=hi,
+            max_tokens=1,
+            reasoning_effort="bogus",  # type: ignore[arg-type]
+        )
+    assert bogus.value.param == "reasoning_effort"
     client.delete("thinking-template")
 
 
@@ -489,6 +503,24 @@ def test_openai_requests_that_cannot_be_honoured_are_400s_naming_the_field(
         ),
         ({"messages": [hi], "tool_choice": "required"}, "tool_choice", "needs tools"),
         ({"messages": [hi], "temperature": 7}, "temperature", "less than or equal to 2"),
+        ({"messages": [hi], "logit_bias": {"x": 1}}, "logit_bias", "is not a token id"),
+        ({"messages": [hi], "n": 65}, "n", "less than or equal to 64"),
+        ({"messages": [hi], "top_logprobs": 2}, "top_logprobs", "needs logprobs"),
+        (
+            {"messages": [hi], "tools": [{"type": "function", "function": {"name": "f"}}]},
+            "tools",
+            "support tools",
+        ),
+        (
+            {"messages": [hi], "stream_options": {"include_usage": True}},
+            "stream_options",
+            "when stream is true",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            "messages[0].content",
+            "text only",
+        ),
     ]
     for extra, param, message in cases:
         answer = http.post("/v1/chat/completions", json={"model": GEMMA, "max_tokens": 2} | extra)
@@ -1267,6 +1299,72 @@ CALL_SCHEMA = {
     "required": ["name", "arguments"],
     "additionalProperties": False,
 }
+
+
+class City(pydantic.BaseModel):
+    name: str
+
+
+class Trip(pydantic.BaseModel):
+    traveller: str
+    destination: City  # a nested model: the tool's parameters carry $defs
+
+
+def test_a_forced_call_to_a_tool_with_nested_models(client: ollama.Client, oai: openai.OpenAI) -> None:
+    """instructor's and LangChain's structured output through a forced tool call (was a 400)."""
+    client.create(model="toolish-nested", from_=GEMMA, template=TOOL_TEMPLATE)
+    made = oai.chat.completions.create(
+        model="toolish-nested",
+        messages=[{"role": "user", "content": "Bob flies to Paris."}],
+        tools=[openai.pydantic_function_tool(Trip)],
+        tool_choice={"type": "function", "function": {"name": "Trip"}},
+        max_tokens=60,
+        temperature=0,
+    ).choices[0]
+    assert made.finish_reason == "tool_calls", made
+    [call] = made.message.tool_calls or []
+    Trip.model_validate_json(call.function.arguments)  # the arguments fit the nested schema
+    client.delete("toolish-nested")
+
+
+def test_a_tool_result_named_only_by_its_call_id_gets_the_function_name(
+    client: ollama.Client, oai: openai.OpenAI
+) -> None:
+    """OpenAI's clients send a tool result with tool_call_id alone; templates print .ToolName."""
+    template = TOOL_TEMPLATE.replace(
+        "{{ .Role }}:", "{{ .Role }}{{ if .ToolName }} ({{ .ToolName }}){{ end }}:"
+    )
+    client.create(model="toolish-named", from_=GEMMA, template=template)
+    called = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            }
+        ],
+    }
+    question = {"role": "user", "content": "Weather in Paris?"}
+
+    def prompt_tokens(result: dict[str, Any]) -> int:
+        answer = oai.chat.completions.create(
+            model="toolish-named",
+            messages=[question, called, result],  # type: ignore[list-item]
+            tools=[WEATHER_TOOL],  # type: ignore[list-item]
+            max_tokens=1,
+        )
+        assert answer.usage is not None
+        return answer.usage.prompt_tokens
+
+    by_id = prompt_tokens({"role": "tool", "tool_call_id": "call_1", "content": "sunny"})
+    named = prompt_tokens(
+        {"role": "tool", "tool_call_id": "call_1", "name": "get_weather", "content": "sunny"}
+    )
+    unknown = prompt_tokens({"role": "tool", "tool_call_id": "call_9", "content": "sunny"})
+    assert by_id == named > unknown, (by_id, named, unknown)
+    client.delete("toolish-named")
 
 
 def test_tool_calls_reach_both_clients_as_calls(client: ollama.Client, oai: openai.OpenAI) -> None:

@@ -48,6 +48,8 @@ SSE = "text/event-stream"
 # past this many, send several requests.
 MAX_CHOICES = 64
 LLAMA_RANDOM_SEED = 0xFFFFFFFF
+# The reasoning_effort values Ollama's OpenAI API takes ("none": no thinking).
+REASONING_EFFORTS = ("high", "medium", "low", "none")
 
 
 class _Body(BaseModel):
@@ -97,9 +99,10 @@ class _SamplingBody(_Body):
             try:
                 token = int(key)
             except ValueError:
-                raise HTTPError(400, f"logit_bias: {key!r} is not a token id") from None
+                raise HTTPError(400, f"logit_bias: {key!r} is not a token id", param="logit_bias") from None
             if not -100 <= bias <= 100:
-                raise HTTPError(400, f"logit_bias[{key!r}]: {bias} is out of range (must be -100 to 100)")
+                message = f"logit_bias[{key!r}]: {bias} is out of range (must be -100 to 100)"
+                raise HTTPError(400, message, param="logit_bias")
             pairs.append((token, float(bias)))
         return tuple(pairs)
 
@@ -107,7 +110,8 @@ class _SamplingBody(_Body):
         """How many choices the answer has: `n` for each prompt."""
         total = prompts * (self.n or 1)
         if total > MAX_CHOICES:
-            raise HTTPError(400, f"at most {MAX_CHOICES} choices per request (prompts × n), got {total}")
+            message = f"at most {MAX_CHOICES} choices per request (prompts × n), got {total}"
+            raise HTTPError(400, message, param="n")
         return total
 
     def options(self, choice: int = 0) -> dict[str, Any]:
@@ -142,9 +146,24 @@ class ChatCompletionBody(_SamplingBody):
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
+    def think(self) -> bool | str | None:
+        """OpenAI's reasoning_effort as Ollama's own OpenAI API reads it: a level of thinking,
+        "none" for none."""
+        effort = self.reasoning_effort
+        if effort is None:
+            return None
+        if effort not in REASONING_EFFORTS:
+            raise HTTPError(
+                400,
+                f"invalid reasoning_effort {effort!r}: must be one of {', '.join(REASONING_EFFORTS)}",
+                param="reasoning_effort",
+            )
+        return False if effort == "none" else effort
+
     def logprobs_top(self) -> int | None:
         if self.top_logprobs is not None and not self.logprobs:
-            raise HTTPError(400, "top_logprobs needs logprobs: true")  # as OpenAI answers
+            # As OpenAI answers.
+            raise HTTPError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         return (self.top_logprobs or 0) if self.logprobs else None
 
     def parsed_tools(self) -> list[dict[str, Any]] | None:
@@ -160,7 +179,8 @@ class ChatCompletionBody(_SamplingBody):
         unknown = [name for name in allowed[1] if name not in offered]
         if unknown or not allowed[1]:
             missing = ", ".join(unknown) or "no tool"
-            raise HTTPError(400, f"tool_choice.allowed_tools names {missing}, which tools does not offer")
+            message = f"tool_choice.allowed_tools names {missing}, which tools does not offer"
+            raise HTTPError(400, message, param="tool_choice")
         names = set(allowed[1])
         return [tool for tool in self.tools if names & set(tool_functions([tool]))]
 
@@ -188,16 +208,17 @@ class CompletionBody(_SamplingBody):
         else:
             prompts = list(prompt)  # type: ignore[arg-type]
         if not prompts:
-            raise HTTPError(400, "prompt: an empty list; send at least one prompt")
+            raise HTTPError(400, "prompt: an empty list; send at least one prompt", param="prompt")
         self.choices(len(prompts))
         for i, one in enumerate(prompts):
             if isinstance(one, list) and not one:
-                raise HTTPError(400, f"prompt[{i}]: an empty list of token ids")
+                raise HTTPError(400, f"prompt[{i}]: an empty list of token ids", param="prompt")
             if isinstance(one, list) and self.suffix:
-                raise HTTPError(400, "suffix needs the prompt as text, not token ids")
+                raise HTTPError(400, "suffix needs the prompt as text, not token ids", param="suffix")
         if self.suffix and self.echo and self.logprobs is not None:
             # The scored tokens would be the fill-in-the-middle template's, not the prompt's.
-            raise HTTPError(400, "echo with logprobs scores a prompt: it cannot be combined with suffix")
+            message = "echo with logprobs scores a prompt: it cannot be combined with suffix"
+            raise HTTPError(400, message, param="echo")
         return prompts
 
 
@@ -217,11 +238,13 @@ def router(state: ServerState) -> APIRouter:
         servable = await inference.servable(body.model)
         if body.tool_choice not in (None, "auto", "none") and not body.tools:
             raise HTTPError(400, "tool_choice needs tools: send the tools it may call", param="tool_choice")
-        messages = [_message(i, m) for i, m in enumerate(body.messages)]
-        # OpenAI's reasoning_effort is Ollama's think level, as Ollama's own OpenAI API reads it.
+        messages = named_tool_results([_message(i, m) for i, m in enumerate(body.messages)])
         now = datetime.now().astimezone()  # templates that print today's date (strftime_now)
-        request = PromptRequest.chat(messages, tools=body.tools, think=body.reasoning_effort, now=now)
-        parser = parser_for(servable.name, servable.prompting, body.parsed_tools())
+        request = PromptRequest.chat(messages, tools=body.tools, think=body.think(), now=now)
+        try:
+            parser = parser_for(servable.name, servable.prompting, body.parsed_tools())
+        except InferenceRequestError as exc:  # a model that cannot take tools
+            raise HTTPError(400, str(exc), param="tools") from None
         top = body.logprobs_top()
         format_ = _format(body.response_format)
         forced = forced_call_schema(body.tools or [], body.tool_choice) if parser is not None else None
@@ -229,7 +252,8 @@ def router(state: ServerState) -> APIRouter:
         if forced is not None:
             # tool_choice "required" or a named function: a grammar makes the answer that call.
             if format_ is not None:
-                raise HTTPError(400, "tool_choice that forces a call cannot be combined with response_format")
+                refusal = "tool_choice that forces a call cannot be combined with response_format"
+                raise HTTPError(400, refusal, param="response_format")
             format_ = forced
 
         def generate(choice: int) -> AsyncGenerator[Any, None]:
@@ -517,6 +541,8 @@ async def _answer(
     events of `chunk`s (`text`, whether it is the choice's first) or answered whole with a `choice`
     each; both endpoints differ only in those shapes and in that of their `logprobs` (of some
     tokens, and the length of the text before them)."""
+    if body.stream_options is not None and not body.stream:  # as OpenAI answers
+        raise HTTPError(400, "stream_options is only allowed when stream is true", param="stream_options")
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return await _sse(
@@ -682,7 +708,8 @@ def _message(index: int, body: ChatMessageBody) -> ChatMessage:
             if kind == "text":
                 texts.append(str(part.get("text", "")))
             elif kind in ("image_url", "input_image", "input_audio"):
-                raise HTTPError(400, "this model takes text only: image and audio parts are not supported")
+                message = "this model takes text only: image and audio parts are not supported"
+                raise HTTPError(400, message, param=f"{where}.content")
             else:  # a file, or a part this server does not know: never dropped without a word
                 message = (
                     f"{where}.content[{j}]: {kind!r} parts are not supported; send the text as text parts"
@@ -696,7 +723,8 @@ def _message(index: int, body: ChatMessageBody) -> ChatMessage:
         try:
             parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
         except json.JSONDecodeError:
-            raise HTTPError(400, f"tool_calls[{i}].function.arguments is not JSON") from None
+            message = f"{where}.tool_calls[{i}].function.arguments is not JSON"
+            raise HTTPError(400, message, param=f"{where}.tool_calls") from None
         calls.append(ToolCall(str(function.get("name", "")), parsed, str(call.get("id", "")), i))
     return ChatMessage(
         role=role,
@@ -705,6 +733,19 @@ def _message(index: int, body: ChatMessageBody) -> ChatMessage:
         tool_name=body.name or "",
         tool_call_id=body.tool_call_id or "",
     )
+
+
+def named_tool_results(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+    """Tool results that give only their call's id (as OpenAI's clients send them) take the
+    function's name from that call, as Ollama's OpenAI API does: templates print it (`.ToolName`)."""
+    names: dict[str, str] = {}
+    named = []
+    for message in messages:
+        names |= {call.id: call.name for call in message.tool_calls if call.id}
+        if message.role == "tool" and not message.tool_name and message.tool_call_id in names:
+            message = dataclasses.replace(message, tool_name=names[message.tool_call_id])
+        named.append(message)
+    return named
 
 
 def _delta(text: str | None, first: bool) -> dict[str, Any]:
@@ -721,7 +762,8 @@ def _format(response_format: ResponseFormat | None) -> str | dict[str, Any] | No
     if schema is None:  # optional in OpenAI's API: any JSON then
         return "json"
     if not isinstance(schema, dict):
-        raise HTTPError(400, "response_format.json_schema.schema must be a JSON schema object")
+        message = "response_format.json_schema.schema must be a JSON schema object"
+        raise HTTPError(400, message, param="response_format")
     return schema
 
 
