@@ -751,10 +751,12 @@ def test_one_names_keep_alive_0_does_not_unload_anothers_pinned_runner(tmp_path:
         scheduler = fake_scheduler(tmp_path)
         try:
             await scheduler.ensure(fake(tmp_path, "A", "w1", "dA", pinned=True, keep_alive=math.inf))
-            (await scheduler.acquire(fake(tmp_path, "B", "w1", "dB", keep_alive=0))).release()
-            await asyncio.sleep(0.05)
-            assert set(rows(scheduler)) == {"A", "B"} and scheduler.loads == 1
+            b = await scheduler.acquire(fake(tmp_path, "B", "w1", "dB", keep_alive=0))
             assert rows(scheduler)["A"].pinned and not rows(scheduler)["B"].pinned
+            b.release()
+            await asyncio.sleep(0.05)
+            assert set(rows(scheduler)) == {"A"} and scheduler.loads == 1  # B left; A's runner stays
+            assert rows(scheduler)["A"].pinned
             await scheduler.ensure(fake(tmp_path, "A", "w1", "dA", pinned=False))  # unpinned: by A only
             assert not any(s.pinned for s in rows(scheduler).values())
             assert scheduler._entries["A"].pinned is False
@@ -824,6 +826,27 @@ def test_unloading_a_crashed_model_with_open_requests_does_not_hang_the_loop(tmp
             scheduler._runner_died(entry, entry.runner)  # as the runner's reader thread reports it
             asyncio.get_running_loop().call_later(0.1, lease.release)  # its request fails, releases
             await asyncio.wait_for(scheduler.unload("X"), 5)
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_keep_alive_0_takes_its_name_off_a_shared_runner_at_once(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        scheduler = fake_scheduler(tmp_path)
+        try:
+            (await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))).release()
+            (await scheduler.acquire(fake(tmp_path, "B", "w1", "dB"))).release()
+            assert set(rows(scheduler)) == {"A", "B"} and scheduler.loads == 1
+            # A asks for 0 (as `ollama stop A` does): A goes, B keeps the runner and now leads it.
+            (await scheduler.acquire(fake(tmp_path, "A", "w1", "dA", keep_alive=0))).release()
+            assert set(rows(scheduler)) == {"B"} and rows(scheduler)["B"].expires_at is not None
+            assert scheduler.loads == 1, "the runner stayed for B"
+            # A pinned name stays whatever a request asks.
+            (await scheduler.acquire(fake(tmp_path, "C", "w1", "dC", pinned=True))).release()
+            (await scheduler.acquire(fake(tmp_path, "C", "w1", "dC", keep_alive=0))).release()
+            assert set(rows(scheduler)) == {"B", "C"}
         finally:
             await scheduler.close()
 

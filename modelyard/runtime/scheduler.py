@@ -575,7 +575,16 @@ class Scheduler:
         if entry.refs > 0 or entry.state is not EntryState.READY:
             return
         entry.idle.set()
-        if entry.keep_alive <= 0:  # every name sharing it asked for 0
+        leaving = [
+            name for name in entry.names if entry.keep_by.get(name, 1.0) <= 0 and name not in entry.pinned_by
+        ]
+        if leaving and len(leaving) < len(entry.names):
+            # Names that asked for 0 leave a runner other names keep, as unloading them would: the
+            # runner stays on the others' keep_alive (Ollama, keyed by the weights, would unload it
+            # under them), and /api/ps no longer lists the names that asked to go.
+            for name in leaving:
+                self._detach(entry, name)
+        elif entry.keep_alive <= 0:  # every name sharing it asked for 0
             entry.expires_at = entry.last_used
             entry.doomed = True
             self._spawn(self._unload(entry))
