@@ -3,6 +3,7 @@ cancellation, embeddings, LoRA, crashes and bad requests."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -424,6 +425,32 @@ def test_num_predict_zero_reads_the_prompt_and_predicts_nothing(tiny_runner: Run
 
 
 # --- concurrency, cancellation, crashes ----------------------------------------------------
+
+
+def test_a_runner_that_stops_reading_never_blocks_its_caller(tiny_gguf: Path) -> None:
+    """The server submits from its event loop: a write that waited for a stuck runner would freeze
+    every model's requests and /health (found with a stopped runner and a 660 KB format schema)."""
+    runner = Runner.start(RunnerSpec("stuck", tiny_gguf, options=LoadOptions(num_ctx=128, num_parallel=2)))
+    try:
+        os.kill(runner.pid, signal.SIGSTOP)
+        prompts = ["word " * 200_000, "the cat"]  # 1 MB: more than the socket's buffer takes
+        events: list[list[object]] = [[], []]
+        started = time.monotonic()
+        for prompt, into in zip(prompts, events, strict=True):
+            request = CompletionRequest(prompt, SamplingOptions(temperature=0, num_predict=2))
+            runner.submit(request, into.append)
+        assert time.monotonic() - started < 1, "submit waited for the stopped runner"
+        assert runner._channel is not None and runner._channel.backlog_bytes() > 0
+        os.kill(runner.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 60
+        while not all(into and isinstance(into[-1], Done) for into in events):
+            assert time.monotonic() < deadline, events
+            time.sleep(0.05)
+        assert runner._channel.backlog_bytes() == 0, "written out, in order, once it read again"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(runner.pid, signal.SIGCONT)
+        runner.stop()
 
 
 def test_cancel_frees_the_slot(tiny_gguf: Path) -> None:

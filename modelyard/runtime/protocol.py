@@ -28,6 +28,7 @@ runner knows nothing of templates; it tokenizes with the model's own vocabulary.
 
 from __future__ import annotations
 
+import collections
 import json
 import socket
 import threading
@@ -142,12 +143,22 @@ def load_message(
 
 
 class Channel:
-    """JSON lines over a connected socket; writes from several threads are serialised."""
+    """JSON lines over a connected socket; writes from several threads are serialised.
 
-    def __init__(self, sock: socket.socket) -> None:
+    `never_block`: a write never waits for the other side to read. The parent's writes come from
+    the server's event loop, and a runner that stops reading (stopped, or stuck in a long C call)
+    would fill the socket's buffer, and a blocking write then freezes the whole server, every
+    model's requests and /health with it. What the buffer cannot take at once waits in a backlog
+    that a thread of its own writes out, in order."""
+
+    def __init__(self, sock: socket.socket, *, never_block: bool = False) -> None:
         self.sock = sock
         self._reader = sock.makefile("rb", buffering=1 << 16)
         self._write_lock = threading.Lock()
+        self._backlog: collections.deque[bytes] | None = collections.deque() if never_block else None
+        self._more = threading.Condition(self._write_lock)
+        self._writer: threading.Thread | None = None
+        self._closed = False
 
     def send(self, message: dict[str, Any]) -> None:
         self.send_all([message])
@@ -158,7 +169,45 @@ class Channel:
             json.dumps(m, separators=(",", ":"), ensure_ascii=False).encode() + b"\n" for m in messages
         )
         with self._write_lock:
-            self.sock.sendall(data)
+            if self._backlog is None:
+                self.sock.sendall(data)
+                return
+            if self._closed:
+                raise BrokenPipeError("the channel is closed")
+            if not self._backlog:  # nothing waiting before it: as much as the buffer takes now
+                try:
+                    sent = self.sock.send(data, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    sent = 0
+                if sent == len(data):
+                    return
+                data = data[sent:]
+            self._backlog.append(data)
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_backlog, name="backlog", daemon=True)
+                self._writer.start()
+            self._more.notify()
+
+    def _write_backlog(self) -> None:
+        assert self._backlog is not None
+        while True:
+            with self._write_lock:
+                while not self._backlog and not self._closed:
+                    self._more.wait()
+                if self._closed:
+                    return
+                data = self._backlog[0]  # stays first until written: later writes queue behind it
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                return  # the other side is gone: its reader sees the end and fails the requests
+            with self._write_lock:
+                self._backlog.popleft()
+
+    def backlog_bytes(self) -> int:
+        """Bytes written but not yet taken by the other side's socket buffer."""
+        with self._write_lock:
+            return sum(map(len, self._backlog or ()))
 
     def batch(self) -> tuple[Callable[[dict[str, Any]], None], Callable[[], None]]:
         """(send, flush): `send` keeps messages until `flush` writes them together (one thread)."""
@@ -182,6 +231,9 @@ class Channel:
         return value
 
     def close(self) -> None:
+        with self._write_lock:
+            self._closed = True
+            self._more.notify_all()
         try:
             self._reader.close()
         finally:

@@ -139,7 +139,7 @@ class Runner:
     ) -> None:
         self._proc, parent = launcher.take() if launcher is not None else spawn_runner_process()
         threading.Thread(target=self._read_stderr, name=f"runner-stderr-{self.pid}", daemon=True).start()
-        self._channel = Channel(parent)
+        self._channel = Channel(parent, never_block=True)  # written from the server's event loop
         spec = self.spec
         adapters = [(str(path), scale) for path, scale in spec.adapters]
         parent.settimeout(timeout)
