@@ -64,6 +64,7 @@ class Case:
 
 
 T = target()
+FIRST = MODEL.replace("context: 2048", "context: 2048, priority: 5")
 CASES = [
     Case("not-loaded-loads", expect=(("load", "chat"),), phase=Phase.LOADING),
     Case("not-stored-pulls-first", stored=(), expect=(("pull", "chat"),), phase=Phase.PULLING),
@@ -197,6 +198,34 @@ CASES = [
     ),
     Case("registry-down-and-nothing-known-fails", tag=None, stored=(), phase=Phase.FAILED),
     Case("too-big-even-alone", sizes={"chat": 20_000}, phase=Phase.FAILED),
+    # An estimate over the budget by less than the estimates err: it loads, and is then measured.
+    Case("an-estimate-just-over-the-budget-loads", sizes={"chat": 11_000}, expect=(("load", "chat"),)),
+    Case(
+        "a-new-digest-too-big-even-alone-leaves-the-old-serving",
+        tag="b",
+        stored=("a", "b"),
+        running=(ready(size=2000),),
+        memory={"chat": Memory(applied(T))},
+        sizes={"chat": 20_000},
+        phase=Phase.FAILED,
+    ),
+    Case(
+        "the-old-digest-serving-on-still-counts-against-the-budget",
+        body=FIRST[:-1] + ", {name: other, image: localhost:5000/team/other:v1}]",
+        tag="b",
+        stored=("a", "b"),
+        running=(ready(size=6000),),
+        memory={"chat": Memory(applied(target(FIRST)))},
+        sizes={"chat": 20_000, "other": 5000},
+        expect=(),  # other does not fit beside the 6,000 bytes still serving
+    ),
+    Case(
+        "the-loaded-target-measured-over-a-lowered-budget-goes",
+        running=(ready(size=12_000),),
+        memory={"chat": Memory(applied(T))},
+        expect=(("unload", "chat"),),
+        phase=Phase.FAILED,
+    ),
     Case(
         "lower-priority-yields-memory",
         body="""
@@ -384,8 +413,8 @@ def test_a_model_that_shares_another_ones_runner_costs_no_memory_of_its_own() ->
     t = target()
     observed = Observed({}, {}, {"chat": 5_000}, 10_000, NOW, SESSION)
     shared = ready(size=0, shares_runner=True)
-    assert _footprint(t, shared, applied(t), observed) == 0
+    assert _footprint(t, shared, applied(t), observed) == (0, True)
     own = ready(size=0)  # size unknown: the estimate stands
-    assert _footprint(t, own, applied(t), observed) == 5_000
+    assert _footprint(t, own, applied(t), observed) == (5_000, False)
     reloading = replace(applied(t), load_key="other options")  # it will need a runner of its own
-    assert _footprint(t, shared, reloading, observed) == 5_000
+    assert _footprint(t, shared, reloading, observed) == (5_000, False)
