@@ -75,6 +75,7 @@ def test_the_deployment_serves_the_model_from_its_configmap_with_requests_from_t
     assert container["resources"]["requests"]["memory"] == "3328Mi"  # 3 GiB + 256 MiB for the server
     assert container["resources"]["limits"]["memory"] == "4160Mi"
     assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/", "port": "http"}  # not the models' state
     assert deployment["metadata"]["namespace"] == "llm" and service["spec"]["ports"][0]["port"] == 11434
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 

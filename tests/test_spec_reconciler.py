@@ -83,6 +83,23 @@ def test_a_moved_tag_is_pulled_and_swapped_in(tmp_path: Path, world: tuple[FakeE
     assert reconciler.status()["models"][0]["resolvedDigest"] == digest("b")
 
 
+def test_an_earlier_digest_serving_on_keeps_the_server_serving_though_not_reconciled(
+    tmp_path: Path, world: tuple[FakeEffects, FakeClock]
+) -> None:
+    """/health (serving) stays up through a tag move whose pull fails; Ready (reconciled) does not."""
+    effects, clock = world
+    reconciler = make(tmp_path, effects, clock)
+    reconciler.submit(documents(CHAT))
+    assert not reconciler.serving(), "nothing answers before the first load"
+    asyncio.run(reconciler.reconcile())
+    assert reconciler.serving() and reconciler.ready()
+    effects.tags[IMAGE] = digest("b")
+    effects.errors[("pull", IMAGE)] = [DigestMismatchError("b", "c")]
+    asyncio.run(reconciler.reconcile())
+    assert not reconciler.ready() and reconciler.serving()
+    assert reconciler.status()["models"][0]["serving"] == digest("a")
+
+
 def test_failures_back_off_exponentially_then_recover(
     tmp_path: Path, world: tuple[FakeEffects, FakeClock]
 ) -> None:

@@ -94,16 +94,19 @@ def _own_routes(app: FastAPI, state: ServerState) -> None:
     @app.head("/health", include_in_schema=False)
     async def health() -> Response:
         # Under `serve --spec` the server is ready (for a Kubernetes readiness probe) once every
-        # model of the spec is; otherwise as soon as it answers.
-        if state.spec_source and state.daemon is not None and not state.daemon.ready():
+        # model of the spec answers requests, an earlier digest serving on while a new one is
+        # pulled or swapped in counting; otherwise as soon as it answers. (A liveness probe wants
+        # `GET /`, which answers while the process does.)
+        if state.spec_source and state.daemon is not None:
             spec = state.daemon.status()
             body = {
-                "status": "starting",
+                "status": "ok" if state.daemon.serving() else "unavailable",
                 "version": __version__,
+                "reconciled": bool(spec.get("ready")),
                 "readyModels": spec.get("readyModels"),
                 "wantedModels": spec.get("wantedModels"),
             }
-            return JSONResponse(body, status_code=503)
+            return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
         return JSONResponse({"status": "ok", "version": __version__})
 
     @app.get("/api/status")

@@ -99,8 +99,12 @@ class SpecDaemon:
         return self.reconciler.status()
 
     def ready(self) -> bool:
-        """For `/health` under `serve --spec`: every model of the spec is Ready."""
+        """Every model of the spec is Ready (reconciled)."""
         return self.reconciler.ready()
+
+    def serving(self) -> bool:
+        """For `/health` under `serve --spec`: every model of the spec answers requests now."""
+        return self.reconciler.serving()
 
     async def wait_ready(self, timeout: float) -> bool:
         return await self.reconciler.wait_ready(timeout)

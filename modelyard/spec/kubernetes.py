@@ -178,7 +178,8 @@ def _deployment(
                 },
             }
         )
-    health = {"httpGet": {"path": "/health", "port": "http"}}
+    health = {"httpGet": {"path": "/health", "port": "http"}}  # 200 once every model answers requests
+    alive = {"httpGet": {"path": "/", "port": "http"}}  # 200 while the process answers at all
     resources: dict[str, Any] = {
         "requests": {"cpu": "1", "memory": _quantity(need)},
         "limits": {"memory": _quantity(int(need * 1.25))},
@@ -195,7 +196,8 @@ def _deployment(
         # Pulling a large model can take minutes: the startup probe waits up to 30 minutes.
         "startupProbe": {**health, "periodSeconds": 10, "failureThreshold": 180},
         "readinessProbe": {**health, "periodSeconds": 5, "failureThreshold": 3},
-        "livenessProbe": {**health, "periodSeconds": 20, "failureThreshold": 3},
+        # A model that fails, or a long pull, is no reason to restart the server.
+        "livenessProbe": {**alive, "periodSeconds": 20, "failureThreshold": 3},
         "volumeMounts": mounts,
     }
     selector = {"app.kubernetes.io/instance": full}

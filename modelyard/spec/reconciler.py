@@ -460,6 +460,18 @@ class Reconciler:
             for n in wanted
         )
 
+    def serving(self) -> bool:
+        """Every model the spec does not suspend answers requests now: Ready, Standby, or an earlier
+        digest serving on while the spec's moves on (a pull, a swap, a new digest that failed). A
+        readiness probe wants this, not `ready()`: a tag move would otherwise take the server out of
+        its Service for the length of a pull."""
+        spec = self._spec
+        if spec is None:
+            return False
+        wanted = [m.name for m in spec.models if not (m.suspend or spec.body.suspend)]
+        reports = self._reports
+        return all(n in reports and (reports[n].ready or reports[n].serving) for n in wanted)
+
     async def wait_ready(self, timeout: float) -> bool:
         """Wait until `ready()`; False when `timeout` seconds pass first."""
         async with self._changed:
