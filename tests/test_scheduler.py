@@ -832,6 +832,32 @@ def test_unloading_a_crashed_model_with_open_requests_does_not_hang_the_loop(tmp
     run(scenario())
 
 
+def test_a_request_for_a_model_that_is_stopping_waits_at_most_memory_wait(tmp_path: Path) -> None:
+    """`stop` during a stream without end: new requests get a 503 that says why, not a hang."""
+
+    async def scenario() -> None:
+        (tmp_path / "w1").write_bytes(b"x" * 1000)
+        settings = SchedulerSettings(ram_budget=10**6, memory_wait=0.3, retry_after=2)
+        scheduler = Scheduler(settings, starter=lambda spec, **_: FakeRunner(spec))
+        try:
+            streaming = await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))
+            stopping = asyncio.ensure_future(scheduler.unload("A"))
+            await asyncio.sleep(0.05)
+            assert "stopping: it unloads once its 1 running request(s) end" in rows(scheduler)["A"].note
+            started = time.monotonic()
+            with pytest.raises(ServerBusyError, match="A is stopping") as busy:
+                await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))
+            assert 0.25 < time.monotonic() - started < 2 and busy.value.retry_after == 2
+            streaming.release()  # the stream ends: the unload goes on, and A loads anew on request
+            await stopping
+            (await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))).release()
+            assert scheduler.loads == 2
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
 def test_keep_alive_0_takes_its_name_off_a_shared_runner_at_once(tmp_path: Path) -> None:
     async def scenario() -> None:
         scheduler = fake_scheduler(tmp_path)

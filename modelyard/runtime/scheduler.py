@@ -315,8 +315,16 @@ class Scheduler:
                 self._check_queue(entry)
                 if entry.closing and entry is not in_line:
                     # Going away: a new request would hold it up; it loads anew afterwards. One that
-                    # waited for its load is served by it first.
-                    await entry.settled.wait()
+                    # waited for its load is served by it first. A drain that outlasts memory_wait
+                    # (a stream without end) answers 503, not a request that hangs as long.
+                    try:
+                        await asyncio.wait_for(entry.settled.wait(), self.settings.memory_wait)
+                    except TimeoutError:
+                        raise ServerBusyError(
+                            f"{request.name} is {_stopping(entry)}; try again then",
+                            retry_after=self.settings.retry_after,
+                            reason="stopping",
+                        ) from None
                     continue
                 if entry.state is EntryState.READY and entry.matches(request, options):
                     return self._lease(entry, request)
@@ -510,7 +518,7 @@ class Scheduler:
                     kv_bytes=info.kv_bytes if info else entry.estimate.kv,
                     load_seconds=entry.load_seconds,
                     last_error=entry.last_error,
-                    note=entry.note,
+                    note=entry.note or (_stopping(entry) if entry.closing else ""),
                     context_effective=info.n_ctx_per_slot if info else 0,
                 )
             )
@@ -1134,3 +1142,7 @@ def _consume_exception(future: asyncio.Future[None]) -> None:
     # waiting is fine: don't let asyncio log "exception was never retrieved".
     if not future.cancelled():
         future.exception()
+
+
+def _stopping(entry: _Entry) -> str:
+    return f"stopping: it unloads once its {entry.refs} running request(s) end"
