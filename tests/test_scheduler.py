@@ -328,7 +328,9 @@ def test_queue_bound_gives_503(two_models: tuple[Path, Path]) -> None:
     run(scenario())
 
 
-def test_killed_runner_is_detected_and_reloaded(two_models: tuple[Path, Path]) -> None:
+def test_killed_runner_is_detected_and_reloaded(
+    two_models: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
     async def scenario() -> None:
         starter, started = counting_starter()
         scheduler = Scheduler(SchedulerSettings(ram_budget=2**34), starter=starter)
@@ -342,9 +344,30 @@ def test_killed_runner_is_detected_and_reloaded(two_models: tuple[Path, Path]) -
                 await asyncio.sleep(0.05)
             status = scheduler.status()[0]
             assert status.state == "failed" and "SIGKILL" in status.last_error
+            # Said where an operator looks, and nothing counted as held by a runner that is gone.
+            assert "SIGKILL" in status.note and status.size == 0 and status.size_vram == 0
+            assert any("m: runner crashed" in r.getMessage() for r in caplog.records)
             async with scheduler.lease(request(two_models[0], "m")) as lease:
                 assert await asyncio.to_thread(generate, lease.runner)
             assert started == ["m", "m"] and scheduler.status()[0].runner_pid != pid
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_a_crashed_model_leaves_the_list_when_its_keep_alive_runs_out(two_models: tuple[Path, Path]) -> None:
+    async def scenario() -> None:
+        scheduler = Scheduler(SchedulerSettings(ram_budget=2**34))
+        try:
+            await scheduler.preload(request(two_models[0], "m", keep_alive=0.5))
+            os.kill(scheduler.status()[0].runner_pid, signal.SIGKILL)
+            while scheduler.status()[0].state != "failed":
+                await asyncio.sleep(0.05)
+            assert await scheduler.expire_idle() == [] and len(scheduler.status()) == 1
+            await asyncio.sleep(0.6)
+            await scheduler.expire_idle()
+            assert scheduler.status() == [], "a failed entry does not stay listed for ever"
         finally:
             await scheduler.close()
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import logging
 import math
 import threading
 import time
@@ -48,6 +49,8 @@ from modelyard.runtime.memory import (
 )
 from modelyard.runtime.options import DEFAULT_NUM_CTX, LoadOptions, parse_load_options
 from modelyard.runtime.runner import Launcher, Runner, RunnerSpec
+
+log = logging.getLogger(__name__)
 
 GIB = 1024**3
 AUTO_PARALLEL_CHOICES = (4, 2, 1)
@@ -447,6 +450,17 @@ class Scheduler:
     async def expire_idle(self) -> list[str]:
         """Unload models past their keep_alive; returns their names."""
         now = self.clock()
+        for crashed in [
+            e
+            for e in self._every_entry()
+            if e.state is EntryState.FAILED
+            and e.refs == 0
+            and e.expires_at is not None
+            and e.expires_at <= now
+        ]:
+            for name in crashed.names:  # nothing to unload: its runner is gone
+                if self._entries.get(name) is crashed:
+                    del self._entries[name]
         expired = [
             e
             for e in self._every_entry()
@@ -497,14 +511,14 @@ class Scheduler:
                 if live and runner is not None and runner.alive
                 else None
             )
-            size = entry.host_bytes + entry.device_bytes
+            size = entry.host_bytes + entry.device_bytes if entry.holds_memory else 0  # a crash frees it
             out.append(
                 ModelStatus(
                     name=entry.name,
                     digest=entry.digest,
                     state=entry.state.value,
                     size=size,
-                    size_vram=entry.device_bytes,
+                    size_vram=entry.device_bytes if size else 0,
                     processor=processor_split(size, entry.device_bytes),
                     context_length=entry.options.num_ctx,
                     slots=entry.options.num_parallel,
@@ -518,7 +532,7 @@ class Scheduler:
                     kv_bytes=info.kv_bytes if info else entry.estimate.kv,
                     load_seconds=entry.load_seconds,
                     last_error=entry.last_error,
-                    note=entry.note or (_stopping(entry) if entry.closing else ""),
+                    note=entry.note or _note(entry),
                     context_effective=info.n_ctx_per_slot if info else 0,
                 )
             )
@@ -1103,6 +1117,16 @@ class Scheduler:
         entry.retry_at = self.clock() + self._backoff(entry.failures)
         entry.runner = None
         entry.idle.set()
+        # Listed as failed, holding nothing, until its keep_alive would have run out (then it goes
+        # from the list) or a request loads it again after the backoff.
+        if math.isfinite(entry.keep_alive):
+            entry.expires_at = self.clock() + max(entry.keep_alive, 0.0)
+        log.warning(
+            "%s: %s; the next request after %.0f s loads it again",
+            ", ".join(entry.names),
+            entry.last_error,
+            entry.retry_at - self.clock(),
+        )
         self._spawn(self._notify_capacity())
 
     async def _notify_capacity(self) -> None:
@@ -1146,3 +1170,11 @@ def _consume_exception(future: asyncio.Future[None]) -> None:
 
 def _stopping(entry: _Entry) -> str:
     return f"stopping: it unloads once its {entry.refs} running request(s) end"
+
+
+def _note(entry: _Entry) -> str:
+    if entry.closing:
+        return _stopping(entry)
+    if entry.state is EntryState.FAILED:
+        return entry.last_error
+    return ""
