@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -857,7 +858,10 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, ImageNotFoundError):
         return str(exc)
     if isinstance(exc, OSError) and not isinstance(exc, ModelyardError):
-        return f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc)
+        text = f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            text += "; `modelyard prune` removes unused blobs and partial downloads"
+        return text
     return str(exc)
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
 from pathlib import Path
 
 import pytest
 
 from modelyard.builder.build import Builder
-from modelyard.errors import ImageNotFoundError
+from modelyard.errors import CorruptStoreError, ImageNotFoundError
 from modelyard.reference import parse_reference
 from modelyard.runtime.servable import load_servable
+from modelyard.server.http_errors import classify
 from modelyard.store import Store
 
 
@@ -39,6 +41,48 @@ def test_servable_from_a_built_image(tmp_path: Path, tiny_gguf: Path, tiny_lora:
     assert request.shape is servable.gguf.shape and request.keep_alive == 60.0
     with pytest.raises(ImageNotFoundError):
         load_servable(store, parse_reference("team/m:v2"))
+
+
+def test_damaged_weights_in_the_store_are_the_servers_error_not_the_clients(
+    tmp_path: Path, tiny_gguf: Path
+) -> None:
+    shutil.copyfile(tiny_gguf, tmp_path / "w.gguf")
+    (tmp_path / "Modelfile").write_text("FROM ./w.gguf\n")
+    store = Store(tmp_path / "home" / "store")
+    Builder(store, tmp_path / "home" / "cache").build_file(tmp_path / "Modelfile", parse_reference("damaged"))
+    parts = store.read_parts(store.read_manifest(store.resolve(parse_reference("damaged")).digest))
+    assert parts.weights is not None
+    weights = store.blobs.path(parts.weights.digest)
+    weights.chmod(0o644)
+    weights.write_bytes(b"not a gguf")
+    with pytest.raises(CorruptStoreError, match="modelyard verify") as damaged:
+        load_servable(store, parse_reference("damaged"))
+    error = classify(damaged.value)
+    assert error is not None and error.status == 500 and "cannot be read" in error.message
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "fragment"),
+    [
+        pytest.param(
+            OSError(errno.ENOSPC, "No space left on device"), 507, "modelyard prune", id="disk-full"
+        ),
+        pytest.param(
+            OSError(errno.EROFS, "Read-only file system", "/s/ingest/x"), 500, "(/s/ingest/x)", id="ro"
+        ),
+        pytest.param(
+            PermissionError(errno.EACCES, "Permission denied", "/s"), 500, "permission denied", id="acl"
+        ),
+    ],
+)
+def test_disk_errors_are_said_plainly(error: OSError, status: int, fragment: str) -> None:
+    known = classify(error)
+    assert known is not None and known.status == status and fragment in known.message
+    assert known.message.startswith("the server cannot use its files")
+
+
+def test_other_os_errors_stay_bugs() -> None:
+    assert classify(ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")) is None
 
 
 @pytest.mark.parametrize(

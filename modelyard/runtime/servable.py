@@ -16,7 +16,7 @@ from typing import Any
 
 from modelyard.builder.gguf_info import read_gguf
 from modelyard.builder.prompt import ModelPrompting
-from modelyard.errors import StoreError
+from modelyard.errors import CorruptStoreError, GGUFError, StoreError
 from modelyard.reference import Reference
 from modelyard.runtime.memory import ModelShape, shape_from_gguf
 from modelyard.runtime.prompting import image_prompting
@@ -92,7 +92,14 @@ def load_servable(store: Store, ref: Reference) -> Servable:
         (store.blobs.path(a.digest), float(a.annotations.get(ANNOTATION_ADAPTER_SCALE, "1.0")))
         for a in parts.adapters
     )
-    facts = gguf_facts(weights)
+    try:
+        facts = gguf_facts(weights)
+    except GGUFError as exc:  # a blob the store verified when it came in: damaged since
+        raise CorruptStoreError(
+            weights,
+            f"the weights of {ref.short()} cannot be read ({exc.reason})",
+            hint="Run `modelyard verify`, then pull or build the image again.",
+        ) from None
     return Servable(
         reference=ref,
         digest=record.digest,

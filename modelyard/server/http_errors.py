@@ -7,6 +7,7 @@ the table is a bug: it is logged with its traceback and answered 500 without det
 
 from __future__ import annotations
 
+import errno
 import math
 
 from modelyard.errors import (
@@ -75,13 +76,28 @@ _TABLE: tuple[tuple[type[Exception], int, str], ...] = (
 
 
 # Every class that classify() knows: the app answers these without a traceback.
-KNOWN_ERRORS: tuple[type[Exception], ...] = (HTTPError, *(kind for kind, _, _ in _TABLE))
+KNOWN_ERRORS: tuple[type[Exception], ...] = (HTTPError, OSError, *(kind for kind, _, _ in _TABLE))
+
+
+# Errors of the machine's disk, not bugs: said plainly, with what to do about them.
+_PRUNE = "`modelyard prune` removes unused blobs and partial downloads"
+_DISK_ERRORS = {
+    errno.ENOSPC: (507, f"no space is left on the disk; {_PRUNE}"),
+    errno.EDQUOT: (507, f"the disk quota is used up; {_PRUNE}"),
+    errno.EROFS: (500, "the file system is read-only"),
+    errno.EACCES: (500, "permission denied"),
+    errno.EPERM: (500, "operation not permitted"),
+}
 
 
 def classify(exc: BaseException) -> HTTPError | None:
     """The HTTP form of a known error; None for a bug."""
     if isinstance(exc, HTTPError):
         return exc
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRORS:
+        status, what = _DISK_ERRORS[exc.errno]
+        where = f" ({exc.filename})" if exc.filename else ""
+        return HTTPError(status, f"the server cannot use its files{where}: {what}", kind="server_error")
     for kind, status, error_type in _TABLE:
         if isinstance(exc, kind):
             message, code = str(exc), None

@@ -324,7 +324,7 @@ def router(state: ServerState) -> APIRouter:
         modelfile = _modelfile_from(body)
         events = state.build(modelfile, target, body.quantize)
         inference.forget(body.model_name())
-        return await _progress_response(http, events, body.stream)
+        return await _progress_response(http, events, body.stream, state.error_for)
 
     @api.post("/api/pull")
     async def pull_model(body: PullBody, http: Request) -> Response:
@@ -332,7 +332,7 @@ def router(state: ServerState) -> APIRouter:
         options = state.registry_options(insecure=bool(body.insecure))
         events = state.in_thread(lambda sink: pull(state.store, ref, options, sink))
         inference.forget(body.model_name())
-        return await _progress_response(http, events, body.stream)
+        return await _progress_response(http, events, body.stream, state.error_for)
 
     @api.post("/api/push")
     async def push_model(body: PullBody, http: Request) -> Response:
@@ -341,7 +341,7 @@ def router(state: ServerState) -> APIRouter:
         events = state.in_thread(
             lambda sink: push(state.store, ref, options, format=PushFormat.BOTH, progress=sink)
         )
-        return await _progress_response(http, events, body.stream)
+        return await _progress_response(http, events, body.stream, state.error_for)
 
     return api
 
@@ -457,10 +457,15 @@ def _single_or_stream(streaming: bool | None, lines: list[dict[str, Any]]) -> Re
 
 
 async def _progress_response(
-    http: Request, events: AsyncGenerator[ProgressEvent, None], streaming: bool | None
+    http: Request,
+    events: AsyncGenerator[ProgressEvent, None],
+    streaming: bool | None,
+    error_for: Callable[[BaseException], HTTPError],
 ) -> Response:
     """pull/push/create: progress lines; with stream false, the last one (or the error). Either
-    way, the work stops if its client leaves (a 499 for the one not streamed)."""
+    way, the work stops if its client leaves (a 499 for the one not streamed). An error after the
+    first line is a line of its own, whatever it is (`error_for` logs one it does not know): a
+    stream that just stops reads as an answer cut short by the network."""
     first = await anext(events)  # errors before any progress (a bad name, a 404) keep their status
     if streaming is False:
 
@@ -483,12 +488,7 @@ async def _progress_response(
             async for event in events:
                 yield _line(event.to_json())
         except Exception as exc:
-            from modelyard.server.http_errors import classify
-
-            known = classify(exc)
-            if known is None:
-                raise
-            yield _line({"error": known.message})
+            yield _line({"error": error_for(exc).message})
         finally:
             await events.aclose()  # at once, not when the collector gets to it: the work stops too
 

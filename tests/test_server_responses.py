@@ -1,14 +1,17 @@
-"""Request ids (modelyard/server/request_id.py): which ids a client may choose, and the header on
-every kind of response, checked on a small app (the live server's are in test_server_limits.py)."""
+"""Responses on small apps, without models: request ids (modelyard/server/request_id.py) on every
+kind of response, and the error line that ends a progress stream (the live server's checks are in
+test_server_limits.py and test_server_e2e.py)."""
 
 from __future__ import annotations
 
+import errno
+import json
 from collections.abc import AsyncIterator
 
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
@@ -65,3 +68,34 @@ def test_every_response_carries_an_id_and_the_handler_sees_it() -> None:
         stream = client.get("/streamed")
         assert stream.text == "one\ntwo\n" and stream.headers["x-request-id"].startswith("req_")
         assert client.get("/nowhere").headers["x-request-id"].startswith("req_")
+
+
+def test_a_progress_stream_that_fails_ends_with_an_error_line_whatever_the_error() -> None:
+    """pull/push/create: a disk that fills mid-pull (or any error after the first line) is a line
+    of its own, not a stream that just stops (which reads as the network's fault)."""
+    from modelyard.progress import ProgressEvent
+    from modelyard.server.http_errors import HTTPError, classify
+    from modelyard.server.ollama_api import _progress_response
+
+    def error_for(exc: BaseException) -> HTTPError:
+        return classify(exc) or HTTPError(500, "internal error")
+
+    async def pulling() -> AsyncIterator[ProgressEvent]:
+        yield ProgressEvent("pulling manifest")
+        yield ProgressEvent("pulling 1a2b3c4d5e6f", "sha256:1a2b", 100, 50)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    async def broken() -> AsyncIterator[ProgressEvent]:
+        yield ProgressEvent("pulling manifest")
+        raise RuntimeError("a bug")
+
+    async def route(request: Request) -> Response:
+        events = pulling() if request.url.path == "/disk" else broken()
+        return await _progress_response(request, events, True, error_for)  # type: ignore[arg-type]
+
+    app = Starlette(routes=[Route("/disk", route), Route("/bug", route)])
+    with TestClient(app) as client:
+        lines = [json.loads(line) for line in client.get("/disk").text.splitlines()]
+        assert [line.get("status") for line in lines[:2]] == ["pulling manifest", "pulling 1a2b3c4d5e6f"]
+        assert "no space is left on the disk" in lines[-1]["error"]
+        assert json.loads(client.get("/bug").text.splitlines()[-1]) == {"error": "internal error"}
