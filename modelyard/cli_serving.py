@@ -74,7 +74,7 @@ class ApiClient:
                     raise ApiError(response.status_code, _error_text(response))
                 for line in response.iter_lines():
                     if line.strip():
-                        value = json.loads(line)
+                        value = self._line(line)
                         if "error" in value:
                             raise ApiError(200, str(value["error"]))
                         yield value
@@ -82,6 +82,8 @@ class ApiClient:
             raise ServerUnreachableError(self.base_url) from None
         except httpx.TimeoutException:
             raise ApiTimeout(self.base_url, self.http.timeout.read) from None
+        except httpx.HTTPError as exc:  # the server went away mid-answer, or spoke no HTTP
+            raise ApiError(0, self._broken(exc)) from None
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         import httpx
@@ -92,13 +94,33 @@ class ApiClient:
             raise ServerUnreachableError(self.base_url) from None
         except httpx.TimeoutException:
             raise ApiTimeout(self.base_url, self.http.timeout.read) from None
+        except httpx.HTTPError as exc:
+            raise ApiError(0, self._broken(exc)) from None
         if response.status_code >= 400:
             raise ApiError(response.status_code, _error_text(response))
         return response
 
-    @staticmethod
-    def _json(response: httpx.Response) -> Any:
-        return response.json() if response.content else {}
+    def _json(self, response: httpx.Response) -> Any:
+        try:
+            return response.json() if response.content else {}
+        except ValueError:
+            raise ApiError(response.status_code, self._not_ollama(response.text)) from None
+
+    def _line(self, line: str) -> dict[str, Any]:
+        try:
+            value = json.loads(line)
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            raise ApiError(200, self._not_ollama(line))
+        return value
+
+    def _broken(self, exc: Exception) -> str:
+        why = str(exc) or type(exc).__name__
+        return f"the connection to {self.base_url} broke off ({why}); is the server still running?"
+
+    def _not_ollama(self, text: str) -> str:
+        return f"{self.base_url} answered something that is not Ollama's API: {text[:80]!r}"
 
     def close(self) -> None:
         self.http.close()

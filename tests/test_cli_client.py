@@ -1,4 +1,5 @@
-"""The CLI's small API client: a server that answers too slowly is a clear error, not a traceback."""
+"""The CLI's small API client: a server that answers too slowly, breaks off, or is not Ollama's API is
+a clear error, not a traceback."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from modelyard.cli_serving import ApiClient, ApiTimeout
+from modelyard.cli_serving import ApiClient, ApiError, ApiTimeout
 
 
 @pytest.fixture
@@ -36,6 +37,51 @@ def test_a_server_slower_than_the_timeout_is_an_api_timeout(slow_server: str) ->
         with pytest.raises(ApiTimeout, match="did not answer within"):
             client.post("/api/generate", {"model": "m", "keep_alive": 0})
         with pytest.raises(ApiTimeout):
+            list(client.stream("/api/chat", {"model": "m"}))
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def rude_server() -> Iterator[str]:
+    """Closes every connection mid-answer (`/cut`), or answers something that is not Ollama's API."""
+
+    class Rude(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            if self.path == "/cut":
+                self.send_response(200)
+                self.send_header("Content-Length", "1000")
+                self.end_headers()
+                self.wfile.write(b'{"model": ')  # then the connection closes
+                return
+            body = b"<html>a proxy's page</html>"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Rude)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_connection_that_breaks_or_an_answer_that_is_not_the_api_is_an_api_error(rude_server: str) -> None:
+    client = ApiClient(rude_server, None, timeout=5)
+    try:
+        with pytest.raises(ApiError, match=r"broke off .*is the server still running"):
+            client.get("/cut")
+        with pytest.raises(ApiError, match="broke off"):
+            list(client.stream("/cut", {"model": "m"}))
+        with pytest.raises(ApiError, match=r"not Ollama's API: .<html>"):
+            client.get("/api/ps")
+        with pytest.raises(ApiError, match="not Ollama's API"):
             list(client.stream("/api/chat", {"model": "m"}))
     finally:
         client.close()
