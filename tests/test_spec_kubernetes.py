@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,12 @@ from modelyard.spec.daemon import export_for
 from modelyard.spec.kubernetes import (
     ExportOptions,
     estimate_models,
+    export_caveats,
     export_kubernetes,
     export_yaml,
     kubeai_caveats,
     kubernetes_name,
+    resource_name,
 )
 from modelyard.spec.schema import parse_spec
 from modelyard.store import Store
@@ -143,12 +146,12 @@ def test_kubernetes_names(served: str, name: str) -> None:
 def test_estimates_come_from_images_in_the_store(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home")
     store = Store(settings.store_dir)
-    build(store, write_tiny_llama(tmp_path / "t.gguf"), "localhost:5000/team/tiny:v1", tmp_path)
+    build(store, write_tiny_llama(tmp_path / "t.gguf"), "registry.example/team/tiny:v1", tmp_path)
     spec_file = tmp_path / "m.yaml"
     spec_file.write_text(
         "apiVersion: modelyard/v1\nkind: ModelSet\nspec:\n  models:\n"
-        "    - {name: tiny, image: 'localhost:5000/team/tiny:v1', parallel: 2}\n"
-        "    - {name: gone, image: 'localhost:5000/team/gone:v1'}\n"
+        "    - {name: tiny, image: 'registry.example/team/tiny:v1', parallel: 2}\n"
+        "    - {name: gone, image: 'registry.example/team/gone:v1'}\n"
     )
     estimates = estimate_models(parse_spec_text(spec_file.read_text()), store)
     assert set(estimates) == {"tiny"} and 1_000_000 < estimates["tiny"] < 10_000_000
@@ -201,3 +204,41 @@ def test_the_cli_passes_namespace_image_and_registry_secret(tmp_path: Path) -> N
         assert any(v.get("secret", {}).get("secretName") == "regcred" for v in pod.get("volumes", []))
     for resource in resources:
         validate(resource)
+
+
+@pytest.mark.parametrize(
+    ("set_name", "model", "expected"),
+    [
+        pytest.param("default", "chat", "default-chat", id="plain"),
+        pytest.param("team.prod", "gemma3-270m", "team-prod-gemma3-270m", id="no-dots-in-a-service-name"),
+        pytest.param("7th", "chat", "m-7th-chat", id="a-letter-first"),
+    ],
+)
+def test_resource_names_are_dns_1035_labels(set_name: str, model: str, expected: str) -> None:
+    assert resource_name(set_name, model) == expected
+
+
+def test_long_resource_names_stay_apart() -> None:
+    long = "a" * 57
+    a, b = resource_name(long, "chat-a"), resource_name(long, "chat-b")
+    assert a != b and len(a) <= 63 and len(b) <= 63
+    assert all(re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", n) for n in (a, b))
+
+
+def test_a_deployment_keeps_the_specs_settings_and_says_what_a_cluster_cannot_do() -> None:
+    spec = make_spec(
+        """
+        selfHeal: false
+        prune: false
+        memory: {ram: 2GiB}
+        models: [{name: chat, image: 'localhost:5055/team/m0:v1'}]
+        """
+    )
+    config_map = export_kubernetes(spec, mode="deployment")[0]
+    one = parse_spec_text(config_map["data"]["modelset.yaml"])
+    assert one.body.self_heal is False and one.body.prune is False
+    caveats = export_caveats(spec, "deployment")
+    assert any("spec.memory is a budget for one machine" in c for c in caveats)
+    assert any("localhost:5055 inside a pod is the pod itself" in c for c in caveats)
+    with pytest.raises(SpecError, match="is a local image; the pod pulls from a registry"):
+        export_kubernetes(make_spec("models: [{name: chat, image: m0}]"), mode="deployment")

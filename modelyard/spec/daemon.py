@@ -31,9 +31,9 @@ from modelyard.spec.kubernetes import (
     ExportOptions,
     Mode,
     estimate_models,
+    export_caveats,
     export_kubernetes,
     export_yaml,
-    kubeai_caveats,
 )
 from modelyard.spec.plan import Plan, format_plan
 from modelyard.spec.reconciler import Clock, Reconciler, ReconcilerSettings, SpecSource
@@ -179,9 +179,9 @@ def export_for(
     path: Path | str, settings: Settings, *, mode: Mode = "both", options: ExportOptions | None = None
 ) -> str:
     """`modelyard export k8s -f PATH`: the resources as multi-document YAML, with a YAML comment
-    for each thing the export cannot carry (kubeai_caveats)."""
+    for each thing the export cannot carry or that will not work in a cluster (export_caveats)."""
     spec = load_spec(path)
     estimates = estimate_models(spec, Store(settings.store_dir))
     text = export_yaml(export_kubernetes(spec, mode=mode, estimates=estimates, options=options))
-    caveats = "".join(f"# warning: {caveat}\n" for caveat in kubeai_caveats(spec, mode))
+    caveats = "".join(f"# warning: {caveat}\n" for caveat in export_caveats(spec, mode))
     return caveats + text

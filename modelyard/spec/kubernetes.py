@@ -17,6 +17,7 @@ Pure: the estimates come in as a mapping (`estimate_models` reads them from the 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Mapping
@@ -83,6 +84,25 @@ def export_kubernetes(
     return resources
 
 
+def export_caveats(spec: Spec, mode: Mode) -> list[str]:
+    """What the export cannot carry of the spec, or what will not work in a cluster, said rather
+    than dropped in silence."""
+    caveats = []
+    if spec.body.memory.total is not None:
+        caveats.append(
+            "spec.memory is a budget for one machine serving every model; each model's pod gets a "
+            "memory limit from that model's estimate instead"
+        )
+    for model in spec.models:
+        host = parse_reference(model.image).host or ""
+        if not model.suspend and host.split(":")[0] in ("localhost", "127.0.0.1", "::1", "[::1]"):
+            caveats.append(
+                f"model {model.name!r}: {host} inside a pod is the pod itself; name a registry the "
+                "cluster reaches"
+            )
+    return caveats + kubeai_caveats(spec, mode)
+
+
 def kubeai_caveats(spec: Spec, mode: Mode) -> list[str]:
     """What a KubeAI Model cannot carry of the spec, said rather than dropped in silence."""
     if mode not in ("kubeai", "both"):
@@ -129,7 +149,7 @@ def estimate_models(spec: Spec, store: Store) -> dict[str, int]:
 def _deployment(
     spec: Spec, model: ModelSpec, name: str, estimated: int | None, options: ExportOptions
 ) -> list[dict[str, Any]]:
-    full = f"{spec.name}-{name}"[:63].rstrip("-")
+    full = resource_name(spec.name, name)
     labels = {
         "app.kubernetes.io/name": "modelyard",
         "app.kubernetes.io/instance": full,
@@ -138,11 +158,16 @@ def _deployment(
         LABEL_MODEL: name,
     }
     need = (estimated or options.fallback_bytes) + SERVER_OVERHEAD
-    one = Spec(
-        name=spec.name,
-        body=ModelSetBody(interval=spec.body.interval, prune=True, models=(model,)),
-        labels=dict(spec.labels),
+    if not parse_reference(model.image).is_remote:
+        raise SpecError(
+            f"model {model.name!r}: {model.image} is a local image; the pod pulls from a registry, "
+            "so push it and name the registry in the spec"
+        )
+    # The spec's own settings, but the memory budget: the pod's memory limit is this model's.
+    body = ModelSetBody(
+        interval=spec.body.interval, prune=spec.body.prune, self_heal=spec.body.self_heal, models=(model,)
     )
+    one = Spec(name=spec.name, body=body, labels=dict(spec.labels))
     annotations = {
         ANNOTATION_SERVED_NAME: model.name,
         ANNOTATION_IMAGE: model.image,
@@ -288,6 +313,19 @@ def kubernetes_name(served: str) -> str:
     """A served name as a DNS label: `Gemma3:270m` → `gemma3-270m`."""
     name = _INVALID.sub("-", served.lower()).strip("-")
     return name[:KUBEAI_NAME_MAX].rstrip("-") or "model"
+
+
+def resource_name(set_name: str, model: str) -> str:
+    """The Deployment's and Service's name for one model of a set: a DNS-1035 label (what a
+    Service's name must be: letters, digits and '-', a letter first, at most 63), kept apart from
+    every other by a digest of the whole when it must be cut short."""
+    whole = f"{set_name}-{model}"
+    name = _INVALID.sub("-", whole.lower()).strip("-")
+    if not name[:1].isalpha():
+        name = "m-" + name
+    if len(name) > 63:
+        name = name[:54].rstrip("-") + "-" + hashlib.sha256(whole.encode()).hexdigest()[:8]
+    return name
 
 
 def _resource_names(spec: Spec) -> dict[str, str]:
