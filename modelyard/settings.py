@@ -41,6 +41,11 @@ class Settings:
     docker_config: Path = field(default_factory=lambda: Path.home() / ".docker")
     # Blobs a pull or push moves at once.
     registry_parallel: int = 4
+    # Registries reached over plain HTTP, or over HTTPS without certificate verification, whatever
+    # the command ($MODELYARD_PLAIN_HTTP_REGISTRIES, $MODELYARD_INSECURE_REGISTRIES: host[:port],
+    # comma-separated), as Docker's insecure-registries: what `serve --spec` pulls from, too.
+    plain_http_registries: tuple[str, ...] = ()
+    insecure_registries: tuple[str, ...] = ()
     # Serving ($MODELYARD_API_KEY, $MODELYARD_ORIGINS, $MODELYARD_NUM_PARALLEL, $MODELYARD_KEEP_ALIVE,
     # $MODELYARD_MAX_QUEUE, $MODELYARD_RAM_BUDGET). The key is never printed, not even in a repr.
     api_key: str | None = field(default=None, repr=False)
@@ -69,9 +74,9 @@ class Settings:
             "source_date_epoch": _source_date_epoch(env),
             "docker_config": default_docker_config(env),
             "api_key": env.get("MODELYARD_API_KEY") or None,
-            "cors_origins": tuple(
-                o.strip() for o in env.get("MODELYARD_ORIGINS", "").split(",") if o.strip()
-            ),
+            "cors_origins": _listed(env, "MODELYARD_ORIGINS"),
+            "plain_http_registries": _listed(env, "MODELYARD_PLAIN_HTTP_REGISTRIES"),
+            "insecure_registries": _listed(env, "MODELYARD_INSECURE_REGISTRIES"),
             "num_parallel": _positive_int(env, "MODELYARD_NUM_PARALLEL"),
             "keep_alive": env.get("MODELYARD_KEEP_ALIVE") or None,
             "max_queue": _positive_int(env, "MODELYARD_MAX_QUEUE") or 512,
@@ -79,6 +84,10 @@ class Settings:
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _listed(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
 
 
 _UNITS = {

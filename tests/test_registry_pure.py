@@ -28,8 +28,10 @@ from modelyard.registry.formats import (
     to_ollama,
 )
 from modelyard.registry.locations import EMPTY, mount_source, remember
+from modelyard.registry.options import RegistryOptions
 from modelyard.registry.push import PushFormat, plan_push
 from modelyard.registry.retry import RetryPolicy, parse_retry_after, retry_delay
+from modelyard.settings import Settings
 from modelyard.store.image import (
     ANNOTATION_FILEPATH,
     ANNOTATION_TITLE,
@@ -515,3 +517,26 @@ def test_plan_push(target: str, format: PushFormat, pushed: list[tuple[str, str]
 def test_plan_push_to_a_digest_is_modelpack_only() -> None:
     with pytest.raises(RegistryError, match="ModelPack manifest only"):
         plan_push(parse_reference(f"reg:5000/ns/m@{d(5)}"), OURS, OURS.to_bytes(), PushFormat.BOTH, CONFIG)
+
+
+@pytest.mark.parametrize(
+    ("host", "base_url", "verify"),
+    [
+        pytest.param("10.0.0.5:5000", "http://10.0.0.5:5000", False, id="plain-http-listed"),
+        pytest.param("reg.lan", "http://reg.lan", False, id="plain-http-listed-without-port"),
+        pytest.param("self.signed", "https://self.signed", False, id="insecure-listed"),
+        pytest.param("ghcr.io", "https://ghcr.io", True, id="any-other"),
+        pytest.param("reg.lan:5000", "https://reg.lan:5000", True, id="another-port-is-another-registry"),
+    ],
+)
+def test_registries_listed_in_settings_are_reached_as_listed(host: str, base_url: str, verify: bool) -> None:
+    """What `serve --spec` pulls from too: it takes no --plain-http or --insecure flag."""
+    settings = Settings.from_env(
+        {
+            "MODELYARD_PLAIN_HTTP_REGISTRIES": "10.0.0.5:5000, reg.lan",
+            "MODELYARD_INSECURE_REGISTRIES": "self.signed",
+            "HOME": "/nonexistent",
+        }
+    )
+    session = RegistryOptions.from_settings(settings).open_session(host)
+    assert (session.endpoint.base_url, session.endpoint.verify_tls) == (base_url, verify)

@@ -23,6 +23,8 @@ class RegistryOptions:
     cache_dir: Path  # where the blob-location ledger lives
     plain_http: bool = False
     insecure: bool = False
+    plain_http_hosts: frozenset[str] = frozenset()  # as plain_http, for these registries only
+    insecure_hosts: frozenset[str] = frozenset()  # as insecure, for these registries only
     parallel: int = 4  # blobs transferred at once
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     retry: RetryPolicy = DEFAULT_RETRY
@@ -37,6 +39,8 @@ class RegistryOptions:
             cache_dir=settings.cache_dir,
             plain_http=plain_http,
             insecure=insecure,
+            plain_http_hosts=frozenset(settings.plain_http_registries),
+            insecure_hosts=frozenset(settings.insecure_registries),
             parallel=settings.registry_parallel,
         )
 
@@ -47,7 +51,11 @@ class RegistryOptions:
         return LocationLedger(self.cache_dir / "registry-blobs.json")
 
     def open_session(self, host: str) -> RegistrySession:
-        endpoint = resolve_endpoint(host, plain_http=self.plain_http, insecure=self.insecure)
+        endpoint = resolve_endpoint(
+            host,
+            plain_http=self.plain_http or host in self.plain_http_hosts,
+            insecure=self.insecure or host in self.insecure_hosts,
+        )
         config = self.credentials()
         return RegistrySession(
             endpoint, lambda: config.lookup(host), retry=self.retry, transport=self.transport

@@ -364,9 +364,13 @@ def _tls_advice(endpoint: Endpoint) -> str:
     if endpoint.verify_tls:
         return (
             "TLS handshake or certificate verification failed; use --insecure to skip verification, "
-            "or --plain-http if the registry speaks plain HTTP"
+            "or --plain-http if the registry speaks plain HTTP (for every command and `serve --spec`: "
+            f"$MODELYARD_INSECURE_REGISTRIES or $MODELYARD_PLAIN_HTTP_REGISTRIES={endpoint.host})"
         )
-    return "TLS handshake failed; use --plain-http if the registry speaks plain HTTP"
+    return (
+        "TLS handshake failed; use --plain-http if the registry speaks plain HTTP (for every command "
+        f"and `serve --spec`: $MODELYARD_PLAIN_HTTP_REGISTRIES={endpoint.host})"
+    )
 
 
 def _describe_network_error(exc: httpx.TransportError) -> str:
