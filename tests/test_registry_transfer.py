@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modelyard.errors import RegistryProtocolError, RemoteNotFoundError
+from modelyard.errors import RegistryError, RegistryProtocolError, RemoteNotFoundError
 from modelyard.reference import parse_reference
 from modelyard.registry.client import RepositoryClient
 from modelyard.registry.credentials import Credentials
@@ -176,8 +176,17 @@ def test_a_download_resumes_or_restarts_from_its_partial_file(
     gets = [r.removeprefix(f"GET /v2/ns/m/blobs/{DIGEST}").strip() for r in registry.requests]
     assert [f"GET {g}".strip() for g in gets] == requests
     assert not partial_path(blobs, DIGEST).exists()
+    assert list(blobs.ingest_dir.iterdir()) == [], "no lock file left either"
     # A partial file that cannot be the blob's beginning is known to be wrong before any hashing.
     assert ("did not verify" in caplog.text) == (partial == b"x" * 1000)
+
+
+def test_a_download_that_fails_leaves_no_lock_file(tmp_path: Path) -> None:
+    """Found: every interrupted or failed pull left its `.lock` beside the partial file for ever."""
+    blobs = BlobStore(tmp_path)
+    with pytest.raises(RegistryError):
+        download_blob(client(FakeRegistry(blobs={})), blobs, DIGEST, len(BLOB))
+    assert list(blobs.ingest_dir.iterdir()) == []
 
 
 # --- manifests ------------------------------------------------------------------------------------

@@ -248,6 +248,24 @@ def test_rm_deletes_only_unshared_blobs(store: Store) -> None:
         store.remove([parse_reference("a")])
 
 
+def test_a_damaged_manifest_blocks_neither_rm_nor_prune(store: Store) -> None:
+    """Found: one manifest that no longer parsed made every rm and every prune fail."""
+    damaged = put_image(store, "damaged", b"its weights")
+    put_image(store, "other", b"other weights")
+    put_image(store, "gone", b"gone weights")
+    path = store.blobs.path(damaged)
+    path.chmod(0o644)
+    text = path.read_bytes()
+    path.write_bytes(text[: len(text) // 2])  # cut: no longer JSON, still naming some blobs
+    named = {d for d in (sha(b"its weights"),) if d.encode() in text[: len(text) // 2]}
+    [plan] = store.remove([parse_reference("gone")])
+    assert sha(b"gone weights") in plan.blobs and store.blobs.exists(sha(b"other weights"))
+    assert all(store.blobs.exists(d) for d in named), "what the damaged manifest still names stays"
+    store.prune(grace_s=0)
+    [plan] = store.remove([parse_reference("damaged")])  # the damaged image itself can go too
+    assert damaged in plan.blobs
+
+
 def test_rm_dry_run_changes_nothing(store: Store) -> None:
     put_image(store, "a", b"w")
     before = files_under(store.root)
@@ -297,11 +315,15 @@ def test_prune_respects_references_and_grace(tmp_path: Path) -> None:
     stale = store.blobs.ingest_dir / "abc.123.partial"
     stale.write_bytes(b"half")
     os.utime(stale, (clock.now - 7200, clock.now - 7200))
+    lock = store.blobs.ingest_dir / "def.download.partial.lock"  # left by a pull that was killed
+    lock.touch()
+    os.utime(lock, (clock.now - 7200, clock.now - 7200))
 
     assert store.prune(grace_s=3600, dry_run=True).blobs == (orphan,)
     plan = store.prune(grace_s=3600)
-    assert plan.blobs == (orphan,) and plan.partials == (stale,)
+    assert plan.blobs == (orphan,) and set(plan.partials) == {stale, lock}
     assert not store.blobs.exists(orphan) and store.blobs.exists(young) and not stale.exists()
+    assert not lock.exists()
     assert store.blobs.exists(sha(b"live"))
     assert store.verify().ok
 

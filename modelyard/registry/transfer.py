@@ -31,7 +31,7 @@ from filelock import FileLock
 
 from modelyard.errors import DigestMismatchError, RegistryProtocolError
 from modelyard.registry.client import RepositoryClient, UploadOffsetError, UploadSession
-from modelyard.store.blobs import BlobStore
+from modelyard.store.blobs import LOCK_SUFFIX, BlobStore
 
 log = logging.getLogger(__name__)
 
@@ -182,29 +182,31 @@ def download_blob(
         return 0
     blobs.ingest_dir.mkdir(parents=True, exist_ok=True)
     partial = partial_path(blobs, digest)
-    lock = FileLock(str(partial.with_name(partial.name + ".lock")))
-    with lock:  # two pulls of one blob (the CLI and the daemon) must not append to the same file
-        if blobs.exists(digest):
-            return 0
-        download = _Download(repo, digest, size, progress, cancelled or threading.Event())
-        try:
-            for resumed in _attempts(partial, size):
-                download.into(partial, resume=resumed)
-                try:
-                    blobs.commit_partial(partial, digest)
-                except DigestMismatchError as exc:
-                    if resumed:  # the bytes from an earlier run were bad; commit_partial removed them
-                        log.debug("partial file of %s did not verify; downloading it again", digest)
-                        continue
-                    raise DigestMismatchError(digest, exc.actual, repo.name) from None
-                break
-        except BaseException:
-            # Bytes received stay for the next run to resume from; an empty file is only litter.
-            if partial.exists() and partial.stat().st_size == 0:
-                partial.unlink()
-            raise
-    with contextlib.suppress(FileNotFoundError):
-        Path(lock.lock_file).unlink()  # the blob is in: nobody needs the lock file any more
+    lock = FileLock(str(partial.with_name(partial.name + LOCK_SUFFIX)))
+    try:
+        with lock:  # two pulls of one blob (the CLI and the daemon) must not append to the same file
+            if blobs.exists(digest):
+                return 0
+            download = _Download(repo, digest, size, progress, cancelled or threading.Event())
+            try:
+                for resumed in _attempts(partial, size):
+                    download.into(partial, resume=resumed)
+                    try:
+                        blobs.commit_partial(partial, digest)
+                    except DigestMismatchError as exc:
+                        if resumed:  # the bytes from an earlier run were bad; commit_partial removed them
+                            log.debug("partial file of %s did not verify; downloading it again", digest)
+                            continue
+                        raise DigestMismatchError(digest, exc.actual, repo.name) from None
+                    break
+            except BaseException:
+                # Bytes received stay for the next run to resume from; an empty file is only litter.
+                if partial.exists() and partial.stat().st_size == 0:
+                    partial.unlink()
+                raise
+    finally:
+        with contextlib.suppress(OSError):
+            Path(lock.lock_file).unlink()  # released: only litter now (a resume makes a new one)
     return download.received
 
 

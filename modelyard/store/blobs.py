@@ -25,6 +25,7 @@ from modelyard.store.image import is_digest
 
 CHUNK_BYTES = 4 * 1024 * 1024
 PARTIAL_SUFFIX = ".partial"
+LOCK_SUFFIX = ".lock"  # beside a partial download: who is appending to it (registry/transfer.py)
 
 Progress = Callable[[int], None]  # called with the number of bytes just processed
 
@@ -147,13 +148,16 @@ class BlobStore:
         self.path(digest).unlink(missing_ok=True)
 
     def stale_partials(self, older_than_s: float, now: float | None = None) -> list[Path]:
+        """Partial files, and the lock files of partial downloads, untouched for `older_than_s`."""
         if not self.ingest_dir.is_dir():
             return []
         cutoff = (time.time() if now is None else now) - older_than_s
         return [
             Path(e.path)
             for e in os.scandir(self.ingest_dir)
-            if e.is_file() and e.name.endswith(PARTIAL_SUFFIX) and e.stat().st_mtime <= cutoff
+            if e.is_file()
+            and e.name.endswith((PARTIAL_SUFFIX, PARTIAL_SUFFIX + LOCK_SUFFIX))
+            and e.stat().st_mtime <= cutoff
         ]
 
 

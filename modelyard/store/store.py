@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -59,6 +60,7 @@ LAYOUT_VERSION = b'{"imageLayoutVersion":"1.0.0"}'
 # Unreferenced blobs and partial files younger than this are left alone by prune: a build or a
 # pull may be about to reference them.
 DEFAULT_PRUNE_GRACE_S = 3600.0
+_NAMED_DIGEST = re.compile(rb"sha256:[0-9a-f]{64}")  # what a damaged manifest still names
 
 Clock = Callable[[], float]
 
@@ -358,10 +360,22 @@ class Store:
                 continue
             live.add(record.digest)
             if self.blobs.exists(record.digest):
-                live.update(self.read_manifest(record.digest).blob_digests())
+                try:
+                    live.update(self.read_manifest(record.digest).blob_digests())
+                except (StoreError, OSError):
+                    # A damaged manifest (verify reports it) must not block every rm and prune:
+                    # whatever it still names stays, since the image may be repaired by a pull.
+                    live |= self._digests_named_in(record.digest)
         for entry in index.foreign:
             live |= self._foreign_closure(entry["digest"])
         return live
+
+    def _digests_named_in(self, digest: str) -> set[str]:
+        try:
+            data = self.blobs.read_bytes(digest, MAX_MANIFEST_BYTES)
+        except (OSError, StoreError):
+            return set()
+        return {m.decode() for m in _NAMED_DIGEST.findall(data)}
 
     def _foreign_closure(self, digest: str) -> set[str]:
         """What another tool's entry keeps alive: its manifest and what it refers to, through image
