@@ -42,6 +42,8 @@ class FakeRegistry:
     bearer: bool = False  # mounts need a token the token service never grants
     requests: list[str] = field(default_factory=list)
     uploaded: dict[str, bytes] = field(default_factory=dict)
+    lose: int = 0  # requests on an upload session answered as a restarted registry does
+    session_bytes: bytes = b""  # what the open upload session holds (chunks sent with PATCH)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         request.read()
@@ -60,9 +62,19 @@ class FakeRegistry:
                 return httpx.Response(202, headers={"Location": "/v2/ns/m/blobs/uploads/from-mount"})
             return httpx.Response(self.mount, json={"errors": [{"code": "DENIED", "message": "no"}]})
         if line == "POST /v2/ns/m/blobs/uploads/":
+            self.session_bytes = b""
             return httpx.Response(202, headers={"Location": "/v2/ns/m/blobs/uploads/fresh"})
-        if request.method == "PUT" and request.url.path.startswith("/v2/ns/m/blobs/uploads/"):
-            self.uploaded[params["digest"]] = request.content
+        in_session = request.url.path.startswith("/v2/ns/m/blobs/uploads/")
+        if in_session and request.method in ("PATCH", "PUT") and self.lose:
+            self.lose -= 1
+            unknown = {"errors": [{"code": "BLOB_UPLOAD_UNKNOWN", "message": "blob upload unknown"}]}
+            return httpx.Response(404, json=unknown)
+        if in_session and request.method == "PATCH":
+            self.session_bytes += request.content
+            end = len(self.session_bytes) - 1
+            return httpx.Response(202, headers={"Location": request.url.path, "Range": f"0-{end}"})
+        if request.method == "PUT" and in_session:
+            self.uploaded[params["digest"]] = self.session_bytes + request.content
             return httpx.Response(201)
         if request.url.path.startswith("/v2/ns/m/blobs/"):
             data = self.blobs.get(request.url.path.rsplit("/", 1)[1])
@@ -139,6 +151,22 @@ def _short(request: str) -> str:
     if path.endswith("/uploads/"):
         return method
     return f"{method} {path.split('?')[0].rsplit('/', 1)[1]}"
+
+
+@pytest.mark.parametrize("lost", [1, 2])
+def test_an_upload_session_the_registry_lost_is_opened_again(lost: int) -> None:
+    """Found: a registry restarted mid-push answered BLOB_UPLOAD_UNKNOWN, and the push failed."""
+    registry = FakeRegistry(lose=lost)
+    result = upload_blob(client(registry), BlobSource(DIGEST, len(BLOB), data=BLOB), chunk_bytes=4096)
+    assert result.outcome is Uploaded.SENT and registry.uploaded[DIGEST] == BLOB
+    assert [r for r in registry.requests if r.startswith("POST")] == ["POST /v2/ns/m/blobs/uploads/"] * (
+        lost + 1
+    )
+
+
+def test_an_upload_that_keeps_losing_its_session_fails_saying_so() -> None:
+    with pytest.raises(RegistryError, match=r"lost the upload session .*3 times over"):
+        upload_blob(client(FakeRegistry(lose=5)), BlobSource(DIGEST, len(BLOB), data=BLOB), chunk_bytes=4096)
 
 
 # --- downloads ------------------------------------------------------------------------------------

@@ -173,6 +173,7 @@ class RepositoryClient:
         if response.status_code == 416:
             response.close()
             raise UploadOffsetError(self.upload_offset(upload))
+        _check_upload_session(response)
         return self._upload_session(response, upload.min_chunk)
 
     def upload_offset(self, upload: UploadSession) -> int:
@@ -191,6 +192,7 @@ class RepositoryClient:
             "PUT", str(url), scope=self.scope, headers=headers, content=body or b""
         )
         if response.status_code not in (201, 204):
+            _check_upload_session(response)
             raise error_for(response, f"upload of {digest} to {self.name}")
         response.close()
 
@@ -218,6 +220,22 @@ class RepositoryClient:
         response.close()
         stated = response.headers.get("OCI-Chunk-Min-Length", "")
         return UploadSession(str(response.url.join(location)), int(stated) if stated.isdigit() else min_chunk)
+
+
+class UploadSessionLost(RegistryError):
+    """The registry no longer knows the upload session (restarted, or it expired the session):
+    the blob is sent again in a new one."""
+
+
+def _check_upload_session(response: httpx.Response) -> None:
+    """Raise UploadSessionLost for a 404 or a BLOB_UPLOAD_UNKNOWN / BLOB_UPLOAD_INVALID answer to
+    a request on an upload session (distribution-spec end-5, end-6, end-13)."""
+    if response.status_code == 404 or (
+        response.status_code >= 400
+        and any(code in response.read()[:4096] for code in (b"BLOB_UPLOAD_UNKNOWN", b"BLOB_UPLOAD_INVALID"))
+    ):
+        response.close()
+        raise UploadSessionLost(f"the registry lost the upload session (HTTP {response.status_code})")
 
 
 class UploadOffsetError(RegistryError):

@@ -29,13 +29,14 @@ from typing import BinaryIO
 import httpx
 from filelock import FileLock
 
-from modelyard.errors import DigestMismatchError, RegistryProtocolError
-from modelyard.registry.client import RepositoryClient, UploadOffsetError, UploadSession
+from modelyard.errors import DigestMismatchError, RegistryError, RegistryProtocolError
+from modelyard.registry.client import RepositoryClient, UploadOffsetError, UploadSession, UploadSessionLost
 from modelyard.store.blobs import LOCK_SUFFIX, BlobStore
 
 log = logging.getLogger(__name__)
 
 READ_BYTES = 1024 * 1024
+SESSION_ATTEMPTS = 3  # upload sessions a blob may lose (a registry restarting mid-push) before it fails
 DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
 PARTIAL_SUFFIX = ".download.partial"
 
@@ -143,10 +144,30 @@ def upload_blob(
             return UploadResult(Uploaded.MOUNTED, 0)
         upload = mount.upload
     upload = upload or repo.start_upload()
+    for attempt in range(1, SESSION_ATTEMPTS + 1):
+        try:
+            return UploadResult(Uploaded.SENT, _send(repo, upload, blob, chunk_bytes, progress, cancelled))
+        except UploadSessionLost as exc:
+            if attempt == SESSION_ATTEMPTS:
+                raise RegistryError(f"upload of {blob.digest}: {exc}, {attempt} times over") from None
+            log.debug("upload of %s: %s; sending it again in a new session", blob.digest, exc)
+            upload = repo.start_upload()
+    raise AssertionError("unreachable")
+
+
+def _send(
+    repo: RepositoryClient,
+    upload: UploadSession,
+    blob: BlobSource,
+    chunk_bytes: int,
+    progress: Progress | None,
+    cancelled: threading.Event | None,
+) -> int:
+    """Send `blob` through `upload` from its first byte; returns the bytes sent."""
     chunk = max(chunk_bytes, upload.min_chunk)
     if blob.size <= chunk:
         repo.finish_upload(upload, blob.digest, blob.body(0, blob.size, progress, cancelled))
-        return UploadResult(Uploaded.SENT, blob.size)
+        return blob.size
     offset = sent = 0
     while offset < blob.size:
         length = min(chunk, blob.size - offset)
@@ -159,7 +180,7 @@ def upload_blob(
         offset += length
         sent += length
     repo.finish_upload(upload, blob.digest)
-    return UploadResult(Uploaded.SENT, sent)
+    return sent
 
 
 def partial_path(blobs: BlobStore, digest: str) -> Path:
