@@ -191,6 +191,17 @@ def test_resolve_unknown_says_what_exists(store: Store) -> None:
         store.resolve(parse_reference("m@sha256:" + "1" * 64))
 
 
+def test_a_tag_is_found_whatever_its_case_when_only_one_matches(store: Store) -> None:
+    """As Ollama matches names (`gemma:Latest` finds `gemma:latest`); tags stay case-sensitive in
+    the store, as OCI has them, so two that differ only by case are both kept and neither guessed."""
+    only = put_image(store, "m:latest", b"w")
+    assert store.resolve(parse_reference("m:Latest")).digest == only
+    put_image(store, "m:LATEST", b"other")
+    assert store.resolve(parse_reference("m:LATEST")).digest != only  # exact first
+    with pytest.raises(ImageNotFoundError):
+        store.resolve(parse_reference("m:Latest"))  # two match: none is guessed
+
+
 def test_tag_refuses_manifest_with_missing_blob(store: Store) -> None:
     missing = Descriptor(LAYER_WEIGHT, sha(b"never stored"), 12)
     config = store.blobs.put_bytes(b"{}")

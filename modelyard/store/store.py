@@ -227,6 +227,11 @@ class Store:
             raise ImageNotFoundError(str(ref), "no image of that name has this digest")
         tagged = index.get(str(ref))
         if tagged is None:
+            # As Ollama matches names: whatever the case of the tag, when only one tag matches so.
+            folded = str(ref).casefold()
+            alike = [r for r in index.tags if r.name.casefold() == folded]
+            tagged = alike[0] if len(alike) == 1 else None
+        if tagged is None:
             raise ImageNotFoundError(ref.short(), _did_you_mean(index, ref))
         if not tagged.is_image_manifest:
             raise ImageNotFoundError(
