@@ -316,11 +316,38 @@ def _first_lines(text: str, n: int = 4) -> str:
 
 def cmd_rm(args: argparse.Namespace, ctx: CommandContext) -> int:
     refs = [parse_reference(name) for name in args.names]
+    digests = {}
+    for ref in refs:
+        with contextlib.suppress(ImageNotFoundError):  # remove() says which is missing
+            digests[ref.short()] = ctx.store.resolve(ref).digest
     plans = ctx.store.remove(refs, dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
     for ref, plan in zip(refs, plans, strict=True):
         ctx.out(f"{verb} '{ref.short()}' ({len(plan.blobs)} blobs, {_human_bytes(plan.bytes_freed)} freed)")
+    if not args.dry_run:
+        _unload_removed(ctx, digests)
     return EXIT_OK
+
+
+def _unload_removed(ctx: CommandContext, removed: dict[str, str]) -> None:
+    """As `ollama rm` does: a server at $MODELYARD_HOST that has a removed image loaded unloads it
+    (only at the digest removed: the server may serve another store). No server: nothing to do."""
+    from modelyard.cli_serving import ApiClient, ApiError, ServerUnreachableError, base_url
+
+    client = ApiClient(base_url(ctx.settings), ctx.settings.api_key, timeout=5)
+    try:
+        loaded = {
+            parse_reference(m["name"]).short(): m.get("digest", "")
+            for m in client.get("/api/ps").get("models", [])
+        }
+        for name, digest in removed.items():
+            if loaded.get(name) and loaded[name] == digest.removeprefix("sha256:"):
+                client.post("/api/generate", {"model": name, "keep_alive": 0, "stream": False})
+                ctx.out(f"unloaded '{name}' from the server at {client.base_url}")
+    except (ServerUnreachableError, ApiError, ValueError, KeyError, TypeError):
+        pass  # no server, another one, or one that cannot say: the store is what rm changes
+    finally:
+        client.close()
 
 
 def cmd_tag(args: argparse.Namespace, ctx: CommandContext) -> int:

@@ -1146,6 +1146,18 @@ def test_cli_run_ps_and_stop_against_the_server(
     assert missing.returncode == 1 and "not found" in missing.stderr
 
 
+def test_cli_rm_of_a_loaded_model_unloads_it_from_the_server(
+    client: ollama.Client, server: ServeProcess, home: Path, http: httpx.Client
+) -> None:
+    """As `ollama rm`: removed from the store, it does not stay loaded (holding memory) behind 404s."""
+    client.copy(GEMMA, "to-remove")
+    client.generate("to-remove", "", keep_alive="5m")  # loaded (it shares Gemma's runner)
+    assert "to-remove:latest" in loaded(http)
+    removed = cli(server, home, "rm", "to-remove")
+    assert removed.returncode == 0 and "unloaded 'to-remove:latest'" in removed.stdout, removed.stderr
+    assert "to-remove:latest" not in loaded(http)
+
+
 def test_cli_run_interactive_chat_until_bye(server: ServeProcess, home: Path, short_model: str) -> None:
     import pty
     import select

@@ -184,9 +184,19 @@ class Inference:
         return lease, waited
 
     async def load_only(self, name: str, keep_alive: object) -> str:
-        """Ollama's empty prompt: load (or, with keep_alive 0, unload). Returns the done_reason."""
-        servable = await self.servable(name)
-        if keep_alive is not None and self.keep_alive(keep_alive) == 0:
+        """Ollama's empty prompt: load (or, with keep_alive 0, unload). Returns the done_reason.
+        A model removed from the store while loaded (`modelyard rm` beside a running server) can
+        still be unloaded by its name."""
+        unloading = keep_alive is not None and self.keep_alive(keep_alive) == 0
+        try:
+            servable = await self.servable(name)
+        except ImageNotFoundError:
+            short = self.reference(name).short()
+            if unloading and self.scheduler.is_loaded(short):
+                await self.scheduler.unload(short)
+                return "unload"
+            raise
+        if unloading:
             await self.scheduler.unload(servable.name)
             return "unload"
         lease, _ = await self.acquire(servable, None, keep_alive)
