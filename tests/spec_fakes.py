@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -53,6 +54,7 @@ class FakeEffects:
     side_by_side: list[bool] = field(default_factory=list)  # each ensure's, in order
     errors: dict[tuple[str, str], list[ModelyardError]] = field(default_factory=dict)
     during_ensure: Callable[[LoadTarget], None] | None = None  # called while a load is under way
+    pull_gate: asyncio.Event | None = None  # when set: pulls wait for it (a slow registry)
 
     def _maybe_fail(self, kind: str, key: str) -> None:
         pending = self.errors.get((kind, key))
@@ -71,6 +73,8 @@ class FakeEffects:
 
     async def pull(self, image: str, digest: str) -> str:
         self.calls.append(("pull", image, digest))
+        if self.pull_gate is not None:
+            await self.pull_gate.wait()
         self._maybe_fail("pull", image)
         self.stored.add(digest)
         return digest

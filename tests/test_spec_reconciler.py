@@ -100,6 +100,39 @@ def test_an_earlier_digest_serving_on_keeps_the_server_serving_though_not_reconc
     assert reconciler.status()["models"][0]["serving"] == digest("a")
 
 
+def test_a_long_pull_does_not_hold_back_other_changes_to_the_spec(
+    tmp_path: Path, world: tuple[FakeEffects, FakeClock]
+) -> None:
+    """Found: a 90 s pull of one tag kept a model added meanwhile from loading until it ended."""
+    effects, clock = world
+    other = "localhost:5000/team/other:v1"
+    effects.tags[other] = digest("c")
+    effects.stored.add(digest("c"))  # in the store already: nothing to pull for it
+
+    async def scenario() -> None:
+        reconciler = make(tmp_path, effects, clock)
+        reconciler.submit(documents(CHAT))
+        await reconciler.reconcile()
+        effects.tags[IMAGE] = digest("b")  # the tag moves, and the registry is slow
+        effects.pull_gate = asyncio.Event()
+        await reconciler.reconcile(wait_for_pulls=False)  # returns with the pull under way
+        assert conditions(reconciler)["Progressing"]["reason"] == "Pulling"
+        assert reconciler.serving(), "the old digest serves on meanwhile"
+        reconciler.submit(documents(CHAT[:-1] + f", {{name: other, image: {other}}}]"))
+        await asyncio.wait_for(reconciler.reconcile(wait_for_pulls=False), 5)
+        assert "other" in effects.loaded, "the model added meanwhile loaded without waiting"
+        assert effects.loaded["chat"].digest == digest("a")
+        effects.pull_gate.set()  # the pull ends: the next round takes it up
+        for _ in range(100):
+            await asyncio.sleep(0)
+        await reconciler.reconcile(wait_for_pulls=False)
+        assert effects.loaded["chat"].digest == digest("b")
+        kinds = [e["kind"] for e in reconciler.status()["events"]]
+        assert kinds[-2:] == ["pulled", "swapped"]
+
+    asyncio.run(scenario())
+
+
 def test_failures_back_off_exponentially_then_recover(
     tmp_path: Path, world: tuple[FakeEffects, FakeClock]
 ) -> None:

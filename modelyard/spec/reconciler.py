@@ -30,7 +30,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -178,6 +178,10 @@ class Reconciler:
         self._source = ""
         self._source_error: str | None = None
         self._round_lock = asyncio.Lock()
+        # Pulls outlive the round that starts them: a long one must not hold back other changes to
+        # the spec (a model added, a tag rolled back). Each wakes the loop when it ends, and the
+        # next round records its outcome for the models that waited on it.
+        self._pulls: dict[tuple[str, str], _PullJob] = {}
         self._wake = asyncio.Event()
         self._changed = asyncio.Condition()
         self._fingerprint: tuple[tuple[str, str, str], ...] = ()
@@ -236,8 +240,10 @@ class Reconciler:
 
     # --- one round --------------------------------------------------------------------------------
 
-    async def reconcile(self) -> Plan | None:
-        """Observe, plan, act; again until nothing is left to do. Returns the last plan (None: no spec)."""
+    async def reconcile(self, *, wait_for_pulls: bool = True) -> Plan | None:
+        """Observe, plan, act; again until nothing is left to do. Returns the last plan (None: no spec).
+        `wait_for_pulls` false: pulls go on after the round (the daemon's loop takes them up when
+        they end), so that a spec change is not held up by a long one."""
         async with self._round_lock:
             spec = self._spec
             if spec is None:
@@ -251,8 +257,11 @@ class Reconciler:
                 self._publish(spec, current, observed, generation)
                 if current.empty or not acted or attempt == self.settings.max_passes:
                     break
-                acted = await self._execute(spec, current)
+                acted = await self._execute(spec, current, wait_for_pulls=wait_for_pulls)
             assert current is not None
+            for key, job in list(self._pulls.items()):  # ended for models the spec no longer has
+                if job.task.done() and not any(spec.model(name) for name in job.waiting):
+                    del self._pulls[key]
             self._inventory = replace(
                 self._inventory,
                 models={n: m for n, m in self._inventory.models.items() if n not in current.forget},
@@ -307,30 +316,49 @@ class Reconciler:
         self._resolved[reference] = digest
         return ImageState(reference, digest, await self.effects.local_digest(reference, digest))
 
-    async def _execute(self, spec: Spec, current: Plan) -> bool:
-        """Run the plan: unloads, then pulls (together), then loads in priority order. True when any
-        action succeeded (so a new plan may have more to do)."""
+    async def _execute(self, spec: Spec, current: Plan, *, wait_for_pulls: bool = True) -> bool:
+        """Run the plan: unloads, then pulls (together, in the background), then loads in priority
+        order. True when any action succeeded (so a new plan may have more to do)."""
         actions = current.actions
         progress = False
         for action in (a for a in actions if a.kind is ActionKind.UNLOAD):
             progress |= await self._run(spec, current, action)
-        if current.pulls:  # together; two models on one image wait on the same pull
-            results = await asyncio.gather(*(self._pull(spec, current, group) for group in current.pulls))
-            progress |= any(results)
+        for group in current.pulls:  # one pull per (image, digest): the models on it wait on it
+            self._start_pull(group)
+        if wait_for_pulls and self._pulls:
+            await asyncio.wait([job.task for job in self._pulls.values()])
+        progress |= await self._take_up_pulls(spec, current)
         for action in actions:
             if action.kind not in (ActionKind.UNLOAD, ActionKind.PULL):
                 progress |= await self._run(spec, current, action)
         return progress
 
-    async def _pull(self, spec: Spec, current: Plan, group: Sequence[Action]) -> bool:
-        """One pull of an (image, digest) for every model in `group`, each recording its outcome."""
-        first = group[0]
-        pulled = asyncio.ensure_future(self.effects.pull(first.image, first.digest))
-        try:
-            results = await asyncio.gather(*(self._run(spec, current, a, pulled) for a in group))
-        finally:
-            pulled.cancel()  # only when the round itself was cancelled: each run awaited it
-        return any(results)
+    def _start_pull(self, group: Sequence[Action]) -> None:
+        key = (group[0].image, group[0].digest)
+        job = self._pulls.get(key)
+        if job is None:
+            task = asyncio.ensure_future(self.effects.pull(*key))
+            task.add_done_callback(lambda _: self._wake.set())
+            job = self._pulls[key] = _PullJob(task)
+        for action in group:
+            job.waiting[action.model] = action
+            self._in_progress[action.model] = action
+
+    async def _take_up_pulls(self, spec: Spec, current: Plan) -> bool:
+        """Record the outcome of every pull that has ended, for each model that waited on it."""
+        progress = False
+        for key, job in list(self._pulls.items()):
+            if not job.task.done():
+                continue
+            del self._pulls[key]
+            for action in job.waiting.values():
+                progress |= await self._run(spec, current, action, job.task)
+        return progress
+
+    def _cancel_pulls(self) -> None:
+        for job in self._pulls.values():
+            job.task.cancel()
+        self._pulls.clear()
 
     async def _run(
         self, spec: Spec, current: Plan, action: Action, pulled: Awaitable[str] | None = None
@@ -534,13 +562,14 @@ class Reconciler:
             while not stop.is_set():
                 self._wake.clear()
                 try:
-                    await self.reconcile()
+                    await self.reconcile(wait_for_pulls=False)
                 except ModelyardError as exc:
                     log.error("reconcile: %s", exc)
                 except Exception:  # a bug: logged with its traceback; the daemon keeps serving
                     log.exception("reconcile failed")
                 await _wait_any(self._wake, stop, self._sleep_time())
         finally:
+            self._cancel_pulls()
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -623,6 +652,12 @@ class Reconciler:
     async def _notify(self) -> None:
         async with self._changed:
             self._changed.notify_all()
+
+
+@dataclass
+class _PullJob:
+    task: asyncio.Future[str]
+    waiting: dict[str, Action] = field(default_factory=dict)  # model -> its pull action
 
 
 def classify(exc: ModelyardError, kind: ActionKind) -> Failure:
