@@ -3,7 +3,9 @@
 On every change (a new spec, a runner that died or unloaded) and every `interval` it observes (what
 the scheduler holds; what each image reference points to now; what is in the store), plans (a pure
 function, plan.py), and executes the plan through `Effects`, re-planning after each pass until there
-is nothing left to do (a pull is followed by the load it made possible). Nothing here touches the
+is nothing left to do (a pull is followed by the load it made possible; in the daemon a pull goes on
+after its round, which the next round takes up, so that a long one holds nothing else up). Nothing
+here touches the
 store, the registry or runners directly: `Effects` is the seam (host.py is the real one; tests use a
 recording fake).
 
