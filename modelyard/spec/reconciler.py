@@ -5,9 +5,8 @@ the scheduler holds; what each image reference points to now; what is in the sto
 function, plan.py), and executes the plan through `Effects`, re-planning after each pass until there
 is nothing left to do (a pull is followed by the load it made possible; in the daemon a pull goes on
 after its round, which the next round takes up, so that a long one holds nothing else up). Nothing
-here touches the
-store, the registry or runners directly: `Effects` is the seam (host.py is the real one; tests use a
-recording fake).
+here touches the store, the registry or runners directly: `Effects` is the seam (host.py is the real
+one; tests use a recording fake).
 
 - A new spec is validated whole (`submit`); an invalid one is rejected with every problem listed and
   the last good one stays in force. Status never writes into the user's YAML.
