@@ -209,14 +209,6 @@ def test_a_download_resumes_or_restarts_from_its_partial_file(
     assert ("did not verify" in caplog.text) == (partial == b"x" * 1000)
 
 
-def test_a_download_that_fails_leaves_no_lock_file(tmp_path: Path) -> None:
-    """Found: every interrupted or failed pull left its `.lock` beside the partial file for ever."""
-    blobs = BlobStore(tmp_path)
-    with pytest.raises(RegistryError):
-        download_blob(client(FakeRegistry(blobs={})), blobs, DIGEST, len(BLOB))
-    assert list(blobs.ingest_dir.iterdir()) == []
-
-
 # --- manifests ------------------------------------------------------------------------------------
 
 

@@ -3,6 +3,8 @@ and the converter taking the shapes pydantic gives."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -10,6 +12,7 @@ import pytest
 
 from modelyard.runtime import llama
 from modelyard.runtime.json_schemas import hoisted_definitions, root_resolved
+from modelyard.runtime.options import LoadOptions, SamplingOptions
 from modelyard.server.tool_calls import forced_call_schema
 
 NODE = {"type": "object", "properties": {"v": {"type": "integer"}}}
@@ -82,16 +85,40 @@ class Node(pydantic.BaseModel):
     children: list[Node] = []
 
 
+class Tree_Node(pydantic.BaseModel):  # a name a grammar rule cannot hold as it is
+    label: str
+    kids: list[Tree_Node] = []
+
+
 def tool(model: type[pydantic.BaseModel]) -> dict[str, Any]:
     return {"type": "function", "function": {"name": model.__name__, "parameters": model.model_json_schema()}}
 
 
-def test_the_converter_takes_pydantic_schemas_with_definitions() -> None:
-    # The ollama client's format=Node.model_json_schema(): a root $ref (was: "invalid JSON schema").
-    assert "root ::=" in llama.json_schema_grammar(Node.model_json_schema())
-    # A forced call to tools whose parameters have nested models (was: "$defs not in …").
-    forced = forced_call_schema([tool(Person), tool(Company), tool(Node)], "required")
-    assert forced is not None and set(forced["$defs"]) == {"Person.Addr", "Company.Addr", "Node.Node"}
-    assert "root ::=" in llama.json_schema_grammar(forced)
-    one = forced_call_schema([tool(Person)], {"type": "function", "function": {"name": "Person"}})
-    assert one is not None and "root ::=" in llama.json_schema_grammar(one)
+@pytest.fixture(scope="module")
+def tiny_model(tiny_gguf: Path) -> Iterator[llama.Model]:
+    model = llama.Model(tiny_gguf, LoadOptions(num_gpu=0), repack=False)
+    yield model
+    model.close()
+
+
+def compiles(model: llama.Model, schema: object) -> bool:
+    """llama.cpp itself parses the grammar (what a request would meet), not only the converter."""
+    sampler = llama.Sampler(model, SamplingOptions(), seed=1, grammar=llama.json_schema_grammar(schema))
+    sampler.close()
+    return True
+
+
+def test_the_converter_takes_pydantic_schemas_with_definitions(tiny_model: llama.Model) -> None:
+    # The ollama client's format=Node.model_json_schema(): a root $ref (was: "invalid JSON schema"),
+    # and a recursive definition whose name a grammar rule cannot hold.
+    assert compiles(tiny_model, Node.model_json_schema())
+    assert compiles(tiny_model, Tree_Node.model_json_schema())
+    # A forced call to tools whose parameters have nested or recursive models (was: "$defs not in …",
+    # then "the grammar could not be compiled" for a recursive one).
+    tools = [tool(Person), tool(Company), tool(Node), tool(Tree_Node)]
+    forced = forced_call_schema(tools, "required")
+    assert forced is not None
+    assert set(forced["$defs"]) == {"tool0-Addr", "tool1-Addr", "tool2-Node", "tool3-Tree-Node"}
+    assert compiles(tiny_model, forced)
+    one = forced_call_schema([tool(Node)], {"type": "function", "function": {"name": "Node"}})
+    assert one is not None and compiles(tiny_model, one)

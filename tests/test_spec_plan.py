@@ -220,6 +220,25 @@ CASES = [
         expect=(),  # other does not fit beside the 6,000 bytes still serving
     ),
     Case(
+        "an-old-digest-serving-through-a-pull-counts-against-the-budget",
+        body=FIRST[:-1] + ", {name: other, image: localhost:5000/team/other:v1}]",
+        tag="b",
+        stored=("a",),
+        running=(ready(size=6000),),
+        memory={"chat": Memory(applied(target(FIRST)))},
+        sizes={"other": 5000},
+        expect=(("pull", "chat"),),  # other does not fit beside the 6,000 bytes serving on
+    ),
+    Case(
+        "a-new-digest-just-over-the-budget-does-not-replace-what-serves",
+        tag="b",
+        stored=("a", "b"),
+        running=(ready(size=2000),),
+        memory={"chat": Memory(applied(T))},
+        sizes={"chat": 11_000},  # within the estimate's margin, but it would replace a working one
+        phase=Phase.FAILED,
+    ),
+    Case(
         "the-loaded-target-measured-over-a-lowered-budget-goes",
         running=(ready(size=12_000),),
         memory={"chat": Memory(applied(T))},

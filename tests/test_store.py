@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import multiprocessing
@@ -200,6 +201,9 @@ def test_a_tag_is_found_whatever_its_case_when_only_one_matches(store: Store) ->
     assert store.resolve(parse_reference("m:LATEST")).digest != only  # exact first
     with pytest.raises(ImageNotFoundError):
         store.resolve(parse_reference("m:Latest"))  # two match: none is guessed
+    store.remove([parse_reference("m:LATEST")])
+    [plan] = store.remove([parse_reference("m:Latest")])  # rm finds what resolve finds
+    assert only in plan.blobs
 
 
 def test_tag_refuses_manifest_with_missing_blob(store: Store) -> None:
@@ -277,6 +281,27 @@ def test_a_damaged_manifest_blocks_neither_rm_nor_prune(store: Store) -> None:
     assert damaged in plan.blobs
 
 
+def test_a_manifest_that_cannot_be_read_deletes_nothing(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unlike a damaged one: a disk error says nothing of what the image needs, so no guess."""
+    unreadable = put_image(store, "unreadable", b"its weights")
+    put_image(store, "gone", b"gone weights")
+    read = store.blobs.read_bytes
+
+    def failing(digest: str, *args: object) -> bytes:
+        if digest == unreadable:
+            raise OSError(errno.EIO, "Input/output error")
+        return read(digest, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store.blobs, "read_bytes", failing)
+    with pytest.raises(OSError):
+        store.prune(grace_s=0)
+    with pytest.raises(OSError):
+        store.remove([parse_reference("gone")])
+    assert store.blobs.exists(sha(b"its weights")) and store.blobs.exists(sha(b"gone weights"))
+
+
 def test_rm_dry_run_changes_nothing(store: Store) -> None:
     put_image(store, "a", b"w")
     before = files_under(store.root)
@@ -329,12 +354,19 @@ def test_prune_respects_references_and_grace(tmp_path: Path) -> None:
     lock = store.blobs.ingest_dir / "def.download.partial.lock"  # left by a pull that was killed
     lock.touch()
     os.utime(lock, (clock.now - 7200, clock.now - 7200))
+    # A download under way: its lock is old (holding a lock does not touch it), its partial is not.
+    busy = store.blobs.ingest_dir / "ghi.download.partial"
+    busy.write_bytes(b"receiving")
+    busy_lock = store.blobs.ingest_dir / "ghi.download.partial.lock"
+    busy_lock.touch()
+    os.utime(busy_lock, (clock.now - 7200, clock.now - 7200))
+    os.utime(busy, (clock.now - 10, clock.now - 10))
 
     assert store.prune(grace_s=3600, dry_run=True).blobs == (orphan,)
     plan = store.prune(grace_s=3600)
     assert plan.blobs == (orphan,) and set(plan.partials) == {stale, lock}
     assert not store.blobs.exists(orphan) and store.blobs.exists(young) and not stale.exists()
-    assert not lock.exists()
+    assert not lock.exists() and busy.exists() and busy_lock.exists()
     assert store.blobs.exists(sha(b"live"))
     assert store.verify().ok
 

@@ -204,30 +204,31 @@ def download_blob(
     blobs.ingest_dir.mkdir(parents=True, exist_ok=True)
     partial = partial_path(blobs, digest)
     lock = FileLock(str(partial.with_name(partial.name + LOCK_SUFFIX)))
-    try:
-        with lock:  # two pulls of one blob (the CLI and the daemon) must not append to the same file
-            if blobs.exists(digest):
-                return 0
-            download = _Download(repo, digest, size, progress, cancelled or threading.Event())
-            try:
-                for resumed in _attempts(partial, size):
-                    download.into(partial, resume=resumed)
-                    try:
-                        blobs.commit_partial(partial, digest)
-                    except DigestMismatchError as exc:
-                        if resumed:  # the bytes from an earlier run were bad; commit_partial removed them
-                            log.debug("partial file of %s did not verify; downloading it again", digest)
-                            continue
-                        raise DigestMismatchError(digest, exc.actual, repo.name) from None
-                    break
-            except BaseException:
-                # Bytes received stay for the next run to resume from; an empty file is only litter.
-                if partial.exists() and partial.stat().st_size == 0:
-                    partial.unlink()
-                raise
-    finally:
-        with contextlib.suppress(OSError):
-            Path(lock.lock_file).unlink()  # released: only litter now (a resume makes a new one)
+    with lock:  # two pulls of one blob (the CLI and the daemon) must not append to the same file
+        if blobs.exists(digest):
+            return 0
+        download = _Download(repo, digest, size, progress, cancelled or threading.Event())
+        try:
+            for resumed in _attempts(partial, size):
+                download.into(partial, resume=resumed)
+                try:
+                    blobs.commit_partial(partial, digest)
+                except DigestMismatchError as exc:
+                    if resumed:  # the bytes from an earlier run were bad; commit_partial removed them
+                        log.debug("partial file of %s did not verify; downloading it again", digest)
+                        continue
+                    raise DigestMismatchError(digest, exc.actual, repo.name) from None
+                break
+        except BaseException:
+            # Bytes received stay for the next run to resume from; an empty file is only litter.
+            if partial.exists() and partial.stat().st_size == 0:
+                partial.unlink()
+            raise
+    # The blob is in: whoever waits on this lock finds it there and goes. (Never on failure: a lock
+    # file removed while another waits on it would let a third pull append beside the second; a
+    # failed pull's lock stays with its partial file, which prune removes with it.)
+    with contextlib.suppress(FileNotFoundError):
+        Path(lock.lock_file).unlink()
     return download.received
 
 

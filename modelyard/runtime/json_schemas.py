@@ -11,10 +11,13 @@ follow one at the root itself. Two shapes that clients send every day fall foul 
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from typing import Any
 
 DEFINITION_KEYS = ("$defs", "definitions")
+# What a grammar rule's name cannot hold: the converter names a rule after a definition.
+_RULE_UNSAFE = re.compile(r"[^A-Za-z0-9-]")
 
 
 def root_resolved(schema: object) -> object:
@@ -32,10 +35,20 @@ def root_resolved(schema: object) -> object:
     return schema
 
 
+def for_the_converter(schema: object) -> object:
+    """`schema` as the converter takes it: its definitions under rule-safe names (references
+    rewritten), and a `$ref` at its root resolved."""
+    if isinstance(schema, Mapping) and any(isinstance(schema.get(k), Mapping) for k in DEFINITION_KEYS):
+        body, moved = hoisted_definitions(schema, "")
+        schema = {**body, "$defs": moved}
+    return root_resolved(schema)
+
+
 def hoisted_definitions(schema: Mapping[str, Any], prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """A schema to be placed below the root of another: (itself without its definitions, those
-    definitions under names that start with `prefix`, for the root's `$defs`), its references to
-    them rewritten to match. Other references are left as they are."""
+    definitions under names that start with `prefix` and hold only letters, digits and '-', for
+    the root's `$defs`), its references to them rewritten to match. Other references are left as
+    they are."""
     body = copy.deepcopy(dict(schema))
     moved: dict[str, Any] = {}
     renamed: dict[str, str] = {}
@@ -43,8 +56,11 @@ def hoisted_definitions(schema: Mapping[str, Any], prefix: str) -> tuple[dict[st
         definitions = body.pop(key, None)
         if isinstance(definitions, Mapping):
             for name, definition in definitions.items():
-                moved[f"{prefix}{name}"] = definition
-                renamed[f"#/{key}/{name}"] = f"#/$defs/{prefix}{name}"
+                new_name = f"{prefix}{_RULE_UNSAFE.sub('-', str(name))}"
+                while new_name in moved:  # two names that differ only where they were unsafe
+                    new_name += "-"
+                moved[new_name] = definition
+                renamed[f"#/{key}/{name}"] = f"#/$defs/{new_name}"
     _rewrite_refs(body, renamed)
     _rewrite_refs(moved, renamed)
     return body, moved

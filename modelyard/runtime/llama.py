@@ -598,10 +598,10 @@ def json_schema_grammar(schema: object) -> str:
 
     from llama_cpp import llama_grammar
 
-    from modelyard.runtime.json_schemas import root_resolved
+    from modelyard.runtime.json_schemas import for_the_converter
 
     try:
-        return str(llama_grammar.json_schema_to_gbnf(json.dumps(root_resolved(schema))))
+        return str(llama_grammar.json_schema_to_gbnf(json.dumps(for_the_converter(schema))))
     except Exception as exc:  # the converter raises assorted types for unsupported or broken schemas
         raise ValueError(f"invalid JSON schema: {exc}") from None
 

@@ -1117,10 +1117,11 @@ class Scheduler:
         entry.retry_at = self.clock() + self._backoff(entry.failures)
         entry.runner = None
         entry.idle.set()
-        # Listed as failed, holding nothing, until its keep_alive would have run out (then it goes
-        # from the list) or a request loads it again after the backoff.
+        # Listed as failed, holding nothing, until its keep_alive would have run out and its backoff
+        # too (then it goes from the list, and with it the count of its crashes), or until a request
+        # loads it again after the backoff.
         if math.isfinite(entry.keep_alive):
-            entry.expires_at = self.clock() + max(entry.keep_alive, 0.0)
+            entry.expires_at = max(self.clock() + max(entry.keep_alive, 0.0), entry.retry_at)
         log.warning(
             "%s: %s; the next request after %.0f s loads it again",
             ", ".join(entry.names),

@@ -90,11 +90,13 @@ def forced_call_schema(tools: Sequence[Mapping[str, Any]], choice: object) -> di
         )
     calls = []
     definitions: dict[str, Any] = {}  # the functions' own, at the root where references point
-    for name in wanted:
+    for i, name in enumerate(wanted):
         arguments = functions[name].get("parameters") or {"type": "object"}
         own: dict[str, Any] = {}
         if isinstance(arguments, Mapping):  # else left to the grammar's converter, which says what is wrong
-            arguments, own = hoisted_definitions(arguments, f"{name}.")
+            # The converter names a grammar rule after a definition as it is (for a recursive one),
+            # and a rule's name takes letters, digits and '-' only.
+            arguments, own = hoisted_definitions(arguments, f"tool{i}-")
         definitions |= own
         calls.append(
             {

@@ -274,9 +274,10 @@ def plan(spec: Spec, observed: Observed, inventory: Inventory) -> Plan:
     for _, model in ordered:
         planned = _plan_model(spec, model, observed, inventory, budget, used)
         running = observed.running.get(model.name)
+        unloads = any(a.kind is ActionKind.UNLOAD for a in planned.actions)
         if planned.footprint is not None and planned.phase not in (Phase.FAILED, Phase.STANDBY):
             used += planned.footprint
-        elif running is not None and running.state == "ready" and not planned.actions:
+        elif running is not None and running.state == "ready" and not unloads:
             used += running.size  # what it holds while it stays (an earlier digest serving on)
         models.append(planned)
     listed = {m.name for m in body.models}
@@ -338,7 +339,11 @@ def _plan_model(
 
     target = target_for(model, stored)
     footprint, measured = _footprint(target, running, memory.applied, observed)
-    refused = _admit(footprint, budget, used, measured=measured)
+    # The estimate's margin is for a model that nothing serves now (after a restart, say): one that
+    # replaces what serves must fit by its estimate, or the swap would trade a working model for
+    # one measured too big.
+    serving_now = running is not None and running.state == "ready"
+    refused = _admit(footprint, budget, used, lenient=not measured and not serving_now)
     if refused is not None:
         actions: tuple[Action, ...] = ()
         serving_ours = running is not None and running.state == "ready" and memory.applied is not None
@@ -477,12 +482,12 @@ def _footprint(
     return observed.footprints.get(target.name), False
 
 
-def _admit(footprint: int | None, budget: int, used: int, *, measured: bool = True) -> Failure | None:
+def _admit(footprint: int | None, budget: int, used: int, *, lenient: bool = False) -> Failure | None:
     """Whether a model of `footprint` bytes fits the budget after the `used` bytes of the models
-    before it; an estimate (not `measured`) counts with ESTIMATE_MARGIN off."""
+    before it; `lenient`: an estimate may run over by ESTIMATE_MARGIN of the budget."""
     if footprint is None:
         return None  # unknown: let the scheduler decide
-    need = footprint if measured else int(footprint * (1 - ESTIMATE_MARGIN))
+    need = math.ceil(footprint / (1 + ESTIMATE_MARGIN)) if lenient else footprint
     if need > budget:
         return Failure(
             Reason.DOES_NOT_FIT,

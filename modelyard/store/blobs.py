@@ -148,17 +148,23 @@ class BlobStore:
         self.path(digest).unlink(missing_ok=True)
 
     def stale_partials(self, older_than_s: float, now: float | None = None) -> list[Path]:
-        """Partial files, and the lock files of partial downloads, untouched for `older_than_s`."""
+        """Partial files untouched for `older_than_s`, and the lock files of partial downloads
+        whose partial file is one of them, or gone. (A lock's own time says nothing: holding it
+        does not touch the file.)"""
         if not self.ingest_dir.is_dir():
             return []
         cutoff = (time.time() if now is None else now) - older_than_s
-        return [
-            Path(e.path)
-            for e in os.scandir(self.ingest_dir)
-            if e.is_file()
-            and e.name.endswith((PARTIAL_SUFFIX, PARTIAL_SUFFIX + LOCK_SUFFIX))
+        entries = [e for e in os.scandir(self.ingest_dir) if e.is_file()]
+        stale = {e.path for e in entries if e.name.endswith(PARTIAL_SUFFIX) and e.stat().st_mtime <= cutoff}
+        partials = {e.path for e in entries if e.name.endswith(PARTIAL_SUFFIX)}
+        locks = {
+            e.path
+            for e in entries
+            if e.name.endswith(PARTIAL_SUFFIX + LOCK_SUFFIX)
             and e.stat().st_mtime <= cutoff
-        ]
+            and ((its := e.path.removesuffix(LOCK_SUFFIX)) in stale or its not in partials)
+        }
+        return [Path(path) for path in sorted(stale | locks)]
 
 
 def _read_chunks(f: BinaryIO) -> Iterator[bytes]:

@@ -225,12 +225,7 @@ class Store:
                 if record.digest == ref.digest and _repository_name(record.name) == ref.name:
                     return record
             raise ImageNotFoundError(str(ref), "no image of that name has this digest")
-        tagged = index.get(str(ref))
-        if tagged is None:
-            # As Ollama matches names: whatever the case of the tag, when only one tag matches so.
-            folded = str(ref).casefold()
-            alike = [r for r in index.tags if r.name.casefold() == folded]
-            tagged = alike[0] if len(alike) == 1 else None
+        tagged = index.get(_tag_in(index, str(ref)))
         if tagged is None:
             raise ImageNotFoundError(ref.short(), _did_you_mean(index, ref))
         if not tagged.is_image_manifest:
@@ -333,7 +328,7 @@ class Store:
 
     @staticmethod
     def _removable_tag(index: Index, ref: Reference) -> str:
-        tag = str(ref.without_digest())
+        tag = _tag_in(index, str(ref.without_digest()))
         record = index.get(tag)
         if record is None and not index.history_of(tag):
             raise ImageNotFoundError(ref.short(), _did_you_mean(index, ref))
@@ -367,20 +362,17 @@ class Store:
             if self.blobs.exists(record.digest):
                 try:
                     live.update(self.read_manifest(record.digest).blob_digests())
-                except (StoreError, OSError):
-                    # A damaged manifest (verify reports it) must not block every rm and prune:
-                    # whatever it still names stays, since the image may be repaired by a pull.
+                except CorruptStoreError:
+                    # Read, but damaged (verify reports it): it must not block every rm and prune,
+                    # and whatever it still names stays. One that cannot be read at all raises:
+                    # nothing may be deleted on a guess.
                     live |= self._digests_named_in(record.digest)
         for entry in index.foreign:
             live |= self._foreign_closure(entry["digest"])
         return live
 
     def _digests_named_in(self, digest: str) -> set[str]:
-        try:
-            data = self.blobs.read_bytes(digest, MAX_MANIFEST_BYTES)
-        except (OSError, StoreError):
-            return set()
-        return {m.decode() for m in _NAMED_DIGEST.findall(data)}
+        return {m.decode() for m in _NAMED_DIGEST.findall(self.blobs.read_bytes(digest, MAX_MANIFEST_BYTES))}
 
     def _foreign_closure(self, digest: str) -> set[str]:
         """What another tool's entry keeps alive: its manifest and what it refers to, through image
@@ -508,3 +500,13 @@ def _did_you_mean(index: Index, ref: Reference) -> str:
     if same_repo:
         return "tags of that name: " + ", ".join(sorted(same_repo))
     return "see `modelyard list`"
+
+
+def _tag_in(index: Index, name: str) -> str:
+    """`name` as the index spells it: the same, or, as Ollama matches names, the one tag that
+    differs from it only by case; else `name` itself (not found)."""
+    if index.get(name) is not None:
+        return name
+    folded = name.casefold()
+    alike = [r.name for r in index.tags if r.name.casefold() == folded]
+    return alike[0] if len(alike) == 1 else name
