@@ -374,7 +374,11 @@ def test_a_crashed_model_leaves_the_list_when_its_keep_alive_runs_out(two_models
     run(scenario())
 
 
-def test_repeated_crashes_back_off(two_models: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize("keep_alive", [None, 0.0], ids=["default-keep-alive", "keep-alive-0"])
+def test_repeated_crashes_back_off(two_models: tuple[Path, Path], keep_alive: float | None) -> None:
+    """With keep_alive 0 too: a crashed entry that left the list at its keep_alive took its
+    count of crashes with it, and every request loaded again at once."""
+
     async def scenario() -> None:
         clock = FakeClock()
         scheduler = Scheduler(SchedulerSettings(ram_budget=2**34, backoff_base=2.0), clock=clock)
@@ -387,17 +391,21 @@ def test_repeated_crashes_back_off(two_models: tuple[Path, Path]) -> None:
                 await asyncio.sleep(0.05)
 
         try:
-            await scheduler.preload(request(two_models[0], "m"))
+            held = await scheduler.acquire(request(two_models[0], "m", keep_alive=keep_alive))
             await crash()
+            held.release()
+            await scheduler.expire_idle()  # as the expiry loop would, at once
             # After the first crash the next request reloads at once; then 2 s, then 4 s.
             for expected_wait in (0.0, 2.0, 4.0):
                 if expected_wait:
                     with pytest.raises(ServerBusyError, match="retrying after") as busy:
-                        await scheduler.acquire(request(two_models[0], "m"))
+                        await scheduler.acquire(request(two_models[0], "m", keep_alive=keep_alive))
                     assert busy.value.retry_after == expected_wait
                     clock.now += expected_wait
-                await scheduler.preload(request(two_models[0], "m"))
+                held = await scheduler.acquire(request(two_models[0], "m", keep_alive=keep_alive))
                 await crash()
+                held.release()
+                await scheduler.expire_idle()
         finally:
             await scheduler.close()
 

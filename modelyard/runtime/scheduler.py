@@ -292,6 +292,7 @@ class Scheduler:
         # Requests per name not holding a lease yet, whatever they wait for: a load, memory for
         # it, another name's load, an unload or a swap. With the leases beyond the slots, the queue.
         self._acquiring: Counter[str] = Counter()
+        self._crashes: dict[str, int] = {}  # crashes of names whose failed entry left the list
         self._capacity = asyncio.Condition()
         self._expiry_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()  # referenced, or asyncio may collect them
@@ -461,6 +462,7 @@ class Scheduler:
             for name in crashed.names:  # nothing to unload: its runner is gone
                 if self._entries.get(name) is crashed:
                     del self._entries[name]
+                    self._crashes[name] = crashed.failures  # the next crash backs off from there
         expired = [
             e
             for e in self._every_entry()
@@ -754,7 +756,7 @@ class Scheduler:
             plan=plan,
             shape=request.shape,
             last_used=self.clock(),
-            failures=previous.failures if previous is not None else 0,
+            failures=previous.failures if previous is not None else self._crashes.pop(request.name, 0),
         )
         keep_alive = request.keep_alive
         entry.set_lifetime(
@@ -1118,8 +1120,8 @@ class Scheduler:
         entry.runner = None
         entry.idle.set()
         # Listed as failed, holding nothing, until its keep_alive would have run out and its backoff
-        # too (then it goes from the list, and with it the count of its crashes), or until a request
-        # loads it again after the backoff.
+        # too (then it goes from the list; the count of its crashes stays for its next load), or
+        # until a request loads it again after the backoff.
         if math.isfinite(entry.keep_alive):
             entry.expires_at = max(self.clock() + max(entry.keep_alive, 0.0), entry.retry_at)
         log.warning(
