@@ -240,5 +240,7 @@ def test_a_deployment_keeps_the_specs_settings_and_says_what_a_cluster_cannot_do
     caveats = export_caveats(spec, "deployment")
     assert any("spec.memory is a budget for one machine" in c for c in caveats)
     assert any("localhost:5055 inside a pod is the pod itself" in c for c in caveats)
+    ipv6 = make_spec("models: [{name: chat, image: '[::1]:5000/team/m0:v1'}]")
+    assert any("[::1]:5000 inside a pod" in c for c in export_caveats(ipv6, "deployment"))
     with pytest.raises(SpecError, match="is a local image; the pod pulls from a registry"):
         export_kubernetes(make_spec("models: [{name: chat, image: m0}]"), mode="deployment")

@@ -179,9 +179,10 @@ class RepositoryClient:
     def upload_offset(self, upload: UploadSession) -> int:
         """How many bytes the registry holds for this upload session (spec end-13)."""
         response = self.session.request("GET", upload.url, scope=self.scope)
-        response.close()
         if response.status_code not in (200, 204):
+            _check_upload_session(response)
             raise error_for(response, f"upload status in {self.name}")
+        response.close()
         return _range_end(response.headers.get("Range")) + 1
 
     def finish_upload(self, upload: UploadSession, digest: str, body: Body | None = None) -> None:

@@ -95,9 +95,9 @@ def classify(exc: BaseException) -> HTTPError | None:
     if isinstance(exc, HTTPError):
         return exc
     if isinstance(exc, OSError) and exc.errno in _DISK_ERRORS:
+        # The path stays in the server's log (error_for): it is not the client's to see.
         status, what = _DISK_ERRORS[exc.errno]
-        where = f" ({exc.filename})" if exc.filename else ""
-        return HTTPError(status, f"the server cannot use its files{where}: {what}", kind="server_error")
+        return HTTPError(status, f"the server cannot use its files: {what}", kind="server_error")
     for kind, status, error_type in _TABLE:
         if isinstance(exc, kind):
             message, code = str(exc), None

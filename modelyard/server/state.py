@@ -67,6 +67,8 @@ class ServerState:
 
     def error_for(self, exc: BaseException) -> HTTPError:
         known = classify(exc)
+        if known is not None and isinstance(exc, OSError):  # a disk error: where, for the operator
+            log.warning("request %s: %s", request_id.current.get(), exc)
         if known is None:
             request = request_id.current.get()
             log.exception("internal error in request %s", request, exc_info=exc)

@@ -28,6 +28,7 @@ import yaml
 
 from modelyard.errors import ModelyardError, SpecError
 from modelyard.reference import parse_reference
+from modelyard.registry.endpoint import is_loopback
 from modelyard.registry.push import OLLAMA_TAG_SUFFIX
 from modelyard.runtime.servable import load_servable
 from modelyard.spec.footprint import footprint
@@ -95,7 +96,7 @@ def export_caveats(spec: Spec, mode: Mode) -> list[str]:
         )
     for model in spec.models:
         host = parse_reference(model.image).host or ""
-        if not model.suspend and host.split(":")[0] in ("localhost", "127.0.0.1", "::1", "[::1]"):
+        if not model.suspend and host and is_loopback(host):
             caveats.append(
                 f"model {model.name!r}: {host} inside a pod is the pod itself; name a registry the "
                 "cluster reaches"
