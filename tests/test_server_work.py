@@ -84,7 +84,7 @@ def test_a_pull_not_streamed_stops_when_its_client_leaves(state: ServerState) ->
     async def main() -> None:
         request = Request({"type": "http", "method": "POST", "path": "/api/pull", "headers": []}, leaves_soon)
         with pytest.raises(HTTPError) as gone:
-            await _progress_response(request, state.in_thread(endless), streaming=False)
+            await _progress_response(request, state.in_thread(endless), False, state.error_for)
         assert gone.value.status == 499
 
     asyncio.run(main())
