@@ -327,7 +327,7 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
         body_extra: dict[str, Any] = {}
         if args.format:
             body_extra["format"] = args.format
-        if args.keep_alive:
+        if args.keep_alive is not None:  # 0 is a keep_alive too: unload at once
             body_extra["keep_alive"] = args.keep_alive
         try:
             if prompt == "":

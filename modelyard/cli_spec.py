@@ -90,12 +90,14 @@ def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
-def _status(ctx: Context) -> dict[str, Any] | None:
+def _status(ctx: Context, *, quiet: bool = False) -> dict[str, Any] | None:
+    """The server's /api/status; None, said on stderr unless `quiet`, when no server answers."""
     client = ApiClient(base_url(ctx.settings), ctx.settings.api_key, timeout=10)
     try:
         return dict(client.get("/api/status"))
     except ServerUnreachableError as exc:
-        ctx.err(f"Error: no server answers at {exc}; start one with `modelyard serve --spec FILE`")
+        if not quiet:
+            ctx.err(f"Error: no server answers at {exc}; start one with `modelyard serve --spec FILE`")
         return None
     except ApiError as exc:  # a wrong API key, a server that is not ours
         ctx.err(f"Error: {exc}")
@@ -120,10 +122,17 @@ def _show(ctx: Context, status: dict[str, Any], as_json: bool) -> None:
 def _wait(ctx: Context, timeout: float, print_json: bool = False) -> int:
     deadline = time.monotonic() + timeout
     while True:
-        status = _status(ctx)
+        # A server still starting (`serve --spec … &` just before) is waited for too.
+        status = _status(ctx, quiet=time.monotonic() < deadline)
         if status is None:
+            if time.monotonic() < deadline:
+                time.sleep(1.0)
+                continue
             return EXIT_USER_ERROR
-        spec = status.get("spec") or {}
+        spec = status.get("spec")
+        if spec is None:  # no spec applied: ready as soon as it answers
+            _show(ctx, status, print_json)
+            return EXIT_OK
         if spec.get("ready"):
             _show(ctx, status, print_json)
             return EXIT_OK

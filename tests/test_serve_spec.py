@@ -116,6 +116,10 @@ def test_apply_status_and_diff_against_a_plain_server(
     try:
         spec = tmp_path / "models.yaml"
         spec.write_text(spec_text("chat"))
+        code, out, _ = cli(server, monkeypatch, "status")  # nothing applied yet: the loaded models
+        assert code == 0 and out.startswith("no spec applied"), out
+        code, out, _ = cli(server, monkeypatch, "status", "--wait-ready", "--timeout", "5s")
+        assert code == 0 and out.startswith("no spec applied"), "ready: it answers, with nothing to wait for"
         code, out, _ = cli(server, monkeypatch, "diff", "-f", str(spec))
         assert code == 0 and "chat" in out and "load" in out.lower()
         code, out, err = cli(
@@ -132,3 +136,17 @@ def test_apply_status_and_diff_against_a_plain_server(
         assert status(server)["spec"]["ready"], "the last good spec stays in force"
     finally:
         server.stop()
+
+
+def test_status_wait_ready_waits_for_a_server_still_starting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve --spec … &` then `status --wait-ready` (samples/gitops step 3) failed at once."""
+    from modelyard import cli_spec
+
+    starting: list[dict[str, object] | None] = [None, None]  # no server answers yet
+    answers = [*starting, {"spec": {"ready": False}}, {"spec": {"ready": True}}]
+    monkeypatch.setattr(cli_spec, "_status", lambda ctx, quiet=False: answers.pop(0))
+    monkeypatch.setattr(cli_spec.time, "sleep", lambda _: None)
+    monkeypatch.setattr(cli_spec, "_show", lambda ctx, status, as_json: None)
+    err = io.StringIO()
+    code = main(["status", "--wait-ready", "--timeout", "60s"], stdout=io.StringIO(), stderr=err)
+    assert code == 0 and answers == [] and err.getvalue() == ""

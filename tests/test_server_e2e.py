@@ -1129,6 +1129,10 @@ def test_cli_run_ps_and_stop_against_the_server(
     nothing = cli(server, home, "run", short_model, "--keep-alive", "300", stdin="\n")
     assert nothing.returncode == 0 and nothing.stdout == "", nothing.stderr
     assert f"{short_model}:latest" in loaded(http)
+    # 0 is a keep_alive too (it was dropped as false): unload at once.
+    assert cli(server, home, "run", short_model, "--keep-alive", "0", stdin="\n").returncode == 0
+    assert f"{short_model}:latest" not in loaded(http)
+    cli(server, home, "run", short_model, "--keep-alive", "300", stdin="\n")
 
     ps = cli(server, home, "ps")
     assert ps.returncode == 0, ps.stderr
