@@ -302,6 +302,16 @@ def test_a_manifest_that_cannot_be_read_deletes_nothing(
     assert store.blobs.exists(sha(b"its weights")) and store.blobs.exists(sha(b"gone weights"))
 
 
+def test_an_image_pulled_by_digest_is_removed_by_that_reference(store: Store) -> None:
+    """A pull by digest tags `name@sha256:…`; rm of that very reference removed nothing."""
+    digest = put_image(store, "team/m:v1", b"w")
+    pinned = parse_reference(f"team/m@{digest}")
+    store.tag(pinned, digest)
+    store.remove([parse_reference("team/m:v1")])
+    [plan] = store.remove([pinned])
+    assert digest in plan.blobs and not store.images()
+
+
 def test_rm_dry_run_changes_nothing(store: Store) -> None:
     put_image(store, "a", b"w")
     before = files_under(store.root)

@@ -328,6 +328,8 @@ class Store:
 
     @staticmethod
     def _removable_tag(index: Index, ref: Reference) -> str:
+        if ref.digest is not None and ref.tag is None and index.get(str(ref)) is not None:
+            return str(ref)  # what a pull by digest tagged: `name@sha256:…` itself
         tag = _tag_in(index, str(ref.without_digest()))
         record = index.get(tag)
         if record is None and not index.history_of(tag):
