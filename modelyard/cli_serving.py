@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
@@ -377,37 +378,105 @@ def _chat_turn(
     return "".join(parts)
 
 
+CHAT_HELP = """Available commands:
+  /set parameter NAME VALUE   set a parameter for the next messages (temperature 0.2, num_ctx 4096, …)
+  /set system TEXT            set the system message
+  /clear                      forget the conversation
+  /bye                        exit (also /exit, /quit, Ctrl-D)
+  /?, /help                   this help
+Use \"\"\" to begin and end a message of several lines."""
+
+
+@dataclass(frozen=True)
+class ChatLine:
+    """What one line of the interactive chat asks for (pure: `chat_line`)."""
+
+    kind: str  # say | quit | clear | help | system | parameter | error | nothing | open (a \"\"\" block)
+    text: str = ""
+    name: str = ""
+    value: Any = None
+
+
+def chat_line(line: str) -> ChatLine:
+    """A line typed at `>>>`, read as `ollama run` reads it."""
+    text = line.strip()
+    if not text:
+        return ChatLine("nothing")
+    if text.startswith('"""'):
+        rest = text[3:]
+        if rest.endswith('"""') and len(rest) >= 3:  # opened and closed on one line
+            return ChatLine("say", rest[:-3].strip())
+        return ChatLine("open", rest)
+    if not text.startswith("/"):
+        return ChatLine("say", text)
+    words = text.split(maxsplit=3)
+    command = words[0]
+    if command in ("/bye", "/exit", "/quit"):
+        return ChatLine("quit")
+    if command == "/clear":
+        return ChatLine("clear")
+    if command in ("/?", "/help"):
+        return ChatLine("help")
+    if command == "/set" and len(words) >= 3 and words[1] == "system":
+        return ChatLine("system", text.split(maxsplit=2)[2])
+    if command == "/set" and len(words) == 4 and words[1] == "parameter":
+        from modelyard.builder.params import coerce_parameter
+        from modelyard.errors import ModelfileError
+
+        try:
+            return ChatLine("parameter", name=words[2], value=coerce_parameter(words[2], words[3]))
+        except ModelfileError as exc:
+            return ChatLine("error", str(exc))
+    if command == "/set":
+        return ChatLine("error", "use /set parameter NAME VALUE, or /set system TEXT")
+    return ChatLine("error", f"unknown command {command!r}; /? lists the commands")
+
+
 def _interactive(
     client: ApiClient, ctx: Context, model: str, options: dict[str, Any], extra: dict[str, Any], verbose: bool
 ) -> int:
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401 - line editing and history for input()
     client.post("/api/generate", {"model": model, "stream": False, **extra})  # load before the first prompt
-    ctx.err("Send a message (/bye to quit, /clear to forget the conversation)")
+    ctx.err("Send a message (/? for help, /bye to quit)")
     history: list[dict[str, str]] = []
+    system: list[dict[str, str]] = []
     while True:
         try:
-            line = input(">>> ")
+            asked = chat_line(input(">>> "))
+            if asked.kind == "open":  # a message of several lines, up to a closing \"\"\"
+                lines = [asked.text] if asked.text else []
+                while not (line := input("... ")).rstrip().endswith('"""'):
+                    lines.append(line)
+                lines.append(line.rstrip()[:-3])
+                asked = ChatLine("say", "\n".join(lines).strip())
         except (EOFError, KeyboardInterrupt):
             ctx.out()
             return EXIT_OK
-        text = line.strip()
-        if not text:
-            continue
-        if text in ("/bye", "/exit", "/quit"):
+        if asked.kind == "quit":
             return EXIT_OK
-        if text == "/clear":
+        if asked.kind == "clear":
             history.clear()
             ctx.err("Cleared the conversation.")
-            continue
-        history.append({"role": "user", "content": text})
-        try:
-            answer = _chat_turn(client, ctx, model, history, options, extra, verbose)
-        except KeyboardInterrupt:
-            ctx.out()
-            history.pop()
-            continue
-        history.append({"role": "assistant", "content": answer})
+        elif asked.kind == "help":
+            ctx.err(CHAT_HELP)
+        elif asked.kind == "error":
+            ctx.err(f"Error: {asked.text}")
+        elif asked.kind == "system":
+            system[:] = [{"role": "system", "content": asked.text}]
+            ctx.err("Set the system message.")
+        elif asked.kind == "parameter":
+            options[asked.name] = asked.value
+            ctx.err(f"Set parameter {asked.name!r} to {asked.value!r}.")
+        elif asked.kind == "say" and asked.text:
+            history.append({"role": "user", "content": asked.text})
+            try:
+                answer = _chat_turn(client, ctx, model, system + history, options, extra, verbose)
+            except KeyboardInterrupt:
+                ctx.out()
+                history.pop()
+                continue
+            history.append({"role": "assistant", "content": answer})
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from modelyard.cli_serving import ApiClient, ApiError, ApiTimeout
+from modelyard.cli_serving import ApiClient, ApiError, ApiTimeout, chat_line
 
 
 @pytest.fixture
@@ -85,3 +85,34 @@ def test_a_connection_that_breaks_or_an_answer_that_is_not_the_api_is_an_api_err
             list(client.stream("/api/chat", {"model": "m"}))
     finally:
         client.close()
+
+
+@pytest.mark.parametrize(
+    ("line", "kind", "text", "name", "value"),
+    [
+        ("Why is the sky blue?", "say", "Why is the sky blue?", "", None),
+        ("   ", "nothing", "", "", None),
+        ("/bye", "quit", "", "", None),
+        ("/exit", "quit", "", "", None),
+        ("/clear", "clear", "", "", None),
+        ("/?", "help", "", "", None),
+        ("/help", "help", "", "", None),
+        ("/set system You are terse.", "system", "You are terse.", "", None),
+        ("/set parameter temperature 0.2", "parameter", "", "temperature", 0.2),
+        ("/set parameter num_ctx 4096", "parameter", "", "num_ctx", 4096),
+        ("/set parameter temperature hot", "error", "invalid value 'hot'", "", None),
+        ("/set parameter temprature 0.2", "error", "temperature", "", None),  # did you mean
+        ("/set verbose", "error", "/set parameter NAME VALUE", "", None),
+        ("/foo", "error", "unknown command '/foo'", "", None),  # never sent to the model
+        ('"""', "open", "", "", None),
+        ('"""first line', "open", "first line", "", None),
+        ('"""all on one line"""', "say", "all on one line", "", None),
+    ],
+)
+def test_chat_lines_are_read_as_ollama_run_reads_them(
+    line: str, kind: str, text: str, name: str, value: object
+) -> None:
+    asked = chat_line(line)
+    assert asked.kind == kind
+    assert text in asked.text if kind == "error" else asked.text == text
+    assert (asked.name, asked.value) == (name, value)

@@ -1199,6 +1199,12 @@ def test_cli_run_interactive_chat_until_bye(server: ServeProcess, home: Path, sh
         os.write(primary, b"And a fruit?\n")
         second = read_until(b">>> ")
         assert len(first.strip()) > len(b"Name a colour. >>>") and second.strip()
+        os.write(primary, b"/?\n")  # commands are never sent to the model
+        assert b"/set parameter" in read_until(b">>> ")
+        os.write(primary, b"/foo\n")
+        assert b"unknown command '/foo'" in read_until(b">>> ")
+        os.write(primary, b'\"\"\"Two\nlines.\"\"\"\n')  # a message of several lines
+        assert b"... " in read_until(b">>> ")
         os.write(primary, b"/bye\n")
         assert process.wait(30) == 0
     finally:
