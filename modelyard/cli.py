@@ -180,6 +180,9 @@ def cmd_list(args: argparse.Namespace, ctx: CommandContext) -> int:
             continue
         try:
             manifest = ctx.store.read_manifest(record.digest)
+            missing = [d for d in manifest.blob_digests() if not ctx.store.blobs.exists(d)]
+            if missing:  # cheap to see (a stat each); a blob's bytes are verify's to check
+                raise BlobNotFoundError(missing[0], ref.short())
         except (BlobNotFoundError, CorruptStoreError) as exc:
             # One damaged image must not hide the others: it is listed, flagged, and named below.
             row |= {"size": None, "problem": str(exc)}

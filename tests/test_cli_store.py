@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from modelyard.cli import main
+from modelyard.store.image import sha256_digest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -339,6 +340,13 @@ def test_list_shows_the_healthy_images_beside_a_damaged_one(home: Path, work: Pa
     rows = {r["name"]: r for r in json.loads(cli("list", "--json").out)["models"]}
     assert rows["fine:latest"]["size"] > 0 and rows["broken:latest"]["size"] is None
     assert "missing" in rows["broken:latest"]["problem"]
+    # A layer gone (verify --fix deleted a corrupt one) makes an image broken too, not only its manifest.
+    (work / "Modelfile").write_text("FROM ./weights.gguf\nSYSTEM a system of its own\n")
+    cli("build", "-t", "layerless", "-f", str(work / "Modelfile"), "--quiet")
+    system = sha256_digest(b"a system of its own")
+    (home / "store" / "blobs" / "sha256" / system[7:]).unlink()
+    rows = {r["name"]: r for r in json.loads(cli("list", "--json").out)["models"]}
+    assert rows["layerless:latest"]["size"] is None and system in rows["layerless:latest"]["problem"]
 
 
 def test_cli_input_errors_outside_any_command(
