@@ -543,14 +543,16 @@ def register(sub: Any) -> None:
         description="Serve the Ollama API (/api/…) and the OpenAI API (/v1/…), with /health, /api/status and "
         "/metrics. Listens on $MODELYARD_HOST (default 127.0.0.1:11434). Environment: MODELYARD_API_KEY "
         "(require Bearer auth), MODELYARD_ORIGINS (CORS), MODELYARD_NUM_PARALLEL, MODELYARD_KEEP_ALIVE, "
-        "MODELYARD_MAX_QUEUE, MODELYARD_RAM_BUDGET.",
+        "MODELYARD_MAX_QUEUE, MODELYARD_RAM_BUDGET; for the registries --spec pulls from, "
+        "MODELYARD_PLAIN_HTTP_REGISTRIES and MODELYARD_INSECURE_REGISTRIES. SIGTERM or Ctrl-C: no new "
+        "requests, 10 s for those in flight.",
     )
     p.add_argument("--host", metavar="HOST[:PORT]", help="where to listen (default: $MODELYARD_HOST)")
     p.add_argument(
         "--spec",
         metavar="FILE|DIR|git+URL[@REF][#PATH]",
         help="keep the models of this ModelSet spec loaded, following its edits (a file or folder is "
-        "watched; a git source is polled for new commits); /health answers 200 once they are all Ready",
+        "watched; a git source is polled for new commits); /health answers 200 once each answers requests",
     )
     p.set_defaults(func=cmd_serve)
 
@@ -577,8 +579,11 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "ps",
         help="models loaded by the server, with live memory figures",
-        description="List the models loaded by the server at $MODELYARD_HOST: name, digest, memory (with "
-        "the part on GPUs), and when each unloads if left idle.",
+        description="List the models loaded by the server at $MODELYARD_HOST: NAME, ID (digest), SIZE (the "
+        "memory counted for it: weights, KV cache, and an embeddings context once used), PROCESSOR (its "
+        "CPU/GPU split), CONTEXT and SLOTS per runner, QUEUE (requests waiting), UNTIL (when it unloads "
+        "if left idle), RSS (the runner process's resident memory), RESIDENT (the part of its mmapped "
+        "weights in RAM now), and STATE.",
     )
     p.add_argument("--json", action="store_true", help="print the server's /api/ps answer as JSON")
     p.set_defaults(func=cmd_ps)

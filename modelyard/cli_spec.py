@@ -233,7 +233,9 @@ def register(sub: Any) -> None:
         "--server-image",
         default="ghcr.io/modelyard/modelyard:latest",
         metavar="IMAGE",
-        help="the container image (with modelyard installed) the Deployments run",
+        help="the container image the Deployments run: one with modelyard (and llama-cpp-python built "
+        "for the cluster's machines) installed (default: %(default)s, a name this project does not "
+        "publish yet: build and push your own)",
     )
     k8s.add_argument(
         "--docker-config-secret",
