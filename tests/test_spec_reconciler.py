@@ -435,3 +435,20 @@ def test_a_shared_pull_that_fails_fails_every_model_on_it_once(
     for name in ("chat", "code"):
         degraded = conditions(reconciler, name)["Degraded"]
         assert (degraded["status"], degraded["reason"]) == ("True", "PullFailed")
+
+
+def test_status_as_a_table_shows_the_latest_events_and_keeps_long_names_in_line(
+    tmp_path: Path, world: tuple[FakeEffects, FakeClock]
+) -> None:
+    from modelyard.spec.status import format_status
+
+    effects, clock = world
+    long_name = "a-model-name-longer-than-twenty-characters"
+    reconciler = make(tmp_path, effects, clock)
+    reconciler.submit(documents(f"models: [{{name: {long_name}, image: {IMAGE}, context: 2048}}]"))
+    asyncio.run(reconciler.reconcile())
+    table = format_status(reconciler.status())
+    header = next(line for line in table.splitlines() if line.startswith("NAME"))
+    row = next(line for line in table.splitlines() if line.startswith(long_name))
+    assert row.index(" True ") == header.index(" READY "), table
+    assert "events (the last" in table and f"loaded     {long_name}:" in table, table

@@ -185,8 +185,12 @@ def timestamp(seconds: float | None) -> str | None:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+SHOWN_EVENTS = 5  # of the status's events, in the table form
+
+
 def format_status(status: Mapping[str, Any]) -> str:
-    """`modelyard status` as a table: one line per model, then rejections and source errors."""
+    """`modelyard status` as a table: rejections and source errors, one line per model, then the
+    latest events."""
     lines = [
         f"ModelSet {status.get('name')}  generation {status.get('generation')} "
         f"(observed {status.get('observedGeneration')})" + ("  SUSPENDED" if status.get("suspended") else "")
@@ -201,14 +205,21 @@ def format_status(status: Mapping[str, Any]) -> str:
         when = f"revision {rejected.get('revision')} at {rejected.get('at')}"
         lines.append(f"rejected  {when}; the last good spec stays in force:")
         lines.extend(f"          {issue['text']}" for issue in rejected.get("issues", []))
-    header = f"{'NAME':<20} {'READY':<6} {'STATUS':<12} {'DIGEST':<20} MESSAGE"
-    lines.append(header)
-    for model in status.get("models", []):
+    models = status.get("models", [])
+    width = max([len("NAME"), *(len(m["name"]) for m in models)])  # a long name keeps its column
+    lines.append(f"{'NAME':<{width}} {'READY':<6} {'STATUS':<12} {'DIGEST':<20} MESSAGE")
+    for model in models:
         conditions = {c["type"]: c for c in model.get("conditions", [])}
         ready = conditions.get(READY, {}).get("status", "Unknown")
         degraded = conditions.get(DEGRADED, {})
         state = degraded.get("reason") if degraded.get("status") == "True" else model.get("phase", "")
         digest = (model.get("serving") or model.get("digest") or "")[:19]
         message = degraded.get("message") if degraded.get("status") == "True" else model.get("message")
-        lines.append(f"{model['name']:<20} {ready:<6} {state:<12} {digest:<20} {message or ''}".rstrip())
+        lines.append(f"{model['name']:<{width}} {ready:<6} {state:<12} {digest:<20} {message or ''}".rstrip())
+    events = status.get("events") or []
+    if events:
+        lines.append(f"events (the last {min(len(events), SHOWN_EVENTS)}; --json has {len(events)}):")
+        for event in events[-SHOWN_EVENTS:]:
+            about = f"{event['model']}: " if event.get("model") else ""
+            lines.append(f"  {event['time']}  {event['kind']:<10} {about}{event['message']}")
     return "\n".join(lines)
