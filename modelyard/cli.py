@@ -141,10 +141,8 @@ def cmd_build(args: argparse.Namespace, ctx: CommandContext) -> int:
     for warning in result.warnings:
         ctx.err(f"warning: {warning}")
     if not args.quiet:
-        ctx.err(
-            f"built {target.short()} ({_human_bytes(result.size)}, {result.layers_created} new layers, "
-            f"{result.layers_reused} reused)"
-        )
+        layers = f"{_count(result.layers_created, 'new layer')}, {result.layers_reused} reused"
+        ctx.err(f"built {target.short()} ({_human_bytes(result.size)}, {layers})")
     ctx.out(result.digest)
     return EXIT_OK
 
@@ -377,7 +375,7 @@ def cmd_history(args: argparse.Namespace, ctx: CommandContext) -> int:
         return EXIT_OK
     _table(
         ctx,
-        ["DIGEST", "TAGGED", ""],
+        ["DIGEST", "TAGGED", "CURRENT"],
         [[r.digest, r.tagged_at, "current" if r == current else ""] for r in records],
     )
     return EXIT_OK
@@ -427,7 +425,7 @@ def cmd_verify(args: argparse.Namespace, ctx: CommandContext) -> int:
     if report.index_problem:
         advice = "Repair or restore index.json first (see above); nothing was deleted."
     elif report.removed:
-        advice = f"Deleted the {len(report.corrupt)} corrupt blobs; {again}."
+        advice = f"Deleted {_count(len(report.corrupt), 'corrupt blob')}; {again}."
     elif report.corrupt:
         advice = (
             "Run `modelyard verify --fix` to delete the corrupt blobs (a build or pull would take them "
@@ -435,7 +433,7 @@ def cmd_verify(args: argparse.Namespace, ctx: CommandContext) -> int:
         )
     else:
         advice = f"Build or pull again: {', '.join(affected)}."
-    ctx.err(f"{problems} problems in {report.blobs_checked} blobs. {advice}")
+    ctx.err(f"{_count(problems, 'problem')} in {_count(report.blobs_checked, 'blob')}. {advice}")
     return EXIT_OTHER_ERROR
 
 
@@ -882,6 +880,11 @@ def main(
                 ctx.err(f"Error: {_message(exc)}")
                 return code
         raise
+
+
+def _count(n: int, thing: str) -> str:
+    """`1 blob`, `2 blobs`."""
+    return f"{n} {thing}" if n == 1 else f"{n} {thing}s"
 
 
 def _message(exc: BaseException) -> str:

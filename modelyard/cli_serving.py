@@ -261,7 +261,7 @@ def cmd_stop(args: argparse.Namespace, ctx: Context) -> int:
         ctx.err(f"{args.name} is stopping: it unloads when the requests it is serving end")
         return EXIT_OK
     except ServerUnreachableError as exc:
-        ctx.err(f"Error: no server answers at {exc}")
+        ctx.err(f"Error: no server answers at {exc}; nothing is loaded without one (`modelyard serve`)")
         return EXIT_USER_ERROR
     except ApiError as exc:
         ctx.err(f"Error: {exc}")

@@ -208,7 +208,7 @@ def test_verify_names_the_images_of_a_corrupt_blob_and_fix_lets_a_rebuild_restor
     cli("build", "-t", "m", "-f", str(work / "Modelfile"), "--quiet")
     assert cli("verify").code == 2
     fixed = cli("verify", "--fix")
-    assert fixed.code == 2 and "Deleted the 1 corrupt blobs" in fixed.err and not blob.exists()
+    assert fixed.code == 2 and "Deleted 1 corrupt blob;" in fixed.err and not blob.exists()
     assert f"missing blob {weights} (needed by m:latest)" in cli("verify").out
     rebuilt = cli("build", "-t", "m", "-f", str(work / "Modelfile"), "--quiet")
     assert rebuilt.code == 0 and rebuilt.out.strip() == digest

@@ -68,6 +68,7 @@ def test_set_tag_history(
         pytest.param([("a", 1), ("a", 2)], "sha256:", None, "needs a digest", id="prefix-only"),
         pytest.param([("a", 1)], None, None, "no earlier digest", id="nothing-to-roll-back-to"),
         pytest.param([("a", 1), ("a", 2)], digest(7), None, "not in its history", id="unknown-digest"),
+        pytest.param([("a", 1), ("a", 2)], digest(2), None, "already points at", id="the-current-digest"),
         pytest.param([("a", 0x10), ("a", 0x11), ("a", 0x12)], "0", None, "ambiguous", id="ambiguous-prefix"),
     ],
 )

@@ -230,7 +230,10 @@ class ApiKey:
             await self.app(scope, receive, send)
             return
         openai = scope["path"].startswith("/v1/")
-        message = "missing or wrong API key: send Authorization: Bearer <MODELYARD_API_KEY>"
+        message = (
+            "missing or wrong API key: send Authorization: Bearer <key> (the CLI sends $MODELYARD_API_KEY: "
+            "set it to the server's)"
+        )
         body = (
             {"error": {"message": message, "type": "authentication_error", "param": None, "code": None}}
             if openai

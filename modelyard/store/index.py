@@ -168,6 +168,9 @@ def rollback_target(index: Index, name: str, to_digest: str | None = None) -> Ta
             f"--to needs a digest or the start of one (earlier digests of {name}: {_short_digests(history)})"
         )
     matches = [h for h in history if h.digest.removeprefix("sha256:").startswith(prefix)]
+    current = index.get(name)
+    if not matches and current is not None and current.digest.removeprefix("sha256:").startswith(prefix):
+        raise LookupError(f"{name} already points at {current.digest[:19]}: nothing to roll back")
     if len(matches) != 1:
         problem = "is ambiguous" if matches else "is not in its history"
         raise LookupError(
