@@ -213,6 +213,34 @@ def cmd_list(args: argparse.Namespace, ctx: CommandContext) -> int:
     return EXIT_OK
 
 
+def _show_details(ctx: CommandContext, manifest: Any, parts: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """What `show` lists about the weights: from the image's config and annotations, as a build
+    records them, else (an image converted from Ollama's or Docker's format) from the GGUF header."""
+    from modelyard.builder.compose import is_embedding_gguf
+    from modelyard.builder.gguf_info import read_gguf
+
+    output_types = config.get("capabilities", {}).get("outputTypes")
+    context = manifest.annotations.get("io.modelyard.gguf.context-length")
+    hidden = (config.get("transformerConfig") or {}).get("hiddenSize")
+    metadata: dict[str, Any] = {}
+    if (output_types is None or context is None or hidden is None) and parts.weights is not None:
+        with contextlib.suppress(ModelyardError, OSError):
+            metadata = dict(read_gguf(ctx.store.blobs.path(parts.weights.digest)).metadata)
+    arch = str(metadata.get("general.architecture", ""))
+    if output_types is None and metadata:
+        output_types = ["embedding"] if is_embedding_gguf(metadata) else ["text"]
+    context = context if context is not None else metadata.get(f"{arch}.context_length")
+    hidden = hidden if hidden is not None else metadata.get(f"{arch}.embedding_length")
+    return {
+        "architecture": config.get("architecture") or arch or None,
+        "parameters": config.get("paramSize"),
+        "quantization": config.get("quantization"),
+        "context length": int(context) if context is not None else None,
+        "embedding length": hidden,
+        "capabilities": ", ".join(sorted({*(output_types or [])})),
+    }
+
+
 def cmd_show(args: argparse.Namespace, ctx: CommandContext) -> int:
     ref = parse_reference(args.name)
     record = ctx.store.resolve(ref)
@@ -234,14 +262,7 @@ def cmd_show(args: argparse.Namespace, ctx: CommandContext) -> int:
         ctx.out(_format_parameters(parts.params))
         return EXIT_OK
     config = ctx.store.read_config(manifest).get("config", {})
-    details = {
-        "architecture": config.get("architecture"),
-        "parameters": config.get("paramSize"),
-        "quantization": config.get("quantization"),
-        "context length": manifest.annotations.get("io.modelyard.gguf.context-length"),
-        "embedding length": (config.get("transformerConfig") or {}).get("hiddenSize"),
-        "capabilities": ", ".join(sorted({*config.get("capabilities", {}).get("outputTypes", [])})),
-    }
+    details = _show_details(ctx, manifest, parts, config)
     if args.json:
         ctx.out(
             json.dumps(

@@ -211,7 +211,7 @@ def test_push_both_formats_and_pull_the_ollama_manifest_back(
     assert raw["layers"][0]["mediaType"] == LAYER_OLLAMA_MODEL  # type: ignore[index]
 
     first = pull(new_store(tmp_path / "a"), ollama_ref, options(tmp_path))
-    second_store = new_store(tmp_path / "b")
+    second_store = new_store(tmp_path / "b" / "store")
     second = pull(second_store, ollama_ref, options(tmp_path))
     assert first.source_format is SourceFormat.OLLAMA
     assert first.digest == second.digest != first.remote_digest  # converted, and the same ID every time
@@ -220,6 +220,16 @@ def test_push_both_formats_and_pull_the_ollama_manifest_back(
     assert converted.annotations[ANNOTATION_SOURCE_DIGEST] == second.remote_digest
     assert second_store.read_parts(converted).system == "You are terse."
     assert {x.digest for x in converted.layers} == {x.digest for x in ours.layers}
+    # Its config does not carry the weights' facts, which `show` then reads from the GGUF.
+    from modelyard.cli import main
+
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MODELYARD_HOME", str(tmp_path / "b"))
+        assert main(["show", str(ollama_ref), "--json"], stdout=out, stderr=io.StringIO()) == 0
+    details = json.loads(out.getvalue())["details"]
+    assert details["capabilities"] == "text" and details["context length"] == 256
+    assert isinstance(details["embedding length"], int)
 
     # A pull by the registry's digest finds the converted image by that reference.
     pinned = ollama_ref.with_digest(second.remote_digest)

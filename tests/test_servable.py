@@ -104,3 +104,21 @@ def test_keep_alive_from_the_request_else_the_image(
     inference = Inference(store, scheduler, Metrics(scheduler.status, scheduler.queue_depths), 300.0)
     servable = load_servable(store, parse_reference("m"))
     assert inference.model_keep_alive(servable, requested) == expected
+
+
+@pytest.mark.parametrize(("pooling", "embedding"), [(None, False), (0, False), (1, True)])
+def test_an_image_whose_config_does_not_say_is_judged_by_its_gguf(
+    tmp_path: Path, pooling: int | None, embedding: bool
+) -> None:
+    """An image converted from Ollama's format has no output types in its config: the GGUF says."""
+    from dataclasses import replace
+
+    from tinygguf import write_tiny_llama
+
+    weights = write_tiny_llama(tmp_path / "w.gguf", pooling=pooling)
+    (tmp_path / "Modelfile").write_text("FROM ./w.gguf\n")
+    store = Store(tmp_path / "home" / "store")
+    Builder(store, tmp_path / "home" / "cache").build_file(tmp_path / "Modelfile", parse_reference("m"))
+    built = load_servable(store, parse_reference("m"))
+    assert weights.exists() and built.is_embedding_model is embedding
+    assert replace(built, config={}).is_embedding_model is embedding

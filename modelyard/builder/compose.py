@@ -209,6 +209,15 @@ def _is_embedding_model(summary: WeightsSummary) -> bool:
     return summary.architecture in _EMBEDDING_ARCHITECTURES or summary.pooling
 
 
+def is_embedding_gguf(metadata: Mapping[str, Any]) -> bool:
+    """What a build records as the `embedding` output type, from a GGUF's metadata alone (for an
+    image whose config does not say: one converted from Ollama's or Docker's format)."""
+    arch = str(metadata.get("general.architecture", "unknown"))
+    return (
+        arch in _EMBEDDING_ARCHITECTURES or metadata.get(f"{arch}.pooling_type", POOLING_NONE) != POOLING_NONE
+    )
+
+
 def _transformer_config(summary: WeightsSummary) -> dict[str, Any]:
     fields = {
         "numLayers": summary.block_count,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelyard.builder.compose import is_embedding_gguf
 from modelyard.builder.gguf_info import read_gguf
 from modelyard.builder.prompt import ModelPrompting
 from modelyard.errors import CorruptStoreError, GGUFError, StoreError
@@ -54,7 +55,10 @@ class Servable:
 
     @property
     def is_embedding_model(self) -> bool:
-        return "embedding" in self.config.get("capabilities", {}).get("outputTypes", [])
+        output_types = self.config.get("capabilities", {}).get("outputTypes")
+        if output_types is None:  # a converted image's config does not say: the GGUF does
+            return is_embedding_gguf(self.gguf.metadata)
+        return "embedding" in output_types
 
     @property
     def created(self) -> str:
