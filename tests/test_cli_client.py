@@ -13,6 +13,15 @@ import pytest
 from modelyard.cli_serving import ApiClient, ApiError, ApiTimeout, chat_line
 
 
+def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A threaded HTTP server on a free loopback port, for as long as the fixture lasts."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
 @pytest.fixture
 def slow_server() -> Iterator[str]:
     class Slow(http.server.BaseHTTPRequestHandler):
@@ -24,11 +33,7 @@ def slow_server() -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    yield from serving(Slow)
 
 
 def test_a_server_slower_than_the_timeout_is_an_api_timeout(slow_server: str) -> None:
@@ -65,11 +70,7 @@ def rude_server() -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Rude)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    yield from serving(Rude)
 
 
 def test_a_connection_that_breaks_or_an_answer_that_is_not_the_api_is_an_api_error(rude_server: str) -> None:
