@@ -37,6 +37,8 @@ MIB = 1024 * 1024
         pytest.param(
             {"num_predict": 2.0, "seed": 7.0}, SamplingOptions(num_predict=2, seed=7), id="whole-float"
         ),
+        # As Ollama's FromMap (Go's int64()): a float for an int option is cut toward zero.
+        pytest.param({"num_predict": 1.5, "seed": -2.7}, SamplingOptions(num_predict=1, seed=-2), id="cut"),
     ],
 )
 def test_parse_request_options(options: dict | None, expected: SamplingOptions) -> None:

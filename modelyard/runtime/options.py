@@ -9,6 +9,7 @@ InferenceRequestError naming the option; the runner goes on serving everyone els
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -122,8 +123,10 @@ def parse_request_options(options: Mapping[str, Any] | None) -> RequestOptions:
             continue  # Ollama skips null values: "not set"
         if name not in PARAMETER_TYPES:
             raise InferenceRequestError(_unknown_option(name))
-        if parameter_type(name) is ParameterType.INT and isinstance(value, float) and value.is_integer():
-            value = int(value)  # JSON has one number type; a computed 2048.0 is Ollama's int 2048 too
+        if parameter_type(name) is ParameterType.INT and isinstance(value, float) and math.isfinite(value):
+            # JSON has one number type: Ollama takes a float for an int option cut toward zero
+            # (2048.0 is 2048, and 1.5 is 1), as Go's int64() does.
+            value = int(value)
         try:
             typed = validate_parameter(name, value)
         except ModelfileError as exc:
