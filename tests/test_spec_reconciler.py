@@ -452,3 +452,38 @@ def test_status_as_a_table_shows_the_latest_events_and_keeps_long_names_in_line(
     row = next(line for line in table.splitlines() if line.startswith(long_name))
     assert row.index(" True ") == header.index(" READY "), table
     assert "events (the last" in table and f"loaded     {long_name}:" in table, table
+
+
+def test_background_pulls_are_recorded_only_for_what_the_spec_still_wants(
+    tmp_path: Path, world: tuple[FakeEffects, FakeClock]
+) -> None:
+    """Found in review: a pull the spec moved away from left its model 'Pulling' for ever, filed its
+    late failure against the model's new entry, and a tag moving again started a second pull of it."""
+    effects, clock = world
+
+    async def settle(reconciler: Reconciler) -> None:
+        for _ in range(50):
+            await asyncio.sleep(0)
+        await reconciler.reconcile(wait_for_pulls=False)
+
+    async def scenario() -> None:
+        reconciler = make(tmp_path, effects, clock)
+        reconciler.submit(documents(CHAT))
+        await reconciler.reconcile()
+        effects.pull_gate = asyncio.Event()
+        effects.tags[IMAGE] = digest("b")  # the tag moves: a slow pull starts
+        await reconciler.reconcile(wait_for_pulls=False)
+        effects.tags[IMAGE] = digest("c")  # and moves again during it: no second pull of the tag
+        await reconciler.reconcile(wait_for_pulls=False)
+        assert [c for c in effects.calls if c[0] == "pull"][1:] == [("pull", IMAGE, digest("b"))]
+        effects.tags[IMAGE] = digest("a")  # rolled back to what serves: Ready, not Pulling
+        await reconciler.reconcile(wait_for_pulls=False)
+        assert conditions(reconciler)["Ready"]["status"] == "True", conditions(reconciler)
+        effects.errors[("pull", IMAGE)] = [DigestMismatchError("b", "x")]
+        effects.pull_gate.set()  # the pull nobody wants now fails: nobody's failure
+        await settle(reconciler)
+        found = conditions(reconciler)
+        assert found["Ready"]["status"] == "True" and found["Degraded"]["status"] == "False", found
+        assert reconciler.ready()
+
+    asyncio.run(scenario())

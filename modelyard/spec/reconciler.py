@@ -3,8 +3,9 @@
 On every change (a new spec, a runner that died or unloaded) and every `interval` it observes (what
 the scheduler holds; what each image reference points to now; what is in the store), plans (a pure
 function, plan.py), and executes the plan through `Effects`, re-planning after each pass until there
-is nothing left to do (a pull is followed by the load it made possible; in the daemon a pull goes on
-after its round, which the next round takes up, so that a long one holds nothing else up). Nothing
+is nothing left to do (a pull is followed by the load it made possible; in the daemon's own loop a
+pull goes on after its round, which a later round takes up, so that a long one holds no spec change
+from a watched source up; an apply still waits for its round's pulls). Nothing
 here touches the store, the registry or runners directly: `Effects` is the seam (host.py is the real
 one; tests use a recording fake).
 
@@ -182,7 +183,7 @@ class Reconciler:
         # Pulls outlive the round that starts them: a long one must not hold back other changes to
         # the spec (a model added, a tag rolled back). Each wakes the loop when it ends, and the
         # next round records its outcome for the models that waited on it.
-        self._pulls: dict[tuple[str, str], _PullJob] = {}
+        self._pulls: dict[str, _PullJob] = {}  # by image reference: one pull of each at a time
         self._wake = asyncio.Event()
         self._changed = asyncio.Condition()
         self._fingerprint: tuple[tuple[str, str, str], ...] = ()
@@ -255,14 +256,15 @@ class Reconciler:
             for attempt in range(self.settings.max_passes + 1):
                 observed = await self._observe(spec)
                 current = plan(spec, observed, self._inventory)
+                if await self._take_up_pulls(spec, current):  # those that ended since: theirs first
+                    observed = await self._observe(spec)
+                    current = plan(spec, observed, self._inventory)
                 self._publish(spec, current, observed, generation)
                 if current.empty or not acted or attempt == self.settings.max_passes:
                     break
                 acted = await self._execute(spec, current, wait_for_pulls=wait_for_pulls)
             assert current is not None
-            for key, job in list(self._pulls.items()):  # ended for models the spec no longer has
-                if job.task.done() and not any(spec.model(name) for name in job.waiting):
-                    del self._pulls[key]
+            self._drop_unwanted_pulls(spec)
             self._inventory = replace(
                 self._inventory,
                 models={n: m for n, m in self._inventory.models.items() if n not in current.forget},
@@ -324,7 +326,7 @@ class Reconciler:
         progress = False
         for action in (a for a in actions if a.kind is ActionKind.UNLOAD):
             progress |= await self._run(spec, current, action)
-        for group in current.pulls:  # one pull per (image, digest): the models on it wait on it
+        for group in current.pulls:  # one pull per image: the models on it wait on it
             self._start_pull(group)
         if wait_for_pulls and self._pulls:
             await asyncio.wait([job.task for job in self._pulls.values()])
@@ -335,30 +337,52 @@ class Reconciler:
         return progress
 
     def _start_pull(self, group: Sequence[Action]) -> None:
-        key = (group[0].image, group[0].digest)
-        job = self._pulls.get(key)
+        image, digest = group[0].image, group[0].digest
+        assert image is not None and digest is not None
+        job = self._pulls.get(image)
         if job is None:
-            task = asyncio.ensure_future(self.effects.pull(*key))
+            task = asyncio.ensure_future(self.effects.pull(image, digest))
             task.add_done_callback(lambda _: self._wake.set())
-            job = self._pulls[key] = _PullJob(task)
+            job = self._pulls[image] = _PullJob(digest, task)
+        elif job.digest != digest:
+            return  # the tag moved during a pull of it: this digest's turn comes when that one ends
         for action in group:
             job.waiting[action.model] = action
-            self._in_progress[action.model] = action
 
     async def _take_up_pulls(self, spec: Spec, current: Plan) -> bool:
-        """Record the outcome of every pull that has ended, for each model that waited on it."""
-        progress = False
-        for key, job in list(self._pulls.items()):
-            if not job.task.done():
-                continue
-            del self._pulls[key]
+        """Record the outcome of every pull that has ended, for each model that waited on it and
+        still wants that digest (a pull the spec moved away from is over for nobody). True when
+        any pull was taken up."""
+        ended = [(image, job) for image, job in self._pulls.items() if job.task.done()]
+        for image, job in ended:
+            del self._pulls[image]
             for action in job.waiting.values():
-                progress |= await self._run(spec, current, action, job.task)
-        return progress
+                if self._wants(spec, action.model, image, job.digest):
+                    await self._run(spec, current, action, job.task)
+            _retrieve(job.task)
+        return bool(ended)
+
+    def _wants(self, spec: Spec, name: str, image: str, digest: str) -> bool:
+        model = spec.model(name)
+        return (
+            model is not None
+            and not _suspended(spec, name)
+            and image in model.reference_texts
+            and self._resolved.get(image, digest) == digest
+        )
+
+    def _drop_unwanted_pulls(self, spec: Spec) -> None:
+        """Pulls no model of the spec waits on any more: stopped, and their outcome let go."""
+        for image, job in list(self._pulls.items()):
+            if not any(self._wants(spec, name, image, job.digest) for name in job.waiting):
+                job.task.cancel()
+                _retrieve(job.task)
+                del self._pulls[image]
 
     def _cancel_pulls(self) -> None:
         for job in self._pulls.values():
             job.task.cancel()
+            _retrieve(job.task)
         self._pulls.clear()
 
     async def _run(
@@ -657,8 +681,18 @@ class Reconciler:
 
 @dataclass
 class _PullJob:
+    digest: str
     task: asyncio.Future[str]
     waiting: dict[str, Action] = field(default_factory=dict)  # model -> its pull action
+
+
+def _retrieve(task: asyncio.Future[str]) -> None:
+    """Mark a pull's failure as seen (its models record it, or nobody wants it): asyncio would
+    otherwise log "exception was never retrieved"."""
+    if task.done() and not task.cancelled():
+        task.exception()
+    elif not task.done():
+        task.add_done_callback(lambda t: None if t.cancelled() else t.exception())
 
 
 def classify(exc: ModelyardError, kind: ActionKind) -> Failure:
