@@ -90,14 +90,19 @@ def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
+NO_SERVER_YET: dict[str, Any] = {}  # _status's answer, when asked to be quiet, while none answers
+
+
 def _status(ctx: Context, *, quiet: bool = False) -> dict[str, Any] | None:
-    """The server's /api/status; None, said on stderr unless `quiet`, when no server answers."""
+    """The server's /api/status; None when it cannot be had (said on stderr), or NO_SERVER_YET
+    when no server answers and `quiet`."""
     client = ApiClient(base_url(ctx.settings), ctx.settings.api_key, timeout=10)
     try:
         return dict(client.get("/api/status"))
     except ServerUnreachableError as exc:
-        if not quiet:
-            ctx.err(f"Error: no server answers at {exc}; start one with `modelyard serve --spec FILE`")
+        if quiet:
+            return NO_SERVER_YET
+        ctx.err(f"Error: no server answers at {exc}; start one with `modelyard serve --spec FILE`")
         return None
     except ApiError as exc:  # a wrong API key, a server that is not ours
         ctx.err(f"Error: {exc}")
@@ -122,12 +127,13 @@ def _show(ctx: Context, status: dict[str, Any], as_json: bool) -> None:
 def _wait(ctx: Context, timeout: float, print_json: bool = False) -> int:
     deadline = time.monotonic() + timeout
     while True:
-        # A server still starting (`serve --spec … &` just before) is waited for too.
+        # A server still starting (`serve --spec … &` just before) is waited for too; any other
+        # answer that is no status (a wrong key, a server not ours) ends the wait at once.
         status = _status(ctx, quiet=time.monotonic() < deadline)
+        if status is NO_SERVER_YET:
+            time.sleep(1.0)
+            continue
         if status is None:
-            if time.monotonic() < deadline:
-                time.sleep(1.0)
-                continue
             return EXIT_USER_ERROR
         spec = status.get("spec")
         if spec is None:  # no spec applied: ready as soon as it answers

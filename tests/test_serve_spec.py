@@ -142,11 +142,18 @@ def test_status_wait_ready_waits_for_a_server_still_starting(monkeypatch: pytest
     """`serve --spec … &` then `status --wait-ready` (samples/gitops step 3) failed at once."""
     from modelyard import cli_spec
 
-    starting: list[dict[str, object] | None] = [None, None]  # no server answers yet
-    answers = [*starting, {"spec": {"ready": False}}, {"spec": {"ready": True}}]
+    starting = [cli_spec.NO_SERVER_YET, cli_spec.NO_SERVER_YET]  # no server answers yet
+    answers: list[dict[str, object] | None] = [
+        *starting,
+        {"spec": {"ready": False}},
+        {"spec": {"ready": True}},
+    ]
     monkeypatch.setattr(cli_spec, "_status", lambda ctx, quiet=False: answers.pop(0))
     monkeypatch.setattr(cli_spec.time, "sleep", lambda _: None)
     monkeypatch.setattr(cli_spec, "_show", lambda ctx, status, as_json: None)
+    wait = ["status", "--wait-ready", "--timeout", "60s"]
     err = io.StringIO()
-    code = main(["status", "--wait-ready", "--timeout", "60s"], stdout=io.StringIO(), stderr=err)
-    assert code == 0 and answers == [] and err.getvalue() == ""
+    assert main(wait, stdout=io.StringIO(), stderr=err) == 0 and answers == [] and err.getvalue() == ""
+    # A server that answers but gives no status (a wrong key: _status said why) ends it at once.
+    answers[:] = [None, {"spec": {"ready": True}}]
+    assert main(wait, stdout=io.StringIO(), stderr=io.StringIO()) == 1 and len(answers) == 1

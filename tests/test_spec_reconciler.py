@@ -235,6 +235,17 @@ def test_an_invalid_spec_is_rejected_whole_and_the_last_good_one_stays(
     assert reconciler.status()["rejected"] is None and reconciler.generation == 1
 
 
+def test_a_first_spec_that_is_rejected_still_engages_the_status(
+    tmp_path: Path, world: tuple[FakeEffects, FakeClock]
+) -> None:
+    """/api/status shows the spec part (with the rejection) rather than "no spec applied"."""
+    effects, clock = world
+    reconciler = make(tmp_path, effects, clock)
+    assert not reconciler.engaged
+    reconciler.submit(documents(f"models: [{{name: chat, image: {IMAGE}, paralel: 2}}]"), "typo")
+    assert reconciler.spec is None and reconciler.engaged
+
+
 def test_a_source_whose_bad_edit_is_undone_shows_no_rejection(tmp_path: Path) -> None:
     """Back at the spec in force, the source has nothing rejected, now or after a restart."""
     effects, clock = FakeEffects(tags={IMAGE: digest("a")}), FakeClock()

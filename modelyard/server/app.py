@@ -121,8 +121,8 @@ def _own_routes(app: FastAPI, state: ServerState) -> None:
             for m in state.running_models()
         }
         out: dict[str, Any] = {"version": __version__, "models": models}
-        if state.daemon is not None and state.daemon.reconciler.spec is not None:
-            out["spec"] = state.daemon.status()  # none applied: the loaded models are the status
+        if state.daemon is not None and (state.spec_source or state.daemon.reconciler.engaged):
+            out["spec"] = state.daemon.status()  # none applied nor followed: the loaded models are it
         return out
 
     @app.post("/api/apply")

@@ -500,6 +500,12 @@ class Reconciler:
         order = [m.name for m in spec.models] if spec is not None else []
         return [self._reports[n] for n in order if n in self._reports]
 
+    @property
+    def engaged(self) -> bool:
+        """A spec is in force, or one was offered (rejected, or its source failed): the status
+        says so rather than "no spec"."""
+        return self._spec is not None or self._rejected is not None or self._source_error is not None
+
     def ready(self) -> bool:
         """Every model the spec does not suspend is Ready at the current generation."""
         spec = self._spec
