@@ -342,6 +342,9 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
         except ApiError as exc:
             ctx.err(f"Error: {exc}")
             return EXIT_USER_ERROR
+        except ServerUnreachableError as exc:  # it went away after it answered
+            ctx.err(f"Error: no server answers at {exc} any more")
+            return EXIT_USER_ERROR
 
 
 def _chat_turn(
@@ -420,16 +423,25 @@ def chat_line(line: str) -> ChatLine:
     if command == "/set" and len(words) >= 3 and words[1] == "system":
         return ChatLine("system", text.split(maxsplit=2)[2])
     if command == "/set" and len(words) == 4 and words[1] == "parameter":
-        from modelyard.builder.params import coerce_parameter
-        from modelyard.errors import ModelfileError
-
-        try:
-            return ChatLine("parameter", name=words[2], value=coerce_parameter(words[2], words[3]))
-        except ModelfileError as exc:
-            return ChatLine("error", str(exc))
+        return _parameter_line(words[2], words[3])
     if command == "/set":
         return ChatLine("error", "use /set parameter NAME VALUE, or /set system TEXT")
     return ChatLine("error", f"unknown command {command!r}; /? lists the commands")
+
+
+def _parameter_line(name: str, text: str) -> ChatLine:
+    """`/set parameter NAME VALUE`, checked as a request's option is (type and range), so that a bad
+    one is refused here rather than by every message after it. `stop` takes several words."""
+    from modelyard.builder.params import coerce_parameter
+    from modelyard.errors import InferenceRequestError, ModelfileError
+    from modelyard.runtime.options import parse_request_options
+
+    try:
+        value: Any = text.split() if name == "stop" else coerce_parameter(name, text)
+        parse_request_options({name: value})
+    except (ModelfileError, InferenceRequestError) as exc:
+        return ChatLine("error", exc.message if isinstance(exc, ModelfileError) else str(exc))
+    return ChatLine("parameter", name=name, value=value)
 
 
 def _interactive(
@@ -444,15 +456,22 @@ def _interactive(
     while True:
         try:
             asked = chat_line(input(">>> "))
-            if asked.kind == "open":  # a message of several lines, up to a closing \"\"\"
-                lines = [asked.text] if asked.text else []
-                while not (line := input("... ")).rstrip().endswith('"""'):
-                    lines.append(line)
-                lines.append(line.rstrip()[:-3])
-                asked = ChatLine("say", "\n".join(lines).strip())
         except (EOFError, KeyboardInterrupt):
             ctx.out()
             return EXIT_OK
+        if asked.kind == "open":  # a message of several lines, up to a closing \"\"\"
+            lines = [asked.text] if asked.text else []
+            try:
+                while not (line := input("... ")).rstrip().endswith('"""'):
+                    lines.append(line)
+            except EOFError:
+                ctx.out()
+                return EXIT_OK
+            except KeyboardInterrupt:  # drops the message, as Ctrl-C at >>> would not: keeps the chat
+                ctx.out()
+                continue
+            lines.append(line.rstrip()[:-3])
+            asked = ChatLine("say", "\n".join(lines).strip())
         if asked.kind == "quit":
             return EXIT_OK
         if asked.kind == "clear":
@@ -474,6 +493,10 @@ def _interactive(
                 answer = _chat_turn(client, ctx, model, system + history, options, extra, verbose)
             except KeyboardInterrupt:
                 ctx.out()
+                history.pop()
+                continue
+            except ApiError as exc:  # the server refused this message: the chat goes on
+                ctx.err(f"Error: {exc}")
                 history.pop()
                 continue
             history.append({"role": "assistant", "content": answer})

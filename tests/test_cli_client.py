@@ -103,6 +103,8 @@ def test_a_connection_that_breaks_or_an_answer_that_is_not_the_api_is_an_api_err
         ("/set parameter num_ctx 4096", "parameter", "", "num_ctx", 4096),
         ("/set parameter temperature hot", "error", "invalid value 'hot'", "", None),
         ("/set parameter temprature 0.2", "error", "temperature", "", None),  # did you mean
+        ("/set parameter top_p 1.5", "error", "top_p", "", None),  # out of range: refused here
+        ("/set parameter stop a b", "parameter", "", "stop", ["a", "b"]),  # several stops
         ("/set verbose", "error", "/set parameter NAME VALUE", "", None),
         ("/foo", "error", "unknown command '/foo'", "", None),  # never sent to the model
         ('"""', "open", "", "", None),
@@ -117,3 +119,41 @@ def test_chat_lines_are_read_as_ollama_run_reads_them(
     assert asked.kind == kind
     assert text in asked.text if kind == "error" else asked.text == text
     assert (asked.name, asked.value) == (name, value)
+
+
+def test_the_chat_goes_on_after_the_server_refuses_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found: a refused message (a 400) ended the chat and lost the conversation."""
+    import io
+
+    from modelyard.cli_serving import _interactive
+
+    class Refusing:
+        def __init__(self) -> None:
+            self.sent: list[list[dict[str, str]]] = []
+
+        def post(self, path: str, body: dict[str, object]) -> dict[str, object]:
+            return {}
+
+        def stream(self, path: str, body: dict[str, object]) -> Iterator[dict[str, object]]:
+            self.sent.append(list(body["messages"]))  # type: ignore[call-overload]
+            if len(self.sent) == 1:
+                raise ApiError(400, "option 'top_p' is out of range")
+            yield {"message": {"content": "fine"}, "done": True}
+
+    class Ctx:
+        def __init__(self) -> None:
+            self.errors: list[str] = []
+            self.stdout = io.StringIO()
+
+        def out(self, text: str = "", end: str = "\n") -> None:
+            pass
+
+        def err(self, text: str) -> None:
+            self.errors.append(text)
+
+    lines = iter(["first", "second", "/bye"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    client, ctx = Refusing(), Ctx()
+    assert _interactive(client, ctx, "m", {}, {}, False) == 0  # type: ignore[arg-type]
+    assert any("out of range" in e for e in ctx.errors)
+    assert client.sent[1] == [{"role": "user", "content": "second"}], "the refused message is not kept"

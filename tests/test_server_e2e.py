@@ -1203,7 +1203,7 @@ def test_cli_run_interactive_chat_until_bye(server: ServeProcess, home: Path, sh
         assert b"/set parameter" in read_until(b">>> ")
         os.write(primary, b"/foo\n")
         assert b"unknown command '/foo'" in read_until(b">>> ")
-        os.write(primary, b'\"\"\"Two\nlines.\"\"\"\n')  # a message of several lines
+        os.write(primary, b'"""Two\nlines."""\n')  # a message of several lines
         assert b"... " in read_until(b">>> ")
         os.write(primary, b"/bye\n")
         assert process.wait(30) == 0
