@@ -338,10 +338,11 @@ def _first_lines(text: str, n: int = 4) -> str:
 
 def cmd_rm(args: argparse.Namespace, ctx: CommandContext) -> int:
     refs = [parse_reference(name) for name in args.names]
-    digests = {}
+    digests = {}  # as the index (and so a server's /api/ps) spells each name
     for ref in refs:
         with contextlib.suppress(ImageNotFoundError):  # remove() says which is missing
-            digests[ref.short()] = ctx.store.resolve(ref).digest
+            record = ctx.store.resolve(ref)
+            digests[parse_reference(record.name).short()] = record.digest
     plans = ctx.store.remove(refs, dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
     for ref, plan in zip(refs, plans, strict=True):
@@ -362,12 +363,19 @@ def _unload_removed(ctx: CommandContext, removed: dict[str, str]) -> None:
             parse_reference(m["name"]).short(): m.get("digest", "")
             for m in client.get("/api/ps").get("models", [])
         }
+    except (ServerUnreachableError, ApiError, ValueError, KeyError, TypeError, AttributeError):
+        client.close()
+        return  # no server, another one, or one that cannot say: the store is what rm changes
+    try:
         for name, digest in removed.items():
-            if loaded.get(name) and loaded[name] == digest.removeprefix("sha256:"):
+            if not loaded.get(name) or loaded[name] != digest.removeprefix("sha256:"):
+                continue
+            try:
                 client.post("/api/generate", {"model": name, "keep_alive": 0, "stream": False})
+            except (ServerUnreachableError, ApiError) as exc:  # ApiTimeout: it drains its requests
+                ctx.err(f"warning: the server at {client.base_url} did not unload '{name}' yet: {exc}")
+            else:
                 ctx.out(f"unloaded '{name}' from the server at {client.base_url}")
-    except (ServerUnreachableError, ApiError, ValueError, KeyError, TypeError):
-        pass  # no server, another one, or one that cannot say: the store is what rm changes
     finally:
         client.close()
 

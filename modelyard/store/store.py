@@ -308,14 +308,16 @@ class Store:
         is not here, none. Returns what each removal frees (or would), given the ones before it.
         `name@sha256:…` removes the tag `name` only while it points at that digest."""
         with self.locked():
-            index = self.read_index()
+            index = original = self.read_index()
             plans = []
             removed: set[str] = set()
             for ref in refs:
-                if str(ref.without_digest()) in removed:  # `rm a a:latest`: one image, named twice
+                # Named as the index spells it before any removal, so that one entry named twice
+                # (`rm a a:latest`, `rm m:latest m:LATEST`) is removed once.
+                tag = self._removable_tag(original, ref)
+                if tag in removed:
                     plans.append(PrunePlan((), (), 0))
                     continue
-                tag = self._removable_tag(index, ref)
                 remaining = remove_tag(index, tag)
                 plans.append(self._unreferenced(index, remaining))
                 removed.add(tag)
@@ -328,8 +330,9 @@ class Store:
 
     @staticmethod
     def _removable_tag(index: Index, ref: Reference) -> str:
-        if ref.digest is not None and ref.tag is None and index.get(str(ref)) is not None:
-            return str(ref)  # what a pull by digest tagged: `name@sha256:…` itself
+        pinned = str(replace(ref, tag=None))
+        if ref.digest is not None and index.get(pinned) is not None:
+            return pinned  # what a pull by digest tagged (`name@sha256:…`), as resolve finds it
         tag = _tag_in(index, str(ref.without_digest()))
         record = index.get(tag)
         if record is None and not index.history_of(tag):
@@ -374,7 +377,8 @@ class Store:
         return live
 
     def _digests_named_in(self, digest: str) -> set[str]:
-        return {m.decode() for m in _NAMED_DIGEST.findall(self.blobs.read_bytes(digest, MAX_MANIFEST_BYTES))}
+        with self.blobs.path(digest).open("rb") as f:  # a damaged one may be any size: its start
+            return {m.decode() for m in _NAMED_DIGEST.findall(f.read(MAX_MANIFEST_BYTES))}
 
     def _foreign_closure(self, digest: str) -> set[str]:
         """What another tool's entry keeps alive: its manifest and what it refers to, through image
