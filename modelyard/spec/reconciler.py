@@ -372,10 +372,16 @@ class Reconciler:
         )
 
     def _drop_unwanted_pulls(self, spec: Spec) -> None:
-        """Pulls no model of the spec waits on any more: stopped, and their outcome let go."""
+        """Pulls no model of the spec waits on any more: their outcome let go. One still running
+        runs to its end (its work is in a thread a cancel would not stop) and keeps its image's
+        place, so that no second pull of the same reference runs beside it."""
         for image, job in list(self._pulls.items()):
-            if not any(self._wants(spec, name, image, job.digest) for name in job.waiting):
-                job.task.cancel()
+            job.waiting = {
+                name: action
+                for name, action in job.waiting.items()
+                if self._wants(spec, name, image, job.digest)
+            }
+            if not job.waiting and job.task.done():
                 _retrieve(job.task)
                 del self._pulls[image]
 
