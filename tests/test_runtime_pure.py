@@ -62,7 +62,7 @@ def test_load_options_are_split_out() -> None:
         pytest.param({"frobnicate": 1}, "unknown option 'frobnicate'", id="unknown"),
         pytest.param({"top_k": "many"}, "option 'top_k'", id="wrong-type"),
         pytest.param({"top_k": True}, "option 'top_k'", id="bool-is-not-int"),
-        pytest.param({"num_predict": 2.5}, "option 'num_predict'", id="fraction-is-not-int"),
+        pytest.param({"num_predict": float("nan")}, "option 'num_predict'", id="nan-is-not-int"),
         pytest.param({"stop": [1]}, "option 'stop'", id="stop-not-strings"),
         pytest.param({"top_p": 1.5}, "out of range", id="top-p-range"),
         pytest.param({"top_k": -1}, "out of range", id="top-k-range"),
