@@ -222,6 +222,19 @@ def test_conflicts_come_in_the_same_report_as_a_bad_field() -> None:
     assert any(file == "c.yaml" and "parallel" in path for file, path in where), "the bad field"
 
 
+def test_a_setting_in_a_document_whose_models_are_wrong_still_meets_the_others() -> None:
+    """Found: a prune set two ways was reported only once a typo in one of the files was fixed."""
+    documents = [
+        SpecDocument("a.yaml", spec_text("prune: false\nmodels: [{name: chat, image: x}]")),
+        SpecDocument("b.yaml", spec_text("prune: true\nmodels: [{name: code, image: y, paralel: 2}]")),
+    ]
+    with pytest.raises(SpecValidationError) as error:
+        parse_spec(documents)
+    where = {(i.file, i.path): i.message for i in error.value.issues}
+    assert any("paralel" in path for _, path in where), "the typo"
+    assert "set differently at a.yaml" in where[("b.yaml", "spec.prune")], "and the conflict, at once"
+
+
 def test_a_name_given_twice_in_a_document_with_other_errors_is_in_the_same_report() -> None:
     text = spec_text("models: [{name: a, image: x, contxt: 1}, {name: a, image: y}]")
     with pytest.raises(SpecValidationError) as error:

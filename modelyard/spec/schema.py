@@ -373,6 +373,7 @@ def parse_spec(documents: Sequence[SpecDocument]) -> Spec:
     """Validate and merge every document, or raise SpecValidationError listing every problem."""
     issues: list[SpecIssue] = []
     parsed: list[tuple[SpecDocument, ModelSetDocument, yaml.Node]] = []
+    partial: list[tuple[SpecDocument, ModelSetDocument, yaml.Node]] = []  # settings of invalid ones
     names: list[tuple[str, str, int, int]] = []  # every model name given: (name, file, index, line)
     for document in documents:
         try:
@@ -407,14 +408,18 @@ def parse_spec(documents: Sequence[SpecDocument]) -> Spec:
                 parsed.append((document, ModelSetDocument.model_validate(data), node))
             except ValidationError as exc:
                 issues.extend(_issues(exc, node, document.path))
+                settings_only = _without_models(data)
+                if settings_only is not None:  # its spec-level settings still meet the others'
+                    partial.append((document, settings_only, node))
     issues += _repeated_names(names)
     if not parsed and not issues:
         issues.append(SpecIssue("", "no ModelSet document found", ", ".join(d.path for d in documents)))
     if issues:
-        # The documents that did validate still merge, so that their conflicts (a name defined
-        # twice, a setting set two ways) come in the same report, not in the next one.
+        # The documents that did validate still merge, and the settings of those whose models did
+        # not, so that their conflicts (a setting set two ways) come in the same report, not in the
+        # next one.
         try:
-            _merge(parsed)
+            _merge([*parsed, *partial])
         except SpecValidationError as conflicts:
             issues += conflicts.issues
         raise SpecValidationError(sorted(issues, key=lambda i: (i.file, i.line)))
@@ -460,6 +465,19 @@ def spec_files(folder: Path) -> list[Path]:
 # --- merging --------------------------------------------------------------------------------------
 
 _SETTINGS = ("interval", "memory", "prune", "suspend", "self_heal")
+
+
+def _without_models(data: dict[str, Any]) -> ModelSetDocument | None:
+    """A document that did not validate, without its models: its settings, if they validate."""
+    spec = data.get("spec")
+    if not isinstance(spec, dict) or "models" not in spec:
+        return None
+    try:
+        return ModelSetDocument.model_validate(
+            {**data, "spec": {k: v for k, v in spec.items() if k != "models"}}
+        )
+    except ValidationError:
+        return None
 
 
 def _merge(parsed: Iterable[tuple[SpecDocument, ModelSetDocument, yaml.Node]]) -> Spec:
