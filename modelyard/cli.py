@@ -112,7 +112,10 @@ def progress_sink(ctx: CommandContext, quiet: bool) -> tuple[ProgressSink, Calla
         key = event.digest or event.status
         if key not in tasks:
             tasks[key] = progress.add_task(event.status, total=event.total)
-        progress.update(tasks[key], completed=event.completed or 0, total=event.total)
+        # The description too: a blob's verb may change (`pushing …` → `exists …`).
+        progress.update(
+            tasks[key], description=event.status, completed=event.completed or 0, total=event.total
+        )
 
     return rich_sink, progress.stop
 

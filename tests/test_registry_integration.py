@@ -253,8 +253,19 @@ def test_repush_and_a_derived_image_send_no_weight_bytes(
         assert proxy.to_server > tiny_gguf.stat().st_size
 
         proxy.reset()
-        again = push(store, remote(proxy, repo, "base"), opts, source=parse_reference("base"))
+        said: list[str] = []
+        again = push(
+            store,
+            remote(proxy, repo, "base"),
+            opts,
+            source=parse_reference("base"),
+            progress=lambda e: said.append(e.status),
+        )
         assert again.bytes_uploaded == 0 and set(again.blobs.values()) == {Uploaded.PRESENT}
+        # Each blob's last word says it was there already, not that it went over in no time.
+        words = [s.split() for s in said]
+        last = {w[1]: w[0] for w in words if w[0] in ("pushing", "exists") and w[1] != "manifest"}
+        assert last and set(last.values()) == {"exists"}, said
         assert proxy.to_server < 20_000  # HEADs and one manifest PUT
 
         proxy.reset()

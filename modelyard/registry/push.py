@@ -177,7 +177,11 @@ def _upload_all(
             progress=meter,
             cancelled=cancelled,
         )
-        meter(blob.size)
+        if result.outcome is Uploaded.SENT:
+            meter(blob.size)
+        else:  # nothing went over the wire: said so, not as a transfer done in no time
+            verb = "exists" if result.outcome is Uploaded.PRESENT else "mounted"
+            report.layer(verb, blob.digest, blob.size, blob.size)
         return result
 
     with ThreadPoolExecutor(max_workers=max(1, options.parallel), thread_name_prefix="push") as pool:
