@@ -341,11 +341,13 @@ def _first_lines(text: str, n: int = 4) -> str:
 
 def cmd_rm(args: argparse.Namespace, ctx: CommandContext) -> int:
     refs = [parse_reference(name) for name in args.names]
-    digests = {}  # as the index (and so a server's /api/ps) spells each name
-    for ref in refs:
-        with contextlib.suppress(ImageNotFoundError):  # remove() says which is missing
-            record = ctx.store.resolve(ref)
-            digests[parse_reference(record.name).short()] = record.digest
+    digests = {}  # of what rm removes, as the index (and so a server's /api/ps) spells it
+    with contextlib.suppress(ImageNotFoundError):  # remove() says which is missing
+        index = ctx.store.read_index()
+        for name in ctx.store.names_to_remove(refs):
+            record = index.get(name)
+            if record is not None:
+                digests[parse_reference(name).short()] = record.digest
     plans = ctx.store.remove(refs, dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
     for ref, plan in zip(refs, plans, strict=True):

@@ -495,8 +495,11 @@ def _interactive(
                 ctx.out()
                 history.pop()
                 continue
-            except ApiError as exc:  # the server refused this message: the chat goes on
-                ctx.err(f"Error: {exc}")
+            except (ApiError, ServerUnreachableError) as exc:  # refused, or no server now: go on
+                ctx.out()  # after what part of an answer came
+                ctx.err(
+                    f"Error: {exc}" if isinstance(exc, ApiError) else f"Error: no server answers at {exc}"
+                )
                 history.pop()
                 continue
             history.append({"role": "assistant", "content": answer})

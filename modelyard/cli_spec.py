@@ -104,7 +104,9 @@ def _status(ctx: Context, *, quiet: bool = False) -> dict[str, Any] | None:
             return NO_SERVER_YET
         ctx.err(f"Error: no server answers at {exc}; start one with `modelyard serve --spec FILE`")
         return None
-    except ApiError as exc:  # a wrong API key, a server that is not ours
+    except ApiError as exc:  # a wrong API key, a server that is not ours; or one busy starting
+        if quiet and (exc.status == 0 or exc.status >= 500):  # no answer in time, a broken one, a 5xx
+            return NO_SERVER_YET
         ctx.err(f"Error: {exc}")
         return None
     finally:
@@ -116,12 +118,17 @@ def _show(ctx: Context, status: dict[str, Any], as_json: bool) -> None:
 
     if as_json:
         ctx.out(json.dumps(status, indent=2))
-    elif status.get("spec"):
-        ctx.out(format_status(status["spec"]))
+        return
+    spec = status.get("spec")
+    if spec:
+        ctx.out(format_status(spec))
+        if spec.get("name") is not None:
+            return
+        ctx.out("loaded models:")  # none in force: what is loaded is the state of things
     else:
         ctx.out("no spec applied; loaded models:")
-        for name, model in sorted(status.get("models", {}).items()):
-            ctx.out(f"  {name:<30} {model['state']}")
+    for name, model in sorted(status.get("models", {}).items()):
+        ctx.out(f"  {name:<30} {model['state']}")
 
 
 def _wait(ctx: Context, timeout: float, print_json: bool = False) -> int:

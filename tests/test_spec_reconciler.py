@@ -498,3 +498,26 @@ def test_background_pulls_are_recorded_only_for_what_the_spec_still_wants(
         assert reconciler.ready()
 
     asyncio.run(scenario())
+
+
+def test_an_apply_waits_only_for_the_pulls_its_own_plan_needs(
+    tmp_path: Path, world: tuple[FakeEffects, FakeClock]
+) -> None:
+    """Found in review: an apply waited on every pull the daemon ran, a stuck one for ever."""
+    effects, clock = world
+    other = "localhost:5000/team/other:v1"
+    effects.tags[other] = digest("c")
+    effects.stored.add(digest("c"))
+
+    async def scenario() -> None:
+        reconciler = make(tmp_path, effects, clock)
+        reconciler.submit(documents(CHAT))
+        await reconciler.reconcile()
+        effects.pull_gate = asyncio.Event()  # never set: the registry hangs
+        effects.tags[IMAGE] = digest("b")
+        await reconciler.reconcile(wait_for_pulls=False)  # the daemon's round: chat's pull hangs
+        reconciler.submit(documents(f"models: [{{name: other, image: {other}}}]"))  # chat goes
+        await asyncio.wait_for(reconciler.reconcile(), 5)  # an apply's round: chat's pull is no need
+        assert "other" in effects.loaded
+
+    asyncio.run(scenario())

@@ -131,8 +131,8 @@ class SpecDaemon:
         if result.error is not None:
             return _rejected(result.error, result.generation)
         planned = await self.reconciler.preview()
-        # An apply answers when its round is done, pulls included (as it always has); the daemon's
-        # own rounds (serve --spec) let long pulls go on in the background.
+        # An apply answers when its round is done, the pulls its plan needs included (as it always
+        # has); the daemon's own rounds (serve --spec) let long pulls go on in the background.
         await self.reconciler.reconcile()
         return {
             "accepted": True,

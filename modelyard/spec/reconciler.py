@@ -5,7 +5,7 @@ the scheduler holds; what each image reference points to now; what is in the sto
 function, plan.py), and executes the plan through `Effects`, re-planning after each pass until there
 is nothing left to do (a pull is followed by the load it made possible; in the daemon's own loop a
 pull goes on after its round, which a later round takes up, so that a long one holds no spec change
-from a watched source up; an apply still waits for its round's pulls). Nothing
+from a watched source up; an apply waits for the pulls its own plan needs). Nothing
 here touches the store, the registry or runners directly: `Effects` is the seam (host.py is the real
 one; tests use a recording fake).
 
@@ -326,17 +326,20 @@ class Reconciler:
         progress = False
         for action in (a for a in actions if a.kind is ActionKind.UNLOAD):
             progress |= await self._run(spec, current, action)
-        for group in current.pulls:  # one pull per image: the models on it wait on it
-            self._start_pull(group)
-        if wait_for_pulls and self._pulls:
-            await asyncio.wait([job.task for job in self._pulls.values()])
+        # One pull per image: the models on it wait on it (or on the pull of another digest of
+        # it, whose end lets theirs start in a later pass).
+        joined = [self._start_pull(group) for group in current.pulls]
+        if wait_for_pulls and joined:  # this plan's pulls only: none the daemon runs for others
+            await asyncio.wait({job.task for job in joined})
         progress |= await self._take_up_pulls(spec, current)
         for action in actions:
             if action.kind not in (ActionKind.UNLOAD, ActionKind.PULL):
                 progress |= await self._run(spec, current, action)
         return progress
 
-    def _start_pull(self, group: Sequence[Action]) -> None:
+    def _start_pull(self, group: Sequence[Action]) -> _PullJob:
+        """The pull the group's models wait on: theirs, or the one of another digest of the same
+        image still running (the tag moved during it), after which theirs starts."""
         image, digest = group[0].image, group[0].digest
         assert image is not None and digest is not None
         job = self._pulls.get(image)
@@ -344,10 +347,10 @@ class Reconciler:
             task = asyncio.ensure_future(self.effects.pull(image, digest))
             task.add_done_callback(lambda _: self._wake.set())
             job = self._pulls[image] = _PullJob(digest, task)
-        elif job.digest != digest:
-            return  # the tag moved during a pull of it: this digest's turn comes when that one ends
-        for action in group:
-            job.waiting[action.model] = action
+        if job.digest == digest:
+            for action in group:
+                job.waiting[action.model] = action
+        return job
 
     async def _take_up_pulls(self, spec: Spec, current: Plan) -> bool:
         """Record the outcome of every pull that has ended, for each model that waited on it and
@@ -366,7 +369,7 @@ class Reconciler:
         model = spec.model(name)
         return (
             model is not None
-            and not _suspended(spec, name)
+            and not (spec.body.suspend or _suspended(spec, name))
             and image in model.reference_texts
             and self._resolved.get(image, digest) == digest
         )

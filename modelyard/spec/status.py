@@ -191,9 +191,12 @@ SHOWN_EVENTS = 5  # of the status's events, in the table form
 def format_status(status: Mapping[str, Any]) -> str:
     """`modelyard status` as a table: rejections and source errors, one line per model, then the
     latest events."""
+    in_force = status.get("name") is not None
     lines = [
         f"ModelSet {status.get('name')}  generation {status.get('generation')} "
         f"(observed {status.get('observedGeneration')})" + ("  SUSPENDED" if status.get("suspended") else "")
+        if in_force
+        else "no spec in force"
     ]
     source = status.get("source") or {}
     if source.get("description"):
@@ -203,7 +206,8 @@ def format_status(status: Mapping[str, Any]) -> str:
     rejected = status.get("rejected")
     if rejected:
         when = f"revision {rejected.get('revision')} at {rejected.get('at')}"
-        lines.append(f"rejected  {when}; the last good spec stays in force:")
+        kept = "the last good spec stays in force" if in_force else "nothing is in force"
+        lines.append(f"rejected  {when}; {kept}:")
         lines.extend(f"          {issue['text']}" for issue in rejected.get("issues", []))
     models = status.get("models", [])
     width = max([len("NAME"), *(len(m["name"]) for m in models)])  # a long name keeps its column

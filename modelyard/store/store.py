@@ -328,11 +328,16 @@ class Store:
                     self._delete(plan)
             return plans
 
+    def names_to_remove(self, refs: Sequence[Reference]) -> list[str]:
+        """The index entries `remove(refs)` would remove, as the index spells them (what a server
+        lists them as), once each; raises as remove does for a name not here."""
+        index = self.read_index()
+        return list(dict.fromkeys(self._removable_tag(index, ref) for ref in refs))
+
     @staticmethod
     def _removable_tag(index: Index, ref: Reference) -> str:
-        pinned = str(replace(ref, tag=None))
-        if ref.digest is not None and index.get(pinned) is not None:
-            return pinned  # what a pull by digest tagged (`name@sha256:…`), as resolve finds it
+        if ref.digest is not None and ref.tag is None and index.get(str(ref)) is not None:
+            return str(ref)  # what a pull by digest tagged: `name@sha256:…` itself
         tag = _tag_in(index, str(ref.without_digest()))
         record = index.get(tag)
         if record is None and not index.history_of(tag):
