@@ -321,6 +321,17 @@ def test_an_image_pulled_by_digest_is_removed_by_that_reference(store: Store) ->
     assert not store.images()
 
 
+def test_the_names_rm_would_remove_are_those_it_removes(store: Store) -> None:
+    """What rm tells a running server to unload: found in review, rm of `m@sha256:X` unloaded another
+    tag of X that stayed, and kept the removed one loaded."""
+    digest = put_image(store, "team/m:a1", b"w")
+    store.tag(parse_reference("team/m:latest"), digest)
+    by_digest = parse_reference(f"team/m@{digest}")
+    assert store.names_to_remove([by_digest]) == ["team/m:latest"]
+    [plan] = store.remove([by_digest], dry_run=True)
+    assert not plan.blobs, "team/m:a1 still needs them"
+
+
 def test_rm_dry_run_changes_nothing(store: Store) -> None:
     put_image(store, "a", b"w")
     before = files_under(store.root)
