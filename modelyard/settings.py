@@ -53,6 +53,9 @@ class Settings:
     num_parallel: int | None = None  # None: auto
     keep_alive: str | None = None  # a duration; None: 5m
     max_queue: int = 512
+    # Seconds a stopping server gives the requests in flight ($MODELYARD_SHUTDOWN_GRACE): keep it
+    # below a Pod's terminationGracePeriodSeconds (30 by default).
+    shutdown_grace: int = 10
     ram_budget: int | None = None  # bytes; None: what is available at start, minus a reserve
 
     @property
@@ -80,6 +83,7 @@ class Settings:
             "num_parallel": _positive_int(env, "MODELYARD_NUM_PARALLEL"),
             "keep_alive": env.get("MODELYARD_KEEP_ALIVE") or None,
             "max_queue": _positive_int(env, "MODELYARD_MAX_QUEUE") or 512,
+            "shutdown_grace": _positive_int(env, "MODELYARD_SHUTDOWN_GRACE") or 10,
             "ram_budget": _bytes(env, "MODELYARD_RAM_BUDGET"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})

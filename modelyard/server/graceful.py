@@ -1,11 +1,11 @@
 """uvicorn's server, with generations that end in words at the end of a graceful shutdown.
 
 On SIGTERM or Ctrl-C, uvicorn stops accepting, lets the requests in flight run for
-`timeout_graceful_shutdown` seconds, then cancels them: a stream then just stops, and a client
-reading NDJSON (the ollama client) may take the cut answer for a whole one. A second before that
-deadline, every generation still running is ended with an error of its own instead, which its
-stream sends as its last line (`{"error": "the server is shutting down: …"}`, or OpenAI's error
-event) before it closes.
+`timeout_graceful_shutdown` seconds ($MODELYARD_SHUTDOWN_GRACE), then cancels them: a stream then
+just stops, and a client reading NDJSON (the ollama client) may take the cut answer for a whole
+one. A second before that deadline, every generation still running is ended with an error of its
+own instead, which its stream sends as its last line (`{"error": "the server is shutting down: …"}`,
+or OpenAI's error event) before it closes.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from collections.abc import Callable
 
 import uvicorn
 
-GRACEFUL_SHUTDOWN_S = 10
 _WORDS_BEFORE_THE_CUT_S = 1  # time left for the streams to send their error line and close
 
 

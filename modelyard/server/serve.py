@@ -68,7 +68,7 @@ def run_server(settings: Settings, host: str, port: int, *, spec: str | None = N
     import uvicorn
 
     from modelyard.server.app import create_app
-    from modelyard.server.graceful import GRACEFUL_SHUTDOWN_S, GracefulServer
+    from modelyard.server.graceful import GracefulServer
 
     launcher = Launcher(spares=1)
     try:
@@ -81,9 +81,9 @@ def run_server(settings: Settings, host: str, port: int, *, spec: str | None = N
             port=port,
             log_level="info",
             access_log=False,
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            timeout_graceful_shutdown=settings.shutdown_grace,
         )
-        retry_after = float(GRACEFUL_SHUTDOWN_S)  # a restarted server is back in about that
+        retry_after = float(settings.shutdown_grace)  # a restarted server is back in about that
         GracefulServer(config, lambda: state.inference.stop_generations(retry_after)).run()
     finally:
         launcher.close()
