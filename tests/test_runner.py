@@ -559,6 +559,12 @@ def test_lora_changes_the_output(tiny_gguf: Path, tiny_lora: Path, tiny_runner: 
     assert with_adapter != without
 
 
+def test_runner_reports_its_threads(tiny_runner: Runner) -> None:
+    # This machine's llama.cpp has no GPU backend: the default is one thread per CPU (with every
+    # layer on a GPU it would be one: test_load_options_threads).
+    assert tiny_runner.info is not None and tiny_runner.info.threads == max(os.cpu_count() or 1, 1)
+
+
 def test_tokenize_round_trip(tiny_runner: Runner) -> None:
     tokens = tiny_runner.tokenize("the cat sat")
     assert tokens and tiny_runner.detokenize(tokens) == "the cat sat"

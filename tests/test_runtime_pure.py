@@ -6,7 +6,7 @@ import pytest
 
 from modelyard.errors import InferenceRequestError
 from modelyard.runtime.engine import RequestRejected, fit_prompt
-from modelyard.runtime.llama import BufferSizes, parse_buffer_sizes
+from modelyard.runtime.llama import BufferSizes, all_layers_offloaded, parse_buffer_sizes
 from modelyard.runtime.options import (
     LoadOptions,
     SamplingOptions,
@@ -178,3 +178,34 @@ def test_fit_prompt_refuses_when_truncation_is_off() -> None:
 )
 def test_parse_buffer_sizes(lines: list[str], expected: BufferSizes) -> None:
     assert parse_buffer_sizes(lines) == expected
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        pytest.param(["load_tensors: offloaded 19/19 layers to GPU"], True, id="every-layer"),
+        pytest.param(["llm_load_tensors: offloaded 33/33 layers to GPU"], True, id="older-prefix"),
+        pytest.param(["load_tensors: offloaded 18/19 layers to GPU"], False, id="output-layer-on-cpu"),
+        pytest.param(["load_tensors: offloaded 0/19 layers to GPU"], False, id="num-gpu-0"),
+        pytest.param(["load_tensors:   CPU_Mapped model buffer size =   235.16 MiB"], False, id="cpu-build"),
+        pytest.param([], False, id="no-log"),
+    ],
+)
+def test_all_layers_offloaded(lines: list[str], expected: bool) -> None:
+    assert all_layers_offloaded(lines) is expected
+
+
+@pytest.mark.parametrize(
+    ("num_thread", "all_layers_on_gpu", "expected"),
+    [
+        pytest.param(0, False, "cpus", id="cpu-auto-one-per-cpu"),
+        pytest.param(0, True, 1, id="all-on-gpu-auto-one"),
+        pytest.param(6, True, 6, id="asked-on-gpu"),
+        pytest.param(3, False, 3, id="asked-on-cpu"),
+    ],
+)
+def test_load_options_threads(num_thread: int, all_layers_on_gpu: bool, expected: object) -> None:
+    import os
+
+    want = max(os.cpu_count() or 1, 1) if expected == "cpus" else expected
+    assert LoadOptions(num_thread=num_thread).threads(all_layers_on_gpu=all_layers_on_gpu) == want

@@ -36,6 +36,19 @@ _BUFFER_LINE = re.compile(
 _HOST_BUFFER = re.compile(r"CPU.*|AMX|KLEIDIAI|.*_Host")
 
 
+_OFFLOAD_LINE = re.compile(r"offloaded (?P<on_gpu>\d+)/(?P<layers>\d+) layers to GPU")
+
+
+def all_layers_offloaded(lines: Iterable[str]) -> bool:
+    """Whether llama.cpp's load log says every layer went to a GPU ("offloaded 19/19 layers to
+    GPU"; a build without a GPU backend logs no such line) (pure)."""
+    for line in lines:
+        match = _OFFLOAD_LINE.search(line)
+        if match is not None:
+            return int(match["layers"]) > 0 and int(match["on_gpu"]) >= int(match["layers"])
+    return False
+
+
 @dataclass(frozen=True)
 class BufferSizes:
     """Bytes llama.cpp allocated, by kind, summed over devices; and the part on GPUs."""
@@ -86,7 +99,7 @@ class LogCapture:
 
     def __init__(self, keep: int = 400) -> None:
         self.lines: deque[str] = deque(maxlen=keep)
-        self.buffer_lines: list[str] = []
+        self.load_lines: list[str] = []  # the lines that say where the model went and how big
         self._partial = ""
         self._lock = threading.Lock()
         self._callback = L.llama_log_callback(self._on_log)
@@ -101,8 +114,8 @@ class LogCapture:
             *complete, self._partial = data.split("\n")
             for line in complete:
                 self.lines.append(line)
-                if "buffer size" in line:
-                    self.buffer_lines.append(line)
+                if "buffer size" in line or "layers to GPU" in line:
+                    self.load_lines.append(line)
 
     def errors(self) -> list[str]:
         """Lines that look like the loader explaining a failure."""

@@ -88,11 +88,25 @@ class LoadOptions:
     main_gpu: int = 0
     use_mmap: bool = True
     use_mlock: bool = False
-    num_thread: int = 0  # 0 = one per CPU the system reports (os.cpu_count)
+    num_thread: int = 0  # 0 = auto: see threads()
     flash_attention: bool | None = None  # None: llama.cpp decides (on where the backend supports it)
 
-    def threads(self) -> int:
-        return self.num_thread if self.num_thread > 0 else max(os.cpu_count() or 1, 1)
+    def threads(self, all_layers_on_gpu: bool = False) -> int:
+        """llama.cpp's CPU threads: `num_thread` when set; else one when every layer runs on a GPU,
+        else one per CPU.
+
+        With every layer on a GPU, what is left to the CPU backend is the lookup of a small batch's
+        token embeddings (llama.cpp keeps that table in host memory). More threads only cost: after
+        each step libgomp's idle workers spin for milliseconds on every core, the cores that the
+        server, the HTTP clients and the runner's own Python thread need between steps. llama.cpp
+        made the same choice (PR #2915, "use 1 thread if model is fully offloaded") before its
+        backend scheduler replaced that code; on an H100 our runner ran as fast with 1 thread as
+        with 16, within that machine's noise (benchmarks/RESULTS.md, "On a GPU: NVIDIA H100")."""
+        if self.num_thread > 0:
+            return self.num_thread
+        if all_layers_on_gpu:
+            return 1
+        return max(os.cpu_count() or 1, 1)
 
 
 @dataclass(frozen=True)

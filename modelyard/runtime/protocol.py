@@ -106,6 +106,7 @@ class RunnerInfo:
     device_bytes: int  # the part of the above on GPUs
     load_seconds: float
     repack: bool
+    threads: int = 0  # llama.cpp's CPU threads (LoadOptions.threads)
     bos: str = ""
     eos: str = ""
     adapters: int = 0

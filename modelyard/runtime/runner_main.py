@@ -87,6 +87,7 @@ def _load(channel: Any, message: dict[str, Any], logs: Any, send: Any) -> Any:
         model = llama.Model(weights, options, repack=repack, progress=progress)
     except OSError as exc:
         raise _LoadFailed(_explain(str(exc), logs)) from None
+    threads = options.threads(all_layers_on_gpu=llama.all_layers_offloaded(logs.load_lines))
     try:
         adapters = [
             (llama.LoraAdapter(model, Path(path)), float(scale)) for path, scale in message["adapters"]
@@ -96,7 +97,7 @@ def _load(channel: Any, message: dict[str, Any], logs: Any, send: Any) -> Any:
             n_ctx=options.num_ctx * options.num_parallel,
             n_seq_max=options.num_parallel,
             n_batch=options.num_batch,
-            threads=options.threads(),
+            threads=threads,
             flash_attention=options.flash_attention,
             prompt_logprob_rows=PROMPT_LOGPROB_ROWS,
         )
@@ -104,7 +105,7 @@ def _load(channel: Any, message: dict[str, Any], logs: Any, send: Any) -> Any:
     except OSError as exc:
         raise _LoadFailed(_explain(str(exc), logs)) from None
     _warm_up(model, ctx)
-    sizes = llama.parse_buffer_sizes(logs.buffer_lines)
+    sizes = llama.parse_buffer_sizes(logs.load_lines)
     info = RunnerInfo(
         pid=os.getpid(),
         n_ctx=ctx.n_ctx,
@@ -121,6 +122,7 @@ def _load(channel: Any, message: dict[str, Any], logs: Any, send: Any) -> Any:
         device_bytes=sizes.device_total,
         load_seconds=time.perf_counter() - started,
         repack=repack,
+        threads=threads,
         bos=model.bos_text,
         eos=model.eos_text,
         adapters=len(adapters),
@@ -130,9 +132,7 @@ def _load(channel: Any, message: dict[str, Any], logs: Any, send: Any) -> Any:
     def embedder() -> EmbeddingContext:
         # As many tokens as the scheduler counted for it (memory.embedding_estimate).
         n_ctx = embedding_context_tokens(options.num_ctx, model.n_ctx_train, model.declares_pooling)
-        return EmbeddingContext(
-            model, n_ctx=n_ctx, threads=options.threads(), flash_attention=options.flash_attention
-        )
+        return EmbeddingContext(model, n_ctx=n_ctx, threads=threads, flash_attention=options.flash_attention)
 
     return Engine(model, ctx, options.num_parallel, send, embedder=embedder)
 
