@@ -78,6 +78,17 @@ def test_bad_request_options(options: object, fragment: str) -> None:
         parse_request_options(options)  # type: ignore[arg-type]
 
 
+def test_unknown_options_skipped_when_asked() -> None:
+    parsed = parse_request_options({"temprature": 0.5, "top_k": 3, "x": 1}, ignore_unknown=True)
+    assert parsed.sampling.top_k == 3 and parsed.sampling.temperature == SamplingOptions().temperature
+    assert parsed.unknown == (
+        "unknown option 'temprature' (did you mean 'temperature'?)",
+        "unknown option 'x'",
+    )
+    with pytest.raises(InferenceRequestError, match="option 'top_k'"):  # a wrong type still is not
+        parse_request_options({"top_k": "many", "x": 1}, ignore_unknown=True)
+
+
 def test_load_options_and_merge() -> None:
     merged = merge_options({"num_ctx": 2048, "temperature": 1.0}, {"num_ctx": 4096}, None)
     assert merged == {"num_ctx": 4096, "temperature": 1.0}

@@ -945,12 +945,28 @@ def test_openai_errors_have_openais_shape(oai: openai.OpenAI) -> None:
 # --- what clients never send ----------------------------------------------------------------------
 
 
-def test_unknown_fields_are_ignored_and_wrong_types_are_400(http: httpx.Client) -> None:
+def test_unknown_fields_are_ignored_and_wrong_types_are_400(http: httpx.Client, server: ServeProcess) -> None:
     ok = http.post(
         "/api/generate",
         json={"model": GEMMA, "prompt": "Hi", "stream": False, "options": GREEDY, "future_field": {"x": 1}},
     )
     assert ok.status_code == 200 and ok.json()["done"] is True
+    # An option this server does not know (a newer Ollama's, or a typo) is skipped, as Ollama does,
+    # and logged once with what it may have meant; the options it knows still apply.
+    for _ in range(2):
+        ok = http.post(
+            "/api/generate",
+            json={
+                "model": GEMMA,
+                "prompt": "Hi",
+                "stream": False,
+                "options": {**GREEDY, "num_predict": 3, "future_option": 1, "temprature": 0.5},
+            },
+        )
+        assert ok.status_code == 200 and ok.json()["eval_count"] <= 3, ok.text
+    log = server.log()
+    assert log.count("ignored unknown option 'future_option' in a request's options") == 1, log[-2000:]
+    assert "ignored unknown option 'temprature' (did you mean 'temperature'?)" in log
     ok = http.post(
         "/v1/chat/completions",
         json={

@@ -113,6 +113,7 @@ class LoadOptions:
 class RequestOptions:
     sampling: SamplingOptions
     load: dict[str, Any] = field(default_factory=dict)  # load options the request asked for, if any
+    unknown: tuple[str, ...] = ()  # names skipped under ignore_unknown, each with a did-you-mean
 
 
 def merge_options(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -124,19 +125,30 @@ def merge_options(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
     return merged
 
 
-def parse_request_options(options: Mapping[str, Any] | None) -> RequestOptions:
-    """Validate an `options` object (already merged with the image's parameters)."""
+def parse_request_options(
+    options: Mapping[str, Any] | None, *, ignore_unknown: bool = False
+) -> RequestOptions:
+    """Validate an `options` object (already merged with the image's parameters).
+
+    An unknown name is an error, except with `ignore_unknown`: a request to the API skips it, as
+    Ollama's server does (it only logs it), so that a client written for a newer Ollama, sending
+    an option we do not know yet, still works. Spec files and the CLI reject it, as Ollama's
+    `create` does: there a typo is the user's to fix."""
     if options is None:
         return RequestOptions(SamplingOptions())
     if not isinstance(options, Mapping):
         raise InferenceRequestError(f"options must be an object, got {type(options).__name__}")
     sampling: dict[str, Any] = {}
     load: dict[str, Any] = {}
+    unknown: list[str] = []
     for name, value in options.items():
         if name in IGNORED_OPTION_NAMES or value is None:
             continue  # Ollama skips null values: "not set"
         if name not in PARAMETER_TYPES:
-            raise InferenceRequestError(_unknown_option(name))
+            if not ignore_unknown:
+                raise InferenceRequestError(_unknown_option(name))
+            unknown.append(_unknown_option(name))
+            continue
         if parameter_type(name) is ParameterType.INT and isinstance(value, float) and math.isfinite(value):
             # JSON has one number type: Ollama takes a float for an int option cut toward zero
             # (2048.0 is 2048, and 1.5 is 1), as Go's int64() does.
@@ -149,7 +161,7 @@ def parse_request_options(options: Mapping[str, Any] | None) -> RequestOptions:
     _check_ranges(sampling)
     if "draft_num_predict" in sampling:
         sampling["draft_num_predict"] = min(sampling["draft_num_predict"], MAX_DRAFT_NUM_PREDICT)
-    return RequestOptions(SamplingOptions(**sampling), load)
+    return RequestOptions(SamplingOptions(**sampling), load, tuple(unknown))
 
 
 def parse_load_options(options: Mapping[str, Any] | None) -> LoadOptions:

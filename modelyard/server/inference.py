@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
+import logging
 import threading
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -24,7 +25,12 @@ from modelyard.builder.prompt import PromptRequest, ToolCall
 from modelyard.errors import ImageNotFoundError, InferenceRequestError, ServerBusyError
 from modelyard.reference import Reference, parse_reference
 from modelyard.runtime.keepalive import parse_keep_alive
-from modelyard.runtime.options import LOAD_OPTION_NAMES, merge_options, parse_request_options
+from modelyard.runtime.options import (
+    LOAD_OPTION_NAMES,
+    RequestOptions,
+    merge_options,
+    parse_request_options,
+)
 from modelyard.runtime.prompting import RunnerNeeded, prepare
 from modelyard.runtime.protocol import Done
 from modelyard.runtime.runner import Failure, Token
@@ -33,6 +39,8 @@ from modelyard.runtime.servable import Servable, load_servable
 from modelyard.server.metrics import Metrics
 from modelyard.server.tool_calls import ToolCallParser
 from modelyard.store import Store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,7 @@ class Inference:
         self._servables: dict[str, Servable] = {}
         self._post: LoopPost | None = None
         self._generating: set[asyncio.Queue[Token | Done | Failure]] = set()  # each generation's events
+        self._unknown_options_logged: set[str] = set()
 
     def _poster(self, loop: asyncio.AbstractEventLoop) -> LoopPost:
         """The one LoopPost of the loop that serves (one per loop, should tests run several)."""
@@ -109,6 +118,17 @@ class Inference:
         for events in self._generating:
             events.put_nowait(Failure(error))
         return len(self._generating)
+
+    def request_options(self, servable: Servable, options: Mapping[str, Any] | None) -> RequestOptions:
+        """A request's options over the image's parameters. Unknown names are skipped, as Ollama
+        does, and logged once each (a client that sends one with every request would fill the log), for
+        the first 256 names."""
+        parsed = parse_request_options(merge_options(servable.params, options), ignore_unknown=True)
+        for message in parsed.unknown:
+            if message not in self._unknown_options_logged and len(self._unknown_options_logged) < 256:
+                self._unknown_options_logged.add(message)  # bounded: a fuzzer's names stop here
+                log.warning("ignored %s in a request's options (logged once)", message)
+        return parsed
 
     # --- models ---------------------------------------------------------------------------
 
@@ -229,7 +249,7 @@ class Inference:
         text (and with `top_logprobs`, every prompt token's log-probability). `logit_bias`: (token,
         bias) pairs added to those tokens' logits."""
         started = time.perf_counter_ns()
-        sampling = parse_request_options(merge_options(servable.params, options)).sampling
+        sampling = self.request_options(servable, options).sampling
         if request.images or any(m.images for m in request.messages):
             raise InferenceRequestError(f"{servable.name} is a text model: it cannot take images")
         lease, load_ns = await self.acquire(servable, options, keep_alive)
@@ -321,7 +341,7 @@ class Inference:
     ) -> tuple[dict[str, Any], int, int]:
         """Embeddings of `inputs`; returns (result, load ns, total ns)."""
         started = time.perf_counter_ns()
-        parse_request_options(merge_options(servable.params, options))  # reject bad options the same way
+        self.request_options(servable, options)  # reject bad options the same way
         lease, load_ns = await self.acquire(servable, options, keep_alive)
         served = False
         try:
