@@ -327,11 +327,25 @@ def test_generations_cut_by_a_shutdown_end_with_an_error_that_says_so(home: Path
         error = answer.json().get("error") or {}
         outcome["not streamed"] = (f"{answer.status_code} {error.get('message')}", 0)
 
+    def waiting_for_its_model() -> None:
+        # Other load options: it waits for the three answers above to drain before its load, and
+        # would start generating just before the cut. It is answered when the others are cut.
+        body = {"model": GEMMA, "prompt": "Hi", "stream": False, "options": {"num_ctx": 2048}}
+        with server.client(timeout=60) as http:
+            answer = http.post("/api/generate", json=body)
+        outcome["waiting"] = (f"{answer.status_code} {answer.json().get('error')}", 0)
+
     threads = [threading.Thread(target=f) for f in (ollama_stream, openai_stream, not_streamed)]
+    waiting = threading.Thread(target=waiting_for_its_model)
     try:
         for thread in threads:
             thread.start()
         wait_for(lambda: min(received.values()) > 0, "both streams to start")
+        with server.client() as http:
+            wait_for(lambda: model_status(http)["busy"] == 3, "the three answers to take the slots")
+            waiting.start()
+            threads.append(waiting)
+            wait_for(lambda: model_status(http)["queued"] == 1, "the fourth request to wait for its model")
         signalled = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
         for thread in threads:
@@ -344,4 +358,6 @@ def test_generations_cut_by_a_shutdown_end_with_an_error_that_says_so(home: Path
     assert outcome["ollama"][0] == cut and outcome["ollama"][1] > 0, outcome
     assert outcome["openai"][0] == cut and outcome["openai"][1] > 0, outcome
     assert outcome["not streamed"][0] == f"503 {cut}", outcome
+    not_ready = "the server is shutting down: this request's model was not ready in time"
+    assert outcome["waiting"][0] == f"503 {not_ready}", outcome
     assert 0.8 < ended < 4, f"the graceful period ran, then the cut came before uvicorn's ({ended:.1f} s)"

@@ -99,6 +99,9 @@ class Inference:
         self._servables: dict[str, Servable] = {}
         self._post: LoopPost | None = None
         self._generating: set[asyncio.Queue[Token | Done | Failure]] = set()  # each generation's events
+        self._awaiting_model: set[asyncio.Task[Any]] = set()  # requests inside scheduler.acquire
+        self._stopped_retry_after: float | None = None  # set by stop_generations
+        self._stopped_waits: set[asyncio.Task[Any]] = set()  # the waits stop_generations cancelled
         self._unknown_options_logged: set[str] = set()
 
     def _poster(self, loop: asyncio.AbstractEventLoop) -> LoopPost:
@@ -115,9 +118,15 @@ class Inference:
         error = ServerBusyError(
             "the server is shutting down: this answer was cut short", retry_after, reason="stopping"
         )
+        # A request still waiting for its model (a load, another's drain) would start generating
+        # just before the cut: it gets its answer, a 503, now.
+        self._stopped_retry_after = retry_after
         for events in self._generating:
             events.put_nowait(Failure(error))
-        return len(self._generating)
+        for task in self._awaiting_model:
+            task.cancel()
+        self._stopped_waits = set(self._awaiting_model)
+        return len(self._generating) + len(self._awaiting_model)
 
     def request_options(self, servable: Servable, options: Mapping[str, Any] | None) -> RequestOptions:
         """A request's options over the image's parameters. Unknown names are skipped, as Ollama
@@ -197,11 +206,37 @@ class Inference:
                 options=load_options, keep_alive=self.model_keep_alive(servable, keep_alive)
             )
         started = time.perf_counter_ns()
-        lease = await self.scheduler.acquire(request)
+        lease = await self._acquire(request)
         waited = time.perf_counter_ns() - started
         if waited > 50_000_000:  # a real load, not a lookup
             self.metrics.load_seconds.labels(servable.name).observe(waited / 1e9)
         return lease, waited
+
+    async def _acquire(self, request: ModelRequest) -> Lease:
+        """The scheduler's lease, unless the server stops first (stop_generations)."""
+        if self._stopped_retry_after is not None:
+            raise self._not_ready(self._stopped_retry_after)
+        task = asyncio.current_task()
+        if task is None:  # not in a task (never under uvicorn): nothing stop_generations could cancel
+            return await self.scheduler.acquire(request)
+        self._awaiting_model.add(task)
+        try:
+            return await self.scheduler.acquire(request)
+        except asyncio.CancelledError:
+            if self._stopped_retry_after is None or task not in self._stopped_waits:
+                raise  # the client left, or uvicorn's cut
+            task.uncancel()
+            raise self._not_ready(self._stopped_retry_after) from None
+        finally:
+            self._awaiting_model.discard(task)
+
+    @staticmethod
+    def _not_ready(retry_after: float) -> ServerBusyError:
+        return ServerBusyError(
+            "the server is shutting down: this request's model was not ready in time",
+            retry_after,
+            reason="stopping",
+        )
 
     async def load_only(self, name: str, keep_alive: object) -> str:
         """Ollama's empty prompt: load (or, with keep_alive 0, unload). Returns the done_reason.
