@@ -92,7 +92,7 @@ def main() -> None:
     for round_ in range(args.rounds):
         for kind in ("push", "pull"):
             registry = start_registry(work / f"registry-{round_}-{kind}")
-            base = f"http://{registry.host}/v2"
+            v2 = f"http://{registry.host}/v2"
             try:
                 # Baseline first on even rounds, second on odd ones.
                 order = ("curl", "ours") if round_ % 2 == 0 else ("ours", "curl")
@@ -111,7 +111,7 @@ def main() -> None:
                                 "-",
                                 "-o",
                                 "/dev/null",
-                                f"{base}/curl/blobs/uploads/",
+                                f"{v2}/curl/blobs/uploads/",
                             ]
                         )
                         url = next(
@@ -141,7 +141,7 @@ def main() -> None:
                         rss["push"] = max(rss["push"], peak)
                     elif who == "curl":
                         out = work / "pulled.gguf"
-                        t1, _, _ = run(["curl", "-sf", "-o", str(out), f"{base}/bench/gemma/blobs/{digest}"])
+                        t1, _, _ = run(["curl", "-sf", "-o", str(out), f"{v2}/bench/gemma/blobs/{digest}"])
                         t2, _, hashed = run(["sha256sum", str(out)])
                         assert "sha256:" + hashed.split()[0] == digest
                         out.unlink()

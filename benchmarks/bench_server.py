@@ -10,10 +10,10 @@ For 1, 4 and 8 concurrent streams (greedy, the same raw prompt, --tokens new tok
              new request arrives, so concurrent streams need it off (users must do the same)
   llama.cpp+lookup  the same server with its own prompt lookup decoding turned on
              (`--draft_model prompt-lookup-decoding --draft_model_num_pred_tokens 4`)
-All three load the same GGUF with the same context per stream (1024), threads (one per CPU, or
---threads), flash attention, batch size and weight layout (repacked or not, as our runner found
-this CPU allows). The server and the runner have 8 slots; llama-cpp-python's server serves one
-request at a time.
+All three load the same GGUF with the same context per stream (1024), threads (as many as our
+runner chooses by default: one per CPU, or one with every layer on a GPU; or --threads), flash
+attention, batch size and weight layout (repacked or not, as our runner found this CPU allows).
+The server and the runner have 8 slots; llama-cpp-python's server serves one request at a time.
 
 Tokens/s is the aggregate: all tokens received / wall time from the first request to the last
 answer. Time to first token is the median over the streams of a level, from sending the request to
@@ -76,7 +76,7 @@ STREAMS = (1, 4, 8)
 N_CTX = 1024
 SLOTS = 8
 ALL_LAYERS = 999  # llama.cpp caps n_gpu_layers at the model's layers (+ its output head)
-THREADS = os.cpu_count() or 1
+THREADS = 0  # our runner's default (LoadOptions.threads), then the count it chose on every side
 HERE = Path(__file__).resolve().parent
 
 
@@ -286,7 +286,7 @@ def start_modelyard(
 
 
 def start_llama_cpp_server(
-    home: Path, gguf: Path, repack: bool, gpu: bool, lookup: bool = False, threads: int = THREADS
+    home: Path, gguf: Path, repack: bool, gpu: bool, *, threads: int, lookup: bool = False
 ) -> tuple[subprocess.Popen[bytes], str, Path]:
     port = free_port()
     log = home / f"llama_cpp_server{'_lookup' if lookup else ''}.log"
@@ -379,8 +379,8 @@ def main() -> None:
         "--threads",
         type=int,
         default=THREADS,
-        help="llama.cpp threads on every side (default: one per CPU; with every layer on a GPU, fewer "
-        "leave cores to the HTTP server and client)",
+        help="llama.cpp threads on every side (default: as many as our runner chooses, one per CPU or "
+        "one with every layer on a GPU, and that count on the other sides)",
     )
     model = parser.add_mutually_exclusive_group()
     model.add_argument(
@@ -410,6 +410,7 @@ def main() -> None:
     second_runner = Runner.start(RunnerSpec("bench-b", gguf, options=options)) if args.second_runner else None
     assert runner.info is not None
     repack = runner.info.repack
+    threads = runner.info.threads  # what the runner chose, given to every side
     processes = []
     clients: list[HttpClient] = []
 
@@ -418,7 +419,7 @@ def main() -> None:
         clients.append(client)
         return lambda tokens: http_stream(client, url, "bench", tokens)
 
-    serve, serve_url, _ = start_modelyard(home / "modelyard", gguf, args.gpu, args.threads)
+    serve, serve_url, _ = start_modelyard(home / "modelyard", gguf, args.gpu, threads)
     processes.append(serve)
     systems: dict[str, Callable[[int], Stream]] = {  # a stream of that many tokens
         "serve": http_system(serve_url),
@@ -429,7 +430,7 @@ def main() -> None:
     peers = [] if args.without_peers else ["llama.cpp", "llama.cpp+lookup"]
     for peer in peers:
         process, url, _ = start_llama_cpp_server(
-            home, gguf, repack, args.gpu, lookup=peer.endswith("lookup"), threads=args.threads
+            home, gguf, repack, args.gpu, lookup=peer.endswith("lookup"), threads=threads
         )
         processes.append(process)
         systems[peer] = http_system(url)

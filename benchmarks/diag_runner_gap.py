@@ -146,7 +146,7 @@ def main() -> None:
         rates.setdefault("engine", []).append(rate)
         splits.append(split)
         for name, runner in runners.items():
-            rates.setdefault(name, []).append(B.run_ours(runner, args.streams, args.tokens))
+            rates.setdefault(name, []).append(B.run_ours(runner, args.streams, args.tokens, 0.0, 0, []))
     for runner in runners.values():
         runner.stop()
     if args.random_gemma_shape:

@@ -104,7 +104,12 @@ def main() -> None:
         "--tokens", default="128,512", help="tokens per stream, comma-separated (default: %(default)s)"
     )
     parser.add_argument("--gpu", action="store_true", help="offload every layer, on both sides")
-    parser.add_argument("--threads", type=int, default=B.THREADS, help="llama.cpp threads on both sides")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=B.THREADS,
+        help="llama.cpp threads on both sides (default: as many as our runner chooses)",
+    )
     model = parser.add_mutually_exclusive_group()
     model.add_argument(
         "--random-gemma-shape", action="store_true", help="random F16 weights in Gemma 3 270M's shape"
@@ -117,7 +122,9 @@ def main() -> None:
     layers = B.ALL_LAYERS if args.gpu else 0
     options = LoadOptions(num_ctx=B.N_CTX, num_parallel=B.SLOTS, num_thread=args.threads, num_gpu=layers)
     runner = Runner.start(RunnerSpec("bench", gguf, options=options))
-    serve, url, _ = B.start_modelyard(home / "modelyard", gguf, args.gpu, args.threads)
+    assert runner.info is not None
+    threads = runner.info.threads  # what the runner chose, given to serve's runner too
+    serve, url, _ = B.start_modelyard(home / "modelyard", gguf, args.gpu, threads)
     client = httpx.Client(timeout=600)
     results: dict[tuple[str, int], list[Timing]] = {}
     try:
@@ -139,7 +146,7 @@ def main() -> None:
     def ms(name: str, tokens: int, field: str) -> float:
         return statistics.median(getattr(t, field) for t in results[(name, tokens)]) * 1000
 
-    print(f"{args.pairs} pairs, threads {args.threads}, gpu {args.gpu}; medians, ms\n")
+    print(f"{args.pairs} pairs, threads {threads}, gpu {args.gpu}; medians, ms\n")
     print("| tokens | side | ttft | pace per token | runner's own per token | tail | tokens/s from pace |")
     print("|---|---|---|---|---|---|---|")
     for tokens in lengths:
