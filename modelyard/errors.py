@@ -247,6 +247,12 @@ class InferenceRequestError(RunnerError, ValueError):
     keeps serving the others."""
 
 
+class PromptTooLongError(InferenceRequestError):
+    """A prompt, or an input to embed, longer than the model's context where it may not be cut
+    (Ollama's `truncate: false`; always on OpenAI's routes, whose code for it is
+    context_length_exceeded)."""
+
+
 class ServerBusyError(RunnerError):
     """Back-pressure: the request may succeed later (HTTP 503 with Retry-After).
 

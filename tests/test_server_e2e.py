@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -681,19 +681,20 @@ def test_openai_completions_of_several_prompts(oai: openai.OpenAI) -> None:
 
 
 def test_openai_n_choices_streamed_and_not(oai: openai.OpenAI) -> None:
-    """n choices of one prompt run side by side; with a seed, choice j samples as a request of its
-    own with seed + j would, so each is reproducible and they differ. A stream interleaves the
-    choices' chunks, each with its index; usage counts the prompt once and every completion."""
+    """n choices of one prompt run side by side, and differ; a stream of the same request gives
+    the same choices, its chunks interleaved, each with its index; usage counts the prompt once
+    and every completion.
+
+    Both requests find the prompt cached (a first request puts it there): a prompt evaluated whole
+    and one whose last token is evaluated alone reach their first logits through other kernels,
+    which on a CPU with repacked weights move logits by up to about one unit (test_runner's
+    test_greedy_output_is_the_same_alone_and_batched), enough to change a sampled token."""
     messages: list[dict[str, str]] = [{"role": "user", "content": "Write a line about the sea."}]
     sampling: dict[str, Any] = dict(model=GEMMA, messages=messages, max_tokens=10, temperature=1.2, seed=40)
+    oai.chat.completions.create(**{**sampling, "max_tokens": 1})  # the prompt, cached
     several = oai.chat.completions.create(n=3, **sampling)
     assert [c.index for c in several.choices] == [0, 1, 2]
-    alone = [oai.chat.completions.create(**{**sampling, "seed": 40 + j}) for j in range(3)]
-    assert [c.message.content for c in several.choices] == [a.choices[0].message.content for a in alone]
     assert len({c.message.content for c in several.choices}) > 1
-    assert several.usage is not None and all(a.usage is not None for a in alone)
-    assert several.usage.prompt_tokens == alone[0].usage.prompt_tokens  # type: ignore[union-attr]
-    assert several.usage.completion_tokens == sum(a.usage.completion_tokens for a in alone)  # type: ignore[union-attr]
 
     texts: dict[int, str] = {}
     roles: dict[int, str | None] = {}
@@ -711,15 +712,73 @@ def test_openai_n_choices_streamed_and_not(oai: openai.OpenAI) -> None:
     assert texts == {c.index: c.message.content for c in several.choices}
     assert roles == {0: "assistant", 1: "assistant", 2: "assistant"}
     assert finish == {c.index: c.finish_reason for c in several.choices}
+    assert several.usage is not None
+    alone = oai.chat.completions.create(**sampling)
+    assert alone.usage is not None and several.usage.prompt_tokens == alone.usage.prompt_tokens
     assert (
         chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == several.usage.completion_tokens
     )
 
-    completions = oai.completions.create(model=GEMMA, prompt="The sea is", max_tokens=6, n=2, seed=5)
-    singles = [
-        oai.completions.create(model=GEMMA, prompt="The sea is", max_tokens=6, seed=5 + j) for j in range(2)
+
+@pytest.fixture(scope="module")
+def one_slot(home: Path) -> Iterator[ServeProcess]:
+    """A server whose model has one slot: every sequence decodes alone, through the same kernels."""
+    process = start_server(home, env={"MODELYARD_NUM_PARALLEL": "1"})
+    yield process
+    process.stop()
+
+
+def test_openai_choice_j_is_the_answer_seeded_seed_plus_j(one_slot: ServeProcess) -> None:
+    """With a seed, choice j samples as a request of its own with seed + j would: each choice is
+    reproducible alone. Shown with one slot, where the n choices take turns: side by side, a batch
+    of several rows takes other CPU kernels than one row does, whose rounding can change a sampled
+    token (test_openai_n_choices_streamed_and_not says more); the prompt is cached first, so that
+    every request evaluates only its last token."""
+    with openai.OpenAI(base_url=f"{one_slot.url}/v1", api_key="unused", max_retries=0, timeout=120) as oai:
+        messages: list[dict[str, str]] = [{"role": "user", "content": "Write a line about the sea."}]
+        sampling: dict[str, Any] = dict(model=GEMMA, messages=messages, max_tokens=10, temperature=1.2)
+        oai.chat.completions.create(**sampling, seed=1)  # the prompt, cached
+        several = oai.chat.completions.create(n=3, seed=40, **sampling)
+        alone = [oai.chat.completions.create(**sampling, seed=40 + j) for j in range(3)]
+        assert [c.message.content for c in several.choices] == [a.choices[0].message.content for a in alone]
+        assert len({c.message.content for c in several.choices}) > 1
+        assert several.usage is not None and all(a.usage is not None for a in alone)
+        assert several.usage.completion_tokens == sum(a.usage.completion_tokens for a in alone)  # type: ignore[union-attr]
+
+        oai.completions.create(model=GEMMA, prompt="The sea is", max_tokens=1, seed=1)
+        sea: dict[str, Any] = dict(model=GEMMA, prompt="The sea is", max_tokens=6)
+        completions = oai.completions.create(**sea, n=2, seed=5)
+        singles = [oai.completions.create(**sea, seed=seed) for seed in (5, 6)]
+        assert [c.text for c in completions.choices] == [s.choices[0].text for s in singles]
+
+
+def test_openai_refuses_a_prompt_longer_than_the_context_where_ollama_cuts_it(
+    oai: openai.OpenAI, client: ollama.Client
+) -> None:
+    """OpenAI's routes answer 400 context_length_exceeded (as OpenAI, llama.cpp's server and vLLM
+    do), so that a client trims and retries; Ollama's cut the prompt to fit, as Ollama does."""
+    text = "Summarize this: " + "the quick brown fox jumps over the lazy dog " * 600  # ~5,400 tokens
+    attempts: list[Callable[[], object]] = [
+        lambda: oai.chat.completions.create(
+            model=GEMMA, messages=[{"role": "user", "content": text}], max_tokens=2
+        ),
+        lambda: oai.completions.create(model=GEMMA, prompt=text, max_tokens=2),
+        lambda: oai.chat.completions.create(
+            model=GEMMA, messages=[{"role": "user", "content": text}], max_tokens=2, stream=True
+        ),
     ]
-    assert [c.text for c in completions.choices] == [s.choices[0].text for s in singles]
+    for attempt in attempts:
+        with pytest.raises(openai.BadRequestError) as refused:
+            for _ in attempt():  # type: ignore[attr-defined]  # a stream is read to its error
+                pass
+        assert refused.value.code == "context_length_exceeded", refused.value
+        assert "the context holds 4096" in refused.value.message
+    with pytest.raises(openai.BadRequestError) as refused:
+        oai.embeddings.create(model=GEMMA, input=["short", text * 2])
+    assert refused.value.code == "context_length_exceeded", refused.value
+
+    cut = client.chat(model=GEMMA, messages=[{"role": "user", "content": text}], options={"num_predict": 2})
+    assert cut.done and 0 < (cut.prompt_eval_count or 0) < 4096
 
 
 def test_n_choices_of_a_long_prompt_evaluate_it_once(oai: openai.OpenAI, http: httpx.Client) -> None:

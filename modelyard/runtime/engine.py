@@ -60,6 +60,14 @@ IDLE_WAIT_S = 0.5
 class RequestRejected(Exception):
     """A request that cannot be served (bad schema, prompt too long); the message goes to the client."""
 
+    kind = "request"  # the error event's kind, which the parent turns into its error class
+
+
+class PromptTooLong(RequestRejected):
+    """Longer than the context, where it may not be cut."""
+
+    kind = "too_long"
+
 
 @dataclass
 class Slot:
@@ -150,9 +158,9 @@ def fit_prompt(tokens: list[int], n_ctx: int, num_keep: int, truncate: bool) -> 
     if len(tokens) < n_ctx:
         return tokens, 0
     if not truncate:
-        raise RequestRejected(
-            f"the prompt is {len(tokens)} tokens but the context holds {n_ctx}; shorten it, raise num_ctx, "
-            "or allow truncation"
+        raise PromptTooLong(
+            f"the prompt is {len(tokens)} tokens but the context holds {n_ctx}: shorten it, or serve "
+            "the model with a larger num_ctx"
         )
     keep = max(0, min(num_keep, n_ctx // 2 - 1))
     tail = n_ctx // 2 - keep
@@ -244,7 +252,7 @@ class Engine:
             else:
                 self._error(request_id, f"unknown operation {op!r}", "internal")
         except RequestRejected as exc:
-            self._error(request_id, str(exc), "request")
+            self._error(request_id, str(exc), exc.kind)
         except Exception as exc:  # a bug (the parent sends these messages): fail this request, keep serving
             traceback.print_exc()  # stderr: the parent keeps its tail for crash reports
             self._error(request_id, f"internal error handling {op}: {type(exc).__name__}: {exc}", "internal")
@@ -278,7 +286,7 @@ class Engine:
                     later.append((request_id, request))
             except RequestRejected as exc:
                 self._prompts.pop(request_id, None)
-                self._error(request_id, str(exc), "request")
+                self._error(request_id, str(exc), exc.kind)
         self.waiting = later + self.waiting  # in the order they came
 
     def _view(self, free: list[Slot]) -> SlotView:
@@ -319,7 +327,7 @@ class Engine:
         if request_id not in self._prompts:
             tokens = self._prompt_tokens(request)
             if scores_prompt and len(tokens) >= self.n_ctx_seq:  # cut, it would not be the prompt sent
-                raise RequestRejected(
+                raise PromptTooLong(
                     f"the prompt is {len(tokens)} tokens but the context holds {self.n_ctx_seq}, and a "
                     "prompt whose log-probabilities are asked for is never truncated; shorten it or "
                     "raise num_ctx"
@@ -780,8 +788,9 @@ class EmbeddingContext:
             tokens = self.model.tokenize(text, add_special=True, parse_special=False)
             if len(tokens) > self.n_ctx:
                 if not truncate:
-                    raise RequestRejected(
-                        f"an input is {len(tokens)} tokens; the embeddings context holds {self.n_ctx}"
+                    raise PromptTooLong(
+                        f"an input is {len(tokens)} tokens but the embeddings context holds {self.n_ctx}: "
+                        "shorten it, or split it"
                     )
                 tokens = tokens[: self.n_ctx]
             tokenized.append(tokens)

@@ -28,7 +28,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from modelyard.errors import InferenceRequestError, ModelLoadError, RunnerCrashedError, RunnerError
+from modelyard.errors import (
+    InferenceRequestError,
+    ModelLoadError,
+    PromptTooLongError,
+    RunnerCrashedError,
+    RunnerError,
+)
 from modelyard.runtime.options import LoadOptions
 from modelyard.runtime.protocol import Channel, CompletionRequest, Done, RunnerInfo, load_message
 
@@ -372,8 +378,11 @@ class Runner:
         elif event == "result":
             callback(message)
         elif event == "error":
-            kind = InferenceRequestError if message.get("kind") == "request" else RunnerError
-            callback(Failure(kind(str(message["message"]))))
+            kinds: dict[object, type[RunnerError]] = {
+                "request": InferenceRequestError,
+                "too_long": PromptTooLongError,
+            }
+            callback(Failure(kinds.get(message.get("kind"), RunnerError)(str(message["message"]))))
 
     def _fail_all(self, error: RunnerError) -> None:
         with self._lock:

@@ -20,6 +20,7 @@ from modelyard.errors import (
     ModelDoesNotFitError,
     ModelLoadError,
     ModelyardError,
+    PromptTooLongError,
     RegistryAuthError,
     RegistryError,
     RegistryUnavailableError,
@@ -30,6 +31,7 @@ from modelyard.errors import (
 
 STATUS_CLIENT_GONE = 499  # nginx's and Ollama's "client closed request"
 MODEL_NOT_FOUND = "model_not_found"  # OpenAI's code for it
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # OpenAI's code for a prompt too long
 
 
 class HTTPError(Exception):
@@ -103,6 +105,8 @@ def classify(exc: BaseException) -> HTTPError | None:
             message, code = str(exc), None
             if isinstance(exc, ImageNotFoundError):
                 message, code = f"model '{exc.name}' not found, try pulling it first", MODEL_NOT_FOUND
+            elif isinstance(exc, PromptTooLongError):
+                code = CONTEXT_LENGTH_EXCEEDED
             retry = exc.retry_after if isinstance(exc, ServerBusyError) else None
             return HTTPError(status, message, retry, error_type, code)
     return None

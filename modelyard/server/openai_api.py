@@ -1,6 +1,11 @@
 """OpenAI's API (chat completions, completions, embeddings, models), so that the official `openai`
 client works unchanged. Streams are server-sent events ending with `data: [DONE]`; errors have
 OpenAI's shape (`{"error": {"message", "type", "param", "code"}}`).
+
+A prompt longer than the model's context is refused (400, code context_length_exceeded), as
+OpenAI, llama.cpp's server and vLLM do, where Ollama's routes cut it to fit: clients of this API
+(LangChain's trimming, agent loops) act on that error, and a cut prompt would be answered with
+confidence from the part left.
 """
 
 from __future__ import annotations
@@ -262,6 +267,7 @@ def router(state: ServerState) -> APIRouter:
                 request,
                 body.options(choice),
                 format=format_,
+                truncate=False,  # OpenAI's API refuses a prompt too long (context_length_exceeded)
                 top_logprobs=runner_top_logprobs(top is not None, top),
                 logit_bias=biases,
             )
@@ -321,6 +327,7 @@ def router(state: ServerState) -> APIRouter:
                     servable,
                     request,
                     options,
+                    truncate=False,
                     top_logprobs=top_logprobs,
                     tokens=prompt,
                     echo=body.echo,
@@ -331,7 +338,13 @@ def router(state: ServerState) -> APIRouter:
                 prompt, suffix=body.suffix or "", raw=not body.suffix, now=datetime.now().astimezone()
             )
             stream = inference.generate(
-                servable, request, options, top_logprobs=top_logprobs, echo=body.echo, logit_bias=biases
+                servable,
+                request,
+                options,
+                truncate=False,
+                top_logprobs=top_logprobs,
+                echo=body.echo,
+                logit_bias=biases,
             )
             return _echoing_as_sent(stream, prompt) if body.echo else stream
 
@@ -360,7 +373,7 @@ def router(state: ServerState) -> APIRouter:
     async def embeddings(body: EmbeddingBody) -> dict[str, Any]:
         servable = await inference.servable(body.model)
         inputs = _embedding_inputs(body.input)
-        result, _, _ = await inference.embed(servable, inputs, None)
+        result, _, _ = await inference.embed(servable, inputs, None, truncate=False)
         data = []
         for i, pooled in enumerate(result["embeddings"]):
             vector = unit_vector(pooled, body.dimensions)
