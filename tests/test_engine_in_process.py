@@ -269,28 +269,38 @@ def test_token_ids_are_the_prompt_as_they_are(engine: tuple[Engine, list[dict[st
 
 
 @pytest.mark.parametrize(
-    ("request_", "message"),
+    ("request_", "message", "kind"),
     [
         pytest.param(
             CompletionRequest("", tokens=(1, 10**6)),
             "prompt token id 1000000 is not in the vocabulary",
+            "request",
             id="huge",
         ),
         pytest.param(
-            CompletionRequest("", tokens=(-1,)), "prompt token id -1 is not in the vocabulary", id="negative"
+            CompletionRequest("", tokens=(-1,)),
+            "prompt token id -1 is not in the vocabulary",
+            "request",
+            id="negative",
         ),
         # Cut, the scores would be of another prompt.
-        pytest.param(scored(PROMPT * 20), "is never truncated", id="scored-too-long"),
+        pytest.param(scored(PROMPT * 20), "is never truncated", "too_long", id="scored-too-long"),
+        pytest.param(
+            CompletionRequest(PROMPT * 20, SamplingOptions(num_predict=2), truncate=False),
+            "shorten it, or serve the model with a larger num_ctx",
+            "too_long",
+            id="too-long-not-to-be-cut",
+        ),
     ],
 )
 def test_a_bad_prompt_fails_alone(
-    engine: tuple[Engine, list[dict[str, Any]]], request_: CompletionRequest, message: str
+    engine: tuple[Engine, list[dict[str, Any]]], request_: CompletionRequest, message: str, kind: str
 ) -> None:
     runner, events = engine
     runner.waiting.append((1, request_))
     run(runner, 2, "a dog ran", 2)
     [error] = [e for e in events if e["event"] == "error"]
-    assert (error["id"], error["kind"]) == (1, "request") and message in error["message"]
+    assert (error["id"], error["kind"]) == (1, kind) and message in error["message"]
     assert [e["id"] for e in events if e["event"] == "done"] == [2]
 
 

@@ -72,8 +72,11 @@ def reference_llama(path: Path, repack: bool, **kwargs: object) -> llama_cpp.Lla
 
 @pytest.mark.gemma
 def test_greedy_matches_llama_cpp_python_on_gemma(gemma_runner: Runner, gemma_gguf: Path) -> None:
+    """Token for token, one a step as llama-cpp-python decodes: checking guesses evaluates several
+    rows a step, whose kernels round otherwise on a CPU with repacked weights, enough to flip a
+    near tie in this list's repetitions (the guesses' own test: test_engine_decoding)."""
     assert gemma_runner.info is not None
-    text, done = gemma_runner.complete(CompletionRequest(GEMMA_PROMPT, greedy(48)))
+    text, done = gemma_runner.complete(CompletionRequest(GEMMA_PROMPT, greedy(48, draft_num_predict=0)))
     reference = reference_llama(gemma_gguf, gemma_runner.info.repack, n_ctx=1024)
     expected = reference.create_completion(GEMMA_PROMPT, max_tokens=48, temperature=0.0)
     reference.close()

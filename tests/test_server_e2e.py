@@ -241,6 +241,25 @@ def test_empty_prompt_loads_and_keep_alive_zero_unloads(client: ollama.Client, h
     assert chat_load.done_reason == "load" and MODEL in loaded(http)
 
 
+def test_a_preload_loads_with_its_options(client: ollama.Client) -> None:
+    """The recipe "keep X loaded with a context of N": the preload's num_ctx applies, so the
+    requests that follow with it find the model loaded (no reload) and its keep_alive holds."""
+    preload = client.generate(GEMMA, "", keep_alive=-1, options={"num_ctx": 2048})
+    assert preload.done_reason == "load"
+    gemma = {m.model: m for m in client.ps().models}[MODEL]
+    assert gemma.context_length == 2048 and gemma.expires_at is not None and gemma.expires_at.year == 9999
+    answer = client.chat(
+        GEMMA, messages=[{"role": "user", "content": "Hi"}], options={**GREEDY, "num_ctx": 2048}
+    )
+    assert (answer.load_duration or 0) < 50_000_000, "no reload"
+    gemma = {m.model: m for m in client.ps().models}[MODEL]
+    assert gemma.expires_at is not None and gemma.expires_at.year == 9999, "the preload's keep_alive"
+    with pytest.raises(ollama.ResponseError) as bad:
+        client.generate(GEMMA, "", options={"num_ctx": "big"})
+    assert bad.value.status_code == 400
+    client.generate(GEMMA, "", keep_alive=0)
+
+
 def test_images_on_a_text_model_are_a_clear_400(client: ollama.Client) -> None:
     with pytest.raises(ollama.ResponseError) as caught:
         client.generate(GEMMA, "What is in this picture?", images=[b"\x89PNG not really"])
@@ -1464,6 +1483,22 @@ def test_a_tool_result_named_only_by_its_call_id_gets_the_function_name(
     client.delete("toolish-named")
 
 
+def test_a_template_that_reads_the_suffix_gives_the_insert_capability(client: ollama.Client) -> None:
+    """Ollama's "insert" (fill in the middle), which editors check before sending a suffix; a
+    template that only mentions the word "tools" in its text does not take tools."""
+    fim = "{{ if .Suffix }}<PRE> {{ .Prompt }} <SUF>{{ .Suffix }} <MID>{{ else }}{{ .Prompt }}{{ end }}"
+    client.create(model="fimish", from_=GEMMA, template=fim, system="You use no tools.")
+    try:
+        assert client.show("fimish").capabilities == ["completion", "insert"]
+        listed = {m.model: m for m in client.list().models}
+        assert GEMMA + ":latest" in listed and "fimish:latest" in listed
+        filled = client.generate("fimish", "def add(a, b):", suffix="    return c", options=GREEDY)
+        assert filled.done
+    finally:
+        client.delete("fimish")
+    assert client.show(GEMMA).capabilities == ["completion"]
+
+
 def test_tool_calls_reach_both_clients_as_calls(client: ollama.Client, oai: openai.OpenAI) -> None:
     client.create(model="toolish", from_=GEMMA, template=TOOL_TEMPLATE)
     assert "tools" in (client.show("toolish").capabilities or [])
@@ -1561,6 +1596,10 @@ def test_a_web_page_from_another_origin_cannot_drive_the_server(
     local = http.post("/api/copy", content=copy, headers={**plain, "origin": "http://localhost:3000"})
     assert local.status_code == 200
     client.delete("stolen/copy:v1")
+    for app in ("app://obsidian.md", "vscode-webview://8f2c4a1b", "tauri://localhost"):  # as Ollama
+        assert http.get("/api/tags", headers={"origin": app}).status_code == 200, app
+    refused = http.get("/v1/models", headers={"origin": "https://evil.example"})  # in OpenAI's shape
+    assert refused.status_code == 403 and "MODELYARD_ORIGINS" in refused.json()["error"]["message"]
 
 
 def test_a_derived_model_and_a_copy_share_the_loaded_runner(

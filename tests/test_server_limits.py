@@ -41,7 +41,9 @@ def busy(home: Path) -> Iterator[ServeProcess]:
 
 @pytest.fixture(scope="module")
 def keyed(home: Path) -> Iterator[ServeProcess]:
-    process = start_server(home, api_key=KEY, env={"MODELYARD_ORIGINS": "http://app.example"})
+    process = start_server(
+        home, api_key=KEY, env={"MODELYARD_ORIGINS": "http://app.example,vscode-webview://*"}
+    )
     yield process
     process.stop()
 
@@ -250,6 +252,10 @@ def test_cors_only_for_configured_origins(keyed: ServeProcess, busy: ServeProces
         assert allowed.headers["access-control-allow-origin"] == "http://app.example"
         other = c.options(f"{keyed.url}/api/chat", headers={**preflight, "Origin": "http://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+        webview = {**preflight, "Origin": "vscode-webview://8f2c4a1b"}  # a pattern, as Ollama's users list it
+        assert c.options(f"{keyed.url}/api/chat", headers=webview).headers["access-control-allow-origin"] == (
+            "vscode-webview://8f2c4a1b"
+        )
         off = c.get(f"{busy.url}/api/tags", headers={"Origin": "http://app.example"})
         assert "access-control-allow-origin" not in off.headers, "CORS is off unless configured"
 

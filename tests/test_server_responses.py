@@ -99,3 +99,26 @@ def test_a_progress_stream_that_fails_ends_with_an_error_line_whatever_the_error
         assert [line.get("status") for line in lines[:2]] == ["pulling manifest", "pulling 1a2b3c4d5e6f"]
         assert "no space is left on the disk" in lines[-1]["error"]
         assert json.loads(client.get("/bug").text.splitlines()[-1]) == {"error": "internal error"}
+
+
+@pytest.mark.parametrize(
+    ("origin", "listed", "allowed"),
+    [
+        pytest.param("http://localhost:3000", (), True, id="this-machine"),
+        pytest.param("https://[::1]:8443", (), True, id="this-machine-ipv6"),
+        pytest.param("http://127.0.0.1.evil.example", (), False, id="loopback-lookalike"),
+        pytest.param("https://evil.example", (), False, id="a-web-site"),
+        pytest.param("vscode-webview://8f2c4a1b", ("vscode-webview://*",), True, id="scheme-pattern"),
+        pytest.param("http://evil.example", ("vscode-webview://*",), False, id="pattern-is-no-other-scheme"),
+        pytest.param("http://app.example", ("http://app.example/",), True, id="trailing-slash-listed"),
+        pytest.param("http://APP.example", ("http://app.example",), True, id="case"),
+        pytest.param("http://app.example.evil", ("http://app.example",), False, id="exact-is-whole"),
+        pytest.param("http://a.b.example:5173", ("http://*.example:*",), True, id="host-and-port-patterns"),
+        pytest.param("http://evil.example", ("*",), True, id="star-is-any"),
+        pytest.param("http://x.example", ("http://a.example(",), False, id="regex-characters-are-literal"),
+    ],
+)
+def test_origin_allowed(origin: str, listed: tuple[str, ...], allowed: bool) -> None:
+    from modelyard.server.app import origin_allowed
+
+    assert origin_allowed(origin, listed) is allowed

@@ -571,6 +571,16 @@ def takes_tools(model: ModelPrompting) -> bool:
         return False
 
 
+def takes_suffix(model: ModelPrompting, template: str = "") -> bool:
+    """Whether the model's template (or a request's own) renders a suffix (Ollama's "insert"
+    capability: fill in the middle): a Go template that reads .Suffix."""
+    renderer = _renderer(model, template)
+    try:
+        return renderer.kind == "go" and "suffix" in {n.lower() for n in parse(renderer.text).identifiers()}
+    except TemplateError:
+        return False
+
+
 def _tool_block_start(messages: Sequence[ChatMessage], i: int) -> int:
     """Where the run of tool results ending at i starts, including the assistant call before it."""
     if i <= 0 or i >= len(messages) or messages[i].role != "tool":
@@ -643,7 +653,7 @@ def render_prompt(model: ModelPrompting, request: PromptRequest, *, fits: Fits |
         return Prompt(request.prompt, request.images)
     renderer = _renderer(model, request.template)
     if request.suffix:
-        if renderer.kind != "go" or "suffix" not in {n.lower() for n in parse(renderer.text).identifiers()}:
+        if not takes_suffix(model, request.template):
             raise TemplateError("this model's template does not support insert (it has no .Suffix)")
         values = TemplateValues(
             prompt=request.prompt, suffix=request.suffix, think=request.think, now=request.now

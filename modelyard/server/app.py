@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
+import re
 import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
@@ -79,7 +81,9 @@ def create_app(state: ServerState) -> FastAPI:
     if state.settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
-            allow_origins=list(state.settings.cors_origins),
+            allow_origin_regex="|".join(
+                f"(?i:{origin_pattern(o).pattern})" for o in state.settings.cors_origins
+            ),
             allow_methods=["*"],
             allow_headers=["*"],
             expose_headers=["x-request-id"],
@@ -243,16 +247,21 @@ class ApiKey:
         await response(scope, receive, send)
 
 
+# Origins of desktop apps and editors, never of a web site, which Ollama allows by default too:
+# Electron (Obsidian…), local files, Tauri, VS Code's webviews.
+APP_ORIGINS = ("app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*")
+
+
 class OriginGuard:
     """Refuse, with 403, a request a web page sends from an origin that is neither configured
-    ($MODELYARD_ORIGINS) nor this machine, as Ollama does: a browser sends some cross-site requests
-    without asking first (a POST with a text/plain body), and JsonBodies reads those as JSON, so
-    without this any site the user visits could copy, push or delete their models. Clients that
-    are not browsers send no Origin and are not affected."""
+    ($MODELYARD_ORIGINS) nor this machine nor a desktop app's, as Ollama does: a browser sends some
+    cross-site requests without asking first (a POST with a text/plain body), and JsonBodies reads
+    those as JSON, so without this any site the user visits could copy, push or delete their
+    models. Clients that are not browsers send no Origin and are not affected."""
 
     def __init__(self, app: ASGIApp, allowed: tuple[str, ...]) -> None:
         self.app = app
-        self.allowed = frozenset(allowed)
+        self.allowed = (*allowed, *APP_ORIGINS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         origin = dict(scope["headers"]).get(b"origin") if scope["type"] == "http" else None
@@ -260,20 +269,32 @@ class OriginGuard:
             await self.app(scope, receive, send)
             return
         message = f"origin {origin.decode('latin-1')!r} is not allowed; add it to MODELYARD_ORIGINS"
-        response = JSONResponse({"error": message}, status_code=403)
+        body: dict[str, Any] = {"error": message}
+        if scope["path"].startswith("/v1/"):
+            body = {"error": {"message": message, "type": "permission_error", "param": None, "code": None}}
+        response = JSONResponse(body, status_code=403)
         await response(scope, receive, send)
 
 
-def origin_allowed(origin: str, allowed: frozenset[str]) -> bool:
-    """A configured origin (or `*`), or a page served from this machine (http/https on localhost,
-    127.0.0.0/8 or ::1, any port)."""
-    if origin in allowed or "*" in allowed:
+def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
+    """A listed origin or pattern (`*` for any, `vscode-webview://*`, `http://localhost:*`; case
+    does not matter), or a page served from this machine (http/https on localhost, 127.0.0.0/8 or
+    ::1, any port)."""
+    if any(origin_pattern(pattern).fullmatch(origin) for pattern in allowed):
         return True
     try:
         parts = urllib.parse.urlsplit(origin)
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname) and is_loopback(parts.hostname or "")
+
+
+@functools.lru_cache(maxsize=256)
+def origin_pattern(pattern: str) -> re.Pattern[str]:
+    """An origin as listed in $MODELYARD_ORIGINS, as a regular expression: `*` stands for any
+    characters, the rest for itself; a trailing slash is dropped, as browsers send none."""
+    parts = (re.escape(part) for part in pattern.rstrip("/").split("*"))
+    return re.compile(".*".join(parts), re.IGNORECASE)
 
 
 class JsonBodies:

@@ -238,10 +238,12 @@ class Inference:
             reason="stopping",
         )
 
-    async def load_only(self, name: str, keep_alive: object) -> str:
+    async def load_only(self, name: str, keep_alive: object, options: Mapping[str, Any] | None = None) -> str:
         """Ollama's empty prompt: load (or, with keep_alive 0, unload). Returns the done_reason.
-        A model removed from the store while loaded (`modelyard rm` beside a running server) can
-        still be unloaded by its name."""
+        The request's load options apply, as Ollama's do: a preload with num_ctx 8192 loads that
+        context, and the requests that follow with the same options find it. A model removed from
+        the store while loaded (`modelyard rm` beside a running server) can still be unloaded by
+        its name."""
         unloading = keep_alive is not None and self.keep_alive(keep_alive) == 0
         try:
             servable = await self.servable(name)
@@ -254,7 +256,8 @@ class Inference:
         if unloading:
             await self.scheduler.unload(servable.name)
             return "unload"
-        lease, _ = await self.acquire(servable, None, keep_alive)
+        self.request_options(servable, options)  # wrong types are a 400 here too
+        lease, _ = await self.acquire(servable, options, keep_alive)
         lease.release()
         return "load"
 

@@ -176,7 +176,7 @@ def router(state: ServerState) -> APIRouter:
     async def generate(body: GenerateBody, http: Request) -> Response:
         name = body.model_name()
         if not body.prompt and not body.images and body.suffix is None:
-            reason = await inference.load_only(name, body.keep_alive)
+            reason = await inference.load_only(name, body.keep_alive, body.options)
             state.count("/api/generate", served_model.get(), 200)  # `modelyard stop` and preloads count too
             return _single_or_stream(body.stream, [_final_line(name, reason, {"response": ""})])
         servable = await inference.servable(name)
@@ -210,7 +210,7 @@ def router(state: ServerState) -> APIRouter:
     async def chat(body: ChatBody, http: Request) -> Response:
         name = body.model_name()
         if not body.messages:
-            reason = await inference.load_only(name, body.keep_alive)
+            reason = await inference.load_only(name, body.keep_alive, body.options)
             state.count("/api/chat", served_model.get(), 200)
             return _single_or_stream(
                 body.stream, [_final_line(name, reason, {"message": {"role": "assistant", "content": ""}})]

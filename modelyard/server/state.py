@@ -21,6 +21,7 @@ from modelyard.builder import modelfile as mf
 from modelyard.builder.build import Builder, created_timestamp
 from modelyard.builder.gguf_info import read_gguf
 from modelyard.builder.normalized import for_show
+from modelyard.builder.prompt import takes_suffix, takes_tools
 from modelyard.progress import ProgressEvent, ProgressSink
 from modelyard.reference import Reference, parse_reference
 from modelyard.registry import RegistryOptions
@@ -251,9 +252,10 @@ def capabilities(servable: Servable) -> list[str]:
     if servable.is_embedding_model:
         return ["embedding"]
     caps = ["completion"]
-    template = servable.prompting.template or servable.gguf.chat_template or ""
-    if ".Tools" in template or "tools" in template:
+    if takes_tools(servable.prompting):
         caps.append("tools")
+    if takes_suffix(servable.prompting):
+        caps.append("insert")  # fill in the middle: generate's `suffix`
     return caps
 
 
