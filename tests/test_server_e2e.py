@@ -241,6 +241,19 @@ def test_empty_prompt_loads_and_keep_alive_zero_unloads(client: ollama.Client, h
     assert chat_load.done_reason == "load" and MODEL in loaded(http)
 
 
+def test_a_tag_spelt_in_another_case_is_the_stored_model(
+    client: ollama.Client, oai: openai.OpenAI, http: httpx.Client
+) -> None:
+    """Names match as Ollama's do, whatever the tag's case; the model loaded is the stored name, so
+    that stopping it by that name stops it."""
+    shouting = f"{GEMMA}:LATEST"
+    client.generate(shouting, "Hi", options=GREEDY)
+    assert [m.model for m in client.ps().models] == [MODEL]
+    assert oai.models.retrieve(shouting).id == MODEL
+    assert client.generate(GEMMA, "", keep_alive=0).done_reason == "unload"
+    assert MODEL not in loaded(http)
+
+
 def test_a_preload_loads_with_its_options(client: ollama.Client) -> None:
     """The recipe "keep X loaded with a context of N": the preload's num_ctx applies, so the
     requests that follow with it find the model loaded (no reload) and its keep_alive holds."""

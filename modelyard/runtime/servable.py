@@ -18,7 +18,7 @@ from modelyard.builder.compose import is_embedding_gguf
 from modelyard.builder.gguf_info import read_gguf
 from modelyard.builder.prompt import ModelPrompting
 from modelyard.errors import CorruptStoreError, GGUFError, StoreError
-from modelyard.reference import Reference
+from modelyard.reference import Reference, parse_reference
 from modelyard.runtime.memory import ModelShape, shape_from_gguf
 from modelyard.runtime.prompting import image_prompting
 from modelyard.runtime.scheduler import ModelRequest
@@ -87,6 +87,11 @@ class Servable:
 
 def load_servable(store: Store, ref: Reference) -> Servable:
     record = store.resolve(ref)
+    if ref.digest is None and record.name != str(ref):
+        # A tag that differs from the stored one only by case (Ollama matches names so): the
+        # model goes by the stored name, or `gemma3:LATEST` would load beside `gemma3:latest` and
+        # escape `modelyard stop gemma3`.
+        ref = parse_reference(record.name)
     manifest = store.read_manifest(record.digest)
     parts = store.read_parts(manifest)
     if parts.weights is None:

@@ -401,9 +401,15 @@ def router(state: ServerState) -> APIRouter:
             short = inference.reference(model_id).short()
         except (InvalidReferenceError, InferenceRequestError):
             short = None  # no image can have this name: not found, as OpenAI answers any unknown id
-        for entry in await _list(state):
+        entries = await _list(state)
+        for entry in entries:
             if entry["id"] in (model_id, short):
                 return entry
+        # As a request names a model: a tag that differs only by case, where one does.
+        wanted = {model_id.casefold(), (short or model_id).casefold()}
+        alike = [entry for entry in entries if entry["id"].casefold() in wanted]
+        if len(alike) == 1:
+            return alike[0]
         raise HTTPError(
             404, f"The model '{model_id}' does not exist", kind="invalid_request_error", code=MODEL_NOT_FOUND
         )
