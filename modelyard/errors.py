@@ -179,6 +179,11 @@ class RegistryError(ModelyardError):
     """A registry operation failed; the local store is unchanged."""
 
 
+class NoRegistryError(RegistryError, ValueError):
+    """A name without a registry given to pull or push: the caller's to fix (HTTP 400, not the
+    502 of a registry that failed)."""
+
+
 class RegistryAuthError(RegistryError, PermissionError):
     def __init__(self, host: str, detail: str = "") -> None:
         self.host = host

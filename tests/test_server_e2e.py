@@ -200,8 +200,13 @@ def test_ollama_embed_and_legacy_embeddings(client: ollama.Client) -> None:
     assert abs(legacy_norm - 1) > 0.01
     cosine = sum(a * b for a, b in zip(legacy, result.embeddings[0], strict=True)) / legacy_norm
     assert cosine > 0.999
-    # As Ollama: an empty string is no input; dimensions count only when 0 < dimensions < the model's.
+    # As Ollama: an empty string is no input, which loads the model (an embedding model's preload);
+    # dimensions count only when 0 < dimensions < the model's.
+    client.generate(GEMMA, "", keep_alive=0)
     assert client.embed(GEMMA, input="").embeddings == []
+    assert MODEL in {m.model for m in client.ps().models}
+    assert client.embeddings(GEMMA, prompt="", keep_alive=0).embedding == []
+    assert MODEL not in {m.model for m in client.ps().models}
     assert len(client.embed(GEMMA, input="the sea", dimensions=-3).embeddings[0]) == 640
     assert len(client.embed(GEMMA, input="the sea", dimensions=64).embeddings[0]) == 64
 
@@ -470,6 +475,10 @@ def test_push_and_pull_through_a_registry(client: ollama.Client, registry: Regis
     with pytest.raises(ollama.ResponseError) as caught:
         client.pull(f"{registry.host}/e2e/absent:v1", insecure=True)
     assert caught.value.status_code == 404
+    for transfer in (client.pull, client.push):  # the caller's mistake: 400, not a registry's 502
+        with pytest.raises(ollama.ResponseError) as caught:
+            transfer("e2e/nowhere:v1")
+        assert caught.value.status_code == 400 and "names no registry" in caught.value.error
     client.delete(remote)
 
 
@@ -1077,6 +1086,8 @@ def test_unknown_fields_are_ignored_and_wrong_types_are_400(http: httpx.Client, 
         ("/api/generate", {"model": GEMMA, "prompt": "Hi", "keep_alive": True}),
         ("/api/generate", {"model": GEMMA, "prompt": "Hi", "keep_alive": "3600"}),
         ("/api/generate", {"model": GEMMA, "prompt": "Hi", "format": "yaml"}),
+        ("/api/generate", {"model": GEMMA, "prompt": "Hi", "raw": True, "system": "dropped"}),  # as Ollama
+        ("/api/generate", {"model": GEMMA, "prompt": "Hi", "raw": True, "context": [1, 2]}),
         ("/api/chat", {"model": GEMMA, "messages": "Hi"}),
         ("/api/chat", {"model": GEMMA, "messages": [{"content": "no role"}]}),
         ("/api/embed", {"model": GEMMA, "input": 3}),

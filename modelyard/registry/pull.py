@@ -25,7 +25,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Any
 
-from modelyard.errors import DigestMismatchError, RegistryError, RegistryProtocolError
+from modelyard.errors import DigestMismatchError, NoRegistryError, RegistryError, RegistryProtocolError
 from modelyard.progress import ProgressSink, ignore_progress
 from modelyard.reference import Reference
 from modelyard.registry.client import FetchedManifest, RepositoryClient
@@ -66,7 +66,7 @@ def pull(
     store: Store, ref: Reference, options: RegistryOptions, progress: ProgressSink = ignore_progress
 ) -> PullResult:
     if ref.host is None:
-        raise RegistryError(
+        raise NoRegistryError(
             f"{ref.short()} names no registry; pull HOST[:PORT]/NAME[:TAG], "
             f"e.g. localhost:5000/{ref.repository}"
         )

@@ -20,7 +20,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from modelyard.errors import RegistryError
+from modelyard.errors import NoRegistryError, RegistryError
 from modelyard.progress import ProgressSink, ignore_progress
 from modelyard.reference import Reference
 from modelyard.registry.client import RepositoryClient
@@ -106,7 +106,7 @@ def push(
 ) -> PushResult:
     """Push the local image `source` (default: the one named `target`) to `target`'s registry."""
     if target.host is None:
-        raise RegistryError(
+        raise NoRegistryError(
             f"{target.short()} names no registry; push NAME HOST[:PORT]/NAME[:TAG], "
             "or tag the image with a registry name first"
         )

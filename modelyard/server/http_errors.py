@@ -20,6 +20,7 @@ from modelyard.errors import (
     ModelDoesNotFitError,
     ModelLoadError,
     ModelyardError,
+    NoRegistryError,
     PromptTooLongError,
     RegistryAuthError,
     RegistryError,
@@ -68,6 +69,7 @@ _TABLE: tuple[tuple[type[Exception], int, str], ...] = (
     (InferenceRequestError, 400, "invalid_request_error"),
     (BuildError, 400, "invalid_request_error"),  # Modelfile, GGUF, template, quantize
     (DigestMismatchError, 400, "invalid_request_error"),
+    (NoRegistryError, 400, "invalid_request_error"),
     (RegistryAuthError, 401, "authentication_error"),
     (RegistryUnavailableError, 502, "upstream_error"),
     (RegistryError, 502, "upstream_error"),

@@ -179,6 +179,9 @@ def router(state: ServerState) -> APIRouter:
             reason = await inference.load_only(name, body.keep_alive, body.options)
             state.count("/api/generate", served_model.get(), 200)  # `modelyard stop` and preloads count too
             return _single_or_stream(body.stream, [_final_line(name, reason, {"response": ""})])
+        if body.raw and (body.system or body.template or body.context):
+            # Ollama's answer: a raw prompt goes to the model as it is, so these would be dropped.
+            raise HTTPError(400, "raw mode does not support template, system, or context")
         servable = await inference.servable(name)
         request = PromptRequest.generate(
             body.prompt or "",
@@ -242,7 +245,9 @@ def router(state: ServerState) -> APIRouter:
         servable = await inference.servable(name)
         # As Ollama: an empty string is no input (not the embedding of nothing).
         inputs = ([body.input] if body.input else []) if isinstance(body.input, str) else list(body.input)
-        if not inputs:
+        if not inputs:  # loads the model, as Ollama does: how a client preloads an embedding model
+            await inference.load_only(name, body.keep_alive, body.options)
+            state.count("/api/embed", servable.name, 200)
             return {"model": name, "embeddings": []}
         result, load_ns, total_ns = await inference.embed(
             servable, inputs, body.options, keep_alive=body.keep_alive, truncate=body.truncate is not False
@@ -261,6 +266,8 @@ def router(state: ServerState) -> APIRouter:
     async def embeddings(body: EmbeddingsBody) -> dict[str, Any]:
         servable = await inference.servable(body.model_name())
         if not body.prompt:
+            await inference.load_only(body.model_name(), body.keep_alive, body.options)
+            state.count("/api/embeddings", servable.name, 200)
             return {"embedding": []}
         result, _, _ = await inference.embed(
             servable, [body.prompt], body.options, keep_alive=body.keep_alive
