@@ -329,6 +329,15 @@ def test_think_and_the_date_reach_the_template(client: ollama.Client, oai: opena
         model="thinking-template", messages=hi, max_tokens=1, reasoning_effort="none"
     )
     assert none.usage is not None and none.usage.prompt_tokens == off
+    # OpenAI's newer levels are the nearest the templates know: xhigh and max are high, minimal low.
+    for newer, think in (("xhigh", "high"), ("max", "high"), ("minimal", "low")):
+        answer = oai.chat.completions.create(
+            model="thinking-template",
+            messages=hi,
+            max_tokens=1,
+            reasoning_effort=newer,  # type: ignore[arg-type]
+        )
+        assert answer.usage is not None and answer.usage.prompt_tokens == prompt_tokens(think=think), newer
     with pytest.raises(openai.BadRequestError, match="invalid reasoning_effort 'bogus'") as bogus:
         oai.chat.completions.create(
             model="thinking-template",
@@ -988,6 +997,12 @@ def test_openai_embeddings(oai: openai.OpenAI) -> None:
     )
     shorter = oai.embeddings.create(model=GEMMA, input="the sea", dimensions=64)
     assert len(shorter.data[0].embedding) == 64
+    with pytest.raises(openai.BadRequestError) as wider:  # as OpenAI: no more than the model makes
+        oai.embeddings.create(model=GEMMA, input="the sea", dimensions=4096)
+    assert wider.value.param == "dimensions" and "vectors of 640" in wider.value.message
+    with pytest.raises(openai.BadRequestError, match="check_embedding_ctx_length") as ids:
+        oai.embeddings.create(model=GEMMA, input=[[1820, 9581]])  # LangChain's default sends tiktoken's
+    assert ids.value.param == "input"
     assert result.usage.prompt_tokens > 0
 
 
@@ -1408,7 +1423,16 @@ def test_logprobs_through_both_clients(client: ollama.Client, oai: openai.OpenAI
             offsets += choice.logprobs.text_offset or []
         text += choice.text
     assert len(tokens) == 5 and "".join(tokens) == text
-    assert offsets == [len("".join(tokens[:i])) for i in range(len(tokens))]
+    # Counted from the prompt's start, which the answer follows, as OpenAI and llama-cpp-python do.
+    assert offsets == [len("The sky is") + len("".join(tokens[:i])) for i in range(len(tokens))]
+    whole = oai.completions.create(model=GEMMA, prompt="The sky is", max_tokens=5, temperature=0, logprobs=1)
+    listed = whole.choices[0].logprobs
+    assert (
+        listed is not None
+        and listed.tokens
+        and listed.text_offset
+        == [len("The sky is") + len("".join(listed.tokens[:i])) for i in range(len(listed.tokens))]
+    )
 
 
 TOOL_TEMPLATE = (

@@ -207,3 +207,33 @@ def test_allowed_tools_are_checked() -> None:
     with pytest.raises(InferenceRequestError, match="which tools does not offer"):
         choice = {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [WEATHER_TOOL]}}
         forced_call_schema([ADD_TOOL], choice)
+
+
+def test_parallel_tool_calls_false_keeps_the_first_call() -> None:
+    import asyncio
+    from collections.abc import AsyncGenerator
+    from typing import Any
+
+    from modelyard.runtime.protocol import Done
+    from modelyard.runtime.runner import Token
+    from modelyard.server.inference import Finished
+    from modelyard.server.openai_api import first_call_only
+
+    calls = (ToolCall("get_weather", {"city": "Paris"}), ToolCall("get_time", {"zone": "CET"}, index=1))
+    closed = []
+
+    async def generation(tool_calls: tuple[ToolCall, ...]) -> AsyncGenerator[Any, None]:
+        try:
+            yield Token("")
+            yield Finished(Done("stop", 3, 1, 5, 1), 0, 2, 0, tool_calls=tool_calls)
+        finally:
+            closed.append(True)
+
+    async def events(tool_calls: tuple[ToolCall, ...]) -> list[Any]:
+        return [event async for event in first_call_only(generation(tool_calls))]
+
+    token, finished = asyncio.run(events(calls))
+    assert token == Token("") and finished.tool_calls == calls[:1]
+    assert asyncio.run(events(calls[:1]))[-1].tool_calls == calls[:1]
+    assert asyncio.run(events(()))[-1].tool_calls == ()
+    assert closed == [True, True, True], "the generation is closed however it ends"

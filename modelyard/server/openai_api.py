@@ -53,8 +53,18 @@ SSE = "text/event-stream"
 # past this many, send several requests.
 MAX_CHOICES = 64
 LLAMA_RANDOM_SEED = 0xFFFFFFFF
-# The reasoning_effort values Ollama's OpenAI API takes ("none": no thinking).
-REASONING_EFFORTS = ("high", "medium", "low", "none")
+# OpenAI's reasoning_effort values, as the thinking levels templates know (Ollama's: high, medium,
+# low; "none": no thinking). Ollama's OpenAI API refuses the others; OpenAI's newer ones are taken
+# as the nearest level, so that a client set up for them still works.
+REASONING_EFFORTS: dict[str, bool | str] = {
+    "none": False,
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "xhigh": "high",
+    "max": "high",
+}
 
 
 class _Body(BaseModel):
@@ -147,6 +157,7 @@ class ChatCompletionBody(_SamplingBody):
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None  # false: one call at most in an answer
     reasoning_effort: str | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
@@ -163,7 +174,7 @@ class ChatCompletionBody(_SamplingBody):
                 f"invalid reasoning_effort {effort!r}: must be one of {', '.join(REASONING_EFFORTS)}",
                 param="reasoning_effort",
             )
-        return False if effort == "none" else effort
+        return REASONING_EFFORTS[effort]
 
     def logprobs_top(self) -> int | None:
         if self.top_logprobs is not None and not self.logprobs:
@@ -273,7 +284,10 @@ def router(state: ServerState) -> APIRouter:
             )
             # A parser for each choice: the text a parser holds back is one choice's.
             own = parser_for(servable.name, servable.prompting, body.parsed_tools())
-            return stream if own is None else with_tool_calls(stream, own)
+            if own is None:
+                return stream
+            with_calls = with_tool_calls(stream, own)
+            return first_call_only(with_calls) if body.parallel_tool_calls is False else with_calls
 
         def calls(finished: Finished) -> list[dict[str, Any]]:
             ids = [f"call_{uuid.uuid4().hex[:24]}" for _ in finished.tool_calls]
@@ -346,7 +360,9 @@ def router(state: ServerState) -> APIRouter:
                 echo=body.echo,
                 logit_bias=biases,
             )
-            return _echoing_as_sent(stream, prompt) if body.echo else stream
+            if body.echo:
+                return _echoing_as_sent(stream, prompt)
+            return stream if top is None else _offsets_after(stream, prompt)
 
         def logprobs(entries: Sequence[dict[str, Any]], offset: int) -> dict[str, Any] | None:
             return None if top is None else completion_logprobs(entries, top, offset)
@@ -374,6 +390,11 @@ def router(state: ServerState) -> APIRouter:
         servable = await inference.servable(body.model)
         inputs = _embedding_inputs(body.input)
         result, _, _ = await inference.embed(servable, inputs, None, truncate=False)
+        width = len(result["embeddings"][0])
+        if body.dimensions is not None and body.dimensions > width:
+            # OpenAI refuses more dimensions than the model has (Ollama's API returns them all).
+            message = f"dimensions {body.dimensions}: {servable.name} makes vectors of {width}"
+            raise HTTPError(400, message, param="dimensions")
         data = []
         for i, pooled in enumerate(result["embeddings"]):
             vector = unit_vector(pooled, body.dimensions)
@@ -504,6 +525,34 @@ async def _echoing_as_sent(stream: AsyncGenerator[Any, None], prompt: str) -> As
             yield dataclasses.replace(event, text=prompt) if echoed else event
     finally:
         await stream.aclose()  # the generation's own clean-up: cancel, release the lease
+
+
+async def first_call_only(stream: AsyncGenerator[Any, None]) -> AsyncGenerator[Any, None]:
+    """`stream` with one tool call at most (OpenAI's parallel_tool_calls false): the first the model
+    made; the others dropped."""
+    try:
+        async for event in stream:
+            if isinstance(event, Finished) and len(event.tool_calls) > 1:
+                event = dataclasses.replace(event, tool_calls=event.tool_calls[:1])
+            yield event
+    finally:
+        await stream.aclose()
+
+
+async def _offsets_after(stream: AsyncGenerator[Any, None], prompt: str) -> AsyncGenerator[Any, None]:
+    """`stream` with its tokens' text offsets counted from the start of the prompt, which the answer
+    follows: OpenAI's `text_offset` without echo (llama-cpp-python's server counts so too)."""
+    try:
+        async for event in stream:
+            if isinstance(event, Token) and event.logprobs:
+                shifted = tuple(
+                    {**entry, "offset": len(prompt) + int(entry["offset"])} if "offset" in entry else entry
+                    for entry in event.logprobs
+                )
+                event = dataclasses.replace(event, logprobs=shifted)
+            yield event
+    finally:
+        await stream.aclose()
 
 
 # The log-prob entries of a generation's events, each with where its text is measured from: 0 for
@@ -791,7 +840,12 @@ def _embedding_inputs(value: Any) -> list[str]:
     if not inputs:
         raise HTTPError(400, "input is an empty list: send a string or a list of strings", param="input")
     if not all(isinstance(v, str) for v in inputs):
-        raise HTTPError(400, "input as token ids is not supported: send the text", param="input")
+        raise HTTPError(
+            400,
+            "input as token ids is not supported: send the text (LangChain's OpenAIEmbeddings sends "
+            "tiktoken's ids unless created with check_embedding_ctx_length=False)",
+            param="input",
+        )
     if not all(inputs):
         raise HTTPError(400, "input cannot be an empty string", param="input")
     return list(inputs)
