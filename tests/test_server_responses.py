@@ -122,3 +122,61 @@ def test_origin_allowed(origin: str, listed: tuple[str, ...], allowed: bool) -> 
     from modelyard.server.app import origin_allowed
 
     assert origin_allowed(origin, listed) is allowed
+
+
+@pytest.mark.parametrize(
+    ("errors", "message", "param"),
+    [
+        pytest.param(
+            [
+                {"loc": ("body", "messages", 0, "content", "str"), "msg": "Input should be a valid string"},
+                {
+                    "loc": ("body", "messages", 0, "content", "list[dict[str,any]]"),
+                    "msg": "Input should be a valid list",
+                },
+            ],
+            "invalid request: messages[0].content: Input should be a valid string or Input should be a "
+            "valid list",
+            "messages[0].content",
+            id="union-branches-are-no-fields",
+        ),
+        pytest.param(
+            [{"loc": ("body", "stop", "function-after[check(), list[str]]"), "msg": "bad"}],
+            "invalid request: stop: bad",
+            "stop",
+            id="validator-tag",
+        ),
+        pytest.param(
+            [
+                {
+                    "loc": ("body", 1),
+                    "msg": "JSON decode error",
+                    "type": "json_invalid",
+                    "ctx": {"error": "Expecting value"},
+                }
+            ],
+            "invalid request: the body is not valid JSON: Expecting value",
+            None,
+            id="not-json",
+        ),
+        pytest.param(
+            [{"loc": ("body",), "msg": "Input should be a valid dictionary"}],
+            "invalid request: body: Input should be a valid dictionary",
+            None,
+            id="the-body-itself",
+        ),
+        pytest.param(
+            [
+                {"loc": ("body", "model"), "msg": "String should have at least 1 character"},
+                {"loc": ("body", "options", "tools"), "msg": "x"},  # a field named like a word
+            ],
+            "invalid request: model: String should have at least 1 character; options.tools: x",
+            "model",
+            id="two-fields-first-is-param",
+        ),
+    ],
+)
+def test_validation_message(errors: list[dict[str, object]], message: str, param: str | None) -> None:
+    from modelyard.server.app import validation_message
+
+    assert validation_message(errors) == (message, param)

@@ -15,7 +15,7 @@ import hmac
 import json
 import re
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -183,6 +183,35 @@ def _endpoint(request: Request) -> str:
     return str(getattr(route, "path", request.url.path))
 
 
+# What pydantic puts in an error's location after a field of several types: the type it tried
+# (`str`, `list[str]`, `function-after[…]`), no field of ours.
+_TYPE_TAG = re.compile(r"(str|int|float|bool|bytes|none|dict|list|tuple|set)(\[.*\])?|.*[-\[].*")
+
+
+def validation_message(errors: Sequence[Mapping[str, Any]]) -> tuple[str, str | None]:
+    """A request that did not validate, told as the client wrote it: the message, and the field
+    at fault first (OpenAI's `param`) written as `messages[0].content`, without pydantic's own
+    location parts (`body`, the type of a union it tried) (pure)."""
+    if any(e.get("type") == "json_invalid" for e in errors):
+        [broken] = [e for e in errors if e.get("type") == "json_invalid"]
+        detail = (broken.get("ctx") or {}).get("error", "")
+        return f"invalid request: the body is not valid JSON{': ' + detail if detail else ''}", None
+    by_field: dict[str, list[str]] = {}
+    for error in errors:
+        path = ""
+        for part in error.get("loc", ()):
+            if isinstance(part, int):
+                path += f"[{part}]"
+            elif part != "body" and not _TYPE_TAG.fullmatch(str(part)):
+                path += f".{part}" if path else str(part)
+        problems = by_field.setdefault(path or "body", [])
+        if error.get("msg") not in problems:
+            problems.append(str(error.get("msg")))
+    message = "; ".join(f"{path}: {' or '.join(problems)}" for path, problems in by_field.items())
+    first = next(iter(by_field), "body")
+    return f"invalid request: {message}", None if first == "body" else first
+
+
 def _kind_for(status: int) -> str:
     return {401: "authentication_error", 404: "not_found_error"}.get(status, "invalid_request_error")
 
@@ -198,10 +227,9 @@ def _error_handlers(app: FastAPI, state: ServerState) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        fields = [".".join(str(p) for p in e["loc"] if p != "body") or "body" for e in exc.errors()]
-        problems = "; ".join(f"{field}: {e['msg']}" for field, e in zip(fields, exc.errors(), strict=True))
+        message, param = validation_message(exc.errors())
         state.count(_endpoint(request), served_model.get(), 400)
-        return _error_response(request, HTTPError(400, f"invalid request: {problems}", param=fields[0]))
+        return _error_response(request, HTTPError(400, message, param=param))
 
     async def known_error(request: Request, exc: Exception) -> JSONResponse:
         error = state.error_for(exc)
