@@ -219,6 +219,14 @@ def test_ollama_ps_shows_the_loaded_model(client: ollama.Client) -> None:
     assert gemma.context_length == 4096, "the Modelfile's num_ctx"
     assert gemma.expires_at is not None and gemma.expires_at > datetime.now(UTC)
     assert gemma.details is not None and gemma.details.family == "gemma3"
+    # A name copied anew while loaded: its details are read again, not left empty.
+    client.copy(GEMMA, "ps-copy")
+    client.generate("ps-copy", "", keep_alive="1m")
+    client.copy(GEMMA, "ps-copy")
+    copied = {m.model: m for m in client.ps().models}["ps-copy:latest"]
+    assert copied.details is not None and copied.details.family == "gemma3"
+    client.generate("ps-copy", "", keep_alive=0)
+    client.delete("ps-copy")
 
 
 def test_a_keep_alive_past_gos_range_is_forever_and_ps_still_answers(client: ollama.Client) -> None:

@@ -306,6 +306,7 @@ def router(state: ServerState) -> APIRouter:
 
     @api.get("/api/ps")
     async def ps() -> dict[str, Any]:
+        await state.read_loaded_details()
         return {"models": state.running_models()}
 
     @api.api_route("/api/blobs/{digest}", methods=["HEAD"])

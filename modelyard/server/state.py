@@ -126,6 +126,15 @@ class ServerState:
             "modified_at": self.store.resolve(servable.reference).tagged_at,
         } | (_verbose_parts(servable) if verbose else {})
 
+    async def read_loaded_details(self) -> None:
+        """Read the image of each loaded model whose details no request has read yet (one the spec
+        loaded, or loaded before a create, copy or pull renamed it), so that `/api/ps` shows them:
+        Ollama's clients read `details`. In a thread each (a GGUF's header is long to read)."""
+        for status in self.scheduler.status(live=False):
+            if str(parse_reference(status.name)) not in self.inference._servables:
+                with contextlib.suppress(Exception):  # removed from the store meanwhile: no details
+                    await self.inference.servable(status.name)
+
     def running_models(self) -> list[dict[str, Any]]:
         out = []
         for status in self.scheduler.status():
