@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -372,7 +373,7 @@ def test_create_from_fields_then_copy_and_delete(client: ollama.Client, http: ht
             "pirate-api",
             from_=GEMMA,
             system="You are a pirate.",
-            parameters={"temperature": 0.2, "stop": ["<end_of_turn>", "Arr"]},
+            parameters={"temperature": 0.2, "top_p": 1.0, "stop": ["<end_of_turn>", "Arr"]},
             stream=True,
         )
     )
@@ -382,6 +383,7 @@ def test_create_from_fields_then_copy_and_delete(client: ollama.Client, http: ht
     assert http.post("/api/show", json={"model": "pirate-api"}).json()["system"] == "You are a pirate."
     assert shown.modelfile is not None and "You are a pirate." in shown.modelfile
     assert shown.parameters is not None and "0.2" in shown.parameters and '"Arr"' in shown.parameters
+    assert re.search(r"^top_p +1$", shown.parameters, re.M), "as Go prints a float64"
     assert shown.template == client.show(GEMMA).template, "inherited from FROM"
 
     assert client.copy("pirate-api", "pirate-copy:v2").status == "success"

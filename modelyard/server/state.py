@@ -277,13 +277,14 @@ def _parameters_text(params: dict[str, Any]) -> str:
     for name in sorted(params):
         values = params[name] if isinstance(params[name], list) else [params[name]]
         for value in values:
-            text = (
-                f'"{value}"'
-                if isinstance(value, str)
-                else str(value).lower()
-                if isinstance(value, bool)
-                else str(value)
-            )
+            if isinstance(value, str):
+                text = f'"{value}"'
+            elif isinstance(value, bool):
+                text = str(value).lower()
+            elif isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+                text = str(int(value))  # as Go prints a float64: temperature 1, not 1.0
+            else:
+                text = str(value)
             lines.append(f"{name:<30} {text}")
     return "\n".join(lines)
 
