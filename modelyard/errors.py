@@ -292,3 +292,8 @@ class ModelDoesNotFitError(RunnerError):
             f"{what or model} needs about {need / 2**30:.1f} GiB of {where} but the budget is "
             f"{budget / 2**30:.1f} GiB; {hint}"
         )
+
+
+class WorkAbandoned(Exception):
+    """Raised in a worker thread at its next progress event once nobody waits for its work (a
+    client gone, a pull the spec no longer wants). Not a ModelyardError: nobody is told of it."""

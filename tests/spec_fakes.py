@@ -74,7 +74,11 @@ class FakeEffects:
     async def pull(self, image: str, digest: str) -> str:
         self.calls.append(("pull", image, digest))
         if self.pull_gate is not None:
-            await self.pull_gate.wait()
+            try:
+                await self.pull_gate.wait()
+            except asyncio.CancelledError:
+                self.calls.append(("pull stopped", image, digest))
+                raise
         self._maybe_fail("pull", image)
         self.stored.add(digest)
         return digest

@@ -779,3 +779,44 @@ def test_oras_py_pulls_what_we_push(registry: Registry, image: tuple[Store, str]
     by_name = {str(Path(f).relative_to(tmp_path / "out")): Path(f).read_bytes() for f in files}
     layers = store.read_manifest(digest).layers
     assert by_name == {x.annotations[ANNOTATION_TITLE]: store.blobs.read_bytes(x.digest) for x in layers}
+
+
+def test_a_pull_the_spec_stops_ends_its_download_and_keeps_the_partial(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """The reconciler cancels a pull no model waits on any more (spec/reconciler.py): its thread,
+    which a cancel cannot interrupt, stops at its next chunk instead of downloading on to the end;
+    the partial blob stays for the next pull to resume."""
+    import asyncio
+    import threading
+
+    from modelyard.runtime.scheduler import Scheduler, SchedulerSettings
+    from modelyard.spec.host import SchedulerHost
+
+    size = 24 << 20
+    repository, digest, blob = _big_image(registry, tmp_path, size)
+    slow = CountingProxy(int(registry.host.rsplit(":", 1)[1]), rate=6e6)
+    store = new_store(tmp_path / "dest")
+    partial = partial_path(store.blobs, blob)
+    host = SchedulerHost(store, Scheduler(SchedulerSettings(ram_budget=2**34)), options(tmp_path))
+
+    async def scenario() -> None:
+        pulling = asyncio.ensure_future(host.pull(str(remote(slow, repository)), digest))
+        deadline = time.monotonic() + 60
+        while not (partial.exists() and partial.stat().st_size > 4 << 20):
+            assert not pulling.done() and time.monotonic() < deadline, "the pull never got going"
+            await asyncio.sleep(0.02)
+        pulling.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pulling
+
+    try:
+        asyncio.run(scenario())
+        deadline = time.monotonic() + 2  # the rest of the blob would take 3 s more
+        while any(t.name.startswith("pull") for t in threading.enumerate()):
+            assert time.monotonic() < deadline, "the download went on after its pull was stopped"
+            time.sleep(0.02)
+    finally:
+        slow.stop()
+    assert 0 < partial.stat().st_size < size
+    assert not store.blobs.exists(blob)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from modelyard.errors import WorkAbandoned
 from modelyard.progress import ProgressEvent, ProgressSink
 from modelyard.runtime.scheduler import Scheduler, SchedulerSettings
-from modelyard.server.state import ServerState, WorkAbandoned
+from modelyard.server.state import ServerState
 from modelyard.settings import Settings
 from modelyard.store import Store
 

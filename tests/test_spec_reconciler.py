@@ -133,6 +133,27 @@ def test_a_long_pull_does_not_hold_back_other_changes_to_the_spec(
     asyncio.run(scenario())
 
 
+def test_a_model_removed_from_the_spec_stops_its_pull(
+    tmp_path: Path, world: tuple[FakeEffects, FakeClock]
+) -> None:
+    """A 40 GB pull of a model the spec no longer names is stopped, not run to its end."""
+    effects, clock = world
+
+    async def scenario() -> None:
+        reconciler = make(tmp_path, effects, clock)
+        effects.pull_gate = asyncio.Event()  # a slow registry
+        reconciler.submit(documents(CHAT))
+        await reconciler.reconcile(wait_for_pulls=False)
+        assert any(c[:3] == ("pull", IMAGE, digest("a")) for c in effects.calls), effects.calls
+        reconciler.submit(documents("models: []"))
+        await reconciler.reconcile(wait_for_pulls=False)
+        await asyncio.sleep(0)
+        assert any(c[:3] == ("pull stopped", IMAGE, digest("a")) for c in effects.calls), effects.calls
+        assert not reconciler.status()["models"]
+
+    asyncio.run(scenario())
+
+
 def test_failures_back_off_exponentially_then_recover(
     tmp_path: Path, world: tuple[FakeEffects, FakeClock]
 ) -> None:
@@ -484,11 +505,19 @@ def test_background_pulls_are_recorded_only_for_what_the_spec_still_wants(
         effects.pull_gate = asyncio.Event()
         effects.tags[IMAGE] = digest("b")  # the tag moves: a slow pull starts
         await reconciler.reconcile(wait_for_pulls=False)
-        effects.tags[IMAGE] = digest("c")  # and moves again during it: no second pull of the tag
-        await reconciler.reconcile(wait_for_pulls=False)
-        assert [c for c in effects.calls if c[0] == "pull"][1:] == [("pull", IMAGE, digest("b"))]
+        effects.tags[IMAGE] = digest("c")  # and moves again during it: that pull stops, c's starts,
+        await reconciler.reconcile(wait_for_pulls=False)  # never two of the tag at once
+        await settle(reconciler)
+        pulls = [c for c in effects.calls if c[0].startswith("pull")][1:]
+        assert pulls == [
+            ("pull", IMAGE, digest("b")),
+            ("pull stopped", IMAGE, digest("b")),
+            ("pull", IMAGE, digest("c")),
+        ], pulls
         effects.tags[IMAGE] = digest("a")  # rolled back to what serves: Ready, not Pulling
         await reconciler.reconcile(wait_for_pulls=False)
+        await asyncio.sleep(0)  # the stopped pull's task runs to its cancel
+        assert ("pull stopped", IMAGE, digest("c")) in effects.calls
         assert conditions(reconciler)["Ready"]["status"] == "True", conditions(reconciler)
         effects.errors[("pull", IMAGE)] = [DigestMismatchError("b", "x")]
         effects.pull_gate.set()  # the pull nobody wants now fails: nobody's failure

@@ -22,6 +22,7 @@ from modelyard.builder.build import Builder, created_timestamp
 from modelyard.builder.gguf_info import read_gguf
 from modelyard.builder.normalized import for_show
 from modelyard.builder.prompt import takes_suffix, takes_tools
+from modelyard.errors import WorkAbandoned
 from modelyard.progress import ProgressEvent, ProgressSink
 from modelyard.reference import Reference, parse_reference
 from modelyard.registry import RegistryOptions
@@ -37,10 +38,6 @@ from modelyard.spec.daemon import SpecDaemon
 from modelyard.store import Store
 
 log = logging.getLogger("modelyard.server")
-
-
-class WorkAbandoned(Exception):
-    """Raised in a worker thread at its next progress event once nobody waits for its work."""
 
 
 class ServerState:

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from dataclasses import replace
 
-from modelyard.errors import ImageNotFoundError, ModelyardError, StoreError
+from modelyard.errors import ImageNotFoundError, ModelyardError, StoreError, WorkAbandoned
+from modelyard.progress import ProgressEvent
 from modelyard.reference import Reference, parse_reference
 from modelyard.registry import RegistryOptions, pull
 from modelyard.registry.formats import ANNOTATION_SOURCE_DIGEST
@@ -92,7 +94,19 @@ class SchedulerHost:
                 ref.short(),
                 "it names no registry: build it (`modelyard build`) or name a registry in the spec",
             )
-        result = await asyncio.to_thread(pull, self.store, ref, self.registry)
+        abandoned = threading.Event()
+
+        def progress(_event: ProgressEvent) -> None:
+            if abandoned.is_set():
+                raise WorkAbandoned(f"the spec no longer wants {ref.short()}@{digest[:19]}")
+
+        try:
+            result = await asyncio.to_thread(pull, self.store, ref, self.registry, progress)
+        except asyncio.CancelledError:
+            # The thread goes on to its next progress event, a chunk away, and stops there; what
+            # it received stays for a later pull to resume.
+            abandoned.set()
+            raise
         return result.digest
 
     async def footprint(self, target: LoadTarget) -> int | None:

@@ -375,16 +375,17 @@ class Reconciler:
         )
 
     def _drop_unwanted_pulls(self, spec: Spec) -> None:
-        """Pulls no model of the spec waits on any more: their outcome let go. One still running
-        runs to its end (its work is in a thread a cancel would not stop) and keeps its image's
-        place, so that no second pull of the same reference runs beside it."""
+        """Pulls no model of the spec waits on any more (removed from it, suspended, or its tag
+        moved on): stopped, their outcome let go. A pull's work stops at its next chunk and keeps
+        what it received, which a later pull of the same blobs resumes (waiting for its lock)."""
         for image, job in list(self._pulls.items()):
             job.waiting = {
                 name: action
                 for name, action in job.waiting.items()
                 if self._wants(spec, name, image, job.digest)
             }
-            if not job.waiting and job.task.done():
+            if not job.waiting:
+                job.task.cancel()  # no-op once done
                 _retrieve(job.task)
                 del self._pulls[image]
 
