@@ -100,12 +100,15 @@ def test_ollama_list_and_show(client: ollama.Client, http: httpx.Client) -> None
     assert shown.modelfile is not None and "FROM" in shown.modelfile
     # As Ollama: long arrays (the vocabulary) as [], the chat template only as `template`.
     assert shown.modelinfo["tokenizer.ggml.tokens"] == [] and "tokenizer.chat_template" not in shown.modelinfo
+    assert "general.name" not in shown.modelinfo  # as Ollama leaves it out
+    assert 260_000_000 < shown.modelinfo["general.parameter_count"] < 280_000_000  # Gemma 3 "270M"
     assert "tensors" not in http.post("/api/show", json={"model": GEMMA}).json()
 
     verbose = http.post("/api/show", json={"model": GEMMA, "verbose": True}).json()
     tokens = verbose["model_info"]["tokenizer.ggml.tokens"]
     assert len(tokens) == 262144 and "<start_of_turn>" in tokens
     assert len(verbose["model_info"]["tokenizer.ggml.scores"]) == 262144
+    assert verbose["model_info"]["general.parameter_count"] == shown.modelinfo["general.parameter_count"]
     tensors = {t["name"]: t for t in verbose["tensors"]}
     assert tensors["token_embd.weight"]["shape"] == [640, 262144] and tensors["token_embd.weight"]["type"]
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from modelyard.builder import modelfile as mf
 from modelyard.builder.build import Builder, created_timestamp
+from modelyard.builder.compose import ANNOTATION_PARAMETER_COUNT
 from modelyard.builder.gguf_info import read_gguf
 from modelyard.builder.normalized import for_show
 from modelyard.builder.prompt import takes_suffix, takes_tools
@@ -110,8 +111,8 @@ class ServerState:
 
     def show_model(self, servable: Servable, verbose: bool) -> dict[str, Any]:
         parts = self.store.read_parts(servable.manifest)
-        return {
-            "license": "\n\n".join(parts.licenses),
+        shown = {
+            "license": "\n".join(parts.licenses),  # as Ollama joins them
             "modelfile": for_show(servable.name, parts.modelfile) if parts.modelfile else "",
             "parameters": _parameters_text(parts.params),
             "template": parts.template or servable.gguf.chat_template or "",
@@ -122,6 +123,8 @@ class ServerState:
             "capabilities": capabilities(servable),
             "modified_at": self.store.resolve(servable.reference).tagged_at,
         } | (_verbose_parts(servable) if verbose else {})
+        shown["model_info"] |= _parameter_count(servable)
+        return shown
 
     async def read_loaded_details(self) -> None:
         """Read the image of each loaded model whose details no request has read yet (one the spec
@@ -291,7 +294,7 @@ def _model_info(metadata: Mapping[str, Any], *, whole: bool = False) -> dict[str
     `template`), arrays of more than 5 elements as [] unless `whole` (verbose)."""
     info = {}
     for key, value in metadata.items():
-        if key == "tokenizer.chat_template":
+        if key in ("tokenizer.chat_template", "general.name"):  # what Ollama leaves out
             continue
         if not whole and (
             (isinstance(value, str) and _SUMMARISED_ARRAY.fullmatch(value))
@@ -302,6 +305,13 @@ def _model_info(metadata: Mapping[str, Any], *, whole: bool = False) -> dict[str
             value = str(value)
         info[key] = value
     return info
+
+
+def _parameter_count(servable: Servable) -> dict[str, Any]:
+    """Ollama's `general.parameter_count`, which it counts from the tensors: the build counted it
+    too (an image pulled from another tool may not say)."""
+    count = servable.manifest.annotations.get(ANNOTATION_PARAMETER_COUNT, "")
+    return {"general.parameter_count": int(count)} if count.isdigit() else {}
 
 
 _SUMMARISED_ARRAY = re.compile(r"\[\d+ items\]")  # how gguf_info summarises a long array
