@@ -635,3 +635,16 @@ def test_json_refuses_nan_as_ollama_does() -> None:
 def test_sprintf_extra_and_missing() -> None:
     assert sprintf("%d %s", 1) == "1 %!s(MISSING)"
     assert sprintf("%d", 1, "x", None) == "1%!(EXTRA string=x, <nil>)"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("{{if 1}}" * 5000 + "{{end}}" * 5000, id="nested-ifs"),
+        pytest.param("{{" + "(" * 5000 + "1" + ")" * 5000 + "}}", id="nested-parentheses"),
+    ],
+)
+def test_a_template_nested_too_deeply_to_parse_is_a_template_error(text: str) -> None:
+    """Not a RecursionError, which the server would answer 500 with a traceback."""
+    with pytest.raises(TemplateError, match="nests too deeply to parse"):
+        parse(text)

@@ -90,3 +90,17 @@ def test_a_pull_not_streamed_stops_when_its_client_leaves(state: ServerState) ->
 
     asyncio.run(main())
     assert endless.stopped.wait(5), "the pull went on for nobody"
+
+
+def test_apply_refused_under_a_git_spec_keeps_its_token_out_of_the_answer(state: ServerState) -> None:
+    """Found in review: the 409 quoted --spec as given, a deploy token with it."""
+    from starlette.testclient import TestClient
+
+    from modelyard.server.app import create_app
+
+    state.daemon = object()  # type: ignore[assignment]  # a reconciler is attached; apply never reaches it
+    state.spec_source = "git+https://deploy:ghp_SECRETTOKEN@git.example/team/models.git"
+    http = TestClient(create_app(state))  # not entered: no lifespan, which would start the reconciler
+    refused = http.post("/api/apply", json={"documents": [{"path": "m.yaml", "text": "models: []"}]})
+    assert refused.status_code == 409 and "git.example/team/models.git" in refused.json()["error"]
+    assert "SECRETTOKEN" not in refused.text and "deploy" not in refused.text

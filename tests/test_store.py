@@ -480,3 +480,22 @@ def test_another_tools_image_index_keeps_its_manifests_and_blobs_and_breaks_noth
         store.remove([parse_reference("multi")])
         assert not any(store.blobs.exists(digest) for digest in theirs)
         assert store.resolve(parse_reference("ours")) and store.verify().ok
+
+
+def test_a_private_file_is_never_readable_by_others_while_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: the temporary file of a credentials file was 0644 until renamed."""
+    from modelyard.store import atomic
+
+    modes: list[int] = []
+    real_fsync = os.fsync
+
+    def noting_fsync(fd: int) -> None:
+        modes.append(os.fstat(fd).st_mode & 0o777)
+        real_fsync(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", noting_fsync)
+    atomic.atomic_write(tmp_path / "config.json", b'{"auths": {}}', mode=0o600)
+    assert modes and modes[0] == 0o600, [oct(m) for m in modes]
+    assert (tmp_path / "config.json").stat().st_mode & 0o777 == 0o600

@@ -1828,7 +1828,10 @@ def parse(text: str) -> Template:
     """Parse a Go template as Ollama does (missingkey=zero, Ollama's funcs defined). Cached by text."""
     tokens = _Lexer(text).run()
     parser = _Parser(text, tokens, BUILTIN_FUNCS | OLLAMA_FUNCS)
-    root = parser.parse()
+    try:
+        root = parser.parse()
+    except RecursionError:  # thousands of nested {{if}} or parentheses: a parser recursing per level
+        raise TemplateError("template: the template nests too deeply to parse") from None
     return Template(text, root, tuple(parser.defined.items()))
 
 

@@ -34,6 +34,7 @@ from modelyard.server.inference import served_model
 from modelyard.server.metrics import CONTENT_TYPE
 from modelyard.server.request_id import RequestId
 from modelyard.server.state import ServerState
+from modelyard.spec.sources import redact
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # chat histories with base64 images stay well below this
 OPEN_PATHS = frozenset({"/", "/health"})
@@ -134,7 +135,9 @@ def _own_routes(app: FastAPI, state: ServerState) -> None:
         if state.daemon is None:
             raise HTTPError(501, "this server has no reconciler")
         if state.spec_source and not body.dry_run:
-            raise HTTPError(409, f"this server follows --spec {state.spec_source}: change the spec there")
+            # The source as the status shows it: a git URL's token is never an answer's.
+            source = redact(state.spec_source)
+            raise HTTPError(409, f"this server follows --spec {source}: change the spec there")
         from modelyard.spec.schema import SpecDocument
 
         documents = [SpecDocument(d.path, d.text) for d in body.documents]

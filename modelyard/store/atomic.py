@@ -24,11 +24,13 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        with tmp.open("xb") as f:
+        # Created with its mode, not chmod-ed after: a credentials file (0600) is never readable
+        # by others, not even while it is being written.
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
+        os.chmod(tmp, mode)  # the mode whatever the umask took from it
         os.replace(tmp, path)
         fsync_dir(path.parent)
     finally:
