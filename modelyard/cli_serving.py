@@ -541,7 +541,7 @@ class InProcessServer:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         self.launcher = Launcher(spares=1)
-        app = create_app(build_state(self.settings, launcher=self.launcher))
+        app = create_app(build_state(self.settings, launcher=self.launcher), bind_host="127.0.0.1")
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="in-process-server", daemon=True)

@@ -1657,6 +1657,11 @@ def test_a_web_page_from_another_origin_cannot_drive_the_server(
     local = http.post("/api/copy", content=copy, headers={**plain, "origin": "http://localhost:3000"})
     assert local.status_code == 200
     client.delete("stolen/copy:v1")
+    # DNS rebinding: a page whose domain now resolves to 127.0.0.1 reads as its own origin, sending
+    # no Origin header; the server on loopback answers only requests that name this machine.
+    rebound = http.get("/api/tags", headers={"host": f"attacker.example:{http.base_url.port}"})
+    assert rebound.status_code == 403 and "listens on loopback" in rebound.json()["error"]
+    assert http.get("/api/tags", headers={"host": f"localhost:{http.base_url.port}"}).status_code == 200
     for app in ("app://obsidian.md", "vscode-webview://8f2c4a1b", "tauri://localhost"):  # as Ollama
         assert http.get("/api/tags", headers={"origin": app}).status_code == 200, app
     refused = http.get("/v1/models", headers={"origin": "https://evil.example"})  # in OpenAI's shape

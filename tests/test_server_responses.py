@@ -180,3 +180,23 @@ def test_validation_message(errors: list[dict[str, object]], message: str, param
     from modelyard.server.app import validation_message
 
     assert validation_message(errors) == (message, param)
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        pytest.param("127.0.0.1:11434", True, id="loopback-v4"),
+        pytest.param("localhost:11434", True, id="localhost"),
+        pytest.param("LOCALHOST", True, id="case"),
+        pytest.param("app.localhost:3000", True, id="dot-localhost"),
+        pytest.param("[::1]:11434", True, id="loopback-v6"),
+        pytest.param("mybox:11434", True, id="this-machine"),
+        pytest.param("attacker.example:11434", False, id="rebound-domain"),
+        pytest.param("127.0.0.1.attacker.example", False, id="lookalike"),
+        pytest.param("10.0.0.5:11434", False, id="another-address"),
+    ],
+)
+def test_host_allowed(host: str, allowed: bool) -> None:
+    from modelyard.server.app import host_allowed
+
+    assert host_allowed(host, {"mybox"}) is allowed

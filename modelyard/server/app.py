@@ -14,6 +14,7 @@ import functools
 import hmac
 import json
 import re
+import socket
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -40,7 +41,10 @@ MAX_BODY_BYTES = 64 * 1024 * 1024  # chat histories with base64 images stay well
 OPEN_PATHS = frozenset({"/", "/health"})
 
 
-def create_app(state: ServerState) -> FastAPI:
+def create_app(state: ServerState, bind_host: str | None = None) -> FastAPI:
+    """The app; `bind_host` is the address it listens on: on loopback, requests must name this
+    machine in their Host header (HostGuard)."""
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         state.scheduler.start()
@@ -79,6 +83,8 @@ def create_app(state: ServerState) -> FastAPI:
     if state.settings.api_key:
         app.add_middleware(ApiKey, key=state.settings.api_key)
     app.add_middleware(OriginGuard, allowed=state.settings.cors_origins)
+    if bind_host is not None and is_loopback(bind_host):
+        app.add_middleware(HostGuard)
     if state.settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -276,6 +282,40 @@ class ApiKey:
         )
         response = JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
         await response(scope, receive, send)
+
+
+class HostGuard:
+    """On a server that listens on loopback, refuse (403) a request whose Host header names another
+    machine: a web page can rebind its own domain's DNS to 127.0.0.1 and read the answers as its
+    own origin's, the Origin guard none the wiser (DNS rebinding; Ollama's fix for CVE-2024-28224
+    checks the same). Local clients name localhost, a loopback address or this machine's name."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.own_names = {socket.gethostname().lower(), socket.getfqdn().lower()}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        host = dict(scope["headers"]).get(b"host") if scope["type"] == "http" else None
+        if host is None or host_allowed(host.decode("latin-1"), self.own_names):
+            await self.app(scope, receive, send)
+            return
+        message = (
+            f"host {host.decode('latin-1')!r} is not allowed: this server listens on loopback; "
+            "connect to localhost or 127.0.0.1"
+        )
+        body: dict[str, Any] = {"error": message}
+        if scope["path"].startswith("/v1/"):
+            body = {"error": {"message": message, "type": "permission_error", "param": None, "code": None}}
+        await JSONResponse(body, status_code=403)(scope, receive, send)
+
+
+def host_allowed(host: str, own_names: set[str] | frozenset[str] = frozenset()) -> bool:
+    """A Host header that names this machine: localhost (and *.localhost), a loopback address, or
+    one of `own_names`, with or without a port (pure)."""
+    if is_loopback(host):
+        return True
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return name.lower() in own_names
 
 
 # Origins of desktop apps and editors, never of a web site, which Ollama allows by default too:

@@ -73,7 +73,7 @@ def run_server(settings: Settings, host: str, port: int, *, spec: str | None = N
     launcher = Launcher(spares=1)
     try:
         state = build_state(settings, launcher=launcher, spec=spec)
-        app = create_app(state)
+        app = create_app(state, bind_host=host)
         # Its loop and http "auto" pick uvloop and httptools: dependencies for that (pyproject.toml).
         config = uvicorn.Config(
             app,
