@@ -648,3 +648,35 @@ def test_a_template_nested_too_deeply_to_parse_is_a_template_error(text: str) ->
     """Not a RecursionError, which the server would answer 500 with a traceback."""
     with pytest.raises(TemplateError, match="nests too deeply to parse"):
         parse(text)
+
+
+def test_a_render_has_a_time_and_an_output_budget() -> None:
+    """A template from an image or a request cannot take the machine's time or memory: found in
+    review, `{{range 10000000000}}` held the server for ever."""
+    from modelyard.builder.render_limits import RenderBudget
+
+    with pytest.raises(TemplateError, match=r"longer than 0.2 s"):
+        parse("{{range 10000000000}}{{end}}").execute({}, budget=RenderBudget(timeout_s=0.2))
+    with pytest.raises(TemplateError, match=r"more than 1,000 characters"):
+        parse("{{range 100}}0123456789abcdef{{end}}").execute({}, budget=RenderBudget(max_chars=1000))
+    with pytest.raises(TemplateError, match=r"more than 1,000 characters"):  # a called template's too
+        parse('{{define "t"}}{{.}}{{end}}{{range 100}}{{template "t" "0123456789abcdef"}}{{end}}').execute(
+            {}, budget=RenderBudget(max_chars=1000)
+        )
+    assert parse("{{range 3}}ab{{end}}").execute({}) == "ababab"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "expected"),
+    [
+        pytest.param("%050000000d", "%!(NOVERB)%!(EXTRA int=1)", id="width-past-a-million"),
+        pytest.param("%.50000000f", "%!(NOVERB)%!(EXTRA int=1)", id="precision-past-a-million"),
+        pytest.param("%1000000d", " " * 999999 + "1", id="a-million-is-not-too-large"),
+        pytest.param("%5d|", "    1|", id="plain"),
+    ],
+)
+def test_printf_widths_past_a_million_are_too_large_as_in_go(fmt: str, expected: str) -> None:
+    """Go's fmt parses a width or precision past 1e6 as too large (tooLarge) and stops there."""
+    from modelyard.builder.gotemplate import sprintf
+
+    assert sprintf(fmt, 1) == expected

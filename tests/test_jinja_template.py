@@ -237,6 +237,25 @@ RESOURCE_LIMITS = [
     pytest.param("{{ [1] * 100000000 }}", "too large", id="list-repeat"),
     pytest.param("{{ 9 ** 9999999 }}", "too large", id="power"),
     pytest.param("{% for i in range(10000000) %}{% endfor %}", "Range too big", id="range"),
+    # Found in review: each built 50 MB in milliseconds, or ran for hours.
+    pytest.param("{{ 'a'.ljust(50000000) }}", "too large", id="ljust"),
+    pytest.param("{{ 'a'|center(50000000) }}", "too large", id="center-filter"),
+    pytest.param("{{ '%050000000d' % 1 }}", "too large", id="percent-width"),
+    pytest.param("{{ '%.50000000f' % 1 }}", "too large", id="percent-precision"),
+    pytest.param("{{ '{:>50000000}'.format(1) }}", "too large", id="format-width"),
+    pytest.param("{{ 'a'|indent(50000000) }}", "too large", id="indent"),
+    pytest.param("{{ {'a': 1}|tojson(indent=50000000) }}", "too large", id="tojson-indent"),
+    pytest.param("{{ '%050000000d'|format(1) }}", "too large", id="format-filter-is-percent"),
+    pytest.param("{{ ('a' * 1000000)|replace('', 'bbbbbbbbbb') }}", "too large", id="replace-filter"),
+    pytest.param("{{ ('a' * 1000000).replace('', 'bb') }}", "too large", id="replace-method"),
+    pytest.param("{{ range(100000)|join('x' * 1000) }}", "too large", id="join-filter"),
+    pytest.param(
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        "longer than 2 s",
+        id="nested-loops",
+    ),
+    pytest.param("{% for i in range(100000) %}{{ 'x' * 999 }}{% endfor %}", "more than", id="output"),
+    pytest.param("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recurses", id="recursion"),
 ]
 
 

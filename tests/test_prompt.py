@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from template_corpus import (
     CALL,
     CHATML,
@@ -306,6 +308,56 @@ def test_truncation_never_orphans_tool_results() -> None:
     rendered = render_prompt(model(), chat(*messages), fits=lambda text, images: "[assistant" not in text)
     assert rendered.text == "[assistant:][tool:sunny][tool:22C]"
     assert rendered.dropped == 1
+
+
+ROLES = st.sampled_from(["system", "user", "assistant", "tool"])
+MESSAGES = st.lists(
+    st.builds(
+        lambda role, n, calls: ChatMessage(
+            role, "x" * n, tool_calls=(ToolCall("f", {}),) if calls and role == "assistant" else ()
+        ),
+        ROLES,
+        st.integers(0, 30),
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@given(messages=MESSAGES, limit=st.integers(0, 600))
+@settings(max_examples=300, deadline=None)
+def test_truncation_by_bisection_drops_what_ollamas_scan_drops(
+    messages: list[ChatMessage], limit: int
+) -> None:
+    """Ollama tries dropping 0, 1, 2… messages, a render each; bisection must find the same first
+    fit wherever fewer messages never render longer."""
+    from modelyard.builder.prompt import _tool_block_start
+
+    def ollama_dropped() -> int:  # Ollama's chatPrompt, as it scans
+        for i in range(len(messages)):
+            begin = _tool_block_start(messages, i)
+            kept = [m for m in messages[:begin] if m.role == "system"] + messages[begin:]
+            text = render_prompt(model(), chat(*kept)).text
+            if len(text) <= limit or i == len(messages) - 1:
+                return begin - sum(m.role == "system" for m in messages[:begin])
+        raise AssertionError("unreachable")
+
+    rendered = render_prompt(model(), chat(*messages), fits=lambda text, images: len(text) <= limit)
+    assert rendered.dropped == ollama_dropped()
+
+
+def test_truncation_of_thousands_of_messages_renders_a_few_times() -> None:
+    renders: list[int] = []
+    history = [ChatMessage("user" if i % 2 == 0 else "assistant", f"message {i}") for i in range(5000)]
+
+    def fits(text: str, images: int) -> bool:
+        renders.append(len(text))
+        return len(text) <= 2000
+
+    rendered = render_prompt(model(), chat(*history), fits=fits)
+    assert len(rendered.text) <= 2000 and rendered.dropped > 4800
+    assert len(renders) <= 14, "bisection: as many renders as 5000 has bits, not one per message"
 
 
 def test_truncation_counts_images() -> None:

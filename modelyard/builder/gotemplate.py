@@ -46,6 +46,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, Final, Literal, NoReturn, TypeAlias
 
+from modelyard.builder.render_limits import RenderBudget
 from modelyard.errors import TemplateError
 
 MAX_TEMPLATE_DEPTH: Final = 100
@@ -622,17 +623,12 @@ def sprintf(fmt: str, *args: Any) -> str:
             elif not spec.minus:
                 spec.zero = True
             i += 1
-        start = i
-        while i < n and fmt[i].isdigit():
-            i += 1
-        if i > start:
-            spec.width = int(fmt[start:i])
+        width, i = _parse_num(fmt, i)
+        if width is not None:
+            spec.width = width
         if i < n and fmt[i] == ".":
-            i += 1
-            start = i
-            while i < n and fmt[i].isdigit():
-                i += 1
-            spec.precision = int(fmt[start:i] or "0")
+            precision, i = _parse_num(fmt, i + 1)
+            spec.precision = precision or 0
         if i >= n:
             out.append("%!(NOVERB)")
             break
@@ -652,6 +648,20 @@ def sprintf(fmt: str, *args: Any) -> str:
         )
         out.append(f"%!(EXTRA {extra})")
     return "".join(out)
+
+
+def _parse_num(fmt: str, i: int) -> tuple[int | None, int]:
+    """A printf width or precision from `i`, as Go's fmt parses it: None when there are no digits;
+    a number past a million is "too large" and ends the format there (`%!(NOVERB)`), so that no
+    verb pads a value to gigabytes. Returns the number and where parsing stopped."""
+    num, found = 0, False
+    while i < len(fmt) and fmt[i].isdigit():
+        if num > 1_000_000:  # Go's tooLarge, checked before each digit
+            return None, len(fmt)
+        num = num * 10 + int(fmt[i])
+        found = True
+        i += 1
+    return (num if found else None), i
 
 
 def _html_escape(s: str) -> str:
@@ -1706,10 +1716,11 @@ class Template:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_lookup", dict(self.defined))
 
-    def execute(self, data: Any, *, now: datetime | None = None) -> str:
+    def execute(self, data: Any, *, now: datetime | None = None, budget: RenderBudget | None = None) -> str:
         """Render with `data` as dot. `now` feeds currentDate and yesterdayDate; a template that calls
-        them without it fails, so that rendering stays a pure function of its inputs."""
-        state = _State(self, now)
+        them without it fails, so that rendering stays a pure function of its inputs. `budget`: the
+        time and output it may take (render_limits; a fresh default one when not given)."""
+        state = _State(self, now, budget or RenderBudget())
         value = NO_VALUE if data is None else data
         state.vars.append(["$", value, False])
         try:
@@ -1892,9 +1903,12 @@ _SIGNATURES: Final[dict[str, tuple[tuple[_ParamKind, ...], bool]]] = {
 
 
 class _State:
-    def __init__(self, template: Template, now: datetime | None, depth: int = 0) -> None:
+    def __init__(
+        self, template: Template, now: datetime | None, budget: RenderBudget, depth: int = 0
+    ) -> None:
         self.template = template
         self.now = now
+        self.budget = budget
         self.depth = depth
         self.vars: list[list[Any]] = []  # [name, value, wrapped]
         self.out: list[str] = []
@@ -1932,6 +1946,7 @@ class _State:
     def walk(self, dot: Any, node: _Node) -> None:
         self.node = node
         if isinstance(node, _Text):
+            self.budget.wrote(len(node.text))
             self.out.append(node.text)
         elif isinstance(node, _List):
             for child in node.nodes:
@@ -1939,7 +1954,9 @@ class _State:
         elif isinstance(node, _Action):
             value = self.eval_pipeline(dot, node.pipe)
             if not node.pipe.decl:
-                self.out.append(_printable(value))
+                printed = _printable(value)
+                self.budget.wrote(len(printed))
+                self.out.append(printed)
         elif isinstance(node, _Branch):
             if node.kind == "range":
                 self.walk_range(dot, node)
@@ -1976,6 +1993,7 @@ class _State:
         outer_wrapped = self.dot_wrapped
 
         def iteration(index: Any, element: Any) -> bool:
+            self.budget.step()  # `range 10000000000` ends at the budget's deadline
             wrapped = _holds_interface(value, element)
             if decls > 0:
                 self.set_top_var(1, element, wrapped)
@@ -2027,7 +2045,7 @@ class _State:
         if self.depth >= MAX_TEMPLATE_DEPTH:
             self.fail(f"exceeded maximum template depth ({MAX_TEMPLATE_DEPTH})", node)
         value = self.eval_pipeline(dot, node.pipe) if node.pipe is not None else NO_VALUE
-        inner = _State(self.template, self.now, self.depth + 1)
+        inner = _State(self.template, self.now, self.budget, self.depth + 1)
         inner.vars.append(["$", value, False])
         inner.out = self.out
         inner.walk(value, body)

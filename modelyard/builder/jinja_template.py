@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import operator
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, Final, NoReturn
@@ -30,6 +31,7 @@ from jinja2.ext import Extension, loopcontrols
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from modelyard.builder.render_limits import RenderBudget, check_built, current_budget
 from modelyard.errors import TemplateError
 
 MAX_STRING_REPEAT: Final = 1_000_000  # characters one `*` may build
@@ -52,9 +54,14 @@ class _Generation(Extension):
 
 class _Sandbox(ImmutableSandboxedEnvironment):
     """Jinja's immutable sandbox, failing loudly: an unsafe attribute raises instead of rendering as
-    an empty Undefined, and `*` and `**` cannot build huge values."""
+    an empty Undefined, and `*`, `**`, `%`, padding, joining and replacing cannot build huge values
+    (render_limits: the loops and the output are counted against the render's budget)."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # Jinja's signature
+        _check_call_size(__obj, args, kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> NoReturn:
         raise jinja2.sandbox.SecurityError(
@@ -62,6 +69,10 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         )
 
     def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
+        if operator_name == "%":
+            if isinstance(left, str):
+                _check_format_widths(left)
+            return operator.mod(left, right)
         if operator_name == "*":
             for seq, times in ((left, right), (right, left)):
                 sized = isinstance(seq, str | list | tuple) and isinstance(times, int)
@@ -74,6 +85,90 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return operator.pow(left, right)
 
 
+_WIDTH_IN_PERCENT_FORMAT: Final = re.compile(r"%[-+ #0]*(\d+)?(?:\.(\d+))?")
+_WIDTH_IN_BRACE_FORMAT: Final = re.compile(r"\{[^{}]*?(\d{7,})[^{}]*\}")
+_PADDING_METHODS: Final = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
+
+
+def _check_format_widths(text: str) -> None:
+    """`'%050000000d' % 1`: a width or precision that pads past MAX_BUILT_CHARS, refused before."""
+    for match in _WIDTH_IN_PERCENT_FORMAT.finditer(text):
+        for number in match.groups():
+            if number is not None and len(number) > 6:
+                check_built(int(number), "a padded value")
+
+
+def _check_call_size(obj: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    """Before a str method runs: refuse one whose result would pass MAX_BUILT_CHARS."""
+    method = getattr(obj, "__wrapped__", obj)  # the sandbox wraps str.format in its own function
+    owner = getattr(method, "__self__", None)
+    name = getattr(method, "__name__", "")
+    if not isinstance(owner, str):
+        return
+    if name in _PADDING_METHODS:
+        widths = [a for a in (*args, *kwargs.values()) if isinstance(a, int) and not isinstance(a, bool)]
+        tab = len(owner) * max(widths, default=8) if name == "expandtabs" else max(widths, default=0)
+        check_built(tab, "a padded value")
+    elif name in ("format", "format_map"):
+        for width in _WIDTH_IN_BRACE_FORMAT.findall(owner):
+            check_built(int(width), "a padded value")
+    elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+        check_built(_replaced_length(owner, args[0], args[1]), "a replaced string")
+    elif name == "join" and args and isinstance(args[0], Sized):
+        check_built(len(owner) * max(len(args[0]) - 1, 0), "a joined string")
+
+
+def _replaced_length(text: str, old: str, new: str) -> int:
+    return len(text) + text.count(old) * (len(new) - len(old))
+
+
+def _bounded_filter(name: str, size: Callable[..., int]) -> Callable[..., Any]:
+    """Jinja's own filter `name`, refusing to run where `size(*args)` passes MAX_BUILT_CHARS."""
+    original = jinja2.filters.FILTERS[name]
+
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        check_built(size(*args, **kwargs), f"a value (|{name})")
+        return original(*args, **kwargs)
+
+    for attribute in ("jinja_pass_arg",):  # pass_environment / pass_eval_context markers
+        if hasattr(original, attribute):
+            setattr(bounded, attribute, getattr(original, attribute))
+    return bounded
+
+
+def _text_length(value: Any) -> int:
+    return len(value) if isinstance(value, str) else 0
+
+
+def _int(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _format_size(value: Any, *_args: Any, **_kwargs: Any) -> int:
+    _check_format_widths(str(value))  # `|format` is `%`
+    return 0
+
+
+def _indent_size(value: Any, width: Any = 4, *_args: Any, **_kwargs: Any) -> int:
+    per_line = _int(width, 0) or _text_length(width)  # a number of spaces, or a string
+    return (str(value).count("\n") + 1) * per_line
+
+
+def _join_size(_ctx: Any, value: Any, d: Any = "", *_args: Any, **_kwargs: Any) -> int:
+    count = len(value) if isinstance(value, Sized) else 0  # a generator's is unknown: the output cap
+    return len(str(d)) * max(count - 1, 0)
+
+
+# Jinja's filters that can build a large value from small arguments, with what they would build.
+_BOUNDED_FILTERS: Final[dict[str, Callable[..., int]]] = {
+    "center": lambda _value, width=80, *_a, **_k: _int(width, 80),
+    "indent": _indent_size,
+    "replace": lambda _ctx, value, old, new, *_a, **_k: _replaced_length(str(value), str(old), str(new)),
+    "join": _join_size,
+    "format": _format_size,
+}
+
+
 def _tojson(
     value: Any,
     ensure_ascii: bool = False,
@@ -82,6 +177,10 @@ def _tojson(
     sort_keys: bool = False,
 ) -> str:
     """transformers' tojson: json.dumps as is, no HTML escaping, non-ASCII kept."""
+    if isinstance(indent, int) and not isinstance(indent, bool):
+        check_built(indent, "an indentation")
+    elif isinstance(indent, str):
+        check_built(len(indent), "an indentation")
     return json.dumps(
         value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
     )
@@ -95,8 +194,33 @@ def _raise_exception(message: str) -> NoReturn:
 def _environment() -> _Sandbox:
     env = _Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, _Generation])
     env.filters["tojson"] = _tojson
+    for name, size in _BOUNDED_FILTERS.items():
+        env.filters[name] = _bounded_filter(name, size)
     env.globals["raise_exception"] = _raise_exception
+    env.globals["range"] = _BudgetedRange
     return env
+
+
+class _BudgetedRange(Sequence[int]):
+    """The sandbox's range (at most 100,000 numbers), each number taken a step of the render's
+    budget: nested loops over it end at the budget's deadline instead of running for hours. A
+    sequence like range itself (its length known, so that `|join` can be sized before it runs)."""
+
+    def __init__(self, *args: int) -> None:
+        self.numbers = jinja2.sandbox.safe_range(*args)
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.numbers[index]
+
+    def __iter__(self) -> Iterator[int]:
+        budget = current_budget.get()
+        for number in self.numbers:
+            if budget is not None:
+                budget.step()
+            yield number
 
 
 @lru_cache(maxsize=64)
@@ -161,8 +285,14 @@ def render_chat_template(
         "eos_token": eos_token,
         "strftime_now": _strftime_now(now),
     }
+    budget = RenderBudget()
+    token = current_budget.set(budget)
     try:
-        return template.render(variables)
+        out = []
+        for chunk in template.generate(variables):
+            budget.wrote(len(chunk))
+            out.append(chunk)
+        return "".join(out)
     except TemplateError:
         raise
     except jinja2.sandbox.SecurityError as err:
@@ -182,3 +312,7 @@ def render_chat_template(
     ) as err:
         # The template's own mistake (e.g. `'a' + 1`, `messages[5]`), not a bug in the renderer.
         raise TemplateError(f"chat template: {type(err).__name__}: {err}") from None
+    except RecursionError:
+        raise TemplateError("chat template: it recurses too deeply to render") from None
+    finally:
+        current_budget.reset(token)

@@ -619,18 +619,37 @@ def _chat_prompt(
     fits: Fits | None,
 ) -> Prompt:
     """Ollama's chatPrompt: truncate from the front until the prompt fits (keeping system messages and
-    the last message), tag images, render."""
+    the last message), tag images, render.
+
+    Ollama tries dropping 0, 1, 2… messages in turn, a render each: thousands of messages took
+    minutes. Fewer messages never render longer, so the fewest to drop is found by bisection, in
+    as many renders as the count has bits, with Ollama's answer."""
     start = 0
     system: list[ChatMessage] = []
     if fits is not None:
-        for i in range(len(messages)):
-            begin = _tool_block_start(messages, i)
-            system = [m for m in messages[:begin] if m.role == "system"]
-            kept = [*system, *messages[begin:]]
-            text = renderer.render(kept, tools, request)
-            if fits(text, sum(len(m.images) for m in messages[begin:])) or i == len(messages) - 1:
-                start = begin
-                break
+        last = len(messages) - 1
+        tried: dict[int, tuple[bool, int, list[ChatMessage]]] = {}
+
+        def attempt(i: int) -> tuple[bool, int, list[ChatMessage]]:
+            """Whether the prompt fits from message i on (its tool block whole); where it begins."""
+            if i not in tried:
+                begin = _tool_block_start(messages, i)
+                kept_system = [m for m in messages[:begin] if m.role == "system"]
+                text = renderer.render([*kept_system, *messages[begin:]], tools, request)
+                fitting = fits(text, sum(len(m.images) for m in messages[begin:])) or i == last
+                tried[i] = (fitting, begin, kept_system)
+            return tried[i]
+
+        low, high = 0, max(last, 0)  # from `high` on it fits (the last message is always kept)
+        if not attempt(0)[0]:
+            low = 1
+            while low < high:
+                middle = (low + high) // 2
+                if attempt(middle)[0]:
+                    high = middle
+                else:
+                    low = middle + 1
+        _, start, system = attempt(low)
     tagged, images = _tag_images(messages[start:])
     text = renderer.render([*system, *tagged], tools, request)
     return Prompt(text, images, start - len(system) if start else 0)
