@@ -180,6 +180,39 @@ def test_basic_is_sent_up_front_once_the_registry_asked_for_it() -> None:
     assert [r.headers.get("Authorization") for r in rec.requests] == [None, BASIC, BASIC, BASIC, BASIC]
 
 
+def test_credentials_go_only_to_the_registry_itself() -> None:
+    """Found in review: an upload Location naming another host (or plain http) got the user's Basic
+    password. It goes to the registry's own scheme, host and port only, as redirects do."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        registry = (request.url.scheme, request.url.host, request.url.port) == ("https", "reg.example", None)
+        if not registry or request.headers.get("Authorization") == BASIC:
+            return httpx.Response(202)
+        return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="registry"'})
+
+    s, rec, _ = session(handle, USER)
+    s.request("POST", "/v2/ns/m/blobs/uploads/", scope="repository:ns/m:pull,push")
+    for elsewhere in (
+        "https://storage.example/upload/1",
+        "http://reg.example/v2/ns/m/blobs/uploads/1",  # the same host in the clear
+        "https://reg.example:8443/v2/ns/m/blobs/uploads/1",
+    ):
+        s.request("PATCH", elsewhere, content=b"x")
+    s.request("PATCH", "https://reg.example/v2/ns/m/blobs/uploads/1", content=b"x")
+    sent = [(str(r.url), r.headers.get("Authorization")) for r in rec.requests]
+    assert [auth for _, auth in sent] == [None, BASIC, None, None, None, BASIC], sent
+
+
+def test_no_login_goes_to_a_plain_http_token_service_of_an_https_registry() -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, headers={"WWW-Authenticate": 'Bearer realm="http://auth.example/token"'})
+
+    s, rec, _ = session(handle, USER)
+    with pytest.raises(RegistryAuthError, match=r"token service http://auth\.example is not https"):
+        s.request("GET", "/v2/ns/m/tags/list", scope="repository:ns/m:pull")
+    assert all(r.url.host == "reg.example" for r in rec.requests), "nothing sent to the token service"
+
+
 @pytest.mark.parametrize(
     ("challenge", "credentials", "detail"),
     [

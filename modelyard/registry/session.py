@@ -193,7 +193,10 @@ class RegistrySession:
         grant: _Grant | None,
     ) -> httpx.Response:
         all_headers = dict(headers or {})
-        if grant is not None:
+        if grant is not None and _same_origin(self.http.base_url, url):
+            # Only to the registry itself: an upload Location naming another host or scheme (a
+            # storage backend, or a registry that wants the password) gets no credentials, as
+            # httpx drops them from redirects.
             all_headers["Authorization"] = grant.header
         body: bytes | Iterator[bytes] | None
         if content is None or isinstance(content, bytes):
@@ -240,6 +243,14 @@ class RegistrySession:
 
     def _fetch_token(self, challenge: Challenge, credentials: Credentials | None) -> _Grant:
         realm = str(challenge.realm)
+        plain_realm = httpx.URL(realm).scheme != "https"
+        if credentials is not None and self.http.base_url.scheme == "https" and plain_realm:
+            # The login would go in the clear to where the registry's answer points.
+            where = httpx.URL(realm)
+            raise RegistryAuthError(
+                self.host,
+                f"its token service {where.scheme}://{where.host} is not https: no login sent there",
+            )
         # Several scopes (a cross-repository mount) go as repeated `scope` parameters, as docker sends them.
         params: list[tuple[str, str | int | float | bool | None]] = (
             [("service", challenge.service)] if challenge.service else []
@@ -379,3 +390,16 @@ def _describe_network_error(exc: httpx.TransportError) -> str:
     if isinstance(exc, httpx.TimeoutException):
         return f"timed out ({type(exc).__name__})"
     return f"{type(exc).__name__}: {exc}"
+
+
+def _same_origin(base: httpx.URL, url: str) -> bool:
+    """Whether `url` (a path, or absolute) goes to the scheme, host and port of `base` (pure)."""
+    target = httpx.URL(url)
+    if not target.is_absolute_url:
+        return True
+    defaults = {"http": 80, "https": 443}
+    return (target.scheme, target.host, target.port or defaults.get(target.scheme)) == (
+        base.scheme,
+        base.host,
+        base.port or defaults.get(base.scheme),
+    )
