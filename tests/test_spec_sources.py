@@ -112,3 +112,75 @@ def test_an_invalid_git_source_is_shown_without_its_credentials() -> None:
     with pytest.raises(SpecSourceError) as failed:
         parse_git_location(f"git+https://alice:{SECRET}@h.io/r.git#../../etc")
     assert SECRET not in str(failed.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "bare", "pair"),
+    [
+        pytest.param(
+            "https://alice:s3cret@h.io/r.git", "https://h.io/r.git", "alice:s3cret", id="user-password"
+        ),
+        pytest.param(
+            "https://ghp_token@h.io:8443/r.git", "https://h.io:8443/r.git", "ghp_token:", id="token"
+        ),
+        pytest.param("https://a%40b:p%3Aq@h.io/r.git", "https://h.io/r.git", "a@b:p:q", id="escaped"),
+        pytest.param("https://h.io/r.git", "https://h.io/r.git", None, id="none"),
+        pytest.param("ssh://git@h.io/r.git", "ssh://git@h.io/r.git", None, id="ssh-user-is-no-secret"),
+        pytest.param("/srv/repo", "/srv/repo", None, id="path"),
+    ],
+)
+def test_credentials_apart(url: str, bare: str, pair: str | None) -> None:
+    import base64
+
+    from modelyard.spec.sources import credentials_apart
+
+    without, env = credentials_apart(url)
+    assert without == bare
+    if pair is None:
+        assert env == {}
+    else:
+        assert env["GIT_CONFIG_KEY_0"] == "http.extraHeader"
+        assert env["GIT_CONFIG_VALUE_0"] == "Authorization: Basic " + base64.b64encode(pair.encode()).decode()
+
+
+def test_git_gets_the_credentials_as_a_header_never_in_its_arguments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: the token was in git's argv on every poll, for `ps` to show any local user.
+    A real git talks to a server here that notes what it was sent."""
+    import base64
+    import http.server
+    import subprocess
+    import threading
+
+    seen: list[tuple[str, str | None]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append((self.path, self.headers.get("Authorization")))
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    argv: list[list[str]] = []
+    real_run = subprocess.run
+
+    def noting_run(args: list[str], **kwargs: object) -> object:
+        argv.append(list(args))
+        return real_run(args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(subprocess, "run", noting_run)
+    try:
+        source = open_source(f"git+http://alice:{SECRET}@127.0.0.1:{server.server_port}/r.git", tmp_path)
+        with pytest.raises(SpecSourceError):
+            source.read()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert argv and all(SECRET not in arg for args in argv for arg in args), argv
+    basic = "Basic " + base64.b64encode(f"alice:{SECRET}".encode()).decode()
+    assert seen and seen[0][0].startswith("/r.git/info/refs") and seen[0][1] == basic, seen

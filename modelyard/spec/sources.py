@@ -10,17 +10,20 @@
 Both return a SpecSnapshot (documents + revision); the reconciler validates it.
 
 A git URL may carry credentials (`https://user:token@host/repo.git`): they go to the git commands
-and nowhere else. Every URL shown (the description in /api/status, errors, logs, git's own
-messages) passes through `redact` first.
+in their environment, as an HTTP Authorization header (`http.extraHeader`), never in their
+arguments, which any local user reads with `ps`; nowhere else. Every URL shown (the description in
+/api/status, errors, logs, git's own messages) passes through `redact` first.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
 import shutil
 import subprocess
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +91,20 @@ def parse_git_location(text: str) -> GitLocation:
     return GitLocation(url, ref, path)
 
 
+def credentials_apart(url: str) -> tuple[str, dict[str, str]]:
+    """An http(s) URL without the user and password it carries, and the environment that gives git
+    them as an Authorization header instead (pure). Other URLs (ssh, paths) come back as they are."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return url, {}
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    pair = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
+    header = "Authorization: Basic " + base64.b64encode(pair.encode()).decode()
+    env = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader", "GIT_CONFIG_VALUE_0": header}
+    return urllib.parse.urlunsplit(parts._replace(netloc=host)), env
+
+
 class GitSource:
     """A path in a git repository, fetched into a private clone under `cache_dir`."""
 
@@ -97,6 +114,7 @@ class GitSource:
         self.description = str(location)
         key = hashlib.sha256(f"{location.url}\n{location.ref}".encode()).hexdigest()[:16]
         self.clone_dir = cache_dir / "git" / key
+        self._url, self._credentials_env = credentials_apart(location.url)
         self._commit = ""
         self._snapshot: SpecSnapshot | None = None
 
@@ -116,7 +134,7 @@ class GitSource:
 
     def _remote_commit(self) -> str:
         ref = self.location.ref or "HEAD"
-        out = self._git("ls-remote", "--", self.location.url, ref, cwd=None)
+        out = self._git("ls-remote", "--", self._url, ref, cwd=None)
         for line in out.splitlines():
             sha, _, name = line.partition("\t")
             if name in (ref, f"refs/heads/{ref}", f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}"):
@@ -133,12 +151,12 @@ class GitSource:
             self.clone_dir.parent.mkdir(parents=True, exist_ok=True)
             self._git("init", "--quiet", str(self.clone_dir), cwd=None)
         wanted = commit if self.location.ref == commit else self.location.ref or "HEAD"
-        self._git("fetch", "--quiet", "--depth=1", "--", self.location.url, wanted, cwd=self.clone_dir)
+        self._git("fetch", "--quiet", "--depth=1", "--", self._url, wanted, cwd=self.clone_dir)
         self._git("checkout", "--quiet", "--force", "--detach", "FETCH_HEAD", cwd=self.clone_dir)
         return self._git("rev-parse", "HEAD", cwd=self.clone_dir).strip()
 
     def _git(self, *args: str, cwd: Path | None) -> str:
-        env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1"}
+        env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1", **self._credentials_env}
         try:
             done = subprocess.run(
                 ["git", "-c", "protocol.file.allow=always", *args],
