@@ -164,6 +164,7 @@ def cmd_export(args: argparse.Namespace, ctx: Context) -> int:
         namespace=args.namespace,
         server_image=args.server_image,
         docker_config_secret=args.docker_config_secret or "",
+        api_key_secret=args.api_key_secret,
         ollama_tag_suffix=args.ollama_tag_suffix,
     )
     ctx.out(export_for(args.file, ctx.settings, mode=args.mode, options=options))
@@ -255,6 +256,13 @@ def register(sub: Any) -> None:
         metavar="SECRET",
         help="a Secret holding .dockerconfigjson, mounted so that the pods can pull from a private "
         "registry (what `modelyard login` stored here)",
+    )
+    k8s.add_argument(
+        "--api-key-secret",
+        metavar="SECRET",
+        default="modelyard-api-key",
+        help="the Secret (key `key`) whose value the pods require as their API key, since they listen "
+        "to the whole cluster (default: %(default)s; \"\" for none: open to every pod)",
     )
     k8s.add_argument(
         "--ollama-tag-suffix",

@@ -157,7 +157,15 @@ def test_estimates_come_from_images_in_the_store(tmp_path: Path) -> None:
     assert set(estimates) == {"tiny"} and 1_000_000 < estimates["tiny"] < 10_000_000
     text = export_for(spec_file, settings, mode="deployment")
     resources = list(yaml.safe_load_all(text))
-    assert text == export_yaml(resources)
+    assert text.endswith(export_yaml(resources))
+    # Listening to the whole cluster, the pods require an API key from a Secret, which is said.
+    assert text.startswith("# warning: the pods read their API key from Secret 'modelyard-api-key'")
+    env = {e["name"]: e for e in resources[1]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MODELYARD_API_KEY"]["valueFrom"] == {
+        "secretKeyRef": {"name": "modelyard-api-key", "key": "key"}
+    }
+    open_text = export_for(spec_file, settings, mode="deployment", options=ExportOptions(api_key_secret=""))
+    assert "MODELYARD_API_KEY" not in open_text and "with no API key" in open_text
     memory = resources[1]["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"]
     assert memory == f"{math.ceil((estimates['tiny'] + 256 * 2**20) / 2**20)}Mi"
     for resource in resources:

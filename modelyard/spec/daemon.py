@@ -185,5 +185,5 @@ def export_for(
     spec = load_spec(path)
     estimates = estimate_models(spec, Store(settings.store_dir))
     text = export_yaml(export_kubernetes(spec, mode=mode, estimates=estimates, options=options))
-    caveats = "".join(f"# warning: {caveat}\n" for caveat in export_caveats(spec, mode))
+    caveats = "".join(f"# warning: {caveat}\n" for caveat in export_caveats(spec, mode, options))
     return caveats + text

@@ -57,6 +57,9 @@ class ExportOptions:
     kubeai_gpu_profile: str = "nvidia-gpu-l4"  # for models with gpuLayers all or N > 0
     profile_unit_bytes: int = 2 * GIB  # memory one unit of the profile gives
     docker_config_secret: str = ""  # a Secret with `.dockerconfigjson`, for private registries
+    # A Secret whose `key` is the API key every request but / and /health must carry: the pods
+    # listen beyond loopback, to the whole cluster. "" exports them open (`--api-key-secret ""`).
+    api_key_secret: str = "modelyard-api-key"
     # KubeAI's Ollama engine reads Ollama manifests: `push --format both` writes one beside the
     # ModelPack manifest under TAG + this suffix; "" for an image pushed with `--format ollama`.
     ollama_tag_suffix: str = OLLAMA_TAG_SUFFIX
@@ -85,10 +88,23 @@ def export_kubernetes(
     return resources
 
 
-def export_caveats(spec: Spec, mode: Mode) -> list[str]:
+def export_caveats(spec: Spec, mode: Mode, options: ExportOptions | None = None) -> list[str]:
     """What the export cannot carry of the spec, or what will not work in a cluster, said rather
     than dropped in silence."""
+    options = options or ExportOptions()
     caveats = []
+    if mode in ("deployment", "both"):
+        if options.api_key_secret:
+            caveats.append(
+                f"the pods read their API key from Secret {options.api_key_secret!r} (key `key`) and do "
+                "not start without it: kubectl create secret generic "
+                f"{options.api_key_secret} --from-literal=key=$(openssl rand -hex 32)"
+            )
+        else:
+            caveats.append(
+                "the pods answer anyone in the cluster, with no API key (--api-key-secret names a "
+                "Secret to require one)"
+            )
     if spec.body.memory.total is not None:
         caveats.append(
             "spec.memory is a budget for one machine serving every model; each model's pod gets a "
@@ -180,10 +196,14 @@ def _deployment(
         "metadata": _metadata(full, options, labels, annotations),
         "data": {"modelset.yaml": one.to_yaml()},
     }
-    env = [
+    env: list[dict[str, Any]] = [
         {"name": "MODELYARD_HOST", "value": f"0.0.0.0:{options.port}"},
         {"name": "MODELYARD_HOME", "value": "/var/lib/modelyard"},
     ]
+    if options.api_key_secret:
+        # Not optional: without its Secret the pod does not start, rather than start open.
+        reference = {"name": options.api_key_secret, "key": "key"}
+        env.append({"name": "MODELYARD_API_KEY", "valueFrom": {"secretKeyRef": reference}})
     mounts = [
         {"name": "spec", "mountPath": "/etc/modelyard", "readOnly": True},
         {"name": "home", "mountPath": "/var/lib/modelyard"},
