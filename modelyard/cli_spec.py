@@ -262,7 +262,7 @@ def register(sub: Any) -> None:
         metavar="SECRET",
         default="modelyard-api-key",
         help="the Secret (key `key`) whose value the pods require as their API key, since they listen "
-        "to the whole cluster (default: %(default)s; \"\" for none: open to every pod)",
+        'to the whole cluster (default: %(default)s; "" for none: open to every pod)',
     )
     k8s.add_argument(
         "--ollama-tag-suffix",

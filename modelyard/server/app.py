@@ -37,7 +37,9 @@ from modelyard.server.request_id import RequestId
 from modelyard.server.state import ServerState
 from modelyard.spec.sources import redact
 
-MAX_BODY_BYTES = 64 * 1024 * 1024  # chat histories with base64 images stay well below this
+# Millions of tokens of text, past any context; and a bound on what parsing one body may cost (a
+# body of tiny JSON objects takes some 60 times its size in memory once parsed).
+MAX_BODY_BYTES = 16 * 1024 * 1024
 OPEN_PATHS = frozenset({"/", "/health"})
 
 
