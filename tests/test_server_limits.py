@@ -176,7 +176,7 @@ def test_a_client_that_leaves_before_its_first_token_leaves_the_queue(busy: Serv
             host, port = busy.url.removeprefix("http://").split(":")
             with socket.create_connection((host, int(port))) as raw:
                 raw.sendall(
-                    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                     + f"Content-Length: {len(body)}\r\n\r\n".encode()
                     + body
                 )
