@@ -664,6 +664,36 @@ def test_a_render_has_a_time_and_an_output_budget() -> None:
             {}, budget=RenderBudget(max_chars=1000)
         )
     assert parse("{{range 3}}ab{{end}}").execute({}) == "ababab"
+    # Found in review of the above: recursion through {{template}}, and values never printed.
+    binary = (
+        '{{define "f"}}{{if lt (len .) 40}}{{template "f" (printf "%sa" .)}}'
+        '{{template "f" (printf "%sb" .)}}{{end}}{{end}}{{template "f" ""}}'
+    )
+    with pytest.raises(TemplateError, match=r"longer than 0.2 s"):
+        parse(binary).execute({}, budget=RenderBudget(timeout_s=0.2))
+    doubling = '{{$x := "ab"}}{{range 26}}{{$x = printf "%s%s" $x $x}}{{end}}{{len $x}}'
+    with pytest.raises(TemplateError, match=r"builds a value \(printf\) too large"):
+        parse(doubling).execute({})
+
+
+def test_a_legacy_template_has_one_budget_for_all_its_turns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A template without .Messages runs once per turn; the turns share one budget, not 2 s each."""
+    from modelyard.builder import prompt
+    from modelyard.builder.prompt import ChatMessage, TemplateValues, execute_ollama
+    from modelyard.builder.render_limits import RenderBudget
+
+    made: list[RenderBudget] = []
+
+    class Noted(RenderBudget):
+        def __init__(self) -> None:
+            super().__init__()
+            made.append(self)
+
+    monkeypatch.setattr(prompt, "RenderBudget", Noted)
+    turns = tuple(ChatMessage("user" if i % 2 == 0 else "assistant", f"m{i}") for i in range(8))
+    text = execute_ollama(parse("[{{.Prompt}}|{{.Response}}]"), TemplateValues(messages=turns))
+    assert text.count("[") == 4
+    assert len(made) == 1 and made[0].chars == len(text), "every turn counted against the one budget"
 
 
 @pytest.mark.parametrize(

@@ -246,8 +246,8 @@ RESOURCE_LIMITS = [
     pytest.param("{{ 'a'|indent(50000000) }}", "too large", id="indent"),
     pytest.param("{{ {'a': 1}|tojson(indent=50000000) }}", "too large", id="tojson-indent"),
     pytest.param("{{ '%050000000d'|format(1) }}", "too large", id="format-filter-is-percent"),
-    pytest.param("{{ ('a' * 1000000)|replace('', 'bbbbbbbbbb') }}", "too large", id="replace-filter"),
-    pytest.param("{{ ('a' * 1000000).replace('', 'bb') }}", "too large", id="replace-method"),
+    pytest.param("{{ ('a' * 1000000)|replace('', 'b' * 100) }}", "too large", id="replace-filter"),
+    pytest.param("{{ ('a' * 1000000).replace('', 'b' * 100) }}", "too large", id="replace-method"),
     pytest.param("{{ range(100000)|join('x' * 1000) }}", "too large", id="join-filter"),
     pytest.param(
         "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
@@ -256,6 +256,41 @@ RESOURCE_LIMITS = [
     ),
     pytest.param("{% for i in range(100000) %}{{ 'x' * 999 }}{% endfor %}", "more than", id="output"),
     pytest.param("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recurses", id="recursion"),
+    # Found in the review of the above: loops over anything, capture blocks, doubling, `*` widths.
+    pytest.param(
+        "{% set r = range(20000)|list %}{% for i in r %}{% for j in r %}{% endfor %}{% endfor %}",
+        "longer than 2 s",
+        id="loops-over-a-list",
+    ),
+    pytest.param(
+        "{% for i in 'x' * 20000 %}{% for j in 'x' * 20000 %}{% endfor %}{% endfor %}",
+        "longer than 2 s",
+        id="loops-over-a-string",
+    ),
+    pytest.param(
+        "{% macro f(n) %}{% if n < 40 %}{{ f(n + 1) }}{{ f(n + 1) }}{% endif %}{% endmacro %}{{ f(0) }}",
+        "longer than 2 s",
+        id="binary-recursion",
+    ),
+    pytest.param(
+        "{% set x %}ab{% endset %}" + "{% set x %}{{ x }}{{ x }}{% endset %}" * 30,
+        "too large",
+        id="doubling-capture-blocks",
+    ),
+    pytest.param(
+        "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+        "too large",
+        id="doubling-tilde",
+    ),
+    pytest.param(
+        "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+        "too large",
+        id="doubling-plus",
+    ),
+    pytest.param("{{ '%*d' % (100000000, 1) }}", "too large", id="star-width"),
+    pytest.param("{{ '%(k)0100000000d' % {'k': 1} }}", "too large", id="mapping-key-width"),
+    pytest.param("{{ '{:>{}}'.format('a', 100000000) }}", "too large", id="nested-format-width"),
+    pytest.param("{{ (['x' * 1000000] * 100)|join }}", "too large", id="join-of-long-items"),
 ]
 
 

@@ -46,7 +46,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, Final, Literal, NoReturn, TypeAlias
 
-from modelyard.builder.render_limits import RenderBudget
+from modelyard.builder.render_limits import RenderBudget, check_built
 from modelyard.errors import TemplateError
 
 MAX_TEMPLATE_DEPTH: Final = 100
@@ -2045,6 +2045,7 @@ class _State:
         if self.depth >= MAX_TEMPLATE_DEPTH:
             self.fail(f"exceeded maximum template depth ({MAX_TEMPLATE_DEPTH})", node)
         value = self.eval_pipeline(dot, node.pipe) if node.pipe is not None else NO_VALUE
+        self.budget.step()  # a template that calls itself twice, forty deep, ends at the deadline
         inner = _State(self.template, self.now, self.budget, self.depth + 1)
         inner.vars.append(["$", value, False])
         inner.out = self.out
@@ -2204,9 +2205,13 @@ class _State:
         try:
             if name == "slice":
                 return _slice(values[0], values[1:], wrapped[1:])
-            return self.call(name, values)
+            result = self.call(name, values)
         except _FuncError as err:
             self.fail(f"error calling {name}: {err}", context)
+        self.budget.step()
+        if isinstance(result, str):  # printf "%s%s" $x $x, doubled in a loop, is never printed
+            check_built(len(result), f"a value ({name})")
+        return result
 
     def validate(self, value: Any, kind: _ParamKind | None) -> Any:
         """validateType: what a function parameter of this kind receives for an evaluated value."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import operator
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, Final, NoReturn
@@ -27,6 +27,7 @@ from typing import Any, Final, NoReturn
 import jinja2
 import jinja2.meta
 from jinja2 import nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.ext import Extension, loopcontrols
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -52,16 +53,53 @@ class _Generation(Extension):
         return parser.parse_statements(("name:endgeneration",), drop_needle=True)
 
 
+class _BudgetedCode(CodeGenerator):
+    """Jinja's code generator, whose templates join `~` concatenations through a function that
+    counts what it would build: Jinja imports str_join as a module global, rebound here last.
+    (Buffers, `{% set %}` blocks and macros join through `environment.concat`: _Sandbox's.)"""
+
+    def visit_Template(self, node: nodes.Template, frame: Frame | None = None) -> None:
+        super().visit_Template(node, frame)
+        self.writeline("str_join = environment.checked_concat")
+
+
+def _checked_concat(parts: Iterable[Any]) -> str:
+    pieces = [str(part) for part in parts]
+    check_built(sum(len(piece) for piece in pieces), "a joined value")
+    return "".join(pieces)
+
+
+def _budget_step() -> str:
+    budget = current_budget.get()
+    if budget is not None:
+        budget.step()
+    return ""
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
     """Jinja's immutable sandbox, failing loudly: an unsafe attribute raises instead of rendering as
     an empty Undefined, and `*`, `**`, `%`, padding, joining and replacing cannot build huge values
     (render_limits: the loops and the output are counted against the render's budget)."""
 
-    intercepted_binops = frozenset({"*", "**", "%"})
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+    code_generator_class = _BudgetedCode
+    checked_concat = staticmethod(_checked_concat)
+    concat = staticmethod(_checked_concat)  # Jinja's is "".join
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # Jinja's signature
         _check_call_size(__obj, args, kwargs)
         return super().call(__context, __obj, *args, **kwargs)
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        """The template's tree, with a step of the render's budget at the start of every loop
+        iteration, macro and call block: whatever it loops over (a list, a string, a recursive
+        loop) and however it recurses, the budget's clock is read."""
+        tree = super()._parse(source, name, filename)
+        for node in tree.find_all((nodes.For, nodes.Macro, nodes.CallBlock)):
+            step = nodes.ExprStmt(nodes.Call(nodes.Name("_budget_step", "load"), [], [], None, None))
+            body: list[nodes.Node] = node.body  # type: ignore[attr-defined]  # each of the three has one
+            body.insert(0, step.set_lineno(node.lineno))
+        return tree
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> NoReturn:
         raise jinja2.sandbox.SecurityError(
@@ -69,9 +107,13 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         )
 
     def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
+        if operator_name == "+":
+            if isinstance(left, str | list | tuple) and isinstance(right, str | list | tuple):
+                check_built(len(left) + len(right), "a value (+)")
+            return operator.add(left, right)
         if operator_name == "%":
             if isinstance(left, str):
-                _check_format_widths(left)
+                _check_format_widths(left, right)
             return operator.mod(left, right)
         if operator_name == "*":
             for seq, times in ((left, right), (right, left)):
@@ -85,17 +127,38 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return operator.pow(left, right)
 
 
-_WIDTH_IN_PERCENT_FORMAT: Final = re.compile(r"%[-+ #0]*(\d+)?(?:\.(\d+))?")
+_WIDTH_IN_PERCENT_FORMAT: Final = re.compile(r"%(?:\([^)]*\))?[-+ #0]*(\*|\d+)?(?:\.(\*|\d+))?")
 _WIDTH_IN_BRACE_FORMAT: Final = re.compile(r"\{[^{}]*?(\d{7,})[^{}]*\}")
+_NESTED_BRACE_FIELD: Final = re.compile(r"\{[^{}]+\{")  # `{:>{}}`: a width given as an argument
 _PADDING_METHODS: Final = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
 
 
-def _check_format_widths(text: str) -> None:
-    """`'%050000000d' % 1`: a width or precision that pads past MAX_BUILT_CHARS, refused before."""
+def _check_format_widths(text: str, args: Any = ()) -> None:
+    """`'%050000000d' % 1`, `'%*d' % (N, 1)`: a width or precision that pads past MAX_BUILT_CHARS,
+    refused before. A `*` width comes from the arguments: then none of them may be that large."""
+    star = False
     for match in _WIDTH_IN_PERCENT_FORMAT.finditer(text):
         for number in match.groups():
-            if number is not None and len(number) > 6:
+            if number == "*":
+                star = True
+            elif number is not None and len(number) > 6:
                 check_built(int(number), "a padded value")
+    if star:
+        _check_int_widths(args if isinstance(args, tuple) else (args,))
+
+
+def _check_int_widths(values: Iterable[Any]) -> None:
+    for value in values:
+        if isinstance(value, int) and not isinstance(value, bool):
+            check_built(abs(value), "a padded value")
+
+
+def _joined_length(separator: Any, items: Any) -> int:
+    """What joining `items` would build (0 when they cannot be counted before: a generator, whose
+    output the render's budget then counts)."""
+    if not isinstance(items, Collection):
+        return 0
+    return sum(len(str(item)) for item in items) + len(str(separator)) * max(len(items) - 1, 0)
 
 
 def _check_call_size(obj: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
@@ -112,10 +175,15 @@ def _check_call_size(obj: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any])
     elif name in ("format", "format_map"):
         for width in _WIDTH_IN_BRACE_FORMAT.findall(owner):
             check_built(int(width), "a padded value")
+        if _NESTED_BRACE_FIELD.search(owner):
+            mapped = (
+                args[0].values() if name == "format_map" and args and isinstance(args[0], Mapping) else ()
+            )
+            _check_int_widths((*args, *kwargs.values(), *mapped))
     elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
         check_built(_replaced_length(owner, args[0], args[1]), "a replaced string")
-    elif name == "join" and args and isinstance(args[0], Sized):
-        check_built(len(owner) * max(len(args[0]) - 1, 0), "a joined string")
+    elif name == "join" and args:
+        check_built(_joined_length(owner, args[0]), "a joined string")
 
 
 def _replaced_length(text: str, old: str, new: str) -> int:
@@ -155,8 +223,7 @@ def _indent_size(value: Any, width: Any = 4, *_args: Any, **_kwargs: Any) -> int
 
 
 def _join_size(_ctx: Any, value: Any, d: Any = "", *_args: Any, **_kwargs: Any) -> int:
-    count = len(value) if isinstance(value, Sized) else 0  # a generator's is unknown: the output cap
-    return len(str(d)) * max(count - 1, 0)
+    return _joined_length(d, value)  # with `attribute`, an item's text bounds what is joined of it
 
 
 # Jinja's filters that can build a large value from small arguments, with what they would build.
@@ -198,6 +265,7 @@ def _environment() -> _Sandbox:
         env.filters[name] = _bounded_filter(name, size)
     env.globals["raise_exception"] = _raise_exception
     env.globals["range"] = _BudgetedRange
+    env.globals["_budget_step"] = _budget_step
     return env
 
 

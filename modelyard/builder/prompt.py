@@ -51,6 +51,7 @@ from modelyard.builder.jinja_template import (
     render_chat_template,
     template_variables,
 )
+from modelyard.builder.render_limits import RenderBudget
 from modelyard.errors import TemplateError
 
 DEFAULT_TEMPLATE: Final = "{{ .Prompt }}"
@@ -444,9 +445,10 @@ def execute_ollama(template: Template | str, values: TemplateValues) -> str:
         return tmpl.execute(data, now=values.now)
     out: list[str] = []
     turn = {"System": "", "Prompt": "", "Response": ""}
+    budget = RenderBudget()  # one for the whole prompt, however many turns run the template
 
     def run(t: Template) -> None:
-        out.append(t.execute({**turn, **think}, now=values.now))
+        out.append(t.execute({**turn, **think}, now=values.now, budget=budget))
         turn.update(System="", Prompt="", Response="")
 
     for m in messages:

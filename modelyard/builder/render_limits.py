@@ -20,7 +20,10 @@ from modelyard.errors import TemplateError
 
 RENDER_TIMEOUT_S: Final = 2.0
 MAX_RENDERED_CHARS: Final = 32 * 1024 * 1024  # far past any context window's worth of text
-MAX_BUILT_CHARS: Final = 1_000_000  # one value a template builds at once (a padded string, a join)
+# One value a template builds at once (a padded string, a join, a captured block): refused before
+# it is built when larger. As large as a whole render may be, so that no template that renders a
+# long context (a join of every message) is refused.
+MAX_BUILT_CHARS: Final = MAX_RENDERED_CHARS
 STEPS_PER_CLOCK_READ: Final = 256
 
 
