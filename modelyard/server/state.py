@@ -56,6 +56,7 @@ class ServerState:
         self.started = time.time()
         self.daemon: SpecDaemon | None = None  # the reconciler, keeping a ModelSet spec in force
         self.spec_source: str | None = None  # `serve --spec X`: the spec comes from X, not /api/apply
+        self._loaded_details: dict[tuple[str, str], dict[str, Any]] = {}  # (name, digest) -> details
 
     def attach_reconciler(self, daemon: SpecDaemon, source: str | None) -> None:
         self.daemon = daemon
@@ -127,13 +128,33 @@ class ServerState:
         return shown
 
     async def read_loaded_details(self) -> None:
-        """Read the image of each loaded model whose details no request has read yet (one the spec
-        loaded, or loaded before a create, copy or pull renamed it), so that `/api/ps` shows them:
-        Ollama's clients read `details`. In a thread each (a GGUF's header is long to read)."""
-        for status in self.scheduler.status(live=False):
-            if str(parse_reference(status.name)) not in self.inference._servables:
-                with contextlib.suppress(Exception):  # removed from the store meanwhile: no details
-                    await self.inference.servable(status.name)
+        """Read the image of each loaded model whose details no request has read (one the spec
+        loaded, or loaded before a create, copy or pull renamed it), once per name and digest, so
+        that `/api/ps` shows them: Ollama's clients read `details`. In a thread (a GGUF's header
+        is long to read)."""
+        loaded = {(status.name, status.digest) for status in self.scheduler.status(live=False)}
+        for key in self._loaded_details.keys() - loaded:
+            del self._loaded_details[key]
+        for name, digest in loaded:
+            cached = self.inference._servables.get(str(parse_reference(name)))
+            if (name, digest) in self._loaded_details or (cached is not None and cached.digest == digest):
+                continue
+            servable = await asyncio.to_thread(self._servable_of, name)
+            if servable is not None:
+                self._loaded_details[(name, digest)] = details(servable)
+
+    def _servable_of(self, name: str) -> Servable | None:
+        """The image a loaded name serves: the spec's, or the store's; None once gone."""
+        from modelyard.runtime.servable import load_servable
+
+        try:
+            targets = self.inference.spec_targets
+            if targets is not None and targets.serves(name):
+                return targets.servable_for(name)
+            return load_servable(self.store, parse_reference(name))
+        except Exception:  # removed from the store meanwhile: no details, as before
+            log.debug("no details for loaded %s", name, exc_info=True)
+            return None
 
     def running_models(self) -> list[dict[str, Any]]:
         out = []
@@ -145,13 +166,14 @@ class ServerState:
                 wall = time.time() + (expires - self.scheduler.clock())
                 expires_at = datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
             servable = self.inference._servables.get(str(parse_reference(status.name)))
+            read = self._loaded_details.get((status.name, status.digest))
             out.append(
                 {
                     "name": status.name,
                     "model": status.name,
                     "size": status.size,
                     "digest": status.digest.removeprefix("sha256:"),
-                    "details": _details_or_empty(servable),
+                    "details": read if read is not None else _details_or_empty(servable),
                     "expires_at": expires_at,
                     "size_vram": status.size_vram,
                     "context_length": status.context_effective
