@@ -220,6 +220,10 @@ def test_chat_tools_absent_are_nil() -> None:
 def test_suffix_needs_a_template_that_takes_it() -> None:
     with pytest.raises(TemplateError, match="does not support insert"):
         render_prompt(model(), PromptRequest.generate("a", suffix="b"))
+    # A request's own template that does not parse says so, not that it lacks .Suffix.
+    with pytest.raises(TemplateError, match=r"unclosed action|unexpected") as broken:
+        render_prompt(model(), PromptRequest.generate("a", suffix="b", template="{{ .Suffix "))
+    assert "does not support insert" not in str(broken.value)
 
 
 def test_raw_keeps_images() -> None:

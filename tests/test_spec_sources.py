@@ -141,6 +141,9 @@ def test_credentials_apart(url: str, bare: str, pair: str | None) -> None:
     else:
         assert env["GIT_CONFIG_KEY_0"] == "http.extraHeader"
         assert env["GIT_CONFIG_VALUE_0"] == "Authorization: Basic " + base64.b64encode(pair.encode()).decode()
+        # After the user's own git configuration in the environment, not over it.
+        _, after = credentials_apart(url, {"GIT_CONFIG_COUNT": "2"})
+        assert after["GIT_CONFIG_COUNT"] == "3" and after["GIT_CONFIG_KEY_2"] == "http.extraHeader"
 
 
 def test_git_gets_the_credentials_as_a_header_never_in_its_arguments(

@@ -573,14 +573,18 @@ def takes_tools(model: ModelPrompting) -> bool:
         return False
 
 
-def takes_suffix(model: ModelPrompting, template: str = "") -> bool:
-    """Whether the model's template (or a request's own) renders a suffix (Ollama's "insert"
-    capability: fill in the middle): a Go template that reads .Suffix."""
-    renderer = _renderer(model, template)
+def takes_suffix(model: ModelPrompting) -> bool:
+    """Whether the model's template renders a suffix (Ollama's "insert" capability: fill in the
+    middle): a Go template that reads .Suffix."""
     try:
-        return renderer.kind == "go" and "suffix" in {n.lower() for n in parse(renderer.text).identifiers()}
+        return _reads_suffix(_renderer(model))
     except TemplateError:
         return False
+
+
+def _reads_suffix(renderer: _Renderer) -> bool:
+    """Raises TemplateError for a Go template that does not parse."""
+    return renderer.kind == "go" and "suffix" in {n.lower() for n in parse(renderer.text).identifiers()}
 
 
 def _tool_block_start(messages: Sequence[ChatMessage], i: int) -> int:
@@ -674,7 +678,7 @@ def render_prompt(model: ModelPrompting, request: PromptRequest, *, fits: Fits |
         return Prompt(request.prompt, request.images)
     renderer = _renderer(model, request.template)
     if request.suffix:
-        if not takes_suffix(model, request.template):
+        if not _reads_suffix(renderer):  # a request's template that does not parse says why
             raise TemplateError("this model's template does not support insert (it has no .Suffix)")
         values = TemplateValues(
             prompt=request.prompt, suffix=request.suffix, think=request.think, now=request.now

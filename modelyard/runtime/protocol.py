@@ -20,7 +20,8 @@ Runner → parent (`event`):
                  draft_tokens, draft_accepted}
                                                                 durations in nanoseconds
     result      {id, …}                                         embed / tokenize / detokenize / stats
-    error       {id, message, kind: "request" | "internal"}
+    error       {id, message, kind: "request" | "too_long" | "internal"}   too_long: the prompt
+                                                                does not fit and may not be cut
 
 Requests carry the prompt as text, already rendered through the template by the caller, so the
 runner knows nothing of templates; it tokenizes with the model's own vocabulary.

@@ -541,7 +541,8 @@ async def first_call_only(stream: AsyncGenerator[Any, None]) -> AsyncGenerator[A
 
 async def _offsets_after(stream: AsyncGenerator[Any, None], prompt: str) -> AsyncGenerator[Any, None]:
     """`stream` with its tokens' text offsets counted from the start of the prompt, which the answer
-    follows: OpenAI's `text_offset` without echo (llama-cpp-python's server counts so too)."""
+    follows: OpenAI's `text_offset` without echo (llama-cpp-python's server counts so too). A
+    prompt sent as token ids has no text of the client's to count: its answer's offsets start at 0."""
     try:
         async for event in stream:
             if isinstance(event, Token) and event.logprobs:

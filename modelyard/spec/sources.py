@@ -24,6 +24,7 @@ import re
 import shutil
 import subprocess
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,9 +92,10 @@ def parse_git_location(text: str) -> GitLocation:
     return GitLocation(url, ref, path)
 
 
-def credentials_apart(url: str) -> tuple[str, dict[str, str]]:
-    """An http(s) URL without the user and password it carries, and the environment that gives git
-    them as an Authorization header instead (pure). Other URLs (ssh, paths) come back as they are."""
+def credentials_apart(url: str, environ: Mapping[str, str] | None = None) -> tuple[str, dict[str, str]]:
+    """An http(s) URL without the user and password it carries, and the environment entries that
+    give git them as an Authorization header instead, after any git configuration `environ`
+    already passes (GIT_CONFIG_COUNT) (pure). Other URLs (ssh, paths) come back as they are."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
         return url, {}
@@ -101,7 +103,13 @@ def credentials_apart(url: str) -> tuple[str, dict[str, str]]:
     user, _, password = userinfo.partition(":")
     pair = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
     header = "Authorization: Basic " + base64.b64encode(pair.encode()).decode()
-    env = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader", "GIT_CONFIG_VALUE_0": header}
+    given = (environ or {}).get("GIT_CONFIG_COUNT", "0")
+    n = int(given) if given.isdigit() else 0
+    env = {
+        "GIT_CONFIG_COUNT": str(n + 1),
+        f"GIT_CONFIG_KEY_{n}": "http.extraHeader",
+        f"GIT_CONFIG_VALUE_{n}": header,
+    }
     return urllib.parse.urlunsplit(parts._replace(netloc=host)), env
 
 
@@ -114,7 +122,7 @@ class GitSource:
         self.description = str(location)
         key = hashlib.sha256(f"{location.url}\n{location.ref}".encode()).hexdigest()[:16]
         self.clone_dir = cache_dir / "git" / key
-        self._url, self._credentials_env = credentials_apart(location.url)
+        self._url, self._credentials_env = credentials_apart(location.url, os.environ)
         self._commit = ""
         self._snapshot: SpecSnapshot | None = None
 
