@@ -11,6 +11,10 @@ The sandbox is Jinja's ImmutableSandboxedEnvironment, made stricter: touching an
 (`''.__class__`, `cycler.__init__.__globals__`, a list's `append`) fails at once rather than
 yielding an empty Undefined, string repetition and powers are bounded, and every failure is a
 TemplateError: one that tried to leave the sandbox says so; `raise_exception('x')` gives 'x'.
+A render has a budget of time and characters (render_limits): every loop iteration, macro and
+call block takes a step of it (a call inserted into the template's tree), what it outputs and
+joins is counted, and a value that would pass the limit (padding, `%` and format widths, `+`,
+`~`, joins, replaces) is refused before it is built.
 Compiled templates are cached by their text. Rendering is pure: the clock comes in as `now`.
 """
 
