@@ -36,7 +36,7 @@ from jinja2.ext import Extension, loopcontrols
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from modelyard.builder.render_limits import RenderBudget, check_built, current_budget
+from modelyard.builder.render_limits import MAX_BUILT_CHARS, RenderBudget, check_built, current_budget
 from modelyard.errors import TemplateError
 
 MAX_STRING_REPEAT: Final = 1_000_000  # characters one `*` may build
@@ -80,6 +80,35 @@ def _budget_step() -> str:
     return ""
 
 
+def _budgeted(iterable: Any) -> Any:
+    """A loop's iterable, each item taken a step of the render's budget."""
+    budget = current_budget.get()
+    if budget is None:
+        return iterable
+    if isinstance(iterable, Collection):
+        return _SizedSteps(iterable, budget)  # its length known: loop.length, loop.last
+    return _steps(iterable, budget)
+
+
+class _SizedSteps:
+    def __init__(self, items: Collection[Any], budget: RenderBudget) -> None:
+        self.items = items
+        self.budget = budget
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Any]:
+        return _steps(self.items, self.budget)
+
+
+def _steps(iterable: Iterable[Any], budget: RenderBudget) -> Iterator[Any]:
+    step = budget.step
+    for item in iterable:
+        step()
+        yield item
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
     """Jinja's immutable sandbox, failing loudly: an unsafe attribute raises instead of rendering as
     an empty Undefined, and `*`, `**`, `%`, padding, joining and replacing cannot build huge values
@@ -95,11 +124,16 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return super().call(__context, __obj, *args, **kwargs)
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
-        """The template's tree, with a step of the render's budget at the start of every loop
-        iteration, macro and call block: whatever it loops over (a list, a string, a recursive
-        loop) and however it recurses, the budget's clock is read."""
+        """The template's tree, with every loop iteration, macro call and call block a step of the
+        render's budget: whatever it loops over (a list, a string) and however it recurses, the
+        budget's clock is read. A plain loop's iterable goes through the `_budgeted` filter (a
+        filter is called directly, cheaply: chat templates loop over every message); a recursive
+        loop's body, a macro's and a call block's begin with a call of `_budget_step`."""
         tree = super()._parse(source, name, filename)
         for node in tree.find_all((nodes.For, nodes.Macro, nodes.CallBlock)):
+            if isinstance(node, nodes.For) and not node.recursive:
+                node.iter = nodes.Filter(node.iter, "_budgeted", [], [], None, None).set_lineno(node.lineno)
+                continue
             step = nodes.ExprStmt(nodes.Call(nodes.Name("_budget_step", "load"), [], [], None, None))
             body: list[nodes.Node] = node.body  # type: ignore[attr-defined]  # each of the three has one
             body.insert(0, step.set_lineno(node.lineno))
@@ -111,10 +145,10 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         )
 
     def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
-        if operator_name == "+":
-            if isinstance(left, str | list | tuple) and isinstance(right, str | list | tuple):
+        if operator_name == "+":  # chat templates add strings a lot: checked cheaply
+            if type(left) in _SIZED and type(right) in _SIZED and len(left) + len(right) > MAX_BUILT_CHARS:
                 check_built(len(left) + len(right), "a value (+)")
-            return operator.add(left, right)
+            return left + right
         if operator_name == "%":
             if isinstance(left, str):
                 _check_format_widths(left, right)
@@ -131,6 +165,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return operator.pow(left, right)
 
 
+_SIZED: Final = frozenset({str, list, tuple})  # what `+` may double (by exact type: a fast test)
 _WIDTH_IN_PERCENT_FORMAT: Final = re.compile(r"%(?:\([^)]*\))?[-+ #0]*(\*|\d+)?(?:\.(\*|\d+))?")
 _WIDTH_IN_BRACE_FORMAT: Final = re.compile(r"\{[^{}]*?(\d{7,})[^{}]*\}")
 _NESTED_BRACE_FIELD: Final = re.compile(r"\{[^{}]+\{")  # `{:>{}}`: a width given as an argument
@@ -268,31 +303,9 @@ def _environment() -> _Sandbox:
     for name, size in _BOUNDED_FILTERS.items():
         env.filters[name] = _bounded_filter(name, size)
     env.globals["raise_exception"] = _raise_exception
-    env.globals["range"] = _BudgetedRange
+    env.filters["_budgeted"] = _budgeted
     env.globals["_budget_step"] = _budget_step
     return env
-
-
-class _BudgetedRange(Sequence[int]):
-    """The sandbox's range (at most 100,000 numbers), each number taken a step of the render's
-    budget: nested loops over it end at the budget's deadline instead of running for hours. A
-    sequence like range itself (its length known, so that `|join` can be sized before it runs)."""
-
-    def __init__(self, *args: int) -> None:
-        self.numbers = jinja2.sandbox.safe_range(*args)
-
-    def __len__(self) -> int:
-        return len(self.numbers)
-
-    def __getitem__(self, index: Any) -> Any:
-        return self.numbers[index]
-
-    def __iter__(self) -> Iterator[int]:
-        budget = current_budget.get()
-        for number in self.numbers:
-            if budget is not None:
-                budget.step()
-            yield number
 
 
 @lru_cache(maxsize=64)
@@ -361,8 +374,11 @@ def render_chat_template(
     token = current_budget.set(budget)
     try:
         out = []
-        for chunk in template.generate(variables):
-            budget.wrote(len(chunk))
+        chars, most = 0, budget.max_chars
+        for chunk in template.generate(variables):  # counted inline: a chunk per output, many
+            chars += len(chunk)
+            if chars > most:
+                budget.wrote(chars)  # over: raises
             out.append(chunk)
         return "".join(out)
     except TemplateError:
