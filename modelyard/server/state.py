@@ -140,8 +140,8 @@ class ServerState:
             if (name, digest) in self._loaded_details or (cached is not None and cached.digest == digest):
                 continue
             servable = await asyncio.to_thread(self._servable_of, name)
-            if servable is not None:
-                self._loaded_details[(name, digest)] = details(servable)
+            # Gone from the store: no details, and not read again while it stays loaded.
+            self._loaded_details[(name, digest)] = details(servable) if servable is not None else {}
 
     def _servable_of(self, name: str) -> Servable | None:
         """The image a loaded name serves: the spec's, or the store's; None once gone."""
