@@ -710,3 +710,14 @@ def test_printf_widths_past_a_million_are_too_large_as_in_go(fmt: str, expected:
     from modelyard.builder.gotemplate import sprintf
 
     assert sprintf(fmt, 1) == expected
+
+
+def test_a_budget_takes_its_time_from_the_context_unless_told() -> None:
+    from modelyard.builder.render_limits import RENDER_TIMEOUT_S, RenderBudget, render_timeout
+
+    assert RenderBudget().timeout_s == RENDER_TIMEOUT_S
+    token = render_timeout.set(0.1)  # as the server's event loop sets it
+    try:
+        assert RenderBudget().timeout_s == 0.1 and RenderBudget(timeout_s=5).timeout_s == 5
+    finally:
+        render_timeout.reset(token)

@@ -1544,6 +1544,42 @@ def test_a_tool_result_named_only_by_its_call_id_gets_the_function_name(
     client.delete("toolish-named")
 
 
+def test_a_slow_template_is_rendered_off_the_event_loop_and_a_runaway_one_is_stopped(
+    client: ollama.Client, http: httpx.Client
+) -> None:
+    """An image's template renders on the event loop, which every request shares, for 0.1 s at
+    most (render_limits.ON_LOOP_TIMEOUT_S): a slower one renders again in a thread, under the full
+    2 s budget, while the server answers others; one that runs longer than that is a 400."""
+    import threading
+
+    client.create(model="slowish", from_=GEMMA, template="{{ range 1000000 }}{{ end }}{{ .Prompt }}")
+    client.create(model="runaway", from_=GEMMA, template="{{ range 10000000000 }}{{ end }}{{ .Prompt }}")
+    try:
+        client.generate("slowish", "", keep_alive="1m")  # loaded: what follows times only the render
+        answers: list[object] = []
+        worker = threading.Thread(
+            target=lambda: answers.append(client.generate("slowish", "Hi", options=GREEDY))
+        )
+        worker.start()
+        waits = []
+        while worker.is_alive():
+            started = time.monotonic()
+            assert http.get("/health").status_code == 200
+            waits.append(time.monotonic() - started)
+        worker.join()
+        assert answers and answers[0].done  # type: ignore[attr-defined]
+        assert len(waits) > 1 and max(waits) < 0.5, f"the loop was held: {max(waits):.2f} s"
+        started = time.monotonic()
+        with pytest.raises(ollama.ResponseError) as runaway:
+            client.generate("runaway", "Hi", options=GREEDY)
+        assert runaway.value.status_code == 400 and "longer than 2 s" in runaway.value.error
+        assert time.monotonic() - started < 5
+    finally:
+        client.generate("slowish", "", keep_alive=0)
+        client.delete("slowish")
+        client.delete("runaway")
+
+
 def test_a_template_that_reads_the_suffix_gives_the_insert_capability(client: ollama.Client) -> None:
     """Ollama's "insert" (fill in the middle), which editors check before sending a suffix; a
     template that only mentions the word "tools" in its text does not take tools."""

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from modelyard.builder.prompt import PromptRequest, ToolCall
+from modelyard.builder.render_limits import ON_LOOP_TIMEOUT_S, RenderTimedOut, render_timeout
 from modelyard.errors import ImageNotFoundError, InferenceRequestError, ServerBusyError
 from modelyard.reference import Reference, parse_reference
 from modelyard.runtime.keepalive import parse_keep_alive
@@ -312,12 +313,20 @@ class Inference:
                 echo=echo,
                 logit_bias=logit_bias,
             )
+            rendered = None
+            on_loop = render_timeout.set(ON_LOOP_TIMEOUT_S)
             try:
                 # On the loop: rendering a template is CPU work, which a thread would not run
                 # alongside (the GIL), and the hop there and back costs more than most prompts.
                 rendered = render(ask_runner=False)
             except RunnerNeeded:  # a long prompt to count, or a context to detokenize: a round trip
-                rendered = await asyncio.to_thread(render)
+                pass
+            except RenderTimedOut:  # a template slow to render holds up the loop no longer
+                pass
+            finally:
+                render_timeout.reset(on_loop)  # before the thread, which takes a copy of the context
+            if rendered is None:
+                rendered = await asyncio.to_thread(render)  # under the full budget
 
             post = self._poster(loop)
 
