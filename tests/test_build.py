@@ -342,9 +342,15 @@ def test_adapter_layer(tmp_path: Path, workdir: Path, tiny_lora: Path) -> None:
             id="system-too-large",
         ),
         pytest.param(
+            'FROM ./weights.gguf\nTEMPLATE """' + "{{ .Prompt }}" * 30000 + '"""\n',
+            BuildError,
+            "at most 262,144 are taken",
+            id="template-too-large",
+        ),
+        pytest.param(
             'FROM ./weights.gguf\nSYSTEM """'
             + "x" * (9 << 20)
-            + '"""\nTEMPLATE """'
+            + '"""\nLICENSE """'
             + "y" * (9 << 20)
             + '"""\n',
             BuildError,

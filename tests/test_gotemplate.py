@@ -721,3 +721,21 @@ def test_a_budget_takes_its_time_from_the_context_unless_told() -> None:
         assert RenderBudget().timeout_s == 0.1 and RenderBudget(timeout_s=5).timeout_s == 5
     finally:
         render_timeout.reset(token)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            '{{$x := printf "%1000000s" ""}}{{$x = print $x $x}}{{$x = print $x $x}}{{$x = print $x $x}}'
+            "{{$y := print" + " $x" * 200 + "}}",
+            r"builds a value \(print\) too large",
+            id="print-of-many-copies-sized-before",
+        ),
+        pytest.param("{{if .Prompt}}{{.Prompt}}{{end}}" * 10000, "characters long", id="template-too-long"),
+    ],
+)
+def test_what_a_go_template_builds_is_sized_before(text: str, message: str) -> None:
+    """Found by a red team: print of 200 copies of an 8 MB value asked for gigabytes at once."""
+    with pytest.raises(TemplateError, match=message):
+        parse(text).execute({})

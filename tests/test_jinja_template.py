@@ -211,7 +211,6 @@ ESCAPES = [
     pytest.param("{{ ''.__class__.__mro__[1].__subclasses__() }}", id="mro-subclasses"),
     pytest.param("{{ ().__class__.__base__.__subclasses__() }}", id="tuple-base"),
     pytest.param("{{ cycler.__init__.__globals__.os.popen('id').read() }}", id="cycler-globals"),
-    pytest.param("{{ lipsum.__globals__['os'] }}", id="lipsum-globals"),
     pytest.param("{{ joiner.__init__.__globals__ }}", id="joiner-globals"),
     pytest.param("{{ namespace.__init__.__globals__ }}", id="namespace-globals"),
     pytest.param("{{ self.__init__.__globals__ }}", id="self-globals"),
@@ -291,6 +290,31 @@ RESOURCE_LIMITS = [
     pytest.param("{{ '%(k)0100000000d' % {'k': 1} }}", "too large", id="mapping-key-width"),
     pytest.param("{{ '{:>{}}'.format('a', 100000000) }}", "too large", id="nested-format-width"),
     pytest.param("{{ (['x' * 1000000] * 100)|join }}", "too large", id="join-of-long-items"),
+    # Found by a red team of the above.
+    pytest.param(
+        "{% set ns = namespace(x=1) %}{% for i in range(10000) %}"
+        "{% set ns.x = ((((((((((((((((((((ns.x,),),),),),),),),),),),),),),),),),),),) %}{% endfor %}"
+        "{{ {ns.x: 1}|length }}",
+        "nested more than 100 deep",
+        id="deep-tuple-would-crash-the-hash",
+    ),
+    pytest.param(
+        "{% set _budget_step = dict %}{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}"
+        "{% endmacro %}{{ f(40) }}",
+        "longer than 2 s",
+        id="the-step-cannot-be-rebound",
+    ),
+    pytest.param("{{ lipsum(100000000) }}", "'lipsum' is undefined", id="lipsum-gone"),
+    pytest.param("{{ [1]|slice(100000000)|list }}", "too large", id="slice-count"),
+    pytest.param("{{ [1]|batch(1000000000, 'x')|list }}", "too large", id="batch-size"),
+    pytest.param(
+        "{% set a = 3 ** 1000 %}" + "{% set a = a * a %}" * 16 + "{{ a % 7 }}",
+        "too large",
+        id="int-times-int",
+    ),
+    pytest.param("{% if a %}{{ b }}{% endif %}" * 20000, "characters long", id="template-too-long"),
+    pytest.param("{% for a in b %}" * 21 + "{% endfor %}" * 21, "too deeply nested", id="python-nesting"),
+    pytest.param("{{ " + "(" * 300 + "1" + ")" * 300 + " }}", "too deeply nested", id="parentheses"),
 ]
 
 

@@ -46,7 +46,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, Final, Literal, NoReturn, TypeAlias
 
-from modelyard.builder.render_limits import RenderBudget, check_built
+from modelyard.builder.render_limits import RenderBudget, check_built, check_template_size
 from modelyard.errors import TemplateError
 
 MAX_TEMPLATE_DEPTH: Final = 100
@@ -1729,6 +1729,8 @@ class Template:
             raise _exec_error(self, signal.node, "break outside range") from None
         except RecursionError:
             raise TemplateError("template: the template nests too deeply to render") from None
+        except MemoryError:
+            raise TemplateError("template: the template builds values too large to render") from None
         return "".join(state.out)
 
     def identifiers(self) -> list[str]:
@@ -1834,14 +1836,15 @@ class _Cutter:
         return arg
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=64)  # a request may bring its own template: each parsed one is held
 def parse(text: str) -> Template:
     """Parse a Go template as Ollama does (missingkey=zero, Ollama's funcs defined). Cached by text."""
+    check_template_size(text)
     tokens = _Lexer(text).run()
     parser = _Parser(text, tokens, BUILTIN_FUNCS | OLLAMA_FUNCS)
     try:
         root = parser.parse()
-    except RecursionError:  # thousands of nested {{if}} or parentheses: a parser recursing per level
+    except (RecursionError, MemoryError):  # thousands of nested {{if}}: a parser recursing per level
         raise TemplateError("template: the template nests too deeply to parse") from None
     return Template(text, root, tuple(parser.defined.items()))
 
@@ -1857,6 +1860,11 @@ class _LoopSignal(Exception):
 def _exec_error(template: Template, node: Any, message: str) -> TemplateError:
     line, col = _line_col(template.text, getattr(node, "pos", 0))
     return TemplateError(f"template:{line}:{col}: executing at <{node}>: {message}")
+
+
+# Functions whose result grows with their arguments, by at most this factor of their text (js and
+# html escape a character into up to six; printf's widths are bounded apart, as Go bounds them).
+_GROWING_FUNCS: Final = {"print": 1, "println": 1, "printf": 1, "html": 6, "js": 6, "urlquery": 3}
 
 
 class _FuncError(Exception):
@@ -2202,6 +2210,9 @@ class _State:
         if final is not None:
             values.append(self.validate(final.value, params[min(len(given), len(params) - 1)]))
             wrapped.append(False)
+        if name in _GROWING_FUNCS:  # sized before they run: print of many copies of a large value
+            given_chars = sum(len(v) for v in values if isinstance(v, str))
+            check_built(given_chars * _GROWING_FUNCS[name], f"a value ({name})")
         try:
             if name == "slice":
                 return _slice(values[0], values[1:], wrapped[1:])

@@ -36,7 +36,15 @@ from jinja2.ext import Extension, loopcontrols
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from modelyard.builder.render_limits import MAX_BUILT_CHARS, RenderBudget, check_built, current_budget
+from modelyard.builder.render_limits import (
+    MAX_BUILT_CHARS,
+    MAX_TEMPLATE_CHARS,
+    RenderBudget,
+    check_built,
+    check_nesting,
+    check_template_size,
+    current_budget,
+)
 from modelyard.errors import TemplateError
 
 MAX_STRING_REPEAT: Final = 1_000_000  # characters one `*` may build
@@ -73,14 +81,16 @@ def _checked_concat(parts: Iterable[Any]) -> str:
     return "".join(pieces)
 
 
-def _budget_step() -> str:
+@jinja2.pass_context  # so that Jinja's optimizer cannot run it once at compile time instead
+def _budget_step(_context: Any, _value: Any = None) -> str:
     budget = current_budget.get()
     if budget is not None:
         budget.step()
     return ""
 
 
-def _budgeted(iterable: Any) -> Any:
+@jinja2.pass_context  # so that Jinja's optimizer cannot apply it at compile time to a constant
+def _budgeted(_context: Any, iterable: Any) -> Any:
     """A loop's iterable, each item taken a step of the render's budget."""
     budget = current_budget.get()
     if budget is None:
@@ -90,16 +100,26 @@ def _budgeted(iterable: Any) -> Any:
     return _steps(iterable, budget)
 
 
+class _Namespace(jinja2.utils.Namespace):
+    """Jinja's namespace, which carries values from one loop iteration to the next: none nested
+    deeper than MAX_NESTING, or hashing it (a dict key, |unique) crashes the process."""
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        check_nesting(value)
+        super().__setitem__(name, value)
+
+
 class _SizedSteps:
+    # Underscored: the sandbox shows a template no attribute of it (the budget is not its to see).
     def __init__(self, items: Collection[Any], budget: RenderBudget) -> None:
-        self.items = items
-        self.budget = budget
+        self._items = items
+        self._budget = budget
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self._items)
 
     def __iter__(self) -> Iterator[Any]:
-        return _steps(self.items, self.budget)
+        return _steps(self._items, self._budget)
 
 
 def _steps(iterable: Iterable[Any], budget: RenderBudget) -> Iterator[Any]:
@@ -128,13 +148,14 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         render's budget: whatever it loops over (a list, a string) and however it recurses, the
         budget's clock is read. A plain loop's iterable goes through the `_budgeted` filter (a
         filter is called directly, cheaply: chat templates loop over every message); a recursive
-        loop's body, a macro's and a call block's begin with a call of `_budget_step`."""
+        loop's body, a macro's and a call block's begin with the `_budget_step` filter."""
         tree = super()._parse(source, name, filename)
         for node in tree.find_all((nodes.For, nodes.Macro, nodes.CallBlock)):
             if isinstance(node, nodes.For) and not node.recursive:
                 node.iter = nodes.Filter(node.iter, "_budgeted", [], [], None, None).set_lineno(node.lineno)
                 continue
-            step = nodes.ExprStmt(nodes.Call(nodes.Name("_budget_step", "load"), [], [], None, None))
+            # A filter, not a name: a template cannot rebind it ({% set _budget_step = dict %}).
+            step = nodes.ExprStmt(nodes.Filter(nodes.Const(None), "_budget_step", [], [], None, None))
             body: list[nodes.Node] = node.body  # type: ignore[attr-defined]  # each of the three has one
             body.insert(0, step.set_lineno(node.lineno))
         return tree
@@ -154,6 +175,9 @@ class _Sandbox(ImmutableSandboxedEnvironment):
                 _check_format_widths(left, right)
             return operator.mod(left, right)
         if operator_name == "*":
+            both_ints = isinstance(left, int) and isinstance(right, int)
+            if both_ints and abs(left).bit_length() + abs(right).bit_length() > MAX_POWER_BITS:
+                raise TemplateError("the chat template computes a number too large to render")
             for seq, times in ((left, right), (right, left)):
                 sized = isinstance(seq, str | list | tuple) and isinstance(times, int)
                 if sized and len(seq) * max(times, 0) > MAX_STRING_REPEAT:
@@ -265,6 +289,13 @@ def _join_size(_ctx: Any, value: Any, d: Any = "", *_args: Any, **_kwargs: Any) 
     return _joined_length(d, value)  # with `attribute`, an item's text bounds what is joined of it
 
 
+def _sum_size(_env: Any, iterable: Any, attribute: Any = None, start: Any = 0) -> int:
+    """`|sum(start=[])` concatenates: what it would build (numbers: nothing to size)."""
+    if isinstance(start, str | list | tuple) and isinstance(iterable, Collection):
+        return len(start) + sum(len(item) for item in iterable if isinstance(item, str | list | tuple))
+    return 0
+
+
 # Jinja's filters that can build a large value from small arguments, with what they would build.
 _BOUNDED_FILTERS: Final[dict[str, Callable[..., int]]] = {
     "center": lambda _value, width=80, *_a, **_k: _int(width, 80),
@@ -272,6 +303,9 @@ _BOUNDED_FILTERS: Final[dict[str, Callable[..., int]]] = {
     "replace": lambda _ctx, value, old, new, *_a, **_k: _replaced_length(str(value), str(old), str(new)),
     "join": _join_size,
     "format": _format_size,
+    "slice": lambda _ctx, _value, slices, *_a, **_k: _int(slices, 0),  # lists made, one by one
+    "batch": lambda _value, linecount, *_a, **_k: _int(linecount, 0),  # a fill of this many
+    "sum": _sum_size,
 }
 
 
@@ -304,34 +338,44 @@ def _environment() -> _Sandbox:
         env.filters[name] = _bounded_filter(name, size)
     env.globals["raise_exception"] = _raise_exception
     env.filters["_budgeted"] = _budgeted
-    env.globals["_budget_step"] = _budget_step
+    env.filters["_budget_step"] = _budget_step
+    env.globals["namespace"] = _Namespace
+    del env.globals["lipsum"]  # lorem ipsum of any length, in one call no budget sees
     return env
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=32)  # a request may bring its own: each compiled one is held
 def compile_chat_template(text: str) -> jinja2.Template:
     """Compile a chat template in the sandbox (cached by text); a syntax error is a TemplateError."""
+    check_template_size(text)
     try:
         return _environment().from_string(text)
     except jinja2.TemplateSyntaxError as err:
         raise TemplateError(f"chat template:{err.lineno}: {err.message}") from None
+    except (RecursionError, SyntaxError, MemoryError) as err:  # nested past what Python compiles
+        raise TemplateError(f"chat template: too deeply nested to compile ({type(err).__name__})") from None
 
 
 @lru_cache(maxsize=64)
 def template_variables(text: str) -> frozenset[str]:
     """The names a Jinja template reads from its context (asked on every request with tools: a
     model's template is parsed once). Raises TemplateError when it does not parse."""
+    check_template_size(text)
     try:
         return frozenset(jinja2.meta.find_undeclared_variables(_environment().parse(text)))
     except jinja2.TemplateSyntaxError as err:
         raise TemplateError(f"chat template:{err.lineno}: {err.message}") from None
+    except (RecursionError, MemoryError) as err:
+        raise TemplateError(f"chat template: too deeply nested to parse ({type(err).__name__})") from None
 
 
 def is_valid_jinja(text: str) -> bool:
     """Whether the text parses as a Jinja template (without compiling or caching it)."""
+    if len(text) > MAX_TEMPLATE_CHARS:
+        return False
     try:
         _environment().parse(text)
-    except jinja2.TemplateSyntaxError:
+    except (jinja2.TemplateSyntaxError, RecursionError, MemoryError):
         return False
     return True
 
@@ -402,5 +446,7 @@ def render_chat_template(
         raise TemplateError(f"chat template: {type(err).__name__}: {err}") from None
     except RecursionError:
         raise TemplateError("chat template: it recurses too deeply to render") from None
+    except MemoryError:
+        raise TemplateError("chat template: it builds values too large to render") from None
     finally:
         current_budget.reset(token)

@@ -6,8 +6,10 @@ it from Python's internals, and under this budget, which keeps it from the machi
 memory: a `range` over ten billion, nested loops, a value padded to gigabytes. Legitimate chat
 templates render in milliseconds; a render over budget fails with a TemplateError.
 
-Both engines count loop iterations (`step`) and the characters they emit (`wrote`); the clock is
-read every STEPS_PER_CLOCK_READ steps, so that counting costs next to nothing.
+Both engines count loop iterations (`step`, which reads the clock) and the characters they emit
+(`wrote`). What this does not bound: memory held by several values at once, each under the limit,
+and the work of one Python call on a large value; a worker process with an address-space limit
+would (not done yet).
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ RENDER_TIMEOUT_S: Final = 2.0
 # takes under a millisecond; one that takes longer is rendered again in a thread, under the full
 # budget (server/inference.py).
 ON_LOOP_TIMEOUT_S: Final = 0.1
-MAX_RENDERED_CHARS: Final = 32 * 1024 * 1024  # far past any context window's worth of text
+MAX_RENDERED_CHARS: Final = 16 * 1024 * 1024  # millions of tokens: past any context window
+MAX_TEMPLATE_CHARS: Final = 256 * 1024  # a template's own text (GGUF chat templates: tens of KiB)
+MAX_NESTING: Final = 100  # of a value a template keeps (a namespace's): deeper, CPython's hash of
+# a tuple recurses in C without a guard and the process dies
 # One value a template builds at once (a padded string, a join, a captured block): refused before
-# it is built when larger. As large as a whole render may be, so that no template that renders a
-# long context (a join of every message) is refused.
-MAX_BUILT_CHARS: Final = MAX_RENDERED_CHARS
-STEPS_PER_CLOCK_READ: Final = 256
+# it is built when larger, where it can be sized. Enough for a long context joined whole.
+MAX_BUILT_CHARS: Final = 8 * 1024 * 1024
 
 
 class RenderTimedOut(TemplateError):
@@ -42,12 +45,11 @@ class RenderBudget:
         self.deadline = time.monotonic() + timeout_s
         self.max_chars = max_chars
         self.chars = 0
-        self._steps = 0
 
     def step(self) -> None:
-        """One more loop iteration (or other unit of work): fails once the time is spent."""
-        self._steps += 1
-        if self._steps % STEPS_PER_CLOCK_READ == 0 and time.monotonic() > self.deadline:
+        """One more loop iteration (or other unit of work): fails once the time is spent. The clock
+        is read at every step (tens of nanoseconds): one step can be a heavy one."""
+        if time.monotonic() > self.deadline:
             raise RenderTimedOut(f"the template took longer than {self.timeout_s:g} s to render")
 
     def wrote(self, chars: int) -> None:
@@ -67,3 +69,28 @@ def check_built(chars: int, what: str = "a value") -> None:
     """Refuse, before building it, a single value larger than MAX_BUILT_CHARS."""
     if chars > MAX_BUILT_CHARS:
         raise TemplateError(f"the template builds {what} too large to render ({chars:,} characters)")
+
+
+def check_template_size(text: str) -> None:
+    """Refuse, before parsing it, a template longer than MAX_TEMPLATE_CHARS: parsing and compiling
+    take no budget, and cost some fifty times the text in memory."""
+    if len(text) > MAX_TEMPLATE_CHARS:
+        raise TemplateError(
+            f"the template is {len(text):,} characters long; at most {MAX_TEMPLATE_CHARS:,} are taken"
+        )
+
+
+def check_nesting(value: object) -> None:
+    """Refuse a value nested deeper than MAX_NESTING (tuples, lists, dicts): walked without
+    recursion, at most a hundred thousand parts."""
+    stack = [(value, 0)]
+    seen = 0
+    while stack and seen < 100_000:
+        item, depth = stack.pop()
+        seen += 1
+        if depth > MAX_NESTING:
+            raise TemplateError(f"the template keeps a value nested more than {MAX_NESTING} deep")
+        if isinstance(item, tuple | list):
+            stack.extend((part, depth + 1) for part in item)
+        elif isinstance(item, dict):
+            stack.extend((part, depth + 1) for part in item.values())
