@@ -315,6 +315,19 @@ RESOURCE_LIMITS = [
     pytest.param("{% if a %}{{ b }}{% endif %}" * 20000, "characters long", id="template-too-long"),
     pytest.param("{% for a in b %}" * 21 + "{% endfor %}" * 21, "too deeply nested", id="python-nesting"),
     pytest.param("{{ " + "(" * 300 + "1" + ")" * 300 + " }}", "too deeply nested", id="parentheses"),
+    pytest.param("{% set b = 'x' * 1000000 %}{{ [b] * 1000000 }}", "too large", id="output-of-a-container"),
+    pytest.param(
+        "{% set b = 'x' * 1000000 %}{{ ([b] * 1000000) ~ '' }}", "too large", id="concat-of-a-container"
+    ),
+    pytest.param(
+        "{% set b = 'x' * 1000000 %}{{ ('{0}' * 300000).format(b) }}", "too large", id="format-fields"
+    ),
+    pytest.param(
+        "{% set b = 'x' * 1000000 %}{{ ('%(a)s' * 200000) % {'a': b} }}", "too large", id="percent-fields"
+    ),
+    pytest.param("{{ '%*s'|format(3 * 10 ** 9, 'a') }}", "too large", id="format-filter-star"),
+    pytest.param("{{ '{0:{1[0]}}'.format('a', [3 * 10 ** 9]) }}", "too large", id="nested-width-in-a-list"),
+    pytest.param("{{ 'x'.translate({120: 'yy'}) }}", "may not use str.translate", id="translate"),
 ]
 
 

@@ -76,9 +76,32 @@ class _BudgetedCode(CodeGenerator):
 
 
 def _checked_concat(parts: Iterable[Any]) -> str:
-    pieces = [str(part) for part in parts]
+    pieces = [part if type(part) is str else str(_sized_output(part)) for part in parts]
     check_built(sum(len(piece) for piece in pieces), "a joined value")
     return "".join(pieces)
+
+
+def _sized_output(value: Any) -> Any:
+    """A value about to be turned into text (output, joined): a container whose text would pass
+    the limit is refused before str() builds it (`{{ [b] * 1000000 }}` asked for terabytes)."""
+    if type(value) is str or not isinstance(value, list | tuple | dict):
+        return value
+    total, stack, seen = 0, [value], 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if isinstance(item, str):
+            total += len(item) + 4  # quoted, and a separator
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        else:
+            total += 8
+        if total > MAX_BUILT_CHARS or seen > MAX_BUILT_CHARS:
+            check_built(max(total, seen), "a value's text")
+    return value
 
 
 @jinja2.pass_context  # so that Jinja's optimizer cannot run it once at compile time instead
@@ -208,12 +231,25 @@ def _check_format_widths(text: str, args: Any = ()) -> None:
                 check_built(int(number), "a padded value")
     if star:
         _check_int_widths(args if isinstance(args, tuple) else (args,))
+    fields = len(_WIDTH_IN_PERCENT_FORMAT.findall(text))
+    if fields > 1:  # `'%(a)s' * 200000 % {'a': b}`: every field takes a copy of its argument
+        values = args.values() if isinstance(args, Mapping) else args if isinstance(args, tuple) else (args,)
+        longest = max((len(v) for v in values if isinstance(v, str)), default=0)
+        check_built(fields * longest, "a formatted value")
 
 
 def _check_int_widths(values: Iterable[Any]) -> None:
+    """No number among `values`, or one level inside them (`{1[0]}` reaches into a list), is a
+    width past the limit."""
     for value in values:
-        if isinstance(value, int) and not isinstance(value, bool):
-            check_built(abs(value), "a padded value")
+        inner: Iterable[Any] = ()
+        if isinstance(value, Mapping):
+            inner = value.values()
+        elif isinstance(value, list | tuple):
+            inner = value
+        for number in (value, *inner):
+            if isinstance(number, int) and not isinstance(number, bool):
+                check_built(abs(number), "a padded value")
 
 
 def _joined_length(separator: Any, items: Any) -> int:
@@ -238,15 +274,20 @@ def _check_call_size(obj: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any])
     elif name in ("format", "format_map"):
         for width in _WIDTH_IN_BRACE_FORMAT.findall(owner):
             check_built(int(width), "a padded value")
+        mapped = args[0].values() if args and isinstance(args[0], Mapping) else ()
+        values = (*args, *kwargs.values(), *mapped)
+        # `('{0}' * 300000).format(b)`: every field may take a copy of the longest argument.
+        fields = max(owner.count("{") - 2 * owner.count("{{"), 0)
+        longest = max((len(v) for v in values if isinstance(v, str)), default=0)
+        check_built(fields * longest, "a formatted value")
         if _NESTED_BRACE_FIELD.search(owner):
-            mapped = (
-                args[0].values() if name == "format_map" and args and isinstance(args[0], Mapping) else ()
-            )
-            _check_int_widths((*args, *kwargs.values(), *mapped))
+            _check_int_widths(values)
     elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
         check_built(_replaced_length(owner, args[0], args[1]), "a replaced string")
     elif name == "join" and args:
         check_built(_joined_length(owner, args[0]), "a joined string")
+    elif name == "translate":  # one character may become any string: refused
+        raise TemplateError("the chat template may not use str.translate")
 
 
 def _replaced_length(text: str, old: str, new: str) -> int:
@@ -275,8 +316,8 @@ def _int(value: Any, default: int) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
-def _format_size(value: Any, *_args: Any, **_kwargs: Any) -> int:
-    _check_format_widths(str(value))  # `|format` is `%`
+def _format_size(value: Any, *args: Any, **kwargs: Any) -> int:
+    _check_format_widths(str(value), args or kwargs)  # `|format` is `%`, its arguments the widths
     return 0
 
 
@@ -332,7 +373,12 @@ def _raise_exception(message: str) -> NoReturn:
 
 @lru_cache(maxsize=1)
 def _environment() -> _Sandbox:
-    env = _Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, _Generation])
+    env = _Sandbox(
+        trim_blocks=True,
+        lstrip_blocks=True,
+        extensions=[loopcontrols, _Generation],
+        finalize=_sized_output,  # every `{{ value }}`, before its str()
+    )
     env.filters["tojson"] = _tojson
     for name, size in _BOUNDED_FILTERS.items():
         env.filters[name] = _bounded_filter(name, size)
