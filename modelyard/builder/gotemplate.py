@@ -32,6 +32,10 @@ argument indexes and `*` widths in printf, channels. Templates may recurse throu
 
 Every failure is a TemplateError; its message starts `template:LINE:COL:` (1-based, where Go counts
 columns from 0) and says what Go would.
+
+A template comes from strangers: a render runs under a budget (render_limits: time, counted at
+every range iteration, template call and function call; characters output; a function's text
+result sized, before it runs where its arguments allow), and a template's own text is bounded.
 """
 
 from __future__ import annotations
