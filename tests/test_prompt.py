@@ -448,3 +448,22 @@ OLLAMA_VARS = [
 @pytest.mark.parametrize(("text", "expected"), OLLAMA_VARS)
 def test_ollama_vars(text: str, expected: list[str]) -> None:
     assert sorted({name.lower() for name in ollama_template(text).identifiers()}) == expected
+
+
+def test_the_renders_of_one_prompt_share_its_time() -> None:
+    """Cutting a chat to fit renders it a dozen times; found by a red team, each had its own
+    budget: a slow template made one prompt take 22 s. They share one render's time now."""
+    import time as clock
+
+    from modelyard.builder.render_limits import RenderTimedOut, render_timeout
+
+    slow = model(template="{{ range 150000 }}{{ end }}" + DUMP)  # tens of milliseconds a render
+    history = [ChatMessage("user" if i % 2 == 0 else "assistant", f"m{i}") for i in range(2000)]
+    token = render_timeout.set(0.2)
+    try:
+        started = clock.monotonic()
+        with pytest.raises(RenderTimedOut):
+            render_prompt(slow, chat(*history), fits=lambda text, images: False)
+        assert clock.monotonic() - started < 1.0, "bisection's renders took a budget each"
+    finally:
+        render_timeout.reset(token)

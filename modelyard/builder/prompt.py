@@ -31,6 +31,7 @@ pure: the clock comes in as `now`.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -51,7 +52,7 @@ from modelyard.builder.jinja_template import (
     render_chat_template,
     template_variables,
 )
-from modelyard.builder.render_limits import RenderBudget
+from modelyard.builder.render_limits import RenderBudget, prompt_deadline, render_timeout
 from modelyard.errors import TemplateError
 
 DEFAULT_TEMPLATE: Final = "{{ .Prompt }}"
@@ -665,7 +666,18 @@ def render_prompt(model: ModelPrompting, request: PromptRequest, *, fits: Fits |
     """The prompt Ollama would send the model for this request (see the module docstring).
 
     `fits(text, images)` says whether a candidate prompt fits the context; without it nothing is
-    truncated. Template failures raise TemplateError."""
+    truncated. Template failures raise TemplateError. However many times the template renders (a
+    chat cut to fit), they share one render's time (render_limits.prompt_deadline)."""
+    if prompt_deadline.get() is not None:
+        return _render_prompt(model, request, fits)
+    shared = prompt_deadline.set(time.monotonic() + render_timeout.get())
+    try:
+        return _render_prompt(model, request, fits)
+    finally:
+        prompt_deadline.reset(shared)
+
+
+def _render_prompt(model: ModelPrompting, request: PromptRequest, fits: Fits | None) -> Prompt:
     if request.kind == "chat":
         if not request.messages:
             return Prompt("")  # Ollama only loads the model

@@ -43,6 +43,9 @@ class RenderBudget:
         timeout_s = render_timeout.get() if timeout_s is None else timeout_s
         self.timeout_s = timeout_s
         self.deadline = time.monotonic() + timeout_s
+        shared = prompt_deadline.get()
+        if shared is not None:  # one of several renders of one prompt: theirs is the time it has
+            self.deadline = min(self.deadline, shared)
         self.max_chars = max_chars
         self.chars = 0
 
@@ -63,6 +66,9 @@ class RenderBudget:
 current_budget: ContextVar[RenderBudget | None] = ContextVar("current_budget", default=None)
 # The time a new budget gets where its caller does not say: ON_LOOP_TIMEOUT_S on the event loop.
 render_timeout: ContextVar[float] = ContextVar("render_timeout", default=RENDER_TIMEOUT_S)
+# The deadline of the prompt being made, which its renders share (a chat cut to fit its context
+# renders it a dozen times): set by builder.prompt.render_prompt.
+prompt_deadline: ContextVar[float | None] = ContextVar("prompt_deadline", default=None)
 
 
 def check_built(chars: int, what: str = "a value") -> None:
