@@ -72,7 +72,7 @@ class _BudgetedCode(CodeGenerator):
 
     def visit_Template(self, node: nodes.Template, frame: Frame | None = None) -> None:
         super().visit_Template(node, frame)
-        self.writeline("str_join = environment.checked_concat")
+        self.writeline("str_join = environment.concat")
 
 
 def _checked_concat(parts: Iterable[Any]) -> str:
@@ -159,7 +159,6 @@ class _Sandbox(ImmutableSandboxedEnvironment):
 
     intercepted_binops = frozenset({"*", "**", "%", "+"})
     code_generator_class = _BudgetedCode
-    checked_concat = staticmethod(_checked_concat)
     concat = staticmethod(_checked_concat)  # Jinja's is "".join
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # Jinja's signature
@@ -223,7 +222,9 @@ def _check_format_widths(text: str, args: Any = ()) -> None:
     """`'%050000000d' % 1`, `'%*d' % (N, 1)`: a width or precision that pads past MAX_BUILT_CHARS,
     refused before. A `*` width comes from the arguments: then none of them may be that large."""
     star = False
+    fields = 0
     for match in _WIDTH_IN_PERCENT_FORMAT.finditer(text):
+        fields += 1
         for number in match.groups():
             if number == "*":
                 star = True
@@ -231,7 +232,6 @@ def _check_format_widths(text: str, args: Any = ()) -> None:
                 check_built(int(number), "a padded value")
     if star:
         _check_int_widths(args if isinstance(args, tuple) else (args,))
-    fields = len(_WIDTH_IN_PERCENT_FORMAT.findall(text))
     if fields > 1:  # `'%(a)s' * 200000 % {'a': b}`: every field takes a copy of its argument
         values = args.values() if isinstance(args, Mapping) else args if isinstance(args, tuple) else (args,)
         longest = max((len(v) for v in values if isinstance(v, str)), default=0)
@@ -302,9 +302,8 @@ def _bounded_filter(name: str, size: Callable[..., int]) -> Callable[..., Any]:
         check_built(size(*args, **kwargs), f"a value (|{name})")
         return original(*args, **kwargs)
 
-    for attribute in ("jinja_pass_arg",):  # pass_environment / pass_eval_context markers
-        if hasattr(original, attribute):
-            setattr(bounded, attribute, getattr(original, attribute))
+    if hasattr(original, "jinja_pass_arg"):  # its pass_environment / pass_eval_context marker
+        bounded.jinja_pass_arg = original.jinja_pass_arg  # type: ignore[attr-defined]
     return bounded
 
 

@@ -172,20 +172,19 @@ class ApplyBody(BaseModel):
     dry_run: bool = False
 
 
-def _is_openai(request: Request) -> bool:
-    return request.url.path.startswith("/v1/")
-
-
 def _error_response(request: Request, error: HTTPError) -> JSONResponse:
     # The id again here: a 500 is answered outside every middleware of ours (Starlette's outermost).
     headers = {**retry_after_header(error), "x-request-id": request_id.current.get()}
-    if _is_openai(request):
-        body: dict[str, Any] = {
+    return JSONResponse(_error_body(request.url.path, error), status_code=error.status, headers=headers)
+
+
+def _error_body(path: str, error: HTTPError) -> dict[str, Any]:
+    """An error in the shape of the API the path belongs to: OpenAI's object, or Ollama's string."""
+    if path.startswith("/v1/"):
+        return {
             "error": {"message": error.message, "type": error.kind, "param": error.param, "code": error.code}
         }
-    else:
-        body = {"error": error.message}
-    return JSONResponse(body, status_code=error.status, headers=headers)
+    return {"error": error.message}
 
 
 def _endpoint(request: Request) -> str:
@@ -305,9 +304,7 @@ class HostGuard:
             f"host {host.decode('latin-1')!r} is not allowed: this server listens on loopback; "
             "connect to localhost or 127.0.0.1"
         )
-        body: dict[str, Any] = {"error": message}
-        if scope["path"].startswith("/v1/"):
-            body = {"error": {"message": message, "type": "permission_error", "param": None, "code": None}}
+        body = _error_body(scope["path"], HTTPError(403, message, kind="permission_error"))
         await JSONResponse(body, status_code=403)(scope, receive, send)
 
 
@@ -342,9 +339,7 @@ class OriginGuard:
             await self.app(scope, receive, send)
             return
         message = f"origin {origin.decode('latin-1')!r} is not allowed; add it to MODELYARD_ORIGINS"
-        body: dict[str, Any] = {"error": message}
-        if scope["path"].startswith("/v1/"):
-            body = {"error": {"message": message, "type": "permission_error", "param": None, "code": None}}
+        body = _error_body(scope["path"], HTTPError(403, message, kind="permission_error"))
         response = JSONResponse(body, status_code=403)
         await response(scope, receive, send)
 
@@ -441,12 +436,7 @@ class BodyLimit:
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         message = f"request body larger than {self.limit} bytes"
-        error: dict[str, Any] = (
-            {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
-            if scope["path"].startswith("/v1/")
-            else {"error": message}
-        )
-        body = json.dumps(error).encode()
+        body = json.dumps(_error_body(scope["path"], HTTPError(413, message))).encode()
         await send(
             {
                 "type": "http.response.start",

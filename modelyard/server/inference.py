@@ -319,9 +319,9 @@ class Inference:
                 # On the loop: rendering a template is CPU work, which a thread would not run
                 # alongside (the GIL), and the hop there and back costs more than most prompts.
                 rendered = render(ask_runner=False)
-            except RunnerNeeded:  # a long prompt to count, or a context to detokenize: a round trip
-                pass
-            except RenderTimedOut:  # a template slow to render holds up the loop no longer
+            except (RunnerNeeded, RenderTimedOut):
+                # A long prompt to count or a context to detokenize (a round trip to the runner), or
+                # a template slow to render, which holds up the loop no longer: in a thread.
                 pass
             finally:
                 render_timeout.reset(on_loop)  # before the thread, which takes a copy of the context

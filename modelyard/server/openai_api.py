@@ -516,44 +516,55 @@ async def _interleaved(streams: Sequence[AsyncGenerator[Any, None]]) -> AsyncGen
         await asyncio.gather(*pumps, return_exceptions=True)
 
 
-async def _echoing_as_sent(stream: AsyncGenerator[Any, None], prompt: str) -> AsyncGenerator[Any, None]:
-    """`stream` with the echoed prompt's text as the client sent it (the runner's is its tokens'
-    rendering, which may differ: a BOS shown, spaces the tokenizer normalises)."""
+async def _each_event(
+    stream: AsyncGenerator[Any, None], change: Callable[[Any], Any]
+) -> AsyncGenerator[Any, None]:
+    """`stream` with `change` applied to each of its events; closed however it ends."""
     try:
         async for event in stream:
-            echoed = isinstance(event, Token) and event.prompt
-            yield dataclasses.replace(event, text=prompt) if echoed else event
+            yield change(event)
     finally:
         await stream.aclose()  # the generation's own clean-up: cancel, release the lease
 
 
-async def first_call_only(stream: AsyncGenerator[Any, None]) -> AsyncGenerator[Any, None]:
+def _echoing_as_sent(stream: AsyncGenerator[Any, None], prompt: str) -> AsyncGenerator[Any, None]:
+    """`stream` with the echoed prompt's text as the client sent it (the runner's is its tokens'
+    rendering, which may differ: a BOS shown, spaces the tokenizer normalises)."""
+
+    def as_sent(event: Any) -> Any:
+        echoed = isinstance(event, Token) and event.prompt
+        return dataclasses.replace(event, text=prompt) if echoed else event
+
+    return _each_event(stream, as_sent)
+
+
+def first_call_only(stream: AsyncGenerator[Any, None]) -> AsyncGenerator[Any, None]:
     """`stream` with one tool call at most (OpenAI's parallel_tool_calls false): the first the model
     made; the others dropped."""
-    try:
-        async for event in stream:
-            if isinstance(event, Finished) and len(event.tool_calls) > 1:
-                event = dataclasses.replace(event, tool_calls=event.tool_calls[:1])
-            yield event
-    finally:
-        await stream.aclose()
+
+    def first(event: Any) -> Any:
+        if isinstance(event, Finished) and len(event.tool_calls) > 1:
+            return dataclasses.replace(event, tool_calls=event.tool_calls[:1])
+        return event
+
+    return _each_event(stream, first)
 
 
-async def _offsets_after(stream: AsyncGenerator[Any, None], prompt: str) -> AsyncGenerator[Any, None]:
+def _offsets_after(stream: AsyncGenerator[Any, None], prompt: str) -> AsyncGenerator[Any, None]:
     """`stream` with its tokens' text offsets counted from the start of the prompt, which the answer
     follows: OpenAI's `text_offset` without echo (llama-cpp-python's server counts so too). A
     prompt sent as token ids has no text of the client's to count: its answer's offsets start at 0."""
-    try:
-        async for event in stream:
-            if isinstance(event, Token) and event.logprobs:
-                shifted = tuple(
-                    {**entry, "offset": len(prompt) + int(entry["offset"])} if "offset" in entry else entry
-                    for entry in event.logprobs
-                )
-                event = dataclasses.replace(event, logprobs=shifted)
-            yield event
-    finally:
-        await stream.aclose()
+
+    def shifted(event: Any) -> Any:
+        if not (isinstance(event, Token) and event.logprobs):
+            return event
+        entries = tuple(
+            {**entry, "offset": len(prompt) + int(entry["offset"])} if "offset" in entry else entry
+            for entry in event.logprobs
+        )
+        return dataclasses.replace(event, logprobs=entries)
+
+    return _each_event(stream, shifted)
 
 
 # The log-prob entries of a generation's events, each with where its text is measured from: 0 for

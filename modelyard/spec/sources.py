@@ -17,7 +17,6 @@ arguments, which any local user reads with `ps`; nowhere else. Every URL shown (
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import re
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelyard.errors import SpecSourceError
+from modelyard.registry.credentials import Credentials
 from modelyard.spec.reconciler import SpecSnapshot
 from modelyard.spec.schema import SpecDocument, read_documents
 
@@ -101,8 +101,8 @@ def credentials_apart(url: str, environ: Mapping[str, str] | None = None) -> tup
         return url, {}
     userinfo, _, host = parts.netloc.rpartition("@")
     user, _, password = userinfo.partition(":")
-    pair = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
-    header = "Authorization: Basic " + base64.b64encode(pair.encode()).decode()
+    login = Credentials(urllib.parse.unquote(user), urllib.parse.unquote(password))
+    header = f"Authorization: {login.basic()}"
     given = (environ or {}).get("GIT_CONFIG_COUNT", "0")
     n = int(given) if given.isdigit() else 0
     env = {
