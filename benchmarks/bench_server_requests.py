@@ -11,7 +11,8 @@ Two servers run side by side on the same GGUF: this tree's, and a baseline: with
 one in another checkout (`git worktree add /tmp/base REV`); with --without, this tree's (or that
 checkout's) as if the named packages were not installed (an installed package is a change as
 much as a commit is). Bursts alternate between them; per round, the CPU seconds of each server
-process (not its runner) over its bursts, divided by its requests.
+process (not its runner; with its template worker processes, which render its prompts) over its
+bursts, divided by its requests.
 
     python benchmarks/bench_server_requests.py [--baseline CHECKOUT] [--without uvloop,httptools]
                                                [--rounds 5] [--bursts 20] [--streams 8] [--images 0]
@@ -138,6 +139,18 @@ def one_request(client: httpx.Client, url: str, tokens: int) -> float:
     return first
 
 
+def server_cpu(pid: int) -> float:
+    """CPU seconds of the server process and of its template workers (their renders are its work),
+    not of its runners."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(child) for child in (task / "children").read_text().split()]
+    workers = [
+        child for child in children if b"template_worker_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]
+    return process_cpu(pid) + sum(map(process_cpu, workers))
+
+
 def burst(one: Callable[[], float], streams: int) -> list[float]:
     results = [0.0] * streams
 
@@ -214,11 +227,11 @@ def main() -> None:
         for round_ in range(args.rounds):
             for name in names if round_ % 2 == 0 else names[::-1]:
                 pid, url = servers[name]
-                before = process_cpu(pid)
+                before = server_cpu(pid)
                 firsts: list[float] = []
                 for _ in range(args.bursts):
                     firsts += client.burst(url, args.tokens, args.streams)
-                cpu = process_cpu(pid) - before
+                cpu = server_cpu(pid) - before
                 results[name].append((cpu / (args.bursts * args.streams), statistics.median(firsts)))
             print(f"round {round_ + 1} done", file=sys.stderr)
     finally:

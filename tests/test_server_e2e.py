@@ -1583,6 +1583,59 @@ def test_a_slow_template_is_rendered_off_the_event_loop_and_a_runaway_one_is_sto
         client.delete("runaway")
 
 
+def test_a_template_that_would_take_the_server_down_fails_alone(
+    server: ServeProcess, client: ollama.Client, http: httpx.Client
+) -> None:
+    """A request's own template (Ollama's `template`) that holds a hundred values of 8 Mi
+    characters at once (1.6 GB, each within the engines' limits), and one whose single |wordwrap
+    call runs for seconds: rendered in a worker process, the first fails on the worker's memory
+    limit and the second is killed at its time, while the server's memory stays where it was and
+    it answers others throughout."""
+    import threading
+
+    def server_rss_kib() -> int:
+        status = Path(f"/proc/{server.process.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+
+    many_values = (
+        '{% set x = "\u20ac" * 1000000 %}{% set y = x ~ x ~ x ~ x ~ x ~ x ~ x ~ x %}'
+        + "".join(f"{{% set a{i} = y ~ {i} %}}" for i in range(100))
+        + "{{ a1|length }}"
+    )
+    long_call = '{% set x = "x" * 1000000 %}{% set y = x ~ x ~ x ~ x ~ x ~ x ~ x ~ x %}{{ y|wordwrap(1) }}'
+    client.generate(GEMMA, "", keep_alive="1m")  # loaded: what follows times only the render
+    peak_before = server_rss_kib()
+    with pytest.raises(ollama.ResponseError) as memory:
+        client.generate(GEMMA, "Hi", template=many_values, options=GREEDY)
+    assert memory.value.status_code == 400, memory.value.error
+    assert "too large" in memory.value.error or "memory" in memory.value.error, memory.value.error
+    grown = server_rss_kib() - peak_before
+    assert grown < 100 * 1024, f"the server grew by {grown // 1024} MiB"
+
+    failures: list[ollama.ResponseError] = []
+
+    def long_render() -> None:
+        try:
+            client.generate(GEMMA, "Hi", template=long_call, options=GREEDY)
+        except ollama.ResponseError as exc:
+            failures.append(exc)
+
+    worker = threading.Thread(target=long_render)
+    started = time.monotonic()
+    worker.start()
+    waits = []
+    while worker.is_alive():
+        asked = time.monotonic()
+        assert http.get("/health").status_code == 200
+        waits.append(time.monotonic() - asked)
+        time.sleep(0.01)
+    took = time.monotonic() - started
+    assert failures and failures[0].status_code == 400 and "longer than 2 s" in failures[0].error
+    assert took < 3.5, f"{took:.1f} s: the render was not stopped at its time"
+    assert max(waits) < 0.4, f"the loop was held: {max(waits):.2f} s"
+    assert client.generate(GEMMA, "Hi", options={**GREEDY, "num_predict": 2}).done
+
+
 def test_a_template_that_reads_the_suffix_gives_the_insert_capability(client: ollama.Client) -> None:
     """Ollama's "insert" (fill in the middle), which editors check before sending a suffix; a
     template that only mentions the word "tools" in its text does not take tools."""

@@ -25,7 +25,8 @@ ThinkLevel, IsThinkSet). A template without `.Messages` is "legacy": it runs onc
 Not done here: Ollama's model-specific renderers and `<think>` filtering for some model families.
 The deprecated `context` of generate only drops the MESSAGE layers here (as Ollama does); its text,
 which needs the model's vocabulary, goes before the prompt in runtime/prompting.py. Everything is
-pure: the clock comes in as `now`.
+pure: the clock comes in as `now`. Each execution of a template is a `RenderJob` of plain values,
+which `render_prompt`'s caller may have run elsewhere (the server: in a worker process).
 """
 
 from __future__ import annotations
@@ -520,6 +521,40 @@ def render_jinja(
     return rendered
 
 
+# --- one render, as plain data ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    """One execution of a template: the template and everything it reads, as plain values, so that
+    another process may run it (runtime/template_workers.py runs each in a worker process whose
+    memory and time are bounded). `values.prompt` and `values.suffix` set: fill in the middle (Go)."""
+
+    kind: TemplateKind
+    text: str
+    values: TemplateValues
+    bos_token: str = ""
+    eos_token: str = ""
+    tokenizer_adds_bos: bool = False
+
+
+def run_render_job(job: RenderJob) -> str:
+    """Run one render here, in this process, under the render's budget (render_limits)."""
+    values = job.values
+    if job.kind == "jinja":
+        tokens = ModelPrompting(
+            bos_token=job.bos_token, eos_token=job.eos_token, tokenizer_adds_bos=job.tokenizer_adds_bos
+        )
+        return render_jinja(
+            job.text, values.messages, tokens, tools=values.tools, think=values.think, now=values.now
+        )
+    return execute_ollama(ollama_template(job.text), values)
+
+
+# What runs a RenderJob: run_render_job, or a worker process that does.
+Render = Callable[[RenderJob], str]
+
+
 # --- the entry point -------------------------------------------------------------------------------------
 
 
@@ -530,6 +565,13 @@ class _Renderer:
     kind: TemplateKind
     text: str
     model: ModelPrompting
+    run: Render
+
+    def job(self, values: TemplateValues) -> RenderJob:
+        model = self.model
+        return RenderJob(
+            self.kind, self.text, values, model.bos_token, model.eos_token, model.tokenizer_adds_bos
+        )
 
     def render(
         self,
@@ -537,24 +579,20 @@ class _Renderer:
         tools: Sequence[Mapping[str, Any]] | None,
         request: PromptRequest,
     ) -> str:
-        if self.kind == "jinja":
-            return render_jinja(
-                self.text, messages, self.model, tools=tools, think=request.think, now=request.now
-            )
         values = TemplateValues(
             tuple(messages), None if tools is None else tuple(tools), think=request.think, now=request.now
         )
-        return execute_ollama(ollama_template(self.text), values)
+        return self.run(self.job(values))
 
 
-def _renderer(model: ModelPrompting, override: str = "") -> _Renderer:
+def _renderer(model: ModelPrompting, override: str = "", run: Render = run_render_job) -> _Renderer:
     if override:
-        return _Renderer(template_kind(override), override, model)
+        return _Renderer(template_kind(override), override, model, run)
     if model.template is not None:
-        return _Renderer(template_kind(model.template), model.template, model)
+        return _Renderer(template_kind(model.template), model.template, model, run)
     if model.chat_template:
-        return _Renderer("jinja", model.chat_template, model)
-    return _Renderer("go", DEFAULT_TEMPLATE, model)
+        return _Renderer("jinja", model.chat_template, model, run)
+    return _Renderer("go", DEFAULT_TEMPLATE, model, run)
 
 
 def chat_template_text(model: ModelPrompting) -> str:
@@ -662,40 +700,49 @@ def _chat_prompt(
     return Prompt(text, images, start - len(system) if start else 0)
 
 
-def render_prompt(model: ModelPrompting, request: PromptRequest, *, fits: Fits | None = None) -> Prompt:
+def render_prompt(
+    model: ModelPrompting,
+    request: PromptRequest,
+    *,
+    fits: Fits | None = None,
+    render: Render = run_render_job,
+) -> Prompt:
     """The prompt Ollama would send the model for this request (see the module docstring).
 
     `fits(text, images)` says whether a candidate prompt fits the context; without it nothing is
-    truncated. Template failures raise TemplateError. However many times the template renders (a
+    truncated. `render` runs each execution of the template (here, by default; the server's worker
+    processes). Template failures raise TemplateError. However many times the template renders (a
     chat cut to fit), they share one render's time (render_limits.prompt_deadline)."""
     if prompt_deadline.get() is not None:
-        return _render_prompt(model, request, fits)
+        return _render_prompt(model, request, fits, render)
     shared = prompt_deadline.set(time.monotonic() + render_timeout.get())
     try:
-        return _render_prompt(model, request, fits)
+        return _render_prompt(model, request, fits, render)
     finally:
         prompt_deadline.reset(shared)
 
 
-def _render_prompt(model: ModelPrompting, request: PromptRequest, fits: Fits | None) -> Prompt:
+def _render_prompt(
+    model: ModelPrompting, request: PromptRequest, fits: Fits | None, render: Render
+) -> Prompt:
     if request.kind == "chat":
         if not request.messages:
             return Prompt("")  # Ollama only loads the model
         messages = [*model.messages, *request.messages]
         if request.messages[0].role != "system" and model.system:
             messages.insert(0, ChatMessage("system", model.system))
-        return _chat_prompt(_renderer(model), messages, request.tools, request, fits)
+        return _chat_prompt(_renderer(model, run=render), messages, request.tools, request, fits)
 
     if request.raw:
         return Prompt(request.prompt, request.images)
-    renderer = _renderer(model, request.template)
+    renderer = _renderer(model, request.template, render)
     if request.suffix:
         if not _reads_suffix(renderer):  # a request's template that does not parse says why
             raise TemplateError("this model's template does not support insert (it has no .Suffix)")
         values = TemplateValues(
             prompt=request.prompt, suffix=request.suffix, think=request.think, now=request.now
         )
-        return Prompt(execute_ollama(ollama_template(renderer.text), values), request.images)
+        return Prompt(render(renderer.job(values)), request.images)
     generate: list[ChatMessage] = []
     system = request.system or model.system
     if system:

@@ -7,9 +7,10 @@ memory: a `range` over ten billion, nested loops, a value padded to gigabytes. L
 templates render in milliseconds; a render over budget fails with a TemplateError.
 
 Both engines count loop iterations (`step`, which reads the clock) and the characters they emit
-(`wrote`). What this does not bound: memory held by several values at once, each under the limit,
-and the work of one Python call on a large value; a worker process with an address-space limit
-would (not done yet).
+(`wrote`). What that cannot bound: memory held by several values at once, each under the limit,
+and the work of one Python call on a large value (`|wordwrap` on 8 Mi characters: seconds). The
+server therefore renders in worker processes (runtime/template_workers.py) whose address space is
+limited to MAX_RENDER_MEMORY_BYTES and which are killed KILL_GRACE_S past their render's time.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ MAX_NESTING: Final = 100  # of a value a template keeps (a namespace's): deeper,
 # One value a template builds at once (a padded string, a join, a captured block): refused before
 # it is built when larger, where it can be sized. Enough for a long context joined whole.
 MAX_BUILT_CHARS: Final = 8 * 1024 * 1024
+# A template worker process's address space, the interpreter's (about 35 MiB) included: a prompt at
+# the largest (16 Mi characters, 4 bytes each at worst) and the request it came from fit many times.
+MAX_RENDER_MEMORY_BYTES: Final = 1024 * 1024 * 1024
+# How long past its render's time a worker may take to answer before it is killed: one step of a
+# render can be one long Python call, which no clock check interrupts.
+KILL_GRACE_S: Final = 0.1
 
 
 class RenderTimedOut(TemplateError):

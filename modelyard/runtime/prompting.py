@@ -12,7 +12,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from modelyard.builder.prompt import ChatMessage, ModelPrompting, Prompt, PromptRequest, render_prompt
+from modelyard.builder.prompt import (
+    ChatMessage,
+    ModelPrompting,
+    Prompt,
+    PromptRequest,
+    Render,
+    render_prompt,
+    run_render_job,
+)
 from modelyard.runtime.options import SamplingOptions
 from modelyard.runtime.protocol import CompletionRequest, RunnerInfo
 from modelyard.runtime.runner import Runner
@@ -60,18 +68,20 @@ def prepare(
     echo: bool = False,
     logit_bias: Sequence[tuple[int, float]] = (),
     ask_runner: bool = True,
+    render: Render = run_render_job,
 ) -> RenderedRequest:
     """Render the prompt for `runner`'s model, fitting the conversation into one slot's context.
     `top_logprobs` > 0: the tokens come with their log-probabilities and that many candidates.
     `tokens`: the prompt as token ids, which no template touches (`request` must be raw).
     `echo`: the runner sends the prompt back first (CompletionRequest.echo). `ask_runner` False:
     raise RunnerNeeded rather than wait for the runner (to count a long prompt's tokens, or to
-    detokenize a context), so that a caller on an event loop can go to a thread only then."""
+    detokenize a context), so that a caller on an event loop can go to a thread only then.
+    `render` runs the template (builder.prompt.Render: here, or in a worker process)."""
     if tokens:
         assert request.raw, "a prompt of token ids takes no template"
         text, dropped = "", 0
     else:
-        text, dropped = _rendered(runner, prompting, request, truncate, ask_runner)
+        text, dropped = _rendered(runner, prompting, request, truncate, ask_runner, render)
     completion = CompletionRequest(
         text,
         sampling,
@@ -87,7 +97,12 @@ def prepare(
 
 
 def _rendered(
-    runner: Runner, prompting: ModelPrompting, request: PromptRequest, truncate: bool, ask_runner: bool
+    runner: Runner,
+    prompting: ModelPrompting,
+    request: PromptRequest,
+    truncate: bool,
+    ask_runner: bool,
+    render: Render,
 ) -> tuple[str, int]:
     """The prompt's text, and how many old messages were left out so that it fits."""
     assert runner.info is not None
@@ -112,7 +127,7 @@ def _rendered(
         return len(runner.tokenize(text, add_special=True)) < limit
 
     prompt: Prompt = render_prompt(
-        with_tokens(prompting, runner.info), request, fits=fits if truncate else None
+        with_tokens(prompting, runner.info), request, fits=fits if truncate else None, render=render
     )
     text = prompt.text
     if request.context and not request.raw:  # Ollama's deprecated context: its text, then the prompt

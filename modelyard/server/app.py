@@ -50,6 +50,7 @@ def create_app(state: ServerState, bind_host: str | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         state.scheduler.start()
+        state.templates.start()
         stop = asyncio.Event()
         reconciling = None
         if state.daemon is not None:
@@ -65,6 +66,7 @@ def create_app(state: ServerState, bind_host: str | None = None) -> FastAPI:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(reconciling, timeout=10)
             await state.scheduler.close()
+            state.templates.close()
 
     app = FastAPI(
         title="modelyard",

@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from modelyard.builder.prompt import PromptRequest, ToolCall
+from modelyard.builder.prompt import PromptRequest, Render, ToolCall, run_render_job
 from modelyard.builder.render_limits import ON_LOOP_TIMEOUT_S, RenderTimedOut, render_timeout
 from modelyard.errors import ImageNotFoundError, InferenceRequestError, ServerBusyError
 from modelyard.reference import Reference, parse_reference
@@ -91,8 +91,11 @@ class Inference:
         metrics: Metrics,
         default_keep_alive: float,
         spec_targets: SpecTargets | None = None,
+        render: Render = run_render_job,
     ) -> None:
+        """`render` runs each render of a template (the server's: TemplateWorkers.render)."""
         self.store = store
+        self.render = render
         self.scheduler = scheduler
         self.metrics = metrics
         self.default_keep_alive = default_keep_alive
@@ -299,7 +302,7 @@ class Inference:
         finished = False
         self._generating.add(events)
         try:
-            render = functools.partial(
+            prepare_request = functools.partial(
                 prepare,
                 runner,
                 servable.prompting,
@@ -312,13 +315,14 @@ class Inference:
                 tokens=tokens,
                 echo=echo,
                 logit_bias=logit_bias,
+                render=self.render,
             )
             rendered = None
             on_loop = render_timeout.set(ON_LOOP_TIMEOUT_S)
             try:
-                # On the loop: rendering a template is CPU work, which a thread would not run
-                # alongside (the GIL), and the hop there and back costs more than most prompts.
-                rendered = render(ask_runner=False)
+                # On the loop: a render takes a fraction of a millisecond (the loop waits for a
+                # worker process's answer), less than the hop to a thread and back.
+                rendered = prepare_request(ask_runner=False)
             except (RunnerNeeded, RenderTimedOut):
                 # A long prompt to count or a context to detokenize (a round trip to the runner), or
                 # a template slow to render, which holds up the loop no longer: in a thread.
@@ -326,7 +330,7 @@ class Inference:
             finally:
                 render_timeout.reset(on_loop)  # before the thread, which takes a copy of the context
             if rendered is None:
-                rendered = await asyncio.to_thread(render)  # under the full budget
+                rendered = await asyncio.to_thread(prepare_request)  # under the full budget
 
             post = self._poster(loop)
 

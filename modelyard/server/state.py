@@ -30,6 +30,7 @@ from modelyard.registry import RegistryOptions
 from modelyard.runtime.keepalive import DEFAULT_KEEP_ALIVE_S, parse_keep_alive
 from modelyard.runtime.scheduler import Scheduler
 from modelyard.runtime.servable import Servable
+from modelyard.runtime.template_workers import TemplateWorkers
 from modelyard.server import request_id
 from modelyard.server.http_errors import HTTPError, classify
 from modelyard.server.inference import Inference
@@ -52,7 +53,9 @@ class ServerState:
             if settings.keep_alive
             else DEFAULT_KEEP_ALIVE_S
         )
-        self.inference = Inference(store, scheduler, self.metrics, keep_alive)
+        # Templates come from strangers: rendered in worker processes bounded in memory and time.
+        self.templates = TemplateWorkers()
+        self.inference = Inference(store, scheduler, self.metrics, keep_alive, render=self.templates.render)
         self.started = time.time()
         self.daemon: SpecDaemon | None = None  # the reconciler, keeping a ModelSet spec in force
         self.spec_source: str | None = None  # `serve --spec X`: the spec comes from X, not /api/apply

@@ -1,0 +1,212 @@
+"""Template renders in worker processes (runtime/template_workers.py): the same prompts as rendering
+here, and what rendering here cannot do: a render that needs too much memory fails alone, one long
+Python call is killed at its time, and the pool replaces what it lost. Real worker processes."""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+
+import pytest
+from template_corpus import CALL, CHATML, GEMMA3_JINJA, QWEN25_JINJA, RESULT, WEATHER_QUESTION, WEATHER_TOOL
+
+from modelyard.builder.prompt import ChatMessage, ModelPrompting, PromptRequest, render_prompt
+from modelyard.builder.render_limits import RenderTimedOut, render_timeout
+from modelyard.errors import TemplateError
+from modelyard.runtime.template_workers import TemplateWorkers
+
+NOW = datetime(2024, 5, 1, 9, 0)
+HI = PromptRequest.chat([ChatMessage("user", "hi")], now=NOW)
+# One Python call that runs for seconds on a value within every size limit: no clock is read in it.
+LONG_CALL = '{% set x = "x" * 1000000 %}{% set y = x ~ x ~ x ~ x ~ x ~ x ~ x ~ x %}{{ y|wordwrap(1)|length }}'
+# A hundred values of 8 Mi characters, 2 bytes each, held at once: 1.6 GB, each under the limits.
+MANY_VALUES = (
+    '{% set x = "\u20ac" * 1000000 %}{% set y = x ~ x ~ x ~ x ~ x ~ x ~ x ~ x %}'
+    + "".join(f"{{% set a{i} = y ~ {i} %}}" for i in range(100))
+    + "{{ a1|length }}"
+)
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[TemplateWorkers]:
+    workers = TemplateWorkers(memory_bytes=512 * 1024 * 1024)
+    workers.start()
+    yield workers
+    workers.close()
+
+
+def wait_for_workers(workers: TemplateWorkers) -> list[int]:
+    """The pool's workers' ids, once every one it should have has started."""
+    deadline = time.monotonic() + 10
+    while len(workers.pids()) < workers.size and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return workers.pids()
+
+
+def jinja(text: str) -> ModelPrompting:
+    return ModelPrompting(chat_template=text, bos_token="<bos>", eos_token="<eos>", tokenizer_adds_bos=True)
+
+
+SAME_AS_HERE = [
+    pytest.param(jinja(GEMMA3_JINJA), HI, id="gemma3-jinja"),
+    pytest.param(
+        jinja(QWEN25_JINJA),
+        PromptRequest.chat([WEATHER_QUESTION, CALL, RESULT], tools=[WEATHER_TOOL], now=NOW),
+        id="qwen-tools",
+    ),
+    pytest.param(ModelPrompting(template=CHATML, system="Be brief."), HI, id="chatml-go-system"),
+    pytest.param(
+        ModelPrompting(template="{{ .System }}|{{ .Prompt }}|{{ .Response }}"),
+        PromptRequest.chat(
+            [ChatMessage("user", "a"), ChatMessage("assistant", "b"), ChatMessage("user", "c")]
+        ),
+        id="go-legacy-turns",
+    ),
+    pytest.param(
+        ModelPrompting(template="{{ if .Suffix }}<PRE>{{ .Prompt }}<SUF>{{ .Suffix }}<MID>{{ end }}"),
+        PromptRequest.generate("def f():", suffix="return 1"),
+        id="go-suffix",
+    ),
+    pytest.param(
+        ModelPrompting(), PromptRequest.generate("x", template="{{ .Prompt }}!"), id="request-template"
+    ),
+    pytest.param(
+        ModelPrompting(template="{{ range .Messages }}{{ .Content }}{{ end }}"),
+        PromptRequest.chat([ChatMessage("user", "a lone surrogate: \ud800, an emoji: \U0001f600")]),
+        id="surrogate",
+    ),
+]
+
+
+@pytest.mark.parametrize(("model", "request_"), SAME_AS_HERE)
+def test_a_worker_renders_what_rendering_here_does(
+    pool: TemplateWorkers, model: ModelPrompting, request_: PromptRequest
+) -> None:
+    assert render_prompt(model, request_, render=pool.render) == render_prompt(model, request_)
+
+
+def test_a_cut_conversation_is_cut_as_here(pool: TemplateWorkers) -> None:
+    history = [ChatMessage("user" if i % 2 == 0 else "assistant", f"message {i} " * 10) for i in range(40)]
+    model = ModelPrompting(template=CHATML)
+
+    def fits(text: str, _images: int) -> bool:
+        return len(text) < 2000
+
+    here = render_prompt(model, PromptRequest.chat(history), fits=fits)
+    there = render_prompt(model, PromptRequest.chat(history), fits=fits, render=pool.render)
+    assert there == here and here.dropped > 0
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (ModelPrompting(template="{{ index .Messages 5 }}"), "out of range"),
+        (jinja("{{ raise_exception('no system messages here') }}"), "no system messages here"),
+        (jinja("{{ ().__class__ }}"), "unsafe"),
+    ],
+)
+def test_a_template_error_comes_back_as_a_template_error(
+    pool: TemplateWorkers, model: ModelPrompting, message: str
+) -> None:
+    with pytest.raises(TemplateError) as here:
+        render_prompt(model, HI)
+    with pytest.raises(TemplateError) as there:
+        render_prompt(model, HI, render=pool.render)
+    assert message in str(there.value).lower() or message in str(there.value)
+    assert str(there.value) == str(here.value)
+
+
+def test_a_long_python_call_is_stopped_at_its_time(pool: TemplateWorkers) -> None:
+    """In this process |wordwrap runs its seconds to the end, past the budget; a worker is killed."""
+    token = render_timeout.set(0.3)
+    try:
+        started = time.monotonic()
+        with pytest.raises(RenderTimedOut, match=r"longer than 0\.3 s"):
+            render_prompt(jinja(LONG_CALL), HI, render=pool.render)
+        took = time.monotonic() - started
+    finally:
+        render_timeout.reset(token)
+    assert took < 0.3 + 0.1 + 0.3, f"{took:.2f} s"  # its time, the grace, and a slow machine's slack
+    assert render_prompt(jinja("{{ messages[0].content }}"), HI, render=pool.render).text == "hi"
+
+
+def test_a_render_that_needs_too_much_memory_fails_alone(pool: TemplateWorkers) -> None:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(TemplateError, match=r"too large|memory"):
+        render_prompt(jinja(MANY_VALUES), HI, render=pool.render)
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 100 * 1024, f"this process grew by {grown_kib // 1024} MiB"
+    assert render_prompt(jinja("{{ messages[0].content }}"), HI, render=pool.render).text == "hi"
+
+
+def test_a_worker_that_died_is_replaced(pool: TemplateWorkers) -> None:
+    for pid in wait_for_workers(pool):
+        os.kill(pid, 9)
+    time.sleep(0.1)
+    # The next render may draw a dead one (an error, which names the exit) or a new one; soon all new.
+    answers = []
+    for _ in range(pool.size + 3):
+        try:
+            answers.append(render_prompt(jinja("{{ messages[0].content }}"), HI, render=pool.render).text)
+        except TemplateError as exc:
+            assert "signal 9" in str(exc)
+    assert answers[-1] == "hi"
+
+
+def test_a_worker_left_holding_memory_retires() -> None:
+    workers = TemplateWorkers(size=1, retire_rss_bytes=1)  # every render leaves "too much"
+    workers.start()
+    try:
+        seen = set()
+        for _ in range(3):
+            seen.update(wait_for_workers(workers))
+            assert render_prompt(jinja("{{ messages[0].content }}"), HI, render=workers.render).text == "hi"
+        assert len(seen) == 3, seen  # each render had a fresh worker
+    finally:
+        workers.close()
+
+
+def test_renders_from_many_threads_share_the_workers(pool: TemplateWorkers) -> None:
+    results: dict[int, str] = {}
+
+    def render(i: int) -> None:
+        request = PromptRequest.chat([ChatMessage("user", f"question {i}")])
+        results[i] = render_prompt(jinja("{{ messages[0].content }}"), request, render=pool.render).text
+
+    threads = [threading.Thread(target=render, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {i: f"question {i}" for i in range(16)}
+
+
+def test_closing_the_pool_ends_its_workers() -> None:
+    workers = TemplateWorkers(size=2)
+    assert render_prompt(jinja("{{ messages[0].content }}"), HI, render=workers.render).text == "hi"
+    pids = workers.pids()
+    assert pids
+    workers.close()
+    for pid in pids:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reaped: no such child left
+    with pytest.raises(TemplateError, match="shutting down"):
+        render_prompt(jinja("{{ messages[0].content }}"), HI, render=workers.render)
+
+
+def test_workers_that_cannot_start_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broken installation (here: an interpreter that exits at once) is the server's fault, not the
+    template's: a RuntimeError (a 500, logged) that says why, not a wait and a template error."""
+    monkeypatch.setattr("sys.executable", "/bin/false")
+    workers = TemplateWorkers(size=1)
+    try:
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match=r"no template worker could be started: .*status 1"):
+            render_prompt(jinja("{{ messages[0].content }}"), HI, render=workers.render)
+        assert time.monotonic() - started < 1.5
+    finally:
+        workers.close()
