@@ -25,9 +25,11 @@ from modelyard.builder.prompt import (
     ModelPrompting,
     Prompt,
     PromptRequest,
+    RenderJob,
     ToolCall,
     ollama_template,
     render_prompt,
+    run_render_job,
     template_kind,
 )
 from modelyard.errors import TemplateError
@@ -467,3 +469,36 @@ def test_the_renders_of_one_prompt_share_its_time() -> None:
         assert clock.monotonic() - started < 1.0, "bisection's renders took a budget each"
     finally:
         render_timeout.reset(token)
+
+
+@pytest.mark.parametrize(
+    ("prompting", "request_", "kind"),
+    [
+        (ModelPrompting(), PromptRequest.generate("x", template="{{ .Prompt }}"), None),
+        (ModelPrompting(template="{{ .Prompt }}"), PromptRequest.generate("x"), None),
+        (model(template="{{ .Prompt }}{{ .Suffix }}"), PromptRequest.generate("x", suffix="y"), None),
+        (ModelPrompting(chat_template=GEMMA3_JINJA), chat(HI), "jinja"),
+        (ModelPrompting(), PromptRequest.generate("x"), "go"),
+    ],
+)
+def test_a_strangers_template_is_parsed_where_it_runs(
+    prompting: ModelPrompting, request_: PromptRequest, kind: str | None
+) -> None:
+    """An image's TEMPLATE and a request's `template` reach the renderer unparsed (their language
+    found there, in a worker process in the server: parsing 256 KiB takes half a second); a GGUF's
+    chat template is Jinja, Ollama's default Go."""
+    jobs: list[RenderJob] = []
+
+    def recording(job: RenderJob) -> str:
+        jobs.append(job)
+        return run_render_job(job)
+
+    render_prompt(prompting, request_, render=recording)
+    assert [job.kind for job in jobs] == [kind]
+
+
+def test_a_suffix_needs_a_template_that_reads_it() -> None:
+    with pytest.raises(TemplateError, match=r"does not support insert"):
+        render_prompt(ModelPrompting(template="{{ .Prompt }}"), PromptRequest.generate("x", suffix="y"))
+    with pytest.raises(TemplateError, match=r"unexpected|function"):  # the parser's own words
+        render_prompt(ModelPrompting(), PromptRequest.generate("x", suffix="y", template="{{ nope }}"))

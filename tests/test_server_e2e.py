@@ -1587,7 +1587,7 @@ def test_a_template_that_would_take_the_server_down_fails_alone(
     server: ServeProcess, client: ollama.Client, http: httpx.Client
 ) -> None:
     """A request's own template (Ollama's `template`) that holds a hundred values of 8 Mi
-    characters at once (1.6 GB, each within the engines' limits), and one whose single |wordwrap
+    characters at once (3.2 GB, each within the engines' limits), and one whose single |wordwrap
     call runs for seconds: rendered in a worker process, the first fails on the worker's memory
     limit and the second is killed at its time, while the server's memory stays where it was and
     it answers others throughout."""
@@ -1598,7 +1598,7 @@ def test_a_template_that_would_take_the_server_down_fails_alone(
         return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
 
     many_values = (
-        '{% set x = "\u20ac" * 1000000 %}{% set y = x ~ x ~ x ~ x ~ x ~ x ~ x ~ x %}'
+        '{% set x = "\U0001f600" * 1000000 %}{% set y = x ~ x ~ x ~ x ~ x ~ x ~ x ~ x %}'
         + "".join(f"{{% set a{i} = y ~ {i} %}}" for i in range(100))
         + "{{ a1|length }}"
     )

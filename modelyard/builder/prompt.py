@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Final, Literal
 
 from modelyard.builder.gotemplate import (
@@ -181,6 +182,7 @@ _JINJA_VARIABLES = re.compile(
 )
 
 
+@lru_cache(maxsize=64)  # a prompt asks it of its image's template at every render
 def template_kind(text: str) -> TemplateKind:
     """ "go" for a Go text/template (Ollama's TEMPLATE), "jinja" for a Jinja chat template.
 
@@ -528,9 +530,10 @@ def render_jinja(
 class RenderJob:
     """One execution of a template: the template and everything it reads, as plain values, so that
     another process may run it (runtime/template_workers.py runs each in a worker process whose
-    memory and time are bounded). `values.prompt` and `values.suffix` set: fill in the middle (Go)."""
+    memory and time are bounded). `kind` None: the template's language is found where it runs (a
+    stranger's template is parsed there, not here). `values.suffix` set: fill in the middle (Go)."""
 
-    kind: TemplateKind
+    kind: TemplateKind | None
     text: str
     values: TemplateValues
     bos_token: str = ""
@@ -539,16 +542,36 @@ class RenderJob:
 
 
 def run_render_job(job: RenderJob) -> str:
-    """Run one render here, in this process, under the render's budget (render_limits)."""
+    """Run one render here, in this process, under the render's budget (render_limits). A lone
+    surrogate (JSON's "\\ud800", which Python's decoder keeps) comes out as U+FFFD, as Go's decoder
+    makes it on Ollama's way in: a prompt is UTF-8 from here on."""
     values = job.values
-    if job.kind == "jinja":
+    kind = job.kind or template_kind(job.text)
+    if values.suffix and not _reads_suffix(kind, job.text):  # a template that does not parse says why
+        raise TemplateError("this model's template does not support insert (it has no .Suffix)")
+    if kind == "jinja":
         tokens = ModelPrompting(
             bos_token=job.bos_token, eos_token=job.eos_token, tokenizer_adds_bos=job.tokenizer_adds_bos
         )
-        return render_jinja(
+        text = render_jinja(
             job.text, values.messages, tokens, tools=values.tools, think=values.think, now=values.now
         )
-    return execute_ollama(ollama_template(job.text), values)
+    else:
+        text = execute_ollama(ollama_template(job.text), values)
+    return _without_lone_surrogates(text)
+
+
+_LONE_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def _without_lone_surrogates(text: str) -> str:
+    if text.isascii():
+        return text
+    try:
+        text.encode()  # a few microseconds for a long prompt, where the search takes tens
+    except UnicodeEncodeError:
+        return _LONE_SURROGATE.sub("\ufffd", text)
+    return text
 
 
 # What runs a RenderJob: run_render_job, or a worker process that does.
@@ -562,10 +585,13 @@ Render = Callable[[RenderJob], str]
 class _Renderer:
     """One template, whichever its language, rendering a list of messages."""
 
-    kind: TemplateKind
+    kind: TemplateKind | None  # None: found where the template runs (RenderJob)
     text: str
     model: ModelPrompting
     run: Render
+
+    def language(self) -> TemplateKind:
+        return self.kind or template_kind(self.text)
 
     def job(self, values: TemplateValues) -> RenderJob:
         model = self.model
@@ -587,9 +613,9 @@ class _Renderer:
 
 def _renderer(model: ModelPrompting, override: str = "", run: Render = run_render_job) -> _Renderer:
     if override:
-        return _Renderer(template_kind(override), override, model, run)
+        return _Renderer(None, override, model, run)
     if model.template is not None:
-        return _Renderer(template_kind(model.template), model.template, model, run)
+        return _Renderer(None, model.template, model, run)
     if model.chat_template:
         return _Renderer("jinja", model.chat_template, model, run)
     return _Renderer("go", DEFAULT_TEMPLATE, model, run)
@@ -605,7 +631,7 @@ def takes_tools(model: ModelPrompting) -> bool:
     template that reads .Tools, a Jinja template that reads `tools`. Mentioning the word is not it."""
     renderer = _renderer(model)
     try:
-        if renderer.kind == "go":
+        if renderer.language() == "go":
             return "tools" in {name.lower() for name in parse(renderer.text).identifiers()}
         return "tools" in template_variables(renderer.text)
     except TemplateError:
@@ -616,14 +642,15 @@ def takes_suffix(model: ModelPrompting) -> bool:
     """Whether the model's template renders a suffix (Ollama's "insert" capability: fill in the
     middle): a Go template that reads .Suffix."""
     try:
-        return _reads_suffix(_renderer(model))
+        renderer = _renderer(model)
+        return _reads_suffix(renderer.language(), renderer.text)
     except TemplateError:
         return False
 
 
-def _reads_suffix(renderer: _Renderer) -> bool:
+def _reads_suffix(kind: TemplateKind, text: str) -> bool:
     """Raises TemplateError for a Go template that does not parse."""
-    return renderer.kind == "go" and "suffix" in {n.lower() for n in parse(renderer.text).identifiers()}
+    return kind == "go" and "suffix" in {n.lower() for n in parse(text).identifiers()}
 
 
 def _tool_block_start(messages: Sequence[ChatMessage], i: int) -> int:
@@ -736,9 +763,7 @@ def _render_prompt(
     if request.raw:
         return Prompt(request.prompt, request.images)
     renderer = _renderer(model, request.template, render)
-    if request.suffix:
-        if not _reads_suffix(renderer):  # a request's template that does not parse says why
-            raise TemplateError("this model's template does not support insert (it has no .Suffix)")
+    if request.suffix:  # the template must read .Suffix: checked where it runs (run_render_job)
         values = TemplateValues(
             prompt=request.prompt, suffix=request.suffix, think=request.think, now=request.now
         )

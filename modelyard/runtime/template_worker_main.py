@@ -1,22 +1,25 @@
-"""A template worker process: `python -m modelyard.runtime.template_worker_main --fd N --memory B`.
+"""A template worker process: `python -m modelyard.runtime.template_worker_main --fd N --memory B
+--retire-rss R`.
 
 Renders the RenderJobs its parent sends on the inherited socket, one at a time, in an address
-space limited to B bytes, and answers each with a reply (runtime/template_workers.py: REPLY_*).
-It exits at the end of its socket (its parent closed it, or went away), and after a render that
-left it holding more than `--retire-rss` bytes (a fresh process gives them back).
+space limited to B bytes and with a few seconds of CPU per render (RLIMIT_CPU: the kernel ends a
+render that nobody is waiting for any more, its parent gone), and answers each with a reply
+(runtime/template_workers.py has the wire). It exits at the end of its socket (its parent closed
+it, or went away), and after a render that left it holding more than R bytes (a fresh process
+gives them back).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import pickle
 import resource
-import time
+import socket
 import traceback
-from multiprocessing.connection import Connection
 
 from modelyard.builder.prompt import RenderJob, run_render_job
-from modelyard.builder.render_limits import RenderTimedOut, prompt_deadline, render_timeout
+from modelyard.builder.render_limits import KILL_GRACE_S, RenderTimedOut, prompt_deadline, render_timeout
 from modelyard.errors import TemplateError
 from modelyard.runtime.template_workers import (
     READY,
@@ -24,8 +27,12 @@ from modelyard.runtime.template_workers import (
     REPLY_ERROR,
     REPLY_TEXT,
     REPLY_TIMED_OUT,
-    encode_reply,
+    TIMES,
+    receive_frame,
+    send_frame,
 )
+
+MAX_JOB_BYTES = 1 << 40  # from the parent, which is trusted: a bound only against a broken wire
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,18 +46,42 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     resource.setrlimit(resource.RLIMIT_AS, (args.memory, args.memory))
-    connection = Connection(args.fd)
-    connection.send_bytes(READY)
+    connection = socket.socket(fileno=args.fd)
+    send_frame(connection, READY)
     while True:
         try:
-            job, timeout_s, left_s = pickle.loads(connection.recv_bytes())  # from the parent: trusted
-        except EOFError:
+            frame = receive_frame(connection, MAX_JOB_BYTES)
+        except (EOFError, OSError):
             return 0
-        kind, payload = _render(job, timeout_s, time.monotonic() + left_s)
+        timeout_s, deadline = TIMES.unpack_from(frame)
+        job = pickle.loads(memoryview(frame)[TIMES.size :])  # from the parent: trusted
+        with _cpu_limited(timeout_s):
+            kind, payload = _render(job, timeout_s, deadline)
         retire = _rss_bytes() > args.retire_rss
-        connection.send_bytes(encode_reply(kind, payload, retire=retire))
+        # "replace": an error's message may quote a lone surrogate; a prompt has none (run_render_job)
+        reply = kind + (b"1" if retire else b"0") + payload.encode("utf-8", "replace")
+        try:
+            send_frame(connection, reply)
+        except OSError:
+            return 0
         if retire:
             return 0
+
+
+class _cpu_limited:
+    """The CPU this process may have used by the end of a render: its time, the grace and a
+    second to spare (RLIMIT_CPU counts whole seconds); past it the kernel ends the process."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+
+    def __enter__(self) -> None:
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        allowed = math.ceil(used.ru_utime + used.ru_stime + self.timeout_s + KILL_GRACE_S) + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (allowed, resource.RLIM_INFINITY))
+
+    def __exit__(self, *_: object) -> None:
+        resource.setrlimit(resource.RLIMIT_CPU, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 
 
 def _render(job: RenderJob, timeout_s: float, deadline: float) -> tuple[bytes, str]:

@@ -6,40 +6,50 @@ the memory of many values held at once, nor one long Python call (`|wordwrap` on
 takes seconds, in which no clock is read). In the server that is an out-of-memory kill away from
 losing every loaded model. So the server renders in worker processes: each limited to
 MAX_RENDER_MEMORY_BYTES of address space (a render that needs more fails, or its worker dies,
-alone), each killed KILL_GRACE_S after its render's time is up, and replaced in the background.
+alone) and to a few seconds of CPU per render, each killed KILL_GRACE_S after its render's time is
+up, and replaced in the background. A worker starts in `/`, with no environment but what Python
+needs to find modelyard (none of the server's credentials), and exits at the end of its socket.
 
-`TemplateWorkers.render` is a builder.prompt.Render: it blocks until its job is rendered, up to
-the time the render has (render_limits: the prompt's deadline, else `render_timeout`), and
-raises what rendering here would (TemplateError, RenderTimedOut). A render costs a round trip
-between processes over the work itself (benchmarks/bench_template_render.py).
+`TemplateWorkers.render` is a builder.prompt.Render: it waits for a free worker (the wait does not
+count against the render's time; past WORKER_WAIT_S it is a ServerBusyError, a 503), then blocks
+until its job is rendered, up to the time the render has (render_limits: the prompt's deadline,
+else `render_timeout`), and raises what rendering here would (TemplateError, RenderTimedOut).
+`render_now` never waits for a worker (NoIdleWorker): the event loop's way. A render costs a round
+trip between processes over the work itself (benchmarks/bench_template_render.py).
 
-Replies, worker to parent: one byte of kind, one of retirement (b"1": the worker exits after it),
-then the text or message in UTF-8. The parent never unpickles what a worker sends: a template
-that escaped its sandbox there gains no code in the server.
+The wire, both ways: frames of an 8-byte big-endian length, then that many bytes. Parent to worker:
+the render's time and its deadline (two doubles: CLOCK_MONOTONIC is one clock for every process
+of the machine), then the pickled RenderJob. Worker to parent: READY once, then per job one byte of
+kind, one of retirement (b"1": the worker exits after it), then the text or message in UTF-8. The
+parent never unpickles what a worker sends, and reads a reply no longer than a render's output
+can be, by its deadline: a template that escaped its sandbox there gains no code, memory or time
+in the server.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import os
 import pickle
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
-from multiprocessing.connection import Connection
 from typing import Final
 
 from modelyard.builder.prompt import RenderJob
 from modelyard.builder.render_limits import (
     KILL_GRACE_S,
     MAX_RENDER_MEMORY_BYTES,
+    MAX_RENDERED_CHARS,
+    RENDER_TIMEOUT_S,
     RenderTimedOut,
     prompt_deadline,
     render_timeout,
 )
-from modelyard.errors import TemplateError
+from modelyard.errors import ServerBusyError, TemplateError
 
 log = logging.getLogger("modelyard.templates")
 
@@ -47,64 +57,101 @@ REPLY_TEXT: Final = b"T"
 REPLY_ERROR: Final = b"E"  # a TemplateError's message
 REPLY_TIMED_OUT: Final = b"O"  # a RenderTimedOut's message
 REPLY_BUG: Final = b"B"  # a traceback
+READY: Final = b"ready"  # a worker's first frame: imported, limited, waiting for jobs
+FRAME_HEADER: Final = struct.Struct("!Q")
+TIMES: Final = struct.Struct("!dd")  # a job's time in all (for messages) and its deadline
+MAX_REPLY_BYTES: Final = 2 + 4 * MAX_RENDERED_CHARS  # the longest output, 4 UTF-8 bytes a character
 # A worker holding more than this after a render exits after answering: a fresh one gives the
 # memory back at once, where an interpreter keeps much of what it once held.
 RETIRE_RSS_BYTES: Final = 256 * 1024 * 1024
 DEFAULT_WORKERS: Final = 2  # a render takes a fraction of a millisecond: two serve thousands a second
-READY: Final = b"ready"  # a worker's first message: imported, limited, waiting for jobs
 START_TIMEOUT_S: Final = 30.0
+# The longest a render waits for a free worker: a busy one is done (or killed) within a render's
+# time and grace, and replaced within about a second.
+WORKER_WAIT_S: Final = RENDER_TIMEOUT_S + KILL_GRACE_S + 1.0
+# What a worker's environment keeps of the server's: where Python finds modelyard, nothing else.
+KEPT_ENVIRONMENT: Final = ("PYTHONPATH", "PATH", "LANG", "LC_ALL", "LC_CTYPE")
 
 
-def encode_reply(kind: bytes, payload: str, *, retire: bool) -> bytes:
-    # surrogatepass: a message's text may hold a lone surrogate (JSON's "\ud800"), kept as it came
-    return kind + (b"1" if retire else b"0") + payload.encode("utf-8", "surrogatepass")
+class NoIdleWorker(Exception):
+    """render_now: every worker is busy or starting (render again where waiting is allowed)."""
+
+
+class _WorkerGone(Exception):
+    """The worker's socket failed: it died (a template's doing, or anybody's) or broke the wire."""
+
+
+def send_frame(sock: socket.socket, payload: bytes) -> None:
+    sock.sendall(FRAME_HEADER.pack(len(payload)) + payload)
+
+
+def receive_frame(sock: socket.socket, max_bytes: int, deadline: float | None = None) -> bytes:
+    """One frame's payload, read by `deadline` (None: however long it takes). EOFError at the end
+    of the socket; TimeoutError past the deadline; ValueError for a frame over max_bytes. The
+    other side sends nothing after a frame until it is answered: a read may take the whole frame."""
+    data = bytearray()
+    size = None
+    while size is None or len(data) < FRAME_HEADER.size + size:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            sock.settimeout(left)
+        # Under 128 KiB: a larger read is its own mmap (and page faults), even for a short frame.
+        want = 1 << 16 if size is None else min(FRAME_HEADER.size + size - len(data), 1 << 24)
+        chunk = sock.recv(want)
+        if not chunk:
+            raise EOFError
+        data += chunk
+        if size is None and len(data) >= FRAME_HEADER.size:
+            (size,) = FRAME_HEADER.unpack_from(data)
+            if size > max_bytes:
+                raise ValueError(f"a frame of {size:,} bytes, more than the {max_bytes:,} expected")
+    return bytes(memoryview(data)[FRAME_HEADER.size :])
 
 
 class _Worker:
     def __init__(self, memory_bytes: int, retire_rss_bytes: int) -> None:
         parent, child = socket.socketpair()
+        command = [sys.executable, "-P", "-m", "modelyard.runtime.template_worker_main"]
+        arguments = ["--fd", str(child.fileno()), "--memory", str(memory_bytes)]
         try:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "modelyard.runtime.template_worker_main",
-                    "--fd",
-                    str(child.fileno()),
-                    "--memory",
-                    str(memory_bytes),
-                    "--retire-rss",
-                    str(retire_rss_bytes),
-                ],
+                [*command, *arguments, "--retire-rss", str(retire_rss_bytes)],
                 pass_fds=(child.fileno(),),
                 start_new_session=True,  # a terminal's Ctrl-C is for the server, which closes it
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
+                cwd="/",
+                env={name: os.environ[name] for name in KEPT_ENVIRONMENT if name in os.environ},
             )
         except BaseException:
             parent.close()
             raise
         finally:
             child.close()
-        self.connection = Connection(parent.detach())
+        self.socket = parent
         try:
-            ready = self.connection.poll(START_TIMEOUT_S) and self.connection.recv_bytes() == READY
-        except (EOFError, OSError):
+            ready = receive_frame(parent, len(READY), time.monotonic() + START_TIMEOUT_S) == READY
+        except (EOFError, OSError, ValueError):
             ready = False
         if not ready:
             self.kill()
-            code = self.process.returncode
-            raise OSError(f"the template worker did not start ({_exit(code)}; its output is in this log)")
+            raise OSError(
+                f"the template worker did not start ({_exit(self.process.returncode)}; its output "
+                "is in this log)"
+            )
 
     def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
+        """Kill, reap and let go (blocks while the kernel frees its memory: not on the loop)."""
+        if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
-        self.connection.close()
+        self.socket.close()
 
     def close(self) -> None:
         """End of the socket: the worker exits on its own; killed if it does not soon."""
-        self.connection.close()
+        self.socket.close()
         try:
             self.process.wait(2)
         except subprocess.TimeoutExpired:
@@ -126,7 +173,7 @@ class TemplateWorkers:
         self.memory_bytes = memory_bytes
         self.retire_rss_bytes = retire_rss_bytes
         self._idle: list[_Worker] = []
-        self._busy_workers: set[_Worker] = set()
+        self._busy: set[_Worker] = set()
         self._starting = 0  # workers being started, in the background
         self._failed_starts = 0
         self._start_failure = ""  # why the last start that failed did
@@ -139,28 +186,17 @@ class TemplateWorkers:
             self._fill()
 
     def render(self, job: RenderJob) -> str:
-        deadline = prompt_deadline.get()
-        if deadline is None:
-            deadline = time.monotonic() + render_timeout.get()
-        timeout_s = render_timeout.get()
-        worker = self._take(deadline, timeout_s)
-        kind, retire, payload = b"", False, ""
-        try:
-            kind, retire, payload = self._run(worker, job, deadline, timeout_s)
-        finally:
-            self._give_back(worker, keep=bool(kind) and not retire)
-        if kind == REPLY_TEXT:
-            return payload
-        if kind == REPLY_TIMED_OUT:
-            raise RenderTimedOut(payload)
-        if kind == REPLY_ERROR:
-            raise TemplateError(payload)
-        raise RuntimeError(f"the template worker failed:\n{payload}")  # a bug: show its traceback
+        """Render `job` on a worker, waiting for one to be free (see the module docstring)."""
+        return self._render(job, wait=True)
+
+    def render_now(self, job: RenderJob) -> str:
+        """Render `job` on a worker that is free now, else raise NoIdleWorker."""
+        return self._render(job, wait=False)
 
     def pids(self) -> list[int]:
         """The worker processes' ids, idle and rendering."""
         with self._changed:
-            return [w.process.pid for w in [*self._idle, *self._busy_workers]]
+            return [w.process.pid for w in [*self._idle, *self._busy]]
 
     def close(self) -> None:
         """Stop the idle workers; one rendering stops when its render ends."""
@@ -171,53 +207,134 @@ class TemplateWorkers:
         for worker in idle:
             worker.close()
 
+    # --- one render -------------------------------------------------------------------------------
+
+    def _render(self, job: RenderJob, *, wait: bool) -> str:
+        timeout_s = render_timeout.get()
+        deadline = prompt_deadline.get()
+        if deadline is None:
+            deadline = time.monotonic() + timeout_s
+        try:
+            pickled = pickle.dumps(job, pickle.HIGHEST_PROTOCOL)
+        except RecursionError:  # a request's JSON nested hundreds deep (tool call arguments)
+            raise TemplateError("the request's values are nested too deeply to render") from None
+        for attempt in range(2):
+            asked = time.monotonic()
+            worker = self._take(asked + WORKER_WAIT_S if wait else None)
+            deadline += time.monotonic() - asked  # waiting for a worker is not rendering
+            reply = b""
+            try:
+                reply = self._run(worker, pickled, timeout_s, deadline)
+            except _WorkerGone as gone:
+                if gone.args[0] == "before" and attempt == 0:
+                    continue  # it died idle (killed, say): the job never reached it; another
+                try:
+                    code = worker.process.wait(0.2)  # its end of the socket closes as it exits
+                except subprocess.TimeoutExpired:
+                    code = None
+                raise TemplateError(
+                    f"the template's render stopped: its worker process exited ({_exit(code)}), "
+                    f"which a render that needs more than {self.memory_bytes // 2**20:,} MiB of "
+                    "memory does"
+                ) from None
+            finally:
+                self._give_back(worker, keep=bool(reply) and reply[1:2] != b"1")
+            return _result(reply)
+        raise AssertionError("unreachable")  # the second attempt returns or raises
+
+    def _run(self, worker: _Worker, pickled: bytes, timeout_s: float, deadline: float) -> bytes:
+        """The worker's reply (kind, retirement, payload), or _WorkerGone("before" the job reached it,
+        or "during" it). Never blocks past the deadline and its grace."""
+        killed_at = deadline + KILL_GRACE_S
+        try:
+            worker.socket.settimeout(max(killed_at - time.monotonic(), 0.001))
+            send_frame(worker.socket, TIMES.pack(timeout_s, deadline) + pickled)
+        except TimeoutError:
+            worker.process.kill()  # reaped by _give_back's thread, off this one (maybe the loop)
+            raise RenderTimedOut(f"the template took longer than {timeout_s:g} s to render") from None
+        except OSError:
+            raise _WorkerGone("before") from None
+        try:
+            reply = receive_frame(worker.socket, MAX_REPLY_BYTES, killed_at)
+        except TimeoutError:
+            worker.process.kill()
+            raise RenderTimedOut(f"the template took longer than {timeout_s:g} s to render") from None
+        except (EOFError, OSError):
+            raise _WorkerGone("during") from None  # it died: out of memory, most likely
+        except ValueError:
+            reply = b""  # longer than any render's output: not a worker of ours any more
+        if len(reply) < 2:
+            worker.process.kill()
+            raise _WorkerGone("during")
+        return reply
+
     # --- the pool ---------------------------------------------------------------------------------
 
-    def _take(self, deadline: float, timeout_s: float) -> _Worker:
+    def _take(self, wait_until: float | None) -> _Worker:
+        """A free, live worker; `wait_until` None: one free now or NoIdleWorker."""
         with self._changed:
             failed_before = self._failed_starts
             while True:
                 if self._closed:
-                    raise TemplateError("the server is shutting down: no template can be rendered")
-                if self._idle:
+                    raise ServerBusyError(
+                        "the server is shutting down: no template can be rendered", 1.0, reason="stopping"
+                    )
+                while self._idle:
                     worker = self._idle.pop()
-                    self._busy_workers.add(worker)
-                    return worker
-                if self._failed_starts > failed_before and not self._starting and not self._busy_workers:
+                    if worker.process.poll() is None:
+                        self._busy.add(worker)
+                        return worker
+                    self._reap(worker)  # died while idle (killed, say): not handed out
+                if self._failed_starts > failed_before and not self._starting and not self._busy:
                     # None will come: a fault of this machine or installation, not of the template.
                     raise RuntimeError(f"no template worker could be started: {self._start_failure}")
                 self._fill()
-                left = deadline - time.monotonic()
+                if wait_until is None:
+                    raise NoIdleWorker
+                left = wait_until - time.monotonic()
                 if left <= 0:
-                    raise RenderTimedOut(f"no template worker was free within {timeout_s:g} s")
+                    raise ServerBusyError(
+                        f"every template worker stayed busy for {WORKER_WAIT_S:g} s: try again shortly",
+                        1.0,
+                        reason="templates",
+                    )
                 self._changed.wait(left)
 
     def _give_back(self, worker: _Worker, *, keep: bool) -> None:
-        if not keep:
-            threading.Thread(target=worker.kill, name="template-worker-reap", daemon=True).start()
         with self._changed:
-            self._busy_workers.discard(worker)
+            self._busy.discard(worker)
+            close_it = keep and self._closed
             if keep and not self._closed:
                 self._idle.append(worker)
-            else:
+            elif not keep:
+                self._reap(worker)
                 self._fill()
             self._changed.notify_all()
-        if keep and self._closed:
+        if close_it:
             worker.close()
+
+    def _reap(self, worker: _Worker) -> None:
+        """Kill and reap a worker in the background (the kernel frees up to a GiB meanwhile)."""
+        threading.Thread(target=worker.kill, name="template-worker-reap", daemon=True).start()
 
     def _fill(self) -> None:
         """Start, in the background, as many workers as the pool lacks. Holds `_changed`."""
-        missing = self.size - len(self._idle) - self._starting - len(self._busy_workers)
+        missing = self.size - len(self._idle) - self._starting - len(self._busy)
         for _ in range(0 if self._closed else missing):
+            thread = threading.Thread(target=self._start_one, name="template-worker-start", daemon=True)
             self._starting += 1
-            threading.Thread(target=self._start_one, name="template-worker-start", daemon=True).start()
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to be had: the next render's _fill tries again
+                self._starting -= 1
+                return
 
     def _start_one(self) -> None:
         worker = None
         failure = None
         try:
             worker = _Worker(self.memory_bytes, self.retire_rss_bytes)
-        except OSError as exc:  # no processes or memory left, or a broken installation
+        except Exception as exc:  # no processes or memory left, or a broken installation
             failure = str(exc)
             log.error("could not start a template worker: %s", exc)
         with self._changed:
@@ -232,34 +349,22 @@ class TemplateWorkers:
         if worker is not None:
             worker.close()
 
-    # --- one render -------------------------------------------------------------------------------
 
-    def _run(
-        self, worker: _Worker, job: RenderJob, deadline: float, timeout_s: float
-    ) -> tuple[bytes, bool, str]:
-        """(kind, retire, payload); kind b"" when the worker died or was killed (not to reuse)."""
-        left = deadline - time.monotonic()
-        try:
-            message = pickle.dumps((job, timeout_s, max(left, 0.0)), pickle.HIGHEST_PROTOCOL)
-            worker.connection.send_bytes(message)
-            if not worker.connection.poll(max(left, 0.0) + KILL_GRACE_S):
-                worker.kill()
-                raise RenderTimedOut(f"the template took longer than {timeout_s:g} s to render")
-            reply = worker.connection.recv_bytes()
-        except (EOFError, OSError):
-            try:
-                code = worker.process.wait(1)
-            except subprocess.TimeoutExpired:  # alive, its socket broken: of no more use
-                worker.kill()
-                code = worker.process.returncode
-            raise TemplateError(
-                f"the template's render stopped: its worker process exited ({_exit(code)}), which a "
-                f"render that needs more than {self.memory_bytes // 2**20:,} MiB of memory does"
-            ) from None
-        return reply[:1], reply[1:2] == b"1", reply[2:].decode("utf-8", "surrogatepass")
+def _result(reply: bytes) -> str:
+    kind = reply[:1]
+    payload = str(memoryview(reply)[2:], "utf-8")  # no copy of a long prompt to decode it
+    if kind == REPLY_TEXT:
+        return payload
+    if kind == REPLY_TIMED_OUT:
+        raise RenderTimedOut(payload)
+    if kind == REPLY_ERROR:
+        raise TemplateError(payload)
+    raise RuntimeError(f"the template worker failed:\n{payload}")  # a bug: show its traceback
 
 
-def _exit(code: int) -> str:
+def _exit(code: int | None) -> str:
+    if code is None:
+        return "its socket broke"
     if code < 0:
         return f"signal {-code}"
     return f"status {code}"

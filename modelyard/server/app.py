@@ -65,8 +65,10 @@ def create_app(state: ServerState, bind_host: str | None = None) -> FastAPI:
             if reconciling is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(reconciling, timeout=10)
-            await state.scheduler.close()
-            state.templates.close()
+            try:
+                await state.scheduler.close()
+            finally:
+                state.templates.close()
 
     app = FastAPI(
         title="modelyard",

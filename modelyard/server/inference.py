@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from modelyard.builder.prompt import PromptRequest, Render, ToolCall, run_render_job
+from modelyard.builder.prompt import PromptRequest, ToolCall, run_render_job
 from modelyard.builder.render_limits import ON_LOOP_TIMEOUT_S, RenderTimedOut, render_timeout
 from modelyard.errors import ImageNotFoundError, InferenceRequestError, ServerBusyError
 from modelyard.reference import Reference, parse_reference
@@ -37,6 +37,7 @@ from modelyard.runtime.protocol import Done
 from modelyard.runtime.runner import Failure, Token
 from modelyard.runtime.scheduler import Lease, ModelRequest, Scheduler
 from modelyard.runtime.servable import Servable, load_servable
+from modelyard.runtime.template_workers import NoIdleWorker, TemplateWorkers
 from modelyard.server.metrics import Metrics
 from modelyard.server.tool_calls import ToolCallParser
 from modelyard.store import Store
@@ -91,11 +92,11 @@ class Inference:
         metrics: Metrics,
         default_keep_alive: float,
         spec_targets: SpecTargets | None = None,
-        render: Render = run_render_job,
+        templates: TemplateWorkers | None = None,
     ) -> None:
-        """`render` runs each render of a template (the server's: TemplateWorkers.render)."""
+        """`templates`: the worker processes that render prompts (None: in this process)."""
         self.store = store
-        self.render = render
+        self.templates = templates
         self.scheduler = scheduler
         self.metrics = metrics
         self.default_keep_alive = default_keep_alive
@@ -315,22 +316,26 @@ class Inference:
                 tokens=tokens,
                 echo=echo,
                 logit_bias=logit_bias,
-                render=self.render,
             )
+            templates = self.templates
             rendered = None
             on_loop = render_timeout.set(ON_LOOP_TIMEOUT_S)
             try:
                 # On the loop: a render takes a fraction of a millisecond (the loop waits for a
                 # worker process's answer), less than the hop to a thread and back.
-                rendered = prepare_request(ask_runner=False)
-            except (RunnerNeeded, RenderTimedOut):
-                # A long prompt to count or a context to detokenize (a round trip to the runner), or
-                # a template slow to render, which holds up the loop no longer: in a thread.
+                rendered = prepare_request(
+                    ask_runner=False, render=templates.render_now if templates else run_render_job
+                )
+            except (RunnerNeeded, RenderTimedOut, NoIdleWorker):
+                # A long prompt to count or a context to detokenize (a round trip to the runner), a
+                # template slow to render, which holds up the loop no longer, or every worker busy:
+                # in a thread.
                 pass
             finally:
                 render_timeout.reset(on_loop)  # before the thread, which takes a copy of the context
-            if rendered is None:
-                rendered = await asyncio.to_thread(prepare_request)  # under the full budget
+            if rendered is None:  # under the full budget, waiting for a worker if need be
+                render = templates.render if templates else run_render_job
+                rendered = await asyncio.to_thread(prepare_request, render=render)
 
             post = self._poster(loop)
 

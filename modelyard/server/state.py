@@ -55,7 +55,7 @@ class ServerState:
         )
         # Templates come from strangers: rendered in worker processes bounded in memory and time.
         self.templates = TemplateWorkers()
-        self.inference = Inference(store, scheduler, self.metrics, keep_alive, render=self.templates.render)
+        self.inference = Inference(store, scheduler, self.metrics, keep_alive, templates=self.templates)
         self.started = time.time()
         self.daemon: SpecDaemon | None = None  # the reconciler, keeping a ModelSet spec in force
         self.spec_source: str | None = None  # `serve --spec X`: the spec comes from X, not /api/apply
