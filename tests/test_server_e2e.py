@@ -1589,8 +1589,8 @@ def test_a_template_that_would_take_the_server_down_fails_alone(
     """A request's own template (Ollama's `template`) that holds a hundred values of 8 Mi
     characters at once (3.2 GB, each within the engines' limits), and one whose single |wordwrap
     call runs for seconds: rendered in a worker process, the first fails on the worker's memory
-    limit and the second is killed at its time, while the server's memory stays where it was and
-    it answers others throughout."""
+    limit (or its time) and the second is killed at its time, while the server's memory stays where
+    it was and it answers others throughout."""
     import threading
 
     def server_rss_kib() -> int:
@@ -1608,7 +1608,9 @@ def test_a_template_that_would_take_the_server_down_fails_alone(
     with pytest.raises(ollama.ResponseError) as memory:
         client.generate(GEMMA, "Hi", template=many_values, options=GREEDY)
     assert memory.value.status_code == 400, memory.value.error
-    assert "too large" in memory.value.error or "memory" in memory.value.error, memory.value.error
+    # The worker's memory limit, or on a busy machine its time (2 s) before it reaches 1 GiB:
+    # either way the gigabytes were never the server's.
+    assert any(why in memory.value.error for why in ("too large", "memory", "longer than 2 s"))
     grown = server_rss_kib() - peak_before
     assert grown < 100 * 1024, f"the server grew by {grown // 1024} MiB"
 
@@ -1634,6 +1636,17 @@ def test_a_template_that_would_take_the_server_down_fails_alone(
     assert took < 3.5, f"{took:.1f} s: the render was not stopped at its time"
     assert max(waits) < 0.4, f"the loop was held: {max(waits):.2f} s"
     assert client.generate(GEMMA, "Hi", options={**GREEDY, "num_predict": 2}).done
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_a_lone_surrogate_in_a_prompt_is_taken_as_go_decodes_it(http: httpx.Client, raw: bool) -> None:
+    """JSON's "\\ud800" is a lone surrogate in Python, which no UTF-8 carries to the runner (it was
+    a 500); Go's decoder, Ollama's, makes it U+FFFD, and so does ours, template or raw."""
+    fields = f'"model": "{GEMMA}", "raw": {"true" if raw else "false"}, "stream": false'
+    body = "{" + fields + ', "prompt": "a \\ud800 b", "options": {"num_predict": 1}}'
+    answer = http.post("/api/generate", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["done"] is True
 
 
 def test_a_template_that_reads_the_suffix_gives_the_insert_capability(client: ollama.Client) -> None:

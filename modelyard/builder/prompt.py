@@ -558,13 +558,15 @@ def run_render_job(job: RenderJob) -> str:
         )
     else:
         text = execute_ollama(ollama_template(job.text), values)
-    return _without_lone_surrogates(text)
+    return without_lone_surrogates(text)
 
 
 _LONE_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
-def _without_lone_surrogates(text: str) -> str:
+def without_lone_surrogates(text: str) -> str:
+    """`text` with U+FFFD for each lone surrogate (JSON's "\\ud800" decodes to one in Python; Go's
+    decoder makes it U+FFFD): a prompt goes on as UTF-8."""
     if text.isascii():
         return text
     try:

@@ -20,6 +20,7 @@ from modelyard.builder.prompt import (
     Render,
     render_prompt,
     run_render_job,
+    without_lone_surrogates,
 )
 from modelyard.runtime.options import SamplingOptions
 from modelyard.runtime.protocol import CompletionRequest, RunnerInfo
@@ -134,7 +135,7 @@ def _rendered(
         if not ask_runner:
             raise RunnerNeeded
         text = runner.detokenize(list(request.context)) + text
-    return text, prompt.dropped
+    return without_lone_surrogates(text), prompt.dropped  # a raw prompt has met no template
 
 
 def _text_length(request: PromptRequest) -> int:
