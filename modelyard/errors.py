@@ -263,7 +263,8 @@ class ServerBusyError(RunnerError):
 
     `reason` says why, for callers that act on it (the reconciler's conditions): "queue" (the
     model's queue is full), "memory" (no memory free while the loaded models are busy or pinned),
-    "load-failed" or "crashed" (waiting out the backoff after a failed load or a crash)."""
+    "load-failed" or "crashed" (waiting out the backoff after a failed load or a crash),
+    "templates" (every template worker busy), "stopping" (the server is shutting down)."""
 
     def __init__(self, message: str, retry_after: float, reason: str = "queue") -> None:
         self.retry_after = retry_after

@@ -1544,13 +1544,29 @@ def test_a_tool_result_named_only_by_its_call_id_gets_the_function_name(
     client.delete("toolish-named")
 
 
+def health_waits_during(http: httpx.Client, work: Callable[[], object]) -> list[float]:
+    """Run `work` in a thread, asking /health meanwhile: how long each answer took (the event
+    loop's availability), every one a 200."""
+    import threading
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    waits = []
+    while worker.is_alive():
+        asked = time.monotonic()
+        assert http.get("/health").status_code == 200
+        waits.append(time.monotonic() - asked)
+        time.sleep(0.01)  # not so many that the server's own thread starves the work's
+    worker.join()
+    return waits
+
+
 def test_a_slow_template_is_rendered_off_the_event_loop_and_a_runaway_one_is_stopped(
     client: ollama.Client, http: httpx.Client
 ) -> None:
     """An image's template renders on the event loop, which every request shares, for 0.1 s at
     most (render_limits.ON_LOOP_TIMEOUT_S): a slower one renders again in a thread, under the full
     2 s budget, while the server answers others; one that runs longer than that is a 400."""
-    import threading
 
     # About 0.7 s to render in the server on a 2-core VM: past the 0.1 s on the loop, within the 2 s
     # in a thread, with room for a slower machine.
@@ -1559,17 +1575,9 @@ def test_a_slow_template_is_rendered_off_the_event_loop_and_a_runaway_one_is_sto
     try:
         client.generate("slowish", "", keep_alive="1m")  # loaded: what follows times only the render
         answers: list[object] = []
-        worker = threading.Thread(
-            target=lambda: answers.append(client.generate("slowish", "Hi", options=GREEDY))
+        waits = health_waits_during(
+            http, lambda: answers.append(client.generate("slowish", "Hi", options=GREEDY))
         )
-        worker.start()
-        waits = []
-        while worker.is_alive():
-            started = time.monotonic()
-            assert http.get("/health").status_code == 200
-            waits.append(time.monotonic() - started)
-            time.sleep(0.01)  # not so many that the server's own thread starves the render's
-        worker.join()
         assert answers and answers[0].done  # type: ignore[attr-defined]
         assert len(waits) > 1 and max(waits) < 0.4, f"the loop was held: {max(waits):.2f} s"
         started = time.monotonic()
@@ -1591,7 +1599,6 @@ def test_a_template_that_would_take_the_server_down_fails_alone(
     call runs for seconds: rendered in a worker process, the first fails on the worker's memory
     limit (or its time) and the second is killed at its time, while the server's memory stays where
     it was and it answers others throughout."""
-    import threading
 
     def server_rss_kib() -> int:
         status = Path(f"/proc/{server.process.pid}/status").read_text()
@@ -1622,15 +1629,8 @@ def test_a_template_that_would_take_the_server_down_fails_alone(
         except ollama.ResponseError as exc:
             failures.append(exc)
 
-    worker = threading.Thread(target=long_render)
     started = time.monotonic()
-    worker.start()
-    waits = []
-    while worker.is_alive():
-        asked = time.monotonic()
-        assert http.get("/health").status_code == 200
-        waits.append(time.monotonic() - asked)
-        time.sleep(0.01)
+    waits = health_waits_during(http, long_render)
     took = time.monotonic() - started
     assert failures and failures[0].status_code == 400 and "longer than 2 s" in failures[0].error
     assert took < 3.5, f"{took:.1f} s: the render was not stopped at its time"
