@@ -362,3 +362,31 @@ def test_is_valid_jinja() -> None:
     assert is_valid_jinja(QWEN25_JINJA)
     assert not is_valid_jinja("{{ .Prompt }}")
     assert not is_valid_jinja("{% if x %}")
+
+
+def test_compiling_runs_nothing_of_the_template() -> None:
+    """Jinja's optimizer called filters on constants while compiling, outside any render's budget,
+    in the process that checks the template (the server's, at /api/create): a 141-byte template
+    made it build a gigabyte. Compiling is parsing now; rendering refuses the JSON text's size."""
+    import resource
+
+    folding = '{{ ("x" * 100)|list|tojson(indent=2000000) }}'
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    compile_chat_template(folding)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50 * 1024  # KiB
+    with pytest.raises(TemplateError, match="JSON text too large"):
+        render_chat_template(folding, [])
+    assert render_chat_template("{{ [1, [2]]|tojson(indent=2) }}", []) == json.dumps([1, [2]], indent=2)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{{ cycler() }}",  # RuntimeError in Jinja
+        '{{ "x"|truncate(-1) }}',  # AssertionError in Jinja
+        "{{ [1]|pprint }}",  # gone: its output is not sized
+    ],
+)
+def test_a_templates_own_misuse_of_jinja_is_a_template_error(text: str) -> None:
+    with pytest.raises(TemplateError):
+        render_chat_template(text, [])

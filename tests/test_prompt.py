@@ -502,3 +502,20 @@ def test_a_suffix_needs_a_template_that_reads_it() -> None:
         render_prompt(ModelPrompting(template="{{ .Prompt }}"), PromptRequest.generate("x", suffix="y"))
     with pytest.raises(TemplateError, match=r"unexpected|function"):  # the parser's own words
         render_prompt(ModelPrompting(), PromptRequest.generate("x", suffix="y", template="{{ nope }}"))
+
+
+def test_a_broken_templates_capabilities_are_read_once() -> None:
+    """Every chat with tools asks whether the model takes them, on the server's event loop; a
+    template that does not parse was parsed again each time (a second for 256 KiB)."""
+    import time as clock
+
+    from modelyard.builder.prompt import takes_suffix, takes_tools
+
+    broken = ModelPrompting(chat_template="{{ a" + " + a" * 40_000 + " }}{% if %}")
+    started = clock.perf_counter()
+    assert not takes_tools(broken)
+    first = clock.perf_counter() - started
+    started = clock.perf_counter()
+    assert not takes_tools(broken) and not takes_suffix(broken)
+    again = clock.perf_counter() - started
+    assert again < first / 10, (first, again)

@@ -5,14 +5,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from modelyard.builder import modelfile as mf
-from modelyard.builder.prompt import ChatMessage, PromptRequest
+from modelyard.builder.prompt import ChatMessage, ModelPrompting, PromptRequest, ToolCall
+from modelyard.builder.render_limits import MAX_RENDERED_CHARS
 from modelyard.errors import TemplateError
 from modelyard.runtime.options import LoadOptions, SamplingOptions
-from modelyard.runtime.prompting import RunnerNeeded, image_prompting, prepare
+from modelyard.runtime.prompting import (
+    RunnerNeeded,
+    _output_limit,
+    _parts,
+    _text_length,
+    image_prompting,
+    prepare,
+)
 from modelyard.runtime.protocol import CompletionRequest
 from modelyard.runtime.runner import Runner, RunnerSpec
 
@@ -131,3 +140,41 @@ def test_a_prompt_renders_without_the_runner_unless_it_must_ask(
             prepare(tiny_with_chat_template, prompting, request_, GREEDY, ask_runner=False)
     else:
         assert prepare(tiny_with_chat_template, prompting, request_, GREEDY, ask_runner=False) == asked
+
+
+@pytest.mark.parametrize(
+    ("values", "enough", "expected"),
+    [
+        ([], 100, 0),
+        (["abc"], 100, 4),
+        ([{"a": "bc"}], 100, 1 + 2 + 3),
+        ([[1, 2, [3]]], 100, 1 + 1 + 1 + 1 + 1),
+        ([[[]] * 1000], 10, 10),  # stops at about `enough`
+    ],
+)
+def test_the_parts_of_json_values_are_counted_up_to_enough(
+    values: list[Any], enough: int, expected: int
+) -> None:
+    assert _parts(list(values), enough) == expected
+
+
+def test_the_parts_of_values_nested_past_recursion_are_counted() -> None:
+    deep: Any = 1
+    for _ in range(5000):
+        deep = {"a": deep}
+    request = PromptRequest.chat([ChatMessage("assistant", "", tool_calls=(ToolCall("f", deep),))])
+    assert _text_length(request, 100_000) == 5000 * (1 + 2) + 1 + 1  # levels, the leaf, no tools
+
+
+@pytest.mark.parametrize(
+    ("system", "request_length", "context", "expected"),
+    [
+        (None, 0, 4096, 16 * 4096),  # a short request: what its context could hold, generously
+        ("be brief", 100, 4096, 8 * 108 + 16 * 4096),
+        (None, 10_000_000, 4096, MAX_RENDERED_CHARS),  # never past the render's own limit
+    ],
+)
+def test_what_a_prompts_template_may_write(
+    system: str | None, request_length: int, context: int, expected: int
+) -> None:
+    assert _output_limit(ModelPrompting(system=system), request_length, context) == expected

@@ -1544,6 +1544,12 @@ def test_a_tool_result_named_only_by_its_call_id_gets_the_function_name(
     client.delete("toolish-named")
 
 
+def peak_rss_kib(server: ServeProcess) -> int:
+    """The server process's peak resident memory so far (VmHWM), KiB."""
+    status = Path(f"/proc/{server.process.pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+
+
 def health_waits_during(http: httpx.Client, work: Callable[[], object]) -> list[float]:
     """Run `work` in a thread, asking /health meanwhile: how long each answer took (the event
     loop's availability), every one a 200."""
@@ -1600,10 +1606,6 @@ def test_a_template_that_would_take_the_server_down_fails_alone(
     limit (or its time) and the second is killed at its time, while the server's memory stays where
     it was and it answers others throughout."""
 
-    def server_rss_kib() -> int:
-        status = Path(f"/proc/{server.process.pid}/status").read_text()
-        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
-
     many_values = (
         '{% set x = "\U0001f600" * 1000000 %}{% set y = x ~ x ~ x ~ x ~ x ~ x ~ x ~ x %}'
         + "".join(f"{{% set a{i} = y ~ {i} %}}" for i in range(100))
@@ -1611,14 +1613,14 @@ def test_a_template_that_would_take_the_server_down_fails_alone(
     )
     long_call = '{% set x = "x" * 1000000 %}{% set y = x ~ x ~ x ~ x ~ x ~ x ~ x ~ x %}{{ y|wordwrap(1) }}'
     client.generate(GEMMA, "", keep_alive="1m")  # loaded: what follows times only the render
-    peak_before = server_rss_kib()
+    peak_before = peak_rss_kib(server)
     with pytest.raises(ollama.ResponseError) as memory:
         client.generate(GEMMA, "Hi", template=many_values, options=GREEDY)
     assert memory.value.status_code == 400, memory.value.error
     # The worker's memory limit, or on a busy machine its time (2 s) before it reaches 1 GiB:
     # either way the gigabytes were never the server's.
     assert any(why in memory.value.error for why in ("too large", "memory", "longer than 2 s"))
-    grown = server_rss_kib() - peak_before
+    grown = peak_rss_kib(server) - peak_before
     assert grown < 100 * 1024, f"the server grew by {grown // 1024} MiB"
 
     failures: list[ollama.ResponseError] = []
@@ -1636,6 +1638,46 @@ def test_a_template_that_would_take_the_server_down_fails_alone(
     assert took < 3.5, f"{took:.1f} s: the render was not stopped at its time"
     assert max(waits) < 0.4, f"the loop was held: {max(waits):.2f} s"
     assert client.generate(GEMMA, "Hi", options={**GREEDY, "num_predict": 2}).done
+
+
+def test_a_template_cannot_make_a_short_request_into_megabytes(client: ollama.Client) -> None:
+    """A request's 50-byte template that wrote 16 Mi characters cost the server 30 s and 1.7 GB
+    (tokenizing them, returning them as `context`). A prompt's template may write 8 characters
+    per character of its input, and 16 per token of the context (runtime/prompting.py)."""
+    started = time.monotonic()
+    with pytest.raises(ollama.ResponseError) as amplified:
+        client.generate(GEMMA, "Hi", template='{{ "\U0001f600" * 1000000 }}{{ messages[-1].content }}')
+    assert amplified.value.status_code == 400 and "renders more than" in amplified.value.error
+    assert time.monotonic() - started < 2
+    fits = client.generate(GEMMA, "Hi", template='{{ "-" * 100 }}{{ messages[-1].content }}', options=GREEDY)
+    assert fits.done
+
+
+def test_creating_a_model_checks_its_template_without_running_it(
+    server: ServeProcess, client: ollama.Client
+) -> None:
+    """Jinja's optimizer ran filters on a template's constants while compiling it, in the server,
+    at /api/create: 50 bytes of template made it build a gigabyte there. Now checking a template
+    parses it, and the render refuses what the filter would build."""
+    folding = '{{ ("x" * 100)|list|tojson(indent=2000000) }}{{ messages[-1].content }}'
+    peak_before = peak_rss_kib(server)
+    client.create("folding", from_=GEMMA, template=folding)
+    try:
+        grown = peak_rss_kib(server) - peak_before
+        assert grown < 100 * 1024, f"the server grew by {grown // 1024} MiB"
+        with pytest.raises(ollama.ResponseError) as refused:
+            client.generate("folding", "Hi", options=GREEDY)
+        assert refused.value.status_code == 400 and "too large" in refused.value.error
+    finally:
+        client.delete("folding")
+
+
+def test_tool_call_arguments_nested_past_recursion_are_a_400(http: httpx.Client) -> None:
+    arguments = '{"a":' * 990 + "1" + "}" * 990  # JSON takes ~990 levels; past Python's recursion
+    call = {"function": {"name": "f", "arguments": arguments}}
+    body = {"model": GEMMA, "stream": False, "messages": [{"role": "assistant", "tool_calls": [call]}]}
+    answer = http.post("/api/chat", json=body)
+    assert answer.status_code == 400 and "nested too deeply" in answer.json()["error"], answer.text
 
 
 @pytest.mark.parametrize("raw", [True, False])

@@ -264,12 +264,14 @@ def test_waiting_for_a_busy_worker_is_not_rendering_time() -> None:
 
 def test_a_worker_keeps_nothing_of_the_servers_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODELYARD_API_KEY", "not-for-templates")
+    monkeypatch.setenv("PYTHONINTMAXSTRDIGITS", "0")  # the interpreter's: a template's int() sees it
     monkeypatch.chdir("/tmp")
     workers = TemplateWorkers(size=1, memory_bytes=300 * 1024 * 1024)
     workers.start()
     try:
         [pid] = wait_for_workers(workers)
-        assert b"not-for-templates" not in Path(f"/proc/{pid}/environ").read_bytes()
+        environment = Path(f"/proc/{pid}/environ").read_bytes()
+        assert b"not-for-templates" not in environment and b"PYTHONINTMAXSTRDIGITS=0" in environment
         assert os.readlink(f"/proc/{pid}/cwd") == "/"
         limits = Path(f"/proc/{pid}/limits").read_text()
         assert re.search(r"Max address space\s+314572800\s+314572800", limits), limits

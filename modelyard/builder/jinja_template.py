@@ -356,11 +356,18 @@ def _tojson(
     separators: tuple[str, str] | None = None,
     sort_keys: bool = False,
 ) -> str:
-    """transformers' tojson: json.dumps as is, no HTML escaping, non-ASCII kept."""
-    if isinstance(indent, int) and not isinstance(indent, bool):
-        check_built(indent, "an indentation")
-    elif isinstance(indent, str):
-        check_built(len(indent), "an indentation")
+    """transformers' tojson: json.dumps as is, no HTML escaping, non-ASCII kept. With an indent,
+    each of the text's parts goes on a line of its own behind that much indentation per level: its
+    size is refused before it is built (`|tojson(indent=2000000)` on a list of a hundred is 200 M)."""
+    if indent is not None and not isinstance(indent, bool):
+        width = len(indent) if isinstance(indent, str) else _int(indent, 0)
+        check_built(width, "an indentation")
+        compact = json.dumps(value, ensure_ascii=ensure_ascii, separators=separators, sort_keys=sort_keys)
+        # At most a line per character of the compact text, each indented at most that deep: a
+        # bound, generous for real JSON, exact enough to refuse what would not fit.
+        lines = compact.count(",") + compact.count("[") + compact.count("{") + 1
+        depth = max(compact.count("["), compact.count("{"), 1)
+        check_built(len(compact) + lines * (1 + width * min(depth, lines)), "a JSON text")
     return json.dumps(
         value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
     )
@@ -375,6 +382,9 @@ def _environment() -> _Sandbox:
     env = _Sandbox(
         trim_blocks=True,
         lstrip_blocks=True,
+        # No work at compile time: Jinja's optimizer calls filters on constants while it compiles,
+        # outside any render's budget, in whatever process checks the template (the server's).
+        optimized=False,
         extensions=[loopcontrols, _Generation],
         finalize=_sized_output,  # every `{{ value }}`, before its str()
     )
@@ -386,6 +396,7 @@ def _environment() -> _Sandbox:
     env.filters["_budget_step"] = _budget_step
     env.globals["namespace"] = _Namespace
     del env.globals["lipsum"]  # lorem ipsum of any length, in one call no budget sees
+    del env.filters["pprint"]  # pformat's output is not sized before it is built; no chat template uses it
     return env
 
 
@@ -478,6 +489,8 @@ def render_chat_template(
         line = getattr(err, "lineno", None)
         where = f"chat template:{line}: " if line else "chat template: "
         raise TemplateError(f"{where}{err.message or type(err).__name__}") from None
+    except RecursionError:  # before RuntimeError, its base
+        raise TemplateError("chat template: it recurses too deeply to render") from None
     except (
         TypeError,
         ValueError,
@@ -486,11 +499,11 @@ def render_chat_template(
         AttributeError,
         ZeroDivisionError,
         OverflowError,
+        RuntimeError,  # cycler() without items
+        AssertionError,  # |truncate with a negative length
     ) as err:
         # The template's own mistake (e.g. `'a' + 1`, `messages[5]`), not a bug in the renderer.
         raise TemplateError(f"chat template: {type(err).__name__}: {err}") from None
-    except RecursionError:
-        raise TemplateError("chat template: it recurses too deeply to render") from None
     except MemoryError:
         raise TemplateError("chat template: it builds values too large to render") from None
     finally:

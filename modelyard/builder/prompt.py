@@ -632,22 +632,28 @@ def takes_tools(model: ModelPrompting) -> bool:
     """Whether the model's chat template renders `tools` (Ollama's "tools" capability): a Go
     template that reads .Tools, a Jinja template that reads `tools`. Mentioning the word is not it."""
     renderer = _renderer(model)
-    try:
-        if renderer.language() == "go":
-            return "tools" in {name.lower() for name in parse(renderer.text).identifiers()}
-        return "tools" in template_variables(renderer.text)
-    except TemplateError:
-        return False
+    return _capabilities(renderer.text, renderer.kind)[0]
 
 
 def takes_suffix(model: ModelPrompting) -> bool:
     """Whether the model's template renders a suffix (Ollama's "insert" capability: fill in the
     middle): a Go template that reads .Suffix."""
+    renderer = _renderer(model)
+    return _capabilities(renderer.text, renderer.kind)[1]
+
+
+@lru_cache(maxsize=64)
+def _capabilities(text: str, kind: TemplateKind | None) -> tuple[bool, bool]:
+    """(takes tools, takes a suffix), kept for a template that does not parse too: every chat with
+    tools asks, on the server's event loop, and parsing 256 KiB takes a second."""
+    kind = kind or template_kind(text)
     try:
-        renderer = _renderer(model)
-        return _reads_suffix(renderer.language(), renderer.text)
+        if kind == "go":
+            names = {name.lower() for name in parse(text).identifiers()}
+            return "tools" in names, "suffix" in names
+        return "tools" in template_variables(text), False
     except TemplateError:
-        return False
+        return False, False
 
 
 def _reads_suffix(kind: TemplateKind, text: str) -> bool:

@@ -46,8 +46,9 @@ class RenderTimedOut(TemplateError):
 
 
 class RenderBudget:
-    def __init__(self, timeout_s: float | None = None, max_chars: int = MAX_RENDERED_CHARS) -> None:
+    def __init__(self, timeout_s: float | None = None, max_chars: int | None = None) -> None:
         timeout_s = render_timeout.get() if timeout_s is None else timeout_s
+        max_chars = render_max_chars.get() if max_chars is None else max_chars
         self.timeout_s = timeout_s
         self.deadline = time.monotonic() + timeout_s
         shared = prompt_deadline.get()
@@ -73,6 +74,10 @@ class RenderBudget:
 current_budget: ContextVar[RenderBudget | None] = ContextVar("current_budget", default=None)
 # The time a new budget gets where its caller does not say: ON_LOOP_TIMEOUT_S on the event loop.
 render_timeout: ContextVar[float] = ContextVar("render_timeout", default=RENDER_TIMEOUT_S)
+# The characters a render may write where its caller does not say: MAX_RENDERED_CHARS, or less for a
+# prompt whose request is short (runtime/prompting.py: a template that makes a short request into
+# megabytes costs the server their tokenizing and sending, a hundred times the render's own time).
+render_max_chars: ContextVar[int] = ContextVar("render_max_chars", default=MAX_RENDERED_CHARS)
 # The deadline of the prompt being made, which its renders share (a chat cut to fit its context
 # renders it a dozen times): set by builder.prompt.render_prompt.
 prompt_deadline: ContextVar[float | None] = ContextVar("prompt_deadline", default=None)

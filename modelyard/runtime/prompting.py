@@ -22,6 +22,7 @@ from modelyard.builder.prompt import (
     run_render_job,
     without_lone_surrogates,
 )
+from modelyard.builder.render_limits import MAX_RENDERED_CHARS, render_max_chars
 from modelyard.runtime.options import SamplingOptions
 from modelyard.runtime.protocol import CompletionRequest, RunnerInfo
 from modelyard.runtime.runner import Runner
@@ -108,7 +109,8 @@ def _rendered(
     """The prompt's text, and how many old messages were left out so that it fits."""
     assert runner.info is not None
     limit = runner.info.n_ctx_per_slot
-    if not ask_runner and _text_length(request) + 4 >= limit:
+    length = _text_length(request, limit)
+    if not ask_runner and length + 4 >= limit:
         # Longer than the context by its characters alone: its tokens must be counted, and
         # rendering it is long work, which a caller without the runner (an event loop) passes on.
         raise RunnerNeeded
@@ -127,9 +129,15 @@ def _rendered(
             raise RunnerNeeded
         return len(runner.tokenize(text, add_special=True)) < limit
 
-    prompt: Prompt = render_prompt(
-        with_tokens(prompting, runner.info), request, fits=fits if truncate else None, render=render
-    )
+    if length >= limit:  # counted in full only off the loop (a body's million parts: a second)
+        length = _text_length(request, MAX_RENDERED_CHARS)
+    most = render_max_chars.set(_output_limit(prompting, length, limit))
+    try:
+        prompt: Prompt = render_prompt(
+            with_tokens(prompting, runner.info), request, fits=fits if truncate else None, render=render
+        )
+    finally:
+        render_max_chars.reset(most)
     text = prompt.text
     if request.context and not request.raw:  # Ollama's deprecated context: its text, then the prompt
         if not ask_runner:
@@ -138,9 +146,47 @@ def _rendered(
     return without_lone_surrogates(text), prompt.dropped  # a raw prompt has met no template
 
 
-def _text_length(request: PromptRequest) -> int:
+# What a prompt's template may write: this many characters per character of its input (the
+# request's and the image's own text), and per token of the context besides. Chat templates add a
+# few dozen characters a message; one that makes a short request into megabytes makes the server
+# tokenize, send and (as `context`) return them, a hundred times the render's own cost.
+OUTPUT_PER_INPUT_CHAR = 8
+OUTPUT_PER_CONTEXT_TOKEN = 16
+
+
+def _output_limit(prompting: ModelPrompting, request_length: int, context_tokens: int) -> int:
+    own = len(prompting.system or "") + sum(len(m.content) for m in prompting.messages)
+    allowed = OUTPUT_PER_INPUT_CHAR * (request_length + own) + OUTPUT_PER_CONTEXT_TOKEN * context_tokens
+    return min(MAX_RENDERED_CHARS, allowed)
+
+
+def _text_length(request: PromptRequest, enough: int) -> int:
     """The characters of a request's own text, not its template's: about what the rendered prompt
-    holds (a template may leave some out; counting long only sends a request to a thread)."""
-    messages = sum(len(m.content) + len(m.thinking) for m in request.messages)
-    tools = len(repr(request.tools)) if request.tools else 0
-    return len(request.prompt) + len(request.system) + len(request.suffix) + messages + tools
+    holds (a template may leave some out; counting long only sends a request to a thread), and the
+    parts of its tools, tool calls and images, which cost the render's job as much to send. Counted
+    without recursion (JSON nests a thousand deep) and only up to `enough`."""
+    texts = len(request.prompt) + len(request.system) + len(request.suffix)
+    parts: list[Any] = [request.tools or ()]
+    for m in request.messages:
+        texts += len(m.content) + len(m.thinking) + sum(map(len, m.images))
+        parts += [call.arguments for call in m.tool_calls]
+    return texts + _parts(parts, enough - texts)
+
+
+def _parts(values: list[Any], enough: int) -> int:
+    """The characters and items in JSON-like values, counted up to about `enough`."""
+    count = 0
+    while values and count < enough:
+        value = values.pop()
+        if isinstance(value, str):
+            count += len(value) + 1
+        elif isinstance(value, Mapping):
+            count += 1
+            values += value.keys()
+            values += value.values()
+        elif isinstance(value, list | tuple):
+            count += 1
+            values += value
+        else:
+            count += 1
+    return count

@@ -18,16 +18,22 @@ import resource
 import socket
 import traceback
 
-from modelyard.builder.prompt import RenderJob, run_render_job
-from modelyard.builder.render_limits import KILL_GRACE_S, RenderTimedOut, prompt_deadline, render_timeout
+from modelyard.builder.prompt import RenderJob, run_render_job, without_lone_surrogates
+from modelyard.builder.render_limits import (
+    KILL_GRACE_S,
+    RenderTimedOut,
+    prompt_deadline,
+    render_max_chars,
+    render_timeout,
+)
 from modelyard.errors import TemplateError
 from modelyard.runtime.template_workers import (
+    LIMITS,
     READY,
     REPLY_BUG,
     REPLY_ERROR,
     REPLY_TEXT,
     REPLY_TIMED_OUT,
-    TIMES,
     receive_frame,
     send_frame,
 )
@@ -53,13 +59,13 @@ def main(argv: list[str] | None = None) -> int:
             frame = receive_frame(connection, MAX_JOB_BYTES)
         except (EOFError, OSError):
             return 0
-        timeout_s, deadline = TIMES.unpack_from(frame)
-        job = pickle.loads(memoryview(frame)[TIMES.size :])  # from the parent: trusted
+        timeout_s, deadline, max_chars = LIMITS.unpack_from(frame)
+        job = pickle.loads(memoryview(frame)[LIMITS.size :])  # from the parent: trusted
         with _cpu_limited(timeout_s):
-            kind, payload = _render(job, timeout_s, deadline)
+            kind, payload = _render(job, timeout_s, deadline, max_chars)
         retire = _rss_bytes() > args.retire_rss
-        # "replace": an error's message may quote a lone surrogate; a prompt has none (run_render_job)
-        reply = kind + (b"1" if retire else b"0") + payload.encode("utf-8", "replace")
+        # A prompt has no lone surrogate (run_render_job); an error's message may quote one.
+        reply = kind + (b"1" if retire else b"0") + without_lone_surrogates(payload).encode()
         try:
             send_frame(connection, reply)
         except OSError:
@@ -84,11 +90,13 @@ class _cpu_limited:
         resource.setrlimit(resource.RLIMIT_CPU, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 
 
-def _render(job: RenderJob, timeout_s: float, deadline: float) -> tuple[bytes, str]:
+def _render(job: RenderJob, timeout_s: float, deadline: float, max_chars: int) -> tuple[bytes, str]:
     """The render's reply. `timeout_s`: its time in all, which messages name; `deadline`: when
-    that time is up (some of it may have gone to the prompt's earlier renders)."""
+    that time is up (some of it may have gone to the prompt's earlier renders); `max_chars`: what
+    it may write."""
     budget = render_timeout.set(timeout_s)
     shared = prompt_deadline.set(deadline)
+    most = render_max_chars.set(max_chars)
     try:
         return REPLY_TEXT, run_render_job(job)
     except RenderTimedOut as exc:
@@ -100,6 +108,7 @@ def _render(job: RenderJob, timeout_s: float, deadline: float) -> tuple[bytes, s
     except Exception:  # a bug: its traceback goes to the parent, which raises it
         return REPLY_BUG, traceback.format_exc()
     finally:
+        render_max_chars.reset(most)
         prompt_deadline.reset(shared)
         render_timeout.reset(budget)
 

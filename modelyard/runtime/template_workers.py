@@ -43,10 +43,10 @@ from modelyard.builder.prompt import RenderJob
 from modelyard.builder.render_limits import (
     KILL_GRACE_S,
     MAX_RENDER_MEMORY_BYTES,
-    MAX_RENDERED_CHARS,
     RENDER_TIMEOUT_S,
     RenderTimedOut,
     prompt_deadline,
+    render_max_chars,
     render_timeout,
 )
 from modelyard.errors import ServerBusyError, TemplateError
@@ -59,8 +59,8 @@ REPLY_TIMED_OUT: Final = b"O"  # a RenderTimedOut's message
 REPLY_BUG: Final = b"B"  # a traceback
 READY: Final = b"ready"  # a worker's first frame: imported, limited, waiting for jobs
 FRAME_HEADER: Final = struct.Struct("!Q")
-TIMES: Final = struct.Struct("!dd")  # a job's time in all (for messages) and its deadline
-MAX_REPLY_BYTES: Final = 2 + 4 * MAX_RENDERED_CHARS  # the longest output, 4 UTF-8 bytes a character
+# A job's time in all (for messages), its deadline, and the characters it may write.
+LIMITS: Final = struct.Struct("!ddQ")
 # A worker holding more than this after a render exits after answering: a fresh one gives the
 # memory back at once, where an interpreter keeps much of what it once held.
 RETIRE_RSS_BYTES: Final = 256 * 1024 * 1024
@@ -69,8 +69,17 @@ START_TIMEOUT_S: Final = 30.0
 # The longest a render waits for a free worker: a busy one is done (or killed) within a render's
 # time and grace, and replaced within about a second.
 WORKER_WAIT_S: Final = RENDER_TIMEOUT_S + KILL_GRACE_S + 1.0
-# What a worker's environment keeps of the server's: where Python finds modelyard, nothing else.
-KEPT_ENVIRONMENT: Final = ("PYTHONPATH", "PATH", "LANG", "LC_ALL", "LC_CTYPE")
+# What a worker's environment keeps of the server's: the interpreter's settings (PYTHON*: where it
+# finds modelyard, PYTHONINTMAXSTRDIGITS, which a template's `int` sees) and the locale.
+KEPT_ENVIRONMENT: Final = ("PATH", "LANG", "LC_ALL", "LC_CTYPE")
+
+
+def _worker_environment() -> dict[str, str]:
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name in KEPT_ENVIRONMENT or name.startswith("PYTHON")
+    }
 
 
 class NoIdleWorker(Exception):
@@ -123,7 +132,7 @@ class _Worker:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 cwd="/",
-                env={name: os.environ[name] for name in KEPT_ENVIRONMENT if name in os.environ},
+                env=_worker_environment(),
             )
         except BaseException:
             parent.close()
@@ -211,20 +220,24 @@ class TemplateWorkers:
 
     def _render(self, job: RenderJob, *, wait: bool) -> str:
         timeout_s = render_timeout.get()
+        max_chars = render_max_chars.get()
         deadline = prompt_deadline.get()
         if deadline is None:
             deadline = time.monotonic() + timeout_s
+        pickling = time.monotonic()
         try:
             pickled = pickle.dumps(job, pickle.HIGHEST_PROTOCOL)
         except RecursionError:  # a request's JSON nested hundreds deep (tool call arguments)
             raise TemplateError("the request's values are nested too deeply to render") from None
+        deadline += time.monotonic() - pickling  # the job's size is the request's, not the template's
         for attempt in range(2):
             asked = time.monotonic()
             worker = self._take(asked + WORKER_WAIT_S if wait else None)
             deadline += time.monotonic() - asked  # waiting for a worker is not rendering
+            limits = LIMITS.pack(timeout_s, deadline, max_chars)
             reply = b""
             try:
-                reply = self._run(worker, pickled, timeout_s, deadline)
+                reply = self._run(worker, limits, pickled, timeout_s, deadline, 2 + 4 * max_chars)
             except _WorkerGone as gone:
                 if gone.args[0] == "before" and attempt == 0:
                     continue  # it died idle (killed, say): the job never reached it; another
@@ -242,20 +255,29 @@ class TemplateWorkers:
             return _result(reply)
         raise AssertionError("unreachable")  # the second attempt returns or raises
 
-    def _run(self, worker: _Worker, pickled: bytes, timeout_s: float, deadline: float) -> bytes:
+    def _run(
+        self,
+        worker: _Worker,
+        limits: bytes,
+        pickled: bytes,
+        timeout_s: float,
+        deadline: float,
+        max_reply: int,
+    ) -> bytes:
         """The worker's reply (kind, retirement, payload), or _WorkerGone("before" the job reached it,
-        or "during" it). Never blocks past the deadline and its grace."""
+        or "during" it). Never blocks past the deadline and its grace; `max_reply`: the most bytes
+        a reply may have (its output's characters at 4 bytes each)."""
         killed_at = deadline + KILL_GRACE_S
         try:
             worker.socket.settimeout(max(killed_at - time.monotonic(), 0.001))
-            send_frame(worker.socket, TIMES.pack(timeout_s, deadline) + pickled)
+            send_frame(worker.socket, limits + pickled)
         except TimeoutError:
             worker.process.kill()  # reaped by _give_back's thread, off this one (maybe the loop)
             raise RenderTimedOut(f"the template took longer than {timeout_s:g} s to render") from None
         except OSError:
             raise _WorkerGone("before") from None
         try:
-            reply = receive_frame(worker.socket, MAX_REPLY_BYTES, killed_at)
+            reply = receive_frame(worker.socket, max_reply, killed_at)
         except TimeoutError:
             worker.process.kill()
             raise RenderTimedOut(f"the template took longer than {timeout_s:g} s to render") from None

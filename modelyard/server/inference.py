@@ -18,8 +18,9 @@ import logging
 import threading
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from modelyard.builder.prompt import PromptRequest, ToolCall, run_render_job
 from modelyard.builder.render_limits import ON_LOOP_TIMEOUT_S, RenderTimedOut, render_timeout
@@ -84,6 +85,9 @@ SPEC_RETRY_AFTER_S = 10.0
 served_model: contextvars.ContextVar[str] = contextvars.ContextVar("served_model", default="")
 
 
+RENDER_THREADS: Final = 8  # prompts rendered or counted off the loop at once (see Inference.__init__)
+
+
 class Inference:
     def __init__(
         self,
@@ -108,6 +112,9 @@ class Inference:
         self._stopped_retry_after: float | None = None  # set by stop_generations
         self._stopped_waits: set[asyncio.Task[Any]] = set()  # the waits stop_generations cancelled
         self._unknown_options_logged: set[str] = set()
+        # Prompts that cannot be made on the loop wait here, on threads of their own: slow templates
+        # queue behind one another, not in front of every asyncio.to_thread of the server.
+        self._render_threads = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="render")
 
     def _poster(self, loop: asyncio.AbstractEventLoop) -> LoopPost:
         """The one LoopPost of the loop that serves (one per loop, should tests run several)."""
@@ -335,7 +342,8 @@ class Inference:
                 render_timeout.reset(on_loop)  # before the thread, which takes a copy of the context
             if rendered is None:  # under the full budget, waiting for a worker if need be
                 render = templates.render if templates else run_render_job
-                rendered = await asyncio.to_thread(prepare_request, render=render)
+                in_context = functools.partial(contextvars.copy_context().run, prepare_request, render=render)
+                rendered = await loop.run_in_executor(self._render_threads, in_context)
 
             post = self._poster(loop)
 

@@ -329,7 +329,9 @@ def router(state: ServerState) -> APIRouter:
     @api.post("/api/create")
     async def create(body: CreateBody, http: Request) -> Response:
         target = parse_reference(body.model_name())
-        modelfile = _modelfile_from(body)
+        # Parsing checks its template (up to 256 KiB of a stranger's Jinja: a second or two of
+        # parsing and compiling): not on the loop every request runs on.
+        modelfile = await asyncio.to_thread(_modelfile_from, body)
         events = state.build(modelfile, target, body.quantize)
         inference.forget(body.model_name())
         return await _progress_response(http, events, body.stream, state.error_for)
@@ -516,6 +518,8 @@ def _message(body: MessageBody) -> ChatMessage:
                 arguments = json.loads(arguments)
             except json.JSONDecodeError:
                 raise HTTPError(400, f"tool_calls[{i}].function.arguments is not JSON") from None
+            except RecursionError:
+                raise HTTPError(400, f"tool_calls[{i}].function.arguments is nested too deeply") from None
         calls.append(ToolCall(str(function.get("name", "")), arguments, str(call.get("id", "")), i))
     return ChatMessage(
         role=body.role,

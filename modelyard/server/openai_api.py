@@ -802,8 +802,9 @@ def _message(index: int, body: ChatMessageBody) -> ChatMessage:
         arguments = function.get("arguments") or "{}"
         try:
             parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
-        except json.JSONDecodeError:
-            message = f"{where}.tool_calls[{i}].function.arguments is not JSON"
+        except (json.JSONDecodeError, RecursionError) as err:
+            why = "is nested too deeply" if isinstance(err, RecursionError) else "is not JSON"
+            message = f"{where}.tool_calls[{i}].function.arguments {why}"
             raise HTTPError(400, message, param=f"{where}.tool_calls") from None
         calls.append(ToolCall(str(function.get("name", "")), parsed, str(call.get("id", "")), i))
     return ChatMessage(

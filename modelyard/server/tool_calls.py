@@ -233,7 +233,7 @@ def _call(item: object, index: int) -> ToolCall | None:
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # the model's text: not a call then
             return None
     if not isinstance(name, str) or not name or not isinstance(arguments, Mapping):
         return None
