@@ -129,8 +129,8 @@ def _rendered(
             raise RunnerNeeded
         return len(runner.tokenize(text, add_special=True)) < limit
 
-    if length >= limit:  # counted in full only off the loop (a body's million parts: a second)
-        length = _text_length(request, MAX_RENDERED_CHARS)
+    if length >= limit:  # counted further only off the loop (a body's million parts: a second)
+        length = _text_length(request, MAX_RENDERED_CHARS // OUTPUT_PER_INPUT_CHAR)  # enough to say
     most = render_max_chars.set(_output_limit(prompting, length, limit))
     try:
         prompt: Prompt = render_prompt(
@@ -178,15 +178,12 @@ def _parts(values: list[Any], enough: int) -> int:
     count = 0
     while values and count < enough:
         value = values.pop()
+        count += 1
         if isinstance(value, str):
-            count += len(value) + 1
-        elif isinstance(value, Mapping):
-            count += 1
+            count += len(value)
+        elif isinstance(value, list | tuple):
+            values += value
+        elif isinstance(value, dict | Mapping):  # dict first: an ABC's check costs microseconds
             values += value.keys()
             values += value.values()
-        elif isinstance(value, list | tuple):
-            count += 1
-            values += value
-        else:
-            count += 1
     return count
