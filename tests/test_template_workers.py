@@ -305,3 +305,36 @@ def test_a_frame_is_read_by_its_deadline_and_size(sent: bytes, max_bytes: int, e
     finally:
         ours.close()
         theirs.close()
+
+
+def test_renders_waiting_for_a_worker_get_one_in_the_order_they_came() -> None:
+    workers = TemplateWorkers(size=1)
+    workers.start()
+    wait_for_workers(workers)
+    finished: list[int] = []
+
+    def slow_render() -> None:  # holds the only worker for 0.5 s
+        render_timeout.set(0.5)
+        with pytest.raises(RenderTimedOut):
+            render_prompt(jinja(LONG_CALL), HI, render=workers.render)
+
+    def quick_render(i: int) -> None:
+        request = PromptRequest.chat([ChatMessage("user", f"{i}")])
+        render_prompt(jinja("{{ messages[0].content }}"), request, render=workers.render)
+        finished.append(i)
+
+    try:
+        threads = [threading.Thread(target=slow_render)]
+        threads[0].start()
+        time.sleep(0.1)
+        for i in range(5):
+            threads.append(threading.Thread(target=quick_render, args=(i,)))
+            threads[-1].start()
+            time.sleep(0.03)
+        with pytest.raises(NoIdleWorker):  # it would jump the queue
+            render_prompt(jinja("{{ messages[0].content }}"), HI, render=workers.render_now)
+        for thread in threads:
+            thread.join()
+    finally:
+        workers.close()
+    assert finished == list(range(5))

@@ -37,6 +37,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from typing import Final
 
 from modelyard.builder.prompt import RenderJob
@@ -183,6 +184,7 @@ class TemplateWorkers:
         self.retire_rss_bytes = retire_rss_bytes
         self._idle: list[_Worker] = []
         self._busy: set[_Worker] = set()
+        self._waiting: deque[object] = deque()  # the renders waiting for a worker, in order
         self._starting = 0  # workers being started, in the background
         self._failed_starts = 0
         self._start_failure = ""  # why the last start that failed did
@@ -293,34 +295,44 @@ class TemplateWorkers:
     # --- the pool ---------------------------------------------------------------------------------
 
     def _take(self, wait_until: float | None) -> _Worker:
-        """A free, live worker; `wait_until` None: one free now or NoIdleWorker."""
+        """A free, live worker; `wait_until` None: one free now or NoIdleWorker. Renders that wait
+        are served in the order they came (a slow template's requests do not crowd out others'),
+        and one that does not wait takes a worker only when none is waited for."""
         with self._changed:
             failed_before = self._failed_starts
-            while True:
-                if self._closed:
-                    raise ServerBusyError(
-                        "the server is shutting down: no template can be rendered", 1.0, reason="stopping"
-                    )
-                while self._idle:
-                    worker = self._idle.pop()
-                    if worker.process.poll() is None:
-                        self._busy.add(worker)
-                        return worker
-                    self._reap(worker)  # died while idle (killed, say): not handed out
-                if self._failed_starts > failed_before and not self._starting and not self._busy:
-                    # None will come: a fault of this machine or installation, not of the template.
-                    raise RuntimeError(f"no template worker could be started: {self._start_failure}")
-                self._fill()
-                if wait_until is None:
-                    raise NoIdleWorker
-                left = wait_until - time.monotonic()
-                if left <= 0:
-                    raise ServerBusyError(
-                        f"every template worker stayed busy for {WORKER_WAIT_S:g} s: try again shortly",
-                        1.0,
-                        reason="templates",
-                    )
-                self._changed.wait(left)
+            turn = object()
+            try:
+                while True:
+                    if self._closed:
+                        raise ServerBusyError(
+                            "the server is shutting down: no template can be rendered", 1.0, reason="stopping"
+                        )
+                    while self._idle and (not self._waiting or self._waiting[0] is turn):
+                        worker = self._idle.pop()
+                        if worker.process.poll() is None:
+                            self._busy.add(worker)
+                            return worker
+                        self._reap(worker)  # died while idle (killed, say): not handed out
+                    if self._failed_starts > failed_before and not self._starting and not self._busy:
+                        # None will come: a fault of this machine or installation, not the template's.
+                        raise RuntimeError(f"no template worker could be started: {self._start_failure}")
+                    self._fill()
+                    if wait_until is None:
+                        raise NoIdleWorker
+                    if turn not in self._waiting:
+                        self._waiting.append(turn)
+                    left = wait_until - time.monotonic()
+                    if left <= 0:
+                        raise ServerBusyError(
+                            f"every template worker stayed busy for {WORKER_WAIT_S:g} s: try again shortly",
+                            1.0,
+                            reason="templates",
+                        )
+                    self._changed.wait(left)
+            finally:
+                if turn in self._waiting:
+                    self._waiting.remove(turn)
+                    self._changed.notify_all()  # the next in line may take what this one leaves
 
     def _give_back(self, worker: _Worker, *, keep: bool) -> None:
         with self._changed:
