@@ -474,11 +474,18 @@ def test_the_renders_of_one_prompt_share_its_time() -> None:
 @pytest.mark.parametrize(
     ("prompting", "request_", "kind"),
     [
-        (ModelPrompting(), PromptRequest.generate("x", template="{{ .Prompt }}"), None),
-        (ModelPrompting(template="{{ .Prompt }}"), PromptRequest.generate("x"), None),
-        (model(template="{{ .Prompt }}{{ .Suffix }}"), PromptRequest.generate("x", suffix="y"), None),
-        (ModelPrompting(chat_template=GEMMA3_JINJA), chat(HI), "jinja"),
-        (ModelPrompting(), PromptRequest.generate("x"), "go"),
+        pytest.param(
+            ModelPrompting(), PromptRequest.generate("x", template="{{ .Prompt }}"), None, id="request"
+        ),
+        pytest.param(model(template="{{ .Prompt }}"), PromptRequest.generate("x"), None, id="image"),
+        pytest.param(
+            model(template="{{ .Prompt }}{{ .Suffix }}"),
+            PromptRequest.generate("x", suffix="y"),
+            None,
+            id="image-suffix",
+        ),
+        pytest.param(ModelPrompting(chat_template=GEMMA3_JINJA), chat(HI), "jinja", id="gguf-jinja"),
+        pytest.param(ModelPrompting(), PromptRequest.generate("x"), "go", id="ollama-default"),
     ],
 )
 def test_a_strangers_template_is_parsed_where_it_runs(

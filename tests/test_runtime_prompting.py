@@ -10,21 +10,22 @@ from typing import Any
 import pytest
 
 from modelyard.builder import modelfile as mf
-from modelyard.builder.prompt import ChatMessage, ModelPrompting, PromptRequest, ToolCall
-from modelyard.builder.render_limits import MAX_RENDERED_CHARS
+from modelyard.builder.prompt import ChatMessage, ModelPrompting, PromptRequest, ToolCall, render_prompt
+from modelyard.builder.render_limits import MAX_RENDERED_CHARS, render_max_chars
 from modelyard.errors import TemplateError
 from modelyard.runtime.options import LoadOptions, SamplingOptions
 from modelyard.runtime.prompting import (
     RunnerNeeded,
-    _output_limit,
     _parts,
     _text_length,
     image_prompting,
+    output_limit,
     prepare,
 )
 from modelyard.runtime.protocol import CompletionRequest
 from modelyard.runtime.runner import Runner, RunnerSpec
 
+CHAT_HI = PromptRequest.chat([ChatMessage("user", "hi")])
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "gemma3" / "Modelfile"
 GREEDY = SamplingOptions(temperature=0.0, num_predict=16)
 CHATML_JINJA = (
@@ -145,11 +146,11 @@ def test_a_prompt_renders_without_the_runner_unless_it_must_ask(
 @pytest.mark.parametrize(
     ("values", "enough", "expected"),
     [
-        ([], 100, 0),
-        (["abc"], 100, 4),
-        ([{"a": "bc"}], 100, 1 + 2 + 3),
-        ([[1, 2, [3]]], 100, 1 + 1 + 1 + 1 + 1),
-        ([[[]] * 1000], 10, 10),  # stops at about `enough`
+        pytest.param([], 100, 0, id="nothing"),
+        pytest.param(["abc"], 100, 4, id="a-string"),
+        pytest.param([{"a": "bc"}], 100, 1 + 2 + 3, id="a-dict"),
+        pytest.param([[1, 2, [3]]], 100, 1 + 1 + 1 + 1 + 1, id="nested-lists"),
+        pytest.param([[[]] * 1000], 10, 10, id="stops-at-about-enough"),
     ],
 )
 def test_the_parts_of_json_values_are_counted_up_to_enough(
@@ -163,18 +164,48 @@ def test_the_parts_of_values_nested_past_recursion_are_counted() -> None:
     for _ in range(5000):
         deep = {"a": deep}
     request = PromptRequest.chat([ChatMessage("assistant", "", tool_calls=(ToolCall("f", deep),))])
-    assert _text_length(request, 100_000) == 5000 * (1 + 2) + 1 + 1  # levels, the leaf, no tools
+    # the levels, the leaf, the call's (name, arguments) pair and its name, no tools
+    assert _text_length(request, 100_000) == 5000 * (1 + 2) + 1 + 1 + 2 + 1
 
 
 @pytest.mark.parametrize(
-    ("system", "request_length", "context", "expected"),
+    ("prompting", "request_", "request_length", "context", "expected"),
     [
-        (None, 0, 4096, 16 * 4096),  # a short request: what its context could hold, generously
-        ("be brief", 100, 4096, 8 * 108 + 16 * 4096),
-        (None, 10_000_000, 4096, MAX_RENDERED_CHARS),  # never past the render's own limit
+        pytest.param(ModelPrompting(), CHAT_HI, 2, 4096, 8 * 2 + 256 * 3 + 16 * 4096, id="short"),
+        pytest.param(
+            ModelPrompting(system="be brief", template="{{ .Prompt }}"),
+            CHAT_HI,
+            2,
+            4096,
+            8 * (2 + 8 + 13) + 256 * 3 + 16 * 4096,
+            id="the-images-own-text",
+        ),
+        pytest.param(
+            ModelPrompting(), CHAT_HI, 10_000_000, 4096, MAX_RENDERED_CHARS, id="never-past-the-limit"
+        ),
     ],
 )
 def test_what_a_prompts_template_may_write(
-    system: str | None, request_length: int, context: int, expected: int
+    prompting: ModelPrompting, request_: PromptRequest, request_length: int, context: int, expected: int
 ) -> None:
-    assert _output_limit(ModelPrompting(system=system), request_length, context) == expected
+    assert output_limit(prompting, request_, request_length, context) == expected
+
+
+def test_a_long_chat_of_short_messages_is_cut_to_fit_not_refused() -> None:
+    """A template's markup around each message does not grow with it: a thousand "ok"s render to
+    more than eight times their text. The render over the limit is one that does not fit."""
+    from template_corpus import QWEN25_JINJA
+
+    history = [ChatMessage("user" if i % 2 == 0 else "assistant", "ok") for i in range(1001)]
+    request = PromptRequest.chat(history)
+    prompting = ModelPrompting(chat_template=QWEN25_JINJA)
+    # 8 characters per input character alone would refuse it; per message, it is allowed:
+    assert len(render_prompt(prompting, request).text) > 8 * _text_length(request, 10**9)
+    assert output_limit(prompting, request, _text_length(request, 10**9), 1024) > 256 * 1001
+    limit = 10_000  # and tighter than the whole chat, which the bisection must then cut
+    token = render_max_chars.set(limit)
+    try:
+        prompt = render_prompt(prompting, request, fits=lambda text, images: True)
+    finally:
+        render_max_chars.reset(token)
+    assert 0 < prompt.dropped < 1000 and len(prompt.text) <= limit

@@ -1656,12 +1656,14 @@ def test_a_template_cannot_make_a_short_request_into_megabytes(client: ollama.Cl
 def test_creating_a_model_checks_its_template_without_running_it(
     server: ServeProcess, client: ollama.Client
 ) -> None:
-    """Jinja's optimizer ran filters on a template's constants while compiling it, in the server,
-    at /api/create: 50 bytes of template made it build a gigabyte there. Now checking a template
+    """Jinja ran filters on a template's constants while compiling it, in the server, at
+    /api/create: 50 bytes of template made it build a gigabyte there. Now checking a template
     parses it, and the render refuses what the filter would build."""
     folding = '{{ ("x" * 100)|list|tojson(indent=2000000) }}{{ messages[-1].content }}'
+    large = '{{ "x"|center(4000000)|list|batch(1)|list|length }}{{ messages[-1].content }}'
     peak_before = peak_rss_kib(server)
     client.create("folding", from_=GEMMA, template=folding)
+    client.create("large", from_=GEMMA, template=large)
     try:
         grown = peak_rss_kib(server) - peak_before
         assert grown < 100 * 1024, f"the server grew by {grown // 1024} MiB"
@@ -1670,6 +1672,7 @@ def test_creating_a_model_checks_its_template_without_running_it(
         assert refused.value.status_code == 400 and "too large" in refused.value.error
     finally:
         client.delete("folding")
+        client.delete("large")
 
 
 def test_tool_call_arguments_nested_past_recursion_are_a_400(http: httpx.Client) -> None:
@@ -1680,12 +1683,23 @@ def test_tool_call_arguments_nested_past_recursion_are_a_400(http: httpx.Client)
     assert answer.status_code == 400 and "nested too deeply" in answer.json()["error"], answer.text
 
 
-@pytest.mark.parametrize("raw", [True, False])
-def test_a_lone_surrogate_in_a_prompt_is_taken_as_go_decodes_it(http: httpx.Client, raw: bool) -> None:
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param('"raw": true, "prompt": "a \\ud800 b"', id="raw-prompt"),
+        pytest.param('"prompt": "a \\ud800 b"', id="templated-prompt"),
+        pytest.param('"prompt": "hi", "options": {"stop": ["\\udc00"]}', id="stop"),
+        pytest.param('"prompt": "hi", "format": {"type": "string", "description": "\\ud800"}', id="format"),
+        pytest.param('"prompt": "a \\ud83d\\ude00 b"', id="a-pair-is-no-surrogate"),
+    ],
+)
+def test_a_lone_surrogate_in_a_request_is_taken_as_go_decodes_it(http: httpx.Client, fields: str) -> None:
     """JSON's "\\ud800" is a lone surrogate in Python, which no UTF-8 carries to the runner (it was
-    a 500); Go's decoder, Ollama's, makes it U+FFFD, and so does ours, template or raw."""
-    fields = f'"model": "{GEMMA}", "raw": {"true" if raw else "false"}, "stream": false'
-    body = "{" + fields + ', "prompt": "a \\ud800 b", "options": {"num_predict": 1}}'
+    a 500); Go's decoder, Ollama's, makes it U+FFFD, and so does ours (server/bodies.py)."""
+    body = f'{{"model": "{GEMMA}", "stream": false, {fields}}}'
+    options = '"options": {"num_predict": 1}' if '"options"' not in fields else ""
+    if options:
+        body = body[:-1] + ", " + options + "}"
     answer = http.post("/api/generate", content=body, headers={"content-type": "application/json"})
     assert answer.status_code == 200, answer.text
     assert answer.json()["done"] is True

@@ -115,9 +115,11 @@ def test_a_cut_conversation_is_cut_as_here(pool: TemplateWorkers) -> None:
 @pytest.mark.parametrize(
     ("model", "message"),
     [
-        (ModelPrompting(template="{{ index .Messages 5 }}"), "out of range"),
-        (jinja("{{ raise_exception('no system messages here') }}"), "no system messages here"),
-        (jinja("{{ ().__class__ }}"), "unsafe"),
+        pytest.param(ModelPrompting(template="{{ index .Messages 5 }}"), "out of range", id="go"),
+        pytest.param(
+            jinja("{{ raise_exception('no system messages here') }}"), "no system messages here", id="raised"
+        ),
+        pytest.param(jinja("{{ ().__class__ }}"), "unsafe", id="sandbox"),
     ],
 )
 def test_a_template_error_comes_back_as_a_template_error(
@@ -282,11 +284,11 @@ def test_a_worker_keeps_nothing_of_the_servers_environment(monkeypatch: pytest.M
 @pytest.mark.parametrize(
     ("sent", "max_bytes", "error"),
     [
-        (struct.pack("!Q", 5) + b"hello", 5, None),
-        (struct.pack("!Q", 6) + b"hello!", 5, ValueError),  # longer than any reply may be
-        (struct.pack("!Q", 9) + b"stall", 64, TimeoutError),  # never finished: read by a deadline
-        (struct.pack("!Q", 2), 64, TimeoutError),
-        (b"", 64, EOFError),  # the other side closed it
+        pytest.param(struct.pack("!Q", 5) + b"hello", 5, None, id="whole"),
+        pytest.param(struct.pack("!Q", 6) + b"hello!", 5, ValueError, id="longer-than-a-reply-may-be"),
+        pytest.param(struct.pack("!Q", 9) + b"stall", 64, TimeoutError, id="never-finished"),
+        pytest.param(struct.pack("!Q", 2), 64, TimeoutError, id="only-its-length"),
+        pytest.param(b"", 64, EOFError, id="closed"),
     ],
 )
 def test_a_frame_is_read_by_its_deadline_and_size(sent: bytes, max_bytes: int, error: type | None) -> None:
@@ -338,3 +340,58 @@ def test_renders_waiting_for_a_worker_get_one_in_the_order_they_came() -> None:
     finally:
         workers.close()
     assert finished == list(range(5))
+
+
+def test_a_render_that_waits_too_long_for_a_worker_is_told_to_come_back() -> None:
+    """Every worker busy for WORKER_WAIT_S: a 503 with Retry-After (ServerBusyError), not a
+    template error: the request was fine."""
+    workers = TemplateWorkers(size=1)
+    workers.start()
+    wait_for_workers(workers)
+
+    def slow_render() -> None:  # holds the only worker past WORKER_WAIT_S (3.1 s)
+        render_timeout.set(3.6)
+        with pytest.raises(RenderTimedOut):
+            render_prompt(jinja(LONG_CALL), HI, render=workers.render)
+
+    slow = threading.Thread(target=slow_render)
+    try:
+        slow.start()
+        time.sleep(0.2)
+        with pytest.raises(ServerBusyError) as busy:
+            render_prompt(jinja("{{ messages[0].content }}"), HI, render=workers.render)
+        assert busy.value.reason == "templates" and busy.value.retry_after > 0
+    finally:
+        slow.join()
+        workers.close()
+
+
+def test_a_chat_cut_to_fit_after_a_wait_has_its_time_for_every_render() -> None:
+    """The wait for a worker is not the prompt's time: the bisection's later renders had found the
+    prompt's shared deadline spent by the first one's wait."""
+    workers = TemplateWorkers(size=1)
+    workers.start()
+    wait_for_workers(workers)
+
+    def slow_render() -> None:  # holds the only worker for about a second
+        render_timeout.set(1.0)
+        with pytest.raises(RenderTimedOut):
+            render_prompt(jinja(LONG_CALL), HI, render=workers.render)
+
+    history = [ChatMessage("user" if i % 2 == 0 else "assistant", f"message {i} " * 10) for i in range(40)]
+    slow = threading.Thread(target=slow_render)
+    token = render_timeout.set(0.5)
+    try:
+        slow.start()
+        time.sleep(0.1)
+        prompt = render_prompt(
+            ModelPrompting(template=CHATML),
+            PromptRequest.chat(history),
+            fits=lambda text, _images: len(text) < 2000,
+            render=workers.render,
+        )
+    finally:
+        render_timeout.reset(token)
+        slow.join()
+        workers.close()
+    assert 0 < prompt.dropped < 40

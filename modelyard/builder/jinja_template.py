@@ -81,6 +81,15 @@ def _checked_concat(parts: Iterable[Any]) -> str:
     return "".join(pieces)
 
 
+@jinja2.pass_eval_context
+def _finalize(_eval_context: Any, value: Any) -> Any:
+    """_sized_output as Jinja's `finalize`. Taking the evaluation context is what keeps Jinja from
+    running a `{{ … }}` of constants while it compiles (CodeGenerator folds output through a
+    finalize that takes nothing): outside any render's budget, in whatever process checks the
+    template (`{{ "ab "|center(2000000)|wordwrap(3) }}` took 45 s to compile)."""
+    return _sized_output(value)
+
+
 def _sized_output(value: Any) -> Any:
     """A value about to be turned into text (output, joined): a container whose text would pass
     the limit is refused before str() builds it (`{{ [b] * 1000000 }}` asked for terabytes)."""
@@ -363,14 +372,42 @@ def _tojson(
         width = len(indent) if isinstance(indent, str) else _int(indent, 0)
         check_built(width, "an indentation")
         compact = json.dumps(value, ensure_ascii=ensure_ascii, separators=separators, sort_keys=sort_keys)
-        # At most a line per character of the compact text, each indented at most that deep: a
-        # bound, generous for real JSON, exact enough to refuse what would not fit.
-        lines = compact.count(",") + compact.count("[") + compact.count("{") + 1
-        depth = max(compact.count("["), compact.count("{"), 1)
-        check_built(len(compact) + lines * (1 + width * min(depth, lines)), "a JSON text")
+        # A line per item and per container's end at most, each indented at most as deep as the
+        # value nests: a bound a little over the real size (a hundred tools at indent 4: 1.3x).
+        lines = compact.count(",") + 2 * (compact.count("[") + compact.count("{")) + 1
+        check_built(len(compact) + lines * (1 + width * _depth(value)), "a JSON text")
     return json.dumps(
         value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
     )
+
+
+def _depth(value: Any) -> int:
+    """How deep lists and dicts nest in `value` (json.dumps has refused deeper than it recurses)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, list | tuple | dict):
+            depth += 1
+            deepest = max(deepest, depth)
+            stack.extend((part, depth) for part in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _cycler(*items: Any) -> jinja2.utils.Cycler:
+    """Jinja's cycler(), whose RuntimeError for no items is the template's mistake."""
+    if not items:
+        raise TemplateError("chat template: cycler() needs at least one item")
+    return jinja2.utils.Cycler(*items)
+
+
+@jinja2.pass_environment
+def _truncate(environment: Any, s: Any, length: Any = 255, *args: Any, **kwargs: Any) -> str:
+    """Jinja's |truncate, whose AssertionError for a length shorter than its end is the template's
+    mistake."""
+    end = kwargs.get("end", args[1] if len(args) > 1 else "...")
+    if isinstance(length, int) and length < len(str(end)):
+        raise TemplateError(f"chat template: truncate to {length}, shorter than its end {end!r}")
+    return jinja2.filters.do_truncate(environment, s, length, *args, **kwargs)
 
 
 def _raise_exception(message: str) -> NoReturn:
@@ -386,7 +423,7 @@ def _environment() -> _Sandbox:
         # outside any render's budget, in whatever process checks the template (the server's).
         optimized=False,
         extensions=[loopcontrols, _Generation],
-        finalize=_sized_output,  # every `{{ value }}`, before its str()
+        finalize=_finalize,  # every `{{ value }}`, before its str()
     )
     env.filters["tojson"] = _tojson
     for name, size in _BOUNDED_FILTERS.items():
@@ -395,6 +432,8 @@ def _environment() -> _Sandbox:
     env.filters["_budgeted"] = _budgeted
     env.filters["_budget_step"] = _budget_step
     env.globals["namespace"] = _Namespace
+    env.globals["cycler"] = _cycler
+    env.filters["truncate"] = _truncate
     del env.globals["lipsum"]  # lorem ipsum of any length, in one call no budget sees
     del env.filters["pprint"]  # pformat's output is not sized before it is built; no chat template uses it
     return env
@@ -489,7 +528,7 @@ def render_chat_template(
         line = getattr(err, "lineno", None)
         where = f"chat template:{line}: " if line else "chat template: "
         raise TemplateError(f"{where}{err.message or type(err).__name__}") from None
-    except RecursionError:  # before RuntimeError, its base
+    except RecursionError:
         raise TemplateError("chat template: it recurses too deeply to render") from None
     except (
         TypeError,
@@ -499,8 +538,6 @@ def render_chat_template(
         AttributeError,
         ZeroDivisionError,
         OverflowError,
-        RuntimeError,  # cycler() without items
-        AssertionError,  # |truncate with a negative length
     ) as err:
         # The template's own mistake (e.g. `'a' + 1`, `messages[5]`), not a bug in the renderer.
         raise TemplateError(f"chat template: {type(err).__name__}: {err}") from None

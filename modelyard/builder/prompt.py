@@ -54,7 +54,7 @@ from modelyard.builder.jinja_template import (
     render_chat_template,
     template_variables,
 )
-from modelyard.builder.render_limits import RenderBudget, prompt_deadline, render_timeout
+from modelyard.builder.render_limits import RenderBudget, RenderTooLong, prompt_deadline, render_timeout
 from modelyard.errors import TemplateError
 
 DEFAULT_TEMPLATE: Final = "{{ .Prompt }}"
@@ -592,9 +592,6 @@ class _Renderer:
     model: ModelPrompting
     run: Render
 
-    def language(self) -> TemplateKind:
-        return self.kind or template_kind(self.text)
-
     def job(self, values: TemplateValues) -> RenderJob:
         model = self.model
         return RenderJob(
@@ -715,8 +712,13 @@ def _chat_prompt(
             if i not in tried:
                 begin = _tool_block_start(messages, i)
                 kept_system = [m for m in messages[:begin] if m.role == "system"]
-                text = renderer.render([*kept_system, *messages[begin:]], tools, request)
-                fitting = fits(text, sum(len(m.images) for m in messages[begin:])) or i == last
+                try:
+                    text = renderer.render([*kept_system, *messages[begin:]], tools, request)
+                    fitting = fits(text, sum(len(m.images) for m in messages[begin:])) or i == last
+                except RenderTooLong:  # longer than a prompt may render: it does not fit either
+                    if i == last:
+                        raise
+                    fitting = False
                 tried[i] = (fitting, begin, kept_system)
             return tried[i]
 

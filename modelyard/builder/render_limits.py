@@ -45,6 +45,10 @@ class RenderTimedOut(TemplateError):
     """A render that spent its time budget."""
 
 
+class RenderTooLong(TemplateError):
+    """A render that wrote more than it may: for a chat cut to fit, a prompt that does not fit."""
+
+
 class RenderBudget:
     def __init__(self, timeout_s: float | None = None, max_chars: int | None = None) -> None:
         timeout_s = render_timeout.get() if timeout_s is None else timeout_s
@@ -66,7 +70,7 @@ class RenderBudget:
     def wrote(self, chars: int) -> None:
         self.chars += chars
         if self.chars > self.max_chars:
-            raise TemplateError(f"the template renders more than {self.max_chars:,} characters")
+            raise RenderTooLong(f"the template renders more than {self.max_chars:,} characters")
         self.step()
 
 

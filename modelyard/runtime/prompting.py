@@ -20,7 +20,6 @@ from modelyard.builder.prompt import (
     Render,
     render_prompt,
     run_render_job,
-    without_lone_surrogates,
 )
 from modelyard.builder.render_limits import MAX_RENDERED_CHARS, render_max_chars
 from modelyard.runtime.options import SamplingOptions
@@ -131,7 +130,7 @@ def _rendered(
 
     if length >= limit:  # counted further only off the loop (a body's million parts: a second)
         length = _text_length(request, MAX_RENDERED_CHARS // OUTPUT_PER_INPUT_CHAR)  # enough to say
-    most = render_max_chars.set(_output_limit(prompting, length, limit))
+    most = render_max_chars.set(output_limit(prompting, request, length, limit))
     try:
         prompt: Prompt = render_prompt(
             with_tokens(prompting, runner.info), request, fits=fits if truncate else None, render=render
@@ -143,20 +142,33 @@ def _rendered(
         if not ask_runner:
             raise RunnerNeeded
         text = runner.detokenize(list(request.context)) + text
-    return without_lone_surrogates(text), prompt.dropped  # a raw prompt has met no template
+    return text, prompt.dropped
 
 
 # What a prompt's template may write: this many characters per character of its input (the
-# request's and the image's own text), and per token of the context besides. Chat templates add a
-# few dozen characters a message; one that makes a short request into megabytes makes the server
-# tokenize, send and (as `context`) return them, a hundred times the render's own cost.
+# request's text, the image's own SYSTEM, MESSAGEs and template), per message (a template's
+# markup around each, which does not grow with it), and per token of the context besides. Chat
+# templates add a few dozen characters a message; one that makes a short request into megabytes
+# makes the server tokenize, send and (as `context`) return them, a hundred times the render's
+# own cost. A chat cut to fit takes a render over the limit as one that does not fit.
 OUTPUT_PER_INPUT_CHAR = 8
+OUTPUT_PER_MESSAGE = 256
 OUTPUT_PER_CONTEXT_TOKEN = 16
 
 
-def _output_limit(prompting: ModelPrompting, request_length: int, context_tokens: int) -> int:
+def output_limit(
+    prompting: ModelPrompting, request: PromptRequest, request_length: int, context_tokens: int
+) -> int:
+    """The characters a render of this request's prompt may write (`request_length`: its text's,
+    as _text_length counts; `context_tokens`: one slot's context)."""
     own = len(prompting.system or "") + sum(len(m.content) for m in prompting.messages)
-    allowed = OUTPUT_PER_INPUT_CHAR * (request_length + own) + OUTPUT_PER_CONTEXT_TOKEN * context_tokens
+    own += len(prompting.template or "") + len(prompting.chat_template or "") + len(request.template)
+    messages = len(request.messages) + len(prompting.messages) + 2  # a system, a generate's prompt
+    allowed = (
+        OUTPUT_PER_INPUT_CHAR * (request_length + own)
+        + OUTPUT_PER_MESSAGE * messages
+        + OUTPUT_PER_CONTEXT_TOKEN * context_tokens
+    )
     return min(MAX_RENDERED_CHARS, allowed)
 
 
@@ -169,7 +181,7 @@ def _text_length(request: PromptRequest, enough: int) -> int:
     parts: list[Any] = [request.tools or ()]
     for m in request.messages:
         texts += len(m.content) + len(m.thinking) + sum(map(len, m.images))
-        parts += [call.arguments for call in m.tool_calls]
+        parts += [(call.name, call.arguments) for call in m.tool_calls]
     return texts + _parts(parts, enough - texts)
 
 

@@ -12,16 +12,19 @@ gives them back).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import pickle
 import resource
 import socket
 import traceback
+from collections.abc import Iterator
 
 from modelyard.builder.prompt import RenderJob, run_render_job, without_lone_surrogates
 from modelyard.builder.render_limits import (
     KILL_GRACE_S,
     RenderTimedOut,
+    RenderTooLong,
     prompt_deadline,
     render_max_chars,
     render_timeout,
@@ -29,11 +32,13 @@ from modelyard.builder.render_limits import (
 from modelyard.errors import TemplateError
 from modelyard.runtime.template_workers import (
     LIMITS,
+    MAX_MESSAGE_BYTES,
     READY,
     REPLY_BUG,
     REPLY_ERROR,
     REPLY_TEXT,
     REPLY_TIMED_OUT,
+    REPLY_TOO_LONG,
     receive_frame,
     send_frame,
 )
@@ -63,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         job = pickle.loads(memoryview(frame)[LIMITS.size :])  # from the parent: trusted
         with _cpu_limited(timeout_s):
             kind, payload = _render(job, timeout_s, deadline, max_chars)
+        if kind != REPLY_TEXT and len(payload) > MAX_MESSAGE_BYTES // 4:  # a message: its start says it
+            payload = payload[: MAX_MESSAGE_BYTES // 4 - 1] + "…"
         retire = _rss_bytes() > args.retire_rss
         # A prompt has no lone surrogate (run_render_job); an error's message may quote one.
         reply = kind + (b"1" if retire else b"0") + without_lone_surrogates(payload).encode()
@@ -74,19 +81,16 @@ def main(argv: list[str] | None = None) -> int:
             return 0
 
 
-class _cpu_limited:
-    """The CPU this process may have used by the end of a render: its time, the grace and a
-    second to spare (RLIMIT_CPU counts whole seconds); past it the kernel ends the process."""
-
-    def __init__(self, timeout_s: float) -> None:
-        self.timeout_s = timeout_s
-
-    def __enter__(self) -> None:
-        used = resource.getrusage(resource.RUSAGE_SELF)
-        allowed = math.ceil(used.ru_utime + used.ru_stime + self.timeout_s + KILL_GRACE_S) + 1
-        resource.setrlimit(resource.RLIMIT_CPU, (allowed, resource.RLIM_INFINITY))
-
-    def __exit__(self, *_: object) -> None:
+@contextlib.contextmanager
+def _cpu_limited(timeout_s: float) -> Iterator[None]:
+    """The CPU this process may have used by the end of a render: its time, the grace and a second
+    to spare (RLIMIT_CPU counts whole seconds); past it the kernel ends the process."""
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    allowed = math.ceil(used.ru_utime + used.ru_stime + timeout_s + KILL_GRACE_S) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (allowed, resource.RLIM_INFINITY))
+    try:
+        yield
+    finally:
         resource.setrlimit(resource.RLIMIT_CPU, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 
 
@@ -101,6 +105,8 @@ def _render(job: RenderJob, timeout_s: float, deadline: float, max_chars: int) -
         return REPLY_TEXT, run_render_job(job)
     except RenderTimedOut as exc:
         return REPLY_TIMED_OUT, str(exc)
+    except RenderTooLong as exc:
+        return REPLY_TOO_LONG, str(exc)
     except TemplateError as exc:
         return REPLY_ERROR, str(exc)
     except MemoryError:  # outside the engines' own mapping (building the values, say)

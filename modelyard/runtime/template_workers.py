@@ -19,11 +19,11 @@ trip between processes over the work itself (benchmarks/bench_template_render.py
 
 The wire, both ways: frames of an 8-byte big-endian length, then that many bytes. Parent to worker:
 the render's time and its deadline (two doubles: CLOCK_MONOTONIC is one clock for every process
-of the machine), then the pickled RenderJob. Worker to parent: READY once, then per job one byte of
-kind, one of retirement (b"1": the worker exits after it), then the text or message in UTF-8. The
-parent never unpickles what a worker sends, and reads a reply no longer than a render's output
-can be, by its deadline: a template that escaped its sandbox there gains no code, memory or time
-in the server.
+of the machine) and the characters it may write, then the pickled RenderJob. Worker to parent:
+READY once, then per job one byte of kind, one of retirement (b"1": the worker exits after it),
+then the text or message in UTF-8 (a message cut to MAX_MESSAGE_BYTES). The parent never
+unpickles what a worker sends, and reads a reply no longer than the render may write, by its
+deadline: a template that escaped its sandbox there gains no code, memory or time in the server.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from modelyard.builder.render_limits import (
     MAX_RENDER_MEMORY_BYTES,
     RENDER_TIMEOUT_S,
     RenderTimedOut,
+    RenderTooLong,
     prompt_deadline,
     render_max_chars,
     render_timeout,
@@ -57,7 +58,9 @@ log = logging.getLogger("modelyard.templates")
 REPLY_TEXT: Final = b"T"
 REPLY_ERROR: Final = b"E"  # a TemplateError's message
 REPLY_TIMED_OUT: Final = b"O"  # a RenderTimedOut's message
+REPLY_TOO_LONG: Final = b"L"  # a RenderTooLong's message
 REPLY_BUG: Final = b"B"  # a traceback
+MAX_MESSAGE_BYTES: Final = 16 * 1024  # an error's message or a traceback, cut by the worker
 READY: Final = b"ready"  # a worker's first frame: imported, limited, waiting for jobs
 FRAME_HEADER: Final = struct.Struct("!Q")
 # A job's time in all (for messages), its deadline, and the characters it may write.
@@ -76,11 +79,15 @@ KEPT_ENVIRONMENT: Final = ("PATH", "LANG", "LC_ALL", "LC_CTYPE")
 
 
 def _worker_environment() -> dict[str, str]:
-    return {
+    kept = {
         name: value
         for name, value in os.environ.items()
         if name in KEPT_ENVIRONMENT or name.startswith("PYTHON")
     }
+    if "PYTHONPATH" in kept:  # a worker starts in /: the server's relative entries, made absolute
+        entries = kept["PYTHONPATH"].split(os.pathsep)
+        kept["PYTHONPATH"] = os.pathsep.join(os.path.abspath(entry) for entry in entries)
+    return kept
 
 
 class NoIdleWorker(Exception):
@@ -236,10 +243,13 @@ class TemplateWorkers:
             asked = time.monotonic()
             worker = self._take(asked + WORKER_WAIT_S if wait else None)
             deadline += time.monotonic() - asked  # waiting for a worker is not rendering
+            if prompt_deadline.get() is not None:  # nor is it for the prompt's later renders
+                prompt_deadline.set(deadline)
             limits = LIMITS.pack(timeout_s, deadline, max_chars)
             reply = b""
             try:
-                reply = self._run(worker, limits, pickled, timeout_s, deadline, 2 + 4 * max_chars)
+                max_reply = 2 + max(4 * max_chars, MAX_MESSAGE_BYTES)
+                reply = self._run(worker, limits, pickled, timeout_s, deadline, max_reply)
             except _WorkerGone as gone:
                 if gone.args[0] == "before" and attempt == 0:
                     continue  # it died idle (killed, say): the job never reached it; another
@@ -391,6 +401,8 @@ def _result(reply: bytes) -> str:
         return payload
     if kind == REPLY_TIMED_OUT:
         raise RenderTimedOut(payload)
+    if kind == REPLY_TOO_LONG:
+        raise RenderTooLong(payload)
     if kind == REPLY_ERROR:
         raise TemplateError(payload)
     raise RuntimeError(f"the template worker failed:\n{payload}")  # a bug: show its traceback

@@ -28,6 +28,7 @@ from modelyard.progress import ProgressEvent
 from modelyard.reference import parse_reference
 from modelyard.registry import PushFormat, pull, push
 from modelyard.runtime.servable import Servable
+from modelyard.server.bodies import GoJSONRoute
 from modelyard.server.disconnect import ClientGone, WatchedStream
 from modelyard.server.http_errors import STATUS_CLIENT_GONE, HTTPError
 from modelyard.server.inference import Finished, served_model, with_tool_calls
@@ -160,7 +161,7 @@ def timestamp(moment: datetime | None = None) -> str:
 
 
 def router(state: ServerState) -> APIRouter:
-    api = APIRouter()
+    api = APIRouter(route_class=GoJSONRoute)
     inference = state.inference
 
     @api.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)

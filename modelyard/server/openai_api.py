@@ -29,6 +29,7 @@ from modelyard.builder.prompt import ChatMessage, PromptRequest, ToolCall
 from modelyard.errors import InferenceRequestError, InvalidReferenceError
 from modelyard.runtime.runner import Token
 from modelyard.runtime.servable import Servable
+from modelyard.server.bodies import GoJSONRoute
 from modelyard.server.disconnect import ClientGone, WatchedStream
 from modelyard.server.http_errors import MODEL_NOT_FOUND, STATUS_CLIENT_GONE, HTTPError
 from modelyard.server.inference import Finished, with_tool_calls
@@ -246,7 +247,7 @@ class EmbeddingBody(_Body):
 
 
 def router(state: ServerState) -> APIRouter:
-    api = APIRouter(prefix="/v1")
+    api = APIRouter(prefix="/v1", route_class=GoJSONRoute)
     inference = state.inference
 
     @api.post("/chat/completions")
