@@ -147,10 +147,10 @@ def test_a_prompt_renders_without_the_runner_unless_it_must_ask(
     ("values", "enough", "expected"),
     [
         pytest.param([], 100, 0, id="nothing"),
-        pytest.param(["abc"], 100, 4, id="a-string"),
-        pytest.param([{"a": "bc"}], 100, 1 + 2 + 3, id="a-dict"),
-        pytest.param([[1, 2, [3]]], 100, 1 + 1 + 1 + 1 + 1, id="nested-lists"),
-        pytest.param([[[]] * 1000], 10, 10, id="stops-at-about-enough"),
+        pytest.param(["abc"], 100, 8 + 3, id="a-string"),
+        pytest.param([{"a": "bc"}], 100, 8 + (8 + 1) + (8 + 2), id="a-dict"),
+        pytest.param([[1, 2.5, [None]]], 1000, 2 * 8 + 3 * (8 + 24), id="numbers-and-null"),
+        pytest.param([[[]] * 1000], 40, 40, id="stops-at-about-enough"),
     ],
 )
 def test_the_parts_of_json_values_are_counted_up_to_enough(
@@ -164,8 +164,8 @@ def test_the_parts_of_values_nested_past_recursion_are_counted() -> None:
     for _ in range(5000):
         deep = {"a": deep}
     request = PromptRequest.chat([ChatMessage("assistant", "", tool_calls=(ToolCall("f", deep),))])
-    # the levels, the leaf, the call's (name, arguments) pair and its name, no tools
-    assert _text_length(request, 100_000) == 5000 * (1 + 2) + 1 + 1 + 2 + 1
+    # each level a dict and its key, the leaf, the call's (name, arguments) pair and its name, no tools
+    assert _text_length(request, 10**6) == 5000 * (8 + 8 + 1) + (8 + 24) + 8 + (8 + 1) + 8
 
 
 @pytest.mark.parametrize(
@@ -209,3 +209,47 @@ def test_a_long_chat_of_short_messages_is_cut_to_fit_not_refused() -> None:
     finally:
         render_max_chars.reset(token)
     assert 0 < prompt.dropped < 1000 and len(prompt.text) <= limit
+
+
+FLOATS = [0.123456789012] * 8000
+
+
+def _enum_tool(count: int) -> dict[str, Any]:
+    enum = list(range(100_000, 100_000 + count))
+    properties = {"id": {"type": "integer", "enum": enum, "description": "a product id"}}
+    return {"type": "function", "function": {"name": "pick", "parameters": {"properties": properties}}}
+
+
+@pytest.mark.parametrize(
+    ("template", "request_"),
+    [
+        pytest.param(
+            "LLAMA32_JINJA",
+            PromptRequest.chat([ChatMessage("user", "pick one")], tools=[_enum_tool(6000)]),
+            id="numbers-behind-tojson-indent-4",
+        ),
+        pytest.param(
+            "LLAMA31_TOOLS",
+            PromptRequest.chat(
+                [
+                    ChatMessage("user", "compute"),
+                    ChatMessage("assistant", "", tool_calls=(ToolCall("sum", {"values": FLOATS}),)),
+                ],
+                tools=[{"type": "function", "function": {"name": "sum", "parameters": {}}}],
+            ),
+            id="floats-in-a-tool-call",
+        ),
+    ],
+)
+def test_numbers_in_tools_are_allowed_what_they_render_to(template: str, request_: PromptRequest) -> None:
+    """A regression hunt found these refused: a number counted as one character of input, and
+    `tojson(indent=4)` puts each on a line of its own (the runner cut them to fit before)."""
+    from datetime import datetime
+
+    import template_corpus
+
+    text = getattr(template_corpus, template)
+    prompting = ModelPrompting(chat_template=text) if "JINJA" in template else ModelPrompting(template=text)
+    request_ = PromptRequest.chat(request_.messages, tools=request_.tools, now=datetime(2024, 5, 1))
+    rendered = render_prompt(prompting, request_).text
+    assert len(rendered) <= output_limit(prompting, request_, _text_length(request_, 10**9), 256)

@@ -715,9 +715,12 @@ def _chat_prompt(
                 try:
                     text = renderer.render([*kept_system, *messages[begin:]], tools, request)
                     fitting = fits(text, sum(len(m.images) for m in messages[begin:])) or i == last
-                except RenderTooLong:  # longer than a prompt may render: it does not fit either
+                except RenderTooLong as too_long:  # longer than a prompt may be: it does not fit
                     if i == last:
-                        raise
+                        raise RenderTooLong(
+                            f"the prompt is too long for the context even with only its last message "
+                            f"({too_long})"
+                        ) from None
                     fitting = False
                 tried[i] = (fitting, begin, kept_system)
             return tried[i]

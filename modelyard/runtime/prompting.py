@@ -185,12 +185,19 @@ def _text_length(request: PromptRequest, enough: int) -> int:
     return texts + _parts(parts, enough - texts)
 
 
+# What a JSON value's part stands for in a prompt, over a string's own characters: its quotes and
+# separator, or a line of its own behind indentation (`tools|tojson(indent=4)`); a number, bool or
+# null its digits too (a float's repr is up to 24).
+PART_CHARS = 8
+SCALAR_CHARS = 24
+
+
 def _parts(values: list[Any], enough: int) -> int:
-    """The characters and items in JSON-like values, counted up to about `enough`."""
+    """The characters JSON-like values stand for in a prompt, counted up to about `enough`."""
     count = 0
     while values and count < enough:
         value = values.pop()
-        count += 1
+        count += PART_CHARS
         if isinstance(value, str):
             count += len(value)
         elif isinstance(value, list | tuple):
@@ -198,4 +205,6 @@ def _parts(values: list[Any], enough: int) -> int:
         elif isinstance(value, dict | Mapping):  # dict first: an ABC's check costs microseconds
             values += value.keys()
             values += value.values()
+        else:
+            count += SCALAR_CHARS
     return count
