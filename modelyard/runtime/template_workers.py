@@ -7,8 +7,8 @@ takes seconds, in which no clock is read). In the server that is an out-of-memor
 losing every loaded model. So the server renders in worker processes: each limited to
 MAX_RENDER_MEMORY_BYTES of address space (a render that needs more fails, or its worker dies,
 alone) and to a few seconds of CPU per render, each killed KILL_GRACE_S after its render's time is
-up, and replaced in the background. A worker starts in `/`, with no environment but what Python
-needs to find modelyard (none of the server's credentials), and exits at the end of its socket.
+up, and replaced in the background. A worker starts in `/`, with no environment but Python's own
+settings and the locale (none of the server's credentials), and exits at the end of its socket.
 
 `TemplateWorkers.render` is a builder.prompt.Render: it waits for a free worker (the wait does not
 count against the render's time; past WORKER_WAIT_S it is a ServerBusyError, a 503), then blocks
