@@ -44,6 +44,7 @@ from modelyard.builder.render_limits import (
     check_nesting,
     check_template_size,
     current_budget,
+    nesting_depth,
 )
 from modelyard.errors import TemplateError
 
@@ -375,22 +376,10 @@ def _tojson(
         # A line per item and per container's end at most, each indented at most as deep as the
         # value nests: a bound a little over the real size (a hundred tools at indent 4: 1.3x).
         lines = compact.count(",") + 2 * (compact.count("[") + compact.count("{")) + 1
-        check_built(len(compact) + lines * (1 + width * _depth(value)), "a JSON text")
+        check_built(len(compact) + lines * (1 + width * nesting_depth(value)), "a JSON text")
     return json.dumps(
         value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
     )
-
-
-def _depth(value: Any) -> int:
-    """How deep lists and dicts nest in `value` (json.dumps has refused deeper than it recurses)."""
-    deepest, stack = 0, [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, list | tuple | dict):
-            depth += 1
-            deepest = max(deepest, depth)
-            stack.extend((part, depth) for part in (item.values() if isinstance(item, dict) else item))
-    return deepest
 
 
 def _cycler(*items: Any) -> jinja2.utils.Cycler:

@@ -103,16 +103,22 @@ def check_template_size(text: str) -> None:
 
 
 def check_nesting(value: object) -> None:
-    """Refuse a value nested deeper than MAX_NESTING (tuples, lists, dicts): walked without
-    recursion, at most a hundred thousand parts."""
-    stack = [(value, 0)]
-    seen = 0
-    while stack and seen < 100_000:
+    """Refuse a value nested deeper than MAX_NESTING (tuples, lists, dicts), looking at a hundred
+    thousand of its parts at most."""
+    if nesting_depth(value, 100_000) > MAX_NESTING:
+        raise TemplateError(f"the template keeps a value nested more than {MAX_NESTING} deep")
+
+
+def nesting_depth(value: object, most_parts: int | None = None) -> int:
+    """How deep the deepest part of `value` sits in its tuples, lists and dicts (the value itself
+    at 0; a dict's values, not its keys), walked without recursion, over `most_parts` at most."""
+    deepest, stack, seen = 0, [(value, 0)], 0
+    while stack and (most_parts is None or seen < most_parts):
         item, depth = stack.pop()
         seen += 1
-        if depth > MAX_NESTING:
-            raise TemplateError(f"the template keeps a value nested more than {MAX_NESTING} deep")
+        deepest = max(deepest, depth)
         if isinstance(item, tuple | list):
             stack.extend((part, depth + 1) for part in item)
         elif isinstance(item, dict):
             stack.extend((part, depth + 1) for part in item.values())
+    return deepest

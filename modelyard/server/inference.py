@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from modelyard.builder.prompt import PromptRequest, ToolCall, run_render_job
+from modelyard.builder.prompt import PromptRequest, Render, ToolCall, run_render_job
 from modelyard.builder.render_limits import ON_LOOP_TIMEOUT_S, RenderTimedOut, render_timeout
 from modelyard.errors import ImageNotFoundError, InferenceRequestError, ServerBusyError
 from modelyard.reference import Reference, parse_reference
@@ -100,7 +100,9 @@ class Inference:
     ) -> None:
         """`templates`: the worker processes that render prompts (None: in this process)."""
         self.store = store
-        self.templates = templates
+        # On the loop, a worker free now (else a thread's turn); in a thread, waiting for one.
+        self._render_now: Render = templates.render_now if templates else run_render_job
+        self._render_waiting: Render = templates.render if templates else run_render_job
         self.scheduler = scheduler
         self.metrics = metrics
         self.default_keep_alive = default_keep_alive
@@ -324,15 +326,12 @@ class Inference:
                 echo=echo,
                 logit_bias=logit_bias,
             )
-            templates = self.templates
             rendered = None
             on_loop = render_timeout.set(ON_LOOP_TIMEOUT_S)
             try:
                 # On the loop: a render takes a fraction of a millisecond (the loop waits for a
                 # worker process's answer), less than the hop to a thread and back.
-                rendered = prepare_request(
-                    ask_runner=False, render=templates.render_now if templates else run_render_job
-                )
+                rendered = prepare_request(ask_runner=False, render=self._render_now)
             except (RunnerNeeded, RenderTimedOut, NoIdleWorker):
                 # A long prompt to count or a context to detokenize (a round trip to the runner), a
                 # template slow to render, which holds up the loop no longer, or every worker busy:
@@ -341,8 +340,8 @@ class Inference:
             finally:
                 render_timeout.reset(on_loop)  # before the thread, which takes a copy of the context
             if rendered is None:  # under the full budget, waiting for a worker if need be
-                render = templates.render if templates else run_render_job
-                in_context = functools.partial(contextvars.copy_context().run, prepare_request, render=render)
+                run = contextvars.copy_context().run
+                in_context = functools.partial(run, prepare_request, render=self._render_waiting)
                 rendered = await loop.run_in_executor(self._render_threads, in_context)
 
             post = self._poster(loop)
