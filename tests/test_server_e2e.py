@@ -1165,6 +1165,15 @@ def test_malformed_json_and_huge_bodies_are_4xx(http: httpx.Client) -> None:
 
     streamed = http.post("/api/generate", content=chunked(), headers=json_type)
     assert streamed.status_code == 413 and "larger than" in streamed.json()["error"]
+
+    # Small in bytes, costly to parse and validate: refused before either, in each API's shape.
+    many = json.dumps({"model": GEMMA, "messages": [{}] * 100_000}).encode()
+    ollama_refusal = http.post("/api/chat", content=many, headers=json_type)
+    assert ollama_refusal.status_code == 413, ollama_refusal.text
+    assert "100,004 JSON objects, arrays and object members" in ollama_refusal.json()["error"]
+    openai_refusal = http.post("/v1/chat/completions", content=many, headers=json_type)
+    assert openai_refusal.status_code == 413
+    assert "at most 65,536" in openai_refusal.json()["error"]["message"]
     assert http.get("/health").status_code == 200, "the server survived all of it"
 
 

@@ -174,6 +174,14 @@ def test_origin_allowed(origin: str, listed: tuple[str, ...], allowed: bool) -> 
             "model",
             id="two-fields-first-is-param",
         ),
+        pytest.param(
+            [{"loc": ("body", "messages", i, "role"), "msg": "Field required"} for i in range(20)],
+            "invalid request: "
+            + "; ".join(f"messages[{i}].role: Field required" for i in range(8))
+            + "; and 12 more fields",
+            "messages[0].role",
+            id="thousands-of-bad-messages-told-in-a-line",
+        ),
     ],
 )
 def test_validation_message(errors: list[dict[str, object]], message: str, param: str | None) -> None:

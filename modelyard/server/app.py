@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import hmac
+import itertools
 import json
 import re
 import socket
@@ -202,6 +203,11 @@ def _endpoint(request: Request) -> str:
 _TYPE_TAG = re.compile(r"(str|int|float|bool|bytes|none|dict|list|tuple|set)(\[.*\])?|.*[-\[].*")
 
 
+# Fields a validation error names: a body of thousands of bad messages gets a message of a line,
+# not megabytes.
+TOLD_FIELDS = 8
+
+
 def validation_message(errors: Sequence[Mapping[str, Any]]) -> tuple[str, str | None]:
     """A request that did not validate, told as the client wrote it: the message, and the field
     at fault first (OpenAI's `param`) written as `messages[0].content`, without pydantic's own
@@ -221,7 +227,13 @@ def validation_message(errors: Sequence[Mapping[str, Any]]) -> tuple[str, str | 
         problems = by_field.setdefault(path or "body", [])
         if error.get("msg") not in problems:
             problems.append(str(error.get("msg")))
-    message = "; ".join(f"{path}: {' or '.join(problems)}" for path, problems in by_field.items())
+    told = [
+        f"{path}: {' or '.join(problems)}"
+        for path, problems in itertools.islice(by_field.items(), TOLD_FIELDS)
+    ]
+    if len(by_field) > TOLD_FIELDS:
+        told.append(f"and {len(by_field) - TOLD_FIELDS} more fields")
+    message = "; ".join(told)
     first = next(iter(by_field), "body")
     return f"invalid request: {message}", None if first == "body" else first
 
