@@ -1684,12 +1684,32 @@ def test_creating_a_model_checks_its_template_without_running_it(
         client.delete("large")
 
 
-def test_tool_call_arguments_nested_past_recursion_are_a_400(http: httpx.Client) -> None:
-    arguments = '{"a":' * 990 + "1" + "}" * 990  # JSON takes ~990 levels; past Python's recursion
-    call = {"function": {"name": "f", "arguments": arguments}}
-    body = {"model": GEMMA, "stream": False, "messages": [{"role": "assistant", "tool_calls": [call]}]}
-    answer = http.post("/api/chat", json=body)
-    assert answer.status_code == 400 and "nested too deeply" in answer.json()["error"], answer.text
+@pytest.mark.parametrize(
+    ("function", "said"),
+    [
+        # JSON takes ~990 levels; past Python's recursion
+        pytest.param(
+            {"name": "f", "arguments": '{"a":' * 990 + "1" + "}" * 990}, "nested too deeply", id="deep"
+        ),
+        pytest.param({"name": "f", "arguments": "[1, 2]"}, "must be a JSON object, not list", id="a-list"),
+        pytest.param({"name": "f", "arguments": "5"}, "must be a JSON object, not int", id="a-number"),
+        pytest.param("f", "function must be an object", id="function-a-string"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
+def test_tool_calls_in_the_history_that_are_not_calls_are_a_400(
+    http: httpx.Client, path: str, function: object, said: str
+) -> None:
+    call = {"id": "c1", "type": "function", "function": function}
+    history = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+    ]
+    answer = http.post(path, json={"model": GEMMA, "stream": False, "messages": history})
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert said in (error if isinstance(error, str) else error["message"]), answer.text
+    assert "messages[1].tool_calls[0].function" in answer.text
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,13 @@ each fed in every split into pieces of 1, 2, 3 and 7 characters, as tokens arriv
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from modelyard.builder.prompt import ModelPrompting, ToolCall
 from modelyard.errors import InferenceRequestError
+from modelyard.server.http_errors import HTTPError
 from modelyard.server.tool_calls import (
     ToolCallParser,
     call_marker,
@@ -14,6 +17,7 @@ from modelyard.server.tool_calls import (
     ollama_tool_calls,
     openai_tool_calls,
     parser_for,
+    requested_tool_calls,
     tool_names,
 )
 
@@ -212,7 +216,6 @@ def test_allowed_tools_are_checked() -> None:
 def test_parallel_tool_calls_false_keeps_the_first_call() -> None:
     import asyncio
     from collections.abc import AsyncGenerator
-    from typing import Any
 
     from modelyard.runtime.protocol import Done
     from modelyard.runtime.runner import Token
@@ -237,3 +240,35 @@ def test_parallel_tool_calls_false_keeps_the_first_call() -> None:
     assert asyncio.run(events(calls[:1]))[-1].tool_calls == calls[:1]
     assert asyncio.run(events(()))[-1].tool_calls == ()
     assert closed == [True, True, True], "the generation is closed however it ends"
+
+
+@pytest.mark.parametrize(
+    ("calls", "expected"),
+    [
+        pytest.param(None, (), id="none"),
+        pytest.param(
+            [{"function": {"name": "f", "arguments": {"a": 1}}}],
+            (ToolCall("f", {"a": 1}, "", 0),),
+            id="ollama-object",
+        ),
+        pytest.param(
+            [{"id": "c1", "function": {"name": "f", "arguments": '{"a": 1}'}}, {"function": {"name": "g"}}],
+            (ToolCall("f", {"a": 1}, "c1", 0), ToolCall("g", {}, "", 1)),
+            id="openai-json-text-and-no-arguments",
+        ),
+        pytest.param(
+            [{"function": {"name": "f", "arguments": "[1]"}}], "arguments must be a JSON object", id="list"
+        ),
+        pytest.param([{"function": {"name": "f", "arguments": "{"}}], "arguments is not JSON", id="broken"),
+        pytest.param([{"function": {"name": 5}}], "name must be a string", id="name-a-number"),
+        pytest.param([{"function": ["f"]}], "function must be an object", id="function-a-list"),
+    ],
+)
+def test_requested_tool_calls(calls: list[dict[str, Any]] | None, expected: object) -> None:
+    if isinstance(expected, str):
+        with pytest.raises(HTTPError) as refused:
+            requested_tool_calls(calls, "messages[3].")
+        assert refused.value.status == 400 and expected in refused.value.message
+        assert refused.value.message.startswith("messages[3].tool_calls[0].function")
+    else:
+        assert requested_tool_calls(calls, "messages[3].") == expected

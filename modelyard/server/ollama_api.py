@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from modelyard import __version__
 from modelyard.builder import modelfile as mf
 from modelyard.builder.params import validate_parameters
-from modelyard.builder.prompt import ChatMessage, PromptRequest, ToolCall
+from modelyard.builder.prompt import ChatMessage, PromptRequest
 from modelyard.errors import InvalidReferenceError, ModelfileError
 from modelyard.progress import ProgressEvent
 from modelyard.reference import parse_reference
@@ -34,7 +34,7 @@ from modelyard.server.http_errors import STATUS_CLIENT_GONE, HTTPError
 from modelyard.server.inference import Finished, served_model, with_tool_calls
 from modelyard.server.logprobs import MAX_TOP_LOGPROBS, runner_top_logprobs, token_logprobs
 from modelyard.server.state import ServerState
-from modelyard.server.tool_calls import ollama_tool_calls, parser_for
+from modelyard.server.tool_calls import ollama_tool_calls, parser_for, requested_tool_calls
 from modelyard.server.vectors import unit_vector
 from modelyard.store.image import is_digest
 
@@ -221,7 +221,7 @@ def router(state: ServerState) -> APIRouter:
             )
         servable = await inference.servable(name)
         request = PromptRequest.chat(
-            [_message(m) for m in body.messages],
+            [_message(i, m) for i, m in enumerate(body.messages)],
             tools=body.tools,
             think=body.think,
             now=datetime.now().astimezone(),  # templates that print today's date (strftime_now)
@@ -509,24 +509,13 @@ async def _progress_response(
 # --- request helpers --------------------------------------------------------------------------------
 
 
-def _message(body: MessageBody) -> ChatMessage:
-    calls = []
-    for i, call in enumerate(body.tool_calls or ()):
-        function = call.get("function") or {}
-        arguments = function.get("arguments") or {}
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments)
-            except json.JSONDecodeError:
-                raise HTTPError(400, f"tool_calls[{i}].function.arguments is not JSON") from None
-            except RecursionError:
-                raise HTTPError(400, f"tool_calls[{i}].function.arguments is nested too deeply") from None
-        calls.append(ToolCall(str(function.get("name", "")), arguments, str(call.get("id", "")), i))
+def _message(index: int, body: MessageBody) -> ChatMessage:
+    calls = requested_tool_calls(body.tool_calls, f"messages[{index}].")
     return ChatMessage(
         role=body.role,
         content=body.content or "",
         images=_decode_images(body.images),
-        tool_calls=tuple(calls),
+        tool_calls=calls,
         thinking=body.thinking or "",
         tool_name=body.tool_name or "",
         tool_call_id=body.tool_call_id or "",

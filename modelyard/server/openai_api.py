@@ -25,7 +25,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from modelyard.builder.prompt import ChatMessage, PromptRequest, ToolCall
+from modelyard.builder.prompt import ChatMessage, PromptRequest
 from modelyard.errors import InferenceRequestError, InvalidReferenceError
 from modelyard.runtime.runner import Token
 from modelyard.runtime.servable import Servable
@@ -45,6 +45,7 @@ from modelyard.server.tool_calls import (
     forced_call_schema,
     openai_tool_calls,
     parser_for,
+    requested_tool_calls,
     tool_functions,
 )
 from modelyard.server.vectors import unit_vector
@@ -797,21 +798,11 @@ def _message(index: int, body: ChatMessageBody) -> ChatMessage:
                 )
                 raise HTTPError(400, message, param=f"{where}.content")
         content = "\n\n".join(texts)
-    calls = []
-    for i, call in enumerate(body.tool_calls or ()):
-        function = call.get("function") or {}
-        arguments = function.get("arguments") or "{}"
-        try:
-            parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
-        except (json.JSONDecodeError, RecursionError) as err:
-            why = "is nested too deeply" if isinstance(err, RecursionError) else "is not JSON"
-            message = f"{where}.tool_calls[{i}].function.arguments {why}"
-            raise HTTPError(400, message, param=f"{where}.tool_calls") from None
-        calls.append(ToolCall(str(function.get("name", "")), parsed, str(call.get("id", "")), i))
+    calls = requested_tool_calls(body.tool_calls, f"{where}.")
     return ChatMessage(
         role=role,
         content=content or "",
-        tool_calls=tuple(calls),
+        tool_calls=calls,
         tool_name=body.name or "",
         tool_call_id=body.tool_call_id or "",
     )

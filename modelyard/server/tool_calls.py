@@ -22,6 +22,7 @@ from typing import Any
 from modelyard.builder.prompt import ModelPrompting, ToolCall, chat_template_text, takes_tools
 from modelyard.errors import InferenceRequestError
 from modelyard.runtime.json_schemas import hoisted_definitions
+from modelyard.server.http_errors import HTTPError
 
 # Markers templates write before a call, and what may close one.
 MARKERS = ("<tool_call>", "[TOOL_CALLS]", "<|python_tag|>", "<function_call>", "<tools>")
@@ -238,6 +239,36 @@ def _call(item: object, index: int) -> ToolCall | None:
     if not isinstance(name, str) or not name or not isinstance(arguments, Mapping):
         return None
     return ToolCall(name, dict(arguments), index=index)
+
+
+def requested_tool_calls(calls: Sequence[Mapping[str, Any]] | None, where: str) -> tuple[ToolCall, ...]:
+    """The tool calls of a message in a request's history (Ollama's or OpenAI's shape: `function`
+    with `name` and `arguments`, an object or, as OpenAI sends them, its JSON text). A call that
+    is not so is a 400 naming it (`where` is the message's field, e.g. `messages[2].`), as Ollama
+    answers "invalid tool call arguments": templates print the arguments as a map."""
+    parsed = []
+    for i, call in enumerate(calls or ()):
+        field = f"{where}tool_calls[{i}].function"
+        function = call.get("function") or {}
+        if not isinstance(function, Mapping):
+            raise HTTPError(400, f"{field} must be an object with a name and arguments", param=field)
+        name = function.get("name") or ""
+        if not isinstance(name, str):
+            raise HTTPError(400, f"{field}.name must be a string", param=f"{field}.name")
+        arguments = function.get("arguments") or {}
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError:
+                raise HTTPError(400, f"{field}.arguments is not JSON", param=f"{field}.arguments") from None
+            except RecursionError:
+                message = f"{field}.arguments is nested too deeply"
+                raise HTTPError(400, message, param=f"{field}.arguments") from None
+        if not isinstance(arguments, Mapping):
+            message = f"{field}.arguments must be a JSON object, not {type(arguments).__name__}"
+            raise HTTPError(400, message, param=f"{field}.arguments")
+        parsed.append(ToolCall(name, arguments, str(call.get("id") or ""), i))
+    return tuple(parsed)
 
 
 def ollama_tool_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
