@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import llama_cpp
@@ -453,6 +454,26 @@ def test_a_runner_that_stops_reading_never_blocks_its_caller(tiny_gguf: Path) ->
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(runner.pid, signal.SIGCONT)
+        runner.stop()
+
+
+@pytest.mark.parametrize("num_batch", [1, 3])
+def test_a_batch_smaller_than_the_slots_and_the_prompt_only_slows_prefill(
+    tiny_gguf: Path, tiny_runner: Runner, num_batch: int
+) -> None:
+    """`num_batch` below the warm-up's prefill or the count of slots generating at once aborted
+    llama.cpp (GGML_ASSERT n_tokens_all <= n_batch): the runner died at load."""
+    prompt = "the cat sat on the mat and then the dog"
+    expected, _ = tiny_runner.complete(CompletionRequest(prompt, greedy(8)))
+    options = LoadOptions(num_ctx=128, num_parallel=4, num_batch=num_batch)
+    runner = Runner.start(RunnerSpec(f"batch-{num_batch}", tiny_gguf, options=options))
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(
+                pool.map(lambda _: runner.complete(CompletionRequest(prompt, greedy(8)))[0], range(4))
+            )
+        assert answers == [expected] * 4
+    finally:
         runner.stop()
 
 

@@ -91,6 +91,13 @@ class LoadOptions:
     num_thread: int = 0  # 0 = auto: see threads()
     flash_attention: bool | None = None  # None: llama.cpp decides (on where the backend supports it)
 
+    @property
+    def n_batch(self) -> int:
+        """The batch llama.cpp is given: `num_batch`, but at least a token for every slot, since a
+        step decodes one for each slot generating (llama.cpp aborts on a batch over its n_batch).
+        A small `num_batch` only makes prefill slow, as with Ollama."""
+        return max(self.num_batch, self.num_parallel)
+
     def threads(self, all_layers_on_gpu: bool = False) -> int:
         """llama.cpp's CPU threads: `num_thread` when set; else one when every layer runs on a GPU,
         else one per CPU.

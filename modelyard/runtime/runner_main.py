@@ -96,7 +96,7 @@ def _load(channel: Any, message: dict[str, Any], logs: Any, send: Any) -> Any:
             model,
             n_ctx=options.num_ctx * options.num_parallel,
             n_seq_max=options.num_parallel,
-            n_batch=options.num_batch,
+            n_batch=options.n_batch,
             threads=threads,
             flash_attention=options.flash_attention,
             prompt_logprob_rows=PROMPT_LOGPROB_ROWS,
@@ -142,7 +142,8 @@ def _warm_up(model: Any, ctx: Any) -> None:
     now, at load, where the parent can retry, and not on a user's first request."""
     from modelyard.runtime import llama
 
-    tokens = (model.tokenize("The quick brown fox jumps over the lazy dog.", add_special=True) or [0])[:16]
+    sentence = model.tokenize("The quick brown fox jumps over the lazy dog.", add_special=True) or [0]
+    tokens = sentence[: min(16, ctx.n_batch)]  # one decode: at most the context's batch
     batch = llama.Batch(len(tokens), 1)
     try:
         for pos, token in enumerate(tokens):

@@ -680,7 +680,7 @@ class Scheduler:
         )
         room = self.ram_budget - fixed
         for slots in AUTO_PARALLEL_CHOICES:
-            need = estimate(request.shape, n_ctx=options.num_ctx, slots=slots, n_batch=options.num_batch).host
+            need = estimate(request.shape, n_ctx=options.num_ctx, slots=slots, n_batch=options.n_batch).host
             if need <= room:
                 return slots
         return 1
@@ -695,7 +695,7 @@ class Scheduler:
             free,
             n_ctx=options.num_ctx,
             slots=options.num_parallel,
-            n_batch=options.num_batch,
+            n_batch=options.n_batch,
             reserve=self.settings.gpu_reserve,
             num_gpu=options.num_gpu,
         )
@@ -703,7 +703,7 @@ class Scheduler:
             request.shape,
             n_ctx=options.num_ctx,
             slots=options.num_parallel,
-            n_batch=options.num_batch,
+            n_batch=options.n_batch,
             n_gpu_layers=plan.n_gpu_layers,
         ), plan
 

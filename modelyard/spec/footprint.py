@@ -23,4 +23,4 @@ def footprint(servable: Servable, options: Mapping[str, Any]) -> int:
     n_ctx = load.num_ctx if "num_ctx" in merged else DEFAULT_NUM_CTX
     if shape.n_ctx_train:
         n_ctx = min(n_ctx, shape.n_ctx_train)
-    return estimate(shape, n_ctx=n_ctx, slots=load.num_parallel, n_batch=load.num_batch).total
+    return estimate(shape, n_ctx=n_ctx, slots=load.num_parallel, n_batch=load.n_batch).total
