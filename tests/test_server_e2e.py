@@ -1852,6 +1852,9 @@ def test_a_web_page_from_another_origin_cannot_drive_the_server(
     rebound = http.get("/api/tags", headers={"host": f"attacker.example:{http.base_url.port}"})
     assert rebound.status_code == 403 and "listens on loopback" in rebound.json()["error"]
     assert http.get("/api/tags", headers={"host": f"localhost:{http.base_url.port}"}).status_code == 200
+    # A container on Docker Desktop reaches the host's loopback as host.docker.internal.
+    docker = http.get("/api/tags", headers={"host": f"host.docker.internal:{http.base_url.port}"})
+    assert docker.status_code == 200
     for app in ("app://obsidian.md", "vscode-webview://8f2c4a1b", "tauri://localhost"):  # as Ollama
         assert http.get("/api/tags", headers={"origin": app}).status_code == 200, app
     refused = http.get("/v1/models", headers={"origin": "https://evil.example"})  # in OpenAI's shape

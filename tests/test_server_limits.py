@@ -244,7 +244,7 @@ def test_the_cli_without_the_key_says_so_without_a_traceback(
     assert main(["ps"], stdout=io.StringIO(), stderr=io.StringIO()) == 0
 
 
-def test_cors_only_for_configured_origins(keyed: ServeProcess, busy: ServeProcess) -> None:
+def test_cors_for_this_machines_pages_and_configured_origins(keyed: ServeProcess, busy: ServeProcess) -> None:
     preflight = {"Origin": "http://app.example", "Access-Control-Request-Method": "POST"}
     with httpx.Client(timeout=30) as c:
         allowed = c.options(f"{keyed.url}/api/chat", headers=preflight)
@@ -257,7 +257,13 @@ def test_cors_only_for_configured_origins(keyed: ServeProcess, busy: ServeProces
             "vscode-webview://8f2c4a1b"
         )
         off = c.get(f"{busy.url}/api/tags", headers={"Origin": "http://app.example"})
-        assert "access-control-allow-origin" not in off.headers, "CORS is off unless configured"
+        assert "access-control-allow-origin" not in off.headers, "other sites only when configured"
+        # This machine's pages and desktop apps, as in Ollama, without configuration.
+        for local in ("http://localhost:3000", "http://127.0.0.1:8080", "app://obsidian.md"):
+            page = c.options(f"{busy.url}/api/chat", headers={**preflight, "Origin": local})
+            assert page.status_code == 200 and page.headers["access-control-allow-origin"] == local
+            tags = c.get(f"{busy.url}/api/tags", headers={"Origin": local})
+            assert tags.headers["access-control-allow-origin"] == local
 
 
 def test_a_client_that_leaves_a_non_streaming_request_frees_its_slot(busy: ServeProcess) -> None:

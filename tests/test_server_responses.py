@@ -201,7 +201,16 @@ def test_validation_message(errors: list[dict[str, object]], message: str, param
         pytest.param("mybox:11434", True, id="this-machine"),
         pytest.param("attacker.example:11434", False, id="rebound-domain"),
         pytest.param("127.0.0.1.attacker.example", False, id="lookalike"),
-        pytest.param("10.0.0.5:11434", False, id="another-address"),
+        pytest.param("10.0.0.5:11434", True, id="a-private-address"),
+        pytest.param("192.168.1.5", True, id="a-lan-address"),
+        pytest.param("0.0.0.0:11434", True, id="unspecified"),
+        pytest.param("[fd00::1]:11434", True, id="a-private-v6"),
+        pytest.param("", True, id="none"),
+        pytest.param("host.docker.internal:11434", True, id="docker-desktop"),
+        pytest.param("mybox.local", True, id="mdns"),
+        pytest.param("8.8.8.8:11434", False, id="a-public-address"),
+        pytest.param("internal.attacker.example", False, id="a-suffix-only-at-the-end"),
+        pytest.param("attacker.example.", False, id="trailing-dot"),
     ],
 )
 def test_host_allowed(host: str, allowed: bool) -> None:

@@ -36,7 +36,7 @@ def resolve_endpoint(host: str, *, plain_http: bool = False, insecure: bool = Fa
 
 def is_loopback(host: str) -> bool:
     """`localhost`, 127.0.0.0/8 and ::1, with or without a port."""
-    name = _strip_port(host).lower()
+    name = strip_port(host).lower()
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
@@ -45,7 +45,8 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _strip_port(host: str) -> str:
+def strip_port(host: str) -> str:
+    """The name or address of `host`, without its port or an IPv6 address's brackets."""
     if host.startswith("["):  # "[::1]:5000"
         return host[1 : host.index("]")]
     name, sep, port = host.rpartition(":")

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import hmac
+import ipaddress
 import itertools
 import json
 import re
@@ -29,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard import __version__
-from modelyard.registry.endpoint import is_loopback
+from modelyard.registry.endpoint import is_loopback, strip_port
 from modelyard.server import request_id
 from modelyard.server.http_errors import KNOWN_ERRORS, HTTPError, retry_after_header
 from modelyard.server.inference import served_model
@@ -92,16 +93,7 @@ def create_app(state: ServerState, bind_host: str | None = None) -> FastAPI:
     app.add_middleware(OriginGuard, allowed=state.settings.cors_origins)
     if bind_host is not None and is_loopback(bind_host):
         app.add_middleware(HostGuard)
-    if state.settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origin_regex="|".join(
-                f"(?i:{origin_pattern(o).pattern})" for o in state.settings.cors_origins
-            ),
-            allow_methods=["*"],
-            allow_headers=["*"],
-            expose_headers=["x-request-id"],
-        )
+    app.add_middleware(LocalCORS, configured=state.settings.cors_origins)
     app.add_middleware(RequestId)  # outermost of ours: refusals (401, 403, 413) carry an id too
     return app
 
@@ -305,7 +297,7 @@ class HostGuard:
     """On a server that listens on loopback, refuse (403) a request whose Host header names another
     machine: a web page can rebind its own domain's DNS to 127.0.0.1 and read the answers as its
     own origin's, the Origin guard none the wiser (DNS rebinding; Ollama's fix for CVE-2024-28224
-    checks the same). Local clients name localhost, a loopback address or this machine's name."""
+    checks the same). Local clients name this machine, and so do containers and port forwards."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -324,13 +316,24 @@ class HostGuard:
         await JSONResponse(body, status_code=403)(scope, receive, send)
 
 
+# Names no public DNS gives out, so no web site can rebind: mDNS (.local), Docker Desktop's
+# host.docker.internal and the like (.internal, reserved by ICANN for private use), .localhost.
+LOCAL_SUFFIXES = (".localhost", ".local", ".internal")
+
+
 def host_allowed(host: str, own_names: set[str] | frozenset[str] = frozenset()) -> bool:
-    """A Host header that names this machine: localhost (and *.localhost), a loopback address, or
-    one of `own_names`, with or without a port (pure)."""
-    if is_loopback(host):
+    """A Host header that names this machine or its network, with or without a port, as Ollama's
+    allowedHostsMiddleware reads one (pure): none at all, localhost, one of `own_names`, a name
+    under LOCAL_SUFFIXES, or an address that is loopback, private (a LAN's, a container
+    network's) or unspecified (0.0.0.0). A public domain name is what a rebinding page sends."""
+    name = strip_port(host).lower()
+    if name in ("", "localhost") or name in own_names or name.endswith(LOCAL_SUFFIXES):
         return True
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    return name.lower() in own_names
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private or address.is_unspecified
 
 
 # Origins of desktop apps and editors, never of a web site, which Ollama allows by default too:
@@ -360,17 +363,31 @@ class OriginGuard:
         await response(scope, receive, send)
 
 
+class LocalCORS(CORSMiddleware):
+    """CORS for the origins OriginGuard lets through: this machine's pages, desktop apps' and
+    those configured ($MODELYARD_ORIGINS), as Ollama's defaults (envconfig.AllowedOrigins), so that
+    a web UI served from localhost can read the answers."""
+
+    def __init__(self, app: ASGIApp, configured: tuple[str, ...]) -> None:
+        super().__init__(app, allow_methods=["*"], allow_headers=["*"], expose_headers=["x-request-id"])
+        self.allowed = (*configured, *APP_ORIGINS)
+
+    def is_allowed_origin(self, origin: str) -> bool:
+        return origin_allowed(origin, self.allowed)
+
+
 def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
     """A listed origin or pattern (`*` for any, `vscode-webview://*`, `http://localhost:*`; case
-    does not matter), or a page served from this machine (http/https on localhost, 127.0.0.0/8 or
-    ::1, any port)."""
+    does not matter), or a page served from this machine (http/https on localhost, 127.0.0.0/8,
+    ::1 or 0.0.0.0, any port)."""
     if any(origin_pattern(pattern).fullmatch(origin) for pattern in allowed):
         return True
     try:
         parts = urllib.parse.urlsplit(origin)
     except ValueError:
         return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and is_loopback(parts.hostname or "")
+    hostname = parts.hostname or ""
+    return parts.scheme in ("http", "https") and (is_loopback(hostname) or hostname == "0.0.0.0")
 
 
 @functools.lru_cache(maxsize=256)
