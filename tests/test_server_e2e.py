@@ -1750,7 +1750,9 @@ def test_a_template_that_reads_the_suffix_gives_the_insert_capability(client: ol
     assert client.show(GEMMA).capabilities == ["completion"]
 
 
-def test_tool_calls_reach_both_clients_as_calls(client: ollama.Client, oai: openai.OpenAI) -> None:
+def test_tool_calls_reach_both_clients_as_calls(
+    client: ollama.Client, oai: openai.OpenAI, http: httpx.Client
+) -> None:
     client.create(model="toolish", from_=GEMMA, template=TOOL_TEMPLATE)
     assert "tools" in (client.show("toolish").capabilities or [])
     question = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -1769,6 +1771,9 @@ def test_tool_calls_reach_both_clients_as_calls(client: ollama.Client, oai: open
         c.message.tool_calls for c in client.chat("toolish", **forced, stream=True) if c.message.tool_calls
     ]
     assert [[c.function.name for c in calls] for calls in streamed] == [["get_weather"]]
+    # Each call has an id (Ollama's `call_` and 8 characters), for the tool result to name it.
+    raw = http.post("/api/chat", json={"model": "toolish", "stream": False, **forced}).json()
+    assert re.fullmatch(r"call_[0-9a-z]{8}", raw["message"]["tool_calls"][0]["id"]), raw
 
     openai_forced: dict[str, Any] = {
         "model": "toolish",

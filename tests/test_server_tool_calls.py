@@ -149,7 +149,10 @@ def test_tools_for_a_model_whose_template_has_none_are_refused() -> None:
 
 def test_the_two_apis_shapes_of_calls() -> None:
     calls = [WEATHER, ToolCall("add", {"a": 1}, index=1)]
-    assert ollama_tool_calls(calls)[1] == {"function": {"index": 1, "name": "add", "arguments": {"a": 1}}}
+    assert ollama_tool_calls(calls, ["call_0", "call_1"])[1] == {
+        "id": "call_1",
+        "function": {"index": 1, "name": "add", "arguments": {"a": 1}},
+    }
     assert openai_tool_calls(calls, ["c0", "c1"])[0] == {
         "index": 0,
         "id": "c0",

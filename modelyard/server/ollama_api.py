@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -233,7 +234,8 @@ def router(state: ServerState) -> APIRouter:
 
         def message(text: str, finished: Finished | None = None) -> dict[str, Any]:
             calls = finished.tool_calls if finished is not None else ()
-            extra = {"tool_calls": ollama_tool_calls(calls)} if calls else {}
+            ids = [f"call_{uuid.uuid4().hex[:8]}" for _ in calls]
+            extra = {"tool_calls": ollama_tool_calls(calls, ids)} if calls else {}
             return {"message": {"role": "assistant", "content": text, **extra}}
 
         return await _generation_response(

@@ -271,9 +271,13 @@ def requested_tool_calls(calls: Sequence[Mapping[str, Any]] | None, where: str) 
     return tuple(parsed)
 
 
-def ollama_tool_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
-    """Ollama's message.tool_calls."""
-    return [{"function": {"index": c.index, "name": c.name, "arguments": dict(c.arguments)}} for c in calls]
+def ollama_tool_calls(calls: Sequence[ToolCall], ids: Sequence[str]) -> list[dict[str, Any]]:
+    """Ollama's message.tool_calls, with the given call ids (Ollama's `call_` and 8 characters:
+    clients send a result back with its call's id)."""
+    return [
+        {"id": call_id, "function": {"index": c.index, "name": c.name, "arguments": dict(c.arguments)}}
+        for c, call_id in zip(calls, ids, strict=True)
+    ]
 
 
 def openai_tool_calls(calls: Sequence[ToolCall], ids: Sequence[str]) -> list[dict[str, Any]]:
