@@ -483,6 +483,10 @@ def test_push_and_pull_through_a_registry(client: ollama.Client, registry: Regis
     uploads = [p for p in pushed if p.status and p.status.startswith("pushing ") and p.digest]
     assert uploads and any(p.total and p.total > 250_000_000 for p in uploads)
     assert "pushing manifest" in statuses
+    # Again: the registry holds every layer, which Ollama reports as pushed, all bytes done.
+    again = [p for p in client.push(remote, insecure=True, stream=True) if p.digest]
+    assert again and all(p.status.startswith("pushing ") for p in again), again
+    assert all(p.completed == p.total for p in {p.digest: p for p in again}.values()), again
 
     client.delete(remote)
     assert remote not in {m.model for m in client.list().models}

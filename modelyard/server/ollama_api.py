@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
@@ -352,7 +353,9 @@ def router(state: ServerState) -> APIRouter:
         ref = parse_reference(body.model_name())
         options = state.registry_options(insecure=bool(body.insecure))
         events = state.in_thread(
-            lambda sink: push(state.store, ref, options, format=PushFormat.BOTH, progress=sink)
+            lambda sink: push(
+                state.store, ref, options, format=PushFormat.BOTH, progress=lambda e: sink(as_ollama_push(e))
+            )
         )
         return await _progress_response(http, events, body.stream, state.error_for)
 
@@ -506,6 +509,16 @@ async def _progress_response(
             await events.aclose()  # at once, not when the collector gets to it: the work stops too
 
     return StreamingResponse(lines(), media_type=NDJSON)
+
+
+def as_ollama_push(event: ProgressEvent) -> ProgressEvent:
+    """A push's progress as Ollama reports it (server/upload.go): a layer the registry already
+    holds, or mounted from another repository, is `pushing <digest>` with all its bytes done, not
+    our CLI's `exists` / `mounted`; progress bars key on the status's first word (pure)."""
+    verb, _, rest = event.status.partition(" ")
+    if verb in ("exists", "mounted") and event.digest is not None:
+        return dataclasses.replace(event, status=f"pushing {rest}")
+    return event
 
 
 # --- request helpers --------------------------------------------------------------------------------
