@@ -256,6 +256,10 @@ def test_empty_prompt_loads_and_keep_alive_zero_unloads(client: ollama.Client, h
 
     chat_load = client.chat(GEMMA, messages=[], keep_alive="10m")
     assert chat_load.done_reason == "load" and MODEL in loaded(http)
+    # One JSON object, streaming or not, as Ollama's c.JSON answers a load.
+    streamed = http.post("/api/generate", json={"model": GEMMA, "stream": True})
+    assert streamed.headers["content-type"] == "application/json"
+    assert streamed.json()["done_reason"] == "load"
 
 
 def test_a_tag_spelt_in_another_case_is_the_stored_model(
@@ -449,6 +453,12 @@ def test_upload_a_new_blob_and_a_wrong_digest(http: httpx.Client, tmp_path: Path
     assert answer.status_code == 400 and "error" in answer.json()
     assert http.head(f"/api/blobs/{wrong}").status_code == 404
     assert http.head("/api/blobs/sha256:nothex").status_code == 400
+    # Ollama's blob paths take sha256-<hex> too.
+    assert http.head(f"/api/blobs/{digest.replace(':', '-')}").status_code == 200
+    # Not a GGUF: the error names the upload, not where the server keeps it.
+    answer = http.post("/api/create", json={"model": "noise", "files": {"m.gguf": digest}, "stream": False})
+    assert answer.status_code == 400, answer.text
+    assert "/blobs/" not in answer.json()["error"] and digest in answer.json()["error"], answer.text
 
 
 def test_create_never_reads_the_servers_files(http: httpx.Client, home: Path) -> None:

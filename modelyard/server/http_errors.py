@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import math
+import re
 
 from modelyard.errors import (
     PRUNE_HINT,
@@ -94,6 +95,11 @@ _DISK_ERRORS = {
 }
 
 
+# A blob's path in the store, which errors about a blob's contents name (a GGUF that does not
+# parse): the client knows the blob by its digest, and where the server keeps it is not its to see.
+_BLOB_PATH = re.compile(r"\S*/blobs/sha256/([0-9a-f]{64})")
+
+
 def classify(exc: BaseException) -> HTTPError | None:
     """The HTTP form of a known error; None for a bug."""
     if isinstance(exc, HTTPError):
@@ -104,7 +110,7 @@ def classify(exc: BaseException) -> HTTPError | None:
         return HTTPError(status, f"the server cannot use its files: {what}", kind="server_error")
     for kind, status, error_type in _TABLE:
         if isinstance(exc, kind):
-            message, code = str(exc), None
+            message, code = _BLOB_PATH.sub(r"sha256:\1", str(exc)), None
             if isinstance(exc, ImageNotFoundError):
                 message, code = f"model '{exc.name}' not found, try pulling it first", MODEL_NOT_FOUND
             elif isinstance(exc, PromptTooLongError):

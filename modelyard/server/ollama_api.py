@@ -181,7 +181,8 @@ def router(state: ServerState) -> APIRouter:
         if not body.prompt and not body.images and body.suffix is None:
             reason = await inference.load_only(name, body.keep_alive, body.options)
             state.count("/api/generate", served_model.get(), 200)  # `modelyard stop` and preloads count too
-            return _single_or_stream(body.stream, [_final_line(name, reason, {"response": ""})])
+            # One JSON object, streaming or not, as Ollama answers a load or an unload.
+            return JSONResponse(_final_line(name, reason, {"response": ""}))
         if body.raw and (body.system or body.template or body.context):
             # Ollama's answer: a raw prompt goes to the model as it is, so these would be dropped.
             raise HTTPError(400, "raw mode does not support template, system, or context")
@@ -218,9 +219,7 @@ def router(state: ServerState) -> APIRouter:
         if not body.messages:
             reason = await inference.load_only(name, body.keep_alive, body.options)
             state.count("/api/chat", served_model.get(), 200)
-            return _single_or_stream(
-                body.stream, [_final_line(name, reason, {"message": {"role": "assistant", "content": ""}})]
-            )
+            return JSONResponse(_final_line(name, reason, {"message": {"role": "assistant", "content": ""}}))
         servable = await inference.servable(name)
         request = PromptRequest.chat(
             [_message(i, m) for i, m in enumerate(body.messages)],
@@ -315,12 +314,12 @@ def router(state: ServerState) -> APIRouter:
 
     @api.api_route("/api/blobs/{digest}", methods=["HEAD"])
     async def head_blob(digest: str) -> Response:
-        _check_digest(digest)
+        digest = _blob_digest(digest)
         return Response(status_code=200 if state.store.blobs.exists(digest) else 404)
 
     @api.post("/api/blobs/{digest}")
     async def upload_blob(digest: str, request: Request) -> Response:
-        _check_digest(digest)
+        digest = _blob_digest(digest)
         if state.store.blobs.exists(digest):
             # Ollama's clients send the whole file anyway: read it to the end (and drop it), so
             # that the connection stays usable and the client sees its 200, not a reset.
@@ -466,12 +465,6 @@ def _line(value: dict[str, Any]) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
-def _single_or_stream(streaming: bool | None, lines: list[dict[str, Any]]) -> Response:
-    if streaming is False:
-        return JSONResponse(lines[-1])
-    return StreamingResponse(iter([_line(line) for line in lines]), media_type=NDJSON)
-
-
 async def _progress_response(
     http: Request,
     events: AsyncGenerator[ProgressEvent, None],
@@ -547,9 +540,13 @@ def _decode_images(images: list[str] | None) -> tuple[bytes, ...]:
     return tuple(decoded)
 
 
-def _check_digest(digest: str) -> None:
+def _blob_digest(digest: str) -> str:
+    """A blob route's digest: `sha256:<hex>`, or `sha256-<hex>` as Ollama's blob paths also take."""
+    if digest.startswith("sha256-"):
+        digest = "sha256:" + digest.removeprefix("sha256-")
     if not is_digest(digest):
         raise HTTPError(400, f"invalid digest {digest!r}: expected sha256:<64 hex>")
+    return digest
 
 
 def _modelfile_from(body: CreateBody) -> mf.Modelfile:
