@@ -103,7 +103,7 @@ def test_a_connection_that_breaks_or_an_answer_that_is_not_the_api_is_an_api_err
         ("/set parameter num_ctx 4096", "parameter", "", "num_ctx", 4096),
         ("/set parameter temperature hot", "error", "invalid value 'hot'", "", None),
         ("/set parameter temprature 0.2", "error", "temperature", "", None),  # did you mean
-        ("/set parameter top_p 1.5", "error", "top_p", "", None),  # out of range: refused here
+        ("/set parameter num_ctx 0", "error", "num_ctx", "", None),  # out of range: refused here
         ("/set parameter stop a b", "parameter", "", "stop", ["a", "b"]),  # several stops
         ("/set verbose", "error", "/set parameter NAME VALUE", "", None),
         ("/foo", "error", "unknown command '/foo'", "", None),  # never sent to the model

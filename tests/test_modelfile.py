@@ -16,7 +16,7 @@ from modelyard.builder.modelfile import (
     parse_bytes,
     parse_requires,
 )
-from modelyard.builder.params import DEPRECATED_PARAMETERS
+from modelyard.builder.params import DEPRECATED_PARAMETERS, MINIMUMS
 from modelyard.builder.prompt import check_template
 from modelyard.errors import ModelfileError, TemplateError
 
@@ -332,6 +332,13 @@ ERRORS = [
         "invalid value '4k' for parameter 'num_ctx'",
         id="parameter-quoted-bad",
     ),
+    pytest.param(
+        "FROM x\nPARAMETER num_ctx -5",
+        2,
+        19,
+        "parameter 'num_ctx' must be at least 1, got -5",
+        id="parameter-below-its-minimum",  # built, every request refused it
+    ),
     # MESSAGE
     pytest.param(
         "FROM x\nMESSAGE badguy hi",
@@ -547,6 +554,13 @@ PARAMETER_VALUES: dict[str, st.SearchStrategy[object]] = {
     "num_thread": int64s,
     "draft_num_predict": int64s,
     "num_parallel": st.integers(min_value=1, max_value=2**63 - 1),
+}
+# Values from each parameter's least valid one up (a build refuses a context of -5 tokens).
+PARAMETER_VALUES |= {
+    name: st.integers(min_value=least, max_value=2**63 - 1)
+    if isinstance(least, int)
+    else st.floats(min_value=least, allow_nan=False, allow_infinity=False)
+    for name, least in MINIMUMS.items()
 }
 
 parameters = st.fixed_dictionaries({}, optional=PARAMETER_VALUES)

@@ -350,7 +350,7 @@ parameters = st.fixed_dictionaries(
     optional={
         "temperature": finite_floats,
         "top_p": finite_floats,
-        "num_ctx": ints,
+        "num_ctx": st.integers(min_value=1, max_value=2**63 - 1),
         "seed": ints,
         "num_parallel": st.integers(min_value=1, max_value=64),
         "use_mmap": st.booleans(),

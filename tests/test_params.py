@@ -187,6 +187,8 @@ def test_validate_typed_value(name: str, value: object, expected: object) -> Non
             "stop", {"a": 1}, "expected a string or a list of strings, got a mapping", id="stop-map"
         ),
         pytest.param("num_parallel", 0, "must be at least 1", id="num-parallel-zero"),
+        pytest.param("num_ctx", -5, "parameter 'num_ctx' must be at least 1, got -5", id="num-ctx-negative"),
+        pytest.param("repeat_penalty", -0.5, "must be at least 0.0, got -0.5", id="repeat-penalty"),
     ],
 )
 def test_validate_rejects(name: str, value: object, message: str) -> None:

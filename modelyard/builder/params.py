@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Final
+from typing import Final, TypeVar
 
 from modelyard.errors import ModelfileError
 
@@ -158,17 +158,42 @@ def _spelled(kind: ParameterType) -> str:
     return examples[kind]
 
 
+# The least value a parameter may take, where a smaller one means nothing (a context of -5 tokens,
+# a negative count of guesses). Checked wherever a value comes in, so that a build refuses what
+# every request would. The sampling cut-offs have none, as in Ollama, which hands any value to
+# llama.cpp: there top_k <= 0 and top_p >= 1 turn a cut-off off (vLLM's clients send top_k -1).
+MINIMUMS: Final[Mapping[str, int | float]] = MappingProxyType(
+    {
+        "num_ctx": 1,
+        "num_batch": 1,
+        "num_parallel": 1,
+        "repeat_last_n": -1,  # -1: the whole context
+        "num_keep": -1,  # -1: the whole prompt
+        "repeat_penalty": 0.0,
+        "draft_num_predict": 0,
+    }
+)
+
+
+_Number = TypeVar("_Number", int, float)
+
+
 def _checked_int(name: str, value: int) -> int:
     if not _INT64_MIN <= value <= _INT64_MAX:
         raise ModelfileError(f"parameter {name!r}: {value} does not fit in a 64-bit integer")
-    if name == "num_parallel" and value < 1:
-        raise ModelfileError(f"parameter 'num_parallel' must be at least 1, got {value}")
-    return value
+    return _at_least_minimum(name, value)
 
 
 def _checked_float(name: str, value: float) -> float:
     if not math.isfinite(value):
         raise ModelfileError(f"parameter {name!r} must be a finite number, got {value}")
+    return _at_least_minimum(name, value)
+
+
+def _at_least_minimum(name: str, value: _Number) -> _Number:
+    minimum = MINIMUMS.get(name)
+    if minimum is not None and value < minimum:
+        raise ModelfileError(f"parameter {name!r} must be at least {minimum}, got {value}")
     return value
 
 

@@ -163,9 +163,8 @@ def parse_request_options(
         try:
             typed = validate_parameter(name, value)
         except ModelfileError as exc:
-            raise InferenceRequestError(f"option {name!r}: {exc.message}") from None
+            raise _option_error(name, exc) from None
         (load if name in LOAD_OPTION_NAMES else sampling)[name] = typed
-    _check_ranges(sampling)
     if "draft_num_predict" in sampling:
         sampling["draft_num_predict"] = min(sampling["draft_num_predict"], MAX_DRAFT_NUM_PREDICT)
     return RequestOptions(SamplingOptions(**sampling), load, tuple(unknown))
@@ -180,28 +179,15 @@ def parse_load_options(options: Mapping[str, Any] | None) -> LoadOptions:
             try:
                 values[name] = validate_parameter(name, value)
             except ModelfileError as exc:
-                raise InferenceRequestError(f"option {name!r}: {exc.message}") from None
-    for name in ("num_ctx", "num_batch", "num_parallel"):
-        if name in values and values[name] < 1:
-            raise InferenceRequestError(f"option {name!r} must be at least 1, got {values[name]}")
+                raise _option_error(name, exc) from None
     return LoadOptions(**values)
 
 
-def _check_ranges(sampling: Mapping[str, Any]) -> None:
-    checks = {
-        "top_k": (lambda v: v >= 0, "0 or more"),
-        "top_p": (lambda v: 0.0 <= v <= 1.0, "from 0 to 1"),
-        "min_p": (lambda v: 0.0 <= v <= 1.0, "from 0 to 1"),
-        "typical_p": (lambda v: 0.0 <= v <= 1.0, "from 0 to 1"),
-        "repeat_last_n": (lambda v: v >= -1, "-1 or more"),
-        "num_keep": (lambda v: v >= -1, "-1 or more"),
-        "repeat_penalty": (lambda v: v >= 0.0, "0 or more"),
-        "draft_num_predict": (lambda v: v >= 0, "0 or more"),
-    }
-    for name, (ok, allowed) in checks.items():
-        if name in sampling and not ok(sampling[name]):
-            value = sampling[name]
-            raise InferenceRequestError(f"option {name!r} is out of range: {value} (must be {allowed})")
+def _option_error(name: str, error: ModelfileError) -> InferenceRequestError:
+    """A bad option's value, told as an option: `option 'num_ctx' must be at least 1, got -5`."""
+    message = error.message.removeprefix(f"parameter {name!r} ")
+    joined = f"option {name!r} {message}" if message != error.message else f"option {name!r}: {message}"
+    return InferenceRequestError(joined)
 
 
 def _unknown_option(name: str) -> str:
