@@ -838,10 +838,48 @@ def test_a_runner_left_by_its_longest_keep_alive_expires_on_what_the_others_ask(
         try:
             (await scheduler.acquire(fake(tmp_path, "A", "w1", "dA", keep_alive=math.inf))).release()
             (await scheduler.acquire(fake(tmp_path, "B", "w1", "dB", keep_alive=60))).release()
-            assert rows(scheduler)["B"].expires_at is None  # A keeps it forever
-            await scheduler.unload("A")  # A goes: B's 60 s now count
+            assert (
+                rows(scheduler)["A"].expires_at is None and rows(scheduler)["B"].expires_at == clock.now + 60
+            )
+            await scheduler.unload("A")  # A goes: B's 60 s go on
             clock.now += 61
             assert await scheduler.expire_idle() == ["B"] and rows(scheduler) == {}
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_a_name_on_a_runner_another_keeps_goes_on_its_own_keep_alive(tmp_path: Path) -> None:
+    """Found by a walkthrough: a name that joined the runner of a spec's model (kept forever) was
+    listed "Forever" and never went, whatever its own keep_alive."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        (tmp_path / "w1").write_bytes(b"x" * 1000)
+        scheduler = Scheduler(
+            SchedulerSettings(ram_budget=10**6), clock=clock, starter=lambda spec, **_: FakeRunner(spec)
+        )
+        try:
+            (
+                await scheduler.acquire(fake(tmp_path, "A", "w1", "dA", keep_alive=math.inf, pinned=True))
+            ).release()
+            (await scheduler.acquire(fake(tmp_path, "B", "w1", "dB", keep_alive=20))).release()
+            joined = clock.now
+            clock.now += 5
+            busy = await scheduler.acquire(fake(tmp_path, "C", "w1", "dC", keep_alive=20))
+            assert rows(scheduler)["B"].expires_at == joined + 20 and rows(scheduler)["A"].expires_at is None
+            assert rows(scheduler)["C"].expires_at == clock.now + 20, "busy: now + its keep_alive"
+            clock.now += 16
+            assert await scheduler.expire_idle() == ["B"], "B's 20 s ran out; C's request still runs"
+            assert set(rows(scheduler)) == {"A", "C"} and scheduler.loads == 1
+            busy.release()
+            clock.now += 19
+            assert await scheduler.expire_idle() == []
+            clock.now += 2
+            assert await scheduler.expire_idle() == ["C"] and set(rows(scheduler)) == {"A"}
+            (await scheduler.acquire(fake(tmp_path, "B", "w1", "dB"))).release()  # B joins again
+            assert set(rows(scheduler)) == {"A", "B"} and scheduler.loads == 1
         finally:
             await scheduler.close()
 

@@ -130,6 +130,10 @@ class _Entry:
     # while any name pins it (one name's keep_alive 0 must not unload another's pinned model).
     keep_by: dict[str, float] = field(default_factory=dict)
     pinned_by: set[str] = field(default_factory=set)
+    # Each name's requests in flight, and when its last one ended (or it joined): a name that
+    # shares the runner leaves it when its own keep_alive runs out, the others keeping it.
+    leases_by: Counter[str] = field(default_factory=Counter)
+    used_by: dict[str, float] = field(default_factory=dict)
     # No other name may join it: it is going (unload, expiry, keep_alive 0, a drain: never undone
     # but by a request that arrives before it goes), or a swap is replacing it (undone if it fails).
     doomed: bool = False
@@ -202,6 +206,18 @@ class _Entry:
     def forget(self, name: str) -> None:
         self.keep_by.pop(name, None)
         self.pinned_by.discard(name)
+        self.leases_by.pop(name, None)
+        self.used_by.pop(name, None)
+
+    def name_expires_at(self, name: str, now: float) -> float | None:
+        """When `name` would go on its own keep_alive (clock time); None: never (forever, pinned).
+        While its requests run, their end is not known: now + keep_alive, as Ollama reports it."""
+        keep = self.keep_by.get(name, self.keep_alive)
+        if name in self.pinned_by or not math.isfinite(keep):
+            return None
+        if self.leases_by[name] > 0:
+            return now + keep
+        return self.used_by.get(name, self.last_used) + keep
 
     @property
     def keep_alive(self) -> float:
@@ -257,7 +273,7 @@ class Lease:
         """`served`: a request ran to completion on this runner (which resets the crash count)."""
         if not self.released:
             self.released = True
-            self._scheduler._release(self._entry, served)
+            self._scheduler._release(self._entry, self.name, served)
 
 
 class Scheduler:
@@ -463,6 +479,7 @@ class Scheduler:
                 if self._entries.get(name) is crashed:
                     del self._entries[name]
                     self._crashes[name] = crashed.failures  # the next crash backs off from there
+        left = self._names_past_their_keep_alive(now)
         expired = [
             e
             for e in self._every_entry()
@@ -476,7 +493,26 @@ class Scheduler:
         names = [name for e in expired for name in e.names]
         for entry in expired:
             await self._unload(entry)
-        return names
+        return left + names
+
+    def _names_past_their_keep_alive(self, now: float) -> list[str]:
+        """Names whose own keep_alive ran out on a runner other names still keep: they leave it (as
+        unloading them would), and /api/ps stops listing them. The runner's own expiry, when every
+        name is past its keep_alive, unloads it with its names."""
+        left = []
+        for entry in self._every_entry():
+            if entry.state is not EntryState.READY or len(entry.names) < 2:
+                continue
+            lapsed = [
+                name
+                for name in entry.names
+                if (until := entry.name_expires_at(name, now)) is not None and until <= now
+            ]
+            if len(lapsed) < len(entry.names):
+                for name in lapsed:
+                    self._detach(entry, name)
+                left += lapsed
+        return left
 
     def start(self) -> None:
         """Run keep_alive expiry in the background (the server calls this; tests drive expire_idle)."""
@@ -526,7 +562,7 @@ class Scheduler:
                     slots=entry.options.num_parallel,
                     slots_busy=min(entry.refs, entry.options.num_parallel),
                     queued=self._queued(entry),
-                    expires_at=self._expires_at(entry),
+                    expires_at=self._name_expires_at(entry, entry.name),
                     pinned=entry.name in entry.pinned_by,
                     runner_pid=runner.pid if runner is not None else -1,
                     runner_rss=memory.rss if memory else None,
@@ -550,6 +586,7 @@ class Scheduler:
                     slots_busy=0,
                     queued=0,
                     pinned=alias in entry.pinned_by,
+                    expires_at=self._name_expires_at(entry, alias),
                     runner_rss=None,
                     weights_resident=None,
                     kv_bytes=0,
@@ -580,6 +617,7 @@ class Scheduler:
 
     def _lease(self, entry: _Entry, request: ModelRequest) -> Lease:
         entry.refs += 1
+        entry.leases_by[request.name] += 1
         entry.idle.clear()
         entry.expires_at = None
         # A request pins (never unpins: the reconciler's ensure does) and sets its name's keep_alive.
@@ -591,9 +629,10 @@ class Scheduler:
         entry.set_lifetime(request.name, keep_alive, True if request.pinned else None)
         return Lease(self, entry, request.name)
 
-    def _release(self, entry: _Entry, served: bool) -> None:
+    def _release(self, entry: _Entry, name: str, served: bool) -> None:
         entry.refs -= 1
-        entry.last_used = self.clock()
+        entry.leases_by[name] -= 1
+        entry.last_used = entry.used_by[name] = self.clock()
         if served:
             entry.failures = 0
         if entry.refs > 0 or entry.state is not EntryState.READY:
@@ -724,6 +763,7 @@ class Scheduler:
             if host is not None:
                 # Another name's runner is this one's: the same weights, adapters and options.
                 host.aliases[request.name] = request.digest
+                host.used_by[request.name] = self.clock()  # its keep_alive counts from joining
                 host.set_lifetime(
                     request.name,
                     request.keep_alive
@@ -1144,6 +1184,15 @@ class Scheduler:
             ]
             delay = min((d - self.clock() for d in deadlines), default=1.0)
             await asyncio.sleep(min(max(delay, 0.05), 1.0))
+
+    def _name_expires_at(self, entry: _Entry, name: str) -> float | None:
+        """When one of a runner's names goes: its own keep_alive if it shares the runner, never
+        later than the runner itself."""
+        if not entry.aliases:
+            return self._expires_at(entry)
+        own = entry.name_expires_at(name, self.clock())
+        whole = entry.expires_at
+        return whole if whole is not None and (own is None or whole < own) else own
 
     def _expires_at(self, entry: _Entry) -> float | None:
         if entry.expires_at is not None:
