@@ -384,8 +384,9 @@ def _chat_turn(
 CHAT_HELP = """Available commands:
   /set parameter NAME VALUE   set a parameter for the next messages (temperature 0.2, num_ctx 4096, …)
   /set system TEXT            set the system message
+  /set verbose, /set quiet    show, or stop showing, each answer's timings and token counts
   /clear                      forget the conversation
-  /bye                        exit (also /exit, /quit, Ctrl-D)
+  /bye                        exit (also /exit, /quit, Ctrl-D; Ctrl-C stops an answer or clears a line)
   /?, /help                   this help
 Use \"\"\" to begin and end a message of several lines."""
 
@@ -394,7 +395,7 @@ Use \"\"\" to begin and end a message of several lines."""
 class ChatLine:
     """What one line of the interactive chat asks for (pure: `chat_line`)."""
 
-    kind: str  # say | quit | clear | help | system | parameter | error | nothing | open (a \"\"\" block)
+    kind: str  # say | quit | clear | help | system | parameter | verbose | error | nothing | open (\"\"\")
     text: str = ""
     name: str = ""
     value: Any = None
@@ -424,8 +425,10 @@ def chat_line(line: str) -> ChatLine:
         return ChatLine("system", text.split(maxsplit=2)[2])
     if command == "/set" and len(words) == 4 and words[1] == "parameter":
         return _parameter_line(words[2], words[3])
+    if command == "/set" and len(words) == 2 and words[1] in ("verbose", "quiet"):
+        return ChatLine("verbose", value=words[1] == "verbose")
     if command == "/set":
-        return ChatLine("error", "use /set parameter NAME VALUE, or /set system TEXT")
+        return ChatLine("error", "use /set parameter NAME VALUE, /set system TEXT, or /set verbose|quiet")
     return ChatLine("error", f"unknown command {command!r}; /? lists the commands")
 
 
@@ -456,9 +459,13 @@ def _interactive(
     while True:
         try:
             asked = chat_line(input(">>> "))
-        except (EOFError, KeyboardInterrupt):
+        except EOFError:
             ctx.out()
             return EXIT_OK
+        except KeyboardInterrupt:  # clears the line and keeps the chat, as `ollama run` does
+            ctx.out()
+            ctx.err("Use Ctrl-D or /bye to exit.")
+            continue
         if asked.kind == "open":  # a message of several lines, up to a closing \"\"\"
             lines = [asked.text] if asked.text else []
             try:
@@ -487,6 +494,9 @@ def _interactive(
         elif asked.kind == "parameter":
             options[asked.name] = asked.value
             ctx.err(f"Set parameter {asked.name!r} to {asked.value!r}.")
+        elif asked.kind == "verbose":
+            verbose = asked.value
+            ctx.err("Set 'verbose' mode." if verbose else "Set 'quiet' mode.")
         elif asked.kind == "say" and asked.text:
             history.append({"role": "user", "content": asked.text})
             try:

@@ -105,7 +105,9 @@ def test_a_connection_that_breaks_or_an_answer_that_is_not_the_api_is_an_api_err
         ("/set parameter temprature 0.2", "error", "temperature", "", None),  # did you mean
         ("/set parameter num_ctx 0", "error", "num_ctx", "", None),  # out of range: refused here
         ("/set parameter stop a b", "parameter", "", "stop", ["a", "b"]),  # several stops
-        ("/set verbose", "error", "/set parameter NAME VALUE", "", None),
+        ("/set verbose", "verbose", "", "", True),
+        ("/set quiet", "verbose", "", "", False),
+        ("/set loud", "error", "/set parameter NAME VALUE", "", None),
         ("/foo", "error", "unknown command '/foo'", "", None),  # never sent to the model
         ('"""', "open", "", "", None),
         ('"""first line', "open", "first line", "", None),
@@ -119,6 +121,50 @@ def test_chat_lines_are_read_as_ollama_run_reads_them(
     assert asked.kind == kind
     assert text in asked.text if kind == "error" else asked.text == text
     assert (asked.name, asked.value) == (name, value)
+
+
+def test_ctrl_c_at_the_prompt_clears_the_line_and_keeps_the_chat(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a walkthrough: Ctrl-C at >>> ended the chat (exit 0, the conversation lost);
+    `ollama run` clears the line and says how to leave."""
+    import io
+
+    from modelyard.cli_serving import _interactive
+
+    class Answering:
+        def __init__(self) -> None:
+            self.sent: list[list[dict[str, str]]] = []
+
+        def post(self, path: str, body: dict[str, object]) -> dict[str, object]:
+            return {}
+
+        def stream(self, path: str, body: dict[str, object]) -> Iterator[dict[str, object]]:
+            self.sent.append(list(body["messages"]))  # type: ignore[call-overload]
+            yield {"message": {"content": "hello"}, "done": True}
+
+    class Ctx:
+        def __init__(self) -> None:
+            self.errors: list[str] = []
+            self.stdout = io.StringIO()
+
+        def out(self, text: str = "", end: str = "\n") -> None:
+            pass
+
+        def err(self, text: str) -> None:
+            self.errors.append(text)
+
+    typed: Iterator[str | type[BaseException]] = iter(["first", KeyboardInterrupt, "second", "/bye"])
+
+    def line(prompt: str = "") -> str:
+        item = next(typed)
+        if isinstance(item, type):
+            raise item()
+        return item
+
+    monkeypatch.setattr("builtins.input", line)
+    client, ctx = Answering(), Ctx()
+    assert _interactive(client, ctx, "m", {}, {}, False) == 0  # type: ignore[arg-type]
+    assert "Use Ctrl-D or /bye to exit." in ctx.errors
+    assert client.sent[1][-1] == {"role": "user", "content": "second"} and len(client.sent[1]) == 3
 
 
 def test_the_chat_goes_on_after_the_server_refuses_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
