@@ -48,6 +48,7 @@ EXIT_OTHER_ERROR = 2
 # Ordered: the first matching class decides. Anything not listed is a bug and keeps its traceback.
 _ERROR_EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (CorruptStoreError, EXIT_OTHER_ERROR),
+    (BlobNotFoundError, EXIT_OTHER_ERROR),  # an image's blob gone: the store is damaged (verify)
     (ModelyardError, EXIT_USER_ERROR),
     (OSError, EXIT_OTHER_ERROR),
 )

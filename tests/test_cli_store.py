@@ -347,6 +347,15 @@ def test_list_shows_the_healthy_images_beside_a_damaged_one(home: Path, work: Pa
     (home / "store" / "blobs" / "sha256" / system[7:]).unlink()
     rows = {r["name"]: r for r in json.loads(cli("list", "--json").out)["models"]}
     assert rows["layerless:latest"]["size"] is None and system in rows["layerless:latest"]["problem"]
+    # Reading it is an error of a damaged store: exit 2, as verify's.
+    shown = cli("show", "layerless")
+    assert shown.code == 2 and f"blob {system} is missing from the store" in shown.err
+    # A small blob whose bytes changed is told, never shown (read whole, it is checked each time).
+    (work / "Modelfile").write_text("FROM ./weights.gguf\nSYSTEM be brief\n")
+    cli("build", "-t", "tampered", "-f", str(work / "Modelfile"), "--quiet")
+    (home / "store" / "blobs" / "sha256" / sha256_digest(b"be brief")[7:]).write_bytes(b"be evil")
+    shown = cli("show", "tampered", "--system")
+    assert shown.code == 2 and "be evil" not in shown.out and "verify --fix" in shown.err, shown
 
 
 def test_cli_input_errors_outside_any_command(

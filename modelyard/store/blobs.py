@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from modelyard.errors import BlobNotFoundError, DigestMismatchError
+from modelyard.errors import BlobNotFoundError, CorruptStoreError, DigestMismatchError
 from modelyard.store.atomic import fsync_dir
 from modelyard.store.image import is_digest
 
@@ -67,6 +67,15 @@ class BlobStore:
             raise BlobNotFoundError(digest) from None
         if limit is not None and len(data) > limit:
             raise ValueError(f"blob {digest} is larger than {limit} bytes")
+        # What is read whole is small (manifests, configs, a template, a SYSTEM): checked each time,
+        # a few microseconds, so that a damaged store is told, never served.
+        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        if actual != digest:
+            raise CorruptStoreError(
+                path,
+                f"its bytes hash to {actual}",
+                "Run `modelyard verify --fix`, then build or pull the image again.",
+            )
         return data
 
     def touch(self, digest: str) -> None:
