@@ -72,7 +72,7 @@ class ApiClient:
             with self.http.stream("POST", path, json=body) as response:
                 if response.status_code >= 400:
                     response.read()
-                    raise ApiError(response.status_code, _error_text(response))
+                    raise ApiError(response.status_code, self._error_text(response))
                 for line in response.iter_lines():
                     if line.strip():
                         value = self._line(line)
@@ -98,7 +98,7 @@ class ApiClient:
         except httpx.HTTPError as exc:
             raise ApiError(0, self._broken(exc)) from None
         if response.status_code >= 400:
-            raise ApiError(response.status_code, _error_text(response))
+            raise ApiError(response.status_code, self._error_text(response))
         return response
 
     def _json(self, response: httpx.Response) -> Any:
@@ -123,6 +123,23 @@ class ApiClient:
     def _not_ollama(self, text: str) -> str:
         return f"{self.base_url} answered something that is not Ollama's API: {text[:80]!r}"
 
+    def _error_text(self, response: httpx.Response) -> str:
+        """The server's `error`; an answer without one comes from something else at that address."""
+        try:
+            error = response.json().get("error")
+        except (ValueError, AttributeError):
+            error = None
+        if isinstance(error, dict):
+            return str(error.get("message", error))
+        if error:
+            return str(error)
+        request = response.request
+        return (
+            f"{self.base_url} answered {request.method} {request.url.path} with HTTP {response.status_code}"
+            f" ({response.text.strip()[:80]!r}), not as modelyard or Ollama would: is $MODELYARD_HOST"
+            " the server's address?"
+        )
+
     def close(self) -> None:
         self.http.close()
 
@@ -138,16 +155,6 @@ class ApiTimeout(ApiError):
 
     def __init__(self, base_url: str, seconds: float | None) -> None:
         super().__init__(0, f"{base_url} did not answer within {seconds or 0:.0f} s")
-
-
-def _error_text(response: httpx.Response) -> str:
-    try:
-        error = response.json().get("error")
-    except (ValueError, AttributeError):
-        return response.text or f"HTTP {response.status_code}"
-    if isinstance(error, dict):
-        return str(error.get("message", error))
-    return str(error or f"HTTP {response.status_code}")
 
 
 def base_url(settings: Settings) -> str:

@@ -59,6 +59,13 @@ def rude_server() -> Iterator[str]:
                 self.end_headers()
                 self.wfile.write(b'{"model": ')  # then the connection closes
                 return
+            if self.path.startswith("/api/tags"):  # a registry's or a web server's 404
+                body = b"404 page not found\n"
+                self.send_response(404)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
             body = b"<html>a proxy's page</html>"
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
@@ -84,6 +91,8 @@ def test_a_connection_that_breaks_or_an_answer_that_is_not_the_api_is_an_api_err
             client.get("/api/ps")
         with pytest.raises(ApiError, match="not Ollama's API"):
             list(client.stream("/api/chat", {"model": "m"}))
+        with pytest.raises(ApiError, match=r"answered GET /api/tags with HTTP 404 \('404 page not found'\)"):
+            client.get("/api/tags")
     finally:
         client.close()
 
