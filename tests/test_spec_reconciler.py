@@ -469,6 +469,29 @@ def test_a_shared_pull_that_fails_fails_every_model_on_it_once(
         assert (degraded["status"], degraded["reason"]) == ("True", "PullFailed")
 
 
+def test_a_failure_retried_again_and_again_is_one_event_counted(
+    tmp_path: Path, world: tuple[FakeEffects, FakeClock]
+) -> None:
+    """Found by a walkthrough: each retry of a pull that cannot succeed wrote the same event again,
+    and `status` (the last 5) soon showed nothing else."""
+    from modelyard.spec.status import format_status
+
+    effects, clock = world
+    refused = RegistryUnavailableError("localhost:5000", "connection refused")
+    effects.errors[("pull", IMAGE)] = [refused] * 4
+    reconciler = make(tmp_path, effects, clock)
+    reconciler.submit(documents(CHAT))
+    for _ in range(4):
+        asyncio.run(reconciler.reconcile())
+        clock.now += 3600  # past any backoff
+    failed = [e for e in reconciler.status()["events"] if e["kind"] == "failed"]
+    assert len(failed) == 1 and failed[0]["count"] == 4, reconciler.status()["events"]
+    assert "(4 times)" in format_status(reconciler.status())
+    asyncio.run(reconciler.reconcile())  # the registry is back
+    kinds = [(e["kind"], e["count"]) for e in reconciler.status()["events"]]
+    assert kinds == [("accepted", 1), ("failed", 4), ("pulled", 1), ("loaded", 1)]
+
+
 def test_status_as_a_table_shows_the_latest_events_and_keeps_long_names_in_line(
     tmp_path: Path, world: tuple[FakeEffects, FakeClock]
 ) -> None:

@@ -41,7 +41,10 @@ FULL = SavedState(
             "chat", "reg/chat:v1", (Condition("Ready", True, "Loaded", "serving", 1_700_000_000.0, 3),), 3
         )
     },
-    events=(Event(1_700_000_000.0, "chat", "loaded", "not loaded"),),
+    events=(
+        Event(1_700_000_000.0, "chat", "loaded", "not loaded"),
+        Event(1_700_000_001.0, "", "failed", "x", 3),
+    ),
     rejected=Rejection(
         "typo", 1_700_000_001.0, (SpecIssue("spec.models[0].x", "unknown field", "m.yaml", 4),)
     ),
@@ -54,6 +57,11 @@ def test_a_saved_state_reads_back_the_same(tmp_path: Path) -> None:
     assert load_state(path) == FULL
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+    # A file from before events were counted (four fields an event) reads each as seen once.
+    raw = json.loads(path.read_text())
+    raw["events"] = [event[:4] for event in raw["events"]]
+    path.write_text(json.dumps(raw))
+    assert [e.count for e in load_state(path).events] == [1, 1]
 
 
 def _saved(tmp_path: Path) -> dict[str, Any]:
@@ -91,6 +99,7 @@ _DELETE = object()
         pytest.param("knownDigests", ["x"], id="known-digests-a-list"),
         pytest.param("reports.chat.conditions", [["Ready", True]], id="condition-short"),
         pytest.param("events", [[1.0, "chat", "loaded"]], id="event-short"),
+        pytest.param("events", [[1.0, "chat", "loaded", "x", "3"]], id="event-count-a-string"),
         pytest.param("rejected.issues", [[1, 2, 3, 4]], id="issue-numbers"),
     ],
 )

@@ -582,7 +582,13 @@ class Reconciler:
             "models": models,
             "inventory": sorted(n for n, m in self._inventory.models.items() if m.applied is not None),
             "events": [
-                {"time": timestamp(e.time), "model": e.model or None, "kind": e.kind, "message": e.message}
+                {
+                    "time": timestamp(e.time),
+                    "model": e.model or None,
+                    "kind": e.kind,
+                    "message": e.message,
+                    "count": e.count,
+                }
                 for e in self._events[-20:]
             ],
         }
@@ -670,7 +676,13 @@ class Reconciler:
     # --- bookkeeping ------------------------------------------------------------------------------
 
     def _event(self, model: str, kind: str, message: str) -> None:
-        self._events.append(Event(self.clock(), model, kind, message))
+        event = Event(self.clock(), model, kind, message)
+        # The same again for its model (a pull retried on its backoff): counted, not repeated, so
+        # that it does not push the history out of the last events.
+        last = next((i for i in range(len(self._events) - 1, -1, -1) if self._events[i].model == model), None)
+        if last is not None and (self._events[last].kind, self._events[last].message) == (kind, message):
+            event = replace(event, count=self._events.pop(last).count + 1)
+        self._events.append(event)
         del self._events[:-MAX_EVENTS]
         log.info("%s%s: %s", f"{model}: " if model else "", kind, message)
 

@@ -34,6 +34,7 @@ class Event:
     model: str  # "" for the spec as a whole
     kind: str  # accepted, rejected, pulled, loaded, swapped, reloaded, updated, unloaded, failed
     message: str
+    count: int = 1  # the same event in a row for its model, as Kubernetes counts them; `time` the last
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def _encode(state: SavedState) -> dict[str, Any]:
         "knownDigests": dict(state.inventory.known_digests),
         "models": {name: _encode_memory(m) for name, m in state.inventory.models.items()},
         "reports": {name: _encode_report(r) for name, r in state.reports.items()},
-        "events": [[e.time, e.model, e.kind, e.message] for e in state.events],
+        "events": [[e.time, e.model, e.kind, e.message, e.count] for e in state.events],
         "rejected": None
         if state.rejected is None
         else {
@@ -167,6 +168,15 @@ def _field(raw: Mapping[str, Any], key: str, kind: type | tuple[type, ...], defa
     return value
 
 
+def _decode_event(raw: Any) -> Event:
+    # Four fields before events were counted.
+    kinds = (
+        (_NUMBER, str, str, str, int) if isinstance(raw, list) and len(raw) == 5 else (_NUMBER, str, str, str)
+    )
+    time, model, kind, message, *count = _row(raw, kinds, "an event")
+    return Event(_float(time, "an event's time"), model, kind, message, *count)
+
+
 def _row(value: Any, kinds: tuple[type | tuple[type, ...], ...], what: str) -> list[Any]:
     """A list of len(kinds) values, each of its kind."""
     if not isinstance(value, list) or len(value) != len(kinds):
@@ -205,12 +215,7 @@ def _decode(raw: Mapping[str, Any]) -> SavedState:
             known_digests=known,
         ),
         reports={name: _decode_report(name, r) for name, r in _objects(raw, "reports")},
-        events=tuple(
-            Event(_float(t, "an event's time"), m, k, msg)
-            for t, m, k, msg in (
-                _row(e, (_NUMBER, str, str, str), "an event") for e in _field(raw, "events", list, [])
-            )
-        ),
+        events=tuple(_decode_event(e) for e in _field(raw, "events", list, [])),
         rejected=None
         if not rejected
         else Rejection(

@@ -225,5 +225,6 @@ def format_status(status: Mapping[str, Any]) -> str:
         lines.append(f"events (the last {min(len(events), SHOWN_EVENTS)}; --json has {len(events)}):")
         for event in events[-SHOWN_EVENTS:]:
             about = f"{event['model']}: " if event.get("model") else ""
-            lines.append(f"  {event['time']}  {event['kind']:<10} {about}{event['message']}")
+            times = f" ({event['count']} times)" if event.get("count", 1) > 1 else ""
+            lines.append(f"  {event['time']}  {event['kind']:<10} {about}{event['message']}{times}")
     return "\n".join(lines)
