@@ -151,7 +151,16 @@ def _wait(ctx: Context, timeout: float, print_json: bool = False) -> int:
             return EXIT_OK
         if time.monotonic() > deadline:
             _show(ctx, status, print_json)
-            ctx.err(f"not ready after {timeout:.0f} s")
+            waiting = [
+                model["name"]
+                for model in spec.get("models") or []
+                if not any(
+                    c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in model.get("conditions", [])
+                )
+            ]
+            names = f": {', '.join(waiting)} (see the table above)" if waiting else ""
+            ctx.err(f"not ready after {timeout:.0f} s{names}")
             return EXIT_USER_ERROR
         time.sleep(1.0)
 

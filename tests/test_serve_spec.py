@@ -160,3 +160,15 @@ def test_status_wait_ready_waits_for_a_server_still_starting(monkeypatch: pytest
     # A server that answers but gives no status (a wrong key: _status said why) ends it at once.
     answers[:] = [None, {"spec": {"ready": True}}]
     assert main(wait, stdout=io.StringIO(), stderr=io.StringIO()) == 1 and len(answers) == 1
+    # At the timeout it names the models not ready.
+    ready = {"type": "Ready", "status": "True"}
+    models = [
+        {"name": "chat", "conditions": [ready]},
+        {"name": "code", "conditions": [{**ready, "status": "False"}]},
+    ]
+    monkeypatch.setattr(
+        cli_spec, "_status", lambda ctx, quiet=False: {"spec": {"ready": False, "models": models}}
+    )
+    err = io.StringIO()
+    assert main(["status", "--wait-ready", "--timeout", "0s"], stdout=io.StringIO(), stderr=err) == 1
+    assert "not ready after 0 s: code (see the table above)" in err.getvalue()
