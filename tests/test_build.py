@@ -267,6 +267,12 @@ def test_rebuild_that_changes_system_writes_no_weight_blob(tmp_path: Path, workd
     weights_digest = store.read_parts(store.read_manifest(store.images()[0].digest)).weights.digest  # type: ignore[union-attr]
     assert f"creating new layer {weights_digest}" not in created
     assert len(created) == 3, created  # the system layer, the Modelfile layer, the config
+    builder, _, _ = make_builder(home)
+    again = builder.build_file(workdir / "Modelfile", parse_reference("m"))
+    assert (again.layers_created, again.layers_reused) == (
+        0,
+        len(store.read_manifest(again.digest).layers) + 1,
+    )
 
 
 def test_show_modelfile_round_trip(tmp_path: Path, workdir: Path, tiny_lora: Path) -> None:

@@ -311,12 +311,13 @@ class Builder:
             created.append(digest)
         self.store.tag(target, digest)
         self.progress(ProgressEvent("success", digest=digest))
-        reused = sum(1 for layer in ordered if layer.digest not in created)
+        blobs = [*(layer.digest for layer in ordered), config_info.digest]  # the config counts as one
+        reused = sum(1 for blob in blobs if blob not in created)
         return BuildResult(
             reference=target,
             digest=digest,
             size=manifest_size + len(config) + sum(layer.size for layer in ordered),
-            layers_created=len(ordered) + 1 - reused,
+            layers_created=len(blobs) - reused,
             layers_reused=reused,
             warnings=tuple(plan.warnings),
         )
