@@ -438,6 +438,20 @@ def cmd_prune(args: argparse.Namespace, ctx: CommandContext) -> int:
     return EXIT_OK
 
 
+def _note_partials(ctx: CommandContext) -> None:
+    """Files that interrupted builds and pulls left, not blobs yet: said, since they take room."""
+    sizes = []
+    for path in ctx.store.blobs.stale_partials(older_than_s=0):
+        with contextlib.suppress(FileNotFoundError):  # a build or pull may end meanwhile
+            sizes.append(path.stat().st_size)
+    if sizes:
+        ctx.err(
+            f"note: {_count(len(sizes), 'partial file')} ({_human_bytes(sum(sizes))}) left by "
+            "interrupted builds or pulls (a pull resumes from its own); `modelyard prune` removes "
+            "those untouched for an hour, `prune --grace 0` all of them"
+        )
+
+
 def cmd_verify(args: argparse.Namespace, ctx: CommandContext) -> int:
     report = ctx.store.verify(remove_corrupt=args.fix)
     for blob in report.corrupt:
@@ -449,6 +463,7 @@ def cmd_verify(args: argparse.Namespace, ctx: CommandContext) -> int:
         ctx.out(f"unreadable image {parse_reference(name).short()}: {reason}")
     if report.index_problem:
         ctx.out(f"unreadable index: {report.index_problem}")
+    _note_partials(ctx)
     if report.ok:
         ctx.err(f"ok: {report.blobs_checked} blobs verified")
         return EXIT_OK
