@@ -1904,3 +1904,76 @@ def test_a_derived_model_and_a_copy_share_the_loaded_runner(
     client.delete("sharing-copy")
     rows = loaded(http)
     assert set(rows) & set(names) == {f"{GEMMA}:latest"} and rows[f"{GEMMA}:latest"]["runner_pid"] == pid
+
+
+def test_the_responses_api_through_the_openai_client(client: ollama.Client, oai: openai.OpenAI) -> None:
+    """OpenAI's Responses API, stateless as Ollama serves it (it answered 404)."""
+    cut = oai.responses.create(
+        model=GEMMA, instructions="Be brief.", input="Hi", max_output_tokens=4, temperature=0
+    )
+    assert cut.status == "incomplete" and cut.incomplete_details is not None
+    assert cut.incomplete_details.reason == "max_output_tokens"
+    assert cut.output_text and cut.usage is not None and cut.usage.output_tokens == 4
+    chat = oai.chat.completions.create(
+        model=GEMMA,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        max_tokens=4,
+        temperature=0,
+    )
+    assert cut.output_text == chat.choices[0].message.content, "the same prompt as the chat API's"
+    assert cut.usage.input_tokens == chat.usage.prompt_tokens  # type: ignore[union-attr]
+
+    colour = {"format": {"type": "json_schema", "name": "colour", "schema": COLOUR_SCHEMA, "strict": True}}
+    whole = oai.responses.create(model=GEMMA, input="Name a colour.", text=colour, temperature=0)  # type: ignore[arg-type]
+    assert whole.status == "completed" and json.loads(whole.output_text)["colour"] in ("red", "green", "blue")
+    with oai.responses.stream(model=GEMMA, input="Name a colour.", text=colour, temperature=0) as stream:  # type: ignore[arg-type]
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert final.output_text == whole.output_text
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    # Tools: a forced call comes back as a function_call item; its output goes back in the input.
+    client.create(model="toolish-responses", from_=GEMMA, template=TOOL_TEMPLATE)
+    try:
+        tool = {"type": "function", **WEATHER_TOOL["function"]}
+        asked = [{"role": "user", "content": "What is the weather in Paris?"}]
+        called = oai.responses.create(
+            model="toolish-responses",
+            input=asked,
+            tools=[tool],
+            tool_choice="required",
+            temperature=0,  # type: ignore[arg-type, list-item]
+        )
+        [call] = called.output
+        assert (
+            call.type == "function_call"
+            and call.name == "get_weather"
+            and "city" in json.loads(call.arguments)
+        )
+        answered = oai.responses.create(
+            model="toolish-responses",
+            input=[
+                *asked,
+                call.model_dump(),
+                {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"},
+            ],  # type: ignore[list-item]
+            tools=[tool],  # type: ignore[list-item]
+            max_output_tokens=4,
+            temperature=0,
+        )
+        assert answered.output and answered.usage is not None
+        assert answered.usage.input_tokens > called.usage.input_tokens  # type: ignore[union-attr]
+    finally:
+        client.delete("toolish-responses")
+    with pytest.raises(openai.BadRequestError, match="stores no responses"):
+        oai.responses.create(model=GEMMA, input="Hi", previous_response_id="resp_1")

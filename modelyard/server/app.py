@@ -80,10 +80,11 @@ def create_app(state: ServerState, bind_host: str | None = None) -> FastAPI:
     )
     app.state.modelyard = state
 
-    from modelyard.server import ollama_api, openai_api
+    from modelyard.server import ollama_api, openai_api, responses_api
 
     app.include_router(ollama_api.router(state))
     app.include_router(openai_api.router(state))
+    app.include_router(responses_api.router(state))
     _own_routes(app, state)
     _error_handlers(app, state)
     app.add_middleware(JsonBodies)

@@ -255,20 +255,26 @@ def requested_tool_calls(calls: Sequence[Mapping[str, Any]] | None, where: str) 
         name = function.get("name") or ""
         if not isinstance(name, str):
             raise HTTPError(400, f"{field}.name must be a string", param=f"{field}.name")
-        arguments = function.get("arguments") or {}
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments)
-            except json.JSONDecodeError:
-                raise HTTPError(400, f"{field}.arguments is not JSON", param=f"{field}.arguments") from None
-            except RecursionError:
-                message = f"{field}.arguments is nested too deeply"
-                raise HTTPError(400, message, param=f"{field}.arguments") from None
-        if not isinstance(arguments, Mapping):
-            message = f"{field}.arguments must be a JSON object, not {type(arguments).__name__}"
-            raise HTTPError(400, message, param=f"{field}.arguments")
+        arguments = call_arguments(function.get("arguments"), f"{field}.arguments")
         parsed.append(ToolCall(name, arguments, str(call.get("id") or ""), i))
     return tuple(parsed)
+
+
+def call_arguments(arguments: object, field: str) -> Mapping[str, Any]:
+    """A call's arguments from a request: an object, or its JSON text (as OpenAI sends them); none
+    is {}. Anything else is a 400 that names `field`."""
+    if isinstance(arguments, str) and arguments:
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            raise HTTPError(400, f"{field} is not JSON", param=field) from None
+        except RecursionError:
+            raise HTTPError(400, f"{field} is nested too deeply", param=field) from None
+    if not arguments:
+        return {}
+    if not isinstance(arguments, Mapping):
+        raise HTTPError(400, f"{field} must be a JSON object, not {type(arguments).__name__}", param=field)
+    return arguments
 
 
 def ollama_tool_calls(calls: Sequence[ToolCall], ids: Sequence[str]) -> list[dict[str, Any]]:

@@ -1,0 +1,453 @@
+"""OpenAI's Responses API, `POST /v1/responses`, stateless as Ollama serves it (docs.ollama.com,
+OpenAI compatibility): the conversation comes whole in `input` each time; nothing is stored, so
+`previous_response_id` and `conversation` are refused with what to send instead.
+
+A request becomes a chat (`chat_messages`, pure): `instructions` the system message, `input` a
+text or a list of items (messages, the assistant's earlier `function_call`s and their
+`function_call_output`s). The answer is a `response` object whose `output` holds a message or the
+model's function calls; streamed, the same as the typed server-sent events OpenAI's clients read
+(`ResponseEvents`, pure: created, in_progress, an output item's added / deltas / done, completed).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from datetime import datetime
+from typing import Any, Final, Literal
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from modelyard.builder.prompt import ChatMessage, PromptRequest, ToolCall
+from modelyard.errors import InferenceRequestError
+from modelyard.runtime.runner import Token
+from modelyard.server.bodies import GoJSONRoute
+from modelyard.server.disconnect import ClientGone, WatchedStream
+from modelyard.server.http_errors import STATUS_CLIENT_GONE, HTTPError
+from modelyard.server.inference import Finished, with_tool_calls
+from modelyard.server.openai_api import REASONING_EFFORTS, first_call_only, named_tool_results
+from modelyard.server.state import ServerState
+from modelyard.server.tool_calls import call_arguments, forced_call_schema, parser_for
+
+ENDPOINT: Final = "/v1/responses"
+SSE: Final = "text/event-stream"
+
+# Content parts of an input message that carry text; the others (images, files, audio) a text
+# model cannot read.
+_TEXT_PARTS: Final = ("input_text", "output_text", "text")
+_ROLES: Final = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
+
+
+class ResponsesBody(BaseModel):
+    # Unknown fields ignored, wrong JSON types a 400, as the other routes.
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    model: str = Field(min_length=1)
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stream: bool | None = False
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: dict[str, Any] | None = None  # {"format": {"type": "text" | "json_object" | "json_schema", …}}
+    reasoning: dict[str, Any] | None = None  # {"effort": …}
+    metadata: dict[str, Any] | None = None
+    previous_response_id: str | None = None
+    conversation: str | dict[str, Any] | None = None
+
+    def check_stateless(self) -> None:
+        if self.previous_response_id or self.conversation:
+            field = "previous_response_id" if self.previous_response_id else "conversation"
+            message = (
+                f"{field} is not supported: this server stores no responses; send the whole "
+                "conversation in input (the earlier output items included)"
+            )
+            raise HTTPError(400, message, param=field)
+
+    def chat_tools(self) -> list[dict[str, Any]] | None:
+        """`tools` in the chat API's shape ({"type": "function", "function": {…}}), which templates
+        and the tool-call parser read; only function tools exist here."""
+        if self.tools is None:
+            return None
+        converted = []
+        for i, tool in enumerate(self.tools):
+            if tool.get("type") != "function" or not isinstance(tool.get("name"), str):
+                message = f"tools[{i}]: only function tools, with a name, are supported"
+                raise HTTPError(400, message, param=f"tools[{i}]")
+            function = {"name": tool["name"], "parameters": tool.get("parameters") or {}}
+            if tool.get("description"):
+                function["description"] = tool["description"]
+            converted.append({"type": "function", "function": function})
+        return converted
+
+    def chat_tool_choice(self) -> str | dict[str, Any] | None:
+        """`tool_choice` as the chat API spells it: a named function is {"type": "function",
+        "name": …} here, {"type": "function", "function": {"name": …}} there."""
+        choice = self.tool_choice
+        if isinstance(choice, dict) and choice.get("type") == "function" and "name" in choice:
+            return {"type": "function", "function": {"name": choice["name"]}}
+        return choice
+
+    def format(self) -> str | dict[str, Any] | None:
+        wanted = (self.text or {}).get("format") or {}
+        kind = wanted.get("type", "text")
+        if kind == "text":
+            return None
+        if kind == "json_object":
+            return "json"
+        if kind == "json_schema":
+            schema = wanted.get("schema")
+            if not isinstance(schema, dict):
+                raise HTTPError(400, "text.format.schema must be a JSON schema object", param="text.format")
+            return schema
+        raise HTTPError(
+            400, f"text.format.type {kind!r} is not one of text, json_object, json_schema", param="text"
+        )
+
+    def think(self) -> bool | str | None:
+        effort = (self.reasoning or {}).get("effort")
+        if effort is None:
+            return None
+        if effort not in REASONING_EFFORTS:
+            known = ", ".join(REASONING_EFFORTS)
+            raise HTTPError(
+                400, f"invalid reasoning.effort {effort!r}: must be one of {known}", param="reasoning"
+            )
+        return REASONING_EFFORTS[effort]
+
+    def options(self) -> dict[str, Any]:
+        mapped = {"num_predict": self.max_output_tokens, "temperature": self.temperature, "top_p": self.top_p}
+        return {name: value for name, value in mapped.items() if value is not None}
+
+    def echoed(self) -> dict[str, Any]:
+        """The request's settings as a response object repeats them."""
+        text_format = (self.text or {}).get("format") or {"type": "text"}
+        return {
+            "instructions": self.instructions,
+            "max_output_tokens": self.max_output_tokens,
+            "temperature": self.temperature if self.temperature is not None else 1.0,
+            "top_p": self.top_p if self.top_p is not None else 1.0,
+            "tools": self.tools or [],
+            "tool_choice": self.tool_choice if self.tool_choice is not None else "auto",
+            "parallel_tool_calls": self.parallel_tool_calls is not False,
+            "text": {"format": text_format},
+            "reasoning": {"effort": (self.reasoning or {}).get("effort"), "summary": None},
+            "metadata": self.metadata or {},
+            "truncation": "disabled",
+            "store": False,
+            "previous_response_id": None,
+        }
+
+
+def chat_messages(input_: str | Sequence[dict[str, Any]], instructions: str | None) -> list[ChatMessage]:
+    """The chat a Responses request asks about (pure): `instructions` first, as the system message;
+    then `input`, a text (the user's) or its items in order. A `function_call` joins the assistant
+    message before it, as one turn of the model's; a `function_call_output` is the tool's result,
+    named after its call."""
+    messages = [ChatMessage("system", instructions)] if instructions else []
+    if isinstance(input_, str):
+        return [*messages, ChatMessage("user", input_)]
+    for i, item in enumerate(input_):
+        where = f"input[{i}]"
+        kind = item.get("type") or ("message" if "role" in item else None)
+        if kind == "message":
+            role = _ROLES.get(item.get("role", ""))
+            if role is None:
+                known = ", ".join(_ROLES)
+                raise HTTPError(400, f"{where}.role: {item.get('role')!r} is not one of {known}", param=where)
+            messages.append(ChatMessage(role, _text_of(item.get("content"), f"{where}.content")))
+        elif kind == "function_call":
+            arguments = call_arguments(item.get("arguments"), f"{where}.arguments")
+            previous = messages[-1] if messages and messages[-1].role == "assistant" else None
+            index = len(previous.tool_calls) if previous is not None else 0
+            call = ToolCall(str(item.get("name") or ""), arguments, str(item.get("call_id") or ""), index)
+            if previous is None:
+                messages.append(ChatMessage("assistant", "", tool_calls=(call,)))
+            else:
+                messages[-1] = ChatMessage(
+                    "assistant", previous.content, tool_calls=(*previous.tool_calls, call)
+                )
+        elif kind == "function_call_output":
+            output = _text_of(item.get("output"), f"{where}.output")
+            messages.append(ChatMessage("tool", output, tool_call_id=str(item.get("call_id") or "")))
+        elif kind == "reasoning":
+            continue  # the model's earlier reasoning, which these templates do not take back
+        else:
+            raise HTTPError(
+                400, f"{where}.type: {kind!r} is not an input item this server takes", param=where
+            )
+    return named_tool_results(messages)
+
+
+def _text_of(content: object, where: str) -> str:
+    """A message's or a tool output's text: a string, or text parts (joined as Ollama joins them)."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if not isinstance(content, list):
+        raise HTTPError(400, f"{where} must be a string or a list of content parts", param=where)
+    texts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in _TEXT_PARTS:
+            message = f"{where}[{j}]: {kind!r} parts are not supported (this model takes text only)"
+            raise HTTPError(400, message, param=where)
+        texts.append(str(part.get("text", "")))
+    return "".join(texts)
+
+
+def usage(finished: Finished) -> dict[str, Any]:
+    done = finished.done
+    return {
+        "input_tokens": done.prompt_eval_count,
+        "input_tokens_details": {"cached_tokens": done.prompt_cached},
+        "output_tokens": done.eval_count,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": done.prompt_eval_count + done.eval_count,
+    }
+
+
+class ResponseEvents:
+    """The server-sent events of one streamed response, from its generation's events (pure: ids
+    and the time are given). The text becomes a message item as it comes; calls found at the end
+    become function_call items, after the message if the model also wrote text."""
+
+    def __init__(self, response_id: str, model: str, created_at: int, echoed: dict[str, Any]) -> None:
+        self.response_id, self.model, self.created_at, self.echoed = response_id, model, created_at, echoed
+        self.sequence = 0
+        self.text: list[str] = []
+        self.message_id = f"msg_{response_id.removeprefix('resp_')}"
+        self.output: list[dict[str, Any]] = []
+
+    def response(self, status: str, finished: Finished | None = None) -> dict[str, Any]:
+        return response_object(
+            self.response_id, self.model, self.created_at, self.echoed, self.output, status, finished
+        )
+
+    def event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        self.sequence += 1
+        return {"type": kind, "sequence_number": self.sequence - 1, **fields}
+
+    def start(self) -> list[dict[str, Any]]:
+        return [
+            self.event("response.created", response=self.response("in_progress")),
+            self.event("response.in_progress", response=self.response("in_progress")),
+        ]
+
+    def token(self, text: str) -> list[dict[str, Any]]:
+        if not text:
+            return []
+        events = []
+        where = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
+        if not self.text:
+            item = {"id": self.message_id, "type": "message", "status": "in_progress", "role": "assistant"}
+            events.append(
+                self.event("response.output_item.added", output_index=0, item=item | {"content": []})
+            )
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            events.append(self.event("response.content_part.added", **where, part=part))
+        self.text.append(text)
+        events.append(self.event("response.output_text.delta", **where, delta=text, logprobs=[]))
+        return events
+
+    def finish(self, finished: Finished, call_ids: Sequence[str]) -> list[dict[str, Any]]:
+        events = []
+        if self.text:
+            text = "".join(self.text)
+            where = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
+            part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+            item = message_item(self.message_id, text, _item_status(finished))
+            events.append(self.event("response.output_text.done", **where, text=text, logprobs=[]))
+            events.append(self.event("response.content_part.done", **where, part=part))
+            events.append(self.event("response.output_item.done", output_index=0, item=item))
+            self.output.append(item)
+        for call, call_id in zip(finished.tool_calls, call_ids, strict=True):
+            index = len(self.output)
+            item = function_call_item(call, call_id)
+            events.append(
+                self.event(
+                    "response.output_item.added", output_index=index, item=item | {"status": "in_progress"}
+                )
+            )
+            where = {"item_id": item["id"], "output_index": index}
+            events.append(
+                self.event("response.function_call_arguments.delta", **where, delta=item["arguments"])
+            )
+            events.append(
+                self.event("response.function_call_arguments.done", **where, arguments=item["arguments"])
+            )
+            events.append(self.event("response.output_item.done", output_index=index, item=item))
+            self.output.append(item)
+        status = _status(finished)
+        kind = "response.completed" if status == "completed" else "response.incomplete"
+        events.append(self.event(kind, response=self.response(status, finished)))
+        return events
+
+
+def response_object(
+    response_id: str,
+    model: str,
+    created_at: int,
+    echoed: dict[str, Any],
+    output: list[dict[str, Any]],
+    status: str,
+    finished: Finished | None,
+) -> dict[str, Any]:
+    """OpenAI's `response` object: its output so far, and the usage once it is finished."""
+    incomplete = {"reason": "max_output_tokens"} if status == "incomplete" else None
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": created_at,
+        "completed_at": int(time.time()) if finished is not None else None,
+        "status": status,
+        "error": None,
+        "incomplete_details": incomplete,
+        "model": model,
+        "output": output,
+        "usage": usage(finished) if finished is not None else None,
+        **echoed,
+    }
+
+
+def message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
+    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    return {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": [part]}
+
+
+def function_call_item(call: ToolCall, call_id: str) -> dict[str, Any]:
+    return {
+        "id": f"fc_{call_id.removeprefix('call_')}",
+        "type": "function_call",
+        "status": "completed",
+        "call_id": call_id,
+        "name": call.name,
+        "arguments": json.dumps(dict(call.arguments), ensure_ascii=False),
+    }
+
+
+def _status(finished: Finished) -> Literal["completed", "incomplete"]:
+    cut = finished.done_reason == "length" and not finished.tool_calls
+    return "incomplete" if cut else "completed"
+
+
+def _item_status(finished: Finished) -> str:
+    return "incomplete" if _status(finished) == "incomplete" else "completed"
+
+
+def router(state: ServerState) -> APIRouter:
+    api = APIRouter(prefix="/v1", route_class=GoJSONRoute)
+    inference = state.inference
+
+    @api.post("/responses")
+    async def responses(body: ResponsesBody, http: Request) -> Response:
+        body.check_stateless()
+        servable = await inference.servable(body.model)
+        tools, choice = body.chat_tools(), body.chat_tool_choice()
+        if choice not in (None, "auto", "none") and not tools:
+            raise HTTPError(400, "tool_choice needs tools: send the tools it may call", param="tool_choice")
+        messages = chat_messages(body.input, body.instructions)
+        request = PromptRequest.chat(
+            messages, tools=tools, think=body.think(), now=datetime.now().astimezone()
+        )
+        parsed_tools = None if choice == "none" else tools
+        try:
+            parser = parser_for(servable.name, servable.prompting, parsed_tools)
+        except InferenceRequestError as exc:  # a model that cannot take tools
+            raise HTTPError(400, str(exc), param="tools") from None
+        format_ = body.format()
+        forced = forced_call_schema(tools or [], choice) if parser is not None else None
+        if forced is not None:
+            if format_ is not None:
+                refusal = "tool_choice that forces a call cannot be combined with text.format"
+                raise HTTPError(400, refusal, param="text")
+            format_ = forced
+        stream = inference.generate(servable, request, body.options(), format=format_, truncate=False)
+        if parser is not None:
+            stream = with_tool_calls(stream, parser)
+            if body.parallel_tool_calls is False:
+                stream = first_call_only(stream)
+        response_id = f"resp_{uuid.uuid4().hex[:24]}"
+        created_at = int(time.time())
+        if body.stream:
+            events = ResponseEvents(response_id, servable.name, created_at, body.echoed())
+            return await _streamed(http, state, servable.name, stream, events)
+        client = ClientGone(http)
+        try:
+            text, finished = await client.unless(_collected(stream))
+        finally:
+            client.close()
+        call_ids = _call_ids(finished)
+        output = [message_item(f"msg_{response_id[5:]}", text, _item_status(finished))] if text else []
+        output += [function_call_item(call, i) for call, i in zip(finished.tool_calls, call_ids, strict=True)]
+        state.count(ENDPOINT, servable.name, 200)
+        return JSONResponse(
+            response_object(
+                response_id, servable.name, created_at, body.echoed(), output, _status(finished), finished
+            )
+        )
+
+    return api
+
+
+def _call_ids(finished: Finished) -> list[str]:
+    return [f"call_{uuid.uuid4().hex[:24]}" for _ in finished.tool_calls]
+
+
+async def _collected(stream: AsyncGenerator[Any, None]) -> tuple[str, Finished]:
+    parts: list[str] = []
+    try:
+        async for event in stream:
+            if isinstance(event, Finished):
+                return "".join(parts), event
+            parts.append(event.text)
+    finally:
+        await stream.aclose()  # cancels the runner's request if it is still going
+    raise AssertionError("a generation always ends with Finished")
+
+
+async def _streamed(
+    http: Request, state: ServerState, model: str, stream: AsyncGenerator[Any, None], events: ResponseEvents
+) -> Response:
+    client = ClientGone(http)
+    try:  # errors before the first token keep their status
+        first = await client.unless(anext(stream))
+    except BaseException:
+        await stream.aclose()
+        raise
+
+    def sse(payload: dict[str, Any]) -> bytes:
+        data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+        return f"event: {payload['type']}\ndata: {data}\n\n".encode()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        status = STATUS_CLIENT_GONE  # unless the generation ends: the client went away
+        event = first
+        try:
+            for payload in events.start():
+                yield sse(payload)
+            while True:
+                if isinstance(event, Finished):
+                    for payload in events.finish(event, _call_ids(event)):
+                        yield sse(payload)
+                    status = 200
+                    return
+                if isinstance(event, Token):
+                    for payload in events.token(event.text):
+                        yield sse(payload)
+                event = await anext(stream)
+        except Exception as exc:
+            error = state.error_for(exc)
+            status = error.status
+            yield sse(events.event("error", code=error.code, message=error.message, param=error.param))
+        finally:
+            state.count(ENDPOINT, model, status)
+            await stream.aclose()
+
+    return WatchedStream(chunks(), client, media_type=SSE, headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,227 @@
+"""OpenAI's Responses API (server/responses_api.py): a request read as a chat, and the events of a
+streamed answer, table-driven over plain data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from modelyard.builder.prompt import ChatMessage, ToolCall
+from modelyard.runtime.protocol import Done
+from modelyard.server.http_errors import HTTPError
+from modelyard.server.inference import Finished
+from modelyard.server.responses_api import ResponseEvents, ResponsesBody, chat_messages
+
+CALL = {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'}
+
+
+@pytest.mark.parametrize(
+    ("input_", "instructions", "expected"),
+    [
+        pytest.param("Hi", None, [ChatMessage("user", "Hi")], id="a-text"),
+        pytest.param(
+            "Hi",
+            "Be brief.",
+            [ChatMessage("system", "Be brief."), ChatMessage("user", "Hi")],
+            id="instructions",
+        ),
+        pytest.param(
+            [
+                {"role": "developer", "content": "Be brief."},
+                {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "a"}, {"type": "input_text", "text": "b"}],
+                },
+                {"role": "assistant", "content": [{"type": "output_text", "text": "ok"}]},
+            ],
+            None,
+            [ChatMessage("system", "Be brief."), ChatMessage("user", "ab"), ChatMessage("assistant", "ok")],
+            id="messages-and-parts",
+        ),
+        pytest.param(
+            [
+                {"role": "user", "content": "Weather?"},
+                {"type": "reasoning", "summary": []},
+                CALL,
+                {**CALL, "call_id": "call_2", "arguments": ""},
+                {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+            ],
+            None,
+            [
+                ChatMessage("user", "Weather?"),
+                ChatMessage(
+                    "assistant",
+                    "",
+                    tool_calls=(
+                        ToolCall("get_weather", {"city": "Paris"}, "call_1", 0),
+                        ToolCall("get_weather", {}, "call_2", 1),
+                    ),
+                ),
+                ChatMessage("tool", "sunny", tool_name="get_weather", tool_call_id="call_1"),
+            ],
+            id="calls-join-one-turn-and-results-are-named",
+        ),
+        pytest.param(
+            [{"role": "assistant", "content": "Let me look."}, CALL],
+            None,
+            [
+                ChatMessage(
+                    "assistant",
+                    "Let me look.",
+                    tool_calls=(ToolCall("get_weather", {"city": "Paris"}, "call_1", 0),),
+                )
+            ],
+            id="a-call-joins-the-text-before-it",
+        ),
+    ],
+)
+def test_chat_messages(input_: Any, instructions: str | None, expected: list[ChatMessage]) -> None:
+    assert chat_messages(input_, instructions) == expected
+
+
+@pytest.mark.parametrize(
+    ("input_", "said"),
+    [
+        pytest.param(
+            [{"type": "input_image", "image_url": "x"}], "input[0].type: 'input_image'", id="an-image-item"
+        ),
+        pytest.param(
+            [{"role": "user", "content": [{"type": "input_file"}]}],
+            "input[0].content[0]: 'input_file'",
+            id="a-file-part",
+        ),
+        pytest.param([{"role": "critic", "content": "x"}], "input[0].role: 'critic'", id="a-role"),
+        pytest.param(
+            [{**CALL, "arguments": "[1]"}], "input[0].arguments must be a JSON object", id="list-arguments"
+        ),
+        pytest.param([{"role": "user", "content": 5}], "input[0].content must be a string", id="a-number"),
+    ],
+)
+def test_chat_messages_refuses_what_it_cannot_read(input_: Any, said: str) -> None:
+    with pytest.raises(HTTPError) as refused:
+        chat_messages(input_, None)
+    assert refused.value.status == 400 and said in refused.value.message
+
+
+def test_the_request_in_the_chat_apis_terms() -> None:
+    body = ResponsesBody.model_validate(
+        {
+            "model": "m",
+            "input": "Hi",
+            "tools": [
+                {"type": "function", "name": "f", "description": "d", "parameters": {"type": "object"}}
+            ],
+            "tool_choice": {"type": "function", "name": "f"},
+            "text": {"format": {"type": "json_object"}},
+            "reasoning": {"effort": "minimal"},
+            "max_output_tokens": 7,
+        }
+    )
+    assert body.chat_tools() == [
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}, "description": "d"}}
+    ]
+    assert body.chat_tool_choice() == {"type": "function", "function": {"name": "f"}}
+    assert (body.format(), body.think(), body.options()) == ("json", "low", {"num_predict": 7})
+    for field, value, said in [
+        ("tools", [{"type": "web_search"}], "only function tools"),
+        ("text", {"format": {"type": "xml"}}, "'xml' is not one of"),
+        ("reasoning", {"effort": "extreme"}, "invalid reasoning.effort"),
+        ("previous_response_id", "resp_1", "stores no responses"),
+    ]:
+        bad = ResponsesBody.model_validate({"model": "m", "input": "Hi", field: value})
+        with pytest.raises(HTTPError, match=said):
+            bad.check_stateless()
+            bad.chat_tools()
+            bad.format()
+            bad.think()
+
+
+def _finished(reason: str, calls: tuple[ToolCall, ...] = ()) -> Finished:
+    done = Done(
+        reason, prompt_eval_count=5, prompt_eval_duration=0, eval_count=3, eval_duration=0, prompt_cached=2
+    )
+    return Finished(done, load_duration=0, total_duration=0, dropped_messages=0, tool_calls=calls)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "finished", "kinds", "status"),
+    [
+        pytest.param(
+            ["Hel", "lo"],
+            _finished("stop"),
+            [
+                "output_item.added",
+                "content_part.added",
+                "output_text.delta",
+                "output_text.delta",
+                "output_text.done",
+                "content_part.done",
+                "output_item.done",
+                "completed",
+            ],
+            "completed",
+            id="text",
+        ),
+        pytest.param(
+            ["Hel"],
+            _finished("length"),
+            [
+                "output_item.added",
+                "content_part.added",
+                "output_text.delta",
+                "output_text.done",
+                "content_part.done",
+                "output_item.done",
+                "incomplete",
+            ],
+            "incomplete",
+            id="cut-by-max-output-tokens",
+        ),
+        pytest.param(
+            ["", ""],
+            _finished("stop", (ToolCall("f", {"a": 1}),)),
+            [
+                "output_item.added",
+                "function_call_arguments.delta",
+                "function_call_arguments.done",
+                "output_item.done",
+                "completed",
+            ],
+            "completed",
+            id="a-call",
+        ),
+    ],
+)
+def test_the_events_of_a_streamed_response(
+    tokens: list[str], finished: Finished, kinds: list[str], status: str
+) -> None:
+    events = ResponseEvents(
+        "resp_abc", "m:latest", 1_700_000_000, ResponsesBody(model="m", input="x").echoed()
+    )
+    sent = events.start()
+    for token in tokens:
+        sent += events.token(token)
+    sent += events.finish(finished, ["call_xyz"] * len(finished.tool_calls))
+    assert [e["type"] for e in sent] == [
+        "response.created",
+        "response.in_progress",
+        *(f"response.{k}" for k in kinds),
+    ]
+    assert [e["sequence_number"] for e in sent] == list(range(len(sent)))
+    last = sent[-1]["response"]
+    assert last["status"] == status and last["usage"]["input_tokens_details"] == {"cached_tokens": 2}
+    if finished.tool_calls:
+        assert last["output"] == [
+            {
+                "id": "fc_xyz",
+                "type": "function_call",
+                "status": "completed",
+                "call_id": "call_xyz",
+                "name": "f",
+                "arguments": '{"a": 1}',
+            }
+        ]
+    else:
+        assert last["output"][0]["content"][0]["text"] == "".join(tokens)
