@@ -373,3 +373,40 @@ def test_generations_cut_by_a_shutdown_end_with_an_error_that_says_so(home: Path
     not_ready = "the server is shutting down: this request's model was not ready in time"
     assert outcome["waiting"][0] == f"503 {not_ready}", outcome
     assert 0.8 < ended < 4, f"the graceful period ran, then the cut came before uvicorn's ({ended:.1f} s)"
+
+
+def test_a_client_that_stops_reading_has_its_endless_generation_cancelled(
+    busy: ServeProcess, tiny_gguf: Path
+) -> None:
+    """Found by a soak test: a client that kept its connection open and read nothing made the
+    server hold every token the runner made (0.9 MB/s on the tiny model, for ever at num_predict
+    -1) and kept its slot. Past 16,384 unread tokens the generation is cancelled and its slot
+    freed; the client, should it read again, gets what was made and then an error line (seen by
+    hand: reading 5 MB through the 4 KB window this test opens takes minutes)."""
+    import hashlib
+
+    with busy.client() as http:
+        data = tiny_gguf.read_bytes()
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        http.post(f"/api/blobs/{digest}", content=data)
+        made = http.post("/api/create", json={"model": "tiny", "files": {"t.gguf": digest}, "stream": False})
+        assert made.status_code == 200, made.text
+
+        def tiny_busy() -> int:
+            rows = [m for m in http.get("/api/ps").json()["models"] if m["name"] == "tiny:latest"]
+            return rows[0]["slots_busy"] if rows else -1
+
+        gone = 'modelyard_requests_total{endpoint="/api/generate",model="tiny:latest",status="499"}'
+        with socket.create_connection(("127.0.0.1", busy.port)) as stalled:
+            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            body = json.dumps({"model": "tiny", "prompt": "go", "options": {"num_predict": -1}}).encode()
+            head = f"POST /api/generate HTTP/1.1\r\nHost: {busy.host}\r\nContent-Type: application/json\r\n"
+            stalled.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            wait_for(lambda: tiny_busy() == 1, "the endless generation to start")
+            wait_for(lambda: tiny_busy() == 0, "the unread generation to be cancelled", timeout_s=120)
+            # Its one slot serves the next request while the stalled client still holds on.
+            quick = {"model": "tiny", "prompt": "x", "stream": False, "options": {"num_predict": 3}}
+            assert http.post("/api/generate", json=quick, timeout=30).json()["done"]
+            assert metric(http, gone) == 0, "still open: not counted yet"
+        wait_for(lambda: metric(http, gone) == 1, "the stalled request counted as 499 once closed")
+        http.request("DELETE", "/api/delete", json={"model": "tiny"})

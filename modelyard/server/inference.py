@@ -35,10 +35,11 @@ from modelyard.runtime.options import (
 )
 from modelyard.runtime.prompting import RunnerNeeded, prepare
 from modelyard.runtime.protocol import Done
-from modelyard.runtime.runner import Failure, Token
+from modelyard.runtime.runner import Failure, RequestHandle, Token
 from modelyard.runtime.scheduler import Lease, ModelRequest, Scheduler
 from modelyard.runtime.servable import Servable, load_servable
 from modelyard.runtime.template_workers import NoIdleWorker, TemplateWorkers
+from modelyard.server.http_errors import STATUS_CLIENT_GONE, HTTPError
 from modelyard.server.metrics import Metrics
 from modelyard.server.tool_calls import ToolCallParser
 from modelyard.store import Store
@@ -87,6 +88,23 @@ served_model: contextvars.ContextVar[str] = contextvars.ContextVar("served_model
 
 RENDER_THREADS: Final = 8  # prompts rendered or counted off the loop at once (see Inference.__init__)
 
+# Tokens of one generation waiting for its client to read them, past which it is cancelled: they
+# queue only once the socket's buffers are full, so this many means a client that reads nothing
+# (a suspended laptop, a paused consumer), and each holds memory for as long as the runner makes
+# them (these 16 Ki: a few MB). Its slot goes to the others; the client, should it read
+# again, gets what was made and then this error.
+MAX_UNREAD_TOKENS: Final = 16_384
+STALLED: Final = (
+    f"the client read none of the last {MAX_UNREAD_TOKENS:,} tokens: the generation was cancelled"
+)
+
+
+class _Stalled:
+    """The event that ends a generation whose client stopped reading (see MAX_UNREAD_TOKENS)."""
+
+
+_STALLED: Final = _Stalled()
+
 
 class Inference:
     def __init__(
@@ -109,7 +127,9 @@ class Inference:
         self.spec_targets = spec_targets
         self._servables: dict[str, Servable] = {}
         self._post: LoopPost | None = None
-        self._generating: set[asyncio.Queue[Token | Done | Failure]] = set()  # each generation's events
+        self._generating: set[asyncio.Queue[Token | Done | Failure | _Stalled]] = (
+            set()
+        )  # each generation's events
         self._awaiting_model: set[asyncio.Task[Any]] = set()  # requests inside scheduler.acquire
         self._stopped_retry_after: float | None = None  # set by stop_generations
         self._stopped_waits: set[asyncio.Task[Any]] = set()  # the waits stop_generations cancelled
@@ -307,7 +327,7 @@ class Inference:
         lease, load_ns = await self.acquire(servable, options, keep_alive)
         runner = lease.runner
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Token | Done | Failure] = asyncio.Queue()
+        events: asyncio.Queue[Token | Done | Failure | _Stalled] = asyncio.Queue()
         handle = None
         finished = False
         self._generating.add(events)
@@ -345,11 +365,21 @@ class Inference:
                 rendered = await loop.run_in_executor(self._render_threads, in_context)
 
             post = self._poster(loop)
+            submitted: list[RequestHandle] = []  # the handle, for the reader thread to cancel with
 
             def deliver(event: Token | Done | Failure) -> None:  # on the runner's reader thread
+                if isinstance(event, Token) and events.qsize() >= MAX_UNREAD_TOKENS:
+                    # The client reads nothing (its connection open, its window shut): the tokens
+                    # would pile up here for as long as the runner makes them. Cancelled once.
+                    if submitted:
+                        submitted.pop().cancel()
+                        loop.call_soon_threadsafe(lease.release)  # its slot is free now, not when read
+                        post(events, _STALLED)
+                    return
                 post(events, event)
 
             handle = runner.submit(rendered.completion, deliver)
+            submitted.append(handle)
             # The histograms' children for this model, looked up once: per token, the lookup (its
             # label tuple, a lock) cost more than the observation.
             per_token = self.metrics.time_per_token.labels(servable.name)
@@ -359,6 +389,8 @@ class Inference:
                 event = await events.get()
                 if isinstance(event, Failure):
                     raise event.error
+                if isinstance(event, _Stalled):
+                    raise HTTPError(STATUS_CLIENT_GONE, STALLED)
                 now = time.perf_counter_ns()
                 if isinstance(event, Token) and event.prompt:
                     yield event  # the prompt sent back: not an answer token, for the timings
