@@ -979,3 +979,38 @@ def test_status_shows_the_context_a_slot_really_holds(two_models: tuple[Path, Pa
             await scheduler.close()
 
     run(scenario())
+
+
+def test_the_queue_bound_holds_while_the_model_loads(tmp_path: Path) -> None:
+    """Found by a soak test: requests that came during a load all waited for it (the bound was
+    checked only once it was loaded), so a burst queued without limit for as long as a load takes."""
+
+    async def scenario() -> None:
+        (tmp_path / "w1").write_bytes(b"x" * 1000)
+
+        def slow(spec: Any, **_: Any) -> FakeRunner:
+            time.sleep(0.5)
+            return FakeRunner(spec)
+
+        settings = SchedulerSettings(ram_budget=10**6, num_parallel=2, max_queue=3, retry_after=2)
+        scheduler = Scheduler(settings, starter=slow)
+        try:
+            burst = [
+                asyncio.ensure_future(scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))) for _ in range(8)
+            ]
+            await asyncio.sleep(0.1)  # the load is under way
+            refused = [task for task in burst if task.done()]
+            assert len(refused) == 3, "2 slots and 3 queued: the other 3 at once, not after the load"
+            for task in refused:
+                with pytest.raises(ServerBusyError, match="5 requests in flight or queued") as busy:
+                    task.result()
+                assert busy.value.retry_after == 2
+            assert scheduler.queue_depths() == {"A": 5}
+            leases = await asyncio.gather(*(task for task in burst if task not in refused))
+            assert len(leases) == 5
+            for lease in leases:
+                lease.release()
+        finally:
+            await scheduler.close()
+
+    run(scenario())

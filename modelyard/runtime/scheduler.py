@@ -318,6 +318,7 @@ class Scheduler:
 
     async def acquire(self, request: ModelRequest) -> Lease:
         """Wait until the model is loaded and return a lease on it."""
+        self._check_waiting(request)
         self._acquiring[request.name] += 1
         try:
             return await self._acquire(request)
@@ -660,6 +661,27 @@ class Scheduler:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
+
+    def _check_waiting(self, request: ModelRequest) -> None:
+        """The queue bound for requests that find their model not ready: waiting for its load, for
+        the load lock, for a swap or a drain, they are queued as much as those waiting for a slot
+        (before, a burst during a long load all waited, and got its 503s only once it ended).
+        Before a load the slots are not known yet: as many as it may get."""
+        name = request.name
+        entry = self._entries.get(name)
+        if entry is not None:
+            slots = entry.options.num_parallel
+        elif "num_parallel" in request.options:
+            slots = self._resolve_options(request).num_parallel
+        else:
+            slots = self.settings.num_parallel or max(AUTO_PARALLEL_CHOICES)
+        in_flight = entry.refs if entry is not None else 0
+        if in_flight + self._acquiring[name] >= self.settings.max_queue + slots:
+            raise ServerBusyError(
+                f"server busy: {name} has {in_flight + self._acquiring[name]} requests in flight or "
+                f"queued (the limit is {self.settings.max_queue} beyond its {slots} slots)",
+                retry_after=self.settings.retry_after,
+            )
 
     def _check_queue(self, entry: _Entry) -> None:
         if entry.refs + entry.waiting >= self.settings.max_queue + entry.options.num_parallel:
@@ -1164,11 +1186,12 @@ class Scheduler:
         # until a request loads it again after the backoff.
         if math.isfinite(entry.keep_alive):
             entry.expires_at = max(self.clock() + max(entry.keep_alive, 0.0), entry.retry_at)
+        wait = entry.retry_at - self.clock()
         log.warning(
-            "%s: %s; the next request after %.0f s loads it again",
+            "%s: %s; the next request%s loads it again",
             ", ".join(entry.names),
             entry.last_error,
-            entry.retry_at - self.clock(),
+            f" after {wait:.0f} s" if wait >= 0.5 else "",  # a first crash waits for none ("-0 s")
         )
         self._spawn(self._notify_capacity())
 
