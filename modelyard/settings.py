@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_HOST = "127.0.0.1:11434"
+OLLAMA_REGISTRY = "registry.ollama.ai"  # where Ollama's names without a host live (library/…)
 
 
 def default_home(environ: Mapping[str, str]) -> Path:
@@ -46,6 +47,9 @@ class Settings:
     # comma-separated), as Docker's insecure-registries: what `serve --spec` pulls from, too.
     plain_http_registries: tuple[str, ...] = ()
     insecure_registries: tuple[str, ...] = ()
+    # Where `pull NAME` (and /api/pull) looks for a name without a registry, as `ollama pull llama3.2`
+    # does ($MODELYARD_DEFAULT_REGISTRY: a mirror of one's own; empty: such names are local only).
+    default_registry: str | None = OLLAMA_REGISTRY
     # Serving ($MODELYARD_API_KEY, $MODELYARD_ORIGINS, $MODELYARD_NUM_PARALLEL, $MODELYARD_KEEP_ALIVE,
     # $MODELYARD_MAX_QUEUE, $MODELYARD_RAM_BUDGET). The key is never printed, not even in a repr.
     api_key: str | None = field(default=None, repr=False)
@@ -80,6 +84,7 @@ class Settings:
             "cors_origins": _listed(env, "MODELYARD_ORIGINS"),
             "plain_http_registries": _listed(env, "MODELYARD_PLAIN_HTTP_REGISTRIES"),
             "insecure_registries": _listed(env, "MODELYARD_INSECURE_REGISTRIES"),
+            "default_registry": env.get("MODELYARD_DEFAULT_REGISTRY", OLLAMA_REGISTRY).strip() or None,
             "num_parallel": _positive_int(env, "MODELYARD_NUM_PARALLEL"),
             "keep_alive": env.get("MODELYARD_KEEP_ALIVE") or None,
             "max_queue": _positive_int(env, "MODELYARD_MAX_QUEUE") or 512,

@@ -8,6 +8,10 @@ import pytest
 from registry_server import Registry, start_registry
 from tinygguf import write_tiny_llama, write_tiny_lora
 
+# No test reaches the internet: a name without a registry stays local, unless a test points the
+# default registry at its own (test_registry_integration). The servers the tests start inherit it.
+os.environ["MODELYARD_DEFAULT_REGISTRY"] = ""
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:

@@ -691,7 +691,31 @@ def test_cli_errors_exit_1_with_a_message(registry: Registry, cli_env: Path) -> 
     no_host = cli("push", "tiny")
     assert no_host.code == 1 and "names no registry" in no_host.err
     local_only = cli("pull", "tiny")
-    assert local_only.code == 1 and "names no registry" in local_only.err
+    assert (
+        local_only.code == 1
+        and "names no registry and $MODELYARD_DEFAULT_REGISTRY is empty" in local_only.err
+    )
+
+
+def test_a_name_without_a_registry_is_pulled_from_the_default_one(
+    registry: Registry,
+    image: tuple[Store, str],
+    tmp_path: Path,
+    cli_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As `ollama pull llama3.2` (registry.ollama.ai/library/llama3.2), from the registry
+    $MODELYARD_DEFAULT_REGISTRY names: Ollama's by default, a mirror of one's own here."""
+    store, digest = image
+    name = unique("library")  # library/m…: where a name without a namespace lives
+    push(store, remote(registry, name), options(tmp_path), source=parse_reference("tiny"))
+    short = name.removeprefix("library/")
+    monkeypatch.setenv("MODELYARD_DEFAULT_REGISTRY", registry.host)
+    pulled = cli("pull", f"{short}:v1")
+    assert pulled.code == 0 and pulled.out.strip() == digest, pulled.err
+    home_store = Store(cli_env / "home" / "store")
+    assert home_store.resolve(parse_reference(f"{short}:v1")).digest == digest, "stored as named"
+    assert f"{short}:v1" in cli("list").out
 
 
 def test_build_from_a_registry_reference_pulls_it(

@@ -540,3 +540,16 @@ def test_registries_listed_in_settings_are_reached_as_listed(host: str, base_url
     )
     session = RegistryOptions.from_settings(settings).open_session(host)
     assert (session.endpoint.base_url, session.endpoint.verify_tls) == (base_url, verify)
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        pytest.param({}, "registry.ollama.ai", id="ollamas-by-default"),
+        pytest.param({"MODELYARD_DEFAULT_REGISTRY": "mirror.lan:5000"}, "mirror.lan:5000", id="a-mirror"),
+        pytest.param({"MODELYARD_DEFAULT_REGISTRY": " "}, None, id="empty-none"),
+    ],
+)
+def test_the_default_registry_of_names_without_one(environ: dict[str, str], expected: str | None) -> None:
+    settings = Settings.from_env({**environ, "HOME": "/nonexistent"})
+    assert RegistryOptions.from_settings(settings).default_registry == expected

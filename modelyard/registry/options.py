@@ -26,6 +26,7 @@ class RegistryOptions:
     plain_http_hosts: frozenset[str] = frozenset()  # as plain_http, for these registries only
     insecure_hosts: frozenset[str] = frozenset()  # as insecure, for these registries only
     parallel: int = 4  # blobs transferred at once
+    default_registry: str | None = None  # where a pull looks for a name without a registry
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     retry: RetryPolicy = DEFAULT_RETRY
     transport: httpx.BaseTransport | None = field(default=None, compare=False)  # tests inject one
@@ -42,6 +43,7 @@ class RegistryOptions:
             plain_http_hosts=frozenset(settings.plain_http_registries),
             insecure_hosts=frozenset(settings.insecure_registries),
             parallel=settings.registry_parallel,
+            default_registry=settings.default_registry,
         )
 
     def credentials(self) -> DockerConfig:

@@ -65,15 +65,22 @@ class PullResult:
 def pull(
     store: Store, ref: Reference, options: RegistryOptions, progress: ProgressSink = ignore_progress
 ) -> PullResult:
-    if ref.host is None:
-        raise NoRegistryError(
-            f"{ref.short()} names no registry; pull HOST[:PORT]/NAME[:TAG], "
-            f"e.g. localhost:5000/{ref.repository}"
-        )
+    local_name = replace(ref, tag=None) if ref.digest else ref
+    host = ref.host
+    if host is None:
+        # As `ollama pull llama3.2`: the default registry's library/llama3.2, stored under the
+        # name as given, so that `run llama3.2` finds it.
+        if options.default_registry is None:
+            raise NoRegistryError(
+                f"{ref.short()} names no registry and $MODELYARD_DEFAULT_REGISTRY is empty; pull "
+                f"HOST[:PORT]/NAME[:TAG], e.g. localhost:5000/{ref.repository}"
+            )
+        host = options.default_registry
+        ref = replace(ref, host=host)
     report = LayerProgress(progress)
     store.init()
     report.status("pulling manifest")
-    with options.open_session(ref.host) as session:
+    with options.open_session(host) as session:
         repo = RepositoryClient(session, ref.repository)
         fetched = _fetch_image_manifest(repo, ref)
         manifest = _parse(fetched, repo.name)
@@ -91,9 +98,8 @@ def pull(
         converted = to_modelpack(manifest, config, source, fetched.digest)
         store.blobs.put_bytes(converted.config, expected=converted.manifest.config.digest)
         digest, _ = store.put_manifest(converted.manifest)
-    local_name = replace(ref, tag=None) if ref.digest else ref
     store.tag(local_name, digest)
-    options.ledger().record(ref.host, ref.repository, manifest.blob_digests())
+    options.ledger().record(host, ref.repository, manifest.blob_digests())
     report.status("success")
     return PullResult(local_name, digest, fetched.digest, source, received, fetched_count)
 

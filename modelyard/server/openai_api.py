@@ -268,10 +268,8 @@ def router(state: ServerState) -> APIRouter:
         forced = forced_call_schema(body.tools or [], body.tool_choice) if parser is not None else None
         biases = body.token_biases()
         if forced is not None:
-            # tool_choice "required" or a named function: a grammar makes the answer that call.
-            if format_ is not None:
-                refusal = "tool_choice that forces a call cannot be combined with response_format"
-                raise HTTPError(400, refusal, param="response_format")
+            # tool_choice "required" or a named function: a grammar makes the answer that call. A
+            # response_format is for an answer in text, which this one is not (frameworks send both).
             format_ = forced
 
         def generate(choice: int) -> AsyncGenerator[Any, None]:

@@ -363,10 +363,7 @@ def router(state: ServerState) -> APIRouter:
             raise HTTPError(400, str(exc), param="tools") from None
         format_ = body.format()
         forced = forced_call_schema(tools or [], choice) if parser is not None else None
-        if forced is not None:
-            if format_ is not None:
-                refusal = "tool_choice that forces a call cannot be combined with text.format"
-                raise HTTPError(400, refusal, param="text")
+        if forced is not None:  # the answer is the call, not text: text.format does not apply
             format_ = forced
         stream = inference.generate(servable, request, body.options(), format=format_, truncate=False)
         if parser is not None:
