@@ -1824,6 +1824,11 @@ def test_tool_calls_reach_both_clients_as_calls(
         assert forced_call.finish_reason == "tool_calls", forced_call
         [made] = forced_call.message.tool_calls or []
         assert made.function.name == "get_weather" and "city" in json.loads(made.function.arguments)
+    # With a response_format too (frameworks send both): the answer is the call all the same.
+    formatted = oai.chat.completions.create(
+        **plain, tool_choice="required", response_format={"type": "json_object"}
+    )
+    assert formatted.choices[0].finish_reason == "tool_calls", formatted
     # n choices, each its own call (each choice's output is parsed on its own)
     several = oai.chat.completions.create(
         **{**plain, "temperature": 1.0}, tool_choice="required", n=3, seed=3
