@@ -29,7 +29,8 @@ _SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 # Objects, arrays and object members a body may hold. A chat of 20,000 messages fits (each one
 # object with two or three members), past what a 128k-token context holds once a template wraps
-# each message; parsing and validating this many takes the loop ~0.1 s on a 2-core VM. Array
+# each message. At the budget a body holds the loop 0.07 s (valid messages) to 0.5 s (all invalid:
+# the validation errors cost most) on a 2-core VM (benchmarks/RESULTS.md, "Request bodies"). Array
 # elements are not counted: a list of numbers or strings (a `context`, token ids, embedding
 # inputs) parses at some 30 ns an element.
 MAX_BODY_STRUCTURE: Final = 65_536
@@ -38,7 +39,7 @@ MAX_BODY_STRUCTURE: Final = 65_536
 def json_structure(body: bytes) -> int:
     """How many objects, arrays and object members the JSON text `body` holds: its `{`, `[` and `:`
     outside strings, counted without parsing it (pure). Exact for valid JSON; for invalid JSON a
-    count the parser will refuse anyway. Linear, in C and numpy: ~0.1 s for 16 MiB."""
+    count the parser will refuse anyway. Linear, in C and numpy: ~0.1 s for 14 MiB."""
     # Escapes first: an escaped quote does not end a string, and `\\` pairs, taken left to right as
     # JSON does, cannot be structural. Then a character is outside strings where the count of
     # quotes before it is even (uint8 wraps, keeping the parity).
@@ -52,7 +53,7 @@ def json_structure(body: bytes) -> int:
 
 def check_structure(body: bytes) -> None:
     """Refuse (413) a body of more objects, arrays and members than MAX_BODY_STRUCTURE."""
-    # Counted in the whole text first (~10 ms for 16 MiB): only a body with more brackets and
+    # Counted in the whole text first (~20 ms for 15 MiB): only a body with more brackets and
     # colons than the budget, strings included, needs them told apart from its strings'.
     if len(body) <= MAX_BODY_STRUCTURE or sum(map(body.count, (b"{", b"[", b":"))) <= MAX_BODY_STRUCTURE:
         return
