@@ -213,6 +213,11 @@ def test_ollama_embed_and_legacy_embeddings(client: ollama.Client) -> None:
     assert MODEL not in {m.model for m in client.ps().models}
     assert len(client.embed(GEMMA, input="the sea", dimensions=-3).embeddings[0]) == 640
     assert len(client.embed(GEMMA, input="the sea", dimensions=64).embeddings[0]) == 64
+    # More numbers than an answer holds (8 Mi: 13,107 inputs of Gemma's 640): a 400 that says how
+    # many fit, before any is made (a 16 MiB body of one-letter inputs asked for billions).
+    with pytest.raises(ollama.ResponseError) as refused:
+        client.embed(GEMMA, input=["a"] * 13_108)
+    assert refused.value.status_code == 400 and "(13,107 inputs)" in refused.value.error
 
 
 def test_ollama_ps_shows_the_loaded_model(client: ollama.Client) -> None:

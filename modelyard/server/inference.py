@@ -34,7 +34,7 @@ from modelyard.runtime.options import (
     parse_request_options,
 )
 from modelyard.runtime.prompting import RunnerNeeded, prepare
-from modelyard.runtime.protocol import Done
+from modelyard.runtime.protocol import Done, RunnerInfo
 from modelyard.runtime.runner import Failure, RequestHandle, Token
 from modelyard.runtime.scheduler import Lease, ModelRequest, Scheduler
 from modelyard.runtime.servable import Servable, load_servable
@@ -85,6 +85,12 @@ SPEC_RETRY_AFTER_S = 10.0
 # Set only for names found in the store, so that typos and fuzzers cannot grow the label set.
 served_model: contextvars.ContextVar[str] = contextvars.ContextVar("served_model", default="")
 
+
+# Numbers one embeddings answer may hold (inputs × the model's width): some 250 MB of Python floats
+# on their way through the runner's channel, the server and the JSON, for 13,107 inputs of a
+# 640-wide model or 2,048 (OpenAI's limit on inputs) of a 4,096-wide one. A 16 MiB body of
+# one-character inputs would otherwise ask for billions.
+MAX_EMBEDDING_NUMBERS: Final = 8 * 1024 * 1024
 
 RENDER_THREADS: Final = 8  # prompts rendered or counted off the loop at once (see Inference.__init__)
 
@@ -440,6 +446,7 @@ class Inference:
         lease, load_ns = await self.acquire(servable, options, keep_alive)
         served = False
         try:
+            check_embedding_size(servable.name, len(inputs), lease.runner.info)
             await self.scheduler.reserve_embeddings(lease)
             result = await asyncio.to_thread(lease.runner.embed, inputs, truncate)
             served = True
@@ -471,6 +478,18 @@ async def with_tool_calls(
                 yield Token(text, event.logprobs)
     finally:
         await stream.aclose()  # the generation's own clean-up: cancel, release the lease
+
+
+def check_embedding_size(model: str, inputs: int, info: RunnerInfo | None) -> None:
+    """Refuse (400) a request whose vectors would be more than MAX_EMBEDDING_NUMBERS numbers."""
+    width = info.n_embd if info is not None else 0
+    if inputs * width > MAX_EMBEDDING_NUMBERS:
+        most = MAX_EMBEDDING_NUMBERS // width
+        raise InferenceRequestError(
+            f"{inputs:,} inputs are too many for one request: {model}'s vectors have {width} "
+            f"numbers, and an answer holds {MAX_EMBEDDING_NUMBERS:,} at most ({most:,} inputs); "
+            "send them in several requests"
+        )
 
 
 class LoopPost:
