@@ -185,12 +185,12 @@ class NoRegistryError(RegistryError, ValueError):
 
 
 class RegistryAuthError(RegistryError, PermissionError):
-    def __init__(self, host: str, detail: str = "") -> None:
-        self.host = host
+    def __init__(self, host: str, detail: str = "", hint: str = "") -> None:
+        self.host, self.detail = host, detail
         message = f"{host}: authentication failed"
         if detail:
             message += f" ({detail})"
-        message += f". Run `modelyard login {host}` with valid credentials."
+        message += f". {hint or f'Run `modelyard login {host}` with valid credentials.'}"
         super().__init__(message)
 
     def __str__(self) -> str:

@@ -644,6 +644,8 @@ def test_cli_login_push_pull_with_htpasswd_never_shows_the_password(
         monkeypatch=monkeypatch,
     )
     assert bad.code == 1 and "refused the credentials" in bad.err
+    assert "Check the username and the password or token; nothing was stored." in bad.err
+    assert "Run `modelyard login" not in bad.err, "said by login itself, that is no help"
     assert not (cli_env / "docker" / "config.json").exists()
 
     good = cli(

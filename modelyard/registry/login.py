@@ -3,6 +3,7 @@ them) as `docker login` does."""
 
 from __future__ import annotations
 
+from modelyard.errors import RegistryAuthError
 from modelyard.registry.credentials import Credentials, registry_host
 from modelyard.registry.endpoint import resolve_endpoint
 from modelyard.registry.options import RegistryOptions
@@ -15,12 +16,16 @@ def login(host: str, credentials: Credentials, options: RegistryOptions) -> str:
     `host` may be written as docker login takes it: a URL, or with a path (both dropped)."""
     host = registry_host(host)
     endpoint = resolve_endpoint(host, plain_http=options.plain_http, insecure=options.insecure)
-    with RegistrySession(
-        endpoint, lambda: credentials, retry=options.retry, transport=options.transport
-    ) as session:
-        response = session.request("GET", "/v2/")
-        if response.status_code != 200:
-            raise error_for(response, f"login to {host}")
+    try:
+        with RegistrySession(
+            endpoint, lambda: credentials, retry=options.retry, transport=options.transport
+        ) as session:
+            response = session.request("GET", "/v2/")
+            if response.status_code != 200:
+                raise error_for(response, f"login to {host}")
+    except RegistryAuthError as refused:  # from login itself, "run modelyard login" is no help
+        hint = "Check the username and the password or token; nothing was stored."
+        raise RegistryAuthError(host, refused.detail, hint) from None
     return options.credentials().save(host, credentials)
 
 
