@@ -114,7 +114,7 @@ def test_the_merged_document_round_trips_to_the_same_digest() -> None:
             "models: [{name: a, image: x, parallel: 0}]",
             "spec.models[0].parallel",
             5,
-            "greater than or equal to 1",
+            "must be at least 1",
             id="parallel-zero",
         ),
         pytest.param(
@@ -123,7 +123,21 @@ def test_the_merged_document_round_trips_to_the_same_digest() -> None:
         pytest.param("memory: {ram: lots}", "spec.memory.ram", 5, "not a size", id="budget"),
         pytest.param("prune: sometimes", "spec.prune", 5, "true, false or all", id="prune"),
         pytest.param("interval: 0s", "spec.interval", 5, "between 1s and 24h", id="interval"),
-        pytest.param("models: [{image: x}]", "spec.models[0].name", 5, "Field required", id="missing-name"),
+        pytest.param("models: [{image: x}]", "spec.models[0].name", 5, "is required", id="missing-name"),
+        pytest.param(
+            "models: [{name: a, image: x, context: 8}]",
+            "spec.models[0].context",
+            5,
+            "must be at least 16",
+            id="plain-minimum",
+        ),
+        pytest.param(
+            "models: [{name: a, image: x, parallel: many}]",
+            "spec.models[0].parallel",
+            5,
+            "expected an integer, got the string 'many'",
+            id="plain-type",
+        ),
         pytest.param(
             "models: {a: 1}", "spec.models", 5, "expected a list, got a mapping", id="models-mapping"
         ),

@@ -589,8 +589,46 @@ def _issues(error: ValidationError, node: yaml.Node, file: str) -> list[SpecIssu
             message = f"must be {API_VERSION if location[0] == 'apiVersion' else KIND}"
         elif detail["type"] in ("tuple_type", "list_type"):  # our tuples are YAML lists
             message = f"expected a list, got {_yaml_kind(detail.get('input'))}"
+        else:
+            message = _plain(detail) or message
         issues.append(SpecIssue(format_path(location), message, file, _line(node, location)))
     return issues
+
+
+# pydantic's wording of common problems, as the rest of our messages say them.
+_PLAIN: dict[str, str] = {
+    "missing": "is required",
+    "greater_than_equal": "must be at least {ge}",
+    "greater_than": "must be more than {gt}",
+    "less_than_equal": "must be at most {le}",
+    "less_than": "must be less than {lt}",
+    "string_too_short": "must have at least {min_length} character(s)",
+    "too_short": "must have at least {min_length} item(s)",
+}
+_EXPECTED: dict[str, str] = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+}
+
+
+def _plain(detail: Mapping[str, Any]) -> str | None:
+    kind = detail["type"]
+    if kind in _PLAIN:
+        try:
+            return _PLAIN[kind].format(**(detail.get("ctx") or {}))
+        except KeyError:
+            return None
+    if kind in _EXPECTED:
+        return f"expected {_EXPECTED[kind]}, got {_yaml_kind(detail.get('input'))}"
+    return None
 
 
 def _yaml_kind(value: object) -> str:
