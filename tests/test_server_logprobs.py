@@ -64,6 +64,27 @@ def test_completion_offsets_count_characters_not_tokens_of_a_split_character() -
     assert completion_logprobs(halves, 0, offset=0)["text_offset"] == [0, 0, 1]
 
 
+def test_a_token_that_is_part_of_a_character_shows_its_bytes_as_openai_did() -> None:
+    """Pieces of characters all read U+FFFD: as tokens they looked alike, as candidates of one step
+    they shared one key of top_logprobs (so one's log-prob was lost)."""
+    first, second = "é".encode(), "😀".encode()
+    pieces = [
+        {
+            "token": "\ufffd",
+            "bytes": [first[0]],
+            "logprob": -0.1,
+            "top": [
+                {"token": "\ufffd", "bytes": [first[0]], "logprob": -0.1},
+                {"token": "\ufffd", "bytes": list(second[:2]), "logprob": -2.0},
+                {"token": "é", "bytes": list(first), "logprob": -3.0},
+            ],
+        },
+    ]
+    shown = completion_logprobs(pieces, 3, offset=0)
+    assert shown["tokens"] == ["bytes:\\xc3"]
+    assert shown["top_logprobs"] == [{"bytes:\\xc3": -0.1, "bytes:\\xf0\\x9f": -2.0, "é": -3.0}]
+
+
 def test_completion_offsets_of_an_echoed_prompt_then_its_answer() -> None:
     """A prompt's tokens are its text piece by piece (the first unscored: null); an answer's tokens
     say where they start in the answer, which `offset` (the prompt's length) is added to."""

@@ -35,7 +35,7 @@ def token_logprobs(entries: Sequence[dict[str, Any]], top: int) -> list[dict[str
 def completion_logprobs(entries: Sequence[dict[str, Any]], top: int, offset: int) -> dict[str, Any]:
     """OpenAI's legacy completions `logprobs`; `offset`: where the answer's text starts (after an
     echoed prompt), or for a prompt's own entries, where the prompt does (0)."""
-    tokens = [str(entry["token"]) for entry in entries]
+    tokens = [legacy_token(entry) for entry in entries]
     # An answer's token says where its text starts in the answer. A prompt's tokens are its text
     # piece by piece: offsets count its characters, which a token holding part of a UTF-8
     # character does not add to (its `token` shows U+FFFD), so from the bytes, decoded as they join.
@@ -54,11 +54,23 @@ def completion_logprobs(entries: Sequence[dict[str, Any]], top: int, offset: int
         "top_logprobs": [
             None
             if entry.get("top") is None
-            else {str(c["token"]): float(c["logprob"]) for c in entry["top"][:top]}
+            else {legacy_token(c): float(c["logprob"]) for c in entry["top"][:top]}
             for entry in entries
         ],
         "text_offset": offsets,
     }
+
+
+def legacy_token(entry: dict[str, Any]) -> str:
+    """A token as the legacy completions show it: its text; or, for one that holds part of a UTF-8
+    character (its text would be U+FFFD, as any other such piece's: candidates of the same step
+    would share one key of `top_logprobs`), its bytes as OpenAI wrote them, `bytes:\\xf0\\x9f`."""
+    raw = bytes(entry.get("bytes") or entry["token"].encode())
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+    return str(entry["token"])
 
 
 def _float_or_none(value: Any) -> float | None:
