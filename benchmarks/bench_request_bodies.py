@@ -46,6 +46,10 @@ def bodies() -> dict[str, bytes]:
         "2.5 M empty messages (9.5 MiB)": chat(messages=[{}] * 2_500_000),
         "65,532 empty messages (0.3 MiB)": chat(messages=[{}] * 65_532),
         "21,844 valid messages (0.7 MiB)": chat(messages=[{"role": "user", "content": "x"}] * 21_844),
+        "2 M zeros as messages (5.7 MiB)": chat(messages=[0] * 2_000_000),
+        "1 M empty messages in UTF-16 (7.6 MiB)": json.dumps(
+            {"model": "\u2200", "messages": [{}] * 1_000_000}, ensure_ascii=False
+        ).encode("utf-16-le"),
         "1 M option keys (10 MiB)": chat(messages=[], options={str(i): 1 for i in range(1_000_000)}),
         "5 M brackets in a string (14 MiB)": chat(messages=[{"role": "user", "content": "{[:" * 5_000_000}]),
         "an image-sized string (15 MiB)": chat(messages=[{"role": "user", "content": "a" * 15_000_000}]),

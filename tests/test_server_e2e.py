@@ -1193,6 +1193,17 @@ def test_malformed_json_and_huge_bodies_are_4xx(http: httpx.Client) -> None:
     openai_refusal = http.post("/v1/chat/completions", content=many, headers=json_type)
     assert openai_refusal.status_code == 413
     assert "at most 65,536" in openai_refusal.json()["error"]["message"]
+    # Elements are not in that budget, but a list's validation stops at its first bad one.
+    zeros = json.dumps({"model": GEMMA, "messages": [0] * 2_000_000}).encode()
+    refused = http.post("/api/chat", content=zeros, headers=json_type)
+    assert refused.status_code == 400 and "more fields" not in refused.json()["error"], (
+        "one error, not millions"
+    )
+    # UTF-8 only (Go's decoder): json.loads would take UTF-16, whose bytes the count misreads.
+    wide = json.dumps({"model": "\u2200", "messages": [{}] * 100_000}, ensure_ascii=False)
+    for encoding, said in [("utf-16-le", "not valid JSON"), ("utf-32", "not UTF-8")]:
+        answer = http.post("/api/chat", content=wide.encode(encoding), headers=json_type)
+        assert answer.status_code == 400 and said in answer.json()["error"], (encoding, answer.text)
     assert http.get("/health").status_code == 200, "the server survived all of it"
 
 

@@ -3,11 +3,12 @@
 a template worker) becomes U+FFFD. Routes of `GoJSONRoute` see their bodies so (FastAPI's
 documented way to change the request a route sees: a custom APIRoute and Request).
 
-A body may hold at most MAX_BODY_STRUCTURE objects, arrays and object members: parsing a body and
-validating it against a route's model are single calls into C and Rust that hold the GIL, so the
-event loop waits for them whatever thread makes them, and their cost is in the count of values,
-not in bytes: 7 MiB of `{}` as chat messages held the loop for 30 s (parse, 2.5 M validation
-errors, their message), 10 MiB of option keys for 2 s.
+A body is UTF-8, as Go's decoder takes it, and may hold at most MAX_BODY_STRUCTURE objects, arrays
+and object members; a list's validation stops at its first bad element (`Items`). Parsing a body
+and validating it against a route's model are single calls into C and Rust that hold the GIL, so
+the event loop waits for them whatever thread makes them, and their cost is in the count of
+values, not in bytes: 7 MiB of `{}` as chat messages held the loop for 30 s (parse, 2.5 M
+validation errors, their message), 10 MiB of option keys for 2 s.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Coroutine
-from typing import Any, Final
+from typing import Annotated, Any, Final, TypeVar
 
 import numpy as np
 from fastapi import HTTPException, Request, Response
 from fastapi.routing import APIRoute
+from pydantic import Field
 
 from modelyard.builder.prompt import without_lone_surrogates
 
@@ -34,6 +36,12 @@ _SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 # elements are not counted: a list of numbers or strings (a `context`, token ids, embedding
 # inputs) parses at some 30 ns an element.
 MAX_BODY_STRUCTURE: Final = 65_536
+
+T = TypeVar("T")
+# A list of a request's body, whose validation stops at its first bad element. Elements are not in
+# the budget above (a `context` may hold a million token ids), and an error each is what costs: a
+# body of two million zeros as chat messages held the loop 19 s for its 400.
+Items = Annotated[list[T], Field(fail_fast=True)]
 
 
 def json_structure(body: bytes) -> int:
@@ -71,8 +79,14 @@ class _GoJSONRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             body = await self.body()
+            try:
+                # UTF-8 only, as Go's decoder: json.loads would also take UTF-16 and UTF-32, whose
+                # bytes the count of structure above would misread.
+                text = body.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise HTTPException(400, f"the body is not UTF-8 (at byte {exc.start})") from None
             check_structure(body)
-            value = json.loads(body)
+            value = json.loads(text)
             if _SURROGATE_ESCAPE.search(body):
                 value = go_strings(value)
             self._json = value

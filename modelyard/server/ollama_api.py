@@ -30,7 +30,7 @@ from modelyard.progress import ProgressEvent
 from modelyard.reference import parse_reference
 from modelyard.registry import PushFormat, pull, push
 from modelyard.runtime.servable import Servable
-from modelyard.server.bodies import GoJSONRoute
+from modelyard.server.bodies import GoJSONRoute, Items
 from modelyard.server.disconnect import ClientGone, WatchedStream
 from modelyard.server.http_errors import STATUS_CLIENT_GONE, HTTPError
 from modelyard.server.inference import Finished, served_model, with_tool_calls
@@ -97,27 +97,27 @@ class GenerateBody(_GenerationBody):
     system: str | None = None
     template: str | None = None
     raw: bool | None = None
-    images: list[str] | None = None
-    context: list[int] | None = None  # deprecated in Ollama: an earlier answer's `context`, sent back
+    images: Items[str] | None = None
+    context: Items[int] | None = None  # deprecated in Ollama: an earlier answer's `context`, sent back
 
 
 class MessageBody(_Request):
     role: str
     content: str | None = ""
-    images: list[str] | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    images: Items[str] | None = None
+    tool_calls: Items[dict[str, Any]] | None = None
     tool_name: str | None = None
     tool_call_id: str | None = None
     thinking: str | None = None
 
 
 class ChatBody(_GenerationBody):
-    messages: list[MessageBody] | None = None
-    tools: list[dict[str, Any]] | None = None
+    messages: Items[MessageBody] | None = None
+    tools: Items[dict[str, Any]] | None = None
 
 
 class EmbedBody(_ModelRequest):
-    input: str | list[str] = ""
+    input: str | Items[str] = ""
     truncate: bool | None = None
     options: dict[str, Any] | None = None
     keep_alive: float | str | None = None
@@ -137,8 +137,8 @@ class CreateBody(_ModelRequest):
     template: str | None = None
     system: str | None = None
     parameters: dict[str, Any] | None = None
-    messages: list[MessageBody] | None = None
-    license: str | list[str] | None = None
+    messages: Items[MessageBody] | None = None
+    license: str | Items[str] | None = None
     quantize: str | None = None
     modelfile: str | None = None  # the older API sent the Modelfile's text
     stream: bool | None = None

@@ -29,7 +29,7 @@ from modelyard.builder.prompt import ChatMessage, PromptRequest
 from modelyard.errors import InferenceRequestError, InvalidReferenceError
 from modelyard.runtime.runner import Token
 from modelyard.runtime.servable import Servable
-from modelyard.server.bodies import GoJSONRoute
+from modelyard.server.bodies import GoJSONRoute, Items
 from modelyard.server.disconnect import ClientGone, WatchedStream
 from modelyard.server.http_errors import MODEL_NOT_FOUND, STATUS_CLIENT_GONE, HTTPError
 from modelyard.server.inference import Finished, with_tool_calls
@@ -76,9 +76,9 @@ class _Body(BaseModel):
 
 class ChatMessageBody(_Body):
     role: str
-    content: str | list[dict[str, Any]] | None = None
+    content: str | Items[dict[str, Any]] | None = None
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: Items[dict[str, Any]] | None = None
     tool_call_id: str | None = None
 
 
@@ -95,7 +95,7 @@ class _SamplingBody(_Body):
     model: str = Field(min_length=1)
     stream: bool | None = False  # OpenAI's schema allows null: not streamed
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
+    stop: str | Items[str] | None = None
     max_tokens: int | None = Field(default=None, ge=0)
     max_completion_tokens: int | None = Field(default=None, ge=0)
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -155,9 +155,9 @@ class _SamplingBody(_Body):
 
 
 class ChatCompletionBody(_SamplingBody):
-    messages: list[ChatMessageBody] = Field(min_length=1)
+    messages: Items[ChatMessageBody] = Field(min_length=1)
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: Items[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None  # false: one call at most in an answer
     reasoning_effort: str | None = None
@@ -205,7 +205,7 @@ class ChatCompletionBody(_SamplingBody):
 
 class CompletionBody(_SamplingBody):
     # A text, several, or the same as token ids (as lm-evaluation-harness sends them).
-    prompt: str | list[str] | list[int] | list[list[int]] = ""
+    prompt: str | Items[str] | Items[int] | Items[Items[int]] = ""
     suffix: str | None = None
     # The prompt, then its completion, in the one text; with logprobs, the prompt's tokens come
     # first in them, each scored after the tokens before it (the first with null).
@@ -242,7 +242,7 @@ class CompletionBody(_SamplingBody):
 
 class EmbeddingBody(_Body):
     model: str = Field(min_length=1)
-    input: str | list[str] | list[int] | list[list[int]]
+    input: str | Items[str] | Items[int] | Items[Items[int]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
 

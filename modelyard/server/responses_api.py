@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from modelyard.builder.prompt import ChatMessage, PromptRequest, ToolCall
 from modelyard.errors import InferenceRequestError
 from modelyard.runtime.runner import Token
-from modelyard.server.bodies import GoJSONRoute
+from modelyard.server.bodies import GoJSONRoute, Items
 from modelyard.server.disconnect import ClientGone, WatchedStream
 from modelyard.server.http_errors import STATUS_CLIENT_GONE, HTTPError
 from modelyard.server.inference import Finished, with_tool_calls
@@ -47,13 +47,13 @@ class ResponsesBody(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str = Field(min_length=1)
-    input: str | list[dict[str, Any]]
+    input: str | Items[dict[str, Any]]
     instructions: str | None = None
     max_output_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     stream: bool | None = False
-    tools: list[dict[str, Any]] | None = None
+    tools: Items[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     text: dict[str, Any] | None = None  # {"format": {"type": "text" | "json_object" | "json_schema", …}}
