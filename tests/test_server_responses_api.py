@@ -97,6 +97,10 @@ def test_chat_messages(input_: Any, instructions: str | None, expected: list[Cha
             [{**CALL, "arguments": "[1]"}], "input[0].arguments must be a JSON object", id="list-arguments"
         ),
         pytest.param([{"role": "user", "content": 5}], "input[0].content must be a string", id="a-number"),
+        pytest.param(
+            [{"role": ["user"], "content": "hi"}], "input[0].role: ['user']", id="a-role-that-is-a-list"
+        ),
+        pytest.param([{"type": ["message"]}], "input[0].type must be a string", id="a-type-that-is-a-list"),
     ],
 )
 def test_chat_messages_refuses_what_it_cannot_read(input_: Any, said: str) -> None:
@@ -128,6 +132,8 @@ def test_the_request_in_the_chat_apis_terms() -> None:
         ("tools", [{"type": "web_search"}], "only function tools"),
         ("text", {"format": {"type": "xml"}}, "'xml' is not one of"),
         ("reasoning", {"effort": "extreme"}, "invalid reasoning.effort"),
+        ("reasoning", {"effort": ["low"]}, "invalid reasoning.effort"),
+        ("text", {"format": "json"}, "text.format must be an object"),
         ("previous_response_id", "resp_1", "stores no responses"),
     ]:
         bad = ResponsesBody.model_validate({"model": "m", "input": "Hi", field: value})
@@ -213,6 +219,8 @@ def test_the_events_of_a_streamed_response(
     last = sent[-1]["response"]
     assert last["status"] == status and last["usage"]["input_tokens_details"] == {"cached_tokens": 2}
     if finished.tool_calls:
+        added = next(e for e in sent if e["type"] == "response.output_item.added")
+        assert added["item"]["arguments"] == "", "the deltas carry the arguments, once"
         assert last["output"] == [
             {
                 "id": "fc_xyz",

@@ -97,6 +97,8 @@ class ResponsesBody(BaseModel):
 
     def format(self) -> str | dict[str, Any] | None:
         wanted = (self.text or {}).get("format") or {}
+        if not isinstance(wanted, dict):
+            raise HTTPError(400, "text.format must be an object with a type", param="text.format")
         kind = wanted.get("type", "text")
         if kind == "text":
             return None
@@ -115,7 +117,7 @@ class ResponsesBody(BaseModel):
         effort = (self.reasoning or {}).get("effort")
         if effort is None:
             return None
-        if effort not in REASONING_EFFORTS:
+        if not isinstance(effort, str) or effort not in REASONING_EFFORTS:
             known = ", ".join(REASONING_EFFORTS)
             raise HTTPError(
                 400, f"invalid reasoning.effort {effort!r}: must be one of {known}", param="reasoning"
@@ -157,8 +159,11 @@ def chat_messages(input_: str | Sequence[dict[str, Any]], instructions: str | No
     for i, item in enumerate(input_):
         where = f"input[{i}]"
         kind = item.get("type") or ("message" if "role" in item else None)
+        if not isinstance(kind, str | None):
+            raise HTTPError(400, f"{where}.type must be a string", param=where)
         if kind == "message":
-            role = _ROLES.get(item.get("role", ""))
+            role = item.get("role")
+            role = _ROLES.get(role) if isinstance(role, str) else None
             if role is None:
                 known = ", ".join(_ROLES)
                 raise HTTPError(400, f"{where}.role: {item.get('role')!r} is not one of {known}", param=where)
@@ -270,11 +275,9 @@ class ResponseEvents:
         for call, call_id in zip(finished.tool_calls, call_ids, strict=True):
             index = len(self.output)
             item = function_call_item(call, call_id)
-            events.append(
-                self.event(
-                    "response.output_item.added", output_index=index, item=item | {"status": "in_progress"}
-                )
-            )
+            # Added empty, as OpenAI's are: a client builds the arguments from the deltas.
+            added = item | {"status": "in_progress", "arguments": ""}
+            events.append(self.event("response.output_item.added", output_index=index, item=added))
             where = {"item_id": item["id"], "output_index": index}
             events.append(
                 self.event("response.function_call_arguments.delta", **where, delta=item["arguments"])
