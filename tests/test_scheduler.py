@@ -1014,3 +1014,35 @@ def test_the_queue_bound_holds_while_the_model_loads(tmp_path: Path) -> None:
             await scheduler.close()
 
     run(scenario())
+
+
+def test_a_name_that_left_while_busy_and_came_back_is_not_timed_by_its_old_request(tmp_path: Path) -> None:
+    """Found in review: the old request's end counted against the name's new ones (a counter of
+    leases per name went to -1), so a name busy again was detached as idle."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        (tmp_path / "w1").write_bytes(b"x" * 1000)
+        scheduler = Scheduler(
+            SchedulerSettings(ram_budget=10**6), clock=clock, starter=lambda spec, **_: FakeRunner(spec)
+        )
+        try:
+            (
+                await scheduler.acquire(fake(tmp_path, "A", "w1", "dA", keep_alive=math.inf, pinned=True))
+            ).release()
+            old = await scheduler.acquire(fake(tmp_path, "B", "w1", "dB", keep_alive=20))
+            await scheduler.unload("B")  # B leaves the runner A keeps, its request still running
+            assert set(rows(scheduler)) == {"A"}
+            old.release()
+            busy = await scheduler.acquire(fake(tmp_path, "B", "w1", "dB", keep_alive=20))  # back
+            assert scheduler.loads == 1 and rows(scheduler)["B"].expires_at == clock.now + 20
+            clock.now += 25
+            assert await scheduler.expire_idle() == [], "B's request runs: it stays"
+            assert rows(scheduler)["B"].expires_at == clock.now + 20
+            busy.release()
+            clock.now += 21
+            assert await scheduler.expire_idle() == ["B"]
+        finally:
+            await scheduler.close()
+
+    run(scenario())

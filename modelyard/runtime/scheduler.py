@@ -132,7 +132,9 @@ class _Entry:
     pinned_by: set[str] = field(default_factory=set)
     # Each name's requests in flight, and when its last one ended (or it joined): a name that
     # shares the runner leaves it when its own keep_alive runs out, the others keeping it.
-    leases_by: Counter[str] = field(default_factory=Counter)
+    # Leases are held by identity: a name that left while its request ran, and came back, must not
+    # count the old request's end against its new ones.
+    leases_by: dict[str, set[Lease]] = field(default_factory=dict)
     used_by: dict[str, float] = field(default_factory=dict)
     # No other name may join it: it is going (unload, expiry, keep_alive 0, a drain: never undone
     # but by a request that arrives before it goes), or a swap is replacing it (undone if it fails).
@@ -215,7 +217,7 @@ class _Entry:
         keep = self.keep_by.get(name, self.keep_alive)
         if name in self.pinned_by or not math.isfinite(keep):
             return None
-        if self.leases_by[name] > 0:
+        if self.leases_by.get(name):
             return now + keep
         return self.used_by.get(name, self.last_used) + keep
 
@@ -273,7 +275,7 @@ class Lease:
         """`served`: a request ran to completion on this runner (which resets the crash count)."""
         if not self.released:
             self.released = True
-            self._scheduler._release(self._entry, self.name, served)
+            self._scheduler._release(self._entry, self, served)
 
 
 class Scheduler:
@@ -618,7 +620,6 @@ class Scheduler:
 
     def _lease(self, entry: _Entry, request: ModelRequest) -> Lease:
         entry.refs += 1
-        entry.leases_by[request.name] += 1
         entry.idle.clear()
         entry.expires_at = None
         # A request pins (never unpins: the reconciler's ensure does) and sets its name's keep_alive.
@@ -628,12 +629,16 @@ class Scheduler:
             # would have unloaded and loaded again with the default.
             keep_alive = self.settings.default_keep_alive
         entry.set_lifetime(request.name, keep_alive, True if request.pinned else None)
-        return Lease(self, entry, request.name)
+        lease = Lease(self, entry, request.name)
+        entry.leases_by.setdefault(request.name, set()).add(lease)
+        return lease
 
-    def _release(self, entry: _Entry, name: str, served: bool) -> None:
+    def _release(self, entry: _Entry, lease: Lease, served: bool) -> None:
         entry.refs -= 1
-        entry.leases_by[name] -= 1
-        entry.last_used = entry.used_by[name] = self.clock()
+        entry.last_used = self.clock()
+        entry.leases_by.get(lease.name, set()).discard(lease)
+        if lease.name in entry.names:  # a name that left the runner meanwhile has nothing to time
+            entry.used_by[lease.name] = entry.last_used
         if served:
             entry.failures = 0
         if entry.refs > 0 or entry.state is not EntryState.READY:
