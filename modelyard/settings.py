@@ -49,7 +49,7 @@ class Settings:
     insecure_registries: tuple[str, ...] = ()
     # Where `pull NAME` (and /api/pull) looks for a name without a registry, as `ollama pull llama3.2`
     # does ($MODELYARD_DEFAULT_REGISTRY: a mirror of one's own; empty: such names are local only).
-    default_registry: str | None = OLLAMA_REGISTRY
+    default_registry: str | None = None  # from_env: Ollama's unless $MODELYARD_DEFAULT_REGISTRY says
     # Serving ($MODELYARD_API_KEY, $MODELYARD_ORIGINS, $MODELYARD_NUM_PARALLEL, $MODELYARD_KEEP_ALIVE,
     # $MODELYARD_MAX_QUEUE, $MODELYARD_RAM_BUDGET). The key is never printed, not even in a repr.
     api_key: str | None = field(default=None, repr=False)

@@ -211,6 +211,7 @@ def test_validation_message(errors: list[dict[str, object]], message: str, param
         pytest.param("8.8.8.8:11434", False, id="a-public-address"),
         pytest.param("internal.attacker.example", False, id="a-suffix-only-at-the-end"),
         pytest.param("attacker.example.", False, id="trailing-dot"),
+        pytest.param("[::1", False, id="an-unclosed-bracket"),  # was a 500
     ],
 )
 def test_host_allowed(host: str, allowed: bool) -> None:

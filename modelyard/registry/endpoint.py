@@ -48,6 +48,7 @@ def is_loopback(host: str) -> bool:
 def strip_port(host: str) -> str:
     """The name or address of `host`, without its port or an IPv6 address's brackets."""
     if host.startswith("["):  # "[::1]:5000"
-        return host[1 : host.index("]")]
+        end = host.find("]")
+        return host[1:end] if end > 0 else host  # "[::1" names nothing: left as it is
     name, sep, port = host.rpartition(":")
     return name if sep and port.isdigit() and ":" not in name else host

@@ -1,9 +1,10 @@
 """The FastAPI application: Ollama's API, OpenAI's API, and ours (/health, /api/status, /metrics).
 
 Security defaults: the server binds loopback unless told otherwise (cli.py); with
-$MODELYARD_API_KEY every route but `/` and `/health` wants `Authorization: Bearer <key>`; CORS is
-off unless $MODELYARD_ORIGINS lists origins; request bodies are capped (blob uploads excepted:
-they stream into the store, verified).
+$MODELYARD_API_KEY every route but `/` and `/health` wants `Authorization: Bearer <key>`; CORS
+answers this machine's pages and desktop apps, as Ollama's, and the origins $MODELYARD_ORIGINS
+lists, any other browser origin a 403; request bodies are capped (blob uploads excepted: they
+stream into the store, verified).
 """
 
 from __future__ import annotations

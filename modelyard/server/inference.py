@@ -101,7 +101,8 @@ RENDER_THREADS: Final = 8  # prompts rendered or counted off the loop at once (s
 # again, gets what was made and then this error.
 MAX_UNREAD_TOKENS: Final = 16_384
 STALLED: Final = (
-    f"the client read none of the last {MAX_UNREAD_TOKENS:,} tokens: the generation was cancelled"
+    f"{MAX_UNREAD_TOKENS:,} tokens were waiting for the client to read them: the generation was "
+    "cancelled (read the stream as it comes, or ask for fewer tokens)"
 )
 
 
