@@ -32,9 +32,8 @@ _SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 # Objects, arrays and object members a body may hold. A chat of 20,000 messages fits (each one
 # object with two or three members), past what a 128k-token context holds once a template wraps
 # each message. At the budget a body holds the loop 0.1 s at most on a 2-core VM
-# (benchmarks/RESULTS.md, "Request bodies"). Array
-# elements are not counted: a list of numbers or strings (a `context`, token ids, embedding
-# inputs) parses at some 30 ns an element.
+# (benchmarks/RESULTS.md, "Request bodies"). Array elements are not counted: a list of numbers or
+# strings (a `context`, token ids, embedding inputs) parses at some 30 ns an element.
 MAX_BODY_STRUCTURE: Final = 65_536
 
 T = TypeVar("T")

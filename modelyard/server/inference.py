@@ -96,9 +96,9 @@ RENDER_THREADS: Final = 8  # prompts rendered or counted off the loop at once (s
 
 # Tokens of one generation waiting for its client to read them, past which it is cancelled: they
 # queue only once the socket's buffers are full, so this many means a client that reads nothing
-# (a suspended laptop, a paused consumer), and each holds memory for as long as the runner makes
-# them (these 16 Ki: a few MB). Its slot goes to the others; the client, should it read
-# again, gets what was made and then this error.
+# (a suspended laptop, a paused consumer) or far slower than the runner makes them, and each holds
+# memory until read (these 16 Ki: a few MB). Its slot goes to the others; the client, reading on,
+# gets what was made and then this error.
 MAX_UNREAD_TOKENS: Final = 16_384
 STALLED: Final = (
     f"{MAX_UNREAD_TOKENS:,} tokens were waiting for the client to read them: the generation was "
@@ -111,6 +111,9 @@ class _Stalled:
 
 
 _STALLED: Final = _Stalled()
+
+# A generation's events, from the runner's reader thread to the request's generator.
+GenerationEvents = asyncio.Queue[Token | Done | Failure | _Stalled]
 
 
 class Inference:
@@ -134,9 +137,7 @@ class Inference:
         self.spec_targets = spec_targets
         self._servables: dict[str, Servable] = {}
         self._post: LoopPost | None = None
-        self._generating: set[asyncio.Queue[Token | Done | Failure | _Stalled]] = (
-            set()
-        )  # each generation's events
+        self._generating: set[GenerationEvents] = set()  # each generation's events
         self._awaiting_model: set[asyncio.Task[Any]] = set()  # requests inside scheduler.acquire
         self._stopped_retry_after: float | None = None  # set by stop_generations
         self._stopped_waits: set[asyncio.Task[Any]] = set()  # the waits stop_generations cancelled
@@ -334,7 +335,7 @@ class Inference:
         lease, load_ns = await self.acquire(servable, options, keep_alive)
         runner = lease.runner
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Token | Done | Failure | _Stalled] = asyncio.Queue()
+        events: GenerationEvents = asyncio.Queue()
         handle = None
         finished = False
         self._generating.add(events)
