@@ -4,6 +4,7 @@ a clear error, not a traceback."""
 from __future__ import annotations
 
 import http.server
+import io
 import threading
 import time
 from collections.abc import Iterator
@@ -132,34 +133,42 @@ def test_chat_lines_are_read_as_ollama_run_reads_them(
     assert (asked.name, asked.value) == (name, value)
 
 
+class ChatServer:
+    """A stand-in for the server in the interactive chat: it answers each message, but refuses
+    those `refuse` numbers (from 1) with a 400."""
+
+    def __init__(self, refuse: tuple[int, ...] = ()) -> None:
+        self.sent: list[list[dict[str, str]]] = []
+        self.refuse = refuse
+
+    def post(self, path: str, body: dict[str, object]) -> dict[str, object]:
+        return {}
+
+    def stream(self, path: str, body: dict[str, object]) -> Iterator[dict[str, object]]:
+        self.sent.append(list(body["messages"]))  # type: ignore[call-overload]
+        if len(self.sent) in self.refuse:
+            raise ApiError(400, "option 'top_p' is out of range")
+        yield {"message": {"content": "fine"}, "done": True}
+
+
+class ChatTerminal:
+    """What the chat writes: its errors kept, the rest dropped."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.stdout = io.StringIO()
+
+    def out(self, text: str = "", end: str = "\n") -> None:
+        pass
+
+    def err(self, text: str) -> None:
+        self.errors.append(text)
+
+
 def test_ctrl_c_at_the_prompt_clears_the_line_and_keeps_the_chat(monkeypatch: pytest.MonkeyPatch) -> None:
     """Found by a walkthrough: Ctrl-C at >>> ended the chat (exit 0, the conversation lost);
     `ollama run` clears the line and says how to leave."""
-    import io
-
     from modelyard.cli_serving import _interactive
-
-    class Answering:
-        def __init__(self) -> None:
-            self.sent: list[list[dict[str, str]]] = []
-
-        def post(self, path: str, body: dict[str, object]) -> dict[str, object]:
-            return {}
-
-        def stream(self, path: str, body: dict[str, object]) -> Iterator[dict[str, object]]:
-            self.sent.append(list(body["messages"]))  # type: ignore[call-overload]
-            yield {"message": {"content": "hello"}, "done": True}
-
-    class Ctx:
-        def __init__(self) -> None:
-            self.errors: list[str] = []
-            self.stdout = io.StringIO()
-
-        def out(self, text: str = "", end: str = "\n") -> None:
-            pass
-
-        def err(self, text: str) -> None:
-            self.errors.append(text)
 
     typed: Iterator[str | type[BaseException]] = iter(["first", KeyboardInterrupt, "second", "/bye"])
 
@@ -170,7 +179,7 @@ def test_ctrl_c_at_the_prompt_clears_the_line_and_keeps_the_chat(monkeypatch: py
         return item
 
     monkeypatch.setattr("builtins.input", line)
-    client, ctx = Answering(), Ctx()
+    client, ctx = ChatServer(), ChatTerminal()
     assert _interactive(client, ctx, "m", {}, {}, False) == 0  # type: ignore[arg-type]
     assert "Use Ctrl-D or /bye to exit." in ctx.errors
     assert client.sent[1][-1] == {"role": "user", "content": "second"} and len(client.sent[1]) == 3
@@ -178,37 +187,11 @@ def test_ctrl_c_at_the_prompt_clears_the_line_and_keeps_the_chat(monkeypatch: py
 
 def test_the_chat_goes_on_after_the_server_refuses_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
     """Found: a refused message (a 400) ended the chat and lost the conversation."""
-    import io
-
     from modelyard.cli_serving import _interactive
-
-    class Refusing:
-        def __init__(self) -> None:
-            self.sent: list[list[dict[str, str]]] = []
-
-        def post(self, path: str, body: dict[str, object]) -> dict[str, object]:
-            return {}
-
-        def stream(self, path: str, body: dict[str, object]) -> Iterator[dict[str, object]]:
-            self.sent.append(list(body["messages"]))  # type: ignore[call-overload]
-            if len(self.sent) == 1:
-                raise ApiError(400, "option 'top_p' is out of range")
-            yield {"message": {"content": "fine"}, "done": True}
-
-    class Ctx:
-        def __init__(self) -> None:
-            self.errors: list[str] = []
-            self.stdout = io.StringIO()
-
-        def out(self, text: str = "", end: str = "\n") -> None:
-            pass
-
-        def err(self, text: str) -> None:
-            self.errors.append(text)
 
     lines = iter(["first", "second", "/bye"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
-    client, ctx = Refusing(), Ctx()
+    client, ctx = ChatServer(refuse=(1,)), ChatTerminal()
     assert _interactive(client, ctx, "m", {}, {}, False) == 0  # type: ignore[arg-type]
     assert any("out of range" in e for e in ctx.errors)
     assert client.sent[1] == [{"role": "user", "content": "second"}], "the refused message is not kept"
