@@ -707,10 +707,14 @@ class FakeRunner:
         self.alive = False
 
 
-def fake_scheduler(tmp_path: Path, budget: int = 10**6) -> Scheduler:
+def fake_scheduler(tmp_path: Path, budget: int = 10**6, clock: FakeClock | None = None) -> Scheduler:
     for name in ("w1", "w2"):
         (tmp_path / name).write_bytes(b"x" * 1000)
-    return Scheduler(SchedulerSettings(ram_budget=budget), starter=lambda spec, **_: FakeRunner(spec))
+    return Scheduler(
+        SchedulerSettings(ram_budget=budget),
+        starter=lambda spec, **_: FakeRunner(spec),
+        **({"clock": clock} if clock is not None else {}),
+    )
 
 
 def fake(tmp_path: Path, name: str, weights: str, digest: str, **kwargs: Any) -> ModelRequest:
@@ -830,11 +834,7 @@ def test_a_failed_swap_does_not_reopen_a_runner_that_is_being_unloaded(tmp_path:
 def test_a_runner_left_by_its_longest_keep_alive_expires_on_what_the_others_ask(tmp_path: Path) -> None:
     async def scenario() -> None:
         clock = FakeClock()
-        for name in ("w1", "w2"):
-            (tmp_path / name).write_bytes(b"x" * 1000)
-        scheduler = Scheduler(
-            SchedulerSettings(ram_budget=10**6), clock=clock, starter=lambda spec, **_: FakeRunner(spec)
-        )
+        scheduler = fake_scheduler(tmp_path, clock=clock)
         try:
             (await scheduler.acquire(fake(tmp_path, "A", "w1", "dA", keep_alive=math.inf))).release()
             (await scheduler.acquire(fake(tmp_path, "B", "w1", "dB", keep_alive=60))).release()
@@ -856,10 +856,7 @@ def test_a_name_on_a_runner_another_keeps_goes_on_its_own_keep_alive(tmp_path: P
 
     async def scenario() -> None:
         clock = FakeClock()
-        (tmp_path / "w1").write_bytes(b"x" * 1000)
-        scheduler = Scheduler(
-            SchedulerSettings(ram_budget=10**6), clock=clock, starter=lambda spec, **_: FakeRunner(spec)
-        )
+        scheduler = fake_scheduler(tmp_path, clock=clock)
         try:
             (
                 await scheduler.acquire(fake(tmp_path, "A", "w1", "dA", keep_alive=math.inf, pinned=True))
@@ -1022,10 +1019,7 @@ def test_a_name_that_left_while_busy_and_came_back_is_not_timed_by_its_old_reque
 
     async def scenario() -> None:
         clock = FakeClock()
-        (tmp_path / "w1").write_bytes(b"x" * 1000)
-        scheduler = Scheduler(
-            SchedulerSettings(ram_budget=10**6), clock=clock, starter=lambda spec, **_: FakeRunner(spec)
-        )
+        scheduler = fake_scheduler(tmp_path, clock=clock)
         try:
             (
                 await scheduler.acquire(fake(tmp_path, "A", "w1", "dA", keep_alive=math.inf, pinned=True))
