@@ -102,7 +102,9 @@ def test_ollama_list_and_show(client: ollama.Client, http: httpx.Client) -> None
     assert shown.modelinfo["tokenizer.ggml.tokens"] == [] and "tokenizer.chat_template" not in shown.modelinfo
     assert "general.name" not in shown.modelinfo  # as Ollama leaves it out
     assert 260_000_000 < shown.modelinfo["general.parameter_count"] < 280_000_000  # Gemma 3 "270M"
-    assert "tensors" not in http.post("/api/show", json={"model": GEMMA}).json()
+    # The tensors, verbose or not, as Ollama's ShowHandler fills them for a GGUF.
+    plain = {t["name"]: t for t in http.post("/api/show", json={"model": GEMMA}).json()["tensors"]}
+    assert len(plain) == 236 and plain["token_embd.weight"]["shape"] == [640, 262144]
 
     verbose = http.post("/api/show", json={"model": GEMMA, "verbose": True}).json()
     tokens = verbose["model_info"]["tokenizer.ggml.tokens"]
