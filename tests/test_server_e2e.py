@@ -1201,6 +1201,10 @@ def test_malformed_json_and_huge_bodies_are_4xx(http: httpx.Client) -> None:
     assert refused.status_code == 400 and "more fields" not in refused.json()["error"], (
         "one error, not millions"
     )
+    # A UTF-8 body that starts with a byte order mark (some Windows clients write one) is read.
+    marked = b"\xef\xbb\xbf" + json.dumps({"model": GEMMA, "messages": [{"x": 1}]}).encode()
+    answer = http.post("/api/chat", content=marked, headers=json_type)
+    assert answer.status_code == 400 and "messages[0].role" in answer.json()["error"], answer.text
     # UTF-8 only (Go's decoder): json.loads would take UTF-16, whose bytes the count misreads.
     wide = json.dumps({"model": "\u2200", "messages": [{}] * 100_000}, ensure_ascii=False)
     for encoding, said in [("utf-16-le", "not valid JSON"), ("utf-32", "not UTF-8")]:

@@ -27,13 +27,15 @@ from modelyard.builder.prompt import without_lone_surrogates
 
 # A surrogate's escape, lone or in a pair: only a body with one needs the walk (a C-speed search).
 _SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_UTF8_BOM: Final = b"\xef\xbb\xbf"
 
 
-# Objects, arrays and object members a body may hold. A chat of 20,000 messages fits (each one
-# object with two or three members), past what a 128k-token context holds once a template wraps
-# each message. At the budget a body holds the loop 0.1 s at most on a 2-core VM
-# (benchmarks/RESULTS.md, "Request bodies"). Array elements are not counted: a list of numbers or
-# strings (a `context`, token ids, embedding inputs) parses at some 30 ns an element.
+# Objects, arrays and object members a body may hold. A chat of 20,000 plain messages fits (each
+# one object with two or three members; with more fields, fewer: 10,000 with empty `images` and
+# `tool_calls` too), past what a 128k-token context holds once a template wraps each message. At
+# the budget a body holds the loop 0.1 s at most on a 2-core VM (benchmarks/RESULTS.md, "Request
+# bodies"). Array elements are not counted: a list of numbers or strings (a `context`, token ids,
+# embedding inputs) parses at some 30 ns an element.
 MAX_BODY_STRUCTURE: Final = 65_536
 
 T = TypeVar("T")
@@ -78,6 +80,8 @@ class _GoJSONRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             body = await self.body()
+            if body.startswith(_UTF8_BOM):  # what some Windows clients write first: still UTF-8
+                body = body[len(_UTF8_BOM) :]
             try:
                 # UTF-8 only, as Go's decoder: json.loads would also take UTF-16 and UTF-32, whose
                 # bytes the count of structure above would misread.
