@@ -850,6 +850,11 @@ def test_a_runner_left_by_its_longest_keep_alive_expires_on_what_the_others_ask(
     run(scenario())
 
 
+async def kept_forever(scheduler: Scheduler, tmp_path: Path) -> None:
+    """A loaded on w1, pinned and kept forever (as a spec's model): a runner other names join."""
+    (await scheduler.acquire(fake(tmp_path, "A", "w1", "dA", keep_alive=math.inf, pinned=True))).release()
+
+
 def test_a_name_on_a_runner_another_keeps_goes_on_its_own_keep_alive(tmp_path: Path) -> None:
     """Found by a walkthrough: a name that joined the runner of a spec's model (kept forever) was
     listed "Forever" and never went, whatever its own keep_alive."""
@@ -858,9 +863,7 @@ def test_a_name_on_a_runner_another_keeps_goes_on_its_own_keep_alive(tmp_path: P
         clock = FakeClock()
         scheduler = fake_scheduler(tmp_path, clock=clock)
         try:
-            (
-                await scheduler.acquire(fake(tmp_path, "A", "w1", "dA", keep_alive=math.inf, pinned=True))
-            ).release()
+            await kept_forever(scheduler, tmp_path)
             (await scheduler.acquire(fake(tmp_path, "B", "w1", "dB", keep_alive=20))).release()
             joined = clock.now
             clock.now += 5
@@ -1021,9 +1024,7 @@ def test_a_name_that_left_while_busy_and_came_back_is_not_timed_by_its_old_reque
         clock = FakeClock()
         scheduler = fake_scheduler(tmp_path, clock=clock)
         try:
-            (
-                await scheduler.acquire(fake(tmp_path, "A", "w1", "dA", keep_alive=math.inf, pinned=True))
-            ).release()
+            await kept_forever(scheduler, tmp_path)
             old = await scheduler.acquire(fake(tmp_path, "B", "w1", "dB", keep_alive=20))
             await scheduler.unload("B")  # B leaves the runner A keeps, its request still running
             assert set(rows(scheduler)) == {"A"}

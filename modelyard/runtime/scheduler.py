@@ -681,18 +681,17 @@ class Scheduler:
         else:
             slots = self.settings.num_parallel or max(AUTO_PARALLEL_CHOICES)
         in_flight = entry.refs if entry is not None else 0
-        if in_flight + self._acquiring[name] >= self.settings.max_queue + slots:
-            raise ServerBusyError(
-                f"server busy: {name} has {in_flight + self._acquiring[name]} requests in flight or "
-                f"queued (the limit is {self.settings.max_queue} beyond its {slots} slots)",
-                retry_after=self.settings.retry_after,
-            )
+        self._refuse_past_the_queue(name, in_flight + self._acquiring[name], slots)
 
     def _check_queue(self, entry: _Entry) -> None:
-        if entry.refs + entry.waiting >= self.settings.max_queue + entry.options.num_parallel:
+        self._refuse_past_the_queue(entry.name, entry.refs + entry.waiting, entry.options.num_parallel)
+
+    def _refuse_past_the_queue(self, name: str, requests: int, slots: int) -> None:
+        """503 for a request that finds `requests` in flight or queued for `name`, at the bound."""
+        if requests >= self.settings.max_queue + slots:
             raise ServerBusyError(
-                f"server busy: {entry.name} has {entry.refs + entry.waiting} requests in flight or queued "
-                f"(the limit is {self.settings.max_queue} beyond its {entry.options.num_parallel} slots)",
+                f"server busy: {name} has {requests} requests in flight or queued "
+                f"(the limit is {self.settings.max_queue} beyond its {slots} slots)",
                 retry_after=self.settings.retry_after,
             )
 

@@ -34,7 +34,7 @@ from modelyard.runtime.options import (
     parse_request_options,
 )
 from modelyard.runtime.prompting import RunnerNeeded, prepare
-from modelyard.runtime.protocol import Done, RunnerInfo
+from modelyard.runtime.protocol import Done
 from modelyard.runtime.runner import Failure, RequestHandle, Token
 from modelyard.runtime.scheduler import Lease, ModelRequest, Scheduler
 from modelyard.runtime.servable import Servable, load_servable
@@ -445,10 +445,10 @@ class Inference:
         """Embeddings of `inputs`; returns (result, load ns, total ns)."""
         started = time.perf_counter_ns()
         self.request_options(servable, options)  # reject bad options the same way
+        check_embedding_size(servable.name, len(inputs), servable.gguf.shape.n_embd)  # before a load
         lease, load_ns = await self.acquire(servable, options, keep_alive)
         served = False
         try:
-            check_embedding_size(servable.name, len(inputs), lease.runner.info)
             await self.scheduler.reserve_embeddings(lease)
             result = await asyncio.to_thread(lease.runner.embed, inputs, truncate)
             served = True
@@ -482,9 +482,9 @@ async def with_tool_calls(
         await stream.aclose()  # the generation's own clean-up: cancel, release the lease
 
 
-def check_embedding_size(model: str, inputs: int, info: RunnerInfo | None) -> None:
-    """Refuse (400) a request whose vectors would be more than MAX_EMBEDDING_NUMBERS numbers."""
-    width = info.n_embd if info is not None else 0
+def check_embedding_size(model: str, inputs: int, width: int) -> None:
+    """Refuse (400) a request whose vectors (`width` numbers each) would be more than
+    MAX_EMBEDDING_NUMBERS numbers."""
     if inputs * width > MAX_EMBEDDING_NUMBERS:
         most = MAX_EMBEDDING_NUMBERS // width
         raise InferenceRequestError(

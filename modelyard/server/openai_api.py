@@ -468,7 +468,7 @@ async def _collect_all(
     others and is the answer's error."""
     try:
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(_collect(stream)) for stream in streams]
+            tasks = [group.create_task(collected(stream)) for stream in streams]
     except ExceptionGroup as failed:
         raise failed.exceptions[0] from None
     return [task.result() for task in tasks]
@@ -572,7 +572,8 @@ def _offsets_after(stream: AsyncGenerator[Any, None], prompt: str) -> AsyncGener
 LogprobParts = list[tuple[int, Sequence[dict[str, Any]]]]
 
 
-async def _collect(stream: AsyncGenerator[Any, None]) -> tuple[str, LogprobParts, Finished]:
+async def collected(stream: AsyncGenerator[Any, None]) -> tuple[str, LogprobParts, Finished]:
+    """A generation whole: its text, its log-prob entries (LogprobParts), its Finished event."""
     parts: list[str] = []
     entries: LogprobParts = []
     answer_start = 0

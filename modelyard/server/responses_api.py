@@ -29,7 +29,7 @@ from modelyard.server.bodies import GoJSONRoute, Items
 from modelyard.server.disconnect import ClientGone, WatchedStream
 from modelyard.server.http_errors import STATUS_CLIENT_GONE, HTTPError
 from modelyard.server.inference import Finished, with_tool_calls
-from modelyard.server.openai_api import REASONING_EFFORTS, first_call_only, named_tool_results
+from modelyard.server.openai_api import REASONING_EFFORTS, collected, first_call_only, named_tool_results
 from modelyard.server.state import ServerState
 from modelyard.server.tool_calls import call_arguments, forced_call_schema, parser_for
 
@@ -267,7 +267,7 @@ class ResponseEvents:
             text = "".join(self.text)
             where = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
             part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-            item = message_item(self.message_id, text, _item_status(finished))
+            item = message_item(self.message_id, text, _status(finished))
             events.append(self.event("response.output_text.done", **where, text=text, logprobs=[]))
             events.append(self.event("response.content_part.done", **where, part=part))
             events.append(self.event("response.output_item.done", output_index=0, item=item))
@@ -340,10 +340,6 @@ def _status(finished: Finished) -> Literal["completed", "incomplete"]:
     return "incomplete" if cut else "completed"
 
 
-def _item_status(finished: Finished) -> str:
-    return "incomplete" if _status(finished) == "incomplete" else "completed"
-
-
 def router(state: ServerState) -> APIRouter:
     api = APIRouter(prefix="/v1", route_class=GoJSONRoute)
     inference = state.inference
@@ -374,42 +370,25 @@ def router(state: ServerState) -> APIRouter:
             if body.parallel_tool_calls is False:
                 stream = first_call_only(stream)
         response_id = f"resp_{uuid.uuid4().hex[:24]}"
-        created_at = int(time.time())
+        events = ResponseEvents(response_id, servable.name, int(time.time()), body.echoed())
         if body.stream:
-            events = ResponseEvents(response_id, servable.name, created_at, body.echoed())
             return await _streamed(http, state, servable.name, stream, events)
         client = ClientGone(http)
         try:
-            text, finished = await client.unless(_collected(stream))
+            text, _, finished = await client.unless(collected(stream))
         finally:
             client.close()
-        call_ids = _call_ids(finished)
-        output = [message_item(f"msg_{response_id[5:]}", text, _item_status(finished))] if text else []
-        output += [function_call_item(call, i) for call, i in zip(finished.tool_calls, call_ids, strict=True)]
+        # The answer whole is what a stream's last event carries.
+        events.token(text)
+        *_, last = events.finish(finished, _call_ids(finished))
         state.count(ENDPOINT, servable.name, 200)
-        return JSONResponse(
-            response_object(
-                response_id, servable.name, created_at, body.echoed(), output, _status(finished), finished
-            )
-        )
+        return JSONResponse(last["response"])
 
     return api
 
 
 def _call_ids(finished: Finished) -> list[str]:
     return [f"call_{uuid.uuid4().hex[:24]}" for _ in finished.tool_calls]
-
-
-async def _collected(stream: AsyncGenerator[Any, None]) -> tuple[str, Finished]:
-    parts: list[str] = []
-    try:
-        async for event in stream:
-            if isinstance(event, Finished):
-                return "".join(parts), event
-            parts.append(event.text)
-    finally:
-        await stream.aclose()  # cancels the runner's request if it is still going
-    raise AssertionError("a generation always ends with Finished")
 
 
 async def _streamed(
