@@ -1,6 +1,7 @@
 """Items handed from another thread into a loop's queues (server/inference.py: LoopPost): all
 arrive, each queue's in order, with fewer wake-ups of the loop than items when they come together;
-and the runner's Channel writes a batch of messages as one (runtime/protocol.py)."""
+and the runner's Channel writes a batch of messages as one (runtime/protocol.py); and when a
+generation whose client does not take its events is cancelled (inference.stalled)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ import threading
 import pytest
 
 from modelyard.runtime.protocol import Channel
-from modelyard.server.inference import LoopPost
+from modelyard.server.inference import (
+    MAX_UNREAD_TOKENS,
+    MAX_UNREAD_TOKENS_READING,
+    STALL_S,
+    LoopPost,
+    stalled,
+)
 
 
 def test_items_from_another_thread_arrive_in_order_with_fewer_wake_ups() -> None:
@@ -66,3 +73,20 @@ def test_a_channel_batch_goes_out_as_one_write_and_reads_as_messages() -> None:
     sender.close()
     assert receiver.receive() is None
     receiver.close()
+
+
+@pytest.mark.parametrize(
+    ("unread", "since_read_s", "cancelled"),
+    [
+        (0, 3600.0, False),  # nothing waiting: a client that is quiet because nothing came
+        (MAX_UNREAD_TOKENS - 1, 3600.0, False),
+        (MAX_UNREAD_TOKENS, STALL_S, True),  # a client that reads nothing
+        (MAX_UNREAD_TOKENS, STALL_S - 0.1, False),  # a slow link that still reads
+        (MAX_UNREAD_TOKENS_READING - 1, 0.0, False),
+        (MAX_UNREAD_TOKENS_READING, 0.0, True),  # reading, but the backlog is past the memory bound
+    ],
+)
+def test_a_generation_is_cancelled_when_its_client_stops_reading_not_when_it_reads_slowly(
+    unread: int, since_read_s: float, cancelled: bool
+) -> None:
+    assert stalled(unread, since_read_s) is cancelled

@@ -380,9 +380,9 @@ def test_a_client_that_stops_reading_has_its_endless_generation_cancelled(
 ) -> None:
     """Found by a soak test: a client that kept its connection open and read nothing made the
     server hold every token the runner made (0.9 MB/s on the tiny model, for ever at num_predict
-    -1) and kept its slot. Past 16,384 unread tokens the generation is cancelled and its slot
-    freed; the client, should it read again, gets what was made and then an error line (seen by
-    hand: reading 5 MB through the 4 KB window this test opens takes minutes)."""
+    -1) and kept its slot. Past 16,384 unread tokens and 10 s without a read the generation is
+    cancelled and its slot freed; the client, should it read again, gets what was made and then an
+    error line (seen by hand: reading 5 MB through the 4 KB window this test opens takes minutes)."""
     import hashlib
 
     with busy.client() as http:

@@ -94,23 +94,36 @@ MAX_EMBEDDING_NUMBERS: Final = 8 * 1024 * 1024
 
 RENDER_THREADS: Final = 8  # prompts rendered or counted off the loop at once (see Inference.__init__)
 
-# Tokens of one generation waiting for its client to read them, past which it is cancelled: they
-# queue only once the socket's buffers are full, so this many means a client that reads nothing
-# (a suspended laptop, a paused consumer) or far slower than the runner makes them, and each holds
-# memory until read (these 16 Ki: a few MB). Its slot goes to the others; the client, reading on,
-# gets what was made and then this error.
+# Tokens of one generation waiting for its client to read them. They queue only once the socket's
+# buffers are full, and each holds memory until read. Past MAX_UNREAD_TOKENS, a client that has
+# taken nothing for STALL_S (a suspended laptop, a paused consumer) has its generation cancelled, so
+# its slot goes to the others; one that still reads, only slower than the runner makes tokens (a
+# slow link), goes on until MAX_UNREAD_TOKENS_READING, a bound on the memory (a few tens of MB),
+# which an endless generation (num_predict -1) would otherwise pass. The client, reading on, gets
+# what was made and then this error.
 MAX_UNREAD_TOKENS: Final = 16_384
+MAX_UNREAD_TOKENS_READING: Final = 262_144
+STALL_S: Final = 10.0
 STALLED: Final = (
-    f"{MAX_UNREAD_TOKENS:,} tokens were waiting for the client to read them: the generation was "
-    "cancelled (read the stream as it comes, or ask for fewer tokens)"
+    "{unread:,} tokens were waiting for the client to read them: the generation was cancelled "
+    "(read the stream as it comes, or ask for fewer tokens)"
 )
 
 
+def stalled(unread: int, since_read_s: float) -> bool:
+    """Whether a generation whose client has `unread` tokens waiting, and took its last one
+    `since_read_s` ago, is to be cancelled (see MAX_UNREAD_TOKENS)."""
+    if unread >= MAX_UNREAD_TOKENS_READING:
+        return True
+    return unread >= MAX_UNREAD_TOKENS and since_read_s >= STALL_S
+
+
+@dataclass(frozen=True)
 class _Stalled:
     """The event that ends a generation whose client stopped reading (see MAX_UNREAD_TOKENS)."""
 
+    unread: int
 
-_STALLED: Final = _Stalled()
 
 # A generation's events, from the runner's reader thread to the request's generator.
 GenerationEvents = asyncio.Queue[Token | Done | Failure | _Stalled]
@@ -375,14 +388,21 @@ class Inference:
             post = self._poster(loop)
             submitted: list[RequestHandle] = []  # the handle, for the reader thread to cancel with
 
+            read_at = [time.monotonic()]  # when the request's generator last took an event
+
             def deliver(event: Token | Done | Failure) -> None:  # on the runner's reader thread
-                if isinstance(event, Token) and events.qsize() >= MAX_UNREAD_TOKENS:
+                unread = events.qsize()
+                if (
+                    isinstance(event, Token)
+                    and unread >= MAX_UNREAD_TOKENS
+                    and stalled(unread, time.monotonic() - read_at[0])
+                ):
                     # The client reads nothing (its connection open, its window shut): the tokens
                     # would pile up here for as long as the runner makes them. Cancelled once.
                     if submitted:
                         submitted.pop().cancel()
                         loop.call_soon_threadsafe(lease.release)  # its slot is free now, not when read
-                        post(events, _STALLED)
+                        post(events, _Stalled(unread))
                     return
                 post(events, event)
 
@@ -395,10 +415,11 @@ class Inference:
             answer: list[str] = []  # kept only for the context
             while True:
                 event = await events.get()
+                read_at[0] = time.monotonic()  # the client took the events before this one
                 if isinstance(event, Failure):
                     raise event.error
                 if isinstance(event, _Stalled):
-                    raise HTTPError(STATUS_CLIENT_GONE, STALLED)
+                    raise HTTPError(STATUS_CLIENT_GONE, STALLED.format(unread=event.unread))
                 now = time.perf_counter_ns()
                 if isinstance(event, Token) and event.prompt:
                     yield event  # the prompt sent back: not an answer token, for the timings
