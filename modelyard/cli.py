@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -36,7 +36,7 @@ from modelyard.errors import (
 from modelyard.progress import ProgressEvent, ProgressSink
 from modelyard.reference import Reference, parse_reference
 from modelyard.settings import Settings
-from modelyard.store import Store
+from modelyard.store import ModelParts, Store
 
 if TYPE_CHECKING:
     from modelyard.registry import RegistryOptions
@@ -252,7 +252,7 @@ def cmd_show(args: argparse.Namespace, ctx: CommandContext) -> int:
     manifest = ctx.store.read_manifest(record.digest)
     parts = ctx.store.read_parts(manifest)
     if args.modelfile:
-        ctx.out(_modelfile_for_show(ref, parts.modelfile))
+        ctx.out(_modelfile_for_show(ref, parts, manifest.annotations))
         return EXIT_OK
     if args.template:
         ctx.out(parts.template or "")
@@ -315,11 +315,12 @@ def cmd_show(args: argparse.Namespace, ctx: CommandContext) -> int:
     return EXIT_OK
 
 
-def _modelfile_for_show(ref: Reference, normalized: str | None) -> str:
-    if normalized is None:
-        raise StoreError(f"{ref.short()} carries no Modelfile layer (it was not built by modelyard)")
-    from modelyard.builder.normalized import for_show
+def _modelfile_for_show(ref: Reference, parts: ModelParts, annotations: Mapping[str, str]) -> str:
+    from modelyard.builder.normalized import for_show, image_modelfile
 
+    normalized = image_modelfile(parts, annotations)
+    if normalized is None:
+        raise StoreError(f"{ref.short()} has no weights layer: there is no Modelfile to show")
     return for_show(ref.short(), normalized)
 
 

@@ -3,6 +3,7 @@ caching, adapters, quantization, and the show --modelfile round trip."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -287,6 +288,26 @@ def test_show_modelfile_round_trip(tmp_path: Path, workdir: Path, tiny_lora: Pat
     (elsewhere / "Modelfile").write_text(normalized)
     again, _, _ = build(home, elsewhere / "Modelfile", "copy")
     assert again == digest, "show --modelfile builds back to the same image"
+
+
+def test_an_image_without_a_modelfile_layer_shows_the_one_its_layers_make(
+    tmp_path: Path, workdir: Path, tiny_lora: Path
+) -> None:
+    """An audit: `show --modelfile` refused every image another tool made (Ollama's, pulled), and
+    /api/show answered "modelfile": "", though FROM such an image built. Ollama writes one from the
+    layers; so do we, the same text a build writes for them."""
+    from modelyard.builder.normalized import image_modelfile
+
+    shutil.copyfile(tiny_lora, workdir / "lora.gguf")
+    (workdir / "Modelfile").write_text(CHAT_MODELFILE + "ADAPTER ./lora.gguf\nREQUIRES 0.5.0\n")
+    digest, store, _ = build(tmp_path / "home", workdir / "Modelfile", "m")
+    manifest = store.read_manifest(digest)
+    parts = store.read_parts(manifest)
+    foreign = dataclasses.replace(parts, modelfile=None)
+    assert parts.modelfile is not None
+    assert image_modelfile(foreign, manifest.annotations) == parts.modelfile
+    assert image_modelfile(parts, {}) == parts.modelfile, "the layer, when there is one"
+    assert image_modelfile(dataclasses.replace(foreign, weights=None), {}) is None
 
 
 def test_an_image_built_from_an_image_keeps_its_requires(tmp_path: Path, workdir: Path) -> None:

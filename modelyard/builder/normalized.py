@@ -8,9 +8,13 @@ syntaxes read as a comment, so the printed text builds again as it is (FROM name
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from modelyard.builder import modelfile as mf
+from modelyard.builder.compose import ANNOTATION_REQUIRES
 from modelyard.builder.modelfile_yaml import format_yaml
 from modelyard.errors import ModelfileError
+from modelyard.store import ModelParts
 
 
 def normalized_text(m: mf.Modelfile) -> str:
@@ -18,6 +22,27 @@ def normalized_text(m: mf.Modelfile) -> str:
         return mf.format(m)
     except ModelfileError:
         return format_yaml(m)
+
+
+def image_modelfile(parts: ModelParts, annotations: Mapping[str, str]) -> str | None:
+    """An image's normalized Modelfile: the layer it carries, else (an image another tool made:
+    Ollama, Docker Model Runner) the one a build would have written for its layers, as Ollama
+    writes one for `ollama show --modelfile`. None for an image without weights."""
+    if parts.modelfile is not None:
+        return parts.modelfile
+    if parts.weights is None:
+        return None
+    written = mf.Modelfile(
+        from_=parts.weights.digest,
+        parameters=parts.params,
+        template=parts.template,
+        system=parts.system,
+        adapters=tuple(a.digest for a in parts.adapters),
+        licenses=parts.licenses,
+        messages=tuple(mf.Message(str(m.get("role")), str(m.get("content", ""))) for m in parts.messages),
+        requires=annotations.get(ANNOTATION_REQUIRES),
+    )
+    return normalized_text(written)
 
 
 def is_yaml_form(text: str) -> bool:

@@ -22,7 +22,7 @@ from modelyard.builder import modelfile as mf
 from modelyard.builder.build import Builder, created_timestamp
 from modelyard.builder.compose import ANNOTATION_PARAMETER_COUNT
 from modelyard.builder.gguf_info import read_gguf
-from modelyard.builder.normalized import for_show
+from modelyard.builder.normalized import for_show, image_modelfile
 from modelyard.builder.prompt import takes_suffix, takes_tools
 from modelyard.errors import WorkAbandoned
 from modelyard.progress import ProgressEvent, ProgressSink
@@ -116,9 +116,10 @@ class ServerState:
 
     def show_model(self, servable: Servable, verbose: bool) -> dict[str, Any]:
         parts = self.store.read_parts(servable.manifest)
+        normalized = image_modelfile(parts, servable.manifest.annotations)
         shown = {
             "license": "\n".join(parts.licenses),  # as Ollama joins them
-            "modelfile": for_show(servable.name, parts.modelfile) if parts.modelfile else "",
+            "modelfile": for_show(servable.name, normalized) if normalized else "",
             "parameters": _parameters_text(parts.params),
             "template": parts.template or servable.gguf.chat_template or "",
             "system": parts.system or "",
