@@ -323,6 +323,22 @@ def test_an_image_built_from_an_image_keeps_its_requires(tmp_path: Path, workdir
     assert store.read_manifest(digest).annotations["io.modelyard.requires"] == "0.9.0"
 
 
+def test_an_image_built_from_an_image_adds_its_licenses_to_the_base_images(
+    tmp_path: Path, workdir: Path
+) -> None:
+    """An audit: LICENSE in a Modelfile FROM an image replaced the base's licenses (a fine-tune
+    dropped the model's own terms); Ollama adds them."""
+    (workdir / "Modelfile").write_text('FROM ./weights.gguf\nLICENSE "Gemma Terms of Use"\n')
+    build(tmp_path / "h", workdir / "Modelfile", "base")
+    (workdir / "Derived").write_text('FROM base\nLICENSE MIT\nLICENSE "Gemma Terms of Use"\n')
+    digest, store, _ = build(tmp_path / "h", workdir / "Derived", "derived")
+    parts = store.read_parts(store.read_manifest(digest))
+    assert parts.licenses == ("Gemma Terms of Use", "MIT")
+    (workdir / "Plain").write_text("FROM base\nSYSTEM hi\n")
+    digest, store, _ = build(tmp_path / "h", workdir / "Plain", "plain")
+    assert store.read_parts(store.read_manifest(digest)).licenses == ("Gemma Terms of Use",)
+
+
 def test_a_text_too_large_is_refused_before_the_weights_are_copied(tmp_path: Path, workdir: Path) -> None:
     (workdir / "Modelfile").write_text('FROM ./weights.gguf\nSYSTEM """' + "x" * (17 << 20) + '"""\n')
     builder, _, recorder = make_builder(tmp_path / "h")

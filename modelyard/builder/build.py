@@ -174,8 +174,10 @@ class Builder:
         plan.params = {**plan.params, **_params_json(modelfile.parameters)}
         if modelfile.messages:
             plan.messages = [{"role": m.role, "content": m.content} for m in modelfile.messages]
-        if modelfile.licenses:
-            plan.licenses = list(modelfile.licenses)
+        # Added to the base image's, as Ollama does: a derived image keeps the model's own terms
+        # (one the base has already is not added twice).
+        inherited = set(plan.licenses)
+        plan.licenses += [text for text in modelfile.licenses if text not in inherited]
         if modelfile.requires is not None:
             plan.requires = modelfile.requires
         plan.adapters += [self._resolve_adapter(a, context) for a in modelfile.adapters]
