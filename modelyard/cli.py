@@ -14,7 +14,9 @@ import errno
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -902,6 +904,33 @@ def _resolve_build_tag(args: argparse.Namespace, parser: argparse.ArgumentParser
     args.tag = tag
 
 
+# Commands with work of their own to stop and undo (a quantizer child, partial files).
+_STOPPED_LIKE_CTRL_C: frozenset[Callable[..., int]] = frozenset({cmd_build, cmd_pull, cmd_push})
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, a cancelled CI job, systemd), raised where Ctrl-C is."""
+
+
+@contextlib.contextmanager
+def _terminated_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the command as Ctrl-C does, so that what cleans up after Ctrl-C runs: a build's
+    quantizer child is killed and its partial output removed (it ran to the end, and its whole
+    output stayed, when SIGTERM ended the CLI at once), a pull's or push's files are left whole."""
+    if threading.current_thread() is not threading.main_thread():  # signals go to the main thread
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(
     argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None
 ) -> int:
@@ -916,7 +945,11 @@ def main(
         return EXIT_USER_ERROR
     ctx = CommandContext(settings, out, err)
     try:
-        return int(args.func(args, ctx))
+        with _terminated_as_interrupt() if args.func in _STOPPED_LIKE_CTRL_C else contextlib.nullcontext():
+            return int(args.func(args, ctx))
+    except _Terminated:
+        ctx.err("terminated")
+        return 143  # 128 + SIGTERM
     except KeyboardInterrupt:
         ctx.err("interrupted")
         return 130

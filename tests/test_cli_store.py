@@ -412,9 +412,18 @@ def test_quantize_keeps_llama_cpp_log_off_the_terminal(work: Path, home: Path) -
     assert built.stderr == "" and built.stdout.startswith("sha256:")
 
 
-def test_ctrl_c_while_quantizing_stops_at_once_and_keeps_nothing(tmp_path: Path, home: Path) -> None:
+@pytest.mark.parametrize(
+    ("stop", "returncode"),
+    [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGKILL, -signal.SIGKILL)],
+    ids=["ctrl-c", "sigterm", "sigkill"],
+)
+def test_a_build_stopped_while_quantizing_stops_at_once_and_keeps_nothing(
+    tmp_path: Path, home: Path, stop: signal.Signals, returncode: int
+) -> None:
     """llama.cpp's quantizer drops a Ctrl-C raised in its log callback and runs on; the build must
-    stop anyway, as it does in every other phase."""
+    stop anyway, as it does in every other phase. An audit: SIGTERM (`kill`, `timeout`, a
+    cancelled CI job) and SIGKILL left the quantizer child running to the end, its whole output
+    kept in the store's ingest directory."""
     from tinygguf import write_tiny_llama
 
     # Large enough that quantizing takes seconds (3 s on 2 cores), not the fraction it is given.
@@ -437,11 +446,16 @@ def test_ctrl_c_while_quantizing_stops_at_once_and_keeps_nothing(tmp_path: Path,
             break
     time.sleep(0.3)
     interrupted = time.monotonic()
-    build.send_signal(signal.SIGINT)
+    build.send_signal(stop)
     build.communicate(timeout=60)
-    assert build.returncode == 130
+    assert build.returncode == returncode
     assert time.monotonic() - interrupted < 1.5
-    assert store_snapshot(home) == before  # no image, no blob, no partial file
+    # No image, no blob, no partial file: killed outright, the quantizer removes its own output
+    # as soon as it finds its parent gone.
+    deadline = time.monotonic() + 10
+    while store_snapshot(home) != before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert store_snapshot(home) == before
 
 
 def test_show_lists_the_messages(home: Path, work: Path) -> None:

@@ -14,7 +14,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from modelyard.errors import QuantizeError
@@ -126,7 +126,17 @@ def _quantize_here(source: str, destination: str, target: str, threads: int) -> 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = quantization_types()[target]
     params.nthread = threads
-    with _llama_log_kept() as log:
+    parent = os.getppid()
+
+    def stop_if_orphaned() -> None:
+        # The build was killed outright (SIGKILL, an OOM kill): nobody waits for this output. Only
+        # a process exit stops llama.cpp's C call; llama.cpp logs once per tensor, so soon.
+        if os.getppid() != parent:
+            with contextlib.suppress(OSError):
+                os.unlink(destination)
+            os._exit(1)
+
+    with _llama_log_kept(stop_if_orphaned) as log:
         rc = int(llama_cpp.llama_model_quantize(source.encode(), destination.encode(), params))
     if rc != 0:
         sys.stderr.write("".join(log))  # llama.cpp logs in pieces, not always a line at a time
@@ -134,9 +144,10 @@ def _quantize_here(source: str, destination: str, target: str, threads: int) -> 
 
 
 @contextlib.contextmanager
-def _llama_log_kept() -> Iterator[list[str]]:
+def _llama_log_kept(on_line: Callable[[], None]) -> Iterator[list[str]]:
     """llama.cpp's log text while the block runs, kept rather than printed: quantizing logs a line
-    per tensor, which is noise beside the build's own progress (and only an error explains)."""
+    per tensor, which is noise beside the build's own progress (and only an error explains).
+    `on_line` is called at each piece logged."""
     import llama_cpp
     from llama_cpp import _logger
 
@@ -145,6 +156,7 @@ def _llama_log_kept() -> Iterator[list[str]]:
     @llama_cpp.llama_log_callback
     def keep(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         lines.append(text.decode("utf-8", "replace") if text else "")
+        on_line()
 
     llama_cpp.llama_log_set(keep, ctypes.c_void_p(0))
     try:
