@@ -29,6 +29,9 @@ NEEDS_IMPORTANCE_MATRIX = frozenset(
 )
 # Named in llama.h, but its quantizer answers "invalid output file type".
 NOT_PRODUCED = frozenset({"NVFP4"})
+# Made by llama.cpp, but of a tensor type the gguf package (which reads a build's weights) does
+# not know yet: the build failed after the whole quantize (Q2_0 is ggml type 42 to gguf 0.19).
+NOT_READABLE = frozenset({"Q2_0"})
 
 
 def quantization_types() -> dict[str, int]:
@@ -45,18 +48,18 @@ def quantization_types() -> dict[str, int]:
     return types
 
 
+def buildable_types() -> list[str]:
+    """The types `--quantize` takes, sorted."""
+    refused = NEEDS_IMPORTANCE_MATRIX | NOT_PRODUCED | NOT_READABLE
+    return sorted(t for t in quantization_types() if not t.startswith("GUESSED") and t not in refused)
+
+
 def check_quantization(target: str, source_type: str, source: str) -> str:
     """Validate a `--quantize` request before any work; returns the normalised type name.
     `source`: the weights as the user named them (the Modelfile's FROM)."""
     name = target.upper()
     types = quantization_types()
-    buildable = ", ".join(
-        sorted(
-            t
-            for t in types
-            if not t.startswith("GUESSED") and t not in NEEDS_IMPORTANCE_MATRIX and t not in NOT_PRODUCED
-        )
-    )
+    buildable = ", ".join(buildable_types())
     if name not in types:
         raise QuantizeError(f"unknown quantization type {target!r}; a build can make: {buildable}")
     if name in NEEDS_IMPORTANCE_MATRIX:
@@ -65,9 +68,9 @@ def check_quantization(target: str, source_type: str, source: str) -> str:
             "quantize with llama.cpp's llama-quantize and build FROM its output, or choose one of: "
             + buildable
         )
-    if name in NOT_PRODUCED:
+    if name in NOT_PRODUCED | NOT_READABLE:
         raise QuantizeError(
-            f"this llama.cpp names {name} but cannot quantize to it; choose one of: {buildable}"
+            f"this llama.cpp names {name} but a build cannot make it; choose one of: {buildable}"
         )
     if source_type not in UNQUANTIZED_TYPES:
         raise QuantizeError(
