@@ -339,6 +339,24 @@ def test_an_image_built_from_an_image_adds_its_licenses_to_the_base_images(
     assert store.read_parts(store.read_manifest(digest)).licenses == ("Gemma Terms of Use",)
 
 
+def test_one_file_of_a_split_gguf_is_refused_with_how_to_merge_it(tmp_path: Path) -> None:
+    """An audit: FROM the first file of a split GGUF built an image of that file alone, which
+    llama.cpp can never load (it finds the other files by the first one's name)."""
+    split = tmp_path / "split"
+    split.mkdir()
+    write_tiny_llama(split / "tiny.gguf", split_max_tensors=10)
+    files = sorted(split.glob("*.gguf"))
+    assert len(files) > 1 and files[0].name == f"tiny-00001-of-0000{len(files)}.gguf"
+    (tmp_path / "First").write_text(f"FROM {files[0]}\n")
+    (tmp_path / "Folder").write_text(f"FROM {split}\n")
+    builder, store, _ = make_builder(tmp_path / "h")
+    with pytest.raises(GGUFError, match=f"one of the {len(files)} files of a split GGUF; merge them"):
+        builder.build_file(tmp_path / "First", parse_reference("m"))
+    with pytest.raises(BuildError, match=r"holds a split GGUF .*llama-gguf-split --merge"):
+        builder.build_file(tmp_path / "Folder", parse_reference("m"))
+    assert store.images() == []
+
+
 def test_a_text_too_large_is_refused_before_the_weights_are_copied(tmp_path: Path, workdir: Path) -> None:
     (workdir / "Modelfile").write_text('FROM ./weights.gguf\nSYSTEM """' + "x" * (17 << 20) + '"""\n')
     builder, _, recorder = make_builder(tmp_path / "h")

@@ -83,14 +83,17 @@ def write_tiny_llama(
     file_type: str = "F32",
     chat_template: str | None = None,
     pooling: int | None = None,
+    split_max_tensors: int = 0,
 ) -> Path:
-    """`pooling`: a `<arch>.pooling_type` to declare (llama.cpp's enum: 0 none, 1 mean, …)."""
+    """`pooling`: a `<arch>.pooling_type` to declare (llama.cpp's enum: 0 none, 1 mean, …).
+    `split_max_tensors`: split into files of that many tensors as llama.cpp's gguf-split does
+    (`path`'s stem gets -00001-of-0000N)."""
     shape = TinyLlamaShape(n_vocab, n_embd, n_layer, n_head, n_head_kv, n_ff, n_ctx)
     llama_file_type, matrix_dtype = _FILE_TYPES[file_type]
     tokens, scores, token_types = spm_vocab(n_vocab)
     rng = np.random.default_rng(seed)
 
-    writer = gguf.GGUFWriter(path, "llama")
+    writer = gguf.GGUFWriter(path, "llama", split_max_tensors=split_max_tensors)
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name("tiny-llama")
     writer.add_file_type(llama_file_type)

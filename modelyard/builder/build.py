@@ -14,6 +14,7 @@ to the Modelfile's folder), or an image reference (local; or remote, fetched thr
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -266,6 +267,14 @@ class Builder:
         self.progress(ProgressEvent("parsing GGUF"))
         info = read_gguf_info(path)
         _check_kind(path, info.general_type, expect, instruction)
+        if info.split_count > 1:
+            # llama.cpp finds a split model's other files by the first one's name, which a blob in
+            # the store does not have: an image of one file would never load.
+            raise GGUFError(
+                path,
+                f"is one of the {info.split_count} files of a split GGUF; merge them into one with "
+                "llama.cpp's `llama-gguf-split --merge FIRST-FILE MERGED.gguf` and build FROM that",
+            )
         return _Source(path=path, digest=None, general_type=info.general_type, file_type=info.file_type)
 
     # --- phase 2: write ------------------------------------------------------------------------
@@ -472,4 +481,13 @@ def _single_gguf(path: Path) -> Path:
     if not ggufs:
         raise BuildError(f"{path}: the directory holds no .gguf file")
     names = ", ".join(p.name for p in ggufs)
+    if all(_SPLIT_FILE.search(p.name) for p in ggufs):
+        raise BuildError(
+            f"{path}: the directory holds a split GGUF ({names}); merge it into one file with llama.cpp's "
+            "`llama-gguf-split --merge FIRST-FILE MERGED.gguf` and build FROM the merged file"
+        )
     raise BuildError(f"{path}: the directory holds several .gguf files ({names}); name one in FROM")
+
+
+# How llama.cpp's gguf-split names the files of a split model.
+_SPLIT_FILE = re.compile(r"-\d{5}-of-\d{5}\.gguf$")

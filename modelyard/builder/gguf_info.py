@@ -75,6 +75,7 @@ class GGUFInfo:
     adapter_alpha: float | None
     size_bytes: int
     tensor_count: int
+    split_count: int = 1  # split.count: the files a model split by llama.cpp's gguf-split spans
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ def read_gguf_info(path: Path) -> GGUFInfo:
         adapter_alpha=_float_or_none(metadata, Keys.Adapter.LORA_ALPHA),
         size_bytes=contents.size_bytes,
         tensor_count=len(contents.tensors),
+        split_count=_int_or_none(metadata, Keys.Split.LLM_KV_SPLIT_COUNT) or 1,
     )
 
 
