@@ -428,7 +428,7 @@ def cmd_rollback(args: argparse.Namespace, ctx: CommandContext) -> int:
 
 
 def cmd_prune(args: argparse.Namespace, ctx: CommandContext) -> int:
-    plan = ctx.store.prune(grace_s=args.grace, dry_run=args.dry_run)
+    plan = ctx.store.prune(grace_s=args.grace, dry_run=args.dry_run, history=args.history)
     verb = "would remove" if args.dry_run else "removed"
     for digest in plan.blobs:
         ctx.out(f"{verb} {digest}")
@@ -438,6 +438,15 @@ def cmd_prune(args: argparse.Namespace, ctx: CommandContext) -> int:
         f"{verb} {len(plan.blobs)} blobs and {len(plan.partials)} partial files, "
         f"{_human_bytes(plan.bytes_freed)}"
     )
+    if not args.history:
+        # Rebuilding a name keeps its earlier images for rollback: said, since they take room.
+        held = set(ctx.store.plan_prune(args.grace, history=True).blobs) - set(plan.blobs)
+        if held:
+            size = sum(ctx.store.blobs.size(d) for d in held if ctx.store.blobs.exists(d))
+            ctx.err(
+                f"note: {_count(len(held), 'blob')} ({_human_bytes(size)}) are kept only for the earlier "
+                "images of names (`modelyard history NAME`); `prune --history` forgets those and removes them"
+            )
     return EXIT_OK
 
 
@@ -775,7 +784,8 @@ def build_parser() -> argparse.ArgumentParser:
         "prune",
         help="remove blobs no image references, and stale partial files",
         description="Delete the blobs that no name or history entry of the store needs, and partial "
-        "downloads left by interrupted pulls, once older than --grace.",
+        "downloads left by interrupted pulls, once older than --grace. A name keeps its earlier images "
+        "for rollback (up to 20); --history forgets them, so that the blobs only they need go too.",
     )
     p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
     p.add_argument(
@@ -784,6 +794,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=3600.0,
         metavar="DURATION",
         help="leave alone what is younger than this (default 1h: a build or pull may be using it)",
+    )
+    p.add_argument(
+        "--history",
+        action="store_true",
+        help="also forget every name's earlier images (what `history` lists and `rollback` returns "
+        "to) and remove the blobs only they need",
     )
     p.set_defaults(func=cmd_prune)
 

@@ -192,6 +192,35 @@ def test_prune_and_verify_commands(home: Path, work: Path) -> None:
     assert bad.code == 2 and f"corrupt blob sha256:{blob.name}" in bad.out
 
 
+def test_prune_history_frees_what_only_earlier_images_of_a_name_hold(
+    home: Path, work: Path, tmp_path: Path
+) -> None:
+    """An audit: rebuilding a name from new weights kept every earlier weights file for rollback,
+    and prune freed none of them (only `rm NAME`, the current image too, did). Prune now says what
+    history holds, and --history forgets it and frees it."""
+    from tinygguf import write_tiny_llama
+
+    builds = []
+    for seed in (1, 2, 3):
+        write_tiny_llama(work / "weights.gguf", seed=seed)
+        (work / "Modelfile").write_text("FROM ./weights.gguf\n")
+        builds.append(cli("build", "-t", "m", "-f", str(work / "Modelfile"), "--quiet").out.strip())
+    assert len(set(builds)) == 3
+    kept = cli("prune", "--grace", "0")
+    assert kept.code == 0 and "removed 0 blobs" in kept.err
+    # Each earlier image: its manifest, config, weights and Modelfile layer (FROM names the weights).
+    assert "note: 8 blobs" in kept.err and "`prune --history`" in kept.err, kept.err
+    before = store_snapshot(home)
+    dry = cli("prune", "--grace", "0", "--history", "--dry-run")
+    assert dry.code == 0 and "would remove 8 blobs" in dry.err and store_snapshot(home) == before
+    done = cli("prune", "--grace", "0", "--history")
+    assert done.code == 0 and "removed 8 blobs" in done.err and "note:" not in done.err
+    history = json.loads(cli("history", "m", "--json").out)
+    assert [(h["digest"], h["current"]) for h in history] == [(builds[-1], True)]
+    assert cli("verify").code == 0
+    assert cli("rollback", "m").code == 1, "nothing earlier to return to"
+
+
 def test_verify_names_the_images_of_a_corrupt_blob_and_fix_lets_a_rebuild_restore_it(
     home: Path, work: Path
 ) -> None:

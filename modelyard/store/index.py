@@ -80,6 +80,11 @@ def _push_history(
     return others + ([previous, *mine][: max(limit, 0)])
 
 
+def without_history(index: Index) -> Index:
+    """Every name's earlier digests forgotten (what `rollback` could return to)."""
+    return replace(index, history=())
+
+
 def remove_tag(index: Index, name: str) -> Index:
     """Forget a name and its history."""
     return replace(

@@ -54,6 +54,7 @@ from modelyard.store.index import (
     render_index,
     rollback_target,
     set_tag,
+    without_history,
 )
 
 LAYOUT_VERSION = b'{"imageLayoutVersion":"1.0.0"}'
@@ -412,8 +413,12 @@ class Store:
             ]
         return live
 
-    def plan_prune(self, grace_s: float = DEFAULT_PRUNE_GRACE_S) -> PrunePlan:
+    def plan_prune(self, grace_s: float = DEFAULT_PRUNE_GRACE_S, *, history: bool = False) -> PrunePlan:
+        """What prune would remove; with `history`, as if every name's earlier digests were
+        forgotten too."""
         index = self.read_index()
+        if history:
+            index = without_history(index)
         live = self._live_blobs(index)
         cutoff = self.clock() - grace_s
         stale: list[str] = []
@@ -427,11 +432,18 @@ class Store:
         freed = sum(self.blobs.size(d) for d in stale) + sum(p.stat().st_size for p in partials if p.exists())
         return PrunePlan(tuple(sorted(stale)), tuple(partials), freed)
 
-    def prune(self, grace_s: float = DEFAULT_PRUNE_GRACE_S, *, dry_run: bool = False) -> PrunePlan:
+    def prune(
+        self, grace_s: float = DEFAULT_PRUNE_GRACE_S, *, dry_run: bool = False, history: bool = False
+    ) -> PrunePlan:
+        """Delete the blobs nothing needs and stale partial files; with `history`, forget every
+        name's earlier digests first (rollback can no longer return to them), so that blobs only
+        they need go too."""
         with self.locked():
             # Planned under the lock: no tag can start needing a blob while we decide.
-            plan = self.plan_prune(grace_s)
+            plan = self.plan_prune(grace_s, history=history)
             if not dry_run:
+                if history:  # the index first: it never names a blob that is gone
+                    atomic_write(self.index_path, render_index(without_history(self.read_index())))
                 self._delete(plan)
             return plan
 
