@@ -396,6 +396,8 @@ def test_adapter_layer(tmp_path: Path, workdir: Path, tiny_lora: Path) -> None:
         pytest.param("FROM ./truncated.gguf\n", GGUFError, "truncated", id="truncated"),
         pytest.param("FROM sha256:" + "0" * 64 + "\n", BuildError, "no such blob", id="unknown-blob"),
         pytest.param("FROM /dev/null\n", BuildError, "neither a GGUF file nor a directory", id="not-a-file"),
+        pytest.param("FROM {existing}\n", BuildError, "is the image existing:latest, not", id="image-id"),
+        pytest.param("FROM ./hf\n", BuildError, "safetensors weights, which a build does not", id="hf-dir"),
         pytest.param(
             'FROM ./weights.gguf\nSYSTEM """' + "x" * (17 << 20) + '"""\n',
             BuildError,
@@ -429,9 +431,11 @@ def test_bad_sources_leave_the_store_unchanged(
     write_not_gguf(workdir / "notgguf.bin")
     write_truncated_gguf(workdir / "weights.gguf", workdir / "truncated.gguf")
     home = tmp_path / "home"
-    build(home, workdir / "Modelfile", "existing")
+    (workdir / "hf").mkdir()
+    (workdir / "hf" / "model.safetensors").write_bytes(b"{}")
+    existing, _, _ = build(home, workdir / "Modelfile", "existing")
     before = sorted(p.name for p in (home / "store").rglob("*"))
-    (workdir / "Bad").write_text(modelfile)
+    (workdir / "Bad").write_text(modelfile.replace("{existing}", existing))
     with pytest.raises(error, match=fragment):
         build(home, workdir / "Bad", "bad")
     assert sorted(p.name for p in (home / "store").rglob("*")) == before

@@ -248,6 +248,21 @@ class Builder:
     def _stored_blob(self, digest: str, instruction: str, expect: str) -> _Source:
         if not self.store.blobs.exists(digest):
             raise BuildError(f"{instruction} {digest}: no such blob in the local store")
+        index = self.store.read_index()
+        tagged = next((r.name for r in index.tags if r.digest == digest), None)
+        earlier = next((r.name for r in index.history if r.digest == digest), None)
+        if tagged is not None:  # the ID `list` shows
+            name = parse_reference(tagged).short()
+            raise BuildError(
+                f"{instruction} {digest}: that is the image {name}, not a weights blob; "
+                f"name the image instead ({instruction} {name})"
+            )
+        if earlier is not None:
+            pinned = replace(parse_reference(earlier), tag=None, digest=digest).short()
+            raise BuildError(
+                f"{instruction} {digest}: that is an earlier image of {parse_reference(earlier).short()}, "
+                f"not a weights blob; give it a name (modelyard tag {pinned} NAME) and build FROM that"
+            )
         summary = self._summary(digest)
         _check_kind(self.store.blobs.path(digest), summary.general_type, expect, instruction)
         return _Source(path=None, digest=digest, general_type=expect, file_type=summary.file_type)
@@ -479,6 +494,11 @@ def _single_gguf(path: Path) -> Path:
     if len(ggufs) == 1:
         return ggufs[0]
     if not ggufs:
+        if any(path.glob("*.safetensors")):
+            raise BuildError(
+                f"{path}: the directory holds safetensors weights, which a build does not convert; "
+                "convert them to GGUF with llama.cpp's convert_hf_to_gguf.py and build FROM its output"
+            )
         raise BuildError(f"{path}: the directory holds no .gguf file")
     names = ", ".join(p.name for p in ggufs)
     if all(_SPLIT_FILE.search(p.name) for p in ggufs):
