@@ -177,6 +177,7 @@ def test_validate_typed_value(name: str, value: object, expected: object) -> Non
         pytest.param("num_ctx", 4096.0, "expected an integer, got 4096.0", id="float-for-int"),
         pytest.param("num_ctx", "4096", "expected an integer, got '4096'", id="string-for-int"),
         pytest.param("temperature", "hot", "expected a number, got 'hot'", id="string-for-float"),
+        pytest.param("min_p", "1e-10", "write 1.0e-10", id="yaml-exponent-without-dot"),
         pytest.param("temperature", False, "expected a number, got false", id="bool-for-float"),
         pytest.param("temperature", None, "expected a number, got null", id="null-for-float"),
         pytest.param("temperature", float("nan"), "must be a finite number", id="nan"),

@@ -217,7 +217,15 @@ def validate_parameter(name: str, value: object) -> ParameterValue:
         return _checked_int(name, value)
     elif kind is ParameterType.FLOAT and isinstance(value, int | float):
         return _checked_float(name, float(value))
-    raise ModelfileError(f"expected {kind.value}, got {describe_value(value)}")
+    hint = ""
+    if isinstance(value, str) and _EXPONENT_WITHOUT_DOT.fullmatch(value):
+        written = re.sub("[eE]", ".0e", value, count=1)
+        hint = f" (YAML reads an exponent without a dot as text: write {written})"
+    raise ModelfileError(f"expected {kind.value}, got {describe_value(value)}{hint}")
+
+
+# What YAML 1.1 (PyYAML) takes for a string though it looks like a number: 1e-10 (1.0e-10 is one).
+_EXPONENT_WITHOUT_DOT = re.compile(r"[-+]?[0-9]+[eE][-+]?[0-9]+")
 
 
 # Go's time.ParseDuration grammar, a bare number of seconds, or "forever" (keep_alive's spellings).
