@@ -395,8 +395,8 @@ def cmd_tag(args: argparse.Namespace, ctx: CommandContext) -> int:
     if target.digest is not None:
         raise InvalidReferenceError(args.target, "a tag target cannot carry a digest")
     record = ctx.store.resolve(source)
-    ctx.store.tag(target, record.digest)
-    ctx.out(f"tagged {target.short()} -> {record.digest}")
+    tagged = ctx.store.tag(target, record.digest)  # named as a tag differing only by case is
+    ctx.out(f"tagged {parse_reference(tagged.name).short()} -> {record.digest}")
     return EXIT_OK
 
 

@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,9 @@ from modelyard.errors import (
 from modelyard.reference import parse_reference
 from modelyard.store import Store
 from modelyard.store import store as store_module
+from modelyard.store.atomic import atomic_write
 from modelyard.store.image import CONFIG_MODELPACK, LAYER_SYSTEM, LAYER_WEIGHT, Descriptor, Manifest
+from modelyard.store.index import render_index, set_tag
 from modelyard.store.store import CorruptBlob
 
 
@@ -194,16 +197,29 @@ def test_resolve_unknown_says_what_exists(store: Store) -> None:
 
 def test_a_tag_is_found_whatever_its_case_when_only_one_matches(store: Store) -> None:
     """As Ollama matches names (`gemma:Latest` finds `gemma:latest`); tags stay case-sensitive in
-    the store, as OCI has them, so two that differ only by case are both kept and neither guessed."""
+    the store, as OCI has them, so two that differ only by case (another tool may write both) are
+    both kept and neither guessed."""
     only = put_image(store, "m:latest", b"w")
     assert store.resolve(parse_reference("m:Latest")).digest == only
-    put_image(store, "m:LATEST", b"other")
+    put_image(store, "elsewhere", b"other")
+    record = replace(store.resolve(parse_reference("elsewhere")), name="library/m:LATEST")
+    atomic_write(store.index_path, render_index(set_tag(store.read_index(), record, 20)))
     assert store.resolve(parse_reference("m:LATEST")).digest != only  # exact first
     with pytest.raises(ImageNotFoundError):
         store.resolve(parse_reference("m:Latest"))  # two match: none is guessed
     store.remove([parse_reference("m:LATEST")])
     [plan] = store.remove([parse_reference("m:Latest")])  # rm finds what resolve finds
     assert only in plan.blobs
+
+
+def test_tagging_a_name_that_differs_from_a_tag_only_by_case_moves_that_tag(store: Store) -> None:
+    """An audit: `tag x x:TAG_Upper` beside x:tag_upper made a second spelling, and every command
+    then found the name ambiguous. As Ollama's create (getExistingName): the tag as it is spelled."""
+    first = put_image(store, "m:tag_upper", b"w")
+    second = put_image(store, "m:TAG_Upper", b"other")
+    assert [r.name for r in store.images()] == ["library/m:tag_upper"]
+    assert store.resolve(parse_reference("m:TAG_UPPER")).digest == second
+    assert [r.digest for r in store.history(parse_reference("m:tag_upper"))] == [second, first]
 
 
 def test_tag_refuses_manifest_with_missing_blob(store: Store) -> None:

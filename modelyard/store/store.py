@@ -200,15 +200,18 @@ class Store:
             for blob in manifest.blob_digests():
                 if not self.blobs.exists(blob):
                     raise BlobNotFoundError(blob, str(ref))
+            index = self.read_index()
             record = TagRecord(
-                name=str(ref),
+                # A name that differs from a tag only by case is that tag (Ollama's
+                # getExistingName): a second spelling made both ambiguous to every command.
+                name=_tag_in(index, str(ref)),
                 digest=digest,
                 size=self.blobs.size(digest),
                 tagged_at=utc_timestamp(self.clock()),
                 media_type=manifest.media_type,
                 artifact_type=manifest.artifact_type,
             )
-            new = set_tag(self.read_index(), record, self.history_limit)
+            new = set_tag(index, record, self.history_limit)
             atomic_write(self.index_path, render_index(new))
             return record
 
