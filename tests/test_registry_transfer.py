@@ -24,7 +24,16 @@ from modelyard.registry.session import RegistrySession
 from modelyard.registry.transfer import BlobSource, Uploaded, download_blob, partial_path, upload_blob
 from modelyard.store import Store
 from modelyard.store.blobs import BlobStore
-from modelyard.store.image import INDEX_OCI, MANIFEST_OCI, canonical_json, sha256_digest
+from modelyard.store.image import (
+    CONFIG_MODELPACK,
+    INDEX_OCI,
+    LAYER_TEMPLATE,
+    LAYER_WEIGHT,
+    MANIFEST_OCI,
+    MAX_TEXT_LAYER_BYTES,
+    canonical_json,
+    sha256_digest,
+)
 
 FAST = RetryPolicy(attempts=2, base_s=0.0, cap_s=0.0)
 BLOB = bytes(range(256)) * 40  # 10 KiB
@@ -44,6 +53,7 @@ class FakeRegistry:
     uploaded: dict[str, bytes] = field(default_factory=dict)
     lose: int = 0  # requests on an upload session answered as a restarted registry does
     session_bytes: bytes = b""  # what the open upload session holds (chunks sent with PATCH)
+    drop_after: int = 0  # a blob GET's body breaks after this many bytes (a flaky link)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         request.read()
@@ -84,14 +94,28 @@ class FakeRegistry:
                 return httpx.Response(200)
             if range_header and self.ranges:
                 start = int(range_header.removeprefix("bytes=").rstrip("-"))
-                return httpx.Response(206, content=data[start:])
-            return httpx.Response(200, content=data)
+                headers = {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"}
+                return httpx.Response(206, headers=headers, stream=self._body(data[start:]))
+            return httpx.Response(200, headers={"Content-Length": str(len(data))}, stream=self._body(data))
         if request.url.path.startswith("/v2/ns/m/manifests/"):
             found = self.manifests.get(request.url.path.rsplit("/", 1)[1])
             if found is None:
                 return httpx.Response(404, json={"errors": [{"code": "MANIFEST_UNKNOWN"}]})
             return httpx.Response(200, headers={"Content-Type": found[0]}, content=found[1])
         return httpx.Response(404)
+
+    def _body(self, data: bytes) -> httpx.SyncByteStream:
+        drop_after = self.drop_after
+
+        class Body(httpx.SyncByteStream):
+            def __iter__(self) -> Iterator[bytes]:
+                if not drop_after or len(data) <= drop_after:
+                    yield data
+                    return
+                yield data[:drop_after]
+                raise httpx.RemoteProtocolError("peer closed connection without a complete body")
+
+        return Body()
 
 
 def client(fake: FakeRegistry, credentials: Credentials | None = None) -> RepositoryClient:
@@ -209,6 +233,30 @@ def test_a_download_resumes_or_restarts_from_its_partial_file(
     assert ("did not verify" in caplog.text) == (partial == b"x" * 1000)
 
 
+def test_a_download_over_a_link_that_drops_again_and_again_goes_on_while_bytes_come(tmp_path: Path) -> None:
+    """An audit: the retries were counted over the whole download, so a model on a link that
+    dropped every few MB failed after the fifth drop with most of it on disk ('unavailable').
+    Tries now count only drops that brought nothing (FAST allows 2; this link drops 9 times)."""
+    blobs = BlobStore(tmp_path)
+    registry = FakeRegistry(blobs={DIGEST: BLOB}, drop_after=1024)
+    assert download_blob(client(registry), blobs, DIGEST, len(BLOB)) == len(BLOB)
+    assert blobs.read_bytes(DIGEST) == BLOB
+    assert len(registry.requests) == 10
+
+
+def test_a_blob_of_another_size_than_its_descriptor_is_refused_at_its_first_answer(tmp_path: Path) -> None:
+    """An audit: a manifest that overstated a layer's size (Distribution takes one) downloaded the
+    whole blob, asked for bytes past its end and failed with a bare 'HTTP 416'; a registry that
+    ignores Range downloaded it again on every try."""
+    blobs = BlobStore(tmp_path)
+    for ranges in (True, False):
+        registry = FakeRegistry(blobs={DIGEST: BLOB}, ranges=ranges)
+        with pytest.raises(RegistryProtocolError, match="is 10,240 bytes, but the manifest says 10,240,000"):
+            download_blob(client(registry), blobs, DIGEST, len(BLOB) * 1000)
+        assert len(registry.requests) == 1
+        assert not blobs.exists(DIGEST)
+
+
 # --- manifests ------------------------------------------------------------------------------------
 
 
@@ -286,3 +334,55 @@ def test_no_repr_of_the_session_state_shows_a_secret(challenge: str, secret: str
     state = {name: value for name, value in vars(session).items() if name != "http"}
     assert secret not in repr(state) and secret not in repr(session)
     assert "alice" in repr(state)  # the user name is no secret: the repr did show the credentials
+
+
+# --- descriptors a pull must not trust ----------------------------------------------------------
+
+
+def _image(config: bytes, config_size: int, *layers: tuple[str, bytes, int]) -> FakeRegistry:
+    """A registry holding `ns/m:v1`, a ModelPack manifest with these blobs and declared sizes."""
+    blobs = {sha256_digest(config): config} | {sha256_digest(data): data for _, data, _ in layers}
+    manifest = canonical_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_OCI,
+            "config": {"mediaType": CONFIG_MODELPACK, "digest": sha256_digest(config), "size": config_size},
+            "layers": [
+                {"mediaType": kind, "digest": sha256_digest(data), "size": size}
+                for kind, data, size in layers
+            ],
+        }
+    )
+    return FakeRegistry(blobs=blobs, manifests={"v1": (MANIFEST_OCI, manifest)})
+
+
+@pytest.mark.parametrize(
+    ("registry", "error"),
+    [
+        pytest.param(
+            _image(b'{"config": {}, "descriptor": {}}', 10, (LAYER_WEIGHT, BLOB, len(BLOB))),
+            "config blob sha256:.* is 32 bytes, but the manifest says 10",
+            id="config-size-understated",
+        ),
+        pytest.param(
+            _image(
+                b"{}", 2, (LAYER_WEIGHT, BLOB, len(BLOB)), (LAYER_TEMPLATE, b"t", MAX_TEXT_LAYER_BYTES + 1)
+            ),
+            "template layer sha256:.* is 16,777,217 bytes; text layers .* are at most 16,777,216",
+            id="text-layer-too-large",
+        ),
+    ],
+)
+def test_a_pull_refuses_a_descriptor_the_store_could_not_keep(
+    tmp_path: Path, registry: FakeRegistry, error: str
+) -> None:
+    """An audit: a config of 102 bytes declared as 10 was stored under that descriptor (verify saw
+    nothing wrong); a 20 MiB template layer was pulled, then refused by every reader of the image."""
+    options = RegistryOptions(
+        tmp_path / "docker", tmp_path / "cache", retry=FAST, transport=httpx.MockTransport(registry)
+    )
+    store = Store(tmp_path / "store")
+    with pytest.raises(RegistryError, match=error):
+        pull(store, parse_reference("reg.example/ns/m:v1"), options)
+    assert store.images() == []
+    assert not store.blobs.exists(sha256_digest(BLOB)), "refused before the weights were downloaded"

@@ -42,6 +42,7 @@ from modelyard.registry.transfer import download_blob
 from modelyard.store import Store
 from modelyard.store.image import (
     MAX_TEXT_LAYER_BYTES,
+    TEXT_LAYERS,
     Descriptor,
     Manifest,
     ManifestFormatError,
@@ -88,6 +89,7 @@ def pull(
             source = classify(manifest)
         except UnsupportedManifestError as exc:
             raise RegistryError(f"{ref}: {exc}") from None
+        _check_text_layer_sizes(manifest, repo.name)
         config = _fetch_config(repo, store, manifest.config, keep=source is SourceFormat.MODELPACK)
         received, fetched_count = _download_layers(repo, store, manifest.layers, options.parallel, report)
     report.status("verifying sha256 digest")  # each blob was verified as it entered the store
@@ -102,6 +104,17 @@ def pull(
     options.ledger().record(host, ref.repository, manifest.blob_digests())
     report.status("success")
     return PullResult(local_name, digest, fetched.digest, source, received, fetched_count)
+
+
+def _check_text_layer_sizes(manifest: Manifest, where: str) -> None:
+    """Before any download: a template, system prompt or other text layer is read whole, up to
+    MAX_TEXT_LAYER_BYTES; a larger one would be pulled and then refused by every reader."""
+    for layer in manifest.layers:
+        if layer.media_type in TEXT_LAYERS and layer.size > MAX_TEXT_LAYER_BYTES:
+            raise RegistryError(
+                f"{where}: its {layer.media_type} layer {layer.digest} is {layer.size:,} bytes; text "
+                f"layers (template, system prompt, parameters, …) are at most {MAX_TEXT_LAYER_BYTES:,}"
+            )
 
 
 def _fetch_image_manifest(repo: RepositoryClient, ref: Reference) -> FetchedManifest:
@@ -144,6 +157,11 @@ def _fetch_config(repo: RepositoryClient, store: Store, config: Descriptor, *, k
         actual = sha256_digest(data)
         if actual != config.digest:
             raise DigestMismatchError(config.digest, actual, repo.name)
+        if len(data) != config.size:  # the right bytes, but a descriptor the store must not keep
+            raise RegistryProtocolError(
+                f"{repo.name}: config blob {config.digest} is {len(data):,} bytes, but the manifest "
+                f"says {config.size:,}; the image's manifest is wrong (push it again)"
+            )
         if keep:
             store.blobs.put_bytes(data, expected=config.digest)
     try:

@@ -204,10 +204,12 @@ def download_blob(
     blobs.ingest_dir.mkdir(parents=True, exist_ok=True)
     partial = partial_path(blobs, digest)
     lock = FileLock(str(partial.with_name(partial.name + LOCK_SUFFIX)))
+    download = _Download(repo, digest, size, progress, cancelled or threading.Event())
     with lock:  # two pulls of one blob (the CLI and the daemon) must not append to the same file
-        if blobs.exists(digest):
+        if blobs.exists(digest):  # another pull brought it while this one waited
+            with contextlib.suppress(FileNotFoundError):
+                Path(lock.lock_file).unlink()  # (it made the file again to wait on it)
             return 0
-        download = _Download(repo, digest, size, progress, cancelled or threading.Event())
         try:
             for resumed in _attempts(partial, size):
                 download.into(partial, resume=resumed)
@@ -267,21 +269,33 @@ class _Download:
         with partial.open("r+b" if resume else "wb") as out:
             out.seek(0, os.SEEK_END)
             while out.tell() < self.size:
+                had = out.tell()
                 try:
                     self._once(out)
+                    if out.tell() >= self.size:
+                        break
+                    error = None  # the body ended early without an error: ask for the rest
                 except httpx.TransportError as exc:
-                    self.repo.session.wait_to_retry(attempt, exc)
-                    attempt += 1
-                else:
-                    if out.tell() < self.size:  # the body ended early without an error: ask for the rest
-                        self.repo.session.wait_to_retry(attempt, None)
-                        attempt += 1
+                    error = exc
+                if out.tell() > had:
+                    # Bytes came: the tries are for a registry that gives none, not for a long
+                    # download over a link that drops now and then (as Ollama's parts).
+                    attempt = 0
+                self.repo.session.wait_to_retry(attempt, error)
+                attempt += 1
             out.flush()
             os.fsync(out.fileno())
 
     def _once(self, out: BinaryIO) -> None:
         have = out.tell()
         with contextlib.closing(self.repo.open_blob(self.digest, have)) as response:
+            stated = _stated_size(response)
+            if stated is not None and stated != self.size:
+                # Not the blob the manifest describes: its bytes cannot verify, whatever they are.
+                raise RegistryProtocolError(
+                    f"{self.repo.name}: blob {self.digest} is {stated:,} bytes, but the manifest says "
+                    f"{self.size:,}; the image's manifest is wrong (push it again)"
+                )
             if have and response.status_code == 200:  # the registry ignored the Range: start over
                 log.debug("%s: no range support; downloading %s again", self.repo.name, self.digest)
                 out.seek(0)
@@ -301,3 +315,15 @@ class _Download:
                 self.received += len(chunk)
                 if self.progress is not None:
                     self.progress(have)
+
+
+def _stated_size(response: httpx.Response) -> int | None:
+    """The whole blob's size as a blob GET's answer states it: the total of its Content-Range
+    (206), or its Content-Length (200, unless encoded); None when it does not say."""
+    if response.status_code == 206:
+        total = response.headers.get("Content-Range", "").rpartition("/")[2]
+        return int(total) if total.isdigit() else None
+    length = response.headers.get("Content-Length", "")
+    if response.headers.get("Content-Encoding") or not length.isdigit():
+        return None
+    return int(length)

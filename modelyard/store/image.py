@@ -43,6 +43,9 @@ ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 # Text layers (template, system, params, …) are read into memory; anything larger is not a Modelfile part.
 MAX_TEXT_LAYER_BYTES = 16 * 1024 * 1024
+TEXT_LAYERS = frozenset(
+    {LAYER_TEMPLATE, LAYER_SYSTEM, LAYER_PARAMS, LAYER_MESSAGES, LAYER_LICENSE, LAYER_MODELFILE}
+)
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
