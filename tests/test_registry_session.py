@@ -331,6 +331,29 @@ def test_login_storage_is_docker_compatible(tmp_path: Path) -> None:
     assert config.erase("reg:5000") is False
 
 
+def test_login_reaches_a_registry_as_push_and_pull_do(tmp_path: Path) -> None:
+    """An audit: login ignored $MODELYARD_PLAIN_HTTP_REGISTRIES (its TLS error told the user to set
+    it "for every command"): it tried https while push and pull used http."""
+    from modelyard.registry.login import login
+    from modelyard.registry.options import RegistryOptions
+
+    urls: list[str] = []
+
+    def registry(request: httpx.Request) -> httpx.Response:
+        urls.append(str(request.url))
+        return httpx.Response(200)
+
+    options = RegistryOptions(
+        tmp_path / "docker",
+        tmp_path / "cache",
+        plain_http_hosts=frozenset({"10.0.0.5:5000"}),
+        transport=httpx.MockTransport(registry),
+    )
+    login("10.0.0.5:5000", USER, options)
+    assert urls == ["http://10.0.0.5:5000/v2/"]
+    assert DockerConfig(tmp_path / "docker").lookup("10.0.0.5:5000") == USER
+
+
 @pytest.mark.parametrize(
     ("written", "host"),
     [

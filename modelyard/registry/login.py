@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from modelyard.errors import RegistryAuthError
 from modelyard.registry.credentials import Credentials, registry_host
-from modelyard.registry.endpoint import resolve_endpoint
 from modelyard.registry.options import RegistryOptions
 from modelyard.registry.session import RegistrySession, error_for
 
@@ -15,7 +14,7 @@ def login(host: str, credentials: Credentials, options: RegistryOptions) -> str:
     store them; returns where they were stored. Raises RegistryAuthError if refused.
     `host` may be written as docker login takes it: a URL, or with a path (both dropped)."""
     host = registry_host(host)
-    endpoint = resolve_endpoint(host, plain_http=options.plain_http, insecure=options.insecure)
+    endpoint = options.endpoint(host)  # as push and pull reach it (an audit: login ignored the $… lists)
     try:
         with RegistrySession(
             endpoint, lambda: credentials, retry=options.retry, transport=options.transport

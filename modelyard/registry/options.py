@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 
 from modelyard.registry.credentials import DockerConfig
-from modelyard.registry.endpoint import resolve_endpoint
+from modelyard.registry.endpoint import Endpoint, resolve_endpoint
 from modelyard.registry.locations import LocationLedger
 from modelyard.registry.retry import DEFAULT_RETRY, RetryPolicy
 from modelyard.registry.session import RegistrySession
@@ -52,12 +52,17 @@ class RegistryOptions:
     def ledger(self) -> LocationLedger:
         return LocationLedger(self.cache_dir / "registry-blobs.json")
 
-    def open_session(self, host: str) -> RegistrySession:
-        endpoint = resolve_endpoint(
+    def endpoint(self, host: str) -> Endpoint:
+        """How to reach `host`: the flags, or the hosts $MODELYARD_PLAIN_HTTP_REGISTRIES and
+        $MODELYARD_INSECURE_REGISTRIES name."""
+        return resolve_endpoint(
             host,
             plain_http=self.plain_http or host in self.plain_http_hosts,
             insecure=self.insecure or host in self.insecure_hosts,
         )
+
+    def open_session(self, host: str) -> RegistrySession:
+        endpoint = self.endpoint(host)
         config = self.credentials()
         return RegistrySession(
             endpoint, lambda: config.lookup(host), retry=self.retry, transport=self.transport
