@@ -124,7 +124,9 @@ class DigestMismatchError(StoreError, ValueError):
         self.actual = actual
         self.source = source
         origin = f" from {source}" if source else ""
-        super().__init__(f"digest mismatch{origin}: expected {expected}, got {actual}; nothing was stored")
+        super().__init__(
+            f"digest mismatch{origin}: expected {expected}, got {actual}; those bytes were not stored"
+        )
 
 
 class CorruptStoreError(StoreError):
