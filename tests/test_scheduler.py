@@ -1041,3 +1041,49 @@ def test_a_name_that_left_while_busy_and_came_back_is_not_timed_by_its_old_reque
             await scheduler.close()
 
     run(scenario())
+
+
+def test_a_request_with_other_load_options_is_served_by_the_load_it_caused_despite_steady_traffic(
+    tmp_path: Path,
+) -> None:
+    """A scheduler audit: the requests with the usual options, waiting for the reload that one
+    with another num_ctx caused, woke first and unloaded the new runner before that request took
+    it, again and again (18 reloads in 25 s; served only when the traffic stopped). As Ollama's
+    queue: the request that caused a reload is served by it; the others reload after it."""
+
+    async def scenario() -> None:
+        (tmp_path / "w1").write_bytes(b"x" * 1000)
+
+        def slow(spec: Any, **_: Any) -> FakeRunner:
+            time.sleep(0.05)
+            return FakeRunner(spec)
+
+        scheduler = Scheduler(SchedulerSettings(ram_budget=10**6, num_parallel=4), starter=slow)
+        stop = asyncio.Event()
+        served: list[str] = []
+
+        async def steady() -> None:
+            while not stop.is_set():
+                lease = await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))
+                served.append("usual")
+                await asyncio.sleep(0.01)
+                lease.release()
+
+        try:
+            (await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))).release()
+            traffic = [asyncio.create_task(steady()) for _ in range(3)]
+            await asyncio.sleep(0.05)
+            other = fake(tmp_path, "A", "w1", "dA", options={"num_ctx": 512})
+            lease = await asyncio.wait_for(scheduler.acquire(other), timeout=5)
+            assert lease.runner.spec.options.num_ctx == 512
+            assert scheduler.loads == 2, "one reload for it, not one per usual request"
+            lease.release()
+            await asyncio.sleep(0.3)
+            assert scheduler.loads == 3 and served, "then the usual options again, once"
+            stop.set()
+            await asyncio.gather(*traffic)
+        finally:
+            stop.set()
+            await scheduler.close()
+
+    run(scenario())

@@ -392,6 +392,12 @@ class Scheduler:
                     continue
                 if entry.state is EntryState.READY:
                     # Other load options (num_ctx, adapters…): Ollama reloads; wait for the old one to drain.
+                    if entry.refs == 0 and (entry.waiting or self._starting[request.name]):
+                        # Just loaded for requests that have not taken it yet (they wake after this
+                        # one): they are served first, or each reload would be undone before it
+                        # served anyone, for as long as requests of both kinds keep coming.
+                        await asyncio.sleep(0)
+                        continue
                     await self._drain_and_unload(entry)
                     continue
             # The load is a task of its own: a request whose client leaves must not take down the
