@@ -292,9 +292,14 @@ class ModelDoesNotFitError(RunnerError):
         self.need = need
         self.budget = budget
         super().__init__(
-            f"{what or model} needs about {need / 2**30:.1f} GiB of {where} but the budget is "
-            f"{budget / 2**30:.1f} GiB; {hint}"
+            f"{what or model} needs about {memory_size(need)} of {where} but the budget is "
+            f"{memory_size(budget)}; {hint}"
         )
+
+
+def memory_size(n: int) -> str:
+    """GiB with two decimals, or MiB below a tenth of a GiB (where 0.00 GiB would say nothing)."""
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 // 10 else f"{n / 2**20:.1f} MiB"
 
 
 class WorkAbandoned(Exception):

@@ -1087,3 +1087,37 @@ def test_a_request_with_other_load_options_is_served_by_the_load_it_caused_despi
             await scheduler.close()
 
     run(scenario())
+
+
+def test_options_that_can_never_fit_are_refused_without_harm_to_the_model_or_its_other_requests(
+    two_models: tuple[Path, Path],
+) -> None:
+    """A scheduler audit: a request whose options could never fit unloaded the runner serving the
+    others, then left the model failed and backing off, so that well-formed requests got 503
+    "failed to load … retrying after 2 s" (clients with retries retried what could never work)."""
+
+    async def scenario() -> None:
+        size = await one_model_size(two_models[0])
+        scheduler = Scheduler(SchedulerSettings(ram_budget=int(size * 1.5)))
+        try:
+            serving = await scheduler.acquire(request(two_models[0], "A"))
+            huge = request(two_models[0], "A", options={"num_parallel": 256})
+            for _ in range(3):
+                with pytest.raises(ModelDoesNotFitError, match=r"needs about 18\.\d MiB of RAM"):
+                    # (It waited for the serving lease to go, to unload the runner for nothing.)
+                    await asyncio.wait_for(scheduler.acquire(huge), timeout=5)
+            assert serving.runner.alive and scheduler.loads == 1, "the runner serving A stays"
+            serving.release()
+            again = await scheduler.acquire(request(two_models[0], "A"))
+            assert again.runner is serving.runner
+            again.release()
+            await scheduler.unload("A")
+            with pytest.raises(ModelDoesNotFitError):
+                await scheduler.acquire(huge)  # loaded by nothing: refused by _make_room
+            after = await scheduler.acquire(request(two_models[0], "A"))  # no backoff
+            after.release()
+            assert [row.state for row in scheduler.status(live=False)] == ["ready"]
+        finally:
+            await scheduler.close()
+
+    run(scenario())

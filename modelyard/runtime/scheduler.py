@@ -392,6 +392,7 @@ class Scheduler:
                     continue
                 if entry.state is EntryState.READY:
                     # Other load options (num_ctx, adapters…): Ollama reloads; wait for the old one to drain.
+                    self._check_fits_alone(request, options)  # before the runner serving others goes
                     if entry.refs == 0 and (entry.waiting or self._starting[request.name]):
                         # Just loaded for requests that have not taken it yet (they wake after this
                         # one): they are served first, or each reload would be undone before it
@@ -756,6 +757,15 @@ class Scheduler:
                 return slots
         return 1
 
+    def _check_fits_alone(self, request: ModelRequest, options: LoadOptions) -> None:
+        """Raise ModelDoesNotFitError if the model, with these options, is larger than the whole
+        budget (as _make_room would once its turn came)."""
+        need, _ = self._estimate(request, self._loaded_options(request, options))
+        if need.host > self.ram_budget:
+            raise ModelDoesNotFitError(request.name, need.host, self.ram_budget)
+        if self.devices and need.device > self.gpu_budget:
+            raise ModelDoesNotFitError(request.name, need.device, self.gpu_budget, "GPU memory")
+
     def _estimate(self, request: ModelRequest, options: LoadOptions) -> tuple[MemoryEstimate, OffloadPlan]:
         if request.shape is None:
             size = request.weights.stat().st_size
@@ -978,11 +988,14 @@ class Scheduler:
         entry.failures += 1
         entry.last_error = str(exc)
         entry.failure_kind = "load-failed"
-        if isinstance(exc, ModelLoadError | RunnerError) and not isinstance(exc, ServerBusyError):
+        # Does not fit: nothing is wrong with the model, and a request of other options may fit.
+        if isinstance(exc, ModelLoadError | RunnerError) and not isinstance(
+            exc, ServerBusyError | ModelDoesNotFitError
+        ):
             entry.state = EntryState.FAILED
             entry.retry_at = self.clock() + self._backoff(entry.failures)
         else:
-            # Busy or cancelled: nothing is wrong with the model; forget the attempt.
+            # Busy, too large or cancelled: nothing is wrong with the model; forget the attempt.
             self._entries.pop(entry.name, None)
         assert entry.loaded is not None
         if not entry.loaded.done():

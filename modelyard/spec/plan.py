@@ -37,6 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from modelyard.errors import memory_size
 from modelyard.spec.schema import ModelSpec, Spec, model_key
 
 
@@ -491,7 +492,7 @@ def _admit(footprint: int | None, budget: int, used: int, *, lenient: bool = Fal
     if need > budget:
         return Failure(
             Reason.DOES_NOT_FIT,
-            f"needs about {_size(footprint)} but the budget is {_size(budget)} even with "
+            f"needs about {memory_size(footprint)} but the budget is {memory_size(budget)} even with "
             "nothing else loaded; lower context or parallel, use a smaller quantization, or raise "
             "spec.memory",
             permanent=True,
@@ -499,15 +500,10 @@ def _admit(footprint: int | None, budget: int, used: int, *, lenient: bool = Fal
     if used + need > budget:
         return Failure(
             Reason.DOES_NOT_FIT,
-            f"needs about {_size(footprint)}; the models before it (by priority, then spec order) use "
-            f"{_size(used)} of the {_size(budget)} budget",
+            f"needs about {memory_size(footprint)}; the models before it (by priority, then spec order) use "
+            f"{memory_size(used)} of the {memory_size(budget)} budget",
         )
     return None
-
-
-def _size(n: int) -> str:
-    """GiB with two decimals, or MiB below a tenth of a GiB (where 0.00 GiB would say nothing)."""
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 // 10 else f"{n / 2**20:.1f} MiB"
 
 
 def _describe_options(target: LoadTarget) -> str:
