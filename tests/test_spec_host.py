@@ -113,3 +113,33 @@ def test_admission_and_kubernetes_use_the_same_estimate(
         trained = load_servable(store, REF).gguf.shape.n_ctx_train
         capped = make_spec(f"models: [{{name: tiny, image: '{IMAGE}', context: {trained}}}]")
         assert estimate == estimate_models(capped, store)["tiny"]
+
+
+def test_a_registry_that_never_answers_fails_a_tag_check_within_its_short_timeout(tmp_path: Path) -> None:
+    """A reconcile audit: a registry that took connections and never answered (SIGSTOPped) held
+    each tag check for 2 x 60 s, and with it the round, the next spec and apply, for minutes."""
+    import socket
+    import time
+
+    import httpx
+
+    from modelyard.errors import RegistryUnavailableError
+    from modelyard.registry.retry import RetryPolicy
+
+    with socket.socket() as silent:  # listens (connections complete in the backlog), never reads
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        store = Store(tmp_path / "store")
+        store.init()
+        host = SchedulerHost(
+            store,
+            Scheduler(SchedulerSettings(ram_budget=2**30)),
+            registry_options(tmp_path),
+            resolve_retry=RetryPolicy(attempts=2, base_s=0.0, cap_s=0.0),
+            resolve_timeout=httpx.Timeout(0.3, connect=0.3),
+        )
+        started = time.monotonic()
+        with pytest.raises(RegistryUnavailableError):
+            asyncio.run(asyncio.wait_for(host.resolve(f"127.0.0.1:{port}/team/chat:v1"), timeout=10))
+        assert time.monotonic() - started < 3

@@ -67,6 +67,22 @@ def test_apply_pulls_then_loads_and_reports_ready(
     assert conditions(reconciler)["Ready"]["lastTransitionTime"] == found["Ready"]["lastTransitionTime"]
 
 
+def test_a_round_asks_the_registry_for_each_tag_once(
+    tmp_path: Path, world: tuple[FakeEffects, FakeClock]
+) -> None:
+    """A reconcile audit: every pass of a round (pull, then load, then …) asked for every tag
+    again, so a slow registry held the round up once per pass."""
+    effects, clock = world
+    reconciler = make(tmp_path, effects, clock)
+    reconciler.submit(documents(CHAT))
+    asyncio.run(reconciler.reconcile())
+    assert len(effects.actions()) == 2, "a round of two passes at least: a pull, then a load"
+    assert [c for c in effects.calls if c[0] == "resolve"] == [("resolve", IMAGE)]
+    effects.errors[("resolve", IMAGE)] = [RegistryUnavailableError("localhost:5000", "timed out")]
+    asyncio.run(reconciler.reconcile())
+    assert [c for c in effects.calls if c[0] == "resolve"] == [("resolve", IMAGE)] * 2
+
+
 def test_a_moved_tag_is_pulled_and_swapped_in(tmp_path: Path, world: tuple[FakeEffects, FakeClock]) -> None:
     effects, clock = world
     reconciler = make(tmp_path, effects, clock)

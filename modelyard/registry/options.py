@@ -12,7 +12,7 @@ from modelyard.registry.credentials import DockerConfig
 from modelyard.registry.endpoint import Endpoint, resolve_endpoint
 from modelyard.registry.locations import LocationLedger
 from modelyard.registry.retry import DEFAULT_RETRY, RetryPolicy
-from modelyard.registry.session import RegistrySession
+from modelyard.registry.session import DEFAULT_TIMEOUT, RegistrySession
 from modelyard.registry.transfer import DEFAULT_CHUNK_BYTES
 from modelyard.settings import Settings
 
@@ -29,6 +29,7 @@ class RegistryOptions:
     default_registry: str | None = None  # where a pull looks for a name without a registry
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     retry: RetryPolicy = DEFAULT_RETRY
+    timeout: httpx.Timeout = field(default_factory=lambda: DEFAULT_TIMEOUT)  # per read and connect
     transport: httpx.BaseTransport | None = field(default=None, compare=False)  # tests inject one
 
     @classmethod
@@ -65,5 +66,9 @@ class RegistryOptions:
         endpoint = self.endpoint(host)
         config = self.credentials()
         return RegistrySession(
-            endpoint, lambda: config.lookup(host), retry=self.retry, transport=self.transport
+            endpoint,
+            lambda: config.lookup(host),
+            retry=self.retry,
+            timeout=self.timeout,
+            transport=self.transport,
         )

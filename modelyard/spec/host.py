@@ -20,6 +20,8 @@ import logging
 import threading
 from dataclasses import replace
 
+import httpx
+
 from modelyard.errors import ImageNotFoundError, ModelyardError, StoreError, WorkAbandoned
 from modelyard.progress import ProgressEvent
 from modelyard.reference import Reference, parse_reference
@@ -35,8 +37,11 @@ from modelyard.store import Store
 
 log = logging.getLogger(__name__)
 
-# Checking a tag happens every interval: fail fast and say so, rather than hold the round up.
+# Checking a tag happens every interval: fail fast and say so, rather than hold the round up. The
+# timeout too: a registry that takes connections and never answers held each check for 2 x 60 s,
+# and the whole round (new specs, apply) behind it.
 RESOLVE_RETRY = RetryPolicy(attempts=2, base_s=0.2, cap_s=1.0)
+RESOLVE_TIMEOUT = httpx.Timeout(5.0, connect=3.0)
 
 
 class SchedulerHost:
@@ -47,11 +52,12 @@ class SchedulerHost:
         registry: RegistryOptions,
         *,
         resolve_retry: RetryPolicy = RESOLVE_RETRY,
+        resolve_timeout: httpx.Timeout = RESOLVE_TIMEOUT,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
         self.registry = registry
-        self._resolve_options = replace(registry, retry=resolve_retry)
+        self._resolve_options = replace(registry, retry=resolve_retry, timeout=resolve_timeout)
 
     async def resolve(self, image: str) -> str:
         ref = parse_reference(image)

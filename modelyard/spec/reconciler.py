@@ -125,6 +125,10 @@ class SpecSource(Protocol):
     def read(self) -> SpecSnapshot: ...
 
 
+# A registry's answer per tag in one round: its digest, or why there is none.
+Answers = dict[str, str | ModelyardError]
+
+
 @dataclass(frozen=True)
 class SpecSnapshot:
     documents: tuple[SpecDocument, ...]
@@ -253,11 +257,14 @@ class Reconciler:
             generation = self._generation
             current: Plan | None = None
             acted = True
+            # Each tag is asked of its registry once a round, not once a pass: a slow registry
+            # held the round (and the next spec, and apply) for every pass over again.
+            asked: Answers = {}
             for attempt in range(self.settings.max_passes + 1):
-                observed = await self._observe(spec)
+                observed = await self._observe(spec, asked)
                 current = plan(spec, observed, self._inventory)
                 if await self._take_up_pulls(spec, current):  # those that ended since: theirs first
-                    observed = await self._observe(spec)
+                    observed = await self._observe(spec, asked)
                     current = plan(spec, observed, self._inventory)
                 self._publish(spec, current, observed, generation)
                 if current.empty or not acted or attempt == self.settings.max_passes:
@@ -283,9 +290,11 @@ class Reconciler:
             return None
         return plan(spec, await self._observe(spec), self._inventory)
 
-    async def _observe(self, spec: Spec) -> Observed:
+    async def _observe(self, spec: Spec, asked: Answers | None = None) -> Observed:
+        """What the spec's images and the running models are now. `asked`: the registries' answers
+        for tags so far this round, used again and added to."""
         references = sorted({r for m in spec.models if not m.suspend for r in m.reference_texts})
-        results = await asyncio.gather(*(self._resolve(r) for r in references))
+        results = await asyncio.gather(*(self._resolve(r, asked) for r in references))
         images = dict(zip(references, results, strict=True))
         targets = []
         for model in spec.models:
@@ -303,9 +312,9 @@ class Reconciler:
             session=self._session,
         )
 
-    async def _resolve(self, reference: str) -> ImageState:
+    async def _resolve(self, reference: str, asked: Answers | None = None) -> ImageState:
         try:
-            digest = await self.effects.resolve(reference)
+            digest = await self._ask(reference, asked)
         except ModelyardError as exc:
             failure = classify(exc, ActionKind.PULL)
             last = self._inventory.known_digests.get(reference)
@@ -318,6 +327,20 @@ class Reconciler:
             self._inventory = replace(self._inventory, known_digests=known)
         self._resolved[reference] = digest
         return ImageState(reference, digest, await self.effects.local_digest(reference, digest))
+
+    async def _ask(self, reference: str, asked: Answers | None) -> str:
+        """The digest `reference` resolves to, from `asked` when the round has its answer."""
+        answer = asked.get(reference) if asked is not None else None
+        if answer is None:
+            try:
+                answer = await self.effects.resolve(reference)
+            except ModelyardError as exc:
+                answer = exc
+            if asked is not None:
+                asked[reference] = answer
+        if isinstance(answer, ModelyardError):
+            raise answer
+        return answer
 
     async def _execute(self, spec: Spec, current: Plan, *, wait_for_pulls: bool = True) -> bool:
         """Run the plan: unloads, then pulls (together, in the background), then loads in priority
