@@ -1121,3 +1121,28 @@ def test_options_that_can_never_fit_are_refused_without_harm_to_the_model_or_its
             await scheduler.close()
 
     run(scenario())
+
+
+def test_a_model_that_failed_to_load_says_so_and_can_be_unloaded(tmp_path: Path) -> None:
+    """A reconcile audit: a load llama.cpp refused showed as a crash, and its failed entry, listed
+    by ps, could not be stopped (only a loaded one could)."""
+
+    async def scenario() -> None:
+        (tmp_path / "w1").write_bytes(b"x" * 1000)
+
+        def refuses(spec: Any, **_: Any) -> FakeRunner:
+            raise ModelLoadError(spec.name, "llama.cpp refused the weights")
+
+        scheduler = Scheduler(SchedulerSettings(ram_budget=10**6), starter=refuses)
+        try:
+            with pytest.raises(ModelLoadError):
+                await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))
+            [row] = scheduler.status(live=False)
+            assert (row.state, row.failure_kind) == ("failed", "load-failed")
+            assert scheduler.holds("A") and not scheduler.is_loaded("A")
+            assert await scheduler.unload("A")
+            assert scheduler.status(live=False) == [] and not scheduler.holds("A")
+        finally:
+            await scheduler.close()
+
+    run(scenario())

@@ -273,6 +273,14 @@ CASES = [
         expect=(("unload", "adhoc"), ("unload", "old")),
     ),
     Case(
+        # A reconcile audit: a model whose load failed was never applied, so dropping it from the
+        # spec left its failed entry listed by ps for ever (and stop could not find it).
+        "prune-unloads-one-whose-load-failed",
+        running=(ready(), ready("bad", state="failed", size=0), ready("adhoc", state="failed", size=0)),
+        memory={"chat": Memory(applied(T)), "bad": Memory(None, Failure(Reason.LOAD_FAILED, "x"), 1)},
+        expect=(("unload", "bad"),),
+    ),
+    Case(
         "prune-false-leaves-them",
         body=MODEL + "\nprune: false",
         running=(ready(), ready("old")),
@@ -313,6 +321,28 @@ def test_plan(case: Case) -> None:
     if case.phase is not None:
         chat = planned.model("chat")
         assert chat is not None and chat.phase is case.phase, chat
+
+
+@pytest.mark.parametrize(
+    ("failure_kind", "reason", "said"),
+    [("crashed", Reason.CRASHED, "its runner failed"), ("load-failed", Reason.LOAD_FAILED, "failed to load")],
+)
+def test_a_failed_runner_is_reported_as_a_crash_or_a_failed_load(
+    failure_kind: str, reason: Reason, said: str
+) -> None:
+    """A reconcile audit: weights llama.cpp refused were reported Crashed, though they never ran."""
+    spec = make_spec(MODEL)
+    observed = Observed(
+        running={"chat": ready(state="failed", last_error="boom", failure_kind=failure_kind)},
+        images={IMAGE: ImageState(IMAGE, digest("a"), digest("a"))},
+        footprints={},
+        budget=10_000,
+        now=NOW,
+        session=SESSION,
+    )
+    chat = plan(spec, observed, Inventory({})).model("chat")
+    assert chat is not None and chat.failure is not None
+    assert chat.failure.reason is reason and chat.message == f"{said} (boom); loading it again"
 
 
 @pytest.mark.parametrize(("ram", "side_by_side"), [(150, False), (1000, True)])

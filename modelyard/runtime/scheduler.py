@@ -255,6 +255,7 @@ class ModelStatus:
     load_seconds: float
     last_error: str
     note: str = ""
+    failure_kind: str = ""  # for a failed one: "crashed" (it ran) or "load-failed" (it never did)
     shares_runner_of: str = ""  # served by that name's runner, whose row carries the memory
     # Tokens a slot really holds: llama.cpp rounds a context up (to a multiple of 256), so a
     # num_ctx of 100 holds 256. 0 until the runner has loaded.
@@ -581,6 +582,7 @@ class Scheduler:
                     load_seconds=entry.load_seconds,
                     last_error=entry.last_error,
                     note=entry.note or _note(entry),
+                    failure_kind=entry.failure_kind if entry.state is EntryState.FAILED else "",
                     context_effective=info.n_ctx_per_slot if info else 0,
                 )
             )
@@ -622,6 +624,10 @@ class Scheduler:
     def is_loaded(self, name: str) -> bool:
         entry = self._entries.get(name)
         return entry is not None and entry.state is EntryState.READY
+
+    def holds(self, name: str) -> bool:
+        """Whether `name` has an entry: loaded, loading, or failed (listed by `ps` all the same)."""
+        return name in self._entries
 
     # --- leases and release ----------------------------------------------------------------
 

@@ -304,7 +304,7 @@ class Inference:
             servable = await self.servable(name)
         except ImageNotFoundError:
             short = self.reference(name).short()
-            if unloading and self.scheduler.is_loaded(short):
+            if unloading and self.scheduler.holds(short):  # a failed load too, which ps lists
                 await self.scheduler.unload(short)
                 return "unload"
             raise

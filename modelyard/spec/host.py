@@ -183,4 +183,5 @@ def _running(status: ModelStatus) -> Running:
         last_error=status.last_error,
         note=status.note,
         shares_runner=bool(status.shares_runner_of),
+        failure_kind=status.failure_kind,
     )

@@ -77,6 +77,7 @@ class Running:
     last_error: str = ""
     note: str = ""
     shares_runner: bool = False  # served by another name's runner, whose row counts the memory
+    failure_kind: str = ""  # state failed: "crashed" (it ran) or "load-failed" (it never did)
 
 
 @dataclass(frozen=True)
@@ -287,7 +288,10 @@ def plan(spec: Spec, observed: Observed, inventory: Inventory) -> Plan:
         for name, running in sorted(observed.running.items()):
             if name in listed or running.state == "unloading":
                 continue
-            ours = inventory.memory(name).applied is not None
+            memory = inventory.memory(name)
+            # One whose load failed was never applied, yet it was the spec's: its failed entry
+            # stayed listed for ever once the spec dropped it.
+            ours = memory.applied is not None or (running.state == "failed" and name in inventory.models)
             if ours or body.prune == "all":
                 why = "no longer in the spec" if ours else "not in the spec (prune: all)"
                 prune.append(Action(ActionKind.UNLOAD, name, why))
@@ -406,13 +410,14 @@ def _compare(
             return act(ActionKind.LOAD, "unloaded outside the spec; loading it again")
         return act(ActionKind.LOAD, "it was not loaded")
     if running.state == "failed":
+        # A runner that crashed, or one that never loaded (llama.cpp refused the weights).
+        what = "failed to load" if running.failure_kind == "load-failed" else "its runner failed"
         if not heal:
-            return drifted(f"its runner failed ({running.last_error})")
-        crashed = Failure(Reason.CRASHED, running.last_error or "its runner failed")
-        action = Action(
-            ActionKind.LOAD, name, f"its runner failed ({running.last_error}); loading it again", target
-        )
-        return ModelPlan(name, Phase.LOADING, action.reason, (action,), target, crashed, footprint)
+            return drifted(f"{what} ({running.last_error})")
+        reason = Reason.LOAD_FAILED if running.failure_kind == "load-failed" else Reason.CRASHED
+        failed = Failure(reason, running.last_error or what)
+        action = Action(ActionKind.LOAD, name, f"{what} ({running.last_error}); loading it again", target)
+        return ModelPlan(name, Phase.LOADING, action.reason, (action,), target, failed, footprint)
     if running.state in ("loading", "unloading"):
         return ModelPlan(
             name, Phase.WAITING, f"the scheduler is {running.state} it", (), target, warning, footprint
