@@ -255,14 +255,22 @@ def cmd_stop(args: argparse.Namespace, ctx: Context) -> int:
     from modelyard.reference import parse_reference
 
     client = ApiClient(base_url(ctx.settings), ctx.settings.api_key, timeout=60)
+
+    def listed() -> set[str]:
+        return {parse_reference(m["name"]).short() for m in client.get("/api/ps").get("models", [])}
+
     try:
         wanted = parse_reference(args.name).short()
-        loaded = {parse_reference(m["name"]).short() for m in client.get("/api/ps").get("models", [])}
+        loaded = listed()
         if wanted not in loaded:
             # As `ollama stop`: saying "stopped" would hide a typo or the wrong server.
             ctx.err(f"Error: {args.name} is not loaded (loaded: {', '.join(sorted(loaded)) or 'none'})")
             return EXIT_USER_ERROR
         client.post("/api/generate", {"model": args.name, "keep_alive": 0, "stream": False})
+        # The answer does not wait for the requests the model is serving (as Ollama's).
+        if wanted in listed():
+            ctx.err(f"{args.name} is stopping: it unloads when the requests it is serving end")
+            return EXIT_OK
     except ApiTimeout:
         # The server unloads it once the requests it is serving end; no new one joins it meanwhile.
         ctx.err(f"{args.name} is stopping: it unloads when the requests it is serving end")

@@ -163,6 +163,30 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(busy: ServeProcess)
             assert time.monotonic() - started < 20
 
 
+def test_unloading_a_busy_model_answers_at_once_and_it_goes_when_its_request_ends(busy: ServeProcess) -> None:
+    """A scheduler audit: keep_alive 0 without a prompt (what `modelyard stop` sends) answered only
+    once the model's requests ended (never, for a stream without end). As Ollama: at once; the
+    model goes when its requests end, and none joins it meanwhile."""
+
+    def listed(http: httpx.Client) -> list[str]:
+        return [m["name"] for m in http.get("/api/ps").json()["models"]]
+
+    with busy.client() as http, openai.OpenAI(base_url=f"{busy.url}/v1", api_key="x", max_retries=0) as oai:
+        stream = oai.completions.create(
+            model=GEMMA, prompt="Once upon a time", max_tokens=400, logit_bias=NO_END, stream=True
+        )
+        chunks = iter(stream)
+        next(chunks)
+        started = time.monotonic()
+        answer = http.post("/api/generate", json={"model": GEMMA, "keep_alive": 0}, timeout=60)
+        assert answer.status_code == 200 and answer.json()["done_reason"] == "unload", answer.text
+        assert time.monotonic() - started < 5
+        assert MODEL in listed(http), "still serving its stream"
+        rest = [chunk.choices[0].finish_reason for chunk in chunks]
+        assert len(rest) > 100 and rest[-1] == "length", "the stream went on to its end"
+        wait_for(lambda: MODEL not in listed(http), "the model to go once its request ended")
+
+
 def test_a_client_that_leaves_before_its_first_token_leaves_the_queue(busy: ServeProcess) -> None:
     """Queued behind a busy slot, a stream has sent nothing yet (the first event is awaited before
     the status line): its client's leaving still takes it out of the queue, as a 499."""

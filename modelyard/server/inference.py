@@ -80,6 +80,9 @@ class SpecTargets(Protocol):
 
 # Retry-After for a model of the spec that cannot be served yet: about a reconcile pass.
 SPEC_RETRY_AFTER_S = 10.0
+# How long an unload (keep_alive 0 and no prompt) waits to answer: an idle model goes within it,
+# and a busy one goes once its requests end, after the answer.
+UNLOAD_ANSWER_WAIT_S = 1.0
 
 # The image the current request resolved to (its metrics label when it fails after that point).
 # Set only for names found in the store, so that typos and fuzzers cannot grow the label set.
@@ -155,6 +158,7 @@ class Inference:
         self._stopped_retry_after: float | None = None  # set by stop_generations
         self._stopped_waits: set[asyncio.Task[Any]] = set()  # the waits stop_generations cancelled
         self._unknown_options_logged: set[str] = set()
+        self._unloads: set[asyncio.Task[bool]] = set()  # unloads answered before they ended
         # Prompts that cannot be made on the loop wait here, on threads of their own: slow templates
         # queue behind one another, not in front of every asyncio.to_thread of the server.
         self._render_threads = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="render")
@@ -305,16 +309,29 @@ class Inference:
         except ImageNotFoundError:
             short = self.reference(name).short()
             if unloading and self.scheduler.holds(short):  # a failed load too, which ps lists
-                await self.scheduler.unload(short)
+                await self._unload(short)
                 return "unload"
             raise
         if unloading:
-            await self.scheduler.unload(servable.name)
+            await self._unload(servable.name)
             return "unload"
         self.request_options(servable, options)  # wrong types are a 400 here too
         lease, _ = await self.acquire(servable, options, keep_alive)
         lease.release()
         return "load"
+
+    async def _unload(self, name: str) -> None:
+        """Unload `name` once its requests end, answering when it is gone or after
+        UNLOAD_ANSWER_WAIT_S, whichever is first: as Ollama, the answer does not wait for the
+        requests it serves (a stream without end held `modelyard stop` for ever). Nobody joins it
+        meanwhile; it goes when they end."""
+        unloading = asyncio.ensure_future(self.scheduler.unload(name))
+        self._unloads.add(unloading)
+        unloading.add_done_callback(self._unloads.discard)
+        unloading.add_done_callback(_log_unload_failure)  # after the answer, only the log can say
+        await asyncio.wait({unloading}, timeout=UNLOAD_ANSWER_WAIT_S)
+        if unloading.done():
+            unloading.result()  # its error, if any, is the request's
 
     # --- generation -----------------------------------------------------------------------
 
@@ -513,6 +530,11 @@ def check_embedding_size(model: str, inputs: int, width: int) -> None:
             f"numbers, and an answer holds {MAX_EMBEDDING_NUMBERS:,} at most ({most:,} inputs); "
             "send them in several requests"
         )
+
+
+def _log_unload_failure(unloading: asyncio.Task[bool]) -> None:
+    if not unloading.cancelled() and unloading.exception() is not None:
+        log.warning("unloading failed: %s", unloading.exception())
 
 
 class LoopPost:
