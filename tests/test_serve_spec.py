@@ -88,6 +88,9 @@ def test_serve_spec_serves_the_spec_names_and_follows_edits(
     with ollama.Client(host=server.url) as client:
         answer = client.generate(model="chat", prompt="the cat")
     assert answer.model == "chat" and answer.eval_count == 4, "the spec's params are the defaults"
+    with ollama.Client(host=server.url) as client:  # and show says so (it showed the image's)
+        shown = client.show("chat").parameters or ""
+    assert "num_predict                    4" in shown and "temperature                    0" in shown, shown
     with ollama.Client(host=server.url) as client:
         [chat] = [m for m in client.ps().models if m.model == "chat"]
     assert chat.details is not None and chat.details.format == "gguf" and chat.details.family, chat

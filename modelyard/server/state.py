@@ -120,7 +120,8 @@ class ServerState:
         shown = {
             "license": "\n".join(parts.licenses),  # as Ollama joins them
             "modelfile": for_show(servable.name, normalized) if normalized else "",
-            "parameters": _parameters_text(parts.params),
+            # The defaults requests get: for a name a spec serves, its params over the image's.
+            "parameters": _parameters_text(dict(servable.params)),
             "template": parts.template or servable.gguf.chat_template or "",
             "system": parts.system or "",
             "details": details(servable),
@@ -303,7 +304,7 @@ def _details_or_empty(servable: Servable | None) -> dict[str, Any]:
 def _parameters_text(params: dict[str, Any]) -> str:
     lines = []
     for name in sorted(params):
-        values = params[name] if isinstance(params[name], list) else [params[name]]
+        values = params[name] if isinstance(params[name], list | tuple) else [params[name]]
         for value in values:
             if isinstance(value, str):
                 text = f'"{value}"'
