@@ -1146,3 +1146,33 @@ def test_a_model_that_failed_to_load_says_so_and_can_be_unloaded(tmp_path: Path)
             await scheduler.close()
 
     run(scenario())
+
+
+def test_a_model_that_measures_more_than_its_estimate_makes_idle_ones_go_to_keep_the_budget(
+    tmp_path: Path,
+) -> None:
+    """A scheduler audit: room was made for a model's estimate, and the runner then measured a few
+    MB more: 614 MB loaded under a 612 MB budget."""
+    from modelyard.runtime.protocol import RunnerInfo
+
+    async def scenario() -> None:
+        (tmp_path / "w1").write_bytes(b"x" * 1000)
+        (tmp_path / "w2").write_bytes(b"y" * 1000)
+
+        def measured(spec: Any, **_: Any) -> FakeRunner:
+            runner = FakeRunner(spec)
+            heavy = spec.name == "B"  # its estimate is about 1,000 bytes; it measures 1,500
+            runner.info = RunnerInfo(1, 256, 256, 1, 256, 64, 1500 if heavy else 900, 0, 0, 0, 0, 0.1, False)
+            return runner
+
+        scheduler = Scheduler(SchedulerSettings(ram_budget=2300), starter=measured)
+        try:
+            (await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))).release()
+            b = await scheduler.acquire(fake(tmp_path, "B", "w2", "dB"))
+            assert scheduler._entries["B"].estimate.host + 900 <= 2300, "the estimate fitted beside A"
+            assert set(rows(scheduler)) == {"B"}, "A, idle, went: 900 + 1,500 is past 2,300"
+            b.release()
+        finally:
+            await scheduler.close()
+
+    run(scenario())
