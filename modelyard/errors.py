@@ -266,7 +266,8 @@ class ServerBusyError(RunnerError):
     `reason` says why, for callers that act on it (the reconciler's conditions): "queue" (the
     model's queue is full), "memory" (no memory free while the loaded models are busy or pinned),
     "load-failed" or "crashed" (waiting out the backoff after a failed load or a crash),
-    "templates" (every template worker busy), "stopping" (the server is shutting down)."""
+    "templates" (every template worker busy), "stopping" (the server is shutting down),
+    "abandoned" (a load that every request for it left, which nobody is told of)."""
 
     def __init__(self, message: str, retry_after: float, reason: str = "queue") -> None:
         self.retry_after = retry_after

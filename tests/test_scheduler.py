@@ -1176,3 +1176,32 @@ def test_a_model_that_measures_more_than_its_estimate_makes_idle_ones_go_to_keep
             await scheduler.close()
 
     run(scenario())
+
+
+def test_a_load_every_request_left_while_it_waited_for_memory_never_happens(tmp_path: Path) -> None:
+    """A scheduler audit: five requests waited for memory behind a busy model and all their
+    clients left; once the busy model was free it was evicted, and the other loaded for nobody."""
+
+    async def scenario() -> None:
+        scheduler = fake_scheduler(tmp_path, budget=1500)  # one model of 1,000 bytes at a time
+        try:
+            a = await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))
+            waiting = [
+                asyncio.create_task(scheduler.acquire(fake(tmp_path, "B", "w2", "dB"))) for _ in range(5)
+            ]
+            await asyncio.sleep(0.1)
+            assert scheduler.queue_depths().get("B") == 5
+            for task in waiting:
+                task.cancel()
+            await asyncio.gather(*waiting, return_exceptions=True)
+            await asyncio.sleep(1.2)  # the load's wait for memory looks again within a second
+            a.release()
+            await asyncio.sleep(0.1)
+            assert scheduler.loads == 1 and set(rows(scheduler)) == {"A"}, "A stays; B never loads"
+            again = await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))
+            assert again.runner is a.runner
+            again.release()
+        finally:
+            await scheduler.close()
+
+    run(scenario())

@@ -1057,6 +1057,14 @@ class Scheduler:
         what = what or entry.name
         deadline = self.clock() + self.settings.memory_wait
         while True:
+            if entry.state is EntryState.LOADING and not self._acquiring[entry.name]:
+                # Every request for it left while it waited for memory (their clients went): a
+                # load now would evict a model in use for nobody (a scheduler audit).
+                raise ServerBusyError(
+                    f"nobody waits for {entry.name} any more",
+                    retry_after=self.settings.retry_after,
+                    reason="abandoned",
+                )
             shortfall = self._shortfall(entry, need_host, need_device)
             if shortfall.none:
                 return
