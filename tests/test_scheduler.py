@@ -1205,3 +1205,39 @@ def test_a_load_every_request_left_while_it_waited_for_memory_never_happens(tmp_
             await scheduler.close()
 
     run(scenario())
+
+
+def test_a_model_in_steady_use_goes_after_its_requests_to_make_room_for_another(tmp_path: Path) -> None:
+    """A scheduler audit: with one model's queue never empty, another that needed its memory
+    waited memory_wait and got 503 (gemma served 80 requests meanwhile). As Ollama's scheduler:
+    the busy one takes no new request, goes once its requests end, and loads again after."""
+
+    async def scenario() -> None:
+        scheduler = fake_scheduler(tmp_path, budget=1500)  # one model of 1,000 bytes at a time
+        stop = asyncio.Event()
+        served: list[str] = []
+
+        async def steady(name: str, weights: str) -> None:
+            while not stop.is_set():
+                lease = await scheduler.acquire(fake(tmp_path, name, weights, f"d{name}"))
+                served.append(name)
+                await asyncio.sleep(0.02)
+                lease.release()
+
+        try:
+            traffic = [asyncio.create_task(steady("A", "w1")) for _ in range(3)]
+            await asyncio.sleep(0.1)
+            b = await asyncio.wait_for(scheduler.acquire(fake(tmp_path, "B", "w2", "dB")), timeout=5)
+            states = {name: row.state for name, row in rows(scheduler).items()}
+            assert states == {"B": "ready", "A": "loading"}, "A's requests wait for B's memory now"
+            b.release()
+            await asyncio.sleep(0.3)
+            assert set(rows(scheduler)) == {"A"} and served[-1] == "A", "then A again"
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*traffic), timeout=5)
+            assert scheduler.loads == 3
+        finally:
+            stop.set()
+            await scheduler.close()
+
+    run(scenario())

@@ -1073,6 +1073,8 @@ class Scheduler:
                 for name in victims:
                     await self._unload_if_present(name)
                 continue
+            if entry.state is EntryState.LOADING:
+                self._close_busy_for(entry, shortfall)
             remaining = deadline - self.clock()
             if remaining <= 0:
                 raise ServerBusyError(
@@ -1089,6 +1091,40 @@ class Scheduler:
             async with self._capacity:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._capacity.wait(), timeout=min(remaining, 1.0))
+
+    def _close_busy_for(self, entry: _Entry, shortfall: Shortfall) -> None:
+        """When only busy models stand in a load's way: those that free enough stop taking
+        requests and go once theirs end (as Ollama's scheduler does); their next requests wait,
+        then load them again. Without this, a model in steady use kept every other out until
+        memory_wait ran out, 503 (a scheduler audit). Pinned ones (a spec's) never go."""
+        residents = self._residents(exclude=entry)
+        for name in choose_evictions(residents, shortfall, busy_too=True) or []:
+            victim = self._entries.get(name)
+            if victim is not None and victim.state is EntryState.READY and not victim.closing:
+                log.info("%s goes once its requests end, to make room for %s", name, entry.name)
+                self._spawn(self._drain_for(victim, entry)).add_done_callback(_consume_task_exception)
+
+    async def _drain_for(self, victim: _Entry, load: _Entry) -> None:
+        """Drain `victim`, then unload it; but should `load` stop waiting for memory first (its
+        requests left, or memory_wait ran out), `victim` serves on as before."""
+        victim.doomed = True
+        victim.closing = True
+        victim.settled.clear()
+        try:
+            # Its requests, those that had it loaded and take it a turn later included, end first.
+            while self._wanted(victim):
+                if load.state is not EntryState.LOADING or self._entries.get(load.name) is not load:
+                    victim.doomed = False  # nobody needs its memory now
+                    return
+                if victim.refs > 0 and not victim.idle.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(victim.idle.wait(), timeout=0.25)
+                else:  # about to be taken, or crashed (its requests are failing): a turn or two
+                    await asyncio.sleep(0.01)
+            await self._unload(victim)
+        finally:
+            victim.closing = False
+            victim.settled.set()
 
     def _holding(self) -> list[_Entry]:
         """Every entry that holds (or is about to hold) memory: active, loading, or draining after a swap."""
@@ -1148,7 +1184,7 @@ class Scheduler:
                 key=e.name,
                 host_bytes=e.host_bytes,
                 device_bytes=e.device_bytes,
-                busy=e.refs > 0 or e.waiting > 0,
+                busy=self._wanted(e),
                 pinned=e.pinned,
                 loading=e.state is not EntryState.READY,
                 last_used=e.last_used,
@@ -1158,12 +1194,19 @@ class Scheduler:
             if e is not exclude and e is not also and not e.draining
         ]
 
+    def _wanted(self, entry: _Entry) -> bool:
+        """Whether requests hold `entry` or wait for it: leases, waiters on its load, and the
+        requests that started its load, which take their leases a turn of the loop after it ends
+        (evicted as idle in between, a model loaded for a request was unloaded before it served it,
+        and the two models took turns loading for ever)."""
+        return entry.refs > 0 or entry.waiting > 0 or any(self._starting[name] for name in entry.names)
+
     def _evictable(self, entry: _Entry) -> bool:
         resident = Resident(
             entry.name,
             0,
             0,
-            entry.refs > 0 or entry.waiting > 0,
+            self._wanted(entry),
             entry.pinned,
             entry.state is not EntryState.READY,
             entry.last_used,
