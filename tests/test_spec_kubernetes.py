@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,11 @@ def test_estimates_come_from_images_in_the_store(tmp_path: Path) -> None:
     }
     open_text = export_for(spec_file, settings, mode="deployment", options=ExportOptions(api_key_secret=""))
     assert "MODELYARD_API_KEY" not in open_text and "with no API key" in open_text
+    assert "MODELYARD_PLAIN_HTTP_REGISTRIES" not in text
+    plain = replace(settings, plain_http_registries=("registry.example",))
+    assert "MODELYARD_PLAIN_HTTP_REGISTRIES" in export_for(spec_file, plain, mode="deployment"), (
+        "the command passes its Settings' registries on (an audit: it ignored them)"
+    )
     memory = resources[1]["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"]
     assert memory == f"{math.ceil((estimates['tiny'] + 256 * 2**20) / 2**20)}Mi"
     for resource in resources:
@@ -252,3 +258,108 @@ def test_a_deployment_keeps_the_specs_settings_and_says_what_a_cluster_cannot_do
     assert any("[::1]:5000 inside a pod" in c for c in export_caveats(ipv6, "deployment"))
     with pytest.raises(SpecError, match="is a local image; the pod pulls from a registry"):
         export_kubernetes(make_spec("models: [{name: chat, image: m0}]"), mode="deployment")
+
+
+def _container(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    [deployment] = [r for r in resources if r["kind"] == "Deployment"]
+    container: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+INTERNAL = "registry.internal:5000"
+
+
+PLAIN, INSECURE = "MODELYARD_PLAIN_HTTP_REGISTRIES", "MODELYARD_INSECURE_REGISTRIES"
+
+
+@pytest.mark.parametrize(
+    ("plain_http", "insecure", "env", "url_suffix"),
+    [
+        pytest.param((INTERNAL,), (), {PLAIN: INTERNAL}, "?insecure=true", id="plain-http"),
+        pytest.param((), (INTERNAL, "o:1"), {INSECURE: f"{INTERNAL},o:1"}, "?insecure=true", id="insecure"),
+        pytest.param(("other:5000",), (), {PLAIN: "other:5000"}, "", id="another-host"),
+        pytest.param((), (), {}, "", id="none"),
+    ],
+)
+def test_registries_reached_without_tls_are_reached_so_from_the_cluster(
+    tmp_path: Path,
+    plain_http: tuple[str, ...],
+    insecure: tuple[str, ...],
+    env: dict[str, str],
+    url_suffix: str,
+) -> None:
+    """Found in an audit: with MODELYARD_PLAIN_HTTP_REGISTRIES=registry.internal:5000 the
+    Deployments got no such variable (the pods tried HTTPS), and KubeAI's `ollama://` URL lacked
+    `?insecure=true`. The export takes them from the Settings."""
+    settings = Settings(home=tmp_path, plain_http_registries=plain_http, insecure_registries=insecure)
+    options = ExportOptions().with_settings(settings)
+    spec = make_spec(f"models: [{{name: chat, image: '{INTERNAL}/team/m:v1'}}]")
+    resources = export_kubernetes(spec, mode="both", options=options)
+    given = {e["name"]: e["value"] for e in _container(resources)["env"] if "REGISTRIES" in e["name"]}
+    assert given == env
+    [model] = [r for r in resources if r["kind"] == "Model"]
+    assert model["spec"]["url"] == f"ollama://{INTERNAL}/team/m:v1-ollama{url_suffix}"
+    for resource in resources:
+        validate(resource)
+
+
+def test_the_pods_memory_budget_is_its_limit_so_a_tag_move_unloads_the_old_one_first() -> None:
+    """Found in an audit: the pod had a memory limit but its spec said `memory: {ram: auto}`, which
+    reads the node's MemAvailable: a tag move loaded the new digest beside the old one and the
+    container was OOM-killed. Now the exported spec's budget is the limit less the server's
+    overhead, and the reconciler, planning that move, unloads the old one first."""
+    from spec_fakes import digest
+
+    from modelyard.spec.plan import (
+        Applied,
+        ImageState,
+        Inventory,
+        Memory,
+        Observed,
+        Running,
+        plan,
+        target_for,
+    )
+
+    estimate = 3 * 2**30
+    resources = export_kubernetes(make_spec(SPEC), mode="deployment", estimates={"chat": estimate})
+    one = parse_spec_text(resources[0]["data"]["modelset.yaml"])
+    container = _container(resources[:3])
+    limit = int(container["resources"]["limits"]["memory"].removesuffix("Mi")) * 2**20
+    assert one.body.memory.ram == limit - 256 * 2**20 and estimate <= one.body.memory.ram
+    assert {"name": "MODELYARD_RAM_BUDGET", "value": f"{limit // 2**20 - 256}MiB"} in container["env"]
+
+    [model] = one.models
+    old = target_for(model, {model.image: digest("a")})
+    remembered = Applied(
+        old.digest, old.load_key, old.options_key, old.serve_key, 4096, 4, old.keep_alive, session="s"
+    )
+    observed = Observed(
+        running={"chat": Running("chat", digest("a"), "ready", estimate, context_length=4096, slots=4)},
+        images={model.image: ImageState(model.image, digest("b"), digest("b"))},  # the tag moved
+        footprints={"chat": estimate},
+        budget=64 * 2**30,  # "auto" in a pod: the node's memory
+        now=0.0,
+        session="s",
+    )
+    [swap] = plan(one, observed, Inventory({"chat": Memory(remembered)}, {})).actions
+    assert swap.kind.value == "swap" and swap.side_by_side is False, swap
+
+
+def test_the_yaml_has_no_anchors_and_the_pods_drop_privileges() -> None:
+    """Found in an audit: the probes were written with YAML anchors (`&id001` / `*id001`), and the
+    container ran with the runtime's default capabilities and privilege escalation allowed."""
+    resources = export_kubernetes(make_spec(SPEC), mode="deployment")
+    text = export_yaml(resources)
+    assert not re.search(r"[&*]id\d", text), text
+    assert text.count("path: /health") == 4  # startup and readiness probes, in both Deployments
+    assert _container(resources[:3])["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    low = export_kubernetes(make_spec(SPEC), mode="deployment", options=ExportOptions(port=80))
+    capabilities = _container(low[:3])["securityContext"]["capabilities"]
+    assert capabilities == {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}  # port 80
+    for resource in resources + low:
+        validate(resource)

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 from spec_fakes import spec_text
 
 from modelyard.errors import SpecSourceError
-from modelyard.spec.sources import FileSource, GitLocation, GitSource, open_source, parse_git_location, redact
+from modelyard.spec.sources import (
+    FileSource,
+    GitLocation,
+    GitSource,
+    git_error_line,
+    open_source,
+    parse_git_location,
+    redact,
+)
+
+SECRET = "s3cr3t-t0ken"
 
 
 @pytest.mark.parametrize(
@@ -34,6 +45,47 @@ from modelyard.spec.sources import FileSource, GitLocation, GitSource, open_sour
     ],
 )
 def test_git_locations(text: str, location: GitLocation) -> None:
+    assert parse_git_location(text) == location
+
+
+@pytest.mark.parametrize(
+    ("text", "location"),
+    [
+        pytest.param(
+            "git+https://host/ops.git@release/1.0#models",
+            GitLocation("https://host/ops.git", "release/1.0", "models"),
+            id="https",
+        ),
+        pytest.param(
+            "git+https://host:8443/team/ops.git@env/prod",
+            GitLocation("https://host:8443/team/ops.git", "env/prod", ""),
+            id="https-port",
+        ),
+        pytest.param(
+            "git+https://alice:p@ss@host/ops.git@env/prod#m.yaml",
+            GitLocation("https://alice:p@ss@host/ops.git", "env/prod", "m.yaml"),
+            id="at-in-the-password",
+        ),
+        pytest.param(
+            "git+ssh://git@host/ops.git@env/prod",
+            GitLocation("ssh://git@host/ops.git", "env/prod", ""),
+            id="ssh-user",
+        ),
+        pytest.param("git+git@host:ops.git", GitLocation("git@host:ops.git", "", ""), id="scp-like"),
+        pytest.param(
+            "git+git@host:team/ops.git@release/1.0#specs",
+            GitLocation("git@host:team/ops.git", "release/1.0", "specs"),
+            id="scp-like-with-ref",
+        ),
+        pytest.param(
+            "git+/srv/gitops@env/prod#specs", GitLocation("/srv/gitops", "env/prod", "specs"), id="local"
+        ),
+    ],
+)
+def test_a_git_ref_may_hold_slashes(text: str, location: GitLocation) -> None:
+    """Found in an audit: `@release/1.0` became part of the URL (`https://host/ops.git@release/1.0`,
+    no ref), as the ref was looked for only after the URL's last `/`; branches such as `env/prod`
+    could not be used. An `@` before the repository path (a user, a password) is still the URL's."""
     assert parse_git_location(text) == location
 
 
@@ -63,13 +115,97 @@ def test_a_file_revision_follows_the_content_not_the_mtime(tmp_path: Path) -> No
     assert isinstance(open_source("git+/srv/x#y", tmp_path / "cache"), GitSource)
 
 
-def test_an_unreachable_git_source_is_a_source_error(tmp_path: Path) -> None:
+def test_an_unreachable_git_source_is_a_source_error_with_gits_reason(tmp_path: Path) -> None:
+    """Found in an audit: the status said `git ls-remote failed: and the repository exists.`, the
+    last line of git's advice, not its `fatal:` line saying what was wrong."""
     source = GitSource(parse_git_location(f"git+{tmp_path / 'nothing'}"), tmp_path / "cache")
-    with pytest.raises(SpecSourceError, match="ls-remote failed"):
+    with pytest.raises(SpecSourceError, match=r"ls-remote failed: fatal: .* does not appear to be a git"):
         source.read()
 
 
-SECRET = "s3cr3t-t0ken"
+@pytest.mark.parametrize(
+    ("output", "secrets", "line"),
+    [
+        pytest.param(
+            "fatal: '/x' does not appear to be a git repository\nfatal: Could not read from remote "
+            "repository.\n\nPlease make sure you have the correct access rights\n"
+            "and the repository exists.\n",
+            (),
+            "fatal: '/x' does not appear to be a git repository",
+            id="first-fatal-not-the-advice",
+        ),
+        pytest.param(
+            "warning: redirecting\nerror: RPC failed; HTTP 500\nfatal: expected flush\n",
+            (),
+            "error: RPC failed; HTTP 500",
+            id="error-before-fatal",
+        ),
+        pytest.param("hint: try this\nsomething odd\n\n", (), "something odd", id="last-non-empty"),
+        pytest.param("\n  \n", (), "", id="nothing"),
+        pytest.param(
+            f"fatal: unable to access 'https://alice:{SECRET}@h.io/r.git/': 403\n",
+            (),
+            "fatal: unable to access 'https://h.io/r.git/': 403",
+            id="url-redacted",
+        ),
+        pytest.param(
+            "fatal: header 'Authorization: Basic YWxpY2U6czNjcjN0' refused\n",
+            ("YWxpY2U6czNjcjN0",),
+            "fatal: header 'Authorization: Basic ***' refused",
+            id="header-blanked",
+        ),
+    ],
+)
+def test_the_git_error_line(output: str, secrets: tuple[str, ...], line: str) -> None:
+    assert git_error_line(output, secrets) == line
+
+
+def _git(cwd: Path, *args: str) -> None:
+    import subprocess
+
+    identity = ["-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", *identity, *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _spec_repo(tmp_path: Path) -> Path:
+    """A git repository whose branch `main` holds specs/m.yaml."""
+    repo = tmp_path / "ops"
+    (repo / "specs").mkdir(parents=True)
+    (repo / "specs" / "m.yaml").write_text(spec_text("models: [{name: a, image: 'h.io/a:1'}]"))
+    _git(tmp_path, "init", "--quiet", "--initial-branch=main", str(repo))
+    _git(repo, "add", ".")
+    _git(repo, "commit", "--quiet", "-m", "specs")
+    return repo
+
+
+def test_a_branch_with_a_slash_is_read(tmp_path: Path) -> None:
+    """Found in an audit: a branch such as `release/1.0` could not be named (see above); here a real
+    git lists, fetches and checks it out."""
+    repo = _spec_repo(tmp_path)
+    _git(repo, "checkout", "--quiet", "-b", "release/1.0")
+    (repo / "specs" / "n.yaml").write_text(spec_text("models: [{name: b, image: 'h.io/b:1'}]"))
+    _git(repo, "add", ".")
+    _git(repo, "commit", "--quiet", "-m", "release")
+    _git(repo, "checkout", "--quiet", "main")
+    source = open_source(f"git+{repo}@release/1.0#specs", tmp_path / "cache")
+    assert [d.path for d in source.read().documents] == ["specs/m.yaml", "specs/n.yaml"]
+
+
+def test_a_spec_folder_removed_in_a_commit_is_said_without_the_cache_path(tmp_path: Path) -> None:
+    """Found in an audit: once a commit removed the spec folder, the error named the private
+    clone's path (`…/cache/git/c2121d684c58cca6/specs: no such file or folder`), not the commit."""
+    repo = _spec_repo(tmp_path)
+    source = open_source(f"git+{repo}#specs", tmp_path / "cache")
+    assert [d.path for d in source.read().documents] == ["specs/m.yaml"]
+    _git(repo, "rm", "--quiet", "-r", "specs")
+    (repo / "README").write_text("moved")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "--quiet", "-m", "no specs")
+    with pytest.raises(SpecSourceError) as failed:
+        source.read()
+    message = str(failed.value)
+    assert re.search(rf"`specs` is not in commit [0-9a-f]{{12}} of {re.escape(str(repo))}$", message), message
+    assert str(tmp_path / "cache") not in message
 
 
 @pytest.mark.parametrize(

@@ -183,6 +183,7 @@ def export_for(
     """`modelyard export k8s -f PATH`: the resources as multi-document YAML, with a YAML comment
     for each thing the export cannot carry or that will not work in a cluster (export_caveats)."""
     spec = load_spec(path)
+    options = (options or ExportOptions()).with_settings(settings)  # registries reached without TLS
     estimates = estimate_models(spec, Store(settings.store_dir))
     text = export_yaml(export_kubernetes(spec, mode=mode, estimates=estimates, options=options))
     caveats = "".join(f"# warning: {caveat}\n" for caveat in export_caveats(spec, mode, options))

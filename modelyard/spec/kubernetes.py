@@ -5,10 +5,12 @@ Two shapes (both with `mode="both"`):
 - `deployment`: per model, a ConfigMap holding a ModelSet of that one model, a Deployment running
   `modelyard serve --spec` on it (the model is pulled from the registry at start), and a Service.
   Memory requests come from the estimate (weights + KV cache + compute, from the GGUF header) when
-  the image is in the local store; the limit adds 25 %. Readiness is `GET /health`, which answers
+  the image is in the local store; the limit adds 25 %, and the limit less the server's overhead
+  is the pod's spec.memory.ram and $MODELYARD_RAM_BUDGET. Readiness is `GET /health`, which answers
   200 once the spec's models are Ready.
 - `kubeai`: per model, a KubeAI `Model` (kubeai.org/v1) with the Ollama engine, which pulls
-  `ollama://HOST/NAME:TAG` (push the image with `--format ollama` for it). pinned or keepAlive
+  `ollama://HOST/NAME:TAG` (push the image with `--format ollama` for it; `?insecure=true` for a
+  registry in $MODELYARD_PLAIN_HTTP_REGISTRIES or $MODELYARD_INSECURE_REGISTRIES). pinned or keepAlive
   forever → minReplicas 1; a finite keepAlive → scale to zero after it (scaleDownDelaySeconds);
   parallel → targetRequests; the estimate → `resourceProfile: cpu:N` (N units of `profile_unit_bytes`).
 
@@ -21,7 +23,7 @@ import hashlib
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import yaml
@@ -31,8 +33,9 @@ from modelyard.reference import parse_reference
 from modelyard.registry.endpoint import is_loopback
 from modelyard.registry.push import OLLAMA_TAG_SUFFIX
 from modelyard.runtime.servable import load_servable
+from modelyard.settings import Settings
 from modelyard.spec.footprint import footprint
-from modelyard.spec.schema import ModelSetBody, ModelSpec, Spec
+from modelyard.spec.schema import MemorySpec, ModelSetBody, ModelSpec, Spec, format_byte_size
 from modelyard.store import Store
 
 Mode = Literal["kubeai", "deployment", "both"]
@@ -63,6 +66,18 @@ class ExportOptions:
     # KubeAI's Ollama engine reads Ollama manifests: `push --format both` writes one beside the
     # ModelPack manifest under TAG + this suffix; "" for an image pushed with `--format ollama`.
     ollama_tag_suffix: str = OLLAMA_TAG_SUFFIX
+    # Registries reached over plain HTTP, or HTTPS without certificate verification (host[:port]):
+    # the Settings where the export runs (with_settings), for the pods and KubeAI to pull as it does.
+    plain_http_registries: tuple[str, ...] = ()
+    insecure_registries: tuple[str, ...] = ()
+
+    def with_settings(self, settings: Settings) -> ExportOptions:
+        """These options with what `settings` say of how registries are reached."""
+        return replace(
+            self,
+            plain_http_registries=settings.plain_http_registries,
+            insecure_registries=settings.insecure_registries,
+        )
 
 
 def export_kubernetes(
@@ -108,7 +123,8 @@ def export_caveats(spec: Spec, mode: Mode, options: ExportOptions | None = None)
     if spec.body.memory.total is not None:
         caveats.append(
             "spec.memory is a budget for one machine serving every model; each model's pod gets a "
-            "memory limit from that model's estimate instead"
+            "memory limit from that model's estimate instead, and that limit less the server's "
+            "overhead as its spec.memory.ram"
         )
     for model in spec.models:
         host = parse_reference(model.image).host or ""
@@ -143,8 +159,16 @@ def kubeai_caveats(spec: Spec, mode: Mode) -> list[str]:
     return caveats
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """Writes a value used twice (the probes' httpGet) twice, not as `&id001` / `*id001`: plain
+    YAML for people and for tools that read manifests without resolving aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def export_yaml(resources: list[dict[str, Any]]) -> str:
-    return yaml.safe_dump_all(resources, sort_keys=False)
+    return yaml.dump_all(resources, Dumper=_PlainDumper, sort_keys=False)
 
 
 def estimate_models(spec: Spec, store: Store) -> dict[str, int]:
@@ -175,14 +199,26 @@ def _deployment(
         LABEL_MODEL: name,
     }
     need = (estimated or options.fallback_bytes) + SERVER_OVERHEAD
+    limit = math.ceil(need * 1.25 / MIB) * MIB
+    # The models' budget is the pod's limit less the server's own overhead. Left "auto", it would
+    # be MemAvailable from /proc/meminfo, which in a container is the node's, not the limit: a tag
+    # that moves would load the new digest beside the old one and the container be OOM-killed.
+    # With it, the reconciler sees that both do not fit and unloads the old one first (a short
+    # gap); $MODELYARD_RAM_BUDGET tells the scheduler the same for the loads it makes on its own
+    # (a request with other load options, a load on demand after keepAlive).
+    budget = limit - SERVER_OVERHEAD
     if not parse_reference(model.image).is_remote:
         raise SpecError(
             f"model {model.name!r}: {model.image} is a local image; the pod pulls from a registry, "
             "so push it and name the registry in the spec"
         )
-    # The spec's own settings, but the memory budget: the pod's memory limit is this model's.
+    # The spec's own settings, but the memory budget: this pod's (above), not one machine's for all.
     body = ModelSetBody(
-        interval=spec.body.interval, prune=spec.body.prune, self_heal=spec.body.self_heal, models=(model,)
+        interval=spec.body.interval,
+        memory=MemorySpec(ram=budget),
+        prune=spec.body.prune,
+        self_heal=spec.body.self_heal,
+        models=(model,),
     )
     one = Spec(name=spec.name, body=body, labels=dict(spec.labels))
     annotations = {
@@ -199,7 +235,16 @@ def _deployment(
     env: list[dict[str, Any]] = [
         {"name": "MODELYARD_HOST", "value": f"0.0.0.0:{options.port}"},
         {"name": "MODELYARD_HOME", "value": "/var/lib/modelyard"},
+        {"name": "MODELYARD_RAM_BUDGET", "value": format_byte_size(budget)},
     ]
+    # Registries the export reaches over plain HTTP (or without verifying certificates), the pod
+    # must too: else it tries HTTPS and never pulls.
+    for variable, hosts in (
+        ("MODELYARD_PLAIN_HTTP_REGISTRIES", options.plain_http_registries),
+        ("MODELYARD_INSECURE_REGISTRIES", options.insecure_registries),
+    ):
+        if hosts:
+            env.append({"name": variable, "value": ",".join(hosts)})
     if options.api_key_secret:
         # Not optional: without its Secret the pod does not start, rather than start open.
         reference = {"name": options.api_key_secret, "key": "key"}
@@ -208,6 +253,9 @@ def _deployment(
         {"name": "spec", "mountPath": "/etc/modelyard", "readOnly": True},
         {"name": "home", "mountPath": "/var/lib/modelyard"},
     ]
+    # No sizeLimit on the store: it keeps every digest the tag has pointed to (serve --spec prunes
+    # nothing) and the sizes of digests to come are not known here; a limit from today's image
+    # would have the kubelet evict the pod after a tag move or two.
     volumes: list[dict[str, Any]] = [
         {"name": "spec", "configMap": {"name": full}},
         {"name": "home", "emptyDir": {}},
@@ -228,7 +276,17 @@ def _deployment(
     alive = {"httpGet": {"path": "/", "port": "http"}}  # 200 while the process answers at all
     resources: dict[str, Any] = {
         "requests": {"cpu": "1", "memory": _quantity(need)},
-        "limits": {"memory": _quantity(int(need * 1.25))},
+        "limits": {"memory": _quantity(limit)},
+    }
+    # Not runAsNonRoot: the server image is the user's (--server-image; none is published yet) and
+    # may run as root, which that setting refuses to start. What needs no particular user:
+    capabilities: dict[str, list[str]] = {"drop": ["ALL"]}
+    if options.port < 1024:
+        capabilities["add"] = ["NET_BIND_SERVICE"]  # a port below 1024 needs it
+    security = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": capabilities,
+        "seccompProfile": {"type": "RuntimeDefault"},
     }
     if _uses_gpu(model):
         resources["limits"]["nvidia.com/gpu"] = "1"
@@ -245,6 +303,7 @@ def _deployment(
         # A model that fails, or a long pull, is no reason to restart the server.
         "livenessProbe": {**alive, "periodSeconds": 20, "failureThreshold": 3},
         "volumeMounts": mounts,
+        "securityContext": security,
     }
     selector = {"app.kubernetes.io/instance": full}
     deployment = {
@@ -294,10 +353,14 @@ def _kubeai_model(
     profile = options.kubeai_gpu_profile if _uses_gpu(model) else options.kubeai_profile
     units = 1 if _uses_gpu(model) else max(1, math.ceil(need / options.profile_unit_bytes))
     stays = model.pinned or math.isinf(model.keep_alive)
+    # KubeAI's Ollama engine pulls with `--insecure` (plain HTTP allowed, certificates not checked)
+    # when the URL asks: the one switch for both of the Settings' lists.
+    without_tls = (*options.plain_http_registries, *options.insecure_registries)
+    insecure = "?insecure=true" if ref.host in without_tls else ""
     body: dict[str, Any] = {
         "features": ["TextGeneration"],
         "engine": "OLlama",
-        "url": f"ollama://{ref.name}:{ref.tag}{options.ollama_tag_suffix}",
+        "url": f"ollama://{ref.name}:{ref.tag}{options.ollama_tag_suffix}{insecure}",
         "resourceProfile": f"{profile}:{units}",
         "minReplicas": 1 if stays else 0,
         "maxReplicas": 1,

@@ -23,7 +23,7 @@ import re
 import shutil
 import subprocess
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,22 +74,35 @@ class GitLocation:
 
 
 def parse_git_location(text: str) -> GitLocation:
-    """`git+URL[@REF][#PATH]`; the `@REF` is taken only after the URL's last `/` (so `git@host:` stays)."""
+    """`git+URL[@REF][#PATH]`. REF follows the last `@` in the URL's repository path, so it may hold
+    slashes (`@release/1.0`), and an `@` before the path (`ssh://git@host/…`, `git@host:…`, a user
+    and password) is the URL's own. An `@` in the repository path itself starts a REF."""
     shown = redact(text)
     if not text.startswith(GIT_PREFIX):
         raise SpecSourceError(shown, "a git source starts with git+ (git+https://host/repo.git#path)")
     rest, _, path = text[len(GIT_PREFIX) :].partition("#")
-    head, slash, last = rest.rpartition("/")
-    ref = ""
-    if "@" in last:
-        last, _, ref = last.partition("@")
-    url = f"{head}{slash}{last}"
+    at = rest.rfind("@", _repository_path_start(rest))
+    url, ref = (rest[:at], rest[at + 1 :]) if at >= 0 else (rest, "")
     if not url:
         raise SpecSourceError(shown, "no repository URL")
     path = path.strip("/")
     if ".." in Path(path).parts:
         raise SpecSourceError(shown, f"the path {path!r} must stay inside the repository")
     return GitLocation(url, ref, path)
+
+
+def _repository_path_start(url: str) -> int:
+    """Where the repository path starts, after any user, password and host (git's rules): after the
+    authority of `scheme://authority/path`; after the colon of scp-like `user@host:path` (a colon
+    before any slash); else the whole of it is a path."""
+    scheme = re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*://", url)
+    if scheme:
+        slash = url.find("/", scheme.end())
+        return len(url) if slash < 0 else slash
+    colon, slash = url.find(":"), url.find("/")
+    if colon > 0 and (slash < 0 or colon < slash):
+        return colon + 1
+    return 0
 
 
 def credentials_apart(url: str, environ: Mapping[str, str] | None = None) -> tuple[str, dict[str, str]]:
@@ -123,6 +136,9 @@ class GitSource:
         key = hashlib.sha256(f"{location.url}\n{location.ref}".encode()).hexdigest()[:16]
         self.clone_dir = cache_dir / "git" / key
         self._url, self._credentials_env = credentials_apart(location.url, os.environ)
+        # What git gets of them (the header's base64), blanked in its messages should it echo it.
+        headers = [v for k, v in self._credentials_env.items() if k.startswith("GIT_CONFIG_VALUE_")]
+        self._secrets = tuple(header.rpartition(" ")[2] for header in headers)
         self._commit = ""
         self._snapshot: SpecSnapshot | None = None
 
@@ -132,9 +148,19 @@ class GitSource:
             return self._snapshot
         commit = self._checkout(commit)
         root = self.clone_dir / self.location.path if self.location.path else self.clone_dir
+        # read_documents names paths in the private clone under the cache, which mean nothing to
+        # whoever wrote the spec URL: say where in which commit instead.
+        where = f"commit {commit[:12]} of {redact(self.location.url)}"
+        if not root.exists():
+            raise SpecSourceError(self.description, f"`{self.location.path}` is not in {where}")
+        try:
+            found = read_documents(root)
+        except SpecSourceError as exc:
+            inside = Path(os.path.relpath(exc.source, self.clone_dir)).as_posix()
+            raise SpecSourceError(self.description, f"`{inside}` in {where}: {exc.reason}") from None
         documents = tuple(
             SpecDocument(f"{self.location.path or '.'}/{d.path}" if root.is_dir() else d.path, d.text)
-            for d in read_documents(root)
+            for d in found
         )
         self._commit = commit
         self._snapshot = SpecSnapshot(documents, f"git:{commit}")
@@ -182,11 +208,24 @@ class GitSource:
                 self.description, f"git {args[0]} took over {GIT_TIMEOUT_S:.0f} s"
             ) from None
         if done.returncode != 0:
-            detail = (done.stderr or done.stdout).strip().splitlines()
-            raise SpecSourceError(
-                self.description, f"git {args[0]} failed: {redact(detail[-1]) if detail else done.returncode}"
-            )
+            detail = git_error_line(done.stderr or done.stdout, self._secrets)
+            raise SpecSourceError(self.description, f"git {args[0]} failed: {detail or done.returncode}")
         return done.stdout
+
+
+def git_error_line(output: str, secrets: Iterable[str] = ()) -> str:
+    """The line of git's output that says what went wrong, as shown to people (pure): the first
+    `fatal:` or `error:` line (git ends with advice such as "…and the repository exists."), else
+    the last non-empty one; "" when there is none. URLs lose their credentials (redact), and each
+    of `secrets` (the Authorization header git gets in its environment) is blanked, should git
+    ever echo it."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    line = next((x for x in lines if x.startswith(("fatal:", "error:"))), lines[-1] if lines else "")
+    line = redact(line)
+    for secret in secrets:
+        if secret:
+            line = line.replace(secret, "***")
+    return line
 
 
 def open_source(text: str, cache_dir: Path, *, poll_interval: float | None = None) -> FileSource | GitSource:
