@@ -51,7 +51,8 @@ class Settings:
     # does ($MODELYARD_DEFAULT_REGISTRY: a mirror of one's own; empty: such names are local only).
     default_registry: str | None = None  # from_env: Ollama's unless $MODELYARD_DEFAULT_REGISTRY says
     # Serving ($MODELYARD_API_KEY, $MODELYARD_ORIGINS, $MODELYARD_NUM_PARALLEL, $MODELYARD_KEEP_ALIVE,
-    # $MODELYARD_MAX_QUEUE, $MODELYARD_RAM_BUDGET). The key is never printed, not even in a repr.
+    # $MODELYARD_MAX_QUEUE, $MODELYARD_RAM_BUDGET, $MODELYARD_MAX_LOADED_MODELS). The key is never
+    # printed, not even in a repr.
     api_key: str | None = field(default=None, repr=False)
     cors_origins: tuple[str, ...] = ()
     num_parallel: int | None = None  # None: auto
@@ -61,6 +62,7 @@ class Settings:
     # below a Pod's terminationGracePeriodSeconds (30 by default).
     shutdown_grace: int = 10
     ram_budget: int | None = None  # bytes; None: what is available at start, minus a reserve
+    max_loaded_models: int | None = None  # runners loaded at once; None: as many as memory holds
 
     @property
     def store_dir(self) -> Path:
@@ -90,6 +92,7 @@ class Settings:
             "max_queue": _positive_int(env, "MODELYARD_MAX_QUEUE") or 512,
             "shutdown_grace": _positive_int(env, "MODELYARD_SHUTDOWN_GRACE") or 10,
             "ram_budget": _bytes(env, "MODELYARD_RAM_BUDGET"),
+            "max_loaded_models": _positive_int(env, "MODELYARD_MAX_LOADED_MODELS"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

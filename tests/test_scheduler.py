@@ -1241,3 +1241,41 @@ def test_a_model_in_steady_use_goes_after_its_requests_to_make_room_for_another(
             await scheduler.close()
 
     run(scenario())
+
+
+def test_a_cap_on_loaded_models_unloads_the_least_recently_used_idle_one(tmp_path: Path) -> None:
+    """A scheduler audit: nothing capped how many models were loaded (twelve small ones under a
+    100 MB budget, each runner a process of its own); $MODELYARD_MAX_LOADED_MODELS does, as Ollama's
+    $OLLAMA_MAX_LOADED_MODELS."""
+
+    async def scenario() -> None:
+        for name in ("w1", "w2", "w3"):
+            (tmp_path / name).write_bytes(name.encode() * 500)
+        settings = SchedulerSettings(ram_budget=10**6, max_loaded_models=2, memory_wait=0.5)
+        scheduler = Scheduler(settings, starter=lambda spec, **_: FakeRunner(spec))
+        try:
+            (await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))).release()
+            b = await scheduler.acquire(fake(tmp_path, "B", "w2", "dB"))
+            (await scheduler.acquire(fake(tmp_path, "C", "w3", "dC"))).release()
+            assert set(rows(scheduler)) == {"B", "C"}, "A, idle and least recently used, went"
+            # Names on one runner are one model; and a cap every busy model holds waits, then 503.
+            (await scheduler.acquire(fake(tmp_path, "C2", "w3", "dC"))).release()
+            assert scheduler.loads == 3
+            c = await scheduler.acquire(fake(tmp_path, "C", "w3", "dC"))
+            with pytest.raises(ServerBusyError, match=r"one of the 2 models loaded at most"):
+                await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))
+            b.release()
+            c.release()
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_the_cap_on_loaded_models_comes_from_the_environment(tmp_path: Path) -> None:
+    from modelyard.server.serve import scheduler_settings
+    from modelyard.settings import Settings
+
+    environ = {"HOME": str(tmp_path), "MODELYARD_MAX_LOADED_MODELS": "2"}
+    assert scheduler_settings(Settings.from_env(environ)).max_loaded_models == 2
+    assert scheduler_settings(Settings.from_env({"HOME": str(tmp_path)})).max_loaded_models is None

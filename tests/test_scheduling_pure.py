@@ -138,6 +138,29 @@ def test_choose_evictions(
 
 
 @pytest.mark.parametrize(
+    ("residents", "shortfall", "may_stay", "expected"),
+    [
+        pytest.param([resident("a", 5)], Shortfall(0), 1, [], id="under-the-cap"),
+        pytest.param(
+            [resident("a", 5, used=2), resident("b", 5, used=1)], Shortfall(0), 1, ["b"], id="lru-goes"
+        ),
+        pytest.param([resident("a", 5)], Shortfall(0), 0, ["a"], id="cap-of-one-model"),
+        pytest.param(
+            [resident("a", 1, used=1), resident("b", 9, used=2)], Shortfall(5), 1, ["a", "b"], id="memory-too"
+        ),
+        pytest.param([resident("a", 5, busy=True)], Shortfall(0), 0, None, id="busy-stays"),
+        pytest.param([resident("a", 5, pinned=True)], Shortfall(0), 0, None, id="pinned-stays"),
+    ],
+)
+def test_choose_evictions_under_a_cap_on_loaded_models(
+    residents: list[Resident], shortfall: Shortfall, may_stay: int, expected: list[str] | None
+) -> None:
+    """A scheduler audit: nothing capped the models loaded (Ollama: $OLLAMA_MAX_LOADED_MODELS);
+    twelve small ones loaded under a 100 MB budget. $MODELYARD_MAX_LOADED_MODELS caps them."""
+    assert choose_evictions(residents, shortfall, may_stay=may_stay) == expected
+
+
+@pytest.mark.parametrize(
     ("residents", "shortfall", "expected"),
     [
         pytest.param([resident("a", 5, busy=True)], Shortfall(4), ["a"], id="busy-when-nothing-else"),

@@ -53,10 +53,17 @@ def eviction_order(residents: Sequence[Resident], *, busy_too: bool = False) -> 
 
 
 def choose_evictions(
-    residents: Sequence[Resident], shortfall: Shortfall, *, busy_too: bool = False
+    residents: Sequence[Resident],
+    shortfall: Shortfall,
+    *,
+    busy_too: bool = False,
+    may_stay: int | None = None,
 ) -> list[str] | None:
-    """Keys to unload, in order; [] if nothing is needed; None if no choice frees enough."""
-    if shortfall.none:
+    """Keys to unload, in order; [] if nothing is needed; None if no choice frees enough.
+    `may_stay`: how many of `residents` may stay loaded beside the new one (a cap on loaded
+    models, as $OLLAMA_MAX_LOADED_MODELS); None: as many as memory holds."""
+    excess = max(len(residents) - may_stay, 0) if may_stay is not None else 0
+    if shortfall.none and not excess:
         return []
     chosen: list[str] = []
     host = device = 0
@@ -64,6 +71,6 @@ def choose_evictions(
         chosen.append(resident.key)
         host += resident.host_bytes
         device += resident.device_bytes
-        if host >= shortfall.host and device >= shortfall.device:
+        if host >= shortfall.host and device >= shortfall.device and len(chosen) >= excess:
             return chosen
     return None

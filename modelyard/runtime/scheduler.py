@@ -67,6 +67,7 @@ class SchedulerSettings:
     max_queue: int = 512  # requests waiting per model beyond its busy slots
     default_keep_alive: float = DEFAULT_KEEP_ALIVE_S
     num_parallel: int | None = None  # $MODELYARD_NUM_PARALLEL; None = auto
+    max_loaded_models: int | None = None  # $MODELYARD_MAX_LOADED_MODELS: runners; None = memory decides
     memory_wait: float = 30.0  # how long a request waits for memory before 503
     retry_after: float = 5.0
     load_timeout: float = 300.0
@@ -1066,16 +1067,25 @@ class Scheduler:
                     reason="abandoned",
                 )
             shortfall = self._shortfall(entry, need_host, need_device)
-            if shortfall.none:
+            residents = self._residents(exclude=entry)
+            may_stay = self._may_stay(entry)
+            if shortfall.none and (may_stay is None or len(residents) <= may_stay):
                 return
-            victims = choose_evictions(self._residents(exclude=entry), shortfall)
+            victims = choose_evictions(residents, shortfall, may_stay=may_stay)
             if victims is not None:
                 for name in victims:
                     await self._unload_if_present(name)
                 continue
             if entry.state is EntryState.LOADING:
-                self._close_busy_for(entry, shortfall)
+                self._close_busy_for(entry, shortfall, may_stay)
             remaining = deadline - self.clock()
+            if remaining <= 0 and shortfall.none:  # the cap on loaded models, not memory
+                raise ServerBusyError(
+                    f"{what} waits for one of the {self.settings.max_loaded_models} models loaded at "
+                    "most ($MODELYARD_MAX_LOADED_MODELS) to go, and they are busy or pinned",
+                    retry_after=self.settings.retry_after,
+                    reason="memory",
+                )
             if remaining <= 0:
                 raise ServerBusyError(
                     f"not enough memory for {what} while the loaded models are busy or pinned; "
@@ -1092,13 +1102,20 @@ class Scheduler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._capacity.wait(), timeout=min(remaining, 1.0))
 
-    def _close_busy_for(self, entry: _Entry, shortfall: Shortfall) -> None:
+    def _may_stay(self, entry: _Entry) -> int | None:
+        """How many other runners may stay loaded beside `entry`'s (max_loaded_models); None: any."""
+        cap = self.settings.max_loaded_models
+        if cap is None or entry.state is not EntryState.LOADING:  # a loaded one counts already
+            return None
+        return max(cap - 1, 0)
+
+    def _close_busy_for(self, entry: _Entry, shortfall: Shortfall, may_stay: int | None = None) -> None:
         """When only busy models stand in a load's way: those that free enough stop taking
         requests and go once theirs end (as Ollama's scheduler does); their next requests wait,
         then load them again. Without this, a model in steady use kept every other out until
         memory_wait ran out, 503 (a scheduler audit). Pinned ones (a spec's) never go."""
         residents = self._residents(exclude=entry)
-        for name in choose_evictions(residents, shortfall, busy_too=True) or []:
+        for name in choose_evictions(residents, shortfall, busy_too=True, may_stay=may_stay) or []:
             victim = self._entries.get(name)
             if victim is not None and victim.state is EntryState.READY and not victim.closing:
                 log.info("%s goes once its requests end, to make room for %s", name, entry.name)

@@ -44,6 +44,7 @@ def scheduler_settings(settings: Settings) -> SchedulerSettings:
         max_queue=settings.max_queue,
         default_keep_alive=keep_alive,
         num_parallel=settings.num_parallel,
+        max_loaded_models=settings.max_loaded_models,
     )
 
 
