@@ -117,8 +117,8 @@ class FakeEffects:
 
     # --- the world changing -------------------------------------------------------------------
 
-    def crash(self, name: str, error: str = "runner crashed (SIGKILL)") -> None:
-        self.loaded[name] = replace(self.loaded[name], state="failed", last_error=error)
+    def crash(self, name: str, error: str = "runner crashed (SIGKILL)", kind: str = "crashed") -> None:
+        self.loaded[name] = replace(self.loaded[name], state="failed", last_error=error, failure_kind=kind)
 
     def actions(self) -> list[tuple[Any, ...]]:
         """The calls that change something (not the resolves)."""

@@ -365,6 +365,21 @@ def test_a_crash_is_healed_and_reported(tmp_path: Path, world: tuple[FakeEffects
     assert conditions(reconciler)["Degraded"]["status"] == "False"
 
 
+def test_a_model_that_failed_to_load_is_reported_so_not_as_a_crash(
+    tmp_path: Path, world: tuple[FakeEffects, FakeClock]
+) -> None:
+    """A reconcile audit: weights llama.cpp refused showed Degraded Crashed, though they never ran."""
+    effects, clock = world
+    reconciler = make(tmp_path, effects, clock)
+    reconciler.submit(documents(CHAT + "\nselfHeal: false"))  # reported, not loaded again
+    asyncio.run(reconciler.reconcile())
+    effects.crash("chat", "llama.cpp refused the weights", kind="load-failed")
+    asyncio.run(reconciler.reconcile())
+    degraded = conditions(reconciler)["Degraded"]
+    assert (degraded["status"], degraded["reason"]) == ("True", "LoadFailed")
+    assert "refused" in degraded["message"]
+
+
 def test_wait_ready_returns_once_ready_or_at_the_timeout(
     tmp_path: Path, world: tuple[FakeEffects, FakeClock]
 ) -> None:

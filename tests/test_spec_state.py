@@ -119,10 +119,13 @@ def test_a_file_of_another_shape_is_set_aside(tmp_path: Path, path: str, value: 
         pytest.param("\udcff", id="not-utf8"),
     ],
 )
-def test_a_file_that_is_not_a_state_file_is_set_aside(tmp_path: Path, text: str) -> None:
+def test_a_file_that_is_not_a_state_file_is_set_aside(
+    tmp_path: Path, text: str, caplog: pytest.LogCaptureFixture
+) -> None:
     (tmp_path / "state.json").write_bytes(text.encode("utf-8", "surrogateescape"))
     assert load_state(tmp_path / "state.json") == SavedState()
     assert (tmp_path / "state.json.corrupt").exists()
+    assert "set aside as state.json.corrupt" in caplog.text, "said (a reconcile audit: it was silent)"
 
 
 @pytest.mark.parametrize("error", [KeyError, TypeError], ids=["key-error", "type-error"])

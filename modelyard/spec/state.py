@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -26,6 +27,8 @@ from modelyard.store.atomic import atomic_write
 
 STATE_VERSION = 1
 MAX_EVENTS = 100
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -71,9 +74,12 @@ def load_state(path: Path) -> SavedState:
         return _decode(raw)
     except FileNotFoundError:
         return SavedState()
-    except (json.JSONDecodeError, UnicodeDecodeError, StateFormatError):
+    except (json.JSONDecodeError, UnicodeDecodeError, StateFormatError) as exc:
+        aside = path.with_suffix(path.suffix + ".corrupt")
         with contextlib.suppress(OSError):
-            os.replace(path, path.with_suffix(path.suffix + ".corrupt"))
+            os.replace(path, aside)
+        # Said: the generation starts again at 1 and the events are gone (a reconcile audit).
+        log.warning("%s is unreadable (%s); set aside as %s, starting from the spec", path, exc, aside.name)
         return SavedState()
 
 

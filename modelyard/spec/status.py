@@ -161,7 +161,7 @@ def report_model(
         resolved_digest=resolved_digest,
         digest=target.digest if target is not None else "",
         serving=serving,
-        failures=memory.failures,
+        failures=memory.failures if failure is not None else 0,  # since it was last healthy
         next_retry=memory.retry_at if memory.failure is not None and memory.retry_at > now else None,
         note=running.note if running is not None else "",
         size=running.size if running is not None else 0,
@@ -172,6 +172,8 @@ def report_model(
 
 def _failure(planned: ModelPlan, memory: Memory, running: Running | None) -> Failure | None:
     if running is not None and running.state == "failed":
+        if running.failure_kind == "load-failed":  # it never ran: llama.cpp refused it
+            return Failure(Reason.LOAD_FAILED, running.last_error or "it failed to load")
         return Failure(Reason.CRASHED, running.last_error or "its runner failed")
     return planned.failure or memory.failure
 
