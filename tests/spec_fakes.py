@@ -52,6 +52,7 @@ class FakeEffects:
     loaded: dict[str, Running] = field(default_factory=dict)
     calls: list[tuple[Any, ...]] = field(default_factory=list)
     side_by_side: list[bool] = field(default_factory=list)  # each ensure's, in order
+    notes: dict[str, str] = field(default_factory=dict)  # model name -> the scheduler's note
     errors: dict[tuple[str, str], list[ModelyardError]] = field(default_factory=dict)
     during_ensure: Callable[[LoadTarget], None] | None = None  # called while a load is under way
     pull_gate: asyncio.Event | None = None  # when set: pulls wait for it (a slow registry)
@@ -101,6 +102,7 @@ class FakeEffects:
             context_length=options.get("num_ctx", 4096),
             slots=options.get("num_parallel", 1),
             pinned=target.pinned,
+            note=self.notes.get(target.name, ""),
         )
         self.loaded[target.name] = running
         return running

@@ -83,6 +83,26 @@ def test_a_round_asks_the_registry_for_each_tag_once(
     assert [c for c in effects.calls if c[0] == "resolve"] == [("resolve", IMAGE)] * 2
 
 
+def test_only_a_swap_carries_the_schedulers_note_on_how_it_went(
+    tmp_path: Path, world: tuple[FakeEffects, FakeClock]
+) -> None:
+    """A reconcile audit: a reload (context changed) logged "replaced sha256:… without downtime",
+    the note of the swap before it, which its runner kept."""
+    effects, clock = world
+    effects.notes["chat"] = "replaced sha256:aaaa without downtime"
+    reconciler = make(tmp_path, effects, clock)
+    reconciler.submit(documents(CHAT))
+    asyncio.run(reconciler.reconcile())
+    reconciler.submit(documents(CHAT.replace("2048", "4096")))
+    asyncio.run(reconciler.reconcile())
+    kinds = {e["kind"]: e["message"] for e in reconciler.status()["events"]}
+    assert "without downtime" not in kinds["loaded"] and "without downtime" not in kinds["reloaded"]
+    effects.tags[IMAGE] = digest("b")
+    effects.stored.add(digest("b"))
+    asyncio.run(reconciler.reconcile())
+    assert "without downtime" in reconciler.status()["events"][-1]["message"]
+
+
 def test_a_moved_tag_is_pulled_and_swapped_in(tmp_path: Path, world: tuple[FakeEffects, FakeClock]) -> None:
     effects, clock = world
     reconciler = make(tmp_path, effects, clock)

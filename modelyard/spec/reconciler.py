@@ -452,7 +452,9 @@ class Reconciler:
                     raise
                 applied = _applied(target, running, self._session)
                 self._remember(name, lambda m: replace(m, applied=applied))
-                note = f"; {running.note}" if running.note else ""
+                # The scheduler's note says how a swap went; an entry keeps it after (a reload
+                # logged the swap before it as its own).
+                note = f"; {running.note}" if running.note and action.kind is ActionKind.SWAP else ""
                 self._event(name, _PAST[action.kind], f"{action.reason}{note}")
         except ModelyardError as exc:
             failure = classify(exc, action.kind)
