@@ -365,6 +365,11 @@ def _image(config: bytes, config_size: int, *layers: tuple[str, bytes, int]) -> 
             id="config-size-understated",
         ),
         pytest.param(
+            _image(b"{}", 2, (LAYER_TEMPLATE, b"{{ .Prompt }}", 13)),
+            "the image has no weights layer",
+            id="no-weights",
+        ),
+        pytest.param(
             _image(
                 b"{}", 2, (LAYER_WEIGHT, BLOB, len(BLOB)), (LAYER_TEMPLATE, b"t", MAX_TEXT_LAYER_BYTES + 1)
             ),
@@ -377,7 +382,8 @@ def test_a_pull_refuses_a_descriptor_the_store_could_not_keep(
     tmp_path: Path, registry: FakeRegistry, error: str
 ) -> None:
     """An audit: a config of 102 bytes declared as 10 was stored under that descriptor (verify saw
-    nothing wrong); a 20 MiB template layer was pulled, then refused by every reader of the image."""
+    nothing wrong); a 20 MiB template layer was pulled, then refused by every reader of the image;
+    an image without weights was pulled and listed, and could never serve."""
     options = RegistryOptions(
         tmp_path / "docker", tmp_path / "cache", retry=FAST, transport=httpx.MockTransport(registry)
     )

@@ -41,6 +41,7 @@ from modelyard.registry.progress import LayerProgress
 from modelyard.registry.transfer import download_blob
 from modelyard.store import Store
 from modelyard.store.image import (
+    LAYER_WEIGHT,
     MAX_TEXT_LAYER_BYTES,
     TEXT_LAYERS,
     Descriptor,
@@ -91,13 +92,18 @@ def pull(
             raise RegistryError(f"{ref}: {exc}") from None
         _check_text_layer_sizes(manifest, repo.name)
         config = _fetch_config(repo, store, manifest.config, keep=source is SourceFormat.MODELPACK)
+        converted = None
+        if source is not SourceFormat.MODELPACK:
+            converted = to_modelpack(manifest, config, source, fetched.digest)
+        if not (converted.manifest if converted else manifest).layers_of(LAYER_WEIGHT):
+            # Before any download: such an image would be stored, listed, and never serve.
+            raise RegistryError(f"{ref}: the image has no weights layer (no GGUF): not a model to serve")
         received, fetched_count = _download_layers(repo, store, manifest.layers, options.parallel, report)
     report.status("verifying sha256 digest")  # each blob was verified as it entered the store
     report.status("writing manifest")
-    if source is SourceFormat.MODELPACK:
+    if converted is None:
         digest, _ = store.put_manifest(fetched.data)
     else:
-        converted = to_modelpack(manifest, config, source, fetched.digest)
         store.blobs.put_bytes(converted.config, expected=converted.manifest.config.digest)
         digest, _ = store.put_manifest(converted.manifest)
     store.tag(local_name, digest)
