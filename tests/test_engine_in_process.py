@@ -437,3 +437,33 @@ def test_reused_scores_are_shown_as_this_prompt_shows_them(
     assert echoed(events, 1)["logprobs"][0]["token"] == "<s>"
     assert echoed(events, 2)["logprobs"][0]["token"] == ""
     assert echoed(events, 2)["text"] == PROMPT + " again"
+
+
+def test_the_engine_says_it_is_alive_while_it_works_and_only_then(
+    engine: tuple[Engine, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parent kills a runner with requests that says nothing for its hang timeout: a long
+    prompt, which says nothing until its first token, must not look hung. While it works the
+    engine sends an "alive" event every HEARTBEAT_S; idle, none."""
+    import queue
+    import threading
+    import time
+
+    from modelyard.runtime import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "HEARTBEAT_S", 0.01)
+    eng, events = engine
+    inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
+    worker = threading.Thread(target=eng.run, args=(inbox,))
+    worker.start()
+    time.sleep(0.3)  # idle
+    assert not [e for e in events if e.get("event") == "alive"]
+    options = {"temperature": 0, "num_predict": 200}
+    inbox.put({"op": "complete", "id": 1, "prompt": "the cat", "options": options})
+    deadline = time.monotonic() + 30
+    while not any(e.get("event") == "done" for e in events) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    inbox.put(None)
+    worker.join(10)
+    assert any(e.get("event") == "done" for e in events)
+    assert [e for e in events if e.get("event") == "alive"], "alive events while it worked"

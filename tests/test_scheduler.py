@@ -706,6 +706,9 @@ class FakeRunner:
     def stop(self) -> None:
         self.alive = False
 
+    def silent_while_working(self) -> float:
+        return 0.0
+
 
 def fake_scheduler(tmp_path: Path, budget: int = 10**6, clock: FakeClock | None = None) -> Scheduler:
     for name in ("w1", "w2"):
@@ -1279,3 +1282,42 @@ def test_the_cap_on_loaded_models_comes_from_the_environment(tmp_path: Path) -> 
     environ = {"HOME": str(tmp_path), "MODELYARD_MAX_LOADED_MODELS": "2"}
     assert scheduler_settings(Settings.from_env(environ)).max_loaded_models == 2
     assert scheduler_settings(Settings.from_env({"HOME": str(tmp_path)})).max_loaded_models is None
+
+
+def test_a_runner_that_hangs_with_requests_is_killed_and_loaded_again(two_models: tuple[Path, Path]) -> None:
+    """A runner stopped (SIGSTOP here; a GPU hang or a deadlock alike) held its requests and slots
+    for ever, and the model looked loaded. With requests in hand and nothing said for hang_timeout
+    (tokens, or the heartbeat it sends while it works), it is killed: its requests fail saying
+    why, and the next request loads it again."""
+
+    async def scenario() -> None:
+        scheduler = Scheduler(SchedulerSettings(ram_budget=2**34, hang_timeout=1.5))
+        scheduler.start()
+        try:
+            lease = await scheduler.acquire(request(two_models[0], "A"))
+            endless = CompletionRequest("the cat", SamplingOptions(temperature=0, num_predict=-1))
+            events: asyncio.Queue[Any] = asyncio.Queue()
+            loop = asyncio.get_running_loop()
+            lease.runner.submit(endless, lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+            working_until = time.monotonic() + 2.5  # longer than hang_timeout, saying all along
+            while time.monotonic() < working_until:
+                await events.get()
+            assert scheduler.kill_hung_runners() == [] and lease.runner.alive, "a runner that works stays"
+            os.kill(lease.runner.pid, signal.SIGSTOP)
+            started = time.monotonic()
+            while True:
+                event = await asyncio.wait_for(events.get(), timeout=10)
+                if not hasattr(event, "text"):
+                    break
+            assert time.monotonic() - started < 6
+            assert "said nothing for" in str(event.error) and "killed" in str(event.error)
+            lease.release()
+            [row] = scheduler.status(live=False)
+            assert row.state == "failed" and "said nothing for" in row.last_error
+            again = await scheduler.acquire(request(two_models[0], "A"))
+            assert generate(again.runner)
+            again.release()
+        finally:
+            await scheduler.close()
+
+    run(scenario())

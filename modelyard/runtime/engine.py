@@ -55,6 +55,9 @@ FILL_CONTEXT = -2
 
 # How long the engine sleeps on an empty inbox when no slot is busy (a new message wakes it).
 IDLE_WAIT_S = 0.5
+# While it works, the engine says it is alive at least this often (an "alive" event), so that the
+# parent can tell a runner that works slowly (a long prompt) from one that hangs.
+HEARTBEAT_S = 2.0
 
 
 class RequestRejected(Exception):
@@ -193,6 +196,8 @@ class Engine:
         self._embedder_factory = embedder
         self._embedder: EmbeddingContext | None = None
         self.running = True
+        self._beat_at = time.monotonic()
+        self._flush: Callable[[], None] = lambda: None
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -201,13 +206,22 @@ class Engine:
     ) -> None:
         """Serve until shut down. `flush` sends what `send` was given: after the messages read and
         after each step, so that a step's events for every slot go out together."""
+        self._flush = flush
         while self.running:
             self._drain(inbox, block=not self._has_work())
             flush()
             if self.running:
                 self._admit()
                 self.step()
+                self.beat()
                 flush()
+
+    def beat(self) -> None:
+        """An "alive" event, if none went for HEARTBEAT_S (the parent's watch for hangs)."""
+        now = time.monotonic()
+        if now - self._beat_at >= HEARTBEAT_S:
+            self._beat_at = now
+            self.send({"event": "alive"})
 
     def _has_work(self) -> bool:
         return bool(self.waiting) or any(s.busy for s in self.slots)
@@ -728,7 +742,14 @@ class Engine:
             if self._embedder_factory is None:
                 raise RequestRejected("this runner does not compute embeddings")
             self._embedder = self._embedder_factory()
-        return self._embedder.embed(inputs, truncate=bool(message.get("truncate", True)))
+        return self._embedder.embed(
+            inputs, truncate=bool(message.get("truncate", True)), between_groups=self._beat_now
+        )
+
+    def _beat_now(self) -> None:
+        """A heartbeat, sent at once: inside a long embeddings request, no step flushes it."""
+        self.beat()
+        self._flush()
 
     # --- replies ----------------------------------------------------------------------------
 
@@ -782,7 +803,9 @@ class EmbeddingContext:
         )
         self.batch = llama.Batch(n_ctx, self.MAX_SEQUENCES)
 
-    def embed(self, inputs: list[str], truncate: bool) -> dict[str, Any]:
+    def embed(
+        self, inputs: list[str], truncate: bool, between_groups: Callable[[], None] = lambda: None
+    ) -> dict[str, Any]:
         tokenized = []
         for text in inputs:
             tokens = self.model.tokenize(text, add_special=True, parse_special=False)
@@ -800,6 +823,7 @@ class EmbeddingContext:
             group = self._group(tokenized, start)
             vectors += self._embed_group(group)
             start += len(group)
+            between_groups()
         return {"embeddings": vectors, "prompt_eval_count": sum(len(t) for t in tokenized)}
 
     def _group(self, tokenized: list[list[int]], start: int) -> list[list[int]]:

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -111,6 +112,10 @@ class Runner:
         self._stderr: deque[str] = deque(maxlen=40)
         self._proc: subprocess.Popen[bytes] | None = None
         self._channel: Channel | None = None
+        # When the runner last said anything (a token, a reply, a heartbeat while it works), or
+        # when it was given work while idle: the scheduler's watch for a runner that hangs.
+        self._heard_at = time.monotonic()
+        self._killed_because = ""
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -296,8 +301,21 @@ class Runner:
             raise RunnerCrashedError(self.spec.name, f"the runner is {self.state.value}{self._exit_suffix()}")
         request_id = next(self._ids)
         with self._lock:
+            if not self._pending:  # idle until now: its silence so far is not a hang
+                self._heard_at = time.monotonic()
             self._pending[request_id] = on_event
         return request_id
+
+    def silent_while_working(self) -> float:
+        """Seconds since the runner last said anything while it has requests; 0 when it has none."""
+        with self._lock:
+            return time.monotonic() - self._heard_at if self._pending else 0.0
+
+    def kill_unresponsive(self, why: str) -> None:
+        """Kill a runner that hangs (stopped, or stuck in a C call): its requests fail with `why`,
+        and its exit is reported as a crash (on_exit) so that the next request loads it again."""
+        self._killed_because = why
+        self._signal_group(signal.SIGKILL)
 
     def _send(self, message: dict[str, Any], request_id: int) -> None:
         assert self._channel is not None
@@ -330,6 +348,7 @@ class Runner:
                     message = None
                 if message is None:
                     break
+                self._heard_at = time.monotonic()
                 try:
                     self._dispatch(message)
                 except Exception:  # a bug in a callback or a message: fail that request, go on
@@ -352,7 +371,7 @@ class Runner:
         if self.state is RunnerState.READY:
             code = self._reap()
             self.state = RunnerState.FAILED
-            self.exit_detail = _describe_exit(code) + self._stderr_tail()
+            self.exit_detail = self._killed_because or (_describe_exit(code) + self._stderr_tail())
             if self._channel is not None:
                 self._channel.close()
             self._fail_all(RunnerCrashedError(self.spec.name, self.exit_detail))

@@ -71,6 +71,9 @@ class SchedulerSettings:
     memory_wait: float = 30.0  # how long a request waits for memory before 503
     retry_after: float = 5.0
     load_timeout: float = 300.0
+    # A runner with requests that says nothing for this long (no token, no heartbeat: stopped, or
+    # stuck in a C call) is killed; its requests fail, and the next request loads it again.
+    hang_timeout: float = 300.0
     backoff_base: float = 2.0
     backoff_max: float = 60.0
 
@@ -1315,8 +1318,25 @@ class Scheduler:
         async with self._capacity:
             self._capacity.notify_all()
 
+    def kill_hung_runners(self) -> list[str]:
+        """Kill the runners that have requests and said nothing for hang_timeout; returns their
+        names. Their exit is a crash (_runner_died): listed as failed, loaded again on demand."""
+        hung = []
+        for entry in self._every_entry():
+            runner = entry.runner
+            if entry.state is not EntryState.READY or runner is None:
+                continue
+            silent = runner.silent_while_working()
+            if silent > self.settings.hang_timeout:
+                why = f"it said nothing for {silent:.0f} s with requests in hand (stopped or hung); killed"
+                log.error("%s: %s", entry.name, why)
+                runner.kill_unresponsive(why)
+                hung.append(entry.name)
+        return hung
+
     async def _expiry_loop(self) -> None:
         while True:
+            self.kill_hung_runners()
             await self.expire_idle()
             deadlines = [
                 e.expires_at for e in self._every_entry() if e.expires_at is not None and e.refs == 0
