@@ -90,3 +90,9 @@ def test_a_generation_is_cancelled_when_its_client_stops_reading_not_when_it_rea
     unread: int, since_read_s: float, cancelled: bool
 ) -> None:
     assert stalled(unread, since_read_s) is cancelled
+
+
+def test_with_logprobs_a_slow_reader_gets_no_more_room_than_a_stalled_one() -> None:
+    """Found in review: 262,144 tokens with top_logprobs 20 held some 2 GiB."""
+    assert stalled(MAX_UNREAD_TOKENS, 0.0, with_logprobs=True)
+    assert not stalled(MAX_UNREAD_TOKENS - 1, 3600.0, with_logprobs=True)

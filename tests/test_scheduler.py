@@ -1210,42 +1210,6 @@ def test_a_load_every_request_left_while_it_waited_for_memory_never_happens(tmp_
     run(scenario())
 
 
-def test_a_model_in_steady_use_goes_after_its_requests_to_make_room_for_another(tmp_path: Path) -> None:
-    """A scheduler audit: with one model's queue never empty, another that needed its memory
-    waited memory_wait and got 503 (gemma served 80 requests meanwhile). As Ollama's scheduler:
-    the busy one takes no new request, goes once its requests end, and loads again after."""
-
-    async def scenario() -> None:
-        scheduler = fake_scheduler(tmp_path, budget=1500)  # one model of 1,000 bytes at a time
-        stop = asyncio.Event()
-        served: list[str] = []
-
-        async def steady(name: str, weights: str) -> None:
-            while not stop.is_set():
-                lease = await scheduler.acquire(fake(tmp_path, name, weights, f"d{name}"))
-                served.append(name)
-                await asyncio.sleep(0.02)
-                lease.release()
-
-        try:
-            traffic = [asyncio.create_task(steady("A", "w1")) for _ in range(3)]
-            await asyncio.sleep(0.1)
-            b = await asyncio.wait_for(scheduler.acquire(fake(tmp_path, "B", "w2", "dB")), timeout=5)
-            states = {name: row.state for name, row in rows(scheduler).items()}
-            assert states == {"B": "ready", "A": "loading"}, "A's requests wait for B's memory now"
-            b.release()
-            await asyncio.sleep(0.3)
-            assert set(rows(scheduler)) == {"A"} and served[-1] == "A", "then A again"
-            stop.set()
-            await asyncio.wait_for(asyncio.gather(*traffic), timeout=5)
-            assert scheduler.loads == 3
-        finally:
-            stop.set()
-            await scheduler.close()
-
-    run(scenario())
-
-
 def test_a_cap_on_loaded_models_unloads_the_least_recently_used_idle_one(tmp_path: Path) -> None:
     """A scheduler audit: nothing capped how many models were loaded (twelve small ones under a
     100 MB budget, each runner a process of its own); $MODELYARD_MAX_LOADED_MODELS does, as Ollama's
@@ -1317,6 +1281,30 @@ def test_a_runner_that_hangs_with_requests_is_killed_and_loaded_again(two_models
             again = await scheduler.acquire(request(two_models[0], "A"))
             assert generate(again.runner)
             again.release()
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(("side_by_side", "budget"), [(False, 10**6), (True, 1500)])
+def test_a_swap_with_a_short_gap_loads_the_new_digest(
+    tmp_path: Path, side_by_side: bool, budget: int
+) -> None:
+    """Found in review: the load given up once no request waited for it caught the swap's own load
+    (a reconciler's ensure is no request): the old digest was unloaded and the new one never loaded,
+    which every tag move in an exported pod (its budget holds one) would have hit."""
+
+    async def scenario() -> None:
+        (tmp_path / "v1").write_bytes(b"x" * 1000)
+        (tmp_path / "v2").write_bytes(b"y" * 1000)
+        settings = SchedulerSettings(ram_budget=budget)
+        scheduler = Scheduler(settings, starter=lambda spec, **_: FakeRunner(spec))
+        try:
+            await scheduler.ensure(fake(tmp_path, "A", "v1", "d1", pinned=True))
+            await scheduler.ensure(fake(tmp_path, "A", "v2", "d2", pinned=True), side_by_side=side_by_side)
+            rows_now = [(r.name, r.digest, r.state) for r in scheduler.status(live=False)]
+            assert rows_now == [("A", "d2", "ready")]
         finally:
             await scheduler.close()
 

@@ -160,34 +160,6 @@ def test_choose_evictions_under_a_cap_on_loaded_models(
     assert choose_evictions(residents, shortfall, may_stay=may_stay) == expected
 
 
-@pytest.mark.parametrize(
-    ("residents", "shortfall", "expected"),
-    [
-        pytest.param([resident("a", 5, busy=True)], Shortfall(4), ["a"], id="busy-when-nothing-else"),
-        pytest.param(
-            [resident("a", 5, busy=True, used=1), resident("b", 5, used=9)],
-            Shortfall(4),
-            ["b"],
-            id="idle-before-busy-whatever-its-use",
-        ),
-        pytest.param(
-            [resident("a", 5, busy=True, used=1), resident("b", 3, used=9)],
-            Shortfall(6),
-            ["b", "a"],
-            id="idle-then-busy",
-        ),
-        pytest.param([resident("a", 5, busy=True, pinned=True)], Shortfall(4), None, id="pinned-never"),
-        pytest.param([resident("a", 5, loading=True)], Shortfall(4), None, id="loading-never"),
-    ],
-)
-def test_choose_evictions_busy_too(
-    residents: list[Resident], shortfall: Shortfall, expected: list[str] | None
-) -> None:
-    """When idle models cannot free enough, busy ones go after their requests end (as Ollama's
-    scheduler): a model in steady use kept every other out (a scheduler audit)."""
-    assert choose_evictions(residents, shortfall, busy_too=True) == expected
-
-
 # --- memory estimate ----------------------------------------------------------------------------
 
 

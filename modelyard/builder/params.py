@@ -218,7 +218,7 @@ def validate_parameter(name: str, value: object) -> ParameterValue:
     elif kind is ParameterType.FLOAT and isinstance(value, int | float):
         return _checked_float(name, float(value))
     hint = ""
-    if isinstance(value, str) and _EXPONENT_WITHOUT_DOT.fullmatch(value):
+    if kind is ParameterType.FLOAT and isinstance(value, str) and _EXPONENT_WITHOUT_DOT.fullmatch(value):
         written = re.sub("[eE]", ".0e", value, count=1)
         hint = f" (YAML reads an exponent without a dot as text: write {written})"
     raise ModelfileError(f"expected {kind.value}, got {describe_value(value)}{hint}")

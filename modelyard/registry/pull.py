@@ -90,12 +90,13 @@ def pull(
             source = classify(manifest)
         except UnsupportedManifestError as exc:
             raise RegistryError(f"{ref}: {exc}") from None
-        _check_text_layer_sizes(manifest, repo.name)
         config = _fetch_config(repo, store, manifest.config, keep=source is SourceFormat.MODELPACK)
         converted = None
         if source is not SourceFormat.MODELPACK:
             converted = to_modelpack(manifest, config, source, fetched.digest)
-        if not (converted.manifest if converted else manifest).layers_of(LAYER_WEIGHT):
+        stored = converted.manifest if converted else manifest  # its layers as the store reads them
+        _check_text_layer_sizes(stored, repo.name)
+        if not stored.layers_of(LAYER_WEIGHT):
             # Before any download: such an image would be stored, listed, and never serve.
             raise RegistryError(f"{ref}: the image has no weights layer (no GGUF): not a model to serve")
         received, fetched_count = _download_layers(repo, store, manifest.layers, options.parallel, report)

@@ -1,11 +1,10 @@
 """Which loaded models to unload so that a new one fits: a pure decision, table-tested.
 
-Never a pinned one, never one still loading; a busy one (requests in flight or queued) only when
-asked for (`busy_too`: after its requests end, as Ollama's scheduler does, or a model in steady use
-would keep every other out), and idle ones before it. Among the rest: models past their keep_alive
-first, then the least recently used, then the larger one among equals (it frees more). Stop as soon
-as enough is freed; if even evicting every candidate would not free enough, evict nothing and say
-so: the request waits or gets 503, and no memory is given up for nothing.
+Never a busy model (requests in flight or queued), never a pinned one, never one still loading.
+Among the rest: models past their keep_alive first, then the least recently used, then the larger
+one among equals (it frees more). Stop as soon as enough is freed; if even evicting every candidate
+would not free enough, evict nothing and say so: the request waits or gets 503, and no memory is
+given up for nothing.
 """
 
 from __future__ import annotations
@@ -40,15 +39,14 @@ class Shortfall:
         return self.host <= 0 and self.device <= 0
 
 
-def evictable(resident: Resident, *, busy_too: bool = False) -> bool:
-    return not ((resident.busy and not busy_too) or resident.pinned or resident.loading)
+def evictable(resident: Resident) -> bool:
+    return not (resident.busy or resident.pinned or resident.loading)
 
 
-def eviction_order(residents: Sequence[Resident], *, busy_too: bool = False) -> list[Resident]:
-    candidates = [r for r in residents if evictable(r, busy_too=busy_too)]
+def eviction_order(residents: Sequence[Resident]) -> list[Resident]:
+    candidates = [r for r in residents if evictable(r)]
     return sorted(
-        candidates,
-        key=lambda r: (r.busy, not r.expired, r.last_used, -(r.host_bytes + r.device_bytes), r.key),
+        candidates, key=lambda r: (not r.expired, r.last_used, -(r.host_bytes + r.device_bytes), r.key)
     )
 
 
@@ -56,7 +54,6 @@ def choose_evictions(
     residents: Sequence[Resident],
     shortfall: Shortfall,
     *,
-    busy_too: bool = False,
     may_stay: int | None = None,
 ) -> list[str] | None:
     """Keys to unload, in order; [] if nothing is needed; None if no choice frees enough.
@@ -67,7 +64,7 @@ def choose_evictions(
         return []
     chosen: list[str] = []
     host = device = 0
-    for resident in eviction_order(residents, busy_too=busy_too):
+    for resident in eviction_order(residents):
         chosen.append(resident.key)
         host += resident.host_bytes
         device += resident.device_bytes

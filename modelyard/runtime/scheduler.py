@@ -397,13 +397,14 @@ class Scheduler:
                     continue
                 if entry.state is EntryState.READY:
                     # Other load options (num_ctx, adapters…): Ollama reloads; wait for the old one to drain.
-                    self._check_fits_alone(request, options)  # before the runner serving others goes
                     if entry.refs == 0 and (entry.waiting or self._starting[request.name]):
                         # Just loaded for requests that have not taken it yet (they wake after this
-                        # one): they are served first, or each reload would be undone before it
-                        # served anyone, for as long as requests of both kinds keep coming.
-                        await asyncio.sleep(0)
+                        # one, or after a load of another model that holds the lock): they are
+                        # served first, or each reload would be undone before it served anyone, for
+                        # as long as requests of both kinds keep coming. Polled: nothing signals it.
+                        await asyncio.sleep(0.02)
                         continue
+                    self._check_fits_alone(request, options)  # before the runner serving others goes
                     await self._drain_and_unload(entry)
                     continue
             # The load is a task of its own: a request whose client leaves must not take down the
@@ -769,7 +770,11 @@ class Scheduler:
 
     def _check_fits_alone(self, request: ModelRequest, options: LoadOptions) -> None:
         """Raise ModelDoesNotFitError if the model, with these options, is larger than the whole
-        budget (as _make_room would once its turn came)."""
+        budget (as _make_room would once its turn came). Only without GPUs: with them, the layers
+        offloaded depend on what the runner being replaced holds now, and the estimate made beside
+        it would put on the host what would go on the GPU once it has gone."""
+        if self.devices:
+            return
         need, _ = self._estimate(request, self._loaded_options(request, options))
         if need.host > self.ram_budget:
             raise ModelDoesNotFitError(request.name, need.host, self.ram_budget)
@@ -828,7 +833,7 @@ class Scheduler:
             entry = self._new_entry(request, options, previous)
             self._entries[request.name] = entry
             try:
-                await self._make_room(entry, entry.estimate.host, entry.estimate.device)
+                await self._make_room(entry, entry.estimate.host, entry.estimate.device, for_requests=True)
                 await self._start_runner(entry, request)
             except BaseException as exc:
                 self._load_failed(entry, exc)
@@ -1049,9 +1054,11 @@ class Scheduler:
         *,
         what: str = "",
         hint: str = ModelDoesNotFitError.LOAD_HINT,
+        for_requests: bool = False,
     ) -> None:
         """Make `entry` able to hold `need_host` and `need_device` bytes in all: evict what the
-        policy allows, or wait for memory, or refuse."""
+        policy allows, or wait for memory, or refuse. `for_requests`: a load that requests made
+        (not a swap's), given up once none of them waits for it."""
         if need_host > self.ram_budget:
             raise ModelDoesNotFitError(entry.name, need_host, self.ram_budget, what=what, hint=hint)
         if need_device > self.gpu_budget and self.devices:
@@ -1061,7 +1068,7 @@ class Scheduler:
         what = what or entry.name
         deadline = self.clock() + self.settings.memory_wait
         while True:
-            if entry.state is EntryState.LOADING and not self._acquiring[entry.name]:
+            if for_requests and not self._acquiring[entry.name]:
                 # Every request for it left while it waited for memory (their clients went): a
                 # load now would evict a model in use for nobody (a scheduler audit).
                 raise ServerBusyError(
@@ -1079,8 +1086,6 @@ class Scheduler:
                 for name in victims:
                     await self._unload_if_present(name)
                 continue
-            if entry.state is EntryState.LOADING:
-                self._close_busy_for(entry, shortfall, may_stay)
             remaining = deadline - self.clock()
             if remaining <= 0 and shortfall.none:  # the cap on loaded models, not memory
                 raise ServerBusyError(
@@ -1092,12 +1097,8 @@ class Scheduler:
             if remaining <= 0:
                 raise ServerBusyError(
                     f"not enough memory for {what} while the loaded models are busy or pinned; "
-                    f"short by {shortfall.host / 2**20:.0f} MiB of RAM"
-                    + (
-                        f" and {shortfall.device / 2**20:.0f} MiB of GPU memory"
-                        if shortfall.device > 0
-                        else ""
-                    ),
+                    f"short by {memory_size(max(shortfall.host, 0))} of RAM"
+                    + (f" and {memory_size(shortfall.device)} of GPU memory" if shortfall.device > 0 else ""),
                     retry_after=self.settings.retry_after,
                     reason="memory",
                 )
@@ -1111,40 +1112,6 @@ class Scheduler:
         if cap is None or entry.state is not EntryState.LOADING:  # a loaded one counts already
             return None
         return max(cap - 1, 0)
-
-    def _close_busy_for(self, entry: _Entry, shortfall: Shortfall, may_stay: int | None = None) -> None:
-        """When only busy models stand in a load's way: those that free enough stop taking
-        requests and go once theirs end (as Ollama's scheduler does); their next requests wait,
-        then load them again. Without this, a model in steady use kept every other out until
-        memory_wait ran out, 503 (a scheduler audit). Pinned ones (a spec's) never go."""
-        residents = self._residents(exclude=entry)
-        for name in choose_evictions(residents, shortfall, busy_too=True, may_stay=may_stay) or []:
-            victim = self._entries.get(name)
-            if victim is not None and victim.state is EntryState.READY and not victim.closing:
-                log.info("%s goes once its requests end, to make room for %s", name, entry.name)
-                self._spawn(self._drain_for(victim, entry)).add_done_callback(_consume_task_exception)
-
-    async def _drain_for(self, victim: _Entry, load: _Entry) -> None:
-        """Drain `victim`, then unload it; but should `load` stop waiting for memory first (its
-        requests left, or memory_wait ran out), `victim` serves on as before."""
-        victim.doomed = True
-        victim.closing = True
-        victim.settled.clear()
-        try:
-            # Its requests, those that had it loaded and take it a turn later included, end first.
-            while self._wanted(victim):
-                if load.state is not EntryState.LOADING or self._entries.get(load.name) is not load:
-                    victim.doomed = False  # nobody needs its memory now
-                    return
-                if victim.refs > 0 and not victim.idle.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(victim.idle.wait(), timeout=0.25)
-                else:  # about to be taken, or crashed (its requests are failing): a turn or two
-                    await asyncio.sleep(0.01)
-            await self._unload(victim)
-        finally:
-            victim.closing = False
-            victim.settled.set()
 
     def _holding(self) -> list[_Entry]:
         """Every entry that holds (or is about to hold) memory: active, loading, or draining after a swap."""
@@ -1204,7 +1171,7 @@ class Scheduler:
                 key=e.name,
                 host_bytes=e.host_bytes,
                 device_bytes=e.device_bytes,
-                busy=self._wanted(e),
+                busy=e.refs > 0 or e.waiting > 0,
                 pinned=e.pinned,
                 loading=e.state is not EntryState.READY,
                 last_used=e.last_used,
@@ -1214,19 +1181,12 @@ class Scheduler:
             if e is not exclude and e is not also and not e.draining
         ]
 
-    def _wanted(self, entry: _Entry) -> bool:
-        """Whether requests hold `entry` or wait for it: leases, waiters on its load, and the
-        requests that started its load, which take their leases a turn of the loop after it ends
-        (evicted as idle in between, a model loaded for a request was unloaded before it served it,
-        and the two models took turns loading for ever)."""
-        return entry.refs > 0 or entry.waiting > 0 or any(self._starting[name] for name in entry.names)
-
     def _evictable(self, entry: _Entry) -> bool:
         resident = Resident(
             entry.name,
             0,
             0,
-            self._wanted(entry),
+            entry.refs > 0 or entry.waiting > 0,
             entry.pinned,
             entry.state is not EntryState.READY,
             entry.last_used,

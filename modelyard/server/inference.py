@@ -113,10 +113,11 @@ STALLED: Final = (
 )
 
 
-def stalled(unread: int, since_read_s: float) -> bool:
+def stalled(unread: int, since_read_s: float, *, with_logprobs: bool = False) -> bool:
     """Whether a generation whose client has `unread` tokens waiting, and took its last one
-    `since_read_s` ago, is to be cancelled (see MAX_UNREAD_TOKENS)."""
-    if unread >= MAX_UNREAD_TOKENS_READING:
+    `since_read_s` ago, is to be cancelled (see MAX_UNREAD_TOKENS). With log-probabilities a token
+    holds kilobytes (top 20: some 9 KB), so a slow reader gets no more room than a stalled one."""
+    if unread >= (MAX_UNREAD_TOKENS if with_logprobs else MAX_UNREAD_TOKENS_READING):
         return True
     return unread >= MAX_UNREAD_TOKENS and since_read_s >= STALL_S
 
@@ -412,7 +413,7 @@ class Inference:
                 if (
                     isinstance(event, Token)
                     and unread >= MAX_UNREAD_TOKENS
-                    and stalled(unread, time.monotonic() - read_at[0])
+                    and stalled(unread, time.monotonic() - read_at[0], with_logprobs=top_logprobs > 0)
                 ):
                     # The client reads nothing (its connection open, its window shut): the tokens
                     # would pile up here for as long as the runner makes them. Cancelled once.

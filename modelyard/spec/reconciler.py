@@ -339,7 +339,7 @@ class Reconciler:
             if asked is not None:
                 asked[reference] = answer
         if isinstance(answer, ModelyardError):
-            raise answer
+            raise answer.with_traceback(None)  # raised once a pass: its traceback would only grow
         return answer
 
     async def _execute(self, spec: Spec, current: Plan, *, wait_for_pulls: bool = True) -> bool:
