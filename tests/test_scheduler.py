@@ -1309,3 +1309,66 @@ def test_a_swap_with_a_short_gap_loads_the_new_digest(
             await scheduler.close()
 
     run(scenario())
+
+
+def test_a_model_loaded_for_a_request_is_not_evicted_before_that_request_takes_it(tmp_path: Path) -> None:
+    """Found in review (and before it, by a scheduler audit): a load queued behind another could
+    evict, as idle, the model just loaded for requests that had not yet taken it (they resume a
+    turn later); those loaded it again, evicting the first, and two models took turns loading
+    for ever."""
+
+    async def scenario() -> None:
+        scheduler = fake_scheduler(tmp_path, budget=1500)  # one model of 1,000 bytes at a time
+
+        async def use(name: str, weights: str) -> None:
+            lease = await scheduler.acquire(fake(tmp_path, name, weights, f"d{name}"))
+            await asyncio.sleep(0.02)
+            lease.release()
+
+        try:
+            await use("A", "w1")
+            burst = [use(n, w) for _ in range(3) for n, w in (("B", "w2"), ("A", "w1"))]
+            await asyncio.wait_for(asyncio.gather(*burst), timeout=10)
+            assert scheduler.loads <= 4, f"{scheduler.loads} loads for one switch and back"
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_loads_queued_behind_another_do_not_evict_each_other_before_their_requests_take_them(
+    tmp_path: Path,
+) -> None:
+    """Found in review: requests for A, C, then A again, each queued behind a slow load of X,
+    loaded A, C and A in turn, each evicting the last as idle before its request resumed to take
+    it, for ever (as before today). A model just loaded counts as busy until they resume."""
+
+    async def scenario() -> None:
+        for name in ("wx", "wa", "wc"):
+            (tmp_path / name).write_bytes(name.encode() * 500)
+
+        def slow(spec: Any, **_: Any) -> FakeRunner:
+            time.sleep(0.3 if spec.name == "X" else 0.01)
+            return FakeRunner(spec)
+
+        scheduler = Scheduler(SchedulerSettings(ram_budget=1500, memory_wait=3), starter=slow)
+
+        async def use(name: str, weights: str) -> None:
+            lease = await scheduler.acquire(fake(tmp_path, name, weights, f"d{name}"))
+            await asyncio.sleep(0.05)
+            lease.release()
+
+        try:
+            x = asyncio.create_task(scheduler.preload(fake(tmp_path, "X", "wx", "dX")))
+            await asyncio.sleep(0.05)
+            burst = []
+            for name, weights in (("A", "wa"), ("C", "wc"), ("A", "wa")):
+                burst.append(asyncio.create_task(use(name, weights)))
+                await asyncio.sleep(0.01)
+            await x
+            await asyncio.wait_for(asyncio.gather(*burst), timeout=5)
+            assert scheduler.loads <= 4
+        finally:
+            await scheduler.close()
+
+    run(scenario())

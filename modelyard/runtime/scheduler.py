@@ -144,6 +144,10 @@ class _Entry:
     # but by a request that arrives before it goes), or a swap is replacing it (undone if it fails).
     doomed: bool = False
     swapping: bool = False
+    # Loaded for requests that have not taken it yet: they resume a turn of the loop after the load
+    # ends, and another load could evict it as idle in between (then they load it again, and two
+    # models took turns loading for ever). Cleared when the first of them resumes.
+    fresh: bool = False
     # Draining to unload (stop, keep_alive 0, a reload with other options): no request joins it but
     # one that was already waiting for its load; the others wait for `settled`, then load anew.
     closing: bool = False
@@ -416,7 +420,9 @@ class Scheduler:
                 await asyncio.shield(loading)
             finally:
                 self._starting[request.name] -= 1
-            in_line = self._entries.get(request.name)
+                in_line = self._entries.get(request.name)
+                if in_line is not None:
+                    in_line.fresh = False  # taken now (no await before the lease), or given up
 
     @contextlib.asynccontextmanager
     async def lease(self, request: ModelRequest) -> AsyncIterator[Lease]:
@@ -638,6 +644,7 @@ class Scheduler:
 
     def _lease(self, entry: _Entry, request: ModelRequest) -> Lease:
         entry.refs += 1
+        entry.fresh = False
         entry.idle.clear()
         entry.expires_at = None
         # A request pins (never unpins: the reconciler's ensure does) and sets its name's keep_alive.
@@ -838,6 +845,7 @@ class Scheduler:
             except BaseException as exc:
                 self._load_failed(entry, exc)
                 raise
+            entry.fresh = True  # until the requests that asked for it resume (_acquire)
             await self._fit_as_measured(entry)
 
     async def _fit_as_measured(self, entry: _Entry) -> None:
@@ -1171,7 +1179,7 @@ class Scheduler:
                 key=e.name,
                 host_bytes=e.host_bytes,
                 device_bytes=e.device_bytes,
-                busy=e.refs > 0 or e.waiting > 0,
+                busy=e.refs > 0 or e.waiting > 0 or e.fresh,
                 pinned=e.pinned,
                 loading=e.state is not EntryState.READY,
                 last_used=e.last_used,
@@ -1186,7 +1194,7 @@ class Scheduler:
             entry.name,
             0,
             0,
-            entry.refs > 0 or entry.waiting > 0,
+            entry.refs > 0 or entry.waiting > 0 or entry.fresh,
             entry.pinned,
             entry.state is not EntryState.READY,
             entry.last_used,
