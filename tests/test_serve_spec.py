@@ -92,6 +92,9 @@ def test_serve_spec_serves_the_spec_names_and_follows_edits(
         shown = client.show("chat").parameters or ""
     assert "num_predict                    4" in shown and "temperature                    0" in shown, shown
     with ollama.Client(host=server.url) as client:
+        modelfile = client.show("chat").modelfile or ""
+    assert "PARAMETER num_predict 4" in modelfile, "the Modelfile says the same (a regression hunt)"
+    with ollama.Client(host=server.url) as client:
         [chat] = [m for m in client.ps().models if m.model == "chat"]
     assert chat.details is not None and chat.details.format == "gguf" and chat.details.family, chat
 

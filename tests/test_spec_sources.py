@@ -80,6 +80,9 @@ def test_git_locations(text: str, location: GitLocation) -> None:
         pytest.param(
             "git+/srv/gitops@env/prod#specs", GitLocation("/srv/gitops", "env/prod", "specs"), id="local"
         ),
+        pytest.param(  # a regression hunt: an `@` of the ref's own (git allows it) split the URL
+            "git+https://h/r.git@v1@v2", GitLocation("https://h/r.git", "v1@v2", ""), id="at-in-ref"
+        ),
     ],
 )
 def test_a_git_ref_may_hold_slashes(text: str, location: GitLocation) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -116,6 +117,10 @@ class ServerState:
 
     def show_model(self, servable: Servable, verbose: bool) -> dict[str, Any]:
         parts = self.store.read_parts(servable.manifest)
+        if dict(servable.params) != parts.params:
+            # A name a spec serves: its params over the image's, in the Modelfile as in "parameters"
+            # (a regression hunt: the two disagreed).
+            parts = dataclasses.replace(parts, params=dict(servable.params), modelfile=None)
         normalized = image_modelfile(parts, servable.manifest.annotations)
         shown = {
             "license": "\n".join(parts.licenses),  # as Ollama joins them

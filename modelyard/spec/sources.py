@@ -74,14 +74,15 @@ class GitLocation:
 
 
 def parse_git_location(text: str) -> GitLocation:
-    """`git+URL[@REF][#PATH]`. REF follows the last `@` in the URL's repository path, so it may hold
-    slashes (`@release/1.0`), and an `@` before the path (`ssh://git@host/…`, `git@host:…`, a user
-    and password) is the URL's own. An `@` in the repository path itself starts a REF."""
+    """`git+URL[@REF][#PATH]`. REF follows the first `@` in the URL's repository path, so it may hold
+    slashes (`@release/1.0`) and `@`s of its own (git allows them), and an `@` before the path
+    (`ssh://git@host/…`, `git@host:…`, a user and password) is the URL's own. An `@` in the
+    repository path itself starts a REF."""
     shown = redact(text)
     if not text.startswith(GIT_PREFIX):
         raise SpecSourceError(shown, "a git source starts with git+ (git+https://host/repo.git#path)")
     rest, _, path = text[len(GIT_PREFIX) :].partition("#")
-    at = rest.rfind("@", _repository_path_start(rest))
+    at = rest.find("@", _repository_path_start(rest))
     url, ref = (rest[:at], rest[at + 1 :]) if at >= 0 else (rest, "")
     if not url:
         raise SpecSourceError(shown, "no repository URL")
