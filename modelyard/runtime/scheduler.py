@@ -785,8 +785,6 @@ class Scheduler:
         need, _ = self._estimate(request, self._loaded_options(request, options))
         if need.host > self.ram_budget:
             raise ModelDoesNotFitError(request.name, need.host, self.ram_budget)
-        if self.devices and need.device > self.gpu_budget:
-            raise ModelDoesNotFitError(request.name, need.device, self.gpu_budget, "GPU memory")
 
     def _estimate(self, request: ModelRequest, options: LoadOptions) -> tuple[MemoryEstimate, OffloadPlan]:
         if request.shape is None:

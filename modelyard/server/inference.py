@@ -329,10 +329,11 @@ class Inference:
         unloading = asyncio.ensure_future(self.scheduler.unload(name))
         self._unloads.add(unloading)
         unloading.add_done_callback(self._unloads.discard)
-        unloading.add_done_callback(_log_unload_failure)  # after the answer, only the log can say
         await asyncio.wait({unloading}, timeout=UNLOAD_ANSWER_WAIT_S)
         if unloading.done():
             unloading.result()  # its error, if any, is the request's
+        else:
+            unloading.add_done_callback(_log_unload_failure)  # after the answer, only the log can say
 
     # --- generation -----------------------------------------------------------------------
 
