@@ -220,6 +220,10 @@ def test_tagging_a_name_that_differs_from_a_tag_only_by_case_moves_that_tag(stor
     assert [r.name for r in store.images()] == ["library/m:tag_upper"]
     assert store.resolve(parse_reference("m:TAG_UPPER")).digest == second
     assert [r.digest for r in store.history(parse_reference("m:tag_upper"))] == [second, first]
+    # history and rollback match the name as tag and resolve do (found in review: exactly only).
+    assert [r.digest for r in store.history(parse_reference("m:TAG_UPPER"))] == [second, first]
+    assert store.rollback(parse_reference("m:Tag_Upper")).digest == first
+    assert [r.name for r in store.images()] == ["library/m:tag_upper"]
 
 
 def test_tag_refuses_manifest_with_missing_blob(store: Store) -> None:

@@ -245,18 +245,20 @@ class Store:
 
     def history(self, ref: Reference) -> list[TagRecord]:
         index = self.read_index()
-        current = index.get(str(ref))
-        if current is None and not index.history_of(str(ref)):
+        name = _tag_in(index, str(ref))  # as resolve and tag match it: whatever its case
+        current = index.get(name)
+        if current is None and not index.history_of(name):
             raise ImageNotFoundError(ref.short())
-        return ([current] if current else []) + index.history_of(str(ref))
+        return ([current] if current else []) + index.history_of(name)
 
     def rollback(self, ref: Reference, to_digest: str | None = None) -> TagRecord:
         with self.locked():
             index = self.read_index()
-            if index.get(str(ref)) is None:
+            name = _tag_in(index, str(ref))
+            if index.get(name) is None:
                 raise ImageNotFoundError(ref.short())
             try:
-                target = rollback_target(index, str(ref), to_digest)
+                target = rollback_target(index, name, to_digest)
             except LookupError as exc:
                 raise StoreError(str(exc.args[0])) from None
             return self.tag(ref, target.digest)  # the lock is reentrant
