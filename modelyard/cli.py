@@ -33,6 +33,7 @@ from modelyard.errors import (
     InvalidReferenceError,
     ModelyardError,
     RegistryError,
+    RegistryUnavailableError,
     StoreError,
 )
 from modelyard.progress import ProgressEvent, ProgressSink
@@ -51,6 +52,7 @@ EXIT_OTHER_ERROR = 2
 _ERROR_EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (CorruptStoreError, EXIT_OTHER_ERROR),
     (BlobNotFoundError, EXIT_OTHER_ERROR),  # an image's blob gone: the store is damaged (verify)
+    (RegistryUnavailableError, EXIT_OTHER_ERROR),  # the network, not the input: worth a retry
     (ModelyardError, EXIT_USER_ERROR),
     (OSError, EXIT_OTHER_ERROR),
 )

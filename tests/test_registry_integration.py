@@ -433,6 +433,14 @@ def test_registry_down_is_unavailable(image: tuple[Store, str], tmp_path: Path) 
     with pytest.raises(RegistryUnavailableError, match="cannot connect"):
         push(store, down, options(tmp_path), source=parse_reference("tiny"))
     assert store_snapshot(store) == before
+    # The CLI exits 2, not 1: the network, not the input (a script may retry; a registry audit).
+    from modelyard.cli import main
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MODELYARD_HOME", str(tmp_path / "cli-home"))
+        err = io.StringIO()
+        assert main(["pull", str(down)], stdout=io.StringIO(), stderr=err) == 2, err.getvalue()
+    assert "is unavailable" in err.getvalue()
 
 
 def test_a_corrupt_blob_in_the_registry_is_refused_and_nothing_enters(
