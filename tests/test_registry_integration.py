@@ -172,6 +172,8 @@ def test_push_then_pull_keeps_the_digest_and_skopeo_reads_it(
         SourceFormat.MODELPACK,
     )
     assert pulled_events[0] == "pulling manifest"
+    config = store.read_manifest(digest).config.digest
+    assert f"pulling {config[7:19]}" in pulled_events, "the config as a layer too, as Ollama reports it"
     assert pulled_events[-3:] == ["verifying sha256 digest", "writing manifest", "success"]
     assert other.read_parts(other.read_manifest(digest)) == store.read_parts(store.read_manifest(digest))
     assert other.verify().ok

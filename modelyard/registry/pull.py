@@ -90,7 +90,10 @@ def pull(
             source = classify(manifest)
         except UnsupportedManifestError as exc:
             raise RegistryError(f"{ref}: {exc}") from None
+        # Reported as a layer, as Ollama's pull reports its config (progress bars count every blob).
+        config_meter = report.meter("pulling", manifest.config.digest, manifest.config.size)
         config = _fetch_config(repo, store, manifest.config, keep=source is SourceFormat.MODELPACK)
+        config_meter(manifest.config.size)
         converted = None
         if source is not SourceFormat.MODELPACK:
             converted = to_modelpack(manifest, config, source, fetched.digest)
