@@ -521,3 +521,28 @@ def test_an_embedding_model_declares_pooling(metadata: dict[str, object], embedd
 
     summary = WeightsSummary.from_metadata(metadata, file_type="F16", parameter_count=1, parameter_size="1")
     assert _is_embedding_model(summary) is embedding
+
+
+def test_a_weights_blob_rm_deletes_while_a_build_reuses_it_is_stored_again(
+    tmp_path: Path, workdir: Path
+) -> None:
+    """A build audit: `rm` of the only image on some weights, between a build's "using existing
+    layer" and its tag, failed that build as if the store were damaged (exit 2). The build puts
+    back what it reused under the store's lock, which rm deletes under."""
+    (workdir / "Modelfile").write_text("FROM ./weights.gguf\n")
+    home = tmp_path / "h"
+    build(home, workdir / "Modelfile", "a")
+    builder, store, recorder = make_builder(home)
+
+    def rm_while_writing(event: ProgressEvent) -> None:
+        recorder(event)
+        if event.status == "writing manifest":  # as `modelyard rm a` from another shell
+            store.remove([parse_reference("a")])
+
+    builder.progress = rm_while_writing
+    (workdir / "B").write_text("FROM ./weights.gguf\nSYSTEM b\n")
+    digest = builder.build_file(workdir / "B", parse_reference("b")).digest
+    assert "using existing layer" in " ".join(recorder.statuses()), "the weights were reused"
+    weights = store.read_parts(store.read_manifest(digest)).weights
+    assert weights is not None and store.blobs.exists(weights.digest)
+    assert [r.name for r in store.images()] == ["library/b:latest"] and store.verify().ok

@@ -51,6 +51,7 @@ from modelyard.store.image import (
     MAX_TEXT_LAYER_BYTES,
     canonical_json,
     is_digest,
+    sha256_digest,
 )
 
 Fetch = Callable[[Reference], None]
@@ -335,7 +336,18 @@ class Builder:
         digest, manifest_size = manifest_info.digest, manifest_info.size
         if manifest_info.created:
             created.append(digest)
-        self.store.tag(target, digest)
+        with self.store.locked():  # rm deletes under this lock: from here on no blob of ours goes
+            # One reused from another image that `rm` removed meanwhile is stored again (an audit:
+            # the build failed as if the store were damaged, exit 2).
+            kept = [(plan.weights if plan.quantize is None else None, weights_digest)]
+            kept += list(zip(plan.adapters, adapter_digests, strict=True))
+            for source, blob in kept:
+                if source is not None and source.path is not None and not self.store.blobs.exists(blob):
+                    self._store_source(replace(source, digest=None), created)
+            for data in (*(data for _, data in texts), config, manifest.to_bytes()):
+                if not self.store.blobs.exists(sha256_digest(data)):
+                    self.store.blobs.put_bytes(data)
+            self.store.tag(target, digest)
         self.progress(ProgressEvent("success", digest=digest))
         blobs = [*(layer.digest for layer in ordered), config_info.digest]  # the config counts as one
         reused = sum(1 for blob in blobs if blob not in created)
