@@ -31,7 +31,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_server import free_port, stop, wait_until_up
+from bench_server import free_port, serve_process, stop
 
 HERE = Path(__file__).resolve().parent.parent
 
@@ -57,23 +57,9 @@ def bodies() -> dict[str, bytes]:
 
 
 def start(checkout: Path, home: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
     env = {**os.environ, "MODELYARD_HOME": str(home), "PYTHONPATH": str(checkout)}
-    env.pop("MODELYARD_API_KEY", None)
-    log = home / "serve.log"
     home.mkdir(parents=True)
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "modelyard.cli", "serve", "--host", f"127.0.0.1:{port}"],
-            env=env,
-            cwd=checkout,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    wait_until_up(f"{url}/health", process, log)
-    return process, url
+    return serve_process(free_port(), env, home / "serve.log", cwd=checkout)
 
 
 def held(url: str, body: bytes) -> tuple[float, float, int]:

@@ -270,19 +270,28 @@ def start_modelyard(
         "MODELYARD_NUM_PARALLEL": str(SLOTS),
         "MODELYARD_KEEP_ALIVE": "-1m",
     }
-    env.pop("MODELYARD_API_KEY", None)
+    process, url = serve_process(port, env, log)
+    httpx.post(f"{url}/api/generate", json={"model": "bench"}, timeout=300).raise_for_status()  # load
+    return process, url, log
+
+
+def serve_process(
+    port: int, env: dict[str, str], log: Path, cwd: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`modelyard serve` on `port` with `env` (no API key), its output in `log`, once it answers."""
+    env = {k: v for k, v in env.items() if k != "MODELYARD_API_KEY"}
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "modelyard.cli", "serve", "--host", f"127.0.0.1:{port}"],
             env=env,
+            cwd=cwd,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
     wait_until_up(f"{url}/health", process, log)
-    httpx.post(f"{url}/api/generate", json={"model": "bench"}, timeout=300).raise_for_status()  # load
-    return process, url, log
+    return process, url
 
 
 def start_llama_cpp_server(

@@ -397,7 +397,7 @@ def cmd_tag(args: argparse.Namespace, ctx: CommandContext) -> int:
     if target.digest is not None:
         raise InvalidReferenceError(args.target, "a tag target cannot carry a digest")
     record = ctx.store.resolve(source)
-    tagged = ctx.store.tag(target, record.digest)  # as the index spells it (a tag only by case other)
+    tagged = ctx.store.tag(target, record.digest)  # spelled as a tag that differs only by case
     ctx.out(f"tagged {parse_reference(tagged.name).short()} -> {record.digest}")
     return EXIT_OK
 

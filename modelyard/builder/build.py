@@ -332,7 +332,8 @@ class Builder:
                 manifest, annotations={**manifest.annotations, ANNOTATION_REQUIRES: plan.requires}
             )
         self.progress(ProgressEvent("writing manifest"))
-        manifest_info = self.store.blobs.put_bytes(manifest.to_bytes())
+        manifest_bytes = manifest.to_bytes()
+        manifest_info = self.store.blobs.put_bytes(manifest_bytes)
         digest, manifest_size = manifest_info.digest, manifest_info.size
         if manifest_info.created:
             created.append(digest)
@@ -344,7 +345,7 @@ class Builder:
             for source, blob in kept:
                 if source is not None and source.path is not None and not self.store.blobs.exists(blob):
                     self._store_source(replace(source, digest=None), created)
-            for data in (*(data for _, data in texts), config, manifest.to_bytes()):
+            for data in (*(data for _, data in texts), config, manifest_bytes):
                 if not self.store.blobs.exists(sha256_digest(data)):
                     self.store.blobs.put_bytes(data)
             self.store.tag(target, digest)

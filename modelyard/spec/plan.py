@@ -410,12 +410,10 @@ def _compare(
             return act(ActionKind.LOAD, "unloaded outside the spec; loading it again")
         return act(ActionKind.LOAD, "it was not loaded")
     if running.state == "failed":
-        # A runner that crashed, or one that never loaded (llama.cpp refused the weights).
-        what = "failed to load" if running.failure_kind == "load-failed" else "its runner failed"
+        failed = runner_failure(running)
+        what = "failed to load" if failed.reason is Reason.LOAD_FAILED else "its runner failed"
         if not heal:
             return drifted(f"{what} ({running.last_error})")
-        reason = Reason.LOAD_FAILED if running.failure_kind == "load-failed" else Reason.CRASHED
-        failed = Failure(reason, running.last_error or what)
         action = Action(ActionKind.LOAD, name, f"{what} ({running.last_error}); loading it again", target)
         return ModelPlan(name, Phase.LOADING, action.reason, (action,), target, failed, footprint)
     if running.state in ("loading", "unloading"):
@@ -509,6 +507,13 @@ def _admit(footprint: int | None, budget: int, used: int, *, lenient: bool = Fal
             f"{memory_size(used)} of the {memory_size(budget)} budget",
         )
     return None
+
+
+def runner_failure(running: Running) -> Failure:
+    """Why a failed runner is down: it crashed, or it never loaded (llama.cpp refused the weights)."""
+    if running.failure_kind == "load-failed":
+        return Failure(Reason.LOAD_FAILED, running.last_error or "it failed to load")
+    return Failure(Reason.CRASHED, running.last_error or "its runner failed")
 
 
 def _describe_options(target: LoadTarget) -> str:

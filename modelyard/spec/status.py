@@ -17,7 +17,16 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from modelyard.spec.plan import Action, ActionKind, Failure, Memory, ModelPlan, Phase, Reason, Running
+from modelyard.spec.plan import (
+    Action,
+    ActionKind,
+    Failure,
+    Memory,
+    ModelPlan,
+    Phase,
+    Running,
+    runner_failure,
+)
 
 READY = "Ready"
 PROGRESSING = "Progressing"
@@ -172,9 +181,7 @@ def report_model(
 
 def _failure(planned: ModelPlan, memory: Memory, running: Running | None) -> Failure | None:
     if running is not None and running.state == "failed":
-        if running.failure_kind == "load-failed":  # it never ran: llama.cpp refused it
-            return Failure(Reason.LOAD_FAILED, running.last_error or "it failed to load")
-        return Failure(Reason.CRASHED, running.last_error or "its runner failed")
+        return runner_failure(running)
     return planned.failure or memory.failure
 
 

@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 from modelyard.errors import BlobNotFoundError, CorruptStoreError, DigestMismatchError
 from modelyard.store.atomic import fsync_dir
-from modelyard.store.image import is_digest
+from modelyard.store.image import is_digest, sha256_digest
 
 CHUNK_BYTES = 4 * 1024 * 1024
 PARTIAL_SUFFIX = ".partial"
@@ -69,7 +69,7 @@ class BlobStore:
             raise ValueError(f"blob {digest} is larger than {limit} bytes")
         # What is read whole is small (manifests, configs, a template, a SYSTEM): checked each time,
         # a few microseconds, so that a damaged store is told, never served.
-        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        actual = sha256_digest(data)
         if actual != digest:
             raise CorruptStoreError(
                 path,
