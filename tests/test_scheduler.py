@@ -1372,3 +1372,208 @@ def test_loads_queued_behind_another_do_not_evict_each_other_before_their_reques
             await scheduler.close()
 
     run(scenario())
+
+
+def drain_scheduler(tmp_path: Path, **settings: Any) -> Scheduler:
+    """Memory for one model of 1,000 bytes at a time."""
+    for name in ("w1", "w2"):
+        (tmp_path / name).write_bytes(b"x" * 1000)
+    return Scheduler(
+        SchedulerSettings(ram_budget=1500, **settings), starter=lambda spec, **_: FakeRunner(spec)
+    )
+
+
+async def steady_traffic(scheduler: Scheduler, request: ModelRequest, stop: asyncio.Event) -> list[str]:
+    """A client that always has a request in flight (the next one asks before the last ends), as a
+    chat UI with two tabs does; returns what each request got: a runner's pid, or the error."""
+    got: list[str] = []
+    held = await scheduler.acquire(request)
+    got.append(str(held.runner.pid))
+    while not stop.is_set():
+        following = asyncio.create_task(scheduler.acquire(request))
+        await asyncio.sleep(0.05)
+        held.release(served=True)
+        try:
+            held = await following
+        except ServerBusyError as exc:
+            got.append(f"503: {exc}")
+            return got
+        got.append(str(held.runner.pid))
+    held.release(served=True)
+    return got
+
+
+def test_a_model_in_steady_use_makes_room_for_another_once_its_requests_end(tmp_path: Path) -> None:
+    """A scheduler audit: a model in steady use kept another that needed its memory out until
+    memory_wait, then 503. Now it takes no new request, goes once those in flight end (as
+    Ollama's scheduler drains the runner it chose), and its next requests load it again."""
+
+    async def scenario() -> None:
+        scheduler = drain_scheduler(tmp_path, memory_wait=5, drain_wait=5)
+        stop = asyncio.Event()
+        try:
+            a = fake(tmp_path, "A", "w1", "dA")
+            traffic = [asyncio.create_task(steady_traffic(scheduler, a, stop)) for _ in range(2)]
+            await asyncio.sleep(0.3)
+            started = time.monotonic()
+            b = await scheduler.acquire(fake(tmp_path, "B", "w2", "dB"))
+            assert time.monotonic() - started < 1, "B waited for A's requests in flight, not memory_wait"
+            assert rows(scheduler)["B"].state == "ready"
+            assert not scheduler.is_loaded("A"), "A went; its requests since wait to load it again"
+            b.release(served=True)
+            await asyncio.sleep(0.3)
+            stop.set()
+            got = await asyncio.wait_for(asyncio.gather(*traffic), timeout=10)
+            assert not [g for one in got for g in one if g.startswith("503")], got
+            pids = {g for one in got for g in one}
+            assert len(pids) == 2, "A's requests were served before B and by A loaded again after"
+            assert scheduler.loads == 3
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_a_drain_for_memory_is_called_off_after_drain_wait_and_the_model_serves_on(tmp_path: Path) -> None:
+    """Found in review: with a stream on A that does not end, a request for B closed A, so A's
+    other requests waited as long as B did, and both lost (B got its 503 all the same). The
+    drain is called off after drain_wait: A serves on, and B alone waits out memory_wait."""
+
+    async def scenario() -> None:
+        scheduler = drain_scheduler(tmp_path, memory_wait=1.5, drain_wait=0.3, retry_after=2)
+        try:
+            a = fake(tmp_path, "A", "w1", "dA")
+            stream = await scheduler.acquire(a)
+            waiting_b = asyncio.create_task(scheduler.acquire(fake(tmp_path, "B", "w2", "dB")))
+            await asyncio.sleep(0.1)
+            assert "to make room for B" in rows(scheduler)["A"].note
+            started = time.monotonic()
+            short = await asyncio.wait_for(scheduler.acquire(a), timeout=5)
+            assert short.runner is stream.runner and 0.1 < time.monotonic() - started < 1.0
+            short.release(served=True)
+            with pytest.raises(ServerBusyError, match="busy or pinned"):
+                await waiting_b
+            assert set(rows(scheduler)) == {"A"} and rows(scheduler)["A"].note == ""
+            again = await scheduler.acquire(a)  # not closed again by the load that gave up
+            assert again.runner is stream.runner
+            again.release()
+            stream.release(served=True)
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_a_drain_for_memory_is_called_off_when_the_load_is_given_up(tmp_path: Path) -> None:
+    """The requests for B leave (their clients went): A, closed for B, takes requests again."""
+
+    async def scenario() -> None:
+        scheduler = drain_scheduler(tmp_path, memory_wait=30, drain_wait=30)
+        try:
+            a = fake(tmp_path, "A", "w1", "dA")
+            stream = await scheduler.acquire(a)
+            waiting_b = asyncio.create_task(scheduler.acquire(fake(tmp_path, "B", "w2", "dB")))
+            await asyncio.sleep(0.1)
+            blocked = asyncio.create_task(scheduler.acquire(a))
+            await asyncio.sleep(0.1)
+            assert not blocked.done(), "A is closed while B waits for its memory"
+            waiting_b.cancel()
+            short = await asyncio.wait_for(blocked, timeout=3)
+            assert short.runner is stream.runner and scheduler.loads == 1
+            short.release()
+            stream.release()
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_a_stop_during_a_drain_for_memory_unloads_the_model_even_if_that_load_is_given_up(
+    tmp_path: Path,
+) -> None:
+    """Found in review: `stop A` while A drained for C's load, then C's client left: calling the
+    drain off opened A again under the stop, which then waited for as long as traffic came."""
+
+    async def scenario() -> None:
+        scheduler = drain_scheduler(tmp_path, memory_wait=30, drain_wait=30)
+        stop = asyncio.Event()
+        try:
+            a = fake(tmp_path, "A", "w1", "dA")
+            stream = await scheduler.acquire(a)
+            first_runner = stream.runner
+            traffic = [asyncio.create_task(steady_traffic(scheduler, a, stop)) for _ in range(2)]
+            await asyncio.sleep(0.1)
+            waiting_c = asyncio.create_task(scheduler.acquire(fake(tmp_path, "C", "w2", "dC")))
+            await asyncio.sleep(0.1)
+            unloading = asyncio.create_task(scheduler.unload("A"))
+            await asyncio.sleep(0.1)
+            waiting_c.cancel()
+            await asyncio.sleep(1.5)  # the load's wait notices within a second that nobody waits
+            assert not unloading.done() and rows(scheduler)["A"].note.startswith("stopping:")
+            stream.release(served=True)
+            await asyncio.wait_for(unloading, timeout=3)
+            assert not first_runner.alive, "the stop unloaded A once its requests ended"
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*traffic), timeout=5)
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_a_busy_pinned_model_is_never_closed_for_another(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        scheduler = drain_scheduler(tmp_path, memory_wait=0.5, retry_after=2)
+        try:
+            a = fake(tmp_path, "A", "w1", "dA", pinned=True)
+            held = await scheduler.acquire(a)
+            waiting_b = asyncio.create_task(scheduler.acquire(fake(tmp_path, "B", "w2", "dB")))
+            await asyncio.sleep(0.1)
+            other = await asyncio.wait_for(scheduler.acquire(a), timeout=0.2)  # not closed
+            other.release()
+            with pytest.raises(ServerBusyError):
+                await waiting_b
+            held.release()
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_real_runners_a_model_generating_without_pause_makes_room_for_another(
+    two_models: tuple[Path, Path],
+) -> None:
+    """The same with real runners: three clients keep A generating with no gap; B, which memory
+    holds only instead of A, is served once A's requests in flight end, and A's clients all get
+    their answers (those that came meanwhile from A loaded again)."""
+    a, b = two_models
+
+    async def scenario() -> None:
+        size = await one_model_size(a)
+        scheduler = Scheduler(SchedulerSettings(ram_budget=int(size * 1.5), memory_wait=20))
+        stop = asyncio.Event()
+        answers: list[str] = []
+
+        async def client() -> None:
+            while not stop.is_set():
+                async with scheduler.lease(request(a, "a")) as lease:
+                    answers.append(await asyncio.to_thread(generate, lease.runner, 16))
+
+        try:
+            await scheduler.preload(request(a, "a"))
+            clients = [asyncio.create_task(client()) for _ in range(3)]
+            await asyncio.sleep(1)
+            started = time.monotonic()
+            async with scheduler.lease(request(b, "b")) as lease:
+                assert await asyncio.to_thread(generate, lease.runner)
+            assert time.monotonic() - started < 10, "served after A's requests in flight, not memory_wait"
+            before = len(answers)
+            await asyncio.sleep(1)
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*clients), timeout=30)
+            assert len(answers) > before and all(answers), "A's clients were served again after B"
+            assert scheduler.loads == 3
+        finally:
+            await scheduler.close()
+
+    run(scenario())

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from modelyard.errors import InferenceRequestError
-from modelyard.runtime.eviction import Resident, Shortfall, choose_evictions
+from modelyard.runtime.eviction import Resident, Shortfall, choose_drains, choose_evictions
 from modelyard.runtime.gpu import Device, plan_offload, processor_split
 from modelyard.runtime.keepalive import format_keep_alive, parse_keep_alive
 from modelyard.runtime.memory import (
@@ -85,8 +85,9 @@ def resident(
     used: float = 0.0,
     expired: bool = False,
     device: int = 0,
+    closing: bool = False,
 ) -> Resident:
-    return Resident(key, size, device, busy, pinned, loading, used, expired)
+    return Resident(key, size, device, busy, pinned, loading, used, expired, closing)
 
 
 @pytest.mark.parametrize(
@@ -158,6 +159,72 @@ def test_choose_evictions_under_a_cap_on_loaded_models(
     """A scheduler audit: nothing capped the models loaded (Ollama: $OLLAMA_MAX_LOADED_MODELS);
     twelve small ones loaded under a 100 MB budget. $MODELYARD_MAX_LOADED_MODELS caps them."""
     assert choose_evictions(residents, shortfall, may_stay=may_stay) == expected
+
+
+@pytest.mark.parametrize(
+    ("residents", "shortfall", "may_stay", "expected"),
+    [
+        pytest.param([resident("a", 5, busy=True)], Shortfall(4), None, ["a"], id="the-busy-one"),
+        pytest.param(
+            [resident("a", 5, busy=True, used=2), resident("b", 5, busy=True, used=1)],
+            Shortfall(4),
+            None,
+            ["b"],
+            id="least-recently-used-busy-one",
+        ),
+        pytest.param(
+            [resident("a", 5, busy=True), resident("b", 3, used=1)],
+            Shortfall(7),
+            None,
+            ["a"],
+            id="idle-ones-go-later",
+        ),
+        pytest.param(
+            [resident("a", 5, busy=True, closing=True), resident("b", 5, busy=True)],
+            Shortfall(4),
+            None,
+            [],
+            id="one-closing-suffices",
+        ),
+        pytest.param(
+            [resident("a", 5, busy=True, closing=True), resident("b", 5, busy=True, used=1)],
+            Shortfall(8),
+            None,
+            ["b"],
+            id="one-closing-and-one-more",
+        ),
+        pytest.param(
+            [resident("a", 5, busy=True, pinned=True), resident("b", 2, busy=True)],
+            Shortfall(4),
+            None,
+            None,
+            id="pinned-never",
+        ),
+        pytest.param(
+            [resident("a", 5, busy=True, loading=True)], Shortfall(4), None, None, id="loading-never"
+        ),
+        pytest.param(
+            [resident("a", 5, busy=True, used=1), resident("b", 5, busy=True, used=2)],
+            Shortfall(0),
+            1,
+            ["a"],
+            id="the-cap-on-loaded-models",
+        ),
+        pytest.param(
+            [resident("a", 5, busy=True, closing=True), resident("b", 5, busy=True)],
+            Shortfall(0),
+            1,
+            [],
+            id="the-cap-and-one-closing",
+        ),
+    ],
+)
+def test_choose_drains(
+    residents: list[Resident], shortfall: Shortfall, may_stay: int | None, expected: list[str] | None
+) -> None:
+    """A scheduler audit: a model in steady use kept any other that needed its memory out until
+    memory_wait, then 503 (Ollama's scheduler waits for the busy runner it chose to drain)."""
+    assert choose_drains(residents, shortfall, may_stay=may_stay) == expected
 
 
 # --- memory estimate ----------------------------------------------------------------------------

@@ -4,9 +4,11 @@
   model that is loading wait for that one load.
 - Keeps a memory budget for RAM and for the GPUs (default: what is available at start, minus a
   reserve). A model that does not fit makes room by the pure policy in eviction.py (never a busy or
-  pinned model); if no choice frees enough, the request waits up to `memory_wait` for models to go
-  idle, then gets ServerBusyError (HTTP 503 + Retry-After). A model that cannot fit even alone is
-  refused at once with ModelDoesNotFitError. Never an out-of-memory crash by our own doing.
+  pinned model); if no choice of idle models frees enough, busy ones that do are closed: they take
+  no new request and unload once theirs end (as Ollama's scheduler drains the runner it chose),
+  for at most `drain_wait`, then serve on. The load waits up to `memory_wait` in all, then gets
+  ServerBusyError (HTTP 503 + Retry-After). A model that cannot fit even alone is refused at once
+  with ModelDoesNotFitError. Never an out-of-memory crash by our own doing.
 - A runner's first embeddings request makes a second context (two rows of logits a token: 1 GiB
   for 512 tokens of Gemma 3): `reserve_embeddings` counts it, making room the same way, before the
   runner allocates it.
@@ -37,7 +39,7 @@ from typing import Any
 
 from modelyard.errors import ModelDoesNotFitError, ModelLoadError, RunnerError, ServerBusyError, memory_size
 from modelyard.runtime import procstats
-from modelyard.runtime.eviction import Resident, Shortfall, choose_evictions, evictable
+from modelyard.runtime.eviction import Resident, Shortfall, choose_drains, choose_evictions, evictable
 from modelyard.runtime.gpu import Device, OffloadPlan, plan_offload, processor_split
 from modelyard.runtime.keepalive import DEFAULT_KEEP_ALIVE_S
 from modelyard.runtime.memory import (
@@ -69,6 +71,10 @@ class SchedulerSettings:
     num_parallel: int | None = None  # $MODELYARD_NUM_PARALLEL; None = auto
     max_loaded_models: int | None = None  # $MODELYARD_MAX_LOADED_MODELS: runners; None = memory decides
     memory_wait: float = 30.0  # how long a request waits for memory before 503
+    # How long a busy model stays closed to new requests so that another model's load gets its
+    # memory; then it serves on (a stream without end must not hold its own model's requests as
+    # long), and that load waits out memory_wait for it to go idle.
+    drain_wait: float = 10.0
     retry_after: float = 5.0
     load_timeout: float = 300.0
     # A runner with requests that says nothing for this long (no token, no heartbeat: stopped, or
@@ -148,10 +154,16 @@ class _Entry:
     # ends, and another load could evict it as idle in between (then they load it again, and two
     # models took turns loading for ever). Cleared when the first of them resumes.
     fresh: bool = False
-    # Draining to unload (stop, keep_alive 0, a reload with other options): no request joins it but
-    # one that was already waiting for its load; the others wait for `settled`, then load anew.
+    # Draining to unload (stop, keep_alive 0, a reload with other options, another model's load that
+    # needs its memory): no request joins it but one that was already waiting for its load; the
+    # others wait for `settled`, then load anew (or, a drain for memory called off, take it).
     closing: bool = False
     settled: asyncio.Event = field(default_factory=asyncio.Event)  # set when a drain ends
+    # The drain in charge: a stop takes over a drain for memory (and is never called off); only the
+    # one in charge opens the model again.
+    drain_owner: object | None = None
+    closing_for: str = ""  # the name whose load the drain makes room for; "" for a stop
+    making_room: bool = False  # a load waiting in _make_room: drains for it go on while it does
 
     @property
     def host_bytes(self) -> int:
@@ -347,16 +359,8 @@ class Scheduler:
                 self._check_queue(entry)
                 if entry.closing and entry is not in_line:
                     # Going away: a new request would hold it up; it loads anew afterwards. One that
-                    # waited for its load is served by it first. A drain that outlasts memory_wait
-                    # (a stream without end) answers 503, not a request that hangs as long.
-                    try:
-                        await asyncio.wait_for(entry.settled.wait(), self.settings.memory_wait)
-                    except TimeoutError:
-                        raise ServerBusyError(
-                            f"{request.name} is {_stopping(entry)}; try again then",
-                            retry_after=self.settings.retry_after,
-                            reason="stopping",
-                        ) from None
+                    # waited for its load is served by it first.
+                    await self._wait_for_drain(entry, request.name)
                     continue
                 if entry.state is EntryState.READY and entry.matches(request, options):
                     return self._lease(entry, request)
@@ -720,6 +724,22 @@ class Scheduler:
                 retry_after=self.settings.retry_after,
             )
 
+    async def _wait_for_drain(self, entry: _Entry, name: str) -> None:
+        """Wait for `entry`'s drain to end. A stop's that outlasts memory_wait (a stream without
+        end) answers 503, not a request that hangs as long; a drain for another model's memory ends
+        within drain_wait (called off, it serves on), so its waiters wait it out."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.memory_wait
+        while not entry.settled.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(entry.settled.wait(), max(min(deadline - loop.time(), 0.25), 0.01))
+            if not entry.settled.is_set() and not entry.closing_for and loop.time() >= deadline:
+                raise ServerBusyError(
+                    f"{name} is {_stopping(entry)}; try again then",
+                    retry_after=self.settings.retry_after,
+                    reason="stopping",
+                )
+
     async def _wait_for_swap(self, name: str) -> None:
         running = self._swaps.get(name)
         if running is None or running[1].done():
@@ -1073,44 +1093,52 @@ class Scheduler:
             )
         what = what or entry.name
         deadline = self.clock() + self.settings.memory_wait
-        while True:
-            if for_requests and not self._acquiring[entry.name]:
-                # Every request for it left while it waited for memory (their clients went): a
-                # load now would evict a model in use for nobody (a scheduler audit).
-                raise ServerBusyError(
-                    f"nobody waits for {entry.name} any more",
-                    retry_after=self.settings.retry_after,
-                    reason="abandoned",
-                )
-            shortfall = self._shortfall(entry, need_host, need_device)
-            residents = self._residents(exclude=entry)
-            may_stay = self._may_stay(entry)
-            if shortfall.none and (may_stay is None or len(residents) <= may_stay):
-                return
-            victims = choose_evictions(residents, shortfall, may_stay=may_stay)
-            if victims is not None:
-                for name in victims:
-                    await self._unload_if_present(name)
-                continue
-            remaining = deadline - self.clock()
-            if remaining <= 0 and shortfall.none:  # the cap on loaded models, not memory
-                raise ServerBusyError(
-                    f"{what} waits for one of the {self.settings.max_loaded_models} models loaded at "
-                    "most ($MODELYARD_MAX_LOADED_MODELS) to go, and they are busy or pinned",
-                    retry_after=self.settings.retry_after,
-                    reason="memory",
-                )
-            if remaining <= 0:
-                raise ServerBusyError(
-                    f"not enough memory for {what} while the loaded models are busy or pinned; "
-                    f"short by {memory_size(max(shortfall.host, 0))} of RAM"
-                    + (f" and {memory_size(shortfall.device)} of GPU memory" if shortfall.device > 0 else ""),
-                    retry_after=self.settings.retry_after,
-                    reason="memory",
-                )
-            async with self._capacity:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._capacity.wait(), timeout=min(remaining, 1.0))
+        spared: set[str] = set()  # busy models whose drain for this load was called off
+        entry.making_room = True  # drains for it go on while it waits here
+        try:
+            while True:
+                if for_requests and not self._acquiring[entry.name]:
+                    # Every request for it left while it waited for memory (their clients went): a
+                    # load now would evict a model in use for nobody (a scheduler audit).
+                    raise ServerBusyError(
+                        f"nobody waits for {entry.name} any more",
+                        retry_after=self.settings.retry_after,
+                        reason="abandoned",
+                    )
+                shortfall = self._shortfall(entry, need_host, need_device)
+                residents = self._residents(exclude=entry)
+                may_stay = self._may_stay(entry)
+                if shortfall.none and (may_stay is None or len(residents) <= may_stay):
+                    return
+                victims = choose_evictions(residents, shortfall, may_stay=may_stay)
+                if victims is not None:
+                    for name in victims:
+                        await self._unload_if_present(name)
+                    continue
+                if entry.state is EntryState.LOADING:
+                    self._drain_busy_for(entry, shortfall, spared)
+                remaining = deadline - self.clock()
+                if remaining <= 0 and shortfall.none:  # the cap on loaded models, not memory
+                    raise ServerBusyError(
+                        f"{what} waits for one of the {self.settings.max_loaded_models} models loaded at "
+                        "most ($MODELYARD_MAX_LOADED_MODELS) to go, and they are busy or pinned",
+                        retry_after=self.settings.retry_after,
+                        reason="memory",
+                    )
+                if remaining <= 0:
+                    gpu = f" and {memory_size(shortfall.device)} of GPU memory"
+                    gpu = gpu if shortfall.device > 0 else ""
+                    raise ServerBusyError(
+                        f"not enough memory for {what} while the loaded models are busy or pinned; "
+                        f"short by {memory_size(max(shortfall.host, 0))} of RAM{gpu}",
+                        retry_after=self.settings.retry_after,
+                        reason="memory",
+                    )
+                async with self._capacity:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._capacity.wait(), timeout=min(remaining, 1.0))
+        finally:
+            entry.making_room = False
 
     def _may_stay(self, entry: _Entry) -> int | None:
         """How many other runners may stay loaded beside `entry`'s (max_loaded_models); None: any."""
@@ -1182,6 +1210,7 @@ class Scheduler:
                 loading=e.state is not EntryState.READY,
                 last_used=e.last_used,
                 expired=e.expires_at is not None and e.expires_at <= now,
+                closing=e.closing,
             )
             for e in self._holding()
             if e is not exclude and e is not also and not e.draining
@@ -1204,10 +1233,9 @@ class Scheduler:
 
     async def _drain_and_unload(self, entry: _Entry, *, force: bool = False) -> None:
         """Wait for the entry's requests to end, then unload it. `force`: even if it is no longer
-        the active entry for its name (the old side of a swap)."""
-        entry.doomed = True
-        entry.closing = True
-        entry.settled.clear()
+        the active entry for its name (the old side of a swap). Takes over a drain for memory: a
+        stop is never called off."""
+        token = self._close(entry, for_load="")
         try:
             while entry.refs > 0:
                 if entry.idle.is_set():
@@ -1218,8 +1246,85 @@ class Scheduler:
                     await entry.idle.wait()
             await self._unload(entry, force=force)
         finally:
+            self._reopen(entry, token)
+
+    def _close(self, entry: _Entry, *, for_load: str) -> object:
+        """Take charge of draining `entry`: no new request joins it. Returns the drain's token."""
+        token = object()
+        entry.drain_owner = token
+        entry.closing_for = for_load
+        entry.doomed = True
+        entry.closing = True
+        entry.settled.clear()
+        return token
+
+    def _reopen(self, entry: _Entry, token: object) -> None:
+        """End the drain of `token`, if still in charge (a stop may have taken it over): its
+        waiters go on, to a model unloaded (they load it anew) or called off (they take it)."""
+        if entry.drain_owner is token:
+            entry.drain_owner = None
+            entry.closing_for = ""
             entry.closing = False
             entry.settled.set()
+
+    def _drain_busy_for(self, load: _Entry, shortfall: Shortfall, spared: set[str]) -> None:
+        """Close the busy models that free enough for `load` when no idle ones do (eviction.py's
+        choose_drains); each unloads once its requests end. `spared`: those whose drain for this
+        load was called off after drain_wait: they serve on, and it waits for them to go idle."""
+        residents = [r for r in self._residents(exclude=load) if r.key not in spared]
+        for name in choose_drains(residents, shortfall, may_stay=self._may_stay(load)) or ():
+            victim = self._entries.get(name)
+            if victim is not None and victim.state is EntryState.READY and not victim.closing:
+                log.info(
+                    "%s takes no new request and unloads once its own end: %s needs its memory",
+                    name,
+                    load.name,
+                )
+                drain = self._spawn(self._drain_for_load(victim, load, spared))
+                drain.add_done_callback(_consume_task_exception)
+
+    async def _drain_for_load(self, victim: _Entry, load: _Entry, spared: set[str]) -> None:
+        """Drain `victim` and unload it for `load`; called off (it serves on) once `load` stops
+        waiting for memory (it got it elsewhere, its requests left, or memory_wait ran out), or
+        after drain_wait."""
+        token = self._close(victim, for_load=load.name)
+        until = self.clock() + self.settings.drain_wait
+        try:
+            # Its requests end first: those in flight, and those that waited for its load.
+            while victim.refs > 0 or victim.waiting > 0 or victim.fresh:
+                if victim.drain_owner is not token:
+                    return  # a stop took over: it unloads the model
+                if victim.state is not EntryState.READY:
+                    return  # crashed: it holds no memory now, and its crash is on record
+                if not self._waits_for_room(load):
+                    victim.doomed = False  # nobody needs its memory now
+                    return
+                if self.clock() >= until:
+                    log.info(
+                        "%s serves on: its requests outlasted %.0f s while %s waited for its memory",
+                        victim.name,
+                        self.settings.drain_wait,
+                        load.name,
+                    )
+                    spared.add(victim.name)
+                    victim.doomed = False
+                    return
+                if victim.refs > 0 and not victim.idle.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(victim.idle.wait(), timeout=0.25)
+                else:  # about to be taken by those that waited for its load, or crashed: a turn or two
+                    await asyncio.sleep(0.01)
+            if victim.drain_owner is not token or victim.state is not EntryState.READY:
+                return
+            if self._waits_for_room(load):
+                await self._unload(victim)
+            else:
+                victim.doomed = False
+        finally:
+            self._reopen(victim, token)
+
+    def _waits_for_room(self, load: _Entry) -> bool:
+        return load.making_room and self._entries.get(load.name) is load
 
     async def _unload_if_present(self, name: str) -> None:
         """Unload an eviction victim, unless it went meanwhile (expired, or unloaded by another task)."""
@@ -1346,7 +1451,8 @@ def _consume_exception(future: asyncio.Future[None]) -> None:
 
 
 def _stopping(entry: _Entry) -> str:
-    return f"stopping: it unloads once its {entry.refs} running request(s) end"
+    why = f" to make room for {entry.closing_for}" if entry.closing_for else ""
+    return f"stopping{why}: it unloads once its {entry.refs} running request(s) end"
 
 
 def _note(entry: _Entry) -> str:
