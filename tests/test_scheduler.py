@@ -15,7 +15,7 @@ import pytest
 
 from modelyard.builder.gguf_info import read_gguf
 from modelyard.errors import ModelDoesNotFitError, ModelLoadError, ServerBusyError
-from modelyard.runtime.memory import shape_from_gguf
+from modelyard.runtime.memory import RUNNER_PROCESS_BYTES, shape_from_gguf
 from modelyard.runtime.options import SamplingOptions
 from modelyard.runtime.protocol import CompletionRequest
 from modelyard.runtime.runner import Runner
@@ -72,7 +72,8 @@ async def one_model_size(path: Path) -> int:
     scheduler = Scheduler(SchedulerSettings(ram_budget=2**34))
     try:
         await scheduler.preload(request(path, "probe"))
-        return max(scheduler.status()[0].size, scheduler._entries["probe"].estimate.host)
+        entry = scheduler._entries["probe"]
+        return max(scheduler.status()[0].size, entry.estimate.host + entry.process_bytes)
     finally:
         await scheduler.close()
 
@@ -421,7 +422,7 @@ def test_auto_parallel_fits_the_budget(two_models: tuple[Path, Path]) -> None:
         assert req.shape is not None
         two = estimate(req.shape, n_ctx=256, slots=2).host
         four = estimate(req.shape, n_ctx=256, slots=4).host
-        scheduler = Scheduler(SchedulerSettings(ram_budget=(two + four) // 2))
+        scheduler = Scheduler(SchedulerSettings(ram_budget=RUNNER_PROCESS_BYTES + (two + four) // 2))
         try:
             await scheduler.preload(req)
             assert scheduler.status()[0].slots == 2
@@ -697,6 +698,11 @@ def test_a_request_during_an_unload_waits_for_it_then_reloads(two_models: tuple[
 # --- shared runners: the races a review found, driven with fake runners (no processes) -------------
 
 
+def fake_settings(**settings: Any) -> SchedulerSettings:
+    """For FakeRunners, whose budgets are in bytes: no runner process of their own to count."""
+    return SchedulerSettings(runner_process_bytes=0, **settings)
+
+
 class FakeRunner:
     pids = iter(range(1000, 2000))
 
@@ -714,7 +720,7 @@ def fake_scheduler(tmp_path: Path, budget: int = 10**6, clock: FakeClock | None 
     for name in ("w1", "w2"):
         (tmp_path / name).write_bytes(b"x" * 1000)
     return Scheduler(
-        SchedulerSettings(ram_budget=budget),
+        fake_settings(ram_budget=budget),
         starter=lambda spec, **_: FakeRunner(spec),
         **({"clock": clock} if clock is not None else {}),
     )
@@ -909,7 +915,7 @@ def test_a_request_for_a_model_that_is_stopping_waits_at_most_memory_wait(tmp_pa
 
     async def scenario() -> None:
         (tmp_path / "w1").write_bytes(b"x" * 1000)
-        settings = SchedulerSettings(ram_budget=10**6, memory_wait=0.3, retry_after=2)
+        settings = fake_settings(ram_budget=10**6, memory_wait=0.3, retry_after=2)
         scheduler = Scheduler(settings, starter=lambda spec, **_: FakeRunner(spec))
         try:
             streaming = await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))
@@ -995,7 +1001,7 @@ def test_the_queue_bound_holds_while_the_model_loads(tmp_path: Path) -> None:
             time.sleep(0.5)
             return FakeRunner(spec)
 
-        settings = SchedulerSettings(ram_budget=10**6, num_parallel=2, max_queue=3, retry_after=2)
+        settings = fake_settings(ram_budget=10**6, num_parallel=2, max_queue=3, retry_after=2)
         scheduler = Scheduler(settings, starter=slow)
         try:
             burst = [
@@ -1061,7 +1067,7 @@ def test_a_request_with_other_load_options_is_served_by_the_load_it_caused_despi
             time.sleep(0.05)
             return FakeRunner(spec)
 
-        scheduler = Scheduler(SchedulerSettings(ram_budget=10**6, num_parallel=4), starter=slow)
+        scheduler = Scheduler(fake_settings(ram_budget=10**6, num_parallel=4), starter=slow)
         stop = asyncio.Event()
         served: list[str] = []
 
@@ -1101,12 +1107,13 @@ def test_options_that_can_never_fit_are_refused_without_harm_to_the_model_or_its
 
     async def scenario() -> None:
         size = await one_model_size(two_models[0])
-        scheduler = Scheduler(SchedulerSettings(ram_budget=int(size * 1.5)))
+        model = size - RUNNER_PROCESS_BYTES  # one runner's model, and half as much again
+        scheduler = Scheduler(SchedulerSettings(ram_budget=size + model // 2))
         try:
             serving = await scheduler.acquire(request(two_models[0], "A"))
             huge = request(two_models[0], "A", options={"num_parallel": 256})
             for _ in range(3):
-                with pytest.raises(ModelDoesNotFitError, match=r"needs about 18\.\d MiB of RAM"):
+                with pytest.raises(ModelDoesNotFitError, match=r"needs about \d+\.\d MiB of RAM"):
                     # (It waited for the serving lease to go, to unload the runner for nothing.)
                     await asyncio.wait_for(scheduler.acquire(huge), timeout=5)
             assert serving.runner.alive and scheduler.loads == 1, "the runner serving A stays"
@@ -1136,7 +1143,7 @@ def test_a_model_that_failed_to_load_says_so_and_can_be_unloaded(tmp_path: Path)
         def refuses(spec: Any, **_: Any) -> FakeRunner:
             raise ModelLoadError(spec.name, "llama.cpp refused the weights")
 
-        scheduler = Scheduler(SchedulerSettings(ram_budget=10**6), starter=refuses)
+        scheduler = Scheduler(fake_settings(ram_budget=10**6), starter=refuses)
         try:
             with pytest.raises(ModelLoadError):
                 await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))
@@ -1168,7 +1175,7 @@ def test_a_model_that_measures_more_than_its_estimate_makes_idle_ones_go_to_keep
             runner.info = RunnerInfo(1, 256, 256, 1, 256, 64, 1500 if heavy else 900, 0, 0, 0, 0, 0.1, False)
             return runner
 
-        scheduler = Scheduler(SchedulerSettings(ram_budget=2300), starter=measured)
+        scheduler = Scheduler(fake_settings(ram_budget=2300), starter=measured)
         try:
             (await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))).release()
             b = await scheduler.acquire(fake(tmp_path, "B", "w2", "dB"))
@@ -1218,7 +1225,7 @@ def test_a_cap_on_loaded_models_unloads_the_least_recently_used_idle_one(tmp_pat
     async def scenario() -> None:
         for name in ("w1", "w2", "w3"):
             (tmp_path / name).write_bytes(name.encode() * 500)
-        settings = SchedulerSettings(ram_budget=10**6, max_loaded_models=2, memory_wait=0.5)
+        settings = fake_settings(ram_budget=10**6, max_loaded_models=2, memory_wait=0.5)
         scheduler = Scheduler(settings, starter=lambda spec, **_: FakeRunner(spec))
         try:
             (await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))).release()
@@ -1298,7 +1305,7 @@ def test_a_swap_with_a_short_gap_loads_the_new_digest(
     async def scenario() -> None:
         (tmp_path / "v1").write_bytes(b"x" * 1000)
         (tmp_path / "v2").write_bytes(b"y" * 1000)
-        settings = SchedulerSettings(ram_budget=budget)
+        settings = fake_settings(ram_budget=budget)
         scheduler = Scheduler(settings, starter=lambda spec, **_: FakeRunner(spec))
         try:
             await scheduler.ensure(fake(tmp_path, "A", "v1", "d1", pinned=True))
@@ -1351,7 +1358,7 @@ def test_loads_queued_behind_another_do_not_evict_each_other_before_their_reques
             time.sleep(0.3 if spec.name == "X" else 0.01)
             return FakeRunner(spec)
 
-        scheduler = Scheduler(SchedulerSettings(ram_budget=1500, memory_wait=3), starter=slow)
+        scheduler = Scheduler(fake_settings(ram_budget=1500, memory_wait=3), starter=slow)
 
         async def use(name: str, weights: str) -> None:
             lease = await scheduler.acquire(fake(tmp_path, name, weights, f"d{name}"))
@@ -1378,9 +1385,7 @@ def drain_scheduler(tmp_path: Path, **settings: Any) -> Scheduler:
     """Memory for one model of 1,000 bytes at a time."""
     for name in ("w1", "w2"):
         (tmp_path / name).write_bytes(b"x" * 1000)
-    return Scheduler(
-        SchedulerSettings(ram_budget=1500, **settings), starter=lambda spec, **_: FakeRunner(spec)
-    )
+    return Scheduler(fake_settings(ram_budget=1500, **settings), starter=lambda spec, **_: FakeRunner(spec))
 
 
 async def steady_traffic(scheduler: Scheduler, request: ModelRequest, stop: asyncio.Event) -> list[str]:

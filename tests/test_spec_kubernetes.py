@@ -19,9 +19,11 @@ from spec_world import build
 from tinygguf import write_tiny_llama
 
 from modelyard.errors import SpecError
+from modelyard.runtime.memory import RUNNER_PROCESS_BYTES
 from modelyard.settings import Settings
 from modelyard.spec.daemon import export_for
 from modelyard.spec.kubernetes import (
+    SERVER_OVERHEAD,
     ExportOptions,
     estimate_models,
     export_caveats,
@@ -76,8 +78,8 @@ def test_the_deployment_serves_the_model_from_its_configmap_with_requests_from_t
     assert [m.name for m in one.models] == ["chat"] and one.models[0].context == 4096
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == ["serve", "--spec", "/etc/modelyard/modelset.yaml"]
-    assert container["resources"]["requests"]["memory"] == "3328Mi"  # 3 GiB + 256 MiB for the server
-    assert container["resources"]["limits"]["memory"] == "4160Mi"
+    assert container["resources"]["requests"]["memory"] == "3264Mi"  # 3 GiB + 192 MiB for the server
+    assert container["resources"]["limits"]["memory"] == "4080Mi"
     assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/", "port": "http"}  # not the models' state
     assert deployment["metadata"]["namespace"] == "llm" and service["spec"]["ports"][0]["port"] == 11434
@@ -155,7 +157,8 @@ def test_estimates_come_from_images_in_the_store(tmp_path: Path) -> None:
         "    - {name: gone, image: 'registry.example/team/gone:v1'}\n"
     )
     estimates = estimate_models(parse_spec_text(spec_file.read_text()), store)
-    assert set(estimates) == {"tiny"} and 1_000_000 < estimates["tiny"] < 10_000_000
+    model = estimates["tiny"] - RUNNER_PROCESS_BYTES  # the runner's process is counted as the scheduler does
+    assert set(estimates) == {"tiny"} and 1_000_000 < model < 10_000_000
     text = export_for(spec_file, settings, mode="deployment")
     resources = list(yaml.safe_load_all(text))
     assert text.endswith(export_yaml(resources))
@@ -173,7 +176,7 @@ def test_estimates_come_from_images_in_the_store(tmp_path: Path) -> None:
         "the command passes its Settings' registries on (an audit: it ignored them)"
     )
     memory = resources[1]["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"]
-    assert memory == f"{math.ceil((estimates['tiny'] + 256 * 2**20) / 2**20)}Mi"
+    assert memory == f"{math.ceil((estimates['tiny'] + SERVER_OVERHEAD) / 2**20)}Mi"
     for resource in resources:
         validate(resource)
 
@@ -326,8 +329,10 @@ def test_the_pods_memory_budget_is_its_limit_so_a_tag_move_unloads_the_old_one_f
     one = parse_spec_text(resources[0]["data"]["modelset.yaml"])
     container = _container(resources[:3])
     limit = int(container["resources"]["limits"]["memory"].removesuffix("Mi")) * 2**20
-    assert one.body.memory.ram == limit - 256 * 2**20 and estimate <= one.body.memory.ram
-    assert {"name": "MODELYARD_RAM_BUDGET", "value": f"{limit // 2**20 - 256}MiB"} in container["env"]
+    assert one.body.memory.ram == limit - SERVER_OVERHEAD and estimate <= one.body.memory.ram
+    assert {"name": "MODELYARD_RAM_BUDGET", "value": f"{(limit - SERVER_OVERHEAD) // 2**20}MiB"} in container[
+        "env"
+    ]
 
     [model] = one.models
     old = target_for(model, {model.image: digest("a")})

@@ -43,6 +43,7 @@ from modelyard.runtime.eviction import Resident, Shortfall, choose_drains, choos
 from modelyard.runtime.gpu import Device, OffloadPlan, plan_offload, processor_split
 from modelyard.runtime.keepalive import DEFAULT_KEEP_ALIVE_S
 from modelyard.runtime.memory import (
+    RUNNER_PROCESS_BYTES,
     MemoryEstimate,
     ModelShape,
     embedding_context_tokens,
@@ -65,6 +66,9 @@ Starter = Callable[..., Runner]
 class SchedulerSettings:
     ram_budget: int | None = None  # None: MemAvailable at start minus ram_reserve
     ram_reserve: int = GIB
+    # Each runner process's own memory beside its model's (the interpreter, llama.cpp's code): with
+    # a dozen small models, uncounted, it was the size of the reserve.
+    runner_process_bytes: int = RUNNER_PROCESS_BYTES
     gpu_reserve: int = 512 * 1024**2
     max_queue: int = 512  # requests waiting per model beyond its busy slots
     default_keep_alive: float = DEFAULT_KEEP_ALIVE_S
@@ -115,6 +119,7 @@ class _Entry:
     weights: Path
     estimate: MemoryEstimate
     plan: OffloadPlan
+    process_bytes: int  # the runner process's own, beside the model's (SchedulerSettings)
     shape: ModelShape | None = None
     embedding: MemoryEstimate | None = None  # the embeddings context, once reserved
     state: EntryState = EntryState.LOADING
@@ -169,7 +174,7 @@ class _Entry:
     def host_bytes(self) -> int:
         info = self.runner.info if self.runner is not None else None
         loaded = self.estimate.host if info is None else max(info.total_bytes - info.device_bytes, 0)
-        return loaded + (self.embedding.host if self.embedding is not None else 0)
+        return loaded + self.process_bytes + (self.embedding.host if self.embedding is not None else 0)
 
     @property
     def device_bytes(self) -> int:
@@ -791,7 +796,7 @@ class Scheduler:
         room = self.ram_budget - fixed
         for slots in AUTO_PARALLEL_CHOICES:
             need = estimate(request.shape, n_ctx=options.num_ctx, slots=slots, n_batch=options.n_batch).host
-            if need <= room:
+            if need + self.settings.runner_process_bytes <= room:
                 return slots
         return 1
 
@@ -803,8 +808,9 @@ class Scheduler:
         if self.devices:
             return
         need, _ = self._estimate(request, self._loaded_options(request, options))
-        if need.host > self.ram_budget:
-            raise ModelDoesNotFitError(request.name, need.host, self.ram_budget)
+        host = need.host + self.settings.runner_process_bytes
+        if host > self.ram_budget:
+            raise ModelDoesNotFitError(request.name, host, self.ram_budget)
 
     def _estimate(self, request: ModelRequest, options: LoadOptions) -> tuple[MemoryEstimate, OffloadPlan]:
         if request.shape is None:
@@ -858,7 +864,7 @@ class Scheduler:
             entry = self._new_entry(request, options, previous)
             self._entries[request.name] = entry
             try:
-                await self._make_room(entry, entry.estimate.host, entry.estimate.device, for_requests=True)
+                await self._make_room(entry, entry.host_bytes, entry.device_bytes, for_requests=True)
                 await self._start_runner(entry, request)
             except BaseException as exc:
                 self._load_failed(entry, exc)
@@ -896,6 +902,7 @@ class Scheduler:
             weights=request.weights,
             estimate=estimate_,
             plan=plan,
+            process_bytes=self.settings.runner_process_bytes,
             shape=request.shape,
             last_used=self.clock(),
             failures=previous.failures if previous is not None else self._crashes.pop(request.name, 0),
@@ -977,7 +984,7 @@ class Scheduler:
                 self._detach(old, request.name)
                 return
             new = self._new_entry(request, options, None)
-            shortfall = self._shortfall(new, new.estimate.host, new.estimate.device)
+            shortfall = self._shortfall(new, new.host_bytes, new.device_bytes)
             victims = choose_evictions(self._residents(exclude=new, also=old), shortfall)
             short_gap = victims is None or not side_by_side
             if short_gap:
@@ -1003,7 +1010,7 @@ class Scheduler:
             return
         async with self._load_lock:
             try:
-                await self._make_room(new, new.estimate.host, new.estimate.device)
+                await self._make_room(new, new.host_bytes, new.device_bytes)
                 await self._start_runner(new, request)
             except BaseException as exc:
                 self._swap_failed(old, new, exc)

@@ -41,7 +41,9 @@ from modelyard.store import Store
 Mode = Literal["kubeai", "deployment", "both"]
 GIB = 1024**3
 MIB = 1024**2
-SERVER_OVERHEAD = 256 * MIB  # the HTTP server and the runner's interpreter, beside the model
+# The HTTP server's own process beside the models (each runner's process is in its footprint):
+# with it, a pod asks for what it asked before the footprint counted the runner.
+SERVER_OVERHEAD = 192 * MIB
 LABEL_SET = "modelyard.io/modelset"
 LABEL_MODEL = "modelyard.io/model"
 ANNOTATION_ESTIMATE = "modelyard.io/memory-estimate"
