@@ -1582,3 +1582,166 @@ def test_real_runners_a_model_generating_without_pause_makes_room_for_another(
             await scheduler.close()
 
     run(scenario())
+
+
+def test_of_two_busy_models_closed_for_a_load_neither_goes_unless_both_can(tmp_path: Path) -> None:
+    """Found in review: a load that needed two busy models closed both; the first to finish its
+    requests was unloaded at once, the other's stream never ended, and the load got its 503 all
+    the same: the first's requests waited, and it was loaded again, for nothing."""
+
+    async def scenario() -> None:
+        (tmp_path / "big").write_bytes(b"x" * 2000)
+        scheduler = drain_scheduler(tmp_path, memory_wait=2, drain_wait=1, retry_after=1)
+        scheduler.ram_budget = 2100  # A and C, or B alone
+        try:
+            a = fake(tmp_path, "A", "w1", "dA")
+            stream = await scheduler.acquire(fake(tmp_path, "C", "w2", "dC"))  # it never ends
+            held = await scheduler.acquire(a)
+            first = held.runner
+            waiting_b = asyncio.create_task(scheduler.acquire(fake(tmp_path, "B", "big", "dB")))
+            await asyncio.sleep(0.1)
+            held.release(served=True)  # A is idle (and closed); C is not
+            with pytest.raises(ServerBusyError, match="busy or pinned"):
+                await waiting_b
+            again = await scheduler.acquire(a)
+            assert again.runner is first and scheduler.loads == 2, "A was never unloaded"
+            again.release()
+            stream.release()
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_a_model_loaded_after_its_only_client_left_expires_as_idle(tmp_path: Path) -> None:
+    """Found in review: the only request for A left while A's runner started; A, loaded for
+    nobody, counted as wanted for ever and never expired, and every load that needed its memory
+    waited memory_wait for it, then 503."""
+
+    async def scenario() -> None:
+        for name in ("w1", "w2"):
+            (tmp_path / name).write_bytes(b"x" * 1000)
+
+        def slow(spec: Any, **_: Any) -> FakeRunner:
+            time.sleep(0.3)
+            return FakeRunner(spec)
+
+        settings = fake_settings(ram_budget=1500, memory_wait=2, default_keep_alive=60)
+        scheduler = Scheduler(settings, starter=slow)
+        try:
+            leaving = asyncio.create_task(scheduler.acquire(fake(tmp_path, "A", "w1", "dA")))
+            await asyncio.sleep(0.1)
+            leaving.cancel()
+            await asyncio.sleep(0.4)
+            assert scheduler.is_loaded("A")
+            expires = rows(scheduler)["A"].expires_at
+            assert expires is not None and expires <= time.monotonic() + 60, "its idle timer runs"
+            b = await asyncio.wait_for(scheduler.acquire(fake(tmp_path, "B", "w2", "dB")), timeout=1.5)
+            assert set(rows(scheduler)) == {"B"}, "A, idle, made room at once"
+            b.release()
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_a_load_whose_client_left_unloads_no_model_for_it(tmp_path: Path) -> None:
+    """Found in review: B's only client left while A drained for it; A's request ended a moment
+    later and A was unloaded for nobody (the load noticed only at its next look, a second on)."""
+
+    async def scenario() -> None:
+        scheduler = drain_scheduler(tmp_path, memory_wait=30, drain_wait=10)
+        try:
+            a = fake(tmp_path, "A", "w1", "dA")
+            held = await scheduler.acquire(a)
+            waiting_b = asyncio.create_task(scheduler.acquire(fake(tmp_path, "B", "w2", "dB")))
+            await asyncio.sleep(1.05)  # past the load's first look
+            waiting_b.cancel()
+            await asyncio.sleep(0.05)
+            held.release(served=True)
+            await asyncio.sleep(0.5)
+            again = await scheduler.acquire(a)
+            assert again.runner is held.runner and scheduler.loads == 1
+            again.release()
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_a_stop_just_after_a_model_is_closed_for_memory_keeps_the_drain(tmp_path: Path) -> None:
+    """Found in review: the drain for memory took charge only when its task first ran; a stop in
+    between lost it, and calling the drain off (the load's client left) opened the model again
+    under the stop."""
+
+    async def scenario() -> None:
+        scheduler = drain_scheduler(tmp_path, memory_wait=30, drain_wait=30)
+        try:
+            a = fake(tmp_path, "A", "w1", "dA")
+            held = await scheduler.acquire(a)
+            waiting_b = asyncio.create_task(scheduler.acquire(fake(tmp_path, "B", "w2", "dB")))
+            while not scheduler._entries["A"].closing:
+                await asyncio.sleep(0)
+            unloading = asyncio.create_task(scheduler.unload("A"))  # before the drain's task runs
+            await asyncio.sleep(0.1)
+            waiting_b.cancel()
+            await asyncio.sleep(0.3)
+            assert rows(scheduler)["A"].note.startswith("stopping:")
+            held.release(served=True)
+            await asyncio.wait_for(unloading, timeout=2)
+            assert not held.runner.alive
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_a_drain_called_off_lets_the_next_busy_model_go_under_the_cap(tmp_path: Path) -> None:
+    """Found in review: with $MODELYARD_MAX_LOADED_MODELS, a model whose drain was called off
+    dropped out of the count, and the next busy one was never closed: 503 at memory_wait."""
+
+    async def scenario() -> None:
+        for name in ("w1", "w2", "w3"):
+            (tmp_path / name).write_bytes(name.encode() * 500)
+        settings = fake_settings(ram_budget=10**6, max_loaded_models=2, memory_wait=3, drain_wait=0.5)
+        scheduler = Scheduler(settings, starter=lambda spec, **_: FakeRunner(spec))
+        try:
+            stream = await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))  # it never ends
+            c = await scheduler.acquire(fake(tmp_path, "C", "w3", "dC"))
+            scheduler._entries["C"].last_used += 1  # A is the least recently used: closed first
+            waiting_b = asyncio.create_task(scheduler.acquire(fake(tmp_path, "B", "w2", "dB")))
+            await asyncio.sleep(0.1)
+            assert "to make room for B" in rows(scheduler)["A"].note
+            await asyncio.sleep(0.7)  # A's drain called off: C is closed next
+            assert "to make room for B" in rows(scheduler)["C"].note
+            c.release(served=True)
+            (await asyncio.wait_for(waiting_b, timeout=2)).release()
+            assert set(rows(scheduler)) == {"A", "B"}
+            stream.release()
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_a_model_pinned_while_it_drains_for_another_stays(tmp_path: Path) -> None:
+    """Found in review: a spec that pinned a model while it drained for another load did not stop
+    the drain; the model went, though a busy pinned model is never closed for another."""
+
+    async def scenario() -> None:
+        scheduler = drain_scheduler(tmp_path, memory_wait=1, drain_wait=30, retry_after=1)
+        try:
+            held = await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))
+            waiting_b = asyncio.create_task(scheduler.acquire(fake(tmp_path, "B", "w2", "dB")))
+            await asyncio.sleep(0.1)
+            await scheduler.ensure(fake(tmp_path, "A", "w1", "dA", pinned=True))
+            await asyncio.sleep(0.3)
+            assert rows(scheduler)["A"].note == "", "the drain was called off"
+            held.release(served=True)
+            with pytest.raises(ServerBusyError):
+                await waiting_b
+            assert scheduler.is_loaded("A") and scheduler.loads == 1
+        finally:
+            await scheduler.close()
+
+    run(scenario())

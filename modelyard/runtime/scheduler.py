@@ -169,6 +169,7 @@ class _Entry:
     drain_owner: object | None = None
     closing_for: str = ""  # the name whose load the drain makes room for; "" for a stop
     making_room: bool = False  # a load waiting in _make_room: drains for it go on while it does
+    room_for_requests: bool = False  # ...for requests (not a swap): while one of them still waits
 
     @property
     def host_bytes(self) -> int:
@@ -354,6 +355,9 @@ class Scheduler:
             self._acquiring[request.name] -= 1
             if not self._acquiring[request.name]:
                 del self._acquiring[request.name]
+                waiting = self._entries.get(request.name)
+                if waiting is not None and waiting.making_room:
+                    self._spawn(self._notify_capacity())  # its load, waiting for memory, gives up now
 
     async def _acquire(self, request: ModelRequest) -> Lease:
         options = self._resolve_options(request)
@@ -869,7 +873,12 @@ class Scheduler:
             except BaseException as exc:
                 self._load_failed(entry, exc)
                 raise
-            entry.fresh = True  # until the requests that asked for it resume (_acquire)
+            if self._acquiring[request.name]:
+                entry.fresh = True  # until the requests that asked for it resume (_acquire)
+            else:
+                # Every request for it left while it started (a scheduler review: loaded for
+                # nobody, it counted as wanted for ever, and never expired): it times out as idle.
+                self._restart_idle_timer(entry)
             await self._fit_as_measured(entry)
 
     async def _fit_as_measured(self, entry: _Entry) -> None:
@@ -1102,6 +1111,7 @@ class Scheduler:
         deadline = self.clock() + self.settings.memory_wait
         spared: set[str] = set()  # busy models whose drain for this load was called off
         entry.making_room = True  # drains for it go on while it waits here
+        entry.room_for_requests = for_requests
         try:
             while True:
                 if for_requests and not self._acquiring[entry.name]:
@@ -1208,20 +1218,24 @@ class Scheduler:
     def _residents(self, exclude: _Entry, also: _Entry | None = None) -> list[Resident]:
         now = self.clock()
         return [
-            Resident(
-                key=e.name,
-                host_bytes=e.host_bytes,
-                device_bytes=e.device_bytes,
-                busy=e.refs > 0 or e.waiting > 0 or e.fresh,
-                pinned=e.pinned,
-                loading=e.state is not EntryState.READY,
-                last_used=e.last_used,
-                expired=e.expires_at is not None and e.expires_at <= now,
-                closing=e.closing,
-            )
+            self._resident(e, now)
             for e in self._holding()
             if e is not exclude and e is not also and not e.draining
         ]
+
+    @staticmethod
+    def _resident(entry: _Entry, now: float) -> Resident:
+        return Resident(
+            key=entry.name,
+            host_bytes=entry.host_bytes,
+            device_bytes=entry.device_bytes,
+            busy=entry.refs > 0 or entry.waiting > 0 or entry.fresh,
+            pinned=entry.pinned,
+            loading=entry.state is not EntryState.READY,
+            last_used=entry.last_used,
+            expired=entry.expires_at is not None and entry.expires_at <= now,
+            closing=entry.closing,
+        )
 
     def _evictable(self, entry: _Entry) -> bool:
         resident = Resident(
@@ -1276,62 +1290,53 @@ class Scheduler:
 
     def _drain_busy_for(self, load: _Entry, shortfall: Shortfall, spared: set[str]) -> None:
         """Close the busy models that free enough for `load` when no idle ones do (eviction.py's
-        choose_drains); each unloads once its requests end. `spared`: those whose drain for this
-        load was called off after drain_wait: they serve on, and it waits for them to go idle."""
-        residents = [r for r in self._residents(exclude=load) if r.key not in spared]
+        choose_drains). Closing is all: once their requests end they are idle, and `_make_room`
+        unloads them with the rest of its choice, only when that choice suffices (one of two
+        victims done first must not go for a load that the other keeps waiting). `spared`: those
+        whose drain for this load was called off: they serve on, and it waits for them to go idle."""
+        now = self.clock()
+        residents = [replace(r, pinned=True) if r.key in spared else r for r in self._residents(exclude=load)]
+        # The old sides of swaps go once their requests end: count them as going.
+        residents += [replace(self._resident(e, now), closing=True) for e in self._retiring if e.holds_memory]
         for name in choose_drains(residents, shortfall, may_stay=self._may_stay(load)) or ():
             victim = self._entries.get(name)
             if victim is not None and victim.state is EntryState.READY and not victim.closing:
-                log.info(
-                    "%s takes no new request and unloads once its own end: %s needs its memory",
-                    name,
-                    load.name,
-                )
-                drain = self._spawn(self._drain_for_load(victim, load, spared))
+                log.info("%s takes no new request: %s needs its memory once they end", name, load.name)
+                token = self._close(victim, for_load=load.name)  # now: a stop after this takes over
+                drain = self._spawn(self._drain_for_load(victim, load, token, spared))
                 drain.add_done_callback(_consume_task_exception)
 
-    async def _drain_for_load(self, victim: _Entry, load: _Entry, spared: set[str]) -> None:
-        """Drain `victim` and unload it for `load`; called off (it serves on) once `load` stops
-        waiting for memory (it got it elsewhere, its requests left, or memory_wait ran out), or
-        after drain_wait."""
-        token = self._close(victim, for_load=load.name)
+    async def _drain_for_load(self, victim: _Entry, load: _Entry, token: object, spared: set[str]) -> None:
+        """Keep `victim` closed while `load` waits for its memory, until `_make_room` unloads it;
+        called off (it serves on) once `load` stops waiting (it got room elsewhere, its requests
+        left, or memory_wait ran out), once the victim is pinned, or after drain_wait."""
         until = self.clock() + self.settings.drain_wait
         try:
-            # Its requests end first: those in flight, and those that waited for its load.
-            while victim.refs > 0 or victim.waiting > 0 or victim.fresh:
-                if victim.drain_owner is not token:
-                    return  # a stop took over: it unloads the model
-                if victim.state is not EntryState.READY:
-                    return  # crashed: it holds no memory now, and its crash is on record
+            while victim.drain_owner is token and victim.state is EntryState.READY:
+                # (Not READY: unloaded for the load, or crashed, its crash on record.)
+                called_off = ""
                 if not self._waits_for_room(load):
-                    victim.doomed = False  # nobody needs its memory now
-                    return
-                if self.clock() >= until:
-                    log.info(
-                        "%s serves on: its requests outlasted %.0f s while %s waited for its memory",
-                        victim.name,
-                        self.settings.drain_wait,
-                        load.name,
-                    )
+                    called_off = "nobody needs its memory now"
+                elif victim.pinned:
+                    called_off = "pinned meanwhile"
+                elif self.clock() >= until:
+                    called_off = f"{load.name} waited {self.settings.drain_wait:.0f} s for it"
+                if called_off:
+                    log.info("%s serves on: %s", victim.name, called_off)
                     spared.add(victim.name)
                     victim.doomed = False
+                    self._spawn(self._notify_capacity())  # the load chooses again, without it
                     return
-                if victim.refs > 0 and not victim.idle.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(victim.idle.wait(), timeout=0.25)
-                else:  # about to be taken by those that waited for its load, or crashed: a turn or two
-                    await asyncio.sleep(0.01)
-            if victim.drain_owner is not token or victim.state is not EntryState.READY:
-                return
-            if self._waits_for_room(load):
-                await self._unload(victim)
-            else:
-                victim.doomed = False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(victim.gone.wait(), timeout=0.25)
         finally:
             self._reopen(victim, token)
 
     def _waits_for_room(self, load: _Entry) -> bool:
-        return load.making_room and self._entries.get(load.name) is load
+        """Whether `load` still waits in `_make_room`: for requests, only while one of them does."""
+        if not load.making_room or self._entries.get(load.name) is not load:
+            return False
+        return not load.room_for_requests or self._acquiring[load.name] > 0
 
     async def _unload_if_present(self, name: str) -> None:
         """Unload an eviction victim, unless it went meanwhile (expired, or unloaded by another task)."""
