@@ -631,10 +631,11 @@ def register(sub: Any) -> None:
         "ps",
         help="models loaded by the server, with live memory figures",
         description="List the models loaded by the server at $MODELYARD_HOST: NAME, ID (digest), SIZE (the "
-        "memory counted for it: weights, KV cache, and an embeddings context once used), PROCESSOR (its "
-        "CPU/GPU split), CONTEXT and SLOTS per runner, QUEUE (requests waiting), UNTIL (when it unloads "
-        "if left idle), RSS (the runner process's resident memory), RESIDENT (the part of its mmapped "
-        "weights in RAM now), and STATE.",
+        "memory counted for it: weights, KV cache, its runner process, and an embeddings context once "
+        "used), PROCESSOR (its CPU/GPU split), CONTEXT and SLOTS per runner, QUEUE (requests waiting), "
+        "UNTIL (when it unloads if left idle), RSS (the runner process's resident memory), RESIDENT (the "
+        "part of its mmapped weights in RAM now), and STATE (loading, ready, stopping: taking no new "
+        "request until those in flight end, for a stop or another model's memory; failed).",
     )
     p.add_argument("--json", action="store_true", help="print the server's /api/ps answer as JSON")
     p.set_defaults(func=cmd_ps)

@@ -1451,7 +1451,7 @@ def test_a_drain_for_memory_is_called_off_after_drain_wait_and_the_model_serves_
             stream = await scheduler.acquire(a)
             waiting_b = asyncio.create_task(scheduler.acquire(fake(tmp_path, "B", "w2", "dB")))
             await asyncio.sleep(0.1)
-            assert "to make room for B" in rows(scheduler)["A"].note
+            assert "to make room for B" in rows(scheduler)["A"].note and rows(scheduler)["A"].stopping
             started = time.monotonic()
             short = await asyncio.wait_for(scheduler.acquire(a), timeout=5)
             assert short.runner is stream.runner and 0.1 < time.monotonic() - started < 1.0
@@ -1459,6 +1459,7 @@ def test_a_drain_for_memory_is_called_off_after_drain_wait_and_the_model_serves_
             with pytest.raises(ServerBusyError, match="busy or pinned"):
                 await waiting_b
             assert set(rows(scheduler)) == {"A"} and rows(scheduler)["A"].note == ""
+            assert not rows(scheduler)["A"].stopping
             again = await scheduler.acquire(a)  # not closed again by the load that gave up
             assert again.runner is stream.runner
             again.release()

@@ -2004,3 +2004,75 @@ def test_the_responses_api_through_the_openai_client(client: ollama.Client, oai:
         client.delete("toolish-responses")
     with pytest.raises(openai.BadRequestError, match="stores no responses"):
         oai.responses.create(model=GEMMA, input="Hi", previous_response_id="resp_1")
+
+
+def test_a_model_in_steady_use_makes_room_for_another_through_the_server(
+    tmp_path: Path, gemma_gguf: Path
+) -> None:
+    """Memory for one of two runners; four ollama clients keep the first streaming with no pause; a
+    request for the second is answered once the first's requests in flight end, `ps` shows the
+    first stopping meanwhile, and every client of the first is answered (before: 503 after 30 s)."""
+    import threading
+
+    home = build_gemma_home(tmp_path / "home", gemma_gguf)
+    sizes: dict[str, int] = {}
+    server = start_server(home, env={"MODELYARD_NUM_PARALLEL": "2"})
+    try:
+        client = ollama.Client(host=server.url)
+        client.create(model="small-ctx", from_=GEMMA, parameters={"num_ctx": 1024})
+        for name in (MODEL, "small-ctx:latest"):
+            client.generate(model=name, prompt="")
+            sizes.update({m.model: m.size for m in client.ps().models if m.size})
+        client.close()
+    finally:
+        server.stop()
+    budget = max(sizes.values()) + min(sizes.values()) // 2  # either, not both
+    server = start_server(home, env={"MODELYARD_NUM_PARALLEL": "2", "MODELYARD_RAM_BUDGET": str(budget)})
+    try:
+        client = ollama.Client(host=server.url, timeout=120)
+        client.generate(model=MODEL, prompt="")
+        halt = threading.Event()
+        answers: list[str] = []
+        failures: list[str] = []
+
+        def steady() -> None:
+            while not halt.is_set():
+                try:
+                    stream = client.generate(model=MODEL, prompt="Hello", stream=True, options=GREEDY)
+                    answers.append("".join(part.response for part in stream))
+                except Exception as exc:  # any failure at all is what this test looks for
+                    failures.append(repr(exc))
+
+        clients = [threading.Thread(target=steady) for _ in range(4)]
+        for thread in clients:
+            thread.start()
+        try:
+            time.sleep(2)
+            states: list[str] = []
+
+            def watch() -> None:  # /api/ps during the switch, every 50 ms for 2 s
+                for _ in range(40):
+                    states.extend(
+                        m.get("state", "") for m in httpx.get(f"{server.url}/api/ps").json()["models"]
+                    )
+                    time.sleep(0.05)
+
+            watching = threading.Thread(target=watch)
+            watching.start()
+            started = time.monotonic()
+            other = client.generate(model="small-ctx", prompt="Hi", options=GREEDY)
+            took = time.monotonic() - started
+            watching.join()
+            served_before = len(answers)
+            time.sleep(2)
+        finally:
+            halt.set()
+            for thread in clients:
+                thread.join()
+        client.close()
+        assert other.response and took < 15, f"{took:.1f} s"
+        assert "stopping" in states, states
+        assert not failures, failures[:3]
+        assert len(answers) > served_before, "the first model served again after the switch"
+    finally:
+        server.stop()

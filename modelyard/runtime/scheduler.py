@@ -286,6 +286,7 @@ class ModelStatus:
     # Tokens a slot really holds: llama.cpp rounds a context up (to a multiple of 256), so a
     # num_ctx of 100 holds 256. 0 until the runner has loaded.
     context_effective: int = 0
+    stopping: bool = False  # taking no new request: it unloads once its requests end (a stop, a drain)
 
 
 class Lease:
@@ -608,6 +609,7 @@ class Scheduler:
                     note=entry.note or _note(entry),
                     failure_kind=entry.failure_kind if entry.state is EntryState.FAILED else "",
                     context_effective=info.n_ctx_per_slot if info else 0,
+                    stopping=entry.closing,
                 )
             )
             # The names sharing the runner: listed (clients and the reconciler look for them), its

@@ -192,7 +192,7 @@ class ServerState:
                     or status.context_length,  # as Ollama: effective
                     # modelyard's own, for `modelyard ps`: what Ollama users ask for
                     "processor": status.processor,
-                    "state": status.state,
+                    "state": "stopping" if status.stopping and status.state == "ready" else status.state,
                     "slots": status.slots,
                     "slots_busy": status.slots_busy,
                     "queued": status.queued,
