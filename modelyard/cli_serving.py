@@ -594,9 +594,9 @@ def register(sub: Any) -> None:
         description="Serve the Ollama API (/api/…) and the OpenAI API (/v1/…), with /health, /api/status and "
         "/metrics. Listens on $MODELYARD_HOST (default 127.0.0.1:11434). Environment: MODELYARD_API_KEY "
         "(require Bearer auth), MODELYARD_ORIGINS (CORS), MODELYARD_NUM_PARALLEL, MODELYARD_KEEP_ALIVE, "
-        "MODELYARD_MAX_QUEUE, MODELYARD_RAM_BUDGET; for the registries --spec pulls from, "
-        "MODELYARD_PLAIN_HTTP_REGISTRIES and MODELYARD_INSECURE_REGISTRIES. SIGTERM or Ctrl-C: no new "
-        "requests, MODELYARD_SHUTDOWN_GRACE seconds (10) for those in flight.",
+        "MODELYARD_MAX_QUEUE, MODELYARD_RAM_BUDGET, MODELYARD_MAX_LOADED_MODELS; for the registries --spec "
+        "pulls from, MODELYARD_PLAIN_HTTP_REGISTRIES and MODELYARD_INSECURE_REGISTRIES. SIGTERM or "
+        "Ctrl-C: no new requests, MODELYARD_SHUTDOWN_GRACE seconds (10) for those in flight.",
     )
     p.add_argument("--host", metavar="HOST[:PORT]", help="where to listen (default: $MODELYARD_HOST)")
     p.add_argument(

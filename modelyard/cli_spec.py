@@ -278,6 +278,7 @@ def register(sub: Any) -> None:
         default="-ollama",
         metavar="SUFFIX",
         help="KubeAI pulls the Ollama manifest that `push --format both` writes under TAG-ollama "
-        "(the default); give '' for an image pushed with --format ollama",
+        "(the default); give '' for an image pushed with --format ollama. A suffix that starts with "
+        "'-' takes an '=': --ollama-tag-suffix=-v2",
     )
     k8s.set_defaults(func=cmd_export)

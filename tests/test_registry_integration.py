@@ -765,6 +765,9 @@ def test_tls_is_verified_by_default_and_insecure_skips_it(
         assert pulled.out.strip() == digest
         plain = cli("pull", "--quiet", str(target))  # loopback defaults to HTTP: a TLS port refuses it
         assert plain.code == 1 and "it speaks HTTPS" in plain.err and "Pass --insecure" in plain.err
+        # A push asks first with a HEAD, whose 400 has no body to say why (a README audit).
+        pushed = cli("push", "--quiet", str(target))  # the image the --insecure pull stored
+        assert pushed.code == 1 and "it speaks HTTPS" in pushed.err and "Pass --insecure" in pushed.err
     finally:
         tls_registry.stop()
 

@@ -1255,6 +1255,19 @@ def test_the_cap_on_loaded_models_comes_from_the_environment(tmp_path: Path) -> 
     assert scheduler_settings(Settings.from_env({"HOME": str(tmp_path)})).max_loaded_models is None
 
 
+def test_a_bad_keep_alive_in_the_environment_names_the_variable(tmp_path: Path) -> None:
+    """A README audit: `serve` said only "invalid duration 'bogus'"."""
+    from modelyard.errors import ModelyardError
+    from modelyard.server.serve import scheduler_settings
+    from modelyard.settings import Settings
+
+    environ = {"HOME": str(tmp_path), "MODELYARD_KEEP_ALIVE": "bogus"}
+    with pytest.raises(ModelyardError, match=r"^\$MODELYARD_KEEP_ALIVE: invalid duration 'bogus'"):
+        scheduler_settings(Settings.from_env(environ))
+    environ["MODELYARD_KEEP_ALIVE"] = "90"  # bare seconds, as $OLLAMA_KEEP_ALIVE
+    assert scheduler_settings(Settings.from_env(environ)).default_keep_alive == 90
+
+
 def test_a_runner_that_hangs_with_requests_is_killed_and_loaded_again(two_models: tuple[Path, Path]) -> None:
     """A runner stopped (SIGSTOP here; a GPU hang or a deadlock alike) held its requests and slots
     for ever, and the model looked loaded. With requests in hand and nothing said for hang_timeout

@@ -345,8 +345,12 @@ def error_for(response: httpx.Response, what: str) -> RegistryError:
     detail = describe_error_body(body)
     response.close()
     message = f"{what}: the registry answered HTTP {response.status_code}"
-    if response.url.scheme == "http" and HTTPS_ONLY_ANSWER in body:
-        # Go's net/http answers so on a TLS port; we spoke HTTP because the host is loopback.
+    # Go's net/http answers so on a TLS port; we spoke HTTP because the host is loopback. A HEAD
+    # (push's first request: does the blob exist?) gets the 400 without the body that says why.
+    https_port = HTTPS_ONLY_ANSWER in body or (
+        response.request.method == "HEAD" and response.status_code == 400 and not body
+    )
+    if response.url.scheme == "http" and https_port:
         return RegistryError(
             f"{message}: it speaks HTTPS, and a loopback registry is reached over plain HTTP unless "
             "told otherwise. Pass --insecure (HTTPS without certificate verification, for a "

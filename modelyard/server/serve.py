@@ -34,11 +34,14 @@ def parse_host(text: str) -> tuple[str, int]:
 
 
 def scheduler_settings(settings: Settings) -> SchedulerSettings:
-    keep_alive = (
-        parse_keep_alive(settings.keep_alive, allow_bare_seconds=True)
-        if settings.keep_alive
-        else DEFAULT_KEEP_ALIVE_S
-    )
+    try:
+        keep_alive = (
+            parse_keep_alive(settings.keep_alive, allow_bare_seconds=True)
+            if settings.keep_alive
+            else DEFAULT_KEEP_ALIVE_S
+        )
+    except ModelyardError as exc:  # say which setting: the message alone named no variable
+        raise ModelyardError(f"$MODELYARD_KEEP_ALIVE: {exc}") from None
     return SchedulerSettings(
         ram_budget=settings.ram_budget,
         max_queue=settings.max_queue,
