@@ -9,7 +9,7 @@ import signal
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import pytest
 
@@ -1755,6 +1755,145 @@ def test_a_model_pinned_while_it_drains_for_another_stays(tmp_path: Path) -> Non
             with pytest.raises(ServerBusyError):
                 await waiting_b
             assert scheduler.is_loaded("A") and scheduler.loads == 1
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+class SlowFakeRunner(FakeRunner):
+    started: ClassVar[list[FakeRunner]] = []
+
+    def __init__(self, spec: Any) -> None:
+        time.sleep(0.3)
+        super().__init__(spec)
+        SlowFakeRunner.started.append(self)
+
+
+def test_a_stop_while_a_swap_begins_leaves_no_runner_unaccounted_for(tmp_path: Path) -> None:
+    """Found by a scheduler review's stress run: `stop C` waited for C's load, then unloaded the
+    entry it found, which was a swap's new digest not started yet; the swap started its runner
+    anyway, outside every list: over the budget, and alive after close()."""
+
+    async def scenario() -> None:
+        for name in ("w1", "w2"):
+            (tmp_path / name).write_bytes(b"x" * 1000)
+        scheduler = Scheduler(fake_settings(ram_budget=1500), starter=lambda spec, **_: SlowFakeRunner(spec))
+        old, new = fake(tmp_path, "C", "w1", "dC1"), fake(tmp_path, "C", "w2", "dC2")
+        try:
+            first = asyncio.create_task(scheduler.acquire(old))
+            await asyncio.sleep(0.05)
+            swapping: list[asyncio.Task[Any]] = []
+            loaded = scheduler._entries["C"].loaded
+            assert loaded is not None
+            loaded.add_done_callback(lambda _: swapping.append(asyncio.ensure_future(scheduler.acquire(new))))
+            stopping = asyncio.create_task(scheduler.unload("C"))
+            (await first).release()
+            (await swapping[0]).release()  # served by the old digest while the swap runs
+            await asyncio.wait_for(stopping, timeout=5)
+            await asyncio.sleep(0.5)
+            tracked = {e.runner for e in scheduler._every_entry() if e.runner is not None}
+            alive = [r for r in SlowFakeRunner.started if r.alive]
+            assert all(r in tracked for r in alive), "a runner alive that no entry accounts for"
+        finally:
+            await scheduler.close()
+        assert not [r for r in SlowFakeRunner.started if r.alive], "close() stopped every runner"
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("side_by_side", [True, False])
+def test_a_caller_that_stops_waiting_for_ensure_does_not_cancel_the_swap(
+    tmp_path: Path, side_by_side: bool
+) -> None:
+    """Found in review: cancelling ensure() (a caller's timeout) cancelled the swap between its
+    phases; with a short gap, the name stayed loading for ever and every request for it hung."""
+
+    async def scenario() -> None:
+        scheduler = drain_scheduler(tmp_path, memory_wait=3)
+        scheduler.ram_budget = 2500 if side_by_side else 1500
+        try:
+            held = await scheduler.acquire(fake(tmp_path, "A", "w1", "dA1"))
+            ensuring = asyncio.create_task(
+                scheduler.ensure(fake(tmp_path, "A", "w2", "dA2"), side_by_side=side_by_side)
+            )
+            await asyncio.sleep(0.2)
+            ensuring.cancel()
+            await asyncio.gather(ensuring, return_exceptions=True)
+            held.release(served=True)
+            lease = await asyncio.wait_for(scheduler.acquire(fake(tmp_path, "A", "w2", "dA2")), timeout=3)
+            assert lease.runner.spec.weights.name == "w2"
+            lease.release()
+            await asyncio.sleep(0.3)  # the old digest's drain ends (its runner stops in a thread)
+            assert not scheduler._retiring and not held.runner.alive, "the old digest went"
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_a_load_whose_waiters_all_left_as_it_ended_expires_as_idle(tmp_path: Path) -> None:
+    """Found in review: the request that began a load left while it ran, and the one waiting for it
+    left in the turn between the load's end and its own resumption: the model counted as wanted
+    for ever (never expired, never evicted)."""
+
+    async def scenario() -> None:
+        for name in ("w1", "w2"):
+            (tmp_path / name).write_bytes(b"x" * 1000)
+        settings = fake_settings(ram_budget=1500, memory_wait=2, default_keep_alive=60)
+        scheduler = Scheduler(settings, starter=lambda spec, **_: SlowFakeRunner(spec))
+        a = fake(tmp_path, "A", "w1", "dA")
+        try:
+            starter = asyncio.create_task(scheduler.acquire(a))
+            await asyncio.sleep(0.1)
+            waiter = asyncio.create_task(scheduler.acquire(a))
+            await asyncio.sleep(0.05)
+            starter.cancel()
+            loaded = scheduler._entries["A"].loaded
+            assert loaded is not None
+            loaded.add_done_callback(lambda _: waiter.cancel())
+            await asyncio.gather(starter, waiter, return_exceptions=True)
+            await asyncio.sleep(0.05)
+            assert scheduler.is_loaded("A") and rows(scheduler)["A"].expires_at is not None
+            b = await asyncio.wait_for(scheduler.acquire(fake(tmp_path, "B", "w2", "dB")), timeout=1.5)
+            b.release()  # A, idle, made room at once
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_an_embeddings_context_is_not_held_up_by_a_load_waiting_for_its_model(tmp_path: Path) -> None:
+    """Found in review: a request on A asked for its embeddings context while B's load waited for
+    A's memory; the reservation counted B as holding memory, and each waited for the other until
+    B's memory_wait (503)."""
+    from modelyard.runtime.memory import ModelShape, embedding_context_tokens, embedding_estimate
+
+    shape = ModelShape(
+        architecture="llama", n_layers=1, layer_bytes=(1000,), input_bytes=100, output_bytes=100,
+        tied_output=False, n_embd=8, n_ff=16, n_vocab=50, n_head=1, kv_heads=(1,), key_length=8,
+        value_length=8, sliding_window=0, swa_layers=(False,), n_ctx_train=512,
+    )  # fmt: skip
+
+    async def scenario() -> None:
+        (tmp_path / "w1").write_bytes(b"x" * 1000)
+        a = ModelRequest(
+            name="A", digest="dA", weights=tmp_path / "w1", shape=shape, options={"num_parallel": 1}
+        )
+        scheduler = Scheduler(fake_settings(ram_budget=10**9), starter=lambda spec, **_: FakeRunner(spec))
+        held = await scheduler.acquire(a)
+        entry = scheduler._entries["A"]
+        context = embedding_context_tokens(entry.options.num_ctx, 512, False)
+        embeddings = embedding_estimate(shape, n_ctx=context).host
+        # A and its embeddings context fit; B (waiting for A) and A do not.
+        scheduler.ram_budget = entry.host_bytes + embeddings + 500
+        (tmp_path / "big").write_bytes(b"x" * (embeddings + 1000))
+        try:
+            waiting_b = asyncio.create_task(scheduler.acquire(fake(tmp_path, "B", "big", "dB")))
+            await asyncio.sleep(0.1)
+            await asyncio.wait_for(scheduler.reserve_embeddings(held), timeout=1)
+            held.release(served=True)
+            (await asyncio.wait_for(waiting_b, timeout=2)).release()  # A, idle now, made room
         finally:
             await scheduler.close()
 

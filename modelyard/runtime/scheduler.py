@@ -356,9 +356,14 @@ class Scheduler:
             self._acquiring[request.name] -= 1
             if not self._acquiring[request.name]:
                 del self._acquiring[request.name]
-                waiting = self._entries.get(request.name)
-                if waiting is not None and waiting.making_room:
+                entry = self._entries.get(request.name)
+                if entry is not None and entry.making_room:
                     self._spawn(self._notify_capacity())  # its load, waiting for memory, gives up now
+                if entry is not None and entry.fresh and entry.refs == 0:
+                    # Loaded for requests that all left before they took it (a scheduler review: it
+                    # counted as wanted for ever, and never expired): it times out as idle.
+                    entry.fresh = False
+                    self._restart_idle_timer(entry)
 
     async def _acquire(self, request: ModelRequest) -> Lease:
         options = self._resolve_options(request)
@@ -480,8 +485,9 @@ class Scheduler:
         entry = self._entries.get(name)
         if entry is None:
             return False
-        if entry.state is EntryState.LOADING:
-            # The requests waiting for this load are served first; then it goes like any other.
+        while entry.state is EntryState.LOADING:
+            # The requests waiting for this load are served first; then it goes like any other. (A
+            # load again: a swap's new digest began meanwhile, whose runner is not started yet.)
             with contextlib.suppress(Exception):
                 await self._wait_for_load(entry)
             # They resume within a turn or two of the loop, each taking its lease as it does; the
@@ -606,7 +612,7 @@ class Scheduler:
                     kv_bytes=info.kv_bytes if info else entry.estimate.kv,
                     load_seconds=entry.load_seconds,
                     last_error=entry.last_error,
-                    note=entry.note or _note(entry),
+                    note=_note(entry) if entry.closing else entry.note or _note(entry),
                     failure_kind=entry.failure_kind if entry.state is EntryState.FAILED else "",
                     context_effective=info.n_ctx_per_slot if info else 0,
                     stopping=entry.closing,
@@ -1057,7 +1063,9 @@ class Scheduler:
                     self._detach(entry, request.name)  # the others keep the runner; this name loads anew
                     continue
                 if entry.only_digest_differs(request, options):
-                    await self._start_swap(request, options, entry, side_by_side=side_by_side)
+                    # Shielded: a caller that stops waiting (a timeout) must not cancel the swap
+                    # between its phases, which left the name loading for ever (a scheduler review).
+                    await asyncio.shield(self._start_swap(request, options, entry, side_by_side=side_by_side))
                     continue
             await self.preload(request)
             return
@@ -1209,7 +1217,10 @@ class Scheduler:
                 entry.expires_at = entry.last_used + entry.keep_alive
 
     def _shortfall(self, entry: _Entry, need_host: int, need_device: int) -> Shortfall:
-        others = [e for e in self._holding() if e is not entry]
+        # For a loaded model (its embeddings context), a load still waiting for memory holds none:
+        # the loaded model's request comes first, or each waited for the other (a scheduler review).
+        loaded = entry.state is EntryState.READY
+        others = [e for e in self._holding() if e is not entry and not (loaded and e.making_room)]
         used_host = sum(e.host_bytes for e in others)
         used_device = sum(e.device_bytes for e in others)
         return Shortfall(
@@ -1347,7 +1358,9 @@ class Scheduler:
             await self._unload(entry)
 
     async def _unload(self, entry: _Entry, *, force: bool = False) -> None:
-        if entry.state is EntryState.UNLOADING:
+        if entry.state in (EntryState.UNLOADING, EntryState.LOADING):
+            # Loading: its runner is not there to stop yet, and the load would start one that
+            # nothing accounts for (a scheduler review). Whoever waits for it unloads it after.
             return
         if self._entries.get(entry.name) is not entry and not force:
             return
@@ -1465,8 +1478,12 @@ def _consume_exception(future: asyncio.Future[None]) -> None:
 
 
 def _stopping(entry: _Entry) -> str:
-    why = f" to make room for {entry.closing_for}" if entry.closing_for else ""
-    return f"stopping{why}: it unloads once its {entry.refs} running request(s) end"
+    if entry.closing_for:
+        return (
+            f"stopping to make room for {entry.closing_for}: it takes no new request, and unloads "
+            f"once its {entry.refs} running request(s) end if that frees enough"
+        )
+    return f"stopping: it unloads once its {entry.refs} running request(s) end"
 
 
 def _note(entry: _Entry) -> str:
