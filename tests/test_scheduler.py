@@ -1898,3 +1898,41 @@ def test_an_embeddings_context_is_not_held_up_by_a_load_waiting_for_its_model(tm
             await scheduler.close()
 
     run(scenario())
+
+
+def test_a_swap_whose_victim_a_request_takes_meanwhile_unloads_the_old_digest_first(tmp_path: Path) -> None:
+    """Found by a scheduler review's stress run: a swap beside the old digest chose two idle models
+    to unload; a request took the second while the first stopped, so it stayed, and the new runner
+    started beside it all the same, over the budget. Now memory holds only one: a short gap."""
+
+    class SlowStop(FakeRunner):
+        def stop(self) -> None:
+            time.sleep(0.2)
+            super().stop()
+
+    async def scenario() -> None:
+        for name, size in (("w1", 1000), ("w2", 1000), ("x", 500), ("y", 500)):
+            (tmp_path / name).write_bytes(b"x" * size)
+        runners: list[FakeRunner] = []
+        peaks: list[int] = []  # the memory of the runners alive as each starts, itself included
+
+        def start(spec: Any, **_: Any) -> FakeRunner:
+            runners.append(SlowStop(spec))
+            peaks.append(sum(r.spec.weights.stat().st_size for r in runners if r.alive))
+            return runners[-1]
+
+        scheduler = Scheduler(fake_settings(ram_budget=2100), starter=start)
+        try:
+            for name, weights in (("A", "w1"), ("X", "x"), ("Y", "y")):
+                (await scheduler.acquire(fake(tmp_path, name, weights, f"d{name}"))).release()
+            ensuring = asyncio.create_task(scheduler.ensure(fake(tmp_path, "A", "w2", "dA2")))
+            await asyncio.sleep(0.1)  # X is stopping
+            y = await scheduler.acquire(fake(tmp_path, "Y", "y", "dY"))
+            await asyncio.wait_for(ensuring, timeout=5)
+            assert scheduler.is_loaded("Y") and y.runner.alive and not runners[0].alive
+            assert max(peaks) <= 2100, f"a runner started with {max(peaks)} bytes of runners alive"
+            y.release()
+        finally:
+            await scheduler.close()
+
+    run(scenario())

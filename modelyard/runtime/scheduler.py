@@ -1004,12 +1004,16 @@ class Scheduler:
             shortfall = self._shortfall(new, new.host_bytes, new.device_bytes)
             victims = choose_evictions(self._residents(exclude=new, also=old), shortfall)
             short_gap = victims is None or not side_by_side
+            if not short_gap:
+                for name in victims or ():
+                    await self._unload_if_present(name)
+                # A victim that a request took meanwhile stays (a scheduler review's stress run: the
+                # new runner started beside it, over the budget): then memory holds only one.
+                short_gap = not self._shortfall(new, new.host_bytes, new.device_bytes).none
             if short_gap:
                 old.note = f"swapping to {request.digest[:19]}: memory holds only one; unloading this first"
                 new.note = f"replaced {old.digest[:19]} after unloading it: memory holds only one (short gap)"
             else:
-                for name in victims or ():
-                    await self._unload_if_present(name)
                 old.note = f"swapping to {request.digest[:19]}"
                 new.note = f"replaced {old.digest[:19]} without downtime"
                 try:
