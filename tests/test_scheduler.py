@@ -1778,6 +1778,7 @@ def test_a_stop_while_a_swap_begins_leaves_no_runner_unaccounted_for(tmp_path: P
     async def scenario() -> None:
         for name in ("w1", "w2"):
             (tmp_path / name).write_bytes(b"x" * 1000)
+        SlowFakeRunner.started.clear()  # this test's runners only
         scheduler = Scheduler(fake_settings(ram_budget=1500), starter=lambda spec, **_: SlowFakeRunner(spec))
         old, new = fake(tmp_path, "C", "w1", "dC1"), fake(tmp_path, "C", "w2", "dC2")
         try:
