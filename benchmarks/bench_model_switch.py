@@ -56,10 +56,13 @@ def build(home: Path, gguf: Path) -> None:
         builder.build(modelfile, parse_reference(name), context=home)
 
 
+def serve_env(home: Path, **more: str) -> dict[str, str]:
+    return {**os.environ, "MODELYARD_HOME": str(home), "MODELYARD_NUM_PARALLEL": str(SLOTS), **more}
+
+
 def sizes(home: Path, tree: Path) -> dict[str, int]:
     """Each model's size as the tree's own scheduler counts it, loaded alone."""
-    env = {**os.environ, "MODELYARD_HOME": str(home), "MODELYARD_NUM_PARALLEL": str(SLOTS)}
-    process, url = serve_process(free_port(), env, home / "sizes.log", cwd=tree)
+    process, url = serve_process(free_port(), serve_env(home), home / "sizes.log", cwd=tree)
     try:
         out = {}
         for name in ("first", "second"):
@@ -73,12 +76,7 @@ def sizes(home: Path, tree: Path) -> dict[str, int]:
 
 
 def one_round(home: Path, tree: Path, budget: int, clients: int) -> Round:
-    env = {
-        **os.environ,
-        "MODELYARD_HOME": str(home),
-        "MODELYARD_NUM_PARALLEL": str(SLOTS),
-        "MODELYARD_RAM_BUDGET": str(budget),
-    }
+    env = serve_env(home, MODELYARD_RAM_BUDGET=str(budget))
     process, url = serve_process(free_port(), env, home / "serve.log", cwd=tree)
     halt = threading.Event()
     latencies: list[float] = []

@@ -359,11 +359,8 @@ class Scheduler:
                 entry = self._entries.get(request.name)
                 if entry is not None and entry.making_room:
                     self._spawn(self._notify_capacity())  # its load, waiting for memory, gives up now
-                if entry is not None and entry.fresh and entry.refs == 0:
-                    # Loaded for requests that all left before they took it (a scheduler review: it
-                    # counted as wanted for ever, and never expired): it times out as idle.
-                    entry.fresh = False
-                    self._restart_idle_timer(entry)
+                if entry is not None:
+                    self._settle_fresh(entry, request.name)
 
     async def _acquire(self, request: ModelRequest) -> Lease:
         options = self._resolve_options(request)
@@ -802,8 +799,11 @@ class Scheduler:
         """4 slots when their KV cache fits the budget (beside what cannot be evicted), else fewer."""
         if request.shape is None:
             return 1
+        now = self.clock()
         fixed = sum(
-            e.host_bytes for e in self._holding() if e.name != request.name and not self._evictable(e)
+            e.host_bytes
+            for e in self._holding()
+            if e.name != request.name and not evictable(self._resident(e, now))
         )
         room = self.ram_budget - fixed
         for slots in AUTO_PARALLEL_CHOICES:
@@ -881,13 +881,16 @@ class Scheduler:
             except BaseException as exc:
                 self._load_failed(entry, exc)
                 raise
-            if self._acquiring[request.name]:
-                entry.fresh = True  # until the requests that asked for it resume (_acquire)
-            else:
-                # Every request for it left while it started (a scheduler review: loaded for
-                # nobody, it counted as wanted for ever, and never expired): it times out as idle.
-                self._restart_idle_timer(entry)
+            entry.fresh = True  # until the requests that asked for it resume (_acquire)
+            self._settle_fresh(entry, request.name)  # unless every one of them left meanwhile
             await self._fit_as_measured(entry)
+
+    def _settle_fresh(self, entry: _Entry, name: str) -> None:
+        """A model loaded for requests that all left before they took it times out as idle (a
+        scheduler review: it counted as wanted for ever, and never expired)."""
+        if entry.fresh and entry.refs == 0 and not self._acquiring[name]:
+            entry.fresh = False
+            self._restart_idle_timer(entry)
 
     async def _fit_as_measured(self, entry: _Entry) -> None:
         """Room was made for the estimate; the runner may measure a few MiB more (a scheduler
@@ -1253,19 +1256,6 @@ class Scheduler:
             expired=entry.expires_at is not None and entry.expires_at <= now,
             closing=entry.closing,
         )
-
-    def _evictable(self, entry: _Entry) -> bool:
-        resident = Resident(
-            entry.name,
-            0,
-            0,
-            entry.refs > 0 or entry.waiting > 0 or entry.fresh,
-            entry.pinned,
-            entry.state is not EntryState.READY,
-            entry.last_used,
-            False,
-        )
-        return evictable(resident)
 
     # --- unloading and crashes --------------------------------------------------------------
 
