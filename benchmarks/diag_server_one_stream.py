@@ -3,7 +3,8 @@
 On an H100 (RESULTS.md, "On a GPU: NVIDIA H100"), one 128-token stream through `modelyard serve`
 reached 87–90% of the runner's tokens/s in three runs, yet 98.8% with 512-token streams, with its
 time to first token only 2–3 ms over the runner's. This tells the candidate causes apart, one
-request at a time, serve and runner alternating, medians over --pairs:
+request at a time (or --streams at once: the H100's 8 streams measured 93% on 2026-11-27), serve and
+runner alternating, medians over --pairs and the streams:
 
   ttft       from sending the request to the first text
   pace       (last text - first text) / (tokens - 1), as the client sees them arrive
@@ -15,7 +16,8 @@ A runner whose own time per token grows under serve is losing cores to the serve
 the same runner time with a slower pace is delivery lagging behind; a long tail or a long ttft is
 per-request cost.
 
-    python benchmarks/diag_server_one_stream.py [--pairs 20] [--tokens 128,512] [--gpu] [--threads N]
+    python benchmarks/diag_server_one_stream.py [--pairs 20] [--tokens 128,512] [--streams 1]
+                                                [--gpu] [--threads N]
                                                 [--random-gemma-shape | --model GGUF]
 """
 
@@ -26,7 +28,9 @@ import json
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -95,6 +99,28 @@ def direct(runner: Runner, tokens: int) -> Timing:
     return timing(started, arrivals, ended, done.eval_duration, done.eval_count)
 
 
+def concurrently(one: Callable[[], Timing], streams: int) -> list[Timing]:
+    """`streams` requests at once, each on its own thread."""
+    if streams == 1:
+        return [one()]
+    got: list[Timing] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        timing = one()
+        with lock:
+            got.append(timing)
+
+    threads = [threading.Thread(target=run) for _ in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if len(got) != streams:
+        raise SystemExit("a stream failed")
+    return got
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -103,6 +129,7 @@ def main() -> None:
     parser.add_argument(
         "--tokens", default="128,512", help="tokens per stream, comma-separated (default: %(default)s)"
     )
+    parser.add_argument("--streams", type=int, default=1, help="concurrent requests per side (default: 1)")
     parser.add_argument("--gpu", action="store_true", help="offload every layer, on both sides")
     parser.add_argument(
         "--threads",
@@ -137,7 +164,7 @@ def main() -> None:
                     ("runner", partial(direct, runner, tokens)),
                 ]
                 for name, one in sides if pair % 2 == 0 else sides[::-1]:
-                    results.setdefault((name, tokens), []).append(one())
+                    results.setdefault((name, tokens), []).extend(concurrently(one, args.streams))
     finally:
         client.close()
         runner.stop()
@@ -146,7 +173,7 @@ def main() -> None:
     def ms(name: str, tokens: int, field: str) -> float:
         return statistics.median(getattr(t, field) for t in results[(name, tokens)]) * 1000
 
-    print(f"{args.pairs} pairs, threads {threads}, gpu {args.gpu}; medians, ms\n")
+    print(f"{args.pairs} pairs of {args.streams} streams, threads {threads}, gpu {args.gpu}; medians, ms\n")
     print("| tokens | side | ttft | pace per token | runner's own per token | tail | tokens/s from pace |")
     print("|---|---|---|---|---|---|---|")
     for tokens in lengths:
