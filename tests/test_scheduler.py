@@ -1937,3 +1937,37 @@ def test_a_swap_whose_victim_a_request_takes_meanwhile_unloads_the_old_digest_fi
             await scheduler.close()
 
     run(scenario())
+
+
+def test_a_short_gap_swap_and_another_models_load_do_not_wait_for_each_other(tmp_path: Path) -> None:
+    """Found by a scheduler review: memory holds one model; A swaps digests while a request runs on
+    the old one, so the new digest waits for the old to go, then for the load lock. B's load took
+    that lock and waited for memory, which the new digest held on paper: each waited for the other
+    until memory_wait, and B got a 503 (its requests and A's waited 4 s). Now the new digest holds
+    nothing until it has the lock: B loads once the old A goes, then A's new digest after B."""
+
+    async def scenario() -> None:
+        for name in ("w1", "w2", "w3"):
+            (tmp_path / name).write_bytes(b"x" * 1000)
+        settings = fake_settings(ram_budget=1500, memory_wait=4)
+        scheduler = Scheduler(settings, starter=lambda spec, **_: FakeRunner(spec))
+        try:
+            old = await scheduler.acquire(fake(tmp_path, "A", "w1", "dA1"))
+            ensuring = asyncio.create_task(scheduler.ensure(fake(tmp_path, "A", "w2", "dA2")))
+            await asyncio.sleep(0.05)  # the swap waits for the old A's request
+            asking_b = asyncio.create_task(scheduler.acquire(fake(tmp_path, "B", "w3", "dB")))
+            await asyncio.sleep(0.05)
+            asking_a = asyncio.create_task(scheduler.acquire(fake(tmp_path, "A", "w2", "dA2")))
+            await asyncio.sleep(0.05)
+            old.release(served=True)  # the old A goes now
+            b = await asyncio.wait_for(asking_b, timeout=1)
+            assert b.runner.spec.weights.name == "w3"
+            b.release(served=True)
+            a = await asyncio.wait_for(asking_a, timeout=1)
+            assert (a.runner.spec.weights.name, rows(scheduler)["A"].digest) == ("w2", "dA2")
+            await asyncio.wait_for(ensuring, timeout=1)
+            a.release(served=True)
+        finally:
+            await scheduler.close()
+
+    run(scenario())

@@ -170,6 +170,10 @@ class _Entry:
     closing_for: str = ""  # the name whose load the drain makes room for; "" for a stop
     making_room: bool = False  # a load waiting in _make_room: drains for it go on while it does
     room_for_requests: bool = False  # ...for requests (not a swap): while one of them still waits
+    # A short-gap swap's new digest, waiting for the old one to go and then for the load lock: it
+    # holds nothing yet. Counted as holding, it made a load that held the lock wait for memory that
+    # only it held on paper, while it waited for that lock: each for the other until memory_wait.
+    queued: bool = False
 
     @property
     def host_bytes(self) -> int:
@@ -185,6 +189,8 @@ class _Entry:
 
     @property
     def holds_memory(self) -> bool:
+        if self.queued:
+            return False
         return self.state in (EntryState.LOADING, EntryState.READY, EntryState.UNLOADING)
 
     @property
@@ -1026,6 +1032,7 @@ class Scheduler:
                     raise
             old.draining = True
             self._retiring.append(old)
+            new.queued = short_gap
             self._entries[request.name] = new  # requests go to the new one (or wait for its load)
             if not short_gap:
                 self._restart_idle_timer(new)  # unused until a request comes, it still expires
@@ -1033,6 +1040,7 @@ class Scheduler:
         if not short_gap:
             return
         async with self._load_lock:
+            new.queued = False  # from here it makes room like any load
             try:
                 await self._make_room(new, new.host_bytes, new.device_bytes)
                 await self._start_runner(new, request)
