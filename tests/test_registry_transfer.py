@@ -27,6 +27,7 @@ from modelyard.store.blobs import BlobStore
 from modelyard.store.image import (
     CONFIG_MODELPACK,
     INDEX_OCI,
+    LAYER_SYSTEM,
     LAYER_TEMPLATE,
     LAYER_WEIGHT,
     MANIFEST_OCI,
@@ -392,3 +393,43 @@ def test_a_pull_refuses_a_descriptor_the_store_could_not_keep(
         pull(store, parse_reference("reg.example/ns/m:v1"), options)
     assert store.images() == []
     assert not store.blobs.exists(sha256_digest(BLOB)), "refused before the weights were downloaded"
+
+
+@pytest.mark.parametrize(
+    ("registry", "error"),
+    [
+        pytest.param(
+            _image(b'{"config": {}, "descriptor": {}}', 10, (LAYER_WEIGHT, BLOB, len(BLOB))),
+            "config blob sha256:.* is 32 bytes, but the manifest says 10",
+            id="config-size-understated",
+        ),
+        pytest.param(
+            _image(b"{}", 2, (LAYER_WEIGHT, BLOB, 2**62)),
+            r"blob sha256:.* is 10,240 bytes \(the copy in the local store\), but the manifest says "
+            "4,611,686,018,427,387,904",
+            id="weights-size-overstated",
+        ),
+        pytest.param(
+            _image(b"{}", 2, (LAYER_WEIGHT, b"w" * 64, 64), (LAYER_SYSTEM, BLOB, 60)),
+            r"blob sha256:.* is 10,240 bytes \(the copy in the local store\), but the manifest says 60",
+            id="weights-named-as-a-small-system-layer",
+        ),
+    ],
+)
+def test_a_pull_refuses_a_descriptor_whose_blob_the_store_already_holds_at_another_size(
+    tmp_path: Path, registry: FakeRegistry, error: str
+) -> None:
+    """A registry review: sizes were checked only on blobs that came over the network. Once an
+    honest pull had brought a blob, a manifest naming it under any size was taken as is: listed at
+    4.6 EB, pushed on to other registries as is, or a 10 KiB weights blob declared a 60-byte SYSTEM
+    layer, past the text-layer limit, which every reader then refused while verify said ok."""
+    options = RegistryOptions(
+        tmp_path / "docker", tmp_path / "cache", retry=FAST, transport=httpx.MockTransport(registry)
+    )
+    store = Store(tmp_path / "store")
+    store.init()
+    for data in (BLOB, b'{"config": {}, "descriptor": {}}'):
+        store.blobs.put_bytes(data, expected=sha256_digest(data))  # an earlier, honest pull's
+    with pytest.raises(RegistryProtocolError, match=error):
+        pull(store, parse_reference("reg.example/ns/m:v1"), options)
+    assert store.images() == []

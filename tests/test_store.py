@@ -441,6 +441,27 @@ def test_verify_reports_corrupt_and_missing(store: Store) -> None:
     assert not report.ok
 
 
+def test_verify_reports_a_manifest_that_misstates_a_blobs_size(store: Store) -> None:
+    """A registry review: pulls kept manifests that named a blob the store already had under
+    another size (fixed there); verify said ok on such a store, while `show` refused the image."""
+    config = store.blobs.put_bytes(b'{"config":{}}')
+    weights = store.blobs.put_bytes(b"weights")
+    manifest = Manifest(
+        Descriptor(CONFIG_MODELPACK, config.digest, config.size),
+        (Descriptor(LAYER_WEIGHT, weights.digest, 2**62),),
+    )
+    store.tag(parse_reference("m"), store.put_manifest(manifest)[0])
+    report = store.verify()
+    assert not report.ok and not report.corrupt and not report.missing
+    assert report.unreadable == (
+        (
+            "library/m:latest",
+            f"its manifest says blob {weights.digest} is 4,611,686,018,427,387,904 bytes, but it is 7; "
+            "remove the image (`modelyard rm`)",
+        ),
+    )
+
+
 @pytest.mark.parametrize("named", [False, True], ids=["unnamed", "named"])
 def test_another_tools_image_index_keeps_its_manifests_and_blobs_and_breaks_nothing(
     store: Store, named: bool

@@ -155,6 +155,7 @@ def _fetch_config(repo: RepositoryClient, store: Store, config: Descriptor, *, k
     """The config blob as JSON, verified; into the store when the image keeps it (ModelPack)."""
     if store.blobs.exists(config.digest):
         data = store.blobs.read_bytes(config.digest, MAX_TEXT_LAYER_BYTES)
+        _check_size(repo, config, len(data))
     else:
         if config.size > MAX_TEXT_LAYER_BYTES:
             raise RegistryProtocolError(f"{repo.name}: config blob {config.digest} is {config.size} bytes")
@@ -167,11 +168,7 @@ def _fetch_config(repo: RepositoryClient, store: Store, config: Descriptor, *, k
         actual = sha256_digest(data)
         if actual != config.digest:
             raise DigestMismatchError(config.digest, actual, repo.name)
-        if len(data) != config.size:  # the right bytes, but a descriptor the store must not keep
-            raise RegistryProtocolError(
-                f"{repo.name}: config blob {config.digest} is {len(data):,} bytes, but the manifest "
-                f"says {config.size:,}; the image's manifest is wrong (push it again)"
-            )
+        _check_size(repo, config, len(data))  # the right bytes, but maybe a descriptor to refuse
         if keep:
             store.blobs.put_bytes(data, expected=config.digest)
     try:
@@ -179,6 +176,16 @@ def _fetch_config(repo: RepositoryClient, store: Store, config: Descriptor, *, k
     except (json.JSONDecodeError, UnicodeDecodeError):
         value = None
     return value if isinstance(value, dict) else {}
+
+
+def _check_size(repo: RepositoryClient, config: Descriptor, actual: int) -> None:
+    """Refuse a config descriptor the store must not keep, whether the bytes came now or were
+    there already (another image's config under a size of this manifest's choosing)."""
+    if actual != config.size:
+        raise RegistryProtocolError(
+            f"{repo.name}: config blob {config.digest} is {actual:,} bytes, but the manifest "
+            f"says {config.size:,}; the image's manifest is wrong (push it again)"
+        )
 
 
 def _download_layers(

@@ -29,7 +29,7 @@ from typing import BinaryIO
 import httpx
 from filelock import FileLock
 
-from modelyard.errors import DigestMismatchError, RegistryError, RegistryProtocolError
+from modelyard.errors import BlobNotFoundError, DigestMismatchError, RegistryError, RegistryProtocolError
 from modelyard.registry.client import RepositoryClient, UploadOffsetError, UploadSession, UploadSessionLost
 from modelyard.store.blobs import LOCK_SUFFIX, BlobStore
 
@@ -198,7 +198,7 @@ def download_blob(
     cancelled: threading.Event | None = None,
 ) -> int:
     """Fetch a blob into the store unless it is there; returns the bytes received over the network."""
-    if blobs.exists(digest):
+    if _in_store(blobs, digest, size, repo.name):
         blobs.touch(digest)
         return 0
     blobs.ingest_dir.mkdir(parents=True, exist_ok=True)
@@ -206,7 +206,7 @@ def download_blob(
     lock = FileLock(str(partial.with_name(partial.name + LOCK_SUFFIX)))
     download = _Download(repo, digest, size, progress, cancelled or threading.Event())
     with lock:  # two pulls of one blob (the CLI and the daemon) must not append to the same file
-        if blobs.exists(digest):  # another pull brought it while this one waited
+        if _in_store(blobs, digest, size, repo.name):  # another pull brought it while this one waited
             with contextlib.suppress(FileNotFoundError):
                 Path(lock.lock_file).unlink()  # (it made the file again to wait on it)
             return 0
@@ -232,6 +232,23 @@ def download_blob(
     with contextlib.suppress(FileNotFoundError):
         Path(lock.lock_file).unlink()
     return download.received
+
+
+def _in_store(blobs: BlobStore, digest: str, size: int, repository: str) -> bool:
+    """Whether the store holds the blob, as the manifest describes it. A descriptor whose size is
+    not the blob's is refused as the network path refuses it: taken as present, a manifest naming a
+    blob the store already had (any other image's, a 253 MB GGUF as a 60-byte SYSTEM) under a size
+    of its choosing was kept, listed and pushed on (a registry review)."""
+    try:
+        held = blobs.size(digest)
+    except BlobNotFoundError:
+        return False
+    if held != size:
+        raise RegistryProtocolError(
+            f"{repository}: blob {digest} is {held:,} bytes (the copy in the local store), but the "
+            f"manifest says {size:,}; the image's manifest is wrong (push it again)"
+        )
+    return True
 
 
 def _attempts(partial: Path, size: int) -> Iterator[bool]:

@@ -489,10 +489,14 @@ class Store:
                 needed = sorted(self._foreign_closure(record.digest))
             else:
                 try:
-                    needed = self.read_manifest(record.digest).blob_digests()
+                    manifest = self.read_manifest(record.digest)
                 except (BlobNotFoundError, CorruptStoreError) as exc:
                     unreadable.append((record.name, str(exc)))
                     continue
+                needed = manifest.blob_digests()
+                misdescribed = self._misdescribed(manifest)
+                if misdescribed is not None:
+                    unreadable.append((record.name, misdescribed))
             for digest in needed:
                 needed_by.setdefault(digest, []).append(record.name)
                 if not self.blobs.exists(digest):
@@ -517,6 +521,22 @@ class Store:
             removed=remove_corrupt and bool(corrupt) and index_problem is None,
             index_problem=index_problem,
         )
+
+
+    def _misdescribed(self, manifest: Manifest) -> str | None:
+        """A descriptor whose size is not its blob's: pulls kept such manifests before they checked
+        the blobs the store already had (a registry review); readers and pushes trust the sizes."""
+        for descriptor in (manifest.config, *manifest.layers):
+            try:
+                held = self.blobs.size(descriptor.digest)
+            except BlobNotFoundError:
+                continue  # said as missing
+            if held != descriptor.size:
+                return (
+                    f"its manifest says blob {descriptor.digest} is {descriptor.size:,} bytes, but it is "
+                    f"{held:,}; remove the image (`modelyard rm`)"
+                )
+        return None
 
 
 def _repository_name(stored_name: str) -> str:
