@@ -362,10 +362,22 @@ def test_login_reaches_a_registry_as_push_and_pull_do(tmp_path: Path) -> None:
         ("http://127.0.0.1:5000/team", "127.0.0.1:5000"),
         ("https://index.docker.io/v1/", "docker.io"),
         ("index.docker.io", "docker.io"),
+        ("LOCALHOST:5000", "localhost:5000"),
+        ("https://Registry.Example.com/v1/", "registry.example.com"),
     ],
 )
 def test_registry_host_of_what_docker_login_takes(written: str, host: str) -> None:
     assert registry_host(written) == host
+
+
+def test_credentials_saved_for_a_host_in_other_letter_case_are_found(tmp_path: Path) -> None:
+    """A registry review: `login LOCALHOST:43069` saved them under that key; references name the
+    host in lower case, and no push found them. Entries that docker saved so are found too."""
+    DockerConfig(tmp_path).save("LOCALHOST:5000", USER)
+    assert list(json.loads((tmp_path / "config.json").read_text())["auths"]) == ["localhost:5000"]
+    assert DockerConfig(tmp_path).lookup("localhost:5000") == USER
+    (tmp_path / "config.json").write_text(json.dumps({"auths": {"Registry.Example.com": {"auth": "YTpi"}}}))
+    assert DockerConfig(tmp_path).lookup("registry.example.com") == Credentials("a", "b")
 
 
 def test_identitytoken_entries_are_read(tmp_path: Path) -> None:

@@ -156,8 +156,10 @@ def config_key(host: str) -> str:
 
 def registry_host(text: str) -> str:
     """The registry host in what `docker login` takes: `ghcr.io`, `https://ghcr.io`,
-    `127.0.0.1:5000/team`, `https://index.docker.io/v1/` (docker.io): scheme and path go."""
-    name = text.removeprefix("http://").removeprefix("https://").split("/", 1)[0]
+    `127.0.0.1:5000/team`, `https://index.docker.io/v1/` (docker.io): scheme and path go. In lower
+    case, as references name hosts: `login LOCALHOST:5000` saved credentials that no push to that
+    host found (a registry review)."""
+    name = text.removeprefix("http://").removeprefix("https://").split("/", 1)[0].lower()
     return "docker.io" if name == "index.docker.io" else name
 
 
@@ -175,7 +177,12 @@ def _auths_entry(raw: Mapping[str, Any], key: str) -> object:
 
 def _helper_for(raw: Mapping[str, Any], host: str) -> str | None:
     helpers = raw.get("credHelpers")
-    name = helpers.get(host) if isinstance(helpers, dict) else None
+    name = None
+    if isinstance(helpers, dict):  # by the key, else by one naming the host in other letter case
+        name = helpers.get(host) or next(
+            (v for k, v in helpers.items() if isinstance(k, str) and registry_host(k) == registry_host(host)),
+            None,
+        )
     name = name or raw.get("credsStore")
     return name if isinstance(name, str) and name else None
 
