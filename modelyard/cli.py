@@ -88,14 +88,7 @@ def progress_sink(ctx: CommandContext, quiet: bool) -> tuple[ProgressSink, Calla
     if quiet:
         return (lambda event: None), (lambda: None)
     if not ctx.stderr.isatty():
-        last: list[str] = []
-
-        def plain(event: ProgressEvent) -> None:
-            if event.completed is None and (not last or last[-1] != event.status):
-                last.append(event.status)
-                ctx.err(event.status)
-
-        return plain, lambda: None
+        return plain_progress(ctx.err), lambda: None
 
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
@@ -619,6 +612,28 @@ def _table(ctx: CommandContext, header: list[str], rows: list[list[str]]) -> Non
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
     for row in [header, *rows]:
         ctx.out("    ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
+
+
+def plain_progress(say: Callable[[str], None]) -> ProgressSink:
+    """Status lines for a log (CI, a pipe): each status once, and for a transfer or copy its start,
+    each quarter and its end, so that a multi-gigabyte pull is not minutes of silence (a registry
+    review) nor a line per chunk."""
+    last: list[str] = []
+    quarters: dict[str, int] = {}  # per blob (or status): the last quarter said
+
+    def plain(event: ProgressEvent) -> None:
+        if event.completed is None or not event.total:
+            if not last or last[-1] != event.status:
+                last.append(event.status)
+                say(event.status)
+            return
+        key = event.digest or event.status
+        quarter = min(event.completed * 4 // event.total, 4)
+        if quarters.get(key, -1) < quarter:
+            quarters[key] = quarter
+            say(f"{event.status}: {_human_bytes(event.completed)} of {_human_bytes(event.total)}")
+
+    return plain
 
 
 def _human_bytes(n: int) -> str:
