@@ -118,6 +118,31 @@ def test_a_file_revision_follows_the_content_not_the_mtime(tmp_path: Path) -> No
     assert isinstance(open_source("git+/srv/x#y", tmp_path / "cache"), GitSource)
 
 
+def test_a_file_behind_links_that_a_configmap_update_moves_is_followed(tmp_path: Path) -> None:
+    """A spec review: the path was resolved once, so a ConfigMap mount (`m.yaml -> ..data/m.yaml`,
+    `..data -> ..<time>`, which the kubelet swaps and whose old folder it deletes on each update)
+    was read from its first folder only, and every update after that was an error."""
+    mount = tmp_path / "cm"
+    mount.mkdir()
+
+    def publish(stamp: str, body: str) -> None:
+        (mount / stamp).mkdir()
+        (mount / stamp / "m.yaml").write_text(spec_text(body))
+        (mount / "..data_tmp").symlink_to(stamp)
+        os.replace(mount / "..data_tmp", mount / "..data")
+
+    publish("..1", "models: [{name: a, image: x}]")
+    (mount / "m.yaml").symlink_to("..data/m.yaml")
+    source = open_source(str(mount / "m.yaml"), tmp_path / "cache")
+    first = source.read()
+    publish("..2", "models: [{name: a, image: y}]")
+    (mount / "..1" / "m.yaml").unlink()
+    (mount / "..1").rmdir()
+    second = source.read()
+    assert second.revision != first.revision and "image: y" in second.documents[0].text
+    assert source.description == str(mount / "m.yaml")
+
+
 def test_an_unreachable_git_source_is_a_source_error_with_gits_reason(tmp_path: Path) -> None:
     """Found in an audit: the status said `git ls-remote failed: and the repository exists.`, the
     last line of git's advice, not its `fatal:` line saying what was wrong."""

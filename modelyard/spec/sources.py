@@ -49,7 +49,10 @@ class FileSource:
     """A spec file, or a folder of them (recursively)."""
 
     def __init__(self, path: Path | str, *, poll_interval: float = FILE_POLL_S) -> None:
-        self.path = Path(path).expanduser().resolve()
+        # Absolute, its links kept: a Kubernetes ConfigMap's file is a link through `..data` to a
+        # folder that each update replaces, and a path resolved once went with the first of them
+        # (a spec review: updates stopped applying after the first).
+        self.path = Path(path).expanduser().absolute()
         self.poll_interval = poll_interval
         self.description = str(self.path)
 
