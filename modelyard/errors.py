@@ -94,6 +94,16 @@ class SpecSourceError(SpecError):
         super().__init__(f"{source}: {reason}")
 
 
+class NotAnAdapterError(SpecError):
+    """A spec names, as a model's adapter, an image that holds no LoRA adapter."""
+
+    def __init__(self, model: str, image: str) -> None:
+        super().__init__(
+            f"{model}: the adapter image {image} holds no LoRA adapter (no ADAPTER layer); name an image "
+            "built from a Modelfile with an ADAPTER line"
+        )
+
+
 class StoreError(ModelyardError):
     """The local store cannot do what was asked."""
 

@@ -13,12 +13,14 @@ from spec_fakes import make_spec
 from spec_world import build, registry_options
 from tinygguf import write_tiny_llama
 
+from modelyard.errors import NotAnAdapterError
 from modelyard.reference import Reference, parse_reference
 from modelyard.runtime.scheduler import ModelStatus, Scheduler, SchedulerSettings
 from modelyard.runtime.servable import load_servable
 from modelyard.spec.host import SchedulerHost
 from modelyard.spec.kubernetes import estimate_models
-from modelyard.spec.plan import target_for
+from modelyard.spec.plan import ActionKind, Reason, target_for
+from modelyard.spec.reconciler import classify
 from modelyard.store import Store
 from modelyard.store.index import TagRecord
 
@@ -143,3 +145,21 @@ def test_a_registry_that_never_answers_fails_a_tag_check_within_its_short_timeou
         with pytest.raises(RegistryUnavailableError):
             asyncio.run(asyncio.wait_for(host.resolve(f"127.0.0.1:{port}/team/chat:v1"), timeout=10))
         assert time.monotonic() - started < 3
+
+
+def test_an_adapter_image_without_an_adapter_fails_the_load_for_good(
+    host: tuple[SchedulerHost, ThreadNotingStore, LiveNotingScheduler],
+) -> None:
+    """A spec review: `adapters: [{image: other}]` naming a whole model's image was skipped, and the
+    model served as its base, Ready and Healthy."""
+    effects, store, _ = host
+    spec = make_spec(
+        f"models: [{{name: tuned, image: '{IMAGE}', adapters: [{{image: '{IMAGE}', scale: 0.5}}]}}]"
+    )
+    target = target_for(spec.models[0], {IMAGE: store.resolve(REF).digest})
+    with pytest.raises(
+        NotAnAdapterError, match=r"tuned: the adapter image .* holds no LoRA adapter"
+    ) as caught:
+        effects.request(target)
+    failure = classify(caught.value, ActionKind.LOAD)
+    assert (failure.reason, failure.permanent) == (Reason.LOAD_FAILED, True)

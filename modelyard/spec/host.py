@@ -19,10 +19,11 @@ import asyncio
 import logging
 import threading
 from dataclasses import replace
+from pathlib import Path
 
 import httpx
 
-from modelyard.errors import ImageNotFoundError, ModelyardError, StoreError, WorkAbandoned
+from modelyard.errors import ImageNotFoundError, ModelyardError, NotAnAdapterError, StoreError, WorkAbandoned
 from modelyard.progress import ProgressEvent
 from modelyard.reference import Reference, parse_reference
 from modelyard.registry import RegistryOptions, pull
@@ -133,11 +134,12 @@ class SchedulerHost:
         request = servable.request(
             name=target.name, options=target.options, keep_alive=target.keep_alive, pinned=target.pinned
         )
-        extra = tuple(
-            (path, adapter.scale)
-            for adapter in target.adapters
-            for path, _ in self._servable(adapter.image, adapter.digest).adapters
-        )
+        extra: tuple[tuple[Path, float], ...] = ()
+        for adapter in target.adapters:
+            held = self._servable(adapter.image, adapter.digest).adapters
+            if not held:  # served without it, the model answered as the base did (a spec review)
+                raise NotAnAdapterError(target.name, adapter.image)
+            extra += tuple((path, adapter.scale) for path, _ in held)
         return replace(request, adapters=request.adapters + extra) if extra else request
 
     async def ensure(self, target: LoadTarget, *, side_by_side: bool = True) -> Running:

@@ -44,6 +44,7 @@ from modelyard.errors import (
     InvalidReferenceError,
     ModelDoesNotFitError,
     ModelyardError,
+    NotAnAdapterError,
     RegistryError,
     RunnerCrashedError,
     RunnerError,
@@ -755,8 +756,9 @@ def classify(exc: ModelyardError, kind: ActionKind) -> Failure:
         return Failure(Reason.DOES_NOT_FIT, message, permanent=True)
     if isinstance(exc, DigestMismatchError):
         return Failure(Reason.PULL_FAILED, message, permanent=True)
-    if isinstance(exc, BuildError | InvalidReferenceError):
-        return Failure(Reason.LOAD_FAILED, message, permanent=True)  # a GGUF that cannot be read
+    if isinstance(exc, BuildError | InvalidReferenceError | NotAnAdapterError):
+        # A GGUF that cannot be read; an adapter image without an adapter.
+        return Failure(Reason.LOAD_FAILED, message, permanent=True)
     if isinstance(exc, ServerBusyError):
         return Failure(_BUSY.get(exc.reason, Reason.LOAD_FAILED), message, retry_after=exc.retry_after)
     if isinstance(exc, RunnerCrashedError):

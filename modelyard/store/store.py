@@ -522,7 +522,6 @@ class Store:
             index_problem=index_problem,
         )
 
-
     def _misdescribed(self, manifest: Manifest) -> str | None:
         """A descriptor whose size is not its blob's: pulls kept such manifests before they checked
         the blobs the store already had (a registry review); readers and pushes trust the sizes."""
