@@ -48,6 +48,7 @@ class FakeEffects:
     tags: dict[str, str] = field(default_factory=dict)  # reference -> digest the registry names now
     stored: set[str] = field(default_factory=set)  # digests in the store (local = remote here)
     sizes: dict[str, int] = field(default_factory=dict)  # model name -> estimated bytes
+    measured: dict[str, int] = field(default_factory=dict)  # model name -> bytes once loaded, if not sizes'
     budget: int = 10 * 2**30
     loaded: dict[str, Running] = field(default_factory=dict)
     calls: list[tuple[Any, ...]] = field(default_factory=list)
@@ -98,7 +99,7 @@ class FakeEffects:
             name=target.name,
             digest=target.digest,
             state="ready",
-            size=self.sizes.get(target.name, 1000),
+            size=self.measured.get(target.name, self.sizes.get(target.name, 1000)),
             context_length=options.get("num_ctx", 4096),
             slots=options.get("num_parallel", 1),
             pinned=target.pinned,

@@ -200,6 +200,26 @@ CASES = [
     Case("too-big-even-alone", sizes={"chat": 20_000}, phase=Phase.FAILED),
     # An estimate over the budget by less than the estimates err: it loads, and is then measured.
     Case("an-estimate-just-over-the-budget-loads", sizes={"chat": 11_000}, expect=(("load", "chat"),)),
+    # ...but not once it loaded, measured over and was unloaded for it: it looped so for ever (a spec
+    # review); a measurement of other options or another digest is not this load's.
+    Case(
+        "a-load-measured-too-big-is-not-loaded-again",
+        sizes={"chat": 11_000},
+        memory={"chat": Memory(measured=(T.load_key, 12_000))},
+        phase=Phase.FAILED,
+    ),
+    Case(
+        "a-measurement-of-another-load-does-not-count",
+        sizes={"chat": 11_000},
+        memory={"chat": Memory(measured=("another load key", 12_000))},
+        expect=(("load", "chat"),),
+    ),
+    Case(
+        "a-load-measured-too-big-loads-once-the-budget-holds-it",
+        sizes={"chat": 11_000},
+        memory={"chat": Memory(measured=(T.load_key, 9_000))},
+        expect=(("load", "chat"),),
+    ),
     Case(
         "a-new-digest-too-big-even-alone-leaves-the-old-serving",
         tag="b",
@@ -462,8 +482,8 @@ def test_a_model_that_shares_another_ones_runner_costs_no_memory_of_its_own() ->
     t = target()
     observed = Observed({}, {}, {"chat": 5_000}, 10_000, NOW, SESSION)
     shared = ready(size=0, shares_runner=True)
-    assert _footprint(t, shared, applied(t), observed) == (0, True)
+    assert _footprint(t, shared, Memory(applied(t)), observed) == (0, True)
     own = ready(size=0)  # size unknown: the estimate stands
-    assert _footprint(t, own, applied(t), observed) == (5_000, False)
+    assert _footprint(t, own, Memory(applied(t)), observed) == (5_000, False)
     reloading = replace(applied(t), load_key="other options")  # it will need a runner of its own
-    assert _footprint(t, shared, reloading, observed) == (5_000, False)
+    assert _footprint(t, shared, Memory(reloading), observed) == (5_000, False)

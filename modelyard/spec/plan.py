@@ -128,6 +128,10 @@ class Memory:
     failures: int = 0
     retry_at: float = 0.0
     blocked_on: str = ""  # model_key() of the entry a permanent failure waits to see change
+    # (load_key, bytes) of a load measured too big and unloaded for it: admitted on its estimate,
+    # with the estimate's margin, it loaded, measured over, unloaded, and loaded again each pass
+    # for ever (a spec review). Admission takes the measurement for that load from then on.
+    measured: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -343,7 +347,7 @@ def _plan_model(
         return ModelPlan(name, Phase.PULLING, pulls[0].reason, tuple(pulls), failure=warning, key=key)
 
     target = target_for(model, stored)
-    footprint, measured = _footprint(target, running, memory.applied, observed)
+    footprint, measured = _footprint(target, running, memory, observed)
     # The estimate's margin is for a model that nothing serves now (after a restart, say): one that
     # replaces what serves must fit by its estimate, or the swap would trade a working model for
     # one measured too big.
@@ -470,10 +474,12 @@ ESTIMATE_MARGIN = 0.15
 
 
 def _footprint(
-    target: LoadTarget, running: Running | None, applied: Applied | None, observed: Observed
+    target: LoadTarget, running: Running | None, memory: Memory, observed: Observed
 ) -> tuple[int | None, bool]:
     """Bytes the model takes, and whether they were measured: measured when it is loaded as
-    targeted (none when it shares another name's runner, whose row counts them), else the estimate."""
+    targeted (none when it shares another name's runner, whose row counts them) or was, before it
+    was unloaded for not fitting; else the estimate."""
+    applied = memory.applied
     loaded_as_targeted = (
         running is not None
         and running.state == "ready"
@@ -483,6 +489,8 @@ def _footprint(
     )
     if loaded_as_targeted and running is not None and (running.shares_runner or running.size):
         return (0 if running.shares_runner else running.size), True
+    if memory.measured is not None and memory.measured[0] == target.load_key:
+        return memory.measured[1], True
     return observed.footprints.get(target.name), False
 
 

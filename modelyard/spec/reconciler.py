@@ -437,7 +437,8 @@ class Reconciler:
             elif action.kind is ActionKind.UNLOAD:
                 await self.effects.unload(name)
                 self._serving.pop(name, None)
-                self._remember(name, lambda m: replace(m, applied=None))
+                measured = _measured_refusal(planned)
+                self._remember(name, lambda m: replace(m, applied=None, measured=measured or m.measured))
                 self._event(name, "unloaded", action.reason)
             else:
                 target = action.target
@@ -738,6 +739,15 @@ class _PullJob:
     digest: str
     task: asyncio.Future[str]
     waiting: dict[str, Action] = field(default_factory=dict)  # model -> its pull action
+
+
+def _measured_refusal(planned: ModelPlan | None) -> tuple[str, int] | None:
+    """What a model unloaded for not fitting measured, as loaded: its load key and bytes."""
+    if planned is None or planned.target is None or planned.footprint is None:
+        return None
+    if planned.failure is None or planned.failure.reason is not Reason.DOES_NOT_FIT:
+        return None
+    return planned.target.load_key, planned.footprint
 
 
 def _retrieve(task: asyncio.Future[str]) -> None:

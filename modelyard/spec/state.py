@@ -144,6 +144,9 @@ def _encode_memory(memory: Memory) -> dict[str, Any]:
         "failures": memory.failures,
         "retryAt": memory.retry_at,
         "blockedOn": memory.blocked_on,
+        "measured": None
+        if memory.measured is None
+        else {"loadKey": memory.measured[0], "bytes": memory.measured[1]},
     }
 
 
@@ -244,6 +247,7 @@ def _objects(raw: Mapping[str, Any], key: str) -> list[tuple[str, Mapping[str, A
 def _decode_memory(raw: Mapping[str, Any]) -> Memory:
     applied = _field(raw, "applied", (dict, type(None)), None)
     failure = _field(raw, "failure", (dict, type(None)), None)
+    measured = _field(raw, "measured", (dict, type(None)), None)
     return Memory(
         applied=None
         if applied is None
@@ -267,6 +271,9 @@ def _decode_memory(raw: Mapping[str, Any]) -> Memory:
         failures=_field(raw, "failures", int, 0),
         retry_at=_float(_field(raw, "retryAt", _NUMBER, 0.0), "retryAt"),
         blocked_on=_field(raw, "blockedOn", str, ""),
+        measured=None
+        if measured is None
+        else (_field(measured, "loadKey", str), _field(measured, "bytes", int)),
     )
 
 
