@@ -659,3 +659,49 @@ def test_a_model_measured_too_big_once_loaded_is_not_loaded_again_and_again(tmp_
     clock.now += 60
     asyncio.run(again.reconcile())
     assert "big" in effects.loaded
+
+
+def test_an_applys_plan_is_the_one_its_round_acts_on(
+    tmp_path: Path, world: tuple[FakeEffects, FakeClock]
+) -> None:
+    """A spec review: `apply` put the spec in force (which wakes the daemon's loop), then took the
+    plan it printed while the loop's round was already acting on it: "nothing to do" while that
+    round unloaded a model. The plan is now taken under the round lock, after a round under way and
+    before the next: it is what the next round does."""
+    effects, clock = world
+    other = "localhost:5000/team/other:v1"
+    effects.tags[other] = digest("c")
+    effects.stored.update({digest("a"), digest("c")})
+    both = f"models: [{{name: chat, image: {IMAGE}}}, {{name: other, image: {other}}}]"
+
+    async def scenario() -> None:
+        reconciler = make(tmp_path, effects, clock)
+        reconciler.submit(documents(both))
+        await reconciler.reconcile()
+        effects.tags[IMAGE] = digest("b")  # a round under way swaps chat, slowly
+        effects.stored.add(digest("b"))
+        gate = asyncio.Event()
+        swapping = asyncio.Event()
+
+        async def slow_ensure(target: LoadTarget, *, side_by_side: bool = True) -> Any:
+            swapping.set()
+            await gate.wait()
+            return await FakeEffects.ensure(effects, target, side_by_side=side_by_side)
+
+        effects.ensure = slow_ensure  # type: ignore[method-assign]
+        clock.now += 60
+        under_way = asyncio.create_task(reconciler.reconcile())
+        await swapping.wait()
+        only_chat = f"models: [{{name: chat, image: {IMAGE}}}]"
+        applying = asyncio.create_task(reconciler.submit_and_preview(documents(only_chat)))
+        await asyncio.sleep(0.05)
+        assert not applying.done(), "the plan waits for the round under way"
+        gate.set()
+        await under_way
+        result, planned = await applying
+        assert result.error is None and planned is not None
+        assert [(a.kind, a.model) for a in planned.actions] == [(ActionKind.UNLOAD, "other")]
+        await reconciler.reconcile()
+        assert "other" not in effects.loaded and effects.loaded["chat"].digest == digest("b")
+
+    asyncio.run(scenario())

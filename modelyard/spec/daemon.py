@@ -127,10 +127,9 @@ class SpecDaemon:
                 "issues": [],
                 "plan": format_plan(planned) if planned is not None else "",
             }
-        result = self.reconciler.submit(documents, revision="api")
+        result, planned = await self.reconciler.submit_and_preview(documents, revision="api")
         if result.error is not None:
             return _rejected(result.error, result.generation)
-        planned = await self.reconciler.preview()
         # An apply answers when its round is done, the pulls its plan needs included (as it always
         # has); the daemon's own rounds (serve --spec) let long pulls go on in the background.
         await self.reconciler.reconcile()

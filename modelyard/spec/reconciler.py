@@ -284,6 +284,17 @@ class Reconciler:
             await self._notify()
             return current
 
+    async def submit_and_preview(
+        self, documents: Sequence[SpecDocument], revision: str = ""
+    ) -> tuple[SubmitResult, Plan | None]:
+        """`submit`, and the plan it makes, taken before any round acts on it (a round under way
+        ends first): taken after, it saw a world half changed, and `apply` printed "nothing to do"
+        while its round unloaded a model (a spec review)."""
+        async with self._round_lock:
+            result = self.submit(documents, revision)
+            planned = await self.preview() if result.error is None else None
+        return result, planned
+
     async def preview(self, spec: Spec | None = None) -> Plan | None:
         """The plan `spec` (default: the one in force) would make now, without acting (dry run, diff)."""
         spec = spec or self._spec
