@@ -57,6 +57,7 @@ class FakeEffects:
     errors: dict[tuple[str, str], list[ModelyardError]] = field(default_factory=dict)
     during_ensure: Callable[[LoadTarget], None] | None = None  # called while a load is under way
     pull_gate: asyncio.Event | None = None  # when set: pulls wait for it (a slow registry)
+    expired_names: set[str] = field(default_factory=set)  # unloaded after their keepAlive
 
     def _maybe_fail(self, kind: str, key: str) -> None:
         pending = self.errors.get((kind, key))
@@ -117,6 +118,9 @@ class FakeEffects:
 
     def memory_budget(self) -> int:
         return self.budget
+
+    def expired(self) -> frozenset[str]:
+        return frozenset(self.expired_names)
 
     # --- the world changing -------------------------------------------------------------------
 

@@ -154,6 +154,11 @@ def test_keep_alive_zero_unloads_forever_stays(two_models: tuple[Path, Path]) ->
             assert await scheduler.expire_idle() == []
             status = scheduler.status()
             assert [s.name for s in status] == ["forever"] and status[0].expires_at is None
+            # What went after its keep_alive is told from what a request's keep_alive 0 unloaded
+            # (the reconciler's Standby against selfHeal), until it loads again.
+            assert scheduler.expired_names() == {"five-min"}
+            await scheduler.preload(request(two_models[0], "five-min"))
+            assert scheduler.expired_names() == set()
         finally:
             await scheduler.close()
 

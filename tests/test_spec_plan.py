@@ -61,6 +61,7 @@ class Case:
     budget: int = 10_000
     expect: tuple[tuple[str, str], ...] = ()  # (kind, model) in order
     phase: Phase | None = None
+    expired: frozenset[str] = frozenset()  # names the scheduler unloaded after their keep_alive
 
 
 T = target()
@@ -143,6 +144,7 @@ CASES = [
         memory={
             "chat": Memory(applied(target(MODEL.replace("context: 2048", "context: 2048, keepAlive: 5m"))))
         },
+        expired=frozenset({"chat"}),
         phase=Phase.STANDBY,
     ),
     Case(
@@ -153,6 +155,28 @@ CASES = [
         memory={
             "chat": Memory(applied(target(MODEL.replace("context: 2048", "context: 2048, keepAlive: 5m"))))
         },
+        expired=frozenset({"chat"}),
+        phase=Phase.STANDBY,
+    ),
+    # A spec review: a client's keep_alive 0 within the keepAlive was taken for its end, and
+    # selfHeal never loaded it again; and a request waking a Standby model made it Waiting (not
+    # Ready), so /health said 503 for the load.
+    Case(
+        "unloaded-by-a-client-within-its-keep-alive-is-loaded-again",
+        body=MODEL.replace("context: 2048", "context: 2048, keepAlive: 5m"),
+        memory={
+            "chat": Memory(applied(target(MODEL.replace("context: 2048", "context: 2048, keepAlive: 5m"))))
+        },
+        expect=(("load", "chat"),),
+    ),
+    Case(
+        "standby-loading-for-a-request-stays-standby",
+        body=MODEL.replace("context: 2048", "context: 2048, keepAlive: 5m"),
+        running=(ready(state="loading"),),
+        memory={
+            "chat": Memory(applied(target(MODEL.replace("context: 2048", "context: 2048, keepAlive: 5m"))))
+        },
+        expired=frozenset({"chat"}),
         phase=Phase.STANDBY,
     ),
     Case(
@@ -335,6 +359,7 @@ def test_plan(case: Case) -> None:
         budget=case.budget,
         now=NOW,
         session=SESSION,
+        expired=case.expired,
     )
     planned = plan(spec, observed, Inventory(case.memory, case.known))
     assert [(a.kind.value, a.model) for a in planned.actions] == list(case.expect)

@@ -339,6 +339,10 @@ class Scheduler:
         self._entries: dict[str, _Entry] = {}
         self._swaps: dict[str, tuple[str, asyncio.Task[None]]] = {}  # name -> (new digest, task)
         self._retiring: list[_Entry] = []  # replaced by a swap, draining: still holding memory
+        # Names unloaded after their keep_alive, until they load again: the reconciler tells a
+        # model that went so (Standby: it loads on the next request) from one unloaded by a client
+        # or a stop, which selfHeal loads again (a spec review: it took every one for the first).
+        self._expired: set[str] = set()
         self._load_lock = asyncio.Lock()
         self._starting: Counter[str] = Counter()  # requests per name waiting for a load they began
         # Requests per name not holding a lease yet, whatever they wait for: a load, memory for
@@ -536,9 +540,15 @@ class Scheduler:
         for entry in expired:
             entry.doomed = True  # all of them, before the first await: nobody joins them now
         names = [name for e in expired for name in e.names]
+        self._expired.update(left + names)
         for entry in expired:
             await self._unload(entry)
         return left + names
+
+    def expired_names(self) -> frozenset[str]:
+        """Names unloaded after their keep_alive and not loaded since (one loading again for a
+        request is still among them until its load ends)."""
+        return frozenset(self._expired)
 
     def _names_past_their_keep_alive(self, now: float) -> list[str]:
         """Names whose own keep_alive ran out on a runner other names still keep: they leave it (as
@@ -878,6 +888,7 @@ class Scheduler:
                     request.pinned,
                 )
                 self._entries[request.name] = host
+                self._expired.discard(request.name)
                 return
             entry = self._new_entry(request, options, previous)
             self._entries[request.name] = entry
@@ -887,6 +898,7 @@ class Scheduler:
             except BaseException as exc:
                 self._load_failed(entry, exc)
                 raise
+            self._expired.discard(request.name)
             entry.fresh = True  # until the requests that asked for it resume (_acquire)
             self._settle_fresh(entry, request.name)  # unless every one of them left meanwhile
             await self._fit_as_measured(entry)

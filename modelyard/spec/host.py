@@ -163,6 +163,9 @@ class SchedulerHost:
     def memory_budget(self) -> int:
         return self.scheduler.ram_budget + self.scheduler.gpu_budget
 
+    def expired(self) -> frozenset[str]:
+        return self.scheduler.expired_names()
+
     def _servable(self, image: str, digest: str) -> Servable:
         ref: Reference = parse_reference(image).with_digest(digest)
         return load_servable(self.store, ref)

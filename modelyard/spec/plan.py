@@ -100,6 +100,7 @@ class Observed:
     budget: int  # what the scheduler may hold: RAM and GPU budgets together
     now: float
     session: str  # this reconciler process: what it loaded before a restart is loaded again
+    expired: frozenset[str] = frozenset()  # unloaded after their keepAlive, not loaded since
 
 
 # --- what the reconciler remembers (persisted) ----------------------------------------------------
@@ -399,9 +400,10 @@ def _compare(
     def drifted(why: str) -> ModelPlan:
         return ModelPlan(name, Phase.DRIFTED, f"{why}; selfHeal is off", (), target, warning, footprint)
 
+    standby = name in observed.expired and not math.isinf(model.keep_alive)
     if running is None:
         ours_now = applied is not None and applied.session == observed.session
-        if ours_now and applied is not None and not math.isinf(model.keep_alive):
+        if ours_now and applied is not None and standby:
             # It went after its keepAlive: a new digest or options wait for the next request too,
             # which loads the target as it is then (loading it now would undo the keepAlive).
             message = "unloaded after its keepAlive; loads again on the next request"
@@ -420,6 +422,11 @@ def _compare(
             return drifted(f"{what} ({running.last_error})")
         action = Action(ActionKind.LOAD, name, f"{what} ({running.last_error}); loading it again", target)
         return ModelPlan(name, Phase.LOADING, action.reason, (action,), target, failed, footprint)
+    if running.state == "loading" and standby:
+        # A request wakes it: it answers (its requests wait for the load), and /health stays 200
+        # (a spec review: it said 503 for the load, taking a pod out of its Service meanwhile).
+        message = "loading again for a request, after its keepAlive"
+        return ModelPlan(name, Phase.STANDBY, message, (), target, warning, footprint)
     if running.state in ("loading", "unloading"):
         return ModelPlan(
             name, Phase.WAITING, f"the scheduler is {running.state} it", (), target, warning, footprint

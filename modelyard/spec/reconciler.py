@@ -116,6 +116,10 @@ class Effects(Protocol):
         """Bytes the scheduler may hold (RAM and GPU budgets together)."""
         ...
 
+    def expired(self) -> frozenset[str]:
+        """Names unloaded after their keepAlive and not loaded since; cheap, like `running`."""
+        ...
+
 
 class SpecSource(Protocol):
     """Where specs come from (sources.py): read it again every `poll_interval` seconds."""
@@ -322,6 +326,7 @@ class Reconciler:
             budget=self.effects.memory_budget(),
             now=self.clock(),
             session=self._session,
+            expired=self.effects.expired(),
         )
 
     async def _resolve(self, reference: str, asked: Answers | None = None) -> ImageState:
