@@ -289,6 +289,19 @@ CASES = [
         expect=(("unload", "chat"),),
         phase=Phase.FAILED,
     ),
+    # A spec review: names on one image with the same options share one runner; each was charged a
+    # runner of its own before any was loaded (after a restart), and two of three did not fit.
+    Case(
+        "names-that-will-share-a-runner-count-it-once",
+        body=f"""
+        models:
+          - {{name: chat, image: {IMAGE}}}
+          - {{name: two, image: {IMAGE}}}
+          - {{name: three, image: {IMAGE}, context: 512}}
+        """,
+        sizes={"chat": 6_000, "two": 6_000, "three": 6_000},
+        expect=(("load", "chat"), ("load", "two")),  # three's context needs a runner of its own
+    ),
     Case(
         "lower-priority-yields-memory",
         body="""

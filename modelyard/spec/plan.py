@@ -278,12 +278,15 @@ def plan(spec: Spec, observed: Observed, inventory: Inventory) -> Plan:
         if m.suspend and m.name in observed.running and not body.suspend
     )
     models = []
+    counted: set[str] = set()  # load keys whose runner is counted already: names after share it
     for _, model in ordered:
-        planned = _plan_model(spec, model, observed, inventory, budget, used)
+        planned = _plan_model(spec, model, observed, inventory, budget, used, frozenset(counted))
         running = observed.running.get(model.name)
         unloads = any(a.kind is ActionKind.UNLOAD for a in planned.actions)
         if planned.footprint is not None and planned.phase not in (Phase.FAILED, Phase.STANDBY):
             used += planned.footprint
+            if planned.target is not None:
+                counted.add(planned.target.load_key)
         elif running is not None and running.state == "ready" and not unloads:
             used += running.size  # what it holds while it stays (an earlier digest serving on)
         models.append(planned)
@@ -305,7 +308,13 @@ def plan(spec: Spec, observed: Observed, inventory: Inventory) -> Plan:
 
 
 def _plan_model(
-    spec: Spec, model: ModelSpec, observed: Observed, inventory: Inventory, budget: int, used: int
+    spec: Spec,
+    model: ModelSpec,
+    observed: Observed,
+    inventory: Inventory,
+    budget: int,
+    used: int,
+    counted: frozenset[str] = frozenset(),
 ) -> ModelPlan:
     name = model.name
     memory = inventory.memory(name)
@@ -349,6 +358,11 @@ def _plan_model(
 
     target = target_for(model, stored)
     footprint, measured = _footprint(target, running, memory, observed)
+    if target.load_key in counted and not measured:
+        # Another name before it loads the same digest with the same options and adapters: the
+        # scheduler serves both from one runner, counted once (a spec review: three names on one
+        # image were Ready together under a budget that, after a restart, refused two of them).
+        footprint, measured = 0, True
     # The estimate's margin is for a model that nothing serves now (after a restart, say): one that
     # replaces what serves must fit by its estimate, or the swap would trade a working model for
     # one measured too big.
