@@ -107,12 +107,16 @@ def test_kubeai_export_says_what_it_cannot_carry() -> None:
           - {name: chat, image: 'h.io/a:1', params: {temperature: 0.2}}
           - {name: 'Code:7B', image: 'h.io/b:1'}
           - {name: plain, image: 'h.io/c:1'}
+          - {name: pinned, image: 'h.io/d:1@sha256:%s'}
         """
+        % ("d" * 64)
     )
     caveats = kubeai_caveats(spec, "kubeai")
-    assert len(caveats) == 2
+    assert len(caveats) == 3
     assert "'chat'" in caveats[0] and "params are not exported" in caveats[0]
     assert "'Code:7B'" in caveats[1] and "serves it as 'code-7b'" in caveats[1]
+    # A spec review: the digest went in silence, and the pod followed the tag.
+    assert "'pinned'" in caveats[2] and "exported as its tag '1'" in caveats[2]
     assert kubeai_caveats(spec, "deployment") == []
 
 

@@ -158,6 +158,13 @@ def kubeai_caveats(spec: Spec, mode: Mode) -> list[str]:
                 f"model {model.name!r}: KubeAI serves it as {names[model.name]!r} (a Kubernetes name); "
                 "clients must ask for that name"
             )
+        ref = parse_reference(model.image)
+        if ref.tag and ref.digest:
+            # A spec review: the digest went in silence, and the pod followed the tag.
+            caveats.append(
+                f"model {model.name!r}: KubeAI's Ollama engine pulls by tag; {model.image} is exported as "
+                f"its tag {ref.tag!r}, which may point elsewhere by then (or use --mode deployment)"
+            )
     return caveats
 
 
