@@ -309,8 +309,9 @@ class ModelDoesNotFitError(RunnerError):
 
 
 def memory_size(n: int) -> str:
-    """GiB with two decimals, or MiB below a tenth of a GiB (where 0.00 GiB would say nothing)."""
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 // 10 else f"{n / 2**20:.1f} MiB"
+    """GiB with two decimals, or MiB below a GiB: a spec's `ram: 150MiB` is said as it was written,
+    not as "0.15 GiB" (a spec review)."""
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 class WorkAbandoned(Exception):

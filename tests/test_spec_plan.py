@@ -500,6 +500,7 @@ def test_format_plan_of_a_pinned_pull_and_of_a_failure_with_nothing_to_do() -> N
     [
         (3 * 2**30, 2**30, 0, ["needs about 3.00 GiB but the budget is 1.00 GiB"]),
         (3 * 2**20, 2**20, 0, ["needs about 3.0 MiB but the budget is 1.0 MiB"]),  # not "0.00 GiB"
+        (200 * 2**20, 150 * 2**20, 0, ["needs about 200.0 MiB but the budget is 150.0 MiB"]),
         (2**30, 2 * 2**30, 1536 * 2**20, ["needs about 1.00 GiB", "use 1.50 GiB of the 2.00 GiB budget"]),
     ],
 )
