@@ -614,10 +614,13 @@ def _table(ctx: CommandContext, header: list[str], rows: list[list[str]]) -> Non
         ctx.out("    ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
 
 
+PLAIN_PROGRESS_QUIET_BELOW = 16 * 1000**2  # bytes: a transfer this small says only its end
+
+
 def plain_progress(say: Callable[[str], None]) -> ProgressSink:
     """Status lines for a log (CI, a pipe): each status once, and for a transfer or copy its start,
-    each quarter and its end, so that a multi-gigabyte pull is not minutes of silence (a registry
-    review) nor a line per chunk."""
+    each quarter and its end (only its end when it is small), so that a multi-gigabyte pull is not
+    minutes of silence (a registry review) nor a line per chunk."""
     last: list[str] = []
     quarters: dict[str, int] = {}  # per blob (or status): the last quarter said
 
@@ -629,6 +632,8 @@ def plain_progress(say: Callable[[str], None]) -> ProgressSink:
             return
         key = event.digest or event.status
         quarter = min(event.completed * 4 // event.total, 4)
+        if quarter < 4 and event.total < PLAIN_PROGRESS_QUIET_BELOW:
+            return
         if quarters.get(key, -1) < quarter:
             quarters[key] = quarter
             say(f"{event.status}: {_human_bytes(event.completed)} of {_human_bytes(event.total)}")

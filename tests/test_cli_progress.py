@@ -41,17 +41,16 @@ def chunks(status: str, digest: str, total: int, step: int) -> list[ProgressEven
         ),
         pytest.param(
             [
-                *chunks("pulling aaaaaaaaaaaa", A, 8 * MB, 3 * MB)[:2],
+                *chunks("pulling aaaaaaaaaaaa", A, 80 * MB, 30 * MB)[:2],
                 *chunks("pulling bbbbbbbbbbbb", B, 10, 10),
-                *chunks("pulling aaaaaaaaaaaa", A, 8 * MB, 3 * MB)[2:],
+                *chunks("pulling aaaaaaaaaaaa", A, 80 * MB, 30 * MB)[2:],
             ],
             [
-                "pulling aaaaaaaaaaaa: 0 B of 8.0 MB",
-                "pulling aaaaaaaaaaaa: 3.0 MB of 8.0 MB",
-                "pulling bbbbbbbbbbbb: 0 B of 10 B",
-                "pulling bbbbbbbbbbbb: 10 B of 10 B",
-                "pulling aaaaaaaaaaaa: 6.0 MB of 8.0 MB",
-                "pulling aaaaaaaaaaaa: 8.0 MB of 8.0 MB",
+                "pulling aaaaaaaaaaaa: 0 B of 80.0 MB",
+                "pulling aaaaaaaaaaaa: 30.0 MB of 80.0 MB",
+                "pulling bbbbbbbbbbbb: 10 B of 10 B",  # small: only its end
+                "pulling aaaaaaaaaaaa: 60.0 MB of 80.0 MB",
+                "pulling aaaaaaaaaaaa: 80.0 MB of 80.0 MB",
             ],
             id="parallel-transfers-each-their-own",
         ),
