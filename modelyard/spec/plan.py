@@ -231,6 +231,7 @@ class ModelPlan:
     failure: Failure | None = None  # what keeps it from Ready now (observed, or remembered)
     footprint: int | None = None
     key: str = ""  # blocking_key(): what a permanent failure of these actions waits to see change
+    measured: bool = False  # the footprint is what the target measured loaded (not an estimate)
 
 
 @dataclass(frozen=True)
@@ -377,7 +378,9 @@ def _plan_model(
         if serving_ours and (not refused.permanent or measured):
             why = "the budget is for the models before it" if not refused.permanent else "over the budget"
             actions = (Action(ActionKind.UNLOAD, name, why),)
-        return ModelPlan(name, Phase.FAILED, refused.message, actions, target, refused, footprint, key)
+        return ModelPlan(
+            name, Phase.FAILED, refused.message, actions, target, refused, footprint, key, measured=measured
+        )
     # What the spec's own budget leaves this model (None: no spec budget; the scheduler keeps the
     # machine's): a swap needs the old and the new side by side.
     room = budget - used if spec.body.memory.total is not None else None

@@ -758,8 +758,9 @@ class _PullJob:
 
 
 def _measured_refusal(planned: ModelPlan | None) -> tuple[str, int] | None:
-    """What a model unloaded for not fitting measured, as loaded: its load key and bytes."""
-    if planned is None or planned.target is None or planned.footprint is None:
+    """What a model unloaded for not fitting measured, as loaded: its load key and bytes (none for
+    an earlier digest or options unloaded to make room: the target was not measured)."""
+    if planned is None or planned.target is None or planned.footprint is None or not planned.measured:
         return None
     if planned.failure is None or planned.failure.reason is not Reason.DOES_NOT_FIT:
         return None
