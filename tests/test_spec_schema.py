@@ -205,6 +205,38 @@ def test_documents_that_are_not_modelsets(text: str, path: str, message: str) ->
     assert error.value.issues[0].path == path and message in error.value.issues[0].message
 
 
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        pytest.param("a: b: c\n", 1, "mapping values are not allowed here", id="mid-file"),
+        pytest.param(
+            "apiVersion: modelyard/v1\nspec:\n  models: [{name: a, image: x}\n",
+            3,
+            "the file ends before the flow sequence opened here is closed",
+            id="unclosed-sequence-at-its-opening",
+        ),
+        pytest.param(
+            'spec:\n  models:\n    - {name: a, image: "x}\n\n',
+            3,
+            "the file ends before the quoted scalar opened here is closed",
+            id="unclosed-quote-at-its-opening",
+        ),
+        pytest.param(
+            "spec: {models: [\n", 1, "the file ends in the middle of a value", id="one-line-at-its-line"
+        ),
+    ],
+)
+def test_a_yaml_error_at_the_end_of_the_file_is_said_where_it_began(
+    text: str, line: int, message: str
+) -> None:
+    """A spec review: an opening never closed was reported where PyYAML found the end of the file,
+    a line past the last (line 2 of a one-line file)."""
+    with pytest.raises(SpecValidationError) as error:
+        parse_spec([SpecDocument("m.yaml", text)])
+    issue = error.value.issues[0]
+    assert (issue.line, message in issue.message) == (line, True), issue
+
+
 def test_a_folder_merges_and_duplicate_names_are_an_error(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text(spec_text("memory: {ram: 8GiB}\nmodels: [{name: chat, image: x}]"))
     (tmp_path / "nested").mkdir()

@@ -365,6 +365,24 @@ def _problem(exc: BaseException) -> str:
     return getattr(exc, "problem", None) or str(exc)
 
 
+def _yaml_error_at(exc: BaseException, text: str) -> tuple[int, str]:
+    """The 1-based line of a YAML error (0: unknown) and what to say. PyYAML finds an opening never
+    closed at the end of the file, a line past the last one of a file that ends in a newline (a
+    spec review: a one-line file's error was at its line 2): it is said at the opening, which PyYAML
+    gives as its context, or else at the file's last line."""
+    problem = _problem(exc)
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return 0, problem
+    if "<stream end>" not in problem and "end of stream" not in problem:
+        return mark.line + 1, problem
+    context, opened = getattr(exc, "context", None) or "", getattr(exc, "context_mark", None)
+    if opened is not None and (opened.line, opened.column) < (mark.line, mark.column):
+        what = context.removeprefix("while parsing a ").removeprefix("while scanning a ")
+        return opened.line + 1, f"the file ends before the {what} opened here is closed"
+    return max(len(text.rstrip().splitlines()), 1), f"the file ends in the middle of a value ({problem})"
+
+
 def _empty_document(node: yaml.Node) -> bool:
     return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null" and not node.value
 
@@ -379,9 +397,8 @@ def parse_spec(documents: Sequence[SpecDocument]) -> Spec:
         try:
             nodes = list(yaml.compose_all(document.text, Loader=yaml.SafeLoader))
         except (yaml.YAMLError, RecursionError) as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = mark.line + 1 if mark is not None else 0
-            issues.append(SpecIssue("", f"not valid YAML: {_problem(exc)}", document.path, line))
+            line, problem = _yaml_error_at(exc, document.text)
+            issues.append(SpecIssue("", f"not valid YAML: {problem}", document.path, line))
             continue
         for node in nodes:
             if node is None or _empty_document(node):  # `---` with nothing after it, or only comments
