@@ -357,3 +357,14 @@ def test_the_gitops_sample_is_a_valid_spec() -> None:
     spec = load_spec(sample)
     assert spec.name == "team" and [m.name for m in spec.models] == ["chat", "pirate"]
     assert spec.body.memory.ram == 4 * 2**30 and spec.models[1].keep_alive == 600
+
+
+@pytest.mark.parametrize("name", ["Chat_Models", "-a", "a" * 64, ""])
+def test_a_bad_metadata_name_says_what_a_name_may_hold(name: str) -> None:
+    """A spec review: the message was pydantic's 'String should match pattern …'."""
+    text = f"apiVersion: modelyard/v1\nkind: ModelSet\nmetadata: {{name: '{name}'}}\nspec: {{models: []}}\n"
+    with pytest.raises(SpecValidationError) as error:
+        parse_spec([SpecDocument("m.yaml", text)])
+    issue = error.value.issues[0]
+    assert issue.path == "metadata.name" and issue.line == 3
+    assert f"{name!r} is not a Kubernetes name: lowercase letters" in issue.message

@@ -604,6 +604,12 @@ def _issues(error: ValidationError, node: yaml.Node, file: str) -> list[SpecIssu
             message = _unknown_field_message(location)
         elif detail["type"] == "literal_error" and location[:1] in (("apiVersion",), ("kind",)):
             message = f"must be {API_VERSION if location[0] == 'apiVersion' else KIND}"
+        elif detail["type"] == "string_pattern_mismatch" and location == ("metadata", "name"):
+            # Not pydantic's regular expression (a spec review): what a name may hold.
+            message = (
+                f"{detail.get('input')!r} is not a Kubernetes name: lowercase letters, digits, '-' and "
+                "'.', beginning and ending with a letter or digit, at most 63 characters"
+            )
         elif detail["type"] in ("tuple_type", "list_type"):  # our tuples are YAML lists
             message = f"expected a list, got {_yaml_kind(detail.get('input'))}"
         else:
