@@ -40,6 +40,7 @@ from modelyard.progress import ProgressEvent, ProgressSink
 from modelyard.reference import Reference, parse_reference
 from modelyard.settings import Settings
 from modelyard.store import ModelParts, Store
+from modelyard.store.blobs import LOCK_SUFFIX
 
 if TYPE_CHECKING:
     from modelyard.registry import RegistryOptions
@@ -449,6 +450,8 @@ def _note_partials(ctx: CommandContext) -> None:
     """Files that interrupted builds and pulls left, not blobs yet: said, since they take room."""
     sizes = []
     for path in ctx.store.blobs.stale_partials(older_than_s=0):
+        if path.name.endswith(LOCK_SUFFIX):
+            continue  # a failed pull's empty lock file: prune removes it, but it is no partial file
         with contextlib.suppress(FileNotFoundError):  # a build or pull may end meanwhile
             sizes.append(path.stat().st_size)
     if sizes:
