@@ -357,14 +357,19 @@ def _image(config: bytes, config_size: int, *layers: tuple[str, bytes, int]) -> 
     return FakeRegistry(blobs=blobs, manifests={"v1": (MANIFEST_OCI, manifest)})
 
 
+CONFIG = b'{"config": {}, "descriptor": {}}'
+# Refused whether the config comes over the network or the store holds it already.
+CONFIG_SIZE_UNDERSTATED = pytest.param(
+    _image(CONFIG, 10, (LAYER_WEIGHT, BLOB, len(BLOB))),
+    "config blob sha256:.* is 32 bytes, but the manifest says 10",
+    id="config-size-understated",
+)
+
+
 @pytest.mark.parametrize(
     ("registry", "error"),
     [
-        pytest.param(
-            _image(b'{"config": {}, "descriptor": {}}', 10, (LAYER_WEIGHT, BLOB, len(BLOB))),
-            "config blob sha256:.* is 32 bytes, but the manifest says 10",
-            id="config-size-understated",
-        ),
+        CONFIG_SIZE_UNDERSTATED,
         pytest.param(
             _image(b"{}", 2, (LAYER_TEMPLATE, b"{{ .Prompt }}", 13)),
             "the image has no weights layer",
@@ -398,11 +403,7 @@ def test_a_pull_refuses_a_descriptor_the_store_could_not_keep(
 @pytest.mark.parametrize(
     ("registry", "error"),
     [
-        pytest.param(
-            _image(b'{"config": {}, "descriptor": {}}', 10, (LAYER_WEIGHT, BLOB, len(BLOB))),
-            "config blob sha256:.* is 32 bytes, but the manifest says 10",
-            id="config-size-understated",
-        ),
+        CONFIG_SIZE_UNDERSTATED,
         pytest.param(
             _image(b"{}", 2, (LAYER_WEIGHT, BLOB, 2**62)),
             r"blob sha256:.* is 10,240 bytes \(the copy in the local store\), but the manifest says "
@@ -428,7 +429,7 @@ def test_a_pull_refuses_a_descriptor_whose_blob_the_store_already_holds_at_anoth
     )
     store = Store(tmp_path / "store")
     store.init()
-    for data in (BLOB, b'{"config": {}, "descriptor": {}}'):
+    for data in (BLOB, CONFIG):
         store.blobs.put_bytes(data, expected=sha256_digest(data))  # an earlier, honest pull's
     with pytest.raises(RegistryProtocolError, match=error):
         pull(store, parse_reference("reg.example/ns/m:v1"), options)

@@ -38,7 +38,7 @@ from modelyard.registry.formats import (
 )
 from modelyard.registry.options import RegistryOptions
 from modelyard.registry.progress import LayerProgress
-from modelyard.registry.transfer import download_blob
+from modelyard.registry.transfer import download_blob, size_refused
 from modelyard.store import Store
 from modelyard.store.image import (
     LAYER_WEIGHT,
@@ -182,10 +182,7 @@ def _check_size(repo: RepositoryClient, config: Descriptor, actual: int) -> None
     """Refuse a config descriptor the store must not keep, whether the bytes came now or were
     there already (another image's config under a size of this manifest's choosing)."""
     if actual != config.size:
-        raise RegistryProtocolError(
-            f"{repo.name}: config blob {config.digest} is {actual:,} bytes, but the manifest "
-            f"says {config.size:,}; the image's manifest is wrong (push it again)"
-        )
+        raise size_refused(repo.name, f"config blob {config.digest}", actual, config.size)
 
 
 def _download_layers(

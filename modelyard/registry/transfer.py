@@ -244,11 +244,19 @@ def _in_store(blobs: BlobStore, digest: str, size: int, repository: str) -> bool
     except BlobNotFoundError:
         return False
     if held != size:
-        raise RegistryProtocolError(
-            f"{repository}: blob {digest} is {held:,} bytes (the copy in the local store), but the "
-            f"manifest says {size:,}; the image's manifest is wrong (push it again)"
-        )
+        raise size_refused(repository, f"blob {digest}", held, size, " (the copy in the local store)")
     return True
+
+
+def size_refused(
+    repository: str, what: str, actual: int, declared: int, where: str = ""
+) -> RegistryProtocolError:
+    """A descriptor whose size is not its blob's, refused wherever the bytes come from: the network,
+    or a copy the store already holds."""
+    return RegistryProtocolError(
+        f"{repository}: {what} is {actual:,} bytes{where}, but the manifest says {declared:,}; "
+        "the image's manifest is wrong (push it again)"
+    )
 
 
 def _attempts(partial: Path, size: int) -> Iterator[bool]:
@@ -309,10 +317,7 @@ class _Download:
             stated = _stated_size(response)
             if stated is not None and stated != self.size:
                 # Not the blob the manifest describes: its bytes cannot verify, whatever they are.
-                raise RegistryProtocolError(
-                    f"{self.repo.name}: blob {self.digest} is {stated:,} bytes, but the manifest says "
-                    f"{self.size:,}; the image's manifest is wrong (push it again)"
-                )
+                raise size_refused(self.repo.name, f"blob {self.digest}", stated, self.size)
             if have and response.status_code == 200:  # the registry ignored the Range: start over
                 log.debug("%s: no range support; downloading %s again", self.repo.name, self.digest)
                 out.seek(0)
