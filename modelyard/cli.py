@@ -219,7 +219,7 @@ def cmd_list(args: argparse.Namespace, ctx: CommandContext) -> int:
 def _show_details(ctx: CommandContext, manifest: Any, parts: Any, config: dict[str, Any]) -> dict[str, Any]:
     """What `show` lists about the weights: from the image's config and annotations, as a build
     records them, else (an image converted from Ollama's or Docker's format) from the GGUF header."""
-    from modelyard.builder.compose import is_embedding_gguf
+    from modelyard.builder.compose import ANNOTATION_REQUIRES, is_embedding_gguf
     from modelyard.builder.gguf_info import read_gguf
 
     output_types = config.get("capabilities", {}).get("outputTypes")
@@ -241,6 +241,7 @@ def _show_details(ctx: CommandContext, manifest: Any, parts: Any, config: dict[s
         "context length": int(context) if context is not None else None,
         "embedding length": hidden,
         "capabilities": ", ".join(sorted({*(output_types or [])})),
+        "requires": manifest.annotations.get(ANNOTATION_REQUIRES),  # the Ollama version it asks for
     }
 
 

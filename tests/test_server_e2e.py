@@ -446,6 +446,24 @@ def test_create_from_an_uploaded_gguf(client: ollama.Client, gemma_gguf: Path, h
     assert http.post("/api/show", json={"model": "from-wins"}).json()["system"] == "from wins"
     client.delete("from-wins")
 
+    # Empty text is "not given", as in Ollama's create.go: the base's template stays (a build
+    # review: it was replaced with nothing). `requires` is kept, and /api/show gives it back.
+    body = {
+        "model": "kept",
+        "from": GEMMA,
+        "template": "",
+        "system": "",
+        "requires": "0.9.0",
+        "stream": False,
+    }
+    assert http.post("/api/create", json=body).status_code == 200
+    shown = http.post("/api/show", json={"model": "kept"}).json()
+    assert shown["template"] == template and shown["requires"] == "0.9.0"
+    assert "requires" not in http.post("/api/show", json={"model": GEMMA}).json(), (
+        "omitted when unset, as Ollama"
+    )
+    client.delete("kept")
+
 
 def test_upload_a_new_blob_and_a_wrong_digest(http: httpx.Client, tmp_path: Path) -> None:
     import hashlib

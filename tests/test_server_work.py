@@ -104,3 +104,38 @@ def test_apply_refused_under_a_git_spec_keeps_its_token_out_of_the_answer(state:
     refused = http.post("/api/apply", json={"documents": [{"path": "m.yaml", "text": "models: []"}]})
     assert refused.status_code == 409 and "git.example/team/models.git" in refused.json()["error"]
     assert "SECRETTOKEN" not in refused.text and "deploy" not in refused.text
+
+
+@pytest.mark.timeout(30)  # without the fix it waited for ever
+def test_an_upload_whose_store_write_fails_answers_with_that_error(state: ServerState, monkeypatch) -> None:
+    """A blob upload whose writer fails at once (a full disk) ends with the writer's error, not a
+    wait for ever on a full queue that nobody reads (a build review: the upload never answered)."""
+
+    def failing_put_chunks(chunks, **_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(state.store.blobs, "put_chunks", failing_put_chunks)
+
+    async def body():
+        for _ in range(100):  # more chunks than the queue between the request and the writer holds
+            yield b"x" * 65536
+
+    async def upload() -> None:
+        await asyncio.wait_for(state.receive_blob("sha256:" + "0" * 64, body()), timeout=10)
+
+    with pytest.raises(OSError, match="No space left"):
+        asyncio.run(upload())
+
+
+def test_an_upload_that_fits_enters_the_store(state: ServerState) -> None:
+    import hashlib
+
+    chunks = [bytes([i]) * 65536 for i in range(40)]  # more than the queue holds: the writer keeps up
+    digest = "sha256:" + hashlib.sha256(b"".join(chunks)).hexdigest()
+
+    async def body():
+        for chunk in chunks:
+            yield chunk
+
+    asyncio.run(state.receive_blob(digest, body()))
+    assert state.store.blobs.path(digest).read_bytes() == b"".join(chunks)

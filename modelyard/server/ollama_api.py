@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from modelyard import __version__
 from modelyard.builder import modelfile as mf
+from modelyard.builder.gguf_info import GGUF_MAGIC
 from modelyard.builder.params import validate_parameters
 from modelyard.builder.prompt import ChatMessage, PromptRequest
 from modelyard.errors import InvalidReferenceError, ModelfileError
@@ -141,6 +142,7 @@ class CreateBody(_ModelRequest):
     license: str | Items[str] | None = None
     quantize: str | None = None
     modelfile: str | None = None  # the older API sent the Modelfile's text
+    requires: str | None = None
     stream: bool | None = None
 
 
@@ -332,9 +334,13 @@ def router(state: ServerState) -> APIRouter:
     @api.post("/api/create")
     async def create(body: CreateBody, http: Request) -> Response:
         target = parse_reference(body.model_name())
+
+        def is_gguf(digest: str) -> bool:
+            return state.store.blobs.head(digest, len(GGUF_MAGIC)) == GGUF_MAGIC
+
         # Parsing checks its template (up to 256 KiB of a stranger's Jinja: a second or two of
         # parsing and compiling): not on the loop every request runs on.
-        modelfile = await asyncio.to_thread(_modelfile_from, body)
+        modelfile = await asyncio.to_thread(_modelfile_from, body, is_gguf)
         events = state.build(modelfile, target, body.quantize)
         inference.forget(body.model_name())
         return await _progress_response(http, events, body.stream, state.error_for)
@@ -549,16 +555,30 @@ def _blob_digest(digest: str) -> str:
     return digest
 
 
-def _modelfile_from(body: CreateBody) -> mf.Modelfile:
+def _modelfile_from(body: CreateBody, is_gguf: Callable[[str], bool]) -> mf.Modelfile:
     """Ollama's create request (structured, or the older Modelfile text) as a Modelfile whose
-    FROM and ADAPTERs name only images and uploaded blobs."""
+    FROM and ADAPTERs name only images and uploaded blobs. `is_gguf(digest)`: whether an uploaded
+    blob begins as a GGUF file does."""
     if body.modelfile and not (body.from_ or body.files):
         try:
             parsed = mf.parse(body.modelfile, "modelfile")
         except ModelfileError as exc:
             raise HTTPError(400, str(exc)) from None
-        return _served_sources_only(parsed)
-    return _served_sources_only(_structured_modelfile(body))
+        return _served_sources_only(_uploads_named_bare(parsed))
+    return _served_sources_only(_structured_modelfile(body, is_gguf))
+
+
+def _uploads_named_bare(modelfile: mf.Modelfile) -> mf.Modelfile:
+    """`FROM @sha256:…` and `ADAPTER @sha256:…` as their digests: how Ollama's older clients named
+    a file they had uploaded, in the Modelfile text they sent (a build review: refused as an
+    image name with an empty repository)."""
+
+    def bare(value: str) -> str:
+        return value[1:] if value.startswith("@") and is_digest(value[1:]) else value
+
+    return dataclasses.replace(
+        modelfile, from_=bare(modelfile.from_), adapters=tuple(bare(a) for a in modelfile.adapters)
+    )
 
 
 def _served_sources_only(modelfile: mf.Modelfile) -> mf.Modelfile:
@@ -579,7 +599,7 @@ def _served_sources_only(modelfile: mf.Modelfile) -> mf.Modelfile:
     return modelfile
 
 
-def _structured_modelfile(body: CreateBody) -> mf.Modelfile:
+def _structured_modelfile(body: CreateBody, is_gguf: Callable[[str], bool]) -> mf.Modelfile:
     for field, named in (("files", body.files), ("adapters", body.adapters)):
         for file, digest in (named or {}).items():
             if not is_digest(digest):
@@ -588,9 +608,15 @@ def _structured_modelfile(body: CreateBody) -> mf.Modelfile:
     source = body.from_
     if body.files and not source:  # as Ollama: `from` wins when both are given
         ggufs = [digest for name, digest in body.files.items() if name.lower().endswith(".gguf")]
+        if not ggufs:
+            # As Ollama: a file named otherwise (`FROM ./model` sends "model") is a GGUF when its
+            # first bytes say so (a build review: only a .gguf name was taken).
+            ggufs = [digest for digest in body.files.values() if is_gguf(digest)]
         if len(ggufs) != 1:
             raise HTTPError(
-                400, "files must name exactly one .gguf file (upload it first with POST /api/blobs)"
+                400,
+                f"files must hold exactly one GGUF file, found {len(ggufs)} (upload each file first "
+                "with POST /api/blobs/<digest>)",
             )
         source = ggufs[0]
     if not source:
@@ -600,16 +626,27 @@ def _structured_modelfile(body: CreateBody) -> mf.Modelfile:
     except ModelfileError as exc:
         raise HTTPError(400, f"parameters: {exc.message}") from None
     licenses = [body.license] if isinstance(body.license, str) else list(body.license or [])
+    for index, message in enumerate(body.messages or ()):
+        # As a Modelfile's MESSAGE: an image whose messages a Modelfile cannot say could not be
+        # built again from `show --modelfile` (a build review: any role was taken).
+        if message.role not in mf.MESSAGE_ROLES:
+            raise HTTPError(
+                400,
+                f"messages[{index}].role must be one of {', '.join(mf.MESSAGE_ROLES)}, got {message.role!r}",
+            )
     try:
+        # Empty text is "not given", as in Ollama's create.go: `"template": ""` keeps the base's
+        # template (a build review: it replaced it with nothing, and the prompt went unsaid).
         return mf.Modelfile(
             from_=source,
             parameters=parameters,
             # Checked as a Modelfile's TEMPLATE is (Ollama's CLI sends a Modelfile in this form).
-            template=mf.checked_template(body.template) if body.template is not None else None,
-            system=body.system,
+            template=mf.checked_template(body.template) if body.template else None,
+            system=body.system or None,
             adapters=tuple((body.adapters or {}).values()),
-            licenses=tuple(licenses),
+            licenses=tuple(text for text in licenses if text),
             messages=tuple(mf.Message(m.role, m.content or "") for m in body.messages or ()),
+            requires=mf.parse_requires(body.requires) if body.requires else None,
         )
     except (ModelfileError, ValueError) as exc:
         raise HTTPError(400, str(exc)) from None

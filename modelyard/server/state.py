@@ -21,7 +21,7 @@ from typing import Any
 
 from modelyard.builder import modelfile as mf
 from modelyard.builder.build import Builder, created_timestamp
-from modelyard.builder.compose import ANNOTATION_PARAMETER_COUNT
+from modelyard.builder.compose import ANNOTATION_PARAMETER_COUNT, ANNOTATION_REQUIRES
 from modelyard.builder.gguf_info import read_gguf
 from modelyard.builder.normalized import for_show, image_modelfile
 from modelyard.builder.prompt import takes_suffix, takes_tools
@@ -136,6 +136,8 @@ class ServerState:
             "modified_at": self.store.resolve(servable.reference).tagged_at,
             "tensors": list(_tensors(servable.weights)),  # as Ollama's, verbose or not
         } | (_verbose_parts(servable) if verbose else {})
+        if requires := servable.manifest.annotations.get(ANNOTATION_REQUIRES):
+            shown["requires"] = requires  # Ollama's omitempty
         shown["model_info"] |= _parameter_count(servable)
         return shown
 
@@ -268,12 +270,29 @@ class ServerState:
         task = loop.run_in_executor(
             None, lambda: self.store.blobs.put_chunks(chunks(), expected=digest, source="upload")
         )
+
+        async def hand_over(item: bytes | None) -> bool:
+            """Queue `item` for the writer; False once the writer has stopped. A writer that failed
+            (a disk error) takes nothing more: waiting on a full queue alone would wait for ever
+            (a build review: the upload never answered)."""
+            if task.done():
+                return False
+            if not queue.full():
+                queue.put_nowait(item)
+                return True
+            putting = asyncio.ensure_future(queue.put(item))
+            await asyncio.wait({putting, task}, return_when=asyncio.FIRST_COMPLETED)
+            if putting.done():
+                return True
+            putting.cancel()
+            return False
+
         try:
             async for chunk in body:
-                if chunk:
-                    await queue.put(chunk)
+                if chunk and not await hand_over(chunk):
+                    break  # the writer failed: its error is the answer, the rest goes unread
         finally:
-            await queue.put(None)
+            await hand_over(None)
         await task
 
 

@@ -78,6 +78,14 @@ class BlobStore:
             )
         return data
 
+    def head(self, digest: str, size: int) -> bytes:
+        """The blob's first `size` bytes (to tell its format), or b"" when the store lacks it."""
+        try:
+            with self.path(digest).open("rb") as f:
+                return f.read(size)
+        except FileNotFoundError:
+            return b""
+
     def touch(self, digest: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.utime(self.path(digest))
