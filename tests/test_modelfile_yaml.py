@@ -209,8 +209,34 @@ ERRORS = [
         "from: x\nparameters: {1: 2}",
         2,
         14,
-        ["parameter names must be strings, got 1"],
+        ["parameters.1: YAML reads the key 1 as the number 1, not as a name: put it in quotes"],
         id="parameter-int-name",
+    ),
+    # YAML 1.1 reads on/no/null as a boolean and null: reported at the key, not at the file's start
+    # under pydantic's "[1]: Keys should be strings" (a build review).
+    pytest.param(
+        "from: x\non: 1",
+        2,
+        1,
+        ['on: YAML reads the key on as true (a boolean), not as a name: put it in quotes ("on")'],
+        id="top-level-bool-key",
+    ),
+    pytest.param(
+        "from: x\nnull: 3", 2, 1, ["null: YAML reads the key null as null, not as a name"], id="null-key"
+    ),
+    pytest.param(
+        "from: x\nmessages:\n- role: user\n  content: hi\n  no: 3",
+        5,
+        3,
+        ["messages[0].no: YAML reads the key no as false (a boolean)"],
+        id="message-bool-key",
+    ),
+    pytest.param(
+        "from: x\n2026-01-01: 1",
+        2,
+        1,
+        ["2026-01-01: YAML reads the key 2026-01-01 as a timestamp"],
+        id="date-key",
     ),
     pytest.param(
         "from: x\nmessages: {role: user}", 2, 11, ["messages: expected a list"], id="messages-mapping"
@@ -343,7 +369,8 @@ def test_load_modelfile_names_the_file_in_errors() -> None:
 texts = st.text(st.characters(codec="utf-8"), max_size=40)
 
 
-finite_floats = st.floats(allow_nan=False, allow_infinity=False)
+# Ollama's float options are float32: a value past its range is refused (params._checked_float).
+finite_floats = st.floats(allow_nan=False, allow_infinity=False, width=32)
 ints = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 parameters = st.fixed_dictionaries(
     {},

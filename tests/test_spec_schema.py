@@ -306,6 +306,26 @@ def test_a_key_given_twice_is_an_error_at_its_line() -> None:
     assert "given twice (first at line 8)" in issue.message
 
 
+def test_a_key_yaml_reads_as_a_boolean_is_an_error_at_its_line() -> None:
+    """`on:` is true to YAML 1.1: said so at the key, not as pydantic's "[1]: Keys should be strings"
+    (a build review)."""
+    text = spec_text(
+        """
+        models:
+          - name: a
+            image: x
+            on: 1
+        """
+    )
+    with pytest.raises(SpecValidationError) as error:
+        parse_spec([SpecDocument("m.yaml", text)])
+    [issue] = error.value.issues
+    assert (issue.path, issue.line) == ("spec.models[0].on", 8)
+    assert (
+        issue.message == 'YAML reads the key on as true (a boolean), not as a name: put it in quotes ("on")'
+    )
+
+
 def test_empty_documents_are_skipped() -> None:
     """A trailing `---`, or a file of comments after one (a model switched off), as safe_load_all
     reads them."""

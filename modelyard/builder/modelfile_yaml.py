@@ -36,7 +36,7 @@ from modelyard.builder.params import (
     is_deprecated,
     validate_parameter,
 )
-from modelyard.builder.yaml_nodes import key_text, repeated_keys
+from modelyard.builder.yaml_nodes import key_text, keys_not_text, repeated_keys
 from modelyard.errors import ModelfileError
 
 _YAML_SUFFIXES: Final = (".yaml", ".yml")
@@ -131,7 +131,9 @@ def parse_yaml(text: str, file: str = "Modelfile.yaml") -> Modelfile:
             column=_column_of(root),
         )
     spec, problems = _checked_shape(data)
-    problems += _duplicate_keys(root)
+    problems += _duplicate_keys(root) + [
+        _Problem(path, message, at_key=True) for path, message in keys_not_text(root)
+    ]
     parameters, parameter_problems = _checked_parameters(data.get("parameters"))
     problems += parameter_problems
     requires = None
@@ -201,18 +203,17 @@ def _checked_shape(data: dict[Any, Any]) -> tuple[_ModelfileSpec | None, list[_P
     try:
         return _ModelfileSpec.model_validate(data), []
     except ValidationError as error:
-        return None, [_problem_from_pydantic(detail) for detail in error.errors()]
+        # A key that is not text is reported from the nodes (keys_not_text), where it was written.
+        details = [d for d in error.errors() if d["type"] != "invalid_key" and "[key]" not in d["loc"]]
+        return None, [_problem_from_pydantic(detail) for detail in details]
     except RecursionError:  # a self-referencing YAML alias where a message or list was expected
         return None, [_Problem((), "the YAML refers to itself (a recursive alias)")]
 
 
 def _problem_from_pydantic(detail: ErrorDetails) -> _Problem:
-    path: _Path = tuple(part for part in detail["loc"] if part != "[key]")
-    is_key = detail["loc"][-1:] == ("[key]",)
+    path: _Path = tuple(detail["loc"])
     value = detail.get("input")
     kind = detail["type"]
-    if is_key:
-        return _Problem(path, f"parameter names must be strings, got {describe_value(value)}", at_key=True)
     if kind == "extra_forbidden":
         return _Problem(path, _unknown_field_message(path), at_key=True)
     messages = {

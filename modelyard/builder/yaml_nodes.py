@@ -1,5 +1,6 @@
 """What PyYAML's loaders do not report, from a composed document's nodes (pure): keys given twice
-in one mapping, which `safe_load` resolves by keeping the last without a word."""
+in one mapping, which `safe_load` resolves by keeping the last without a word, and keys that YAML
+does not read as text."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import yaml
 YamlPath = tuple[str | int, ...]  # keys and list indexes from the document's root
 
 _MERGE_KEY = "tag:yaml.org,2002:merge"  # `<<`: merged mappings may repeat keys
+_STR_TAG = "tag:yaml.org,2002:str"
 
 
 def mappings(root: yaml.Node) -> Iterator[tuple[YamlPath, yaml.MappingNode]]:
@@ -40,6 +42,40 @@ def repeated_keys(root: yaml.Node) -> list[tuple[YamlPath, yaml.Node, yaml.Node]
                 else:
                     first[key.value] = key
     return repeats
+
+
+def keys_not_text(root: yaml.Node) -> list[tuple[YamlPath, str]]:
+    """Each key that YAML does not read as text (`on:`, `no:`, `null:`, `1:` in YAML 1.1), with its
+    path and a message saying what YAML read and what to write instead. pydantic reports such a
+    key only as "Keys should be strings", at a path that names no key of the file (a build review:
+    `on: 1` was reported at line 1 as `[1]`)."""
+    found: list[tuple[YamlPath, str]] = []
+    for path, mapping in mappings(root):
+        for key, _ in mapping.value:
+            # A list or a mapping as a key: PyYAML refuses it already ("found unhashable key").
+            if isinstance(key, yaml.ScalarNode) and key.tag not in (_STR_TAG, _MERGE_KEY):
+                message = (
+                    f"YAML reads the key {key.value} as {_read_as(key)}, not as a name: "
+                    f'put it in quotes ("{key.value}")'
+                )
+                found.append(((*path, key.value), message))
+    return found
+
+
+def _read_as(key: yaml.ScalarNode) -> str:
+    """What YAML 1.1 makes of a plain scalar that is not text: `on` is true, `null` null, `1` a number."""
+    kind = key.tag.rsplit(":", 1)[-1]
+    try:
+        value = yaml.constructor.SafeConstructor().construct_object(key)
+    except (yaml.YAMLError, ValueError, LookupError, AttributeError, TypeError):  # bare builtins too
+        return f"a {kind}"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if value is None:
+        return "null"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    return f"a {kind}"
 
 
 def key_text(key: yaml.Node) -> str:

@@ -56,7 +56,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from modelyard.builder.params import describe_value
-from modelyard.builder.yaml_nodes import repeated_keys
+from modelyard.builder.yaml_nodes import keys_not_text, repeated_keys
 from modelyard.errors import (
     InferenceRequestError,
     InvalidReferenceError,
@@ -417,7 +417,7 @@ def parse_spec(documents: Sequence[SpecDocument]) -> Spec:
                     SpecIssue("", "a document must be a mapping (apiVersion, kind…)", document.path, line)
                 )
                 continue
-            issues += _repeated_keys(node, document.path)
+            issues += _repeated_keys(node, document.path) + _keys_not_text(node, document.path)
             # Read from every document, valid or not: a name given twice is reported beside the
             # document's other problems, not once they are fixed.
             names += _model_names(data, node, document.path)
@@ -592,12 +592,21 @@ def _repeated_keys(node: yaml.Node, file: str) -> list[SpecIssue]:
     ]
 
 
+def _keys_not_text(node: yaml.Node, file: str) -> list[SpecIssue]:
+    return [
+        SpecIssue(format_path(path), message, file, _line(node, path))
+        for path, message in keys_not_text(node)
+    ]
+
+
 # --- error locations ------------------------------------------------------------------------------
 
 
 def _issues(error: ValidationError, node: yaml.Node, file: str) -> list[SpecIssue]:
     issues = []
     for detail in error.errors(include_url=False):
+        if detail["type"] == "invalid_key":
+            continue  # a key that is not text: reported from the nodes (_keys_not_text), where it is
         location = tuple(detail["loc"])
         message = str(detail["msg"]).removeprefix("Value error, ")
         if detail["type"] == "extra_forbidden":
