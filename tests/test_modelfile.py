@@ -528,7 +528,8 @@ def parses_as_template(text: str) -> bool:
     return True
 
 
-finite_floats = st.floats(allow_nan=False, allow_infinity=False)
+# Ollama's float options are float32: a value past its range is refused (params._checked_float).
+finite_floats = st.floats(allow_nan=False, allow_infinity=False, width=32)
 int64s = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 
 PARAMETER_VALUES: dict[str, st.SearchStrategy[object]] = {
@@ -559,7 +560,7 @@ PARAMETER_VALUES: dict[str, st.SearchStrategy[object]] = {
 PARAMETER_VALUES |= {
     name: st.integers(min_value=least, max_value=2**63 - 1)
     if isinstance(least, int)
-    else st.floats(min_value=least, allow_nan=False, allow_infinity=False)
+    else st.floats(min_value=least, allow_nan=False, allow_infinity=False, width=32)
     for name, least in MINIMUMS.items()
 }
 

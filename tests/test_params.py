@@ -101,6 +101,7 @@ def test_coerce_spellings_go_accepts(name: str, text: str, expected: object) -> 
         pytest.param("seed", " 7", "expected an integer", id="int-untrimmed"),
         pytest.param("seed", "٣", "expected an integer", id="int-arabic-digit"),
         pytest.param("temperature", "1e999", "finite", id="float-overflow"),
+        pytest.param("temperature", "1e39", "32-bit float", id="float32-overflow"),
         pytest.param("temperature", "0x1p3", "expected a number", id="float-hex"),
         pytest.param("temperature", "Infinity", "expected a number", id="float-infinity"),
         pytest.param("use_mmap", "Yes", "true or false", id="bool-yes"),
@@ -154,6 +155,9 @@ def test_our_additions_are_not_deprecated(name: str) -> None:
         pytest.param("seed", -1, -1, id="negative-int"),
         pytest.param("temperature", 0.5, 0.5, id="float"),
         pytest.param("temperature", 1, 1.0, id="int-for-float"),
+        # JSON has one number type: a whole float is an int, as Ollama's Go takes it (a build review).
+        pytest.param("num_ctx", 4096.0, 4096, id="whole-float-for-int"),
+        pytest.param("temperature", 3.4e38, 3.4e38, id="float32-largest"),
         pytest.param("use_mmap", False, False, id="bool"),
         pytest.param("stop", "</s>", ("</s>",), id="stop-string"),
         pytest.param("stop", ["a", "b"], ("a", "b"), id="stop-list"),
@@ -174,7 +178,11 @@ def test_validate_typed_value(name: str, value: object, expected: object) -> Non
     ("name", "value", "message"),
     [
         pytest.param("num_ctx", True, "expected an integer, got true", id="bool-for-int"),
-        pytest.param("num_ctx", 4096.0, "expected an integer, got 4096.0", id="float-for-int"),
+        pytest.param("num_ctx", 4096.5, "expected an integer, got 4096.5", id="fraction-for-int"),
+        pytest.param("temperature", 1e39, "1e+39 does not fit in a 32-bit float", id="float32-overflow"),
+        pytest.param(
+            "temperature", -3.5e38, "does not fit in a 32-bit float", id="float32-negative-overflow"
+        ),
         pytest.param("num_ctx", "4096", "expected an integer, got '4096'", id="string-for-int"),
         pytest.param("temperature", "hot", "expected a number, got 'hot'", id="string-for-float"),
         pytest.param("min_p", "1e-10", "write 1.0e-10", id="yaml-exponent-without-dot"),

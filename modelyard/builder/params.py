@@ -19,6 +19,7 @@ import difflib
 import enum
 import math
 import re
+import struct
 from collections.abc import Iterable, Iterator, Mapping
 from decimal import Decimal
 from types import MappingProxyType
@@ -187,6 +188,10 @@ def _checked_int(name: str, value: int) -> int:
 def _checked_float(name: str, value: float) -> float:
     if not math.isfinite(value):
         raise ModelfileError(f"parameter {name!r} must be a finite number, got {value}")
+    # Ollama's options are float32: ParseFloat(s, 32) refuses what rounds past its range (a build
+    # review: 1e39 was taken, and would be infinity there), as a round trip through one tells.
+    if math.isinf(struct.unpack("f", struct.pack("f", value))[0]):
+        raise ModelfileError(f"parameter {name!r}: {value} does not fit in a 32-bit float")
     return _at_least_minimum(name, value)
 
 
@@ -215,6 +220,10 @@ def validate_parameter(name: str, value: object) -> ParameterValue:
         pass  # bool is an int subclass, but true is not a number
     elif kind is ParameterType.INT and isinstance(value, int):
         return _checked_int(name, value)
+    elif kind is ParameterType.INT and isinstance(value, float) and value.is_integer():
+        # JSON has one number type, and clients that write every number as a float send 2048.0;
+        # Ollama's Go takes a float64 for an int (a build review: /api/create refused it).
+        return _checked_int(name, int(value))
     elif kind is ParameterType.FLOAT and isinstance(value, int | float):
         return _checked_float(name, float(value))
     hint = ""
