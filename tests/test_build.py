@@ -4,7 +4,9 @@ caching, adapters, quantization, and the show --modelfile round trip."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -259,6 +261,29 @@ def test_rebuild_uses_the_file_cache(tmp_path: Path, workdir: Path) -> None:
     assert any(e.status == "copying model file" for e in third.events)
 
 
+def test_a_file_rewritten_in_place_with_its_old_mtime_is_hashed_again(tmp_path: Path, workdir: Path) -> None:
+    """`cp -p`, `touch -r` or `rsync -t` onto the same file keep its size and mtime: the ctime still
+    moves (a build review: the cache gave the old digest, and the image kept the old weights)."""
+    home = tmp_path / "home"
+    build(home, workdir / "Modelfile", "m")
+    weights = workdir / "weights.gguf"
+    before = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # same size, other bytes
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (weights.stat().st_size, weights.stat().st_mtime_ns, weights.stat().st_ino) == (
+        before.st_size,
+        before.st_mtime_ns,
+        before.st_ino,
+    )
+    _, store, recorder = build(home, workdir / "Modelfile", "m")
+    assert any(e.status == "copying model file" for e in recorder.events)
+    parts = store.read_parts(store.read_manifest(store.resolve(parse_reference("m")).digest))
+    assert parts.weights is not None
+    assert parts.weights.digest == "sha256:" + hashlib.sha256(bytes(data)).hexdigest()
+
+
 def test_rebuild_that_changes_system_writes_no_weight_blob(tmp_path: Path, workdir: Path) -> None:
     home = tmp_path / "home"
     build(home, workdir / "Modelfile", "m")
@@ -375,6 +400,21 @@ def test_adapter_layer(tmp_path: Path, workdir: Path, tiny_lora: Path) -> None:
     assert adapters[0].annotations["org.cncf.model.filepath"] == "adapters/adapter-1.gguf"
     assert store.blobs.read_bytes(adapters[0].digest) == tiny_lora.read_bytes()
     assert manifest.layers[0].media_type == LAYER_WEIGHT, "base weights stay the first layer"
+
+
+def test_an_adapter_given_again_is_held_once(tmp_path: Path, workdir: Path, tiny_lora: Path) -> None:
+    """FROM an image with an adapter, and ADAPTER it again: one layer, as a license is (a build
+    review: two, which llama.cpp would both apply)."""
+    shutil.copyfile(tiny_lora, workdir / "lora.gguf")
+    (workdir / "Modelfile").write_text("FROM ./weights.gguf\nADAPTER ./lora.gguf\n")
+    home = tmp_path / "h"
+    build(home, workdir / "Modelfile", "base")
+    (workdir / "Derived").write_text("FROM base\nADAPTER ./lora.gguf\nADAPTER ./lora.gguf\n")
+    builder, store, _ = make_builder(home)
+    result = builder.build_file(workdir / "Derived", parse_reference("derived"))
+    adapters = store.read_manifest(result.digest).layers_of(LAYER_ADAPTER)
+    assert [a.digest for a in adapters] == ["sha256:" + hashlib.sha256(tiny_lora.read_bytes()).hexdigest()]
+    assert any("given twice" in warning for warning in result.warnings), result.warnings
 
 
 @pytest.mark.parametrize(

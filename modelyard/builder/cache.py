@@ -1,7 +1,7 @@
 """The build cache: what we already know about files and weights, so a rebuild does no heavy work.
 
-- `FileDigestCache` maps a source file, identified by (path, size, mtime, inode, device), to its
-  sha256. A rebuild of an unchanged 250 MB GGUF then costs a `stat`, not a re-hash.
+- `FileDigestCache` maps a source file, identified by (path, size, mtime, ctime, inode, device),
+  to its sha256. A rebuild of an unchanged 250 MB GGUF then costs a `stat`, not a re-hash.
 - `SummaryCache` keeps the config facts read from a weights blob's GGUF metadata, keyed by digest,
   so a cached rebuild never needs to open the GGUF (or import numpy).
 
@@ -25,7 +25,16 @@ from modelyard.store.image import is_digest
 
 def _file_identity(path: Path) -> dict[str, int]:
     st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "dev": st.st_dev}
+    # The ctime too: a user can set the mtime back (`cp -p`, `touch -r`, `rsync -t` onto the same
+    # file), never the ctime, which any write moves (a build review: a file rewritten in place with
+    # its old size and mtime kept its old digest, and the image the old weights).
+    return {
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+        "ino": st.st_ino,
+        "dev": st.st_dev,
+    }
 
 
 def _write_json(path: Path, value: Any) -> None:
