@@ -314,6 +314,14 @@ def test_think_is_ignored_gracefully(client: ollama.Client) -> None:
     for think in (True, "high"):
         result = client.chat(GEMMA, messages=[{"role": "user", "content": "Hi"}], think=think, options=GREEDY)
         assert result.message.content and not result.message.thinking
+    # Any other text is Ollama's 400, which clients read to fall back to think=True (an API review).
+    for endpoint, body in (
+        ("chat", {"messages": [{"role": "user", "content": "Hi"}]}),
+        ("generate", {"prompt": "Hi"}),
+    ):
+        with pytest.raises(ollama.ResponseError, match='invalid think value: "hgih"') as caught:
+            getattr(client, endpoint)(GEMMA, think="hgih", **body)
+        assert caught.value.status_code == 400
 
 
 def test_think_and_the_date_reach_the_template(client: ollama.Client, oai: openai.OpenAI) -> None:
@@ -598,6 +606,12 @@ def test_openai_requests_that_cannot_be_honoured_are_400s_naming_the_field(
     hi = {"role": "user", "content": "Hi"}
     cases: list[tuple[dict[str, Any], str, str]] = [
         ({"messages": [{"role": "wizard", "content": "Hi"}]}, "messages[0]", "is not a role"),
+        ({"messages": [{"role": "user"}]}, "messages[0].content", "required in a user message"),
+        (
+            {"messages": [hi, {"role": "tool", "content": None}]},
+            "messages[1].content",
+            "required in a tool message",
+        ),
         (
             {"messages": [{"role": "user", "content": [{"type": "file", "file": {"file_data": "x"}}]}]},
             "messages[0].content",

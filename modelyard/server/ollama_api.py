@@ -188,6 +188,7 @@ def router(state: ServerState) -> APIRouter:
         if body.raw and (body.system or body.template or body.context):
             # Ollama's answer: a raw prompt goes to the model as it is, so these would be dropped.
             raise HTTPError(400, "raw mode does not support template, system, or context")
+        _check_think(body.think)
         servable = await inference.servable(name)
         request = PromptRequest.generate(
             body.prompt or "",
@@ -222,6 +223,7 @@ def router(state: ServerState) -> APIRouter:
             reason = await inference.load_only(name, body.keep_alive, body.options)
             state.count("/api/chat", served_model.get(), 200)
             return JSONResponse(_final_line(name, reason, {"message": {"role": "assistant", "content": ""}}))
+        _check_think(body.think)
         servable = await inference.servable(name)
         request = PromptRequest.chat(
             [_message(i, m) for i, m in enumerate(body.messages)],
@@ -544,6 +546,20 @@ def _decode_images(images: list[str] | None) -> tuple[bytes, ...]:
         except ValueError:
             raise HTTPError(400, f"images[{i}] is not base64") from None
     return tuple(decoded)
+
+
+THINK_LEVELS = ("high", "medium", "low", "max")
+
+
+def _check_think(think: bool | str | None) -> None:
+    """`think` as Ollama takes it: true, false or a level. Any other text is Ollama's 400, which
+    clients read to fall back to `think: true` (an API review: it was taken in silence)."""
+    if isinstance(think, str) and think not in THINK_LEVELS:
+        raise HTTPError(
+            400,
+            f"invalid think value: {json.dumps(think, ensure_ascii=False)} "
+            '(must be "high", "medium", "low", "max", true, or false)',
+        )
 
 
 def _blob_digest(digest: str) -> str:

@@ -782,6 +782,10 @@ def _message(index: int, body: ChatMessageBody) -> ChatMessage:
         known = ", ".join(_ROLES)
         raise HTTPError(400, f"{where}.role: {body.role!r} is not a role; use one of {known}", param=where)
     content = body.content
+    if content is None and role != "assistant":
+        # OpenAI's schema requires it but of an assistant's turn (which may hold tool calls only):
+        # a turn without it was sent to the model as an empty one (an API review).
+        raise HTTPError(400, f"{where}.content: required in a {body.role} message", param=f"{where}.content")
     if isinstance(content, list):
         texts = []  # joined as Ollama joins a message's parts: by a blank line
         for j, part in enumerate(content):
