@@ -13,6 +13,7 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -677,11 +678,12 @@ def _duration(text: str) -> float:
     """Seconds from `90`, `30s`, `15m`, `1h`, `2d`."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
-        if text and text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
+        seconds = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}; use e.g. 30s, 15m, 1h, 0") from None
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):  # a CLI review: `--grace -5` was taken
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}; use e.g. 30s, 15m, 1h, 0")
+    return seconds
 
 
 # --- parser -------------------------------------------------------------------------------------
@@ -977,7 +979,11 @@ def main(
     argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None
 ) -> int:
     parser = build_parser()
-    args = _parse(parser, list(sys.argv[1:] if argv is None else argv))
+    words = list(sys.argv[1:] if argv is None else argv)
+    if not words:  # what there is to do, not only argparse's "the following arguments are required"
+        parser.print_help(stderr or sys.stderr)
+        return EXIT_USER_ERROR
+    args = _parse(parser, words)
     _resolve_build_tag(args, parser)
     out, err = stdout or sys.stdout, stderr or sys.stderr
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import socket
 import sys
 import threading
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
+from modelyard.errors import ModelyardError
 from modelyard.settings import Settings
 
 if TYPE_CHECKING:
@@ -158,21 +160,28 @@ class ApiTimeout(ApiError):
 
 
 def base_url(settings: Settings) -> str:
-    from modelyard.server.serve import parse_host
+    """The server's URL from $MODELYARD_HOST, its scheme and path kept (a TLS proxy's `https://`:
+    a CLI review found it sent, API key and all, as plain HTTP)."""
+    from modelyard.server.address import parse_address
 
-    host, port = parse_host(settings.host)
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return parse_address(settings.host).url
 
 
 # --- serve -------------------------------------------------------------------------------------------
 
 
 def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
-    from modelyard.server.serve import parse_host, run_server
+    from modelyard.server.address import parse_address
+    from modelyard.server.serve import run_server
 
-    host, port = parse_host(args.host or ctx.settings.host)
+    address = parse_address(args.host or ctx.settings.host, "--host" if args.host else "$MODELYARD_HOST")
+    if address.scheme != "http":
+        ctx.err(
+            f"Error: {address.url}: serve speaks plain HTTP; for https put a TLS proxy in front of it, "
+            "and give the proxy's https:// address to the clients"
+        )
+        return EXIT_USER_ERROR
+    host, port = address.host, address.port
     if args.spec and not args.spec.startswith("git+"):
         from pathlib import Path
 
@@ -325,18 +334,43 @@ def _until(expires_at: str) -> str:
 
 
 def _keep_alive(text: str) -> str | float:
-    """--keep-alive as the API takes it: a number is seconds (negative: forever), else a duration."""
+    """--keep-alive as the API takes it: a number is seconds (negative: forever), else a duration;
+    checked here, before a server starts (a CLI review: `nan` and `1e999` ended in a traceback,
+    `foo` in the server's error without the flag's name)."""
+    from modelyard.runtime.keepalive import parse_keep_alive
+
     try:
-        return float(text)
+        parse_keep_alive(text, allow_bare_seconds=True)
+    except ModelyardError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    try:
+        seconds = float(text)
     except ValueError:
         return text
+    return seconds if math.isfinite(seconds) else text  # "inf": JSON has no infinity; the text says it
+
+
+def _prompt_text(text: str) -> str:
+    """Words from argv as JSON can carry them: bytes that are not UTF-8 (which Python keeps as lone
+    surrogates) become U+FFFD, as Ollama sends them (a CLI review: httpx raised on them)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _read_stdin() -> str:
+    """All of stdin, bytes that are not UTF-8 as U+FFFD (a text stream's strict decoding raised)."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    return buffer.read().decode("utf-8", "replace") if buffer is not None else sys.stdin.read()
 
 
 def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     with _server(ctx) as client:
         prompt = " ".join(args.prompt) if args.prompt else None
-        if prompt is None and not sys.stdin.isatty():
-            prompt = sys.stdin.read()
+        if not sys.stdin.isatty():
+            # As `ollama run`: text on stdin goes before the prompt's words (`cat notes | modelyard
+            # run m "summarize this"`; a CLI review: stdin was dropped when words were given).
+            prompt = " ".join([_read_stdin(), *args.prompt])
+        if prompt is not None:
+            prompt = _prompt_text(prompt)
         if prompt is not None and not prompt.strip():
             prompt = ""  # nothing to say: only load the model, as `ollama run` does
         options: dict[str, Any] = {}
@@ -615,7 +649,7 @@ def register(sub: Any) -> None:
         "keeping the conversation, until /bye.",
     )
     p.add_argument("name", metavar="NAME")
-    p.add_argument("prompt", nargs="*", metavar="PROMPT")
+    p.add_argument("prompt", nargs="*", default=[], metavar="PROMPT")  # default: not "required"
     p.add_argument("--format", choices=["json"], help="ask for JSON output")
     p.add_argument(
         "--keep-alive",

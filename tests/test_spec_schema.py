@@ -388,3 +388,16 @@ def test_a_bad_metadata_name_says_what_a_name_may_hold(name: str) -> None:
     issue = error.value.issues[0]
     assert issue.path == "metadata.name" and issue.line == 3
     assert f"{name!r} is not a Kubernetes name: lowercase letters" in issue.message
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        # A device exists, and is not a spec (a CLI review: `apply -f /dev/null` said "no such file").
+        pytest.param("/dev/null", "not a file or a folder", id="device"),
+        pytest.param("/no/such/spec.yaml", "no such file or folder", id="missing"),
+    ],
+)
+def test_a_spec_path_that_is_no_file_says_what_it_is(path: str, message: str) -> None:
+    with pytest.raises(SpecSourceError, match=message):
+        load_spec(path)

@@ -359,6 +359,22 @@ def test_rm_dry_run_changes_nothing(store: Store) -> None:
     assert plan.blobs and files_under(store.root) == before
 
 
+def test_dry_runs_take_no_lock(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """They only read, so they work on a store this user may not write (a CLI review: the lock
+    file's creation failed on a read-only one)."""
+    put_image(store, "a", b"w")
+
+    def no_lock() -> None:
+        raise AssertionError("a dry run took the store's write lock")
+
+    monkeypatch.setattr(store, "locked", no_lock)
+    [plan] = store.remove([parse_reference("a")], dry_run=True)
+    assert plan.blobs
+    assert store.prune(grace_s=0, dry_run=True).blobs == ()
+    with pytest.raises(AssertionError, match="write lock"):
+        store.prune(grace_s=0)
+
+
 def test_rm_of_several_names_plans_each_after_the_ones_before() -> None:
     """Two names sharing weights: removing both frees the weights with the second, dry run or not."""
     for dry_run in (True, False):

@@ -11,10 +11,13 @@ or OpenAI's error event) before it closes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import Callable
 
 import uvicorn
+
+logger = logging.getLogger("uvicorn.error")  # where uvicorn's own start-up lines go
 
 _WORDS_BEFORE_THE_CUT_S = 1  # time left for the streams to send their error line and close
 
@@ -23,6 +26,15 @@ class GracefulServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, stop_generations: Callable[[], object]) -> None:
         super().__init__(config)
         self._stop_generations = stop_generations
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and sockets:
+            # uvicorn says where it listens only for sockets it bound itself (serve binds its own).
+            for sock in sockets:
+                host, port = sock.getsockname()[:2]
+                shown = f"[{host}]" if ":" in host else host
+                logger.info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)", shown, port)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         grace = self.config.timeout_graceful_shutdown

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+import errno
+import socket
 
 from modelyard.errors import ModelyardError
 from modelyard.runtime.keepalive import DEFAULT_KEEP_ALIVE_S, parse_keep_alive
@@ -11,26 +12,6 @@ from modelyard.runtime.scheduler import Scheduler, SchedulerSettings
 from modelyard.server.state import ServerState
 from modelyard.settings import Settings
 from modelyard.store import Store
-
-DEFAULT_PORT = 11434
-
-
-class BadHostError(ModelyardError, ValueError):
-    pass
-
-
-def parse_host(text: str) -> tuple[str, int]:
-    """`127.0.0.1:11434`, `0.0.0.0`, `:8080`, `http://[::1]:11434` → (host, port), as OLLAMA_HOST reads."""
-    value = text.strip()
-    if "://" not in value:
-        value = "http://" + value
-    parts = urlsplit(value)
-    try:
-        port = parts.port or DEFAULT_PORT
-    except ValueError:
-        raise BadHostError(f"invalid host {text!r}: the port must be a number from 1 to 65535") from None
-    host = parts.hostname or "127.0.0.1"
-    return host, port
 
 
 def scheduler_settings(settings: Settings) -> SchedulerSettings:
@@ -74,6 +55,7 @@ def run_server(settings: Settings, host: str, port: int, *, spec: str | None = N
     from modelyard.server.app import create_app
     from modelyard.server.graceful import GracefulServer
 
+    listening = listen(host, port)  # before anything starts: a port in use is the user's to fix
     launcher = Launcher(spares=1)
     try:
         state = build_state(settings, launcher=launcher, spec=spec)
@@ -88,6 +70,28 @@ def run_server(settings: Settings, host: str, port: int, *, spec: str | None = N
             timeout_graceful_shutdown=settings.shutdown_grace,
         )
         retry_after = float(settings.shutdown_grace)  # a restarted server is back in about that
-        GracefulServer(config, lambda: state.inference.stop_generations(retry_after)).run()
+        GracefulServer(config, lambda: state.inference.stop_generations(retry_after)).run(sockets=[listening])
     finally:
         launcher.close()
+        listening.close()
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port), or a ModelyardError saying why not. uvicorn binds only
+    after the app has started, then exits 3 under "Application startup complete" (a CLI review:
+    a port in use read as a crash of ours)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a restart reuses it
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        hint = (
+            "another server listens there (`modelyard ps` asks it); choose another port with --host or "
+            "$MODELYARD_HOST"
+            if exc.errno == errno.EADDRINUSE
+            else "check the host and port given with --host or $MODELYARD_HOST"
+        )
+        raise ModelyardError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; {hint}") from None
+    return sock

@@ -456,6 +456,10 @@ def read_documents(path: Path) -> list[SpecDocument]:
         root = path
     elif path.is_file():
         files, root = [path], path.parent
+    elif path.exists():  # a device or a pipe (`-f /dev/null`): not a spec file (a CLI review)
+        raise SpecSourceError(
+            str(path), "not a file or a folder; give a spec file (YAML) or a folder of them"
+        )
     else:
         raise SpecSourceError(str(path), "no such file or folder")
     documents = []

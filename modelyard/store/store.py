@@ -312,8 +312,9 @@ class Store:
     def remove(self, refs: Sequence[Reference], *, dry_run: bool = False) -> list[PrunePlan]:
         """Untag images, in order, and delete the blobs nothing else needs: all of them or, when one
         is not here, none. Returns what each removal frees (or would), given the ones before it.
-        `name@sha256:…` removes the tag `name` only while it points at that digest."""
-        with self.locked():
+        `name@sha256:…` removes the tag `name` only while it points at that digest. A dry run
+        takes no lock: it reads only, and works on a store it may not write (a CLI review)."""
+        with self.locked() if not dry_run else contextlib.nullcontext():
             index = original = self.read_index()
             plans = []
             removed: set[str] = set()
@@ -442,8 +443,8 @@ class Store:
     ) -> PrunePlan:
         """Delete the blobs nothing needs and stale partial files; with `history`, forget every
         name's earlier digests first (rollback can no longer return to them), so that blobs only
-        they need go too."""
-        with self.locked():
+        they need go too. A dry run takes no lock: it reads only (a store it may not write too)."""
+        with self.locked() if not dry_run else contextlib.nullcontext():
             # Planned under the lock: no tag can start needing a blob while we decide.
             plan = self.plan_prune(grace_s, history=history)
             if not dry_run:
