@@ -368,7 +368,8 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
         if not sys.stdin.isatty():
             # As `ollama run`: text on stdin goes before the prompt's words (`cat notes | modelyard
             # run m "summarize this"`; a CLI review: stdin was dropped when words were given).
-            prompt = " ".join([_read_stdin(), *args.prompt])
+            piped = _read_stdin()
+            prompt = " ".join([piped, *args.prompt] if piped else args.prompt)
         if prompt is not None:
             prompt = _prompt_text(prompt)
         if prompt is not None and not prompt.strip():

@@ -239,7 +239,7 @@ class PipedStdin(io.TextIOWrapper):
         pytest.param(b"just stdin", [], "just stdin", id="stdin-only"),
         # Bytes that are not UTF-8 go as U+FFFD, as Ollama sends them (httpx raised on them).
         pytest.param(b"caf\xe9", ["ok"], "caf\ufffd ok", id="stdin-not-utf8"),
-        pytest.param(b"", ["caf\udce9"], " caf\ufffd", id="argv-not-utf8"),
+        pytest.param(b"", ["caf\udce9"], "caf\ufffd", id="argv-not-utf8"),  # nothing piped: words alone
     ],
 )
 def test_run_sends_stdin_before_the_prompt_words(

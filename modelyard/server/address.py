@@ -41,8 +41,7 @@ class ServerAddress:
 def parse_address(text: str, source: str = "$MODELYARD_HOST") -> ServerAddress:
     """`text` (from `source`, which errors name) as a server address; BadHostError if it is none."""
 
-    def bad(problem: str) -> BadHostError:
-        hint = "" if "like" in problem else "; expected HOST[:PORT], like 127.0.0.1:11434"
+    def bad(problem: str, hint: str = "; expected HOST[:PORT], like 127.0.0.1:11434") -> BadHostError:
         return BadHostError(f"{source}={text!r}: {problem}{hint}")
 
     value = text.strip()
@@ -60,8 +59,8 @@ def parse_address(text: str, source: str = "$MODELYARD_HOST") -> ServerAddress:
         raise bad("no host after the scheme")
     try:
         host, port_text = _split_host_port(hostport)
-    except ValueError as exc:
-        raise bad(str(exc)) from None
+    except ValueError as exc:  # its message has an example of its own
+        raise bad(str(exc), hint="") from None
     if not host:
         host = "127.0.0.1"
     elif ":" not in host and not _HOST_NAME.fullmatch(host):
