@@ -203,7 +203,8 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_ps(args: argparse.Namespace, ctx: Context) -> int:
     client = ApiClient(base_url(ctx.settings), ctx.settings.api_key, timeout=10)
     try:
-        models = client.get("/api/ps").get("models", [])
+        answer = client.get("/api/ps")
+        models = answer.get("models", [])
     except ServerUnreachableError as exc:
         ctx.err(f"Error: no server answers at {exc}; start one with `modelyard serve`")
         return EXIT_USER_ERROR
@@ -249,13 +250,11 @@ def cmd_ps(args: argparse.Namespace, ctx: Context) -> int:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
     for row in [header, *rows]:
         ctx.out("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
-    from modelyard.runtime.procstats import system_memory
-
-    system = system_memory()
-    if system is not None:
+    system = answer.get("system")  # the server's machine, which may not be this one
+    if isinstance(system, dict) and {"available", "total", "swap_used"} <= system.keys():
         ctx.out(
-            f"\nmemory available {_human(system.available)} of {_human(system.total)}; "
-            f"swap in use {_human(system.swap_used)}"
+            f"\nmemory available {_human(system['available'])} of {_human(system['total'])} on the "
+            f"server's machine; swap in use {_human(system['swap_used'])}"
         )
     return EXIT_OK
 

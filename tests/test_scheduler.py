@@ -119,6 +119,39 @@ def test_idle_model_is_evicted_busy_and_pinned_never(two_models: tuple[Path, Pat
     run(scenario())
 
 
+def test_a_load_waiting_for_memory_holds_none_and_each_load_is_observed_once(
+    two_models: tuple[Path, Path],
+) -> None:
+    """While it waits for room, a load shows as loading, waiting for memory, holding nothing (a
+    metrics review: its estimate counted, past the budget); the load observers see each load once."""
+    a, b = two_models
+
+    async def scenario() -> None:
+        size = await one_model_size(a)
+        scheduler = Scheduler(SchedulerSettings(ram_budget=int(size * 1.5), memory_wait=3, retry_after=2))
+        loads: list[str] = []
+        scheduler.load_observers.append(lambda name, seconds: loads.append(name) if seconds > 0 else None)
+        try:
+            held = await scheduler.acquire(request(b, "b"))  # busy: never evicted
+            waiting = asyncio.ensure_future(scheduler.acquire(request(a, "a")))
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                rows = {row.name: row for row in scheduler.status()}
+                if "a" in rows:
+                    break
+            row = rows["a"]
+            assert (row.state, row.waiting, row.size, row.note) == ("loading", True, 0, "waiting for memory")
+            assert sum(r.size for r in rows.values()) <= scheduler.ram_budget
+            held.release()  # b idle: evicted, and a loads
+            (await waiting).release()
+            assert loads == ["b", "a"]
+            assert not scheduler.status()[0].waiting
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
 def test_model_larger_than_the_budget_is_refused_at_once(two_models: tuple[Path, Path]) -> None:
     async def scenario() -> None:
         scheduler = Scheduler(SchedulerSettings(ram_budget=1024))

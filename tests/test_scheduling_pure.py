@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import pytest
 
@@ -460,3 +462,27 @@ def test_parse_meminfo_status_smaps() -> None:
         "Rss: 1000 kB\n"
     )
     assert parse_mapped_rss(smaps, "/store/blobs/sha256/abc") == 48 * 1024
+    # A blob removed while mapped: the kernel adds " (deleted)" to its name (a metrics review).
+    deleted = "7f00-7f10 r--p 00000000 fd:01 42 /store/blobs/sha256/abc (deleted)\nRss: 40 kB\n"
+    assert parse_mapped_rss(deleted, "/store/blobs/sha256/abc") == 40 * 1024
+
+
+def test_weights_resident_follows_a_home_behind_a_link(tmp_path: Path) -> None:
+    """smaps names a mapping by its resolved path: a store reached through a link read 0 (a metrics
+    review)."""
+    import mmap
+
+    from modelyard.runtime.procstats import process_memory
+
+    (tmp_path / "real").mkdir()
+    weights = tmp_path / "real" / "weights.bin"
+    weights.write_bytes(b"w" * (1 << 20))
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with (tmp_path / "link" / "weights.bin").open("rb") as file:
+        mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            assert sum(mapped[i] for i in range(0, len(mapped), 4096)) > 0  # touch every page
+            memory = process_memory(os.getpid(), tmp_path / "link" / "weights.bin")
+            assert memory is not None and memory.weights_resident >= 1 << 20
+        finally:
+            mapped.close()

@@ -5,6 +5,7 @@ One server for the module (tests that unload the model leave the next request to
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import re
@@ -688,6 +689,16 @@ def test_openai_seeds_any_integer_repeats_and_a_legacy_function_role_is_a_tool_r
     json.loads(schema_free.choices[0].message.content or "")
 
 
+def value_now(http: httpx.Client, name: str, **labels: str) -> float:
+    """A sample's value summed over the series with these labels, from /metrics now."""
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(http.get("/metrics").text)
+        for s in f.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
 def model_counter(http: httpx.Client, sample: str) -> float:
     """A counter's value for the test model, from /metrics."""
     families = text_string_to_metric_families(http.get("/metrics").text)
@@ -1299,6 +1310,17 @@ def test_metrics(http: httpx.Client, client: ollama.Client) -> None:
     before = loads_counted()
     client.generate(GEMMA, "")  # a load only, as preloads and `modelyard stop` send
     assert loads_counted() == before + 1
+
+    # One load, one observation, however many requests waited for it (a metrics review: one a
+    # request); a management route's success is counted too (it was not).
+    client.generate(GEMMA, "", keep_alive=0)  # unloaded
+    loads = value_now(http, "modelyard_model_load_seconds_count", model=MODEL)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: client.generate(GEMMA, "Hi", options={**GREEDY, "num_predict": 2}), range(4)))
+    assert value_now(http, "modelyard_model_load_seconds_count", model=MODEL) == loads + 1
+    tags = value_now(http, "modelyard_requests_total", endpoint="/api/tags", status="200")
+    client.list()
+    assert value_now(http, "modelyard_requests_total", endpoint="/api/tags", status="200") == tags + 1
     assert value("modelyard_slots", model=MODEL) >= 1
     assert value("modelyard_model_memory_bytes", model=MODEL) > 250_000_000
     assert value("modelyard_runner_rss_bytes", model=MODEL) > 0
@@ -1362,6 +1384,9 @@ def test_cli_run_ps_and_stop_against_the_server(
     header, *rows = ps.stdout.splitlines()
     assert header.split()[:4] == ["NAME", "ID", "SIZE", "PROCESSOR"]
     assert any(row.startswith(f"{short_model}:latest") and "100% CPU" in row for row in rows)
+    # The server's memory, from /api/ps, not the CLI's machine's (a metrics review).
+    assert "on the server's machine" in ps.stdout
+    assert http.get("/api/ps").json()["system"]["available"] > 0
 
     stopped = cli(server, home, "stop", short_model)
     assert stopped.returncode == 0 and "stopped" in stopped.stdout

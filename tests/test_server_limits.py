@@ -121,6 +121,8 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(busy: ServeProcess)
         before = metric(
             http, 'modelyard_requests_total{endpoint="/api/chat",model="gemma3:latest",status="499"}'
         )
+        generated = 'modelyard_generated_tokens_total{model="gemma3:latest"}'
+        tokens_before = metric(http, generated)
         body = {
             "model": GEMMA,
             "messages": [{"role": "user", "content": "Tell me a long story."}],
@@ -132,6 +134,8 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(busy: ServeProcess)
             next(lines)
             assert model_status(http)["busy"] == 1
         wait_for(lambda: model_status(http)["busy"] == 0, "the slot to be freed")
+        # The tokens it was sent count, as its time to first token did (a metrics review: none did).
+        wait_for(lambda: metric(http, generated) >= tokens_before + 2, "its tokens to be counted")
         wait_for(
             lambda: (
                 metric(

@@ -4,6 +4,7 @@ On other systems the readers return None and `ps` shows what it can."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,13 +50,15 @@ def parse_rss(status_text: str) -> int:
 
 
 def parse_mapped_rss(smaps_text: str, path: str) -> int:
-    """Sum of `Rss` over the mappings of `path` in a /proc/PID/smaps text."""
+    """Sum of `Rss` over the mappings of `path` (resolved, as the kernel names it) in a
+    /proc/PID/smaps text, the file deleted since it was mapped too."""
     total = 0
     current = False
+    names = (path, f"{path} (deleted)")
     for line in smaps_text.splitlines():
         fields = line.split()
         if fields and "-" in fields[0] and len(fields) >= 5 and ":" not in fields[0]:
-            current = len(fields) >= 6 and " ".join(fields[5:]) == path
+            current = len(fields) >= 6 and " ".join(fields[5:]) in names
         elif current and line.startswith("Rss:"):
             total += int(fields[1]) * KIB
     return total
@@ -74,4 +77,6 @@ def process_memory(pid: int, weights: Path) -> ProcessMemory | None:
         smaps = Path(f"/proc/{pid}/smaps").read_text()
     except OSError:
         return None
-    return ProcessMemory(rss=rss, weights_resident=parse_mapped_rss(smaps, str(weights)))
+    # smaps names the file by its resolved path: a MODELYARD_HOME behind a link read 0 (a metrics
+    # review).
+    return ProcessMemory(rss=rss, weights_resident=parse_mapped_rss(smaps, os.path.realpath(weights)))

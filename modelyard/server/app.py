@@ -36,6 +36,7 @@ from modelyard.server import request_id
 from modelyard.server.http_errors import KNOWN_ERRORS, HTTPError, retry_after_header
 from modelyard.server.inference import served_model
 from modelyard.server.metrics import CONTENT_TYPE
+from modelyard.server.request_count import CountRequests
 from modelyard.server.request_id import RequestId
 from modelyard.server.state import ServerState
 from modelyard.spec.sources import redact
@@ -96,6 +97,10 @@ def create_app(state: ServerState, bind_host: str | None = None) -> FastAPI:
     if bind_host is not None and is_loopback(bind_host):
         app.add_middleware(HostGuard)
     app.add_middleware(LocalCORS, configured=state.settings.cors_origins)
+    # Outside the refusing middlewares, so that their 401, 403 and 413 are counted too.
+    # The API's paths, from its schema (an included router's routes are not in app.routes).
+    fixed_paths = [path for path in app.openapi().get("paths", {}) if "{" not in path]
+    app.add_middleware(CountRequests, count=state.count, model=served_model.get, routes=fixed_paths)
     app.add_middleware(RequestId)  # outermost of ours: refusals (401, 403, 413) carry an id too
     return app
 

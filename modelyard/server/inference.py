@@ -267,10 +267,7 @@ class Inference:
             )
         started = time.perf_counter_ns()
         lease = await self._acquire(request)
-        waited = time.perf_counter_ns() - started
-        if waited > 50_000_000:  # a real load, not a lookup
-            self.metrics.load_seconds.labels(servable.name).observe(waited / 1e9)
-        return lease, waited
+        return lease, time.perf_counter_ns() - started
 
     async def _acquire(self, request: ModelRequest) -> Lease:
         """The scheduler's lease, unless the server stops first (stop_generations)."""
@@ -370,6 +367,7 @@ class Inference:
         events: GenerationEvents = asyncio.Queue()
         handle = None
         finished = False
+        sent = 0  # tokens handed on, for the count of one that ends before its Done
         self._generating.add(events)
         try:
             prepare_request = functools.partial(
@@ -449,6 +447,7 @@ class Inference:
                     else:
                         per_token.observe((now - last) / 1e9)
                     last = now
+                    sent += len(event.logprobs) or 1  # an event holds more than one only with them
                     if with_context:
                         answer.append(event.text)
                     yield event
@@ -469,6 +468,10 @@ class Inference:
                 return
         finally:
             self._generating.discard(events)
+            if not finished and sent:
+                # Cut short (its client gone, the runner failed): the tokens it did send count, as
+                # the time to first token already did (a metrics review: they never counted).
+                self.metrics.generated_tokens.labels(servable.name).inc(sent)
             if handle is not None and not finished:
                 handle.cancel()  # the client went away, or something failed: free the slot
             lease.release(served=finished)

@@ -82,7 +82,7 @@ class Metrics:
         )
         self.load_seconds = Histogram(
             "modelyard_model_load_seconds",
-            "Time requests waited for their model to load.",
+            "Time a model's runner took to load, one observation a load.",
             ["model"],
             buckets=_LOAD_BUCKETS,
             registry=self.registry,
@@ -102,8 +102,17 @@ class _LiveCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         statuses = self._status()
-        loaded = GaugeMetricFamily("modelyard_models_loaded", "Models with a runner (loading or ready).")
-        loaded.add_metric([], float(sum(s.state in ("ready", "loading") for s in statuses)))
+        # A runner's own row: names that share its runner are listed after it, its memory and
+        # slots counted with the first (a metrics review: a shared runner counted twice here).
+        runners = [s for s in statuses if not s.shares_runner_of]
+        loaded = GaugeMetricFamily(
+            "modelyard_models_loaded",
+            "Runners loading, ready or unloading (names that share one count once; a load waiting"
+            " for memory does not count).",
+        )
+        loaded.add_metric(
+            [], float(sum(s.state in ("ready", "loading", "unloading") and not s.waiting for s in runners))
+        )
         yield loaded
         labels = ["model"]
         families = {
@@ -112,8 +121,14 @@ class _LiveCollector(Collector):
                 "Requests waiting: beyond busy slots, or for a model not loaded yet.",
                 labels=labels,
             ),
-            "busy": GaugeMetricFamily("modelyard_slots_busy", "Slots decoding a request.", labels=labels),
-            "slots": GaugeMetricFamily("modelyard_slots", "Slots of the model's runner.", labels=labels),
+            "busy": GaugeMetricFamily(
+                "modelyard_slots_busy", "Slots decoding a request (as modelyard_slots).", labels=labels
+            ),
+            "slots": GaugeMetricFamily(
+                "modelyard_slots",
+                "Slots of the model's runner (given with the first of the names sharing it).",
+                labels=labels,
+            ),
             "size": GaugeMetricFamily(
                 "modelyard_model_memory_bytes", "Memory of the model (RAM and GPU).", labels=labels
             ),
@@ -129,9 +144,10 @@ class _LiveCollector(Collector):
         }
         for name, depth in sorted(self._queue_depths().items()):
             families["queue"].add_metric([name], float(depth))
-        for s in statuses:
+        for s in runners:
             families["busy"].add_metric([s.name], float(s.slots_busy))
             families["slots"].add_metric([s.name], float(s.slots))
+        for s in statuses:
             families["size"].add_metric([s.name], float(s.size))
             families["vram"].add_metric([s.name], float(s.size_vram))
             if s.runner_rss is not None:

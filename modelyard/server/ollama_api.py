@@ -314,7 +314,9 @@ def router(state: ServerState) -> APIRouter:
     @api.get("/api/ps")
     async def ps() -> dict[str, Any]:
         await state.read_loaded_details()
-        return {"models": state.running_models()}
+        # modelyard's own beside Ollama's list: the server machine's memory, which `modelyard ps`
+        # shows (a metrics review: it read the /proc/meminfo of the machine the CLI ran on).
+        return {"models": state.running_models(), "system": state.system_memory()}
 
     @api.api_route("/api/blobs/{digest}", methods=["HEAD"])
     async def head_blob(digest: str) -> Response:

@@ -29,11 +29,12 @@ from modelyard.errors import WorkAbandoned
 from modelyard.progress import ProgressEvent, ProgressSink
 from modelyard.reference import Reference, parse_reference
 from modelyard.registry import RegistryOptions
+from modelyard.runtime import procstats
 from modelyard.runtime.keepalive import DEFAULT_KEEP_ALIVE_S, parse_keep_alive
 from modelyard.runtime.scheduler import Scheduler
 from modelyard.runtime.servable import Servable
 from modelyard.runtime.template_workers import TemplateWorkers
-from modelyard.server import request_id
+from modelyard.server import request_count, request_id
 from modelyard.server.http_errors import HTTPError, classify
 from modelyard.server.inference import Inference
 from modelyard.server.metrics import Metrics
@@ -50,6 +51,9 @@ class ServerState:
         self.store = store
         self.scheduler = scheduler
         self.metrics = Metrics(scheduler.status, scheduler.queue_depths)
+        scheduler.load_observers.append(
+            lambda name, seconds: self.metrics.load_seconds.labels(name).observe(seconds)
+        )
         keep_alive = (
             parse_keep_alive(settings.keep_alive, allow_bare_seconds=True)
             if settings.keep_alive
@@ -83,6 +87,7 @@ class ServerState:
 
     def count(self, endpoint: str, model: str, status: int) -> None:
         self.metrics.requests.labels(model, endpoint, str(status)).inc()
+        request_count.mark_counted()
 
     def registry_options(self, *, insecure: bool = False) -> RegistryOptions:
         return RegistryOptions.from_settings(self.settings, plain_http=insecure, insecure=insecure)
@@ -169,6 +174,14 @@ class ServerState:
         except Exception:  # removed from the store meanwhile: no details, as before
             log.debug("no details for loaded %s", name, exc_info=True)
             return None
+
+    @staticmethod
+    def system_memory() -> dict[str, int] | None:
+        """This machine's memory, as /api/ps gives it beside the models (None off Linux)."""
+        system = procstats.system_memory()
+        if system is None:
+            return None
+        return {"total": system.total, "available": system.available, "swap_used": system.swap_used}
 
     def running_models(self) -> list[dict[str, Any]]:
         out = []
