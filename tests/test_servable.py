@@ -101,7 +101,7 @@ def test_keep_alive_from_the_request_else_the_image(
     store = Store(tmp_path / "home" / "store")
     Builder(store, tmp_path / "home" / "cache").build_file(tmp_path / "Modelfile", parse_reference("m"))
     scheduler = Scheduler(SchedulerSettings(ram_budget=2**30))
-    inference = Inference(store, scheduler, Metrics(scheduler.status, scheduler.queue_depths), 300.0)
+    inference = Inference(store, scheduler, Metrics(scheduler.queue_depths), 300.0)
     servable = load_servable(store, parse_reference("m"))
     assert inference.model_keep_alive(servable, requested) == expected
 

@@ -599,15 +599,26 @@ class Scheduler:
         return self.status(live=False)
 
     def status(self, *, live: bool = True) -> list[ModelStatus]:
+        return self._status(_read_memory(self._memory_targets()) if live else {})
+
+    async def live_status(self) -> list[ModelStatus]:
+        """`status()`, its /proc figures read in a thread: a runner's smaps is thousands of lines
+        (more on a GPU), milliseconds a read on the event loop would stall every stream for, at
+        each scrape of /metrics or /api/ps (a metrics review)."""
+        memory = await asyncio.to_thread(_read_memory, self._memory_targets())
+        return self._status(memory)
+
+    def _memory_targets(self) -> list[tuple[int, Path]]:
+        return [
+            (e.runner.pid, e.weights) for e in self._every_entry() if e.runner is not None and e.runner.alive
+        ]
+
+    def _status(self, memory_by_pid: Mapping[int, procstats.ProcessMemory | None]) -> list[ModelStatus]:
         out = []
         for entry in self._every_entry():
             runner = entry.runner
             info = runner.info if runner is not None else None
-            memory = (
-                procstats.process_memory(runner.pid, entry.weights)
-                if live and runner is not None and runner.alive
-                else None
-            )
+            memory = memory_by_pid.get(runner.pid) if runner is not None else None
             # A crash frees its memory; a load still waiting for room holds none yet (a metrics
             # review: its estimate was counted, past the budget, for all of its wait).
             waiting = entry.state is EntryState.LOADING and entry.making_room and runner is None
@@ -1508,6 +1519,10 @@ def _stopping(entry: _Entry) -> str:
             f"once its {entry.refs} running request(s) end if that frees enough"
         )
     return f"stopping: it unloads once its {entry.refs} running request(s) end"
+
+
+def _read_memory(targets: list[tuple[int, Path]]) -> dict[int, procstats.ProcessMemory | None]:
+    return {pid: procstats.process_memory(pid, weights) for pid, weights in targets}
 
 
 def _note(entry: _Entry) -> str:

@@ -135,7 +135,7 @@ def _own_routes(app: FastAPI, state: ServerState) -> None:
                 "digest": m["digest"],
                 "note": m["note"],
             }
-            for m in state.running_models()
+            for m in state.running_models(state.scheduler.snapshot())  # no /proc figures needed
         }
         out: dict[str, Any] = {"version": __version__, "models": models}
         if state.daemon is not None and (state.spec_source or state.daemon.reconciler.engaged):
@@ -161,7 +161,7 @@ def _own_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+        return Response(state.metrics.render(await state.scheduler.live_status()), media_type=CONTENT_TYPE)
 
 
 class SpecDocumentBody(BaseModel):

@@ -1,8 +1,9 @@
 """Prometheus metrics: what Ollama's users have asked for since 2024 (ollama#3144).
 
 Counters and histograms are updated as requests run; the gauges (loaded models, queue depth,
-memory per model, system headroom) are read from the scheduler at scrape time, so they are never
-stale. Each server has its own registry: no global state, and tests can run several servers.
+memory per model, system headroom) are rendered from the scheduler's status taken at scrape time
+(`render(statuses)`), so they are never stale. Each server has its own registry: no global
+state, and tests can run several servers.
 """
 
 from __future__ import annotations
@@ -24,9 +25,7 @@ _LOAD_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
 class Metrics:
-    def __init__(
-        self, status: Callable[[], list[ModelStatus]], queue_depths: Callable[[], Mapping[str, int]]
-    ) -> None:
+    def __init__(self, queue_depths: Callable[[], Mapping[str, int]]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "modelyard_requests",
@@ -87,21 +86,25 @@ class Metrics:
             buckets=_LOAD_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(_LiveCollector(status, queue_depths))
+        self._live = _LiveCollector(queue_depths)
+        self.registry.register(self._live)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, statuses: list[ModelStatus]) -> bytes:
+        """The exposition, its gauges from `statuses` (Scheduler.live_status, taken off the loop)."""
+        self._live.statuses = statuses
+        try:
+            return generate_latest(self.registry)
+        finally:
+            self._live.statuses = []
 
 
 class _LiveCollector(Collector):
-    def __init__(
-        self, status: Callable[[], list[ModelStatus]], queue_depths: Callable[[], Mapping[str, int]]
-    ) -> None:
-        self._status = status
+    def __init__(self, queue_depths: Callable[[], Mapping[str, int]]) -> None:
         self._queue_depths = queue_depths
+        self.statuses: list[ModelStatus] = []  # what the render in progress reports
 
     def collect(self) -> Iterator[Metric]:
-        statuses = self._status()
+        statuses = self.statuses
         # A runner's own row: names that share its runner are listed after it, its memory and
         # slots counted with the first (a metrics review: a shared runner counted twice here).
         runners = [s for s in statuses if not s.shares_runner_of]

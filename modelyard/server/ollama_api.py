@@ -316,7 +316,8 @@ def router(state: ServerState) -> APIRouter:
         await state.read_loaded_details()
         # modelyard's own beside Ollama's list: the server machine's memory, which `modelyard ps`
         # shows (a metrics review: it read the /proc/meminfo of the machine the CLI ran on).
-        return {"models": state.running_models(), "system": state.system_memory()}
+        models = state.running_models(await state.scheduler.live_status())
+        return {"models": models, "system": state.system_memory()}
 
     @api.api_route("/api/blobs/{digest}", methods=["HEAD"])
     async def head_blob(digest: str) -> Response:

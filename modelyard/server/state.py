@@ -31,7 +31,7 @@ from modelyard.reference import Reference, parse_reference
 from modelyard.registry import RegistryOptions
 from modelyard.runtime import procstats
 from modelyard.runtime.keepalive import DEFAULT_KEEP_ALIVE_S, parse_keep_alive
-from modelyard.runtime.scheduler import Scheduler
+from modelyard.runtime.scheduler import ModelStatus, Scheduler
 from modelyard.runtime.servable import Servable
 from modelyard.runtime.template_workers import TemplateWorkers
 from modelyard.server import request_count, request_id
@@ -50,7 +50,7 @@ class ServerState:
         self.settings = settings
         self.store = store
         self.scheduler = scheduler
-        self.metrics = Metrics(scheduler.status, scheduler.queue_depths)
+        self.metrics = Metrics(scheduler.queue_depths)
         scheduler.load_observers.append(
             lambda name, seconds: self.metrics.load_seconds.labels(name).observe(seconds)
         )
@@ -183,9 +183,10 @@ class ServerState:
             return None
         return {"total": system.total, "available": system.available, "swap_used": system.swap_used}
 
-    def running_models(self) -> list[dict[str, Any]]:
+    def running_models(self, statuses: list[ModelStatus]) -> list[dict[str, Any]]:
+        """/api/ps's models, from `statuses` (Scheduler.live_status)."""
         out = []
-        for status in self.scheduler.status():
+        for status in statuses:
             expires = status.expires_at
             if expires is None:
                 expires_at = "9999-12-31T23:59:59Z"  # what `keep_alive: -1` shows in Ollama
