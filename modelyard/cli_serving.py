@@ -43,6 +43,9 @@ class ServerUnreachableError(Exception):
     pass
 
 
+ALIVE_TIMEOUT_S = 10.0  # `GET /` is answered by the event loop at once, even while models load
+
+
 class ApiClient:
     """A small Ollama-API client for the CLI (the server may be ours or Ollama itself)."""
 
@@ -54,10 +57,19 @@ class ApiClient:
         self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
 
     def alive(self) -> bool:
+        """Whether a server answers here; False when nothing does (the connection refused, or no
+        answer that Ollama's API gives). A server that takes longer than ALIVE_TIMEOUT_S to answer
+        `GET /` is an error, not a reason to start a second one (a CLI review: a busy remote server
+        made `run` load the model in this process instead)."""
         import httpx
 
         try:
-            return self.http.get("/", timeout=2).status_code == 200
+            return self.http.get("/", timeout=ALIVE_TIMEOUT_S).status_code == 200
+        except httpx.TimeoutException:
+            raise ModelyardError(
+                f"the server at {self.base_url} did not answer within {ALIVE_TIMEOUT_S:.0f} s; check "
+                "$MODELYARD_HOST, or how busy that machine is"
+            ) from None
         except httpx.HTTPError:
             return False
 

@@ -325,3 +325,29 @@ def test_serve_refuses_a_port_in_use_and_https_before_starting(monkeypatch: pyte
     err = io.StringIO()
     assert main(["serve", "--host", "127.0.0.1:0"], stderr=err) == 1
     assert "--host='127.0.0.1:0': the port must be a number from 1 to 65535" in err.getvalue()
+
+
+def test_a_server_that_does_not_answer_in_time_is_an_error_not_a_reason_to_start_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`run` starts a server in its own process only when none is there (a CLI review: one slow to
+    answer `GET /` made it load the model here instead)."""
+    import socket
+
+    from modelyard.cli import main
+    from modelyard.cli_serving import InProcessServer
+
+    monkeypatch.setattr("modelyard.cli_serving.ALIVE_TIMEOUT_S", 0.3)
+
+    def no_second_server(*args: object) -> None:
+        raise AssertionError("a server was started in process")
+
+    monkeypatch.setattr(InProcessServer, "__enter__", no_second_server)
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        monkeypatch.setenv("MODELYARD_HOST", f"127.0.0.1:{silent.getsockname()[1]}")
+        err = io.StringIO()
+        assert main(["run", "m", "hi"], stderr=err) == 1
+    assert "Error: the server at http://127.0.0.1:" in err.getvalue()
+    assert "did not answer within" in err.getvalue()
