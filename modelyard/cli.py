@@ -695,7 +695,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Docker for local LLMs: build Modelfiles into OCI images, keep them in a local store, "
         "push and pull them through any OCI registry, and serve them.",
         epilog="Environment: MODELYARD_HOME (store and caches; default $XDG_DATA_HOME/modelyard, else "
-        "~/.local/share/modelyard), SOURCE_DATE_EPOCH (timestamp stamped into built images).",
+        "~/.local/share/modelyard), SOURCE_DATE_EPOCH (timestamp stamped into built images), "
+        "MODELYARD_HOST and MODELYARD_API_KEY (the server that serve, run, ps, stop, apply and status "
+        "use), MODELYARD_DEFAULT_REGISTRY (where pull looks for a name without a registry), "
+        "MODELYARD_PLAIN_HTTP_REGISTRIES and MODELYARD_INSECURE_REGISTRIES; the README lists the rest.",
     )
     parser.add_argument("--version", action="version", version=f"modelyard {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -850,7 +853,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "pull",
         help="pull an image from a registry into the local store",
-        description="Pull HOST[:PORT]/NAME[:TAG] or …@sha256:DIGEST. Reads ModelPack, Ollama and Docker "
+        description="Pull HOST[:PORT]/NAME[:TAG] or …@sha256:DIGEST; a NAME without a registry is "
+        "looked for in $MODELYARD_DEFAULT_REGISTRY (Ollama's, registry.ollama.ai, unless set) and "
+        "stored under the name as given. Reads ModelPack, Ollama and Docker "
         "Model Runner manifests; the last two are converted to ModelPack over the same blobs. An "
         "interrupted pull resumes where it stopped. The last line printed is the local digest.",
     )
@@ -907,10 +912,14 @@ def _registry_flags(p: argparse.ArgumentParser, *, progress: bool = True) -> Non
     p.add_argument(
         "--plain-http",
         action="store_true",
-        help="talk HTTP, not HTTPS (the default for localhost and 127.0.0.0/8 registries)",
+        help="talk HTTP, not HTTPS (the default for localhost and 127.0.0.0/8 registries, and for those "
+        "$MODELYARD_PLAIN_HTTP_REGISTRIES lists)",
     )
     p.add_argument(
-        "--insecure", action="store_true", help="HTTPS without certificate verification (also on loopback)"
+        "--insecure",
+        action="store_true",
+        help="HTTPS without certificate verification (also on loopback; for some registries only: "
+        "$MODELYARD_INSECURE_REGISTRIES)",
     )
     p.add_argument(
         "--verbose", action="store_true", help="log each registry request (never credentials) to stderr"

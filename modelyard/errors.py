@@ -286,7 +286,10 @@ class ServerBusyError(RunnerError):
 
 
 class ModelDoesNotFitError(RunnerError):
-    LOAD_HINT = "lower num_ctx or num_parallel, use a smaller quantization, or raise the memory budget"
+    LOAD_HINT = (
+        "lower num_ctx or num_parallel, use a smaller quantization, or raise the memory budget "
+        "($MODELYARD_RAM_BUDGET)"
+    )
 
     def __init__(
         self,

@@ -161,6 +161,9 @@ def _bytes(env: Mapping[str, str], name: str) -> int | None:
     if not value or value == "auto":
         return None
     try:
-        return parse_bytes(value)
+        size = parse_bytes(value)
     except ValueError as exc:
         raise ValueError(f"${name}: {exc}") from None
+    if size <= 0:  # a budget of nothing refuses every model (a docs review: 0 was taken)
+        raise ValueError(f"${name} must be more than 0 (like 12GiB, 512MiB), or auto; got {value!r}")
+    return size

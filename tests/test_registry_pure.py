@@ -527,13 +527,15 @@ def test_plan_push_to_a_digest_is_modelpack_only() -> None:
         pytest.param("self.signed", "https://self.signed", False, id="insecure-listed"),
         pytest.param("ghcr.io", "https://ghcr.io", True, id="any-other"),
         pytest.param("reg.lan:5000", "https://reg.lan:5000", True, id="another-port-is-another-registry"),
+        # Listed in any case: host names have none (a docs review: `VM:44625` missed `vm:44625`).
+        pytest.param("upper.lan:5000", "http://upper.lan:5000", False, id="listed-in-upper-case"),
     ],
 )
 def test_registries_listed_in_settings_are_reached_as_listed(host: str, base_url: str, verify: bool) -> None:
     """What `serve --spec` pulls from too: it takes no --plain-http or --insecure flag."""
     settings = Settings.from_env(
         {
-            "MODELYARD_PLAIN_HTTP_REGISTRIES": "10.0.0.5:5000, reg.lan",
+            "MODELYARD_PLAIN_HTTP_REGISTRIES": "10.0.0.5:5000, reg.lan, UPPER.lan:5000",
             "MODELYARD_INSECURE_REGISTRIES": "self.signed",
             "HOME": "/nonexistent",
         }

@@ -1306,6 +1306,22 @@ def test_a_bad_keep_alive_in_the_environment_names_the_variable(tmp_path: Path) 
     assert scheduler_settings(Settings.from_env(environ)).default_keep_alive == 90
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("12GiB", 12 * 2**30), ("512MiB", 512 * 2**20), ("auto", None), ("0", "must be more than 0")],
+)
+def test_the_ram_budget_setting(tmp_path: Path, value: str, expected: int | str | None) -> None:
+    """A budget of nothing refused every model with 507 (a docs review: 0 was taken)."""
+    from modelyard.settings import Settings
+
+    environ = {"HOME": str(tmp_path), "MODELYARD_RAM_BUDGET": value}
+    if isinstance(expected, str):
+        with pytest.raises(ValueError, match=r"^\$MODELYARD_RAM_BUDGET " + expected):
+            Settings.from_env(environ)
+    else:
+        assert Settings.from_env(environ).ram_budget == expected
+
+
 def test_a_runner_that_hangs_with_requests_is_killed_and_loaded_again(two_models: tuple[Path, Path]) -> None:
     """A runner stopped (SIGSTOP here; a GPU hang or a deadlock alike) held its requests and slots
     for ever, and the model looked loaded. With requests in hand and nothing said for hang_timeout

@@ -319,6 +319,8 @@ def test_think_is_ignored_gracefully(client: ollama.Client) -> None:
     for endpoint, body in (
         ("chat", {"messages": [{"role": "user", "content": "Hi"}]}),
         ("generate", {"prompt": "Hi"}),
+        ("generate", {}),  # a load alone too, as Ollama refuses the body (a docs review)
+        ("chat", {"messages": []}),
     ):
         with pytest.raises(ollama.ResponseError, match='invalid think value: "hgih"') as caught:
             getattr(client, endpoint)(GEMMA, think="hgih", **body)

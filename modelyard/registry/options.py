@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from modelyard.registry.credentials import DockerConfig
+from modelyard.registry.credentials import DockerConfig, registry_host
 from modelyard.registry.endpoint import Endpoint, resolve_endpoint
 from modelyard.registry.locations import LocationLedger
 from modelyard.registry.retry import DEFAULT_RETRY, RetryPolicy
@@ -41,8 +41,9 @@ class RegistryOptions:
             cache_dir=settings.cache_dir,
             plain_http=plain_http,
             insecure=insecure,
-            plain_http_hosts=frozenset(settings.plain_http_registries),
-            insecure_hosts=frozenset(settings.insecure_registries),
+            # As references name hosts: in lower case (a docs review: `VM:5000` matched no `vm:5000`).
+            plain_http_hosts=frozenset(registry_host(h) for h in settings.plain_http_registries),
+            insecure_hosts=frozenset(registry_host(h) for h in settings.insecure_registries),
             parallel=settings.registry_parallel,
             default_registry=settings.default_registry,
         )

@@ -107,8 +107,8 @@ def push(
     """Push the local image `source` (default: the one named `target`) to `target`'s registry."""
     if target.host is None:
         raise NoRegistryError(
-            f"{target.short()} names no registry; push NAME HOST[:PORT]/NAME[:TAG], "
-            "or tag the image with a registry name first"
+            f"{target.short()} names no registry; push it as HOST[:PORT]/NAME[:TAG] (`modelyard push "
+            "NAME HOST[:PORT]/NAME[:TAG]`), or tag the image with a registry name first"
         )
     report = LayerProgress(progress)
     report.status("retrieving manifest")

@@ -353,8 +353,8 @@ def error_for(response: httpx.Response, what: str) -> RegistryError:
     if response.url.scheme == "http" and https_port:
         return RegistryError(
             f"{message}: it speaks HTTPS, and a loopback registry is reached over plain HTTP unless "
-            "told otherwise. Pass --insecure (HTTPS without certificate verification, for a "
-            "self-signed certificate)"
+            "told otherwise. Pass --insecure (`insecure: true` over the API: HTTPS without "
+            "certificate verification, for a self-signed certificate)"
         )
     return RegistryError(message + (f" ({detail})" if detail else ""))
 
@@ -378,7 +378,8 @@ def _is_tls_failure(exc: httpx.ConnectError) -> bool:
 def _tls_advice(endpoint: Endpoint) -> str:
     if endpoint.verify_tls:
         return (
-            "TLS handshake or certificate verification failed; use --insecure to skip verification, "
+            "TLS handshake or certificate verification failed; use --insecure (`insecure: true` over "
+            "the API) to skip verification, "
             "or --plain-http if the registry speaks plain HTTP (for every command and `serve --spec`: "
             f"$MODELYARD_INSECURE_REGISTRIES or $MODELYARD_PLAIN_HTTP_REGISTRIES={endpoint.host})"
         )

@@ -485,7 +485,7 @@ class Scheduler:
             entry.host_bytes + need.host,
             entry.device_bytes + need.device,
             what=f"{entry.name} with its embeddings context of {n_ctx} tokens",
-            hint="unload other models or raise the memory budget",
+            hint="unload other models or raise the memory budget ($MODELYARD_RAM_BUDGET)",
         )
         if entry.embedding is None and entry.runner is lease.runner and entry.state is EntryState.READY:
             entry.embedding = need

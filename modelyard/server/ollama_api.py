@@ -180,6 +180,7 @@ def router(state: ServerState) -> APIRouter:
     @api.post("/api/generate")
     async def generate(body: GenerateBody, http: Request) -> Response:
         name = body.model_name()
+        _check_think(body.think)  # as Ollama reads the body: a load alone is refused too
         if not body.prompt and not body.images and body.suffix is None:
             reason = await inference.load_only(name, body.keep_alive, body.options)
             state.count("/api/generate", served_model.get(), 200)  # `modelyard stop` and preloads count too
@@ -188,7 +189,6 @@ def router(state: ServerState) -> APIRouter:
         if body.raw and (body.system or body.template or body.context):
             # Ollama's answer: a raw prompt goes to the model as it is, so these would be dropped.
             raise HTTPError(400, "raw mode does not support template, system, or context")
-        _check_think(body.think)
         servable = await inference.servable(name)
         request = PromptRequest.generate(
             body.prompt or "",
@@ -219,11 +219,11 @@ def router(state: ServerState) -> APIRouter:
     @api.post("/api/chat")
     async def chat(body: ChatBody, http: Request) -> Response:
         name = body.model_name()
+        _check_think(body.think)
         if not body.messages:
             reason = await inference.load_only(name, body.keep_alive, body.options)
             state.count("/api/chat", served_model.get(), 200)
             return JSONResponse(_final_line(name, reason, {"message": {"role": "assistant", "content": ""}}))
-        _check_think(body.think)
         servable = await inference.servable(name)
         request = PromptRequest.chat(
             [_message(i, m) for i, m in enumerate(body.messages)],
