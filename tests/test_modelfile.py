@@ -552,7 +552,7 @@ PARAMETER_VALUES: dict[str, st.SearchStrategy[object]] = {
     "main_gpu": int64s,
     "use_mmap": st.booleans(),
     "use_mlock": st.booleans(),
-    "num_thread": int64s,
+    "num_thread": st.integers(min_value=-(2**63), max_value=512),  # params.MAXIMUMS
     "draft_num_predict": int64s,
     "num_parallel": st.integers(min_value=1, max_value=2**63 - 1),
 }

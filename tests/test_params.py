@@ -198,6 +198,8 @@ def test_validate_typed_value(name: str, value: object, expected: object) -> Non
         pytest.param("num_parallel", 0, "must be at least 1", id="num-parallel-zero"),
         pytest.param("num_ctx", -5, "parameter 'num_ctx' must be at least 1, got -5", id="num-ctx-negative"),
         pytest.param("repeat_penalty", -0.5, "must be at least 0.0, got -0.5", id="repeat-penalty"),
+        # ggml's most threads: more aborted the runner as it loaded (a serving review).
+        pytest.param("num_thread", 100_000, "must be at most 512, got 100000", id="num-thread-too-many"),
     ],
 )
 def test_validate_rejects(name: str, value: object, message: str) -> None:

@@ -11,7 +11,7 @@ import pydantic
 import pytest
 
 from modelyard.runtime import llama
-from modelyard.runtime.json_schemas import hoisted_definitions, root_resolved
+from modelyard.runtime.json_schemas import check_grammar_repetitions, hoisted_definitions, root_resolved
 from modelyard.runtime.options import LoadOptions, SamplingOptions
 from modelyard.server.tool_calls import forced_call_schema
 
@@ -122,3 +122,54 @@ def test_the_converter_takes_pydantic_schemas_with_definitions(tiny_model: llama
     assert compiles(tiny_model, forced)
     one = forced_call_schema([tool(Node)], {"type": "function", "function": {"name": "Node"}})
     assert one is not None and compiles(tiny_model, one)
+
+
+@pytest.mark.parametrize(
+    ("schema", "message"),
+    [
+        # llama.cpp's grammar parser unrolls repetitions: 10^8 aborted the runner with std::bad_alloc,
+        # and every request of that model with it (a serving review).
+        pytest.param(
+            {"type": "string", "minLength": 100_000_000},
+            "minLength 100,000,000 is more than",
+            id="min-length",
+        ),
+        pytest.param(
+            {"type": "object", "properties": {"a": {"type": "array", "items": {}, "maxItems": 10**9}}},
+            "maxItems 1,000,000,000",
+            id="nested-max-items",
+        ),
+        pytest.param(
+            {"type": "string", "pattern": "^a{1000000}$"},
+            "its pattern repeats something 1,000,000",
+            id="pattern",
+        ),
+        pytest.param({"type": "string", "pattern": "^a{2,200000}$"}, "200,000 times", id="pattern-range"),
+    ],
+)
+def test_schemas_asking_for_too_many_repetitions_are_refused(schema: dict[str, object], message: str) -> None:
+    from modelyard.runtime.llama import json_schema_grammar
+
+    with pytest.raises(ValueError, match="invalid JSON schema: ") as caught:
+        json_schema_grammar(schema)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        pytest.param({"type": "string", "maxLength": 100_000}, id="at-the-bound"),
+        pytest.param({"type": "string", "pattern": "^[a-z]{3}\\{99999999\\}$"}, id="escaped-braces-are-text"),
+        pytest.param({"enum": ["{9999999}"]}, id="braces-in-a-literal"),
+    ],
+)
+def test_schemas_within_the_bound_convert(schema: dict[str, object]) -> None:
+    from modelyard.runtime.llama import json_schema_grammar
+
+    assert json_schema_grammar(schema)
+
+
+def test_grammar_repetitions_outside_literals_and_classes_are_counted() -> None:
+    check_grammar_repetitions('root ::= "{1000000}" [{}0-9]{2,5} x{3}')  # texts and small counts
+    with pytest.raises(ValueError, match="its grammar repeats something 100,001 times"):
+        check_grammar_repetitions("root ::= [a-z]{0,100001}")

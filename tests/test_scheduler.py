@@ -152,6 +152,38 @@ def test_a_load_waiting_for_memory_holds_none_and_each_load_is_observed_once(
     run(scenario())
 
 
+def test_a_stopped_name_built_again_loads_its_new_digest_beside_the_old_ones_streams(
+    two_models: tuple[Path, Path],
+) -> None:
+    """Deleted mid-stream, then built from other weights: the new digest serves at once, while
+    the old runner finishes its stream and goes (a serving review: it waited for that stream)."""
+    from dataclasses import replace as with_fields
+
+    a, b = two_models
+
+    async def scenario() -> None:
+        scheduler = Scheduler(SchedulerSettings(ram_budget=2**34, memory_wait=5))
+        try:
+            old = await scheduler.acquire(request(a, "m"))  # a stream in flight
+            stopping = asyncio.ensure_future(scheduler.unload("m"))
+            await asyncio.sleep(0.05)
+            assert not stopping.done()  # waits for the stream
+            rebuilt = with_fields(request(b, "m"), digest="sha256:" + "b" * 64)
+            new = await asyncio.wait_for(scheduler.acquire(rebuilt), timeout=30)
+            assert new.runner is not old.runner
+            assert await asyncio.to_thread(generate, new.runner)
+            rows = {(row.digest, row.state) for row in scheduler.status()}
+            assert ("sha256:" + "b" * 64, "ready") in rows and len(rows) == 2
+            new.release()
+            old.release()  # the stream ends: the old runner goes, the new one stays
+            assert await asyncio.wait_for(stopping, timeout=30)
+            assert [row.digest for row in scheduler.status()] == ["sha256:" + "b" * 64]
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
 def test_model_larger_than_the_budget_is_refused_at_once(two_models: tuple[Path, Path]) -> None:
     async def scenario() -> None:
         scheduler = Scheduler(SchedulerSettings(ram_budget=1024))

@@ -1400,6 +1400,30 @@ def test_cli_run_ps_and_stop_against_the_server(
     assert missing.returncode == 1 and "not found" in missing.stderr
 
 
+def test_delete_answers_while_the_model_still_streams(client: ollama.Client, server: ServeProcess) -> None:
+    """As Ollama's: the answer does not wait for the streams (a serving review: it waited for them,
+    for ever with num_predict -1); the name is gone at once, its runner once they end."""
+    client.create("deleted-mid-stream", from_=GEMMA, parameters={"num_ctx": 1024})  # a runner of its own
+    body = {
+        "model": "deleted-mid-stream",
+        "prompt": "Tell me a long story.",
+        "options": {"num_predict": 2000},
+    }
+    with (
+        server.client() as streaming_client,
+        streaming_client.stream("POST", "/api/generate", json=body) as streaming,
+    ):
+        lines = streaming.iter_lines()
+        next(lines)
+        started = time.monotonic()
+        assert client.delete("deleted-mid-stream").status == "success"
+        assert time.monotonic() - started < 5
+        with pytest.raises(ollama.ResponseError) as caught:
+            client.generate("deleted-mid-stream", "Hi")
+        assert caught.value.status_code == 404
+        next(lines)  # the stream goes on
+
+
 def test_cli_rm_of_a_loaded_model_unloads_it_from_the_server(
     client: ollama.Client, server: ServeProcess, home: Path, http: httpx.Client
 ) -> None:

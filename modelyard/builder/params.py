@@ -195,10 +195,18 @@ def _checked_float(name: str, value: float) -> float:
     return _at_least_minimum(name, value)
 
 
+# The most a parameter may take, where llama.cpp fails on more: ggml's GGML_MAX_N_THREADS (a serving
+# review: num_thread 100000 aborted the runner with std::bad_alloc as it loaded).
+MAXIMUMS: Final[Mapping[str, int]] = MappingProxyType({"num_thread": 512})
+
+
 def _at_least_minimum(name: str, value: _Number) -> _Number:
     minimum = MINIMUMS.get(name)
     if minimum is not None and value < minimum:
         raise ModelfileError(f"parameter {name!r} must be at least {minimum}, got {value}")
+    maximum = MAXIMUMS.get(name)
+    if maximum is not None and value > maximum:
+        raise ModelfileError(f"parameter {name!r} must be at most {maximum}, got {value}")
     return value
 
 

@@ -20,6 +20,54 @@ DEFINITION_KEYS = ("$defs", "definitions")
 _RULE_UNSAFE = re.compile(r"[^A-Za-z0-9-]")
 
 
+# The most repetitions a schema may ask for (minLength, maxItems, a pattern's {n}…). llama.cpp's
+# grammar parser unrolls `x{m,n}` into rules, and the converter unrolls some itself: 10^8 threw
+# std::bad_alloc inside the runner, which aborted with every request of that model (a serving
+# review). 100,000 characters or items is more than a context holds.
+MAX_REPETITIONS = 100_000
+_COUNT_KEYWORDS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
+# A repetition: `{5}`, `{2,}`, `{0,9}`, in a pattern (not an escaped `\{`) or in GBNF.
+_REPETITION = re.compile(r"(?<!\\)\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
+# GBNF's literals and character classes, whose braces are text, not repetitions.
+_GBNF_TEXT = re.compile(r'"(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]')
+
+
+def check_repetitions(schema: object) -> None:
+    """ValueError when a count keyword or a pattern's repetition anywhere in `schema` is over
+    MAX_REPETITIONS (pure)."""
+    pending = [schema]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, Mapping):
+            for key in _COUNT_KEYWORDS:
+                value = node.get(key)
+                if isinstance(value, int | float) and not isinstance(value, bool) and value > MAX_REPETITIONS:
+                    raise ValueError(
+                        f"{key} {value:,} is more than the {MAX_REPETITIONS:,} a schema may ask for"
+                    )
+            pattern = node.get("pattern")
+            if isinstance(pattern, str):
+                _check_counts(pattern, "its pattern")
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+
+
+def check_grammar_repetitions(grammar: str) -> None:
+    """ValueError when the grammar repeats anything more than MAX_REPETITIONS times (pure)."""
+    _check_counts(_GBNF_TEXT.sub("", grammar), "its grammar")
+
+
+def _check_counts(text: str, where: str) -> None:
+    for match in _REPETITION.finditer(text):
+        count = max(int(part) for part in match.groups() if part)
+        if count > MAX_REPETITIONS:
+            raise ValueError(
+                f"{where} repeats something {count:,} times, more than the {MAX_REPETITIONS:,} a "
+                "schema may ask for"
+            )
+
+
 def root_resolved(schema: object) -> object:
     """`schema` with a `$ref` at its root replaced by what it points to; its definitions stay at
     the root, for the references inside. Anything else is returned as it is."""

@@ -611,12 +611,16 @@ def json_schema_grammar(schema: object) -> str:
 
     from llama_cpp import llama_grammar
 
-    from modelyard.runtime.json_schemas import for_the_converter
+    from modelyard.runtime.json_schemas import check_grammar_repetitions, check_repetitions, for_the_converter
 
     try:
-        return str(llama_grammar.json_schema_to_gbnf(json.dumps(for_the_converter(schema))))
+        check_repetitions(schema)  # before the converter, which unrolls some of them itself
+        grammar = str(llama_grammar.json_schema_to_gbnf(json.dumps(for_the_converter(schema))))
+        check_grammar_repetitions(grammar)  # before llama.cpp's parser, which aborts on too many
+        return grammar
     except Exception as exc:  # the converter raises assorted types for unsupported or broken schemas
-        raise ValueError(f"invalid JSON schema: {exc}") from None
+        # Its MemoryError says nothing (a serving review: "invalid JSON schema: " and no more).
+        raise ValueError(f"invalid JSON schema: {exc or type(exc).__name__}") from None
 
 
 def json_grammar() -> str:

@@ -384,6 +384,8 @@ class Scheduler:
             if entry is not None:
                 self._check_queue(entry)
                 if entry.closing and entry is not in_line:
+                    if self._retire_stopped(entry, request):
+                        continue  # the name's new digest loads beside the one on its way out
                     # Going away: a new request would hold it up; it loads anew afterwards. One that
                     # waited for its load is served by it first.
                     await self._wait_for_drain(entry, request.name)
@@ -772,6 +774,23 @@ class Scheduler:
                 f"(the limit is {self.settings.max_queue} beyond its {slots} slots)",
                 retry_after=self.settings.retry_after,
             )
+
+    def _retire_stopped(self, entry: _Entry, request: ModelRequest) -> bool:
+        """A name stopped (deleted, or `modelyard stop`) and built again from other weights: its
+        old runner, finishing its streams, no longer stands for the name, whose new digest loads
+        beside it like a swap's (a serving review: requests for the new model waited for the old
+        one's streams to end, for ever with num_predict -1). Not for a drain that makes room for
+        another load, nor for a runner other names share."""
+        if (
+            entry.closing_for
+            or entry.aliases
+            or entry.state is not EntryState.READY
+            or request.digest == entry.digest_of(request.name)
+        ):
+            return False
+        self._retiring.append(entry)  # holding its memory until its drain unloads it
+        del self._entries[request.name]
+        return True
 
     async def _wait_for_drain(self, entry: _Entry, name: str) -> None:
         """Wait for `entry`'s drain to end. A stop's that outlasts memory_wait (a stream without
@@ -1397,7 +1416,7 @@ class Scheduler:
             # Loading: its runner is not there to stop yet, and the load would start one that
             # nothing accounts for (a scheduler review). Whoever waits for it unloads it after.
             return
-        if self._entries.get(entry.name) is not entry and not force:
+        if self._entries.get(entry.name) is not entry and entry not in self._retiring and not force:
             return
         if entry.refs > 0:
             # A request came in since it was chosen (an expiry, a keep_alive 0, an eviction that

@@ -89,6 +89,8 @@ KNOWN_ERRORS: tuple[type[Exception], ...] = (HTTPError, OSError, *(kind for kind
 _DISK_ERRORS = {
     errno.ENOSPC: (507, f"no space is left on the disk; {PRUNE_HINT}"),
     errno.EDQUOT: (507, f"the disk quota is used up; {PRUNE_HINT}"),
+    # A file past what its file system takes (FAT32's 4 GiB) or the server's `ulimit -f`.
+    errno.EFBIG: (507, "a file is larger than the server's file system or its file size limit allows"),
     errno.EROFS: (500, "the file system is read-only"),
     errno.EACCES: (500, "permission denied"),
     errno.EPERM: (500, "operation not permitted"),

@@ -307,18 +307,18 @@ class Inference:
         except ImageNotFoundError:
             short = self.reference(name).short()
             if unloading and self.scheduler.holds(short):  # a failed load too, which ps lists
-                await self._unload(short)
+                await self.unload(short)
                 return "unload"
             raise
         if unloading:
-            await self._unload(servable.name)
+            await self.unload(servable.name)
             return "unload"
         self.request_options(servable, options)  # wrong types are a 400 here too
         lease, _ = await self.acquire(servable, options, keep_alive)
         lease.release()
         return "load"
 
-    async def _unload(self, name: str) -> None:
+    async def unload(self, name: str) -> None:
         """Unload `name` once its requests end, answering when it is gone or after
         UNLOAD_ANSWER_WAIT_S, whichever is first: as Ollama, the answer does not wait for the
         requests it serves (a stream without end held `modelyard stop` for ever). Nobody joins it

@@ -307,8 +307,10 @@ def router(state: ServerState) -> APIRouter:
         # that unloads nothing. The runner then goes (its weights file stays open until it does).
         await asyncio.to_thread(state.store.remove, [ref])
         tag = ref.without_digest()
-        await state.scheduler.unload(tag.short())
         inference.forget(str(tag))
+        # Answered once it is gone or after a moment, as a stop is: its streams end on their own
+        # time (a serving review: the answer waited for them, for ever with num_predict -1).
+        await inference.unload(tag.short())
         return Response(status_code=200)
 
     @api.get("/api/ps")
