@@ -301,11 +301,11 @@ class Builder:
         # An adapter given twice (FROM an image that has it, then ADAPTER it again) is one layer,
         # as a license is: llama.cpp would apply each copy, doubling its effect (a build review).
         adapters: dict[str, _Source] = {}
-        for source in plan.adapters:
-            digest = self._store_source(source, created)
+        for adapter in plan.adapters:
+            digest = self._store_source(adapter, created)
             if digest in adapters:
                 plan.warnings.append(f"adapter {digest} is given twice; the image holds it once")
-            adapters.setdefault(digest, source)
+            adapters.setdefault(digest, adapter)
         adapter_digests = list(adapters)
         layers += [self._layer(LAYER_ADAPTER, d, i) for i, d in enumerate(adapter_digests)]
         normalized = mf.Modelfile(
@@ -349,7 +349,7 @@ class Builder:
             # One reused from another image that `rm` removed meanwhile is stored again (an audit:
             # the build failed as if the store were damaged, exit 2).
             kept = [(plan.weights if plan.quantize is None else None, weights_digest)]
-            kept += [(source, digest) for digest, source in adapters.items()]
+            kept += [(adapter, digest) for digest, adapter in adapters.items()]
             for source, blob in kept:
                 if source is not None and source.path is not None and not self.store.blobs.exists(blob):
                     self._store_source(replace(source, digest=None), created)

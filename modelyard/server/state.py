@@ -294,8 +294,9 @@ class ServerState:
             if not queue.full():
                 queue.put_nowait(item)
                 return True
-            putting = asyncio.ensure_future(queue.put(item))
-            await asyncio.wait({putting, task}, return_when=asyncio.FIRST_COMPLETED)
+            putting: asyncio.Future[Any] = asyncio.ensure_future(queue.put(item))
+            waiting: list[asyncio.Future[Any]] = [putting, task]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if putting.done():
                 return True
             putting.cancel()
