@@ -364,8 +364,14 @@ def _unload_removed(ctx: CommandContext, removed: dict[str, str]) -> None:
     """As `ollama rm` does: a server at $MODELYARD_HOST that has a removed image loaded unloads it
     (only at the digest removed: the server may serve another store). No server: nothing to do."""
     from modelyard.cli_serving import ApiClient, ApiError, ServerUnreachableError, base_url
+    from modelyard.server.address import BadHostError
 
-    client = ApiClient(base_url(ctx.settings), ctx.settings.api_key, timeout=5)
+    try:
+        url = base_url(ctx.settings)
+    except BadHostError as exc:  # the images are gone already: say why no server was asked
+        ctx.err(f"warning: no server asked to unload them: {exc}")
+        return
+    client = ApiClient(url, ctx.settings.api_key, timeout=5)
     try:
         loaded = {
             parse_reference(m["name"]).short(): m.get("digest", "")

@@ -351,14 +351,16 @@ def _keep_alive(text: str) -> str | float:
     from modelyard.runtime.keepalive import parse_keep_alive
 
     try:
+        seconds = float(text)  # 300, 1e3, .5, +10: seconds, sent as a number
+    except ValueError:
+        seconds = math.nan
+    if math.isfinite(seconds):
+        return seconds
+    try:
         parse_keep_alive(text, allow_bare_seconds=True)
     except ModelyardError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    try:
-        seconds = float(text)
-    except ValueError:
-        return text
-    return seconds if math.isfinite(seconds) else text  # "inf": JSON has no infinity; the text says it
+    return text  # a duration, or "inf" (JSON has no infinity; the text says it)
 
 
 def _prompt_text(text: str) -> str:
@@ -376,7 +378,7 @@ def _read_stdin() -> str:
 def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     with _server(ctx) as client:
         prompt = " ".join(args.prompt) if args.prompt else None
-        if not sys.stdin.isatty():
+        if sys.stdin is not None and not sys.stdin.isatty():  # None: closed (`<&-`)
             # As `ollama run`: text on stdin goes before the prompt's words (`cat notes | modelyard
             # run m "summarize this"`; a CLI review: stdin was dropped when words were given).
             piped = _read_stdin()

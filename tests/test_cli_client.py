@@ -288,7 +288,15 @@ def test_bad_arguments_are_usage_errors(
 
 @pytest.mark.parametrize(
     ("value", "sent"),
-    [("300", 300.0), ("-1", -1.0), ("5m", "5m"), ("inf", "inf"), ("forever", "forever")],
+    [
+        ("300", 300.0),
+        ("-1", -1.0),
+        ("1e3", 1000.0),  # number spellings float() takes stay seconds (a diff review)
+        (".5", 0.5),
+        ("5m", "5m"),
+        ("inf", "inf"),
+        ("forever", "forever"),
+    ],
 )
 def test_keep_alive_flag_as_the_api_takes_it(value: str, sent: object) -> None:
     from modelyard.cli_serving import _keep_alive

@@ -11,7 +11,7 @@ import pydantic
 import pytest
 
 from modelyard.runtime import llama
-from modelyard.runtime.json_schemas import check_grammar_repetitions, hoisted_definitions, root_resolved
+from modelyard.runtime.json_schemas import bounded, check_grammar, hoisted_definitions, root_resolved
 from modelyard.runtime.options import LoadOptions, SamplingOptions
 from modelyard.server.tool_calls import forced_call_schema
 
@@ -135,9 +135,9 @@ def test_the_converter_takes_pydantic_schemas_with_definitions(tiny_model: llama
             id="min-length",
         ),
         pytest.param(
-            {"type": "object", "properties": {"a": {"type": "array", "items": {}, "maxItems": 10**9}}},
-            "maxItems 1,000,000,000",
-            id="nested-max-items",
+            {"type": "object", "properties": {"a": {"type": "array", "items": {}, "minItems": 10**9}}},
+            "minItems 1,000,000,000",
+            id="nested-min-items",
         ),
         pytest.param(
             {"type": "string", "pattern": "^a{1000000}$"},
@@ -145,13 +145,20 @@ def test_the_converter_takes_pydantic_schemas_with_definitions(tiny_model: llama
             id="pattern",
         ),
         pytest.param({"type": "string", "pattern": "^a{2,200000}$"}, "200,000 times", id="pattern-range"),
+        # An escaped backslash, repeated: not an escaped brace (a diff review: 10^7 went through).
+        pytest.param(
+            {"type": "string", "pattern": "^\\\\{10000000}$"}, "10,000,000 times", id="escaped-backslash"
+        ),
+        pytest.param(
+            {"type": "object", "properties": {"enum": {"type": "string", "minLength": 200_000}}},
+            "minLength 200,000",
+            id="a-property-named-like-a-data-keyword",
+        ),
     ],
 )
 def test_schemas_asking_for_too_many_repetitions_are_refused(schema: dict[str, object], message: str) -> None:
-    from modelyard.runtime.llama import json_schema_grammar
-
     with pytest.raises(ValueError, match="invalid JSON schema: ") as caught:
-        json_schema_grammar(schema)
+        llama.json_schema_grammar(schema)
     assert message in str(caught.value)
 
 
@@ -161,15 +168,32 @@ def test_schemas_asking_for_too_many_repetitions_are_refused(schema: dict[str, o
         pytest.param({"type": "string", "maxLength": 100_000}, id="at-the-bound"),
         pytest.param({"type": "string", "pattern": "^[a-z]{3}\\{99999999\\}$"}, id="escaped-braces-are-text"),
         pytest.param({"enum": ["{9999999}"]}, id="braces-in-a-literal"),
+        # A maximum past the bound is lowered to it; data keywords are not schemas; the converter
+        # reads no property counts (a diff review: each of these was refused).
+        pytest.param({"type": "string", "maxLength": 10**6}, id="max-length-lowered"),
+        pytest.param(
+            {"type": "object", "default": {"maxItems": 10**6, "minLength": 10**9}}, id="data-not-schema"
+        ),
+        pytest.param({"type": "object", "maxProperties": 10**6}, id="max-properties"),
     ],
 )
 def test_schemas_within_the_bound_convert(schema: dict[str, object]) -> None:
-    from modelyard.runtime.llama import json_schema_grammar
+    assert llama.json_schema_grammar(schema)
 
-    assert json_schema_grammar(schema)
+
+def test_a_maximum_past_the_bound_is_lowered_in_a_copy() -> None:
+    schema = {"type": "array", "items": {"type": "string", "maxLength": 10**7}, "maxItems": 10**6}
+    assert bounded(schema) == {
+        "type": "array",
+        "items": {"type": "string", "maxLength": 100_000},
+        "maxItems": 100_000,
+    }
+    assert schema["maxItems"] == 10**6, "the input is left as it was"
 
 
 def test_grammar_repetitions_outside_literals_and_classes_are_counted() -> None:
-    check_grammar_repetitions('root ::= "{1000000}" [{}0-9]{2,5} x{3}')  # texts and small counts
+    check_grammar('root ::= "{1000000}" [{}0-9]{2,5} x{3}')  # texts and small counts
     with pytest.raises(ValueError, match="its grammar repeats something 100,001 times"):
-        check_grammar_repetitions("root ::= [a-z]{0,100001}")
+        check_grammar("root ::= [a-z]{0,100001}")
+    with pytest.raises(ValueError, match="more than the 4,194,304 taken"):
+        check_grammar("root ::= " + '"a"' * 1_500_000)

@@ -35,6 +35,22 @@ from modelyard.server.address import BadHostError, ServerAddress, parse_address
         pytest.param(
             "model_box:5", ServerAddress("http", "model_box", 5), "http://model_box:5", id="underscore"
         ),
+        # A diff review: refused before.
+        pytest.param(
+            "example.com.:9", ServerAddress("http", "example.com.", 9), "http://example.com.:9", id="fqdn-dot"
+        ),
+        pytest.param(
+            "münchen.example",
+            ServerAddress("http", "münchen.example", 11434),
+            "http://münchen.example:11434",
+            id="unicode",
+        ),
+        pytest.param(
+            "fe80::1%eth0",
+            ServerAddress("http", "fe80::1%eth0", 11434),
+            "http://[fe80::1%25eth0]:11434",
+            id="zone",
+        ),
     ],
 )
 def test_parse_address(text: str, expected: ServerAddress, url: str) -> None:
@@ -56,6 +72,7 @@ def test_parse_address(text: str, expected: ServerAddress, url: str) -> None:
         pytest.param("::1:8080x", "an IPv6 address with a port goes in brackets", id="ipv6-unbracketed"),
         pytest.param("[::1", "is not an IPv6 address in brackets", id="ipv6-unclosed"),
         pytest.param("[box]:80", "is not an IPv6 address in brackets", id="brackets-not-ipv6"),
+        pytest.param("http://user:pw@proxy:8080", "credentials do not go in the address", id="userinfo"),
     ],
 )
 def test_bad_addresses_name_where_they_came_from(text: str, message: str) -> None:

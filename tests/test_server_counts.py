@@ -58,6 +58,22 @@ def test_every_request_is_counted_once(client: TestClient) -> None:
     assert counts(client)[("/metrics", "200")] >= 1
 
 
+def test_an_unexpected_error_is_counted_once(tmp_path: Path) -> None:
+    """Answered 500 by the error handler outside the counting middleware (a diff review: both
+    counted it)."""
+    settings = Settings(home=tmp_path)
+    state = ServerState(settings, Store(tmp_path / "store"), Scheduler(SchedulerSettings(ram_budget=2**30)))
+    app = create_app(state, bind_host="127.0.0.1")
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
+        assert client.get("/boom").status_code == 500
+        assert counts(client)[("/boom", "500")] == 1
+
+
 @pytest.mark.parametrize(
     ("scope", "endpoint"),
     [
@@ -72,3 +88,44 @@ def test_every_request_is_counted_once(client: TestClient) -> None:
 )
 def test_endpoint_label(scope: dict[str, object], endpoint: str) -> None:
     assert endpoint_label(scope, {"/api/chat", "/api/tags"}) == endpoint
+
+
+def test_a_name_with_two_runners_has_one_sample_each_gauge() -> None:
+    """A name's old runner finishing its streams beside its new one: both are the name's, summed
+    (a diff review: one series twice in a scrape, which Prometheus refuses)."""
+    from modelyard.runtime.scheduler import ModelStatus
+    from modelyard.server.metrics import Metrics
+
+    def row(digest: str, size: int, state: str) -> ModelStatus:
+        return ModelStatus(
+            name="m",
+            digest=digest,
+            state=state,
+            size=size,
+            size_vram=0,
+            processor="100% CPU",
+            context_length=256,
+            slots=2,
+            slots_busy=1,
+            queued=0,
+            expires_at=None,
+            pinned=False,
+            runner_pid=1,
+            runner_rss=size,
+            weights_resident=None,
+            kv_bytes=0,
+            load_seconds=0.1,
+            last_error="",
+        )
+
+    text = Metrics(dict).render([row("sha256:old", 100, "ready"), row("sha256:new", 50, "ready")]).decode()
+    samples = {
+        (sample.name, sample.labels.get("model")): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith(("modelyard_model_memory", "modelyard_slots", "modelyard_runner_rss"))
+    }
+    assert samples[("modelyard_model_memory_bytes", "m")] == 150
+    assert samples[("modelyard_slots", "m")] == 4 and samples[("modelyard_slots_busy", "m")] == 2
+    assert samples[("modelyard_runner_rss_bytes", "m")] == 150
+    assert text.count('modelyard_model_memory_bytes{model="m"}') == 1

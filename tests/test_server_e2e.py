@@ -703,10 +703,7 @@ def value_now(http: httpx.Client, name: str, **labels: str) -> float:
 
 def model_counter(http: httpx.Client, sample: str) -> float:
     """A counter's value for the test model, from /metrics."""
-    families = text_string_to_metric_families(http.get("/metrics").text)
-    return sum(
-        s.value for f in families for s in f.samples if s.name == sample and s.labels.get("model") == MODEL
-    )
+    return value_now(http, sample, model=MODEL)
 
 
 def test_a_chats_next_turn_reuses_the_cache(oai: openai.OpenAI, http: httpx.Client) -> None:

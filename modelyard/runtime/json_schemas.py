@@ -25,37 +25,63 @@ _RULE_UNSAFE = re.compile(r"[^A-Za-z0-9-]")
 # std::bad_alloc inside the runner, which aborted with every request of that model (a serving
 # review). 100,000 characters or items is more than a context holds.
 MAX_REPETITIONS = 100_000
-_COUNT_KEYWORDS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
-# A repetition: `{5}`, `{2,}`, `{0,9}`, in a pattern (not an escaped `\{`) or in GBNF.
-_REPETITION = re.compile(r"(?<!\\)\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
+# The most text a converted grammar may be: whatever unrolls past the checks below (a diff review:
+# a pattern's escaped backslash repeated 10^7 times made 20 MB of it and 1.3 GB in the server).
+MAX_GRAMMAR_CHARS = 4 * 1024 * 1024
+# The counts the converter reads. A minimum past the bound cannot be met in any context: refused.
+# A maximum past it is lowered to it, which changes nothing a context could hold.
+_LEAST_KEYWORDS = ("minLength", "minItems")
+_MOST_KEYWORDS = ("maxLength", "maxItems")
+# Keywords whose values are JSON data, not schemas: never read as schemas.
+_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples", "example"})
+# Keywords whose values map names (a property's, a definition's) to schemas.
+_NAMED_SCHEMAS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+# A repetition: `{5}`, `{2,}`, `{0,9}`, in a pattern or in GBNF; not a brace after an odd number of
+# backslashes (an escaped one, text), but after an even number (an escaped backslash, repeated).
+_REPETITION = re.compile(r"(?<!\\)(?:\\\\)*\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
 # GBNF's literals and character classes, whose braces are text, not repetitions.
 _GBNF_TEXT = re.compile(r'"(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]')
 
 
-def check_repetitions(schema: object) -> None:
-    """ValueError when a count keyword or a pattern's repetition anywhere in `schema` is over
-    MAX_REPETITIONS (pure)."""
-    pending = [schema]
-    while pending:
-        node = pending.pop()
-        if isinstance(node, Mapping):
-            for key in _COUNT_KEYWORDS:
-                value = node.get(key)
-                if isinstance(value, int | float) and not isinstance(value, bool) and value > MAX_REPETITIONS:
-                    raise ValueError(
-                        f"{key} {value:,} is more than the {MAX_REPETITIONS:,} a schema may ask for"
-                    )
-            pattern = node.get("pattern")
-            if isinstance(pattern, str):
-                _check_counts(pattern, "its pattern")
-            pending.extend(node.values())
-        elif isinstance(node, list):
-            pending.extend(node)
+def bounded(schema: object) -> object:
+    """`schema` with its repetitions in bounds (pure): maxLength/maxItems over MAX_REPETITIONS
+    lowered to it (a copy; the input is not changed); ValueError for a minimum or a pattern's
+    repetition over it. Values of data keywords (const, enum, default…) are not schemas: left."""
+    if isinstance(schema, list):
+        return [bounded(item) for item in schema]
+    if not isinstance(schema, Mapping):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _DATA_KEYWORDS:
+            out[key] = value
+            continue
+        if _is_number(value) and key in _LEAST_KEYWORDS and value > MAX_REPETITIONS:
+            raise ValueError(f"{key} {value:,} is more than the {MAX_REPETITIONS:,} a schema may ask for")
+        if _is_number(value) and key in _MOST_KEYWORDS and value > MAX_REPETITIONS:
+            out[key] = MAX_REPETITIONS
+            continue
+        if key == "pattern" and isinstance(value, str):
+            _check_counts(value, "its pattern")
+        if key in _NAMED_SCHEMAS and isinstance(value, Mapping):  # names of the user's, not keywords
+            out[key] = {name: bounded(sub) for name, sub in value.items()}
+        else:
+            out[key] = bounded(value)
+    return out
 
 
-def check_grammar_repetitions(grammar: str) -> None:
-    """ValueError when the grammar repeats anything more than MAX_REPETITIONS times (pure)."""
+def check_grammar(grammar: str) -> None:
+    """ValueError when the grammar is past MAX_GRAMMAR_CHARS, or repeats anything more than
+    MAX_REPETITIONS times (pure)."""
+    if len(grammar) > MAX_GRAMMAR_CHARS:
+        raise ValueError(
+            f"its grammar would be {len(grammar):,} characters, more than the {MAX_GRAMMAR_CHARS:,} taken"
+        )
     _check_counts(_GBNF_TEXT.sub("", grammar), "its grammar")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _check_counts(text: str, where: str) -> None:

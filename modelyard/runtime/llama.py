@@ -611,12 +611,13 @@ def json_schema_grammar(schema: object) -> str:
 
     from llama_cpp import llama_grammar
 
-    from modelyard.runtime.json_schemas import check_grammar_repetitions, check_repetitions, for_the_converter
+    from modelyard.runtime.json_schemas import bounded, check_grammar, for_the_converter
 
     try:
-        check_repetitions(schema)  # before the converter, which unrolls some of them itself
-        grammar = str(llama_grammar.json_schema_to_gbnf(json.dumps(for_the_converter(schema))))
-        check_grammar_repetitions(grammar)  # before llama.cpp's parser, which aborts on too many
+        # Bounded before the converter, which unrolls some repetitions itself, and its grammar
+        # checked before llama.cpp's parser, which aborts the runner on too many.
+        grammar = str(llama_grammar.json_schema_to_gbnf(json.dumps(for_the_converter(bounded(schema)))))
+        check_grammar(grammar)
         return grammar
     except Exception as exc:  # the converter raises assorted types for unsupported or broken schemas
         # Its MemoryError says nothing (a serving review: "invalid JSON schema: " and no more).

@@ -788,7 +788,11 @@ class Scheduler:
             or request.digest == entry.digest_of(request.name)
         ):
             return False
-        self._retiring.append(entry)  # holding its memory until its drain unloads it
+        # Holding its memory until its drain unloads it; no eviction takes it (`draining`), whose
+        # unload by name would find the new entry (a diff review). A swap may have retired it first.
+        entry.draining = True
+        if entry not in self._retiring:
+            self._retiring.append(entry)
         del self._entries[request.name]
         return True
 
@@ -1083,7 +1087,8 @@ class Scheduler:
                     self._swap_failed(old, new, exc)
                     raise
             old.draining = True
-            self._retiring.append(old)
+            if old not in self._retiring:  # a stop then a rebuild may have retired it already
+                self._retiring.append(old)
             new.queued = short_gap
             self._entries[request.name] = new  # requests go to the new one (or wait for its load)
             if not short_gap:

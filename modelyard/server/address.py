@@ -16,8 +16,9 @@ from modelyard.errors import ModelyardError
 
 DEFAULT_PORT = 11434
 _SCHEME_PORTS = {"http": 80, "https": 443}
-# A host name (RFC 1123 labels, `_` too, as in container names) or an IPv4 address.
-_HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+# A host name or an IPv4 address: no space, and nothing a URL gives another meaning (a trailing
+# dot and names beyond ASCII are names too).
+_HOST_NAME = re.compile(r"[^\s/?#@\[\]:%]+")
 
 
 class BadHostError(ModelyardError, ValueError):
@@ -34,7 +35,8 @@ class ServerAddress:
     @property
     def url(self) -> str:
         """The base URL clients put API paths after."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        # An IPv6 zone (`fe80::1%eth0`) is written %25 in a URL.
+        host = f"[{self.host.replace('%', '%25')}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}{self.path}"
 
 
@@ -57,6 +59,8 @@ def parse_address(text: str, source: str = "$MODELYARD_HOST") -> ServerAddress:
     hostport, slash, path = rest.partition("/")
     if found and not hostport:
         raise bad("no host after the scheme")
+    if "@" in hostport:  # a diff review: `user:pw@proxy:8080` was said to be an unbracketed IPv6
+        raise bad("credentials do not go in the address; set $MODELYARD_API_KEY", hint="")
     try:
         host, port_text = _split_host_port(hostport)
     except ValueError as exc:  # its message has an example of its own

@@ -36,7 +36,7 @@ from modelyard.server import request_id
 from modelyard.server.http_errors import KNOWN_ERRORS, HTTPError, retry_after_header
 from modelyard.server.inference import served_model
 from modelyard.server.metrics import CONTENT_TYPE
-from modelyard.server.request_count import CountRequests
+from modelyard.server.request_count import CountRequests, endpoint_label
 from modelyard.server.request_id import RequestId
 from modelyard.server.state import ServerState
 from modelyard.spec.sources import redact
@@ -88,7 +88,10 @@ def create_app(state: ServerState, bind_host: str | None = None) -> FastAPI:
     app.include_router(openai_api.router(state))
     app.include_router(responses_api.router(state))
     _own_routes(app, state)
-    _error_handlers(app, state)
+    # The API's paths, from its schema (an included router's routes are not in app.routes): the
+    # labels of requests no route took, kept to a bounded set.
+    fixed_paths = frozenset(path for path in app.openapi().get("paths", {}) if "{" not in path)
+    _error_handlers(app, state, fixed_paths)
     app.add_middleware(JsonBodies)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     if state.settings.api_key:
@@ -98,8 +101,6 @@ def create_app(state: ServerState, bind_host: str | None = None) -> FastAPI:
         app.add_middleware(HostGuard)
     app.add_middleware(LocalCORS, configured=state.settings.cors_origins)
     # Outside the refusing middlewares, so that their 401, 403 and 413 are counted too.
-    # The API's paths, from its schema (an included router's routes are not in app.routes).
-    fixed_paths = [path for path in app.openapi().get("paths", {}) if "{" not in path]
     app.add_middleware(CountRequests, count=state.count, model=served_model.get, routes=fixed_paths)
     app.add_middleware(RequestId)  # outermost of ours: refusals (401, 403, 413) carry an id too
     return app
@@ -191,12 +192,6 @@ def _error_body(path: str, error: HTTPError) -> dict[str, Any]:
     return {"error": error.message}
 
 
-def _endpoint(request: Request) -> str:
-    """The route's path template (`/api/blobs/{digest}`), not the path: a bounded label set."""
-    route = request.scope.get("route")
-    return str(getattr(route, "path", request.url.path))
-
-
 # What pydantic puts in an error's location after a field of several types: the type it tried
 # (`str`, `list[str]`, `function-after[…]`), no field of ours.
 _TYPE_TAG = re.compile(r"(str|int|float|bool|bytes|none|dict|list|tuple|set)(\[.*\])?|.*[-\[].*")
@@ -241,7 +236,11 @@ def _kind_for(status: int) -> str:
     return {401: "authentication_error", 404: "not_found_error"}.get(status, "invalid_request_error")
 
 
-def _error_handlers(app: FastAPI, state: ServerState) -> None:
+def _error_handlers(app: FastAPI, state: ServerState, fixed_paths: frozenset[str]) -> None:
+    def _endpoint(request: Request) -> str:
+        """The route's path template (`/api/blobs/{digest}`), not the path: a bounded label set."""
+        return endpoint_label(request.scope, fixed_paths)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_exception(request: Request, exc: StarletteHTTPException) -> Response:
         # Unknown routes (404), wrong methods (405) and the like, in each API's error shape.

@@ -147,16 +147,26 @@ class _LiveCollector(Collector):
         }
         for name, depth in sorted(self._queue_depths().items()):
             families["queue"].add_metric([name], float(depth))
-        for s in runners:
-            families["busy"].add_metric([s.name], float(s.slots_busy))
-            families["slots"].add_metric([s.name], float(s.slots))
+        # One sample a name: while a name's old runner finishes its streams beside its new one (a
+        # swap, a stop then a rebuild), both are the name's, summed (a diff review: one series
+        # twice in a scrape, which Prometheus refuses).
+        totals: dict[str, dict[str, float]] = {}
         for s in statuses:
-            families["size"].add_metric([s.name], float(s.size))
-            families["vram"].add_metric([s.name], float(s.size_vram))
-            if s.runner_rss is not None:
-                families["rss"].add_metric([s.name], float(s.runner_rss))
-            if s.weights_resident is not None:
-                families["resident"].add_metric([s.name], float(s.weights_resident))
+            by_name = totals.setdefault(s.name, {})
+            figures: dict[str, int | None] = {
+                "size": s.size,
+                "vram": s.size_vram,
+                "rss": s.runner_rss,
+                "resident": s.weights_resident,
+            }
+            if not s.shares_runner_of:
+                figures |= {"busy": s.slots_busy, "slots": s.slots}
+            for family, value in figures.items():
+                if value is not None:
+                    by_name[family] = by_name.get(family, 0.0) + float(value)
+        for name, summed in totals.items():
+            for family, total in summed.items():
+                families[family].add_metric([name], total)
         yield from families.values()
         system = procstats.system_memory()
         if system is not None:

@@ -65,8 +65,10 @@ class CountRequests:
         try:
             await self.app(scope, receive, send_noting_status)
         except Exception:
-            # Answered 500 by Starlette's outermost middleware, after this one.
-            self._count_once(flag, scope, 500)
+            # Not yet answered: the error handler outside this middleware answers and counts it (a
+            # diff review: counted here too, twice). Answered: nothing will count it but this.
+            if status:
+                self._count_once(flag, scope, status[0])
             raise
         if status:
             self._count_once(flag, scope, status[0])
