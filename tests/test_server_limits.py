@@ -336,8 +336,10 @@ def test_generations_cut_by_a_shutdown_end_with_an_error_that_says_so(home: Path
 
     def ollama_stream() -> None:
         try:
-            # Raw: a base model's plain continuation of the text, unlikely to end within the grace.
-            for _ in ollama.Client(host=server.url).generate(**LONG, raw=True, stream=True):
+            # Raw and greedy: a base model's plain continuation of the text, which loops on past 400
+            # tokens. Sampled, one ended by itself after 32 (a CI run: "finished").
+            greedy = {**LONG, "options": {**LONG["options"], "temperature": 0}}
+            for _ in ollama.Client(host=server.url).generate(**greedy, raw=True, stream=True):
                 received["ollama"] += 1
             outcome["ollama"] = ("finished", received["ollama"])
         except ollama.ResponseError as exc:
