@@ -78,5 +78,6 @@ def test_parse_address(text: str, expected: ServerAddress, url: str) -> None:
 def test_bad_addresses_name_where_they_came_from(text: str, message: str) -> None:
     with pytest.raises(BadHostError) as caught:
         parse_address(text, "--host")
-    assert str(caught.value).startswith(f"--host={text!r}: ")
+    assert str(caught.value).startswith(f"--host={text.replace('user:pw', '***')!r}: ")
     assert message in str(caught.value)
+    assert "pw" not in str(caught.value), "credentials are never repeated"

@@ -19,6 +19,7 @@ _SCHEME_PORTS = {"http": 80, "https": 443}
 # A host name or an IPv4 address: no space, and nothing a URL gives another meaning (a trailing
 # dot and names beyond ASCII are names too).
 _HOST_NAME = re.compile(r"[^\s/?#@\[\]:%]+")
+_USERINFO = re.compile(r"^((?:[A-Za-z]+://)?)[^/@]*@")  # `user:pw@` before the host
 
 
 class BadHostError(ModelyardError, ValueError):
@@ -44,7 +45,8 @@ def parse_address(text: str, source: str = "$MODELYARD_HOST") -> ServerAddress:
     """`text` (from `source`, which errors name) as a server address; BadHostError if it is none."""
 
     def bad(problem: str, hint: str = "; expected HOST[:PORT], like 127.0.0.1:11434") -> BadHostError:
-        return BadHostError(f"{source}={text!r}: {problem}{hint}")
+        shown = _USERINFO.sub(r"\1***@", text)  # credentials given in it are never repeated
+        return BadHostError(f"{source}={shown!r}: {problem}{hint}")
 
     value = text.strip()
     scheme, found, rest = value.partition("://")
