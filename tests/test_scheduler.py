@@ -162,7 +162,8 @@ def test_a_stopped_name_built_again_loads_its_new_digest_beside_the_old_ones_str
     a, b = two_models
 
     async def scenario() -> None:
-        scheduler = Scheduler(SchedulerSettings(ram_budget=2**34, memory_wait=5))
+        # No queue beyond the slot: the old stream is not the new digest's queue (a diff review).
+        scheduler = Scheduler(SchedulerSettings(ram_budget=2**34, memory_wait=5, max_queue=0))
         try:
             old = await scheduler.acquire(request(a, "m"))  # a stream in flight
             stopping = asyncio.ensure_future(scheduler.unload("m"))

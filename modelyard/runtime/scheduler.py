@@ -382,10 +382,13 @@ class Scheduler:
         while True:
             entry = self._entries.get(request.name)
             if entry is not None:
+                if entry is not in_line and self._retirable(entry, request):
+                    # The name's new digest loads beside the one on its way out, whose streams are
+                    # not its queue (a diff review: they could refuse it with a 503).
+                    self._retire(entry, request.name)
+                    continue
                 self._check_queue(entry)
                 if entry.closing and entry is not in_line:
-                    if self._retire_stopped(entry, request):
-                        continue  # the name's new digest loads beside the one on its way out
                     # Going away: a new request would hold it up; it loads anew afterwards. One that
                     # waited for its load is served by it first.
                     await self._wait_for_drain(entry, request.name)
@@ -754,6 +757,8 @@ class Scheduler:
         Before a load the slots are not known yet: as many as it may get."""
         name = request.name
         entry = self._entries.get(name)
+        if entry is not None and self._retirable(entry, request):
+            entry = None  # its streams are not this digest's queue: it loads beside them
         if entry is not None:
             slots = entry.options.num_parallel
         elif "num_parallel" in request.options:
@@ -775,26 +780,29 @@ class Scheduler:
                 retry_after=self.settings.retry_after,
             )
 
-    def _retire_stopped(self, entry: _Entry, request: ModelRequest) -> bool:
+    @staticmethod
+    def _retirable(entry: _Entry, request: ModelRequest) -> bool:
         """A name stopped (deleted, or `modelyard stop`) and built again from other weights: its
         old runner, finishing its streams, no longer stands for the name, whose new digest loads
         beside it like a swap's (a serving review: requests for the new model waited for the old
         one's streams to end, for ever with num_predict -1). Not for a drain that makes room for
         another load, nor for a runner other names share."""
-        if (
-            entry.closing_for
-            or entry.aliases
-            or entry.state is not EntryState.READY
-            or request.digest == entry.digest_of(request.name)
-        ):
-            return False
-        # Holding its memory until its drain unloads it; no eviction takes it (`draining`), whose
-        # unload by name would find the new entry (a diff review). A swap may have retired it first.
+        return (
+            entry.closing
+            and not entry.closing_for
+            and not entry.aliases
+            and entry.state is EntryState.READY
+            and request.digest != entry.digest_of(request.name)
+        )
+
+    def _retire(self, entry: _Entry, name: str) -> None:
+        """`entry` no longer stands for `name`: it holds its memory until its drain unloads it; no
+        eviction takes it (`draining`), whose unload by name would find the new entry (a diff
+        review). A swap may have retired it first."""
         entry.draining = True
         if entry not in self._retiring:
             self._retiring.append(entry)
-        del self._entries[request.name]
-        return True
+        del self._entries[name]
 
     async def _wait_for_drain(self, entry: _Entry, name: str) -> None:
         """Wait for `entry`'s drain to end. A stop's that outlasts memory_wait (a stream without
