@@ -188,6 +188,11 @@ class _Entry:
         return loaded + (self.embedding.device if self.embedding is not None else 0)
 
     @property
+    def waiting_for_room(self) -> bool:
+        """A load waiting for memory: no runner yet, and holding none in what status reports."""
+        return self.state is EntryState.LOADING and self.making_room and self.runner is None
+
+    @property
     def holds_memory(self) -> bool:
         if self.queued:
             return False
@@ -626,7 +631,7 @@ class Scheduler:
             memory = memory_by_pid.get(runner.pid) if runner is not None else None
             # A crash frees its memory; a load still waiting for room holds none yet (a metrics
             # review: its estimate was counted, past the budget, for all of its wait).
-            waiting = entry.state is EntryState.LOADING and entry.making_room and runner is None
+            waiting = entry.waiting_for_room
             size = entry.host_bytes + entry.device_bytes if entry.holds_memory and not waiting else 0
             out.append(
                 ModelStatus(
@@ -1562,6 +1567,6 @@ def _note(entry: _Entry) -> str:
         return _stopping(entry)
     if entry.state is EntryState.FAILED:
         return entry.last_error
-    if entry.state is EntryState.LOADING and entry.making_room and entry.runner is None:
+    if entry.waiting_for_room:
         return "waiting for memory"
     return ""

@@ -151,7 +151,7 @@ class ServerState:
         loaded, or loaded before a create, copy or pull renamed it), once per name and digest, so
         that `/api/ps` shows them: Ollama's clients read `details`. In a thread (a GGUF's header
         is long to read)."""
-        loaded = {(status.name, status.digest) for status in self.scheduler.status(live=False)}
+        loaded = {(status.name, status.digest) for status in self.scheduler.snapshot()}
         for key in self._loaded_details.keys() - loaded:
             del self._loaded_details[key]
         for name, digest in loaded:
