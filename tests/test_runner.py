@@ -23,7 +23,7 @@ from modelyard.errors import InferenceRequestError, ModelLoadError, RunnerCrashe
 from modelyard.runtime.options import PROMPT_LOGPROB_ROWS, LoadOptions, SamplingOptions
 from modelyard.runtime.prompt_cache import common_prefix
 from modelyard.runtime.protocol import CompletionRequest, Done
-from modelyard.runtime.runner import Runner, RunnerSpec, RunnerState, Token
+from modelyard.runtime.runner import Failure, Runner, RunnerSpec, RunnerState, Token
 
 GEMMA_PROMPT = "<start_of_turn>user\nName three colours.<end_of_turn>\n<start_of_turn>model\n"
 GEMMA_PROMPTS = [
@@ -526,6 +526,31 @@ def test_killed_runner_fails_its_requests_promptly(tiny_gguf: Path) -> None:
     assert exited == [runner] and runner.state is RunnerState.FAILED
     with pytest.raises(RunnerCrashedError):
         runner.complete(CompletionRequest("x", greedy(1)))
+
+
+def test_a_dead_runners_owner_is_told_before_its_requests_fail(tiny_gguf: Path) -> None:
+    """The scheduler learns of the exit (on_exit) before any request hears of it, so a client that
+    gets the error and asks for the model's status finds it failed, not ready."""
+    heard: list[str] = []
+    runner = Runner.start(
+        RunnerSpec("doomed", tiny_gguf, options=LoadOptions(num_ctx=128, num_parallel=2)),
+        on_exit=lambda _: heard.append("owner"),
+    )
+    working = threading.Event()
+
+    def on_event(event: object) -> None:
+        if isinstance(event, Failure):
+            heard.append("request")
+        else:
+            working.set()
+
+    runner.submit(CompletionRequest("the cat", SamplingOptions(num_predict=-1)), on_event)
+    assert working.wait(10)
+    runner.kill_unresponsive("killed by the test")
+    deadline = time.monotonic() + 5
+    while len(heard) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert heard == ["owner", "request"]
 
 
 def test_load_failure_reports_the_loaders_message(tmp_path: Path, tiny_gguf: Path) -> None:

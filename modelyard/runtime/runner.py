@@ -374,9 +374,11 @@ class Runner:
             self.exit_detail = self._killed_because or (_describe_exit(code) + self._stderr_tail())
             if self._channel is not None:
                 self._channel.close()
-            self._fail_all(RunnerCrashedError(self.spec.name, self.exit_detail))
+            # The owner first: whoever sees a request fail must find the model failed too (the
+            # scheduler's status said "ready" for a moment after a killed runner's error).
             if self._on_exit is not None:
                 self._on_exit(self)
+            self._fail_all(RunnerCrashedError(self.spec.name, self.exit_detail))
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         request_id = int(message.get("id", -1))
