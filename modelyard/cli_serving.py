@@ -644,7 +644,8 @@ def register(sub: Any) -> None:
         "(require Bearer auth), MODELYARD_ORIGINS (CORS), MODELYARD_NUM_PARALLEL, MODELYARD_KEEP_ALIVE, "
         "MODELYARD_MAX_QUEUE, MODELYARD_RAM_BUDGET, MODELYARD_MAX_LOADED_MODELS; for the registries --spec "
         "pulls from, MODELYARD_PLAIN_HTTP_REGISTRIES and MODELYARD_INSECURE_REGISTRIES. SIGTERM or "
-        "Ctrl-C: no new requests, MODELYARD_SHUTDOWN_GRACE seconds (10) for those in flight.",
+        "Ctrl-C: no new requests, MODELYARD_SHUTDOWN_GRACE seconds (10) for those in flight; a second "
+        "Ctrl-C ends them at once.",
     )
     p.add_argument("--host", metavar="HOST[:PORT]", help="where to listen (default: $MODELYARD_HOST)")
     p.add_argument(

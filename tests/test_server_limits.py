@@ -63,6 +63,14 @@ def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 30) -> Non
         time.sleep(0.05)
 
 
+def running(pid: int) -> bool:
+    """Whether the process runs (a zombie does not: it waits for init to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def metric(http: httpx.Client, line_start: str) -> float:
     return sum(
         float(line.rsplit(" ", 1)[1])
@@ -403,6 +411,38 @@ def test_generations_cut_by_a_shutdown_end_with_an_error_that_says_so(home: Path
     not_ready = "the server is shutting down: this request's model was not ready in time"
     assert outcome["waiting"][0] == f"503 {not_ready}", outcome
     assert 0.8 < ended < 4, f"the graceful period ran, then the cut came before uvicorn's ({ended:.1f} s)"
+
+
+def test_a_second_ctrl_c_ends_the_streams_in_words_and_the_server_quietly(home: Path) -> None:
+    """Ctrl-C twice: uvicorn stops waiting for the requests and skipped the app's shutdown, whose
+    pending task was cancelled at exit (three tracebacks), the stream cut without a word. Now the
+    stream ends with its error line, the runners are stopped and the log holds no traceback."""
+    server = start_server(home, env={"MODELYARD_SHUTDOWN_GRACE": "30"})
+    last: list[str] = []
+    try:
+        body = {**LONG, "raw": True, "options": {**LONG["options"], "temperature": 0}}  # greedy: loops on
+        with server.client() as http, http.stream("POST", "/api/generate", json=body) as streaming:
+            lines = streaming.iter_lines()
+            last.append(next(lines))
+            children = [
+                int(pid)
+                for task in (Path("/proc") / str(server.process.pid) / "task").glob("*/children")
+                for pid in task.read_text().split()
+            ]
+            server.process.send_signal(signal.SIGINT)
+            time.sleep(0.5)  # the first: the graceful period begins, the stream goes on
+            server.process.send_signal(signal.SIGINT)
+            signalled = time.monotonic()
+            last.extend(lines)
+        assert server.process.wait(15) == 130
+        ended = time.monotonic() - signalled
+    finally:
+        server.stop()
+    assert json.loads(last[-1]) == {"error": "the server is shutting down: this answer was cut short"}
+    assert ended < 10, f"a forced exit took {ended:.1f} s"
+    assert children and not [pid for pid in children if running(pid)], "every child stopped before the exit"
+    log = server.log()
+    assert "Application shutdown complete" in log and "Traceback" not in log, log[-3000:]
 
 
 def test_a_client_that_stops_reading_has_its_endless_generation_cancelled(

@@ -5,7 +5,7 @@ On SIGTERM or Ctrl-C, uvicorn stops accepting, lets the requests in flight run f
 just stops, and a client reading NDJSON (the ollama client) may take the cut answer for a whole
 one. A second before that deadline, every generation still running is ended with an error of its
 own instead, which its stream sends as its last line (`{"error": "the server is shutting down: …"}`,
-or OpenAI's error event) before it closes.
+or OpenAI's error event) before it closes. A second Ctrl-C does that at once (_shutdown_forced).
 """
 
 from __future__ import annotations
@@ -47,3 +47,20 @@ class GracefulServer(uvicorn.Server):
         finally:
             if timer is not None:
                 timer.cancel()
+        if self.force_exit:
+            await self._shutdown_forced()
+
+    async def _shutdown_forced(self) -> None:
+        """A second Ctrl-C: uvicorn stops waiting for the requests and skips the app's shutdown.
+        The app's lifespan task, left pending, was then cancelled at exit with three tracebacks, and
+        its runners were left to notice their parent's death; the requests' tasks too. Now the
+        generations end at once in words, the requests get a moment to send them, and the app shuts
+        down (runners stopped) before the process exits."""
+        self._stop_generations()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _WORDS_BEFORE_THE_CUT_S
+        while self.server_state.tasks and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for task in self.server_state.tasks:
+            task.cancel()
+        await self.lifespan.shutdown()
