@@ -335,6 +335,27 @@ def test_an_image_without_a_modelfile_layer_shows_the_one_its_layers_make(
     assert image_modelfile(dataclasses.replace(foreign, weights=None), {}) is None
 
 
+def test_a_base_image_removed_during_the_build_is_a_clear_error(tmp_path: Path, workdir: Path) -> None:
+    """A store review: `rm base` while `build FROM base` ran failed with "blob … is missing from
+    the store (needed by library/derived:latest)", exit 2, as if the store were damaged. Nothing
+    here can store those weights again: the error says what happened and what to do."""
+    (workdir / "Modelfile").write_text("FROM ./weights.gguf\n")
+    build(tmp_path / "h", workdir / "Modelfile", "base")
+    (workdir / "Derived").write_text("FROM base\nSYSTEM derived\n")
+    store = Store(tmp_path / "h" / "store")
+
+    def remove_base(event: ProgressEvent) -> None:
+        if event.status == "writing manifest":
+            store.remove([parse_reference("base")])
+
+    builder = Builder(store, tmp_path / "h" / "cache", progress=remove_base)
+    with pytest.raises(
+        BuildError, match=r"derived:latest: blob sha256:\w+ \(model\) was removed from the store while"
+    ):
+        builder.build_file(workdir / "Derived", parse_reference("derived"))
+    assert store.images() == [] and store.verify().ok
+
+
 def test_an_image_built_from_an_image_keeps_its_requires(tmp_path: Path, workdir: Path) -> None:
     (workdir / "Modelfile").write_text("FROM ./weights.gguf\nREQUIRES 0.5.0\n")
     build(tmp_path / "h", workdir / "Modelfile", "base")

@@ -28,6 +28,7 @@ from modelyard.errors import (
     RegistryUnavailableError,
     RemoteNotFoundError,
 )
+from modelyard.progress import ProgressEvent
 from modelyard.reference import Reference, parse_reference
 from modelyard.registry import PushFormat, RegistryOptions, pull, push
 from modelyard.registry.client import RepositoryClient
@@ -195,6 +196,29 @@ def test_push_then_pull_keeps_the_digest_and_skopeo_reads_it(
         ).digest
         == digest
     )
+
+
+def test_a_blob_removed_during_a_pull_is_fetched_again(
+    registry: Registry, image: tuple[Store, str], tmp_path: Path, tiny_gguf: Path
+) -> None:
+    """A store review: the weights were in the store (another image's) when the pull began, that
+    image was removed before the pull tagged its own, and the pull failed after its download with
+    "blob … is missing from the store", exit 2, as if the store were damaged."""
+    store, digest = image
+    target = remote(registry, unique("shared"))
+    push(store, target, options(tmp_path), source=parse_reference("tiny"))
+    other = new_store(tmp_path / "other")
+    build(other, tmp_path, tiny_gguf, "local", system="Another system prompt.")
+    weights = store.read_parts(store.read_manifest(digest)).weights
+    assert weights is not None and other.blobs.exists(weights.digest), "the pull will find them there"
+
+    def remove_the_other_image(event: ProgressEvent) -> None:
+        if event.status == "writing manifest":
+            other.remove([parse_reference("local")])  # the weights go with it: nothing else holds them
+
+    pulled = pull(other, target, options(tmp_path), progress=remove_the_other_image)
+    assert pulled.digest == digest and pulled.bytes_downloaded >= weights.size
+    assert other.images()[0].digest == digest and other.verify().ok
 
 
 def test_push_both_formats_and_pull_the_ollama_manifest_back(

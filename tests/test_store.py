@@ -437,6 +437,28 @@ def test_prune_respects_references_and_grace(tmp_path: Path) -> None:
     assert store.verify().ok
 
 
+def test_prune_with_no_grace_leaves_the_files_of_writers_at_work(store: Store) -> None:
+    """A store review: `prune --grace 0`, which verify suggested for "interrupted" partial files,
+    removed a live pull's file and lock (it failed, blaming the registry) and live builds' files.
+    A writer at work holds its flock; only what writers left behind goes."""
+    from filelock import FileLock
+
+    store.blobs.ingest_dir.mkdir(exist_ok=True)
+    left = store.blobs.ingest_dir / "abc.123.partial"  # a killed build's
+    left.write_bytes(b"half")
+    downloading = store.blobs.ingest_dir / "def.download.partial"
+    downloading.write_bytes(b"receiving")
+    download_lock = FileLock(str(downloading) + ".lock")
+    with download_lock, store.blobs.new_partial("new") as (building, out):
+        out.write(b"being written")
+        plan = store.prune(grace_s=0)
+        assert plan.partials == (left,)
+        assert building.exists() and downloading.exists() and Path(download_lock.lock_file).exists()
+    assert set(store.prune(grace_s=0).partials) == {downloading, Path(download_lock.lock_file)}
+    assert not building.exists(), "a partial not committed goes with its block"
+    assert list(store.blobs.ingest_dir.iterdir()) == []
+
+
 def test_prune_keeps_history_for_rollback(store: Store) -> None:
     put_image(store, "m", b"old")
     put_image(store, "m", b"new")

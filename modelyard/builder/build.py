@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -351,8 +350,17 @@ class Builder:
             kept = [(plan.weights if plan.quantize is None else None, weights_digest)]
             kept += [(adapter, digest) for digest, adapter in adapters.items()]
             for source, blob in kept:
-                if source is not None and source.path is not None and not self.store.blobs.exists(blob):
-                    self._store_source(replace(source, digest=None), created)
+                if source is None or self.store.blobs.exists(blob):
+                    continue
+                if source.path is None:
+                    # From an image in the store (FROM name, an @sha256 blob) that was removed
+                    # since: nothing here to store it again from.
+                    raise BuildError(
+                        f"{target.short()}: blob {blob} ({source.general_type}) was removed from the "
+                        "store while this build ran (`modelyard rm` of the image it came from?); "
+                        "pull or build that image again, then this one"
+                    )
+                self._store_source(replace(source, digest=None), created)
             for data in (*(data for _, data in texts), config, manifest_bytes):
                 if not self.store.blobs.exists(sha256_digest(data)):
                     self.store.blobs.put_bytes(data)
@@ -375,14 +383,10 @@ class Builder:
         from modelyard.builder.quantize import quantize
 
         self.progress(ProgressEvent(f"quantizing {plan.weights.file_type} model to {plan.quantize}"))
-        ingest = self.store.blobs.ingest_dir
-        ingest.mkdir(parents=True, exist_ok=True)
-        out = ingest / f"quantize.{secrets.token_hex(6)}.partial"
-        try:
+        # Flocked while llama.cpp writes it (prune leaves it alone): it opens the same file anew.
+        with self.store.blobs.new_partial("quantize") as (out, _):
             quantize(self._weights_file(plan.weights), out, plan.quantize)
             info = self.store.blobs.adopt(out)  # hashed in place, renamed in: no second copy
-        finally:
-            out.unlink(missing_ok=True)
         self._announce(info.digest, info.created, created)
         return info.digest
 

@@ -25,7 +25,13 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Any
 
-from modelyard.errors import DigestMismatchError, NoRegistryError, RegistryError, RegistryProtocolError
+from modelyard.errors import (
+    BlobNotFoundError,
+    DigestMismatchError,
+    NoRegistryError,
+    RegistryError,
+    RegistryProtocolError,
+)
 from modelyard.progress import ProgressSink, ignore_progress
 from modelyard.reference import Reference
 from modelyard.registry.client import FetchedManifest, RepositoryClient
@@ -52,6 +58,9 @@ from modelyard.store.image import (
 )
 
 log = logging.getLogger(__name__)
+
+# Tries at tagging a pulled image whose blobs another command keeps removing (rm, prune).
+_TAG_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -103,14 +112,28 @@ def pull(
             # Before any download: such an image would be stored, listed, and never serve.
             raise RegistryError(f"{ref}: the image has no weights layer (no GGUF): not a model to serve")
         received, fetched_count = _download_layers(repo, store, manifest.layers, options.parallel, report)
-    report.status("verifying sha256 digest")  # each blob was verified as it entered the store
-    report.status("writing manifest")
-    if converted is None:
-        digest, _ = store.put_manifest(fetched.data)
-    else:
-        store.blobs.put_bytes(converted.config, expected=converted.manifest.config.digest)
-        digest, _ = store.put_manifest(converted.manifest)
-    store.tag(local_name, digest)
+        report.status("verifying sha256 digest")  # each blob was verified as it entered the store
+        report.status("writing manifest")
+        for attempt in range(1, _TAG_ATTEMPTS + 1):
+            if converted is None:
+                digest, _ = store.put_manifest(fetched.data)
+            else:
+                store.blobs.put_bytes(converted.config, expected=converted.manifest.config.digest)
+                digest, _ = store.put_manifest(converted.manifest)
+            try:
+                store.tag(local_name, digest)
+                break
+            except BlobNotFoundError:
+                if attempt == _TAG_ATTEMPTS:
+                    raise
+            # A blob this pull found in the store was removed since (`rm` of an image sharing it,
+            # or of this very name): fetched again. It failed after the whole download, as if the
+            # store were damaged, its blobs left for prune (a store review).
+            log.info("a blob of %s was removed from the store during the pull; fetching it again", ref)
+            if source is SourceFormat.MODELPACK:
+                _fetch_config(repo, store, manifest.config, keep=True)
+            again, _ = _download_layers(repo, store, manifest.layers, options.parallel, report)
+            received += again
     options.ledger().record(host, ref.repository, manifest.blob_digests())
     report.status("success")
     return PullResult(local_name, digest, fetched.digest, source, received, fetched_count)

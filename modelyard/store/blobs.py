@@ -5,11 +5,16 @@ Every write streams into `ingest/<hex-or-new>.<random>.partial` (same filesystem
 goes; then the digest is checked, the file fsynced, and `os.replace`d into place. A crash leaves at
 most a partial file in `ingest/`, which `prune` removes. A blob that already exists is never
 written again (its mtime is touched so a concurrent prune's grace period sees it as in use).
+
+A partial file being written is flocked by its writer (a download: the `.lock` file beside it), so
+that `prune --grace 0` removes only the files of writers gone (a store review: it took a live
+pull's file, and that pull failed blaming the registry).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import secrets
@@ -121,14 +126,23 @@ class BlobStore:
             if self.exists(expected):
                 self.touch(expected)
                 return BlobInfo(expected, self.size(expected), created=False)
-        self.ingest_dir.mkdir(parents=True, exist_ok=True)
         stem = expected.removeprefix("sha256:") if expected else "new"
-        partial = self.ingest_dir / f"{stem}.{secrets.token_hex(6)}{PARTIAL_SUFFIX}"
-        try:
-            digest, size = _write_hashed(partial, chunks, progress)
+        with self.new_partial(stem) as (partial, out):
+            digest, size = _write_hashed(out, chunks, progress)
             if expected is not None and digest != expected:
                 raise DigestMismatchError(expected, digest, source)
             return self._commit(partial, digest, size)
+
+    @contextlib.contextmanager
+    def new_partial(self, stem: str) -> Iterator[tuple[Path, BinaryIO]]:
+        """A new partial file in the ingest folder, open for writing and flocked until the block
+        ends (prune leaves it alone), then removed unless committed meanwhile."""
+        self.ingest_dir.mkdir(parents=True, exist_ok=True)
+        partial = self.ingest_dir / f"{stem}.{secrets.token_hex(6)}{PARTIAL_SUFFIX}"
+        try:
+            with partial.open("xb") as out:
+                fcntl.flock(out.fileno(), fcntl.LOCK_EX)
+                yield partial, out
         finally:
             with contextlib.suppress(FileNotFoundError):
                 partial.unlink()
@@ -165,23 +179,46 @@ class BlobStore:
         self.path(digest).unlink(missing_ok=True)
 
     def stale_partials(self, older_than_s: float, now: float | None = None) -> list[Path]:
-        """Partial files untouched for `older_than_s`, and the lock files of partial downloads
-        whose partial file is one of them, or gone. (A lock's own time says nothing: holding it
-        does not touch the file.)"""
+        """Partial files untouched for `older_than_s` whose writer is gone, and the lock files of
+        partial downloads whose partial file is one of them, or gone. (A lock's own time says
+        nothing: holding it does not touch the file.)"""
         if not self.ingest_dir.is_dir():
             return []
         cutoff = (time.time() if now is None else now) - older_than_s
         entries = [e for e in os.scandir(self.ingest_dir) if e.is_file()]
-        stale = {e.path for e in entries if e.name.endswith(PARTIAL_SUFFIX) and e.stat().st_mtime <= cutoff}
         partials = {e.path for e in entries if e.name.endswith(PARTIAL_SUFFIX)}
+        stale = {
+            e.path
+            for e in entries
+            if e.name.endswith(PARTIAL_SUFFIX)
+            and e.stat().st_mtime <= cutoff
+            and not _held(e.path)
+            and not _held(e.path + LOCK_SUFFIX)
+        }
         locks = {
             e.path
             for e in entries
             if e.name.endswith(PARTIAL_SUFFIX + LOCK_SUFFIX)
             and e.stat().st_mtime <= cutoff
             and ((its := e.path.removesuffix(LOCK_SUFFIX)) in stale or its not in partials)
+            and not _held(e.path)
         }
         return [Path(path) for path in sorted(stale | locks)]
+
+
+def _held(path: str) -> bool:
+    """Whether a writer holds the file's flock (a file gone is held by none)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # and with it the lock this took, if it took one
+    return False
 
 
 def _read_chunks(f: BinaryIO) -> Iterator[bytes]:
@@ -189,18 +226,17 @@ def _read_chunks(f: BinaryIO) -> Iterator[bytes]:
         yield chunk
 
 
-def _write_hashed(partial: Path, chunks: Iterable[bytes], progress: Progress | None) -> tuple[str, int]:
+def _write_hashed(out: BinaryIO, chunks: Iterable[bytes], progress: Progress | None) -> tuple[str, int]:
     h = hashlib.sha256()
     size = 0
-    with partial.open("xb") as out:
-        for chunk in chunks:
-            h.update(chunk)
-            out.write(chunk)
-            size += len(chunk)
-            if progress is not None:
-                progress(len(chunk))
-        out.flush()
-        os.fsync(out.fileno())
+    for chunk in chunks:
+        h.update(chunk)
+        out.write(chunk)
+        size += len(chunk)
+        if progress is not None:
+            progress(len(chunk))
+    out.flush()
+    os.fsync(out.fileno())
     return "sha256:" + h.hexdigest(), size
 
 
