@@ -479,13 +479,21 @@ def cmd_verify(args: argparse.Namespace, ctx: CommandContext) -> int:
         ctx.out(f"missing blob {digest} (needed by {parse_reference(name).short()})")
     for name, reason in report.unreadable:
         ctx.out(f"unreadable image {parse_reference(name).short()}: {reason}")
+    for digest, reason in report.unreadable_blobs:
+        ctx.out(f"unreadable blob {ctx.store.blobs.path(digest)}: {reason}")  # the file, to fix
     if report.index_problem:
         ctx.out(f"unreadable index: {report.index_problem}")
     _note_partials(ctx)
     if report.ok:
         ctx.err(f"ok: {report.blobs_checked} blobs verified")
         return EXIT_OK
-    problems = len(report.corrupt) + len(report.missing) + len(report.unreadable) + bool(report.index_problem)
+    problems = (
+        len(report.corrupt)
+        + len(report.missing)
+        + len(report.unreadable)
+        + len(report.unreadable_blobs)
+        + bool(report.index_problem)
+    )
     affected = sorted(
         {parse_reference(n).short() for b in report.corrupt for n in b.needed_by}
         | {parse_reference(n).short() for n, _ in (*report.missing, *report.unreadable)}
@@ -493,6 +501,8 @@ def cmd_verify(args: argparse.Namespace, ctx: CommandContext) -> int:
     again = f"build or pull again: {', '.join(affected)}" if affected else "no image needs them"
     if report.index_problem:
         advice = "Repair or restore index.json first (see above); nothing was deleted."
+    elif report.unreadable_blobs and not affected:
+        advice = "Check the owner and permissions of the files above, or remove them and build or pull again."
     elif report.removed:
         advice = f"Deleted {_count(len(report.corrupt), 'corrupt blob')}; {again}."
     elif report.corrupt:

@@ -428,6 +428,48 @@ def test_a_reader_that_goes_away_stops_the_cli_quietly(home: Path, work: Path) -
     assert shown.returncode == 141 and shown.stderr == ""
 
 
+def as_a_user(home: Path, *args: str) -> Result:
+    """The CLI in a process that file modes bind: root without the capabilities that bypass them."""
+    drop = "-dac_override,-dac_read_search"
+    prefix = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}"] if os.geteuid() == 0 else []
+    done = subprocess.run(
+        [*prefix, sys.executable, "-m", "modelyard", *args],
+        env={**os.environ, "MODELYARD_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return Result(done.returncode, done.stdout, done.stderr)
+
+
+def test_a_manifest_no_one_may_read_hides_no_other_image(home: Path, work: Path) -> None:
+    """A store review: one manifest blob of mode 000 made `list` fail for the whole store, stopped
+    `verify` at that blob with no report, and `rm` of another image said a bare "Permission
+    denied". Each now names the file, and list and verify go on with the rest."""
+    assert cli("build", "-f", str(work / "Modelfile"), "good").code == 0
+    (work / "Other").write_text("FROM ./weights.gguf\nSYSTEM other\n")
+    bad = cli("build", "--quiet", "-f", str(work / "Other"), "bad").out.strip()
+    manifest = home / "store" / "blobs" / "sha256" / bad.removeprefix("sha256:")
+    manifest.chmod(0)
+    try:
+        listed = as_a_user(home, "list")
+        verified = as_a_user(home, "verify")
+        removed = as_a_user(home, "rm", "good")
+    finally:
+        manifest.chmod(0o644)
+    assert listed.code == 0, listed.err
+    good, broken = (line.split() for line in sorted(listed.out.splitlines()[1:], reverse=True))
+    assert (
+        good[0] == "good:latest"
+        and good[3] == "KB"  # a size: read
+        and broken[:3][::2] == ["bad:latest", "broken"]
+    )
+    assert verified.code == 2
+    assert f"unreadable blob {manifest}: cannot be read (Permission denied)" in verified.out
+    assert removed.code == 2 and str(manifest) in removed.err and "nothing was deleted" in removed.err
+    assert "good:latest" in cli("list").out and cli("verify").code == 0
+
+
 def test_verify_reports_a_damaged_index_without_failing_itself(home: Path, work: Path) -> None:
     cli("build", "-t", "m", "-f", str(work / "Modelfile"), "--quiet")
     (home / "store" / "index.json").write_text("{not json")

@@ -33,6 +33,7 @@ PARTIAL_SUFFIX = ".partial"
 LOCK_SUFFIX = ".lock"  # beside a partial download: who is appending to it (registry/transfer.py)
 
 Progress = Callable[[int], None]  # called with the number of bytes just processed
+UNREADABLE_HINT = "Check its owner and permissions (`ls -l`), or remove it and build or pull again."
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ class BlobStore:
                 data = f.read() if limit is None else f.read(limit + 1)
         except FileNotFoundError:
             raise BlobNotFoundError(digest) from None
+        except OSError as exc:  # not readable (its mode), a folder in its place: said, with the file
+            why = f"cannot be read ({exc.strerror or exc})"
+            raise CorruptStoreError(path, why, UNREADABLE_HINT) from None
         if limit is not None and len(data) > limit:
             raise ValueError(f"blob {digest} is larger than {limit} bytes")
         # What is read whole is small (manifests, configs, a template, a SYSTEM): checked each time,

@@ -28,7 +28,7 @@ from filelock import FileLock
 from modelyard.errors import BlobNotFoundError, CorruptStoreError, ImageNotFoundError, StoreError
 from modelyard.reference import Reference, parse_reference
 from modelyard.store.atomic import atomic_write, fsync_dir
-from modelyard.store.blobs import BlobStore, hash_file
+from modelyard.store.blobs import UNREADABLE_HINT, BlobStore, hash_file
 from modelyard.store.image import (
     LAYER_ADAPTER,
     LAYER_LICENSE,
@@ -102,10 +102,13 @@ class VerifyReport:
     unreadable: tuple[tuple[str, str], ...]  # (image name, reason)
     removed: bool = False  # the corrupt blobs were deleted, for a build or pull to bring again
     index_problem: str | None = None  # index.json itself cannot be read
+    unreadable_blobs: tuple[tuple[str, str], ...] = ()  # (digest, why): not hashed
 
     @property
     def ok(self) -> bool:
-        return not (self.corrupt or self.missing or self.unreadable or self.index_problem)
+        return not (
+            self.corrupt or self.missing or self.unreadable or self.index_problem or self.unreadable_blobs
+        )
 
 
 def utc_timestamp(seconds: float) -> str:
@@ -389,8 +392,17 @@ class Store:
         return live
 
     def _digests_named_in(self, digest: str) -> set[str]:
-        with self.blobs.path(digest).open("rb") as f:  # a damaged one may be any size: its start
-            return {m.decode() for m in _NAMED_DIGEST.findall(f.read(MAX_MANIFEST_BYTES))}
+        path = self.blobs.path(digest)
+        try:
+            with path.open("rb") as f:  # a damaged one may be any size: its start
+                return {m.decode() for m in _NAMED_DIGEST.findall(f.read(MAX_MANIFEST_BYTES))}
+        except OSError as exc:
+            raise CorruptStoreError(
+                path,
+                f"an image's manifest cannot be read ({exc.strerror or exc}), so what it needs is "
+                "unknown and nothing was deleted",
+                UNREADABLE_HINT,
+            ) from None
 
     def _foreign_closure(self, digest: str) -> set[str]:
         """What another tool's entry keeps alive: its manifest and what it refers to, through image
@@ -468,11 +480,16 @@ class Store:
         `remove_corrupt`, delete the blobs whose bytes are not what their name says: their bytes
         are lost already, and while the blob is there a build or pull would take it as present."""
         hashed: list[tuple[str, str]] = []
+        unreadable_blobs: list[tuple[str, str]] = []
         checked = 0
         for digest in sorted(self.blobs.digests()):
             if progress is not None:
                 progress(digest)
-            actual, _ = hash_file(self.blobs.path(digest))
+            try:
+                actual, _ = hash_file(self.blobs.path(digest))
+            except OSError as exc:  # one file not readable stopped the whole check (a store review)
+                unreadable_blobs.append((digest, f"cannot be read ({exc.strerror or exc})"))
+                continue
             checked += 1
             if actual != digest:
                 hashed.append((digest, actual))
@@ -521,6 +538,7 @@ class Store:
             tuple(unreadable),
             removed=remove_corrupt and bool(corrupt) and index_problem is None,
             index_problem=index_problem,
+            unreadable_blobs=tuple(unreadable_blobs),
         )
 
     def _misdescribed(self, manifest: Manifest) -> str | None:
