@@ -457,7 +457,7 @@ def cmd_prune(args: argparse.Namespace, ctx: CommandContext) -> int:
 def _note_partials(ctx: CommandContext) -> None:
     """Files that interrupted builds and pulls left, not blobs yet: said, since they take room."""
     sizes = []
-    for path in ctx.store.blobs.stale_partials(older_than_s=0):
+    for path in [*ctx.store.blobs.stale_partials(older_than_s=0), *ctx.store.index_leftovers()]:
         if path.name.endswith(LOCK_SUFFIX):
             continue  # a failed pull's empty lock file: prune removes it, but it is no partial file
         with contextlib.suppress(FileNotFoundError):  # a build or pull may end meanwhile

@@ -459,6 +459,16 @@ def test_prune_with_no_grace_leaves_the_files_of_writers_at_work(store: Store) -
     assert list(store.blobs.ingest_dir.iterdir()) == []
 
 
+def test_prune_removes_what_a_process_killed_while_writing_the_index_left(store: Store) -> None:
+    """A store review: a kill just before the rename left `.index.json.*.tmp` for ever."""
+    put_image(store, "keep", b"live")
+    left = store.root / ".index.json.0123456789ab.tmp"
+    left.write_bytes(b'{"half": ')
+    assert store.prune(grace_s=3600, dry_run=True).partials == (left,) and left.exists()
+    assert store.prune(grace_s=3600).partials == (left,)
+    assert not left.exists() and store.images()[0].name == "library/keep:latest" and store.verify().ok
+
+
 def test_prune_keeps_history_for_rollback(store: Store) -> None:
     put_image(store, "m", b"old")
     put_image(store, "m", b"new")

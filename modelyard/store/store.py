@@ -446,9 +446,14 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 if self.blobs.path(digest).stat().st_mtime <= cutoff:
                     stale.append(digest)
-        partials = self.blobs.stale_partials(grace_s, now=self.clock())
+        partials = [*self.blobs.stale_partials(grace_s, now=self.clock()), *self.index_leftovers()]
         freed = sum(self.blobs.size(d) for d in stale) + sum(p.stat().st_size for p in partials if p.exists())
         return PrunePlan(tuple(sorted(stale)), tuple(partials), freed)
+
+    def index_leftovers(self) -> list[Path]:
+        """Temporary files of index.json that a process killed mid-write left (atomic_write). It is
+        written under the lock only: under the lock, any there is a dead writer's."""
+        return sorted(self.root.glob(f".{self.index_path.name}.*.tmp"))
 
     def prune(
         self, grace_s: float = DEFAULT_PRUNE_GRACE_S, *, dry_run: bool = False, history: bool = False
