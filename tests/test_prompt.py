@@ -471,6 +471,30 @@ def test_the_renders_of_one_prompt_share_its_time() -> None:
         render_timeout.reset(token)
 
 
+def test_the_time_spent_measuring_a_fit_is_not_the_renders() -> None:
+    """A security review: a chat of a few MB spent the shared render time tokenizing its candidate
+    prompts (`fits`), and was refused as a template slower than its budget instead of cut to fit."""
+    import time as clock
+
+    from modelyard.builder.render_limits import render_timeout
+
+    history = [ChatMessage("user" if i % 2 == 0 else "assistant", f"m{i}") for i in range(64)]
+    measured: list[int] = []
+
+    def slow_fits(text: str, images: int) -> bool:  # tokenizing megabytes in the runner
+        measured.append(len(text))
+        clock.sleep(0.1)
+        return len(text) < 200
+
+    token = render_timeout.set(0.2)
+    try:
+        rendered = render_prompt(model(), chat(*history), fits=slow_fits)
+    finally:
+        render_timeout.reset(token)
+    assert len(measured) >= 4, "more time measuring than the renders may take"
+    assert len(rendered.text) < 200 and rendered.dropped > 40
+
+
 @pytest.mark.parametrize(
     ("prompting", "request_", "kind"),
     [

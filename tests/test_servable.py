@@ -64,7 +64,7 @@ def test_damaged_weights_in_the_store_are_the_servers_error_not_the_clients(
 @pytest.mark.parametrize(
     ("error", "status", "fragment"),
     [
-        pytest.param(OSError(errno.ENOSPC, "No space left"), 507, "modelyard prune --grace 0", id="disk-full"),
+        pytest.param(OSError(errno.ENOSPC, "No space left"), 507, "prune --grace 0", id="disk-full"),
         pytest.param(OSError(errno.EROFS, "Read-only", "/s/ingest/x"), 500, "read-only", id="ro"),
         # `ulimit -f`, or FAT32's 4 GiB (a serving review: an opaque internal error).
         pytest.param(OSError(errno.EFBIG, "File too large", "/s/x"), 507, "file size limit", id="too-large"),

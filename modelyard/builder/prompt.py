@@ -714,7 +714,9 @@ def _chat_prompt(
                 kept_system = [m for m in messages[:begin] if m.role == "system"]
                 try:
                     text = renderer.render([*kept_system, *messages[begin:]], tools, request)
+                    measuring = time.monotonic()
                     fitting = fits(text, sum(len(m.images) for m in messages[begin:])) or i == last
+                    _not_rendering(time.monotonic() - measuring)
                 except RenderTooLong as too_long:  # longer than a prompt may be: it does not fit
                     if i == last:
                         raise RenderTooLong(
@@ -738,6 +740,15 @@ def _chat_prompt(
     tagged, images = _tag_images(messages[start:])
     text = renderer.render([*system, *tagged], tools, request)
     return Prompt(text, images, start - len(system) if start else 0)
+
+
+def _not_rendering(seconds: float) -> None:
+    """Time the prompt's renders do not share: tokenizing a candidate to see whether it fits (a
+    security review: a prompt of a few MB, tokenized in seconds, was refused as a template taking
+    longer than 2 s to render, instead of being cut to fit)."""
+    deadline = prompt_deadline.get()
+    if deadline is not None:
+        prompt_deadline.set(deadline + seconds)
 
 
 def render_prompt(
