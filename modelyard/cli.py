@@ -41,7 +41,7 @@ from modelyard.progress import ProgressEvent, ProgressSink
 from modelyard.reference import Reference, parse_reference
 from modelyard.settings import Settings
 from modelyard.store import ModelParts, Store
-from modelyard.store.blobs import LOCK_SUFFIX
+from modelyard.store.blobs import LOCK_SUFFIX, UNREADABLE_HINT
 
 if TYPE_CHECKING:
     from modelyard.registry import RegistryOptions
@@ -480,7 +480,7 @@ def cmd_verify(args: argparse.Namespace, ctx: CommandContext) -> int:
     for name, reason in report.unreadable:
         ctx.out(f"unreadable image {parse_reference(name).short()}: {reason}")
     for digest, reason in report.unreadable_blobs:
-        ctx.out(f"unreadable blob {ctx.store.blobs.path(digest)}: {reason}")  # the file, to fix
+        ctx.out(f"unreadable blob {ctx.store.blobs.path(digest)}: {reason}. {UNREADABLE_HINT}")
     if report.index_problem:
         ctx.out(f"unreadable index: {report.index_problem}")
     _note_partials(ctx)
@@ -502,7 +502,7 @@ def cmd_verify(args: argparse.Namespace, ctx: CommandContext) -> int:
     if report.index_problem:
         advice = "Repair or restore index.json first (see above); nothing was deleted."
     elif report.unreadable_blobs and not affected:
-        advice = "Check the owner and permissions of the files above, or remove them and build or pull again."
+        advice = "See the unreadable files above."
     elif report.removed:
         advice = f"Deleted {_count(len(report.corrupt), 'corrupt blob')}; {again}."
     elif report.corrupt:

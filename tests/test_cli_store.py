@@ -465,7 +465,8 @@ def test_a_manifest_no_one_may_read_hides_no_other_image(home: Path, work: Path)
         and broken[:3][::2] == ["bad:latest", "broken"]
     )
     assert verified.code == 2
-    assert f"unreadable blob {manifest}: cannot be read (Permission denied)" in verified.out
+    assert f"unreadable blob {manifest}: cannot be read (Permission denied). Check its owner" in verified.out
+    assert "Run `modelyard verify`" not in verified.out, "verify's own report sends nobody to verify"
     assert removed.code == 2 and str(manifest) in removed.err and "nothing was deleted" in removed.err
     assert "good:latest" in cli("list").out and cli("verify").code == 0
 

@@ -513,8 +513,11 @@ class Store:
             else:
                 try:
                     manifest = self.read_manifest(record.digest)
-                except (BlobNotFoundError, CorruptStoreError) as exc:
+                except BlobNotFoundError as exc:
                     unreadable.append((record.name, str(exc)))
+                    continue
+                except CorruptStoreError as exc:  # without its hint, "Run `modelyard verify`"
+                    unreadable.append((record.name, f"{exc.path}: {exc.reason}"))
                     continue
                 needed = manifest.blob_digests()
                 misdescribed = self._misdescribed(manifest)
