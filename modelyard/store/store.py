@@ -190,7 +190,11 @@ class Store:
         return info.digest, info.size
 
     def read_manifest(self, digest: str) -> Manifest:
-        data = self.blobs.read_bytes(digest)
+        try:
+            # Bounded: an index.json edited to name a 4 GB weights blob was read whole by `list`.
+            data = self.blobs.read_bytes(digest, MAX_MANIFEST_BYTES)
+        except ValueError as exc:
+            raise CorruptStoreError(self.blobs.path(digest), f"not a manifest: {exc}") from None
         try:
             return parse_manifest(data)
         except ManifestFormatError as exc:
