@@ -706,7 +706,8 @@ def test_a_model_unloaded_while_it_loads_serves_its_waiting_request_then_goes(
     two_models: tuple[Path, Path],
 ) -> None:
     """`stop` (keep_alive 0) during a load: the request waiting for the load is served, then the
-    runner goes; it was left running outside the scheduler, and the request loaded it again."""
+    runner goes; it was left running outside the scheduler, and the request loaded it again. A
+    request for it before it went calls the stop off, as Ollama's loaded runner takes it."""
     started: list[Runner] = []
     slow_start = slow_starter(started)
 
@@ -717,14 +718,23 @@ def test_a_model_unloaded_while_it_loads_serves_its_waiting_request_then_goes(
         unloading = asyncio.create_task(scheduler.unload("m"))
         lease = await asyncio.wait_for(waiting, 60)
         assert not unloading.done(), "it waits for the request it serves"
-        later = asyncio.create_task(scheduler.acquire(request(two_models[0], "m")))
-        await asyncio.sleep(0.2)
-        assert not later.done(), "a new request does not join a runner on its way out"
         lease.release()
         assert await asyncio.wait_for(unloading, 60)
         assert not started[0].alive
-        (await asyncio.wait_for(later, 60)).release()  # loaded again, afterwards
-        assert len(started) == 2 and scheduler.status()[0].state == "ready"
+        (await asyncio.wait_for(scheduler.acquire(request(two_models[0], "m")), 60)).release()
+        assert len(started) == 2 and scheduler.status()[0].state == "ready", "loaded again, afterwards"
+        # Stopped again with a request in flight, then asked for before it went: it serves on.
+        streaming = await scheduler.acquire(request(two_models[0], "m"))
+        unloading = asyncio.create_task(scheduler.unload("m"))
+        await asyncio.sleep(0.2)
+        assert not unloading.done() and scheduler.status()[0].note.startswith("stopping")
+        later = await asyncio.wait_for(scheduler.acquire(request(two_models[0], "m")), 5)
+        assert later.runner is streaming.runner and len(started) == 2
+        streaming.release()
+        later.release()
+        await asyncio.wait_for(unloading, 10)
+        [row] = scheduler.status()
+        assert row.state == "ready" and started[1].alive and not row.note.startswith("stopping")
         await scheduler.close()
 
     run(scenario())
@@ -982,7 +992,8 @@ def test_unloading_a_crashed_model_with_open_requests_does_not_hang_the_loop(tmp
 
 
 def test_a_request_for_a_model_that_is_stopping_waits_at_most_memory_wait(tmp_path: Path) -> None:
-    """`stop` during a stream without end: new requests get a 503 that says why, not a hang."""
+    """`stop` during a stream without end: a request that needs another runner (other load
+    options) gets a 503 that says why, not a hang; one its runner serves calls the stop off."""
 
     async def scenario() -> None:
         (tmp_path / "w1").write_bytes(b"x" * 1000)
@@ -995,12 +1006,71 @@ def test_a_request_for_a_model_that_is_stopping_waits_at_most_memory_wait(tmp_pa
             assert "stopping: it unloads once its 1 running request(s) end" in rows(scheduler)["A"].note
             started = time.monotonic()
             with pytest.raises(ServerBusyError, match="A is stopping") as busy:
-                await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))
+                await scheduler.acquire(fake(tmp_path, "A", "w1", "dA", options={"num_ctx": 512}))
             assert 0.25 < time.monotonic() - started < 2 and busy.value.retry_after == 2
-            streaming.release()  # the stream ends: the unload goes on, and A loads anew on request
+            again = await asyncio.wait_for(scheduler.acquire(fake(tmp_path, "A", "w1", "dA")), 1)
+            assert again.runner is streaming.runner and "stopping" not in rows(scheduler)["A"].note
+            streaming.release()
+            again.release()
             await stopping
+            assert rows(scheduler)["A"].state == "ready" and scheduler.loads == 1
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_a_request_after_a_rebuild_is_not_queued_behind_the_old_digests_streams(tmp_path: Path) -> None:
+    """A concurrency review: the name rebuilt from other weights, its one slot busy with a stream,
+    the next request queued on the old runner for as long as that stream ran, though the new one
+    was loaded and idle. With no slot free on the old digest, it waits for the new one."""
+
+    async def scenario() -> None:
+        for name in ("w1", "w2"):
+            (tmp_path / name).write_bytes(b"x" * 1000)
+        settings = fake_settings(ram_budget=10**6, num_parallel=1)
+        scheduler = Scheduler(settings, starter=lambda spec, **_: FakeRunner(spec))
+        try:
+            streaming = await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))
+            rebuilt = await asyncio.wait_for(scheduler.acquire(fake(tmp_path, "A", "w2", "dB")), 2)
+            assert rebuilt.runner is not streaming.runner and rebuilt.runner.spec.weights == tmp_path / "w2"
+            assert streaming.runner.alive, "the old stream goes on"
+            rebuilt.release()
+            streaming.release()
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_a_runner_that_came_by_a_swap_and_crashed_says_it_crashed(tmp_path: Path) -> None:
+    """A concurrency review: its note still said "replaced … without downtime"."""
+    exits: list[Callable[[Any], None]] = []
+
+    def start(spec: Any, **kwargs: Any) -> FakeRunner:
+        exits.append(kwargs["on_exit"])
+        return FakeRunner(spec)
+
+    async def scenario() -> None:
+        for name in ("w1", "w2"):
+            (tmp_path / name).write_bytes(b"x" * 1000)
+        scheduler = Scheduler(fake_settings(ram_budget=10**6), starter=start)
+        try:
             (await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))).release()
-            assert scheduler.loads == 2
+            (await scheduler.acquire(fake(tmp_path, "A", "w2", "dB"))).release()  # the old serves; swaps
+            for _ in range(100):
+                if [(row.digest, row.state) for row in scheduler.status(live=False)] == [("dB", "ready")]:
+                    break
+                await asyncio.sleep(0.02)
+            assert rows(scheduler)["A"].note.startswith("replaced dA without downtime")
+            crashed = scheduler.status(live=False)[0]
+            runner = next(r for e in scheduler._entries.values() if (r := e.runner) is not None)
+            runner.exit_detail = "killed by SIGKILL"
+            exits[-1](runner)
+            await asyncio.sleep(0.05)
+            row = rows(scheduler)["A"]
+            assert crashed.state == "ready" and row.state == "failed"
+            assert row.note == "runner crashed (killed by SIGKILL)", row.note
         finally:
             await scheduler.close()
 

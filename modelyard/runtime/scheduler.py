@@ -168,6 +168,9 @@ class _Entry:
     # one in charge opens the model again.
     drain_owner: object | None = None
     closing_for: str = ""  # the name whose load the drain makes room for; "" for a stop
+    # Draining for a stop (`unload`: keep_alive 0, `modelyard stop`, a delete), not for a reload
+    # with other options: a request its runner serves calls it off (`_revive`).
+    stopping: bool = False
     making_room: bool = False  # a load waiting in _make_room: drains for it go on while it does
     room_for_requests: bool = False  # ...for requests (not a swap): while one of them still waits
     # A short-gap swap's new digest, waiting for the old one to go and then for the load lock: it
@@ -387,6 +390,12 @@ class Scheduler:
         while True:
             entry = self._entries.get(request.name)
             if entry is not None:
+                if self._revivable(entry, request, options):
+                    # Stopped, its streams still running, and asked for again: it serves on, as
+                    # Ollama's loaded runner takes the request (a concurrency review: requests
+                    # waited for streams without end, then got a 503).
+                    self._revive(entry, request)
+                    continue
                 if entry is not in_line and self._retirable(entry, request):
                     # The name's new digest loads beside the one on its way out, whose streams are
                     # not its queue (a diff review: they could refuse it with a 503).
@@ -430,9 +439,14 @@ class Scheduler:
                     and entry.only_digest_differs(request, options)
                 ):
                     # The name now points at another digest: load it beside this one and keep
-                    # serving this one until the new one is ready (no downtime).
+                    # serving this one until the new one is ready (no downtime), from its free
+                    # slots: queued behind its streams, a request waited for them with the new
+                    # runner ready and idle (a concurrency review).
                     self._start_swap(request, options, entry)
-                    return self._lease(entry, request)
+                    if entry.refs < entry.options.num_parallel:
+                        return self._lease(entry, request)
+                    await self._wait_for_switch(entry, request.name)
+                    continue
                 if entry.state is EntryState.READY and entry.draining:
                     await self._wait_for_swap(request.name)
                     continue
@@ -524,7 +538,11 @@ class Scheduler:
             self._detach(entry, name)
             return True
         entry.doomed = True  # before the drain: nobody joins a runner on its way out
-        await self._drain_and_unload(entry)
+        entry.stopping = True
+        try:
+            await self._drain_and_unload(entry)
+        finally:
+            entry.stopping = False
         return True
 
     async def expire_idle(self) -> list[str]:
@@ -800,6 +818,30 @@ class Scheduler:
             and request.digest != entry.digest_of(request.name)
         )
 
+    def _revivable(self, entry: _Entry, request: ModelRequest, options: LoadOptions) -> bool:
+        """A stop (not a drain for memory, not a swap's old side) whose runner is the one the
+        request would load: the same weights, adapters and load options, whatever its digest."""
+        return (
+            entry.closing
+            and entry.stopping
+            and not entry.closing_for
+            and not entry.aliases
+            and not entry.swapping
+            and entry.state is EntryState.READY
+            and entry not in self._retiring
+            and self._entries.get(request.name) is entry
+            and entry.runs(request, options)
+        )
+
+    @staticmethod
+    def _revive(entry: _Entry, request: ModelRequest) -> None:
+        """Call off `entry`'s stop: its drain ends without the unload (`_drain_and_unload`)."""
+        entry.retarget(request)
+        entry.drain_owner = None
+        entry.closing = False
+        entry.doomed = False
+        entry.settled.set()
+
     def _retire(self, entry: _Entry, name: str) -> None:
         """`entry` no longer stands for `name`: it holds its memory until its drain unloads it; no
         eviction takes it (`draining`), whose unload by name would find the new entry (a diff
@@ -824,6 +866,15 @@ class Scheduler:
                     retry_after=self.settings.retry_after,
                     reason="stopping",
                 )
+
+    async def _wait_for_switch(self, old: _Entry, name: str) -> None:
+        """Until `name`'s new digest takes its requests, `old` has a slot free, or the swap ended
+        (failed: `old` serves on). Polled: a release signals nothing short of idle."""
+        while self._entries.get(name) is old and old.refs >= old.options.num_parallel:
+            running = self._swaps.get(name)
+            if running is None or running[1].done():
+                return
+            await asyncio.sleep(0.02)
 
     async def _wait_for_swap(self, name: str) -> None:
         running = self._swaps.get(name)
@@ -1350,7 +1401,8 @@ class Scheduler:
                     await asyncio.sleep(0.01)
                 else:
                     await entry.idle.wait()
-            await self._unload(entry, force=force)
+            if entry.drain_owner is token:  # not called off (`_revive`) meanwhile
+                await self._unload(entry, force=force)
         finally:
             self._reopen(entry, token)
 
@@ -1466,6 +1518,7 @@ class Scheduler:
         entry.state = EntryState.FAILED
         entry.failures += 1
         entry.failure_kind = "crashed"
+        entry.note = ""  # a swap's "replaced … without downtime" said nothing of the crash
         entry.last_error = f"runner crashed ({runner.exit_detail})"
         entry.retry_at = self.clock() + self._backoff(entry.failures)
         entry.runner = None
