@@ -104,7 +104,7 @@ def create_app(state: ServerState, bind_host: str | None = None) -> FastAPI:
     app.add_middleware(OriginGuard, allowed=state.settings.cors_origins)
     if bind_host is not None and is_loopback(bind_host):
         app.add_middleware(HostGuard)
-    app.add_middleware(LocalCORS, configured=state.settings.cors_origins)
+    app.add_middleware(ConfiguredCORS, configured=state.settings.cors_origins)
     # Outside the refusing middlewares, so that their 401, 403 and 413 are counted too.
     app.add_middleware(CountRequests, count=state.count, model=served_model.get, routes=fixed_paths)
     app.add_middleware(RequestId)  # outermost of ours: refusals (401, 403, 413) carry an id too
@@ -374,17 +374,17 @@ class OriginGuard:
         await response(scope, receive, send)
 
 
-class LocalCORS(CORSMiddleware):
-    """CORS for the origins OriginGuard lets through: this machine's pages, desktop apps' and
-    those configured ($MODELYARD_ORIGINS), as Ollama's defaults (envconfig.AllowedOrigins), so that
-    a web UI served from localhost can read the answers."""
+class ConfiguredCORS(CORSMiddleware):
+    """CORS for the origins configured ($MODELYARD_ORIGINS) only: off unless configured, as the
+    serving issue asks. Ollama answers this machine's pages and desktop apps without configuration
+    (envconfig.AllowedOrigins); listing them (`http://localhost:*,app://*`) does the same here."""
 
     def __init__(self, app: ASGIApp, configured: tuple[str, ...]) -> None:
         super().__init__(app, allow_methods=["*"], allow_headers=["*"], expose_headers=["x-request-id"])
-        self.allowed = (*configured, *APP_ORIGINS)
+        self.configured = configured
 
     def is_allowed_origin(self, origin: str) -> bool:
-        return origin_allowed(origin, self.allowed)
+        return any(origin_pattern(pattern).fullmatch(origin) for pattern in self.configured)
 
 
 def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
