@@ -553,6 +553,29 @@ def test_a_dead_runners_owner_is_told_before_its_requests_fail(tiny_gguf: Path) 
     assert heard == ["owner", "request"]
 
 
+def test_tokenizing_a_huge_prompt_holds_up_no_stream(tiny_gguf: Path) -> None:
+    """A security review: tokenizing ran between the steps, and a prompt of megabytes (seconds to
+    tokenize, more than linearly with the tiny model's vocabulary) stopped every stream of the model
+    for as long (a request waited 42 s). It runs beside the steps now."""
+    runner = Runner.start(RunnerSpec("t", tiny_gguf, options=LoadOptions(num_ctx=128, num_parallel=1)))
+    try:
+        arrivals: list[float] = []
+        runner.submit(
+            CompletionRequest("the cat", SamplingOptions(num_predict=-1)),
+            lambda event: arrivals.append(time.monotonic()),
+        )
+        while len(arrivals) < 5:
+            time.sleep(0.01)
+        began = time.monotonic()
+        tokens = runner.tokenize("é" * 150_000)  # over a second on a quiet 2-core machine
+        ended = time.monotonic()
+        assert len(tokens) > 150_000 and ended - began > 0.3, "long enough to tell"
+        during = [t for t in arrivals if began < t < ended]
+        assert len(during) > 10, f"{len(during)} tokens in the {ended - began:.1f} s of tokenizing"
+    finally:
+        runner.stop()
+
+
 def test_load_failure_reports_the_loaders_message(tmp_path: Path, tiny_gguf: Path) -> None:
     from tinygguf import write_truncated_gguf
 

@@ -60,6 +60,10 @@ IDLE_WAIT_S = 0.5
 HEARTBEAT_S = 2.0
 
 
+# Operations that read the vocabulary only: answered beside the steps (answer_from_vocabulary).
+VOCABULARY_OPS = frozenset({"tokenize", "detokenize"})
+
+
 class RequestRejected(Exception):
     """A request that cannot be served (bad schema, prompt too long); the message goes to the client."""
 
@@ -251,14 +255,8 @@ class Engine:
                 self._cancel(request_id)
             elif op == "embed":
                 self._reply(request_id, self._embed(message))
-            elif op == "tokenize":
-                tokens = self.model.tokenize(
-                    str(message["text"]), add_special=bool(message.get("add_special"))
-                )
-                self._reply(request_id, {"tokens": tokens})
-            elif op == "detokenize":
-                tokens = self._in_vocabulary([int(t) for t in message["tokens"]], "token")
-                self._reply(request_id, {"text": self.model.detokenize(tokens)})
+            elif op in VOCABULARY_OPS:
+                self.send(self.answer_from_vocabulary(message))
             elif op == "stats":
                 self._reply(request_id, self.stats())
             elif op == "shutdown":
@@ -270,6 +268,29 @@ class Engine:
         except Exception as exc:  # a bug (the parent sends these messages): fail this request, keep serving
             traceback.print_exc()  # stderr: the parent keeps its tail for crash reports
             self._error(request_id, f"internal error handling {op}: {type(exc).__name__}: {exc}", "internal")
+
+    def answer_from_vocabulary(self, message: dict[str, Any]) -> dict[str, Any]:
+        """The reply to an operation that only reads the vocabulary (VOCABULARY_OPS). Thread-safe
+        beside the steps (llama.cpp's server tokenizes in its HTTP threads too): runner_main runs
+        these on a thread of their own, so that a prompt of megabytes, seconds to tokenize, holds
+        up no stream (a security review: a request waited 42 s behind one)."""
+        op, request_id = message.get("op"), int(message.get("id", -1))
+        try:
+            if op == "tokenize":
+                text, special = str(message["text"]), bool(message.get("add_special"))
+                return {
+                    "event": "result",
+                    "id": request_id,
+                    "tokens": self.model.tokenize(text, add_special=special),
+                }
+            tokens = self._in_vocabulary([int(t) for t in message["tokens"]], "token")
+            return {"event": "result", "id": request_id, "text": self.model.detokenize(tokens)}
+        except RequestRejected as exc:
+            return {"event": "error", "id": request_id, "message": str(exc), "kind": exc.kind}
+        except Exception as exc:  # a bug (the parent sends these messages): fail this request
+            traceback.print_exc()
+            why = f"internal error handling {op}: {type(exc).__name__}: {exc}"
+            return {"event": "error", "id": request_id, "message": why, "kind": "internal"}
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -8,6 +8,7 @@ away (EOF on the socket: a runner never outlives its parent).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import queue
 import socket
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from modelyard.runtime import llama  # llama.cpp, imported before the load is asked for
+    from modelyard.runtime.engine import VOCABULARY_OPS
     from modelyard.runtime.protocol import Channel
 
     logs = llama.LogCapture()
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
+    aside: queue.Queue[dict[str, Any]] = queue.Queue()  # VOCABULARY_OPS: not the steps' to wait for
 
     def read() -> None:
         while True:
@@ -53,11 +56,20 @@ def main(argv: list[str] | None = None) -> int:
                 received = channel.receive()
             except (OSError, ValueError):
                 received = None
+            if received is not None and received.get("op") in VOCABULARY_OPS:
+                aside.put(received)
+                continue
             inbox.put(received)
             if received is None:
                 return
 
+    def answer_aside() -> None:
+        while True:
+            with contextlib.suppress(OSError):  # the parent gone: the reader ends the runner
+                channel.send(engine.answer_from_vocabulary(aside.get()))
+
     threading.Thread(target=read, name="runner-reader", daemon=True).start()
+    threading.Thread(target=answer_aside, name="runner-vocabulary", daemon=True).start()
     engine.run(inbox, flush)
     return 0
 
