@@ -501,8 +501,10 @@ def cmd_verify(args: argparse.Namespace, ctx: CommandContext) -> int:
     again = f"build or pull again: {', '.join(affected)}" if affected else "no image needs them"
     if report.index_problem:
         advice = "Repair or restore index.json first (see above); nothing was deleted."
-    elif report.unreadable_blobs and not affected:
-        advice = "See the unreadable files above."
+    elif report.unreadable_blobs:
+        # Its file is there: a build or pull would take it as stored (a diff review).
+        then = f", then build or pull again: {', '.join(affected)}" if affected else ""
+        advice = f"Make the unreadable files above readable, or remove them{then}."
     elif report.removed:
         advice = f"Deleted {_count(len(report.corrupt), 'corrupt blob')}; {again}."
     elif report.corrupt:

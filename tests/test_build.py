@@ -513,6 +513,22 @@ def test_quantize_f32_to_q8_0(tmp_path: Path, workdir: Path) -> None:
     assert again == digest, "llama.cpp's quantizer is deterministic: same input, same image"
 
 
+def test_quantized_weights_removed_before_the_tag_are_a_clear_error(tmp_path: Path, workdir: Path) -> None:
+    """A diff review: `prune --grace 0` (what the full-disk advice says) took the quantized blob of
+    a build under way, which then failed as a damaged store ("missing from the store", exit 2)."""
+    (workdir / "Modelfile").write_text("FROM ./weights.gguf\n")
+    store = Store(tmp_path / "h" / "store")
+
+    def prune_everything(event: ProgressEvent) -> None:
+        if event.status == "writing manifest":
+            store.prune(grace_s=0)
+
+    builder = Builder(store, tmp_path / "h" / "cache", progress=prune_everything)
+    with pytest.raises(BuildError, match=r"q:latest: the quantized weights \(sha256:\w+\) were removed"):
+        builder.build_file(workdir / "Modelfile", parse_reference("q"), quantize="q8_0")
+    assert store.images() == [] and store.verify().ok
+
+
 def test_quantize_refuses_quantized_source_and_unknown_type(tmp_path: Path, workdir: Path) -> None:
     (workdir / "Modelfile").write_text("FROM ./weights.gguf\n")
     home = tmp_path / "h"

@@ -467,6 +467,11 @@ def test_a_manifest_no_one_may_read_hides_no_other_image(home: Path, work: Path)
     assert verified.code == 2
     assert f"unreadable blob {manifest}: cannot be read (Permission denied). Check its owner" in verified.out
     assert "Run `modelyard verify`" not in verified.out, "verify's own report sends nobody to verify"
+    # Not "build again" alone: the file is there, and a build would take it as stored.
+    assert (
+        "Make the unreadable files above readable, or remove them, then build or pull again: bad"
+        in verified.err
+    )
     assert removed.code == 2 and str(manifest) in removed.err and "nothing was deleted" in removed.err
     assert "good:latest" in cli("list").out and cli("verify").code == 0
 

@@ -1043,6 +1043,67 @@ def test_a_request_after_a_rebuild_is_not_queued_behind_the_old_digests_streams(
     run(scenario())
 
 
+def test_a_failed_swap_leaves_the_waiting_request_to_the_old_digest(tmp_path: Path) -> None:
+    """A diff review: rebuilt from weights that fail to load, the old digest's one slot busy, the
+    waiting request started a new failing load every 20 ms for as long as the old stream ran."""
+    from modelyard.errors import ModelLoadError
+
+    starts: list[str] = []
+
+    def start(spec: Any, **_: Any) -> FakeRunner:
+        starts.append(spec.weights.name)
+        if spec.weights.name == "w2":
+            raise ModelLoadError(spec.name, "bad weights")
+        return FakeRunner(spec)
+
+    async def scenario() -> None:
+        for name in ("w1", "w2"):
+            (tmp_path / name).write_bytes(b"x" * 1000)
+        scheduler = Scheduler(fake_settings(ram_budget=10**6, num_parallel=1), starter=start)
+        try:
+            streaming = await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))
+            queued = await asyncio.wait_for(scheduler.acquire(fake(tmp_path, "A", "w2", "dB")), 2)
+            assert queued.runner is streaming.runner and starts.count("w2") == 1
+            assert "failed" in rows(scheduler)["A"].note
+            queued.release()
+            streaming.release()
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_a_reload_for_other_options_after_a_revived_stop_is_not_called_off(tmp_path: Path) -> None:
+    """A diff review: the stop's mark outlived its revival, so a later drain for a reload with
+    other load options read as a stop, and requests with the usual options called it off."""
+
+    async def scenario() -> None:
+        scheduler = fake_scheduler(tmp_path)
+        try:
+            first = await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))
+            stopping = asyncio.ensure_future(scheduler.unload("A"))
+            await asyncio.sleep(0.05)
+            revived = await asyncio.wait_for(scheduler.acquire(fake(tmp_path, "A", "w1", "dA")), 1)
+            first.release()
+            other = asyncio.ensure_future(
+                scheduler.acquire(fake(tmp_path, "A", "w1", "dA", options={"num_ctx": 512}))
+            )
+            await asyncio.sleep(0.05)
+            usual = asyncio.ensure_future(scheduler.acquire(fake(tmp_path, "A", "w1", "dA")))
+            await asyncio.sleep(0.05)
+            assert not usual.done(), "it waits for the reload's drain"
+            revived.release()
+            reloaded = await asyncio.wait_for(other, 2)
+            assert reloaded.runner is not revived.runner and scheduler.loads == 2
+            reloaded.release()
+            (await asyncio.wait_for(usual, 2)).release()
+            await stopping
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
 def test_a_runner_that_came_by_a_swap_and_crashed_says_it_crashed(tmp_path: Path) -> None:
     """A concurrency review: its note still said "replaced … without downtime"."""
     exits: list[Callable[[Any], None]] = []

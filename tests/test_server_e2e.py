@@ -2004,8 +2004,14 @@ def test_a_derived_model_and_a_copy_share_the_loaded_runner(
     rows = loaded(http)
     names = [f"{GEMMA}:latest", "sharing-pirate:latest", "sharing-copy:latest"]
     assert len({rows[n]["runner_pid"] for n in names}) == 1
-    assert sum(rows[n]["size"] for n in names) == rows[f"{GEMMA}:latest"]["size"] > 0
-    assert "shares the runner of" in rows["sharing-pirate:latest"]["note"]
+    # Counted once, with the name that leads the runner: the base, unless its keep_alive ran out
+    # between two requests on a slow machine and another name took the lead (a CI run).
+    [leader] = [n for n in names if rows[n]["size"] > 0]
+    assert all(
+        rows[n]["size"] == 0 and f"shares the runner of {leader}" in rows[n]["note"]
+        for n in names
+        if n != leader
+    )
     pid = rows[f"{GEMMA}:latest"]["runner_pid"]
     client.delete("sharing-pirate")
     client.delete("sharing-copy")

@@ -469,6 +469,21 @@ def test_prune_removes_what_a_process_killed_while_writing_the_index_left(store:
     assert not left.exists() and store.images()[0].name == "library/keep:latest" and store.verify().ok
 
 
+def test_a_folder_in_place_of_a_manifest_deletes_nothing_it_may_need(store: Store) -> None:
+    """A diff review: read as absent, such a manifest kept none of its blobs, and `rm` of another
+    image deleted the weights it shared."""
+    one = put_image(store, "one", b"shared weights", b"one")
+    put_image(store, "two", b"shared weights", b"two")
+    manifest = store.blobs.path(one)
+    manifest.unlink()
+    manifest.mkdir()
+    with pytest.raises(CorruptStoreError, match="nothing was deleted"):
+        store.remove([parse_reference("two")])
+    with pytest.raises(CorruptStoreError):
+        store.prune(grace_s=0)
+    assert store.blobs.exists(sha(b"shared weights")) and len(store.images()) == 2
+
+
 def test_prune_keeps_history_for_rollback(store: Store) -> None:
     put_image(store, "m", b"old")
     put_image(store, "m", b"new")

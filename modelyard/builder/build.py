@@ -34,7 +34,14 @@ from modelyard.builder.compose import (
     text_layer_path,
 )
 from modelyard.builder.normalized import normalized_text
-from modelyard.errors import BuildError, GGUFError, ImageNotFoundError, InvalidReferenceError, ModelfileError
+from modelyard.errors import (
+    BuildError,
+    GGUFError,
+    ImageNotFoundError,
+    InvalidReferenceError,
+    ModelfileError,
+    StoreError,
+)
 from modelyard.progress import ProgressEvent, ProgressSink, ignore_progress
 from modelyard.reference import Reference, parse_reference
 from modelyard.store import Store
@@ -157,8 +164,9 @@ class Builder:
             return self._write(plan, target, created_blobs)
         except BaseException:
             # Leave the store as it was: the blobs this build created and nothing references go.
-            # A failure here (a disk error) must not hide the build's own error.
-            with contextlib.suppress(OSError):
+            # A failure here (a disk error, a manifest nobody may read) must not hide the build's
+            # own error, a Ctrl-C included (a diff review).
+            with contextlib.suppress(OSError, StoreError):
                 self.store.remove_unreferenced(created_blobs)
             raise
 
@@ -350,8 +358,13 @@ class Builder:
             kept = [(plan.weights if plan.quantize is None else None, weights_digest)]
             kept += [(adapter, digest) for digest, adapter in adapters.items()]
             for source, blob in kept:
-                if source is None or self.store.blobs.exists(blob):
+                if self.store.blobs.exists(blob):
                     continue
+                if source is None:  # this build's quantized weights, not in an image yet
+                    raise BuildError(
+                        f"{target.short()}: the quantized weights ({blob}) were removed from the store "
+                        "while this build ran (`modelyard prune --grace 0`?); build again"
+                    )
                 if source.path is None:
                     # From an image in the store (FROM name, an @sha256 blob) that was removed
                     # since: nothing here to store it again from.

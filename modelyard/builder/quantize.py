@@ -81,7 +81,7 @@ def check_quantization(target: str, source_type: str, source: str) -> str:
 
 
 def quantize(source: Path, destination: Path, target: str, threads: int | None = None) -> None:
-    """Quantize `source` into `destination` (which must not exist yet).
+    """Quantize `source` into `destination` (written over: the build holds it empty and flocked).
 
     In a child process: llama.cpp's quantizer cannot be stopped from within. A Ctrl-C raised while
     it runs lands in its log callback, where ctypes drops it, and the C call goes on to the end; a
@@ -105,7 +105,7 @@ def quantize(source: Path, destination: Path, target: str, threads: int | None =
         child.wait()
         destination.unlink(missing_ok=True)
         raise
-    if child.returncode != 0 or not destination.is_file():
+    if child.returncode != 0 or not destination.is_file() or destination.stat().st_size == 0:
         destination.unlink(missing_ok=True)
         lines = errors.decode("utf-8", "replace").splitlines()
         said = [line.strip() for line in lines if re.search(r"error|failed|invalid|unable", line, re.I)]

@@ -376,9 +376,11 @@ class Runner:
                 self._channel.close()
             # The owner first: whoever sees a request fail must find the model failed too (the
             # scheduler's status said "ready" for a moment after a killed runner's error).
-            if self._on_exit is not None:
-                self._on_exit(self)
-            self._fail_all(RunnerCrashedError(self.spec.name, self.exit_detail))
+            try:
+                if self._on_exit is not None:
+                    self._on_exit(self)
+            finally:  # the owner's loop closed meanwhile, say: its requests still hear of it
+                self._fail_all(RunnerCrashedError(self.spec.name, self.exit_detail))
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         request_id = int(message.get("id", -1))

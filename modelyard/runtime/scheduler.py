@@ -442,10 +442,14 @@ class Scheduler:
                     # serving this one until the new one is ready (no downtime), from its free
                     # slots: queued behind its streams, a request waited for them with the new
                     # runner ready and idle (a concurrency review).
-                    self._start_swap(request, options, entry)
+                    swap = self._start_swap(request, options, entry)
                     if entry.refs < entry.options.num_parallel:
                         return self._lease(entry, request)
                     await self._wait_for_switch(entry, request.name)
+                    if swap.done() and self._entries.get(request.name) is entry:
+                        # It failed: the old digest serves on, this request in its queue (a diff
+                        # review: looping back, requests started a failing load every 20 ms).
+                        return self._lease(entry, request)
                     continue
                 if entry.state is EntryState.READY and entry.draining:
                     await self._wait_for_swap(request.name)
@@ -538,11 +542,8 @@ class Scheduler:
             self._detach(entry, name)
             return True
         entry.doomed = True  # before the drain: nobody joins a runner on its way out
-        entry.stopping = True
-        try:
-            await self._drain_and_unload(entry)
-        finally:
-            entry.stopping = False
+        entry.stopping = True  # until the drain ends (`_reopen`) or is called off (`_revive`)
+        await self._drain_and_unload(entry)
         return True
 
     async def expire_idle(self) -> list[str]:
@@ -839,6 +840,7 @@ class Scheduler:
         entry.retarget(request)
         entry.drain_owner = None
         entry.closing = False
+        entry.stopping = False
         entry.doomed = False
         entry.settled.set()
 
@@ -1423,6 +1425,7 @@ class Scheduler:
             entry.drain_owner = None
             entry.closing_for = ""
             entry.closing = False
+            entry.stopping = False
             entry.settled.set()
 
     def _drain_busy_for(self, load: _Entry, shortfall: Shortfall, spared: set[str]) -> None:

@@ -63,4 +63,6 @@ class GracefulServer(uvicorn.Server):
             await asyncio.sleep(0.05)
         for task in self.server_state.tasks:
             task.cancel()
-        await self.lifespan.shutdown()
+        done = getattr(self.lifespan, "shutdown_event", None)  # None: no lifespan (LifespanOff)
+        if done is None or not done.is_set():  # uvicorn's, if the second Ctrl-C came during it
+            await self.lifespan.shutdown()

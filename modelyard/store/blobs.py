@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import math
 import os
 import secrets
 import time
@@ -194,20 +195,31 @@ class BlobStore:
         stale = {
             e.path
             for e in entries
-            if e.name.endswith(PARTIAL_SUFFIX)
-            and e.stat().st_mtime <= cutoff
-            and not _held(e.path)
-            and not _held(e.path + LOCK_SUFFIX)
+            if e.name.endswith(PARTIAL_SUFFIX) and _mtime(e) <= cutoff and not self.in_use(Path(e.path))
         }
         locks = {
             e.path
             for e in entries
             if e.name.endswith(PARTIAL_SUFFIX + LOCK_SUFFIX)
-            and e.stat().st_mtime <= cutoff
+            and _mtime(e) <= cutoff
             and ((its := e.path.removesuffix(LOCK_SUFFIX)) in stale or its not in partials)
             and not _held(e.path)
         }
         return [Path(path) for path in sorted(stale | locks)]
+
+    @staticmethod
+    def in_use(path: Path) -> bool:
+        """Whether a writer holds a partial file: its own flock, or its download's lock."""
+        return _held(str(path)) or _held(str(path) + LOCK_SUFFIX)
+
+
+def _mtime(entry: os.DirEntry[str]) -> float:
+    """Its modification time; infinite for one gone since the listing (committed, or removed by
+    another prune: a diff review saw prune fail on it), which no cutoff reaches."""
+    try:
+        return entry.stat().st_mtime
+    except FileNotFoundError:
+        return math.inf
 
 
 def _held(path: str) -> bool:

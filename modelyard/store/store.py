@@ -28,7 +28,7 @@ from filelock import FileLock
 from modelyard.errors import BlobNotFoundError, CorruptStoreError, ImageNotFoundError, StoreError
 from modelyard.reference import Reference, parse_reference
 from modelyard.store.atomic import atomic_write, fsync_dir
-from modelyard.store.blobs import UNREADABLE_HINT, BlobStore, hash_file
+from modelyard.store.blobs import LOCK_SUFFIX, UNREADABLE_HINT, BlobStore, hash_file
 from modelyard.store.image import (
     LAYER_ADAPTER,
     LAYER_LICENSE,
@@ -383,7 +383,7 @@ class Store:
                 live |= self._foreign_closure(record.digest)
                 continue
             live.add(record.digest)
-            if self.blobs.exists(record.digest):
+            if self.blobs.path(record.digest).exists():  # a folder in its place too: read, refused
                 try:
                     live.update(self.read_manifest(record.digest).blob_digests())
                 except CorruptStoreError:
@@ -478,7 +478,10 @@ class Store:
         for digest in plan.blobs:
             self.blobs.remove(digest)
         for partial in plan.partials:
-            partial.unlink(missing_ok=True)
+            # Checked again just before: a pull may have resumed it since the plan (and holds the
+            # lock file beside it: a lock file is checked with its partial).
+            if not self.blobs.in_use(Path(str(partial).removesuffix(LOCK_SUFFIX))):
+                partial.unlink(missing_ok=True)
         if plan.blobs:
             fsync_dir(self.blobs.dir)
 
