@@ -6,6 +6,7 @@ import asyncio
 import math
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -1098,6 +1099,38 @@ def test_a_reload_for_other_options_after_a_revived_stop_is_not_called_off(tmp_p
             reloaded.release()
             (await asyncio.wait_for(usual, 2)).release()
             await stopping
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_a_stop_during_a_swap_unloads_the_new_digest_too(tmp_path: Path) -> None:
+    """A diff review: `stop` while a rebuilt name's new digest loaded beside the old one unloaded
+    the old once its streams ended, and the new one stayed loaded."""
+    loading = threading.Event()
+
+    def start(spec: Any, **_: Any) -> FakeRunner:
+        if spec.weights.name == "w2":
+            loading.wait(5)  # the new digest loads until the stop has come
+        return FakeRunner(spec)
+
+    async def scenario() -> None:
+        for name in ("w1", "w2"):
+            (tmp_path / name).write_bytes(b"x" * 1000)
+        scheduler = Scheduler(fake_settings(ram_budget=10**6, num_parallel=2), starter=start)
+        try:
+            streaming = await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))
+            served = await scheduler.acquire(fake(tmp_path, "A", "w2", "dB"))  # the old serves; swaps
+            stopping = asyncio.ensure_future(scheduler.unload("A"))
+            await asyncio.sleep(0.1)
+            loading.set()
+            await asyncio.sleep(0.2)  # the new runner is up, the old one's streams still run
+            streaming.release()
+            served.release()
+            assert await asyncio.wait_for(stopping, 5)
+            await asyncio.sleep(0.1)
+            assert scheduler.status(live=False) == [], "neither digest stays loaded"
         finally:
             await scheduler.close()
 

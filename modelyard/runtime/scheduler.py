@@ -1152,6 +1152,11 @@ class Scheduler:
                 except BaseException as exc:
                     self._swap_failed(old, new, exc)
                     raise
+                if old.stopping or self._entries.get(request.name) is not old:
+                    # Stopped while the new digest loaded: the stop stands for the name (a diff
+                    # review: the new runner stayed loaded after `modelyard stop`).
+                    await self._unload(new, force=True)
+                    return
             old.draining = True
             if old not in self._retiring:  # a stop then a rebuild may have retired it already
                 self._retiring.append(old)
