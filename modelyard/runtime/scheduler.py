@@ -74,7 +74,10 @@ class SchedulerSettings:
     default_keep_alive: float = DEFAULT_KEEP_ALIVE_S
     num_parallel: int | None = None  # $MODELYARD_NUM_PARALLEL; None = auto
     max_loaded_models: int | None = None  # $MODELYARD_MAX_LOADED_MODELS: runners; None = memory decides
-    memory_wait: float = 30.0  # how long a request waits for memory before 503
+    # How long a load waits for memory before its requests get 503. Loads go one at a time: a
+    # request for another model queued behind one that waits waits for that first (a concurrency
+    # review measured 57 s with two in line).
+    memory_wait: float = 30.0
     # How long a busy model stays closed to new requests so that another model's load gets its
     # memory; then it serves on (a stream without end must not hold its own model's requests as
     # long), and that load waits out memory_wait for it to go idle.
