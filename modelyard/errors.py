@@ -42,10 +42,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-# What frees space in a store: said with every full-disk error (CLI and server alike).
-# Said on a full disk. --grace 0: plain prune keeps what was touched within the hour, which on a
-# disk a pull just filled is all of it (a store review: the advice freed 0 B). Prune writes nothing
-# first; rm must write the index, which a disk full to the last byte refuses.
+# What frees space in a store: said with every full-disk error (CLI and server alike). --grace 0:
+# plain prune keeps what was touched within the hour, which on a disk a pull just filled is all of
+# it (a store review: the advice freed 0 B). Prune first: it writes nothing, while rm must write
+# the index, which a disk full to the last byte refuses.
 PRUNE_HINT = (
     "`modelyard prune --grace 0` removes unused blobs and partial files (an interrupted pull then "
     "starts over), `modelyard rm NAME` an image"
