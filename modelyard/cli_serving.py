@@ -164,6 +164,12 @@ class ApiError(Exception):
         super().__init__(message)
 
 
+def api_error_exit(exc: ApiError) -> int:
+    """A refusal (4xx: the request, the key) is the user's to fix; a server that failed (5xx) or
+    did not answer in time is another kind of error, as a damaged store is for the store commands."""
+    return EXIT_OTHER_ERROR if exc.status >= 500 or exc.status == 0 else EXIT_USER_ERROR
+
+
 class ApiTimeout(ApiError):
     """The server took longer to answer than the command waits."""
 
@@ -222,7 +228,7 @@ def cmd_ps(args: argparse.Namespace, ctx: Context) -> int:
         return EXIT_USER_ERROR
     except ApiError as exc:  # a wrong API key, a server that is not ours
         ctx.err(f"Error: {exc}")
-        return EXIT_USER_ERROR
+        return api_error_exit(exc)
     finally:
         client.close()
     if args.json:
@@ -292,7 +298,7 @@ def cmd_stop(args: argparse.Namespace, ctx: Context) -> int:
             ctx.err(f"{args.name} is stopping: it unloads when the requests it is serving end")
             return EXIT_OK
     except ApiTimeout:
-        # The server unloads it once the requests it is serving end; no new one joins it meanwhile.
+        # The server unloads it once the requests it is serving end (unless one asks for it first).
         ctx.err(f"{args.name} is stopping: it unloads when the requests it is serving end")
         return EXIT_OK
     except ServerUnreachableError as exc:
@@ -300,7 +306,7 @@ def cmd_stop(args: argparse.Namespace, ctx: Context) -> int:
         return EXIT_USER_ERROR
     except ApiError as exc:
         ctx.err(f"Error: {exc}")
-        return EXIT_USER_ERROR
+        return api_error_exit(exc)
     finally:
         client.close()
     ctx.out(f"stopped {args.name}")
@@ -404,7 +410,7 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
             return _interactive(client, ctx, args.name, options, body_extra, args.verbose)
         except ApiError as exc:
             ctx.err(f"Error: {exc}")
-            return EXIT_USER_ERROR
+            return api_error_exit(exc)
         except ServerUnreachableError as exc:  # it went away after it answered
             ctx.err(f"Error: no server answers at {exc} any more")
             return EXIT_USER_ERROR

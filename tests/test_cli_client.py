@@ -359,3 +359,14 @@ def test_a_server_that_does_not_answer_in_time_is_an_error_not_a_reason_to_start
         assert main(["run", "m", "hi"], stderr=err) == 1
     assert "Error: the server at http://127.0.0.1:" in err.getvalue()
     assert "did not answer within" in err.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [(400, 1), (401, 1), (404, 1), (499, 1), (500, 2), (503, 2), (0, 2)]
+)
+def test_a_server_that_failed_is_not_the_users_error(status: int, code: int) -> None:
+    """`run` against a server whose store is damaged (its 500) exited 1, as for a typo; the store
+    commands exit 2 for that. A refusal stays 1; a failure or no answer in time is 2."""
+    from modelyard.cli_serving import ApiError, api_error_exit
+
+    assert api_error_exit(ApiError(status, "x")) == code
