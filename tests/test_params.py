@@ -180,6 +180,10 @@ def test_validate_typed_value(name: str, value: object, expected: object) -> Non
         pytest.param("num_ctx", True, "expected an integer, got true", id="bool-for-int"),
         pytest.param("num_ctx", 4096.5, "expected an integer, got 4096.5", id="fraction-for-int"),
         pytest.param("temperature", 1e39, "1e+39 does not fit in a 32-bit float", id="float32-overflow"),
+        # Not its 301 digits, as a whole float taken for an int printed it (a build review).
+        pytest.param(
+            "num_ctx", 1e300, "'num_ctx': 1e+300 does not fit in a 64-bit integer", id="int64-overflow"
+        ),
         pytest.param(
             "temperature", -3.5e38, "does not fit in a 32-bit float", id="float32-negative-overflow"
         ),

@@ -181,7 +181,9 @@ _Number = TypeVar("_Number", int, float)
 
 def _checked_int(name: str, value: int) -> int:
     if not _INT64_MIN <= value <= _INT64_MAX:
-        raise ModelfileError(f"parameter {name!r}: {value} does not fit in a 64-bit integer")
+        # As a float past 20 digits: 1e300, taken as a whole number, printed 301 digits.
+        shown = str(value) if len(str(abs(value))) <= 20 else f"{value:.3g}"
+        raise ModelfileError(f"parameter {name!r}: {shown} does not fit in a 64-bit integer")
     return _at_least_minimum(name, value)
 
 
