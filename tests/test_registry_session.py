@@ -15,7 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modelyard.errors import CredentialHelperError, RegistryAuthError, RegistryUnavailableError
+from modelyard.errors import (
+    CredentialHelperError,
+    RegistryAuthError,
+    RegistryProtocolError,
+    RegistryUnavailableError,
+)
 from modelyard.registry.credentials import Credentials, DockerConfig, registry_host
 from modelyard.registry.endpoint import resolve_endpoint
 from modelyard.registry.retry import RetryPolicy
@@ -285,6 +290,42 @@ def test_persistent_5xx_and_network_errors_give_up_with_a_clear_error() -> None:
     with pytest.raises(RegistryUnavailableError, match="Connection refused"):
         s.request("GET", "/v2/")
     assert (len(rec.requests), slept) == (2, [0.1])
+
+
+def test_answers_no_retry_mends_are_protocol_errors_at_once() -> None:
+    """A registry review: a redirect loop or a body whose encoding lies escaped as raw httpx errors
+    (a traceback; under `serve --spec`, every model's reconcile round failed with it)."""
+
+    def loop(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(307, headers={"Location": str(request.url)})
+
+    s, _, slept = session(loop)
+    with pytest.raises(RegistryProtocolError, match=r"registry reg\.example: it redirects in a loop"):
+        s.request("GET", "/v2/library/m/manifests/latest")
+    assert slept == [], "not retried"
+
+    def lying(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"not gzip at all")
+
+    s, _, slept = session(lying)
+    with pytest.raises(RegistryProtocolError, match="does not decode"):
+        s.request("GET", "/v2/library/m/manifests/latest")
+    assert slept == []
+
+
+def test_a_token_service_that_cannot_be_reached_is_named() -> None:
+    """A registry review: its connection error read as the registry's ("is the registry running?")."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.example":
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+        return httpx.Response(401, headers={"WWW-Authenticate": f'Bearer realm="{REALM}",service="reg"'})
+
+    s, _, _ = session(handle, retry=RetryPolicy(attempts=1, base_s=0.1, cap_s=1.0))
+    with pytest.raises(
+        RegistryUnavailableError, match=r"its token service https://auth\.example cannot be reached"
+    ):
+        s.request("GET", "/v2/")
 
 
 def test_a_streamed_body_is_produced_again_for_a_retry() -> None:

@@ -55,6 +55,7 @@ class FakeRegistry:
     lose: int = 0  # requests on an upload session answered as a restarted registry does
     session_bytes: bytes = b""  # what the open upload session holds (chunks sent with PATCH)
     drop_after: int = 0  # a blob GET's body breaks after this many bytes (a flaky link)
+    refuse_chunks: bool = False  # every PATCH answered 416, the session held at its first chunk
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         request.read()
@@ -80,6 +81,10 @@ class FakeRegistry:
             self.lose -= 1
             unknown = {"errors": [{"code": "BLOB_UPLOAD_UNKNOWN", "message": "blob upload unknown"}]}
             return httpx.Response(404, json=unknown)
+        if in_session and request.method == "GET":  # the session's status: how much it holds
+            return httpx.Response(204, headers={"Range": f"0-{max(len(self.session_bytes) - 1, 0)}"})
+        if in_session and request.method == "PATCH" and self.refuse_chunks and self.session_bytes:
+            return httpx.Response(416)
         if in_session and request.method == "PATCH":
             self.session_bytes += request.content
             end = len(self.session_bytes) - 1
@@ -194,6 +199,15 @@ def test_an_upload_that_keeps_losing_its_session_fails_saying_so() -> None:
         upload_blob(client(FakeRegistry(lose=5)), BlobSource(DIGEST, len(BLOB), data=BLOB), chunk_bytes=4096)
 
 
+def test_an_upload_the_registry_never_takes_further_fails_saying_so() -> None:
+    """A registry review: one that answered every chunk 416 at the same offset had the same chunk
+    sent for ever (1,300 times, 87 GB, in 30 s)."""
+    registry = FakeRegistry(refuse_chunks=True)
+    with pytest.raises(RegistryProtocolError, match="stays at byte 4,096: the registry took none"):
+        upload_blob(client(registry), BlobSource(DIGEST, len(BLOB), data=BLOB), chunk_bytes=4096)
+    assert sum(r.startswith("PATCH") for r in registry.requests) <= 5
+
+
 # --- downloads ------------------------------------------------------------------------------------
 
 
@@ -243,6 +257,24 @@ def test_a_download_over_a_link_that_drops_again_and_again_goes_on_while_bytes_c
     assert download_blob(client(registry), blobs, DIGEST, len(BLOB)) == len(BLOB)
     assert blobs.read_bytes(DIGEST) == BLOB
     assert len(registry.requests) == 10
+
+
+def test_a_download_stopped_while_its_link_broke_asks_for_nothing_more(tmp_path: Path) -> None:
+    """A registry review: Ctrl-C on a stalled link, then the read timed out, and the download asked
+    for the rest once more before it stopped."""
+    import threading
+
+    from modelyard.registry.transfer import Cancelled
+
+    blobs = BlobStore(tmp_path)
+    registry = FakeRegistry(blobs={DIGEST: BLOB}, drop_after=1024)
+    stop = threading.Event()
+    with pytest.raises(Cancelled):
+        download_blob(
+            client(registry), blobs, DIGEST, len(BLOB), progress=lambda _: stop.set(), cancelled=stop
+        )
+    assert len(registry.requests) == 1
+    assert partial_path(blobs, DIGEST).stat().st_size == 1024, "kept, to resume from"
 
 
 def test_a_blob_of_another_size_than_its_descriptor_is_refused_at_its_first_answer(tmp_path: Path) -> None:
@@ -381,6 +413,12 @@ CONFIG_SIZE_UNDERSTATED = pytest.param(
             ),
             "template layer sha256:.* is 16,777,217 bytes; text layers .* are at most 16,777,216",
             id="text-layer-too-large",
+        ),
+        pytest.param(
+            # A registry review: only the last descriptor of a digest was checked; listed at 12 GB.
+            _image(b"{}", 2, (LAYER_WEIGHT, BLOB, 12_345_678_901), (LAYER_WEIGHT, BLOB, len(BLOB))),
+            "gives blob sha256:.* two sizes \\(12,345,678,901 and 10,240 bytes\\)",
+            id="one-blob-two-sizes",
         ),
     ],
 )

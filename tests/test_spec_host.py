@@ -147,6 +147,66 @@ def test_a_registry_that_never_answers_fails_a_tag_check_within_its_short_timeou
         assert time.monotonic() - started < 3
 
 
+def test_a_registry_that_answers_a_line_at_a_time_fails_a_tag_check_by_its_deadline(tmp_path: Path) -> None:
+    """A registry review: the tag check's timeout was a read's, and a registry sending a header line
+    every few seconds held the check, and the round, past a minute."""
+    import socket
+    import threading
+    import time
+
+    import httpx
+
+    from modelyard.errors import RegistryUnavailableError
+
+    stop = threading.Event()
+
+    def trickle(server: socket.socket) -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                connection, _ = server.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.sendall(b"HTTP/1.1 200 OK\r\n")
+                while not stop.wait(0.2):  # each read gets a line within its timeout
+                    try:
+                        connection.sendall(b"X-Slow: 1\r\n")
+                    except OSError:
+                        break
+
+    before = threading.active_count()
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        port = server.getsockname()[1]
+        serving = threading.Thread(target=trickle, args=(server,), daemon=True)
+        serving.start()
+        store = Store(tmp_path / "store")
+        store.init()
+        host = SchedulerHost(
+            store,
+            Scheduler(SchedulerSettings(ram_budget=2**30)),
+            registry_options(tmp_path),
+            resolve_timeout=httpx.Timeout(1.0, connect=1.0),
+            resolve_deadline_s=1.0,
+        )
+        started = time.monotonic()
+        loop = asyncio.new_event_loop()  # not asyncio.run: it would wait for the check's thread
+        try:
+            with pytest.raises(RegistryUnavailableError, match=r"no answer to the tag check .* within 1 s"):
+                loop.run_until_complete(host.resolve(f"127.0.0.1:{port}/team/chat:v1"))
+            assert time.monotonic() - started < 3
+            with pytest.raises(RegistryUnavailableError):
+                loop.run_until_complete(host.resolve(f"127.0.0.1:{port}/team/chat:v1"))
+            assert threading.active_count() <= before + 2, "the second check waited for the first"
+        finally:
+            stop.set()
+            serving.join(5)
+            loop.run_until_complete(asyncio.sleep(1.5))  # the check's thread ends with the connection
+            loop.close()
+
+
 def test_an_adapter_image_without_an_adapter_fails_the_load_for_good(
     host: tuple[SchedulerHost, ThreadNotingStore, LiveNotingScheduler],
 ) -> None:

@@ -107,6 +107,7 @@ def pull(
         if source is not SourceFormat.MODELPACK:
             converted = to_modelpack(manifest, config, source, fetched.digest)
         stored = converted.manifest if converted else manifest  # its layers as the store reads them
+        _check_one_size_a_blob(manifest, repo.name)
         _check_text_layer_sizes(stored, repo.name)
         if not stored.layers_of(LAYER_WEIGHT):
             # Before any download: such an image would be stored, listed, and never serve.
@@ -137,6 +138,20 @@ def pull(
     options.ledger().record(host, ref.repository, manifest.blob_digests())
     report.status("success")
     return PullResult(local_name, digest, fetched.digest, source, received, fetched_count)
+
+
+def _check_one_size_a_blob(manifest: Manifest, where: str) -> None:
+    """One blob named twice must be one size: the download checks the last descriptor of a digest
+    (a registry review: weights named first at 12 GB, then at their true size, were pulled, listed
+    at 12.3 GB and pushed on)."""
+    sizes: dict[str, int] = {}
+    for descriptor in (manifest.config, *manifest.layers):
+        size = sizes.setdefault(descriptor.digest, descriptor.size)
+        if size != descriptor.size:
+            raise RegistryProtocolError(
+                f"{where}: the manifest gives blob {descriptor.digest} two sizes ({size:,} and "
+                f"{descriptor.size:,} bytes); the image's manifest is wrong (push it again)"
+            )
 
 
 def _check_text_layer_sizes(manifest: Manifest, where: str) -> None:

@@ -30,7 +30,7 @@ from urllib.parse import urlencode
 
 import httpx
 
-from modelyard.errors import RegistryAuthError, RegistryError, RegistryUnavailableError
+from modelyard.errors import RegistryAuthError, RegistryError, RegistryProtocolError, RegistryUnavailableError
 from modelyard.registry.challenge import Challenge, parse_challenges
 from modelyard.registry.credentials import Credentials
 from modelyard.registry.endpoint import Endpoint
@@ -122,6 +122,11 @@ class RegistrySession:
         while True:
             try:
                 response = self._send_authorized(method, url, scope, headers, content, stream)
+            except (httpx.TooManyRedirects, httpx.DecodingError, httpx.UnsupportedProtocol) as exc:
+                # The registry's answer, not the network: a redirect loop, a body whose encoding
+                # lies, a redirect to file://. Raw, they failed a whole reconcile round (a registry
+                # review), and no retry mends them.
+                raise RegistryProtocolError(f"registry {self.host}: {_describe_answer_error(exc)}") from None
             except httpx.TransportError as exc:
                 if isinstance(exc, httpx.ConnectError) and _is_tls_failure(exc):
                     raise RegistryUnavailableError(self.host, _tls_advice(self.endpoint)) from None
@@ -258,13 +263,20 @@ class RegistrySession:
         params += [("scope", scope) for scope in (challenge.scope or "").split()]
         anonymous = credentials is None
         log.debug("requesting a %s token from %s", "anonymous" if anonymous else "user", realm)
-        if credentials is not None and credentials.identity_token:
-            form = [*params, ("grant_type", "refresh_token"), ("client_id", USER_AGENT)]
-            form.append(("refresh_token", credentials.identity_token))
-            response = self.http.post(realm, content=urlencode(form).encode(), headers=_FORM)
-        else:
-            headers = {"Authorization": credentials.basic()} if credentials is not None else {}
-            response = self.http.get(realm, params=params, headers=headers)
+        try:
+            if credentials is not None and credentials.identity_token:
+                form = [*params, ("grant_type", "refresh_token"), ("client_id", USER_AGENT)]
+                form.append(("refresh_token", credentials.identity_token))
+                response = self.http.post(realm, content=urlencode(form).encode(), headers=_FORM)
+            else:
+                headers = {"Authorization": credentials.basic()} if credentials is not None else {}
+                response = self.http.get(realm, params=params, headers=headers)
+        except httpx.TransportError as exc:  # said as the registry's own ("is the registry running?")
+            where = httpx.URL(realm)
+            raise RegistryUnavailableError(
+                self.host,
+                f"its token service {where.scheme}://{where.netloc.decode()} cannot be reached ({exc})",
+            ) from None
         if response.status_code in (401, 403):
             detail = (
                 "the token service requires a login"
@@ -387,6 +399,14 @@ def _tls_advice(endpoint: Endpoint) -> str:
         "TLS handshake failed; use --plain-http if the registry speaks plain HTTP (for every command "
         f"and `serve --spec`: $MODELYARD_PLAIN_HTTP_REGISTRIES={endpoint.host})"
     )
+
+
+def _describe_answer_error(exc: httpx.HTTPError) -> str:
+    if isinstance(exc, httpx.TooManyRedirects):
+        return "it redirects in a loop (too many redirects)"
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return f"it redirects where HTTP cannot follow ({exc})"
+    return f"its answer does not decode ({exc})"
 
 
 def _describe_network_error(exc: httpx.TransportError) -> str:

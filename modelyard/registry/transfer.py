@@ -169,11 +169,20 @@ def _send(
         repo.finish_upload(upload, blob.digest, blob.body(0, blob.size, progress, cancelled))
         return blob.size
     offset = sent = 0
+    stalled = 0  # resumes in a row that moved the offset on by nothing
     while offset < blob.size:
         length = min(chunk, blob.size - offset)
         try:
             upload = repo.upload_chunk(upload, blob.body(offset, length, progress, cancelled), offset)
         except UploadOffsetError as exc:  # a chunk that half-arrived before a retry
+            # A registry that says the same offset again and again: the chunk was sent for ever
+            # (a registry review: 1,300 times in 30 s).
+            stalled = stalled + 1 if exc.offset <= offset else 0
+            if stalled >= SESSION_ATTEMPTS:
+                raise RegistryProtocolError(
+                    f"{repo.name}: the upload of {blob.digest} stays at byte {exc.offset:,}: the "
+                    f"registry took none of the chunk after it, {stalled} times over"
+                ) from None
             log.debug("upload of %s resumes at byte %d", blob.digest, exc.offset)
             offset = exc.offset
             continue
@@ -302,6 +311,12 @@ class _Download:
                     error = None  # the body ended early without an error: ask for the rest
                 except httpx.TransportError as exc:
                     error = exc
+                except httpx.DecodingError as exc:  # its Content-Encoding lies: no retry mends that
+                    raise RegistryProtocolError(
+                        f"{self.repo.name}: blob {self.digest} does not decode ({exc})"
+                    ) from None
+                if self.cancelled.is_set():  # Ctrl-C while the link stalled: no new request
+                    raise Cancelled(self.digest)
                 if out.tell() > had:
                     # Bytes came: the tries are for a registry that gives none, not for a long
                     # download over a link that drops now and then (as Ollama's parts).

@@ -23,7 +23,14 @@ from pathlib import Path
 
 import httpx
 
-from modelyard.errors import ImageNotFoundError, ModelyardError, NotAnAdapterError, StoreError, WorkAbandoned
+from modelyard.errors import (
+    ImageNotFoundError,
+    ModelyardError,
+    NotAnAdapterError,
+    RegistryUnavailableError,
+    StoreError,
+    WorkAbandoned,
+)
 from modelyard.progress import ProgressEvent
 from modelyard.reference import Reference, parse_reference
 from modelyard.registry import RegistryOptions, pull
@@ -43,6 +50,9 @@ log = logging.getLogger(__name__)
 # and the whole round (new specs, apply) behind it.
 RESOLVE_RETRY = RetryPolicy(attempts=2, base_s=0.2, cap_s=1.0)
 RESOLVE_TIMEOUT = httpx.Timeout(5.0, connect=3.0)
+# The timeout above is a read's: a registry that sends a header line every 4 s held a check (and
+# the round) past a minute (a registry review). The whole check, retries included, gets this.
+RESOLVE_DEADLINE_S = 15.0
 
 
 class SchedulerHost:
@@ -54,7 +64,10 @@ class SchedulerHost:
         *,
         resolve_retry: RetryPolicy = RESOLVE_RETRY,
         resolve_timeout: httpx.Timeout = RESOLVE_TIMEOUT,
+        resolve_deadline_s: float = RESOLVE_DEADLINE_S,
     ) -> None:
+        self.resolve_deadline_s = resolve_deadline_s
+        self._checking: dict[str, asyncio.Future[str]] = {}  # tag checks under way, by image
         self.store = store
         self.scheduler = scheduler
         self.registry = registry
@@ -66,7 +79,21 @@ class SchedulerHost:
             return ref.digest
         if not ref.is_remote:
             return (await asyncio.to_thread(self.store.resolve, ref)).digest
-        return await asyncio.to_thread(resolve_remote_digest, ref, self._resolve_options)
+        checking = self._checking.get(image)
+        if checking is None or checking.done():
+            asking = asyncio.to_thread(resolve_remote_digest, ref, self._resolve_options)
+            checking = asyncio.ensure_future(asking)
+            checking.add_done_callback(lambda done: None if done.cancelled() else done.exception())
+            self._checking[image] = checking
+        try:
+            # Shielded: its thread cannot be stopped. It goes on until the registry answers or a
+            # read times out, unwaited; the next round's check waits for it rather than start
+            # another thread beside it.
+            return await asyncio.wait_for(asyncio.shield(checking), self.resolve_deadline_s)
+        except TimeoutError:
+            raise RegistryUnavailableError(
+                ref.host or "", f"no answer to the tag check of {ref} within {self.resolve_deadline_s:g} s"
+            ) from None
 
     async def local_digest(self, image: str, digest: str) -> str | None:
         return await asyncio.to_thread(self._local_digest, image, digest)

@@ -353,6 +353,9 @@ class Reconciler:
                 answer = await self.effects.resolve(reference)
             except ModelyardError as exc:
                 answer = exc
+            except Exception as exc:  # a bug of ours: this model's failure, not the whole round's
+                log.exception("resolving %s", reference)
+                answer = RegistryError(f"{reference}: cannot be resolved ({type(exc).__name__}: {exc})")
             if asked is not None:
                 asked[reference] = answer
         if isinstance(answer, ModelyardError):
