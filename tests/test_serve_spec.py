@@ -104,6 +104,10 @@ def test_serve_spec_serves_the_spec_names_and_follows_edits(
     assert time.monotonic() - started < 2.0
     wait_for(lambda: status(server)["spec"]["ready"], timeout=60)
 
+    # What the reconciler did is in the server's log, as uvicorn's lines are (a spec review: it
+    # said nothing of why a model was down).
+    logged = server.log().splitlines()
+    assert [line for line in logged if line.startswith("INFO:") and "chat2: loaded" in line], logged
     code, out, err = cli(server, monkeypatch, "status")
     assert code == 0 and "chat2" in out and "True" in out
     code, _, err = cli(server, monkeypatch, "apply", "-f", str(spec))

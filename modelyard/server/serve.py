@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import logging
 import socket
+import sys
 
 from modelyard.errors import ModelyardError
 from modelyard.runtime.keepalive import DEFAULT_KEEP_ALIVE_S, parse_keep_alive
@@ -56,6 +58,7 @@ def run_server(settings: Settings, host: str, port: int, *, spec: str | None = N
     from modelyard.server.graceful import GracefulServer
 
     listening = listen(host, port)  # before anything starts: a port in use is the user's to fix
+    _log_as_uvicorn()
     launcher = Launcher(spares=1)
     try:
         state = build_state(settings, launcher=launcher, spec=spec)
@@ -74,6 +77,22 @@ def run_server(settings: Settings, host: str, port: int, *, spec: str | None = N
     finally:
         launcher.close()
         listening.close()
+
+
+def _log_as_uvicorn() -> None:
+    """modelyard's own log (the reconciler's events: pulled, loaded, swapped, failed; the
+    scheduler's evictions) beside uvicorn's lines, in their form. Unconfigured, only warnings got
+    out, bare: a spec review found `serve --spec` said nothing of why a model was down."""
+    from uvicorn.logging import DefaultFormatter
+
+    logger = logging.getLogger("modelyard")
+    if logger.handlers:  # served twice in one process (tests)
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s", use_colors=None))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def listen(host: str, port: int) -> socket.socket:

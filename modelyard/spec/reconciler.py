@@ -704,8 +704,9 @@ class Reconciler:
                     return
             self._source_error = None
         except SpecSourceError as exc:
+            if self._source_error != str(exc):  # once, not at every poll (twice a second)
+                log.warning("%s", exc)
             self._source_error = str(exc)
-            log.warning("%s", exc)
             return
         self.submit(snapshot.documents, snapshot.revision)
 
