@@ -1137,6 +1137,28 @@ def test_a_stop_during_a_swap_unloads_the_new_digest_too(tmp_path: Path) -> None
     run(scenario())
 
 
+def test_a_new_digest_on_the_same_runner_drops_an_earlier_swaps_note(tmp_path: Path) -> None:
+    """A spec review: after a swap, a tag moved to an image with the same weights (a new SYSTEM)
+    kept the runner, and its event still said "replaced <the digest before> without downtime"."""
+
+    async def scenario() -> None:
+        scheduler = fake_scheduler(tmp_path)
+        try:
+            (await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))).release()
+            (await scheduler.acquire(fake(tmp_path, "A", "w2", "dB"))).release()  # the old serves; swaps
+            for _ in range(100):
+                if [(row.digest, row.state) for row in scheduler.status(live=False)] == [("dB", "ready")]:
+                    break
+                await asyncio.sleep(0.02)
+            assert rows(scheduler)["A"].note.startswith("replaced dA without downtime")
+            (await scheduler.acquire(fake(tmp_path, "A", "w2", "dC"))).release()
+            assert (rows(scheduler)["A"].digest, rows(scheduler)["A"].note, scheduler.loads) == ("dC", "", 2)
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
 def test_a_runner_that_came_by_a_swap_and_crashed_says_it_crashed(tmp_path: Path) -> None:
     """A concurrency review: its note still said "replaced … without downtime"."""
     exits: list[Callable[[Any], None]] = []

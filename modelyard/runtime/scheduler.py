@@ -237,6 +237,8 @@ class _Entry:
         if request.name in self.aliases:
             self.aliases[request.name] = request.digest
         else:
+            if self.digest != request.digest:
+                self.note = ""  # an earlier swap's "replaced …" was about another digest (a spec review)
             self.digest = request.digest
 
     def set_lifetime(self, name: str, keep_alive: float | None, pinned: bool | None) -> None:
