@@ -97,6 +97,13 @@ def test_serve_spec_serves_the_spec_names_and_follows_edits(
     with ollama.Client(host=server.url) as client:
         [chat] = [m for m in client.ps().models if m.model == "chat"]
     assert chat.details is not None and chat.details.format == "gguf" and chat.details.family, chat
+    # Listed under the name clients use (a spec review: only the store's images were).
+    with ollama.Client(host=server.url) as client:
+        [listed] = [m for m in client.list().models if m.model == "chat"]
+    assert listed.details is not None and listed.details.format == "gguf" and listed.modified_at is not None
+    models = httpx.get(f"{server.url}/v1/models").json()["data"]
+    assert "chat" in [m["id"] for m in models]
+    assert httpx.get(f"{server.url}/v1/models/chat").json()["id"] == "chat"
 
     spec.write_text(spec_text("chat", "chat2"))  # an edit: applied within 2 s
     started = time.monotonic()

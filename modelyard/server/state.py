@@ -95,9 +95,11 @@ class ServerState:
     # --- model listing and details ------------------------------------------------------------
 
     def list_models(self) -> list[dict[str, Any]]:
+        """The store's images, and first the names a spec serves (a spec review: `/v1/models` and
+        /api/tags left out the very names clients were told to use)."""
         from modelyard.runtime.servable import load_servable
 
-        models = []
+        models = self._spec_models()
         for record in sorted(self.store.images(), key=lambda r: r.tagged_at, reverse=True):
             ref = parse_reference(record.name)
             try:
@@ -114,6 +116,34 @@ class ServerState:
                     "modified_at": record.tagged_at,
                     "size": size,
                     "digest": record.digest.removeprefix("sha256:"),
+                    "details": details(servable),
+                    "capabilities": capabilities(servable),
+                }
+            )
+        return models
+
+    def _spec_models(self) -> list[dict[str, Any]]:
+        daemon = self.daemon
+        models: list[dict[str, Any]] = []
+        if daemon is None:
+            return models
+        for name in daemon.served_names():
+            try:
+                servable = daemon.servable_for(name)
+                pulled = self.store.resolve(servable.reference).tagged_at if servable else ""
+            except Exception:
+                log.warning("cannot read the image of %s for listing", name, exc_info=True)
+                continue
+            if servable is None:  # the spec dropped it meanwhile
+                continue
+            manifest = servable.manifest
+            models.append(
+                {
+                    "name": name,
+                    "model": name,
+                    "modified_at": pulled,
+                    "size": manifest.config.size + sum(layer.size for layer in manifest.layers),
+                    "digest": servable.digest.removeprefix("sha256:"),
                     "details": details(servable),
                     "capabilities": capabilities(servable),
                 }

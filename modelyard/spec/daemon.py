@@ -74,6 +74,10 @@ class SpecDaemon:
         """Whether `name` is one of the spec's served names (a lookup: no I/O, no lock)."""
         return self.reconciler.target(name) is not None
 
+    def served_names(self) -> list[str]:
+        """The spec's served names that requests can use now (a lookup: no I/O, no lock)."""
+        return self.reconciler.served_names()
+
     def unavailable(self, name: str) -> str | None:
         """Why the spec's model `name` cannot be served now; None if it can, or is not the spec's."""
         return self.reconciler.unavailable(name)

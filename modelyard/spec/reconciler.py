@@ -540,6 +540,10 @@ class Reconciler:
         (None: the spec does not serve that name). The HTTP server resolves names through this first."""
         return self._serving.get(name)
 
+    def served_names(self) -> list[str]:
+        """The names the spec serves now (those `target` answers for)."""
+        return sorted(self._serving)
+
     def unavailable(self, name: str) -> str | None:
         """Why the spec's model `name` cannot be served now (not pulled, does not fit, failing), or
         None: the spec serves it, or does not declare it. A request for it must not fall through
