@@ -423,6 +423,20 @@ def test_a_swap_the_specs_memory_cannot_hold_side_by_side_unloads_the_old_first(
     assert ("short gap" in swap.reason) is not side_by_side
 
 
+@pytest.mark.parametrize(
+    ("memory", "limit"),
+    [("memory: {ram: 150}\n", "raise spec.memory"), ("", "raise the server's $MODELYARD_RAM_BUDGET")],
+)
+def test_does_not_fit_names_the_limit_to_raise(memory: str, limit: str) -> None:
+    """A spec review: the advice said to raise spec.memory where the server's budget was the limit."""
+    spec = make_spec(memory + MODEL)
+    image = ImageState(IMAGE, digest("a"), digest("a"))
+    observed = Observed({}, {IMAGE: image}, {"chat": 1000}, 150, NOW, SESSION)
+    chat = plan(spec, observed, Inventory()).model("chat")
+    assert chat is not None and chat.failure is not None and chat.failure.reason is Reason.DOES_NOT_FIT
+    assert chat.failure.message.endswith(limit), chat.failure.message
+
+
 def test_a_permanent_failure_waits_for_a_change_to_the_model() -> None:
     spec = make_spec(MODEL)
     image = ImageState(IMAGE, digest("a"), digest("a"))

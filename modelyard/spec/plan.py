@@ -368,7 +368,10 @@ def _plan_model(
     # replaces what serves must fit by its estimate, or the swap would trade a working model for
     # one measured too big.
     serving_now = running is not None and running.state == "ready"
-    refused = _admit(footprint, budget, used, lenient=not measured and not serving_now)
+    # The advice names the limit in force (a spec review: "raise spec.memory" where the server's
+    # budget was the limit, which raising spec.memory cannot lift).
+    limit = "spec.memory" if spec.body.memory.total is not None else "the server's $MODELYARD_RAM_BUDGET"
+    refused = _admit(footprint, budget, used, lenient=not measured and not serving_now, limit=limit)
     if refused is not None:
         actions: tuple[Action, ...] = ()
         serving_ours = running is not None and running.state == "ready" and memory.applied is not None
@@ -518,9 +521,12 @@ def _footprint(
     return observed.footprints.get(target.name), False
 
 
-def _admit(footprint: int | None, budget: int, used: int, *, lenient: bool = False) -> Failure | None:
+def _admit(
+    footprint: int | None, budget: int, used: int, *, lenient: bool = False, limit: str = "spec.memory"
+) -> Failure | None:
     """Whether a model of `footprint` bytes fits the budget after the `used` bytes of the models
-    before it; `lenient`: an estimate may run over by ESTIMATE_MARGIN of the budget."""
+    before it; `lenient`: an estimate may run over by ESTIMATE_MARGIN of the budget. `limit`: what
+    sets the budget, to raise."""
     if footprint is None:
         return None  # unknown: let the scheduler decide
     need = math.ceil(footprint / (1 + ESTIMATE_MARGIN)) if lenient else footprint
@@ -529,14 +535,15 @@ def _admit(footprint: int | None, budget: int, used: int, *, lenient: bool = Fal
             Reason.DOES_NOT_FIT,
             f"needs about {memory_size(footprint)} but the budget is {memory_size(budget)} even with "
             "nothing else loaded; lower context or parallel, use a smaller quantization, or raise "
-            "spec.memory",
+            f"{limit}",
             permanent=True,
         )
     if used + need > budget:
         return Failure(
             Reason.DOES_NOT_FIT,
             f"needs about {memory_size(footprint)}; the models before it (by priority, then spec order) use "
-            f"{memory_size(used)} of the {memory_size(budget)} budget",
+            f"{memory_size(used)} of the {memory_size(budget)} budget; raise {limit}, or lower the "
+            "priority of another",
         )
     return None
 
