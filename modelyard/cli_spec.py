@@ -167,7 +167,7 @@ def _wait(ctx: Context, timeout: float, print_json: bool = False) -> int:
 
 def cmd_export(args: argparse.Namespace, ctx: Context) -> int:
     from modelyard.spec.daemon import export_for
-    from modelyard.spec.kubernetes import ExportOptions
+    from modelyard.spec.kubernetes import ExportOptions, check_export_options
 
     options = ExportOptions(
         namespace=args.namespace,
@@ -176,6 +176,7 @@ def cmd_export(args: argparse.Namespace, ctx: Context) -> int:
         api_key_secret=args.api_key_secret,
         ollama_tag_suffix=args.ollama_tag_suffix,
     )
+    check_export_options(options)
     ctx.out(export_for(args.file, ctx.settings, mode=args.mode, options=options))
     return EXIT_OK
 

@@ -228,6 +228,30 @@ def test_the_cli_passes_namespace_image_and_registry_secret(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        pytest.param(["--namespace", "My_NS"], "--namespace 'My_NS'", id="namespace"),
+        pytest.param(["--server-image", ""], "--server-image ''", id="image-empty"),
+        pytest.param(
+            ["--docker-config-secret", "Bad Secret"], "--docker-config-secret 'Bad Secret'", id="secret"
+        ),
+        pytest.param(["--api-key-secret", "x y"], "--api-key-secret 'x y'", id="key-secret"),
+    ],
+)
+def test_the_cli_refuses_flags_the_api_server_would(tmp_path: Path, flags: list[str], said: str) -> None:
+    """A spec review: each went into the manifests unchecked, exit 0."""
+    import io
+
+    from modelyard.cli import main
+
+    (tmp_path / "spec.yaml").write_text(spec_text(SPEC))
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["export", "k8s", "-f", str(tmp_path / "spec.yaml"), *flags], stdout=out, stderr=err)
+    assert code == 1 and out.getvalue() == ""
+    assert err.getvalue().startswith(f"Error: not a valid Kubernetes export: {said}"), err.getvalue()
+
+
+@pytest.mark.parametrize(
     ("set_name", "model", "expected"),
     [
         pytest.param("default", "chat", "default-chat", id="plain"),

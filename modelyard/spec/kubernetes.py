@@ -82,6 +82,28 @@ class ExportOptions:
         )
 
 
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+
+
+def check_export_options(options: ExportOptions) -> None:
+    """Refuse what the API server would: the manifests went out with a namespace, image or Secret
+    name it rejects (a spec review: `--namespace My_NS` exited 0)."""
+    wrong = []
+    if not _DNS_LABEL.fullmatch(options.namespace):
+        wrong.append(f"--namespace {options.namespace!r}: lowercase letters, digits and '-', at most 63")
+    if not options.server_image or any(c.isspace() for c in options.server_image):
+        wrong.append(f"--server-image {options.server_image!r}: an image reference, without spaces")
+    for flag, secret in (
+        ("--docker-config-secret", options.docker_config_secret),
+        ("--api-key-secret", options.api_key_secret),
+    ):
+        if secret and not _DNS_SUBDOMAIN.fullmatch(secret):
+            wrong.append(f"{flag} {secret!r}: a Secret name is lowercase letters, digits, '-' and '.'")
+    if wrong:
+        raise ModelyardError("not a valid Kubernetes export: " + "; ".join(wrong))
+
+
 def export_kubernetes(
     spec: Spec,
     *,
