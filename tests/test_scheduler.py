@@ -1171,6 +1171,8 @@ def test_a_runner_that_came_by_a_swap_and_crashed_says_it_crashed(tmp_path: Path
         for name in ("w1", "w2"):
             (tmp_path / name).write_bytes(b"x" * 1000)
         scheduler = Scheduler(fake_settings(ram_budget=10**6), starter=start)
+        told: list[tuple[str, str]] = []
+        scheduler.crash_observers.append(lambda name, why: told.append((name, why)))
         try:
             (await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))).release()
             (await scheduler.acquire(fake(tmp_path, "A", "w2", "dB"))).release()  # the old serves; swaps
@@ -1187,6 +1189,7 @@ def test_a_runner_that_came_by_a_swap_and_crashed_says_it_crashed(tmp_path: Path
             row = rows(scheduler)["A"]
             assert crashed.state == "ready" and row.state == "failed"
             assert row.note == "runner crashed (killed by SIGKILL)", row.note
+            assert told == [("A", "runner crashed (killed by SIGKILL)")], "its observers are told"
         finally:
             await scheduler.close()
 

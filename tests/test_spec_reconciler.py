@@ -103,6 +103,26 @@ def test_only_a_swap_carries_the_schedulers_note_on_how_it_went(
     assert "without downtime" in reconciler.status()["events"][-1]["message"]
 
 
+def test_a_crash_the_next_request_mends_is_an_event_of_its_model(
+    tmp_path: Path, world: tuple[FakeEffects, FakeClock]
+) -> None:
+    """A spec review: a runner killed under traffic was loaded again by the next request within
+    milliseconds, and the status showed nothing of it (the scheduler tells us: runner_crashed)."""
+    effects, clock = world
+    reconciler = make(tmp_path, effects, clock)
+    reconciler.submit(documents(CHAT))
+    asyncio.run(reconciler.reconcile())
+    reconciler.runner_crashed("chat", "runner crashed (killed by SIGKILL)")
+    reconciler.runner_crashed("not-the-specs", "runner crashed (killed by SIGKILL)")
+    events = [(e["model"], e["kind"], e["message"]) for e in reconciler.status()["events"]]
+    assert events[-1] == (
+        "chat",
+        "crashed",
+        "runner crashed (killed by SIGKILL); the next request loads it again",
+    )
+    assert not [e for e in events if e[0] == "not-the-specs"]
+
+
 def test_a_moved_tag_is_pulled_and_swapped_in(tmp_path: Path, world: tuple[FakeEffects, FakeClock]) -> None:
     effects, clock = world
     reconciler = make(tmp_path, effects, clock)

@@ -370,6 +370,9 @@ class Scheduler:
         # Called with (name, seconds) as each runner is ready: the server's load-time histogram,
         # one observation a load, whoever asked for it (requests or the reconciler).
         self.load_observers: list[Callable[[str, float], None]] = []
+        # Told of each runner that died while it served (name, why), on the loop: a crash the next
+        # request mends at once is otherwise seen by nobody but the log.
+        self.crash_observers: list[Callable[[str, str], None]] = []
 
     # --- public API ------------------------------------------------------------------------
 
@@ -1533,6 +1536,9 @@ class Scheduler:
         entry.failure_kind = "crashed"
         entry.note = ""  # a swap's "replaced … without downtime" said nothing of the crash
         entry.last_error = f"runner crashed ({runner.exit_detail})"
+        for name in entry.names:
+            for observe in self.crash_observers:
+                observe(name, entry.last_error)
         entry.retry_at = self.clock() + self._backoff(entry.failures)
         entry.runner = None
         entry.idle.set()

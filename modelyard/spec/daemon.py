@@ -65,6 +65,7 @@ class SpecDaemon:
         self.reconciler = Reconciler(
             self.host, reconciler or ReconcilerSettings(state_path(settings)), clock=clock
         )
+        scheduler.crash_observers.append(self.reconciler.runner_crashed)
 
     async def run(self, source: SpecSource | None, stop: asyncio.Event) -> None:
         """Keep the models in line with `source` until `stop` is set (`serve --spec`)."""

@@ -540,6 +540,13 @@ class Reconciler:
         (None: the spec does not serve that name). The HTTP server resolves names through this first."""
         return self._serving.get(name)
 
+    def runner_crashed(self, name: str, why: str) -> None:
+        """The scheduler's word that a runner serving `name` died: an event of the spec's model, even
+        when the next request loads it again at once (a spec review: a crash under traffic left no
+        trace in the status)."""
+        if name in self._serving:
+            self._event(name, "crashed", f"{why}; the next request loads it again")
+
     def served_names(self) -> list[str]:
         """The names the spec serves now (those `target` answers for)."""
         return sorted(self._serving)
