@@ -104,6 +104,16 @@ def test_serve_spec_serves_the_spec_names_and_follows_edits(
     models = httpx.get(f"{server.url}/v1/models").json()["data"]
     assert "chat" in [m["id"] for m in models]
     assert httpx.get(f"{server.url}/v1/models/chat").json()["id"] == "chat"
+    # Its image is not deleted from under it (a spec review: every request failed until the next
+    # round pulled it again, the model Ready all the while).
+    refused = httpx.request("DELETE", f"{server.url}/api/delete", json={"model": "TINY"})
+    assert refused.status_code == 409, refused.text
+    assert (
+        refused.json()["error"]
+        == "tiny:latest is the image of the spec's chat: take it out of the spec first"
+    )
+    with ollama.Client(host=server.url) as client:
+        assert client.generate(model="chat", prompt="the cat").done
 
     spec.write_text(spec_text("chat", "chat2"))  # an edit: applied within 2 s
     started = time.monotonic()

@@ -303,6 +303,14 @@ def router(state: ServerState) -> APIRouter:
     @api.delete("/api/delete")
     async def delete(body: _ModelRequest) -> Response:
         ref = parse_reference(body.model_name())
+        if users := state.spec_models_using(ref):
+            # As `docker rmi` of an image a container runs: its spec model failed every request
+            # until the next reconcile pulled it again, Ready all the while (a spec review).
+            raise HTTPError(
+                409,
+                f"{ref.short()} is the image of the spec's {', '.join(users)}: take "
+                f"{'it' if len(users) == 1 else 'them'} out of the spec first",
+            )
         # Removed first: an unknown name, or a digest the name no longer points at, is a 404
         # that unloads nothing. The runner then goes (its weights file stays open until it does).
         await asyncio.to_thread(state.store.remove, [ref])

@@ -122,6 +122,19 @@ class ServerState:
             )
         return models
 
+    def spec_models_using(self, ref: Reference) -> list[str]:
+        """The names the spec serves from the image `ref` names (as the store spells names: any case)."""
+        daemon = self.daemon
+        if daemon is None:
+            return []
+        wanted = str(ref.without_digest()).casefold()
+        return [
+            name
+            for name in daemon.served_names()
+            if (target := daemon.reconciler.target(name)) is not None
+            and str(parse_reference(target.image).without_digest()).casefold() == wanted
+        ]
+
     def _spec_models(self) -> list[dict[str, Any]]:
         daemon = self.daemon
         models: list[dict[str, Any]] = []
