@@ -277,6 +277,23 @@ def cmd_ps(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
+def _spec_serves(client: ApiClient, name: str) -> bool:
+    """Whether the server's spec (if any) declares `name`, unsuspended."""
+    try:
+        spec = client.get("/api/status").get("spec") or {}
+    except (ApiError, ServerUnreachableError):  # no reconciler there to ask: nothing to say
+        return False
+    from modelyard.reference import parse_reference
+
+    models = spec.get("models") if isinstance(spec, dict) else None
+    return any(
+        isinstance(m, dict)
+        and parse_reference(str(m.get("name"))).short() == name
+        and m.get("phase") != "Suspended"
+        for m in models or []
+    )
+
+
 def cmd_stop(args: argparse.Namespace, ctx: Context) -> int:
     from modelyard.reference import parse_reference
 
@@ -285,6 +302,7 @@ def cmd_stop(args: argparse.Namespace, ctx: Context) -> int:
     def listed() -> set[str]:
         return {parse_reference(m["name"]).short() for m in client.get("/api/ps").get("models", [])}
 
+    healed = False
     try:
         wanted = parse_reference(args.name).short()
         loaded = listed()
@@ -297,6 +315,7 @@ def cmd_stop(args: argparse.Namespace, ctx: Context) -> int:
         if wanted in listed():
             ctx.err(f"{args.name} is stopping: it unloads when the requests it is serving end")
             return EXIT_OK
+        healed = _spec_serves(client, wanted)
     except ApiTimeout:
         # The server unloads it once the requests it is serving end (unless one asks for it first).
         ctx.err(f"{args.name} is stopping: it unloads when the requests it is serving end")
@@ -310,6 +329,12 @@ def cmd_stop(args: argparse.Namespace, ctx: Context) -> int:
     finally:
         client.close()
     ctx.out(f"stopped {args.name}")
+    if healed:
+        # A spec review: it loaded again a second later, and nothing said why.
+        ctx.err(
+            f"note: the server's spec serves {args.name}: it loads again at the next reconcile; take it "
+            "out of the spec, or set `suspend: true` on it, to keep it unloaded"
+        )
     return EXIT_OK
 
 

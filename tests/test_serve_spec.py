@@ -138,6 +138,11 @@ def test_serve_spec_serves_the_spec_names_and_follows_edits(
     assert answer.status_code == 503 and "Retry-After" in answer.headers
     assert answer.json()["error"].startswith("tiny is not ready"), answer.json()
 
+    # `stop` of a model the spec serves says it will load again (a spec review: it did, a second
+    # later, and nothing said why).
+    code, out, err = cli(server, monkeypatch, "stop", "chat")
+    assert code == 0 and "stopped chat" in out and "note: the server's spec serves chat" in err, err
+
 
 def test_apply_status_and_diff_against_a_plain_server(
     tmp_path: Path, tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch

@@ -2,9 +2,9 @@
 
 Security defaults: the server binds loopback unless told otherwise (cli.py); with
 $MODELYARD_API_KEY every route but `/` and `/health` wants `Authorization: Bearer <key>`; CORS
-answers this machine's pages and desktop apps, as Ollama's, and the origins $MODELYARD_ORIGINS
-lists, any other browser origin a 403; request bodies are capped (blob uploads excepted: they
-stream into the store, verified).
+answers only the origins $MODELYARD_ORIGINS lists; a browser request from an origin neither listed
+nor this machine's pages nor a desktop app's is a 403; request bodies are capped (blob uploads
+excepted: they stream into the store, verified).
 """
 
 from __future__ import annotations
