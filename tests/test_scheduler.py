@@ -798,12 +798,19 @@ class FakeRunner:
         return 0.0
 
 
-def fake_scheduler(tmp_path: Path, budget: int = 10**6, clock: FakeClock | None = None) -> Scheduler:
+def fake_scheduler(
+    tmp_path: Path,
+    budget: int = 10**6,
+    clock: FakeClock | None = None,
+    starter: Callable[..., Any] | None = None,
+    **settings: Any,
+) -> Scheduler:
+    """A scheduler of FakeRunners (or what `starter` makes) over weights files w1 and w2."""
     for name in ("w1", "w2"):
         (tmp_path / name).write_bytes(b"x" * 1000)
     return Scheduler(
-        fake_settings(ram_budget=budget),
-        starter=lambda spec, **_: FakeRunner(spec),
+        fake_settings(ram_budget=budget, **settings),
+        starter=starter or (lambda spec, **_: FakeRunner(spec)),
         **({"clock": clock} if clock is not None else {}),
     )
 
@@ -1027,10 +1034,7 @@ def test_a_request_after_a_rebuild_is_not_queued_behind_the_old_digests_streams(
     was loaded and idle. With no slot free on the old digest, it waits for the new one."""
 
     async def scenario() -> None:
-        for name in ("w1", "w2"):
-            (tmp_path / name).write_bytes(b"x" * 1000)
-        settings = fake_settings(ram_budget=10**6, num_parallel=1)
-        scheduler = Scheduler(settings, starter=lambda spec, **_: FakeRunner(spec))
+        scheduler = fake_scheduler(tmp_path, num_parallel=1)
         try:
             streaming = await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))
             rebuilt = await asyncio.wait_for(scheduler.acquire(fake(tmp_path, "A", "w2", "dB")), 2)
@@ -1058,9 +1062,7 @@ def test_a_failed_swap_leaves_the_waiting_request_to_the_old_digest(tmp_path: Pa
         return FakeRunner(spec)
 
     async def scenario() -> None:
-        for name in ("w1", "w2"):
-            (tmp_path / name).write_bytes(b"x" * 1000)
-        scheduler = Scheduler(fake_settings(ram_budget=10**6, num_parallel=1), starter=start)
+        scheduler = fake_scheduler(tmp_path, starter=start, num_parallel=1)
         try:
             streaming = await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))
             queued = await asyncio.wait_for(scheduler.acquire(fake(tmp_path, "A", "w2", "dB")), 2)
@@ -1116,9 +1118,7 @@ def test_a_stop_during_a_swap_unloads_the_new_digest_too(tmp_path: Path) -> None
         return FakeRunner(spec)
 
     async def scenario() -> None:
-        for name in ("w1", "w2"):
-            (tmp_path / name).write_bytes(b"x" * 1000)
-        scheduler = Scheduler(fake_settings(ram_budget=10**6, num_parallel=2), starter=start)
+        scheduler = fake_scheduler(tmp_path, starter=start, num_parallel=2)
         try:
             streaming = await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))
             served = await scheduler.acquire(fake(tmp_path, "A", "w2", "dB"))  # the old serves; swaps
@@ -1168,9 +1168,7 @@ def test_a_runner_that_came_by_a_swap_and_crashed_says_it_crashed(tmp_path: Path
         return FakeRunner(spec)
 
     async def scenario() -> None:
-        for name in ("w1", "w2"):
-            (tmp_path / name).write_bytes(b"x" * 1000)
-        scheduler = Scheduler(fake_settings(ram_budget=10**6), starter=start)
+        scheduler = fake_scheduler(tmp_path, starter=start)
         told: list[tuple[str, str]] = []
         scheduler.crash_observers.append(lambda name, why: told.append((name, why)))
         try:

@@ -7,6 +7,7 @@ import asyncio
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from spec_fakes import make_spec
@@ -117,6 +118,15 @@ def test_admission_and_kubernetes_use_the_same_estimate(
         assert estimate == estimate_models(capped, store)["tiny"]
 
 
+def bare_host(tmp_path: Path, **settings: Any) -> SchedulerHost:
+    """A host over an empty store, for its tag checks."""
+    store = Store(tmp_path / "store")
+    store.init()
+    return SchedulerHost(
+        store, Scheduler(SchedulerSettings(ram_budget=2**30)), registry_options(tmp_path), **settings
+    )
+
+
 def test_a_registry_that_never_answers_fails_a_tag_check_within_its_short_timeout(tmp_path: Path) -> None:
     """A reconcile audit: a registry that took connections and never answered (SIGSTOPped) held
     each tag check for 2 x 60 s, and with it the round, the next spec and apply, for minutes."""
@@ -132,12 +142,8 @@ def test_a_registry_that_never_answers_fails_a_tag_check_within_its_short_timeou
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         port = silent.getsockname()[1]
-        store = Store(tmp_path / "store")
-        store.init()
-        host = SchedulerHost(
-            store,
-            Scheduler(SchedulerSettings(ram_budget=2**30)),
-            registry_options(tmp_path),
+        host = bare_host(
+            tmp_path,
             resolve_retry=RetryPolicy(attempts=2, base_s=0.0, cap_s=0.0),
             resolve_timeout=httpx.Timeout(0.3, connect=0.3),
         )
@@ -182,15 +188,7 @@ def test_a_registry_that_answers_a_line_at_a_time_fails_a_tag_check_by_its_deadl
         port = server.getsockname()[1]
         serving = threading.Thread(target=trickle, args=(server,), daemon=True)
         serving.start()
-        store = Store(tmp_path / "store")
-        store.init()
-        host = SchedulerHost(
-            store,
-            Scheduler(SchedulerSettings(ram_budget=2**30)),
-            registry_options(tmp_path),
-            resolve_timeout=httpx.Timeout(1.0, connect=1.0),
-            resolve_deadline_s=1.0,
-        )
+        host = bare_host(tmp_path, resolve_timeout=httpx.Timeout(1.0, connect=1.0), resolve_deadline_s=1.0)
         started = time.monotonic()
         loop = asyncio.new_event_loop()  # not asyncio.run: it would wait for the check's thread
         try:
