@@ -13,6 +13,8 @@ from modelyard.errors import (
     DigestMismatchError,
     ModelDoesNotFitError,
     ModelLoadError,
+    ModelyardError,
+    RegistryError,
     RegistryUnavailableError,
     ServerBusyError,
 )
@@ -380,6 +382,41 @@ def test_a_restart_with_nothing_loaded_loads_the_saved_spec(
     asyncio.run(second.reconcile())
     assert effects.actions()[-1] == ("ensure", "chat", digest("a"), {"num_ctx": 2048})
     assert second.ready()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(RegistryError("blob not found"), id="pull-fails"),
+        pytest.param(DigestMismatchError(digest("b"), digest("c"), "registry"), id="pull-fails-for-good"),
+    ],
+)
+def test_a_restart_serves_the_image_before_while_a_moved_tags_pull_fails(
+    tmp_path: Path, world: tuple[FakeEffects, FakeClock], error: ModelyardError
+) -> None:
+    """A spec review: the tag moved to an image that could not be pulled; before the restart the
+    old digest served on, after it nothing did (the registry's answer was known before the pull
+    succeeded), though the image before was in the store."""
+    effects, clock = world
+    first = make(tmp_path, effects, clock)
+    first.submit(documents(CHAT))
+    asyncio.run(first.reconcile())
+    effects.tags[IMAGE] = digest("b")  # moved: its pull fails
+    effects.errors[("pull", IMAGE)] = [error] * 10
+    asyncio.run(first.reconcile())
+    assert effects.loaded["chat"].digest == digest("a"), "it serves on before the restart"
+    effects.loaded.clear()  # the machine rebooted
+    second = make(tmp_path, effects, clock)
+    asyncio.run(second.reconcile())
+    assert effects.loaded["chat"].digest == digest("a"), "and after it"
+    degraded = conditions(second)["Degraded"]
+    assert (degraded["status"], degraded["reason"]) == ("True", "PullFailed"), "and says what is wrong"
+    clock.now += 600  # the registry fixed: the next round pulls and swaps
+    effects.errors.clear()
+    asyncio.run(second.reconcile())
+    if isinstance(error, DigestMismatchError):
+        return  # a permanent failure waits for a change to the model (its rule, unchanged)
+    assert effects.loaded["chat"].digest == digest("b")
 
 
 def test_suspend_changes_nothing(tmp_path: Path, world: tuple[FakeEffects, FakeClock]) -> None:

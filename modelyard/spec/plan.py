@@ -90,6 +90,9 @@ class ImageState:
     digest: str | None  # None: it could not be resolved now (see error)
     local_digest: str | None = None
     error: Failure | None = None
+    # The stored image of the digest it resolved to before, when the one it resolves to now is not
+    # stored: what a model nothing serves can serve until the pull is done.
+    fallback: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,7 @@ class Memory:
 @dataclass(frozen=True)
 class Inventory:
     models: Mapping[str, Memory] = field(default_factory=dict)
-    known_digests: Mapping[str, str] = field(default_factory=dict)  # reference -> last resolved digest
+    known_digests: Mapping[str, str] = field(default_factory=dict)  # reference -> last digest stored
 
     def memory(self, name: str) -> Memory:
         return self.models.get(name, Memory())
@@ -327,6 +330,7 @@ def _plan_model(
     # Images: each reference to a digest (the one it resolved to last when it cannot be resolved now).
     resolved: list[str] = []
     stored: dict[str, str] = {}
+    fallbacks: dict[str, str] = {}  # the image before, for what is not stored yet
     pulls: list[Action] = []
     warning: Failure | None = None
     for reference in model.reference_texts:
@@ -344,18 +348,30 @@ def _plan_model(
                 else f"the tag now points to {digest[:19]}; swaps in once pulled"
             )
             pulls.append(Action(ActionKind.PULL, name, why, image=reference, digest=digest))
+            if state.fallback is not None:
+                fallbacks[reference] = state.fallback
         else:
             stored[reference] = state.local_digest
     key = blocking_key(spec, model, resolved)
+    # Nothing serves it, and what its references named before is stored: that serves while the new
+    # images are pulled, or cannot be (a spec review: a restarted daemon served nothing while a
+    # moved tag's pull failed, though the image before was in the store).
+    meanwhile = bool(pulls) and running is None and len(stored) + len(fallbacks) == len(model.reference_texts)
     if memory.failure is not None and memory.blocked_on == key:
         message = f"{memory.failure.message} (waiting for a change to this model in the spec)"
-        return ModelPlan(name, Phase.FAILED, message, failure=memory.failure, key=key)
+        if not meanwhile:
+            return ModelPlan(name, Phase.FAILED, message, failure=memory.failure, key=key)
+        pulls, warning = [], memory.failure
     if memory.failure is not None and observed.now < memory.retry_at:
         wait = memory.retry_at - observed.now
         message = f"{memory.failure.message}; retrying in {wait:.0f} s"
-        return ModelPlan(name, Phase.WAITING, message, failure=memory.failure, key=key)
-    if pulls:
+        if not meanwhile:
+            return ModelPlan(name, Phase.WAITING, message, failure=memory.failure, key=key)
+        pulls, warning = [], memory.failure
+    if pulls and not meanwhile:
         return ModelPlan(name, Phase.PULLING, pulls[0].reason, tuple(pulls), failure=warning, key=key)
+    if meanwhile:
+        stored = {**fallbacks, **stored}
 
     target = target_for(model, stored)
     footprint, measured = _footprint(target, running, memory, observed)
@@ -388,6 +404,11 @@ def _plan_model(
     # machine's): a swap needs the old and the new side by side.
     room = budget - used if spec.body.memory.total is not None else None
     planned = _compare(spec, model, target, running, memory, observed, footprint, warning, room)
+    if meanwhile:
+        serving = f"serving the image before, {target.digest[:19]}, until the new one is pulled"
+        planned = replace(
+            planned, actions=(*pulls, *planned.actions), message=f"{serving}; {planned.message}"
+        )
     return replace(planned, key=key)
 
 

@@ -314,7 +314,10 @@ class Reconciler:
         images = dict(zip(references, results, strict=True))
         targets = []
         for model in spec.models:
-            stored = {r: images[r].local_digest for r in model.reference_texts if r in images}
+            # The stored image, or the one before it a model nothing serves serves meanwhile (plan).
+            stored = {
+                r: images[r].local_digest or images[r].fallback for r in model.reference_texts if r in images
+            }
             if len(stored) == len(model.reference_texts) and all(stored.values()):
                 targets.append(target_for(model, {r: d for r, d in stored.items() if d}))
         estimates = await asyncio.gather(*(self.effects.footprint(t) for t in targets))
@@ -339,11 +342,18 @@ class Reconciler:
             if last and local is not None:
                 failure = replace(failure, message=f"{failure.message}; going on with {last[:19]}")
             return ImageState(reference, None, local, failure)
-        if self._inventory.known_digests.get(reference) != digest:
+        self._resolved[reference] = digest
+        local = await self.effects.local_digest(reference, digest)
+        last = self._inventory.known_digests.get(reference)
+        if local is not None and last != digest:
+            # Known once stored: taken from the registry's answer before the pull, it left a
+            # restarted daemon nothing to serve when the pull failed (a spec review).
             known = {**self._inventory.known_digests, reference: digest}
             self._inventory = replace(self._inventory, known_digests=known)
-        self._resolved[reference] = digest
-        return ImageState(reference, digest, await self.effects.local_digest(reference, digest))
+        fallback = None
+        if local is None and last and last != digest:
+            fallback = await self.effects.local_digest(reference, last)
+        return ImageState(reference, digest, local, fallback=fallback)
 
     async def _ask(self, reference: str, asked: Answers | None) -> str:
         """The digest `reference` resolves to, from `asked` when the round has its answer."""
