@@ -328,6 +328,23 @@ def test_a_token_service_that_cannot_be_reached_is_named() -> None:
         s.request("GET", "/v2/")
 
 
+def test_a_token_service_that_drops_one_connection_is_asked_again() -> None:
+    """A diff review: naming the token service made its network errors final at the first one."""
+    drops = [httpx.ReadError("connection reset by peer")]
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.example":
+            if drops:
+                raise drops.pop()
+            return httpx.Response(200, json={"token": "t"})
+        if request.headers.get("Authorization") == "Bearer t":
+            return httpx.Response(200)
+        return httpx.Response(401, headers={"WWW-Authenticate": f'Bearer realm="{REALM}",service="reg"'})
+
+    s, _, slept = session(handle, retry=RetryPolicy(attempts=3, base_s=0.1, cap_s=1.0))
+    assert s.request("GET", "/v2/").status_code == 200 and slept == [0.1]
+
+
 def test_a_streamed_body_is_produced_again_for_a_retry() -> None:
     bodies: list[bytes] = []
     answers = iter([503, 201])

@@ -56,6 +56,8 @@ class FakeRegistry:
     session_bytes: bytes = b""  # what the open upload session holds (chunks sent with PATCH)
     drop_after: int = 0  # a blob GET's body breaks after this many bytes (a flaky link)
     refuse_chunks: bool = False  # every PATCH answered 416, the session held at its first chunk
+    hiccups: tuple[int, ...] = ()  # these PATCHes (1-based) answered 416 once, nothing taken
+    patches: int = 0
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         request.read()
@@ -85,6 +87,10 @@ class FakeRegistry:
             return httpx.Response(204, headers={"Range": f"0-{max(len(self.session_bytes) - 1, 0)}"})
         if in_session and request.method == "PATCH" and self.refuse_chunks and self.session_bytes:
             return httpx.Response(416)
+        if in_session and request.method == "PATCH":
+            self.patches += 1
+            if self.patches in self.hiccups:
+                return httpx.Response(416)
         if in_session and request.method == "PATCH":
             self.session_bytes += request.content
             end = len(self.session_bytes) - 1
@@ -206,6 +212,14 @@ def test_an_upload_the_registry_never_takes_further_fails_saying_so() -> None:
     with pytest.raises(RegistryProtocolError, match="stays at byte 4,096: the registry took none"):
         upload_blob(client(registry), BlobSource(DIGEST, len(BLOB), data=BLOB), chunk_bytes=4096)
     assert sum(r.startswith("PATCH") for r in registry.requests) <= 5
+
+
+def test_an_upload_with_a_refused_chunk_here_and_there_goes_on() -> None:
+    """A diff review: the count of refusals in a row was never reset by a chunk taken, so three
+    hiccups anywhere in a long push failed it."""
+    registry = FakeRegistry(hiccups=(2, 4, 6))
+    upload_blob(client(registry), BlobSource(DIGEST, len(BLOB), data=BLOB), chunk_bytes=1024)
+    assert registry.uploaded[DIGEST] == BLOB
 
 
 # --- downloads ------------------------------------------------------------------------------------

@@ -271,11 +271,11 @@ class RegistrySession:
             else:
                 headers = {"Authorization": credentials.basic()} if credentials is not None else {}
                 response = self.http.get(realm, params=params, headers=headers)
-        except httpx.TransportError as exc:  # said as the registry's own ("is the registry running?")
+        except httpx.TransportError as exc:  # retried as the registry's own, but named as its
             where = httpx.URL(realm)
-            raise RegistryUnavailableError(
-                self.host,
-                f"its token service {where.scheme}://{where.netloc.decode()} cannot be reached ({exc})",
+            service = f"{where.scheme}://{where.netloc.decode()}"
+            raise _TokenServiceUnreachable(
+                f"its token service {service} cannot be reached ({exc})", request=exc.request
             ) from None
         if response.status_code in (401, 403):
             detail = (
@@ -409,7 +409,15 @@ def _describe_answer_error(exc: httpx.HTTPError) -> str:
     return f"its answer does not decode ({exc})"
 
 
+class _TokenServiceUnreachable(httpx.TransportError):
+    """The token service the registry names could not be reached: retried as the registry's
+    network errors are, and named once the tries are spent (said as the registry's own, the error
+    asked whether the registry was running)."""
+
+
 def _describe_network_error(exc: httpx.TransportError) -> str:
+    if isinstance(exc, _TokenServiceUnreachable):
+        return str(exc)
     if isinstance(exc, httpx.ConnectError):
         return f"cannot connect ({exc}); is the registry running and the address right?"
     if isinstance(exc, httpx.TimeoutException):

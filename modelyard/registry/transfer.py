@@ -188,6 +188,7 @@ def _send(
             continue
         offset += length
         sent += length
+        stalled = 0
     repo.finish_upload(upload, blob.digest)
     return sent
 
