@@ -53,6 +53,7 @@ RESOLVE_TIMEOUT = httpx.Timeout(5.0, connect=3.0)
 # The timeout above is a read's: a registry that sends a header line every 4 s held a check (and
 # the round) past a minute (a registry review). The whole check, retries included, gets this.
 RESOLVE_DEADLINE_S = 15.0
+CHECKS_WAITED = 3  # deadlines a later round waits on a check under way before it asks anew
 
 
 class SchedulerHost:
@@ -67,7 +68,7 @@ class SchedulerHost:
         resolve_deadline_s: float = RESOLVE_DEADLINE_S,
     ) -> None:
         self.resolve_deadline_s = resolve_deadline_s
-        self._checking: dict[str, asyncio.Future[str]] = {}  # tag checks under way, by image
+        self._checking: dict[str, tuple[asyncio.Future[str], float]] = {}  # under way: (check, start)
         self.store = store
         self.scheduler = scheduler
         self.registry = registry
@@ -79,12 +80,19 @@ class SchedulerHost:
             return ref.digest
         if not ref.is_remote:
             return (await asyncio.to_thread(self.store.resolve, ref)).digest
-        checking = self._checking.get(image)
-        if checking is None or checking.done():
+        loop = asyncio.get_running_loop()
+        checking, began = self._checking.get(image, (None, 0.0))
+        # A check still under way is waited for, not started again beside it; one stuck past a few
+        # deadlines (a connection that trickles for ever) is left to its thread, and a new one asks.
+        if (
+            checking is None
+            or checking.done()
+            or loop.time() - began > CHECKS_WAITED * self.resolve_deadline_s
+        ):
             asking = asyncio.to_thread(resolve_remote_digest, ref, self._resolve_options)
-            checking = asyncio.ensure_future(asking)
+            checking, began = asyncio.ensure_future(asking), loop.time()
             checking.add_done_callback(lambda done: None if done.cancelled() else done.exception())
-            self._checking[image] = checking
+            self._checking[image] = (checking, began)
         try:
             # Shielded: its thread cannot be stopped. It goes on until the registry answers or a
             # read times out, unwaited; the next round's check waits for it rather than start
