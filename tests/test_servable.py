@@ -124,3 +124,37 @@ def test_an_image_whose_config_does_not_say_is_judged_by_its_gguf(
     built = load_servable(store, parse_reference("m"))
     assert weights.exists() and built.is_embedding_model is embedding
     assert replace(built, config={}).is_embedding_model is embedding
+
+
+def test_the_images_a_spec_serves_are_those_it_resolves_to_in_the_store(
+    tmp_path: Path, tiny_gguf: Path
+) -> None:
+    """A diff review: DELETE's 409 compared image texts, so for a model pinned by digest (stored
+    as `name@sha256:…`, no tag) it refused deleting the unrelated `name:latest` and let the
+    entry the model served go. It refuses a delete after which the model's image would not
+    resolve in the store."""
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from modelyard.builder import modelfile as mf
+    from modelyard.server.state import ServerState
+
+    store = Store(tmp_path / "store")
+    built = Builder(store, tmp_path / "cache").build(
+        mf.Modelfile(from_=str(tiny_gguf), parameters={}), parse_reference("reg.example/x"), context=tmp_path
+    )
+    pinned = f"reg.example/x@{built.digest}"
+    store.tag(parse_reference(pinned), built.digest)
+    store.tag(parse_reference("reg.example/x:v2"), built.digest)
+    targets = {"chat": SimpleNamespace(image=pinned, digest=built.digest)}
+    daemon = SimpleNamespace(
+        served_names=lambda: list(targets), reconciler=SimpleNamespace(target=targets.get)
+    )
+    state = cast(Any, SimpleNamespace(daemon=daemon, store=store))
+    using = lambda name: ServerState.spec_models_using(state, parse_reference(name))  # noqa: E731
+    # Other entries of the repository hold the same digest: it stays resolvable, whichever goes.
+    assert using(pinned) == [] and using("reg.example/x:latest") == [] and using("nothing") == []
+    store.remove([parse_reference("reg.example/x:latest"), parse_reference("reg.example/x:v2")])
+    assert using(pinned) == ["chat"], "the last entry holding it"
+    targets["chat"] = SimpleNamespace(image="reg.example/x:v2", digest=built.digest)  # a tag, now gone
+    assert using(pinned) == ["chat"], "resolved by its digest: the pinned entry is what serves it"

@@ -303,7 +303,7 @@ def router(state: ServerState) -> APIRouter:
     @api.delete("/api/delete")
     async def delete(body: _ModelRequest) -> Response:
         ref = parse_reference(body.model_name())
-        if users := state.spec_models_using(ref):
+        if users := await asyncio.to_thread(state.spec_models_using, ref):
             # As `docker rmi` of an image a container runs: its spec model failed every request
             # until the next reconcile pulled it again, Ready all the while (a spec review).
             raise HTTPError(

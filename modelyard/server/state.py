@@ -25,7 +25,7 @@ from modelyard.builder.compose import ANNOTATION_PARAMETER_COUNT, ANNOTATION_REQ
 from modelyard.builder.gguf_info import read_gguf
 from modelyard.builder.normalized import for_show, image_modelfile
 from modelyard.builder.prompt import takes_suffix, takes_tools
-from modelyard.errors import WorkAbandoned
+from modelyard.errors import ModelyardError, WorkAbandoned
 from modelyard.progress import ProgressEvent, ProgressSink
 from modelyard.reference import Reference, parse_reference
 from modelyard.registry import RegistryOptions
@@ -41,6 +41,7 @@ from modelyard.server.metrics import Metrics
 from modelyard.settings import Settings
 from modelyard.spec.daemon import SpecDaemon
 from modelyard.store import Store
+from modelyard.store.index import remove_tag
 
 log = logging.getLogger("modelyard.server")
 
@@ -123,17 +124,35 @@ class ServerState:
         return models
 
     def spec_models_using(self, ref: Reference) -> list[str]:
-        """The names the spec serves from the image `ref` names (as the store spells names: any case)."""
+        """The names the spec serves that deleting `ref` would leave without their image: theirs
+        resolves in the store now, and would not once `ref` is gone (a diff review: comparing the
+        texts refused a digest-pinned image's unrelated tag, and let its own entry go). Reads the
+        index: in a worker thread."""
         daemon = self.daemon
         if daemon is None:
             return []
-        wanted = str(ref.without_digest()).casefold()
-        return [
-            name
-            for name in daemon.served_names()
-            if (target := daemon.reconciler.target(name)) is not None
-            and str(parse_reference(target.image).without_digest()).casefold() == wanted
-        ]
+        try:
+            before = self.store.read_index()
+            after = before
+            for tag in self.store.names_to_remove([ref]):
+                after = remove_tag(after, tag)
+        except ModelyardError:  # not there: the delete says so
+            return []
+        users = []
+        for name in daemon.served_names():
+            target = daemon.reconciler.target(name)
+            if target is None:
+                continue
+            image = parse_reference(target.image).with_digest(target.digest)
+            try:
+                self.store.resolve(image, before)
+            except ModelyardError:
+                continue  # not found now either: not this delete's doing
+            try:
+                self.store.resolve(image, after)  # another entry may still hold it
+            except ModelyardError:
+                users.append(name)
+        return users
 
     def _spec_models(self) -> list[dict[str, Any]]:
         daemon = self.daemon
