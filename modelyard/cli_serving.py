@@ -283,28 +283,34 @@ def _spec_serves(client: ApiClient, name: str) -> bool:
         spec = client.get("/api/status").get("spec") or {}
     except (ApiError, ServerUnreachableError):  # no reconciler there to ask: nothing to say
         return False
-    from modelyard.reference import parse_reference
-
     models = spec.get("models") if isinstance(spec, dict) else None
     return any(
-        isinstance(m, dict)
-        and parse_reference(str(m.get("name"))).short() == name
-        and m.get("phase") != "Suspended"
+        isinstance(m, dict) and _short_name(str(m.get("name"))) == name and m.get("phase") != "Suspended"
         for m in models or []
     )
 
 
-def cmd_stop(args: argparse.Namespace, ctx: Context) -> int:
+def _short_name(name: str) -> str:
+    """A model name as `ps` and `stop` compare them (`tiny` is `tiny:latest`); a spec's served name
+    no image reference reads (`llama3:8b:q4`) as itself (a diff review: stop raised on one)."""
+    from modelyard.errors import InvalidReferenceError
     from modelyard.reference import parse_reference
 
+    try:
+        return parse_reference(name).short()
+    except InvalidReferenceError:
+        return name
+
+
+def cmd_stop(args: argparse.Namespace, ctx: Context) -> int:
     client = ApiClient(base_url(ctx.settings), ctx.settings.api_key, timeout=60)
 
     def listed() -> set[str]:
-        return {parse_reference(m["name"]).short() for m in client.get("/api/ps").get("models", [])}
+        return {_short_name(m["name"]) for m in client.get("/api/ps").get("models", [])}
 
     healed = False
     try:
-        wanted = parse_reference(args.name).short()
+        wanted = _short_name(args.name)
         loaded = listed()
         if wanted not in loaded:
             # As `ollama stop`: saying "stopped" would hide a typo or the wrong server.

@@ -370,3 +370,15 @@ def test_a_server_that_failed_is_not_the_users_error(status: int, code: int) -> 
     from modelyard.cli_serving import ApiError, api_error_exit
 
     assert api_error_exit(ApiError(status, "x")) == code
+
+
+@pytest.mark.parametrize(
+    ("name", "short"),
+    [("tiny", "tiny:latest"), ("tiny:v2", "tiny:v2"), ("llama3:8b:q4", "llama3:8b:q4"), ("a b", "a b")],
+)
+def test_stop_compares_names_no_reference_reads_as_themselves(name: str, short: str) -> None:
+    """A diff review: a spec may serve `llama3:8b:q4`, which no image reference reads; `stop`
+    raised on it after the model had stopped."""
+    from modelyard.cli_serving import _short_name
+
+    assert _short_name(name) == short

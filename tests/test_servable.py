@@ -158,3 +158,29 @@ def test_the_images_a_spec_serves_are_those_it_resolves_to_in_the_store(
     assert using(pinned) == ["chat"], "the last entry holding it"
     targets["chat"] = SimpleNamespace(image="reg.example/x:v2", digest=built.digest)  # a tag, now gone
     assert using(pinned) == ["chat"], "resolved by its digest: the pinned entry is what serves it"
+
+
+def test_a_spec_name_and_the_store_image_of_that_name_are_listed_once(
+    tmp_path: Path, tiny_gguf: Path
+) -> None:
+    """A diff review: spec name `tiny` on the image `tiny` was listed as `tiny` and `tiny:latest`,
+    one model to Ollama's clients, two entries in /api/tags."""
+    from types import SimpleNamespace
+
+    from modelyard.builder import modelfile as mf
+    from modelyard.runtime.scheduler import Scheduler, SchedulerSettings
+    from modelyard.server.state import ServerState
+    from modelyard.settings import Settings
+
+    store = Store(tmp_path / "store")
+    built = Builder(store, tmp_path / "cache").build(
+        mf.Modelfile(from_=str(tiny_gguf), parameters={}), parse_reference("tiny"), context=tmp_path
+    )
+    state = ServerState(Settings.from_env(), store, Scheduler(SchedulerSettings(ram_budget=2**30)))
+    served = load_servable(store, parse_reference("tiny").with_digest(built.digest))
+    state.daemon = SimpleNamespace(served_names=lambda: ["tiny"], servable_for=lambda _: served)  # type: ignore[assignment]
+    listed = state.list_models()
+    assert [m["name"] for m in listed] == ["tiny"]
+    assert listed[0]["size"] == store.images()[0].size + sum(
+        d.size for d in (served.manifest.config, *served.manifest.layers)
+    ), "the same size as the store's entry"

@@ -46,6 +46,14 @@ from modelyard.store.index import remove_tag
 log = logging.getLogger("modelyard.server")
 
 
+def _listed_name(name: str) -> str:
+    """A name as /api/tags lists it, to compare: `tiny` is `tiny:latest`, in any case."""
+    try:
+        return parse_reference(name).short().casefold()
+    except ModelyardError:  # a spec name no reference reads (`llama3:8b:q4`): itself
+        return name.casefold()
+
+
 class ServerState:
     def __init__(self, settings: Settings, store: Store, scheduler: Scheduler) -> None:
         self.settings = settings
@@ -101,8 +109,13 @@ class ServerState:
         from modelyard.runtime.servable import load_servable
 
         models = self._spec_models()
+        # One entry a name: a spec name stands for the store's image of the same name (as Ollama
+        # reads `tiny` and `tiny:latest` as one; a diff review saw both listed).
+        spec_names = {_listed_name(m["name"]) for m in models}
         for record in sorted(self.store.images(), key=lambda r: r.tagged_at, reverse=True):
             ref = parse_reference(record.name)
+            if ref.short().casefold() in spec_names:
+                continue
             try:
                 servable = load_servable(self.store, ref)
             except Exception:
@@ -162,19 +175,19 @@ class ServerState:
         for name in daemon.served_names():
             try:
                 servable = daemon.servable_for(name)
-                pulled = self.store.resolve(servable.reference).tagged_at if servable else ""
+                record = self.store.resolve(servable.reference) if servable else None
             except Exception:
                 log.warning("cannot read the image of %s for listing", name, exc_info=True)
                 continue
-            if servable is None:  # the spec dropped it meanwhile
+            if servable is None or record is None:  # the spec dropped it meanwhile
                 continue
             manifest = servable.manifest
             models.append(
                 {
                     "name": name,
                     "model": name,
-                    "modified_at": pulled,
-                    "size": manifest.config.size + sum(layer.size for layer in manifest.layers),
+                    "modified_at": record.tagged_at,
+                    "size": record.size + manifest.config.size + sum(layer.size for layer in manifest.layers),
                     "digest": servable.digest.removeprefix("sha256:"),
                     "details": details(servable),
                     "capabilities": capabilities(servable),
