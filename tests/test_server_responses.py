@@ -218,3 +218,22 @@ def test_host_allowed(host: str, allowed: bool) -> None:
     from modelyard.server.app import host_allowed
 
     assert host_allowed(host, {"mybox"}) is allowed
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "same"),
+    [
+        (b"http://192.168.1.20:8080", b"192.168.1.20:8080", True),  # its own /docs at a LAN address
+        (b"http://Box.local:11434", b"box.local:11434", True),
+        (b"http://192.168.1.20:8080", b"192.168.1.20:9090", False),
+        (b"https://evil.example", b"192.168.1.20:8080", False),
+        (b"http://192.168.1.20:8080", None, False),
+        (b"http://[::1", b"[::1]:80", False),  # not an origin at all
+    ],
+)
+def test_a_page_of_this_server_is_its_own_origin(origin: bytes, host: bytes | None, same: bool) -> None:
+    """A diff review: served on 0.0.0.0 and opened at a LAN address, the server's own /docs page
+    got 403 on every "Try it out" (Ollama lets an Origin naming the Host through)."""
+    from modelyard.server.app import _same_origin
+
+    assert _same_origin(origin, host) is same

@@ -364,14 +364,29 @@ class OriginGuard:
         self.allowed = (*allowed, *APP_ORIGINS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        origin = dict(scope["headers"]).get(b"origin") if scope["type"] == "http" else None
-        if origin is None or origin_allowed(origin.decode("latin-1"), self.allowed):
+        headers = dict(scope["headers"]) if scope["type"] == "http" else {}
+        origin = headers.get(b"origin")
+        if (
+            origin is None
+            or origin_allowed(origin.decode("latin-1"), self.allowed)
+            or _same_origin(origin, headers.get(b"host"))
+        ):
             await self.app(scope, receive, send)
             return
         message = f"origin {origin.decode('latin-1')!r} is not allowed; add it to MODELYARD_ORIGINS"
         body = _error_body(scope["path"], HTTPError(403, message, kind="permission_error"))
         response = JSONResponse(body, status_code=403)
         await response(scope, receive, send)
+
+
+def _same_origin(origin: bytes, host: bytes | None) -> bool:
+    """A page this server served itself (its /docs, opened at a LAN address): the browser's Origin
+    names the Host it asked, as Ollama lets through (a diff review: every "Try it out" was a 403)."""
+    try:
+        netloc = urllib.parse.urlsplit(origin.decode("latin-1")).netloc
+    except ValueError:
+        return False
+    return host is not None and netloc.casefold() == host.decode("latin-1").casefold()
 
 
 class ConfiguredCORS(CORSMiddleware):
