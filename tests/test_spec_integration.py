@@ -230,6 +230,10 @@ def test_a_runner_killed_with_sigkill_is_reloaded(ggufs: dict[str, Path], tmp_pa
             )
             events = [e for e in box.daemon.status()["events"] if e["kind"] == "loaded"]
             assert "SIGKILL" in events[-1]["message"]
+            # The crash itself is an event too, however fast the model came back (the scheduler's
+            # crash observers: a request can load it again before a round sees it down).
+            crashed = [e for e in box.daemon.status()["events"] if e["kind"] == "crashed"]
+            assert crashed and "SIGKILL" in crashed[-1]["message"] and crashed[-1]["model"] == "chat"
             await eventually(box.daemon.ready, 5, "ready again")
 
     asyncio.run(scenario())
