@@ -829,11 +829,10 @@ class Scheduler:
 
     def _revivable(self, entry: _Entry, request: ModelRequest, options: LoadOptions) -> bool:
         """A stop (not a drain for memory, not a swap's old side) whose runner is the one the
-        request would load: the same weights, adapters and load options, whatever its digest."""
+        request would load: the same weights, adapters and load options, whatever its digest.
+        (`stopping` holds only while the stop's drain is in charge: closing, for no load.)"""
         return (
-            entry.closing
-            and entry.stopping
-            and not entry.closing_for
+            entry.stopping
             and not entry.aliases
             and not entry.swapping
             and entry.state is EntryState.READY

@@ -41,7 +41,7 @@ from modelyard.server.metrics import Metrics
 from modelyard.settings import Settings
 from modelyard.spec.daemon import SpecDaemon
 from modelyard.store import Store
-from modelyard.store.index import remove_tag
+from modelyard.store.index import TagRecord, remove_tag
 
 log = logging.getLogger("modelyard.server")
 
@@ -52,6 +52,20 @@ def _listed_name(name: str) -> str:
         return parse_reference(name).short().casefold()
     except ModelyardError:  # a spec name no reference reads (`llama3:8b:q4`): itself
         return name.casefold()
+
+
+def _listed(name: str, record: TagRecord, servable: Servable) -> dict[str, Any]:
+    """One model of /api/tags: `name`, served from the store entry `record`."""
+    manifest = servable.manifest
+    return {
+        "name": name,
+        "model": name,
+        "modified_at": record.tagged_at,
+        "size": record.size + manifest.config.size + sum(layer.size for layer in manifest.layers),
+        "digest": record.digest.removeprefix("sha256:"),
+        "details": details(servable),
+        "capabilities": capabilities(servable),
+    }
 
 
 class ServerState:
@@ -114,26 +128,14 @@ class ServerState:
         spec_names = {_listed_name(m["name"]) for m in models}
         for record in sorted(self.store.images(), key=lambda r: r.tagged_at, reverse=True):
             ref = parse_reference(record.name)
-            if ref.short().casefold() in spec_names:
+            if _listed_name(ref.short()) in spec_names:
                 continue
             try:
                 servable = load_servable(self.store, ref)
             except Exception:
                 log.warning("cannot read %s for listing", record.name, exc_info=True)
                 continue
-            manifest = servable.manifest
-            size = record.size + manifest.config.size + sum(layer.size for layer in manifest.layers)
-            models.append(
-                {
-                    "name": ref.short(),
-                    "model": ref.short(),
-                    "modified_at": record.tagged_at,
-                    "size": size,
-                    "digest": record.digest.removeprefix("sha256:"),
-                    "details": details(servable),
-                    "capabilities": capabilities(servable),
-                }
-            )
+            models.append(_listed(ref.short(), record, servable))
         return models
 
     def spec_models_using(self, ref: Reference) -> list[str]:
@@ -181,18 +183,7 @@ class ServerState:
                 continue
             if servable is None or record is None:  # the spec dropped it meanwhile
                 continue
-            manifest = servable.manifest
-            models.append(
-                {
-                    "name": name,
-                    "model": name,
-                    "modified_at": record.tagged_at,
-                    "size": record.size + manifest.config.size + sum(layer.size for layer in manifest.layers),
-                    "digest": servable.digest.removeprefix("sha256:"),
-                    "details": details(servable),
-                    "capabilities": capabilities(servable),
-                }
-            )
+            models.append(_listed(name, record, servable))
         return models
 
     def show_model(self, servable: Servable, verbose: bool) -> dict[str, Any]:
