@@ -1833,6 +1833,32 @@ def test_a_busy_pinned_model_is_never_closed_for_another(tmp_path: Path) -> None
     run(scenario())
 
 
+@pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
+def test_a_load_evicts_and_drains_none_of_the_models_it_protects(tmp_path: Path, busy: bool) -> None:
+    """A spec review: a priority-0 model's load evicted the priority-10 one, whose reload evicted
+    it in turn, for ever. The reconciler names the spec's models before a load in `protects`: the
+    load waits for memory as behind a pinned model, and then says why; unprotected, it evicts."""
+
+    async def scenario() -> None:
+        scheduler = drain_scheduler(tmp_path, memory_wait=0.3, retry_after=2)
+        try:
+            a = fake(tmp_path, "A", "w1", "dA")
+            held = await scheduler.acquire(a)
+            if not busy:
+                held.release()
+            with pytest.raises(ServerBusyError, match="pinned or before it in the spec"):
+                await scheduler.ensure(fake(tmp_path, "B", "w2", "dB", protects=frozenset({"A", "Z"})))
+            assert set(rows(scheduler)) == {"A"} and not rows(scheduler)["A"].stopping
+            if busy:
+                held.release(served=True)
+            await asyncio.wait_for(scheduler.ensure(fake(tmp_path, "B", "w2", "dB")), 5)
+            assert set(rows(scheduler)) == {"B"}
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
 def test_real_runners_a_model_generating_without_pause_makes_room_for_another(
     two_models: tuple[Path, Path],
 ) -> None:

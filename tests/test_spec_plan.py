@@ -263,6 +263,25 @@ CASES = [
         sizes={"chat": 20_000, "other": 5000},
         expect=(),  # other does not fit beside the 6,000 bytes still serving
     ),
+    # Beside the models before it, an estimate within the margin of the room left loads and is
+    # measured under the spec's own memory; under the server's budget the scheduler takes the
+    # estimate as it is, and evicted the model before it to load this one (a spec review).
+    Case(
+        "beside-others-under-the-servers-budget-the-estimate-stands",
+        body=FIRST[:-1] + ", {name: other, image: localhost:5000/team/other:v1}]",
+        running=(ready(size=5000),),
+        memory={"chat": Memory(applied(target(FIRST)))},
+        sizes={"other": 5500},
+        expect=(),
+    ),
+    Case(
+        "beside-others-under-the-specs-memory-the-estimate-may-run-over",
+        body="memory: {ram: 10000}\n" + FIRST[:-1] + ", {name: other, image: localhost:5000/team/other:v1}]",
+        running=(ready(size=5000),),
+        memory={"chat": Memory(applied(target(FIRST)))},
+        sizes={"other": 5500},
+        expect=(("load", "other"),),
+    ),
     Case(
         "an-old-digest-serving-through-a-pull-counts-against-the-budget",
         body=FIRST[:-1] + ", {name: other, image: localhost:5000/team/other:v1}]",
@@ -379,6 +398,29 @@ def test_plan(case: Case) -> None:
     if case.phase is not None:
         chat = planned.model("chat")
         assert chat is not None and chat.phase is case.phase, chat
+
+
+def test_a_load_protects_the_models_before_it() -> None:
+    """What the scheduler must not evict for each load: the models before it by priority, then
+    spec order (ModelRequest.protects)."""
+    spec = make_spec(
+        f"""
+        models:
+          - {{name: low, image: {IMAGE}, context: 512}}
+          - {{name: high, image: {IMAGE}, context: 1024, priority: 9}}
+          - {{name: mid, image: {IMAGE}, context: 256, priority: 3}}
+          - {{name: last, image: {IMAGE}, context: 128}}
+        """
+    )
+    images = {IMAGE: ImageState(IMAGE, digest("a"), digest("a"))}
+    planned = plan(spec, Observed({}, images, {}, 10**9, NOW, SESSION), Inventory())
+    protects = {a.model: a.target.protects for a in planned.actions if a.target is not None}
+    assert protects == {
+        "high": frozenset(),
+        "mid": {"high"},
+        "low": {"high", "mid"},
+        "last": {"high", "mid", "low"},
+    }
 
 
 @pytest.mark.parametrize(

@@ -103,6 +103,9 @@ class ModelRequest:
     options: Mapping[str, Any] = field(default_factory=dict)  # image params ⊕ spec ⊕ request options
     keep_alive: float | None = None  # None: keep the model's current value
     pinned: bool = False
+    # Names whose runners this load must not evict or drain, as if pinned: the spec's models before
+    # it, so that a lower priority never displaces a higher one (the reconciler sets it).
+    protects: frozenset[str] = frozenset()
 
 
 class EntryState(enum.Enum):
@@ -124,6 +127,7 @@ class _Entry:
     plan: OffloadPlan
     process_bytes: int  # the runner process's own, beside the model's (SchedulerSettings)
     shape: ModelShape | None = None
+    protects: frozenset[str] = frozenset()  # ModelRequest.protects: its load evicts none of them
     embedding: MemoryEstimate | None = None  # the embeddings context, once reserved
     state: EntryState = EntryState.LOADING
     runner: Runner | None = None
@@ -1057,6 +1061,7 @@ class Scheduler:
             plan=plan,
             process_bytes=self.settings.runner_process_bytes,
             shape=request.shape,
+            protects=request.protects,
             last_used=self.clock(),
             failures=previous.failures if previous is not None else self._crashes.pop(request.name, 0),
         )
@@ -1305,8 +1310,9 @@ class Scheduler:
                 if remaining <= 0:
                     gpu = f" and {memory_size(shortfall.device)} of GPU memory"
                     gpu = gpu if shortfall.device > 0 else ""
+                    kept = ", pinned or before it in the spec" if entry.protects else " or pinned"
                     raise ServerBusyError(
-                        f"not enough memory for {what} while the loaded models are busy or pinned; "
+                        f"not enough memory for {what} while the loaded models are busy{kept}; "
                         f"short by {memory_size(max(shortfall.host, 0))} of RAM{gpu}",
                         retry_after=self.settings.retry_after,
                         reason="memory",
@@ -1379,12 +1385,18 @@ class Scheduler:
         )
 
     def _residents(self, exclude: _Entry, also: _Entry | None = None) -> list[Resident]:
+        """The models that `exclude`'s load may evict or drain, if not pinned; those it protects
+        count as pinned."""
         now = self.clock()
-        return [
-            self._resident(e, now)
-            for e in self._holding()
-            if e is not exclude and e is not also and not e.draining
-        ]
+        residents = []
+        for e in self._holding():
+            if e is exclude or e is also or e.draining:
+                continue
+            resident = self._resident(e, now)
+            if exclude.protects.intersection(e.names):
+                resident = replace(resident, pinned=True)
+            residents.append(resident)
+        return residents
 
     @staticmethod
     def _resident(entry: _Entry, now: float) -> Resident:

@@ -169,6 +169,7 @@ class SchedulerHost:
         request = servable.request(
             name=target.name, options=target.options, keep_alive=target.keep_alive, pinned=target.pinned
         )
+        request = replace(request, protects=target.protects)
         extra: tuple[tuple[Path, float], ...] = ()
         for adapter in target.adapters:
             held = self._servable(adapter.image, adapter.digest).adapters

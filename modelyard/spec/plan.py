@@ -179,6 +179,9 @@ class LoadTarget:
     keep_alive: float = math.inf
     pinned: bool = False
     priority: int = 0
+    # The spec's models before this one (by priority, then spec order): its load must not evict
+    # them to make room. Not part of any key: a change of order reloads nothing.
+    protects: frozenset[str] = field(default=frozenset(), compare=False)
 
     @property
     def options(self) -> dict[str, Any]:
@@ -283,8 +286,12 @@ def plan(spec: Spec, observed: Observed, inventory: Inventory) -> Plan:
     )
     models = []
     counted: set[str] = set()  # load keys whose runner is counted already: names after share it
+    before: set[str] = set()
     for _, model in ordered:
-        planned = _plan_model(spec, model, observed, inventory, budget, used, frozenset(counted))
+        planned = _plan_model(
+            spec, model, observed, inventory, budget, used, frozenset(counted), frozenset(before)
+        )
+        before.add(model.name)
         running = observed.running.get(model.name)
         unloads = any(a.kind is ActionKind.UNLOAD for a in planned.actions)
         if planned.footprint is not None and planned.phase not in (Phase.FAILED, Phase.STANDBY):
@@ -319,6 +326,7 @@ def _plan_model(
     budget: int,
     used: int,
     counted: frozenset[str] = frozenset(),
+    before: frozenset[str] = frozenset(),
 ) -> ModelPlan:
     name = model.name
     memory = inventory.memory(name)
@@ -373,7 +381,7 @@ def _plan_model(
     if meanwhile:
         stored = {**fallbacks, **stored}
 
-    target = target_for(model, stored)
+    target = replace(target_for(model, stored), protects=before)
     footprint, measured = _footprint(target, running, memory, observed)
     if target.load_key in counted and not measured:
         # Another name before it loads the same digest with the same options and adapters: the
@@ -387,7 +395,11 @@ def _plan_model(
     # The advice names the limit in force (a spec review: "raise spec.memory" where the server's
     # budget was the limit, which raising spec.memory cannot lift).
     limit = "spec.memory" if spec.body.memory.total is not None else "the server's $MODELYARD_RAM_BUDGET"
-    refused = _admit(footprint, budget, used, lenient=not measured and not serving_now, limit=limit)
+    # Under the server's own budget the scheduler checks the estimate strictly, and a model admitted
+    # beside others on the margin made it evict the models before it (a spec review: a priority-0
+    # model unloaded the priority-10 one, which loaded again and evicted it, for ever).
+    lenient = not measured and not serving_now and (spec.body.memory.total is not None or used == 0)
+    refused = _admit(footprint, budget, used, lenient=lenient, limit=limit)
     if refused is not None:
         actions: tuple[Action, ...] = ()
         serving_ours = running is not None and running.state == "ready" and memory.applied is not None
