@@ -4,7 +4,10 @@ fetched by a checked digest, and error bodies are read only as far as a message 
 
 from __future__ import annotations
 
+import http.server
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +24,15 @@ from modelyard.registry.options import RegistryOptions
 from modelyard.registry.pull import pull
 from modelyard.registry.retry import RetryPolicy
 from modelyard.registry.session import RegistrySession
-from modelyard.registry.transfer import BlobSource, Uploaded, download_blob, partial_path, upload_blob
+from modelyard.registry.transfer import (
+    BlobSource,
+    Cancellation,
+    Cancelled,
+    Uploaded,
+    download_blob,
+    partial_path,
+    upload_blob,
+)
 from modelyard.store import Store
 from modelyard.store.blobs import BlobStore
 from modelyard.store.image import (
@@ -276,19 +287,76 @@ def test_a_download_over_a_link_that_drops_again_and_again_goes_on_while_bytes_c
 def test_a_download_stopped_while_its_link_broke_asks_for_nothing_more(tmp_path: Path) -> None:
     """A registry review: Ctrl-C on a stalled link, then the read timed out, and the download asked
     for the rest once more before it stopped."""
-    import threading
-
-    from modelyard.registry.transfer import Cancelled
-
     blobs = BlobStore(tmp_path)
     registry = FakeRegistry(blobs={DIGEST: BLOB}, drop_after=1024)
-    stop = threading.Event()
+    stop = Cancellation()
     with pytest.raises(Cancelled):
         download_blob(
             client(registry), blobs, DIGEST, len(BLOB), progress=lambda _: stop.set(), cancelled=stop
         )
     assert len(registry.requests) == 1
     assert partial_path(blobs, DIGEST).stat().st_size == 1024, "kept, to resume from"
+
+
+class _StalledBlob(http.server.BaseHTTPRequestHandler):
+    """Sends the first KiB of BLOB, then nothing more until the test ends: a link that stalled."""
+
+    released = threading.Event()
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(BLOB)))
+        self.end_headers()
+        self.wfile.write(BLOB[:1024])
+        self.wfile.flush()
+        self.released.wait(30)
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+def test_a_cancellation_wakes_a_read_blocked_on_a_stalled_link(tmp_path: Path) -> None:
+    """A registry review: Ctrl-C on a pull whose link had stalled waited out the 60 s read timeout
+    (the blocked read checked the flag only once a chunk came). Setting it shuts the socket down."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StalledBlob)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    session = RegistrySession(
+        resolve_endpoint(f"127.0.0.1:{server.server_port}"), lambda: None, retry=FAST, sleep=lambda _: None
+    )
+    blobs = BlobStore(tmp_path)
+    stop, started = Cancellation(), threading.Event()
+    outcome: list[BaseException | int] = []
+
+    def pull_it() -> None:
+        try:
+            outcome.append(
+                download_blob(
+                    RepositoryClient(session, "ns/m"),
+                    blobs,
+                    DIGEST,
+                    len(BLOB),
+                    progress=lambda _: started.set(),
+                    cancelled=stop,
+                )
+            )
+        except BaseException as exc:  # what the thread ended with is the result
+            outcome.append(exc)
+
+    puller = threading.Thread(target=pull_it)
+    try:
+        puller.start()
+        assert started.wait(10), "the first KiB never came"
+        time.sleep(0.2)  # the read is blocked on the stalled link now
+        stop.set()
+        puller.join(5)
+        assert not puller.is_alive(), "the read still waits for its timeout"
+        assert len(outcome) == 1 and isinstance(outcome[0], Cancelled), outcome
+        assert partial_path(blobs, DIGEST).stat().st_size == 1024, "kept, to resume from"
+    finally:
+        _StalledBlob.released.set()
+        server.shutdown()
+        server.server_close()
+        session.close()
 
 
 def test_a_blob_of_another_size_than_its_descriptor_is_refused_at_its_first_answer(tmp_path: Path) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Any
@@ -44,7 +43,7 @@ from modelyard.registry.formats import (
 )
 from modelyard.registry.options import RegistryOptions
 from modelyard.registry.progress import LayerProgress
-from modelyard.registry.transfer import download_blob, size_refused
+from modelyard.registry.transfer import Cancellation, download_blob, size_refused
 from modelyard.store import Store
 from modelyard.store.image import (
     LAYER_WEIGHT,
@@ -232,7 +231,7 @@ def _download_layers(
 ) -> tuple[int, int]:
     """Every layer blob into the store, `parallel` at a time; the first failure stops the rest."""
     unique = list({layer.digest: layer for layer in layers}.values())
-    cancelled = threading.Event()
+    cancelled = Cancellation()
 
     def one(layer: Descriptor) -> int:
         meter = report.meter("pulling", layer.digest, layer.size)

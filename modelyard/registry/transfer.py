@@ -20,6 +20,7 @@ import contextlib
 import enum
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -45,6 +46,47 @@ Progress = Callable[[int], None]  # called with the bytes done so far (absolute,
 
 class Cancelled(Exception):
     """Another transfer of the same operation failed; this one stopped early (its partial file stays)."""
+
+
+class Cancellation(threading.Event):
+    """The flag that stops the transfers of one operation, checked between reads; setting it also
+    shuts down the sockets they are reading from, since a read blocked on a stalled link would
+    otherwise wait out its timeout (a registry review: Ctrl-C took 60 s to end such a pull)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._guard = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+
+    def set(self) -> None:
+        super().set()
+        with self._guard:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shut(sock)
+
+    @contextlib.contextmanager
+    def watching(self, response: httpx.Response) -> Iterator[None]:
+        """While reading `response`: a cancellation wakes the read at once."""
+        stream = response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if not isinstance(sock, socket.socket):
+            yield
+            return
+        with self._guard:
+            self._sockets.add(sock)
+        try:
+            if self.is_set():
+                _shut(sock)
+            yield
+        finally:
+            with self._guard:
+                self._sockets.discard(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # closed meanwhile
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 class Uploaded(enum.Enum):
@@ -205,7 +247,7 @@ def download_blob(
     size: int,
     *,
     progress: Progress | None = None,
-    cancelled: threading.Event | None = None,
+    cancelled: Cancellation | None = None,
 ) -> int:
     """Fetch a blob into the store unless it is there; returns the bytes received over the network."""
     if _in_store(blobs, digest, size, repo.name):
@@ -214,7 +256,7 @@ def download_blob(
     blobs.ingest_dir.mkdir(parents=True, exist_ok=True)
     partial = partial_path(blobs, digest)
     lock = FileLock(str(partial.with_name(partial.name + LOCK_SUFFIX)))
-    download = _Download(repo, digest, size, progress, cancelled or threading.Event())
+    download = _Download(repo, digest, size, progress, cancelled or Cancellation())
     with lock:  # two pulls of one blob (the CLI and the daemon) must not append to the same file
         if _in_store(blobs, digest, size, repo.name):  # another pull brought it while this one waited
             with contextlib.suppress(FileNotFoundError):
@@ -289,7 +331,7 @@ class _Download:
         digest: str,
         size: int,
         progress: Progress | None,
-        cancelled: threading.Event,
+        cancelled: Cancellation,
     ) -> None:
         self.repo = repo
         self.digest = digest
@@ -329,7 +371,8 @@ class _Download:
 
     def _once(self, out: BinaryIO) -> None:
         have = out.tell()
-        with contextlib.closing(self.repo.open_blob(self.digest, have)) as response:
+        response = self.repo.open_blob(self.digest, have)
+        with contextlib.closing(response), self.cancelled.watching(response):
             stated = _stated_size(response)
             if stated is not None and stated != self.size:
                 # Not the blob the manifest describes: its bytes cannot verify, whatever they are.
