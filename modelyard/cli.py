@@ -885,7 +885,8 @@ def build_parser() -> argparse.ArgumentParser:
         "push",
         help="push an image from the local store to a registry",
         description="Push the local image NAME to DESTINATION (default: NAME itself, which must then "
-        "name a registry). Blobs the registry has are not sent again.",
+        "name a registry). Blobs the registry has are not sent again. Ctrl-C lets the chunk in flight "
+        "arrive (a second Ctrl-C stops at once), and the next push of the image goes on from there.",
     )
     p.add_argument("name", metavar="NAME")
     p.add_argument("destination", nargs="?", metavar="DESTINATION", help="HOST[:PORT]/NAME[:TAG]")

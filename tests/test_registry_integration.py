@@ -5,6 +5,7 @@ Distribution cannot misbehave. Every failing operation must leave the local stor
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import logging
@@ -13,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -31,7 +33,7 @@ from modelyard.errors import (
 from modelyard.progress import ProgressEvent
 from modelyard.reference import Reference, parse_reference
 from modelyard.registry import PushFormat, RegistryOptions, pull, push
-from modelyard.registry.client import RepositoryClient
+from modelyard.registry.client import RepositoryClient, UploadSession
 from modelyard.registry.endpoint import Endpoint
 from modelyard.registry.formats import (
     ANNOTATION_SOURCE_DIGEST,
@@ -39,9 +41,17 @@ from modelyard.registry.formats import (
     LAYER_OLLAMA_MODEL,
     SourceFormat,
 )
+from modelyard.registry.journal import upload_journal
 from modelyard.registry.retry import RetryPolicy
 from modelyard.registry.session import RegistrySession
-from modelyard.registry.transfer import BlobSource, Uploaded, partial_path, upload_blob
+from modelyard.registry.transfer import (
+    BlobSource,
+    Cancelled,
+    Uploaded,
+    UploadResult,
+    partial_path,
+    upload_blob,
+)
 from modelyard.store import Store
 from modelyard.store.image import (
     ANNOTATION_FILEPATH,
@@ -319,6 +329,57 @@ def put_blob(repo: RepositoryClient, data: bytes) -> Descriptor:
 def registry_repo(registry: Registry, repository: str) -> RepositoryClient:
     endpoint = Endpoint(registry.host, f"http://{registry.host}", verify_tls=False)
     return RepositoryClient(RegistrySession(endpoint), repository, push=True)
+
+
+def test_a_push_stopped_halfway_goes_on_where_the_registry_stands(registry: Registry, tmp_path: Path) -> None:
+    """Resumable transfers both ways: a push stopped (Ctrl-C) in its second chunk lets that chunk
+    arrive, keeps the upload session in a journal, and the next push sends only the rest.
+    Distribution signs the bytes received into the session URL's `_state`, refuses an older one,
+    and drops a session whose chunk was cut: the chunk in flight must arrive whole, and the journal
+    keep the URL of the last chunk taken. The blob that arrives is the one that was meant."""
+    mib = 1024 * 1024
+    data = os.urandom(5 * mib)
+    digest = sha256_digest(data)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    blob = BlobSource(digest, len(data), path=path)
+    repo = registry_repo(registry, unique("resume"))
+    journal = upload_journal(tmp_path / "ingest", repo.session.endpoint.base_url, repo.repository, digest)
+    chunk = 2 * mib  # read and reported in 1 MiB pieces
+    ctrl_c = threading.Event()
+
+    def stop_in_the_second_chunk(position: int) -> None:
+        if position > chunk:
+            ctrl_c.set()
+
+    with pytest.raises(Cancelled):
+        upload_blob(
+            repo,
+            blob,
+            chunk_bytes=chunk,
+            progress=stop_in_the_second_chunk,
+            journal=journal,
+            stop_after_chunk=ctrl_c,
+        )
+    assert journal.path.exists() and not repo.has_blob(digest)
+
+    again = upload_blob(repo, blob, chunk_bytes=chunk, journal=journal)
+    assert again == UploadResult(Uploaded.SENT, len(data) - 2 * chunk)
+    assert not journal.path.exists(), "forgotten once the blob is in"
+    with contextlib.closing(repo.open_blob(digest)) as response:
+        assert response.read() == data
+
+    # A journal whose session the registry no longer knows: the blob is sent whole, in a new one.
+    other = os.urandom(3 * mib)
+    (tmp_path / "other").write_bytes(other)
+    lost = upload_journal(
+        tmp_path / "ingest", repo.session.endpoint.base_url, repo.repository, "sha256:" + "0" * 64
+    )
+    lost.remember(UploadSession(f"{repo.session.endpoint.base_url}/v2/{repo.repository}/blobs/uploads/gone"))
+    moved = BlobSource(sha256_digest(other), len(other), path=tmp_path / "other")
+    assert upload_blob(repo, moved, chunk_bytes=chunk, journal=lost).bytes_sent == len(other)
+    assert not lost.path.exists()
+    repo.session.close()
 
 
 def test_pull_a_docker_model_runner_manifest_keeps_unknown_layers(

@@ -17,9 +17,10 @@ import pytest
 
 from modelyard.errors import RegistryError, RegistryProtocolError, RemoteNotFoundError
 from modelyard.reference import parse_reference
-from modelyard.registry.client import RepositoryClient
+from modelyard.registry.client import RepositoryClient, UploadSession
 from modelyard.registry.credentials import Credentials
 from modelyard.registry.endpoint import resolve_endpoint
+from modelyard.registry.journal import upload_journal
 from modelyard.registry.options import RegistryOptions
 from modelyard.registry.pull import pull
 from modelyard.registry.retry import RetryPolicy
@@ -29,6 +30,7 @@ from modelyard.registry.transfer import (
     Cancellation,
     Cancelled,
     Uploaded,
+    UploadResult,
     download_blob,
     partial_path,
     upload_blob,
@@ -296,6 +298,37 @@ def test_a_download_stopped_while_its_link_broke_asks_for_nothing_more(tmp_path:
         )
     assert len(registry.requests) == 1
     assert partial_path(blobs, DIGEST).stat().st_size == 1024, "kept, to resume from"
+
+
+def test_an_upload_journal_is_resumed_only_at_its_own_registry(tmp_path: Path) -> None:
+    """The journal's URL gets this registry's credentials: one naming another host (a file edited,
+    or copied from another store) or unreadable is dropped, and the blob goes in a new session."""
+    big = bytes(range(256)) * 200  # 50 KiB: chunked at 16 KiB
+    for written in (
+        '{"url": "https://evil.example/v2/ns/m/blobs/uploads/fresh"}',
+        "{not json",
+        '{"url": "https://reg.example/v2/ns/m/blobs/uploads/fresh", "min_chunk": "many"}',
+    ):
+        registry = FakeRegistry()
+        journal = upload_journal(tmp_path, "https://reg.example", "ns/m", sha256_digest(big))
+        journal.path.write_text(written)
+        source = BlobSource(sha256_digest(big), len(big), data=big)
+        result = upload_blob(client(registry), source, chunk_bytes=16 * 1024, journal=journal)
+        assert result == UploadResult(Uploaded.SENT, len(big)) and registry.uploaded[source.digest] == big
+        assert registry.requests[1] == "POST /v2/ns/m/blobs/uploads/", registry.requests
+        assert not journal.path.exists()
+
+
+def test_an_upload_goes_on_from_the_session_its_journal_kept(tmp_path: Path) -> None:
+    big = bytes(range(256)) * 200
+    registry = FakeRegistry(session_bytes=big[: 32 * 1024])
+    journal = upload_journal(tmp_path, "https://reg.example", "ns/m", sha256_digest(big))
+    journal.remember(UploadSession("https://reg.example/v2/ns/m/blobs/uploads/fresh"))
+    source = BlobSource(sha256_digest(big), len(big), data=big)
+    result = upload_blob(client(registry), source, chunk_bytes=16 * 1024, journal=journal)
+    assert result == UploadResult(Uploaded.SENT, len(big) - 32 * 1024)
+    assert registry.uploaded[sha256_digest(big)] == big and not journal.path.exists()
+    assert [r.split()[0] for r in registry.requests] == ["HEAD", "GET", "PATCH", "PATCH", "PUT"]
 
 
 class _StalledBlob(http.server.BaseHTTPRequestHandler):

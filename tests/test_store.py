@@ -469,6 +469,22 @@ def test_prune_removes_what_a_process_killed_while_writing_the_index_left(store:
     assert not left.exists() and store.images()[0].name == "library/keep:latest" and store.verify().ok
 
 
+def test_prune_removes_the_upload_sessions_of_pushes_left_past_the_grace(tmp_path: Path) -> None:
+    """An interrupted push keeps its session for the next push to resume (registry/journal.py);
+    one untouched past the grace, and a write of one cut short, go with the other leftovers."""
+    clock = Clock()
+    store = Store(tmp_path / "s", clock=clock)
+    store.blobs.ingest_dir.mkdir(parents=True)
+    old = store.blobs.ingest_dir / "0123abcd.upload.json"
+    cut = store.blobs.ingest_dir / "4567abcd.upload.json.4242.tmp"
+    recent = store.blobs.ingest_dir / "89abcdef.upload.json"
+    for path, age in ((old, 7200), (cut, 7200), (recent, 60)):
+        path.write_text('{"url": "http://127.0.0.1:5000/v2/m/blobs/uploads/x"}')
+        os.utime(path, (clock.now - age, clock.now - age))
+    assert set(store.prune(grace_s=3600).partials) == {old, cut}
+    assert not old.exists() and not cut.exists() and recent.exists()
+
+
 def test_a_folder_in_place_of_a_manifest_deletes_nothing_it_may_need(store: Store) -> None:
     """A diff review: read as absent, such a manifest kept none of its blobs, and `rm` of another
     image deleted the weights it shared."""

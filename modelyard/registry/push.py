@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import enum
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from modelyard.errors import NoRegistryError, RegistryError
 from modelyard.progress import ProgressSink, ignore_progress
 from modelyard.reference import Reference
 from modelyard.registry.client import RepositoryClient
 from modelyard.registry.formats import UnsupportedManifestError, to_ollama
+from modelyard.registry.journal import UploadJournal, upload_journal
 from modelyard.registry.locations import Locations, mount_source
 from modelyard.registry.options import RegistryOptions
 from modelyard.registry.progress import LayerProgress
@@ -123,7 +125,8 @@ def push(
     locations = options.ledger().load()
     with options.open_session(target.host) as session:
         repo = RepositoryClient(session, target.repository, push=True)
-        uploads = _upload_all(repo, blobs, locations, options, report)
+        journals = Journals(store.blobs.ingest_dir, session.endpoint.base_url, target.repository)
+        uploads = _upload_all(repo, blobs, locations, options, report, journals)
         report.status("pushing manifest")
         pushed = []
         for outgoing in plan.manifests:
@@ -156,16 +159,32 @@ def _sources(store: Store, plan: PushPlan) -> dict[str, BlobSource]:
     return sources
 
 
+@dataclass(frozen=True)
+class Journals:
+    """Where the uploads of one push keep their sessions (journal.py)."""
+
+    folder: Path
+    base_url: str
+    repository: str
+
+    def of(self, digest: str) -> UploadJournal:
+        return upload_journal(self.folder, self.base_url, self.repository, digest)
+
+
 def _upload_all(
     repo: RepositoryClient,
     blobs: dict[str, BlobSource],
     locations: Locations,
     options: RegistryOptions,
     report: LayerProgress,
+    journals: Journals | None = None,
 ) -> dict[str, UploadResult]:
-    """Every blob, `parallel` at a time; the first failure stops the others between reads."""
+    """Every blob, `parallel` at a time; the first failure stops the others between reads. Ctrl-C
+    lets the chunks in flight arrive first, for the next push to resume from (a second one stops
+    at once)."""
     host = repo.session.host
     cancelled = threading.Event()
+    stop_after_chunk = threading.Event()
 
     def one(blob: BlobSource) -> UploadResult:
         meter = report.meter("pushing", blob.digest, blob.size)
@@ -176,6 +195,8 @@ def _upload_all(
             chunk_bytes=options.chunk_bytes,
             progress=meter,
             cancelled=cancelled,
+            journal=journals.of(blob.digest) if journals is not None else None,
+            stop_after_chunk=stop_after_chunk,
         )
         if result.outcome is Uploaded.SENT:
             meter(blob.size)
@@ -188,6 +209,20 @@ def _upload_all(
         futures = {digest: pool.submit(one, blob) for digest, blob in blobs.items()}
         try:
             return {digest: future.result() for digest, future in futures.items()}
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (cli.py)
+            stop_after_chunk.set()
+            for future in futures.values():
+                future.cancel()
+            sending = [blobs[d] for d, f in futures.items() if f.running()]
+            if any(blob.size > options.chunk_bytes for blob in sending):
+                report.status(
+                    "stopping once the chunk in flight is in, to resume from; Ctrl-C again stops now"
+                )
+                try:
+                    wait(futures.values())
+                finally:
+                    cancelled.set()
+            raise
         except BaseException:
             cancelled.set()
             for future in futures.values():

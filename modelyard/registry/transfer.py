@@ -4,7 +4,8 @@ Upload: HEAD first (a blob the repository has is never sent again); then a cross
 when we know another repository of the registry holds it; else an upload session of streamed
 chunks (`PATCH` with `Content-Range`, each read from the file in 1 MiB pieces), closed by
 `PUT ?digest=`. A small blob goes in the closing PUT alone. A chunk the registry refuses with 416
-resumes from the offset the registry reports.
+resumes from the offset the registry reports; a push stopped halfway leaves its session in a
+journal (journal.py), and the next push of that blob goes on from what the registry holds.
 
 Download: into `ingest/<hex>.download.partial`, a name fixed per digest so that a pull killed
 halfway (even by SIGKILL) finds its bytes again and asks only for the rest (`Range: bytes=N-`).
@@ -25,13 +26,14 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import httpx
 from filelock import FileLock
 
 from modelyard.errors import BlobNotFoundError, DigestMismatchError, RegistryError, RegistryProtocolError
 from modelyard.registry.client import RepositoryClient, UploadOffsetError, UploadSession, UploadSessionLost
+from modelyard.registry.journal import UploadJournal
 from modelyard.store.blobs import LOCK_SUFFIX, BlobStore
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,21 @@ def _shut(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
+class Flag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class _AnyOf:
+    """Set when either flag is."""
+
+    first: Flag | None
+    second: Flag | None
+
+    def is_set(self) -> bool:
+        return any(flag is not None and flag.is_set() for flag in (self.first, self.second))
+
+
 class Uploaded(enum.Enum):
     PRESENT = "present"  # the repository had it
     MOUNTED = "mounted"  # linked from another repository of the registry
@@ -111,7 +128,7 @@ class FileRange:
         offset: int,
         length: int,
         progress: Progress | None = None,
-        cancelled: threading.Event | None = None,
+        cancelled: Flag | None = None,
     ) -> None:
         self.path = path
         self.offset = offset
@@ -159,7 +176,7 @@ class BlobSource:
     data: bytes | None = None
 
     def body(
-        self, offset: int, length: int, progress: Progress | None, cancelled: threading.Event | None
+        self, offset: int, length: int, progress: Progress | None, cancelled: Flag | None
     ) -> FileRange | BytesRange:
         if self.data is not None:
             return BytesRange(self.data[offset : offset + length], progress)
@@ -175,11 +192,20 @@ def upload_blob(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: Progress | None = None,
     cancelled: threading.Event | None = None,
+    journal: UploadJournal | None = None,
+    stop_after_chunk: threading.Event | None = None,
 ) -> UploadResult:
+    """Send a blob unless the repository has it or can mount it. `cancelled`: stop at the next read.
+    `journal`: where a blob sent in chunks keeps its session, so that the next push after an
+    interrupted one goes on from what the registry holds. `stop_after_chunk`: such a blob stops once
+    the chunk in flight is in (Distribution drops a session whose chunk was cut), others at once."""
     if repo.has_blob(blob.digest):
+        if journal is not None:
+            journal.forget()
         return UploadResult(Uploaded.PRESENT, 0)
-    upload: UploadSession | None = None
-    if mount_from is not None:
+    journal = journal if blob.size > chunk_bytes else None  # sent whole: nothing to resume
+    upload, offset = _resumable(repo, journal, blob.size) if journal is not None else (None, 0)
+    if upload is None and mount_from is not None:
         mount = repo.mount_blob(blob.digest, mount_from)
         if mount.mounted:
             log.debug("mounted %s from %s", blob.digest, mount_from)
@@ -188,13 +214,37 @@ def upload_blob(
     upload = upload or repo.start_upload()
     for attempt in range(1, SESSION_ATTEMPTS + 1):
         try:
-            return UploadResult(Uploaded.SENT, _send(repo, upload, blob, chunk_bytes, progress, cancelled))
+            sent = _send(
+                repo, upload, blob, chunk_bytes, progress, cancelled, offset, journal, stop_after_chunk
+            )
         except UploadSessionLost as exc:
             if attempt == SESSION_ATTEMPTS:
                 raise RegistryError(f"upload of {blob.digest}: {exc}, {attempt} times over") from None
             log.debug("upload of %s: %s; sending it again in a new session", blob.digest, exc)
-            upload = repo.start_upload()
+            upload, offset = repo.start_upload(), 0
+            continue
+        if journal is not None:
+            journal.forget()
+        return UploadResult(Uploaded.SENT, sent)
     raise AssertionError("unreachable")
+
+
+def _resumable(repo: RepositoryClient, journal: UploadJournal, size: int) -> tuple[UploadSession | None, int]:
+    """The session an interrupted push of this blob left, and the bytes the registry holds of it;
+    (None, 0) when there is none, or the registry no longer knows it."""
+    upload = journal.recall()
+    if upload is None:
+        return None, 0
+    try:
+        offset = repo.upload_offset(upload)
+    except UploadSessionLost:
+        journal.forget()
+        return None, 0
+    if not 0 <= offset <= size:
+        journal.forget()
+        return None, 0
+    log.debug("upload of %s resumes at byte %d, where an earlier push stopped", repo.name, offset)
+    return upload, offset
 
 
 def _send(
@@ -204,15 +254,24 @@ def _send(
     chunk_bytes: int,
     progress: Progress | None,
     cancelled: threading.Event | None,
+    offset: int = 0,
+    journal: UploadJournal | None = None,
+    stop_after_chunk: threading.Event | None = None,
 ) -> int:
-    """Send `blob` through `upload` from its first byte; returns the bytes sent."""
+    """Send `blob` through `upload` from byte `offset` (what the session holds); returns the bytes
+    sent. `journal` keeps the session as it stands after each chunk the registry takes."""
     chunk = max(chunk_bytes, upload.min_chunk)
-    if blob.size <= chunk:
-        repo.finish_upload(upload, blob.digest, blob.body(0, blob.size, progress, cancelled))
+    if blob.size <= chunk and not offset:
+        whole = _AnyOf(cancelled, stop_after_chunk)  # nothing to resume: stops at once
+        repo.finish_upload(upload, blob.digest, blob.body(0, blob.size, progress, whole))
         return blob.size
-    offset = sent = 0
+    if journal is not None:
+        journal.remember(upload)
+    sent = 0
     stalled = 0  # resumes in a row that moved the offset on by nothing
     while offset < blob.size:
+        if stop_after_chunk is not None and stop_after_chunk.is_set():
+            raise Cancelled(blob.digest)
         length = min(chunk, blob.size - offset)
         try:
             upload = repo.upload_chunk(upload, blob.body(offset, length, progress, cancelled), offset)
@@ -228,6 +287,8 @@ def _send(
             log.debug("upload of %s resumes at byte %d", blob.digest, exc.offset)
             offset = exc.offset
             continue
+        if journal is not None:
+            journal.remember(upload)
         offset += length
         sent += length
         stalled = 0

@@ -32,6 +32,7 @@ from modelyard.store.image import is_digest, sha256_digest
 CHUNK_BYTES = 4 * 1024 * 1024
 PARTIAL_SUFFIX = ".partial"
 LOCK_SUFFIX = ".lock"  # beside a partial download: who is appending to it (registry/transfer.py)
+UPLOAD_JOURNAL_SUFFIX = ".upload.json"  # an interrupted push's upload session (registry/journal.py)
 
 Progress = Callable[[int], None]  # called with the number of bytes just processed
 UNREADABLE_HINT = "Check its owner and permissions (`ls -l`), or remove it and build or pull again."
@@ -206,6 +207,20 @@ class BlobStore:
             and not _held(e.path)
         }
         return [Path(path) for path in sorted(stale | locks)]
+
+    def stale_upload_journals(self, older_than_s: float, now: float | None = None) -> list[Path]:
+        """Upload sessions of interrupted pushes untouched for `older_than_s` (each is rewritten
+        after every chunk), and temporary files of their writes."""
+        if not self.ingest_dir.is_dir():
+            return []
+        cutoff = (time.time() if now is None else now) - older_than_s
+        return sorted(
+            Path(e.path)
+            for e in os.scandir(self.ingest_dir)
+            if e.is_file()
+            and (e.name.endswith(UPLOAD_JOURNAL_SUFFIX) or f"{UPLOAD_JOURNAL_SUFFIX}." in e.name)
+            and _mtime(e) <= cutoff
+        )
 
     @staticmethod
     def in_use(path: Path) -> bool:

@@ -5,6 +5,7 @@
     <root>/index.json.lock     held while index.json is rewritten
     <root>/blobs/sha256/<hex>  manifests, configs, layers
     <root>/ingest/*.partial    writes in progress (removed by prune once stale)
+    <root>/ingest/*.upload.json   upload sessions of interrupted pushes (prune: the same)
 
 Invariant: an index entry never names a manifest whose blobs are missing. Tagging checks the
 blobs under the index lock; rm and prune delete blobs under the same lock, after the index no
@@ -450,7 +451,11 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 if self.blobs.path(digest).stat().st_mtime <= cutoff:
                     stale.append(digest)
-        partials = [*self.blobs.stale_partials(grace_s, now=self.clock()), *self.index_leftovers()]
+        partials = [
+            *self.blobs.stale_partials(grace_s, now=self.clock()),
+            *self.blobs.stale_upload_journals(grace_s, now=self.clock()),
+            *self.index_leftovers(),
+        ]
         freed = sum(self.blobs.size(d) for d in stale) + sum(p.stat().st_size for p in partials if p.exists())
         return PrunePlan(tuple(sorted(stale)), tuple(partials), freed)
 
