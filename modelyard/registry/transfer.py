@@ -204,7 +204,7 @@ def upload_blob(
             journal.forget()
         return UploadResult(Uploaded.PRESENT, 0)
     journal = journal if blob.size > chunk_bytes else None  # sent whole: nothing to resume
-    upload, offset = _resumable(repo, journal, blob.size) if journal is not None else (None, 0)
+    upload, offset = _resumable(repo, journal, blob) if journal is not None else (None, 0)
     if upload is None and mount_from is not None:
         mount = repo.mount_blob(blob.digest, mount_from)
         if mount.mounted:
@@ -229,7 +229,9 @@ def upload_blob(
     raise AssertionError("unreachable")
 
 
-def _resumable(repo: RepositoryClient, journal: UploadJournal, size: int) -> tuple[UploadSession | None, int]:
+def _resumable(
+    repo: RepositoryClient, journal: UploadJournal, blob: BlobSource
+) -> tuple[UploadSession | None, int]:
     """The session an interrupted push of this blob left, and the bytes the registry holds of it;
     (None, 0) when there is none, or the registry no longer knows it."""
     upload = journal.recall()
@@ -240,10 +242,10 @@ def _resumable(repo: RepositoryClient, journal: UploadJournal, size: int) -> tup
     except UploadSessionLost:
         journal.forget()
         return None, 0
-    if not 0 <= offset <= size:
+    if not 0 <= offset <= blob.size:
         journal.forget()
         return None, 0
-    log.debug("upload of %s resumes at byte %d, where an earlier push stopped", repo.name, offset)
+    log.debug("upload of %s resumes at byte %d, where an earlier push stopped", blob.digest, offset)
     return upload, offset
 
 
