@@ -30,6 +30,7 @@ from modelyard.errors import (
     BlobNotFoundError,
     BuildError,
     CorruptStoreError,
+    ImageInUseError,
     ImageNotFoundError,
     InvalidReferenceError,
     ModelyardError,
@@ -344,6 +345,8 @@ def _first_lines(text: str, n: int = 4) -> str:
 
 def cmd_rm(args: argparse.Namespace, ctx: CommandContext) -> int:
     refs = [parse_reference(name) for name in args.names]
+    if not args.force:
+        _refuse_served_images(ctx, refs)
     digests = {}  # of what rm removes, as the index (and so a server's /api/ps) spells it
     with contextlib.suppress(ImageNotFoundError):  # remove() says which is missing
         index = ctx.store.read_index()
@@ -360,6 +363,40 @@ def cmd_rm(args: argparse.Namespace, ctx: CommandContext) -> int:
     return EXIT_OK
 
 
+def _refuse_served_images(ctx: CommandContext, refs: list[Reference]) -> None:
+    """As the server's `DELETE /api/delete` answers 409 (and `docker rmi` refuses the image of a
+    running container): removed, an image the spec of the server at $MODELYARD_HOST serves left
+    its model answering 404 to every request while its status said Ready (a CLI review). Only
+    images that resolve in this store are checked, as the server checks its own."""
+    from modelyard.cli_serving import ApiClient, ApiError, ServerUnreachableError, base_url
+    from modelyard.server.address import BadHostError
+
+    try:
+        client = ApiClient(base_url(ctx.settings), ctx.settings.api_key, timeout=5)
+    except BadHostError:
+        return  # rm itself does not need a server; _unload_removed says why none was asked
+    try:
+        models = (client.get("/api/status").get("spec") or {}).get("models", [])
+        images = {
+            str(model["name"]): parse_reference(str(model["image"])).with_digest(str(model["digest"]))
+            for model in models
+            if model.get("digest")
+        }
+    except (ServerUnreachableError, ApiError, ValueError, KeyError, TypeError, AttributeError):
+        return  # no server, or one that cannot say: nothing to refuse for
+    finally:
+        client.close()
+    users = ctx.store.left_without_image(images, refs)
+    if users:
+        them = "it" if len(users) == 1 else "them"
+        raise ImageInUseError(
+            f"the spec of the server at {client.base_url} serves {', '.join(users)} from "
+            f"{'this image' if len(refs) == 1 else 'these images'}: take {them} out of the spec "
+            "first (`modelyard apply`), or remove with --force (its requests then fail until the "
+            "spec changes)"
+        )
+
+
 def _unload_removed(ctx: CommandContext, removed: dict[str, str]) -> None:
     """As `ollama rm` does: a server at $MODELYARD_HOST that has a removed image loaded unloads it
     (only at the digest removed: the server may serve another store). No server: nothing to do."""
@@ -373,8 +410,9 @@ def _unload_removed(ctx: CommandContext, removed: dict[str, str]) -> None:
         return
     client = ApiClient(url, ctx.settings.api_key, timeout=5)
     try:
+        # short name -> (the name the server lists, its digest): asked by the server's own name
         loaded = {
-            parse_reference(m["name"]).short(): m.get("digest", "")
+            parse_reference(m["name"]).short(): (str(m["name"]), m.get("digest", ""))
             for m in client.get("/api/ps").get("models", [])
         }
     except (ServerUnreachableError, ApiError, ValueError, KeyError, TypeError, AttributeError):
@@ -382,10 +420,11 @@ def _unload_removed(ctx: CommandContext, removed: dict[str, str]) -> None:
         return  # no server, another one, or one that cannot say: the store is what rm changes
     try:
         for name, digest in removed.items():
-            if not loaded.get(name) or loaded[name] != digest.removeprefix("sha256:"):
+            listed, serving = loaded.get(name, ("", ""))
+            if not serving or serving != digest.removeprefix("sha256:"):
                 continue
             try:
-                client.post("/api/generate", {"model": name, "keep_alive": 0, "stream": False})
+                client.post("/api/generate", {"model": listed, "keep_alive": 0, "stream": False})
             except (ServerUnreachableError, ApiError) as exc:  # ApiTimeout: it drains its requests
                 ctx.err(f"warning: the server at {client.base_url} did not unload '{name}' yet: {exc}")
             else:
@@ -791,6 +830,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("names", nargs="+", metavar="NAME")
     p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="remove even an image that the spec of the server at $MODELYARD_HOST serves (refused "
+        "otherwise, as the server's DELETE /api/delete refuses it)",
+    )
     p.set_defaults(func=cmd_rm)
 
     p = sub.add_parser(

@@ -123,6 +123,10 @@ class ImageNotFoundError(StoreError, LookupError):
         super().__init__(message)
 
 
+class ImageInUseError(StoreError):
+    """An image the spec of a running server serves: removed, its model would fail every request."""
+
+
 class BlobNotFoundError(StoreError, FileNotFoundError):
     def __init__(self, digest: str, ref: str = "") -> None:
         self.digest = digest

@@ -143,6 +143,18 @@ def test_serve_spec_serves_the_spec_names_and_follows_edits(
     code, out, err = cli(server, monkeypatch, "stop", "chat")
     assert code == 0 and "stopped chat" in out and "note: the server's spec serves chat" in err, err
 
+    # `modelyard rm` of its image is refused as DELETE is (a CLI review: removed, the model answered
+    # 404 to every request while its status said Ready) ...
+    code, out, err = cli(server, monkeypatch, "rm", "tiny")
+    assert code == 1 and "serves chat from this image" in err and "--force" in err, err
+    assert Store(server.home / "store").resolve(parse_reference("tiny"))
+    # ... and with --force, while another name holds the digest, the model serves on.
+    assert cli(server, monkeypatch, "tag", "tiny", "other")[0] == 0
+    code, out, err = cli(server, monkeypatch, "rm", "--force", "tiny")
+    assert code == 0 and "deleted 'tiny" in out, err
+    with ollama.Client(host=server.url) as client:
+        assert client.generate(model="chat", prompt="the cat").done
+
 
 def test_apply_status_and_diff_against_a_plain_server(
     tmp_path: Path, tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch

@@ -41,7 +41,7 @@ from modelyard.server.metrics import Metrics
 from modelyard.settings import Settings
 from modelyard.spec.daemon import SpecDaemon
 from modelyard.store import Store
-from modelyard.store.index import TagRecord, remove_tag
+from modelyard.store.index import TagRecord
 
 log = logging.getLogger("modelyard.server")
 
@@ -146,28 +146,15 @@ class ServerState:
         daemon = self.daemon
         if daemon is None:
             return []
-        try:
-            before = self.store.read_index()
-            after = before
-            for tag in self.store.names_to_remove([ref]):
-                after = remove_tag(after, tag)
-        except ModelyardError:  # not there: the delete says so
-            return []
-        users = []
+        images = {}
         for name in daemon.served_names():
             target = daemon.reconciler.target(name)
-            if target is None:
-                continue
-            image = parse_reference(target.image).with_digest(target.digest)
-            try:
-                self.store.resolve(image, before)
-            except ModelyardError:
-                continue  # not found now either: not this delete's doing
-            try:
-                self.store.resolve(image, after)  # another entry may still hold it
-            except ModelyardError:
-                users.append(name)
-        return users
+            if target is not None:
+                images[name] = parse_reference(target.image).with_digest(target.digest)
+        try:
+            return self.store.left_without_image(images, [ref])
+        except ModelyardError:  # an unreadable index: the delete says so
+            return []
 
     def _spec_models(self) -> list[dict[str, Any]]:
         daemon = self.daemon

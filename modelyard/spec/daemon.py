@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.errors import SpecValidationError
-from modelyard.reference import parse_reference
 from modelyard.registry import RegistryOptions
 from modelyard.runtime.scheduler import ModelRequest, Scheduler, SchedulerSettings
-from modelyard.runtime.servable import Servable, load_servable
+from modelyard.runtime.servable import Servable
 from modelyard.settings import Settings
 from modelyard.spec.host import SchedulerHost
 from modelyard.spec.kubernetes import (
@@ -97,7 +96,7 @@ class SpecDaemon:
         target = self.reconciler.target(name)
         if target is None:
             return None
-        servable = load_servable(self.store, parse_reference(target.image).with_digest(target.digest))
+        servable = self.host.servable(target.image, target.digest)
         return replace(servable, alias=name, params={**servable.params, **dict(target.params)})
 
     def status(self) -> dict[str, Any]:

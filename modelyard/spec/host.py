@@ -157,7 +157,7 @@ class SchedulerHost:
 
     def _footprint(self, target: LoadTarget) -> int | None:
         try:
-            return footprint(self._servable(target.image, target.digest), target.options)
+            return footprint(self.servable(target.image, target.digest), target.options)
         except ModelyardError as exc:
             log.debug("no estimate for %s: %s", target.name, exc)
             return None
@@ -165,14 +165,14 @@ class SchedulerHost:
     def request(self, target: LoadTarget) -> ModelRequest:
         """The scheduler request for `target`: the image's parameters ⊕ the spec's options, its
         adapters and the spec's adapter images, keep_alive, pinned."""
-        servable = self._servable(target.image, target.digest)
+        servable = self.servable(target.image, target.digest)
         request = servable.request(
             name=target.name, options=target.options, keep_alive=target.keep_alive, pinned=target.pinned
         )
         request = replace(request, protects=target.protects)
         extra: tuple[tuple[Path, float], ...] = ()
         for adapter in target.adapters:
-            held = self._servable(adapter.image, adapter.digest).adapters
+            held = self.servable(adapter.image, adapter.digest).adapters
             if not held:  # served without it, the model answered as the base did (a spec review)
                 raise NotAnAdapterError(target.name, adapter.image)
             extra += tuple((path, adapter.scale) for path, _ in held)
@@ -202,9 +202,19 @@ class SchedulerHost:
     def expired(self) -> frozenset[str]:
         return self.scheduler.expired_names()
 
-    def _servable(self, image: str, digest: str) -> Servable:
+    def servable(self, image: str, digest: str) -> Servable:
+        """The image `image` names at `digest`; under another name that holds the digest when that
+        name is gone (`rm --force`): the model loaded from it serves on, as its status says, rather
+        than fail every request with 404 (a CLI review)."""
         ref: Reference = parse_reference(image).with_digest(digest)
-        return load_servable(self.store, ref)
+        try:
+            return load_servable(self.store, ref)
+        except ImageNotFoundError:
+            index = self.store.read_index()
+            holder = next((r for r in (*index.tags, *index.history) if r.digest == digest), None)
+            if holder is None:
+                raise
+            return load_servable(self.store, parse_reference(holder.name).with_digest(digest))
 
 
 def _draining(status: ModelStatus) -> bool:

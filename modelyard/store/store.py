@@ -18,7 +18,7 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +26,13 @@ from typing import Any
 
 from filelock import FileLock
 
-from modelyard.errors import BlobNotFoundError, CorruptStoreError, ImageNotFoundError, StoreError
+from modelyard.errors import (
+    BlobNotFoundError,
+    CorruptStoreError,
+    ImageNotFoundError,
+    ModelyardError,
+    StoreError,
+)
 from modelyard.reference import Reference, parse_reference
 from modelyard.store.atomic import atomic_write, fsync_dir
 from modelyard.store.blobs import LOCK_SUFFIX, UNREADABLE_HINT, BlobStore, hash_file
@@ -348,6 +354,29 @@ class Store:
         lists them as), once each; raises as remove does for a name not here."""
         index = self.read_index()
         return list(dict.fromkeys(self._removable_tag(index, ref) for ref in refs))
+
+    def left_without_image(self, images: Mapping[str, Reference], removing: Sequence[Reference]) -> list[str]:
+        """Of `images` (a name → the image it serves, at a digest), the names whose image resolves
+        now and would not once `removing` are removed (another name may still hold the digest).
+        Refs not here count as nothing removed: `remove` says so."""
+        before = self.read_index()
+        try:
+            after = before
+            for tag in [self._removable_tag(before, ref) for ref in removing]:
+                after = remove_tag(after, tag)
+        except ImageNotFoundError:
+            return []
+        losing = []
+        for name, image in images.items():
+            try:
+                self.resolve(image, before)
+            except ModelyardError:
+                continue  # not found now either: not this removal's doing
+            try:
+                self.resolve(image, after)
+            except ModelyardError:
+                losing.append(name)
+        return losing
 
     @staticmethod
     def _removable_tag(index: Index, ref: Reference) -> str:
