@@ -349,6 +349,42 @@ def test_a_source_whose_bad_edit_is_undone_shows_no_rejection(tmp_path: Path) ->
     assert reconciler_reading().status()["rejected"] is None
 
 
+def test_a_saved_spec_stays_in_force_only_for_the_source_it_came_from(tmp_path: Path) -> None:
+    """A CLI review: `serve --spec FILE` with FILE invalid put in force the spec that `apply` had
+    set in an earlier run, and /health said all was well. Restarted on the file it came from, the
+    last good spec stays in force while the file is broken, as it does while the server runs."""
+    effects, clock = FakeEffects(tags={IMAGE: digest("a")}), FakeClock()
+    spec = tmp_path / "models.yaml"
+    broken = spec_text(CHAT.replace("2048", "lots"))
+
+    def serve(source: FileSource | None) -> Reconciler:
+        reconciler = make(tmp_path, effects, clock)
+
+        async def briefly() -> None:
+            stop = asyncio.Event()
+            running = asyncio.create_task(reconciler.run(source, stop))
+            await asyncio.sleep(0.3)
+            stop.set()
+            await running
+
+        asyncio.run(briefly())
+        return reconciler
+
+    make(tmp_path, effects, clock).submit(documents(CHAT), "applied")  # `apply` in an earlier run
+    spec.write_text(broken)
+    following = serve(FileSource(spec))
+    status = following.status()
+    assert status["name"] is None and status["rejected"] is not None and status["models"] == []
+    assert not following.serving(), "/health under serve --spec: nothing serves the file's spec"
+
+    spec.write_text(spec_text(CHAT))
+    assert serve(FileSource(spec)).status()["name"] is not None
+    spec.write_text(broken)
+    restarted = serve(FileSource(spec)).status()
+    assert restarted["name"] is not None and restarted["rejected"] is not None, "its own last good spec"
+    assert serve(None).status()["name"] is None, "nor is the file's spec in force for `apply`"
+
+
 def test_a_restart_keeps_generation_inventory_and_history(
     tmp_path: Path, world: tuple[FakeEffects, FakeClock]
 ) -> None:
@@ -764,3 +800,15 @@ def test_an_applys_plan_is_the_one_its_round_acts_on(
         assert "other" not in effects.loaded and effects.loaded["chat"].digest == digest("b")
 
     asyncio.run(scenario())
+
+
+def test_every_problem_of_a_rejected_spec_is_logged(
+    tmp_path: Path, world: tuple[FakeEffects, FakeClock], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A CLI review: the server's log named the first of four problems; status named them all."""
+    reconciler = make(tmp_path, *world)
+    two = CHAT.replace("2048", "lots").replace("]", ", {name: chat2, image: x, parallel: 0}]")
+    with caplog.at_level("INFO", logger="modelyard"):
+        assert not reconciler.submit(documents(two), "r2").accepted
+    logged = caplog.text
+    assert "context" in logged and "parallel" in logged and "2 problem(s)" in logged, logged

@@ -181,6 +181,7 @@ class Reconciler:
         self._reports: dict[str, ModelReport] = dict(saved.reports)
         self._events: list[Event] = list(saved.events)
         self._rejected = saved.rejected
+        self._saved_source = saved.source
         self._observed_generation = 0
         self._last_round: float | None = None
         self._in_progress: dict[str, Action] = {}
@@ -218,6 +219,10 @@ class Reconciler:
             self._event(
                 "", "rejected", f"revision {revision or '?'}: {len(exc.issues)} problem(s): {exc.issues[0]}"
             )
+            if len(exc.issues) > 1:  # the event names the first; the log has room for them all
+                log.warning(
+                    "every problem of revision %s:\n  %s", revision or "?", "\n  ".join(map(str, exc.issues))
+                )
             self._save()
             return SubmitResult(False, self._generation, False, exc)
         return self.accept(spec, revision)
@@ -666,8 +671,9 @@ class Reconciler:
         """Reconcile until `stop` is set: on every change of `source`, whenever a spec model's runner
         dies or unloads, and every interval. Without a source, the spec given to `submit` (or the
         last good one saved) is kept in line."""
+        self._source = source.description if source is not None else ""
+        self._forget_another_sources_spec()
         if source is not None:
-            self._source = source.description
             await self._read(source, first=True)
         tasks = [asyncio.create_task(self._glance_loop(stop))]
         if source is not None:
@@ -689,6 +695,18 @@ class Reconciler:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+    def _forget_another_sources_spec(self) -> None:
+        """The saved spec stays in force only for the source it came from: `serve --spec FILE` with
+        FILE invalid put in force the spec `apply` had set in an earlier run, and said it was
+        healthy (a CLI review). What the reconciler loaded stays in its inventory."""
+        if self._spec is None or self._saved_source == self._source:
+            return
+        came_from = self._saved_source or "`apply`"
+        self._event("", "forgotten", f"the saved spec came from {came_from}, not {self._source or '`apply`'}")
+        self._spec, self._revision, self._rejected, self._reports = None, "", None, {}
+        self._saved_source = self._source
+        self._save()
 
     def _sleep_time(self) -> float:
         spec = self._spec
@@ -763,6 +781,7 @@ class Reconciler:
                 spec=spec.to_document() if spec is not None else None,
                 spec_digest=spec.digest if spec is not None else "",
                 revision=self._revision,
+                source=self._source,
                 inventory=self._inventory,
                 reports=self._reports,
                 events=tuple(self._events),

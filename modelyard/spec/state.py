@@ -55,6 +55,7 @@ class SavedState:
     spec: Mapping[str, Any] | None = None  # the last good spec, as one ModelSet document
     spec_digest: str = ""
     revision: str = ""  # the source's revision it came from (a content hash, a commit)
+    source: str = ""  # the source it came from (`serve --spec`'s description); "" for `apply`
     inventory: Inventory = field(default_factory=Inventory)
     reports: Mapping[str, ModelReport] = field(default_factory=dict)
     events: tuple[Event, ...] = ()
@@ -105,6 +106,7 @@ def _encode(state: SavedState) -> dict[str, Any]:
         "spec": state.spec,
         "specDigest": state.spec_digest,
         "revision": state.revision,
+        "source": state.source,
         "knownDigests": dict(state.inventory.known_digests),
         "models": {name: _encode_memory(m) for name, m in state.inventory.models.items()},
         "reports": {name: _encode_report(r) for name, r in state.reports.items()},
@@ -219,6 +221,7 @@ def _decode(raw: Mapping[str, Any]) -> SavedState:
         spec=_field(raw, "spec", (dict, type(None)), None),
         spec_digest=_field(raw, "specDigest", str, ""),
         revision=_field(raw, "revision", str, ""),
+        source=_field(raw, "source", str, ""),
         inventory=Inventory(
             models={name: _decode_memory(m) for name, m in _objects(raw, "models")},
             known_digests=known,
