@@ -25,6 +25,7 @@ from registry_server import CountingProxy, FakeRegistry, Registry, free_port, st
 from modelyard.builder.build import Builder
 from modelyard.cli import main
 from modelyard.errors import (
+    CorruptStoreError,
     DigestMismatchError,
     RegistryError,
     RegistryUnavailableError,
@@ -528,6 +529,20 @@ def test_registry_down_is_unavailable(image: tuple[Store, str], tmp_path: Path) 
         err = io.StringIO()
         assert main(["pull", str(down)], stdout=io.StringIO(), stderr=err) == 2, err.getvalue()
     assert "is unavailable" in err.getvalue()
+
+
+def test_a_push_of_a_damaged_local_blob_blames_the_store_not_the_registry(
+    registry: Registry, image: tuple[Store, str], tmp_path: Path
+) -> None:
+    """A CLI review: the registry's DIGEST_INVALID was reported as its own HTTP 400."""
+    store, digest = image
+    system = next(d for d in store.read_manifest(digest).layers if d.media_type == LAYER_SYSTEM)
+    path = store.blobs.path(system.digest)
+    path.chmod(0o644)
+    path.write_bytes(b"damaged")
+    with pytest.raises(CorruptStoreError, match="verify --fix") as refused:
+        push(store, remote(registry, unique("damaged")), options(tmp_path), source=parse_reference("tiny"))
+    assert str(path) in str(refused.value)
 
 
 def test_a_corrupt_blob_in_the_registry_is_refused_and_nothing_enters(

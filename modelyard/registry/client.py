@@ -194,7 +194,9 @@ class RepositoryClient:
         )
         if response.status_code not in (201, 204):
             _check_upload_session(response)
-            raise error_for(response, f"upload of {digest} to {self.name}")
+            rejected = b"DIGEST_INVALID" in response.read()[:4096]
+            error = error_for(response, f"upload of {digest} to {self.name}")
+            raise DigestRejectedError(str(error)) if rejected else error
         response.close()
 
     def open_blob(self, digest: str, offset: int = 0) -> httpx.Response:
@@ -237,6 +239,10 @@ def _check_upload_session(response: httpx.Response) -> None:
     ):
         response.close()
         raise UploadSessionLost(f"the registry lost the upload session (HTTP {response.status_code})")
+
+
+class DigestRejectedError(RegistryError):
+    """The registry hashed the bytes sent and they are not the digest (DIGEST_INVALID)."""
 
 
 class UploadOffsetError(RegistryError):

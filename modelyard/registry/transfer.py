@@ -31,10 +31,22 @@ from typing import BinaryIO, Protocol
 import httpx
 from filelock import FileLock
 
-from modelyard.errors import BlobNotFoundError, DigestMismatchError, RegistryError, RegistryProtocolError
-from modelyard.registry.client import RepositoryClient, UploadOffsetError, UploadSession, UploadSessionLost
+from modelyard.errors import (
+    BlobNotFoundError,
+    CorruptStoreError,
+    DigestMismatchError,
+    RegistryError,
+    RegistryProtocolError,
+)
+from modelyard.registry.client import (
+    DigestRejectedError,
+    RepositoryClient,
+    UploadOffsetError,
+    UploadSession,
+    UploadSessionLost,
+)
 from modelyard.registry.journal import UploadJournal
-from modelyard.store.blobs import LOCK_SUFFIX, BlobStore
+from modelyard.store.blobs import LOCK_SUFFIX, BlobStore, hash_file
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +229,9 @@ def upload_blob(
             sent = _send(
                 repo, upload, blob, chunk_bytes, progress, cancelled, offset, journal, stop_after_chunk
             )
+        except DigestRejectedError:
+            _check_source(blob)
+            raise
         except UploadSessionLost as exc:
             if attempt == SESSION_ATTEMPTS:
                 raise RegistryError(f"upload of {blob.digest}: {exc}, {attempt} times over") from None
@@ -227,6 +242,20 @@ def upload_blob(
             journal.forget()
         return UploadResult(Uploaded.SENT, sent)
     raise AssertionError("unreachable")
+
+
+def _check_source(blob: BlobSource) -> None:
+    """After the registry found the bytes sent are not the digest: whether the store's copy is to
+    blame (a push review: a damaged local blob was reported as the registry's 400)."""
+    if blob.path is None:
+        return
+    actual, _ = hash_file(blob.path)
+    if actual != blob.digest:
+        raise CorruptStoreError(
+            blob.path,
+            f"the store's copy of {blob.digest} hashes to {actual}",
+            hint="Run `modelyard verify --fix`, then build or pull the image again.",
+        )
 
 
 def _resumable(
