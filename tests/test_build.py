@@ -502,6 +502,28 @@ def test_bad_sources_leave_the_store_unchanged(
     assert sorted(p.name for p in (home / "store").rglob("*")) == before
 
 
+@pytest.mark.parametrize(
+    ("modelfile", "where"),
+    [
+        pytest.param("SYSTEM hi\nFROM ./nope.gguf\n", ":2:6: FROM ./nope.gguf: no such file", id="from"),
+        pytest.param(
+            "FROM  never-built\n", ":1:7: FROM never-built:latest: no such file or image", id="image"
+        ),
+        pytest.param(
+            "FROM ./weights.gguf\nSYSTEM x\nADAPTER ./weights.gguf\n", ":3:9: ", id="adapter-of-its-kind"
+        ),
+    ],
+)
+def test_a_from_or_adapter_that_does_not_resolve_says_where_it_was_written(
+    tmp_path: Path, workdir: Path, modelfile: str, where: str
+) -> None:
+    """A CLI review: parse errors said `Modelfile:3:11:`, these said no line."""
+    (workdir / "Bad").write_text(modelfile)
+    with pytest.raises(BuildError) as raised:
+        build(tmp_path / "home", workdir / "Bad", "bad")
+    assert str(raised.value).startswith(f"{workdir / 'Bad'}{where}"), raised.value
+
+
 def test_quantize_f32_to_q8_0(tmp_path: Path, workdir: Path) -> None:
     (workdir / "Modelfile").write_text("FROM ./weights.gguf\n")
     digest, store, recorder = build(tmp_path / "h", workdir / "Modelfile", "q", quantize="q8_0")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -173,7 +173,8 @@ class Builder:
     # --- phase 1: resolve and validate ----------------------------------------------------------
 
     def _plan(self, modelfile: mf.Modelfile, context: Path, quantize: str | None) -> _Plan:
-        base = self._resolve_from(modelfile.from_, context)
+        with _located(modelfile.from_at):
+            base = self._resolve_from(modelfile.from_, context)
         plan = base if isinstance(base, _Plan) else _Plan(base, [], None, None, {}, [], [], None)
         plan.warnings.extend(modelfile.warnings)
         if modelfile.template is not None:
@@ -189,7 +190,9 @@ class Builder:
         plan.licenses += [text for text in modelfile.licenses if text not in inherited]
         if modelfile.requires is not None:
             plan.requires = modelfile.requires
-        plan.adapters += [self._resolve_adapter(a, context) for a in modelfile.adapters]
+        for i, adapter in enumerate(modelfile.adapters):
+            with _located(modelfile.adapters_at[i] if i < len(modelfile.adapters_at) else None):
+                plan.adapters.append(self._resolve_adapter(adapter, context))
         # Before any weights are copied: the rest of the texts are checked as they are written.
         _check_text_sizes(_plain_texts(plan))
         if quantize:
@@ -508,6 +511,19 @@ def _check_kind(path: Path, general_type: str, expect: str, instruction: str) ->
 
 def _params_json(parameters: Mapping[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in parameters.items()}
+
+
+@contextlib.contextmanager
+def _located(where: mf.Location | None) -> Iterator[None]:
+    """A FROM's or ADAPTER's failure to resolve, placed where the Modelfile wrote its value (a CLI
+    review: "FROM ./missing.gguf: no such file" said no line, as parse errors do)."""
+    try:
+        yield
+    except BuildError as exc:
+        if where is not None and not isinstance(exc, ModelfileError):
+            file, line, column = where
+            exc.args = (f"{file}:{line}:{column}: {exc}",)  # its kind (a GGUF's, say) stays
+        raise
 
 
 def _is_blob_reference(value: str) -> bool:

@@ -75,6 +75,9 @@ class Message:
     content: str
 
 
+Location = tuple[str, int, int]  # file, 1-based line and column
+
+
 @dataclass(frozen=True)
 class Modelfile:
     """What a Modelfile says, in either syntax. Two Modelfiles that mean the same compare equal.
@@ -93,11 +96,15 @@ class Modelfile:
     messages: tuple[Message, ...] = ()
     requires: str | None = None
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    # Where FROM's and each ADAPTER's value were written (file, line, column), for the errors of
+    # resolving them; empty when not parsed from a file.
+    from_at: Location | None = field(default=None, compare=False)
+    adapters_at: tuple[Location, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         # Freeze what a caller may hand over as lists or dicts, so that equality and hashing work.
         object.__setattr__(self, "parameters", Parameters(self.parameters))
-        for name in ("adapters", "licenses", "messages", "warnings"):
+        for name in ("adapters", "licenses", "messages", "warnings", "adapters_at"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.requires is not None and self.requires.startswith("v"):
             object.__setattr__(self, "requires", self.requires[1:])
@@ -382,6 +389,8 @@ class _Draft:
     licenses: list[str] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    from_at: Location | None = None
+    adapters_at: list[Location] = field(default_factory=list)
 
     def add(self, instruction: _Instruction) -> None:
         value = instruction.value
@@ -394,6 +403,7 @@ class _Draft:
                 self.system = value.text
             case "ADAPTER":
                 self.adapters.append(self._not_empty(value, "ADAPTER needs a path"))
+                self.adapters_at.append(self._at(value))
             case "LICENSE":
                 self.licenses.append(value.text)
             case "REQUIRES":
@@ -413,6 +423,10 @@ class _Draft:
             )
         self.from_ = self._not_empty(instruction.value, "FROM needs a model name or path")
         self.from_line = self.source.line(instruction.start)
+        self.from_at = self._at(instruction.value)
+
+    def _at(self, token: _Token) -> Location:
+        return (self.source.file, *self.source.position(token.start))
 
     def _not_empty(self, value: _Token, message: str) -> str:
         if not value.text:
@@ -457,6 +471,8 @@ class _Draft:
             messages=tuple(self.messages),
             requires=self.requires,
             warnings=tuple(self.warnings),
+            from_at=self.from_at,
+            adapters_at=tuple(self.adapters_at),
         )
 
 
