@@ -1107,6 +1107,68 @@ def test_a_reload_for_other_options_after_a_revived_stop_is_not_called_off(tmp_p
     run(scenario())
 
 
+def test_a_new_digest_of_other_load_options_loads_beside_the_old_one(tmp_path: Path) -> None:
+    """A soak review: rebuilt from a GGUF of another trained context (so another default num_ctx),
+    the name's next request waited for the old runner's stream to end, for ever with
+    num_predict -1. Any new digest is a swap: the old runner serves its stream on."""
+
+    async def scenario() -> None:
+        scheduler = fake_scheduler(tmp_path)
+        try:
+            stream = await scheduler.acquire(fake(tmp_path, "A", "w1", "dA", options={"num_ctx": 256}))
+            rebuilt = fake(tmp_path, "A", "w2", "dA2", options={"num_ctx": 512})
+            new = await asyncio.wait_for(scheduler.acquire(rebuilt), 2)
+            assert new.runner is not stream.runner and stream.runner.alive
+            new.release()
+            stream.release()
+            await asyncio.sleep(0.1)
+            assert not stream.runner.alive and rows(scheduler)["A"].digest == "dA2"
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
+def test_a_reload_for_other_options_waits_drain_wait_for_the_streams_then_gets_a_503(tmp_path: Path) -> None:
+    """A soak review: a request with other options (num_ctx) for a model serving a stream without
+    end waited for ever, and every other request for the model got "A is stopping" 503s after
+    memory_wait. Now its drain lasts drain_wait: the model serves on, the others are served, the
+    request for other options gets a 503 that says why; once the stream ends it reloads."""
+
+    async def scenario() -> None:
+        scheduler = fake_scheduler(tmp_path, memory_wait=5, drain_wait=0.5, retry_after=2)
+        try:
+            usual = fake(tmp_path, "A", "w1", "dA", options={"num_parallel": 2})
+            stream = await scheduler.acquire(usual)
+            started = time.monotonic()
+            other = asyncio.ensure_future(
+                scheduler.acquire(
+                    fake(tmp_path, "A", "w1", "dA", options={"num_ctx": 512, "num_parallel": 2})
+                )
+            )
+            await asyncio.sleep(0.1)
+            assert "reloading with other load options" in rows(scheduler)["A"].note
+            meanwhile = await asyncio.wait_for(scheduler.acquire(usual), 2)  # waits the drain out
+            assert meanwhile.runner is stream.runner
+            with pytest.raises(ServerBusyError, match="that did not end within"):
+                await other
+            assert 0.4 < time.monotonic() - started < 2 and rows(scheduler)["A"].note == ""
+            meanwhile.release()
+            stream.release()
+            reloaded = await asyncio.wait_for(
+                scheduler.acquire(
+                    fake(tmp_path, "A", "w1", "dA", options={"num_ctx": 512, "num_parallel": 2})
+                ),
+                2,
+            )
+            assert reloaded.runner is not stream.runner and not stream.runner.alive
+            reloaded.release()
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
 def test_a_stop_during_a_swap_unloads_the_new_digest_too(tmp_path: Path) -> None:
     """A diff review: `stop` while a rebuilt name's new digest loaded beside the old one unloaded
     the old once its streams ended, and the new one stayed loaded."""

@@ -91,13 +91,13 @@ CASES = [
         expect=(("swap", "chat"),),
     ),
     Case(
-        "new-digest-and-new-options-reloads",
+        "new-digest-and-new-options-swaps",  # the old one serves until the new one is loaded
         body=MODEL.replace("2048", "4096"),
         tag="b",
         stored=("a", "b"),
         running=(ready(),),
         memory={"chat": Memory(applied(T))},
-        expect=(("reload", "chat"),),
+        expect=(("swap", "chat"),),
     ),
     Case(
         "context-changed-reloads",

@@ -222,9 +222,12 @@ class _Entry:
             and self.adapters == request.adapters
         )
 
-    def only_digest_differs(self, request: ModelRequest, options: LoadOptions) -> bool:
-        """Another image under the same name and load options: a swap (adapters come with the image)."""
-        return self.digest_of(request.name) != request.digest and self.requested == options
+    def another_image(self, request: ModelRequest) -> bool:
+        """Another image under the same name: a swap, the old one serving until the new one is
+        loaded, whatever the new one's load options (a soak review: a rebuild from a GGUF of
+        another trained context, so another default num_ctx, waited for the old one's streams to
+        end, for ever with num_predict -1)."""
+        return self.digest_of(request.name) != request.digest
 
     def runs(self, request: ModelRequest, options: LoadOptions) -> bool:
         """Whether this runner is the one `request` would load: the same weights, adapters and load
@@ -445,11 +448,7 @@ class Scheduler:
                     # A runner other names share: this name leaves it (they keep it) and loads anew.
                     self._detach(entry, request.name)
                     continue
-                if (
-                    entry.state is EntryState.READY
-                    and not entry.draining
-                    and entry.only_digest_differs(request, options)
-                ):
+                if entry.state is EntryState.READY and not entry.draining and entry.another_image(request):
                     # The name now points at another digest: load it beside this one and keep
                     # serving this one until the new one is ready (no downtime), from its free
                     # slots: queued behind its streams, a request waited for them with the new
@@ -479,7 +478,7 @@ class Scheduler:
                         await asyncio.sleep(0.02)
                         continue
                     self._check_fits_alone(request, options)  # before the runner serving others goes
-                    await self._drain_and_unload(entry)
+                    await self._drain_for_reload(entry, request.name)
                     continue
             # The load is a task of its own: a request whose client leaves must not take down the
             # load others wait for, nor leave a runner starting that nothing accounts for.
@@ -1217,7 +1216,7 @@ class Scheduler:
                 if entry.aliases:
                     self._detach(entry, request.name)  # the others keep the runner; this name loads anew
                     continue
-                if entry.only_digest_differs(request, options):
+                if entry.another_image(request):
                     # Shielded: a caller that stops waiting (a timeout) must not cancel the swap
                     # between its phases, which left the name loading for ever (a scheduler review).
                     await asyncio.shield(self._start_swap(request, options, entry, side_by_side=side_by_side))
@@ -1413,6 +1412,38 @@ class Scheduler:
         )
 
     # --- unloading and crashes --------------------------------------------------------------
+
+    async def _drain_for_reload(self, entry: _Entry, name: str) -> None:
+        """Unload `entry` once its requests end, for a request of `name` with other load options
+        (Ollama reloads so too). Its streams have drain_wait to end; one that does not (num_predict
+        -1) keeps it: the drain is called off, it serves on, and the request that asked for other
+        options gets a 503. (A soak review: that request waited for ever, and every other request
+        for the name was told after memory_wait that it was "stopping".)"""
+        token = self._close(entry, for_load=name)
+        until = self.clock() + self.settings.drain_wait
+        try:
+            while entry.refs > 0 and entry.drain_owner is token and self.clock() < until:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(entry.idle.wait(), timeout=0.25)
+                if entry.idle.is_set() and entry.refs > 0:
+                    await asyncio.sleep(0.01)  # crashed: its requests are failing and leaving
+            if entry.drain_owner is not token:
+                return  # a stop took it over
+            if entry.refs == 0:
+                await self._unload(entry)
+                return
+        finally:
+            self._reopen(entry, token)
+        log.info(
+            "%s serves on: its streams did not end within %.0f s of a reload", name, self.settings.drain_wait
+        )
+        raise ServerBusyError(
+            f"{name} is loaded with other options and serves {entry.refs} request(s) that did not end "
+            f"within {self.settings.drain_wait:.0f} s; try again once they end, or without the "
+            "options that differ (num_ctx, num_gpu, …)",
+            retry_after=self.settings.retry_after,
+            reason="busy",
+        )
 
     async def _drain_and_unload(self, entry: _Entry, *, force: bool = False) -> None:
         """Wait for the entry's requests to end, then unload it. `force`: even if it is no longer
@@ -1633,6 +1664,11 @@ def _consume_exception(future: asyncio.Future[None]) -> None:
 
 
 def _stopping(entry: _Entry) -> str:
+    if entry.closing_for and entry.closing_for in entry.names:
+        return (
+            f"reloading with other load options: it takes no new request, and loads again once "
+            f"its {entry.refs} running request(s) end"
+        )
     if entry.closing_for:
         return (
             f"stopping to make room for {entry.closing_for}: it takes no new request, and unloads "

@@ -17,7 +17,7 @@ Per model, in priority order (higher first, then spec order):
                                                    is this very target (measured too big)
     not loaded                                     load  (not again after its keepAlive ran out: Standby)
     failed (crashed)                               load again (self-heal)
-    another digest, same load options              swap: the new one loads beside the old, no downtime
+    another digest (new load options or not)       swap: the new one loads beside the old, no downtime
                                                    (if the spec's memory holds both; else the old goes first)
     other load options (context, slots, adapters)  reload
     only keepAlive, pinned, params, priority       update in place (no reload)
@@ -488,14 +488,14 @@ def _compare(
     if running.digest != target.digest:
         if applied is not None and running.digest != applied.digest and not heal:
             return drifted(f"serving {running.digest[:19]}, loaded outside the spec")
-        if applied is None or same_options:
-            why = f"{running.digest[:19]} → {target.digest[:19]}"
-            if room is not None and footprint is not None and running.size + footprint > room:
-                why += "; the spec's memory holds only one: the old one unloads first (a short gap)"
-                swap = Action(ActionKind.SWAP, name, why, target, side_by_side=False)
-                return ModelPlan(name, Phase.LOADING, why, (swap,), target, warning, footprint)
-            return act(ActionKind.SWAP, why)
-        return act(ActionKind.RELOAD, f"new digest {target.digest[:19]} and new load options")
+        # New load options with it too: a swap all the same (the scheduler swaps on any new digest).
+        why = f"{running.digest[:19]} → {target.digest[:19]}"
+        why += "" if applied is None or same_options else " with new load options"
+        if room is not None and footprint is not None and running.size + footprint > room:
+            why += "; the spec's memory holds only one: the old one unloads first (a short gap)"
+            swap = Action(ActionKind.SWAP, name, why, target, side_by_side=False)
+            return ModelPlan(name, Phase.LOADING, why, (swap,), target, warning, footprint)
+        return act(ActionKind.SWAP, why)
     if applied is None:
         return act(ActionKind.UPDATE, "loaded outside the spec; adopting it")
     if applied.load_key != target.load_key:
