@@ -1895,6 +1895,22 @@ def test_a_busy_pinned_model_is_never_closed_for_another(tmp_path: Path) -> None
     run(scenario())
 
 
+def test_an_eviction_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A soak review: drains for memory were logged, idle models unloaded for another went unsaid."""
+
+    async def scenario() -> None:
+        scheduler = drain_scheduler(tmp_path)
+        try:
+            (await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))).release()
+            with caplog.at_level("INFO", logger="modelyard"):
+                (await scheduler.acquire(fake(tmp_path, "B", "w2", "dB"))).release()
+            assert "A unloads to make room for B" in caplog.text and set(rows(scheduler)) == {"B"}
+        finally:
+            await scheduler.close()
+
+    run(scenario())
+
+
 @pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
 def test_a_load_evicts_and_drains_none_of_the_models_it_protects(tmp_path: Path, busy: bool) -> None:
     """A spec review: a priority-0 model's load evicted the priority-10 one, whose reload evicted

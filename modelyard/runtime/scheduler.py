@@ -1294,6 +1294,8 @@ class Scheduler:
                 victims = choose_evictions(residents, shortfall, may_stay=may_stay)
                 if victims is not None:
                     for name in victims:
+                        # Said, as drains for memory are (a soak review: idle models went unnoticed).
+                        log.info("%s unloads to make room for %s", name, what)
                         await self._unload_if_present(name)
                     continue
                 if entry.state is EntryState.LOADING:
