@@ -14,6 +14,8 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -139,6 +141,14 @@ def _quantize_here(source: str, destination: str, target: str, threads: int) -> 
                 os.unlink(destination)
             os._exit(1)
 
+    def watch_parent() -> None:
+        # Also between log lines: one tensor can take seconds on a busy machine (a CI run: the
+        # output stayed 10 s after the build was killed). ctypes lets this thread run meanwhile.
+        while True:
+            time.sleep(0.1)
+            stop_if_orphaned()
+
+    threading.Thread(target=watch_parent, name="orphan-watch", daemon=True).start()
     with _llama_log_kept(stop_if_orphaned) as log:
         rc = int(llama_cpp.llama_model_quantize(source.encode(), destination.encode(), params))
     if rc != 0:
