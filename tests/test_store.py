@@ -193,6 +193,12 @@ def test_resolve_unknown_says_what_exists(store: Store) -> None:
         store.resolve(parse_reference("m:v2"))
     with pytest.raises(ImageNotFoundError):
         store.resolve(parse_reference("m@sha256:" + "1" * 64))
+    # The ID `list` shows, as a Docker user types it (a CLI review): named, not guessed.
+    image_id = put_image(store, "other", b"o").removeprefix("sha256:")[:12]
+    with pytest.raises(ImageNotFoundError, match=f"{image_id} is the ID of other:latest; images go by name"):
+        store.resolve(parse_reference(image_id))
+    with pytest.raises(ImageNotFoundError, match="see `modelyard list`"):
+        store.resolve(parse_reference("0" * 12 if not image_id.startswith("0") else "f" * 12))
 
 
 def test_a_tag_is_found_whatever_its_case_when_only_one_matches(store: Store) -> None:

@@ -614,6 +614,17 @@ def _did_you_mean(index: Index, ref: Reference) -> str:
     same_repo = [t.name for t in index.tags if _repository_name(t.name) == ref.name]
     if same_repo:
         return "tags of that name: " + ", ".join(sorted(same_repo))
+    # The ID column of `list` (a digest's first 12 hex digits): images go by name, as in Ollama
+    # (a CLI review: Docker users try the ID).
+    short = ref.name.rsplit("/", 1)[-1]
+    if ref.tag in (None, "latest") and ref.digest is None and re.fullmatch(r"[0-9a-f]{6,64}", short):
+        named = sorted(
+            parse_reference(t.name).short()
+            for t in index.tags
+            if t.digest.removeprefix("sha256:").startswith(short)
+        )
+        if named:
+            return f"{short} is the ID of {', '.join(named)}; images go by name here"
     return "see `modelyard list`"
 
 
