@@ -1011,7 +1011,7 @@ def test_a_request_for_a_model_that_is_stopping_waits_at_most_memory_wait(tmp_pa
             streaming = await scheduler.acquire(fake(tmp_path, "A", "w1", "dA"))
             stopping = asyncio.ensure_future(scheduler.unload("A"))
             await asyncio.sleep(0.05)
-            assert "stopping: it unloads once its 1 running request(s) end" in rows(scheduler)["A"].note
+            assert "stopping: it unloads once its 1 request(s) end" in rows(scheduler)["A"].note
             started = time.monotonic()
             with pytest.raises(ServerBusyError, match="A is stopping") as busy:
                 await scheduler.acquire(fake(tmp_path, "A", "w1", "dA", options={"num_ctx": 512}))

@@ -1669,14 +1669,14 @@ def _stopping(entry: _Entry) -> str:
     if entry.closing_for and entry.closing_for in entry.names:
         return (
             f"reloading with other load options: it takes no new request, and loads again once "
-            f"its {entry.refs} running request(s) end"
+            f"its {entry.refs} request(s) end"
         )
     if entry.closing_for:
         return (
             f"stopping to make room for {entry.closing_for}: it takes no new request, and unloads "
-            f"once its {entry.refs} running request(s) end if that frees enough"
+            f"once its {entry.refs} request(s) end if that frees enough"
         )
-    return f"stopping: it unloads once its {entry.refs} running request(s) end"
+    return f"stopping: it unloads once its {entry.refs} request(s) end"
 
 
 def _read_memory(targets: list[tuple[int, Path]]) -> dict[int, procstats.ProcessMemory | None]:
