@@ -71,6 +71,7 @@ class FakeRegistry:
     refuse_chunks: bool = False  # every PATCH answered 416, the session held at its first chunk
     hiccups: tuple[int, ...] = ()  # these PATCHes (1-based) answered 416 once, nothing taken
     patches: int = 0
+    verify: bool = False  # the closing PUT checks the bytes against the digest, as registries do
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         request.read()
@@ -109,7 +110,10 @@ class FakeRegistry:
             end = len(self.session_bytes) - 1
             return httpx.Response(202, headers={"Location": request.url.path, "Range": f"0-{end}"})
         if request.method == "PUT" and in_session:
-            self.uploaded[params["digest"]] = self.session_bytes + request.content
+            data = self.session_bytes + request.content
+            if self.verify and sha256_digest(data) != params["digest"]:
+                return httpx.Response(400, json={"errors": [{"code": "DIGEST_INVALID", "message": "no"}]})
+            self.uploaded[params["digest"]] = data
             return httpx.Response(201)
         if request.url.path.startswith("/v2/ns/m/blobs/"):
             data = self.blobs.get(request.url.path.rsplit("/", 1)[1])
@@ -329,6 +333,20 @@ def test_an_upload_goes_on_from_the_session_its_journal_kept(tmp_path: Path) -> 
     assert result == UploadResult(Uploaded.SENT, len(big) - 32 * 1024)
     assert registry.uploaded[sha256_digest(big)] == big and not journal.path.exists()
     assert [r.split()[0] for r in registry.requests] == ["HEAD", "GET", "PATCH", "PATCH", "PUT"]
+
+
+def test_a_resumed_session_whose_bytes_do_not_verify_is_sent_again_whole(tmp_path: Path) -> None:
+    """A session an earlier run left may hold bytes that are not the blob's beginning (a chunk cut
+    short that a registry kept): its DIGEST_INVALID sends the blob again in a new session, once,
+    and the journal of the closed session goes."""
+    big = bytes(range(256)) * 200
+    registry = FakeRegistry(session_bytes=b"\0" * (32 * 1024), verify=True)
+    journal = upload_journal(tmp_path, "https://reg.example", "ns/m", sha256_digest(big))
+    journal.remember(UploadSession("https://reg.example/v2/ns/m/blobs/uploads/fresh"))
+    source = BlobSource(sha256_digest(big), len(big), data=big)
+    result = upload_blob(client(registry), source, chunk_bytes=16 * 1024, journal=journal)
+    assert result == UploadResult(Uploaded.SENT, len(big)) and registry.uploaded[source.digest] == big
+    assert [r.split()[0] for r in registry.requests].count("POST") == 1 and not journal.path.exists()
 
 
 class _StalledBlob(http.server.BaseHTTPRequestHandler):

@@ -224,14 +224,23 @@ def upload_blob(
             return UploadResult(Uploaded.MOUNTED, 0)
         upload = mount.upload
     upload = upload or repo.start_upload()
+    resumed = offset > 0
     for attempt in range(1, SESSION_ATTEMPTS + 1):
         try:
             sent = _send(
                 repo, upload, blob, chunk_bytes, progress, cancelled, offset, journal, stop_after_chunk
             )
         except DigestRejectedError:
+            if journal is not None:
+                journal.forget()  # that session is closed
             _check_source(blob)
-            raise
+            if not resumed:
+                raise
+            # What an earlier run left in the session was not the blob's beginning (a chunk cut
+            # short that the registry kept): sent again whole, once.
+            log.debug("upload of %s: the resumed session did not verify; sending it whole", blob.digest)
+            upload, offset, resumed = repo.start_upload(), 0, False
+            continue
         except UploadSessionLost as exc:
             if attempt == SESSION_ATTEMPTS:
                 raise RegistryError(f"upload of {blob.digest}: {exc}, {attempt} times over") from None
