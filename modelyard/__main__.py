@@ -1,7 +1,5 @@
 """`python -m modelyard`: the same command line as `modelyard`."""
 
-import sys
+from modelyard.cli import entry
 
-from modelyard.cli import main
-
-sys.exit(main())
+entry()

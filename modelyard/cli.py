@@ -1048,9 +1048,23 @@ def _terminated_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def entry() -> None:
+    """The `modelyard` command (and `python -m modelyard`)."""
+    sys.exit(main(exit_when_stopped=True))
+
+
 def main(
-    argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None
+    argv: Sequence[str] | None = None,
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    exit_when_stopped: bool = False,
 ) -> int:
+    """Run one command; returns its exit code. `exit_when_stopped`: a build, pull or push stopped by
+    Ctrl-C or SIGTERM exits at once, without waiting for its transfer threads (the command line's
+    way: a read or write blocked on a stalled link held the exit for its timeout, 60 s and again
+    for each retry; a diff review). What they leave, a partial download or an upload session in
+    its journal, is what the next run resumes from."""
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
     if not words:  # what there is to do, not only argparse's "the following arguments are required"
@@ -1070,10 +1084,10 @@ def main(
             return int(args.func(args, ctx))
     except _Terminated:
         ctx.err("terminated")
-        return 143  # 128 + SIGTERM
+        return _stopped(143, exit_when_stopped and args.func in _STOPPED_LIKE_CTRL_C)  # 128 + SIGTERM
     except KeyboardInterrupt:
         ctx.err("interrupted")
-        return 130
+        return _stopped(130, exit_when_stopped and args.func in _STOPPED_LIKE_CTRL_C)
     except BrokenPipeError:
         # The reader went away (`modelyard show … | head`): stop quietly, as other CLI tools do;
         # stdout goes to /dev/null so that the interpreter's final flush does not fail again.
@@ -1086,6 +1100,17 @@ def main(
                 ctx.err(f"Error: {_message(exc)}")
                 return code
         raise
+
+
+def _stopped(code: int, at_once: bool) -> int:
+    """`code`, or, `at_once`, the process's exit with it now: the transfer threads still blocked
+    in a read or write are not waited for (the interpreter's exit joins them)."""
+    if at_once and threading.active_count() > 1:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _count(n: int, thing: str) -> str:
@@ -1105,4 +1130,4 @@ def _message(exc: BaseException) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

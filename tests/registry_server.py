@@ -18,7 +18,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -199,12 +199,20 @@ class FakeRegistry:
     """Serves fixed manifests and blobs, read-only and anonymous, whatever their digests say.
 
     `manifests` maps `<repo>:<tag or digest>` to (media type, bytes); `blobs` maps a digest to the
-    bytes served for it (which may be wrong on purpose).
+    bytes served for it (which may be wrong on purpose). GETs of the blobs in `stall` get no answer
+    at all, not even headers, until `released` is set (a link that stalled).
     """
 
-    def __init__(self, manifests: Mapping[str, tuple[str, bytes]], blobs: Mapping[str, bytes]) -> None:
+    def __init__(
+        self,
+        manifests: Mapping[str, tuple[str, bytes]],
+        blobs: Mapping[str, bytes],
+        stall: Collection[str] = (),
+        released: threading.Event | None = None,
+    ) -> None:
         self.manifests = dict(manifests)
         self.blobs = dict(blobs)
+        self.stall, self.released = set(stall), released or threading.Event()
         self.requests: list[str] = []
         fake = self
 
@@ -231,6 +239,8 @@ class FakeRegistry:
                     digest = "sha256:" + hashlib.sha256(data).hexdigest()
                     return self._send(200, media_type, data, send_body, {"Docker-Content-Digest": digest})
                 if len(parts) >= 5 and parts[-2] == "blobs" and parts[-1] in fake.blobs:
+                    if parts[-1] in fake.stall and send_body:
+                        fake.released.wait(120)
                     return self._send(200, "application/octet-stream", fake.blobs[parts[-1]], send_body)
                 self._send(404, "application/json", b'{"errors":[{"code":"BLOB_UNKNOWN"}]}', send_body)
 

@@ -693,6 +693,46 @@ def test_ctrl_c_stops_a_pull_at_once_and_keeps_its_partial_blob(registry: Regist
     assert 0 < partial.stat().st_size < size
 
 
+def test_ctrl_c_stops_a_pull_whose_blob_never_answers_at_once(tmp_path: Path) -> None:
+    """A diff review: a link that stalled before the blob's answer (no headers) held Ctrl-C for the
+    read timeout, 60 s, once per retry (5 min): the socket was not yet the download's to shut."""
+    weights = os.urandom(4096)
+    config = canonical_json(
+        {"config": {"format": "gguf"}, "descriptor": {}, "modelfs": {"type": "layers", "diffIds": []}}
+    )
+    manifest = Manifest(
+        Descriptor(CONFIG_MODELPACK, sha256_digest(config), len(config)),
+        (Descriptor(LAYER_WEIGHT, sha256_digest(weights), len(weights)),),
+        artifact_type=ARTIFACT_MODELPACK,
+    )
+    released = threading.Event()
+    fake = FakeRegistry(
+        {"ns/m:v1": (MANIFEST_OCI, manifest.to_bytes())},
+        {sha256_digest(config): config, sha256_digest(weights): weights},
+        stall={sha256_digest(weights)},
+        released=released,
+    )
+    env = {**os.environ, "MODELYARD_HOME": str(tmp_path / "home"), "DOCKER_CONFIG": str(tmp_path / "docker")}
+    command = [sys.executable, "-m", "modelyard", "pull", "--quiet", f"{fake.host}/ns/m:v1"]
+    with (tmp_path / "pull.log").open("wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while not any(r.startswith("GET /v2/ns/m/blobs/") for r in fake.requests):
+            assert process.poll() is None and time.monotonic() < deadline, "the pull never asked for a blob"
+            time.sleep(0.02)
+        time.sleep(0.3)  # its reads are blocked now
+        process.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        code = process.wait(timeout=30)
+        assert code == 130 and time.monotonic() - started < 2.0, (code, time.monotonic() - started)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        released.set()
+        fake.stop()
+
+
 # --- auth, TLS and the CLI ---------------------------------------------------------------------------
 
 

@@ -241,25 +241,28 @@ def _download_layers(
         meter(layer.size)
         return received
 
-    with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="pull") as pool:
-        futures = [pool.submit(one, layer) for layer in unique]
+    pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="pull")
+    futures = [pool.submit(one, layer) for layer in unique]
 
-        def stop_all() -> None:  # running downloads stop at their next read, keeping their partials
-            cancelled.set()
-            for future in futures:
-                future.cancel()
+    def stop_all() -> None:  # running downloads stop at their next read, keeping their partials
+        cancelled.set()
+        for future in futures:
+            future.cancel()
 
-        try:
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        except BaseException:
-            # Ctrl-C (KeyboardInterrupt arrives here, on the main thread): without this the pool's
-            # exit would wait for every blob to finish.
-            stop_all()
-            raise
-        failed = next((f for f in done if f.exception() is not None), None)
-        if failed is not None:
-            stop_all()
-            wait(futures)
-            raise failed.exception()  # type: ignore[misc]
+    try:
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+    except BaseException:
+        # Ctrl-C (KeyboardInterrupt arrives here, on the main thread): the downloads stop, and are
+        # not waited for (a read blocked before its answer's headers waited out its timeout).
+        stop_all()
+        pool.shutdown(wait=False)
+        raise
+    failed = next((f for f in done if f.exception() is not None), None)
+    if failed is not None:
+        stop_all()
+        wait(futures)
+    pool.shutdown()
+    if failed is not None:
+        raise failed.exception()  # type: ignore[misc]
     received = [f.result() for f in futures]
     return sum(received), sum(1 for r in received if r)

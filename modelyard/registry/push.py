@@ -205,26 +205,29 @@ def _upload_all(
             report.layer(verb, blob.digest, blob.size, blob.size)
         return result
 
-    with ThreadPoolExecutor(max_workers=max(1, options.parallel), thread_name_prefix="push") as pool:
-        futures = {digest: pool.submit(one, blob) for digest, blob in blobs.items()}
-        try:
-            return {digest: future.result() for digest, future in futures.items()}
-        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (cli.py)
-            stop_after_chunk.set()
-            for future in futures.values():
-                future.cancel()
-            sending = [blobs[d] for d, f in futures.items() if f.running()]
-            if any(blob.size > options.chunk_bytes for blob in sending):
-                report.status(
-                    "stopping once the chunk in flight is in, to resume from; Ctrl-C again stops now"
-                )
-                try:
-                    wait(futures.values())
-                finally:
-                    cancelled.set()
-            raise
-        except BaseException:
-            cancelled.set()
-            for future in futures.values():
-                future.cancel()
-            raise
+    pool = ThreadPoolExecutor(max_workers=max(1, options.parallel), thread_name_prefix="push")
+    futures = {digest: pool.submit(one, blob) for digest, blob in blobs.items()}
+    try:
+        results = {digest: future.result() for digest, future in futures.items()}
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (cli.py)
+        stop_after_chunk.set()
+        for future in futures.values():
+            future.cancel()
+        sending = [blobs[d] for d, f in futures.items() if f.running()]
+        if any(blob.size > options.chunk_bytes for blob in sending):
+            report.status("stopping once the chunk in flight is in, to resume from; Ctrl-C again stops now")
+            try:
+                wait(futures.values())
+            finally:
+                cancelled.set()
+        # Not waited for: a second Ctrl-C leaves a write blocked on a stalled link to the exit.
+        pool.shutdown(wait=False)
+        raise
+    except BaseException:
+        cancelled.set()
+        for future in futures.values():
+            future.cancel()
+        pool.shutdown()  # the others stop at their next read
+        raise
+    pool.shutdown()
+    return results
