@@ -346,7 +346,7 @@ def _first_lines(text: str, n: int = 4) -> str:
 def cmd_rm(args: argparse.Namespace, ctx: CommandContext) -> int:
     refs = [parse_reference(name) for name in args.names]
     if not args.force:
-        _refuse_served_images(ctx, refs)
+        _refuse_served_images(ctx, refs, dry_run=args.dry_run)
     digests = {}  # of what rm removes, as the index (and so a server's /api/ps) spells it
     with contextlib.suppress(ImageNotFoundError):  # remove() says which is missing
         index = ctx.store.read_index()
@@ -363,7 +363,7 @@ def cmd_rm(args: argparse.Namespace, ctx: CommandContext) -> int:
     return EXIT_OK
 
 
-def _refuse_served_images(ctx: CommandContext, refs: list[Reference]) -> None:
+def _refuse_served_images(ctx: CommandContext, refs: list[Reference], *, dry_run: bool = False) -> None:
     """As the server's `DELETE /api/delete` answers 409 (and `docker rmi` refuses the image of a
     running container): removed, an image the spec of the server at $MODELYARD_HOST serves left
     its model answering 404 to every request while its status said Ready (a CLI review). Only
@@ -389,12 +389,15 @@ def _refuse_served_images(ctx: CommandContext, refs: list[Reference]) -> None:
     users = ctx.store.left_without_image(images, refs)
     if users:
         them = "it" if len(users) == 1 else "them"
-        raise ImageInUseError(
+        refused = ImageInUseError(
             f"the spec of the server at {client.base_url} serves {', '.join(users)} from "
             f"{'this image' if len(refs) == 1 else 'these images'}: take {them} out of the spec "
             "first (`modelyard apply`), or remove with --force (its requests then fail until the "
             "spec changes)"
         )
+        if not dry_run:
+            raise refused
+        ctx.err(f"note: without --dry-run this is refused: {refused}")
 
 
 def _unload_removed(ctx: CommandContext, removed: dict[str, str]) -> None:

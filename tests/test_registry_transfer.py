@@ -335,6 +335,21 @@ def test_an_upload_goes_on_from_the_session_its_journal_kept(tmp_path: Path) -> 
     assert [r.split()[0] for r in registry.requests] == ["HEAD", "GET", "PATCH", "PATCH", "PUT"]
 
 
+def test_a_mount_comes_before_a_session_to_resume(tmp_path: Path) -> None:
+    """A diff review: a push to a repository whose earlier push was cut resumed its session and sent
+    the rest, 119 MB, where a mount from another repository of the registry sends nothing."""
+    big = bytes(range(256)) * 200
+    registry = FakeRegistry(mount=201, session_bytes=big[: 16 * 1024])
+    journal = upload_journal(tmp_path, "https://reg.example", "ns/m", sha256_digest(big))
+    journal.remember(UploadSession("https://reg.example/v2/ns/m/blobs/uploads/fresh"))
+    source = BlobSource(sha256_digest(big), len(big), data=big)
+    result = upload_blob(
+        client(registry), source, mount_from="ns/other", chunk_bytes=16 * 1024, journal=journal
+    )
+    assert result == UploadResult(Uploaded.MOUNTED, 0) and not journal.path.exists()
+    assert [r.split()[0] for r in registry.requests] == ["HEAD", "POST"], registry.requests
+
+
 def test_a_resumed_session_whose_bytes_do_not_verify_is_sent_again_whole(tmp_path: Path) -> None:
     """A session an earlier run left may hold bytes that are not the blob's beginning (a chunk cut
     short that a registry kept): its DIGEST_INVALID sends the blob again in a new session, once,

@@ -147,6 +147,8 @@ def test_serve_spec_serves_the_spec_names_and_follows_edits(
     # 404 to every request while its status said Ready) ...
     code, out, err = cli(server, monkeypatch, "rm", "tiny")
     assert code == 1 and "serves chat from this image" in err and "--force" in err, err
+    code, out, err = cli(server, monkeypatch, "rm", "--dry-run", "tiny")  # says so, refuses nothing
+    assert code == 0 and "would delete 'tiny" in out and "without --dry-run this is refused" in err, err
     assert Store(server.home / "store").resolve(parse_reference("tiny"))
     # ... and with --force, while another name holds the digest, the model serves on.
     assert cli(server, monkeypatch, "tag", "tiny", "other")[0] == 0

@@ -216,14 +216,17 @@ def upload_blob(
             journal.forget()
         return UploadResult(Uploaded.PRESENT, 0)
     journal = journal if blob.size > chunk_bytes else None  # sent whole: nothing to resume
-    upload, offset = _resumable(repo, journal, blob) if journal is not None else (None, 0)
-    if upload is None and mount_from is not None:
+    offered: UploadSession | None = None  # the session a registry opens instead of a mount
+    if mount_from is not None:  # first: a mount sends nothing, a resumed session the rest
         mount = repo.mount_blob(blob.digest, mount_from)
         if mount.mounted:
             log.debug("mounted %s from %s", blob.digest, mount_from)
+            if journal is not None:
+                journal.forget()
             return UploadResult(Uploaded.MOUNTED, 0)
-        upload = mount.upload
-    upload = upload or repo.start_upload()
+        offered = mount.upload
+    upload, offset = _resumable(repo, journal, blob) if journal is not None else (None, 0)
+    upload = upload or offered or repo.start_upload()
     resumed = offset > 0
     for attempt in range(1, SESSION_ATTEMPTS + 1):
         try:
@@ -455,6 +458,11 @@ class _Download:
                     error = None  # the body ended early without an error: ask for the rest
                 except httpx.TransportError as exc:
                     error = exc
+                except (OSError, ValueError):
+                    # A socket shut down under a TLS read can raise these raw: a cancellation.
+                    if self.cancelled.is_set():
+                        raise Cancelled(self.digest) from None
+                    raise
                 except httpx.DecodingError as exc:  # its Content-Encoding lies: no retry mends that
                     raise RegistryProtocolError(
                         f"{self.repo.name}: blob {self.digest} does not decode ({exc})"
