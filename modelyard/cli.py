@@ -378,7 +378,10 @@ def _refuse_served_images(ctx: CommandContext, refs: list[Reference], *, dry_run
     try:
         models = (client.get("/api/status").get("spec") or {}).get("models", [])
         images = {
-            str(model["name"]): parse_reference(str(model["image"])).with_digest(str(model["digest"]))
+            str(model["name"]): [
+                parse_reference(str(used["image"])).with_digest(str(used["digest"]))
+                for used in [model, *model.get("adapters", [])]
+            ]
             for model in models
             if model.get("digest")
         }

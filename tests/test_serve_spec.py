@@ -157,6 +157,17 @@ def test_serve_spec_serves_the_spec_names_and_follows_edits(
     with ollama.Client(host=server.url) as client:
         assert client.generate(model="chat", prompt="the cat").done
 
+    def chat_ready() -> bool:
+        chat = next(m for m in status(server)["spec"]["models"] if m["name"] == "chat")
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in chat["conditions"])
+
+    # ... and its status says so after the next round (it said PullFailed; a diff review).
+    before = status(server)["spec"]["lastReconcile"]
+    time.sleep(1.1)  # lastReconcile has whole seconds
+    spec.write_text(spec.read_text() + "# a round, please\n")
+    wait_for(lambda: status(server)["spec"]["lastReconcile"] != before, timeout=30)
+    assert chat_ready(), status(server)["spec"]["models"]
+
 
 def test_apply_status_and_diff_against_a_plain_server(
     tmp_path: Path, tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch

@@ -201,6 +201,33 @@ def test_resolve_unknown_says_what_exists(store: Store) -> None:
         store.resolve(parse_reference("0" * 12 if not image_id.startswith("0") else "f" * 12))
 
 
+@pytest.mark.parametrize(
+    ("removing", "copy", "losing"),
+    [
+        pytest.param(["base"], False, ["chat", "other"], id="the-base-image"),
+        pytest.param(["tone"], False, ["chat"], id="an-adapter-image"),
+        pytest.param(["base"], True, [], id="a-copy-keeps-the-digest"),
+        pytest.param(["unrelated"], False, [], id="another-image"),
+        pytest.param(["never-built"], False, [], id="not-here-remove-says-so"),
+    ],
+)
+def test_the_names_a_removal_leaves_without_an_image(
+    store: Store, removing: list[str], copy: bool, losing: list[str]
+) -> None:
+    """What `rm` and DELETE /api/delete refuse for a spec: a model served from its image and its
+    adapters' (a diff review: an adapter image was removed from under its model)."""
+    base = put_image(store, "base", b"w")
+    tone = put_image(store, "tone", b"w", b"adapter")
+    put_image(store, "unrelated", b"u")
+    if copy:
+        store.tag(parse_reference("copy"), base)
+    images = {
+        "chat": [parse_reference("base").with_digest(base), parse_reference("tone").with_digest(tone)],
+        "other": [parse_reference("base").with_digest(base)],
+    }
+    assert store.left_without_image(images, [parse_reference(r) for r in removing]) == losing
+
+
 def test_a_tag_is_found_whatever_its_case_when_only_one_matches(store: Store) -> None:
     """As Ollama matches names (`gemma:Latest` finds `gemma:latest`); tags stay case-sensitive in
     the store, as OCI has them, so two that differ only by case (another tool may write both) are

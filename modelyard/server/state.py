@@ -150,7 +150,13 @@ class ServerState:
         for name in daemon.served_names():
             target = daemon.reconciler.target(name)
             if target is not None:
-                images[name] = parse_reference(target.image).with_digest(target.digest)
+                images[name] = [
+                    parse_reference(image).with_digest(digest)
+                    for image, digest in [
+                        (target.image, target.digest),
+                        *((a.image, a.digest) for a in target.adapters),
+                    ]
+                ]
         try:
             return self.store.left_without_image(images, [ref])
         except ModelyardError:  # an unreadable index: the delete says so

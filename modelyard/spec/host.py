@@ -114,10 +114,12 @@ class SchedulerHost:
             return record.digest
         except ImageNotFoundError:
             pass
+        index = self.store.read_index()
+        if any(r.digest == digest for r in (*index.tags, *index.history)):
+            return digest  # its own name is gone (`rm --force`), another holds it: servable() serves it
         if not ref.is_remote:
             return None
         # An Ollama or Docker image was converted on pull: find the image made from that digest.
-        index = self.store.read_index()
         for record in (*index.tags, *index.history):
             if not record.name.startswith((f"{ref.name}:", f"{ref.name}@")):
                 continue

@@ -66,6 +66,7 @@ class ModelReport:
     message: str = ""
     resolved_digest: str = ""  # what the image reference points to (the registry's digest)
     digest: str = ""  # the local image the spec asks for
+    adapters: tuple[tuple[str, str], ...] = ()  # the spec's adapter images: (reference, local digest)
     serving: str = ""  # the digest loaded now ("" when none)
     failures: int = 0
     next_retry: float | None = None
@@ -90,6 +91,7 @@ class ModelReport:
             "message": self.message,
             "resolvedDigest": self.resolved_digest or None,
             "digest": self.digest or None,
+            "adapters": [{"image": image, "digest": digest} for image, digest in self.adapters],
             "serving": self.serving or None,
             "observedGeneration": self.observed_generation,
             "conditions": [c.to_json() for c in self.conditions],
@@ -169,6 +171,7 @@ def report_model(
         message=message,
         resolved_digest=resolved_digest,
         digest=target.digest if target is not None else "",
+        adapters=tuple((a.image, a.digest) for a in target.adapters) if target is not None else (),
         serving=serving,
         failures=memory.failures if failure is not None else 0,  # since it was last healthy
         next_retry=memory.retry_at if memory.failure is not None and memory.retry_at > now else None,

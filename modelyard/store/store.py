@@ -30,7 +30,6 @@ from modelyard.errors import (
     BlobNotFoundError,
     CorruptStoreError,
     ImageNotFoundError,
-    ModelyardError,
     StoreError,
 )
 from modelyard.reference import Reference, parse_reference
@@ -355,10 +354,13 @@ class Store:
         index = self.read_index()
         return list(dict.fromkeys(self._removable_tag(index, ref) for ref in refs))
 
-    def left_without_image(self, images: Mapping[str, Reference], removing: Sequence[Reference]) -> list[str]:
-        """Of `images` (a name → the image it serves, at a digest), the names whose image resolves
-        now and would not once `removing` are removed (another name may still hold the digest).
-        Refs not here count as nothing removed: `remove` says so."""
+    def left_without_image(
+        self, images: Mapping[str, Sequence[Reference]], removing: Sequence[Reference]
+    ) -> list[str]:
+        """Of `images` (a name → the images it serves from, each at a digest: a model and its
+        adapters), the names one of whose images is in the store now and would not be once
+        `removing` are removed: under its own name or another (a copy keeps it). Refs not here
+        count as nothing removed: `remove` says so."""
         before = self.read_index()
         try:
             after = before
@@ -366,17 +368,11 @@ class Store:
                 after = remove_tag(after, tag)
         except ImageNotFoundError:
             return []
-        losing = []
-        for name, image in images.items():
-            try:
-                self.resolve(image, before)
-            except ModelyardError:
-                continue  # not found now either: not this removal's doing
-            try:
-                self.resolve(image, after)
-            except ModelyardError:
-                losing.append(name)
-        return losing
+        return [
+            name
+            for name, needed in images.items()
+            if any(_holds(before, image) and not _holds(after, image) for image in needed)
+        ]
 
     @staticmethod
     def _removable_tag(index: Index, ref: Reference) -> str:
@@ -608,6 +604,11 @@ class Store:
 
 def _repository_name(stored_name: str) -> str:
     return parse_reference(stored_name).name
+
+
+def _holds(index: Index, image: Reference) -> bool:
+    """Whether `index` names the digest `image` is at: under its name, or another's."""
+    return any(r.digest == image.digest for r in (*index.tags, *index.history))
 
 
 def _did_you_mean(index: Index, ref: Reference) -> str:
