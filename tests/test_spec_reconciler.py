@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -383,6 +384,13 @@ def test_a_saved_spec_stays_in_force_only_for_the_source_it_came_from(tmp_path: 
     restarted = serve(FileSource(spec)).status()
     assert restarted["name"] is not None and restarted["rejected"] is not None, "its own last good spec"
     assert serve(None).status()["name"] is None, "nor is the file's spec in force for `apply`"
+
+    # A state file from before sources were recorded: its spec is taken to be the source's.
+    make(tmp_path, effects, clock).submit(documents(CHAT), "applied")
+    saved = json.loads((tmp_path / "state.json").read_text())
+    del saved["source"]
+    (tmp_path / "state.json").write_text(json.dumps(saved))
+    assert serve(FileSource(spec)).status()["name"] is not None
 
 
 def test_a_restart_keeps_generation_inventory_and_history(

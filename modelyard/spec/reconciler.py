@@ -700,7 +700,7 @@ class Reconciler:
         """The saved spec stays in force only for the source it came from: `serve --spec FILE` with
         FILE invalid put in force the spec `apply` had set in an earlier run, and said it was
         healthy (a CLI review). What the reconciler loaded stays in its inventory."""
-        if self._spec is None or self._saved_source == self._source:
+        if self._spec is None or self._saved_source in (None, self._source):
             return
         came_from = self._saved_source or "`apply`"
         self._event("", "forgotten", f"the saved spec came from {came_from}, not {self._source or '`apply`'}")

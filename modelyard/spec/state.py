@@ -55,7 +55,9 @@ class SavedState:
     spec: Mapping[str, Any] | None = None  # the last good spec, as one ModelSet document
     spec_digest: str = ""
     revision: str = ""  # the source's revision it came from (a content hash, a commit)
-    source: str = ""  # the source it came from (`serve --spec`'s description); "" for `apply`
+    # The source it came from (`serve --spec`'s description); "" for `apply`; None in a file written
+    # before sources were recorded (then it is taken to be the current one).
+    source: str | None = None
     inventory: Inventory = field(default_factory=Inventory)
     reports: Mapping[str, ModelReport] = field(default_factory=dict)
     events: tuple[Event, ...] = ()
@@ -221,7 +223,7 @@ def _decode(raw: Mapping[str, Any]) -> SavedState:
         spec=_field(raw, "spec", (dict, type(None)), None),
         spec_digest=_field(raw, "specDigest", str, ""),
         revision=_field(raw, "revision", str, ""),
-        source=_field(raw, "source", str, ""),
+        source=_field(raw, "source", (str, type(None)), None),
         inventory=Inventory(
             models={name: _decode_memory(m) for name, m in _objects(raw, "models")},
             known_digests=known,
