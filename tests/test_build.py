@@ -645,3 +645,18 @@ def test_a_weights_blob_rm_deletes_while_a_build_reuses_it_is_stored_again(
     weights = store.read_parts(store.read_manifest(digest)).weights
     assert weights is not None and store.blobs.exists(weights.digest)
     assert [r.name for r in store.images()] == ["library/b:latest"] and store.verify().ok
+
+
+def test_a_from_the_registry_cannot_give_says_where_it_was_written(tmp_path: Path, workdir: Path) -> None:
+    """A diff review: a pull's error (not a BuildError) said no line; its kind stays (exit 2)."""
+    from modelyard.errors import RegistryUnavailableError
+
+    def unreachable(ref: object) -> None:
+        raise RegistryUnavailableError("127.0.0.1:9", "connection refused")
+
+    store = Store(tmp_path / "store")
+    (workdir / "Bad").write_text("FROM 127.0.0.1:9/team/base:v1\n")
+    builder = Builder(store, tmp_path / "cache", fetch=unreachable)
+    with pytest.raises(RegistryUnavailableError) as raised:
+        builder.build_file(workdir / "Bad", parse_reference("bad"))
+    assert str(raised.value).startswith(f"{workdir / 'Bad'}:1:6: "), raised.value

@@ -40,6 +40,7 @@ from modelyard.errors import (
     ImageNotFoundError,
     InvalidReferenceError,
     ModelfileError,
+    ModelyardError,
     StoreError,
 )
 from modelyard.progress import ProgressEvent, ProgressSink, ignore_progress
@@ -519,7 +520,7 @@ def _located(where: mf.Location | None) -> Iterator[None]:
     review: "FROM ./missing.gguf: no such file" said no line, as parse errors do)."""
     try:
         yield
-    except BuildError as exc:
+    except ModelyardError as exc:  # a BuildError, or a pull's RegistryError
         if where is not None and not isinstance(exc, ModelfileError):
             file, line, column = where
             exc.args = (f"{file}:{line}:{column}: {exc}",)  # its kind (a GGUF's, say) stays
