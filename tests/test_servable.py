@@ -146,7 +146,7 @@ def test_the_images_a_spec_serves_are_those_it_resolves_to_in_the_store(
     pinned = f"reg.example/x@{built.digest}"
     store.tag(parse_reference(pinned), built.digest)
     store.tag(parse_reference("reg.example/x:v2"), built.digest)
-    targets = {"chat": SimpleNamespace(image=pinned, digest=built.digest)}
+    targets = {"chat": SimpleNamespace(image=pinned, digest=built.digest, adapters=())}
     daemon = SimpleNamespace(
         served_names=lambda: list(targets), reconciler=SimpleNamespace(target=targets.get)
     )
@@ -156,7 +156,9 @@ def test_the_images_a_spec_serves_are_those_it_resolves_to_in_the_store(
     assert using(pinned) == [] and using("reg.example/x:latest") == [] and using("nothing") == []
     store.remove([parse_reference("reg.example/x:latest"), parse_reference("reg.example/x:v2")])
     assert using(pinned) == ["chat"], "the last entry holding it"
-    targets["chat"] = SimpleNamespace(image="reg.example/x:v2", digest=built.digest)  # a tag, now gone
+    targets["chat"] = SimpleNamespace(
+        image="reg.example/x:v2", digest=built.digest, adapters=()
+    )  # a tag, now gone
     assert using(pinned) == ["chat"], "resolved by its digest: the pinned entry is what serves it"
 
 
