@@ -572,9 +572,8 @@ def test_a_corrupt_blob_in_the_registry_is_refused_and_nothing_enters(
         data_file.write_bytes(original)
 
 
-def test_a_fake_registry_serving_wrong_bytes_or_a_huge_manifest(tmp_path: Path) -> None:
-    weights = b"real weights" * 100
-    served = b"evil weights" * 100
+def _one_layer_image(weights: bytes) -> tuple[Manifest, bytes]:
+    """A ModelPack manifest over `weights` alone, and its config's bytes."""
     config = canonical_json(
         {"config": {"format": "gguf"}, "descriptor": {}, "modelfs": {"type": "layers", "diffIds": []}}
     )
@@ -583,6 +582,13 @@ def test_a_fake_registry_serving_wrong_bytes_or_a_huge_manifest(tmp_path: Path) 
         (Descriptor(LAYER_WEIGHT, sha256_digest(weights), len(weights)),),
         artifact_type=ARTIFACT_MODELPACK,
     )
+    return manifest, config
+
+
+def test_a_fake_registry_serving_wrong_bytes_or_a_huge_manifest(tmp_path: Path) -> None:
+    weights = b"real weights" * 100
+    served = b"evil weights" * 100
+    manifest, config = _one_layer_image(weights)
     huge = json.dumps({"schemaVersion": 2, "mediaType": MANIFEST_OCI, "padding": "x" * (5 << 20)}).encode()
     fake = FakeRegistry(
         {"ns/m:bad": (MANIFEST_OCI, manifest.to_bytes()), "ns/m:huge": (MANIFEST_OCI, huge)},
@@ -697,14 +703,7 @@ def test_ctrl_c_stops_a_pull_whose_blob_never_answers_at_once(tmp_path: Path) ->
     """A diff review: a link that stalled before the blob's answer (no headers) held Ctrl-C for the
     read timeout, 60 s, once per retry (5 min): the socket was not yet the download's to shut."""
     weights = os.urandom(4096)
-    config = canonical_json(
-        {"config": {"format": "gguf"}, "descriptor": {}, "modelfs": {"type": "layers", "diffIds": []}}
-    )
-    manifest = Manifest(
-        Descriptor(CONFIG_MODELPACK, sha256_digest(config), len(config)),
-        (Descriptor(LAYER_WEIGHT, sha256_digest(weights), len(weights)),),
-        artifact_type=ARTIFACT_MODELPACK,
-    )
+    manifest, config = _one_layer_image(weights)
     released = threading.Event()
     fake = FakeRegistry(
         {"ns/m:v1": (MANIFEST_OCI, manifest.to_bytes())},
