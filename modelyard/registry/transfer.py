@@ -248,12 +248,12 @@ def upload_blob(
             if attempt == SESSION_ATTEMPTS:
                 raise RegistryError(f"upload of {blob.digest}: {exc}, {attempt} times over") from None
             log.debug("upload of %s: %s; sending it again in a new session", blob.digest, exc)
-            upload, offset = repo.start_upload(), 0
+            upload, offset, resumed = repo.start_upload(), 0, False
             continue
         if journal is not None:
             journal.forget()
         return UploadResult(Uploaded.SENT, sent)
-    raise AssertionError("unreachable")
+    raise RegistryError(f"upload of {blob.digest}: no session took it, {SESSION_ATTEMPTS} times over")
 
 
 def _check_source(blob: BlobSource) -> None:
