@@ -660,3 +660,10 @@ def test_a_from_the_registry_cannot_give_says_where_it_was_written(tmp_path: Pat
     with pytest.raises(RegistryUnavailableError) as raised:
         builder.build_file(workdir / "Bad", parse_reference("bad"))
     assert str(raised.value).startswith(f"{workdir / 'Bad'}:1:6: "), raised.value
+
+
+def test_the_yaml_form_says_where_a_from_or_adapter_was_written(tmp_path: Path, workdir: Path) -> None:
+    (workdir / "Bad.yaml").write_text("system: hi\nfrom: ./weights.gguf\nadapters:\n  - ./nope.gguf\n")
+    with pytest.raises(BuildError) as raised:
+        build(tmp_path / "home", workdir / "Bad.yaml", "bad")
+    assert str(raised.value).startswith(f"{workdir / 'Bad.yaml'}:4:5: ADAPTER ./nope.gguf"), raised.value

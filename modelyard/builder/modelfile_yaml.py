@@ -28,7 +28,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, V
 from pydantic_core import ErrorDetails
 
 from modelyard.builder import modelfile
-from modelyard.builder.modelfile import Message, Modelfile, checked_template, parse_requires
+from modelyard.builder.modelfile import Location, Message, Modelfile, checked_template, parse_requires
 from modelyard.builder.params import (
     ParameterValue,
     deprecation_warning,
@@ -159,7 +159,15 @@ def parse_yaml(text: str, file: str = "Modelfile.yaml") -> Modelfile:
         messages=tuple(Message(message.role, message.content) for message in spec.messages),
         requires=requires,
         warnings=_deprecation_warnings(data.get("parameters"), root, file),
+        from_at=_location(root, ("from",), file),
+        adapters_at=tuple(_location(root, ("adapters", i), file) for i in range(len(spec.adapters))),
     )
+
+
+def _location(root: yaml.Node, path: _Path, file: str) -> Location:
+    """Where the value at `path` is written, for the build's errors about it."""
+    node = _node_at(root, path)
+    return (file, _line_of(node), _column_of(node))
 
 
 def _load(text: str, file: str) -> tuple[yaml.Node | None, object]:
