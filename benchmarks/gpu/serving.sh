@@ -12,8 +12,10 @@
 #      client's own CPU costs the served side;
 #   3. bench_server_cpu.py: CPU time per token of the server process, the client and each runner
 #      process, and the server process's busy share: whether serving keeps up at GPU rates.
+#   4. (not by default) diag_server_age.py: one serve process, 8 streams a round, 400 rounds: does
+#      serve slow down with the requests it has served (the 8-stream level runs last)?
 # $STEPS picks steps (default "diag httpx stdlib cpu"): a second call on the warm machine (the build
-# kept) runs what the first one's deadline cut, e.g. STEPS="stdlib cpu".
+# kept) runs what the first one's deadline cut, e.g. STEPS="stdlib cpu", or STEPS="age".
 # Everything it prints lands in $OUT. Each step has its own time limit, cut to what is left before
 # $DEADLINE_S (default 570 s from the start), so a slow build leaves the first step its time and
 # the script ends inside run(timeout_s=590).
@@ -67,5 +69,10 @@ done
 if [[ $steps == *" cpu "* ]]; then
     say "CPU per token by process, 1 and 8 streams"
     timeout "$(limit 90)" python3 benchmarks/bench_server_cpu.py --gpu --model "$model" --rounds 3 2>&1 | tee -a "$log"
+fi
+if [[ $steps == *" age "* ]]; then
+    say "age: one serve process, 8 streams a round"
+    timeout "$(limit 240)" python3 benchmarks/diag_server_age.py --gpu --model "$model" --rounds 400 \
+        --block 40 2>&1 | tee -a "$log"
 fi
 say "done"
