@@ -236,6 +236,46 @@ def test_a_spec_folder_removed_in_a_commit_is_said_without_the_cache_path(tmp_pa
     assert str(tmp_path / "cache") not in message
 
 
+def test_an_annotated_tag_is_fetched_once_while_it_stays(tmp_path: Path) -> None:
+    """A GitOps review: ls-remote lists an annotated tag's tag object, never the commit checked
+    out, so every poll fetched and checked out again."""
+    repo = _spec_repo(tmp_path)
+    _git(repo, "tag", "-a", "prod", "-m", "release")
+    source = open_source(f"git+{repo}@prod#specs", tmp_path / "cache")
+    first = source.read()
+    fetches: list[tuple[str, ...]] = []
+    git = source._git  # type: ignore[attr-defined]
+
+    def counting(*args: str, cwd: Path | None) -> str:
+        fetches.extend([args] if args[0] == "fetch" else [])
+        return git(*args, cwd=cwd)
+
+    source._git = counting  # type: ignore[attr-defined]
+    assert source.read() is first and source.read() is first and fetches == []
+
+
+def test_a_symlink_out_of_the_repository_is_not_read(tmp_path: Path) -> None:
+    """A GitOps review: a committed link to a host file was read, and the rejected spec's status
+    showed its keys and values (Argo CD refuses such links too)."""
+    secret = tmp_path / "host-secret.yaml"
+    secret.write_text("db_password: hunter2\n")
+    repo = _spec_repo(tmp_path)
+    (repo / "specs" / "leak.yaml").symlink_to(secret)
+    _git(repo, "add", ".")
+    _git(repo, "commit", "--quiet", "-m", "a link")
+    with pytest.raises(
+        SpecSourceError, match=r"leak\.yaml.*a symbolic link out of the repository"
+    ) as refused:
+        open_source(f"git+{repo}#specs", tmp_path / "cache").read()
+    assert "hunter2" not in str(refused.value) and "db_password" not in str(refused.value)
+    (repo / "inside.yaml").symlink_to("specs/m.yaml")  # a link that stays inside is followed
+    _git(repo, "add", ".")
+    _git(repo, "rm", "--quiet", "specs/leak.yaml")
+    _git(repo, "commit", "--quiet", "-m", "a link inside")
+    read = open_source(f"git+{repo}", tmp_path / "cache2").read()
+    assert sorted(d.path for d in read.documents) == ["./inside.yaml", "./specs/m.yaml"]
+
+
 @pytest.mark.parametrize(
     ("text", "shown"),
     [

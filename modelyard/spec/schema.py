@@ -448,7 +448,11 @@ def load_spec(path: Path | str) -> Spec:
     return parse_spec(read_documents(Path(path)))
 
 
-def read_documents(path: Path) -> list[SpecDocument]:
+def read_documents(path: Path, *, within: Path | None = None) -> list[SpecDocument]:
+    """The spec documents of a file or folder. `within`: every file read must resolve inside it
+    (no symlink out of a git clone)."""
+    if within is not None:
+        _check_within(path, within)
     if path.is_dir():
         files = spec_files(path)
         if not files:
@@ -464,12 +468,19 @@ def read_documents(path: Path) -> list[SpecDocument]:
         raise SpecSourceError(str(path), "no such file or folder")
     documents = []
     for file in files:
+        if within is not None:
+            _check_within(file, within)
         try:
             text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise SpecSourceError(str(file), f"cannot read it: {exc}") from None
         documents.append(SpecDocument(file.relative_to(root).as_posix(), text))
     return documents
+
+
+def _check_within(path: Path, root: Path) -> None:
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise SpecSourceError(str(path), "a symbolic link out of the repository; it is not read")
 
 
 def spec_files(folder: Path) -> list[Path]:

@@ -158,7 +158,9 @@ class GitSource:
         if not root.exists():
             raise SpecSourceError(self.description, f"`{self.location.path}` is not in {where}")
         try:
-            found = read_documents(root)
+            # Confined to the clone: a committed symlink to a host file put its keys and values in
+            # the status of a rejected spec (a GitOps review; Argo CD refuses such links too).
+            found = read_documents(root, within=self.clone_dir)
         except SpecSourceError as exc:
             inside = Path(os.path.relpath(exc.source, self.clone_dir)).as_posix()
             raise SpecSourceError(self.description, f"`{inside}` in {where}: {exc.reason}") from None
@@ -172,11 +174,17 @@ class GitSource:
 
     def _remote_commit(self) -> str:
         ref = self.location.ref or "HEAD"
-        out = self._git("ls-remote", "--", self._url, ref, cwd=None)
+        # An annotated tag lists its tag object, then (asked for `ref^{}`) the commit it points at:
+        # the commit is what the checkout compares with (a GitOps review: every poll of an
+        # annotated tag fetched and checked out again).
+        out = self._git("ls-remote", "--", self._url, ref, f"{ref}^{{}}", cwd=None)
+        found: dict[str, str] = {}
         for line in out.splitlines():
             sha, _, name = line.partition("\t")
-            if name in (ref, f"refs/heads/{ref}", f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}"):
-                return sha
+            found[name] = sha
+        for name in (f"refs/tags/{ref}^{{}}", ref, f"refs/heads/{ref}", f"refs/tags/{ref}"):
+            if name in found:
+                return found[name]
         if len(ref) == 40 and all(c in "0123456789abcdef" for c in ref):
             return ref  # a commit: ls-remote does not list it
         raise SpecSourceError(self.description, f"no branch or tag {ref!r} in {redact(self.location.url)}")
