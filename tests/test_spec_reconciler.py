@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from modelyard.errors import (
     ServerBusyError,
 )
 from modelyard.spec.plan import ActionKind, LoadTarget, Reason, format_plan
-from modelyard.spec.reconciler import Reconciler, ReconcilerSettings, classify
+from modelyard.spec.reconciler import Reconciler, ReconcilerSettings, SpecSnapshot, classify
 from modelyard.spec.sources import FileSource
 
 IMAGE = "localhost:5000/team/chat:v1"
@@ -391,6 +392,42 @@ def test_a_saved_spec_stays_in_force_only_for_the_source_it_came_from(tmp_path: 
     del saved["source"]
     (tmp_path / "state.json").write_text(json.dumps(saved))
     assert serve(FileSource(spec)).status()["name"] is not None
+
+
+def test_a_restart_loads_the_saved_spec_while_its_source_hangs_and_is_not_ready_before(
+    tmp_path: Path,
+) -> None:
+    """A GitOps review: restarted while its git host accepted and never answered, the server
+    loaded nothing for 120 s (the first read came before the first round), and /health said 200
+    from the restored reports before any model was loaded."""
+    effects, clock = FakeEffects(tags={IMAGE: digest("a")}), FakeClock()
+    spec = tmp_path / "models.yaml"
+    spec.write_text(spec_text(CHAT))
+    answered = threading.Event()
+
+    class HangingSource:  # the same source, whose reads hang until the test lets them go
+        description, poll_interval = str(spec), 0.05
+
+        def read(self) -> SpecSnapshot:
+            answered.wait(10)
+            return FileSource(spec).read()
+
+    async def serve(source: FileSource | HangingSource, reconciler: Reconciler) -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(reconciler.run(source, stop))  # type: ignore[arg-type]
+        await asyncio.sleep(0.3)
+        stop.set()
+        answered.set()
+        await running
+
+    asyncio.run(serve(FileSource(spec), make(tmp_path, effects, clock)))
+    assert "chat" in effects.loaded
+    effects.loaded.clear()  # the server restarted: nothing is loaded
+    answered.clear()
+    restarted = make(tmp_path, effects, clock)
+    assert not restarted.serving(), "the restored reports say Ready; no model is loaded"
+    asyncio.run(serve(HangingSource(), restarted))
+    assert "chat" in effects.loaded and restarted.serving()
 
 
 def test_a_restart_keeps_generation_inventory_and_history(

@@ -607,7 +607,9 @@ class Reconciler:
         readiness probe wants this, not `ready()`: a tag move would otherwise take the server out of
         its Service for the length of a pull."""
         spec = self._spec
-        if spec is None:
+        # The reports a restart restores say what was, not what is: nothing is Ready before a round
+        # of this process (a GitOps review: /health said 200 with no model loaded).
+        if spec is None or self._last_round is None:
             return False
         wanted = [m.name for m in spec.models if not (m.suspend or spec.body.suspend)]
         reports = self._reports
@@ -673,11 +675,11 @@ class Reconciler:
         last good one saved) is kept in line."""
         self._source = source.description if source is not None else ""
         self._forget_another_sources_spec()
-        if source is not None:
-            await self._read(source, first=True)
         tasks = [asyncio.create_task(self._glance_loop(stop))]
         if source is not None:
-            tasks.append(asyncio.create_task(self._watch(source, stop)))
+            # The first read goes beside the rounds: a git host that accepts and never answers (120 s
+            # to git's timeout) kept the saved spec's models unloaded all that time (a GitOps review).
+            tasks.append(asyncio.create_task(self._watch(source, stop, first=True)))
         try:
             while not stop.is_set():
                 self._wake.clear()
@@ -715,7 +717,9 @@ class Reconciler:
         due = min((r - self.clock() for r in retries if r > self.clock()), default=interval)
         return max(min(interval, due), 0.05)
 
-    async def _watch(self, source: SpecSource, stop: asyncio.Event) -> None:
+    async def _watch(self, source: SpecSource, stop: asyncio.Event, *, first: bool = False) -> None:
+        if first:
+            await self._read(source, first=True)
         while not stop.is_set():
             await _wait_any(None, stop, source.poll_interval)
             if not stop.is_set():
