@@ -200,18 +200,29 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
         )
         return EXIT_USER_ERROR
     host, port = address.host, address.port
-    if args.spec and not args.spec.startswith("git+"):
+    spec = args.spec or ctx.settings.spec  # $MODELYARD_SPEC: kept out of `ps` (a GitOps review)
+    if spec and not spec.startswith("git+"):
         from pathlib import Path
 
-        if not Path(args.spec).expanduser().exists():
-            ctx.err(f"Error: --spec {args.spec}: no such file or folder")
+        if not Path(spec).expanduser().exists():
+            ctx.err(f"Error: --spec {spec}: no such file or folder")
+            return EXIT_USER_ERROR
+    if spec:
+        from modelyard.errors import SpecSourceError
+        from modelyard.spec.sources import parse_git_location
+
+        try:  # here, not in the server's start-up, where it was a traceback and exit 3
+            if spec.startswith("git+"):
+                parse_git_location(spec)
+        except SpecSourceError as exc:
+            ctx.err(f"Error: --spec {exc}")
             return EXIT_USER_ERROR
     if host not in ("127.0.0.1", "localhost", "::1") and not ctx.settings.api_key:
         ctx.err(
             f"warning: listening on {host}, beyond this machine, with no API key "
             "(set MODELYARD_API_KEY to require one)"
         )
-    run_server(ctx.settings, host, port, spec=args.spec)
+    run_server(ctx.settings, host, port, spec=spec)
     return EXIT_OK
 
 
@@ -689,7 +700,8 @@ def register(sub: Any) -> None:
         "--spec",
         metavar="FILE|DIR|git+URL[@REF][#PATH]",
         help="keep the models of this ModelSet spec loaded, following its edits (a file or folder is "
-        "watched; a git source is polled for new commits); /health answers 200 once each answers requests",
+        "watched; a git source is polled for new commits); /health answers 200 once each answers requests. "
+        "Default: $MODELYARD_SPEC (where a git URL with a token stays out of the process list)",
     )
     p.set_defaults(func=cmd_serve)
 

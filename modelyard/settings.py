@@ -58,6 +58,9 @@ class Settings:
     num_parallel: int | None = None  # None: auto
     keep_alive: str | None = None  # a duration; None: 5m
     max_queue: int = 512
+    # `serve --spec`'s default ($MODELYARD_SPEC): a git URL with a token is in every process list
+    # as an argument, not so in the environment. Never shown in a repr.
+    spec: str | None = field(default=None, repr=False)
     # Seconds a stopping server gives the requests in flight ($MODELYARD_SHUTDOWN_GRACE): keep it
     # below a Pod's terminationGracePeriodSeconds (30 by default).
     shutdown_grace: int = 10
@@ -83,6 +86,7 @@ class Settings:
             "source_date_epoch": _source_date_epoch(env),
             "docker_config": default_docker_config(env),
             "api_key": env.get("MODELYARD_API_KEY") or None,
+            "spec": env.get("MODELYARD_SPEC") or None,
             "cors_origins": _listed(env, "MODELYARD_ORIGINS"),
             "plain_http_registries": _listed(env, "MODELYARD_PLAIN_HTTP_REGISTRIES"),
             "insecure_registries": _listed(env, "MODELYARD_INSECURE_REGISTRIES"),

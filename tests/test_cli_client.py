@@ -382,3 +382,19 @@ def test_stop_compares_names_no_reference_reads_as_themselves(name: str, short: 
     from modelyard.cli_serving import _short_name
 
     assert _short_name(name) == short
+
+
+def test_serve_refuses_a_bad_git_spec_location_before_it_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GitOps review: a git location with `..` in its path was a start-up traceback and exit 3.
+    $MODELYARD_SPEC stands for --spec (a URL with a token is then out of the process list)."""
+    from modelyard.cli import main
+
+    monkeypatch.delenv("MODELYARD_HOST", raising=False)
+    bad = "git+https://alice:s3cret@h.io/ops.git#../etc"
+    err = io.StringIO()
+    assert main(["serve", "--host", "127.0.0.1:1", "--spec", bad], stderr=err) == 1
+    assert "must stay inside the repository" in err.getvalue() and "s3cret" not in err.getvalue()
+    monkeypatch.setenv("MODELYARD_SPEC", bad)
+    err = io.StringIO()
+    assert main(["serve", "--host", "127.0.0.1:1"], stderr=err) == 1
+    assert "must stay inside the repository" in err.getvalue() and "Traceback" not in err.getvalue()
