@@ -857,3 +857,39 @@ def test_every_problem_of_a_rejected_spec_is_logged(
         assert not reconciler.submit(documents(two), "r2").accepted
     logged = caplog.text
     assert "context" in logged and "parallel" in logged and "2 problem(s)" in logged, logged
+
+
+def test_a_source_read_parses_the_spec_off_the_event_loop(
+    tmp_path: Path, world: tuple[FakeEffects, FakeClock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GitOps review: a spec of megabytes was parsed on the event loop, /health held for seconds."""
+    import time
+
+    from modelyard.spec import reconciler as module
+
+    parse = module.parse_spec
+
+    def slow_parse(documents: Any) -> Any:
+        time.sleep(0.5)
+        return parse(documents)
+
+    monkeypatch.setattr(module, "parse_spec", slow_parse)
+    spec = tmp_path / "models.yaml"
+    spec.write_text(spec_text(CHAT))
+    reconciler = make(tmp_path, *world)
+
+    async def read_while_ticking() -> int:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticking = asyncio.create_task(tick())
+        await reconciler._read(FileSource(spec), first=True)
+        ticking.cancel()
+        return ticks
+
+    assert asyncio.run(read_while_ticking()) > 20 and reconciler.generation == 1

@@ -401,3 +401,13 @@ def test_a_bad_metadata_name_says_what_a_name_may_hold(name: str) -> None:
 def test_a_spec_path_that_is_no_file_says_what_it_is(path: str, message: str) -> None:
     with pytest.raises(SpecSourceError, match=message):
         load_spec(path)
+
+
+def test_a_spec_of_megabytes_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    """A GitOps review: a 1.4 MB file dropped in a folder source took seconds of CPU to parse."""
+    from modelyard.spec.schema import MAX_SPEC_BYTES, read_documents
+
+    (tmp_path / "a.yaml").write_text("kind: ModelSet\n")
+    (tmp_path / "b.yaml").write_text("# " + "x" * MAX_SPEC_BYTES + "\n")
+    with pytest.raises(SpecSourceError, match="over 4 MiB"):
+        read_documents(tmp_path)

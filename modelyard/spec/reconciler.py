@@ -211,21 +211,24 @@ class Reconciler:
 
     def submit(self, documents: Sequence[SpecDocument], revision: str = "") -> SubmitResult:
         """Validate a new spec and put it in force, or reject it whole (the last good one stays)."""
-        now = self.clock()
         try:
             spec = parse_spec(documents)
         except SpecValidationError as exc:
-            self._rejected = Rejection(revision, now, tuple(exc.issues))
-            self._event(
-                "", "rejected", f"revision {revision or '?'}: {len(exc.issues)} problem(s): {exc.issues[0]}"
-            )
-            if len(exc.issues) > 1:  # the event names the first; the log has room for them all
-                log.warning(
-                    "every problem of revision %s:\n  %s", revision or "?", "\n  ".join(map(str, exc.issues))
-                )
-            self._save()
-            return SubmitResult(False, self._generation, False, exc)
+            return self._reject(exc, revision)
         return self.accept(spec, revision)
+
+    def _reject(self, exc: SpecValidationError, revision: str) -> SubmitResult:
+        """Keep the last good spec in force; say why this one is not."""
+        self._rejected = Rejection(revision, self.clock(), tuple(exc.issues))
+        self._event(
+            "", "rejected", f"revision {revision or '?'}: {len(exc.issues)} problem(s): {exc.issues[0]}"
+        )
+        if len(exc.issues) > 1:  # the event names the first; the log has room for them all
+            log.warning(
+                "every problem of revision %s:\n  %s", revision or "?", "\n  ".join(map(str, exc.issues))
+            )
+        self._save()
+        return SubmitResult(False, self._generation, False, exc)
 
     def accept(self, spec: Spec, revision: str = "") -> SubmitResult:
         """Put an already valid spec in force."""
@@ -751,7 +754,14 @@ class Reconciler:
                 log.warning("%s", exc)
             self._source_error = str(exc)
             return
-        self.submit(snapshot.documents, snapshot.revision)
+        # Parsed in a worker thread: a spec of megabytes held every request of the server for
+        # seconds on the event loop (a GitOps review). Put in force here, on the loop.
+        try:
+            spec = await asyncio.to_thread(parse_spec, snapshot.documents)
+        except SpecValidationError as exc:
+            self._reject(exc, snapshot.revision)
+            return
+        self.accept(spec, snapshot.revision)
 
     async def _glance_loop(self, stop: asyncio.Event) -> None:
         """Wake the loop when a spec model's runner died, unloaded or changed outside a round."""

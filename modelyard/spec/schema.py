@@ -448,6 +448,11 @@ def load_spec(path: Path | str) -> Spec:
     return parse_spec(read_documents(Path(path)))
 
 
+# A spec of a few hundred models is tens of KB; megabytes are a mistake (a file of something
+# else in the folder), and cost seconds of CPU to parse at every change.
+MAX_SPEC_BYTES = 4 << 20
+
+
 def read_documents(path: Path, *, within: Path | None = None) -> list[SpecDocument]:
     """The spec documents of a file or folder. `within`: every file read must resolve inside it
     (no symlink out of a git clone)."""
@@ -467,10 +472,17 @@ def read_documents(path: Path, *, within: Path | None = None) -> list[SpecDocume
     else:
         raise SpecSourceError(str(path), "no such file or folder")
     documents = []
+    total = 0
     for file in files:
         if within is not None:
             _check_within(file, within)
         try:
+            total += file.stat().st_size
+            if total > MAX_SPEC_BYTES:
+                raise SpecSourceError(
+                    str(path),
+                    f"the spec files hold over {MAX_SPEC_BYTES >> 20} MiB; a spec takes at most that",
+                )
             text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise SpecSourceError(str(file), f"cannot read it: {exc}") from None
