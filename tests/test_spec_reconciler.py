@@ -893,3 +893,23 @@ def test_a_source_read_parses_the_spec_off_the_event_loop(
         return ticks
 
     assert asyncio.run(read_while_ticking()) > 20 and reconciler.generation == 1
+
+
+def test_a_file_of_a_folder_source_emptied_while_it_is_rewritten_drops_no_model(
+    tmp_path: Path, world: tuple[FakeEffects, FakeClock]
+) -> None:
+    """A GitOps review: a file rewritten in place (truncated, then written) was read empty, merged
+    as nothing, and its models left the spec and were unloaded, to load again a moment later."""
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    (folder / "a.yaml").write_text(spec_text(CHAT))
+    (folder / "b.yaml").write_text(spec_text(f"models: [{{name: other, image: {IMAGE}}}]"))
+    reconciler = make(tmp_path, *world)
+    source = FileSource(folder)
+    asyncio.run(reconciler._read(source, first=True))
+    assert reconciler.generation == 1 and reconciler.status()["name"] is not None
+    (folder / "b.yaml").write_text("")
+    asyncio.run(reconciler._read(source, first=True))
+    status = reconciler.status()
+    assert reconciler.generation == 1 and "is empty (being written?)" in (status["source"]["error"] or "")
+    assert status["rejected"] is None, "a source error, read again at the next poll: not a rejection"

@@ -486,6 +486,12 @@ def read_documents(path: Path, *, within: Path | None = None) -> list[SpecDocume
             text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise SpecSourceError(str(file), f"cannot read it: {exc}") from None
+        if not text.strip():
+            # A file being rewritten in place is empty a moment: merged as nothing, its models left
+            # the spec and were unloaded (a GitOps review). Read again at the next poll.
+            raise SpecSourceError(
+                str(file), "is empty (being written?); to drop its models, delete the file or empty its list"
+            )
         documents.append(SpecDocument(file.relative_to(root).as_posix(), text))
     return documents
 
