@@ -201,21 +201,21 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
         return EXIT_USER_ERROR
     host, port = address.host, address.port
     spec = args.spec or ctx.settings.spec  # $MODELYARD_SPEC: kept out of `ps` (a GitOps review)
-    if spec and not spec.startswith("git+"):
+    given = "--spec" if args.spec else "$MODELYARD_SPEC"
+    if spec:
         from pathlib import Path
 
-        if not Path(spec).expanduser().exists():
-            ctx.err(f"Error: --spec {spec}: no such file or folder")
-            return EXIT_USER_ERROR
-    if spec:
         from modelyard.errors import SpecSourceError
-        from modelyard.spec.sources import parse_git_location
+        from modelyard.spec.sources import parse_git_location, redact
 
         try:  # here, not in the server's start-up, where it was a traceback and exit 3
             if spec.startswith("git+"):
                 parse_git_location(spec)
+            elif not Path(spec).expanduser().exists():
+                # Redacted: a git URL without its git+ may carry a token (a review).
+                raise SpecSourceError(redact(spec), "no such file or folder (a git source starts with git+)")
         except SpecSourceError as exc:
-            ctx.err(f"Error: --spec {exc}")
+            ctx.err(f"Error: {given} {exc}")
             return EXIT_USER_ERROR
     if host not in ("127.0.0.1", "localhost", "::1") and not ctx.settings.api_key:
         ctx.err(

@@ -397,4 +397,13 @@ def test_serve_refuses_a_bad_git_spec_location_before_it_starts(monkeypatch: pyt
     monkeypatch.setenv("MODELYARD_SPEC", bad)
     err = io.StringIO()
     assert main(["serve", "--host", "127.0.0.1:1"], stderr=err) == 1
-    assert "must stay inside the repository" in err.getvalue() and "Traceback" not in err.getvalue()
+    assert "$MODELYARD_SPEC" in err.getvalue() and "must stay inside the repository" in err.getvalue()
+    # A review: a bad IPv6 host was still a start-up traceback; a URL without its git+ showed its token.
+    for spec, said in [
+        ("git+http://u:s3cret@[::1/x.git#m", "not a valid URL"),
+        ("https://bot:s3cret@h.io/ops.git#models", "no such file or folder (a git source starts with git+)"),
+    ]:
+        monkeypatch.setenv("MODELYARD_SPEC", spec)
+        err = io.StringIO()
+        assert main(["serve", "--host", "127.0.0.1:1"], stderr=err) == 1
+        assert said in err.getvalue() and "s3cret" not in err.getvalue(), err.getvalue()

@@ -424,7 +424,12 @@ def test_a_restart_loads_the_saved_spec_while_its_source_hangs_and_is_not_ready_
     assert "chat" in effects.loaded
     effects.loaded.clear()  # the server restarted: nothing is loaded
     answered.clear()
-    restarted = make(tmp_path, effects, clock)
+    restarted = Reconciler(
+        effects,
+        ReconcilerSettings(tmp_path / "state.json", first_read_head_start=0.1),
+        clock=clock,
+        rand=lambda: 0.5,
+    )
     assert not restarted.serving(), "the restored reports say Ready; no model is loaded"
     asyncio.run(serve(HangingSource(), restarted))
     assert "chat" in effects.loaded and restarted.serving()
@@ -913,3 +918,30 @@ def test_a_file_of_a_folder_source_emptied_while_it_is_rewritten_drops_no_model(
     status = reconciler.status()
     assert reconciler.generation == 1 and "is empty (being written?)" in (status["source"]["error"] or "")
     assert status["rejected"] is None, "a source error, read again at the next poll: not a rejection"
+
+
+def test_a_restart_acts_on_what_its_source_says_now_not_on_the_saved_spec(tmp_path: Path) -> None:
+    """A review: with the first read beside the first round, a restart loaded the saved spec's
+    model that the source had dropped while the server was down, then unloaded it."""
+    effects = FakeEffects(tags={IMAGE: digest("a"), "localhost:5000/team/other:v1": digest("b")})
+    clock = FakeClock()
+    spec = tmp_path / "models.yaml"
+    spec.write_text(spec_text(CHAT))
+
+    async def serve() -> Reconciler:
+        reconciler = make(tmp_path, effects, clock)
+        stop = asyncio.Event()
+        running = asyncio.create_task(reconciler.run(FileSource(spec), stop))
+        await asyncio.sleep(0.3)
+        stop.set()
+        await running
+        return reconciler
+
+    asyncio.run(serve())
+    effects.loaded.clear()  # the server restarted
+    spec.write_text(spec_text("models: [{name: other, image: 'localhost:5000/team/other:v1'}]"))
+    before = len(effects.actions())
+    restarted = asyncio.run(serve())
+    after = [a[:2] for a in effects.actions()[before:]]
+    assert ("ensure", "other") in after and ("ensure", "chat") not in after, after
+    assert restarted.ready()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from spec_fakes import spec_text
@@ -241,8 +242,30 @@ def test_an_annotated_tag_is_fetched_once_while_it_stays(tmp_path: Path) -> None
     out, so every poll fetched and checked out again."""
     repo = _spec_repo(tmp_path)
     _git(repo, "tag", "-a", "prod", "-m", "release")
-    source = open_source(f"git+{repo}@prod#specs", tmp_path / "cache")
+    for ref in ("prod", "refs/tags/prod"):
+        source = open_source(f"git+{repo}@{ref}#specs", tmp_path / "cache")
+        first = source.read()
+        fetches: list[tuple[str, ...]] = []
+        git = source._git  # type: ignore[attr-defined]
+
+        def counting(*args: str, cwd: Path | None, git: Any = git, fetches: list[Any] = fetches) -> str:
+            fetches.extend([args] if args[0] == "fetch" else [])
+            return git(*args, cwd=cwd)
+
+        source._git = counting  # type: ignore[attr-defined]
+        assert source.read() is first and source.read() is first and fetches == [], ref
+
+
+def test_a_tag_and_a_branch_of_one_name_read_the_tag_as_git_fetch_does(tmp_path: Path) -> None:
+    repo = _spec_repo(tmp_path)
+    _git(repo, "tag", "same")  # at the first commit, which names only model a
+    _git(repo, "checkout", "--quiet", "-b", "same")
+    (repo / "specs" / "n.yaml").write_text(spec_text("models: [{name: b, image: 'h.io/b:1'}]"))
+    _git(repo, "add", ".")
+    _git(repo, "commit", "--quiet", "-m", "the branch moves on")
+    source = open_source(f"git+{repo}@same#specs", tmp_path / "cache")
     first = source.read()
+    assert [d.path for d in first.documents] == ["specs/m.yaml"]
     fetches: list[tuple[str, ...]] = []
     git = source._git  # type: ignore[attr-defined]
 
@@ -251,7 +274,7 @@ def test_an_annotated_tag_is_fetched_once_while_it_stays(tmp_path: Path) -> None
         return git(*args, cwd=cwd)
 
     source._git = counting  # type: ignore[attr-defined]
-    assert source.read() is first and source.read() is first and fetches == []
+    assert source.read() is first and fetches == [], "what ls-remote names is what fetch takes"
 
 
 def test_a_symlink_out_of_the_repository_is_not_read(tmp_path: Path) -> None:

@@ -149,6 +149,9 @@ class ReconcilerSettings:
     heal_poll: float = 1.0  # how often the scheduler is glanced at for crashed or unloaded models
     debounce: float = 0.25  # a changed source must read the same twice this far apart
     max_passes: int = 6  # re-plans per round (pull, then load, then …)
+    # How long a restart waits for its source's first read before it reconciles the saved spec: a
+    # git source answers in a second or two; a host that hangs takes git's 120 s.
+    first_read_head_start: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,7 @@ class Reconciler:
         self._saved_source = saved.source
         self._observed_generation = 0
         self._last_round: float | None = None
+        self._first_read_done = True  # run() with a source: not until its first read ended
         self._in_progress: dict[str, Action] = {}
         self._serving: dict[str, LoadTarget] = {}
         self._resolved: dict[str, str] = {}
@@ -282,6 +286,8 @@ class Reconciler:
                 self._publish(spec, current, observed, generation)
                 if current.empty or not acted or attempt == self.settings.max_passes:
                     break
+                if self._generation != generation:
+                    break  # a new spec came in: the next round acts on it, not this pass
                 acted = await self._execute(spec, current, wait_for_pulls=wait_for_pulls)
             assert current is not None
             self._drop_unwanted_pulls(spec)
@@ -594,7 +600,9 @@ class Reconciler:
     def ready(self) -> bool:
         """Every model the spec does not suspend is Ready at the current generation."""
         spec = self._spec
-        if spec is None or self._observed_generation != self._generation:
+        # Not before the source's first read: a restart's saved spec may be one the source has
+        # moved on from (a review: `status --wait-ready` passed on it, the new commit unread).
+        if spec is None or self._observed_generation != self._generation or not self._first_read_done:
             return False
         wanted = [m.name for m in spec.models if not (m.suspend or spec.body.suspend)]
         return all(
@@ -680,9 +688,21 @@ class Reconciler:
         self._forget_another_sources_spec()
         tasks = [asyncio.create_task(self._glance_loop(stop))]
         if source is not None:
-            # The first read goes beside the rounds: a git host that accepts and never answers (120 s
-            # to git's timeout) kept the saved spec's models unloaded all that time (a GitOps review).
-            tasks.append(asyncio.create_task(self._watch(source, stop, first=True)))
+            # The first read gets a head start: read before the first round, the spec a source
+            # changed while the server was down is the one loaded (a round on the saved one loaded
+            # what the source had dropped). One that hangs (a git host that accepts and never
+            # answers: 120 s to git's timeout) goes on beside the rounds, and the saved spec's models
+            # load meanwhile (a GitOps review: nothing loaded for 120 s).
+            self._first_read_done = False
+            first = asyncio.create_task(self._read(source, first=True))
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait(
+                {first, stopping},
+                timeout=self.settings.first_read_head_start,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            stopping.cancel()
+            tasks.append(asyncio.create_task(self._watch(source, stop, first=first)))
         try:
             while not stop.is_set():
                 self._wake.clear()
@@ -720,15 +740,25 @@ class Reconciler:
         due = min((r - self.clock() for r in retries if r > self.clock()), default=interval)
         return max(min(interval, due), 0.05)
 
-    async def _watch(self, source: SpecSource, stop: asyncio.Event, *, first: bool = False) -> None:
-        if first:
-            await self._read(source, first=True)
+    async def _watch(
+        self, source: SpecSource, stop: asyncio.Event, *, first: asyncio.Task[None] | None = None
+    ) -> None:
+        if first is not None:
+            await first  # the first read, under way
         while not stop.is_set():
             await _wait_any(None, stop, source.poll_interval)
             if not stop.is_set():
                 await self._read(source)
 
     async def _read(self, source: SpecSource, *, first: bool = False) -> None:
+        try:
+            await self._read_once(source, first=first)
+        finally:
+            if first:
+                self._first_read_done = True
+                self._wake.set()
+
+    async def _read_once(self, source: SpecSource, *, first: bool) -> None:
         try:
             snapshot = await asyncio.to_thread(source.read)
             if snapshot.revision == self._revision:

@@ -92,6 +92,11 @@ def parse_git_location(text: str) -> GitLocation:
     path = path.strip("/")
     if ".." in Path(path).parts:
         raise SpecSourceError(shown, f"the path {path!r} must stay inside the repository")
+    if "://" in url:
+        try:
+            urllib.parse.urlsplit(url).port  # noqa: B018 - the checks urlsplit makes, here, not at start-up
+        except ValueError as exc:
+            raise SpecSourceError(shown, f"not a valid URL ({exc})") from None
     return GitLocation(url, ref, path)
 
 
@@ -182,7 +187,10 @@ class GitSource:
         for line in out.splitlines():
             sha, _, name = line.partition("\t")
             found[name] = sha
-        for name in (f"refs/tags/{ref}^{{}}", ref, f"refs/heads/{ref}", f"refs/tags/{ref}"):
+        # As `git fetch REF` chooses: a tag before a branch of the same name; an annotated tag by
+        # its commit, named short or in full (a review).
+        peeled = (f"refs/tags/{ref}^{{}}", f"{ref}^{{}}")
+        for name in (*peeled, ref, f"refs/tags/{ref}", f"refs/heads/{ref}"):
             if name in found:
                 return found[name]
         if len(ref) == 40 and all(c in "0123456789abcdef" for c in ref):
