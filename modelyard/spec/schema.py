@@ -453,9 +453,10 @@ def load_spec(path: Path | str) -> Spec:
 MAX_SPEC_BYTES = 4 << 20
 
 
-def read_documents(path: Path, *, within: Path | None = None) -> list[SpecDocument]:
+def read_documents(path: Path, *, within: Path | None = None, watched: bool = False) -> list[SpecDocument]:
     """The spec documents of a file or folder. `within`: every file read must resolve inside it
-    (no symlink out of a git clone)."""
+    (no symlink out of a git clone). `watched`: an empty file is one being written (a source error,
+    read again at the next poll), not one that merges as nothing."""
     if within is not None:
         _check_within(path, within)
     if path.is_dir():
@@ -486,7 +487,7 @@ def read_documents(path: Path, *, within: Path | None = None) -> list[SpecDocume
             text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise SpecSourceError(str(file), f"cannot read it: {exc}") from None
-        if not text.strip():
+        if watched and not text.strip():
             # A file being rewritten in place is empty a moment: merged as nothing, its models left
             # the spec and were unloaded (a GitOps review). Read again at the next poll.
             raise SpecSourceError(

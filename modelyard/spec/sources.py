@@ -57,7 +57,7 @@ class FileSource:
         self.description = str(self.path)
 
     def read(self) -> SpecSnapshot:
-        documents = tuple(read_documents(self.path))
+        documents = tuple(read_documents(self.path, watched=True))
         return SpecSnapshot(documents, content_revision(documents))
 
 
