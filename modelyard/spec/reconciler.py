@@ -686,24 +686,25 @@ class Reconciler:
         last good one saved) is kept in line."""
         self._source = source.description if source is not None else ""
         self._forget_another_sources_spec()
-        tasks = [asyncio.create_task(self._glance_loop(stop))]
-        if source is not None:
-            # The first read gets a head start: read before the first round, the spec a source
-            # changed while the server was down is the one loaded (a round on the saved one loaded
-            # what the source had dropped). One that hangs (a git host that accepts and never
-            # answers: 120 s to git's timeout) goes on beside the rounds, and the saved spec's models
-            # load meanwhile (a GitOps review: nothing loaded for 120 s).
-            self._first_read_done = False
-            first = asyncio.create_task(self._read(source, first=True))
-            stopping = asyncio.ensure_future(stop.wait())
-            await asyncio.wait(
-                {first, stopping},
-                timeout=self.settings.first_read_head_start,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            stopping.cancel()
-            tasks.append(asyncio.create_task(self._watch(source, stop, first=first)))
+        tasks: list[asyncio.Future[Any]] = [asyncio.create_task(self._glance_loop(stop))]
         try:
+            if source is not None:
+                # The first read gets a head start: read before the first round, the spec a source
+                # changed while the server was down is the one loaded (a round on the saved one
+                # loaded what the source had dropped). One that hangs (a git host that accepts and
+                # never answers: 120 s to git's timeout) goes on beside the rounds, and the saved
+                # spec's models load meanwhile (a GitOps review: nothing loaded for 120 s).
+                self._first_read_done = False
+                first = asyncio.create_task(self._read(source, first=True))
+                tasks.append(first)
+                stopping = asyncio.ensure_future(stop.wait())
+                tasks.append(stopping)
+                await asyncio.wait(
+                    {first, stopping},
+                    timeout=self.settings.first_read_head_start,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                tasks.append(asyncio.create_task(self._watch(source, stop, first=first)))
             while not stop.is_set():
                 self._wake.clear()
                 try:
