@@ -368,7 +368,7 @@ def _refuse_served_images(ctx: CommandContext, refs: list[Reference], *, dry_run
     running container): removed, an image the spec of the server at $MODELYARD_HOST serves left
     its model answering 404 to every request while its status said Ready (a CLI review). Only
     images that resolve in this store are checked, as the server checks its own."""
-    from modelyard.cli_serving import ApiClient, ApiError, ServerUnreachableError, base_url
+    from modelyard.cli_serving import ApiClient, base_url, spec_models
     from modelyard.server.address import BadHostError
 
     try:
@@ -376,7 +376,7 @@ def _refuse_served_images(ctx: CommandContext, refs: list[Reference], *, dry_run
     except BadHostError:
         return  # rm itself does not need a server; _unload_removed says why none was asked
     try:
-        models = (client.get("/api/status").get("spec") or {}).get("models", [])
+        models = spec_models(client)  # none: no server, or one that cannot say
         images = {
             str(model["name"]): [
                 parse_reference(str(used["image"])).with_digest(str(used["digest"]))
@@ -385,8 +385,8 @@ def _refuse_served_images(ctx: CommandContext, refs: list[Reference], *, dry_run
             for model in models
             if model.get("digest")
         }
-    except (ServerUnreachableError, ApiError, ValueError, KeyError, TypeError, AttributeError):
-        return  # no server, or one that cannot say: nothing to refuse for
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return  # a status this client cannot read: nothing to refuse for
     finally:
         client.close()
     users = ctx.store.left_without_image(images, refs)

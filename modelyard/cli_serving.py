@@ -288,16 +288,21 @@ def cmd_ps(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
-def _spec_serves(client: ApiClient, name: str) -> bool:
-    """Whether the server's spec (if any) declares `name`, unsuspended."""
+def spec_models(client: ApiClient) -> list[dict[str, Any]]:
+    """The models of the server's spec as /api/status lists them; [] when it has none, or no
+    reconciler there can say."""
     try:
         spec = client.get("/api/status").get("spec") or {}
-    except (ApiError, ServerUnreachableError):  # no reconciler there to ask: nothing to say
-        return False
+    except (ApiError, ServerUnreachableError, AttributeError):
+        return []
     models = spec.get("models") if isinstance(spec, dict) else None
+    return [m for m in models or [] if isinstance(m, dict)] if isinstance(models, list) else []
+
+
+def _spec_serves(client: ApiClient, name: str) -> bool:
+    """Whether the server's spec (if any) declares `name`, unsuspended."""
     return any(
-        isinstance(m, dict) and _short_name(str(m.get("name"))) == name and m.get("phase") != "Suspended"
-        for m in models or []
+        _short_name(str(m.get("name"))) == name and m.get("phase") != "Suspended" for m in spec_models(client)
     )
 
 

@@ -115,7 +115,7 @@ class SchedulerHost:
         except ImageNotFoundError:
             pass
         index = self.store.read_index()
-        if any(r.digest == digest for r in (*index.tags, *index.history)):
+        if index.holder(digest) is not None:
             return digest  # its own name is gone (`rm --force`), another holds it: servable() serves it
         if not ref.is_remote:
             return None
@@ -212,8 +212,7 @@ class SchedulerHost:
         try:
             return load_servable(self.store, ref)
         except ImageNotFoundError:
-            index = self.store.read_index()
-            holder = next((r for r in (*index.tags, *index.history) if r.digest == digest), None)
+            holder = self.store.read_index().holder(digest)
             if holder is None:
                 raise
             return load_servable(self.store, parse_reference(holder.name).with_digest(digest))

@@ -61,6 +61,10 @@ class Index:
     def history_of(self, name: str) -> list[TagRecord]:
         return [h for h in self.history if h.name == name]
 
+    def holder(self, digest: str) -> TagRecord | None:
+        """An entry, current or earlier, of any name that points at `digest`."""
+        return next((r for r in (*self.tags, *self.history) if r.digest == digest), None)
+
 
 def set_tag(index: Index, record: TagRecord, history_limit: int) -> Index:
     """Point `record.name` at `record.digest`; the digest it pointed at before joins its history."""

@@ -368,10 +368,11 @@ class Store:
                 after = remove_tag(after, tag)
         except ImageNotFoundError:
             return []
+        digests = {name: [image.digest or "" for image in needed] for name, needed in images.items()}
         return [
             name
-            for name, needed in images.items()
-            if any(_holds(before, image) and not _holds(after, image) for image in needed)
+            for name, held in digests.items()
+            if any(before.holder(d) and not after.holder(d) for d in held)
         ]
 
     @staticmethod
@@ -604,11 +605,6 @@ class Store:
 
 def _repository_name(stored_name: str) -> str:
     return parse_reference(stored_name).name
-
-
-def _holds(index: Index, image: Reference) -> bool:
-    """Whether `index` names the digest `image` is at: under its name, or another's."""
-    return any(r.digest == image.digest for r in (*index.tags, *index.history))
 
 
 def _did_you_mean(index: Index, ref: Reference) -> str:
