@@ -160,6 +160,9 @@ def _wait(ctx: Context, timeout: float, print_json: bool = False) -> int:
                 )
             ]
             names = f": {', '.join(waiting)} (see the table above)" if waiting else ""
+            source = next((c for c in spec.get("conditions") or [] if c.get("type") == "SourceReady"), None)
+            if source is not None and source.get("status") != "True":
+                names += f"{';' if names else ':'} the source: {source.get('message')}"
             ctx.err(f"not ready after {timeout:.0f} s{names}")
             return EXIT_USER_ERROR
         time.sleep(1.0)

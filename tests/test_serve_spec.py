@@ -229,3 +229,11 @@ def test_status_wait_ready_waits_for_a_server_still_starting(monkeypatch: pytest
     err = io.StringIO()
     assert main(["status", "--wait-ready", "--timeout", "0s"], stdout=io.StringIO(), stderr=err) == 1
     assert "not ready after 0 s: code (see the table above)" in err.getvalue()
+    # And why the source is not in force, when it is not.
+    unread = {"type": "SourceReady", "status": "False", "message": "git fetch failed: timed out"}
+    monkeypatch.setattr(
+        cli_spec, "_status", lambda ctx, quiet=False: {"spec": {"ready": False, "conditions": [unread]}}
+    )
+    err = io.StringIO()
+    assert main(["status", "--wait-ready", "--timeout", "0s"], stdout=io.StringIO(), stderr=err) == 1
+    assert "not ready after 0 s: the source: git fetch failed: timed out" in err.getvalue()

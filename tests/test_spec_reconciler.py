@@ -394,6 +394,62 @@ def test_a_saved_spec_stays_in_force_only_for_the_source_it_came_from(tmp_path: 
     assert serve(FileSource(spec)).status()["name"] is not None
 
 
+def test_the_source_condition_says_whether_its_latest_revision_is_in_force(tmp_path: Path) -> None:
+    """A GitOps review: a source that could not be read, or whose latest revision was rejected,
+    showed only in the status's text: Ready stayed True and `status --wait-ready` passed on the
+    last good spec. Now SourceReady says why, and ready() waits for the source (serving() not)."""
+    effects, clock = FakeEffects(tags={IMAGE: digest("a")}), FakeClock()
+    spec = tmp_path / "models.yaml"
+    spec.write_text(spec_text(CHAT))
+    reconciler = Reconciler(
+        effects, ReconcilerSettings(tmp_path / "state.json", debounce=0), clock=clock, rand=lambda: 0.5
+    )
+
+    def source() -> dict[str, Any]:
+        [condition] = reconciler.status()["conditions"]
+        assert condition["type"] == "SourceReady"
+        return condition
+
+    async def until(check: Any) -> None:
+        for _ in range(200):
+            if check():
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(reconciler.status())
+
+    async def follow() -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(reconciler.run(FileSource(spec, poll_interval=0.02), stop))
+        try:
+            assert await reconciler.wait_ready(5)
+            read = source()
+            assert (read["status"], read["reason"]) == ("True", "Read") and reconciler.serving()
+
+            clock.now += 10
+            spec.write_text(spec_text(CHAT.replace("2048", "lots")))
+            await until(lambda: source()["reason"] == "Rejected")
+            assert not reconciler.ready() and reconciler.serving(), "the last good spec serves on"
+            assert source()["status"] == "False" and "the last good spec stays" in source()["message"]
+            assert source()["lastTransitionTime"] != read["lastTransitionTime"]
+            assert not await reconciler.wait_ready(0.1)
+
+            spec.unlink()
+            await until(lambda: source()["reason"] == "ReadFailed")
+            assert not reconciler.ready() and reconciler.serving()
+
+            clock.now += 10
+            spec.write_text(spec_text(CHAT))  # the revision in force again
+            assert await reconciler.wait_ready(5), "ready again once the source reads as in force"
+            assert (source()["status"], source()["reason"]) == ("True", "Read")
+            assert reconciler.status()["rejected"] is None and reconciler.generation == 1
+        finally:
+            stop.set()
+            await running
+
+    asyncio.run(follow())
+    assert make(tmp_path, effects, clock).status()["conditions"] == [], "no source followed: none"
+
+
 def test_a_restart_loads_the_saved_spec_while_its_source_hangs_and_is_not_ready_before(
     tmp_path: Path,
 ) -> None:

@@ -72,7 +72,7 @@ from modelyard.spec.plan import (
 )
 from modelyard.spec.schema import Spec, SpecDocument, parse_spec
 from modelyard.spec.state import MAX_EVENTS, Event, Rejection, SavedState, load_state, save_state
-from modelyard.spec.status import ModelReport, report_model, timestamp
+from modelyard.spec.status import Condition, ModelReport, report_model, source_condition, timestamp
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +193,7 @@ class Reconciler:
         self._resolved: dict[str, str] = {}
         self._source = ""
         self._source_error: str | None = None
+        self._source_condition: Condition | None = None  # SourceReady, for a followed source
         self._round_lock = asyncio.Lock()
         # Pulls outlive the round that starts them: a long one must not hold back other changes to
         # the spec (a model added, a tag rolled back). Each wakes the loop when it ends, and the
@@ -604,6 +605,11 @@ class Reconciler:
         # moved on from (a review: `status --wait-ready` passed on it, the new commit unread).
         if spec is None or self._observed_generation != self._generation or not self._first_read_done:
             return False
+        # Nor while the source's latest revision is not the spec in force (it cannot be read, or
+        # was rejected), as Flux's Ready says: `status --wait-ready` passed on the last good spec
+        # with the git host down, or after a bad commit. /health (serving) is not affected.
+        if self._source and (self._source_error is not None or self._rejected is not None):
+            return False
         wanted = [m.name for m in spec.models if not (m.suspend or spec.body.suspend)]
         return all(
             n in self._reports
@@ -653,6 +659,9 @@ class Reconciler:
             "readyModels": sum(1 for r in wanted if r.ready),
             "wantedModels": len(wanted),
             "source": {"description": self._source, "revision": self._revision, "error": self._source_error},
+            "conditions": [self._source_condition.to_json()]
+            if self._source and self._source_condition
+            else [],
             "rejected": None
             if rejected is None
             else {
@@ -695,6 +704,7 @@ class Reconciler:
                 # never answers: 120 s to git's timeout) goes on beside the rounds, and the saved
                 # spec's models load meanwhile (a GitOps review: nothing loaded for 120 s).
                 self._first_read_done = False
+                self._note_source()
                 first = asyncio.create_task(self._read(source, first=True))
                 tasks.append(first)
                 stopping = asyncio.ensure_future(stop.wait())
@@ -758,6 +768,24 @@ class Reconciler:
             if first:
                 self._first_read_done = True
                 self._wake.set()
+            if self._note_source():
+                self._wake.set()  # a round, whose end tells those waiting for ready()
+
+    def _note_source(self) -> bool:
+        """SourceReady from what the last read found (its transition time kept while it holds);
+        True when its status flipped."""
+        rejected = self._rejected
+        before = self._source_condition
+        self._source_condition = source_condition(
+            self._source_condition,
+            error=self._source_error,
+            rejected=(rejected.revision or "?") if rejected is not None else None,
+            revision=self._revision,
+            read=self._first_read_done,
+            generation=self._generation,
+            now=self.clock(),
+        )
+        return before is None or before.status != self._source_condition.status
 
     async def _read_once(self, source: SpecSource, *, first: bool) -> None:
         try:

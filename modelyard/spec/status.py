@@ -32,6 +32,7 @@ READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 CONDITION_TYPES = (READY, PROGRESSING, DEGRADED)
+SOURCE_READY = "SourceReady"  # the ModelSet's own, for a followed source (serve --spec)
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,38 @@ def set_condition(conditions: Sequence[Condition], new: Condition) -> tuple[Cond
         new = replace(new, last_transition_time=old.last_transition_time)
     kept = [c for c in conditions if c.type != new.type]
     return tuple(sorted([*kept, new], key=lambda c: CONDITION_TYPES.index(c.type)))
+
+
+def source_condition(
+    previous: Condition | None,
+    *,
+    error: str | None,
+    rejected: str | None,
+    revision: str,
+    read: bool,
+    generation: int,
+    now: float,
+) -> Condition:
+    """The ModelSet's SourceReady condition (pure), as Flux's sources and Kustomizations say theirs:
+    True only when the source's latest revision is the spec in force. `error`: why the source
+    cannot be read now; `rejected`: the revision read whose spec was rejected; `read`: its first
+    read has ended."""
+    if error is not None:
+        condition = Condition(
+            SOURCE_READY, False, "ReadFailed", f"{error}; the last good spec stays in force", now, generation
+        )
+    elif rejected is not None:
+        message = f"revision {rejected} is not valid (see rejected); the last good spec stays in force"
+        condition = Condition(SOURCE_READY, False, "Rejected", message, now, generation)
+    elif not read:
+        condition = Condition(
+            SOURCE_READY, False, "Reading", "the source's first read is under way", now, generation
+        )
+    else:
+        condition = Condition(SOURCE_READY, True, "Read", f"revision {revision} is in force", now, generation)
+    if previous is not None and previous.status == condition.status:
+        condition = replace(condition, last_transition_time=previous.last_transition_time)
+    return condition
 
 
 def report_model(

@@ -1,0 +1,41 @@
+"""The ModelSet's SourceReady condition (pure), table-driven."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelyard.spec.status import Condition, source_condition
+
+_SEEN = Condition("SourceReady", True, "Read", "revision r1 is in force", 100.0, 1)
+
+
+@pytest.mark.parametrize(
+    ("error", "rejected", "read", "previous", "expected", "since"),
+    [
+        (None, None, True, None, (True, "Read", "revision r2 is in force"), 200.0),
+        (None, None, True, _SEEN, (True, "Read", "revision r2 is in force"), 100.0),  # held: time kept
+        ("git fetch failed", None, True, _SEEN, (False, "ReadFailed", "git fetch failed; the last"), 200.0),
+        (None, "r3", True, _SEEN, (False, "Rejected", "revision r3 is not valid"), 200.0),
+        ("unreadable", "r3", True, None, (False, "ReadFailed", "unreadable"), 200.0),  # the read first
+        (None, None, False, None, (False, "Reading", "first read is under way"), 200.0),
+    ],
+)
+def test_source_condition(
+    error: str | None,
+    rejected: str | None,
+    read: bool,
+    previous: Condition | None,
+    expected: tuple[bool, str, str],
+    since: float,
+) -> None:
+    found = source_condition(
+        previous, error=error, rejected=rejected, revision="r2", read=read, generation=2, now=200.0
+    )
+    status, reason, message = expected
+    assert (found.type, found.status, found.reason, found.observed_generation) == (
+        "SourceReady",
+        status,
+        reason,
+        2,
+    )
+    assert message in found.message and found.last_transition_time == since
