@@ -222,7 +222,10 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
             f"warning: listening on {host}, beyond this machine, with no API key "
             "(set MODELYARD_API_KEY to require one)"
         )
-    run_server(ctx.settings, host, port, spec=spec)
+    if args.spec_poll is not None and not spec:
+        ctx.err("Error: --spec-poll is for a spec source (--spec or $MODELYARD_SPEC)")
+        return EXIT_USER_ERROR
+    run_server(ctx.settings, host, port, spec=spec, spec_poll=args.spec_poll)
     return EXIT_OK
 
 
@@ -414,6 +417,22 @@ def _keep_alive(text: str) -> str | float:
     except ModelyardError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text  # a duration, or "inf" (JSON has no infinity; the text says it)
+
+
+MIN_SPEC_POLL_S = 0.1
+
+
+def _poll_interval(text: str) -> float:
+    """--spec-poll: seconds, or a duration (10s, 2m); at least a tenth of a second."""
+    from modelyard.runtime.keepalive import parse_go_duration
+
+    try:
+        seconds = float(text) if text.replace(".", "", 1).isdigit() else parse_go_duration(text)
+    except ModelyardError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; use e.g. 10s, 2m") from None
+    if not seconds >= MIN_SPEC_POLL_S or not math.isfinite(seconds):
+        raise argparse.ArgumentTypeError(f"{text!r}: at least {MIN_SPEC_POLL_S} s, e.g. 10s, 2m")
+    return seconds
 
 
 def _prompt_text(text: str) -> str:
@@ -707,6 +726,13 @@ def register(sub: Any) -> None:
         help="keep the models of this ModelSet spec loaded, following its edits (a file or folder is "
         "watched; a git source is polled for new commits); /health answers 200 once each answers requests. "
         "Default: $MODELYARD_SPEC (where a git URL with a token stays out of the process list)",
+    )
+    p.add_argument(
+        "--spec-poll",
+        metavar="DURATION",
+        type=_poll_interval,
+        help="how often the spec source is read: a git source is asked for a new commit (default 30s), "
+        "a file or folder read (default 0.5s)",
     )
     p.set_defaults(func=cmd_serve)
 

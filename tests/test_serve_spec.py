@@ -3,7 +3,10 @@ reconciler, a tiny image in its store, and the official ollama client asking for
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,6 +170,64 @@ def test_serve_spec_serves_the_spec_names_and_follows_edits(
     spec.write_text(spec.read_text() + "# a round, please\n")
     wait_for(lambda: status(server)["spec"]["lastReconcile"] != before, timeout=30)
     assert chat_ready(), status(server)["spec"]["models"]
+
+
+def test_serve_follows_a_git_source_at_the_poll_interval_asked(tmp_path: Path, tiny_gguf: Path) -> None:
+    """`--spec-poll` (a GitOps-review leftover: the git poll was fixed at 30 s): a commit is served
+    within a few of the asked interval."""
+    repo = tmp_path / "gitops"
+    repo.mkdir()
+    (repo / "models.yaml").write_text(spec_text("chat"))
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t"}
+    env["GIT_COMMITTER_EMAIL"] = "t@t"
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True)
+
+    git("init", "--quiet", "-b", "main")
+    git("add", ".")
+    git("commit", "--quiet", "-m", "chat")
+    source = f"git+{repo}#models.yaml"
+    server = start_server(
+        tiny_home(tmp_path / "home", tiny_gguf), args=["--spec", source, "--spec-poll", "0.5s"]
+    )
+    try:
+        assert [m["name"] for m in status(server)["spec"]["models"]] == ["chat"]
+        (repo / "models.yaml").write_text(spec_text("chat", "code"))
+        git("commit", "--quiet", "-am", "and code")
+        started = time.monotonic()
+        wait_for(
+            lambda: [m["name"] for m in status(server)["spec"]["models"]] == ["chat", "code"], timeout=20
+        )
+        assert time.monotonic() - started < 10, "read at the interval asked, not every 30 s"
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--spec-poll", "10s"], "--spec-poll is for a spec source"),
+        (["--spec", "models.yaml", "--spec-poll", "0"], "at least 0.1 s"),
+        (["--spec", "models.yaml", "--spec-poll", "soon"], "invalid duration"),
+    ],
+)
+def test_bad_spec_poll_is_refused_before_start_up(
+    args: list[str],
+    error: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models.yaml").write_text(spec_text("chat"))
+    monkeypatch.setenv("MODELYARD_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MODELYARD_SPEC", raising=False)
+    err = io.StringIO()
+    with contextlib.suppress(SystemExit):  # argparse's own errors exit 2
+        code = main(["serve", "--host", "127.0.0.1:1", *args], stdout=io.StringIO(), stderr=err)
+        assert code == 1
+    assert error in err.getvalue() + capsys.readouterr().err  # argparse's own, on sys.stderr
 
 
 def test_apply_status_and_diff_against_a_plain_server(

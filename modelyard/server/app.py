@@ -60,7 +60,11 @@ def create_app(state: ServerState, bind_host: str | None = None) -> FastAPI:
         if state.daemon is not None:
             from modelyard.spec.sources import open_source
 
-            source = open_source(state.spec_source, state.settings.cache_dir) if state.spec_source else None
+            source = (
+                open_source(state.spec_source, state.settings.cache_dir, poll_interval=state.spec_poll)
+                if state.spec_source
+                else None
+            )
             reconciling = asyncio.create_task(state.daemon.run(source, stop))
         try:
             yield

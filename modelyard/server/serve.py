@@ -35,10 +35,15 @@ def scheduler_settings(settings: Settings) -> SchedulerSettings:
 
 
 def build_state(
-    settings: Settings, *, launcher: Launcher | None = None, spec: str | None = None
+    settings: Settings,
+    *,
+    launcher: Launcher | None = None,
+    spec: str | None = None,
+    spec_poll: float | None = None,
 ) -> ServerState:
     """The server's state, with its reconciler: following `spec` (a file, folder or git+ source)
-    when given, else the spec last applied through /api/apply (kept under $MODELYARD_HOME)."""
+    when given (read every `spec_poll` seconds; None: the source's default), else the spec last
+    applied through /api/apply (kept under $MODELYARD_HOME)."""
     from modelyard.runtime.gpu import discover_devices
     from modelyard.spec.daemon import SpecDaemon
 
@@ -46,11 +51,13 @@ def build_state(
     store.init()
     scheduler = Scheduler(scheduler_settings(settings), devices=discover_devices(), launcher=launcher)
     state = ServerState(settings, store, scheduler)
-    state.attach_reconciler(SpecDaemon(settings, scheduler, store=store), spec)
+    state.attach_reconciler(SpecDaemon(settings, scheduler, store=store), spec, poll_interval=spec_poll)
     return state
 
 
-def run_server(settings: Settings, host: str, port: int, *, spec: str | None = None) -> None:
+def run_server(
+    settings: Settings, host: str, port: int, *, spec: str | None = None, spec_poll: float | None = None
+) -> None:
     """Serve until interrupted (blocking)."""
     import uvicorn
 
@@ -61,7 +68,7 @@ def run_server(settings: Settings, host: str, port: int, *, spec: str | None = N
     _log_as_uvicorn()
     launcher = Launcher(spares=1)
     try:
-        state = build_state(settings, launcher=launcher, spec=spec)
+        state = build_state(settings, launcher=launcher, spec=spec, spec_poll=spec_poll)
         app = create_app(state, bind_host=host)
         # Its loop and http "auto" pick uvloop and httptools: dependencies for that (pyproject.toml).
         config = uvicorn.Config(

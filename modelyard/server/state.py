@@ -88,11 +88,15 @@ class ServerState:
         self.started = time.time()
         self.daemon: SpecDaemon | None = None  # the reconciler, keeping a ModelSet spec in force
         self.spec_source: str | None = None  # `serve --spec X`: the spec comes from X, not /api/apply
+        self.spec_poll: float | None = None  # `serve --spec-poll`: None, the source's own default
         self._loaded_details: dict[tuple[str, str], dict[str, Any]] = {}  # (name, digest) -> details
 
-    def attach_reconciler(self, daemon: SpecDaemon, source: str | None) -> None:
+    def attach_reconciler(
+        self, daemon: SpecDaemon, source: str | None, *, poll_interval: float | None = None
+    ) -> None:
         self.daemon = daemon
         self.spec_source = source
+        self.spec_poll = poll_interval
         self.inference.spec_targets = daemon
 
     # --- errors and counts --------------------------------------------------------------------
