@@ -71,6 +71,32 @@ def test_apply_pulls_then_loads_and_reports_ready(
     assert conditions(reconciler)["Ready"]["lastTransitionTime"] == found["Ready"]["lastTransitionTime"]
 
 
+def test_rounds_that_change_nothing_do_not_rewrite_the_state_file(
+    tmp_path: Path, world: tuple[FakeEffects, FakeClock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every round wrote the same state again, two fsyncs on the server's event loop (a pause of
+    every stream) every 30 s; now only what changed is written."""
+    from modelyard.spec import reconciler as module
+
+    effects, clock = world
+    written: list[bytes] = []
+    write = module.write_state
+    monkeypatch.setattr(module, "write_state", lambda path, data: (written.append(data), write(path, data)))
+    reconciler = make(tmp_path, effects, clock)
+    reconciler.submit(documents(CHAT), "r1")
+    asyncio.run(reconciler.reconcile())
+    assert written, "the spec and its model's load are saved"
+    before = len(written)
+    for _ in range(5):
+        clock.now += 30
+        asyncio.run(reconciler.reconcile())
+    assert len(written) == before, "steady rounds: nothing written"
+    effects.crash("chat")  # something happens: the next round loads it again, and says so
+    asyncio.run(reconciler.reconcile())
+    assert len(written) > before
+    assert make(tmp_path, effects, clock).status()["events"] == reconciler.status()["events"], "on disk"
+
+
 def test_a_round_asks_the_registry_for_each_tag_once(
     tmp_path: Path, world: tuple[FakeEffects, FakeClock]
 ) -> None:

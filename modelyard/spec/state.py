@@ -87,7 +87,17 @@ def load_state(path: Path) -> SavedState:
 
 
 def save_state(path: Path, state: SavedState) -> None:
-    atomic_write(path, json.dumps(_encode(state), indent=1, sort_keys=True).encode(), mode=0o600)
+    write_state(path, encode_state(state))
+
+
+def encode_state(state: SavedState) -> bytes:
+    """The state file's bytes (pure): the same state, the same bytes."""
+    return json.dumps(_encode(state), indent=1, sort_keys=True).encode()
+
+
+def write_state(path: Path, data: bytes) -> None:
+    """Replace the state file with `data` (encode_state's), whole or not at all."""
+    atomic_write(path, data, mode=0o600)
 
 
 class StateFormatError(ValueError):
