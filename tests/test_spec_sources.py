@@ -16,6 +16,7 @@ from modelyard.spec.sources import (
     GitLocation,
     GitSource,
     git_error_line,
+    local_repository,
     open_source,
     parse_git_location,
     redact,
@@ -414,3 +415,49 @@ def test_git_gets_the_credentials_as_a_header_never_in_its_arguments(
     assert argv and all(SECRET not in arg for args in argv for arg in args), argv
     basic = "Basic " + base64.b64encode(f"alice:{SECRET}".encode()).decode()
     assert seen and seen[0][0].startswith("/r.git/info/refs") and seen[0][1] == basic, seen
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("/srv/ops", "/srv/ops"),
+        ("/srv/ops/", "/srv/ops"),
+        ("file:///srv/ops", "/srv/ops"),
+        ("file://localhost/srv/ops", "/srv/ops"),
+        ("file:///srv/my%20ops", "/srv/my ops"),
+        ("ops", "/work/ops"),
+        ("./team/../ops", "/work/ops"),
+        ("file://fileserver/srv/ops", "file://fileserver/srv/ops"),
+        ("https://h.io/ops.git", "https://h.io/ops.git"),
+        ("git@h.io:team/ops.git", "git@h.io:team/ops.git"),
+        ("ssh://git@h.io/team/ops.git", "ssh://git@h.io/team/ops.git"),
+    ],
+)
+def test_a_local_repository_is_named_by_its_absolute_path(
+    url: str, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir("/")
+    monkeypatch.setattr("os.getcwd", lambda: "/work")
+    assert local_repository(url) == expected
+
+
+def test_spellings_of_one_local_repository_are_one_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GitOps review: `git+/srv/ops` after `git+file:///srv/ops` forgot the saved spec (the
+    saved source is compared by its description), and each spelling had a clone of its own."""
+    monkeypatch.chdir(tmp_path)
+    spellings = [f"git+{tmp_path}/ops@main#m", f"git+file://{tmp_path}/ops@main#m", "git+./ops/@main#m"]
+    sources = [GitSource(parse_git_location(text), tmp_path / "cache") for text in spellings]
+    assert {s.description for s in sources} == {f"git+{tmp_path}/ops@main#m"}
+    assert len({s.clone_dir for s in sources}) == 1
+
+
+def test_a_repository_given_by_a_relative_path_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`git fetch` ran in the private clone, where `./ops` named nothing (`ls-remote` found it)."""
+    repo = _spec_repo(tmp_path)
+    monkeypatch.chdir(repo.parent)
+    read = open_source(f"git+./{repo.name}#specs", tmp_path / "cache").read()
+    assert [d.path for d in read.documents] == ["specs/m.yaml"]

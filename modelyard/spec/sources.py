@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import urllib.parse
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from modelyard.errors import SpecSourceError
@@ -114,6 +114,19 @@ def _repository_path_start(url: str) -> int:
     return 0
 
 
+def local_repository(url: str) -> str:
+    """A repository on this machine as an absolute path (`./ops`, `~/ops`, `file:///srv/ops` →
+    `/srv/ops`); any other URL as it is (pure but for the working folder and home)."""
+    if url.startswith("file://"):
+        parts = urllib.parse.urlsplit(url)
+        if parts.netloc in ("", "localhost"):
+            return os.path.normpath(urllib.parse.unquote(parts.path))
+        return url
+    if "://" in url or _repository_path_start(url) > 0:  # a URL, or scp-like user@host:path
+        return url
+    return os.path.abspath(os.path.expanduser(url))
+
+
 def credentials_apart(url: str, environ: Mapping[str, str] | None = None) -> tuple[str, dict[str, str]]:
     """An http(s) URL without the user and password it carries, and the environment entries that
     give git them as an Authorization header instead, after any git configuration `environ`
@@ -141,10 +154,15 @@ class GitSource:
     def __init__(self, location: GitLocation, cache_dir: Path, *, poll_interval: float = GIT_POLL_S) -> None:
         self.location = location
         self.poll_interval = poll_interval
-        self.description = str(location)
-        key = hashlib.sha256(f"{location.url}\n{location.ref}".encode()).hexdigest()[:16]
+        # Named as one repository is, however it was spelled (`git+./ops`, `git+/srv/ops`,
+        # `git+file:///srv/ops`): the saved spec stays in force across spellings (a GitOps review:
+        # another spelling of the same source forgot it), and one repository has one clone.
+        same = replace(location, url=local_repository(location.url))
+        self.description = str(same)
+        key = hashlib.sha256(f"{same.url}\n{location.ref}".encode()).hexdigest()[:16]
         self.clone_dir = cache_dir / "git" / key
-        self._url, self._credentials_env = credentials_apart(location.url, os.environ)
+        # The absolute path to git too: a relative one was taken from the clone's folder by `fetch`.
+        self._url, self._credentials_env = credentials_apart(same.url, os.environ)
         # What git gets of them (the header's base64), blanked in its messages should it echo it.
         headers = [v for k, v in self._credentials_env.items() if k.startswith("GIT_CONFIG_VALUE_")]
         self._secrets = tuple(header.rpartition(" ")[2] for header in headers)
