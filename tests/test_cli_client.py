@@ -401,6 +401,8 @@ def test_serve_refuses_a_bad_git_spec_location_before_it_starts(monkeypatch: pyt
     # A review: a bad IPv6 host was still a start-up traceback; a URL without its git+ showed its token.
     for spec, said in [
         ("git+http://u:s3cret@[::1/x.git#m", "not a valid URL"),
+        ("git+https://u:pw#s3cret@h.io/x.git#m", "percent-encode it (%23, %3F)"),
+        ("git+https://u:12?s3cret@h.io/x.git#m", "percent-encode it (%23, %3F)"),
         ("https://bot:s3cret@h.io/ops.git#models", "no such file or folder (a git source starts with git+)"),
     ]:
         monkeypatch.setenv("MODELYARD_SPEC", spec)

@@ -36,7 +36,9 @@ GIT_PREFIX = "git+"
 FILE_POLL_S = 0.5
 GIT_POLL_S = 30.0
 GIT_TIMEOUT_S = 120.0
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s]*@")  # up to the authority's last @
+# Up to the last @ before the path: a password with an unencoded # or ? (an invalid URL, yet
+# typed) is taken out whole too, where the URL's own rules end the authority there and showed it.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s'\"]*@")
 
 
 def redact(text: str) -> str:
@@ -84,6 +86,10 @@ def parse_git_location(text: str) -> GitLocation:
     shown = redact(text)
     if not text.startswith(GIT_PREFIX):
         raise SpecSourceError(shown, "a git source starts with git+ (git+https://host/repo.git#path)")
+    userinfo = _USERINFO.match(text, len(GIT_PREFIX))
+    if userinfo is not None and any(c in userinfo.group(0) for c in "#?"):
+        # Else `#` starts the PATH inside the password, and git gets a URL cut there.
+        raise SpecSourceError(shown, "the user or password holds a # or ?: percent-encode it (%23, %3F)")
     rest, _, path = text[len(GIT_PREFIX) :].partition("#")
     at = rest.find("@", _repository_path_start(rest))
     url, ref = (rest[:at], rest[at + 1 :]) if at >= 0 else (rest, "")
