@@ -7,6 +7,11 @@ Conditions follow `metav1.Condition`: `type`, `status` ("True"/"False"), a Camel
     Progressing  True while a pull (Pulling) or a load, reload, swap or update (Loading) is under way
     Degraded     True with PullFailed | LoadFailed | DoesNotFit | Crashed while something is wrong,
                  even when the model still serves (a registry down while its tag is checked)
+
+The ModelSet has one of its own, for a followed source (`serve --spec`):
+
+    SourceReady  True (Read) when the source's latest revision is the spec in force; False with
+                 ReadFailed, Rejected, or Reading (before its first read ends)
 """
 
 from __future__ import annotations
