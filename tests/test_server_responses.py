@@ -4,6 +4,7 @@ test_server_limits.py and test_server_e2e.py)."""
 
 from __future__ import annotations
 
+import datetime
 import errno
 import json
 from collections.abc import AsyncIterator
@@ -237,3 +238,26 @@ def test_a_page_of_this_server_is_its_own_origin(origin: bytes, host: bytes | No
     from modelyard.server.app import _same_origin
 
     assert _same_origin(origin, host) is same
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime.datetime(2026, 1, 2, 3, 4, 5, 0, datetime.UTC),
+        datetime.datetime(2026, 11, 28, 23, 59, 59, 999999, datetime.UTC),
+    ],
+)
+def test_the_timestamp_of_now_is_written_as_that_of_a_given_moment(
+    moment: datetime.datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ollama's created_at (RFC 3339, microseconds, Z): now's takes isoformat, a streamed line's
+    faster way, and must write what strftime writes for any other moment."""
+    from modelyard.server import ollama_api
+
+    class Frozen(datetime.datetime):
+        @classmethod
+        def now(cls, tz: datetime.tzinfo | None = None) -> Frozen:  # type: ignore[override]
+            return cls.fromtimestamp(moment.timestamp(), tz)
+
+    monkeypatch.setattr(ollama_api, "datetime", Frozen)
+    assert ollama_api.timestamp() == ollama_api.timestamp(moment) == moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

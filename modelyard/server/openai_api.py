@@ -51,6 +51,8 @@ from modelyard.server.tool_calls import (
 from modelyard.server.vectors import unit_vector
 
 SSE = "text/event-stream"
+# json.dumps with these arguments builds an encoder per call; a chunk per token reuses one (the same bytes).
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 # The choices of one request (prompts × n) run side by side in the model's slots, the rest queued;
 # past this many, send several requests.
 MAX_CHOICES = 64
@@ -686,7 +688,7 @@ async def _sse(
         raise
 
     def chunk(payload: dict[str, Any]) -> bytes:
-        return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+        return b"data: " + _ENCODE(payload).encode() + b"\n\n"
 
     model, fingerprint = servable.name, _fingerprint(servable)  # once, not per chunk
 
@@ -736,10 +738,11 @@ async def _sse(
                         return
                 else:
                     base = 0 if event.prompt else answer_start.get(index, 0)
-                    part = choice(event.text, index not in started) | {
-                        "logprobs": logprobs(event.logprobs, base)
-                    }
-                    yield chunk(frame([part | {"index": index, "finish_reason": None}]))
+                    part = choice(event.text, index not in started)
+                    part["logprobs"] = logprobs(event.logprobs, base)  # a new dict: its keys in order
+                    part["index"] = index
+                    part["finish_reason"] = None
+                    yield chunk(frame([part]))
                     if event.prompt:
                         answer_start[index] = len(event.text)
                     started.add(index)
