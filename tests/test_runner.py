@@ -386,6 +386,23 @@ def test_json_format_output_parses(gemma_runner: Runner) -> None:
     assert done.done_reason == "stop"
 
 
+def test_an_integer_schema_keeps_its_minimum_and_maximum(gemma_runner: Runner) -> None:
+    """A conformance review: llama-cpp-python's converter left them out, and a sampled answer to
+    {"n": integer 10..20} was 7, 3705, -8158407308471808…; llama.cpp's own converter keeps them."""
+    prompt = "<start_of_turn>user\nPick a number, as JSON.<end_of_turn>\n<start_of_turn>model\n"
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "integer", "minimum": 10, "maximum": 20}},
+        "required": ["n"],
+    }
+    answers = set()
+    for seed in range(1, 7):
+        options = SamplingOptions(temperature=1.5, top_k=0, top_p=1.0, seed=seed, num_predict=32)
+        text, _ = gemma_runner.complete(CompletionRequest(prompt, options, format=schema))
+        answers.add(json.loads(text)["n"])
+    assert answers and all(isinstance(n, int) and 10 <= n <= 20 for n in answers), answers
+
+
 def test_invalid_schema_fails_only_that_request(tiny_runner: Runner) -> None:
     with pytest.raises(InferenceRequestError, match="schema"):
         tiny_runner.complete(CompletionRequest("x", greedy(4), format={"type": "no-such-type"}))

@@ -3,6 +3,8 @@ and the converter taking the shapes pydantic gives."""
 
 from __future__ import annotations
 
+import random
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,14 @@ import pydantic
 import pytest
 
 from modelyard.runtime import llama
-from modelyard.runtime.json_schemas import bounded, check_grammar, hoisted_definitions, root_resolved
+from modelyard.runtime.json_schemas import (
+    bounded,
+    check_grammar,
+    hoisted_definitions,
+    integer_bounds,
+    integer_range_rule,
+    root_resolved,
+)
 from modelyard.runtime.options import LoadOptions, SamplingOptions
 from modelyard.server.tool_calls import forced_call_schema
 
@@ -197,3 +206,76 @@ def test_grammar_repetitions_outside_literals_and_classes_are_counted() -> None:
         check_grammar("root ::= [a-z]{0,100001}")
     with pytest.raises(ValueError, match="more than the 4,194,304 taken"):
         check_grammar("root ::= " + '"a"' * 1_500_000)
+
+
+# --- integer ranges (llama-cpp-python's converter left minimum and maximum out) -------------------
+
+
+@pytest.mark.parametrize(
+    ("schema", "bounds"),
+    [
+        ({"minimum": 10, "maximum": 20}, (10, 20)),
+        ({"minimum": 10.5, "maximum": 20.5}, (11, 20)),
+        ({"exclusiveMinimum": 10, "exclusiveMaximum": 20}, (11, 19)),
+        ({"exclusiveMinimum": 10.5, "exclusiveMaximum": 19.5}, (11, 19)),
+        (
+            {"minimum": 10, "exclusiveMinimum": True, "maximum": 20, "exclusiveMaximum": True},
+            (11, 19),
+        ),  # draft 4
+        ({"minimum": 10, "exclusiveMinimum": 12}, (13, None)),  # both: the stricter
+        ({"maximum": -1}, (None, -1)),
+        ({"minimum": -(10**20), "maximum": 10**20}, (None, None)),  # past 16 digits: no bound
+        ({"minimum": 0}, (0, None)),
+    ],
+)
+def test_integer_bounds(schema: dict[str, object], bounds: tuple[int | None, int | None]) -> None:
+    assert integer_bounds({"type": "integer", **schema}) == bounds
+
+
+def test_integer_bounds_that_leave_no_integer_are_refused() -> None:
+    with pytest.raises(ValueError, match="no integer is between its bounds"):
+        integer_bounds({"type": "integer", "minimum": 10.2, "maximum": 10.8})
+
+
+def as_regex(expression: str) -> re.Pattern[str]:
+    """integer_range_rule's GBNF (literals, classes, groups, alternatives, counts) as a regex."""
+    out = re.sub(r'"([^"]*)"', lambda m: re.escape(m.group(1)), expression)
+    return re.compile(out.replace(" ", ""))
+
+
+RANGES = [
+    (10, 20), (0, 0), (0, 9), (0, 10), (1, 99), (7, 7), (100, 1234), (95, 105), (-5, 5), (-1, 0),
+    (-1234, -100), (-20, -10), (19, 9001), (0, None), (5, None), (10, None), (999, None), (None, -3),
+    (None, 0), (None, 42), (None, None), (-7, None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("low", "high"), RANGES)
+def test_integer_range_rule_takes_exactly_the_integers_in_range(low: int | None, high: int | None) -> None:
+    pattern = as_regex(integer_range_rule(low, high))
+    around = [*range(-1500, 1500), *range(8990, 9010)]
+    rng = random.Random(7)
+    around += [rng.randrange(-(10**16) + 1, 10**16) for _ in range(300)]
+    for n in around:
+        inside = (low is None or n >= low) and (high is None or n <= high)
+        assert bool(pattern.fullmatch(str(n))) == inside, (low, high, n)
+    for text in ["007", "-0", "00", "-01", "+5", "1.0", "", "10000000000000000"]:
+        assert not pattern.fullmatch(text), (low, high, text)  # as JSON writes them, 16 digits at most
+
+
+def test_schemas_with_integer_ranges_compile(tiny_model: llama.Model) -> None:
+    for schema in [
+        {"type": "integer", "minimum": 10, "maximum": 20},
+        {
+            "type": "object",
+            "properties": {"n": {"type": "integer", "exclusiveMinimum": -5}},
+            "required": ["n"],
+        },
+        {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 1000}},
+        {"$defs": {"age": {"type": "integer", "minimum": 0, "maximum": 150}}, "$ref": "#/$defs/age"},
+    ]:
+        assert compiles(tiny_model, schema)
+    grammar = llama.json_schema_grammar({"type": "integer", "minimum": 10, "maximum": 20})
+    assert '"1" [0-9] | "2" "0"' in grammar, grammar
+    with pytest.raises(ValueError, match="no integer is between its bounds"):
+        llama.json_schema_grammar({"type": "integer", "minimum": 3, "maximum": 2})

@@ -11,9 +11,10 @@ follow one at the root itself. Two shapes that clients send every day fall foul 
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 DEFINITION_KEYS = ("$defs", "definitions")
 # What a grammar rule's name cannot hold: the converter names a rule after a definition.
@@ -80,7 +81,7 @@ def check_grammar(grammar: str) -> None:
     _check_counts(_GBNF_TEXT.sub("", grammar), "its grammar")
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -162,3 +163,110 @@ def _rewrite_refs(node: object, renamed: Mapping[str, str]) -> None:
     elif isinstance(node, list):
         for value in node:
             _rewrite_refs(value, renamed)
+
+
+# --- integer ranges ---------------------------------------------------------------------------
+# llama-cpp-python's converter leaves `minimum` and `maximum` out ("TODO"), so `{"type": "integer",
+# "minimum": 10, "maximum": 20}` came back as 3705 (a conformance review); llama.cpp's own (C++)
+# converter, which Ollama's schemas go through, writes them into the grammar. So do these.
+
+# The converter's integers have at most 16 digits ("[1-9] [0-9]{0,15}"); a bound past them bounds
+# nothing such a number could reach, and is taken as none.
+MAX_INTEGER_DIGITS = 16
+_RANGE_KEYWORDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def integer_bounds(schema: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """The least and greatest integer an integer schema allows (None: no bound on that side), from
+    minimum / maximum / exclusiveMinimum / exclusiveMaximum, numbers or (draft 4) the booleans
+    that make minimum and maximum exclusive (pure). ValueError when no integer is allowed."""
+    lows: list[int] = []
+    highs: list[int] = []
+    minimum, maximum = schema.get("minimum"), schema.get("maximum")
+    exclusive_min, exclusive_max = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+    if _is_number(minimum):
+        lows.append(math.floor(minimum) + 1 if exclusive_min is True else math.ceil(minimum))
+    if _is_number(exclusive_min):
+        lows.append(math.floor(exclusive_min) + 1)
+    if _is_number(maximum):
+        highs.append(math.ceil(maximum) - 1 if exclusive_max is True else math.floor(maximum))
+    if _is_number(exclusive_max):
+        highs.append(math.ceil(exclusive_max) - 1)
+    largest = 10**MAX_INTEGER_DIGITS - 1
+    low = max(lows) if lows and max(lows) >= -largest else None
+    high = min(highs) if highs and min(highs) <= largest else None
+    if lows and highs and max(lows) > min(highs):
+        raise ValueError(f"no integer is between its bounds ({_shown(schema)})")
+    return low, high
+
+
+def has_integer_bounds(schema: object) -> bool:
+    """An integer schema with a range, and nothing the converter would read first (a `$ref`, a
+    union, a constant or an enum)."""
+    return (
+        isinstance(schema, Mapping)
+        and schema.get("type") == "integer"
+        and any(_is_number(schema.get(k)) for k in _RANGE_KEYWORDS)
+        and not any(k in schema for k in ("$ref", "oneOf", "anyOf", "allOf", "const", "enum"))
+    )
+
+
+def integer_range_rule(low: int | None, high: int | None) -> str:
+    """A GBNF expression for exactly the integers from `low` to `high` as JSON writes them (no
+    leading zeros, no "-0"), either bound None for none (pure)."""
+    alternatives = []
+    if high is None or high >= 0:  # the part at or above zero
+        alternatives += _unsigned_range(max(low or 0, 0) if low is not None else 0, high)
+    if low is None or low < 0:  # the part below zero: "-" and its magnitude
+        least = 1 if high is None or high >= 0 else -high
+        alternatives += [f'"-" {a}' for a in _unsigned_range(least, None if low is None else -low)]
+    return " | ".join(f"({a})" if " | " in a else a for a in alternatives)
+
+
+def _unsigned_range(low: int, high: int | None) -> list[str]:
+    """Alternatives for the integers low..high (high None: up to MAX_INTEGER_DIGITS digits), each of
+    them written with one count of digits."""
+    top = 10**MAX_INTEGER_DIGITS - 1 if high is None else high
+    out: list[str] = []
+    for digits in range(len(str(low)), len(str(top)) + 1):
+        first = low if digits == len(str(low)) else 10 ** (digits - 1)
+        last = top if digits == len(str(top)) else 10**digits - 1
+        if high is None and digits > len(str(low)):  # every longer number: one rule for them all
+            out.append(f"[1-9] [0-9]{{{digits - 1},{MAX_INTEGER_DIGITS - 1}}}")
+            break
+        out += _same_length(str(first), str(last))
+    return out
+
+
+def _same_length(low: str, high: str) -> list[str]:
+    """Alternatives for the digit strings from `low` to `high`, both of one length (low <= high)."""
+    if not low:
+        return [""]
+    rest = len(low) - 1
+    if low[1:] == "0" * rest and high[1:] == "9" * rest:  # whole blocks: a class, then any digits
+        if (low[0], high[0]) == ("0", "9"):
+            return [_any_digits(rest + 1)]
+        return [_join(_digit_class(low[0], high[0]), _any_digits(rest))]
+    if low[0] == high[0]:
+        return [_join(f'"{low[0]}"', tail) for tail in _same_length(low[1:], high[1:])]
+    out = [_join(f'"{low[0]}"', tail) for tail in _same_length(low[1:], "9" * rest)]
+    if int(high[0]) - int(low[0]) > 1:
+        out.append(_join(_digit_class(str(int(low[0]) + 1), str(int(high[0]) - 1)), _any_digits(rest)))
+    out += [_join(f'"{high[0]}"', tail) for tail in _same_length("0" * rest, high[1:])]
+    return out
+
+
+def _digit_class(low: str, high: str) -> str:
+    return f'"{low}"' if low == high else f"[{low}-{high}]"
+
+
+def _any_digits(count: int) -> str:
+    return "" if count == 0 else "[0-9]" if count == 1 else f"[0-9]{{{count}}}"
+
+
+def _join(*parts: str) -> str:
+    return " ".join(part for part in parts if part)
+
+
+def _shown(schema: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} {schema[k]}" for k in _RANGE_KEYWORDS if k in schema)

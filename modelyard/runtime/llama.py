@@ -606,22 +606,44 @@ def logprob_entries(
 
 
 def json_schema_grammar(schema: object) -> str:
-    """GBNF for a JSON schema (llama-cpp-python's converter). Raises ValueError for a bad schema."""
+    """GBNF for a JSON schema (llama-cpp-python's converter, with integer ranges). Raises ValueError
+    for a bad schema."""
     import json
-
-    from llama_cpp import llama_grammar
 
     from modelyard.runtime.json_schemas import bounded, check_grammar, for_the_converter
 
     try:
         # Bounded before the converter, which unrolls some repetitions itself, and its grammar
         # checked before llama.cpp's parser, which aborts the runner on too many.
-        grammar = str(llama_grammar.json_schema_to_gbnf(json.dumps(for_the_converter(bounded(schema)))))
+        converter = _schema_converter()
+        converted = converter.resolve_refs(
+            json.loads(json.dumps(for_the_converter(bounded(schema)))), "stdin"
+        )
+        converter.visit(converted, "")
+        grammar = str(converter.format_grammar())
         check_grammar(grammar)
         return grammar
     except Exception as exc:  # the converter raises assorted types for unsupported or broken schemas
         # Its MemoryError says nothing (a serving review: "invalid JSON schema: " and no more).
         raise ValueError(f"invalid JSON schema: {exc or type(exc).__name__}") from None
+
+
+def _schema_converter() -> Any:
+    """llama-cpp-python's SchemaConverter (as its json_schema_to_gbnf makes one), which leaves an
+    integer's minimum and maximum out ("TODO"), taught them as llama.cpp's own C++ converter has
+    them (json_schemas.integer_range_rule)."""
+    from llama_cpp import llama_grammar
+
+    from modelyard.runtime.json_schemas import has_integer_bounds, integer_bounds, integer_range_rule
+
+    class WithIntegerRanges(llama_grammar.SchemaConverter):
+        def visit(self, schema: Any, name: str) -> Any:
+            if not has_integer_bounds(schema):
+                return super().visit(schema, name)
+            rule_name = name + "-" if name in llama_grammar.RESERVED_NAMES else name or "root"
+            return self._add_rule(rule_name, f"({integer_range_rule(*integer_bounds(schema))}) space")
+
+    return WithIntegerRanges(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
 
 
 def json_grammar() -> str:
