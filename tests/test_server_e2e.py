@@ -2035,6 +2035,21 @@ def test_the_responses_api_through_the_openai_client(client: ollama.Client, oai:
     )
     assert cut.output_text == chat.choices[0].message.content, "the same prompt as the chat API's"
     assert cut.usage.input_tokens == chat.usage.prompt_tokens  # type: ignore[union-attr]
+    details = cut.usage.input_tokens_details  # the SDK requires cache_write_tokens (a review)
+    assert details.cached_tokens + details.cache_write_tokens == cut.usage.input_tokens
+    scored = oai.responses.create(
+        model=GEMMA,
+        instructions="Be brief.",
+        input="Hi",
+        max_output_tokens=4,
+        temperature=0,
+        include=["message.output_text.logprobs"],
+        top_logprobs=2,
+    )  # with the log-probabilities asked for (they were [])
+    [part] = scored.output[0].content  # type: ignore[union-attr]
+    assert part.text == cut.output_text and len(part.logprobs) == 4  # type: ignore[union-attr]
+    assert all(len(p.top_logprobs) == 2 and p.logprob <= 0 for p in part.logprobs)  # type: ignore[union-attr]
+    assert "".join(p.token for p in part.logprobs) == part.text  # type: ignore[union-attr]
 
     colour = {"format": {"type": "json_schema", "name": "colour", "schema": COLOUR_SCHEMA, "strict": True}}
     whole = oai.responses.create(model=GEMMA, input="Name a colour.", text=colour, temperature=0)  # type: ignore[arg-type]
@@ -2056,8 +2071,13 @@ def test_the_responses_api_through_the_openai_client(client: ollama.Client, oai:
         "response.completed",
     ]
     # Tools: a forced call comes back as a function_call item; its output goes back in the input.
-    client.create(model="toolish-responses", from_=GEMMA, template=TOOL_TEMPLATE)
+    client.create(
+        model="toolish-responses", from_=GEMMA, template=TOOL_TEMPLATE, parameters={"temperature": 0.3}
+    )
     try:
+        # What it samples with is what it says: the image's temperature, not 1.0 (a review).
+        said = oai.responses.create(model="toolish-responses", input="Hi", max_output_tokens=1)
+        assert said.temperature == pytest.approx(0.3)
         tool = {"type": "function", **WEATHER_TOOL["function"]}
         asked = [{"role": "user", "content": "What is the weather in Paris?"}]
         called = oai.responses.create(
@@ -2086,6 +2106,20 @@ def test_the_responses_api_through_the_openai_client(client: ollama.Client, oai:
         )
         assert answered.output and answered.usage is not None
         assert answered.usage.input_tokens > called.usage.input_tokens  # type: ignore[union-attr]
+        # The Responses API's own form of allowed tools (was: 400, only the chat API's was read).
+        allowed = {
+            "type": "allowed_tools",
+            "mode": "required",
+            "tools": [{"type": "function", "name": "get_weather"}],
+        }
+        forced = oai.responses.create(
+            model="toolish-responses",
+            input=asked,
+            tools=[tool],
+            tool_choice=allowed,
+            temperature=0,  # type: ignore[arg-type, list-item]
+        )
+        assert [item.type for item in forced.output] == ["function_call"]
     finally:
         client.delete("toolish-responses")
     with pytest.raises(openai.BadRequestError, match="stores no responses"):

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import openai
 import pytest
 
 from modelyard.builder.prompt import ChatMessage, ToolCall
+from modelyard.runtime.options import SamplingOptions
 from modelyard.runtime.protocol import Done
 from modelyard.server.http_errors import HTTPError
 from modelyard.server.inference import Finished
@@ -127,6 +129,12 @@ def test_the_request_in_the_chat_apis_terms() -> None:
         {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}, "description": "d"}}
     ]
     assert body.chat_tool_choice() == {"type": "function", "function": {"name": "f"}}
+    allowed = {"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": "f"}]}
+    body = body.model_copy(update={"tool_choice": allowed})
+    assert body.chat_tool_choice() == {
+        "type": "allowed_tools",
+        "allowed_tools": {"mode": "required", "tools": [{"type": "function", "name": "f"}]},
+    }
     assert (body.format(), body.think(), body.options()) == ("json", "low", {"num_predict": 7})
     for field, value, said in [
         ("tools", [{"type": "web_search"}], "only function tools"),
@@ -204,7 +212,7 @@ def test_the_events_of_a_streamed_response(
     tokens: list[str], finished: Finished, kinds: list[str], status: str
 ) -> None:
     events = ResponseEvents(
-        "resp_abc", "m:latest", 1_700_000_000, ResponsesBody(model="m", input="x").echoed()
+        "resp_abc", "m:latest", 1_700_000_000, ResponsesBody(model="m", input="x").echoed(SamplingOptions())
     )
     sent = events.start()
     for token in tokens:
@@ -217,7 +225,9 @@ def test_the_events_of_a_streamed_response(
     ]
     assert [e["sequence_number"] for e in sent] == list(range(len(sent)))
     last = sent[-1]["response"]
-    assert last["status"] == status and last["usage"]["input_tokens_details"] == {"cached_tokens": 2}
+    assert last["status"] == status
+    assert last["usage"]["input_tokens_details"] == {"cached_tokens": 2, "cache_write_tokens": 3}
+    openai.types.responses.Response.model_validate(last)  # every field the SDK requires
     if finished.tool_calls:
         added = next(e for e in sent if e["type"] == "response.output_item.added")
         assert added["item"]["arguments"] == "", "the deltas carry the arguments, once"
@@ -233,3 +243,38 @@ def test_the_events_of_a_streamed_response(
         ]
     else:
         assert last["output"][0]["content"][0]["text"] == "".join(tokens)
+
+
+def test_a_response_with_the_log_probabilities_it_was_asked_to_include() -> None:
+    """A conformance review: include ["message.output_text.logprobs"] answered logprobs: []."""
+    body = ResponsesBody.model_validate(
+        {"model": "m", "input": "x", "include": ["message.output_text.logprobs"], "top_logprobs": 1}
+    )
+    assert body.logprobs_top() == 1 and ResponsesBody(model="m", input="x").logprobs_top() is None
+    entry = {
+        "token": "Hi",
+        "logprob": -0.5,
+        "bytes": [72, 105],
+        "top": [
+            {"token": "Hi", "logprob": -0.5, "bytes": [72, 105]},
+            {"token": "Yo", "logprob": -1.5, "bytes": [89, 111]},
+        ],
+    }
+    events = ResponseEvents(
+        "resp_abc", "m", 1_700_000_000, body.echoed(SamplingOptions()), body.logprobs_top()
+    )
+    sent = [*events.start(), *events.token("Hi", [entry]), *events.finish(_finished("stop"), [])]
+    delta = next(e for e in sent if e["type"] == "response.output_text.delta")
+    expected = [
+        {
+            "token": "Hi",
+            "logprob": -0.5,
+            "bytes": [72, 105],
+            "top_logprobs": [{"token": "Hi", "logprob": -0.5, "bytes": [72, 105]}],
+        }
+    ]
+    assert delta["logprobs"] == expected
+    final = openai.types.responses.Response.model_validate(sent[-1]["response"])
+    assert final.top_logprobs == 1
+    [part] = final.output[0].content  # type: ignore[union-attr]
+    assert [p.model_dump() for p in part.logprobs] == expected  # type: ignore[union-attr]

@@ -300,7 +300,15 @@ class ApiKey:
             "set it to the server's)"
         )
         body = (
-            {"error": {"message": message, "type": "authentication_error", "param": None, "code": None}}
+            # OpenAI's type and code for a key it refuses, which clients may look for.
+            {
+                "error": {
+                    "message": message,
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "invalid_api_key",
+                }
+            }
             if openai
             else {"error": message}
         )

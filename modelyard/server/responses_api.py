@@ -24,11 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from modelyard.builder.prompt import ChatMessage, PromptRequest, ToolCall
 from modelyard.errors import InferenceRequestError
+from modelyard.runtime.options import SamplingOptions
 from modelyard.runtime.runner import Token
 from modelyard.server.bodies import GoJSONRoute, Items
 from modelyard.server.disconnect import ClientGone, WatchedStream
 from modelyard.server.http_errors import STATUS_CLIENT_GONE, HTTPError
 from modelyard.server.inference import Finished, with_tool_calls
+from modelyard.server.logprobs import MAX_TOP_LOGPROBS, runner_top_logprobs, token_logprobs
 from modelyard.server.openai_api import REASONING_EFFORTS, collected, first_call_only, named_tool_results
 from modelyard.server.state import ServerState
 from modelyard.server.tool_calls import call_arguments, forced_call_schema, parser_for
@@ -40,6 +42,9 @@ SSE: Final = "text/event-stream"
 # model cannot read.
 _TEXT_PARTS: Final = ("input_text", "output_text", "text")
 _ROLES: Final = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
+# What `include` asks for the answer's log-probabilities with; its other entries (encrypted
+# reasoning, a search's results) name what this server has none of, and are ignored.
+LOGPROBS_INCLUDE: Final = "message.output_text.logprobs"
 
 
 class ResponsesBody(BaseModel):
@@ -59,6 +64,8 @@ class ResponsesBody(BaseModel):
     text: dict[str, Any] | None = None  # {"format": {"type": "text" | "json_object" | "json_schema", …}}
     reasoning: dict[str, Any] | None = None  # {"effort": …}
     metadata: dict[str, Any] | None = None
+    include: Items[str] | None = None  # of what may be included, "message.output_text.logprobs"
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     previous_response_id: str | None = None
     conversation: str | dict[str, Any] | None = None
 
@@ -89,10 +96,18 @@ class ResponsesBody(BaseModel):
 
     def chat_tool_choice(self) -> str | dict[str, Any] | None:
         """`tool_choice` as the chat API spells it: a named function is {"type": "function",
-        "name": …} here, {"type": "function", "function": {"name": …}} there."""
+        "name": …} here, {"type": "function", "function": {"name": …}} there; allowed tools are
+        {"type": "allowed_tools", "mode", "tools"} here, their mode and tools nested there."""
         choice = self.tool_choice
         if isinstance(choice, dict) and choice.get("type") == "function" and "name" in choice:
             return {"type": "function", "function": {"name": choice["name"]}}
+        if (
+            isinstance(choice, dict)
+            and choice.get("type") == "allowed_tools"
+            and "allowed_tools" not in choice
+        ):
+            nested = {key: choice[key] for key in ("mode", "tools") if key in choice}
+            return {"type": "allowed_tools", "allowed_tools": nested}
         return choice
 
     def format(self) -> str | dict[str, Any] | None:
@@ -124,24 +139,34 @@ class ResponsesBody(BaseModel):
             )
         return REASONING_EFFORTS[effort]
 
+    def logprobs_top(self) -> int | None:
+        """Candidates per token for the answer's log-probabilities, or None: none asked for (the
+        `include` entry asks for them; top_logprobs alone does too)."""
+        if LOGPROBS_INCLUDE in (self.include or []) or self.top_logprobs is not None:
+            return self.top_logprobs or 0
+        return None
+
     def options(self) -> dict[str, Any]:
         mapped = {"num_predict": self.max_output_tokens, "temperature": self.temperature, "top_p": self.top_p}
         return {name: value for name, value in mapped.items() if value is not None}
 
-    def echoed(self) -> dict[str, Any]:
-        """The request's settings as a response object repeats them."""
+    def echoed(self, used: SamplingOptions) -> dict[str, Any]:
+        """The request's settings as a response object repeats them; `used`: what it samples with
+        (the request's, else the image's PARAMETERs, else the defaults), whose temperature and
+        top_p the response says (a conformance review: it said 1.0 and sampled at the image's)."""
         text_format = (self.text or {}).get("format") or {"type": "text"}
         return {
             "instructions": self.instructions,
             "max_output_tokens": self.max_output_tokens,
-            "temperature": self.temperature if self.temperature is not None else 1.0,
-            "top_p": self.top_p if self.top_p is not None else 1.0,
+            "temperature": used.temperature,
+            "top_p": used.top_p,
             "tools": self.tools or [],
             "tool_choice": self.tool_choice if self.tool_choice is not None else "auto",
             "parallel_tool_calls": self.parallel_tool_calls is not False,
             "text": {"format": text_format},
             "reasoning": {"effort": (self.reasoning or {}).get("effort"), "summary": None},
             "metadata": self.metadata or {},
+            "top_logprobs": self.top_logprobs,
             "truncation": "disabled",
             "store": False,
             "previous_response_id": None,
@@ -211,7 +236,11 @@ def usage(finished: Finished) -> dict[str, Any]:
     done = finished.done
     return {
         "input_tokens": done.prompt_eval_count,
-        "input_tokens_details": {"cached_tokens": done.prompt_cached},
+        # Every token evaluated is kept in the slot for the next request to reuse: written.
+        "input_tokens_details": {
+            "cached_tokens": done.prompt_cached,
+            "cache_write_tokens": done.prompt_eval_count - done.prompt_cached,
+        },
         "output_tokens": done.eval_count,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": done.prompt_eval_count + done.eval_count,
@@ -223,10 +252,14 @@ class ResponseEvents:
     and the time are given). The text becomes a message item as it comes; calls found at the end
     become function_call items, after the message if the model also wrote text."""
 
-    def __init__(self, response_id: str, model: str, created_at: int, echoed: dict[str, Any]) -> None:
+    def __init__(
+        self, response_id: str, model: str, created_at: int, echoed: dict[str, Any], top: int | None = None
+    ) -> None:
         self.response_id, self.model, self.created_at, self.echoed = response_id, model, created_at, echoed
+        self.top = top  # candidates per token with the text's log-probabilities; None: none
         self.sequence = 0
         self.text: list[str] = []
+        self.logprobs: list[dict[str, Any]] = []
         self.message_id = f"msg_{response_id.removeprefix('resp_')}"
         self.output: list[dict[str, Any]] = []
 
@@ -245,9 +278,12 @@ class ResponseEvents:
             self.event("response.in_progress", response=self.response("in_progress")),
         ]
 
-    def token(self, text: str) -> list[dict[str, Any]]:
+    def token(self, text: str, entries: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+        """The events of some text; `entries`: its tokens' log-prob entries from the runner."""
         if not text:
             return []
+        logprobs = token_logprobs(entries, self.top) if self.top is not None else []
+        self.logprobs += logprobs
         events = []
         where = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
         if not self.text:
@@ -258,7 +294,7 @@ class ResponseEvents:
             part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
             events.append(self.event("response.content_part.added", **where, part=part))
         self.text.append(text)
-        events.append(self.event("response.output_text.delta", **where, delta=text, logprobs=[]))
+        events.append(self.event("response.output_text.delta", **where, delta=text, logprobs=logprobs))
         return events
 
     def finish(self, finished: Finished, call_ids: Sequence[str]) -> list[dict[str, Any]]:
@@ -266,9 +302,9 @@ class ResponseEvents:
         if self.text:
             text = "".join(self.text)
             where = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
-            part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-            item = message_item(self.message_id, text, _status(finished))
-            events.append(self.event("response.output_text.done", **where, text=text, logprobs=[]))
+            part = {"type": "output_text", "text": text, "annotations": [], "logprobs": self.logprobs}
+            item = message_item(self.message_id, text, _status(finished), self.logprobs)
+            events.append(self.event("response.output_text.done", **where, text=text, logprobs=self.logprobs))
             events.append(self.event("response.content_part.done", **where, part=part))
             events.append(self.event("response.output_item.done", output_index=0, item=item))
             self.output.append(item)
@@ -319,8 +355,10 @@ def response_object(
     }
 
 
-def message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
-    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def message_item(
+    item_id: str, text: str, status: str, logprobs: Sequence[dict[str, Any]] = ()
+) -> dict[str, Any]:
+    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": list(logprobs)}
     return {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": [part]}
 
 
@@ -364,22 +402,31 @@ def router(state: ServerState) -> APIRouter:
         forced = forced_call_schema(tools or [], choice) if parser is not None else None
         if forced is not None:  # the answer is the call, not text: text.format does not apply
             format_ = forced
-        stream = inference.generate(servable, request, body.options(), format=format_, truncate=False)
+        top = body.logprobs_top()
+        stream = inference.generate(
+            servable,
+            request,
+            body.options(),
+            format=format_,
+            truncate=False,
+            top_logprobs=runner_top_logprobs(top is not None, top),
+        )
         if parser is not None:
             stream = with_tool_calls(stream, parser)
             if body.parallel_tool_calls is False:
                 stream = first_call_only(stream)
         response_id = f"resp_{uuid.uuid4().hex[:24]}"
-        events = ResponseEvents(response_id, servable.name, int(time.time()), body.echoed())
+        used = inference.request_options(servable, body.options()).sampling
+        events = ResponseEvents(response_id, servable.name, int(time.time()), body.echoed(used), top)
         if body.stream:
             return await _streamed(http, state, servable.name, stream, events)
         client = ClientGone(http)
         try:
-            text, _, finished = await client.unless(collected(stream))
+            text, parts, finished = await client.unless(collected(stream))
         finally:
             client.close()
         # The answer whole is what a stream's last event carries.
-        events.token(text)
+        events.token(text, [entry for _, entries in parts for entry in entries])
         *_, last = events.finish(finished, _call_ids(finished))
         state.count(ENDPOINT, servable.name, 200)
         return JSONResponse(last["response"])
@@ -418,7 +465,7 @@ async def _streamed(
                     status = 200
                     return
                 if isinstance(event, Token):
-                    for payload in events.token(event.text):
+                    for payload in events.token(event.text, event.logprobs or ()):
                         yield sse(payload)
                 event = await anext(stream)
         except Exception as exc:
