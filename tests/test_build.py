@@ -530,6 +530,12 @@ def test_quantize_f32_to_q8_0(tmp_path: Path, workdir: Path) -> None:
     config = store.read_config(store.read_manifest(digest))
     assert config["config"]["quantization"] == "Q8_0"
     assert "quantizing F32 model to Q8_0" in recorder.statuses()
+    # Progress after each tensor, in the source's bytes, to the whole of it (there was none: a
+    # long quantize said nothing for minutes).
+    counted = [e for e in recorder.events if e.status == "quantizing F32 model to Q8_0" and e.total]
+    assert len(counted) > 2, recorder.events
+    completed = [e.completed or 0 for e in counted]
+    assert completed == sorted(completed) and completed[-1] == counted[-1].total
     assert list((tmp_path / "h" / "store" / "ingest").iterdir()) == [], "no quantizer output left behind"
     again, _, _ = build(tmp_path / "h", workdir / "Modelfile", "q", quantize="Q8_0")
     assert again == digest, "llama.cpp's quantizer is deterministic: same input, same image"

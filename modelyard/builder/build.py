@@ -399,10 +399,19 @@ class Builder:
             return self._store_source(plan.weights, created)
         from modelyard.builder.quantize import quantize
 
-        self.progress(ProgressEvent(f"quantizing {plan.weights.file_type} model to {plan.quantize}"))
+        status = f"quantizing {plan.weights.file_type} model to {plan.quantize}"
+        self.progress(ProgressEvent(status))
+        source = self._weights_file(plan.weights)
+        size = source.stat().st_size
+
+        def tensor_done(done: int, total: int) -> None:
+            # In the source's bytes, as a pull's are (a bar in the CLI; Ollama's create says
+            # total and completed too): the tensors done, as a share of the file.
+            self.progress(ProgressEvent(status, total=size, completed=size * done // max(total, 1)))
+
         # Flocked while llama.cpp writes it (prune leaves it alone): it opens the same file anew.
         with self.store.blobs.new_partial("quantize") as (out, _):
-            quantize(self._weights_file(plan.weights), out, plan.quantize)
+            quantize(source, out, plan.quantize, on_tensor=tensor_done)
             info = self.store.blobs.adopt(out)  # hashed in place, renamed in: no second copy
         self._announce(info.digest, info.created, created)
         return info.digest

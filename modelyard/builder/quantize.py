@@ -34,6 +34,8 @@ NOT_PRODUCED = frozenset({"NVFP4"})
 # Made by llama.cpp, but of a tensor type the gguf package (which reads a build's weights) does
 # not know yet: the build failed after the whole quantize (Q2_0 is ggml type 42 to gguf 0.19).
 NOT_READABLE = frozenset({"Q2_0"})
+# How llama.cpp's quantizer starts its line for each tensor: `[  12/ 236] name - …`.
+_TENSOR = re.compile(r"\[\s*(\d+)/\s*(\d+)\]")
 
 
 def quantization_types() -> dict[str, int]:
@@ -82,8 +84,15 @@ def check_quantization(target: str, source_type: str, source: str) -> str:
     return name
 
 
-def quantize(source: Path, destination: Path, target: str, threads: int | None = None) -> None:
-    """Quantize `source` into `destination` (written over: the build holds it empty and flocked).
+def quantize(
+    source: Path,
+    destination: Path,
+    target: str,
+    threads: int | None = None,
+    on_tensor: Callable[[int, int], None] | None = None,
+) -> None:
+    """Quantize `source` into `destination` (written over: the build holds it empty and flocked);
+    `on_tensor(done, total)` after each tensor (what llama.cpp logs), which may raise to stop.
 
     In a child process: llama.cpp's quantizer cannot be stopped from within. A Ctrl-C raised while
     it runs lands in its log callback, where ctypes drops it, and the C call goes on to the end; a
@@ -98,15 +107,30 @@ def quantize(source: Path, destination: Path, target: str, threads: int | None =
         str(threads or max(os.cpu_count() or 1, 1)),
     ]
     child = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
+    assert child.stdout is not None and child.stderr is not None
+    kept = bytearray()
+    stderr = child.stderr
+    reader = threading.Thread(target=lambda: kept.extend(stderr.read()), name="quantize-log", daemon=True)
+    reader.start()
     try:
-        _, errors = child.communicate()
+        for line in child.stdout:  # the child's word after each tensor: `tensor DONE TOTAL`
+            word, _, counts = line.decode("ascii", "replace").partition(" ")
+            done, _, total = counts.partition(" ")
+            if word == "tensor" and on_tensor is not None and done.isdigit() and total.strip().isdigit():
+                on_tensor(int(done), int(total))
+        child.wait()
     except BaseException:  # Ctrl-C, or the build abandoned: stop the quantizer, keep nothing of it
         child.kill()
         child.wait()
         destination.unlink(missing_ok=True)
         raise
+    finally:
+        reader.join()  # the child has ended: its stderr is read to the end
+        child.stdout.close()
+        stderr.close()
+    errors = bytes(kept)
     if child.returncode != 0 or not destination.is_file() or destination.stat().st_size == 0:
         destination.unlink(missing_ok=True)
         lines = errors.decode("utf-8", "replace").splitlines()
@@ -148,8 +172,15 @@ def _quantize_here(source: str, destination: str, target: str, threads: int) -> 
             time.sleep(0.1)
             stop_if_orphaned()
 
+    def on_piece(text: str) -> None:
+        stop_if_orphaned()
+        tensor = _TENSOR.search(text)  # llama.cpp's `[  12/ 236] blk.1.attn_k.weight - …`
+        if tensor is not None:
+            sys.stdout.write(f"tensor {int(tensor[1])} {int(tensor[2])}\n")
+            sys.stdout.flush()
+
     threading.Thread(target=watch_parent, name="orphan-watch", daemon=True).start()
-    with _llama_log_kept(stop_if_orphaned) as log:
+    with _llama_log_kept(on_piece) as log:
         rc = int(llama_cpp.llama_model_quantize(source.encode(), destination.encode(), params))
     if rc != 0:
         sys.stderr.write("".join(log))  # llama.cpp logs in pieces, not always a line at a time
@@ -157,10 +188,10 @@ def _quantize_here(source: str, destination: str, target: str, threads: int) -> 
 
 
 @contextlib.contextmanager
-def _llama_log_kept(on_line: Callable[[], None]) -> Iterator[list[str]]:
+def _llama_log_kept(on_piece: Callable[[str], None]) -> Iterator[list[str]]:
     """llama.cpp's log text while the block runs, kept rather than printed: quantizing logs a line
     per tensor, which is noise beside the build's own progress (and only an error explains).
-    `on_line` is called at each piece logged."""
+    `on_piece` is called with each piece logged."""
     import llama_cpp
     from llama_cpp import _logger
 
@@ -168,8 +199,9 @@ def _llama_log_kept(on_line: Callable[[], None]) -> Iterator[list[str]]:
 
     @llama_cpp.llama_log_callback
     def keep(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-        lines.append(text.decode("utf-8", "replace") if text else "")
-        on_line()
+        piece = text.decode("utf-8", "replace") if text else ""
+        lines.append(piece)
+        on_piece(piece)
 
     llama_cpp.llama_log_set(keep, ctypes.c_void_p(0))
     try:
