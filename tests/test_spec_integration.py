@@ -182,7 +182,9 @@ def test_a_watched_file_edit_applies_within_two_seconds_and_a_typo_is_rejected_w
             status = box.daemon.status()
             paths = [i["path"] for i in status["rejected"]["issues"]]
             assert paths == ["spec.models[1].image", "spec.models[2].image", "spec.models[2].imag"]
-            assert status["generation"] == 2 and status["ready"]
+            # The last good spec serves on; it is not Ready while the source's latest is refused.
+            assert status["generation"] == 2 and not status["ready"] and box.daemon.serving()
+            assert [c["reason"] for c in status["conditions"]] == ["Rejected"]
             assert box.scheduler.is_loaded("chat") and box.scheduler.is_loaded("code")
 
             write_spec(spec_file, "models: [{name: chat, image: tiny-a}]")  # prune: code goes
