@@ -2120,6 +2120,33 @@ def test_the_responses_api_through_the_openai_client(client: ollama.Client, oai:
             temperature=0,  # type: ignore[arg-type, list-item]
         )
         assert [item.type for item in forced.output] == ["function_call"]
+        # A custom tool (Codex's apply_patch: free text in) is called with a string, and its call
+        # and output go back as the conversation (they were a 400).
+        patch = {"type": "custom", "name": "apply_patch", "description": "Write one short line to notes.txt."}
+        wanted = [{"role": "user", "content": "Add the word hello to notes.txt."}]
+        patched = oai.responses.create(
+            model="toolish-responses",
+            input=wanted,  # type: ignore[arg-type]
+            tools=[patch],  # type: ignore[list-item]
+            tool_choice={"type": "custom", "name": "apply_patch"},
+            temperature=0,
+            max_output_tokens=200,
+        )
+        [item] = patched.output
+        assert item.type == "custom_tool_call" and isinstance(item.input, str), patched.output
+        back = oai.responses.create(
+            model="toolish-responses",
+            input=[
+                *wanted,
+                item.model_dump(),
+                {"type": "custom_tool_call_output", "call_id": item.call_id, "output": "ok"},
+            ],  # type: ignore[list-item]
+            tools=[patch],  # type: ignore[list-item]
+            max_output_tokens=4,
+            temperature=0,
+        )
+        assert back.output and back.usage is not None
+        assert back.usage.input_tokens > patched.usage.input_tokens  # type: ignore[union-attr]
     finally:
         client.delete("toolish-responses")
     with pytest.raises(openai.BadRequestError, match="stores no responses"):

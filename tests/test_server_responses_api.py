@@ -77,6 +77,33 @@ CALL = {"type": "function_call", "call_id": "call_1", "name": "get_weather", "ar
             ],
             id="a-call-joins-the-text-before-it",
         ),
+        pytest.param(
+            [
+                {"role": "user", "content": "Fix it."},
+                {
+                    "type": "custom_tool_call",
+                    "call_id": "call_9",
+                    "name": "apply_patch",
+                    "input": "*** Begin",
+                },
+                {
+                    "type": "custom_tool_call_output",
+                    "call_id": "call_9",
+                    "output": [{"type": "input_text", "text": "done"}],
+                },
+            ],
+            None,
+            [
+                ChatMessage("user", "Fix it."),
+                ChatMessage(
+                    "assistant",
+                    "",
+                    tool_calls=(ToolCall("apply_patch", {"input": "*** Begin"}, "call_9", 0),),
+                ),
+                ChatMessage("tool", "done", tool_name="apply_patch", tool_call_id="call_9"),
+            ],
+            id="a-custom-tool-call-is-a-call-of-one-string",
+        ),
     ],
 )
 def test_chat_messages(input_: Any, instructions: str | None, expected: list[ChatMessage]) -> None:
@@ -137,7 +164,7 @@ def test_the_request_in_the_chat_apis_terms() -> None:
     }
     assert (body.format(), body.think(), body.options()) == ("json", "low", {"num_predict": 7})
     for field, value, said in [
-        ("tools", [{"type": "web_search"}], "only function tools"),
+        ("tools", [{"type": "web_search"}], "only function and custom tools"),
         ("text", {"format": {"type": "xml"}}, "'xml' is not one of"),
         ("reasoning", {"effort": "extreme"}, "invalid reasoning.effort"),
         ("reasoning", {"effort": ["low"]}, "invalid reasoning.effort"),
@@ -278,3 +305,50 @@ def test_a_response_with_the_log_probabilities_it_was_asked_to_include() -> None
     assert final.top_logprobs == 1
     [part] = final.output[0].content  # type: ignore[union-attr]
     assert [p.model_dump() for p in part.logprobs] == expected  # type: ignore[union-attr]
+
+
+def test_custom_tools_are_functions_of_one_string_and_their_calls_custom_items() -> None:
+    """Codex's apply_patch is a custom tool (free text in): it was a 400 that failed the request."""
+    grammar = {"type": "grammar", "syntax": "lark", "definition": 'start: "*** Begin Patch" /.+/'}
+    body = ResponsesBody.model_validate(
+        {
+            "model": "m",
+            "input": "Fix it.",
+            "tools": [
+                {"type": "custom", "name": "apply_patch", "description": "Edit files.", "format": grammar},
+                {"type": "function", "name": "ls", "parameters": {"type": "object"}},
+            ],
+            "tool_choice": {"type": "custom", "name": "apply_patch"},
+        }
+    )
+    [patch, ls] = body.chat_tools() or []
+    assert patch["function"]["parameters"] == {
+        "type": "object",
+        "properties": {"input": {"type": "string"}},
+        "required": ["input"],
+    }
+    assert patch["function"]["description"].startswith("Edit files.")
+    assert 'lark grammar:\nstart: "*** Begin Patch"' in patch["function"]["description"]
+    assert ls["function"]["name"] == "ls" and body.custom_tools() == {"apply_patch"}
+    assert body.chat_tool_choice() == {"type": "function", "function": {"name": "apply_patch"}}
+
+    events = ResponseEvents(
+        "resp_abc", "m", 1_700_000_000, body.echoed(SamplingOptions()), None, body.custom_tools()
+    )
+    calls = (ToolCall("apply_patch", {"input": "*** Begin Patch"}), ToolCall("ls", {}))
+    sent = [*events.start(), *events.finish(_finished("stop", calls), ["call_a", "call_b"])]
+    assert [e["type"] for e in sent[2:-1]] == [
+        "response.output_item.added",
+        "response.custom_tool_call_input.delta",
+        "response.custom_tool_call_input.done",
+        "response.output_item.done",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+    ]
+    assert sent[4]["input"] == "*** Begin Patch"
+    final = openai.types.responses.Response.model_validate(sent[-1]["response"])
+    custom, function = final.output
+    assert (custom.type, custom.input, custom.call_id) == ("custom_tool_call", "*** Begin Patch", "call_a")  # type: ignore[union-attr]
+    assert function.type == "function_call"

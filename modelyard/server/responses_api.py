@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, Literal
 
@@ -45,6 +45,13 @@ _ROLES: Final = {"user": "user", "system": "system", "developer": "system", "ass
 # What `include` asks for the answer's log-probabilities with; its other entries (encrypted
 # reasoning, a search's results) name what this server has none of, and are ignored.
 LOGPROBS_INCLUDE: Final = "message.output_text.logprobs"
+# A custom tool (free text in, as Codex's apply_patch) is shown to the model as a function of one
+# string, `input`, as Ollama does; its calls go back out as custom_tool_call items.
+CUSTOM_TOOL_PARAMETERS: Final = {
+    "type": "object",
+    "properties": {"input": {"type": "string"}},
+    "required": ["input"],
+}
 
 
 class ResponsesBody(BaseModel):
@@ -80,26 +87,38 @@ class ResponsesBody(BaseModel):
 
     def chat_tools(self) -> list[dict[str, Any]] | None:
         """`tools` in the chat API's shape ({"type": "function", "function": {…}}), which templates
-        and the tool-call parser read; only function tools exist here."""
+        and the tool-call parser read: function tools as they are, custom tools as functions of
+        one string (CUSTOM_TOOL_PARAMETERS), a grammar for their input told in the description
+        (not enforced). Hosted tools (web search, files…) are not served here: a 400."""
         if self.tools is None:
             return None
         converted = []
         for i, tool in enumerate(self.tools):
-            if tool.get("type") != "function" or not isinstance(tool.get("name"), str):
-                message = f"tools[{i}]: only function tools, with a name, are supported"
+            kind = tool.get("type")
+            if kind not in ("function", "custom") or not isinstance(tool.get("name"), str):
+                message = f"tools[{i}]: only function and custom tools, with a name, are supported"
                 raise HTTPError(400, message, param=f"tools[{i}]")
-            function = {"name": tool["name"], "parameters": tool.get("parameters") or {}}
-            if tool.get("description"):
-                function["description"] = tool["description"]
+            if kind == "custom":
+                function = {"name": tool["name"], "parameters": CUSTOM_TOOL_PARAMETERS}
+                description = _custom_description(tool)
+            else:
+                function = {"name": tool["name"], "parameters": tool.get("parameters") or {}}
+                description = str(tool.get("description") or "")
+            if description:
+                function["description"] = description
             converted.append({"type": "function", "function": function})
         return converted
+
+    def custom_tools(self) -> frozenset[str]:
+        """The names of the custom tools: their calls are custom_tool_call items."""
+        return frozenset(t["name"] for t in self.tools or [] if t.get("type") == "custom")
 
     def chat_tool_choice(self) -> str | dict[str, Any] | None:
         """`tool_choice` as the chat API spells it: a named function is {"type": "function",
         "name": …} here, {"type": "function", "function": {"name": …}} there; allowed tools are
         {"type": "allowed_tools", "mode", "tools"} here, their mode and tools nested there."""
         choice = self.tool_choice
-        if isinstance(choice, dict) and choice.get("type") == "function" and "name" in choice:
+        if isinstance(choice, dict) and choice.get("type") in ("function", "custom") and "name" in choice:
             return {"type": "function", "function": {"name": choice["name"]}}
         if (
             isinstance(choice, dict)
@@ -193,8 +212,13 @@ def chat_messages(input_: str | Sequence[dict[str, Any]], instructions: str | No
                 known = ", ".join(_ROLES)
                 raise HTTPError(400, f"{where}.role: {item.get('role')!r} is not one of {known}", param=where)
             messages.append(ChatMessage(role, _text_of(item.get("content"), f"{where}.content")))
-        elif kind == "function_call":
-            arguments = call_arguments(item.get("arguments"), f"{where}.arguments")
+        elif kind in ("function_call", "custom_tool_call"):
+            if kind == "function_call":
+                arguments = call_arguments(item.get("arguments"), f"{where}.arguments")
+            elif isinstance(item.get("input"), str):
+                arguments = {"input": item["input"]}  # as the model was shown the tool
+            else:
+                raise HTTPError(400, f"{where}.input must be a string", param=where)
             previous = messages[-1] if messages and messages[-1].role == "assistant" else None
             index = len(previous.tool_calls) if previous is not None else 0
             call = ToolCall(str(item.get("name") or ""), arguments, str(item.get("call_id") or ""), index)
@@ -204,7 +228,7 @@ def chat_messages(input_: str | Sequence[dict[str, Any]], instructions: str | No
                 messages[-1] = ChatMessage(
                     "assistant", previous.content, tool_calls=(*previous.tool_calls, call)
                 )
-        elif kind == "function_call_output":
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             output = _text_of(item.get("output"), f"{where}.output")
             messages.append(ChatMessage("tool", output, tool_call_id=str(item.get("call_id") or "")))
         elif kind == "reasoning":
@@ -253,10 +277,17 @@ class ResponseEvents:
     become function_call items, after the message if the model also wrote text."""
 
     def __init__(
-        self, response_id: str, model: str, created_at: int, echoed: dict[str, Any], top: int | None = None
+        self,
+        response_id: str,
+        model: str,
+        created_at: int,
+        echoed: dict[str, Any],
+        top: int | None = None,
+        custom_tools: frozenset[str] = frozenset(),
     ) -> None:
         self.response_id, self.model, self.created_at, self.echoed = response_id, model, created_at, echoed
         self.top = top  # candidates per token with the text's log-probabilities; None: none
+        self.custom_tools = custom_tools
         self.sequence = 0
         self.text: list[str] = []
         self.logprobs: list[dict[str, Any]] = []
@@ -310,17 +341,17 @@ class ResponseEvents:
             self.output.append(item)
         for call, call_id in zip(finished.tool_calls, call_ids, strict=True):
             index = len(self.output)
-            item = function_call_item(call, call_id)
-            # Added empty, as OpenAI's are: a client builds the arguments from the deltas.
-            added = item | {"status": "in_progress", "arguments": ""}
+            custom = call.name in self.custom_tools
+            item = custom_tool_call_item(call, call_id) if custom else function_call_item(call, call_id)
+            field, kind = (
+                ("input", "custom_tool_call_input") if custom else ("arguments", "function_call_arguments")
+            )
+            # Added empty, as OpenAI's are: a client builds the arguments (or input) from the deltas.
+            added = item | {"status": "in_progress", field: ""}
             events.append(self.event("response.output_item.added", output_index=index, item=added))
             where = {"item_id": item["id"], "output_index": index}
-            events.append(
-                self.event("response.function_call_arguments.delta", **where, delta=item["arguments"])
-            )
-            events.append(
-                self.event("response.function_call_arguments.done", **where, arguments=item["arguments"])
-            )
+            events.append(self.event(f"response.{kind}.delta", **where, delta=item[field]))
+            events.append(self.event(f"response.{kind}.done", **where, **{field: item[field]}))
             events.append(self.event("response.output_item.done", output_index=index, item=item))
             self.output.append(item)
         status = _status(finished)
@@ -373,6 +404,31 @@ def function_call_item(call: ToolCall, call_id: str) -> dict[str, Any]:
     }
 
 
+def custom_tool_call_item(call: ToolCall, call_id: str) -> dict[str, Any]:
+    """A call of a custom tool: its `input` string (whatever else the model wrote, as JSON)."""
+    given = call.arguments.get("input")
+    text = given if isinstance(given, str) else json.dumps(dict(call.arguments), ensure_ascii=False)
+    return {
+        "id": f"ctc_{call_id.removeprefix('call_')}",
+        "type": "custom_tool_call",
+        "status": "completed",
+        "call_id": call_id,
+        "name": call.name,
+        "input": text,
+    }
+
+
+def _custom_description(tool: Mapping[str, Any]) -> str:
+    """A custom tool's description, with the grammar its input follows (which only OpenAI's
+    models can be held to: here it is told)."""
+    description = str(tool.get("description") or "")
+    shape = tool.get("format")
+    if isinstance(shape, Mapping) and shape.get("type") == "grammar" and shape.get("definition"):
+        syntax = shape.get("syntax", "lark")
+        description += f"\n\nIts input follows this {syntax} grammar:\n{shape['definition']}"
+    return description.strip()
+
+
 def _status(finished: Finished) -> Literal["completed", "incomplete"]:
     cut = finished.done_reason == "length" and not finished.tool_calls
     return "incomplete" if cut else "completed"
@@ -417,7 +473,9 @@ def router(state: ServerState) -> APIRouter:
                 stream = first_call_only(stream)
         response_id = f"resp_{uuid.uuid4().hex[:24]}"
         used = inference.request_options(servable, body.options()).sampling
-        events = ResponseEvents(response_id, servable.name, int(time.time()), body.echoed(used), top)
+        events = ResponseEvents(
+            response_id, servable.name, int(time.time()), body.echoed(used), top, body.custom_tools()
+        )
         if body.stream:
             return await _streamed(http, state, servable.name, stream, events)
         client = ClientGone(http)
