@@ -224,7 +224,8 @@ def test_grammar_repetitions_outside_literals_and_classes_are_counted() -> None:
         ),  # draft 4
         ({"minimum": 10, "exclusiveMinimum": 12}, (13, None)),  # both: the stricter
         ({"maximum": -1}, (None, -1)),
-        ({"minimum": -(10**20), "maximum": 10**20}, (None, None)),  # past 16 digits: no bound
+        ({"minimum": -(10**20), "maximum": 10**20}, (-(10**20), 10**20)),
+        ({"minimum": 1e17}, (10**17, None)),  # a nanosecond timestamp: past the converter's 16 digits
         ({"minimum": 0}, (0, None)),
     ],
 )
@@ -246,7 +247,8 @@ def as_regex(expression: str) -> re.Pattern[str]:
 RANGES = [
     (10, 20), (0, 0), (0, 9), (0, 10), (1, 99), (7, 7), (100, 1234), (95, 105), (-5, 5), (-1, 0),
     (-1234, -100), (-20, -10), (19, 9001), (0, None), (5, None), (10, None), (999, None), (None, -3),
-    (None, 0), (None, 42), (None, None), (-7, None),
+    (None, 0), (None, 42), (None, None), (-7, None), (10**17, None), (None, -(10**17)),
+    (10**17, 2 * 10**17), (-(10**18), 10**18), (123456789012345678, 123456789012399999),
 ]  # fmt: skip
 
 
@@ -256,11 +258,17 @@ def test_integer_range_rule_takes_exactly_the_integers_in_range(low: int | None,
     around = [*range(-1500, 1500), *range(8990, 9010)]
     rng = random.Random(7)
     around += [rng.randrange(-(10**16) + 1, 10**16) for _ in range(300)]
+    for bound in (low, high):  # about the bounds, however long they are
+        if bound is not None:
+            around += [bound + d for d in range(-300, 300)] + [
+                rng.randrange(-3 * abs(bound), 3 * abs(bound) + 1) for _ in range(300)
+            ]
     for n in around:
         inside = (low is None or n >= low) and (high is None or n <= high)
         assert bool(pattern.fullmatch(str(n))) == inside, (low, high, n)
-    for text in ["007", "-0", "00", "-01", "+5", "1.0", "", "10000000000000000"]:
-        assert not pattern.fullmatch(text), (low, high, text)  # as JSON writes them, 16 digits at most
+    longest = max([16, *(len(str(abs(b))) for b in (low, high) if b is not None)])
+    for text in ["007", "-0", "00", "-01", "+5", "1.0", "", "1" + "0" * longest, "-1" + "0" * longest]:
+        assert not pattern.fullmatch(text), (low, high, text)  # as JSON writes them, and no longer
 
 
 def test_schemas_with_integer_ranges_compile(tiny_model: llama.Model) -> None:
@@ -273,8 +281,12 @@ def test_schemas_with_integer_ranges_compile(tiny_model: llama.Model) -> None:
         },
         {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 1000}},
         {"$defs": {"age": {"type": "integer", "minimum": 0, "maximum": 150}}, "$ref": "#/$defs/age"},
+        {"type": "object", "properties": {"t": {"type": "integer", "minimum": 1e17}}},
     ]:
         assert compiles(tiny_model, schema)
+    # An optional field of a strict schema keeps its range (the converter's union dropped it).
+    optional = llama.json_schema_grammar({"type": ["integer", "null"], "minimum": 10, "maximum": 20})
+    assert '"1" [0-9] | "2" "0"' in optional and "null" in optional, optional
     grammar = llama.json_schema_grammar({"type": "integer", "minimum": 10, "maximum": 20})
     assert '"1" [0-9] | "2" "0"' in grammar, grammar
     with pytest.raises(ValueError, match="no integer is between its bounds"):

@@ -2120,6 +2120,9 @@ def test_the_responses_api_through_the_openai_client(client: ollama.Client, oai:
             temperature=0,  # type: ignore[arg-type, list-item]
         )
         assert [item.type for item in forced.output] == ["function_call"]
+        unknown = {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "nope"}]}
+        with pytest.raises(openai.BadRequestError, match="names nope, which tools does not offer"):
+            oai.responses.create(model="toolish-responses", input=asked, tools=[tool], tool_choice=unknown)  # type: ignore[arg-type, list-item]
         # A custom tool (Codex's apply_patch: free text in) is called with a string, and its call
         # and output go back as the conversation (they were a 400).
         patch = {"type": "custom", "name": "apply_patch", "description": "Write one short line to notes.txt."}

@@ -91,6 +91,10 @@ def test_rounds_that_change_nothing_do_not_rewrite_the_state_file(
         clock.now += 30
         asyncio.run(reconciler.reconcile())
     assert len(written) == before, "steady rounds: nothing written"
+    (tmp_path / "state.json").unlink()  # by hand: written again at the next round
+    asyncio.run(reconciler.reconcile())
+    assert len(written) == before + 1 and (tmp_path / "state.json").exists()
+    before += 1
     effects.crash("chat")  # something happens: the next round loads it again, and says so
     asyncio.run(reconciler.reconcile())
     assert len(written) > before

@@ -311,9 +311,14 @@ def test_a_symlink_out_of_the_repository_is_not_read(tmp_path: Path) -> None:
             "fatal: unable to access 'https://h.io/r/'",
             id="in-a-message",
         ),
-        pytest.param(f"https://alice:p#{SECRET}@h.io/r.git", "https://h.io/r.git", id="unencoded-hash"),
-        pytest.param(f"https://alice:p?{SECRET}@h.io/r.git", "https://h.io/r.git", id="unencoded-question"),
+        pytest.param(f"https://alice:p'{SECRET}@h.io/r.git", "https://h.io/r.git", id="quote-in-password"),
         pytest.param("https://h.io/r?at=a@b 'x@y'", "https://h.io/r?at=a@b 'x@y'", id="at-in-a-query-kept"),
+        pytest.param(
+            "https://example.com?email=a@b.com", "https://example.com?email=a@b.com", id="query-no-path"
+        ),
+        pytest.param(
+            "http://localhost:8080#user@host", "http://localhost:8080#user@host", id="fragment-kept"
+        ),
         pytest.param("git@h.io:org/r.git", "git@h.io:org/r.git", id="scp-like-kept"),
         pytest.param("https://h.io/org/r@v2", "https://h.io/org/r@v2", id="at-in-the-path-kept"),
     ],

@@ -18,6 +18,7 @@ _SEEN = Condition("SourceReady", True, "Read", "revision r1 is in force", 100.0,
         (None, "r3", True, _SEEN, (False, "Rejected", "revision r3 is not valid"), 200.0),
         ("unreadable", "r3", True, None, (False, "ReadFailed", "unreadable"), 200.0),  # the read first
         (None, None, False, None, (False, "Reading", "first read is under way"), 200.0),
+        (None, "r3", False, None, (False, "Reading", "first read is under way"), 200.0),  # restarted
     ],
 )
 def test_source_condition(

@@ -170,8 +170,8 @@ def _rewrite_refs(node: object, renamed: Mapping[str, str]) -> None:
 # "minimum": 10, "maximum": 20}` came back as 3705 (a conformance review); llama.cpp's own (C++)
 # converter, which Ollama's schemas go through, writes them into the grammar. So do these.
 
-# The converter's integers have at most 16 digits ("[1-9] [0-9]{0,15}"); a bound past them bounds
-# nothing such a number could reach, and is taken as none.
+# An unbounded side reaches as far as the converter's own integers do ("[1-9] [0-9]{0,15}": 16
+# digits), or as far as the other side's bound, if that is longer.
 MAX_INTEGER_DIGITS = 16
 _RANGE_KEYWORDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 
@@ -192,10 +192,8 @@ def integer_bounds(schema: Mapping[str, Any]) -> tuple[int | None, int | None]:
         highs.append(math.ceil(maximum) - 1 if exclusive_max is True else math.floor(maximum))
     if _is_number(exclusive_max):
         highs.append(math.ceil(exclusive_max) - 1)
-    largest = 10**MAX_INTEGER_DIGITS - 1
-    low = max(lows) if lows and max(lows) >= -largest else None
-    high = min(highs) if highs and min(highs) <= largest else None
-    if lows and highs and max(lows) > min(highs):
+    low, high = (max(lows) if lows else None), (min(highs) if highs else None)
+    if low is not None and high is not None and low > high:
         raise ValueError(f"no integer is between its bounds ({_shown(schema)})")
     return low, high
 
@@ -211,31 +209,41 @@ def has_integer_bounds(schema: object) -> bool:
     )
 
 
+def types_with_integer_bounds(schema: object) -> list[str] | None:
+    """The types of `{"type": ["integer", "null"], "minimum": …}` (a strict schema's optional
+    field): the converter makes a union of bare `{"type": t}`, which loses the range, where
+    llama.cpp's keeps the rest of the schema in each. None for any other schema."""
+    if not isinstance(schema, Mapping) or not isinstance(schema.get("type"), list):
+        return None
+    types = [t for t in schema["type"] if isinstance(t, str)]
+    return types if "integer" in types and has_integer_bounds({**schema, "type": "integer"}) else None
+
+
 def integer_range_rule(low: int | None, high: int | None) -> str:
     """A GBNF expression for exactly the integers from `low` to `high` as JSON writes them (no
     leading zeros, no "-0"), either bound None for none (pure)."""
+    digits = max([MAX_INTEGER_DIGITS, *(len(str(abs(b))) for b in (low, high) if b is not None)])
+    farthest = 10**digits - 1
+    low = -farthest if low is None else low
+    high = farthest if high is None else high
     alternatives = []
-    if high is None or high >= 0:  # the part at or above zero
-        alternatives += _unsigned_range(max(low or 0, 0) if low is not None else 0, high)
-    if low is None or low < 0:  # the part below zero: "-" and its magnitude
-        least = 1 if high is None or high >= 0 else -high
-        alternatives += [f'"-" {a}' for a in _unsigned_range(least, None if low is None else -low)]
-    return " | ".join(f"({a})" if " | " in a else a for a in alternatives)
+    if high >= 0:  # the part at or above zero
+        alternatives += _unsigned_range(max(low, 0), high)
+    if low < 0:  # the part below zero: "-" and its magnitude
+        alternatives += [f'"-" {a}' for a in _unsigned_range(max(-high, 1), -low)]
+    return " | ".join(alternatives)
 
 
-def _unsigned_range(low: int, high: int | None) -> list[str]:
-    """Alternatives for the integers low..high (high None: up to MAX_INTEGER_DIGITS digits), each of
-    them written with one count of digits."""
-    top = 10**MAX_INTEGER_DIGITS - 1 if high is None else high
-    out: list[str] = []
-    for digits in range(len(str(low)), len(str(top)) + 1):
-        first = low if digits == len(str(low)) else 10 ** (digits - 1)
-        last = top if digits == len(str(top)) else 10**digits - 1
-        if high is None and digits > len(str(low)):  # every longer number: one rule for them all
-            out.append(f"[1-9] [0-9]{{{digits - 1},{MAX_INTEGER_DIGITS - 1}}}")
-            break
-        out += _same_length(str(first), str(last))
-    return out
+def _unsigned_range(low: int, high: int) -> list[str]:
+    """Alternatives for the integers low..high (0 <= low <= high), each of one count of digits;
+    the counts between those of `low` and `high` in one alternative."""
+    shortest, longest = len(str(low)), len(str(high))
+    if shortest == longest:
+        return _same_length(str(low), str(high))
+    out = _same_length(str(low), "9" * shortest)
+    if longest - shortest > 1:  # every number of the lengths between: a first digit, then any
+        out.append(_join("[1-9]", _any_digits(shortest, longest - 2)))
+    return out + _same_length("1" + "0" * (longest - 1), str(high))
 
 
 def _same_length(low: str, high: str) -> list[str]:
@@ -260,8 +268,14 @@ def _digit_class(low: str, high: str) -> str:
     return f'"{low}"' if low == high else f"[{low}-{high}]"
 
 
-def _any_digits(count: int) -> str:
-    return "" if count == 0 else "[0-9]" if count == 1 else f"[0-9]{{{count}}}"
+def _any_digits(least: int, most: int | None = None) -> str:
+    """`least` to `most` (default: exactly `least`) digits."""
+    most = least if most is None else most
+    if most == 0:
+        return ""
+    if least == most:
+        return "[0-9]" if least == 1 else f"[0-9]{{{least}}}"
+    return f"[0-9]{{{least},{most}}}"
 
 
 def _join(*parts: str) -> str:

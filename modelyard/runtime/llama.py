@@ -634,13 +634,22 @@ def _schema_converter() -> Any:
     them (json_schemas.integer_range_rule)."""
     from llama_cpp import llama_grammar
 
-    from modelyard.runtime.json_schemas import has_integer_bounds, integer_bounds, integer_range_rule
+    from modelyard.runtime.json_schemas import (
+        has_integer_bounds,
+        integer_bounds,
+        integer_range_rule,
+        types_with_integer_bounds,
+    )
 
     class WithIntegerRanges(llama_grammar.SchemaConverter):
         def visit(self, schema: Any, name: str) -> Any:
+            rule_name = name + "-" if name in llama_grammar.RESERVED_NAMES else name or "root"
+            types = types_with_integer_bounds(schema)
+            if types is not None:  # each type with the rest of the schema, as llama.cpp's does
+                alternatives = [{**schema, "type": t} for t in types]
+                return self._add_rule(rule_name, self._generate_union_rule(name, alternatives))
             if not has_integer_bounds(schema):
                 return super().visit(schema, name)
-            rule_name = name + "-" if name in llama_grammar.RESERVED_NAMES else name or "root"
             return self._add_rule(rule_name, f"({integer_range_rule(*integer_bounds(schema))}) space")
 
     return WithIntegerRanges(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)

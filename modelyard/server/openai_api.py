@@ -187,22 +187,26 @@ class ChatCompletionBody(_SamplingBody):
         return (self.top_logprobs or 0) if self.logprobs else None
 
     def parsed_tools(self) -> list[dict[str, Any]] | None:
-        """The tools whose calls are taken out of the answer: none for tool_choice "none" (the
-        model still sees them, as OpenAI's models do, but its answer stays text); with
-        allowed_tools, those it allows."""
-        if self.tool_choice == "none":
-            return None
-        allowed = allowed_tools(self.tool_choice)
-        if allowed is None or self.tools is None:
-            return self.tools
-        offered = tool_functions(self.tools)
-        unknown = [name for name in allowed[1] if name not in offered]
-        if unknown or not allowed[1]:
-            missing = ", ".join(unknown) or "no tool"
-            message = f"tool_choice.allowed_tools names {missing}, which tools does not offer"
-            raise HTTPError(400, message, param="tool_choice")
-        names = set(allowed[1])
-        return [tool for tool in self.tools if names & set(tool_functions([tool]))]
+        return parsed_tools(self.tools, self.tool_choice)
+
+
+def parsed_tools(tools: list[dict[str, Any]] | None, choice: object) -> list[dict[str, Any]] | None:
+    """The tools whose calls are taken out of the answer (chat and Responses alike): none for
+    tool_choice "none" (the model still sees them, as OpenAI's models do, but its answer stays
+    text); with allowed_tools, those it allows."""
+    if choice == "none":
+        return None
+    allowed = allowed_tools(choice)
+    if allowed is None or tools is None:
+        return tools
+    offered = tool_functions(tools)
+    unknown = [name for name in allowed[1] if name not in offered]
+    if unknown or not allowed[1]:
+        missing = ", ".join(unknown) or "no tool"
+        message = f"tool_choice.allowed_tools names {missing}, which tools does not offer"
+        raise HTTPError(400, message, param="tool_choice")
+    names = set(allowed[1])
+    return [tool for tool in tools if names & set(tool_functions([tool]))]
 
 
 class CompletionBody(_SamplingBody):

@@ -31,7 +31,13 @@ from modelyard.server.disconnect import ClientGone, WatchedStream
 from modelyard.server.http_errors import STATUS_CLIENT_GONE, HTTPError
 from modelyard.server.inference import Finished, with_tool_calls
 from modelyard.server.logprobs import MAX_TOP_LOGPROBS, runner_top_logprobs, token_logprobs
-from modelyard.server.openai_api import REASONING_EFFORTS, collected, first_call_only, named_tool_results
+from modelyard.server.openai_api import (
+    REASONING_EFFORTS,
+    collected,
+    first_call_only,
+    named_tool_results,
+    parsed_tools,
+)
 from modelyard.server.state import ServerState
 from modelyard.server.tool_calls import call_arguments, forced_call_schema, parser_for
 
@@ -449,9 +455,9 @@ def router(state: ServerState) -> APIRouter:
         request = PromptRequest.chat(
             messages, tools=tools, think=body.think(), now=datetime.now().astimezone()
         )
-        parsed_tools = None if choice == "none" else tools
         try:
-            parser = parser_for(servable.name, servable.prompting, parsed_tools)
+            # Calls of the tools allowed_tools allows only, checked as the chat API checks them.
+            parser = parser_for(servable.name, servable.prompting, parsed_tools(tools, choice))
         except InferenceRequestError as exc:  # a model that cannot take tools
             raise HTTPError(400, str(exc), param="tools") from None
         format_ = body.format()

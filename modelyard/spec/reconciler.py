@@ -873,7 +873,8 @@ class Reconciler:
                 rejected=self._rejected,
             ),
         )
-        if data != self._saved_bytes:
+        # Written again, too, when it is gone (deleted by hand): a stat, no fsync, per round.
+        if data != self._saved_bytes or not self.settings.state_path.exists():
             write_state(self.settings.state_path, data)
             self._saved_bytes = data
 

@@ -36,9 +36,12 @@ GIT_PREFIX = "git+"
 FILE_POLL_S = 0.5
 GIT_POLL_S = 30.0
 GIT_TIMEOUT_S = 120.0
-# Up to the last @ before the path: a password with an unencoded # or ? (an invalid URL, yet
-# typed) is taken out whole too, where the URL's own rules end the authority there and showed it.
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s'\"]*@")
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s]*@")  # up to the authority's last @
+# A URL's start up to the last @ before its path, `?` and `#` included: a password typed with an
+# unencoded # or ? (an invalid URL) ends the authority there by the URL's rules, which showed the
+# rest of it. Only for a --spec source's own text, whose URL is at its start: in other text an @
+# in a query or a fragment is not a password's.
+_TYPED_USERINFO = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^/\s]*@")
 
 
 def redact(text: str) -> str:
@@ -86,9 +89,10 @@ def parse_git_location(text: str) -> GitLocation:
     shown = redact(text)
     if not text.startswith(GIT_PREFIX):
         raise SpecSourceError(shown, "a git source starts with git+ (git+https://host/repo.git#path)")
-    userinfo = _USERINFO.match(text, len(GIT_PREFIX))
-    if userinfo is not None and any(c in userinfo.group(0) for c in "#?"):
+    typed = _TYPED_USERINFO.match(text, len(GIT_PREFIX))
+    if typed is not None and any(c in typed.group(0) for c in "#?"):
         # Else `#` starts the PATH inside the password, and git gets a URL cut there.
+        shown = GIT_PREFIX + typed.group(1) + text[typed.end() :]
         raise SpecSourceError(shown, "the user or password holds a # or ?: percent-encode it (%23, %3F)")
     rest, _, path = text[len(GIT_PREFIX) :].partition("#")
     at = rest.find("@", _repository_path_start(rest))
@@ -102,7 +106,12 @@ def parse_git_location(text: str) -> GitLocation:
         try:
             urllib.parse.urlsplit(url).port  # noqa: B018 - the checks urlsplit makes, here, not at start-up
         except ValueError as exc:
-            raise SpecSourceError(shown, f"not a valid URL ({exc})") from None
+            # Its message quotes the "port", and the URL holds the rest: after a password's
+            # unencoded /, the password. Neither is shown.
+            why = "its port is not a number" if "Port" in str(exc) else str(exc)
+            hint = "; a user or password holding / ? # or @ must be percent-encoded"
+            scheme = url.partition("://")[0]
+            raise SpecSourceError(f"{GIT_PREFIX}{scheme}://…", f"not a valid URL ({why}{hint})") from None
     return GitLocation(url, ref, path)
 
 

@@ -137,13 +137,13 @@ def source_condition(
         condition = Condition(
             SOURCE_READY, False, "ReadFailed", f"{error}; the last good spec stays in force", now, generation
         )
-    elif rejected is not None:
-        message = f"revision {rejected} is not valid (see rejected); the last good spec stays in force"
-        condition = Condition(SOURCE_READY, False, "Rejected", message, now, generation)
-    elif not read:
+    elif not read:  # before a saved rejection: the source may have moved on from it
         condition = Condition(
             SOURCE_READY, False, "Reading", "the source's first read is under way", now, generation
         )
+    elif rejected is not None:
+        message = f"revision {rejected} is not valid (see rejected); the last good spec stays in force"
+        condition = Condition(SOURCE_READY, False, "Rejected", message, now, generation)
     else:
         condition = Condition(SOURCE_READY, True, "Read", f"revision {revision} is in force", now, generation)
     if previous is not None and previous.status == condition.status:
