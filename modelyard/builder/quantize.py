@@ -172,16 +172,26 @@ def _quantize_here(source: str, destination: str, target: str, threads: int) -> 
             time.sleep(0.1)
             stop_if_orphaned()
 
+    total = 0
+
+    def say_done(done: int) -> None:
+        sys.stdout.write(f"tensor {done} {total}\n")
+        sys.stdout.flush()
+
     def on_piece(text: str) -> None:
+        nonlocal total
         stop_if_orphaned()
-        tensor = _TENSOR.search(text)  # llama.cpp's `[  12/ 236] blk.1.attn_k.weight - …`
+        # llama.cpp's `[  12/ 236] blk.1.attn_k.weight - …`, as tensor 12 starts: 11 are done.
+        tensor = _TENSOR.search(text)
         if tensor is not None:
-            sys.stdout.write(f"tensor {int(tensor[1])} {int(tensor[2])}\n")
-            sys.stdout.flush()
+            total = int(tensor[2])
+            say_done(int(tensor[1]) - 1)
 
     threading.Thread(target=watch_parent, name="orphan-watch", daemon=True).start()
     with _llama_log_kept(on_piece) as log:
         rc = int(llama_cpp.llama_model_quantize(source.encode(), destination.encode(), params))
+    if rc == 0 and total:
+        say_done(total)
     if rc != 0:
         sys.stderr.write("".join(log))  # llama.cpp logs in pieces, not always a line at a time
     return rc
