@@ -228,6 +228,28 @@ def test_yaml_form_builds_the_same_image(tmp_path: Path, workdir: Path) -> None:
     assert yaml_form == text_form
 
 
+def test_empty_texts_keep_the_base_models_as_in_ollama(tmp_path: Path, workdir: Path) -> None:
+    """A Modelfile review: `SYSTEM ""` (or TEMPLATE, LICENSE; the YAML form too) wiped the base's
+    value, and `TEMPLATE ""` on a GGUF made every prompt empty; Ollama's create drops empty fields."""
+    home = tmp_path / "home"
+    base, store, _ = build(home, workdir / "Modelfile", "chat")
+    (workdir / "Empty").write_text('FROM chat\nSYSTEM ""\nTEMPLATE """"""\nLICENSE ""\n')
+    (workdir / "Empty.yaml").write_text('from: chat\nsystem: ""\ntemplate: ""\n')
+    base_parts = store.read_parts(store.read_manifest(base))
+    for name, modelfile in [("text-form", workdir / "Empty"), ("yaml-form", workdir / "Empty.yaml")]:
+        derived, store, _ = build(home, modelfile, name)
+        parts = store.read_parts(store.read_manifest(derived))
+        assert (parts.system, parts.template, parts.licenses) == (
+            base_parts.system,
+            base_parts.template,
+            base_parts.licenses,
+        )
+        assert derived == base, "nothing changed: the same image"
+    (workdir / "Plain").write_text('FROM ./weights.gguf\nTEMPLATE ""\n')
+    plain, store, _ = build(home, workdir / "Plain", "plain")
+    assert store.read_parts(store.read_manifest(plain)).template is None, "no empty template layer"
+
+
 def test_derived_model_shares_weights(tmp_path: Path, workdir: Path) -> None:
     home = tmp_path / "home"
     base, store, _ = build(home, workdir / "Modelfile", "chat")

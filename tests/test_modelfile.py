@@ -55,8 +55,13 @@ GOOD = [
     # quotes
     pytest.param('FROM "     model 1"', only_from("     model 1"), id="double-quotes-keep-spaces"),
     pytest.param('FROM """  model 1 """', only_from("  model 1 "), id="triple-quotes-keep-spaces"),
-    pytest.param('FROM x\nSYSTEM ""', Modelfile("x", system=""), id="double-quotes-empty"),
-    pytest.param('FROM x\nSYSTEM """"""', Modelfile("x", system=""), id="triple-quotes-empty"),
+    # Empty is not given (Ollama's create request drops it): the base's stays; a warning says so.
+    pytest.param('FROM x\nSYSTEM ""', Modelfile("x"), id="double-quotes-empty"),
+    pytest.param('FROM x\nSYSTEM """"""', Modelfile("x"), id="triple-quotes-empty"),
+    pytest.param('FROM x\nSYSTEM a\nSYSTEM ""', Modelfile("x"), id="empty-after-one"),
+    pytest.param(
+        'FROM x\nTEMPLATE ""\nLICENSE ""\nLICENSE L', Modelfile("x", licenses=("L",)), id="empty-texts"
+    ),
     pytest.param('FROM x\nSYSTEM "a\nb\n"', Modelfile("x", system="a\nb\n"), id="double-quotes-multiline"),
     pytest.param(
         'FROM x\nTEMPLATE """{{ .System }}\n\n  {{ .Prompt }}\n"""',
@@ -449,7 +454,6 @@ FORMATTED = [
     pytest.param(only_from("a path"), "FROM a path\n", id="inner-space-bare"),
     pytest.param(only_from(" x"), 'FROM """ x"""\n', id="leading-space"),
     pytest.param(only_from("x\t"), 'FROM """x\t"""\n', id="trailing-tab"),
-    pytest.param(Modelfile("x", system=""), 'FROM x\nSYSTEM """"""\n', id="empty"),
     pytest.param(Modelfile("x", system="a\nb"), 'FROM x\nSYSTEM """a\nb"""\n', id="newline"),
     pytest.param(Modelfile("x", system='say "hi"'), 'FROM x\nSYSTEM """say "hi""""\n', id="ends-in-quote"),
     pytest.param(Modelfile("x", system='"hi"'), 'FROM x\nSYSTEM """"hi""""\n', id="starts-with-quote"),
@@ -480,6 +484,17 @@ FORMATTED = [
 def test_format(m: Modelfile, text: str) -> None:
     assert format(m) == text
     assert parse(text) == m
+
+
+def test_an_empty_text_is_written_and_read_back_as_none_given() -> None:
+    """As Ollama's create request drops it: `SYSTEM ""` keeps the base's system prompt."""
+    text = format(Modelfile("x", system=""))
+    assert text == 'FROM x\nSYSTEM """"""\n'
+    read = parse(text, file="M")
+    assert read == Modelfile("x")
+    assert read.warnings == (
+        "M:2:8: an empty SYSTEM is ignored, as in Ollama: the base model's system stays",
+    )
 
 
 @pytest.mark.parametrize(
@@ -572,10 +587,10 @@ modelfiles = st.builds(
     Modelfile,
     from_=texts.filter(bool),
     parameters=parameters,
-    template=st.none() | texts.filter(parses_as_template),
-    system=st.none() | texts,
+    template=st.none() | texts.filter(bool).filter(parses_as_template),
+    system=st.none() | texts.filter(bool),  # an empty one is read as none given
     adapters=st.lists(texts.filter(bool), max_size=2).map(tuple),
-    licenses=st.lists(texts, max_size=2).map(tuple),
+    licenses=st.lists(texts.filter(bool), max_size=2).map(tuple),
     messages=st.lists(messages, max_size=3).map(tuple),
     requires=st.none() | versions,
 )

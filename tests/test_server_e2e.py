@@ -99,6 +99,7 @@ def test_ollama_list_and_show(client: ollama.Client, http: httpx.Client) -> None
     assert shown.modelinfo is not None and shown.modelinfo["general.architecture"] == "gemma3"
     assert shown.license is not None and "Gemma" in shown.license
     assert shown.modelfile is not None and "FROM" in shown.modelfile
+    assert shown.modelfile.endswith("\n") and not shown.modelfile.endswith("\n\n"), "a line end, as Ollama's"
     # As Ollama: long arrays (the vocabulary) as [], the chat template only as `template`.
     assert shown.modelinfo["tokenizer.ggml.tokens"] == [] and "tokenizer.chat_template" not in shown.modelinfo
     assert "general.name" not in shown.modelinfo  # as Ollama leaves it out

@@ -13,6 +13,9 @@ accepts means the same here:
 Where modelyard departs from Ollama:
 - exactly one FROM (Ollama merges several); DRAFT, RENDERER and PARSER are refused by name;
 - a missing value is an error (`SYSTEM` alone, `FROM ""`, `ADAPTER ""`), not an empty string;
+  an empty one (`SYSTEM ""`, `TEMPLATE ""`, `LICENSE ""`) is not given, with a warning (as in
+  Ollama, whose create request drops empty fields: the base's stays);
+- every ADAPTER applies (llama.cpp stacks LoRA adapters; in Ollama the last line wins);
 - blanks between PARAMETER (or MESSAGE) and its name are skipped (Ollama reads an empty name);
 - characters Go's `strconv.IsPrint` rejects (zero-width joiners in emoji, NBSP) are kept, not dropped;
 - undecodable bytes are an error, not U+FFFD.
@@ -398,14 +401,16 @@ class _Draft:
             case "FROM":
                 self._set_from(instruction)
             case "TEMPLATE":
-                self.template = self._located(value, checked_template, value.text)
+                given = self._given(value, "TEMPLATE")
+                self.template = self._located(value, checked_template, value.text) if given else None
             case "SYSTEM":
-                self.system = value.text
+                self.system = value.text if self._given(value, "SYSTEM") else None
             case "ADAPTER":
                 self.adapters.append(self._not_empty(value, "ADAPTER needs a path"))
                 self.adapters_at.append(self._at(value))
             case "LICENSE":
-                self.licenses.append(value.text)
+                if self._given(value, "LICENSE"):
+                    self.licenses.append(value.text)
             case "REQUIRES":
                 self.requires = self._located(value, parse_requires, value.text)
             case "MESSAGE":
@@ -427,6 +432,18 @@ class _Draft:
 
     def _at(self, token: _Token) -> Location:
         return (self.source.file, *self.source.position(token.start))
+
+    def _given(self, value: _Token, keyword: str) -> bool:
+        """Whether a text value is given: an empty one is not (Ollama's create request drops empty
+        fields, so `SYSTEM ""` keeps the base's system prompt); said in a warning."""
+        if value.text:
+            return True
+        line, column = self.source.position(value.start)
+        self.warnings.append(
+            f"{self.source.file}:{line}:{column}: an empty {keyword} is ignored, as in Ollama: "
+            f"the base model's {keyword.lower()} stays"
+        )
+        return False
 
     def _not_empty(self, value: _Token, message: str) -> str:
         if not value.text:

@@ -683,7 +683,9 @@ def _structured_modelfile(body: CreateBody, is_gguf: Callable[[str], bool]) -> m
             messages=tuple(mf.Message(m.role, m.content or "") for m in body.messages or ()),
             requires=mf.parse_requires(body.requires) if body.requires else None,
         )
-    except (ModelfileError, ValueError) as exc:
+    except ModelfileError as exc:  # its message, without the "Modelfile:" no one sent
+        raise HTTPError(400, exc.message) from None
+    except ValueError as exc:
         raise HTTPError(400, str(exc)) from None
 
 

@@ -192,7 +192,9 @@ class ServerState:
         normalized = image_modelfile(parts, servable.manifest.annotations)
         shown = {
             "license": "\n".join(parts.licenses),  # as Ollama joins them
-            "modelfile": for_show(servable.name, normalized) if normalized else "",
+            # Ending in a line end, as Ollama's (written a line at a time): a line appended to the
+            # saved text was joined to its last one (a review: MESSAGE user hiPARAMETER …).
+            "modelfile": for_show(servable.name, normalized) + "\n" if normalized else "",
             # The defaults requests get: for a name a spec serves, its params over the image's.
             "parameters": _parameters_text(dict(servable.params)),
             "template": parts.template or servable.gguf.chat_template or "",
