@@ -167,6 +167,7 @@ def test_our_additions_are_not_deprecated(name: str) -> None:
         pytest.param("keep_alive", "+5m", "+5m", id="signed-duration"),  # Go's ParseDuration takes these
         pytest.param("keep_alive", ".5h", ".5h", id="fraction-without-a-leading-digit"),
         pytest.param("keep_alive", "1.5h30m", "1.5h30m", id="fraction-and-parts"),
+        pytest.param("keep_alive", "90.5", "90.5", id="bare-seconds"),
         pytest.param("keep_alive", 1e-05, "0.00001", id="small-seconds-without-exponent"),
         pytest.param("keep_alive", 1.0e20, "100000000000000000000", id="large-seconds-without-exponent"),
     ],

@@ -249,7 +249,10 @@ _EXPONENT_WITHOUT_DOT = re.compile(r"[-+]?[0-9]+[eE][-+]?[0-9]+")
 
 # Go's time.ParseDuration grammar, a bare number of seconds, or "forever" (keep_alive's spellings).
 _NUMBER_TEXT = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"  # 5, 5., 5.5, .5: Go's
-_DURATION_TEXT = re.compile(rf"[-+]?(?:{_NUMBER_TEXT}(?:ns|us|µs|μs|ms|s|m|h))+|[-+]?{_NUMBER_TEXT}|forever")
+# A bare number as the runtime reads it (runtime/keepalive.py): seconds.
+_DURATION_TEXT = re.compile(
+    rf"[-+]?(?:{_NUMBER_TEXT}(?:ns|us|µs|μs|ms|s|m|h))+|-?[0-9]+(?:\.[0-9]+)?|forever"
+)
 
 
 def _duration(value: object) -> str:
