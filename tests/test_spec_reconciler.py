@@ -480,6 +480,26 @@ def test_the_source_condition_says_whether_its_latest_revision_is_in_force(tmp_p
     assert make(tmp_path, effects, clock).status()["conditions"] == [], "no source followed: none"
 
 
+def test_a_saved_spec_of_a_git_source_named_as_before_stays_in_force(tmp_path: Path) -> None:
+    """A local repository is now named by its absolute path: a spec saved under the spelling an
+    earlier version kept (`git+./ops`, `git+file:///…`) is the same source's, not forgotten."""
+    from modelyard.spec.sources import GitSource, parse_git_location
+
+    effects, clock = FakeEffects(tags={IMAGE: digest("a")}), FakeClock()
+    source = GitSource(parse_git_location(f"git+file://{tmp_path}/ops#m.yaml"), tmp_path / "cache")
+    assert source.description == f"git+{tmp_path}/ops#m.yaml"
+    assert source.former_descriptions == (f"git+file://{tmp_path}/ops#m.yaml",)
+    earlier = make(tmp_path, effects, clock)
+    earlier._source = source.former_descriptions[0]  # what that version saved with the spec
+    earlier.submit(documents(CHAT), "git:1")
+    restarted = make(tmp_path, effects, clock)
+    restarted._source = source.description
+    restarted._forget_another_sources_spec(source.former_descriptions)
+    assert restarted.spec is not None
+    restarted._forget_another_sources_spec(())
+    assert restarted.spec is None, "without it, another source's: forgotten"
+
+
 def test_a_restart_loads_the_saved_spec_while_its_source_hangs_and_is_not_ready_before(
     tmp_path: Path,
 ) -> None:
@@ -492,7 +512,7 @@ def test_a_restart_loads_the_saved_spec_while_its_source_hangs_and_is_not_ready_
     answered = threading.Event()
 
     class HangingSource:  # the same source, whose reads hang until the test lets them go
-        description, poll_interval = str(spec), 0.05
+        description, poll_interval, former_descriptions = str(spec), 0.05, ()
 
         def read(self) -> SpecSnapshot:
             answered.wait(10)

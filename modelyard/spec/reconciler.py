@@ -134,6 +134,8 @@ class SpecSource(Protocol):
 
     description: str
     poll_interval: float
+    # What earlier versions named this source (a saved spec from them is this source's).
+    former_descriptions: tuple[str, ...]
 
     def read(self) -> SpecSnapshot: ...
 
@@ -703,7 +705,7 @@ class Reconciler:
         dies or unloads, and every interval. Without a source, the spec given to `submit` (or the
         last good one saved) is kept in line."""
         self._source = source.description if source is not None else ""
-        self._forget_another_sources_spec()
+        self._forget_another_sources_spec(source.former_descriptions if source is not None else ())
         tasks: list[asyncio.Future[Any]] = [asyncio.create_task(self._glance_loop(stop))]
         try:
             if source is not None:
@@ -741,11 +743,12 @@ class Reconciler:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    def _forget_another_sources_spec(self) -> None:
-        """The saved spec stays in force only for the source it came from: `serve --spec FILE` with
-        FILE invalid put in force the spec `apply` had set in an earlier run, and said it was
-        healthy (a CLI review). What the reconciler loaded stays in its inventory."""
-        if self._spec is None or self._saved_source in (None, self._source):
+    def _forget_another_sources_spec(self, former: tuple[str, ...] = ()) -> None:
+        """The saved spec stays in force only for the source it came from (by its description, or
+        one an earlier version gave it: `former`): `serve --spec FILE` with FILE invalid put in
+        force the spec `apply` had set in an earlier run, and said it was healthy (a CLI review).
+        What the reconciler loaded stays in its inventory."""
+        if self._spec is None or self._saved_source in (None, self._source, *former):
             return
         came_from = self._saved_source or "`apply`"
         self._event("", "forgotten", f"the saved spec came from {came_from}, not {self._source or '`apply`'}")

@@ -60,6 +60,7 @@ class FileSource:
         self.path = Path(path).expanduser().absolute()
         self.poll_interval = poll_interval
         self.description = str(self.path)
+        self.former_descriptions: tuple[str, ...] = ()
 
     def read(self) -> SpecSnapshot:
         documents = tuple(read_documents(self.path, watched=True))
@@ -174,6 +175,10 @@ class GitSource:
         # another spelling of the same source forgot it), and one repository has one clone.
         same = replace(location, url=local_repository(location.url))
         self.description = str(same)
+        # As it was named before, when spelled otherwise: an upgrade keeps its saved spec.
+        self.former_descriptions: tuple[str, ...] = (
+            (str(location),) if str(location) != self.description else ()
+        )
         key = hashlib.sha256(f"{same.url}\n{location.ref}".encode()).hexdigest()[:16]
         self.clone_dir = cache_dir / "git" / key
         # The absolute path to git too: a relative one was taken from the clone's folder by `fetch`.
