@@ -469,3 +469,10 @@ def test_a_repository_given_by_a_relative_path_is_read(
     monkeypatch.chdir(repo.parent)
     read = open_source(f"git+./{repo.name}#specs", tmp_path / "cache").read()
     assert [d.path for d in read.documents] == ["specs/m.yaml"]
+
+
+def test_a_blank_in_a_git_sources_path_is_a_path_and_in_its_url_an_error() -> None:
+    assert parse_git_location("git+https://h.io/r.git#my specs").path == "my specs"
+    with pytest.raises(SpecSourceError, match="it holds a blank") as refused:
+        parse_git_location(f"git+https://u:p {SECRET}@h.io/r.git#m")
+    assert SECRET not in str(refused.value)

@@ -100,19 +100,31 @@ def parse_git_location(text: str) -> GitLocation:
     url, ref = (rest[:at], rest[at + 1 :]) if at >= 0 else (rest, "")
     if not url:
         raise SpecSourceError(shown, "no repository URL")
-    path = path.strip("/")
-    if ".." in Path(path).parts:
-        raise SpecSourceError(shown, f"the path {path!r} must stay inside the repository")
     if "://" in url:
+        # Checked before anything else is said with the text in it: a password typed with an
+        # unencoded / or a blank in it is past what redact can tell from a path (and a URL
+        # cannot hold a blank). Neither the URL nor urlsplit's message (which quotes the "port")
+        # is shown.
+        scheme = url.partition("://")[0]
+        masked = f"{GIT_PREFIX}{scheme}://…"
+        hint = "; a user or password holding / ? # @ or blanks must be percent-encoded"
+        if any(c.isspace() for c in url):
+            raise SpecSourceError(masked, f"not a valid URL (it holds a blank{hint})")
         try:
             urllib.parse.urlsplit(url).port  # noqa: B018 - the checks urlsplit makes, here, not at start-up
         except ValueError as exc:
-            # Its message quotes the "port", and the URL holds the rest: after a password's
-            # unencoded /, the password. Neither is shown.
-            why = "its port is not a number" if "Port" in str(exc) else str(exc)
-            hint = "; a user or password holding / ? # or @ must be percent-encoded"
-            scheme = url.partition("://")[0]
-            raise SpecSourceError(f"{GIT_PREFIX}{scheme}://…", f"not a valid URL ({why}{hint})") from None
+            said = str(exc)
+            why = (
+                "its port is not a number"
+                if "could not be cast" in said
+                else "its port is out of range"
+                if "out of range" in said
+                else said
+            )
+            raise SpecSourceError(masked, f"not a valid URL ({why}{hint})") from None
+    path = path.strip("/")
+    if ".." in Path(path).parts:
+        raise SpecSourceError(shown, f"the path {path!r} must stay inside the repository")
     return GitLocation(url, ref, path)
 
 
