@@ -352,3 +352,42 @@ def test_custom_tools_are_functions_of_one_string_and_their_calls_custom_items()
     custom, function = final.output
     assert (custom.type, custom.input, custom.call_id) == ("custom_tool_call", "*** Begin Patch", "call_a")  # type: ignore[union-attr]
     assert function.type == "function_call"
+
+
+@pytest.mark.parametrize(
+    ("tools", "choice", "said", "param"),
+    [
+        pytest.param(
+            [{"type": "function", "name": "f"}, {"type": "custom", "name": "f"}],
+            None,
+            "another tool is named 'f'",
+            "tools[1]",
+            id="two-tools-of-one-name",
+        ),
+        pytest.param(
+            [{"type": "function", "name": "f"}],
+            {"type": "custom", "name": "f"},
+            "names the function tool 'f' as a custom one",
+            "tool_choice",
+            id="choice-of-the-other-kind",
+        ),
+        pytest.param(
+            [{"type": "function", "name": "f"}],
+            {"type": "allowed_tools", "mode": "sometimes", "tools": [{"type": "function", "name": "f"}]},
+            "mode must be auto or required",
+            "tool_choice",
+            id="allowed-tools-mode",
+        ),
+    ],
+)
+def test_tools_a_call_could_not_be_told_apart_by_are_refused(
+    tools: list[dict[str, Any]], choice: Any, said: str, param: str
+) -> None:
+    """A review: a function and a custom tool of one name made a function's call a custom one; a
+    bad allowed_tools mode blamed `tools`."""
+    from modelyard.server.openai_api import parsed_tools
+
+    body = ResponsesBody.model_validate({"model": "m", "input": "x", "tools": tools, "tool_choice": choice})
+    with pytest.raises(HTTPError, match=said) as refused:
+        parsed_tools(body.chat_tools(), body.chat_tool_choice())
+    assert refused.value.param == param

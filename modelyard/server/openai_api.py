@@ -196,7 +196,10 @@ def parsed_tools(tools: list[dict[str, Any]] | None, choice: object) -> list[dic
     text); with allowed_tools, those it allows."""
     if choice == "none":
         return None
-    allowed = allowed_tools(choice)
+    try:
+        allowed = allowed_tools(choice)
+    except InferenceRequestError as exc:  # a mode it does not know: the tool_choice's fault
+        raise HTTPError(400, str(exc), param="tool_choice") from None
     if allowed is None or tools is None:
         return tools
     offered = tool_functions(tools)

@@ -99,11 +99,17 @@ class ResponsesBody(BaseModel):
         if self.tools is None:
             return None
         converted = []
+        named: set[str] = set()
         for i, tool in enumerate(self.tools):
             kind = tool.get("type")
             if kind not in ("function", "custom") or not isinstance(tool.get("name"), str):
                 message = f"tools[{i}]: only function and custom tools, with a name, are supported"
                 raise HTTPError(400, message, param=f"tools[{i}]")
+            if tool["name"] in named:  # a call names its tool: two of one name cannot be told apart
+                raise HTTPError(
+                    400, f"tools[{i}]: another tool is named {tool['name']!r}", param=f"tools[{i}]"
+                )
+            named.add(tool["name"])
             if kind == "custom":
                 function = {"name": tool["name"], "parameters": CUSTOM_TOOL_PARAMETERS}
                 description = _custom_description(tool)
@@ -125,6 +131,11 @@ class ResponsesBody(BaseModel):
         {"type": "allowed_tools", "mode", "tools"} here, their mode and tools nested there."""
         choice = self.tool_choice
         if isinstance(choice, dict) and choice.get("type") in ("function", "custom") and "name" in choice:
+            name, kind = choice["name"], choice["type"]
+            kinds = {t.get("name"): t.get("type") for t in self.tools or []}
+            if name in kinds and kinds[name] != kind:
+                message = f"tool_choice names the {kinds[name]} tool {name!r} as a {kind} one"
+                raise HTTPError(400, message, param="tool_choice")
             return {"type": "function", "function": {"name": choice["name"]}}
         if (
             isinstance(choice, dict)
