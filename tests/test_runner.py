@@ -403,6 +403,20 @@ def test_an_integer_schema_keeps_its_minimum_and_maximum(gemma_runner: Runner) -
     assert answers and all(isinstance(n, int) and 10 <= n <= 20 for n in answers), answers
 
 
+def test_an_optional_enum_keeps_its_values(gemma_runner: Runner) -> None:
+    """`type: [string, null]` with an enum (OpenAI's strict mode for an optional field): the
+    converter's union of bare types let any string through; llama.cpp's keeps the enum."""
+    prompt = "<start_of_turn>user\nName a colour, as JSON.<end_of_turn>\n<start_of_turn>model\n"
+    colour = {"type": ["string", "null"], "enum": ["red", "green", None]}
+    schema = {"type": "object", "properties": {"c": colour}, "required": ["c"]}
+    answers = set()
+    for seed in range(1, 7):
+        options = SamplingOptions(temperature=1.5, top_k=0, top_p=1.0, seed=seed, num_predict=32)
+        text, _ = gemma_runner.complete(CompletionRequest(prompt, options, format=schema))
+        answers.add(json.loads(text)["c"])
+    assert answers and answers <= {"red", "green", None}, answers
+
+
 def test_invalid_schema_fails_only_that_request(tiny_runner: Runner) -> None:
     with pytest.raises(InferenceRequestError, match="schema"):
         tiny_runner.complete(CompletionRequest("x", greedy(4), format={"type": "no-such-type"}))

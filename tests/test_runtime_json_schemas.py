@@ -287,6 +287,35 @@ def test_schemas_with_integer_ranges_compile(tiny_model: llama.Model) -> None:
     # An optional field of a strict schema keeps its range (the converter's union dropped it).
     optional = llama.json_schema_grammar({"type": ["integer", "null"], "minimum": 10, "maximum": 20})
     assert '"1" [0-9] | "2" "0"' in optional and "null" in optional, optional
+
+
+@pytest.mark.parametrize(
+    ("schema", "kept", "lost"),
+    [
+        pytest.param(
+            {"type": ["string", "null"], "enum": ["red", "green", None]},
+            '"\\"red\\"" | "\\"green\\"" | "null"',
+            "char",  # any string: the enum lost
+            id="optional-enum",
+        ),
+        pytest.param(
+            {"type": ["string", "null"], "maxLength": 3},
+            "(char (char (char)?)?)?",
+            "char*",
+            id="optional-length",
+        ),
+        pytest.param({"type": ["string", "null"], "pattern": "^ab$"}, '"ab"', "char", id="optional-pattern"),
+        pytest.param({"type": ["string", "null"], "const": "x"}, '"\\"x\\""', "char", id="optional-const"),
+    ],
+)
+def test_a_list_of_types_keeps_the_rest_of_its_schema(
+    schema: dict[str, object], kept: str, lost: str, tiny_model: llama.Model
+) -> None:
+    """As llama.cpp's converter reads `type: [t, "null"]` (an optional field in OpenAI's strict
+    mode): each type with the rest of the schema; the union of bare types lost it all."""
+    grammar = llama.json_schema_grammar({"type": "object", "properties": {"c": schema}, "required": ["c"]})
+    assert kept in grammar and lost not in grammar, grammar
+    assert compiles(tiny_model, schema)
     grammar = llama.json_schema_grammar({"type": "integer", "minimum": 10, "maximum": 20})
     assert '"1" [0-9] | "2" "0"' in grammar, grammar
     with pytest.raises(ValueError, match="no integer is between its bounds"):

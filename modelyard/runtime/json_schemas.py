@@ -209,14 +209,17 @@ def has_integer_bounds(schema: object) -> bool:
     )
 
 
-def types_with_integer_bounds(schema: object) -> list[str] | None:
-    """The types of `{"type": ["integer", "null"], "minimum": …}` (a strict schema's optional
-    field): the converter makes a union of bare `{"type": t}`, which loses the range, where
-    llama.cpp's keeps the rest of the schema in each. None for any other schema."""
-    if not isinstance(schema, Mapping) or not isinstance(schema.get("type"), list):
+def each_type(schema: object) -> list[dict[str, Any]] | None:
+    """`{"type": ["string", "null"], "enum": […]}` (a strict schema's optional field) as one schema
+    per type, each with the rest of it, as llama.cpp's own converter reads a list of types: the
+    converter here makes a union of bare `{"type": t}`, which lost the enum, the range, the
+    pattern (an optional enum answered any string). None for any other schema (a `$ref` or a
+    union comes first, as in both converters)."""
+    if not isinstance(schema, Mapping) or not isinstance(schema.get("type"), list) or len(schema) == 1:
         return None
-    types = [t for t in schema["type"] if isinstance(t, str)]
-    return types if "integer" in types and has_integer_bounds({**schema, "type": "integer"}) else None
+    if any(k in schema for k in ("$ref", "oneOf", "anyOf")):
+        return None
+    return [{**schema, "type": t} for t in schema["type"]]
 
 
 def integer_range_rule(low: int | None, high: int | None) -> str:

@@ -629,30 +629,30 @@ def json_schema_grammar(schema: object) -> str:
 
 
 def _schema_converter() -> Any:
-    """llama-cpp-python's SchemaConverter (as its json_schema_to_gbnf makes one), which leaves an
-    integer's minimum and maximum out ("TODO"), taught them as llama.cpp's own C++ converter has
-    them (json_schemas.integer_range_rule)."""
+    """llama-cpp-python's SchemaConverter (as its json_schema_to_gbnf makes one), taught two things
+    llama.cpp's own C++ converter (Ollama's) does: an integer's minimum and maximum, which it
+    leaves out ("TODO"; json_schemas.integer_range_rule), and a list of types read with the rest
+    of the schema (json_schemas.each_type)."""
     from llama_cpp import llama_grammar
 
     from modelyard.runtime.json_schemas import (
+        each_type,
         has_integer_bounds,
         integer_bounds,
         integer_range_rule,
-        types_with_integer_bounds,
     )
 
-    class WithIntegerRanges(llama_grammar.SchemaConverter):
+    class AsLlamaCppReadsThem(llama_grammar.SchemaConverter):
         def visit(self, schema: Any, name: str) -> Any:
             rule_name = name + "-" if name in llama_grammar.RESERVED_NAMES else name or "root"
-            types = types_with_integer_bounds(schema)
-            if types is not None:  # each type with the rest of the schema, as llama.cpp's does
-                alternatives = [{**schema, "type": t} for t in types]
+            alternatives = each_type(schema)
+            if alternatives is not None:
                 return self._add_rule(rule_name, self._generate_union_rule(name, alternatives))
             if not has_integer_bounds(schema):
                 return super().visit(schema, name)
             return self._add_rule(rule_name, f"({integer_range_rule(*integer_bounds(schema))}) space")
 
-    return WithIntegerRanges(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    return AsLlamaCppReadsThem(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
 
 
 def json_grammar() -> str:
