@@ -405,7 +405,7 @@ def test_serve_refuses_a_bad_git_spec_location_before_it_starts(monkeypatch: pyt
         ("git+https://u:12?s3cret@h.io/x.git#m", "percent-encode it (%23, %3F)"),
         ("git+https://u:p/s3cret@h.io/x.git#m", "its port is not a number"),
         ("git+https://u:p/s3cret@h.io/x.git#../m", "its port is not a number"),  # before the path's check
-        ("git+https://u:p s3cret@h.io/x.git#m", "it holds a blank"),
+        ("git+https://u:p s3cret@h.io/x.git#m", "its host part holds a blank"),
         ("git+https://u:99999/s3cret@h.io/x.git#m", "its port is out of range"),
         ("https://bot:s3cret@h.io/ops.git#models", "no such file or folder (a git source starts with git+)"),
     ]:

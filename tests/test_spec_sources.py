@@ -473,6 +473,7 @@ def test_a_repository_given_by_a_relative_path_is_read(
 
 def test_a_blank_in_a_git_sources_path_is_a_path_and_in_its_url_an_error() -> None:
     assert parse_git_location("git+https://h.io/r.git#my specs").path == "my specs"
-    with pytest.raises(SpecSourceError, match="it holds a blank") as refused:
+    assert parse_git_location("git+file:///srv/my ops#m").url == "file:///srv/my ops"
+    with pytest.raises(SpecSourceError, match="its host part holds a blank") as refused:
         parse_git_location(f"git+https://u:p {SECRET}@h.io/r.git#m")
     assert SECRET not in str(refused.value)

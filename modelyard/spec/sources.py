@@ -108,8 +108,9 @@ def parse_git_location(text: str) -> GitLocation:
         scheme = url.partition("://")[0]
         masked = f"{GIT_PREFIX}{scheme}://…"
         hint = "; a user or password holding / ? # @ or blanks must be percent-encoded"
-        if any(c.isspace() for c in url):
-            raise SpecSourceError(masked, f"not a valid URL (it holds a blank{hint})")
+        authority = url.partition("://")[2].partition("/")[0]
+        if any(c.isspace() for c in authority):  # a blank in a path (file:///srv/my ops) is git's to read
+            raise SpecSourceError(masked, f"not a valid URL (its host part holds a blank{hint})")
         try:
             urllib.parse.urlsplit(url).port  # noqa: B018 - the checks urlsplit makes, here, not at start-up
         except ValueError as exc:
