@@ -320,3 +320,24 @@ def test_a_list_of_types_keeps_the_rest_of_its_schema(
     assert '"1" [0-9] | "2" "0"' in grammar, grammar
     with pytest.raises(ValueError, match="no integer is between its bounds"):
         llama.json_schema_grammar({"type": "integer", "minimum": 3, "maximum": 2})
+
+
+def test_arrays_of_anything_and_optional_fields_convert(tiny_model: llama.Model) -> None:
+    """A review: `items: {}` (pydantic's list[Any]) was refused ("'prefixItems'"), and so was its
+    optional form; OpenAI's optional field `type: [string, null]` with an enum without null must
+    still allow null; an empty list of types says so, not llama.cpp's parser."""
+
+    class Bag(pydantic.BaseModel):
+        things: list[Any]
+
+    for schema in [
+        Bag.model_json_schema(),
+        {"type": ["array", "null"], "items": {}},
+        {"type": "array", "items": True},
+    ]:
+        assert compiles(tiny_model, schema)
+    assert 'root ::= "[" space "]" space' in llama.json_schema_grammar({"type": "array", "items": False})
+    optional = llama.json_schema_grammar({"type": ["string", "null"], "enum": ["F", "C"]})
+    assert "root ::= alternative-0 | null" in optional and '"\\"F\\"" | "\\"C\\""' in optional, optional
+    with pytest.raises(ValueError, match="an empty list of types allows no value"):
+        llama.json_schema_grammar({"type": []})

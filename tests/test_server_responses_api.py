@@ -373,6 +373,13 @@ def test_custom_tools_are_functions_of_one_string_and_their_calls_custom_items()
         ),
         pytest.param(
             [{"type": "function", "name": "f"}],
+            {"type": "function", "name": ["f"]},
+            "tool_choice.name must be a string",
+            "tool_choice",
+            id="choice-name-not-a-string",  # was a 500 (a review)
+        ),
+        pytest.param(
+            [{"type": "function", "name": "f"}],
             {"type": "allowed_tools", "mode": "sometimes", "tools": [{"type": "function", "name": "f"}]},
             "mode must be auto or required",
             "tool_choice",

@@ -215,11 +215,26 @@ def each_type(schema: object) -> list[dict[str, Any]] | None:
     converter here makes a union of bare `{"type": t}`, which lost the enum, the range, the
     pattern (an optional enum answered any string). None for any other schema (a `$ref` or a
     union comes first, as in both converters)."""
-    if not isinstance(schema, Mapping) or not isinstance(schema.get("type"), list) or len(schema) == 1:
+    if not isinstance(schema, Mapping) or not isinstance(schema.get("type"), list):
         return None
     if any(k in schema for k in ("$ref", "oneOf", "anyOf")):
         return None
-    return [{**schema, "type": t} for t in schema["type"]]
+    if not schema["type"]:
+        raise ValueError("an empty list of types allows no value")
+    if len(schema) == 1:
+        return None
+    # "null" named among the types is allowed whatever else the schema says: OpenAI's strict mode
+    # makes a field optional so ({"type": ["string", "null"], "enum": ["F", "C"]}, its own docs).
+    return [{"type": "null"} if t == "null" else {**schema, "type": t} for t in schema["type"]]
+
+
+def any_items(schema: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An array schema whose `items` is `{}` or `true` (pydantic's `list[Any]`) without them: any
+    items, which the converter reads only so (it took `{}` for none given, and failed)."""
+    items = schema.get("items")
+    if (isinstance(items, Mapping) and not items) or items is True:
+        return {key: value for key, value in schema.items() if key != "items"}
+    return schema
 
 
 def integer_range_rule(low: int | None, high: int | None) -> str:

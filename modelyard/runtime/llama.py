@@ -636,6 +636,7 @@ def _schema_converter() -> Any:
     from llama_cpp import llama_grammar
 
     from modelyard.runtime.json_schemas import (
+        any_items,
         each_type,
         has_integer_bounds,
         integer_bounds,
@@ -645,6 +646,10 @@ def _schema_converter() -> Any:
     class AsLlamaCppReadsThem(llama_grammar.SchemaConverter):
         def visit(self, schema: Any, name: str) -> Any:
             rule_name = name + "-" if name in llama_grammar.RESERVED_NAMES else name or "root"
+            if isinstance(schema, dict) and "items" in schema:
+                if schema["items"] is False:  # no items at all
+                    return self._add_rule(rule_name, '"[" space "]" space')
+                schema = any_items(schema)
             alternatives = each_type(schema)
             if alternatives is not None:
                 return self._add_rule(rule_name, self._generate_union_rule(name, alternatives))

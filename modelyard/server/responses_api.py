@@ -132,6 +132,8 @@ class ResponsesBody(BaseModel):
         choice = self.tool_choice
         if isinstance(choice, dict) and choice.get("type") in ("function", "custom") and "name" in choice:
             name, kind = choice["name"], choice["type"]
+            if not isinstance(name, str):
+                raise HTTPError(400, "tool_choice.name must be a string", param="tool_choice")
             kinds = {t.get("name"): t.get("type") for t in self.tools or []}
             if name in kinds and kinds[name] != kind:
                 message = f"tool_choice names the {kinds[name]} tool {name!r} as a {kind} one"
