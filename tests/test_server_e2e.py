@@ -2078,6 +2078,19 @@ def test_the_responses_api_through_the_openai_client(client: ollama.Client, oai:
     client.create(
         model="toolish-responses", from_=GEMMA, template=TOOL_TEMPLATE, parameters={"temperature": 0.3}
     )
+
+    def answered_after(tools: list[Any], asked: list[Any], call: Any, output: dict[str, Any]) -> Any:
+        """The answer to the conversation with the model's call and the tool's output after it."""
+        answer = oai.responses.create(
+            model="toolish-responses",
+            input=[*asked, call.model_dump(), output],
+            tools=tools,
+            max_output_tokens=4,
+            temperature=0,
+        )
+        assert answer.output and answer.usage is not None
+        return answer
+
     try:
         # What it samples with is what it says: the image's temperature, not 1.0 (a review).
         said = oai.responses.create(model="toolish-responses", input="Hi", max_output_tokens=1)
@@ -2097,18 +2110,9 @@ def test_the_responses_api_through_the_openai_client(client: ollama.Client, oai:
             and call.name == "get_weather"
             and "city" in json.loads(call.arguments)
         )
-        answered = oai.responses.create(
-            model="toolish-responses",
-            input=[
-                *asked,
-                call.model_dump(),
-                {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"},
-            ],  # type: ignore[list-item]
-            tools=[tool],  # type: ignore[list-item]
-            max_output_tokens=4,
-            temperature=0,
+        answered = answered_after(
+            [tool], asked, call, {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}
         )
-        assert answered.output and answered.usage is not None
         assert answered.usage.input_tokens > called.usage.input_tokens  # type: ignore[union-attr]
         # The Responses API's own form of allowed tools (was: 400, only the chat API's was read).
         allowed = {
@@ -2141,18 +2145,12 @@ def test_the_responses_api_through_the_openai_client(client: ollama.Client, oai:
         )
         [item] = patched.output
         assert item.type == "custom_tool_call" and isinstance(item.input, str), patched.output
-        back = oai.responses.create(
-            model="toolish-responses",
-            input=[
-                *wanted,
-                item.model_dump(),
-                {"type": "custom_tool_call_output", "call_id": item.call_id, "output": "ok"},
-            ],  # type: ignore[list-item]
-            tools=[patch],  # type: ignore[list-item]
-            max_output_tokens=4,
-            temperature=0,
+        back = answered_after(
+            [patch],
+            wanted,
+            item,
+            {"type": "custom_tool_call_output", "call_id": item.call_id, "output": "ok"},
         )
-        assert back.output and back.usage is not None
         assert back.usage.input_tokens > patched.usage.input_tokens  # type: ignore[union-attr]
     finally:
         client.delete("toolish-responses")
