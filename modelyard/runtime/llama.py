@@ -606,8 +606,8 @@ def logprob_entries(
 
 
 def json_schema_grammar(schema: object) -> str:
-    """GBNF for a JSON schema (llama-cpp-python's converter, with integer ranges). Raises ValueError
-    for a bad schema."""
+    """GBNF for a JSON schema (llama-cpp-python's converter, taught as _schema_converter says).
+    Raises ValueError for a bad schema."""
     import json
 
     from modelyard.runtime.json_schemas import bounded, check_grammar, for_the_converter
@@ -629,10 +629,10 @@ def json_schema_grammar(schema: object) -> str:
 
 
 def _schema_converter() -> Any:
-    """llama-cpp-python's SchemaConverter (as its json_schema_to_gbnf makes one), taught two things
+    """llama-cpp-python's SchemaConverter (as its json_schema_to_gbnf makes one), taught what
     llama.cpp's own C++ converter (Ollama's) does: an integer's minimum and maximum, which it
-    leaves out ("TODO"; json_schemas.integer_range_rule), and a list of types read with the rest
-    of the schema (json_schemas.each_type)."""
+    leaves out ("TODO"; json_schemas.integer_range_rule), a list of types read with the rest of
+    the schema (json_schemas.each_type), and `items` of `{}`, `true` or `false`."""
     from llama_cpp import llama_grammar
 
     from modelyard.runtime.json_schemas import (
@@ -646,13 +646,13 @@ def _schema_converter() -> Any:
     class AsLlamaCppReadsThem(llama_grammar.SchemaConverter):
         def visit(self, schema: Any, name: str) -> Any:
             rule_name = name + "-" if name in llama_grammar.RESERVED_NAMES else name or "root"
+            alternatives = each_type(schema)  # each visited here again: the rest applies to it
+            if alternatives is not None:
+                return self._add_rule(rule_name, self._generate_union_rule(name, alternatives))
             if isinstance(schema, dict) and "items" in schema:
                 if schema["items"] is False:  # no items at all
                     return self._add_rule(rule_name, '"[" space "]" space')
                 schema = any_items(schema)
-            alternatives = each_type(schema)
-            if alternatives is not None:
-                return self._add_rule(rule_name, self._generate_union_rule(name, alternatives))
             if not has_integer_bounds(schema):
                 return super().visit(schema, name)
             return self._add_rule(rule_name, f"({integer_range_rule(*integer_bounds(schema))}) space")
