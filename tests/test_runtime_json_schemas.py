@@ -11,6 +11,8 @@ from typing import Any
 
 import pydantic
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modelyard.runtime import llama
 from modelyard.runtime.json_schemas import (
@@ -341,3 +343,59 @@ def test_arrays_of_anything_and_optional_fields_convert(tiny_model: llama.Model)
     assert "root ::= alternative-0 | null" in optional and '"\\"F\\"" | "\\"C\\""' in optional, optional
     with pytest.raises(ValueError, match="an empty list of types allows no value"):
         llama.json_schema_grammar({"type": []})
+
+
+# Schemas of the shapes the converter is taught (ranges, lists of types, items of anything),
+# nested, to check that whatever it accepts llama.cpp compiles.
+bounds = st.none() | st.integers(-(10**20), 10**20) | st.floats(-1e6, 1e6, allow_nan=False)
+leaves = st.one_of(
+    st.builds(
+        lambda low, high, exclusive: {
+            "type": "integer",
+            **({"minimum": low} if low is not None else {}),
+            **({"maximum": high} if high is not None else {}),
+            **({"exclusiveMinimum": True} if exclusive else {}),
+        },
+        bounds,
+        bounds,
+        st.booleans(),
+    ),
+    st.builds(
+        lambda values: {"type": "string", "enum": values},
+        st.lists(st.text(max_size=4) | st.none(), min_size=1, max_size=3),
+    ),
+    st.builds(lambda n: {"type": "string", "maxLength": n}, st.integers(0, 5)),
+    st.just({"type": "string", "pattern": "^[a-c]{1,3}$"}),
+    st.sampled_from([{"type": "null"}, {"type": "boolean"}, {"type": "number"}, {}]),
+)
+
+
+def nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    kind = schema.get("type")
+    return {**schema, "type": [kind, "null"]} if isinstance(kind, str) and kind != "null" else schema
+
+
+schemas = st.recursive(
+    leaves | leaves.map(nullable),
+    lambda inner: st.one_of(
+        st.builds(lambda items: {"type": "array", "items": items}, inner | st.just({}) | st.just(True)),
+        st.builds(
+            lambda props: {"type": "object", "properties": props, "required": sorted(props)[:1]},
+            st.dictionaries(st.sampled_from(["a", "b", "root", "space"]), inner, min_size=1, max_size=2),
+        ),
+        inner.map(nullable),
+    ),
+    max_leaves=4,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(schema=schemas)
+def test_a_schema_the_converter_takes_compiles_in_llama_cpp(
+    schema: dict[str, Any], tiny_model: llama.Model
+) -> None:
+    try:
+        llama.json_schema_grammar(schema)
+    except ValueError:
+        return  # refused with a message: a 400
+    assert compiles(tiny_model, schema)
