@@ -388,10 +388,10 @@ modelfiles = st.builds(
     Modelfile,
     from_=texts.filter(bool),
     parameters=parameters,
-    template=st.none() | texts.filter(parses_as_template),
-    system=st.none() | texts,
+    template=st.none() | texts.filter(bool).filter(parses_as_template),
+    system=st.none() | texts.filter(bool),  # an empty one is read as none given, as in the Modelfile form
     adapters=st.lists(texts.filter(bool), max_size=2).map(tuple),
-    licenses=st.lists(texts, max_size=2).map(tuple),
+    licenses=st.lists(texts.filter(bool), max_size=2).map(tuple),
     messages=st.lists(st.builds(Message, st.sampled_from(MESSAGE_ROLES), texts), max_size=3).map(tuple),
     requires=st.none() | st.sampled_from(["0.5.0", "1.0", "1", "2.0.0-rc.1+b.7"]),
 )

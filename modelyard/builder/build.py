@@ -178,14 +178,9 @@ class Builder:
             base = self._resolve_from(modelfile.from_, context)
         plan = base if isinstance(base, _Plan) else _Plan(base, [], None, None, {}, [], [], None)
         plan.warnings.extend(modelfile.warnings)
-        # An empty text is not given, as in Ollama's create (the Modelfile parser says so where it
-        # is; the YAML form's `system: ""` comes here): the base's stays.
-        for keyword, text in (("template", modelfile.template), ("system", modelfile.system)):
-            if text == "":
-                plan.warnings.append(f"an empty {keyword} is ignored, as in Ollama: the base model's stays")
-        if modelfile.template:
+        if modelfile.template is not None:
             plan.template = modelfile.template
-        if modelfile.system:
+        if modelfile.system is not None:
             plan.system = modelfile.system
         plan.params = {**plan.params, **_params_json(modelfile.parameters)}
         if modelfile.messages:
@@ -193,7 +188,7 @@ class Builder:
         # Added to the base image's, as Ollama does: a derived image keeps the model's own terms
         # (one the base has already is not added twice).
         inherited = set(plan.licenses)
-        plan.licenses += [text for text in modelfile.licenses if text and text not in inherited]
+        plan.licenses += [text for text in modelfile.licenses if text not in inherited]
         if modelfile.requires is not None:
             plan.requires = modelfile.requires
         for i, adapter in enumerate(modelfile.adapters):

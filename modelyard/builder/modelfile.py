@@ -373,6 +373,14 @@ def checked_template(text: str) -> str:
     return text
 
 
+def empty_text_warning(keyword: str, where: Location) -> str:
+    """An empty TEMPLATE, SYSTEM or LICENSE is not given, in both forms: Ollama's create request
+    drops empty fields, so `SYSTEM ""` keeps the base's system prompt."""
+    file, line, column = where
+    base = f"the base model's {keyword.lower()} stays"
+    return f"{file}:{line}:{column}: an empty {keyword} is ignored, as in Ollama: {base}"
+
+
 # --- building the value --------------------------------------------------------------------------------
 
 
@@ -434,15 +442,11 @@ class _Draft:
         return (self.source.file, *self.source.position(token.start))
 
     def _given(self, value: _Token, keyword: str) -> bool:
-        """Whether a text value is given: an empty one is not (Ollama's create request drops empty
-        fields, so `SYSTEM ""` keeps the base's system prompt); said in a warning."""
+        """Whether a text value is given: an empty one is not (empty_text_warning)."""
         if value.text:
             return True
         line, column = self.source.position(value.start)
-        self.warnings.append(
-            f"{self.source.file}:{line}:{column}: an empty {keyword} is ignored, as in Ollama: "
-            f"the base model's {keyword.lower()} stays"
-        )
+        self.warnings.append(empty_text_warning(keyword, (self.source.file, line, column)))
         return False
 
     def _not_empty(self, value: _Token, message: str) -> str:

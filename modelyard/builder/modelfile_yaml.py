@@ -28,7 +28,14 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, V
 from pydantic_core import ErrorDetails
 
 from modelyard.builder import modelfile
-from modelyard.builder.modelfile import Location, Message, Modelfile, checked_template, parse_requires
+from modelyard.builder.modelfile import (
+    Location,
+    Message,
+    Modelfile,
+    checked_template,
+    empty_text_warning,
+    parse_requires,
+)
 from modelyard.builder.params import (
     ParameterValue,
     deprecation_warning,
@@ -152,16 +159,35 @@ def parse_yaml(text: str, file: str = "Modelfile.yaml") -> Modelfile:
     return Modelfile(
         from_=spec.from_,
         parameters=parameters,
-        template=spec.template,
-        system=spec.system,
+        template=spec.template or None,
+        system=spec.system or None,
         adapters=tuple(spec.adapters),
-        licenses=tuple(spec.license),
+        licenses=tuple(text for text in spec.license if text),
         messages=tuple(Message(message.role, message.content) for message in spec.messages),
         requires=requires,
-        warnings=_deprecation_warnings(data.get("parameters"), root, file),
+        warnings=_deprecation_warnings(data.get("parameters"), root, file)
+        + _empty_text_warnings(spec, data, root, file),
         from_at=_location(root, ("from",), file),
         adapters_at=tuple(_location(root, ("adapters", i), file) for i in range(len(spec.adapters))),
     )
+
+
+def _empty_text_warnings(
+    spec: _ModelfileSpec, data: dict[str, Any], root: yaml.Node, file: str
+) -> tuple[str, ...]:
+    """Empty texts are not given, as in the Modelfile form (empty_text_warning); where they are."""
+    empty: list[tuple[_Path, str]] = []
+    if spec.template == "":
+        empty.append((("template",), "TEMPLATE"))
+    if spec.system == "":
+        empty.append((("system",), "SYSTEM"))
+    one_license = isinstance(data.get("license"), str)  # `license: ""`, not a list of them
+    empty += [
+        (("license",) if one_license else ("license", i), "LICENSE")
+        for i, t in enumerate(spec.license)
+        if not t
+    ]
+    return tuple(empty_text_warning(keyword, _location(root, path, file)) for path, keyword in empty)
 
 
 def _location(root: yaml.Node, path: _Path, file: str) -> Location:
