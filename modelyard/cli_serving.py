@@ -422,17 +422,22 @@ def _keep_alive(text: str) -> str | float:
 MIN_SPEC_POLL_S = 0.1
 
 
-def _poll_interval(text: str) -> float:
-    """--spec-poll: seconds, or a duration (10s, 2m); at least a tenth of a second."""
+def duration_seconds(text: str) -> float:
+    """A command line's duration (argparse's `type`): seconds, or Go's form (120s, 5m)."""
     from modelyard.runtime.keepalive import parse_go_duration
 
     try:
-        seconds = float(text) if text.replace(".", "", 1).isdigit() else parse_go_duration(text)
-    except ModelyardError as exc:
-        raise argparse.ArgumentTypeError(f"{exc}; use e.g. 10s, 2m") from None
-    if not seconds >= MIN_SPEC_POLL_S or not math.isfinite(seconds):
+        return float(text) if text.replace(".", "", 1).isdigit() else parse_go_duration(text)
+    except Exception:  # a clear message instead of the parser's
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}; use e.g. 120s, 5m") from None
+
+
+def _poll_interval(text: str) -> float:
+    """--spec-poll: a duration (duration_seconds) of at least a tenth of a second."""
+    interval = duration_seconds(text)
+    if not interval >= MIN_SPEC_POLL_S or not math.isfinite(interval):
         raise argparse.ArgumentTypeError(f"{text!r}: at least {MIN_SPEC_POLL_S} s, e.g. 10s, 2m")
-    return seconds
+    return interval
 
 
 def _prompt_text(text: str) -> str:

@@ -13,8 +13,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from modelyard.cli_serving import ApiClient, ApiError, Context, ServerUnreachableError, base_url
-from modelyard.runtime.keepalive import parse_go_duration
+from modelyard.cli_serving import (
+    ApiClient,
+    ApiError,
+    Context,
+    ServerUnreachableError,
+    base_url,
+    duration_seconds,
+)
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 1
@@ -184,13 +190,6 @@ def cmd_export(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
-def _seconds(text: str) -> float:
-    try:
-        return float(text) if text.replace(".", "", 1).isdigit() else parse_go_duration(text)
-    except Exception:  # a clear message instead of the parser's
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}; use e.g. 120s, 5m") from None
-
-
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "apply",
@@ -203,7 +202,9 @@ def register(sub: Any) -> None:
     p.add_argument("-f", "--file", required=True, metavar="FILE|DIR")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     p.add_argument("--wait-ready", action="store_true", help="wait until every model is Ready")
-    p.add_argument("--timeout", type=_seconds, default=120.0, metavar="DURATION", help="for --wait-ready")
+    p.add_argument(
+        "--timeout", type=duration_seconds, default=120.0, metavar="DURATION", help="for --wait-ready"
+    )
     p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser(
@@ -225,7 +226,7 @@ def register(sub: Any) -> None:
     p.add_argument("--wait-ready", action="store_true", help="wait until every model of the spec is Ready")
     p.add_argument(
         "--timeout",
-        type=_seconds,
+        type=duration_seconds,
         default=120.0,
         metavar="DURATION",
         help="how long --wait-ready waits (120s)",

@@ -32,6 +32,7 @@ from modelyard.reference import parse_reference
 from modelyard.registry import PushFormat, pull, push
 from modelyard.runtime.servable import Servable
 from modelyard.server.bodies import GoJSONRoute, Items
+from modelyard.server.chunks import compact_json
 from modelyard.server.disconnect import ClientGone, WatchedStream
 from modelyard.server.http_errors import STATUS_CLIENT_GONE, HTTPError
 from modelyard.server.inference import Finished, served_model, with_tool_calls
@@ -484,12 +485,8 @@ def _final_line(
     return line
 
 
-# json.dumps with these arguments builds an encoder per call; a line per token reuses one (the same bytes).
-_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-
-
 def _line(value: dict[str, Any]) -> bytes:
-    return _ENCODE(value).encode() + b"\n"
+    return compact_json(value).encode() + b"\n"
 
 
 async def _progress_response(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import json
 import struct
 import time
 import uuid
@@ -30,6 +29,7 @@ from modelyard.errors import InferenceRequestError, InvalidReferenceError
 from modelyard.runtime.runner import Token
 from modelyard.runtime.servable import Servable
 from modelyard.server.bodies import GoJSONRoute, Items
+from modelyard.server.chunks import compact_json
 from modelyard.server.disconnect import ClientGone, WatchedStream
 from modelyard.server.http_errors import MODEL_NOT_FOUND, STATUS_CLIENT_GONE, HTTPError
 from modelyard.server.inference import Finished, with_tool_calls
@@ -51,8 +51,6 @@ from modelyard.server.tool_calls import (
 from modelyard.server.vectors import unit_vector
 
 SSE = "text/event-stream"
-# json.dumps with these arguments builds an encoder per call; a chunk per token reuses one (the same bytes).
-_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 # The choices of one request (prompts × n) run side by side in the model's slots, the rest queued;
 # past this many, send several requests.
 MAX_CHOICES = 64
@@ -695,7 +693,7 @@ async def _sse(
         raise
 
     def chunk(payload: dict[str, Any]) -> bytes:
-        return b"data: " + _ENCODE(payload).encode() + b"\n\n"
+        return b"data: " + compact_json(payload).encode() + b"\n\n"
 
     model, fingerprint = servable.name, _fingerprint(servable)  # once, not per chunk
 

@@ -27,6 +27,7 @@ from modelyard.errors import InferenceRequestError
 from modelyard.runtime.options import SamplingOptions
 from modelyard.runtime.runner import Token
 from modelyard.server.bodies import GoJSONRoute, Items
+from modelyard.server.chunks import compact_json
 from modelyard.server.disconnect import ClientGone, WatchedStream
 from modelyard.server.http_errors import STATUS_CLIENT_GONE, HTTPError
 from modelyard.server.inference import Finished, with_tool_calls
@@ -526,8 +527,7 @@ async def _streamed(
         raise
 
     def sse(payload: dict[str, Any]) -> bytes:
-        data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-        return f"event: {payload['type']}\ndata: {data}\n\n".encode()
+        return f"event: {payload['type']}\ndata: {compact_json(payload)}\n\n".encode()
 
     async def chunks() -> AsyncIterator[bytes]:
         status = STATUS_CLIENT_GONE  # unless the generation ends: the client went away
