@@ -18,6 +18,7 @@ from modelyard.runtime import llama
 from modelyard.runtime.json_schemas import (
     bounded,
     check_grammar,
+    gbnf_literal,
     hoisted_definitions,
     integer_bounds,
     integer_range_rule,
@@ -399,3 +400,26 @@ def test_a_schema_the_converter_takes_compiles_in_llama_cpp(
     except ValueError:
         return  # refused with a message: a 400
     assert compiles(tiny_model, schema)
+
+
+@pytest.mark.parametrize(
+    ("text", "literal"),
+    [
+        ("ab", '"ab"'),
+        ('"', '"\\""'),
+        ("a\\b", '"a\\\\b"'),
+        ('"\\""', '"\\"\\\\\\"\\""'),  # JSON's "\"" for a quote: the enum value the property test found
+        ("x\ny\r", '"x\\ny\\r"'),
+    ],
+)
+def test_gbnf_literal(text: str, literal: str) -> None:
+    assert gbnf_literal(text) == literal
+
+
+def test_texts_with_quotes_and_backslashes_convert_and_compile(tiny_model: llama.Model) -> None:
+    for schema in [
+        {"type": "string", "enum": ['"', "a\\b"]},
+        {"const": 'say "hi"'},
+        {"type": "object", "properties": {"a\\b": {"type": "integer"}}, "required": ["a\\b"]},
+    ]:
+        assert compiles(tiny_model, schema), schema

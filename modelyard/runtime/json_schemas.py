@@ -14,7 +14,7 @@ import copy
 import math
 import re
 from collections.abc import Mapping
-from typing import Any, TypeGuard
+from typing import Any, Final, TypeGuard
 
 DEFINITION_KEYS = ("$defs", "definitions")
 # What a grammar rule's name cannot hold: the converter names a rule after a definition.
@@ -226,6 +226,17 @@ def each_type(schema: object) -> list[dict[str, Any]] | None:
     # "null" named among the types is allowed whatever else the schema says: OpenAI's strict mode
     # makes a field optional so ({"type": ["string", "null"], "enum": ["F", "C"]}, its own docs).
     return [{"type": "null"} if t == "null" else {**schema, "type": t} for t in schema["type"]]
+
+
+_LITERAL_ESCAPES: Final = {"\r": "\\r", "\n": "\\n", '"': '\\"', "\\": "\\\\"}
+_LITERAL_ESCAPE = re.compile(r'[\r\n"\\]')
+
+
+def gbnf_literal(text: str) -> str:
+    """`text` as a GBNF string literal (pure). Its backslashes are escaped too, as llama.cpp's
+    converter escapes them: the converter here left them, and an enum value holding a quote
+    (JSON `"\\""`) made a grammar llama.cpp could not parse (a property test)."""
+    return '"' + _LITERAL_ESCAPE.sub(lambda m: _LITERAL_ESCAPES[m.group(0)], text) + '"'
 
 
 def any_items(schema: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -632,18 +632,23 @@ def _schema_converter() -> Any:
     """llama-cpp-python's SchemaConverter (as its json_schema_to_gbnf makes one), taught what
     llama.cpp's own C++ converter (Ollama's) does: an integer's minimum and maximum, which it
     leaves out ("TODO"; json_schemas.integer_range_rule), a list of types read with the rest of
-    the schema (json_schemas.each_type), and `items` of `{}`, `true` or `false`."""
+    the schema (json_schemas.each_type), `items` of `{}`, `true` or `false`, and literals with
+    backslashes (json_schemas.gbnf_literal)."""
     from llama_cpp import llama_grammar
 
     from modelyard.runtime.json_schemas import (
         any_items,
         each_type,
+        gbnf_literal,
         has_integer_bounds,
         integer_bounds,
         integer_range_rule,
     )
 
     class AsLlamaCppReadsThem(llama_grammar.SchemaConverter):
+        def _format_literal(self, literal: str) -> str:
+            return gbnf_literal(literal)
+
         def visit(self, schema: Any, name: str) -> Any:
             rule_name = name + "-" if name in llama_grammar.RESERVED_NAMES else name or "root"
             alternatives = each_type(schema)  # each visited here again: the rest applies to it
