@@ -387,12 +387,14 @@ def test_json_format_output_parses(gemma_runner: Runner) -> None:
     assert done.done_reason == "stop"
 
 
-def sampled_values(runner: Runner, prompt: str, schema: dict[str, Any], key: str) -> set[Any]:
+def sampled_values(
+    runner: Runner, prompt: str, schema: dict[str, Any], key: str, num_predict: int = 32
+) -> set[Any]:
     """`key`'s values in answers to `schema` sampled hot with six seeds: far from greedy, where a
     grammar that lets too much through shows."""
     values = set()
     for seed in range(1, 7):
-        options = SamplingOptions(temperature=1.5, top_k=0, top_p=1.0, seed=seed, num_predict=32)
+        options = SamplingOptions(temperature=1.5, top_k=0, top_p=1.0, seed=seed, num_predict=num_predict)
         text, _ = runner.complete(CompletionRequest(prompt, options, format=schema))
         values.add(json.loads(text)[key])
     return values
@@ -409,6 +411,20 @@ def test_an_integer_schema_keeps_its_minimum_and_maximum(gemma_runner: Runner) -
     }
     answers = sampled_values(gemma_runner, prompt, schema, "n")
     assert answers and all(isinstance(n, int) and 10 <= n <= 20 for n in answers), answers
+
+
+def test_a_number_schema_keeps_its_minimum_and_maximum(gemma_runner: Runner) -> None:
+    """Neither llama-cpp-python's converter nor llama.cpp's holds a number to its range: a score of
+    pydantic's `Field(ge=0, le=1)` could be 37.5. Ours writes the range into the grammar."""
+    prompt = "<start_of_turn>user\nRate this, as JSON.<end_of_turn>\n<start_of_turn>model\n"
+    score = {"type": "number", "minimum": 0, "maximum": 1}
+    schema = {"type": "object", "properties": {"s": score}, "required": ["s"]}
+    answers = sampled_values(gemma_runner, prompt, schema, "s", num_predict=48)
+    assert answers and all(isinstance(s, int | float) and 0 <= s <= 1 for s in answers), answers
+    above = {"type": "number", "exclusiveMinimum": -1.5, "exclusiveMaximum": -1.25}
+    schema = {"type": "object", "properties": {"t": above}, "required": ["t"]}
+    answers = sampled_values(gemma_runner, prompt, schema, "t", num_predict=48)
+    assert answers and all(-1.5 < t < -1.25 for t in answers), answers
 
 
 def test_an_optional_enum_keeps_its_values(gemma_runner: Runner) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,15 @@ from hypothesis import strategies as st
 
 from modelyard.runtime import llama
 from modelyard.runtime.json_schemas import (
+    Bound,
     bounded,
     check_grammar,
     gbnf_literal,
     hoisted_definitions,
     integer_bounds,
     integer_range_rule,
+    number_bounds,
+    number_range_rule,
     root_resolved,
 )
 from modelyard.runtime.options import LoadOptions, SamplingOptions
@@ -292,6 +296,145 @@ def test_schemas_with_integer_ranges_compile(tiny_model: llama.Model) -> None:
     assert '"1" [0-9] | "2" "0"' in optional and "null" in optional, optional
 
 
+def bound(text: str, exclusive: bool = False) -> Bound:
+    return Bound(Decimal(text), exclusive)
+
+
+@pytest.mark.parametrize(
+    ("schema", "bounds"),
+    [
+        ({"minimum": 0, "maximum": 1}, (bound("0"), bound("1"))),
+        ({"minimum": 0.1}, (bound("0.1"), None)),  # 0.1 as written, not the float's binary fraction
+        ({"exclusiveMinimum": 0, "exclusiveMaximum": 1.5}, (bound("0", True), bound("1.5", True))),
+        ({"minimum": 2, "exclusiveMinimum": True}, (bound("2", True), None)),  # draft 4
+        ({"maximum": 2, "exclusiveMaximum": True}, (None, bound("2", True))),
+        ({"minimum": 1, "exclusiveMinimum": 1}, (bound("1", True), None)),  # the stricter at one value
+        ({"minimum": 3, "exclusiveMinimum": 1}, (bound("3"), None)),  # the greater
+        ({"maximum": -1, "exclusiveMaximum": 5}, (None, bound("-1"))),
+        ({"minimum": 1e-7}, (bound("1e-7"), None)),
+        ({"maximum": 1e300}, (None, bound("1e300"))),
+        ({"minimum": 5, "maximum": 5}, (bound("5"), bound("5"))),
+    ],
+)
+def test_number_bounds(schema: dict[str, object], bounds: tuple[Bound | None, Bound | None]) -> None:
+    assert number_bounds({"type": "number", **schema}) == bounds
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"minimum": 2, "maximum": 1},
+        {"minimum": 1, "exclusiveMaximum": 1},
+        {"exclusiveMinimum": 0.5, "maximum": 0.5},
+    ],
+)
+def test_number_bounds_that_leave_no_number_are_refused(schema: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="no number is between its bounds"):
+        number_bounds({"type": "number", **schema})
+
+
+def decimals_about(*values: Decimal) -> list[str]:
+    """Decimals as JSON writes them without an exponent, about `values`: each, and a step of each
+    of 1 to 5 decimals above and below it, with trailing zeros or not, and the far ends."""
+    out = {"0", "0.0", "1", "-1", "0.5", "-0.5", "12.25", "-12.25", "9" * 16, "-" + "9" * 16}
+    for value in values:
+        for places in range(6):
+            step = Decimal(1).scaleb(-places)
+            for near in (value - step, value, value + step):
+                out.add(f"{near:f}")
+                out.add(f"{near:.{max(places, 1) + 1}f}")  # a trailing zero or more
+    return sorted(out)
+
+
+NUMBER_RANGES = [
+    ("0", False, "1", False), ("0", True, "1", True), ("0.5", True, None, False),
+    (None, False, "-0.5", True), ("-2.25", False, "3.5", True), ("-1", False, "0", False),
+    ("-1", False, "0", True), ("0", False, "0", False), ("0.125", False, "0.375", False),
+    ("0.125", True, "0.126", True), ("1.5", False, "1.5", False), ("-0.001", False, "0.001", False),
+    ("10", False, "100.75", False), ("-100.75", True, "-10", False), (None, False, None, False),
+    ("3", False, None, False), (None, False, "0", True), ("-0.3", True, None, False),
+    ("99.99", False, "100.01", False), ("1e-20", False, None, False), (None, False, "-1e-20", False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("low", "low_exclusive", "high", "high_exclusive"), NUMBER_RANGES)
+def test_number_range_rule_takes_exactly_the_decimals_in_range(
+    low: str | None, low_exclusive: bool, high: str | None, high_exclusive: bool
+) -> None:
+    lower = None if low is None else bound(low, low_exclusive)
+    upper = None if high is None else bound(high, high_exclusive)
+    pattern = as_regex(number_range_rule(lower, upper))
+    for text in decimals_about(*(b.value for b in (lower, upper) if b is not None)):
+        if text.startswith("-") and Decimal(text) == 0:
+            continue  # zero written with a minus: never taken (below)
+        expected = writable(text) and inside(Decimal(text), lower, upper)
+        assert bool(pattern.fullmatch(text)) == expected, (low, high, text)
+    for text in ["-0", "-0.0", "01", "1.", ".5", "+1", "1e2", "1E-3", "", "--1", "1" + "0" * 17]:
+        assert not pattern.fullmatch(text), (low, high, text)  # as JSON writes them, and no longer
+
+
+def writable(text: str) -> bool:
+    """Within the converter's numbers: 16 digits before the point, 16 after."""
+    whole, _, fraction = text.lstrip("-").partition(".")
+    return len(whole) <= 16 and len(fraction) <= 16
+
+
+def inside(value: Decimal, low: Bound | None, high: Bound | None) -> bool:
+    above = low is None or value > low.value or (value == low.value and not low.exclusive)
+    below = high is None or value < high.value or (value == high.value and not high.exclusive)
+    return above and below
+
+
+places = st.integers(0, 4)
+decimals = st.builds(lambda n, p: Decimal(n).scaleb(-p), st.integers(-(10**6), 10**6), places)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    low=st.none() | st.tuples(decimals, st.booleans()),
+    high=st.none() | st.tuples(decimals, st.booleans()),
+    values=st.lists(decimals, min_size=1, max_size=20),
+    zeros=st.integers(0, 3),
+)
+def test_number_range_rule_takes_what_is_in_range_and_nothing_else(
+    low: tuple[Decimal, bool] | None,
+    high: tuple[Decimal, bool] | None,
+    values: list[Decimal],
+    zeros: int,
+) -> None:
+    lower, upper = (None if b is None else Bound(*b) for b in (low, high))
+    try:
+        rule = number_range_rule(lower, upper)
+    except ValueError:  # refused only when no decimal fits
+        assert lower is not None and upper is not None
+        at_one_value = lower.value == upper.value and (lower.exclusive or upper.exclusive)
+        assert lower.value > upper.value or at_one_value
+        return
+    pattern = as_regex(rule)
+    for value in [*values, *(b.value for b in (lower, upper) if b is not None)]:
+        text = f"{value:f}" + ("." if zeros and "." not in f"{value:f}" else "") + "0" * zeros
+        if value == 0:
+            text = text.lstrip("-")
+        assert bool(pattern.fullmatch(text)) == inside(value, lower, upper), (lower, upper, text)
+
+
+def test_schemas_with_number_ranges_compile(tiny_model: llama.Model) -> None:
+    for schema in [
+        {"type": "number", "minimum": 0, "maximum": 1},
+        {"type": "object", "properties": {"t": {"type": "number", "exclusiveMinimum": -273.15}}},
+        {"type": ["number", "null"], "minimum": 0.5, "exclusiveMaximum": 5},
+        {"type": "array", "items": {"type": "number", "maximum": 1e300}},
+        {"type": "number", "minimum": 1e-30},  # past 16 decimals: the least with 16, 1e-16
+    ]:
+        assert compiles(tiny_model, schema)
+    grammar = llama.json_schema_grammar({"type": "number", "minimum": 0, "maximum": 1})
+    assert 'root ::= ("0" ("." [0-9]{1,16})? | "1" ("." "0"{1,16})?) space' in grammar, grammar
+    with pytest.raises(ValueError, match="no number is between its bounds"):
+        llama.json_schema_grammar({"type": "number", "minimum": 1, "exclusiveMaximum": 1})
+    with pytest.raises(ValueError, match="no number of up to 16 decimals"):
+        llama.json_schema_grammar({"type": "number", "exclusiveMinimum": 0, "maximum": 1e-20})
+
+
 @pytest.mark.parametrize(
     ("schema", "kept", "lost"),
     [
@@ -356,6 +499,17 @@ leaves = st.one_of(
             **({"minimum": low} if low is not None else {}),
             **({"maximum": high} if high is not None else {}),
             **({"exclusiveMinimum": True} if exclusive else {}),
+        },
+        bounds,
+        bounds,
+        st.booleans(),
+    ),
+    st.builds(
+        lambda low, high, exclusive: {
+            "type": "number",
+            **({"minimum": low} if low is not None else {}),
+            **({"maximum": high} if high is not None else {}),
+            **({"exclusiveMaximum": True} if exclusive else {}),
         },
         bounds,
         bounds,

@@ -14,7 +14,8 @@ import copy
 import math
 import re
 from collections.abc import Mapping
-from typing import Any, Final, TypeGuard
+from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal, localcontext
+from typing import Any, Final, NamedTuple, TypeGuard
 
 DEFINITION_KEYS = ("$defs", "definitions")
 # What a grammar rule's name cannot hold: the converter names a rule after a definition.
@@ -313,3 +314,187 @@ def _join(*parts: str) -> str:
 
 def _shown(schema: Mapping[str, Any]) -> str:
     return ", ".join(f"{k} {schema[k]}" for k in _RANGE_KEYWORDS if k in schema)
+
+
+# --- number ranges ----------------------------------------------------------------------------
+# Neither converter writes a number's range into the grammar (llama.cpp's C++ one does integers
+# only), so `{"type": "number", "minimum": 0, "maximum": 1}` (pydantic's `Field(ge=0, le=1)`, a
+# confidence or a score) answered 37.5. A bounded number is written here as JSON writes a decimal
+# without an exponent, and the grammar takes exactly the values in range.
+
+# As the converter's numbers: up to 16 digits after the point.
+FRACTION_DIGITS = 16
+# Decimal arithmetic wide enough for any float's digits (1.8e308 has 309) and the fraction's.
+_WIDE = Context(prec=400)
+
+
+class Bound(NamedTuple):
+    value: Decimal
+    exclusive: bool
+
+
+def number_bounds(schema: Mapping[str, Any]) -> tuple[Bound | None, Bound | None]:
+    """The lower and upper bound of a number schema (None: none on that side), the stricter where
+    two keywords bound one side; exclusive from exclusiveMinimum / exclusiveMaximum, numbers or
+    (draft 4) booleans (pure). ValueError when no number is allowed."""
+    lows: list[Bound] = []
+    highs: list[Bound] = []
+    minimum, maximum = schema.get("minimum"), schema.get("maximum")
+    exclusive_min, exclusive_max = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+    if _is_number(minimum):
+        lows.append(Bound(_decimal(minimum), exclusive_min is True))
+    if _is_number(exclusive_min):
+        lows.append(Bound(_decimal(exclusive_min), True))
+    if _is_number(maximum):
+        highs.append(Bound(_decimal(maximum), exclusive_max is True))
+    if _is_number(exclusive_max):
+        highs.append(Bound(_decimal(exclusive_max), True))
+    # The greater lower bound, the lesser upper one; at one value, the exclusive one.
+    low = max(lows, key=lambda b: (b.value, b.exclusive)) if lows else None
+    high = min(highs, key=lambda b: (b.value, not b.exclusive)) if highs else None
+    if _nothing_between(low, high):
+        raise ValueError(f"no number is between its bounds ({_shown(schema)})")
+    return low, high
+
+
+def _nothing_between(low: Bound | None, high: Bound | None) -> bool:
+    if low is None or high is None:
+        return False
+    return low.value > high.value or (low.value == high.value and (low.exclusive or high.exclusive))
+
+
+def has_number_bounds(schema: object) -> bool:
+    """A number schema with a range, and nothing the converter would read first."""
+    return (
+        isinstance(schema, Mapping)
+        and schema.get("type") == "number"
+        and any(_is_number(schema.get(k)) for k in _RANGE_KEYWORDS)
+        and not any(k in schema for k in ("$ref", "oneOf", "anyOf", "allOf", "const", "enum"))
+    )
+
+
+def number_range_rule(low: Bound | None, high: Bound | None) -> str:
+    """A GBNF expression for exactly the decimals from `low` to `high` that JSON can write without
+    an exponent, up to FRACTION_DIGITS after the point (pure). A bound with more digits than that is
+    the nearest such decimal inside the range. ValueError when no such decimal is in range."""
+    if _nothing_between(low, high):
+        raise ValueError("no number is between its bounds")
+    with localcontext(_WIDE):
+        low = None if low is None else _fitted(low, ROUND_CEILING)
+        high = None if high is None else _fitted(high, ROUND_FLOOR)
+        digits = max(
+            [MAX_INTEGER_DIGITS, *(len(str(_split(abs(b.value))[0])) for b in (low, high) if b is not None)]
+        )
+        zero = Decimal(0)
+        alternatives = []
+        if high is None or high.value > 0 or (high.value == 0 and not high.exclusive):  # 0 and above
+            at_least = low if low is not None and low.value >= 0 else Bound(zero, False)
+            alternatives += _magnitudes(at_least, high, digits)
+        if low is None or low.value < 0:  # below zero: "-" and a magnitude, never "-0"
+            least = (
+                Bound(-high.value, high.exclusive)
+                if high is not None and high.value < 0
+                else Bound(zero, True)
+            )
+            most = None if low is None else Bound(-low.value, low.exclusive)
+            alternatives += [_join('"-"', magnitude) for magnitude in _magnitudes(least, most, digits)]
+    if not alternatives:
+        raise ValueError(f"no number of up to {FRACTION_DIGITS} decimals is between its bounds")
+    return " | ".join(alternatives)
+
+
+def _decimal(value: int | float) -> Decimal:
+    """The number a schema wrote: a float as its shortest form (0.1, not the binary fraction)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"a bound of {value} is not a number a grammar can hold")
+    return Decimal(value) if isinstance(value, int) else Decimal(repr(value))
+
+
+def _fitted(bound: Bound, rounding: str) -> Bound:
+    """`bound` itself if it has at most FRACTION_DIGITS decimals, else the nearest decimal with that
+    many inside the range, inclusive (rounded up for a lower bound, down for an upper)."""
+    step = Decimal(1).scaleb(-FRACTION_DIGITS)
+    fitted = bound.value.quantize(step, rounding=rounding)
+    return bound if fitted == bound.value else Bound(fitted, False)
+
+
+def _split(value: Decimal) -> tuple[int, str]:
+    """A non-negative decimal's integer part and its digits after the point, without trailing zeros."""
+    whole, _, fraction = f"{value:f}".partition(".")
+    return int(whole), fraction.rstrip("0")
+
+
+def _magnitudes(low: Bound, high: Bound | None, digits: int) -> list[str]:
+    """Alternatives for the non-negative decimals from `low` (>= 0) to `high` (None: any with up to
+    `digits` digits before the point)."""
+    low_whole, low_fraction = _split(low.value)
+    any_fraction = f'("." {_any_digits(1, FRACTION_DIGITS)})?'
+    if high is not None:
+        (high_whole, high_fraction), high_exclusive = _split(high.value), high.exclusive
+        if low_whole == high_whole:
+            only = _fraction(low_fraction, low.exclusive, high_fraction, high_exclusive)
+            return [] if only is None else [_join(f'"{low_whole}"', only)]
+    out = []
+    above = _fraction(low_fraction, low.exclusive, None, False)
+    if above is not None:
+        out.append(_join(f'"{low_whole}"', above))
+    greatest_whole = 10**digits - 1 if high is None else high_whole - 1  # with any fraction
+    if greatest_whole > low_whole:
+        out.append(_join(_group(_unsigned_range(low_whole + 1, greatest_whole)), any_fraction))
+    if high is not None:
+        below = _fraction("", False, high_fraction, high_exclusive)
+        if below is not None:
+            out.append(_join(f'"{high_whole}"', below))
+    return out
+
+
+def _fraction(low: str, low_exclusive: bool, high: str | None, high_exclusive: bool) -> str | None:
+    """What may follow an integer part: none, or "." and digits, whose value 0.d lies between 0.low
+    and 0.high (None: below 1). "" for none only; None when nothing may."""
+    none_fits, digits = _fraction_digits(low, low_exclusive, high, high_exclusive, FRACTION_DIGITS)
+    if digits is None:
+        return "" if none_fits else None
+    dotted = _join('"."', _group([digits]))
+    return f"({dotted})?" if none_fits else dotted
+
+
+def _fraction_digits(
+    low: str, low_exclusive: bool, high: str | None, high_exclusive: bool, room: int
+) -> tuple[bool, str | None]:
+    """Whether no digits fit (the value 0), and an expression for the 1 to `room` digits d that fit
+    0.low <= 0.d <= 0.high (< where exclusive; `high` None: below 1), or None if none do. `low` and
+    `high` hold no trailing zeros, so a non-empty one is above 0."""
+    empty_fits = low == "" and not low_exclusive and (high is None or high != "" or not high_exclusive)
+    if room == 0:
+        return empty_fits, None
+    if low == "" and not low_exclusive and high is None:  # any digits
+        return empty_fits, _any_digits(1, room)
+    if low == "" and not low_exclusive and high == "" and not high_exclusive:  # zeros: the value 0
+        return empty_fits, '"0"' if room == 1 else f'"0"{{1,{room}}}'
+    first_low = int(low[0]) if low else 0
+    first_high = 10 if high is None else int(high[0]) if high else 0  # 10: every digit is below it
+    alternatives = []
+    if first_high - first_low >= 2:  # a first digit strictly between: any digits after it
+        alternatives.append(
+            _join(_digit_class(str(first_low + 1), str(min(first_high - 1, 9))), _any_digits(0, room - 1))
+        )
+    rest_low = (low[1:], low_exclusive)
+    rest_high = (None if high is None else high[1:], high_exclusive)
+    if first_low == first_high:  # the first digit of both: both bound the rest
+        entries = [(first_low, rest_low, rest_high)]
+    else:  # the low's first digit: only the low bounds the rest; the high's: only the high
+        entries = [(first_low, rest_low, (None, False)), (first_high, ("", False), rest_high)]
+    for digit, after_low, after_high in entries:
+        if digit > 9:  # the "10" of no upper bound
+            continue
+        rest_fits, rest = _fraction_digits(*after_low, *after_high, room - 1)
+        if rest is not None:
+            alternatives.append(_join(f'"{digit}"', f"({rest})?" if rest_fits else _group([rest])))
+        elif rest_fits:
+            alternatives.append(f'"{digit}"')
+    return empty_fits, " | ".join(alternatives) or None
+
+
+def _group(alternatives: list[str]) -> str:
+    expression = " | ".join(alternatives)
+    return f"({expression})" if len(alternatives) > 1 or " " in expression else expression

@@ -631,7 +631,8 @@ def json_schema_grammar(schema: object) -> str:
 def _schema_converter() -> Any:
     """llama-cpp-python's SchemaConverter (as its json_schema_to_gbnf makes one), taught what
     llama.cpp's own C++ converter (Ollama's) does: an integer's minimum and maximum, which it
-    leaves out ("TODO"; json_schemas.integer_range_rule), a list of types read with the rest of
+    leaves out ("TODO"; json_schemas.integer_range_rule), a number's too, which neither converter
+    holds to (json_schemas.number_range_rule), a list of types read with the rest of
     the schema (json_schemas.each_type), `items` of `{}`, `true` or `false`, and literals with
     backslashes (json_schemas.gbnf_literal)."""
     from llama_cpp import llama_grammar
@@ -641,8 +642,11 @@ def _schema_converter() -> Any:
         each_type,
         gbnf_literal,
         has_integer_bounds,
+        has_number_bounds,
         integer_bounds,
         integer_range_rule,
+        number_bounds,
+        number_range_rule,
     )
 
     class AsLlamaCppReadsThem(llama_grammar.SchemaConverter):
@@ -658,9 +662,11 @@ def _schema_converter() -> Any:
                 if schema["items"] is False:  # no items at all
                     return self._add_rule(rule_name, '"[" space "]" space')
                 schema = any_items(schema)
-            if not has_integer_bounds(schema):
-                return super().visit(schema, name)
-            return self._add_rule(rule_name, f"({integer_range_rule(*integer_bounds(schema))}) space")
+            if has_integer_bounds(schema):
+                return self._add_rule(rule_name, f"({integer_range_rule(*integer_bounds(schema))}) space")
+            if has_number_bounds(schema):
+                return self._add_rule(rule_name, f"({number_range_rule(*number_bounds(schema))}) space")
+            return super().visit(schema, name)
 
     return AsLlamaCppReadsThem(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
 
