@@ -338,7 +338,8 @@ def decimals_about(*values: Decimal) -> list[str]:
     of 1 to 5 decimals above and below it, with trailing zeros or not, and the far ends."""
     out = {"0", "0.0", "1", "-1", "0.5", "-0.5", "12.25", "-12.25", "9" * 16, "-" + "9" * 16}
     for value in values:
-        for places in range(6):
+        own = len(f"{abs(value):f}".partition(".")[2])  # the bound's own decimals, and one more
+        for places in [*range(6), own, own + 1]:
             step = Decimal(1).scaleb(-places)
             for near in (value - step, value, value + step):
                 out.add(f"{near:f}")
@@ -354,6 +355,8 @@ NUMBER_RANGES = [
     ("10", False, "100.75", False), ("-100.75", True, "-10", False), (None, False, None, False),
     ("3", False, None, False), (None, False, "0", True), ("-0.3", True, None, False),
     ("99.99", False, "100.01", False), ("1e-20", False, None, False), (None, False, "-1e-20", False),
+    ("0", True, "1e-20", True), ("1e-20", False, "2e-20", False), ("-2e-20", True, "-1e-20", True),
+    ("0.12345678901234566", False, "0.12345678901234568", False), ("1e20", False, "1.5e20", True),
 ]  # fmt: skip
 
 
@@ -367,16 +370,20 @@ def test_number_range_rule_takes_exactly_the_decimals_in_range(
     for text in decimals_about(*(b.value for b in (lower, upper) if b is not None)):
         if text.startswith("-") and Decimal(text) == 0:
             continue  # zero written with a minus: never taken (below)
-        expected = writable(text) and inside(Decimal(text), lower, upper)
+        expected = writable(text, lower, upper) and inside(Decimal(text), lower, upper)
         assert bool(pattern.fullmatch(text)) == expected, (low, high, text)
     for text in ["-0", "-0.0", "01", "1.", ".5", "+1", "1e2", "1E-3", "", "--1", "1" + "0" * 17]:
         assert not pattern.fullmatch(text), (low, high, text)  # as JSON writes them, and no longer
 
 
-def writable(text: str) -> bool:
-    """Within the converter's numbers: 16 digits before the point, 16 after."""
+def writable(text: str, *bounds: Bound | None) -> bool:
+    """Within the numbers a bounded number's grammar writes: as the converter's, 16 digits before
+    the point and 16 after, or as many as a bound has before it, and one more after it."""
     whole, _, fraction = text.lstrip("-").partition(".")
-    return len(whole) <= 16 and len(fraction) <= 16
+    shown = [f"{b.value.copy_abs():f}".partition(".") for b in bounds if b is not None]
+    most_whole = max([16, *(len(w) for w, _, _ in shown)])
+    most_fraction = max([16, *(len(f.rstrip("0")) + 1 for _, _, f in shown)])
+    return len(whole) <= most_whole and len(fraction) <= most_fraction
 
 
 def inside(value: Decimal, low: Bound | None, high: Bound | None) -> bool:
@@ -424,15 +431,46 @@ def test_schemas_with_number_ranges_compile(tiny_model: llama.Model) -> None:
         {"type": "object", "properties": {"t": {"type": "number", "exclusiveMinimum": -273.15}}},
         {"type": ["number", "null"], "minimum": 0.5, "exclusiveMaximum": 5},
         {"type": "array", "items": {"type": "number", "maximum": 1e300}},
-        {"type": "number", "minimum": 1e-30},  # past 16 decimals: the least with 16, 1e-16
+        {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1e-20},  # 21 decimals
+        {"type": "number", "minimum": 0, "maximum": 1.7976931348623157e308},  # a double's greatest
+        {"type": "number", "maximum": 10**400, "minimum": float("-inf")},  # -inf: no bound
     ]:
         assert compiles(tiny_model, schema)
     grammar = llama.json_schema_grammar({"type": "number", "minimum": 0, "maximum": 1})
     assert 'root ::= ("0" ("." [0-9]{1,16})? | "1" ("." "0"{1,16})?) space' in grammar, grammar
     with pytest.raises(ValueError, match="no number is between its bounds"):
         llama.json_schema_grammar({"type": "number", "minimum": 1, "exclusiveMaximum": 1})
-    with pytest.raises(ValueError, match="no number of up to 16 decimals"):
-        llama.json_schema_grammar({"type": "number", "exclusiveMinimum": 0, "maximum": 1e-20})
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "number", "minimum": 1e300},
+        {"type": "number", "exclusiveMaximum": -1e300},
+        {"type": "number", "minimum": 1.5e300, "maximum": 1.7976931348623157e308},
+        {"type": "integer", "minimum": 123456789 * 10**290 + 1},
+        {"type": "integer", "minimum": -(10**300) + 7, "maximum": 10**300 - 7},
+    ],
+)
+def test_long_bounds_make_grammars_of_their_length(schema: dict[str, Any]) -> None:
+    """A review: a bound's digits were written once per digit (371 KB for `minimum: 1e300`;
+    twelve such fields passed the 4 MB limit)."""
+    assert len(llama.json_schema_grammar(schema)) < 40_000
+
+
+@pytest.mark.parametrize(
+    ("schema", "message"),
+    [
+        ({"minimum": float("inf")}, "no number is between its bounds"),
+        ({"maximum": float("-inf")}, "no number is between its bounds"),
+        ({"exclusiveMaximum": float("nan")}, "a bound of NaN"),
+    ],
+)
+def test_number_bounds_that_are_not_finite(schema: dict[str, object], message: str) -> None:
+    """Python's JSON reads 1e400 as inf (and NaN from NaN): an infinite bound on its own side
+    bounds nothing (test above); on the other, nothing fits."""
+    with pytest.raises(ValueError, match=message):
+        number_bounds({"type": "number", **schema})
 
 
 @pytest.mark.parametrize(
@@ -483,6 +521,10 @@ def test_arrays_of_anything_and_optional_fields_convert(tiny_model: llama.Model)
     ]:
         assert compiles(tiny_model, schema)
     assert 'root ::= "[" space "]" space' in llama.json_schema_grammar({"type": "array", "items": False})
+    # A tuple (2020-12): exactly its prefix items (a review: it became an empty array).
+    pair = {"type": "array", "prefixItems": [{"type": "integer"}, {"type": "string"}], "items": False}
+    assert 'root ::= "[" space integer "," space string "]" space' in llama.json_schema_grammar(pair)
+    assert compiles(tiny_model, pair)
     optional = llama.json_schema_grammar({"type": ["string", "null"], "enum": ["F", "C"]})
     assert "root ::= alternative-0 | null" in optional and '"\\"F\\"" | "\\"C\\""' in optional, optional
     with pytest.raises(ValueError, match="an empty list of types allows no value"):

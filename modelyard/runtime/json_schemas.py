@@ -14,7 +14,7 @@ import copy
 import math
 import re
 from collections.abc import Mapping
-from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal, localcontext
+from decimal import Decimal
 from typing import Any, Final, NamedTuple, TypeGuard
 
 DEFINITION_KEYS = ("$defs", "definitions")
@@ -240,11 +240,14 @@ def gbnf_literal(text: str) -> str:
     return '"' + _LITERAL_ESCAPE.sub(lambda m: _LITERAL_ESCAPES[m.group(0)], text) + '"'
 
 
-def any_items(schema: Mapping[str, Any]) -> Mapping[str, Any]:
-    """An array schema whose `items` is `{}` or `true` (pydantic's `list[Any]`) without them: any
-    items, which the converter reads only so (it took `{}` for none given, and failed)."""
+def items_as_read(schema: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An array schema as the converter reads it rightly (pure): without `items` of `{}` or `true`
+    (pydantic's `list[Any]`: any items, which the converter takes only so: it took `{}` for none
+    given, and failed), or `false` after `prefixItems` (a tuple: exactly those, which the converter
+    makes of `prefixItems` alone; a review: it became an empty array)."""
     items = schema.get("items")
-    if (isinstance(items, Mapping) and not items) or items is True:
+    any_items = (isinstance(items, Mapping) and not items) or items is True
+    if any_items or (items is False and "prefixItems" in schema):
         return {key: value for key, value in schema.items() if key != "items"}
     return schema
 
@@ -285,13 +288,20 @@ def _same_length(low: str, high: str) -> list[str]:
         if (low[0], high[0]) == ("0", "9"):
             return [_any_digits(rest + 1)]
         return [_join(_digit_class(low[0], high[0]), _any_digits(rest))]
+    # A first digit's tails in one group after it, not the digit before each: a 300-digit bound
+    # would otherwise write its digits once per digit (a review: 371 KB for one `minimum: 1e300`).
     if low[0] == high[0]:
-        return [_join(f'"{low[0]}"', tail) for tail in _same_length(low[1:], high[1:])]
-    out = [_join(f'"{low[0]}"', tail) for tail in _same_length(low[1:], "9" * rest)]
+        return [_then(f'"{low[0]}"', _same_length(low[1:], high[1:]))]
+    out = [_then(f'"{low[0]}"', _same_length(low[1:], "9" * rest))]
     if int(high[0]) - int(low[0]) > 1:
         out.append(_join(_digit_class(str(int(low[0]) + 1), str(int(high[0]) - 1)), _any_digits(rest)))
-    out += [_join(f'"{high[0]}"', tail) for tail in _same_length("0" * rest, high[1:])]
+    out.append(_then(f'"{high[0]}"', _same_length("0" * rest, high[1:])))
     return out
+
+
+def _then(first: str, alternatives: list[str]) -> str:
+    """`first`, then one of `alternatives`."""
+    return _join(first, alternatives[0] if len(alternatives) == 1 else f"({' | '.join(alternatives)})")
 
 
 def _digit_class(low: str, high: str) -> str:
@@ -319,13 +329,12 @@ def _shown(schema: Mapping[str, Any]) -> str:
 # --- number ranges ----------------------------------------------------------------------------
 # Neither converter writes a number's range into the grammar (llama.cpp's C++ one does integers
 # only), so `{"type": "number", "minimum": 0, "maximum": 1}` (pydantic's `Field(ge=0, le=1)`, a
-# confidence or a score) answered 37.5. A bounded number is written here as JSON writes a decimal
+# confidence or a score) answered 10589. A bounded number is written here as JSON writes a decimal
 # without an exponent, and the grammar takes exactly the values in range.
 
-# As the converter's numbers: up to 16 digits after the point.
+# As the converter's numbers: up to 16 digits after the point, or one more than a bound has, so
+# that a value fits between any two bounds (0 < x < 1e-20 takes 0.000000000000000000005).
 FRACTION_DIGITS = 16
-# Decimal arithmetic wide enough for any float's digits (1.8e308 has 309) and the fraction's.
-_WIDE = Context(prec=400)
 
 
 class Bound(NamedTuple):
@@ -334,21 +343,29 @@ class Bound(NamedTuple):
 
 
 def number_bounds(schema: Mapping[str, Any]) -> tuple[Bound | None, Bound | None]:
-    """The lower and upper bound of a number schema (None: none on that side), the stricter where
-    two keywords bound one side; exclusive from exclusiveMinimum / exclusiveMaximum, numbers or
-    (draft 4) booleans (pure). ValueError when no number is allowed."""
+    """The lower and upper bound of a number schema (None: none on that side; an infinite one, as
+    Python's JSON reads 1e400, bounds nothing), the stricter where two keywords bound one side;
+    exclusive from exclusiveMinimum / exclusiveMaximum, numbers or (draft 4) booleans (pure).
+    ValueError when no number is allowed."""
     lows: list[Bound] = []
     highs: list[Bound] = []
     minimum, maximum = schema.get("minimum"), schema.get("maximum")
     exclusive_min, exclusive_max = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
-    if _is_number(minimum):
-        lows.append(Bound(_decimal(minimum), exclusive_min is True))
-    if _is_number(exclusive_min):
-        lows.append(Bound(_decimal(exclusive_min), True))
-    if _is_number(maximum):
-        highs.append(Bound(_decimal(maximum), exclusive_max is True))
-    if _is_number(exclusive_max):
-        highs.append(Bound(_decimal(exclusive_max), True))
+    for value, exclusive, side in [
+        (minimum, exclusive_min is True, lows),
+        (exclusive_min, True, lows),
+        (maximum, exclusive_max is True, highs),
+        (exclusive_max, True, highs),
+    ]:
+        if not _is_number(value):
+            continue
+        if isinstance(value, float) and math.isnan(value):
+            raise ValueError(f"a bound of NaN allows no number ({_shown(schema)})")
+        if isinstance(value, float) and math.isinf(value):
+            if (value > 0) == (side is lows):  # a minimum of +inf, a maximum of -inf
+                raise ValueError(f"no number is between its bounds ({_shown(schema)})")
+            continue
+        side.append(Bound(_decimal(value), exclusive))
     # The greater lower bound, the lesser upper one; at one value, the exclusive one.
     low = max(lows, key=lambda b: (b.value, b.exclusive)) if lows else None
     high = min(highs, key=lambda b: (b.value, not b.exclusive)) if highs else None
@@ -374,48 +391,32 @@ def has_number_bounds(schema: object) -> bool:
 
 
 def number_range_rule(low: Bound | None, high: Bound | None) -> str:
-    """A GBNF expression for exactly the decimals from `low` to `high` that JSON can write without
-    an exponent, up to FRACTION_DIGITS after the point (pure). A bound with more digits than that is
-    the nearest such decimal inside the range. ValueError when no such decimal is in range."""
+    """A GBNF expression for exactly the decimals from `low` to `high` (finite; None: unbounded)
+    that JSON writes without an exponent (pure): up to FRACTION_DIGITS digits after the point, or
+    one more than a bound has; before it, up to 16 digits or a bound's count. ValueError when the
+    bounds leave nothing between them."""
     if _nothing_between(low, high):
         raise ValueError("no number is between its bounds")
-    with localcontext(_WIDE):
-        low = None if low is None else _fitted(low, ROUND_CEILING)
-        high = None if high is None else _fitted(high, ROUND_FLOOR)
-        digits = max(
-            [MAX_INTEGER_DIGITS, *(len(str(_split(abs(b.value))[0])) for b in (low, high) if b is not None)]
-        )
-        zero = Decimal(0)
-        alternatives = []
-        if high is None or high.value > 0 or (high.value == 0 and not high.exclusive):  # 0 and above
-            at_least = low if low is not None and low.value >= 0 else Bound(zero, False)
-            alternatives += _magnitudes(at_least, high, digits)
-        if low is None or low.value < 0:  # below zero: "-" and a magnitude, never "-0"
-            least = (
-                Bound(-high.value, high.exclusive)
-                if high is not None and high.value < 0
-                else Bound(zero, True)
-            )
-            most = None if low is None else Bound(-low.value, low.exclusive)
-            alternatives += [_join('"-"', magnitude) for magnitude in _magnitudes(least, most, digits)]
-    if not alternatives:
-        raise ValueError(f"no number of up to {FRACTION_DIGITS} decimals is between its bounds")
+    bounds = [b for b in (low, high) if b is not None]
+    places = max([FRACTION_DIGITS, *(len(_split(b.value.copy_abs())[1]) + 1 for b in bounds)])
+    digits = max([MAX_INTEGER_DIGITS, *(len(str(_split(b.value.copy_abs())[0])) for b in bounds)])
+    zero = Decimal(0)
+    alternatives = []
+    if high is None or high.value > 0 or (high.value == 0 and not high.exclusive):  # 0 and above
+        at_least = low if low is not None and low.value >= 0 else Bound(zero, False)
+        alternatives += _magnitudes(at_least, high, digits, places)
+    if low is None or low.value < 0:  # below zero: "-" and a magnitude, never "-0"
+        least = Bound(zero, True)  # above zero, unless the high bound is below it
+        if high is not None and high.value < 0:
+            least = Bound(high.value.copy_negate(), high.exclusive)
+        most = None if low is None else Bound(low.value.copy_negate(), low.exclusive)
+        alternatives += [_join('"-"', magnitude) for magnitude in _magnitudes(least, most, digits, places)]
     return " | ".join(alternatives)
 
 
 def _decimal(value: int | float) -> Decimal:
     """The number a schema wrote: a float as its shortest form (0.1, not the binary fraction)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"a bound of {value} is not a number a grammar can hold")
     return Decimal(value) if isinstance(value, int) else Decimal(repr(value))
-
-
-def _fitted(bound: Bound, rounding: str) -> Bound:
-    """`bound` itself if it has at most FRACTION_DIGITS decimals, else the nearest decimal with that
-    many inside the range, inclusive (rounded up for a lower bound, down for an upper)."""
-    step = Decimal(1).scaleb(-FRACTION_DIGITS)
-    fitted = bound.value.quantize(step, rounding=rounding)
-    return bound if fitted == bound.value else Bound(fitted, False)
 
 
 def _split(value: Decimal) -> tuple[int, str]:
@@ -424,34 +425,36 @@ def _split(value: Decimal) -> tuple[int, str]:
     return int(whole), fraction.rstrip("0")
 
 
-def _magnitudes(low: Bound, high: Bound | None, digits: int) -> list[str]:
+def _magnitudes(low: Bound, high: Bound | None, digits: int, places: int) -> list[str]:
     """Alternatives for the non-negative decimals from `low` (>= 0) to `high` (None: any with up to
-    `digits` digits before the point)."""
+    `digits` digits before the point), with up to `places` after it."""
     low_whole, low_fraction = _split(low.value)
-    any_fraction = f'("." {_any_digits(1, FRACTION_DIGITS)})?'
+    any_fraction = f'("." {_any_digits(1, places)})?'
     if high is not None:
         (high_whole, high_fraction), high_exclusive = _split(high.value), high.exclusive
         if low_whole == high_whole:
-            only = _fraction(low_fraction, low.exclusive, high_fraction, high_exclusive)
+            only = _fraction(low_fraction, low.exclusive, high_fraction, high_exclusive, places)
             return [] if only is None else [_join(f'"{low_whole}"', only)]
     out = []
-    above = _fraction(low_fraction, low.exclusive, None, False)
+    above = _fraction(low_fraction, low.exclusive, None, False, places)
     if above is not None:
         out.append(_join(f'"{low_whole}"', above))
     greatest_whole = 10**digits - 1 if high is None else high_whole - 1  # with any fraction
     if greatest_whole > low_whole:
         out.append(_join(_group(_unsigned_range(low_whole + 1, greatest_whole)), any_fraction))
     if high is not None:
-        below = _fraction("", False, high_fraction, high_exclusive)
+        below = _fraction("", False, high_fraction, high_exclusive, places)
         if below is not None:
             out.append(_join(f'"{high_whole}"', below))
     return out
 
 
-def _fraction(low: str, low_exclusive: bool, high: str | None, high_exclusive: bool) -> str | None:
-    """What may follow an integer part: none, or "." and digits, whose value 0.d lies between 0.low
-    and 0.high (None: below 1). "" for none only; None when nothing may."""
-    none_fits, digits = _fraction_digits(low, low_exclusive, high, high_exclusive, FRACTION_DIGITS)
+def _fraction(
+    low: str, low_exclusive: bool, high: str | None, high_exclusive: bool, places: int
+) -> str | None:
+    """What may follow an integer part: none, or "." and up to `places` digits, whose value 0.d lies
+    between 0.low and 0.high (None: below 1). "" for none only; None when nothing may."""
+    none_fits, digits = _fraction_digits(low, low_exclusive, high, high_exclusive, places)
     if digits is None:
         return "" if none_fits else None
     dotted = _join('"."', _group([digits]))

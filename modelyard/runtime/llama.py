@@ -638,13 +638,13 @@ def _schema_converter() -> Any:
     from llama_cpp import llama_grammar
 
     from modelyard.runtime.json_schemas import (
-        any_items,
         each_type,
         gbnf_literal,
         has_integer_bounds,
         has_number_bounds,
         integer_bounds,
         integer_range_rule,
+        items_as_read,
         number_bounds,
         number_range_rule,
     )
@@ -659,9 +659,9 @@ def _schema_converter() -> Any:
             if alternatives is not None:
                 return self._add_rule(rule_name, self._generate_union_rule(name, alternatives))
             if isinstance(schema, dict) and "items" in schema:
-                if schema["items"] is False:  # no items at all
+                schema = items_as_read(schema)
+                if schema.get("items") is False:  # no items at all
                     return self._add_rule(rule_name, '"[" space "]" space')
-                schema = any_items(schema)
             if has_integer_bounds(schema):
                 return self._add_rule(rule_name, f"({integer_range_rule(*integer_bounds(schema))}) space")
             if has_number_bounds(schema):
