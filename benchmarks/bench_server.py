@@ -30,10 +30,13 @@ count, the sides taking turns (one level gives one such figure, so the rounds gi
 --second-runner a second runner like the first takes its turn too: the difference between two
 identical sides is the noise floor, and with three sides in rotation none runs twice in a row.
 
+Where no GPU is lent, --step-floor-ms with a small --model gives our two sides a GPU's steps: each
+lasts at least that long, whatever its sequences (benchmarks/emulated_gpu_step).
+
     python benchmarks/bench_server.py [--rounds 3] [--pairs 3] [--tokens 128] [--streams 1,4,8]
                                       [--ttft-bursts 30] [--ttft-tokens 4] [--client httpx|stdlib]
                                       [--second-runner] [--without-peers]
-                                      [--gpu] [--threads N]
+                                      [--gpu] [--threads N] [--step-floor-ms MS]
                                       [--random-gemma-shape | --model GGUF]
 """
 
@@ -342,6 +345,14 @@ def model_for(args: argparse.Namespace, home: Path) -> Path:
     return Path(assemble())
 
 
+def emulate_gpu_steps(floor_ms: float) -> None:
+    """Every runner started from now on (in this process's children too: serve's) decodes a step in
+    at least `floor_ms` (benchmarks/emulated_gpu_step/sitecustomize.py)."""
+    os.environ["MODELYARD_BENCH_STEP_FLOOR_MS"] = str(floor_ms)
+    paths = [str(HERE / "emulated_gpu_step"), os.environ.get("PYTHONPATH", "")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -391,6 +402,14 @@ def main() -> None:
         help="llama.cpp threads on every side (default: as many as our runner chooses, one per CPU or "
         "one with every layer on a GPU, and that count on the other sides)",
     )
+    parser.add_argument(
+        "--step-floor-ms",
+        type=float,
+        default=0,
+        help="every decode step of our runners (serve's and the direct one) lasts at least this long: "
+        "a GPU's steps, which cost about the same for 1 to 8 sequences, emulated on a CPU with a small "
+        "--model (benchmarks/emulated_gpu_step; with --without-peers)",
+    )
     model = parser.add_mutually_exclusive_group()
     model.add_argument(
         "--random-gemma-shape",
@@ -410,6 +429,10 @@ def main() -> None:
         stream_counts = tuple(int(n) for n in args.streams.split(","))
     except ValueError:
         parser.error(f"--streams {args.streams!r}: give counts separated by commas, e.g. 1,4,8")
+    if args.step_floor_ms > 0:
+        if not args.without_peers:
+            parser.error("--step-floor-ms slows our runners only: give --without-peers too")
+        emulate_gpu_steps(args.step_floor_ms)
     home = Path(tempfile.mkdtemp(prefix="bench-server-"))
     gguf = model_for(args, home)
     options = LoadOptions(
@@ -508,7 +531,8 @@ def main() -> None:
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
         f"Python {platform.python_version()}, llama-cpp-python {llama_cpp.__version__}; weights repacked: "
         f"{repack}; {args.rounds} rounds, {args.tokens} tokens per stream; HTTP client: {args.client}; "
-        "load average before/after "
+        + (f"decode steps of at least {args.step_floor_ms} ms (emulated); " if args.step_floor_ms else "")
+        + "load average before/after "
         f"rounds: {' | '.join(loads)}\n"
     )
     if args.rounds:

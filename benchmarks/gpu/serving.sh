@@ -4,18 +4,20 @@
 # same warm machine is there), then measures 8 streams served over HTTP against the runner driven
 # directly, every layer on the GPU, on random F16 weights in Gemma 3 270M's shape (that machine
 # cannot receive Gemma). On 2026-11-27 the H100 gave serve / runner 97.5% at 1 stream, 98.5% at 4
-# and 93.0% at 8 (RESULTS.md); this asks where 8 streams lose their time:
-#   1. diag_server_one_stream.py --streams 8: the runner's own time per token under serve and
-#      directly, against the pace the client sees (a slower runner, or delivery lagging behind);
-#   2. bench_server.py at 1, 4 and 8 streams, serve and runner in pairs, with the httpx client
-#      (the official clients' own) and then with the standard library's lighter one: what the
-#      client's own CPU costs the served side;
-#   3. bench_server_cpu.py: CPU time per token of the server process, the client and each runner
-#      process, and the server process's busy share: whether serving keeps up at GPU rates.
-#   4. (not by default) diag_server_age.py: one serve process, 8 streams a round, 400 rounds: does
-#      serve slow down with the requests it has served (the 8-stream level runs last)?
-# $STEPS picks steps (default "diag httpx stdlib cpu"): a second call on the warm machine (the build
-# kept) runs what the first one's deadline cut, e.g. STEPS="stdlib cpu", or STEPS="age".
+# and 93.0% at 8 (RESULTS.md); this asks where 8 streams lose their time. Steps, in this order:
+#   httpx   bench_server.py at 1, 4 and 8 streams, serve and runner in pairs, httpx client (the
+#           official clients' own);
+#   graphs  the same with llama.cpp's CUDA graphs off on both sides: the suspect since 2026-11-28
+#           (on the 2-core VM with a GPU's steps emulated, --step-floor-ms, serve / runner was 99%
+#           at 8 streams; a GPU step changes its graph whenever the batch's sequences change, which
+#           serve's staggered requests make happen more often than the direct runner's burst);
+#   diag    diag_server_one_stream.py --streams 8: the runner's own time per token under serve and
+#           directly, against the pace the client sees (a slower runner, or delivery lagging);
+#   stdlib  bench_server.py with the standard library's lighter client: the client's CPU;
+#   cpu     bench_server_cpu.py: CPU time per token of each process: whether serving keeps up;
+#   age     (not by default) diag_server_age.py: one serve process, 8 streams a round, 400 rounds.
+# $STEPS picks steps and their order (default "httpx graphs diag stdlib cpu"): a second call on the
+# warm machine (the build kept) runs what the first one's deadline cut, e.g. STEPS="diag stdlib cpu".
 # Everything it prints lands in $OUT. Each step has its own time limit, cut to what is left before
 # $DEADLINE_S (default 570 s from the start), so a slow build leaves the first step its time and
 # the script ends inside run(timeout_s=590).
@@ -54,25 +56,37 @@ import bench_server
 written = bench_server.model_for(argparse.Namespace(model=None, random_gemma_shape=True), Path(tempfile.mkdtemp()))
 shutil.move(written, sys.argv[1])
 PY
-steps=" ${STEPS:-diag httpx stdlib cpu} "
-if [[ $steps == *" diag "* ]]; then
-    say "diag, 8 streams"
-    timeout "$(limit 100)" python3 benchmarks/diag_server_one_stream.py --gpu --model "$model" --streams 8 \
-        --pairs 10 2>&1 | tee -a "$log"
-fi
-for client in httpx stdlib; do
-    [[ $steps == *" $client "* ]] || continue
-    say "bench, 1/4/8 streams, $client client"
+bench() {  # serve and runner in pairs at 1, 4 and 8 streams; extra arguments for bench_server.py
     timeout "$(limit 80)" python3 benchmarks/bench_server.py --gpu --model "$model" --rounds 3 --pairs 4 \
-        --ttft-bursts 0 --without-peers --client "$client" 2>&1 | tee -a "$log"
+        --ttft-bursts 0 --without-peers "$@" 2>&1 | tee -a "$log"
+}
+for step in ${STEPS:-httpx graphs diag stdlib cpu}; do
+    case $step in
+    httpx)
+        say "bench, 1/4/8 streams, httpx client"
+        bench --client httpx ;;
+    graphs)
+        # llama.cpp's CUDA graphs are kept only while a step's graph keeps its shape: every change of
+        # the batch's sequences costs a step without them and a capture. Serve's 8 requests reach
+        # the runner over a step or two (the direct runner's all at once), and end as unevenly.
+        say "bench, 1/4/8 streams, httpx client, CUDA graphs off (GGML_CUDA_DISABLE_GRAPHS=1)"
+        GGML_CUDA_DISABLE_GRAPHS=1 bench --client httpx ;;
+    diag)
+        say "diag, 8 streams"
+        timeout "$(limit 100)" python3 benchmarks/diag_server_one_stream.py --gpu --model "$model" --streams 8 \
+            --pairs 10 2>&1 | tee -a "$log" ;;
+    stdlib)
+        say "bench, 1/4/8 streams, stdlib client"
+        bench --client stdlib ;;
+    cpu)
+        say "CPU per token by process, 1 and 8 streams"
+        timeout "$(limit 90)" python3 benchmarks/bench_server_cpu.py --gpu --model "$model" --rounds 3 2>&1 | tee -a "$log" ;;
+    age)
+        say "age: one serve process, 8 streams a round"
+        timeout "$(limit 240)" python3 benchmarks/diag_server_age.py --gpu --model "$model" --rounds 400 \
+            --block 40 2>&1 | tee -a "$log" ;;
+    *)
+        say "unknown step $step (httpx graphs diag stdlib cpu age)" ;;
+    esac
 done
-if [[ $steps == *" cpu "* ]]; then
-    say "CPU per token by process, 1 and 8 streams"
-    timeout "$(limit 90)" python3 benchmarks/bench_server_cpu.py --gpu --model "$model" --rounds 3 2>&1 | tee -a "$log"
-fi
-if [[ $steps == *" age "* ]]; then
-    say "age: one serve process, 8 streams a round"
-    timeout "$(limit 240)" python3 benchmarks/diag_server_age.py --gpu --model "$model" --rounds 400 \
-        --block 40 2>&1 | tee -a "$log"
-fi
 say "done"
