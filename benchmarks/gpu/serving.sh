@@ -15,6 +15,7 @@
 #           directly, against the pace the client sees (a slower runner, or delivery lagging);
 #   stdlib  bench_server.py with the standard library's lighter client: the client's CPU;
 #   cpu     bench_server_cpu.py: CPU time per token of each process: whether serving keeps up;
+#   long    (not by default) the httpx pairs with 512-token streams: per-request costs amortised;
 #   age     (not by default) diag_server_age.py: one serve process, 8 streams a round, 400 rounds.
 # $STEPS picks steps and their order (default "httpx graphs diag stdlib cpu"): a second call on the
 # warm machine (the build kept) runs what the first one's deadline cut, e.g. STEPS="diag stdlib cpu".
@@ -78,6 +79,11 @@ for step in ${STEPS:-httpx graphs diag stdlib cpu}; do
     stdlib)
         say "bench, 1/4/8 streams, stdlib client"
         bench --client stdlib ;;
+    long)
+        # 512 tokens a stream: a level lasts ~1.4 s at 8 streams, so what a request costs once
+        # (its time to first token, a step's stagger) weighs a quarter as much as at 128.
+        say "bench, 1/4/8 streams, httpx client, 512 tokens a stream"
+        bench --client httpx --tokens 512 --rounds 2 --pairs 3 ;;
     cpu)
         say "CPU per token by process, 1 and 8 streams"
         timeout "$(limit 90)" python3 benchmarks/bench_server_cpu.py --gpu --model "$model" --rounds 3 2>&1 | tee -a "$log" ;;
@@ -86,7 +92,7 @@ for step in ${STEPS:-httpx graphs diag stdlib cpu}; do
         timeout "$(limit 240)" python3 benchmarks/diag_server_age.py --gpu --model "$model" --rounds 400 \
             --block 40 2>&1 | tee -a "$log" ;;
     *)
-        say "unknown step $step (httpx graphs diag stdlib cpu age)" ;;
+        say "unknown step $step (httpx graphs diag stdlib cpu long age)" ;;
     esac
 done
 say "done"
