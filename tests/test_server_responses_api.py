@@ -278,6 +278,8 @@ def test_a_response_with_the_log_probabilities_it_was_asked_to_include() -> None
         {"model": "m", "input": "x", "include": ["message.output_text.logprobs"], "top_logprobs": 1}
     )
     assert body.logprobs_top() == 1 and ResponsesBody(model="m", input="x").logprobs_top() is None
+    # top_logprobs alone says how many, not whether: OpenAI answers logprobs [] without the entry.
+    assert ResponsesBody(model="m", input="x", top_logprobs=5).logprobs_top() is None
     entry = {
         "token": "Hi",
         "logprob": -0.5,

@@ -179,9 +179,11 @@ class ResponsesBody(BaseModel):
         return REASONING_EFFORTS[effort]
 
     def logprobs_top(self) -> int | None:
-        """Candidates per token for the answer's log-probabilities, or None: none asked for (the
-        `include` entry asks for them; top_logprobs alone does too)."""
-        if LOGPROBS_INCLUDE in (self.include or []) or self.top_logprobs is not None:
+        """Candidates per token for the answer's log-probabilities, or None: none asked for. Only
+        the `include` entry asks for them: as OpenAI's API, `top_logprobs` alone says how many
+        candidates, and the answer's `logprobs` stay [] (a user's report on OpenAI's forum:
+        top_logprobs=5 and no include gave logprobs=[])."""
+        if LOGPROBS_INCLUDE in (self.include or []):
             return self.top_logprobs or 0
         return None
 
