@@ -14,7 +14,7 @@ import copy
 import math
 import re
 from collections.abc import Mapping
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal
 from typing import Any, Final, NamedTuple, TypeGuard
 
 DEFINITION_KEYS = ("$defs", "definitions")
@@ -181,22 +181,53 @@ def integer_bounds(schema: Mapping[str, Any]) -> tuple[int | None, int | None]:
     """The least and greatest integer an integer schema allows (None: no bound on that side), from
     minimum / maximum / exclusiveMinimum / exclusiveMaximum, numbers or (draft 4) the booleans
     that make minimum and maximum exclusive (pure). ValueError when no integer is allowed."""
-    lows: list[int] = []
-    highs: list[int] = []
-    minimum, maximum = schema.get("minimum"), schema.get("maximum")
-    exclusive_min, exclusive_max = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
-    if _is_number(minimum):
-        lows.append(math.floor(minimum) + 1 if exclusive_min is True else math.ceil(minimum))
-    if _is_number(exclusive_min):
-        lows.append(math.floor(exclusive_min) + 1)
-    if _is_number(maximum):
-        highs.append(math.ceil(maximum) - 1 if exclusive_max is True else math.floor(maximum))
-    if _is_number(exclusive_max):
-        highs.append(math.ceil(exclusive_max) - 1)
+    low_bounds, high_bounds = _read_bounds(schema, "integer")
+    lows = [math.floor(b.value) + 1 if b.exclusive else math.ceil(b.value) for b in low_bounds]
+    highs = [math.ceil(b.value) - 1 if b.exclusive else math.floor(b.value) for b in high_bounds]
     low, high = (max(lows) if lows else None), (min(highs) if highs else None)
     if low is not None and high is not None and low > high:
         raise ValueError(f"no integer is between its bounds ({_shown(schema)})")
     return low, high
+
+
+# A bound's digits before the point, at most: a double's greatest has 309; past this many, the
+# range rules' recursion (a level a digit) would reach Python's limit (a review: 10**1000).
+MAX_BOUND_DIGITS = 400
+
+
+class Bound(NamedTuple):
+    value: Decimal
+    exclusive: bool
+
+
+def _read_bounds(schema: Mapping[str, Any], kind: str) -> tuple[list[Bound], list[Bound]]:
+    """A schema's lower and upper bounds as written (a float as its shortest form: 0.1, not the
+    binary fraction), exclusive from exclusiveMinimum / exclusiveMaximum, numbers or (draft 4)
+    booleans (pure). An infinite bound (Python's JSON reads 1e400 so) bounds nothing on its own
+    side, and leaves no `kind` on the other. ValueError for a NaN or a bound past MAX_BOUND_DIGITS."""
+    lows: list[Bound] = []
+    highs: list[Bound] = []
+    exclusive_min, exclusive_max = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+    for keyword, exclusive, side in [
+        ("minimum", exclusive_min is True, lows),
+        ("exclusiveMinimum", True, lows),
+        ("maximum", exclusive_max is True, highs),
+        ("exclusiveMaximum", True, highs),
+    ]:
+        value = schema.get(keyword)
+        if not _is_number(value):
+            continue
+        if isinstance(value, float) and math.isnan(value):
+            raise ValueError(f"a bound of NaN allows no {kind} ({_shown(schema)})")
+        if isinstance(value, float) and math.isinf(value):
+            if (value > 0) == (side is lows):  # a minimum of +inf, a maximum of -inf
+                raise ValueError(f"no {kind} is between its bounds ({_shown(schema)})")
+            continue
+        written = Decimal(value) if isinstance(value, int) else Decimal(repr(value))
+        if written.copy_abs().adjusted() >= MAX_BOUND_DIGITS:
+            raise ValueError(f"{keyword} has more than the {MAX_BOUND_DIGITS} digits a bound may have")
+        side.append(Bound(written, exclusive))
+    return lows, highs
 
 
 def has_integer_bounds(schema: object) -> bool:
@@ -333,39 +364,20 @@ def _shown(schema: Mapping[str, Any]) -> str:
 # without an exponent, and the grammar takes exactly the values in range.
 
 # As the converter's numbers: up to 16 digits after the point, or one more than a bound has, so
-# that a value fits between any two bounds (0 < x < 1e-20 takes 0.000000000000000000005).
+# that a value fits between any two bounds (0 < x < 1e-20 takes 0.000000000000000000005), up to
+# MAX_FRACTION_DIGITS: llama.cpp's grammar parser refused a range rule of some 180 ("exceeds sane
+# defaults": a minimum of 7e-203, found by the property test).
 FRACTION_DIGITS = 16
-
-
-class Bound(NamedTuple):
-    value: Decimal
-    exclusive: bool
+MAX_FRACTION_DIGITS = 64
+# Exact arithmetic for rounding a bound to MAX_FRACTION_DIGITS (MAX_BOUND_DIGITS before the point).
+_EXACT = Context(prec=MAX_BOUND_DIGITS + MAX_FRACTION_DIGITS + 8)
 
 
 def number_bounds(schema: Mapping[str, Any]) -> tuple[Bound | None, Bound | None]:
-    """The lower and upper bound of a number schema (None: none on that side; an infinite one, as
-    Python's JSON reads 1e400, bounds nothing), the stricter where two keywords bound one side;
-    exclusive from exclusiveMinimum / exclusiveMaximum, numbers or (draft 4) booleans (pure).
-    ValueError when no number is allowed."""
-    lows: list[Bound] = []
-    highs: list[Bound] = []
-    minimum, maximum = schema.get("minimum"), schema.get("maximum")
-    exclusive_min, exclusive_max = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
-    for value, exclusive, side in [
-        (minimum, exclusive_min is True, lows),
-        (exclusive_min, True, lows),
-        (maximum, exclusive_max is True, highs),
-        (exclusive_max, True, highs),
-    ]:
-        if not _is_number(value):
-            continue
-        if isinstance(value, float) and math.isnan(value):
-            raise ValueError(f"a bound of NaN allows no number ({_shown(schema)})")
-        if isinstance(value, float) and math.isinf(value):
-            if (value > 0) == (side is lows):  # a minimum of +inf, a maximum of -inf
-                raise ValueError(f"no number is between its bounds ({_shown(schema)})")
-            continue
-        side.append(Bound(_decimal(value), exclusive))
+    """The lower and upper bound of a number schema (None: none on that side), the stricter where
+    two keywords bound one side, as _read_bounds reads them (pure). ValueError when no number is
+    allowed."""
+    lows, highs = _read_bounds(schema, "number")
     # The greater lower bound, the lesser upper one; at one value, the exclusive one.
     low = max(lows, key=lambda b: (b.value, b.exclusive)) if lows else None
     high = min(highs, key=lambda b: (b.value, not b.exclusive)) if highs else None
@@ -393,12 +405,18 @@ def has_number_bounds(schema: object) -> bool:
 def number_range_rule(low: Bound | None, high: Bound | None) -> str:
     """A GBNF expression for exactly the decimals from `low` to `high` (finite; None: unbounded)
     that JSON writes without an exponent (pure): up to FRACTION_DIGITS digits after the point, or
-    one more than a bound has; before it, up to 16 digits or a bound's count. ValueError when the
-    bounds leave nothing between them."""
+    one more than a bound has, at most MAX_FRACTION_DIGITS (a bound with more is the nearest
+    decimal with that many inside the range); before it, up to 16 digits or a bound's count.
+    ValueError when the bounds leave nothing between them."""
     if _nothing_between(low, high):
         raise ValueError("no number is between its bounds")
+    low = None if low is None else _fitted(low, ROUND_CEILING)
+    high = None if high is None else _fitted(high, ROUND_FLOOR)
+    if _nothing_between(low, high):
+        raise ValueError(f"no number of up to {MAX_FRACTION_DIGITS} decimals is between its bounds")
     bounds = [b for b in (low, high) if b is not None]
     places = max([FRACTION_DIGITS, *(len(_split(b.value.copy_abs())[1]) + 1 for b in bounds)])
+    places = min(places, MAX_FRACTION_DIGITS)
     digits = max([MAX_INTEGER_DIGITS, *(len(str(_split(b.value.copy_abs())[0])) for b in bounds)])
     zero = Decimal(0)
     alternatives = []
@@ -414,9 +432,13 @@ def number_range_rule(low: Bound | None, high: Bound | None) -> str:
     return " | ".join(alternatives)
 
 
-def _decimal(value: int | float) -> Decimal:
-    """The number a schema wrote: a float as its shortest form (0.1, not the binary fraction)."""
-    return Decimal(value) if isinstance(value, int) else Decimal(repr(value))
+def _fitted(bound: Bound, rounding: str) -> Bound:
+    """`bound` itself if it has at most MAX_FRACTION_DIGITS - 1 decimals (a value then fits beside
+    it), else the nearest decimal with that many inside the range, inclusive: rounded up for a
+    lower bound (ROUND_CEILING), down for an upper (ROUND_FLOOR)."""
+    step = Decimal(1).scaleb(-(MAX_FRACTION_DIGITS - 1))
+    fitted = bound.value.quantize(step, rounding=rounding, context=_EXACT)
+    return bound if fitted == bound.value else Bound(fitted, False)
 
 
 def _split(value: Decimal) -> tuple[int, str]:
