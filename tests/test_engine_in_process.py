@@ -4,6 +4,9 @@ token (echo with log-probs) beside other work."""
 
 from __future__ import annotations
 
+import queue
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +14,7 @@ from typing import Any
 import pytest
 
 from modelyard.runtime import llama
-from modelyard.runtime.engine import Engine
+from modelyard.runtime.engine import EmbeddingContext, Engine
 from modelyard.runtime.options import LoadOptions, SamplingOptions
 from modelyard.runtime.protocol import CompletionRequest
 
@@ -467,3 +470,42 @@ def test_the_engine_says_it_is_alive_while_it_works_and_only_then(
     worker.join(10)
     assert any(e.get("event") == "done" for e in events)
     assert [e for e in events if e.get("event") == "alive"], "alive events while it worked"
+
+
+def test_embeddings_take_turns_with_the_steps(tiny_gguf: Path) -> None:
+    """An embeddings request is computed a group of inputs at a time, a step of the streams
+    between two groups: a request of thousands of inputs held every stream until it ended (22 s
+    for 400 inputs on Gemma 3 270M, benchmarks/bench_embeddings_beside_streams.py)."""
+    model = llama.Model(tiny_gguf, LoadOptions(num_gpu=0), repack=False)
+    ctx = llama.Context(model, n_ctx=2 * 128, n_seq_max=2, n_batch=64, threads=2)
+    events: list[dict[str, Any]] = []
+    engine = Engine(model, ctx, 2, events.append, embedder=lambda: EmbeddingContext(model, 128, threads=2))
+    inputs = [f"text number {i}" for i in range(4 * EmbeddingContext.MAX_SEQUENCES)]  # 4 groups
+    inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
+    generation = CompletionRequest("the cat sat on", SamplingOptions(temperature=0, num_predict=60))
+    inbox.put(generation.to_message(1))
+    inbox.put({"op": "embed", "id": 2, "inputs": inputs})
+    thread = threading.Thread(target=engine.run, args=(inbox,))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not {("done", 1), ("result", 2)} <= {(e["event"], e.get("id")) for e in events}:
+            assert time.monotonic() < deadline, events[-3:]
+            time.sleep(0.01)
+    finally:
+        inbox.put(None)
+        thread.join()
+    answered = next(i for i, e in enumerate(events) if e["event"] == "result" and e["id"] == 2)
+    steps_before = [e for e in events[:answered] if e["event"] == "token" and e["id"] == 1]
+    assert len(steps_before) >= 3, "a step of the stream between each two groups"
+    reply = events[answered]
+    alone = EmbeddingContext(model, 128, threads=2)
+    tokenized = alone.tokenized(inputs, truncate=True)
+    assert reply["prompt_eval_count"] == sum(map(len, tokenized))
+    expected = alone.next_group(tokenized, 0)
+    assert len(reply["embeddings"]) == len(inputs) and len(expected) == EmbeddingContext.MAX_SEQUENCES
+    for ours, theirs in zip(reply["embeddings"], expected, strict=False):
+        assert max(abs(a - b) for a, b in zip(ours, theirs, strict=True)) < 1e-4
+    alone.ctx.close()
+    ctx.close()
+    model.close()
