@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from modelyard.runtime import llama
-from modelyard.runtime.engine import EmbeddingContext, Engine
+from modelyard.runtime.engine import EmbeddingContext, EmbeddingJob, Engine
 from modelyard.runtime.options import LoadOptions, SamplingOptions
 from modelyard.runtime.protocol import CompletionRequest
 
@@ -500,12 +500,36 @@ def test_embeddings_take_turns_with_the_steps(tiny_gguf: Path) -> None:
     assert len(steps_before) >= 3, "a step of the stream between each two groups"
     reply = events[answered]
     alone = EmbeddingContext(model, 128, threads=2)
-    tokenized = alone.tokenized(inputs, truncate=True)
-    assert reply["prompt_eval_count"] == sum(map(len, tokenized))
-    expected = alone.next_group(tokenized, 0)
-    assert len(reply["embeddings"]) == len(inputs) and len(expected) == EmbeddingContext.MAX_SEQUENCES
-    for ours, theirs in zip(reply["embeddings"], expected, strict=False):
+    job = EmbeddingJob(0, inputs, truncate=True)
+    while not job.done:
+        alone.next_group(job)
+    assert reply["prompt_eval_count"] == job.tokens > len(inputs)
+    assert len(reply["embeddings"]) == len(inputs)
+    for ours, theirs in zip(reply["embeddings"], job.vectors, strict=True):
         assert max(abs(a - b) for a, b in zip(ours, theirs, strict=True)) < 1e-4
     alone.ctx.close()
+    ctx.close()
+    model.close()
+
+
+def test_an_input_too_long_fails_its_request_and_no_other(tiny_gguf: Path) -> None:
+    """Inputs are tokenized as their batch comes (token lists of queued requests took ten times
+    their text's memory): one too long, with truncate false, fails its request when reached."""
+    model = llama.Model(tiny_gguf, LoadOptions(num_gpu=0), repack=False)
+    ctx = llama.Context(model, n_ctx=128, n_seq_max=1, n_batch=64, threads=2)
+    events: list[dict[str, Any]] = []
+    engine = Engine(model, ctx, 1, events.append, embedder=lambda: EmbeddingContext(model, 64, threads=2))
+    long_one = ["word " * 100]  # past the embeddings context's 64 tokens
+    engine.handle({"op": "embed", "id": 1, "inputs": ["short"] * 40 + long_one, "truncate": False})
+    engine.handle({"op": "embed", "id": 2, "inputs": ["short", "text"], "truncate": False})
+    engine.handle({"op": "embed", "id": 3, "inputs": long_one, "truncate": True})
+    assert not events, "nothing answered before the loop's turns"
+    while engine._has_work():
+        engine._embed_next_group()
+    [failed] = [e for e in events if e["id"] == 1]
+    assert failed["event"] == "error" and failed["kind"] == "too_long" and "holds 64" in failed["message"]
+    second, third = (next(e for e in events if e["id"] == i) for i in (2, 3))
+    assert second["event"] == "result" and len(second["embeddings"]) == 2
+    assert third["event"] == "result" and third["prompt_eval_count"] == 64  # cut to the context
     ctx.close()
     model.close()
