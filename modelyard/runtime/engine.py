@@ -151,7 +151,7 @@ class Slot:
 @dataclass
 class EmbeddingJob:
     """An embeddings request, computed a group of inputs at a time between the steps: a request of
-    thousands of inputs held every stream of the runner until it ended (22 s on the test VM for
+    thousands of inputs held every stream of the runner until it ended (over 20 s on the test VM for
     400 inputs on Gemma 3 270M, `benchmarks/bench_embeddings_beside_streams.py`). Its inputs are
     tokenized as their group comes: token lists of requests waiting their turn took ten times the
     memory of their text (a review: 257 MiB for 16 MiB of inputs)."""

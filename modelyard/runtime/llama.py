@@ -631,10 +631,10 @@ def json_schema_grammar(schema: object) -> str:
 def _schema_converter() -> Any:
     """llama-cpp-python's SchemaConverter (as its json_schema_to_gbnf makes one), taught what
     llama.cpp's own C++ converter (Ollama's) does: an integer's minimum and maximum, which it
-    leaves out ("TODO"; json_schemas.integer_range_rule), a number's too, which neither converter
-    holds to (json_schemas.number_range_rule), a list of types read with the rest of
-    the schema (json_schemas.each_type), `items` of `{}`, `true` or `false`, and literals with
-    backslashes (json_schemas.gbnf_literal)."""
+    leaves out ("TODO"; json_schemas.integer_range_rule), a list of types read with the rest of
+    the schema (json_schemas.each_type), `items` of `{}`, `true` or `false` (after `prefixItems`
+    too: json_schemas.items_as_read), and literals with backslashes (json_schemas.gbnf_literal);
+    and what neither converter does: a number's minimum and maximum (json_schemas.number_range_rule)."""
     from llama_cpp import llama_grammar
 
     from modelyard.runtime.json_schemas import (
