@@ -533,3 +533,20 @@ def test_an_input_too_long_fails_its_request_and_no_other(tiny_gguf: Path) -> No
     assert third["event"] == "result" and third["prompt_eval_count"] == 64  # cut to the context
     ctx.close()
     model.close()
+
+
+def test_a_cancelled_embeddings_request_is_dropped(tiny_gguf: Path) -> None:
+    """Its client gone, the batches not yet computed are not (the next request's turn comes)."""
+    model = llama.Model(tiny_gguf, LoadOptions(num_gpu=0), repack=False)
+    ctx = llama.Context(model, n_ctx=128, n_seq_max=1, n_batch=64, threads=2)
+    events: list[dict[str, Any]] = []
+    engine = Engine(model, ctx, 1, events.append, embedder=lambda: EmbeddingContext(model, 64, threads=2))
+    engine.handle({"op": "embed", "id": 1, "inputs": ["text"] * 64})
+    engine.handle({"op": "embed", "id": 2, "inputs": ["other"]})
+    engine._embed_next_group()  # a batch of the first
+    engine.handle({"op": "cancel", "id": 1})
+    while engine._has_work():
+        engine._embed_next_group()
+    assert [(e["event"], e["id"]) for e in events] == [("result", 2)]
+    ctx.close()
+    model.close()

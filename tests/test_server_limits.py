@@ -338,6 +338,23 @@ def test_a_client_that_leaves_a_non_streaming_request_frees_its_slot(busy: Serve
         assert answer.status_code == 200 and time.monotonic() - started < 20
 
 
+def test_a_client_that_leaves_an_embeddings_request_stops_its_work(busy: ServeProcess) -> None:
+    """A review: an abandoned request of many inputs ran to its end (a client's retries queued
+    behind it: 257 s). The runner drops the batches not yet computed once the client has left."""
+    inputs = [f"Document {i}: the keeper lit the lamp at dusk and watched ship {i}." for i in range(600)]
+    small = ["one more"]
+    with busy.client() as http:
+        for path, body, answer in [
+            ("/api/embed", {"model": GEMMA, "input": inputs}, {"model": GEMMA, "input": small}),
+            ("/v1/embeddings", {"model": GEMMA, "input": inputs}, {"model": GEMMA, "input": small}),
+        ]:
+            with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=busy.url, timeout=3) as impatient:
+                impatient.post(path, json=body)  # about 35 s of work on this VM: left after 3
+            started = time.monotonic()
+            assert http.post(path, json=answer).status_code == 200
+            assert time.monotonic() - started < 15, f"{path}: waited for the abandoned request"
+
+
 def test_generations_cut_by_a_shutdown_end_with_an_error_that_says_so(home: Path) -> None:
     """SIGTERM: the requests in flight get the graceful period, then each ends with an error of
     its own (an NDJSON error line, an OpenAI error event, a 503), never a silently short answer."""

@@ -491,6 +491,7 @@ class Engine:
                 slot.cancelled = True
         self.waiting = deque((rid, r) for rid, r in self.waiting if rid != request_id)
         self._prompts.pop(request_id, None)
+        self._embeddings = deque(job for job in self._embeddings if job.request_id != request_id)
 
     def _finish(self, slot: Slot, reason: str) -> None:
         if slot.decoder is not None and slot.stops is not None and reason != "cancel":

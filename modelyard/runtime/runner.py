@@ -278,6 +278,13 @@ class Runner:
     def embed(self, inputs: list[str], truncate: bool = True) -> dict[str, Any]:
         return self._call({"op": "embed", "inputs": inputs, "truncate": truncate})
 
+    def submit_embed(
+        self, inputs: list[str], truncate: bool, on_reply: Callable[[Any], None]
+    ) -> RequestHandle:
+        """Embeddings whose reply (the result, or a Failure) goes to `on_reply`, on the reader
+        thread; the handle's cancel drops the work the runner has not done yet (a client gone)."""
+        return self._submit({"op": "embed", "inputs": inputs, "truncate": truncate}, on_reply)
+
     def tokenize(self, text: str, add_special: bool = False) -> list[int]:
         return list(self._call({"op": "tokenize", "text": text, "add_special": add_special})["tokens"])
 
@@ -289,12 +296,13 @@ class Runner:
 
     def _call(self, message: dict[str, Any]) -> dict[str, Any]:
         replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        request_id = self._register(replies.put)
+        self._submit(message, replies.put)
+        return reply_result(replies.get())
+
+    def _submit(self, message: dict[str, Any], on_reply: Callable[[Any], None]) -> RequestHandle:
+        request_id = self._register(on_reply)
         self._send({**message, "id": request_id}, request_id)
-        reply = replies.get()
-        if isinstance(reply, Failure):
-            raise reply.error
-        return {k: v for k, v in reply.items() if k not in ("event", "id")}
+        return RequestHandle(self, request_id)
 
     def _register(self, on_event: Callable[[Any], None]) -> int:
         if self.state is not RunnerState.READY:
@@ -427,6 +435,13 @@ class Runner:
 
     def _exit_suffix(self) -> str:
         return f" ({self.exit_detail})" if self.exit_detail else ""
+
+
+def reply_result(reply: Any) -> dict[str, Any]:
+    """A reply's result, without the protocol's fields; a Failure's error raised."""
+    if isinstance(reply, Failure):
+        raise reply.error
+    return {k: v for k, v in reply.items() if k not in ("event", "id")}
 
 
 class _IllegalInstruction(Exception):

@@ -82,6 +82,16 @@ class ClientGone:
                 task.uncancel()
 
 
+async def unless_gone(request: Request, work: Awaitable[T]) -> T:
+    """`work`, for an answer sent whole: if the client leaves first, `work` is cancelled and this
+    raises the 499; the watch ends with it."""
+    client = ClientGone(request)
+    try:
+        return await client.unless(work)
+    finally:
+        client.close()
+
+
 async def _disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass  # after the body, a server sends nothing else; a stray message is not the end

@@ -35,7 +35,7 @@ from modelyard.runtime.options import (
 )
 from modelyard.runtime.prompting import RunnerNeeded, prepare
 from modelyard.runtime.protocol import Done
-from modelyard.runtime.runner import Failure, RequestHandle, Token
+from modelyard.runtime.runner import Failure, RequestHandle, Runner, Token, reply_result
 from modelyard.runtime.scheduler import Lease, ModelRequest, Scheduler
 from modelyard.runtime.servable import Servable, load_servable
 from modelyard.runtime.template_workers import NoIdleWorker, TemplateWorkers
@@ -493,7 +493,7 @@ class Inference:
         served = False
         try:
             await self.scheduler.reserve_embeddings(lease)
-            result = await asyncio.to_thread(lease.runner.embed, inputs, truncate)
+            result = await _embeddings_of(lease.runner, inputs, truncate)
             served = True
         finally:
             lease.release(served=served)
@@ -540,6 +540,29 @@ def check_embedding_size(model: str, inputs: int, width: int) -> None:
 def _log_unload_failure(unloading: asyncio.Task[bool]) -> None:
     if not unloading.cancelled() and unloading.exception() is not None:
         log.warning("unloading failed: %s", unloading.exception())
+
+
+async def _embeddings_of(runner: Runner, inputs: list[str], truncate: bool) -> dict[str, Any]:
+    """The runner's embeddings of `inputs`. Cancelled (its client gone: server/disconnect.py), the
+    runner drops the batches it has not computed: an abandoned request of thousands of inputs ran to
+    its end, and the requests behind it (a client's retries) waited for it (a review: 257 s)."""
+    loop = asyncio.get_running_loop()
+    reply: asyncio.Future[Any] = loop.create_future()
+
+    def settle(value: Any) -> None:
+        if not reply.done():
+            reply.set_result(value)
+
+    def on_reply(value: Any) -> None:  # on the runner's reader thread
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting
+            loop.call_soon_threadsafe(settle, value)
+
+    handle = runner.submit_embed(inputs, truncate, on_reply)
+    try:
+        return reply_result(await reply)
+    except asyncio.CancelledError:
+        handle.cancel()
+        raise
 
 
 class LoopPost:

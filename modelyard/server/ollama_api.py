@@ -33,7 +33,7 @@ from modelyard.registry import PushFormat, pull, push
 from modelyard.runtime.servable import Servable
 from modelyard.server.bodies import GoJSONRoute, Items
 from modelyard.server.chunks import compact_json
-from modelyard.server.disconnect import ClientGone, WatchedStream
+from modelyard.server.disconnect import ClientGone, WatchedStream, unless_gone
 from modelyard.server.http_errors import STATUS_CLIENT_GONE, HTTPError
 from modelyard.server.inference import Finished, served_model, with_tool_calls
 from modelyard.server.logprobs import MAX_TOP_LOGPROBS, runner_top_logprobs, token_logprobs
@@ -250,7 +250,7 @@ def router(state: ServerState) -> APIRouter:
         )
 
     @api.post("/api/embed")
-    async def embed(body: EmbedBody) -> dict[str, Any]:
+    async def embed(body: EmbedBody, http: Request) -> dict[str, Any]:
         name = body.model_name()
         servable = await inference.servable(name)
         # As Ollama: an empty string is no input (not the embedding of nothing).
@@ -259,8 +259,10 @@ def router(state: ServerState) -> APIRouter:
             await inference.load_only(name, body.keep_alive, body.options)
             state.count("/api/embed", servable.name, 200)
             return {"model": name, "embeddings": []}
-        result, load_ns, total_ns = await inference.embed(
-            servable, inputs, body.options, keep_alive=body.keep_alive, truncate=body.truncate is not False
+        truncate = body.truncate is not False
+        result, load_ns, total_ns = await unless_gone(
+            http,
+            inference.embed(servable, inputs, body.options, keep_alive=body.keep_alive, truncate=truncate),
         )
         embeddings = [unit_vector(e, body.dimensions) for e in result["embeddings"]]
         state.count("/api/embed", servable.name, 200)
@@ -273,14 +275,14 @@ def router(state: ServerState) -> APIRouter:
         }
 
     @api.post("/api/embeddings")
-    async def embeddings(body: EmbeddingsBody) -> dict[str, Any]:
+    async def embeddings(body: EmbeddingsBody, http: Request) -> dict[str, Any]:
         servable = await inference.servable(body.model_name())
         if not body.prompt:
             await inference.load_only(body.model_name(), body.keep_alive, body.options)
             state.count("/api/embeddings", servable.name, 200)
             return {"embedding": []}
-        result, _, _ = await inference.embed(
-            servable, [body.prompt], body.options, keep_alive=body.keep_alive
+        result, _, _ = await unless_gone(
+            http, inference.embed(servable, [body.prompt], body.options, keep_alive=body.keep_alive)
         )
         state.count("/api/embeddings", servable.name, 200)
         return {"embedding": result["embeddings"][0]}  # as the model made it: Ollama's is not normalised

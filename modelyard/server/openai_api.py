@@ -30,7 +30,7 @@ from modelyard.runtime.runner import Token
 from modelyard.runtime.servable import Servable
 from modelyard.server.bodies import GoJSONRoute, Items
 from modelyard.server.chunks import compact_json
-from modelyard.server.disconnect import ClientGone, WatchedStream
+from modelyard.server.disconnect import ClientGone, WatchedStream, unless_gone
 from modelyard.server.http_errors import MODEL_NOT_FOUND, STATUS_CLIENT_GONE, HTTPError
 from modelyard.server.inference import Finished, with_tool_calls
 from modelyard.server.logprobs import (
@@ -393,10 +393,10 @@ def router(state: ServerState) -> APIRouter:
         )
 
     @api.post("/embeddings")
-    async def embeddings(body: EmbeddingBody) -> dict[str, Any]:
+    async def embeddings(body: EmbeddingBody, http: Request) -> dict[str, Any]:
         servable = await inference.servable(body.model)
         inputs = _embedding_inputs(body.input)
-        result, _, _ = await inference.embed(servable, inputs, None, truncate=False)
+        result, _, _ = await unless_gone(http, inference.embed(servable, inputs, None, truncate=False))
         width = len(result["embeddings"][0])
         if body.dimensions is not None and body.dimensions > width:
             # OpenAI refuses more dimensions than the model has (Ollama's API returns them all).
@@ -647,11 +647,7 @@ async def _answer(
             include_usage,
             body.n or 1,
         )
-    client = ClientGone(http)
-    try:
-        results = await client.unless(_collect_all(streams))
-    finally:
-        client.close()
+    results = await unless_gone(http, _collect_all(streams))
     state.count(endpoint, servable.name, 200)
     return JSONResponse(
         {
