@@ -435,6 +435,41 @@ def test_generations_cut_by_a_shutdown_end_with_an_error_that_says_so(home: Path
     assert 0.8 < ended < 4, f"the graceful period ran, then the cut came before uvicorn's ({ended:.1f} s)"
 
 
+def test_embeddings_cut_by_a_shutdown_end_with_an_error_that_says_so(home: Path) -> None:
+    """A review: an embeddings request still running at the end of the graceful period got a
+    plain-text 500 (the task cancelled under it); now the 503 the other answers get."""
+    server = start_server(home, env={"MODELYARD_SHUTDOWN_GRACE": "2"})
+    inputs = [f"Document {i}: the keeper lit the lamp at dusk and watched ship {i}." for i in range(2000)]
+    answers: dict[str, httpx.Response] = {}
+
+    def embed(path: str, body: dict[str, object]) -> None:
+        with server.client(timeout=60) as http:
+            answers[path] = http.post(path, json=body)
+
+    threads = [
+        threading.Thread(target=embed, args=("/api/embed", {"model": GEMMA, "input": inputs})),
+        threading.Thread(target=embed, args=("/v1/embeddings", {"model": GEMMA, "input": inputs})),
+    ]
+    try:
+        with server.client() as http:  # loaded first: the requests are computing at the cut
+            assert http.post("/api/embed", json={"model": GEMMA, "input": "warm"}).status_code == 200
+        for thread in threads:
+            thread.start()
+        time.sleep(1.5)
+        server.process.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(30)
+        assert server.process.wait(15) in (0, -signal.SIGTERM)
+    finally:
+        server.stop()
+    cut = "the server is shutting down: this answer was cut short"
+    ollama_answer, openai_answer = answers["/api/embed"], answers["/v1/embeddings"]
+    assert ollama_answer.status_code == 503 and ollama_answer.json()["error"] == cut, ollama_answer.text
+    assert openai_answer.status_code == 503 and openai_answer.json()["error"]["message"] == cut, (
+        openai_answer.text
+    )
+
+
 def test_a_second_ctrl_c_ends_the_streams_in_words_and_the_server_quietly(home: Path) -> None:
     """Ctrl-C twice: uvicorn stops waiting for the requests and skipped the app's shutdown, whose
     pending task was cancelled at exit (three tracebacks), the stream cut without a word. Now the

@@ -155,6 +155,7 @@ class Inference:
         self._servables: dict[str, Servable] = {}
         self._post: LoopPost | None = None
         self._generating: set[GenerationEvents] = set()  # each generation's events
+        self._embedding: set[asyncio.Future[Any]] = set()  # each embeddings request's reply to come
         self._awaiting_model: set[asyncio.Task[Any]] = set()  # requests inside scheduler.acquire
         self._stopped_retry_after: float | None = None  # set by stop_generations
         self._stopped_waits: set[asyncio.Task[Any]] = set()  # the waits stop_generations cancelled
@@ -171,10 +172,10 @@ class Inference:
         return self._post
 
     def stop_generations(self, retry_after: float) -> int:
-        """End every generation still running with an error that says the server is stopping
-        (an error line in a stream, a 503 otherwise): at the end of a graceful shutdown, a client
-        learns that its answer was cut short instead of seeing the connection drop. Returns how
-        many there were."""
+        """End every generation (and embeddings request) still running with an error that says the
+        server is stopping (an error line in a stream, a 503 otherwise): at the end of a graceful
+        shutdown, a client learns that its answer was cut short instead of seeing the connection
+        drop (an embeddings request's was a plain-text 500: a review). Returns how many there were."""
         error = ServerBusyError(
             "the server is shutting down: this answer was cut short", retry_after, reason="stopping"
         )
@@ -183,10 +184,13 @@ class Inference:
         self._stopped_retry_after = retry_after
         for events in self._generating:
             events.put_nowait(Failure(error))
+        for reply in self._embedding:
+            if not reply.done():
+                reply.set_result(Failure(error))
         for task in self._awaiting_model:
             task.cancel()
         self._stopped_waits = set(self._awaiting_model)
-        return len(self._generating) + len(self._awaiting_model)
+        return len(self._generating) + len(self._embedding) + len(self._awaiting_model)
 
     def request_options(self, servable: Servable, options: Mapping[str, Any] | None) -> RequestOptions:
         """A request's options over the image's parameters. Unknown names are skipped, as Ollama
@@ -493,12 +497,40 @@ class Inference:
         served = False
         try:
             await self.scheduler.reserve_embeddings(lease)
-            result = await _embeddings_of(lease.runner, inputs, truncate)
+            result = await self._embeddings_of(lease.runner, inputs, truncate)
             served = True
         finally:
             lease.release(served=served)
         self.metrics.prompt_tokens.labels(servable.name).inc(result["prompt_eval_count"])
         return result, load_ns, time.perf_counter_ns() - started
+
+    async def _embeddings_of(self, runner: Runner, inputs: list[str], truncate: bool) -> dict[str, Any]:
+        """The runner's embeddings of `inputs`. Cancelled (its client gone: server/disconnect.py) or
+        cut by a shutdown (stop_generations), the runner drops the batches it has not computed: an
+        abandoned request of thousands of inputs ran to its end, and the requests behind it (a
+        client's retries) waited for it (a review: 257 s)."""
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[Any] = loop.create_future()
+
+        def settle(value: Any) -> None:
+            if not reply.done():
+                reply.set_result(value)
+
+        def on_reply(value: Any) -> None:  # on the runner's reader thread
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting
+                loop.call_soon_threadsafe(settle, value)
+
+        handle = runner.submit_embed(inputs, truncate, on_reply)
+        self._embedding.add(reply)
+        finished = False
+        try:
+            result = reply_result(await reply)
+            finished = True
+            return result
+        finally:
+            self._embedding.discard(reply)
+            if not finished:  # cancelled, cut, or failed: what is left of it is for nobody
+                handle.cancel()
 
     def forget(self, name: str) -> None:
         """Drop a cached image after rm/tag changes (the next request re-reads the store)."""
@@ -540,29 +572,6 @@ def check_embedding_size(model: str, inputs: int, width: int) -> None:
 def _log_unload_failure(unloading: asyncio.Task[bool]) -> None:
     if not unloading.cancelled() and unloading.exception() is not None:
         log.warning("unloading failed: %s", unloading.exception())
-
-
-async def _embeddings_of(runner: Runner, inputs: list[str], truncate: bool) -> dict[str, Any]:
-    """The runner's embeddings of `inputs`. Cancelled (its client gone: server/disconnect.py), the
-    runner drops the batches it has not computed: an abandoned request of thousands of inputs ran to
-    its end, and the requests behind it (a client's retries) waited for it (a review: 257 s)."""
-    loop = asyncio.get_running_loop()
-    reply: asyncio.Future[Any] = loop.create_future()
-
-    def settle(value: Any) -> None:
-        if not reply.done():
-            reply.set_result(value)
-
-    def on_reply(value: Any) -> None:  # on the runner's reader thread
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting
-            loop.call_soon_threadsafe(settle, value)
-
-    handle = runner.submit_embed(inputs, truncate, on_reply)
-    try:
-        return reply_result(await reply)
-    except asyncio.CancelledError:
-        handle.cancel()
-        raise
 
 
 class LoopPost:
