@@ -1,19 +1,19 @@
 """A stream's tokens while the same model computes embeddings, on Gemma 3 270M, in one run.
 
 A runner computes embeddings in its own context, on the thread that decodes the streams. Each
-round starts one greedy stream of --tokens tokens and, once it has 8, asks the same runner for the
-embeddings of --inputs short texts (a RAG application filing documents while a user chats), then
-measures, from the stream's token times:
+round starts one greedy stream and, once it has 8 tokens, asks the same runner for the
+embeddings of --inputs short texts (a RAG application filing documents while a user chats); the
+stream ends 8 tokens after them (at most --tokens). From the stream's token times:
   longest gap   the longest wait for a token while the embeddings ran (a chat frozen that long)
   tokens during the tokens the stream received while the embeddings ran
   embeddings    how long the embeddings request took
-  pace outside  the stream's median time per token before and after it
+  pace outside  the stream's time per token before and after them
 
 With --baseline TREE (a checkout of another commit, e.g. `git worktree add /tmp/base REV`) a
 runner of that tree's code takes its turn beside this tree's, the sides alternating, each with its
 own runner process (the parent side, the `Runner` handle, is this tree's: the protocol is the same).
 
-    python benchmarks/bench_embeddings_beside_streams.py [--rounds 3] [--inputs 400] [--tokens 256]
+    python benchmarks/bench_embeddings_beside_streams.py [--rounds 3] [--inputs 400] [--tokens 8192]
                                                          [--baseline TREE] [--model GGUF]
 """
 
@@ -46,14 +46,19 @@ class Round:
 def one_round(runner: Runner, inputs: list[str], tokens: int) -> Round:
     arrivals: list[float] = []
     eight = threading.Event()
+    embedded = threading.Event()
 
     def stream() -> None:
         request = CompletionRequest(PROMPT, SamplingOptions(temperature=0, num_predict=tokens))
-        for event in runner.generate(request):
+        after = 0
+        for event in runner.generate(request):  # closed early: the request is cancelled
             if isinstance(event, Token):
                 arrivals.append(time.perf_counter())
                 if len(arrivals) == 8:
                     eight.set()
+                after += embedded.is_set()
+                if after > 8:  # a few tokens past the embeddings: the pace after them
+                    break
         eight.set()  # a stream shorter than 8 tokens: go on, the round says so below
 
     thread = threading.Thread(target=stream)
@@ -62,6 +67,7 @@ def one_round(runner: Runner, inputs: list[str], tokens: int) -> Round:
     started = time.perf_counter()
     vectors = runner.embed(inputs)["embeddings"]
     ended = time.perf_counter()
+    embedded.set()
     thread.join()
     if len(vectors) != len(inputs):
         raise SystemExit(f"{len(vectors)} embeddings for {len(inputs)} inputs")
@@ -103,7 +109,9 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--inputs", type=int, default=400)
-    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument(
+        "--tokens", type=int, default=8192, help="the stream's most tokens (it ends 8 past the embeddings)"
+    )
     parser.add_argument("--baseline", type=Path, help="a checkout of another commit to compare with")
     parser.add_argument("--model", type=Path, help="a GGUF to use instead of Gemma 3 270M")
     args = parser.parse_args()

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from modelyard.runtime import llama
-from modelyard.runtime.engine import EmbeddingContext, EmbeddingJob, Engine
+from modelyard.runtime.engine import EMBEDDINGS_BESIDE_STREAMS_S, EmbeddingContext, EmbeddingJob, Engine
 from modelyard.runtime.options import LoadOptions, SamplingOptions
 from modelyard.runtime.protocol import CompletionRequest
 
@@ -548,5 +548,35 @@ def test_a_cancelled_embeddings_request_is_dropped(tiny_gguf: Path) -> None:
     while engine._has_work():
         engine._embed_next_group()
     assert [(e["event"], e["id"]) for e in events] == [("result", 2)]
+    ctx.close()
+    model.close()
+
+
+def test_an_embeddings_batch_beside_streams_takes_a_slice_of_time(tiny_gguf: Path) -> None:
+    """While a stream generates, a batch holds about EMBEDDINGS_BESIDE_STREAMS_S of work (by the
+    last batches' time per token): on two cores, 16 inputs held a stream for a second. Alone, a
+    batch takes all it can."""
+    model = llama.Model(tiny_gguf, LoadOptions(num_gpu=0), repack=False)
+    ctx = llama.Context(model, n_ctx=128, n_seq_max=1, n_batch=64, threads=2)
+    events: list[dict[str, Any]] = []
+    engine = Engine(model, ctx, 1, events.append, embedder=lambda: EmbeddingContext(model, 128, threads=2))
+    engine.handle({"op": "embed", "id": 1, "inputs": ["short text"] * 40})
+    engine._embed_next_group()  # alone: a full batch
+    job = engine._embeddings[0]
+    assert len(job.vectors) == EmbeddingContext.MAX_SEQUENCES
+    embedder = engine._embedder
+    assert embedder is not None and embedder.seconds_per_token is not None  # measured
+    embedder.seconds_per_token = EMBEDDINGS_BESIDE_STREAMS_S / 8  # as if: 8 tokens a slice
+    engine.waiting.append((2, CompletionRequest("the cat", SamplingOptions(temperature=0, num_predict=30))))
+    engine._admit()
+    assert engine.slots[0].busy
+    before = len(job.vectors)
+    engine._embed_next_group()  # beside a stream: inputs of 3 tokens or so, 8 tokens' worth
+    taken = len(job.vectors) - before
+    assert 1 <= taken <= 4, taken
+    embedder.seconds_per_token = 10.0  # a batch slower than the slice: still one input
+    before = len(job.vectors)
+    engine._embed_next_group()
+    assert len(job.vectors) - before == 1
     ctx.close()
     model.close()

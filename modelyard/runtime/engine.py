@@ -60,6 +60,13 @@ IDLE_WAIT_S = 0.5
 HEARTBEAT_S = 2.0
 
 
+# While streams generate, a batch of embeddings inputs takes about this long at most (sized by the
+# last batches' time per token), so that a stream waits for one, then takes its step: on two CPU
+# cores a batch of 16 short inputs held a stream for a second. Smaller slices cost the embeddings
+# batch efficiency (0.15 s: +64% time; 0.4 s: +16%; benchmarks/RESULTS.md). Alone, a batch takes
+# what fits.
+EMBEDDINGS_BESIDE_STREAMS_S = 0.4
+
 # Operations that read the vocabulary only: answered beside the steps (answer_from_vocabulary).
 VOCABULARY_OPS = frozenset({"tokenize", "detokenize"})
 
@@ -798,7 +805,10 @@ class Engine:
         assert self._embedder is not None
         try:
             if not job.done:  # a request of no inputs has none to compute
-                self._embedder.next_group(job)
+                streams = any(slot.busy for slot in self.slots)
+                self._embedder.next_group(
+                    job, self._embedder.tokens_within(EMBEDDINGS_BESIDE_STREAMS_S) if streams else None
+                )
         except RequestRejected as exc:
             self._embeddings.popleft()
             self._error(job.request_id, str(exc), exc.kind)
@@ -863,6 +873,13 @@ class EmbeddingContext:
             flash_attention=flash_attention,
         )
         self.batch = llama.Batch(n_ctx, self.MAX_SEQUENCES)
+        self.seconds_per_token: float | None = None  # of the batches so far (a moving average)
+
+    def tokens_within(self, seconds: float) -> int | None:
+        """About how many tokens a batch computes in `seconds` (None: not known yet)."""
+        if self.seconds_per_token is None:
+            return None
+        return int(seconds / self.seconds_per_token)
 
     def tokens(self, text: str, truncate: bool) -> list[int]:
         """An input's tokens, cut to the context (or PromptTooLong, unless `truncate`)."""
@@ -876,9 +893,10 @@ class EmbeddingContext:
             tokens = tokens[: self.n_ctx]
         return tokens
 
-    def next_group(self, job: EmbeddingJob) -> None:
-        """The job's next inputs that one batch takes (at least one), tokenized as they come,
-        embedded: their vectors and tokens added to the job's."""
+    def next_group(self, job: EmbeddingJob, most_tokens: int | None = None) -> None:
+        """The job's next inputs that one batch takes (at least one; up to `most_tokens` of them),
+        tokenized as they come, embedded: their vectors and tokens added to the job's."""
+        room = self.n_ctx if most_tokens is None else max(1, min(most_tokens, self.n_ctx))
         group: list[list[int]] = []
         used = 0
         while len(job.vectors) + len(group) < len(job.inputs) and len(group) < self.MAX_SEQUENCES:
@@ -888,12 +906,16 @@ class EmbeddingContext:
                 if held is not None
                 else self.tokens(job.inputs[len(job.vectors) + len(group)], job.truncate)
             )
-            if group and used + len(tokens) > self.n_ctx:
+            if group and used + len(tokens) > room:
                 job.held = tokens  # the first of the next group
                 break
             group.append(tokens)
             used += len(tokens)
+        started = time.perf_counter()
         job.vectors += self._embed_group(group)
+        per_token = (time.perf_counter() - started) / max(used, 1)
+        last = self.seconds_per_token
+        self.seconds_per_token = per_token if last is None else (last + per_token) / 2
         job.tokens += used
 
     def _embed_group(self, group: list[list[int]]) -> list[list[float]]:
