@@ -899,13 +899,10 @@ class EmbeddingContext:
         room = self.n_ctx if most_tokens is None else max(1, min(most_tokens, self.n_ctx))
         group: list[list[int]] = []
         used = 0
-        while len(job.vectors) + len(group) < len(job.inputs) and len(group) < self.MAX_SEQUENCES:
+        first = len(job.vectors)
+        while first + len(group) < len(job.inputs) and len(group) < self.MAX_SEQUENCES:
             held, job.held = job.held, None
-            tokens = (
-                held
-                if held is not None
-                else self.tokens(job.inputs[len(job.vectors) + len(group)], job.truncate)
-            )
+            tokens = held if held is not None else self.tokens(job.inputs[first + len(group)], job.truncate)
             if group and used + len(tokens) > room:
                 job.held = tokens  # the first of the next group
                 break

@@ -230,15 +230,17 @@ def _read_bounds(schema: Mapping[str, Any], kind: str) -> tuple[list[Bound], lis
     return lows, highs
 
 
-def has_integer_bounds(schema: object) -> bool:
-    """An integer schema with a range, and nothing the converter would read first (a `$ref`, a
-    union, a constant or an enum)."""
-    return (
+def bounded_kind(schema: object) -> str | None:
+    """ "integer" or "number" for a schema of that type with a range, and nothing the converter
+    would read first (a `$ref`, a union, a constant or an enum); None for any other."""
+    if (
         isinstance(schema, Mapping)
-        and schema.get("type") == "integer"
+        and schema.get("type") in ("integer", "number")
         and any(_is_number(schema.get(k)) for k in _RANGE_KEYWORDS)
         and not any(k in schema for k in ("$ref", "oneOf", "anyOf", "allOf", "const", "enum"))
-    )
+    ):
+        return str(schema["type"])
+    return None
 
 
 def each_type(schema: object) -> list[dict[str, Any]] | None:
@@ -390,16 +392,6 @@ def _nothing_between(low: Bound | None, high: Bound | None) -> bool:
     if low is None or high is None:
         return False
     return low.value > high.value or (low.value == high.value and (low.exclusive or high.exclusive))
-
-
-def has_number_bounds(schema: object) -> bool:
-    """A number schema with a range, and nothing the converter would read first."""
-    return (
-        isinstance(schema, Mapping)
-        and schema.get("type") == "number"
-        and any(_is_number(schema.get(k)) for k in _RANGE_KEYWORDS)
-        and not any(k in schema for k in ("$ref", "oneOf", "anyOf", "allOf", "const", "enum"))
-    )
 
 
 def number_range_rule(low: Bound | None, high: Bound | None) -> str:

@@ -638,10 +638,9 @@ def _schema_converter() -> Any:
     from llama_cpp import llama_grammar
 
     from modelyard.runtime.json_schemas import (
+        bounded_kind,
         each_type,
         gbnf_literal,
-        has_integer_bounds,
-        has_number_bounds,
         integer_bounds,
         integer_range_rule,
         items_as_read,
@@ -662,9 +661,10 @@ def _schema_converter() -> Any:
                 schema = items_as_read(schema)
                 if schema.get("items") is False:  # no items at all
                     return self._add_rule(rule_name, '"[" space "]" space')
-            if has_integer_bounds(schema):
+            kind = bounded_kind(schema)
+            if kind == "integer":
                 return self._add_rule(rule_name, f"({integer_range_rule(*integer_bounds(schema))}) space")
-            if has_number_bounds(schema):
+            if kind == "number":
                 return self._add_rule(rule_name, f"({number_range_rule(*number_bounds(schema))}) space")
             return super().visit(schema, name)
 
