@@ -16,6 +16,7 @@ import pytest
 from modelyard.runtime import llama
 from modelyard.runtime.engine import EMBEDDINGS_BESIDE_STREAMS_S, EmbeddingContext, EmbeddingJob, Engine
 from modelyard.runtime.options import LoadOptions, SamplingOptions
+from modelyard.runtime.pacing import PromptSlice, StepTimes
 from modelyard.runtime.protocol import CompletionRequest
 
 SCORING_ROWS = 4
@@ -475,7 +476,7 @@ def test_the_engine_says_it_is_alive_while_it_works_and_only_then(
 def test_embeddings_take_turns_with_the_steps(tiny_gguf: Path) -> None:
     """An embeddings request is computed a group of inputs at a time, a step of the streams
     between two groups: a request of thousands of inputs held every stream until it ended (22 s
-    for 400 inputs on Gemma 3 270M, benchmarks/bench_embeddings_beside_streams.py)."""
+    for 400 inputs on Gemma 3 270M, benchmarks/bench_beside_streams.py)."""
     model = llama.Model(tiny_gguf, LoadOptions(num_gpu=0), repack=False)
     ctx = llama.Context(model, n_ctx=2 * 128, n_seq_max=2, n_batch=64, threads=2)
     events: list[dict[str, Any]] = []
@@ -578,5 +579,49 @@ def test_an_embeddings_batch_beside_streams_takes_a_slice_of_time(tiny_gguf: Pat
     before = len(job.vectors)
     engine._embed_next_group()
     assert len(job.vectors) - before == 1
+    ctx.close()
+    model.close()
+
+
+def test_a_prompt_beside_a_stream_is_read_a_slice_at_a_time(tiny_gguf: Path) -> None:
+    """While a slot generates, a step reads the prompt tokens of the slice's time (by the last
+    steps' times), not the whole batch: a batch of 512 held every stream 1.6 s on two cores. Alone,
+    or before any measure, a prompt takes the batch; what it generates is what it does alone."""
+    model = llama.Model(tiny_gguf, LoadOptions(num_gpu=0), repack=False)
+    ctx = llama.Context(model, n_ctx=2 * 256, n_seq_max=2, n_batch=64, threads=2)
+    events: list[dict[str, Any]] = []
+    engine = Engine(model, ctx, 2, events.append, prompt_slice=PromptSlice(seconds=0.4, least_tokens=1))
+    long_prompt = " ".join([PROMPT] * 8)
+    run(engine, 1, long_prompt, 6)
+    alone = [e["text"] for e in events if e["event"] == "token" and e["id"] == 1]
+    for slot in engine.slots:  # no cache to tell the two runs apart
+        engine.ctx.seq_rm(slot.seq)
+        slot.cache, slot.exact = type(slot.cache)("i"), 0
+    engine.waiting.append(
+        (2, CompletionRequest("a dog ran", SamplingOptions(temperature=0, num_predict=200)))
+    )
+    engine._admit()
+    engine.step()  # the stream's prompt
+    engine.waiting.append((3, CompletionRequest(long_prompt, SamplingOptions(temperature=0, num_predict=6))))
+    engine._admit()
+    [reading] = [s for s in engine.slots if s.request_id == 3]
+    assert len(reading.prompt) > 100
+    engine.step_times = StepTimes(streams_s=0.0, per_prompt_token_s=0.04)  # 10 tokens a slice
+    engine.step()
+    assert reading.fed == 10
+    engine.step_times = StepTimes(streams_s=0.1, per_prompt_token_s=0.01)  # 30
+    engine.step()
+    assert reading.fed == 40
+    engine.step_times = StepTimes(streams_s=0.1, per_prompt_token_s=None)  # not known: the batch
+    engine.step()
+    assert reading.fed == 40 + 63  # the stream's token and the prompt's
+    engine._cancel(2)
+    engine.step()  # the stream ends: alone, the prompt takes the batch again
+    engine.step_times = StepTimes(streams_s=0.0, per_prompt_token_s=0.04)
+    fed = reading.fed
+    engine.step()
+    assert reading.fed == min(len(reading.prompt), fed + 64)
+    run_all(engine)
+    assert [e["text"] for e in events if e["event"] == "token" and e["id"] == 3] == alone
     ctx.close()
     model.close()

@@ -1,7 +1,8 @@
 """Continuous batching: N slots share one llama.cpp context, one `llama_decode` per step.
 
 Each step builds one batch: the next token of every generating slot, then prompt tokens of the
-slots still prefilling, in chunks, until `n_batch` tokens are in. A slot generating alone also
+slots still prefilling, in chunks, until `n_batch` tokens are in, or, beside generating slots, a slice of
+time's worth (pacing.py). A slot generating alone also
 feeds the tokens that prompt lookup guesses will follow (drafting.py), and keeps those its sampler
 agrees with. New requests take a free slot between steps, chosen by what its KV cache keeps of the
 prompt (prompt_cache.py), so that only the rest is evaluated; a finished or cancelled request frees
@@ -34,6 +35,7 @@ from modelyard.runtime import llama
 from modelyard.runtime.drafting import DraftPace, NgramIndex, draft_limit, next_pace
 from modelyard.runtime.echo import EchoedPrompt
 from modelyard.runtime.options import SamplingOptions
+from modelyard.runtime.pacing import PromptSlice, StepTimes, measured, prompt_tokens_beside_streams
 from modelyard.runtime.prompt_cache import (
     BusySlot,
     CacheRules,
@@ -159,7 +161,7 @@ class Slot:
 class EmbeddingJob:
     """An embeddings request, computed a group of inputs at a time between the steps: a request of
     thousands of inputs held every stream of the runner until it ended (over 20 s on the test VM for
-    400 inputs on Gemma 3 270M, `benchmarks/bench_embeddings_beside_streams.py`). Its inputs are
+    400 inputs on Gemma 3 270M, `benchmarks/bench_beside_streams.py`). Its inputs are
     tokenized as their group comes: token lists of requests waiting their turn took ten times the
     memory of their text (a review: 257 MiB for 16 MiB of inputs)."""
 
@@ -210,6 +212,7 @@ class Engine:
         slots: int,
         send: Send,
         embedder: Callable[[], EmbeddingContext] | None = None,
+        prompt_slice: PromptSlice | None = None,
     ) -> None:
         self.model = model
         self.ctx = ctx
@@ -224,6 +227,8 @@ class Engine:
         # a busy slot's cells is looked at again every step.
         self._prompts: dict[int, tuple[list[int], int, npt.NDArray[np.int32]]] = {}
         self._shared_tokens = 0  # prompt tokens whose cells were copied from a busy slot
+        self.prompt_slice = prompt_slice or PromptSlice()
+        self.step_times = StepTimes()  # of the last steps: how much prompt fits beside streams
         self._embedder_factory = embedder
         self._embedder: EmbeddingContext | None = None
         self._embeddings: deque[EmbeddingJob] = deque()  # in the order asked, the first under way
@@ -584,6 +589,11 @@ class Engine:
                     slot.exact += len(fed)
                 slot.n_past += len(fed)
                 budget -= len(fed)
+        generated = batch.size
+        if generated:
+            beside = prompt_tokens_beside_streams(self.step_times, self.prompt_slice)
+            if beside is not None:
+                budget = min(budget, beside)
         for slot in self.slots:
             if budget <= 0:
                 break
@@ -611,6 +621,15 @@ class Engine:
             return
         if batch.outputs > self.ctx.n_outputs_max:  # llama.cpp would abort the process instead
             raise RuntimeError(f"a batch asks for {batch.outputs} outputs, over {self.ctx.n_outputs_max}")
+        started = time.perf_counter()
+        self._decode_and_sample(batch)
+        # The whole step, sampling included: what a stream waits for (and, on a GPU, where
+        # llama_decode returns before the work ends, the reading of the logits waits for the rest).
+        self.step_times = measured(
+            self.step_times, time.perf_counter() - started, batch.size - generated, generated
+        )
+
+    def _decode_and_sample(self, batch: llama.Batch) -> None:
         rc = self.ctx.decode(batch)
         if rc != 0:
             self._fail_batch(f"llama_decode failed with code {rc}")

@@ -1,0 +1,52 @@
+"""How much of a new prompt a step reads beside generating slots (runtime/pacing.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelyard.runtime.pacing import PromptSlice, StepTimes, measured, prompt_tokens_beside_streams
+
+
+@pytest.mark.parametrize(
+    ("before", "step", "after"),
+    [
+        pytest.param(StepTimes(), (0.04, 0, 1), StepTimes(0.04, None), id="a-streams-step-is-their-time"),
+        pytest.param(StepTimes(0.04, 0.003), (0.02, 0, 3), StepTimes(0.03, 0.003), id="streams-averaged"),
+        pytest.param(StepTimes(0.04, 0.003), (0.5, 0, 0), StepTimes(0.04, 0.003), id="nothing-fed"),
+        pytest.param(StepTimes(0.04, None), (0.1, 15, 1), StepTimes(0.04, None), id="too-few-prompt-tokens"),
+        pytest.param(
+            StepTimes(0.04, None), (0.44, 100, 1), StepTimes(0.04, 0.004), id="streams-time-taken-off"
+        ),
+        pytest.param(
+            StepTimes(0.04, None), (0.4, 100, 0), StepTimes(0.04, 0.004), id="prompt-alone-whole-step"
+        ),
+        pytest.param(StepTimes(None, None), (0.4, 100, 2), StepTimes(None, 0.004), id="streams-not-measured"),
+        pytest.param(
+            StepTimes(0.3, None),
+            (0.4, 100, 1),
+            StepTimes(0.3, 0.002),
+            id="at-least-half-the-step-is-the-prompt",
+        ),
+        pytest.param(StepTimes(0.0, 0.002), (0.4, 100, 1), StepTimes(0.0, 0.003), id="per-token-averaged"),
+    ],
+)
+def test_measured(before: StepTimes, step: tuple[float, int, int], after: StepTimes) -> None:
+    got = measured(before, *step)
+    assert got.streams_s == pytest.approx(after.streams_s)
+    assert got.per_prompt_token_s == pytest.approx(after.per_prompt_token_s)
+
+
+@pytest.mark.parametrize(
+    ("times", "slice_", "tokens"),
+    [
+        pytest.param(StepTimes(0.04, None), PromptSlice(0.4, 128), None, id="not-measured-whole-batch"),
+        pytest.param(StepTimes(0.005, 1e-5), PromptSlice(0.4, 128), 39500, id="a-gpu-slice-holds-a-batch"),
+        pytest.param(StepTimes(0.04, 0.001), PromptSlice(0.4, 128), 360, id="the-slice-less-the-streams"),
+        pytest.param(StepTimes(0.04, 0.003), PromptSlice(0.4, 128), 128, id="at-least-least-tokens"),
+        pytest.param(StepTimes(None, 0.003), PromptSlice(0.4, 1), 133, id="streams-not-measured"),
+        pytest.param(StepTimes(1.0, 0.01), PromptSlice(0.4, 1), 100, id="slow-streams-half-and-half"),
+        pytest.param(StepTimes(0.0, 10.0), PromptSlice(0.4, 0), 1, id="one-token-at-least"),
+    ],
+)
+def test_prompt_tokens_beside_streams(times: StepTimes, slice_: PromptSlice, tokens: int | None) -> None:
+    assert prompt_tokens_beside_streams(times, slice_) == tokens
