@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from modelyard.runtime import llama
-from modelyard.runtime.engine import EMBEDDINGS_BESIDE_STREAMS_S, EmbeddingContext, EmbeddingJob, Engine
+from modelyard.runtime.engine import EmbeddingContext, EmbeddingJob, Engine
 from modelyard.runtime.options import LoadOptions, SamplingOptions
-from modelyard.runtime.pacing import PromptSlice, StepTimes
+from modelyard.runtime.pacing import StepTimes, WorkSlice
 from modelyard.runtime.protocol import CompletionRequest
 
 SCORING_ROWS = 4
@@ -554,31 +554,40 @@ def test_a_cancelled_embeddings_request_is_dropped(tiny_gguf: Path) -> None:
 
 
 def test_an_embeddings_batch_beside_streams_takes_a_slice_of_time(tiny_gguf: Path) -> None:
-    """While a stream generates, a batch holds about EMBEDDINGS_BESIDE_STREAMS_S of work (by the
-    last batches' time per token): on two cores, 16 inputs held a stream for a second. Alone, a
-    batch takes all it can."""
+    """While a stream generates, a batch holds about a slice of work (by the last batches' time
+    per token, or before any, a prompt token's), but at least its least tokens: on two cores, 16
+    inputs held a stream for a second. Alone, a batch takes all it can."""
     model = llama.Model(tiny_gguf, LoadOptions(num_gpu=0), repack=False)
     ctx = llama.Context(model, n_ctx=128, n_seq_max=1, n_batch=64, threads=2)
     events: list[dict[str, Any]] = []
-    engine = Engine(model, ctx, 1, events.append, embedder=lambda: EmbeddingContext(model, 128, threads=2))
-    engine.handle({"op": "embed", "id": 1, "inputs": ["short text"] * 40})
-    engine._embed_next_group()  # alone: a full batch
-    job = engine._embeddings[0]
-    assert len(job.vectors) == EmbeddingContext.MAX_SEQUENCES
-    embedder = engine._embedder
-    assert embedder is not None and embedder.seconds_per_token is not None  # measured
-    embedder.seconds_per_token = EMBEDDINGS_BESIDE_STREAMS_S / 8  # as if: 8 tokens a slice
+    slice_ = WorkSlice(seconds=0.4, least_tokens=1)
+    embedder = EmbeddingContext(model, 128, threads=2)
+    engine = Engine(model, ctx, 1, events.append, embedder=lambda: embedder, beside_streams=slice_)
     engine.waiting.append((2, CompletionRequest("the cat", SamplingOptions(temperature=0, num_predict=30))))
     engine._admit()
     assert engine.slots[0].busy
-    before = len(job.vectors)
-    engine._embed_next_group()  # beside a stream: inputs of 3 tokens or so, 8 tokens' worth
-    taken = len(job.vectors) - before
-    assert 1 <= taken <= 4, taken
-    embedder.seconds_per_token = 10.0  # a batch slower than the slice: still one input
-    before = len(job.vectors)
-    engine._embed_next_group()
-    assert len(job.vectors) - before == 1
+    engine.handle({"op": "embed", "id": 1, "inputs": ["short text"] * 40})  # 8 tokens each
+    job = engine._embeddings[0]
+
+    def group() -> int:
+        before = len(job.vectors)
+        engine._embed_next_group()
+        return len(job.vectors) - before
+
+    engine.step_times = StepTimes(streams_s=0.0, per_prompt_token_s=slice_.seconds / 16)
+    assert group() == 2  # not timed yet: a prompt token's pace, 16 tokens a slice
+    assert embedder.seconds_per_token is not None  # timed now
+    embedder.seconds_per_token = slice_.seconds / 8
+    assert group() == 1  # its own pace: 8 tokens
+    embedder.seconds_per_token = 10.0
+    assert group() == 1  # slower than the slice: still one input
+    engine.beside_streams = WorkSlice(seconds=0.4, least_tokens=24)
+    embedder.seconds_per_token = 10.0
+    assert group() == 3  # but at least the least tokens
+    engine._cancel(2)
+    engine.step()
+    assert not engine.slots[0].busy
+    assert group() == EmbeddingContext.MAX_SEQUENCES  # alone: a full batch
     ctx.close()
     model.close()
 
@@ -590,7 +599,7 @@ def test_a_prompt_beside_a_stream_is_read_a_slice_at_a_time(tiny_gguf: Path) -> 
     model = llama.Model(tiny_gguf, LoadOptions(num_gpu=0), repack=False)
     ctx = llama.Context(model, n_ctx=2 * 256, n_seq_max=2, n_batch=64, threads=2)
     events: list[dict[str, Any]] = []
-    engine = Engine(model, ctx, 2, events.append, prompt_slice=PromptSlice(seconds=0.4, least_tokens=1))
+    engine = Engine(model, ctx, 2, events.append, beside_streams=WorkSlice(seconds=0.4, least_tokens=1))
     long_prompt = " ".join([PROMPT] * 8)
     run(engine, 1, long_prompt, 6)
     alone = [e["text"] for e in events if e["event"] == "token" and e["id"] == 1]
@@ -624,4 +633,119 @@ def test_a_prompt_beside_a_stream_is_read_a_slice_at_a_time(tiny_gguf: Path) -> 
     run_all(engine)
     assert [e["text"] for e in events if e["event"] == "token" and e["id"] == 3] == alone
     ctx.close()
+    model.close()
+
+
+def test_only_steps_that_read_plain_prompts_time_a_prompt_token(
+    engine: tuple[Engine, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scored prompt's steps also compute its log-probs, and a failed decode did nothing: neither
+    may set the pace at which prompts are read beside streams (a review: a scored prompt made it 4x)."""
+    runner, events = engine
+    runner.waiting.append((1, scored(PROMPT, 2)))
+    run_all(runner)
+    assert echoed(events, 1)["logprobs"]
+    assert runner.step_times.per_prompt_token_s is None
+    assert runner.step_times.streams_s is not None  # its generated tokens' steps count
+    monkeypatch.setattr(runner.ctx, "decode", lambda batch: 1)
+    runner.waiting.append((2, CompletionRequest("a dog ran", SamplingOptions(temperature=0, num_predict=2))))
+    run_all(runner)
+    assert [e for e in events if e["id"] == 2] == [
+        {"event": "error", "id": 2, "message": "llama_decode failed with code 1", "kind": "internal"}
+    ]
+    assert runner.step_times.per_prompt_token_s is None
+    monkeypatch.undo()
+    run(runner, 3, "a dog ran", 2)
+    assert runner.step_times.per_prompt_token_s is not None
+
+
+def llama_mean_pooling(model: llama.Model, token_lists: list[list[int]]) -> list[list[float]]:
+    """llama.cpp's own mean pooling of each token list (a context that reads no hidden states)."""
+    pooled = llama.Context(
+        model,
+        n_ctx=256,
+        n_seq_max=16,
+        n_batch=256,
+        threads=2,
+        embeddings=True,
+        pooling=llama.L.LLAMA_POOLING_TYPE_MEAN,
+    )
+    batch = llama.Batch(256, 16)
+    for seq, tokens in enumerate(token_lists):
+        for pos, token in enumerate(tokens):
+            batch.add(token, pos, seq, True)
+    assert pooled.decode(batch) == 0 and pooled.hidden_states is None
+    vectors = [pooled.sequence_embedding(seq, model.n_embd) for seq in range(len(token_lists))]
+    batch.close()
+    pooled.close()
+    return vectors
+
+
+def assert_same_vectors(ours: list[list[float]], theirs: list[list[float]]) -> None:
+    assert len(ours) == len(theirs)
+    for vector, expected in zip(ours, theirs, strict=True):
+        scale = max(abs(x) for x in expected)
+        assert max(abs(a - b) for a, b in zip(vector, expected, strict=True)) < 1e-5 * scale
+
+
+@pytest.mark.parametrize("which", ["tiny", pytest.param("gemma", marks=pytest.mark.gemma)])
+def test_a_chat_models_embeddings_stop_at_its_hidden_states(
+    which: str, tiny_gguf: Path, request: pytest.FixtureRequest
+) -> None:
+    """A chat model's embeddings are the mean of its final hidden states: checked against
+    llama.cpp's mean pooling on the first batch, then read as the computation stops there (no
+    lm_head for every token). Both batches give the vectors llama.cpp's pooling gives."""
+    path = tiny_gguf if which == "tiny" else request.getfixturevalue("gemma_gguf")
+    model = llama.Model(path, LoadOptions(num_gpu=0), repack=False)
+    texts = ["the cat sat", "a dog ran on the mat in the park", "hello", "red", "a spreadsheet formula"]
+    embedder = EmbeddingContext(model, 256, threads=2)
+    job = EmbeddingJob(1, texts, truncate=True)
+    stopped = []
+    while not job.done:
+        first = len(job.vectors)
+        embedder.next_group(job, most_tokens=12)  # the first group checked, the next stopped
+        stopped.append(embedder.ctx.hidden_states is not None and embedder.ctx.stops_at_hidden_states)
+        # llama.cpp's pooling of the same batch (another batch rounds differently: by up to 3% of
+        # Gemma's largest component, against llama.cpp's own pooling too).
+        group = [embedder.tokens(text, truncate=True) for text in texts[first : len(job.vectors)]]
+        assert_same_vectors(job.vectors[first:], llama_mean_pooling(model, group))
+    assert len(stopped) >= 2 and all(stopped)
+    embedder.ctx.close()
+    model.close()
+
+
+def test_hidden_states_that_are_not_llamas_pooling_are_not_used(
+    tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A graph whose tensor of that name is not what llama.cpp pools (here: the first layer's
+    attention norm) fails the first batch's check: the context pools as llama.cpp does."""
+    monkeypatch.setattr(llama._HiddenStates, "NAME", b"attn_norm-0")
+    model = llama.Model(tiny_gguf, LoadOptions(num_gpu=0), repack=False)
+    texts = ["the cat sat", "a dog ran on the mat in the park", "hello"]
+    embedder = EmbeddingContext(model, 256, threads=2)
+    job = EmbeddingJob(1, texts, truncate=True)
+    embedder.next_group(job, most_tokens=10)
+    assert not embedder.ctx.stops_at_hidden_states
+    first = len(job.vectors)
+    embedder.next_group(job)
+    assert job.done and embedder.ctx.hidden_states is None  # no longer read
+    for start, end in ((0, first), (first, len(texts))):
+        group = [embedder.tokens(text, truncate=True) for text in texts[start:end]]
+        assert_same_vectors(job.vectors[start:end], llama_mean_pooling(model, group))
+    embedder.ctx.close()
+    model.close()
+
+
+def test_an_embedding_models_own_pooling_is_left_to_llama_cpp(tmp_path: Path) -> None:
+    """A GGUF that declares its pooling is pooled by llama.cpp, after what layers it has of its own."""
+    from tinygguf import write_tiny_llama
+
+    path = write_tiny_llama(tmp_path / "pooled.gguf", pooling=1, file_type="F32")
+    model = llama.Model(path, LoadOptions(num_gpu=0), repack=False)
+    embedder = EmbeddingContext(model, 128, threads=2)
+    job = EmbeddingJob(1, ["the cat sat", "hello"], truncate=True)
+    embedder.next_group(job)
+    assert job.done and len(job.vectors[0]) == model.n_embd
+    assert embedder.ctx.hidden_states is None
+    embedder.ctx.close()
     model.close()

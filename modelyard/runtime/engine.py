@@ -35,7 +35,14 @@ from modelyard.runtime import llama
 from modelyard.runtime.drafting import DraftPace, NgramIndex, draft_limit, next_pace
 from modelyard.runtime.echo import EchoedPrompt
 from modelyard.runtime.options import SamplingOptions
-from modelyard.runtime.pacing import PromptSlice, StepTimes, measured, prompt_tokens_beside_streams
+from modelyard.runtime.pacing import (
+    StepTimes,
+    WorkSlice,
+    averaged,
+    embedding_tokens_beside_streams,
+    measured,
+    prompt_tokens_beside_streams,
+)
 from modelyard.runtime.prompt_cache import (
     BusySlot,
     CacheRules,
@@ -60,14 +67,6 @@ IDLE_WAIT_S = 0.5
 # While it works, the engine says it is alive at least this often (an "alive" event), so that the
 # parent can tell a runner that works slowly (a long prompt) from one that hangs.
 HEARTBEAT_S = 2.0
-
-
-# While streams generate, a batch of embeddings inputs takes about this long at most (sized by the
-# last batches' time per token), so that a stream waits for one, then takes its step: on two CPU
-# cores a batch of 16 short inputs held a stream for a second. Smaller slices cost the embeddings
-# batch efficiency (0.15 s: +64% time; 0.4 s: +16%; benchmarks/RESULTS.md). Alone, a batch takes
-# what fits.
-EMBEDDINGS_BESIDE_STREAMS_S = 0.4
 
 # Operations that read the vocabulary only: answered beside the steps (answer_from_vocabulary).
 VOCABULARY_OPS = frozenset({"tokenize", "detokenize"})
@@ -212,7 +211,7 @@ class Engine:
         slots: int,
         send: Send,
         embedder: Callable[[], EmbeddingContext] | None = None,
-        prompt_slice: PromptSlice | None = None,
+        beside_streams: WorkSlice | None = None,
     ) -> None:
         self.model = model
         self.ctx = ctx
@@ -227,7 +226,7 @@ class Engine:
         # a busy slot's cells is looked at again every step.
         self._prompts: dict[int, tuple[list[int], int, npt.NDArray[np.int32]]] = {}
         self._shared_tokens = 0  # prompt tokens whose cells were copied from a busy slot
-        self.prompt_slice = prompt_slice or PromptSlice()
+        self.beside_streams = beside_streams or WorkSlice()  # other work, at a time
         self.step_times = StepTimes()  # of the last steps: how much prompt fits beside streams
         self._embedder_factory = embedder
         self._embedder: EmbeddingContext | None = None
@@ -591,7 +590,7 @@ class Engine:
                 budget -= len(fed)
         generated = batch.size
         if generated:
-            beside = prompt_tokens_beside_streams(self.step_times, self.prompt_slice)
+            beside = prompt_tokens_beside_streams(self.step_times, self.beside_streams)
             if beside is not None:
                 budget = min(budget, beside)
         for slot in self.slots:
@@ -621,19 +620,23 @@ class Engine:
             return
         if batch.outputs > self.ctx.n_outputs_max:  # llama.cpp would abort the process instead
             raise RuntimeError(f"a batch asks for {batch.outputs} outputs, over {self.ctx.n_outputs_max}")
+        scores = any(slot.scored_rows is not None for slot in self.slots)
         started = time.perf_counter()
-        self._decode_and_sample(batch)
+        decoded = self._decode_and_sample(batch)
         # The whole step, sampling included: what a stream waits for (and, on a GPU, where
         # llama_decode returns before the work ends, the reading of the logits waits for the rest).
-        self.step_times = measured(
-            self.step_times, time.perf_counter() - started, batch.size - generated, generated
-        )
+        # Scoring a prompt's tokens is work beyond reading them: not a plain prompt's pace.
+        if decoded and not scores:
+            self.step_times = measured(
+                self.step_times, time.perf_counter() - started, batch.size - generated, generated
+            )
 
-    def _decode_and_sample(self, batch: llama.Batch) -> None:
+    def _decode_and_sample(self, batch: llama.Batch) -> bool:
+        """False if llama_decode failed (the batch's requests failed with it)."""
         rc = self.ctx.decode(batch)
         if rc != 0:
             self._fail_batch(f"llama_decode failed with code {rc}")
-            return
+            return False
         for slot in self.slots:
             if slot.busy and (slot.logits_index >= 0 or slot.scored_rows is not None):
                 try:
@@ -645,6 +648,7 @@ class Engine:
                     traceback.print_exc()  # stderr: the parent keeps its tail for crash reports
                     self._error(slot.request_id, f"internal error: {type(exc).__name__}: {exc}", "internal")
                     self._release(slot, keep_cache=False)
+        return True
 
     def _guesses(self, slot: Slot, free_outputs: int) -> list[int]:
         """The tokens to feed after the slot's sampled token at position n_past, by prompt lookup
@@ -824,10 +828,15 @@ class Engine:
         assert self._embedder is not None
         try:
             if not job.done:  # a request of no inputs has none to compute
-                streams = any(slot.busy for slot in self.slots)
-                self._embedder.next_group(
-                    job, self._embedder.tokens_within(EMBEDDINGS_BESIDE_STREAMS_S) if streams else None
-                )
+                most = None  # alone: what a batch holds
+                if any(slot.busy for slot in self.slots):
+                    # Until its own batches are timed, a token of inputs costs about what a
+                    # prompt's does in the main context (the same weights).
+                    per_token = self._embedder.seconds_per_token
+                    if per_token is None:
+                        per_token = self.step_times.per_prompt_token_s
+                    most = embedding_tokens_beside_streams(per_token, self.beside_streams)
+                self._embedder.next_group(job, most)
         except RequestRejected as exc:
             self._embeddings.popleft()
             self._error(job.request_id, str(exc), exc.kind)
@@ -864,9 +873,17 @@ def _grammar_for(format_: object) -> str | None:
 
 
 class EmbeddingContext:
-    """A second context for embeddings: pooled (mean when the model declares no pooling), many
-    inputs in one batch, one sequence each. The vectors are the model's own: each API decides
-    whether to normalise them (Ollama's /api/embed does, its legacy /api/embeddings does not).
+    """A second context for embeddings: pooled, many inputs in one batch, one sequence each. The
+    vectors are the model's own: each API decides whether to normalise them (Ollama's /api/embed
+    does, its legacy /api/embeddings does not).
+
+    A model that declares no pooling (a chat model) is pooled by the mean of its final hidden
+    states. llama.cpp would also compute its lm_head for every token (2.2x the time on Gemma 3,
+    benchmarks/RESULTS.md): the context copies the hidden states (llama.Context(hidden_states)),
+    the first batch's means are checked against llama.cpp's mean pooling, and if they agree, later
+    batches stop at the hidden states. If not (a model whose graph names another tensor so), the
+    context pools as llama.cpp does, for good.
+
     Made on the first embeddings request, `n_ctx` tokens as memory.embedding_context_tokens sizes
     it; the scheduler counts its memory (memory.embedding_estimate) before the request reaches us."""
 
@@ -890,15 +907,11 @@ class EmbeddingContext:
             embeddings=True,
             pooling=None if model.declares_pooling else llama.L.LLAMA_POOLING_TYPE_MEAN,
             flash_attention=flash_attention,
+            # An embedding model pools its own way, after layers of its own: llama.cpp's.
+            hidden_states=not model.declares_pooling,
         )
         self.batch = llama.Batch(n_ctx, self.MAX_SEQUENCES)
         self.seconds_per_token: float | None = None  # of the batches so far (a moving average)
-
-    def tokens_within(self, seconds: float) -> int | None:
-        """About how many tokens a batch computes in `seconds` (None: not known yet)."""
-        if self.seconds_per_token is None:
-            return None
-        return int(seconds / self.seconds_per_token)
 
     def tokens(self, text: str, truncate: bool) -> list[int]:
         """An input's tokens, cut to the context (or PromptTooLong, unless `truncate`)."""
@@ -929,9 +942,9 @@ class EmbeddingContext:
             used += len(tokens)
         started = time.perf_counter()
         job.vectors += self._embed_group(group)
-        per_token = (time.perf_counter() - started) / max(used, 1)
-        last = self.seconds_per_token
-        self.seconds_per_token = per_token if last is None else (last + per_token) / 2
+        self.seconds_per_token = averaged(
+            self.seconds_per_token, (time.perf_counter() - started) / max(used, 1)
+        )
         job.tokens += used
 
     def _embed_group(self, group: list[list[int]]) -> list[list[float]]:
@@ -945,4 +958,26 @@ class EmbeddingContext:
         rc = self.ctx.decode(self.batch)
         if rc != 0:
             raise RequestRejected(f"llama_decode failed with code {rc} while embedding")
-        return [self.ctx.sequence_embedding(seq, self.model.n_embd) for seq in range(len(group))]
+        hidden = self.ctx.hidden_states
+        means = None
+        if hidden is not None:
+            ends = np.cumsum([len(tokens) for tokens in group])
+            means = [
+                hidden[end - len(tokens) : end].mean(axis=0) for tokens, end in zip(group, ends, strict=True)
+            ]
+            if self.ctx.stops_at_hidden_states:
+                return [mean.tolist() for mean in means]
+        pooled = [self.ctx.sequence_embedding(seq, self.model.n_embd) for seq in range(len(group))]
+        if means is not None:  # the first batch: are the hidden states' means llama.cpp's?
+            agree = all(same_vector(mean, vector) for mean, vector in zip(means, pooled, strict=True))
+            self.ctx.read_hidden_states(read=agree, stop=agree)
+        return pooled
+
+
+def same_vector(ours: npt.NDArray[np.float32], theirs: list[float]) -> bool:
+    """Equal to float32 rounding: to 1e-4 of the largest component (sums in another order)."""
+    reference = np.asarray(theirs, dtype=np.float32)
+    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
+    return (
+        ours.shape == reference.shape and float(np.max(np.abs(ours - reference), initial=0.0)) <= 1e-4 * scale
+    )

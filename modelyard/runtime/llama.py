@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp as L
+import llama_cpp._ggml
 import numpy as np  # llama_cpp imports it anyway
+import numpy.typing as npt
 
 from modelyard.runtime.options import LoadOptions, SamplingOptions
 from modelyard.runtime.topk import top_candidates
@@ -275,6 +277,59 @@ def _load_mode(load: LoadOptions) -> int:
     return int(L.LLAMA_LOAD_MODE_NONE)
 
 
+# ggml's own functions, for the tensors an eval callback is shown (llama-cpp-python loads the library).
+_ggml = llama_cpp._ggml.libggml
+_ggml.ggml_get_name.argtypes = [ctypes.c_void_p]
+_ggml.ggml_get_name.restype = ctypes.c_char_p
+_ggml.ggml_nrows.argtypes = [ctypes.c_void_p]
+_ggml.ggml_nrows.restype = ctypes.c_int64
+_ggml.ggml_nbytes.argtypes = [ctypes.c_void_p]
+_ggml.ggml_nbytes.restype = ctypes.c_size_t
+_ggml.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+_ggml.ggml_backend_tensor_get.restype = None
+
+
+class _HiddenStates:
+    """An eval callback that copies a batch's final hidden states, the output norm's result (every
+    llama.cpp model builder names it "result_norm") while `read` is set, and once `stop` is set
+    too, stops the computation there.
+
+    An embeddings context of a chat model still computes the lm_head for every token (llama.cpp
+    builds the logits into the graph, and pooling marks every token an output): for Gemma 3's
+    262,144-token vocabulary that was most of an embeddings batch's time. The mean of a
+    sequence's rows is what llama.cpp's mean pooling computes from the same tensor (its user checks
+    that once before it sets `stop`). A tensor of another shape than one row of n_embd floats per
+    token of the batch is left alone: llama.cpp then computes and pools as usual, `rows` None."""
+
+    NAME = b"result_norm"
+
+    def __init__(self, n_embd: int) -> None:
+        self.n_embd = n_embd
+        self.expected_rows = 0
+        self.rows: npt.NDArray[np.float32] | None = None
+        self.read = True
+        self.stop = False
+        self.callback = L.ggml_backend_sched_eval_callback(self._on_tensor)  # referenced: see top
+
+    def _on_tensor(self, tensor: int, ask: bool, _user_data: int) -> bool:
+        # Asked, True: "show me this tensor once computed"; shown, False: "stop the computation".
+        # An exception here would return False to C: stop with nothing copied. Go on instead.
+        try:
+            if not self.read or _ggml.ggml_get_name(tensor) != self.NAME:
+                return not ask
+            if ask:
+                return True
+            rows, nbytes = self.expected_rows, self.expected_rows * self.n_embd * 4
+            if _ggml.ggml_nrows(tensor) != rows or _ggml.ggml_nbytes(tensor) != nbytes:
+                return True
+            hidden = np.empty((rows, self.n_embd), dtype=np.float32)
+            _ggml.ggml_backend_tensor_get(tensor, hidden.ctypes.data, 0, nbytes)
+            self.rows = hidden
+            return not self.stop
+        except Exception:  # a bug: the usual computation still gives the right answer
+            return True
+
+
 class Context:
     def __init__(
         self,
@@ -288,10 +343,14 @@ class Context:
         pooling: int | None = None,
         flash_attention: bool | None = None,
         prompt_logprob_rows: int = 0,
+        hidden_states: bool = False,
     ) -> None:
         """With `embeddings`, pooled embeddings are read; otherwise one row of logits per sequence
         and, per batch, `prompt_logprob_rows` more for the prompt tokens whose log-probabilities
-        are asked for (each row costs n_vocab floats, in the compute and the output buffers)."""
+        are asked for (each row costs n_vocab floats, in the compute and the output buffers).
+        With `hidden_states` (and `embeddings`), a decode also copies the batch's final hidden
+        states, read as `hidden_states`; with `stop_at_hidden_states` set, it computes no further
+        (_HiddenStates)."""
         params = L.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_seq_max = n_seq_max
@@ -315,6 +374,9 @@ class Context:
         params.embeddings = embeddings
         if pooling is not None:
             params.pooling_type = pooling
+        self._hidden = _HiddenStates(model.n_embd) if embeddings and hidden_states else None
+        if self._hidden is not None:
+            params.cb_eval = self._hidden.callback
         if flash_attention is not None:
             params.flash_attn_type = (
                 L.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attention else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
@@ -332,7 +394,28 @@ class Context:
         L.llama_memory_clear(self.memory, True)
 
     def decode(self, batch: Batch) -> int:
+        if self._hidden is not None:
+            self._hidden.rows = None
+            self._hidden.expected_rows = batch.size
         return int(L.llama_decode(self.ptr, batch.raw))
+
+    @property
+    def hidden_states(self) -> npt.NDArray[np.float32] | None:
+        """The last decode's final hidden states, a row per token of its batch, in its order (None:
+        not read)."""
+        return self._hidden.rows if self._hidden is not None and self._hidden.read else None
+
+    @property
+    def stops_at_hidden_states(self) -> bool:
+        return self._hidden is not None and self._hidden.read and self._hidden.stop
+
+    def read_hidden_states(self, *, read: bool, stop: bool = False) -> None:
+        """Whether a decode copies the final hidden states (`hidden_states`), and whether it then
+        computes no further (nothing llama.cpp computes from them, pooled embeddings or logits, is
+        there to read then). Only for a context made with `hidden_states`."""
+        if self._hidden is None:
+            raise ValueError("this context was made without hidden_states")
+        self._hidden.read, self._hidden.stop = read, read and stop
 
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
         return bool(L.llama_memory_seq_rm(self.memory, seq, p0, p1))
