@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from modelyard.runtime import llama
-from modelyard.runtime.engine import EmbeddingContext, EmbeddingJob, Engine
+from modelyard.runtime.engine import EmbeddingContext, EmbeddingJob, Engine, RequestRejected
 from modelyard.runtime.options import LoadOptions, SamplingOptions
 from modelyard.runtime.pacing import StepTimes, WorkSlice
 from modelyard.runtime.protocol import CompletionRequest
@@ -692,18 +692,19 @@ def assert_same_vectors(ours: list[list[float]], theirs: list[list[float]]) -> N
 def test_a_chat_models_embeddings_stop_at_its_hidden_states(
     which: str, tiny_gguf: Path, request: pytest.FixtureRequest
 ) -> None:
-    """A chat model's embeddings are the mean of its final hidden states: checked against
-    llama.cpp's mean pooling on the first batch, then read as the computation stops there (no
-    lm_head for every token). Both batches give the vectors llama.cpp's pooling gives."""
+    """A chat model's embeddings are the mean of its final hidden states: checked once against
+    llama.cpp's mean pooling as the context is made, then read as the computation stops there (no
+    lm_head for every token): the vectors llama.cpp's pooling of the same batch gives."""
     path = tiny_gguf if which == "tiny" else request.getfixturevalue("gemma_gguf")
     model = llama.Model(path, LoadOptions(num_gpu=0), repack=False)
     texts = ["the cat sat", "a dog ran on the mat in the park", "hello", "red", "a spreadsheet formula"]
     embedder = EmbeddingContext(model, 256, threads=2)
     job = EmbeddingJob(1, texts, truncate=True)
+    assert embedder.ctx.stops_at_hidden_states  # checked
     stopped = []
     while not job.done:
         first = len(job.vectors)
-        embedder.next_group(job, most_tokens=12)  # the first group checked, the next stopped
+        embedder.next_group(job, most_tokens=12)
         stopped.append(embedder.ctx.hidden_states is not None and embedder.ctx.stops_at_hidden_states)
         # llama.cpp's pooling of the same batch (another batch rounds differently: by up to 3% of
         # Gemma's largest component, against llama.cpp's own pooling too).
@@ -718,14 +719,14 @@ def test_hidden_states_that_are_not_llamas_pooling_are_not_used(
     tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A graph whose tensor of that name is not what llama.cpp pools (here: the first layer's
-    attention norm) fails the first batch's check: the context pools as llama.cpp does."""
+    attention norm) fails the check: the context pools as llama.cpp does."""
     monkeypatch.setattr(llama._HiddenStates, "NAME", b"attn_norm-0")
     model = llama.Model(tiny_gguf, LoadOptions(num_gpu=0), repack=False)
     texts = ["the cat sat", "a dog ran on the mat in the park", "hello"]
     embedder = EmbeddingContext(model, 256, threads=2)
     job = EmbeddingJob(1, texts, truncate=True)
-    embedder.next_group(job, most_tokens=10)
     assert not embedder.ctx.stops_at_hidden_states
+    embedder.next_group(job, most_tokens=10)
     first = len(job.vectors)
     embedder.next_group(job)
     assert job.done and embedder.ctx.hidden_states is None  # no longer read
@@ -747,5 +748,20 @@ def test_an_embedding_models_own_pooling_is_left_to_llama_cpp(tmp_path: Path) ->
     embedder.next_group(job)
     assert job.done and len(job.vectors[0]) == model.n_embd
     assert embedder.ctx.hidden_states is None
+    embedder.ctx.close()
+    model.close()
+
+
+def test_an_input_of_no_tokens_fails_its_request(tmp_path: Path) -> None:
+    """A model that adds no BOS reads "" as no tokens: a clear refusal, not a vector of NaN (the
+    mean of no rows; a review) nor llama.cpp's "no pooled embedding"."""
+    from tinygguf import write_tiny_llama
+
+    path = write_tiny_llama(tmp_path / "no-bos.gguf", file_type="F32", add_bos=False)
+    model = llama.Model(path, LoadOptions(num_gpu=0), repack=False)
+    embedder = EmbeddingContext(model, 128, threads=2)
+    job = EmbeddingJob(1, ["the cat sat", ""], truncate=True)
+    with pytest.raises(RequestRejected, match="no tokens"):
+        embedder.next_group(job)
     embedder.ctx.close()
     model.close()

@@ -84,8 +84,10 @@ def write_tiny_llama(
     chat_template: str | None = None,
     pooling: int | None = None,
     split_max_tensors: int = 0,
+    add_bos: bool = True,
 ) -> Path:
     """`pooling`: a `<arch>.pooling_type` to declare (llama.cpp's enum: 0 none, 1 mean, …).
+    `add_bos`: whether a tokenizer adds the BOS token (without, "" is no tokens).
     `split_max_tensors`: split into files of that many tensors as llama.cpp's gguf-split does
     (`path`'s stem gets -00001-of-0000N)."""
     shape = TinyLlamaShape(n_vocab, n_embd, n_layer, n_head, n_head_kv, n_ff, n_ctx)
@@ -114,7 +116,7 @@ def write_tiny_llama(
     writer.add_bos_token_id(BOS_ID)
     writer.add_eos_token_id(EOS_ID)
     writer.add_unk_token_id(UNK_ID)
-    writer.add_add_bos_token(True)
+    writer.add_add_bos_token(add_bos)
     writer.add_add_eos_token(False)
     if chat_template is not None:
         writer.add_chat_template(chat_template)

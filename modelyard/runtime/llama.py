@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp as L
-import llama_cpp._ggml
 import numpy as np  # llama_cpp imports it anyway
 import numpy.typing as npt
 
@@ -277,16 +276,30 @@ def _load_mode(load: LoadOptions) -> int:
     return int(L.LLAMA_LOAD_MODE_NONE)
 
 
-# ggml's own functions, for the tensors an eval callback is shown (llama-cpp-python loads the library).
-_ggml = llama_cpp._ggml.libggml
-_ggml.ggml_get_name.argtypes = [ctypes.c_void_p]
-_ggml.ggml_get_name.restype = ctypes.c_char_p
-_ggml.ggml_nrows.argtypes = [ctypes.c_void_p]
-_ggml.ggml_nrows.restype = ctypes.c_int64
-_ggml.ggml_nbytes.argtypes = [ctypes.c_void_p]
-_ggml.ggml_nbytes.restype = ctypes.c_size_t
-_ggml.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
-_ggml.ggml_backend_tensor_get.restype = None
+def _ggml_functions() -> Any:
+    """ggml's own functions, for the tensors an eval callback is shown (llama-cpp-python loads the
+    library; its module says "internal": without it, embeddings are pooled by llama.cpp as before)."""
+    try:
+        from llama_cpp._ggml import libggml
+    except (ImportError, OSError):  # pragma: no cover - another build of llama-cpp-python
+        return None
+    libggml.ggml_get_name.argtypes = [ctypes.c_void_p]
+    libggml.ggml_get_name.restype = ctypes.c_char_p
+    libggml.ggml_nrows.argtypes = [ctypes.c_void_p]
+    libggml.ggml_nrows.restype = ctypes.c_int64
+    libggml.ggml_nbytes.argtypes = [ctypes.c_void_p]
+    libggml.ggml_nbytes.restype = ctypes.c_size_t
+    libggml.ggml_backend_tensor_get.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_size_t,
+    ]
+    libggml.ggml_backend_tensor_get.restype = None
+    return libggml
+
+
+_ggml = _ggml_functions()
 
 
 class _HiddenStates:
@@ -326,8 +339,8 @@ class _HiddenStates:
             _ggml.ggml_backend_tensor_get(tensor, hidden.ctypes.data, 0, nbytes)
             self.rows = hidden
             return not self.stop
-        except Exception:  # a bug: the usual computation still gives the right answer
-            return True
+        except BaseException:  # ctypes cannot raise it into C; it would print it and return False
+            return True  # (stop, copied nothing): go on, and the usual computation answers
 
 
 class Context:
@@ -374,7 +387,9 @@ class Context:
         params.embeddings = embeddings
         if pooling is not None:
             params.pooling_type = pooling
-        self._hidden = _HiddenStates(model.n_embd) if embeddings and hidden_states else None
+        self._hidden = (
+            _HiddenStates(model.n_embd) if embeddings and hidden_states and _ggml is not None else None
+        )
         if self._hidden is not None:
             params.cb_eval = self._hidden.callback
         if flash_attention is not None:
@@ -412,9 +427,11 @@ class Context:
     def read_hidden_states(self, *, read: bool, stop: bool = False) -> None:
         """Whether a decode copies the final hidden states (`hidden_states`), and whether it then
         computes no further (nothing llama.cpp computes from them, pooled embeddings or logits, is
-        there to read then). Only for a context made with `hidden_states`."""
+        there to read then). Reading needs a context made with `hidden_states`."""
         if self._hidden is None:
-            raise ValueError("this context was made without hidden_states")
+            if read:
+                raise ValueError("this context was made without hidden_states")
+            return
         self._hidden.read, self._hidden.stop = read, read and stop
 
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
