@@ -575,9 +575,11 @@ def test_the_embeddings_context_is_counted_before_the_runner_makes_it(two_models
 @pytest.mark.gemma
 def test_gemma_embeddings_context_estimate_within_15_percent_of_measured(gemma_gguf: Path) -> None:
     """Gemma 3's 262,144-token vocabulary makes its embeddings context 2 MiB a token: the estimate
-    must match what the runner's resident memory grows by when the context is made and filled."""
+    must match what the runner's resident memory grows by when the context is made and filled, but
+    for the graph's rows of logits, reserved and, as the embeddings stop at the hidden states, never
+    written on a CPU (memory.embedding_estimate)."""
     from modelyard.runtime import procstats
-    from modelyard.runtime.memory import embedding_estimate
+    from modelyard.runtime.memory import F32_BYTES, embedding_estimate
 
     async def scenario() -> None:
         scheduler = Scheduler(SchedulerSettings(ram_budget=2**34))
@@ -593,7 +595,9 @@ def test_gemma_embeddings_context_estimate_within_15_percent_of_measured(gemma_g
             assert before is not None and after is not None
             grown = after.rss - before.rss
             counted = embedding_estimate(req.shape, n_ctx=512).host
-            assert abs(counted - grown) / grown < 0.15, (counted, grown)
+            never_written = F32_BYTES * (512 - 1) * req.shape.n_vocab
+            assert counted > grown
+            assert abs(counted - never_written - grown) / grown < 0.15, (counted, never_written, grown)
         finally:
             await scheduler.close()
 

@@ -1,14 +1,13 @@
 """Continuous batching: N slots share one llama.cpp context, one `llama_decode` per step.
 
 Each step builds one batch: the next token of every generating slot, then prompt tokens of the
-slots still prefilling, in chunks, until `n_batch` tokens are in, or, beside generating slots, a slice of
-time's worth (pacing.py). A slot generating alone also
-feeds the tokens that prompt lookup guesses will follow (drafting.py), and keeps those its sampler
-agrees with. New requests take a free slot between steps, chosen by what its KV cache keeps of the
-prompt (prompt_cache.py), so that only the rest is evaluated; a finished or cancelled request frees
-its slot at once and leaves its cells for the next. Every slot has its own sampler chain, stop
-matcher and UTF-8 decoder. Busy slots are kept on consecutive sequence ids (slot_layout.py), which
-llama.cpp decodes in one pass.
+slots still prefilling, in chunks, until `n_batch` tokens are in (beside generating slots, about a
+slice of time's worth: pacing.py). A slot generating alone also feeds the tokens that prompt lookup
+guesses will follow (drafting.py), and keeps those its sampler agrees with. New requests take a
+free slot between steps, chosen by what its KV cache keeps of the prompt (prompt_cache.py), so that
+only the rest is evaluated; a finished or cancelled request frees its slot at once and leaves its
+cells for the next. Every slot has its own sampler chain, stop matcher and UTF-8 decoder. Busy
+slots are kept on consecutive sequence ids (slot_layout.py), which llama.cpp decodes in one pass.
 
 Runs inside the runner process, on its main thread; requests arrive on a queue fed by the socket
 reader thread, events leave through `send`.

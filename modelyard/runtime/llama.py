@@ -326,7 +326,6 @@ class _HiddenStates:
 
     def _on_tensor(self, tensor: int, ask: bool, _user_data: int) -> bool:
         # Asked, True: "show me this tensor once computed"; shown, False: "stop the computation".
-        # An exception here would return False to C: stop with nothing copied. Go on instead.
         try:
             if not self.read or _ggml.ggml_get_name(tensor) != self.NAME:
                 return not ask
@@ -362,8 +361,8 @@ class Context:
         and, per batch, `prompt_logprob_rows` more for the prompt tokens whose log-probabilities
         are asked for (each row costs n_vocab floats, in the compute and the output buffers).
         With `hidden_states` (and `embeddings`), a decode also copies the batch's final hidden
-        states, read as `hidden_states`; with `stop_at_hidden_states` set, it computes no further
-        (_HiddenStates)."""
+        states, read as `hidden_states`; after `read_hidden_states(read=True, stop=True)`, it
+        computes no further (_HiddenStates)."""
         params = L.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_seq_max = n_seq_max

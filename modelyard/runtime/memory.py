@@ -263,7 +263,12 @@ def embedding_estimate(shape: ModelShape, *, n_ctx: int, n_gpu_layers: int = 0) 
     token, 2 MiB a token for Gemma 3. Measured on Gemma 3 270M: a runner's RSS grew by 1,059 MiB
     embedding 512 tokens (this estimate: 1,054 MiB), and by 2,080 MiB for 1,016 tokens in a
     1,024-token context (before chat models were held to 512). The buffers stay allocated at their
-    largest until the runner exits."""
+    largest until the runner exits.
+
+    A chat model's embeddings now stop at its hidden states (llama._HiddenStates): on a CPU the
+    graph's rows of logits are reserved but never written, and resident memory grows by the rest
+    (548 MiB for 512 tokens of Gemma 3). They stay counted: the first check can find a model whose
+    hidden states are not what it pools (then they are written), and a GPU allocates them anyway."""
     context = estimate(
         shape, n_ctx=n_ctx, slots=1, n_batch=n_ctx, n_gpu_layers=n_gpu_layers, prompt_logprob_rows=0
     )
