@@ -421,7 +421,7 @@ class Context:
 
     @property
     def stops_at_hidden_states(self) -> bool:
-        return self._hidden is not None and self._hidden.read and self._hidden.stop
+        return self._hidden is not None and self._hidden.stop  # (set only with read)
 
     def read_hidden_states(self, *, read: bool, stop: bool = False) -> None:
         """Whether a decode copies the final hidden states (`hidden_states`), and whether it then

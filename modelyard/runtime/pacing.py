@@ -72,16 +72,19 @@ def prompt_tokens_beside_streams(times: StepTimes, slice_: WorkSlice) -> int | N
     """How many prompt tokens a step reads beside generating slots so that it lasts about the
     slice (None: no measure yet, read what the batch holds). Streams whose own step already takes
     the slice or more share steps half and half with the prompt: it still advances."""
-    if times.per_prompt_token_s is None:
-        return None
     streams = times.streams_s or 0.0
-    tokens = int(max(slice_.seconds - streams, streams) / times.per_prompt_token_s)
-    return max(slice_.least_tokens, tokens, 1)
+    return _tokens_within(
+        max(slice_.seconds - streams, streams), times.per_prompt_token_s, slice_.least_tokens
+    )
 
 
 def embedding_tokens_beside_streams(per_token_s: float | None, slice_: WorkSlice) -> int | None:
     """How many tokens of inputs an embeddings batch takes between two steps of generating slots
     (None: no measure yet, what the batch holds)."""
+    return _tokens_within(slice_.seconds, per_token_s, slice_.least_tokens)
+
+
+def _tokens_within(seconds: float, per_token_s: float | None, least: int) -> int | None:
     if per_token_s is None:
         return None
-    return max(slice_.least_tokens, int(slice_.seconds / per_token_s), 1)
+    return max(least, int(seconds / per_token_s), 1)

@@ -509,11 +509,9 @@ async def _progress_response(
                 last = event
             return last
 
-        client = ClientGone(http)
         try:
-            last = await client.unless(last_of(first))
+            last = await unless_gone(http, last_of(first))
         finally:
-            client.close()
             await events.aclose()
         return JSONResponse(last.to_json())
 

@@ -28,7 +28,7 @@ from modelyard.runtime.options import SamplingOptions
 from modelyard.runtime.runner import Token
 from modelyard.server.bodies import GoJSONRoute, Items
 from modelyard.server.chunks import compact_json
-from modelyard.server.disconnect import ClientGone, WatchedStream
+from modelyard.server.disconnect import ClientGone, WatchedStream, unless_gone
 from modelyard.server.http_errors import STATUS_CLIENT_GONE, HTTPError
 from modelyard.server.inference import Finished, with_tool_calls
 from modelyard.server.logprobs import MAX_TOP_LOGPROBS, runner_top_logprobs, token_logprobs
@@ -500,11 +500,7 @@ def router(state: ServerState) -> APIRouter:
         )
         if body.stream:
             return await _streamed(http, state, servable.name, stream, events)
-        client = ClientGone(http)
-        try:
-            text, parts, finished = await client.unless(collected(stream))
-        finally:
-            client.close()
+        text, parts, finished = await unless_gone(http, collected(stream))
         # The answer whole is what a stream's last event carries.
         events.token(text, [entry for _, entries in parts for entry in entries])
         *_, last = events.finish(finished, _call_ids(finished))
