@@ -42,6 +42,12 @@ class Settings:
     docker_config: Path = field(default_factory=lambda: Path.home() / ".docker")
     # Blobs a pull or push moves at once.
     registry_parallel: int = 4
+    # A registry's answer that brings fewer than `limit` bytes a second over `time` seconds is given
+    # up and resumed, a few times, then the pull fails ($MODELYARD_REGISTRY_LOW_SPEED_LIMIT, a size
+    # such as 1KiB or 0 for none; $MODELYARD_REGISTRY_LOW_SPEED_TIME, whole seconds), as git's
+    # http.lowSpeedLimit and lowSpeedTime: a read timeout alone never ends a trickle.
+    registry_low_speed_limit: int = 1024
+    registry_low_speed_time: int = 60
     # Registries reached over plain HTTP, or over HTTPS without certificate verification, whatever
     # the command ($MODELYARD_PLAIN_HTTP_REGISTRIES, $MODELYARD_INSECURE_REGISTRIES: host[:port],
     # comma-separated), as Docker's insecure-registries: what `serve --spec` pulls from, too.
@@ -98,6 +104,11 @@ class Settings:
             "ram_budget": _bytes(env, "MODELYARD_RAM_BUDGET"),
             "max_loaded_models": _positive_int(env, "MODELYARD_MAX_LOADED_MODELS"),
         }
+        low_speed = {
+            "registry_low_speed_limit": _size(env, "MODELYARD_REGISTRY_LOW_SPEED_LIMIT"),
+            "registry_low_speed_time": _positive_int(env, "MODELYARD_REGISTRY_LOW_SPEED_TIME"),
+        }
+        values.update({k: v for k, v in low_speed.items() if v is not None})  # else the defaults
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 
@@ -160,14 +171,23 @@ def _positive_int(env: Mapping[str, str], name: str) -> int | None:
     return int(value)
 
 
+def _size(env: Mapping[str, str], name: str) -> int | None:
+    """A size the variable gives (0 allowed), or None when it is unset."""
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return parse_bytes(value)
+    except ValueError as exc:
+        raise ValueError(f"${name}: {exc}") from None
+
+
 def _bytes(env: Mapping[str, str], name: str) -> int | None:
     value = env.get(name, "").strip()
     if not value or value == "auto":
         return None
-    try:
-        size = parse_bytes(value)
-    except ValueError as exc:
-        raise ValueError(f"${name}: {exc}") from None
+    size = _size(env, name)
+    assert size is not None
     if size <= 0:  # a budget of nothing refuses every model (a docs review: 0 was taken)
         raise ValueError(f"${name} must be more than 0 (like 12GiB, 512MiB), or auto; got {value!r}")
     return size

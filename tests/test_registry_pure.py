@@ -31,6 +31,7 @@ from modelyard.registry.locations import EMPTY, mount_source, remember
 from modelyard.registry.options import RegistryOptions
 from modelyard.registry.push import PushFormat, plan_push
 from modelyard.registry.retry import RetryPolicy, parse_retry_after, retry_delay
+from modelyard.registry.speed import LowSpeed, SpeedWatch
 from modelyard.settings import Settings
 from modelyard.store.image import (
     ANNOTATION_FILEPATH,
@@ -555,3 +556,64 @@ def test_registries_listed_in_settings_are_reached_as_listed(host: str, base_url
 def test_the_default_registry_of_names_without_one(environ: dict[str, str], expected: str | None) -> None:
     settings = Settings.from_env({**environ, "HOME": "/nonexistent"})
     assert RegistryOptions.from_settings(settings).default_registry == expected
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        pytest.param({}, LowSpeed(1024, 60), id="a-kib-a-second-over-a-minute"),
+        pytest.param(
+            {"MODELYARD_REGISTRY_LOW_SPEED_LIMIT": "10KiB", "MODELYARD_REGISTRY_LOW_SPEED_TIME": "30"},
+            LowSpeed(10240, 30),
+            id="set",
+        ),
+        pytest.param({"MODELYARD_REGISTRY_LOW_SPEED_LIMIT": "0"}, LowSpeed(0, 60), id="none"),
+    ],
+)
+def test_the_low_speed_limit_from_the_environment(environ: dict[str, str], expected: LowSpeed) -> None:
+    settings = Settings.from_env({**environ, "HOME": "/nonexistent"})
+    options = RegistryOptions.from_settings(settings)
+    assert options.low_speed == expected
+    assert options.open_session("reg.example").low_speed == expected
+
+
+@pytest.mark.parametrize(
+    ("environ", "error"),
+    [
+        pytest.param({"MODELYARD_REGISTRY_LOW_SPEED_LIMIT": "fast"}, "LOW_SPEED_LIMIT: 'fast' is not a size"),
+        pytest.param({"MODELYARD_REGISTRY_LOW_SPEED_TIME": "0"}, "LOW_SPEED_TIME must be a positive integer"),
+        pytest.param(
+            {"MODELYARD_REGISTRY_LOW_SPEED_TIME": "1m"}, "LOW_SPEED_TIME must be a positive integer"
+        ),
+    ],
+)
+def test_a_low_speed_limit_that_is_not_one_is_refused(environ: dict[str, str], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        Settings.from_env({**environ, "HOME": "/nonexistent"})
+
+
+WINDOW = LowSpeed(bytes_per_s=100, seconds=10)  # 1,000 bytes in every 10 s
+
+
+@pytest.mark.parametrize(
+    ("watch", "done", "now", "expected"),
+    [
+        pytest.param(SpeedWatch(WINDOW, 0.0), 999, 9.9, SpeedWatch(WINDOW, 0.0), id="under-way"),
+        pytest.param(SpeedWatch(WINDOW, 0.0), 999, 10.0, None, id="too-few-by-its-end"),
+        pytest.param(
+            SpeedWatch(WINDOW, 0.0), 1000, 10.0, SpeedWatch(WINDOW, 10.0, 1000), id="enough-by-its-end"
+        ),
+        pytest.param(
+            SpeedWatch(WINDOW, 0.0), 1000, 0.5, SpeedWatch(WINDOW, 0.5, 1000), id="enough-starts-anew"
+        ),
+        pytest.param(SpeedWatch(WINDOW, 5.0, 1000), 1999, 15.0, None, id="counted-from-the-window-start"),
+        pytest.param(SpeedWatch(WINDOW, 5.0, 1000), 1500, 14.0, SpeedWatch(WINDOW, 5.0, 1000), id="half-way"),
+        pytest.param(
+            SpeedWatch(LowSpeed(0, 10), 0.0), 0, 1e9, SpeedWatch(LowSpeed(0, 10), 1e9), id="no-limit"
+        ),
+    ],
+)
+def test_a_speed_watch_ends_a_window_that_brought_too_few_bytes(
+    watch: SpeedWatch, done: int, now: float, expected: SpeedWatch | None
+) -> None:
+    assert watch.moved(done, now) == expected

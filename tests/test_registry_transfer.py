@@ -4,6 +4,7 @@ fetched by a checked digest, and error bodies are read only as far as a message 
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import logging
 import threading
@@ -11,11 +12,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
 
-from modelyard.errors import RegistryError, RegistryProtocolError, RemoteNotFoundError
+from modelyard.errors import (
+    RegistryError,
+    RegistryProtocolError,
+    RegistryUnavailableError,
+    RemoteNotFoundError,
+)
 from modelyard.reference import parse_reference
 from modelyard.registry.client import RepositoryClient, UploadSession
 from modelyard.registry.credentials import Credentials
@@ -25,6 +32,7 @@ from modelyard.registry.options import RegistryOptions
 from modelyard.registry.pull import pull
 from modelyard.registry.retry import RetryPolicy
 from modelyard.registry.session import RegistrySession
+from modelyard.registry.speed import DEFAULT_LOW_SPEED, LowSpeed
 from modelyard.registry.transfer import (
     BlobSource,
     Cancellation,
@@ -68,6 +76,7 @@ class FakeRegistry:
     lose: int = 0  # requests on an upload session answered as a restarted registry does
     session_bytes: bytes = b""  # what the open upload session holds (chunks sent with PATCH)
     drop_after: int = 0  # a blob GET's body breaks after this many bytes (a flaky link)
+    trickle: int = 0  # a blob or manifest body comes in pieces of this many bytes (see Ticks)
     refuse_chunks: bool = False  # every PATCH answered 416, the session held at its first chunk
     hiccups: tuple[int, ...] = ()  # these PATCHes (1-based) answered 416 once, nothing taken
     patches: int = 0
@@ -130,14 +139,17 @@ class FakeRegistry:
             found = self.manifests.get(request.url.path.rsplit("/", 1)[1])
             if found is None:
                 return httpx.Response(404, json={"errors": [{"code": "MANIFEST_UNKNOWN"}]})
-            return httpx.Response(200, headers={"Content-Type": found[0]}, content=found[1])
+            return httpx.Response(200, headers={"Content-Type": found[0]}, stream=self._body(found[1]))
         return httpx.Response(404)
 
     def _body(self, data: bytes) -> httpx.SyncByteStream:
-        drop_after = self.drop_after
+        drop_after, trickle = self.drop_after, self.trickle
 
         class Body(httpx.SyncByteStream):
             def __iter__(self) -> Iterator[bytes]:
+                if trickle:
+                    yield from (data[i : i + trickle] for i in range(0, len(data), trickle))
+                    return
                 if not drop_after or len(data) <= drop_after:
                     yield data
                     return
@@ -147,13 +159,29 @@ class FakeRegistry:
         return Body()
 
 
-def client(fake: FakeRegistry, credentials: Credentials | None = None) -> RepositoryClient:
+class Ticks:
+    """A clock a second further on at each look: a session reads it once as a body starts and once
+    a piece, so a piece of a trickle takes a second."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def client(
+    fake: FakeRegistry, credentials: Credentials | None = None, low_speed: LowSpeed = DEFAULT_LOW_SPEED
+) -> RepositoryClient:
     session = RegistrySession(
         resolve_endpoint("reg.example"),
         lambda: credentials,
         transport=httpx.MockTransport(fake),
         retry=FAST,
+        low_speed=low_speed,
         sleep=lambda _: None,
+        clock=Ticks(),
     )
     return RepositoryClient(session, "ns/m", push=True)
 
@@ -290,6 +318,52 @@ def test_a_download_over_a_link_that_drops_again_and_again_goes_on_while_bytes_c
     assert len(registry.requests) == 10
 
 
+# A window must bring 500 bytes in 5 s; a trickle of 10-byte pieces brings 40 after 5 s (Ticks).
+SLOW = LowSpeed(bytes_per_s=100, seconds=5)
+
+
+@pytest.mark.parametrize(
+    ("trickle", "low_speed"),
+    [
+        pytest.param(100, SLOW, id="at-the-limit-it-comes"),  # 500 bytes a window, just
+        pytest.param(10, LowSpeed(bytes_per_s=0, seconds=5), id="no-limit-it-comes"),
+    ],
+)
+def test_a_download_as_fast_as_the_low_speed_limit_asks_goes_on(
+    tmp_path: Path, trickle: int, low_speed: LowSpeed
+) -> None:
+    blobs = BlobStore(tmp_path)
+    registry = FakeRegistry(blobs={DIGEST: BLOB}, trickle=trickle)
+    assert download_blob(client(registry, low_speed=low_speed), blobs, DIGEST, len(BLOB)) == len(BLOB)
+    assert blobs.read_bytes(DIGEST) == BLOB
+    assert len(registry.requests) == 1
+
+
+def test_a_download_that_trickles_is_resumed_then_given_up_saying_why(tmp_path: Path) -> None:
+    """A review: a registry sending a byte every 50 s answered every read within its 60 s timeout,
+    and a pull went on for ever. A window that brings too few bytes ends the try; the next resumes
+    from the bytes kept, and a trickle's few bytes do not start the count of tries again."""
+    blobs = BlobStore(tmp_path)
+    registry = FakeRegistry(blobs={DIGEST: BLOB}, trickle=10)
+    with pytest.raises(
+        RegistryUnavailableError, match=r"under 100 bytes/s for 5 s \(\$MODELYARD_REGISTRY_LOW"
+    ):
+        download_blob(client(registry, low_speed=SLOW), blobs, DIGEST, len(BLOB))
+    assert [r.rpartition(" ")[2] for r in registry.requests] == [f"/v2/ns/m/blobs/{DIGEST}", "bytes=40-"]
+    assert partial_path(blobs, DIGEST).stat().st_size == 80, "kept, to resume from"
+
+
+def test_a_manifest_that_trickles_is_given_up_saying_why() -> None:
+    manifest = canonical_json({"schemaVersion": 2, "mediaType": MANIFEST_OCI, "layers": []})
+    registry = FakeRegistry(manifests={"v1": (MANIFEST_OCI, manifest)}, trickle=1)
+    with pytest.raises(
+        RegistryUnavailableError, match=r"GET manifest reg\.example/ns/m:v1: the answer came at under"
+    ):
+        client(registry, low_speed=SLOW).get_manifest("v1")
+    registry = FakeRegistry(manifests={"v1": (MANIFEST_OCI, manifest)}, trickle=100)
+    assert client(registry, low_speed=SLOW).get_manifest("v1").data == manifest
+
+
 def test_a_download_stopped_while_its_link_broke_asks_for_nothing_more(tmp_path: Path) -> None:
     """A registry review: Ctrl-C on a stalled link, then the read timed out, and the download asked
     for the rest once more before it stopped."""
@@ -420,6 +494,54 @@ def test_a_cancellation_wakes_a_read_blocked_on_a_stalled_link(tmp_path: Path) -
         assert partial_path(blobs, DIGEST).stat().st_size == 1024, "kept, to resume from"
     finally:
         _StalledBlob.released.set()
+        server.shutdown()
+        server.server_close()
+        session.close()
+
+
+class _TrickledBlob(http.server.BaseHTTPRequestHandler):
+    """A blob GET answered at once, then ten bytes every 20 ms (500 bytes/s), each read in time."""
+
+    ranges: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        start = int((self.headers.get("Range") or "bytes=0-").removeprefix("bytes=").rstrip("-"))
+        self.ranges.append(self.headers.get("Range") or "")
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(BLOB) - start))
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(BLOB) - 1}/{len(BLOB)}")
+        self.end_headers()
+        with contextlib.suppress(OSError):  # the client gave up
+            for i in range(start, len(BLOB), 10):
+                self.wfile.write(BLOB[i : i + 10])
+                self.wfile.flush()
+                time.sleep(0.02)
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+def test_a_real_link_that_trickles_ends_in_an_error_not_a_pull_for_ever(tmp_path: Path) -> None:
+    """Over a socket, with real time: 500 bytes/s against a limit of 1,000 over half a second."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TrickledBlob)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    session = RegistrySession(
+        resolve_endpoint(f"127.0.0.1:{server.server_port}"),
+        retry=FAST,
+        sleep=lambda _: None,
+        low_speed=LowSpeed(bytes_per_s=1000, seconds=0.5),
+    )
+    blobs = BlobStore(tmp_path)
+    began = time.monotonic()
+    try:
+        with pytest.raises(RegistryUnavailableError, match=r"under 1,000 bytes/s for 0\.5 s"):
+            download_blob(RepositoryClient(session, "ns/m"), blobs, DIGEST, len(BLOB))
+        assert time.monotonic() - began < 5
+        kept = partial_path(blobs, DIGEST).stat().st_size
+        assert 200 <= kept < len(BLOB), kept
+        assert _TrickledBlob.ranges[0] == "" and _TrickledBlob.ranges[1].startswith("bytes=")
+    finally:
         server.shutdown()
         server.server_close()
         session.close()

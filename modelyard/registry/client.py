@@ -11,12 +11,26 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 
-from modelyard.errors import RegistryAuthError, RegistryError, RegistryProtocolError, RemoteNotFoundError
-from modelyard.registry.session import Body, RegistrySession, describe_error_body, error_for, read_small
+from modelyard.errors import (
+    RegistryAuthError,
+    RegistryError,
+    RegistryProtocolError,
+    RegistryUnavailableError,
+    RemoteNotFoundError,
+)
+from modelyard.registry.session import (
+    Body,
+    BodyTooSlow,
+    RegistrySession,
+    describe_error_body,
+    error_for,
+    read_small,
+)
 from modelyard.store.image import (
     INDEX_OCI,
     MANIFEST_DOCKER,
@@ -83,7 +97,10 @@ class RepositoryClient:
                 raise RemoteNotFoundError(where, _not_found_what(response, default))
             if response.status_code != 200:
                 raise error_for(response, f"GET manifest {where}")
-            data = _read_limited(response, MAX_MANIFEST_BYTES, where)
+            try:
+                data = _read_limited(self.session.body(response), response, MAX_MANIFEST_BYTES, where)
+            except BodyTooSlow as exc:
+                raise RegistryUnavailableError(self.session.host, f"GET manifest {where}: {exc}") from None
         digest = sha256_digest(data)
         if reference.startswith("sha256:") and digest != reference:
             raise RegistryProtocolError(f"{where}: the registry sent a manifest whose digest is {digest}")
@@ -253,12 +270,12 @@ class UploadOffsetError(RegistryError):
         super().__init__(f"the registry expects the upload to continue at byte {offset}")
 
 
-def _read_limited(response: httpx.Response, limit: int, where: str) -> bytes:
+def _read_limited(body: Iterator[bytes], response: httpx.Response, limit: int, where: str) -> bytes:
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > limit:
         raise RegistryError(f"{where}: the manifest is {declared} bytes; the limit is {limit} (4 MiB)")
     data = bytearray()
-    for chunk in response.iter_bytes():
+    for chunk in body:
         data += chunk
         if len(data) > limit:
             raise RegistryError(f"{where}: the manifest is larger than {limit} bytes (4 MiB)")

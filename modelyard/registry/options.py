@@ -13,6 +13,7 @@ from modelyard.registry.endpoint import Endpoint, resolve_endpoint
 from modelyard.registry.locations import LocationLedger
 from modelyard.registry.retry import DEFAULT_RETRY, RetryPolicy
 from modelyard.registry.session import DEFAULT_TIMEOUT, RegistrySession
+from modelyard.registry.speed import DEFAULT_LOW_SPEED, LowSpeed
 from modelyard.registry.transfer import DEFAULT_CHUNK_BYTES
 from modelyard.settings import Settings
 
@@ -30,6 +31,7 @@ class RegistryOptions:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     retry: RetryPolicy = DEFAULT_RETRY
     timeout: httpx.Timeout = field(default_factory=lambda: DEFAULT_TIMEOUT)  # per read and connect
+    low_speed: LowSpeed = DEFAULT_LOW_SPEED  # an answer slower than this is given up (and resumed)
     transport: httpx.BaseTransport | None = field(default=None, compare=False)  # tests inject one
 
     @classmethod
@@ -46,6 +48,7 @@ class RegistryOptions:
             insecure_hosts=frozenset(registry_host(h) for h in settings.insecure_registries),
             parallel=settings.registry_parallel,
             default_registry=settings.default_registry,
+            low_speed=LowSpeed(settings.registry_low_speed_limit, settings.registry_low_speed_time),
         )
 
     def credentials(self) -> DockerConfig:
@@ -71,5 +74,6 @@ class RegistryOptions:
             lambda: config.lookup(host),
             retry=self.retry,
             timeout=self.timeout,
+            low_speed=self.low_speed,
             transport=self.transport,
         )

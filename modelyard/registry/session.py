@@ -35,6 +35,7 @@ from modelyard.registry.challenge import Challenge, parse_challenges
 from modelyard.registry.credentials import Credentials
 from modelyard.registry.endpoint import Endpoint
 from modelyard.registry.retry import DEFAULT_RETRY, RetryPolicy, is_retryable_status, retry_delay
+from modelyard.registry.speed import DEFAULT_LOW_SPEED, LowSpeed, SpeedWatch
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,17 @@ class _Grant:
     anonymous: bool
 
 
+class BodyTooSlow(Exception):
+    """A body brought fewer bytes in a window than the low-speed limit asks (after `done` bytes)."""
+
+    def __init__(self, low: LowSpeed, done: int) -> None:
+        super().__init__(
+            f"the answer came at {low.describe()} ($MODELYARD_REGISTRY_LOW_SPEED_LIMIT=0 waits for any link)"
+        )
+        self.low = low
+        self.done = done
+
+
 class RegistrySession:
     def __init__(
         self,
@@ -67,12 +79,16 @@ class RegistrySession:
         *,
         retry: RetryPolicy = DEFAULT_RETRY,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        low_speed: LowSpeed = DEFAULT_LOW_SPEED,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rand: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.endpoint = endpoint
         self.retry = retry
+        self.low_speed = low_speed
+        self._clock = clock
         self._lookup_credentials = credentials
         self._credentials: Credentials | None = None
         self._looked_up = False
@@ -155,10 +171,28 @@ class RegistrySession:
             self._sleep(delay)
             attempt += 1
 
-    def wait_to_retry(self, attempt: int, error: httpx.TransportError | None) -> None:
+    def body(self, response: httpx.Response) -> Iterator[bytes]:
+        """A streamed response's body, chunk by chunk; raises BodyTooSlow once a window of the
+        low-speed limit brings too few bytes (a read timeout alone never ends a trickle)."""
+        watch: SpeedWatch | None = SpeedWatch(self.low_speed, self._clock())
+        done = 0
+        for chunk in response.iter_bytes():
+            done += len(chunk)
+            assert watch is not None
+            watch = watch.moved(done, self._clock())
+            if watch is None:
+                raise BodyTooSlow(self.low_speed, done)
+            yield chunk
+
+    def wait_to_retry(self, attempt: int, error: httpx.TransportError | BodyTooSlow | None) -> None:
         """Back off before resuming a transfer that broke mid-body, or raise once retries are spent."""
         delay = retry_delay(self.retry, attempt, network_error=True, rand=self._rand())
-        what = _describe_network_error(error) if error is not None else "the connection ended early"
+        if isinstance(error, BodyTooSlow):
+            what = str(error)
+        elif error is not None:
+            what = _describe_network_error(error)
+        else:
+            what = "the connection ended early"
         if delay is None:
             raise RegistryUnavailableError(self.host, what)
         log.debug("%s; resuming in %.2fs", what, delay)

@@ -9,7 +9,8 @@ journal (journal.py), and the next push of that blob goes on from what the regis
 
 Download: into `ingest/<hex>.download.partial`, a name fixed per digest so that a pull killed
 halfway (even by SIGKILL) finds its bytes again and asks only for the rest (`Range: bytes=N-`).
-A network error mid-body resumes the same way after a backoff. The finished file is hashed by the
+A network error mid-body resumes the same way after a backoff, as does a body slower than the
+low-speed limit (speed.py). The finished file is hashed by the
 store and enters it only if its sha256 is the digest; otherwise it is deleted, and the error names
 both digests. A partial file from an earlier run that turns out wrong is thrown away and the blob
 fetched once more from the start.
@@ -46,6 +47,7 @@ from modelyard.registry.client import (
     UploadSessionLost,
 )
 from modelyard.registry.journal import UploadJournal
+from modelyard.registry.session import BodyTooSlow
 from modelyard.store.blobs import LOCK_SUFFIX, BlobStore, hash_file
 
 log = logging.getLogger(__name__)
@@ -451,13 +453,18 @@ class _Download:
             out.seek(0, os.SEEK_END)
             while out.tell() < self.size:
                 had = out.tell()
+                enough = 1  # the bytes a try must bring for the next to count from the first again
                 try:
                     self._once(out)
                     if out.tell() >= self.size:
                         break
-                    error = None  # the body ended early without an error: ask for the rest
+                    error: httpx.TransportError | BodyTooSlow | None = None  # ended early: ask for the rest
                 except httpx.TransportError as exc:
                     error = exc
+                except BodyTooSlow as exc:
+                    # A trickle brings some bytes each try: only a window's worth starts the count again.
+                    error = exc
+                    enough = max(1, int(exc.low.window_bytes))
                 except (OSError, ValueError):
                     # A socket shut down under a TLS read can raise these raw: a cancellation.
                     if self.cancelled.is_set():
@@ -469,7 +476,7 @@ class _Download:
                     ) from None
                 if self.cancelled.is_set():  # Ctrl-C while the link stalled: no new request
                     raise Cancelled(self.digest)
-                if out.tell() > had:
+                if out.tell() - had >= enough:
                     # Bytes came: the tries are for a registry that gives none, not for a long
                     # download over a link that drops now and then (as Ollama's parts).
                     attempt = 0
@@ -493,7 +500,7 @@ class _Download:
                 have = 0
             elif have:
                 log.debug("resuming %s at byte %d", self.digest, have)
-            for chunk in response.iter_bytes():
+            for chunk in self.repo.session.body(response):
                 if self.cancelled.is_set():
                     raise Cancelled(self.digest)
                 if have + len(chunk) > self.size:
