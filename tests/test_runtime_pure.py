@@ -213,14 +213,11 @@ def test_all_layers_offloaded(lines: list[str], expected: bool) -> None:
 @pytest.mark.parametrize(
     ("num_thread", "all_layers_on_gpu", "expected"),
     [
-        pytest.param(0, False, "cpus", id="cpu-auto-one-per-cpu"),
+        pytest.param(0, False, 5, id="cpu-auto-one-per-core"),
         pytest.param(0, True, 1, id="all-on-gpu-auto-one"),
         pytest.param(6, True, 6, id="asked-on-gpu"),
         pytest.param(3, False, 3, id="asked-on-cpu"),
     ],
 )
-def test_load_options_threads(num_thread: int, all_layers_on_gpu: bool, expected: object) -> None:
-    import os
-
-    want = max(os.cpu_count() or 1, 1) if expected == "cpus" else expected
-    assert LoadOptions(num_thread=num_thread).threads(all_layers_on_gpu=all_layers_on_gpu) == want
+def test_load_options_threads(num_thread: int, all_layers_on_gpu: bool, expected: int) -> None:
+    assert LoadOptions(num_thread=num_thread).threads(5, all_layers_on_gpu=all_layers_on_gpu) == expected

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from modelyard.cpus import cpu_facts, usable_cores
 from modelyard.errors import QuantizeError
 
 UNQUANTIZED_TYPES = frozenset({"F32", "F16", "BF16"})
@@ -104,7 +105,7 @@ def quantize(
         str(source),
         str(destination),
         target,
-        str(threads or max(os.cpu_count() or 1, 1)),
+        str(threads or usable_cores(cpu_facts())),
     ]
     child = subprocess.Popen(
         command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE

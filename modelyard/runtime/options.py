@@ -10,7 +10,6 @@ InferenceRequestError naming the option; the runner goes on serving everyone els
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,9 +97,9 @@ class LoadOptions:
         A small `num_batch` only makes prefill slow, as with Ollama."""
         return max(self.num_batch, self.num_parallel)
 
-    def threads(self, all_layers_on_gpu: bool = False) -> int:
+    def threads(self, cores: int, all_layers_on_gpu: bool = False) -> int:
         """llama.cpp's CPU threads: `num_thread` when set; else one when every layer runs on a GPU,
-        else one per CPU.
+        else one per core this process may use (`cores`: modelyard.cpus.usable_cores).
 
         With every layer on a GPU, what is left to the CPU backend is the lookup of a small batch's
         token embeddings (llama.cpp keeps that table in host memory). More threads only cost: after
@@ -113,7 +112,7 @@ class LoadOptions:
             return self.num_thread
         if all_layers_on_gpu:
             return 1
-        return max(os.cpu_count() or 1, 1)
+        return max(cores, 1)
 
 
 @dataclass(frozen=True)

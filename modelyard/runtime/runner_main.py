@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from modelyard.cpus import cpu_facts, usable_cores
 from modelyard.runtime.options import PROMPT_LOGPROB_ROWS, LoadOptions
 
 
@@ -99,7 +100,9 @@ def _load(channel: Any, message: dict[str, Any], logs: Any, send: Any) -> Any:
         model = llama.Model(weights, options, repack=repack, progress=progress)
     except OSError as exc:
         raise _LoadFailed(_explain(str(exc), logs)) from None
-    threads = options.threads(all_layers_on_gpu=llama.all_layers_offloaded(logs.load_lines))
+    threads = options.threads(
+        usable_cores(cpu_facts()), all_layers_on_gpu=llama.all_layers_offloaded(logs.load_lines)
+    )
     try:
         adapters = [
             (llama.LoraAdapter(model, Path(path)), float(scale)) for path, scale in message["adapters"]
