@@ -188,40 +188,53 @@ def _may_open_a_call(text: str) -> bool:
 
 
 def _split_calls(held: str, names: frozenset[str]) -> tuple[str, list[ToolCall]]:
-    calls = _parse_calls(held)
-    if calls is None or not calls or (names and any(call.name not in names for call in calls)):
+    """The calls at the start of `held` and the text after them. What follows the last call that
+    parses (words, a second call cut short) is text, as Ollama's parser sends it: a client review
+    found a whole call lost as text because the model wrote on after it."""
+    calls, end = _parse_calls(held)
+    if not calls or (names and any(call.name not in names for call in calls)):
         return held, []
-    return "", calls
+    rest = held[end:]
+    return (rest if rest.strip() else ""), calls
 
 
 _BETWEEN_CALLS = (*MARKERS, *CLOSERS)
 
 
-def _parse_calls(body: str) -> list[ToolCall] | None:
-    """Every JSON value in `body` as calls: in a row, separated by whitespace, commas, semicolons,
-    markers and closers (never taken out of the JSON itself: an argument may contain them). None
-    when something in it is not a call."""
+def _parse_calls(body: str) -> tuple[list[ToolCall], int]:
+    """The JSON values at the start of `body` that are calls, in a row, separated by whitespace,
+    commas, semicolons, markers and closers (never taken out of the JSON itself: an argument may
+    contain them); and where the rest begins: past the last call and the closers and separators
+    right after it, at a marker that opens nothing that parses (len(body) once all is calls)."""
     decoder = json.JSONDecoder()
     calls: list[ToolCall] = []
-    i = 0
+    i = end = 0
+    closing = False  # only separators and closers since the last call: `end` moves with them
     while i < len(body):
-        if body[i] in " \t\r\n,;":
-            i += 1
-            continue
-        token = next((t for t in _BETWEEN_CALLS if body.startswith(t, i)), None)
+        token = (
+            body[i]
+            if body[i] in " \t\r\n,;"
+            else next((t for t in _BETWEEN_CALLS if body.startswith(t, i)), None)
+        )
         if token is not None:
             i += len(token)
+            closing = closing and token not in MARKERS
+            end = i if closing else end
             continue
         try:
-            value, i = decoder.raw_decode(body, i)
+            value, after = decoder.raw_decode(body, i)
         except json.JSONDecodeError:
-            return None
-        for item in value if isinstance(value, list) else [value]:
-            call = _call(item, len(calls))
-            if call is None:
-                return None
-            calls.append(call)
-    return calls
+            return calls, end
+        found = [
+            _call(item, len(calls) + n)
+            for n, item in enumerate(value if isinstance(value, list) else [value])
+        ]
+        if not found or None in found:
+            return calls, end
+        calls += [call for call in found if call is not None]
+        i = end = after
+        closing = True
+    return calls, len(body)
 
 
 def _call(item: object, index: int) -> ToolCall | None:
