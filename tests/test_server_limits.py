@@ -539,3 +539,24 @@ def test_a_client_that_stops_reading_has_its_endless_generation_cancelled(
             assert metric(http, gone) == 0, "still open: not counted yet"
         wait_for(lambda: metric(http, gone) == 1, "the stalled request counted as 499 once closed")
         http.request("DELETE", "/api/delete", json={"model": "tiny"})
+
+
+def test_a_model_that_does_not_fit_is_asked_for_once_by_the_openai_client(home: Path) -> None:
+    """A client review: the openai client retries any 5xx twice unless told not to, and asked three
+    times for a model that cannot fit the memory budget. A 507 says `x-should-retry: false`."""
+    server = start_server(home, env={"MODELYARD_RAM_BUDGET": "50MB"})
+    try:
+        with (
+            openai.OpenAI(base_url=f"{server.url}/v1", api_key="x") as oai,  # its default retries
+            pytest.raises(openai.InternalServerError, match="budget") as refused,
+        ):
+            oai.chat.completions.create(model=GEMMA, messages=[{"role": "user", "content": "Hi"}])
+        assert refused.value.status_code == 507
+        assert refused.value.response.headers["x-should-retry"] == "false"
+        with server.client() as http:
+            asked = (
+                'modelyard_requests_total{endpoint="/v1/chat/completions",model="gemma3:latest",status="507"}'
+            )
+            assert metric(http, asked) == 1
+    finally:
+        server.stop()

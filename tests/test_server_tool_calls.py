@@ -23,6 +23,7 @@ from modelyard.server.tool_calls import (
 
 NAMES = frozenset({"get_weather", "add"})
 WEATHER = ToolCall("get_weather", {"city": "Paris"})
+PARIS = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
 
 
 def run(output: str, marker: str | None, size: int) -> tuple[str, str, list[ToolCall]]:
@@ -83,18 +84,16 @@ CASES = [
                  "<tool_call>", "", [ToolCall("add", {"q": "a <tools> b </tool_call> c"})],
                  id="markers-inside-arguments-are-kept"),
     # A client review: a whole call came back as text because the model wrote on after it.
-    pytest.param('<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call> I will check.',
-                 "<tool_call>", "I will check.", [WEATHER], id="words-after-a-call-are-text"),
-    pytest.param('<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>\n'
-                 '<tool_call>{"name": "add", "argu',
-                 "<tool_call>", '<tool_call>{"name": "add", "argu', [WEATHER], id="a-second-call-cut-short-is-text"),
-    pytest.param('{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "add", "arguments": {}} '
-                 '{"answer": 42} and more',
-                 None, '{"answer": 42} and more', [WEATHER, ToolCall("add", {}, index=1)],
+    pytest.param(f"<tool_call>{PARIS}</tool_call> I will check.", "<tool_call>", "I will check.", [WEATHER],
+                 id="words-after-a-call-are-text"),
+    pytest.param(f'<tool_call>{PARIS}</tool_call>\n<tool_call>{{"name": "add", "argu', "<tool_call>",
+                 '<tool_call>{"name": "add", "argu', [WEATHER], id="a-second-call-cut-short-is-text"),
+    pytest.param(f'{PARIS}, {{"name": "add", "arguments": {{}}}} {{"answer": 42}} and more', None,
+                 '{"answer": 42} and more', [WEATHER, ToolCall("add", {}, index=1)],
                  id="json-that-is-no-call-after-calls-is-text"),
-    pytest.param('{"name": "get_weather", "arguments": {"city": "Paris"}} {"name": "unknown_tool", "arguments": {}}',
-                 None, '{"name": "get_weather", "arguments": {"city": "Paris"}} {"name": "unknown_tool", '
-                 '"arguments": {}}', [], id="an-unknown-tool-among-calls-makes-all-text"),
+    pytest.param(f'{PARIS} {{"name": "unknown_tool", "arguments": {{}}}}', None,
+                 f'{PARIS} {{"name": "unknown_tool", "arguments": {{}}}}', [],
+                 id="an-unknown-tool-among-calls-makes-all-text"),
 ]  # fmt: skip
 
 

@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from modelyard import __version__
 from modelyard.registry.endpoint import is_loopback, strip_port
 from modelyard.server import request_id
-from modelyard.server.http_errors import KNOWN_ERRORS, HTTPError, retry_after_header
+from modelyard.server.http_errors import KNOWN_ERRORS, HTTPError, retry_headers
 from modelyard.server.inference import served_model
 from modelyard.server.metrics import CONTENT_TYPE
 from modelyard.server.request_count import CountRequests, endpoint_label
@@ -188,7 +188,7 @@ class ApplyBody(BaseModel):
 
 def _error_response(request: Request, error: HTTPError) -> JSONResponse:
     # The id again here: a 500 is answered outside every middleware of ours (Starlette's outermost).
-    headers = {**retry_after_header(error), "x-request-id": request_id.current.get()}
+    headers = {**retry_headers(error), "x-request-id": request_id.current.get()}
     return JSONResponse(_error_body(request.url.path, error), status_code=error.status, headers=headers)
 
 

@@ -1,7 +1,8 @@
 """Errors → HTTP, in one ordered table (the first matching class decides).
 
 Ollama's routes answer `{"error": "…"}` with Ollama's status codes; OpenAI's routes answer
-`{"error": {"message", "type", "param", "code"}}`. A 503 carries `Retry-After`. Anything not in
+`{"error": {"message", "type", "param", "code"}}`. A 503 carries `Retry-After`; a 507
+`x-should-retry: false`. Anything not in
 the table is a bug: it is logged with its traceback and answered 500 without details.
 """
 
@@ -122,7 +123,13 @@ def classify(exc: BaseException) -> HTTPError | None:
     return None
 
 
-def retry_after_header(error: HTTPError) -> dict[str, str]:
+def retry_headers(error: HTTPError) -> dict[str, str]:
+    """`Retry-After` for a busy server; for a 507, `x-should-retry: false`, which the OpenAI
+    clients read: they retry any 5xx twice otherwise (a client review: a model that does not fit
+    the memory budget was asked for three times), and the memory or disk a 507 lacks will not be
+    there a second later."""
+    if error.status == 507:
+        return {"x-should-retry": "false"}
     if error.retry_after is None:
         return {}
     return {"Retry-After": str(max(1, math.ceil(error.retry_after)))}
