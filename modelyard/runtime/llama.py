@@ -11,6 +11,7 @@ ctypes callbacks are kept referenced on their owners: a collected callback is a 
 from __future__ import annotations
 
 import ctypes
+import math
 import re
 import threading
 from collections import deque
@@ -516,15 +517,26 @@ class LoraAdapter:
 PRESELECT_TOP_K_MAX = 1024
 
 
+# The best tokens greedy hands the grammar when it refused the best one, before the whole row.
+GRAMMAR_CANDIDATES = 1024
+
 # llama_token_data as numpy reads it, to fill the candidates a field at a time (np.ctypeslib would
 # derive this from the struct on every call, at ~30 µs).
 _TOKEN_DATA = [("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]
 
 
 class Sampler:
-    """A llama.cpp sampler chain for one request, in llama-server's order:
-    grammar → logit bias → penalties → top_k → typical_p → top_p → min_p → temperature →
-    distribution."""
+    """A llama.cpp sampler chain for one request, in llama-server's order: logit bias → penalties →
+    top_k → typical_p → top_p → min_p → temperature → distribution; and a grammar, which checks the
+    token the chain picks, as llama-server and Ollama do.
+
+    A grammar first in the chain masks all of the row at every token (262,144 tokens for Gemma:
+    most of a step's time, 5× a token's time on a 2-core VM). Instead the chain picks from the row
+    as it is (in place where it can, see below) and the grammar checks that one token; only when it
+    refuses it is the whole row masked and the chain run again (llama.cpp's common_sampler_sample,
+    Ollama's Sampler.Sample). Greedy picks the same token either way. A sampled token is drawn from
+    the row before the mask: a valid one is taken with its own probability, not renormalised over
+    the valid ones; the peers make the same trade."""
 
     def __init__(
         self,
@@ -538,8 +550,8 @@ class Sampler:
         in_place: bool = True,
     ) -> None:
         """`logit_bias`: (token, bias) pairs added to those tokens' logits (OpenAI's `logit_bias`).
-        `in_place` False: always through llama.cpp's chain on the whole row (the reference that
-        tests and benchmarks hold the in-place reading to)."""
+        `in_place` False: always through llama.cpp's chain on the whole row, a grammar first in it
+        (the reference that tests and benchmarks hold the in-place reading to)."""
         self.ptr = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         # llama_sampler_sample first copies the logits row into n_vocab candidates (3 MiB for
         # Gemma's 262,144 tokens) and the chain works on all of them: 0.5-2 ms a token on a 2-core
@@ -555,15 +567,21 @@ class Sampler:
         # bias changes only its own tokens, which go to the chain the same way.
         self._n_vocab = model.n_vocab
         self._argmax = False
+        self._greedy = options.greedy
         self._preselect = 0  # top-k: hand the chain this many best candidates, not the whole row
         self._window: deque[int] | None = None  # the penalties' last tokens, as their sampler keeps them
+        self._grammar = None  # checks the chain's token (in place); else first in the chain
+        self._row: ctypes.Array[L.llama_token_data] | None = None  # candidates for the whole row, reused
         add = self._add
         if grammar:
             gsampler = L.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
             if not gsampler:
                 L.llama_sampler_free(self.ptr)
                 raise ValueError("the grammar could not be compiled")
-            add(gsampler)
+            if in_place:
+                self._grammar = gsampler
+            else:
+                add(gsampler)
         self._biased = np.unique(np.fromiter((t for t, _ in logit_bias), dtype=np.int64))
         if logit_bias:
             pairs = (L.llama_logit_bias * len(logit_bias))(*(L.llama_logit_bias(t, b) for t, b in logit_bias))
@@ -582,8 +600,8 @@ class Sampler:
                     options.presence_penalty,
                 )
             )
-        # A grammar needs the whole row; so does a caller that asks for the chain.
-        whole_row_first = bool(grammar) or not in_place
+        # A caller that asks for the chain gets it on the whole row.
+        whole_row_first = not in_place
         if options.greedy:
             if not whole_row_first:
                 changed = self._window is not None or bool(logit_bias)  # logits moved before greedy
@@ -614,43 +632,102 @@ class Sampler:
         return "argmax" if self._argmax else "candidates" if self._preselect else None
 
     def sample(self, ctx: Context, index: int) -> int:
-        """Sample from the logits at batch index `index`; the chain accepts the token itself."""
-        if not (self._argmax or self._preselect):
+        """Sample from the logits at batch index `index`; the chain (and grammar) accept the token."""
+        if self._grammar is None and not (self._argmax or self._preselect):
             return int(L.llama_sampler_sample(self.ptr, ctx.ptr, index))
         row = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx.ptr, index), shape=(self._n_vocab,))
-        if self._argmax:
-            token = int(row.argmax())
-            if np.isnan(row[token]):  # numpy's argmax stops at a NaN; llama.cpp's greedy skips it
-                return int(L.llama_sampler_sample(self.ptr, ctx.ptr, index))
-            return token
-        # The tokens whose logits the chain moves before it ranks them: the penalties' window and
-        # the biased tokens. The k best after that lie among the k + that many best of the row.
-        changed = self._biased
-        if self._window:
-            changed = np.union1d(changed, np.fromiter(set(self._window), dtype=np.int64))
-        if len(changed):
-            ids = np.union1d(top_candidates(row, self._preselect + len(changed)), changed)
-        else:
-            ids = top_candidates(row, self._preselect)
-        data = (L.llama_token_data * len(ids))()
-        view = np.frombuffer(memoryview(data), dtype=_TOKEN_DATA)
-        view["id"] = ids
-        view["logit"] = row[ids]
-        candidates = L.llama_token_data_array(data, len(ids), -1, False)
-        L.llama_sampler_apply(self.ptr, ctypes.byref(candidates))
-        if not 0 <= candidates.selected < candidates.size:  # where llama_sampler_sample aborts
-            raise RuntimeError(f"the sampler chain selected no token ({candidates.selected})")
-        # As llama_sampler_sample does; a sampler may point `data` elsewhere, so read it from there.
-        token = int(candidates.data[candidates.selected].id)
+        token = self._pick(row)
+        if self._grammar is not None and not self._grammar_takes(token):
+            token = self._pick_valid(row)
+        if self._grammar is not None:
+            L.llama_sampler_accept(self._grammar, token)
         L.llama_sampler_accept(self.ptr, token)
         if self._window is not None:
             self._window.append(token)
         return token
 
+    def _pick(self, row: npt.NDArray[np.float32]) -> int:
+        """The token the chain picks from the row, not yet accepted."""
+        if self._argmax:
+            token = int(row.argmax())
+            if not np.isnan(row[token]):  # numpy's argmax stops at a NaN; llama.cpp's greedy skips it
+                return token
+        if not self._preselect:
+            return self._pick_from_whole_row(row, masked=False)
+        data, _ = self._candidates(row, self._preselect)
+        return self._chain_picks(data, len(data))
+
+    def _candidates(
+        self, row: npt.NDArray[np.float32], k: int
+    ) -> tuple[ctypes.Array[L.llama_token_data], npt.NDArray[np.int64]]:
+        """Candidates holding the k best tokens after the logits the chain moves before it ranks
+        them (the penalties' window and the biased tokens: these are `changed`): they lie among the
+        k + that many best of the row, and the changed ones."""
+        changed = self._biased
+        if self._window:
+            changed = np.union1d(changed, np.fromiter(set(self._window), dtype=np.int64))
+        if len(changed):
+            ids = np.union1d(top_candidates(row, k + len(changed)), changed)
+        else:
+            ids = top_candidates(row, k)
+        data = (L.llama_token_data * len(ids))()
+        view = np.frombuffer(memoryview(data), dtype=_TOKEN_DATA)
+        view["id"] = ids
+        view["logit"] = row[ids]
+        return data, changed
+
+    def _pick_valid(self, row: npt.NDArray[np.float32]) -> int:
+        """The chain's pick among the tokens the grammar takes, once it refused the chain's own.
+
+        Greedy looks among the GRAMMAR_CANDIDATES best tokens first: if one of them that nothing
+        moved is valid, no token outside, ranked below it with its logit as it is, can be the best
+        valid one, and the pick is the one a grammar first in the chain makes. Elsewhere, and when
+        none is, the grammar masks the whole row (llama.cpp's own fallback). Sampling needs all the
+        valid tokens: at a JSON structure point there are fewer in the vocabulary than top-k keeps."""
+        if self._argmax or (self._greedy and self._preselect):
+            data, changed = self._candidates(row, GRAMMAR_CANDIDATES)
+            candidates = L.llama_token_data_array(data, len(data), -1, False)
+            L.llama_sampler_apply(self._grammar, ctypes.byref(candidates))
+            view = np.frombuffer(memoryview(data), dtype=_TOKEN_DATA)
+            if (np.isfinite(view["logit"]) & ~np.isin(view["id"], changed)).any():
+                return self._chain_picks(data, len(data))
+        return self._pick_from_whole_row(row, masked=True)
+
+    def _pick_from_whole_row(self, row: npt.NDArray[np.float32], *, masked: bool) -> int:
+        """The token the chain picks from every token of the row (`masked`: the grammar's invalid
+        ones set to -inf first), not yet accepted."""
+        if self._row is None:
+            self._row = (L.llama_token_data * self._n_vocab)()
+        view = np.frombuffer(memoryview(self._row), dtype=_TOKEN_DATA)
+        view["id"] = np.arange(self._n_vocab, dtype=np.int32)  # a sampler may have sorted them
+        view["logit"] = row
+        view["p"] = 0.0
+        if masked:
+            candidates = L.llama_token_data_array(self._row, self._n_vocab, -1, False)
+            L.llama_sampler_apply(self._grammar, ctypes.byref(candidates))
+        return self._chain_picks(self._row, self._n_vocab)
+
+    def _chain_picks(self, data: ctypes.Array[L.llama_token_data], size: int) -> int:
+        candidates = L.llama_token_data_array(data, size, -1, False)
+        L.llama_sampler_apply(self.ptr, ctypes.byref(candidates))
+        if not 0 <= candidates.selected < candidates.size:  # where llama_sampler_sample aborts
+            raise RuntimeError(f"the sampler chain selected no token ({candidates.selected})")
+        # As llama_sampler_sample does; a sampler may point `data` elsewhere, so read it from there.
+        return int(candidates.data[candidates.selected].id)
+
+    def _grammar_takes(self, token: int) -> bool:
+        single = (L.llama_token_data * 1)(L.llama_token_data(token, 1.0, 0.0))
+        candidates = L.llama_token_data_array(single, 1, -1, False)
+        L.llama_sampler_apply(self._grammar, ctypes.byref(candidates))
+        return bool(candidates.data[0].logit != -math.inf)
+
     def close(self) -> None:
         if self.ptr:
             L.llama_sampler_free(self.ptr)
             self.ptr = None
+        if self._grammar is not None:
+            L.llama_sampler_free(self._grammar)
+            self._grammar = None
 
 
 def top_logprobs(
