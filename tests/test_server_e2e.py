@@ -622,6 +622,11 @@ def test_openai_requests_that_cannot_be_honoured_are_400s_naming_the_field(
             "'file' parts are not supported",
         ),
         ({"messages": [hi], "tool_choice": "required"}, "tool_choice", "needs tools"),
+        (
+            {"messages": [hi], "response_format": {"type": "json_schema"}},
+            "response_format.json_schema",
+            "needs response_format.json_schema",
+        ),
         ({"messages": [hi], "temperature": 7}, "temperature", "less than or equal to 2"),
         ({"messages": [hi], "logit_bias": {"x": 1}}, "logit_bias", "is not a token id"),
         ({"messages": [hi], "n": 65}, "n", "less than or equal to 64"),
@@ -1945,6 +1950,24 @@ def test_tool_calls_reach_both_clients_as_calls(
         assert made.function.name == "get_weather" and "city" in json.loads(made.function.arguments)
     with pytest.raises(openai.BadRequestError, match="which tools does not offer"):
         oai.chat.completions.create(**plain, tool_choice={"type": "function", "function": {"name": "nope"}})
+    # OpenAI's deprecated functions and function_call, which its API still honours (a client
+    # review: they were ignored): one call, in message.function_call, finish_reason function_call.
+    legacy: dict[str, Any] = {k: v for k, v in plain.items() if k != "tools"} | {
+        "functions": [WEATHER_TOOL["function"]],
+        "function_call": {"name": "get_weather"},
+    }
+    old = oai.chat.completions.create(**legacy).choices[0]
+    assert old.finish_reason == "function_call" and old.message.tool_calls is None, old
+    assert old.message.function_call is not None and old.message.function_call.name == "get_weather"
+    assert "city" in json.loads(old.message.function_call.arguments)
+    streamed_old = [p for p in oai.chat.completions.create(**legacy, stream=True) if p.choices]
+    said = [p.choices[0].delta.function_call for p in streamed_old if p.choices[0].delta.function_call]
+    assert [call.name for call in said] == ["get_weather"]
+    assert streamed_old[-1].choices[0].finish_reason == "function_call"
+    with pytest.raises(openai.BadRequestError, match="not both"):
+        oai.chat.completions.create(**legacy, tools=[WEATHER_TOOL])
+    with pytest.raises(openai.BadRequestError, match="function_call must be"):
+        oai.chat.completions.create(**legacy | {"function_call": "required"})
     unparsed = oai.chat.completions.create(**openai_forced, tool_choice="none").choices[0]
     assert unparsed.finish_reason == "stop" and not unparsed.message.tool_calls
     assert json.loads(unparsed.message.content or "") == {

@@ -80,6 +80,7 @@ class ChatMessageBody(_Body):
     name: str | None = None
     tool_calls: Items[dict[str, Any]] | None = None
     tool_call_id: str | None = None
+    function_call: dict[str, Any] | None = None  # the deprecated form of one tool call
 
 
 class ResponseFormat(_Body):
@@ -160,6 +161,10 @@ class ChatCompletionBody(_SamplingBody):
     tools: Items[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None  # false: one call at most in an answer
+    # OpenAI's deprecated function calling, which its API still honours: one call, answered in
+    # message.function_call with finish_reason "function_call".
+    functions: Items[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
     reasoning_effort: str | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
@@ -184,8 +189,27 @@ class ChatCompletionBody(_SamplingBody):
             raise HTTPError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         return (self.top_logprobs or 0) if self.logprobs else None
 
-    def parsed_tools(self) -> list[dict[str, Any]] | None:
-        return parsed_tools(self.tools, self.tool_choice)
+    @property
+    def legacy_functions(self) -> bool:
+        return self.functions is not None
+
+    def tool_request(self) -> tuple[list[dict[str, Any]] | None, str | dict[str, Any] | None]:
+        """The tools and tool_choice asked for: `functions` and `function_call` as tools (a
+        function each) and a tool_choice; either form, not both."""
+        if self.functions is None:
+            if self.function_call is not None:
+                raise HTTPError(400, "function_call needs functions", param="function_call")
+            return self.tools, self.tool_choice
+        if self.tools is not None or self.tool_choice is not None:
+            raise HTTPError(400, "send tools or functions (deprecated), not both", param="functions")
+        tools = [{"type": "function", "function": function} for function in self.functions]
+        call = self.function_call
+        if call is None or call in ("auto", "none"):
+            return tools, call
+        if isinstance(call, dict) and isinstance(call.get("name"), str):
+            return tools, {"type": "function", "function": {"name": call["name"]}}
+        message = 'function_call must be "auto", "none" or {"name": …}'
+        raise HTTPError(400, f"{message}, not {call!r}", param="function_call")
 
 
 def parsed_tools(tools: list[dict[str, Any]] | None, choice: object) -> list[dict[str, Any]] | None:
@@ -261,18 +285,20 @@ def router(state: ServerState) -> APIRouter:
     @api.post("/chat/completions")
     async def chat_completions(body: ChatCompletionBody, http: Request) -> Response:
         servable = await inference.servable(body.model)
-        if body.tool_choice not in (None, "auto", "none") and not body.tools:
+        tools, tool_choice = body.tool_request()
+        legacy = body.legacy_functions
+        if tool_choice not in (None, "auto", "none") and not tools:
             raise HTTPError(400, "tool_choice needs tools: send the tools it may call", param="tool_choice")
         messages = named_tool_results([_message(i, m) for i, m in enumerate(body.messages)])
         now = datetime.now().astimezone()  # templates that print today's date (strftime_now)
-        request = PromptRequest.chat(messages, tools=body.tools, think=body.think(), now=now)
+        request = PromptRequest.chat(messages, tools=tools, think=body.think(), now=now)
         try:
-            parser = parser_for(servable.name, servable.prompting, body.parsed_tools())
+            parser = parser_for(servable.name, servable.prompting, parsed_tools(tools, tool_choice))
         except InferenceRequestError as exc:  # a model that cannot take tools
-            raise HTTPError(400, str(exc), param="tools") from None
+            raise HTTPError(400, str(exc), param="functions" if legacy else "tools") from None
         top = body.logprobs_top()
         format_ = _format(body.response_format)
-        forced = forced_call_schema(body.tools or [], body.tool_choice) if parser is not None else None
+        forced = forced_call_schema(tools or [], tool_choice) if parser is not None else None
         biases = body.token_biases()
         if forced is not None:
             # tool_choice "required" or a named function: a grammar makes the answer that call. A
@@ -290,20 +316,27 @@ def router(state: ServerState) -> APIRouter:
                 logit_bias=biases,
             )
             # A parser for each choice: the text a parser holds back is one choice's.
-            own = parser_for(servable.name, servable.prompting, body.parsed_tools())
+            own = parser_for(servable.name, servable.prompting, parsed_tools(tools, tool_choice))
             if own is None:
                 return stream
             with_calls = with_tool_calls(stream, own)
-            return first_call_only(with_calls) if body.parallel_tool_calls is False else with_calls
+            one_call = body.parallel_tool_calls is False or legacy
+            return first_call_only(with_calls) if one_call else with_calls
 
-        def calls(finished: Finished) -> list[dict[str, Any]]:
+        def calls(finished: Finished) -> dict[str, Any]:
+            """The calls as the message (or a chunk's delta) says them."""
             ids = [f"call_{uuid.uuid4().hex[:24]}" for _ in finished.tool_calls]
-            return openai_tool_calls(finished.tool_calls, ids)
+            said = openai_tool_calls(finished.tool_calls, ids)
+            return {"function_call": said[0]["function"]} if legacy else {"tool_calls": said}
 
         def message(text: str, finished: Finished) -> dict[str, Any]:
             if finished.tool_calls:  # OpenAI's content is null beside calls, unless there was text
-                return {"role": "assistant", "content": text or None, "tool_calls": calls(finished)}
+                return {"role": "assistant", "content": text or None} | calls(finished)
             return {"role": "assistant", "content": text}
+
+        def finish_reason(finished: Finished) -> str:
+            reason = _finish_reason(finished)
+            return "function_call" if legacy and reason == "tool_calls" else reason
 
         def logprobs(entries: Sequence[dict[str, Any]], _offset: int) -> dict[str, Any] | None:
             return None if top is None else {"content": token_logprobs(entries, top)}
@@ -322,14 +355,15 @@ def router(state: ServerState) -> APIRouter:
             chunk=lambda text, first: {"delta": _delta(text, first)},
             choice=lambda text, finished: {
                 "message": message(text, finished),
-                "finish_reason": _finish_reason(finished),
+                "finish_reason": finish_reason(finished),
             },
             logprobs=logprobs,
             calls_chunk=lambda finished, first: (
-                {"delta": ({"role": "assistant"} if first else {}) | {"tool_calls": calls(finished)}}
+                {"delta": ({"role": "assistant"} if first else {}) | calls(finished)}
                 if finished.tool_calls
                 else None
             ),
+            finish_reason=finish_reason,
         )
 
     @api.post("/completions")
@@ -624,6 +658,7 @@ async def _answer(
     choice: Callable[[str, Finished], dict[str, Any]],
     logprobs: Logprobs,
     calls_chunk: Callable[[Finished, bool], dict[str, Any] | None] = lambda _, __: None,
+    finish_reason: Callable[[Finished], str] = lambda finished: _finish_reason(finished),
 ) -> Response:
     """A completion of one choice per stream (`index` in their order), streamed as server-sent
     events of `chunk`s (`text`, whether it is the choice's first) or answered whole with a `choice`
@@ -644,6 +679,7 @@ async def _answer(
             chunk,
             logprobs,
             calls_chunk,
+            finish_reason,
             include_usage,
             body.n or 1,
         )
@@ -676,6 +712,7 @@ async def _sse(
     choice: Callable[[str | None, bool], dict[str, Any]],
     logprobs: Logprobs,
     calls_chunk: Callable[[Finished, bool], dict[str, Any] | None],
+    finish_reason: Callable[[Finished], str],
     include_usage: bool,
     per_prompt: int,
 ) -> Response:
@@ -726,7 +763,7 @@ async def _sse(
                     final = choice(None, index not in started) | {
                         "index": index,
                         "logprobs": None,
-                        "finish_reason": _finish_reason(event),
+                        "finish_reason": finish_reason(event),
                     }
                     yield chunk(frame([final]))
                     finished[index] = event
@@ -805,7 +842,10 @@ def _message(index: int, body: ChatMessageBody) -> ChatMessage:
                 )
                 raise HTTPError(400, message, param=f"{where}.content")
         content = "\n\n".join(texts)
-    calls = requested_tool_calls(body.tool_calls, f"{where}.")
+    if body.function_call is not None and body.tool_calls is None:
+        calls = requested_tool_calls([{"function": body.function_call}], f"{where}.function_call.")
+    else:
+        calls = requested_tool_calls(body.tool_calls, f"{where}.")
     return ChatMessage(
         role=role,
         content=content or "",
@@ -838,7 +878,14 @@ def _format(response_format: ResponseFormat | None) -> str | dict[str, Any] | No
         return None
     if response_format.type == "json_object":
         return "json"
-    schema = (response_format.json_schema or {}).get("schema")
+    if response_format.json_schema is None:  # as OpenAI: not taken as json_object (a client review)
+        raise HTTPError(
+            400,
+            "response_format of type json_schema needs response_format.json_schema: "
+            '{"name": …, "schema": {…}}; or use {"type": "json_object"} for any JSON',
+            param="response_format.json_schema",
+        )
+    schema = response_format.json_schema.get("schema")
     if schema is None:  # optional in OpenAI's API: any JSON then
         return "json"
     if not isinstance(schema, dict):
