@@ -321,8 +321,11 @@ def _short_name(name: str) -> str:
         return name
 
 
+STOP_TIMEOUT_S = 60.0
+
+
 def cmd_stop(args: argparse.Namespace, ctx: Context) -> int:
-    client = ApiClient(base_url(ctx.settings), ctx.settings.api_key, timeout=60)
+    client = ApiClient(base_url(ctx.settings), ctx.settings.api_key, timeout=STOP_TIMEOUT_S)
 
     def listed() -> set[str]:
         return {_short_name(m["name"]) for m in client.get("/api/ps").get("models", [])}
@@ -335,16 +338,19 @@ def cmd_stop(args: argparse.Namespace, ctx: Context) -> int:
             # As `ollama stop`: saying "stopped" would hide a typo or the wrong server.
             ctx.err(f"Error: {args.name} is not loaded (loaded: {', '.join(sorted(loaded)) or 'none'})")
             return EXIT_USER_ERROR
-        client.post("/api/generate", {"model": args.name, "keep_alive": 0, "stream": False})
-        # The answer does not wait for the requests the model is serving (as Ollama's).
-        if wanted in listed():
+        try:
+            client.post("/api/generate", {"model": args.name, "keep_alive": 0, "stream": False})
+            # The answer does not wait for the requests the model is serving (as Ollama's).
+            stopping = wanted in listed()
+        except ApiTimeout:
+            # Asked: the server unloads it once the requests it is serving end (unless one asks for
+            # it first). Only a timeout once it was asked: one before is an error (a README review:
+            # a server that never answered was reported as stopping the model, exit 0).
+            stopping = True
+        if stopping:
             ctx.err(f"{args.name} is stopping: it unloads when the requests it is serving end")
             return EXIT_OK
         healed = _spec_serves(client, wanted)
-    except ApiTimeout:
-        # The server unloads it once the requests it is serving end (unless one asks for it first).
-        ctx.err(f"{args.name} is stopping: it unloads when the requests it is serving end")
-        return EXIT_OK
     except ServerUnreachableError as exc:
         ctx.err(f"Error: no server answers at {exc}; nothing is loaded without one (`modelyard serve`)")
         return EXIT_USER_ERROR

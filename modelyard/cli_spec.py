@@ -18,12 +18,15 @@ from modelyard.cli_serving import (
     ApiError,
     Context,
     ServerUnreachableError,
+    api_error_exit,
     base_url,
     duration_seconds,
 )
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 1
+APPLY_TIMEOUT_S = 120.0
+STATUS_TIMEOUT_S = 10.0
 
 
 def _documents(path: str) -> list[dict[str, str]]:
@@ -48,7 +51,9 @@ def _print_result(ctx: Context, result: dict[str, Any], dry_run: bool) -> int:
 
 def cmd_apply(args: argparse.Namespace, ctx: Context) -> int:
     documents = _documents(args.file)
-    client = ApiClient(base_url(ctx.settings), ctx.settings.api_key, timeout=None)
+    # Bounded (a README review: a server that never answered held `apply`, --dry-run too, for
+    # ever); generous, as the server checks each tag with its registry, RESOLVE_DEADLINE_S each.
+    client = ApiClient(base_url(ctx.settings), ctx.settings.api_key, timeout=APPLY_TIMEOUT_S)
     try:
         result = client.post("/api/apply", {"documents": documents, "dry_run": args.dry_run})
     except ServerUnreachableError:
@@ -62,7 +67,7 @@ def cmd_apply(args: argparse.Namespace, ctx: Context) -> int:
         return _offline_plan(ctx, args.file)
     except ApiError as exc:
         ctx.err(f"Error: {exc}")
-        return EXIT_USER_ERROR
+        return api_error_exit(exc)
     finally:
         client.close()
     code = _print_result(ctx, result, args.dry_run)
@@ -99,10 +104,10 @@ def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
 NO_SERVER_YET: dict[str, Any] = {}  # _status's answer, when asked to be quiet, while none answers
 
 
-def _status(ctx: Context, *, quiet: bool = False) -> dict[str, Any] | None:
+def _status(ctx: Context, *, quiet: bool = False, timeout: float = STATUS_TIMEOUT_S) -> dict[str, Any] | None:
     """The server's /api/status; None when it cannot be had (said on stderr), or NO_SERVER_YET
     when no server answers and `quiet`."""
-    client = ApiClient(base_url(ctx.settings), ctx.settings.api_key, timeout=10)
+    client = ApiClient(base_url(ctx.settings), ctx.settings.api_key, timeout=timeout)
     try:
         return dict(client.get("/api/status"))
     except ServerUnreachableError as exc:
@@ -142,7 +147,10 @@ def _wait(ctx: Context, timeout: float, print_json: bool = False) -> int:
     while True:
         # A server still starting (`serve --spec … &` just before) is waited for too; any other
         # answer that is no status (a wrong key, a server not ours) ends the wait at once.
-        status = _status(ctx, quiet=time.monotonic() < deadline)
+        # Each ask within the time left (a README review: --timeout 5s took 21 s of a server that
+        # never answered), a second at least: the last one says the server did not answer.
+        left = deadline - time.monotonic()
+        status = _status(ctx, quiet=left > 0, timeout=min(STATUS_TIMEOUT_S, max(left, 1.0)))
         if status is NO_SERVER_YET:
             time.sleep(1.0)
             continue

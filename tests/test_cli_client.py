@@ -8,6 +8,7 @@ import io
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -413,3 +414,56 @@ def test_serve_refuses_a_bad_git_spec_location_before_it_starts(monkeypatch: pyt
         err = io.StringIO()
         assert main(["serve", "--host", "127.0.0.1:1"], stderr=err) == 1
         assert said in err.getvalue() and "s3cret" not in err.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def silent_host(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """$MODELYARD_HOST at a socket that accepts connections and never answers."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        host = f"127.0.0.1:{silent.getsockname()[1]}"
+        monkeypatch.setenv("MODELYARD_HOST", host)
+        yield host
+
+
+def test_stop_against_a_server_that_never_answers_is_an_error(
+    silent_host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A README review: the first GET /api/ps timed out and `stop` said the model was stopping, rc 0."""
+    from modelyard.cli import main
+
+    monkeypatch.setattr("modelyard.cli_serving.STOP_TIMEOUT_S", 0.5)
+    err = io.StringIO()
+    assert main(["stop", "tiny"], stderr=err) == 2
+    assert "did not answer within" in err.getvalue() and "stopping" not in err.getvalue()
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_apply_against_a_server_that_never_answers_ends(
+    silent_host: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dry_run: bool
+) -> None:
+    """A README review: `apply`, --dry-run too, waited for ever."""
+    from modelyard.cli import main
+
+    monkeypatch.setattr("modelyard.cli_spec.APPLY_TIMEOUT_S", 0.5)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("apiVersion: modelyard.dev/v1\nkind: ModelSet\nmodels: []\n")
+    err = io.StringIO()
+    started = time.monotonic()
+    assert main(["apply", "-f", str(spec), *(["--dry-run"] if dry_run else [])], stderr=err) == 2
+    assert time.monotonic() - started < 10
+    assert "did not answer within" in err.getvalue()
+
+
+def test_status_wait_ready_keeps_to_its_timeout_against_a_server_that_never_answers(silent_host: str) -> None:
+    """A README review: --timeout 5s took 21 s, each ask waiting its full 10 s."""
+    from modelyard.cli import main
+
+    err = io.StringIO()
+    started = time.monotonic()
+    assert main(["status", "--wait-ready", "--timeout", "2s"], stderr=err) == 1
+    assert time.monotonic() - started < 5, time.monotonic() - started
+    assert "did not answer within" in err.getvalue()

@@ -269,7 +269,7 @@ def test_status_wait_ready_waits_for_a_server_still_starting(monkeypatch: pytest
         {"spec": {"ready": False}},
         {"spec": {"ready": True}},
     ]
-    monkeypatch.setattr(cli_spec, "_status", lambda ctx, quiet=False: answers.pop(0))
+    monkeypatch.setattr(cli_spec, "_status", lambda ctx, quiet=False, timeout=10.0: answers.pop(0))
     monkeypatch.setattr(cli_spec.time, "sleep", lambda _: None)
     monkeypatch.setattr(cli_spec, "_show", lambda ctx, status, as_json: None)
     wait = ["status", "--wait-ready", "--timeout", "60s"]
@@ -285,7 +285,9 @@ def test_status_wait_ready_waits_for_a_server_still_starting(monkeypatch: pytest
         {"name": "code", "conditions": [{**ready, "status": "False"}]},
     ]
     monkeypatch.setattr(
-        cli_spec, "_status", lambda ctx, quiet=False: {"spec": {"ready": False, "models": models}}
+        cli_spec,
+        "_status",
+        lambda ctx, quiet=False, timeout=10.0: {"spec": {"ready": False, "models": models}},
     )
     err = io.StringIO()
     assert main(["status", "--wait-ready", "--timeout", "0s"], stdout=io.StringIO(), stderr=err) == 1
@@ -293,7 +295,9 @@ def test_status_wait_ready_waits_for_a_server_still_starting(monkeypatch: pytest
     # And why the source is not in force, when it is not.
     unread = {"type": "SourceReady", "status": "False", "message": "git fetch failed: timed out"}
     monkeypatch.setattr(
-        cli_spec, "_status", lambda ctx, quiet=False: {"spec": {"ready": False, "conditions": [unread]}}
+        cli_spec,
+        "_status",
+        lambda ctx, quiet=False, timeout=10.0: {"spec": {"ready": False, "conditions": [unread]}},
     )
     err = io.StringIO()
     assert main(["status", "--wait-ready", "--timeout", "0s"], stdout=io.StringIO(), stderr=err) == 1
