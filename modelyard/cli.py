@@ -250,8 +250,9 @@ def _show_details(ctx: CommandContext, manifest: Any, parts: Any, config: dict[s
 def cmd_show(args: argparse.Namespace, ctx: CommandContext) -> int:
     ref = parse_reference(args.name)
     record = ctx.store.resolve(ref)
-    manifest = ctx.store.read_manifest(record.digest)
-    parts = ctx.store.read_parts(manifest)
+    with ctx.store.reading(ref.short()):
+        manifest = ctx.store.read_manifest(record.digest)
+        parts = ctx.store.read_parts(manifest)
     if args.modelfile:
         ctx.out(_modelfile_for_show(ref, parts, manifest.annotations))
         return EXIT_OK
@@ -267,7 +268,8 @@ def cmd_show(args: argparse.Namespace, ctx: CommandContext) -> int:
     if args.parameters:
         ctx.out(_format_parameters(parts.params))
         return EXIT_OK
-    config = ctx.store.read_config(manifest).get("config", {})
+    with ctx.store.reading(ref.short()):
+        config = ctx.store.read_config(manifest).get("config", {})
     details = _show_details(ctx, manifest, parts, config)
     if args.json:
         ctx.out(

@@ -128,11 +128,11 @@ class ImageInUseError(StoreError):
 
 
 class BlobNotFoundError(StoreError, FileNotFoundError):
-    def __init__(self, digest: str, ref: str = "") -> None:
+    def __init__(self, digest: str, ref: str = "", hint: str = "") -> None:
         self.digest = digest
         self.ref = ref
         where = f" (needed by {ref})" if ref else ""
-        super().__init__(f"blob {digest} is missing from the store{where}")
+        super().__init__(f"blob {digest} is missing from the store{where}{'; ' + hint if hint else ''}")
 
     def __str__(self) -> str:  # FileNotFoundError would otherwise print "[Errno None] …"
         return str(self.args[0])

@@ -386,8 +386,14 @@ def test_list_shows_the_healthy_images_beside_a_damaged_one(home: Path, work: Pa
     rows = {r["name"]: r for r in json.loads(cli("list", "--json").out)["models"]}
     assert rows["layerless:latest"]["size"] is None and system in rows["layerless:latest"]["problem"]
     # Reading it is an error of a damaged store: exit 2, as verify's.
-    shown = cli("show", "layerless")
-    assert shown.code == 2 and f"blob {system} is missing from the store" in shown.err
+    # It names the image and what to do (a README review: only the digest was said).
+    for how in ([], ["--system"]):
+        shown = cli("show", "layerless", *how)
+        assert (
+            shown.code == 2
+            and f"blob {system} is missing from the store (needed by layerless:latest)" in (shown.err)
+        )
+        assert "`modelyard verify` says what is wrong and how to repair it" in shown.err
     # A small blob whose bytes changed is told, never shown (read whole, it is checked each time).
     (work / "Modelfile").write_text("FROM ./weights.gguf\nSYSTEM be brief\n")
     cli("build", "-t", "tampered", "-f", str(work / "Modelfile"), "--quiet")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from modelyard.builder.build import Builder
-from modelyard.errors import CorruptStoreError, ImageNotFoundError
+from modelyard.errors import BlobNotFoundError, CorruptStoreError, ImageNotFoundError
 from modelyard.reference import parse_reference
 from modelyard.runtime.servable import load_servable
 from modelyard.server.http_errors import classify
@@ -59,6 +59,23 @@ def test_damaged_weights_in_the_store_are_the_servers_error_not_the_clients(
         load_servable(store, parse_reference("damaged"))
     error = classify(damaged.value)
     assert error is not None and error.status == 500 and "cannot be read" in error.message
+
+
+def test_a_missing_layer_names_the_image_and_what_to_do(tmp_path: Path, tiny_gguf: Path) -> None:
+    """A README review: /api/generate of an image whose SYSTEM blob was gone answered only the digest."""
+    shutil.copyfile(tiny_gguf, tmp_path / "w.gguf")
+    (tmp_path / "Modelfile").write_text("FROM ./w.gguf\nSYSTEM damaged soon\n")
+    store = Store(tmp_path / "home" / "store")
+    Builder(store, tmp_path / "home" / "cache").build_file(tmp_path / "Modelfile", parse_reference("dmg"))
+    manifest = store.read_manifest(store.resolve(parse_reference("dmg")).digest)
+    [system] = [layer for layer in manifest.layers if layer.media_type.endswith(".system")]
+    store.blobs.path(system.digest).unlink()
+    with pytest.raises(BlobNotFoundError) as missing:
+        load_servable(store, parse_reference("dmg"))
+    error = classify(missing.value)
+    assert error is not None and error.status == 500
+    assert f"blob {system.digest} is missing from the store (needed by dmg:latest)" in error.message
+    assert "`modelyard verify` says what is wrong and how to repair it" in error.message
 
 
 @pytest.mark.parametrize(

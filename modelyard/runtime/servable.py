@@ -92,8 +92,10 @@ def load_servable(store: Store, ref: Reference) -> Servable:
         # model goes by the stored name, or `gemma3:LATEST` would load beside `gemma3:latest` and
         # escape `modelyard stop gemma3`.
         ref = parse_reference(record.name)
-    manifest = store.read_manifest(record.digest)
-    parts = store.read_parts(manifest)
+    with store.reading(ref.short()):
+        manifest = store.read_manifest(record.digest)
+        parts = store.read_parts(manifest)
+        config = store.read_config(manifest).get("config", {})
     if parts.weights is None:
         raise StoreError(f"{ref.short()} has no weights layer; it cannot be served")
     weights = store.blobs.path(parts.weights.digest)
@@ -118,7 +120,7 @@ def load_servable(store: Store, ref: Reference) -> Servable:
         params=dict(parts.params),
         prompting=image_prompting(parts.template, parts.system, parts.messages, facts.chat_template),
         gguf=facts,
-        config=store.read_config(manifest).get("config", {}),
+        config=config,
     )
 
 

@@ -184,7 +184,8 @@ class ServerState:
         return models
 
     def show_model(self, servable: Servable, verbose: bool) -> dict[str, Any]:
-        parts = self.store.read_parts(servable.manifest)
+        with self.store.reading(servable.reference.short()):
+            parts = self.store.read_parts(servable.manifest)
         if dict(servable.params) != parts.params:
             # A name a spec serves: its params over the image's, in the Modelfile as in "parameters"
             # (a regression hunt: the two disagreed).

@@ -278,6 +278,19 @@ class Store:
 
     # --- reading an image -------------------------------------------------------------------
 
+    @staticmethod
+    @contextlib.contextmanager
+    def reading(ref: str) -> Iterator[None]:
+        """Reads of the image `ref` inside: a blob found missing names it, and says what to do (a
+        README review: `show`, `run` and /api/generate said only which digest was gone)."""
+        try:
+            yield
+        except BlobNotFoundError as exc:
+            if exc.ref:
+                raise
+            hint = "the store is damaged: `modelyard verify` says what is wrong and how to repair it"
+            raise BlobNotFoundError(exc.digest, ref, hint) from None
+
     def read_config(self, manifest: Manifest) -> dict[str, Any]:
         try:
             value = json.loads(self.blobs.read_bytes(manifest.config.digest, MAX_TEXT_LAYER_BYTES))
