@@ -541,16 +541,20 @@ def cmd_verify(args: argparse.Namespace, ctx: CommandContext) -> int:
         + len(report.unreadable_blobs)
         + bool(report.index_problem)
     )
-    affected = sorted(
-        {parse_reference(n).short() for b in report.corrupt for n in b.needed_by}
-        | {parse_reference(n).short() for n, _ in (*report.missing, *report.unreadable)}
-    )
-    again = f"build or pull again: {', '.join(affected)}" if affected else "no image needs them"
+    names = {n for b in report.corrupt for n in b.needed_by} | {
+        n for n, _ in (*report.missing, *report.unreadable)
+    }
+    affected = sorted(parse_reference(n).short() for n in names - report.earlier_images)
+    earlier = sorted(parse_reference(n).short() for n in names & report.earlier_images)
+    parts = [f"build or pull again: {', '.join(affected)}"] if affected else []
+    if earlier:  # rollback's images: a pull brings a tag's current image, never these again
+        parts.append(f"forget earlier images of a tag with `modelyard prune --history`: {', '.join(earlier)}")
+    again = "; ".join(parts) or "no image needs them"
     if report.index_problem:
         advice = "Repair or restore index.json first (see above); nothing was deleted."
     elif report.unreadable_blobs:
         # Its file is there: a build or pull would take it as stored (a diff review).
-        then = f", then build or pull again: {', '.join(affected)}" if affected else ""
+        then = f", then {again}" if parts else ""
         advice = f"Make the unreadable files above readable, or remove them{then}."
     elif report.removed:
         advice = f"Deleted {_count(len(report.corrupt), 'corrupt blob')}; {again}."
@@ -560,7 +564,7 @@ def cmd_verify(args: argparse.Namespace, ctx: CommandContext) -> int:
             f"as present); {again}."
         )
     else:
-        advice = f"Build or pull again: {', '.join(affected)}."
+        advice = f"{again[0].upper()}{again[1:]}."
     ctx.err(f"{_count(problems, 'problem')} in {_count(report.blobs_checked, 'blob')}. {advice}")
     return EXIT_OTHER_ERROR
 

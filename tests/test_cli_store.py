@@ -253,6 +253,26 @@ def test_verify_names_the_images_of_a_corrupt_blob_and_fix_lets_a_rebuild_restor
     assert cli("verify").code == 0
 
 
+def test_verify_names_an_earlier_image_as_such_and_says_how_to_forget_it(home: Path, work: Path) -> None:
+    """A README review: damage to a tag's earlier image (history, for rollback) was blamed on the
+    tag, whose current image was fine, with advice (rm it, pull again) that could not mend it."""
+    (work / "Modelfile").write_text("FROM ./weights.gguf\nSYSTEM the first\n")
+    first = cli("build", "-t", "m", "-f", str(work / "Modelfile"), "--quiet").out.strip()
+    (work / "Modelfile").write_text("FROM ./weights.gguf\nSYSTEM the second\n")
+    cli("build", "-t", "m", "-f", str(work / "Modelfile"), "--quiet")
+    system = sha256_digest(b"the first")
+    (home / "store" / "blobs" / "sha256" / system[7:]).unlink()
+
+    bad = cli("verify")
+    earlier = f"m:latest@{first[:19]}…"
+    assert bad.code == 2 and f"missing blob {system} (needed by {earlier})" in bad.out, bad.out
+    assert "build or pull again" not in bad.err.lower(), bad.err
+    assert f"orget earlier images of a tag with `modelyard prune --history`: {earlier}" in bad.err, bad.err
+    assert cli("show", "m").code == 0, "the tag's current image is whole"
+    assert cli("prune", "--history").code == 0
+    assert cli("verify").code == 0
+
+
 def test_help_explains_commands() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "modelyard.cli", "build", "--help"],

@@ -104,11 +104,13 @@ class CorruptBlob:
 class VerifyReport:
     blobs_checked: int
     corrupt: tuple[CorruptBlob, ...]
-    missing: tuple[tuple[str, str], ...]  # (image name, missing digest)
+    # (image name, missing digest); an image name is NAME@DIGEST for an earlier image of a tag
+    missing: tuple[tuple[str, str], ...]
     unreadable: tuple[tuple[str, str], ...]  # (image name, reason)
     removed: bool = False  # the corrupt blobs were deleted, for a build or pull to bring again
     index_problem: str | None = None  # index.json itself cannot be read
     unreadable_blobs: tuple[tuple[str, str], ...] = ()  # (digest, why): not hashed
+    earlier_images: frozenset[str] = frozenset()  # the names above that are a tag's earlier image
 
     @property
     def ok(self) -> bool:
@@ -557,27 +559,36 @@ class Store:
             index = self.read_index()
         except CorruptStoreError as exc:
             index, index_problem = Index(), str(exc)
+        earlier = {id(record) for record in index.history}
         for record in (*index.tags, *index.history):
-            needed_by.setdefault(record.digest, []).append(record.name)
+            # An earlier image of a tag (rollback's) is named by its digest: named by the tag, its
+            # damage was blamed on the current image, which a pull could not mend (a README review).
+            name = f"{record.name}@{record.digest}" if id(record) in earlier else record.name
+            needed_by.setdefault(record.digest, []).append(name)
             if not record.is_image_manifest:  # another tool's image index: what it names must be here
                 needed = sorted(self._foreign_closure(record.digest))
             else:
                 try:
                     manifest = self.read_manifest(record.digest)
                 except BlobNotFoundError as exc:
-                    unreadable.append((record.name, str(exc)))
+                    unreadable.append((name, str(exc)))
                     continue
                 except CorruptStoreError as exc:  # without its hint, "Run `modelyard verify`"
-                    unreadable.append((record.name, f"{exc.path}: {exc.reason}"))
+                    unreadable.append((name, f"{exc.path}: {exc.reason}"))
                     continue
                 needed = manifest.blob_digests()
                 misdescribed = self._misdescribed(manifest)
                 if misdescribed is not None:
-                    unreadable.append((record.name, misdescribed))
+                    remedy = (
+                        "forget it (`modelyard prune --history`)"
+                        if id(record) in earlier
+                        else ("remove the image (`modelyard rm`)")
+                    )
+                    unreadable.append((name, f"{misdescribed}; {remedy}"))
             for digest in needed:
-                needed_by.setdefault(digest, []).append(record.name)
+                needed_by.setdefault(digest, []).append(name)
                 if not self.blobs.exists(digest):
-                    missing.append((record.name, digest))
+                    missing.append((name, digest))
         corrupt = tuple(
             CorruptBlob(digest, actual, tuple(dict.fromkeys(needed_by.get(digest, ()))))
             for digest, actual in hashed
@@ -598,6 +609,7 @@ class Store:
             removed=remove_corrupt and bool(corrupt) and index_problem is None,
             index_problem=index_problem,
             unreadable_blobs=tuple(unreadable_blobs),
+            earlier_images=frozenset(f"{r.name}@{r.digest}" for r in index.history),
         )
 
     def _misdescribed(self, manifest: Manifest) -> str | None:
@@ -609,10 +621,8 @@ class Store:
             except BlobNotFoundError:
                 continue  # said as missing
             if held != descriptor.size:
-                return (
-                    f"its manifest says blob {descriptor.digest} is {descriptor.size:,} bytes, but it is "
-                    f"{held:,}; remove the image (`modelyard rm`)"
-                )
+                size = f"{descriptor.size:,}"
+                return f"its manifest says blob {descriptor.digest} is {size} bytes, but it is {held:,}"
         return None
 
 
