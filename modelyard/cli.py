@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_USER_ERROR = 1
 EXIT_OTHER_ERROR = 2
+# How long `rm` waits for the server at $MODELYARD_HOST, asked whether its spec serves an image
+# and to unload a removed one (rm itself needs no server).
+SERVER_CHECK_TIMEOUT_S = 5.0
 
 # Ordered: the first matching class decides. Anything not listed is a bug and keeps its traceback.
 _ERROR_EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
@@ -370,15 +373,15 @@ def _refuse_served_images(ctx: CommandContext, refs: list[Reference], *, dry_run
     running container): removed, an image the spec of the server at $MODELYARD_HOST serves left
     its model answering 404 to every request while its status said Ready (a CLI review). Only
     images that resolve in this store are checked, as the server checks its own."""
-    from modelyard.cli_serving import ApiClient, base_url, spec_models
+    from modelyard.cli_serving import ApiClient, ApiTimeout, base_url, spec_models
     from modelyard.server.address import BadHostError
 
     try:
-        client = ApiClient(base_url(ctx.settings), ctx.settings.api_key, timeout=5)
+        client = ApiClient(base_url(ctx.settings), ctx.settings.api_key, timeout=SERVER_CHECK_TIMEOUT_S)
     except BadHostError:
         return  # rm itself does not need a server; _unload_removed says why none was asked
     try:
-        models = spec_models(client)  # none: no server, or one that cannot say
+        models = spec_models(client, timeout_raises=True)  # none: no server, or one that cannot say
         images = {
             str(model["name"]): [
                 parse_reference(str(used["image"])).with_digest(str(used["digest"]))
@@ -387,6 +390,11 @@ def _refuse_served_images(ctx: CommandContext, refs: list[Reference], *, dry_run
             for model in models
             if model.get("digest")
         }
+    except ApiTimeout as exc:
+        # Said, not refused: rm needs no server (a README review: a busy one was passed over silently).
+        which = "this image" if len(refs) == 1 else "these images"
+        ctx.err(f"warning: {exc}: not asked whether its spec serves {which}")
+        return
     except (ValueError, KeyError, TypeError, AttributeError):
         return  # a status this client cannot read: nothing to refuse for
     finally:
@@ -416,7 +424,7 @@ def _unload_removed(ctx: CommandContext, removed: dict[str, str]) -> None:
     except BadHostError as exc:  # the images are gone already: say why no server was asked
         ctx.err(f"warning: no server asked to unload them: {exc}")
         return
-    client = ApiClient(url, ctx.settings.api_key, timeout=5)
+    client = ApiClient(url, ctx.settings.api_key, timeout=SERVER_CHECK_TIMEOUT_S)
     try:
         # short name -> (the name the server lists, its digest): asked by the server's own name
         loaded = {

@@ -291,11 +291,15 @@ def cmd_ps(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
-def spec_models(client: ApiClient) -> list[dict[str, Any]]:
+def spec_models(client: ApiClient, *, timeout_raises: bool = False) -> list[dict[str, Any]]:
     """The models of the server's spec as /api/status lists them; [] when it has none, or no
-    reconciler there can say."""
+    reconciler there can say (or no answer in time, unless `timeout_raises`: ApiTimeout)."""
     try:
         spec = client.get("/api/status").get("spec") or {}
+    except ApiTimeout:
+        if timeout_raises:
+            raise
+        return []
     except (ApiError, ServerUnreachableError, AttributeError):
         return []
     models = spec.get("models") if isinstance(spec, dict) else None

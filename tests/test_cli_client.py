@@ -467,3 +467,22 @@ def test_status_wait_ready_keeps_to_its_timeout_against_a_server_that_never_answ
     assert main(["status", "--wait-ready", "--timeout", "2s"], stderr=err) == 1
     assert time.monotonic() - started < 5, time.monotonic() - started
     assert "did not answer within" in err.getvalue()
+
+
+def test_rm_beside_a_server_that_never_answers_says_it_did_not_ask(
+    silent_host: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_gguf: Path
+) -> None:
+    """A README review: a busy server was passed over silently, and rm removed an image its spec
+    might serve. rm needs no server: it goes on, saying what it could not check."""
+    import shutil
+
+    from modelyard.cli import main
+
+    monkeypatch.setattr("modelyard.cli.SERVER_CHECK_TIMEOUT_S", 0.5)
+    monkeypatch.setenv("MODELYARD_HOME", str(tmp_path / "home"))
+    shutil.copyfile(tiny_gguf, tmp_path / "w.gguf")
+    (tmp_path / "Modelfile").write_text("FROM ./w.gguf\n")
+    assert main(["build", "-t", "m", "-f", str(tmp_path / "Modelfile"), "--quiet"], stdout=io.StringIO()) == 0
+    err = io.StringIO()
+    assert main(["rm", "m"], stdout=io.StringIO(), stderr=err) == 0
+    assert "did not answer within" in err.getvalue() and "not asked whether its spec serves" in err.getvalue()
