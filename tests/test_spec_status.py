@@ -40,3 +40,23 @@ def test_source_condition(
         2,
     )
     assert message in found.message and found.last_transition_time == since
+
+
+@pytest.mark.parametrize(
+    ("error", "rejected", "revision", "says"),
+    [
+        ("git fetch failed", None, "r2", "git fetch failed; the last good spec stays in force"),
+        ("git fetch failed", None, "", "git fetch failed; no spec is in force until one is read"),
+        (None, "r3", "r2", "revision r3 is not valid (see rejected); the last good spec stays in force"),
+        (None, "r3", "", "revision r3 is not valid (see rejected); no spec is in force until one is read"),
+    ],
+)
+def test_a_source_that_fails_says_whether_a_spec_stays_in_force(
+    error: str | None, rejected: str | None, revision: str, says: str
+) -> None:
+    """A README review: a source never read said "the last good spec stays in force" beside
+    status's "no spec in force"."""
+    found = source_condition(
+        None, error=error, rejected=rejected, revision=revision, read=True, generation=0, now=1.0
+    )
+    assert found.message == says

@@ -133,16 +133,17 @@ def source_condition(
     True only when the source's latest revision is the spec in force. `error`: why the source
     cannot be read now; `rejected`: the revision read whose spec was rejected; `read`: its first
     read has ended."""
+    # Without a spec in force yet (`revision` ""), none stays: a README review found status saying
+    # both "no spec in force" and "the last good spec stays in force".
+    stays = "the last good spec stays in force" if revision else "no spec is in force until one is read"
     if error is not None:
-        condition = Condition(
-            SOURCE_READY, False, "ReadFailed", f"{error}; the last good spec stays in force", now, generation
-        )
+        condition = Condition(SOURCE_READY, False, "ReadFailed", f"{error}; {stays}", now, generation)
     elif not read:  # before a saved rejection: the source may have moved on from it
         condition = Condition(
             SOURCE_READY, False, "Reading", "the source's first read is under way", now, generation
         )
     elif rejected is not None:
-        message = f"revision {rejected} is not valid (see rejected); the last good spec stays in force"
+        message = f"revision {rejected} is not valid (see rejected); {stays}"
         condition = Condition(SOURCE_READY, False, "Rejected", message, now, generation)
     else:
         condition = Condition(SOURCE_READY, True, "Read", f"revision {revision} is in force", now, generation)
