@@ -163,6 +163,10 @@ def test_the_request_in_the_chat_apis_terms() -> None:
         "allowed_tools": {"mode": "required", "tools": [{"type": "function", "name": "f"}]},
     }
     assert (body.format(), body.think(), body.options()) == ("json", "low", {"num_predict": 7})
+    # Said back as given (a client review): it caps hosted tools' calls, which are refused here.
+    assert body.echoed(SamplingOptions())["max_tool_calls"] is None
+    capped = body.model_copy(update={"max_tool_calls": 1})
+    assert capped.echoed(SamplingOptions())["max_tool_calls"] == 1
     for field, value, said in [
         ("tools", [{"type": "web_search"}], "only function and custom tools"),
         ("text", {"format": {"type": "xml"}}, "'xml' is not one of"),

@@ -75,6 +75,9 @@ class ResponsesBody(BaseModel):
     tools: Items[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    # Calls of built-in (hosted) tools, which this server refuses: nothing to cap, said back as
+    # OpenAI says it (a client review found it neither applied nor echoed).
+    max_tool_calls: int | None = Field(default=None, ge=1)
     text: dict[str, Any] | None = None  # {"format": {"type": "text" | "json_object" | "json_schema", …}}
     reasoning: dict[str, Any] | None = None  # {"effort": …}
     metadata: dict[str, Any] | None = None
@@ -204,6 +207,7 @@ class ResponsesBody(BaseModel):
             "tools": self.tools or [],
             "tool_choice": self.tool_choice if self.tool_choice is not None else "auto",
             "parallel_tool_calls": self.parallel_tool_calls is not False,
+            "max_tool_calls": self.max_tool_calls,
             "text": {"format": text_format},
             "reasoning": {"effort": (self.reasoning or {}).get("effort"), "summary": None},
             "metadata": self.metadata or {},
