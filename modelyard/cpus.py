@@ -80,7 +80,7 @@ def cpu_facts(sys_root: Path = Path("/sys"), proc_self: Path = Path("/proc/self"
 
 
 def _cgroup_quota(root: Path, membership: Path) -> float | None:
-    """The tightest CFS quota on this process's cgroup path, v2 or v1 (v2 wins where both say)."""
+    """The tightest CFS quota on this process's cgroup path, in cgroup v2 or v1, whichever says."""
     text = _read(membership)
     if text is None:
         return None

@@ -61,7 +61,7 @@ class _Grant:
 
 
 class BodyTooSlow(Exception):
-    """A body brought fewer bytes in a window than the low-speed limit asks (after `done` bytes)."""
+    """A body brought fewer bytes in a window than the low-speed limit asks (`done` in all)."""
 
     def __init__(self, low: LowSpeed, done: int) -> None:
         super().__init__(
@@ -174,14 +174,14 @@ class RegistrySession:
     def body(self, response: httpx.Response) -> Iterator[bytes]:
         """A streamed response's body, chunk by chunk; raises BodyTooSlow once a window of the
         low-speed limit brings too few bytes (a read timeout alone never ends a trickle)."""
-        watch: SpeedWatch | None = SpeedWatch(self.low_speed, self._clock())
+        watch = SpeedWatch(self.low_speed, self._clock())
         done = 0
         for chunk in response.iter_bytes():
             done += len(chunk)
-            assert watch is not None
-            watch = watch.moved(done, self._clock())
-            if watch is None:
+            moved = watch.moved(done, self._clock())
+            if moved is None:
                 raise BodyTooSlow(self.low_speed, done)
+            watch = moved
             yield chunk
 
     def wait_to_retry(self, attempt: int, error: httpx.TransportError | BodyTooSlow | None) -> None:

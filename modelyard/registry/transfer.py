@@ -10,10 +10,10 @@ journal (journal.py), and the next push of that blob goes on from what the regis
 Download: into `ingest/<hex>.download.partial`, a name fixed per digest so that a pull killed
 halfway (even by SIGKILL) finds its bytes again and asks only for the rest (`Range: bytes=N-`).
 A network error mid-body resumes the same way after a backoff, as does a body slower than the
-low-speed limit (speed.py). The finished file is hashed by the
-store and enters it only if its sha256 is the digest; otherwise it is deleted, and the error names
-both digests. A partial file from an earlier run that turns out wrong is thrown away and the blob
-fetched once more from the start.
+low-speed limit (speed.py). The finished file is hashed by the store and enters it only if its
+sha256 is the digest; otherwise it is deleted, and the error names both digests. A partial file
+from an earlier run that turns out wrong is thrown away and the blob fetched once more from the
+start.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Ollama's routes answer `{"error": "…"}` with Ollama's status codes; OpenAI's routes answer
 `{"error": {"message", "type", "param", "code"}}`. A 503 carries `Retry-After`; a 507
-`x-should-retry: false`. Anything not in
-the table is a bug: it is logged with its traceback and answered 500 without details.
+`x-should-retry: false`. Anything not in the table is a bug: it is logged with its traceback and
+answered 500 without details.
 """
 
 from __future__ import annotations

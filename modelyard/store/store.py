@@ -559,11 +559,11 @@ class Store:
             index = self.read_index()
         except CorruptStoreError as exc:
             index, index_problem = Index(), str(exc)
-        earlier = {id(record) for record in index.history}
-        for record in (*index.tags, *index.history):
+        tagged = [(record, False) for record in index.tags] + [(record, True) for record in index.history]
+        for record, earlier in tagged:
             # An earlier image of a tag (rollback's) is named by its digest: named by the tag, its
             # damage was blamed on the current image, which a pull could not mend (a README review).
-            name = f"{record.name}@{record.digest}" if id(record) in earlier else record.name
+            name = f"{record.name}@{record.digest}" if earlier else record.name
             needed_by.setdefault(record.digest, []).append(name)
             if not record.is_image_manifest:  # another tool's image index: what it names must be here
                 needed = sorted(self._foreign_closure(record.digest))
@@ -581,8 +581,8 @@ class Store:
                 if misdescribed is not None:
                     remedy = (
                         "forget it (`modelyard prune --history`)"
-                        if id(record) in earlier
-                        else ("remove the image (`modelyard rm`)")
+                        if earlier
+                        else "remove the image (`modelyard rm`)"
                     )
                     unreadable.append((name, f"{misdescribed}; {remedy}"))
             for digest in needed:
