@@ -404,3 +404,18 @@ def test_tools_a_call_could_not_be_told_apart_by_are_refused(
     with pytest.raises(HTTPError, match=said) as refused:
         parsed_tools(body.chat_tools(), body.chat_tool_choice())
     assert refused.value.param == param
+
+
+def test_a_response_that_fails_under_way_ends_with_response_failed() -> None:
+    """A client review: a stream whose runner died ended at the `error` event; OpenAI's streams
+    end with `response.failed`, its response saying why."""
+    events = ResponseEvents(
+        "resp_abc", "m:latest", 1_700_000_000, ResponsesBody(model="m", input="x").echoed(SamplingOptions())
+    )
+    sent = [*events.start(), *events.token("Hel"), *events.failed("server_error", "the runner died")]
+    assert [e["type"] for e in sent][-2:] == ["error", "response.failed"]
+    assert [e["sequence_number"] for e in sent] == list(range(len(sent)))
+    openai.types.responses.ResponseErrorEvent.model_validate(sent[-2])
+    failed = openai.types.responses.ResponseFailedEvent.model_validate(sent[-1]).response
+    assert failed.status == "failed" and failed.error is not None
+    assert (failed.error.code, failed.error.message) == ("server_error", "the runner died")

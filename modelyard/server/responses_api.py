@@ -385,6 +385,16 @@ class ResponseEvents:
         events.append(self.event(kind, response=self.response(status, finished)))
         return events
 
+    def failed(self, code: str, message: str, param: str | None = None) -> list[dict[str, Any]]:
+        """The events of a response that failed under way (its runner died, the server stops):
+        OpenAI's `error`, then `response.failed`, whose response says why (a client review: the
+        stream ended at the `error`, and a client that waits for the response's end waited on)."""
+        failed = self.response("failed") | {"error": {"code": code, "message": message}}
+        return [
+            self.event("error", code=code, message=message, param=param),
+            self.event("response.failed", response=failed),
+        ]
+
 
 def response_object(
     response_id: str,
@@ -550,7 +560,8 @@ async def _streamed(
         except Exception as exc:
             error = state.error_for(exc)
             status = error.status
-            yield sse(events.event("error", code=error.code, message=error.message, param=error.param))
+            for payload in events.failed(error.code or "server_error", error.message, error.param):
+                yield sse(payload)
         finally:
             state.count(ENDPOINT, model, status)
             await stream.aclose()
