@@ -414,7 +414,9 @@ def test_a_saved_spec_stays_in_force_only_for_the_source_it_came_from(tmp_path: 
     spec.write_text(broken)
     restarted = serve(FileSource(spec)).status()
     assert restarted["name"] is not None and restarted["rejected"] is not None, "its own last good spec"
-    assert serve(None).status()["name"] is None, "nor is the file's spec in force for `apply`"
+    # Nor is the file's spec in force for `apply`: apply's own, shelved meanwhile, comes back.
+    applied = serve(None)
+    assert applied._revision == "applied" and "unshelved" in [e["kind"] for e in applied.status()["events"]]
 
     # A state file from before sources were recorded: its spec is taken to be the source's.
     make(tmp_path, effects, clock).submit(documents(CHAT), "applied")
@@ -494,10 +496,37 @@ def test_a_saved_spec_of_a_git_source_named_as_before_stays_in_force(tmp_path: P
     earlier.submit(documents(CHAT), "git:1")
     restarted = make(tmp_path, effects, clock)
     restarted._source = source.description
-    restarted._forget_another_sources_spec(source.former_descriptions)
+    restarted._take_up_this_sources_spec(source.former_descriptions)
     assert restarted.spec is not None
-    restarted._forget_another_sources_spec(())
-    assert restarted.spec is None, "without it, another source's: forgotten"
+    restarted._take_up_this_sources_spec(())
+    assert restarted.spec is None, "without it, another source's: shelved"
+
+
+def test_a_spec_apply_set_is_shelved_while_a_source_is_followed_and_comes_back_after(tmp_path: Path) -> None:
+    """A README review: one `serve --spec b.yaml` run lost the spec `apply` had set for good; a
+    plain `serve` after it started with none. It is shelved for `apply`, and comes back."""
+    effects, clock = FakeEffects(tags={IMAGE: digest("a")}), FakeClock()
+    applied = make(tmp_path, effects, clock)
+    assert applied.submit(documents(CHAT), "").accepted
+    applied_digest = applied.spec.digest if applied.spec else ""
+
+    followed = make(tmp_path, effects, clock)  # `serve --spec b.yaml`, after a restart
+    followed._source = "file:b.yaml"
+    followed._take_up_this_sources_spec()
+    assert followed.spec is None, "apply's spec is not the file's"
+    followed.submit(documents(CHAT.replace("2048", "1024")), "file:1")  # what b.yaml says
+
+    again = make(tmp_path, effects, clock)  # a plain `serve`: apply's spec again
+    again._take_up_this_sources_spec()
+    assert again.spec is not None and again.spec.digest == applied_digest
+    kinds = [e["kind"] for e in again.status()["events"]]
+    assert kinds.count("shelved") == 2 and kinds[-1] == "unshelved", kinds
+    assert again.generation == followed.generation + 1
+
+    back = make(tmp_path, effects, clock)  # and b.yaml's, when it is followed once more
+    back._source = "file:b.yaml"
+    back._take_up_this_sources_spec()
+    assert back.spec is not None and back.spec.digest != applied_digest and back._revision == "file:1"
 
 
 def test_a_restart_loads_the_saved_spec_while_its_source_hangs_and_is_not_ready_before(

@@ -15,7 +15,7 @@ from spec_fakes import digest
 from modelyard.errors import SpecIssue
 from modelyard.spec import state
 from modelyard.spec.plan import Applied, Failure, Inventory, Memory, Reason
-from modelyard.spec.state import Event, Rejection, SavedState, load_state, save_state
+from modelyard.spec.state import Event, Rejection, SavedState, ShelvedSpec, load_state, save_state
 from modelyard.spec.status import Condition, ModelReport
 
 FULL = SavedState(
@@ -48,6 +48,7 @@ FULL = SavedState(
     rejected=Rejection(
         "typo", 1_700_000_001.0, (SpecIssue("spec.models[0].x", "unknown field", "m.yaml", 4),)
     ),
+    shelved={"": ShelvedSpec({"apiVersion": "modelyard/v1", "kind": "ModelSet", "x": 1}, "applied")},
 )
 
 
@@ -62,6 +63,10 @@ def test_a_saved_state_reads_back_the_same(tmp_path: Path) -> None:
     raw["events"] = [event[:4] for event in raw["events"]]
     path.write_text(json.dumps(raw))
     assert [e.count for e in load_state(path).events] == [1, 1]
+    # A file from before specs were shelved has none.
+    del raw["shelved"]
+    path.write_text(json.dumps(raw))
+    assert load_state(path).shelved == {}
 
 
 def _saved(tmp_path: Path) -> dict[str, Any]:
@@ -101,6 +106,9 @@ _DELETE = object()
         pytest.param("events", [[1.0, "chat", "loaded"]], id="event-short"),
         pytest.param("events", [[1.0, "chat", "loaded", "x", "3"]], id="event-count-a-string"),
         pytest.param("rejected.issues", [[1, 2, 3, 4]], id="issue-numbers"),
+        pytest.param("shelved.", ["x"], id="shelved-a-list"),
+        pytest.param("shelved..spec", "x", id="shelved-spec-a-string"),
+        pytest.param("shelved..revision", 3, id="shelved-revision-a-number"),
     ],
 )
 def test_a_file_of_another_shape_is_set_aside(tmp_path: Path, path: str, value: Any) -> None:

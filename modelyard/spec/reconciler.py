@@ -76,6 +76,7 @@ from modelyard.spec.state import (
     Event,
     Rejection,
     SavedState,
+    ShelvedSpec,
     encode_state,
     load_state,
     write_state,
@@ -85,6 +86,7 @@ from modelyard.spec.status import Condition, ModelReport, report_model, source_c
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+MAX_SHELVED_SPECS = 8  # other sources' last good specs kept (see _take_up_this_sources_spec)
 
 
 class Effects(Protocol):
@@ -189,12 +191,13 @@ class Reconciler:
         saved = load_state(settings.state_path)
         self._generation = saved.generation
         self._revision = saved.revision
-        self._spec: Spec | None = _restore_spec(saved)
+        self._spec: Spec | None = _restore_spec(saved.spec)
         self._inventory = saved.inventory
         self._reports: dict[str, ModelReport] = dict(saved.reports)
         self._events: list[Event] = list(saved.events)
         self._rejected = saved.rejected
         self._saved_source = saved.source
+        self._shelved: dict[str, ShelvedSpec] = dict(saved.shelved)
         self._observed_generation = 0
         self._last_round: float | None = None
         self._first_read_done = True  # run() with a source: not until its first read ended
@@ -705,7 +708,7 @@ class Reconciler:
         dies or unloads, and every interval. Without a source, the spec given to `submit` (or the
         last good one saved) is kept in line."""
         self._source = source.description if source is not None else ""
-        self._forget_another_sources_spec(source.former_descriptions if source is not None else ())
+        self._take_up_this_sources_spec(source.former_descriptions if source is not None else ())
         tasks: list[asyncio.Future[Any]] = [asyncio.create_task(self._glance_loop(stop))]
         try:
             if source is not None:
@@ -743,16 +746,33 @@ class Reconciler:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    def _forget_another_sources_spec(self, former: tuple[str, ...] = ()) -> None:
+    def _take_up_this_sources_spec(self, former: tuple[str, ...] = ()) -> None:
         """The saved spec stays in force only for the source it came from (by its description, or
         one an earlier version gave it: `former`): `serve --spec FILE` with FILE invalid put in
         force the spec `apply` had set in an earlier run, and said it was healthy (a CLI review).
-        What the reconciler loaded stays in its inventory."""
-        if self._spec is None or self._saved_source in (None, self._source, *former):
+        Another source's spec is shelved for it, and this source's own, if one was shelved, comes
+        back (a README review: one `serve --spec` run lost the spec `apply` had set). What the
+        reconciler loaded stays in its inventory."""
+        mine = (self._source, *former)
+        if self._saved_source is None or self._saved_source in mine:
             return
-        came_from = self._saved_source or "`apply`"
-        self._event("", "forgotten", f"the saved spec came from {came_from}, not {self._source or '`apply`'}")
+        came_from, this = self._saved_source or "`apply`", self._source or "`apply`"
+        if self._spec is not None:
+            self._shelved.pop(self._saved_source, None)  # its latest, last in the order kept
+            self._shelved[self._saved_source] = ShelvedSpec(self._spec.to_document(), self._revision)
+            for oldest in list(self._shelved)[:-MAX_SHELVED_SPECS]:
+                del self._shelved[oldest]
+            self._event("", "shelved", f"the saved spec came from {came_from}, not {this}: kept for it")
         self._spec, self._revision, self._rejected, self._reports = None, "", None, {}
+        key = next((key for key in mine if key in self._shelved), None)
+        if key is not None:
+            entry = self._shelved.pop(key)
+            spec = _restore_spec(entry.spec)
+            if spec is not None:
+                self._generation += 1
+                self._spec, self._revision = spec, entry.revision
+                message = f"generation {self._generation}: the spec of {this}, shelved while {came_from} ran"
+                self._event("", "unshelved", message)
         self._saved_source = self._source
         self._save()
 
@@ -874,6 +894,7 @@ class Reconciler:
                 reports=self._reports,
                 events=tuple(self._events),
                 rejected=self._rejected,
+                shelved=self._shelved,
             ),
         )
         # Written again, too, when it is gone (deleted by hand): a stat, no fsync, per round.
@@ -978,11 +999,11 @@ def _suspended(spec: Spec, name: str) -> bool:
     return model is not None and model.suspend
 
 
-def _restore_spec(saved: SavedState) -> Spec | None:
-    if saved.spec is None:
+def _restore_spec(document: Mapping[str, Any] | None) -> Spec | None:
+    if document is None:
         return None
     try:
-        return parse_spec([SpecDocument("(saved state)", yaml.safe_dump(dict(saved.spec)))])
+        return parse_spec([SpecDocument("(saved state)", yaml.safe_dump(dict(document)))])
     except SpecValidationError:
         log.warning("the saved spec no longer validates; waiting for a new one")
         return None

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 class Event:
     time: float
     model: str  # "" for the spec as a whole
-    kind: str  # accepted, rejected, pulled, loaded, swapped, reloaded, updated, unloaded, failed
+    kind: str  # accepted, rejected, pulled, loaded, swapped, reloaded, updated, unloaded, failed, shelved…
     message: str
     count: int = 1  # the same event in a row for its model, as Kubernetes counts them; `time` the last
 
@@ -47,6 +47,15 @@ class Rejection:
     revision: str
     at: float
     issues: tuple[SpecIssue, ...]
+
+
+@dataclass(frozen=True)
+class ShelvedSpec:
+    """The last good spec of a source that another one replaced (`apply`'s, while a `serve --spec`
+    ran), kept to come back when that source is followed again."""
+
+    spec: Mapping[str, Any]  # one ModelSet document
+    revision: str = ""
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,7 @@ class SavedState:
     reports: Mapping[str, ModelReport] = field(default_factory=dict)
     events: tuple[Event, ...] = ()
     rejected: Rejection | None = None
+    shelved: Mapping[str, ShelvedSpec] = field(default_factory=dict)  # by source ("" for `apply`)
 
 
 def load_state(path: Path) -> SavedState:
@@ -129,6 +139,9 @@ def _encode(state: SavedState) -> dict[str, Any]:
             "revision": state.rejected.revision,
             "at": state.rejected.at,
             "issues": [[i.path, i.message, i.file, i.line] for i in state.rejected.issues],
+        },
+        "shelved": {
+            source: {"spec": dict(s.spec), "revision": s.revision} for source, s in state.shelved.items()
         },
     }
 
@@ -247,6 +260,10 @@ def _decode(raw: Mapping[str, Any]) -> SavedState:
             _float(_field(rejected, "at", _NUMBER), "rejected.at"),
             tuple(SpecIssue(*_row(i, issue, "an issue")) for i in _field(rejected, "issues", list)),
         ),
+        shelved={  # absent from files written before specs were shelved
+            source: ShelvedSpec(_field(entry, "spec", dict), _field(entry, "revision", str, ""))
+            for source, entry in _objects(raw, "shelved")
+        },
     )
 
 
