@@ -520,6 +520,23 @@ PRESELECT_TOP_K_MAX = 1024
 # The best tokens greedy hands the grammar when it refused the best one, before the whole row.
 GRAMMAR_CANDIDATES = 1024
 
+
+def _valid_only(data: ctypes.Array[L.llama_token_data]) -> tuple[ctypes.Array[L.llama_token_data], int]:
+    """The candidates a grammar left (its refused ones are -inf), alone: the chain after it must not
+    see them, as -inf x a repeat_penalty of 0 is NaN, which llama.cpp's greedy then keeps (a review
+    found the runner aborted so, accepting a refused token). Raises when none is left."""
+    view = np.frombuffer(memoryview(data), dtype=_TOKEN_DATA)
+    valid = np.isfinite(view["logit"])
+    if valid.all():
+        return data, len(data)
+    count = int(valid.sum())
+    if count == 0:
+        raise RuntimeError("the grammar takes no token of the row")
+    kept = (L.llama_token_data * count)()
+    np.frombuffer(memoryview(kept), dtype=_TOKEN_DATA)[:] = view[valid]
+    return kept, count
+
+
 # llama_token_data as numpy reads it, to fill the candidates a field at a time (np.ctypeslib would
 # derive this from the struct on every call, at ~30 µs).
 _TOKEN_DATA = [("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]
@@ -639,6 +656,8 @@ class Sampler:
         token = self._pick(row)
         if self._grammar is not None and not self._grammar_takes(token):
             token = self._pick_valid(row)
+            if not self._grammar_takes(token):  # accepted, a refused token aborts the process
+                raise RuntimeError(f"the sampler picked token {token}, which the grammar refuses")
         if self._grammar is not None:
             L.llama_sampler_accept(self._grammar, token)
         L.llama_sampler_accept(self.ptr, token)
@@ -690,7 +709,7 @@ class Sampler:
             L.llama_sampler_apply(self._grammar, ctypes.byref(candidates))
             view = np.frombuffer(memoryview(data), dtype=_TOKEN_DATA)
             if (np.isfinite(view["logit"]) & ~np.isin(view["id"], changed)).any():
-                return self._chain_picks(data, len(data))
+                return self._chain_picks(*_valid_only(data))
         return self._pick_from_whole_row(row, masked=True)
 
     def _pick_from_whole_row(self, row: npt.NDArray[np.float32], *, masked: bool) -> int:
@@ -705,6 +724,7 @@ class Sampler:
         if masked:
             candidates = L.llama_token_data_array(self._row, self._n_vocab, -1, False)
             L.llama_sampler_apply(self._grammar, ctypes.byref(candidates))
+            return self._chain_picks(*_valid_only(self._row))
         return self._chain_picks(self._row, self._n_vocab)
 
     def _chain_picks(self, data: ctypes.Array[L.llama_token_data], size: int) -> int:
