@@ -364,6 +364,26 @@ def test_a_manifest_that_trickles_is_given_up_saying_why() -> None:
     assert client(registry, low_speed=SLOW).get_manifest("v1").data == manifest
 
 
+def test_a_config_blob_that_trickles_is_given_up_saying_why(tmp_path: Path) -> None:
+    """A review: the pull's config blob (up to 16 MiB) was read outside the low-speed limit."""
+    from modelyard.registry.pull import _fetch_config
+    from modelyard.store.image import Descriptor
+
+    config = canonical_json({"model_format": "gguf", "pad": "x" * 2000})
+    descriptor = Descriptor(CONFIG_MODELPACK, sha256_digest(config), len(config))
+    store = Store(tmp_path / "store")
+    slow = FakeRegistry(blobs={descriptor.digest: config}, trickle=1)
+    with pytest.raises(
+        RegistryUnavailableError, match=r"config blob sha256:\w+ of reg\.example/ns/m: the answer"
+    ):
+        _fetch_config(client(slow, low_speed=SLOW), store, descriptor, keep=True)
+    assert not store.blobs.exists(descriptor.digest)
+    brisk = FakeRegistry(blobs={descriptor.digest: config}, trickle=100)
+    assert (
+        _fetch_config(client(brisk, low_speed=SLOW), store, descriptor, keep=True)["model_format"] == "gguf"
+    )
+
+
 def test_a_download_stopped_while_its_link_broke_asks_for_nothing_more(tmp_path: Path) -> None:
     """A registry review: Ctrl-C on a stalled link, then the read timed out, and the download asked
     for the rest once more before it stopped."""
@@ -606,6 +626,27 @@ def test_a_not_found_body_is_read_only_as_far_as_a_message_needs() -> None:
     with pytest.raises(RemoteNotFoundError):
         RepositoryClient(session, "ns/m").get_manifest("v1")
     assert len(sent) <= 2
+
+
+def test_an_error_body_that_trickles_is_read_only_so_long(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review: an error's body was read for its message under no limit of time."""
+    monkeypatch.setattr("modelyard.registry.session.READ_SMALL_S", 0.2)
+
+    def trickle() -> Iterator[bytes]:
+        for _ in range(100):  # 10 s, were it all read
+            time.sleep(0.1)
+            yield b"x"
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, content=trickle())
+
+    session = RegistrySession(
+        resolve_endpoint("reg.example"), transport=httpx.MockTransport(handle), retry=FAST
+    )
+    began = time.monotonic()
+    with pytest.raises(RegistryError):
+        RepositoryClient(session, "ns/m").get_manifest("v1")
+    assert time.monotonic() - began < 2
 
 
 # --- secrets --------------------------------------------------------------------------------------

@@ -1968,6 +1968,8 @@ def test_tool_calls_reach_both_clients_as_calls(
         oai.chat.completions.create(**legacy, tools=[WEATHER_TOOL])
     with pytest.raises(openai.BadRequestError, match="function_call must be"):
         oai.chat.completions.create(**legacy | {"function_call": "required"})
+    with pytest.raises(openai.BadRequestError, match="which functions does not offer"):
+        oai.chat.completions.create(**legacy | {"function_call": {"name": "nope"}})
     unparsed = oai.chat.completions.create(**openai_forced, tool_choice="none").choices[0]
     assert unparsed.finish_reason == "stop" and not unparsed.message.tool_calls
     assert json.loads(unparsed.message.content or "") == {

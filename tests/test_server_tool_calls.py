@@ -116,6 +116,14 @@ def test_text_that_opens_with_a_bracket_but_cannot_be_a_call_streams_at_once(
     assert len(sent) >= len(output) - len("<tool_call>")  # not held to the end
 
 
+def test_json_nested_past_the_recursion_limit_is_text() -> None:
+    """A review: a model looping on `[` raised RecursionError out of the parser (a 500)."""
+    output = "<tool_call>" + "[" * 100_000
+    parser = ToolCallParser(NAMES, "<tool_call>")
+    assert parser.feed(output) == ""
+    assert parser.finish() == (output, [])
+
+
 @pytest.mark.parametrize(("output", "marker", "text", "calls"), CASES)
 @pytest.mark.parametrize("size", [1, 2, 3, 7])
 def test_tool_calls_in_output(

@@ -30,6 +30,7 @@ from modelyard.errors import (
     NoRegistryError,
     RegistryError,
     RegistryProtocolError,
+    RegistryUnavailableError,
 )
 from modelyard.progress import ProgressSink, ignore_progress
 from modelyard.reference import Reference
@@ -43,6 +44,7 @@ from modelyard.registry.formats import (
 )
 from modelyard.registry.options import RegistryOptions
 from modelyard.registry.progress import LayerProgress
+from modelyard.registry.session import BodyTooSlow
 from modelyard.registry.transfer import Cancellation, download_blob, size_refused
 from modelyard.store import Store
 from modelyard.store.image import (
@@ -198,10 +200,14 @@ def _fetch_config(repo: RepositoryClient, store: Store, config: Descriptor, *, k
             raise RegistryProtocolError(f"{repo.name}: config blob {config.digest} is {config.size} bytes")
         with contextlib.closing(repo.open_blob(config.digest)) as response:
             data = b""
-            for chunk in response.iter_bytes():
-                data += chunk
-                if len(data) > config.size:
-                    break
+            try:
+                for chunk in repo.session.body(response):  # a trickle of 16 MiB held the pull for ever
+                    data += chunk
+                    if len(data) > config.size:
+                        break
+            except BodyTooSlow as exc:
+                what = f"config blob {config.digest} of {repo.name}: {exc}"
+                raise RegistryUnavailableError(repo.session.host, what) from None
         actual = sha256_digest(data)
         if actual != config.digest:
             raise DigestMismatchError(config.digest, actual, repo.name)

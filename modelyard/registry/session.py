@@ -354,15 +354,21 @@ def _refusal(grant: _Grant) -> str:
     return "the registry refused the credentials"
 
 
+# How long an error body is read for its message: a trickle held the error itself (a review).
+READ_SMALL_S = 10.0
+
+
 def read_small(response: httpx.Response, limit: int = 64 * 1024) -> bytes:
-    """At most `limit` bytes of a response body, for an error message; never raises."""
+    """At most `limit` bytes of a response body, for an error message, within READ_SMALL_S (then
+    what came); never raises."""
     try:
         if response.is_stream_consumed:
             return response.content[:limit]
         data = b""
+        until = time.monotonic() + READ_SMALL_S
         for chunk in response.iter_bytes():
             data += chunk
-            if len(data) >= limit:
+            if len(data) >= limit or time.monotonic() > until:
                 break
         return data[:limit]
     except (httpx.HTTPError, httpx.StreamError):

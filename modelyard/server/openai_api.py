@@ -207,6 +207,9 @@ class ChatCompletionBody(_SamplingBody):
         if call is None or call in ("auto", "none"):
             return tools, call
         if isinstance(call, dict) and isinstance(call.get("name"), str):
+            if not any(function.get("name") == call["name"] for function in self.functions):
+                message = f"function_call names {call['name']!r}, which functions does not offer"
+                raise HTTPError(400, message, param="function_call")
             return tools, {"type": "function", "function": {"name": call["name"]}}
         message = 'function_call must be "auto", "none" or {"name": …}'
         raise HTTPError(400, f"{message}, not {call!r}", param="function_call")

@@ -223,7 +223,7 @@ def _parse_calls(body: str) -> tuple[list[ToolCall], int]:
             continue
         try:
             value, after = decoder.raw_decode(body, i)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # RecursionError: [[[[… a model looping
             return calls, end
         found = [
             _call(item, len(calls) + n)
