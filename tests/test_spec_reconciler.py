@@ -1080,3 +1080,58 @@ def test_a_restart_acts_on_what_its_source_says_now_not_on_the_saved_spec(tmp_pa
     after = [a[:2] for a in effects.actions()[before:]]
     assert ("ensure", "other") in after and ("ensure", "chat") not in after, after
     assert restarted.ready()
+
+
+def _switched_to(tmp_path: Path, effects: FakeEffects, clock: FakeClock, source: str) -> Reconciler:
+    """A restart that follows `source` ("" for `apply`)."""
+    reconciler = make(tmp_path, effects, clock)
+    reconciler._source = source
+    reconciler._take_up_this_sources_spec()
+    return reconciler
+
+
+def test_the_eight_specs_shelved_last_are_kept_whatever_their_sources_are_called(tmp_path: Path) -> None:
+    """A review: the state file's sorted keys lost the order, and `apply`'s ("" sorts first) went
+    first of all, though shelved last."""
+    effects, clock = FakeEffects(tags={IMAGE: digest("a")}), FakeClock()
+    for source in [*(f"file:/srv/z{i}.yaml" for i in range(7, 0, -1)), "", "file:/srv/z0.yaml"]:
+        reconciler = _switched_to(tmp_path, effects, clock, source)
+        if reconciler.spec is None:
+            assert reconciler.submit(documents(CHAT), source).accepted
+    reconciler = _switched_to(tmp_path, effects, clock, "file:/srv/a.yaml")  # shelves z0's: z7's goes
+    kept = list(reconciler._shelved)
+    assert len(kept) == 8 and "file:/srv/z7.yaml" not in kept and "" in kept, kept
+    assert _switched_to(tmp_path, effects, clock, "")._revision == "", "apply's comes back"
+
+
+def test_an_unshelved_spec_does_not_wait_out_another_sources_backoff(tmp_path: Path) -> None:
+    """A review: a model of the unshelved spec waited out the backoff its namesake of the other
+    source's spec had earned (up to 5 min), on another image."""
+    effects, clock = FakeEffects(tags={IMAGE: digest("a")}), FakeClock()
+    applied = _switched_to(tmp_path, effects, clock, "")
+    assert applied.submit(documents(CHAT), "").accepted
+    followed = _switched_to(tmp_path, effects, clock, "file:/srv/b.yaml")
+    assert followed.submit(documents(CHAT.replace("2048", "1024")), "b1").accepted
+    effects.errors[("ensure", "chat")] = [ModelLoadError("chat", "boom")] * 3
+    for _ in range(3):
+        asyncio.run(followed.reconcile())
+        clock.now = followed._inventory.memory("chat").retry_at
+    assert followed._inventory.memory("chat").failures == 3
+    back = _switched_to(tmp_path, effects, clock, "")
+    memory = back._inventory.memory("chat")
+    assert (memory.failures, memory.failure, memory.retry_at) == (0, None, 0.0)
+
+
+def test_a_shelved_spec_that_no_longer_validates_says_so(tmp_path: Path) -> None:
+    """A review: it was dropped without an event, and status said nothing of why no spec was in force."""
+    effects, clock = FakeEffects(tags={IMAGE: digest("a")}), FakeClock()
+    followed = _switched_to(tmp_path, effects, clock, "file:/srv/b.yaml")
+    assert followed.submit(documents(CHAT), "b1").accepted
+    _switched_to(tmp_path, effects, clock, "")  # shelves b's
+    state = json.loads((tmp_path / "state.json").read_text())
+    state["shelved"][0]["spec"]["spec"]["models"][0]["context"] = "lots"  # as a later version might refuse
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    back = _switched_to(tmp_path, effects, clock, "file:/srv/b.yaml")
+    assert back.spec is None
+    last = back.status()["events"][-1]
+    assert last["kind"] == "unshelved" and "no longer validates" in last["message"], last

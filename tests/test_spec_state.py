@@ -106,9 +106,11 @@ _DELETE = object()
         pytest.param("events", [[1.0, "chat", "loaded"]], id="event-short"),
         pytest.param("events", [[1.0, "chat", "loaded", "x", "3"]], id="event-count-a-string"),
         pytest.param("rejected.issues", [[1, 2, 3, 4]], id="issue-numbers"),
-        pytest.param("shelved.", ["x"], id="shelved-a-list"),
-        pytest.param("shelved..spec", "x", id="shelved-spec-a-string"),
-        pytest.param("shelved..revision", 3, id="shelved-revision-a-number"),
+        pytest.param("shelved", {"": {"spec": {}}}, id="shelved-an-object"),
+        pytest.param("shelved", [["", {}]], id="shelved-entry-a-list"),
+        pytest.param("shelved", [{"source": "", "spec": "x"}], id="shelved-spec-a-string"),
+        pytest.param("shelved", [{"source": 3, "spec": {}}], id="shelved-source-a-number"),
+        pytest.param("shelved", [{"source": "", "spec": {}, "revision": 3}], id="shelved-revision-a-number"),
     ],
 )
 def test_a_file_of_another_shape_is_set_aside(tmp_path: Path, path: str, value: Any) -> None:

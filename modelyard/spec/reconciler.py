@@ -764,13 +764,19 @@ class Reconciler:
                 del self._shelved[oldest]
             self._event("", "shelved", f"the saved spec came from {came_from}, not {this}: kept for it")
         self._spec, self._revision, self._rejected, self._reports = None, "", None, {}
-        key = next((key for key in mine if key in self._shelved), None)
-        if key is not None:
-            entry = self._shelved.pop(key)
-            spec = _restore_spec(entry.spec)
-            if spec is not None:
+        # Under this source's description or a former one (the first found; the others are stale).
+        entries = [self._shelved.pop(key) for key in mine if key in self._shelved]
+        if entries:
+            spec = _restore_spec(entries[0].spec)
+            if spec is None:  # a spec this version no longer takes (a review: dropped without a word)
+                self._event(
+                    "", "unshelved", f"the spec shelved for {this} no longer validates; none is in force"
+                )
+            else:
                 self._generation += 1
-                self._spec, self._revision = spec, entry.revision
+                self._spec, self._revision = spec, entries[0].revision
+                # As accept() would for a new spec: the other source's failures are not this one's.
+                self._forget_failures_of_changed_models(None, spec)
                 message = f"generation {self._generation}: the spec of {this}, shelved while {came_from} ran"
                 self._event("", "unshelved", message)
         self._saved_source = self._source

@@ -140,9 +140,11 @@ def _encode(state: SavedState) -> dict[str, Any]:
             "at": state.rejected.at,
             "issues": [[i.path, i.message, i.file, i.line] for i in state.rejected.issues],
         },
-        "shelved": {
-            source: {"spec": dict(s.spec), "revision": s.revision} for source, s in state.shelved.items()
-        },
+        # A list: the order they were shelved in, the oldest first (an object's keys are sorted).
+        "shelved": [
+            {"source": source, "spec": dict(s.spec), "revision": s.revision}
+            for source, s in state.shelved.items()
+        ],
     }
 
 
@@ -260,10 +262,15 @@ def _decode(raw: Mapping[str, Any]) -> SavedState:
             _float(_field(rejected, "at", _NUMBER), "rejected.at"),
             tuple(SpecIssue(*_row(i, issue, "an issue")) for i in _field(rejected, "issues", list)),
         ),
-        shelved={  # absent from files written before specs were shelved
-            source: ShelvedSpec(_field(entry, "spec", dict), _field(entry, "revision", str, ""))
-            for source, entry in _objects(raw, "shelved")
-        },
+        shelved=dict(_decode_shelved(e) for e in _field(raw, "shelved", list, [])),  # absent: none
+    )
+
+
+def _decode_shelved(raw: Any) -> tuple[str, ShelvedSpec]:
+    if not isinstance(raw, dict):
+        raise StateFormatError(f"a shelved spec is {type(raw).__name__}")
+    return _field(raw, "source", str), ShelvedSpec(
+        _field(raw, "spec", dict), _field(raw, "revision", str, "")
     )
 
 
