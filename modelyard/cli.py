@@ -36,6 +36,7 @@ from modelyard.errors import (
     ModelyardError,
     RegistryError,
     RegistryUnavailableError,
+    ServerNotAnsweringError,
     StoreError,
 )
 from modelyard.progress import ProgressEvent, ProgressSink
@@ -59,6 +60,7 @@ _ERROR_EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (CorruptStoreError, EXIT_OTHER_ERROR),
     (BlobNotFoundError, EXIT_OTHER_ERROR),  # an image's blob gone: the store is damaged (verify)
     (RegistryUnavailableError, EXIT_OTHER_ERROR),  # the network, not the input: worth a retry
+    (ServerNotAnsweringError, EXIT_OTHER_ERROR),  # likewise, as `ps` and `stop` exit for it
     (ModelyardError, EXIT_USER_ERROR),
     (OSError, EXIT_OTHER_ERROR),
 )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from modelyard.errors import ModelyardError
+from modelyard.errors import ModelyardError, ServerNotAnsweringError
 from modelyard.settings import Settings
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class ApiClient:
         try:
             return self.http.get("/", timeout=ALIVE_TIMEOUT_S).status_code == 200
         except httpx.TimeoutException:
-            raise ModelyardError(
+            raise ServerNotAnsweringError(
                 f"the server at {self.base_url} did not answer within {ALIVE_TIMEOUT_S:.0f} s; check "
                 "$MODELYARD_HOST, or how busy that machine is"
             ) from None

@@ -25,6 +25,7 @@ from modelyard.cli_serving import (
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 1
+EXIT_OTHER_ERROR = 2
 APPLY_TIMEOUT_S = 120.0
 STATUS_TIMEOUT_S = 10.0
 
@@ -97,17 +98,22 @@ def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
     status = _status(ctx)
     if status is None:
         return EXIT_USER_ERROR
+    if status is NO_ANSWER:
+        return EXIT_OTHER_ERROR
     _show(ctx, status, args.json)
     return EXIT_OK
 
 
 NO_SERVER_YET: dict[str, Any] = {}  # _status's answer, when asked to be quiet, while none answers
+# _status's answer (said on stderr) when the server failed or did not answer in time: exit 2, as
+# for `ps` and a registry that does not answer (a README review found `status` exiting 1).
+NO_ANSWER: dict[str, Any] = {}
 
 
-def _status(ctx: Context, *, quiet: bool = False, timeout: float = STATUS_TIMEOUT_S) -> dict[str, Any] | None:
-    """The server's /api/status; None when it cannot be had (said on stderr), or NO_SERVER_YET
-    when no server answers and `quiet`."""
-    client = ApiClient(base_url(ctx.settings), ctx.settings.api_key, timeout=timeout)
+def _status(ctx: Context, *, quiet: bool = False, timeout: float | None = None) -> dict[str, Any] | None:
+    """The server's /api/status; None when it cannot be had (said on stderr; NO_ANSWER when the
+    server failed or did not answer in time), or NO_SERVER_YET when no server answers and `quiet`."""
+    client = ApiClient(base_url(ctx.settings), ctx.settings.api_key, timeout=timeout or STATUS_TIMEOUT_S)
     try:
         return dict(client.get("/api/status"))
     except ServerUnreachableError as exc:
@@ -116,10 +122,11 @@ def _status(ctx: Context, *, quiet: bool = False, timeout: float = STATUS_TIMEOU
         ctx.err(f"Error: no server answers at {exc}; start one with `modelyard serve --spec FILE`")
         return None
     except ApiError as exc:  # a wrong API key, a server that is not ours; or one busy starting
-        if quiet and (exc.status == 0 or exc.status >= 500):  # no answer in time, a broken one, a 5xx
+        failed = exc.status == 0 or exc.status >= 500  # no answer in time, a broken one, a 5xx
+        if quiet and failed:
             return NO_SERVER_YET
         ctx.err(f"Error: {exc}")
-        return None
+        return NO_ANSWER if failed else None
     finally:
         client.close()
 
@@ -156,6 +163,8 @@ def _wait(ctx: Context, timeout: float, print_json: bool = False) -> int:
             continue
         if status is None:
             return EXIT_USER_ERROR
+        if status is NO_ANSWER:
+            return EXIT_OTHER_ERROR
         spec = status.get("spec")
         if spec is None:  # no spec applied: ready as soon as it answers
             _show(ctx, status, print_json)

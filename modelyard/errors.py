@@ -239,6 +239,11 @@ class RegistryProtocolError(RegistryError):
     pass
 
 
+class ServerNotAnsweringError(ModelyardError):
+    """The server at $MODELYARD_HOST took longer to answer than the command waits: its load or the
+    network, not the input (exit 2, as a registry that does not answer)."""
+
+
 class CredentialHelperError(RegistryError):
     """The credential helper Docker's config names could not read, store or erase credentials: not
     a refusal by the registry, so not "log in again"."""
