@@ -703,7 +703,7 @@ class Sampler:
         valid one, and the pick is the one a grammar first in the chain makes. Elsewhere, and when
         none is, the grammar masks the whole row (llama.cpp's own fallback). Sampling needs all the
         valid tokens: at a JSON structure point there are fewer in the vocabulary than top-k keeps."""
-        if self._argmax or (self._greedy and self._preselect):
+        if self._greedy:  # (in place, as a grammar checks only there: argmax, or a candidate)
             data, changed = self._candidates(row, GRAMMAR_CANDIDATES)
             candidates = L.llama_token_data_array(data, len(data), -1, False)
             L.llama_sampler_apply(self._grammar, ctypes.byref(candidates))
